@@ -1,0 +1,413 @@
+//! Every error the gateway can answer a client with, and how each renders per inbound shape.
+//!
+//! Invariant: every error response is a JSON envelope in the inbound shape — OpenAI
+//! `{"error":{"message","type","code"}}` or Anthropic `{"type":"error","error":{"type","message"}}`.
+//! Upstream error text is never forwarded verbatim to clients (it may echo prompt content);
+//! the message names the provider, the status and the upstream error type only.
+
+use crate::canonical::Shape;
+use serde_json::{Map, Value, json};
+
+/// Classification of an upstream failure (stored as `error_class` in `llm.call_failed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorClass {
+    Auth,
+    RateLimit,
+    ContextOverflow,
+    InvalidRequest,
+    Network,
+    ServerError,
+    Cancelled,
+    Other,
+}
+
+impl ErrorClass {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::Auth => "auth",
+            ErrorClass::RateLimit => "rate_limit",
+            ErrorClass::ContextOverflow => "context_overflow",
+            ErrorClass::InvalidRequest => "invalid_request",
+            ErrorClass::Network => "network",
+            ErrorClass::ServerError => "server_error",
+            ErrorClass::Cancelled => "cancelled",
+            ErrorClass::Other => "other",
+        }
+    }
+
+    /// Whether a failure of this class may be retried before the first byte reached the client.
+    #[must_use]
+    pub fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            ErrorClass::RateLimit | ErrorClass::ServerError | ErrorClass::Network
+        )
+    }
+
+    /// Classify an upstream HTTP error from its status and (optional) error body.
+    ///
+    /// Status decides first (401/403 auth, 408 network, 413 context overflow, 429 rate limit,
+    /// 5xx server error, other 4xx invalid request); the provider's own error `type`/`code`
+    /// refines it (Anthropic `overloaded_error` is a rate limit, OpenAI
+    /// `context_length_exceeded` is a context overflow, …).
+    #[must_use]
+    pub fn classify_upstream(status: u16, body: &[u8]) -> ErrorClass {
+        let by_status = match status {
+            401 | 403 => ErrorClass::Auth,
+            408 => ErrorClass::Network,
+            413 => ErrorClass::ContextOverflow,
+            429 | 529 => ErrorClass::RateLimit,
+            500..=599 => ErrorClass::ServerError,
+            400..=499 => ErrorClass::InvalidRequest,
+            _ => ErrorClass::Other,
+        };
+        let Ok(v) = serde_json::from_slice::<Value>(body) else {
+            return by_status;
+        };
+        let err = v.get("error").unwrap_or(&Value::Null);
+        let ty = err.get("type").and_then(Value::as_str).unwrap_or("");
+        let code = err.get("code").and_then(Value::as_str).unwrap_or("");
+        let msg = err
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        match (ty, code) {
+            ("overloaded_error" | "rate_limit_error", _) | (_, "rate_limit_exceeded") => {
+                ErrorClass::RateLimit
+            }
+            ("authentication_error" | "permission_error", _) | (_, "invalid_api_key") => {
+                ErrorClass::Auth
+            }
+            (_, "context_length_exceeded") => ErrorClass::ContextOverflow,
+            ("invalid_request_error", _)
+                if msg.contains("context")
+                    || msg.contains("tokens exceeds")
+                    || msg.contains("too large")
+                    || msg.contains("too long") =>
+            {
+                ErrorClass::ContextOverflow
+            }
+            ("api_error" | "server_error", _) => ErrorClass::ServerError,
+            _ => by_status,
+        }
+    }
+}
+
+/// An error answered to the client.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GatewayError {
+    /// The request body or a header is malformed; the message names the field.
+    InvalidRequest {
+        message: String,
+    },
+    /// No model matches; lists what is available.
+    ModelNotFound {
+        model: String,
+        reason: String,
+        available: Vec<String>,
+    },
+    /// The key may not use this model.
+    ModelNotAllowed {
+        model: String,
+        key_id: String,
+    },
+    /// Missing or unknown gateway key.
+    InvalidApiKey,
+    /// The key was revoked, or its rotation grace period lapsed.
+    KeyRevoked {
+        key_id: String,
+        revoked_at: Option<String>,
+    },
+    /// The upstream provider failed.
+    Upstream {
+        class: ErrorClass,
+        provider: String,
+        message: String,
+        retry_after_secs: Option<u64>,
+    },
+    /// Body above the configured limit.
+    PayloadTooLarge {
+        limit_bytes: u64,
+    },
+    NotFound {
+        path: String,
+    },
+    MethodNotAllowed {
+        method: String,
+        path: String,
+    },
+    /// The gateway is shutting down or saturated.
+    Unavailable {
+        message: String,
+    },
+    /// A bug or an unexpected backend failure; details are logged, not returned.
+    Internal,
+}
+
+/// A rendered error: status, JSON body and an optional `Retry-After` value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RenderedError {
+    pub status: u16,
+    pub body: Value,
+    pub retry_after_secs: Option<u64>,
+}
+
+impl GatewayError {
+    /// HTTP status of this error.
+    #[must_use]
+    pub fn status(&self) -> u16 {
+        match self {
+            GatewayError::InvalidRequest { .. } | GatewayError::ModelNotFound { .. } => 400,
+            GatewayError::ModelNotAllowed { .. } => 403,
+            GatewayError::InvalidApiKey | GatewayError::KeyRevoked { .. } => 401,
+            GatewayError::Upstream { class, .. } => match class {
+                ErrorClass::Auth => 401,
+                ErrorClass::RateLimit => 429,
+                ErrorClass::ContextOverflow | ErrorClass::InvalidRequest => 400,
+                ErrorClass::Network => 502,
+                ErrorClass::ServerError => 503,
+                ErrorClass::Cancelled => 499,
+                ErrorClass::Other => 500,
+            },
+            GatewayError::PayloadTooLarge { .. } => 413,
+            GatewayError::NotFound { .. } => 404,
+            GatewayError::MethodNotAllowed { .. } => 405,
+            GatewayError::Unavailable { .. } => 503,
+            GatewayError::Internal => 500,
+        }
+    }
+
+    /// Human-readable message (never contains secrets or prompt text).
+    #[must_use]
+    pub fn message(&self) -> String {
+        match self {
+            GatewayError::InvalidRequest { message } => message.clone(),
+            GatewayError::ModelNotFound {
+                model,
+                reason,
+                available,
+            } => format!(
+                "model '{model}' is not available: {reason}; available models: {}",
+                if available.is_empty() {
+                    "(none)".to_owned()
+                } else {
+                    available.join(", ")
+                }
+            ),
+            GatewayError::ModelNotAllowed { model, key_id } => {
+                format!("gateway key {key_id} is not allowed to use model '{model}'")
+            }
+            GatewayError::InvalidApiKey => "invalid or missing API key".to_owned(),
+            GatewayError::KeyRevoked { key_id, .. } => {
+                format!("gateway key {key_id} has been revoked")
+            }
+            GatewayError::Upstream { message, .. } => message.clone(),
+            GatewayError::PayloadTooLarge { limit_bytes } => {
+                format!("request body exceeds the limit of {limit_bytes} bytes")
+            }
+            GatewayError::NotFound { path } => format!("no route for path '{path}'"),
+            GatewayError::MethodNotAllowed { method, path } => {
+                format!("method {method} is not allowed on '{path}'")
+            }
+            GatewayError::Unavailable { message } => message.clone(),
+            GatewayError::Internal => "internal server error".to_owned(),
+        }
+    }
+
+    /// Render the error envelope for `shape`.
+    #[must_use]
+    pub fn render(&self, shape: Shape) -> RenderedError {
+        let status = self.status();
+        let message = self.message();
+        let mut retry_after_secs = None;
+        let body = match self {
+            GatewayError::KeyRevoked { key_id, revoked_at } => {
+                // Same body for both shapes except `type`, as the original; it carries the key
+                // id so operators can correlate with `list-keys`.
+                let ty = match shape {
+                    Shape::OpenAi => "invalid_request_error",
+                    Shape::Anthropic => "authentication_error",
+                };
+                let inner = json!({
+                    "code": "key_revoked",
+                    "key_id": key_id,
+                    "revoked_at": revoked_at,
+                    "message": message,
+                    "type": ty,
+                });
+                match shape {
+                    Shape::OpenAi => json!({ "error": inner }),
+                    Shape::Anthropic => json!({ "type": "error", "error": inner }),
+                }
+            }
+            _ => {
+                let (openai_type, openai_code, anthropic_type) = self.kinds();
+                if let GatewayError::Upstream {
+                    class: ErrorClass::RateLimit,
+                    retry_after_secs: r,
+                    ..
+                } = self
+                {
+                    retry_after_secs = *r;
+                }
+                match shape {
+                    Shape::OpenAi => {
+                        let mut inner = Map::new();
+                        inner.insert("message".into(), Value::String(message));
+                        inner.insert("type".into(), Value::String(openai_type.into()));
+                        inner.insert(
+                            "code".into(),
+                            openai_code.map_or(Value::Null, |c| Value::String(c.into())),
+                        );
+                        if let GatewayError::ModelNotFound { available, .. } = self {
+                            inner.insert("available_models".into(), json!(available));
+                        }
+                        json!({ "error": inner })
+                    }
+                    Shape::Anthropic => json!({
+                        "type": "error",
+                        "error": { "type": anthropic_type, "message": message },
+                    }),
+                }
+            }
+        };
+        RenderedError {
+            status,
+            body,
+            retry_after_secs,
+        }
+    }
+
+    /// (OpenAI `type`, OpenAI `code`, Anthropic `type`).
+    fn kinds(&self) -> (&'static str, Option<&'static str>, &'static str) {
+        match self {
+            GatewayError::InvalidRequest { .. } => {
+                ("invalid_request_error", None, "invalid_request_error")
+            }
+            GatewayError::ModelNotFound { .. } => (
+                "invalid_request_error",
+                Some("model_not_found"),
+                "not_found_error",
+            ),
+            GatewayError::ModelNotAllowed { .. } => (
+                "invalid_request_error",
+                Some("model_not_allowed"),
+                "permission_error",
+            ),
+            GatewayError::InvalidApiKey | GatewayError::KeyRevoked { .. } => (
+                "invalid_request_error",
+                Some("invalid_api_key"),
+                "authentication_error",
+            ),
+            GatewayError::Upstream { class, .. } => match class {
+                ErrorClass::Auth => (
+                    "invalid_request_error",
+                    Some("upstream_auth_failed"),
+                    "authentication_error",
+                ),
+                ErrorClass::RateLimit => (
+                    "rate_limit_error",
+                    Some("rate_limit_exceeded"),
+                    "rate_limit_error",
+                ),
+                ErrorClass::ContextOverflow => (
+                    "invalid_request_error",
+                    Some("context_length_exceeded"),
+                    "invalid_request_error",
+                ),
+                ErrorClass::InvalidRequest => {
+                    ("invalid_request_error", None, "invalid_request_error")
+                }
+                ErrorClass::Network => ("api_error", Some("upstream_unreachable"), "api_error"),
+                ErrorClass::ServerError => {
+                    ("api_error", Some("upstream_error"), "overloaded_error")
+                }
+                ErrorClass::Cancelled | ErrorClass::Other => ("api_error", None, "api_error"),
+            },
+            GatewayError::PayloadTooLarge { .. } => (
+                "invalid_request_error",
+                Some("request_too_large"),
+                "request_too_large",
+            ),
+            GatewayError::NotFound { .. } => (
+                "invalid_request_error",
+                Some("not_found"),
+                "not_found_error",
+            ),
+            GatewayError::MethodNotAllowed { .. } => (
+                "invalid_request_error",
+                Some("method_not_allowed"),
+                "invalid_request_error",
+            ),
+            GatewayError::Unavailable { .. } => {
+                ("api_error", Some("unavailable"), "overloaded_error")
+            }
+            GatewayError::Internal => ("api_error", Some("internal_error"), "api_error"),
+        }
+    }
+}
+
+/// Shorthand for an [`GatewayError::InvalidRequest`] naming a field.
+#[must_use]
+pub fn invalid(message: impl Into<String>) -> GatewayError {
+    GatewayError::InvalidRequest {
+        message: message.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn anthropic_overloaded_is_a_rate_limit() {
+        let body = br#"{"type":"error","error":{"type":"overloaded_error","message":"busy"}}"#;
+        assert_eq!(
+            ErrorClass::classify_upstream(529, body),
+            ErrorClass::RateLimit
+        );
+    }
+
+    #[test]
+    fn openai_context_length_is_context_overflow() {
+        let body = br#"{"error":{"message":"too many","type":"invalid_request_error","code":"context_length_exceeded"}}"#;
+        assert_eq!(
+            ErrorClass::classify_upstream(400, body),
+            ErrorClass::ContextOverflow
+        );
+    }
+
+    #[test]
+    fn garbage_body_falls_back_to_status() {
+        assert_eq!(
+            ErrorClass::classify_upstream(502, b"<html>"),
+            ErrorClass::ServerError
+        );
+        assert_eq!(ErrorClass::classify_upstream(408, b""), ErrorClass::Network);
+    }
+
+    #[test]
+    fn invalid_key_envelopes_match_each_api() {
+        let o = GatewayError::InvalidApiKey.render(Shape::OpenAi);
+        assert_eq!(o.status, 401);
+        assert_eq!(o.body["error"]["code"], "invalid_api_key");
+        let a = GatewayError::InvalidApiKey.render(Shape::Anthropic);
+        assert_eq!(a.body["type"], "error");
+        assert_eq!(a.body["error"]["type"], "authentication_error");
+    }
+
+    #[test]
+    fn upstream_rate_limit_forwards_retry_after() {
+        let e = GatewayError::Upstream {
+            class: ErrorClass::RateLimit,
+            provider: "anthropic".into(),
+            message: "anthropic returned 429".into(),
+            retry_after_secs: Some(7),
+        };
+        let r = e.render(Shape::OpenAi);
+        assert_eq!((r.status, r.retry_after_secs), (429, Some(7)));
+        assert_eq!(r.body["error"]["type"], "rate_limit_error");
+    }
+}

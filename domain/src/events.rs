@@ -1,0 +1,266 @@
+//! The trace event envelope and the payloads the gateway emits.
+//!
+//! Invariants:
+//! - No prompt text, completion text or secret is ever part of a payload: only model ids,
+//!   counts, costs, hashes, ids and error classes.
+//! - Payload field order is the declaration order below (the JSON is what `sqlite3` users and
+//!   audit exports see, so it is kept stable).
+
+use serde::Serialize;
+
+/// Who caused an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Actor {
+    User,
+    Agent,
+    System,
+}
+
+impl Actor {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Actor::User => "user",
+            Actor::Agent => "agent",
+            Actor::System => "system",
+        }
+    }
+}
+
+/// Privacy tier of an event (ordered from most to least private).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sensitivity {
+    Private,
+    UserControlled,
+    Pseudonymous,
+    Aggregatable,
+}
+
+impl Sensitivity {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Sensitivity::Private => "private",
+            Sensitivity::UserControlled => "user_controlled",
+            Sensitivity::Pseudonymous => "pseudonymous",
+            Sensitivity::Aggregatable => "aggregatable",
+        }
+    }
+}
+
+/// One stored trace event (the `events` table row).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// ULID; sort order is emit order.
+    pub id: String,
+    /// Unix microseconds, UTC.
+    pub timestamp_us: i64,
+    pub session_id: String,
+    pub turn_id: Option<String>,
+    pub parent_event_id: Option<String>,
+    /// `domain.verb`, e.g. `llm.call_completed`.
+    pub event_type: &'static str,
+    pub actor: Actor,
+    pub sensitivity: Sensitivity,
+    /// Compact JSON.
+    pub payload_json: String,
+}
+
+/// Event type names.
+pub mod types {
+    pub const ROUTE_DECIDED: &str = "route.decided";
+    pub const LLM_CALL_STARTED: &str = "llm.call_started";
+    pub const LLM_CALL_COMPLETED: &str = "llm.call_completed";
+    pub const LLM_CALL_FAILED: &str = "llm.call_failed";
+    pub const TURN_COMPLETED: &str = "turn.completed";
+    pub const GATEWAY_AUTH_FAILED: &str = "gateway.auth_failed";
+    pub const GATEWAY_KEY_ISSUED: &str = "gateway.key_issued";
+}
+
+/// A payload type knows its event type, actor and sensitivity.
+pub trait Payload: Serialize {
+    const TYPE: &'static str;
+    const ACTOR: Actor;
+    const SENSITIVITY: Sensitivity;
+}
+
+/// One entry of `route.decided.chain`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RouteChainEntry {
+    pub policy: &'static str,
+    pub verdict: &'static str,
+    pub reason: String,
+    pub candidate_model: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RouteDecided {
+    pub chosen_model: String,
+    pub winner_index: i64,
+    pub elapsed_ms: f64,
+    pub chain: Vec<RouteChainEntry>,
+    pub requested_model: String,
+}
+
+impl Payload for RouteDecided {
+    const TYPE: &'static str = types::ROUTE_DECIDED;
+    const ACTOR: Actor = Actor::System;
+    const SENSITIVITY: Sensitivity = Sensitivity::Pseudonymous;
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LlmCallStarted {
+    pub model: String,
+    pub provider: String,
+    pub estimated_input_tokens: u64,
+    pub request_id: String,
+    pub is_worker: bool,
+    pub stream: bool,
+}
+
+impl Payload for LlmCallStarted {
+    const TYPE: &'static str = types::LLM_CALL_STARTED;
+    const ACTOR: Actor = Actor::Agent;
+    const SENSITIVITY: Sensitivity = Sensitivity::Private;
+}
+
+/// Identity fields every gateway LLM event carries.
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct CallIdentity {
+    pub gateway_key_id: Option<String>,
+    pub inbound_shape: Option<&'static str>,
+    pub user_id: Option<String>,
+    pub team_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LlmCallCompleted {
+    pub model: String,
+    pub provider: String,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cached_input_tokens: u64,
+    pub cache_creation_input_tokens: u64,
+    pub cost_usd: f64,
+    pub pricing_version: String,
+    pub latency_ms: u64,
+    pub stop_reason: String,
+    pub produced_tool_calls: u64,
+    pub produced_thinking_blocks: u64,
+    pub retry_count: u32,
+    #[serde(flatten)]
+    pub identity: CallIdentity,
+}
+
+impl Payload for LlmCallCompleted {
+    const TYPE: &'static str = types::LLM_CALL_COMPLETED;
+    const ACTOR: Actor = Actor::Agent;
+    const SENSITIVITY: Sensitivity = Sensitivity::Pseudonymous;
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LlmCallFailed {
+    pub model: String,
+    pub provider: String,
+    pub error_class: &'static str,
+    /// Status and provider error type only; never upstream free text.
+    pub error_message_redacted: String,
+    pub retry_count: u32,
+    pub latency_ms: u64,
+    /// Usage consumed before the failure (streams cut mid-way, cancelled requests).
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cached_input_tokens: u64,
+    pub cache_creation_input_tokens: u64,
+    pub cost_usd: f64,
+    pub pricing_version: String,
+    #[serde(flatten)]
+    pub identity: CallIdentity,
+}
+
+impl Payload for LlmCallFailed {
+    const TYPE: &'static str = types::LLM_CALL_FAILED;
+    const ACTOR: Actor = Actor::Agent;
+    const SENSITIVITY: Sensitivity = Sensitivity::Pseudonymous;
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TurnCompleted {
+    pub stop_reason: String,
+    pub llm_call_count: u64,
+    pub tool_call_count: u64,
+    pub total_input_tokens: u64,
+    pub total_output_tokens: u64,
+    pub total_cost_usd: f64,
+    pub wall_time_seconds: f64,
+    #[serde(flatten)]
+    pub identity: CallIdentity,
+}
+
+impl Payload for TurnCompleted {
+    const TYPE: &'static str = types::TURN_COMPLETED;
+    const ACTOR: Actor = Actor::System;
+    const SENSITIVITY: Sensitivity = Sensitivity::Pseudonymous;
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct AuthFailed {
+    /// `missing_token`, `invalid_token` or `key_revoked`.
+    pub reason: &'static str,
+    pub inbound_shape: &'static str,
+    /// First 8 hex chars of the SHA-256 of the presented token.
+    pub token_hash_prefix: Option<String>,
+    pub gateway_key_id: Option<String>,
+}
+
+impl Payload for AuthFailed {
+    const TYPE: &'static str = types::GATEWAY_AUTH_FAILED;
+    const ACTOR: Actor = Actor::System;
+    const SENSITIVITY: Sensitivity = Sensitivity::Pseudonymous;
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct KeyIssued {
+    pub gateway_key_id: String,
+    pub name: String,
+    pub workspace_path: String,
+    pub issued_at: String,
+    pub user_id: Option<String>,
+    pub team_id: Option<String>,
+    pub allowed_models: Option<Vec<String>>,
+    pub daily_cap_usd: Option<String>,
+    pub monthly_cap_usd: Option<String>,
+    pub customer_tier: Option<String>,
+}
+
+impl Payload for KeyIssued {
+    const TYPE: &'static str = types::GATEWAY_KEY_ISSUED;
+    const ACTOR: Actor = Actor::System;
+    const SENSITIVITY: Sensitivity = Sensitivity::Pseudonymous;
+}
+
+/// Build an [`Event`] from a typed payload.
+///
+/// Serialising these payloads cannot fail (plain structs of strings and numbers); a failure
+/// would be a programming error, so it degrades to an empty object rather than panicking.
+#[must_use]
+pub fn make_event<P: Payload>(
+    id: String,
+    timestamp_us: i64,
+    session_id: &str,
+    turn_id: Option<&str>,
+    parent_event_id: Option<&str>,
+    payload: &P,
+) -> Event {
+    Event {
+        id,
+        timestamp_us,
+        session_id: session_id.to_owned(),
+        turn_id: turn_id.map(str::to_owned),
+        parent_event_id: parent_event_id.map(str::to_owned),
+        event_type: P::TYPE,
+        actor: P::ACTOR,
+        sensitivity: P::SENSITIVITY,
+        payload_json: serde_json::to_string(payload).unwrap_or_else(|_| "{}".to_owned()),
+    }
+}

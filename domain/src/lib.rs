@@ -1,0 +1,13 @@
+//! `gw-domain`: the pure model and rules of the Metis gateway.
+//!
+//! Synchronous and IO-free by construction: no tokio, no database, no HTTP. Everything here
+//! is a value or a function of values, so it is unit- and property-testable in isolation.
+//! The dependency rule is enforced by `tests/tests/architecture.rs`.
+
+pub mod canonical;
+pub mod error;
+pub mod events;
+pub mod keys;
+pub mod models;
+pub mod pricing;
+pub mod time;

@@ -1,0 +1,49 @@
+//! The key store: where gateway key records live.
+
+use async_trait::async_trait;
+use gw_domain::keys::KeyRecord;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyStoreError {
+    /// The store does not exist yet (e.g. no keystore file).
+    #[error("keystore not found: {location}")]
+    NotFound { location: String },
+    /// The stored data is unreadable or fails validation; the message names the problem.
+    #[error("keystore {location} is invalid: {message}")]
+    Corrupt { location: String, message: String },
+    /// Writes are impossible (read-only file or mount, e.g. a Kubernetes Secret).
+    #[error("keystore {location} is read-only: {message}")]
+    ReadOnly { location: String, message: String },
+    /// A key with this id or token hash already exists.
+    #[error("key {key_id} already exists")]
+    Duplicate { key_id: String },
+    #[error("key '{key_id}' not found in keystore")]
+    UnknownKey { key_id: String },
+    #[error("keystore I/O error on {location}: {message}")]
+    Io { location: String, message: String },
+}
+
+/// Persistent storage of key records.
+#[async_trait]
+pub trait KeyStore: Send + Sync {
+    /// Where the keys live, for the boot line and error messages (never secrets).
+    fn describe(&self) -> String;
+
+    /// Every stored key, in insertion order.
+    ///
+    /// # Errors
+    /// `NotFound` if the store does not exist; `Corrupt` if any record fails validation
+    /// (nothing is returned then: a half-valid key set is never served).
+    async fn load(&self) -> Result<Vec<KeyRecord>, KeyStoreError>;
+
+    /// Append a new key. MUST be atomic (a reader sees the old set or the new set) and MUST
+    /// NOT lose a concurrent writer's update. Creates the store when missing.
+    ///
+    /// # Errors
+    /// `Duplicate` on an existing id or hash; `ReadOnly` when writes are impossible.
+    async fn insert(&self, record: KeyRecord) -> Result<(), KeyStoreError>;
+
+    /// A token that changes whenever the stored set may have changed (e.g. file mtime+size),
+    /// so a running gateway can reload cheaply. `None` when the store does not exist.
+    async fn version(&self) -> Option<String>;
+}

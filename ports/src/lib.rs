@@ -1,0 +1,12 @@
+//! `gw-ports`: the traits the gateway core needs from the outside world (driven ports) and
+//! the service it offers to the HTTP and CLI adapters (driving port).
+//!
+//! Every port is an `async_trait` object-safe trait (`Arc<dyn Port>`), because the storage
+//! backend and providers are chosen at runtime. Each port has its own error enum; contracts
+//! are written as MUST sentences in the docs.
+
+pub mod gateway;
+pub mod keys;
+pub mod system;
+pub mod trace;
+pub mod upstream;

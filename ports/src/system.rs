@@ -1,0 +1,18 @@
+//! Clock and id/randomness sources, so use cases never read the system directly.
+
+use gw_domain::time::Timestamp;
+
+/// Wall clock.
+pub trait Clock: Send + Sync {
+    /// Current unix time in microseconds (UTC).
+    fn now_us(&self) -> Timestamp;
+}
+
+/// Identifiers and secrets.
+pub trait IdSource: Send + Sync {
+    /// A new ULID string. MUST be unique and monotonic within the process.
+    fn ulid(&self) -> String;
+    /// 24 bytes (192 bits) from a CSPRNG, for gateway tokens. MUST NOT be derived from any
+    /// id or timestamp.
+    fn secret_bytes(&self) -> [u8; 24];
+}

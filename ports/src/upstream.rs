@@ -1,0 +1,102 @@
+//! Upstream LLM providers. A provider moves bytes in its own wire format; the use case
+//! renders requests and parses responses (pure functions in `gw-domain`).
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+
+/// The wire format a provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WireFormat {
+    /// OpenAI Chat Completions (OpenAI, OpenRouter, vLLM, Ollama, llama.cpp, the mock).
+    OpenAiChat,
+    /// Anthropic Messages.
+    AnthropicMessages,
+}
+
+/// One upstream call.
+#[derive(Debug, Clone)]
+pub struct UpstreamRequest {
+    /// The request body, JSON in the provider's wire format.
+    pub body: Bytes,
+    /// Whether `body` asks for an SSE stream.
+    pub stream: bool,
+    /// Request id for logs (never sent upstream as a secret).
+    pub request_id: String,
+}
+
+/// A successful (2xx) upstream answer.
+pub struct UpstreamReply {
+    pub body: UpstreamBody,
+    /// How many retries happened before this answer.
+    pub retries: u32,
+}
+
+impl std::fmt::Debug for UpstreamReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamReply")
+            .field("retries", &self.retries)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The body of a successful answer.
+pub enum UpstreamBody {
+    /// A complete JSON body.
+    Full(Bytes),
+    /// Raw SSE bytes as they arrive. Dropping the stream MUST cancel the upstream call
+    /// (close the connection) promptly.
+    Stream(BoxStream<'static, Result<Bytes, UpstreamError>>),
+}
+
+/// An upstream failure.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum UpstreamError {
+    /// The provider answered with a non-2xx status (after retries, if retryable).
+    #[error("{provider} returned HTTP {status}")]
+    Status {
+        provider: String,
+        status: u16,
+        body: Bytes,
+        retry_after_secs: Option<u64>,
+        retries: u32,
+    },
+    /// Connecting, sending or reading failed, or a timeout fired.
+    #[error("{provider} unreachable: {message}")]
+    Network {
+        provider: String,
+        message: String,
+        retries: u32,
+    },
+}
+
+impl UpstreamError {
+    /// Retries that happened before this failure.
+    #[must_use]
+    pub fn retries(&self) -> u32 {
+        match self {
+            UpstreamError::Status { retries, .. } | UpstreamError::Network { retries, .. } => {
+                *retries
+            }
+        }
+    }
+}
+
+/// An LLM provider.
+#[async_trait]
+pub trait Provider: Send + Sync {
+    /// Provider name as used in canonical ids (`anthropic`, `openai`, `openrouter`, `mock`).
+    fn name(&self) -> &str;
+
+    /// The wire format of `send` bodies.
+    fn wire(&self) -> WireFormat;
+
+    /// Send one call. MUST return only after the response head (status) arrived, so the
+    /// caller can still turn a failure into a proper error response. Retries of 429, 5xx and
+    /// network failures (backoff with jitter, honouring `Retry-After`) happen here, and only
+    /// before any byte is returned. Credentials are added here and MUST never be logged.
+    ///
+    /// # Errors
+    /// `Status` for non-2xx answers, `Network` for transport failures and timeouts.
+    async fn send(&self, request: UpstreamRequest) -> Result<UpstreamReply, UpstreamError>;
+}
