@@ -1,1 +1,18 @@
-//! placeholder during bootstrap
+//! `gw-storage-sqlite`: the SQLite adapter for the trace store (`events` in `metis.db`).
+//!
+//! Invariants:
+//! - Schema, index names and PRAGMAs match the original gateway (`reference/storage.md` §2),
+//!   and `PRAGMA user_version` only ever moves up; a file from a newer binary is refused
+//!   untouched ([`TRACE_SCHEMA_VERSION`]).
+//! - Request paths never wait on disk: [`SqliteTraceStore`] queues events for one writer thread
+//!   that group-commits them; overflow and write failures are counted and logged.
+//! - Depends only on `gw-ports` and `gw-domain`.
+
+mod reader;
+mod schema;
+mod store;
+mod writer;
+
+pub use reader::{StoredEvent, TraceReader, schema_version};
+pub use schema::{EVENT_INDEX_NAMES, TRACE_SCHEMA_VERSION};
+pub use store::{SqliteTraceStore, WriterOptions};

@@ -1,0 +1,210 @@
+//! The trace database schema, its connection settings and its version stamp.
+//!
+//! Invariants:
+//! - The `events` DDL and the ten index names/definitions are the ones the original gateway
+//!   created (`reference/storage.md` §2), so operator SQL from the runbook works unchanged.
+//!   Every statement is `IF NOT EXISTS`: applying the schema is additive and idempotent.
+//! - `PRAGMA user_version` is read before anything touches the file. A value above
+//!   [`TRACE_SCHEMA_VERSION`] is refused without modifying the file; a lower value (0 means
+//!   unstamped or new) is raised to [`TRACE_SCHEMA_VERSION`]; the value is never lowered.
+//! - Every connection that writes runs the same PRAGMA sequence, in this order:
+//!   `journal_mode=WAL`, `synchronous=NORMAL`, `wal_autocheckpoint`, `busy_timeout`, then
+//!   `foreign_keys=OFF` (the declared FK to `sessions` is documentation only, as upstream).
+
+use std::path::Path;
+use std::time::Duration;
+
+use gw_ports::trace::TraceError;
+use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior};
+
+/// The trace schema version this binary reads and writes (`PRAGMA user_version`).
+pub const TRACE_SCHEMA_VERSION: i64 = 1;
+
+/// Names of the indexes on `events`, in creation order.
+pub const EVENT_INDEX_NAMES: [&str; 10] = [
+    "idx_events_session_id",
+    "idx_events_type_timestamp",
+    "idx_events_turn",
+    "idx_events_turn_id_id",
+    "idx_events_parent",
+    "idx_events_timestamp_us",
+    "idx_events_gateway_key_id",
+    "idx_events_user_id",
+    "idx_events_team_id",
+    "idx_events_eval_subject_kind",
+];
+
+/// The `events` table and its indexes. The foreign key is declared but not enforced
+/// (`foreign_keys` stays OFF): a gateway-only database has no `sessions` table.
+const SCHEMA_SQL: &str = "\
+CREATE TABLE IF NOT EXISTS events (
+    id TEXT PRIMARY KEY,
+    timestamp_us INTEGER NOT NULL,
+    session_id TEXT NOT NULL,
+    turn_id TEXT,
+    parent_event_id TEXT,
+    type TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    sensitivity TEXT NOT NULL,
+    payload_json TEXT NOT NULL,
+    FOREIGN KEY (session_id) REFERENCES sessions(id)
+);
+CREATE INDEX IF NOT EXISTS idx_events_session_id ON events(session_id, id);
+CREATE INDEX IF NOT EXISTS idx_events_type_timestamp ON events(type, timestamp_us);
+CREATE INDEX IF NOT EXISTS idx_events_turn ON events(turn_id);
+CREATE INDEX IF NOT EXISTS idx_events_turn_id_id ON events(turn_id, id);
+CREATE INDEX IF NOT EXISTS idx_events_parent ON events(parent_event_id);
+CREATE INDEX IF NOT EXISTS idx_events_timestamp_us ON events(timestamp_us);
+CREATE INDEX IF NOT EXISTS idx_events_gateway_key_id
+    ON events(json_extract(payload_json, '$.gateway_key_id'))
+    WHERE json_extract(payload_json, '$.gateway_key_id') IS NOT NULL;
+CREATE INDEX IF NOT EXISTS idx_events_user_id
+    ON events(json_extract(payload_json, '$.user_id'))
+    WHERE json_extract(payload_json, '$.user_id') IS NOT NULL;
+CREATE INDEX IF NOT EXISTS idx_events_team_id
+    ON events(json_extract(payload_json, '$.team_id'))
+    WHERE json_extract(payload_json, '$.team_id') IS NOT NULL;
+CREATE INDEX IF NOT EXISTS idx_events_eval_subject_kind
+    ON events(json_extract(payload_json, '$.subject_kind'), timestamp_us)
+    WHERE type = 'eval.completed';
+";
+
+/// The one statement the writer uses (prepared once, cached on the connection).
+pub(crate) const INSERT_SQL: &str = "INSERT INTO events \
+    (id, timestamp_us, session_id, turn_id, parent_event_id, type, actor, sensitivity, payload_json) \
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+
+/// Connection settings applied on every open of a writing connection.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Pragmas {
+    pub wal_autocheckpoint_pages: u32,
+    pub busy_timeout: Duration,
+}
+
+/// Wrap a rusqlite error as a backend error.
+pub(crate) fn backend(e: rusqlite::Error) -> TraceError {
+    TraceError::Backend(Box::new(e))
+}
+
+/// Map an error seen while opening or inspecting `path` to a message an operator can act on.
+pub(crate) fn open_error(path: &Path, e: rusqlite::Error) -> TraceError {
+    let shown = path.display();
+    match e.sqlite_error_code() {
+        Some(ErrorCode::NotADatabase) => TraceError::Unavailable(format!(
+            "{shown} is not a SQLite database (wrong --db-path, or the file is damaged): {e}"
+        )),
+        Some(ErrorCode::CannotOpen) => {
+            TraceError::Unavailable(format!("cannot open trace database {shown}: {e}"))
+        }
+        Some(ErrorCode::ReadOnly | ErrorCode::PermissionDenied) => {
+            TraceError::Unavailable(format!("trace database {shown} is not writable: {e}"))
+        }
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => TraceError::Unavailable(
+            format!("trace database {shown} is locked by another process: {e}"),
+        ),
+        _ => TraceError::Unavailable(format!("trace database {shown}: {e}")),
+    }
+}
+
+/// Read `PRAGMA user_version`. This is also the first real read of the file, so it is where a
+/// non-SQLite file is detected.
+pub(crate) fn read_user_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+}
+
+/// Refuse a file stamped by a newer binary.
+pub(crate) fn check_not_too_new(found: i64) -> Result<(), TraceError> {
+    if found > TRACE_SCHEMA_VERSION {
+        return Err(TraceError::TooNew {
+            found,
+            supported: TRACE_SCHEMA_VERSION,
+        });
+    }
+    Ok(())
+}
+
+/// Apply the PRAGMA sequence. Returns the journal mode SQLite actually chose (it can refuse
+/// WAL, e.g. on a filesystem without shared memory).
+pub(crate) fn apply_pragmas(conn: &Connection, p: Pragmas) -> rusqlite::Result<String> {
+    let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    // `wal_autocheckpoint` answers with the new value; read it so the statement completes.
+    let _pages: i64 = conn.query_row(
+        &format!("PRAGMA wal_autocheckpoint={}", p.wal_autocheckpoint_pages),
+        [],
+        |r| r.get(0),
+    )?;
+    conn.busy_timeout(p.busy_timeout)?;
+    // The original never enforced the declared foreign key (a gateway-only file has no
+    // `sessions` table). The bundled SQLite is compiled with foreign keys ON by default, so
+    // turn them off explicitly or every insert fails with "no such table: main.sessions".
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    Ok(mode)
+}
+
+/// Open (creating when missing) the database at `path` for writing: version check, PRAGMAs,
+/// schema, version stamp. The returned connection is ready for the writer.
+pub(crate) fn open_for_writing(path: &Path, p: Pragmas) -> Result<Connection, TraceError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let mut conn = Connection::open_with_flags(path, flags).map_err(|e| open_error(path, e))?;
+    // Wait for a concurrent opener rather than failing the version read.
+    conn.busy_timeout(p.busy_timeout)
+        .map_err(|e| open_error(path, e))?;
+    let found = read_user_version(&conn).map_err(|e| open_error(path, e))?;
+    check_not_too_new(found)?;
+
+    let mode = apply_pragmas(&conn, p).map_err(|e| open_error(path, e))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        tracing::warn!(
+            path = %path.display(),
+            journal_mode = %mode,
+            "SQLite refused WAL mode for the trace database; writes will block readers"
+        );
+    }
+
+    // DDL and the stamp in one transaction: a crash leaves either the old file or the new one.
+    // `BEGIN IMMEDIATE` takes the write lock up front (waiting up to `busy_timeout`), and the
+    // version is re-read under it so a newer binary that stamped the file between our first
+    // read and now is still respected.
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|e| open_error(path, e))?;
+    let found = read_user_version(&tx).map_err(|e| open_error(path, e))?;
+    check_not_too_new(found)?;
+    tx.execute_batch(SCHEMA_SQL)
+        .map_err(|e| open_error(path, e))?;
+    if found < TRACE_SCHEMA_VERSION {
+        tx.pragma_update(None, "user_version", TRACE_SCHEMA_VERSION)
+            .map_err(|e| open_error(path, e))?;
+    }
+    tx.commit().map_err(|e| open_error(path, e))?;
+    if found < TRACE_SCHEMA_VERSION {
+        tracing::info!(
+            path = %path.display(),
+            from = found,
+            to = TRACE_SCHEMA_VERSION,
+            "stamped trace database schema version"
+        );
+    }
+    Ok(conn)
+}
+
+/// Open an existing database read-only (never creates, never modifies it).
+pub(crate) fn open_read_only(
+    path: &Path,
+    busy_timeout: Duration,
+) -> Result<Connection, TraceError> {
+    if !path.exists() {
+        return Err(TraceError::Unavailable(format!(
+            "trace database {} does not exist",
+            path.display()
+        )));
+    }
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| open_error(path, e))?;
+    conn.busy_timeout(busy_timeout)
+        .map_err(|e| open_error(path, e))?;
+    Ok(conn)
+}

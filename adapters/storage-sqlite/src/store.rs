@@ -1,0 +1,336 @@
+//! [`SqliteTraceStore`]: the `EventSink` port over SQLite, with a batching writer thread.
+//!
+//! Invariants:
+//! - `emit` never blocks and never touches the disk: it `try_send`s onto a bounded queue. An
+//!   event that does not fit is counted in `overflowed` and reported by a WARN line at most
+//!   once per second (with the running count); nothing is dropped silently.
+//! - Every emitted event is counted exactly once in `accepted`, `overflowed` or `failed`
+//!   (`failed` also covers emits after close or after the writer died).
+//! - `flush` resolves only after every event emitted before it was committed.
+//! - Shutdown (explicit or on drop) stops accepting, drains the queue, commits and joins the
+//!   writer thread. It is idempotent.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use gw_domain::events::Event;
+use gw_ports::trace::{EventSink, SinkStats, TraceError};
+use tokio::sync::oneshot;
+
+use crate::reader::{StoredEvent, TraceReader};
+use crate::schema::{Pragmas, open_for_writing};
+use crate::writer::{self, Counters, LogLimiter, Msg, WriterConfig};
+
+/// Tuning of the trace store. `Default` gives the production values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriterOptions {
+    /// Bounded queue between `emit` and the writer thread (default 65 536, minimum 1).
+    pub queue_capacity: usize,
+    /// Most events committed in one transaction (default 1024, minimum 1).
+    pub max_batch: usize,
+    /// `PRAGMA wal_autocheckpoint`, in pages (default 8192, about 32 MB).
+    pub wal_autocheckpoint_pages: u32,
+    /// `PRAGMA busy_timeout` (default 5 s).
+    pub busy_timeout: Duration,
+    /// Attempts per batch before it is counted as failed (default 3, minimum 1).
+    pub retry_attempts: u32,
+    /// Pause before the first retry; doubled for each further one (default 50 ms).
+    pub retry_backoff: Duration,
+}
+
+impl Default for WriterOptions {
+    fn default() -> Self {
+        Self {
+            queue_capacity: 65_536,
+            max_batch: 1024,
+            wal_autocheckpoint_pages: 8192,
+            busy_timeout: Duration::from_secs(5),
+            retry_attempts: 3,
+            retry_backoff: Duration::from_millis(50),
+        }
+    }
+}
+
+struct Inner {
+    path: PathBuf,
+    sender: SyncSender<Msg>,
+    counters: Arc<Counters>,
+    /// `Some` until shutdown joined the thread; the lock serialises concurrent shutdowns.
+    thread: Mutex<Option<JoinHandle<()>>>,
+    overflow_log: LogLimiter,
+    dropped_log: LogLimiter,
+    capacity: usize,
+}
+
+/// The SQLite trace store (`events` table of `metis.db`).
+///
+/// Share it as `Arc<SqliteTraceStore>` / `Arc<dyn EventSink>`. Call [`shutdown`] at exit;
+/// dropping the last handle does the same, blocking the dropping thread while it drains.
+///
+/// [`shutdown`]: SqliteTraceStore::shutdown
+pub struct SqliteTraceStore {
+    inner: Arc<Inner>,
+    reader: TraceReader,
+}
+
+impl std::fmt::Debug for SqliteTraceStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteTraceStore")
+            .field("path", &self.inner.path)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteTraceStore {
+    /// Open (creating when missing, with parent directories) the trace database at `path`,
+    /// apply the PRAGMAs and schema, stamp the version, and start the writer thread.
+    ///
+    /// Blocking: call it from `spawn_blocking` (or before the runtime starts).
+    ///
+    /// # Errors
+    /// `TooNew` when the file was stamped by a newer binary (the file is left untouched);
+    /// `Unavailable` when the file is not a SQLite database, cannot be created or opened, or
+    /// the writer thread cannot be started.
+    pub fn open(path: &Path, opts: WriterOptions) -> Result<Self, TraceError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                TraceError::Unavailable(format!(
+                    "cannot create directory {} for the trace database: {e}",
+                    parent.display()
+                ))
+            })?;
+        }
+        let pragmas = Pragmas {
+            wal_autocheckpoint_pages: opts.wal_autocheckpoint_pages,
+            busy_timeout: opts.busy_timeout,
+        };
+        let conn = open_for_writing(path, pragmas)?;
+        let reader = TraceReader::open_with_timeout(path, opts.busy_timeout)?;
+
+        let capacity = opts.queue_capacity.max(1);
+        let (sender, rx) = sync_channel(capacity);
+        let counters = Arc::new(Counters::default());
+        counters.writer_alive.store(true, Ordering::Release);
+        counters.last_batch_ok.store(true, Ordering::Release);
+        let cfg = WriterConfig {
+            max_batch: opts.max_batch.max(1),
+            retry_attempts: opts.retry_attempts.max(1),
+            retry_backoff: opts.retry_backoff,
+        };
+        let thread_counters = Arc::clone(&counters);
+        let handle = std::thread::Builder::new()
+            .name("metis-trace-writer".into())
+            .spawn(move || writer::run(conn, rx, thread_counters, cfg))
+            .map_err(|e| {
+                TraceError::Unavailable(format!("cannot start the trace writer thread: {e}"))
+            })?;
+
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path: path.to_path_buf(),
+                sender,
+                counters,
+                thread: Mutex::new(Some(handle)),
+                overflow_log: LogLimiter::new(Duration::from_secs(1)),
+                dropped_log: LogLimiter::new(Duration::from_secs(1)),
+                capacity,
+            }),
+            reader,
+        })
+    }
+
+    /// The database file.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Stop accepting events, drain the queue, commit and join the writer thread. Later
+    /// `emit`s are counted as failed. Idempotent. Returns the final counters.
+    pub async fn shutdown(&self) -> SinkStats {
+        let inner = Arc::clone(&self.inner);
+        // Joining blocks; keep it off the async workers. If the blocking pool is gone
+        // (runtime shutting down) fall back to doing it here.
+        match tokio::task::spawn_blocking(move || inner.shutdown_blocking()).await {
+            Ok(stats) => stats,
+            Err(_) => self.inner.shutdown_blocking(),
+        }
+    }
+
+    /// Blocking form of [`shutdown`](Self::shutdown), consuming the store (for CLI code
+    /// without a runtime).
+    pub fn close(self) -> SinkStats {
+        self.inner.shutdown_blocking()
+    }
+
+    /// The read-only view this store keeps (sees only committed events; `flush` first).
+    #[must_use]
+    pub fn reader(&self) -> &TraceReader {
+        &self.reader
+    }
+
+    /// Number of stored events of type `ty`. Blocking.
+    ///
+    /// # Errors
+    /// `Backend` on an SQLite error.
+    pub fn count_by_type(&self, ty: &str) -> Result<u64, TraceError> {
+        self.reader.count_by_type(ty)
+    }
+
+    /// Stored events of one turn, ordered by id. Blocking.
+    ///
+    /// # Errors
+    /// `Backend` on an SQLite error.
+    pub fn events_for_turn(&self, turn_id: &str) -> Result<Vec<StoredEvent>, TraceError> {
+        self.reader.events_for_turn(turn_id)
+    }
+
+    /// Stored events of one type, ordered by id. Blocking.
+    ///
+    /// # Errors
+    /// `Backend` on an SQLite error.
+    pub fn events_of_type(&self, ty: &str) -> Result<Vec<StoredEvent>, TraceError> {
+        self.reader.events_of_type(ty)
+    }
+}
+
+impl Inner {
+    fn stats(&self) -> SinkStats {
+        let c = &self.counters;
+        SinkStats {
+            accepted: c.accepted.load(Ordering::Relaxed),
+            written: c.written.load(Ordering::Relaxed),
+            overflowed: c.overflowed.load(Ordering::Relaxed),
+            failed: c.failed.load(Ordering::Relaxed),
+            queued: c.queued.load(Ordering::Relaxed),
+        }
+    }
+
+    /// An event that can no longer be queued (closed store or dead writer).
+    fn count_unqueueable(&self, why: &'static str) {
+        let total = self.counters.failed.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.dropped_log.allow() {
+            tracing::error!(
+                path = %self.path.display(),
+                failed_total = total,
+                "trace event not stored: {why}"
+            );
+        }
+    }
+
+    fn shutdown_blocking(&self) -> SinkStats {
+        self.counters.closed.store(true, Ordering::Release);
+        let mut slot = self.thread.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(handle) = slot.take() {
+            // Blocks while the queue is full; the writer is draining it. An error means the
+            // writer is already gone, and joining is all that is left.
+            let _ = self.sender.send(Msg::Shutdown);
+            if handle.join().is_err() {
+                tracing::error!(path = %self.path.display(), "trace writer thread panicked");
+            }
+            let stats = self.stats();
+            if stats.overflowed > 0 || stats.failed > 0 {
+                tracing::warn!(
+                    path = %self.path.display(),
+                    accepted = stats.accepted,
+                    written = stats.written,
+                    overflowed = stats.overflowed,
+                    failed = stats.failed,
+                    "trace store closed; some events were not stored"
+                );
+            } else {
+                tracing::info!(
+                    path = %self.path.display(),
+                    written = stats.written,
+                    "trace store closed; queue drained"
+                );
+            }
+        }
+        self.stats()
+    }
+}
+
+impl Drop for SqliteTraceStore {
+    fn drop(&mut self) {
+        self.inner.shutdown_blocking();
+    }
+}
+
+#[async_trait]
+impl EventSink for SqliteTraceStore {
+    fn emit(&self, event: Event) {
+        let inner = &*self.inner;
+        let c = &inner.counters;
+        if c.closed.load(Ordering::Acquire) {
+            inner.count_unqueueable("the trace store is closed");
+            return;
+        }
+        // Count as queued before sending so the writer's decrement can never run first.
+        c.queued.fetch_add(1, Ordering::Relaxed);
+        match inner.sender.try_send(Msg::Event(event)) {
+            Ok(()) => {
+                c.accepted.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(TrySendError::Full(_)) => {
+                c.queued.fetch_sub(1, Ordering::Relaxed);
+                let total = c.overflowed.fetch_add(1, Ordering::Relaxed) + 1;
+                if inner.overflow_log.allow() {
+                    tracing::warn!(
+                        path = %inner.path.display(),
+                        overflowed_total = total,
+                        capacity = inner.capacity,
+                        "trace queue full; event counted as overflowed and not stored"
+                    );
+                }
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                c.queued.fetch_sub(1, Ordering::Relaxed);
+                inner.count_unqueueable("the trace writer has stopped");
+            }
+        }
+    }
+
+    async fn flush(&self) -> Result<(), TraceError> {
+        let inner = &self.inner;
+        if inner.counters.closed.load(Ordering::Acquire) {
+            return Err(TraceError::Unavailable("the trace store is closed".into()));
+        }
+        let (tx, rx) = oneshot::channel();
+        let stopped = || TraceError::Unavailable("the trace writer has stopped".into());
+        match inner.sender.try_send(Msg::Flush(tx)) {
+            Ok(()) => {}
+            Err(TrySendError::Disconnected(_)) => return Err(stopped()),
+            Err(TrySendError::Full(msg)) => {
+                // Queue full: wait for room off the async workers (the marker must not be
+                // dropped like an event would be).
+                let sender = inner.sender.clone();
+                let sent = tokio::task::spawn_blocking(move || sender.send(msg).is_ok()).await;
+                if !matches!(sent, Ok(true)) {
+                    return Err(stopped());
+                }
+            }
+        }
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(message)) => Err(TraceError::Unavailable(message)),
+            Err(_) => Err(stopped()),
+        }
+    }
+
+    fn stats(&self) -> SinkStats {
+        self.inner.stats()
+    }
+
+    fn is_writable(&self) -> bool {
+        let c = &self.inner.counters;
+        !c.closed.load(Ordering::Acquire)
+            && c.writer_alive.load(Ordering::Acquire)
+            && c.last_batch_ok.load(Ordering::Acquire)
+    }
+}

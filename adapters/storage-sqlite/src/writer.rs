@@ -1,0 +1,308 @@
+//! The writer thread: the only owner of the write connection.
+//!
+//! Invariants:
+//! - Messages are handled in queue order, so a flush marker is answered only after every event
+//!   queued before it has been committed (or counted as failed).
+//! - Events are written in group commits: the thread blocks for the first message, takes up to
+//!   `max_batch` more without blocking, and inserts them in one `BEGIN IMMEDIATE` transaction
+//!   with one cached prepared statement.
+//! - Every event taken off the queue ends up in exactly one of `written` or `failed`.
+//! - A batch that fails for a transient reason (busy, locked, disk full, I/O) is retried with
+//!   bounded backoff, then counted as failed and logged; the thread keeps running, so the
+//!   gateway keeps serving and later batches are attempted normally.
+//! - A single event the database rejects on its own (constraint violation, too big) is
+//!   counted as failed without failing the rest of its batch.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::time::{Duration, Instant};
+
+use gw_domain::events::Event;
+use rusqlite::{Connection, ErrorCode, TransactionBehavior, params};
+use tokio::sync::oneshot;
+
+use crate::schema::INSERT_SQL;
+
+/// What travels on the writer queue.
+pub(crate) enum Msg {
+    Event(Event),
+    /// Answer once everything queued before this marker is committed.
+    Flush(oneshot::Sender<Result<(), String>>),
+    /// Drain the queue, commit, and exit.
+    Shutdown,
+}
+
+/// Counters shared between the emitting side and the writer thread.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub accepted: AtomicU64,
+    pub written: AtomicU64,
+    pub overflowed: AtomicU64,
+    pub failed: AtomicU64,
+    pub queued: AtomicU64,
+    pub writer_alive: AtomicBool,
+    pub last_batch_ok: AtomicBool,
+    pub closed: AtomicBool,
+}
+
+/// Allows one log line per `interval` across threads, without locks.
+#[derive(Debug)]
+pub(crate) struct LogLimiter {
+    start: Instant,
+    interval_ms: u64,
+    next_allowed_ms: AtomicU64,
+}
+
+impl LogLimiter {
+    pub(crate) fn new(interval: Duration) -> Self {
+        Self {
+            start: Instant::now(),
+            interval_ms: u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
+            next_allowed_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether the caller may log now (at most once per interval).
+    pub(crate) fn allow(&self) -> bool {
+        let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let next = self.next_allowed_ms.load(Ordering::Relaxed);
+        now >= next
+            && self
+                .next_allowed_ms
+                .compare_exchange(
+                    next,
+                    now.saturating_add(self.interval_ms),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+    }
+}
+
+/// Writer settings (copied from `WriterOptions`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WriterConfig {
+    pub max_batch: usize,
+    pub retry_attempts: u32,
+    pub retry_backoff: Duration,
+}
+
+/// Marks the writer dead however the thread ends (including a panic unwinding through it).
+struct AliveGuard(Arc<Counters>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.writer_alive.store(false, Ordering::Release);
+    }
+}
+
+struct Writer {
+    conn: Connection,
+    counters: Arc<Counters>,
+    cfg: WriterConfig,
+    batch: Vec<Event>,
+    waiters: Vec<oneshot::Sender<Result<(), String>>>,
+    /// Events counted as failed since the last flush was answered.
+    failed_since_flush: u64,
+}
+
+/// The thread body. Returns when a shutdown marker was handled or every sender is gone.
+pub(crate) fn run(conn: Connection, rx: Receiver<Msg>, counters: Arc<Counters>, cfg: WriterConfig) {
+    let _alive = AliveGuard(Arc::clone(&counters));
+    let mut w = Writer {
+        conn,
+        counters,
+        batch: Vec::with_capacity(cfg.max_batch),
+        cfg,
+        waiters: Vec::new(),
+        failed_since_flush: 0,
+    };
+    while let Ok(first) = rx.recv() {
+        let stop = w.collect(&rx, first);
+        w.commit_batch();
+        if stop {
+            w.drain_for_shutdown(&rx);
+            w.answer_waiters();
+            break;
+        }
+        w.answer_waiters();
+    }
+    let c = &w.counters;
+    tracing::debug!(
+        written = c.written.load(Ordering::Relaxed),
+        failed = c.failed.load(Ordering::Relaxed),
+        "trace writer stopped"
+    );
+}
+
+impl Writer {
+    /// Take `first` and then up to `max_batch` events without blocking. Stops early at a
+    /// control marker so a flush is answered promptly. Returns whether shutdown was requested.
+    fn collect(&mut self, rx: &Receiver<Msg>, first: Msg) -> bool {
+        let mut next = Some(first);
+        while let Some(msg) = next {
+            match msg {
+                Msg::Event(e) => self.batch.push(e),
+                Msg::Flush(tx) => {
+                    self.waiters.push(tx);
+                    return false;
+                }
+                Msg::Shutdown => return true,
+            }
+            if self.batch.len() >= self.cfg.max_batch {
+                return false;
+            }
+            next = rx.try_recv().ok();
+        }
+        false
+    }
+
+    /// After a shutdown marker: commit whatever is still queued (events that raced with the
+    /// close), in batches, until the queue is empty.
+    fn drain_for_shutdown(&mut self, rx: &Receiver<Msg>) {
+        loop {
+            loop {
+                match rx.try_recv() {
+                    Ok(Msg::Event(e)) => {
+                        self.batch.push(e);
+                        if self.batch.len() >= self.cfg.max_batch {
+                            break;
+                        }
+                    }
+                    Ok(Msg::Flush(tx)) => self.waiters.push(tx),
+                    Ok(Msg::Shutdown) => {}
+                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                }
+            }
+            if self.batch.is_empty() {
+                return;
+            }
+            self.commit_batch();
+        }
+    }
+
+    fn answer_waiters(&mut self) {
+        if self.waiters.is_empty() {
+            return;
+        }
+        let result = if self.failed_since_flush == 0 {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} trace events could not be written since the previous flush (see the error log)",
+                self.failed_since_flush
+            ))
+        };
+        self.failed_since_flush = 0;
+        for tx in self.waiters.drain(..) {
+            // The flusher may have given up waiting; nothing to do then.
+            let _ = tx.send(result.clone());
+        }
+    }
+
+    /// Insert the current batch, retrying transient failures, and account for every event.
+    fn commit_batch(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let n = self.batch.len() as u64;
+        let attempts = self.cfg.retry_attempts.max(1);
+        let mut attempt = 1;
+        let outcome = loop {
+            match insert_batch(&mut self.conn, &self.batch) {
+                Ok(rejected) => break Ok(rejected),
+                Err(e) if attempt < attempts => {
+                    let delay = self
+                        .cfg
+                        .retry_backoff
+                        .saturating_mul(1 << (attempt - 1).min(6));
+                    tracing::warn!(
+                        error = %e,
+                        batch = n,
+                        attempt,
+                        attempts,
+                        retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                        "trace batch write failed; retrying"
+                    );
+                    std::thread::sleep(delay);
+                    attempt += 1;
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        let c = &self.counters;
+        match outcome {
+            Ok(rejected) => {
+                c.written.fetch_add(n - rejected, Ordering::Relaxed);
+                if rejected > 0 {
+                    c.failed.fetch_add(rejected, Ordering::Relaxed);
+                    self.failed_since_flush += rejected;
+                }
+                c.last_batch_ok.store(true, Ordering::Release);
+            }
+            Err(e) => {
+                let total = c.failed.fetch_add(n, Ordering::Relaxed) + n;
+                self.failed_since_flush += n;
+                c.last_batch_ok.store(false, Ordering::Release);
+                tracing::error!(
+                    error = %e,
+                    batch = n,
+                    attempts,
+                    failed_total = total,
+                    "trace batch could not be written; events lost (the gateway keeps serving)"
+                );
+            }
+        }
+        c.queued.fetch_sub(n, Ordering::Relaxed);
+        self.batch.clear();
+    }
+}
+
+/// An error that concerns one row only; the rest of the batch can still be committed.
+fn is_row_error(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::ConstraintViolation | ErrorCode::TooBig | ErrorCode::TypeMismatch)
+    )
+}
+
+/// One transaction for the whole batch. Returns how many rows were rejected individually.
+fn insert_batch(conn: &mut Connection, batch: &[Event]) -> rusqlite::Result<u64> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut rejected = 0_u64;
+    {
+        let mut stmt = tx.prepare_cached(INSERT_SQL)?;
+        for e in batch {
+            let res = stmt.execute(params![
+                e.id,
+                e.timestamp_us,
+                e.session_id,
+                e.turn_id,
+                e.parent_event_id,
+                e.event_type,
+                e.actor.as_str(),
+                e.sensitivity.as_str(),
+                e.payload_json,
+            ]);
+            match res {
+                Ok(_) => {}
+                Err(err) if is_row_error(&err) => {
+                    // One line per batch (the first offender), not one per row.
+                    if rejected == 0 {
+                        tracing::error!(
+                            error = %err,
+                            event_id = %e.id,
+                            event_type = e.event_type,
+                            "trace event rejected by the database (first of this batch)"
+                        );
+                    }
+                    rejected += 1;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(rejected)
+}
