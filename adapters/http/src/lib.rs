@@ -1,1 +1,14 @@
-//! placeholder during bootstrap
+//! `gw-http`: the HTTP adapter (poem + poem-openapi).
+//!
+//! It owns only HTTP concerns: extracting the presented token per inbound shape, reading the
+//! body with a size limit, and turning the core's answers into responses. Every answer the
+//! gateway gives — including 404, 405, 413 and internal errors — is a JSON envelope in the
+//! inbound shape, never plain text.
+//!
+//! The body of a provider request is read only after `GatewayService::admit` succeeded, so
+//! unauthenticated clients cannot make the gateway buffer large bodies.
+
+mod api;
+mod reply;
+
+pub use api::{HttpOptions, openapi_json, routes};

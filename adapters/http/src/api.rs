@@ -1,0 +1,321 @@
+//! Routes: provider endpoints, models, health and readiness, the OpenAPI document, and the
+//! catch-all that turns every framework error into a JSON envelope.
+
+use crate::reply::{RawReply, error_response, json_response};
+use async_trait_free::NoService;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use gw_domain::canonical::Shape;
+use gw_domain::error::GatewayError;
+use gw_ports::gateway::{GatewayService, InboundMeta, Reply};
+use poem::error::{MethodNotAllowedError, NotFoundError, ReadBodyError};
+use poem::http::{StatusCode, header};
+use poem::{Body, Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
+use poem_openapi::payload::Json;
+use poem_openapi::{Object, OpenApi, OpenApiService};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// HTTP-level settings.
+#[derive(Debug, Clone)]
+pub struct HttpOptions {
+    /// Request bodies above this many bytes get 413.
+    pub max_body_bytes: usize,
+    /// Server URL written into the OpenAPI document.
+    pub public_url: String,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        HttpOptions {
+            max_body_bytes: 10 * 1024 * 1024,
+            public_url: "http://127.0.0.1:8422".to_owned(),
+        }
+    }
+}
+
+/// Version of the HTTP API described by the OpenAPI document (not the crate version, so a
+/// release bump is not document drift).
+pub const API_VERSION: &str = "1.0";
+
+struct Api {
+    svc: Arc<dyn GatewayService>,
+    opts: HttpOptions,
+    started: Instant,
+}
+
+/// `GET /healthz` body.
+#[derive(Object)]
+struct Health {
+    /// Always `ok` while the process serves.
+    status: String,
+    /// Seconds since the HTTP server was built.
+    uptime_seconds: f64,
+}
+
+/// `GET /readyz` body.
+#[derive(Object)]
+struct Readiness {
+    /// `ready` or `not_ready`.
+    status: String,
+    /// Why the gateway is not ready (absent when ready).
+    #[oai(skip_serializing_if_is_none)]
+    reason: Option<String>,
+}
+
+#[derive(poem_openapi::ApiResponse)]
+enum ReadyResponse {
+    /// Stores writable, keys loaded, not draining.
+    #[oai(status = 200)]
+    Ready(Json<Readiness>),
+    /// Draining or a store is unavailable.
+    #[oai(status = 503)]
+    NotReady(Json<Readiness>),
+}
+
+/// Extract `Authorization: Bearer <token>` (scheme case-insensitive, token trimmed).
+fn bearer(req: &Request) -> Option<String> {
+    let raw = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = raw.trim().split_once(char::is_whitespace)?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then(|| token.to_owned())
+}
+
+/// Extract `x-api-key`, trimmed and non-empty.
+fn x_api_key(req: &Request) -> Option<String> {
+    let raw = req.headers().get("x-api-key")?.to_str().ok()?.trim();
+    (!raw.is_empty()).then(|| raw.to_owned())
+}
+
+/// The token presented for `shape`: OpenAI reads Bearer only; Anthropic reads `x-api-key`
+/// first, then Bearer.
+fn presented_token(req: &Request, shape: Shape) -> Option<String> {
+    match shape {
+        Shape::OpenAi => bearer(req),
+        Shape::Anthropic => x_api_key(req).or_else(|| bearer(req)),
+    }
+}
+
+fn meta(req: &Request, shape: Shape) -> InboundMeta {
+    InboundMeta {
+        shape,
+        token: presented_token(req, shape),
+        peer_ip: req
+            .remote_addr()
+            .as_socket_addr()
+            .map(std::net::SocketAddr::ip),
+    }
+}
+
+impl Api {
+    async fn provider(&self, shape: Shape, req: &Request, body: Body) -> RawReply {
+        let admission = match self.svc.admit(meta(req, shape)).await {
+            Ok(a) => a,
+            Err(e) => return RawReply(error_response(&e, shape)),
+        };
+        let limit = self.opts.max_body_bytes;
+        let too_large = GatewayError::PayloadTooLarge {
+            limit_bytes: limit as u64,
+        };
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit as u64) {
+            return RawReply(error_response(&too_large, shape));
+        }
+        let bytes = match body.into_bytes_limit(limit).await {
+            Ok(b) => b,
+            Err(ReadBodyError::PayloadTooLarge) => {
+                return RawReply(error_response(&too_large, shape));
+            }
+            Err(e) => {
+                let err = gw_domain::error::invalid(format!("could not read request body: {e}"));
+                return RawReply(error_response(&err, shape));
+            }
+        };
+        match self.svc.handle(admission, bytes).await {
+            Ok(Reply::Json(b)) => RawReply(json_response(StatusCode::OK, b)),
+            Ok(Reply::Stream(s)) => RawReply(sse_response(s)),
+            Err(e) => RawReply(error_response(&e, shape)),
+        }
+    }
+}
+
+fn sse_response(stream: futures_util::stream::BoxStream<'static, Bytes>) -> Response {
+    Response::builder()
+        .status(StatusCode::OK)
+        .content_type("text/event-stream; charset=utf-8")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .header("x-accel-buffering", "no")
+        .body(Body::from_bytes_stream(
+            stream.map(Ok::<Bytes, std::io::Error>),
+        ))
+}
+
+#[OpenApi]
+impl Api {
+    /// Create a chat completion (OpenAI Chat Completions shape).
+    ///
+    /// Authenticate with `Authorization: Bearer <gateway key>`. The body is an OpenAI Chat
+    /// Completions request; with `stream: true` the answer is an SSE stream of
+    /// `chat.completion.chunk` frames ending in `data: [DONE]`.
+    #[oai(
+        path = "/v1/chat/completions",
+        method = "post",
+        operation_id = "createChatCompletion"
+    )]
+    async fn chat_completions(&self, req: &Request, body: Body) -> RawReply {
+        self.provider(Shape::OpenAi, req, body).await
+    }
+
+    /// Create a message (Anthropic Messages shape).
+    ///
+    /// Authenticate with `x-api-key: <gateway key>` (or `Authorization: Bearer`). The body is
+    /// an Anthropic Messages request; with `stream: true` the answer is an SSE stream of native
+    /// `event:` frames.
+    #[oai(path = "/v1/messages", method = "post", operation_id = "createMessage")]
+    async fn messages(&self, req: &Request, body: Body) -> RawReply {
+        self.provider(Shape::Anthropic, req, body).await
+    }
+
+    /// List the models the calling key may use (OpenAI list shape).
+    #[oai(path = "/v1/models", method = "get", operation_id = "listModels")]
+    async fn models(&self, req: &Request) -> RawReply {
+        let shape = if req.headers().contains_key("x-api-key") {
+            Shape::Anthropic
+        } else {
+            Shape::OpenAi
+        };
+        match self.svc.admit(meta(req, shape)).await {
+            Ok(adm) => RawReply(json_response(StatusCode::OK, self.svc.list_models(&adm))),
+            Err(e) => RawReply(error_response(&e, shape)),
+        }
+    }
+
+    /// Liveness: 200 while the process serves.
+    #[oai(path = "/healthz", method = "get", operation_id = "healthz")]
+    async fn healthz(&self) -> Json<Health> {
+        Json(Health {
+            status: "ok".to_owned(),
+            uptime_seconds: (self.started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
+        })
+    }
+
+    /// Readiness: 200 only when stores are writable, keys are loaded and the gateway is not
+    /// draining; 503 otherwise.
+    #[oai(path = "/readyz", method = "get", operation_id = "readyz")]
+    async fn readyz(&self) -> ReadyResponse {
+        match self.svc.readiness() {
+            Ok(()) => ReadyResponse::Ready(Json(Readiness {
+                status: "ready".to_owned(),
+                reason: None,
+            })),
+            Err(reason) => ReadyResponse::NotReady(Json(Readiness {
+                status: "not_ready".to_owned(),
+                reason: Some(reason),
+            })),
+        }
+    }
+}
+
+fn service(svc: Arc<dyn GatewayService>, opts: HttpOptions) -> OpenApiService<Api, ()> {
+    let url = opts.public_url.clone();
+    OpenApiService::new(
+        Api {
+            svc,
+            opts,
+            started: Instant::now(),
+        },
+        "Metis gateway",
+        API_VERSION,
+    )
+    .server(url)
+}
+
+/// Map framework errors (unknown path, wrong method, extractor failures) to JSON envelopes in
+/// the shape the path implies. Responses the handlers built themselves pass through.
+fn json_errors(err: &poem::Error, method: String, path: String) -> Response {
+    let shape = if path.starts_with("/v1/messages") {
+        Shape::Anthropic
+    } else {
+        Shape::OpenAi
+    };
+    let gw = if err.is::<NotFoundError>() {
+        GatewayError::NotFound { path }
+    } else if err.is::<MethodNotAllowedError>() {
+        GatewayError::MethodNotAllowed { method, path }
+    } else if err.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        GatewayError::PayloadTooLarge { limit_bytes: 0 }
+    } else if err.status().is_client_error() {
+        gw_domain::error::invalid(err.to_string())
+    } else {
+        tracing::error!(error = %err, %path, "unhandled HTTP error");
+        GatewayError::Internal
+    };
+    error_response(&gw, shape)
+}
+
+/// The complete HTTP application.
+pub fn routes(svc: Arc<dyn GatewayService>, opts: HttpOptions) -> impl Endpoint {
+    let api = service(svc, opts);
+    let spec = api.spec_endpoint();
+    let docs = api.swagger_ui();
+    Route::new()
+        .nest("/", api)
+        .at("/openapi.json", spec)
+        .nest("/docs", docs)
+        .around(|ep, req| async move {
+            let path = req.uri().path().to_owned();
+            let method = req.method().to_string();
+            match ep.call(req).await {
+                Ok(resp) => Ok(resp.into_response()),
+                Err(err) if err.is_from_response() => Ok(err.into_response()),
+                Err(err) => Ok(json_errors(&err, method, path)),
+            }
+        })
+}
+
+/// The OpenAPI document (JSON) of the HTTP surface.
+#[must_use]
+pub fn openapi_json() -> String {
+    service(Arc::new(NoService), HttpOptions::default()).spec()
+}
+
+/// `/v1/models` body helper used by tests of this crate.
+#[must_use]
+pub fn empty_model_list() -> Bytes {
+    Bytes::from(json!({"object": "list", "data": []}).to_string())
+}
+
+mod async_trait_free {
+    //! A service that is never served: the OpenAPI document needs an `Api` instance, and the
+    //! document must not depend on a database. Every call answers 503.
+    use super::*;
+    use gw_ports::gateway::Admission;
+
+    pub struct NoService;
+
+    #[async_trait::async_trait]
+    impl GatewayService for NoService {
+        async fn admit(&self, _meta: InboundMeta) -> Result<Admission, GatewayError> {
+            Err(GatewayError::Unavailable {
+                message: "document-only service".to_owned(),
+            })
+        }
+        async fn handle(&self, _a: Admission, _b: Bytes) -> Result<Reply, GatewayError> {
+            Err(GatewayError::Unavailable {
+                message: "document-only service".to_owned(),
+            })
+        }
+        fn list_models(&self, _a: &Admission) -> Bytes {
+            empty_model_list()
+        }
+        fn readiness(&self) -> Result<(), String> {
+            Err("document-only service".to_owned())
+        }
+        fn begin_drain(&self) {}
+    }
+}

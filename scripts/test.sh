@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The whole test suite, as run by CI (.ci/run): formatting, lints, every Rust test (unit,
+# property, storage, HTTP through the real server, CLI, architecture) and the Python SDK tests
+# (official `openai` and `anthropic` packages driving the real gateway binary).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "==> cargo clippy (all targets, warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "==> Rust tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --no-fail-fast
+else
+  cargo test --workspace --locked --no-fail-fast
+fi
+
+echo "==> Python SDK tests"
+scripts/python-tests.sh
+
+echo "==> all tests passed"
