@@ -13,6 +13,8 @@
 //!   stream drops the connection (HTTP/1.1) or resets the stream (HTTP/2) at once, which is
 //!   how a client disconnect cancels the upstream call. A silence longer than the idle
 //!   timeout ends the stream with one `UpstreamError::Network` item.
+//! - Outbound proxies follow the standard `HTTPS_PROXY` / `HTTP_PROXY` / `NO_PROXY`
+//!   variables (reqwest's system-proxy support), which egress-restricted deployments need.
 //! - Logs carry provider, status, retry number and request id; never the API key (its header
 //!   is marked sensitive as well) and never request or response bodies.
 
@@ -33,6 +35,8 @@ use crate::retry::{self, Decision, Failure};
 
 /// Error bodies are read up to this many bytes (enough for any provider's JSON error).
 const ERROR_BODY_LIMIT: usize = 64 * 1024;
+/// Longest time spent reading an error body.
+const ERROR_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Idle pooled connections are closed after this long.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Idle connections kept per upstream host.
@@ -336,12 +340,13 @@ fn default_headers(config: &HttpProviderConfig) -> Result<HeaderMap, ConfigError
     Ok(headers)
 }
 
-/// Read an error body up to `ERROR_BODY_LIMIT` bytes. A body that breaks or stalls is cut
-/// where it stopped: the status is what matters.
+/// Read an error body up to `ERROR_BODY_LIMIT` bytes, for at most `min(idle, 30 s)`. A body
+/// that breaks or stalls is cut where it stopped: the status is what matters.
 async fn read_error_body(mut response: reqwest::Response, idle: Duration) -> Bytes {
+    let deadline = tokio::time::Instant::now() + idle.min(ERROR_BODY_TIMEOUT);
     let mut buf = BytesMut::new();
     while buf.len() < ERROR_BODY_LIMIT {
-        match tokio::time::timeout(idle, response.chunk()).await {
+        match tokio::time::timeout_at(deadline, response.chunk()).await {
             Ok(Ok(Some(chunk))) => {
                 let room = ERROR_BODY_LIMIT - buf.len();
                 buf.extend_from_slice(&chunk[..chunk.len().min(room)]);

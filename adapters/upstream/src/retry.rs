@@ -86,8 +86,9 @@ pub(crate) fn status_is_retryable(status: u16, body: &[u8]) -> bool {
 pub(crate) fn backoff(policy: &RetryPolicy, n: u32) -> Duration {
     let factor = 2u32.checked_pow(n).unwrap_or(u32::MAX);
     let raw = policy.base_backoff.saturating_mul(factor);
-    let jittered = raw.mul_f64(jitter_factor());
-    jittered.min(policy.max_backoff)
+    // `try_from_secs_f64` instead of `mul_f64`: the latter panics on overflow.
+    Duration::try_from_secs_f64(raw.as_secs_f64() * jitter_factor())
+        .map_or(policy.max_backoff, |d| d.min(policy.max_backoff))
 }
 
 /// A factor in [0.75, 1.25] from the OS random source (1.0 if it is unavailable).
@@ -163,6 +164,11 @@ mod tests {
         }
         assert_eq!(backoff(&p, 20), Duration::from_secs(30));
         assert_eq!(backoff(&p, 40), Duration::from_secs(30));
+        let huge = RetryPolicy {
+            base_backoff: Duration::MAX,
+            ..p
+        };
+        assert_eq!(backoff(&huge, 3), Duration::from_secs(30));
     }
 
     #[test]
