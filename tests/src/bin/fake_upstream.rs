@@ -1,1 +1,62 @@
-fn main() {}
+//! `fake-upstream`: serve the fake Anthropic/OpenAI provider until killed.
+//!
+//! Usage: `fake-upstream [--port N] [--anthropic-key K] [--openai-key K]`. Binds `127.0.0.1`
+//! (port 0 by default) and prints exactly one stdout line,
+//! `fake-upstream listening on http://127.0.0.1:PORT`, once it accepts connections.
+
+use clap::Parser;
+use gw_tests::fake_upstream::{DEFAULT_ANTHROPIC_KEY, DEFAULT_OPENAI_KEY, FakeUpstream};
+use std::io::Write;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "fake-upstream",
+    about = "Fake Anthropic/OpenAI upstream for gateway tests"
+)]
+struct Args {
+    /// Port on 127.0.0.1 (0 picks a free one).
+    #[arg(long, default_value_t = 0)]
+    port: u16,
+    /// Key expected on `x-api-key` for `/v1/messages`.
+    #[arg(long, default_value = DEFAULT_ANTHROPIC_KEY)]
+    anthropic_key: String,
+    /// Key expected as `Authorization: Bearer` for `/v1/chat/completions`.
+    #[arg(long, default_value = DEFAULT_OPENAI_KEY)]
+    openai_key: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let fake = FakeUpstream::start_on(args.port, &args.anthropic_key, &args.openai_key).await?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "fake-upstream listening on {}", fake.base_url())?;
+        out.flush()?;
+    }
+    shutdown_signal().await;
+    fake.stop().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
