@@ -5,8 +5,15 @@
 //! - Usage buckets are **disjoint**: `input_tokens` counts only uncached input; cache reads and
 //!   cache writes are separate. Renderers add them back where a wire format expects totals
 //!   (OpenAI `prompt_tokens` includes cached tokens).
-//! - Tool-call arguments are always a JSON object (`serde_json::Value::Object`); the OpenAI
-//!   string form is parsed and validated at the edge.
+//! - Tool-call arguments in a *request* are always a JSON object (`serde_json::Value::Object`);
+//!   the OpenAI string form is parsed and validated at the edge (bad JSON is a 400). In a
+//!   *response* an OpenAI-compatible upstream may emit arguments that are not a JSON object;
+//!   they are kept as `Value::String(raw)` rather than failing the call (see
+//!   [`ContentBlock::ToolUse`]).
+//! - What the IR cannot express is not silently dropped: unknown content blocks and tool
+//!   kinds are kept verbatim as [`Opaque`] values tagged with the shape they came from, so a
+//!   renderer for another shape can refuse them by name, and same-shape passthrough (which
+//!   forwards the raw body) never needs them.
 //! - No field here is ever written to the trace store except counts and hashes derived from it.
 
 use serde_json::{Map, Value};
@@ -56,6 +63,98 @@ pub struct ChatRequest {
     pub parallel_tool_calls: Option<bool>,
     /// End-user id (`user` on OpenAI, `metadata.user_id` on Anthropic).
     pub user: Option<String>,
+    /// Tools of a kind the IR has no model for (Anthropic server tools such as
+    /// `web_search_20250305`, OpenAI `custom` tools), kept verbatim in their own shape.
+    pub other_tools: Vec<Opaque>,
+}
+
+/// A wire object the canonical model has no variant for, kept verbatim with the shape it was
+/// written in.
+///
+/// Renderers emit it unchanged when the target shape is `shape` and refuse it otherwise
+/// (naming [`Opaque::kind`]); guessing a translation would change what the model sees.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Opaque {
+    pub shape: Shape,
+    pub value: Value,
+}
+
+impl Opaque {
+    /// The object's `type` field, used to name it in errors (`"unknown"` when absent).
+    #[must_use]
+    pub fn kind(&self) -> &str {
+        self.value
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("unknown")
+    }
+}
+
+/// A parsed inbound request: the canonical view plus the original top-level object, which
+/// same-shape passthrough forwards with only `model` replaced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParsedRequest {
+    pub request: ChatRequest,
+    pub raw: Map<String, Value>,
+}
+
+impl ChatRequest {
+    /// Rough input size in tokens: characters of every text the model reads, divided by 4.
+    ///
+    /// Used for routing (context-window checks) and the `estimated_input_tokens` trace field,
+    /// never for billing. Images count zero: their cost depends on the provider's resizing.
+    #[must_use]
+    pub fn estimate_input_tokens(&self) -> u64 {
+        fn chars(s: &str) -> u64 {
+            s.chars().count() as u64
+        }
+        let mut n: u64 = self.system.iter().map(|b| chars(&b.text)).sum();
+        for block in self.messages.iter().flat_map(|m| &m.content) {
+            n += match block {
+                ContentBlock::Text { text, .. } => chars(text),
+                ContentBlock::ToolUse { name, input, .. } => {
+                    chars(name) + chars(&input.to_string())
+                }
+                ContentBlock::ToolResult { content, .. } => content
+                    .iter()
+                    .map(|c| match c {
+                        ToolResultContent::Text(t) => chars(t),
+                        ToolResultContent::Image(_) => 0,
+                        ToolResultContent::Other(o) => chars(&o.value.to_string()),
+                    })
+                    .sum(),
+                ContentBlock::Thinking { thinking, .. } => chars(thinking),
+                ContentBlock::Image { .. } | ContentBlock::RedactedThinking { .. } => 0,
+                ContentBlock::Other(o) => chars(&o.value.to_string()),
+            };
+        }
+        for tool in &self.tools {
+            n += chars(&tool.name)
+                + tool.description.as_deref().map_or(0, chars)
+                + chars(&tool.input_schema.to_string());
+        }
+        n += self
+            .other_tools
+            .iter()
+            .map(|t| chars(&t.value.to_string()))
+            .sum::<u64>();
+        n / 4
+    }
+
+    /// Whether any message (or tool result) carries an image: routing needs a vision model.
+    #[must_use]
+    pub fn has_images(&self) -> bool {
+        self.messages
+            .iter()
+            .flat_map(|m| &m.content)
+            .any(|b| match b {
+                ContentBlock::Image { .. } => true,
+                ContentBlock::ToolResult { content, .. } => content
+                    .iter()
+                    .any(|c| matches!(c, ToolResultContent::Image(_))),
+                _ => false,
+            })
+    }
 }
 
 /// One block of the system prompt.
@@ -93,7 +192,10 @@ pub enum ContentBlock {
     ToolUse {
         id: String,
         name: String,
-        /// Always a JSON object.
+        /// A JSON object, except in a [`ChatResponse`] from an OpenAI-compatible upstream whose
+        /// `arguments` text was not a JSON object: then `Value::String` holding that text
+        /// verbatim. The OpenAI renderer sends such a string back unchanged as `arguments`; the
+        /// Anthropic renderer (whose `input` must be an object) sends `{}`.
         input: Value,
         cache_control: Option<Value>,
     },
@@ -110,6 +212,9 @@ pub enum ContentBlock {
     RedactedThinking {
         data: String,
     },
+    /// A block the IR has no model for (Anthropic `document`, `search_result`,
+    /// `server_tool_use`, an OpenAI `input_audio` part, an image with a `file` source, ...).
+    Other(Opaque),
 }
 
 /// Content allowed inside a tool result.
@@ -117,6 +222,8 @@ pub enum ContentBlock {
 pub enum ToolResultContent {
     Text(String),
     Image(ImageSource),
+    /// A nested block the IR has no model for (e.g. an Anthropic `search_result`).
+    Other(Opaque),
 }
 
 /// Where an image comes from.
@@ -247,11 +354,37 @@ pub struct ChatResponse {
     pub id: Option<String>,
     /// The model the upstream says it used.
     pub model: Option<String>,
-    /// Only `Text`, `ToolUse`, `Thinking` and `RedactedThinking` blocks appear here.
+    /// Only `Text`, `ToolUse`, `Thinking`, `RedactedThinking` and (for Anthropic server-tool
+    /// blocks such as `web_search_tool_result`) `Other` blocks appear here.
     pub content: Vec<ContentBlock>,
     pub stop_reason: StopReason,
     pub stop_sequence: Option<String>,
     pub usage: Usage,
+}
+
+impl ChatResponse {
+    /// Number of tool calls the model made (`produced_tool_calls` in trace events).
+    #[must_use]
+    pub fn tool_call_count(&self) -> usize {
+        self.content
+            .iter()
+            .filter(|b| matches!(b, ContentBlock::ToolUse { .. }))
+            .count()
+    }
+
+    /// Number of thinking blocks, redacted or not (`produced_thinking_blocks`).
+    #[must_use]
+    pub fn thinking_block_count(&self) -> usize {
+        self.content
+            .iter()
+            .filter(|b| {
+                matches!(
+                    b,
+                    ContentBlock::Thinking { .. } | ContentBlock::RedactedThinking { .. }
+                )
+            })
+            .count()
+    }
 }
 
 /// One event of a canonical response stream.
@@ -303,3 +436,327 @@ pub enum BlockDelta {
 
 /// Unknown top-level request fields, kept for same-shape passthrough.
 pub type Extra = Map<String, Value>;
+
+/// Interpret tool-call argument text from an upstream: empty means `{}`, a JSON object is
+/// parsed, anything else is kept verbatim as `Value::String` (see [`ContentBlock::ToolUse`]).
+#[must_use]
+pub fn parse_tool_input(text: &str) -> Value {
+    if text.trim().is_empty() {
+        return Value::Object(Map::new());
+    }
+    match serde_json::from_str::<Value>(text) {
+        Ok(v @ Value::Object(_)) => v,
+        _ => Value::String(text.to_owned()),
+    }
+}
+
+/// Folds a canonical event stream into a [`ChatResponse`] (and tracks usage and the stop
+/// reason on the way).
+///
+/// Used to account a stream (tool-call and thinking counts for trace events) and to turn a
+/// stream into a complete answer. Deltas for a block other than the open one are ignored,
+/// which is what the [`StreamEvent`] invariants promise never happens.
+#[derive(Debug, Clone, Default)]
+pub struct StreamAccumulator {
+    id: Option<String>,
+    model: Option<String>,
+    content: Vec<ContentBlock>,
+    /// (event index, position in `content`) of the open block.
+    open: Option<(usize, usize)>,
+    /// Tool input JSON text of the open tool block; parsed when the block stops.
+    tool_json: String,
+    usage: Usage,
+    stop_reason: Option<StopReason>,
+    stop_sequence: Option<String>,
+}
+
+impl StreamAccumulator {
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Apply one event.
+    pub fn push(&mut self, event: &StreamEvent) {
+        match event {
+            StreamEvent::Start { id, model, usage } => {
+                self.id.clone_from(id);
+                self.model.clone_from(model);
+                self.usage = self.usage.max(*usage);
+            }
+            StreamEvent::BlockStart { index, block } => {
+                self.close();
+                let block = match block {
+                    BlockStart::Text => ContentBlock::Text {
+                        text: String::new(),
+                        cache_control: None,
+                    },
+                    BlockStart::Thinking => ContentBlock::Thinking {
+                        thinking: String::new(),
+                        signature: None,
+                    },
+                    BlockStart::RedactedThinking { data } => {
+                        ContentBlock::RedactedThinking { data: data.clone() }
+                    }
+                    BlockStart::ToolUse { id, name } => ContentBlock::ToolUse {
+                        id: id.clone(),
+                        name: name.clone(),
+                        input: Value::Object(Map::new()),
+                        cache_control: None,
+                    },
+                };
+                self.content.push(block);
+                self.open = Some((*index, self.content.len() - 1));
+            }
+            StreamEvent::Delta { index, delta } => {
+                let Some((open_index, pos)) = self.open else {
+                    return;
+                };
+                if open_index != *index {
+                    return;
+                }
+                match (self.content.get_mut(pos), delta) {
+                    (Some(ContentBlock::Text { text, .. }), BlockDelta::Text(t)) => {
+                        text.push_str(t);
+                    }
+                    (Some(ContentBlock::Thinking { thinking, .. }), BlockDelta::Thinking(t)) => {
+                        thinking.push_str(t);
+                    }
+                    (Some(ContentBlock::Thinking { signature, .. }), BlockDelta::Signature(s)) => {
+                        signature.get_or_insert_with(String::new).push_str(s);
+                    }
+                    (Some(ContentBlock::ToolUse { .. }), BlockDelta::ToolInputJson(j)) => {
+                        self.tool_json.push_str(j);
+                    }
+                    _ => {}
+                }
+            }
+            StreamEvent::BlockStop { index } => {
+                if self.open.is_some_and(|(i, _)| i == *index) {
+                    self.close();
+                }
+            }
+            StreamEvent::Usage(u) => self.usage = self.usage.max(*u),
+            StreamEvent::Finish {
+                stop_reason,
+                stop_sequence,
+            } => {
+                self.close();
+                self.stop_reason = Some(*stop_reason);
+                self.stop_sequence.clone_from(stop_sequence);
+            }
+        }
+    }
+
+    /// Usage so far (field-wise maximum of every report).
+    #[must_use]
+    pub fn usage(&self) -> Usage {
+        self.usage
+    }
+
+    /// The stop reason, once `Finish` was seen.
+    #[must_use]
+    pub fn stop_reason(&self) -> Option<StopReason> {
+        self.stop_reason
+    }
+
+    /// The answer so far; a stream that never finished reports `EndTurn`.
+    #[must_use]
+    pub fn into_response(mut self) -> ChatResponse {
+        self.close();
+        ChatResponse {
+            id: self.id,
+            model: self.model,
+            content: self.content,
+            stop_reason: self.stop_reason.unwrap_or(StopReason::EndTurn),
+            stop_sequence: self.stop_sequence,
+            usage: self.usage,
+        }
+    }
+
+    fn close(&mut self) {
+        let Some((_, pos)) = self.open.take() else {
+            return;
+        };
+        let json = std::mem::take(&mut self.tool_json);
+        if let Some(ContentBlock::ToolUse { input, .. }) = self.content.get_mut(pos) {
+            *input = parse_tool_input(&json);
+        }
+    }
+}
+
+/// Helpers shared by the wire modules (`openai`, `anthropic`) to read an untyped JSON body
+/// while naming the JSON path of whatever is wrong (`messages[2].content[0].text must be a
+/// string`). JSON `null` is treated as absent throughout, as both real APIs do.
+pub(crate) mod wire {
+    use crate::error::{GatewayError, invalid};
+    use serde_json::{Map, Value};
+
+    pub(crate) type Res<T> = Result<T, GatewayError>;
+
+    /// Decode a request body that must be a JSON object.
+    pub(crate) fn parse_body(body: &[u8]) -> Res<Map<String, Value>> {
+        match serde_json::from_slice::<Value>(body) {
+            Ok(Value::Object(map)) => Ok(map),
+            Ok(_) => Err(invalid("request body must be a JSON object")),
+            Err(e) => Err(invalid(format!("invalid JSON body: {e}"))),
+        }
+    }
+
+    /// An object being read, with its path for error messages (empty at the top level).
+    #[derive(Debug, Clone)]
+    pub(crate) struct Obj<'a> {
+        pub(crate) map: &'a Map<String, Value>,
+        pub(crate) path: String,
+    }
+
+    impl<'a> Obj<'a> {
+        pub(crate) fn root(map: &'a Map<String, Value>) -> Self {
+            Obj {
+                map,
+                path: String::new(),
+            }
+        }
+
+        /// `value` as an object at `path`, or an error naming the path.
+        pub(crate) fn at(value: &'a Value, path: String) -> Res<Self> {
+            match value.as_object() {
+                Some(map) => Ok(Obj { map, path }),
+                None => Err(invalid(format!("{path} must be an object"))),
+            }
+        }
+
+        /// The path of `key` inside this object.
+        pub(crate) fn field(&self, key: &str) -> String {
+            if self.path.is_empty() {
+                key.to_owned()
+            } else {
+                format!("{}.{key}", self.path)
+            }
+        }
+
+        /// The value of `key`, `None` when absent or `null`.
+        pub(crate) fn get(&self, key: &str) -> Option<&'a Value> {
+            self.map.get(key).filter(|v| !v.is_null())
+        }
+
+        pub(crate) fn str(&self, key: &str) -> Res<Option<&'a str>> {
+            match self.get(key) {
+                None => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s)),
+                Some(_) => Err(invalid(format!("{} must be a string", self.field(key)))),
+            }
+        }
+
+        pub(crate) fn req_str(&self, key: &str) -> Res<&'a str> {
+            match self.get(key) {
+                Some(Value::String(s)) => Ok(s),
+                _ => Err(invalid(format!(
+                    "{} is required and must be a string",
+                    self.field(key)
+                ))),
+            }
+        }
+
+        pub(crate) fn bool(&self, key: &str) -> Res<Option<bool>> {
+            match self.get(key) {
+                None => Ok(None),
+                Some(Value::Bool(b)) => Ok(Some(*b)),
+                Some(_) => Err(invalid(format!("{} must be a boolean", self.field(key)))),
+            }
+        }
+
+        pub(crate) fn number(&self, key: &str) -> Res<Option<f64>> {
+            match self.get(key) {
+                None => Ok(None),
+                Some(v) => match v.as_f64() {
+                    Some(n) if v.is_number() => Ok(Some(n)),
+                    _ => Err(invalid(format!("{} must be a number", self.field(key)))),
+                },
+            }
+        }
+
+        /// A positive integer, `None` when absent.
+        pub(crate) fn positive_int(&self, key: &str) -> Res<Option<u64>> {
+            match self.get(key) {
+                None => Ok(None),
+                Some(v) => match v.as_u64() {
+                    Some(n) if n > 0 => Ok(Some(n)),
+                    _ => Err(invalid(format!(
+                        "{} must be a positive integer",
+                        self.field(key)
+                    ))),
+                },
+            }
+        }
+
+        pub(crate) fn obj(&self, key: &str) -> Res<Option<Obj<'a>>> {
+            self.get(key)
+                .map(|v| Obj::at(v, self.field(key)))
+                .transpose()
+        }
+
+        pub(crate) fn req_obj(&self, key: &str) -> Res<Obj<'a>> {
+            match self.get(key) {
+                Some(v) => Obj::at(v, self.field(key)),
+                None => Err(invalid(format!(
+                    "{} is required and must be an object",
+                    self.field(key)
+                ))),
+            }
+        }
+
+        pub(crate) fn array(&self, key: &str) -> Res<Option<&'a [Value]>> {
+            match self.get(key) {
+                None => Ok(None),
+                Some(Value::Array(a)) => Ok(Some(a)),
+                Some(_) => Err(invalid(format!("{} must be an array", self.field(key)))),
+            }
+        }
+
+        /// A string or an array of strings (`stop`), each element named on error.
+        pub(crate) fn strings(&self, key: &str) -> Res<Vec<String>> {
+            match self.get(key) {
+                None => Ok(Vec::new()),
+                Some(Value::String(s)) => Ok(vec![s.clone()]),
+                Some(Value::Array(items)) => items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| match v {
+                        Value::String(s) => Ok(s.clone()),
+                        _ => Err(invalid(format!(
+                            "{}[{i}] must be a string",
+                            self.field(key)
+                        ))),
+                    })
+                    .collect(),
+                Some(_) => Err(invalid(format!(
+                    "{} must be a string or an array of strings",
+                    self.field(key)
+                ))),
+            }
+        }
+    }
+
+    /// The `type`/`code` of an upstream `error` object, for messages that must not carry the
+    /// upstream's free text (it may echo prompt content).
+    pub(crate) fn error_kind(err: &Value) -> String {
+        let ty = err.get("type").and_then(Value::as_str);
+        let code = err.get("code").and_then(|c| match c {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        });
+        match (ty, code) {
+            (Some(t), Some(c)) => format!("{t}/{c}"),
+            (Some(t), None) => t.to_owned(),
+            (None, Some(c)) => c,
+            (None, None) => "unknown".to_owned(),
+        }
+    }
+
+    /// Unsigned integer field of a usage object (0 when absent or not a number).
+    pub(crate) fn count(v: &Value, key: &str) -> u64 {
+        v.get(key).and_then(Value::as_u64).unwrap_or(0)
+    }
+}

@@ -4,10 +4,14 @@
 //! is a value or a function of values, so it is unit- and property-testable in isolation.
 //! The dependency rule is enforced by `tests/tests/architecture.rs`.
 
+pub mod anthropic;
 pub mod canonical;
 pub mod error;
 pub mod events;
 pub mod keys;
 pub mod models;
+pub mod openai;
 pub mod pricing;
+pub mod sse;
 pub mod time;
+pub mod tool_ids;

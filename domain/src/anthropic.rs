@@ -1,0 +1,1242 @@
+//! Anthropic Messages (`POST /v1/messages`) <-> canonical IR.
+//!
+//! Inbound: [`parse_request`] validates a client body into a [`ChatRequest`] (errors name the
+//! JSON path) and keeps the raw object for same-shape passthrough ([`passthrough_request`]:
+//! unknown fields untouched, only `model` replaced).
+//!
+//! Outbound to an Anthropic upstream: [`render_request`] (from an OpenAI-shaped client),
+//! [`parse_response`] / [`StreamParser`] to read what comes back.
+//!
+//! Towards an Anthropic client: [`render_response`] / [`StreamRenderer`] for cross-shape
+//! answers, [`passthrough_response`] / [`PassthroughStream`] for same-shape ones.
+//!
+//! Invariants and lossy points (all deliberate):
+//! - `cache_control` is kept on system blocks, content blocks and tools, so prompt caching
+//!   survives the gateway.
+//! - Block types the IR has no model for (`document`, `search_result`, `server_tool_use`, an
+//!   image with a `file` source, server tools such as `web_search_20250305`) are kept
+//!   verbatim as `Opaque`; they pass through same-shape traffic and are refused, by name, on
+//!   the way to an OpenAI upstream.
+//! - Rendering for the wire: consecutive same-role messages are merged (OpenAI clients may
+//!   send several user turns in a row), `tool_result` blocks come first in a user message (the
+//!   API requires them right after the `tool_use` turn), empty text blocks are dropped (the API
+//!   rejects them), thinking blocks without a signature are dropped (the API rejects unsigned
+//!   thinking), `max_tokens` defaults to 4096 and `temperature` is clamped to Anthropic's
+//!   0..=1 range (OpenAI allows up to 2).
+//! - Usage: the wire's four counters are the canonical disjoint buckets one to one; a
+//!   stream's `message_delta` usage is cumulative and overrides `message_start`'s field by
+//!   field.
+//! - A stream rendered for a client ends with `message_delta` + `message_stop` after success,
+//!   and with `event: error` (never a fake `message_stop`) after a failure.
+
+pub use crate::canonical::ParsedRequest;
+use crate::canonical::wire::{Obj, Res, count, error_kind, parse_body};
+use crate::canonical::{
+    BlockDelta, BlockStart, ChatRequest, ChatResponse, ContentBlock, ImageSource, Message, Opaque,
+    Role, Shape, StopReason, StreamEvent, SystemBlock, ToolChoice, ToolDef, ToolResultContent,
+    Usage,
+};
+use crate::error::{GatewayError, invalid};
+use crate::sse::{SseFrame, format_frame};
+use crate::tool_ids::ToolIdMap;
+use serde_json::{Map, Value, json};
+
+/// `max_tokens` sent upstream when the client (an OpenAI one) did not set any: the Anthropic
+/// API requires the field.
+pub const DEFAULT_MAX_TOKENS: u64 = 4096;
+
+// ---------------------------------------------------------------------------------------
+// Requests
+// ---------------------------------------------------------------------------------------
+
+/// Parse and validate a client's Messages body.
+///
+/// # Errors
+/// `InvalidRequest` naming the offending JSON path (bad JSON, missing `model`, `messages` or
+/// `max_tokens`, unknown role, malformed block, …).
+pub fn parse_request(body: &[u8]) -> Result<ParsedRequest, GatewayError> {
+    let raw = parse_body(body)?;
+    let request = request_from_map(&raw)?;
+    Ok(ParsedRequest { request, raw })
+}
+
+fn request_from_map(map: &Map<String, Value>) -> Res<ChatRequest> {
+    let top = Obj::root(map);
+    let mut req = ChatRequest {
+        model: top.req_str("model")?.to_owned(),
+        ..ChatRequest::default()
+    };
+    let messages = match top.get("messages") {
+        Some(Value::Array(items)) if !items.is_empty() => items,
+        _ => return Err(invalid("messages must be a non-empty array")),
+    };
+    req.max_tokens = match top.get("max_tokens").and_then(Value::as_u64) {
+        Some(n) if n > 0 => Some(n),
+        _ => {
+            return Err(invalid(
+                "'max_tokens' is required and must be a positive integer",
+            ));
+        }
+    };
+    req.system = system_blocks(&top)?;
+    for (i, value) in messages.iter().enumerate() {
+        let msg = Obj::at(value, format!("messages[{i}]"))?;
+        let role = match msg.req_str("role")? {
+            "user" => Role::User,
+            "assistant" => Role::Assistant,
+            other => {
+                return Err(invalid(format!(
+                    "{} '{other}' is not supported (expected user or assistant)",
+                    msg.field("role")
+                )));
+            }
+        };
+        let content = match msg.get("content") {
+            Some(Value::String(s)) => vec![ContentBlock::Text {
+                text: s.clone(),
+                cache_control: None,
+            }],
+            Some(Value::Array(blocks)) => blocks
+                .iter()
+                .enumerate()
+                .map(|(j, b)| block(&Obj::at(b, format!("{}[{j}]", msg.field("content")))?, role))
+                .collect::<Res<Vec<_>>>()?,
+            _ => {
+                return Err(invalid(format!(
+                    "{} is required and must be a string or an array of content blocks",
+                    msg.field("content")
+                )));
+            }
+        };
+        req.messages.push(Message { role, content });
+    }
+    if let Some(tools) = top.array("tools")? {
+        for (i, value) in tools.iter().enumerate() {
+            let tool = Obj::at(value, format!("tools[{i}]"))?;
+            match tool.str("type")? {
+                None | Some("custom") => req.tools.push(tool_def(&tool)?),
+                // Server and client-defined tool versions (`web_search_20250305`,
+                // `bash_20250124`, …) only make sense to an Anthropic upstream.
+                Some(_) => req.other_tools.push(Opaque {
+                    shape: Shape::Anthropic,
+                    value: value.clone(),
+                }),
+            }
+        }
+    }
+    if let Some(choice) = top.obj("tool_choice")? {
+        req.tool_choice = Some(match choice.req_str("type")? {
+            "auto" => ToolChoice::Auto,
+            "any" => ToolChoice::Any,
+            "none" => ToolChoice::None,
+            "tool" => ToolChoice::Tool(choice.req_str("name")?.to_owned()),
+            other => {
+                return Err(invalid(format!(
+                    "tool_choice.type '{other}' is not supported (expected auto, any, tool or none)"
+                )));
+            }
+        });
+        req.parallel_tool_calls = choice.bool("disable_parallel_tool_use")?.map(|d| !d);
+    }
+    req.stop = top.strings("stop_sequences")?;
+    req.temperature = top.number("temperature")?;
+    req.top_p = top.number("top_p")?;
+    req.thinking = top.obj("thinking")?.map(|t| Value::Object(t.map.clone()));
+    if let Some(meta) = top.obj("metadata")? {
+        req.user = meta.str("user_id")?.map(str::to_owned);
+    }
+    req.stream = top.bool("stream")?.unwrap_or(false);
+    Ok(req)
+}
+
+fn system_blocks(top: &Obj<'_>) -> Res<Vec<SystemBlock>> {
+    match top.get("system") {
+        None => Ok(Vec::new()),
+        Some(Value::String(s)) => Ok(vec![SystemBlock {
+            text: s.clone(),
+            cache_control: None,
+        }]),
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let b = Obj::at(v, format!("system[{i}]"))?;
+                if b.str("type")? != Some("text") {
+                    return Err(invalid(format!("{} must be 'text'", b.field("type"))));
+                }
+                Ok(SystemBlock {
+                    text: b.req_str("text")?.to_owned(),
+                    cache_control: b.get("cache_control").cloned(),
+                })
+            })
+            .collect(),
+        Some(_) => Err(invalid(
+            "system must be a string or an array of text blocks",
+        )),
+    }
+}
+
+fn opaque(b: &Obj<'_>) -> Opaque {
+    Opaque {
+        shape: Shape::Anthropic,
+        value: Value::Object(b.map.clone()),
+    }
+}
+
+fn block(b: &Obj<'_>, role: Role) -> Res<ContentBlock> {
+    let cache_control = b.get("cache_control").cloned();
+    let ty = b.req_str("type")?;
+    Ok(match ty {
+        "text" => ContentBlock::Text {
+            text: b.req_str("text")?.to_owned(),
+            cache_control,
+        },
+        "image" => match image_source(b)? {
+            Some(source) => ContentBlock::Image {
+                source,
+                cache_control,
+            },
+            None => ContentBlock::Other(opaque(b)),
+        },
+        "tool_use" => {
+            if role == Role::User {
+                return Err(invalid(format!(
+                    "{}: tool_use blocks are only allowed in assistant messages",
+                    b.path
+                )));
+            }
+            let input = match b.get("input") {
+                Some(v @ Value::Object(_)) => v.clone(),
+                _ => {
+                    return Err(invalid(format!(
+                        "{} is required and must be an object",
+                        b.field("input")
+                    )));
+                }
+            };
+            ContentBlock::ToolUse {
+                id: b.req_str("id")?.to_owned(),
+                name: b.req_str("name")?.to_owned(),
+                input,
+                cache_control,
+            }
+        }
+        "tool_result" => {
+            if role == Role::Assistant {
+                return Err(invalid(format!(
+                    "{}: tool_result blocks are only allowed in user messages",
+                    b.path
+                )));
+            }
+            ContentBlock::ToolResult {
+                tool_use_id: b.req_str("tool_use_id")?.to_owned(),
+                content: tool_result_content(b)?,
+                is_error: b.bool("is_error")?.unwrap_or(false),
+                cache_control,
+            }
+        }
+        "thinking" => ContentBlock::Thinking {
+            thinking: b.req_str("thinking")?.to_owned(),
+            signature: b.str("signature")?.map(str::to_owned),
+        },
+        "redacted_thinking" => ContentBlock::RedactedThinking {
+            data: b.req_str("data")?.to_owned(),
+        },
+        _ => ContentBlock::Other(opaque(b)),
+    })
+}
+
+/// The source of an `image` block; `None` for source kinds the IR has no model for (`file`).
+fn image_source(b: &Obj<'_>) -> Res<Option<ImageSource>> {
+    let source = b.req_obj("source")?;
+    Ok(match source.req_str("type")? {
+        "base64" => Some(ImageSource::Base64 {
+            media_type: source.req_str("media_type")?.to_owned(),
+            data: source.req_str("data")?.to_owned(),
+        }),
+        "url" => Some(ImageSource::Url {
+            url: source.req_str("url")?.to_owned(),
+        }),
+        _ => None,
+    })
+}
+
+fn tool_result_content(b: &Obj<'_>) -> Res<Vec<ToolResultContent>> {
+    match b.get("content") {
+        None => Ok(Vec::new()),
+        Some(Value::String(s)) => Ok(vec![ToolResultContent::Text(s.clone())]),
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(k, v)| {
+                let inner = Obj::at(v, format!("{}[{k}]", b.field("content")))?;
+                Ok(match inner.req_str("type")? {
+                    "text" => ToolResultContent::Text(inner.req_str("text")?.to_owned()),
+                    "image" => match image_source(&inner)? {
+                        Some(src) => ToolResultContent::Image(src),
+                        None => ToolResultContent::Other(opaque(&inner)),
+                    },
+                    _ => ToolResultContent::Other(opaque(&inner)),
+                })
+            })
+            .collect(),
+        Some(_) => Err(invalid(format!(
+            "{} must be a string or an array of content blocks",
+            b.field("content")
+        ))),
+    }
+}
+
+fn tool_def(tool: &Obj<'_>) -> Res<ToolDef> {
+    let input_schema = match tool.obj("input_schema")? {
+        Some(s) => Value::Object(s.map.clone()),
+        None => json!({"type": "object", "properties": {}}),
+    };
+    Ok(ToolDef {
+        name: tool.req_str("name")?.to_owned(),
+        description: tool.str("description")?.map(str::to_owned),
+        input_schema,
+        cache_control: tool.get("cache_control").cloned(),
+    })
+}
+
+/// The client's body for an Anthropic upstream: every field as the client wrote it, only
+/// `model` replaced.
+#[must_use]
+pub fn passthrough_request(mut raw: Map<String, Value>, upstream_model: &str) -> Value {
+    raw.insert("model".to_owned(), Value::String(upstream_model.to_owned()));
+    Value::Object(raw)
+}
+
+/// Insert `cache_control` when present.
+fn with_cache_control(mut v: Map<String, Value>, cc: Option<&Value>) -> Value {
+    if let Some(cc) = cc {
+        v.insert("cache_control".into(), cc.clone());
+    }
+    Value::Object(v)
+}
+
+fn obj(pairs: Vec<(&str, Value)>) -> Map<String, Value> {
+    pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+}
+
+fn source_json(source: &ImageSource) -> Value {
+    match source {
+        ImageSource::Base64 { media_type, data } => {
+            json!({"type": "base64", "media_type": media_type, "data": data})
+        }
+        ImageSource::Url { url } => json!({"type": "url", "url": url}),
+    }
+}
+
+/// An opaque object is only expressible on the wire it came from.
+fn foreign(o: &Opaque, what: &str) -> Res<Value> {
+    if o.shape == Shape::Anthropic {
+        Ok(o.value.clone())
+    } else {
+        Err(invalid(format!(
+            "{what} type '{}' cannot be sent to an Anthropic upstream",
+            o.kind()
+        )))
+    }
+}
+
+/// A tool input for this wire: an object, or `{}` for raw argument text an OpenAI upstream
+/// produced that is not a JSON object (see `ContentBlock::ToolUse`).
+fn input_object(input: &Value) -> Value {
+    if input.is_object() {
+        input.clone()
+    } else {
+        Value::Object(Map::new())
+    }
+}
+
+/// Render a canonical request (from an OpenAI-shaped client) for an Anthropic upstream. Tool
+/// ids are mapped to the `toolu_` form (see `tool_ids`).
+///
+/// # Errors
+/// `InvalidRequest` when the request holds something this wire cannot express (an OpenAI
+/// `input_audio` part, a `custom` tool, …), naming its type.
+pub fn render_request(req: &ChatRequest, upstream_model: &str) -> Result<Value, GatewayError> {
+    let mut ids = ToolIdMap::new(Shape::Anthropic);
+    let mut out = Map::new();
+    out.insert("model".into(), Value::String(upstream_model.to_owned()));
+    out.insert(
+        "max_tokens".into(),
+        json!(req.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS)),
+    );
+    let system: Vec<Value> = req
+        .system
+        .iter()
+        .filter(|b| !b.text.is_empty())
+        .map(|b| {
+            with_cache_control(
+                obj(vec![("type", json!("text")), ("text", json!(b.text))]),
+                b.cache_control.as_ref(),
+            )
+        })
+        .collect();
+    if !system.is_empty() {
+        out.insert("system".into(), Value::Array(system));
+    }
+
+    // (role, tool results, other blocks) per wire message, same-role turns merged.
+    let mut merged: Vec<(Role, Vec<Value>, Vec<Value>)> = Vec::new();
+    for msg in &req.messages {
+        let mut results = Vec::new();
+        let mut rest = Vec::new();
+        for b in &msg.content {
+            let is_result = matches!(b, ContentBlock::ToolResult { .. });
+            if let Some(v) = render_block(b, msg.role, &mut ids)? {
+                if is_result {
+                    results.push(v);
+                } else {
+                    rest.push(v);
+                }
+            }
+        }
+        if results.is_empty() && rest.is_empty() {
+            continue;
+        }
+        match merged.last_mut() {
+            Some((role, r, o)) if *role == msg.role => {
+                r.append(&mut results);
+                o.append(&mut rest);
+            }
+            _ => merged.push((msg.role, results, rest)),
+        }
+    }
+    let messages: Vec<Value> = merged
+        .into_iter()
+        .map(|(role, mut content, mut rest)| {
+            content.append(&mut rest);
+            let role = match role {
+                Role::User => "user",
+                Role::Assistant => "assistant",
+            };
+            json!({"role": role, "content": content})
+        })
+        .collect();
+    out.insert("messages".into(), Value::Array(messages));
+
+    let mut tools: Vec<Value> = req
+        .tools
+        .iter()
+        .map(|t| {
+            let mut m = obj(vec![("name", json!(t.name))]);
+            if let Some(d) = &t.description {
+                m.insert("description".into(), json!(d));
+            }
+            m.insert("input_schema".into(), t.input_schema.clone());
+            with_cache_control(m, t.cache_control.as_ref())
+        })
+        .collect();
+    for other in &req.other_tools {
+        tools.push(foreign(other, "tool")?);
+    }
+    if !tools.is_empty() {
+        out.insert("tools".into(), Value::Array(tools));
+        // The API rejects `tool_choice` without tools; parallelism is a `tool_choice` flag.
+        if req.tool_choice.is_some() || req.parallel_tool_calls == Some(false) {
+            let choice = req.tool_choice.as_ref().unwrap_or(&ToolChoice::Auto);
+            let mut tc = match choice {
+                ToolChoice::Auto => obj(vec![("type", json!("auto"))]),
+                ToolChoice::Any => obj(vec![("type", json!("any"))]),
+                ToolChoice::None => obj(vec![("type", json!("none"))]),
+                ToolChoice::Tool(name) => obj(vec![("type", json!("tool")), ("name", json!(name))]),
+            };
+            if let Some(p) = req.parallel_tool_calls
+                && *choice != ToolChoice::None
+            {
+                tc.insert("disable_parallel_tool_use".into(), Value::Bool(!p));
+            }
+            out.insert("tool_choice".into(), Value::Object(tc));
+        }
+    }
+    if !req.stop.is_empty() {
+        out.insert("stop_sequences".into(), json!(req.stop));
+    }
+    if let Some(t) = req.temperature {
+        out.insert("temperature".into(), json!(t.clamp(0.0, 1.0)));
+    }
+    if let Some(p) = req.top_p {
+        out.insert("top_p".into(), json!(p));
+    }
+    if let Some(t) = &req.thinking {
+        out.insert("thinking".into(), t.clone());
+    }
+    if let Some(u) = &req.user {
+        out.insert("metadata".into(), json!({"user_id": u}));
+    }
+    if req.stream {
+        out.insert("stream".into(), Value::Bool(true));
+    }
+    Ok(Value::Object(out))
+}
+
+/// One block for the wire, or `None` when this wire drops it (empty text, unsigned thinking).
+fn render_block(b: &ContentBlock, role: Role, ids: &mut ToolIdMap) -> Res<Option<Value>> {
+    Ok(Some(match b {
+        ContentBlock::Text { text, .. } if text.is_empty() => return Ok(None),
+        ContentBlock::Text {
+            text,
+            cache_control,
+        } => with_cache_control(
+            obj(vec![("type", json!("text")), ("text", json!(text))]),
+            cache_control.as_ref(),
+        ),
+        ContentBlock::Image {
+            source,
+            cache_control,
+        } => with_cache_control(
+            obj(vec![
+                ("type", json!("image")),
+                ("source", source_json(source)),
+            ]),
+            cache_control.as_ref(),
+        ),
+        ContentBlock::ToolUse {
+            id,
+            name,
+            input,
+            cache_control,
+        } => {
+            if role == Role::User {
+                return Err(invalid(
+                    "tool_use blocks are only allowed in assistant messages",
+                ));
+            }
+            with_cache_control(
+                obj(vec![
+                    ("type", json!("tool_use")),
+                    ("id", json!(ids.map(id))),
+                    ("name", json!(name)),
+                    ("input", input_object(input)),
+                ]),
+                cache_control.as_ref(),
+            )
+        }
+        ContentBlock::ToolResult {
+            tool_use_id,
+            content,
+            is_error,
+            cache_control,
+        } => {
+            if role == Role::Assistant {
+                return Err(invalid("tool results are only allowed in user messages"));
+            }
+            let mut m = obj(vec![
+                ("type", json!("tool_result")),
+                ("tool_use_id", json!(ids.map(tool_use_id))),
+            ]);
+            match content.as_slice() {
+                [] => {}
+                [ToolResultContent::Text(t)] => {
+                    m.insert("content".into(), json!(t));
+                }
+                items => {
+                    let blocks = items
+                        .iter()
+                        .map(|c| match c {
+                            ToolResultContent::Text(t) => Ok(json!({"type": "text", "text": t})),
+                            ToolResultContent::Image(src) => {
+                                Ok(json!({"type": "image", "source": source_json(src)}))
+                            }
+                            ToolResultContent::Other(o) => foreign(o, "tool result block"),
+                        })
+                        .collect::<Res<Vec<_>>>()?;
+                    m.insert("content".into(), Value::Array(blocks));
+                }
+            }
+            if *is_error {
+                m.insert("is_error".into(), Value::Bool(true));
+            }
+            with_cache_control(m, cache_control.as_ref())
+        }
+        ContentBlock::Thinking {
+            thinking,
+            signature: Some(sig),
+        } if !sig.is_empty() => json!({"type": "thinking", "thinking": thinking, "signature": sig}),
+        ContentBlock::Thinking { .. } => return Ok(None),
+        ContentBlock::RedactedThinking { data } => {
+            json!({"type": "redacted_thinking", "data": data})
+        }
+        ContentBlock::Other(o) => foreign(o, "content block")?,
+    }))
+}
+
+// ---------------------------------------------------------------------------------------
+// Complete responses
+// ---------------------------------------------------------------------------------------
+
+fn usage_from(u: &Value) -> Usage {
+    Usage {
+        input_tokens: count(u, "input_tokens"),
+        output_tokens: count(u, "output_tokens"),
+        cache_read_tokens: count(u, "cache_read_input_tokens"),
+        cache_write_tokens: count(u, "cache_creation_input_tokens"),
+    }
+}
+
+/// `base` with every counter that `u` carries replaced (stream usage is cumulative, and
+/// `message_delta` may carry only `output_tokens`).
+fn merge_usage(mut base: Usage, u: &Value) -> Usage {
+    let get = |k: &str| u.get(k).and_then(Value::as_u64);
+    if let Some(n) = get("input_tokens") {
+        base.input_tokens = n;
+    }
+    if let Some(n) = get("output_tokens") {
+        base.output_tokens = n;
+    }
+    if let Some(n) = get("cache_read_input_tokens") {
+        base.cache_read_tokens = n;
+    }
+    if let Some(n) = get("cache_creation_input_tokens") {
+        base.cache_write_tokens = n;
+    }
+    base
+}
+
+/// Parse a complete upstream answer.
+///
+/// # Errors
+/// A short description when the body is not a JSON object or is an error envelope (the
+/// message carries the upstream error type only, never its text).
+pub fn parse_response(body: &[u8]) -> Result<ChatResponse, String> {
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| format!("upstream response is not valid JSON: {e}"))?;
+    response_from_value(&v)
+}
+
+fn str_of(v: &Value, key: &str) -> String {
+    v.get(key)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn response_from_value(v: &Value) -> Result<ChatResponse, String> {
+    let Some(obj) = v.as_object() else {
+        return Err("upstream response is not a JSON object".to_owned());
+    };
+    if obj.get("type").and_then(Value::as_str) == Some("error") {
+        let err = obj.get("error").unwrap_or(&Value::Null);
+        return Err(format!("upstream returned an error: {}", error_kind(err)));
+    }
+    let mut content = Vec::new();
+    for b in obj
+        .get("content")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        content.push(match b.get("type").and_then(Value::as_str) {
+            Some("text") => ContentBlock::Text {
+                text: str_of(b, "text"),
+                cache_control: None,
+            },
+            Some("tool_use") => ContentBlock::ToolUse {
+                id: str_of(b, "id"),
+                name: str_of(b, "name"),
+                input: b
+                    .get("input")
+                    .filter(|i| i.is_object())
+                    .cloned()
+                    .unwrap_or_else(|| Value::Object(Map::new())),
+                cache_control: None,
+            },
+            Some("thinking") => ContentBlock::Thinking {
+                thinking: str_of(b, "thinking"),
+                signature: b
+                    .get("signature")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
+            },
+            Some("redacted_thinking") => ContentBlock::RedactedThinking {
+                data: str_of(b, "data"),
+            },
+            _ => ContentBlock::Other(Opaque {
+                shape: Shape::Anthropic,
+                value: b.clone(),
+            }),
+        });
+    }
+    Ok(ChatResponse {
+        id: obj.get("id").and_then(Value::as_str).map(str::to_owned),
+        model: obj.get("model").and_then(Value::as_str).map(str::to_owned),
+        content,
+        stop_reason: obj
+            .get("stop_reason")
+            .and_then(Value::as_str)
+            .map_or(StopReason::EndTurn, StopReason::from_anthropic),
+        stop_sequence: obj
+            .get("stop_sequence")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        usage: obj.get("usage").map(usage_from).unwrap_or_default(),
+    })
+}
+
+/// A same-shape answer: the upstream JSON with only `model` replaced by the client's string,
+/// plus its canonical parse for accounting.
+///
+/// # Errors
+/// As [`parse_response`].
+pub fn passthrough_response(
+    body: &[u8],
+    client_model: &str,
+) -> Result<(Value, ChatResponse), String> {
+    let mut v: Value = serde_json::from_slice(body)
+        .map_err(|e| format!("upstream response is not valid JSON: {e}"))?;
+    let parsed = response_from_value(&v)?;
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("model".into(), Value::String(client_model.to_owned()));
+    }
+    Ok((v, parsed))
+}
+
+fn usage_json(u: &Usage) -> Value {
+    json!({
+        "input_tokens": u.input_tokens,
+        "output_tokens": u.output_tokens,
+        "cache_read_input_tokens": u.cache_read_tokens,
+        "cache_creation_input_tokens": u.cache_write_tokens,
+    })
+}
+
+/// Render a canonical answer (from an OpenAI-compatible upstream) for an Anthropic client.
+/// Tool ids become `toolu_…`; thinking from a reasoning model carries an empty signature
+/// (there is none to give, and it is dropped again if sent back to a different upstream).
+#[must_use]
+pub fn render_response(resp: &ChatResponse, client_model: &str, id: &str, _created: i64) -> Value {
+    let mut ids = ToolIdMap::new(Shape::Anthropic);
+    let mut content = Vec::new();
+    for b in &resp.content {
+        match b {
+            ContentBlock::Text { text, .. } => content.push(json!({"type": "text", "text": text})),
+            ContentBlock::ToolUse {
+                id, name, input, ..
+            } => content.push(json!({
+                "type": "tool_use",
+                "id": ids.map(id),
+                "name": name,
+                "input": input_object(input),
+            })),
+            ContentBlock::Thinking {
+                thinking,
+                signature,
+            } => content.push(json!({
+                "type": "thinking",
+                "thinking": thinking,
+                "signature": signature.clone().unwrap_or_default(),
+            })),
+            ContentBlock::RedactedThinking { data } => {
+                content.push(json!({"type": "redacted_thinking", "data": data}));
+            }
+            ContentBlock::Other(o) if o.shape == Shape::Anthropic => content.push(o.value.clone()),
+            _ => {}
+        }
+    }
+    json!({
+        "id": format!("msg_{id}"),
+        "type": "message",
+        "role": "assistant",
+        "model": client_model,
+        "content": content,
+        "stop_reason": resp.stop_reason.as_anthropic(),
+        "stop_sequence": resp.stop_sequence,
+        "usage": usage_json(&resp.usage),
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Streams: upstream -> canonical
+// ---------------------------------------------------------------------------------------
+
+/// Turns an Anthropic upstream's SSE events into canonical [`StreamEvent`]s.
+///
+/// Block indices are renumbered densely; blocks the IR cannot stream (`server_tool_use`,
+/// `web_search_tool_result`, …) are skipped with their deltas, since only a different-shape
+/// client consumes these events (same-shape clients get the upstream frames themselves).
+#[derive(Debug, Default)]
+pub struct StreamParser {
+    started: bool,
+    finished: bool,
+    ended_cleanly: bool,
+    next_index: usize,
+    /// (upstream index, canonical index) of the open block.
+    open: Option<(u64, usize)>,
+    usage: Usage,
+    stop_reason: Option<StopReason>,
+    stop_sequence: Option<String>,
+}
+
+impl StreamParser {
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether the upstream sent `message_stop`, as opposed to a connection that stopped.
+    #[must_use]
+    pub fn ended_cleanly(&self) -> bool {
+        self.ended_cleanly
+    }
+
+    /// Consume one frame.
+    ///
+    /// # Errors
+    /// An upstream `error` event, or a frame that is not JSON; the message names the error
+    /// type only.
+    pub fn push(&mut self, frame: &SseFrame) -> Result<Vec<StreamEvent>, String> {
+        let mut out = Vec::new();
+        let data = frame.data.trim();
+        if self.finished || data.is_empty() {
+            return Ok(out);
+        }
+        let v: Value = serde_json::from_str(data)
+            .map_err(|_| "upstream sent a malformed stream event".to_owned())?;
+        let ty = v
+            .get("type")
+            .and_then(Value::as_str)
+            .or(frame.event.as_deref())
+            .unwrap_or("");
+        match ty {
+            "error" => {
+                let err = v.get("error").unwrap_or(&Value::Null);
+                return Err(format!("upstream stream error: {}", error_kind(err)));
+            }
+            "message_start" if !self.started => {
+                let msg = v.get("message").unwrap_or(&Value::Null);
+                self.usage = msg.get("usage").map(usage_from).unwrap_or_default();
+                self.start(
+                    msg.get("id").and_then(Value::as_str),
+                    msg.get("model").and_then(Value::as_str),
+                    &mut out,
+                );
+            }
+            "content_block_start" => {
+                self.start(None, None, &mut out);
+                self.close(&mut out);
+                let upstream = v.get("index").and_then(Value::as_u64).unwrap_or(0);
+                let cb = v.get("content_block").unwrap_or(&Value::Null);
+                let (start, initial) = match cb.get("type").and_then(Value::as_str) {
+                    Some("text") => (
+                        BlockStart::Text,
+                        non_empty(cb, "text").map(BlockDelta::Text),
+                    ),
+                    Some("thinking") => (
+                        BlockStart::Thinking,
+                        non_empty(cb, "thinking").map(BlockDelta::Thinking),
+                    ),
+                    Some("redacted_thinking") => (
+                        BlockStart::RedactedThinking {
+                            data: str_of(cb, "data"),
+                        },
+                        None,
+                    ),
+                    Some("tool_use") => (
+                        BlockStart::ToolUse {
+                            id: str_of(cb, "id"),
+                            name: str_of(cb, "name"),
+                        },
+                        // The API starts tool blocks with `input: {}` and streams the JSON;
+                        // a non-empty initial input is kept as the first fragment.
+                        cb.get("input")
+                            .and_then(Value::as_object)
+                            .filter(|m| !m.is_empty())
+                            .map(|m| {
+                                BlockDelta::ToolInputJson(Value::Object(m.clone()).to_string())
+                            }),
+                    ),
+                    _ => return Ok(out),
+                };
+                let index = self.next_index;
+                self.next_index += 1;
+                self.open = Some((upstream, index));
+                out.push(StreamEvent::BlockStart {
+                    index,
+                    block: start,
+                });
+                if let Some(delta) = initial {
+                    out.push(StreamEvent::Delta { index, delta });
+                }
+                if let Some(sig) = non_empty(cb, "signature") {
+                    out.push(StreamEvent::Delta {
+                        index,
+                        delta: BlockDelta::Signature(sig),
+                    });
+                }
+            }
+            "content_block_delta" => {
+                let upstream = v.get("index").and_then(Value::as_u64).unwrap_or(0);
+                let Some((open_upstream, index)) = self.open else {
+                    return Ok(out);
+                };
+                if open_upstream != upstream {
+                    return Ok(out);
+                }
+                let d = v.get("delta").unwrap_or(&Value::Null);
+                let delta = match d.get("type").and_then(Value::as_str) {
+                    Some("text_delta") => non_empty(d, "text").map(BlockDelta::Text),
+                    Some("thinking_delta") => non_empty(d, "thinking").map(BlockDelta::Thinking),
+                    Some("signature_delta") => non_empty(d, "signature").map(BlockDelta::Signature),
+                    Some("input_json_delta") => {
+                        non_empty(d, "partial_json").map(BlockDelta::ToolInputJson)
+                    }
+                    _ => None,
+                };
+                if let Some(delta) = delta {
+                    out.push(StreamEvent::Delta { index, delta });
+                }
+            }
+            "content_block_stop" => {
+                let upstream = v.get("index").and_then(Value::as_u64).unwrap_or(0);
+                if self.open.is_some_and(|(u, _)| u == upstream) {
+                    self.close(&mut out);
+                }
+            }
+            "message_delta" => {
+                self.start(None, None, &mut out);
+                let d = v.get("delta").unwrap_or(&Value::Null);
+                if let Some(r) = d.get("stop_reason").and_then(Value::as_str) {
+                    self.stop_reason = Some(StopReason::from_anthropic(r));
+                }
+                if let Some(s) = d.get("stop_sequence").and_then(Value::as_str) {
+                    self.stop_sequence = Some(s.to_owned());
+                }
+                if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
+                    self.usage = merge_usage(self.usage, u);
+                    out.push(StreamEvent::Usage(self.usage));
+                }
+            }
+            "message_stop" => {
+                self.ended_cleanly = true;
+                self.end(&mut out);
+            }
+            // `ping` and event types added later are not content.
+            _ => {}
+        }
+        Ok(out)
+    }
+
+    /// End of the upstream byte stream: close the open block and finish, if not done yet.
+    pub fn finish(&mut self) -> Vec<StreamEvent> {
+        let mut out = Vec::new();
+        if !self.finished {
+            self.end(&mut out);
+        }
+        out
+    }
+
+    fn start(&mut self, id: Option<&str>, model: Option<&str>, out: &mut Vec<StreamEvent>) {
+        if !self.started {
+            self.started = true;
+            out.push(StreamEvent::Start {
+                id: id.map(str::to_owned),
+                model: model.map(str::to_owned),
+                usage: self.usage,
+            });
+        }
+    }
+
+    fn close(&mut self, out: &mut Vec<StreamEvent>) {
+        if let Some((_, index)) = self.open.take() {
+            out.push(StreamEvent::BlockStop { index });
+        }
+    }
+
+    fn end(&mut self, out: &mut Vec<StreamEvent>) {
+        self.start(None, None, out);
+        self.close(out);
+        self.finished = true;
+        out.push(StreamEvent::Finish {
+            stop_reason: self.stop_reason.unwrap_or(StopReason::EndTurn),
+            stop_sequence: self.stop_sequence.clone(),
+        });
+    }
+}
+
+fn non_empty(v: &Value, key: &str) -> Option<String> {
+    v.get(key)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+}
+
+// ---------------------------------------------------------------------------------------
+// Streams: canonical -> Anthropic client
+// ---------------------------------------------------------------------------------------
+
+/// Renders canonical events as Messages stream events for an Anthropic client.
+///
+/// Frame sequence, as the real API: `message_start` (full message skeleton with usage), a
+/// `ping`, then per block `content_block_start` / `content_block_delta`… /
+/// `content_block_stop`, and on [`StreamRenderer::end`] `message_delta` (stop reason and full
+/// cumulative usage) and `message_stop`.
+#[derive(Debug)]
+pub struct StreamRenderer {
+    id: String,
+    model: String,
+    started: bool,
+    done: bool,
+    next_index: usize,
+    /// (canonical index, client index) of the open block.
+    open: Option<(usize, usize)>,
+    saw_tool: bool,
+    usage: Usage,
+    stop_reason: Option<StopReason>,
+    stop_sequence: Option<String>,
+    ids: ToolIdMap,
+}
+
+fn event_frame(data: &Value) -> String {
+    let ty = data.get("type").and_then(Value::as_str);
+    format_frame(ty, &data.to_string())
+}
+
+impl StreamRenderer {
+    /// `_include_usage` and `_created` exist for symmetry with the OpenAI renderer: Anthropic
+    /// streams always carry usage and have no timestamp.
+    #[must_use]
+    pub fn new(id: &str, client_model: &str, _include_usage: bool, _created: i64) -> Self {
+        StreamRenderer {
+            id: format!("msg_{id}"),
+            model: client_model.to_owned(),
+            started: false,
+            done: false,
+            next_index: 0,
+            open: None,
+            saw_tool: false,
+            usage: Usage::default(),
+            stop_reason: None,
+            stop_sequence: None,
+            ids: ToolIdMap::new(Shape::Anthropic),
+        }
+    }
+
+    fn ensure_started(&mut self, out: &mut Vec<String>) {
+        if self.started {
+            return;
+        }
+        self.started = true;
+        let u = &self.usage;
+        out.push(event_frame(&json!({
+            "type": "message_start",
+            "message": {
+                "id": self.id,
+                "type": "message",
+                "role": "assistant",
+                "model": self.model,
+                "content": [],
+                "stop_reason": null,
+                "stop_sequence": null,
+                "usage": {
+                    "input_tokens": u.input_tokens,
+                    "cache_creation_input_tokens": u.cache_write_tokens,
+                    "cache_read_input_tokens": u.cache_read_tokens,
+                    "output_tokens": u.output_tokens,
+                },
+            },
+        })));
+        out.push(event_frame(&json!({"type": "ping"})));
+    }
+
+    fn close(&mut self, out: &mut Vec<String>) {
+        if let Some((_, client)) = self.open.take() {
+            out.push(event_frame(
+                &json!({"type": "content_block_stop", "index": client}),
+            ));
+        }
+    }
+
+    /// Frames for one canonical event (possibly none).
+    pub fn event(&mut self, ev: &StreamEvent) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.done {
+            return out;
+        }
+        match ev {
+            StreamEvent::Start { usage, .. } => {
+                self.usage = self.usage.max(*usage);
+                self.ensure_started(&mut out);
+            }
+            StreamEvent::BlockStart { index, block } => {
+                self.ensure_started(&mut out);
+                self.close(&mut out);
+                let client = self.next_index;
+                self.next_index += 1;
+                self.open = Some((*index, client));
+                let content_block = match block {
+                    BlockStart::Text => json!({"type": "text", "text": ""}),
+                    BlockStart::Thinking => {
+                        json!({"type": "thinking", "thinking": "", "signature": ""})
+                    }
+                    BlockStart::RedactedThinking { data } => {
+                        json!({"type": "redacted_thinking", "data": data})
+                    }
+                    BlockStart::ToolUse { id, name } => {
+                        self.saw_tool = true;
+                        json!({"type": "tool_use", "id": self.ids.map(id), "name": name, "input": {}})
+                    }
+                };
+                out.push(event_frame(&json!({
+                    "type": "content_block_start",
+                    "index": client,
+                    "content_block": content_block,
+                })));
+            }
+            StreamEvent::Delta { index, delta } => {
+                let Some((open, client)) = self.open else {
+                    return out;
+                };
+                if open != *index {
+                    return out;
+                }
+                let d = match delta {
+                    BlockDelta::Text(t) if !t.is_empty() => {
+                        json!({"type": "text_delta", "text": t})
+                    }
+                    BlockDelta::Thinking(t) if !t.is_empty() => {
+                        json!({"type": "thinking_delta", "thinking": t})
+                    }
+                    BlockDelta::Signature(s) if !s.is_empty() => {
+                        json!({"type": "signature_delta", "signature": s})
+                    }
+                    BlockDelta::ToolInputJson(j) if !j.is_empty() => {
+                        json!({"type": "input_json_delta", "partial_json": j})
+                    }
+                    _ => return out,
+                };
+                out.push(event_frame(&json!({
+                    "type": "content_block_delta",
+                    "index": client,
+                    "delta": d,
+                })));
+            }
+            StreamEvent::BlockStop { index } => {
+                if self.open.is_some_and(|(open, _)| open == *index) {
+                    self.close(&mut out);
+                }
+            }
+            StreamEvent::Usage(u) => self.usage = self.usage.max(*u),
+            StreamEvent::Finish {
+                stop_reason,
+                stop_sequence,
+            } => {
+                self.stop_reason = Some(*stop_reason);
+                self.stop_sequence.clone_from(stop_sequence);
+            }
+        }
+        out
+    }
+
+    /// Frames after the upstream ended successfully: `message_delta` with the stop reason and
+    /// the full usage, then `message_stop`.
+    pub fn end(&mut self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.done {
+            return out;
+        }
+        self.done = true;
+        self.ensure_started(&mut out);
+        self.close(&mut out);
+        let reason = self.stop_reason.unwrap_or(if self.saw_tool {
+            StopReason::ToolUse
+        } else {
+            StopReason::EndTurn
+        });
+        let u = &self.usage;
+        out.push(event_frame(&json!({
+            "type": "message_delta",
+            "delta": {"stop_reason": reason.as_anthropic(), "stop_sequence": self.stop_sequence},
+            "usage": {
+                "input_tokens": u.input_tokens,
+                "cache_creation_input_tokens": u.cache_write_tokens,
+                "cache_read_input_tokens": u.cache_read_tokens,
+                "output_tokens": u.output_tokens,
+            },
+        })));
+        out.push(event_frame(&json!({"type": "message_stop"})));
+        out
+    }
+
+    /// The final frame of a stream that failed after the first byte: `event: error`, never a
+    /// `message_stop`, so the client cannot mistake it for a complete answer.
+    pub fn error(&mut self, err: &GatewayError) -> Vec<String> {
+        if self.done {
+            return Vec::new();
+        }
+        self.done = true;
+        vec![error_frame(err)]
+    }
+}
+
+fn error_frame(err: &GatewayError) -> String {
+    format_frame(
+        Some("error"),
+        &err.render(Shape::Anthropic).body.to_string(),
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// Streams: same shape
+// ---------------------------------------------------------------------------------------
+
+/// Forwards an Anthropic upstream's stream to an Anthropic client: `message_start`'s
+/// `message.model` is replaced by the client's string; every other event is forwarded with
+/// its data exactly as received.
+///
+/// Upstream `error` events are not forwarded (their text may echo the prompt): the caller's
+/// [`StreamParser`] reports them and the caller answers with [`PassthroughStream::error`].
+#[derive(Debug)]
+pub struct PassthroughStream {
+    model: String,
+    done: bool,
+}
+
+impl PassthroughStream {
+    /// `_client_wants_usage` exists for symmetry with the OpenAI passthrough: Anthropic
+    /// streams always carry usage.
+    #[must_use]
+    pub fn new(client_model: &str, _client_wants_usage: bool) -> Self {
+        PassthroughStream {
+            model: client_model.to_owned(),
+            done: false,
+        }
+    }
+
+    /// The frame to forward for `frame`, or `None` to drop it.
+    pub fn rewrite(&mut self, frame: &SseFrame) -> Option<String> {
+        if self.done || frame.data.trim().is_empty() {
+            return None;
+        }
+        let verbatim = || Some(format_frame(frame.event.as_deref(), &frame.data));
+        let Ok(mut v) = serde_json::from_str::<Value>(&frame.data) else {
+            return verbatim();
+        };
+        let ty = v
+            .get("type")
+            .and_then(Value::as_str)
+            .or(frame.event.as_deref());
+        match ty {
+            Some("error") => None,
+            Some("message_start") => {
+                if let Some(msg) = v.get_mut("message").and_then(Value::as_object_mut) {
+                    msg.insert("model".into(), Value::String(self.model.clone()));
+                }
+                Some(format_frame(frame.event.as_deref(), &v.to_string()))
+            }
+            _ => verbatim(),
+        }
+    }
+
+    /// The final frame when the stream fails mid-way (see [`StreamRenderer::error`]).
+    pub fn error(&mut self, err: &GatewayError) -> Vec<String> {
+        if self.done {
+            return Vec::new();
+        }
+        self.done = true;
+        vec![error_frame(err)]
+    }
+}
