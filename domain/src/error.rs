@@ -127,6 +127,13 @@ pub enum GatewayError {
         message: String,
         retry_after_secs: Option<u64>,
     },
+    /// A gateway rate limit (per key or per client IP) denied the request.
+    RateLimited {
+        /// `per_key` or `per_ip`.
+        scope: &'static str,
+        rpm: u32,
+        retry_after_secs: u64,
+    },
     /// Body above the configured limit.
     PayloadTooLarge {
         limit_bytes: u64,
@@ -171,6 +178,7 @@ impl GatewayError {
                 ErrorClass::Cancelled => 499,
                 ErrorClass::Other => 500,
             },
+            GatewayError::RateLimited { .. } => 429,
             GatewayError::PayloadTooLarge { .. } => 413,
             GatewayError::NotFound { .. } => 404,
             GatewayError::MethodNotAllowed { .. } => 405,
@@ -204,6 +212,14 @@ impl GatewayError {
                 format!("gateway key {key_id} has been revoked")
             }
             GatewayError::Upstream { message, .. } => message.clone(),
+            GatewayError::RateLimited {
+                scope,
+                rpm,
+                retry_after_secs,
+            } => {
+                let who = if *scope == "per_ip" { "per-ip" } else { "per-key" };
+                format!("{who} rate limit exceeded ({rpm} rpm); retry in {retry_after_secs}s")
+            }
             GatewayError::PayloadTooLarge { limit_bytes } => {
                 format!("request body exceeds the limit of {limit_bytes} bytes")
             }
@@ -223,6 +239,26 @@ impl GatewayError {
         let message = self.message();
         let mut retry_after_secs = None;
         let body = match self {
+            GatewayError::RateLimited {
+                scope,
+                retry_after_secs: secs,
+                ..
+            } => {
+                retry_after_secs = Some(*secs);
+                match shape {
+                    Shape::OpenAi => json!({"error": {
+                        "code": "rate_limit_exceeded",
+                        "type": "rate_limit_error",
+                        "message": message,
+                        "scope": scope,
+                        "retry_after_seconds": secs,
+                    }}),
+                    Shape::Anthropic => json!({
+                        "type": "error",
+                        "error": { "type": "rate_limit_error", "message": message },
+                    }),
+                }
+            }
             GatewayError::KeyRevoked { key_id, revoked_at } => {
                 // Same body for both shapes except `type`, as the original; it carries the key
                 // id so operators can correlate with `list-keys`.
@@ -326,6 +362,11 @@ impl GatewayError {
                 }
                 ErrorClass::Cancelled | ErrorClass::Other => ("api_error", None, "api_error"),
             },
+            GatewayError::RateLimited { .. } => (
+                "rate_limit_error",
+                Some("rate_limit_exceeded"),
+                "rate_limit_error",
+            ),
             GatewayError::PayloadTooLarge { .. } => (
                 "invalid_request_error",
                 Some("request_too_large"),
@@ -396,6 +437,26 @@ mod tests {
         let a = GatewayError::InvalidApiKey.render(Shape::Anthropic);
         assert_eq!(a.body["type"], "error");
         assert_eq!(a.body["error"]["type"], "authentication_error");
+    }
+
+    #[test]
+    fn gateway_rate_limit_envelopes_follow_the_spec() {
+        let e = GatewayError::RateLimited {
+            scope: "per_key",
+            rpm: 60,
+            retry_after_secs: 3,
+        };
+        let o = e.render(Shape::OpenAi);
+        assert_eq!((o.status, o.retry_after_secs), (429, Some(3)));
+        assert_eq!(
+            o.body["error"]["message"],
+            "per-key rate limit exceeded (60 rpm); retry in 3s"
+        );
+        assert_eq!(o.body["error"]["scope"], "per_key");
+        assert_eq!(o.body["error"]["retry_after_seconds"], 3);
+        let a = e.render(Shape::Anthropic);
+        assert_eq!(a.body["type"], "error");
+        assert_eq!(a.body["error"]["type"], "rate_limit_error");
     }
 
     #[test]

@@ -75,6 +75,8 @@ pub mod types {
     pub const TURN_COMPLETED: &str = "turn.completed";
     pub const GATEWAY_AUTH_FAILED: &str = "gateway.auth_failed";
     pub const GATEWAY_KEY_ISSUED: &str = "gateway.key_issued";
+    pub const GATEWAY_RATE_LIMITED: &str = "gateway.rate_limited";
+    pub const GATEWAY_KEY_LEAK_SUSPECTED: &str = "gateway.key_leak_suspected";
 }
 
 /// A payload type knows its event type, actor and sensitivity.
@@ -235,6 +237,41 @@ pub struct KeyIssued {
 
 impl Payload for KeyIssued {
     const TYPE: &'static str = types::GATEWAY_KEY_ISSUED;
+    const ACTOR: Actor = Actor::System;
+    const SENSITIVITY: Sensitivity = Sensitivity::Pseudonymous;
+}
+
+/// A sampled record of rate-limit denials (at most one event per second; `suppressed` counts
+/// the denials folded into it since the previous event).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RateLimited {
+    pub scope: &'static str,
+    pub rpm: u32,
+    pub retry_after_seconds: u64,
+    pub inbound_shape: &'static str,
+    /// First 8 hex chars of the token hash (per-key denials).
+    pub token_hash_prefix: Option<String>,
+    pub client_ip: Option<String>,
+    pub suppressed: u64,
+}
+
+impl Payload for RateLimited {
+    const TYPE: &'static str = types::GATEWAY_RATE_LIMITED;
+    const ACTOR: Actor = Actor::System;
+    const SENSITIVITY: Sensitivity = Sensitivity::Pseudonymous;
+}
+
+/// A key was used from more distinct client IPs than expected within the window.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct KeyLeakSuspected {
+    pub gateway_key_id: String,
+    pub distinct_ips: usize,
+    pub window_seconds: i64,
+    pub threshold: usize,
+}
+
+impl Payload for KeyLeakSuspected {
+    const TYPE: &'static str = types::GATEWAY_KEY_LEAK_SUSPECTED;
     const ACTOR: Actor = Actor::System;
     const SENSITIVITY: Sensitivity = Sensitivity::Pseudonymous;
 }

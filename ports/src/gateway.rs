@@ -20,6 +20,8 @@ pub struct InboundMeta {
     pub token: Option<String>,
     /// The client address as seen on the socket.
     pub peer_ip: Option<IpAddr>,
+    /// The raw `X-Forwarded-For` header, believed only when `peer_ip` is a trusted proxy.
+    pub forwarded_for: Option<String>,
 }
 
 /// An authenticated request, ready for its body.

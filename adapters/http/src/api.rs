@@ -15,7 +15,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::{Object, OpenApi, OpenApiService};
 use serde_json::json;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// HTTP-level settings.
 #[derive(Debug, Clone)]
@@ -24,6 +24,9 @@ pub struct HttpOptions {
     pub max_body_bytes: usize,
     /// Server URL written into the OpenAPI document.
     pub public_url: String,
+    /// An SSE comment is sent when a stream has been silent this long, so idle-timeout
+    /// proxies between the client and the gateway keep the connection open.
+    pub sse_keepalive: Duration,
 }
 
 impl Default for HttpOptions {
@@ -31,6 +34,7 @@ impl Default for HttpOptions {
         HttpOptions {
             max_body_bytes: 10 * 1024 * 1024,
             public_url: "http://127.0.0.1:8422".to_owned(),
+            sse_keepalive: Duration::from_secs(15),
         }
     }
 }
@@ -105,6 +109,11 @@ fn meta(req: &Request, shape: Shape) -> InboundMeta {
             .remote_addr()
             .as_socket_addr()
             .map(std::net::SocketAddr::ip),
+        forwarded_for: req
+            .headers()
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
     }
 }
 
@@ -138,10 +147,28 @@ impl Api {
         };
         match self.svc.handle(admission, bytes).await {
             Ok(Reply::Json(b)) => RawReply(json_response(StatusCode::OK, b)),
-            Ok(Reply::Stream(s)) => RawReply(sse_response(s)),
+            Ok(Reply::Stream(s)) => {
+                RawReply(sse_response(with_keepalive(s, self.opts.sse_keepalive)))
+            }
             Err(e) => RawReply(error_response(&e, shape)),
         }
     }
+}
+
+/// Interleave `: keep-alive` comments into a stream whenever it is silent for `every`.
+/// (Only the wait is cancelled on timeout: the stream keeps its own in-progress state.)
+fn with_keepalive(
+    stream: futures_util::stream::BoxStream<'static, Bytes>,
+    every: Duration,
+) -> futures_util::stream::BoxStream<'static, Bytes> {
+    futures_util::stream::unfold(stream, move |mut s| async move {
+        match tokio::time::timeout(every, s.next()).await {
+            Ok(Some(b)) => Some((b, s)),
+            Ok(None) => None,
+            Err(_) => Some((Bytes::from_static(b": keep-alive\n\n"), s)),
+        }
+    })
+    .boxed()
 }
 
 fn sse_response(stream: futures_util::stream::BoxStream<'static, Bytes>) -> Response {

@@ -1,1 +1,15 @@
-//! placeholder during bootstrap
+//! `metis` (library part): the composition root of the Metis gateway — CLI definitions,
+//! configuration, wiring of adapters into the use cases, and the `App` that serves.
+//!
+//! The binary (`src/main.rs`) only parses the command line and dispatches here, so tests can
+//! build the real server in-process (`App::build` + `run_until_stopped`).
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod keys_cli;
+pub mod listener;
+pub mod paths;
+pub mod system;
+
+pub use app::App;

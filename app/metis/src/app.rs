@@ -1,0 +1,397 @@
+//! The composition root: builds the adapters, wires them into the core, binds the listener
+//! and runs the server until shutdown (then drains and flushes the trace writer).
+
+use crate::cli::ServeArgs;
+use crate::config::ConfigFile;
+use crate::keys_cli::{NewKey, audit_issued, mint};
+use crate::listener;
+use crate::paths::Paths;
+use crate::system::{SystemClock, UlidIds};
+use anyhow::{Context, bail};
+use gw_http::{HttpOptions, routes};
+use gw_keystore_file::FileKeyStore;
+use gw_ports::keys::{KeyStore, KeyStoreError};
+use gw_ports::system::{Clock, IdSource};
+use gw_ports::trace::EventSink;
+use gw_ports::upstream::Provider;
+use gw_storage_sqlite::{SqliteTraceStore, WriterOptions};
+use gw_upstream::{HttpProvider, HttpProviderConfig, MockProvider, MockSettings};
+use gw_usecases::{CoreParts, GatewayCore, KeyRing, Limiter, RateLimitConfig};
+use poem::Server;
+use poem::listener::{BoxAcceptor, TcpAcceptor};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often the keystore is checked for changes (issue/revoke/rotate take effect within
+/// this interval plus one load).
+const KEY_RELOAD_INTERVAL: Duration = Duration::from_millis(500);
+
+/// A key issued automatically on first start (loopback only, empty keystore).
+#[derive(Debug, Clone)]
+pub struct QuickstartKey {
+    pub key_id: String,
+    pub token: String,
+}
+
+/// A built gateway, bound to its socket and ready to serve.
+pub struct App {
+    acceptor: BoxAcceptor,
+    addr: SocketAddr,
+    scheme: &'static str,
+    core: Arc<GatewayCore>,
+    trace: Arc<SqliteTraceStore>,
+    keystore: Arc<dyn KeyStore>,
+    http_opts: HttpOptions,
+    shutdown_grace: Duration,
+    paths: Paths,
+    providers: Vec<String>,
+    host: String,
+    quickstart: Option<QuickstartKey>,
+    rate_limit: bool,
+    tls_in_process: bool,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("addr", &self.addr)
+            .field("paths", &self.paths)
+            .field("providers", &self.providers)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether `host` is a loopback name or address.
+#[must_use]
+pub fn is_loopback(host: &str) -> bool {
+    matches!(host, "127.0.0.1" | "::1" | "localhost" | "[::1]")
+}
+
+fn non_empty(s: Option<&String>) -> Option<String> {
+    s.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
+}
+
+fn build_providers(args: &ServeArgs, cfg: &ConfigFile) -> anyhow::Result<Vec<Arc<dyn Provider>>> {
+    let mut out: Vec<Arc<dyn Provider>> = Vec::new();
+    let p = &cfg.providers;
+    let sections = [
+        (
+            "anthropic",
+            non_empty(args.anthropic_api_key.as_ref())
+                .or_else(|| non_empty(p.anthropic.as_ref().and_then(|s| s.api_key.as_ref()))),
+            args.anthropic_base_url
+                .clone()
+                .or_else(|| p.anthropic.as_ref().and_then(|s| s.base_url.clone())),
+        ),
+        (
+            "openai",
+            non_empty(args.openai_api_key.as_ref())
+                .or_else(|| non_empty(p.openai.as_ref().and_then(|s| s.api_key.as_ref()))),
+            args.openai_base_url
+                .clone()
+                .or_else(|| p.openai.as_ref().and_then(|s| s.base_url.clone())),
+        ),
+        (
+            "openrouter",
+            non_empty(args.openrouter_api_key.as_ref())
+                .or_else(|| non_empty(p.openrouter.as_ref().and_then(|s| s.api_key.as_ref()))),
+            args.openrouter_base_url
+                .clone()
+                .or_else(|| p.openrouter.as_ref().and_then(|s| s.base_url.clone())),
+        ),
+    ];
+    for (name, key, base) in sections {
+        let Some(key) = key else { continue };
+        let mut config = match name {
+            "anthropic" => HttpProviderConfig::anthropic(key),
+            "openai" => HttpProviderConfig::openai(key),
+            _ => HttpProviderConfig::openrouter(key),
+        };
+        if let Some(base) = base {
+            config = config.with_base_url(base);
+        }
+        config = config
+            .with_response_head_timeout(args.upstream_timeout)
+            .with_max_retries(args.upstream_retries);
+        let provider = HttpProvider::new(config)
+            .with_context(|| format!("cannot configure provider '{name}'"))?;
+        out.push(Arc::new(provider));
+    }
+    let mock_cfg = p.mock.as_ref();
+    let mock_wanted = args.enable_mock_provider || mock_cfg.is_some_and(|m| m.enabled);
+    if out.is_empty() || mock_wanted {
+        let settings = MockSettings {
+            latency_ms: if args.mock_latency_ms > 0 {
+                args.mock_latency_ms
+            } else {
+                mock_cfg.and_then(|m| m.latency_ms).unwrap_or(0)
+            },
+            tokens_per_second: args
+                .mock_tokens_per_second
+                .or_else(|| mock_cfg.and_then(|m| m.tokens_per_second)),
+            ..MockSettings::default()
+        };
+        out.push(Arc::new(MockProvider::new(settings)));
+    }
+    Ok(out)
+}
+
+/// Load the keystore; on a loopback bind with no keys, issue a first key.
+async fn load_keys(
+    store: &dyn KeyStore,
+    host: &str,
+    trace: &dyn EventSink,
+    clock: &dyn Clock,
+    ids: &dyn IdSource,
+) -> anyhow::Result<(Vec<gw_domain::keys::KeyRecord>, Option<QuickstartKey>)> {
+    let keys = match store.load().await {
+        Ok(k) => k,
+        Err(KeyStoreError::NotFound { .. }) => Vec::new(),
+        Err(e) => return Err(e).context("cannot load the keystore"),
+    };
+    if !keys.is_empty() {
+        return Ok((keys, None));
+    }
+    if !is_loopback(host) {
+        bail!(
+            "keystore {} has no keys; issue one with `metis gateway issue-key --name NAME --workspace PATH` before binding a non-loopback host",
+            store.describe()
+        );
+    }
+    let workspace = std::env::current_dir().unwrap_or_else(|_| std::path::PathBuf::from("/"));
+    let issued = mint(
+        &NewKey {
+            name: "quickstart".to_owned(),
+            workspace,
+            ..NewKey::default()
+        },
+        clock,
+        ids,
+    )?;
+    store
+        .insert(issued.record.clone())
+        .await
+        .context("cannot store the quickstart key")?;
+    audit_issued(trace, &issued.record, clock, ids);
+    let quick = QuickstartKey {
+        key_id: issued.record.key_id.clone(),
+        token: issued.token,
+    };
+    Ok((vec![issued.record], Some(quick)))
+}
+
+impl App {
+    /// Build every adapter, load keys and bind the listener.
+    ///
+    /// # Errors
+    /// Bad config, unreadable/corrupt keystore, trace DB newer than this binary, bind failure.
+    pub async fn build(args: ServeArgs) -> anyhow::Result<App> {
+        let paths = Paths::resolve(&args.storage)?;
+        let cfg = match &args.config {
+            Some(p) => ConfigFile::load(p)?,
+            None => ConfigFile::default(),
+        };
+        let db = paths.db.clone();
+        let trace = tokio::task::spawn_blocking(move || {
+            SqliteTraceStore::open(&db, WriterOptions::default())
+        })
+        .await
+        .context("trace store task failed")?
+        .with_context(|| format!("cannot open trace store {}", paths.db.display()))?;
+        let trace = Arc::new(trace);
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let ids: Arc<dyn IdSource> = Arc::new(UlidIds::default());
+        let keystore: Arc<dyn KeyStore> = Arc::new(FileKeyStore::new(&paths.keystore));
+        let (keys, quickstart) = load_keys(
+            keystore.as_ref(),
+            &args.host,
+            trace.as_ref(),
+            clock.as_ref(),
+            ids.as_ref(),
+        )
+        .await?;
+        let providers = build_providers(&args, &cfg)?;
+        let provider_names: Vec<String> = providers.iter().map(|p| p.name().to_owned()).collect();
+        let sink: Arc<dyn EventSink> = trace.clone();
+        let core = Arc::new(GatewayCore::new(CoreParts {
+            keys: Arc::new(KeyRing::new(keys)),
+            sink,
+            providers,
+            catalog: cfg.catalog(),
+            prices: cfg.prices(),
+            clock,
+            ids,
+            limiter: Arc::new(Limiter::new(RateLimitConfig {
+                enabled: args.rate_limit,
+                per_key_rpm: args.rate_limit_per_key_rpm,
+                per_ip_rpm: args.rate_limit_per_ip_rpm,
+                trusted_proxies: args.trusted_proxy.clone(),
+                ..RateLimitConfig::default()
+            })),
+        }));
+
+        let tls = match listener::tls_paths(args.tls_cert.as_ref(), args.tls_key.as_ref())? {
+            Some((cert, key)) => Some(listener::load_tls(&cert, &key)?),
+            None => None,
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let tcp = listener::bind(&args.host, args.port, args.reuse_port)?;
+        let addr = tcp.local_addr().context("cannot read the bound address")?;
+        let tcp = TcpAcceptor::from_tokio(tcp).context("cannot use the listener")?;
+        let acceptor = listener::stack(tcp, tls, args.max_connections as usize);
+        let http_opts = HttpOptions {
+            max_body_bytes: args.max_body_bytes,
+            public_url: format!("{scheme}://{addr}"),
+            ..HttpOptions::default()
+        };
+        Ok(App {
+            acceptor,
+            addr,
+            scheme,
+            core,
+            trace,
+            keystore,
+            http_opts,
+            shutdown_grace: args.shutdown_grace,
+            paths,
+            providers: provider_names,
+            host: args.host,
+            quickstart,
+            rate_limit: args.rate_limit,
+            tls_in_process: scheme == "https",
+        })
+    }
+
+    /// The bound socket address (useful with `--port 0`).
+    #[must_use]
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The key issued on first start, if any (its token is shown once).
+    #[must_use]
+    pub fn quickstart_key(&self) -> Option<&QuickstartKey> {
+        self.quickstart.as_ref()
+    }
+
+    /// The one-line boot message.
+    #[must_use]
+    pub fn boot_line(&self) -> String {
+        let host = if self.addr.is_ipv6() {
+            format!("[{}]", self.host.trim_matches(['[', ']']))
+        } else {
+            self.host.clone()
+        };
+        format!(
+            "metis gateway listening on {}://{}:{} (store=sqlite:{}, keystore={}, providers={})",
+            self.scheme,
+            host,
+            self.addr.port(),
+            self.paths.db.display(),
+            self.keystore.describe(),
+            self.providers.join(",")
+        )
+    }
+
+    /// Log the non-loopback perimeter WARN when applicable.
+    pub fn warn_if_exposed(&self) {
+        if !is_loopback(&self.host) {
+            tracing::warn!(
+                "gateway bound to non-loopback host={} port={} — verify perimeter: tls_in_process={} rate_limit={}. If TLS is terminated and rate limiting enforced upstream (ingress, load balancer), this is fine; otherwise see the hardening checklist in README.md#hardening",
+                self.host,
+                self.addr.port(),
+                if self.tls_in_process { "on" } else { "off" },
+                if self.rate_limit { "on" } else { "off" }
+            );
+        }
+    }
+
+    /// Serve until `shutdown` resolves, then drain in-flight requests (up to the shutdown
+    /// grace) and flush the trace writer.
+    ///
+    /// # Errors
+    /// Server I/O errors.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let watcher = tokio::spawn(watch_keys(
+            Arc::clone(&self.keystore),
+            Arc::clone(&self.core),
+        ));
+        let core = Arc::clone(&self.core);
+        let endpoint = routes(self.core.clone(), self.http_opts.clone());
+        let result = Server::new_with_acceptor(self.acceptor)
+            .run_with_graceful_shutdown(
+                endpoint,
+                async move {
+                    shutdown.await;
+                    gw_ports::gateway::GatewayService::begin_drain(core.as_ref());
+                    tracing::info!("shutdown requested: draining in-flight requests");
+                },
+                Some(self.shutdown_grace),
+            )
+            .await;
+        watcher.abort();
+        let stats = self.trace.shutdown().await;
+        tracing::info!(
+            written = stats.written,
+            overflowed = stats.overflowed,
+            failed = stats.failed,
+            "trace writer flushed"
+        );
+        result.context("server error")
+    }
+}
+
+/// Poll the keystore's change token and swap the key set when it changes. A keystore that
+/// fails to load or validate is rejected with an ERROR and the last good set stays in force.
+async fn watch_keys(store: Arc<dyn KeyStore>, core: Arc<GatewayCore>) {
+    let mut last = store.version().await;
+    let mut interval = tokio::time::interval(KEY_RELOAD_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let current = store.version().await;
+        if current == last {
+            continue;
+        }
+        match store.load().await {
+            Ok(keys) => {
+                tracing::info!(keys = keys.len(), keystore = %store.describe(), "keystore reloaded");
+                core.keys.replace(keys);
+                last = current;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "keystore change rejected; the last good key set stays in force");
+                last = current;
+            }
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

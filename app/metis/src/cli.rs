@@ -1,0 +1,323 @@
+//! Command-line definitions only (clap derive). Every serve flag also reads a
+//! `METIS_GATEWAY_<FLAG>` environment variable; provider credentials read the providers' own
+//! variables (`ANTHROPIC_API_KEY`, …). Parse rules are unit-tested below.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use gw_domain::ratelimit::Cidr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// metis: one binary for the Metis LLM gateway and its operations.
+#[derive(Debug, Parser)]
+#[command(name = "metis", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway (`metis gateway [flags]`), or manage its keys (`metis gateway issue-key …`).
+    Gateway(Box<GatewayCmd>),
+    /// Print the OpenAPI document of the HTTP surface.
+    Openapi {
+        /// Write the document to this file instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct GatewayCmd {
+    #[command(subcommand)]
+    pub action: Option<KeyCommand>,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// Key administration.
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Issue a new gateway key and print its token once (only its SHA-256 is stored).
+    IssueKey(IssueKeyArgs),
+}
+
+/// Where the stores live. `--db-path` and `--keystore` override single files under
+/// `--data-dir`.
+#[derive(Debug, Clone, Args, Default)]
+pub struct StorageArgs {
+    /// Data directory (default `~/.metis`): trace DB `metis.db`, keystore `gateway/keys.json`.
+    #[arg(long, env = "METIS_GATEWAY_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// SQLite trace database (default `<data-dir>/metis.db`).
+    #[arg(long, env = "METIS_GATEWAY_DB_PATH")]
+    pub db_path: Option<PathBuf>,
+    /// JSON keystore file (default `<data-dir>/gateway/keys.json`).
+    #[arg(long, env = "METIS_GATEWAY_KEYSTORE")]
+    pub keystore: Option<PathBuf>,
+}
+
+impl StorageArgs {
+    /// Values given here win; missing ones come from `parent` (so
+    /// `metis gateway --keystore X issue-key` and `metis gateway issue-key --keystore X` agree).
+    #[must_use]
+    pub fn or(&self, parent: &StorageArgs) -> StorageArgs {
+        StorageArgs {
+            data_dir: self.data_dir.clone().or_else(|| parent.data_dir.clone()),
+            db_path: self.db_path.clone().or_else(|| parent.db_path.clone()),
+            keystore: self.keystore.clone().or_else(|| parent.keystore.clone()),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct IssueKeyArgs {
+    /// Display name of the key.
+    #[arg(long)]
+    pub name: String,
+    /// Workspace the key belongs to (stored as an absolute path; it need not exist).
+    #[arg(long)]
+    pub workspace: PathBuf,
+    /// Restrict the key to this model (canonical id like `anthropic:claude-haiku-4-5` or an
+    /// alias like `haiku`); repeatable. Without it the key may use every model.
+    #[arg(long = "allow-model")]
+    pub allow_model: Vec<String>,
+    /// User tag for cost attribution (`^[a-z0-9_-]+$`).
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Team tag for cost attribution (`^[a-z0-9_-]+$`).
+    #[arg(long)]
+    pub team: Option<String>,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable on a terminal, JSON otherwise.
+    Auto,
+    Text,
+    Json,
+}
+
+/// `metis gateway` serve flags.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "gateway")]
+pub struct ServeArgs {
+    /// Address to bind. Anything but loopback logs a perimeter WARN.
+    #[arg(long, env = "METIS_GATEWAY_HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to bind (0 picks a free port; the boot line shows it).
+    #[arg(long, env = "METIS_GATEWAY_PORT", default_value_t = 8422)]
+    pub port: u16,
+    /// TLS certificate chain (PEM). Requires `--tls-key`; the boot line then says `https`.
+    #[arg(long, env = "METIS_GATEWAY_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM, PKCS#8/PKCS#1/SEC1). Requires `--tls-cert`.
+    #[arg(long, env = "METIS_GATEWAY_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Concurrent connections beyond this get an immediate 503 and are closed.
+    #[arg(long, env = "METIS_GATEWAY_MAX_CONNECTIONS", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// Set SO_REUSEPORT so a new gateway process can bind the port while this one drains.
+    #[arg(long, env = "METIS_GATEWAY_REUSE_PORT")]
+    pub reuse_port: bool,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+    /// TOML config file: providers, model aliases, prices (see README).
+    #[arg(long, env = "METIS_GATEWAY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Anthropic API base URL (default `https://api.anthropic.com`). The gateway never reads
+    /// `ANTHROPIC_BASE_URL`, which clients point at the gateway itself.
+    #[arg(long, env = "METIS_GATEWAY_ANTHROPIC_BASE_URL")]
+    pub anthropic_base_url: Option<String>,
+    /// OpenAI-compatible base URL (default `https://api.openai.com/v1`); point it at vLLM,
+    /// Ollama, llama.cpp or LM Studio. The gateway never reads `OPENAI_BASE_URL`.
+    #[arg(long, env = "METIS_GATEWAY_OPENAI_BASE_URL")]
+    pub openai_base_url: Option<String>,
+    /// OpenRouter base URL (default `https://openrouter.ai/api/v1`).
+    #[arg(long, env = "METIS_GATEWAY_OPENROUTER_BASE_URL")]
+    pub openrouter_base_url: Option<String>,
+    /// Anthropic credential. Prefer the environment variable: flags are visible in `ps`.
+    #[arg(long, env = "ANTHROPIC_API_KEY", hide_env_values = true)]
+    pub anthropic_api_key: Option<String>,
+    /// OpenAI (or compatible server) credential. Prefer the environment variable.
+    #[arg(long, env = "OPENAI_API_KEY", hide_env_values = true)]
+    pub openai_api_key: Option<String>,
+    /// OpenRouter credential. Prefer the environment variable.
+    #[arg(long, env = "OPENROUTER_API_KEY", hide_env_values = true)]
+    pub openrouter_api_key: Option<String>,
+    /// Register the in-process mock provider (`mock:echo`, alias `mock`) even when real
+    /// providers have credentials. It is always registered when none has.
+    #[arg(long, env = "METIS_GATEWAY_ENABLE_MOCK_PROVIDER")]
+    pub enable_mock_provider: bool,
+    /// Mock provider: delay before its response head.
+    #[arg(long, env = "METIS_GATEWAY_MOCK_LATENCY_MS", default_value_t = 0)]
+    pub mock_latency_ms: u64,
+    /// Mock provider: pace streamed tokens at this rate (unpaced when absent).
+    #[arg(long, env = "METIS_GATEWAY_MOCK_TOKENS_PER_SECOND")]
+    pub mock_tokens_per_second: Option<f64>,
+    /// Enforce per-key and per-IP token buckets on the provider endpoints (before auth).
+    #[arg(long, env = "METIS_GATEWAY_RATE_LIMIT")]
+    pub rate_limit: bool,
+    /// Default per-key budget in requests per minute (a key's own `rpm` overrides it).
+    #[arg(long, env = "METIS_GATEWAY_RATE_LIMIT_PER_KEY_RPM", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_limit_per_key_rpm: u32,
+    /// Per-client-IP budget in requests per minute.
+    #[arg(long, env = "METIS_GATEWAY_RATE_LIMIT_PER_IP_RPM", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_limit_per_ip_rpm: u32,
+    /// Proxy address or CIDR whose `X-Forwarded-For` is believed (repeatable; env is
+    /// comma-separated). Without it the socket peer is the client.
+    #[arg(long = "trusted-proxy", env = "METIS_GATEWAY_TRUSTED_PROXY", value_delimiter = ',', value_parser = parse_cidr)]
+    pub trusted_proxy: Vec<Cidr>,
+    /// Request bodies above this many bytes get 413.
+    #[arg(long, env = "METIS_GATEWAY_MAX_BODY_BYTES", default_value_t = 10 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// On SIGTERM/SIGINT, wait this long for in-flight requests and streams.
+    #[arg(long, env = "METIS_GATEWAY_SHUTDOWN_GRACE", default_value = "25s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+    /// Upstream time-to-response-head timeout (streams then use an idle timeout).
+    #[arg(long, env = "METIS_GATEWAY_UPSTREAM_TIMEOUT", default_value = "600s", value_parser = parse_duration)]
+    pub upstream_timeout: Duration,
+    /// Upstream retries for 429/5xx/network failures before the first byte.
+    #[arg(long, env = "METIS_GATEWAY_UPSTREAM_RETRIES", default_value_t = 2)]
+    pub upstream_retries: u32,
+    /// Log format.
+    #[arg(
+        long,
+        env = "METIS_GATEWAY_LOG_FORMAT",
+        value_enum,
+        default_value = "auto"
+    )]
+    pub log_format: LogFormat,
+}
+
+/// Parse a trusted-proxy CIDR.
+///
+/// # Errors
+/// A message naming the bad value.
+pub fn parse_cidr(raw: &str) -> Result<Cidr, String> {
+    Cidr::parse(raw)
+}
+
+/// Parse `30s`, `5m`, `2h`, `1d`, `1w`, `250ms`, or bare seconds.
+///
+/// # Errors
+/// A message naming the accepted forms.
+pub fn parse_duration(raw: &str) -> Result<Duration, String> {
+    let s = raw.trim();
+    let err = || {
+        format!(
+            "could not parse duration '{raw}'; use forms like '250ms', '30s', '5m', '24h', '7d', '2w'"
+        )
+    };
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map(|i| s.split_at(i))
+        .ok_or_else(err)?;
+    let n: u64 = num.parse().map_err(|_| err())?;
+    let secs = match unit {
+        "ms" => return Ok(Duration::from_millis(n)),
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        "w" => n * 604_800,
+        _ => return Err(err()),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("25s"), Ok(Duration::from_secs(25)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5y").is_err());
+    }
+
+    #[test]
+    fn serve_defaults_match_the_spec() {
+        let a = ServeArgs::try_parse_from(["gateway"]).unwrap();
+        assert_eq!((a.host.as_str(), a.port), ("127.0.0.1", 8422));
+        assert_eq!(a.shutdown_grace, Duration::from_secs(25));
+        assert_eq!(a.max_body_bytes, 10 * 1024 * 1024);
+        assert!(!a.rate_limit);
+        assert_eq!(
+            (a.rate_limit_per_key_rpm, a.rate_limit_per_ip_rpm),
+            (60, 1000)
+        );
+    }
+
+    #[test]
+    fn trusted_proxies_are_validated() {
+        let a = ServeArgs::try_parse_from([
+            "gateway",
+            "--trusted-proxy",
+            "10.0.0.0/8",
+            "--trusted-proxy",
+            "::1",
+        ])
+        .unwrap();
+        assert_eq!(a.trusted_proxy.len(), 2);
+        assert!(ServeArgs::try_parse_from(["gateway", "--trusted-proxy", "10.0.0.0/40"]).is_err());
+        assert!(ServeArgs::try_parse_from(["gateway", "--rate-limit-per-key-rpm", "0"]).is_err());
+    }
+
+    #[test]
+    fn keystore_flag_works_before_or_after_the_subcommand() {
+        let before = Cli::try_parse_from([
+            "metis",
+            "gateway",
+            "--keystore",
+            "/k.json",
+            "issue-key",
+            "--name",
+            "n",
+            "--workspace",
+            "/w",
+        ])
+        .unwrap();
+        let Command::Gateway(g) = before.command else {
+            panic!("expected gateway")
+        };
+        let Some(KeyCommand::IssueKey(ik)) = &g.action else {
+            panic!("expected issue-key")
+        };
+        let merged = ik.storage.or(&g.serve.storage);
+        assert_eq!(merged.keystore, Some(PathBuf::from("/k.json")));
+
+        let after = Cli::try_parse_from([
+            "metis",
+            "gateway",
+            "issue-key",
+            "--name",
+            "n",
+            "--workspace",
+            "/w",
+            "--keystore",
+            "/k2.json",
+        ])
+        .unwrap();
+        let Command::Gateway(g) = after.command else {
+            panic!("expected gateway")
+        };
+        let Some(KeyCommand::IssueKey(ik)) = &g.action else {
+            panic!("expected issue-key")
+        };
+        assert_eq!(
+            ik.storage.or(&g.serve.storage).keystore,
+            Some(PathBuf::from("/k2.json"))
+        );
+    }
+}

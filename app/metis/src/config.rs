@@ -1,0 +1,224 @@
+//! The optional TOML config file (`--config`): providers, model aliases, extra models and
+//! prices. Flags and environment variables win over the file.
+//!
+//! ```toml
+//! [providers.openai]
+//! base_url = "http://127.0.0.1:8000/v1"   # vLLM
+//! api_key = "sk-local"                     # or leave it to OPENAI_API_KEY
+//!
+//! [providers.mock]
+//! enabled = true
+//! latency_ms = 20
+//!
+//! models = ["openai:llama-3.1-8b"]        # extra canonical ids accepted as bare names
+//!
+//! [aliases]
+//! llama = "openai:llama-3.1-8b"
+//! haiku = "anthropic:claude-haiku-4-5"
+//!
+//! [pricing]
+//! version = "2026-11-local"
+//!
+//! [prices."openai:llama-3.1-8b"]
+//! input_per_mtok = 0.0
+//! output_per_mtok = 0.0
+//! ```
+
+use anyhow::{Context, bail};
+use gw_domain::models::Catalog;
+use gw_domain::pricing::{Price, PriceTable};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    #[serde(default)]
+    pub providers: Providers,
+    #[serde(default)]
+    pub models: Vec<String>,
+    #[serde(default)]
+    pub aliases: BTreeMap<String, String>,
+    #[serde(default)]
+    pub pricing: Option<PricingSection>,
+    #[serde(default)]
+    pub prices: BTreeMap<String, PriceEntry>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Providers {
+    pub anthropic: Option<ProviderSection>,
+    pub openai: Option<ProviderSection>,
+    pub openrouter: Option<ProviderSection>,
+    pub mock: Option<MockSection>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderSection {
+    pub api_key: Option<String>,
+    pub base_url: Option<String>,
+}
+
+impl std::fmt::Debug for ProviderSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProviderSection")
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("base_url", &self.base_url)
+            .finish()
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MockSection {
+    #[serde(default)]
+    pub enabled: bool,
+    pub latency_ms: Option<u64>,
+    pub tokens_per_second: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PricingSection {
+    pub version: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriceEntry {
+    pub input_per_mtok: f64,
+    pub output_per_mtok: f64,
+    #[serde(default)]
+    pub cache_read_per_mtok: f64,
+    #[serde(default)]
+    pub cache_write_per_mtok: f64,
+}
+
+impl ConfigFile {
+    /// Read and validate a config file; errors name the file and the problem.
+    ///
+    /// # Errors
+    /// Unreadable file, invalid TOML, unknown keys, malformed model ids, negative prices.
+    pub fn load(path: &Path) -> anyhow::Result<ConfigFile> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        let cfg: ConfigFile = toml::from_str(&text)
+            .with_context(|| format!("invalid config file {}", path.display()))?;
+        for id in cfg
+            .models
+            .iter()
+            .chain(cfg.aliases.values())
+            .chain(cfg.prices.keys())
+        {
+            if gw_domain::models::ModelEntry::from_id(id).is_none() {
+                bail!(
+                    "invalid config file {}: model '{id}' must be a canonical id 'provider:name'",
+                    path.display()
+                );
+            }
+        }
+        for (id, p) in &cfg.prices {
+            for (field, v) in [
+                ("input_per_mtok", p.input_per_mtok),
+                ("output_per_mtok", p.output_per_mtok),
+                ("cache_read_per_mtok", p.cache_read_per_mtok),
+                ("cache_write_per_mtok", p.cache_write_per_mtok),
+            ] {
+                if !v.is_finite() || v < 0.0 {
+                    bail!(
+                        "invalid config file {}: prices.\"{id}\".{field} must be a finite number >= 0",
+                        path.display()
+                    );
+                }
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// The built-in catalog with this file's models and aliases applied.
+    #[must_use]
+    pub fn catalog(&self) -> Catalog {
+        let mut c = Catalog::builtin();
+        for m in &self.models {
+            c.add_model(m);
+        }
+        for (alias, target) in &self.aliases {
+            c.set_alias(alias, target);
+        }
+        c
+    }
+
+    /// The built-in price table with this file's prices applied. Overrides without an
+    /// explicit `[pricing] version` get a derived version, so costs never claim the built-in
+    /// version while using other prices.
+    #[must_use]
+    pub fn prices(&self) -> PriceTable {
+        let mut t = PriceTable::builtin();
+        for (id, p) in &self.prices {
+            t.set(
+                id,
+                Price {
+                    input_per_mtok: p.input_per_mtok,
+                    output_per_mtok: p.output_per_mtok,
+                    cache_read_per_mtok: p.cache_read_per_mtok,
+                    cache_write_per_mtok: p.cache_write_per_mtok,
+                },
+            );
+        }
+        if let Some(section) = &self.pricing {
+            t.version.clone_from(&section.version);
+        } else if !self.prices.is_empty() {
+            let digest: String = self
+                .prices
+                .iter()
+                .map(|(id, p)| {
+                    format!(
+                        "{id}:{}:{}:{}:{}|",
+                        p.input_per_mtok,
+                        p.output_per_mtok,
+                        p.cache_read_per_mtok,
+                        p.cache_write_per_mtok
+                    )
+                })
+                .collect();
+            let hash = gw_domain::keys::hash_token(&digest);
+            t.version = format!("{}+config-{}", t.version, &hash[..12]);
+        }
+        t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> anyhow::Result<ConfigFile> {
+        let dir = tempfile::tempdir()?;
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, text)?;
+        ConfigFile::load(&p)
+    }
+
+    #[test]
+    fn aliases_models_and_prices_apply() {
+        let cfg = parse(
+            "models = [\"openai:llama3\"]\n[aliases]\nfast = \"openai:llama3\"\n[prices.\"openai:llama3\"]\ninput_per_mtok = 1.0\noutput_per_mtok = 2.0\n",
+        )
+        .unwrap();
+        let c = cfg.catalog();
+        assert_eq!(c.resolve("fast", &|_| true).unwrap().id, "openai:llama3");
+        let t = cfg.prices();
+        assert!(t.version.starts_with("2026-05-08+config-"));
+        assert!(t.get("openai:llama3").is_some());
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_ids_are_refused() {
+        assert!(parse("[providers.opneai]\napi_key = \"x\"\n").is_err());
+        let err = parse("[aliases]\nfast = \"llama3\"\n").unwrap_err();
+        assert!(format!("{err:#}").contains("provider:name"));
+    }
+}

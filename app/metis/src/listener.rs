@@ -1,0 +1,261 @@
+//! The listening socket and the acceptor stack in front of the HTTP server:
+//! TCP (optionally `SO_REUSEPORT`) → TLS (optional, rustls) → connection cap.
+//!
+//! - `--reuse-port` lets a new process bind the same port while the old one drains, which is
+//!   how a rolling hand-over on one host loses no request.
+//! - TLS files are validated at start (PEM parse, and the key must match the certificate) so
+//!   a bad file fails the boot with an error naming it, not the first handshake.
+//! - Connections beyond `--max-connections` get an immediate `503` JSON body and are closed;
+//!   nothing queues unboundedly (rejections themselves are capped and short-lived).
+
+use anyhow::{Context, bail};
+use poem::http::uri::Scheme;
+use poem::listener::{Acceptor, AcceptorExt, RustlsCertificate, RustlsConfig};
+use poem::web::{LocalAddr, RemoteAddr};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use std::io::Result as IoResult;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Bind `host:port` with `SO_REUSEADDR` (and `SO_REUSEPORT` when asked) and a deep backlog.
+///
+/// # Errors
+/// Unresolvable host, bind or listen failure (the message names the address).
+pub fn bind(host: &str, port: u16, reuse_port: bool) -> anyhow::Result<tokio::net::TcpListener> {
+    let bare = host.trim_matches(['[', ']']);
+    let text = if bare.contains(':') {
+        format!("[{bare}]:{port}")
+    } else {
+        format!("{bare}:{port}")
+    };
+    let addr: SocketAddr = std::net::ToSocketAddrs::to_socket_addrs(&text)
+        .with_context(|| format!("cannot resolve {text}"))?
+        .next()
+        .with_context(|| format!("{text} resolves to no address"))?;
+    let domain = socket2::Domain::for_address(addr);
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))
+        .context("cannot create a socket")?;
+    socket
+        .set_reuse_address(true)
+        .context("cannot set SO_REUSEADDR")?;
+    if reuse_port {
+        #[cfg(unix)]
+        socket
+            .set_reuse_port(true)
+            .context("cannot set SO_REUSEPORT (needed by --reuse-port)")?;
+        #[cfg(not(unix))]
+        bail!("--reuse-port needs SO_REUSEPORT, which this platform lacks");
+    }
+    socket
+        .set_tcp_nodelay(true)
+        .context("cannot set TCP_NODELAY")?;
+    socket
+        .bind(&addr.into())
+        .with_context(|| format!("cannot bind {addr}"))?;
+    socket
+        .listen(2048)
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    socket
+        .set_nonblocking(true)
+        .context("cannot make the socket non-blocking")?;
+    let std_listener: std::net::TcpListener = socket.into();
+    tokio::net::TcpListener::from_std(std_listener).context("cannot register the listener")
+}
+
+/// Read and check a certificate chain and private key; returns the PEM bytes for poem.
+///
+/// # Errors
+/// Missing or unreadable file, no certificate / key in it, or a key that does not belong to
+/// the certificate — each message names the file.
+pub fn load_tls(cert: &Path, key: &Path) -> anyhow::Result<RustlsConfig> {
+    let cert_pem = std::fs::read(cert)
+        .with_context(|| format!("cannot read --tls-cert {}", cert.display()))?;
+    let key_pem =
+        std::fs::read(key).with_context(|| format!("cannot read --tls-key {}", key.display()))?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| anyhow::anyhow!("--tls-cert {} is not valid PEM: {e}", cert.display()))?;
+    if chain.is_empty() {
+        bail!("--tls-cert {} contains no certificate", cert.display());
+    }
+    let private = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+        anyhow::anyhow!(
+            "--tls-key {} holds no usable private key: {e}",
+            key.display()
+        )
+    })?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol setup failed")?
+        .with_no_client_auth()
+        .with_single_cert(chain, private)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "--tls-key {} does not match --tls-cert {}: {e}",
+                key.display(),
+                cert.display()
+            )
+        })?;
+    Ok(RustlsConfig::new().fallback(RustlsCertificate::new().cert(cert_pem).key(key_pem)))
+}
+
+/// TLS settings from the command line: both paths or neither.
+///
+/// # Errors
+/// Exactly one of the two given.
+pub fn tls_paths(
+    cert: Option<&PathBuf>,
+    key: Option<&PathBuf>,
+) -> anyhow::Result<Option<(PathBuf, PathBuf)>> {
+    match (cert, key) {
+        (Some(c), Some(k)) => Ok(Some((c.clone(), k.clone()))),
+        (None, None) => Ok(None),
+        _ => bail!("--tls-cert and --tls-key must be set together (got one without the other)"),
+    }
+}
+
+/// The body sent to connections over the cap.
+const OVER_CAPACITY: &[u8] = b"{\"error\":{\"message\":\"the gateway is at its connection limit; retry shortly\",\"type\":\"api_error\",\"code\":\"too_many_connections\"}}";
+
+/// Caps concurrent connections; the excess is answered 503 and closed.
+pub struct ConnLimit<A> {
+    inner: A,
+    permits: Arc<Semaphore>,
+    rejecting: Arc<Semaphore>,
+}
+
+impl<A> ConnLimit<A> {
+    pub fn new(inner: A, max_connections: usize) -> Self {
+        ConnLimit {
+            inner,
+            permits: Arc::new(Semaphore::new(max_connections.max(1))),
+            // At most this many rejections are in progress; beyond it the socket is just
+            // closed, so a connection flood cannot grow tasks without bound.
+            rejecting: Arc::new(Semaphore::new(256)),
+        }
+    }
+}
+
+async fn reject<T: AsyncRead + AsyncWrite + Unpin>(mut io: T, _permit: OwnedSemaphorePermit) {
+    // Read (and drive a lazy TLS handshake) briefly so the client is not reset before it
+    // finished sending its request.
+    let mut buf = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_millis(500), io.read(&mut buf)).await;
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n",
+        OVER_CAPACITY.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        io.write_all(head.as_bytes()).await?;
+        io.write_all(OVER_CAPACITY).await?;
+        io.shutdown().await
+    })
+    .await;
+}
+
+impl<A: Acceptor> Acceptor for ConnLimit<A>
+where
+    A::Io: 'static,
+{
+    type Io = PermitIo<A::Io>;
+
+    fn local_addr(&self) -> Vec<LocalAddr> {
+        self.inner.local_addr()
+    }
+
+    async fn accept(&mut self) -> IoResult<(Self::Io, LocalAddr, RemoteAddr, Scheme)> {
+        loop {
+            let (io, local, remote, scheme) = self.inner.accept().await?;
+            match Arc::clone(&self.permits).try_acquire_owned() {
+                Ok(permit) => {
+                    return Ok((
+                        PermitIo {
+                            io,
+                            _permit: permit,
+                        },
+                        local,
+                        remote,
+                        scheme,
+                    ));
+                }
+                Err(_) => {
+                    tracing::warn!(peer = %remote, "connection limit reached; answering 503");
+                    if let Ok(p) = Arc::clone(&self.rejecting).try_acquire_owned() {
+                        tokio::spawn(reject(io, p));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A connection holding one slot of the cap until it closes.
+pub struct PermitIo<T> {
+    io: T,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for PermitIo<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<IoResult<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for PermitIo<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<IoResult<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<IoResult<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<IoResult<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<IoResult<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+/// Wrap a TCP acceptor with optional TLS and the connection cap, boxed so the server type
+/// does not depend on the choice.
+#[must_use]
+pub fn stack(
+    tcp: poem::listener::TcpAcceptor,
+    tls: Option<RustlsConfig>,
+    max_connections: usize,
+) -> poem::listener::BoxAcceptor {
+    match tls {
+        Some(cfg) => {
+            let tls = tcp.rustls(futures_util::stream::iter([cfg]));
+            ConnLimit::new(tls, max_connections).boxed()
+        }
+        None => ConnLimit::new(tcp, max_connections).boxed(),
+    }
+}

@@ -1,0 +1,43 @@
+//! Resolution of store locations from `--data-dir`, `--db-path` and `--keystore`.
+
+use crate::cli::StorageArgs;
+use anyhow::Context;
+use std::path::PathBuf;
+
+/// Resolved file locations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paths {
+    pub data_dir: PathBuf,
+    /// SQLite trace database.
+    pub db: PathBuf,
+    /// JSON keystore.
+    pub keystore: PathBuf,
+}
+
+impl Paths {
+    /// Defaults: `~/.metis`, `<data-dir>/metis.db`, `<data-dir>/gateway/keys.json`.
+    ///
+    /// # Errors
+    /// When no `--data-dir` is given and `HOME` is unset.
+    pub fn resolve(args: &StorageArgs) -> anyhow::Result<Paths> {
+        let data_dir = match &args.data_dir {
+            Some(d) => d.clone(),
+            None => {
+                let home = std::env::var_os("HOME")
+                    .context("HOME is not set; pass --data-dir (or METIS_GATEWAY_DATA_DIR)")?;
+                PathBuf::from(home).join(".metis")
+            }
+        };
+        Ok(Paths {
+            db: args
+                .db_path
+                .clone()
+                .unwrap_or_else(|| data_dir.join("metis.db")),
+            keystore: args
+                .keystore
+                .clone()
+                .unwrap_or_else(|| data_dir.join("gateway").join("keys.json")),
+            data_dir,
+        })
+    }
+}

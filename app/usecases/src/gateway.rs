@@ -1,0 +1,531 @@
+//! The request pipeline (SPEC §3.2): authenticate, parse, resolve the model, check the key's
+//! allow-list, call the upstream, render in the inbound shape, cost-stamp and record events.
+
+use crate::keys::KeyRing;
+use crate::limits::Limiter;
+use crate::recorder::CallRecorder;
+use crate::stream::{StreamState, client_stream};
+use crate::wire::{self, Passthrough, StreamParser, StreamRenderer, shape_of};
+use async_trait::async_trait;
+use bytes::Bytes;
+use gw_domain::canonical::{ChatRequest, ContentBlock, Shape, ToolResultContent};
+use gw_domain::error::{ErrorClass, GatewayError};
+use gw_domain::events::{
+    AuthFailed, CallIdentity, KeyLeakSuspected, LlmCallStarted, Payload, RateLimited,
+    RouteChainEntry, RouteDecided, make_event,
+};
+use gw_domain::keys::{Inactive, hash_token};
+use gw_domain::models::Catalog;
+use gw_domain::pricing::PriceTable;
+use gw_domain::sse::SseParser;
+use gw_ports::gateway::{Admission, GatewayService, InboundMeta, Reply};
+use gw_ports::system::{Clock, IdSource};
+use gw_ports::trace::EventSink;
+use gw_ports::upstream::{Provider, UpstreamBody, UpstreamError, UpstreamRequest};
+use serde_json::json;
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// The wired gateway core.
+pub struct GatewayCore {
+    pub keys: Arc<KeyRing>,
+    sink: Arc<dyn EventSink>,
+    providers: BTreeMap<String, Arc<dyn Provider>>,
+    catalog: Catalog,
+    prices: PriceTable,
+    clock: Arc<dyn Clock>,
+    ids: Arc<dyn IdSource>,
+    limiter: Arc<Limiter>,
+    draining: AtomicBool,
+    warned_unpriced: Mutex<HashSet<String>>,
+}
+
+/// Construction parameters of [`GatewayCore`].
+pub struct CoreParts {
+    pub keys: Arc<KeyRing>,
+    pub sink: Arc<dyn EventSink>,
+    pub providers: Vec<Arc<dyn Provider>>,
+    pub catalog: Catalog,
+    pub prices: PriceTable,
+    pub clock: Arc<dyn Clock>,
+    pub ids: Arc<dyn IdSource>,
+    pub limiter: Arc<Limiter>,
+}
+
+impl GatewayCore {
+    #[must_use]
+    pub fn new(parts: CoreParts) -> Self {
+        GatewayCore {
+            keys: parts.keys,
+            sink: parts.sink,
+            providers: parts
+                .providers
+                .into_iter()
+                .map(|p| (p.name().to_owned(), p))
+                .collect(),
+            catalog: parts.catalog,
+            prices: parts.prices,
+            clock: parts.clock,
+            ids: parts.ids,
+            limiter: parts.limiter,
+            draining: AtomicBool::new(false),
+            warned_unpriced: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Names of the registered providers.
+    #[must_use]
+    pub fn provider_names(&self) -> Vec<String> {
+        self.providers.keys().cloned().collect()
+    }
+
+    fn is_live(&self, provider: &str) -> bool {
+        self.providers.contains_key(provider)
+    }
+
+    fn emit<P: Payload>(
+        &self,
+        session: &str,
+        turn: Option<&str>,
+        parent: Option<&str>,
+        payload: &P,
+    ) -> String {
+        let id = self.ids.ulid();
+        self.sink.emit(make_event(
+            id.clone(),
+            self.clock.now_us(),
+            session,
+            turn,
+            parent,
+            payload,
+        ));
+        id
+    }
+
+    fn auth_failed(
+        &self,
+        reason: &'static str,
+        shape: Shape,
+        token: Option<&str>,
+        key: Option<&str>,
+    ) {
+        let session = format!("gw_{}", self.ids.ulid());
+        let payload = AuthFailed {
+            reason,
+            inbound_shape: shape.as_str(),
+            token_hash_prefix: token.map(gw_domain::keys::token_fingerprint),
+            gateway_key_id: key.map(str::to_owned),
+        };
+        self.emit(&session, None, None, &payload);
+    }
+
+    fn rate_limited(
+        &self,
+        d: crate::limits::Denied,
+        shape: Shape,
+        token: Option<&str>,
+        ip: Option<std::net::IpAddr>,
+    ) {
+        let key_fp = token.map(gw_domain::keys::token_fingerprint);
+        match d.scope {
+            "per_key" => tracing::warn!(
+                "rate-limit deny bucket=per_key rpm={} retry_after={}s shape={} key_fp={}",
+                d.rpm,
+                d.retry_after_secs,
+                shape.as_str(),
+                key_fp.as_deref().unwrap_or("-")
+            ),
+            _ => tracing::warn!(
+                "rate-limit deny bucket=per_ip rpm={} retry_after={}s shape={} ip={}",
+                d.rpm,
+                d.retry_after_secs,
+                shape.as_str(),
+                ip.map_or_else(|| "-".to_owned(), |i| i.to_string())
+            ),
+        }
+        if let Some(suppressed) = self.limiter.sample_denial() {
+            let session = format!("gw_{}", self.ids.ulid());
+            let payload = RateLimited {
+                scope: d.scope,
+                rpm: d.rpm,
+                retry_after_seconds: d.retry_after_secs,
+                inbound_shape: shape.as_str(),
+                token_hash_prefix: (d.scope == "per_key").then_some(key_fp).flatten(),
+                client_ip: ip.map(|i| i.to_string()),
+                suppressed,
+            };
+            self.emit(&session, None, None, &payload);
+        }
+    }
+
+    fn price_of(&self, model: &str) -> Option<gw_domain::pricing::Price> {
+        let price = self.prices.get(model).copied();
+        if price.is_none() {
+            let mut warned = match self.warned_unpriced.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            if warned.insert(model.to_owned()) {
+                tracing::warn!(
+                    model,
+                    pricing_version = %self.prices.version,
+                    "no price for model; its calls are recorded at cost 0 (add it to the config file's [prices])"
+                );
+            }
+        }
+        price
+    }
+}
+
+/// Rough input-size estimate (characters / 4), recorded in `llm.call_started`.
+fn estimate_input_tokens(req: &ChatRequest) -> u64 {
+    let mut chars = req.system.iter().map(|b| b.text.len()).sum::<usize>();
+    for m in &req.messages {
+        for b in &m.content {
+            chars += match b {
+                ContentBlock::Text { text, .. } => text.len(),
+                ContentBlock::ToolUse { input, .. } => input.to_string().len(),
+                ContentBlock::ToolResult { content, .. } => content
+                    .iter()
+                    .map(|c| match c {
+                        ToolResultContent::Text(t) => t.len(),
+                        _ => 0,
+                    })
+                    .sum(),
+                ContentBlock::Thinking { thinking, .. } => thinking.len(),
+                _ => 0,
+            };
+        }
+    }
+    (chars as u64).div_ceil(4)
+}
+
+fn upstream_error(err: &UpstreamError) -> (GatewayError, ErrorClass, String) {
+    match err {
+        UpstreamError::Status {
+            provider,
+            status,
+            body,
+            retry_after_secs,
+            ..
+        } => {
+            let class = ErrorClass::classify_upstream(*status, body);
+            let kind = serde_json::from_slice::<serde_json::Value>(body)
+                .ok()
+                .and_then(|v| {
+                    let e = v.get("error")?;
+                    e.get("type")
+                        .or_else(|| e.get("code"))
+                        .and_then(|t| t.as_str().map(str::to_owned))
+                })
+                .unwrap_or_else(|| "unknown".to_owned());
+            let message = format!("upstream {provider} returned HTTP {status} ({kind})");
+            (
+                GatewayError::Upstream {
+                    class,
+                    provider: provider.clone(),
+                    message: message.clone(),
+                    retry_after_secs: *retry_after_secs,
+                },
+                class,
+                message,
+            )
+        }
+        UpstreamError::Network {
+            provider, message, ..
+        } => {
+            let msg = format!("upstream {provider} unreachable: {message}");
+            (
+                GatewayError::Upstream {
+                    class: ErrorClass::Network,
+                    provider: provider.clone(),
+                    message: msg.clone(),
+                    retry_after_secs: None,
+                },
+                ErrorClass::Network,
+                msg,
+            )
+        }
+    }
+}
+
+#[async_trait]
+impl GatewayService for GatewayCore {
+    async fn admit(&self, meta: InboundMeta) -> Result<Admission, GatewayError> {
+        let shape = meta.shape;
+        let ip = self
+            .limiter
+            .client_ip(meta.peer_ip, meta.forwarded_for.as_deref());
+        let hash = meta.token.as_deref().map(hash_token);
+        let index = self.keys.snapshot();
+        // Step 1 (before auth): rate limits. A key's own rpm overrides the default.
+        let key_rpm = hash.as_ref().and_then(|h| index.get(h)).and_then(|k| k.rpm);
+        if let Err(denied) = self.limiter.check(hash.as_deref(), key_rpm, ip) {
+            self.rate_limited(denied, shape, meta.token.as_deref(), ip);
+            return Err(GatewayError::RateLimited {
+                scope: denied.scope,
+                rpm: denied.rpm,
+                retry_after_secs: denied.retry_after_secs,
+            });
+        }
+        // Step 2: authentication.
+        let (Some(token), Some(hash)) = (meta.token, hash) else {
+            self.auth_failed("missing_token", shape, None, None);
+            return Err(GatewayError::InvalidApiKey);
+        };
+        let Some(key) = index.get(&hash) else {
+            self.auth_failed("invalid_token", shape, Some(&token), None);
+            return Err(GatewayError::InvalidApiKey);
+        };
+        let now = self.clock.now_us();
+        if let Err(inactive) = key.check_active(now) {
+            self.auth_failed("key_revoked", shape, Some(&token), Some(&key.key_id));
+            let revoked_at = match inactive {
+                Inactive::Revoked { at } => at,
+                Inactive::GraceLapsed { at } => Some(at),
+            };
+            return Err(GatewayError::KeyRevoked {
+                key_id: key.key_id.clone(),
+                revoked_at,
+            });
+        }
+        if let Some(signal) = self.limiter.observe_key_ip(&key.key_id, ip) {
+            tracing::warn!(
+                key_id = %key.key_id,
+                distinct_ips = signal.distinct_ips,
+                window_seconds = signal.window_seconds,
+                "gateway key used from many client addresses; it may have leaked"
+            );
+            let session = format!("gw_{}", self.ids.ulid());
+            let payload = KeyLeakSuspected {
+                gateway_key_id: key.key_id.clone(),
+                distinct_ips: signal.distinct_ips,
+                window_seconds: signal.window_seconds,
+                threshold: 10,
+            };
+            self.emit(&session, None, None, &payload);
+        }
+        Ok(Admission {
+            shape,
+            key: Arc::clone(key),
+            received_at_us: now,
+        })
+    }
+
+    async fn handle(&self, admission: Admission, body: Bytes) -> Result<Reply, GatewayError> {
+        let started = Instant::now();
+        let shape = admission.shape;
+        let key = &admission.key;
+        let parsed = wire::parse_request(shape, &body)?;
+        let req = parsed.request;
+        let session_id = format!("gw_{}", self.ids.ulid());
+        let turn_id = format!("gt_{}", self.ids.ulid());
+        let identity = CallIdentity {
+            gateway_key_id: Some(key.key_id.clone()),
+            inbound_shape: Some(shape.as_str()),
+            user_id: key.user_id.clone(),
+            team_id: key.team_id.clone(),
+        };
+
+        // Resolve the model; the decision is recorded whatever its outcome.
+        let resolved = self.catalog.resolve(&req.model, &|p| self.is_live(p));
+        let route = RouteDecided {
+            chosen_model: resolved.as_ref().map(|e| e.id.clone()).unwrap_or_default(),
+            winner_index: if resolved.is_ok() { 0 } else { -1 },
+            elapsed_ms: started.elapsed().as_secs_f64() * 1000.0,
+            chain: vec![RouteChainEntry {
+                policy: "client_model",
+                verdict: if resolved.is_ok() {
+                    "chose"
+                } else {
+                    "rejected"
+                },
+                reason: match &resolved {
+                    Ok(_) => "model requested by the client".to_owned(),
+                    Err(e) => e.message(),
+                },
+                candidate_model: resolved.as_ref().ok().map(|e| e.id.clone()),
+            }],
+            requested_model: req.model.clone(),
+        };
+        let route_id = self.emit(&session_id, Some(&turn_id), None, &route);
+        let entry = resolved?;
+        let aliases = self.catalog.aliases_of(&entry.id);
+        if !key.allows_model(&entry.id, &aliases) {
+            return Err(GatewayError::ModelNotAllowed {
+                model: req.model.clone(),
+                key_id: key.key_id.clone(),
+            });
+        }
+        let Some(provider) = self.providers.get(&entry.provider).cloned() else {
+            return Err(GatewayError::Internal);
+        };
+        let wire_shape = shape_of(provider.wire());
+        let same_shape = wire_shape == shape;
+        let upstream_json = if same_shape {
+            wire::passthrough_request(wire_shape, parsed.raw, &entry.upstream_name)
+        } else {
+            wire::render_request(wire_shape, &req, &entry.upstream_name)?
+        };
+        let upstream_body = serde_json::to_vec(&upstream_json).map_err(|e| {
+            tracing::error!(error = %e, "could not serialise the upstream request");
+            GatewayError::Internal
+        })?;
+
+        let request_id = self.ids.ulid();
+        let call_started = LlmCallStarted {
+            model: entry.id.clone(),
+            provider: entry.provider.clone(),
+            estimated_input_tokens: estimate_input_tokens(&req),
+            request_id: request_id.clone(),
+            is_worker: false,
+            stream: req.stream,
+        };
+        let started_id = self.emit(&session_id, Some(&turn_id), Some(&route_id), &call_started);
+        let mut recorder = CallRecorder {
+            sink: Arc::clone(&self.sink),
+            ids: Arc::clone(&self.ids),
+            clock: Arc::clone(&self.clock),
+            session_id,
+            turn_id,
+            started_event_id: started_id,
+            model: entry.id.clone(),
+            provider: entry.provider.clone(),
+            identity,
+            price: self.price_of(&entry.id),
+            pricing_version: self.prices.version.clone(),
+            started,
+            usage: Default::default(),
+            stop_reason: None,
+            tool_calls: 0,
+            thinking_blocks: 0,
+            retries: 0,
+            finished: false,
+        };
+
+        let reply = provider
+            .send(UpstreamRequest {
+                body: Bytes::from(upstream_body),
+                stream: req.stream,
+                request_id,
+            })
+            .await;
+        let reply = match reply {
+            Ok(r) => r,
+            Err(e) => {
+                recorder.retries = e.retries();
+                let (client_err, class, message) = upstream_error(&e);
+                recorder.fail(class, &message);
+                return Err(client_err);
+            }
+        };
+        recorder.retries = reply.retries;
+        let response_id = self.ids.ulid();
+        let created = self.clock.now_us() / 1_000_000;
+
+        match reply.body {
+            UpstreamBody::Full(bytes) => {
+                let rendered = if same_shape {
+                    wire::passthrough_response(wire_shape, &bytes, &req.model)
+                } else {
+                    wire::parse_response(wire_shape, &bytes).map(|resp| {
+                        let v =
+                            wire::render_response(shape, &resp, &req.model, &response_id, created);
+                        (v, resp)
+                    })
+                };
+                let (value, resp) = match rendered {
+                    Ok(x) => x,
+                    Err(msg) => {
+                        let message = format!(
+                            "upstream {} returned a body the gateway could not parse",
+                            entry.provider
+                        );
+                        tracing::warn!(provider = %entry.provider, error = %msg, "unparseable upstream body");
+                        recorder.fail(ErrorClass::Other, &message);
+                        return Err(GatewayError::Upstream {
+                            class: ErrorClass::Network,
+                            provider: entry.provider.clone(),
+                            message,
+                            retry_after_secs: None,
+                        });
+                    }
+                };
+                recorder.usage = resp.usage;
+                recorder.stop_reason = Some(resp.stop_reason);
+                for block in &resp.content {
+                    match block {
+                        ContentBlock::ToolUse { .. } => recorder.tool_calls += 1,
+                        ContentBlock::Thinking { .. } | ContentBlock::RedactedThinking { .. } => {
+                            recorder.thinking_blocks += 1;
+                        }
+                        _ => {}
+                    }
+                }
+                let out = serde_json::to_vec(&value).map_err(|_| GatewayError::Internal)?;
+                recorder.complete();
+                Ok(Reply::Json(Bytes::from(out)))
+            }
+            UpstreamBody::Stream(upstream) => {
+                let state = StreamState {
+                    upstream,
+                    sse: SseParser::default(),
+                    parser: StreamParser::new(wire_shape),
+                    renderer: StreamRenderer::new(
+                        shape,
+                        &response_id,
+                        &req.model,
+                        req.include_usage,
+                        created,
+                    ),
+                    passthrough: same_shape
+                        .then(|| Passthrough::new(shape, &req.model, req.include_usage)),
+                    recorder,
+                    pending: VecDeque::new(),
+                    finished_upstream: false,
+                    done: false,
+                };
+                Ok(Reply::Stream(client_stream(state)))
+            }
+        }
+    }
+
+    fn list_models(&self, admission: &Admission) -> Bytes {
+        let live = |p: &str| self.is_live(p);
+        let mut data = Vec::new();
+        for entry in self.catalog.live_models(&live) {
+            let aliases = self.catalog.aliases_of(&entry.id);
+            if !admission.key.allows_model(&entry.id, &aliases) {
+                continue;
+            }
+            let owned_by = if entry.provider == "mock" {
+                "mock (test double)"
+            } else {
+                entry.provider.as_str()
+            };
+            data.push(
+                json!({"id": entry.id, "object": "model", "created": 0, "owned_by": owned_by}),
+            );
+            for a in aliases {
+                data.push(json!({"id": a, "object": "model", "created": 0, "owned_by": owned_by, "alias_of": entry.id}));
+            }
+        }
+        Bytes::from(json!({"object": "list", "data": data}).to_string())
+    }
+
+    fn readiness(&self) -> Result<(), String> {
+        if self.draining.load(Ordering::Acquire) {
+            return Err("draining".to_owned());
+        }
+        if !self.sink.is_writable() {
+            return Err("trace store is not writable".to_owned());
+        }
+        Ok(())
+    }
+
+    fn begin_drain(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+}

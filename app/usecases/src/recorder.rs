@@ -1,0 +1,169 @@
+//! Records the outcome of one upstream call as trace events.
+//!
+//! Invariant: every call that emitted `llm.call_started` ends with exactly one of
+//! `llm.call_completed` / `llm.call_failed`, followed by `turn.completed` — including calls
+//! whose future or stream is dropped because the client went away (the `Drop` impl records
+//! `error_class: "cancelled"` with the usage consumed so far).
+
+use gw_domain::canonical::{BlockStart, StopReason, StreamEvent, Usage};
+use gw_domain::error::ErrorClass;
+use gw_domain::events::{
+    CallIdentity, LlmCallCompleted, LlmCallFailed, Payload, TurnCompleted, make_event,
+};
+use gw_domain::pricing::Price;
+use gw_ports::system::{Clock, IdSource};
+use gw_ports::trace::EventSink;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Everything needed to write the call's closing events.
+pub(crate) struct CallRecorder {
+    pub sink: Arc<dyn EventSink>,
+    pub ids: Arc<dyn IdSource>,
+    pub clock: Arc<dyn Clock>,
+    pub session_id: String,
+    pub turn_id: String,
+    pub started_event_id: String,
+    pub model: String,
+    pub provider: String,
+    pub identity: CallIdentity,
+    pub price: Option<Price>,
+    pub pricing_version: String,
+    pub started: Instant,
+    /// Usage observed so far (streams update it as frames arrive).
+    pub usage: Usage,
+    pub stop_reason: Option<StopReason>,
+    pub tool_calls: u64,
+    pub thinking_blocks: u64,
+    pub retries: u32,
+    pub finished: bool,
+}
+
+impl CallRecorder {
+    /// Fold a canonical stream event into the running totals.
+    pub fn observe(&mut self, ev: &StreamEvent) {
+        match ev {
+            StreamEvent::Start { usage, .. } | StreamEvent::Usage(usage) => {
+                self.usage = self.usage.max(*usage);
+            }
+            StreamEvent::BlockStart { block, .. } => match block {
+                BlockStart::ToolUse { .. } => self.tool_calls += 1,
+                BlockStart::Thinking | BlockStart::RedactedThinking { .. } => {
+                    self.thinking_blocks += 1;
+                }
+                BlockStart::Text => {}
+            },
+            StreamEvent::Finish { stop_reason, .. } => self.stop_reason = Some(*stop_reason),
+            StreamEvent::Delta { .. } | StreamEvent::BlockStop { .. } => {}
+        }
+    }
+
+    fn cost(&self) -> f64 {
+        self.price.map_or(0.0, |p| p.cost(&self.usage))
+    }
+
+    fn latency_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn emit<P: Payload>(&self, parent: Option<&str>, payload: &P) -> String {
+        let id = self.ids.ulid();
+        let ev = make_event(
+            id.clone(),
+            self.clock.now_us(),
+            &self.session_id,
+            Some(&self.turn_id),
+            parent,
+            payload,
+        );
+        self.sink.emit(ev);
+        id
+    }
+
+    fn turn_completed(&self, stop_reason: &str, parent: &str) {
+        let turn = TurnCompleted {
+            stop_reason: stop_reason.to_owned(),
+            llm_call_count: 1,
+            tool_call_count: self.tool_calls,
+            total_input_tokens: self.usage.total_input(),
+            total_output_tokens: self.usage.output_tokens,
+            total_cost_usd: self.cost(),
+            wall_time_seconds: self.started.elapsed().as_secs_f64(),
+            identity: self.identity.clone(),
+        };
+        self.emit(Some(parent), &turn);
+    }
+
+    /// Record a successful call.
+    pub fn complete(&mut self) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        let stop = self
+            .stop_reason
+            .unwrap_or(StopReason::EndTurn)
+            .as_anthropic();
+        let done = LlmCallCompleted {
+            model: self.model.clone(),
+            provider: self.provider.clone(),
+            input_tokens: self.usage.input_tokens,
+            output_tokens: self.usage.output_tokens,
+            cached_input_tokens: self.usage.cache_read_tokens,
+            cache_creation_input_tokens: self.usage.cache_write_tokens,
+            cost_usd: self.cost(),
+            pricing_version: self.pricing_version.clone(),
+            latency_ms: self.latency_ms(),
+            stop_reason: stop.to_owned(),
+            produced_tool_calls: self.tool_calls,
+            produced_thinking_blocks: self.thinking_blocks,
+            retry_count: self.retries,
+            identity: self.identity.clone(),
+        };
+        let started = self.started_event_id.clone();
+        let id = self.emit(Some(&started), &done);
+        self.turn_completed(stop, &id);
+    }
+
+    /// Record a failed call; `message` must not contain upstream free text or prompt text.
+    pub fn fail(&mut self, class: ErrorClass, message: &str) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        let failed = LlmCallFailed {
+            model: self.model.clone(),
+            provider: self.provider.clone(),
+            error_class: class.as_str(),
+            error_message_redacted: message.to_owned(),
+            retry_count: self.retries,
+            latency_ms: self.latency_ms(),
+            input_tokens: self.usage.input_tokens,
+            output_tokens: self.usage.output_tokens,
+            cached_input_tokens: self.usage.cache_read_tokens,
+            cache_creation_input_tokens: self.usage.cache_write_tokens,
+            cost_usd: self.cost(),
+            pricing_version: self.pricing_version.clone(),
+            identity: self.identity.clone(),
+        };
+        let started = self.started_event_id.clone();
+        let id = self.emit(Some(&started), &failed);
+        let stop = if class == ErrorClass::Cancelled {
+            "cancelled"
+        } else {
+            "error"
+        };
+        self.turn_completed(stop, &id);
+    }
+}
+
+impl Drop for CallRecorder {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.fail(
+                ErrorClass::Cancelled,
+                "client disconnected before the call completed",
+            );
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! The streaming leg of a request: upstream SSE bytes in, client SSE frames out.
+//!
+//! Frames are forwarded as soon as they are parsed (no buffering beyond one SSE frame).
+//! Same-shape streams forward the upstream frames with only the model rewritten; cross-shape
+//! streams go through the canonical events. Either way the canonical parser runs on every
+//! frame so usage and stop reason are recorded.
+//!
+//! Failure after the first byte ends the stream with a real error frame in the client's
+//! shape and `llm.call_failed` — never a fake `stop`. An upstream that closes without its
+//! terminal frame is such a failure. Dropping the stream (client disconnect) drops the
+//! upstream connection and the recorder writes `cancelled` with the partial usage.
+
+use crate::recorder::CallRecorder;
+use crate::wire::{Passthrough, StreamParser, StreamRenderer};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use gw_domain::canonical::StreamEvent;
+use gw_domain::error::{ErrorClass, GatewayError};
+use gw_domain::sse::{SseFrame, SseParser};
+use gw_ports::upstream::UpstreamError;
+use std::collections::VecDeque;
+
+pub(crate) struct StreamState {
+    pub upstream: BoxStream<'static, Result<Bytes, UpstreamError>>,
+    pub sse: SseParser,
+    pub parser: StreamParser,
+    pub renderer: StreamRenderer,
+    /// `Some` for same-shape traffic.
+    pub passthrough: Option<Passthrough>,
+    pub recorder: CallRecorder,
+    pub pending: VecDeque<String>,
+    pub finished_upstream: bool,
+    pub done: bool,
+}
+
+impl StreamState {
+    fn observe(&mut self, events: &[StreamEvent]) {
+        for ev in events {
+            self.recorder.observe(ev);
+            if self.passthrough.is_none() {
+                let frames = self.renderer.event(ev);
+                self.pending.extend(frames);
+            }
+            if matches!(ev, StreamEvent::Finish { .. }) {
+                self.finished_upstream = true;
+            }
+        }
+    }
+
+    fn fail(&mut self, class: ErrorClass, message: &str, client_error: Option<GatewayError>) {
+        if let Some(err) = client_error {
+            let frames = self.renderer.error(&err);
+            self.pending.extend(frames);
+        }
+        self.recorder.fail(class, message);
+        self.done = true;
+    }
+
+    fn frame(&mut self, frame: &SseFrame) {
+        if self.done {
+            return;
+        }
+        match self.parser.push(frame) {
+            Ok(events) => {
+                if let Some(p) = self.passthrough.as_mut()
+                    && let Some(out) = p.rewrite(frame)
+                {
+                    self.pending.push_back(out);
+                }
+                self.observe(&events);
+            }
+            Err(msg) => {
+                let provider = self.recorder.provider.clone();
+                let err = GatewayError::Upstream {
+                    class: ErrorClass::ServerError,
+                    provider: provider.clone(),
+                    message: format!("{provider} failed mid-stream: {msg}"),
+                    retry_after_secs: None,
+                };
+                // Same shape: the upstream's own error frame is already in the client's
+                // format, so forward it instead of inventing a second one.
+                let forwarded = self
+                    .passthrough
+                    .as_mut()
+                    .and_then(|p| p.rewrite(frame))
+                    .map(|f| self.pending.push_back(f))
+                    .is_some();
+                let client_error = (!forwarded).then_some(err);
+                self.fail(
+                    ErrorClass::ServerError,
+                    &format!("upstream error frame: {msg}"),
+                    client_error,
+                );
+            }
+        }
+    }
+
+    fn upstream_ended(&mut self) {
+        if let Some(last) = self.sse.finish() {
+            self.frame(&last);
+        }
+        if self.done {
+            return;
+        }
+        let tail = self.parser.finish();
+        let had_finish = self.finished_upstream;
+        if had_finish {
+            self.observe(&tail);
+            if self.passthrough.is_none() {
+                let frames = self.renderer.end();
+                self.pending.extend(frames);
+            }
+            self.recorder.complete();
+            self.done = true;
+        } else {
+            let provider = self.recorder.provider.clone();
+            let err = GatewayError::Upstream {
+                class: ErrorClass::Network,
+                provider: provider.clone(),
+                message: format!("{provider} closed the stream before it finished"),
+                retry_after_secs: None,
+            };
+            // Account the partial usage the parser saw, but do not render a fake ending.
+            for ev in &tail {
+                self.recorder.observe(ev);
+            }
+            self.fail(
+                ErrorClass::Network,
+                "upstream closed the stream early",
+                Some(err),
+            );
+        }
+    }
+}
+
+/// Turn the state machine into the client's byte stream.
+pub(crate) fn client_stream(state: StreamState) -> BoxStream<'static, Bytes> {
+    futures_util::stream::unfold(state, |mut st| async move {
+        loop {
+            if let Some(frame) = st.pending.pop_front() {
+                return Some((Bytes::from(frame), st));
+            }
+            if st.done {
+                return None;
+            }
+            match st.upstream.next().await {
+                Some(Ok(chunk)) => {
+                    let frames = st.sse.push(&chunk);
+                    for f in &frames {
+                        st.frame(f);
+                    }
+                }
+                Some(Err(e)) => {
+                    let provider = st.recorder.provider.clone();
+                    let err = GatewayError::Upstream {
+                        class: ErrorClass::Network,
+                        provider,
+                        message: e.to_string(),
+                        retry_after_secs: None,
+                    };
+                    st.fail(ErrorClass::Network, &e.to_string(), Some(err));
+                }
+                None => st.upstream_ended(),
+            }
+        }
+    })
+    .boxed()
+}
