@@ -12,6 +12,7 @@ pub mod keys;
 pub mod models;
 pub mod openai;
 pub mod pricing;
+pub mod ratelimit;
 pub mod sse;
 pub mod time;
 pub mod tool_ids;
