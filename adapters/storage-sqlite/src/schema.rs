@@ -208,3 +208,33 @@ pub(crate) fn open_read_only(
         .map_err(|e| open_error(path, e))?;
     Ok(conn)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pragma(conn: &Connection, name: &str) -> i64 {
+        conn.query_row(&format!("PRAGMA {name}"), [], |r| r.get(0))
+            .unwrap_or(-1)
+    }
+
+    #[test]
+    fn the_writer_connection_carries_the_documented_pragmas() {
+        let Ok(dir) = tempfile::tempdir() else {
+            return;
+        };
+        let p = Pragmas {
+            wal_autocheckpoint_pages: 8192,
+            busy_timeout: Duration::from_millis(5000),
+        };
+        let conn = open_for_writing(&dir.path().join("t.db"), p);
+        assert!(conn.is_ok());
+        let Ok(conn) = conn else { return };
+        // synchronous: 1 = NORMAL.
+        assert_eq!(pragma(&conn, "synchronous"), 1);
+        assert_eq!(pragma(&conn, "wal_autocheckpoint"), 8192);
+        assert_eq!(pragma(&conn, "busy_timeout"), 5000);
+        assert_eq!(pragma(&conn, "foreign_keys"), 0);
+        assert_eq!(pragma(&conn, "user_version"), TRACE_SCHEMA_VERSION);
+    }
+}
