@@ -8,6 +8,7 @@
 //!   that group-commits them; overflow and write failures are counted and logged.
 //! - Depends only on `gw-ports` and `gw-domain`.
 
+mod query;
 mod reader;
 mod schema;
 mod store;

@@ -4,15 +4,18 @@
 //! - A [`TraceReader`] owns its own read-only connection: it never creates, stamps or writes
 //!   the file, and under WAL it never blocks the writer.
 //! - Results are ordered by `id` (ULID order is emit order).
-//! - These calls are synchronous; from async code run them in `spawn_blocking`.
+//! - These calls are synchronous; from async code run them in `spawn_blocking` (the
+//!   `TraceQuery` implementation of `SqliteTraceStore` does).
 
 use std::path::Path;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use gw_ports::trace::TraceError;
+use gw_domain::audit::BrokenLink;
+use gw_ports::trace::{EventRow, KeySpend, TraceError, UsageGroup, UsageRow};
 use rusqlite::{Connection, Row, params};
 
+use crate::query::{self, COLUMNS, row_to_event};
 use crate::schema::{backend, open_error, open_read_only, read_user_version};
 
 /// One row of `events`, as stored (type, actor and sensitivity as text).
@@ -29,21 +32,20 @@ pub struct StoredEvent {
     pub payload_json: String,
 }
 
-const COLUMNS: &str = "id, timestamp_us, session_id, turn_id, parent_event_id, type, actor, \
-                       sensitivity, payload_json";
-
-fn row_to_event(r: &Row<'_>) -> rusqlite::Result<StoredEvent> {
-    Ok(StoredEvent {
-        id: r.get(0)?,
-        timestamp_us: r.get(1)?,
-        session_id: r.get(2)?,
-        turn_id: r.get(3)?,
-        parent_event_id: r.get(4)?,
-        event_type: r.get(5)?,
-        actor: r.get(6)?,
-        sensitivity: r.get(7)?,
-        payload_json: r.get(8)?,
-    })
+impl From<StoredEvent> for EventRow {
+    fn from(e: StoredEvent) -> Self {
+        EventRow {
+            id: e.id,
+            timestamp_us: e.timestamp_us,
+            session_id: e.session_id,
+            turn_id: e.turn_id,
+            parent_event_id: e.parent_event_id,
+            event_type: e.event_type,
+            actor: e.actor,
+            sensitivity: e.sensitivity,
+            payload_json: e.payload_json,
+        }
+    }
 }
 
 /// `COUNT(*)` is never negative; clamp rather than fail if SQLite ever said otherwise.
@@ -177,5 +179,67 @@ impl TraceReader {
             "SELECT {COLUMNS} FROM events WHERE session_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3"
         );
         self.query_events(&sql, params![session_id, since, limit])
+    }
+
+    /// Per-key spend since `day_start_us` and since `month_start_us` (calls completed or
+    /// failed; keys without spend are absent), ordered by key id.
+    ///
+    /// # Errors
+    /// `Backend` on an SQLite error.
+    pub fn spend_by_key(
+        &self,
+        day_start_us: i64,
+        month_start_us: i64,
+    ) -> Result<Vec<KeySpend>, TraceError> {
+        self.with_conn(|c| query::spend_by_key(c, day_start_us, month_start_us))
+    }
+
+    /// Cost, tokens and call counts in `[since_us, until_us)`, grouped, optionally filtered
+    /// to one value of a field; sorted by cost descending (then group, `None` last).
+    ///
+    /// # Errors
+    /// `Backend` on an SQLite error.
+    pub fn usage(
+        &self,
+        since_us: i64,
+        until_us: i64,
+        group: UsageGroup,
+        filter: Option<(UsageGroup, &str)>,
+    ) -> Result<Vec<UsageRow>, TraceError> {
+        self.with_conn(|c| query::usage(c, since_us, until_us, group, filter))
+    }
+
+    /// Audit events in `[since_us, until_us)`, ordered by id. `types` empty means every audit
+    /// type; otherwise only the listed types that are audit types (others are ignored, so a
+    /// list without any audit type returns nothing).
+    ///
+    /// # Errors
+    /// `Backend` on an SQLite error.
+    pub fn audit_events(
+        &self,
+        since_us: i64,
+        until_us: i64,
+        types: &[String],
+    ) -> Result<Vec<StoredEvent>, TraceError> {
+        self.with_conn(|c| query::audit_events(c, since_us, until_us, types))
+    }
+
+    /// Walk the audit chain in `audit_seq` order and verify every link
+    /// ([`gw_domain::audit::verify`]). `Ok(Ok(n))`: `n` chained events, all intact;
+    /// `Ok(Err(link))`: the first broken link. Loads the chained rows into memory.
+    ///
+    /// # Errors
+    /// `Backend` on an SQLite error.
+    pub fn verify_audit_chain(&self) -> Result<Result<u64, BrokenLink>, TraceError> {
+        self.with_conn(query::verify_audit_chain)
+    }
+
+    /// Number of audit-type events without a chain link (written by a binary that predates
+    /// the chain); the chain cannot vouch for them.
+    ///
+    /// # Errors
+    /// `Backend` on an SQLite error.
+    pub fn count_unchained_audit_events(&self) -> Result<u64, TraceError> {
+        self.with_conn(query::count_unchained_audit)
     }
 }

@@ -2,8 +2,10 @@
 //!
 //! Invariants:
 //! - The `events` DDL and the ten index names/definitions are the ones the original gateway
-//!   created (`reference/storage.md` §2), so operator SQL from the runbook works unchanged.
-//!   Every statement is `IF NOT EXISTS`: applying the schema is additive and idempotent.
+//!   created (`reference/storage.md` §2), so operator SQL from the runbook works unchanged;
+//!   one index is added (`idx_events_audit_seq`, for the audit chain). Every statement is
+//!   `IF NOT EXISTS`: applying the schema is additive and idempotent, and additions never
+//!   bump the version.
 //! - `PRAGMA user_version` is read before anything touches the file. A value above
 //!   [`TRACE_SCHEMA_VERSION`] is refused without modifying the file; a lower value (0 means
 //!   unstamped or new) is raised to [`TRACE_SCHEMA_VERSION`]; the value is never lowered.
@@ -20,8 +22,9 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior};
 /// The trace schema version this binary reads and writes (`PRAGMA user_version`).
 pub const TRACE_SCHEMA_VERSION: i64 = 1;
 
-/// Names of the indexes on `events`, in creation order.
-pub const EVENT_INDEX_NAMES: [&str; 10] = [
+/// Names of the indexes on `events`, in creation order: the original gateway's ten, then the
+/// audit-chain index this port adds (additive, so it did not bump the version).
+pub const EVENT_INDEX_NAMES: [&str; 11] = [
     "idx_events_session_id",
     "idx_events_type_timestamp",
     "idx_events_turn",
@@ -32,11 +35,16 @@ pub const EVENT_INDEX_NAMES: [&str; 10] = [
     "idx_events_user_id",
     "idx_events_team_id",
     "idx_events_eval_subject_kind",
+    "idx_events_audit_seq",
 ];
 
 /// The `events` table and its indexes. The foreign key is declared but not enforced
 /// (`foreign_keys` stays OFF): a gateway-only database has no `sessions` table.
-const SCHEMA_SQL: &str = "\
+///
+/// `idx_events_audit_seq` is this port's addition: it serves the audit chain (the writer reads
+/// the chain's tail, `metis audit verify` walks it in sequence order). Only audit rows carry
+/// `audit_seq`, so the partial index stays as small as the audit log.
+pub(crate) const SCHEMA_SQL: &str = "\
 CREATE TABLE IF NOT EXISTS events (
     id TEXT PRIMARY KEY,
     timestamp_us INTEGER NOT NULL,
@@ -67,6 +75,9 @@ CREATE INDEX IF NOT EXISTS idx_events_team_id
 CREATE INDEX IF NOT EXISTS idx_events_eval_subject_kind
     ON events(json_extract(payload_json, '$.subject_kind'), timestamp_us)
     WHERE type = 'eval.completed';
+CREATE INDEX IF NOT EXISTS idx_events_audit_seq
+    ON events(json_extract(payload_json, '$.audit_seq'))
+    WHERE json_extract(payload_json, '$.audit_seq') IS NOT NULL;
 ";
 
 /// The one statement the writer uses (prepared once, cached on the connection).

@@ -9,6 +9,8 @@
 //! - `flush` resolves only after every event emitted before it was committed.
 //! - Shutdown (explicit or on drop) stops accepting, drains the queue, commits and joins the
 //!   writer thread. It is idempotent.
+//! - The `TraceQuery` side reads through the store's own read-only connection on tokio's
+//!   blocking pool; it sees committed events only (the writer may still hold queued ones).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -19,7 +21,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use gw_domain::events::Event;
-use gw_ports::trace::{EventSink, SinkStats, TraceError};
+use gw_ports::trace::{
+    EventRow, EventSink, KeySpend, SinkStats, TraceError, TraceQuery, UsageGroup, UsageRow,
+};
 use tokio::sync::oneshot;
 
 use crate::reader::{StoredEvent, TraceReader};
@@ -75,7 +79,7 @@ struct Inner {
 /// [`shutdown`]: SqliteTraceStore::shutdown
 pub struct SqliteTraceStore {
     inner: Arc<Inner>,
-    reader: TraceReader,
+    reader: Arc<TraceReader>,
 }
 
 impl std::fmt::Debug for SqliteTraceStore {
@@ -141,7 +145,7 @@ impl SqliteTraceStore {
                 dropped_log: LogLimiter::new(Duration::from_secs(1)),
                 capacity,
             }),
-            reader,
+            reader: Arc::new(reader),
         })
     }
 
@@ -332,5 +336,65 @@ impl EventSink for SqliteTraceStore {
         !c.closed.load(Ordering::Acquire)
             && c.writer_alive.load(Ordering::Acquire)
             && c.last_batch_ok.load(Ordering::Acquire)
+    }
+}
+
+impl SqliteTraceStore {
+    /// Run a read on the blocking pool with the store's reader.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&TraceReader) -> Result<T, TraceError> + Send + 'static,
+    ) -> Result<T, TraceError> {
+        let reader = Arc::clone(&self.reader);
+        tokio::task::spawn_blocking(move || f(&reader))
+            .await
+            .unwrap_or_else(|e| {
+                Err(TraceError::Unavailable(format!(
+                    "trace query task failed: {e}"
+                )))
+            })
+    }
+}
+
+#[async_trait]
+impl TraceQuery for SqliteTraceStore {
+    async fn spend_by_key(
+        &self,
+        day_start_us: i64,
+        month_start_us: i64,
+    ) -> Result<Vec<KeySpend>, TraceError> {
+        self.read(move |r| r.spend_by_key(day_start_us, month_start_us))
+            .await
+    }
+
+    async fn usage(
+        &self,
+        since_us: i64,
+        until_us: i64,
+        group: UsageGroup,
+        filter: Option<(UsageGroup, String)>,
+    ) -> Result<Vec<UsageRow>, TraceError> {
+        self.read(move |r| {
+            r.usage(
+                since_us,
+                until_us,
+                group,
+                filter.as_ref().map(|(g, v)| (*g, v.as_str())),
+            )
+        })
+        .await
+    }
+
+    async fn audit_events(
+        &self,
+        since_us: i64,
+        until_us: i64,
+        types: &[String],
+    ) -> Result<Vec<EventRow>, TraceError> {
+        let types = types.to_vec();
+        let rows = self
+            .read(move |r| r.audit_events(since_us, until_us, &types))
+            .await?;
+        Ok(rows.into_iter().map(EventRow::from).collect())
     }
 }

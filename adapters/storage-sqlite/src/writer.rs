@@ -12,14 +12,19 @@
 //!   gateway keeps serving and later batches are attempted normally.
 //! - A single event the database rejects on its own (constraint violation, too big) is
 //!   counted as failed without failing the rest of its batch.
+//! - Audit events are chained inside the batch's write transaction: the chain's tail (highest
+//!   `audit_seq`) is read after `BEGIN IMMEDIATE` holds the database's write lock, so writers
+//!   in other processes (the gateway, CLI admin commands) extend one chain without forking it.
+//!   Only a successfully inserted row advances the tail; a retried batch re-reads it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::{Duration, Instant};
 
+use gw_domain::audit::{ChainedRow, GENESIS_HASH, chain_payload, is_audit_type, row_hash};
 use gw_domain::events::Event;
-use rusqlite::{Connection, ErrorCode, TransactionBehavior, params};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
 use crate::schema::INSERT_SQL;
@@ -267,13 +272,87 @@ fn is_row_error(e: &rusqlite::Error) -> bool {
     )
 }
 
+/// The last link of the audit chain, as seen inside the current write transaction.
+struct ChainTail {
+    seq: u64,
+    hash: String,
+}
+
+/// The chained audit row with the highest sequence number (served by `idx_events_audit_seq`;
+/// a tampered non-integer `audit_seq` is skipped so the chain continues from the real tail).
+pub(crate) const CHAIN_TAIL_SQL: &str = "SELECT id, timestamp_us, session_id, type, payload_json, \
+    json_extract(payload_json, '$.audit_seq') FROM events \
+    WHERE json_extract(payload_json, '$.audit_seq') IS NOT NULL \
+    AND json_type(payload_json, '$.audit_seq') = 'integer' \
+    ORDER BY json_extract(payload_json, '$.audit_seq') DESC LIMIT 1";
+
+fn read_chain_tail(conn: &Connection) -> rusqlite::Result<ChainTail> {
+    let mut stmt = conn.prepare_cached(CHAIN_TAIL_SQL)?;
+    let tail = stmt
+        .query_row([], |r| {
+            let id: String = r.get(0)?;
+            let timestamp_us: i64 = r.get(1)?;
+            let session_id: String = r.get(2)?;
+            let event_type: String = r.get(3)?;
+            let payload_json: String = r.get(4)?;
+            let seq: i64 = r.get(5)?;
+            let hash = row_hash(&ChainedRow {
+                id: &id,
+                timestamp_us,
+                session_id: &session_id,
+                event_type: &event_type,
+                payload_json: &payload_json,
+            });
+            Ok(ChainTail {
+                seq: u64::try_from(seq).unwrap_or(0),
+                hash,
+            })
+        })
+        .optional()?;
+    Ok(tail.unwrap_or_else(|| ChainTail {
+        seq: 0,
+        hash: GENESIS_HASH.to_owned(),
+    }))
+}
+
+/// The payload to store for `e`: audit events get the next chain link (reading the tail on
+/// first use in this transaction). Returns the chained payload, or `None` to store the
+/// payload as given.
+fn chained_payload(
+    conn: &Connection,
+    tail: &mut Option<ChainTail>,
+    e: &Event,
+) -> rusqlite::Result<Option<String>> {
+    if !is_audit_type(e.event_type) {
+        return Ok(None);
+    }
+    let t = match tail {
+        Some(t) => t,
+        None => tail.insert(read_chain_tail(conn)?),
+    };
+    let chained = chain_payload(&e.payload_json, t.seq + 1, &t.hash);
+    if chained.is_none() {
+        // Payloads are built from typed structs, so this is a programming error. Storing the
+        // event unchained keeps the record; `metis audit verify` reports unchained rows.
+        tracing::error!(
+            event_id = %e.id,
+            event_type = e.event_type,
+            "audit event payload is not a JSON object; stored without a chain link"
+        );
+    }
+    Ok(chained)
+}
+
 /// One transaction for the whole batch. Returns how many rows were rejected individually.
 fn insert_batch(conn: &mut Connection, batch: &[Event]) -> rusqlite::Result<u64> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut rejected = 0_u64;
+    let mut tail: Option<ChainTail> = None;
     {
         let mut stmt = tx.prepare_cached(INSERT_SQL)?;
         for e in batch {
+            let chained = chained_payload(&tx, &mut tail, e)?;
+            let payload = chained.as_deref().unwrap_or(&e.payload_json);
             let res = stmt.execute(params![
                 e.id,
                 e.timestamp_us,
@@ -283,10 +362,21 @@ fn insert_batch(conn: &mut Connection, batch: &[Event]) -> rusqlite::Result<u64>
                 e.event_type,
                 e.actor.as_str(),
                 e.sensitivity.as_str(),
-                e.payload_json,
+                payload,
             ]);
             match res {
-                Ok(_) => {}
+                Ok(_) => {
+                    if let (Some(link), Some(t)) = (&chained, tail.as_mut()) {
+                        t.seq += 1;
+                        t.hash = row_hash(&ChainedRow {
+                            id: &e.id,
+                            timestamp_us: e.timestamp_us,
+                            session_id: &e.session_id,
+                            event_type: e.event_type,
+                            payload_json: link,
+                        });
+                    }
+                }
                 Err(err) if is_row_error(&err) => {
                     // One line per batch (the first offender), not one per row.
                     if rejected == 0 {
