@@ -127,6 +127,13 @@ pub enum GatewayError {
         message: String,
         retry_after_secs: Option<u64>,
     },
+    /// A spend cap of the key is reached.
+    QuotaExceeded {
+        /// `key_daily` or `key_monthly`.
+        scope: &'static str,
+        limit_usd: String,
+        current_usd: String,
+    },
     /// A gateway rate limit (per key or per client IP) denied the request.
     RateLimited {
         /// `per_key` or `per_ip`.
@@ -178,7 +185,7 @@ impl GatewayError {
                 ErrorClass::Cancelled => 499,
                 ErrorClass::Other => 500,
             },
-            GatewayError::RateLimited { .. } => 429,
+            GatewayError::RateLimited { .. } | GatewayError::QuotaExceeded { .. } => 429,
             GatewayError::PayloadTooLarge { .. } => 413,
             GatewayError::NotFound { .. } => 404,
             GatewayError::MethodNotAllowed { .. } => 405,
@@ -212,12 +219,21 @@ impl GatewayError {
                 format!("gateway key {key_id} has been revoked")
             }
             GatewayError::Upstream { message, .. } => message.clone(),
+            GatewayError::QuotaExceeded {
+                scope,
+                limit_usd,
+                current_usd,
+            } => format!("{scope} cap of ${limit_usd} hit (${current_usd} spent)"),
             GatewayError::RateLimited {
                 scope,
                 rpm,
                 retry_after_secs,
             } => {
-                let who = if *scope == "per_ip" { "per-ip" } else { "per-key" };
+                let who = if *scope == "per_ip" {
+                    "per-ip"
+                } else {
+                    "per-key"
+                };
                 format!("{who} rate limit exceeded ({rpm} rpm); retry in {retry_after_secs}s")
             }
             GatewayError::PayloadTooLarge { limit_bytes } => {
@@ -239,6 +255,25 @@ impl GatewayError {
         let message = self.message();
         let mut retry_after_secs = None;
         let body = match self {
+            GatewayError::QuotaExceeded {
+                scope,
+                limit_usd,
+                current_usd,
+            } => {
+                let inner = json!({
+                    "code": "quota_exceeded",
+                    "identity": "key",
+                    "scope": scope,
+                    "limit_usd": limit_usd,
+                    "current_usd": current_usd,
+                    "message": message,
+                    "type": "rate_limit_error",
+                });
+                match shape {
+                    Shape::OpenAi => json!({ "error": inner }),
+                    Shape::Anthropic => json!({ "type": "error", "error": inner }),
+                }
+            }
             GatewayError::RateLimited {
                 scope,
                 retry_after_secs: secs,
@@ -362,7 +397,7 @@ impl GatewayError {
                 }
                 ErrorClass::Cancelled | ErrorClass::Other => ("api_error", None, "api_error"),
             },
-            GatewayError::RateLimited { .. } => (
+            GatewayError::RateLimited { .. } | GatewayError::QuotaExceeded { .. } => (
                 "rate_limit_error",
                 Some("rate_limit_exceeded"),
                 "rate_limit_error",

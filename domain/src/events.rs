@@ -75,6 +75,10 @@ pub mod types {
     pub const TURN_COMPLETED: &str = "turn.completed";
     pub const GATEWAY_AUTH_FAILED: &str = "gateway.auth_failed";
     pub const GATEWAY_KEY_ISSUED: &str = "gateway.key_issued";
+    pub const GATEWAY_KEY_REVOKED: &str = "gateway.key_revoked";
+    pub const GATEWAY_KEY_ROTATED: &str = "gateway.key_rotated";
+    pub const GATEWAY_QUOTA_EXCEEDED: &str = "gateway.quota_exceeded";
+    pub const QUOTA_ALERT: &str = "quota.alert";
     pub const GATEWAY_RATE_LIMITED: &str = "gateway.rate_limited";
     pub const GATEWAY_KEY_LEAK_SUSPECTED: &str = "gateway.key_leak_suspected";
 }
@@ -207,12 +211,15 @@ impl Payload for TurnCompleted {
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct AuthFailed {
-    /// `missing_token`, `invalid_token` or `key_revoked`.
+    /// `missing_token`, `invalid_token`, `key_revoked`, or `aggregated` for a summary of
+    /// failures beyond the per-second sampling budget.
     pub reason: &'static str,
     pub inbound_shape: &'static str,
     /// First 8 hex chars of the SHA-256 of the presented token.
     pub token_hash_prefix: Option<String>,
     pub gateway_key_id: Option<String>,
+    /// Failures folded into this event (0 for an individual failure).
+    pub suppressed: u64,
 }
 
 impl Payload for AuthFailed {
@@ -237,6 +244,76 @@ pub struct KeyIssued {
 
 impl Payload for KeyIssued {
     const TYPE: &'static str = types::GATEWAY_KEY_ISSUED;
+    const ACTOR: Actor = Actor::System;
+    const SENSITIVITY: Sensitivity = Sensitivity::Pseudonymous;
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct KeyRevoked {
+    pub gateway_key_id: String,
+    pub revoked_at: String,
+    /// `admin_revoke` or `grace_period_expired`.
+    pub reason: &'static str,
+}
+
+impl Payload for KeyRevoked {
+    const TYPE: &'static str = types::GATEWAY_KEY_REVOKED;
+    const ACTOR: Actor = Actor::System;
+    const SENSITIVITY: Sensitivity = Sensitivity::Pseudonymous;
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct KeyRotated {
+    pub old_gateway_key_id: String,
+    pub new_gateway_key_id: String,
+    pub grace_period_until: String,
+    pub workspace_path: String,
+    pub user_id: Option<String>,
+    pub team_id: Option<String>,
+}
+
+impl Payload for KeyRotated {
+    const TYPE: &'static str = types::GATEWAY_KEY_ROTATED;
+    const ACTOR: Actor = Actor::System;
+    const SENSITIVITY: Sensitivity = Sensitivity::Pseudonymous;
+}
+
+/// A request refused because a spend cap is reached.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct QuotaExceeded {
+    /// `key_daily` or `key_monthly`.
+    pub scope: &'static str,
+    pub current_usd: String,
+    pub limit_usd: String,
+    pub inbound_shape: &'static str,
+    pub gateway_key_id: Option<String>,
+    pub user_id: Option<String>,
+    pub team_id: Option<String>,
+    /// Refusals folded into this event since the previous one for this key (sampled).
+    pub suppressed: u64,
+}
+
+impl Payload for QuotaExceeded {
+    const TYPE: &'static str = types::GATEWAY_QUOTA_EXCEEDED;
+    const ACTOR: Actor = Actor::System;
+    const SENSITIVITY: Sensitivity = Sensitivity::Pseudonymous;
+}
+
+/// Spend crossed 80 % (`warning`) or 95 % (`critical`) of a cap; once per window and level.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct QuotaAlert {
+    pub scope: &'static str,
+    pub severity: &'static str,
+    pub current_usd: String,
+    pub limit_usd: String,
+    pub percentage: f64,
+    pub gateway_key_id: Option<String>,
+    pub user_id: Option<String>,
+    pub team_id: Option<String>,
+}
+
+impl Payload for QuotaAlert {
+    const TYPE: &'static str = types::QUOTA_ALERT;
     const ACTOR: Actor = Actor::System;
     const SENSITIVITY: Sensitivity = Sensitivity::Pseudonymous;
 }

@@ -79,6 +79,10 @@ pub struct KeyRecord {
     pub revoked_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grace_period_until: Option<String>,
+    /// The key whose spend windows this key shares: a rotated successor inherits its
+    /// predecessor's account, so rotation never resets spend. `None` = the key's own id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spend_account: Option<String>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -117,6 +121,22 @@ pub enum Inactive {
 }
 
 impl KeyRecord {
+    /// The spend account this key charges (its own id unless inherited by rotation).
+    #[must_use]
+    pub fn account(&self) -> &str {
+        self.spend_account.as_deref().unwrap_or(&self.key_id)
+    }
+
+    /// Effective status at `now`: `revoked` when revoked or past its grace end.
+    #[must_use]
+    pub fn effective_status(&self, now: Timestamp) -> &'static str {
+        if self.check_active(now).is_ok() {
+            "active"
+        } else {
+            "revoked"
+        }
+    }
+
     /// Display name (defaults to the key id).
     #[must_use]
     pub fn display_name(&self) -> &str {
@@ -191,6 +211,16 @@ impl KeyRecord {
                 validate_tag(field, t).map_err(|e| format!("{id}: {e}"))?;
             }
         }
+        if let Some(t) = &self.customer_tier
+            && !CUSTOMER_TIERS.contains(&t.as_str())
+        {
+            return Err(format!(
+                "{id}: customer_tier must be one of trial, paid, internal, got '{t}'"
+            ));
+        }
+        if self.rpm == Some(0) {
+            return Err(format!("{id}: rpm must be > 0"));
+        }
         if self.status == KeyStatus::Revoked && self.revoked_at.is_none() {
             return Err(format!("{id}: status 'revoked' requires revoked_at"));
         }
@@ -224,6 +254,9 @@ pub fn validate_cap(field: &str, raw: &str) -> Result<f64, String> {
     }
     Ok(v)
 }
+
+/// Customer tiers (a label; nothing is gated on it).
+pub const CUSTOMER_TIERS: [&str; 3] = ["trial", "paid", "internal"];
 
 /// User/team tags: 1–200 chars of `^[a-z0-9_-]+$`.
 ///
@@ -269,6 +302,7 @@ mod tests {
             status: KeyStatus::Active,
             revoked_at: None,
             grace_period_until: None,
+            spend_account: None,
             extra: Map::new(),
         }
     }

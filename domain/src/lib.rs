@@ -5,6 +5,7 @@
 //! The dependency rule is enforced by `tests/tests/architecture.rs`.
 
 pub mod anthropic;
+pub mod audit;
 pub mod canonical;
 pub mod error;
 pub mod events;

@@ -156,11 +156,15 @@ impl Cidr {
         };
         match (self.addr, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u32::from(net) & mask == u32::from(ip) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u128::from(net) & mask == u128::from(ip) & mask
             }
             _ => false,
@@ -331,10 +335,18 @@ mod tests {
         for i in 0..10u8 {
             assert!(d.observe("gk_1", IpAddr::from([10, 0, 0, i]), 0).is_none());
         }
-        let s = d.observe("gk_1", IpAddr::from([10, 0, 0, 10]), SEC).unwrap();
+        let s = d
+            .observe("gk_1", IpAddr::from([10, 0, 0, 10]), SEC)
+            .unwrap();
         assert_eq!(s.distinct_ips, 11);
-        assert!(d.observe("gk_1", IpAddr::from([10, 0, 0, 11]), 2 * SEC).is_none());
-        assert!(d.observe("gk_1", IpAddr::from([10, 0, 1, 0]), 3_601 * SEC).is_none());
+        assert!(
+            d.observe("gk_1", IpAddr::from([10, 0, 0, 11]), 2 * SEC)
+                .is_none()
+        );
+        assert!(
+            d.observe("gk_1", IpAddr::from([10, 0, 1, 0]), 3_601 * SEC)
+                .is_none()
+        );
     }
 
     proptest! {

@@ -21,7 +21,14 @@ pub enum KeyStoreError {
     UnknownKey { key_id: String },
     #[error("keystore I/O error on {location}: {message}")]
     Io { location: String, message: String },
+    /// An edit refused to apply (e.g. rotating a revoked key); nothing was written.
+    #[error("{message}")]
+    Rejected { message: String },
 }
+
+/// A read-modify-write edit of the whole key set. Returning `Err(message)` aborts the
+/// update with [`KeyStoreError::Rejected`].
+pub type KeyEdit = Box<dyn FnOnce(&mut Vec<KeyRecord>) -> Result<(), String> + Send>;
 
 /// Persistent storage of key records.
 #[async_trait]
@@ -42,6 +49,17 @@ pub trait KeyStore: Send + Sync {
     /// # Errors
     /// `Duplicate` on an existing id or hash; `ReadOnly` when writes are impossible.
     async fn insert(&self, record: KeyRecord) -> Result<(), KeyStoreError>;
+
+    /// Apply `edit` to the current key set and persist the result. MUST hold an exclusive
+    /// lock across read, edit and write (no lost update between processes), MUST validate
+    /// every resulting record (and the absence of duplicate ids or hashes) before writing,
+    /// and MUST write atomically. Returns the new key set.
+    ///
+    /// # Errors
+    /// `Rejected` when `edit` refused; `Corrupt` when the result fails validation or the
+    /// stored set is unreadable; `ReadOnly` when writes are impossible; `NotFound` when the
+    /// store does not exist.
+    async fn update(&self, edit: KeyEdit) -> Result<Vec<KeyRecord>, KeyStoreError>;
 
     /// A token that changes whenever the stored set may have changed (e.g. file mtime+size),
     /// so a running gateway can reload cheaply. `None` when the store does not exist.

@@ -5,6 +5,7 @@
 //! backend and providers are chosen at runtime. Each port has its own error enum; contracts
 //! are written as MUST sentences in the docs.
 
+pub mod admin;
 pub mod gateway;
 pub mod keys;
 pub mod system;

@@ -50,3 +50,90 @@ pub trait EventSink: Send + Sync {
     /// Whether the store accepts writes (for `/readyz`).
     fn is_writable(&self) -> bool;
 }
+
+/// One stored event row as read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRow {
+    pub id: String,
+    pub timestamp_us: i64,
+    pub session_id: String,
+    pub turn_id: Option<String>,
+    pub parent_event_id: Option<String>,
+    pub event_type: String,
+    pub actor: String,
+    pub sensitivity: String,
+    pub payload_json: String,
+}
+
+/// Spend of one key in the current windows (USD, from `cost_usd` of
+/// `llm.call_completed` and `llm.call_failed`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeySpend {
+    pub gateway_key_id: String,
+    /// Spend since the start of the current UTC day.
+    pub day_usd: f64,
+    /// Spend since the start of the current UTC month.
+    pub month_usd: f64,
+}
+
+/// How usage is grouped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageGroup {
+    Key,
+    User,
+    Team,
+    Model,
+}
+
+/// One usage rollup row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageRow {
+    /// The group value (`None` = events without that field).
+    pub group: Option<String>,
+    pub cost_usd: f64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cached_input_tokens: u64,
+    pub cache_creation_input_tokens: u64,
+    pub calls: u64,
+    pub failed_calls: u64,
+}
+
+/// Read-side queries over the trace store.
+#[async_trait]
+pub trait TraceQuery: Send + Sync {
+    /// Per-key spend in the UTC day and month windows starting at the given instants (both
+    /// half-open up to now). MUST be served by an index, not a table scan.
+    ///
+    /// # Errors
+    /// Store unavailable.
+    async fn spend_by_key(
+        &self,
+        day_start_us: i64,
+        month_start_us: i64,
+    ) -> Result<Vec<KeySpend>, TraceError>;
+
+    /// Cost and tokens of `llm.call_completed`/`llm.call_failed` in `[since, until)`, grouped,
+    /// optionally filtered to one key/user/team/model value; sorted by cost descending.
+    ///
+    /// # Errors
+    /// Store unavailable.
+    async fn usage(
+        &self,
+        since_us: i64,
+        until_us: i64,
+        group: UsageGroup,
+        filter: Option<(UsageGroup, String)>,
+    ) -> Result<Vec<UsageRow>, TraceError>;
+
+    /// Audit events in `[since, until)`, optionally of the given types only, ordered by id.
+    ///
+    /// # Errors
+    /// Store unavailable.
+    async fn audit_events(
+        &self,
+        since_us: i64,
+        until_us: i64,
+        types: &[String],
+    ) -> Result<Vec<EventRow>, TraceError>;
+}

@@ -1,12 +1,14 @@
 //! Routes: provider endpoints, models, health and readiness, the OpenAPI document, and the
 //! catch-all that turns every framework error into a JSON envelope.
 
+use crate::admin::{AdminApi, AdminToken};
 use crate::reply::{RawReply, error_response, json_response};
 use async_trait_free::NoService;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use gw_domain::canonical::Shape;
 use gw_domain::error::GatewayError;
+use gw_ports::admin::{AdminFailure, AdminService};
 use gw_ports::gateway::{GatewayService, InboundMeta, Reply};
 use poem::error::{MethodNotAllowedError, NotFoundError, ReadBodyError};
 use poem::http::{StatusCode, header};
@@ -248,16 +250,28 @@ impl Api {
     }
 }
 
-fn service(svc: Arc<dyn GatewayService>, opts: HttpOptions) -> OpenApiService<Api, ()> {
+fn service(
+    svc: Arc<dyn GatewayService>,
+    admin: Arc<dyn AdminService>,
+    opts: HttpOptions,
+) -> OpenApiService<(Api, AdminApi), ()> {
     let url = opts.public_url.clone();
     OpenApiService::new(
-        Api {
-            svc,
-            opts,
-            started: Instant::now(),
-        },
+        (
+            Api {
+                svc,
+                opts,
+                started: Instant::now(),
+            },
+            AdminApi { svc: admin },
+        ),
         "Metis gateway",
         API_VERSION,
+    )
+    .description(
+        "OpenAI- and Anthropic-compatible LLM gateway: provider endpoints authenticated with \
+         gateway keys, health and readiness probes, and the admin API for key lifecycle, usage \
+         and audit export.",
     )
     .server(url)
 }
@@ -265,6 +279,14 @@ fn service(svc: Arc<dyn GatewayService>, opts: HttpOptions) -> OpenApiService<Ap
 /// Map framework errors (unknown path, wrong method, extractor failures) to JSON envelopes in
 /// the shape the path implies. Responses the handlers built themselves pass through.
 fn json_errors(err: &poem::Error, method: String, path: String) -> Response {
+    if path.starts_with("/admin/") && err.status() == StatusCode::UNAUTHORIZED {
+        let body = json!({"error": {
+            "message": "invalid or missing admin token (Authorization: Bearer <admin token>)",
+            "type": "authentication_error",
+            "code": "invalid_admin_token",
+        }});
+        return json_response(StatusCode::UNAUTHORIZED, body.to_string());
+    }
     let shape = if path.starts_with("/v1/messages") {
         Shape::Anthropic
     } else {
@@ -285,30 +307,58 @@ fn json_errors(err: &poem::Error, method: String, path: String) -> Response {
     error_response(&gw, shape)
 }
 
-/// The complete HTTP application.
-pub fn routes(svc: Arc<dyn GatewayService>, opts: HttpOptions) -> impl Endpoint {
-    let api = service(svc, opts);
+/// The complete HTTP application. The admin API is served only when `admin` is given (its
+/// service and bearer token); otherwise every `/admin/…` path answers 404.
+pub fn routes(
+    svc: Arc<dyn GatewayService>,
+    admin: Option<(Arc<dyn AdminService>, String)>,
+    opts: HttpOptions,
+) -> impl Endpoint {
+    let (admin_svc, token): (Arc<dyn AdminService>, Option<AdminToken>) = match admin {
+        Some((a, t)) => (a, Some(AdminToken(Arc::new(t)))),
+        None => (Arc::new(NoService), None),
+    };
+    let api = service(svc, admin_svc, opts);
     let spec = api.spec_endpoint();
     let docs = api.swagger_ui();
     Route::new()
         .nest("/", api)
         .at("/openapi.json", spec)
         .nest("/docs", docs)
-        .around(|ep, req| async move {
-            let path = req.uri().path().to_owned();
-            let method = req.method().to_string();
-            match ep.call(req).await {
-                Ok(resp) => Ok(resp.into_response()),
-                Err(err) if err.is_from_response() => Ok(err.into_response()),
-                Err(err) => Ok(json_errors(&err, method, path)),
+        .around(move |ep, mut req| {
+            let token = token.clone();
+            async move {
+                let path = req.uri().path().to_owned();
+                let method = req.method().to_string();
+                if path.starts_with("/admin/") || path == "/admin" {
+                    match &token {
+                        Some(t) => {
+                            req.extensions_mut().insert(t.clone());
+                        }
+                        None => {
+                            let err = GatewayError::NotFound { path };
+                            return Ok(error_response(&err, Shape::OpenAi));
+                        }
+                    }
+                }
+                match ep.call(req).await {
+                    Ok(resp) => Ok(resp.into_response()),
+                    Err(err) if err.is_from_response() => Ok(err.into_response()),
+                    Err(err) => Ok(json_errors(&err, method, path)),
+                }
             }
         })
 }
 
-/// The OpenAPI document (JSON) of the HTTP surface.
+/// The OpenAPI document (JSON) of the HTTP surface, admin API included.
 #[must_use]
 pub fn openapi_json() -> String {
-    service(Arc::new(NoService), HttpOptions::default()).spec()
+    service(
+        Arc::new(NoService),
+        Arc::new(NoService),
+        HttpOptions::default(),
+    )
+    .spec()
 }
 
 /// `/v1/models` body helper used by tests of this crate.
@@ -318,10 +368,13 @@ pub fn empty_model_list() -> Bytes {
 }
 
 mod async_trait_free {
-    //! A service that is never served: the OpenAPI document needs an `Api` instance, and the
-    //! document must not depend on a database. Every call answers 503.
+    //! A service that is never served: the OpenAPI document needs API instances, and the
+    //! document must not depend on a database. It also stands behind the admin routes when
+    //! the admin API is disabled (they answer 404 before reaching it). Every call fails.
     use super::*;
+    use gw_ports::admin::{CreatedKey, KeySummary, NewKey, RevokeResult, RotateResult};
     use gw_ports::gateway::Admission;
+    use gw_ports::trace::{EventRow, UsageGroup, UsageRow};
 
     pub struct NoService;
 
@@ -344,5 +397,48 @@ mod async_trait_free {
             Err("document-only service".to_owned())
         }
         fn begin_drain(&self) {}
+    }
+
+    fn unavailable() -> AdminFailure {
+        AdminFailure::Unavailable("document-only service".to_owned())
+    }
+
+    #[async_trait::async_trait]
+    impl AdminService for NoService {
+        async fn create_key(&self, _n: NewKey) -> Result<CreatedKey, AdminFailure> {
+            Err(unavailable())
+        }
+        async fn list_keys(&self) -> Result<Vec<KeySummary>, AdminFailure> {
+            Err(unavailable())
+        }
+        async fn get_key(&self, _k: &str) -> Result<KeySummary, AdminFailure> {
+            Err(unavailable())
+        }
+        async fn revoke_key(&self, _k: &str) -> Result<RevokeResult, AdminFailure> {
+            Err(unavailable())
+        }
+        async fn rotate_key(&self, _k: &str, _g: u64) -> Result<RotateResult, AdminFailure> {
+            Err(unavailable())
+        }
+        async fn usage(
+            &self,
+            _s: i64,
+            _u: i64,
+            _g: UsageGroup,
+            _f: Option<(UsageGroup, String)>,
+        ) -> Result<Vec<UsageRow>, AdminFailure> {
+            Err(unavailable())
+        }
+        async fn audit(
+            &self,
+            _s: i64,
+            _u: i64,
+            _t: Vec<String>,
+        ) -> Result<Vec<EventRow>, AdminFailure> {
+            Err(unavailable())
+        }
+        fn now_us(&self) -> i64 {
+            0
+        }
     }
 }

@@ -8,7 +8,9 @@
 //! The body of a provider request is read only after `GatewayService::admit` succeeded, so
 //! unauthenticated clients cannot make the gateway buffer large bodies.
 
+mod admin;
 mod api;
 mod reply;
 
+pub use admin::AdminToken;
 pub use api::{HttpOptions, openapi_json, routes};

@@ -260,6 +260,41 @@ impl Document {
         Ok(())
     }
 
+    /// Replace the whole set with `records` (the result of an edit). Entries whose record is
+    /// unchanged keep their stored JSON exactly; changed or new ones are serialised. The
+    /// result is validated like a file being loaded.
+    ///
+    /// # Errors
+    /// A message naming the invalid or duplicated entry.
+    pub(crate) fn replace_records(&mut self, records: Vec<KeyRecord>) -> Result<(), String> {
+        let old: HashMap<&str, (&KeyRecord, Option<&Value>)> = {
+            let entries = match self.root.get("keys") {
+                Some(Value::Array(entries)) => entries.as_slice(),
+                _ => &[],
+            };
+            self.records
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (r.key_id.as_str(), (r, entries.get(i))))
+                .collect()
+        };
+        let mut entries = Vec::with_capacity(records.len());
+        for r in &records {
+            let value = match old.get(r.key_id.as_str()) {
+                Some((prev, Some(raw))) if *prev == r => (*raw).clone(),
+                _ => serde_json::to_value(r)
+                    .map_err(|e| format!("cannot serialise key {}: {e}", r.key_id))?,
+            };
+            entries.push(value);
+        }
+        let mut root = self.root.clone();
+        root.insert("keys".into(), Value::Array(entries));
+        let bytes = serde_json::to_vec(&Value::Object(root))
+            .map_err(|e| format!("cannot serialise the keystore: {e}"))?;
+        *self = Document::parse(&bytes)?;
+        Ok(())
+    }
+
     /// The file contents: sorted keys, 2-space indent, trailing newline.
     ///
     /// # Errors

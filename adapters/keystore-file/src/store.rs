@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use gw_domain::keys::KeyRecord;
-use gw_ports::keys::{KeyStore, KeyStoreError};
+use gw_ports::keys::{KeyEdit, KeyStore, KeyStoreError};
 
 use crate::document::{Conflict, Document};
 use crate::fsio::{
@@ -164,6 +164,51 @@ impl FileKeyStore {
         Ok(())
     }
 
+    /// Blocking form of [`KeyStore::update`].
+    ///
+    /// # Errors
+    /// `NotFound` when the file is missing; `Rejected` when the edit refused; `Corrupt` when
+    /// the stored file or the edited set is invalid; `ReadOnly` / `Io` on write failures.
+    pub fn update_blocking(&self, edit: KeyEdit) -> Result<Vec<KeyRecord>, KeyStoreError> {
+        let target = self.resolved();
+        let lock_file = lock_path(&target);
+        if !target.exists() {
+            return Err(KeyStoreError::NotFound {
+                location: self.location(),
+            });
+        }
+        let _lock = lock_exclusive(&lock_file).map_err(|e| {
+            classify(
+                &self.path,
+                &format!("cannot lock {}", lock_file.display()),
+                &e,
+            )
+        })?;
+        let Some(mut doc) = self.read_document()? else {
+            return Err(KeyStoreError::NotFound {
+                location: self.location(),
+            });
+        };
+        let mut records = doc.records().to_vec();
+        edit(&mut records).map_err(|message| KeyStoreError::Rejected { message })?;
+        if records.as_slice() == doc.records() {
+            return Ok(records);
+        }
+        self.refuse_read_only_file(&target)?;
+        doc.replace_records(records)
+            .map_err(|message| KeyStoreError::Corrupt {
+                location: self.location(),
+                message: format!("refusing to store an invalid key set: {message}"),
+            })?;
+        let bytes = doc.to_bytes().map_err(|message| KeyStoreError::Io {
+            location: self.location(),
+            message,
+        })?;
+        replace_atomically(&target, &bytes).map_err(|e| classify(&self.path, e.op, &e.error))?;
+        tracing::info!(keystore = %self.location(), keys = doc.records().len(), "keystore updated");
+        Ok(doc.into_records())
+    }
+
     /// A file without any write permission bit is the operator saying "do not edit": honour
     /// it even when running as root (where the kernel would let the rename through).
     fn refuse_read_only_file(&self, target: &Path) -> Result<(), KeyStoreError> {
@@ -217,6 +262,13 @@ impl KeyStore for FileKeyStore {
     async fn insert(&self, record: KeyRecord) -> Result<(), KeyStoreError> {
         let store = self.clone();
         tokio::task::spawn_blocking(move || store.insert_blocking(record))
+            .await
+            .unwrap_or_else(|e| Err(join_failed(&self.path, &e)))
+    }
+
+    async fn update(&self, edit: KeyEdit) -> Result<Vec<KeyRecord>, KeyStoreError> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.update_blocking(edit))
             .await
             .unwrap_or_else(|e| Err(join_failed(&self.path, &e)))
     }

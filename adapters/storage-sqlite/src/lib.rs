@@ -1,4 +1,6 @@
-//! `gw-storage-sqlite`: the SQLite adapter for the trace store (`events` in `metis.db`).
+//! `gw-storage-sqlite`: the SQLite adapters over `metis.db`: the trace store (`events`, with
+//! the audit chain and the read-side `TraceQuery`) and the main-store keystore
+//! (`gateway_keys`, `--keystore store`).
 //!
 //! Invariants:
 //! - Schema, index names and PRAGMAs match the original gateway (`reference/storage.md` §2),
@@ -8,12 +10,14 @@
 //!   that group-commits them; overflow and write failures are counted and logged.
 //! - Depends only on `gw-ports` and `gw-domain`.
 
+mod keystore;
 mod query;
 mod reader;
 mod schema;
 mod store;
 mod writer;
 
+pub use keystore::SqliteKeyStore;
 pub use reader::{StoredEvent, TraceReader, schema_version};
 pub use schema::{EVENT_INDEX_NAMES, TRACE_SCHEMA_VERSION};
 pub use store::{SqliteTraceStore, WriterOptions};

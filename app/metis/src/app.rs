@@ -3,20 +3,25 @@
 
 use crate::cli::ServeArgs;
 use crate::config::ConfigFile;
-use crate::keys_cli::{NewKey, audit_issued, mint};
+use crate::keys_cli::open_keystore;
 use crate::listener;
 use crate::paths::Paths;
 use crate::system::{SystemClock, UlidIds};
 use anyhow::{Context, bail};
+use gw_domain::time::{day_start, month_start};
 use gw_http::{HttpOptions, routes};
-use gw_keystore_file::FileKeyStore;
+use gw_ports::admin::AdminService;
 use gw_ports::keys::{KeyStore, KeyStoreError};
 use gw_ports::system::{Clock, IdSource};
 use gw_ports::trace::EventSink;
+use gw_ports::trace::TraceQuery;
 use gw_ports::upstream::Provider;
 use gw_storage_sqlite::{SqliteTraceStore, WriterOptions};
 use gw_upstream::{HttpProvider, HttpProviderConfig, MockProvider, MockSettings};
-use gw_usecases::{CoreParts, GatewayCore, KeyRing, Limiter, RateLimitConfig};
+use gw_usecases::key_admin::IssueRequest;
+use gw_usecases::{
+    AdminFacade, CoreParts, GatewayCore, KeyAdmin, KeyRing, Limiter, RateLimitConfig, SpendLedger,
+};
 use poem::Server;
 use poem::listener::{BoxAcceptor, TcpAcceptor};
 use std::future::Future;
@@ -43,6 +48,8 @@ pub struct App {
     core: Arc<GatewayCore>,
     trace: Arc<SqliteTraceStore>,
     keystore: Arc<dyn KeyStore>,
+    admin: Arc<KeyAdmin>,
+    admin_api: Option<(Arc<dyn AdminService>, String)>,
     http_opts: HttpOptions,
     shutdown_grace: Duration,
     paths: Paths,
@@ -138,13 +145,28 @@ fn build_providers(args: &ServeArgs, cfg: &ConfigFile) -> anyhow::Result<Vec<Arc
     Ok(out)
 }
 
+/// The admin API token from `--admin-token-file` or `METIS_GATEWAY_ADMIN_TOKEN`.
+fn admin_token(args: &ServeArgs) -> anyhow::Result<Option<String>> {
+    let token = match (&args.admin_token_file, &args.admin_token) {
+        (Some(path), _) => {
+            let raw = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read --admin-token-file {}", path.display()))?;
+            raw.trim().to_owned()
+        }
+        (None, Some(t)) => t.trim().to_owned(),
+        (None, None) => return Ok(None),
+    };
+    if token.len() < 16 {
+        bail!("the admin token must be at least 16 characters");
+    }
+    Ok(Some(token))
+}
+
 /// Load the keystore; on a loopback bind with no keys, issue a first key.
 async fn load_keys(
     store: &dyn KeyStore,
+    admin: &KeyAdmin,
     host: &str,
-    trace: &dyn EventSink,
-    clock: &dyn Clock,
-    ids: &dyn IdSource,
 ) -> anyhow::Result<(Vec<gw_domain::keys::KeyRecord>, Option<QuickstartKey>)> {
     let keys = match store.load().await {
         Ok(k) => k,
@@ -161,20 +183,14 @@ async fn load_keys(
         );
     }
     let workspace = std::env::current_dir().unwrap_or_else(|_| std::path::PathBuf::from("/"));
-    let issued = mint(
-        &NewKey {
+    let issued = admin
+        .issue(&IssueRequest {
             name: "quickstart".to_owned(),
-            workspace,
-            ..NewKey::default()
-        },
-        clock,
-        ids,
-    )?;
-    store
-        .insert(issued.record.clone())
+            workspace: workspace.display().to_string(),
+            ..IssueRequest::default()
+        })
         .await
-        .context("cannot store the quickstart key")?;
-    audit_issued(trace, &issued.record, clock, ids);
+        .map_err(|e| anyhow::anyhow!("cannot issue the quickstart key: {e}"))?;
     let quick = QuickstartKey {
         key_id: issued.record.key_id.clone(),
         token: issued.token,
@@ -203,18 +219,38 @@ impl App {
         let trace = Arc::new(trace);
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let ids: Arc<dyn IdSource> = Arc::new(UlidIds::default());
-        let keystore: Arc<dyn KeyStore> = Arc::new(FileKeyStore::new(&paths.keystore));
-        let (keys, quickstart) = load_keys(
-            keystore.as_ref(),
-            &args.host,
-            trace.as_ref(),
-            clock.as_ref(),
-            ids.as_ref(),
-        )
-        .await?;
+        let keystore = open_keystore(&paths)?;
+        let sink: Arc<dyn EventSink> = trace.clone();
+        let admin = Arc::new(KeyAdmin::new(
+            Arc::clone(&keystore),
+            Arc::clone(&sink),
+            Arc::clone(&clock),
+            Arc::clone(&ids),
+        ));
+        let (keys, quickstart) = load_keys(keystore.as_ref(), &admin, &args.host).await?;
+        admin.sweep().await;
         let providers = build_providers(&args, &cfg)?;
         let provider_names: Vec<String> = providers.iter().map(|p| p.name().to_owned()).collect();
-        let sink: Arc<dyn EventSink> = trace.clone();
+        // Spend is rebuilt from the trace once; afterwards it is kept incrementally.
+        let now = clock.now_us();
+        let spend = trace
+            .spend_by_key(day_start(now), month_start(now))
+            .await
+            .context("cannot read current spend from the trace store")?;
+        let ledger = Arc::new(SpendLedger::rebuild(&spend, &keys, now));
+        let admin_api = match admin_token(&args)? {
+            Some(token) => {
+                let query: Arc<dyn TraceQuery> = trace.clone();
+                let facade: Arc<dyn AdminService> = Arc::new(AdminFacade::new(
+                    Arc::clone(&admin),
+                    query,
+                    Arc::clone(&ledger),
+                    Arc::clone(&clock),
+                ));
+                Some((facade, token))
+            }
+            None => None,
+        };
         let core = Arc::new(GatewayCore::new(CoreParts {
             keys: Arc::new(KeyRing::new(keys)),
             sink,
@@ -223,6 +259,7 @@ impl App {
             prices: cfg.prices(),
             clock,
             ids,
+            ledger,
             limiter: Arc::new(Limiter::new(RateLimitConfig {
                 enabled: args.rate_limit,
                 per_key_rpm: args.rate_limit_per_key_rpm,
@@ -253,6 +290,8 @@ impl App {
             core,
             trace,
             keystore,
+            admin,
+            admin_api,
             http_opts,
             shutdown_grace: args.shutdown_grace,
             paths,
@@ -320,9 +359,14 @@ impl App {
         let watcher = tokio::spawn(watch_keys(
             Arc::clone(&self.keystore),
             Arc::clone(&self.core),
+            Arc::clone(&self.admin),
         ));
         let core = Arc::clone(&self.core);
-        let endpoint = routes(self.core.clone(), self.http_opts.clone());
+        let endpoint = routes(
+            self.core.clone(),
+            self.admin_api.clone(),
+            self.http_opts.clone(),
+        );
         let result = Server::new_with_acceptor(self.acceptor)
             .run_with_graceful_shutdown(
                 endpoint,
@@ -348,12 +392,18 @@ impl App {
 
 /// Poll the keystore's change token and swap the key set when it changes. A keystore that
 /// fails to load or validate is rejected with an ERROR and the last good set stays in force.
-async fn watch_keys(store: Arc<dyn KeyStore>, core: Arc<GatewayCore>) {
+async fn watch_keys(store: Arc<dyn KeyStore>, core: Arc<GatewayCore>, admin: Arc<KeyAdmin>) {
     let mut last = store.version().await;
     let mut interval = tokio::time::interval(KEY_RELOAD_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks: u64 = 0;
     loop {
         interval.tick().await;
+        ticks += 1;
+        // Record lapsed rotation grace periods (every ~5 s; cheap when nothing lapsed).
+        if ticks.is_multiple_of(10) {
+            admin.sweep().await;
+        }
         let current = store.version().await;
         if current == last {
             continue;

@@ -40,6 +40,47 @@ pub struct GatewayCmd {
 pub enum KeyCommand {
     /// Issue a new gateway key and print its token once (only its SHA-256 is stored).
     IssueKey(IssueKeyArgs),
+    /// List keys with their status and effective status (never secrets).
+    ListKeys(ListKeysArgs),
+    /// Revoke a key now (a running gateway refuses it within 2 s). Idempotent.
+    RevokeKey(KeyIdArgs),
+    /// Issue a successor inheriting the key's scope, caps, rpm, tags and spend; the old key
+    /// stays valid until the grace period ends. Refuses revoked or lapsed keys.
+    RotateKey(RotateKeyArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ListFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct ListKeysArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: ListFormat,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct KeyIdArgs {
+    /// The key id (`gk_…`).
+    pub key_id: String,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RotateKeyArgs {
+    /// The key id (`gk_…`).
+    pub key_id: String,
+    /// How long the old key keeps working: seconds, or `30m`, `24h`, `7d`, `2w`.
+    #[arg(long, default_value = "24h")]
+    pub grace_period: String,
+    #[command(flatten)]
+    pub storage: StorageArgs,
 }
 
 /// Where the stores live. `--db-path` and `--keystore` override single files under
@@ -52,7 +93,9 @@ pub struct StorageArgs {
     /// SQLite trace database (default `<data-dir>/metis.db`).
     #[arg(long, env = "METIS_GATEWAY_DB_PATH")]
     pub db_path: Option<PathBuf>,
-    /// JSON keystore file (default `<data-dir>/gateway/keys.json`).
+    /// JSON keystore file (default `<data-dir>/gateway/keys.json`), or `store` to keep keys
+    /// in the trace database (writable by the admin API when the file would be a read-only
+    /// mounted Secret).
     #[arg(long, env = "METIS_GATEWAY_KEYSTORE")]
     pub keystore: Option<PathBuf>,
 }
@@ -88,6 +131,18 @@ pub struct IssueKeyArgs {
     /// Team tag for cost attribution (`^[a-z0-9_-]+$`).
     #[arg(long)]
     pub team: Option<String>,
+    /// Daily spend cap in USD (UTC day; finite, > 0).
+    #[arg(long)]
+    pub daily_cap_usd: Option<String>,
+    /// Monthly spend cap in USD (UTC calendar month; finite, > 0).
+    #[arg(long)]
+    pub monthly_cap_usd: Option<String>,
+    /// Per-key rate limit in requests per minute (overrides `--rate-limit-per-key-rpm`).
+    #[arg(long)]
+    pub rpm: Option<u32>,
+    /// Customer tier label: `trial`, `paid` or `internal` (nothing is gated on it).
+    #[arg(long)]
+    pub customer_tier: Option<String>,
     #[command(flatten)]
     pub storage: StorageArgs,
 }
@@ -191,6 +246,14 @@ pub struct ServeArgs {
         default_value = "auto"
     )]
     pub log_format: LogFormat,
+    /// File holding the bearer token of the admin API (`/admin/v1/…`, at least 16
+    /// characters). Without it (and without `METIS_GATEWAY_ADMIN_TOKEN`) the admin API
+    /// answers 404.
+    #[arg(long, env = "METIS_GATEWAY_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// The admin API bearer token itself (prefer `--admin-token-file`; flags show in `ps`).
+    #[arg(long, env = "METIS_GATEWAY_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
 }
 
 /// Parse a trusted-proxy CIDR.
@@ -201,35 +264,18 @@ pub fn parse_cidr(raw: &str) -> Result<Cidr, String> {
     Cidr::parse(raw)
 }
 
-/// Parse `30s`, `5m`, `2h`, `1d`, `1w`, `250ms`, or bare seconds.
+/// Parse `250ms`, or anything `gw_domain::time::parse_duration_secs` accepts (`30s`, `5m`,
+/// `2h`, `1d`, `1w`, bare seconds).
 ///
 /// # Errors
 /// A message naming the accepted forms.
 pub fn parse_duration(raw: &str) -> Result<Duration, String> {
-    let s = raw.trim();
-    let err = || {
-        format!(
-            "could not parse duration '{raw}'; use forms like '250ms', '30s', '5m', '24h', '7d', '2w'"
-        )
-    };
-    if let Ok(secs) = s.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
+    if let Some(ms) = raw.trim().strip_suffix("ms")
+        && let Ok(n) = ms.parse::<u64>()
+    {
+        return Ok(Duration::from_millis(n));
     }
-    let (num, unit) = s
-        .find(|c: char| !c.is_ascii_digit())
-        .map(|i| s.split_at(i))
-        .ok_or_else(err)?;
-    let n: u64 = num.parse().map_err(|_| err())?;
-    let secs = match unit {
-        "ms" => return Ok(Duration::from_millis(n)),
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
-        "w" => n * 604_800,
-        _ => return Err(err()),
-    };
-    Ok(Duration::from_secs(secs))
+    gw_domain::time::parse_duration_secs(raw).map(Duration::from_secs)
 }
 
 #[cfg(test)]

@@ -1,156 +1,236 @@
-//! `metis gateway issue-key`: mint a key, store only its hash, audit the issuance.
+//! `metis gateway issue-key | list-keys | revoke-key | rotate-key`: the key lifecycle use
+//! case over the configured keystore, audited into the trace DB.
 
 use crate::paths::Paths;
 use crate::system::{SystemClock, UlidIds};
 use anyhow::Context;
-use gw_domain::events::{KeyIssued, make_event};
-use gw_domain::keys::{KeyRecord, KeyStatus, hash_token, token_from_random, validate_tag};
-use gw_domain::time::format_iso;
 use gw_keystore_file::FileKeyStore;
 use gw_ports::keys::KeyStore;
-use gw_ports::system::{Clock, IdSource};
 use gw_ports::trace::EventSink;
 use gw_storage_sqlite::{SqliteTraceStore, WriterOptions};
+use gw_usecases::key_admin::{IssueRequest, IssuedKey, KeyView, Revoked, Rotated};
+use gw_usecases::{AdminError, KeyAdmin};
+use serde_json::json;
+use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-/// What to issue.
-#[derive(Debug, Clone, Default)]
-pub struct NewKey {
-    pub name: String,
-    pub workspace: PathBuf,
-    pub allowed_models: Vec<String>,
-    pub user: Option<String>,
-    pub team: Option<String>,
-}
+/// The `--keystore` value that selects keys stored in the main database.
+pub const STORE_KEYSTORE: &str = "store";
 
-/// The issued key: its id and the plaintext token (shown once, never stored).
-#[derive(Debug, Clone)]
-pub struct IssuedKey {
-    pub record: KeyRecord,
-    pub token: String,
-}
-
-/// Build a new key record and its token. Validation errors name the flag.
+/// Open the keystore named by `paths` (`store` = the trace DB's `gateway_keys` table).
 ///
 /// # Errors
-/// Empty name, malformed `--user`/`--team`, or an empty `--allow-model`.
-pub fn mint(new: &NewKey, clock: &dyn Clock, ids: &dyn IdSource) -> anyhow::Result<IssuedKey> {
-    if new.name.trim().is_empty() {
-        anyhow::bail!("--name must be non-empty");
+/// When the main store cannot be opened.
+pub fn open_keystore(paths: &Paths) -> anyhow::Result<Arc<dyn KeyStore>> {
+    if paths.keystore.as_os_str() == STORE_KEYSTORE {
+        anyhow::bail!("--keystore store is not available in this build yet");
     }
-    if let Some(u) = &new.user {
-        validate_tag("--user", u).map_err(anyhow::Error::msg)?;
-    }
-    if let Some(t) = &new.team {
-        validate_tag("--team", t).map_err(anyhow::Error::msg)?;
-    }
-    if new.allowed_models.iter().any(|m| m.trim().is_empty()) {
-        anyhow::bail!("--allow-model must be non-empty");
-    }
-    let workspace = absolute(&new.workspace)?;
-    let token = token_from_random(&ids.secret_bytes());
-    let record = KeyRecord {
-        key_id: format!("gk_{}", ids.ulid()),
-        secret_hash: hash_token(&token),
-        name: Some(new.name.clone()),
-        workspace_path: workspace.display().to_string(),
-        created_at: Some(format_iso(clock.now_us())),
-        allowed_models: (!new.allowed_models.is_empty()).then(|| new.allowed_models.clone()),
-        daily_cap_usd: None,
-        monthly_cap_usd: None,
-        rpm: None,
-        user_id: new.user.clone(),
-        team_id: new.team.clone(),
-        customer_tier: None,
-        status: KeyStatus::Active,
-        revoked_at: None,
-        grace_period_until: None,
-        extra: serde_json::Map::new(),
-    };
-    Ok(IssuedKey { record, token })
+    Ok(Arc::new(FileKeyStore::new(&paths.keystore)))
 }
 
-fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
+/// A key administration session: the use case plus the trace store its audit events go to.
+pub struct AdminSession {
+    pub admin: KeyAdmin,
+    trace: Arc<SqliteTraceStore>,
+}
+
+impl AdminSession {
+    /// Open the keystore and the trace DB for auditing.
+    ///
+    /// # Errors
+    /// Trace DB unopenable (e.g. newer schema) or keystore unopenable.
+    pub async fn open(paths: &Paths) -> anyhow::Result<AdminSession> {
+        let db = paths.db.clone();
+        let trace = tokio::task::spawn_blocking(move || {
+            SqliteTraceStore::open(&db, WriterOptions::default())
+        })
+        .await
+        .context("trace store task failed")?
+        .with_context(|| format!("cannot open the audit trail {}", paths.db.display()))?;
+        let trace = Arc::new(trace);
+        let sink: Arc<dyn EventSink> = trace.clone();
+        let admin = KeyAdmin::new(
+            open_keystore(paths)?,
+            sink,
+            Arc::new(SystemClock),
+            Arc::new(UlidIds::default()),
+        );
+        Ok(AdminSession { admin, trace })
+    }
+
+    /// Flush the audit events and close the trace store.
+    ///
+    /// # Errors
+    /// When an audit event could not be written (the key change itself is already stored).
+    pub async fn close(self) -> anyhow::Result<()> {
+        let flushed = self.trace.flush().await;
+        self.trace.shutdown().await;
+        flushed.context("the key change is stored, but its audit event could not be written")
+    }
+}
+
+fn admin_err(e: AdminError) -> anyhow::Error {
+    anyhow::Error::msg(e.to_string())
+}
+
+/// Resolve a workspace argument to an absolute path (it need not exist).
+///
+/// # Errors
+/// Empty path, or no current directory to resolve a relative one against.
+pub fn absolute(p: &Path) -> anyhow::Result<String> {
     if p.as_os_str().is_empty() {
         anyhow::bail!("--workspace must be non-empty");
     }
-    if p.is_absolute() {
-        return Ok(p.to_path_buf());
-    }
-    let cwd =
-        std::env::current_dir().context("cannot resolve --workspace: no current directory")?;
-    Ok(cwd.join(p))
+    let abs = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .context("cannot resolve --workspace: no current directory")?
+            .join(p)
+    };
+    Ok(abs.display().to_string())
 }
 
-/// The `gateway.key_issued` audit payload of a record.
-#[must_use]
-pub fn issued_event(record: &KeyRecord) -> KeyIssued {
-    KeyIssued {
-        gateway_key_id: record.key_id.clone(),
-        name: record.display_name().to_owned(),
-        workspace_path: record.workspace_path.clone(),
-        issued_at: record.created_at.clone().unwrap_or_default(),
-        user_id: record.user_id.clone(),
-        team_id: record.team_id.clone(),
-        allowed_models: record.allowed_models.clone(),
-        daily_cap_usd: record.daily_cap_usd.clone(),
-        monthly_cap_usd: record.monthly_cap_usd.clone(),
-        customer_tier: record.customer_tier.clone(),
-    }
-}
-
-/// Emit `gateway.key_issued` into `sink` (session `system`).
-pub fn audit_issued(
-    sink: &dyn EventSink,
-    record: &KeyRecord,
-    clock: &dyn Clock,
-    ids: &dyn IdSource,
-) {
-    sink.emit(make_event(
-        ids.ulid(),
-        clock.now_us(),
-        "system",
-        None,
-        None,
-        &issued_event(record),
-    ));
-}
-
-/// Issue a key into the keystore at `paths.keystore` and audit it in `paths.db`.
+/// Issue a key.
 ///
 /// # Errors
-/// Validation errors, keystore errors (read-only, corrupt), trace store errors.
-pub async fn issue(paths: &Paths, new: &NewKey) -> anyhow::Result<IssuedKey> {
-    let clock = SystemClock;
-    let ids = UlidIds::default();
-    let issued = mint(new, &clock, &ids)?;
-    let store = FileKeyStore::new(&paths.keystore);
-    store
-        .insert(issued.record.clone())
-        .await
-        .context("could not store the new key")?;
-    let db = paths.db.clone();
-    let trace =
-        tokio::task::spawn_blocking(move || SqliteTraceStore::open(&db, WriterOptions::default()))
-            .await
-            .context("trace store task failed")?
-            .with_context(|| {
-                format!(
-                    "key stored, but the audit event could not be written to {}",
-                    paths.db.display()
-                )
-            })?;
-    audit_issued(&trace, &issued.record, &clock, &ids);
-    trace
-        .flush()
-        .await
-        .context("could not write the audit event")?;
-    trace.shutdown().await;
+/// Validation (naming the flag), keystore or audit failures.
+pub async fn issue(paths: &Paths, req: &IssueRequest) -> anyhow::Result<IssuedKey> {
+    let session = AdminSession::open(paths).await?;
+    let issued = session.admin.issue(req).await.map_err(admin_err)?;
+    session.close().await?;
     Ok(issued)
 }
 
-/// Convenience for tests: issue a key into `keystore` (audit DB beside it) and return
-/// `(key_id, token)`.
+/// Print an issued key the way the original tool did.
+///
+/// # Errors
+/// Stdout write failures.
+pub fn print_issued(out: &mut impl Write, issued: &IssuedKey) -> std::io::Result<()> {
+    let r = &issued.record;
+    writeln!(out, "key_id: {}", r.key_id)?;
+    writeln!(out, "token:  {}", issued.token)?;
+    for (label, v) in [
+        ("user:   ", &r.user_id),
+        ("team:   ", &r.team_id),
+        ("customer_tier: ", &r.customer_tier),
+        ("daily_cap_usd: ", &r.daily_cap_usd),
+        ("monthly_cap_usd: ", &r.monthly_cap_usd),
+    ] {
+        if let Some(v) = v {
+            writeln!(out, "{label}{v}")?;
+        }
+    }
+    if let Some(rpm) = r.rpm {
+        writeln!(out, "rpm: {rpm}")?;
+    }
+    Ok(())
+}
+
+/// `list-keys`.
+///
+/// # Errors
+/// Keystore or output failures.
+pub async fn list(paths: &Paths, json_format: bool, out: &mut impl Write) -> anyhow::Result<()> {
+    let session = AdminSession::open(paths).await?;
+    let keys = session.admin.list().await.map_err(admin_err)?;
+    session.close().await?;
+    if json_format {
+        let rows: Vec<_> = keys.iter().map(key_json).collect();
+        writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
+        return Ok(());
+    }
+    if keys.is_empty() {
+        writeln!(out, "(no keys in keystore)")?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<32} {:<8} {:<12} {:<12} {:>10} {:<20} NAME",
+        "KEY_ID", "STATUS", "USER", "TEAM", "CAP", "CREATED"
+    )?;
+    writeln!(out, "{}", "-".repeat(110))?;
+    for k in &keys {
+        let r = &k.record;
+        let cap = r
+            .daily_cap_usd
+            .as_deref()
+            .or(r.monthly_cap_usd.as_deref())
+            .unwrap_or("-");
+        let created: String = r
+            .created_at
+            .as_deref()
+            .unwrap_or("-")
+            .chars()
+            .take(19)
+            .collect();
+        writeln!(
+            out,
+            "{:<32} {:<8} {:<12} {:<12} {:>10} {:<20} {}",
+            r.key_id,
+            k.display_status,
+            r.user_id.as_deref().unwrap_or("-"),
+            r.team_id.as_deref().unwrap_or("-"),
+            cap,
+            created,
+            r.display_name()
+        )?;
+    }
+    Ok(())
+}
+
+/// The JSON view of a key (never its hash or token).
+#[must_use]
+pub fn key_json(k: &KeyView) -> serde_json::Value {
+    let r = &k.record;
+    json!({
+        "key_id": r.key_id,
+        "name": r.display_name(),
+        "workspace_path": r.workspace_path,
+        "status": if r.status == gw_domain::keys::KeyStatus::Revoked { "revoked" } else { "active" },
+        "effective_status": k.effective_status,
+        "user_id": r.user_id,
+        "team_id": r.team_id,
+        "allowed_models": r.allowed_models.as_ref().filter(|m| !m.is_empty()),
+        "daily_cap_usd": r.daily_cap_usd,
+        "monthly_cap_usd": r.monthly_cap_usd,
+        "rpm": r.rpm,
+        "created_at": r.created_at,
+        "revoked_at": r.revoked_at,
+        "grace_period_until": r.grace_period_until,
+        "customer_tier": r.customer_tier,
+    })
+}
+
+/// `revoke-key`.
+///
+/// # Errors
+/// Unknown key, keystore or audit failures.
+pub async fn revoke(paths: &Paths, key_id: &str) -> anyhow::Result<Revoked> {
+    let session = AdminSession::open(paths).await?;
+    let r = session.admin.revoke(key_id).await.map_err(admin_err)?;
+    session.close().await?;
+    Ok(r)
+}
+
+/// `rotate-key`.
+///
+/// # Errors
+/// Unknown or inactive key, bad grace, keystore or audit failures.
+pub async fn rotate(paths: &Paths, key_id: &str, grace_secs: u64) -> anyhow::Result<Rotated> {
+    let session = AdminSession::open(paths).await?;
+    let r = session
+        .admin
+        .rotate(key_id, grace_secs)
+        .await
+        .map_err(admin_err)?;
+    session.close().await?;
+    Ok(r)
+}
+
+/// Convenience for tests: issue a key into `keystore` (audit DB `metis.db` beside it) and
+/// return `(key_id, token)`.
 ///
 /// # Errors
 /// As [`issue`].
@@ -160,24 +240,27 @@ pub async fn issue_key(
     workspace: &Path,
     allowed_models: &[String],
 ) -> anyhow::Result<(String, String)> {
-    let db = keystore
-        .parent()
-        .map_or_else(|| PathBuf::from("metis.db"), |d| d.join("metis.db"));
+    let dir = keystore.parent().map(Path::to_path_buf).unwrap_or_default();
     let paths = Paths {
-        data_dir: keystore.parent().map(Path::to_path_buf).unwrap_or_default(),
-        db,
+        db: dir.join("metis.db"),
         keystore: keystore.to_path_buf(),
+        data_dir: dir,
     };
     let issued = issue(
         &paths,
-        &NewKey {
+        &IssueRequest {
             name: name.to_owned(),
-            workspace: workspace.to_path_buf(),
+            workspace: absolute(workspace)?,
             allowed_models: allowed_models.to_vec(),
-            user: None,
-            team: None,
+            ..IssueRequest::default()
         },
     )
     .await?;
     Ok((issued.record.key_id, issued.token))
+}
+
+/// Default data dir helper for tests that want a keystore path under a directory.
+#[must_use]
+pub fn keystore_in(dir: &Path) -> PathBuf {
+    dir.join("gateway").join("keys.json")
 }

@@ -2,8 +2,9 @@
 //! (0 ok, 1 runtime/config error with one `error: …` line on stderr, 2 usage error).
 
 use clap::Parser;
-use metis_app::cli::{Cli, Command, GatewayCmd, KeyCommand, LogFormat};
-use metis_app::keys_cli::{NewKey, issue};
+use gw_usecases::key_admin::{IssueRequest, parse_grace};
+use metis_app::cli::{Cli, Command, GatewayCmd, KeyCommand, ListFormat, LogFormat};
+use metis_app::keys_cli;
 use metis_app::paths::Paths;
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
@@ -29,30 +30,55 @@ fn init_logging(format: LogFormat) {
 async fn gateway(cmd: GatewayCmd) -> anyhow::Result<()> {
     match cmd.action {
         Some(KeyCommand::IssueKey(args)) => {
-            let storage = args.storage.or(&cmd.serve.storage);
-            let paths = Paths::resolve(&storage)?;
-            let issued = issue(
+            let paths = Paths::resolve(&args.storage.or(&cmd.serve.storage))?;
+            let issued = keys_cli::issue(
                 &paths,
-                &NewKey {
+                &IssueRequest {
                     name: args.name,
-                    workspace: args.workspace,
+                    workspace: keys_cli::absolute(&args.workspace)?,
                     allowed_models: args.allow_model,
+                    daily_cap_usd: args.daily_cap_usd,
+                    monthly_cap_usd: args.monthly_cap_usd,
+                    rpm: args.rpm,
                     user: args.user,
                     team: args.team,
+                    customer_tier: args.customer_tier,
                 },
             )
             .await?;
-            let r = &issued.record;
-            let mut out = std::io::stdout().lock();
-            writeln!(out, "key_id: {}", r.key_id)?;
-            writeln!(out, "token:  {}", issued.token)?;
-            if let Some(u) = &r.user_id {
-                writeln!(out, "user:   {u}")?;
-            }
-            if let Some(t) = &r.team_id {
-                writeln!(out, "team:   {t}")?;
-            }
+            keys_cli::print_issued(&mut std::io::stdout().lock(), &issued)?;
             eprintln!("save the token now — only its hash is stored, and it cannot be recovered.");
+            Ok(())
+        }
+        Some(KeyCommand::ListKeys(args)) => {
+            let paths = Paths::resolve(&args.storage.or(&cmd.serve.storage))?;
+            let json = args.format == ListFormat::Json;
+            keys_cli::list(&paths, json, &mut std::io::stdout().lock()).await
+        }
+        Some(KeyCommand::RevokeKey(args)) => {
+            let paths = Paths::resolve(&args.storage.or(&cmd.serve.storage))?;
+            let r = keys_cli::revoke(&paths, &args.key_id).await?;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "revoked: {}", r.key_id)?;
+            writeln!(out, "revoked_at: {}", r.revoked_at)?;
+            if r.already {
+                eprintln!("note: the key was already revoked; nothing changed.");
+            }
+            Ok(())
+        }
+        Some(KeyCommand::RotateKey(args)) => {
+            let paths = Paths::resolve(&args.storage.or(&cmd.serve.storage))?;
+            let grace = parse_grace(&args.grace_period).map_err(anyhow::Error::msg)?;
+            let r = keys_cli::rotate(&paths, &args.key_id, grace).await?;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "old_key_id: {}", r.old_key_id)?;
+            writeln!(out, "new_key_id: {}", r.successor.record.key_id)?;
+            writeln!(out, "new_token:  {}", r.successor.token)?;
+            writeln!(out, "grace_period_until: {}", r.grace_period_until)?;
+            eprintln!(
+                "the old key keeps working until {}; save the new token now — it is shown only once.",
+                r.grace_period_until
+            );
             Ok(())
         }
         None => {

@@ -4,17 +4,18 @@
 use crate::keys::KeyRing;
 use crate::limits::Limiter;
 use crate::recorder::CallRecorder;
+use crate::spend::{Caps, SpendLedger};
 use crate::stream::{StreamState, client_stream};
 use crate::wire::{self, Passthrough, StreamParser, StreamRenderer, shape_of};
 use async_trait::async_trait;
 use bytes::Bytes;
-use gw_domain::canonical::{ChatRequest, ContentBlock, Shape, ToolResultContent};
+use gw_domain::canonical::{ContentBlock, Shape};
 use gw_domain::error::{ErrorClass, GatewayError};
 use gw_domain::events::{
-    AuthFailed, CallIdentity, KeyLeakSuspected, LlmCallStarted, Payload, RateLimited,
-    RouteChainEntry, RouteDecided, make_event,
+    AuthFailed, CallIdentity, KeyLeakSuspected, LlmCallStarted, Payload, QuotaAlert, QuotaExceeded,
+    RateLimited, RouteChainEntry, RouteDecided, make_event,
 };
-use gw_domain::keys::{Inactive, hash_token};
+use gw_domain::keys::{Inactive, KeyRecord, hash_token};
 use gw_domain::models::Catalog;
 use gw_domain::pricing::PriceTable;
 use gw_domain::sse::SseParser;
@@ -38,6 +39,9 @@ pub struct GatewayCore {
     clock: Arc<dyn Clock>,
     ids: Arc<dyn IdSource>,
     limiter: Arc<Limiter>,
+    ledger: Arc<SpendLedger>,
+    auth_sampler: AuthFailSampler,
+    quota_sampler: Mutex<std::collections::HashMap<String, (i64, u64)>>,
     draining: AtomicBool,
     warned_unpriced: Mutex<HashSet<String>>,
 }
@@ -52,6 +56,7 @@ pub struct CoreParts {
     pub clock: Arc<dyn Clock>,
     pub ids: Arc<dyn IdSource>,
     pub limiter: Arc<Limiter>,
+    pub ledger: Arc<SpendLedger>,
 }
 
 impl GatewayCore {
@@ -70,6 +75,9 @@ impl GatewayCore {
             clock: parts.clock,
             ids: parts.ids,
             limiter: parts.limiter,
+            ledger: parts.ledger,
+            auth_sampler: AuthFailSampler::default(),
+            quota_sampler: Mutex::new(std::collections::HashMap::new()),
             draining: AtomicBool::new(false),
             warned_unpriced: Mutex::new(HashSet::new()),
         }
@@ -111,12 +119,83 @@ impl GatewayCore {
         token: Option<&str>,
         key: Option<&str>,
     ) {
+        let (emit_this, summary) = self.auth_sampler.admit(self.clock.now_us());
+        if let Some(suppressed) = summary {
+            self.auth_failed_summary(shape, suppressed);
+        }
+        if !emit_this {
+            return;
+        }
         let session = format!("gw_{}", self.ids.ulid());
         let payload = AuthFailed {
             reason,
             inbound_shape: shape.as_str(),
             token_hash_prefix: token.map(gw_domain::keys::token_fingerprint),
             gateway_key_id: key.map(str::to_owned),
+            suppressed: 0,
+        };
+        self.emit(&session, None, None, &payload);
+    }
+
+    /// One event standing for `suppressed` failures beyond the sampling budget.
+    fn auth_failed_summary(&self, shape: Shape, suppressed: u64) {
+        let session = format!("gw_{}", self.ids.ulid());
+        let payload = AuthFailed {
+            reason: "aggregated",
+            inbound_shape: shape.as_str(),
+            token_hash_prefix: None,
+            gateway_key_id: None,
+            suppressed,
+        };
+        self.emit(&session, None, None, &payload);
+    }
+
+    fn quota_events(
+        &self,
+        key: &KeyRecord,
+        shape: Shape,
+        alerts: &[crate::spend::Alert],
+        exceeded: Option<&crate::spend::Exceeded>,
+    ) {
+        let session = format!("gw_{}", self.ids.ulid());
+        for a in alerts {
+            let payload = QuotaAlert {
+                scope: a.scope,
+                severity: a.severity,
+                current_usd: usd(a.current_usd),
+                limit_usd: usd(a.limit_usd),
+                percentage: (a.ratio * 10_000.0).round() / 100.0,
+                gateway_key_id: Some(key.key_id.clone()),
+                user_id: key.user_id.clone(),
+                team_id: key.team_id.clone(),
+            };
+            self.emit(&session, None, None, &payload);
+        }
+        let Some(e) = exceeded else { return };
+        // At most one event per account per 10 s; the rest are counted into the next one.
+        let now_s = self.clock.now_us() / 1_000_000;
+        let suppressed = {
+            let mut m = match self.quota_sampler.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            let entry = m.entry(key.account().to_owned()).or_insert((i64::MIN, 0));
+            if now_s.saturating_sub(entry.0) < 10 {
+                entry.1 += 1;
+                return;
+            }
+            entry.0 = now_s;
+            std::mem::take(&mut entry.1)
+        };
+        let payload = QuotaExceeded {
+            scope: e.scope,
+            current_usd: usd(e.current_usd),
+            limit_usd: usd(e.limit_usd),
+            inbound_shape: shape.as_str(),
+            gateway_key_id: Some(key.key_id.clone()),
+            user_id: key.user_id.clone(),
+            team_id: key.team_id.clone(),
+            suppressed,
         };
         self.emit(&session, None, None, &payload);
     }
@@ -179,27 +258,72 @@ impl GatewayCore {
     }
 }
 
-/// Rough input-size estimate (characters / 4), recorded in `llm.call_started`.
-fn estimate_input_tokens(req: &ChatRequest) -> u64 {
-    let mut chars = req.system.iter().map(|b| b.text.len()).sum::<usize>();
-    for m in &req.messages {
-        for b in &m.content {
-            chars += match b {
-                ContentBlock::Text { text, .. } => text.len(),
-                ContentBlock::ToolUse { input, .. } => input.to_string().len(),
-                ContentBlock::ToolResult { content, .. } => content
-                    .iter()
-                    .map(|c| match c {
-                        ToolResultContent::Text(t) => t.len(),
-                        _ => 0,
-                    })
-                    .sum(),
-                ContentBlock::Thinking { thinking, .. } => thinking.len(),
-                _ => 0,
-            };
+/// Output tokens assumed for the cost reservation when the request sets no `max_tokens`.
+const DEFAULT_MAX_TOKENS_ESTIMATE: u64 = 4096;
+
+/// Individual `gateway.auth_failed` events allowed per second; beyond that failures are
+/// counted and folded into one `reason: "aggregated"` event (bounded growth under
+/// credential stuffing).
+const AUTH_FAILED_EVENTS_PER_SEC: u64 = 20;
+
+#[derive(Debug, Default)]
+struct AuthFailSampler {
+    state: Mutex<(i64, u64, u64)>, // (second, emitted this second, suppressed this second)
+}
+
+impl AuthFailSampler {
+    /// Whether to write this failure individually, and a summary count to write first when
+    /// a new second began after suppressions.
+    fn admit(&self, now_us: i64) -> (bool, Option<u64>) {
+        let sec = now_us / 1_000_000;
+        let mut st = match self.state.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let mut summary = None;
+        if st.0 != sec {
+            if st.2 > 0 {
+                summary = Some(st.2);
+            }
+            *st = (sec, 0, 0);
+        }
+        if st.1 < AUTH_FAILED_EVENTS_PER_SEC {
+            st.1 += 1;
+            (true, summary)
+        } else {
+            st.2 += 1;
+            (false, summary)
         }
     }
-    (chars as u64).div_ceil(4)
+
+    /// Suppressed failures not yet written (for the shutdown flush).
+    fn take_pending(&self) -> u64 {
+        let mut st = match self.state.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        std::mem::take(&mut st.2)
+    }
+}
+
+/// USD amount as a decimal string (up to 6 places, at least 2).
+fn usd(x: f64) -> String {
+    let s = format!("{x:.6}");
+    let trimmed = s.trim_end_matches('0');
+    let decimals = trimmed.split_once('.').map_or(0, |(_, d)| d.len());
+    if decimals < 2 {
+        format!("{x:.2}")
+    } else {
+        trimmed.to_owned()
+    }
+}
+
+fn quota_error(e: &crate::spend::Exceeded) -> GatewayError {
+    GatewayError::QuotaExceeded {
+        scope: e.scope,
+        limit_usd: usd(e.limit_usd),
+        current_usd: usd(e.current_usd),
+    }
 }
 
 fn upstream_error(err: &UpstreamError) -> (GatewayError, ErrorClass, String) {
@@ -291,6 +415,19 @@ impl GatewayService for GatewayCore {
                 revoked_at,
             });
         }
+        // Step 3: spend caps, before the body is read.
+        let caps = Caps::of(key);
+        match self.ledger.check(key.account(), caps, now) {
+            Ok(alerts) => {
+                if !alerts.is_empty() {
+                    self.quota_events(key, shape, &alerts, None);
+                }
+            }
+            Err(e) => {
+                self.quota_events(key, shape, &[], Some(&e));
+                return Err(quota_error(&e));
+            }
+        }
         if let Some(signal) = self.limiter.observe_key_ip(&key.key_id, ip) {
             tracing::warn!(
                 key_id = %key.key_id,
@@ -374,11 +511,39 @@ impl GatewayService for GatewayCore {
             GatewayError::Internal
         })?;
 
+        // Reserve the worst-case cost against the key's caps (atomic with the check), so
+        // concurrent requests cannot overshoot a cap by more than one request's worth.
+        let price = self.price_of(&entry.id);
+        let estimated_input = req.estimate_input_tokens();
+        let estimate = price.map_or(0.0, |p| {
+            p.cost(&gw_domain::canonical::Usage {
+                input_tokens: estimated_input,
+                output_tokens: req.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS_ESTIMATE),
+                ..Default::default()
+            })
+        });
+        let reservation =
+            match self
+                .ledger
+                .reserve(key.account(), Caps::of(key), estimate, self.clock.now_us())
+            {
+                Ok((r, alerts)) => {
+                    if !alerts.is_empty() {
+                        self.quota_events(key, shape, &alerts, None);
+                    }
+                    r
+                }
+                Err(e) => {
+                    self.quota_events(key, shape, &[], Some(&e));
+                    return Err(quota_error(&e));
+                }
+            };
+
         let request_id = self.ids.ulid();
         let call_started = LlmCallStarted {
             model: entry.id.clone(),
             provider: entry.provider.clone(),
-            estimated_input_tokens: estimate_input_tokens(&req),
+            estimated_input_tokens: estimated_input,
             request_id: request_id.clone(),
             is_worker: false,
             stream: req.stream,
@@ -394,7 +559,8 @@ impl GatewayService for GatewayCore {
             model: entry.id.clone(),
             provider: entry.provider.clone(),
             identity,
-            price: self.price_of(&entry.id),
+            price,
+            reservation: Some(reservation),
             pricing_version: self.prices.version.clone(),
             started,
             usage: Default::default(),
@@ -527,5 +693,9 @@ impl GatewayService for GatewayCore {
 
     fn begin_drain(&self) {
         self.draining.store(true, Ordering::Release);
+        let pending = self.auth_sampler.take_pending();
+        if pending > 0 {
+            self.auth_failed_summary(Shape::OpenAi, pending);
+        }
     }
 }

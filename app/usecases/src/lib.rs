@@ -3,13 +3,19 @@
 //! Depends only on `gw-domain` (pure rules) and `gw-ports` (traits); the composition root in
 //! `app/metis` supplies the adapters.
 
+pub mod admin;
 pub mod gateway;
+pub mod key_admin;
 pub mod keys;
 pub mod limits;
 mod recorder;
+pub mod spend;
 mod stream;
 mod wire;
 
+pub use admin::AdminFacade;
 pub use gateway::{CoreParts, GatewayCore};
+pub use key_admin::{AdminError, IssueRequest, KeyAdmin};
 pub use keys::{KeyIndex, KeyRing};
 pub use limits::{Limiter, RateLimitConfig};
+pub use spend::SpendLedger;

@@ -5,6 +5,7 @@
 //! whose future or stream is dropped because the client went away (the `Drop` impl records
 //! `error_class: "cancelled"` with the usage consumed so far).
 
+use crate::spend::Reservation;
 use gw_domain::canonical::{BlockStart, StopReason, StreamEvent, Usage};
 use gw_domain::error::ErrorClass;
 use gw_domain::events::{
@@ -28,6 +29,8 @@ pub(crate) struct CallRecorder {
     pub provider: String,
     pub identity: CallIdentity,
     pub price: Option<Price>,
+    /// The call's hold on its key's spend caps, settled with the actual cost.
+    pub reservation: Option<Reservation>,
     pub pricing_version: String,
     pub started: Instant,
     /// Usage observed so far (streams update it as frames arrive).
@@ -80,6 +83,14 @@ impl CallRecorder {
         id
     }
 
+    fn settle(&mut self) {
+        let cost = self.cost();
+        let now = self.clock.now_us();
+        if let Some(r) = self.reservation.as_mut() {
+            r.settle(cost, now);
+        }
+    }
+
     fn turn_completed(&self, stop_reason: &str, parent: &str) {
         let turn = TurnCompleted {
             stop_reason: stop_reason.to_owned(),
@@ -100,6 +111,7 @@ impl CallRecorder {
             return;
         }
         self.finished = true;
+        self.settle();
         let stop = self
             .stop_reason
             .unwrap_or(StopReason::EndTurn)
@@ -131,6 +143,7 @@ impl CallRecorder {
             return;
         }
         self.finished = true;
+        self.settle();
         let failed = LlmCallFailed {
             model: self.model.clone(),
             provider: self.provider.clone(),

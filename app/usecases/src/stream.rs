@@ -78,19 +78,12 @@ impl StreamState {
                     message: format!("{provider} failed mid-stream: {msg}"),
                     retry_after_secs: None,
                 };
-                // Same shape: the upstream's own error frame is already in the client's
-                // format, so forward it instead of inventing a second one.
-                let forwarded = self
-                    .passthrough
-                    .as_mut()
-                    .and_then(|p| p.rewrite(frame))
-                    .map(|f| self.pending.push_back(f))
-                    .is_some();
-                let client_error = (!forwarded).then_some(err);
+                // The upstream's own error frame is never forwarded (its text may echo the
+                // prompt); the client gets one error frame in its shape naming the type.
                 self.fail(
                     ErrorClass::ServerError,
                     &format!("upstream error frame: {msg}"),
-                    client_error,
+                    Some(err),
                 );
             }
         }
@@ -103,8 +96,11 @@ impl StreamState {
         if self.done {
             return;
         }
+        // Clean end = the upstream's own terminal signal (`[DONE]` / a finish_reason for
+        // OpenAI, `message_stop` for Anthropic), checked before `finish` synthesises one.
+        let clean = self.finished_upstream || self.parser.ended_cleanly();
         let tail = self.parser.finish();
-        let had_finish = self.finished_upstream;
+        let had_finish = clean;
         if had_finish {
             self.observe(&tail);
             if self.passthrough.is_none() {

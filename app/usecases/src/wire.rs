@@ -116,6 +116,14 @@ impl StreamParser {
             StreamParser::Anthropic(p) => p.finish(),
         }
     }
+
+    /// Whether the upstream signalled its own end.
+    pub fn ended_cleanly(&self) -> bool {
+        match self {
+            StreamParser::OpenAi(p) => p.ended_cleanly(),
+            StreamParser::Anthropic(p) => p.ended_cleanly(),
+        }
+    }
 }
 
 /// Canonical events -> client SSE frames.

@@ -1,0 +1,523 @@
+//! The admin API under `/admin/v1`: keys (issue, list, get, revoke, rotate), usage rollups
+//! and audit export. Protected by a bearer admin token; when no token is configured the whole
+//! prefix answers 404 (see `api::routes`), so an unconfigured gateway exposes nothing.
+
+use gw_domain::time::{format_iso, parse_duration_secs as parse_grace, parse_iso};
+use gw_ports::admin::{AdminFailure, AdminService, KeySummary, NewKey};
+use gw_ports::trace::{EventRow, UsageGroup, UsageRow};
+use poem::Request;
+use poem_openapi::auth::Bearer;
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object, OpenApi, SecurityScheme};
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+
+/// The configured admin token, attached to every request as poem data.
+#[derive(Clone)]
+pub struct AdminToken(pub Arc<String>);
+
+/// Constant-time comparison of the presented token with the configured one (both hashed
+/// first, so lengths never leak).
+fn token_matches(presented: &str, expected: &str) -> bool {
+    let a = Sha256::digest(presented.as_bytes());
+    let b = Sha256::digest(expected.as_bytes());
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+}
+
+async fn check_admin(req: &Request, bearer: Bearer) -> Option<()> {
+    let expected = req.data::<AdminToken>()?;
+    token_matches(&bearer.token, &expected.0).then_some(())
+}
+
+/// Admin token: `Authorization: Bearer <token>`.
+#[derive(SecurityScheme)]
+#[oai(ty = "bearer", checker = "check_admin")]
+pub struct AdminAuth(());
+
+/// Error body of the admin API (OpenAI-style envelope).
+#[derive(Object)]
+pub struct ErrorBody {
+    /// What went wrong; names the field for validation errors.
+    message: String,
+    /// Error category.
+    #[oai(rename = "type")]
+    kind: String,
+    /// Machine-readable code.
+    code: String,
+}
+
+/// `{"error": {...}}`.
+#[derive(Object)]
+pub struct ErrorEnvelope {
+    error: ErrorBody,
+}
+
+fn envelope(kind: &str, code: &str, message: String) -> Json<ErrorEnvelope> {
+    Json(ErrorEnvelope {
+        error: ErrorBody {
+            message,
+            kind: kind.to_owned(),
+            code: code.to_owned(),
+        },
+    })
+}
+
+/// Admin API errors.
+#[derive(ApiResponse)]
+pub enum AdminError {
+    /// Invalid input; the message names the field.
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorEnvelope>),
+    /// Missing or wrong admin token.
+    #[oai(status = 401)]
+    Unauthorized(Json<ErrorEnvelope>),
+    /// No such key.
+    #[oai(status = 404)]
+    NotFound(Json<ErrorEnvelope>),
+    /// The key's state forbids the operation, or the keystore is read-only.
+    #[oai(status = 409)]
+    Conflict(Json<ErrorEnvelope>),
+    /// A store is unavailable.
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorEnvelope>),
+}
+
+impl From<AdminFailure> for AdminError {
+    fn from(f: AdminFailure) -> Self {
+        match f {
+            AdminFailure::Invalid(m) => {
+                AdminError::BadRequest(envelope("invalid_request_error", "invalid_request", m))
+            }
+            AdminFailure::NotFound(m) => {
+                AdminError::NotFound(envelope("invalid_request_error", "not_found", m))
+            }
+            AdminFailure::Conflict(m) => {
+                AdminError::Conflict(envelope("invalid_request_error", "conflict", m))
+            }
+            AdminFailure::ReadOnly(m) => {
+                AdminError::Conflict(envelope("invalid_request_error", "keystore_read_only", m))
+            }
+            AdminFailure::Unavailable(m) => {
+                AdminError::Unavailable(envelope("api_error", "unavailable", m))
+            }
+        }
+    }
+}
+
+type AdminResult<T> = Result<Json<T>, AdminError>;
+
+/// A gateway key (never its hash or token).
+#[derive(Object)]
+pub struct KeyObject {
+    key_id: String,
+    name: String,
+    workspace_path: String,
+    /// Stored status: `active` or `revoked`.
+    status: String,
+    /// `revoked` when revoked or past the rotation grace end.
+    effective_status: String,
+    allowed_models: Option<Vec<String>>,
+    daily_cap_usd: Option<String>,
+    monthly_cap_usd: Option<String>,
+    rpm: Option<u32>,
+    user_id: Option<String>,
+    team_id: Option<String>,
+    customer_tier: Option<String>,
+    created_at: Option<String>,
+    revoked_at: Option<String>,
+    grace_period_until: Option<String>,
+    /// Spend of the key's account (shared with rotated predecessors) in the current UTC day.
+    spend_day_usd: f64,
+    /// Spend of the key's account in the current UTC month.
+    spend_month_usd: f64,
+}
+
+impl From<KeySummary> for KeyObject {
+    fn from(k: KeySummary) -> Self {
+        let r = k.record;
+        KeyObject {
+            name: r.display_name().to_owned(),
+            status: match r.status {
+                gw_domain::keys::KeyStatus::Active => "active".to_owned(),
+                gw_domain::keys::KeyStatus::Revoked => "revoked".to_owned(),
+            },
+            effective_status: k.effective_status.to_owned(),
+            key_id: r.key_id,
+            workspace_path: r.workspace_path,
+            allowed_models: r.allowed_models,
+            daily_cap_usd: r.daily_cap_usd,
+            monthly_cap_usd: r.monthly_cap_usd,
+            rpm: r.rpm,
+            user_id: r.user_id,
+            team_id: r.team_id,
+            customer_tier: r.customer_tier,
+            created_at: r.created_at,
+            revoked_at: r.revoked_at,
+            grace_period_until: r.grace_period_until,
+            spend_day_usd: k.spend_day_usd,
+            spend_month_usd: k.spend_month_usd,
+        }
+    }
+}
+
+/// A new key.
+#[derive(Object)]
+pub struct CreateKeyBody {
+    /// Display name.
+    name: String,
+    /// Absolute workspace path the key belongs to.
+    workspace: String,
+    /// Canonical model ids or aliases the key may use (absent = all).
+    #[oai(default)]
+    allowed_models: Vec<String>,
+    /// Daily USD cap (decimal string, > 0).
+    daily_cap_usd: Option<String>,
+    /// Monthly USD cap (decimal string, > 0).
+    monthly_cap_usd: Option<String>,
+    /// Per-key requests per minute.
+    rpm: Option<u32>,
+    /// User tag (`^[a-z0-9_-]+$`).
+    user: Option<String>,
+    /// Team tag (`^[a-z0-9_-]+$`).
+    team: Option<String>,
+    /// `trial`, `paid` or `internal`.
+    customer_tier: Option<String>,
+}
+
+/// A created key with its token (shown only in this response).
+#[derive(Object)]
+pub struct CreatedKeyObject {
+    key_id: String,
+    /// The bearer token; only its SHA-256 is stored.
+    token: String,
+    key: KeyObject,
+}
+
+#[derive(Object)]
+pub struct KeyList {
+    keys: Vec<KeyObject>,
+}
+
+#[derive(Object)]
+pub struct RevokeObject {
+    key_id: String,
+    revoked_at: String,
+    /// True when the key was already revoked (nothing changed).
+    already_revoked: bool,
+}
+
+#[derive(Object)]
+pub struct RotateBody {
+    /// How long the old key keeps working: seconds or `30m`, `24h`, `7d`, `2w` (default 24h).
+    grace_period: Option<String>,
+}
+
+#[derive(Object)]
+pub struct RotateObject {
+    old_key_id: String,
+    new_key_id: String,
+    /// The successor's bearer token (shown only here).
+    new_token: String,
+    grace_period_until: String,
+    key: KeyObject,
+}
+
+#[derive(Object)]
+pub struct UsageRowObject {
+    /// The group value (null for calls without it, e.g. keys without a team).
+    group: Option<String>,
+    cost_usd: f64,
+    input_tokens: u64,
+    output_tokens: u64,
+    cached_input_tokens: u64,
+    cache_creation_input_tokens: u64,
+    calls: u64,
+    failed_calls: u64,
+}
+
+impl From<UsageRow> for UsageRowObject {
+    fn from(r: UsageRow) -> Self {
+        UsageRowObject {
+            group: r.group,
+            cost_usd: r.cost_usd,
+            input_tokens: r.input_tokens,
+            output_tokens: r.output_tokens,
+            cached_input_tokens: r.cached_input_tokens,
+            cache_creation_input_tokens: r.cache_creation_input_tokens,
+            calls: r.calls,
+            failed_calls: r.failed_calls,
+        }
+    }
+}
+
+#[derive(Object)]
+pub struct UsageReport {
+    /// Window start (inclusive), ISO-8601 UTC.
+    since: String,
+    /// Window end (exclusive).
+    until: String,
+    /// `key`, `user`, `team` or `model`.
+    group_by: String,
+    rows: Vec<UsageRowObject>,
+}
+
+/// One audit event, in the same envelope as `metis audit export` JSONL lines.
+#[derive(Object)]
+pub struct AuditEvent {
+    id: String,
+    timestamp: String,
+    session_id: String,
+    turn_id: Option<String>,
+    parent_event_id: Option<String>,
+    #[oai(rename = "type")]
+    event_type: String,
+    actor: String,
+    sensitivity: String,
+    payload: serde_json::Value,
+}
+
+impl From<EventRow> for AuditEvent {
+    fn from(e: EventRow) -> Self {
+        AuditEvent {
+            timestamp: format_iso(e.timestamp_us),
+            payload: serde_json::from_str(&e.payload_json).unwrap_or(serde_json::Value::Null),
+            id: e.id,
+            session_id: e.session_id,
+            turn_id: e.turn_id,
+            parent_event_id: e.parent_event_id,
+            event_type: e.event_type,
+            actor: e.actor,
+            sensitivity: e.sensitivity,
+        }
+    }
+}
+
+#[derive(Object)]
+pub struct AuditReport {
+    since: String,
+    until: String,
+    events: Vec<AuditEvent>,
+}
+
+/// The admin endpoints.
+pub struct AdminApi {
+    pub svc: Arc<dyn AdminService>,
+}
+
+const SEVEN_DAYS_US: i64 = 7 * 86_400 * 1_000_000;
+
+impl AdminApi {
+    /// A half-open window from optional RFC 3339 bounds (default: the last 7 days).
+    fn window(&self, since: Option<&str>, until: Option<&str>) -> Result<(i64, i64), AdminError> {
+        let parse = |field: &str, v: Option<&str>| -> Result<Option<i64>, AdminError> {
+            v.map(|raw| {
+                parse_iso(raw).map_err(|e| AdminFailure::Invalid(format!("{field}: {e}")).into())
+            })
+            .transpose()
+        };
+        let until_us = parse("until", until)?.unwrap_or_else(|| self.svc.now_us());
+        let since_us = parse("since", since)?.unwrap_or(until_us - SEVEN_DAYS_US);
+        Ok((since_us, until_us))
+    }
+}
+
+fn group_of(raw: &str) -> Result<UsageGroup, AdminError> {
+    match raw {
+        "key" => Ok(UsageGroup::Key),
+        "user" => Ok(UsageGroup::User),
+        "team" => Ok(UsageGroup::Team),
+        "model" => Ok(UsageGroup::Model),
+        other => Err(AdminFailure::Invalid(format!(
+            "group_by must be one of key, user, team, model; got '{other}'"
+        ))
+        .into()),
+    }
+}
+
+#[OpenApi(prefix_path = "/admin/v1", tag = "AdminTag::Admin")]
+impl AdminApi {
+    /// Issue a key. The token is returned once; only its SHA-256 is stored.
+    #[oai(path = "/keys", method = "post", operation_id = "createKey")]
+    async fn create_key(
+        &self,
+        _auth: AdminAuth,
+        body: Json<CreateKeyBody>,
+    ) -> Result<CreatedResponse, AdminError> {
+        let b = body.0;
+        let created = self
+            .svc
+            .create_key(NewKey {
+                name: b.name,
+                workspace: b.workspace,
+                allowed_models: b.allowed_models,
+                daily_cap_usd: b.daily_cap_usd,
+                monthly_cap_usd: b.monthly_cap_usd,
+                rpm: b.rpm,
+                user: b.user,
+                team: b.team,
+                customer_tier: b.customer_tier,
+            })
+            .await?;
+        Ok(CreatedResponse::Created(Json(CreatedKeyObject {
+            key_id: created.key.record.key_id.clone(),
+            token: created.token,
+            key: created.key.into(),
+        })))
+    }
+
+    /// List keys with status, effective status and current spend.
+    #[oai(path = "/keys", method = "get", operation_id = "listKeys")]
+    async fn list_keys(&self, _auth: AdminAuth) -> AdminResult<KeyList> {
+        let keys = self.svc.list_keys().await?;
+        Ok(Json(KeyList {
+            keys: keys.into_iter().map(KeyObject::from).collect(),
+        }))
+    }
+
+    /// One key.
+    #[oai(path = "/keys/:key_id", method = "get", operation_id = "getKey")]
+    async fn get_key(&self, _auth: AdminAuth, key_id: Path<String>) -> AdminResult<KeyObject> {
+        Ok(Json(self.svc.get_key(&key_id.0).await?.into()))
+    }
+
+    /// Revoke a key now (idempotent). A running gateway refuses it within 2 seconds.
+    #[oai(
+        path = "/keys/:key_id/revoke",
+        method = "post",
+        operation_id = "revokeKey"
+    )]
+    async fn revoke_key(
+        &self,
+        _auth: AdminAuth,
+        key_id: Path<String>,
+    ) -> AdminResult<RevokeObject> {
+        let r = self.svc.revoke_key(&key_id.0).await?;
+        Ok(Json(RevokeObject {
+            key_id: r.key_id,
+            revoked_at: r.revoked_at,
+            already_revoked: r.already_revoked,
+        }))
+    }
+
+    /// Rotate a key: a successor inherits scope, caps, rpm, tags and spend; the old key works
+    /// until the grace period ends. Revoked or lapsed keys cannot be rotated (409).
+    #[oai(
+        path = "/keys/:key_id/rotate",
+        method = "post",
+        operation_id = "rotateKey"
+    )]
+    async fn rotate_key(
+        &self,
+        _auth: AdminAuth,
+        key_id: Path<String>,
+        body: Json<RotateBody>,
+    ) -> AdminResult<RotateObject> {
+        let grace = parse_grace(body.0.grace_period.as_deref().unwrap_or("24h"))
+            .map_err(|m| AdminError::from(AdminFailure::Invalid(format!("grace_period: {m}"))))?;
+        let r = self.svc.rotate_key(&key_id.0, grace).await?;
+        Ok(Json(RotateObject {
+            old_key_id: r.old_key_id,
+            new_key_id: r.new_key.record.key_id.clone(),
+            new_token: r.new_token,
+            grace_period_until: r.grace_period_until,
+            key: r.new_key.into(),
+        }))
+    }
+
+    /// Cost and tokens over `[since, until)` (default: the last 7 days), grouped by key, user,
+    /// team or model, optionally filtered to one value of another dimension.
+    #[oai(path = "/usage", method = "get", operation_id = "getUsage")]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one argument per query parameter"
+    )]
+    async fn usage(
+        &self,
+        _auth: AdminAuth,
+        since: Query<Option<String>>,
+        until: Query<Option<String>>,
+        group_by: Query<Option<String>>,
+        key: Query<Option<String>>,
+        user: Query<Option<String>>,
+        team: Query<Option<String>>,
+        model: Query<Option<String>>,
+    ) -> AdminResult<UsageReport> {
+        let (since_us, until_us) = self.window(since.0.as_deref(), until.0.as_deref())?;
+        let group_name = group_by.0.unwrap_or_else(|| "key".to_owned());
+        let group = group_of(&group_name)?;
+        let filters: Vec<(UsageGroup, String)> = [
+            (UsageGroup::Key, key.0),
+            (UsageGroup::User, user.0),
+            (UsageGroup::Team, team.0),
+            (UsageGroup::Model, model.0),
+        ]
+        .into_iter()
+        .filter_map(|(g, v)| v.map(|v| (g, v)))
+        .collect();
+        if filters.len() > 1 {
+            return Err(AdminFailure::Invalid(
+                "at most one of key, user, team, model may filter the report".to_owned(),
+            )
+            .into());
+        }
+        let rows = self
+            .svc
+            .usage(since_us, until_us, group, filters.into_iter().next())
+            .await?;
+        Ok(Json(UsageReport {
+            since: format_iso(since_us),
+            until: format_iso(until_us),
+            group_by: group_name,
+            rows: rows.into_iter().map(UsageRowObject::from).collect(),
+        }))
+    }
+
+    /// Audit events in `[since, until)` (default: the last 7 days), ordered by id, optionally
+    /// restricted to some audit types (`type` repeated).
+    #[oai(path = "/audit", method = "get", operation_id = "exportAudit")]
+    async fn audit(
+        &self,
+        _auth: AdminAuth,
+        since: Query<Option<String>>,
+        until: Query<Option<String>>,
+        #[oai(name = "type")] types: Query<Vec<String>>,
+    ) -> AdminResult<AuditReport> {
+        let (since_us, until_us) = self.window(since.0.as_deref(), until.0.as_deref())?;
+        let events = self.svc.audit(since_us, until_us, types.0).await?;
+        Ok(Json(AuditReport {
+            since: format_iso(since_us),
+            until: format_iso(until_us),
+            events: events.into_iter().map(AuditEvent::from).collect(),
+        }))
+    }
+}
+
+/// `POST /admin/v1/keys` success.
+#[derive(ApiResponse)]
+pub enum CreatedResponse {
+    /// The key was issued.
+    #[oai(status = 201)]
+    Created(Json<CreatedKeyObject>),
+}
+
+#[derive(poem_openapi::Tags)]
+pub enum AdminTag {
+    /// Key lifecycle, usage and audit (admin token required).
+    Admin,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_compare_by_value() {
+        assert!(token_matches("abc", "abc"));
+        assert!(!token_matches("abc", "abd"));
+        assert!(!token_matches("", "abc"));
+    }
+}

@@ -1,0 +1,188 @@
+//! The admin API use case: key lifecycle (delegated to [`KeyAdmin`]), usage rollups and audit
+//! export over the trace store, with spend taken from the live ledger.
+
+use crate::key_admin::{IssueRequest, KeyView};
+use crate::{AdminError, KeyAdmin, SpendLedger};
+use async_trait::async_trait;
+use gw_domain::audit::AUDIT_TYPES;
+use gw_ports::admin::{
+    AdminFailure, AdminService, CreatedKey, KeySummary, NewKey, RevokeResult, RotateResult,
+};
+use gw_ports::keys::KeyStoreError;
+use gw_ports::system::Clock;
+use gw_ports::trace::{EventRow, TraceQuery, UsageGroup, UsageRow};
+use std::sync::Arc;
+
+/// Implements [`AdminService`].
+pub struct AdminFacade {
+    keys: Arc<KeyAdmin>,
+    query: Arc<dyn TraceQuery>,
+    ledger: Arc<SpendLedger>,
+    clock: Arc<dyn Clock>,
+}
+
+impl AdminFacade {
+    #[must_use]
+    pub fn new(
+        keys: Arc<KeyAdmin>,
+        query: Arc<dyn TraceQuery>,
+        ledger: Arc<SpendLedger>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        AdminFacade {
+            keys,
+            query,
+            ledger,
+            clock,
+        }
+    }
+
+    fn summary(&self, v: KeyView) -> KeySummary {
+        let (day, month, _) = self
+            .ledger
+            .snapshot(v.record.account(), self.clock.now_us());
+        KeySummary {
+            record: v.record,
+            effective_status: v.effective_status,
+            spend_day_usd: day,
+            spend_month_usd: month,
+        }
+    }
+}
+
+fn failure(e: AdminError) -> AdminFailure {
+    match e {
+        AdminError::Invalid(m) => AdminFailure::Invalid(m),
+        AdminError::NotFound(id) => AdminFailure::NotFound(format!("key '{id}' not found")),
+        AdminError::Conflict(m) => AdminFailure::Conflict(m),
+        AdminError::Store(KeyStoreError::ReadOnly { location, message }) => {
+            AdminFailure::ReadOnly(format!(
+                "keystore {location} is read-only ({message}); issue keys where it is writable, or run the gateway with --keystore store"
+            ))
+        }
+        AdminError::Store(e) => AdminFailure::Unavailable(e.to_string()),
+    }
+}
+
+fn check_window(since_us: i64, until_us: i64) -> Result<(), AdminFailure> {
+    if since_us >= until_us {
+        return Err(AdminFailure::Invalid(
+            "the window is empty: 'since' must be before 'until'".to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl AdminService for AdminFacade {
+    async fn create_key(&self, new: NewKey) -> Result<CreatedKey, AdminFailure> {
+        if !new.workspace.starts_with('/') {
+            return Err(AdminFailure::Invalid(
+                "workspace must be an absolute path".to_owned(),
+            ));
+        }
+        let issued = self
+            .keys
+            .issue(&IssueRequest {
+                name: new.name,
+                workspace: new.workspace,
+                allowed_models: new.allowed_models,
+                daily_cap_usd: new.daily_cap_usd,
+                monthly_cap_usd: new.monthly_cap_usd,
+                rpm: new.rpm,
+                user: new.user,
+                team: new.team,
+                customer_tier: new.customer_tier,
+            })
+            .await
+            .map_err(failure)?;
+        let view = KeyView {
+            record: issued.record,
+            effective_status: "active",
+            display_status: "active",
+        };
+        Ok(CreatedKey {
+            key: self.summary(view),
+            token: issued.token,
+        })
+    }
+
+    async fn list_keys(&self) -> Result<Vec<KeySummary>, AdminFailure> {
+        let keys = self.keys.list().await.map_err(failure)?;
+        Ok(keys.into_iter().map(|v| self.summary(v)).collect())
+    }
+
+    async fn get_key(&self, key_id: &str) -> Result<KeySummary, AdminFailure> {
+        let v = self.keys.get(key_id).await.map_err(failure)?;
+        Ok(self.summary(v))
+    }
+
+    async fn revoke_key(&self, key_id: &str) -> Result<RevokeResult, AdminFailure> {
+        let r = self.keys.revoke(key_id).await.map_err(failure)?;
+        Ok(RevokeResult {
+            key_id: r.key_id,
+            revoked_at: r.revoked_at,
+            already_revoked: r.already,
+        })
+    }
+
+    async fn rotate_key(
+        &self,
+        key_id: &str,
+        grace_secs: u64,
+    ) -> Result<RotateResult, AdminFailure> {
+        let r = self
+            .keys
+            .rotate(key_id, grace_secs)
+            .await
+            .map_err(failure)?;
+        let view = KeyView {
+            record: r.successor.record,
+            effective_status: "active",
+            display_status: "active",
+        };
+        Ok(RotateResult {
+            old_key_id: r.old_key_id,
+            new_key: self.summary(view),
+            new_token: r.successor.token,
+            grace_period_until: r.grace_period_until,
+        })
+    }
+
+    async fn usage(
+        &self,
+        since_us: i64,
+        until_us: i64,
+        group: UsageGroup,
+        filter: Option<(UsageGroup, String)>,
+    ) -> Result<Vec<UsageRow>, AdminFailure> {
+        check_window(since_us, until_us)?;
+        self.query
+            .usage(since_us, until_us, group, filter)
+            .await
+            .map_err(|e| AdminFailure::Unavailable(e.to_string()))
+    }
+
+    async fn audit(
+        &self,
+        since_us: i64,
+        until_us: i64,
+        types: Vec<String>,
+    ) -> Result<Vec<EventRow>, AdminFailure> {
+        check_window(since_us, until_us)?;
+        if let Some(bad) = types.iter().find(|t| !AUDIT_TYPES.contains(&t.as_str())) {
+            return Err(AdminFailure::Invalid(format!(
+                "'{bad}' is not an audit event type (one of: {})",
+                AUDIT_TYPES.join(", ")
+            )));
+        }
+        self.query
+            .audit_events(since_us, until_us, &types)
+            .await
+            .map_err(|e| AdminFailure::Unavailable(e.to_string()))
+    }
+
+    fn now_us(&self) -> i64 {
+        self.clock.now_us()
+    }
+}
