@@ -35,8 +35,7 @@ use gw_ports::keys::{KeyEdit, KeyStore, KeyStoreError};
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
 use crate::schema::{
-    Pragmas, SCHEMA_SQL, TRACE_SCHEMA_VERSION, apply_pragmas, check_not_too_new,
-    read_user_version,
+    Pragmas, SCHEMA_SQL, TRACE_SCHEMA_VERSION, apply_pragmas, check_not_too_new, read_user_version,
 };
 
 /// The key tables. Additive and idempotent like the trace schema (no version bump).
@@ -138,12 +137,10 @@ impl SqliteKeyStore {
                 location,
                 message: format!("{op}: {e}; {READ_ONLY_HINT}"),
             },
-            Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => {
-                KeyStoreError::Corrupt {
-                    location,
-                    message: format!("{op}: not a readable SQLite database ({e})"),
-                }
-            }
+            Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => KeyStoreError::Corrupt {
+                location,
+                message: format!("{op}: not a readable SQLite database ({e})"),
+            },
             Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => KeyStoreError::Io {
                 location,
                 message: format!(
@@ -391,12 +388,11 @@ impl SqliteKeyStore {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(|e| s.sql_error(op, &e))?;
-            let before = parse_rows(s.read_rows(&tx)?).map_err(|message| {
-                KeyStoreError::Corrupt {
+            let before =
+                parse_rows(s.read_rows(&tx)?).map_err(|message| KeyStoreError::Corrupt {
                     location: s.location(),
                     message,
-                }
-            })?;
+                })?;
             let mut records = before.clone();
             // Dropping `tx` on any early return rolls back (nothing was written yet anyway).
             edit(&mut records).map_err(|message| KeyStoreError::Rejected { message })?;
@@ -433,7 +429,13 @@ impl SqliteKeyStore {
             conn.query_row(
                 "SELECT store_id, generation FROM gateway_keys_meta WHERE id = 1",
                 [],
-                |r| Ok(format!("{}:{}", r.get::<_, String>(0)?, r.get::<_, i64>(1)?)),
+                |r| {
+                    Ok(format!(
+                        "{}:{}",
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?
+                    ))
+                },
             )
             .map_err(|e| s.sql_error("cannot read the key store version", &e))
         })
@@ -531,7 +533,11 @@ impl From<rusqlite::Error> for DiffError {
 /// Make the table hold `after` (in order) given that it holds `before`: delete removed and
 /// changed rows first (so a hash moving between keys never trips UNIQUE), then insert changed
 /// and new rows, and renumber positions that moved. Untouched rows are not rewritten.
-fn write_diff(conn: &Connection, before: &[KeyRecord], after: &[KeyRecord]) -> Result<(), DiffError> {
+fn write_diff(
+    conn: &Connection,
+    before: &[KeyRecord],
+    after: &[KeyRecord],
+) -> Result<(), DiffError> {
     let old: HashMap<&str, (usize, &KeyRecord)> = before
         .iter()
         .enumerate()
@@ -560,8 +566,9 @@ fn write_diff(conn: &Connection, before: &[KeyRecord], after: &[KeyRecord]) -> R
                 }
             }
             _ => {
-                let json = serde_json::to_string(r)
-                    .map_err(|e| DiffError::Json(format!("cannot serialise key {}: {e}", r.key_id)))?;
+                let json = serde_json::to_string(r).map_err(|e| {
+                    DiffError::Json(format!("cannot serialise key {}: {e}", r.key_id))
+                })?;
                 insert.execute(params![r.key_id, r.secret_hash, json, position])?;
             }
         }
