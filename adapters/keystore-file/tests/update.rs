@@ -1,0 +1,299 @@
+//! `FileKeyStore::update` / `update_blocking`: the locked, validated read-modify-write used by
+//! revoke, rotate and the expiry sweep.
+#![expect(clippy::unwrap_used, reason = "test code")]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use gw_domain::keys::{KeyRecord, KeyStatus, hash_token};
+use gw_keystore_file::FileKeyStore;
+use gw_ports::keys::{KeyStore, KeyStoreError};
+use serde_json::{Map, Value, json};
+
+fn record(n: u32) -> KeyRecord {
+    KeyRecord {
+        key_id: format!("gk_01UPDATEKEY{n:014}"),
+        secret_hash: hash_token(&format!("gw_update_{n}")),
+        name: Some(format!("key-{n}")),
+        workspace_path: "/srv/work".into(),
+        created_at: Some("2026-05-15T14:22:10+00:00".into()),
+        allowed_models: None,
+        daily_cap_usd: None,
+        monthly_cap_usd: None,
+        rpm: None,
+        user_id: None,
+        team_id: None,
+        customer_tier: None,
+        status: KeyStatus::Active,
+        revoked_at: None,
+        grace_period_until: None,
+        spend_account: None,
+        extra: Map::new(),
+    }
+}
+
+fn keys_path(dir: &tempfile::TempDir) -> PathBuf {
+    dir.path().join("gateway/keys.json")
+}
+
+fn json_of(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// A hand-written keystore with unknown fields at the root and on both entries.
+fn seed(path: &Path) -> String {
+    let a = hash_token("gw_a");
+    let b = hash_token("gw_b");
+    let text = format!(
+        r#"{{"zz_meta": {{"owner": "ops"}},
+  "keys": [
+    {{"key_id": "gk_A", "secret_hash": "{a}", "workspace_path": "/a", "daily_cap_usd": "2.50",
+      "x_custom": {{"nested": [true, null, 1e3]}}}},
+    {{"key_id": "gk_B", "secret_hash": "{b}", "workspace_path": "/b", "x_note": "keep me",
+      "x_num": 1.10}}
+  ]}}"#
+    );
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, &text).unwrap();
+    text
+}
+
+fn revoke(id: &'static str) -> gw_ports::keys::KeyEdit {
+    Box::new(move |keys: &mut Vec<KeyRecord>| {
+        let k = keys
+            .iter_mut()
+            .find(|k| k.key_id == id)
+            .ok_or_else(|| format!("key '{id}' not found in keystore"))?;
+        k.status = KeyStatus::Revoked;
+        k.revoked_at = Some("2026-05-16T00:00:00+00:00".into());
+        Ok(())
+    })
+}
+
+#[tokio::test]
+async fn the_edit_is_applied_and_unknown_fields_survive_on_every_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = keys_path(&dir);
+    seed(&path);
+    let before = json_of(&path);
+    let store = FileKeyStore::new(&path);
+
+    let keys = store.update(revoke("gk_A")).await.unwrap();
+    assert_eq!(keys.len(), 2);
+    assert_eq!(keys[0].status, KeyStatus::Revoked);
+
+    let after = json_of(&path);
+    assert_eq!(after["zz_meta"], before["zz_meta"]);
+    // Untouched entry: exactly as it was (including number text such as 1.10).
+    assert_eq!(after["keys"][1], before["keys"][1]);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("1.10"), "{text}");
+    // Touched entry: the edit plus its unknown fields.
+    let a = &after["keys"][0];
+    assert_eq!(a["status"], "revoked");
+    assert_eq!(a["revoked_at"], "2026-05-16T00:00:00+00:00");
+    assert_eq!(a["x_custom"], before["keys"][0]["x_custom"]);
+    assert_eq!(a["daily_cap_usd"], "2.50");
+
+    let loaded = store.load().await.unwrap();
+    assert_eq!(loaded, keys);
+    assert_eq!(loaded[1].extra["x_note"], "keep me");
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+}
+
+#[tokio::test]
+async fn appended_and_removed_entries_are_written_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = keys_path(&dir);
+    seed(&path);
+    let store = FileKeyStore::new(&path);
+    let mut extra = record(7);
+    extra.extra.insert("x_new".into(), json!({"k": "v"}));
+    let added = extra.clone();
+    store
+        .update(Box::new(move |keys: &mut Vec<KeyRecord>| {
+            keys.remove(0);
+            keys.push(added);
+            Ok(())
+        }))
+        .await
+        .unwrap();
+    let after = json_of(&path);
+    let ids: Vec<&str> = after["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["key_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec!["gk_B", extra.key_id.as_str()]);
+    assert_eq!(after["keys"][1]["x_new"], json!({"k": "v"}));
+}
+
+#[tokio::test]
+async fn a_rejected_edit_leaves_the_file_byte_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = keys_path(&dir);
+    let original = seed(&path);
+    let store = FileKeyStore::new(&path);
+    let version = store.version().await;
+
+    let err = store
+        .update(Box::new(|keys: &mut Vec<KeyRecord>| {
+            keys.clear(); // changes made before refusing must not be written either
+            Err("key 'gk_A' is revoked; refusing to rotate".into())
+        }))
+        .await
+        .unwrap_err();
+    match err {
+        KeyStoreError::Rejected { message } => assert!(message.contains("refusing")),
+        other => unreachable!("{other:?}"),
+    }
+    let err = store.update(revoke("gk_MISSING")).await.unwrap_err();
+    assert!(err.to_string().contains("not found"), "{err}");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), original);
+    assert_eq!(store.version().await, version);
+}
+
+#[tokio::test]
+async fn an_invalid_result_is_refused_and_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = keys_path(&dir);
+    let original = seed(&path);
+    let store = FileKeyStore::new(&path);
+
+    let cases: Vec<(&str, gw_ports::keys::KeyEdit)> = vec![
+        (
+            "secret_hash",
+            Box::new(|keys: &mut Vec<KeyRecord>| {
+                keys[1].secret_hash = keys[0].secret_hash.clone();
+                Ok(())
+            }),
+        ),
+        (
+            "duplicate key_id",
+            Box::new(|keys: &mut Vec<KeyRecord>| {
+                let mut twin = record(9);
+                twin.key_id = keys[0].key_id.clone();
+                keys.push(twin);
+                Ok(())
+            }),
+        ),
+        (
+            "daily_cap_usd",
+            Box::new(|keys: &mut Vec<KeyRecord>| {
+                keys[0].daily_cap_usd = Some("NaN".into());
+                Ok(())
+            }),
+        ),
+        (
+            "revoked_at",
+            Box::new(|keys: &mut Vec<KeyRecord>| {
+                keys[0].status = KeyStatus::Revoked;
+                Ok(())
+            }),
+        ),
+    ];
+    for (needle, edit) in cases {
+        match store.update(edit).await {
+            Err(KeyStoreError::Corrupt { message, .. }) => {
+                assert!(message.contains(needle), "{needle}: {message}");
+            }
+            other => unreachable!("{needle}: {other:?}"),
+        }
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            original,
+            "{needle}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_no_op_edit_does_not_rewrite_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = keys_path(&dir);
+    let original = seed(&path);
+    let store = FileKeyStore::new(&path);
+    let version = store.version().await;
+    let keys = store.update(Box::new(|_| Ok(()))).await.unwrap();
+    assert_eq!(keys.len(), 2);
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), original);
+    assert_eq!(store.version().await, version);
+}
+
+#[tokio::test]
+async fn a_missing_file_is_not_found_and_is_not_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = keys_path(&dir);
+    let err = FileKeyStore::new(&path)
+        .update(Box::new(|_| Ok(())))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, KeyStoreError::NotFound { .. }), "{err:?}");
+    assert!(!path.exists());
+}
+
+#[tokio::test]
+async fn a_corrupt_or_read_only_file_is_never_rewritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = keys_path(&dir);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, "{\"keys\": [ oops").unwrap();
+    let err = FileKeyStore::new(&path)
+        .update(revoke("gk_A"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, KeyStoreError::Corrupt { .. }), "{err:?}");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"keys\": [ oops");
+
+    let original = seed(&path);
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444)).unwrap();
+    let err = FileKeyStore::new(&path)
+        .update(revoke("gk_A"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, KeyStoreError::ReadOnly { .. }), "{err:?}");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), original);
+}
+
+#[test]
+fn sixteen_concurrent_updates_all_land() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = keys_path(&dir);
+    seed(&path);
+    let handles: Vec<_> = (0..16_u32)
+        .map(|n| {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                // Each thread has its own store instance, as separate processes would.
+                FileKeyStore::new(&path).update_blocking(Box::new(
+                    move |keys: &mut Vec<KeyRecord>| {
+                        // A read-modify-write on shared state (a counter on the first key)
+                        // plus an append: a lost update shows in either.
+                        let count = keys[0]
+                            .extra
+                            .get("x_updates")
+                            .and_then(Value::as_u64)
+                            .unwrap_or(0);
+                        keys[0].extra.insert("x_updates".into(), json!(count + 1));
+                        keys.push(record(n));
+                        Ok(())
+                    },
+                ))
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap().unwrap();
+    }
+    let keys = FileKeyStore::new(&path).load_blocking().unwrap();
+    assert_eq!(keys.len(), 2 + 16);
+    assert_eq!(keys[0].extra["x_updates"], json!(16));
+    let mut ids: Vec<&str> = keys.iter().map(|k| k.key_id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 18);
+}
