@@ -3,7 +3,42 @@
 //! - [`fake_upstream`]: a fake Anthropic/OpenAI provider speaking the real wire formats, with
 //!   scripted behaviours, used by the Rust HTTP tests (in-process) and the Python SDK tests
 //!   (through the `fake-upstream` binary).
+//! - [`gateway`]: the real gateway spawned in-process on `127.0.0.1:0` against a fake
+//!   upstream, with typed request helpers and trace-DB readers.
 
 pub mod fake_upstream;
+pub mod gateway;
 
 pub use fake_upstream::{FakeUpstream, RecordedRequest, SseEvent, parse_sse};
+pub use gateway::{Combo, GatewayOptions, KeySpec, Reply, Shape, TestGateway};
+
+/// Generate one `#[tokio::test]` per client-shape x upstream-shape combination, each calling
+/// `async fn $scenario(combo: Combo)` defined next to the macro call.
+#[macro_export]
+macro_rules! for_each_combo {
+    ($($scenario:ident),+ $(,)?) => {$(
+        mod $scenario {
+            use $crate::gateway::Combo;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn openai_client_to_openai_upstream() {
+                super::$scenario(Combo::OPENAI_TO_OPENAI).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn openai_client_to_anthropic_upstream() {
+                super::$scenario(Combo::OPENAI_TO_ANTHROPIC).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn anthropic_client_to_anthropic_upstream() {
+                super::$scenario(Combo::ANTHROPIC_TO_ANTHROPIC).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn anthropic_client_to_openai_upstream() {
+                super::$scenario(Combo::ANTHROPIC_TO_OPENAI).await;
+            }
+        }
+    )+};
+}

@@ -1,0 +1,19 @@
+//! `gw-bench`: what the benchmark binaries share.
+//!
+//! - [`stats`]: latency percentiles (nearest rank over every recorded sample, no histogram
+//!   bucketing).
+//! - [`http1`]: the load generator's HTTP/1.1 response framing (status line, headers,
+//!   `Content-Length` and chunked bodies), incremental so it works on partial reads.
+//! - [`procfs`]: process CPU time and resident memory read from `/proc`, summed over a
+//!   process and its descendants.
+//! - [`mockdata`]: the bench mock's pre-rendered OpenAI and Anthropic responses (sync and SSE).
+//! - [`report`]: turns the recorded runs into `results.md` and `results.json`.
+//!
+//! Nothing here runs under `cargo test` except the small unit tests of the parsing and
+//! percentile code; the benchmarks themselves are started by `scripts/bench.sh`.
+
+pub mod http1;
+pub mod mockdata;
+pub mod procfs;
+pub mod report;
+pub mod stats;
