@@ -25,6 +25,9 @@ pub enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Export the audit log (`metis audit export OUT`) or verify its hash chain
+    /// (`metis audit verify`).
+    Audit(crate::audit_cli::AuditCmd),
 }
 
 #[derive(Debug, Args)]

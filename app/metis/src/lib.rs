@@ -5,6 +5,7 @@
 //! build the real server in-process (`App::build` + `run_until_stopped`).
 
 pub mod app;
+pub mod audit_cli;
 pub mod cli;
 pub mod config;
 pub mod keys_cli;

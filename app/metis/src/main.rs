@@ -104,6 +104,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Gateway(cmd) => gateway(*cmd).await,
+        Command::Audit(cmd) => return metis_app::audit_cli::run(cmd).await,
         Command::Openapi { out } => {
             let doc = gw_http::openapi_json();
             match out {
