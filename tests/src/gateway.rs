@@ -392,6 +392,23 @@ impl TestGateway {
         format!("{}{path}", self.base_url)
     }
 
+    /// Ask the server to shut down (it drains in-flight requests) without waiting.
+    pub fn trigger_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// The data directory's resolved store paths, as the CLI would compute them.
+    #[must_use]
+    pub fn paths(&self) -> metis_app::paths::Paths {
+        metis_app::paths::Paths {
+            data_dir: self.data_dir.path().to_path_buf(),
+            db: self.db_path.clone(),
+            keystore: self.keystore.clone(),
+        }
+    }
+
     /// Stop the server gracefully (drain + trace flush) and wait for it, bounded.
     ///
     /// # Errors

@@ -108,10 +108,9 @@ async fn sync_request_writes_one_event_chain(combo: Combo) {
 
 async fn stream_request_writes_one_event_chain(combo: Combo) {
     let mut gw = gateway().await;
-    let mut body = combo.body("trace my stream", true);
-    if combo.client == Shape::OpenAi {
-        body["stream_options"] = serde_json::json!({"include_usage": true});
-    }
+    // No `stream_options.include_usage` from an OpenAI client: the gateway still has to get
+    // the usage from the upstream to cost-stamp the call.
+    let body = combo.body("trace my stream", true);
     let r = gw.post(combo.client, &body).await;
     assert_eq!(r.status, 200, "{}", r.text);
     gw.stop().await.unwrap();
@@ -172,8 +171,22 @@ async fn client_disconnect_records_cancelled(combo: Combo) {
     let events = request_events(&gw);
     let failed = of_type(&events, "llm.call_failed");
     assert_eq!(failed.len(), 1, "{:?}", types(&events));
-    assert_eq!(failed[0].payload["error_class"], "cancelled");
-    assert_eq!(failed[0].payload["gateway_key_id"], gw.key.key_id.as_str());
+    let p = &failed[0].payload;
+    assert_eq!(p["error_class"], "cancelled");
+    assert_eq!(p["gateway_key_id"], gw.key.key_id.as_str());
+    assert_eq!(p["inbound_shape"], combo.client.event_name());
+    if combo.upstream == Shape::Anthropic {
+        // Anthropic reports input usage in `message_start`: the abandoned stream's partial
+        // usage is known and priced.
+        assert!(
+            p["input_tokens"].as_u64().unwrap_or(0) > 0,
+            "partial usage recorded: {p}"
+        );
+        assert!(
+            p["cost_usd"].as_f64().unwrap_or(0.0) > 0.0,
+            "partial usage priced: {p}"
+        );
+    }
     assert!(of_type(&events, "llm.call_completed").is_empty());
 }
 

@@ -1,0 +1,527 @@
+//! Gateway features beyond one request/response, through the real server: `/v1/models`, rate
+//! limiting, live key revocation, request-field translation (stop sequences, temperature,
+//! `tool_choice`, parallel tool results), unbuffered streaming, graceful drain of in-flight
+//! streams, concurrency, and the documentation/metrics endpoints.
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test scenarios outside #[test] functions"
+)]
+
+use gw_tests::gateway::{chat_body, error_type, reply_text, stream_text};
+use gw_tests::{Combo, GatewayOptions, KeySpec, Shape, TestGateway, for_each_combo, parse_sse};
+use reqwest::Method;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+async fn gateway() -> TestGateway {
+    TestGateway::spawn().await.expect("gateway starts")
+}
+
+fn close(a: &Value, b: f64) -> bool {
+    a.as_f64().is_some_and(|x| (x - b).abs() < 1e-6)
+}
+
+// ---------------------------------------------------------------------------------------------
+// /v1/models
+// ---------------------------------------------------------------------------------------------
+
+fn model_ids(v: &Value) -> Vec<String> {
+    v["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn models_endpoint_lists_what_the_key_may_use() {
+    let gw = TestGateway::spawn_with(GatewayOptions {
+        extra_keys: vec![KeySpec {
+            name: "haiku-only".into(),
+            allowed_models: vec!["haiku".into()],
+        }],
+        ..GatewayOptions::default()
+    })
+    .await
+    .unwrap();
+    let r = gw
+        .client()
+        .get(gw.url("/v1/models"))
+        .bearer_auth(&gw.key.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["object"], "list", "{v}");
+    assert!(
+        v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["object"] == "model"),
+        "{v}"
+    );
+    let ids = model_ids(&v);
+    assert!(ids.iter().any(|m| m.contains("haiku")), "{ids:?}");
+    assert!(ids.iter().any(|m| m.contains("gpt-5")), "{ids:?}");
+    assert!(
+        !ids.iter().any(|m| m.starts_with("openrouter")),
+        "no provider without credentials: {ids:?}"
+    );
+
+    let r = gw
+        .client()
+        .get(gw.url("/v1/models"))
+        .bearer_auth(&gw.key_named("haiku-only").token)
+        .send()
+        .await
+        .unwrap();
+    let ids = model_ids(&r.json().await.unwrap());
+    assert!(ids.iter().any(|m| m.contains("haiku")), "{ids:?}");
+    assert!(
+        !ids.iter().any(|m| m.contains("gpt-5")),
+        "only allowed models are listed: {ids:?}"
+    );
+
+    let r = gw.request(Method::GET, "/v1/models").await;
+    assert_eq!(r.status, 401, "{}", r.text);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rate limiting and revocation
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_key_rate_limit_answers_429_in_each_shape() {
+    let gw = TestGateway::spawn_with(GatewayOptions {
+        extra_args: vec![
+            "--rate-limit".into(),
+            "--rate-limit-per-key-rpm".into(),
+            "2".into(),
+        ],
+        ..GatewayOptions::default()
+    })
+    .await
+    .unwrap();
+    for _ in 0..2 {
+        let r = gw
+            .post(Shape::OpenAi, &Combo::OPENAI_TO_OPENAI.body("ok", false))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+    let r = gw
+        .post(
+            Shape::OpenAi,
+            &Combo::OPENAI_TO_OPENAI.body("too many", false),
+        )
+        .await;
+    assert_eq!(r.status, 429, "{}", r.text);
+    let retry: u64 = r
+        .header("retry-after")
+        .expect("Retry-After")
+        .parse()
+        .unwrap();
+    assert!(retry >= 1);
+    let v = r.json();
+    assert_eq!(v["error"]["code"], "rate_limit_exceeded", "{v}");
+    assert_eq!(v["error"]["type"], "rate_limit_error", "{v}");
+    assert_eq!(v["error"]["scope"], "per_key", "{v}");
+    assert_eq!(
+        v["error"]["retry_after_seconds"].as_u64(),
+        Some(retry),
+        "{v}"
+    );
+
+    let r = gw
+        .post(
+            Shape::Anthropic,
+            &Combo::ANTHROPIC_TO_ANTHROPIC.body("too many", false),
+        )
+        .await;
+    assert_eq!(r.status, 429, "{}", r.text);
+    assert_eq!(
+        error_type(Shape::Anthropic, &r.json()).as_deref(),
+        Some("rate_limit_error"),
+        "{}",
+        r.text
+    );
+    assert_eq!(
+        gw.upstream.requests().len(),
+        2,
+        "limited requests never reach the upstream"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_key_stops_working_within_two_seconds() {
+    let gw = gateway().await;
+    let body = Combo::OPENAI_TO_OPENAI.body("before", false);
+    assert_eq!(gw.post(Shape::OpenAi, &body).await.status, 200);
+    metis_app::keys_cli::revoke(&gw.paths(), &gw.key.key_id)
+        .await
+        .expect("revoke-key works while the gateway runs");
+    let revoked_at = Instant::now();
+    let mut last = None;
+    while revoked_at.elapsed() < Duration::from_secs(3) {
+        let r = gw.post(Shape::OpenAi, &body).await;
+        if r.status == 401 {
+            last = Some((revoked_at.elapsed(), r));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (took, r) = last.expect("the revoked key is refused");
+    assert!(
+        took <= Duration::from_millis(2500),
+        "refused after {took:?} (spec: within 2 s)"
+    );
+    assert_eq!(r.json()["error"]["code"], "key_revoked", "{}", r.text);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Request translation details
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_prefixed_model_is_routed_and_echoed() {
+    let gw = gateway().await;
+    let r = gw
+        .post(
+            Shape::OpenAi,
+            &chat_body(Shape::OpenAi, "anthropic:claude-haiku-4-5", "x", false),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json()["model"], "anthropic:claude-haiku-4-5");
+    let r = gw
+        .post(
+            Shape::Anthropic,
+            &chat_body(Shape::Anthropic, "openai:gpt-5", "x", false),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json()["model"], "openai:gpt-5");
+    let reqs = gw.upstream.requests();
+    assert_eq!(reqs[0].body["model"], "claude-haiku-4-5");
+    assert_eq!(reqs[1].body["model"], "gpt-5");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_sequences_and_temperature_cross_shapes() {
+    let gw = gateway().await;
+    let mut body = Combo::OPENAI_TO_ANTHROPIC.body("x", false);
+    body["stop"] = json!(["END", "STOP"]);
+    body["temperature"] = json!(0.25);
+    assert_eq!(gw.post(Shape::OpenAi, &body).await.status, 200);
+    let mut body = Combo::ANTHROPIC_TO_OPENAI.body("x", false);
+    body["stop_sequences"] = json!(["END"]);
+    body["temperature"] = json!(0.5);
+    assert_eq!(gw.post(Shape::Anthropic, &body).await.status, 200);
+    let reqs = gw.upstream.requests();
+    let a = &reqs[0].body;
+    assert_eq!(a["stop_sequences"], json!(["END", "STOP"]), "{a}");
+    assert!(close(&a["temperature"], 0.25), "{a}");
+    let o = &reqs[1].body;
+    assert!(
+        o["stop"] == json!(["END"]) || o["stop"] == json!("END"),
+        "{o}"
+    );
+    assert!(close(&o["temperature"], 0.5), "{o}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tool_choice_is_translated_both_ways() {
+    let gw = gateway().await;
+    let openai_tools = json!([{"type": "function", "function": {"name": "get_weather",
+        "parameters": {"type": "object", "properties": {}}}}]);
+    let anthropic_tools =
+        json!([{"name": "get_weather", "input_schema": {"type": "object", "properties": {}}}]);
+    let cases_from_openai = [
+        (json!("required"), json!({"type": "any"})),
+        (json!("auto"), json!({"type": "auto"})),
+        (
+            json!({"type": "function", "function": {"name": "get_weather"}}),
+            json!({"type": "tool", "name": "get_weather"}),
+        ),
+    ];
+    for (choice, _) in &cases_from_openai {
+        let mut body = Combo::OPENAI_TO_ANTHROPIC.body("x", false);
+        body["tools"] = openai_tools.clone();
+        body["tool_choice"] = choice.clone();
+        let r = gw.post(Shape::OpenAi, &body).await;
+        assert_eq!(r.status, 200, "{choice}: {}", r.text);
+    }
+    let cases_from_anthropic = [
+        (json!({"type": "any"}), json!("required")),
+        (json!({"type": "auto"}), json!("auto")),
+        (
+            json!({"type": "tool", "name": "get_weather"}),
+            json!({"type": "function", "function": {"name": "get_weather"}}),
+        ),
+    ];
+    for (choice, _) in &cases_from_anthropic {
+        let mut body = Combo::ANTHROPIC_TO_OPENAI.body("x", false);
+        body["tools"] = anthropic_tools.clone();
+        body["tool_choice"] = choice.clone();
+        let r = gw.post(Shape::Anthropic, &body).await;
+        assert_eq!(r.status, 200, "{choice}: {}", r.text);
+    }
+    let reqs = gw.upstream.requests();
+    for (i, (sent, expected)) in cases_from_openai.iter().enumerate() {
+        let got = &reqs[i].body["tool_choice"];
+        assert_eq!(
+            got["type"], expected["type"],
+            "OpenAI {sent} -> Anthropic {got}"
+        );
+        if expected.get("name").is_some() {
+            assert_eq!(
+                got["name"], expected["name"],
+                "OpenAI {sent} -> Anthropic {got}"
+            );
+        }
+    }
+    for (i, (sent, expected)) in cases_from_anthropic.iter().enumerate() {
+        let got = &reqs[cases_from_openai.len() + i].body["tool_choice"];
+        assert_eq!(got, expected, "Anthropic {sent} -> OpenAI {got}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_tool_results_keep_their_pairing_across_shapes() {
+    let gw = gateway().await;
+    // OpenAI history with two calls answered by two tool messages: Anthropic needs both
+    // results in the one user message right after the assistant turn (the fake enforces it).
+    let body = json!({"model": "haiku", "messages": [
+        {"role": "user", "content": "weather in two cities"},
+        {"role": "assistant", "content": null, "tool_calls": [
+            {"id": "call_a", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}},
+            {"id": "call_b", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Rome\"}"}},
+        ]},
+        {"role": "tool", "tool_call_id": "call_a", "content": "ra"},
+        {"role": "tool", "tool_call_id": "call_b", "content": "rb"},
+    ]});
+    let r = gw.post(Shape::OpenAi, &body).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(reply_text(Shape::OpenAi, &r.json()), "tool result: ra; rb");
+    let up = &gw.upstream.requests()[0].body;
+    let msgs = up["messages"].as_array().unwrap();
+    assert_eq!(
+        msgs.len(),
+        3,
+        "tool results merged into one user message: {up}"
+    );
+    let results: Vec<&Value> = msgs[2]["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["type"] == "tool_result")
+        .collect();
+    assert_eq!(results.len(), 2, "{up}");
+
+    // Anthropic results plus text in one user message: OpenAI needs the tool messages first.
+    let body = json!({"model": "gpt-5", "max_tokens": 50, "messages": [
+        {"role": "user", "content": "weather in two cities"},
+        {"role": "assistant", "content": [
+            {"type": "tool_use", "id": "toolu_a", "name": "get_weather", "input": {"city": "Paris"}},
+            {"type": "tool_use", "id": "toolu_b", "name": "get_weather", "input": {"city": "Rome"}},
+        ]},
+        {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "toolu_a", "content": "ra"},
+            {"type": "tool_result", "tool_use_id": "toolu_b", "content": [{"type": "text", "text": "rb"}]},
+            {"type": "text", "text": "and summarise"},
+        ]},
+    ]});
+    let r = gw.post(Shape::Anthropic, &body).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let reqs = gw.upstream.requests();
+    let roles: Vec<&str> = reqs[1].body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["role"].as_str())
+        .collect();
+    assert_eq!(
+        roles,
+        vec!["user", "assistant", "tool", "tool", "user"],
+        "{}",
+        reqs[1].body
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streaming behaviour
+// ---------------------------------------------------------------------------------------------
+
+for_each_combo!(stream_frames_are_not_buffered);
+
+async fn stream_frames_are_not_buffered(combo: Combo) {
+    let gw = gateway().await;
+    let mut resp = gw
+        .start_stream(
+            combo.client,
+            &combo.body("[drip:250] a b c d e f g h", true),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let start = Instant::now();
+    let mut text = String::new();
+    let mut first_delta_at = None;
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(20), resp.chunk())
+        .await
+        .expect("stream progresses")
+        .expect("stream reads")
+    {
+        text.push_str(&String::from_utf8_lossy(&chunk));
+        if first_delta_at.is_none()
+            && stream_text(combo.client, &parse_sse(&text)).contains("echo:")
+        {
+            first_delta_at = Some(start.elapsed());
+        }
+    }
+    let total = start.elapsed();
+    let first = first_delta_at.expect("a text delta arrived");
+    assert!(
+        total.saturating_sub(first) >= Duration::from_millis(700),
+        "the first delta arrived at {first:?} but the stream ended at {total:?}: frames are buffered"
+    );
+    assert_eq!(
+        stream_text(combo.client, &parse_sse(&text)),
+        "echo: [drip:250] a b c d e f g h"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_flight_streams_complete_during_graceful_shutdown() {
+    let mut gw = gateway().await;
+    let mut resp = gw
+        .start_stream(
+            Shape::OpenAi,
+            &Combo::OPENAI_TO_ANTHROPIC.body("[drip:150] one two three four five six", true),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut text = String::new();
+    let first = resp.chunk().await.unwrap().expect("a first chunk");
+    text.push_str(&String::from_utf8_lossy(&first));
+    gw.trigger_shutdown();
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(20), resp.chunk())
+        .await
+        .expect("stream progresses during the drain")
+        .expect("the drained stream is not cut")
+    {
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let events = parse_sse(&text);
+    assert_eq!(
+        events.last().map(|e| e.data.as_str()),
+        Some("[DONE]"),
+        "{text}"
+    );
+    assert_eq!(
+        stream_text(Shape::OpenAi, &events),
+        "echo: [drip:150] one two three four five six"
+    );
+    gw.stop().await.expect("clean exit after the drain");
+    let completed = gw.events_of("llm.call_completed").unwrap();
+    assert_eq!(
+        completed.len(),
+        1,
+        "the drained call was traced and flushed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_are_all_served_and_traced() {
+    let mut gw = gateway().await;
+    let combos = [
+        Combo::OPENAI_TO_OPENAI,
+        Combo::OPENAI_TO_ANTHROPIC,
+        Combo::ANTHROPIC_TO_ANTHROPIC,
+        Combo::ANTHROPIC_TO_OPENAI,
+    ];
+    let mut tasks = Vec::new();
+    for i in 0..40usize {
+        let combo = combos[i % 4];
+        let stream = i % 8 >= 4;
+        let text = format!("request {i}");
+        let body = combo.body(&text, stream);
+        let client = gw.client().clone();
+        let url = gw.url(combo.client.gateway_path());
+        let token = gw.key.token.clone();
+        tasks.push(tokio::spawn(async move {
+            let req = client.post(url).json(&body);
+            let req = match combo.client {
+                Shape::OpenAi => req.bearer_auth(token),
+                Shape::Anthropic => req.header("x-api-key", token),
+            };
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            let body = resp.text().await.unwrap();
+            let got = if stream {
+                stream_text(combo.client, &parse_sse(&body))
+            } else {
+                reply_text(
+                    combo.client,
+                    &serde_json::from_str(&body).unwrap_or(Value::Null),
+                )
+            };
+            (status, got, text)
+        }));
+    }
+    for t in tasks {
+        let (status, got, text) = tokio::time::timeout(Duration::from_secs(60), t)
+            .await
+            .expect("bounded")
+            .unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(got, format!("echo: {text}"));
+    }
+    gw.stop().await.unwrap();
+    let completed = gw.events_of("llm.call_completed").unwrap();
+    assert_eq!(completed.len(), 40, "every call traced, none lost");
+    let sessions: std::collections::BTreeSet<String> =
+        completed.iter().map(|e| e.session_id.clone()).collect();
+    assert_eq!(sessions.len(), 40, "each request is its own session");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Documentation and metrics
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_document_is_served() {
+    let gw = gateway().await;
+    let r = gw.request(Method::GET, "/openapi.json").await;
+    assert_eq!(r.status, 200);
+    let v = r.json();
+    assert!(v["openapi"].is_string(), "{}", r.text);
+    assert!(v["paths"]["/v1/chat/completions"].is_object());
+    assert!(v["paths"]["/v1/messages"].is_object());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_served_without_secrets() {
+    let gw = gateway().await;
+    let r = gw
+        .post(
+            Shape::OpenAi,
+            &Combo::OPENAI_TO_OPENAI.body("count me", false),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let r = gw.request(Method::GET, "/metrics").await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(
+        r.content_type().starts_with("text/plain"),
+        "{}",
+        r.content_type()
+    );
+    assert!(r.text.contains("# TYPE"), "Prometheus text: {}", r.text);
+    assert!(!r.text.contains(&gw.key.token));
+    assert!(!r.text.contains("upstream-openai-key") && !r.text.contains("upstream-anthropic-key"));
+}
