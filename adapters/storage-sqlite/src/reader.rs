@@ -87,6 +87,8 @@ impl TraceReader {
         let conn = open_read_only(path, busy)?;
         // Touch the schema now so a non-database file is reported at open, not at first use.
         read_user_version(&conn).map_err(|e| open_error(path, e))?;
+        // Usage rollups have one statement per (group, filter) pair; keep them all prepared.
+        conn.set_prepared_statement_cache_capacity(64);
         Ok(Self {
             conn: Mutex::new(conn),
         })
