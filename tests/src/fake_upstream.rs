@@ -311,6 +311,11 @@ pub struct Directives {
     pub long: bool,
     /// `[cache]` — report cached input tokens in usage.
     pub cache: bool,
+    /// `[split]` — send every SSE frame in 7-byte pieces (splitting lines and UTF-8
+    /// sequences), so the reader must reassemble them.
+    pub split: bool,
+    /// `[crlf]` — end SSE lines with `\r\n` (allowed by the SSE spec, used by some servers).
+    pub crlf: bool,
 }
 
 impl Directives {
@@ -342,6 +347,8 @@ impl Directives {
                 ("drip", Some(_)) => d.drip_ms = num,
                 ("long", None) => d.long = true,
                 ("cache", None) => d.cache = true,
+                ("split", None) => d.split = true,
+                ("crlf", None) => d.crlf = true,
                 _ => {}
             }
         }
@@ -688,10 +695,21 @@ struct Script {
     /// Extra text deltas (for `[long]`).
     long: bool,
     end: StreamEnd,
-    drip: Duration,
+    wire: Wire,
     input_tokens: u64,
     output_tokens: u64,
     cache: bool,
+}
+
+/// How stream frames are put on the wire.
+#[derive(Clone, Copy, Default)]
+struct Wire {
+    /// Pause between frames.
+    drip: Duration,
+    /// Send frames in 7-byte pieces.
+    split: bool,
+    /// `\r\n` line endings.
+    crlf: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -719,7 +737,7 @@ async fn plan(ctx: &Ctx, convo: &Convo) -> Plan {
             tool: None,
             long: false,
             end: StreamEnd::Normal,
-            drip: Duration::ZERO,
+            wire: Wire::default(),
             input_tokens: convo.input_tokens,
             output_tokens,
             cache: false,
@@ -779,7 +797,11 @@ async fn plan(ctx: &Ctx, convo: &Convo) -> Plan {
         tool: d.tool,
         long: d.long,
         end,
-        drip,
+        wire: Wire {
+            drip,
+            split: d.split,
+            crlf: d.crlf,
+        },
         input_tokens: convo.input_tokens,
         output_tokens: output_tokens.max(1),
         cache: d.cache,
@@ -865,12 +887,13 @@ struct StreamCtx {
     guard: OutcomeGuard,
 }
 
-fn sse_response(
-    ctx: &Ctx,
-    frames: Vec<Frame>,
-    drip: Duration,
-    extra: &[(&str, String)],
-) -> Response {
+fn sse_response(ctx: &Ctx, frames: Vec<Frame>, wire: Wire) -> Response {
+    let frames = shape_frames(frames, wire);
+    let drip = if wire.split && wire.drip.is_zero() {
+        Duration::from_millis(1)
+    } else {
+        wire.drip
+    };
     // hyper finishes a chunked body with its terminal chunk even when the body stream fails, so
     // a `[cut]` stream announces more bytes than it sends: the connection then has to close
     // mid-body, which is what a client sees when a real provider connection drops.
@@ -922,13 +945,44 @@ fn sse_response(
         .status(StatusCode::OK)
         .content_type("text/event-stream; charset=utf-8")
         .header(header::CACHE_CONTROL, "no-cache");
-    for (k, v) in extra {
-        builder = builder.header(*k, v.as_str());
-    }
     if let Some(len) = cut_length {
         builder = builder.header(header::CONTENT_LENGTH, len.to_string());
     }
     builder.body(Body::from_bytes_stream(stream))
+}
+
+/// Apply `[crlf]` and `[split]` to the frames.
+fn shape_frames(frames: Vec<Frame>, wire: Wire) -> Vec<Frame> {
+    let mut out = Vec::with_capacity(frames.len());
+    for f in frames {
+        match f {
+            Frame::Data(b) => {
+                let b = if wire.crlf {
+                    let mut v = Vec::with_capacity(b.len() + 8);
+                    for &byte in b.iter() {
+                        if byte == b'\n' {
+                            v.push(b'\r');
+                        }
+                        v.push(byte);
+                    }
+                    Bytes::from(v)
+                } else {
+                    b
+                };
+                if wire.split {
+                    let mut rest = b;
+                    while rest.len() > 7 {
+                        out.push(Frame::Data(rest.split_to(7)));
+                    }
+                    out.push(Frame::Data(rest));
+                } else {
+                    out.push(Frame::Data(b));
+                }
+            }
+            Frame::Abort => out.push(Frame::Abort),
+        }
+    }
+    out
 }
 
 fn sse_event(name: &str, data: &Value) -> Frame {
@@ -1362,7 +1416,7 @@ fn anthropic_stream(
             deltas_sent += 1;
             if deltas_sent == 2 && script.end != StreamEnd::Normal {
                 interrupt(&mut frames, script.end);
-                return sse_response(ctx, frames, script.drip, &[]);
+                return sse_response(ctx, frames, script.wire);
             }
         }
         frames.push(sse_event(
@@ -1388,7 +1442,7 @@ fn anthropic_stream(
             deltas_sent += 1;
             if deltas_sent == 2 && script.end != StreamEnd::Normal {
                 interrupt(&mut frames, script.end);
-                return sse_response(ctx, frames, script.drip, &[]);
+                return sse_response(ctx, frames, script.wire);
             }
         }
         frames.push(sse_event(
@@ -1399,7 +1453,7 @@ fn anthropic_stream(
     if script.end != StreamEnd::Normal {
         // Fewer than two deltas: interrupt before the terminal frames anyway.
         interrupt(&mut frames, script.end);
-        return sse_response(ctx, frames, script.drip, &[]);
+        return sse_response(ctx, frames, script.wire);
     }
     frames.push(sse_event(
         "message_delta",
@@ -1408,7 +1462,7 @@ fn anthropic_stream(
                 "usage": anthropic_usage(script, script.output_tokens)}),
     ));
     frames.push(sse_event("message_stop", &json!({"type": "message_stop"})));
-    sse_response(ctx, frames, script.drip, &[])
+    sse_response(ctx, frames, script.wire)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1790,7 +1844,7 @@ fn openai_stream(ctx: &Ctx, convo: &Convo, script: &Script, id: &str, call_id: &
             deltas_sent += 1;
             if deltas_sent == 2 && script.end != StreamEnd::Normal {
                 interrupt(&mut frames, script.end);
-                return sse_response(ctx, frames, script.drip, &[]);
+                return sse_response(ctx, frames, script.wire);
             }
         }
     }
@@ -1808,13 +1862,13 @@ fn openai_stream(ctx: &Ctx, convo: &Convo, script: &Script, id: &str, call_id: &
             deltas_sent += 1;
             if deltas_sent == 2 && script.end != StreamEnd::Normal {
                 interrupt(&mut frames, script.end);
-                return sse_response(ctx, frames, script.drip, &[]);
+                return sse_response(ctx, frames, script.wire);
             }
         }
     }
     if script.end != StreamEnd::Normal {
         interrupt(&mut frames, script.end);
-        return sse_response(ctx, frames, script.drip, &[]);
+        return sse_response(ctx, frames, script.wire);
     }
     frames.push(chunk(json!({}), Some(openai_finish_reason(script))));
     if convo.include_usage {
@@ -1831,7 +1885,7 @@ fn openai_stream(ctx: &Ctx, convo: &Convo, script: &Script, id: &str, call_id: &
         frames.push(sse_data(&usage_chunk.to_string()));
     }
     frames.push(sse_data("[DONE]"));
-    sse_response(ctx, frames, script.drip, &[])
+    sse_response(ctx, frames, script.wire)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -625,3 +625,28 @@ async fn requests_are_served_over_http_and_reset() {
     assert_eq!(r.status(), 404);
     assert!(r.json::<Value>().await.unwrap()["error"]["message"].is_string());
 }
+
+#[tokio::test]
+async fn split_and_crlf_frames_still_parse() {
+    let f = fake().await;
+    let text = "[split] [crlf] héllo 世界 🎉 done";
+    let mut r = post_anthropic(&f, &anthropic_body(text, true)).await;
+    let mut pieces = 0;
+    let mut bytes = Vec::new();
+    while let Some(c) = r.chunk().await.unwrap() {
+        pieces += 1;
+        bytes.extend_from_slice(&c);
+    }
+    assert!(pieces > 20, "arrives in many pieces ({pieces})");
+    let body = String::from_utf8(bytes).unwrap();
+    assert!(body.contains("\r\n\r\n"));
+    let events = parse_sse(&body);
+    assert_anthropic_sequence(&events);
+    let got: String = events
+        .iter()
+        .filter_map(SseEvent::json)
+        .filter(|d| d["delta"]["type"] == "text_delta")
+        .map(|d| d["delta"]["text"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(got, format!("echo: {text}"));
+}

@@ -56,6 +56,7 @@ for_each_combo!(
     cache_usage_buckets,
     system_prompt_is_translated,
     upstream_sees_only_provider_credentials,
+    fragmented_crlf_upstream_frames_are_reassembled,
 );
 
 async fn sync_text(combo: Combo) {
@@ -726,4 +727,27 @@ async fn max_tokens_are_carried_across_shapes() {
         .get("max_completion_tokens")
         .or_else(|| up.get("max_tokens"));
     assert_eq!(carried, Some(&json!(77)), "{up}");
+}
+
+/// Upstream SSE split into 7-byte pieces (cutting lines and UTF-8 sequences) with CRLF line
+/// endings must come out whole and intact.
+async fn fragmented_crlf_upstream_frames_are_reassembled(combo: Combo) {
+    let gw = gateway().await;
+    let text = "[split] [crlf] héllo 世界 🎉 done";
+    let r = gw.post(combo.client, &combo.body(text, true)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(r.body_error.is_none(), "{:?}", r.body_error);
+    assert_eq!(
+        stream_text(combo.client, &r.events()),
+        format!("echo: {text}")
+    );
+    match combo.client {
+        Shape::OpenAi => assert_openai_stream(&r.events(), combo.model()),
+        Shape::Anthropic => assert_anthropic_stream(&r.events(), combo.model()),
+    }
+    let mut body = combo.body("[split] [crlf] [tool:get_weather] go", true);
+    body["tools"] = tools(combo.client);
+    let r = gw.post(combo.client, &body).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(r.text.contains("get_weather"), "{}", r.text);
 }
