@@ -314,6 +314,8 @@ pub struct Directives {
     /// `[split]` — send every SSE frame in 7-byte pieces (splitting lines and UTF-8
     /// sequences), so the reader must reassemble them.
     pub split: bool,
+    /// `[length]` — the reply stops at the token limit (`max_tokens` / `length`).
+    pub length: bool,
     /// `[crlf]` — end SSE lines with `\r\n` (allowed by the SSE spec, used by some servers).
     pub crlf: bool,
 }
@@ -349,6 +351,7 @@ impl Directives {
                 ("cache", None) => d.cache = true,
                 ("split", None) => d.split = true,
                 ("crlf", None) => d.crlf = true,
+                ("length", None) => d.length = true,
                 _ => {}
             }
         }
@@ -604,7 +607,10 @@ fn text_of_content(content: &Value) -> String {
     }
 }
 
-fn estimate_tokens(body: &Value) -> u64 {
+/// The uncached input tokens the fake reports for a request body it received (its serialized
+/// `messages` and `system` size / 4, at least 1).
+#[must_use]
+pub fn estimate_input_tokens(body: &Value) -> u64 {
     let size = body.get("messages").map_or(0, |m| m.to_string().len())
         + body.get("system").map_or(0, |s| s.to_string().len());
     u64::try_from(size / 4).unwrap_or(u64::MAX).max(1)
@@ -642,7 +648,7 @@ fn anthropic_convo(body: &Value) -> Convo {
         include_usage: true,
         last_user_text,
         trailing_tool_results,
-        input_tokens: estimate_tokens(body),
+        input_tokens: estimate_input_tokens(body),
     }
 }
 
@@ -683,7 +689,7 @@ fn openai_convo(body: &Value) -> Convo {
             == Some(true),
         last_user_text,
         trailing_tool_results,
-        input_tokens: estimate_tokens(body),
+        input_tokens: estimate_input_tokens(body),
     }
 }
 
@@ -694,6 +700,8 @@ struct Script {
     tool: Option<String>,
     /// Extra text deltas (for `[long]`).
     long: bool,
+    /// Stopped by the token limit.
+    truncated: bool,
     end: StreamEnd,
     wire: Wire,
     input_tokens: u64,
@@ -736,6 +744,7 @@ async fn plan(ctx: &Ctx, convo: &Convo) -> Plan {
             text: Some(text),
             tool: None,
             long: false,
+            truncated: false,
             end: StreamEnd::Normal,
             wire: Wire::default(),
             input_tokens: convo.input_tokens,
@@ -796,6 +805,7 @@ async fn plan(ctx: &Ctx, convo: &Convo) -> Plan {
         text,
         tool: d.tool,
         long: d.long,
+        truncated: d.length,
         end,
         wire: Wire {
             drip,
@@ -808,7 +818,9 @@ async fn plan(ctx: &Ctx, convo: &Convo) -> Plan {
     })
 }
 
-fn out_tokens(text: &str) -> u64 {
+/// The output tokens the fake reports for a text reply (bytes / 4, rounded up, at least 1).
+#[must_use]
+pub fn out_tokens(text: &str) -> u64 {
     u64::try_from(text.len().div_ceil(4))
         .unwrap_or(u64::MAX)
         .max(1)
@@ -1294,6 +1306,8 @@ fn anthropic_usage(script: &Script, output_tokens: u64) -> Value {
 fn anthropic_stop_reason(script: &Script) -> &'static str {
     if script.tool.is_some() {
         "tool_use"
+    } else if script.truncated {
+        "max_tokens"
     } else {
         "end_turn"
     }
@@ -1752,6 +1766,8 @@ fn openai_usage(script: &Script) -> Value {
 fn openai_finish_reason(script: &Script) -> &'static str {
     if script.tool.is_some() {
         "tool_calls"
+    } else if script.truncated {
+        "length"
     } else {
         "stop"
     }

@@ -7,7 +7,9 @@
     reason = "test scenarios outside #[test] functions"
 )]
 
-use gw_tests::fake_upstream::StreamOutcome;
+use gw_tests::fake_upstream::{
+    CACHE_READ_TOKENS, CACHE_WRITE_TOKENS, StreamOutcome, estimate_input_tokens, out_tokens,
+};
 use gw_tests::gateway::EventRow;
 use gw_tests::{Combo, Shape, TestGateway, for_each_combo};
 use std::collections::BTreeSet;
@@ -39,6 +41,7 @@ for_each_combo!(
     stream_request_writes_one_event_chain,
     mid_stream_failure_records_call_failed,
     client_disconnect_records_cancelled,
+    usage_buckets_and_cost_are_exact,
 );
 
 fn assert_chain(gw: &TestGateway, combo: Combo, events: &[EventRow], stream: bool) {
@@ -309,5 +312,117 @@ async fn no_prompt_completion_or_secret_text_in_the_trace() {
             let raw = String::from_utf8_lossy(&raw);
             assert!(!raw.contains(&marker), "prompt text somewhere in {path}");
         }
+    }
+}
+
+/// With cached tokens in play, the four usage buckets stay disjoint in the trace, each client
+/// sees them the way its real API reports them, and the cost is exactly the built-in price of
+/// those buckets.
+async fn usage_buckets_and_cost_are_exact(combo: Combo) {
+    use gw_domain::canonical::Usage;
+    use gw_domain::pricing::{BUILTIN_PRICING_VERSION, PriceTable};
+
+    let mut gw = gateway().await;
+    let text = "[cache] count every bucket";
+    let r = gw.post(combo.client, &combo.body(text, false)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let client_usage = r.json()["usage"].clone();
+    let up = gw.upstream.requests();
+    let input = estimate_input_tokens(&up[0].body);
+    let output = out_tokens(&format!("echo: {text}"));
+    let write = match combo.upstream {
+        Shape::Anthropic => CACHE_WRITE_TOKENS,
+        Shape::OpenAi => 0,
+    };
+    match combo.client {
+        Shape::OpenAi => {
+            assert_eq!(
+                client_usage["prompt_tokens"].as_u64(),
+                Some(input + CACHE_READ_TOKENS + write),
+                "OpenAI prompt_tokens counts every input token, cached ones included: {client_usage}"
+            );
+            assert_eq!(
+                client_usage["prompt_tokens_details"]["cached_tokens"],
+                CACHE_READ_TOKENS
+            );
+            assert_eq!(client_usage["completion_tokens"].as_u64(), Some(output));
+        }
+        Shape::Anthropic => {
+            assert_eq!(
+                client_usage["input_tokens"].as_u64(),
+                Some(input),
+                "{client_usage}"
+            );
+            assert_eq!(client_usage["cache_read_input_tokens"], CACHE_READ_TOKENS);
+            assert_eq!(
+                client_usage["cache_creation_input_tokens"]
+                    .as_u64()
+                    .unwrap_or(0),
+                write
+            );
+            assert_eq!(client_usage["output_tokens"].as_u64(), Some(output));
+        }
+    }
+    gw.stop().await.unwrap();
+    let events = request_events(&gw);
+    let p = &of_type(&events, "llm.call_completed")[0].payload;
+    assert_eq!(
+        p["input_tokens"].as_u64(),
+        Some(input),
+        "disjoint uncached input: {p}"
+    );
+    assert_eq!(p["cached_input_tokens"], CACHE_READ_TOKENS, "{p}");
+    assert_eq!(
+        p["cache_creation_input_tokens"].as_u64(),
+        Some(write),
+        "{p}"
+    );
+    assert_eq!(p["output_tokens"].as_u64(), Some(output), "{p}");
+    let price = *PriceTable::builtin().get(combo.canonical_model()).unwrap();
+    let expected = price.cost(&Usage {
+        input_tokens: input,
+        output_tokens: output,
+        cache_read_tokens: CACHE_READ_TOKENS,
+        cache_write_tokens: write,
+    });
+    let cost = p["cost_usd"].as_f64().unwrap();
+    assert!(
+        (cost - expected).abs() < 1e-12,
+        "cost {cost} != {expected} ({p})"
+    );
+    assert_eq!(p["pricing_version"], BUILTIN_PRICING_VERSION);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_client_disconnect_records_cancelled() {
+    let mut gw = gateway().await;
+    for combo in [Combo::OPENAI_TO_ANTHROPIC, Combo::ANTHROPIC_TO_OPENAI] {
+        let req = gw
+            .client()
+            .post(gw.url(combo.client.gateway_path()))
+            .timeout(Duration::from_millis(400))
+            .json(&combo.body("[slow:4000] never mind", false));
+        let req = match combo.client {
+            Shape::OpenAi => req.bearer_auth(&gw.key.token),
+            Shape::Anthropic => req.header("x-api-key", &gw.key.token),
+        };
+        assert!(req.send().await.is_err(), "the client gave up");
+    }
+    // Give the gateway a moment to notice, then stop it (a drain would otherwise wait for the
+    // upstream's 4 s answer and record a completion).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gw.stop().await.unwrap();
+    let events = request_events(&gw);
+    assert!(
+        of_type(&events, "llm.call_completed").is_empty(),
+        "SPEC §3.3: a client that disconnects from a non-streaming request must cancel the \
+         upstream call and record llm.call_failed(cancelled); instead the gateway waited for \
+         the upstream and recorded a completion: {:?}",
+        types(&events)
+    );
+    let failed = of_type(&events, "llm.call_failed");
+    assert_eq!(failed.len(), 2, "{:?}", types(&events));
+    for f in failed {
+        assert_eq!(f.payload["error_class"], "cancelled", "{}", f.payload);
     }
 }

@@ -57,6 +57,7 @@ for_each_combo!(
     system_prompt_is_translated,
     upstream_sees_only_provider_credentials,
     fragmented_crlf_upstream_frames_are_reassembled,
+    token_limit_stop_reason_is_mapped,
 );
 
 async fn sync_text(combo: Combo) {
@@ -750,4 +751,32 @@ async fn fragmented_crlf_upstream_frames_are_reassembled(combo: Combo) {
     let r = gw.post(combo.client, &body).await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert!(r.text.contains("get_weather"), "{}", r.text);
+}
+
+async fn token_limit_stop_reason_is_mapped(combo: Combo) {
+    let gw = gateway().await;
+    let expected = match combo.client {
+        Shape::OpenAi => "length",
+        Shape::Anthropic => "max_tokens",
+    };
+    let r = gw
+        .post(combo.client, &combo.body("[length] cut short", false))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(stop_reason(combo.client, &r.json()), expected);
+    let r = gw
+        .post(combo.client, &combo.body("[length] cut short", true))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let datas: Vec<Value> = r.events().iter().filter_map(SseEvent::json).collect();
+    let streamed = match combo.client {
+        Shape::OpenAi => datas
+            .iter()
+            .find_map(|d| d["choices"][0]["finish_reason"].as_str()),
+        Shape::Anthropic => datas
+            .iter()
+            .find(|d| d["type"] == "message_delta")
+            .and_then(|d| d["delta"]["stop_reason"].as_str()),
+    };
+    assert_eq!(streamed, Some(expected));
 }
