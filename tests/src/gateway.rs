@@ -140,10 +140,16 @@ pub fn chat_body(shape: Shape, model: &str, text: &str, stream: bool) -> Value {
 }
 
 /// A key to issue before the gateway starts.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct KeySpec {
     pub name: String,
     pub allowed_models: Vec<String>,
+    /// Daily spend cap in USD (decimal string).
+    pub daily_cap_usd: Option<String>,
+    /// Per-key requests per minute (used when `--rate-limit` is on).
+    pub rpm: Option<u32>,
+    pub user: Option<String>,
+    pub team: Option<String>,
 }
 
 /// Options of [`TestGateway::spawn_with`].
@@ -155,6 +161,8 @@ pub struct GatewayOptions {
     pub extra_args: Vec<String>,
     /// Give the gateway a wrong Anthropic provider key.
     pub wrong_anthropic_key: bool,
+    /// Point the OpenAI provider somewhere other than the fake (e.g. a closed port).
+    pub openai_base_url: Option<String>,
 }
 
 /// An issued key.
@@ -259,12 +267,29 @@ impl TestGateway {
         let db_path = data_dir.path().join("metis.db");
         let keystore = data_dir.path().join("gateway").join("keys.json");
         let workspace = data_dir.path().join("ws");
-        let key = issue(&keystore, "test", &workspace, &[]).await?;
+        let paths = metis_app::paths::Paths {
+            data_dir: data_dir.path().to_path_buf(),
+            db: db_path.clone(),
+            keystore: keystore.clone(),
+        };
+        let key = issue(
+            &paths,
+            &workspace,
+            &KeySpec {
+                name: "test".into(),
+                ..KeySpec::default()
+            },
+        )
+        .await?;
         let mut keys = BTreeMap::new();
         for spec in &opts.extra_keys {
-            let k = issue(&keystore, &spec.name, &workspace, &spec.allowed_models).await?;
+            let k = issue(&paths, &workspace, spec).await?;
             keys.insert(spec.name.clone(), k);
         }
+        let openai_base_url = opts
+            .openai_base_url
+            .clone()
+            .unwrap_or_else(|| upstream.openai_base_url());
         let anthropic_key = if opts.wrong_anthropic_key {
             "definitely-not-the-key"
         } else {
@@ -279,7 +304,7 @@ impl TestGateway {
             "--anthropic-base-url",
             &upstream.base_url(),
             "--openai-base-url",
-            &upstream.openai_base_url(),
+            &openai_base_url,
             "--anthropic-api-key",
             anthropic_key,
             "--openai-api-key",
@@ -461,15 +486,27 @@ impl Drop for TestGateway {
 }
 
 async fn issue(
-    keystore: &Path,
-    name: &str,
+    paths: &metis_app::paths::Paths,
     workspace: &Path,
-    allowed: &[String],
+    spec: &KeySpec,
 ) -> anyhow::Result<IssuedKey> {
-    let (key_id, token) = metis_app::keys_cli::issue_key(keystore, name, workspace, allowed)
+    let req = gw_usecases::key_admin::IssueRequest {
+        name: spec.name.clone(),
+        workspace: workspace.display().to_string(),
+        allowed_models: spec.allowed_models.clone(),
+        daily_cap_usd: spec.daily_cap_usd.clone(),
+        rpm: spec.rpm,
+        user: spec.user.clone(),
+        team: spec.team.clone(),
+        ..gw_usecases::key_admin::IssueRequest::default()
+    };
+    let issued = metis_app::keys_cli::issue(paths, &req)
         .await
-        .with_context(|| format!("issue key {name}"))?;
-    Ok(IssuedKey { key_id, token })
+        .with_context(|| format!("issue key {}", spec.name))?;
+    Ok(IssuedKey {
+        key_id: issued.record.key_id,
+        token: issued.token,
+    })
 }
 
 async fn finish(sent: reqwest::Result<reqwest::Response>) -> Reply {

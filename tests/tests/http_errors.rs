@@ -661,6 +661,7 @@ async fn key_restricted_to_a_model_gets_403_for_others() {
         extra_keys: vec![KeySpec {
             name: "haiku-only".into(),
             allowed_models: vec!["haiku".into()],
+            ..KeySpec::default()
         }],
         ..GatewayOptions::default()
     })
@@ -727,4 +728,40 @@ async fn unknown_paths_and_methods_get_json_envelopes() {
     );
 
     assert_still_serving(&gw, Shape::OpenAi).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_upstream_is_a_502_in_each_shape() {
+    // A port nothing listens on: bind one, then free it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut gw = TestGateway::spawn_with(GatewayOptions {
+        openai_base_url: Some(format!("http://127.0.0.1:{port}/v1")),
+        extra_args: vec!["--upstream-retries".into(), "0".into()],
+        ..GatewayOptions::default()
+    })
+    .await
+    .unwrap();
+    for shape in [Shape::OpenAi, Shape::Anthropic] {
+        for stream in [false, true] {
+            let body = gw_tests::gateway::chat_body(shape, "gpt-5", "x", stream);
+            let v = assert_envelope(shape, &gw.post(shape, &body).await, 502);
+            assert!(
+                !error_message(&v).contains(&port.to_string()),
+                "no internal address leaked: {v}"
+            );
+        }
+    }
+    assert_still_serving(&gw, Shape::Anthropic).await;
+    gw.stop().await.unwrap();
+    let failed = gw.events_of("llm.call_failed").unwrap();
+    assert_eq!(failed.len(), 4);
+    assert!(
+        failed.iter().all(|e| e.payload["error_class"] == "network"),
+        "{:?}",
+        failed.iter().map(|e| &e.payload).collect::<Vec<_>>()
+    );
 }

@@ -41,6 +41,7 @@ async fn models_endpoint_lists_what_the_key_may_use() {
         extra_keys: vec![KeySpec {
             name: "haiku-only".into(),
             allowed_models: vec!["haiku".into()],
+            ..KeySpec::default()
         }],
         ..GatewayOptions::default()
     })
@@ -524,4 +525,85 @@ async fn metrics_are_served_without_secrets() {
     assert!(r.text.contains("# TYPE"), "Prometheus text: {}", r.text);
     assert!(!r.text.contains(&gw.key.token));
     assert!(!r.text.contains("upstream-openai-key") && !r.text.contains("upstream-anthropic-key"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Spend caps and per-key budgets
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daily_cap_refuses_requests_once_spent() {
+    let mut gw = TestGateway::spawn_with(GatewayOptions {
+        extra_keys: vec![KeySpec {
+            name: "capped".into(),
+            daily_cap_usd: Some("0.000001".into()),
+            ..KeySpec::default()
+        }],
+        ..GatewayOptions::default()
+    })
+    .await
+    .unwrap();
+    let token = gw.key_named("capped").token.clone();
+    let key_id = gw.key_named("capped").key_id.clone();
+    let body = Combo::OPENAI_TO_ANTHROPIC.body("spend a little", false);
+    let r = gw.post_as(Shape::OpenAi, &token, &body).await;
+    assert_eq!(r.status, 200, "under the cap: {}", r.text);
+    let r = gw.post_as(Shape::OpenAi, &token, &body).await;
+    assert_eq!(r.status, 429, "at or over the cap: {}", r.text);
+    let v = r.json();
+    assert_eq!(v["error"]["code"], "quota_exceeded", "{v}");
+    assert_eq!(v["error"]["scope"], "key_daily", "{v}");
+    assert_eq!(v["error"]["type"], "rate_limit_error", "{v}");
+    let r = gw
+        .post_as(
+            Shape::Anthropic,
+            &token,
+            &Combo::ANTHROPIC_TO_ANTHROPIC.body("again", false),
+        )
+        .await;
+    assert_eq!(r.status, 429, "{}", r.text);
+    assert_eq!(
+        error_type(Shape::Anthropic, &r.json()).as_deref(),
+        Some("rate_limit_error"),
+        "{}",
+        r.text
+    );
+    // Another key is unaffected.
+    assert_eq!(gw.post(Shape::OpenAi, &body).await.status, 200);
+    assert_eq!(
+        gw.upstream.requests().len(),
+        2,
+        "refused requests never reach the upstream"
+    );
+    gw.stop().await.unwrap();
+    // Refusals are audited, sampled per key (the rest are counted in `suppressed`).
+    let exceeded = gw.events_of("gateway.quota_exceeded").unwrap();
+    assert!(!exceeded.is_empty());
+    assert_eq!(exceeded[0].payload["gateway_key_id"], key_id.as_str());
+    assert_eq!(exceeded[0].payload["scope"], "key_daily", "{}", exceeded[0].payload);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keys_own_rpm_overrides_the_default_budget() {
+    let gw = TestGateway::spawn_with(GatewayOptions {
+        extra_keys: vec![KeySpec {
+            name: "slow-lane".into(),
+            rpm: Some(1),
+            ..KeySpec::default()
+        }],
+        extra_args: vec!["--rate-limit".into()],
+        ..GatewayOptions::default()
+    })
+    .await
+    .unwrap();
+    let token = gw.key_named("slow-lane").token.clone();
+    let body = Combo::OPENAI_TO_OPENAI.body("x", false);
+    assert_eq!(gw.post_as(Shape::OpenAi, &token, &body).await.status, 200);
+    let r = gw.post_as(Shape::OpenAi, &token, &body).await;
+    assert_eq!(r.status, 429, "{}", r.text);
+    assert_eq!(r.json()["error"]["scope"], "per_key");
+    // The default key still has the default 60 rpm.
+    for _ in 0..3 {
+        assert_eq!(gw.post(Shape::OpenAi, &body).await.status, 200);
+    }
 }

@@ -426,3 +426,41 @@ async fn sync_client_disconnect_records_cancelled() {
         assert_eq!(f.payload["error_class"], "cancelled", "{}", f.payload);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_and_team_tags_are_stamped_on_call_events() {
+    let mut gw = TestGateway::spawn_with(gw_tests::GatewayOptions {
+        extra_keys: vec![gw_tests::KeySpec {
+            name: "tagged".into(),
+            user: Some("alice".into()),
+            team: Some("core-team".into()),
+            ..gw_tests::KeySpec::default()
+        }],
+        ..gw_tests::GatewayOptions::default()
+    })
+    .await
+    .unwrap();
+    let token = gw.key_named("tagged").token.clone();
+    let key_id = gw.key_named("tagged").key_id.clone();
+    let r = gw
+        .post_as(
+            Shape::Anthropic,
+            &token,
+            &Combo::ANTHROPIC_TO_OPENAI.body("tags", false),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    gw.stop().await.unwrap();
+    let events = request_events(&gw);
+    for ty in ["llm.call_completed", "turn.completed"] {
+        let e = of_type(&events, ty);
+        assert_eq!(e.len(), 1, "{ty}: {:?}", types(&events));
+        assert_eq!(e[0].payload["gateway_key_id"], key_id.as_str(), "{ty}");
+        assert_eq!(e[0].payload["user_id"], "alice", "{ty}: {}", e[0].payload);
+        assert_eq!(
+            e[0].payload["team_id"], "core-team",
+            "{ty}: {}",
+            e[0].payload
+        );
+    }
+}
