@@ -414,23 +414,24 @@ impl State {
     /// A fresh base62 string of `len` characters.
     fn rand_id(&self, len: usize) -> String {
         const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-        let mut x = self
-            .ids
-            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
-            .wrapping_add(0x9E37_79B9_7F4A_7C15);
+        // Each id starts from a mixed counter value, so consecutive ids share no run of
+        // characters; within an id, splitmix64 steps produce the characters.
+        let mut x = splitmix64(self.ids.fetch_add(1, Ordering::Relaxed));
         let mut out = String::with_capacity(len);
         for _ in 0..len {
-            // splitmix64 step per character: cheap, well spread, no dependency.
             x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = x;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            let idx = usize::try_from(z % 62).unwrap_or(0);
+            let idx = usize::try_from(splitmix64(x) % 62).unwrap_or(0);
             out.push(char::from(ALPHABET[idx]));
         }
         out
     }
+}
+
+fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 fn seed() -> u64 {

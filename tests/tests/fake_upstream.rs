@@ -650,3 +650,26 @@ async fn split_and_crlf_frames_still_parse() {
         .collect();
     assert_eq!(got, format!("echo: {text}"));
 }
+
+#[tokio::test]
+async fn ids_are_unrelated_between_responses() {
+    let f = fake().await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let v: Value = post_anthropic(&f, &anthropic_body("[tool:t] x", false))
+            .await
+            .json()
+            .await
+            .unwrap();
+        ids.push(v["id"].as_str().unwrap()["msg_01".len()..].to_owned());
+        ids.push(v["content"][0]["id"].as_str().unwrap()["toolu_01".len()..].to_owned());
+    }
+    for (i, a) in ids.iter().enumerate() {
+        for b in &ids[i + 1..] {
+            assert!(
+                !b.contains(&a[4..12]),
+                "{a} and {b} share a run of characters"
+            );
+        }
+    }
+}

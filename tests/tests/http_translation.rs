@@ -647,10 +647,29 @@ async fn same_shape_openai_passes_unknown_fields_both_ways() {
     let up = &gw.upstream.requests()[0].body;
     assert_eq!(up["seed"], 7);
     assert_eq!(up["vendor_extension"], json!({"keep": [1, 2, 3]}));
+    let v = r.json();
     assert_eq!(
-        r.json()["system_fingerprint"],
-        SYSTEM_FINGERPRINT,
+        v["system_fingerprint"], SYSTEM_FINGERPRINT,
         "unknown response fields pass through"
+    );
+    assert_eq!(
+        v["usage"]["completion_tokens_details"]["reasoning_tokens"], 0,
+        "nested usage details pass through: {v}"
+    );
+    let mut body = Combo::OPENAI_TO_OPENAI.body("pass", true);
+    body["vendor_extension"] = json!({"keep": true});
+    let r = gw.post(Shape::OpenAi, &body).await;
+    assert_eq!(
+        gw.upstream.requests()[1].body["vendor_extension"],
+        json!({"keep": true})
+    );
+    let chunks: Vec<Value> = r.events().iter().filter_map(SseEvent::json).collect();
+    assert!(
+        chunks
+            .iter()
+            .all(|c| c["system_fingerprint"] == SYSTEM_FINGERPRINT),
+        "unknown chunk fields pass through: {}",
+        r.text
     );
 }
 
@@ -670,6 +689,11 @@ async fn same_shape_anthropic_passes_unknown_fields_and_cache_control() {
     });
     let r = gw.post(Shape::Anthropic, &body).await;
     assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        r.json()["usage"]["service_tier"],
+        "standard",
+        "nested usage fields pass through"
+    );
     let up = &gw.upstream.requests()[0].body;
     assert_eq!(up["metadata"], json!({"user_id": "u-123"}));
     assert_eq!(up["top_k"], 5);

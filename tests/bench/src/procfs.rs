@@ -123,6 +123,32 @@ impl ProcSet {
         self.pids.iter().filter_map(|&p| cpu_ticks(p)).sum()
     }
 
+    /// CPU ticks of every living thread of the set, summed by thread name (`comm`), e.g.
+    /// `tokio-rt-worker` or `metis-trace-wri`. Threads that already exited are not counted.
+    #[must_use]
+    pub fn thread_ticks(&self) -> BTreeMap<String, u64> {
+        let mut out = BTreeMap::new();
+        for pid in &self.pids {
+            let Ok(dir) = fs::read_dir(format!("/proc/{pid}/task")) else {
+                continue;
+            };
+            for entry in dir.flatten() {
+                let base = entry.path();
+                let Ok(stat) = fs::read_to_string(base.join("stat")) else {
+                    continue;
+                };
+                let Some((_, ticks)) = parse_stat(&stat) else {
+                    continue;
+                };
+                let name = fs::read_to_string(base.join("comm"))
+                    .map(|c| c.trim().to_owned())
+                    .unwrap_or_default();
+                *out.entry(name).or_insert(0) += ticks;
+            }
+        }
+        out
+    }
+
     /// Summed resident memory in kB.
     #[must_use]
     pub fn rss_kb(&self) -> u64 {
@@ -155,5 +181,6 @@ mod tests {
         let set = ProcSet::new(&[me]);
         assert!(set.pids().contains(&me));
         assert!(set.rss_kb() > 0);
+        assert!(!set.thread_ticks().is_empty());
     }
 }

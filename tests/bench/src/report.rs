@@ -83,6 +83,9 @@ pub struct RunRecord {
     pub target_rss_start_kb: Option<u64>,
     pub target_rss_max_kb: Option<u64>,
     pub target_pids: Vec<u32>,
+    /// CPU time per successful request by thread name (`comm`) of the target.
+    #[serde(default)]
+    pub target_threads_us_per_req: BTreeMap<String, f64>,
 }
 
 impl RunRecord {
@@ -509,7 +512,7 @@ fn runs_table(input: &Input, md: &mut String) {
                     r.target,
                     r.loadgen_cpu_util * 100.0,
                     r.late_sends
-                        .map(|l| format!(", {l} sends more than 1 ms late"))
+                        .map(|l| format!(", {l} sends more than 2 ms late"))
                         .unwrap_or_default()
                 )
             })
@@ -519,6 +522,46 @@ fn runs_table(input: &Input, md: &mut String) {
         }
         let _ = writeln!(md);
     }
+}
+
+/// CPU per request of the gateway's threads: request handling vs the trace writer.
+fn threads_table(input: &Input, md: &mut String) {
+    let rows: Vec<&RunRecord> = input
+        .runs
+        .iter()
+        .filter(|r| r.target.starts_with("metis") && !r.target_threads_us_per_req.is_empty())
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "## metis CPU per request by thread\n\nFrom `/proc/PID/task/*/stat` over the measured window. \
+         `tokio-rt-worker` serves HTTP in and out (one worker: the runtime sees one CPU); \
+         `metis-trace-wri` is the SQLite trace writer thread.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| Run | total | tokio-rt-worker | metis-trace-wri | other threads |\n|---|--:|--:|--:|--:|"
+    );
+    for r in rows {
+        let t = &r.target_threads_us_per_req;
+        let worker = t.get("tokio-rt-worker").copied().unwrap_or(0.0);
+        let writer = t.get("metis-trace-wri").copied().unwrap_or(0.0);
+        let total: f64 = t.values().sum();
+        let _ = writeln!(
+            md,
+            "| {} {} {} | {} | {} | {} | {} |",
+            r.target,
+            r.scenario,
+            r.load.key(),
+            us(total),
+            us(worker),
+            us(writer),
+            us(total - worker - writer)
+        );
+    }
+    let _ = writeln!(md);
 }
 
 /// Render `results.md` and `results.json` from JSON lines.
@@ -562,6 +605,8 @@ pub fn render(text: &str) -> anyhow::Result<(String, String)> {
          successful requests.\n"
     );
     runs_table(&input, &mut md);
+
+    threads_table(&input, &mut md);
 
     let _ = writeln!(md, "## Memory\n\n| Target | idle RSS | peak RSS under load (run) |\n|---|--:|--:|");
     let mut targets: Vec<&str> = input.runs.iter().map(|r| r.target.as_str()).collect();

@@ -340,6 +340,10 @@ impl Conn {
     }
 }
 
+/// A send later than this after its due time is counted as late: beyond the tokio timer's
+/// 1 ms resolution, it means every connection was busy (the target fell behind).
+const LATE: Duration = Duration::from_millis(2);
+
 #[derive(Default)]
 struct WorkerStats {
     ok: u64,
@@ -369,7 +373,7 @@ impl WorkerStats {
                 self.ttfb_ns.push(ns(r.ttfb));
                 if let Some(due) = due {
                     self.co_latency_ns.push(ns(done.saturating_duration_since(due)));
-                    if sent.saturating_duration_since(due) > Duration::from_millis(1) {
+                    if sent.saturating_duration_since(due) > LATE {
                         self.late_sends += 1;
                     }
                 }
@@ -440,6 +444,8 @@ struct Observed {
     self_ticks: u64,
     target_rss_start_kb: u64,
     target_rss_max_kb: u64,
+    /// CPU ticks by thread name over the window.
+    target_threads: BTreeMap<String, u64>,
 }
 
 async fn observe(ctx: Arc<Ctx>, target: ProcSet, mock: ProcSet) -> Observed {
@@ -450,6 +456,7 @@ async fn observe(ctx: Arc<Ctx>, target: ProcSet, mock: ProcSet) -> Observed {
         mock.cpu_ticks(),
         procfs::cpu_ticks(me).unwrap_or(0),
     );
+    let threads0 = target.thread_ticks();
     let rss_start = target.rss_kb();
     let mut rss_max = rss_start;
     let mut next = ctx.measure_start;
@@ -468,12 +475,17 @@ async fn observe(ctx: Arc<Ctx>, target: ProcSet, mock: ProcSet) -> Observed {
         procfs::cpu_ticks(me).unwrap_or(0),
     );
     rss_max = rss_max.max(target.rss_kb());
+    let mut target_threads = target.thread_ticks();
+    for (name, t) in &mut target_threads {
+        *t = t.saturating_sub(threads0.get(name).copied().unwrap_or(0));
+    }
     Observed {
         target_ticks: t1.0.saturating_sub(t0.0),
         mock_ticks: t1.1.saturating_sub(t0.1),
         self_ticks: t1.2.saturating_sub(t0.2),
         target_rss_start_kb: rss_start,
         target_rss_max_kb: rss_max,
+        target_threads,
     }
 }
 
@@ -622,6 +634,12 @@ async fn run(a: RunArgs) -> anyhow::Result<RunRecord> {
         target_rss_start_kb: (!a.target_pids.is_empty()).then_some(obs.target_rss_start_kb),
         target_rss_max_kb: (!a.target_pids.is_empty()).then_some(obs.target_rss_max_kb),
         target_pids: target.pids(),
+        target_threads_us_per_req: obs
+            .target_threads
+            .iter()
+            .filter(|_| all.ok > 0)
+            .map(|(k, &t)| (k.clone(), t as f64 * tick * 1e6 / all.ok as f64))
+            .collect(),
     })
 }
 
