@@ -314,6 +314,8 @@ pub struct Directives {
     /// `[split]` — send every SSE frame in 7-byte pieces (splitting lines and UTF-8
     /// sequences), so the reader must reassemble them.
     pub split: bool,
+    /// `[pause:MS]` — one silence of MS after the first text delta of a stream.
+    pub pause_ms: Option<u64>,
     /// `[length]` — the reply stops at the token limit (`max_tokens` / `length`).
     pub length: bool,
     /// `[crlf]` — end SSE lines with `\r\n` (allowed by the SSE spec, used by some servers).
@@ -352,6 +354,7 @@ impl Directives {
                 ("split", None) => d.split = true,
                 ("crlf", None) => d.crlf = true,
                 ("length", None) => d.length = true,
+                ("pause", Some(_)) => d.pause_ms = num,
                 _ => {}
             }
         }
@@ -703,6 +706,8 @@ struct Script {
     long: bool,
     /// Stopped by the token limit.
     truncated: bool,
+    /// One silence after the first text delta.
+    pause: Option<Duration>,
     end: StreamEnd,
     wire: Wire,
     input_tokens: u64,
@@ -746,6 +751,7 @@ async fn plan(ctx: &Ctx, convo: &Convo) -> Plan {
             tool: None,
             long: false,
             truncated: false,
+            pause: None,
             end: StreamEnd::Normal,
             wire: Wire::default(),
             input_tokens: convo.input_tokens,
@@ -807,6 +813,7 @@ async fn plan(ctx: &Ctx, convo: &Convo) -> Plan {
         tool: d.tool,
         long: d.long,
         truncated: d.length,
+        pause: d.pause_ms.map(|ms| Duration::from_millis(ms.min(60_000))),
         end,
         wire: Wire {
             drip,
@@ -871,6 +878,8 @@ fn json_response(status: StatusCode, body: &Value) -> Response {
 
 enum Frame {
     Data(Bytes),
+    /// Silence on the wire for this long.
+    Pause(Duration),
     Abort,
 }
 
@@ -915,7 +924,7 @@ fn sse_response(ctx: &Ctx, frames: Vec<Frame>, wire: Wire) -> Response {
             .iter()
             .map(|f| match f {
                 Frame::Data(b) => b.len(),
-                Frame::Abort => 0,
+                Frame::Pause(_) | Frame::Abort => 0,
             })
             .sum();
         sent + 4096
@@ -930,27 +939,30 @@ fn sse_response(ctx: &Ctx, frames: Vec<Frame>, wire: Wire) -> Response {
         },
     };
     let stream = futures_util::stream::unfold(sctx, |mut s| async move {
-        match s.frames.pop_front() {
-            None => {
-                s.guard.finish(StreamOutcome::Completed);
-                None
-            }
-            Some(Frame::Data(b)) => {
-                if !s.first && !s.drip.is_zero() {
-                    tokio::time::sleep(s.drip).await;
+        loop {
+            match s.frames.pop_front() {
+                None => {
+                    s.guard.finish(StreamOutcome::Completed);
+                    return None;
                 }
-                s.first = false;
-                Some((Ok::<Bytes, std::io::Error>(b), s))
-            }
-            Some(Frame::Abort) => {
-                // Give the client a moment to read what was sent before the connection dies.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                s.guard.finish(StreamOutcome::Cut);
-                s.frames.clear();
-                Some((
-                    Err(std::io::Error::other("fake upstream cut the stream")),
-                    s,
-                ))
+                Some(Frame::Pause(d)) => tokio::time::sleep(d).await,
+                Some(Frame::Data(b)) => {
+                    if !s.first && !s.drip.is_zero() {
+                        tokio::time::sleep(s.drip).await;
+                    }
+                    s.first = false;
+                    return Some((Ok::<Bytes, std::io::Error>(b), s));
+                }
+                Some(Frame::Abort) => {
+                    // Give the client a moment to read what was sent before the connection dies.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    s.guard.finish(StreamOutcome::Cut);
+                    s.frames.clear();
+                    return Some((
+                        Err(std::io::Error::other("fake upstream cut the stream")),
+                        s,
+                    ));
+                }
             }
         }
     });
@@ -992,7 +1004,7 @@ fn shape_frames(frames: Vec<Frame>, wire: Wire) -> Vec<Frame> {
                     out.push(Frame::Data(b));
                 }
             }
-            Frame::Abort => out.push(Frame::Abort),
+            other => out.push(other),
         }
     }
     out
@@ -1429,6 +1441,11 @@ fn anthropic_stream(
                         "delta": {"type": "text_delta", "text": piece}}),
             ));
             deltas_sent += 1;
+            if deltas_sent == 1
+                && let Some(p) = script.pause
+            {
+                frames.push(Frame::Pause(p));
+            }
             if deltas_sent == 2 && script.end != StreamEnd::Normal {
                 interrupt(&mut frames, script.end);
                 return sse_response(ctx, frames, script.wire);
@@ -1859,6 +1876,11 @@ fn openai_stream(ctx: &Ctx, convo: &Convo, script: &Script, id: &str, call_id: &
         for piece in pieces {
             frames.push(chunk(json!({"content": piece}), None));
             deltas_sent += 1;
+            if deltas_sent == 1
+                && let Some(p) = script.pause
+            {
+                frames.push(Frame::Pause(p));
+            }
             if deltas_sent == 2 && script.end != StreamEnd::Normal {
                 interrupt(&mut frames, script.end);
                 return sse_response(ctx, frames, script.wire);

@@ -580,7 +580,11 @@ async fn daily_cap_refuses_requests_once_spent() {
     let exceeded = gw.events_of("gateway.quota_exceeded").unwrap();
     assert!(!exceeded.is_empty());
     assert_eq!(exceeded[0].payload["gateway_key_id"], key_id.as_str());
-    assert_eq!(exceeded[0].payload["scope"], "key_daily", "{}", exceeded[0].payload);
+    assert_eq!(
+        exceeded[0].payload["scope"], "key_daily",
+        "{}",
+        exceeded[0].payload
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -606,4 +610,42 @@ async fn a_keys_own_rpm_overrides_the_default_budget() {
     for _ in 0..3 {
         assert_eq!(gw.post(Shape::OpenAi, &body).await.status, 200);
     }
+}
+
+/// A long upstream silence mid-stream: the gateway sends SSE comments so proxies and clients
+/// do not time the connection out (the gateway's interval is 15 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_silences_get_keep_alive_comments() {
+    let gw = gateway().await;
+    let one = |combo: Combo| {
+        let gw = &gw;
+        async move {
+            let mut resp = gw
+                .start_stream(combo.client, &combo.body("[pause:16500] quiet now", true))
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            let mut text = String::new();
+            while let Some(chunk) = tokio::time::timeout(Duration::from_secs(30), resp.chunk())
+                .await
+                .expect("bounded")
+                .unwrap()
+            {
+                text.push_str(&String::from_utf8_lossy(&chunk));
+            }
+            assert!(
+                text.lines().any(|l| l.starts_with(':')),
+                "{combo:?}: an SSE comment during the 16.5 s silence: {text}"
+            );
+            assert_eq!(
+                stream_text(combo.client, &parse_sse(&text)),
+                "echo: [pause:16500] quiet now"
+            );
+        }
+    };
+    futures_util::future::join(
+        one(Combo::OPENAI_TO_ANTHROPIC),
+        one(Combo::ANTHROPIC_TO_OPENAI),
+    )
+    .await;
 }

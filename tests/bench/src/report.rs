@@ -137,8 +137,10 @@ pub fn us(v: f64) -> String {
         format!("{:.1} ms", v / 1000.0)
     } else if v >= 1000.0 {
         format!("{:.2} ms", v / 1000.0)
-    } else {
+    } else if v >= 100.0 {
         format!("{v:.0} µs")
+    } else {
+        format!("{v:.1} µs")
     }
 }
 
@@ -373,23 +375,30 @@ pub fn checks(input: &Input) -> Vec<Check> {
             None => not_measured("no trace benchmark record"),
         },
     );
-    let stalled = input.find("metis-writer-stalled", "openai-sync", "r1000");
-    push(
-        "metis p99 at 1,000 req/s while the trace writer is stalled",
-        "(no goal; request path must not wait on the writer)",
-        match (stalled, m1000) {
-            (Some(s), Some(m)) => (
-                format!(
-                    "p99 {} vs {} with a free writer; {} errors",
-                    us(s.latency.p99_us),
-                    us(m.latency.p99_us),
-                    s.error_count()
+    for (load, base, what) in [
+        ("r1000", m1000, "1,000 req/s"),
+        ("c32", metis32, "concurrency 32"),
+    ] {
+        let stalled = input.find("metis-writer-stalled", "openai-sync", load);
+        push(
+            &format!("metis p99 at {what} while the trace writer is stalled"),
+            "(no goal: the request path must not wait on the writer)",
+            match (stalled, base) {
+                (Some(s), Some(m)) => (
+                    format!(
+                        "p99 {} vs {} with a free writer; {} req/s vs {}; {} errors",
+                        us(s.latency.p99_us),
+                        us(m.latency.p99_us),
+                        rps(s.throughput_rps),
+                        rps(m.throughput_rps),
+                        s.error_count()
+                    ),
+                    "reference".into(),
                 ),
-                "reference".into(),
-            ),
-            _ => not_measured("writer-stall run missing"),
-        },
-    );
+                _ => not_measured("writer-stall run missing"),
+            },
+        );
+    }
     push(
         "metis idle RSS",
         "< 30 MB",
@@ -715,18 +724,19 @@ mod tests {
         assert_eq!(get("metis idle RSS").verdict, "met");
         let (md, js) = render(&text).unwrap();
         assert!(md.contains("| metis | 9,000 | 0.45 | 0.90 |"));
-        assert!(md.contains("+700 µs"));
+        assert!(md.contains("+700 µs"), "{md}");
         assert!(js.contains("\"targets\""));
     }
 
     #[test]
     fn number_formats() {
-        assert_eq!(us(12.4), "12 µs");
+        assert_eq!(us(12.4), "12.4 µs");
+        assert_eq!(us(123.4), "123 µs");
         assert_eq!(us(1234.0), "1.23 ms");
         assert_eq!(us(45_600.0), "45.6 ms");
         assert_eq!(us(2_500_000.0), "2.50 s");
         assert_eq!(rps(1_234_567.0), "1,234,567");
         assert_eq!(rps(58.44), "58.4");
-        assert_eq!(signed_us(-3.0), "−3 µs");
+        assert_eq!(signed_us(-3.0), "−3.0 µs");
     }
 }
