@@ -5,6 +5,7 @@
 #![expect(
     clippy::unwrap_used,
     clippy::expect_used,
+    clippy::panic,
     reason = "test scenarios outside #[test] functions"
 )]
 
@@ -648,4 +649,217 @@ async fn long_silences_get_keep_alive_comments() {
         one(Combo::ANTHROPIC_TO_OPENAI),
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotated_key_works_alongside_the_old_one_until_grace_ends() {
+    let gw = gateway().await;
+    let body = Combo::ANTHROPIC_TO_ANTHROPIC.body("rotate", false);
+    let rotated = metis_app::keys_cli::rotate(&gw.paths(), &gw.key.key_id, 2)
+        .await
+        .expect("rotate-key works while the gateway runs");
+    let new_token = rotated.successor.token.clone();
+    let start = Instant::now();
+    // The successor is accepted within 2 s; the old key keeps working during its grace.
+    let mut new_ok = false;
+    while start.elapsed() < Duration::from_millis(1900) {
+        if gw.post_as(Shape::Anthropic, &new_token, &body).await.status == 200 {
+            new_ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(new_ok, "the successor key is accepted within 2 s");
+    if start.elapsed() < Duration::from_millis(1500) {
+        assert_eq!(
+            gw.post(Shape::Anthropic, &body).await.status,
+            200,
+            "the old key still works during its grace period"
+        );
+    }
+    // After the 2 s grace the old key is refused as revoked.
+    tokio::time::sleep(Duration::from_millis(2600).saturating_sub(start.elapsed())).await;
+    let r = gw.post(Shape::Anthropic, &body).await;
+    assert_eq!(r.status, 401, "{}", r.text);
+    assert_eq!(r.json()["error"]["code"], "key_revoked", "{}", r.text);
+    assert_eq!(
+        gw.post_as(Shape::Anthropic, &new_token, &body).await.status,
+        200
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Connection-level protection
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_limit_get_an_immediate_503() {
+    let gw = TestGateway::spawn_with(GatewayOptions {
+        extra_args: vec!["--max-connections".into(), "2".into()],
+        ..GatewayOptions::default()
+    })
+    .await
+    .unwrap();
+    // Two long streams hold both connection slots.
+    let body = Combo::OPENAI_TO_OPENAI.body("[long] hold the line", true);
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        // A fresh client per stream so each holds its own connection.
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap();
+        let mut resp = client
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(&gw.key.token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.chunk().await.unwrap();
+        held.push((client, resp));
+    }
+    let start = Instant::now();
+    let r = reqwest::Client::new()
+        .get(gw.url("/healthz"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await;
+    match r {
+        Ok(r) => assert_eq!(r.status(), 503, "excess connection is refused with 503"),
+        Err(e) => panic!("expected an immediate 503, got a transport error: {e}"),
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "immediately, not after a queue"
+    );
+    drop(held);
+    // Slots free up once the streams end.
+    let mut ok = false;
+    for _ in 0..40 {
+        let r = reqwest::Client::new().get(gw.url("/healthz")).send().await;
+        if r.is_ok_and(|r| r.status() == 200) {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ok, "connections are accepted again after the streams ended");
+}
+
+/// Raw request over TCP; returns whatever the server sent before closing (or the timeout).
+async fn raw_exchange(gw: &TestGateway, bytes: &[u8], wait: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut sock = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    sock.write_all(bytes).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(wait, sock.read_to_end(&mut buf)).await;
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_request_heads_and_bodies_are_cut_off() {
+    let gw = TestGateway::spawn_with(GatewayOptions {
+        extra_args: vec![
+            "--header-timeout".into(),
+            "1s".into(),
+            "--body-timeout".into(),
+            "1s".into(),
+        ],
+        ..GatewayOptions::default()
+    })
+    .await
+    .unwrap();
+    // Slow-loris: half a request head, then silence.
+    let start = Instant::now();
+    let got = raw_exchange(
+        &gw,
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "an incomplete head is dropped after the header timeout (took {:?}, got {got:?})",
+        start.elapsed()
+    );
+    // A body that never finishes: 408 in the inbound shape.
+    let head = format!(
+        "POST /v1/messages HTTP/1.1\r\nHost: x\r\nx-api-key: {}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"model\":",
+        gw.key.token
+    );
+    let start = Instant::now();
+    let got = raw_exchange(&gw, head.as_bytes(), Duration::from_secs(5)).await;
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert!(got.starts_with("HTTP/1.1 408"), "{got:?}");
+    let body = got.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    assert_eq!(v["type"], "error", "an Anthropic envelope: {got:?}");
+    let r = gw
+        .post(Shape::OpenAi, &Combo::OPENAI_TO_OPENAI.body("alive", false))
+        .await;
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_headers_get_clean_errors() {
+    let gw = gateway().await;
+    let body = serde_json::to_vec(&Combo::OPENAI_TO_OPENAI.body("x", false)).unwrap();
+    // A non-UTF-8 bearer token.
+    let mut req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\nAuthorization: Bearer ",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(b"\xff\xfe\xfd\r\n\r\n");
+    req.extend_from_slice(&body);
+    let got = raw_exchange(&gw, &req, Duration::from_secs(5)).await;
+    assert!(
+        got.starts_with("HTTP/1.1 401") || got.starts_with("HTTP/1.1 400"),
+        "{got:?}"
+    );
+    assert!(got.contains("{\"error\""), "a JSON envelope: {got:?}");
+    // An `Authorization` header without a scheme.
+    let r = gw
+        .client()
+        .post(gw.url("/v1/chat/completions"))
+        .header("authorization", &gw.key.token)
+        .json(&Combo::OPENAI_TO_OPENAI.body("x", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // A lower-case scheme is fine.
+    let r = gw
+        .client()
+        .post(gw.url("/v1/chat/completions"))
+        .header("authorization", format!("bearer {}", gw.key.token))
+        .json(&Combo::OPENAI_TO_OPENAI.body("x", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // An enormous header.
+    let r = gw
+        .client()
+        .get(gw.url("/healthz"))
+        .header("x-junk", "a".repeat(64 * 1024))
+        .send()
+        .await;
+    if let Ok(r) = r {
+        assert!(
+            r.status().is_client_error() || r.status().is_success(),
+            "{}",
+            r.status()
+        );
+    }
+    let r = gw
+        .post(Shape::OpenAi, &Combo::OPENAI_TO_OPENAI.body("alive", false))
+        .await;
+    assert_eq!(r.status, 200, "still serving");
 }

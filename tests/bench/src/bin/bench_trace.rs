@@ -8,6 +8,9 @@
 //!   `turn.completed`), built before the clock starts. The producer never lets the queue
 //!   overflow (it waits while the queue is nearly full), so the rate is what the writer
 //!   sustains, not what it drops. Prints one JSON line (`{"kind":"trace",…}`).
+//! - `bench-trace ablation [--dir D]`: the raw insert loop again, with smaller transactions
+//!   and with the JSON or all secondary indexes dropped, to show where the writer's time
+//!   goes (CPU µs per event from `/proc/self/stat`). Prints one JSON line per variant.
 //! - `bench-trace stall --db PATH --seconds S`: holds SQLite's write lock on a running
 //!   gateway's trace database for S seconds (re-taking it after each short release), so the
 //!   gateway's writer cannot commit and its queue fills: the load generator then measures
@@ -27,6 +30,9 @@ use gw_storage_sqlite::{SqliteTraceStore, WriterOptions};
 use rusqlite::{Connection, params};
 use serde_json::json;
 
+/// Microseconds per `/proc/PID/stat` clock tick (`CLK_TCK` is 100 on Linux x86-64).
+const TICK_US: f64 = 10_000.0;
+
 #[derive(Debug, Parser)]
 #[command(name = "bench-trace", about = "Trace-writer benchmarks")]
 struct Cli {
@@ -41,6 +47,12 @@ enum Command {
         /// Events per measurement (a multiple of 4: one request's worth each).
         #[arg(long, default_value_t = 200_000)]
         events: usize,
+        /// Directory for the scratch databases (default: a fresh temp dir).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Raw inserts by transaction size and index set.
+    Ablation {
         /// Directory for the scratch databases (default: a fresh temp dir).
         #[arg(long)]
         dir: Option<PathBuf>,
@@ -195,11 +207,25 @@ fn gateway_writer(path: &Path, events: Vec<Event>) -> anyhow::Result<serde_json:
 /// The same events inserted by a plain loop: one prepared statement, `max_batch` rows per
 /// `BEGIN IMMEDIATE` transaction, same PRAGMAs as the gateway's writer connection.
 fn raw_rusqlite(path: &Path, events: &[Event], batch: usize) -> anyhow::Result<serde_json::Value> {
+    raw_rusqlite_with(path, events, batch, &[])
+}
+
+/// [`raw_rusqlite`] after dropping the named indexes.
+fn raw_rusqlite_with(
+    path: &Path,
+    events: &[Event],
+    batch: usize,
+    drop_indexes: &[&str],
+) -> anyhow::Result<serde_json::Value> {
     // Create the file with the gateway's exact schema and indexes, then close the store.
     SqliteTraceStore::open(path, WriterOptions::default())
         .context("create the schema")?
         .close();
     let mut conn = Connection::open(path)?;
+    for name in drop_indexes {
+        conn.execute_batch(&format!("DROP INDEX IF EXISTS {name}"))?;
+    }
+    let cpu0 = gw_bench::procfs::cpu_ticks(std::process::id()).unwrap_or(0);
     let _mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     let _pages: i64 = conn.query_row("PRAGMA wal_autocheckpoint=8192", [], |r| r.get(0))?;
@@ -230,13 +256,64 @@ fn raw_rusqlite(path: &Path, events: &[Event], batch: usize) -> anyhow::Result<s
         tx.commit()?;
     }
     let secs = started.elapsed().as_secs_f64();
+    let cpu = gw_bench::procfs::cpu_ticks(std::process::id())
+        .unwrap_or(0)
+        .saturating_sub(cpu0);
     Ok(json!({
         "events": events.len(),
         "seconds": secs,
         "events_per_s": written as f64 / secs,
+        "cpu_us_per_event": cpu as f64 * TICK_US / written.max(1) as f64,
         "written": written,
         "lost": 0,
     }))
+}
+
+fn remove_db(p: &Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", p.display()));
+    }
+}
+
+fn ablation(dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let tmp;
+    let dir = match dir {
+        Some(d) => {
+            std::fs::create_dir_all(&d)?;
+            d
+        }
+        None => {
+            tmp = tempfile::tempdir()?;
+            tmp.path().to_path_buf()
+        }
+    };
+    let json_indexes = [
+        "idx_events_gateway_key_id",
+        "idx_events_user_id",
+        "idx_events_team_id",
+        "idx_events_eval_subject_kind",
+    ];
+    let all_indexes = gw_storage_sqlite::EVENT_INDEX_NAMES;
+    let variants: [(&str, &[&str]); 3] = [
+        ("gateway schema (10 indexes)", &[]),
+        ("without the 4 json_extract indexes", &json_indexes),
+        ("without any secondary index", &all_indexes),
+    ];
+    let db = dir.join("trace-bench-ablation.db");
+    for (schema, drops) in variants {
+        for batch in [1024_usize, 64, 4] {
+            let requests = if batch >= 64 { 25_000 } else { 5_000 };
+            let events = request_events(requests);
+            remove_db(&db);
+            let r = raw_rusqlite_with(&db, &events, batch, drops)?;
+            println!(
+                "{}",
+                json!({"kind": "trace_ablation", "schema": schema, "rows_per_tx": batch, "result": r})
+            );
+        }
+    }
+    remove_db(&db);
+    Ok(())
 }
 
 fn writer(events: usize, dir: Option<PathBuf>) -> anyhow::Result<()> {
@@ -320,6 +397,7 @@ fn stall(db: &Path, seconds: f64, hold_ms: u64) -> anyhow::Result<()> {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Writer { events, dir } => writer(events, dir),
+        Command::Ablation { dir } => ablation(dir),
         Command::Stall {
             db,
             seconds,
