@@ -127,6 +127,10 @@ pub enum GatewayError {
         message: String,
         retry_after_secs: Option<u64>,
     },
+    /// The client took too long to send its request body.
+    RequestTimeout {
+        seconds: u64,
+    },
     /// A spend cap of the key is reached.
     QuotaExceeded {
         /// `key_daily` or `key_monthly`.
@@ -186,6 +190,7 @@ impl GatewayError {
                 ErrorClass::Other => 500,
             },
             GatewayError::RateLimited { .. } | GatewayError::QuotaExceeded { .. } => 429,
+            GatewayError::RequestTimeout { .. } => 408,
             GatewayError::PayloadTooLarge { .. } => 413,
             GatewayError::NotFound { .. } => 404,
             GatewayError::MethodNotAllowed { .. } => 405,
@@ -219,6 +224,9 @@ impl GatewayError {
                 format!("gateway key {key_id} has been revoked")
             }
             GatewayError::Upstream { message, .. } => message.clone(),
+            GatewayError::RequestTimeout { seconds } => {
+                format!("the request body was not received within {seconds}s")
+            }
             GatewayError::QuotaExceeded {
                 scope,
                 limit_usd,
@@ -397,6 +405,11 @@ impl GatewayError {
                 }
                 ErrorClass::Cancelled | ErrorClass::Other => ("api_error", None, "api_error"),
             },
+            GatewayError::RequestTimeout { .. } => (
+                "invalid_request_error",
+                Some("request_timeout"),
+                "invalid_request_error",
+            ),
             GatewayError::RateLimited { .. } | GatewayError::QuotaExceeded { .. } => (
                 "rate_limit_error",
                 Some("rate_limit_exceeded"),

@@ -29,6 +29,8 @@ pub struct HttpOptions {
     /// An SSE comment is sent when a stream has been silent this long, so idle-timeout
     /// proxies between the client and the gateway keep the connection open.
     pub sse_keepalive: Duration,
+    /// Reading a request body may take at most this long (slow senders get 408).
+    pub body_timeout: Duration,
 }
 
 impl Default for HttpOptions {
@@ -37,6 +39,7 @@ impl Default for HttpOptions {
             max_body_bytes: 10 * 1024 * 1024,
             public_url: "http://127.0.0.1:8422".to_owned(),
             sse_keepalive: Duration::from_secs(15),
+            body_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -137,12 +140,19 @@ impl Api {
         if declared.is_some_and(|n| n > limit as u64) {
             return RawReply(error_response(&too_large, shape));
         }
-        let bytes = match body.into_bytes_limit(limit).await {
-            Ok(b) => b,
-            Err(ReadBodyError::PayloadTooLarge) => {
+        let read = tokio::time::timeout(self.opts.body_timeout, body.into_bytes_limit(limit)).await;
+        let bytes = match read {
+            Err(_) => {
+                let err = GatewayError::RequestTimeout {
+                    seconds: self.opts.body_timeout.as_secs(),
+                };
+                return RawReply(error_response(&err, shape));
+            }
+            Ok(Ok(b)) => b,
+            Ok(Err(ReadBodyError::PayloadTooLarge)) => {
                 return RawReply(error_response(&too_large, shape));
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 let err = gw_domain::error::invalid(format!("could not read request body: {e}"));
                 return RawReply(error_response(&err, shape));
             }

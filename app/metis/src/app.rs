@@ -277,10 +277,19 @@ impl App {
         let tcp = listener::bind(&args.host, args.port, args.reuse_port)?;
         let addr = tcp.local_addr().context("cannot read the bound address")?;
         let tcp = TcpAcceptor::from_tokio(tcp).context("cannot use the listener")?;
-        let acceptor = listener::stack(tcp, tls, args.max_connections as usize);
+        let acceptor = listener::stack(
+            tcp,
+            tls,
+            args.max_connections as usize,
+            listener::Timeouts {
+                header: args.header_timeout,
+                idle: args.idle_timeout,
+            },
+        );
         let http_opts = HttpOptions {
             max_body_bytes: args.max_body_bytes,
             public_url: format!("{scheme}://{addr}"),
+            body_timeout: args.body_timeout,
             ..HttpOptions::default()
         };
         Ok(App {

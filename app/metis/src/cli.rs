@@ -178,6 +178,16 @@ pub struct ServeArgs {
     /// Concurrent connections beyond this get an immediate 503 and are closed.
     #[arg(long, env = "METIS_GATEWAY_MAX_CONNECTIONS", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
+    /// A new connection must send a complete request head within this time (slow-loris guard).
+    #[arg(long, env = "METIS_GATEWAY_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+    /// After a response, a kept-alive connection idle this long is closed (streams stay open:
+    /// every frame and keep-alive comment counts as activity).
+    #[arg(long, env = "METIS_GATEWAY_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    /// Reading a request body may take at most this long (408 otherwise).
+    #[arg(long, env = "METIS_GATEWAY_BODY_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub body_timeout: Duration,
     /// Set SO_REUSEPORT so a new gateway process can bind the port while this one drains.
     #[arg(long, env = "METIS_GATEWAY_REUSE_PORT")]
     pub reuse_port: bool,

@@ -7,7 +7,7 @@ use anyhow::Context;
 use gw_keystore_file::FileKeyStore;
 use gw_ports::keys::KeyStore;
 use gw_ports::trace::EventSink;
-use gw_storage_sqlite::{SqliteTraceStore, WriterOptions};
+use gw_storage_sqlite::{SqliteKeyStore, SqliteTraceStore, WriterOptions};
 use gw_usecases::key_admin::{IssueRequest, IssuedKey, KeyView, Revoked, Rotated};
 use gw_usecases::{AdminError, KeyAdmin};
 use serde_json::json;
@@ -21,10 +21,10 @@ pub const STORE_KEYSTORE: &str = "store";
 /// Open the keystore named by `paths` (`store` = the trace DB's `gateway_keys` table).
 ///
 /// # Errors
-/// When the main store cannot be opened.
+/// None today (stores open lazily); kept fallible for stores that validate eagerly.
 pub fn open_keystore(paths: &Paths) -> anyhow::Result<Arc<dyn KeyStore>> {
     if paths.keystore.as_os_str() == STORE_KEYSTORE {
-        anyhow::bail!("--keystore store is not available in this build yet");
+        return Ok(Arc::new(SqliteKeyStore::new(&paths.db)));
     }
     Ok(Arc::new(FileKeyStore::new(&paths.keystore)))
 }

@@ -14,6 +14,7 @@ use poem::listener::{Acceptor, AcceptorExt, RustlsCertificate, RustlsConfig};
 use poem::web::{LocalAddr, RemoteAddr};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use std::future::Future;
 use std::io::Result as IoResult;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -130,12 +131,14 @@ pub struct ConnLimit<A> {
     inner: A,
     permits: Arc<Semaphore>,
     rejecting: Arc<Semaphore>,
+    timeouts: Timeouts,
 }
 
 impl<A> ConnLimit<A> {
-    pub fn new(inner: A, max_connections: usize) -> Self {
+    pub fn new(inner: A, max_connections: usize, timeouts: Timeouts) -> Self {
         ConnLimit {
             inner,
+            timeouts,
             permits: Arc::new(Semaphore::new(max_connections.max(1))),
             // At most this many rejections are in progress; beyond it the socket is just
             // closed, so a connection flood cannot grow tasks without bound.
@@ -177,10 +180,7 @@ where
             match Arc::clone(&self.permits).try_acquire_owned() {
                 Ok(permit) => {
                     return Ok((
-                        PermitIo {
-                            io,
-                            _permit: permit,
-                        },
+                        PermitIo::new(io, permit, self.timeouts),
                         local,
                         remote,
                         scheme,
@@ -197,10 +197,123 @@ where
     }
 }
 
-/// A connection holding one slot of the cap until it closes.
+/// Per-connection timeouts against slow clients (slow-loris): once accepted, a connection must
+/// deliver a complete request head (`\r\n\r\n`) within the header timeout; after the gateway
+/// has written a response, the connection is closed if neither side moves a byte for the idle
+/// timeout (streams keep it alive: every frame and keep-alive comment resets it). While a
+/// request is being handled and nothing was written yet (a slow upstream), no timer runs.
+/// HTTP/2 connections (preface `PRI * HTTP/2.0`) manage themselves and are not timed here.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub header: Duration,
+    pub idle: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Reading a request head; the deadline is running.
+    Head,
+    /// Head complete, nothing written since.
+    Busy,
+    /// Response bytes written; the idle deadline restarts on every byte.
+    Written,
+    /// HTTP/2 or otherwise exempt.
+    Off,
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
+
+/// A connection holding one slot of the cap until it closes, with slow-client timeouts.
 pub struct PermitIo<T> {
     io: T,
     _permit: OwnedSemaphorePermit,
+    timeouts: Timeouts,
+    phase: Phase,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    /// Last bytes of the head seen so far (to find `\r\n\r\n` across reads).
+    tail: [u8; 3],
+    first_read: bool,
+    /// The reader's waker from its last pending read: arming a deadline from the write side
+    /// must wake the reader so it polls (and registers) the new deadline.
+    read_waker: Option<std::task::Waker>,
+}
+
+impl<T> PermitIo<T> {
+    fn new(io: T, permit: OwnedSemaphorePermit, timeouts: Timeouts) -> Self {
+        PermitIo {
+            io,
+            _permit: permit,
+            timeouts,
+            phase: Phase::Head,
+            deadline: Box::pin(tokio::time::sleep(timeouts.header)),
+            tail: [0; 3],
+            first_read: true,
+            read_waker: None,
+        }
+    }
+
+    fn arm(&mut self, after: Duration) {
+        self.deadline
+            .as_mut()
+            .reset(tokio::time::Instant::now() + after);
+    }
+
+    fn on_read(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() || self.phase == Phase::Off {
+            return;
+        }
+        if self.first_read {
+            self.first_read = false;
+            if bytes.starts_with(H2_PREFACE) {
+                self.phase = Phase::Off;
+                return;
+            }
+        }
+        if self.phase == Phase::Written {
+            // The next request on a kept-alive connection begins.
+            self.phase = Phase::Head;
+            self.tail = [0; 3];
+            self.arm(self.timeouts.header);
+        }
+        if self.phase != Phase::Head {
+            return;
+        }
+        let mut window = self.tail.to_vec();
+        window.extend_from_slice(bytes);
+        if window.windows(4).any(|w| w == b"\r\n\r\n") {
+            self.phase = Phase::Busy;
+        }
+        let n = window.len();
+        for (k, slot) in self.tail.iter_mut().enumerate() {
+            *slot = window.get(n.saturating_sub(3) + k).copied().unwrap_or(0);
+        }
+    }
+
+    fn on_write(&mut self, n: usize) {
+        if n > 0 && matches!(self.phase, Phase::Busy | Phase::Written) {
+            let newly_armed = self.phase == Phase::Busy;
+            self.phase = Phase::Written;
+            self.arm(self.timeouts.idle);
+            if newly_armed && let Some(w) = self.read_waker.take() {
+                w.wake();
+            }
+        }
+    }
+
+    /// Whether a running deadline has passed (registers the waker otherwise).
+    fn expired(&mut self, cx: &mut TaskContext<'_>) -> bool {
+        matches!(self.phase, Phase::Head | Phase::Written)
+            && self.deadline.as_mut().poll(cx).is_ready()
+    }
+}
+
+fn timed_out(phase: Phase) -> std::io::Error {
+    let what = if phase == Phase::Head {
+        "request head not received within the header timeout"
+    } else {
+        "connection idle beyond the idle timeout"
+    };
+    std::io::Error::new(std::io::ErrorKind::TimedOut, what)
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for PermitIo<T> {
@@ -209,7 +322,23 @@ impl<T: AsyncRead + Unpin> AsyncRead for PermitIo<T> {
         cx: &mut TaskContext<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<IoResult<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        let before = buf.filled().len();
+        match Pin::new(&mut self.io).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let this = &mut *self;
+                this.on_read(buf.filled().get(before..).unwrap_or_default());
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                if self.expired(cx) {
+                    let phase = self.phase;
+                    return Poll::Ready(Err(timed_out(phase)));
+                }
+                self.read_waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
     }
 }
 
@@ -219,7 +348,20 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for PermitIo<T> {
         cx: &mut TaskContext<'_>,
         buf: &[u8],
     ) -> Poll<IoResult<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        match Pin::new(&mut self.io).poll_write(cx, buf) {
+            Poll::Ready(Ok(n)) => {
+                self.on_write(n);
+                Poll::Ready(Ok(n))
+            }
+            Poll::Pending => {
+                if self.expired(cx) {
+                    let phase = self.phase;
+                    return Poll::Ready(Err(timed_out(phase)));
+                }
+                Poll::Pending
+            }
+            other => other,
+        }
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<IoResult<()>> {
@@ -235,7 +377,13 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for PermitIo<T> {
         cx: &mut TaskContext<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<IoResult<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        match Pin::new(&mut self.io).poll_write_vectored(cx, bufs) {
+            Poll::Ready(Ok(n)) => {
+                self.on_write(n);
+                Poll::Ready(Ok(n))
+            }
+            other => other,
+        }
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -250,12 +398,85 @@ pub fn stack(
     tcp: poem::listener::TcpAcceptor,
     tls: Option<RustlsConfig>,
     max_connections: usize,
+    timeouts: Timeouts,
 ) -> poem::listener::BoxAcceptor {
     match tls {
         Some(cfg) => {
             let tls = tcp.rustls(futures_util::stream::iter([cfg]));
-            ConnLimit::new(tls, max_connections).boxed()
+            ConnLimit::new(tls, max_connections, timeouts).boxed()
         }
-        None => ConnLimit::new(tcp, max_connections).boxed(),
+        None => ConnLimit::new(tcp, max_connections, timeouts).boxed(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn guarded(
+        io: tokio::io::DuplexStream,
+        header_ms: u64,
+        idle_ms: u64,
+    ) -> PermitIo<tokio::io::DuplexStream> {
+        let sem = Arc::new(Semaphore::new(1));
+        let permit = sem.try_acquire_owned().unwrap();
+        PermitIo::new(
+            io,
+            permit,
+            Timeouts {
+                header: Duration::from_millis(header_ms),
+                idle: Duration::from_millis(idle_ms),
+            },
+        )
+    }
+
+    #[tokio::test]
+    async fn an_incomplete_head_times_out() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut g = guarded(server, 100, 100);
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 64];
+        let n = g.read(&mut buf).await.unwrap();
+        assert!(n > 0);
+        let err = g.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+    }
+
+    #[tokio::test]
+    async fn a_slow_upstream_is_not_cut_but_an_idle_keepalive_is() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut g = guarded(server, 100, 100);
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 64];
+        assert!(g.read(&mut buf).await.unwrap() > 0);
+        // Handling takes longer than both timeouts: no timer runs while nothing is written.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        g.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        let started = std::time::Instant::now();
+        let err = g.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        assert!(started.elapsed() >= Duration::from_millis(90));
+    }
+
+    #[tokio::test]
+    async fn http2_connections_are_exempt() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut g = guarded(server, 50, 50);
+        client
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 64];
+        assert!(g.read(&mut buf).await.unwrap() > 0);
+        let r = tokio::time::timeout(Duration::from_millis(200), g.read(&mut buf)).await;
+        assert!(r.is_err(), "no guard timeout on h2");
     }
 }
