@@ -77,4 +77,10 @@ pub trait GatewayService: Send + Sync {
 
     /// Enter drain mode: readiness turns false at once.
     fn begin_drain(&self);
+
+    /// `/metrics`: every series in the Prometheus text format.
+    fn metrics_text(&self) -> String;
+
+    /// Record one finished HTTP request (the HTTP adapter calls this for every response).
+    fn record_http(&self, route: &str, method: &str, status: u16, shape: &str, seconds: f64);
 }

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod gateway;
 pub mod keys;
+pub mod metrics;
 pub mod system;
 pub mod trace;
 pub mod upstream;

@@ -49,6 +49,10 @@ pub trait EventSink: Send + Sync {
 
     /// Whether the store accepts writes (for `/readyz`).
     fn is_writable(&self) -> bool;
+
+    /// Bytes of not-yet-checkpointed log (SQLite `-wal`), for `/metrics`; 0 for engines
+    /// without one.
+    fn wal_bytes(&self) -> u64;
 }
 
 /// One stored event row as read back.

@@ -13,7 +13,7 @@ use gw_ports::gateway::{GatewayService, InboundMeta, Reply};
 use poem::error::{MethodNotAllowedError, NotFoundError, ReadBodyError};
 use poem::http::{StatusCode, header};
 use poem::{Body, Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
-use poem_openapi::payload::Json;
+use poem_openapi::payload::{Json, PlainText};
 use poem_openapi::{Object, OpenApi, OpenApiService};
 use serde_json::json;
 use std::sync::Arc;
@@ -234,6 +234,12 @@ impl Api {
         }
     }
 
+    /// Prometheus metrics (text exposition format). No secrets or tokens appear in labels.
+    #[oai(path = "/metrics", method = "get", operation_id = "metrics")]
+    async fn metrics(&self) -> PlainText<String> {
+        PlainText(self.svc.metrics_text())
+    }
+
     /// Liveness: 200 while the process serves.
     #[oai(path = "/healthz", method = "get", operation_id = "healthz")]
     async fn healthz(&self) -> Json<Health> {
@@ -328,47 +334,198 @@ pub fn routes(
         Some((a, t)) => (a, Some(AdminToken(Arc::new(t)))),
         None => (Arc::new(NoService), None),
     };
+    let recorder = Arc::clone(&svc);
     let api = service(svc, admin_svc, opts);
-    let spec = api.spec_endpoint();
     let docs = api.swagger_ui();
+    let document = openapi_json();
+    let spec = poem::endpoint::make_sync(move |_| {
+        Response::builder()
+            .content_type("application/json; charset=utf-8")
+            .body(document.clone())
+    });
     Route::new()
         .nest("/", api)
         .at("/openapi.json", spec)
         .nest("/docs", docs)
         .around(move |ep, mut req| {
             let token = token.clone();
+            let recorder = Arc::clone(&recorder);
             async move {
+                let started = Instant::now();
                 let path = req.uri().path().to_owned();
                 let method = req.method().to_string();
-                if path.starts_with("/admin/") || path == "/admin" {
-                    match &token {
-                        Some(t) => {
+                let (route, shape) = route_template(&path);
+                let admin_path = path.starts_with("/admin/") || path == "/admin";
+                let resp = match (&token, admin_path) {
+                    (None, true) => error_response(&GatewayError::NotFound { path }, Shape::OpenAi),
+                    (token, _) => {
+                        if let (Some(t), true) = (token, admin_path) {
                             req.extensions_mut().insert(t.clone());
                         }
-                        None => {
-                            let err = GatewayError::NotFound { path };
-                            return Ok(error_response(&err, Shape::OpenAi));
+                        match ep.call(req).await {
+                            Ok(resp) => resp.into_response(),
+                            Err(err) if err.is_from_response() => err.into_response(),
+                            Err(err) => json_errors(&err, method.clone(), path),
                         }
                     }
-                }
-                match ep.call(req).await {
-                    Ok(resp) => Ok(resp.into_response()),
-                    Err(err) if err.is_from_response() => Ok(err.into_response()),
-                    Err(err) => Ok(json_errors(&err, method, path)),
-                }
+                };
+                recorder.record_http(
+                    route,
+                    &method,
+                    resp.status().as_u16(),
+                    shape,
+                    started.elapsed().as_secs_f64(),
+                );
+                Ok(resp)
             }
         })
+}
+
+/// The route template and inbound shape of a path, for metric labels (bounded cardinality:
+/// ids and unknown paths never become labels).
+fn route_template(path: &str) -> (&'static str, &'static str) {
+    match path {
+        "/v1/chat/completions" => ("/v1/chat/completions", "openai"),
+        "/v1/messages" => ("/v1/messages", "anthropic"),
+        "/v1/models" => ("/v1/models", "openai"),
+        "/healthz" => ("/healthz", "none"),
+        "/readyz" => ("/readyz", "none"),
+        "/metrics" => ("/metrics", "none"),
+        "/openapi.json" => ("/openapi.json", "none"),
+        "/admin/v1/keys" => ("/admin/v1/keys", "admin"),
+        "/admin/v1/usage" => ("/admin/v1/usage", "admin"),
+        "/admin/v1/audit" => ("/admin/v1/audit", "admin"),
+        p if p.starts_with("/admin/v1/keys/") && p.ends_with("/revoke") => {
+            ("/admin/v1/keys/{key_id}/revoke", "admin")
+        }
+        p if p.starts_with("/admin/v1/keys/") && p.ends_with("/rotate") => {
+            ("/admin/v1/keys/{key_id}/rotate", "admin")
+        }
+        p if p.starts_with("/admin/v1/keys/") => ("/admin/v1/keys/{key_id}", "admin"),
+        p if p.starts_with("/docs") => ("/docs", "none"),
+        _ => ("other", "none"),
+    }
 }
 
 /// The OpenAPI document (JSON) of the HTTP surface, admin API included.
 #[must_use]
 pub fn openapi_json() -> String {
-    service(
+    let spec = service(
         Arc::new(NoService),
         Arc::new(NoService),
         HttpOptions::default(),
     )
-    .spec()
+    .spec();
+    complete_document(&spec)
+}
+
+/// Add what poem-openapi cannot derive for raw provider endpoints: the gateway-key security
+/// schemes, the request body shape, and the per-shape error envelopes.
+fn complete_document(spec: &str) -> String {
+    let Ok(mut doc) = serde_json::from_str::<serde_json::Value>(spec) else {
+        return spec.to_owned();
+    };
+    let schemes = &mut doc["components"]["securitySchemes"];
+    schemes["GatewayBearer"] = json!({
+        "type": "http",
+        "scheme": "bearer",
+        "description": "Gateway key: `Authorization: Bearer gw_…`."
+    });
+    schemes["GatewayApiKey"] = json!({
+        "type": "apiKey",
+        "in": "header",
+        "name": "x-api-key",
+        "description": "Gateway key in `x-api-key` (Anthropic shape)."
+    });
+    let schemas = &mut doc["components"]["schemas"];
+    schemas["OpenAiError"] = json!({
+        "type": "object",
+        "description": "OpenAI-shape error envelope.",
+        "required": ["error"],
+        "properties": {"error": {"type": "object", "required": ["message", "type"], "properties": {
+            "message": {"type": "string"},
+            "type": {"type": "string"},
+            "code": {"type": "string", "nullable": true}
+        }}}
+    });
+    schemas["AnthropicError"] = json!({
+        "type": "object",
+        "description": "Anthropic-shape error envelope.",
+        "required": ["type", "error"],
+        "properties": {
+            "type": {"type": "string", "enum": ["error"]},
+            "error": {"type": "object", "required": ["type", "message"], "properties": {
+                "type": {"type": "string"},
+                "message": {"type": "string"}
+            }}
+        }
+    });
+    let body = |required: &[&str], doc: &str| {
+        json!({
+            "required": true,
+            "description": doc,
+            "content": {"application/json": {"schema": {
+                "type": "object",
+                "required": required,
+                "properties": {
+                    "model": {"type": "string", "description": "Alias, canonical id (`provider:name`) or model name."},
+                    "messages": {"type": "array", "items": {"type": "object"}},
+                    "stream": {"type": "boolean"}
+                },
+                "additionalProperties": true
+            }}}
+        })
+    };
+    let ops: [(&str, &str, serde_json::Value, serde_json::Value, &str); 3] = [
+        (
+            "/v1/chat/completions",
+            "post",
+            json!([{"GatewayBearer": []}]),
+            body(
+                &["model", "messages"],
+                "An OpenAI Chat Completions request; unknown fields are forwarded to OpenAI-compatible upstreams.",
+            ),
+            "OpenAiError",
+        ),
+        (
+            "/v1/messages",
+            "post",
+            json!([{"GatewayApiKey": []}, {"GatewayBearer": []}]),
+            body(
+                &["model", "messages", "max_tokens"],
+                "An Anthropic Messages request; unknown fields are forwarded to Anthropic upstreams.",
+            ),
+            "AnthropicError",
+        ),
+        (
+            "/v1/models",
+            "get",
+            json!([{"GatewayBearer": []}, {"GatewayApiKey": []}]),
+            serde_json::Value::Null,
+            "OpenAiError",
+        ),
+    ];
+    for (path, method, security, request_body, error) in ops {
+        let op = &mut doc["paths"][path][method];
+        if !op.is_object() {
+            continue;
+        }
+        op["security"] = security;
+        if !request_body.is_null() {
+            op["requestBody"] = request_body;
+        }
+        if let Some(responses) = op["responses"].as_object_mut() {
+            for (status, r) in responses.iter_mut() {
+                if status.starts_with('2') {
+                    continue;
+                }
+                if let Some(media) = r.pointer_mut("/content/application~1json") {
+                    media["schema"] = json!({"$ref": format!("#/components/schemas/{error}")});
+                }
+            }
+        }
+    }
+    serde_json::to_string_pretty(&doc).unwrap_or_else(|_| spec.to_owned())
 }
 
 /// `/v1/models` body helper used by tests of this crate.
@@ -407,6 +564,10 @@ mod async_trait_free {
             Err("document-only service".to_owned())
         }
         fn begin_drain(&self) {}
+        fn metrics_text(&self) -> String {
+            String::new()
+        }
+        fn record_http(&self, _r: &str, _m: &str, _s: u16, _sh: &str, _t: f64) {}
     }
 
     fn unavailable() -> AdminFailure {

@@ -66,9 +66,15 @@ impl ApiResponse for RawReply {
                 ),
                 error(401, "Missing, invalid or revoked gateway key."),
                 error(403, "The key may not use the requested model."),
+                error(
+                    408,
+                    "The request body was not received within the body timeout.",
+                ),
                 error(413, "Request body above the configured limit."),
                 MetaResponse {
-                    description: "Upstream rate limit; `Retry-After` is forwarded.",
+                    description: "Gateway rate limit (per key or per IP), spend cap reached \
+                                  (`quota_exceeded`), or upstream rate limit; `Retry-After` tells \
+                                  when to retry.",
                     status: Some(429),
                     status_range: None,
                     content: vec![json_media()],

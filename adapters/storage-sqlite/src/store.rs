@@ -337,6 +337,12 @@ impl EventSink for SqliteTraceStore {
             && c.writer_alive.load(Ordering::Acquire)
             && c.last_batch_ok.load(Ordering::Acquire)
     }
+
+    fn wal_bytes(&self) -> u64 {
+        let mut wal = self.inner.path.as_os_str().to_owned();
+        wal.push("-wal");
+        std::fs::metadata(wal).map_or(0, |m| m.len())
+    }
 }
 
 impl SqliteTraceStore {

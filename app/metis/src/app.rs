@@ -260,6 +260,7 @@ impl App {
             clock,
             ids,
             ledger,
+            metrics: Arc::new(gw_telemetry::Prometheus::default()),
             limiter: Arc::new(Limiter::new(RateLimitConfig {
                 enabled: args.rate_limit,
                 per_key_rpm: args.rate_limit_per_key_rpm,

@@ -3,7 +3,7 @@
 
 use crate::keys::KeyRing;
 use crate::limits::Limiter;
-use crate::recorder::CallRecorder;
+use crate::recorder::{CallRecorder, InflightGuard};
 use crate::spend::{Caps, SpendLedger};
 use crate::stream::{StreamState, client_stream};
 use crate::wire::{self, Passthrough, StreamParser, StreamRenderer, shape_of};
@@ -20,6 +20,7 @@ use gw_domain::models::Catalog;
 use gw_domain::pricing::PriceTable;
 use gw_domain::sse::SseParser;
 use gw_ports::gateway::{Admission, GatewayService, InboundMeta, Reply};
+use gw_ports::metrics::{Metrics, ScrapeGauges};
 use gw_ports::system::{Clock, IdSource};
 use gw_ports::trace::EventSink;
 use gw_ports::upstream::{Provider, UpstreamBody, UpstreamError, UpstreamRequest};
@@ -40,6 +41,7 @@ pub struct GatewayCore {
     ids: Arc<dyn IdSource>,
     limiter: Arc<Limiter>,
     ledger: Arc<SpendLedger>,
+    metrics: Arc<dyn Metrics>,
     auth_sampler: AuthFailSampler,
     quota_sampler: Mutex<std::collections::HashMap<String, (i64, u64)>>,
     draining: AtomicBool,
@@ -57,6 +59,7 @@ pub struct CoreParts {
     pub ids: Arc<dyn IdSource>,
     pub limiter: Arc<Limiter>,
     pub ledger: Arc<SpendLedger>,
+    pub metrics: Arc<dyn Metrics>,
 }
 
 impl GatewayCore {
@@ -76,6 +79,7 @@ impl GatewayCore {
             ids: parts.ids,
             limiter: parts.limiter,
             ledger: parts.ledger,
+            metrics: parts.metrics,
             auth_sampler: AuthFailSampler::default(),
             quota_sampler: Mutex::new(std::collections::HashMap::new()),
             draining: AtomicBool::new(false),
@@ -119,6 +123,7 @@ impl GatewayCore {
         token: Option<&str>,
         key: Option<&str>,
     ) {
+        self.metrics.auth_failure(reason);
         let (emit_this, summary) = self.auth_sampler.admit(self.clock.now_us());
         if let Some(suppressed) = summary {
             self.auth_failed_summary(shape, suppressed);
@@ -386,7 +391,28 @@ impl GatewayService for GatewayCore {
         let index = self.keys.snapshot();
         // Step 1 (before auth): rate limits. A key's own rpm overrides the default.
         let key_rpm = hash.as_ref().and_then(|h| index.get(h)).and_then(|k| k.rpm);
-        if let Err(denied) = self.limiter.check(hash.as_deref(), key_rpm, ip) {
+        let decision = self.limiter.check(hash.as_deref(), key_rpm, ip);
+        if self.limiter.config.enabled {
+            let key_checked = hash.is_some();
+            let ip_checked = ip.is_some();
+            match &decision {
+                Ok(()) => {
+                    if key_checked {
+                        self.metrics.rate_limit("per_key", true);
+                    }
+                    if ip_checked {
+                        self.metrics.rate_limit("per_ip", true);
+                    }
+                }
+                Err(d) => {
+                    if d.scope == "per_ip" && key_checked {
+                        self.metrics.rate_limit("per_key", true);
+                    }
+                    self.metrics.rate_limit(d.scope, false);
+                }
+            }
+        }
+        if let Err(denied) = decision {
             self.rate_limited(denied, shape, meta.token.as_deref(), ip);
             return Err(GatewayError::RateLimited {
                 scope: denied.scope,
@@ -417,6 +443,17 @@ impl GatewayService for GatewayCore {
         }
         // Step 3: spend caps, before the body is read.
         let caps = Caps::of(key);
+        if !caps.is_empty() {
+            let (day, month, _) = self.ledger.snapshot(key.account(), now);
+            for (scope, cap, spent) in [
+                ("key_daily", caps.daily_usd, day),
+                ("key_monthly", caps.monthly_usd, month),
+            ] {
+                if let Some(cap) = cap {
+                    self.metrics.quota_ratio(&key.key_id, scope, spent / cap);
+                }
+            }
+        }
         match self.ledger.check(key.account(), caps, now) {
             Ok(alerts) => {
                 if !alerts.is_empty() {
@@ -561,6 +598,8 @@ impl GatewayService for GatewayCore {
             identity,
             price,
             reservation: Some(reservation),
+            metrics: Arc::clone(&self.metrics),
+            inflight: InflightGuard::new(Arc::clone(&self.metrics)),
             pricing_version: self.prices.version.clone(),
             started,
             usage: Default::default(),
@@ -635,6 +674,7 @@ impl GatewayService for GatewayCore {
                 Ok(Reply::Json(Bytes::from(out)))
             }
             UpstreamBody::Stream(upstream) => {
+                recorder.inflight.mark_stream();
                 let state = StreamState {
                     upstream,
                     sse: SseParser::default(),
@@ -689,6 +729,27 @@ impl GatewayService for GatewayCore {
             return Err("trace store is not writable".to_owned());
         }
         Ok(())
+    }
+
+    fn metrics_text(&self) -> String {
+        let stats = self.sink.stats();
+        let now = self.clock.now_us();
+        let index = self.keys.snapshot();
+        let (active, revoked) = index.count_by_state(now);
+        self.metrics.render(&ScrapeGauges {
+            trace_queue_depth: stats.queued,
+            trace_events_written: stats.written,
+            trace_events_overflowed: stats.overflowed,
+            trace_events_failed: stats.failed,
+            keys_active: active,
+            keys_revoked: revoked,
+            wal_bytes: self.sink.wal_bytes(),
+        })
+    }
+
+    fn record_http(&self, route: &str, method: &str, status: u16, shape: &str, seconds: f64) {
+        self.metrics
+            .http_request(route, method, status, shape, seconds);
     }
 
     fn begin_drain(&self) {

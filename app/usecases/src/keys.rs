@@ -26,6 +26,17 @@ impl KeyIndex {
         self.by_hash.get(hash)
     }
 
+    /// (active, revoked-or-lapsed) counts at `now`.
+    #[must_use]
+    pub fn count_by_state(&self, now: i64) -> (u64, u64) {
+        let active = self
+            .by_hash
+            .values()
+            .filter(|k| k.check_active(now).is_ok())
+            .count() as u64;
+        (active, self.by_hash.len() as u64 - active)
+    }
+
     #[must_use]
     pub fn len(&self) -> usize {
         self.by_hash.len()

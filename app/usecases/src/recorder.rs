@@ -12,6 +12,7 @@ use gw_domain::events::{
     CallIdentity, LlmCallCompleted, LlmCallFailed, Payload, TurnCompleted, make_event,
 };
 use gw_domain::pricing::Price;
+use gw_ports::metrics::Metrics;
 use gw_ports::system::{Clock, IdSource};
 use gw_ports::trace::EventSink;
 use std::sync::Arc;
@@ -31,6 +32,9 @@ pub(crate) struct CallRecorder {
     pub price: Option<Price>,
     /// The call's hold on its key's spend caps, settled with the actual cost.
     pub reservation: Option<Reservation>,
+    pub metrics: Arc<dyn Metrics>,
+    /// Counts the request as in flight until the recorder (or its stream) is dropped.
+    pub inflight: InflightGuard,
     pub pricing_version: String,
     pub started: Instant,
     /// Usage observed so far (streams update it as frames arrive).
@@ -85,6 +89,9 @@ impl CallRecorder {
 
     fn settle(&mut self) {
         let cost = self.cost();
+        if let Some(key) = &self.identity.gateway_key_id {
+            self.metrics.usage(key, &self.model, &self.usage, cost);
+        }
         let now = self.clock.now_us();
         if let Some(r) = self.reservation.as_mut() {
             r.settle(cost, now);
@@ -112,6 +119,12 @@ impl CallRecorder {
         }
         self.finished = true;
         self.settle();
+        self.metrics.upstream_call(
+            &self.provider,
+            &self.model,
+            "ok",
+            self.started.elapsed().as_secs_f64(),
+        );
         let stop = self
             .stop_reason
             .unwrap_or(StopReason::EndTurn)
@@ -144,6 +157,12 @@ impl CallRecorder {
         }
         self.finished = true;
         self.settle();
+        self.metrics.upstream_call(
+            &self.provider,
+            &self.model,
+            class.as_str(),
+            self.started.elapsed().as_secs_f64(),
+        );
         let failed = LlmCallFailed {
             model: self.model.clone(),
             provider: self.provider.clone(),
@@ -167,6 +186,39 @@ impl CallRecorder {
             "error"
         };
         self.turn_completed(stop, &id);
+    }
+}
+
+/// Counts one request (or stream) in flight for as long as it lives.
+pub(crate) struct InflightGuard {
+    metrics: Arc<dyn Metrics>,
+    stream: bool,
+}
+
+impl InflightGuard {
+    pub fn new(metrics: Arc<dyn Metrics>) -> Self {
+        metrics.inflight(1);
+        InflightGuard {
+            metrics,
+            stream: false,
+        }
+    }
+
+    /// The request became a client stream.
+    pub fn mark_stream(&mut self) {
+        if !self.stream {
+            self.stream = true;
+            self.metrics.streams(1);
+        }
+    }
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.metrics.inflight(-1);
+        if self.stream {
+            self.metrics.streams(-1);
+        }
     }
 }
 
