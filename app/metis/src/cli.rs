@@ -28,6 +28,20 @@ pub enum Command {
     /// Export the audit log (`metis audit export OUT`) or verify its hash chain
     /// (`metis audit verify`).
     Audit(crate::audit_cli::AuditCmd),
+    /// Exit 0 iff the gateway's health endpoint answers 200 within the timeout (container
+    /// HEALTHCHECKs in images without curl). `https` URLs skip certificate verification.
+    Healthcheck {
+        /// URL to probe (`http://` or `https://`).
+        #[arg(
+            long,
+            env = "METIS_GATEWAY_HEALTHCHECK_URL",
+            default_value = "http://127.0.0.1:8422/healthz"
+        )]
+        url: String,
+        /// Give up after this long (`500ms`, `3s`, …).
+        #[arg(long, env = "METIS_GATEWAY_HEALTHCHECK_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
 }
 
 #[derive(Debug, Args)]

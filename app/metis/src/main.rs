@@ -9,6 +9,8 @@ use metis_app::paths::Paths;
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
+mod healthcheck;
+
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -105,6 +107,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Gateway(cmd) => gateway(*cmd).await,
         Command::Audit(cmd) => return metis_app::audit_cli::run(cmd).await,
+        Command::Healthcheck { url, timeout } => healthcheck::run(&url, timeout),
         Command::Openapi { out } => {
             let doc = gw_http::openapi_json();
             match out {
