@@ -8,6 +8,8 @@
 pub mod admin;
 pub mod gateway;
 pub mod keys;
+pub mod patterns;
+pub mod sessions;
 pub mod metrics;
 pub mod system;
 pub mod trace;
