@@ -47,7 +47,10 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 fn trim(b: &[u8]) -> &[u8] {
-    let start = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
+    let start = b
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(b.len());
     let end = b
         .iter()
         .rposition(|c| !c.is_ascii_whitespace())
@@ -128,14 +131,23 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, ParseError> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// Reading the hex size (and any extension) up to CRLF.
-    Size { value: usize, digits: usize, in_ext: bool },
+    Size {
+        value: usize,
+        digits: usize,
+        in_ext: bool,
+    },
     /// Inside chunk data.
     Data(usize),
     /// The CRLF after chunk data (`seen_cr` once the CR arrived).
-    DataEnd { seen_cr: bool },
+    DataEnd {
+        seen_cr: bool,
+    },
     /// After the zero chunk: trailer lines until an empty one. `line_len` counts the bytes of
     /// the current line before its CR.
-    Trailer { line_len: usize, seen_cr: bool },
+    Trailer {
+        line_len: usize,
+        seen_cr: bool,
+    },
     Done,
 }
 
@@ -300,12 +312,21 @@ mod tests {
         );
         let r = b"HTTP/1.1 429 Too Many Requests\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n";
         let h = parse_head(r).ok().flatten();
-        assert_eq!(h.map(|h| (h.status, h.framing, h.close)), Some((429, Framing::Chunked, true)));
+        assert_eq!(
+            h.map(|h| (h.status, h.framing, h.close)),
+            Some((429, Framing::Chunked, true))
+        );
         let r = b"HTTP/1.0 200 OK\r\n\r\n";
         let h = parse_head(r).ok().flatten();
-        assert_eq!(h.map(|h| (h.framing, h.close)), Some((Framing::UntilClose, true)));
+        assert_eq!(
+            h.map(|h| (h.framing, h.close)),
+            Some((Framing::UntilClose, true))
+        );
         let r = b"HTTP/1.1 204 No Content\r\n\r\n";
-        assert_eq!(parse_head(r).ok().flatten().map(|h| h.framing), Some(Framing::Length(0)));
+        assert_eq!(
+            parse_head(r).ok().flatten().map(|h| h.framing),
+            Some(Framing::Length(0))
+        );
     }
 
     #[test]

@@ -183,13 +183,12 @@ pub fn wants_stream(body: &[u8]) -> bool {
     let mut rest = body;
     while let Some(at) = rest.windows(KEY.len()).position(|w| w == KEY) {
         rest = &rest[at + KEY.len()..];
-        if let Some(c) = rest
+        if rest
             .iter()
             .find(|c| !c.is_ascii_whitespace() && **c != b':')
+            .is_some_and(|c| *c == b't')
         {
-            if *c == b't' {
-                return true;
-            }
+            return true;
         }
     }
     false
@@ -237,7 +236,11 @@ mod tests {
         assert!(wants_stream(
             br#"{"stream_options":{"include_usage":true},"stream":true}"#
         ));
-        assert!(wants_usage(br#"{"stream_options": {"include_usage" : true}}"#));
-        assert!(!wants_usage(br#"{"stream_options":{"include_usage":false}}"#));
+        assert!(wants_usage(
+            br#"{"stream_options": {"include_usage" : true}}"#
+        ));
+        assert!(!wants_usage(
+            br#"{"stream_options":{"include_usage":false}}"#
+        ));
     }
 }

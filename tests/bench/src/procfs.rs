@@ -44,7 +44,11 @@ fn all_processes() -> BTreeMap<u32, (u32, u64)> {
         return out;
     };
     for entry in dir.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         if let Some(v) = fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -61,7 +65,11 @@ fn all_processes() -> BTreeMap<u32, (u32, u64)> {
 #[must_use]
 pub fn with_descendants(roots: &[u32]) -> BTreeSet<u32> {
     let procs = all_processes();
-    let mut set: BTreeSet<u32> = roots.iter().copied().filter(|p| procs.contains_key(p)).collect();
+    let mut set: BTreeSet<u32> = roots
+        .iter()
+        .copied()
+        .filter(|p| procs.contains_key(p))
+        .collect();
     loop {
         let before = set.len();
         for (pid, (ppid, _)) in &procs {

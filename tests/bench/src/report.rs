@@ -47,7 +47,10 @@ impl Load {
         match self {
             Load::Closed { concurrency } => format!("closed loop, concurrency {concurrency}"),
             Load::Open { rate, connections } => {
-                format!("open loop, {} req/s ({connections} connections)", rate.round())
+                format!(
+                    "open loop, {} req/s ({connections} connections)",
+                    rate.round()
+                )
             }
         }
     }
@@ -113,7 +116,12 @@ pub fn one_line(r: &RunRecord) -> String {
         us(r.latency.max_us)
     );
     if r.is_stream() {
-        let _ = write!(s, ", ttfb p50 {} p99 {}", us(r.ttfb.p50_us), us(r.ttfb.p99_us));
+        let _ = write!(
+            s,
+            ", ttfb p50 {} p99 {}",
+            us(r.ttfb.p50_us),
+            us(r.ttfb.p99_us)
+        );
     }
     if let Some(c) = r.cpu_target_us_per_req {
         let _ = write!(s, ", target CPU {c:.1} µs/req");
@@ -162,7 +170,7 @@ fn rps(v: f64) -> String {
         let s = n.to_string();
         let mut out = String::new();
         for (i, c) in s.chars().enumerate() {
-            if i > 0 && (s.len() - i) % 3 == 0 {
+            if i > 0 && (s.len() - i).is_multiple_of(3) {
                 out.push(',');
             }
             out.push(c);
@@ -289,14 +297,25 @@ pub fn checks(input: &Input) -> Vec<Check> {
         },
     );
     for (t, name, reference) in [
-        ("nginx", "nginx CPU per request (plain proxy, c32)", "≈ 30–45 µs (reference)"),
-        ("litellm", "LiteLLM CPU per request (c32)", "≈ 16 ms (reference)"),
+        (
+            "nginx",
+            "nginx CPU per request (plain proxy, c32)",
+            "≈ 30–45 µs (reference)",
+        ),
+        (
+            "litellm",
+            "LiteLLM CPU per request (c32)",
+            "≈ 16 ms (reference)",
+        ),
         ("portkey", "Portkey CPU per request (c32)", "(reference)"),
     ] {
         push(
             name,
             reference,
-            match input.find(t, "openai-sync", "c32").and_then(|r| r.cpu_target_us_per_req) {
+            match input
+                .find(t, "openai-sync", "c32")
+                .and_then(|r| r.cpu_target_us_per_req)
+            {
                 Some(c) => (us(c), "reference".into()),
                 None => not_measured(&format!("no {t} openai-sync c32 run")),
             },
@@ -313,7 +332,11 @@ pub fn checks(input: &Input) -> Vec<Check> {
         match (metis32, nginx32) {
             (Some(m), Some(n)) => match ratio(m.throughput_rps, n.throughput_rps) {
                 Some(x) => (
-                    format!("{x:.2}× ({} vs {} req/s)", rps(m.throughput_rps), rps(n.throughput_rps)),
+                    format!(
+                        "{x:.2}× ({} vs {} req/s)",
+                        rps(m.throughput_rps),
+                        rps(n.throughput_rps)
+                    ),
                     verdict(x >= 0.8),
                 ),
                 None => not_measured("nginx throughput was 0"),
@@ -343,8 +366,18 @@ pub fn checks(input: &Input) -> Vec<Check> {
         },
     );
     for (t, name, goal, min) in [
-        ("litellm", "metis throughput vs LiteLLM (c32)", "≥ 100×", 100.0),
-        ("portkey", "metis throughput vs Portkey (c32)", "≥ 10×", 10.0),
+        (
+            "litellm",
+            "metis throughput vs LiteLLM (c32)",
+            "≥ 100×",
+            100.0,
+        ),
+        (
+            "portkey",
+            "metis throughput vs Portkey (c32)",
+            "≥ 10×",
+            10.0,
+        ),
     ] {
         let peer = input.find(t, "openai-sync", "c32");
         push(
@@ -353,12 +386,18 @@ pub fn checks(input: &Input) -> Vec<Check> {
             match (metis32, peer) {
                 (Some(m), Some(p)) if p.ok > 0 => match ratio(m.throughput_rps, p.throughput_rps) {
                     Some(x) => (
-                        format!("{x:.0}× ({} vs {} req/s)", rps(m.throughput_rps), rps(p.throughput_rps)),
+                        format!(
+                            "{x:.0}× ({} vs {} req/s)",
+                            rps(m.throughput_rps),
+                            rps(p.throughput_rps)
+                        ),
                         verdict(x >= min),
                     ),
                     None => not_measured("peer throughput was 0"),
                 },
-                (Some(_), Some(_)) => not_measured(&format!("{t} answered no request successfully")),
+                (Some(_), Some(_)) => {
+                    not_measured(&format!("{t} answered no request successfully"))
+                }
                 _ => not_measured(&format!("{t} did not run (see notes)")),
             },
         );
@@ -413,7 +452,11 @@ pub fn checks(input: &Input) -> Vec<Check> {
         "< 100 MB",
         match streams.and_then(|r| r.target_rss_max_kb) {
             Some(k) => (
-                format!("{} peak ({} stream errors)", mb(k), streams.map_or(0, RunRecord::error_count)),
+                format!(
+                    "{} peak ({} stream errors)",
+                    mb(k),
+                    streams.map_or(0, RunRecord::error_count)
+                ),
                 verdict(k < 100 * 1024),
             ),
             None => not_measured("no 256-stream run"),
@@ -424,16 +467,31 @@ pub fn checks(input: &Input) -> Vec<Check> {
 
 /// Scenario descriptions, in report order.
 const SCENARIOS: [(&str, &str); 6] = [
-    ("openai-sync", "OpenAI Chat Completions, non-streaming (`gpt-5` → OpenAI-shaped upstream)"),
+    (
+        "openai-sync",
+        "OpenAI Chat Completions, non-streaming (`gpt-5` → OpenAI-shaped upstream)",
+    ),
     ("openai-stream", "OpenAI Chat Completions, `stream: true`"),
-    ("anthropic-sync", "Anthropic Messages, non-streaming (`haiku` → Anthropic-shaped upstream)"),
+    (
+        "anthropic-sync",
+        "Anthropic Messages, non-streaming (`haiku` → Anthropic-shaped upstream)",
+    ),
     ("anthropic-stream", "Anthropic Messages, `stream: true`"),
-    ("openai-to-anthropic-sync", "OpenAI-shaped request for `haiku` (translated to Anthropic Messages and back)"),
-    ("openai-stream-slow", "OpenAI streams held open by a paced mock (RSS with many concurrent streams)"),
+    (
+        "openai-to-anthropic-sync",
+        "OpenAI-shaped request for `haiku` (translated to Anthropic Messages and back)",
+    ),
+    (
+        "openai-stream-slow",
+        "OpenAI streams held open by a paced mock (RSS with many concurrent streams)",
+    ),
 ];
 
 fn scenario_order(s: &str) -> usize {
-    SCENARIOS.iter().position(|(n, _)| *n == s).unwrap_or(SCENARIOS.len())
+    SCENARIOS
+        .iter()
+        .position(|(n, _)| *n == s)
+        .unwrap_or(SCENARIOS.len())
 }
 
 fn runs_table(input: &Input, md: &mut String) {
@@ -457,7 +515,11 @@ fn runs_table(input: &Input, md: &mut String) {
             .iter()
             .find(|(n, _)| *n == scenario)
             .map_or(scenario.as_str(), |(_, d)| d);
-        let _ = writeln!(md, "### {scenario} — {}\n\n{desc}.\n", first.load.describe());
+        let _ = writeln!(
+            md,
+            "### {scenario} — {}\n\n{desc}.\n",
+            first.load.describe()
+        );
         let stream = first.is_stream();
         let _ = writeln!(
             md,
@@ -580,7 +642,11 @@ fn threads_table(input: &Input, md: &mut String) {
 pub fn render(text: &str) -> anyhow::Result<(String, String)> {
     let input = parse_lines(text)?;
     let checks = checks(&input);
-    let meta = input.facts_of("meta").last().cloned().unwrap_or(Value::Null);
+    let meta = input
+        .facts_of("meta")
+        .last()
+        .cloned()
+        .unwrap_or(Value::Null);
     let mut md = String::new();
     let _ = writeln!(md, "# Benchmark results\n");
     for (k, label) in [
@@ -602,9 +668,16 @@ pub fn render(text: &str) -> anyhow::Result<(String, String)> {
         let _ = writeln!(md, "- Versions: {}", list.join("; "));
     }
     let _ = writeln!(md, "\n## Targets\n");
-    let _ = writeln!(md, "| Target | Goal | Measured | Verdict |\n|---|---|---|---|");
+    let _ = writeln!(
+        md,
+        "| Target | Goal | Measured | Verdict |\n|---|---|---|---|"
+    );
     for c in &checks {
-        let _ = writeln!(md, "| {} | {} | {} | {} |", c.target, c.goal, c.measured, c.verdict);
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} |",
+            c.target, c.goal, c.measured, c.verdict
+        );
     }
     let _ = writeln!(
         md,
@@ -617,7 +690,10 @@ pub fn render(text: &str) -> anyhow::Result<(String, String)> {
 
     threads_table(&input, &mut md);
 
-    let _ = writeln!(md, "## Memory\n\n| Target | idle RSS | peak RSS under load (run) |\n|---|--:|--:|");
+    let _ = writeln!(
+        md,
+        "## Memory\n\n| Target | idle RSS | peak RSS under load (run) |\n|---|--:|--:|"
+    );
     let mut targets: Vec<&str> = input.runs.iter().map(|r| r.target.as_str()).collect();
     targets.sort_unstable();
     targets.dedup();
@@ -635,7 +711,12 @@ pub fn render(text: &str) -> anyhow::Result<(String, String)> {
             md,
             "| {t} | {} | {} |",
             dash(input.idle_rss_kb(t), mb),
-            dash(peak, |(k, r)| format!("{} ({} {})", mb(k), r.scenario, r.load.key())),
+            dash(peak, |(k, r)| format!(
+                "{} ({} {})",
+                mb(k),
+                r.scenario,
+                r.load.key()
+            )),
         );
     }
 
@@ -645,17 +726,54 @@ pub fn render(text: &str) -> anyhow::Result<(String, String)> {
             let g = |k: &str| v.and_then(|v| v.get(k)).and_then(Value::as_f64);
             format!(
                 "| {name} | {} | {} | {} | {} |",
-                dash(g("events"), |e| rps(e)),
+                dash(g("events"), rps),
                 dash(g("seconds"), |s| format!("{s:.2} s")),
                 dash(g("events_per_s"), rps),
                 dash(g("lost"), |l| format!("{l:.0}")),
             )
         };
-        let _ = writeln!(md, "| Writer | events | time | events/s | lost |\n|---|--:|--:|--:|--:|");
-        let _ = writeln!(md, "{}", row("gateway writer (`SqliteTraceStore`: emit → queue → batch commit)", t.get("gateway_writer")));
-        let _ = writeln!(md, "{}", row("raw rusqlite insert loop (same schema, same batch size)", t.get("raw_rusqlite")));
+        let _ = writeln!(
+            md,
+            "| Writer | events | time | events/s | lost |\n|---|--:|--:|--:|--:|"
+        );
+        let _ = writeln!(
+            md,
+            "{}",
+            row(
+                "gateway writer (`SqliteTraceStore`: emit → queue → batch commit)",
+                t.get("gateway_writer")
+            )
+        );
+        let _ = writeln!(
+            md,
+            "{}",
+            row(
+                "raw rusqlite insert loop (same schema, same batch size)",
+                t.get("raw_rusqlite")
+            )
+        );
         if let Some(n) = t.get("note").and_then(Value::as_str) {
             let _ = writeln!(md, "\n{n}");
+        }
+    }
+    let ablation: Vec<&Value> = input.facts_of("trace_ablation").collect();
+    if !ablation.is_empty() {
+        let _ = writeln!(
+            md,
+            "\nWhere the writer's time goes: the raw insert loop by rows per transaction and index \
+             set (CPU time of the inserting process per event).\n\n\
+             | Schema | rows per transaction | events/s | CPU per event |\n|---|--:|--:|--:|"
+        );
+        for a in ablation {
+            let f = |k: &str| a.pointer(&format!("/result/{k}")).and_then(Value::as_f64);
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} |",
+                a.get("schema").and_then(Value::as_str).unwrap_or("?"),
+                a.get("rows_per_tx").and_then(Value::as_u64).unwrap_or(0),
+                dash(f("events_per_s"), rps),
+                dash(f("cpu_us_per_event"), us),
+            );
         }
     }
 
@@ -718,7 +836,11 @@ mod tests {
         let get = |prefix: &str| c.iter().find(|c| c.target.starts_with(prefix)).unwrap();
         assert_eq!(get("metis CPU").verdict, "met");
         assert_eq!(get("metis throughput vs nginx").verdict, "met");
-        assert!(get("metis throughput vs nginx").measured.starts_with("0.90×"));
+        assert!(
+            get("metis throughput vs nginx")
+                .measured
+                .starts_with("0.90×")
+        );
         assert_eq!(get("metis throughput vs LiteLLM").verdict, "met");
         assert_eq!(get("metis throughput vs Portkey").measured, "not measured");
         assert_eq!(get("metis idle RSS").verdict, "met");

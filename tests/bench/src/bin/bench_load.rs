@@ -44,7 +44,10 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 #[derive(Debug, Parser)]
-#[command(name = "bench-load", about = "Load generator and results report for the gateway benchmarks")]
+#[command(
+    name = "bench-load",
+    about = "Load generator and results report for the gateway benchmarks"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -53,7 +56,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run one load test and print its JSON record.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Write results.md and results.json from the recorded JSON lines.
     Report {
         /// JSON lines file (runs and facts).
@@ -139,7 +142,10 @@ fn parse_url(url: &str) -> anyhow::Result<(String, u16, String)> {
         Some(i) if !authority.ends_with(']') => (&authority[..i], authority[i + 1..].parse()?),
         _ => (authority, 80),
     };
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
     if !matches!(host.as_str(), "127.0.0.1" | "localhost" | "::1") {
         bail!("bench-load only targets loopback addresses, not {host}");
     }
@@ -372,7 +378,8 @@ impl WorkerStats {
                 self.latency_ns.push(ns(done - sent));
                 self.ttfb_ns.push(ns(r.ttfb));
                 if let Some(due) = due {
-                    self.co_latency_ns.push(ns(done.saturating_duration_since(due)));
+                    self.co_latency_ns
+                        .push(ns(done.saturating_duration_since(due)));
                     if sent.saturating_duration_since(due) > LATE {
                         self.late_sends += 1;
                     }
@@ -384,7 +391,10 @@ impl WorkerStats {
                 true
             }
             Ok(r) => {
-                *self.errors.entry(format!("status_{}", r.status)).or_default() += 1;
+                *self
+                    .errors
+                    .entry(format!("status_{}", r.status))
+                    .or_default() += 1;
                 true
             }
             Err(kind) => {
@@ -492,9 +502,7 @@ async fn observe(ctx: Arc<Ctx>, target: ProcSet, mock: ProcSet) -> Observed {
 fn build_request(a: &RunArgs, host: &str, port: u16, path: &str) -> anyhow::Result<Vec<u8>> {
     let body = match (&a.body, &a.body_file) {
         (Some(b), _) => Some(b.clone().into_bytes()),
-        (None, Some(f)) => {
-            Some(std::fs::read(f).with_context(|| format!("read {}", f.display()))?)
-        }
+        (None, Some(f)) => Some(std::fs::read(f).with_context(|| format!("read {}", f.display()))?),
         (None, None) => None,
     };
     let method = if body.is_some() { "POST" } else { "GET" };
@@ -503,7 +511,9 @@ fn build_request(a: &RunArgs, host: &str, port: u16, path: &str) -> anyhow::Resu
     } else {
         format!("{host}:{port}")
     };
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host_header}\r\nUser-Agent: bench-load\r\nAccept: */*\r\n");
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host_header}\r\nUser-Agent: bench-load\r\nAccept: */*\r\n"
+    );
     let mut has_ct = false;
     for h in &a.headers {
         let Some((name, value)) = h.split_once(':') else {
@@ -650,7 +660,7 @@ fn main() -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            let rec = rt.block_on(run(a.clone()))?;
+            let rec = rt.block_on(run((*a).clone()))?;
             let line = serde_json::to_string(&rec)?;
             println!("{line}");
             if let Some(path) = &a.json_out {

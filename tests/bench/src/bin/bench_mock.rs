@@ -38,7 +38,10 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 #[derive(Debug, Parser)]
-#[command(name = "bench-mock", about = "Fast fake OpenAI/Anthropic upstream for benchmarks")]
+#[command(
+    name = "bench-mock",
+    about = "Fast fake OpenAI/Anthropic upstream for benchmarks"
+)]
 struct Args {
     /// Port on 127.0.0.1 (0 picks a free one).
     #[arg(long, default_value_t = 0)]
@@ -179,7 +182,10 @@ fn sse(state: &State, frames: &[Bytes], joined: &Bytes) -> Response<MockBody> {
     r
 }
 
-async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<MockBody>, Infallible> {
+async fn handle(
+    req: Request<Incoming>,
+    state: Arc<State>,
+) -> Result<Response<MockBody>, Infallible> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     if method == Method::GET && (path == "/health" || path == "/") {

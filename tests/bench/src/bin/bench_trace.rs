@@ -103,7 +103,14 @@ fn request_events(requests: usize) -> Vec<Event> {
             requested_model: "gpt-5".into(),
         };
         let route_id = next_id();
-        out.push(make_event(route_id.clone(), now, &session, Some(&turn), None, &route));
+        out.push(make_event(
+            route_id.clone(),
+            now,
+            &session,
+            Some(&turn),
+            None,
+            &route,
+        ));
         let started = LlmCallStarted {
             model: "openai:gpt-5".into(),
             provider: "openai".into(),
