@@ -171,7 +171,7 @@ meta = {
   "date": "$(date -u +%Y-%m-%dT%H:%M:%SZ)",
   "machine": "$(nproc) vCPU ($CPU_MODEL), $MEM RAM, $OS, kernel $(uname -r); shared VM, load average at start $(cut -d' ' -f1-3 /proc/loadavg)",
   "pinning": "proxy under test + mock on CPU $PROXY_CPU (taskset), load generator on CPU $LOADGEN_CPU; ${WARM} s warm-up + ${DUR} s measured per run",
-  "command": "scripts/bench.sh",
+  "command": "scripts/bench.sh (commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- . 2>/dev/null || echo ', with uncommitted changes'))",
   "mock": "bench-mock (hyper, 1 thread, TCP_NODELAY, head+body in one write): 64-token completion, streams of 16 deltas sent at once; the paced mock sends 16 deltas 20 ms apart",
   "versions": {
     "metis": "$("$BIN/metis" --version 2>/dev/null | awk '{print $2}')",
