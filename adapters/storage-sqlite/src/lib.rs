@@ -11,13 +11,22 @@
 //! - Depends only on `gw-ports` and `gw-domain`.
 
 mod keystore;
+mod lock;
+pub mod ops;
+pub mod patterns;
 mod query;
 mod reader;
 mod schema;
+mod sessions;
 mod store;
 mod writer;
 
 pub use keystore::SqliteKeyStore;
+pub use lock::{LockError, WriterLock, lock_path};
 pub use reader::{StoredEvent, TraceReader, schema_version};
 pub use schema::{EVENT_INDEX_NAMES, TRACE_SCHEMA_VERSION};
+pub use sessions::{
+    SESSIONS_SCHEMA_VERSION, SessionReader, SessionStep, SqliteSessionStore, migrate_sessions,
+    sessions_schema_level, sessions_steps,
+};
 pub use store::{SqliteTraceStore, WriterOptions};

@@ -186,6 +186,17 @@ pub(crate) fn open_for_writing(path: &Path, p: Pragmas) -> Result<Connection, Tr
     check_not_too_new(found)?;
     tx.execute_batch(SCHEMA_SQL)
         .map_err(|e| open_error(path, e))?;
+    let steps = crate::sessions::migrate_sessions(&tx).map_err(|e| open_error(path, e))?;
+    if steps
+        .iter()
+        .any(|s| matches!(s, crate::sessions::SessionStep::AddColumn { .. }))
+    {
+        tracing::info!(
+            path = %path.display(),
+            steps = %steps.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
+            "migrated a pre-delegation sessions table"
+        );
+    }
     if found < TRACE_SCHEMA_VERSION {
         tx.pragma_update(None, "user_version", TRACE_SCHEMA_VERSION)
             .map_err(|e| open_error(path, e))?;

@@ -26,8 +26,10 @@ use gw_ports::trace::{
 };
 use tokio::sync::oneshot;
 
+use crate::lock::{LockError, WriterLock, lock_path};
 use crate::reader::{StoredEvent, TraceReader};
 use crate::schema::{Pragmas, open_for_writing};
+use crate::sessions::{SessionReader, SqliteSessionStore};
 use crate::writer::{self, Counters, LogLimiter, Msg, WriterConfig};
 
 /// Tuning of the trace store. `Default` gives the production values.
@@ -45,6 +47,10 @@ pub struct WriterOptions {
     pub retry_attempts: u32,
     /// Pause before the first retry; doubled for each further one (default 50 ms).
     pub retry_backoff: Duration,
+    /// Hold the shared writer lock on `<db>.lock` for the store's lifetime (default false).
+    /// The gateway sets it so `metis restore` refuses to replace the file under it; CLI
+    /// commands leave it off.
+    pub hold_writer_lock: bool,
 }
 
 impl Default for WriterOptions {
@@ -56,19 +62,22 @@ impl Default for WriterOptions {
             busy_timeout: Duration::from_secs(5),
             retry_attempts: 3,
             retry_backoff: Duration::from_millis(50),
+            hold_writer_lock: false,
         }
     }
 }
 
-struct Inner {
+pub(crate) struct Inner {
     path: PathBuf,
-    sender: SyncSender<Msg>,
-    counters: Arc<Counters>,
+    pub(crate) sender: SyncSender<Msg>,
+    pub(crate) counters: Arc<Counters>,
     /// `Some` until shutdown joined the thread; the lock serialises concurrent shutdowns.
     thread: Mutex<Option<JoinHandle<()>>>,
-    overflow_log: LogLimiter,
+    pub(crate) overflow_log: LogLimiter,
     dropped_log: LogLimiter,
     capacity: usize,
+    /// The gateway's shared writer lock (see `lock.rs`), released when the store is dropped.
+    _lock: Option<WriterLock>,
 }
 
 /// The SQLite trace store (`events` table of `metis.db`).
@@ -110,6 +119,18 @@ impl SqliteTraceStore {
                 ))
             })?;
         }
+        let lock = if opts.hold_writer_lock {
+            Some(WriterLock::shared(path).map_err(|e| match e {
+                LockError::Held { .. } => TraceError::Unavailable(format!(
+                    "{} is being restored (`metis restore` holds {}); start the gateway after it completes",
+                    path.display(),
+                    lock_path(path).display()
+                )),
+                LockError::Io { .. } => TraceError::Unavailable(e.to_string()),
+            })?)
+        } else {
+            None
+        };
         let pragmas = Pragmas {
             wal_autocheckpoint_pages: opts.wal_autocheckpoint_pages,
             busy_timeout: opts.busy_timeout,
@@ -144,6 +165,7 @@ impl SqliteTraceStore {
                 overflow_log: LogLimiter::new(Duration::from_secs(1)),
                 dropped_log: LogLimiter::new(Duration::from_secs(1)),
                 capacity,
+                _lock: lock,
             }),
             reader: Arc::new(reader),
         })
@@ -171,6 +193,21 @@ impl SqliteTraceStore {
     /// without a runtime).
     pub fn close(self) -> SinkStats {
         self.inner.shutdown_blocking()
+    }
+
+    /// The `SessionStore` over this database's `sessions` table: it shares this store's
+    /// writer thread (turns are upserted in the same group commits as events) and reads
+    /// through its own read-only connection.
+    ///
+    /// # Errors
+    /// `Unavailable` when the read connection cannot be opened.
+    pub fn session_store(&self) -> Result<SqliteSessionStore, TraceError> {
+        let reader = SessionReader::open(&self.inner.path)
+            .map_err(|e| TraceError::Unavailable(e.to_string()))?;
+        Ok(SqliteSessionStore {
+            inner: Arc::clone(&self.inner),
+            reader: Arc::new(reader),
+        })
     }
 
     /// The read-only view this store keeps (sees only committed events; `flush` first).

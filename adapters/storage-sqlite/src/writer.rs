@@ -16,6 +16,10 @@
 //!   `audit_seq`) is read after `BEGIN IMMEDIATE` holds the database's write lock, so writers
 //!   in other processes (the gateway, CLI admin commands) extend one chain without forking it.
 //!   Only a successfully inserted row advances the tail; a retried batch re-reads it.
+//! - Session turns (`SqliteSessionStore::record_turn`) travel on the same queue and are
+//!   upserted in the same transaction as the events around them: one writer per file (no
+//!   `SQLITE_BUSY` between our own writers), group commit for both, and a session's cost
+//!   commits together with the turn's events. They are counted in their own counters.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -24,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use gw_domain::audit::{ChainedRow, GENESIS_HASH, chain_payload, is_audit_type, row_hash};
 use gw_domain::events::Event;
+use gw_domain::sessions::SessionTurn;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
@@ -32,6 +37,8 @@ use crate::schema::INSERT_SQL;
 /// What travels on the writer queue.
 pub(crate) enum Msg {
     Event(Event),
+    /// Upsert a session for one completed turn.
+    Session(SessionTurn),
     /// Answer once everything queued before this marker is committed.
     Flush(oneshot::Sender<Result<(), String>>),
     /// Drain the queue, commit, and exit.
@@ -49,6 +56,12 @@ pub(crate) struct Counters {
     pub writer_alive: AtomicBool,
     pub last_batch_ok: AtomicBool,
     pub closed: AtomicBool,
+    /// Session turns applied.
+    pub sessions_recorded: AtomicU64,
+    /// Session turns refused: the session belongs to another workspace.
+    pub sessions_conflicts: AtomicU64,
+    /// Session turns lost (queue full, closed store, failed write).
+    pub sessions_failed: AtomicU64,
 }
 
 /// Allows one log line per `interval` across threads, without locks.
@@ -107,6 +120,7 @@ struct Writer {
     counters: Arc<Counters>,
     cfg: WriterConfig,
     batch: Vec<Event>,
+    sessions: Vec<SessionTurn>,
     waiters: Vec<oneshot::Sender<Result<(), String>>>,
     /// Events counted as failed since the last flush was answered.
     failed_since_flush: u64,
@@ -119,6 +133,7 @@ pub(crate) fn run(conn: Connection, rx: Receiver<Msg>, counters: Arc<Counters>, 
         conn,
         counters,
         batch: Vec::with_capacity(cfg.max_batch),
+        sessions: Vec::new(),
         cfg,
         waiters: Vec::new(),
         failed_since_flush: 0,
@@ -149,13 +164,14 @@ impl Writer {
         while let Some(msg) = next {
             match msg {
                 Msg::Event(e) => self.batch.push(e),
+                Msg::Session(t) => self.sessions.push(t),
                 Msg::Flush(tx) => {
                     self.waiters.push(tx);
                     return false;
                 }
                 Msg::Shutdown => return true,
             }
-            if self.batch.len() >= self.cfg.max_batch {
+            if self.batch.len() + self.sessions.len() >= self.cfg.max_batch {
                 return false;
             }
             next = rx.try_recv().ok();
@@ -171,7 +187,13 @@ impl Writer {
                 match rx.try_recv() {
                     Ok(Msg::Event(e)) => {
                         self.batch.push(e);
-                        if self.batch.len() >= self.cfg.max_batch {
+                        if self.batch.len() + self.sessions.len() >= self.cfg.max_batch {
+                            break;
+                        }
+                    }
+                    Ok(Msg::Session(t)) => {
+                        self.sessions.push(t);
+                        if self.batch.len() + self.sessions.len() >= self.cfg.max_batch {
                             break;
                         }
                     }
@@ -180,7 +202,7 @@ impl Writer {
                     Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
                 }
             }
-            if self.batch.is_empty() {
+            if self.batch.is_empty() && self.sessions.is_empty() {
                 return;
             }
             self.commit_batch();
@@ -208,14 +230,15 @@ impl Writer {
 
     /// Insert the current batch, retrying transient failures, and account for every event.
     fn commit_batch(&mut self) {
-        if self.batch.is_empty() {
+        if self.batch.is_empty() && self.sessions.is_empty() {
             return;
         }
         let n = self.batch.len() as u64;
+        let m = self.sessions.len() as u64;
         let attempts = self.cfg.retry_attempts.max(1);
         let mut attempt = 1;
         let outcome = loop {
-            match insert_batch(&mut self.conn, &self.batch) {
+            match insert_batch(&mut self.conn, &self.batch, &self.sessions) {
                 Ok(rejected) => break Ok(rejected),
                 Err(e) if attempt < attempts => {
                     let delay = self
@@ -238,17 +261,25 @@ impl Writer {
         };
         let c = &self.counters;
         match outcome {
-            Ok(rejected) => {
+            Ok((rejected, s)) => {
                 c.written.fetch_add(n - rejected, Ordering::Relaxed);
                 if rejected > 0 {
                     c.failed.fetch_add(rejected, Ordering::Relaxed);
                     self.failed_since_flush += rejected;
                 }
+                c.sessions_recorded.fetch_add(s.applied, Ordering::Relaxed);
+                c.sessions_conflicts
+                    .fetch_add(s.conflicts, Ordering::Relaxed);
+                if s.rejected > 0 {
+                    c.sessions_failed.fetch_add(s.rejected, Ordering::Relaxed);
+                    self.failed_since_flush += s.rejected;
+                }
                 c.last_batch_ok.store(true, Ordering::Release);
             }
             Err(e) => {
                 let total = c.failed.fetch_add(n, Ordering::Relaxed) + n;
-                self.failed_since_flush += n;
+                c.sessions_failed.fetch_add(m, Ordering::Relaxed);
+                self.failed_since_flush += n + m;
                 c.last_batch_ok.store(false, Ordering::Release);
                 tracing::error!(
                     error = %e,
@@ -261,6 +292,7 @@ impl Writer {
         }
         c.queued.fetch_sub(n, Ordering::Relaxed);
         self.batch.clear();
+        self.sessions.clear();
     }
 }
 
@@ -343,8 +375,57 @@ fn chained_payload(
     Ok(chained)
 }
 
-/// One transaction for the whole batch. Returns how many rows were rejected individually.
-fn insert_batch(conn: &mut Connection, batch: &[Event]) -> rusqlite::Result<u64> {
+/// What happened to the session turns of one batch.
+#[derive(Debug, Default, Clone, Copy)]
+struct SessionTally {
+    applied: u64,
+    conflicts: u64,
+    rejected: u64,
+}
+
+/// Upsert the session turns of a batch inside its transaction.
+fn upsert_sessions(tx: &Connection, turns: &[SessionTurn]) -> rusqlite::Result<SessionTally> {
+    let mut tally = SessionTally::default();
+    if turns.is_empty() {
+        return Ok(tally);
+    }
+    let mut stmt = tx.prepare_cached(crate::sessions::UPSERT_SQL)?;
+    for t in turns {
+        match crate::sessions::execute_upsert(&mut stmt, t) {
+            Ok(0) => {
+                if tally.conflicts == 0 {
+                    tracing::warn!(
+                        session_id = %t.session_id,
+                        workspace = %t.workspace_path,
+                        "session turn ignored: the session belongs to another workspace"
+                    );
+                }
+                tally.conflicts += 1;
+            }
+            Ok(_) => tally.applied += 1,
+            Err(err) if is_row_error(&err) => {
+                if tally.rejected == 0 {
+                    tracing::error!(
+                        error = %err,
+                        session_id = %t.session_id,
+                        "session turn rejected by the database (first of this batch)"
+                    );
+                }
+                tally.rejected += 1;
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(tally)
+}
+
+/// One transaction for the whole batch. Returns how many events were rejected individually,
+/// and the session tally.
+fn insert_batch(
+    conn: &mut Connection,
+    batch: &[Event],
+    sessions: &[SessionTurn],
+) -> rusqlite::Result<(u64, SessionTally)> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut rejected = 0_u64;
     let mut tail: Option<ChainTail> = None;
@@ -393,6 +474,7 @@ fn insert_batch(conn: &mut Connection, batch: &[Event]) -> rusqlite::Result<u64>
             }
         }
     }
+    let tally = upsert_sessions(&tx, sessions)?;
     tx.commit()?;
-    Ok(rejected)
+    Ok((rejected, tally))
 }
