@@ -12,6 +12,7 @@ echo "==> cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "==> Rust tests"
+cargo build --workspace --bins --locked  # process-level tests spawn target/debug/metis
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast
 else

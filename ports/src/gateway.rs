@@ -22,6 +22,8 @@ pub struct InboundMeta {
     pub peer_ip: Option<IpAddr>,
     /// The raw `X-Forwarded-For` header, believed only when `peer_ip` is a trusted proxy.
     pub forwarded_for: Option<String>,
+    /// The W3C `traceparent` header, propagated upstream.
+    pub traceparent: Option<String>,
 }
 
 /// An authenticated request, ready for its body.
@@ -31,6 +33,8 @@ pub struct Admission {
     pub key: Arc<KeyRecord>,
     /// When the request arrived (unix µs).
     pub received_at_us: i64,
+    /// The W3C `traceparent` the client sent, if any.
+    pub traceparent: Option<String>,
 }
 
 /// A successful answer.

@@ -16,3 +16,10 @@ pub trait IdSource: Send + Sync {
     /// id or timestamp.
     fn secret_bytes(&self) -> [u8; 24];
 }
+
+/// Distributed-tracing context of the current request (W3C trace context).
+pub trait TraceContext: Send + Sync {
+    /// The `traceparent` naming the current span, when tracing is exported; `None`
+    /// otherwise (the caller then propagates the client's header unchanged).
+    fn current_traceparent(&self) -> Option<String>;
+}

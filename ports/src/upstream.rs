@@ -23,6 +23,9 @@ pub struct UpstreamRequest {
     pub stream: bool,
     /// Request id for logs (never sent upstream as a secret).
     pub request_id: String,
+    /// W3C `traceparent` to send upstream (the gateway's call span when tracing is on,
+    /// otherwise the client's own header).
+    pub traceparent: Option<String>,
 }
 
 /// A successful (2xx) upstream answer.

@@ -5,9 +5,14 @@
 //!   (through the `fake-upstream` binary).
 //! - [`gateway`]: the real gateway spawned in-process on `127.0.0.1:0` against a fake
 //!   upstream, with typed request helpers and trace-DB readers.
+//! - [`process`]: the real `metis` binary as a separate process (CLI commands with deadlines,
+//!   gateways announced by their boot line, SIGTERM).
+//! - [`certs`]: a CA and a server certificate generated at run time for TLS tests.
 
+pub mod certs;
 pub mod fake_upstream;
 pub mod gateway;
+pub mod process;
 
 pub use fake_upstream::{FakeUpstream, RecordedRequest, SseEvent, parse_sse};
 pub use gateway::{Combo, GatewayOptions, KeySpec, Reply, Shape, TestGateway};

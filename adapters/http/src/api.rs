@@ -19,6 +19,24 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// A way for the provider handlers to learn that the client went away before the answer
+/// was ready (the composition root inserts it into request extensions; without it, a
+/// disconnected client is noticed only when the response is written).
+#[derive(Clone)]
+pub struct ClientGone(Arc<dyn Fn() -> futures_util::future::BoxFuture<'static, ()> + Send + Sync>);
+
+impl ClientGone {
+    pub fn new(
+        f: impl Fn() -> futures_util::future::BoxFuture<'static, ()> + Send + Sync + 'static,
+    ) -> Self {
+        ClientGone(Arc::new(f))
+    }
+
+    fn wait(&self) -> futures_util::future::BoxFuture<'static, ()> {
+        (self.0)()
+    }
+}
+
 /// HTTP-level settings.
 #[derive(Debug, Clone)]
 pub struct HttpOptions {
@@ -106,6 +124,15 @@ fn presented_token(req: &Request, shape: Shape) -> Option<String> {
     }
 }
 
+/// Whether `v` looks like a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`); anything
+/// else is not propagated.
+fn is_traceparent(v: &str) -> bool {
+    let parts: Vec<&str> = v.trim().split('-').collect();
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    matches!(parts.as_slice(), [ver, trace, span, flags]
+        if hex(ver, 2) && hex(trace, 32) && hex(span, 16) && hex(flags, 2))
+}
+
 fn meta(req: &Request, shape: Shape) -> InboundMeta {
     InboundMeta {
         shape,
@@ -118,6 +145,12 @@ fn meta(req: &Request, shape: Shape) -> InboundMeta {
             .headers()
             .get("x-forwarded-for")
             .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        traceparent: req
+            .headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| is_traceparent(v))
             .map(str::to_owned),
     }
 }
@@ -157,7 +190,25 @@ impl Api {
                 return RawReply(error_response(&err, shape));
             }
         };
-        match self.svc.handle(admission, bytes).await {
+        let handled = match req.extensions().get::<ClientGone>() {
+            Some(gone) => {
+                let gone = gone.wait();
+                tokio::select! {
+                    r = self.svc.handle(admission, bytes) => r,
+                    () = gone => {
+                        // Dropping the handler future cancels the upstream call and records
+                        // it as cancelled; nobody is left to read this answer.
+                        return RawReply(
+                            Response::builder()
+                                .status(StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST))
+                                .finish(),
+                        );
+                    }
+                }
+            }
+            None => self.svc.handle(admission, bytes).await,
+        };
+        match handled {
             Ok(Reply::Json(b)) => RawReply(json_response(StatusCode::OK, b)),
             Ok(Reply::Stream(s)) => {
                 RawReply(sse_response(with_keepalive(s, self.opts.sse_keepalive)))

@@ -13,4 +13,4 @@ mod api;
 mod reply;
 
 pub use admin::AdminToken;
-pub use api::{HttpOptions, openapi_json, routes};
+pub use api::{ClientGone, HttpOptions, openapi_json, routes};

@@ -188,8 +188,17 @@ fn sha256_file(path: &Path) -> Result<String, OpError> {
     Ok(hex::encode(h.finalize()))
 }
 
-/// `COUNT(*)`, `MIN`, `MAX` of `events.timestamp_us`.
+/// `COUNT(*)`, `MIN`, `MAX` of `events.timestamp_us` (zero and none for a database without
+/// an `events` table, e.g. a pattern store backed up before its migration).
 fn event_span(conn: &Connection) -> rusqlite::Result<(u64, Option<i64>, Option<i64>)> {
+    let has_events: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'events'",
+        [],
+        |r| r.get(0),
+    )?;
+    if has_events == 0 {
+        return Ok((0, None, None));
+    }
     conn.query_row(
         "SELECT COUNT(*), MIN(timestamp_us), MAX(timestamp_us) FROM events",
         [],

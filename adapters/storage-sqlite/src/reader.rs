@@ -163,6 +163,24 @@ impl TraceReader {
         self.query_events(&sql, params![ty])
     }
 
+    /// Events of one type whose payload has `field` (a top-level key) equal to `value`,
+    /// ordered by id (narrowed by `idx_events_type_timestamp`, then filtered).
+    ///
+    /// # Errors
+    /// `Backend` on an SQLite error.
+    pub fn events_of_type_with_field(
+        &self,
+        ty: &str,
+        field: &str,
+        value: &str,
+    ) -> Result<Vec<StoredEvent>, TraceError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM events WHERE type = ?1 \
+             AND json_extract(payload_json, '$.' || ?2) = ?3 ORDER BY id"
+        );
+        self.query_events(&sql, params![ty, field, value])
+    }
+
     /// Events of one session with an id after `since_id` (if given), ordered by id, at most
     /// `limit` of them (if given).
     ///

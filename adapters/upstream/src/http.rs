@@ -132,12 +132,14 @@ impl HttpProvider {
         } else {
             "application/json"
         };
-        let call = self
+        let mut builder = self
             .client
             .post(self.url.clone())
-            .header(header::ACCEPT, accept)
-            .body(request.body.clone())
-            .send();
+            .header(header::ACCEPT, accept);
+        if let Some(tp) = &request.traceparent {
+            builder = builder.header("traceparent", tp.as_str());
+        }
+        let call = builder.body(request.body.clone()).send();
         let response = match tokio::time::timeout(self.timeouts.response_head, call).await {
             Err(_) => {
                 return Err(Failure::Network {

@@ -189,6 +189,7 @@ fn request(stream: bool) -> UpstreamRequest {
         body: Bytes::from_static(br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#),
         stream,
         request_id: "req_test".to_owned(),
+        traceparent: None,
     }
 }
 

@@ -21,6 +21,7 @@ fn req(body: &Value, stream: bool) -> UpstreamRequest {
         body: Bytes::from(body.to_string()),
         stream,
         request_id: "req_mock".to_owned(),
+        traceparent: None,
     }
 }
 
@@ -256,6 +257,7 @@ async fn a_body_that_is_not_a_chat_request_is_a_400() {
         body: Bytes::from_static(b"{nope"),
         stream: false,
         request_id: "r".into(),
+        traceparent: None,
     };
     assert!(matches!(
         p.send(bad).await,

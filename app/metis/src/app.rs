@@ -9,7 +9,9 @@ use crate::paths::Paths;
 use crate::system::{SystemClock, UlidIds};
 use anyhow::{Context, bail};
 use gw_domain::time::{day_start, month_start};
-use gw_http::{HttpOptions, routes};
+use gw_http::{ClientGone, HttpOptions, routes};
+use poem::{Endpoint, EndpointExt};
+use tracing::Instrument;
 use gw_ports::admin::AdminService;
 use gw_ports::keys::{KeyStore, KeyStoreError};
 use gw_ports::system::{Clock, IdSource};
@@ -58,6 +60,7 @@ pub struct App {
     quickstart: Option<QuickstartKey>,
     rate_limit: bool,
     tls_in_process: bool,
+    connections: Arc<listener::Connections>,
 }
 
 impl std::fmt::Debug for App {
@@ -211,7 +214,13 @@ impl App {
         };
         let db = paths.db.clone();
         let trace = tokio::task::spawn_blocking(move || {
-            SqliteTraceStore::open(&db, WriterOptions::default())
+            // The gateway holds the shared writer lock on `<db>.lock` for its lifetime, so
+            // `metis restore` refuses to replace the file under it.
+            let opts = WriterOptions {
+                hold_writer_lock: true,
+                ..WriterOptions::default()
+            };
+            SqliteTraceStore::open(&db, opts)
         })
         .await
         .context("trace store task failed")?
@@ -261,6 +270,9 @@ impl App {
             ids,
             ledger,
             metrics: Arc::new(gw_telemetry::Prometheus::default()),
+            trace: Arc::new(crate::telemetry::OtelTraceContext {
+                exporting: crate::telemetry::exporting(),
+            }),
             limiter: Arc::new(Limiter::new(RateLimitConfig {
                 enabled: args.rate_limit,
                 per_key_rpm: args.rate_limit_per_key_rpm,
@@ -278,8 +290,10 @@ impl App {
         let tcp = listener::bind(&args.host, args.port, args.reuse_port)?;
         let addr = tcp.local_addr().context("cannot read the bound address")?;
         let tcp = TcpAcceptor::from_tokio(tcp).context("cannot use the listener")?;
+        let connections = Arc::new(listener::Connections::default());
         let acceptor = listener::stack(
             tcp,
+            Arc::clone(&connections),
             tls,
             args.max_connections as usize,
             listener::Timeouts {
@@ -309,6 +323,7 @@ impl App {
             host: args.host,
             quickstart,
             rate_limit: args.rate_limit,
+            connections,
             tls_in_process: scheme == "https",
         })
     }
@@ -372,11 +387,36 @@ impl App {
             Arc::clone(&self.admin),
         ));
         let core = Arc::clone(&self.core);
+        let connections = Arc::clone(&self.connections);
         let endpoint = routes(
             self.core.clone(),
             self.admin_api.clone(),
             self.http_opts.clone(),
-        );
+        )
+        .around(move |ep, mut req| {
+            // Let handlers notice a client that goes away while they wait on an upstream.
+            if let Some(peer) = req.remote_addr().as_socket_addr().copied() {
+                let connections = Arc::clone(&connections);
+                req.extensions_mut().insert(ClientGone::new(move || {
+                    Box::pin(connections.closed(peer))
+                }));
+            }
+            let span = crate::telemetry::exporting().then(|| {
+                crate::telemetry::request_span(
+                    req.method().as_str(),
+                    req.uri().path(),
+                    req.headers()
+                        .get("traceparent")
+                        .and_then(|v| v.to_str().ok()),
+                )
+            });
+            async move {
+                match span {
+                    Some(span) => ep.call(req).instrument(span).await,
+                    None => ep.call(req).await,
+                }
+            }
+        });
         let result = Server::new_with_acceptor(self.acceptor)
             .run_with_graceful_shutdown(
                 endpoint,

@@ -28,6 +28,18 @@ pub enum Command {
     /// Export the audit log (`metis audit export OUT`) or verify its hash chain
     /// (`metis audit verify`).
     Audit(crate::audit_cli::AuditCmd),
+    /// Hot, atomic snapshot of the trace database (safe while the gateway writes), with its
+    /// metadata block printed and written to `<dest>.meta`.
+    Backup(crate::storage_cli::BackupArgs),
+    /// Replace the trace database with a backup: checks the schema version, the `.meta`
+    /// checksum and that no gateway holds the file; `--force` to overwrite.
+    Restore(crate::storage_cli::RestoreArgs),
+    /// Trace retention (`prune`), compaction (`vacuum`), `status` and `migrate`.
+    Trace(crate::storage_cli::TraceCmd),
+    /// Sessions: `list`, `show <id>` (the worker tree with costs), `migrate`.
+    Sessions(crate::sessions_cli::SessionsCmd),
+    /// The per-workspace pattern projection: `rebuild`, `stats`, `migrate`.
+    Patterns(crate::patterns_cli::PatternsCmd),
     /// Exit 0 iff the gateway's health endpoint answers 200 within the timeout (container
     /// HEALTHCHECKs in images without curl). `https` URLs skip certificate verification.
     Healthcheck {

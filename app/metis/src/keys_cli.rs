@@ -12,7 +12,7 @@ use gw_usecases::key_admin::{IssueRequest, IssuedKey, KeyView, Revoked, Rotated}
 use gw_usecases::{AdminError, KeyAdmin};
 use serde_json::json;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 /// The `--keystore` value that selects keys stored in the main database.
@@ -227,40 +227,4 @@ pub async fn rotate(paths: &Paths, key_id: &str, grace_secs: u64) -> anyhow::Res
         .map_err(admin_err)?;
     session.close().await?;
     Ok(r)
-}
-
-/// Convenience for tests: issue a key into `keystore` (audit DB `metis.db` beside it) and
-/// return `(key_id, token)`.
-///
-/// # Errors
-/// As [`issue`].
-pub async fn issue_key(
-    keystore: &Path,
-    name: &str,
-    workspace: &Path,
-    allowed_models: &[String],
-) -> anyhow::Result<(String, String)> {
-    let dir = keystore.parent().map(Path::to_path_buf).unwrap_or_default();
-    let paths = Paths {
-        db: dir.join("metis.db"),
-        keystore: keystore.to_path_buf(),
-        data_dir: dir,
-    };
-    let issued = issue(
-        &paths,
-        &IssueRequest {
-            name: name.to_owned(),
-            workspace: absolute(workspace)?,
-            allowed_models: allowed_models.to_vec(),
-            ..IssueRequest::default()
-        },
-    )
-    .await?;
-    Ok((issued.record.key_id, issued.token))
-}
-
-/// Default data dir helper for tests that want a keystore path under a directory.
-#[must_use]
-pub fn keystore_in(dir: &Path) -> PathBuf {
-    dir.join("gateway").join("keys.json")
 }

@@ -11,6 +11,10 @@ pub mod config;
 pub mod keys_cli;
 pub mod listener;
 pub mod paths;
+pub mod patterns_cli;
+pub mod sessions_cli;
+pub mod storage_cli;
 pub mod system;
+pub mod telemetry;
 
 pub use app::App;

@@ -391,15 +391,155 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for PermitIo<T> {
     }
 }
 
+/// Open connections by peer address, each with a duplicate handle of its socket, so a handler
+/// can notice that its client went away while it waits on an upstream (hyper only reads a
+/// connection when it expects bytes, so a closed client is otherwise noticed only when the
+/// response is written).
+#[derive(Debug, Default)]
+pub struct Connections {
+    by_peer: std::sync::Mutex<std::collections::HashMap<SocketAddr, std::net::TcpStream>>,
+}
+
+impl Connections {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<SocketAddr, std::net::TcpStream>> {
+        match self.by_peer.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Resolves when the client at `peer` has closed its side of the connection (EOF).
+    /// Never resolves when the connection is unknown or data is waiting to be read (a
+    /// pipelined request): then there is nothing to learn without consuming bytes.
+    pub fn closed(&self, peer: SocketAddr) -> impl Future<Output = ()> + Send + 'static {
+        let dup = self.lock().get(&peer).and_then(|s| s.try_clone().ok());
+        async move {
+            let Some(std_stream) = dup else {
+                return std::future::pending().await;
+            };
+            let Ok(stream) = tokio::net::TcpStream::from_std(std_stream) else {
+                return std::future::pending().await;
+            };
+            let mut byte = [0u8; 1];
+            loop {
+                match stream.peek(&mut byte).await {
+                    Ok(0) => return,
+                    // Bytes are waiting (pipelining or a TLS alert): check again later.
+                    Ok(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+                    Err(_) => return,
+                }
+            }
+        }
+    }
+}
+
+/// A TCP acceptor that records each connection in [`Connections`] until it closes.
+pub struct Tracked {
+    inner: poem::listener::TcpAcceptor,
+    connections: Arc<Connections>,
+}
+
+impl Acceptor for Tracked {
+    type Io = TrackedIo;
+
+    fn local_addr(&self) -> Vec<LocalAddr> {
+        self.inner.local_addr()
+    }
+
+    async fn accept(&mut self) -> IoResult<(Self::Io, LocalAddr, RemoteAddr, Scheme)> {
+        let (io, local, remote, scheme) = self.inner.accept().await?;
+        let peer = remote.as_socket_addr().copied();
+        let std_stream = io.into_std()?;
+        if let Some(peer) = peer
+            && let Ok(dup) = std_stream.try_clone()
+        {
+            self.connections.lock().insert(peer, dup);
+        }
+        let io = tokio::net::TcpStream::from_std(std_stream)?;
+        Ok((
+            TrackedIo {
+                io,
+                peer,
+                connections: Arc::clone(&self.connections),
+            },
+            local,
+            remote,
+            scheme,
+        ))
+    }
+}
+
+/// A tracked connection; leaving the registry when dropped.
+pub struct TrackedIo {
+    io: tokio::net::TcpStream,
+    peer: Option<SocketAddr>,
+    connections: Arc<Connections>,
+}
+
+impl Drop for TrackedIo {
+    fn drop(&mut self) {
+        if let Some(peer) = self.peer {
+            self.connections.lock().remove(&peer);
+        }
+    }
+}
+
+impl AsyncRead for TrackedIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<IoResult<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TrackedIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<IoResult<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<IoResult<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<IoResult<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<IoResult<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
 /// Wrap a TCP acceptor with optional TLS and the connection cap, boxed so the server type
 /// does not depend on the choice.
 #[must_use]
 pub fn stack(
     tcp: poem::listener::TcpAcceptor,
+    connections: Arc<Connections>,
     tls: Option<RustlsConfig>,
     max_connections: usize,
     timeouts: Timeouts,
 ) -> poem::listener::BoxAcceptor {
+    let tcp = Tracked {
+        inner: tcp,
+        connections,
+    };
     match tls {
         Some(cfg) => {
             let tls = tcp.rustls(futures_util::stream::iter([cfg]));

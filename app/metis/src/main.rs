@@ -3,31 +3,13 @@
 
 use clap::Parser;
 use gw_usecases::key_admin::{IssueRequest, parse_grace};
-use metis_app::cli::{Cli, Command, GatewayCmd, KeyCommand, ListFormat, LogFormat};
+use metis_app::cli::{Cli, Command, GatewayCmd, KeyCommand, ListFormat};
 use metis_app::keys_cli;
 use metis_app::paths::Paths;
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::process::ExitCode;
 
 mod healthcheck;
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let json = match format {
-        LogFormat::Json => true,
-        LogFormat::Text => false,
-        LogFormat::Auto => !std::io::stderr().is_terminal(),
-    };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
 
 async fn gateway(cmd: GatewayCmd) -> anyhow::Result<()> {
     match cmd.action {
@@ -84,7 +66,7 @@ async fn gateway(cmd: GatewayCmd) -> anyhow::Result<()> {
             Ok(())
         }
         None => {
-            init_logging(cmd.serve.log_format);
+            let telemetry = metis_app::telemetry::init(cmd.serve.log_format)?;
             let app = metis_app::App::build(cmd.serve).await?;
             eprintln!("{}", app.boot_line());
             app.warn_if_exposed();
@@ -95,8 +77,11 @@ async fn gateway(cmd: GatewayCmd) -> anyhow::Result<()> {
                     q.key_id, q.token, q.token
                 );
             }
-            app.run_until_stopped(metis_app::app::shutdown_signal())
-                .await
+            let served = app
+                .run_until_stopped(metis_app::app::shutdown_signal())
+                .await;
+            telemetry.shutdown().await;
+            served
         }
     }
 }
@@ -107,6 +92,11 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Gateway(cmd) => gateway(*cmd).await,
         Command::Audit(cmd) => return metis_app::audit_cli::run(cmd).await,
+        Command::Backup(args) => return metis_app::storage_cli::backup_cmd(args).await,
+        Command::Restore(args) => return metis_app::storage_cli::restore_cmd(args).await,
+        Command::Trace(cmd) => return metis_app::storage_cli::trace_cmd(cmd).await,
+        Command::Sessions(cmd) => return metis_app::sessions_cli::run(cmd).await,
+        Command::Patterns(cmd) => return metis_app::patterns_cli::run(cmd).await,
         Command::Healthcheck { url, timeout } => healthcheck::run(&url, timeout),
         Command::Openapi { out } => {
             let doc = gw_http::openapi_json();

@@ -21,7 +21,8 @@ use gw_domain::pricing::PriceTable;
 use gw_domain::sse::SseParser;
 use gw_ports::gateway::{Admission, GatewayService, InboundMeta, Reply};
 use gw_ports::metrics::{Metrics, ScrapeGauges};
-use gw_ports::system::{Clock, IdSource};
+use gw_ports::system::{Clock, IdSource, TraceContext};
+use tracing::Instrument;
 use gw_ports::trace::EventSink;
 use gw_ports::upstream::{Provider, UpstreamBody, UpstreamError, UpstreamRequest};
 use serde_json::json;
@@ -42,6 +43,7 @@ pub struct GatewayCore {
     limiter: Arc<Limiter>,
     ledger: Arc<SpendLedger>,
     metrics: Arc<dyn Metrics>,
+    trace: Arc<dyn TraceContext>,
     auth_sampler: AuthFailSampler,
     quota_sampler: Mutex<std::collections::HashMap<String, (i64, u64)>>,
     draining: AtomicBool,
@@ -60,6 +62,7 @@ pub struct CoreParts {
     pub limiter: Arc<Limiter>,
     pub ledger: Arc<SpendLedger>,
     pub metrics: Arc<dyn Metrics>,
+    pub trace: Arc<dyn TraceContext>,
 }
 
 impl GatewayCore {
@@ -80,6 +83,7 @@ impl GatewayCore {
             limiter: parts.limiter,
             ledger: parts.ledger,
             metrics: parts.metrics,
+            trace: parts.trace,
             auth_sampler: AuthFailSampler::default(),
             quota_sampler: Mutex::new(std::collections::HashMap::new()),
             draining: AtomicBool::new(false),
@@ -485,6 +489,7 @@ impl GatewayService for GatewayCore {
             shape,
             key: Arc::clone(key),
             received_at_us: now,
+            traceparent: meta.traceparent,
         })
     }
 
@@ -586,7 +591,38 @@ impl GatewayService for GatewayCore {
             stream: req.stream,
         };
         let started_id = self.emit(&session_id, Some(&turn_id), Some(&route_id), &call_started);
+        // One span per call with the GenAI semantic-convention attributes; it lives in the
+        // recorder so streams close it when they end. Usage is recorded on completion.
+        let call_span = tracing::info_span!(
+            "gen_ai.chat",
+            otel.name = %format!("chat {}", entry.upstream_name),
+            otel.kind = "client",
+            gen_ai.operation.name = "chat",
+            gen_ai.system = %entry.provider,
+            gen_ai.request.model = %entry.upstream_name,
+            gen_ai.response.model = tracing::field::Empty,
+            gen_ai.usage.input_tokens = tracing::field::Empty,
+            gen_ai.usage.output_tokens = tracing::field::Empty,
+            metis.gateway_key_id = %key.key_id,
+            metis.inbound_shape = shape.as_str(),
+            metis.stream = req.stream,
+        );
+        let upstream_span = tracing::info_span!(
+            parent: &call_span,
+            "upstream",
+            otel.name = %format!("POST {}", entry.provider),
+            otel.kind = "client",
+            gen_ai.system = %entry.provider,
+            metis.retries = tracing::field::Empty,
+        );
+        let traceparent = {
+            let _in_upstream = upstream_span.enter();
+            self.trace
+                .current_traceparent()
+                .or_else(|| admission.traceparent.clone())
+        };
         let mut recorder = CallRecorder {
+            span: call_span,
             sink: Arc::clone(&self.sink),
             ids: Arc::clone(&self.ids),
             clock: Arc::clone(&self.clock),
@@ -615,8 +651,18 @@ impl GatewayService for GatewayCore {
                 body: Bytes::from(upstream_body),
                 stream: req.stream,
                 request_id,
+                traceparent,
             })
+            .instrument(upstream_span.clone())
             .await;
+        upstream_span.record(
+            "metis.retries",
+            match &reply {
+                Ok(r) => r.retries,
+                Err(e) => e.retries(),
+            },
+        );
+        drop(upstream_span);
         let reply = match reply {
             Ok(r) => r,
             Err(e) => {

@@ -20,6 +20,8 @@ use std::time::Instant;
 
 /// Everything needed to write the call's closing events.
 pub(crate) struct CallRecorder {
+    /// The call's tracing span (GenAI attributes), closed when the recorder drops.
+    pub span: tracing::Span,
     pub sink: Arc<dyn EventSink>,
     pub ids: Arc<dyn IdSource>,
     pub clock: Arc<dyn Clock>,
@@ -89,6 +91,15 @@ impl CallRecorder {
 
     fn settle(&mut self) {
         let cost = self.cost();
+        // Recorded as i64: OpenTelemetry attributes have no unsigned integers.
+        let int = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        self.span
+            .record("gen_ai.usage.input_tokens", int(self.usage.total_input()))
+            .record("gen_ai.usage.output_tokens", int(self.usage.output_tokens))
+            .record(
+                "gen_ai.response.model",
+                self.model.split_once(':').map_or(self.model.as_str(), |(_, m)| m),
+            );
         if let Some(key) = &self.identity.gateway_key_id {
             self.metrics.usage(key, &self.model, &self.usage, cost);
         }
