@@ -135,7 +135,7 @@ def issue_key(data_dir: Path, name: str, *extra: str) -> tuple[str, str]:
 class Gateway:
     """The real `metis gateway` binary, pointed at a fake upstream."""
 
-    def __init__(self, data_dir: Path, upstream: FakeUpstream) -> None:
+    def __init__(self, data_dir: Path, upstream: FakeUpstream, extra_args: list[str] | None = None) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir = data_dir
         self.db_path = data_dir / "metis.db"
@@ -145,7 +145,7 @@ class Gateway:
         self.proc = subprocess.Popen(
             [str(METIS_BIN), "gateway", "--port", "0", "--data-dir", str(data_dir),
              "--anthropic-base-url", upstream.base_url,
-             "--openai-base-url", f"{upstream.base_url}/v1"],
+             "--openai-base-url", f"{upstream.base_url}/v1", *(extra_args or [])],
             stdout=subprocess.DEVNULL,
             stderr=self._err,
             stdin=subprocess.DEVNULL,
