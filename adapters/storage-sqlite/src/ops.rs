@@ -542,6 +542,8 @@ pub fn restore(
         }
     }
 
+    let dir = parent_dir(dest);
+    fs::create_dir_all(&dir).map_err(io_err(&dir, "cannot create directory"))?;
     // The lock is taken last among the checks and held until the rename: a gateway starting
     // meanwhile is refused instead of opening a half-replaced file.
     let _lock = WriterLock::exclusive(dest).map_err(|e| match e {
@@ -553,8 +555,6 @@ pub fn restore(
         LockError::Io { .. } => OpError::Failed(e.to_string()),
     })?;
 
-    let dir = parent_dir(dest);
-    fs::create_dir_all(&dir).map_err(io_err(&dir, "cannot create directory"))?;
     let tmp = TempFile::new(temp_name(&dir, dest, "restore"));
     let (bytes, sha) = copy_hashing(src, &tmp.path, progress)?;
     if let Some(expected) = meta.as_ref().and_then(|m| m.sha256.as_deref())
