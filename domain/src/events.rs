@@ -137,6 +137,9 @@ pub struct CallIdentity {
     pub inbound_shape: Option<&'static str>,
     pub user_id: Option<String>,
     pub team_id: Option<String>,
+    /// The delegating session, for worker sessions (absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent_session_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]

@@ -24,6 +24,9 @@ pub struct InboundMeta {
     pub forwarded_for: Option<String>,
     /// The W3C `traceparent` header, propagated upstream.
     pub traceparent: Option<String>,
+    /// Raw `x-metis-session-id`, `x-metis-parent-session-id`, `x-metis-parent-tool-use-id`
+    /// and `x-metis-worker` headers (validated by the core; bad values are a 400).
+    pub session_headers: [Option<String>; 4],
 }
 
 /// An authenticated request, ready for its body.
@@ -35,6 +38,8 @@ pub struct Admission {
     pub received_at_us: i64,
     /// The W3C `traceparent` the client sent, if any.
     pub traceparent: Option<String>,
+    /// The client-named session the request belongs to (`None` = its own synthetic session).
+    pub session: Option<gw_domain::sessions::SessionLink>,
 }
 
 /// A successful answer.

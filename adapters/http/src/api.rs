@@ -146,6 +146,17 @@ fn meta(req: &Request, shape: Shape) -> InboundMeta {
             .get("x-forwarded-for")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned),
+        session_headers: [
+            "x-metis-session-id",
+            "x-metis-parent-session-id",
+            "x-metis-parent-tool-use-id",
+            "x-metis-worker",
+        ]
+        .map(|h| {
+            req.headers()
+                .get(h)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        }),
         traceparent: req
             .headers()
             .get("traceparent")

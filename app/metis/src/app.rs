@@ -10,8 +10,6 @@ use crate::system::{SystemClock, UlidIds};
 use anyhow::{Context, bail};
 use gw_domain::time::{day_start, month_start};
 use gw_http::{ClientGone, HttpOptions, routes};
-use poem::{Endpoint, EndpointExt};
-use tracing::Instrument;
 use gw_ports::admin::AdminService;
 use gw_ports::keys::{KeyStore, KeyStoreError};
 use gw_ports::system::{Clock, IdSource};
@@ -26,10 +24,12 @@ use gw_usecases::{
 };
 use poem::Server;
 use poem::listener::{BoxAcceptor, TcpAcceptor};
+use poem::{Endpoint, EndpointExt};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 /// How often the keystore is checked for changes (issue/revoke/rotate take effect within
 /// this interval plus one load).
@@ -270,6 +270,11 @@ impl App {
             ids,
             ledger,
             metrics: Arc::new(gw_telemetry::Prometheus::default()),
+            sessions: Arc::new(
+                trace
+                    .session_store()
+                    .context("cannot open the session store")?,
+            ),
             trace: Arc::new(crate::telemetry::OtelTraceContext {
                 exporting: crate::telemetry::exporting(),
             }),
@@ -397,9 +402,8 @@ impl App {
             // Let handlers notice a client that goes away while they wait on an upstream.
             if let Some(peer) = req.remote_addr().as_socket_addr().copied() {
                 let connections = Arc::clone(&connections);
-                req.extensions_mut().insert(ClientGone::new(move || {
-                    Box::pin(connections.closed(peer))
-                }));
+                req.extensions_mut()
+                    .insert(ClientGone::new(move || Box::pin(connections.closed(peer))));
             }
             let span = crate::telemetry::exporting().then(|| {
                 crate::telemetry::request_span(

@@ -3,7 +3,7 @@
 
 use crate::keys::KeyRing;
 use crate::limits::Limiter;
-use crate::recorder::{CallRecorder, InflightGuard};
+use crate::recorder::{CallRecorder, InflightGuard, SessionHook};
 use crate::spend::{Caps, SpendLedger};
 use crate::stream::{StreamState, client_stream};
 use crate::wire::{self, Passthrough, StreamParser, StreamRenderer, shape_of};
@@ -18,11 +18,12 @@ use gw_domain::events::{
 use gw_domain::keys::{Inactive, KeyRecord, hash_token};
 use gw_domain::models::Catalog;
 use gw_domain::pricing::PriceTable;
+use gw_domain::sessions::parse_session_headers;
 use gw_domain::sse::SseParser;
 use gw_ports::gateway::{Admission, GatewayService, InboundMeta, Reply};
 use gw_ports::metrics::{Metrics, ScrapeGauges};
+use gw_ports::sessions::SessionStore;
 use gw_ports::system::{Clock, IdSource, TraceContext};
-use tracing::Instrument;
 use gw_ports::trace::EventSink;
 use gw_ports::upstream::{Provider, UpstreamBody, UpstreamError, UpstreamRequest};
 use serde_json::json;
@@ -30,6 +31,7 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
+use tracing::Instrument;
 
 /// The wired gateway core.
 pub struct GatewayCore {
@@ -44,6 +46,7 @@ pub struct GatewayCore {
     ledger: Arc<SpendLedger>,
     metrics: Arc<dyn Metrics>,
     trace: Arc<dyn TraceContext>,
+    sessions: Arc<dyn SessionStore>,
     auth_sampler: AuthFailSampler,
     quota_sampler: Mutex<std::collections::HashMap<String, (i64, u64)>>,
     draining: AtomicBool,
@@ -63,6 +66,7 @@ pub struct CoreParts {
     pub ledger: Arc<SpendLedger>,
     pub metrics: Arc<dyn Metrics>,
     pub trace: Arc<dyn TraceContext>,
+    pub sessions: Arc<dyn SessionStore>,
 }
 
 impl GatewayCore {
@@ -84,6 +88,7 @@ impl GatewayCore {
             ledger: parts.ledger,
             metrics: parts.metrics,
             trace: parts.trace,
+            sessions: parts.sessions,
             auth_sampler: AuthFailSampler::default(),
             quota_sampler: Mutex::new(std::collections::HashMap::new()),
             draining: AtomicBool::new(false),
@@ -445,6 +450,14 @@ impl GatewayService for GatewayCore {
                 revoked_at,
             });
         }
+        let [sid, parent, tool_use, worker] = &meta.session_headers;
+        let session = parse_session_headers(
+            sid.as_deref(),
+            parent.as_deref(),
+            tool_use.as_deref(),
+            worker.as_deref(),
+        )
+        .map_err(gw_domain::error::invalid)?;
         // Step 3: spend caps, before the body is read.
         let caps = Caps::of(key);
         if !caps.is_empty() {
@@ -490,6 +503,7 @@ impl GatewayService for GatewayCore {
             key: Arc::clone(key),
             received_at_us: now,
             traceparent: meta.traceparent,
+            session,
         })
     }
 
@@ -499,13 +513,23 @@ impl GatewayService for GatewayCore {
         let key = &admission.key;
         let parsed = wire::parse_request(shape, &body)?;
         let req = parsed.request;
-        let session_id = format!("gw_{}", self.ids.ulid());
+        // A client-named session groups the request's events; otherwise the request is its
+        // own synthetic session (not stored in the sessions table).
+        let session_id = match &admission.session {
+            Some(link) => link.session_id.as_str().to_owned(),
+            None => format!("gw_{}", self.ids.ulid()),
+        };
         let turn_id = format!("gt_{}", self.ids.ulid());
         let identity = CallIdentity {
             gateway_key_id: Some(key.key_id.clone()),
             inbound_shape: Some(shape.as_str()),
             user_id: key.user_id.clone(),
             team_id: key.team_id.clone(),
+            parent_session_id: admission
+                .session
+                .as_ref()
+                .and_then(|l| l.parent_session_id.as_ref())
+                .map(|p| p.as_str().to_owned()),
         };
 
         // Resolve the model; the decision is recorded whatever its outcome.
@@ -587,7 +611,7 @@ impl GatewayService for GatewayCore {
             provider: entry.provider.clone(),
             estimated_input_tokens: estimated_input,
             request_id: request_id.clone(),
-            is_worker: false,
+            is_worker: admission.session.as_ref().is_some_and(|l| l.is_worker),
             stream: req.stream,
         };
         let started_id = self.emit(&session_id, Some(&turn_id), Some(&route_id), &call_started);
@@ -623,6 +647,11 @@ impl GatewayService for GatewayCore {
         };
         let mut recorder = CallRecorder {
             span: call_span,
+            session: admission.session.clone().map(|link| SessionHook {
+                store: Arc::clone(&self.sessions),
+                link,
+                workspace: key.workspace_path.clone(),
+            }),
             sink: Arc::clone(&self.sink),
             ids: Arc::clone(&self.ids),
             clock: Arc::clone(&self.clock),

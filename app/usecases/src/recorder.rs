@@ -12,14 +12,24 @@ use gw_domain::events::{
     CallIdentity, LlmCallCompleted, LlmCallFailed, Payload, TurnCompleted, make_event,
 };
 use gw_domain::pricing::Price;
+use gw_domain::sessions::{SessionLink, SessionTurn};
 use gw_ports::metrics::Metrics;
+use gw_ports::sessions::SessionStore;
 use gw_ports::system::{Clock, IdSource};
 use gw_ports::trace::EventSink;
 use std::sync::Arc;
 use std::time::Instant;
 
 /// Everything needed to write the call's closing events.
+/// Where a client-named session's turn is recorded when the call ends.
+pub(crate) struct SessionHook {
+    pub store: Arc<dyn SessionStore>,
+    pub link: SessionLink,
+    pub workspace: String,
+}
+
 pub(crate) struct CallRecorder {
+    pub session: Option<SessionHook>,
     /// The call's tracing span (GenAI attributes), closed when the recorder drops.
     pub span: tracing::Span,
     pub sink: Arc<dyn EventSink>,
@@ -98,7 +108,9 @@ impl CallRecorder {
             .record("gen_ai.usage.output_tokens", int(self.usage.output_tokens))
             .record(
                 "gen_ai.response.model",
-                self.model.split_once(':').map_or(self.model.as_str(), |(_, m)| m),
+                self.model
+                    .split_once(':')
+                    .map_or(self.model.as_str(), |(_, m)| m),
             );
         if let Some(key) = &self.identity.gateway_key_id {
             self.metrics.usage(key, &self.model, &self.usage, cost);
@@ -106,6 +118,12 @@ impl CallRecorder {
         let now = self.clock.now_us();
         if let Some(r) = self.reservation.as_mut() {
             r.settle(cost, now);
+        }
+        if let Some(hook) = &self.session {
+            let turn = SessionTurn::new(&hook.link, &hook.workspace, Some(&self.model), cost, now);
+            if let Err(e) = hook.store.record_turn(turn) {
+                tracing::warn!(error = %e, session = %hook.link.session_id.as_str(), "session turn not recorded");
+            }
         }
     }
 

@@ -89,6 +89,7 @@ fn request_events(requests: usize) -> Vec<Event> {
             inbound_shape: Some("openai"),
             user_id: Some("bench".into()),
             team_id: Some("perf".into()),
+            parent_session_id: None,
         };
         let route = RouteDecided {
             chosen_model: "openai:gpt-5".into(),
