@@ -438,6 +438,31 @@ pub fn checks(input: &Input) -> Vec<Check> {
             },
         );
     }
+    let quota = input.facts_of("quota").last();
+    let q32 = input.find("metis-quota", "openai-sync", "c32");
+    push(
+        "spend-quota check per request (key with daily and monthly caps, 1M events of it in the trace, c32)",
+        "(no goal)",
+        match (
+            q32.and_then(|q| q.cpu_target_us_per_req),
+            metis32.and_then(|m| m.cpu_target_us_per_req),
+        ) {
+            (Some(q), Some(m)) => (
+                format!(
+                    "{} CPU/req vs {} without caps ({}); start-up to ready with the 1M-event trace: {}",
+                    us(q),
+                    us(m),
+                    signed_us(q - m),
+                    quota
+                        .and_then(|f| f.get("startup_s"))
+                        .and_then(Value::as_f64)
+                        .map_or_else(|| "–".to_owned(), |s| format!("{s:.2} s"))
+                ),
+                "reference".into(),
+            ),
+            _ => not_measured("metis-quota or metis openai-sync c32 run missing"),
+        },
+    );
     push(
         "metis idle RSS",
         "< 30 MB",

@@ -57,6 +57,17 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Add the trace of past requests of one key to a trace database (for the spend-quota run).
+    Fill {
+        #[arg(long)]
+        db: PathBuf,
+        /// Requests to add (4 events each; at most 2,500,000).
+        #[arg(long, default_value_t = 250_000)]
+        requests: usize,
+        /// The key the requests are attributed to (`gateway_key_id`).
+        #[arg(long)]
+        key_id: String,
+    },
     /// Hold the write lock of an existing trace database.
     Stall {
         #[arg(long)]
@@ -72,20 +83,29 @@ enum Command {
 
 /// The events of `requests` gateway requests, as the gateway builds them.
 fn request_events(requests: usize) -> Vec<Event> {
+    request_events_for(
+        requests,
+        "gk_01JBENCHKEY0000000000000000",
+        1_750_000_000_000_000,
+        100,
+    )
+}
+
+/// The events of `requests` requests of key `key_id`, the first at `base_us`, `step_us` apart.
+fn request_events_for(requests: usize, key_id: &str, base_us: i64, step_us: i64) -> Vec<Event> {
     let mut ids = ulid::Generator::new();
     let mut next_id = move || {
         ids.generate()
             .unwrap_or_else(|_| ulid::Ulid::generate())
             .to_string()
     };
-    let base_us: i64 = 1_750_000_000_000_000;
     let mut out = Vec::with_capacity(requests * 4);
     for i in 0..requests {
-        let now = base_us + i64::try_from(i).unwrap_or(0) * 100;
+        let now = base_us + i64::try_from(i).unwrap_or(0) * step_us;
         let session = format!("gw_{}", next_id());
         let turn = format!("gt_{}", next_id());
         let identity = CallIdentity {
-            gateway_key_id: Some("gk_01JBENCHKEY0000000000000000".into()),
+            gateway_key_id: Some(key_id.to_owned()),
             inbound_shape: Some("openai"),
             user_id: Some("bench".into()),
             team_id: Some("perf".into()),
@@ -370,6 +390,25 @@ fn writer(events: usize, dir: Option<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn fill(db: &Path, requests: usize, key_id: &str) -> anyhow::Result<()> {
+    let now_us = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_micros(),
+    )?;
+    // The last request ends one second ago; all of them fall within the current UTC day
+    // unless the run starts within a few seconds of midnight.
+    let step_us = 4;
+    let span = i64::try_from(requests)? * step_us;
+    let events = request_events_for(requests, key_id, now_us - 1_000_000 - span, step_us);
+    let r = raw_rusqlite(db, &events, WriterOptions::default().max_batch)?;
+    println!(
+        "{}",
+        json!({"kind": "fill", "requests": requests, "key_id": key_id, "result": r})
+    );
+    Ok(())
+}
+
 fn stall(db: &Path, seconds: f64, hold_ms: u64) -> anyhow::Result<()> {
     let seconds = seconds.clamp(0.0, 120.0);
     let conn = Connection::open(db).with_context(|| format!("open {}", db.display()))?;
@@ -406,6 +445,11 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Writer { events, dir } => writer(events, dir),
         Command::Ablation { dir } => ablation(dir),
+        Command::Fill {
+            db,
+            requests,
+            key_id,
+        } => fill(&db, requests.min(2_500_000), &key_id),
         Command::Stall {
             db,
             seconds,
