@@ -239,6 +239,26 @@ fn is_missing_schema(e: &rusqlite::Error) -> bool {
 /// Read-only queries over the sessions table.
 pub struct SessionReader {
     conn: Mutex<Connection>,
+    /// The select list: a pre-delegation table (never opened by a writer of this binary)
+    /// reads with `NULL`/`0` for the missing delegation columns instead of failing.
+    columns: String,
+}
+
+/// The select list for the table's actual shape.
+fn select_list(conn: &Connection) -> rusqlite::Result<String> {
+    if !table_exists(conn, "sessions")? {
+        return Ok(SELECT_COLUMNS.to_owned());
+    }
+    let have = columns(conn)?;
+    let has = |c: &str| have.iter().any(|h| h.eq_ignore_ascii_case(c));
+    let pick = |c: &'static str, missing: &'static str| if has(c) { c } else { missing };
+    Ok(format!(
+        "id, workspace_path, active_model, cost_so_far_usd, turn_count, created_at, updated_at, \
+         {}, {}, {}",
+        pick("parent_session_id", "NULL"),
+        pick("parent_tool_use_id", "NULL"),
+        pick("is_worker", "0"),
+    ))
 }
 
 impl std::fmt::Debug for SessionReader {
@@ -264,8 +284,10 @@ impl SessionReader {
                 supported: crate::schema::TRACE_SCHEMA_VERSION,
             });
         }
+        let columns = select_list(&conn).map_err(|e| SessionError::Backend(Box::new(e)))?;
         Ok(Self {
             conn: Mutex::new(conn),
+            columns,
         })
     }
 
@@ -292,7 +314,7 @@ impl SessionReader {
     /// # Errors
     /// `Backend` on an SQLite error.
     pub fn get(&self, id: &str) -> Result<Option<SessionRecord>, SessionError> {
-        let sql = format!("SELECT {SELECT_COLUMNS} FROM sessions WHERE id = ?1");
+        let sql = format!("SELECT {} FROM sessions WHERE id = ?1", self.columns);
         Ok(self.query(&sql, params![id])?.into_iter().next())
     }
 
@@ -308,14 +330,16 @@ impl SessionReader {
         match workspace {
             Some(w) => {
                 let sql = format!(
-                    "SELECT {SELECT_COLUMNS} FROM sessions WHERE workspace_path = ?1 \
-                     ORDER BY updated_at DESC, id LIMIT ?2"
+                    "SELECT {} FROM sessions WHERE workspace_path = ?1 \
+                     ORDER BY updated_at DESC, id LIMIT ?2",
+                    self.columns
                 );
                 self.query(&sql, params![w, i64::from(limit)])
             }
             None => {
                 let sql = format!(
-                    "SELECT {SELECT_COLUMNS} FROM sessions ORDER BY updated_at DESC, id LIMIT ?1"
+                    "SELECT {} FROM sessions ORDER BY updated_at DESC, id LIMIT ?1",
+                    self.columns
                 );
                 self.query(&sql, params![i64::from(limit)])
             }
@@ -327,9 +351,13 @@ impl SessionReader {
     /// # Errors
     /// `Backend` on an SQLite error.
     pub fn children(&self, parent: &str) -> Result<Vec<SessionRecord>, SessionError> {
+        if !self.columns.contains("parent_session_id,") {
+            return Ok(Vec::new());
+        }
         let sql = format!(
-            "SELECT {SELECT_COLUMNS} FROM sessions WHERE parent_session_id = ?1 \
-             ORDER BY created_at, id"
+            "SELECT {} FROM sessions WHERE parent_session_id = ?1 \
+             ORDER BY created_at, id",
+            self.columns
         );
         self.query(&sql, params![parent])
     }

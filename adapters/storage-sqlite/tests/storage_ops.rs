@@ -1,7 +1,7 @@
 //! Backup, restore, migrations, prune, vacuum and status of a trace database: hot backups
 //! under a continuous writer, every refusal of restore, forward-compat fixtures built here
 //! (an unstamped trace DB, a file from a newer binary), prune under concurrent writes.
-#![expect(clippy::unwrap_used, reason = "test code")]
+#![expect(clippy::unwrap_used, clippy::panic, reason = "test code")]
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
