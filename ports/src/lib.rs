@@ -6,11 +6,13 @@
 //! are written as MUST sentences in the docs.
 
 pub mod admin;
+#[cfg(feature = "fakes")]
+pub mod fakes;
 pub mod gateway;
 pub mod keys;
+pub mod metrics;
 pub mod patterns;
 pub mod sessions;
-pub mod metrics;
 pub mod system;
 pub mod trace;
 pub mod upstream;
