@@ -491,11 +491,7 @@ async fn patterns_rebuild_from_the_trace_equals_the_live_projection() {
         s(&rebuilt_dir),
     ]);
     assert_eq!(code(&st), 0, "{}", err(&st));
-    assert!(
-        out(&st).contains("  samples:         54\n"),
-        "{}",
-        out(&st)
-    );
+    assert!(out(&st).contains("  samples:         54\n"), "{}", out(&st));
     assert!(
         out(&st).contains("anthropic:claude-haiku-4-5"),
         "{}",
