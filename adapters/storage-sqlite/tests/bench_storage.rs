@@ -3,7 +3,6 @@
 //! `restore`, and `prune` of the older half (rows/s, batches of 5,000 with a 5 ms pause).
 //!
 //! Run: `cargo test --release -p gw-storage-sqlite --test bench_storage -- --ignored --nocapture`
-#![expect(clippy::unwrap_used, reason = "benchmark code")]
 
 use std::time::Instant;
 
