@@ -155,7 +155,10 @@ fn drain<R: Read + Send + 'static>(r: Option<R>) -> std::thread::JoinHandle<Stri
 ///
 /// # Errors
 /// When waiting fails.
-pub fn wait_with_deadline(child: &mut Child, timeout: Duration) -> anyhow::Result<Option<ExitStatus>> {
+pub fn wait_with_deadline(
+    child: &mut Child,
+    timeout: Duration,
+) -> anyhow::Result<Option<ExitStatus>> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(status) = child.try_wait().context("waiting for a child process")? {
@@ -206,7 +209,11 @@ pub fn metis<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> anyhow::Result<CliOutput>
 ///
 /// # Errors
 /// When the command fails or prints no key.
-pub fn issue_key(storage: &[String], name: &str, extra: &[&str]) -> anyhow::Result<(String, String)> {
+pub fn issue_key(
+    storage: &[String],
+    name: &str,
+    extra: &[&str],
+) -> anyhow::Result<(String, String)> {
     let mut args: Vec<String> = vec![
         "gateway".into(),
         "issue-key".into(),
@@ -388,9 +395,13 @@ impl GatewayProcess {
     ///
     /// # Errors
     /// As [`Self::spawn`].
-    pub async fn spawn_async(args: Vec<String>, env: Vec<(String, String)>) -> anyhow::Result<GatewayProcess> {
+    pub async fn spawn_async(
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+    ) -> anyhow::Result<GatewayProcess> {
         tokio::task::spawn_blocking(move || {
-            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let env: Vec<(&str, &str)> =
+                env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
             Self::spawn(&args, &env)
         })
         .await
@@ -564,7 +575,8 @@ mod tests {
             "x\nmetis gateway listening on https://127.0.0.1:8443 (store=sqlite:/d/metis.db, keystore=/k, providers=mock)\n",
         );
         assert_eq!(
-            b.as_ref().map(|b| (b.scheme.as_str(), b.host.as_str(), b.port)),
+            b.as_ref()
+                .map(|b| (b.scheme.as_str(), b.host.as_str(), b.port)),
             Some(("https", "127.0.0.1", 8443))
         );
         let b = parse_boot_line("metis gateway listening on http://[::1]:80 (…)");
