@@ -267,3 +267,64 @@ async fn cut_and_abandoned_streams_are_charged_their_partial_usage() {
     );
     eprintln!("partial charges: cut + abandoned stream = ${charged:.8} (live spend ${spend:.8})");
 }
+
+/// OpenAI-compatible upstreams report usage only in the final chunk, so a stream cut or
+/// abandoned before it carries no upstream usage. Issue #4 still asks that "cancelled and
+/// failed streams are charged for the usage they consumed": the provider bills the prompt and
+/// the tokens it streamed, so the gateway must charge at least its own estimate (the input it
+/// reserved on plus the deltas it relayed). Otherwise a client dodges its cap by hanging up
+/// just before the last frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_and_abandoned_openai_upstream_streams_are_charged_an_estimate() {
+    let mut gw = TestGateway::spawn().await.unwrap();
+    let combo = Combo::OPENAI_TO_OPENAI;
+    let r = gw
+        .post(
+            combo.client,
+            &combo.body("alpha beta gamma delta [cut]", true),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let combo = Combo::ANTHROPIC_TO_OPENAI;
+    let mut resp = gw
+        .start_stream(combo.client, &combo.body("[long] keep talking", true))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    for _ in 0..3 {
+        tokio::time::timeout(Duration::from_secs(10), resp.chunk())
+            .await
+            .expect("frames")
+            .unwrap();
+    }
+    drop(resp);
+    let reqs = gw
+        .upstream
+        .wait_for_stream_outcomes(Duration::from_secs(5))
+        .await;
+    assert_eq!(reqs[1].stream_outcome, Some(StreamOutcome::ClientDropped));
+    gw.stop().await.unwrap();
+    let failed = gw.events_of("llm.call_failed").unwrap();
+    assert_eq!(failed.len(), 2);
+    let uncharged: Vec<String> = failed
+        .iter()
+        .filter(|e| cost(e) <= 0.0)
+        .map(|e| {
+            format!(
+                "{} (error_class {}): input_tokens {}, output_tokens {}, cost_usd {}",
+                e.payload["inbound_shape"],
+                e.payload["error_class"],
+                e.payload["input_tokens"],
+                e.payload["output_tokens"],
+                e.payload["cost_usd"]
+            )
+        })
+        .collect();
+    assert!(
+        uncharged.is_empty(),
+        "streams from an OpenAI-compatible upstream that end before the usage chunk are \
+         charged nothing (expected cost_usd > 0 from the gateway's input estimate and the \
+         relayed deltas):\n{}",
+        uncharged.join("\n")
+    );
+}
