@@ -22,4 +22,7 @@ fi
 echo "==> Python SDK tests"
 scripts/python-tests.sh
 
+echo "==> Deployment assets (Dockerfile, compose, Helm chart, docs)"
+scripts/infra-tests.sh
+
 echo "==> all tests passed"

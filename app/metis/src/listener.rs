@@ -439,6 +439,8 @@ impl Connections {
 pub struct Tracked {
     inner: poem::listener::TcpAcceptor,
     connections: Arc<Connections>,
+    /// Whether `accept` has been called before (see the yield in `accept`).
+    started: bool,
 }
 
 impl Acceptor for Tracked {
@@ -449,6 +451,13 @@ impl Acceptor for Tracked {
     }
 
     async fn accept(&mut self) -> IoResult<(Self::Io, LocalAddr, RemoteAddr, Scheme)> {
+        if !self.started {
+            // poem's TLS acceptor races its config stream against the first accept; a
+            // connection already queued at start-up would win and be refused for lack of a
+            // config. Yielding once lets the (immediately ready) config be installed first.
+            self.started = true;
+            tokio::task::yield_now().await;
+        }
         let (io, local, remote, scheme) = self.inner.accept().await?;
         let peer = remote.as_socket_addr().copied();
         let std_stream = io.into_std()?;
@@ -539,6 +548,7 @@ pub fn stack(
     let tcp = Tracked {
         inner: tcp,
         connections,
+        started: false,
     };
     match tls {
         Some(cfg) => {
