@@ -115,6 +115,15 @@ impl InMemoryTraceStore {
     /// # Errors
     /// `TooNew` when the data's schema version is newer than [`FAKE_TRACE_SCHEMA_VERSION`].
     pub fn reopen(&self) -> Result<Self, TraceError> {
+        self.reopen_with(self.capacity)
+    }
+
+    /// As [`reopen`](Self::reopen), choosing the queue mode of the new handle (`None` = write
+    /// each event at once).
+    ///
+    /// # Errors
+    /// `TooNew` when the data's schema version is newer than [`FAKE_TRACE_SCHEMA_VERSION`].
+    pub fn reopen_with(&self, capacity: Option<usize>) -> Result<Self, TraceError> {
         let found = lock(&self.file).schema_version;
         if found > FAKE_TRACE_SCHEMA_VERSION {
             return Err(TraceError::TooNew {
@@ -125,7 +134,7 @@ impl InMemoryTraceStore {
         Ok(Self {
             file: Arc::clone(&self.file),
             sink: Arc::new(Mutex::new(SinkState::default())),
-            capacity: self.capacity,
+            capacity: capacity.map(|c| c.max(1)),
         })
     }
 
@@ -721,10 +730,16 @@ impl InMemorySessionStore {
     /// A new handle (own queue and counters) on the same sessions.
     #[must_use]
     pub fn reopen(&self) -> Self {
+        self.reopen_with(self.capacity)
+    }
+
+    /// As [`reopen`](Self::reopen), choosing the queue mode (`None` = apply at once).
+    #[must_use]
+    pub fn reopen_with(&self, capacity: Option<usize>) -> Self {
         Self {
             file: Arc::clone(&self.file),
             queue: Arc::new(Mutex::new(SessionQueue::default())),
-            capacity: self.capacity,
+            capacity: capacity.map(|c| c.max(1)),
         }
     }
 
@@ -1028,6 +1043,15 @@ impl InMemoryPatternStore {
         Self {
             caps,
             workspaces: Arc::default(),
+        }
+    }
+
+    /// Another handle on the same projections with different caps.
+    #[must_use]
+    pub fn with_caps(&self, caps: PatternCaps) -> Self {
+        Self {
+            caps,
+            workspaces: Arc::clone(&self.workspaces),
         }
     }
 

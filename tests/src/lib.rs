@@ -7,9 +7,12 @@
 //!   upstream, with typed request helpers and trace-DB readers.
 //! - [`process`]: the real `metis` binary as a separate process (CLI commands with deadlines,
 //!   gateways announced by their boot line, SIGTERM).
+//! - [`contract`]: the storage contract suite (one function per documented clause of every
+//!   storage port) and its backends (SQLite, redb, in-memory fakes).
 //! - [`certs`]: a CA and a server certificate generated at run time for TLS tests.
 
 pub mod certs;
+pub mod contract;
 pub mod fake_upstream;
 pub mod gateway;
 pub mod process;

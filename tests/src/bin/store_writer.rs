@@ -1,0 +1,61 @@
+//! `store-writer <sqlite|redb> <path>`: the victim of the crash-consistency contract test.
+//!
+//! Opens the trace store at `path` with the production writer settings and, until killed (or
+//! for at most 60 s), emits one batch of events (`gw_tests::contract::crash_batch`), flushes,
+//! and prints `committed <calls> <audits>`: every count printed was durably written.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use gw_ports::trace::EventSink;
+use gw_tests::contract::{CRASH_BATCH_COUNTS, crash_batch};
+
+async fn open(backend: &str, path: PathBuf) -> anyhow::Result<Arc<dyn EventSink>> {
+    match backend {
+        "sqlite" => {
+            let store = tokio::task::spawn_blocking(move || {
+                gw_storage_sqlite::SqliteTraceStore::open(
+                    &path,
+                    gw_storage_sqlite::WriterOptions::default(),
+                )
+            })
+            .await??;
+            Ok(Arc::new(store))
+        }
+        other => bail!("unknown backend {other}"),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let backend = args
+        .next()
+        .context("usage: store-writer <sqlite|redb> <path>")?;
+    let path = PathBuf::from(
+        args.next()
+            .context("usage: store-writer <sqlite|redb> <path>")?,
+    );
+    let sink = open(&backend, path).await?;
+    let started = Instant::now();
+    let mut out = std::io::stdout().lock();
+    let mut batch = 0u64;
+    while started.elapsed() < Duration::from_secs(60) {
+        for e in crash_batch(batch) {
+            sink.emit(e);
+        }
+        sink.flush().await?;
+        batch += 1;
+        writeln!(
+            out,
+            "committed {} {}",
+            batch * CRASH_BATCH_COUNTS.0,
+            batch * CRASH_BATCH_COUNTS.1
+        )?;
+        out.flush()?;
+    }
+    Ok(())
+}

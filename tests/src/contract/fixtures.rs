@@ -1,0 +1,241 @@
+//! The backends of the contract suite: SQLite (`gw-storage-sqlite`), redb
+//! (`gw-storage-redb`) and the in-memory fakes (`gw_ports::fakes`), each in a fresh temp
+//! directory.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use async_trait::async_trait;
+use futures_util::FutureExt;
+use gw_domain::patterns::PatternCaps;
+use gw_ports::fakes::{
+    InMemoryKeyStore, InMemoryPatternStore, InMemorySessionStore, InMemoryTraceStore,
+};
+use gw_ports::keys::KeyStore;
+use gw_ports::patterns::PatternStore;
+use gw_ports::sessions::SessionStore;
+use gw_ports::trace::{EventSink, TraceError, TraceQuery};
+
+use super::{Backend, Opened};
+
+fn tempdir() -> tempfile::TempDir {
+    match tempfile::tempdir() {
+        Ok(d) => d,
+        Err(e) => {
+            // No temp directory means no test can run; say why once, loudly.
+            #[expect(clippy::panic, reason = "fixture setup failure aborts the test")]
+            {
+                panic!("cannot create a temp dir: {e}")
+            }
+        }
+    }
+}
+
+fn make_workspace(root: &Path, name: &str) -> String {
+    let ws = root.join("workspaces").join(name);
+    let _ = std::fs::create_dir_all(&ws);
+    ws.display().to_string()
+}
+
+// ---------------------------------------------------------------------------------------------
+// SQLite
+// ---------------------------------------------------------------------------------------------
+
+/// SQLite: `metis.db` (trace, sessions, keys) and `<workspace>/.metis/patterns.db`.
+pub struct SqliteBackend {
+    dir: tempfile::TempDir,
+}
+
+impl SqliteBackend {
+    fn db(&self) -> PathBuf {
+        self.dir.path().join("metis.db")
+    }
+}
+
+/// A fresh SQLite backend.
+pub async fn sqlite() -> Box<dyn Backend> {
+    Box::new(SqliteBackend { dir: tempdir() })
+}
+
+#[async_trait]
+impl Backend for SqliteBackend {
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn open(&self, queue_capacity: Option<usize>) -> Result<Opened, TraceError> {
+        let db = self.db();
+        let store = tokio::task::spawn_blocking(move || {
+            let mut opts = gw_storage_sqlite::WriterOptions::default();
+            if let Some(c) = queue_capacity {
+                opts.queue_capacity = c;
+            }
+            gw_storage_sqlite::SqliteTraceStore::open(&db, opts)
+        })
+        .await
+        .map_err(|e| TraceError::Unavailable(e.to_string()))??;
+        let store = Arc::new(store);
+        let sessions: Arc<dyn SessionStore> = Arc::new(store.session_store()?);
+        let sink: Arc<dyn EventSink> = store.clone();
+        let query: Arc<dyn TraceQuery> = store.clone();
+        Ok(Opened::new(sink, query, sessions, move || {
+            async move {
+                store.shutdown().await;
+            }
+            .boxed()
+        }))
+    }
+
+    async fn trace_version(&self) -> Option<i64> {
+        let db = self.db();
+        if !db.exists() {
+            return None;
+        }
+        tokio::task::spawn_blocking(move || gw_storage_sqlite::schema_version(&db).ok())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    async fn stamp_trace_version(&self, version: i64) {
+        let db = self.db();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Ok(c) = rusqlite::Connection::open(&db) {
+                let _ = c.pragma_update(None, "user_version", version);
+            }
+        })
+        .await;
+    }
+
+    fn keys(&self) -> Arc<dyn KeyStore> {
+        Arc::new(gw_storage_sqlite::SqliteKeyStore::new(self.db()))
+    }
+
+    fn patterns(&self, caps: PatternCaps) -> Arc<dyn PatternStore> {
+        Arc::new(gw_storage_sqlite::patterns::SqlitePatternStore::new(
+            gw_storage_sqlite::patterns::PatternLocation::InWorkspace,
+            caps,
+        ))
+    }
+
+    async fn stamp_pattern_version(&self, workspace: &str, version: i64) {
+        let path = gw_storage_sqlite::patterns::PatternLocation::InWorkspace.db_path(workspace);
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Ok(c) = rusqlite::Connection::open(&path) {
+                let _ = c.execute(
+                    "UPDATE store_meta SET value = ?1 WHERE key = 'schema_version'",
+                    [version.to_string()],
+                );
+            }
+        })
+        .await;
+    }
+
+    fn workspace(&self, name: &str) -> String {
+        make_workspace(self.dir.path(), name)
+    }
+
+    fn dir(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+
+    fn crash_target(&self) -> Option<(&'static str, PathBuf)> {
+        Some(("sqlite", self.db()))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fakes
+// ---------------------------------------------------------------------------------------------
+
+/// The in-memory fakes; the "files" are their shared states.
+pub struct FakeBackend {
+    dir: tempfile::TempDir,
+    trace: Mutex<Option<InMemoryTraceStore>>,
+    sessions: InMemorySessionStore,
+    keys: InMemoryKeyStore,
+    patterns: InMemoryPatternStore,
+}
+
+/// A fresh fake backend.
+pub async fn fake() -> Box<dyn Backend> {
+    Box::new(FakeBackend {
+        dir: tempdir(),
+        trace: Mutex::new(None),
+        sessions: InMemorySessionStore::new(),
+        keys: InMemoryKeyStore::new(),
+        patterns: InMemoryPatternStore::new(PatternCaps::default()),
+    })
+}
+
+#[async_trait]
+impl Backend for FakeBackend {
+    fn kind(&self) -> &'static str {
+        "fake"
+    }
+
+    async fn open(&self, queue_capacity: Option<usize>) -> Result<Opened, TraceError> {
+        let trace = {
+            let mut slot = self.trace.lock().unwrap_or_else(PoisonError::into_inner);
+            let base = slot.get_or_insert_with(InMemoryTraceStore::new);
+            base.reopen_with(queue_capacity)?
+        };
+        let sessions = self.sessions.reopen_with(queue_capacity);
+        let (t, s) = (trace.clone(), sessions.clone());
+        Ok(Opened::new(
+            Arc::new(trace.clone()),
+            Arc::new(trace),
+            Arc::new(sessions),
+            move || {
+                async move {
+                    t.close();
+                    s.close();
+                }
+                .boxed()
+            },
+        ))
+    }
+
+    async fn trace_version(&self) -> Option<i64> {
+        self.trace
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(InMemoryTraceStore::schema_version)
+    }
+
+    async fn stamp_trace_version(&self, version: i64) {
+        if let Some(t) = self
+            .trace
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
+            t.set_schema_version(version);
+        }
+    }
+
+    fn keys(&self) -> Arc<dyn KeyStore> {
+        Arc::new(self.keys.clone())
+    }
+
+    fn patterns(&self, caps: PatternCaps) -> Arc<dyn PatternStore> {
+        Arc::new(self.patterns.with_caps(caps))
+    }
+
+    async fn stamp_pattern_version(&self, workspace: &str, version: i64) {
+        self.patterns.set_schema_version(workspace, version);
+    }
+
+    fn workspace(&self, name: &str) -> String {
+        make_workspace(self.dir.path(), name)
+    }
+
+    fn dir(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+
+    fn crash_target(&self) -> Option<(&'static str, PathBuf)> {
+        None
+    }
+}

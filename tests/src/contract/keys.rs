@@ -1,0 +1,265 @@
+//! Contract of the `KeyStore` port: existence, insertion order, duplicates, read-modify-write
+//! updates (validated, atomic, no lost update under concurrency) and the change token.
+#![expect(
+    clippy::expect_used,
+    reason = "contract tests fail loudly on a broken store"
+)]
+
+use std::collections::BTreeSet;
+
+use gw_domain::keys::{KeyRecord, KeyStatus};
+use gw_ports::keys::KeyStoreError;
+
+use super::Backend;
+
+/// A valid active key record `gk_<n>` whose hash is derived from `n`.
+#[must_use]
+pub fn key(n: u32) -> KeyRecord {
+    KeyRecord {
+        key_id: format!("gk_{n:04}"),
+        secret_hash: format!("{n:064x}"),
+        name: Some(format!("key {n}")),
+        workspace_path: "/work/space".to_owned(),
+        created_at: Some("2026-01-01T00:00:00Z".to_owned()),
+        allowed_models: None,
+        daily_cap_usd: None,
+        monthly_cap_usd: None,
+        rpm: None,
+        user_id: None,
+        team_id: None,
+        customer_tier: None,
+        status: KeyStatus::Active,
+        revoked_at: None,
+        grace_period_until: None,
+        spend_account: None,
+        extra: serde_json::Map::new(),
+    }
+}
+
+fn ids(keys: &[KeyRecord]) -> Vec<String> {
+    keys.iter().map(|k| k.key_id.clone()).collect()
+}
+
+/// `load` of a store that does not exist yet is `NotFound`, and `version` is `None`.
+pub async fn a_missing_key_store_is_not_found(b: &dyn Backend) {
+    let ks = b.keys();
+    let r = ks.load().await;
+    assert!(matches!(r, Err(KeyStoreError::NotFound { .. })), "{r:?}");
+    assert_eq!(ks.version().await, None);
+}
+
+/// `insert` creates the store when missing; `load` returns every key in insertion order with
+/// every field as inserted.
+pub async fn insert_creates_the_store_and_load_keeps_insertion_order(b: &dyn Backend) {
+    let ks = b.keys();
+    let mut third = key(1);
+    third.user_id = Some("alice".into());
+    third.daily_cap_usd = Some("2.5".into());
+    third
+        .extra
+        .insert("future_field".into(), serde_json::json!({"kept": true}));
+    for k in [key(30), key(2), third.clone()] {
+        ks.insert(k).await.expect("insert");
+    }
+    let loaded = b.keys().load().await.expect("load");
+    assert_eq!(ids(&loaded), vec!["gk_0030", "gk_0002", "gk_0001"]);
+    assert_eq!(loaded[2], third);
+}
+
+/// `insert` of an existing id or an existing token hash is `Duplicate` (naming the existing
+/// key) and writes nothing.
+pub async fn insert_refuses_a_duplicate_id_or_hash(b: &dyn Backend) {
+    let ks = b.keys();
+    ks.insert(key(1)).await.expect("insert");
+    let v = ks.version().await;
+    let mut same_id = key(2);
+    same_id.key_id = key(1).key_id;
+    let r = ks.insert(same_id).await;
+    assert!(
+        matches!(&r, Err(KeyStoreError::Duplicate { key_id }) if key_id == "gk_0001"),
+        "{r:?}"
+    );
+    let mut same_hash = key(3);
+    same_hash.secret_hash = key(1).secret_hash.to_ascii_uppercase();
+    let r = ks.insert(same_hash).await;
+    assert!(
+        matches!(&r, Err(KeyStoreError::Duplicate { key_id }) if key_id == "gk_0001"),
+        "{r:?}"
+    );
+    assert_eq!(ids(&ks.load().await.expect("load")), vec!["gk_0001"]);
+    assert_eq!(ks.version().await, v);
+}
+
+/// `insert` MUST NOT lose a concurrent writer's update: keys inserted in parallel through
+/// separate handles are all stored.
+pub async fn parallel_inserts_lose_no_key(b: &dyn Backend) {
+    b.keys().insert(key(0)).await.expect("first insert");
+    let mut tasks = Vec::new();
+    for n in 1..=16u32 {
+        let ks = b.keys();
+        tasks.push(tokio::spawn(async move { ks.insert(key(n)).await }));
+    }
+    for t in tasks {
+        t.await.expect("join").expect("insert");
+    }
+    let loaded: BTreeSet<String> = ids(&b.keys().load().await.expect("load"))
+        .into_iter()
+        .collect();
+    let want: BTreeSet<String> = (0..=16).map(|n| key(n).key_id).collect();
+    assert_eq!(loaded, want);
+}
+
+/// `update` applies the edit to the current set, persists it and returns the new set.
+pub async fn update_applies_the_edit_and_returns_the_new_set(b: &dyn Backend) {
+    let ks = b.keys();
+    for n in 1..=3 {
+        ks.insert(key(n)).await.expect("insert");
+    }
+    let out = ks
+        .update(Box::new(|keys: &mut Vec<KeyRecord>| {
+            keys[1].status = KeyStatus::Revoked;
+            keys[1].revoked_at = Some("2026-02-01T00:00:00Z".into());
+            keys.remove(0);
+            keys.push(key(9));
+            Ok(())
+        }))
+        .await
+        .expect("update");
+    assert_eq!(ids(&out), vec!["gk_0002", "gk_0003", "gk_0009"]);
+    let loaded = b.keys().load().await.expect("load");
+    assert_eq!(loaded, out);
+    assert_eq!(loaded[0].status, KeyStatus::Revoked);
+}
+
+/// An edit that refuses (`Err(message)`) aborts the update with `Rejected` carrying the
+/// message; nothing is written and the change token stays.
+pub async fn a_refused_edit_is_rejected_and_writes_nothing(b: &dyn Backend) {
+    let ks = b.keys();
+    ks.insert(key(1)).await.expect("insert");
+    let v = ks.version().await;
+    let r = ks
+        .update(Box::new(|keys: &mut Vec<KeyRecord>| {
+            keys.clear();
+            Err("rotating a revoked key".to_owned())
+        }))
+        .await;
+    assert!(
+        matches!(&r, Err(KeyStoreError::Rejected { message }) if message == "rotating a revoked key"),
+        "{r:?}"
+    );
+    assert_eq!(ids(&ks.load().await.expect("load")), vec!["gk_0001"]);
+    assert_eq!(ks.version().await, v);
+}
+
+/// `update` MUST validate every resulting record and the absence of duplicate ids or hashes
+/// before writing: an invalid result is `Corrupt` and nothing is written.
+pub async fn an_invalid_edit_result_is_corrupt_and_writes_nothing(b: &dyn Backend) {
+    let ks = b.keys();
+    ks.insert(key(1)).await.expect("insert");
+    ks.insert(key(2)).await.expect("insert");
+    let before = ks.load().await.expect("load");
+    let dup_id = ks
+        .update(Box::new(|keys: &mut Vec<KeyRecord>| {
+            keys[1].key_id = keys[0].key_id.clone();
+            Ok(())
+        }))
+        .await;
+    assert!(
+        matches!(dup_id, Err(KeyStoreError::Corrupt { .. })),
+        "{dup_id:?}"
+    );
+    let dup_hash = ks
+        .update(Box::new(|keys: &mut Vec<KeyRecord>| {
+            keys[1].secret_hash = keys[0].secret_hash.clone();
+            Ok(())
+        }))
+        .await;
+    assert!(
+        matches!(dup_hash, Err(KeyStoreError::Corrupt { .. })),
+        "{dup_hash:?}"
+    );
+    let invalid = ks
+        .update(Box::new(|keys: &mut Vec<KeyRecord>| {
+            keys[0].status = KeyStatus::Revoked; // without revoked_at
+            Ok(())
+        }))
+        .await;
+    assert!(
+        matches!(invalid, Err(KeyStoreError::Corrupt { .. })),
+        "{invalid:?}"
+    );
+    assert_eq!(ks.load().await.expect("load"), before);
+}
+
+/// `update` of a store that does not exist is `NotFound` (the edit does not create it).
+pub async fn update_of_a_missing_store_is_not_found(b: &dyn Backend) {
+    let ks = b.keys();
+    let r = ks
+        .update(Box::new(|keys: &mut Vec<KeyRecord>| {
+            keys.push(key(1));
+            Ok(())
+        }))
+        .await;
+    assert!(matches!(r, Err(KeyStoreError::NotFound { .. })), "{r:?}");
+    assert!(matches!(
+        ks.load().await,
+        Err(KeyStoreError::NotFound { .. })
+    ));
+}
+
+/// `update` MUST hold an exclusive lock across read, edit and write: revokes of different
+/// keys racing through separate handles all land (no lost update).
+pub async fn parallel_revokes_through_update_lose_no_update(b: &dyn Backend) {
+    let ks = b.keys();
+    for n in 0..12 {
+        ks.insert(key(n)).await.expect("insert");
+    }
+    let mut tasks = Vec::new();
+    for n in 0..12u32 {
+        let ks = b.keys();
+        tasks.push(tokio::spawn(async move {
+            ks.update(Box::new(move |keys: &mut Vec<KeyRecord>| {
+                let id = key(n).key_id;
+                let k = keys
+                    .iter_mut()
+                    .find(|k| k.key_id == id)
+                    .ok_or_else(|| format!("{id} vanished"))?;
+                k.status = KeyStatus::Revoked;
+                k.revoked_at = Some("2026-03-01T00:00:00Z".into());
+                Ok(())
+            }))
+            .await
+        }));
+    }
+    for t in tasks {
+        t.await.expect("join").expect("update");
+    }
+    let loaded = b.keys().load().await.expect("load");
+    assert_eq!(loaded.len(), 12);
+    let active: Vec<&str> = loaded
+        .iter()
+        .filter(|k| k.status != KeyStatus::Revoked)
+        .map(|k| k.key_id.as_str())
+        .collect();
+    assert!(active.is_empty(), "lost revokes: {active:?}");
+}
+
+/// `version` changes whenever the stored set changed (every insert and applied update), and
+/// another handle on the same store sees the same token.
+pub async fn the_version_changes_with_every_write(b: &dyn Backend) {
+    let ks = b.keys();
+    ks.insert(key(1)).await.expect("insert");
+    let v1 = ks.version().await.expect("version after insert");
+    ks.insert(key(2)).await.expect("insert");
+    let v2 = ks.version().await.expect("version");
+    assert_ne!(v1, v2);
+    ks.update(Box::new(|keys: &mut Vec<KeyRecord>| {
+        keys[0].name = Some("renamed".into());
+        Ok(())
+    }))
+    .await
+    .expect("update");
+    let v3 = ks.version().await.expect("version");
+    assert!(v3 != v2 && v3 != v1);
+    assert_eq!(b.keys().version().await, Some(v3));
+}

@@ -1,0 +1,111 @@
+//! The storage contract suite: one `pub async fn` per documented clause of each storage port
+//! (`EventSink`, `TraceQuery`, `KeyStore`, `SessionStore`, `PatternStore`), written once and
+//! run against every backend (SQLite, redb and the in-memory fakes) by
+//! `tests/tests/storage_contract.rs`.
+//!
+//! Invariants:
+//! - A contract function sees a backend only through [`Backend`]: the ports themselves plus a
+//!   few backend-specific hooks (stamp a newer schema version, read the version marker, the
+//!   crash writer). Nothing in a contract function names an adapter.
+//! - Each test gets a fresh backend (its own temp directory), so tests run in parallel.
+//! - Each function's doc comment is the clause it proves, quoted or paraphrased from the port.
+
+pub mod crash;
+pub mod fixtures;
+pub mod keys;
+pub mod patterns;
+pub mod sessions;
+pub mod trace;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures_util::future::BoxFuture;
+use gw_domain::patterns::PatternCaps;
+use gw_ports::keys::KeyStore;
+use gw_ports::patterns::PatternStore;
+use gw_ports::sessions::SessionStore;
+use gw_ports::trace::{EventSink, TraceError, TraceQuery};
+
+pub use crash::*;
+pub use keys::*;
+pub use patterns::*;
+pub use sessions::*;
+pub use trace::*;
+
+/// An opened main store: the trace sink and queries, and the session store that shares its
+/// writer (as both adapters do).
+pub struct Opened {
+    pub sink: Arc<dyn EventSink>,
+    pub query: Arc<dyn TraceQuery>,
+    pub sessions: Arc<dyn SessionStore>,
+    close: Option<Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>>,
+}
+
+impl std::fmt::Debug for Opened {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Opened").finish_non_exhaustive()
+    }
+}
+
+impl Opened {
+    /// Bundle the handles with the function that shuts the writer down.
+    pub fn new(
+        sink: Arc<dyn EventSink>,
+        query: Arc<dyn TraceQuery>,
+        sessions: Arc<dyn SessionStore>,
+        close: impl FnOnce() -> BoxFuture<'static, ()> + Send + 'static,
+    ) -> Self {
+        Self {
+            sink,
+            query,
+            sessions,
+            close: Some(Box::new(close)),
+        }
+    }
+
+    /// Stop the writer (draining its queue) and release the store, like a clean exit.
+    pub async fn close(mut self) {
+        if let Some(close) = self.close.take() {
+            close().await;
+        }
+    }
+}
+
+/// A storage backend under test, with its own temp directory.
+#[async_trait]
+pub trait Backend: Send + Sync {
+    /// `sqlite`, `redb` or `fake`.
+    fn kind(&self) -> &'static str;
+
+    /// Open the main store (creating it on first use). `queue_capacity` bounds the writer
+    /// queue (`None` = the production default). A previous handle must be closed first.
+    async fn open(&self, queue_capacity: Option<usize>) -> Result<Opened, TraceError>;
+
+    /// The version marker of the main store (`None` when it does not exist). Store closed.
+    async fn trace_version(&self) -> Option<i64>;
+
+    /// Stamp the (closed) main store as written by a binary with schema version `version`.
+    async fn stamp_trace_version(&self, version: i64);
+
+    /// A new handle on the main store's keys (each call: another handle, same data).
+    fn keys(&self) -> Arc<dyn KeyStore>;
+
+    /// A new pattern store (fresh handle, same data) with the given caps.
+    fn patterns(&self, caps: PatternCaps) -> Arc<dyn PatternStore>;
+
+    /// Stamp the pattern store of `workspace` (which must exist, no handle open) with
+    /// `version`.
+    async fn stamp_pattern_version(&self, workspace: &str, version: i64);
+
+    /// A fresh, writable workspace directory (absolute path).
+    fn workspace(&self, name: &str) -> String;
+
+    /// The data directory (temp dir) of this backend.
+    fn dir(&self) -> PathBuf;
+
+    /// How to run the crash writer in a child process: `(backend name, store path)`, or
+    /// `None` for a backend without a file (the fake simulates the crash in-process).
+    fn crash_target(&self) -> Option<(&'static str, PathBuf)>;
+}

@@ -1,0 +1,91 @@
+//! The storage contract suite, run against every backend: each clause (a function in
+//! `gw_tests::contract`) is listed once in `all_contracts!` and instantiated for the `sqlite`,
+//! `redb` and `fake` modules, each test with a fresh backend in its own temp directory.
+
+macro_rules! all_contracts {
+    ($m:ident) => {
+        // EventSink
+        $m!(a_full_queue_counts_overflow_and_never_blocks);
+        $m!(flush_waits_for_every_earlier_event);
+        $m!(flush_after_close_is_unavailable);
+        $m!(emit_after_close_is_counted);
+        $m!(is_writable_until_closed);
+        $m!(written_events_survive_reopen_unchanged);
+        $m!(a_rejected_event_fails_alone);
+        $m!(opening_stamps_the_schema_version);
+        $m!(a_newer_store_is_refused_and_never_lowered);
+        $m!(audit_events_form_a_verifiable_chain);
+        $m!(the_audit_chain_continues_across_reopen);
+        $m!(a_writer_killed_mid_write_keeps_every_committed_row);
+        // TraceQuery
+        $m!(spend_sums_both_windows_of_call_events);
+        $m!(usage_groups_a_half_open_window_by_cost);
+        $m!(usage_puts_events_without_the_field_in_a_none_group);
+        $m!(usage_filter_restricts_to_one_value);
+        $m!(audit_events_are_a_half_open_window_ordered_by_id);
+        $m!(audit_events_filter_by_type);
+        // KeyStore
+        $m!(a_missing_key_store_is_not_found);
+        $m!(insert_creates_the_store_and_load_keeps_insertion_order);
+        $m!(insert_refuses_a_duplicate_id_or_hash);
+        $m!(parallel_inserts_lose_no_key);
+        $m!(update_applies_the_edit_and_returns_the_new_set);
+        $m!(a_refused_edit_is_rejected_and_writes_nothing);
+        $m!(an_invalid_edit_result_is_corrupt_and_writes_nothing);
+        $m!(update_of_a_missing_store_is_not_found);
+        $m!(parallel_revokes_through_update_lose_no_update);
+        $m!(the_version_changes_with_every_write);
+        // SessionStore
+        $m!(a_first_turn_creates_the_session);
+        $m!(later_turns_accumulate);
+        $m!(the_parent_link_is_kept_and_is_worker_is_sticky);
+        $m!(a_turn_from_another_workspace_changes_nothing);
+        $m!(turns_apply_in_record_order);
+        $m!(concurrent_record_turn_keeps_every_turn_in_order);
+        $m!(flush_applies_every_earlier_turn);
+        $m!(an_unknown_session_is_none);
+        $m!(list_orders_by_latest_update_then_id);
+        $m!(children_are_direct_and_oldest_first);
+        $m!(sessions_survive_reopen);
+        $m!(record_turn_after_close_is_unavailable);
+        // PatternStore
+        $m!(record_creates_a_fingerprint_and_an_outcome);
+        $m!(a_known_signature_accumulates_on_its_outcome);
+        $m!(scores_update_the_mean_by_welford);
+        $m!(above_the_hard_cap_the_store_is_evicted_to_the_soft_cap);
+        $m!(above_the_soft_cap_only_the_age_trim_runs);
+        $m!(an_unusable_workspace_is_skipped);
+        $m!(a_newer_pattern_store_is_refused);
+        $m!(replace_all_equals_a_fresh_replay);
+        $m!(reads_of_a_missing_store_are_empty_and_outcomes_are_ordered);
+    };
+}
+
+macro_rules! case {
+    ($fixture:path, $t:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $t() {
+            gw_tests::contract::set_writer_bin(env!("CARGO_BIN_EXE_store-writer"));
+            let backend = $fixture().await;
+            gw_tests::contract::$t(&*backend).await;
+        }
+    };
+}
+
+mod sqlite {
+    macro_rules! c {
+        ($t:ident) => {
+            case!(gw_tests::contract::fixtures::sqlite, $t);
+        };
+    }
+    all_contracts!(c);
+}
+
+mod fake {
+    macro_rules! c {
+        ($t:ident) => {
+            case!(gw_tests::contract::fixtures::fake, $t);
+        };
+    }
+    all_contracts!(c);
+}
