@@ -293,7 +293,7 @@ load metis-translated openai-to-anthropic-sync --baseline-scenario anthropic-syn
 load metis-mock-provider openai-sync --note "model mock: the in-process mock provider, no upstream hop" \
   --url "$GW/v1/chat/completions" "${OA_AUTH[@]}" --body-file "$B/openai-mock-provider.json" --expect chat.completion --target-pid "$GW_PID" --concurrency 32
 log "metis with its trace writer stalled (another connection holds the SQLite write lock)"
-STALL_SECS=$((WARM + DUR + 1))
+STALL_SECS=$(awk -v w="$WARM" -v d="$DUR" 'BEGIN { print w + d + 1 }')
 stalled_run() { # bench-load load args...
   taskset -c "$LOADGEN_CPU" "$BIN/bench-trace" stall --db "$OUT/tmp/metis/metis.db" --seconds "$STALL_SECS" \
     >>"$LOGS/stall.json" 2>>"$LOGS/stall.err" &
