@@ -688,6 +688,17 @@ impl SqlitePatternStore {
     /// Resolve and open the writable store of `workspace`, or the reason to skip it (logged
     /// once per workspace).
     fn writable(&self, workspace: &str) -> Result<Result<Shared, String>, PatternError> {
+        // An open store was checked when it was opened; only new ones are probed.
+        let path = self.db_path(workspace);
+        if let Some(c) = self
+            .inner
+            .conns
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&path)
+        {
+            return Ok(Ok(Arc::clone(c)));
+        }
         match self.inner.location.prepare(workspace) {
             Ok(path) => Ok(Ok(self.connection(&path)?)),
             Err(reason) => {
