@@ -28,7 +28,9 @@ pub enum RecordOutcome {
     Recorded(RecordResult),
     /// The workspace is not a writable directory; nothing was stored (one WARN per workspace
     /// is logged by the adapter).
-    Skipped { reason: String },
+    Skipped {
+        reason: String,
+    },
 }
 
 /// The effect of one applied observation.
