@@ -4,10 +4,11 @@
 //! - SIGTERM mid-stream: the stream completes, `/readyz` answers 503 during the drain, new
 //!   connections are refused, the process exits 0 soon after the stream ends and the call's
 //!   `llm.call_completed` is in the trace DB.
-//! - `--reuse-port` hand-over under steady load (sync and streaming, both shapes): gateway B
-//!   binds the port of gateway A, A gets SIGTERM mid-load and drains, B serves alone. Zero
-//!   failed requests, A exits 0, and the trace holds exactly one `llm.call_completed` per
-//!   successful request. The numbers are printed for the release notes.
+//! - `--reuse-port` hand-over under steady load (sync and streaming, both shapes; plain HTTP
+//!   and in-process TLS): gateway B binds the port of gateway A, A gets SIGTERM mid-load and
+//!   drains, B serves alone. Zero failed requests, A exits 0, and the trace holds exactly one
+//!   `llm.call_completed` per successful request. The numbers are printed for the release
+//!   notes.
 //!
 //! Clients open a fresh connection per request: what is under test is the servers' hand-over
 //! (listener, accept queue, drain), not a client pool re-using a connection the old process is
@@ -16,6 +17,7 @@
 //! Needs `target/debug/metis` (`cargo build --workspace --bins`; scripts/test.sh does it).
 #![expect(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
 
+use gw_tests::certs::TestPki;
 use gw_tests::fake_upstream::{DEFAULT_ANTHROPIC_KEY, DEFAULT_OPENAI_KEY};
 use gw_tests::gateway::{read_events, reply_text, stream_text};
 use gw_tests::process::{GatewayProcess, free_port, issue_key, upstream_args, upstream_env};
@@ -155,17 +157,28 @@ async fn sigterm_mid_stream_drains_reports_not_ready_and_flushes() {
 
     gw.sigterm().unwrap();
     let signalled = Instant::now();
-    tokio::time::sleep(Duration::from_millis(200)).await;
 
-    // The listener is closed: new connections are refused while A drains.
-    let fresh = tokio::time::timeout(
-        Duration::from_secs(2),
-        tokio::net::TcpStream::connect(("127.0.0.1", port)),
-    )
-    .await;
+    // The listener closes (after readiness turned 503): new connections are refused while
+    // the process drains.
+    let refused_after = loop {
+        let fresh = tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::net::TcpStream::connect(("127.0.0.1", port)),
+        )
+        .await;
+        if matches!(fresh, Ok(Err(_))) {
+            break signalled.elapsed();
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(3),
+            "a draining gateway stops accepting connections (still accepting 3 s after SIGTERM: {fresh:?})"
+        );
+        drop(fresh);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert!(
-        matches!(fresh, Ok(Err(_))),
-        "a draining gateway accepts no new connection (got {fresh:?})"
+        refused_after < Duration::from_secs(1),
+        "the listener closed {refused_after:?} after SIGTERM"
     );
 
     // The probe finishes its request during the drain: 503.
@@ -251,12 +264,15 @@ async fn load_client(
     stop: Arc<AtomicBool>,
     a_gone: Arc<AtomicBool>,
     tally: Arc<Tally>,
+    ca_pem: Option<String>,
 ) {
-    let client = reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap();
+        .timeout(Duration::from_secs(30));
+    if let Some(pem) = ca_pem {
+        builder = builder.tls_certs_only([reqwest::Certificate::from_pem(pem.as_bytes()).unwrap()]);
+    }
+    let client = builder.build().unwrap();
     let mut i = 0usize;
     while !stop.load(Ordering::Acquire) {
         let combo = COMBOS[(id + i) % COMBOS.len()];
@@ -288,6 +304,18 @@ async fn load_client(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reuse_port_hand_over_under_load_loses_nothing() {
+    hand_over(false).await;
+}
+
+/// The same hand-over with in-process TLS: B's first connections (queued before its accept
+/// loop runs) must complete their handshakes too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reuse_port_hand_over_with_tls_loses_nothing() {
+    hand_over(true).await;
+}
+
+async fn hand_over(tls: bool) {
+    let label = if tls { "hand-over (TLS)" } else { "hand-over" };
     let upstream = FakeUpstream::start(DEFAULT_ANTHROPIC_KEY, DEFAULT_OPENAI_KEY)
         .await
         .unwrap();
@@ -306,12 +334,26 @@ async fn reuse_port_hand_over_under_load_loses_nothing() {
         "15s".to_owned(),
     ];
     args.extend(upstream_args(&upstream.base_url(), dir.path()));
+    let mut ca_pem = None;
+    if tls {
+        let pki = TestPki::generate().unwrap();
+        let files = pki.write_to(dir.path()).unwrap();
+        args.extend([
+            "--tls-cert".to_owned(),
+            files.leaf_cert.display().to_string(),
+            "--tls-key".to_owned(),
+            files.leaf_key.display().to_string(),
+        ]);
+        ca_pem = Some(pki.ca_cert_pem);
+    }
 
     let mut a = GatewayProcess::spawn_async(args.clone(), provider_env())
         .await
         .unwrap();
     assert_eq!(a.boot.port, port);
-    let base = format!("http://127.0.0.1:{port}");
+    let scheme = if tls { "https" } else { "http" };
+    assert_eq!(a.boot.scheme, scheme, "{}", a.boot.line);
+    let base = format!("{scheme}://127.0.0.1:{port}");
 
     let stop = Arc::new(AtomicBool::new(false));
     let a_gone = Arc::new(AtomicBool::new(false));
@@ -325,6 +367,7 @@ async fn reuse_port_hand_over_under_load_loses_nothing() {
                 Arc::clone(&stop),
                 Arc::clone(&a_gone),
                 Arc::clone(&tally),
+                ca_pem.clone(),
             ))
         })
         .collect();
@@ -358,7 +401,7 @@ async fn reuse_port_hand_over_under_load_loses_nothing() {
     let ok = tally.ok.load(Ordering::Relaxed);
     let failures = tally.failures.lock().unwrap().clone();
     eprintln!(
-        "hand-over: requests sent={sent} ok={ok} (streams {}) failed={} \
+        "{label}: requests sent={sent} ok={ok} (streams {}) failed={} \
          llm.call_completed events={completed} llm.call_failed events={failed_events}; \
          ok before SIGTERM to A={before_term}, ok after A exited (B alone)={}; \
          A exited {a_status} at {drain_took:?}, B exited {b_status}",
