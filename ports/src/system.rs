@@ -23,3 +23,10 @@ pub trait TraceContext: Send + Sync {
     /// otherwise (the caller then propagates the client's header unchanged).
     fn current_traceparent(&self) -> Option<String>;
 }
+
+/// Runs work in the background, detached from the request that started it (e.g. updating a
+/// workspace's pattern store after the answer was sent).
+pub trait Background: Send + Sync {
+    /// Start `task`; it MUST NOT delay the caller.
+    fn spawn(&self, task: futures_util::future::BoxFuture<'static, ()>);
+}

@@ -8,6 +8,7 @@ use crate::listener;
 use crate::paths::Paths;
 use crate::system::{SystemClock, UlidIds};
 use anyhow::{Context, bail};
+use gw_domain::patterns::PatternCaps;
 use gw_domain::time::{day_start, month_start};
 use gw_http::{ClientGone, HttpOptions, routes};
 use gw_ports::admin::AdminService;
@@ -16,6 +17,7 @@ use gw_ports::system::{Clock, IdSource};
 use gw_ports::trace::EventSink;
 use gw_ports::trace::TraceQuery;
 use gw_ports::upstream::Provider;
+use gw_storage_sqlite::patterns::{PatternLocation, SqlitePatternStore};
 use gw_storage_sqlite::{SqliteTraceStore, WriterOptions};
 use gw_upstream::{HttpProvider, HttpProviderConfig, MockProvider, MockSettings};
 use gw_usecases::key_admin::IssueRequest;
@@ -275,6 +277,14 @@ impl App {
                     .session_store()
                     .context("cannot open the session store")?,
             ),
+            patterns: Arc::new(SqlitePatternStore::new(
+                match &args.patterns_dir {
+                    Some(dir) => PatternLocation::Dir(dir.clone()),
+                    None => PatternLocation::InWorkspace,
+                },
+                PatternCaps::default(),
+            )),
+            background: Arc::new(TokioBackground),
             trace: Arc::new(crate::telemetry::OtelTraceContext {
                 exporting: crate::telemetry::exporting(),
             }),
@@ -473,6 +483,16 @@ async fn watch_keys(store: Arc<dyn KeyStore>, core: Arc<GatewayCore>, admin: Arc
                 last = current;
             }
         }
+    }
+}
+
+/// Background work on the tokio runtime.
+#[derive(Debug, Clone, Copy)]
+struct TokioBackground;
+
+impl gw_ports::system::Background for TokioBackground {
+    fn spawn(&self, task: futures_util::future::BoxFuture<'static, ()>) {
+        tokio::spawn(task);
     }
 }
 

@@ -219,6 +219,10 @@ pub struct ServeArgs {
     pub reuse_port: bool,
     #[command(flatten)]
     pub storage: StorageArgs,
+    /// Keep each workspace's pattern store under this directory instead of
+    /// `<workspace>/.metis/patterns.db` (for workspaces the gateway cannot write to).
+    #[arg(long, env = "METIS_GATEWAY_PATTERNS_DIR")]
+    pub patterns_dir: Option<PathBuf>,
     /// TOML config file: providers, model aliases, prices (see README).
     #[arg(long, env = "METIS_GATEWAY_CONFIG")]
     pub config: Option<PathBuf>,

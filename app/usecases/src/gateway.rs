@@ -3,12 +3,13 @@
 
 use crate::keys::KeyRing;
 use crate::limits::Limiter;
-use crate::recorder::{CallRecorder, InflightGuard, SessionHook};
+use crate::recorder::{CallRecorder, InflightGuard, PatternHook, SessionHook};
 use crate::spend::{Caps, SpendLedger};
 use crate::stream::{StreamState, client_stream};
 use crate::wire::{self, Passthrough, StreamParser, StreamRenderer, shape_of};
 use async_trait::async_trait;
 use bytes::Bytes;
+use gw_domain::canonical::{ChatRequest, Role};
 use gw_domain::canonical::{ContentBlock, Shape};
 use gw_domain::error::{ErrorClass, GatewayError};
 use gw_domain::events::{
@@ -17,12 +18,15 @@ use gw_domain::events::{
 };
 use gw_domain::keys::{Inactive, KeyRecord, hash_token};
 use gw_domain::models::Catalog;
+use gw_domain::patterns::{FingerprintInputs, StructuralFeatures};
 use gw_domain::pricing::PriceTable;
 use gw_domain::sessions::parse_session_headers;
 use gw_domain::sse::SseParser;
 use gw_ports::gateway::{Admission, GatewayService, InboundMeta, Reply};
 use gw_ports::metrics::{Metrics, ScrapeGauges};
+use gw_ports::patterns::PatternStore;
 use gw_ports::sessions::SessionStore;
+use gw_ports::system::Background;
 use gw_ports::system::{Clock, IdSource, TraceContext};
 use gw_ports::trace::EventSink;
 use gw_ports::upstream::{Provider, UpstreamBody, UpstreamError, UpstreamRequest};
@@ -47,6 +51,8 @@ pub struct GatewayCore {
     metrics: Arc<dyn Metrics>,
     trace: Arc<dyn TraceContext>,
     sessions: Arc<dyn SessionStore>,
+    patterns: Arc<dyn PatternStore>,
+    background: Arc<dyn Background>,
     auth_sampler: AuthFailSampler,
     quota_sampler: Mutex<std::collections::HashMap<String, (i64, u64)>>,
     draining: AtomicBool,
@@ -67,6 +73,8 @@ pub struct CoreParts {
     pub metrics: Arc<dyn Metrics>,
     pub trace: Arc<dyn TraceContext>,
     pub sessions: Arc<dyn SessionStore>,
+    pub patterns: Arc<dyn PatternStore>,
+    pub background: Arc<dyn Background>,
 }
 
 impl GatewayCore {
@@ -89,6 +97,8 @@ impl GatewayCore {
             metrics: parts.metrics,
             trace: parts.trace,
             sessions: parts.sessions,
+            patterns: parts.patterns,
+            background: parts.background,
             auth_sampler: AuthFailSampler::default(),
             quota_sampler: Mutex::new(std::collections::HashMap::new()),
             draining: AtomicBool::new(false),
@@ -338,6 +348,45 @@ fn quota_error(e: &crate::spend::Exceeded) -> GatewayError {
         limit_usd: usd(e.limit_usd),
         current_usd: usd(e.current_usd),
     }
+}
+
+/// The structural fingerprint of a request (no raw text survives: only intent tags derived
+/// from the last user message, tool names, flags and a token bucket).
+fn fingerprint(req: &ChatRequest, workspace: &str) -> StructuralFeatures {
+    let user_text = req
+        .messages
+        .iter()
+        .rev()
+        .find(|m| m.role == Role::User)
+        .map(|m| {
+            m.content
+                .iter()
+                .filter_map(|b| match b {
+                    ContentBlock::Text { text, .. } => Some(text.as_str()),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default();
+    let tool_names: Vec<String> = req.tools.iter().map(|t| t.name.clone()).collect();
+    let has_tool_calls_in_history = req.messages.iter().any(|m| {
+        m.content.iter().any(|b| {
+            matches!(
+                b,
+                ContentBlock::ToolUse { .. } | ContentBlock::ToolResult { .. }
+            )
+        })
+    });
+    StructuralFeatures::compute(&FingerprintInputs {
+        user_text: &user_text,
+        workspace_path: workspace,
+        estimated_input_tokens: req.estimate_input_tokens(),
+        has_images: req.has_images(),
+        has_tool_calls_in_history,
+        tool_names: &tool_names,
+        ..FingerprintInputs::default()
+    })
 }
 
 fn upstream_error(err: &UpstreamError) -> (GatewayError, ErrorClass, String) {
@@ -647,6 +696,12 @@ impl GatewayService for GatewayCore {
         };
         let mut recorder = CallRecorder {
             span: call_span,
+            pattern: Some(PatternHook {
+                store: Arc::clone(&self.patterns),
+                background: Arc::clone(&self.background),
+                features: fingerprint(&req, &key.workspace_path),
+                workspace: key.workspace_path.clone(),
+            }),
             session: admission.session.clone().map(|link| SessionHook {
                 store: Arc::clone(&self.sessions),
                 link,

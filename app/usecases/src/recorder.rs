@@ -11,10 +11,13 @@ use gw_domain::error::ErrorClass;
 use gw_domain::events::{
     CallIdentity, LlmCallCompleted, LlmCallFailed, Payload, TurnCompleted, make_event,
 };
+use gw_domain::patterns::{PatternRecorded, StructuralFeatures};
 use gw_domain::pricing::Price;
 use gw_domain::sessions::{SessionLink, SessionTurn};
 use gw_ports::metrics::Metrics;
+use gw_ports::patterns::PatternStore;
 use gw_ports::sessions::SessionStore;
+use gw_ports::system::Background;
 use gw_ports::system::{Clock, IdSource};
 use gw_ports::trace::EventSink;
 use std::sync::Arc;
@@ -28,8 +31,17 @@ pub(crate) struct SessionHook {
     pub workspace: String,
 }
 
+/// Where a completed turn's pattern observation goes.
+pub(crate) struct PatternHook {
+    pub store: Arc<dyn PatternStore>,
+    pub background: Arc<dyn Background>,
+    pub features: StructuralFeatures,
+    pub workspace: String,
+}
+
 pub(crate) struct CallRecorder {
     pub session: Option<SessionHook>,
+    pub pattern: Option<PatternHook>,
     /// The call's tracing span (GenAI attributes), closed when the recorder drops.
     pub span: tracing::Span,
     pub sink: Arc<dyn EventSink>,
@@ -127,7 +139,49 @@ impl CallRecorder {
         }
     }
 
-    fn turn_completed(&self, stop_reason: &str, parent: &str) {
+    /// Record the turn in the workspace's pattern projection: the `pattern.recorded` event
+    /// carries everything `metis patterns rebuild` needs, and the store applies the same
+    /// payload at the event's own timestamp, so a rebuild reproduces the live store.
+    fn record_pattern(&mut self, turn_event: &str) {
+        let Some(hook) = self.pattern.take() else {
+            return;
+        };
+        #[expect(clippy::cast_precision_loss, reason = "latency in ms fits f64 exactly")]
+        let latency_ms = self.latency_ms() as f64;
+        let payload = PatternRecorded::new(
+            hook.features,
+            &hook.workspace,
+            &self.model,
+            self.cost(),
+            latency_ms,
+            Some(&self.pricing_version),
+        );
+        let at = self.clock.now_us();
+        let record = match payload.to_record(at) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "pattern observation not recorded");
+                return;
+            }
+        };
+        self.sink.emit(make_event(
+            self.ids.ulid(),
+            at,
+            &self.session_id,
+            Some(&self.turn_id),
+            Some(turn_event),
+            &payload,
+        ));
+        let store = hook.store;
+        let workspace = hook.workspace;
+        hook.background.spawn(Box::pin(async move {
+            if let Err(e) = store.record(&workspace, record).await {
+                tracing::warn!(error = %e, workspace = %workspace, "pattern store update failed");
+            }
+        }));
+    }
+
+    fn turn_completed(&self, stop_reason: &str, parent: &str) -> String {
         let turn = TurnCompleted {
             stop_reason: stop_reason.to_owned(),
             llm_call_count: 1,
@@ -138,7 +192,7 @@ impl CallRecorder {
             wall_time_seconds: self.started.elapsed().as_secs_f64(),
             identity: self.identity.clone(),
         };
-        self.emit(Some(parent), &turn);
+        self.emit(Some(parent), &turn)
     }
 
     /// Record a successful call.
@@ -176,7 +230,8 @@ impl CallRecorder {
         };
         let started = self.started_event_id.clone();
         let id = self.emit(Some(&started), &done);
-        self.turn_completed(stop, &id);
+        let turn = self.turn_completed(stop, &id);
+        self.record_pattern(&turn);
     }
 
     /// Record a failed call; `message` must not contain upstream free text or prompt text.
@@ -214,7 +269,7 @@ impl CallRecorder {
         } else {
             "error"
         };
-        self.turn_completed(stop, &id);
+        let _ = self.turn_completed(stop, &id);
     }
 }
 
