@@ -10,8 +10,8 @@
 use crate::cli::LogFormat;
 use gw_ports::system::TraceContext;
 use opentelemetry::propagation::TextMapPropagator;
-use opentelemetry_otlp::WithExportConfig;
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use std::io::IsTerminal;
