@@ -4,7 +4,10 @@
 //!
 //! Needs the binaries built (`cargo build --workspace --bins`, as `scripts/test.sh` does).
 
-#![expect(clippy::unwrap_used, reason = "test support functions outside #[test] bodies")]
+#![expect(
+    clippy::unwrap_used,
+    reason = "test support functions outside #[test] bodies"
+)]
 
 use gw_tests::FakeUpstream;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -49,7 +52,11 @@ async fn start_receiver() -> (String, Spans) {
 
 fn binary(name: &str) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("target"),
+        || {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join("target")
+        },
         PathBuf::from,
     );
     target.join("debug").join(name)
@@ -88,7 +95,14 @@ async fn request_spans_carry_gen_ai_attributes_and_the_trace_propagates_upstream
     let data = dir.path().join("data");
 
     let issued = Command::new(&metis)
-        .args(["gateway", "issue-key", "--name", "otel", "--workspace", "/w"])
+        .args([
+            "gateway",
+            "issue-key",
+            "--name",
+            "otel",
+            "--workspace",
+            "/w",
+        ])
         .arg("--data-dir")
         .arg(&data)
         .output()
@@ -158,7 +172,10 @@ async fn request_spans_carry_gen_ai_attributes_and_the_trace_propagates_upstream
         .and_then(|r| r.headers.get("traceparent").cloned())
         .expect("traceparent sent upstream");
     assert!(propagated.contains(trace_id), "{propagated}");
-    assert!(!propagated.contains("00f067aa0ba902b7"), "a new span id, not the client's");
+    assert!(
+        !propagated.contains("00f067aa0ba902b7"),
+        "a new span id, not the client's"
+    );
 
     // Stop gracefully so the batch exporter flushes.
     let pid = child.0.id().to_string();
@@ -174,8 +191,17 @@ async fn request_spans_carry_gen_ai_attributes_and_the_trace_propagates_upstream
     let chat = spans
         .iter()
         .find(|s| attr(s, "gen_ai.operation.name").is_some())
-        .unwrap_or_else(|| panic!("no gen_ai span among {:?}", spans.iter().map(|s| &s.name).collect::<Vec<_>>()));
-    assert_eq!(hex(&chat.trace_id), trace_id, "the client's trace continues");
+        .unwrap_or_else(|| {
+            panic!(
+                "no gen_ai span among {:?}",
+                spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+            )
+        });
+    assert_eq!(
+        hex(&chat.trace_id),
+        trace_id,
+        "the client's trace continues"
+    );
     let text = |k: &str| match attr(chat, k) {
         Some(AnyValue::StringValue(s)) => s.clone(),
         other => panic!("{k}: {other:?}"),
