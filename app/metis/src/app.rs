@@ -63,6 +63,7 @@ pub struct App {
     rate_limit: bool,
     tls_in_process: bool,
     connections: Arc<listener::Connections>,
+    background: TokioBackground,
 }
 
 impl std::fmt::Debug for App {
@@ -262,6 +263,7 @@ impl App {
             }
             None => None,
         };
+        let background = TokioBackground::default();
         let core = Arc::new(GatewayCore::new(CoreParts {
             keys: Arc::new(KeyRing::new(keys)),
             sink,
@@ -284,7 +286,7 @@ impl App {
                 },
                 PatternCaps::default(),
             )),
-            background: Arc::new(TokioBackground),
+            background: Arc::new(background.clone()),
             trace: Arc::new(crate::telemetry::OtelTraceContext {
                 exporting: crate::telemetry::exporting(),
             }),
@@ -339,6 +341,7 @@ impl App {
             quickstart,
             rate_limit: args.rate_limit,
             connections,
+            background,
             tls_in_process: scheme == "https",
         })
     }
@@ -443,6 +446,7 @@ impl App {
             )
             .await;
         watcher.abort();
+        self.background.drain(Duration::from_secs(5)).await;
         let stats = self.trace.shutdown().await;
         tracing::info!(
             written = stats.written,
@@ -486,13 +490,49 @@ async fn watch_keys(store: Arc<dyn KeyStore>, core: Arc<GatewayCore>, admin: Arc
     }
 }
 
-/// Background work on the tokio runtime.
-#[derive(Debug, Clone, Copy)]
-struct TokioBackground;
+/// Background work on the tokio runtime, counted so shutdown can wait for it.
+#[derive(Debug, Default, Clone)]
+pub struct TokioBackground {
+    state: Arc<BackgroundState>,
+}
+
+#[derive(Debug, Default)]
+struct BackgroundState {
+    running: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+impl TokioBackground {
+    /// Wait until no background task runs, or `grace` passes.
+    pub async fn drain(&self, grace: Duration) {
+        let st = &self.state;
+        let wait = async {
+            loop {
+                let idle = st.idle.notified();
+                if st.running.load(std::sync::atomic::Ordering::Acquire) == 0 {
+                    return;
+                }
+                idle.await;
+            }
+        };
+        if tokio::time::timeout(grace, wait).await.is_err() {
+            tracing::warn!("background work still running at shutdown (pattern store updates)");
+        }
+    }
+}
 
 impl gw_ports::system::Background for TokioBackground {
     fn spawn(&self, task: futures_util::future::BoxFuture<'static, ()>) {
-        tokio::spawn(task);
+        self.state
+            .running
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let st = Arc::clone(&self.state);
+        tokio::spawn(async move {
+            task.await;
+            if st.running.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+                st.idle.notify_waiters();
+            }
+        });
     }
 }
 
