@@ -81,6 +81,15 @@ mod sqlite {
     all_contracts!(c);
 }
 
+mod redb {
+    macro_rules! c {
+        ($t:ident) => {
+            case!(gw_tests::contract::fixtures::redb, $t);
+        };
+    }
+    all_contracts!(c);
+}
+
 mod fake {
     macro_rules! c {
         ($t:ident) => {

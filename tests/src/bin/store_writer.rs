@@ -25,6 +25,16 @@ async fn open(backend: &str, path: PathBuf) -> anyhow::Result<Arc<dyn EventSink>
             .await??;
             Ok(Arc::new(store))
         }
+        "redb" => {
+            let store = tokio::task::spawn_blocking(move || {
+                gw_storage_redb::RedbTraceStore::open(
+                    &path,
+                    gw_storage_redb::RedbOptions::default(),
+                )
+            })
+            .await??;
+            Ok(Arc::new(store))
+        }
         other => bail!("unknown backend {other}"),
     }
 }

@@ -145,6 +145,106 @@ impl Backend for SqliteBackend {
 }
 
 // ---------------------------------------------------------------------------------------------
+// redb
+// ---------------------------------------------------------------------------------------------
+
+/// redb: `metis.redb` (trace, sessions, keys) and `<workspace>/.metis/patterns.redb`.
+pub struct RedbBackend {
+    dir: tempfile::TempDir,
+}
+
+impl RedbBackend {
+    fn db(&self) -> PathBuf {
+        self.dir.path().join(gw_storage_redb::MAIN_FILE_NAME)
+    }
+}
+
+/// A fresh redb backend.
+pub async fn redb() -> Box<dyn Backend> {
+    Box::new(RedbBackend { dir: tempdir() })
+}
+
+#[async_trait]
+impl Backend for RedbBackend {
+    fn kind(&self) -> &'static str {
+        "redb"
+    }
+
+    async fn open(&self, queue_capacity: Option<usize>) -> Result<Opened, TraceError> {
+        let db = self.db();
+        let store = tokio::task::spawn_blocking(move || {
+            let mut opts = gw_storage_redb::RedbOptions::default();
+            if let Some(c) = queue_capacity {
+                opts.queue_capacity = c;
+            }
+            gw_storage_redb::RedbTraceStore::open(&db, opts)
+        })
+        .await
+        .map_err(|e| TraceError::Unavailable(e.to_string()))??;
+        let store = Arc::new(store);
+        let sessions: Arc<dyn SessionStore> = Arc::new(store.session_store());
+        let sink: Arc<dyn EventSink> = store.clone();
+        let query: Arc<dyn TraceQuery> = store.clone();
+        Ok(Opened::new(sink, query, sessions, move || {
+            async move {
+                store.shutdown().await;
+            }
+            .boxed()
+        }))
+    }
+
+    async fn trace_version(&self) -> Option<i64> {
+        let db = self.db();
+        if !db.exists() {
+            return None;
+        }
+        tokio::task::spawn_blocking(move || gw_storage_redb::schema_version(&db).ok().flatten())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    async fn stamp_trace_version(&self, version: i64) {
+        let db = self.db();
+        let _ = tokio::task::spawn_blocking(move || {
+            gw_storage_redb::stamp_schema_version(&db, version)
+        })
+        .await;
+    }
+
+    fn keys(&self) -> Arc<dyn KeyStore> {
+        Arc::new(gw_storage_redb::RedbKeyStore::new(self.db()))
+    }
+
+    fn patterns(&self, caps: PatternCaps) -> Arc<dyn PatternStore> {
+        Arc::new(gw_storage_redb::RedbPatternStore::new(
+            gw_storage_redb::RedbPatternLocation::InWorkspace,
+            caps,
+        ))
+    }
+
+    async fn stamp_pattern_version(&self, workspace: &str, version: i64) {
+        let path = gw_storage_redb::RedbPatternLocation::InWorkspace.db_path(workspace);
+        let _ = tokio::task::spawn_blocking(move || {
+            gw_storage_redb::patterns::stamp_pattern_version(&path, version)
+        })
+        .await;
+    }
+
+    fn workspace(&self, name: &str) -> String {
+        make_workspace(self.dir.path(), name)
+    }
+
+    fn dir(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+
+    fn crash_target(&self) -> Option<(&'static str, PathBuf)> {
+        Some(("redb", self.db()))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Fakes
 // ---------------------------------------------------------------------------------------------
 

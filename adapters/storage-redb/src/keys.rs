@@ -1,0 +1,352 @@
+//! [`RedbKeyStore`]: the `KeyStore` port over the main redb file (`--keystore store` with
+//! `--store redb`).
+//!
+//! Invariants:
+//! - Keys live in `gateway_keys` (position -> the full `KeyRecord` JSON, unknown fields
+//!   kept); the store "exists" once `meta.keys_generation` is set by the first write.
+//! - Every write is one redb write transaction (read, check, write, bump the generation):
+//!   redb allows one writer at a time, across processes too, so no update is lost and readers
+//!   see the old set or the new one.
+//! - `update` validates every resulting record and the absence of duplicate ids or hashes
+//!   before writing; nothing is written on any error.
+//! - `version` is `<store_id>:<generation>` (a random id minted with the store, so a replaced
+//!   file is told apart).
+//! - Reads never create the file.
+
+use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use gw_domain::keys::KeyRecord;
+use gw_ports::keys::{KeyEdit, KeyStore, KeyStoreError};
+use redb::{Database, ReadableDatabase, ReadableTable, WriteTransaction};
+
+use crate::db::{
+    KEYS, META, META_KEYS_GENERATION, META_STORE_ID, Sharing, StoreError, blocking,
+    describe_open_error, open_shared, random_id,
+};
+
+/// Gateway keys in the redb file at a path. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct RedbKeyStore {
+    path: PathBuf,
+    sharing: Sharing,
+}
+
+fn validate_set(records: &[KeyRecord]) -> Result<(), String> {
+    let mut ids = HashSet::new();
+    let mut hashes: HashMap<String, &str> = HashMap::new();
+    for r in records {
+        r.validate()?;
+        if !ids.insert(r.key_id.as_str()) {
+            return Err(format!("duplicate key_id '{}'", r.key_id));
+        }
+        if let Some(first) = hashes.insert(r.secret_hash.to_ascii_lowercase(), &r.key_id) {
+            return Err(format!(
+                "key '{}' has the same secret_hash as key '{first}'",
+                r.key_id
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl RedbKeyStore {
+    /// A store in the redb file at `path` (normally `metis.redb`). Nothing is opened until
+    /// first use; the first write creates the file.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            sharing: Sharing::default(),
+        }
+    }
+
+    /// The sharing mode used when this store opens the file first in this process.
+    #[must_use]
+    pub fn with_sharing(mut self, sharing: Sharing) -> Self {
+        self.sharing = sharing;
+        self
+    }
+
+    /// The database file.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn location(&self) -> String {
+        format!("store:{}", self.path.display())
+    }
+
+    fn err(&self, op: &str, e: &StoreError) -> KeyStoreError {
+        match e {
+            StoreError::TooNew { .. } => KeyStoreError::Corrupt {
+                location: self.location(),
+                message: e.to_string(),
+            },
+            _ => KeyStoreError::Io {
+                location: self.location(),
+                message: format!("{op}: {}", describe_open_error(&self.path, e)),
+            },
+        }
+    }
+
+    fn corrupt(&self, message: String) -> KeyStoreError {
+        KeyStoreError::Corrupt {
+            location: self.location(),
+            message,
+        }
+    }
+
+    fn not_found(&self) -> KeyStoreError {
+        KeyStoreError::NotFound {
+            location: self.location(),
+        }
+    }
+
+    /// The database, or `None` when the file does not exist (reads never create it).
+    fn existing(&self) -> Result<Option<Arc<Database>>, KeyStoreError> {
+        if !self.path.exists() {
+            return Ok(None);
+        }
+        open_shared(&self.path, self.sharing, false)
+            .map(Some)
+            .map_err(|e| self.err("cannot open the database", &e))
+    }
+
+    fn writable(&self) -> Result<Arc<Database>, KeyStoreError> {
+        if let Ok(m) = std::fs::metadata(&self.path)
+            && m.permissions().mode() & 0o222 == 0
+        {
+            return Err(KeyStoreError::ReadOnly {
+                location: self.location(),
+                message: format!(
+                    "the database file is read-only (mode {:o}); make it writable or manage keys where it is",
+                    m.permissions().mode() & 0o7777
+                ),
+            });
+        }
+        open_shared(&self.path, self.sharing, true).map_err(|e| match e {
+            StoreError::Redb(redb::Error::Io(io))
+                if io.kind() == std::io::ErrorKind::PermissionDenied
+                    || io.kind() == std::io::ErrorKind::ReadOnlyFilesystem =>
+            {
+                KeyStoreError::ReadOnly {
+                    location: self.location(),
+                    message: io.to_string(),
+                }
+            }
+            other => self.err("cannot open the database", &other),
+        })
+    }
+
+    /// Every stored record in position order, or `None` when the key store does not exist.
+    fn read_all(
+        &self,
+        meta: &impl ReadableTable<&'static str, &'static str>,
+        keys: &impl ReadableTable<u64, &'static str>,
+    ) -> Result<Option<Vec<KeyRecord>>, KeyStoreError> {
+        let op = "cannot read the keys";
+        let exists = meta
+            .get(META_KEYS_GENERATION)
+            .map_err(|e| self.err(op, &e.into()))?
+            .is_some();
+        if !exists {
+            return Ok(None);
+        }
+        let mut out = Vec::new();
+        for item in keys.iter().map_err(|e| self.err(op, &e.into()))? {
+            let (pos, json) = item.map_err(|e| self.err(op, &e.into()))?;
+            let label = format!("gateway_keys row {}", pos.value());
+            let mut record: KeyRecord = serde_json::from_str(json.value())
+                .map_err(|e| self.corrupt(format!("{label}: not a valid key record: {e}")))?;
+            record.secret_hash.make_ascii_lowercase();
+            record
+                .validate()
+                .map_err(|e| self.corrupt(format!("{label}: {e}")))?;
+            out.push(record);
+        }
+        validate_set(&out).map_err(|m| self.corrupt(m))?;
+        Ok(Some(out))
+    }
+
+    /// Replace the stored set with `records` and bump the generation, inside `tx`.
+    fn write_all(&self, tx: &WriteTransaction, records: &[KeyRecord]) -> Result<(), KeyStoreError> {
+        let op = "cannot store the keys";
+        let mut keys = tx.open_table(KEYS).map_err(|e| self.err(op, &e.into()))?;
+        keys.retain(|_, _| false)
+            .map_err(|e| self.err(op, &e.into()))?;
+        for (i, r) in records.iter().enumerate() {
+            let json = serde_json::to_string(r).map_err(|e| KeyStoreError::Io {
+                location: self.location(),
+                message: format!("cannot serialise key {}: {e}", r.key_id),
+            })?;
+            keys.insert(i as u64, json.as_str())
+                .map_err(|e| self.err(op, &e.into()))?;
+        }
+        drop(keys);
+        let mut meta = tx.open_table(META).map_err(|e| self.err(op, &e.into()))?;
+        let generation = meta
+            .get(META_KEYS_GENERATION)
+            .map_err(|e| self.err(op, &e.into()))?
+            .and_then(|g| g.value().parse::<u64>().ok())
+            .unwrap_or(0);
+        meta.insert(META_KEYS_GENERATION, (generation + 1).to_string().as_str())
+            .map_err(|e| self.err(op, &e.into()))?;
+        let has_id = meta
+            .get(META_STORE_ID)
+            .map_err(|e| self.err(op, &e.into()))?
+            .is_some();
+        if !has_id {
+            meta.insert(META_STORE_ID, random_id().as_str())
+                .map_err(|e| self.err(op, &e.into()))?;
+        }
+        Ok(())
+    }
+
+    /// Blocking form of [`KeyStore::load`].
+    ///
+    /// # Errors
+    /// As the port.
+    pub fn load_blocking(&self) -> Result<Vec<KeyRecord>, KeyStoreError> {
+        let Some(db) = self.existing()? else {
+            return Err(self.not_found());
+        };
+        let op = "cannot read the keys";
+        let tx = db.begin_read().map_err(|e| self.err(op, &e.into()))?;
+        let meta = tx.open_table(META).map_err(|e| self.err(op, &e.into()))?;
+        let keys = match tx.open_table(KEYS) {
+            Ok(k) => k,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Err(self.not_found()),
+            Err(e) => return Err(self.err(op, &e.into())),
+        };
+        self.read_all(&meta, &keys)?.ok_or_else(|| self.not_found())
+    }
+
+    /// Blocking form of [`KeyStore::insert`].
+    ///
+    /// # Errors
+    /// As the port (`Corrupt` for an invalid record).
+    pub fn insert_blocking(&self, mut record: KeyRecord) -> Result<(), KeyStoreError> {
+        record.secret_hash.make_ascii_lowercase();
+        record
+            .validate()
+            .map_err(|m| self.corrupt(format!("refusing to store an invalid key record: {m}")))?;
+        let db = self.writable()?;
+        let op = "cannot store the key";
+        let tx = db.begin_write().map_err(|e| self.err(op, &e.into()))?;
+        let mut records = {
+            let meta = tx.open_table(META).map_err(|e| self.err(op, &e.into()))?;
+            let keys = tx.open_table(KEYS).map_err(|e| self.err(op, &e.into()))?;
+            self.read_all(&meta, &keys)?.unwrap_or_default()
+        };
+        if let Some(taken) = records
+            .iter()
+            .find(|k| k.key_id == record.key_id)
+            .or_else(|| records.iter().find(|k| k.secret_hash == record.secret_hash))
+        {
+            return Err(KeyStoreError::Duplicate {
+                key_id: taken.key_id.clone(),
+            });
+        }
+        let key_id = record.key_id.clone();
+        records.push(record);
+        self.write_all(&tx, &records)?;
+        tx.commit().map_err(|e| self.err(op, &e.into()))?;
+        tracing::info!(keystore = %self.location(), key_id = %key_id, "key stored");
+        Ok(())
+    }
+
+    /// Blocking form of [`KeyStore::update`].
+    ///
+    /// # Errors
+    /// As the port; nothing is written on any error.
+    pub fn update_blocking(&self, edit: KeyEdit) -> Result<Vec<KeyRecord>, KeyStoreError> {
+        if self.existing()?.is_none() {
+            return Err(self.not_found());
+        }
+        let db = self.writable()?;
+        let op = "cannot update the keys";
+        let tx = db.begin_write().map_err(|e| self.err(op, &e.into()))?;
+        let before = {
+            let meta = tx.open_table(META).map_err(|e| self.err(op, &e.into()))?;
+            let keys = tx.open_table(KEYS).map_err(|e| self.err(op, &e.into()))?;
+            self.read_all(&meta, &keys)?
+        };
+        let Some(before) = before else {
+            return Err(self.not_found());
+        };
+        let mut records = before.clone();
+        edit(&mut records).map_err(|message| KeyStoreError::Rejected { message })?;
+        if records == before {
+            return Ok(records);
+        }
+        for r in &mut records {
+            r.secret_hash.make_ascii_lowercase();
+        }
+        validate_set(&records)
+            .map_err(|m| self.corrupt(format!("refusing to store an invalid key set: {m}")))?;
+        self.write_all(&tx, &records)?;
+        tx.commit().map_err(|e| self.err(op, &e.into()))?;
+        tracing::info!(keystore = %self.location(), keys = records.len(), "keystore updated");
+        Ok(records)
+    }
+
+    /// Blocking form of [`KeyStore::version`].
+    #[must_use]
+    pub fn version_blocking(&self) -> Option<String> {
+        let db = self.existing().ok()??;
+        let tx = db.begin_read().ok()?;
+        let meta = tx.open_table(META).ok()?;
+        let generation = meta.get(META_KEYS_GENERATION).ok()??.value().to_owned();
+        let id = meta
+            .get(META_STORE_ID)
+            .ok()
+            .flatten()
+            .map(|g| g.value().to_owned())
+            .unwrap_or_default();
+        Some(format!("{id}:{generation}"))
+    }
+}
+
+fn join_failed(location: String, e: &str) -> KeyStoreError {
+    KeyStoreError::Io {
+        location,
+        message: format!("keystore task failed: {e}"),
+    }
+}
+
+#[async_trait]
+impl KeyStore for RedbKeyStore {
+    fn describe(&self) -> String {
+        self.location()
+    }
+
+    async fn load(&self) -> Result<Vec<KeyRecord>, KeyStoreError> {
+        let s = self.clone();
+        blocking(move || s.load_blocking())
+            .await
+            .unwrap_or_else(|e| Err(join_failed(self.location(), &e)))
+    }
+
+    async fn insert(&self, record: KeyRecord) -> Result<(), KeyStoreError> {
+        let s = self.clone();
+        blocking(move || s.insert_blocking(record))
+            .await
+            .unwrap_or_else(|e| Err(join_failed(self.location(), &e)))
+    }
+
+    async fn update(&self, edit: KeyEdit) -> Result<Vec<KeyRecord>, KeyStoreError> {
+        let s = self.clone();
+        blocking(move || s.update_blocking(edit))
+            .await
+            .unwrap_or_else(|e| Err(join_failed(self.location(), &e)))
+    }
+
+    async fn version(&self) -> Option<String> {
+        let s = self.clone();
+        blocking(move || s.version_blocking()).await.ok().flatten()
+    }
+}

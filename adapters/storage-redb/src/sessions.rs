@@ -1,0 +1,389 @@
+//! Sessions in the main redb file: the upsert of one turn (applied by the trace writer in its
+//! batch transaction), the reads, and [`RedbSessionStore`] (the `SessionStore` port).
+//!
+//! Invariants:
+//! - A session row and its index entries (`sessions_by_parent`, `sessions_by_updated`) change
+//!   in the same transaction.
+//! - The upsert is the SQLite adapter's: count + 1, cost added, model replaced when given,
+//!   `updated_at = max`, `created_at` from the first turn, parent link kept from the first
+//!   turn that names one, `is_worker` sticky, and no change at all to a session of another
+//!   workspace.
+//! - `record_turn` only queues onto the trace writer; reads run on tokio's blocking pool.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::TrySendError;
+
+use async_trait::async_trait;
+use gw_domain::sessions::{SessionId, SessionRecord, SessionTurn};
+use gw_ports::sessions::{SessionError, SessionStats, SessionStore};
+use redb::{Database, ReadableDatabase, ReadableTable, Table, WriteTransaction};
+use tokio::sync::oneshot;
+
+use crate::db::{
+    Result, SESSIONS, SESSIONS_BY_PARENT, SESSIONS_BY_UPDATED, SessionTuple, SessionValue, blocking,
+};
+use crate::trace::Inner;
+use crate::writer::Msg;
+
+fn to_record(id: &str, v: SessionTuple<'_>) -> SessionRecord {
+    let (ws, model, cost, turns, created, updated, parent, tool, worker) = v;
+    SessionRecord {
+        id: id.to_owned(),
+        workspace_path: ws.to_owned(),
+        active_model: model.map(str::to_owned),
+        cost_so_far_usd: cost,
+        turn_count: turns,
+        created_at_us: created,
+        updated_at_us: updated,
+        parent_session_id: parent.map(str::to_owned),
+        parent_tool_use_id: tool.map(str::to_owned),
+        is_worker: worker,
+    }
+}
+
+/// The session tables of one write transaction.
+pub(crate) struct SessionTables<'txn> {
+    sessions: Table<'txn, &'static str, SessionValue>,
+    by_parent: Table<'txn, (&'static str, i64, &'static str), ()>,
+    by_updated: Table<'txn, (i64, &'static str), ()>,
+}
+
+impl<'txn> SessionTables<'txn> {
+    pub(crate) fn open(tx: &'txn WriteTransaction) -> Result<Self> {
+        Ok(Self {
+            sessions: tx.open_table(SESSIONS)?,
+            by_parent: tx.open_table(SESSIONS_BY_PARENT)?,
+            by_updated: tx.open_table(SESSIONS_BY_UPDATED)?,
+        })
+    }
+
+    /// Write `rec` (new or changed), keeping the indexes in step with `previous`.
+    pub(crate) fn put(
+        &mut self,
+        rec: &SessionRecord,
+        previous: Option<&SessionRecord>,
+    ) -> Result<()> {
+        if let Some(p) = previous {
+            self.by_updated.remove((p.updated_at_us, p.id.as_str()))?;
+            if let Some(parent) = &p.parent_session_id {
+                self.by_parent
+                    .remove((parent.as_str(), p.created_at_us, p.id.as_str()))?;
+            }
+        }
+        let value: SessionTuple<'_> = (
+            rec.workspace_path.as_str(),
+            rec.active_model.as_deref(),
+            rec.cost_so_far_usd,
+            rec.turn_count,
+            rec.created_at_us,
+            rec.updated_at_us,
+            rec.parent_session_id.as_deref(),
+            rec.parent_tool_use_id.as_deref(),
+            rec.is_worker,
+        );
+        self.sessions.insert(rec.id.as_str(), value)?;
+        self.by_updated
+            .insert((rec.updated_at_us, rec.id.as_str()), ())?;
+        if let Some(parent) = &rec.parent_session_id {
+            self.by_parent
+                .insert((parent.as_str(), rec.created_at_us, rec.id.as_str()), ())?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn get(&self, id: &str) -> Result<Option<SessionRecord>> {
+        Ok(self.sessions.get(id)?.map(|g| to_record(id, g.value())))
+    }
+
+    /// Apply one turn. Returns `false` when the session belongs to another workspace (then
+    /// nothing changed).
+    pub(crate) fn apply(&mut self, t: &SessionTurn) -> Result<bool> {
+        let id = t.session_id.as_str();
+        let previous = self.get(id)?;
+        let next = match &previous {
+            Some(s) => {
+                if s.workspace_path != t.workspace_path {
+                    return Ok(false);
+                }
+                let mut n = s.clone();
+                if t.active_model.is_some() {
+                    n.active_model.clone_from(&t.active_model);
+                }
+                n.cost_so_far_usd += t.cost_usd;
+                n.turn_count += 1;
+                n.updated_at_us = n.updated_at_us.max(t.at_us);
+                if n.parent_session_id.is_none() {
+                    n.parent_session_id =
+                        t.parent_session_id.as_ref().map(|p| p.as_str().to_owned());
+                }
+                if n.parent_tool_use_id.is_none() {
+                    n.parent_tool_use_id.clone_from(&t.parent_tool_use_id);
+                }
+                n.is_worker |= t.is_worker;
+                n
+            }
+            None => SessionRecord {
+                id: id.to_owned(),
+                workspace_path: t.workspace_path.clone(),
+                active_model: t.active_model.clone(),
+                cost_so_far_usd: t.cost_usd,
+                turn_count: 1,
+                created_at_us: t.at_us,
+                updated_at_us: t.at_us,
+                parent_session_id: t.parent_session_id.as_ref().map(|p| p.as_str().to_owned()),
+                parent_tool_use_id: t.parent_tool_use_id.clone(),
+                is_worker: t.is_worker,
+            },
+        };
+        self.put(&next, previous.as_ref())?;
+        Ok(true)
+    }
+}
+
+/// Read-only session queries over a database (blocking).
+pub mod read {
+    use super::{
+        Database, ReadableDatabase, ReadableTable, Result, SESSIONS, SESSIONS_BY_PARENT,
+        SESSIONS_BY_UPDATED, SessionRecord, to_record,
+    };
+
+    /// One session.
+    ///
+    /// # Errors
+    /// redb errors.
+    pub fn get(db: &Database, id: &str) -> Result<Option<SessionRecord>> {
+        let tx = db.begin_read()?;
+        let t = tx.open_table(SESSIONS)?;
+        Ok(t.get(id)?.map(|g| to_record(id, g.value())))
+    }
+
+    /// Most recently updated first (then id), optionally one workspace, at most `limit`.
+    ///
+    /// # Errors
+    /// redb errors.
+    pub fn list(db: &Database, workspace: Option<&str>, limit: u32) -> Result<Vec<SessionRecord>> {
+        let tx = db.begin_read()?;
+        let sessions = tx.open_table(SESSIONS)?;
+        let by_updated = tx.open_table(SESSIONS_BY_UPDATED)?;
+        let limit = limit as usize;
+        let mut out: Vec<SessionRecord> = Vec::new();
+        // Walk newest first; ids of one `updated_at` come back descending, so each group is
+        // sorted ascending before it is emitted.
+        let mut group: Vec<SessionRecord> = Vec::new();
+        let mut group_ts: Option<i64> = None;
+        let flush = |group: &mut Vec<SessionRecord>, out: &mut Vec<SessionRecord>| {
+            group.sort_by(|a, b| a.id.cmp(&b.id));
+            out.append(group);
+        };
+        for item in by_updated.iter()?.rev() {
+            let (k, _) = item?;
+            let (ts, id) = k.value();
+            if group_ts != Some(ts) {
+                flush(&mut group, &mut out);
+                if out.len() >= limit {
+                    break;
+                }
+                group_ts = Some(ts);
+            }
+            if let Some(v) = sessions.get(id)? {
+                let rec = to_record(id, v.value());
+                if workspace.is_none_or(|w| rec.workspace_path == w) {
+                    group.push(rec);
+                }
+            }
+        }
+        flush(&mut group, &mut out);
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    /// Direct children of `parent`, oldest first (then id), from `sessions_by_parent`.
+    ///
+    /// # Errors
+    /// redb errors.
+    pub fn children(db: &Database, parent: &str) -> Result<Vec<SessionRecord>> {
+        let tx = db.begin_read()?;
+        let sessions = tx.open_table(SESSIONS)?;
+        let by_parent = tx.open_table(SESSIONS_BY_PARENT)?;
+        let mut out = Vec::new();
+        for item in by_parent.range((parent, i64::MIN, "")..)? {
+            let (k, _) = item?;
+            let (p, _, id) = k.value();
+            if p != parent {
+                break;
+            }
+            if let Some(v) = sessions.get(id)? {
+                out.push(to_record(id, v.value()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every descendant of `root` (depth-first, at most `max`; cycles stop).
+    ///
+    /// # Errors
+    /// redb errors.
+    pub fn descendants(db: &Database, root: &str, max: usize) -> Result<Vec<SessionRecord>> {
+        let mut out: Vec<SessionRecord> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        seen.insert(root.to_owned());
+        let mut frontier = vec![root.to_owned()];
+        while let Some(id) = frontier.pop() {
+            for c in children(db, &id)? {
+                if out.len() >= max {
+                    return Ok(out);
+                }
+                if seen.insert(c.id.clone()) {
+                    frontier.push(c.id.clone());
+                    out.push(c);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every session, in id order (for copies between backends).
+    ///
+    /// # Errors
+    /// redb errors.
+    pub fn all(db: &Database) -> Result<Vec<SessionRecord>> {
+        let tx = db.begin_read()?;
+        let sessions = tx.open_table(SESSIONS)?;
+        let mut out = Vec::new();
+        for item in sessions.iter()? {
+            let (k, v) = item?;
+            out.push(to_record(k.value(), v.value()));
+        }
+        Ok(out)
+    }
+
+    /// Number of sessions.
+    ///
+    /// # Errors
+    /// redb errors.
+    pub fn count(db: &Database) -> Result<u64> {
+        use redb::ReadableTableMetadata;
+        let tx = db.begin_read()?;
+        Ok(tx.open_table(SESSIONS)?.len()?)
+    }
+}
+
+/// The `SessionStore` port over the main redb file, sharing the trace store's writer thread.
+/// Obtain one with `RedbTraceStore::session_store`.
+#[derive(Clone)]
+pub struct RedbSessionStore {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for RedbSessionStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbSessionStore")
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedbSessionStore {
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T> + Send + 'static,
+    ) -> std::result::Result<T, SessionError> {
+        let db = Arc::clone(&self.inner.db);
+        match blocking(move || f(&db)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(SessionError::Backend(Box::new(e))),
+            Err(e) => Err(SessionError::Unavailable(format!(
+                "session query task failed: {e}"
+            ))),
+        }
+    }
+}
+
+#[async_trait]
+impl SessionStore for RedbSessionStore {
+    fn record_turn(&self, turn: SessionTurn) -> std::result::Result<(), SessionError> {
+        let c = &self.inner.counters;
+        if c.closed.load(Ordering::Acquire) {
+            c.sessions_failed.fetch_add(1, Ordering::Relaxed);
+            return Err(SessionError::Unavailable(
+                "the trace store is closed".into(),
+            ));
+        }
+        match self.inner.sender.try_send(Msg::Session(turn)) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => {
+                let total = c.sessions_failed.fetch_add(1, Ordering::Relaxed) + 1;
+                if self.inner.overflow_log.allow() {
+                    tracing::warn!(
+                        sessions_failed_total = total,
+                        "trace queue full; session turn not recorded"
+                    );
+                }
+                Err(SessionError::Overflow)
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                c.sessions_failed.fetch_add(1, Ordering::Relaxed);
+                Err(SessionError::Unavailable(
+                    "the trace writer has stopped".into(),
+                ))
+            }
+        }
+    }
+
+    async fn flush(&self) -> std::result::Result<(), SessionError> {
+        let inner = &self.inner;
+        if inner.counters.closed.load(Ordering::Acquire) {
+            return Err(SessionError::Unavailable(
+                "the trace store is closed".into(),
+            ));
+        }
+        let stopped = || SessionError::Unavailable("the trace writer has stopped".into());
+        let (tx, rx) = oneshot::channel();
+        let sender = inner.sender.clone();
+        match blocking(move || sender.send(Msg::Flush(tx)).is_ok()).await {
+            Ok(true) => {}
+            _ => return Err(stopped()),
+        }
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(message)) => Err(SessionError::Unavailable(message)),
+            Err(_) => Err(stopped()),
+        }
+    }
+
+    async fn get(
+        &self,
+        id: &SessionId,
+    ) -> std::result::Result<Option<SessionRecord>, SessionError> {
+        let id = id.as_str().to_owned();
+        self.read(move |db| read::get(db, &id)).await
+    }
+
+    async fn list(
+        &self,
+        workspace: Option<&str>,
+        limit: u32,
+    ) -> std::result::Result<Vec<SessionRecord>, SessionError> {
+        let workspace = workspace.map(str::to_owned);
+        self.read(move |db| read::list(db, workspace.as_deref(), limit))
+            .await
+    }
+
+    async fn children(
+        &self,
+        parent: &SessionId,
+    ) -> std::result::Result<Vec<SessionRecord>, SessionError> {
+        let parent = parent.as_str().to_owned();
+        self.read(move |db| read::children(db, &parent)).await
+    }
+
+    fn stats(&self) -> SessionStats {
+        let c = &self.inner.counters;
+        SessionStats {
+            recorded: c.sessions_recorded.load(Ordering::Relaxed),
+            workspace_conflicts: c.sessions_conflicts.load(Ordering::Relaxed),
+            failed: c.sessions_failed.load(Ordering::Relaxed),
+        }
+    }
+}
