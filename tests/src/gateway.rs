@@ -163,6 +163,30 @@ pub struct GatewayOptions {
     pub wrong_anthropic_key: bool,
     /// Point the OpenAI provider somewhere other than the fake (e.g. a closed port).
     pub openai_base_url: Option<String>,
+    /// The storage backend (`--store`). `None`: `METIS_TEST_STORE` (`sqlite` or `redb`) when
+    /// set, else SQLite, so the whole HTTP suite can be run on either backend.
+    pub store: Option<metis_app::store::StoreKind>,
+}
+
+/// The backend a test gateway uses when its options name none: `METIS_TEST_STORE` (`sqlite`
+/// or `redb`) when set; else redb in a test binary whose name starts with `redb_` (such a
+/// binary re-runs other suites on redb by including their files); else SQLite.
+#[must_use]
+pub fn default_store() -> metis_app::store::StoreKind {
+    match std::env::var("METIS_TEST_STORE").as_deref() {
+        Ok("redb") => return metis_app::store::StoreKind::Redb,
+        Ok("sqlite") => return metis_app::store::StoreKind::Sqlite,
+        _ => {}
+    }
+    let redb_binary = std::env::current_exe().ok().is_some_and(|exe| {
+        exe.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("redb_"))
+    });
+    if redb_binary {
+        metis_app::store::StoreKind::Redb
+    } else {
+        metis_app::store::StoreKind::Sqlite
+    }
 }
 
 /// An issued key.
@@ -234,6 +258,8 @@ pub struct TestGateway {
     pub keys: BTreeMap<String, IssuedKey>,
     pub data_dir: tempfile::TempDir,
     pub db_path: PathBuf,
+    /// The storage backend the gateway runs on.
+    pub store: metis_app::store::StoreKind,
     pub keystore: PathBuf,
     client: reqwest::Client,
     shutdown: Option<oneshot::Sender<()>>,
@@ -264,13 +290,15 @@ impl TestGateway {
     pub async fn spawn_with(opts: GatewayOptions) -> anyhow::Result<TestGateway> {
         let upstream = FakeUpstream::start(UPSTREAM_ANTHROPIC_KEY, UPSTREAM_OPENAI_KEY).await?;
         let data_dir = tempfile::tempdir().context("tempdir")?;
-        let db_path = data_dir.path().join("metis.db");
+        let store = opts.store.unwrap_or_else(default_store);
+        let db_path = data_dir.path().join(store.main_file());
         let keystore = data_dir.path().join("gateway").join("keys.json");
         let workspace = data_dir.path().join("ws");
         let paths = metis_app::paths::Paths {
             data_dir: data_dir.path().to_path_buf(),
             db: db_path.clone(),
             keystore: keystore.clone(),
+            store,
         };
         let key = issue(
             &paths,
@@ -312,6 +340,8 @@ impl TestGateway {
             "--openrouter-api-key=",
             "--shutdown-grace",
             "5s",
+            "--store",
+            store.name(),
         ]
         .iter()
         .map(|s| (*s).to_owned())
@@ -336,6 +366,7 @@ impl TestGateway {
             keys,
             data_dir,
             db_path,
+            store,
             keystore,
             client,
             shutdown: Some(tx),
@@ -431,6 +462,7 @@ impl TestGateway {
             data_dir: self.data_dir.path().to_path_buf(),
             db: self.db_path.clone(),
             keystore: self.keystore.clone(),
+            store: self.store,
         }
     }
 
@@ -458,7 +490,10 @@ impl TestGateway {
     /// # Errors
     /// When the DB cannot be read.
     pub fn events(&self) -> anyhow::Result<Vec<EventRow>> {
-        read_events(&self.db_path)
+        match self.store {
+            metis_app::store::StoreKind::Sqlite => read_events(&self.db_path),
+            metis_app::store::StoreKind::Redb => read_redb_events(&self.db_path),
+        }
     }
 
     /// Events of one type.
@@ -541,6 +576,36 @@ async fn finish(sent: reqwest::Result<reqwest::Response>) -> Reply {
         text: String::from_utf8_lossy(&bytes).into_owned(),
         body_error,
     }
+}
+
+/// Read every event row of a redb main store, in id order.
+///
+/// # Errors
+/// When the file cannot be opened or read.
+pub fn read_redb_events(db: &Path) -> anyhow::Result<Vec<EventRow>> {
+    let handle = gw_storage_redb::open_shared(db, gw_storage_redb::Sharing::default(), false)
+        .map_err(|e| anyhow::anyhow!("open {}: {e}", db.display()))?;
+    let mut out = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = gw_storage_redb::query::events_page(&handle, after.as_deref(), 1000)
+            .map_err(|e| anyhow::anyhow!("read {}: {e}", db.display()))?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.id.clone());
+        out.extend(page.into_iter().map(|r| EventRow {
+            payload: serde_json::from_str(&r.payload_json).unwrap_or(Value::Null),
+            id: r.id,
+            timestamp_us: r.timestamp_us,
+            session_id: r.session_id,
+            turn_id: r.turn_id,
+            parent_event_id: r.parent_event_id,
+            event_type: r.event_type,
+            actor: r.actor,
+            sensitivity: r.sensitivity,
+            payload_json: r.payload_json,
+        }));
+    }
+    Ok(out)
 }
 
 /// Read every event row of a trace DB (read-only).

@@ -35,5 +35,9 @@ pub use rows::RowRef;
 pub use sessions::RedbSessionStore;
 pub use trace::{RedbOptions, RedbTraceStore};
 
+/// The redb database handle the operations take (re-exported so callers need no direct redb
+/// dependency).
+pub use redb::Database;
+
 /// The file name of the main redb store in the data directory.
 pub const MAIN_FILE_NAME: &str = "metis.redb";

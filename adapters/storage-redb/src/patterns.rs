@@ -741,3 +741,105 @@ pub fn stamp_pattern_version(path: &Path, version: i64) -> std::result::Result<(
     }
     tx.commit().map_err(|e| e.to_string())
 }
+
+/// One fingerprint row, for copies between backends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FingerprintRow {
+    pub id: String,
+    pub kind: String,
+    pub structural_json: String,
+    pub structural_sig: String,
+    pub created_at_us: i64,
+}
+
+impl RedbPatternStore {
+    /// Every fingerprint and outcome of `workspace`'s store (empty when it does not exist).
+    /// Blocking.
+    ///
+    /// # Errors
+    /// As `PatternStore::outcomes`.
+    pub fn export_blocking(
+        &self,
+        workspace: &str,
+    ) -> std::result::Result<(Vec<FingerprintRow>, Vec<OutcomeRow>), PatternError> {
+        let outcomes = self.outcomes_blocking(workspace)?;
+        let Some((path, db)) = self.existing(workspace)? else {
+            return Ok((Vec::new(), outcomes));
+        };
+        let read = || -> Result<Vec<FingerprintRow>> {
+            let tx = db.begin_read()?;
+            let fps = tx.open_table(FINGERPRINTS)?;
+            let mut out = Vec::new();
+            for item in fps.iter()? {
+                let (k, v) = item?;
+                let (kind, json, sig, _, created) = v.value();
+                out.push(FingerprintRow {
+                    id: k.value().to_owned(),
+                    kind: kind.to_owned(),
+                    structural_json: json.to_owned(),
+                    structural_sig: sig.to_owned(),
+                    created_at_us: created,
+                });
+            }
+            Ok(out)
+        };
+        let fps = read().map_err(|e| pattern_error(&path, e))?;
+        Ok((fps, outcomes))
+    }
+
+    /// Replace `workspace`'s projection with these rows, as given, in one transaction (the
+    /// embedding cache is kept). Blocking.
+    ///
+    /// # Errors
+    /// As `PatternStore::replace_all`.
+    pub fn import_blocking(
+        &self,
+        workspace: &str,
+        fingerprints: &[FingerprintRow],
+        outcomes: &[OutcomeRow],
+    ) -> std::result::Result<(), PatternError> {
+        let path = self.db_path(workspace);
+        let (path, db) = match self.writable(workspace)? {
+            Ok(x) => x,
+            Err(reason) => return Err(unavailable(&path, reason)),
+        };
+        let run = || -> Result<()> {
+            let tx = db.begin_write()?;
+            {
+                let mut t = Tables::open(&tx)?;
+                t.clear()?;
+                for f in fingerprints {
+                    t.fps.insert(
+                        f.id.as_str(),
+                        (
+                            f.kind.as_str(),
+                            f.structural_json.as_str(),
+                            f.structural_sig.as_str(),
+                            None,
+                            f.created_at_us,
+                        ),
+                    )?;
+                    t.by_sig.insert(
+                        (f.structural_sig.as_str(), f.created_at_us, f.id.as_str()),
+                        (),
+                    )?;
+                }
+                for o in outcomes {
+                    let row = Outcome {
+                        sample_size: o.sample_size,
+                        mean: o.success_score_mean,
+                        count: o.success_score_count,
+                        cost: o.sum_cost_usd_micros,
+                        latency: o.sum_latency_ms,
+                        pricing: o.pricing_version_last.clone(),
+                        last: o.last_updated_at_us,
+                    };
+                    t.put_outcome(&o.fingerprint_id, &o.primary_model, &row, None)?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        };
+        run().map_err(|e| pattern_error(&path, e))
+    }
+}

@@ -17,8 +17,6 @@ use gw_ports::system::{Clock, IdSource};
 use gw_ports::trace::EventSink;
 use gw_ports::trace::TraceQuery;
 use gw_ports::upstream::Provider;
-use gw_storage_sqlite::patterns::{PatternLocation, SqlitePatternStore};
-use gw_storage_sqlite::{SqliteTraceStore, WriterOptions};
 use gw_upstream::{HttpProvider, HttpProviderConfig, MockProvider, MockSettings};
 use gw_usecases::key_admin::IssueRequest;
 use gw_usecases::{
@@ -50,7 +48,7 @@ pub struct App {
     addr: SocketAddr,
     scheme: &'static str,
     core: Arc<GatewayCore>,
-    trace: Arc<SqliteTraceStore>,
+    trace: Arc<crate::store::MainStore>,
     keystore: Arc<dyn KeyStore>,
     admin: Arc<KeyAdmin>,
     admin_api: Option<(Arc<dyn AdminService>, String)>,
@@ -215,20 +213,10 @@ impl App {
             Some(p) => ConfigFile::load(p)?,
             None => ConfigFile::default(),
         };
-        let db = paths.db.clone();
-        let trace = tokio::task::spawn_blocking(move || {
-            // The gateway holds the shared writer lock on `<db>.lock` for its lifetime, so
-            // `metis restore` refuses to replace the file under it.
-            let opts = WriterOptions {
-                hold_writer_lock: true,
-                ..WriterOptions::default()
-            };
-            SqliteTraceStore::open(&db, opts)
-        })
-        .await
-        .context("trace store task failed")?
-        .with_context(|| format!("cannot open trace store {}", paths.db.display()))?;
-        let trace = Arc::new(trace);
+        // SQLite: the gateway holds the shared writer lock on `<db>.lock` for its lifetime, so
+        // `metis restore` refuses to replace the file under it (redb: restore checks that no
+        // process has the file open).
+        let trace = crate::store::MainStore::open(&paths, true).await?;
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let ids: Arc<dyn IdSource> = Arc::new(UlidIds::default());
         let keystore = open_keystore(&paths)?;
@@ -274,18 +262,12 @@ impl App {
             ids,
             ledger,
             metrics: Arc::new(gw_telemetry::Prometheus::default()),
-            sessions: Arc::new(
-                trace
-                    .session_store()
-                    .context("cannot open the session store")?,
-            ),
-            patterns: Arc::new(SqlitePatternStore::new(
-                match &args.patterns_dir {
-                    Some(dir) => PatternLocation::Dir(dir.clone()),
-                    None => PatternLocation::InWorkspace,
-                },
+            sessions: trace.sessions(),
+            patterns: crate::store::pattern_store(
+                paths.store,
+                args.patterns_dir.as_deref(),
                 PatternCaps::default(),
-            )),
+            ),
             background: Arc::new(background.clone()),
             trace: Arc::new(crate::telemetry::OtelTraceContext {
                 exporting: crate::telemetry::exporting(),
@@ -367,10 +349,11 @@ impl App {
             self.host.clone()
         };
         format!(
-            "metis gateway listening on {}://{}:{} (store=sqlite:{}, keystore={}, providers={})",
+            "metis gateway listening on {}://{}:{} (store={}:{}, keystore={}, providers={})",
             self.scheme,
             host,
             self.addr.port(),
+            self.paths.store,
             self.paths.db.display(),
             self.keystore.describe(),
             self.providers.join(",")

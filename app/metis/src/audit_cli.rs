@@ -127,6 +127,9 @@ pub struct AuditDbArgs {
     /// SQLite trace database (default `<data-dir>/metis.db`).
     #[arg(long, env = "METIS_GATEWAY_DB_PATH")]
     pub db_path: Option<PathBuf>,
+    /// Storage backend: `sqlite` (`metis.db`, the default) or `redb` (`metis.redb`).
+    #[arg(long, env = "METIS_GATEWAY_STORE", value_enum)]
+    pub store: Option<crate::store::StoreKind>,
 }
 
 impl AuditDbArgs {
@@ -142,6 +145,7 @@ impl AuditDbArgs {
             data_dir: self.data_dir.clone(),
             db_path: None,
             keystore: None,
+            store: self.store,
         })?;
         Ok(paths.db)
     }

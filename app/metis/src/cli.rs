@@ -36,6 +36,10 @@ pub enum Command {
     Restore(crate::storage_cli::RestoreArgs),
     /// Trace retention (`prune`), compaction (`vacuum`), `status` and `migrate`.
     Trace(crate::storage_cli::TraceCmd),
+    /// Copy every event (with its audit chain), session, key and the given workspaces'
+    /// pattern stores from one storage backend to the other, verifying the counts; refuses a
+    /// non-empty destination.
+    MigrateStore(crate::store::MigrateStoreArgs),
     /// Sessions: `list`, `show <id>` (the worker tree with costs), `migrate`.
     Sessions(crate::sessions_cli::SessionsCmd),
     /// The per-workspace pattern projection: `rebuild`, `stats`, `migrate`.
@@ -127,6 +131,11 @@ pub struct StorageArgs {
     /// mounted Secret).
     #[arg(long, env = "METIS_GATEWAY_KEYSTORE")]
     pub keystore: Option<PathBuf>,
+    /// Storage backend of the main store (trace, sessions, spend; keys with `--keystore
+    /// store`) and the pattern stores: `sqlite` (`metis.db`, the default) or `redb`
+    /// (`metis.redb`).
+    #[arg(long, env = "METIS_GATEWAY_STORE", value_enum)]
+    pub store: Option<crate::store::StoreKind>,
 }
 
 impl StorageArgs {
@@ -138,6 +147,7 @@ impl StorageArgs {
             data_dir: self.data_dir.clone().or_else(|| parent.data_dir.clone()),
             db_path: self.db_path.clone().or_else(|| parent.db_path.clone()),
             keystore: self.keystore.clone().or_else(|| parent.keystore.clone()),
+            store: self.store.or(parent.store),
         }
     }
 }

@@ -7,7 +7,6 @@ use anyhow::Context;
 use gw_keystore_file::FileKeyStore;
 use gw_ports::keys::KeyStore;
 use gw_ports::trace::EventSink;
-use gw_storage_sqlite::{SqliteKeyStore, SqliteTraceStore, WriterOptions};
 use gw_usecases::key_admin::{IssueRequest, IssuedKey, KeyView, Revoked, Rotated};
 use gw_usecases::{AdminError, KeyAdmin};
 use serde_json::json;
@@ -24,7 +23,7 @@ pub const STORE_KEYSTORE: &str = "store";
 /// None today (stores open lazily); kept fallible for stores that validate eagerly.
 pub fn open_keystore(paths: &Paths) -> anyhow::Result<Arc<dyn KeyStore>> {
     if paths.keystore.as_os_str() == STORE_KEYSTORE {
-        return Ok(Arc::new(SqliteKeyStore::new(&paths.db)));
+        return Ok(crate::store::main_key_store(paths.store, &paths.db));
     }
     Ok(Arc::new(FileKeyStore::new(&paths.keystore)))
 }
@@ -32,7 +31,7 @@ pub fn open_keystore(paths: &Paths) -> anyhow::Result<Arc<dyn KeyStore>> {
 /// A key administration session: the use case plus the trace store its audit events go to.
 pub struct AdminSession {
     pub admin: KeyAdmin,
-    trace: Arc<SqliteTraceStore>,
+    trace: Arc<crate::store::MainStore>,
 }
 
 impl AdminSession {
@@ -41,14 +40,9 @@ impl AdminSession {
     /// # Errors
     /// Trace DB unopenable (e.g. newer schema) or keystore unopenable.
     pub async fn open(paths: &Paths) -> anyhow::Result<AdminSession> {
-        let db = paths.db.clone();
-        let trace = tokio::task::spawn_blocking(move || {
-            SqliteTraceStore::open(&db, WriterOptions::default())
-        })
-        .await
-        .context("trace store task failed")?
-        .with_context(|| format!("cannot open the audit trail {}", paths.db.display()))?;
-        let trace = Arc::new(trace);
+        let trace = crate::store::MainStore::open(paths, false)
+            .await
+            .with_context(|| format!("cannot open the audit trail {}", paths.db.display()))?;
         let sink: Arc<dyn EventSink> = trace.clone();
         let admin = KeyAdmin::new(
             open_keystore(paths)?,

@@ -14,6 +14,7 @@ pub mod paths;
 pub mod patterns_cli;
 pub mod sessions_cli;
 pub mod storage_cli;
+pub mod store;
 pub mod system;
 pub mod telemetry;
 

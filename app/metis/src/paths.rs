@@ -8,10 +8,12 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Paths {
     pub data_dir: PathBuf,
-    /// SQLite trace database.
+    /// Main store file: `metis.db` (SQLite), or `metis.redb` with `--store redb`.
     pub db: PathBuf,
     /// JSON keystore.
     pub keystore: PathBuf,
+    /// Backend of the main store at `db` (`--store`).
+    pub store: crate::store::StoreKind,
 }
 
 impl Paths {
@@ -28,11 +30,13 @@ impl Paths {
                 PathBuf::from(home).join(".metis")
             }
         };
+        let store = args.store.unwrap_or_default();
         Ok(Paths {
+            store,
             db: args
                 .db_path
                 .clone()
-                .unwrap_or_else(|| data_dir.join("metis.db")),
+                .unwrap_or_else(|| data_dir.join(store.main_file())),
             keystore: args
                 .keystore
                 .clone()

@@ -44,6 +44,9 @@ pub struct DbArgs {
     /// SQLite trace database (default `<data-dir>/metis.db`).
     #[arg(long, env = "METIS_GATEWAY_DB_PATH")]
     pub db_path: Option<PathBuf>,
+    /// Storage backend: `sqlite` (`metis.db`, the default) or `redb` (`metis.redb`).
+    #[arg(long, env = "METIS_GATEWAY_STORE", value_enum)]
+    pub store: Option<crate::store::StoreKind>,
 }
 
 impl DbArgs {
@@ -59,6 +62,7 @@ impl DbArgs {
             data_dir: self.data_dir.clone(),
             db_path: None,
             keystore: None,
+            store: self.store,
         })?
         .db)
     }
@@ -216,6 +220,9 @@ pub fn backup_with_progress(db: &Path, dest: &Path) -> Result<ops::BackupMeta, O
 pub async fn backup_cmd(args: BackupArgs) -> ExitCode {
     run_blocking("backup", move || {
         let db = args.db.db()?;
+        if args.db.store == Some(crate::store::StoreKind::Redb) {
+            return crate::store::redb_backup(&db, &args.dest);
+        }
         let meta = backup_with_progress(&db, &args.dest)?;
         print(&meta.block())
     })
@@ -226,6 +233,9 @@ pub async fn backup_cmd(args: BackupArgs) -> ExitCode {
 pub async fn restore_cmd(args: RestoreArgs) -> ExitCode {
     run_blocking("restore", move || {
         let db = args.db.db()?;
+        if args.db.store == Some(crate::store::StoreKind::Redb) {
+            return crate::store::redb_restore(&args.src, &db, args.force);
+        }
         let bar = Progress::new("restore", true);
         let r = ops::restore(&args.src, &db, args.force, &|d, t| bar.update(d, t));
         bar.finish();
@@ -316,6 +326,9 @@ pub fn prune_apply(
 fn prune_cmd_body(args: PruneArgs) -> anyhow::Result<()> {
     let db = args.db.db()?;
     let now = SystemClock.now_us();
+    if args.db.store == Some(crate::store::StoreKind::Redb) {
+        return crate::store::redb_prune(&db, args.days, args.dry_run, now);
+    }
     if args.dry_run {
         require_db(&db)?;
         let cutoff = cutoff_us(now, args.days);
@@ -440,6 +453,9 @@ pub async fn trace_cmd(cmd: TraceCmd) -> ExitCode {
         TraceAction::Vacuum(args) => {
             run_blocking("trace vacuum", move || {
                 let db = args.db.db()?;
+                if args.db.store == Some(crate::store::StoreKind::Redb) {
+                    return crate::store::redb_vacuum(&db);
+                }
                 let r = ops::vacuum(&db)?;
                 print(&format!(
                     "trace vacuum complete\n  {:<17}{}\n  {:<17}{}\n",
@@ -454,6 +470,9 @@ pub async fn trace_cmd(cmd: TraceCmd) -> ExitCode {
         TraceAction::Status(args) => {
             run_blocking("trace status", move || {
                 let db = args.db.db()?;
+                if args.db.store == Some(crate::store::StoreKind::Redb) {
+                    return crate::store::redb_status(&db, SystemClock.now_us());
+                }
                 print(&status_block(&ops::status(&db, SystemClock.now_us())?))
             })
             .await
@@ -461,6 +480,9 @@ pub async fn trace_cmd(cmd: TraceCmd) -> ExitCode {
         TraceAction::Migrate(args) => {
             run_blocking("trace migrate", move || {
                 let db = args.db.db()?;
+                if args.db.store == Some(crate::store::StoreKind::Redb) {
+                    return crate::store::redb_migrate(&db, args.dry_run);
+                }
                 let text = migrate_flow(
                     "trace",
                     &db,

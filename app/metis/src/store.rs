@@ -1,0 +1,448 @@
+//! The storage backend choice (`--store sqlite|redb`, `METIS_GATEWAY_STORE`): opening the
+//! right adapters for every storage port, the redb variants of the storage commands, and
+//! `metis migrate-store` (copying everything between the two backends).
+//!
+//! Invariants:
+//! - SQLite is the default; `redb` keeps the main store in `<data-dir>/metis.redb` (or
+//!   `--db-path`) and pattern stores in `<workspace>/.metis/patterns.redb`.
+//! - Callers get ports (`Arc<dyn …>`) or [`MainStore`], never an adapter type, so the rest of
+//!   the composition root is the same for both backends.
+//! - Keys follow `--keystore` (a JSON file, or `store` = the main store of the chosen
+//!   backend); sessions and spend follow `--store`.
+//! - `migrate-store` refuses a destination that holds anything, copies events with their
+//!   payloads byte-for-byte (so the audit chain verifies on the destination), sessions, keys
+//!   and every workspace pattern store it is given, and verifies the counts.
+
+use std::io::{self, Write};
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use async_trait::async_trait;
+use clap::ValueEnum;
+use gw_domain::events::Event;
+use gw_domain::patterns::PatternCaps;
+use gw_ports::keys::KeyStore;
+use gw_ports::patterns::PatternStore;
+use gw_ports::sessions::SessionStore;
+use gw_ports::trace::{
+    EventRow, EventSink, KeySpend, SinkStats, TraceError, TraceQuery, UsageGroup, UsageRow,
+};
+use gw_storage_redb::{
+    RedbKeyStore, RedbOptions, RedbPatternLocation, RedbPatternStore, RedbTraceStore,
+};
+use gw_storage_sqlite::patterns::{PatternLocation, SqlitePatternStore};
+use gw_storage_sqlite::{SqliteKeyStore, SqliteTraceStore, WriterOptions};
+
+use crate::paths::Paths;
+
+pub mod migrate;
+
+pub use migrate::{MigrateStoreArgs, migrate_store, migrate_store_cmd};
+
+/// The storage backend of the main store (trace, sessions, keys in `--keystore store`) and
+/// of the pattern stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum StoreKind {
+    /// SQLite (`metis.db`, `patterns.db`): the default.
+    #[default]
+    Sqlite,
+    /// redb (`metis.redb`, `patterns.redb`).
+    Redb,
+}
+
+impl StoreKind {
+    /// `sqlite` or `redb`.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            StoreKind::Sqlite => "sqlite",
+            StoreKind::Redb => "redb",
+        }
+    }
+
+    /// The main store's file name in the data directory.
+    #[must_use]
+    pub fn main_file(self) -> &'static str {
+        match self {
+            StoreKind::Sqlite => "metis.db",
+            StoreKind::Redb => gw_storage_redb::MAIN_FILE_NAME,
+        }
+    }
+}
+
+impl std::fmt::Display for StoreKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The opened main store of either backend: the trace sink and queries, and the session
+/// store riding its writer.
+pub enum MainStore {
+    Sqlite {
+        trace: Arc<SqliteTraceStore>,
+        sessions: Arc<gw_storage_sqlite::SqliteSessionStore>,
+    },
+    Redb {
+        trace: Arc<RedbTraceStore>,
+        sessions: Arc<gw_storage_redb::RedbSessionStore>,
+    },
+}
+
+impl std::fmt::Debug for MainStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MainStore")
+            .field("kind", &self.kind())
+            .finish_non_exhaustive()
+    }
+}
+
+impl MainStore {
+    /// Open (creating when missing) the main store at `paths.db` with the backend
+    /// `paths.store`. `gateway` = the serving process (SQLite: hold the shared writer lock so
+    /// `metis restore` refuses to replace the file under it).
+    ///
+    /// # Errors
+    /// A file from a newer binary, or one that cannot be opened or created.
+    pub async fn open(paths: &Paths, gateway: bool) -> anyhow::Result<Arc<MainStore>> {
+        let db = paths.db.clone();
+        let kind = paths.store;
+        let store = tokio::task::spawn_blocking(move || -> Result<MainStore, TraceError> {
+            match kind {
+                StoreKind::Sqlite => {
+                    let opts = WriterOptions {
+                        hold_writer_lock: gateway,
+                        ..WriterOptions::default()
+                    };
+                    let trace = Arc::new(SqliteTraceStore::open(&db, opts)?);
+                    let sessions = Arc::new(trace.session_store()?);
+                    Ok(MainStore::Sqlite { trace, sessions })
+                }
+                StoreKind::Redb => {
+                    let trace = Arc::new(RedbTraceStore::open(&db, RedbOptions::default())?);
+                    let sessions = Arc::new(trace.session_store());
+                    Ok(MainStore::Redb { trace, sessions })
+                }
+            }
+        })
+        .await
+        .context("trace store task failed")?
+        .with_context(|| format!("cannot open trace store {}", paths.db.display()))?;
+        Ok(Arc::new(store))
+    }
+
+    /// The backend.
+    #[must_use]
+    pub fn kind(&self) -> StoreKind {
+        match self {
+            MainStore::Sqlite { .. } => StoreKind::Sqlite,
+            MainStore::Redb { .. } => StoreKind::Redb,
+        }
+    }
+
+    /// The session store sharing this store's writer.
+    #[must_use]
+    pub fn sessions(&self) -> Arc<dyn SessionStore> {
+        match self {
+            MainStore::Sqlite { sessions, .. } => sessions.clone(),
+            MainStore::Redb { sessions, .. } => sessions.clone(),
+        }
+    }
+
+    /// Stop the writer after draining its queue. Idempotent.
+    pub async fn shutdown(&self) -> SinkStats {
+        match self {
+            MainStore::Sqlite { trace, .. } => trace.shutdown().await,
+            MainStore::Redb { trace, .. } => trace.shutdown().await,
+        }
+    }
+
+    fn sink(&self) -> &dyn EventSink {
+        match self {
+            MainStore::Sqlite { trace, .. } => trace.as_ref(),
+            MainStore::Redb { trace, .. } => trace.as_ref(),
+        }
+    }
+
+    fn query(&self) -> &dyn TraceQuery {
+        match self {
+            MainStore::Sqlite { trace, .. } => trace.as_ref(),
+            MainStore::Redb { trace, .. } => trace.as_ref(),
+        }
+    }
+}
+
+#[async_trait]
+impl EventSink for MainStore {
+    fn emit(&self, event: Event) {
+        self.sink().emit(event);
+    }
+
+    async fn flush(&self) -> Result<(), TraceError> {
+        self.sink().flush().await
+    }
+
+    fn stats(&self) -> SinkStats {
+        self.sink().stats()
+    }
+
+    fn is_writable(&self) -> bool {
+        self.sink().is_writable()
+    }
+
+    fn wal_bytes(&self) -> u64 {
+        self.sink().wal_bytes()
+    }
+}
+
+#[async_trait]
+impl TraceQuery for MainStore {
+    async fn spend_by_key(
+        &self,
+        day_start_us: i64,
+        month_start_us: i64,
+    ) -> Result<Vec<KeySpend>, TraceError> {
+        self.query()
+            .spend_by_key(day_start_us, month_start_us)
+            .await
+    }
+
+    async fn usage(
+        &self,
+        since_us: i64,
+        until_us: i64,
+        group: UsageGroup,
+        filter: Option<(UsageGroup, String)>,
+    ) -> Result<Vec<UsageRow>, TraceError> {
+        self.query().usage(since_us, until_us, group, filter).await
+    }
+
+    async fn audit_events(
+        &self,
+        since_us: i64,
+        until_us: i64,
+        types: &[String],
+    ) -> Result<Vec<EventRow>, TraceError> {
+        self.query().audit_events(since_us, until_us, types).await
+    }
+}
+
+/// The key store in the main store of `kind` at `db` (`--keystore store`).
+#[must_use]
+pub fn main_key_store(kind: StoreKind, db: &Path) -> Arc<dyn KeyStore> {
+    match kind {
+        StoreKind::Sqlite => Arc::new(SqliteKeyStore::new(db)),
+        StoreKind::Redb => Arc::new(RedbKeyStore::new(db)),
+    }
+}
+
+/// The pattern stores of `kind`, under `dir` (one directory per workspace hash) or in each
+/// workspace's `.metis/`.
+#[must_use]
+pub fn pattern_store(
+    kind: StoreKind,
+    dir: Option<&Path>,
+    caps: PatternCaps,
+) -> Arc<dyn PatternStore> {
+    match kind {
+        StoreKind::Sqlite => Arc::new(SqlitePatternStore::new(
+            dir.map_or(PatternLocation::InWorkspace, |d| {
+                PatternLocation::Dir(d.to_path_buf())
+            }),
+            caps,
+        )),
+        StoreKind::Redb => Arc::new(RedbPatternStore::new(
+            dir.map_or(RedbPatternLocation::InWorkspace, |d| {
+                RedbPatternLocation::Dir(d.to_path_buf())
+            }),
+            caps,
+        )),
+    }
+}
+
+pub(crate) fn print(text: &str) -> anyhow::Result<()> {
+    let mut out = io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
+    Ok(())
+}
+
+/// `metis backup` on redb: a consistent snapshot copied into a new file, with the SQLite
+/// backup's metadata block.
+///
+/// # Errors
+/// The backup's refusal or failure.
+pub fn redb_backup(db: &Path, dest: &Path) -> anyhow::Result<()> {
+    let bar = crate::storage_cli::Progress::new("backup", false);
+    let r = gw_storage_redb::ops::backup(db, dest, &|d, t| bar.update(d, t));
+    bar.finish();
+    print(&r?.block())
+}
+
+/// `metis restore` on redb: the same checks and refusals as SQLite.
+///
+/// # Errors
+/// The restore's refusal or failure.
+pub fn redb_restore(src: &Path, db: &Path, force: bool) -> anyhow::Result<()> {
+    let bar = crate::storage_cli::Progress::new("restore", true);
+    let r = gw_storage_redb::ops::restore(src, db, force, &|d, t| bar.update(d, t));
+    bar.finish();
+    print(&r?.block())
+}
+
+/// `metis trace status` on redb (the SQLite block).
+///
+/// # Errors
+/// A missing or newer file.
+pub fn redb_status(db: &Path, now: i64) -> anyhow::Result<()> {
+    let s = gw_storage_redb::ops::status(db, now)?;
+    print(&crate::storage_cli::status_block(
+        &gw_storage_sqlite::ops::TraceStatus {
+            path: s.path,
+            schema_version: s.schema_version,
+            events: s.events,
+            oldest_event_us: s.oldest_event_us,
+            newest_event_us: s.newest_event_us,
+            events_last_5_min: s.events_last_5_min,
+            audit_events: s.audit_events,
+            sessions: s.sessions,
+            file_bytes: s.file_bytes,
+            wal_bytes: s.wal_bytes,
+        },
+    ))
+}
+
+/// `metis trace vacuum` on redb: compaction (needs the file to itself).
+///
+/// # Errors
+/// A missing, newer or busy file.
+pub fn redb_vacuum(db: &Path) -> anyhow::Result<()> {
+    let r = gw_storage_redb::ops::compact(db)?;
+    print(&format!(
+        "trace vacuum complete\n  {:<17}{}\n  {:<17}{}\n",
+        "db_path:",
+        db.display(),
+        "bytes_reclaimed:",
+        gw_domain::retention::thousands(r.reclaimed())
+    ))
+}
+
+/// `metis trace prune` on redb: batched deletion, then `trace.swept` through the writer.
+///
+/// # Errors
+/// A missing or newer file, redb errors, or the sweep event not being stored.
+pub fn redb_prune(db: &Path, days: u32, dry_run: bool, now: i64) -> anyhow::Result<()> {
+    use gw_domain::retention::{SYSTEM_SESSION, TraceSwept, cutoff_us};
+    use gw_domain::time::format_iso;
+    use gw_ports::system::{Clock, IdSource};
+    if !db.is_file() {
+        bail!("trace database {} does not exist", db.display());
+    }
+    let cutoff = cutoff_us(now, days);
+    let to_sqlite = |c: gw_storage_redb::ops::PruneCounts| gw_storage_sqlite::ops::PruneCounts {
+        rows_eligible: c.rows_eligible,
+        rows_audit_exempt: c.rows_audit_exempt,
+        rows_deleted: c.rows_deleted,
+        oldest_kept_us: c.oldest_kept_us,
+    };
+    if dry_run {
+        let c = gw_storage_redb::ops::prune_dry_run(db, cutoff)?;
+        return print(&crate::storage_cli::prune_block(
+            db,
+            days,
+            cutoff,
+            &to_sqlite(c),
+            true,
+        ));
+    }
+    // Open the writer first: it refuses a newer file before anything is deleted.
+    let store = RedbTraceStore::open(db, RedbOptions::default())
+        .with_context(|| format!("cannot open {}", db.display()))?;
+    let bar = crate::storage_cli::Progress::new("prune", false);
+    let r = gw_storage_redb::ops::prune(
+        db,
+        cutoff,
+        gw_domain::retention::PRUNE_BATCH_ROWS,
+        std::time::Duration::from_millis(5),
+        &|d, t| bar.update(d, t),
+    );
+    bar.finish();
+    let counts = r?;
+    let swept_at = crate::system::SystemClock.now_us().max(now);
+    let payload = TraceSwept {
+        rows_deleted: counts.rows_deleted,
+        rows_audit_exempt: counts.rows_audit_exempt,
+        cutoff_timestamp: format_iso(cutoff),
+        oldest_kept_timestamp: counts.oldest_kept_us.map(format_iso),
+        dry_run: false,
+        swept_at: format_iso(swept_at),
+    };
+    let ids = crate::system::UlidIds::default();
+    store.emit(gw_domain::events::make_event(
+        ids.ulid(),
+        swept_at,
+        SYSTEM_SESSION,
+        None,
+        None,
+        &payload,
+    ));
+    let stats = store.close();
+    if stats.written < 1 || stats.failed > 0 || stats.overflowed > 0 {
+        bail!(
+            "{} rows were deleted but the trace.swept audit event could not be written",
+            counts.rows_deleted
+        );
+    }
+    print(&crate::storage_cli::prune_block(
+        db,
+        days,
+        cutoff,
+        &to_sqlite(counts),
+        false,
+    ))
+}
+
+/// `metis trace migrate` on redb: the schema is created whole with its version, so there is
+/// never a step; the block says so (and a newer file is refused).
+///
+/// # Errors
+/// A missing or newer file.
+pub fn redb_migrate(db: &Path, dry_run: bool) -> anyhow::Result<()> {
+    if !db.is_file() {
+        bail!("trace database {} does not exist", db.display());
+    }
+    let current = gw_storage_redb::schema_version(db)
+        .map_err(anyhow::Error::msg)?
+        .unwrap_or(0);
+    if current > gw_storage_redb::TRACE_SCHEMA_VERSION {
+        bail!(
+            "{} has schema version {current}, newer than this binary supports ({}); use a newer metis (this one never downgrades a file)",
+            db.display(),
+            gw_storage_redb::TRACE_SCHEMA_VERSION
+        );
+    }
+    let mut steps = Vec::new();
+    if current < gw_storage_redb::TRACE_SCHEMA_VERSION {
+        steps.push(format!(
+            "set meta.schema_version {current} -> {}",
+            gw_storage_redb::TRACE_SCHEMA_VERSION
+        ));
+        if !dry_run {
+            // Opening stamps the version and creates every table in one transaction.
+            drop(
+                gw_storage_redb::open_shared(db, gw_storage_redb::Sharing::default(), false)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?,
+            );
+        }
+    }
+    let plan = gw_storage_sqlite::ops::MigrationPlan {
+        path: db.to_path_buf(),
+        current,
+        target: gw_storage_redb::TRACE_SCHEMA_VERSION,
+        steps,
+    };
+    print(&crate::storage_cli::migrate_block(
+        "trace", &plan, dry_run, None,
+    ))
+}

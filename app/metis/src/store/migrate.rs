@@ -1,0 +1,567 @@
+//! `metis migrate-store --from sqlite --to redb` (and back): copy the main store (events,
+//! sessions, keys) and the pattern stores of the given workspaces between the backends.
+//!
+//! Invariants:
+//! - The destination must be empty (no events, sessions or keys; no outcomes in a pattern
+//!   store): nothing is ever merged or overwritten.
+//! - Events are copied as stored, in id order, payloads byte-for-byte: audit events keep their
+//!   `audit_seq`/`audit_prev_hash`, so the destination's chain verifies with the same length.
+//! - Sessions and pattern rows are copied as stored (no recomputation).
+//! - After the copy the counts are compared (events, sessions, keys, chain links, outcomes);
+//!   any difference is an error.
+//! - The SQLite side is read and written with plain SQL on the adapter's schema (the
+//!   adapter opens and stamps the destination first); the redb side goes through the redb
+//!   adapter's import/export functions.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use gw_domain::patterns::PatternCaps;
+use gw_domain::sessions::SessionRecord;
+use gw_ports::keys::KeyStoreError;
+use gw_ports::patterns::OutcomeRow;
+use gw_ports::trace::EventRow;
+use gw_storage_redb::patterns::FingerprintRow;
+use gw_storage_redb::{RedbKeyStore, RedbPatternLocation, RedbPatternStore};
+use gw_storage_sqlite::patterns::{PatternLocation, SqlitePatternStore};
+use gw_storage_sqlite::{
+    SessionReader, SqliteKeyStore, SqliteTraceStore, TraceReader, WriterOptions,
+};
+use rusqlite::{Connection, OpenFlags, params};
+
+use super::StoreKind;
+
+/// `metis migrate-store --from sqlite --to redb` (or back).
+#[derive(Debug, Args)]
+pub struct MigrateStoreArgs {
+    /// The backend to copy from.
+    #[arg(long, value_enum)]
+    pub from: StoreKind,
+    /// The backend to copy to (its store must be empty or absent).
+    #[arg(long, value_enum)]
+    pub to: StoreKind,
+    /// Data directory (default `~/.metis`): `metis.db` and `metis.redb` live there.
+    #[arg(long, env = "METIS_GATEWAY_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The source main store file (default `<data-dir>/metis.db` or `metis.redb`).
+    #[arg(long)]
+    pub from_path: Option<PathBuf>,
+    /// The destination main store file (default `<data-dir>/metis.db` or `metis.redb`).
+    #[arg(long)]
+    pub to_path: Option<PathBuf>,
+    /// Also copy this workspace's pattern store (repeatable).
+    #[arg(long = "workspace")]
+    pub workspaces: Vec<PathBuf>,
+    /// Pattern stores live under this directory (one per workspace hash) instead of
+    /// `<workspace>/.metis/`.
+    #[arg(long, env = "METIS_GATEWAY_PATTERNS_DIR")]
+    pub patterns_dir: Option<PathBuf>,
+}
+
+/// What a store migration copied (and verified).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MigrateReport {
+    pub from: PathBuf,
+    pub to: PathBuf,
+    pub events: u64,
+    pub audit_chain: u64,
+    pub sessions: u64,
+    pub keys: u64,
+    pub pattern_stores: u64,
+    pub outcomes: u64,
+}
+
+impl MigrateReport {
+    /// The block `migrate-store` prints.
+    #[must_use]
+    pub fn block(&self, from: StoreKind, to: StoreKind) -> String {
+        let mut out = format!("migrate-store complete ({from} -> {to})\n");
+        for (k, v) in [
+            ("from:", self.from.display().to_string()),
+            ("to:", self.to.display().to_string()),
+            ("events:", self.events.to_string()),
+            (
+                "audit chain:",
+                format!("{} links verified", self.audit_chain),
+            ),
+            ("sessions:", self.sessions.to_string()),
+            ("keys:", self.keys.to_string()),
+            ("pattern stores:", self.pattern_stores.to_string()),
+            ("outcomes:", self.outcomes.to_string()),
+        ] {
+            out.push_str(&format!("  {k:<16}{v}\n"));
+        }
+        out
+    }
+}
+
+/// Rows per copy transaction.
+const COPY_PAGE: usize = 5_000;
+
+fn redb_existing(db: &Path) -> anyhow::Result<std::sync::Arc<gw_storage_redb::Database>> {
+    if !db.is_file() {
+        bail!("redb database {} does not exist", db.display());
+    }
+    gw_storage_redb::open_shared(db, gw_storage_redb::Sharing::default(), false)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", db.display()))
+}
+
+/// One side of a migration: the main store file of a backend.
+struct Side {
+    kind: StoreKind,
+    path: PathBuf,
+}
+
+impl Side {
+    /// (events, sessions, keys) stored; zeros for a missing file.
+    fn counts(&self) -> anyhow::Result<(u64, u64, u64)> {
+        if !self.path.exists() {
+            return Ok((0, 0, 0));
+        }
+        match self.kind {
+            StoreKind::Sqlite => {
+                let events = TraceReader::open(&self.path)?.count_all()?;
+                let sessions = SessionReader::open(&self.path)?.count()?;
+                let keys = match SqliteKeyStore::new(&self.path).load_blocking() {
+                    Ok(k) => k.len() as u64,
+                    Err(KeyStoreError::NotFound { .. }) => 0,
+                    Err(e) => return Err(e.into()),
+                };
+                Ok((events, sessions, keys))
+            }
+            StoreKind::Redb => {
+                let db = redb_existing(&self.path)?;
+                Ok(gw_storage_redb::ops::counts(&db)?)
+            }
+        }
+    }
+
+    /// Verify the audit chain; `Ok(n)` links.
+    fn verify_chain(&self) -> anyhow::Result<u64> {
+        let r = match self.kind {
+            StoreKind::Sqlite => TraceReader::open(&self.path)?.verify_audit_chain()?,
+            StoreKind::Redb => {
+                gw_storage_redb::query::verify_audit_chain(&*redb_existing(&self.path)?)?
+            }
+        };
+        r.map_err(|b| {
+            anyhow::anyhow!(
+                "the audit chain of {} is broken at event {} (expected audit_seq {}): {}",
+                self.path.display(),
+                b.id,
+                b.expected_seq,
+                b.problem
+            )
+        })
+    }
+
+    fn keys(&self) -> anyhow::Result<Vec<gw_domain::keys::KeyRecord>> {
+        let r = match self.kind {
+            StoreKind::Sqlite => SqliteKeyStore::new(&self.path).load_blocking(),
+            StoreKind::Redb => RedbKeyStore::new(&self.path).load_blocking(),
+        };
+        match r {
+            Ok(k) => Ok(k),
+            Err(KeyStoreError::NotFound { .. }) => Ok(Vec::new()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn insert_key(&self, k: gw_domain::keys::KeyRecord) -> anyhow::Result<()> {
+        match self.kind {
+            StoreKind::Sqlite => SqliteKeyStore::new(&self.path).insert_blocking(k)?,
+            StoreKind::Redb => RedbKeyStore::new(&self.path).insert_blocking(k)?,
+        }
+        Ok(())
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// SQLite side: plain SQL over the adapter's schema
+// ------------------------------------------------------------------------------------------
+
+fn sqlite_conn(path: &Path, write: bool) -> anyhow::Result<Connection> {
+    let flags = if write {
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    };
+    let c = Connection::open_with_flags(path, flags)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    c.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(c)
+}
+
+fn sqlite_events_page(c: &Connection, after: &str, n: usize) -> anyhow::Result<Vec<EventRow>> {
+    let mut stmt = c.prepare_cached(
+        "SELECT id, timestamp_us, session_id, turn_id, parent_event_id, type, actor, \
+         sensitivity, payload_json FROM events WHERE id > ?1 ORDER BY id LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![after, i64::try_from(n).unwrap_or(i64::MAX)], |r| {
+        Ok(EventRow {
+            id: r.get(0)?,
+            timestamp_us: r.get(1)?,
+            session_id: r.get(2)?,
+            turn_id: r.get(3)?,
+            parent_event_id: r.get(4)?,
+            event_type: r.get(5)?,
+            actor: r.get(6)?,
+            sensitivity: r.get(7)?,
+            payload_json: r.get(8)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+fn sqlite_insert_events(c: &mut Connection, rows: &[EventRow]) -> anyhow::Result<u64> {
+    let tx = c.transaction()?;
+    let mut n = 0;
+    {
+        let mut stmt = tx.prepare_cached(
+            "INSERT OR IGNORE INTO events (id, timestamp_us, session_id, turn_id, \
+             parent_event_id, type, actor, sensitivity, payload_json) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )?;
+        for r in rows {
+            n += stmt.execute(params![
+                r.id,
+                r.timestamp_us,
+                r.session_id,
+                r.turn_id,
+                r.parent_event_id,
+                r.event_type,
+                r.actor,
+                r.sensitivity,
+                r.payload_json
+            ])? as u64;
+        }
+    }
+    tx.commit()?;
+    Ok(n)
+}
+
+fn sqlite_insert_sessions(c: &mut Connection, rows: &[SessionRecord]) -> anyhow::Result<()> {
+    let tx = c.transaction()?;
+    {
+        let mut stmt = tx.prepare_cached(
+            "INSERT INTO sessions (id, workspace_path, active_model, routing_policy_json, \
+             cost_so_far_usd, turn_count, schema_version, created_at, updated_at, \
+             parent_session_id, parent_tool_use_id, is_worker) \
+             VALUES (?1, ?2, ?3, NULL, ?4, ?5, 1, ?6, ?7, ?8, ?9, ?10)",
+        )?;
+        for s in rows {
+            stmt.execute(params![
+                s.id,
+                s.workspace_path,
+                s.active_model,
+                s.cost_so_far_usd,
+                i64::try_from(s.turn_count).unwrap_or(i64::MAX),
+                s.created_at_us,
+                s.updated_at_us,
+                s.parent_session_id,
+                s.parent_tool_use_id,
+                i64::from(s.is_worker)
+            ])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------------
+// The main store
+// ------------------------------------------------------------------------------------------
+
+fn copy_sqlite_to_redb(
+    from: &Path,
+    to: &Path,
+    total: u64,
+    progress: &dyn Fn(u64, u64),
+) -> anyhow::Result<()> {
+    let db = gw_storage_redb::open_shared(to, gw_storage_redb::Sharing::default(), true)
+        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", to.display()))?;
+    let src = sqlite_conn(from, false)?;
+    let mut after = String::new();
+    let mut done = 0u64;
+    loop {
+        let page = sqlite_events_page(&src, &after, COPY_PAGE)?;
+        let Some(last) = page.last() else { break };
+        after.clone_from(&last.id);
+        done += gw_storage_redb::ops::import_events(&db, &page)?;
+        progress(done, total);
+    }
+    let sessions = SessionReader::open(from)?.list(None, u32::MAX)?;
+    gw_storage_redb::ops::import_sessions(&db, &sessions)?;
+    Ok(())
+}
+
+fn copy_redb_to_sqlite(
+    from: &Path,
+    to: &Path,
+    total: u64,
+    progress: &dyn Fn(u64, u64),
+) -> anyhow::Result<()> {
+    let src = redb_existing(from)?;
+    // The adapter creates the file with its schema, pragmas and version stamp.
+    SqliteTraceStore::open(to, WriterOptions::default())?.close();
+    let mut dst = sqlite_conn(to, true)?;
+    let mut after: Option<String> = None;
+    let mut done = 0u64;
+    loop {
+        let page = gw_storage_redb::query::events_page(&src, after.as_deref(), COPY_PAGE)?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.id.clone());
+        done += sqlite_insert_events(&mut dst, &page)?;
+        progress(done, total);
+    }
+    let sessions = gw_storage_redb::sessions::read::all(&src)?;
+    sqlite_insert_sessions(&mut dst, &sessions)?;
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------------
+// Pattern stores
+// ------------------------------------------------------------------------------------------
+
+type PatternDump = (Vec<FingerprintRow>, Vec<OutcomeRow>);
+
+fn sqlite_patterns_export(path: &Path) -> anyhow::Result<PatternDump> {
+    if !path.is_file() {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let c = sqlite_conn(path, false)?;
+    let mut stmt = c.prepare(
+        "SELECT id, kind, structural_json, structural_sig, created_at_us FROM fingerprints \
+         WHERE embedding_provider IS NULL ORDER BY id",
+    )?;
+    let fps = stmt
+        .query_map([], |r| {
+            Ok(FingerprintRow {
+                id: r.get(0)?,
+                kind: r.get(1)?,
+                structural_json: r.get(2)?,
+                structural_sig: r.get(3)?,
+                created_at_us: r.get(4)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut stmt = c.prepare(
+        "SELECT o.fingerprint_id, f.structural_sig, o.primary_model, o.sample_size, \
+         o.success_score_mean, o.success_score_count, o.sum_cost_usd_micros, o.sum_latency_ms, \
+         o.pricing_version_last, o.last_updated_at_us FROM outcomes o \
+         JOIN fingerprints f ON f.id = o.fingerprint_id ORDER BY o.fingerprint_id, o.primary_model",
+    )?;
+    let outcomes = stmt
+        .query_map([], |r| {
+            Ok(OutcomeRow {
+                fingerprint_id: r.get(0)?,
+                structural_sig: r.get(1)?,
+                primary_model: r.get(2)?,
+                sample_size: u64::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
+                success_score_mean: r.get(4)?,
+                success_score_count: u64::try_from(r.get::<_, i64>(5)?).unwrap_or(0),
+                sum_cost_usd_micros: r.get(6)?,
+                sum_latency_ms: r.get(7)?,
+                pricing_version_last: r.get(8)?,
+                last_updated_at_us: r.get(9)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok((fps, outcomes))
+}
+
+fn sqlite_patterns_import(path: &Path, dump: &PatternDump) -> anyhow::Result<()> {
+    let mut c = sqlite_conn(path, true)?;
+    let tx = c.transaction()?;
+    {
+        let mut fp = tx.prepare(
+            "INSERT INTO fingerprints (id, kind, structural_json, structural_sig, \
+             embedding_blob, embedding_provider, embedding_dim, created_at_us) \
+             VALUES (?1, ?2, ?3, ?4, NULL, NULL, NULL, ?5)",
+        )?;
+        for f in &dump.0 {
+            fp.execute(params![
+                f.id,
+                f.kind,
+                f.structural_json,
+                f.structural_sig,
+                f.created_at_us
+            ])?;
+        }
+        let mut o = tx.prepare(
+            "INSERT INTO outcomes (fingerprint_id, primary_model, sample_size, \
+             success_score_mean, success_score_count, sum_cost_usd_micros, sum_latency_ms, \
+             pricing_version_last, last_updated_at_us) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )?;
+        for r in &dump.1 {
+            o.execute(params![
+                r.fingerprint_id,
+                r.primary_model,
+                i64::try_from(r.sample_size).unwrap_or(i64::MAX),
+                r.success_score_mean,
+                i64::try_from(r.success_score_count).unwrap_or(i64::MAX),
+                r.sum_cost_usd_micros,
+                r.sum_latency_ms,
+                r.pricing_version_last,
+                r.last_updated_at_us
+            ])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Copy one workspace's pattern store; returns the outcome rows copied.
+fn copy_pattern_store(from: StoreKind, ws: &str, dir: Option<&Path>) -> anyhow::Result<u64> {
+    let sqlite_loc = dir.map_or(PatternLocation::InWorkspace, |d| {
+        PatternLocation::Dir(d.to_path_buf())
+    });
+    let redb_loc = dir.map_or(RedbPatternLocation::InWorkspace, |d| {
+        RedbPatternLocation::Dir(d.to_path_buf())
+    });
+    let sqlite = SqlitePatternStore::new(sqlite_loc, PatternCaps::default());
+    let redb = RedbPatternStore::new(redb_loc, PatternCaps::default());
+    let (dump, copied) = match from {
+        StoreKind::Sqlite => {
+            if redb.stats_blocking(ws)?.is_some_and(|s| s.outcomes > 0) {
+                bail!("the destination pattern store of {ws} is not empty");
+            }
+            let dump = sqlite_patterns_export(&sqlite.db_path(ws))?;
+            redb.import_blocking(ws, &dump.0, &dump.1)?;
+            let copied = redb.outcomes_blocking(ws)?;
+            (dump, copied)
+        }
+        StoreKind::Redb => {
+            if sqlite.stats_blocking(ws)?.is_some_and(|s| s.outcomes > 0) {
+                bail!("the destination pattern store of {ws} is not empty");
+            }
+            let dump = redb.export_blocking(ws)?;
+            // The adapter creates (or migrates) the store with its schema and version.
+            sqlite.replace_all_blocking(ws, &[], &|_, _| {})?;
+            sqlite.forget(ws);
+            sqlite_patterns_import(&sqlite.db_path(ws), &dump)?;
+            let copied = sqlite.outcomes_blocking(ws)?;
+            (dump, copied)
+        }
+    };
+    if copied != dump.1 {
+        bail!(
+            "pattern store of {ws}: {} outcomes in the source but {} (or different ones) in the destination",
+            dump.1.len(),
+            copied.len()
+        );
+    }
+    Ok(copied.len() as u64)
+}
+
+// ------------------------------------------------------------------------------------------
+// The command
+// ------------------------------------------------------------------------------------------
+
+fn default_path(data_dir: &Path, given: Option<&PathBuf>, kind: StoreKind) -> PathBuf {
+    given
+        .cloned()
+        .unwrap_or_else(|| data_dir.join(kind.main_file()))
+}
+
+/// Copy the main store and the given pattern stores from one backend to the other (see the
+/// module invariants). Blocking.
+///
+/// # Errors
+/// Same backend on both sides, a missing source, a non-empty destination, a copy failure, or
+/// counts that differ after the copy.
+pub fn migrate_store(
+    args: &MigrateStoreArgs,
+    progress: &dyn Fn(u64, u64),
+) -> anyhow::Result<MigrateReport> {
+    if args.from == args.to {
+        bail!("--from and --to are both {}; nothing to migrate", args.from);
+    }
+    let data_dir = match &args.data_dir {
+        Some(d) => d.clone(),
+        None => PathBuf::from(
+            std::env::var_os("HOME")
+                .context("HOME is not set; pass --data-dir (or METIS_GATEWAY_DATA_DIR)")?,
+        )
+        .join(".metis"),
+    };
+    let from = Side {
+        kind: args.from,
+        path: default_path(&data_dir, args.from_path.as_ref(), args.from),
+    };
+    let to = Side {
+        kind: args.to,
+        path: default_path(&data_dir, args.to_path.as_ref(), args.to),
+    };
+    if !from.path.is_file() {
+        bail!("source store {} does not exist", from.path.display());
+    }
+    let (events, sessions, keys) = from.counts()?;
+    let dest = to.counts()?;
+    if dest != (0, 0, 0) {
+        bail!(
+            "destination store {} is not empty ({} events, {} sessions, {} keys); migrate-store \
+             only fills an empty store (move it aside or choose --to-path)",
+            to.path.display(),
+            dest.0,
+            dest.1,
+            dest.2
+        );
+    }
+    let chain_before = from.verify_chain()?;
+    let key_records = from.keys()?;
+    match from.kind {
+        StoreKind::Sqlite => copy_sqlite_to_redb(&from.path, &to.path, events, progress)?,
+        StoreKind::Redb => copy_redb_to_sqlite(&from.path, &to.path, events, progress)?,
+    }
+    for k in key_records {
+        to.insert_key(k)?;
+    }
+    let after = to.counts()?;
+    if after != (events, sessions, keys) {
+        bail!(
+            "count mismatch after the copy: source has {events} events, {sessions} sessions, \
+             {keys} keys; destination has {} events, {} sessions, {} keys",
+            after.0,
+            after.1,
+            after.2
+        );
+    }
+    let chain_after = to.verify_chain()?;
+    if chain_after != chain_before {
+        bail!(
+            "the audit chain has {chain_before} links in the source but {chain_after} in the destination"
+        );
+    }
+    let mut pattern_stores = 0;
+    let mut outcomes = 0;
+    for ws in &args.workspaces {
+        let ws = crate::keys_cli::absolute(ws)?;
+        outcomes += copy_pattern_store(args.from, &ws, args.patterns_dir.as_deref())?;
+        pattern_stores += 1;
+    }
+    Ok(MigrateReport {
+        from: from.path,
+        to: to.path,
+        events,
+        audit_chain: chain_after,
+        sessions,
+        keys,
+        pattern_stores,
+        outcomes,
+    })
+}
+
+/// `metis migrate-store`.
+pub async fn migrate_store_cmd(args: MigrateStoreArgs) -> ExitCode {
+    crate::storage_cli::run_blocking("migrate-store", move || {
+        let bar = crate::storage_cli::Progress::new("events", false);
+        let r = migrate_store(&args, &|d, t| bar.update(d, t));
+        bar.finish();
+        super::print(&r?.block(args.from, args.to))
+    })
+    .await
+}
