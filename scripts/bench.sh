@@ -518,10 +518,63 @@ else
   note trace "bench-trace ablation failed: $(tail -n 3 "$LOGS/trace-ablation.err" | tr '\n' ' ')"
 fi
 
-note storage "backup MB/s and prune rows/s are not measured: metis has no backup or trace-prune command yet"
+# ---------------------------------------------------------------------------------------------
+# 9. Storage operations on a 1M-event trace: metis backup, metis trace prune
+# ---------------------------------------------------------------------------------------------
+ST=$OUT/tmp/storage
+mkdir -p "$ST"
+count_events() {
+  python3 -c 'import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute("SELECT count(*) FROM events").fetchone()[0])' "$1"
+}
+now_s() { date +%s.%N; }
+if "$BIN/metis" backup --help >/dev/null 2>&1 && "$BIN/metis" trace prune --help >/dev/null 2>&1; then
+  log "storage: metis backup and metis trace prune on a 1M-event trace (60 days, prune keeps 30)"
+  if taskset -c "$PROXY_CPU" "$BIN/bench-trace" fill --db "$ST/metis.db" --requests 250000 \
+    --key-id gk_storage_bench --span-days 60 >"$LOGS/storage-fill.json" 2>"$LOGS/storage.log"; then
+    DB_BYTES=$(stat -c %s "$ST/metis.db")
+    T0=$(now_s)
+    if taskset -c "$PROXY_CPU" "$BIN/metis" backup "$ST/backup/metis-backup.db" --data-dir "$ST" \
+      >"$LOGS/storage-backup.log" 2>&1; then
+      T1=$(now_s)
+      BEFORE=$(count_events "$ST/metis.db")
+      T2=$(now_s)
+      if taskset -c "$PROXY_CPU" "$BIN/metis" trace prune --days 30 --data-dir "$ST" \
+        >"$LOGS/storage-prune.log" 2>&1; then
+        T3=$(now_s)
+        AFTER=$(count_events "$ST/metis.db")
+        python3 - "$RUNS" "$DB_BYTES" "$T0" "$T1" "$T2" "$T3" "$BEFORE" "$AFTER" <<'EOF2'
+import json, sys
+runs, size, t0, t1, t2, t3, before, after = sys.argv[1:]
+size, t0, t1, t2, t3 = int(size), float(t0), float(t1), float(t2), float(t3)
+before, after = int(before), int(after)
+fact = {
+    "kind": "storage",
+    "events": before,
+    "db_mb": size / 1e6,
+    "backup_s": t1 - t0,
+    "backup_mb_s": size / 1e6 / (t1 - t0),
+    "pruned_rows": before - after,
+    "prune_s": t3 - t2,
+    "prune_rows_s": (before - after) / (t3 - t2),
+}
+with open(runs, "a") as f:
+    f.write(json.dumps(fact) + "\n")
+EOF2
+      else
+        note storage "metis trace prune failed: $(tail -n 3 "$LOGS/storage-prune.log" | tr '\n' ' ')"
+      fi
+    else
+      note storage "metis backup failed: $(tail -n 3 "$LOGS/storage-backup.log" | tr '\n' ' ')"
+    fi
+  else
+    note storage "could not build the 1M-event trace: $(tail -n 3 "$LOGS/storage.log" | tr '\n' ' ')"
+  fi
+else
+  note storage "backup MB/s and prune rows/s are not measured: this metis has no backup or trace-prune command"
+fi
 
 # ---------------------------------------------------------------------------------------------
-# 9. Report
+# 10. Report
 # ---------------------------------------------------------------------------------------------
 "$BIN/bench-load" report --runs "$RUNS" --out-dir "$OUT"
 rm -rf "$OUT/tmp"

@@ -463,6 +463,30 @@ pub fn checks(input: &Input) -> Vec<Check> {
             _ => not_measured("metis-quota or metis openai-sync c32 run missing"),
         },
     );
+    let storage = input.facts_of("storage").last();
+    let sf = |k: &str| storage.and_then(|f| f.get(k)).and_then(Value::as_f64);
+    push(
+        "metis backup of a 1M-event trace",
+        "(no goal)",
+        match (sf("backup_mb_s"), sf("db_mb"), sf("backup_s")) {
+            (Some(r), Some(m), Some(t)) => (
+                format!("{r:.0} MB/s ({m:.0} MB in {t:.2} s)"),
+                "reference".into(),
+            ),
+            _ => not_measured("no storage record (see notes)"),
+        },
+    );
+    push(
+        "metis trace prune (keep 30 of 60 days, 1M events)",
+        "(no goal)",
+        match (sf("prune_rows_s"), sf("pruned_rows"), sf("prune_s")) {
+            (Some(r), Some(n), Some(t)) => (
+                format!("{} rows/s ({} rows in {t:.2} s)", rps(r), rps(n)),
+                "reference".into(),
+            ),
+            _ => not_measured("no storage record (see notes)"),
+        },
+    );
     push(
         "metis idle RSS",
         "< 30 MB",

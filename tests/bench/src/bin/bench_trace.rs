@@ -67,6 +67,10 @@ enum Command {
         /// The key the requests are attributed to (`gateway_key_id`).
         #[arg(long)]
         key_id: String,
+        /// Spread the requests evenly over this many days before now (0: all in the last
+        /// few seconds, so that they count as today's spend).
+        #[arg(long, default_value_t = 0.0)]
+        span_days: f64,
     },
     /// Hold the write lock of an existing trace database.
     Stall {
@@ -390,16 +394,17 @@ fn writer(events: usize, dir: Option<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn fill(db: &Path, requests: usize, key_id: &str) -> anyhow::Result<()> {
+fn fill(db: &Path, requests: usize, key_id: &str, span_days: f64) -> anyhow::Result<()> {
     let now_us = i64::try_from(
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)?
             .as_micros(),
     )?;
-    // The last request ends one second ago; all of them fall within the current UTC day
-    // unless the run starts within a few seconds of midnight.
-    let step_us = 4;
-    let span = i64::try_from(requests)? * step_us;
+    // The last request ends one second ago. With `span_days` 0 they are 4 µs apart, so all of
+    // them fall within the current UTC day unless the run starts seconds before midnight.
+    let n = i64::try_from(requests.max(1))?;
+    let step_us = ((span_days * 86_400e6) as i64 / n).max(4);
+    let span = n * step_us;
     let events = request_events_for(requests, key_id, now_us - 1_000_000 - span, step_us);
     let r = raw_rusqlite(db, &events, WriterOptions::default().max_batch)?;
     println!(
@@ -449,7 +454,13 @@ fn main() -> anyhow::Result<()> {
             db,
             requests,
             key_id,
-        } => fill(&db, requests.min(2_500_000), &key_id),
+            span_days,
+        } => fill(
+            &db,
+            requests.min(2_500_000),
+            &key_id,
+            span_days.clamp(0.0, 3650.0),
+        ),
         Command::Stall {
             db,
             seconds,
