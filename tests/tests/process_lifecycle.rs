@@ -15,7 +15,11 @@
 //! closing (an HTTP/1.1 race every client must handle with retries).
 //!
 //! Needs `target/debug/metis` (`cargo build --workspace --bins`; scripts/test.sh does it).
-#![expect(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test helpers outside #[test] functions"
+)]
 
 use gw_tests::certs::TestPki;
 use gw_tests::fake_upstream::{DEFAULT_ANTHROPIC_KEY, DEFAULT_OPENAI_KEY};
