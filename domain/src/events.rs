@@ -183,6 +183,9 @@ pub struct LlmCallFailed {
     pub cache_creation_input_tokens: u64,
     pub cost_usd: f64,
     pub pricing_version: String,
+    /// True when the usage above is the gateway's estimate (the call died before the
+    /// upstream reported usage), false when it is the upstream's own count.
+    pub usage_estimated: bool,
     #[serde(flatten)]
     pub identity: CallIdentity,
 }

@@ -51,9 +51,10 @@ fn assert_chain(gw: &TestGateway, combo: Combo, events: &[EventRow], stream: boo
             "route.decided",
             "llm.call_started",
             "llm.call_completed",
-            "turn.completed"
+            "turn.completed",
+            "pattern.recorded"
         ],
-        "one chain, in order"
+        "one chain, in order (the turn's pattern observation last)"
     );
     let sessions: BTreeSet<&str> = events.iter().map(|e| e.session_id.as_str()).collect();
     assert_eq!(sessions.len(), 1, "one session per request");

@@ -104,6 +104,8 @@ pub(crate) struct WriterConfig {
     pub max_batch: usize,
     pub retry_attempts: u32,
     pub retry_backoff: Duration,
+    /// How long to let a batch grow after its first event (see `collect`).
+    pub linger: Duration,
 }
 
 /// Marks the writer dead however the thread ends (including a panic unwinding through it).
@@ -160,6 +162,14 @@ impl Writer {
     /// Take `first` and then up to `max_batch` events without blocking. Stops early at a
     /// control marker so a flush is answered promptly. Returns whether shutdown was requested.
     fn collect(&mut self, rx: &Receiver<Msg>, first: Msg) -> bool {
+        // Group commit: an event alone would cost a whole transaction (every touched page of
+        // the table and its indexes rewritten into the WAL) and wake this thread once per
+        // event. Sleeping briefly after the first event (not parked on the channel, so
+        // senders do not wake us) lets concurrent requests join the same transaction. Control
+        // markers skip the wait so flushes and shutdown stay prompt.
+        if matches!(first, Msg::Event(_) | Msg::Session(_)) && !self.cfg.linger.is_zero() {
+            std::thread::sleep(self.cfg.linger);
+        }
         let mut next = Some(first);
         while let Some(msg) = next {
             match msg {

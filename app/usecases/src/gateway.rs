@@ -728,6 +728,10 @@ impl GatewayService for GatewayCore {
             thinking_blocks: 0,
             retries: 0,
             finished: false,
+            estimated_input_tokens: estimated_input,
+            relayed_chars: 0,
+            stream_started: false,
+            usage_estimated: false,
         };
 
         let reply = provider
@@ -805,6 +809,7 @@ impl GatewayService for GatewayCore {
             }
             UpstreamBody::Stream(upstream) => {
                 recorder.inflight.mark_stream();
+                recorder.stream_started = true;
                 let state = StreamState {
                     upstream,
                     sse: SseParser::default(),

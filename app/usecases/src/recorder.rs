@@ -6,7 +6,7 @@
 //! `error_class: "cancelled"` with the usage consumed so far).
 
 use crate::spend::Reservation;
-use gw_domain::canonical::{BlockStart, StopReason, StreamEvent, Usage};
+use gw_domain::canonical::{BlockDelta, BlockStart, StopReason, StreamEvent, Usage};
 use gw_domain::error::ErrorClass;
 use gw_domain::events::{
     CallIdentity, LlmCallCompleted, LlmCallFailed, Payload, TurnCompleted, make_event,
@@ -68,6 +68,15 @@ pub(crate) struct CallRecorder {
     pub thinking_blocks: u64,
     pub retries: u32,
     pub finished: bool,
+    /// The gateway's own input-size estimate, charged when a call dies without reporting
+    /// usage (cancelled, or a stream cut before its usage frame).
+    pub estimated_input_tokens: u64,
+    /// Characters of content relayed to the client so far (streams).
+    pub relayed_chars: u64,
+    /// The upstream accepted the call and started answering (a 2xx stream head).
+    pub stream_started: bool,
+    /// The usage of a failed call is the gateway's estimate, not the upstream's report.
+    pub usage_estimated: bool,
 }
 
 impl CallRecorder {
@@ -85,7 +94,16 @@ impl CallRecorder {
                 BlockStart::Text => {}
             },
             StreamEvent::Finish { stop_reason, .. } => self.stop_reason = Some(*stop_reason),
-            StreamEvent::Delta { .. } | StreamEvent::BlockStop { .. } => {}
+            StreamEvent::Delta { delta, .. } => {
+                let n = match delta {
+                    BlockDelta::Text(t)
+                    | BlockDelta::Thinking(t)
+                    | BlockDelta::ToolInputJson(t) => t.chars().count(),
+                    BlockDelta::Signature(_) => 0,
+                };
+                self.relayed_chars += n as u64;
+            }
+            StreamEvent::BlockStop { .. } => {}
         }
     }
 
@@ -240,6 +258,16 @@ impl CallRecorder {
             return;
         }
         self.finished = true;
+        // A call that died after the upstream started work consumed tokens even when no
+        // usage frame arrived (OpenAI-wire streams report usage only at the end): charge the
+        // gateway's estimate — the prompt, plus what was relayed — so hanging up before the
+        // last frame cannot dodge a spend cap.
+        let consumed = class == ErrorClass::Cancelled || self.stream_started;
+        if consumed && self.usage == Usage::default() {
+            self.usage_estimated = true;
+            self.usage.input_tokens = self.estimated_input_tokens;
+            self.usage.output_tokens = self.relayed_chars.div_ceil(4);
+        }
         self.settle();
         self.metrics.upstream_call(
             &self.provider,
@@ -260,6 +288,7 @@ impl CallRecorder {
             cache_creation_input_tokens: self.usage.cache_write_tokens,
             cost_usd: self.cost(),
             pricing_version: self.pricing_version.clone(),
+            usage_estimated: self.usage_estimated,
             identity: self.identity.clone(),
         };
         let started = self.started_event_id.clone();
