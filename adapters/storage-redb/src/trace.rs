@@ -29,13 +29,14 @@ use crate::query;
 use crate::sessions::RedbSessionStore;
 use crate::writer::{self, Counters, LogLimiter, Msg, WriterConfig};
 
-/// Tuning of the redb trace store. `Default` gives the production values (the SQLite
-/// store's).
+/// Tuning of the redb trace store. `Default` gives the production values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RedbOptions {
     /// Bounded queue between `emit` and the writer thread (default 65 536, minimum 1).
     pub queue_capacity: usize,
-    /// Most events and turns committed in one transaction (default 1024, minimum 1).
+    /// Most events and turns committed in one transaction (default 4096, minimum 1). Larger
+    /// than SQLite's 1024: every redb commit is durable (fsync), so the writer amortises it
+    /// over more rows (measured: 1024 -> ~48k events/s, 4096 -> ~80k events/s on 2 cores).
     pub max_batch: usize,
     /// Attempts per batch before it is counted as failed (default 3, minimum 1).
     pub retry_attempts: u32,
@@ -49,7 +50,7 @@ impl Default for RedbOptions {
     fn default() -> Self {
         Self {
             queue_capacity: 65_536,
-            max_batch: 1024,
+            max_batch: 4096,
             retry_attempts: 3,
             retry_backoff: Duration::from_millis(50),
             sharing: Sharing::default(),
