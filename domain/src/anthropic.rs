@@ -1212,6 +1212,14 @@ impl PassthroughStream {
             return None;
         }
         let verbatim = || Some(format_frame(frame.event.as_deref(), &frame.data));
+        // Only `message_start` (model echo) and `error` (never forwarded) need the JSON; the
+        // named event line says which one this is without parsing the data.
+        if let Some(ev) = frame.event.as_deref()
+            && ev != "message_start"
+            && ev != "error"
+        {
+            return verbatim();
+        }
         let Ok(mut v) = serde_json::from_str::<Value>(&frame.data) else {
             return verbatim();
         };
