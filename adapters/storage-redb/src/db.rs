@@ -428,3 +428,14 @@ pub fn stamp_schema_version(path: &Path, version: i64) -> std::result::Result<()
     }
     tx.commit().map_err(|e| e.to_string())
 }
+
+/// Whether the file at `path` is a redb database (by its magic number), without opening it.
+#[must_use]
+pub fn is_redb_file(path: &Path) -> bool {
+    use std::io::Read;
+    const MAGIC: [u8; 9] = [b'r', b'e', b'd', b'b', 0x1A, 0x0A, 0xA9, 0x0D, 0x0A];
+    let mut head = [0u8; 9];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_ok_and(|()| head == MAGIC)
+}

@@ -27,7 +27,8 @@ mod trace;
 mod writer;
 
 pub use db::{
-    Sharing, StoreError, TRACE_SCHEMA_VERSION, open_shared, schema_version, stamp_schema_version,
+    Sharing, StoreError, TRACE_SCHEMA_VERSION, is_redb_file, open_shared, schema_version,
+    stamp_schema_version,
 };
 pub use keys::RedbKeyStore;
 pub use patterns::{RedbPatternLocation, RedbPatternStore};

@@ -484,11 +484,18 @@ pub fn export(
     if fs::symlink_metadata(out).is_ok() {
         return Err(already_exists(out).into());
     }
-    let reader = TraceReader::open(db).context("cannot open the trace database")?;
     let (since_us, until_us) = window;
-    let rows = if types.requested && types.audit.is_empty() {
+    let rows = if gw_storage_redb::is_redb_file(db) {
+        if types.requested && types.audit.is_empty() {
+            Vec::new()
+        } else {
+            crate::store::redb_audit_events(db, since_us, until_us, &types.audit)?
+        }
+    } else if types.requested && types.audit.is_empty() {
+        TraceReader::open(db).context("cannot open the trace database")?;
         Vec::new()
     } else {
+        let reader = TraceReader::open(db).context("cannot open the trace database")?;
         reader
             .audit_events(since_us, until_us, &types.audit)
             .context("cannot read audit events")?
@@ -511,6 +518,9 @@ pub fn export(
 /// # Errors
 /// The database is missing or unreadable.
 pub fn verify(db: &Path) -> anyhow::Result<(Result<u64, BrokenLink>, u64)> {
+    if gw_storage_redb::is_redb_file(db) {
+        return crate::store::redb_verify(db);
+    }
     let reader = TraceReader::open(db).context("cannot open the trace database")?;
     let result = reader
         .verify_audit_chain()

@@ -232,7 +232,12 @@ pub async fn run(cmd: PatternsCmd) -> ExitCode {
         PatternsAction::Rebuild(args) => {
             run_blocking("patterns rebuild", move || {
                 let ws = args.store.workspace()?;
-                let report = rebuild(&args.db.db()?, &ws, args.store.location())?;
+                let db = args.db.db()?;
+                if gw_storage_redb::is_redb_file(&db) {
+                    let dir = args.store.patterns_dir.as_deref();
+                    return print(&crate::store::redb_patterns_rebuild(&db, &ws, dir)?.block());
+                }
+                let report = rebuild(&db, &ws, args.store.location())?;
                 print(&report.block())
             })
             .await
@@ -240,6 +245,11 @@ pub async fn run(cmd: PatternsCmd) -> ExitCode {
         PatternsAction::Stats(args) => {
             run_blocking("patterns stats", move || {
                 let ws = args.workspace()?;
+                if let Some(stats) =
+                    crate::store::redb_pattern_stats(&ws, args.patterns_dir.as_deref())?
+                {
+                    return print(&stats_block(&ws, &stats));
+                }
                 let store = SqlitePatternStore::new(args.location(), Default::default());
                 let Some(stats) = store.stats_blocking(&ws)? else {
                     anyhow::bail!(

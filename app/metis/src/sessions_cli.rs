@@ -14,7 +14,6 @@ use clap::{Args, Subcommand, ValueEnum};
 use gw_domain::sessions::{SessionNode, SessionRecord, build_tree};
 use gw_domain::time::format_iso;
 use gw_ports::system::Clock;
-use gw_storage_sqlite::SessionReader;
 use gw_storage_sqlite::ops;
 
 use crate::storage_cli::{DbArgs, migrate_flow, run_blocking};
@@ -226,7 +225,7 @@ pub async fn run(cmd: SessionsCmd) -> ExitCode {
     match cmd.action {
         SessionsAction::List(args) => {
             run_blocking("sessions list", move || {
-                let reader = SessionReader::open(&args.db.db()?)?;
+                let reader = crate::store::SessionsReader::open(&args.db.db()?)?;
                 let rows = reader.list(args.workspace.as_deref(), args.limit)?;
                 match args.format {
                     SessionsFormat::Text => print(&list_text(&rows)),
@@ -243,7 +242,7 @@ pub async fn run(cmd: SessionsCmd) -> ExitCode {
         }
         SessionsAction::Show(args) => {
             run_blocking("sessions show", move || {
-                let reader = SessionReader::open(&args.db.db()?)?;
+                let reader = crate::store::SessionsReader::open(&args.db.db()?)?;
                 let Some(root) = reader.get(&args.id)? else {
                     anyhow::bail!("session {} not found", args.id);
                 };
@@ -255,6 +254,9 @@ pub async fn run(cmd: SessionsCmd) -> ExitCode {
         SessionsAction::Migrate(args) => {
             run_blocking("sessions migrate", move || {
                 let db = args.db.db()?;
+                if gw_storage_redb::is_redb_file(&db) {
+                    return crate::store::redb_migrate_as("sessions", &db, args.dry_run);
+                }
                 let text = migrate_flow(
                     "sessions",
                     &db,

@@ -403,12 +403,20 @@ pub fn redb_prune(db: &Path, days: u32, dry_run: bool, now: i64) -> anyhow::Resu
     ))
 }
 
-/// `metis trace migrate` on redb: the schema is created whole with its version, so there is
-/// never a step; the block says so (and a newer file is refused).
+/// `metis trace migrate` on redb (see [`redb_migrate_as`]).
 ///
 /// # Errors
 /// A missing or newer file.
 pub fn redb_migrate(db: &Path, dry_run: bool) -> anyhow::Result<()> {
+    redb_migrate_as("trace", db, dry_run)
+}
+
+/// `metis trace|sessions migrate` on redb: the schema is created whole with its version, so
+/// the only possible step is stamping an unstamped file; a newer file is refused.
+///
+/// # Errors
+/// A missing or newer file.
+pub fn redb_migrate_as(what: &str, db: &Path, dry_run: bool) -> anyhow::Result<()> {
     if !db.is_file() {
         bail!("trace database {} does not exist", db.display());
     }
@@ -443,6 +451,225 @@ pub fn redb_migrate(db: &Path, dry_run: bool) -> anyhow::Result<()> {
         steps,
     };
     print(&crate::storage_cli::migrate_block(
-        "trace", &plan, dry_run, None,
+        what, &plan, dry_run, None,
     ))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reads of a main store file of either backend (audit and sessions commands)
+// ---------------------------------------------------------------------------------------------
+
+fn redb_file(db: &Path) -> anyhow::Result<Arc<gw_storage_redb::Database>> {
+    if !db.is_file() {
+        bail!("trace database {} does not exist", db.display());
+    }
+    gw_storage_redb::open_shared(db, gw_storage_redb::Sharing::default(), false)
+        .map_err(|e| anyhow::anyhow!("cannot open the trace database {}: {e}", db.display()))
+}
+
+fn stored(r: EventRow) -> gw_storage_sqlite::StoredEvent {
+    gw_storage_sqlite::StoredEvent {
+        id: r.id,
+        timestamp_us: r.timestamp_us,
+        session_id: r.session_id,
+        turn_id: r.turn_id,
+        parent_event_id: r.parent_event_id,
+        event_type: r.event_type,
+        actor: r.actor,
+        sensitivity: r.sensitivity,
+        payload_json: r.payload_json,
+    }
+}
+
+/// Audit events of the redb file `db` in `[since, until)` (`types` empty = every audit
+/// type), ordered by id, as the audit export renders them.
+///
+/// # Errors
+/// A missing or unreadable file.
+pub fn redb_audit_events(
+    db: &Path,
+    since_us: i64,
+    until_us: i64,
+    types: &[String],
+) -> anyhow::Result<Vec<gw_storage_sqlite::StoredEvent>> {
+    let handle = redb_file(db)?;
+    let rows = gw_storage_redb::query::audit_events(&handle, since_us, until_us, types)
+        .context("cannot read audit events")?;
+    Ok(rows.into_iter().map(stored).collect())
+}
+
+/// Verify the audit chain of the redb file `db`: the result and the number of unchained
+/// audit events (as `audit_cli::verify`).
+///
+/// # Errors
+/// A missing or unreadable file.
+pub fn redb_verify(db: &Path) -> anyhow::Result<(Result<u64, gw_domain::audit::BrokenLink>, u64)> {
+    let handle = redb_file(db)?;
+    let result = gw_storage_redb::query::verify_audit_chain(&handle)
+        .context("cannot read the audit chain")?;
+    let unchained = gw_storage_redb::query::count_unchained_audit(&handle)
+        .context("cannot count audit events")?;
+    Ok((result, unchained))
+}
+
+/// The `pattern.recorded` events of `workspace` in the redb file `db`, in id order.
+///
+/// # Errors
+/// A missing or unreadable file.
+pub fn redb_pattern_events(
+    db: &Path,
+    workspace: &str,
+) -> anyhow::Result<Vec<gw_storage_sqlite::StoredEvent>> {
+    let handle = redb_file(db)?;
+    let rows =
+        gw_storage_redb::query::events_of_type(&handle, gw_domain::patterns::PATTERN_RECORDED)
+            .context("cannot read pattern.recorded events")?;
+    Ok(rows
+        .into_iter()
+        .filter(|r| {
+            serde_json::from_str::<serde_json::Value>(&r.payload_json)
+                .ok()
+                .and_then(|v| {
+                    v.get("workspace_path")
+                        .and_then(serde_json::Value::as_str)
+                        .map(|w| w == workspace)
+                })
+                .unwrap_or(false)
+        })
+        .map(stored)
+        .collect())
+}
+
+/// Session reads over a main store file of either backend (detected from the file).
+pub enum SessionsReader {
+    Sqlite(gw_storage_sqlite::SessionReader),
+    Redb(Arc<gw_storage_redb::Database>),
+}
+
+impl std::fmt::Debug for SessionsReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionsReader").finish_non_exhaustive()
+    }
+}
+
+impl SessionsReader {
+    /// Open `db` read-only: a redb file through the redb adapter, anything else as SQLite.
+    ///
+    /// # Errors
+    /// A missing, unreadable or newer file.
+    pub fn open(db: &Path) -> anyhow::Result<Self> {
+        if gw_storage_redb::is_redb_file(db) {
+            return Ok(Self::Redb(redb_file(db)?));
+        }
+        Ok(Self::Sqlite(gw_storage_sqlite::SessionReader::open(db)?))
+    }
+
+    /// One session.
+    ///
+    /// # Errors
+    /// Read errors.
+    pub fn get(&self, id: &str) -> anyhow::Result<Option<gw_domain::sessions::SessionRecord>> {
+        Ok(match self {
+            Self::Sqlite(r) => r.get(id)?,
+            Self::Redb(db) => gw_storage_redb::sessions::read::get(db, id)?,
+        })
+    }
+
+    /// Most recently updated first (then id).
+    ///
+    /// # Errors
+    /// Read errors.
+    pub fn list(
+        &self,
+        workspace: Option<&str>,
+        limit: u32,
+    ) -> anyhow::Result<Vec<gw_domain::sessions::SessionRecord>> {
+        Ok(match self {
+            Self::Sqlite(r) => r.list(workspace, limit)?,
+            Self::Redb(db) => gw_storage_redb::sessions::read::list(db, workspace, limit)?,
+        })
+    }
+
+    /// Every descendant of `root` (at most `max`).
+    ///
+    /// # Errors
+    /// Read errors.
+    pub fn descendants(
+        &self,
+        root: &str,
+        max: usize,
+    ) -> anyhow::Result<Vec<gw_domain::sessions::SessionRecord>> {
+        Ok(match self {
+            Self::Sqlite(r) => r.descendants(root, max)?,
+            Self::Redb(db) => gw_storage_redb::sessions::read::descendants(db, root, max)?,
+        })
+    }
+}
+
+/// `metis patterns rebuild --store redb`: the workspace's `pattern.recorded` events of the
+/// redb main store replayed into its redb pattern store.
+///
+/// # Errors
+/// The trace cannot be read or the store cannot be written.
+pub fn redb_patterns_rebuild(
+    db: &Path,
+    workspace: &str,
+    dir: Option<&Path>,
+) -> anyhow::Result<crate::patterns_cli::RebuildReport> {
+    use gw_domain::patterns::PatternRecorded;
+    let events = redb_pattern_events(db, workspace)?;
+    let mut records = Vec::with_capacity(events.len());
+    let mut skipped = 0u64;
+    for e in &events {
+        match PatternRecorded::parse(&e.payload_json).and_then(|p| p.to_record(e.timestamp_us)) {
+            Ok(r) => records.push(r),
+            Err(msg) => {
+                if skipped == 0 {
+                    tracing::warn!(event_id = %e.id, "skipping unreadable pattern.recorded event: {msg}");
+                }
+                skipped += 1;
+            }
+        }
+    }
+    let store = RedbPatternStore::new(
+        dir.map_or(RedbPatternLocation::InWorkspace, |d| {
+            RedbPatternLocation::Dir(d.to_path_buf())
+        }),
+        PatternCaps::default(),
+    );
+    let bar = crate::storage_cli::Progress::new("rebuild", false);
+    let applied = store.replace_all_blocking(workspace, &records, &|d, t| bar.update(d, t));
+    bar.finish();
+    Ok(crate::patterns_cli::RebuildReport {
+        workspace: workspace.to_owned(),
+        store: store.db_path(workspace),
+        events: events.len() as u64,
+        applied: applied?,
+        skipped,
+        stats: store.stats_blocking(workspace)?,
+    })
+}
+
+/// The redb pattern store of `workspace` when it is the one that exists (no SQLite
+/// `patterns.db` beside it): its stats, for `metis patterns stats`.
+///
+/// # Errors
+/// An unreadable or newer store.
+pub fn redb_pattern_stats(
+    workspace: &str,
+    dir: Option<&Path>,
+) -> anyhow::Result<Option<gw_ports::patterns::PatternStats>> {
+    let sqlite = dir.map_or(PatternLocation::InWorkspace, |d| {
+        PatternLocation::Dir(d.to_path_buf())
+    });
+    let redb = RedbPatternStore::new(
+        dir.map_or(RedbPatternLocation::InWorkspace, |d| {
+            RedbPatternLocation::Dir(d.to_path_buf())
+        }),
+        PatternCaps::default(),
+    );
+    if sqlite.db_path(workspace).exists() || !redb.db_path(workspace).exists() {
+        return Ok(None);
+    }
+    Ok(redb.stats_blocking(workspace)?)
 }
