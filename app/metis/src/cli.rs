@@ -171,10 +171,10 @@ pub struct IssueKeyArgs {
     #[arg(long)]
     pub team: Option<String>,
     /// Daily spend cap in USD (UTC day; finite, > 0).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub daily_cap_usd: Option<String>,
     /// Monthly spend cap in USD (UTC calendar month; finite, > 0).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub monthly_cap_usd: Option<String>,
     /// Per-key rate limit in requests per minute (overrides `--rate-limit-per-key-rpm`).
     #[arg(long)]
