@@ -4,6 +4,7 @@
 //! metadata block; restore refuses while the gateway holds the file and succeeds after it
 //! stopped; status and audit verify read the file; migrate-store copies it to SQLite, where
 //! the audit chain verifies.
+#![expect(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
 
 use std::path::Path;
 use std::time::{Duration, Instant};
