@@ -17,6 +17,7 @@ macro_rules! all_contracts {
         $m!(audit_events_form_a_verifiable_chain);
         $m!(the_audit_chain_continues_across_reopen);
         $m!(a_writer_killed_mid_write_keeps_every_committed_row);
+        $m!(concurrent_call_events_all_count_in_spend);
         // TraceQuery
         $m!(spend_sums_both_windows_of_call_events);
         $m!(usage_groups_a_half_open_window_by_cost);
@@ -35,6 +36,7 @@ macro_rules! all_contracts {
         $m!(update_of_a_missing_store_is_not_found);
         $m!(parallel_revokes_through_update_lose_no_update);
         $m!(the_version_changes_with_every_write);
+        $m!(a_damaged_key_store_is_corrupt_and_serves_nothing);
         // SessionStore
         $m!(a_first_turn_creates_the_session);
         $m!(later_turns_accumulate);

@@ -350,3 +350,24 @@ impl KeyStore for RedbKeyStore {
         blocking(move || s.version_blocking()).await.ok().flatten()
     }
 }
+
+/// Overwrite the first stored key record with `json` as is (tests: a damaged key store).
+/// The file must not be open in another process.
+///
+/// # Errors
+/// redb errors, or no key stored.
+#[doc(hidden)]
+pub fn overwrite_first_key_json(path: &Path, json: &str) -> Result<(), String> {
+    let db = open_shared(path, Sharing::default(), false).map_err(|e| e.to_string())?;
+    let tx = db.begin_write().map_err(|e| e.to_string())?;
+    {
+        let mut keys = tx.open_table(KEYS).map_err(|e| e.to_string())?;
+        let first = keys
+            .first()
+            .map_err(|e| e.to_string())?
+            .map(|(k, _)| k.value())
+            .ok_or_else(|| "no key stored".to_owned())?;
+        keys.insert(first, json).map_err(|e| e.to_string())?;
+    }
+    tx.commit().map_err(|e| e.to_string())
+}

@@ -30,7 +30,7 @@ pub use db::{
     Sharing, StoreError, TRACE_SCHEMA_VERSION, is_redb_file, open_shared, schema_version,
     stamp_schema_version,
 };
-pub use keys::RedbKeyStore;
+pub use keys::{RedbKeyStore, overwrite_first_key_json};
 pub use patterns::{RedbPatternLocation, RedbPatternStore};
 pub use rows::RowRef;
 pub use sessions::RedbSessionStore;

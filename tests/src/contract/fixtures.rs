@@ -111,6 +111,20 @@ impl Backend for SqliteBackend {
         Arc::new(gw_storage_sqlite::SqliteKeyStore::new(self.db()))
     }
 
+    async fn corrupt_first_key(&self) {
+        let db = self.db();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Ok(c) = rusqlite::Connection::open(&db) {
+                let _ = c.execute(
+                    "UPDATE gateway_keys SET record_json = json_set(record_json, '$.secret_hash', 'not-hex') \
+                     WHERE position = (SELECT MIN(position) FROM gateway_keys)",
+                    [],
+                );
+            }
+        })
+        .await;
+    }
+
     fn patterns(&self, caps: PatternCaps) -> Arc<dyn PatternStore> {
         Arc::new(gw_storage_sqlite::patterns::SqlitePatternStore::new(
             gw_storage_sqlite::patterns::PatternLocation::InWorkspace,
@@ -216,6 +230,23 @@ impl Backend for RedbBackend {
         Arc::new(gw_storage_redb::RedbKeyStore::new(self.db()))
     }
 
+    async fn corrupt_first_key(&self) {
+        let db = self.db();
+        let _ = tokio::task::spawn_blocking(move || {
+            let Ok(keys) = gw_storage_redb::RedbKeyStore::new(&db).load_blocking() else {
+                return;
+            };
+            let Some(mut first) = keys.into_iter().next() else {
+                return;
+            };
+            first.secret_hash = "not-hex".into();
+            if let Ok(json) = serde_json::to_string(&first) {
+                let _ = gw_storage_redb::overwrite_first_key_json(&db, &json);
+            }
+        })
+        .await;
+    }
+
     fn patterns(&self, caps: PatternCaps) -> Arc<dyn PatternStore> {
         Arc::new(gw_storage_redb::RedbPatternStore::new(
             gw_storage_redb::RedbPatternLocation::InWorkspace,
@@ -317,6 +348,14 @@ impl Backend for FakeBackend {
 
     fn keys(&self) -> Arc<dyn KeyStore> {
         Arc::new(self.keys.clone())
+    }
+
+    async fn corrupt_first_key(&self) {
+        let mut keys = self.keys.load().await.unwrap_or_default();
+        if let Some(first) = keys.first_mut() {
+            first.secret_hash = "not-hex".into();
+        }
+        self.keys.put_raw(keys);
     }
 
     fn patterns(&self, caps: PatternCaps) -> Arc<dyn PatternStore> {

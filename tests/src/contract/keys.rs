@@ -263,3 +263,26 @@ pub async fn the_version_changes_with_every_write(b: &dyn Backend) {
     assert!(v3 != v2 && v3 != v1);
     assert_eq!(b.keys().version().await, Some(v3));
 }
+
+/// `load` of a store holding a record that fails validation is `Corrupt` (naming the problem)
+/// and returns nothing: a half-valid key set is never served. `update` refuses it too.
+pub async fn a_damaged_key_store_is_corrupt_and_serves_nothing(b: &dyn Backend) {
+    let ks = b.keys();
+    for n in 1..=3 {
+        ks.insert(key(n)).await.expect("insert");
+    }
+    b.corrupt_first_key().await;
+    let r = b.keys().load().await;
+    assert!(
+        matches!(&r, Err(KeyStoreError::Corrupt { message, .. }) if message.contains("secret_hash")),
+        "{r:?}"
+    );
+    let r = b
+        .keys()
+        .update(Box::new(|keys: &mut Vec<KeyRecord>| {
+            keys.truncate(1);
+            Ok(())
+        }))
+        .await;
+    assert!(matches!(r, Err(KeyStoreError::Corrupt { .. })), "{r:?}");
+}

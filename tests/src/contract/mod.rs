@@ -92,6 +92,10 @@ pub trait Backend: Send + Sync {
     /// A new handle on the main store's keys (each call: another handle, same data).
     fn keys(&self) -> Arc<dyn KeyStore>;
 
+    /// Damage the stored key set (which must hold at least one key): the first record no
+    /// longer validates.
+    async fn corrupt_first_key(&self);
+
     /// A new pattern store (fresh handle, same data) with the given caps.
     fn patterns(&self, caps: PatternCaps) -> Arc<dyn PatternStore>;
 
