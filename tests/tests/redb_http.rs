@@ -1,13 +1,29 @@
-//! The HTTP suites on the redb backend: the trace and translation scenarios of
-//! `http_trace.rs` and `http_translation.rs`, compiled again into this binary (whose name
-//! starts with `redb_`, so `TestGateway` runs every gateway with `--store redb`), plus checks
-//! that the gateway really used redb.
+//! The HTTP suites on the redb backend: `http_trace.rs`, `http_translation.rs`,
+//! `http_errors.rs`, `http_features.rs`, `admin_api.rs` (usage and audit reads),
+//! `quota_concurrency.rs` (spend) and `revoke_latency.rs` compiled again into this binary
+//! (whose name starts with `redb_`, so `TestGateway` runs every gateway with `--store redb`),
+//! plus checks that the gateway really used redb.
 
 #[path = "http_trace.rs"]
 mod http_trace;
 
 #[path = "http_translation.rs"]
 mod http_translation;
+
+#[path = "http_errors.rs"]
+mod http_errors;
+
+#[path = "http_features.rs"]
+mod http_features;
+
+#[path = "admin_api.rs"]
+mod admin_api;
+
+#[path = "quota_concurrency.rs"]
+mod quota_concurrency;
+
+#[path = "revoke_latency.rs"]
+mod revoke_latency;
 
 use gw_tests::{Combo, GatewayOptions, TestGateway};
 use metis_app::store::StoreKind;
