@@ -13,7 +13,7 @@
 //! - `replace_all` rebuilds the projection in one transaction (the embedding cache is kept).
 //! - Blocking work runs on tokio's blocking pool.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -428,7 +428,13 @@ struct State {
     caps: PatternCaps,
     sharing: Sharing,
     skipped: Mutex<HashSet<String>>,
+    /// Open stores (a redb open checks the version and commits the schema: too costly per
+    /// record). Emptied when it reaches [`MAX_OPEN_STORES`].
+    open: Mutex<HashMap<PathBuf, Arc<Database>>>,
 }
+
+/// Most store files kept open at once.
+const MAX_OPEN_STORES: usize = 64;
 
 impl std::fmt::Debug for RedbPatternStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -465,6 +471,7 @@ impl RedbPatternStore {
                 caps,
                 sharing: Sharing::default(),
                 skipped: Mutex::new(HashSet::new()),
+                open: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -476,8 +483,31 @@ impl RedbPatternStore {
     }
 
     fn open(&self, path: &Path, create: bool) -> std::result::Result<Arc<Database>, PatternError> {
-        open_registered(path, self.inner.sharing, create, &PATTERN_FILE)
-            .map_err(|e| pattern_error(path, e))
+        let mut open = self
+            .inner
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(db) = open.get(path) {
+            return Ok(Arc::clone(db));
+        }
+        let db = open_registered(path, self.inner.sharing, create, &PATTERN_FILE)
+            .map_err(|e| pattern_error(path, e))?;
+        if open.len() >= MAX_OPEN_STORES {
+            open.clear();
+        }
+        open.insert(path.to_path_buf(), Arc::clone(&db));
+        Ok(db)
+    }
+
+    /// Close the cached handle of `workspace`'s store (tests; after an outside change).
+    pub fn forget(&self, workspace: &str) {
+        let path = self.db_path(workspace);
+        self.inner
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&path);
     }
 
     fn writable(
