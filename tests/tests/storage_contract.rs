@@ -37,6 +37,7 @@ macro_rules! all_contracts {
         $m!(parallel_revokes_through_update_lose_no_update);
         $m!(the_version_changes_with_every_write);
         $m!(a_damaged_key_store_is_corrupt_and_serves_nothing);
+        $m!(a_read_only_key_store_refuses_writes_and_still_loads);
         // SessionStore
         $m!(a_first_turn_creates_the_session);
         $m!(later_turns_accumulate);

@@ -270,6 +270,13 @@ pub async fn run(cmd: PatternsCmd) -> ExitCode {
                         .display()
                         .to_string(),
                 };
+                if let Some(text) = crate::store::redb_patterns_migrate(
+                    &ws,
+                    args.patterns_dir.as_deref(),
+                    args.dry_run,
+                )? {
+                    return print(&text);
+                }
                 let location = match &args.patterns_dir {
                     Some(d) => PatternLocation::Dir(d.clone()),
                     None => PatternLocation::InWorkspace,

@@ -673,3 +673,128 @@ pub fn redb_pattern_stats(
     }
     Ok(redb.stats_blocking(workspace)?)
 }
+
+/// `metis patterns migrate` when the workspace's store is a redb one (no SQLite
+/// `patterns.db` beside it): the schema is created whole with its version, so there is no
+/// step; a newer store is refused. `None` when the SQLite store is the one to migrate.
+///
+/// # Errors
+/// A newer or unreadable store.
+pub fn redb_patterns_migrate(
+    workspace: &str,
+    dir: Option<&Path>,
+    dry_run: bool,
+) -> anyhow::Result<Option<String>> {
+    let sqlite = dir.map_or(PatternLocation::InWorkspace, |d| {
+        PatternLocation::Dir(d.to_path_buf())
+    });
+    let redb = RedbPatternStore::new(
+        dir.map_or(RedbPatternLocation::InWorkspace, |d| {
+            RedbPatternLocation::Dir(d.to_path_buf())
+        }),
+        PatternCaps::default(),
+    );
+    let path = redb.db_path(workspace);
+    if sqlite.db_path(workspace).exists() || !path.exists() {
+        return Ok(None);
+    }
+    // Opening refuses a newer store and stamps an older one.
+    let stats = redb.stats_blocking(workspace)?;
+    let current = stats.map_or(0, |s| s.schema_version);
+    let plan = gw_storage_sqlite::ops::MigrationPlan {
+        path,
+        current,
+        target: gw_domain::patterns::PATTERN_SCHEMA_VERSION,
+        steps: Vec::new(),
+    };
+    Ok(Some(crate::storage_cli::migrate_block(
+        "patterns", &plan, dry_run, None,
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gw_domain::events::{Actor, Sensitivity, make_event};
+    use gw_domain::patterns::{FingerprintInputs, PatternRecorded, StructuralFeatures};
+    use gw_domain::sessions::{SessionId, SessionTurn};
+
+    fn turn(id: &str, parent: Option<&str>, at: i64) -> SessionTurn {
+        SessionTurn {
+            session_id: SessionId::parse(id).unwrap(),
+            workspace_path: "/w".into(),
+            active_model: None,
+            cost_usd: 1.0,
+            at_us: at,
+            parent_session_id: parent.map(|p| SessionId::parse(p).unwrap()),
+            parent_tool_use_id: None,
+            is_worker: parent.is_some(),
+        }
+    }
+
+    #[test]
+    fn the_redb_cli_reads_audit_sessions_and_rebuilds_patterns() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws_dir = dir.path().join("ws");
+        std::fs::create_dir_all(&ws_dir).unwrap();
+        let ws = ws_dir.display().to_string();
+        let db = dir.path().join("metis.redb");
+        let store = RedbTraceStore::open(&db, RedbOptions::default()).unwrap();
+        store.emit(Event {
+            id: "01JAUDIT".into(),
+            timestamp_us: 5,
+            session_id: "system".into(),
+            turn_id: None,
+            parent_event_id: None,
+            event_type: "gateway.key_issued",
+            actor: Actor::System,
+            sensitivity: Sensitivity::Pseudonymous,
+            payload_json: r#"{"key_id":"gk_1"}"#.into(),
+        });
+        let features = StructuralFeatures::compute(&FingerprintInputs {
+            user_text: "please debug this",
+            workspace_path: &ws,
+            ..FingerprintInputs::default()
+        });
+        for i in 0..3 {
+            let p = PatternRecorded::new(features.clone(), &ws, "m1", 0.25, 10.0, None);
+            store.emit(make_event(
+                format!("01JPAT{i}"),
+                100 + i,
+                "s",
+                None,
+                None,
+                &p,
+            ));
+        }
+        let sessions = store.session_store();
+        sessions.record_turn(turn("root", None, 10)).unwrap();
+        sessions.record_turn(turn("kid", Some("root"), 20)).unwrap();
+        store.close();
+
+        assert_eq!(
+            redb_audit_events(&db, i64::MIN, i64::MAX, &[])
+                .unwrap()
+                .len(),
+            1
+        );
+        let (chain, unchained) = redb_verify(&db).unwrap();
+        assert_eq!((chain, unchained), (Ok(1), 0));
+
+        let reader = SessionsReader::open(&db).unwrap();
+        assert!(matches!(reader, SessionsReader::Redb(_)));
+        assert_eq!(reader.list(None, 10).unwrap().len(), 2);
+        assert_eq!(reader.get("root").unwrap().unwrap().cost_so_far_usd, 1.0);
+        let kids = reader.descendants("root", 10).unwrap();
+        assert_eq!(kids.len(), 1);
+        drop(reader);
+
+        let report = redb_patterns_rebuild(&db, &ws, None).unwrap();
+        assert_eq!((report.events, report.applied, report.skipped), (3, 3, 0));
+        assert!(report.store.ends_with("patterns.redb"));
+        let stats = redb_pattern_stats(&ws, None).unwrap().unwrap();
+        assert_eq!((stats.outcomes, stats.samples), (1, 3));
+        let text = redb_patterns_migrate(&ws, None, true).unwrap().unwrap();
+        assert!(text.contains("none (already at version 2)"), "{text}");
+    }
+}

@@ -37,6 +37,17 @@ fn make_workspace(root: &Path, name: &str) -> String {
     ws.display().to_string()
 }
 
+/// Clear (or restore) every write permission bit of `path`.
+fn chmod_read_only(path: &Path, read_only: bool) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(m) = std::fs::metadata(path) {
+        let mode = if read_only { 0o444 } else { 0o644 };
+        let mut p = m.permissions();
+        p.set_mode(mode);
+        let _ = std::fs::set_permissions(path, p);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // SQLite
 // ---------------------------------------------------------------------------------------------
@@ -109,6 +120,10 @@ impl Backend for SqliteBackend {
 
     fn keys(&self) -> Arc<dyn KeyStore> {
         Arc::new(gw_storage_sqlite::SqliteKeyStore::new(self.db()))
+    }
+
+    async fn set_keys_read_only(&self, read_only: bool) {
+        chmod_read_only(&self.db(), read_only);
     }
 
     async fn corrupt_first_key(&self) {
@@ -230,6 +245,10 @@ impl Backend for RedbBackend {
         Arc::new(gw_storage_redb::RedbKeyStore::new(self.db()))
     }
 
+    async fn set_keys_read_only(&self, read_only: bool) {
+        chmod_read_only(&self.db(), read_only);
+    }
+
     async fn corrupt_first_key(&self) {
         let db = self.db();
         let _ = tokio::task::spawn_blocking(move || {
@@ -348,6 +367,10 @@ impl Backend for FakeBackend {
 
     fn keys(&self) -> Arc<dyn KeyStore> {
         Arc::new(self.keys.clone())
+    }
+
+    async fn set_keys_read_only(&self, read_only: bool) {
+        self.keys.set_read_only(read_only);
     }
 
     async fn corrupt_first_key(&self) {

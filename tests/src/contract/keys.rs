@@ -286,3 +286,22 @@ pub async fn a_damaged_key_store_is_corrupt_and_serves_nothing(b: &dyn Backend) 
         .await;
     assert!(matches!(r, Err(KeyStoreError::Corrupt { .. })), "{r:?}");
 }
+
+/// A store whose writes are impossible (a read-only file or mount) answers `insert` and
+/// `update` with `ReadOnly` and keeps serving `load`.
+pub async fn a_read_only_key_store_refuses_writes_and_still_loads(b: &dyn Backend) {
+    b.keys().insert(key(1)).await.expect("insert");
+    b.set_keys_read_only(true).await;
+    let ks = b.keys();
+    let r = ks.insert(key(2)).await;
+    assert!(matches!(r, Err(KeyStoreError::ReadOnly { .. })), "{r:?}");
+    let r = ks
+        .update(Box::new(|keys: &mut Vec<KeyRecord>| {
+            keys[0].name = Some("renamed".into());
+            Ok(())
+        }))
+        .await;
+    assert!(matches!(r, Err(KeyStoreError::ReadOnly { .. })), "{r:?}");
+    assert_eq!(ids(&ks.load().await.expect("load")), vec!["gk_0001"]);
+    b.set_keys_read_only(false).await;
+}

@@ -96,6 +96,10 @@ pub trait Backend: Send + Sync {
     /// longer validates.
     async fn corrupt_first_key(&self);
 
+    /// Make the key store impossible to write (a read-only file, as a mounted Secret), or
+    /// writable again.
+    async fn set_keys_read_only(&self, read_only: bool);
+
     /// A new pattern store (fresh handle, same data) with the given caps.
     fn patterns(&self, caps: PatternCaps) -> Arc<dyn PatternStore>;
 
