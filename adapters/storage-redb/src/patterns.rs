@@ -559,6 +559,35 @@ impl RedbPatternStore {
             .map_err(|e| pattern_error(&path, e))
     }
 
+    /// Apply several observations to one workspace's store in one transaction (one durable
+    /// commit for the batch). Returns how many were applied (0 when the workspace is
+    /// skipped). Blocking.
+    ///
+    /// # Errors
+    /// As `PatternStore::record`; on error nothing of the batch is applied.
+    pub fn record_many_blocking(
+        &self,
+        workspace: &str,
+        records: &[PatternRecord],
+    ) -> std::result::Result<u64, PatternError> {
+        let (path, db) = match self.writable(workspace)? {
+            Ok(x) => x,
+            Err(_) => return Ok(0),
+        };
+        let run = || -> Result<u64> {
+            let tx = db.begin_write()?;
+            {
+                let mut t = Tables::open(&tx)?;
+                for r in records {
+                    t.apply(r, &self.inner.caps)?;
+                }
+            }
+            tx.commit()?;
+            Ok(records.len() as u64)
+        };
+        run().map_err(|e| pattern_error(&path, e))
+    }
+
     /// Replace without a runtime, reporting progress `(done, total)`.
     ///
     /// # Errors
