@@ -117,6 +117,26 @@ pub trait PatternStore: Send + Sync {
         record: PatternRecord,
     ) -> Result<RecordOutcome, PatternError>;
 
+    /// Apply several observations to one workspace's store, in order. Adapters SHOULD do it
+    /// in one transaction (the gateway batches observations under load); the default applies
+    /// them one by one. Returns how many were applied (0 when the workspace is skipped).
+    ///
+    /// # Errors
+    /// As `record`; observations before the failing one may have been applied.
+    async fn record_many(
+        &self,
+        workspace: &str,
+        records: Vec<PatternRecord>,
+    ) -> Result<u64, PatternError> {
+        let mut applied = 0;
+        for r in records {
+            if let RecordOutcome::Recorded(_) = self.record(workspace, r).await? {
+                applied += 1;
+            }
+        }
+        Ok(applied)
+    }
+
     /// Replace the workspace's projection with `records` applied in order. Returns how many
     /// were applied.
     ///

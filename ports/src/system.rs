@@ -19,6 +19,9 @@ pub trait IdSource: Send + Sync {
 
 /// Distributed-tracing context of the current request (W3C trace context).
 pub trait TraceContext: Send + Sync {
+    /// Whether spans are exported at all (when not, callers skip building them).
+    fn exporting(&self) -> bool;
+
     /// The `traceparent` naming the current span, when tracing is exported; `None`
     /// otherwise (the caller then propagates the client's header unchanged).
     fn current_traceparent(&self) -> Option<String>;

@@ -739,6 +739,31 @@ impl SqlitePatternStore {
         Ok(RecordOutcome::Recorded(res))
     }
 
+    /// Record several observations in one transaction (0 when the workspace is skipped).
+    ///
+    /// # Errors
+    /// As `PatternStore::record_many`; on error nothing of this batch is applied.
+    pub fn record_many_blocking(
+        &self,
+        workspace: &str,
+        records: &[PatternRecord],
+    ) -> Result<u64, PatternError> {
+        let conn = match self.writable(workspace)? {
+            Ok(c) => c,
+            Err(_) => return Ok(0),
+        };
+        let path = self.db_path(workspace);
+        let mut conn = conn.lock().unwrap_or_else(PoisonError::into_inner);
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| unavailable(&path, e))?;
+        for r in records {
+            apply_record(&tx, r, &self.inner.caps).map_err(|e| unavailable(&path, e))?;
+        }
+        tx.commit().map_err(|e| unavailable(&path, e))?;
+        Ok(records.len() as u64)
+    }
+
     /// Replace without a runtime.
     ///
     /// # Errors
@@ -896,6 +921,16 @@ impl PatternStore for SqlitePatternStore {
         let me = self.clone();
         let ws = workspace.to_owned();
         blocking(move || me.record_blocking(&ws, &record)).await
+    }
+
+    async fn record_many(
+        &self,
+        workspace: &str,
+        records: Vec<PatternRecord>,
+    ) -> Result<u64, PatternError> {
+        let me = self.clone();
+        let ws = workspace.to_owned();
+        blocking(move || me.record_many_blocking(&ws, &records)).await
     }
 
     async fn replace_all(

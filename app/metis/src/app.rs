@@ -35,6 +35,9 @@ use tracing::Instrument;
 /// this interval plus one load).
 const KEY_RELOAD_INTERVAL: Duration = Duration::from_millis(500);
 
+/// A waiting request starts watching its client connection for a hang-up after this long.
+const DISCONNECT_WATCH_AFTER: Duration = Duration::from_millis(100);
+
 /// A key issued automatically on first start (loopback only, empty keystore).
 #[derive(Debug, Clone)]
 pub struct QuickstartKey {
@@ -398,8 +401,9 @@ impl App {
             // Let handlers notice a client that goes away while they wait on an upstream.
             if let Some(peer) = req.remote_addr().as_socket_addr().copied() {
                 let connections = Arc::clone(&connections);
-                req.extensions_mut()
-                    .insert(ClientGone::new(move || Box::pin(connections.closed(peer))));
+                req.extensions_mut().insert(ClientGone::new(move || {
+                    Box::pin(connections.closed(peer, DISCONNECT_WATCH_AFTER))
+                }));
             }
             let span = crate::telemetry::exporting().then(|| {
                 crate::telemetry::request_span(

@@ -413,9 +413,19 @@ impl Connections {
     /// Resolves when the client at `peer` has closed its side of the connection (EOF).
     /// Never resolves when the connection is unknown or data is waiting to be read (a
     /// pipelined request): then there is nothing to learn without consuming bytes.
-    pub fn closed(&self, peer: SocketAddr) -> impl Future<Output = ()> + Send + 'static {
-        let dup = self.lock().get(&peer).and_then(|s| s.try_clone().ok());
+    ///
+    /// Watching costs a few syscalls (duplicate the socket, register it, peek), so it starts
+    /// only after `after`: fast answers never pay for it, and a client that gave up on a
+    /// slow upstream is still noticed within `after` plus one wake-up.
+    pub fn closed(
+        self: &Arc<Self>,
+        peer: SocketAddr,
+        after: Duration,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let this = Arc::clone(self);
         async move {
+            tokio::time::sleep(after).await;
+            let dup = this.lock().get(&peer).and_then(|s| s.try_clone().ok());
             let Some(std_stream) = dup else {
                 return std::future::pending().await;
             };

@@ -146,6 +146,10 @@ pub struct OtelTraceContext {
 }
 
 impl TraceContext for OtelTraceContext {
+    fn exporting(&self) -> bool {
+        self.exporting
+    }
+
     fn current_traceparent(&self) -> Option<String> {
         if !self.exporting {
             return None;

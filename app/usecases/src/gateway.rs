@@ -3,6 +3,7 @@
 
 use crate::keys::KeyRing;
 use crate::limits::Limiter;
+use crate::patterns::PatternBatcher;
 use crate::recorder::{CallRecorder, InflightGuard, PatternHook, SessionHook};
 use crate::spend::{Caps, SpendLedger};
 use crate::stream::{StreamState, client_stream};
@@ -51,8 +52,7 @@ pub struct GatewayCore {
     metrics: Arc<dyn Metrics>,
     trace: Arc<dyn TraceContext>,
     sessions: Arc<dyn SessionStore>,
-    patterns: Arc<dyn PatternStore>,
-    background: Arc<dyn Background>,
+    patterns: Arc<PatternBatcher>,
     auth_sampler: AuthFailSampler,
     quota_sampler: Mutex<std::collections::HashMap<String, (i64, u64)>>,
     draining: AtomicBool,
@@ -97,8 +97,7 @@ impl GatewayCore {
             metrics: parts.metrics,
             trace: parts.trace,
             sessions: parts.sessions,
-            patterns: parts.patterns,
-            background: parts.background,
+            patterns: PatternBatcher::new(parts.patterns, parts.background),
             auth_sampler: AuthFailSampler::default(),
             quota_sampler: Mutex::new(std::collections::HashMap::new()),
             draining: AtomicBool::new(false),
@@ -666,7 +665,12 @@ impl GatewayService for GatewayCore {
         let started_id = self.emit(&session_id, Some(&turn_id), Some(&route_id), &call_started);
         // One span per call with the GenAI semantic-convention attributes; it lives in the
         // recorder so streams close it when they end. Usage is recorded on completion.
-        let call_span = tracing::info_span!(
+        // Spans exist only when they are exported: building them costs per request.
+        let exporting = self.trace.exporting();
+        let call_span = if !exporting {
+            tracing::Span::none()
+        } else {
+            tracing::info_span!(
             "gen_ai.chat",
             otel.name = %format!("chat {}", entry.upstream_name),
             otel.kind = "client",
@@ -679,15 +683,20 @@ impl GatewayService for GatewayCore {
             metis.gateway_key_id = %key.key_id,
             metis.inbound_shape = shape.as_str(),
             metis.stream = req.stream,
-        );
-        let upstream_span = tracing::info_span!(
-            parent: &call_span,
-            "upstream",
-            otel.name = %format!("POST {}", entry.provider),
-            otel.kind = "client",
-            gen_ai.system = %entry.provider,
-            metis.retries = tracing::field::Empty,
-        );
+            )
+        };
+        let upstream_span = if !exporting {
+            tracing::Span::none()
+        } else {
+            tracing::info_span!(
+                parent: &call_span,
+                "upstream",
+                otel.name = %format!("POST {}", entry.provider),
+                otel.kind = "client",
+                gen_ai.system = %entry.provider,
+                metis.retries = tracing::field::Empty,
+            )
+        };
         let traceparent = {
             let _in_upstream = upstream_span.enter();
             self.trace
@@ -697,8 +706,7 @@ impl GatewayService for GatewayCore {
         let mut recorder = CallRecorder {
             span: call_span,
             pattern: Some(PatternHook {
-                store: Arc::clone(&self.patterns),
-                background: Arc::clone(&self.background),
+                batcher: Arc::clone(&self.patterns),
                 features: fingerprint(&req, &key.workspace_path),
                 workspace: key.workspace_path.clone(),
             }),

@@ -8,6 +8,7 @@ pub mod gateway;
 pub mod key_admin;
 pub mod keys;
 pub mod limits;
+pub mod patterns;
 mod recorder;
 pub mod spend;
 mod stream;

@@ -5,6 +5,7 @@
 //! whose future or stream is dropped because the client went away (the `Drop` impl records
 //! `error_class: "cancelled"` with the usage consumed so far).
 
+use crate::patterns::PatternBatcher;
 use crate::spend::Reservation;
 use gw_domain::canonical::{BlockDelta, BlockStart, StopReason, StreamEvent, Usage};
 use gw_domain::error::ErrorClass;
@@ -15,9 +16,7 @@ use gw_domain::patterns::{PatternRecorded, StructuralFeatures};
 use gw_domain::pricing::Price;
 use gw_domain::sessions::{SessionLink, SessionTurn};
 use gw_ports::metrics::Metrics;
-use gw_ports::patterns::PatternStore;
 use gw_ports::sessions::SessionStore;
-use gw_ports::system::Background;
 use gw_ports::system::{Clock, IdSource};
 use gw_ports::trace::EventSink;
 use std::sync::Arc;
@@ -33,8 +32,7 @@ pub(crate) struct SessionHook {
 
 /// Where a completed turn's pattern observation goes.
 pub(crate) struct PatternHook {
-    pub store: Arc<dyn PatternStore>,
-    pub background: Arc<dyn Background>,
+    pub batcher: Arc<PatternBatcher>,
     pub features: StructuralFeatures,
     pub workspace: String,
 }
@@ -190,13 +188,7 @@ impl CallRecorder {
             Some(turn_event),
             &payload,
         ));
-        let store = hook.store;
-        let workspace = hook.workspace;
-        hook.background.spawn(Box::pin(async move {
-            if let Err(e) = store.record(&workspace, record).await {
-                tracing::warn!(error = %e, workspace = %workspace, "pattern store update failed");
-            }
-        }));
+        hook.batcher.submit(hook.workspace, record);
     }
 
     fn turn_completed(&self, stop_reason: &str, parent: &str) -> String {
