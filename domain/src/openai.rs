@@ -887,6 +887,20 @@ impl StreamParser {
         }
         let v: Value = serde_json::from_str(data)
             .map_err(|_| "upstream sent a malformed stream chunk".to_owned())?;
+        self.push_json(&v)
+    }
+
+    /// Consume one chunk the caller already parsed (same-shape streams parse each frame once
+    /// for both this parser and [`PassthroughStream::rewrite_json`]). `[DONE]` and empty
+    /// frames go through [`StreamParser::push`].
+    ///
+    /// # Errors
+    /// As [`StreamParser::push`].
+    pub fn push_json(&mut self, v: &Value) -> Result<Vec<StreamEvent>, String> {
+        let mut out = Vec::new();
+        if self.finished {
+            return Ok(out);
+        }
         if let Some(err) = v.get("error").filter(|e| !e.is_null()) {
             return Err(format!("upstream stream error: {}", error_kind(err)));
         }
@@ -1281,10 +1295,18 @@ impl PassthroughStream {
         if data.is_empty() {
             return None;
         }
-        let Ok(mut v) = serde_json::from_str::<Value>(data) else {
+        let Ok(v) = serde_json::from_str::<Value>(data) else {
             // `[DONE]` and anything else that is not JSON goes through verbatim.
             return Some(format_frame(frame.event.as_deref(), &frame.data));
         };
+        self.rewrite_json(frame.event.as_deref(), v)
+    }
+
+    /// [`PassthroughStream::rewrite`] for a frame whose data the caller already parsed.
+    pub fn rewrite_json(&mut self, event: Option<&str>, mut v: Value) -> Option<String> {
+        if self.done {
+            return None;
+        }
         let obj = v.as_object_mut()?;
         if obj.get("error").is_some_and(|e| !e.is_null()) {
             return None;
@@ -1304,7 +1326,7 @@ impl PassthroughStream {
         if obj.contains_key("model") {
             obj.insert("model".into(), Value::String(self.model.clone()));
         }
-        Some(format_frame(frame.event.as_deref(), &v.to_string()))
+        Some(format_frame(event, &v.to_string()))
     }
 
     /// The final frame when the stream fails mid-way (see [`StreamRenderer::error`]).

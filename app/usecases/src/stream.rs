@@ -61,11 +61,31 @@ impl StreamState {
         if self.done {
             return;
         }
-        match self.parser.push(frame) {
+        let (result, out) = match (self.passthrough.as_mut(), &mut self.parser) {
+            // Same-shape OpenAI chunks need both the accounting parse and the model rewrite:
+            // parse each chunk's JSON once for both.
+            (Some(Passthrough::OpenAi(p)), StreamParser::OpenAi(parser))
+                if is_json_chunk(&frame.data) =>
+            {
+                match serde_json::from_str::<serde_json::Value>(frame.data.trim()) {
+                    Ok(v) => match parser.push_json(&v) {
+                        Ok(events) => (Ok(events), p.rewrite_json(frame.event.as_deref(), v)),
+                        Err(msg) => (Err(msg), None),
+                    },
+                    Err(_) => (parser.push(frame), None),
+                }
+            }
+            (passthrough, parser) => match parser.push(frame) {
+                Ok(events) => {
+                    let out = passthrough.and_then(|p| p.rewrite(frame));
+                    (Ok(events), out)
+                }
+                Err(msg) => (Err(msg), None),
+            },
+        };
+        match result {
             Ok(events) => {
-                if let Some(p) = self.passthrough.as_mut()
-                    && let Some(out) = p.rewrite(frame)
-                {
+                if let Some(out) = out {
                     self.pending.push_back(out);
                 }
                 self.observe(&events);
@@ -128,6 +148,12 @@ impl StreamState {
             );
         }
     }
+}
+
+/// A data payload that is a JSON chunk (not empty, not the `[DONE]` sentinel).
+fn is_json_chunk(data: &str) -> bool {
+    let d = data.trim();
+    !d.is_empty() && d != "[DONE]"
 }
 
 /// Turn the state machine into the client's byte stream.
