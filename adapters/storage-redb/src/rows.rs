@@ -52,15 +52,34 @@ pub(crate) fn field_text(v: &Value, field: &str) -> Option<String> {
     }
 }
 
+/// The payload fields the indexes read; everything else is skipped by the parser without
+/// building a value tree (this runs for every written event).
+#[derive(serde::Deserialize)]
+struct IndexedFields {
+    gateway_key_id: Option<Value>,
+    user_id: Option<Value>,
+    team_id: Option<Value>,
+    audit_seq: Option<Value>,
+}
+
+fn value_text(v: Option<Value>) -> Option<String> {
+    match v? {
+        Value::Null => None,
+        Value::String(s) => Some(s),
+        Value::Bool(b) => Some(if b { "1".into() } else { "0".into() }),
+        other => Some(other.to_string()),
+    }
+}
+
 pub(crate) fn derive(payload_json: &str) -> Derived {
-    let Ok(v) = serde_json::from_str::<Value>(payload_json) else {
+    let Ok(f) = serde_json::from_str::<IndexedFields>(payload_json) else {
         return Derived::default();
     };
     Derived {
-        key: field_text(&v, "gateway_key_id"),
-        user: field_text(&v, "user_id"),
-        team: field_text(&v, "team_id"),
-        audit_seq: v.get("audit_seq").and_then(Value::as_u64),
+        key: value_text(f.gateway_key_id),
+        user: value_text(f.user_id),
+        team: value_text(f.team_id),
+        audit_seq: f.audit_seq.as_ref().and_then(Value::as_u64),
     }
 }
 
