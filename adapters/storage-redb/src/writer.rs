@@ -4,8 +4,10 @@
 //! - Messages are handled in queue order; a flush marker is answered only after everything
 //!   queued before it was committed (or counted as failed).
 //! - Group commit: the thread blocks for the first message, takes up to `max_batch` more
-//!   without blocking, and writes them in one redb write transaction: every event row with
-//!   its index entries and chain link, and every session turn with its index entries.
+//!   (waiting at most `commit_delay` after the first for the queue to refill, because every
+//!   redb commit is durable and costs fsyncs), and writes them in one redb write
+//!   transaction: every event row with its index entries and chain link, and every session
+//!   turn with its index entries. A flush marker ends the wait at once.
 //! - Every event taken off the queue ends up in exactly one of `written` or `failed`. An event
 //!   whose id is already stored is rejected on its own; a failed transaction is retried with
 //!   bounded backoff and then counted as failed, and the thread keeps running.
@@ -87,6 +89,8 @@ impl LogLimiter {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct WriterConfig {
     pub max_batch: usize,
+    /// How long a batch may wait for more rows before its commit.
+    pub commit_delay: Duration,
     pub retry_attempts: u32,
     pub retry_backoff: Duration,
 }
@@ -151,24 +155,38 @@ impl Writer {
         self.batch.len() + self.sessions.len() >= self.cfg.max_batch
     }
 
+    /// Take `first`, then more without blocking; when the queue runs dry, wait up to
+    /// `commit_delay` (counted from `first`) for more, so one durable commit covers them.
+    /// Stops at a control marker (a flush is answered without waiting). Returns whether
+    /// shutdown was requested.
     fn collect(&mut self, rx: &Receiver<Msg>, first: Msg) -> bool {
+        let deadline = Instant::now() + self.cfg.commit_delay;
         let mut next = Some(first);
-        while let Some(msg) = next {
-            match msg {
-                Msg::Event(e) => self.batch.push(e),
-                Msg::Session(t) => self.sessions.push(t),
-                Msg::Flush(tx) => {
-                    self.waiters.push(tx);
+        loop {
+            while let Some(msg) = next {
+                match msg {
+                    Msg::Event(e) => self.batch.push(e),
+                    Msg::Session(t) => self.sessions.push(t),
+                    Msg::Flush(tx) => {
+                        self.waiters.push(tx);
+                        return false;
+                    }
+                    Msg::Shutdown => return true,
+                }
+                if self.full() {
                     return false;
                 }
-                Msg::Shutdown => return true,
+                next = rx.try_recv().ok();
             }
-            if self.full() {
+            let now = Instant::now();
+            if now >= deadline {
                 return false;
             }
-            next = rx.try_recv().ok();
+            match rx.recv_timeout(deadline - now) {
+                Ok(m) => next = Some(m),
+                Err(_) => return false,
+            }
         }
-        false
     }
 
     /// After shutdown: commit whatever raced with the close, until the queue is empty.
