@@ -1104,6 +1104,30 @@ impl PatternStore for InMemoryPatternStore {
         Ok(RecordOutcome::Recorded(res))
     }
 
+    async fn record_many(
+        &self,
+        workspace: &str,
+        records: Vec<PatternRecord>,
+    ) -> Result<u64, PatternError> {
+        if unusable_workspace(workspace).is_some() {
+            return Ok(0);
+        }
+        let mut all = lock(&self.workspaces);
+        let p = all.entry(workspace.to_owned()).or_default();
+        Self::check_version(workspace, p)?;
+        // One transaction: all of the batch or none of it.
+        let mut next = p.clone();
+        for r in &records {
+            next.apply(r, &self.caps)
+                .map_err(|message| PatternError::Unavailable {
+                    location: Self::location(workspace),
+                    message,
+                })?;
+        }
+        *p = next;
+        Ok(records.len() as u64)
+    }
+
     async fn replace_all(
         &self,
         workspace: &str,

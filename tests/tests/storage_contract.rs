@@ -60,6 +60,7 @@ macro_rules! all_contracts {
         $m!(an_unusable_workspace_is_skipped);
         $m!(a_newer_pattern_store_is_refused);
         $m!(replace_all_equals_a_fresh_replay);
+        $m!(record_many_equals_recording_one_by_one);
         $m!(reads_of_a_missing_store_are_empty_and_outcomes_are_ordered);
     };
 }

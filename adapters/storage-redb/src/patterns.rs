@@ -756,6 +756,16 @@ impl PatternStore for RedbPatternStore {
         run(move || me.record_blocking(&ws, &record)).await
     }
 
+    async fn record_many(
+        &self,
+        workspace: &str,
+        records: Vec<PatternRecord>,
+    ) -> std::result::Result<u64, PatternError> {
+        let me = self.clone();
+        let ws = workspace.to_owned();
+        run(move || me.record_many_blocking(&ws, &records)).await
+    }
+
     async fn replace_all(
         &self,
         workspace: &str,

@@ -319,3 +319,34 @@ pub async fn reads_of_a_missing_store_are_empty_and_outcomes_are_ordered(b: &dyn
         .collect();
     assert_eq!(order, want);
 }
+
+/// `record_many` applies the observations in order (the same store as recording them one by
+/// one) and returns how many were applied; a skipped workspace applies none (0).
+pub async fn record_many_equals_recording_one_by_one(b: &dyn Backend) {
+    let (ws_batch, ws_single) = (b.workspace("batch"), b.workspace("single"));
+    let store = b.patterns(PatternCaps::default());
+    let records: Vec<PatternRecord> = (0..12)
+        .map(|i| {
+            let mut r = observation(&format!("s{}", i % 3), &format!("m{}", i % 2), 100 - i, i);
+            r.success_score = (i % 3 == 0).then_some(0.5);
+            r
+        })
+        .collect();
+    for r in &records {
+        recorded(store.as_ref(), &ws_single, r.clone()).await;
+    }
+    let n = store
+        .record_many(&ws_batch, records.clone())
+        .await
+        .expect("record_many");
+    assert_eq!(n, 12);
+    assert_eq!(
+        store.outcomes(&ws_batch).await.expect("outcomes"),
+        store.outcomes(&ws_single).await.expect("outcomes")
+    );
+    let missing = b.dir().join("missing-ws").display().to_string();
+    assert_eq!(
+        store.record_many(&missing, records).await.expect("skipped"),
+        0
+    );
+}
