@@ -6,6 +6,7 @@
 
 pub mod anthropic;
 pub mod audit;
+pub mod backup;
 pub mod canonical;
 pub mod error;
 pub mod events;

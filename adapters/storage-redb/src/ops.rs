@@ -23,8 +23,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gw_domain::audit::AUDIT_TYPES;
+pub use gw_domain::backup::{BackupMeta, RestoreSummary};
+use gw_domain::backup::{MetaFields, parse_meta};
 use gw_domain::sessions::SessionRecord;
-use gw_domain::time::format_iso;
 use gw_ports::trace::EventRow;
 use redb::{
     Builder, ConcurrencyMode, Database, ReadTransaction, ReadableDatabase, ReadableTable,
@@ -172,44 +173,6 @@ fn sha256_file(path: &Path) -> Result<String, OpError> {
         h.update(&buf[..n]);
     }
     Ok(hex::encode(h.finalize()))
-}
-
-fn iso_or_dash(ts: Option<i64>) -> String {
-    ts.map_or_else(|| "\u{2014}".to_owned(), format_iso)
-}
-
-/// The metadata of a published backup (the SQLite backup's block, line for line).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BackupMeta {
-    pub source: PathBuf,
-    pub destination: PathBuf,
-    pub bytes: u64,
-    pub schema_version: i64,
-    pub events: u64,
-    pub oldest_event_us: Option<i64>,
-    pub newest_event_us: Option<i64>,
-    pub sha256: String,
-}
-
-impl BackupMeta {
-    /// `backup complete` then one indented `key: value` per line.
-    #[must_use]
-    pub fn block(&self) -> String {
-        let mut out = String::from("backup complete\n");
-        for (k, v) in [
-            ("source:", self.source.display().to_string()),
-            ("destination:", self.destination.display().to_string()),
-            ("bytes:", self.bytes.to_string()),
-            ("schema version:", self.schema_version.to_string()),
-            ("events:", self.events.to_string()),
-            ("oldest event:", iso_or_dash(self.oldest_event_us)),
-            ("newest event:", iso_or_dash(self.newest_event_us)),
-            ("sha256:", self.sha256.clone()),
-        ] {
-            out.push_str(&format!("  {k:<16}{v}\n"));
-        }
-        out
-    }
 }
 
 fn publish_no_clobber(tmp: &Path, dest: &Path) -> Result<(), OpError> {
@@ -398,49 +361,6 @@ pub fn backup(src: &Path, dest: &Path, progress: Progress<'_>) -> Result<BackupM
     Ok(meta)
 }
 
-/// What a restore did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RestoreSummary {
-    pub source: PathBuf,
-    pub destination: PathBuf,
-    pub bytes: u64,
-    pub schema_version: i64,
-    pub events: u64,
-}
-
-impl RestoreSummary {
-    /// `restore complete` and the first five lines of the backup block.
-    #[must_use]
-    pub fn block(&self) -> String {
-        let mut out = String::from("restore complete\n");
-        for (k, v) in [
-            ("source:", self.source.display().to_string()),
-            ("destination:", self.destination.display().to_string()),
-            ("bytes:", self.bytes.to_string()),
-            ("schema version:", self.schema_version.to_string()),
-            ("events:", self.events.to_string()),
-        ] {
-            out.push_str(&format!("  {k:<16}{v}\n"));
-        }
-        out
-    }
-}
-
-fn parse_meta(text: &str) -> (Option<String>, Option<String>) {
-    let (mut version, mut sha) = (None, None);
-    for line in text.lines() {
-        let Some((k, v)) = line.trim().split_once(':') else {
-            continue;
-        };
-        match k.trim() {
-            "schema version" => version = Some(v.trim().to_owned()),
-            "sha256" => sha = Some(v.trim().to_ascii_lowercase()),
-            _ => {}
-        }
-    }
-    (version, sha)
-}
-
 /// Replace the main redb file `dest` with the backup `src` (checks in the module docs'
 /// order).
 ///
@@ -479,7 +399,10 @@ pub fn restore(
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(e) => return Err(io_err(&meta_path, "cannot read")(e)),
     };
-    if let Some((v, _)) = &meta {
+    if let Some(MetaFields {
+        schema_version: v, ..
+    }) = &meta
+    {
         match v.as_deref() {
             Some(v) if v == version.to_string() => {}
             Some(v) => {
@@ -525,7 +448,7 @@ pub fn restore(
         armed: true,
     };
     let (bytes, sha) = copy_hashing(src, &tmp.path, progress)?;
-    if let Some(expected) = meta.as_ref().and_then(|(_, s)| s.as_deref())
+    if let Some(expected) = meta.as_ref().and_then(|m| m.sha256.as_deref())
         && expected != sha
     {
         return Err(OpError::Refused(format!(

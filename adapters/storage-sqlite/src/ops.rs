@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+pub use gw_domain::backup::{BackupMeta, MetaFields, RestoreSummary, parse_meta};
 use gw_domain::retention::sorted_audit_types;
 use gw_domain::time::{Timestamp, format_iso};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
@@ -209,73 +210,6 @@ fn event_span(conn: &Connection) -> rusqlite::Result<(u64, Option<i64>, Option<i
     )
 }
 
-fn iso_or_dash(ts: Option<i64>) -> String {
-    ts.map_or_else(|| "\u{2014}".to_owned(), format_iso)
-}
-
-/// The metadata of a published backup.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BackupMeta {
-    pub source: PathBuf,
-    pub destination: PathBuf,
-    pub bytes: u64,
-    pub schema_version: i64,
-    pub events: u64,
-    pub oldest_event_us: Option<i64>,
-    pub newest_event_us: Option<i64>,
-    pub sha256: String,
-}
-
-impl BackupMeta {
-    /// The deterministic block (`backup complete` then one indented `key: value` per line),
-    /// printed by `metis backup` and written to `<dest>.meta`.
-    #[must_use]
-    pub fn block(&self) -> String {
-        let mut out = String::from("backup complete\n");
-        for (k, v) in [
-            ("source:", self.source.display().to_string()),
-            ("destination:", self.destination.display().to_string()),
-            ("bytes:", self.bytes.to_string()),
-            ("schema version:", self.schema_version.to_string()),
-            ("events:", self.events.to_string()),
-            ("oldest event:", iso_or_dash(self.oldest_event_us)),
-            ("newest event:", iso_or_dash(self.newest_event_us)),
-            ("sha256:", self.sha256.clone()),
-        ] {
-            out.push_str(&format!("  {k:<16}{v}\n"));
-        }
-        out
-    }
-}
-
-/// The checked fields of a `.meta` file.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct MetaFields {
-    pub schema_version: Option<String>,
-    pub sha256: Option<String>,
-    pub events: Option<String>,
-}
-
-/// Read the `schema version:`, `sha256:` and `events:` lines of a metadata block.
-#[must_use]
-pub fn parse_meta(text: &str) -> MetaFields {
-    let mut m = MetaFields::default();
-    for line in text.lines() {
-        let line = line.trim();
-        let Some((k, v)) = line.split_once(':') else {
-            continue;
-        };
-        let v = v.trim().to_owned();
-        match k.trim() {
-            "schema version" => m.schema_version = Some(v),
-            "sha256" => m.sha256 = Some(v.to_ascii_lowercase()),
-            "events" => m.events = Some(v),
-            _ => {}
-        }
-    }
-    m
-}
-
 /// Publish `tmp` at `dest` without ever replacing an existing file (a hard link fails when
 /// `dest` exists), then drop the temp name.
 fn publish_no_clobber(tmp: &Path, dest: &Path) -> Result<(), OpError> {
@@ -402,34 +336,6 @@ pub fn backup(src: &Path, dest: &Path, progress: Progress<'_>) -> Result<BackupM
     tmp_meta.armed = false;
     fsync_dir(&dir);
     Ok(meta)
-}
-
-/// What a restore did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RestoreSummary {
-    pub source: PathBuf,
-    pub destination: PathBuf,
-    pub bytes: u64,
-    pub schema_version: i64,
-    pub events: u64,
-}
-
-impl RestoreSummary {
-    /// `restore complete` and the first five lines of the backup block.
-    #[must_use]
-    pub fn block(&self) -> String {
-        let mut out = String::from("restore complete\n");
-        for (k, v) in [
-            ("source:", self.source.display().to_string()),
-            ("destination:", self.destination.display().to_string()),
-            ("bytes:", self.bytes.to_string()),
-            ("schema version:", self.schema_version.to_string()),
-            ("events:", self.events.to_string()),
-        ] {
-            out.push_str(&format!("  {k:<16}{v}\n"));
-        }
-        out
-    }
 }
 
 /// `PRAGMA user_version` read from the file header (offset 60), without opening the file
