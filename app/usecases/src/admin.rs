@@ -1,7 +1,7 @@
 //! The admin API use case: key lifecycle (delegated to [`KeyAdmin`]), usage rollups and audit
 //! export over the trace store, with spend taken from the live ledger.
 
-use crate::key_admin::{IssueRequest, KeyView};
+use crate::key_admin::KeyView;
 use crate::{AdminError, KeyAdmin, SpendLedger};
 use async_trait::async_trait;
 use gw_domain::audit::AUDIT_TYPES;
@@ -81,21 +81,7 @@ impl AdminService for AdminFacade {
                 "workspace must be an absolute path".to_owned(),
             ));
         }
-        let issued = self
-            .keys
-            .issue(&IssueRequest {
-                name: new.name,
-                workspace: new.workspace,
-                allowed_models: new.allowed_models,
-                daily_cap_usd: new.daily_cap_usd,
-                monthly_cap_usd: new.monthly_cap_usd,
-                rpm: new.rpm,
-                user: new.user,
-                team: new.team,
-                customer_tier: new.customer_tier,
-            })
-            .await
-            .map_err(failure)?;
+        let issued = self.keys.issue(&new).await.map_err(failure)?;
         let view = KeyView {
             record: issued.record,
             effective_status: "active",

@@ -22,19 +22,9 @@ use gw_ports::system::{Clock, IdSource};
 use gw_ports::trace::EventSink;
 use std::sync::{Arc, Mutex};
 
-/// What to issue. `workspace` must already be absolute (the CLI resolves it).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct IssueRequest {
-    pub name: String,
-    pub workspace: String,
-    pub allowed_models: Vec<String>,
-    pub daily_cap_usd: Option<String>,
-    pub monthly_cap_usd: Option<String>,
-    pub rpm: Option<u32>,
-    pub user: Option<String>,
-    pub team: Option<String>,
-    pub customer_tier: Option<String>,
-}
+/// What to issue (the admin port's `NewKey`; `workspace` must already be absolute — the CLI
+/// resolves it).
+pub type IssueRequest = gw_ports::admin::NewKey;
 
 /// A newly issued key and its plaintext token (shown once).
 #[derive(Debug, Clone)]
