@@ -2,7 +2,7 @@
 //!
 //! Synchronous and IO-free by construction: no tokio, no database, no HTTP. Everything here
 //! is a value or a function of values, so it is unit- and property-testable in isolation.
-//! The dependency rule is enforced by `tests/tests/architecture.rs`.
+//! The dependency rule is enforced by `tests/tests/suite/architecture.rs`.
 
 pub mod anthropic;
 pub mod audit;

@@ -1,5 +1,5 @@
 //! In-memory fakes of every storage port (feature `fakes`), for use-case unit tests and as the
-//! third backend of the storage contract suite (`gw-tests`, `tests/storage_contract.rs`).
+//! third backend of the storage contract suite (`gw-tests`, `tests/tests/suite/storage_contract.rs`).
 //!
 //! Invariants:
 //! - Each fake honours every documented clause of its port, exactly as the SQLite and redb

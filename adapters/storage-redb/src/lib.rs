@@ -7,7 +7,7 @@
 //!
 //! Invariants:
 //! - Same behaviour as the SQLite adapters, proven by the storage contract suite
-//!   (`gw-tests`, `tests/storage_contract.rs`), which runs unchanged against both and the
+//!   (`gw-tests`, `tests/tests/suite/storage_contract.rs`), which runs unchanged against both and the
 //!   in-memory fakes.
 //! - A version marker in a metadata table (`meta.schema_version`, `store_meta.schema_version`)
 //!   is never lowered, and a file from a newer binary is refused untouched.

@@ -1,7 +1,7 @@
 //! The storage contract suite: one `pub async fn` per documented clause of each storage port
 //! (`EventSink`, `TraceQuery`, `KeyStore`, `SessionStore`, `PatternStore`), written once and
 //! run against every backend (SQLite, redb and the in-memory fakes) by
-//! `tests/tests/storage_contract.rs`.
+//! `tests/tests/suite/storage_contract.rs`.
 //!
 //! Invariants:
 //! - A contract function sees a backend only through [`Backend`]: the ports themselves plus a

@@ -1,28 +1,28 @@
 //! The HTTP suites on the redb backend: `http_trace.rs`, `http_translation.rs`,
 //! `http_errors.rs`, `http_features.rs`, `admin_api.rs` (usage and audit reads),
-//! `quota_concurrency.rs` (spend) and `revoke_latency.rs` compiled again into this binary
-//! (whose name starts with `redb_`, so `TestGateway` runs every gateway with `--store redb`),
-//! plus checks that the gateway really used redb.
+//! `quota_concurrency.rs` (spend) and `revoke_latency.rs` of `tests/tests/suite/` compiled
+//! again into this binary (whose name starts with `redb_`, so `TestGateway` runs every gateway
+//! with `--store redb`), plus checks that the gateway really used redb.
 
-#[path = "http_trace.rs"]
+#[path = "../suite/http_trace.rs"]
 mod http_trace;
 
-#[path = "http_translation.rs"]
+#[path = "../suite/http_translation.rs"]
 mod http_translation;
 
-#[path = "http_errors.rs"]
+#[path = "../suite/http_errors.rs"]
 mod http_errors;
 
-#[path = "http_features.rs"]
+#[path = "../suite/http_features.rs"]
 mod http_features;
 
-#[path = "admin_api.rs"]
+#[path = "../suite/admin_api.rs"]
 mod admin_api;
 
-#[path = "quota_concurrency.rs"]
+#[path = "../suite/quota_concurrency.rs"]
 mod quota_concurrency;
 
-#[path = "revoke_latency.rs"]
+#[path = "../suite/revoke_latency.rs"]
 mod revoke_latency;
 
 use gw_tests::{Combo, GatewayOptions, TestGateway};

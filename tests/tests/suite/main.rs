@@ -1,0 +1,26 @@
+//! The gw-tests integration suite, linked as one test binary: with one binary per file every
+//! file re-linked the whole gateway (19 links per build, gigabytes of disk). Each module is a
+//! former stand-alone test file; nextest still runs every test in its own process.
+//!
+//! Timing-sensitive modules (they spawn `target/debug/metis`, flood a limiter or time a
+//! reload): `otel`, `process_cli`, `process_lifecycle`, `rate_limit_runbook`, `redb_cli`,
+//! `revoke_latency`, `tls_inprocess`; `.config/nextest.toml` gives them one retry.
+
+mod admin_api;
+mod architecture;
+mod fake_upstream;
+mod http_errors;
+mod http_features;
+mod http_trace;
+mod http_translation;
+mod openapi_drift;
+mod otel;
+mod patterns_live;
+mod process_cli;
+mod process_lifecycle;
+mod quota_concurrency;
+mod rate_limit_runbook;
+mod redb_cli;
+mod revoke_latency;
+mod storage_contract;
+mod tls_inprocess;
