@@ -86,6 +86,17 @@ pub struct OutcomeRow {
     pub last_updated_at_us: i64,
 }
 
+/// One fingerprint row without an embedding (`kind`, structural JSON and signature, creation
+/// time), for copies of a pattern store between backends (`metis migrate-store`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FingerprintRow {
+    pub id: String,
+    pub kind: String,
+    pub structural_json: String,
+    pub structural_sig: String,
+    pub created_at_us: i64,
+}
+
 /// Per-workspace pattern stores.
 ///
 /// Contract:

@@ -811,15 +811,9 @@ pub fn stamp_pattern_version(path: &Path, version: i64) -> std::result::Result<(
     tx.commit().map_err(|e| e.to_string())
 }
 
-/// One fingerprint row, for copies between backends.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FingerprintRow {
-    pub id: String,
-    pub kind: String,
-    pub structural_json: String,
-    pub structural_sig: String,
-    pub created_at_us: i64,
-}
+/// One fingerprint row, for copies between backends (defined in the ports, shared with the
+/// SQLite adapter).
+pub use gw_ports::patterns::FingerprintRow;
 
 impl RedbPatternStore {
     /// Every fingerprint and outcome of `workspace`'s store (empty when it does not exist).

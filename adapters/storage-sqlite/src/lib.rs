@@ -8,6 +8,8 @@
 //!   untouched ([`TRACE_SCHEMA_VERSION`]).
 //! - Request paths never wait on disk: [`SqliteTraceStore`] queues events for one writer thread
 //!   that group-commits them; overflow and write failures are counted and logged.
+//! - Bulk copies between backends (`metis migrate-store`) go through [`transfer`], so the
+//!   app needs no SQL of its own.
 //! - Depends only on `gw-ports` and `gw-domain`.
 
 mod keystore;
@@ -19,6 +21,7 @@ mod reader;
 mod schema;
 mod sessions;
 mod store;
+pub mod transfer;
 mod writer;
 
 pub use keystore::SqliteKeyStore;

@@ -398,7 +398,7 @@ fn too_new(path: &Path, found: i64) -> PatternError {
     }
 }
 
-fn unavailable(path: &Path, e: impl std::fmt::Display) -> PatternError {
+pub(crate) fn unavailable(path: &Path, e: impl std::fmt::Display) -> PatternError {
     PatternError::Unavailable {
         location: path.display().to_string(),
         message: e.to_string(),
@@ -862,31 +862,7 @@ impl SqlitePatternStore {
             return Ok(Vec::new());
         };
         let conn = conn.lock().unwrap_or_else(PoisonError::into_inner);
-        let read = || -> rusqlite::Result<Vec<OutcomeRow>> {
-            let mut stmt = conn.prepare(
-                "SELECT o.fingerprint_id, f.structural_sig, o.primary_model, o.sample_size, \
-                 o.success_score_mean, o.success_score_count, o.sum_cost_usd_micros, \
-                 o.sum_latency_ms, o.pricing_version_last, o.last_updated_at_us \
-                 FROM outcomes o JOIN fingerprints f ON f.id = o.fingerprint_id \
-                 ORDER BY o.fingerprint_id, o.primary_model",
-            )?;
-            let rows = stmt.query_map([], |r| {
-                Ok(OutcomeRow {
-                    fingerprint_id: r.get(0)?,
-                    structural_sig: r.get(1)?,
-                    primary_model: r.get(2)?,
-                    sample_size: u64::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
-                    success_score_mean: r.get(4)?,
-                    success_score_count: u64::try_from(r.get::<_, i64>(5)?).unwrap_or(0),
-                    sum_cost_usd_micros: r.get(6)?,
-                    sum_latency_ms: r.get(7)?,
-                    pricing_version_last: r.get(8)?,
-                    last_updated_at_us: r.get(9)?,
-                })
-            })?;
-            rows.collect()
-        };
-        read().map_err(|e| unavailable(&path, e))
+        read_outcomes(&conn).map_err(|e| unavailable(&path, e))
     }
 
     /// Forget the cached connection of `workspace` (tests; after an outside change).
@@ -898,6 +874,32 @@ impl SqlitePatternStore {
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&path);
     }
+}
+
+/// Every outcome with its fingerprint's signature, ordered by (fingerprint, model).
+pub(crate) fn read_outcomes(conn: &Connection) -> rusqlite::Result<Vec<OutcomeRow>> {
+    let mut stmt = conn.prepare(
+        "SELECT o.fingerprint_id, f.structural_sig, o.primary_model, o.sample_size, \
+         o.success_score_mean, o.success_score_count, o.sum_cost_usd_micros, \
+         o.sum_latency_ms, o.pricing_version_last, o.last_updated_at_us \
+         FROM outcomes o JOIN fingerprints f ON f.id = o.fingerprint_id \
+         ORDER BY o.fingerprint_id, o.primary_model",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(OutcomeRow {
+            fingerprint_id: r.get(0)?,
+            structural_sig: r.get(1)?,
+            primary_model: r.get(2)?,
+            sample_size: u64::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
+            success_score_mean: r.get(4)?,
+            success_score_count: u64::try_from(r.get::<_, i64>(5)?).unwrap_or(0),
+            sum_cost_usd_micros: r.get(6)?,
+            sum_latency_ms: r.get(7)?,
+            pricing_version_last: r.get(8)?,
+            last_updated_at_us: r.get(9)?,
+        })
+    })?;
+    rows.collect()
 }
 
 async fn blocking<T: Send + 'static>(

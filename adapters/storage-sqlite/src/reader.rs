@@ -103,7 +103,7 @@ impl TraceReader {
         f(&conn).map_err(backend)
     }
 
-    fn query_events(
+    pub(crate) fn query_events(
         &self,
         sql: &str,
         params: impl rusqlite::Params,

@@ -80,10 +80,24 @@ CREATE INDEX IF NOT EXISTS idx_events_audit_seq
     WHERE json_extract(payload_json, '$.audit_seq') IS NOT NULL;
 ";
 
-/// The one statement the writer uses (prepared once, cached on the connection).
-pub(crate) const INSERT_SQL: &str = "INSERT INTO events \
+/// `<verb> INTO events (<every column>) VALUES (?1, …, ?9)`: the column list is written once
+/// for the writer's insert and the copy's insert.
+macro_rules! insert_events_sql {
+    ($verb:literal) => {
+        concat!(
+            $verb,
+            " INTO events \
     (id, timestamp_us, session_id, turn_id, parent_event_id, type, actor, sensitivity, payload_json) \
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+        )
+    };
+}
+
+/// The one statement the writer uses (prepared once, cached on the connection).
+pub(crate) const INSERT_SQL: &str = insert_events_sql!("INSERT");
+
+/// [`INSERT_SQL`] skipping ids already stored (`migrate-store` copies; see `transfer.rs`).
+pub(crate) const INSERT_OR_IGNORE_SQL: &str = insert_events_sql!("INSERT OR IGNORE");
 
 /// Connection settings applied on every open of a writing connection.
 #[derive(Debug, Clone, Copy)]

@@ -72,6 +72,16 @@ impl Default for WriterOptions {
     }
 }
 
+impl WriterOptions {
+    /// The connection settings of a writing connection opened with these options.
+    pub(crate) fn pragmas(&self) -> Pragmas {
+        Pragmas {
+            wal_autocheckpoint_pages: self.wal_autocheckpoint_pages,
+            busy_timeout: self.busy_timeout,
+        }
+    }
+}
+
 pub(crate) struct Inner {
     path: PathBuf,
     pub(crate) sender: SyncSender<Msg>,
@@ -105,6 +115,19 @@ impl std::fmt::Debug for SqliteTraceStore {
     }
 }
 
+/// Create the parent directories of the trace database at `path` (none for a bare name).
+pub(crate) fn create_parent_dir(path: &Path) -> Result<(), TraceError> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| {
+            TraceError::Unavailable(format!(
+                "cannot create directory {} for the trace database: {e}",
+                parent.display()
+            ))
+        })?;
+    }
+    Ok(())
+}
+
 impl SqliteTraceStore {
     /// Open (creating when missing, with parent directories) the trace database at `path`,
     /// apply the PRAGMAs and schema, stamp the version, and start the writer thread.
@@ -116,14 +139,7 @@ impl SqliteTraceStore {
     /// `Unavailable` when the file is not a SQLite database, cannot be created or opened, or
     /// the writer thread cannot be started.
     pub fn open(path: &Path, opts: WriterOptions) -> Result<Self, TraceError> {
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| {
-                TraceError::Unavailable(format!(
-                    "cannot create directory {} for the trace database: {e}",
-                    parent.display()
-                ))
-            })?;
-        }
+        create_parent_dir(path)?;
         let lock = if opts.hold_writer_lock {
             Some(WriterLock::shared(path).map_err(|e| match e {
                 LockError::Held { .. } => TraceError::Unavailable(format!(
@@ -136,11 +152,7 @@ impl SqliteTraceStore {
         } else {
             None
         };
-        let pragmas = Pragmas {
-            wal_autocheckpoint_pages: opts.wal_autocheckpoint_pages,
-            busy_timeout: opts.busy_timeout,
-        };
-        let conn = open_for_writing(path, pragmas)?;
+        let conn = open_for_writing(path, opts.pragmas())?;
         let reader = TraceReader::open_with_timeout(path, opts.busy_timeout)?;
 
         let capacity = opts.queue_capacity.max(1);

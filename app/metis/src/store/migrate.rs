@@ -9,9 +9,9 @@
 //! - Sessions and pattern rows are copied as stored (no recomputation).
 //! - After the copy the counts are compared (events, sessions, keys, chain links, outcomes);
 //!   any difference is an error.
-//! - The SQLite side is read and written with plain SQL on the adapter's schema (the
-//!   adapter opens and stamps the destination first); the redb side goes through the redb
-//!   adapter's import/export functions.
+//! - Each side goes through its adapter's copy functions: `gw_storage_sqlite::transfer`
+//!   (which opens and stamps a new SQLite destination first) and the redb adapter's
+//!   import/export functions.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -19,17 +19,11 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::Args;
 use gw_domain::patterns::PatternCaps;
-use gw_domain::sessions::SessionRecord;
 use gw_ports::keys::KeyStoreError;
-use gw_ports::patterns::OutcomeRow;
-use gw_ports::trace::EventRow;
-use gw_storage_redb::patterns::FingerprintRow;
 use gw_storage_redb::{RedbKeyStore, RedbPatternLocation, RedbPatternStore};
 use gw_storage_sqlite::patterns::{PatternLocation, SqlitePatternStore};
-use gw_storage_sqlite::{
-    SessionReader, SqliteKeyStore, SqliteTraceStore, TraceReader, WriterOptions,
-};
-use rusqlite::{Connection, OpenFlags, params};
+use gw_storage_sqlite::transfer::{self, MainStoreImport};
+use gw_storage_sqlite::{SessionReader, SqliteKeyStore, TraceReader};
 
 use super::StoreKind;
 
@@ -179,98 +173,6 @@ impl Side {
 }
 
 // ------------------------------------------------------------------------------------------
-// SQLite side: plain SQL over the adapter's schema
-// ------------------------------------------------------------------------------------------
-
-fn sqlite_conn(path: &Path, write: bool) -> anyhow::Result<Connection> {
-    let flags = if write {
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX
-    } else {
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
-    };
-    let c = Connection::open_with_flags(path, flags)
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    c.busy_timeout(std::time::Duration::from_secs(5))?;
-    Ok(c)
-}
-
-fn sqlite_events_page(c: &Connection, after: &str, n: usize) -> anyhow::Result<Vec<EventRow>> {
-    let mut stmt = c.prepare_cached(
-        "SELECT id, timestamp_us, session_id, turn_id, parent_event_id, type, actor, \
-         sensitivity, payload_json FROM events WHERE id > ?1 ORDER BY id LIMIT ?2",
-    )?;
-    let rows = stmt.query_map(params![after, i64::try_from(n).unwrap_or(i64::MAX)], |r| {
-        Ok(EventRow {
-            id: r.get(0)?,
-            timestamp_us: r.get(1)?,
-            session_id: r.get(2)?,
-            turn_id: r.get(3)?,
-            parent_event_id: r.get(4)?,
-            event_type: r.get(5)?,
-            actor: r.get(6)?,
-            sensitivity: r.get(7)?,
-            payload_json: r.get(8)?,
-        })
-    })?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
-}
-
-fn sqlite_insert_events(c: &mut Connection, rows: &[EventRow]) -> anyhow::Result<u64> {
-    let tx = c.transaction()?;
-    let mut n = 0;
-    {
-        let mut stmt = tx.prepare_cached(
-            "INSERT OR IGNORE INTO events (id, timestamp_us, session_id, turn_id, \
-             parent_event_id, type, actor, sensitivity, payload_json) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        )?;
-        for r in rows {
-            n += stmt.execute(params![
-                r.id,
-                r.timestamp_us,
-                r.session_id,
-                r.turn_id,
-                r.parent_event_id,
-                r.event_type,
-                r.actor,
-                r.sensitivity,
-                r.payload_json
-            ])? as u64;
-        }
-    }
-    tx.commit()?;
-    Ok(n)
-}
-
-fn sqlite_insert_sessions(c: &mut Connection, rows: &[SessionRecord]) -> anyhow::Result<()> {
-    let tx = c.transaction()?;
-    {
-        let mut stmt = tx.prepare_cached(
-            "INSERT INTO sessions (id, workspace_path, active_model, routing_policy_json, \
-             cost_so_far_usd, turn_count, schema_version, created_at, updated_at, \
-             parent_session_id, parent_tool_use_id, is_worker) \
-             VALUES (?1, ?2, ?3, NULL, ?4, ?5, 1, ?6, ?7, ?8, ?9, ?10)",
-        )?;
-        for s in rows {
-            stmt.execute(params![
-                s.id,
-                s.workspace_path,
-                s.active_model,
-                s.cost_so_far_usd,
-                i64::try_from(s.turn_count).unwrap_or(i64::MAX),
-                s.created_at_us,
-                s.updated_at_us,
-                s.parent_session_id,
-                s.parent_tool_use_id,
-                i64::from(s.is_worker)
-            ])?;
-        }
-    }
-    tx.commit()?;
-    Ok(())
-}
-
-// ------------------------------------------------------------------------------------------
 // The main store
 // ------------------------------------------------------------------------------------------
 
@@ -282,13 +184,13 @@ fn copy_sqlite_to_redb(
 ) -> anyhow::Result<()> {
     let db = gw_storage_redb::open_shared(to, gw_storage_redb::Sharing::default(), true)
         .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", to.display()))?;
-    let src = sqlite_conn(from, false)?;
-    let mut after = String::new();
+    let src = TraceReader::open(from)?;
+    let mut after: Option<String> = None;
     let mut done = 0u64;
     loop {
-        let page = sqlite_events_page(&src, &after, COPY_PAGE)?;
+        let page = transfer::events_page(&src, after.as_deref(), COPY_PAGE)?;
         let Some(last) = page.last() else { break };
-        after.clone_from(&last.id);
+        after = Some(last.id.clone());
         done += gw_storage_redb::ops::import_events(&db, &page)?;
         progress(done, total);
     }
@@ -305,117 +207,24 @@ fn copy_redb_to_sqlite(
 ) -> anyhow::Result<()> {
     let src = redb_existing(from)?;
     // The adapter creates the file with its schema, pragmas and version stamp.
-    SqliteTraceStore::open(to, WriterOptions::default())?.close();
-    let mut dst = sqlite_conn(to, true)?;
-    // As the adapter: the declared foreign key from `events` to `sessions` is not enforced
-    // (the bundled SQLite turns foreign keys on by default).
-    dst.pragma_update(None, "foreign_keys", "OFF")?;
+    let mut dst = MainStoreImport::create(to)?;
     let mut after: Option<String> = None;
     let mut done = 0u64;
     loop {
         let page = gw_storage_redb::query::events_page(&src, after.as_deref(), COPY_PAGE)?;
         let Some(last) = page.last() else { break };
         after = Some(last.id.clone());
-        done += sqlite_insert_events(&mut dst, &page)?;
+        done += dst.insert_events(&page)?;
         progress(done, total);
     }
     let sessions = gw_storage_redb::sessions::read::all(&src)?;
-    sqlite_insert_sessions(&mut dst, &sessions)?;
+    dst.insert_sessions(&sessions)?;
     Ok(())
 }
 
 // ------------------------------------------------------------------------------------------
 // Pattern stores
 // ------------------------------------------------------------------------------------------
-
-type PatternDump = (Vec<FingerprintRow>, Vec<OutcomeRow>);
-
-fn sqlite_patterns_export(path: &Path) -> anyhow::Result<PatternDump> {
-    if !path.is_file() {
-        return Ok((Vec::new(), Vec::new()));
-    }
-    let c = sqlite_conn(path, false)?;
-    let mut stmt = c.prepare(
-        "SELECT id, kind, structural_json, structural_sig, created_at_us FROM fingerprints \
-         WHERE embedding_provider IS NULL ORDER BY id",
-    )?;
-    let fps = stmt
-        .query_map([], |r| {
-            Ok(FingerprintRow {
-                id: r.get(0)?,
-                kind: r.get(1)?,
-                structural_json: r.get(2)?,
-                structural_sig: r.get(3)?,
-                created_at_us: r.get(4)?,
-            })
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    let mut stmt = c.prepare(
-        "SELECT o.fingerprint_id, f.structural_sig, o.primary_model, o.sample_size, \
-         o.success_score_mean, o.success_score_count, o.sum_cost_usd_micros, o.sum_latency_ms, \
-         o.pricing_version_last, o.last_updated_at_us FROM outcomes o \
-         JOIN fingerprints f ON f.id = o.fingerprint_id ORDER BY o.fingerprint_id, o.primary_model",
-    )?;
-    let outcomes = stmt
-        .query_map([], |r| {
-            Ok(OutcomeRow {
-                fingerprint_id: r.get(0)?,
-                structural_sig: r.get(1)?,
-                primary_model: r.get(2)?,
-                sample_size: u64::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
-                success_score_mean: r.get(4)?,
-                success_score_count: u64::try_from(r.get::<_, i64>(5)?).unwrap_or(0),
-                sum_cost_usd_micros: r.get(6)?,
-                sum_latency_ms: r.get(7)?,
-                pricing_version_last: r.get(8)?,
-                last_updated_at_us: r.get(9)?,
-            })
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok((fps, outcomes))
-}
-
-fn sqlite_patterns_import(path: &Path, dump: &PatternDump) -> anyhow::Result<()> {
-    let mut c = sqlite_conn(path, true)?;
-    let tx = c.transaction()?;
-    {
-        let mut fp = tx.prepare(
-            "INSERT INTO fingerprints (id, kind, structural_json, structural_sig, \
-             embedding_blob, embedding_provider, embedding_dim, created_at_us) \
-             VALUES (?1, ?2, ?3, ?4, NULL, NULL, NULL, ?5)",
-        )?;
-        for f in &dump.0 {
-            fp.execute(params![
-                f.id,
-                f.kind,
-                f.structural_json,
-                f.structural_sig,
-                f.created_at_us
-            ])?;
-        }
-        let mut o = tx.prepare(
-            "INSERT INTO outcomes (fingerprint_id, primary_model, sample_size, \
-             success_score_mean, success_score_count, sum_cost_usd_micros, sum_latency_ms, \
-             pricing_version_last, last_updated_at_us) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        )?;
-        for r in &dump.1 {
-            o.execute(params![
-                r.fingerprint_id,
-                r.primary_model,
-                i64::try_from(r.sample_size).unwrap_or(i64::MAX),
-                r.success_score_mean,
-                i64::try_from(r.success_score_count).unwrap_or(i64::MAX),
-                r.sum_cost_usd_micros,
-                r.sum_latency_ms,
-                r.pricing_version_last,
-                r.last_updated_at_us
-            ])?;
-        }
-    }
-    tx.commit()?;
-    Ok(())
-}
 
 /// Copy one workspace's pattern store; returns the outcome rows copied.
 fn copy_pattern_store(from: StoreKind, ws: &str, dir: Option<&Path>) -> anyhow::Result<u64> {
@@ -432,7 +241,7 @@ fn copy_pattern_store(from: StoreKind, ws: &str, dir: Option<&Path>) -> anyhow::
             if redb.stats_blocking(ws)?.is_some_and(|s| s.outcomes > 0) {
                 bail!("the destination pattern store of {ws} is not empty");
             }
-            let dump = sqlite_patterns_export(&sqlite.db_path(ws))?;
+            let dump = transfer::export_patterns(&sqlite.db_path(ws))?;
             redb.import_blocking(ws, &dump.0, &dump.1)?;
             let copied = redb.outcomes_blocking(ws)?;
             (dump, copied)
@@ -445,7 +254,7 @@ fn copy_pattern_store(from: StoreKind, ws: &str, dir: Option<&Path>) -> anyhow::
             // The adapter creates (or migrates) the store with its schema and version.
             sqlite.replace_all_blocking(ws, &[], &|_, _| {})?;
             sqlite.forget(ws);
-            sqlite_patterns_import(&sqlite.db_path(ws), &dump)?;
+            transfer::import_patterns(&sqlite.db_path(ws), &dump.0, &dump.1)?;
             let copied = sqlite.outcomes_blocking(ws)?;
             (dump, copied)
         }
@@ -577,7 +386,8 @@ mod tests {
     use gw_domain::patterns::PatternRecord;
     use gw_domain::sessions::{SessionId, SessionTurn};
     use gw_ports::sessions::SessionStore;
-    use gw_ports::trace::EventSink;
+    use gw_ports::trace::{EventRow, EventSink};
+    use gw_storage_sqlite::{SqliteTraceStore, WriterOptions};
 
     fn args(
         dir: &Path,
@@ -612,8 +422,7 @@ mod tests {
     }
 
     fn all_events(db: &Path) -> Vec<EventRow> {
-        let c = sqlite_conn(db, false).unwrap();
-        sqlite_events_page(&c, "", 1_000_000).unwrap()
+        transfer::events_page(&TraceReader::open(db).unwrap(), None, 1_000_000).unwrap()
     }
 
     #[test]
