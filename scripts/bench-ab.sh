@@ -3,6 +3,7 @@
 # the OpenAI sync route against the bench mock (proxy + mock on CPU 1, load on CPU 0), 2 s
 # warm-up + 6 s measured. Usage: scripts/bench-ab.sh PATH/TO/metis LABEL [MOCK_PORT]
 # Needs target/release/bench-mock and bench-load (cargo build --release -p gw-bench).
+# PERF_OUT=FILE also records a perf profile of the gateway (5 s of the measured window).
 # Run two binaries alternately, several times, and compare: the machine is shared and noisy.
 set -u
 BIN="$(cd "$(dirname "$0")/.." && pwd)/target/release"
@@ -16,18 +17,14 @@ taskset -c 1 env OPENAI_API_KEY=k $METIS gateway --port $PORTG --data-dir $D --o
 GW=$!
 for i in $(seq 1 50); do curl -sf http://127.0.0.1:$PORTG/healthz >/dev/null && break; sleep 0.1; done
 echo '{"model":"gpt-5","messages":[{"role":"user","content":"Say hello to the benchmark."}],"max_tokens":64}' > $D/body.json
+if [ -n "${PERF_OUT:-}" ]; then (sleep 2; perf record -F 2000 -g -o "$PERF_OUT" -p $GW -- sleep 5 >/dev/null 2>&1) & fi
 taskset -c 0 $BIN/bench-load run --url http://127.0.0.1:$PORTG/v1/chat/completions -H "Authorization: Bearer $TOKEN" --body-file $D/body.json --expect chat.completion --concurrency 32 --duration 6 --warmup 2 --target-pid $GW --mock-pid $MOCK --json-out $D/run.jsonl --target $LABEL --scenario openai-sync > /dev/null 2> $D/load.err
 tail -n 2 $D/load.err
 python3 -c "
 import json
 r=[json.loads(l) for l in open('$D/run.jsonl')][-1]
-def find(d,k):
-    if isinstance(d,dict):
-        for kk,v in d.items():
-            if k in kk: print(kk, v) if not isinstance(v,(dict,list)) else None
-            find(v,k)
-find(r,'cpu')
-print('rps', r.get('throughput_rps') or r.get('rps'))
-" 2>&1 | head -12
+threads=', '.join(f'{k} {v:.1f}' for k,v in sorted(r.get('target_threads_us_per_req',{}).items()) if v)
+print(f\"$LABEL: {r['cpu_target_us_per_req']:.1f} us CPU/req ({threads}); {r['throughput_rps']:.0f} req/s; p99 {r['latency']['p99_us']/1000:.2f} ms; rss {r['target_rss_max_kb']/1024:.1f} MB; errors {sum(r['errors'].values())}\")
+"
 kill $GW $MOCK 2>/dev/null; wait 2>/dev/null
 rm -rf $D

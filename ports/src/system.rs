@@ -32,4 +32,11 @@ pub trait TraceContext: Send + Sync {
 pub trait Background: Send + Sync {
     /// Start `task`; it MUST NOT delay the caller.
     fn spawn(&self, task: futures_util::future::BoxFuture<'static, ()>);
+
+    /// Start `task` after `delay` (a graceful shutdown still waits for it).
+    fn spawn_after(
+        &self,
+        delay: std::time::Duration,
+        task: futures_util::future::BoxFuture<'static, ()>,
+    );
 }

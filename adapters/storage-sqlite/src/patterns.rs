@@ -483,11 +483,19 @@ fn count(tx: &Connection, sql: &str) -> rusqlite::Result<u64> {
         .map(|n| u64::try_from(n).unwrap_or(0))
 }
 
-/// Apply one observation inside `tx` (see the module invariants).
+/// Rows in `outcomes`, read once per transaction and then kept up to date by
+/// [`apply_record`] (a `COUNT(*)` per observation would scan the table every time).
+fn outcome_rows(tx: &Transaction<'_>) -> rusqlite::Result<u64> {
+    count(tx, "SELECT COUNT(*) FROM outcomes")
+}
+
+/// Apply one observation inside `tx` (see the module invariants). `outcomes` is the current
+/// number of outcome rows (from [`outcome_rows`]); it is updated for inserts and evictions.
 fn apply_record(
     tx: &Transaction<'_>,
     r: &PatternRecord,
     caps: &PatternCaps,
+    outcomes: &mut u64,
 ) -> rusqlite::Result<RecordResult> {
     let found: Option<String> = tx
         .prepare_cached(
@@ -574,9 +582,10 @@ fn apply_record(
                 r.pricing_version,
                 r.at_us
             ])?;
+            *outcomes += 1;
         }
     }
-    let (over_soft, evicted) = enforce_caps(tx, caps, r.at_us)?;
+    let (over_soft, evicted) = enforce_caps(tx, caps, r.at_us, outcomes)?;
     Ok(RecordResult {
         fingerprint_id: fp_id,
         primary_model: r.primary_model.clone(),
@@ -588,13 +597,15 @@ fn apply_record(
     })
 }
 
-/// The caps, at time `now`. Returns (over the soft cap, outcome rows evicted).
+/// The caps, at time `now`, with `outcomes` rows present (updated for what is evicted).
+/// Returns (over the soft cap, outcome rows evicted).
 fn enforce_caps(
     tx: &Transaction<'_>,
     caps: &PatternCaps,
     now: i64,
+    outcomes: &mut u64,
 ) -> rusqlite::Result<(bool, u64)> {
-    let n = count(tx, "SELECT COUNT(*) FROM outcomes")?;
+    let n = *outcomes;
     if n <= caps.soft_outcomes {
         return Ok((false, 0));
     }
@@ -620,6 +631,7 @@ fn enforce_caps(
         )?
         .execute([])?;
     }
+    *outcomes = n - evicted;
     Ok((n - evicted > caps.soft_outcomes, evicted))
 }
 
@@ -734,7 +746,9 @@ impl SqlitePatternStore {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| unavailable(&path, e))?;
-        let res = apply_record(&tx, r, &self.inner.caps).map_err(|e| unavailable(&path, e))?;
+        let res = outcome_rows(&tx)
+            .and_then(|mut n| apply_record(&tx, r, &self.inner.caps, &mut n))
+            .map_err(|e| unavailable(&path, e))?;
         tx.commit().map_err(|e| unavailable(&path, e))?;
         Ok(RecordOutcome::Recorded(res))
     }
@@ -757,8 +771,9 @@ impl SqlitePatternStore {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| unavailable(&path, e))?;
+        let mut n = outcome_rows(&tx).map_err(|e| unavailable(&path, e))?;
         for r in records {
-            apply_record(&tx, r, &self.inner.caps).map_err(|e| unavailable(&path, e))?;
+            apply_record(&tx, r, &self.inner.caps, &mut n).map_err(|e| unavailable(&path, e))?;
         }
         tx.commit().map_err(|e| unavailable(&path, e))?;
         Ok(records.len() as u64)
@@ -788,8 +803,9 @@ impl SqlitePatternStore {
         )
         .map_err(|e| unavailable(&path, e))?;
         let total = records.len() as u64;
+        let mut n = 0;
         for (i, r) in records.iter().enumerate() {
-            apply_record(&tx, r, &self.inner.caps).map_err(|e| unavailable(&path, e))?;
+            apply_record(&tx, r, &self.inner.caps, &mut n).map_err(|e| unavailable(&path, e))?;
             if i % 1000 == 999 {
                 progress(i as u64 + 1, total);
             }

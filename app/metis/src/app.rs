@@ -510,11 +510,18 @@ impl TokioBackground {
 
 impl gw_ports::system::Background for TokioBackground {
     fn spawn(&self, task: futures_util::future::BoxFuture<'static, ()>) {
+        self.spawn_after(Duration::ZERO, task);
+    }
+
+    fn spawn_after(&self, delay: Duration, task: futures_util::future::BoxFuture<'static, ()>) {
         self.state
             .running
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         let st = Arc::clone(&self.state);
         tokio::spawn(async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
             task.await;
             if st.running.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
                 st.idle.notify_waiters();

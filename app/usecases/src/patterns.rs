@@ -3,15 +3,22 @@
 //! Every completed turn contributes one observation. Writing each in its own transaction (on
 //! its own blocking thread) would cost more than the request itself, so observations queue
 //! here and one background task applies whatever has accumulated, a workspace at a time in
-//! one transaction, looping until the queue is empty. Under load batches grow by themselves
-//! (new observations pile up while a transaction runs); when idle, an observation is applied
-//! right away. Order per workspace is preserved, so the store still equals the replay of the
-//! trace's `pattern.recorded` events.
+//! one transaction, looping until the queue is empty. The task waits [`LINGER`] after it
+//! starts, so that under load one transaction carries hundreds of observations instead of a
+//! handful (each commit rewrites the touched pages into the WAL; per observation, small
+//! batches cost more than the request itself). The projection therefore trails the trace by
+//! at most about `LINGER` plus one transaction; shutdown waits for the task. Order per
+//! workspace is preserved, so the store still equals the replay of the trace's
+//! `pattern.recorded` events.
 
 use gw_domain::patterns::PatternRecord;
 use gw_ports::patterns::PatternStore;
 use gw_ports::system::Background;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How long the drain task lets observations accumulate before its first transaction.
+pub const LINGER: Duration = Duration::from_millis(20);
 
 /// The queue and its single drain task.
 pub struct PatternBatcher {
@@ -53,7 +60,7 @@ impl PatternBatcher {
         if start {
             let me = Arc::clone(self);
             self.background
-                .spawn(Box::pin(async move { me.drain().await }));
+                .spawn_after(LINGER, Box::pin(async move { me.drain().await }));
         }
     }
 
