@@ -12,6 +12,7 @@ pub mod gateway;
 pub mod keys;
 pub mod metrics;
 pub mod patterns;
+pub mod queue;
 pub mod sessions;
 pub mod system;
 pub mod trace;

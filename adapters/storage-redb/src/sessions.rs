@@ -340,10 +340,9 @@ impl SessionStore for RedbSessionStore {
         }
         let stopped = || SessionError::Unavailable("the trace writer has stopped".into());
         let (tx, rx) = oneshot::channel();
-        let sender = inner.sender.clone();
-        match blocking(move || sender.send(Msg::Flush(tx)).is_ok()).await {
-            Ok(true) => {}
-            _ => return Err(stopped()),
+        // A control marker: queued even when the queue is full of events (never blocks).
+        if inner.sender.send(Msg::Flush(tx)).is_err() {
+            return Err(stopped());
         }
         match rx.await {
             Ok(Ok(())) => Ok(()),

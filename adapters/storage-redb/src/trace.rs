@@ -9,9 +9,10 @@
 //! - Queries run on tokio's blocking pool, each in one read transaction; they see committed
 //!   events only.
 
+use gw_ports::queue::{QueueSender, bounded};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::TrySendError;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -77,7 +78,7 @@ fn backend(e: StoreError) -> TraceError {
 pub(crate) struct Inner {
     path: PathBuf,
     pub(crate) db: Arc<Database>,
-    pub(crate) sender: SyncSender<Msg>,
+    pub(crate) sender: QueueSender<Msg>,
     pub(crate) counters: Arc<Counters>,
     thread: Mutex<Option<JoinHandle<()>>>,
     pub(crate) overflow_log: LogLimiter,
@@ -112,7 +113,7 @@ impl RedbTraceStore {
     pub fn open(path: &Path, opts: RedbOptions) -> Result<Self, TraceError> {
         let db = open_shared(path, opts.sharing, true).map_err(|e| trace_error(path, e))?;
         let capacity = opts.queue_capacity.max(1);
-        let (sender, rx) = sync_channel(capacity);
+        let (sender, rx) = bounded(capacity);
         let counters = Arc::new(Counters::default());
         counters.writer_alive.store(true, Ordering::Release);
         counters.last_batch_ok.store(true, Ordering::Release);
@@ -284,15 +285,9 @@ impl EventSink for RedbTraceStore {
         }
         let (tx, rx) = oneshot::channel();
         let stopped = || TraceError::Unavailable("the trace writer has stopped".into());
-        match inner.sender.try_send(Msg::Flush(tx)) {
-            Ok(()) => {}
-            Err(TrySendError::Disconnected(_)) => return Err(stopped()),
-            Err(TrySendError::Full(msg)) => {
-                let sender = inner.sender.clone();
-                if !matches!(blocking(move || sender.send(msg).is_ok()).await, Ok(true)) {
-                    return Err(stopped());
-                }
-            }
+        // A control marker: queued even when the queue is full of events (never blocks).
+        if inner.sender.send(Msg::Flush(tx)).is_err() {
+            return Err(stopped());
         }
         match rx.await {
             Ok(Ok(())) => Ok(()),

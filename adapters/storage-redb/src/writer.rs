@@ -14,9 +14,10 @@
 //! - Audit events are chained inside the transaction, from the tail stored in `meta`; only a
 //!   written row advances the tail.
 
+use gw_ports::queue::QueueReceiver;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::mpsc::TryRecvError;
 use std::time::{Duration, Instant};
 
 use gw_domain::audit::{ChainedRow, chain_payload, is_audit_type, row_hash};
@@ -124,7 +125,7 @@ struct Writer {
 /// The thread body. Returns after a shutdown marker, or when every sender is gone.
 pub(crate) fn run(
     db: Arc<Database>,
-    rx: Receiver<Msg>,
+    rx: QueueReceiver<Msg>,
     counters: Arc<Counters>,
     cfg: WriterConfig,
 ) {
@@ -159,7 +160,7 @@ impl Writer {
     /// `commit_delay` (counted from `first`) for more, so one durable commit covers them.
     /// Stops at a control marker (a flush is answered without waiting). Returns whether
     /// shutdown was requested.
-    fn collect(&mut self, rx: &Receiver<Msg>, first: Msg) -> bool {
+    fn collect(&mut self, rx: &QueueReceiver<Msg>, first: Msg) -> bool {
         let deadline = Instant::now() + self.cfg.commit_delay;
         let mut next = Some(first);
         loop {
@@ -190,7 +191,7 @@ impl Writer {
     }
 
     /// After shutdown: commit whatever raced with the close, until the queue is empty.
-    fn drain(&mut self, rx: &Receiver<Msg>) {
+    fn drain(&mut self, rx: &QueueReceiver<Msg>) {
         loop {
             loop {
                 match rx.try_recv() {

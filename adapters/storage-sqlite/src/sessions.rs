@@ -486,9 +486,8 @@ impl SessionStore for SqliteSessionStore {
         }
         let stopped = || SessionError::Unavailable("the trace writer has stopped".into());
         let (tx, rx) = oneshot::channel();
-        let sender = inner.sender.clone();
-        let sent = tokio::task::spawn_blocking(move || sender.send(Msg::Flush(tx)).is_ok()).await;
-        if !matches!(sent, Ok(true)) {
+        // A control marker: queued even when the queue is full of events (never blocks).
+        if inner.sender.send(Msg::Flush(tx)).is_err() {
             return Err(stopped());
         }
         match rx.await {

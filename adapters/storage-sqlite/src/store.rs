@@ -12,9 +12,10 @@
 //! - The `TraceQuery` side reads through the store's own read-only connection on tokio's
 //!   blocking pool; it sees committed events only (the writer may still hold queued ones).
 
+use gw_ports::queue::{QueueSender, bounded};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::TrySendError;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -84,7 +85,7 @@ impl WriterOptions {
 
 pub(crate) struct Inner {
     path: PathBuf,
-    pub(crate) sender: SyncSender<Msg>,
+    pub(crate) sender: QueueSender<Msg>,
     pub(crate) counters: Arc<Counters>,
     /// `Some` until shutdown joined the thread; the lock serialises concurrent shutdowns.
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -156,7 +157,7 @@ impl SqliteTraceStore {
         let reader = TraceReader::open_with_timeout(path, opts.busy_timeout)?;
 
         let capacity = opts.queue_capacity.max(1);
-        let (sender, rx) = sync_channel(capacity);
+        let (sender, rx) = bounded(capacity);
         let counters = Arc::new(Counters::default());
         counters.writer_alive.store(true, Ordering::Release);
         counters.last_batch_ok.store(true, Ordering::Release);
@@ -287,8 +288,8 @@ impl Inner {
         self.counters.closed.store(true, Ordering::Release);
         let mut slot = self.thread.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(handle) = slot.take() {
-            // Blocks while the queue is full; the writer is draining it. An error means the
-            // writer is already gone, and joining is all that is left.
+            // A control marker, queued whatever the backlog. An error means the writer is
+            // already gone, and joining is all that is left.
             let _ = self.sender.send(Msg::Shutdown);
             if handle.join().is_err() {
                 tracing::error!(path = %self.path.display(), "trace writer thread panicked");
@@ -362,18 +363,9 @@ impl EventSink for SqliteTraceStore {
         }
         let (tx, rx) = oneshot::channel();
         let stopped = || TraceError::Unavailable("the trace writer has stopped".into());
-        match inner.sender.try_send(Msg::Flush(tx)) {
-            Ok(()) => {}
-            Err(TrySendError::Disconnected(_)) => return Err(stopped()),
-            Err(TrySendError::Full(msg)) => {
-                // Queue full: wait for room off the async workers (the marker must not be
-                // dropped like an event would be).
-                let sender = inner.sender.clone();
-                let sent = tokio::task::spawn_blocking(move || sender.send(msg).is_ok()).await;
-                if !matches!(sent, Ok(true)) {
-                    return Err(stopped());
-                }
-            }
+        // A control marker: queued even when the queue is full of events (never blocks).
+        if inner.sender.send(Msg::Flush(tx)).is_err() {
+            return Err(stopped());
         }
         match rx.await {
             Ok(Ok(())) => Ok(()),

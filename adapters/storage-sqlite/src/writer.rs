@@ -21,9 +21,10 @@
 //!   `SQLITE_BUSY` between our own writers), group commit for both, and a session's cost
 //!   commits together with the turn's events. They are counted in their own counters.
 
+use gw_ports::queue::QueueReceiver;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::mpsc::TryRecvError;
 use std::time::{Duration, Instant};
 
 use gw_domain::audit::{ChainedRow, GENESIS_HASH, chain_payload, is_audit_type, row_hash};
@@ -129,7 +130,12 @@ struct Writer {
 }
 
 /// The thread body. Returns when a shutdown marker was handled or every sender is gone.
-pub(crate) fn run(conn: Connection, rx: Receiver<Msg>, counters: Arc<Counters>, cfg: WriterConfig) {
+pub(crate) fn run(
+    conn: Connection,
+    rx: QueueReceiver<Msg>,
+    counters: Arc<Counters>,
+    cfg: WriterConfig,
+) {
     let _alive = AliveGuard(Arc::clone(&counters));
     let mut w = Writer {
         conn,
@@ -161,7 +167,7 @@ pub(crate) fn run(conn: Connection, rx: Receiver<Msg>, counters: Arc<Counters>, 
 impl Writer {
     /// Take `first` and then up to `max_batch` events without blocking. Stops early at a
     /// control marker so a flush is answered promptly. Returns whether shutdown was requested.
-    fn collect(&mut self, rx: &Receiver<Msg>, first: Msg) -> bool {
+    fn collect(&mut self, rx: &QueueReceiver<Msg>, first: Msg) -> bool {
         // Group commit: an event alone would cost a whole transaction (every touched page of
         // the table and its indexes rewritten into the WAL) and wake this thread once per
         // event. Sleeping briefly after the first event (not parked on the channel, so
@@ -191,7 +197,7 @@ impl Writer {
 
     /// After a shutdown marker: commit whatever is still queued (events that raced with the
     /// close), in batches, until the queue is empty.
-    fn drain_for_shutdown(&mut self, rx: &Receiver<Msg>) {
+    fn drain_for_shutdown(&mut self, rx: &QueueReceiver<Msg>) {
         loop {
             loop {
                 match rx.try_recv() {
