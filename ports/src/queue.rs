@@ -129,6 +129,18 @@ impl<T> QueueReceiver<T> {
         Ok(msg)
     }
 
+    /// Messages sent and not yet received.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.len.load(Ordering::Acquire)
+    }
+
+    /// Whether no message is waiting.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Wait at most `timeout` for the next message.
     ///
     /// # Errors

@@ -49,8 +49,9 @@ pub struct WriterOptions {
     /// Pause before the first retry; doubled for each further one (default 50 ms).
     pub retry_backoff: Duration,
     /// After the first event of a batch, let the batch grow this long before committing
-    /// (default 2 ms): fewer, larger transactions and fewer writer wake-ups under load, at
-    /// the cost of events becoming durable up to this much later. Zero disables it.
+    /// (default 10 ms): fewer, larger transactions and fewer writer wake-ups, at the cost of
+    /// events becoming durable up to this much later. Skipped when the backlog already
+    /// fills a batch. Zero disables it.
     pub linger: Duration,
     /// Hold the shared writer lock on `<db>.lock` for the store's lifetime (default false).
     /// The gateway sets it so `metis restore` refuses to replace the file under it; CLI
@@ -67,7 +68,7 @@ impl Default for WriterOptions {
             busy_timeout: Duration::from_secs(5),
             retry_attempts: 3,
             retry_backoff: Duration::from_millis(50),
-            linger: Duration::from_millis(2),
+            linger: Duration::from_millis(10),
             hold_writer_lock: false,
         }
     }

@@ -172,8 +172,14 @@ impl Writer {
         // the table and its indexes rewritten into the WAL) and wake this thread once per
         // event. Sleeping briefly after the first event (not parked on the channel, so
         // senders do not wake us) lets concurrent requests join the same transaction. Control
-        // markers skip the wait so flushes and shutdown stay prompt.
-        if matches!(first, Msg::Event(_) | Msg::Session(_)) && !self.cfg.linger.is_zero() {
+        // markers skip the wait so flushes and shutdown stay prompt, and so does a backlog
+        // that already fills a batch: waiting then would only cap the writer's throughput
+        // at `max_batch` per `linger` and let the queue overflow.
+        let backlog = rx.len() + 1;
+        if matches!(first, Msg::Event(_) | Msg::Session(_))
+            && !self.cfg.linger.is_zero()
+            && backlog < self.cfg.max_batch
+        {
             std::thread::sleep(self.cfg.linger);
         }
         let mut next = Some(first);
@@ -493,4 +499,98 @@ fn insert_batch(
     let tally = upsert_sessions(&tx, sessions)?;
     tx.commit()?;
     Ok((rejected, tally))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gw_domain::events::{Actor, Sensitivity};
+    use gw_ports::queue::bounded;
+
+    fn writer(linger: Duration, max_batch: usize) -> Writer {
+        let conn = Connection::open_in_memory().unwrap_or_else(|e| unreachable!("{e}"));
+        Writer {
+            conn,
+            counters: Arc::new(Counters::default()),
+            cfg: WriterConfig {
+                max_batch,
+                retry_attempts: 1,
+                retry_backoff: Duration::ZERO,
+                linger,
+            },
+            batch: Vec::new(),
+            sessions: Vec::new(),
+            waiters: Vec::new(),
+            failed_since_flush: 0,
+        }
+    }
+
+    fn event(i: u32) -> Msg {
+        Msg::Event(Event {
+            id: format!("01TEST{i:020}"),
+            timestamp_us: 1,
+            session_id: "s".into(),
+            turn_id: None,
+            parent_event_id: None,
+            event_type: "route.decided",
+            actor: Actor::Agent,
+            sensitivity: Sensitivity::Pseudonymous,
+            payload_json: "{}".into(),
+        })
+    }
+
+    /// A backlog that already fills a batch is taken at once: lingering then would cap the
+    /// writer at `max_batch` events per linger and overflow the queue under load. (With a
+    /// one-hour linger this test would hang, not pass, if `collect` slept.)
+    #[test]
+    fn a_full_backlog_is_collected_without_lingering() {
+        let (tx, rx) = bounded(64);
+        for i in 0..10 {
+            assert!(tx.try_send(event(i)).is_ok());
+        }
+        let mut w = writer(Duration::from_secs(3600), 4);
+        let Ok(first) = rx.recv() else {
+            unreachable!("queued above")
+        };
+        assert!(!w.collect(&rx, first));
+        assert_eq!(w.batch.len(), 4);
+        assert_eq!(rx.len(), 6);
+    }
+
+    /// A control marker is answered without the linger, and collection stops at it.
+    #[test]
+    fn a_flush_marker_is_not_delayed() {
+        let (tx, rx) = bounded(64);
+        let (done, _answer) = oneshot::channel();
+        assert!(tx.send(Msg::Flush(done)).is_ok());
+        assert!(tx.try_send(event(1)).is_ok());
+        let mut w = writer(Duration::from_secs(3600), 4);
+        let Ok(first) = rx.recv() else {
+            unreachable!("queued above")
+        };
+        assert!(!w.collect(&rx, first));
+        assert_eq!((w.waiters.len(), w.batch.len()), (1, 0));
+    }
+
+    /// A small backlog lingers, then takes what arrived meanwhile.
+    #[test]
+    fn a_short_backlog_lingers_then_collects_what_arrived() {
+        let (tx, rx) = bounded(64);
+        assert!(tx.try_send(event(0)).is_ok());
+        let late = std::thread::spawn({
+            let tx = tx.clone();
+            move || {
+                for i in 1..3 {
+                    assert!(tx.try_send(event(i)).is_ok());
+                }
+            }
+        });
+        let mut w = writer(Duration::from_secs(2), 16);
+        let Ok(first) = rx.recv() else {
+            unreachable!("queued above")
+        };
+        assert!(!w.collect(&rx, first));
+        assert!(late.join().is_ok());
+        assert_eq!(w.batch.len(), 3);
+    }
 }

@@ -308,7 +308,8 @@ async fn a_full_queue_counts_overflow_and_never_blocks() {
     // At most the queue plus one batch in the writer's hands.
     assert!(stats.accepted <= 16 + 4 + 1, "{stats:?}");
 
-    // A flush issued while the queue is full waits for room instead of being dropped.
+    // A flush issued while the queue is full is queued anyway (never dropped like an event)
+    // and answered once everything before it is committed.
     let flusher = {
         let store = Arc::clone(&store);
         tokio::spawn(async move { store.flush().await })
