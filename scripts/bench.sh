@@ -292,6 +292,10 @@ load metis-translated openai-to-anthropic-sync --baseline-scenario anthropic-syn
   --url "$GW/v1/chat/completions" "${OA_AUTH[@]}" --body-file "$B/openai-to-anthropic-sync.json" --expect chat.completion "${M[@]}" --concurrency 32
 load metis-mock-provider openai-sync --note "model mock: the in-process mock provider, no upstream hop" \
   --url "$GW/v1/chat/completions" "${OA_AUTH[@]}" --body-file "$B/openai-mock-provider.json" --expect chat.completion --target-pid "$GW_PID" --concurrency 32
+# Every event of the runs above must have been stored: a writer that falls behind overflows
+# its queue (counted, never silent) and would look cheaper than it is.
+OVERFLOWED=$(curl -s "$GW/metrics" | awk '/^metis_trace_events_overflowed_total /{print $2}')
+note metis "trace events overflowed during the runs above (metis_trace_events_overflowed_total): ${OVERFLOWED:-unknown}"
 log "metis with its trace writer stalled (another connection holds the SQLite write lock)"
 STALL_SECS=$(awk -v w="$WARM" -v d="$DUR" 'BEGIN { print w + d + 1 }')
 stalled_run() { # bench-load load args...
