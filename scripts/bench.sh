@@ -100,15 +100,37 @@ record_rss() { # target pid
 }
 
 # One load-generator run; the record is appended to $RUNS. A failing run becomes a note.
+# The gateway's count of trace events it could not queue (`/metrics` of the gateway at URL).
+overflowed() { # base-url
+  curl -s --max-time 2 "$1/metrics" | awk '/^metis_trace_events_overflowed_total /{print $2}'
+}
+
 load() { # target scenario [bench-load args...]
   local target=$1 scenario=$2
   shift 2
+  # For metis, count trace events dropped during the run: a writer that falls behind and
+  # overflows its queue makes the run look cheaper than it is, so it is reported per run.
+  local base="" before="" a prev=""
+  if [[ $target == metis* ]]; then
+    for a in "$@"; do
+      [ "$prev" = --url ] && base=$(sed -E 's#^(https?://[^/]+).*#\1#' <<<"$a")
+      prev=$a
+    done
+    [ -n "$base" ] && before=$(overflowed "$base")
+  fi
   if ! taskset -c "$LOADGEN_CPU" "$BIN/bench-load" run --json-out "$RUNS" --clk-tck "$CLK" \
     --duration "$DUR" --warmup "$WARM" --timeout 10 \
     --target "$target" --scenario "$scenario" "$@" >/dev/null 2>>"$LOGS/bench-load.err"; then
     note "$target" "bench-load failed for $scenario $* (see logs/bench-load.err)"
   fi
   tail -n 1 "$LOGS/bench-load.err" >&2 || true
+  if [ -n "$before" ]; then
+    local dropped
+    dropped=$(awk -v a="$before" -v b="$(overflowed "$base")" 'BEGIN { printf "%d", b - a }')
+    if [ "$dropped" -gt 0 ]; then
+      note "$target" "$scenario ($(grep -oE -- '--(concurrency|rate) [0-9]+' <<<"$*" | head -n 1)): $dropped trace events overflowed the writer's queue (counted, not stored); CPU per request excludes writing them"
+    fi
+  fi
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -292,10 +314,6 @@ load metis-translated openai-to-anthropic-sync --baseline-scenario anthropic-syn
   --url "$GW/v1/chat/completions" "${OA_AUTH[@]}" --body-file "$B/openai-to-anthropic-sync.json" --expect chat.completion "${M[@]}" --concurrency 32
 load metis-mock-provider openai-sync --note "model mock: the in-process mock provider, no upstream hop" \
   --url "$GW/v1/chat/completions" "${OA_AUTH[@]}" --body-file "$B/openai-mock-provider.json" --expect chat.completion --target-pid "$GW_PID" --concurrency 32
-# Every event of the runs above must have been stored: a writer that falls behind overflows
-# its queue (counted, never silent) and would look cheaper than it is.
-OVERFLOWED=$(curl -s "$GW/metrics" | awk '/^metis_trace_events_overflowed_total /{print $2}')
-note metis "trace events overflowed during the runs above (metis_trace_events_overflowed_total): ${OVERFLOWED:-unknown}"
 log "metis with its trace writer stalled (another connection holds the SQLite write lock)"
 STALL_SECS=$(awk -v w="$WARM" -v d="$DUR" 'BEGIN { print w + d + 1 }')
 stalled_run() { # bench-load load args...
