@@ -23,7 +23,6 @@ use gw_usecases::{
     AdminFacade, CoreParts, GatewayCore, KeyAdmin, KeyRing, Limiter, RateLimitConfig, SpendLedger,
 };
 use poem::Server;
-use poem::listener::{BoxAcceptor, TcpAcceptor};
 use poem::{Endpoint, EndpointExt};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -47,7 +46,7 @@ pub struct QuickstartKey {
 
 /// A built gateway, bound to its socket and ready to serve.
 pub struct App {
-    acceptor: BoxAcceptor,
+    acceptor: listener::Stacks,
     addr: SocketAddr,
     scheme: &'static str,
     core: Arc<GatewayCore>,
@@ -247,6 +246,7 @@ impl App {
                 let facade: Arc<dyn AdminService> = Arc::new(AdminFacade::new(
                     Arc::clone(&admin),
                     query,
+                    Arc::clone(&sink),
                     Arc::clone(&ledger),
                     Arc::clone(&clock),
                 ));
@@ -285,24 +285,27 @@ impl App {
         }));
 
         let tls = match listener::tls_paths(args.tls_cert.as_ref(), args.tls_key.as_ref())? {
-            Some((cert, key)) => Some(listener::load_tls(&cert, &key)?),
+            Some((cert, key)) => Some((
+                listener::load_tls(&cert, &key)?,
+                listener::load_tls(&cert, &key)?,
+            )),
             None => None,
         };
         let scheme = if tls.is_some() { "https" } else { "http" };
         let tcp = listener::bind(&args.host, args.port, args.reuse_port)?;
         let addr = tcp.local_addr().context("cannot read the bound address")?;
-        let tcp = TcpAcceptor::from_tokio(tcp).context("cannot use the listener")?;
         let connections = Arc::new(listener::Connections::default());
         let acceptor = listener::stack(
             tcp,
-            Arc::clone(&connections),
+            &connections,
             tls,
             args.max_connections as usize,
             listener::Timeouts {
                 header: args.header_timeout,
                 idle: args.idle_timeout,
             },
-        );
+        )
+        .context("cannot use the listener")?;
         let http_opts = HttpOptions {
             max_body_bytes: args.max_body_bytes,
             public_url: format!("{scheme}://{addr}"),
@@ -421,17 +424,39 @@ impl App {
                 }
             }
         });
-        let result = Server::new_with_acceptor(self.acceptor)
+        let endpoint = Arc::new(endpoint);
+        let main = Server::new_with_acceptor(self.acceptor.main).run_with_graceful_shutdown(
+            endpoint.clone(),
+            async move {
+                shutdown.await;
+                gw_ports::gateway::GatewayService::begin_drain(core.as_ref());
+                tracing::info!("shutdown requested: draining in-flight requests");
+            },
+            Some(self.shutdown_grace),
+        );
+        // Serves the connections the main listener still had queued when it closed (one
+        // request each, then `Connection: close`); it stops once they are done.
+        let rescue_state = Arc::clone(&self.acceptor.rescue_state);
+        let rescue_endpoint = endpoint.clone().map_to_response().after(|res| async move {
+            res.map(|mut r| {
+                r.headers_mut().insert(
+                    poem::http::header::CONNECTION,
+                    poem::http::HeaderValue::from_static("close"),
+                );
+                r
+            })
+        });
+        let rescue = Server::new_with_acceptor(self.acceptor.rescue)
+            .name("rescue")
             .run_with_graceful_shutdown(
-                endpoint,
-                async move {
-                    shutdown.await;
-                    gw_ports::gateway::GatewayService::begin_drain(core.as_ref());
-                    tracing::info!("shutdown requested: draining in-flight requests");
-                },
+                rescue_endpoint,
+                async move { rescue_state.finished().await },
                 Some(self.shutdown_grace),
-            )
-            .await;
+            );
+        let (result, rescued) = tokio::join!(main, rescue);
+        if let Err(e) = rescued {
+            tracing::warn!(error = %e, "rescue server failed");
+        }
         watcher.abort();
         self.background.drain(Duration::from_secs(5)).await;
         let stats = self.trace.shutdown().await;

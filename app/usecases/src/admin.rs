@@ -1,5 +1,9 @@
 //! The admin API use case: key lifecycle (delegated to [`KeyAdmin`]), usage rollups and audit
 //! export over the trace store, with spend taken from the live ledger.
+//!
+//! Reads see the caller's own writes: usage and audit reads first flush the trace writer, so
+//! an audit export right after a revoke shows the revoke (the writer batches events for a few
+//! milliseconds before committing them).
 
 use crate::key_admin::KeyView;
 use crate::{AdminError, KeyAdmin, SpendLedger};
@@ -10,13 +14,14 @@ use gw_ports::admin::{
 };
 use gw_ports::keys::KeyStoreError;
 use gw_ports::system::Clock;
-use gw_ports::trace::{EventRow, TraceQuery, UsageGroup, UsageRow};
+use gw_ports::trace::{EventRow, EventSink, TraceQuery, UsageGroup, UsageRow};
 use std::sync::Arc;
 
 /// Implements [`AdminService`].
 pub struct AdminFacade {
     keys: Arc<KeyAdmin>,
     query: Arc<dyn TraceQuery>,
+    sink: Arc<dyn EventSink>,
     ledger: Arc<SpendLedger>,
     clock: Arc<dyn Clock>,
 }
@@ -26,14 +31,24 @@ impl AdminFacade {
     pub fn new(
         keys: Arc<KeyAdmin>,
         query: Arc<dyn TraceQuery>,
+        sink: Arc<dyn EventSink>,
         ledger: Arc<SpendLedger>,
         clock: Arc<dyn Clock>,
     ) -> Self {
         AdminFacade {
             keys,
             query,
+            sink,
             ledger,
             clock,
+        }
+    }
+
+    /// Commit every event emitted so far before a read. A writer that cannot commit is
+    /// logged, and the read goes on over what is committed.
+    async fn settle(&self) {
+        if let Err(e) = self.sink.flush().await {
+            tracing::warn!(error = %e, "trace writer flush before an admin read failed");
         }
     }
 
@@ -143,6 +158,7 @@ impl AdminService for AdminFacade {
         filter: Option<(UsageGroup, String)>,
     ) -> Result<Vec<UsageRow>, AdminFailure> {
         check_window(since_us, until_us)?;
+        self.settle().await;
         self.query
             .usage(since_us, until_us, group, filter)
             .await
@@ -162,6 +178,7 @@ impl AdminService for AdminFacade {
                 AUDIT_TYPES.join(", ")
             )));
         }
+        self.settle().await;
         self.query
             .audit_events(since_us, until_us, &types)
             .await
