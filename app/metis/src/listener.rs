@@ -7,6 +7,14 @@
 //!   a bad file fails the boot with an error naming it, not the first handshake.
 //! - Connections beyond `--max-connections` get an immediate `503` JSON body and are closed;
 //!   nothing queues unboundedly (rejections themselves are capped and short-lived).
+//! - Closing a listening socket makes the kernel reset every connection still waiting in its
+//!   accept queue. Under steady traffic (and always during a `--reuse-port` hand-over, where
+//!   the kernel keeps routing new connections to the old process until its socket closes)
+//!   some are always waiting. So when the acceptor is dropped at shutdown, it first takes
+//!   every queued connection and hands it to a rescue server (see [`Stacks`]) that serves
+//!   it like any other; only connections completing their handshake in the few microseconds
+//!   between that last `accept` and `close` can still be reset (Linux's
+//!   `net.ipv4.tcp_migrate_req=1` closes that window too).
 
 use anyhow::{Context, bail};
 use poem::http::uri::Scheme;
@@ -445,19 +453,94 @@ impl Connections {
     }
 }
 
+/// Connections taken from the accept queue when the listener closed, to be served by the
+/// rescue server.
+pub type RescueSender = tokio::sync::mpsc::UnboundedSender<std::net::TcpStream>;
+
 /// A TCP acceptor that records each connection in [`Connections`] until it closes.
 pub struct Tracked {
-    inner: poem::listener::TcpAcceptor,
+    /// `Some` until dropped (the drop takes it to drain the accept queue).
+    listener: Option<tokio::net::TcpListener>,
+    local: LocalAddr,
     connections: Arc<Connections>,
     /// Whether `accept` has been called before (see the yield in `accept`).
     started: bool,
+    rescue: Option<RescueSender>,
+}
+
+impl Tracked {
+    fn listener(&self) -> IoResult<&tokio::net::TcpListener> {
+        self.listener
+            .as_ref()
+            .ok_or_else(|| std::io::Error::other("the listener is closed"))
+    }
+}
+
+/// Register `io` in `connections` (for the disconnect watch) and wrap it.
+fn track(
+    std_stream: std::net::TcpStream,
+    peer: Option<SocketAddr>,
+    connections: &Arc<Connections>,
+) -> IoResult<TrackedIo> {
+    if let Some(peer) = peer
+        && let Ok(dup) = std_stream.try_clone()
+    {
+        connections.lock().insert(peer, dup);
+    }
+    Ok(TrackedIo {
+        io: tokio::net::TcpStream::from_std(std_stream)?,
+        peer,
+        connections: Arc::clone(connections),
+        rescued: None,
+    })
+}
+
+impl Drop for Tracked {
+    /// Take every connection still queued on the listening socket before it closes (the
+    /// kernel would reset them) and hand them to the rescue server.
+    fn drop(&mut self) {
+        let (Some(listener), Some(rescue)) = (self.listener.take(), self.rescue.take()) else {
+            return;
+        };
+        let listener = match listener.into_std() {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot drain the accept queue at shutdown");
+                return;
+            }
+        };
+        let mut rescued = 0_usize;
+        loop {
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    if rescue.send(stream).is_err() {
+                        break;
+                    }
+                    rescued += 1;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    if e.kind() != std::io::ErrorKind::WouldBlock {
+                        tracing::warn!(error = %e, "draining the accept queue at shutdown");
+                    }
+                    break;
+                }
+            }
+        }
+        if rescued > 0 {
+            tracing::info!(
+                connections = rescued,
+                "listener closed; queued connections handed to the rescue server"
+            );
+        }
+    }
 }
 
 impl Acceptor for Tracked {
     type Io = TrackedIo;
 
     fn local_addr(&self) -> Vec<LocalAddr> {
-        self.inner.local_addr()
+        vec![self.local.clone()]
     }
 
     async fn accept(&mut self) -> IoResult<(Self::Io, LocalAddr, RemoteAddr, Scheme)> {
@@ -468,25 +551,82 @@ impl Acceptor for Tracked {
             self.started = true;
             tokio::task::yield_now().await;
         }
-        let (io, local, remote, scheme) = self.inner.accept().await?;
-        let peer = remote.as_socket_addr().copied();
-        let std_stream = io.into_std()?;
-        if let Some(peer) = peer
-            && let Ok(dup) = std_stream.try_clone()
-        {
-            self.connections.lock().insert(peer, dup);
-        }
-        let io = tokio::net::TcpStream::from_std(std_stream)?;
+        let (io, peer) = self.listener()?.accept().await?;
+        let io = track(io.into_std()?, Some(peer), &self.connections)?;
         Ok((
-            TrackedIo {
-                io,
-                peer,
-                connections: Arc::clone(&self.connections),
-            },
-            local,
-            remote,
-            scheme,
+            io,
+            self.local.clone(),
+            RemoteAddr(peer.into()),
+            Scheme::HTTP,
         ))
+    }
+}
+
+/// Progress of the rescue hand-off.
+#[derive(Debug, Default)]
+pub struct RescueState {
+    /// Notified when the main listener has closed and every queued connection was handed
+    /// over.
+    handed_over: tokio::sync::Notify,
+    /// Rescued connections still open.
+    live: std::sync::atomic::AtomicUsize,
+}
+
+impl RescueState {
+    /// Resolves once the main listener has closed and every rescued connection has closed
+    /// too (the rescue server answers with `Connection: close`, so each closes after one
+    /// request; a silent one is closed by the header timeout). This is the rescue server's
+    /// shutdown signal: signalling earlier would make hyper drop rescued connections whose
+    /// request it has not read yet, which resets them.
+    pub async fn finished(&self) {
+        self.handed_over.notified().await;
+        while self.live.load(std::sync::atomic::Ordering::Acquire) > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// The rescue server's acceptor: yields the connections [`Tracked`] took from the accept
+/// queue when it closed, then records that the hand-off is over.
+pub struct Rescue {
+    rx: tokio::sync::mpsc::UnboundedReceiver<std::net::TcpStream>,
+    local: LocalAddr,
+    connections: Arc<Connections>,
+    state: Arc<RescueState>,
+}
+
+impl Acceptor for Rescue {
+    type Io = TrackedIo;
+
+    fn local_addr(&self) -> Vec<LocalAddr> {
+        vec![self.local.clone()]
+    }
+
+    async fn accept(&mut self) -> IoResult<(Self::Io, LocalAddr, RemoteAddr, Scheme)> {
+        loop {
+            let Some(stream) = self.rx.recv().await else {
+                // The main listener is closed and drained: nothing more will come.
+                self.state.handed_over.notify_one();
+                return std::future::pending().await;
+            };
+            let Ok(peer) = stream.peer_addr() else {
+                continue; // already gone
+            };
+            if stream.set_nonblocking(true).is_err() {
+                continue;
+            }
+            let mut io = track(stream, Some(peer), &self.connections)?;
+            self.state
+                .live
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            io.rescued = Some(Arc::clone(&self.state));
+            return Ok((
+                io,
+                self.local.clone(),
+                RemoteAddr(peer.into()),
+                Scheme::HTTP,
+            ));
+        }
     }
 }
 
@@ -495,12 +635,17 @@ pub struct TrackedIo {
     io: tokio::net::TcpStream,
     peer: Option<SocketAddr>,
     connections: Arc<Connections>,
+    /// Set on connections served by the rescue server (counted until they close).
+    rescued: Option<Arc<RescueState>>,
 }
 
 impl Drop for TrackedIo {
     fn drop(&mut self) {
         if let Some(peer) = self.peer {
             self.connections.lock().remove(&peer);
+        }
+        if let Some(state) = &self.rescued {
+            state.live.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
         }
     }
 }
@@ -545,28 +690,64 @@ impl AsyncWrite for TrackedIo {
     }
 }
 
-/// Wrap a TCP acceptor with optional TLS and the connection cap, boxed so the server type
-/// does not depend on the choice.
-#[must_use]
+/// The acceptor stacks of one listening socket: the main one, and the rescue one that serves
+/// what was still queued when the main one closed.
+pub struct Stacks {
+    pub main: poem::listener::BoxAcceptor,
+    pub rescue: poem::listener::BoxAcceptor,
+    /// The rescue server's shutdown signal is [`RescueState::finished`].
+    pub rescue_state: Arc<RescueState>,
+}
+
+/// Wrap the listening socket with optional TLS and the connection cap (boxed so the server
+/// type does not depend on the choice), plus the rescue stack. `tls` holds two copies of the
+/// same TLS settings (a rustls config is consumed by its acceptor): main, then rescue.
+///
+/// # Errors
+/// When the socket's local address cannot be read.
 pub fn stack(
-    tcp: poem::listener::TcpAcceptor,
-    connections: Arc<Connections>,
-    tls: Option<RustlsConfig>,
+    listener: tokio::net::TcpListener,
+    connections: &Arc<Connections>,
+    tls: Option<(RustlsConfig, RustlsConfig)>,
     max_connections: usize,
     timeouts: Timeouts,
-) -> poem::listener::BoxAcceptor {
+) -> IoResult<Stacks> {
+    let local = LocalAddr(listener.local_addr()?.into());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let tcp = Tracked {
-        inner: tcp,
-        connections,
+        listener: Some(listener),
+        local: local.clone(),
+        connections: Arc::clone(connections),
         started: false,
+        rescue: Some(tx),
     };
-    match tls {
-        Some(cfg) => {
-            let tls = tcp.rustls(futures_util::stream::iter([cfg]));
-            ConnLimit::new(tls, max_connections, timeouts).boxed()
+    let rescue_state = Arc::new(RescueState::default());
+    let rescue = Rescue {
+        rx,
+        local,
+        connections: Arc::clone(connections),
+        state: Arc::clone(&rescue_state),
+    };
+    fn wrap<A: Acceptor + 'static>(
+        a: A,
+        tls: Option<RustlsConfig>,
+        max_connections: usize,
+        timeouts: Timeouts,
+    ) -> poem::listener::BoxAcceptor {
+        match tls {
+            Some(cfg) => {
+                let tls = a.rustls(futures_util::stream::iter([cfg]));
+                ConnLimit::new(tls, max_connections, timeouts).boxed()
+            }
+            None => ConnLimit::new(a, max_connections, timeouts).boxed(),
         }
-        None => ConnLimit::new(tcp, max_connections, timeouts).boxed(),
     }
+    let (tls_main, tls_rescue) = tls.map_or((None, None), |(a, b)| (Some(a), Some(b)));
+    Ok(Stacks {
+        main: wrap(tcp, tls_main, max_connections, timeouts),
+        rescue: wrap(rescue, tls_rescue, max_connections, timeouts),
+        rescue_state,
+    })
 }
 
 #[cfg(test)]
@@ -638,5 +819,57 @@ mod tests {
         assert!(g.read(&mut buf).await.unwrap() > 0);
         let r = tokio::time::timeout(Duration::from_millis(200), g.read(&mut buf)).await;
         assert!(r.is_err(), "no guard timeout on h2");
+    }
+
+    /// A connection still in the accept queue when the main acceptor is dropped (what poem
+    /// does at shutdown) is served by the rescue server instead of being reset, and the rescue
+    /// server then stops by itself.
+    #[tokio::test]
+    async fn queued_connections_are_rescued_when_the_listener_closes() {
+        let listener = bind("127.0.0.1", 0, true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(Connections::default());
+        let timeouts = Timeouts {
+            header: Duration::from_secs(5),
+            idle: Duration::from_secs(5),
+        };
+        let stacks = stack(listener, &connections, None, 16, timeouts).unwrap();
+
+        // The kernel completes these handshakes; nobody has called accept yet.
+        let mut clients = Vec::new();
+        for _ in 0..3 {
+            let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+            c.write_all(b"GET /ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            clients.push(c);
+        }
+        drop(stacks.main);
+
+        let ep = poem::Route::new().at("/ping", poem::get(poem::endpoint::make_sync(|_| "pong")));
+        let state = Arc::clone(&stacks.rescue_state);
+        let server = tokio::spawn(
+            poem::Server::new_with_acceptor(stacks.rescue).run_with_graceful_shutdown(
+                ep,
+                async move { state.finished().await },
+                Some(Duration::from_secs(5)),
+            ),
+        );
+        for mut c in clients {
+            let mut answer = String::new();
+            tokio::time::timeout(Duration::from_secs(10), c.read_to_string(&mut answer))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+            assert!(answer.ends_with("pong"), "{answer}");
+        }
+        tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .expect("the rescue server stops once the hand-off is over")
+            .unwrap()
+            .unwrap();
+        // The port is closed now: nothing is left listening to reset later arrivals.
+        assert!(tokio::net::TcpStream::connect(addr).await.is_err());
     }
 }
