@@ -395,6 +395,9 @@ impl App {
         ));
         let core = Arc::clone(&self.core);
         let connections = Arc::clone(&self.connections);
+        // Set when shutdown starts: from then on every response carries `Connection: close`.
+        let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let closing_in_endpoint = Arc::clone(&closing);
         let endpoint = routes(
             self.core.clone(),
             self.admin_api.clone(),
@@ -417,35 +420,47 @@ impl App {
                         .and_then(|v| v.to_str().ok()),
                 )
             });
+            let closing = Arc::clone(&closing_in_endpoint);
             async move {
-                match span {
+                let res = match span {
                     Some(span) => ep.call(req).instrument(span).await,
                     None => ep.call(req).await,
+                };
+                let res = res.map(poem::IntoResponse::into_response);
+                if closing.load(std::sync::atomic::Ordering::Acquire) {
+                    res.map(close_after)
+                } else {
+                    res
                 }
             }
         });
         let endpoint = Arc::new(endpoint);
+        let close_window = CLOSE_WINDOW.min(self.shutdown_grace / 2);
         let main = Server::new_with_acceptor(self.acceptor.main).run_with_graceful_shutdown(
             endpoint.clone(),
             async move {
                 shutdown.await;
                 gw_ports::gateway::GatewayService::begin_drain(core.as_ref());
-                tracing::info!("shutdown requested: draining in-flight requests");
+                // Keep serving for a moment, answering every request with `Connection:
+                // close`: clients then drop their pooled connections to this process after
+                // one more answer, instead of writing a request into a connection the server
+                // closes at the same instant (a lost request, since POSTs are not retried).
+                closing.store(true, std::sync::atomic::Ordering::Release);
+                tracing::info!(
+                    close_window_ms = close_window.as_millis() as u64,
+                    "shutdown requested: closing keep-alive connections, then draining in-flight requests"
+                );
+                tokio::time::sleep(close_window).await;
             },
             Some(self.shutdown_grace),
         );
         // Serves the connections the main listener still had queued when it closed (one
         // request each, then `Connection: close`); it stops once they are done.
         let rescue_state = Arc::clone(&self.acceptor.rescue_state);
-        let rescue_endpoint = endpoint.clone().map_to_response().after(|res| async move {
-            res.map(|mut r| {
-                r.headers_mut().insert(
-                    poem::http::header::CONNECTION,
-                    poem::http::HeaderValue::from_static("close"),
-                );
-                r
-            })
-        });
+        let rescue_endpoint = endpoint
+            .clone()
+            .map_to_response()
+            .after(|res| async move { res.map(close_after) });
         let rescue = Server::new_with_acceptor(self.acceptor.rescue)
             .name("rescue")
             .run_with_graceful_shutdown(
@@ -553,6 +568,19 @@ impl gw_ports::system::Background for TokioBackground {
             }
         });
     }
+}
+
+/// How long a shutting-down gateway keeps serving, with `Connection: close` on every response,
+/// before it stops accepting and closes idle connections (capped at half the drain grace).
+const CLOSE_WINDOW: Duration = Duration::from_secs(1);
+
+/// Mark `res` as the last response on its connection.
+fn close_after(mut res: poem::Response) -> poem::Response {
+    res.headers_mut().insert(
+        poem::http::header::CONNECTION,
+        poem::http::HeaderValue::from_static("close"),
+    );
+    res
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -162,8 +162,27 @@ async fn sigterm_mid_stream_drains_reports_not_ready_and_flushes() {
     gw.sigterm().unwrap();
     let signalled = Instant::now();
 
-    // The listener closes (after readiness turned 503): new connections are refused while
-    // the process drains.
+    // For a short window the gateway still answers, but every response says
+    // `Connection: close`, so keep-alive clients move to another process instead of racing
+    // the close of an idle pooled connection.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut late = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    late.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), late.read_to_end(&mut raw))
+        .await
+        .expect("the connection is closed after its one answer")
+        .unwrap();
+    let raw = String::from_utf8_lossy(&raw).to_ascii_lowercase();
+    assert!(raw.starts_with("http/1.1 200"), "{raw:?}");
+    assert!(raw.contains("connection: close"), "{raw:?}");
+
+    // Then the listener closes (readiness has been 503 since the signal): new connections
+    // are refused while the process drains.
     let refused_after = loop {
         let fresh = tokio::time::timeout(
             Duration::from_secs(2),
@@ -181,8 +200,8 @@ async fn sigterm_mid_stream_drains_reports_not_ready_and_flushes() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert!(
-        refused_after < Duration::from_secs(1),
-        "the listener closed {refused_after:?} after SIGTERM"
+        refused_after < Duration::from_secs(2),
+        "the listener closed {refused_after:?} after SIGTERM (expected after the 1 s close window)"
     );
 
     // The probe finishes its request during the drain: 503.
