@@ -327,23 +327,38 @@ async fn load_client(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reuse_port_hand_over_under_load_loses_nothing() {
-    hand_over(false).await;
+    hand_over(false, false).await;
 }
 
 /// The same hand-over with in-process TLS: B's first connections (queued before its accept
 /// loop runs) must complete their handshakes too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reuse_port_hand_over_with_tls_loses_nothing() {
-    hand_over(true).await;
+    hand_over(true, false).await;
 }
 
-async fn hand_over(tls: bool) {
-    let label = if tls { "hand-over (TLS)" } else { "hand-over" };
+/// The same hand-over on the redb backend: A and B share one `metis.redb` (its multi-process
+/// writer mode), and every request's event is in it afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reuse_port_hand_over_on_redb_loses_nothing() {
+    hand_over(false, true).await;
+}
+
+async fn hand_over(tls: bool, redb: bool) {
+    let label = match (tls, redb) {
+        (true, _) => "hand-over (TLS)",
+        (false, true) => "hand-over (redb)",
+        (false, false) => "hand-over",
+    };
     let upstream = FakeUpstream::start(DEFAULT_ANTHROPIC_KEY, DEFAULT_OPENAI_KEY)
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (_, token) = issue_key(&data_dir_args(dir.path()), "rolling", &[]).unwrap();
+    let mut storage = data_dir_args(dir.path());
+    if redb {
+        storage.extend(["--store".to_owned(), "redb".to_owned()]);
+    }
+    let (_, token) = issue_key(&storage, "rolling", &[]).unwrap();
     let port = free_port().unwrap();
     // A and B share the data dir (trace DB and keystore), as two pods on one volume would
     // during a surge: the gateway's DB lock is shared, so B starts beside A.
@@ -357,6 +372,9 @@ async fn hand_over(tls: bool) {
         "15s".to_owned(),
     ];
     args.extend(upstream_args(&upstream.base_url(), dir.path()));
+    if redb {
+        args.extend(["--store".to_owned(), "redb".to_owned()]);
+    }
     let mut ca_pem = None;
     if tls {
         let pki = TestPki::generate().unwrap();
@@ -417,9 +435,14 @@ async fn hand_over(tls: bool) {
     }
     let b_status = b.stop(Duration::from_secs(25)).await.unwrap();
 
-    let db = dir.path().join("metis.db");
-    let completed = count_events(&db, "llm.call_completed");
-    let failed_events = count_events(&db, "llm.call_failed");
+    let events = if redb {
+        gw_tests::gateway::read_redb_events(&dir.path().join("metis.redb")).unwrap()
+    } else {
+        read_events(&dir.path().join("metis.db")).unwrap()
+    };
+    let count = |ty: &str| events.iter().filter(|e| e.event_type == ty).count();
+    let completed = count("llm.call_completed");
+    let failed_events = count("llm.call_failed");
     let sent = tally.sent.load(Ordering::Relaxed);
     let ok = tally.ok.load(Ordering::Relaxed);
     let failures = tally.failures.lock().unwrap().clone();
