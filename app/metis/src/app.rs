@@ -461,12 +461,14 @@ impl App {
             .clone()
             .map_to_response()
             .after(|res| async move { res.map(close_after) });
+        let grace = self.shutdown_grace;
         let rescue = Server::new_with_acceptor(self.acceptor.rescue)
             .name("rescue")
             .run_with_graceful_shutdown(
                 rescue_endpoint,
-                async move { rescue_state.finished().await },
-                Some(self.shutdown_grace),
+                // The drain bound is inside `finished`; at the signal nothing is left to wait for.
+                async move { rescue_state.finished(grace).await },
+                Some(Duration::ZERO),
             );
         let (result, rescued) = tokio::join!(main, rescue);
         if let Err(e) = rescued {

@@ -575,12 +575,17 @@ pub struct RescueState {
 impl RescueState {
     /// Resolves once the main listener has closed and every rescued connection has closed
     /// too (the rescue server answers with `Connection: close`, so each closes after one
-    /// request; a silent one is closed by the header timeout). This is the rescue server's
-    /// shutdown signal: signalling earlier would make hyper drop rescued connections whose
-    /// request it has not read yet, which resets them.
-    pub async fn finished(&self) {
+    /// request; a silent one is closed by the header timeout), or `grace` after the main
+    /// listener closed, whichever is first: the same drain bound as the main server's. This
+    /// is the rescue server's shutdown signal (run it with no further graceful timeout):
+    /// signalling earlier would make hyper drop rescued connections whose request it has not
+    /// read yet, which resets them.
+    pub async fn finished(&self, grace: Duration) {
         self.handed_over.notified().await;
-        while self.live.load(std::sync::atomic::Ordering::Acquire) > 0 {
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.live.load(std::sync::atomic::Ordering::Acquire) > 0
+            && tokio::time::Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
@@ -851,8 +856,8 @@ mod tests {
         let server = tokio::spawn(
             poem::Server::new_with_acceptor(stacks.rescue).run_with_graceful_shutdown(
                 ep,
-                async move { state.finished().await },
-                Some(Duration::from_secs(5)),
+                async move { state.finished(Duration::from_secs(5)).await },
+                Some(Duration::ZERO),
             ),
         );
         for mut c in clients {
