@@ -52,6 +52,8 @@ pub struct App {
     core: Arc<GatewayCore>,
     trace: Arc<crate::store::MainStore>,
     keystore: Arc<dyn KeyStore>,
+    /// The keystore's change token as of the key set loaded at build time.
+    keys_version: Option<String>,
     admin: Arc<KeyAdmin>,
     admin_api: Option<(Arc<dyn AdminService>, String)>,
     http_opts: HttpOptions,
@@ -229,6 +231,9 @@ impl App {
             Arc::clone(&clock),
             Arc::clone(&ids),
         ));
+        // The change token is read before the keys: a change between the two is then seen
+        // as a change by the watcher (one extra reload), never missed.
+        let keys_version = keystore.version().await;
         let (keys, quickstart) = load_keys(keystore.as_ref(), &admin, &args.host).await?;
         admin.sweep().await;
         let providers = build_providers(&args, &cfg)?;
@@ -319,6 +324,7 @@ impl App {
             core,
             trace,
             keystore,
+            keys_version,
             admin,
             admin_api,
             http_opts,
@@ -392,6 +398,7 @@ impl App {
             Arc::clone(&self.keystore),
             Arc::clone(&self.core),
             Arc::clone(&self.admin),
+            self.keys_version.clone(),
         ));
         let core = Arc::clone(&self.core);
         let connections = Arc::clone(&self.connections);
@@ -489,8 +496,16 @@ impl App {
 
 /// Poll the keystore's change token and swap the key set when it changes. A keystore that
 /// fails to load or validate is rejected with an ERROR and the last good set stays in force.
-async fn watch_keys(store: Arc<dyn KeyStore>, core: Arc<GatewayCore>, admin: Arc<KeyAdmin>) {
-    let mut last = store.version().await;
+async fn watch_keys(
+    store: Arc<dyn KeyStore>,
+    core: Arc<GatewayCore>,
+    admin: Arc<KeyAdmin>,
+    loaded_version: Option<String>,
+) {
+    // Compare against the version of the set actually in force (read at build time), not
+    // the version when this task first runs: a key issued, revoked or rotated in between
+    // would otherwise never be picked up.
+    let mut last = loaded_version;
     let mut interval = tokio::time::interval(KEY_RELOAD_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ticks: u64 = 0;
