@@ -83,7 +83,6 @@ pub(crate) struct Inner {
     thread: Mutex<Option<JoinHandle<()>>>,
     pub(crate) overflow_log: LogLimiter,
     dropped_log: LogLimiter,
-    capacity: usize,
 }
 
 /// The redb trace store (events, with sessions on the same writer).
@@ -112,8 +111,7 @@ impl RedbTraceStore {
     /// cannot be created or opened, or the thread cannot start.
     pub fn open(path: &Path, opts: RedbOptions) -> Result<Self, TraceError> {
         let db = open_shared(path, opts.sharing, true).map_err(|e| trace_error(path, e))?;
-        let capacity = opts.queue_capacity.max(1);
-        let (sender, rx) = bounded(capacity);
+        let (sender, rx) = bounded(opts.queue_capacity);
         let counters = Arc::new(Counters::default());
         counters.writer_alive.store(true, Ordering::Release);
         counters.last_batch_ok.store(true, Ordering::Release);
@@ -140,7 +138,6 @@ impl RedbTraceStore {
                 thread: Mutex::new(Some(handle)),
                 overflow_log: LogLimiter::new(Duration::from_secs(1)),
                 dropped_log: LogLimiter::new(Duration::from_secs(1)),
-                capacity,
             }),
         })
     }
@@ -266,7 +263,7 @@ impl EventSink for RedbTraceStore {
                     tracing::warn!(
                         path = %inner.path.display(),
                         overflowed_total = total,
-                        capacity = inner.capacity,
+                        capacity = inner.sender.capacity(),
                         "trace queue full; event counted as overflowed and not stored"
                     );
                 }

@@ -92,7 +92,6 @@ pub(crate) struct Inner {
     thread: Mutex<Option<JoinHandle<()>>>,
     pub(crate) overflow_log: LogLimiter,
     dropped_log: LogLimiter,
-    capacity: usize,
     /// The gateway's shared writer lock (see `lock.rs`), released when the store is dropped.
     _lock: Option<WriterLock>,
 }
@@ -157,8 +156,7 @@ impl SqliteTraceStore {
         let conn = open_for_writing(path, opts.pragmas())?;
         let reader = TraceReader::open_with_timeout(path, opts.busy_timeout)?;
 
-        let capacity = opts.queue_capacity.max(1);
-        let (sender, rx) = bounded(capacity);
+        let (sender, rx) = bounded(opts.queue_capacity);
         let counters = Arc::new(Counters::default());
         counters.writer_alive.store(true, Ordering::Release);
         counters.last_batch_ok.store(true, Ordering::Release);
@@ -184,7 +182,6 @@ impl SqliteTraceStore {
                 thread: Mutex::new(Some(handle)),
                 overflow_log: LogLimiter::new(Duration::from_secs(1)),
                 dropped_log: LogLimiter::new(Duration::from_secs(1)),
-                capacity,
                 _lock: lock,
             }),
             reader: Arc::new(reader),
@@ -345,7 +342,7 @@ impl EventSink for SqliteTraceStore {
                     tracing::warn!(
                         path = %inner.path.display(),
                         overflowed_total = total,
-                        capacity = inner.capacity,
+                        capacity = inner.sender.capacity(),
                         "trace queue full; event counted as overflowed and not stored"
                     );
                 }
