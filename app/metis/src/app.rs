@@ -461,18 +461,15 @@ impl App {
             },
             Some(self.shutdown_grace),
         );
-        // Serves the connections the main listener still had queued when it closed (one
-        // request each, then `Connection: close`); it stops once they are done.
+        // Serves the connections the main listener still had queued when it closed; it stops
+        // once they are done. Same endpoint: `closing` is set before the main listener closes,
+        // so these answers already carry `Connection: close` (one request per connection).
         let rescue_state = Arc::clone(&self.acceptor.rescue_state);
-        let rescue_endpoint = endpoint
-            .clone()
-            .map_to_response()
-            .after(|res| async move { res.map(close_after) });
         let grace = self.shutdown_grace;
         let rescue = Server::new_with_acceptor(self.acceptor.rescue)
             .name("rescue")
             .run_with_graceful_shutdown(
-                rescue_endpoint,
+                endpoint,
                 // The drain bound is inside `finished`; at the signal nothing is left to wait for.
                 async move { rescue_state.finished(grace).await },
                 Some(Duration::ZERO),
