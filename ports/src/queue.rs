@@ -14,11 +14,16 @@
 //! - [`QueueSender::send`] ignores the bound. It is meant for rare control messages (flush and
 //!   shutdown markers), which must never be dropped the way an event may be.
 //! - The length counts every message sent and not yet received, whichever way it was sent.
+//!
+//! The module also holds the two other pieces both storage writers share: the [`Counters`]
+//! behind [`SinkStats`] and readiness, and the [`LogLimiter`] that keeps overflow WARN lines
+//! to one per interval.
 
+use crate::trace::SinkStats;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvError, RecvTimeoutError, SendError, TryRecvError, TrySendError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A bounded queue with room for `capacity` messages (at least 1).
 #[must_use]
@@ -153,6 +158,83 @@ impl<T> QueueReceiver<T> {
     }
 }
 
+/// Counters shared between the emitting side of a storage writer and its thread.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub accepted: AtomicU64,
+    pub written: AtomicU64,
+    pub overflowed: AtomicU64,
+    pub failed: AtomicU64,
+    /// Events accepted and not yet committed (or counted as failed).
+    pub queued: AtomicU64,
+    pub writer_alive: AtomicBool,
+    pub last_batch_ok: AtomicBool,
+    pub closed: AtomicBool,
+    /// Session turns applied.
+    pub sessions_recorded: AtomicU64,
+    /// Session turns refused: the session belongs to another workspace.
+    pub sessions_conflicts: AtomicU64,
+    /// Session turns lost (queue full, closed store, failed write).
+    pub sessions_failed: AtomicU64,
+}
+
+impl Counters {
+    /// The event counts, as `EventSink::stats` reports them.
+    #[must_use]
+    pub fn stats(&self) -> SinkStats {
+        SinkStats {
+            accepted: self.accepted.load(Ordering::Relaxed),
+            written: self.written.load(Ordering::Relaxed),
+            overflowed: self.overflowed.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            queued: self.queued.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Open, with a live writer whose last batch committed (`EventSink::is_writable`).
+    #[must_use]
+    pub fn is_writable(&self) -> bool {
+        !self.closed.load(Ordering::Acquire)
+            && self.writer_alive.load(Ordering::Acquire)
+            && self.last_batch_ok.load(Ordering::Acquire)
+    }
+}
+
+/// Allows one log line per `interval` across threads, without locks.
+#[derive(Debug)]
+pub struct LogLimiter {
+    start: Instant,
+    interval_ms: u64,
+    next_allowed_ms: AtomicU64,
+}
+
+impl LogLimiter {
+    #[must_use]
+    pub fn new(interval: Duration) -> Self {
+        Self {
+            start: Instant::now(),
+            interval_ms: u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
+            next_allowed_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether the caller may log now (at most once per interval).
+    pub fn allow(&self) -> bool {
+        let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let next = self.next_allowed_ms.load(Ordering::Relaxed);
+        now >= next
+            && self
+                .next_allowed_ms
+                .compare_exchange(
+                    next,
+                    now.saturating_add(self.interval_ms),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,5 +313,14 @@ mod tests {
             got += 1;
         }
         assert_eq!(got, 100);
+    }
+
+    #[test]
+    fn the_log_limiter_allows_one_line_per_interval() {
+        let l = LogLimiter::new(Duration::from_secs(3600));
+        assert!(l.allow());
+        assert!(!l.allow());
+        let every_time = LogLimiter::new(Duration::ZERO);
+        assert!(every_time.allow() && every_time.allow());
     }
 }

@@ -192,14 +192,7 @@ impl RedbTraceStore {
 
 impl Inner {
     fn stats(&self) -> SinkStats {
-        let c = &self.counters;
-        SinkStats {
-            accepted: c.accepted.load(Ordering::Relaxed),
-            written: c.written.load(Ordering::Relaxed),
-            overflowed: c.overflowed.load(Ordering::Relaxed),
-            failed: c.failed.load(Ordering::Relaxed),
-            queued: c.queued.load(Ordering::Relaxed),
-        }
+        self.counters.stats()
     }
 
     fn count_unqueueable(&self, why: &'static str) {
@@ -298,10 +291,7 @@ impl EventSink for RedbTraceStore {
     }
 
     fn is_writable(&self) -> bool {
-        let c = &self.inner.counters;
-        !c.closed.load(Ordering::Acquire)
-            && c.writer_alive.load(Ordering::Acquire)
-            && c.last_batch_ok.load(Ordering::Acquire)
+        self.inner.counters.is_writable()
     }
 
     fn wal_bytes(&self) -> u64 {

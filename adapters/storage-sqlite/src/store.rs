@@ -260,14 +260,7 @@ impl SqliteTraceStore {
 
 impl Inner {
     fn stats(&self) -> SinkStats {
-        let c = &self.counters;
-        SinkStats {
-            accepted: c.accepted.load(Ordering::Relaxed),
-            written: c.written.load(Ordering::Relaxed),
-            overflowed: c.overflowed.load(Ordering::Relaxed),
-            failed: c.failed.load(Ordering::Relaxed),
-            queued: c.queued.load(Ordering::Relaxed),
-        }
+        self.counters.stats()
     }
 
     /// An event that can no longer be queued (closed store or dead writer).
@@ -377,10 +370,7 @@ impl EventSink for SqliteTraceStore {
     }
 
     fn is_writable(&self) -> bool {
-        let c = &self.inner.counters;
-        !c.closed.load(Ordering::Acquire)
-            && c.writer_alive.load(Ordering::Acquire)
-            && c.last_batch_ok.load(Ordering::Acquire)
+        self.inner.counters.is_writable()
     }
 
     fn wal_bytes(&self) -> u64 {

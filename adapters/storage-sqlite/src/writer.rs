@@ -23,9 +23,9 @@
 
 use gw_ports::queue::QueueReceiver;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::TryRecvError;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use gw_domain::audit::{ChainedRow, GENESIS_HASH, chain_payload, is_audit_type, row_hash};
 use gw_domain::events::Event;
@@ -46,58 +46,7 @@ pub(crate) enum Msg {
     Shutdown,
 }
 
-/// Counters shared between the emitting side and the writer thread.
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    pub accepted: AtomicU64,
-    pub written: AtomicU64,
-    pub overflowed: AtomicU64,
-    pub failed: AtomicU64,
-    pub queued: AtomicU64,
-    pub writer_alive: AtomicBool,
-    pub last_batch_ok: AtomicBool,
-    pub closed: AtomicBool,
-    /// Session turns applied.
-    pub sessions_recorded: AtomicU64,
-    /// Session turns refused: the session belongs to another workspace.
-    pub sessions_conflicts: AtomicU64,
-    /// Session turns lost (queue full, closed store, failed write).
-    pub sessions_failed: AtomicU64,
-}
-
-/// Allows one log line per `interval` across threads, without locks.
-#[derive(Debug)]
-pub(crate) struct LogLimiter {
-    start: Instant,
-    interval_ms: u64,
-    next_allowed_ms: AtomicU64,
-}
-
-impl LogLimiter {
-    pub(crate) fn new(interval: Duration) -> Self {
-        Self {
-            start: Instant::now(),
-            interval_ms: u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
-            next_allowed_ms: AtomicU64::new(0),
-        }
-    }
-
-    /// Whether the caller may log now (at most once per interval).
-    pub(crate) fn allow(&self) -> bool {
-        let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let next = self.next_allowed_ms.load(Ordering::Relaxed);
-        now >= next
-            && self
-                .next_allowed_ms
-                .compare_exchange(
-                    next,
-                    now.saturating_add(self.interval_ms),
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                )
-                .is_ok()
-    }
-}
+pub(crate) use gw_ports::queue::{Counters, LogLimiter};
 
 /// Writer settings (copied from `WriterOptions`).
 #[derive(Debug, Clone, Copy)]
