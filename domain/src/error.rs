@@ -2,8 +2,11 @@
 //!
 //! Invariant: every error response is a JSON envelope in the inbound shape — OpenAI
 //! `{"error":{"message","type","code"}}` or Anthropic `{"type":"error","error":{"type","message"}}`.
-//! Upstream error text is never forwarded verbatim to clients (it may echo prompt content);
-//! the message names the provider, the status and the upstream error type only.
+//! Upstream error text reaches a client only on same-shape traffic, where the client speaks
+//! the upstream's own API and recovers by matching its wording ("prompt is too long"):
+//! [`GatewayError::UpstreamRelayed`] carries that body unchanged. It is never logged or traced
+//! ([`GatewayError::message`] names the provider and the status only). Translated traffic gets
+//! an envelope naming the provider, the status and the upstream error type.
 
 use crate::canonical::Shape;
 use serde_json::{Map, Value, json};
@@ -127,6 +130,15 @@ pub enum GatewayError {
         message: String,
         retry_after_secs: Option<u64>,
     },
+    /// An upstream error answered to a client of the same shape as the upstream wrote it
+    /// (status and JSON body), `Retry-After` included.
+    UpstreamRelayed {
+        class: ErrorClass,
+        provider: String,
+        status: u16,
+        body: Value,
+        retry_after_secs: Option<u64>,
+    },
     /// The client took too long to send its request body.
     RequestTimeout {
         seconds: u64,
@@ -189,6 +201,7 @@ impl GatewayError {
                 ErrorClass::Cancelled => 499,
                 ErrorClass::Other => 500,
             },
+            GatewayError::UpstreamRelayed { status, .. } => *status,
             GatewayError::RateLimited { .. } | GatewayError::QuotaExceeded { .. } => 429,
             GatewayError::RequestTimeout { .. } => 408,
             GatewayError::PayloadTooLarge { .. } => 413,
@@ -224,6 +237,9 @@ impl GatewayError {
                 format!("gateway key {key_id} has been revoked")
             }
             GatewayError::Upstream { message, .. } => message.clone(),
+            GatewayError::UpstreamRelayed {
+                provider, status, ..
+            } => format!("upstream {provider} returned HTTP {status} (body relayed to the client)"),
             GatewayError::RequestTimeout { seconds } => {
                 format!("the request body was not received within {seconds}s")
             }
@@ -256,6 +272,21 @@ impl GatewayError {
         }
     }
 
+    /// A short, stable label for logs and metrics (the OpenAI `code` where there is one, else
+    /// the error type); never carries request or upstream text.
+    #[must_use]
+    pub fn code(&self) -> &'static str {
+        match self {
+            GatewayError::QuotaExceeded { .. } => "quota_exceeded",
+            GatewayError::KeyRevoked { .. } => "key_revoked",
+            GatewayError::UpstreamRelayed { .. } => "upstream_error_relayed",
+            _ => {
+                let (ty, code, _) = self.kinds();
+                code.unwrap_or(ty)
+            }
+        }
+    }
+
     /// Render the error envelope for `shape`.
     #[must_use]
     pub fn render(&self, shape: Shape) -> RenderedError {
@@ -263,6 +294,14 @@ impl GatewayError {
         let message = self.message();
         let mut retry_after_secs = None;
         let body = match self {
+            GatewayError::UpstreamRelayed {
+                body,
+                retry_after_secs: r,
+                ..
+            } => {
+                retry_after_secs = *r;
+                body.clone()
+            }
             GatewayError::QuotaExceeded {
                 scope,
                 limit_usd,
@@ -380,31 +419,33 @@ impl GatewayError {
                 Some("invalid_api_key"),
                 "authentication_error",
             ),
-            GatewayError::Upstream { class, .. } => match class {
-                ErrorClass::Auth => (
-                    "invalid_request_error",
-                    Some("upstream_auth_failed"),
-                    "authentication_error",
-                ),
-                ErrorClass::RateLimit => (
-                    "rate_limit_error",
-                    Some("rate_limit_exceeded"),
-                    "rate_limit_error",
-                ),
-                ErrorClass::ContextOverflow => (
-                    "invalid_request_error",
-                    Some("context_length_exceeded"),
-                    "invalid_request_error",
-                ),
-                ErrorClass::InvalidRequest => {
-                    ("invalid_request_error", None, "invalid_request_error")
+            GatewayError::Upstream { class, .. } | GatewayError::UpstreamRelayed { class, .. } => {
+                match class {
+                    ErrorClass::Auth => (
+                        "invalid_request_error",
+                        Some("upstream_auth_failed"),
+                        "authentication_error",
+                    ),
+                    ErrorClass::RateLimit => (
+                        "rate_limit_error",
+                        Some("rate_limit_exceeded"),
+                        "rate_limit_error",
+                    ),
+                    ErrorClass::ContextOverflow => (
+                        "invalid_request_error",
+                        Some("context_length_exceeded"),
+                        "invalid_request_error",
+                    ),
+                    ErrorClass::InvalidRequest => {
+                        ("invalid_request_error", None, "invalid_request_error")
+                    }
+                    ErrorClass::Network => ("api_error", Some("upstream_unreachable"), "api_error"),
+                    ErrorClass::ServerError => {
+                        ("api_error", Some("upstream_error"), "overloaded_error")
+                    }
+                    ErrorClass::Cancelled | ErrorClass::Other => ("api_error", None, "api_error"),
                 }
-                ErrorClass::Network => ("api_error", Some("upstream_unreachable"), "api_error"),
-                ErrorClass::ServerError => {
-                    ("api_error", Some("upstream_error"), "overloaded_error")
-                }
-                ErrorClass::Cancelled | ErrorClass::Other => ("api_error", None, "api_error"),
-            },
+            }
             GatewayError::RequestTimeout { .. } => (
                 "invalid_request_error",
                 Some("request_timeout"),

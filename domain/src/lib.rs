@@ -10,6 +10,7 @@ pub mod backup;
 pub mod canonical;
 pub mod error;
 pub mod events;
+pub mod forwarding;
 pub mod keys;
 pub mod models;
 pub mod openai;

@@ -6,6 +6,7 @@
 //! naming the models that are available; there is no silent fallback.
 
 use crate::error::GatewayError;
+use serde_json::{Value, json};
 use std::collections::BTreeMap;
 
 /// One model the gateway knows about.
@@ -40,6 +41,59 @@ pub struct Catalog {
     entries: BTreeMap<String, ModelEntry>,
     /// alias → canonical id
     aliases: BTreeMap<String, String>,
+    /// Release dates (unix seconds) and display names of the built-in models.
+    known: BTreeMap<String, (i64, &'static str)>,
+    /// When the catalog was loaded (unix seconds): the `created` of models it has no release
+    /// date for (configured ones).
+    loaded_at: i64,
+}
+
+/// Release date (unix seconds, 00:00 UTC of the announced day) and display name of each
+/// built-in model.
+const BUILTIN_MODELS: [(&str, &[&str], i64, &str); 6] = [
+    // 2026-04-16
+    (
+        "anthropic:claude-opus-4-7",
+        &["opus", "deep"],
+        1_776_297_600,
+        "Claude Opus 4.7",
+    ),
+    // 2026-02-17
+    (
+        "anthropic:claude-sonnet-4-6",
+        &["sonnet", "balanced"],
+        1_771_286_400,
+        "Claude Sonnet 4.6",
+    ),
+    // 2025-10-15
+    (
+        "anthropic:claude-haiku-4-5",
+        &["haiku", "fast"],
+        1_760_486_400,
+        "Claude Haiku 4.5",
+    ),
+    // 2025-08-07
+    ("openai:gpt-5", &["gpt5", "gpt-5"], 1_754_524_800, "GPT-5"),
+    (
+        "openai:gpt-5-mini",
+        &["gpt5-mini", "mini"],
+        1_754_524_800,
+        "GPT-5 mini",
+    ),
+    (MOCK_MODEL, &["mock"], 0, "Mock echo (test double)"),
+];
+
+/// One entry of a `/v1/models` listing: a canonical model or an alias of one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedModel {
+    /// The id a client sends (canonical id or alias).
+    pub id: String,
+    /// The canonical id an alias points at (`None` for a canonical id).
+    pub alias_of: Option<String>,
+    pub provider: String,
+    /// Unix seconds.
+    pub created: i64,
+    pub display_name: String,
 }
 
 /// The providers built into the gateway.
@@ -53,20 +107,52 @@ impl Catalog {
     #[must_use]
     pub fn builtin() -> Self {
         let mut c = Catalog::default();
-        for (id, aliases) in [
-            ("anthropic:claude-opus-4-7", &["opus", "deep"][..]),
-            ("anthropic:claude-sonnet-4-6", &["sonnet", "balanced"][..]),
-            ("anthropic:claude-haiku-4-5", &["haiku", "fast"][..]),
-            ("openai:gpt-5", &["gpt5", "gpt-5"][..]),
-            ("openai:gpt-5-mini", &["gpt5-mini", "mini"][..]),
-            (MOCK_MODEL, &["mock"][..]),
-        ] {
+        for (id, aliases, released, display) in BUILTIN_MODELS {
             c.add_model(id);
+            c.known.insert(id.to_owned(), (released, display));
             for a in aliases {
                 c.set_alias(a, id);
             }
         }
         c
+    }
+
+    /// Record when the catalog was loaded (unix seconds): the `created` time listed for
+    /// models without a known release date.
+    pub fn set_loaded_at(&mut self, unix_secs: i64) {
+        self.loaded_at = unix_secs;
+    }
+
+    /// The live models and their aliases, as `/v1/models` lists them: each canonical id
+    /// followed by its aliases, sorted by canonical id. `created` is the release date where the
+    /// catalog records one, else the time the catalog was loaded.
+    #[must_use]
+    pub fn listing(&self, is_live: &dyn Fn(&str) -> bool) -> Vec<ListedModel> {
+        let mut out = Vec::new();
+        for e in self.live_models(is_live) {
+            let (created, display) = match self.known.get(&e.id) {
+                Some((released, display)) if *released > 0 => (*released, (*display).to_owned()),
+                Some((_, display)) => (self.loaded_at, (*display).to_owned()),
+                None => (self.loaded_at, e.upstream_name.clone()),
+            };
+            out.push(ListedModel {
+                id: e.id.clone(),
+                alias_of: None,
+                provider: e.provider.clone(),
+                created,
+                display_name: display.clone(),
+            });
+            for a in self.aliases_of(&e.id) {
+                out.push(ListedModel {
+                    id: a.to_owned(),
+                    alias_of: Some(e.id.clone()),
+                    provider: e.provider.clone(),
+                    created,
+                    display_name: display.clone(),
+                });
+            }
+        }
+        out
     }
 
     /// Register a model id (`provider:name`); ignored when malformed.
@@ -183,9 +269,176 @@ impl Catalog {
     }
 }
 
+/// One model in the OpenAI shape (`GET /v1/models/{id}`, and each item of the list).
+#[must_use]
+pub fn openai_model(m: &ListedModel) -> Value {
+    let owned_by = if m.provider == "mock" {
+        "mock (test double)"
+    } else {
+        m.provider.as_str()
+    };
+    let mut v = json!({"id": m.id, "object": "model", "created": m.created, "owned_by": owned_by});
+    if let (Some(target), Some(o)) = (&m.alias_of, v.as_object_mut()) {
+        o.insert("alias_of".to_owned(), Value::String(target.clone()));
+    }
+    v
+}
+
+/// The OpenAI list shape of `GET /v1/models`.
+#[must_use]
+pub fn openai_list(models: &[ListedModel]) -> Value {
+    json!({"object": "list", "data": models.iter().map(openai_model).collect::<Vec<_>>()})
+}
+
+/// One model in the Anthropic shape.
+#[must_use]
+pub fn anthropic_model(m: &ListedModel) -> Value {
+    json!({
+        "type": "model",
+        "id": m.id,
+        "display_name": m.display_name,
+        "created_at": anthropic_time(m.created),
+    })
+}
+
+/// RFC 3339 with a `Z`, as the Anthropic API writes `created_at`.
+fn anthropic_time(unix_secs: i64) -> String {
+    let iso = crate::time::format_iso(unix_secs.saturating_mul(crate::time::MICROS_PER_SEC));
+    match iso.strip_suffix("+00:00") {
+        Some(base) => format!("{base}Z"),
+        None => iso,
+    }
+}
+
+/// Pagination of the Anthropic list (`?limit=&after_id=&before_id=`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Page {
+    /// Items per page, 1..=1000 (default 20).
+    pub limit: Option<usize>,
+    pub after_id: Option<String>,
+    pub before_id: Option<String>,
+}
+
+/// The Anthropic list shape of `GET /v1/models`: a page of `models` with `has_more`,
+/// `first_id` and `last_id`.
+///
+/// # Errors
+/// A message naming the parameter when `limit` is out of range or a cursor id is unknown.
+pub fn anthropic_list(models: &[ListedModel], page: &Page) -> Result<Value, String> {
+    let limit = page.limit.unwrap_or(20);
+    if !(1..=1000).contains(&limit) {
+        return Err("'limit' must be between 1 and 1000".to_owned());
+    }
+    let position = |id: &str, name: &str| {
+        models
+            .iter()
+            .position(|m| m.id == id)
+            .ok_or_else(|| format!("'{name}': no model with id '{id}'"))
+    };
+    let (start, end) = match (&page.after_id, &page.before_id) {
+        (Some(a), _) => {
+            let s = position(a, "after_id")? + 1;
+            (s, (s + limit).min(models.len()))
+        }
+        (None, Some(b)) => {
+            let e = position(b, "before_id")?;
+            (e.saturating_sub(limit), e)
+        }
+        (None, None) => (0, limit.min(models.len())),
+    };
+    let slice = &models[start..end];
+    let has_more = if page.before_id.is_some() && page.after_id.is_none() {
+        start > 0
+    } else {
+        end < models.len()
+    };
+    Ok(json!({
+        "data": slice.iter().map(anthropic_model).collect::<Vec<_>>(),
+        "has_more": has_more,
+        "first_id": slice.first().map(|m| m.id.clone()),
+        "last_id": slice.last().map(|m| m.id.clone()),
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listings_carry_real_dates_and_page_in_the_anthropic_shape() {
+        let mut c = Catalog::builtin();
+        c.set_loaded_at(1_800_000_000);
+        c.add_model("openai:llama-3");
+        let list = c.listing(&live);
+        let haiku = list.iter().find(|m| m.id == "haiku").unwrap();
+        assert_eq!(
+            haiku.alias_of.as_deref(),
+            Some("anthropic:claude-haiku-4-5")
+        );
+        assert_eq!(haiku.created, 1_760_486_400);
+        let llama = list.iter().find(|m| m.id == "openai:llama-3").unwrap();
+        assert_eq!(llama.created, 1_800_000_000);
+        assert!(list.iter().all(|m| m.created > 0));
+        let o = openai_list(&list);
+        assert_eq!(o["object"], "list");
+        assert_eq!(o["data"][0]["object"], "model");
+        let a = anthropic_model(haiku);
+        assert_eq!(a["created_at"], "2025-10-15T00:00:00Z");
+        assert_eq!(a["display_name"], "Claude Haiku 4.5");
+        let first = anthropic_list(
+            &list,
+            &Page {
+                limit: Some(2),
+                ..Page::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(first["data"].as_array().unwrap().len(), 2);
+        assert_eq!(first["has_more"], true);
+        let next = anthropic_list(
+            &list,
+            &Page {
+                limit: Some(1000),
+                after_id: first["last_id"].as_str().map(str::to_owned),
+                before_id: None,
+            },
+        )
+        .unwrap();
+        assert_eq!(next["data"].as_array().unwrap().len(), list.len() - 2);
+        assert_eq!(next["has_more"], false);
+        let back = anthropic_list(
+            &list,
+            &Page {
+                limit: Some(5),
+                after_id: None,
+                before_id: next["first_id"].as_str().map(str::to_owned),
+            },
+        )
+        .unwrap();
+        assert_eq!(back["last_id"], first["last_id"]);
+        assert_eq!(back["has_more"], false);
+        assert!(
+            anthropic_list(
+                &list,
+                &Page {
+                    limit: Some(0),
+                    ..Page::default()
+                }
+            )
+            .is_err()
+        );
+        assert!(
+            anthropic_list(
+                &list,
+                &Page {
+                    after_id: Some("nope".into()),
+                    ..Page::default()
+                }
+            )
+            .unwrap_err()
+            .contains("after_id")
+        );
+    }
 
     fn live(p: &str) -> bool {
         p != "openrouter"

@@ -27,6 +27,15 @@ pub struct InboundMeta {
     /// Raw `x-metis-session-id`, `x-metis-parent-session-id`, `x-metis-parent-tool-use-id`
     /// and `x-metis-worker` headers (validated by the core; bad values are a 400).
     pub session_headers: [Option<String>; 4],
+    /// A coding agent's own session id (`X-Claude-Code-Session-Id`, Codex's `session_id`),
+    /// used as the session when `x-metis-session-id` is absent. Ignored when malformed: the
+    /// header is not ours to refuse.
+    pub agent_session: Option<String>,
+    /// Client headers forwarded on same-shape traffic (filtered by
+    /// `gw_domain::forwarding::forwards`).
+    pub forward_headers: Vec<(String, String)>,
+    /// The request's query string, without `?`.
+    pub query: Option<String>,
 }
 
 /// An authenticated request, ready for its body.
@@ -40,6 +49,49 @@ pub struct Admission {
     pub traceparent: Option<String>,
     /// The client-named session the request belongs to (`None` = its own synthetic session).
     pub session: Option<gw_domain::sessions::SessionLink>,
+    /// Client headers forwarded on same-shape traffic.
+    pub forward_headers: Vec<(String, String)>,
+    /// The request's query string, forwarded on same-shape traffic.
+    pub query: Option<String>,
+}
+
+/// How a token count was obtained (the `x-metis-token-count` response header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CountMethod {
+    /// The upstream counted (Anthropic `count_tokens`, OpenAI `input_tokens`).
+    Exact,
+    /// The gateway's own tokenizer for the model family (exact up to message framing).
+    Tokenizer,
+    /// Characters / 4: no upstream count and no tokenizer for the model.
+    Estimate,
+}
+
+impl CountMethod {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CountMethod::Exact => "exact",
+            CountMethod::Tokenizer => "tokenizer",
+            CountMethod::Estimate => "estimate",
+        }
+    }
+}
+
+/// A token count answer.
+#[derive(Debug, Clone)]
+pub struct TokenCount {
+    /// The JSON body in the inbound shape.
+    pub body: Bytes,
+    pub method: CountMethod,
+}
+
+/// Which models `GET /v1/models[/{id}]` asks for.
+#[derive(Debug, Clone, Default)]
+pub struct ModelsQuery {
+    /// One model (`/v1/models/{id}`), or the list.
+    pub id: Option<String>,
+    /// Anthropic-shape pagination of the list.
+    pub page: gw_domain::models::Page,
 }
 
 /// A successful answer.
@@ -75,8 +127,29 @@ pub trait GatewayService: Send + Sync {
     /// Any `GatewayError`, to be rendered in `admission.shape`.
     async fn handle(&self, admission: Admission, body: Bytes) -> Result<Reply, GatewayError>;
 
-    /// `GET /v1/models` for this key: OpenAI list shape.
-    fn list_models(&self, admission: &Admission) -> Bytes;
+    /// `GET /v1/models[/{id}]` for this key, in `admission.shape` (OpenAI list or model
+    /// object; Anthropic paged list or model object).
+    ///
+    /// # Errors
+    /// `NotFound` for an id the key cannot use; `InvalidRequest` for bad pagination.
+    fn models(&self, admission: &Admission, query: &ModelsQuery) -> Result<Bytes, GatewayError>;
+
+    /// Count the input tokens of a request body in `admission.shape` (Anthropic
+    /// `count_tokens`, OpenAI Responses `input_tokens`). Never charged.
+    ///
+    /// # Errors
+    /// Any `GatewayError`, to be rendered in `admission.shape`.
+    async fn count_tokens(
+        &self,
+        admission: Admission,
+        body: Bytes,
+    ) -> Result<TokenCount, GatewayError>;
+
+    /// `POST /v1/embeddings` (OpenAI shape): priced, capped and traced like a call.
+    ///
+    /// # Errors
+    /// Any `GatewayError`, to be rendered in the OpenAI shape.
+    async fn embeddings(&self, admission: Admission, body: Bytes) -> Result<Bytes, GatewayError>;
 
     /// `Ok` when the gateway is ready for traffic; otherwise why not.
     ///

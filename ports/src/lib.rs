@@ -15,5 +15,6 @@ pub mod patterns;
 pub mod queue;
 pub mod sessions;
 pub mod system;
+pub mod tokens;
 pub mod trace;
 pub mod upstream;

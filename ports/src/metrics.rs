@@ -33,6 +33,8 @@ pub trait Metrics: Send + Sync {
     fn inflight(&self, delta: i64);
     /// Open client streams.
     fn streams(&self, delta: i64);
+    /// One token-count request answered; `method` is `exact`, `tokenizer` or `estimate`.
+    fn token_count(&self, method: &str);
     /// Render everything in the Prometheus text exposition format.
     fn render(&self, gauges: &ScrapeGauges) -> String;
 }

@@ -5,19 +5,41 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
 
-/// The wire format a provider speaks.
+/// The wire format of a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WireFormat {
     /// OpenAI Chat Completions (OpenAI, OpenRouter, vLLM, Ollama, llama.cpp, the mock).
     OpenAiChat,
+    /// OpenAI Responses (`/responses`), served natively by OpenAI and some compatible servers.
+    OpenAiResponses,
     /// Anthropic Messages.
     AnthropicMessages,
+}
+
+/// What a call asks of the provider. Together with the [`WireFormat`] it picks the endpoint:
+///
+/// | wire | `Generate` | `CountTokens` | `Embeddings` |
+/// |---|---|---|---|
+/// | `AnthropicMessages` | `/v1/messages` | `/v1/messages/count_tokens` | — |
+/// | `OpenAiChat` | `/chat/completions` | — | `/embeddings` |
+/// | `OpenAiResponses` | `/responses` | `/responses/input_tokens` | — |
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    /// A model call (sync or streamed).
+    Generate,
+    /// Count the input tokens of a request without generating (never billed).
+    CountTokens,
+    /// Embed the input.
+    Embeddings,
 }
 
 /// One upstream call.
 #[derive(Debug, Clone)]
 pub struct UpstreamRequest {
-    /// The request body, JSON in the provider's wire format.
+    /// The wire format `body` is written in; the provider MUST support it for `op`.
+    pub wire: WireFormat,
+    pub op: Operation,
+    /// The request body, JSON in `wire`.
     pub body: Bytes,
     /// Whether `body` asks for an SSE stream.
     pub stream: bool,
@@ -26,6 +48,30 @@ pub struct UpstreamRequest {
     /// W3C `traceparent` to send upstream (the gateway's call span when tracing is on,
     /// otherwise the client's own header).
     pub traceparent: Option<String>,
+    /// Client headers to forward (same-shape traffic only; already filtered: no credentials,
+    /// no hop-by-hop headers). They override the provider's defaults of the same name, e.g. a
+    /// client's `anthropic-version`.
+    pub headers: Vec<(String, String)>,
+    /// The client's query string (without `?`), forwarded on same-shape traffic
+    /// (`/v1/messages?beta=true`).
+    pub query: Option<String>,
+}
+
+impl UpstreamRequest {
+    /// A generate call in `wire` with no forwarded headers.
+    #[must_use]
+    pub fn generate(wire: WireFormat, body: Bytes, stream: bool, request_id: String) -> Self {
+        UpstreamRequest {
+            wire,
+            op: Operation::Generate,
+            body,
+            stream,
+            request_id,
+            traceparent: None,
+            headers: Vec::new(),
+            query: None,
+        }
+    }
 }
 
 /// A successful (2xx) upstream answer.
@@ -91,8 +137,15 @@ pub trait Provider: Send + Sync {
     /// Provider name as used in canonical ids (`anthropic`, `openai`, `openrouter`, `mock`).
     fn name(&self) -> &str;
 
-    /// The wire format of `send` bodies.
+    /// The wire format of its model calls: what cross-shape traffic is translated into.
     fn wire(&self) -> WireFormat;
+
+    /// Whether the provider serves `op` in `wire` (e.g. an OpenAI upstream with the Responses
+    /// API serves `(OpenAiResponses, Generate)` natively). `(self.wire(), Generate)` is always
+    /// served.
+    fn supports(&self, wire: WireFormat, op: Operation) -> bool {
+        wire == self.wire() && op == Operation::Generate
+    }
 
     /// Send one call. MUST return only after the response head (status) arrived, so the
     /// caller can still turn a failure into a proper error response. Retries of 429, 5xx and

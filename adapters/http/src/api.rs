@@ -2,21 +2,24 @@
 //! catch-all that turns every framework error into a JSON envelope.
 
 use crate::admin::{AdminApi, AdminToken};
-use crate::reply::{RawReply, error_response, json_response};
+use crate::reply::{ErrorCode, RawReply, error_response, json_response};
 use async_trait_free::NoService;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use gw_domain::canonical::Shape;
 use gw_domain::error::GatewayError;
+use gw_domain::forwarding;
+use gw_domain::models::Page;
 use gw_ports::admin::{AdminFailure, AdminService};
-use gw_ports::gateway::{GatewayService, InboundMeta, Reply};
+use gw_ports::gateway::{Admission, GatewayService, InboundMeta, ModelsQuery, Reply};
 use poem::error::{MethodNotAllowedError, NotFoundError, ReadBodyError};
 use poem::http::{StatusCode, header};
 use poem::{Body, Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
+use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::{Json, PlainText};
 use poem_openapi::{Object, OpenApi, OpenApiService};
 use serde_json::json;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A way for the provider handlers to learn that the client went away before the answer
@@ -163,15 +166,52 @@ fn meta(req: &Request, shape: Shape) -> InboundMeta {
             .and_then(|v| v.to_str().ok())
             .filter(|v| is_traceparent(v))
             .map(str::to_owned),
+        agent_session: AGENT_SESSION_HEADERS.iter().find_map(|h| {
+            req.headers()
+                .get(*h)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        }),
+        forward_headers: req
+            .headers()
+            .iter()
+            .filter(|(name, _)| forwarding::forwards(shape, name.as_str()))
+            .filter_map(|(name, value)| {
+                Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
+            })
+            .collect(),
+        query: req.uri().query().map(str::to_owned),
+    }
+}
+
+/// Coding agents' own session headers, read (in this order) when `x-metis-session-id` is
+/// absent: Claude Code sends `X-Claude-Code-Session-Id` on every request.
+const AGENT_SESSION_HEADERS: [&str; 1] = ["x-claude-code-session-id"];
+
+/// The shape a `GET /v1/models` caller speaks: Anthropic when it authenticates with
+/// `x-api-key` or names an `anthropic-version`, as the Anthropic SDKs do.
+fn models_shape(req: &Request) -> Shape {
+    if req.headers().contains_key("x-api-key") || req.headers().contains_key("anthropic-version") {
+        Shape::Anthropic
+    } else {
+        Shape::OpenAi
     }
 }
 
 impl Api {
-    async fn provider(&self, shape: Shape, req: &Request, body: Body) -> RawReply {
-        let admission = match self.svc.admit(meta(req, shape)).await {
-            Ok(a) => a,
-            Err(e) => return RawReply(error_response(&e, shape)),
-        };
+    /// Authenticate (before the body is read), then read the body within the size and time
+    /// limits. An `Err` is the finished error response.
+    async fn admit_and_read(
+        &self,
+        shape: Shape,
+        req: &Request,
+        body: Body,
+    ) -> Result<(Admission, Bytes), Response> {
+        let admission = self
+            .svc
+            .admit(meta(req, shape))
+            .await
+            .map_err(|e| error_response(&e, shape))?;
         let limit = self.opts.max_body_bytes;
         let too_large = GatewayError::PayloadTooLarge {
             limit_bytes: limit as u64,
@@ -182,24 +222,29 @@ impl Api {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > limit as u64) {
-            return RawReply(error_response(&too_large, shape));
+            return Err(error_response(&too_large, shape));
         }
         let read = tokio::time::timeout(self.opts.body_timeout, body.into_bytes_limit(limit)).await;
-        let bytes = match read {
+        match read {
             Err(_) => {
                 let err = GatewayError::RequestTimeout {
                     seconds: self.opts.body_timeout.as_secs(),
                 };
-                return RawReply(error_response(&err, shape));
+                Err(error_response(&err, shape))
             }
-            Ok(Ok(b)) => b,
-            Ok(Err(ReadBodyError::PayloadTooLarge)) => {
-                return RawReply(error_response(&too_large, shape));
-            }
+            Ok(Ok(b)) => Ok((admission, b)),
+            Ok(Err(ReadBodyError::PayloadTooLarge)) => Err(error_response(&too_large, shape)),
             Ok(Err(e)) => {
                 let err = gw_domain::error::invalid(format!("could not read request body: {e}"));
-                return RawReply(error_response(&err, shape));
+                Err(error_response(&err, shape))
             }
+        }
+    }
+
+    async fn provider(&self, shape: Shape, req: &Request, body: Body) -> RawReply {
+        let (admission, bytes) = match self.admit_and_read(shape, req, body).await {
+            Ok(x) => x,
+            Err(resp) => return RawReply(resp),
         };
         let handled = match req.extensions().get::<ClientGone>() {
             Some(gone) => {
@@ -224,6 +269,38 @@ impl Api {
             Ok(Reply::Stream(s)) => {
                 RawReply(sse_response(with_keepalive(s, self.opts.sse_keepalive)))
             }
+            Err(e) => RawReply(error_response(&e, shape)),
+        }
+    }
+}
+
+impl Api {
+    async fn count(&self, shape: Shape, req: &Request, body: Body) -> RawReply {
+        let (admission, bytes) = match self.admit_and_read(shape, req, body).await {
+            Ok(x) => x,
+            Err(resp) => return RawReply(resp),
+        };
+        match self.svc.count_tokens(admission, bytes).await {
+            Ok(count) => {
+                let mut resp = json_response(StatusCode::OK, count.body);
+                resp.headers_mut().insert(
+                    "x-metis-token-count",
+                    poem::http::HeaderValue::from_static(count.method.as_str()),
+                );
+                RawReply(resp)
+            }
+            Err(e) => RawReply(error_response(&e, shape)),
+        }
+    }
+
+    async fn model_reply(&self, req: &Request, query: &ModelsQuery) -> RawReply {
+        let shape = models_shape(req);
+        let answer = match self.svc.admit(meta(req, shape)).await {
+            Ok(adm) => self.svc.models(&adm, query),
+            Err(e) => Err(e),
+        };
+        match answer {
+            Ok(body) => RawReply(json_response(StatusCode::OK, body)),
             Err(e) => RawReply(error_response(&e, shape)),
         }
     }
@@ -282,18 +359,76 @@ impl Api {
         self.provider(Shape::Anthropic, req, body).await
     }
 
-    /// List the models the calling key may use (OpenAI list shape).
-    #[oai(path = "/v1/models", method = "get", operation_id = "listModels")]
-    async fn models(&self, req: &Request) -> RawReply {
-        let shape = if req.headers().contains_key("x-api-key") {
-            Shape::Anthropic
-        } else {
-            Shape::OpenAi
+    /// Count the input tokens of a Messages request (Anthropic `count_tokens` shape).
+    ///
+    /// Exact when the model's upstream can count (forwarded to Anthropic's own endpoint),
+    /// otherwise the gateway's tokenizer or a characters/4 estimate; the
+    /// `x-metis-token-count` response header says which (`exact`, `tokenizer`, `estimate`).
+    /// Never charged.
+    #[oai(
+        path = "/v1/messages/count_tokens",
+        method = "post",
+        operation_id = "countMessageTokens"
+    )]
+    async fn count_tokens(&self, req: &Request, body: Body) -> RawReply {
+        self.count(Shape::Anthropic, req, body).await
+    }
+
+    /// Create embeddings (OpenAI shape), for models served by an OpenAI-compatible upstream.
+    ///
+    /// Priced on the upstream's `usage.prompt_tokens`, capped and traced like a model call.
+    #[oai(
+        path = "/v1/embeddings",
+        method = "post",
+        operation_id = "createEmbeddings"
+    )]
+    async fn embeddings(&self, req: &Request, body: Body) -> RawReply {
+        let (admission, bytes) = match self.admit_and_read(Shape::OpenAi, req, body).await {
+            Ok(x) => x,
+            Err(resp) => return RawReply(resp),
         };
-        match self.svc.admit(meta(req, shape)).await {
-            Ok(adm) => RawReply(json_response(StatusCode::OK, self.svc.list_models(&adm))),
-            Err(e) => RawReply(error_response(&e, shape)),
+        match self.svc.embeddings(admission, bytes).await {
+            Ok(b) => RawReply(json_response(StatusCode::OK, b)),
+            Err(e) => RawReply(error_response(&e, Shape::OpenAi)),
         }
+    }
+
+    /// List the models the calling key may use, in the caller's shape: the Anthropic list
+    /// (`type`, `display_name`, `created_at`, paged with `limit`/`after_id`/`before_id`,
+    /// `has_more`, `first_id`, `last_id`) when called with `x-api-key` or
+    /// `anthropic-version`, else the OpenAI list (`object: "list"`).
+    #[oai(path = "/v1/models", method = "get", operation_id = "listModels")]
+    async fn models(
+        &self,
+        req: &Request,
+        limit: Query<Option<usize>>,
+        after_id: Query<Option<String>>,
+        before_id: Query<Option<String>>,
+    ) -> RawReply {
+        let query = ModelsQuery {
+            id: None,
+            page: Page {
+                limit: limit.0,
+                after_id: after_id.0,
+                before_id: before_id.0,
+            },
+        };
+        self.model_reply(req, &query).await
+    }
+
+    /// One model the calling key may use, in the caller's shape (as `listModels`). Ids that
+    /// contain `/` are sent percent-encoded (`%2F`).
+    #[oai(
+        path = "/v1/models/:model_id",
+        method = "get",
+        operation_id = "getModel"
+    )]
+    async fn model(&self, req: &Request, model_id: Path<String>) -> RawReply {
+        let query = ModelsQuery {
+            id: Some(model_id.0),
+            page: Page::default(),
+        };
+        self.model_reply(req, &query).await
     }
 
     /// Prometheus metrics (text exposition format). No secrets or tokens appear in labels.
@@ -397,6 +532,7 @@ pub fn routes(
         None => (Arc::new(NoService), None),
     };
     let recorder = Arc::clone(&svc);
+    let unmatched = Arc::new(UnmatchedRoutes::default());
     let api = service(svc, admin_svc, opts);
     let docs = api.swagger_ui();
     let document = openapi_json();
@@ -412,11 +548,16 @@ pub fn routes(
         .around(move |ep, mut req| {
             let token = token.clone();
             let recorder = Arc::clone(&recorder);
+            let unmatched = Arc::clone(&unmatched);
             async move {
                 let started = Instant::now();
                 let path = req.uri().path().to_owned();
                 let method = req.method().to_string();
-                let (route, shape) = route_template(&path);
+                let request_id = request_id(&req);
+                let (route, shape) = match route_template(&path) {
+                    ("other", shape) => (unmatched.label(&path), shape),
+                    known => known,
+                };
                 let admin_path = path.starts_with("/admin/") || path == "/admin";
                 let resp = match (&token, admin_path) {
                     (None, true) => error_response(&GatewayError::NotFound { path }, Shape::OpenAi),
@@ -431,25 +572,101 @@ pub fn routes(
                         }
                     }
                 };
+                let status = resp.status().as_u16();
                 recorder.record_http(
                     route,
                     &method,
-                    resp.status().as_u16(),
+                    status,
                     shape,
                     started.elapsed().as_secs_f64(),
                 );
+                if status >= 400 {
+                    // One line per refused or failed request, so an operator sees a client
+                    // hitting a missing route or a bad key. Never the body or a credential.
+                    let code = resp.extensions().get::<ErrorCode>().map_or("-", |c| c.0);
+                    tracing::info!(
+                        request_id = %request_id,
+                        %method,
+                        route,
+                        status,
+                        code,
+                        "request answered with an error"
+                    );
+                }
+                let mut resp = resp;
+                if let Ok(v) = poem::http::HeaderValue::from_str(&request_id) {
+                    resp.headers_mut().insert("x-request-id", v);
+                }
                 Ok(resp)
             }
         })
 }
 
+/// The client's `x-request-id` when it is a plausible id (1–64 visible ASCII characters),
+/// else a fresh ULID. Echoed on the response and logged with every error.
+fn request_id(req: &Request) -> String {
+    req.headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(|| ulid::Ulid::generate().to_string(), str::to_owned)
+}
+
+/// How many distinct unmatched-path labels `/metrics` keeps before folding the rest into
+/// `unmatched:other`.
+const UNMATCHED_LABELS: usize = 32;
+
+/// Bounded metric labels for paths no route serves, so an operator can see *which* missing
+/// route clients call (`unmatched:/v1/completions`) without a client being able to grow the
+/// label set: at most three segments, id-like segments (digits, or longer than 24 characters)
+/// replaced by `{id}`, and at most [`UNMATCHED_LABELS`] distinct labels.
+#[derive(Default)]
+struct UnmatchedRoutes {
+    seen: Mutex<Vec<&'static str>>,
+}
+
+impl UnmatchedRoutes {
+    fn label(&self, path: &str) -> &'static str {
+        let mut shape = String::from("unmatched:");
+        for seg in path.split('/').filter(|s| !s.is_empty()).take(3) {
+            shape.push('/');
+            let plain = seg.len() <= 24
+                && seg
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || matches!(b, b'_' | b'-' | b'.'));
+            shape.push_str(if plain { seg } else { "{id}" });
+        }
+        if shape.len() == "unmatched:".len() {
+            shape.push('/');
+        }
+        let mut seen = match self.seen.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if let Some(l) = seen.iter().find(|l| **l == shape) {
+            return l;
+        }
+        if seen.len() >= UNMATCHED_LABELS {
+            return "unmatched:other";
+        }
+        // Leaked once per distinct label, at most UNMATCHED_LABELS times per process.
+        let label: &'static str = Box::leak(shape.into_boxed_str());
+        seen.push(label);
+        label
+    }
+}
+
 /// The route template and inbound shape of a path, for metric labels (bounded cardinality:
-/// ids and unknown paths never become labels).
+/// ids never become labels; unknown paths are labelled by [`UnmatchedRoutes`]).
 fn route_template(path: &str) -> (&'static str, &'static str) {
     match path {
         "/v1/chat/completions" => ("/v1/chat/completions", "openai"),
         "/v1/messages" => ("/v1/messages", "anthropic"),
+        "/v1/messages/count_tokens" => ("/v1/messages/count_tokens", "anthropic"),
+        "/v1/embeddings" => ("/v1/embeddings", "openai"),
         "/v1/models" => ("/v1/models", "openai"),
+        p if p.starts_with("/v1/models/") => ("/v1/models/{model_id}", "openai"),
         "/healthz" => ("/healthz", "none"),
         "/readyz" => ("/readyz", "none"),
         "/metrics" => ("/metrics", "none"),
@@ -602,7 +819,7 @@ mod async_trait_free {
     //! the admin API is disabled (they answer 404 before reaching it). Every call fails.
     use super::*;
     use gw_ports::admin::{CreatedKey, KeySummary, NewKey, RevokeResult, RotateResult};
-    use gw_ports::gateway::Admission;
+    use gw_ports::gateway::TokenCount;
     use gw_ports::trace::{EventRow, UsageGroup, UsageRow};
 
     pub struct NoService;
@@ -619,8 +836,18 @@ mod async_trait_free {
                 message: "document-only service".to_owned(),
             })
         }
-        fn list_models(&self, _a: &Admission) -> Bytes {
-            empty_model_list()
+        fn models(&self, _a: &Admission, _q: &ModelsQuery) -> Result<Bytes, GatewayError> {
+            Ok(empty_model_list())
+        }
+        async fn count_tokens(&self, _a: Admission, _b: Bytes) -> Result<TokenCount, GatewayError> {
+            Err(GatewayError::Unavailable {
+                message: "document-only service".to_owned(),
+            })
+        }
+        async fn embeddings(&self, _a: Admission, _b: Bytes) -> Result<Bytes, GatewayError> {
+            Err(GatewayError::Unavailable {
+                message: "document-only service".to_owned(),
+            })
         }
         fn readiness(&self) -> Result<(), String> {
             Err("document-only service".to_owned())

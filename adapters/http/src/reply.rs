@@ -107,6 +107,11 @@ pub fn json_response(status: StatusCode, body: impl Into<Body>) -> Response {
         .body(body.into())
 }
 
+/// The error code of an error response (`GatewayError::code`), kept in the response's
+/// extensions for the access log.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorCode(pub &'static str);
+
 /// Render a gateway error in `shape`.
 pub fn error_response(err: &GatewayError, shape: Shape) -> Response {
     let rendered = err.render(shape);
@@ -118,5 +123,6 @@ pub fn error_response(err: &GatewayError, shape: Shape) -> Response {
     {
         resp.headers_mut().insert(header::RETRY_AFTER, v);
     }
+    resp.extensions_mut().insert(ErrorCode(err.code()));
     resp
 }

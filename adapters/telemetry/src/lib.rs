@@ -58,6 +58,7 @@ pub struct Prometheus {
     auth_failures: Mutex<Family>,
     rate_limit: Mutex<Family>,
     quota_ratio: Mutex<Family>,
+    token_counts: Mutex<Family>,
     inflight: AtomicI64,
     streams: AtomicI64,
 }
@@ -237,6 +238,10 @@ impl Metrics for Prometheus {
         self.streams.fetch_add(delta, Ordering::Relaxed);
     }
 
+    fn token_count(&self, method: &str) {
+        add(&self.token_counts, vec![("method", method.to_owned())], 1.0);
+    }
+
     fn render(&self, g: &ScrapeGauges) -> String {
         let mut out = String::with_capacity(4096);
         write_family(
@@ -245,6 +250,13 @@ impl Metrics for Prometheus {
             "counter",
             "HTTP requests by route, method, status and inbound shape.",
             &self.http_requests,
+        );
+        write_family(
+            &mut out,
+            "metis_token_counts_total",
+            "counter",
+            "Token-count requests answered (count_tokens, input_tokens) by method: exact (the upstream counted), tokenizer, estimate.",
+            &self.token_counts,
         );
         write_hist(
             &mut out,

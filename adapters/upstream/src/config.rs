@@ -14,7 +14,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use gw_ports::upstream::WireFormat;
+use gw_ports::upstream::{Operation, WireFormat};
 
 /// Default base URL of the Anthropic Messages API (the endpoint is `{base}/v1/messages`).
 pub const ANTHROPIC_BASE_URL: &str = "https://api.anthropic.com";
@@ -108,6 +108,11 @@ pub struct HttpProviderConfig {
     pub api_key: String,
     /// Extra headers sent with every call (after the built-in ones).
     pub extra_headers: Vec<(String, String)>,
+    /// Whether an OpenAI-wire upstream also serves the Responses API (`/responses`,
+    /// `/responses/input_tokens`), so Responses clients are forwarded natively instead of
+    /// being translated to Chat Completions. On for OpenAI's own API; off for other bases
+    /// unless configured (`responses_api = true`).
+    pub responses_api: bool,
     pub timeouts: Timeouts,
     pub retry: RetryPolicy,
 }
@@ -125,6 +130,7 @@ impl fmt::Debug for HttpProviderConfig {
             .field("base_url", &self.base_url)
             .field("api_key", &key)
             .field("extra_headers", &self.extra_headers)
+            .field("responses_api", &self.responses_api)
             .field("timeouts", &self.timeouts)
             .field("retry", &self.retry)
             .finish()
@@ -139,6 +145,7 @@ impl HttpProviderConfig {
             base_url: base_url.to_owned(),
             api_key,
             extra_headers: Vec::new(),
+            responses_api: false,
             timeouts: Timeouts::default(),
             retry: RetryPolicy::default(),
         }
@@ -161,12 +168,14 @@ impl HttpProviderConfig {
     /// llama.cpp, LM Studio or any other OpenAI-compatible server.
     #[must_use]
     pub fn openai(api_key: impl Into<String>) -> Self {
-        Self::new(
+        let mut c = Self::new(
             "openai",
             WireFormat::OpenAiChat,
             OPENAI_BASE_URL,
             api_key.into(),
-        )
+        );
+        c.responses_api = true;
+        c
     }
 
     /// OpenRouter: OpenAI wire format at `https://openrouter.ai/api/v1`, plus the attribution
@@ -197,6 +206,13 @@ impl HttpProviderConfig {
     #[must_use]
     pub fn with_base_url(mut self, base_url: impl Into<String>) -> Self {
         self.base_url = base_url.into();
+        self
+    }
+
+    /// Say whether the upstream serves the Responses API natively.
+    #[must_use]
+    pub fn with_responses_api(mut self, on: bool) -> Self {
+        self.responses_api = on && self.wire == WireFormat::OpenAiChat;
         self
     }
 
@@ -249,15 +265,45 @@ impl HttpProviderConfig {
         self
     }
 
-    /// The full endpoint URL for this wire format.
+    /// The full endpoint URL of model calls in the provider's own wire format.
     #[must_use]
     pub fn endpoint(&self) -> String {
-        let base = self.base_url.trim_end_matches('/');
-        let path = match self.wire {
-            WireFormat::AnthropicMessages => "/v1/messages",
-            WireFormat::OpenAiChat => "/chat/completions",
+        self.endpoint_for(self.wire, Operation::Generate)
+            .unwrap_or_default()
+    }
+
+    /// The endpoint URL of `op` in `wire`, or `None` when this upstream does not serve it
+    /// (the table is in [`Operation`]'s docs).
+    #[must_use]
+    pub fn endpoint_for(&self, wire: WireFormat, op: Operation) -> Option<String> {
+        let path = match (self.wire, wire, op) {
+            (WireFormat::AnthropicMessages, WireFormat::AnthropicMessages, Operation::Generate) => {
+                "/v1/messages"
+            }
+            (
+                WireFormat::AnthropicMessages,
+                WireFormat::AnthropicMessages,
+                Operation::CountTokens,
+            ) => "/v1/messages/count_tokens",
+            (WireFormat::OpenAiChat, WireFormat::OpenAiChat, Operation::Generate) => {
+                "/chat/completions"
+            }
+            (WireFormat::OpenAiChat, WireFormat::OpenAiChat, Operation::Embeddings) => {
+                "/embeddings"
+            }
+            (WireFormat::OpenAiChat, WireFormat::OpenAiResponses, Operation::Generate)
+                if self.responses_api =>
+            {
+                "/responses"
+            }
+            (WireFormat::OpenAiChat, WireFormat::OpenAiResponses, Operation::CountTokens)
+                if self.responses_api =>
+            {
+                "/responses/input_tokens"
+            }
+            _ => return None,
         };
-        format!("{base}{path}")
+        Some(format!("{}{path}", self.base_url.trim_end_matches('/')))
     }
 }
 
@@ -314,6 +360,42 @@ mod tests {
                 .iter()
                 .any(|(n, v)| n == "X-Title" && v == "metis-gateway")
         );
+    }
+
+    #[test]
+    fn endpoints_per_operation() {
+        let o = HttpProviderConfig::openai("k").with_base_url("http://h:1/v1");
+        assert_eq!(
+            o.endpoint_for(WireFormat::OpenAiResponses, Operation::Generate)
+                .as_deref(),
+            Some("http://h:1/v1/responses")
+        );
+        assert_eq!(
+            o.endpoint_for(WireFormat::OpenAiResponses, Operation::CountTokens)
+                .as_deref(),
+            Some("http://h:1/v1/responses/input_tokens")
+        );
+        assert_eq!(
+            o.endpoint_for(WireFormat::OpenAiChat, Operation::Embeddings)
+                .as_deref(),
+            Some("http://h:1/v1/embeddings")
+        );
+        let vllm = o.with_responses_api(false);
+        assert_eq!(
+            vllm.endpoint_for(WireFormat::OpenAiResponses, Operation::Generate),
+            None
+        );
+        let a = HttpProviderConfig::anthropic("k").with_base_url("http://h:1");
+        assert_eq!(
+            a.endpoint_for(WireFormat::AnthropicMessages, Operation::CountTokens)
+                .as_deref(),
+            Some("http://h:1/v1/messages/count_tokens")
+        );
+        assert_eq!(
+            a.endpoint_for(WireFormat::AnthropicMessages, Operation::Embeddings),
+            None
+        );
+        assert!(!HttpProviderConfig::openrouter("k").responses_api);
     }
 
     #[test]

@@ -26,7 +26,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use futures_util::stream::{self, BoxStream};
 use gw_ports::upstream::{
-    Provider, UpstreamBody, UpstreamError, UpstreamReply, UpstreamRequest, WireFormat,
+    Operation, Provider, UpstreamBody, UpstreamError, UpstreamReply, UpstreamRequest, WireFormat,
 };
 use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -48,7 +48,10 @@ const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 pub struct HttpProvider {
     name: String,
     wire: WireFormat,
+    /// Model calls in `wire`.
     url: reqwest::Url,
+    /// Every (wire, operation) this upstream serves, with its URL (`url` among them).
+    endpoints: Vec<(WireFormat, Operation, reqwest::Url)>,
     client: reqwest::Client,
     timeouts: Timeouts,
     retry: RetryPolicy,
@@ -90,6 +93,24 @@ impl HttpProvider {
                 reason: "scheme must be http or https".to_owned(),
             });
         }
+        let mut endpoints = Vec::new();
+        for wire in [
+            WireFormat::OpenAiChat,
+            WireFormat::OpenAiResponses,
+            WireFormat::AnthropicMessages,
+        ] {
+            for op in [
+                Operation::Generate,
+                Operation::CountTokens,
+                Operation::Embeddings,
+            ] {
+                if let Some(e) = config.endpoint_for(wire, op)
+                    && let Ok(u) = reqwest::Url::parse(&e)
+                {
+                    endpoints.push((wire, op, u));
+                }
+            }
+        }
         let headers = default_headers(&config)?;
         let client = reqwest::Client::builder()
             .default_headers(headers)
@@ -109,6 +130,7 @@ impl HttpProvider {
             name: config.name,
             wire: config.wire,
             url,
+            endpoints,
             client,
             timeouts: config.timeouts,
             retry: config.retry,
@@ -121,9 +143,17 @@ impl HttpProvider {
         self.url.as_str()
     }
 
+    fn url_for(&self, wire: WireFormat, op: Operation) -> Option<&reqwest::Url> {
+        self.endpoints
+            .iter()
+            .find(|(w, o, _)| *w == wire && *o == op)
+            .map(|(_, _, u)| u)
+    }
+
     /// One attempt: send, await the head, and for non-streaming calls read the whole body.
     async fn attempt(
         &self,
+        url: &reqwest::Url,
         request: &UpstreamRequest,
         retries: u32,
     ) -> Result<UpstreamBody, Failure> {
@@ -132,12 +162,23 @@ impl HttpProvider {
         } else {
             "application/json"
         };
-        let mut builder = self
-            .client
-            .post(self.url.clone())
-            .header(header::ACCEPT, accept);
+        let mut url = url.clone();
+        if let Some(q) = request.query.as_deref().filter(|q| !q.is_empty()) {
+            url.set_query(Some(q));
+        }
+        let mut builder = self.client.post(url).header(header::ACCEPT, accept);
         if let Some(tp) = &request.traceparent {
             builder = builder.header("traceparent", tp.as_str());
+        }
+        // Forwarded client headers (already filtered by the caller) replace the provider's
+        // defaults of the same name; reqwest adds a default only where the request has none.
+        for (name, value) in &request.headers {
+            if let (Ok(n), Ok(v)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value),
+            ) {
+                builder = builder.header(n, v);
+            }
         }
         let call = builder.body(request.body.clone()).send();
         let response = match tokio::time::timeout(self.timeouts.response_head, call).await {
@@ -197,13 +238,14 @@ impl HttpProvider {
     /// `attempt`), head plus body under the total timeout for non-streaming calls.
     async fn bounded_attempt(
         &self,
+        url: &reqwest::Url,
         request: &UpstreamRequest,
         retries: u32,
     ) -> Result<UpstreamBody, Failure> {
         if request.stream {
-            return self.attempt(request, retries).await;
+            return self.attempt(url, request, retries).await;
         }
-        match tokio::time::timeout(self.timeouts.total, self.attempt(request, retries)).await {
+        match tokio::time::timeout(self.timeouts.total, self.attempt(url, request, retries)).await {
             Ok(result) => result,
             Err(_) => Err(Failure::Network {
                 message: format!("no complete response within {}", human(self.timeouts.total)),
@@ -243,9 +285,25 @@ impl Provider for HttpProvider {
         self.wire
     }
 
+    fn supports(&self, wire: WireFormat, op: Operation) -> bool {
+        self.url_for(wire, op).is_some()
+    }
+
     async fn send(&self, request: UpstreamRequest) -> Result<UpstreamReply, UpstreamError> {
         let started = Instant::now();
         let mut retries = 0u32;
+        let Some(url) = self.url_for(request.wire, request.op) else {
+            // Callers check `supports` first; answering 404 keeps a wiring mistake visible.
+            return Err(UpstreamError::Status {
+                provider: self.name.clone(),
+                status: 404,
+                body: Bytes::from_static(
+                    br#"{"error":{"type":"not_found_error","message":"operation not served by this upstream"}}"#,
+                ),
+                retry_after_secs: None,
+                retries: 0,
+            });
+        };
         loop {
             tracing::debug!(
                 provider = %self.name,
@@ -254,7 +312,7 @@ impl Provider for HttpProvider {
                 retry = retries,
                 "upstream call"
             );
-            let failure = match self.bounded_attempt(&request, retries).await {
+            let failure = match self.bounded_attempt(url, &request, retries).await {
                 Ok(body) => {
                     tracing::debug!(
                         provider = %self.name,
@@ -325,7 +383,7 @@ fn default_headers(config: &HttpProviderConfig) -> Result<HeaderMap, ConfigError
                 headers.insert(HeaderName::from_static("x-api-key"), v);
             }
         }
-        WireFormat::OpenAiChat => {
+        WireFormat::OpenAiChat | WireFormat::OpenAiResponses => {
             if !config.api_key.is_empty() {
                 let mut v = HeaderValue::from_str(&format!("Bearer {}", config.api_key))
                     .map_err(|_| bad("authorization"))?;

@@ -22,6 +22,12 @@
 //!   per word (each carrying its leading whitespace, so the deltas concatenate to exactly the
 //!   sync text), a final delta with `finish_reason`, a usage chunk (`choices: []`) when
 //!   `stream_options.include_usage` is true, then `data: [DONE]`.
+//! - `created` is the answer time (unix seconds), as the real API stamps it; everything else in
+//!   an answer is a function of the request body alone.
+//! - Embeddings (`Operation::Embeddings`, the OpenAI `/embeddings` shape): one unit-length
+//!   vector per input string (`dimensions`, default 16), derived from a hash of the string, so
+//!   equal inputs embed equally; `prompt_tokens` = ceil(characters / 4) summed over the inputs.
+//!   `encoding_format: "base64"` returns little-endian f32 bytes in base64, as the real API.
 //! - `latency_ms` delays the response head; `tokens_per_second` paces the deltas. With both
 //!   unset it never sleeps, so benchmarks measure the gateway, not the mock.
 
@@ -32,7 +38,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::{self, BoxStream};
 use gw_ports::upstream::{
-    Provider, UpstreamBody, UpstreamError, UpstreamReply, UpstreamRequest, WireFormat,
+    Operation, Provider, UpstreamBody, UpstreamError, UpstreamReply, UpstreamRequest, WireFormat,
 };
 use serde_json::{Value, json};
 
@@ -88,9 +94,25 @@ impl Provider for MockProvider {
         WireFormat::OpenAiChat
     }
 
+    fn supports(&self, wire: WireFormat, op: Operation) -> bool {
+        wire == WireFormat::OpenAiChat && matches!(op, Operation::Generate | Operation::Embeddings)
+    }
+
     async fn send(&self, request: UpstreamRequest) -> Result<UpstreamReply, UpstreamError> {
         if self.settings.latency_ms > 0 {
             tokio::time::sleep(Duration::from_millis(self.settings.latency_ms)).await;
+        }
+        if !self.supports(request.wire, request.op) {
+            return Err(status_error(404, "mock provider: operation not served"));
+        }
+        if request.op == Operation::Embeddings {
+            return match embeddings(&request.body) {
+                Ok(body) => Ok(UpstreamReply {
+                    body: UpstreamBody::Full(body),
+                    retries: 0,
+                }),
+                Err(message) => Err(status_error(400, &message)),
+            };
         }
         let plan = match Plan::from_body(&request.body) {
             Ok(plan) => plan,
@@ -122,6 +144,7 @@ impl Provider for MockProvider {
 /// What the mock will answer, computed from the request.
 struct Plan {
     id: String,
+    created: u64,
     model: String,
     reply: Reply,
     prompt_tokens: u64,
@@ -196,6 +219,7 @@ impl Plan {
         };
         Ok(Self {
             id: format!("chatcmpl-mock-{:016x}", fnv1a(body)),
+            created: unix_now(),
             model,
             reply,
             prompt_tokens: (chars.div_ceil(4) as u64).max(1),
@@ -247,7 +271,7 @@ impl Plan {
         let body = json!({
             "id": self.id,
             "object": "chat.completion",
-            "created": 0,
+            "created": self.created,
             "model": self.model,
             "choices": [{
                 "index": 0,
@@ -264,7 +288,7 @@ impl Plan {
         let mut c = json!({
             "id": self.id,
             "object": "chat.completion.chunk",
-            "created": 0,
+            "created": self.created,
             "model": self.model,
             "choices": [{
                 "index": 0,
@@ -332,7 +356,7 @@ impl Plan {
             let usage = json!({
                 "id": self.id,
                 "object": "chat.completion.chunk",
-                "created": 0,
+                "created": self.created,
                 "model": self.model,
                 "choices": [],
                 "usage": self.usage(),
@@ -360,6 +384,108 @@ impl Plan {
                 .boxed(),
         }
     }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Default vector length of mock embeddings.
+const EMBEDDING_DIMENSIONS: usize = 16;
+
+/// An OpenAI `/embeddings` answer for `body` (see the module docs).
+fn embeddings(body: &[u8]) -> Result<Bytes, String> {
+    let v: Value =
+        serde_json::from_slice(body).map_err(|e| format!("request body is not valid JSON: {e}"))?;
+    let inputs: Vec<String> = match v.get("input") {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(items)) if !items.is_empty() => items
+            .iter()
+            .map(|i| match i {
+                Value::String(s) => Ok(s.clone()),
+                // Token arrays embed by their JSON text.
+                Value::Array(_) => Ok(i.to_string()),
+                _ => Err("'input' items must be strings or token arrays".to_owned()),
+            })
+            .collect::<Result<_, _>>()?,
+        _ => return Err("'input' must be a string or a non-empty array".to_owned()),
+    };
+    let dims = match v.get("dimensions") {
+        None | Some(Value::Null) => EMBEDDING_DIMENSIONS,
+        Some(d) => d
+            .as_u64()
+            .and_then(|d| usize::try_from(d).ok())
+            .filter(|d| (1..=4096).contains(d))
+            .ok_or_else(|| "'dimensions' must be an integer from 1 to 4096".to_owned())?,
+    };
+    let base64 = v.get("encoding_format").and_then(Value::as_str) == Some("base64");
+    let mut tokens = 0u64;
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(index, text)| {
+            tokens += (text.chars().count().div_ceil(4) as u64).max(1);
+            let vector = unit_vector(text, dims);
+            let embedding = if base64 {
+                let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
+                Value::String(base64_encode(&bytes))
+            } else {
+                json!(vector)
+            };
+            json!({"object": "embedding", "index": index, "embedding": embedding})
+        })
+        .collect();
+    let model = v.get("model").and_then(Value::as_str).unwrap_or("echo");
+    let out = json!({
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    });
+    Ok(Bytes::from(out.to_string()))
+}
+
+/// A deterministic unit-length vector of `dims` components derived from `text`.
+fn unit_vector(text: &str, dims: usize) -> Vec<f32> {
+    let seed = fnv1a(text.as_bytes());
+    let raw: Vec<f64> = (0..dims as u64)
+        .map(|i| {
+            let h = fnv1a(&(seed ^ i.wrapping_mul(0x9e37_79b9_7f4a_7c15)).to_le_bytes());
+            // Map to [-1, 1).
+            (h >> 11) as f64 / (1u64 << 52) as f64 - 1.0
+        })
+        .collect();
+    let norm = raw
+        .iter()
+        .map(|x| x * x)
+        .sum::<f64>()
+        .sqrt()
+        .max(f64::MIN_POSITIVE);
+    raw.iter().map(|x| (x / norm) as f32).collect()
+}
+
+/// Standard base64 with padding.
+fn base64_encode(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 fn sse(v: &Value) -> Bytes {
@@ -461,6 +587,24 @@ mod tests {
             assert_eq!(pieces.len(), text.split_whitespace().count(), "{text:?}");
         }
         assert!(split_words("").is_empty());
+    }
+
+    #[test]
+    fn embeddings_are_unit_vectors_and_stable() {
+        let a = unit_vector("hello", 16);
+        assert_eq!(a, unit_vector("hello", 16));
+        assert_ne!(a, unit_vector("hellp", 16));
+        let norm: f32 = a.iter().map(|x| x * x).sum();
+        assert!((norm - 1.0).abs() < 1e-4, "{norm}");
+        assert_eq!(base64_encode(b"foob"), "Zm9vYg==");
+        assert_eq!(base64_encode(b"foo"), "Zm9v");
+        let out: Value =
+            serde_json::from_slice(&embeddings(br#"{"input":["a","bb"],"dimensions":4}"#).unwrap())
+                .unwrap();
+        assert_eq!(out["data"][1]["index"], 1);
+        assert_eq!(out["data"][0]["embedding"].as_array().unwrap().len(), 4);
+        assert_eq!(out["usage"]["prompt_tokens"], 2);
+        assert!(embeddings(br#"{"input":[]}"#).is_err());
     }
 
     #[test]

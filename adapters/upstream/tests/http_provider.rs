@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use gw_ports::upstream::{Provider, UpstreamBody, UpstreamError, UpstreamReply, UpstreamRequest};
+use gw_ports::upstream::{
+    Provider, UpstreamBody, UpstreamError, UpstreamReply, UpstreamRequest, WireFormat,
+};
 use gw_upstream::{HttpProvider, HttpProviderConfig, RetryPolicy};
 use poem::http::{HeaderMap, StatusCode};
 use poem::listener::{Acceptor, TcpAcceptor};
@@ -43,6 +45,7 @@ enum Script {
 #[derive(Debug, Clone)]
 struct Seen {
     path: String,
+    query: Option<String>,
     headers: HeaderMap,
     body: Bytes,
 }
@@ -102,6 +105,7 @@ async fn answer(st: &State, req: &mut Request) -> Response {
     let body = req.take_body().into_bytes().await.unwrap_or_default();
     st.seen.lock().unwrap().push(Seen {
         path: req.uri().path().to_owned(),
+        query: req.uri().query().map(str::to_owned),
         headers: req.headers().clone(),
         body,
     });
@@ -185,12 +189,12 @@ fn openai(server: &TestServer) -> HttpProvider {
 }
 
 fn request(stream: bool) -> UpstreamRequest {
-    UpstreamRequest {
-        body: Bytes::from_static(br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#),
+    UpstreamRequest::generate(
+        WireFormat::OpenAiChat,
+        Bytes::from_static(br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#),
         stream,
-        request_id: "req_test".to_owned(),
-        traceparent: None,
-    }
+        "req_test".to_owned(),
+    )
 }
 
 fn full(reply: UpstreamReply) -> Bytes {
@@ -233,12 +237,51 @@ async fn anthropic_key_travels_in_x_api_key_and_base_url_may_end_with_a_slash() 
     assert!(!format!("{cfg:?}").contains("sk-ant-secret-456"));
     let p = HttpProvider::new(cfg).unwrap();
     assert!(!format!("{p:?}").contains("sk-ant-secret-456"));
-    bounded(p.send(request(false))).await.unwrap();
+    let mut req = request(false);
+    req.wire = WireFormat::AnthropicMessages;
+    bounded(p.send(req)).await.unwrap();
     let seen = server.seen();
     assert_eq!(seen[0].path, "/v1/messages");
     assert_eq!(seen[0].headers["x-api-key"], "sk-ant-secret-456");
     assert_eq!(seen[0].headers["anthropic-version"], "2023-06-01");
     assert!(seen[0].headers.get("authorization").is_none());
+}
+
+#[tokio::test]
+async fn forwarded_headers_override_defaults_and_the_query_travels() {
+    let server = serve(vec![reply(200, "{}"), reply(200, "{}")]).await;
+    let p = HttpProvider::new(HttpProviderConfig::anthropic("sk-ant").with_base_url(&server.base))
+        .unwrap();
+    let mut req = request(false);
+    req.wire = WireFormat::AnthropicMessages;
+    req.headers = vec![
+        ("anthropic-version".into(), "2099-01-01".into()),
+        ("anthropic-beta".into(), "new-thing-2026-01-01,other".into()),
+    ];
+    req.query = Some("beta=true".into());
+    bounded(p.send(req.clone())).await.unwrap();
+    req.op = gw_ports::upstream::Operation::CountTokens;
+    req.query = None;
+    bounded(p.send(req)).await.unwrap();
+    let seen = server.seen();
+    assert_eq!(seen[0].path, "/v1/messages");
+    assert_eq!(seen[0].query.as_deref(), Some("beta=true"));
+    assert_eq!(seen[0].headers["anthropic-version"], "2099-01-01");
+    assert_eq!(
+        seen[0].headers["anthropic-beta"],
+        "new-thing-2026-01-01,other"
+    );
+    assert_eq!(seen[0].headers["x-api-key"], "sk-ant");
+    assert_eq!(seen[1].path, "/v1/messages/count_tokens");
+    // An operation the upstream does not serve never leaves the gateway.
+    let mut embed = request(false);
+    embed.wire = WireFormat::AnthropicMessages;
+    embed.op = gw_ports::upstream::Operation::Embeddings;
+    assert!(matches!(
+        bounded(p.send(embed)).await,
+        Err(UpstreamError::Status { status: 404, .. })
+    ));
+    assert_eq!(server.seen().len(), 2);
 }
 
 #[tokio::test]

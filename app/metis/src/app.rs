@@ -119,14 +119,20 @@ fn build_providers(args: &ServeArgs, cfg: &ConfigFile) -> anyhow::Result<Vec<Arc
     ];
     for (name, key, base) in sections {
         let Some(key) = key else { continue };
-        let mut config = match name {
-            "anthropic" => HttpProviderConfig::anthropic(key),
-            "openai" => HttpProviderConfig::openai(key),
-            _ => HttpProviderConfig::openrouter(key),
+        let (mut config, section) = match name {
+            "anthropic" => (HttpProviderConfig::anthropic(key), p.anthropic.as_ref()),
+            "openai" => (HttpProviderConfig::openai(key), p.openai.as_ref()),
+            _ => (HttpProviderConfig::openrouter(key), p.openrouter.as_ref()),
         };
+        // Responses clients are forwarded natively only to upstreams known to serve the
+        // Responses API: OpenAI's own, or one configured with `responses_api = true`.
+        let native_responses = section
+            .and_then(|s| s.responses_api)
+            .unwrap_or(config.responses_api && base.is_none());
         if let Some(base) = base {
             config = config.with_base_url(base);
         }
+        config = config.with_responses_api(native_responses);
         config = config
             .with_response_head_timeout(args.upstream_timeout)
             .with_max_retries(args.upstream_retries);
@@ -264,7 +270,11 @@ impl App {
             keys: Arc::new(KeyRing::new(keys)),
             sink,
             providers,
-            catalog: cfg.catalog(),
+            catalog: {
+                let mut catalog = cfg.catalog();
+                catalog.set_loaded_at(clock.now_us() / 1_000_000);
+                catalog
+            },
             prices: cfg.prices(),
             clock,
             ids,
@@ -277,6 +287,7 @@ impl App {
                 PatternCaps::default(),
             ),
             background: Arc::new(background.clone()),
+            tokenizer: Arc::new(gw_tokenizer::Tiktoken::default()),
             trace: Arc::new(crate::telemetry::OtelTraceContext {
                 exporting: crate::telemetry::exporting(),
             }),

@@ -5,6 +5,7 @@
 //! [providers.openai]
 //! base_url = "http://127.0.0.1:8000/v1"   # vLLM
 //! api_key = "sk-local"                     # or leave it to OPENAI_API_KEY
+//! responses_api = false                    # serves /responses natively? (default: only api.openai.com)
 //!
 //! [providers.mock]
 //! enabled = true
@@ -60,6 +61,10 @@ pub struct Providers {
 pub struct ProviderSection {
     pub api_key: Option<String>,
     pub base_url: Option<String>,
+    /// Whether an OpenAI-wire upstream serves the Responses API (`/responses`) natively.
+    /// Default: on for OpenAI's own API, off for any other base URL (vLLM, Ollama, …), whose
+    /// Responses clients are then translated to Chat Completions.
+    pub responses_api: Option<bool>,
 }
 
 impl std::fmt::Debug for ProviderSection {
@@ -67,6 +72,7 @@ impl std::fmt::Debug for ProviderSection {
         f.debug_struct("ProviderSection")
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
             .field("base_url", &self.base_url)
+            .field("responses_api", &self.responses_api)
             .finish()
     }
 }

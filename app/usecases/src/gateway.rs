@@ -4,7 +4,6 @@
 use crate::keys::KeyRing;
 use crate::limits::Limiter;
 use crate::patterns::PatternBatcher;
-use crate::recorder::{CallRecorder, InflightGuard, PatternHook, SessionHook};
 use crate::spend::{Caps, SpendLedger};
 use crate::stream::{StreamState, client_stream};
 use crate::wire::{self, Passthrough, StreamParser, StreamRenderer, shape_of};
@@ -14,29 +13,34 @@ use gw_domain::canonical::{ChatRequest, Role};
 use gw_domain::canonical::{ContentBlock, Shape};
 use gw_domain::error::{ErrorClass, GatewayError};
 use gw_domain::events::{
-    AuthFailed, CallIdentity, KeyLeakSuspected, LlmCallStarted, Payload, QuotaAlert, QuotaExceeded,
-    RateLimited, RouteChainEntry, RouteDecided, make_event,
+    AuthFailed, KeyLeakSuspected, Payload, QuotaAlert, QuotaExceeded, RateLimited, make_event,
 };
 use gw_domain::keys::{Inactive, KeyRecord, hash_token};
 use gw_domain::models::Catalog;
+use gw_domain::models::ListedModel;
 use gw_domain::patterns::{FingerprintInputs, StructuralFeatures};
 use gw_domain::pricing::PriceTable;
 use gw_domain::sessions::parse_session_headers;
 use gw_domain::sse::SseParser;
-use gw_ports::gateway::{Admission, GatewayService, InboundMeta, Reply};
+use gw_ports::gateway::{Admission, GatewayService, InboundMeta, ModelsQuery, Reply, TokenCount};
 use gw_ports::metrics::{Metrics, ScrapeGauges};
 use gw_ports::patterns::PatternStore;
 use gw_ports::sessions::SessionStore;
 use gw_ports::system::Background;
 use gw_ports::system::{Clock, IdSource, TraceContext};
+use gw_ports::tokens::TokenCounter;
 use gw_ports::trace::EventSink;
-use gw_ports::upstream::{Provider, UpstreamBody, UpstreamError, UpstreamRequest};
-use serde_json::json;
+use gw_ports::upstream::{Operation, Provider, UpstreamBody, UpstreamRequest, WireFormat};
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use tracing::Instrument;
+
+mod call;
+mod counting;
+mod embeddings;
+
+use call::CallSpec;
 
 /// The wired gateway core.
 pub struct GatewayCore {
@@ -53,6 +57,7 @@ pub struct GatewayCore {
     trace: Arc<dyn TraceContext>,
     sessions: Arc<dyn SessionStore>,
     patterns: Arc<PatternBatcher>,
+    tokenizer: Arc<dyn TokenCounter>,
     auth_sampler: AuthFailSampler,
     quota_sampler: Mutex<std::collections::HashMap<String, (i64, u64)>>,
     draining: AtomicBool,
@@ -75,6 +80,8 @@ pub struct CoreParts {
     pub sessions: Arc<dyn SessionStore>,
     pub patterns: Arc<dyn PatternStore>,
     pub background: Arc<dyn Background>,
+    /// Counts tokens for `count_tokens` when the upstream cannot.
+    pub tokenizer: Arc<dyn TokenCounter>,
 }
 
 impl GatewayCore {
@@ -98,6 +105,7 @@ impl GatewayCore {
             trace: parts.trace,
             sessions: parts.sessions,
             patterns: PatternBatcher::new(parts.patterns, parts.background),
+            tokenizer: parts.tokenizer,
             auth_sampler: AuthFailSampler::default(),
             quota_sampler: Mutex::new(std::collections::HashMap::new()),
             draining: AtomicBool::new(false),
@@ -262,6 +270,39 @@ impl GatewayCore {
         }
     }
 
+    /// The upstream request of a started call: same-shape calls carry the client's provider
+    /// headers and query string.
+    #[allow(clippy::too_many_arguments)]
+    fn upstream_request(
+        &self,
+        admission: &Admission,
+        call: &call::StartedCall,
+        wire: WireFormat,
+        op: Operation,
+        body: Bytes,
+        stream: bool,
+        same_shape: bool,
+    ) -> UpstreamRequest {
+        UpstreamRequest {
+            wire,
+            op,
+            body,
+            stream,
+            request_id: call.request_id.clone(),
+            traceparent: call.traceparent.clone(),
+            headers: if same_shape {
+                admission.forward_headers.clone()
+            } else {
+                Vec::new()
+            },
+            query: if same_shape {
+                admission.query.clone()
+            } else {
+                None
+            },
+        }
+    }
+
     fn price_of(&self, model: &str) -> Option<gw_domain::pricing::Price> {
         let price = self.prices.get(model).copied();
         if price.is_none() {
@@ -349,6 +390,17 @@ fn quota_error(e: &crate::spend::Exceeded) -> GatewayError {
     }
 }
 
+/// The wire a model call goes out in, and whether that is the client's own shape (forwarded
+/// with unknown fields, headers and error bodies intact) rather than a translation.
+fn generate_wire(shape: Shape, provider: &dyn Provider) -> (WireFormat, bool) {
+    let native = wire::wire_of(shape);
+    if provider.supports(native, Operation::Generate) {
+        (native, true)
+    } else {
+        (provider.wire(), false)
+    }
+}
+
 /// The structural fingerprint of a request (no raw text survives: only intent tags derived
 /// from the last user message, tool names, flags and a token bucket).
 fn fingerprint(req: &ChatRequest, workspace: &str) -> StructuralFeatures {
@@ -386,55 +438,6 @@ fn fingerprint(req: &ChatRequest, workspace: &str) -> StructuralFeatures {
         tool_names: &tool_names,
         ..FingerprintInputs::default()
     })
-}
-
-fn upstream_error(err: &UpstreamError) -> (GatewayError, ErrorClass, String) {
-    match err {
-        UpstreamError::Status {
-            provider,
-            status,
-            body,
-            retry_after_secs,
-            ..
-        } => {
-            let class = ErrorClass::classify_upstream(*status, body);
-            let kind = serde_json::from_slice::<serde_json::Value>(body)
-                .ok()
-                .and_then(|v| {
-                    let e = v.get("error")?;
-                    e.get("type")
-                        .or_else(|| e.get("code"))
-                        .and_then(|t| t.as_str().map(str::to_owned))
-                })
-                .unwrap_or_else(|| "unknown".to_owned());
-            let message = format!("upstream {provider} returned HTTP {status} ({kind})");
-            (
-                GatewayError::Upstream {
-                    class,
-                    provider: provider.clone(),
-                    message: message.clone(),
-                    retry_after_secs: *retry_after_secs,
-                },
-                class,
-                message,
-            )
-        }
-        UpstreamError::Network {
-            provider, message, ..
-        } => {
-            let msg = format!("upstream {provider} unreachable: {message}");
-            (
-                GatewayError::Upstream {
-                    class: ErrorClass::Network,
-                    provider: provider.clone(),
-                    message: msg.clone(),
-                    retry_after_secs: None,
-                },
-                ErrorClass::Network,
-                msg,
-            )
-        }
-    }
 }
 
 #[async_trait]
@@ -499,8 +502,16 @@ impl GatewayService for GatewayCore {
             });
         }
         let [sid, parent, tool_use, worker] = &meta.session_headers;
+        // A coding agent's own session header stands in for ours when ours is absent, so each
+        // Claude Code or Codex run is one session with its cost and turns.
+        let sid = sid.as_deref().or_else(|| {
+            meta.agent_session
+                .as_deref()
+                .map(str::trim)
+                .filter(|s| gw_domain::sessions::is_valid_session_id(s))
+        });
         let session = parse_session_headers(
-            sid.as_deref(),
+            sid,
             parent.as_deref(),
             tool_use.as_deref(),
             worker.as_deref(),
@@ -552,225 +563,55 @@ impl GatewayService for GatewayCore {
             received_at_us: now,
             traceparent: meta.traceparent,
             session,
+            forward_headers: meta.forward_headers,
+            query: meta.query,
         })
     }
 
     async fn handle(&self, admission: Admission, body: Bytes) -> Result<Reply, GatewayError> {
         let started = Instant::now();
         let shape = admission.shape;
-        let key = &admission.key;
         let parsed = wire::parse_request(shape, &body)?;
         let req = parsed.request;
-        // A client-named session groups the request's events; otherwise the request is its
-        // own synthetic session (not stored in the sessions table).
-        let session_id = match &admission.session {
-            Some(link) => link.session_id.as_str().to_owned(),
-            None => format!("gw_{}", self.ids.ulid()),
-        };
-        let turn_id = format!("gt_{}", self.ids.ulid());
-        let identity = CallIdentity {
-            gateway_key_id: Some(key.key_id.clone()),
-            inbound_shape: Some(shape.as_str()),
-            user_id: key.user_id.clone(),
-            team_id: key.team_id.clone(),
-            parent_session_id: admission
-                .session
-                .as_ref()
-                .and_then(|l| l.parent_session_id.as_ref())
-                .map(|p| p.as_str().to_owned()),
-        };
-
-        // Resolve the model; the decision is recorded whatever its outcome.
-        let resolved = self.catalog.resolve(&req.model, &|p| self.is_live(p));
-        let route = RouteDecided {
-            chosen_model: resolved.as_ref().map(|e| e.id.clone()).unwrap_or_default(),
-            winner_index: if resolved.is_ok() { 0 } else { -1 },
-            elapsed_ms: started.elapsed().as_secs_f64() * 1000.0,
-            chain: vec![RouteChainEntry {
-                policy: "client_model",
-                verdict: if resolved.is_ok() {
-                    "chose"
-                } else {
-                    "rejected"
-                },
-                reason: match &resolved {
-                    Ok(_) => "model requested by the client".to_owned(),
-                    Err(e) => e.message(),
-                },
-                candidate_model: resolved.as_ref().ok().map(|e| e.id.clone()),
-            }],
-            requested_model: req.model.clone(),
-        };
-        let route_id = self.emit(&session_id, Some(&turn_id), None, &route);
-        let entry = resolved?;
-        let aliases = self.catalog.aliases_of(&entry.id);
-        if !key.allows_model(&entry.id, &aliases) {
-            return Err(GatewayError::ModelNotAllowed {
-                model: req.model.clone(),
-                key_id: key.key_id.clone(),
-            });
-        }
-        let Some(provider) = self.providers.get(&entry.provider).cloned() else {
-            return Err(GatewayError::Internal);
-        };
-        let wire_shape = shape_of(provider.wire());
-        let same_shape = wire_shape == shape;
+        let routed = self.route(&admission, &req.model, started)?;
+        let (wire_format, same_shape) = generate_wire(shape, &*routed.provider);
+        let wire_shape = shape_of(wire_format);
         let upstream_json = if same_shape {
-            wire::passthrough_request(wire_shape, parsed.raw, &entry.upstream_name)
+            wire::passthrough_request(wire_shape, parsed.raw, &routed.entry.upstream_name)
         } else {
-            wire::render_request(wire_shape, &req, &entry.upstream_name)?
+            wire::render_request(wire_shape, &req, &routed.entry.upstream_name)?
         };
         let upstream_body = serde_json::to_vec(&upstream_json).map_err(|e| {
             tracing::error!(error = %e, "could not serialise the upstream request");
             GatewayError::Internal
         })?;
-
-        // Reserve the worst-case cost against the key's caps (atomic with the check), so
-        // concurrent requests cannot overshoot a cap by more than one request's worth.
-        let price = self.price_of(&entry.id);
-        let estimated_input = req.estimate_input_tokens();
-        let estimate = price.map_or(0.0, |p| {
-            p.cost(&gw_domain::canonical::Usage {
-                input_tokens: estimated_input,
-                output_tokens: req.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS_ESTIMATE),
-                ..Default::default()
-            })
-        });
-        let reservation =
-            match self
-                .ledger
-                .reserve(key.account(), Caps::of(key), estimate, self.clock.now_us())
-            {
-                Ok((r, alerts)) => {
-                    if !alerts.is_empty() {
-                        self.quota_events(key, shape, &alerts, None);
-                    }
-                    r
-                }
-                Err(e) => {
-                    self.quota_events(key, shape, &[], Some(&e));
-                    return Err(quota_error(&e));
-                }
-            };
-
-        let request_id = self.ids.ulid();
-        let call_started = LlmCallStarted {
-            model: entry.id.clone(),
-            provider: entry.provider.clone(),
-            estimated_input_tokens: estimated_input,
-            request_id: request_id.clone(),
-            is_worker: admission.session.as_ref().is_some_and(|l| l.is_worker),
-            stream: req.stream,
-        };
-        let started_id = self.emit(&session_id, Some(&turn_id), Some(&route_id), &call_started);
-        // One span per call with the GenAI semantic-convention attributes; it lives in the
-        // recorder so streams close it when they end. Usage is recorded on completion.
-        // Spans exist only when they are exported: building them costs per request.
-        let exporting = self.trace.exporting();
-        let call_span = if !exporting {
-            tracing::Span::none()
-        } else {
-            tracing::info_span!(
-            "gen_ai.chat",
-            otel.name = %format!("chat {}", entry.upstream_name),
-            otel.kind = "client",
-            gen_ai.operation.name = "chat",
-            gen_ai.system = %entry.provider,
-            gen_ai.request.model = %entry.upstream_name,
-            gen_ai.response.model = tracing::field::Empty,
-            gen_ai.usage.input_tokens = tracing::field::Empty,
-            gen_ai.usage.output_tokens = tracing::field::Empty,
-            metis.gateway_key_id = %key.key_id,
-            metis.inbound_shape = shape.as_str(),
-            metis.stream = req.stream,
-            )
-        };
-        let upstream_span = if !exporting {
-            tracing::Span::none()
-        } else {
-            tracing::info_span!(
-                parent: &call_span,
-                "upstream",
-                otel.name = %format!("POST {}", entry.provider),
-                otel.kind = "client",
-                gen_ai.system = %entry.provider,
-                metis.retries = tracing::field::Empty,
-            )
-        };
-        let traceparent = {
-            let _in_upstream = upstream_span.enter();
-            self.trace
-                .current_traceparent()
-                .or_else(|| admission.traceparent.clone())
-        };
-        let mut recorder = CallRecorder {
-            span: call_span,
-            pattern: Some(PatternHook {
-                batcher: Arc::clone(&self.patterns),
-                features: fingerprint(&req, &key.workspace_path),
-                workspace: key.workspace_path.clone(),
-            }),
-            session: admission.session.clone().map(|link| SessionHook {
-                store: Arc::clone(&self.sessions),
-                link,
-                workspace: key.workspace_path.clone(),
-            }),
-            sink: Arc::clone(&self.sink),
-            ids: Arc::clone(&self.ids),
-            clock: Arc::clone(&self.clock),
-            session_id,
-            turn_id,
-            started_event_id: started_id,
-            model: entry.id.clone(),
-            provider: entry.provider.clone(),
-            identity,
-            price,
-            reservation: Some(reservation),
-            metrics: Arc::clone(&self.metrics),
-            inflight: InflightGuard::new(Arc::clone(&self.metrics)),
-            pricing_version: self.prices.version.clone(),
-            started,
-            usage: Default::default(),
-            stop_reason: None,
-            tool_calls: 0,
-            thinking_blocks: 0,
-            retries: 0,
-            finished: false,
-            estimated_input_tokens: estimated_input,
-            relayed_chars: 0,
-            stream_started: false,
-            usage_estimated: false,
-        };
-
-        let reply = provider
-            .send(UpstreamRequest {
-                body: Bytes::from(upstream_body),
+        let mut call = self.start_call(
+            &admission,
+            &routed,
+            CallSpec {
+                operation: "chat",
                 stream: req.stream,
-                request_id,
-                traceparent,
-            })
-            .instrument(upstream_span.clone())
-            .await;
-        upstream_span.record(
-            "metis.retries",
-            match &reply {
-                Ok(r) => r.retries,
-                Err(e) => e.retries(),
+                estimated_input_tokens: req.estimate_input_tokens(),
+                max_output_tokens: req.max_tokens,
+                features: Some(fingerprint(&req, &admission.key.workspace_path)),
             },
+        )?;
+        let request = self.upstream_request(
+            &admission,
+            &call,
+            wire_format,
+            Operation::Generate,
+            Bytes::from(upstream_body),
+            req.stream,
+            same_shape,
         );
-        drop(upstream_span);
-        let reply = match reply {
-            Ok(r) => r,
-            Err(e) => {
-                recorder.retries = e.retries();
-                let (client_err, class, message) = upstream_error(&e);
-                recorder.fail(class, &message);
-                return Err(client_err);
-            }
-        };
-        recorder.retries = reply.retries;
+        let reply = self
+            .send(&*routed.provider, &mut call, request, same_shape)
+            .await?;
+        let mut recorder = call.recorder;
         let response_id = self.ids.ulid();
         let created = self.clock.now_us() / 1_000_000;
+        let provider_name = &routed.entry.provider;
 
         match reply.body {
             UpstreamBody::Full(bytes) => {
@@ -787,14 +628,13 @@ impl GatewayService for GatewayCore {
                     Ok(x) => x,
                     Err(msg) => {
                         let message = format!(
-                            "upstream {} returned a body the gateway could not parse",
-                            entry.provider
+                            "upstream {provider_name} returned a body the gateway could not parse"
                         );
-                        tracing::warn!(provider = %entry.provider, error = %msg, "unparseable upstream body");
+                        tracing::warn!(provider = %provider_name, error = %msg, "unparseable upstream body");
                         recorder.fail(ErrorClass::Other, &message);
                         return Err(GatewayError::Upstream {
                             class: ErrorClass::Network,
-                            provider: entry.provider.clone(),
+                            provider: provider_name.clone(),
                             message,
                             retry_after_secs: None,
                         });
@@ -841,27 +681,49 @@ impl GatewayService for GatewayCore {
         }
     }
 
-    fn list_models(&self, admission: &Admission) -> Bytes {
-        let live = |p: &str| self.is_live(p);
-        let mut data = Vec::new();
-        for entry in self.catalog.live_models(&live) {
-            let aliases = self.catalog.aliases_of(&entry.id);
-            if !admission.key.allows_model(&entry.id, &aliases) {
-                continue;
-            }
-            let owned_by = if entry.provider == "mock" {
-                "mock (test double)"
-            } else {
-                entry.provider.as_str()
+    fn models(&self, admission: &Admission, query: &ModelsQuery) -> Result<Bytes, GatewayError> {
+        let listing: Vec<ListedModel> = self
+            .catalog
+            .listing(&|p| self.is_live(p))
+            .into_iter()
+            .filter(|m| {
+                let canonical = m.alias_of.as_deref().unwrap_or(&m.id);
+                let aliases = self.catalog.aliases_of(canonical);
+                admission.key.allows_model(canonical, &aliases)
+            })
+            .collect();
+        let anthropic = admission.shape == Shape::Anthropic;
+        let body =
+            match &query.id {
+                Some(id) => {
+                    let m = listing.iter().find(|m| &m.id == id).ok_or_else(|| {
+                        GatewayError::NotFound {
+                            path: format!("/v1/models/{id}"),
+                        }
+                    })?;
+                    if anthropic {
+                        gw_domain::models::anthropic_model(m)
+                    } else {
+                        gw_domain::models::openai_model(m)
+                    }
+                }
+                None if anthropic => gw_domain::models::anthropic_list(&listing, &query.page)
+                    .map_err(gw_domain::error::invalid)?,
+                None => gw_domain::models::openai_list(&listing),
             };
-            data.push(
-                json!({"id": entry.id, "object": "model", "created": 0, "owned_by": owned_by}),
-            );
-            for a in aliases {
-                data.push(json!({"id": a, "object": "model", "created": 0, "owned_by": owned_by, "alias_of": entry.id}));
-            }
-        }
-        Bytes::from(json!({"object": "list", "data": data}).to_string())
+        Ok(Bytes::from(body.to_string()))
+    }
+
+    async fn count_tokens(
+        &self,
+        admission: Admission,
+        body: Bytes,
+    ) -> Result<TokenCount, GatewayError> {
+        self.count_input_tokens(admission, body).await
+    }
+
+    async fn embeddings(&self, admission: Admission, body: Bytes) -> Result<Bytes, GatewayError> {
+        self.embed(admission, body).await
     }
 
     fn readiness(&self) -> Result<(), String> {

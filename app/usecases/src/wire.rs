@@ -11,8 +11,17 @@ use serde_json::{Map, Value};
 /// The public API shape a wire format corresponds to.
 pub(crate) fn shape_of(wire: WireFormat) -> Shape {
     match wire {
-        WireFormat::OpenAiChat => Shape::OpenAi,
+        // MERGE: Shape::Responses
+        WireFormat::OpenAiChat | WireFormat::OpenAiResponses => Shape::OpenAi,
         WireFormat::AnthropicMessages => Shape::Anthropic,
+    }
+}
+
+/// The wire format of a client shape's own API (what same-shape traffic is forwarded in).
+pub(crate) fn wire_of(shape: Shape) -> WireFormat {
+    match shape {
+        Shape::OpenAi => WireFormat::OpenAiChat,
+        Shape::Anthropic => WireFormat::AnthropicMessages,
     }
 }
 

@@ -1,0 +1,366 @@
+//! The shared leg of every billed upstream call (chat, messages, responses, embeddings):
+//! resolve the model and record `route.decided`, check the key's allow-list, reserve the
+//! worst-case cost against its caps, record `llm.call_started`, send, and map failures.
+//!
+//! Each endpoint builds its own upstream body between [`GatewayCore::route`] and
+//! [`GatewayCore::start_call`], so a body the gateway cannot translate is a 400 with only
+//! `route.decided` recorded, as before any money was reserved.
+
+use super::{DEFAULT_MAX_TOKENS_ESTIMATE, GatewayCore, quota_error};
+use crate::recorder::{CallRecorder, InflightGuard, PatternHook, SessionHook};
+use crate::spend::Caps;
+use gw_domain::error::{ErrorClass, GatewayError};
+use gw_domain::events::{CallIdentity, LlmCallStarted, RouteChainEntry, RouteDecided};
+use gw_domain::models::ModelEntry;
+use gw_domain::patterns::StructuralFeatures;
+use gw_ports::gateway::Admission;
+use gw_ports::upstream::{Provider, UpstreamError, UpstreamReply, UpstreamRequest};
+use std::sync::Arc;
+use std::time::Instant;
+use tracing::Instrument;
+
+/// A request whose model resolved to a live provider the key may use.
+pub(super) struct Routed {
+    pub entry: ModelEntry,
+    pub provider: Arc<dyn Provider>,
+    pub session_id: String,
+    pub turn_id: String,
+    pub route_id: String,
+    pub identity: CallIdentity,
+    pub started: Instant,
+}
+
+/// What [`GatewayCore::start_call`] needs to know about the call.
+pub(super) struct CallSpec {
+    /// `chat` or `embeddings` (the GenAI operation name on the span).
+    pub operation: &'static str,
+    pub stream: bool,
+    pub estimated_input_tokens: u64,
+    /// Output tokens the reservation assumes (`None`: the default estimate).
+    pub max_output_tokens: Option<u64>,
+    /// The turn's structural fingerprint, for the pattern projection (chat calls only).
+    pub features: Option<StructuralFeatures>,
+}
+
+/// A call being recorded: its recorder writes `llm.call_completed` or `llm.call_failed`.
+pub(super) struct StartedCall {
+    pub recorder: CallRecorder,
+    pub request_id: String,
+    pub traceparent: Option<String>,
+    upstream_span: tracing::Span,
+}
+
+impl GatewayCore {
+    /// Resolve `model` (recording `route.decided` whatever the outcome) and check that the
+    /// key may use it.
+    ///
+    /// # Errors
+    /// `ModelNotFound`, `ModelNotAllowed`.
+    pub(super) fn route(
+        &self,
+        admission: &Admission,
+        model: &str,
+        started: Instant,
+    ) -> Result<Routed, GatewayError> {
+        let key = &admission.key;
+        // A client-named session groups the request's events; otherwise the request is its
+        // own synthetic session (not stored in the sessions table).
+        let session_id = match &admission.session {
+            Some(link) => link.session_id.as_str().to_owned(),
+            None => format!("gw_{}", self.ids.ulid()),
+        };
+        let turn_id = format!("gt_{}", self.ids.ulid());
+        let identity = CallIdentity {
+            gateway_key_id: Some(key.key_id.clone()),
+            inbound_shape: Some(admission.shape.as_str()),
+            user_id: key.user_id.clone(),
+            team_id: key.team_id.clone(),
+            parent_session_id: admission
+                .session
+                .as_ref()
+                .and_then(|l| l.parent_session_id.as_ref())
+                .map(|p| p.as_str().to_owned()),
+        };
+        let resolved = self.catalog.resolve(model, &|p| self.is_live(p));
+        let route = RouteDecided {
+            chosen_model: resolved.as_ref().map(|e| e.id.clone()).unwrap_or_default(),
+            winner_index: if resolved.is_ok() { 0 } else { -1 },
+            elapsed_ms: started.elapsed().as_secs_f64() * 1000.0,
+            chain: vec![RouteChainEntry {
+                policy: "client_model",
+                verdict: if resolved.is_ok() {
+                    "chose"
+                } else {
+                    "rejected"
+                },
+                reason: match &resolved {
+                    Ok(_) => "model requested by the client".to_owned(),
+                    Err(e) => e.message(),
+                },
+                candidate_model: resolved.as_ref().ok().map(|e| e.id.clone()),
+            }],
+            requested_model: model.to_owned(),
+        };
+        let route_id = self.emit(&session_id, Some(&turn_id), None, &route);
+        let entry = resolved?;
+        let aliases = self.catalog.aliases_of(&entry.id);
+        if !key.allows_model(&entry.id, &aliases) {
+            return Err(GatewayError::ModelNotAllowed {
+                model: model.to_owned(),
+                key_id: key.key_id.clone(),
+            });
+        }
+        let Some(provider) = self.providers.get(&entry.provider).cloned() else {
+            return Err(GatewayError::Internal);
+        };
+        Ok(Routed {
+            entry,
+            provider,
+            session_id,
+            turn_id,
+            route_id,
+            identity,
+            started,
+        })
+    }
+
+    /// Reserve the call's worst-case cost against the key's caps (atomic with the check, so
+    /// concurrent requests cannot overshoot a cap by more than one request's worth), record
+    /// `llm.call_started` and open the call's spans.
+    ///
+    /// # Errors
+    /// `QuotaExceeded` when the reservation does not fit.
+    pub(super) fn start_call(
+        &self,
+        admission: &Admission,
+        routed: &Routed,
+        spec: CallSpec,
+    ) -> Result<StartedCall, GatewayError> {
+        let key = &admission.key;
+        let entry = &routed.entry;
+        let price = self.price_of(&entry.id);
+        let estimate = price.map_or(0.0, |p| {
+            p.cost(&gw_domain::canonical::Usage {
+                input_tokens: spec.estimated_input_tokens,
+                output_tokens: spec
+                    .max_output_tokens
+                    .unwrap_or(DEFAULT_MAX_TOKENS_ESTIMATE),
+                ..Default::default()
+            })
+        });
+        let reservation =
+            match self
+                .ledger
+                .reserve(key.account(), Caps::of(key), estimate, self.clock.now_us())
+            {
+                Ok((r, alerts)) => {
+                    if !alerts.is_empty() {
+                        self.quota_events(key, admission.shape, &alerts, None);
+                    }
+                    r
+                }
+                Err(e) => {
+                    self.quota_events(key, admission.shape, &[], Some(&e));
+                    return Err(quota_error(&e));
+                }
+            };
+
+        let request_id = self.ids.ulid();
+        let call_started = LlmCallStarted {
+            model: entry.id.clone(),
+            provider: entry.provider.clone(),
+            estimated_input_tokens: spec.estimated_input_tokens,
+            request_id: request_id.clone(),
+            is_worker: admission.session.as_ref().is_some_and(|l| l.is_worker),
+            stream: spec.stream,
+        };
+        let started_id = self.emit(
+            &routed.session_id,
+            Some(&routed.turn_id),
+            Some(&routed.route_id),
+            &call_started,
+        );
+        // One span per call with the GenAI semantic-convention attributes; it lives in the
+        // recorder so streams close it when they end. Usage is recorded on completion.
+        // Spans exist only when they are exported: building them costs per request.
+        let exporting = self.trace.exporting();
+        let call_span = if exporting {
+            tracing::info_span!(
+                "gen_ai.call",
+                otel.name = %format!("{} {}", spec.operation, entry.upstream_name),
+                otel.kind = "client",
+                gen_ai.operation.name = spec.operation,
+                gen_ai.system = %entry.provider,
+                gen_ai.request.model = %entry.upstream_name,
+                gen_ai.response.model = tracing::field::Empty,
+                gen_ai.usage.input_tokens = tracing::field::Empty,
+                gen_ai.usage.output_tokens = tracing::field::Empty,
+                metis.gateway_key_id = %key.key_id,
+                metis.inbound_shape = admission.shape.as_str(),
+                metis.stream = spec.stream,
+            )
+        } else {
+            tracing::Span::none()
+        };
+        let upstream_span = if exporting {
+            tracing::info_span!(
+                parent: &call_span,
+                "upstream",
+                otel.name = %format!("POST {}", entry.provider),
+                otel.kind = "client",
+                gen_ai.system = %entry.provider,
+                metis.retries = tracing::field::Empty,
+            )
+        } else {
+            tracing::Span::none()
+        };
+        let traceparent = {
+            let _in_upstream = upstream_span.enter();
+            self.trace
+                .current_traceparent()
+                .or_else(|| admission.traceparent.clone())
+        };
+        let recorder = CallRecorder {
+            span: call_span,
+            pattern: spec.features.map(|features| PatternHook {
+                batcher: Arc::clone(&self.patterns),
+                features,
+                workspace: key.workspace_path.clone(),
+            }),
+            session: admission.session.clone().map(|link| SessionHook {
+                store: Arc::clone(&self.sessions),
+                link,
+                workspace: key.workspace_path.clone(),
+            }),
+            sink: Arc::clone(&self.sink),
+            ids: Arc::clone(&self.ids),
+            clock: Arc::clone(&self.clock),
+            session_id: routed.session_id.clone(),
+            turn_id: routed.turn_id.clone(),
+            started_event_id: started_id,
+            model: entry.id.clone(),
+            provider: entry.provider.clone(),
+            identity: routed.identity.clone(),
+            price,
+            reservation: Some(reservation),
+            metrics: Arc::clone(&self.metrics),
+            inflight: InflightGuard::new(Arc::clone(&self.metrics)),
+            pricing_version: self.prices.version.clone(),
+            started: routed.started,
+            usage: Default::default(),
+            stop_reason: None,
+            tool_calls: 0,
+            thinking_blocks: 0,
+            retries: 0,
+            finished: false,
+            estimated_input_tokens: spec.estimated_input_tokens,
+            relayed_chars: 0,
+            stream_started: false,
+            usage_estimated: false,
+        };
+        Ok(StartedCall {
+            recorder,
+            request_id,
+            traceparent,
+            upstream_span,
+        })
+    }
+
+    /// Send the call upstream. A failure is recorded on the call and mapped to the client's
+    /// error: relayed unchanged when `relay` (same-shape traffic), else an envelope naming the
+    /// provider, status and upstream error type.
+    ///
+    /// # Errors
+    /// The upstream failure, as the client will see it.
+    pub(super) async fn send(
+        &self,
+        provider: &dyn Provider,
+        call: &mut StartedCall,
+        request: UpstreamRequest,
+        relay: bool,
+    ) -> Result<UpstreamReply, GatewayError> {
+        let span = call.upstream_span.clone();
+        let reply = provider.send(request).instrument(span.clone()).await;
+        span.record(
+            "metis.retries",
+            match &reply {
+                Ok(r) => r.retries,
+                Err(e) => e.retries(),
+            },
+        );
+        call.upstream_span = tracing::Span::none();
+        match reply {
+            Ok(r) => {
+                call.recorder.retries = r.retries;
+                Ok(r)
+            }
+            Err(e) => {
+                call.recorder.retries = e.retries();
+                let (client_err, class, message) = upstream_error(&e, relay);
+                call.recorder.fail(class, &message);
+                Err(client_err)
+            }
+        }
+    }
+}
+
+/// The client's error, the failure class and the trace message (never upstream free text)
+/// of an upstream failure. With `relay`, an upstream JSON error body goes back unchanged.
+pub(super) fn upstream_error(
+    err: &UpstreamError,
+    relay: bool,
+) -> (GatewayError, ErrorClass, String) {
+    match err {
+        UpstreamError::Status {
+            provider,
+            status,
+            body,
+            retry_after_secs,
+            ..
+        } => {
+            let class = ErrorClass::classify_upstream(*status, body);
+            let parsed = serde_json::from_slice::<serde_json::Value>(body).ok();
+            let kind = parsed
+                .as_ref()
+                .and_then(|v| {
+                    let e = v.get("error")?;
+                    e.get("type")
+                        .or_else(|| e.get("code"))
+                        .and_then(|t| t.as_str().map(str::to_owned))
+                })
+                .unwrap_or_else(|| "unknown".to_owned());
+            let message = format!("upstream {provider} returned HTTP {status} ({kind})");
+            let client = match parsed {
+                Some(body) if relay && body.is_object() => GatewayError::UpstreamRelayed {
+                    class,
+                    provider: provider.clone(),
+                    status: *status,
+                    body,
+                    retry_after_secs: *retry_after_secs,
+                },
+                _ => GatewayError::Upstream {
+                    class,
+                    provider: provider.clone(),
+                    message: message.clone(),
+                    retry_after_secs: *retry_after_secs,
+                },
+            };
+            (client, class, message)
+        }
+        UpstreamError::Network {
+            provider, message, ..
+        } => {
+            let msg = format!("upstream {provider} unreachable: {message}");
+            (
+                GatewayError::Upstream {
+                    class: ErrorClass::Network,
+                    provider: provider.clone(),
+                    message: msg.clone(),
+                    retry_after_secs: None,
+                },
+                ErrorClass::Network,
+                msg,
+            )
+        }
+    }
+}
