@@ -581,8 +581,12 @@ fn with_openai_ids(content: &[ContentBlock]) -> Vec<ContentBlock> {
 }
 
 fn custom_patch_context() -> ResponseContext {
-    let raw = json!({"tools": [{"type": "custom", "name": "apply_patch"}]});
-    ResponseContext::from_request(&ChatRequest::default(), raw.as_object().unwrap())
+    let mut raw = Map::new();
+    raw.insert(
+        "tools".into(),
+        json!([{"type": "custom", "name": "apply_patch"}]),
+    );
+    ResponseContext::from_request(&ChatRequest::default(), &raw)
 }
 
 // ---------------------------------------------------------------------------------------
