@@ -84,9 +84,16 @@ fn request_from_map(map: &Map<String, Value>) -> Res<ChatRequest> {
         let role = match msg.req_str("role")? {
             "user" => Role::User,
             "assistant" => Role::Assistant,
+            // A system message inside `messages` (Claude Code sends one with the beta
+            // `mid-conversation-system-…`): forwarded as is to an Anthropic upstream, which
+            // decides; hoisted into the system prompt when translated.
+            "system" => {
+                req.system.extend(mid_conversation_system(&msg)?);
+                continue;
+            }
             other => {
                 return Err(invalid(format!(
-                    "{} '{other}' is not supported (expected user or assistant)",
+                    "{} '{other}' is not supported (expected user, assistant or system)",
                     msg.field("role")
                 )));
             }
@@ -180,6 +187,38 @@ fn opaque(b: &Obj<'_>) -> Opaque {
     Opaque {
         shape: Shape::Anthropic,
         value: Value::Object(b.map.clone()),
+    }
+}
+
+/// The text of a `system`-role message: a string, or text blocks (their `cache_control`
+/// kept).
+fn mid_conversation_system(msg: &Obj<'_>) -> Res<Vec<SystemBlock>> {
+    match msg.get("content") {
+        Some(Value::String(s)) => Ok(vec![SystemBlock {
+            text: s.clone(),
+            cache_control: None,
+        }]),
+        Some(Value::Array(blocks)) => blocks
+            .iter()
+            .enumerate()
+            .map(|(j, b)| {
+                let b = Obj::at(b, format!("{}[{j}]", msg.field("content")))?;
+                match b.req_str("type")? {
+                    "text" => Ok(SystemBlock {
+                        text: b.req_str("text")?.to_owned(),
+                        cache_control: b.get("cache_control").cloned(),
+                    }),
+                    other => Err(invalid(format!(
+                        "{} '{other}' is not supported in a system message (expected text)",
+                        b.field("type")
+                    ))),
+                }
+            })
+            .collect(),
+        _ => Err(invalid(format!(
+            "{} is required and must be a string or an array of text blocks",
+            msg.field("content")
+        ))),
     }
 }
 
@@ -1294,8 +1333,33 @@ mod tests {
             "messages must be a non-empty array"
         );
         assert!(
-            err_message(json!({"model": "m", "max_tokens": 5, "messages": [{"role": "system", "content": "x"}]}))
-                .starts_with("messages[0].role 'system' is not supported")
+            err_message(json!({"model": "m", "max_tokens": 5, "messages": [{"role": "tool", "content": "x"}]}))
+                .starts_with("messages[0].role 'tool' is not supported")
+        );
+        // A system message among the messages is hoisted into the canonical system prompt
+        // (and forwarded untouched on same-shape traffic, where `raw` is what travels).
+        let parsed = parse_request(
+            json!({"model": "m", "max_tokens": 5, "system": "first", "messages": [
+                {"role": "user", "content": "hi"},
+                {"role": "system", "content": [{"type": "text", "text": "mid", "cache_control": {"type": "ephemeral"}}]},
+            ]})
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(parsed.request.messages.len(), 1);
+        let texts: Vec<&str> = parsed
+            .request
+            .system
+            .iter()
+            .map(|b| b.text.as_str())
+            .collect();
+        assert_eq!(texts, ["first", "mid"]);
+        assert!(parsed.request.system[1].cache_control.is_some());
+        assert_eq!(parsed.raw["messages"][1]["role"], "system");
+        assert!(
+            err_message(json!({"model": "m", "max_tokens": 5, "messages": [{"role": "system", "content": [{"type": "image"}]}]}))
+                .contains("not supported in a system message")
         );
         assert_eq!(
             err_message(user(

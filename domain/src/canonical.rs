@@ -25,6 +25,8 @@ pub enum Shape {
     OpenAi,
     /// Anthropic Messages (`POST /v1/messages`).
     Anthropic,
+    /// OpenAI Responses (`POST /v1/responses`).
+    Responses,
 }
 
 impl Shape {
@@ -34,6 +36,7 @@ impl Shape {
         match self {
             Shape::OpenAi => "openai",
             Shape::Anthropic => "anthropic",
+            Shape::Responses => "responses",
         }
     }
 }
@@ -64,7 +67,8 @@ pub struct ChatRequest {
     /// End-user id (`user` on OpenAI, `metadata.user_id` on Anthropic).
     pub user: Option<String>,
     /// Tools of a kind the IR has no model for (Anthropic server tools such as
-    /// `web_search_20250305`, OpenAI `custom` tools), kept verbatim in their own shape.
+    /// `web_search_20250305`, OpenAI Chat `custom` tools, Responses hosted tools such as
+    /// `web_search` or `local_shell`), kept verbatim in their own shape.
     pub other_tools: Vec<Opaque>,
 }
 
@@ -213,7 +217,8 @@ pub enum ContentBlock {
         data: String,
     },
     /// A block the IR has no model for (Anthropic `document`, `search_result`,
-    /// `server_tool_use`, an OpenAI `input_audio` part, an image with a `file` source, ...).
+    /// `server_tool_use`, an OpenAI `input_audio` part, an image with a `file` source, a
+    /// Responses `input_file` part or `item_reference` item, ...).
     Other(Opaque),
 }
 
@@ -758,5 +763,35 @@ pub(crate) mod wire {
     /// Unsigned integer field of a usage object (0 when absent or not a number).
     pub(crate) fn count(v: &Value, key: &str) -> u64 {
         v.get(key).and_then(Value::as_u64).unwrap_or(0)
+    }
+
+    /// An image URL as the OpenAI wires carry it: a `data:<media type>;base64,<data>` URL
+    /// becomes inline base64, anything else stays a URL. `path` names the field on error.
+    pub(crate) fn image_from_url(url: &str, path: &str) -> Res<super::ImageSource> {
+        let Some(rest) = url.strip_prefix("data:") else {
+            return Ok(super::ImageSource::Url {
+                url: url.to_owned(),
+            });
+        };
+        let Some((meta, data)) = rest.split_once(',') else {
+            return Err(invalid(format!("{path} is not a valid data URL")));
+        };
+        let Some(media_type) = meta.strip_suffix(";base64") else {
+            return Err(invalid(format!("{path} must be a base64 data URL")));
+        };
+        Ok(super::ImageSource::Base64 {
+            media_type: media_type.to_owned(),
+            data: data.to_owned(),
+        })
+    }
+
+    /// The URL form of an image (the inverse of [`image_from_url`]).
+    pub(crate) fn image_url(source: &super::ImageSource) -> String {
+        match source {
+            super::ImageSource::Base64 { media_type, data } => {
+                format!("data:{media_type};base64,{data}")
+            }
+            super::ImageSource::Url { url } => url.clone(),
+        }
     }
 }

@@ -1,7 +1,8 @@
 //! Every error the gateway can answer a client with, and how each renders per inbound shape.
 //!
 //! Invariant: every error response is a JSON envelope in the inbound shape — OpenAI
-//! `{"error":{"message","type","code"}}` or Anthropic `{"type":"error","error":{"type","message"}}`.
+//! `{"error":{"message","type","code"}}` (Chat Completions and Responses alike, as the real
+//! API) or Anthropic `{"type":"error","error":{"type","message"}}`.
 //! Upstream error text reaches a client only on same-shape traffic, where the client speaks
 //! the upstream's own API and recovers by matching its wording ("prompt is too long"):
 //! [`GatewayError::UpstreamRelayed`] carries that body unchanged. It is never logged or traced
@@ -317,7 +318,7 @@ impl GatewayError {
                     "type": "rate_limit_error",
                 });
                 match shape {
-                    Shape::OpenAi => json!({ "error": inner }),
+                    Shape::OpenAi | Shape::Responses => json!({ "error": inner }),
                     Shape::Anthropic => json!({ "type": "error", "error": inner }),
                 }
             }
@@ -328,7 +329,7 @@ impl GatewayError {
             } => {
                 retry_after_secs = Some(*secs);
                 match shape {
-                    Shape::OpenAi => json!({"error": {
+                    Shape::OpenAi | Shape::Responses => json!({"error": {
                         "code": "rate_limit_exceeded",
                         "type": "rate_limit_error",
                         "message": message,
@@ -345,7 +346,7 @@ impl GatewayError {
                 // Same body for both shapes except `type`, as the original; it carries the key
                 // id so operators can correlate with `list-keys`.
                 let ty = match shape {
-                    Shape::OpenAi => "invalid_request_error",
+                    Shape::OpenAi | Shape::Responses => "invalid_request_error",
                     Shape::Anthropic => "authentication_error",
                 };
                 let inner = json!({
@@ -356,7 +357,7 @@ impl GatewayError {
                     "type": ty,
                 });
                 match shape {
-                    Shape::OpenAi => json!({ "error": inner }),
+                    Shape::OpenAi | Shape::Responses => json!({ "error": inner }),
                     Shape::Anthropic => json!({ "type": "error", "error": inner }),
                 }
             }
@@ -371,7 +372,7 @@ impl GatewayError {
                     retry_after_secs = *r;
                 }
                 match shape {
-                    Shape::OpenAi => {
+                    Shape::OpenAi | Shape::Responses => {
                         let mut inner = Map::new();
                         inner.insert("message".into(), Value::String(message));
                         inner.insert("type".into(), Value::String(openai_type.into()));
@@ -559,5 +560,30 @@ mod tests {
         let r = e.render(Shape::OpenAi);
         assert_eq!((r.status, r.retry_after_secs), (429, Some(7)));
         assert_eq!(r.body["error"]["type"], "rate_limit_error");
+    }
+
+    #[test]
+    fn responses_clients_get_the_openai_envelope() {
+        let errors = [
+            invalid("input[2].call_id is required and must be a string"),
+            GatewayError::KeyRevoked {
+                key_id: "k1".into(),
+                revoked_at: None,
+            },
+            GatewayError::RateLimited {
+                scope: "per_ip",
+                rpm: 5,
+                retry_after_secs: 2,
+            },
+            GatewayError::QuotaExceeded {
+                scope: "key_daily",
+                limit_usd: "1.00".into(),
+                current_usd: "1.20".into(),
+            },
+        ];
+        for e in errors {
+            assert_eq!(e.render(Shape::Responses), e.render(Shape::OpenAi), "{e:?}");
+            assert!(e.render(Shape::Responses).body.get("type").is_none());
+        }
     }
 }

@@ -36,7 +36,7 @@ pub fn forwards(shape: Shape, name: &str) -> bool {
     }
     let prefix = match shape {
         Shape::Anthropic => "anthropic-",
-        Shape::OpenAi => "openai-",
+        Shape::OpenAi | Shape::Responses => "openai-",
     };
     lower.starts_with(prefix) && lower.len() > prefix.len()
 }

@@ -17,6 +17,7 @@ pub mod openai;
 pub mod patterns;
 pub mod pricing;
 pub mod ratelimit;
+pub mod responses;
 pub mod retention;
 pub mod sessions;
 pub mod sse;

@@ -1,4 +1,5 @@
-//! Tool-call id mapping between the OpenAI (`call_…`) and Anthropic (`toolu_…`) wires.
+//! Tool-call id mapping between the OpenAI (`call_…`, Chat Completions and Responses) and
+//! Anthropic (`toolu_…`) wires.
 //!
 //! Rule (a pure function of the id, so it is stable across requests):
 //! - towards the Anthropic wire, whose ids must match `^[a-zA-Z0-9_-]+$`: `call_X` becomes
@@ -56,7 +57,8 @@ pub fn to_openai(id: &str) -> String {
 #[must_use]
 pub fn map_id(target: Shape, id: &str) -> String {
     match target {
-        Shape::OpenAi => to_openai(id),
+        // Responses `call_id`s are OpenAI ids (`call_…`) too.
+        Shape::OpenAi | Shape::Responses => to_openai(id),
         Shape::Anthropic => to_anthropic(id),
     }
 }
@@ -154,7 +156,7 @@ mod tests {
 
         #[test]
         fn map_is_injective(ids in proptest::collection::vec(".{0,6}", 0..12)) {
-            for target in [Shape::OpenAi, Shape::Anthropic] {
+            for target in [Shape::OpenAi, Shape::Anthropic, Shape::Responses] {
                 let mut m = ToolIdMap::new(target);
                 let mut seen = HashMap::new();
                 for id in &ids {

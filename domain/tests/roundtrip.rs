@@ -5,6 +5,8 @@
 //!     re-parsed with `SseParser` + the same wire's `StreamParser`, carries the same text,
 //!     tool calls, stop reason and usage;
 //! (c) the client-facing SSE bytes parse identically however they are chunked (inside (b)).
+//!
+//! Each wire (OpenAI Chat Completions, Anthropic Messages, OpenAI Responses) gets all three.
 
 use gw_domain::anthropic;
 use gw_domain::canonical::{
@@ -13,6 +15,7 @@ use gw_domain::canonical::{
     ToolResultContent, Usage,
 };
 use gw_domain::openai;
+use gw_domain::responses::{self, ResponseContext};
 use gw_domain::sse::SseParser;
 use gw_domain::tool_ids;
 use proptest::collection::{btree_map, vec};
@@ -314,6 +317,180 @@ fn anthropic_request() -> impl Strategy<Value = ChatRequest> {
         )
 }
 
+/// Requests using what the Responses wire expresses: signed thinking (reasoning items), text
+/// and images, tool results (text or parts) answering the previous turn's calls — the API
+/// refuses outputs without an earlier call — no stop sequences, no cache control.
+fn responses_request() -> impl Strategy<Value = ChatRequest> {
+    let tool_use =
+        ("call_[a-zA-Z0-9]{1,8}", "[a-z_]{1,8}", object()).prop_map(|(id, name, input)| {
+            ContentBlock::ToolUse {
+                id,
+                name,
+                input,
+                cache_control: None,
+            }
+        });
+    let assistant = (
+        prop::option::of((text(), "[A-Za-z0-9+/=]{1,12}")),
+        prop::option::of(text()),
+        vec(tool_use, 0..3),
+    )
+        .prop_filter("an assistant turn has content", |(th, t, calls)| {
+            th.is_some() || t.is_some() || !calls.is_empty()
+        })
+        .prop_map(|(thinking, t, calls)| {
+            let mut content: Vec<ContentBlock> = thinking
+                .map(|(thinking, sig)| ContentBlock::Thinking {
+                    thinking,
+                    signature: Some(sig),
+                })
+                .into_iter()
+                .collect();
+            content.extend(t.map(|t| text_block(t, None)));
+            content.extend(calls);
+            Message {
+                role: Role::Assistant,
+                content,
+            }
+        });
+    let user_block = prop_oneof![
+        text().prop_map(|t| text_block(t, None)),
+        image().prop_map(|source| ContentBlock::Image {
+            source,
+            cache_control: None
+        }),
+    ];
+    let result_content = vec(
+        prop_oneof![
+            text().prop_map(ToolResultContent::Text),
+            image().prop_map(ToolResultContent::Image),
+        ],
+        1..3,
+    );
+    let turn = (vec(user_block, 1..3), vec(result_content, 3), assistant);
+    (
+        (
+            "[a-z0-9-]{1,12}",
+            vec(text(), 0..3),
+            vec(turn, 1..4),
+            tools(),
+            tool_choice(),
+            prop::option::of(1..100_000u64),
+        ),
+        (
+            fraction(200),
+            fraction(100),
+            any::<bool>(),
+            prop::option::of(any::<bool>()),
+            prop::option::of("[a-z0-9]{1,8}"),
+        ),
+    )
+        .prop_map(
+            |(
+                (model, system, turns, tools, tool_choice, max_tokens),
+                (temperature, top_p, stream, parallel_tool_calls, user),
+            )| {
+                let mut messages: Vec<Message> = Vec::new();
+                for (blocks, results, assistant) in turns {
+                    // This user turn answers every call of the previous assistant turn.
+                    let calls: Vec<String> = messages
+                        .last()
+                        .into_iter()
+                        .flat_map(|m| &m.content)
+                        .filter_map(|b| match b {
+                            ContentBlock::ToolUse { id, .. } => Some(id.clone()),
+                            _ => None,
+                        })
+                        .collect();
+                    let mut content: Vec<ContentBlock> = calls
+                        .into_iter()
+                        .zip(results)
+                        .map(|(tool_use_id, content)| ContentBlock::ToolResult {
+                            tool_use_id,
+                            content,
+                            is_error: false,
+                            cache_control: None,
+                        })
+                        .collect();
+                    content.extend(blocks);
+                    messages.push(Message {
+                        role: Role::User,
+                        content,
+                    });
+                    messages.push(assistant);
+                }
+                ChatRequest {
+                    model,
+                    system: system
+                        .into_iter()
+                        .map(|text| SystemBlock {
+                            text,
+                            cache_control: None,
+                        })
+                        .collect(),
+                    messages,
+                    tools: tools
+                        .into_iter()
+                        .map(|t| ToolDef {
+                            cache_control: None,
+                            ..t
+                        })
+                        .collect(),
+                    tool_choice,
+                    max_tokens,
+                    temperature,
+                    top_p,
+                    stop: Vec::new(),
+                    stream,
+                    include_usage: false,
+                    thinking: None,
+                    parallel_tool_calls,
+                    user,
+                    other_tools: Vec::new(),
+                }
+            },
+        )
+}
+
+/// Complete answers: text, signed and unsigned thinking, redacted thinking, function calls
+/// and calls of the custom tool `apply_patch` (whose input is one string).
+fn response() -> impl Strategy<Value = ChatResponse> {
+    let block = prop_oneof![
+        text().prop_map(|t| text_block(t, None)),
+        (text(), prop::option::of("[A-Za-z0-9]{1,12}")).prop_map(|(thinking, signature)| {
+            ContentBlock::Thinking {
+                thinking,
+                signature,
+            }
+        }),
+        "[A-Za-z0-9]{1,12}".prop_map(|data| ContentBlock::RedactedThinking { data }),
+        ("toolu_[a-zA-Z0-9]{1,8}", "[a-z_]{1,8}", object()).prop_map(|(id, name, input)| {
+            ContentBlock::ToolUse {
+                id,
+                name,
+                input,
+                cache_control: None,
+            }
+        }),
+        ("toolu_[a-zA-Z0-9]{1,8}", text()).prop_map(|(id, patch)| ContentBlock::ToolUse {
+            id,
+            name: "apply_patch".into(),
+            input: json!({ "input": patch }),
+            cache_control: None,
+        }),
+    ];
+    (vec(block, 0..6), stop_reason(), usage()).prop_map(|(content, stop_reason, usage)| {
+        ChatResponse {
+            id: None,
+            model: None,
+            content,
+            stop_reason,
+            stop_sequence: None,
+            usage,
+        }
+    })
+}
+
 // ---------------------------------------------------------------------------------------
 // Normalisations each renderer documents
 // ---------------------------------------------------------------------------------------
@@ -362,6 +539,54 @@ fn anthropic_normal(mut r: ChatRequest) -> ChatRequest {
         r.parallel_tool_calls = None;
     }
     r
+}
+
+/// Responses: all system text is `instructions` (`\n\n`-joined), as on OpenAI.
+fn responses_normal(r: ChatRequest) -> ChatRequest {
+    let mut r = openai_normal(r);
+    r.include_usage = false;
+    r
+}
+
+/// What the Responses wire keeps of a stop reason: `incomplete` for max tokens and refusals,
+/// else `completed`, read back as a tool-use stop when the answer calls tools.
+fn responses_stop(r: &ChatResponse) -> StopReason {
+    match r.stop_reason {
+        StopReason::MaxTokens => StopReason::MaxTokens,
+        StopReason::Refusal => StopReason::Refusal,
+        _ if r.tool_call_count() > 0 => StopReason::ToolUse,
+        _ => StopReason::EndTurn,
+    }
+}
+
+/// The content a Responses client sees: tool ids in the `call_` form.
+fn with_openai_ids(content: &[ContentBlock]) -> Vec<ContentBlock> {
+    content
+        .iter()
+        .map(|b| match b {
+            ContentBlock::ToolUse {
+                id,
+                name,
+                input,
+                cache_control,
+            } => ContentBlock::ToolUse {
+                id: tool_ids::to_openai(id),
+                name: name.clone(),
+                input: input.clone(),
+                cache_control: cache_control.clone(),
+            },
+            other => other.clone(),
+        })
+        .collect()
+}
+
+fn custom_patch_context() -> ResponseContext {
+    let mut raw = Map::new();
+    raw.insert(
+        "tools".into(),
+        json!([{"type": "custom", "name": "apply_patch"}]),
+    );
+    ResponseContext::from_request(&ChatRequest::default(), &raw)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -644,5 +869,49 @@ proptest! {
             .map(|t| tool_ids::to_anthropic(&t.0))
             .collect();
         prop_assert_eq!(back, upstream_ids);
+    }
+
+    #[test]
+    fn responses_render_then_parse_is_identity_on_its_subset(req in responses_request()) {
+        let wire = responses::render_request(&req, &req.model).unwrap();
+        let parsed = responses::parse_request(wire.to_string().as_bytes()).unwrap();
+        prop_assert_eq!(responses_normal(parsed.request), responses_normal(req));
+    }
+
+    #[test]
+    fn responses_response_render_then_parse_keeps_content_usage_and_stop(resp in response()) {
+        let out = responses::render_response(&resp, "alias", "01ID", 7, &custom_patch_context());
+        let got = responses::parse_response(out.to_string().as_bytes()).unwrap();
+        prop_assert_eq!(&got.content, &with_openai_ids(&resp.content));
+        prop_assert_eq!(got.stop_reason, responses_stop(&resp));
+        // `input_tokens` folds cache writes into uncached input; reads stay separate.
+        let (w, g) = (resp.usage, got.usage);
+        prop_assert_eq!(g.output_tokens, w.output_tokens);
+        prop_assert_eq!(g.cache_read_tokens, w.cache_read_tokens);
+        prop_assert_eq!(g.total_input(), w.total_input());
+    }
+
+    #[test]
+    fn responses_stream_render_then_parse_keeps_content_stop_and_usage(
+        events in events(),
+        cuts in vec(any::<Index>(), 0..10),
+    ) {
+        let mut renderer =
+            responses::StreamRenderer::new("01ID", "alias", 7, ResponseContext::default());
+        let mut bytes = String::new();
+        for e in &events {
+            bytes.extend(renderer.event(e));
+        }
+        bytes.extend(renderer.end());
+        let mut parser = responses::StreamParser::new();
+        let parsed = reparse(bytes.as_bytes(), &cuts, |f| parser.push(f)).unwrap();
+        prop_assert!(parser.ended_cleanly());
+        let (want, got) = (accumulate(&events), accumulate(&parsed));
+        prop_assert_eq!(&got.content, &with_openai_ids(&want.content));
+        prop_assert_eq!(got.stop_reason, responses_stop(&want));
+        let (w, g) = (want.usage, got.usage);
+        prop_assert_eq!(g.output_tokens, w.output_tokens);
+        prop_assert_eq!(g.cache_read_tokens, w.cache_read_tokens);
+        prop_assert_eq!(g.total_input(), w.total_input());
     }
 }

@@ -95,6 +95,14 @@ struct Readiness {
 }
 
 #[derive(poem_openapi::ApiResponse)]
+enum UpgradeAnswer {
+    /// The WebSocket transport is not served: use HTTP `POST /v1/responses` (OpenAI error
+    /// envelope, code `websocket_not_supported`).
+    #[oai(status = 426)]
+    UpgradeRequired(Json<serde_json::Value>),
+}
+
+#[derive(poem_openapi::ApiResponse)]
 enum ReadyResponse {
     /// Stores writable, keys loaded, not draining.
     #[oai(status = 200)]
@@ -122,7 +130,7 @@ fn x_api_key(req: &Request) -> Option<String> {
 /// first, then Bearer.
 fn presented_token(req: &Request, shape: Shape) -> Option<String> {
     match shape {
-        Shape::OpenAi => bearer(req),
+        Shape::OpenAi | Shape::Responses => bearer(req),
         Shape::Anthropic => x_api_key(req).or_else(|| bearer(req)),
     }
 }
@@ -185,8 +193,9 @@ fn meta(req: &Request, shape: Shape) -> InboundMeta {
 }
 
 /// Coding agents' own session headers, read (in this order) when `x-metis-session-id` is
-/// absent: Claude Code sends `X-Claude-Code-Session-Id` on every request.
-const AGENT_SESSION_HEADERS: [&str; 1] = ["x-claude-code-session-id"];
+/// absent: Claude Code sends `X-Claude-Code-Session-Id` on every request, the Codex CLI
+/// `session-id` (also as `thread-id`).
+const AGENT_SESSION_HEADERS: [&str; 2] = ["x-claude-code-session-id", "session-id"];
 
 /// The shape a `GET /v1/models` caller speaks: Anthropic when it authenticates with
 /// `x-api-key` or names an `anthropic-version`, as the Anthropic SDKs do.
@@ -357,6 +366,53 @@ impl Api {
     #[oai(path = "/v1/messages", method = "post", operation_id = "createMessage")]
     async fn messages(&self, req: &Request, body: Body) -> RawReply {
         self.provider(Shape::Anthropic, req, body).await
+    }
+
+    /// Create a model response (OpenAI Responses shape).
+    ///
+    /// Authenticate with `Authorization: Bearer <gateway key>`. Forwarded natively to an
+    /// upstream that serves the Responses API; translated through the gateway's canonical
+    /// form to Chat Completions or Anthropic upstreams (stateless: `previous_response_id` is
+    /// refused there with a 400 asking for the full input). With `stream: true` the answer
+    /// is the Responses SSE event sequence (`response.created` … `response.completed`).
+    #[oai(
+        path = "/v1/responses",
+        method = "post",
+        operation_id = "createResponse"
+    )]
+    async fn responses(&self, req: &Request, body: Body) -> RawReply {
+        self.provider(Shape::Responses, req, body).await
+    }
+
+    /// The WebSocket transport of the Responses API is not served: this answers 426, which
+    /// makes the Codex CLI (`supports_websockets = true`) switch to HTTP `POST /v1/responses`
+    /// at once and for the rest of its session (any other status costs it about 7 s of
+    /// reconnect back-off).
+    #[oai(
+        path = "/v1/responses",
+        method = "get",
+        operation_id = "responsesWebSocket"
+    )]
+    async fn responses_websocket(&self) -> UpgradeAnswer {
+        UpgradeAnswer::UpgradeRequired(Json(json!({"error": {
+            "message": "the WebSocket transport of the Responses API is not served by this gateway; use HTTP POST /v1/responses",
+            "type": "invalid_request_error",
+            "code": "websocket_not_supported",
+        }})))
+    }
+
+    /// Count the input tokens of a Responses request (OpenAI `input_tokens` shape).
+    ///
+    /// Exact when the upstream counts (OpenAI's own endpoint, or Anthropic's `count_tokens`
+    /// for Claude models), else the gateway's tokenizer (OpenAI model families) or an
+    /// estimate; the `x-metis-token-count` header says which. Never charged.
+    #[oai(
+        path = "/v1/responses/input_tokens",
+        method = "post",
+        operation_id = "countResponseInputTokens"
+    )]
+    async fn input_tokens(&self, req: &Request, body: Body) -> RawReply {
+        self.count(Shape::Responses, req, body).await
     }
 
     /// Count the input tokens of a Messages request (Anthropic `count_tokens` shape).
@@ -664,6 +720,8 @@ fn route_template(path: &str) -> (&'static str, &'static str) {
         "/v1/chat/completions" => ("/v1/chat/completions", "openai"),
         "/v1/messages" => ("/v1/messages", "anthropic"),
         "/v1/messages/count_tokens" => ("/v1/messages/count_tokens", "anthropic"),
+        "/v1/responses" => ("/v1/responses", "responses"),
+        "/v1/responses/input_tokens" => ("/v1/responses/input_tokens", "responses"),
         "/v1/embeddings" => ("/v1/embeddings", "openai"),
         "/v1/models" => ("/v1/models", "openai"),
         p if p.starts_with("/v1/models/") => ("/v1/models/{model_id}", "openai"),
@@ -739,29 +797,46 @@ fn complete_document(spec: &str) -> String {
             }}
         }
     });
-    let body = |required: &[&str], doc: &str| {
+    let body = |required: &[&str], extra: &[&str], doc: &str| {
+        let mut properties = serde_json::Map::new();
+        properties.insert(
+            "model".to_owned(),
+            json!({"type": "string", "description": "Alias, canonical id (`provider:name`) or model name."}),
+        );
+        for field in required.iter().chain(extra).filter(|f| **f != "model") {
+            let schema = match *field {
+                "messages" => json!({"type": "array", "items": {"type": "object"}}),
+                "stream" => json!({"type": "boolean"}),
+                "max_tokens" => json!({"type": "integer", "minimum": 1}),
+                "input" => {
+                    json!({"description": "A string, or an array (items, strings or token arrays)."})
+                }
+                _ => json!({}),
+            };
+            properties.insert((*field).to_owned(), schema);
+        }
         json!({
             "required": true,
             "description": doc,
             "content": {"application/json": {"schema": {
                 "type": "object",
                 "required": required,
-                "properties": {
-                    "model": {"type": "string", "description": "Alias, canonical id (`provider:name`) or model name."},
-                    "messages": {"type": "array", "items": {"type": "object"}},
-                    "stream": {"type": "boolean"}
-                },
+                "properties": properties,
                 "additionalProperties": true
             }}}
         })
     };
-    let ops: [(&str, &str, serde_json::Value, serde_json::Value, &str); 3] = [
+    let bearer = json!([{"GatewayBearer": []}]);
+    let either = json!([{"GatewayApiKey": []}, {"GatewayBearer": []}]);
+    let none = serde_json::Value::Null;
+    let ops: [(&str, &str, serde_json::Value, serde_json::Value, &str); 9] = [
         (
             "/v1/chat/completions",
             "post",
-            json!([{"GatewayBearer": []}]),
+            bearer.clone(),
             body(
                 &["model", "messages"],
+                &["stream"],
                 "An OpenAI Chat Completions request; unknown fields are forwarded to OpenAI-compatible upstreams.",
             ),
             "OpenAiError",
@@ -769,20 +844,69 @@ fn complete_document(spec: &str) -> String {
         (
             "/v1/messages",
             "post",
-            json!([{"GatewayApiKey": []}, {"GatewayBearer": []}]),
+            either.clone(),
             body(
                 &["model", "messages", "max_tokens"],
+                &["stream"],
                 "An Anthropic Messages request; unknown fields are forwarded to Anthropic upstreams.",
             ),
             "AnthropicError",
         ),
         (
+            "/v1/messages/count_tokens",
+            "post",
+            either.clone(),
+            body(
+                &["model", "messages"],
+                &[],
+                "An Anthropic Messages request without `max_tokens`.",
+            ),
+            "AnthropicError",
+        ),
+        (
+            "/v1/responses",
+            "post",
+            bearer.clone(),
+            body(
+                &["model", "input"],
+                &["stream"],
+                "An OpenAI Responses request; unknown fields are forwarded to upstreams that serve the Responses API.",
+            ),
+            "OpenAiError",
+        ),
+        (
+            "/v1/responses/input_tokens",
+            "post",
+            bearer.clone(),
+            body(&["model", "input"], &[], "An OpenAI Responses request."),
+            "OpenAiError",
+        ),
+        (
+            "/v1/embeddings",
+            "post",
+            bearer.clone(),
+            body(
+                &["model", "input"],
+                &[],
+                "An OpenAI embeddings request; unknown fields (`dimensions`, `encoding_format`, …) are forwarded.",
+            ),
+            "OpenAiError",
+        ),
+        (
             "/v1/models",
             "get",
             json!([{"GatewayBearer": []}, {"GatewayApiKey": []}]),
-            serde_json::Value::Null,
+            none.clone(),
             "OpenAiError",
         ),
+        (
+            "/v1/models/{model_id}",
+            "get",
+            json!([{"GatewayBearer": []}, {"GatewayApiKey": []}]),
+            none.clone(),
+            "OpenAiError",
+        ),
+        ("/v1/responses", "get", json!([]), none, "OpenAiError"),
     ];
     for (path, method, security, request_body, error) in ops {
         let op = &mut doc["paths"][path][method];

@@ -287,7 +287,7 @@ impl App {
                 PatternCaps::default(),
             ),
             background: Arc::new(background.clone()),
-            tokenizer: Arc::new(gw_tokenizer::Tiktoken::default()),
+            tokenizer: Arc::new(gw_tokenizer::Tiktoken),
             trace: Arc::new(crate::telemetry::OtelTraceContext {
                 exporting: crate::telemetry::exporting(),
             }),

@@ -6,7 +6,7 @@ use crate::limits::Limiter;
 use crate::patterns::PatternBatcher;
 use crate::spend::{Caps, SpendLedger};
 use crate::stream::{StreamState, client_stream};
-use crate::wire::{self, Passthrough, StreamParser, StreamRenderer, shape_of};
+use crate::wire::{self, Passthrough, RenderCtx, StreamParser, StreamRenderer, shape_of};
 use async_trait::async_trait;
 use bytes::Bytes;
 use gw_domain::canonical::{ChatRequest, Role};
@@ -20,6 +20,7 @@ use gw_domain::models::Catalog;
 use gw_domain::models::ListedModel;
 use gw_domain::patterns::{FingerprintInputs, StructuralFeatures};
 use gw_domain::pricing::PriceTable;
+use gw_domain::responses::ResponseContext;
 use gw_domain::sessions::parse_session_headers;
 use gw_domain::sse::SseParser;
 use gw_ports::gateway::{Admission, GatewayService, InboundMeta, ModelsQuery, Reply, TokenCount};
@@ -572,10 +573,29 @@ impl GatewayService for GatewayCore {
         let started = Instant::now();
         let shape = admission.shape;
         let parsed = wire::parse_request(shape, &body)?;
-        let req = parsed.request;
+        let mut req = parsed.request;
+        let responses_ctx = if shape == Shape::Responses {
+            ResponseContext::from_request(&req, &parsed.raw)
+        } else {
+            ResponseContext::default()
+        };
         let routed = self.route(&admission, &req.model, started)?;
         let (wire_format, same_shape) = generate_wire(shape, &*routed.provider);
         let wire_shape = shape_of(wire_format);
+        if shape == Shape::Responses && !same_shape {
+            let dropped = gw_domain::responses::prepare_for_translation(
+                &mut req,
+                &parsed.raw,
+                &routed.entry.provider,
+            )?;
+            if dropped > 0 {
+                tracing::debug!(
+                    provider = %routed.entry.provider,
+                    dropped,
+                    "OpenAI-hosted tools dropped from a translated Responses request"
+                );
+            }
+        }
         let upstream_json = if same_shape {
             wire::passthrough_request(wire_shape, parsed.raw, &routed.entry.upstream_name)
         } else {
@@ -610,7 +630,13 @@ impl GatewayService for GatewayCore {
             .await?;
         let mut recorder = call.recorder;
         let response_id = self.ids.ulid();
-        let created = self.clock.now_us() / 1_000_000;
+        let render = RenderCtx {
+            client_model: &req.model,
+            id: &response_id,
+            created: self.clock.now_us() / 1_000_000,
+            include_usage: req.include_usage,
+            responses: &responses_ctx,
+        };
         let provider_name = &routed.entry.provider;
 
         match reply.body {
@@ -618,11 +644,8 @@ impl GatewayService for GatewayCore {
                 let rendered = if same_shape {
                     wire::passthrough_response(wire_shape, &bytes, &req.model)
                 } else {
-                    wire::parse_response(wire_shape, &bytes).map(|resp| {
-                        let v =
-                            wire::render_response(shape, &resp, &req.model, &response_id, created);
-                        (v, resp)
-                    })
+                    wire::parse_response(wire_shape, &bytes)
+                        .map(|resp| (wire::render_response(shape, &resp, &render), resp))
                 };
                 let (value, resp) = match rendered {
                     Ok(x) => x,
@@ -662,13 +685,7 @@ impl GatewayService for GatewayCore {
                     upstream,
                     sse: SseParser::default(),
                     parser: StreamParser::new(wire_shape),
-                    renderer: StreamRenderer::new(
-                        shape,
-                        &response_id,
-                        &req.model,
-                        req.include_usage,
-                        created,
-                    ),
+                    renderer: StreamRenderer::new(shape, &render),
                     passthrough: same_shape
                         .then(|| Passthrough::new(shape, &req.model, req.include_usage)),
                     recorder,

@@ -50,7 +50,11 @@ impl StreamState {
 
     fn fail(&mut self, class: ErrorClass, message: &str, client_error: Option<GatewayError>) {
         if let Some(err) = client_error {
-            let frames = self.renderer.error(&err);
+            // A same-shape stream continues the upstream's own ids and sequence numbers.
+            let frames = match self.passthrough.as_mut() {
+                Some(p) => p.error(&err),
+                None => self.renderer.error(&err),
+            };
             self.pending.extend(frames);
         }
         self.recorder.fail(class, message);
@@ -92,19 +96,16 @@ impl StreamState {
             }
             Err(msg) => {
                 let provider = self.recorder.provider.clone();
+                let class = self.parser.error_class().unwrap_or(ErrorClass::ServerError);
                 let err = GatewayError::Upstream {
-                    class: ErrorClass::ServerError,
+                    class,
                     provider: provider.clone(),
                     message: format!("{provider} failed mid-stream: {msg}"),
                     retry_after_secs: None,
                 };
                 // The upstream's own error frame is never forwarded (its text may echo the
                 // prompt); the client gets one error frame in its shape naming the type.
-                self.fail(
-                    ErrorClass::ServerError,
-                    &format!("upstream error frame: {msg}"),
-                    Some(err),
-                );
+                self.fail(class, &format!("upstream error frame: {msg}"), Some(err));
             }
         }
     }

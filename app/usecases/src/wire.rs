@@ -1,18 +1,20 @@
-//! Shape dispatch: one place that picks the OpenAI or Anthropic translation functions of
-//! `gw-domain` for a client shape or an upstream wire format.
+//! Shape dispatch: one place that picks the OpenAI Chat Completions, OpenAI Responses or
+//! Anthropic Messages translation functions of `gw-domain` for a client shape or an upstream
+//! wire format.
 
 use gw_domain::canonical::{ChatRequest, ChatResponse, Shape, StreamEvent};
 use gw_domain::error::GatewayError;
+use gw_domain::responses::ResponseContext;
 use gw_domain::sse::SseFrame;
-use gw_domain::{anthropic, openai};
+use gw_domain::{anthropic, openai, responses};
 use gw_ports::upstream::WireFormat;
 use serde_json::{Map, Value};
 
 /// The public API shape a wire format corresponds to.
 pub(crate) fn shape_of(wire: WireFormat) -> Shape {
     match wire {
-        // MERGE: Shape::Responses
-        WireFormat::OpenAiChat | WireFormat::OpenAiResponses => Shape::OpenAi,
+        WireFormat::OpenAiChat => Shape::OpenAi,
+        WireFormat::OpenAiResponses => Shape::Responses,
         WireFormat::AnthropicMessages => Shape::Anthropic,
     }
 }
@@ -21,6 +23,7 @@ pub(crate) fn shape_of(wire: WireFormat) -> Shape {
 pub(crate) fn wire_of(shape: Shape) -> WireFormat {
     match shape {
         Shape::OpenAi => WireFormat::OpenAiChat,
+        Shape::Responses => WireFormat::OpenAiResponses,
         Shape::Anthropic => WireFormat::AnthropicMessages,
     }
 }
@@ -31,16 +34,15 @@ pub(crate) struct Parsed {
 }
 
 pub(crate) fn parse_request(shape: Shape, body: &[u8]) -> Result<Parsed, GatewayError> {
-    match shape {
-        Shape::OpenAi => openai::parse_request(body).map(|p| Parsed {
-            request: p.request,
-            raw: p.raw,
-        }),
-        Shape::Anthropic => anthropic::parse_request(body).map(|p| Parsed {
-            request: p.request,
-            raw: p.raw,
-        }),
-    }
+    let p = match shape {
+        Shape::OpenAi => openai::parse_request(body)?,
+        Shape::Responses => responses::parse_request(body)?,
+        Shape::Anthropic => anthropic::parse_request(body)?,
+    };
+    Ok(Parsed {
+        request: p.request,
+        raw: p.raw,
+    })
 }
 
 /// Render a request for an upstream speaking `wire` (cross-shape traffic).
@@ -51,6 +53,7 @@ pub(crate) fn render_request(
 ) -> Result<Value, GatewayError> {
     match wire {
         Shape::OpenAi => openai::render_request(req, upstream_model),
+        Shape::Responses => responses::render_request(req, upstream_model),
         Shape::Anthropic => anthropic::render_request(req, upstream_model),
     }
 }
@@ -63,6 +66,7 @@ pub(crate) fn passthrough_request(
 ) -> Value {
     match wire {
         Shape::OpenAi => openai::passthrough_request(raw, upstream_model),
+        Shape::Responses => responses::passthrough_request(raw, upstream_model),
         Shape::Anthropic => anthropic::passthrough_request(raw, upstream_model),
     }
 }
@@ -70,20 +74,29 @@ pub(crate) fn passthrough_request(
 pub(crate) fn parse_response(wire: Shape, body: &[u8]) -> Result<ChatResponse, String> {
     match wire {
         Shape::OpenAi => openai::parse_response(body),
+        Shape::Responses => responses::parse_response(body),
         Shape::Anthropic => anthropic::parse_response(body),
     }
 }
 
-pub(crate) fn render_response(
-    client: Shape,
-    resp: &ChatResponse,
-    client_model: &str,
-    id: &str,
-    created: i64,
-) -> Value {
+/// What a rendered answer needs beyond the canonical response: the client's model string,
+/// the answer's id and time, and (Responses clients) the request fields the response object
+/// echoes.
+pub(crate) struct RenderCtx<'a> {
+    pub client_model: &'a str,
+    pub id: &'a str,
+    pub created: i64,
+    pub include_usage: bool,
+    pub responses: &'a ResponseContext,
+}
+
+pub(crate) fn render_response(client: Shape, resp: &ChatResponse, ctx: &RenderCtx<'_>) -> Value {
     match client {
-        Shape::OpenAi => openai::render_response(resp, client_model, id, created),
-        Shape::Anthropic => anthropic::render_response(resp, client_model, id, created),
+        Shape::OpenAi => openai::render_response(resp, ctx.client_model, ctx.id, ctx.created),
+        Shape::Responses => {
+            responses::render_response(resp, ctx.client_model, ctx.id, ctx.created, ctx.responses)
+        }
+        Shape::Anthropic => anthropic::render_response(resp, ctx.client_model, ctx.id, ctx.created),
     }
 }
 
@@ -94,6 +107,7 @@ pub(crate) fn passthrough_response(
 ) -> Result<(Value, ChatResponse), String> {
     match wire {
         Shape::OpenAi => openai::passthrough_response(body, client_model),
+        Shape::Responses => responses::passthrough_response(body, client_model),
         Shape::Anthropic => anthropic::passthrough_response(body, client_model),
     }
 }
@@ -101,6 +115,7 @@ pub(crate) fn passthrough_response(
 /// Upstream SSE frames -> canonical events.
 pub(crate) enum StreamParser {
     OpenAi(openai::StreamParser),
+    Responses(responses::StreamParser),
     Anthropic(anthropic::StreamParser),
 }
 
@@ -108,6 +123,7 @@ impl StreamParser {
     pub fn new(wire: Shape) -> Self {
         match wire {
             Shape::OpenAi => StreamParser::OpenAi(openai::StreamParser::new()),
+            Shape::Responses => StreamParser::Responses(responses::StreamParser::new()),
             Shape::Anthropic => StreamParser::Anthropic(anthropic::StreamParser::new()),
         }
     }
@@ -115,6 +131,7 @@ impl StreamParser {
     pub fn push(&mut self, frame: &SseFrame) -> Result<Vec<StreamEvent>, String> {
         match self {
             StreamParser::OpenAi(p) => p.push(frame),
+            StreamParser::Responses(p) => p.push(frame),
             StreamParser::Anthropic(p) => p.push(frame),
         }
     }
@@ -122,6 +139,7 @@ impl StreamParser {
     pub fn finish(&mut self) -> Vec<StreamEvent> {
         match self {
             StreamParser::OpenAi(p) => p.finish(),
+            StreamParser::Responses(p) => p.finish(),
             StreamParser::Anthropic(p) => p.finish(),
         }
     }
@@ -130,7 +148,17 @@ impl StreamParser {
     pub fn ended_cleanly(&self) -> bool {
         match self {
             StreamParser::OpenAi(p) => p.ended_cleanly(),
+            StreamParser::Responses(p) => p.ended_cleanly(),
             StreamParser::Anthropic(p) => p.ended_cleanly(),
+        }
+    }
+
+    /// The class of the upstream's own mid-stream failure, where its wire says (Responses
+    /// `response.failed` codes such as `context_length_exceeded`).
+    pub fn error_class(&self) -> Option<gw_domain::error::ErrorClass> {
+        match self {
+            StreamParser::Responses(p) => p.error_class(),
+            StreamParser::OpenAi(_) | StreamParser::Anthropic(_) => None,
         }
     }
 }
@@ -138,29 +166,32 @@ impl StreamParser {
 /// Canonical events -> client SSE frames.
 pub(crate) enum StreamRenderer {
     OpenAi(openai::StreamRenderer),
+    Responses(Box<responses::StreamRenderer>),
     Anthropic(anthropic::StreamRenderer),
 }
 
 impl StreamRenderer {
-    pub fn new(
-        client: Shape,
-        id: &str,
-        client_model: &str,
-        include_usage: bool,
-        created: i64,
-    ) -> Self {
+    pub fn new(client: Shape, ctx: &RenderCtx<'_>) -> Self {
         match client {
             Shape::OpenAi => StreamRenderer::OpenAi(openai::StreamRenderer::new(
-                id,
-                client_model,
-                include_usage,
-                created,
+                ctx.id,
+                ctx.client_model,
+                ctx.include_usage,
+                ctx.created,
             )),
+            Shape::Responses => {
+                StreamRenderer::Responses(Box::new(responses::StreamRenderer::new(
+                    ctx.id,
+                    ctx.client_model,
+                    ctx.created,
+                    ctx.responses.clone(),
+                )))
+            }
             Shape::Anthropic => StreamRenderer::Anthropic(anthropic::StreamRenderer::new(
-                id,
-                client_model,
-                include_usage,
-                created,
+                ctx.id,
+                ctx.client_model,
+                ctx.include_usage,
+                ctx.created,
             )),
         }
     }
@@ -168,6 +199,7 @@ impl StreamRenderer {
     pub fn event(&mut self, ev: &StreamEvent) -> Vec<String> {
         match self {
             StreamRenderer::OpenAi(r) => r.event(ev),
+            StreamRenderer::Responses(r) => r.event(ev),
             StreamRenderer::Anthropic(r) => r.event(ev),
         }
     }
@@ -175,6 +207,7 @@ impl StreamRenderer {
     pub fn end(&mut self) -> Vec<String> {
         match self {
             StreamRenderer::OpenAi(r) => r.end(),
+            StreamRenderer::Responses(r) => r.end(),
             StreamRenderer::Anthropic(r) => r.end(),
         }
     }
@@ -182,6 +215,7 @@ impl StreamRenderer {
     pub fn error(&mut self, err: &GatewayError) -> Vec<String> {
         match self {
             StreamRenderer::OpenAi(r) => r.error(err),
+            StreamRenderer::Responses(r) => r.error(err),
             StreamRenderer::Anthropic(r) => r.error(err),
         }
     }
@@ -190,6 +224,7 @@ impl StreamRenderer {
 /// Same-shape stream rewriting (model echo, usage chunk suppression).
 pub(crate) enum Passthrough {
     OpenAi(openai::PassthroughStream),
+    Responses(responses::PassthroughStream),
     Anthropic(anthropic::PassthroughStream),
 }
 
@@ -200,6 +235,9 @@ impl Passthrough {
                 client_model,
                 client_wants_usage,
             )),
+            Shape::Responses => {
+                Passthrough::Responses(responses::PassthroughStream::new(client_model))
+            }
             Shape::Anthropic => Passthrough::Anthropic(anthropic::PassthroughStream::new(
                 client_model,
                 client_wants_usage,
@@ -210,7 +248,18 @@ impl Passthrough {
     pub fn rewrite(&mut self, frame: &SseFrame) -> Option<String> {
         match self {
             Passthrough::OpenAi(p) => p.rewrite(frame),
+            Passthrough::Responses(p) => p.rewrite(frame),
             Passthrough::Anthropic(p) => p.rewrite(frame),
+        }
+    }
+
+    /// The error frame that ends a same-shape stream (continuing the upstream's own ids and
+    /// sequence numbers where the wire has them).
+    pub fn error(&mut self, err: &GatewayError) -> Vec<String> {
+        match self {
+            Passthrough::OpenAi(p) => p.error(err),
+            Passthrough::Responses(p) => p.error(err),
+            Passthrough::Anthropic(p) => p.error(err),
         }
     }
 }

@@ -59,7 +59,7 @@ impl GatewayCore {
         };
         let native = wire::wire_of(shape);
         let counting_wire = std::iter::once(native)
-            .chain([WireFormat::AnthropicMessages]) // MERGE: OpenAiResponses
+            .chain([WireFormat::AnthropicMessages, WireFormat::OpenAiResponses])
             .find(|w| provider.supports(*w, Operation::CountTokens));
         let result = if let Some(wire_format) = counting_wire {
             let same_shape = wire_format == native;
