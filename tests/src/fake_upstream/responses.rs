@@ -126,12 +126,14 @@ fn kind_of(v: &Value) -> &'static str {
     }
 }
 
+/// `'a'`, `'a' and 'b'`, `'a', 'b', and 'c'`, as the real messages list values.
 fn quoted_list(values: &[&str]) -> String {
     let quoted: Vec<String> = values.iter().map(|v| format!("'{v}'")).collect();
-    match quoted.split_last() {
-        Some((last, rest)) if !rest.is_empty() => format!("{}, and {last}", rest.join(", ")),
-        Some((last, _)) => last.clone(),
-        None => String::new(),
+    match quoted.as_slice() {
+        [] => String::new(),
+        [one] => one.clone(),
+        [a, b] => format!("{a} and {b}"),
+        [rest @ .., last] => format!("{}, and {last}", rest.join(", ")),
     }
 }
 
