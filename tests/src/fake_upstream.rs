@@ -1,26 +1,57 @@
-//! A fake LLM provider that speaks the real Anthropic Messages and OpenAI Chat Completions
-//! wire formats, for black-box tests of the gateway.
+//! A fake LLM provider that speaks the real Anthropic (Messages, count tokens, models) and
+//! OpenAI (Chat Completions, Responses, input tokens, embeddings, models) wire formats, for
+//! black-box tests of the gateway.
 //!
-//! What it serves (on `127.0.0.1` only):
-//! - `POST /v1/messages` — Anthropic. Requires `x-api-key` equal to the configured key (else a
-//!   real `authentication_error` 401) and an `anthropic-version` header (else a real 400).
-//! - `POST /v1/chat/completions` and `POST /chat/completions` — OpenAI. Requires
-//!   `Authorization: Bearer <configured key>` (else a real `invalid_api_key` 401).
-//! - `GET /_requests` — every recorded provider request as a JSON array; `POST /_reset` clears
-//!   the record and the `[fail-once]` memory. These two are for out-of-process (Python) tests.
+//! What it serves (on `127.0.0.1` only). OpenAI paths also answer without the `/v1` prefix, for
+//! base URLs configured without it.
+//! - `POST /v1/messages` — Anthropic. Requires the configured key on `x-api-key`, or as
+//!   `Authorization: Bearer` when there is no `x-api-key` (as the pinned `anthropic` SDK and
+//!   Claude Code send it), else a real `authentication_error` 401; and an `anthropic-version`
+//!   header, else a real 400. The query string is ignored (Claude Code posts `?beta=true`).
+//! - `POST /v1/messages/count_tokens` — Anthropic: `{"input_tokens": N}`, N =
+//!   [`estimate_input_tokens`] of the body. Same credentials, headers and validation as
+//!   messages, without `max_tokens`.
+//! - `POST /v1/chat/completions` — OpenAI. Requires `Authorization: Bearer <configured key>`
+//!   (else a real `invalid_api_key` 401).
+//! - `POST /v1/responses` — the OpenAI Responses API, sync and SSE (module `responses`); keeps
+//!   the conversations it answered with `store` not false, so `previous_response_id` works.
+//! - `POST /v1/responses/input_tokens` — `{"object": "response.input_tokens", "input_tokens": N}`,
+//!   N = [`estimate_input_tokens`].
+//! - `POST /v1/embeddings` — deterministic unit vectors ([`embedding_vector`]), float or
+//!   base64 (little-endian f32), `dimensions` honoured.
+//! - `GET /v1/models`, `GET /v1/models/{id}` — the Anthropic list/retrieve shapes
+//!   ([`ANTHROPIC_MODELS`]) when called with `anthropic-version` or `x-api-key`, else the
+//!   OpenAI ones ([`OPENAI_MODELS`]).
+//! - `GET /_requests` — every recorded provider request as a JSON array of
+//!   [`RecordedRequest`]; `POST /_reset` clears the record, the `[fail-once]` memory and the
+//!   stored Responses conversations. These two are for out-of-process (Python) tests.
 //!
 //! Behaviour is scripted by directives found in the text of the **last user message**, so a test
 //! can drive it through any client or SDK (see [`Directives`]). Without directives the reply is
-//! `echo: <that text>`. When the conversation ends with tool results, the reply is
+//! `echo: <that text>`. When the conversation ends with tool results (Anthropic `tool_result`
+//! blocks, OpenAI `tool` messages, Responses `function_call_output` items), the reply is
 //! `tool result: <their text>` and directives are not re-applied (so tool loops terminate).
+//! The count-tokens and embeddings endpoints honour only `[status:CODE]` and `[slow:MS]`.
+//!
+//! A `system` message inside Anthropic `messages` (Claude Code sends one with the beta token
+//! `mid-conversation-system-2026-04-07`): Anthropic documents "mid-conversation system
+//! messages" as available on Claude Opus 4.8 with no beta header required, and a 400 for the
+//! same request on models without the feature. The fake mirrors that: it gates by model (see
+//! [`model_accepts_system_messages`]), not by the beta token, and applies the documented
+//! placement rules (not first; right after a `user` message; last or followed by `assistant`;
+//! text only). On older models it answers the historical 400 (`Unexpected role "system"`).
 //!
 //! Invariants the tests rely on:
 //! - Every request that reaches a provider path is recorded before it is answered, including
-//!   rejected ones; credential header values are never recorded, only whether they matched.
+//!   rejected ones, with its query string and every header (so tests can assert that
+//!   `anthropic-beta`, `anthropic-version`, `openai-beta`, … reached the upstream); credential
+//!   header values are never recorded, only whether they matched.
 //! - Streams follow the providers' real event sequences; only the `[garbage]`, `[cut]` and
 //!   `[stream-error]` directives break them, on purpose.
 //! - Request validation mirrors the real APIs where a translating gateway is most likely to be
 //!   wrong: required fields, roles, and the pairing of tool calls with tool results.
+//! - Upstream errors carry the real, distinctive messages (e.g. [`ANTHROPIC_TOO_LONG_MESSAGE`]
+//!   for `[too-long]`), so a test can check a body reaches the client unchanged.
 
 use bytes::Bytes;
 use poem::http::{HeaderValue, StatusCode, header};
@@ -28,13 +59,22 @@ use poem::listener::TcpAcceptor;
 use poem::{Body, Endpoint, Request, Response, Server};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+
+mod extras;
+mod responses;
+
+pub use extras::{
+    ANTHROPIC_MODELS, EMBEDDING_DIMENSIONS, OPENAI_MODELS, embedding_dimensions, embedding_vector,
+    token_embedding_vector,
+};
+pub use responses::{REASONING_ENCRYPTED_CONTENT, RESPONSES_STREAM_ERROR_MESSAGE};
 
 /// Key the binary expects on `x-api-key` unless told otherwise.
 pub const DEFAULT_ANTHROPIC_KEY: &str = "fake-anthropic-key";
@@ -56,6 +96,13 @@ pub const SYSTEM_FINGERPRINT: &str = "fp_fake_upstream";
 pub const LONG_STREAM_DELTAS: usize = 200;
 /// Pause between the deltas of a `[long]` stream.
 pub const LONG_STREAM_DELTA_MS: u64 = 50;
+/// Message of the Anthropic 400 for `[overflow]` / `[too-long]` (the real wording).
+pub const ANTHROPIC_TOO_LONG_MESSAGE: &str = "prompt is too long: 215000 tokens > 200000 maximum";
+/// Message of the Chat Completions 400 for `[overflow]` / `[too-long]` (the real wording).
+pub const OPENAI_CONTEXT_LENGTH_MESSAGE: &str = "This model's maximum context length is 128000 tokens. However, your messages resulted in 215000 tokens. Please reduce the length of the messages.";
+/// Message of the Responses API 400 for `[overflow]` / `[too-long]` (the real wording).
+pub const RESPONSES_CONTEXT_LENGTH_MESSAGE: &str =
+    "Your input exceeds the context window of this model. Please adjust your input and try again.";
 
 // ---------------------------------------------------------------------------------------------
 // Public API
@@ -82,16 +129,56 @@ pub enum StreamOutcome {
     ClientDropped,
 }
 
+/// Which provider's credentials and wire shape a request was served with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Provider {
+    Anthropic,
+    #[serde(rename = "openai")]
+    OpenAi,
+}
+
+/// Which provider operation a recorded request reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Api {
+    /// Anthropic `POST /v1/messages`.
+    Messages,
+    /// Anthropic `POST /v1/messages/count_tokens`.
+    CountTokens,
+    /// OpenAI `POST /v1/chat/completions`.
+    ChatCompletions,
+    /// OpenAI `POST /v1/responses`.
+    Responses,
+    /// OpenAI `POST /v1/responses/input_tokens`.
+    ResponsesInputTokens,
+    /// OpenAI `POST /v1/embeddings`.
+    Embeddings,
+    /// `GET /v1/models` and `GET /v1/models/{id}`, in the shape of [`RecordedRequest::provider`].
+    Models,
+}
+
 /// One request the fake received on a provider path.
 #[derive(Debug, Clone, Serialize)]
 pub struct RecordedRequest {
     /// Arrival order, from 0 (reset by [`FakeUpstream::reset`]).
     pub seq: u64,
     pub method: String,
+    /// The path without the query string (`/v1/messages` for `/v1/messages?beta=true`).
     pub path: String,
+    /// The raw query string, if any (`beta=true`).
     pub query: Option<String>,
-    /// Lower-case header names; repeated headers joined with `, `. The values of `x-api-key`
-    /// and `authorization` are replaced by `<matched>`, `<mismatched>` or `<missing>`.
+    /// The provider whose credentials and shape this request was served with.
+    pub provider: Provider,
+    /// The operation the request reached.
+    pub api: Api,
+    /// Every header the client sent: lower-case names, repeated headers joined with `, `, so
+    /// forwarded headers (`anthropic-beta`, `anthropic-version`, `openai-beta`,
+    /// `openai-organization`, `openai-project`, `x-stainless-*`, …) can be asserted. Credential
+    /// values are never kept: the checked one (`x-api-key` for Anthropic, `authorization` for
+    /// OpenAI) becomes `<matched>` or `<mismatched>`; any other credential header
+    /// (`authorization`/`x-api-key` of the other provider, `proxy-authorization`, `api-key`,
+    /// `x-goog-api-key`, `cookie`) becomes `<present>`.
     pub headers: BTreeMap<String, String>,
     /// Result of the credential check for this path's provider.
     pub auth: AuthCheck,
@@ -121,6 +208,25 @@ impl RecordedRequest {
     #[must_use]
     pub fn is_openai(&self) -> bool {
         self.path.ends_with("/chat/completions")
+    }
+
+    /// Whether this request went to the OpenAI Responses path (`POST /v1/responses`).
+    #[must_use]
+    pub fn is_responses(&self) -> bool {
+        self.api == Api::Responses
+    }
+
+    /// The comma-separated tokens of `anthropic-beta`, in order (empty when absent).
+    #[must_use]
+    pub fn anthropic_betas(&self) -> Vec<&str> {
+        self.header("anthropic-beta")
+            .map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 }
 
@@ -166,6 +272,7 @@ impl FakeUpstream {
             openai_key: openai_key.to_owned(),
             records: Mutex::new(Vec::new()),
             fail_once_seen: Mutex::new(HashSet::new()),
+            stored_responses: Mutex::new(HashMap::new()),
             seq: AtomicU64::new(0),
             ids: AtomicU64::new(seed()),
         });
@@ -224,7 +331,7 @@ impl FakeUpstream {
             .collect()
     }
 
-    /// Forget recorded requests and `[fail-once]` memory.
+    /// Forget recorded requests, `[fail-once]` memory and stored Responses-API conversations.
     pub fn reset(&self) {
         self.state.reset();
     }
@@ -295,14 +402,21 @@ pub struct Directives {
     pub status: Option<u16>,
     /// `[fail-once:CODE]` — answer CODE the first time this exact text is seen.
     pub fail_once: Option<u16>,
-    /// `[overflow]` — the provider's real context-length 400.
+    /// `[overflow]` (alias `[too-long]`) — the provider's real context-length 400, whose
+    /// message is distinctive ([`ANTHROPIC_TOO_LONG_MESSAGE`], [`OPENAI_CONTEXT_LENGTH_MESSAGE`],
+    /// [`RESPONSES_CONTEXT_LENGTH_MESSAGE`]) so a test can see it reach the client unchanged.
     pub overflow: bool,
     /// `[garbage]` — 200 with a non-JSON body, or malformed SSE data.
     pub garbage: bool,
     /// `[cut]` — stream some deltas, then drop the connection.
     pub cut: bool,
-    /// `[stream-error]` — stream some deltas, then a provider error frame.
+    /// `[stream-error]` — stream some deltas, then a provider error frame (Responses API: a
+    /// `response.failed` event).
     pub stream_error: bool,
+    /// `[stream-error:event]` — as `[stream-error]`, but the Responses API sends an `error`
+    /// event (the live API's nested shape) instead of `response.failed`. Same as
+    /// `[stream-error]` for the other APIs.
+    pub stream_error_event: bool,
     /// `[slow:MS]` — wait before the response head.
     pub slow_ms: Option<u64>,
     /// `[drip:MS]` — wait between stream frames.
@@ -343,10 +457,14 @@ impl Directives {
                 ("think", None) => d.think = true,
                 ("status", Some(_)) => d.status = num.and_then(|n| u16::try_from(n).ok()),
                 ("fail-once", Some(_)) => d.fail_once = num.and_then(|n| u16::try_from(n).ok()),
-                ("overflow", None) => d.overflow = true,
+                ("overflow" | "too-long", None) => d.overflow = true,
                 ("garbage", None) => d.garbage = true,
                 ("cut", None) => d.cut = true,
                 ("stream-error", None) => d.stream_error = true,
+                ("stream-error", Some("event")) => {
+                    d.stream_error = true;
+                    d.stream_error_event = true;
+                }
                 ("slow", Some(_)) => d.slow_ms = num,
                 ("drip", Some(_)) => d.drip_ms = num,
                 ("long", None) => d.long = true,
@@ -371,6 +489,9 @@ struct State {
     openai_key: String,
     records: Mutex<Vec<RecordedRequest>>,
     fail_once_seen: Mutex<HashSet<String>>,
+    /// Conversation items (input and output) of every Responses-API answer served with `store`
+    /// not false, by response id, so `previous_response_id` works as against the real API.
+    stored_responses: Mutex<HashMap<String, Vec<Value>>>,
     seq: AtomicU64,
     ids: AtomicU64,
 }
@@ -390,6 +511,7 @@ impl State {
         self.seq.store(0, Ordering::SeqCst);
         drop(recs);
         lock(&self.fail_once_seen).clear();
+        lock(&self.stored_responses).clear();
     }
 
     fn record(&self, mut rec: RecordedRequest) -> u64 {
@@ -416,15 +538,27 @@ impl State {
 
     /// A fresh base62 string of `len` characters.
     fn rand_id(&self, len: usize) -> String {
-        const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+        self.rand_from(
+            b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz",
+            len,
+        )
+    }
+
+    /// A fresh lower-case hex string of `len` characters (the Responses API's id alphabet).
+    fn rand_hex(&self, len: usize) -> String {
+        self.rand_from(b"0123456789abcdef", len)
+    }
+
+    fn rand_from(&self, alphabet: &[u8], len: usize) -> String {
         // Each id starts from a mixed counter value, so consecutive ids share no run of
         // characters; within an id, splitmix64 steps produce the characters.
         let mut x = splitmix64(self.ids.fetch_add(1, Ordering::Relaxed));
         let mut out = String::with_capacity(len);
         for _ in 0..len {
             x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let idx = usize::try_from(splitmix64(x) % 62).unwrap_or(0);
-            out.push(char::from(ALPHABET[idx]));
+            let n = u64::try_from(alphabet.len()).unwrap_or(1);
+            let idx = usize::try_from(splitmix64(x) % n).unwrap_or(0);
+            out.push(char::from(alphabet[idx]));
         }
         out
     }
@@ -461,26 +595,31 @@ impl Endpoint for FakeEndpoint {
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Provider {
-    Anthropic,
-    OpenAi,
-}
-
 async fn handle(state: Arc<State>, mut req: Request) -> Response {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let provider = match (method.as_str(), path.as_str()) {
-        ("GET", "/_requests") => {
+    // OpenAI paths also answer without the `/v1` prefix, for base URLs configured without it.
+    let openai_path = path.strip_prefix("/v1").unwrap_or(&path);
+    let (provider, api) = match (method.as_str(), path.as_str(), openai_path) {
+        ("GET", "/_requests", _) => {
             let recs = state.records().clone();
             return json_response(StatusCode::OK, &json!(recs));
         }
-        ("POST", "/_reset") => {
+        ("POST", "/_reset", _) => {
             state.reset();
             return json_response(StatusCode::OK, &json!({"ok": true}));
         }
-        ("POST", "/v1/messages") => Provider::Anthropic,
-        ("POST", "/v1/chat/completions" | "/chat/completions") => Provider::OpenAi,
+        ("POST", "/v1/messages", _) => (Provider::Anthropic, Api::Messages),
+        ("POST", "/v1/messages/count_tokens", _) => (Provider::Anthropic, Api::CountTokens),
+        ("POST", _, "/chat/completions") => (Provider::OpenAi, Api::ChatCompletions),
+        ("POST", _, "/responses") => (Provider::OpenAi, Api::Responses),
+        ("POST", _, "/responses/input_tokens") => (Provider::OpenAi, Api::ResponsesInputTokens),
+        ("POST", _, "/embeddings") => (Provider::OpenAi, Api::Embeddings),
+        ("GET", _, p)
+            if p == "/models" || p.strip_prefix("/models/").is_some_and(|id| !id.is_empty()) =>
+        {
+            (models_provider(&req), Api::Models)
+        }
         _ => {
             return openai_error(
                 StatusCode::NOT_FOUND,
@@ -494,44 +633,71 @@ async fn handle(state: Arc<State>, mut req: Request) -> Response {
     let body_bytes = req.take_body().into_bytes().await.unwrap_or_default();
     let parsed: Option<Value> = serde_json::from_slice(&body_bytes).ok();
     let auth = check_auth(&state, provider, &req);
-    let headers = recorded_headers(&req, auth);
+    let headers = recorded_headers(&req, provider, auth);
     let seq = state.record(RecordedRequest {
         seq: 0,
         method: method.to_string(),
         path: path.clone(),
         query: req.uri().query().map(str::to_owned),
+        provider,
+        api,
         headers,
         auth,
         body: parsed.clone().unwrap_or(Value::Null),
         body_len: body_bytes.len(),
         stream_outcome: None,
     });
-    let ctx = Ctx {
-        state,
-        seq,
-        provider,
-    };
-    match provider {
-        Provider::Anthropic => anthropic(&ctx, &req, auth, parsed).await,
-        Provider::OpenAi => openai(&ctx, auth, parsed).await,
+    let ctx = Ctx { state, seq, api };
+    match (api, provider) {
+        (Api::Messages, _) => anthropic(&ctx, &req, auth, parsed).await,
+        (Api::CountTokens, _) => extras::count_tokens(&ctx, &req, auth, parsed).await,
+        (Api::ChatCompletions, _) => openai(&ctx, auth, parsed).await,
+        (Api::Responses, _) => responses::create(&ctx, auth, parsed).await,
+        (Api::ResponsesInputTokens, _) => responses::input_tokens(&ctx, auth, parsed).await,
+        (Api::Embeddings, _) => extras::embeddings(&ctx, auth, parsed).await,
+        (Api::Models, Provider::Anthropic) => {
+            extras::anthropic_models(&ctx, &req, auth, openai_path)
+        }
+        (Api::Models, Provider::OpenAi) => extras::openai_models(&ctx, auth, openai_path),
     }
 }
 
 struct Ctx {
     state: Arc<State>,
     seq: u64,
-    provider: Provider,
+    api: Api,
+}
+
+/// `GET /v1/models` answers in the Anthropic shape when called with `anthropic-version` or
+/// `x-api-key` (Anthropic clients send one or both; OpenAI clients neither), else in the OpenAI
+/// shape.
+fn models_provider(req: &Request) -> Provider {
+    let headers = req.headers();
+    if headers.contains_key("anthropic-version") || headers.contains_key("x-api-key") {
+        Provider::Anthropic
+    } else {
+        Provider::OpenAi
+    }
+}
+
+/// The credential header checked for `provider`: OpenAI reads `Authorization: Bearer`;
+/// Anthropic reads `x-api-key`, or `Authorization: Bearer` when there is no `x-api-key` (the
+/// pinned `anthropic` SDK sends its API key that way, and Claude Code its auth token).
+fn checked_header(provider: Provider, req: &Request) -> &'static str {
+    match provider {
+        Provider::Anthropic if req.headers().contains_key("x-api-key") => "x-api-key",
+        Provider::Anthropic | Provider::OpenAi => "authorization",
+    }
 }
 
 fn check_auth(state: &State, provider: Provider, req: &Request) -> AuthCheck {
-    let presented = match provider {
-        Provider::Anthropic => req
-            .headers()
+    let presented = if checked_header(provider, req) == "x-api-key" {
+        req.headers()
             .get("x-api-key")
             .and_then(|v| v.to_str().ok())
-            .map(str::to_owned),
-        Provider::OpenAi => req
-            .headers()
+            .map(str::to_owned)
+    } else {
+        req.headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| {
@@ -539,7 +705,7 @@ fn check_auth(state: &State, provider: Provider, req: &Request) -> AuthCheck {
                 scheme
                     .eq_ignore_ascii_case("bearer")
                     .then(|| token.trim().to_owned())
-            }),
+            })
     };
     let expected = match provider {
         Provider::Anthropic => &state.anthropic_key,
@@ -553,13 +719,27 @@ fn check_auth(state: &State, provider: Provider, req: &Request) -> AuthCheck {
     }
 }
 
-fn recorded_headers(req: &Request, auth: AuthCheck) -> BTreeMap<String, String> {
+/// Headers whose values are credentials and are never recorded.
+const CREDENTIAL_HEADERS: [&str; 6] = [
+    "x-api-key",
+    "authorization",
+    "proxy-authorization",
+    "api-key",
+    "x-goog-api-key",
+    "cookie",
+];
+
+fn recorded_headers(
+    req: &Request,
+    provider: Provider,
+    auth: AuthCheck,
+) -> BTreeMap<String, String> {
     let mut out: BTreeMap<String, String> = BTreeMap::new();
     for (name, value) in req.headers() {
         let name = name.as_str().to_ascii_lowercase();
-        let value = if name == "x-api-key" || name == "authorization" {
-            // Never record a credential; only whether the one for this path matched.
-            let is_checked = (name == "x-api-key") == (req.uri().path() == "/v1/messages");
+        let value = if CREDENTIAL_HEADERS.contains(&name.as_str()) {
+            // Never record a credential; only whether the one checked for this provider matched.
+            let is_checked = name == checked_header(provider, req);
             if is_checked {
                 match auth {
                     AuthCheck::Matched => "<matched>".to_owned(),
@@ -611,12 +791,16 @@ fn text_of_content(content: &Value) -> String {
     }
 }
 
-/// The uncached input tokens the fake reports for a request body it received (its serialized
-/// `messages` and `system` size / 4, at least 1).
+/// The uncached input tokens the fake reports for a request body it received: the serialized
+/// size of its `messages`, `system`, `input` and `instructions` fields / 4, at least 1. (Only
+/// the body counts: a Responses-API `previous_response_id` adds nothing.) The count-tokens
+/// endpoints answer exactly this number.
 #[must_use]
 pub fn estimate_input_tokens(body: &Value) -> u64 {
-    let size = body.get("messages").map_or(0, |m| m.to_string().len())
-        + body.get("system").map_or(0, |s| s.to_string().len());
+    let size = ["messages", "system", "input", "instructions"]
+        .iter()
+        .map(|k| body.get(*k).map_or(0, |v| v.to_string().len()))
+        .sum::<usize>();
     u64::try_from(size / 4).unwrap_or(u64::MAX).max(1)
 }
 
@@ -633,7 +817,12 @@ fn anthropic_convo(body: &Value) -> Convo {
         .map(|m| text_of_content(m.get("content").unwrap_or(&Value::Null)))
         .find(|t| !t.is_empty())
         .unwrap_or_default();
-    let trailing_tool_results = messages.last().and_then(|m| {
+    // A mid-conversation system message may follow the tool results; look past it.
+    let last_turn = messages
+        .iter()
+        .rev()
+        .find(|m| m.get("role").and_then(Value::as_str) != Some("system"));
+    let trailing_tool_results = last_turn.and_then(|m| {
         let blocks = m.get("content")?.as_array()?;
         let results: Vec<String> = blocks
             .iter()
@@ -709,6 +898,8 @@ struct Script {
     /// One silence after the first text delta.
     pause: Option<Duration>,
     end: StreamEnd,
+    /// `[stream-error:event]`: the Responses API ends with an `error` event.
+    error_as_event: bool,
     wire: Wire,
     input_tokens: u64,
     output_tokens: u64,
@@ -753,6 +944,7 @@ async fn plan(ctx: &Ctx, convo: &Convo) -> Plan {
             truncated: false,
             pause: None,
             end: StreamEnd::Normal,
+            error_as_event: false,
             wire: Wire::default(),
             input_tokens: convo.input_tokens,
             output_tokens,
@@ -786,7 +978,8 @@ async fn plan(ctx: &Ctx, convo: &Convo) -> Plan {
     } else {
         StreamEnd::Normal
     };
-    let thinking = d.think && ctx.provider == Provider::Anthropic;
+    // Chat Completions has no reasoning output; Messages and Responses do.
+    let thinking = d.think && matches!(ctx.api, Api::Messages | Api::Responses);
     let text = if d.tool.is_some() {
         None
     } else {
@@ -815,6 +1008,7 @@ async fn plan(ctx: &Ctx, convo: &Convo) -> Plan {
         truncated: d.length,
         pause: d.pause_ms.map(|ms| Duration::from_millis(ms.min(60_000))),
         end,
+        error_as_event: d.stream_error_event,
         wire: Wire {
             drip,
             split: d.split,
@@ -824,6 +1018,16 @@ async fn plan(ctx: &Ctx, convo: &Convo) -> Plan {
         output_tokens: output_tokens.max(1),
         cache: d.cache,
     })
+}
+
+/// The `[status:CODE]` in `text` (after sleeping its `[slow:MS]`): count-tokens and embeddings
+/// requests honour only those two directives, as counting never fails on length or streams.
+async fn status_directive(text: &str) -> Option<u16> {
+    let d = Directives::parse(text);
+    if let Some(ms) = d.slow_ms {
+        tokio::time::sleep(Duration::from_millis(ms.min(120_000))).await;
+    }
+    d.status
 }
 
 /// The output tokens the fake reports for a text reply (bytes / 4, rounded up, at least 1).
@@ -1075,6 +1279,92 @@ fn anthropic_error(ctx: &Ctx, status: u16, ty: &str, message: &str) -> Response 
 
 /// Validate a Messages request the way the real API does, where a gateway is likely to err.
 fn validate_anthropic(body: &Value) -> Result<(), String> {
+    validate_anthropic_body(body, true)
+}
+
+/// Whether `model` accepts a `system` message inside `messages` (a "mid-conversation system
+/// message"). Anthropic documents the feature for Claude Opus 4.8 with no beta header, and
+/// a 400 for the same request on models that lack it; so the fake gates it by model, not by
+/// the `mid-conversation-system-2026-04-07` beta token Claude Code sends alongside. The models
+/// released before Opus 4.8 reject it; any other id is taken as a newer model that accepts it.
+#[must_use]
+pub fn model_accepts_system_messages(model: &str) -> bool {
+    let m = model.to_ascii_lowercase();
+    if let Some(rest) = m.strip_prefix("claude-opus-4") {
+        // `claude-opus-4-8`, `claude-opus-4-8-2026…` accept; `claude-opus-4`,
+        // `claude-opus-4-20250514`, `claude-opus-4-1-…` up to `-4-7` do not.
+        let minor = rest
+            .strip_prefix('-')
+            .and_then(|r| r.split('-').next())
+            .and_then(|v| v.parse::<u32>().ok());
+        return minor.is_some_and(|n| (8..100).contains(&n));
+    }
+    const OLDER: [&str; 6] = [
+        "claude-instant",
+        "claude-1",
+        "claude-2",
+        "claude-3",
+        "claude-sonnet-4",
+        "claude-haiku-4",
+    ];
+    !OLDER.iter().any(|p| m.starts_with(p))
+}
+
+/// The placement and content rules of a mid-conversation system message at `messages[i]`.
+fn validate_system_message(messages: &[Value], i: usize) -> Result<(), String> {
+    let role_at = |k: usize| {
+        messages
+            .get(k)
+            .and_then(|m| m.get("role"))
+            .and_then(Value::as_str)
+    };
+    if i == 0 {
+        return Err(
+            "messages.0.role: a \"system\" message cannot be the first message; put instructions that apply from the start in the top-level `system` parameter".to_owned(),
+        );
+    }
+    let after_user = role_at(i - 1) == Some("user");
+    let after_server_tool = role_at(i - 1) == Some("assistant")
+        && messages
+            .get(i - 1)
+            .and_then(|m| m.get("content"))
+            .and_then(Value::as_array)
+            .and_then(|b| b.last())
+            .and_then(|b| b.get("type"))
+            .and_then(Value::as_str)
+            == Some("server_tool_use");
+    if !after_user && !after_server_tool {
+        return Err(format!(
+            "messages.{i}: a \"system\" message must immediately follow a \"user\" message (or an \"assistant\" message ending in a server tool use)"
+        ));
+    }
+    if let Some(next) = role_at(i + 1)
+        && next != "assistant"
+    {
+        return Err(format!(
+            "messages.{i}: a \"system\" message must be the last message or be followed by an \"assistant\" message"
+        ));
+    }
+    match messages.get(i).and_then(|m| m.get("content")) {
+        Some(Value::String(_)) => Ok(()),
+        Some(Value::Array(blocks)) => {
+            for (j, b) in blocks.iter().enumerate() {
+                if b.get("type").and_then(Value::as_str) != Some("text")
+                    || !b.get("text").is_some_and(Value::is_string)
+                {
+                    return Err(format!(
+                        "messages.{i}.content.{j}: a \"system\" message accepts only text blocks"
+                    ));
+                }
+            }
+            Ok(())
+        }
+        _ => Err(format!("messages.{i}.content: Field required")),
+    }
+}
+
+/// Validate a Messages (or, without `max_tokens`, a count-tokens) request body.
+fn validate_anthropic_body(body: &Value, require_max_tokens: bool) -> Result<(), String> {
     let Some(obj) = body.as_object() else {
         return Err("Input should be an object".to_owned());
     };
@@ -1084,7 +1374,8 @@ fn validate_anthropic(body: &Value) -> Result<(), String> {
         _ => {}
     }
     match obj.get("max_tokens") {
-        None => return Err("max_tokens: Field required".to_owned()),
+        None if require_max_tokens => return Err("max_tokens: Field required".to_owned()),
+        None => {}
         Some(v) if v.as_u64().is_none_or(|n| n == 0) => {
             return Err("max_tokens: Input should be a valid positive integer".to_owned());
         }
@@ -1109,8 +1400,13 @@ fn validate_anthropic(body: &Value) -> Result<(), String> {
     {
         return Err("system: Input should be a valid string or a list of text blocks".to_owned());
     }
+    let model = obj.get("model").and_then(Value::as_str).unwrap_or_default();
     for (i, m) in messages.iter().enumerate() {
         let role = m.get("role").and_then(Value::as_str).unwrap_or_default();
+        if role == "system" && model_accepts_system_messages(model) {
+            validate_system_message(messages, i)?;
+            continue;
+        }
         if role == "system" {
             return Err(format!(
                 "messages.{i}.role: Unexpected role \"system\". The Messages API accepts a top-level `system` parameter, not \"system\" as an input message role."
@@ -1232,36 +1528,55 @@ fn validate_anthropic_tool_pairing(messages: &[Value]) -> Result<(), String> {
     Ok(())
 }
 
-async fn anthropic(ctx: &Ctx, req: &Request, auth: AuthCheck, body: Option<Value>) -> Response {
+/// The real 401 (credentials) or 400 (no `anthropic-version`) every Anthropic endpoint
+/// answers before looking at the body, or `None` when the request passes.
+fn anthropic_preflight(ctx: &Ctx, req: &Request, auth: AuthCheck) -> Option<Response> {
     match auth {
         AuthCheck::Matched => {}
         AuthCheck::Missing => {
-            return anthropic_error(
+            return Some(anthropic_error(
                 ctx,
                 401,
                 "authentication_error",
                 "x-api-key header is required",
-            );
+            ));
         }
         AuthCheck::Mismatched => {
-            return anthropic_error(ctx, 401, "authentication_error", "invalid x-api-key");
+            return Some(anthropic_error(
+                ctx,
+                401,
+                "authentication_error",
+                "invalid x-api-key",
+            ));
         }
     }
     if !req.headers().contains_key("anthropic-version") {
-        return anthropic_error(
+        return Some(anthropic_error(
             ctx,
             400,
             "invalid_request_error",
             "anthropic-version: header is required",
-        );
+        ));
+    }
+    None
+}
+
+/// The real 400 for a body that is not JSON.
+fn anthropic_unparsable(ctx: &Ctx) -> Response {
+    anthropic_error(
+        ctx,
+        400,
+        "invalid_request_error",
+        "There was an error parsing the body",
+    )
+}
+
+async fn anthropic(ctx: &Ctx, req: &Request, auth: AuthCheck, body: Option<Value>) -> Response {
+    if let Some(resp) = anthropic_preflight(ctx, req, auth) {
+        return resp;
     }
     let Some(body) = body else {
-        return anthropic_error(
-            ctx,
-            400,
-            "invalid_request_error",
-            "There was an error parsing the body",
-        );
+        return anthropic_unparsable(ctx);
     };
     if let Err(msg) = validate_anthropic(&body) {
         return anthropic_error(ctx, 400, "invalid_request_error", &msg);
@@ -1278,12 +1593,9 @@ async fn anthropic(ctx: &Ctx, req: &Request, auth: AuthCheck, body: Option<Value
             ctx,
             400,
             "invalid_request_error",
-            "prompt is too long: 215000 tokens > 200000 maximum",
+            ANTHROPIC_TOO_LONG_MESSAGE,
         ),
-        Plan::Garbage => Response::builder()
-            .status(StatusCode::OK)
-            .content_type("application/json")
-            .body("<html><body>upstream proxy error</body></html>"),
+        Plan::Garbage => garbage_response(),
         Plan::Reply(script) => {
             let msg_id = format!("msg_01{}", ctx.state.rand_id(22));
             let tool_id = format!("toolu_01{}", ctx.state.rand_id(22));
@@ -1706,28 +2018,46 @@ fn validate_openai(
     Ok(())
 }
 
-async fn openai(ctx: &Ctx, auth: AuthCheck, body: Option<Value>) -> Response {
+/// The real 401 for a missing or wrong Bearer key, or `None` when it matched.
+fn openai_auth_error(ctx: &Ctx, auth: AuthCheck) -> Option<Response> {
     match auth {
-        AuthCheck::Matched => {}
-        AuthCheck::Missing => {
-            return openai_error(
-                StatusCode::UNAUTHORIZED,
-                "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
-                "invalid_request_error",
-                None,
-                None,
-            );
-        }
-        AuthCheck::Mismatched => return openai_status_error(ctx, 401, ""),
-    }
-    let Some(body) = body else {
-        return openai_error(
-            StatusCode::BAD_REQUEST,
-            "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your HTTP library correctly.)",
+        AuthCheck::Matched => None,
+        AuthCheck::Missing => Some(openai_error(
+            StatusCode::UNAUTHORIZED,
+            "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
             "invalid_request_error",
             None,
             None,
-        );
+        )),
+        AuthCheck::Mismatched => Some(openai_status_error(ctx, 401, "")),
+    }
+}
+
+/// The real 400 for a body that is not JSON.
+fn openai_unparsable() -> Response {
+    openai_error(
+        StatusCode::BAD_REQUEST,
+        "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your HTTP library correctly.)",
+        "invalid_request_error",
+        None,
+        None,
+    )
+}
+
+/// The 200-with-HTML answer of `[garbage]` on a non-streamed request.
+fn garbage_response() -> Response {
+    Response::builder()
+        .status(StatusCode::OK)
+        .content_type("application/json")
+        .body("<html><body>upstream proxy error</body></html>")
+}
+
+async fn openai(ctx: &Ctx, auth: AuthCheck, body: Option<Value>) -> Response {
+    if let Some(resp) = openai_auth_error(ctx, auth) {
+        return resp;
+    }
+    let Some(body) = body else {
+        return openai_unparsable();
     };
     if let Err((msg, param, code)) = validate_openai(&body) {
         return openai_error(
@@ -1743,15 +2073,12 @@ async fn openai(ctx: &Ctx, auth: AuthCheck, body: Option<Value>) -> Response {
         Plan::Error(code) => openai_status_error(ctx, code, &convo.model),
         Plan::Overflow => openai_error(
             StatusCode::BAD_REQUEST,
-            "This model's maximum context length is 128000 tokens. However, your messages resulted in 215000 tokens. Please reduce the length of the messages.",
+            OPENAI_CONTEXT_LENGTH_MESSAGE,
             "invalid_request_error",
             Some("messages"),
             Some("context_length_exceeded"),
         ),
-        Plan::Garbage => Response::builder()
-            .status(StatusCode::OK)
-            .content_type("application/json")
-            .body("<html><body>upstream proxy error</body></html>"),
+        Plan::Garbage => garbage_response(),
         Plan::Reply(script) => {
             let id = format!("chatcmpl-{}", ctx.state.rand_id(29));
             let call_id = format!("call_{}", ctx.state.rand_id(24));

@@ -1,4 +1,5 @@
-//! `fake-upstream`: serve the fake Anthropic/OpenAI provider until killed.
+//! `fake-upstream`: serve the fake Anthropic/OpenAI provider until killed (endpoints and
+//! directives: `gw_tests::fake_upstream`).
 //!
 //! Usage: `fake-upstream [--port N] [--anthropic-key K] [--openai-key K]`. Binds `127.0.0.1`
 //! (port 0 by default) and prints exactly one stdout line,
@@ -17,10 +18,10 @@ struct Args {
     /// Port on 127.0.0.1 (0 picks a free one).
     #[arg(long, default_value_t = 0)]
     port: u16,
-    /// Key expected on `x-api-key` for `/v1/messages`.
+    /// Key expected on `x-api-key` (or as a Bearer token) for the Anthropic paths.
     #[arg(long, default_value = DEFAULT_ANTHROPIC_KEY)]
     anthropic_key: String,
-    /// Key expected as `Authorization: Bearer` for `/v1/chat/completions`.
+    /// Key expected as `Authorization: Bearer` for the OpenAI paths.
     #[arg(long, default_value = DEFAULT_OPENAI_KEY)]
     openai_key: String,
 }
