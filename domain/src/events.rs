@@ -6,6 +6,7 @@
 //! - Payload field order is the declaration order below (the JSON is what `sqlite3` users and
 //!   audit exports see, so it is kept stable).
 
+use crate::keys::KeyRecord;
 use serde::Serialize;
 
 /// Who caused an event.
@@ -81,6 +82,22 @@ pub mod types {
     pub const QUOTA_ALERT: &str = "quota.alert";
     pub const GATEWAY_RATE_LIMITED: &str = "gateway.rate_limited";
     pub const GATEWAY_KEY_LEAK_SUSPECTED: &str = "gateway.key_leak_suspected";
+}
+
+/// Who recorded a key lifecycle event (`source` of `gateway.key_issued`, `key_revoked`,
+/// `key_rotated`). Events written before the field existed have none.
+pub mod key_sources {
+    /// `metis gateway issue-key | revoke-key | rotate-key | list-keys`.
+    pub const CLI: &str = "cli";
+    /// The admin API (`/admin/v1/keys…`) of a running gateway.
+    pub const ADMIN_API: &str = "admin_api";
+    /// The gateway itself: the quickstart key on first start, and the periodic sweep that
+    /// writes lapsed rotation grace periods into the keystore.
+    pub const GATEWAY: &str = "gateway";
+    /// A change the gateway found in its keystore that no event in its own store recorded:
+    /// made by a CLI writing into another database (a laptop, then a Kubernetes Secret), by
+    /// hand, or a grace period that lapsed in a read-only keystore.
+    pub const KEYSTORE_OBSERVED: &str = "keystore_observed";
 }
 
 /// A payload type knows its event type, actor and sensitivity.
@@ -246,6 +263,28 @@ pub struct KeyIssued {
     pub daily_cap_usd: Option<String>,
     pub monthly_cap_usd: Option<String>,
     pub customer_tier: Option<String>,
+    /// Who recorded the change: one of [`key_sources`].
+    pub source: &'static str,
+}
+
+impl KeyIssued {
+    /// The issue of `record`, as recorded by `source`.
+    #[must_use]
+    pub fn of(record: &KeyRecord, source: &'static str) -> Self {
+        KeyIssued {
+            gateway_key_id: record.key_id.clone(),
+            name: record.display_name().to_owned(),
+            workspace_path: record.workspace_path.clone(),
+            issued_at: record.created_at.clone().unwrap_or_default(),
+            user_id: record.user_id.clone(),
+            team_id: record.team_id.clone(),
+            allowed_models: record.allowed_models.clone(),
+            daily_cap_usd: record.daily_cap_usd.clone(),
+            monthly_cap_usd: record.monthly_cap_usd.clone(),
+            customer_tier: record.customer_tier.clone(),
+            source,
+        }
+    }
 }
 
 impl Payload for KeyIssued {
@@ -260,6 +299,8 @@ pub struct KeyRevoked {
     pub revoked_at: String,
     /// `admin_revoke` or `grace_period_expired`.
     pub reason: &'static str,
+    /// Who recorded the change: one of [`key_sources`].
+    pub source: &'static str,
 }
 
 impl Payload for KeyRevoked {
@@ -276,6 +317,8 @@ pub struct KeyRotated {
     pub workspace_path: String,
     pub user_id: Option<String>,
     pub team_id: Option<String>,
+    /// Who recorded the change: one of [`key_sources`].
+    pub source: &'static str,
 }
 
 impl Payload for KeyRotated {

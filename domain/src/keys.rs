@@ -5,6 +5,7 @@
 //!   (`gk_<ULID>`); only its SHA-256 (lowercase hex) is ever stored.
 //! - A key is active iff its status is not `revoked` and its grace end (if any) is in the future.
 
+use crate::events::{KeyIssued, KeyRevoked, KeyRotated};
 use crate::time::{Timestamp, format_iso};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -111,6 +112,9 @@ mod decimal_string {
     }
 }
 
+/// The stored field naming a rotated successor's predecessor.
+pub const ROTATED_FROM: &str = "rotated_from";
+
 /// Why a key cannot be used right now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inactive {
@@ -135,6 +139,20 @@ impl KeyRecord {
         } else {
             "revoked"
         }
+    }
+
+    /// The key this one succeeded by rotation, when recorded (keys rotated by older releases
+    /// carry only their inherited `spend_account`).
+    #[must_use]
+    pub fn rotated_from(&self) -> Option<&str> {
+        self.extra.get(ROTATED_FROM).and_then(Value::as_str)
+    }
+
+    /// Record the predecessor of a rotated successor (kept with the unknown fields, so the file
+    /// stays readable by tools that do not know it).
+    pub fn set_rotated_from(&mut self, key_id: &str) {
+        self.extra
+            .insert(ROTATED_FROM.to_owned(), Value::String(key_id.to_owned()));
     }
 
     /// Display name (defaults to the key id).
@@ -280,6 +298,207 @@ pub fn validate_tag(field: &str, raw: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// One key lifecycle change, identified so it is recorded once per store whoever records it
+/// (the CLI, the admin API, the gateway's sweep, or the gateway observing its keystore).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum KeyChange {
+    Issued {
+        key_id: String,
+    },
+    Rotated {
+        old_key_id: String,
+        new_key_id: String,
+    },
+    Revoked {
+        key_id: String,
+    },
+}
+
+impl KeyChange {
+    /// The change a stored `gateway.key_*` event records (`None` for other events or a
+    /// payload without the ids).
+    #[must_use]
+    pub fn of_event(event_type: &str, payload_json: &str) -> Option<KeyChange> {
+        let v: Value = serde_json::from_str(payload_json).ok()?;
+        let field = |name: &str| v.get(name).and_then(Value::as_str).map(str::to_owned);
+        match event_type {
+            crate::events::types::GATEWAY_KEY_ISSUED => Some(KeyChange::Issued {
+                key_id: field("gateway_key_id")?,
+            }),
+            crate::events::types::GATEWAY_KEY_REVOKED => Some(KeyChange::Revoked {
+                key_id: field("gateway_key_id")?,
+            }),
+            crate::events::types::GATEWAY_KEY_ROTATED => Some(KeyChange::Rotated {
+                old_key_id: field("old_gateway_key_id")?,
+                new_key_id: field("new_gateway_key_id")?,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// The audit event of a lifecycle change a key set shows.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KeyChangeEvent {
+    Issued(KeyIssued),
+    Rotated(KeyRotated),
+    Revoked(KeyRevoked),
+}
+
+impl KeyChangeEvent {
+    /// The change this event records.
+    #[must_use]
+    pub fn change(&self) -> KeyChange {
+        match self {
+            KeyChangeEvent::Issued(p) => KeyChange::Issued {
+                key_id: p.gateway_key_id.clone(),
+            },
+            KeyChangeEvent::Rotated(p) => KeyChange::Rotated {
+                old_key_id: p.old_gateway_key_id.clone(),
+                new_key_id: p.new_gateway_key_id.clone(),
+            },
+            KeyChangeEvent::Revoked(p) => KeyChange::Revoked {
+                key_id: p.gateway_key_id.clone(),
+            },
+        }
+    }
+}
+
+/// The revocation `key` shows at `now`: an explicit revoke (`admin_revoke`), a recorded grace
+/// lapse (`revoked_at` equal to the grace end), or a grace end that has passed while the key
+/// is still stored as active (a read-only keystore nobody swept).
+#[must_use]
+pub fn shown_revocation(
+    key: &KeyRecord,
+    now: Timestamp,
+    source: &'static str,
+) -> Option<KeyRevoked> {
+    let grace_end = key
+        .grace_period_until
+        .as_deref()
+        .and_then(|g| crate::time::parse_iso(g).ok());
+    let (revoked_at, reason) = match key.status {
+        KeyStatus::Revoked => {
+            let at = key.revoked_at.clone().unwrap_or_default();
+            let lapsed = grace_end.is_some() && grace_end == crate::time::parse_iso(&at).ok();
+            (at, if lapsed { GRACE_EXPIRED } else { ADMIN_REVOKE })
+        }
+        KeyStatus::Active => match grace_end {
+            Some(end) if now >= end => (format_iso(end), GRACE_EXPIRED),
+            _ => return None,
+        },
+    };
+    Some(KeyRevoked {
+        gateway_key_id: key.key_id.clone(),
+        revoked_at,
+        reason,
+        source,
+    })
+}
+
+/// `reason` of a revocation by an operator.
+pub const ADMIN_REVOKE: &str = "admin_revoke";
+/// `reason` of a revocation because a rotation grace period ended.
+pub const GRACE_EXPIRED: &str = "grace_period_expired";
+
+/// The key `successor` was rotated from. Exact when the successor names it
+/// ([`KeyRecord::rotated_from`]); for keys rotated by older releases, inferred from the shared
+/// spend account: the latest key of that account created before the successor, preferring
+/// keys that carry a grace end (a rotated key does), so a chain A→B→C resolves to B for C.
+fn predecessor<'a>(keys: &'a [KeyRecord], successor: &KeyRecord) -> Option<&'a KeyRecord> {
+    if let Some(id) = successor.rotated_from() {
+        return keys
+            .iter()
+            .find(|k| k.key_id == id && k.key_id != successor.key_id);
+    }
+    let account = successor.spend_account.as_deref()?;
+    if account == successor.key_id {
+        return None;
+    }
+    let created = |k: &KeyRecord| {
+        k.created_at
+            .as_deref()
+            .and_then(|c| crate::time::parse_iso(c).ok())
+    };
+    let born = created(successor)?;
+    let older: Vec<&KeyRecord> = keys
+        .iter()
+        .filter(|k| k.key_id != successor.key_id && k.account() == account)
+        .filter(|k| created(k).is_some_and(|c| c < born))
+        .collect();
+    let rotated: Vec<&KeyRecord> = older
+        .iter()
+        .copied()
+        .filter(|k| k.grace_period_until.is_some())
+        .collect();
+    let pool = if rotated.is_empty() { older } else { rotated };
+    pool.into_iter().max_by_key(|k| created(k))
+}
+
+/// Every lifecycle change `keys` shows at `now`, as the events `source` would record, ordered
+/// by when each happened (keystore order among equal times): each key's issue; for a rotated
+/// successor, its rotation (before its issue, as `rotate-key` records them); each revocation,
+/// including grace ends that have passed.
+///
+/// A rotation whose predecessor is no longer in the set, or shows no grace end or revocation
+/// time, is left out (its grace end is unknown); the successor's issue is still shown.
+#[must_use]
+pub fn shown_changes(
+    keys: &[KeyRecord],
+    now: Timestamp,
+    source: &'static str,
+) -> Vec<KeyChangeEvent> {
+    let at = |iso: Option<&str>| {
+        iso.and_then(|t| crate::time::parse_iso(t).ok())
+            .unwrap_or(i64::MIN)
+    };
+    let mut out: Vec<(Timestamp, KeyChangeEvent)> = Vec::new();
+    for key in keys {
+        let born = at(key.created_at.as_deref());
+        if let Some(old) = predecessor(keys, key) {
+            let grace = old
+                .grace_period_until
+                .clone()
+                .or_else(|| old.revoked_at.clone());
+            if let Some(grace_period_until) = grace {
+                out.push((
+                    born,
+                    KeyChangeEvent::Rotated(KeyRotated {
+                        old_gateway_key_id: old.key_id.clone(),
+                        new_gateway_key_id: key.key_id.clone(),
+                        grace_period_until,
+                        workspace_path: key.workspace_path.clone(),
+                        user_id: key.user_id.clone(),
+                        team_id: key.team_id.clone(),
+                        source,
+                    }),
+                ));
+            }
+        }
+        out.push((born, KeyChangeEvent::Issued(KeyIssued::of(key, source))));
+        if let Some(revoked) = shown_revocation(key, now, source) {
+            out.push((
+                at(Some(&revoked.revoked_at)),
+                KeyChangeEvent::Revoked(revoked),
+            ));
+        }
+    }
+    out.sort_by_key(|(t, _)| *t);
+    out.into_iter().map(|(_, e)| e).collect()
+}
+
+/// The earliest grace end after `now` among keys still active: when the set next shows a
+/// change without being edited.
+#[must_use]
+pub fn next_grace_end(keys: &[KeyRecord], now: Timestamp) -> Option<Timestamp> {
+    keys.iter()
+        .filter(|k| k.status == KeyStatus::Active)
+        .filter_map(|k| k.grace_period_until.as_deref())
+        .filter_map(|g| crate::time::parse_iso(g).ok())
+        .filter(|end| *end > now)
+        .min()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -305,6 +524,225 @@ mod tests {
             spend_account: None,
             extra: Map::new(),
         }
+    }
+
+    fn at(iso: &str) -> Timestamp {
+        parse_iso(iso).unwrap_or_default()
+    }
+
+    fn keyed(id: &str, n: u8, created: &str) -> KeyRecord {
+        let mut k = key();
+        k.key_id = id.into();
+        k.secret_hash = hash_token(&format!("gw_{n}"));
+        k.created_at = Some(created.into());
+        k
+    }
+
+    /// `old` rotated into a new key `id` at `when` with a grace end of `until`, as
+    /// `rotate-key` stores it (with or without the `rotated_from` link).
+    fn rotate(
+        old: &mut KeyRecord,
+        id: &str,
+        n: u8,
+        when: &str,
+        until: &str,
+        link: bool,
+    ) -> KeyRecord {
+        old.grace_period_until = Some(until.into());
+        let mut succ = keyed(id, n, when);
+        succ.spend_account = Some(old.account().to_owned());
+        if link {
+            succ.set_rotated_from(&old.key_id);
+        }
+        succ
+    }
+
+    fn ids(changes: &[KeyChangeEvent]) -> Vec<KeyChange> {
+        changes.iter().map(KeyChangeEvent::change).collect()
+    }
+
+    fn issued(id: &str) -> KeyChange {
+        KeyChange::Issued { key_id: id.into() }
+    }
+
+    fn revoked(id: &str) -> KeyChange {
+        KeyChange::Revoked { key_id: id.into() }
+    }
+
+    fn rotated(old: &str, new: &str) -> KeyChange {
+        KeyChange::Rotated {
+            old_key_id: old.into(),
+            new_key_id: new.into(),
+        }
+    }
+
+    #[test]
+    fn a_key_set_shows_issues_rotations_and_revocations_in_time_order() {
+        let mut a = keyed("gk_a", 1, "2026-01-01T00:00:00Z");
+        let b = rotate(
+            &mut a,
+            "gk_b",
+            2,
+            "2026-01-02T00:00:00Z",
+            "2026-01-03T00:00:00Z",
+            true,
+        );
+        let mut c = keyed("gk_c", 3, "2026-01-01T12:00:00Z");
+        c.status = KeyStatus::Revoked;
+        c.revoked_at = Some("2026-01-04T00:00:00Z".into());
+        let keys = vec![a, b, c];
+        // Before a's grace end: no revocation of a yet (c is stored as revoked, so it shows).
+        let before = shown_changes(&keys, at("2026-01-02T12:00:00Z"), "cli");
+        assert_eq!(
+            ids(&before),
+            vec![
+                issued("gk_a"),
+                issued("gk_c"),
+                rotated("gk_a", "gk_b"),
+                issued("gk_b"),
+                revoked("gk_c"),
+            ]
+        );
+        // After it (and after c's revoke): a's lapse is shown, in time order.
+        let after = shown_changes(&keys, at("2026-01-05T00:00:00Z"), "keystore_observed");
+        assert_eq!(
+            ids(&after),
+            vec![
+                issued("gk_a"),
+                issued("gk_c"),
+                rotated("gk_a", "gk_b"),
+                issued("gk_b"),
+                revoked("gk_a"),
+                revoked("gk_c"),
+            ]
+        );
+        let reasons: Vec<(&str, &str, &str)> = after
+            .iter()
+            .filter_map(|e| match e {
+                KeyChangeEvent::Revoked(r) => {
+                    Some((r.gateway_key_id.as_str(), r.reason, r.revoked_at.as_str()))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            reasons,
+            vec![
+                ("gk_a", GRACE_EXPIRED, "2026-01-03T00:00:00+00:00"),
+                ("gk_c", ADMIN_REVOKE, "2026-01-04T00:00:00Z"),
+            ]
+        );
+        assert!(after.iter().all(|e| match e {
+            KeyChangeEvent::Issued(p) => p.source == "keystore_observed",
+            KeyChangeEvent::Rotated(p) => p.source == "keystore_observed",
+            KeyChangeEvent::Revoked(p) => p.source == "keystore_observed",
+        }));
+        match &after[2] {
+            KeyChangeEvent::Rotated(r) => assert_eq!(r.grace_period_until, "2026-01-03T00:00:00Z"),
+            other => panic!("expected the rotation, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_swept_grace_lapse_keeps_its_reason() {
+        let mut a = keyed("gk_a", 1, "2026-01-01T00:00:00Z");
+        a.grace_period_until = Some("2026-01-03T00:00:00+00:00".into());
+        a.status = KeyStatus::Revoked;
+        a.revoked_at = Some("2026-01-03T00:00:00+00:00".into());
+        let r = shown_revocation(&a, at("2026-02-01T00:00:00Z"), "x");
+        assert_eq!(r.map(|r| r.reason), Some(GRACE_EXPIRED));
+        assert_eq!(next_grace_end(&[a], at("2026-01-02T00:00:00Z")), None);
+    }
+
+    #[test]
+    fn rotations_of_older_releases_are_inferred_from_the_spend_account() {
+        // A -> B -> C without links: C's predecessor is B, not A.
+        let mut a = keyed("gk_a", 1, "2026-01-01T00:00:00Z");
+        let mut b = rotate(
+            &mut a,
+            "gk_b",
+            2,
+            "2026-01-02T00:00:00Z",
+            "2026-01-03T00:00:00Z",
+            false,
+        );
+        let c = rotate(
+            &mut b,
+            "gk_c",
+            3,
+            "2026-01-04T00:00:00Z",
+            "2026-01-05T00:00:00Z",
+            false,
+        );
+        let keys = vec![a, b, c];
+        let rotations: Vec<KeyChange> = ids(&shown_changes(&keys, at("2026-01-04T01:00:00Z"), "x"))
+            .into_iter()
+            .filter(|c| matches!(c, KeyChange::Rotated { .. }))
+            .collect();
+        assert_eq!(
+            rotations,
+            vec![rotated("gk_a", "gk_b"), rotated("gk_b", "gk_c")]
+        );
+        assert_eq!(
+            next_grace_end(&keys, at("2026-01-04T01:00:00Z")),
+            Some(at("2026-01-05T00:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn a_rotation_without_its_predecessor_shows_only_the_issue() {
+        let mut a = keyed("gk_a", 1, "2026-01-01T00:00:00Z");
+        let b = rotate(
+            &mut a,
+            "gk_b",
+            2,
+            "2026-01-02T00:00:00Z",
+            "2026-01-03T00:00:00Z",
+            true,
+        );
+        assert_eq!(ids(&shown_changes(&[b], 0, "x")), vec![issued("gk_b")]);
+    }
+
+    #[test]
+    fn stored_events_name_the_change_they_record() {
+        let mut a = keyed("gk_a", 1, "2026-01-01T00:00:00Z");
+        let b = rotate(
+            &mut a,
+            "gk_b",
+            2,
+            "2026-01-02T00:00:00Z",
+            "2026-01-03T00:00:00Z",
+            true,
+        );
+        a.status = KeyStatus::Revoked;
+        a.revoked_at = Some("2026-01-02T06:00:00Z".into());
+        for event in shown_changes(&[a, b], at("2026-01-02T07:00:00Z"), "cli") {
+            let (ty, json) = match &event {
+                KeyChangeEvent::Issued(p) => (
+                    crate::events::types::GATEWAY_KEY_ISSUED,
+                    serde_json::to_string(p),
+                ),
+                KeyChangeEvent::Rotated(p) => (
+                    crate::events::types::GATEWAY_KEY_ROTATED,
+                    serde_json::to_string(p),
+                ),
+                KeyChangeEvent::Revoked(p) => (
+                    crate::events::types::GATEWAY_KEY_REVOKED,
+                    serde_json::to_string(p),
+                ),
+            };
+            let json = json.unwrap_or_default();
+            assert_eq!(
+                KeyChange::of_event(ty, &json),
+                Some(event.change()),
+                "{json}"
+            );
+        }
+        assert_eq!(KeyChange::of_event("gateway.auth_failed", "{}"), None);
+        assert_eq!(
+            KeyChange::of_event(crate::events::types::GATEWAY_KEY_ISSUED, "{}"),
+            None
+        );
     }
 
     #[test]

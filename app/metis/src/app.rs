@@ -8,6 +8,7 @@ use crate::listener;
 use crate::paths::Paths;
 use crate::system::{SystemClock, UlidIds};
 use anyhow::{Context, bail};
+use gw_domain::events::key_sources;
 use gw_domain::patterns::PatternCaps;
 use gw_domain::time::{day_start, month_start};
 use gw_http::{ClientGone, HttpOptions, routes};
@@ -20,7 +21,8 @@ use gw_ports::upstream::Provider;
 use gw_upstream::{HttpProvider, HttpProviderConfig, MockProvider, MockSettings};
 use gw_usecases::key_admin::IssueRequest;
 use gw_usecases::{
-    AdminFacade, CoreParts, GatewayCore, KeyAdmin, KeyRing, Limiter, RateLimitConfig, SpendLedger,
+    AdminFacade, CoreParts, GatewayCore, KeyAdmin, KeyRing, KeySync, KeySyncParts, Limiter,
+    RateLimitConfig, SpendLedger,
 };
 use poem::Server;
 use poem::{Endpoint, EndpointExt};
@@ -30,9 +32,15 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
 
-/// How often the keystore is checked for changes (issue/revoke/rotate take effect within
-/// this interval plus one load).
+/// How often the keystore is checked for changes made outside this process (a CLI, a new
+/// Secret): they take effect within this interval plus one load. Changes made through this
+/// process's admin API are in force before the API answers.
 const KEY_RELOAD_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How long a key lifecycle change found in the keystore waits for its own audit event (a CLI
+/// writing into this same database commits it just after the keystore) before the gateway
+/// records it as `source: keystore_observed`.
+const OBSERVED_CHANGE_SETTLE: Duration = Duration::from_secs(3);
 
 /// A waiting request starts watching its client connection for a hang-up after this long.
 const DISCONNECT_WATCH_AFTER: Duration = Duration::from_millis(100);
@@ -52,9 +60,10 @@ pub struct App {
     core: Arc<GatewayCore>,
     trace: Arc<crate::store::MainStore>,
     keystore: Arc<dyn KeyStore>,
-    /// The keystore's change token as of the key set loaded at build time.
-    keys_version: Option<String>,
-    admin: Arc<KeyAdmin>,
+    /// Keeps the key ring current and records the key changes found in the keystore.
+    key_sync: Arc<KeySync>,
+    /// The gateway's own key admin (quickstart key, grace sweep).
+    gateway_admin: Arc<KeyAdmin>,
     admin_api: Option<(Arc<dyn AdminService>, String)>,
     http_opts: HttpOptions,
     shutdown_grace: Duration,
@@ -176,13 +185,13 @@ fn admin_token(args: &ServeArgs) -> anyhow::Result<Option<String>> {
     Ok(Some(token))
 }
 
-/// Load the keystore; on a loopback bind with no keys, issue a first key.
+/// Load the keystore into the key ring; on a loopback bind with no keys, issue a first key.
 async fn load_keys(
-    store: &dyn KeyStore,
+    sync: &KeySync,
     admin: &KeyAdmin,
     host: &str,
 ) -> anyhow::Result<(Vec<gw_domain::keys::KeyRecord>, Option<QuickstartKey>)> {
-    let keys = match store.load().await {
+    let keys = match sync.reload().await {
         Ok(k) => k,
         Err(KeyStoreError::NotFound { .. }) => Vec::new(),
         Err(e) => return Err(e).context("cannot load the keystore"),
@@ -193,7 +202,7 @@ async fn load_keys(
     if !is_loopback(host) {
         bail!(
             "keystore {} has no keys; issue one with `metis gateway issue-key --name NAME --workspace PATH` before binding a non-loopback host",
-            store.describe()
+            sync.describe()
         );
     }
     let workspace = std::env::current_dir().unwrap_or_else(|_| std::path::PathBuf::from("/"));
@@ -231,17 +240,34 @@ impl App {
         let ids: Arc<dyn IdSource> = Arc::new(UlidIds::default());
         let keystore = open_keystore(&paths)?;
         let sink: Arc<dyn EventSink> = trace.clone();
-        let admin = Arc::new(KeyAdmin::new(
-            Arc::clone(&keystore),
-            Arc::clone(&sink),
-            Arc::clone(&clock),
-            Arc::clone(&ids),
-        ));
-        // The change token is read before the keys: a change between the two is then seen
-        // as a change by the watcher (one extra reload), never missed.
-        let keys_version = keystore.version().await;
-        let (keys, quickstart) = load_keys(keystore.as_ref(), &admin, &args.host).await?;
-        admin.sweep().await;
+        let query: Arc<dyn TraceQuery> = trace.clone();
+        let ring = Arc::new(KeyRing::default());
+        let key_sync = Arc::new(KeySync::new(KeySyncParts {
+            store: Arc::clone(&keystore),
+            ring: Arc::clone(&ring),
+            sink: Arc::clone(&sink),
+            query: Arc::clone(&query),
+            clock: Arc::clone(&clock),
+            ids: Arc::clone(&ids),
+            settle: OBSERVED_CHANGE_SETTLE,
+        }));
+        // Every key admin in the gateway puts its changes in force in the ring before it
+        // returns, and tags its events with who made the change.
+        let key_admin = |source: &'static str| {
+            Arc::new(
+                KeyAdmin::new(
+                    Arc::clone(&keystore),
+                    Arc::clone(&sink),
+                    Arc::clone(&clock),
+                    Arc::clone(&ids),
+                    source,
+                )
+                .with_sync(Arc::clone(&key_sync)),
+            )
+        };
+        let gateway_admin = key_admin(key_sources::GATEWAY);
+        let (keys, quickstart) = load_keys(&key_sync, &gateway_admin, &args.host).await?;
+        gateway_admin.sweep().await;
         let providers = build_providers(&args, &cfg)?;
         let provider_names: Vec<String> = providers.iter().map(|p| p.name().to_owned()).collect();
         // Spend is rebuilt from the trace once; afterwards it is kept incrementally.
@@ -253,9 +279,8 @@ impl App {
         let ledger = Arc::new(SpendLedger::rebuild(&spend, &keys, now));
         let admin_api = match admin_token(&args)? {
             Some(token) => {
-                let query: Arc<dyn TraceQuery> = trace.clone();
                 let facade: Arc<dyn AdminService> = Arc::new(AdminFacade::new(
-                    Arc::clone(&admin),
+                    key_admin(key_sources::ADMIN_API),
                     query,
                     Arc::clone(&sink),
                     Arc::clone(&ledger),
@@ -267,7 +292,7 @@ impl App {
         };
         let background = TokioBackground::default();
         let core = Arc::new(GatewayCore::new(CoreParts {
-            keys: Arc::new(KeyRing::new(keys)),
+            keys: ring,
             sink,
             providers,
             catalog: {
@@ -335,8 +360,8 @@ impl App {
             core,
             trace,
             keystore,
-            keys_version,
-            admin,
+            key_sync,
+            gateway_admin,
             admin_api,
             http_opts,
             shutdown_grace: args.shutdown_grace,
@@ -406,10 +431,8 @@ impl App {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let watcher = tokio::spawn(watch_keys(
-            Arc::clone(&self.keystore),
-            Arc::clone(&self.core),
-            Arc::clone(&self.admin),
-            self.keys_version.clone(),
+            Arc::clone(&self.key_sync),
+            Arc::clone(&self.gateway_admin),
         ));
         let core = Arc::clone(&self.core);
         let connections = Arc::clone(&self.connections);
@@ -502,43 +525,20 @@ impl App {
     }
 }
 
-/// Poll the keystore's change token and swap the key set when it changes. A keystore that
-/// fails to load or validate is rejected with an ERROR and the last good set stays in force.
-async fn watch_keys(
-    store: Arc<dyn KeyStore>,
-    core: Arc<GatewayCore>,
-    admin: Arc<KeyAdmin>,
-    loaded_version: Option<String>,
-) {
-    // Compare against the version of the set actually in force (read at build time), not
-    // the version when this task first runs: a key issued, revoked or rotated in between
-    // would otherwise never be picked up.
-    let mut last = loaded_version;
+/// Poll the keystore for changes made outside this process (a failed load keeps the last good
+/// set, with an ERROR), record the lifecycle changes it shows that the audit trail lacks, and
+/// sweep lapsed rotation grace periods into the keystore every ~5 s.
+async fn watch_keys(sync: Arc<KeySync>, admin: Arc<KeyAdmin>) {
     let mut interval = tokio::time::interval(KEY_RELOAD_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ticks: u64 = 0;
     loop {
         interval.tick().await;
         ticks += 1;
-        // Record lapsed rotation grace periods (every ~5 s; cheap when nothing lapsed).
         if ticks.is_multiple_of(10) {
             admin.sweep().await;
         }
-        let current = store.version().await;
-        if current == last {
-            continue;
-        }
-        match store.load().await {
-            Ok(keys) => {
-                tracing::info!(keys = keys.len(), keystore = %store.describe(), "keystore reloaded");
-                core.keys.replace(keys);
-                last = current;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "keystore change rejected; the last good key set stays in force");
-                last = current;
-            }
-        }
+        sync.poll().await;
     }
 }
 

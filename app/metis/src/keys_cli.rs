@@ -49,6 +49,7 @@ impl AdminSession {
             sink,
             Arc::new(SystemClock),
             Arc::new(UlidIds::default()),
+            gw_domain::events::key_sources::CLI,
         );
         Ok(AdminSession { admin, trace })
     }

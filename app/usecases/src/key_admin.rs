@@ -6,15 +6,19 @@
 //!   SHA-256 is stored and the plaintext is returned exactly once.
 //! - Every change is one atomic `KeyStore::update` (no lost update between concurrent
 //!   admins) and is audited after it is stored (`gateway.key_issued`, `key_revoked`,
-//!   `key_rotated`).
+//!   `key_rotated`, each with the `source` of this admin: CLI, admin API or the gateway).
+//! - In a gateway (with a [`KeySync`]), a change is in force in this process before the call
+//!   returns: the key ring is reloaded from the keystore first. Its events are claimed with
+//!   the sync, so the gateway never records them a second time as observed changes.
 //! - Rotation refuses keys that are not active now (revoked or past their grace end), so it
 //!   can never revive a lapsed key. The successor inherits scope, caps, rpm, identity tags
 //!   and the spend account of its predecessor.
 
+use crate::keys::KeySync;
 use gw_domain::events::{KeyIssued, KeyRevoked, KeyRotated, Payload, make_event};
 use gw_domain::keys::{
-    CUSTOMER_TIERS, Inactive, KeyRecord, KeyStatus, hash_token, token_from_random, validate_cap,
-    validate_tag,
+    ADMIN_REVOKE, CUSTOMER_TIERS, GRACE_EXPIRED, Inactive, KeyChange, KeyRecord, KeyStatus,
+    hash_token, token_from_random, validate_cap, validate_tag,
 };
 use gw_domain::time::{Timestamp, format_iso, parse_iso};
 use gw_ports::keys::{KeyStore, KeyStoreError};
@@ -79,6 +83,10 @@ pub struct KeyAdmin {
     sink: Arc<dyn EventSink>,
     clock: Arc<dyn Clock>,
     ids: Arc<dyn IdSource>,
+    /// `source` of the events this admin records (`gw_domain::events::key_sources`).
+    source: &'static str,
+    /// In a gateway: the key ring to bring up to date after each change.
+    sync: Option<Arc<KeySync>>,
 }
 
 fn validate_request(req: &IssueRequest) -> Result<(), AdminError> {
@@ -139,13 +147,24 @@ impl KeyAdmin {
         sink: Arc<dyn EventSink>,
         clock: Arc<dyn Clock>,
         ids: Arc<dyn IdSource>,
+        source: &'static str,
     ) -> Self {
         KeyAdmin {
             store,
             sink,
             clock,
             ids,
+            source,
+            sync: None,
         }
+    }
+
+    /// Put every change in force in `sync`'s key ring before returning, and claim its events
+    /// there (a gateway's admin: the admin API, the quickstart key, the grace sweep).
+    #[must_use]
+    pub fn with_sync(mut self, sync: Arc<KeySync>) -> Self {
+        self.sync = Some(sync);
+        self
     }
 
     /// Where the keys live.
@@ -154,7 +173,14 @@ impl KeyAdmin {
         self.store.describe()
     }
 
-    fn audit<P: Payload>(&self, at: Timestamp, payload: &P) {
+    /// Record `change` unless the gateway this admin runs in already recorded it (e.g. a
+    /// grace lapse it observed in a read-only keystore before a sweep could write it).
+    fn audit<P: Payload>(&self, change: &KeyChange, at: Timestamp, payload: &P) {
+        if let Some(sync) = &self.sync
+            && !sync.claim(change)
+        {
+            return;
+        }
         self.sink.emit(make_event(
             self.ids.ulid(),
             at,
@@ -189,18 +215,21 @@ impl KeyAdmin {
         IssuedKey { record, token }
     }
 
-    fn issued_payload(record: &KeyRecord) -> KeyIssued {
-        KeyIssued {
-            gateway_key_id: record.key_id.clone(),
-            name: record.display_name().to_owned(),
-            workspace_path: record.workspace_path.clone(),
-            issued_at: record.created_at.clone().unwrap_or_default(),
-            user_id: record.user_id.clone(),
-            team_id: record.team_id.clone(),
-            allowed_models: record.allowed_models.clone(),
-            daily_cap_usd: record.daily_cap_usd.clone(),
-            monthly_cap_usd: record.monthly_cap_usd.clone(),
-            customer_tier: record.customer_tier.clone(),
+    fn audit_issued(&self, at: Timestamp, record: &KeyRecord) {
+        let change = KeyChange::Issued {
+            key_id: record.key_id.clone(),
+        };
+        self.audit(&change, at, &KeyIssued::of(record, self.source));
+    }
+
+    /// Put the stored set in force in the gateway's key ring (no-op outside a gateway). A
+    /// reload failure is logged: the change is stored, and the watcher retries, since the
+    /// keystore's change token moved.
+    async fn refresh(&self) {
+        if let Some(sync) = &self.sync
+            && let Err(e) = sync.reload().await
+        {
+            tracing::warn!(error = %e, "key change stored, but reloading the key set failed; the keystore watcher retries");
         }
     }
 
@@ -214,7 +243,8 @@ impl KeyAdmin {
         let now = self.clock.now_us();
         let issued = self.mint(req, now);
         self.store.insert(issued.record.clone()).await?;
-        self.audit(now, &Self::issued_payload(&issued.record));
+        self.audit_issued(now, &issued.record);
+        self.refresh().await;
         Ok(issued)
     }
 
@@ -300,15 +330,23 @@ impl KeyAdmin {
             .map_err(|e| map_missing(e, key_id))?;
         let result = take(&outcome).ok_or_else(|| AdminError::NotFound(key_id.to_owned()))?;
         if !result.already {
+            let change = KeyChange::Revoked {
+                key_id: result.key_id.clone(),
+            };
             self.audit(
+                &change,
                 now,
                 &KeyRevoked {
                     gateway_key_id: result.key_id.clone(),
                     revoked_at: result.revoked_at.clone(),
-                    reason: "admin_revoke",
+                    reason: ADMIN_REVOKE,
+                    source: self.source,
                 },
             );
         }
+        // Also for a key already revoked in the keystore: the ring may not have caught up
+        // with a revoke made elsewhere, and the answer promises the key is refused.
+        self.refresh().await;
         Ok(result)
     }
 
@@ -367,6 +405,7 @@ impl KeyAdmin {
                 succ.team_id = old.team_id.clone();
                 succ.customer_tier = old.customer_tier.clone();
                 succ.spend_account = Some(old.account().to_owned());
+                succ.set_rotated_from(&id);
                 if let Ok(mut s) = out.lock() {
                     *s = Some(succ.clone());
                 }
@@ -382,7 +421,12 @@ impl KeyAdmin {
                 other => AdminError::Store(other),
             })?;
         let successor = take(&slot).ok_or_else(|| AdminError::NotFound(key_id.to_owned()))?;
+        let change = KeyChange::Rotated {
+            old_key_id: key_id.to_owned(),
+            new_key_id: successor.key_id.clone(),
+        };
         self.audit(
+            &change,
             now,
             &KeyRotated {
                 old_gateway_key_id: key_id.to_owned(),
@@ -391,9 +435,11 @@ impl KeyAdmin {
                 workspace_path: successor.workspace_path.clone(),
                 user_id: successor.user_id.clone(),
                 team_id: successor.team_id.clone(),
+                source: self.source,
             },
         );
-        self.audit(now, &Self::issued_payload(&successor));
+        self.audit_issued(now, &successor);
+        self.refresh().await;
         Ok(Rotated {
             old_key_id: key_id.to_owned(),
             successor: IssuedKey {
@@ -458,14 +504,22 @@ impl KeyAdmin {
             Err(p) => std::mem::take(&mut *p.into_inner()),
         };
         for (key_id, at) in &lapsed {
+            let change = KeyChange::Revoked {
+                key_id: key_id.clone(),
+            };
             self.audit(
+                &change,
                 now,
                 &KeyRevoked {
                     gateway_key_id: key_id.clone(),
                     revoked_at: at.clone(),
-                    reason: "grace_period_expired",
+                    reason: GRACE_EXPIRED,
+                    source: self.source,
                 },
             );
+        }
+        if !lapsed.is_empty() {
+            self.refresh().await;
         }
         lapsed.into_iter().map(|(k, _)| k).collect()
     }

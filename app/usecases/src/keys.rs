@@ -1,29 +1,58 @@
-//! The in-memory key index the gateway authenticates against, swapped atomically on reload.
+//! The in-memory key index the gateway authenticates against, and [`KeySync`], which keeps it
+//! in step with the keystore and records in the audit trail the key lifecycle changes the
+//! gateway finds there.
+//!
+//! Invariants:
+//! - The index is replaced whole (readers see the old or the new set, never a mix), and only
+//!   by a load that started under [`KeySync`]'s reload lock: a reload can never put back a set
+//!   older than one already in force. An admin change reloads before it returns, so the key
+//!   ring in the process that made it is current before the admin API answers.
+//! - Every lifecycle change (issue, rotation, revocation, grace lapse) is recorded once per
+//!   store, whoever records it. A change the keystore shows is first held as pending; after
+//!   the settle delay it is recorded (`source: keystore_observed`) unless the store holds an
+//!   event for it by then, or this process recorded it. The delay gives a CLI writing into the
+//!   same database time to commit its own event after it wrote the keystore.
 
-use gw_domain::keys::KeyRecord;
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use gw_domain::events::key_sources::KEYSTORE_OBSERVED;
+use gw_domain::events::types::{GATEWAY_KEY_ISSUED, GATEWAY_KEY_REVOKED, GATEWAY_KEY_ROTATED};
+use gw_domain::events::{Payload, make_event};
+use gw_domain::keys::{KeyChange, KeyChangeEvent, KeyRecord, next_grace_end, shown_changes};
+use gw_domain::time::Timestamp;
+use gw_ports::keys::{KeyStore, KeyStoreError};
+use gw_ports::system::{Clock, IdSource};
+use gw_ports::trace::{EventSink, TraceError, TraceQuery};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::Duration;
 
-/// Keys by token hash.
+/// Keys by token hash, and in keystore order.
 #[derive(Debug, Default)]
 pub struct KeyIndex {
     by_hash: HashMap<String, Arc<KeyRecord>>,
+    ordered: Vec<Arc<KeyRecord>>,
 }
 
 impl KeyIndex {
     /// Build an index; records are assumed validated by the key store.
     #[must_use]
     pub fn new(records: Vec<KeyRecord>) -> Self {
-        let by_hash = records
-            .into_iter()
-            .map(|r| (r.secret_hash.to_ascii_lowercase(), Arc::new(r)))
+        let ordered: Vec<Arc<KeyRecord>> = records.into_iter().map(Arc::new).collect();
+        let by_hash = ordered
+            .iter()
+            .map(|r| (r.secret_hash.to_ascii_lowercase(), Arc::clone(r)))
             .collect();
-        KeyIndex { by_hash }
+        KeyIndex { by_hash, ordered }
     }
 
     #[must_use]
     pub fn get(&self, hash: &str) -> Option<&Arc<KeyRecord>> {
         self.by_hash.get(hash)
+    }
+
+    /// Every key, in keystore order.
+    #[must_use]
+    pub fn records(&self) -> &[Arc<KeyRecord>] {
+        &self.ordered
     }
 
     /// (active, revoked-or-lapsed) counts at `now`.
@@ -78,5 +107,265 @@ impl KeyRing {
             Ok(mut g) => *g = next,
             Err(poisoned) => *poisoned.into_inner() = next,
         }
+    }
+}
+
+/// What [`KeySync`] is built from.
+pub struct KeySyncParts {
+    pub store: Arc<dyn KeyStore>,
+    /// The ring the gateway authenticates against.
+    pub ring: Arc<KeyRing>,
+    /// Where observed changes are recorded (the gateway's own store).
+    pub sink: Arc<dyn EventSink>,
+    /// The same store, read to learn which changes it already records.
+    pub query: Arc<dyn TraceQuery>,
+    pub clock: Arc<dyn Clock>,
+    pub ids: Arc<dyn IdSource>,
+    /// How long a change shown by the keystore waits for another writer's event before the
+    /// gateway records it itself.
+    pub settle: Duration,
+}
+
+/// A change the keystore shows that no known event records yet.
+#[derive(Debug)]
+struct Pending {
+    change: KeyChange,
+    since: Timestamp,
+    event: KeyChangeEvent,
+}
+
+#[derive(Debug, Default)]
+struct Observed {
+    /// Changes the store holds an event for (as last read), or that this process recorded.
+    recorded: HashSet<KeyChange>,
+    /// Shown but not known recorded, in the order the key set shows them.
+    pending: Vec<Pending>,
+    pending_set: HashSet<KeyChange>,
+    /// The index last examined (a new index is examined again).
+    examined: Option<Arc<KeyIndex>>,
+    /// The next grace end of an active key: the set shows a lapse then without an edit.
+    next_lapse: Option<Timestamp>,
+    /// The store could not be read at the last check (logged once per failure streak).
+    check_failing: bool,
+}
+
+/// Keeps the key ring in step with the keystore and records the lifecycle changes the
+/// keystore shows that the gateway's store lacks.
+pub struct KeySync {
+    store: Arc<dyn KeyStore>,
+    ring: Arc<KeyRing>,
+    sink: Arc<dyn EventSink>,
+    query: Arc<dyn TraceQuery>,
+    clock: Arc<dyn Clock>,
+    ids: Arc<dyn IdSource>,
+    settle_us: i64,
+    /// Held across version read, load and swap; holds the change token of the set in force.
+    reload: futures_util::lock::Mutex<Option<String>>,
+    observed: Mutex<Observed>,
+}
+
+fn lock(m: &Mutex<Observed>) -> MutexGuard<'_, Observed> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+const KEY_EVENT_TYPES: [&str; 3] = [GATEWAY_KEY_ISSUED, GATEWAY_KEY_REVOKED, GATEWAY_KEY_ROTATED];
+
+impl KeySync {
+    #[must_use]
+    pub fn new(parts: KeySyncParts) -> Self {
+        KeySync {
+            store: parts.store,
+            ring: parts.ring,
+            sink: parts.sink,
+            query: parts.query,
+            clock: parts.clock,
+            ids: parts.ids,
+            settle_us: i64::try_from(parts.settle.as_micros()).unwrap_or(i64::MAX),
+            reload: futures_util::lock::Mutex::new(None),
+            observed: Mutex::new(Observed::default()),
+        }
+    }
+
+    /// The ring this keeps current.
+    #[must_use]
+    pub fn ring(&self) -> &Arc<KeyRing> {
+        &self.ring
+    }
+
+    /// Where the keys live.
+    #[must_use]
+    pub fn describe(&self) -> String {
+        self.store.describe()
+    }
+
+    /// Load the keystore and put its set in force now. Returns the loaded set.
+    ///
+    /// # Errors
+    /// The keystore's load error; the set in force is then unchanged.
+    pub async fn reload(&self) -> Result<Vec<KeyRecord>, KeyStoreError> {
+        let mut in_force = self.reload.lock().await;
+        // The change token is read before the keys: a change between the two is then seen as
+        // a change by the next poll (one extra reload), never missed.
+        let version = self.store.version().await;
+        let keys = self.store.load().await?;
+        self.ring.replace(keys.clone());
+        *in_force = version;
+        Ok(keys)
+    }
+
+    /// One watcher step: reload when the keystore's change token moved (a set that fails to
+    /// load or validate is rejected with an ERROR and the last good set stays in force), then
+    /// record the changes that have waited out the settle delay.
+    pub async fn poll(&self) {
+        {
+            let mut in_force = self.reload.lock().await;
+            let current = self.store.version().await;
+            if current != *in_force {
+                match self.store.load().await {
+                    Ok(keys) => {
+                        tracing::info!(keys = keys.len(), keystore = %self.store.describe(), "keystore reloaded");
+                        self.ring.replace(keys);
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "keystore change rejected; the last good key set stays in force");
+                    }
+                }
+                *in_force = current;
+            }
+        }
+        self.observe().await;
+    }
+
+    /// Note that this process records `change` now. `false` when it is already recorded (the
+    /// caller then does not record it again).
+    pub fn claim(&self, change: &KeyChange) -> bool {
+        lock(&self.observed).recorded.insert(change.clone())
+    }
+
+    /// Changes shown by the key set in force that are not yet known recorded.
+    #[must_use]
+    pub fn pending(&self) -> Vec<KeyChange> {
+        lock(&self.observed)
+            .pending
+            .iter()
+            .map(|p| p.change.clone())
+            .collect()
+    }
+
+    /// Compare the key set in force with what is recorded; record what has waited long enough.
+    async fn observe(&self) {
+        let now = self.clock.now_us();
+        if !self.examine(now) {
+            return;
+        }
+        let stored = match self.stored_changes().await {
+            Ok(s) => s,
+            Err(e) => {
+                let mut st = lock(&self.observed);
+                if !st.check_failing {
+                    tracing::warn!(error = %e, "cannot read the key lifecycle events of the trace store; observed keystore changes wait until it can be read");
+                    st.check_failing = true;
+                }
+                return;
+            }
+        };
+        let due: Vec<KeyChangeEvent> = {
+            let mut st = lock(&self.observed);
+            st.check_failing = false;
+            st.recorded.extend(stored);
+            let mut due = Vec::new();
+            let mut keep = Vec::new();
+            for p in std::mem::take(&mut st.pending) {
+                if st.recorded.contains(&p.change) {
+                    st.pending_set.remove(&p.change);
+                } else if now.saturating_sub(p.since) >= self.settle_us {
+                    st.pending_set.remove(&p.change);
+                    st.recorded.insert(p.change);
+                    due.push(p.event);
+                } else {
+                    keep.push(p);
+                }
+            }
+            st.pending = keep;
+            due
+        };
+        if due.is_empty() {
+            return;
+        }
+        for event in &due {
+            match event {
+                KeyChangeEvent::Issued(p) => self.emit(now, p),
+                KeyChangeEvent::Rotated(p) => self.emit(now, p),
+                KeyChangeEvent::Revoked(p) => self.emit(now, p),
+            }
+        }
+        tracing::info!(
+            changes = due.len(),
+            keystore = %self.store.describe(),
+            "recorded key lifecycle changes found in the keystore that the audit trail lacked"
+        );
+    }
+
+    /// Refresh the pending changes from the set in force when it changed or a grace end
+    /// passed. Whether any pending change has waited out the settle delay.
+    fn examine(&self, now: Timestamp) -> bool {
+        let index = self.ring.snapshot();
+        let mut st = lock(&self.observed);
+        let changed = !st
+            .examined
+            .as_ref()
+            .is_some_and(|seen| Arc::ptr_eq(seen, &index));
+        let lapsed = st.next_lapse.is_some_and(|t| now >= t);
+        if changed || lapsed {
+            let keys: Vec<KeyRecord> = index.records().iter().map(|r| (**r).clone()).collect();
+            let shown = shown_changes(&keys, now, KEYSTORE_OBSERVED);
+            st.next_lapse = next_grace_end(&keys, now);
+            st.examined = Some(index);
+            let shown_set: HashSet<KeyChange> = shown.iter().map(KeyChangeEvent::change).collect();
+            let Observed {
+                pending,
+                pending_set,
+                recorded,
+                ..
+            } = &mut *st;
+            pending.retain(|p| shown_set.contains(&p.change));
+            pending_set.retain(|c| shown_set.contains(c));
+            for event in shown {
+                let change = event.change();
+                if recorded.contains(&change) || pending_set.contains(&change) {
+                    continue;
+                }
+                pending_set.insert(change.clone());
+                pending.push(Pending {
+                    change,
+                    since: now,
+                    event,
+                });
+            }
+        }
+        st.pending
+            .iter()
+            .any(|p| now.saturating_sub(p.since) >= self.settle_us)
+    }
+
+    /// Every key lifecycle change the store holds an event for.
+    async fn stored_changes(&self) -> Result<Vec<KeyChange>, TraceError> {
+        let types: Vec<String> = KEY_EVENT_TYPES.iter().map(|t| (*t).to_owned()).collect();
+        let rows = self.query.audit_events(0, i64::MAX, &types).await?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| KeyChange::of_event(&r.event_type, &r.payload_json))
+            .collect())
+    }
+
+    fn emit<P: Payload>(&self, at: Timestamp, payload: &P) {
+        self.sink.emit(make_event(
+            self.ids.ulid(),
+            at,
+            "system",
+            None,
+            None,
+            payload,
+        ));
     }
 }

@@ -17,6 +17,6 @@ mod wire;
 pub use admin::AdminFacade;
 pub use gateway::{CoreParts, GatewayCore};
 pub use key_admin::{AdminError, IssueRequest, KeyAdmin};
-pub use keys::{KeyIndex, KeyRing};
+pub use keys::{KeyIndex, KeyRing, KeySync, KeySyncParts};
 pub use limits::{Limiter, RateLimitConfig};
 pub use spend::SpendLedger;

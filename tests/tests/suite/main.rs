@@ -3,8 +3,8 @@
 //! former stand-alone test file; nextest still runs every test in its own process.
 //!
 //! Timing-sensitive modules (they spawn `target/debug/metis`, flood a limiter or time a
-//! reload): `otel`, `process_cli`, `process_lifecycle`, `rate_limit_runbook`, `redb_cli`,
-//! `revoke_latency`, `tls_inprocess`; `.config/nextest.toml` gives them one retry.
+//! reload): `key_audit`, `otel`, `process_cli`, `process_lifecycle`, `rate_limit_runbook`,
+//! `redb_cli`, `revoke_latency`, `tls_inprocess`; `.config/nextest.toml` gives them one retry.
 
 mod admin_api;
 mod architecture;
@@ -13,6 +13,7 @@ mod http_errors;
 mod http_features;
 mod http_trace;
 mod http_translation;
+mod key_audit;
 mod openapi_drift;
 mod otel;
 mod patterns_live;

@@ -157,3 +157,109 @@ async fn revocation_with_the_store_keystore_reaches_a_running_gateway_within_two
     let status = gw.stop(Duration::from_secs(20)).await.unwrap();
     assert_eq!(status.code(), Some(0), "{}", gw.stderr());
 }
+
+/// One client request under load: when it was sent and what it got.
+struct Sent {
+    start: Instant,
+    status: u16,
+}
+
+/// Issue 12 item 7: a revoke through the admin API is in force in the process that performed
+/// it before the API answers. Eight clients keep sending requests with the key; every request
+/// sent after the revoke's answer arrived must be refused (401), none admitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_request_is_admitted_after_an_admin_api_revoke_answered() {
+    let gw = TestGateway::spawn_with(GatewayOptions {
+        extra_args: vec!["--admin-token".into(), ADMIN.into()],
+        ..GatewayOptions::default()
+    })
+    .await
+    .unwrap();
+    let url = gw.url("/v1/chat/completions");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let client = gw.client().clone();
+        let url = url.clone();
+        let token = gw.key.token.clone();
+        let stop = std::sync::Arc::clone(&stop);
+        clients.push(tokio::spawn(async move {
+            let mut sent = Vec::new();
+            // Bounded: at most 20,000 requests per client, and the loop stops when told.
+            while !stop.load(std::sync::atomic::Ordering::Acquire) && sent.len() < 20_000 {
+                let start = Instant::now();
+                let status = client
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .json(&Combo::OPENAI_TO_OPENAI.body("load", false))
+                    .send()
+                    .await
+                    .map_or(0, |r| r.status().as_u16());
+                sent.push(Sent { start, status });
+            }
+            sent
+        }));
+    }
+    // Let the load reach a steady state, then revoke. 750 ms is mid-way between two keystore
+    // polls (every 0.5 s from the start), so a revoke that waited for the poll would leave
+    // the key in force for about 250 ms.
+    tokio::time::sleep(Duration::from_millis(750)).await;
+    let asked = Instant::now();
+    let r = gw
+        .client()
+        .post(gw.url(&format!("/admin/v1/keys/{}/revoke", gw.key.key_id)))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    let answered = Instant::now();
+    assert_eq!(r.status(), 200);
+    // Keep the load on for longer than one keystore poll (0.5 s), so a revoke that waits for
+    // the poll shows up as admissions.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let mut before_ok = 0usize;
+    let mut after = 0usize;
+    let mut after_admitted = 0usize;
+    let mut after_other = Vec::new();
+    let mut last_ok_before: Option<Instant> = None;
+    let mut first_401: Option<Instant> = None;
+    for c in clients {
+        for s in c.await.unwrap() {
+            if s.status == 200 && last_ok_before.is_none_or(|l| s.start > l) {
+                last_ok_before = Some(s.start);
+            }
+            if s.status == 401 && first_401.is_none_or(|l| s.start < l) {
+                first_401 = Some(s.start);
+            }
+            if s.start < answered {
+                before_ok += usize::from(s.status == 200);
+                continue;
+            }
+            after += 1;
+            match s.status {
+                401 => {}
+                200 => after_admitted += 1,
+                other => after_other.push(other),
+            }
+        }
+    }
+    eprintln!(
+        "admin API revoke under load: {before_ok} admitted before the answer; after it \
+         {after} requests sent, {after_admitted} admitted (the revoke call took {:?}; \
+         last admitted request sent {:?} after the call, first refused one {:?} after it)",
+        answered - asked,
+        last_ok_before.map(|l| l.saturating_duration_since(asked)),
+        first_401.map(|l| l.saturating_duration_since(asked)),
+    );
+    assert!(before_ok > 0, "the load never ran before the revoke");
+    assert!(after > 0, "no request was sent after the revoke answered");
+    assert_eq!(
+        after_admitted, 0,
+        "{after_admitted} of {after} requests sent after the admin API answered the revoke were admitted"
+    );
+    assert!(
+        after_other.is_empty(),
+        "unexpected statuses: {after_other:?}"
+    );
+}

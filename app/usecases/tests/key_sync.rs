@@ -1,0 +1,366 @@
+//! `KeySync` over the in-memory fakes: admin changes are in force before they return, and the
+//! key lifecycle changes the keystore shows (made by a CLI writing into another database, or a
+//! grace period lapsing in a read-only keystore) are recorded once in the gateway's store,
+//! across restarts, never duplicating an event another writer committed.
+#![expect(clippy::unwrap_used, clippy::panic, reason = "tests")]
+
+use gw_domain::audit::{ChainedRow, verify};
+use gw_domain::keys::hash_token;
+use gw_ports::fakes::{InMemoryKeyStore, InMemoryTraceStore};
+use gw_ports::keys::{KeyStore, KeyStoreError};
+use gw_ports::system::{Clock, IdSource};
+use gw_ports::trace::{EventRow, EventSink, TraceQuery};
+use gw_usecases::key_admin::IssueRequest;
+use gw_usecases::{KeyAdmin, KeyRing, KeySync, KeySyncParts};
+use serde_json::Value;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+const SETTLE: Duration = Duration::from_secs(3);
+const T0: i64 = 1_780_000_000_000_000;
+
+/// A clock the test moves.
+#[derive(Debug)]
+struct ManualClock(AtomicI64);
+
+impl ManualClock {
+    fn advance(&self, d: Duration) {
+        self.0
+            .fetch_add(i64::try_from(d.as_micros()).unwrap(), Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_us(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Unique, increasing ids and distinct token bytes.
+#[derive(Debug, Default)]
+struct CountingIds(AtomicU64);
+
+impl IdSource for CountingIds {
+    fn ulid(&self) -> String {
+        format!("01TEST{:020}", self.0.fetch_add(1, Ordering::SeqCst))
+    }
+
+    fn secret_bytes(&self) -> [u8; 24] {
+        let n = self.0.fetch_add(1, Ordering::SeqCst).to_be_bytes();
+        let mut b = [7u8; 24];
+        b[..8].copy_from_slice(&n);
+        b
+    }
+}
+
+struct World {
+    clock: Arc<ManualClock>,
+    ids: Arc<CountingIds>,
+    keys: InMemoryKeyStore,
+    /// The gateway's database.
+    gateway_db: InMemoryTraceStore,
+    /// The operator laptop's database (the CLI's default `--db-path`).
+    laptop_db: InMemoryTraceStore,
+}
+
+impl World {
+    fn new() -> Self {
+        World {
+            clock: Arc::new(ManualClock(AtomicI64::new(T0))),
+            ids: Arc::new(CountingIds::default()),
+            keys: InMemoryKeyStore::new(),
+            gateway_db: InMemoryTraceStore::new(),
+            laptop_db: InMemoryTraceStore::new(),
+        }
+    }
+
+    fn admin(&self, sink: Arc<dyn EventSink>, source: &'static str) -> KeyAdmin {
+        KeyAdmin::new(
+            Arc::new(self.keys.clone()),
+            sink,
+            self.clock.clone(),
+            self.ids.clone(),
+            source,
+        )
+    }
+
+    /// The CLI on the laptop: same keystore, its own database.
+    fn laptop_cli(&self) -> KeyAdmin {
+        self.admin(Arc::new(self.laptop_db.clone()), "cli")
+    }
+
+    /// A gateway process over the keystore and its database (a fresh handle: a restart).
+    async fn gateway(&self) -> (Arc<KeySync>, InMemoryTraceStore) {
+        let db = self.gateway_db.reopen().unwrap();
+        let sync = Arc::new(KeySync::new(KeySyncParts {
+            store: Arc::new(self.keys.clone()),
+            ring: Arc::new(KeyRing::default()),
+            sink: Arc::new(db.clone()),
+            query: Arc::new(db.clone()),
+            clock: self.clock.clone(),
+            ids: self.ids.clone(),
+            settle: SETTLE,
+        }));
+        match sync.reload().await {
+            Ok(_) | Err(KeyStoreError::NotFound { .. }) => {}
+            Err(e) => panic!("{e}"),
+        }
+        (sync, db)
+    }
+
+    fn gateway_admin(
+        &self,
+        sync: &Arc<KeySync>,
+        db: &InMemoryTraceStore,
+        source: &'static str,
+    ) -> KeyAdmin {
+        self.admin(Arc::new(db.clone()), source)
+            .with_sync(Arc::clone(sync))
+    }
+}
+
+fn req(name: &str) -> IssueRequest {
+    IssueRequest {
+        name: name.into(),
+        workspace: "/srv/app".into(),
+        ..IssueRequest::default()
+    }
+}
+
+/// (type, key ids, source) of every key lifecycle event in `db`, in order.
+async fn key_events(db: &InMemoryTraceStore) -> Vec<(String, String, String)> {
+    let rows = db.audit_events(0, i64::MAX, &[]).await.unwrap();
+    rows.iter()
+        .filter(|r| r.event_type.starts_with("gateway.key_"))
+        .map(|r| {
+            let v: Value = serde_json::from_str(&r.payload_json).unwrap();
+            let ids = match r.event_type.as_str() {
+                "gateway.key_rotated" => format!(
+                    "{}>{}",
+                    v["old_gateway_key_id"].as_str().unwrap(),
+                    v["new_gateway_key_id"].as_str().unwrap()
+                ),
+                _ => v["gateway_key_id"].as_str().unwrap().to_owned(),
+            };
+            (
+                r.event_type.clone(),
+                ids,
+                v["source"].as_str().unwrap_or("-").to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn ev(t: &str, ids: &str, source: &str) -> (String, String, String) {
+    (
+        format!("gateway.key_{t}"),
+        ids.to_owned(),
+        source.to_owned(),
+    )
+}
+
+fn assert_chain_intact(db: &InMemoryTraceStore) {
+    let mut rows: Vec<EventRow> = db.rows();
+    let seq = |r: &EventRow| {
+        serde_json::from_str::<Value>(&r.payload_json).unwrap()["audit_seq"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    rows.retain(|r| seq(r) > 0);
+    rows.sort_by_key(seq);
+    let chained = rows.iter().map(|r| ChainedRow {
+        id: &r.id,
+        timestamp_us: r.timestamp_us,
+        session_id: &r.session_id,
+        event_type: &r.event_type,
+        payload_json: &r.payload_json,
+    });
+    assert_eq!(verify(chained), Ok(rows.len() as u64));
+}
+
+#[tokio::test]
+async fn changes_made_with_a_cli_on_another_database_are_recorded_once_across_restarts() {
+    let w = World::new();
+    let cli = w.laptop_cli();
+    let a = cli.issue(&req("alpha")).await.unwrap();
+    let b = cli.issue(&req("beta")).await.unwrap();
+
+    let (gw, db) = w.gateway().await;
+    gw.poll().await;
+    // Held for the settle delay: a CLI on the same database may still be committing.
+    assert!(key_events(&db).await.is_empty());
+    assert_eq!(gw.pending().len(), 2);
+    w.clock.advance(SETTLE);
+    gw.poll().await;
+    let (ida, idb) = (a.record.key_id.clone(), b.record.key_id.clone());
+    assert_eq!(
+        key_events(&db).await,
+        vec![
+            ev("issued", &ida, "keystore_observed"),
+            ev("issued", &idb, "keystore_observed")
+        ]
+    );
+
+    // Out-of-band revoke and rotate while the gateway runs.
+    cli.revoke(&idb).await.unwrap();
+    let rotated = cli.rotate(&ida, 3600).await.unwrap();
+    let idc = rotated.successor.record.key_id.clone();
+    gw.poll().await;
+    w.clock.advance(SETTLE);
+    gw.poll().await;
+    gw.poll().await;
+    let expected = vec![
+        ev("issued", &ida, "keystore_observed"),
+        ev("issued", &idb, "keystore_observed"),
+        ev("revoked", &idb, "keystore_observed"),
+        ev("rotated", &format!("{ida}>{idc}"), "keystore_observed"),
+        ev("issued", &idc, "keystore_observed"),
+    ];
+    assert_eq!(key_events(&db).await, expected);
+    let rows = db.audit_events(0, i64::MAX, &[]).await.unwrap();
+    let revoked: Value = serde_json::from_str(&rows[2].payload_json).unwrap();
+    assert_eq!(revoked["reason"], "admin_revoke");
+
+    // A restart (a new process on the same database) and the grace end of the rotated key.
+    drop(gw);
+    let (gw, db) = w.gateway().await;
+    gw.poll().await;
+    w.clock.advance(Duration::from_secs(3600));
+    gw.poll().await;
+    w.clock.advance(SETTLE);
+    gw.poll().await;
+    let mut expected = expected;
+    expected.push(ev("revoked", &ida, "keystore_observed"));
+    assert_eq!(key_events(&db).await, expected);
+    assert!(gw.pending().is_empty());
+    assert_chain_intact(&db);
+    // The laptop's own database holds the CLI's events, untouched by the gateway.
+    assert!(
+        key_events(&w.laptop_db)
+            .await
+            .iter()
+            .all(|(_, _, s)| s == "cli")
+    );
+}
+
+#[tokio::test]
+async fn a_cli_writing_into_the_gateways_database_is_not_recorded_twice() {
+    let w = World::new();
+    let (gw, db) = w.gateway().await;
+    // The CLI's writer commits only on flush: the gateway sees the keystore change first.
+    let cli_db = w.gateway_db.reopen_with(Some(100)).unwrap();
+    let cli = w.admin(Arc::new(cli_db.clone()), "cli");
+    let k = cli.issue(&req("same-db")).await.unwrap();
+    gw.poll().await;
+    assert_eq!(gw.pending().len(), 1);
+    w.clock.advance(Duration::from_secs(1));
+    cli_db.flush().await.unwrap();
+    w.clock.advance(SETTLE);
+    gw.poll().await;
+    assert_eq!(
+        key_events(&db).await,
+        vec![ev("issued", &k.record.key_id, "cli")]
+    );
+    assert!(gw.pending().is_empty());
+}
+
+#[tokio::test]
+async fn admin_api_changes_are_in_force_before_they_return_and_are_not_observed_again() {
+    let w = World::new();
+    let (gw, db) = w.gateway().await;
+    let api = w.gateway_admin(&gw, &db, "admin_api");
+    let k = api.issue(&req("api")).await.unwrap();
+    let hash = hash_token(&k.token);
+    // No poll in between: the admin call itself put the key in force.
+    assert!(gw.ring().snapshot().get(&hash).is_some());
+    api.revoke(&k.record.key_id).await.unwrap();
+    let now = w.clock.now_us();
+    assert!(
+        gw.ring()
+            .snapshot()
+            .get(&hash)
+            .unwrap()
+            .check_active(now)
+            .is_err()
+    );
+    let r = api.rotate(&k.record.key_id, 60).await;
+    assert!(r.is_err(), "a revoked key cannot be rotated");
+    let k2 = api.issue(&req("api2")).await.unwrap();
+    let r = api.rotate(&k2.record.key_id, 60).await.unwrap();
+    let succ = r.successor.record.key_id.clone();
+    assert!(
+        gw.ring()
+            .snapshot()
+            .get(&hash_token(&r.successor.token))
+            .is_some()
+    );
+    for _ in 0..3 {
+        gw.poll().await;
+        w.clock.advance(SETTLE);
+    }
+    let id = k.record.key_id.clone();
+    let id2 = k2.record.key_id.clone();
+    assert_eq!(
+        key_events(&db).await,
+        vec![
+            ev("issued", &id, "admin_api"),
+            ev("revoked", &id, "admin_api"),
+            ev("issued", &id2, "admin_api"),
+            ev("rotated", &format!("{id2}>{succ}"), "admin_api"),
+            ev("issued", &succ, "admin_api"),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_grace_lapse_in_a_read_only_keystore_is_recorded_once() {
+    let w = World::new();
+    let cli = w.laptop_cli();
+    let a = cli.issue(&req("alpha")).await.unwrap();
+    let r = cli.rotate(&a.record.key_id, 60).await.unwrap();
+    let (ida, idb) = (a.record.key_id.clone(), r.successor.record.key_id.clone());
+    // A mounted Secret: nothing can write the keystore.
+    w.keys.set_read_only(true);
+    let (gw, db) = w.gateway().await;
+    let sweeper = w.gateway_admin(&gw, &db, "gateway");
+    gw.poll().await;
+    w.clock.advance(SETTLE);
+    gw.poll().await;
+    w.clock.advance(Duration::from_secs(60));
+    assert!(
+        sweeper.sweep().await.is_empty(),
+        "the keystore is read-only"
+    );
+    gw.poll().await;
+    w.clock.advance(SETTLE);
+    gw.poll().await;
+    let observed = vec![
+        ev("issued", &ida, "keystore_observed"),
+        ev("rotated", &format!("{ida}>{idb}"), "keystore_observed"),
+        ev("issued", &idb, "keystore_observed"),
+        ev("revoked", &ida, "keystore_observed"),
+    ];
+    assert_eq!(key_events(&db).await, observed);
+    let rows = db.audit_events(0, i64::MAX, &[]).await.unwrap();
+    let lapse: Value = serde_json::from_str(&rows.last().unwrap().payload_json).unwrap();
+    assert_eq!(lapse["reason"], "grace_period_expired");
+    assert_eq!(
+        lapse["revoked_at"],
+        r.grace_period_until.replace('Z', "+00:00")
+    );
+
+    // The keystore becomes writable: the gateway's sweep writes the lapse into it but does
+    // not record it again, nor does the next observation.
+    w.keys.set_read_only(false);
+    assert_eq!(sweeper.sweep().await, vec![ida.clone()]);
+    assert_eq!(
+        w.keys.load().await.unwrap()[0].status,
+        gw_domain::keys::KeyStatus::Revoked
+    );
+    gw.poll().await;
+    w.clock.advance(SETTLE);
+    gw.poll().await;
+    assert_eq!(key_events(&db).await, observed);
+    assert_chain_intact(&db);
+}
