@@ -1,0 +1,59 @@
+"""Fixtures: one fake upstream, one gateway (with the mock provider beside the fake's two
+shapes), a logging proxy in front of the gateway and a stray-traffic catcher, per test session.
+Each test starts with empty records so its assertions see only its own traffic (tests run one
+at a time)."""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
+
+from clients import LoggingProxy, StrayCatcher  # noqa: E402
+from harness import FakeUpstream, Gateway  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def upstream(tmp_path_factory):
+    fake = FakeUpstream(tmp_path_factory.mktemp("fake"))
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(tmp_path_factory, upstream):
+    gw = Gateway(tmp_path_factory.mktemp("gw") / "data", upstream, ["--enable-mock-provider"])
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture(scope="session")
+def proxy(gateway):
+    p = LoggingProxy(gateway.port)
+    yield p
+    p.stop()
+
+
+@pytest.fixture(scope="session")
+def stray():
+    s = StrayCatcher()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_records(request):
+    """Empty the fake's, the proxy's and the catcher's records before each test that uses them."""
+    for name in ("upstream", "proxy", "stray"):
+        if name in request.fixturenames:
+            request.getfixturevalue(name).reset()
+
+
+@pytest.fixture
+def nonce() -> str:
+    """A marker unique to the test, so recorded upstream requests can be told apart."""
+    return f"n{uuid.uuid4().hex[:12]}"
