@@ -22,6 +22,7 @@ import re
 import shutil
 import sqlite3
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ CODEX_BIN = NODE_MODULES / ".bin" / "codex"
 
 # Bounds. A CLI run is a handful of requests to a local fake; minutes mean it hangs.
 CLI_TIMEOUT_S = 150.0
-NODE_TIMEOUT_S = 90.0
+SCRIPT_TIMEOUT_S = 90.0
 HEAD_TIMEOUT_S = 30.0
 
 # Environment variables of the test process that would point a client elsewhere or change how
@@ -293,6 +294,7 @@ name = "metis gateway"
 base_url = "{base_url}/v1"
 env_key = "METIS_TOKEN"
 wire_api = "responses"
+supports_websockets = {websockets}
 # Fail fast instead of retrying: a retry would hide a refused request from the assertions
 # (the proxy record would still show it, but the run would take seconds longer).
 request_max_retries = 0
@@ -313,12 +315,17 @@ in_app_updates = false
 """
 
 
-def codex_env(home: Path, stray: StrayCatcher, base_url: str, token: str, model: str) -> dict[str, str]:
+def codex_env(
+    home: Path, stray: StrayCatcher, base_url: str, token: str, model: str, websockets: bool = False
+) -> dict[str, str]:
     """Codex with a custom provider pointed at `base_url` (config.toml in CODEX_HOME) and the
-    features that reach github.com/chatgpt.com at start switched off."""
+    features that reach github.com/chatgpt.com at start switched off. With `websockets`, Codex
+    first tries the Responses WebSocket transport (`GET /v1/responses`, Upgrade: websocket)."""
     codex_home = home / ".codex"
     codex_home.mkdir(parents=True, exist_ok=True)
-    (codex_home / "config.toml").write_text(CODEX_CONFIG.format(model=model, base_url=base_url))
+    (codex_home / "config.toml").write_text(
+        CODEX_CONFIG.format(model=model, base_url=base_url, websockets=str(websockets).lower())
+    )
     return base_env(home, stray, CODEX_HOME=str(codex_home), METIS_TOKEN=token)
 
 
@@ -358,18 +365,23 @@ def run(args: list[str], env: dict[str, str], cwd: Path, timeout: float = CLI_TI
     return Run(args, rc, out, err, t0, time.monotonic() - t0)
 
 
-def run_node(script: str, case: str, env: dict[str, str], cwd: Path) -> dict:
-    """Run tests/clients/node/<script> <case>; it prints one JSON object on its last stdout
-    line. Fails with the script's output when it exits non-zero or prints no JSON."""
-    node = shutil.which("node") or "node"
-    r = run([node, str(HERE / "node" / script), case], env, cwd, timeout=NODE_TIMEOUT_S)
+def run_script(script: str, case: str, env: dict[str, str], cwd: Path) -> dict:
+    """Run a client script, tests/clients/node/<script>.cjs with Node or
+    tests/clients/py/<script>.py with this interpreter (the venv holding the Python clients),
+    for one case. It prints one JSON object on its last stdout line; fails with the script's
+    output when it exits non-zero or prints no JSON."""
+    if script.endswith(".cjs"):
+        args = [shutil.which("node") or "node", str(HERE / "node" / script), case]
+    else:
+        args = [sys.executable, str(HERE / "py" / script), case]
+    r = run(args, env, cwd, timeout=SCRIPT_TIMEOUT_S)
     lines = [line for line in r.stdout.strip().splitlines() if line.strip()]
     if r.returncode != 0 or not lines:
-        raise AssertionError(f"node {script} {case} failed:\n{r.describe()}")
+        raise AssertionError(f"{script} {case} failed:\n{r.describe()}")
     try:
         return json.loads(lines[-1])
     except ValueError as e:
-        raise AssertionError(f"node {script} {case} printed no JSON:\n{r.describe()}") from e
+        raise AssertionError(f"{script} {case} printed no JSON:\n{r.describe()}") from e
 
 
 class GatewayLog:
