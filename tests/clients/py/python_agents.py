@@ -64,7 +64,7 @@ def pydantic_ai() -> dict:
     return {
         "output": result.output,
         "messages": [m.kind for m in result.all_messages()],
-        "usage": {"input_tokens": result.usage().input_tokens, "output_tokens": result.usage().output_tokens},
+        "usage": {"input_tokens": result.usage.input_tokens, "output_tokens": result.usage.output_tokens},
     }
 
 
