@@ -48,6 +48,16 @@ _DROP_ENV = re.compile(
 )
 
 
+# One line per client run ("codex gpt-5: first answer 0.62s after start; …"), printed in the
+# pytest summary by conftest.py so CI logs show the measurements of passing tests too.
+TIMINGS: list[str] = []
+
+
+def report(line: str) -> None:
+    TIMINGS.append(line)
+    print(line)
+
+
 @dataclass
 class Exchange:
     """One request the proxy forwarded and the head of its answer."""

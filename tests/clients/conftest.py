@@ -13,7 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
 
-from clients import LoggingProxy, StrayCatcher  # noqa: E402
+from clients import TIMINGS, LoggingProxy, StrayCatcher  # noqa: E402
 from harness import FakeUpstream, Gateway  # noqa: E402
 
 
@@ -57,3 +57,10 @@ def _fresh_records(request):
 def nonce() -> str:
     """A marker unique to the test, so recorded upstream requests can be told apart."""
     return f"n{uuid.uuid4().hex[:12]}"
+
+
+def pytest_terminal_summary(terminalreporter):
+    if TIMINGS:
+        terminalreporter.section("client timings (process start to first answer)")
+        for line in TIMINGS:
+            terminalreporter.write_line(line)

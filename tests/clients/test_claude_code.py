@@ -14,7 +14,7 @@ import json
 
 import pytest
 
-from clients import CLAUDE_BIN, GatewayLog, claude_env, run, session_row
+from clients import CLAUDE_BIN, GatewayLog, claude_env, report, run, session_row
 
 # Gateway model -> the fake upstream path it must reach (None: the in-process mock).
 UPSTREAM_PATH = {"haiku": "/v1/messages", "gpt-5": "/v1/chat/completions", "mock": None}
@@ -38,15 +38,15 @@ def assert_clean_run(r, proxy, stray, log: GatewayLog) -> list:
     leave the machine and the gateway logged no error or refusal. Returns the exchanges."""
     exchanges = proxy.exchanges()
     summary = [(e.method, e.path, e.status) for e in exchanges]
+    answered = [e.t_response for e in exchanges if e.t_response is not None]
+    first = f"{min(answered) - r.t_start:.2f}s" if answered else "never"
+    report(f"claude: first answer {first} after start; {len(exchanges)} requests; run {r.elapsed_s:.1f}s; {summary}")
     assert r.returncode == 0, f"{r.describe()}\nrequests: {summary}"
     assert r.extra["result"] is not None and not r.extra["result"].get("is_error"), r.describe()
     assert exchanges, "Claude Code made no request through the gateway"
     assert all(e.status is not None and 200 <= e.status < 300 for e in exchanges), summary
     assert stray.attempts() == [], "a client tried to leave 127.0.0.1"
     assert log.problems() == []
-    first = min(e.t_response for e in exchanges)
-    print(f"claude: first answer {first - r.t_start:.2f}s after start; {len(exchanges)} requests; "
-          f"run {r.elapsed_s:.1f}s; {summary}")
     return exchanges
 
 

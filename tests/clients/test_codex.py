@@ -18,7 +18,7 @@ import json
 
 import pytest
 
-from clients import CODEX_BIN, GatewayLog, codex_env, run, session_row
+from clients import CODEX_BIN, GatewayLog, codex_env, report, run, session_row
 
 # Gateway model -> the fake upstream path it must reach (None: the in-process mock).
 UPSTREAM_PATH = {"gpt-5": "/v1/responses", "haiku": "/v1/messages", "mock": None}
@@ -36,21 +36,29 @@ def codex(tmp_path, stray, proxy, gateway, model: str, prompt: str, websockets: 
     return r
 
 
+def report_timing(r, exchanges, label: str) -> None:
+    """Codex's time from process start to the head of the first successful answer (to the 101
+    for a WebSocket), measured by the proxy; printed in the test summary."""
+    ok = [e for e in exchanges if e.status is not None and (e.status == 101 or 200 <= e.status < 300)]
+    first = f"{min(e.t_response for e in ok) - r.t_start:.2f}s" if ok else "never"
+    sent = f"{exchanges[0].t_request - r.t_start:.2f}s" if exchanges else "never"
+    summary = [(e.method, e.path, e.status) for e in exchanges]
+    report(f"codex {label}: first answer {first} after start (first request sent at {sent}); "
+           f"{len(exchanges)} requests; run {r.elapsed_s:.1f}s; {summary}")
+
+
 def assert_clean_run(r, proxy, stray, log: GatewayLog, label: str) -> list:
     """Codex succeeded, every request it made was answered 2xx (101 for a WebSocket upgrade) on
     the first try, nothing tried to leave the machine, the gateway logged no error or refusal.
     Prints the time from start to the first answer. Returns the exchanges."""
     exchanges = sorted(proxy.exchanges(), key=lambda e: e.t_request)
     summary = [(e.method, e.path, e.status) for e in exchanges]
+    report_timing(r, exchanges, label)
     assert r.returncode == 0, f"{r.describe()}\nrequests: {summary}"
     assert exchanges, "Codex made no request through the gateway"
     assert all(e.status == 101 or (e.status is not None and 200 <= e.status < 300) for e in exchanges), summary
     assert stray.attempts() == [], "a client tried to leave 127.0.0.1"
     assert log.problems() == []
-    first = min(e.t_response for e in exchanges)
-    print(f"codex {label}: first answer {first - r.t_start:.2f}s after start "
-          f"(first request sent at {exchanges[0].t_request - r.t_start:.2f}s); "
-          f"{len(exchanges)} requests; run {r.elapsed_s:.1f}s; {summary}")
     return exchanges
 
 
@@ -106,6 +114,7 @@ def test_websocket_transport_is_served_or_refused_at_once(tmp_path, gateway, pro
     exchanges = sorted(proxy.exchanges(), key=lambda e: e.t_request)
     summary = [(e.method, e.path, e.status) for e in exchanges]
     upgrades = [e for e in exchanges if e.method == "GET" and e.path == "/v1/responses"]
+    report_timing(r, exchanges, "websocket")
     assert r.returncode == 0, f"{r.describe()}\nrequests: {summary}"
     assert len(upgrades) == 1, f"one upgrade attempt, no retries: {summary}"
     assert upgrades[0].header("openai-beta") == "responses_websockets=2026-02-06"
@@ -119,6 +128,3 @@ def test_websocket_transport_is_served_or_refused_at_once(tmp_path, gateway, pro
     assert stray.attempts() == []
     # A 426 is a refusal the gateway logs on purpose; nothing else may be.
     assert [p for p in log.problems() if str(p.get("fields", {}).get("status")) != "426"] == []
-    first = min(e.t_response for e in exchanges)
-    print(f"codex websocket ({upgrades[0].status}): first answer {first - r.t_start:.2f}s after start; "
-          f"run {r.elapsed_s:.1f}s; {summary}")
