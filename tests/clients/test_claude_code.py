@@ -2,6 +2,13 @@
 loop to the fake Anthropic upstream (same shape: betas and `anthropic-version` must arrive
 unchanged) and to the fake OpenAI upstream (translated), and one turn through the mock.
 
+The same-shape model is `anthropic:claude-opus-4-8`, not the `haiku` alias: Claude Code's first
+request of a run carries a `system` message inside `messages` (beta
+`mid-conversation-system-2026-04-07`, sent whatever the model), which Anthropic — and the fake,
+following it — accepts from Claude Opus 4.8 on and refuses with a 400 for older models such as
+Haiku 4.5; Claude Code then retries without it. That refusal is the upstream's, so the test
+uses a model that accepts the message and requires every request to succeed the first time.
+
 The fake answers the prompt's `[tool:Bash]` directive with a `tool_use` of `Bash` whose input
 is the fake's fixed `{"city": "Paris"}`; Claude Code rejects that input (no `command`) and
 sends the error back as a `tool_result`, which closes the loop: the fake answers
@@ -17,7 +24,8 @@ import pytest
 from clients import CLAUDE_BIN, GatewayLog, claude_env, report, run, session_row
 
 # Gateway model -> the fake upstream path it must reach (None: the in-process mock).
-UPSTREAM_PATH = {"haiku": "/v1/messages", "gpt-5": "/v1/chat/completions", "mock": None}
+SAME_SHAPE = "anthropic:claude-opus-4-8"
+UPSTREAM_PATH = {SAME_SHAPE: "/v1/messages", "gpt-5": "/v1/chat/completions", "mock": None}
 
 
 def claude(tmp_path, stray, proxy, gateway, model: str, prompt: str):
@@ -65,7 +73,7 @@ def tool_loop_requests(exchanges) -> tuple:
     return [], []
 
 
-@pytest.mark.parametrize("model", ["haiku", "gpt-5"])
+@pytest.mark.parametrize("model", [SAME_SHAPE, "gpt-5"])
 def test_tool_loop(tmp_path, gateway, upstream, proxy, stray, nonce, model):
     log = GatewayLog(gateway)
     r = claude(tmp_path, stray, proxy, gateway, model, f"check the weather {nonce} [tool:Bash]")
@@ -82,12 +90,16 @@ def test_tool_loop(tmp_path, gateway, upstream, proxy, stray, nonce, model):
     assert all(rec["auth"] == "matched" for rec in recs)
     assert all(nonce in json.dumps(rec["body"]) for rec in recs)
 
-    if model == "haiku":
+    if model == SAME_SHAPE:
         # Same shape: the client's betas and API version reach Anthropic unchanged, in order.
         for ex, rec in zip(sorted(exchanges, key=lambda e: e.t_request), recs):
             assert ex.header("anthropic-beta"), "Claude Code sends betas"
             assert rec["headers"].get("anthropic-beta") == ex.header("anthropic-beta")
             assert rec["headers"].get("anthropic-version") == ex.header("anthropic-version")
+            # A system message inside `messages` passes through as sent.
+            sent = [m for m in ex.body.get("messages", []) if m.get("role") == "system"]
+            got = [m for m in rec["body"].get("messages", []) if m.get("role") == "system"]
+            assert got == sent
 
     # The run is one gateway session, keyed by Claude Code's own session header.
     session_ids = {e.header("x-claude-code-session-id") for e in exchanges}
