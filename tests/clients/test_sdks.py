@@ -143,10 +143,12 @@ def test_openai_embeddings(client, upstream, model):
 
 
 def test_openai_models_list(client):
-    out = client("openai_sdk.cjs", "models_list", "gpt-5", {"/v1/models"})
+    out = client("openai_sdk.cjs", "models_list", "gpt-5", {"/v1/models", "/v1/models/gpt-5"})
     assert {"gpt-5", "haiku", "mock"} <= set(out["ids"])
     assert out["sample"]["object"] == "model"
     assert out["sample"]["created"] > 0, "a real created timestamp"
+    assert out["retrieved"]["id"] == "gpt-5" and out["retrieved"]["object"] == "model"
+    assert out["retrieved"]["created"] == out["sample"]["created"]
 
 
 # --- @anthropic-ai/sdk (npm) -------------------------------------------------------------------

@@ -112,6 +112,7 @@ run({
       ids.push(m.id);
       if (m.id === input.model()) sample = m;
     }
-    return { ids, sample };
+    const retrieved = await client().models.retrieve(input.model());
+    return { ids, sample, retrieved };
   },
 });
