@@ -14,7 +14,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
 
 from clients import TIMINGS, LoggingProxy, StrayCatcher  # noqa: E402
-from harness import FakeUpstream, Gateway  # noqa: E402
+from harness import OPENAI_KEY, FakeUpstream, Gateway  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -24,9 +24,32 @@ def upstream(tmp_path_factory):
     fake.stop()
 
 
+# The fake's OpenAI side serves the Responses API, so the `openai` provider forwards Responses
+# clients to it natively; the same fake behind the `openrouter` provider (which has no
+# Responses API) is the chat-completions-only upstream that Responses requests are translated
+# to. Model routes: `gpt-5` native, `openrouter:gpt-5` translated to chat, `haiku` translated
+# to Anthropic, `mock` in process.
+GATEWAY_CONFIG = """\
+[providers.openai]
+responses_api = true
+"""
+
+
 @pytest.fixture(scope="session")
 def gateway(tmp_path_factory, upstream):
-    gw = Gateway(tmp_path_factory.mktemp("gw") / "data", upstream, ["--enable-mock-provider"])
+    root = tmp_path_factory.mktemp("gw")
+    config = root / "metis.toml"
+    config.write_text(GATEWAY_CONFIG)
+    gw = Gateway(
+        root / "data",
+        upstream,
+        [
+            "--config", str(config),
+            "--enable-mock-provider",
+            "--openrouter-base-url", f"{upstream.base_url}/v1",
+            "--openrouter-api-key", OPENAI_KEY,
+        ],
+    )
     yield gw
     gw.stop()
 

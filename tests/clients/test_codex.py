@@ -1,6 +1,7 @@
 """The Codex CLI (`codex exec`, pinned in package-lock.json) through the gateway's Responses API:
-a tool call to the fake OpenAI upstream (forwarded natively to its `/v1/responses`), to the fake
-Anthropic upstream (translated) and one turn through the mock; then the WebSocket transport,
+a tool call to the fake OpenAI upstream (forwarded natively to its `/v1/responses`), to a
+chat-completions-only upstream and to the fake Anthropic upstream (both translated), and one
+turn through the mock; then the WebSocket transport,
 which the gateway must either serve or refuse with 426 so Codex falls back to HTTP at once
 (any other answer costs ≈ 7 s of retries per session, see /work/notes/codex.md).
 
@@ -21,7 +22,12 @@ import pytest
 from clients import CODEX_BIN, GatewayLog, codex_env, report, run, session_row
 
 # Gateway model -> the fake upstream path it must reach (None: the in-process mock).
-UPSTREAM_PATH = {"gpt-5": "/v1/responses", "haiku": "/v1/messages", "mock": None}
+UPSTREAM_PATH = {
+    "gpt-5": "/v1/responses",  # OpenAI upstream with the Responses API: forwarded natively
+    "openrouter:gpt-5": "/v1/chat/completions",  # chat-completions-only upstream: translated
+    "haiku": "/v1/messages",  # Anthropic: translated
+    "mock": None,
+}
 
 
 def codex(tmp_path, stray, proxy, gateway, model: str, prompt: str, websockets: bool = False):
@@ -66,7 +72,7 @@ def items(body, kind: str) -> list:
     return [i for i in (body or {}).get("input", []) if isinstance(i, dict) and i.get("type") == kind]
 
 
-@pytest.mark.parametrize("model", ["gpt-5", "haiku"])
+@pytest.mark.parametrize("model", ["gpt-5", "openrouter:gpt-5", "haiku"])
 def test_tool_call(tmp_path, gateway, upstream, proxy, stray, nonce, model):
     log = GatewayLog(gateway)
     r = codex(tmp_path, stray, proxy, gateway, model, f"check the weather {nonce} [tool:exec_command]")

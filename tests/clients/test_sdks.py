@@ -4,7 +4,8 @@ embeddings.create, models.list), `@anthropic-ai/sdk` (messages.countTokens, mode
 Vercel AI SDK's default `openai(model)` provider (generateText with and without a tool,
 streamText), openai-agents' default model (Runner.run with a function tool) and pydantic-ai's
 OpenAIResponsesModel. Models: `gpt-5` (fake OpenAI upstream, Responses forwarded natively),
-`haiku` (fake Anthropic upstream, translated) and `mock` (the in-process test double); the fake
+`openrouter:gpt-5` (the same fake as a chat-completions-only upstream, translated), `haiku`
+(fake Anthropic upstream, translated) and `mock` (the in-process test double); the fake
 echoes `echo: <text>`, calls the tool on `[tool:NAME]` with `{"city": "Paris"}` and answers
 `tool result: <text>` after a tool result; the mock answers `mock reply: <text>`.
 """
@@ -17,9 +18,9 @@ import pytest
 
 from clients import GatewayLog, base_env, run_script
 
-FAKE_MODELS = ["gpt-5", "haiku"]
+FAKE_MODELS = ["gpt-5", "openrouter:gpt-5", "haiku"]
 ALL_MODELS = [*FAKE_MODELS, "mock"]
-UPSTREAM_PATH = {"gpt-5": "/v1/responses", "haiku": "/v1/messages"}
+UPSTREAM_PATH = {"gpt-5": "/v1/responses", "openrouter:gpt-5": "/v1/chat/completions", "haiku": "/v1/messages"}
 PARIS = {"city": "Paris"}
 
 
@@ -55,6 +56,15 @@ def expected_echo(model: str, text: str) -> str:
 
 def function_calls(output: list) -> list:
     return [o for o in output if o["type"] == "function_call"]
+
+
+def output_text(response: dict) -> str:
+    """The text parts of a response object's message items, joined (the SDK's `output_text`)."""
+    return "".join(
+        part["text"]
+        for item in response["output"] if item["type"] == "message"
+        for part in item["content"] if part["type"] == "output_text"
+    )
 
 
 def assert_usage(usage: dict) -> None:
@@ -121,7 +131,8 @@ def test_openai_responses_stream_text(client, model, nonce):
               "response.output_text.done", "response.content_part.done", "response.output_item.done"):
         assert t in types, f"{t} missing from {types}"
     assert out["text"] == expected_echo(model, f"hello {nonce}")
-    assert out["completed"]["output_text"] == out["text"]
+    # Streamed response objects are raw (the SDK adds `output_text` only to non-streamed ones).
+    assert output_text(out["completed"]) == out["text"]
     assert_usage(out["completed"]["usage"])
 
 
