@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as run by CI (.ci/run): formatting, lints, every Rust test (unit,
 # property, storage, HTTP through the real server, CLI, architecture) and the Python SDK tests
-# (official `openai` and `anthropic` packages driving the real gateway binary).
+# (official `openai` and `anthropic` packages driving the real gateway binary) and the real-client
+# tests (Claude Code, the Codex CLI, npm and Python SDKs and agent frameworks, pinned).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +22,9 @@ fi
 
 echo "==> Python SDK tests"
 scripts/python-tests.sh
+
+echo "==> Real clients: Claude Code, Codex CLI, npm SDKs, agent frameworks"
+scripts/client-tests.sh
 
 echo "==> Deployment assets (Dockerfile, compose, Helm chart, docs)"
 scripts/infra-tests.sh
