@@ -271,13 +271,13 @@ impl GatewayCore {
         }
     }
 
-    /// The upstream request of a started call: same-shape calls carry the client's provider
+    /// An upstream request for `admission`: same-shape calls carry the client's provider
     /// headers and query string.
     #[allow(clippy::too_many_arguments)]
     fn upstream_request(
-        &self,
         admission: &Admission,
-        call: &call::StartedCall,
+        request_id: String,
+        traceparent: Option<String>,
         wire: WireFormat,
         op: Operation,
         body: Bytes,
@@ -289,8 +289,8 @@ impl GatewayCore {
             op,
             body,
             stream,
-            request_id: call.request_id.clone(),
-            traceparent: call.traceparent.clone(),
+            request_id,
+            traceparent,
             headers: if same_shape {
                 admission.forward_headers.clone()
             } else {
@@ -616,9 +616,10 @@ impl GatewayService for GatewayCore {
                 features: Some(fingerprint(&req, &admission.key.workspace_path)),
             },
         )?;
-        let request = self.upstream_request(
+        let request = Self::upstream_request(
             &admission,
-            &call,
+            call.request_id.clone(),
+            call.traceparent.clone(),
             wire_format,
             Operation::Generate,
             Bytes::from(upstream_body),

@@ -20,7 +20,7 @@ use bytes::Bytes;
 use gw_domain::canonical::{ChatRequest, Shape};
 use gw_domain::error::GatewayError;
 use gw_ports::gateway::{Admission, CountMethod, TokenCount};
-use gw_ports::upstream::{Operation, UpstreamBody, UpstreamRequest, WireFormat};
+use gw_ports::upstream::{Operation, UpstreamBody, WireFormat};
 use serde_json::{Value, json};
 
 /// Top-level fields the Anthropic `count_tokens` endpoint accepts; a translated request keeps
@@ -68,24 +68,16 @@ impl GatewayCore {
             } else {
                 count_body(wire_format, req, &entry.upstream_name)?
             };
-            let request = UpstreamRequest {
-                wire: wire_format,
-                op: Operation::CountTokens,
-                body: Bytes::from(upstream_json.to_string()),
-                stream: false,
-                request_id: self.ids.ulid(),
-                traceparent: admission.traceparent.clone(),
-                headers: if same_shape {
-                    admission.forward_headers.clone()
-                } else {
-                    Vec::new()
-                },
-                query: if same_shape {
-                    admission.query.clone()
-                } else {
-                    None
-                },
-            };
+            let request = Self::upstream_request(
+                &admission,
+                self.ids.ulid(),
+                admission.traceparent.clone(),
+                wire_format,
+                Operation::CountTokens,
+                Bytes::from(upstream_json.to_string()),
+                false,
+                same_shape,
+            );
             let reply = provider
                 .send(request)
                 .await

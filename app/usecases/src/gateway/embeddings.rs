@@ -56,9 +56,10 @@ impl GatewayCore {
                 features: None,
             },
         )?;
-        let request = self.upstream_request(
+        let request = Self::upstream_request(
             &admission,
-            &call,
+            call.request_id.clone(),
+            call.traceparent.clone(),
             WireFormat::OpenAiChat,
             Operation::Embeddings,
             Bytes::from(upstream_body),
