@@ -203,13 +203,14 @@ def test_upstream_429_is_rate_limit_error(ant, model, nonce):
     assert ei.value.response.headers.get("retry-after") is not None, "upstream Retry-After is forwarded"
 
 
-def test_anthropic_529_overloaded_is_rate_limit_error(ant, nonce):
-    # 529 `overloaded_error` is Anthropic's own status (OpenAI never sends it).
-    with pytest.raises(anthropic.RateLimitError) as ei:
+def test_anthropic_529_overloaded_reaches_the_sdk_as_anthropic_sent_it(ant, nonce):
+    # 529 `overloaded_error` is Anthropic's own status; on same-shape traffic the gateway
+    # relays it unchanged, and the SDK raises its own OverloadedError for it.
+    with pytest.raises(anthropic.APIStatusError) as ei:
         ant.messages.create(model="haiku", max_tokens=10, messages=[{"role": "user", "content": f"[status:529] {nonce}"}])
-    assert ei.value.status_code == 429
-    assert ei.value.body["error"]["type"] == "rate_limit_error"
-    assert ei.value.response.headers.get("retry-after") is not None
+    assert ei.value.status_code == 529
+    assert ei.value.body["type"] == "error"
+    assert ei.value.body["error"]["type"] == "overloaded_error"
 
 
 def test_upstream_500_is_a_server_error(ant, model, nonce):
