@@ -326,10 +326,7 @@ impl App {
         }));
 
         let tls = match listener::tls_paths(args.tls_cert.as_ref(), args.tls_key.as_ref())? {
-            Some((cert, key)) => Some((
-                listener::load_tls(&cert, &key)?,
-                listener::load_tls(&cert, &key)?,
-            )),
+            Some((cert, key)) => Some(listener::load_tls(&cert, &key)?),
             None => None,
         };
         let scheme = if tls.is_some() { "https" } else { "http" };
