@@ -6,7 +6,7 @@
 #   scripts/supply-chain.sh --sbom FILE      write the CycloneDX SBOM of `metis` to FILE
 #   scripts/supply-chain.sh --refresh-db [DIR]
 #                                            re-vendor the RustSec snapshot from DIR
-#                                            (default ../shared/advisory-db), then re-run
+#                                            (default ../shared/advisory-db); commit deny/
 #
 # The policy: advisories against the RustSec snapshot vendored in deny/advisory-db/ (nothing
 # is fetched: CI starts from a clean clone and must not depend on the network or on a
@@ -15,9 +15,10 @@
 # built once into .tools/cargo-deny/ (gitignored; reused while its version matches).
 #
 # Self-tests prove that the policy really fails, each with a throwaway fixture (nothing in
-# the repository is edited): a fake advisory against a crate of our own Cargo.lock (in a temp
-# copy of the database), a dependency under a disallowed licence, and a git dependency. Each
-# also runs a compliant twin that must pass, so a failure cannot come from a broken fixture.
+# the repository is edited): a fake vulnerability and a fake "unmaintained" notice against
+# crates of our own Cargo.lock (in a temp copy of the database), a dependency under a
+# disallowed licence, and a git dependency. The licence and source fixtures have compliant
+# twins that must pass, so a failure cannot come from a broken fixture.
 set -euo pipefail
 CALLER_DIR=$PWD
 cd "$(dirname "$0")/.."
