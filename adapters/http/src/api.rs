@@ -194,8 +194,8 @@ fn meta(req: &Request, shape: Shape) -> InboundMeta {
 
 /// Coding agents' own session headers, read (in this order) when `x-metis-session-id` is
 /// absent: Claude Code sends `X-Claude-Code-Session-Id` on every request, the Codex CLI
-/// `session-id` (also as `thread-id`).
-const AGENT_SESSION_HEADERS: [&str; 2] = ["x-claude-code-session-id", "session-id"];
+/// `session-id` (also as `thread-id`; `session_id` in releases before 0.171).
+const AGENT_SESSION_HEADERS: [&str; 3] = ["x-claude-code-session-id", "session-id", "session_id"];
 
 /// The shape a `GET /v1/models` caller speaks: Anthropic when it authenticates with
 /// `x-api-key` or names an `anthropic-version`, as the Anthropic SDKs do.
@@ -384,10 +384,12 @@ impl Api {
         self.provider(Shape::Responses, req, body).await
     }
 
-    /// The WebSocket transport of the Responses API is not served: this answers 426, which
-    /// makes the Codex CLI (`supports_websockets = true`) switch to HTTP `POST /v1/responses`
-    /// at once and for the rest of its session (any other status costs it about 7 s of
-    /// reconnect back-off).
+    /// The Responses API over a WebSocket (Codex's transport with `supports_websockets =
+    /// true`): with `Upgrade: websocket` and a gateway key (`Authorization: Bearer`), the
+    /// connection switches protocols (101); each `{"type":"response.create",…}` text frame is
+    /// served like a streamed `POST /v1/responses`, one event per frame, with Codex's
+    /// warm-up (`generate: false`) and incremental input (`previous_response_id` of the
+    /// socket's last response). Without the upgrade header the answer is 426.
     #[oai(
         path = "/v1/responses",
         method = "get",
@@ -615,7 +617,14 @@ pub fn routes(
                     known => known,
                 };
                 let admin_path = path.starts_with("/admin/") || path == "/admin";
+                let websocket = path == "/v1/responses"
+                    && req.method() == poem::http::Method::GET
+                    && crate::socket::is_upgrade(&req);
                 let resp = match (&token, admin_path) {
+                    _ if websocket => {
+                        let meta = meta(&req, Shape::Responses);
+                        crate::socket::upgrade(Arc::clone(&recorder), meta, &req).await
+                    }
                     (None, true) => error_response(&GatewayError::NotFound { path }, Shape::OpenAi),
                     (token, _) => {
                         if let (Some(t), true) = (token, admin_path) {

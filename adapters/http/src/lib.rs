@@ -11,6 +11,7 @@
 mod admin;
 mod api;
 mod reply;
+mod socket;
 
 pub use admin::AdminToken;
 pub use api::{ClientGone, HttpOptions, openapi_json, routes};
