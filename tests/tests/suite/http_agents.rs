@@ -24,8 +24,9 @@
 )]
 
 use gw_tests::fake_upstream::{
-    ANTHROPIC_TOO_LONG_MESSAGE, Api, AuthCheck, DEFAULT_ANTHROPIC_KEY, DEFAULT_OPENAI_KEY,
-    OPENAI_CONTEXT_LENGTH_MESSAGE, RESPONSES_CONTEXT_LENGTH_MESSAGE, RecordedRequest,
+    ANTHROPIC_TOO_LONG_MESSAGE, Api, AuthCheck, CACHE_READ_TOKENS, CACHE_WRITE_TOKENS,
+    DEFAULT_ANTHROPIC_KEY, DEFAULT_OPENAI_KEY, OPENAI_CONTEXT_LENGTH_MESSAGE,
+    RESPONSES_CONTEXT_LENGTH_MESSAGE, RESPONSES_STREAM_ERROR_MESSAGE, RecordedRequest,
     TOOL_ARGUMENTS, estimate_input_tokens,
 };
 use gw_tests::gateway::{
@@ -283,9 +284,10 @@ fn weather_call(response: &Value) -> Value {
 
 /// Check the frame discipline of a Responses stream and return each frame's data: every frame
 /// is named after its `type`, `sequence_number`s count from 0, it opens with
-/// `response.created` + `response.in_progress` and ends with `response.completed` (no
-/// `[DONE]`: the Responses API has none). One response id throughout.
-fn responses_frames(events: &[SseEvent]) -> Vec<Value> {
+/// `response.created` + `response.in_progress` and its last response event is `terminal`
+/// (`response.completed`, `response.incomplete`, `response.failed`; only an `error` event may
+/// follow, and no `[DONE]`: the Responses API has none). One response id throughout.
+fn responses_frames(events: &[SseEvent], terminal: &str) -> Vec<Value> {
     let frames: Vec<Value> = events
         .iter()
         .map(|e| {
@@ -303,14 +305,48 @@ fn responses_frames(events: &[SseEvent]) -> Vec<Value> {
     let types: Vec<&str> = frames.iter().filter_map(|f| f["type"].as_str()).collect();
     assert!(types.len() >= 4, "{types:?}");
     assert_eq!(&types[..2], ["response.created", "response.in_progress"]);
-    assert_eq!(types.last(), Some(&"response.completed"), "{types:?}");
+    let last_response = types
+        .iter()
+        .rposition(|t| frames_end(t))
+        .expect("a terminal response event");
+    assert_eq!(types[last_response], terminal, "{types:?}");
+    assert!(
+        types[last_response + 1..].iter().all(|t| *t == "error"),
+        "only an error event may follow: {types:?}"
+    );
+    for t in [
+        "response.completed",
+        "response.incomplete",
+        "response.failed",
+    ] {
+        let n = types.iter().filter(|x| **x == t).count();
+        assert_eq!(n, usize::from(t == terminal), "{t} in {types:?}");
+    }
     for (i, f) in frames.iter().enumerate() {
         assert_eq!(f["sequence_number"].as_u64(), Some(i as u64), "{f}");
     }
     let id = frames[0]["response"]["id"].as_str().unwrap().to_owned();
     assert!(id.starts_with("resp_"), "{id}");
-    assert_eq!(frames.last().unwrap()["response"]["id"], id.as_str());
+    assert_eq!(frames[last_response]["response"]["id"], id.as_str());
     frames
+}
+
+/// Whether a response event type ends a response.
+fn frames_end(ty: &str) -> bool {
+    matches!(
+        ty,
+        "response.completed" | "response.incomplete" | "response.failed"
+    )
+}
+
+/// The response object of a stream's terminal event.
+fn terminal_response(frames: &[Value]) -> &Value {
+    let last = frames
+        .iter()
+        .rev()
+        .find(|f| f["type"].as_str().is_some_and(frames_end))
+        .expect("a terminal event");
+    &last["response"]
 }
 
 fn frames_of<'a>(frames: &'a [Value], ty: &str) -> Vec<&'a Value> {
@@ -327,6 +363,9 @@ for_each_upstream!(
     streamed_text,
     previous_response_id_is_forwarded_or_refused,
     codex_tools_are_flattened_or_forwarded,
+    cached_usage_adds_up_in_the_answer_and_the_trace,
+    token_limit_makes_the_response_incomplete,
+    upstream_failure_mid_stream_ends_with_response_failed,
 );
 
 /// The request the fake received has the shape of its API, carrying the client's
@@ -472,7 +511,7 @@ async fn streamed_tool_call(up: Upstream) {
         r.content_type()
     );
     assert!(r.body_error.is_none(), "{:?}", r.body_error);
-    let frames = responses_frames(&r.events());
+    let frames = responses_frames(&r.events(), "response.completed");
 
     let added = frames_of(&frames, "response.output_item.added");
     let added: Vec<&Value> = added
@@ -506,7 +545,7 @@ async fn streamed_tool_call(up: Upstream) {
     assert_eq!(item_done[0]["item"]["call_id"], call_id.as_str());
     assert_eq!(item_done[0]["item"]["id"], item_id.as_str());
 
-    let completed = &frames.last().unwrap()["response"];
+    let completed = terminal_response(&frames);
     assert_eq!(completed["status"], "completed");
     assert_eq!(completed["model"], up.model());
     assert_usage(completed);
@@ -533,7 +572,7 @@ async fn streamed_text(up: Upstream) {
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.text);
-    let frames = responses_frames(&r.events());
+    let frames = responses_frames(&r.events(), "response.completed");
     let types: Vec<&str> = frames.iter().filter_map(|f| f["type"].as_str()).collect();
     let first_delta = types
         .iter()
@@ -552,7 +591,7 @@ async fn streamed_text(up: Upstream) {
     let done = frames_of(&frames, "response.output_text.done");
     assert_eq!(done.len(), 1);
     assert_eq!(done[0]["text"], text.as_str());
-    let completed = &frames.last().unwrap()["response"];
+    let completed = terminal_response(&frames);
     assert_eq!(output_text(completed), text);
     assert_usage(completed);
 }
@@ -624,6 +663,97 @@ async fn codex_tools_are_flattened_or_forwarded(up: Upstream) {
             );
             assert_eq!(upstream_tools.len(), 2);
         }
+    }
+}
+
+async fn cached_usage_adds_up_in_the_answer_and_the_trace(up: Upstream) {
+    let mut gw = gateway().await;
+    let r = responses(&gw, &responses_body(up.model(), json!("[cache] hi"), false)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let usage = r.json()["usage"].clone();
+    assert_eq!(
+        usage["input_tokens_details"]["cached_tokens"], CACHE_READ_TOKENS,
+        "{usage}"
+    );
+    let events = stopped_events(&mut gw).await;
+    let completed = of_type(&events, "llm.call_completed");
+    let p = &completed[0].payload;
+    assert_eq!(p["cached_input_tokens"], CACHE_READ_TOKENS, "{p}");
+    if up == Upstream::Anthropic {
+        assert_eq!(p["cache_creation_input_tokens"], CACHE_WRITE_TOKENS, "{p}");
+    }
+    // The Responses `input_tokens` is all input; the trace keeps the buckets disjoint.
+    let count = |k: &str| p[k].as_u64().unwrap();
+    assert_eq!(
+        usage["input_tokens"].as_u64().unwrap(),
+        count("input_tokens") + count("cached_input_tokens") + count("cache_creation_input_tokens"),
+        "{usage} vs {p}"
+    );
+    assert_eq!(
+        usage["output_tokens"].as_u64(),
+        Some(count("output_tokens"))
+    );
+}
+
+async fn token_limit_makes_the_response_incomplete(up: Upstream) {
+    let gw = gateway().await;
+    let r = responses(
+        &gw,
+        &responses_body(up.model(), json!("[length] go on"), false),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let v = r.json();
+    assert_eq!(v["status"], "incomplete", "{v}");
+    assert_eq!(
+        v["incomplete_details"]["reason"], "max_output_tokens",
+        "{v}"
+    );
+    let r = responses(
+        &gw,
+        &responses_body(up.model(), json!("[length] go on"), true),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let frames = responses_frames(&r.events(), "response.incomplete");
+    let last = terminal_response(&frames);
+    assert_eq!(last["status"], "incomplete");
+    assert_eq!(last["incomplete_details"]["reason"], "max_output_tokens");
+}
+
+async fn upstream_failure_mid_stream_ends_with_response_failed(up: Upstream) {
+    let mut gw = gateway().await;
+    let r = responses(
+        &gw,
+        &responses_body(up.model(), json!("[stream-error] hi"), true),
+    )
+    .await;
+    assert_eq!(
+        r.status, 200,
+        "the failure came after the first byte: {}",
+        r.text
+    );
+    let frames = responses_frames(&r.events(), "response.failed");
+    let failed = terminal_response(&frames);
+    assert_eq!(failed["status"], "failed");
+    assert!(failed["error"]["code"].is_string(), "{failed}");
+    assert!(
+        !frames_of(&frames, "response.output_text.delta").is_empty(),
+        "the text before the failure was relayed"
+    );
+    if up != Upstream::Native {
+        // The gateway's own failure frames: `response.failed`, then an `error` event.
+        assert_eq!(frames.last().unwrap()["type"], "error", "{frames:#?}");
+    }
+    let events = stopped_events(&mut gw).await;
+    assert_eq!(of_type(&events, "llm.call_failed").len(), 1);
+    assert!(of_type(&events, "llm.call_completed").is_empty());
+    for e in &events {
+        assert!(
+            !e.payload_json.contains(RESPONSES_STREAM_ERROR_MESSAGE),
+            "{}",
+            e.payload_json
+        );
     }
 }
 
@@ -949,6 +1079,14 @@ async fn direct_from_fake(fake: &FakeUpstream, path: &str, shape: Shape, body: &
     send(req.json(body)).await
 }
 
+/// A JSON reply without the upstream's per-request id (the only field in which two answers
+/// to the same request differ).
+fn without_request_id(r: &Reply) -> Value {
+    let mut v = r.json();
+    v.as_object_mut().unwrap().remove("request_id");
+    v
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_shape_upstream_errors_reach_the_client_unchanged() {
     let mut gw = gateway().await;
@@ -1023,12 +1161,6 @@ async fn same_shape_upstream_errors_reach_the_client_unchanged() {
     for (reply, path, shape, body) in &expected {
         let direct = direct_from_fake(&gw.upstream, path, *shape, body).await;
         assert_eq!(reply.status, direct.status, "{path}");
-        // Only the upstream's per-request id differs between two answers.
-        let without_request_id = |r: &Reply| {
-            let mut v = r.json();
-            v.as_object_mut().unwrap().remove("request_id");
-            v
-        };
         assert_eq!(
             without_request_id(reply),
             without_request_id(&direct),
@@ -1229,6 +1361,37 @@ async fn token_counts_are_exact_where_the_upstream_counts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_count_errors_are_relayed_on_same_shape_only() {
+    let gw = gateway().await;
+    let body =
+        json!({"model": "haiku", "messages": [{"role": "user", "content": "[status:400] x"}]});
+    let r = send(anthropic_post(&gw, "/v1/messages/count_tokens").json(&body)).await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    let mut direct_body = body.clone();
+    direct_body["model"] = json!("claude-haiku-4-5");
+    let direct = direct_from_fake(
+        &gw.upstream,
+        "/v1/messages/count_tokens",
+        Shape::Anthropic,
+        &direct_body,
+    )
+    .await;
+    assert_eq!(direct.status, 400);
+    assert_eq!(without_request_id(&r), without_request_id(&direct));
+    // Translated, the client gets the gateway's envelope in its own shape.
+    let r = send(
+        openai_post(&gw, "/v1/responses/input_tokens")
+            .json(&json!({"model": "haiku", "input": "[status:400] x"})),
+    )
+    .await;
+    let message = assert_openai_error(&r, 400);
+    assert!(
+        message.contains("anthropic"),
+        "names the provider: {message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_counts_fall_back_to_the_tokenizer_then_an_estimate() {
     let mut gw = gateway().await;
     // `openrouter:gpt-5` has no counting endpoint; o200k knows GPT-5: "hello world" is 2
@@ -1376,6 +1539,35 @@ async fn embeddings_are_refused_cleanly_when_they_cannot_be_served() {
     let events = stopped_events(&mut gw).await;
     assert_eq!(of_type(&events, "llm.call_started").len(), 1);
     assert_eq!(of_type(&events, "gateway.quota_exceeded").len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mock_embeddings_are_deterministic_and_traced() {
+    let mut gw = gateway_with(GatewayOptions {
+        extra_args: vec!["--enable-mock-provider".into()],
+        ..GatewayOptions::default()
+    })
+    .await;
+    let embed = |input: &str| {
+        send(openai_post(&gw, "/v1/embeddings").json(&json!({"model": "mock", "input": input})))
+    };
+    let vector = |r: &Reply| r.json()["data"][0]["embedding"].clone();
+    let a = embed("same text").await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert!(
+        vector(&a).as_array().is_some_and(|v| !v.is_empty()),
+        "{}",
+        a.text
+    );
+    let again = embed("same text").await;
+    let other = embed("other text").await;
+    assert_eq!(vector(&a), vector(&again), "deterministic");
+    assert_ne!(vector(&a), vector(&other));
+    assert!(gw.upstream.requests().is_empty(), "served in process");
+    let events = stopped_events(&mut gw).await;
+    let completed = of_type(&events, "llm.call_completed");
+    assert_eq!(completed.len(), 3);
+    assert!(completed.iter().all(|e| e.payload["provider"] == "mock"));
 }
 
 // ---------------------------------------------------------------------------------------------
