@@ -27,7 +27,7 @@ use gw_tests::fake_upstream::{
     ANTHROPIC_TOO_LONG_MESSAGE, Api, AuthCheck, CACHE_READ_TOKENS, CACHE_WRITE_TOKENS,
     DEFAULT_ANTHROPIC_KEY, DEFAULT_OPENAI_KEY, OPENAI_CONTEXT_LENGTH_MESSAGE,
     RESPONSES_CONTEXT_LENGTH_MESSAGE, RESPONSES_STREAM_ERROR_MESSAGE, RecordedRequest,
-    TOOL_ARGUMENTS, estimate_input_tokens,
+    THINKING_SIGNATURE, THINKING_TEXT, TOOL_ARGUMENTS, estimate_input_tokens,
 };
 use gw_tests::gateway::{
     EventRow, UPSTREAM_ANTHROPIC_KEY, UPSTREAM_OPENAI_KEY, error_message, error_type, send,
@@ -568,7 +568,12 @@ async fn streamed_text(up: Upstream) {
     let n = nonce();
     let r = responses(
         &gw,
-        &responses_body(up.model(), json!(format!("stream {n}")), true),
+        // Upstream frames cut into 7-byte pieces with CRLF line ends: reassembled first.
+        &responses_body(
+            up.model(),
+            json!(format!("[split] [crlf] stream {n}")),
+            true,
+        ),
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.text);
@@ -587,7 +592,7 @@ async fn streamed_text(up: Upstream) {
         .into_iter()
         .filter_map(|f| f["delta"].as_str())
         .collect();
-    assert_eq!(text, format!("echo: stream {n}"));
+    assert_eq!(text, format!("echo: [split] [crlf] stream {n}"));
     let done = frames_of(&frames, "response.output_text.done");
     assert_eq!(done.len(), 1);
     assert_eq!(done[0]["text"], text.as_str());
@@ -754,6 +759,65 @@ async fn upstream_failure_mid_stream_ends_with_response_failed(up: Upstream) {
             "{}",
             e.payload_json
         );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_thinking_round_trips_through_a_responses_client() {
+    let gw = gateway().await;
+    let r = responses(&gw, &responses_body("haiku", json!("[think] hi"), false)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let v = r.json();
+    let reasoning = items_of(&v, "reasoning");
+    assert_eq!(reasoning.len(), 1, "{v}");
+    let reasoning = reasoning[0].clone();
+    assert_eq!(reasoning["summary"][0]["text"], THINKING_TEXT);
+    assert_eq!(reasoning["encrypted_content"], THINKING_SIGNATURE);
+    let message = items_of(&v, "message")[0].clone();
+    // Codex sends the reasoning item back with the next turn: Anthropic gets its signed block.
+    let input = json!([
+        {"role": "user", "content": "[think] hi"},
+        reasoning,
+        message,
+        {"role": "user", "content": "and then?"},
+    ]);
+    let r = responses(&gw, &responses_body("haiku", input, false)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let rec = last_request(&gw);
+    let assistant = &rec.body["messages"][1];
+    assert_eq!(assistant["role"], "assistant", "{}", rec.body);
+    assert_eq!(
+        assistant["content"][0],
+        json!({"type": "thinking", "thinking": THINKING_TEXT, "signature": THINKING_SIGNATURE}),
+        "{}",
+        rec.body
+    );
+    assert_eq!(assistant["content"][1]["type"], "text");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tool_choice_is_translated_from_responses() {
+    let gw = gateway().await;
+    let named = json!({"type": "function", "name": "get_weather"});
+    for (choice, to_chat, to_anthropic) in [
+        (json!("required"), json!("required"), json!({"type": "any"})),
+        (
+            named,
+            json!({"type": "function", "function": {"name": "get_weather"}}),
+            json!({"type": "tool", "name": "get_weather"}),
+        ),
+    ] {
+        for (up, expected) in [
+            (Upstream::Chat, to_chat),
+            (Upstream::Anthropic, to_anthropic),
+        ] {
+            let mut body = responses_body(up.model(), json!("[tool:get_weather] go"), false);
+            body["tool_choice"] = choice.clone();
+            let r = responses(&gw, &body).await;
+            assert_eq!(r.status, 200, "{up:?} {choice}: {}", r.text);
+            assert_eq!(r.json()["tool_choice"], choice, "echoed as sent");
+            assert_eq!(last_request(&gw).body["tool_choice"], expected, "{up:?}");
+        }
     }
 }
 
