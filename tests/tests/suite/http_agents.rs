@@ -1501,6 +1501,58 @@ async fn token_counts_fall_back_to_the_tokenizer_then_an_estimate() {
     assert_no_calls(&events);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_endpoints_share_the_keys_rate_limit() {
+    let gw = gateway_with(GatewayOptions {
+        extra_args: vec![
+            "--rate-limit".into(),
+            "--rate-limit-per-key-rpm".into(),
+            "3".into(),
+        ],
+        ..GatewayOptions::default()
+    })
+    .await;
+    let count = json!({"model": "haiku", "messages": [{"role": "user", "content": "hi"}]});
+    for (req, body) in [
+        (
+            openai_post(&gw, "/v1/responses"),
+            json!({"model": "gpt-5", "input": "hi"}),
+        ),
+        (
+            anthropic_post(&gw, "/v1/messages/count_tokens"),
+            count.clone(),
+        ),
+        (openai_post(&gw, "/v1/embeddings"), embeddings_body()),
+    ] {
+        let r = send(req.json(&body)).await;
+        assert_eq!(r.status, 200, "{body}: {}", r.text);
+    }
+    let r = send(
+        openai_post(&gw, "/v1/responses/input_tokens")
+            .json(&json!({"model": "gpt-5", "input": "hi"})),
+    )
+    .await;
+    assert_eq!(r.status, 429, "{}", r.text);
+    assert_eq!(
+        r.json()["error"]["code"],
+        "rate_limit_exceeded",
+        "{}",
+        r.text
+    );
+    assert!(r.header("retry-after").is_some());
+    let r = send(anthropic_post(&gw, "/v1/messages/count_tokens").json(&count)).await;
+    assert_eq!(r.status, 429, "{}", r.text);
+    assert_eq!(
+        error_type(Shape::Anthropic, &r.json()).as_deref(),
+        Some("rate_limit_error")
+    );
+    assert_eq!(
+        gw.upstream.requests().len(),
+        3,
+        "limited requests stay here"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Embeddings
 // ---------------------------------------------------------------------------------------------
