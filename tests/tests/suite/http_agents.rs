@@ -999,9 +999,13 @@ const BETAS: &str = "context-management-2025-06-27,made-up-beta-2099-01-01";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provider_headers_and_query_reach_a_same_shape_upstream_credentials_never() {
     let gw = gateway().await;
-    // Claude Code: betas, `?beta=true`, and its key also as a Bearer token.
+    // Claude Code: betas, `?beta=true`, and its key also as a Bearer token. The client's
+    // `anthropic-version` (not the gateway's default) is the one the upstream sees.
     let r = send(
-        anthropic_post(&gw, "/v1/messages?beta=true")
+        gw.client()
+            .post(gw.url("/v1/messages?beta=true"))
+            .header("x-api-key", &gw.key.token)
+            .header("anthropic-version", "2099-01-01")
             .bearer_auth(&gw.key.token)
             .header("anthropic-beta", BETAS)
             .header("openai-beta", "assistants=v2")
@@ -1018,7 +1022,7 @@ async fn provider_headers_and_query_reach_a_same_shape_upstream_credentials_neve
         ["context-management-2025-06-27", "made-up-beta-2099-01-01"],
         "unknown betas too"
     );
-    assert_eq!(rec.header("anthropic-version"), Some("2023-06-01"));
+    assert_eq!(rec.header("anthropic-version"), Some("2099-01-01"));
     assert_eq!(rec.query.as_deref(), Some("beta=true"));
     assert_eq!(
         rec.header("x-api-key"),
