@@ -684,11 +684,26 @@ const UNMATCHED_LABELS: usize = 32;
 
 /// Bounded metric labels for paths no route serves, so an operator can see *which* missing
 /// route clients call (`unmatched:/v1/completions`) without a client being able to grow the
-/// label set: at most three segments, id-like segments (digits, or longer than 24 characters)
-/// replaced by `{id}`, and at most [`UNMATCHED_LABELS`] distinct labels.
+/// label set: at most three segments, id-like segments (see [`is_plain_segment`]) replaced
+/// by `{id}`, and at most [`UNMATCHED_LABELS`] distinct labels.
 #[derive(Default)]
 struct UnmatchedRoutes {
     seen: Mutex<Vec<&'static str>>,
+}
+
+/// Whether a path segment is kept as is in an unmatched-route label: a lower-case word
+/// (`completions`, `batch_jobs`) or an API version tag (`v1`, `v1beta`: every provider path
+/// starts with one, and the label must name the route a client missed). Anything else (ids,
+/// numbers, mixed case, more than 24 characters) becomes `{id}`.
+fn is_plain_segment(seg: &str) -> bool {
+    let word = seg
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || matches!(b, b'_' | b'-' | b'.'));
+    let version = seg.strip_prefix('v').is_some_and(|rest| {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        (1..=2).contains(&digits) && rest[digits..].bytes().all(|b| b.is_ascii_lowercase())
+    });
+    seg.len() <= 24 && (word || version)
 }
 
 impl UnmatchedRoutes {
@@ -696,11 +711,7 @@ impl UnmatchedRoutes {
         let mut shape = String::from("unmatched:");
         for seg in path.split('/').filter(|s| !s.is_empty()).take(3) {
             shape.push('/');
-            let plain = seg.len() <= 24
-                && seg
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || matches!(b, b'_' | b'-' | b'.'));
-            shape.push_str(if plain { seg } else { "{id}" });
+            shape.push_str(if is_plain_segment(seg) { seg } else { "{id}" });
         }
         if shape.len() == "unmatched:".len() {
             shape.push('/');
@@ -1033,5 +1044,39 @@ mod async_trait_free {
         fn now_us(&self) -> i64 {
             0
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unmatched_labels_keep_routes_and_fold_ids() {
+        let routes = UnmatchedRoutes::default();
+        assert_eq!(routes.label("/v1/completions"), "unmatched:/v1/completions");
+        assert_eq!(
+            routes.label("/v1beta/models/gemini-pro"),
+            "unmatched:/v1beta/models/gemini-pro"
+        );
+        assert_eq!(
+            routes.label("/v1/files/file-AbC123/content"),
+            "unmatched:/v1/files/{id}"
+        );
+        assert_eq!(
+            routes.label("/v1/threads/123"),
+            "unmatched:/v1/threads/{id}"
+        );
+        assert_eq!(routes.label("/v123/x"), "unmatched:/{id}/x");
+        assert_eq!(routes.label("/"), "unmatched:/");
+        for i in 0..UNMATCHED_LABELS {
+            let word: String = [i / 26, i % 26]
+                .iter()
+                .map(|n| char::from(b'a' + *n as u8))
+                .collect();
+            let _ = routes.label(&format!("/probe/{word}"));
+        }
+        assert_eq!(routes.label("/one/more"), "unmatched:other");
+        assert_eq!(routes.label("/v1/completions"), "unmatched:/v1/completions");
     }
 }

@@ -9,6 +9,7 @@
 mod admin_api;
 mod architecture;
 mod fake_upstream;
+mod http_agents;
 mod http_errors;
 mod http_features;
 mod http_trace;
