@@ -970,24 +970,149 @@ async fn oversized_responses_bodies_get_a_413() {
     assert_eq!(of_type(&events, "llm.call_started").len(), 1);
 }
 
+/// Codex's WebSocket transport: one socket, a warm-up answered without a model call, then
+/// incremental requests (`previous_response_id` + new items) that the gateway rebuilds into
+/// full, stateless requests for the upstream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn responses_websocket_upgrade_gets_426() {
+async fn responses_over_a_websocket_rebuild_incremental_input() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
     let gw = gateway().await;
+    // Without the upgrade header: 426 in the OpenAI envelope.
     let r = send(
         gw.client()
             .get(gw.url("/v1/responses"))
-            .bearer_auth(&gw.key.token)
-            .header("connection", "Upgrade")
-            .header("upgrade", "websocket")
-            .header("sec-websocket-version", "13")
-            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
-            .header("openai-beta", "responses_websockets=2026-02-06"),
+            .bearer_auth(&gw.key.token),
     )
     .await;
-    let message = assert_openai_error(&r, 426);
-    assert_eq!(r.json()["error"]["code"], "websocket_not_supported");
-    assert!(message.contains("POST /v1/responses"), "{message}");
-    assert!(gw.upstream.requests().is_empty());
+    assert_openai_error(&r, 426);
+    // A wrong key is refused before the switch, as plain HTTP.
+    let ws_url = gw.url("/v1/responses").replacen("http://", "ws://", 1);
+    let mut bad = ws_url.as_str().into_client_request().unwrap();
+    bad.headers_mut()
+        .insert("authorization", "Bearer gw_nope".parse().unwrap());
+    let refused = tokio_tungstenite::connect_async(bad).await.unwrap_err();
+    assert!(refused.to_string().contains("401"), "{refused}");
+
+    let mut req = ws_url.as_str().into_client_request().unwrap();
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", gw.key.token).parse().unwrap(),
+    );
+    req.headers_mut()
+        .insert("session-id", "codex-ws-session-1".parse().unwrap());
+    let (mut socket, response) = tokio_tungstenite::connect_async(req).await.unwrap();
+    assert_eq!(response.status(), 101);
+
+    async fn until_done(
+        socket: &mut (
+                 impl StreamExt<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin
+             ),
+    ) -> Vec<Value> {
+        let mut events = Vec::new();
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(10), socket.next())
+                .await
+                .expect("an event within 10 s")
+                .expect("socket open")
+                .expect("frame");
+            let Message::Text(t) = msg else { continue };
+            let v: Value = serde_json::from_str(&t).unwrap();
+            let ty = v["type"].as_str().unwrap_or_default().to_owned();
+            events.push(v);
+            if matches!(
+                ty.as_str(),
+                "response.completed" | "response.failed" | "error"
+            ) {
+                return events;
+            }
+        }
+    }
+    let frame = |v: Value| Message::Text(v.to_string().into());
+
+    let developer = json!({"role": "developer", "content": "Answer briefly."});
+    socket
+        .send(frame(
+            json!({"type": "response.create", "model": "gpt-5", "input": [developer],
+            "tools": [weather_tool()], "generate": false, "store": false}),
+        ))
+        .await
+        .unwrap();
+    let warm = until_done(&mut socket).await;
+    assert_eq!(warm.last().unwrap()["type"], "response.completed");
+    let warm_id = warm.last().unwrap()["response"]["id"].clone();
+    assert!(
+        gw.upstream.requests().is_empty(),
+        "a warm-up calls no model"
+    );
+
+    let user = json!({"role": "user", "content": "[tool:get_weather] weather in Paris?"});
+    socket
+        .send(frame(
+            json!({"type": "response.create", "model": "gpt-5", "input": [user],
+            "previous_response_id": warm_id, "tools": [weather_tool()], "store": false}),
+        ))
+        .await
+        .unwrap();
+    let first = until_done(&mut socket).await;
+    let done = first.last().unwrap();
+    assert_eq!(done["type"], "response.completed", "{first:?}");
+    let call = first
+        .iter()
+        .find(|e| e["type"] == "response.output_item.done" && e["item"]["type"] == "function_call")
+        .map(|e| e["item"].clone())
+        .expect("a function call item");
+    let upstream_first = last_request(&gw);
+    assert_eq!(upstream_first.body["input"], json!([developer, user]));
+    assert!(upstream_first.body.get("previous_response_id").is_none());
+
+    // Only the tool output travels on the socket; the upstream gets the whole conversation.
+    let output =
+        json!({"type": "function_call_output", "call_id": call["call_id"], "output": "18C"});
+    socket
+        .send(frame(json!({"type": "response.create", "model": "gpt-5", "input": [output],
+            "previous_response_id": done["response"]["id"], "tools": [weather_tool()], "store": false})))
+        .await
+        .unwrap();
+    let second = until_done(&mut socket).await;
+    assert_eq!(
+        second.last().unwrap()["type"],
+        "response.completed",
+        "{second:?}"
+    );
+    let upstream_second = last_request(&gw);
+    let items = upstream_second.body["input"].as_array().unwrap();
+    assert_eq!(items.first(), Some(&developer));
+    assert_eq!(items.last(), Some(&output));
+    assert!(
+        items
+            .iter()
+            .any(|i| i["type"] == "function_call" && i["call_id"] == call["call_id"])
+    );
+    assert_eq!(gw.upstream.requests().len(), 2);
+
+    // A continuation of a response this socket did not serve: an error frame, socket open.
+    socket
+        .send(frame(
+            json!({"type": "response.create", "model": "gpt-5", "input": [],
+            "previous_response_id": "resp_unknown"}),
+        ))
+        .await
+        .unwrap();
+    let refused = until_done(&mut socket).await;
+    let err = refused.last().unwrap();
+    assert_eq!(err["type"], "error");
+    assert_eq!(err["status"], 400);
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("send the full input"),
+        "{err}"
+    );
+    socket.close(None).await.unwrap();
 }
 
 // ---------------------------------------------------------------------------------------------
