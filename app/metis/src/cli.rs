@@ -285,6 +285,11 @@ pub struct ServeArgs {
     /// On SIGTERM/SIGINT, wait this long for in-flight requests and streams.
     #[arg(long, env = "METIS_GATEWAY_SHUTDOWN_GRACE", default_value = "25s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+    /// The trace writer commits every event no later than this after it was queued (bounds
+    /// the acknowledged events a SIGKILL can lose; batches that miss it are counted in
+    /// `metis_trace_commit_deadline_misses_total`). `0ms` commits every batch at once.
+    #[arg(long, env = "METIS_GATEWAY_TRACE_COMMIT_DEADLINE", default_value = "50ms", value_parser = parse_duration)]
+    pub trace_commit_deadline: Duration,
     /// Upstream time-to-response-head timeout (streams then use an idle timeout).
     #[arg(long, env = "METIS_GATEWAY_UPSTREAM_TIMEOUT", default_value = "600s", value_parser = parse_duration)]
     pub upstream_timeout: Duration,
@@ -350,6 +355,7 @@ mod tests {
         let a = ServeArgs::try_parse_from(["gateway"]).unwrap();
         assert_eq!((a.host.as_str(), a.port), ("127.0.0.1", 8422));
         assert_eq!(a.shutdown_grace, Duration::from_secs(25));
+        assert_eq!(a.trace_commit_deadline, Duration::from_millis(50));
         assert_eq!(a.max_body_bytes, 10 * 1024 * 1024);
         assert!(!a.rate_limit);
         assert_eq!(

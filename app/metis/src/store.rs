@@ -106,6 +106,18 @@ impl MainStore {
     /// # Errors
     /// A file from a newer binary, or one that cannot be opened or created.
     pub async fn open(paths: &Paths, gateway: bool) -> anyhow::Result<Arc<MainStore>> {
+        Self::open_with(paths, gateway, gw_ports::queue::DEFAULT_COMMIT_DEADLINE).await
+    }
+
+    /// [`open`](Self::open) with the writer's commit deadline (`--trace-commit-deadline`).
+    ///
+    /// # Errors
+    /// As `open`.
+    pub async fn open_with(
+        paths: &Paths,
+        gateway: bool,
+        commit_deadline: std::time::Duration,
+    ) -> anyhow::Result<Arc<MainStore>> {
         let db = paths.db.clone();
         let kind = paths.store;
         let store = tokio::task::spawn_blocking(move || -> Result<MainStore, TraceError> {
@@ -113,6 +125,7 @@ impl MainStore {
                 StoreKind::Sqlite => {
                     let opts = WriterOptions {
                         hold_writer_lock: gateway,
+                        commit_deadline,
                         ..WriterOptions::default()
                     };
                     let trace = Arc::new(SqliteTraceStore::open(&db, opts)?);
@@ -120,7 +133,11 @@ impl MainStore {
                     Ok(MainStore::Sqlite { trace, sessions })
                 }
                 StoreKind::Redb => {
-                    let trace = Arc::new(RedbTraceStore::open(&db, RedbOptions::default())?);
+                    let opts = RedbOptions {
+                        commit_deadline,
+                        ..RedbOptions::default()
+                    };
+                    let trace = Arc::new(RedbTraceStore::open(&db, opts)?);
                     let sessions = Arc::new(trace.session_store());
                     Ok(MainStore::Redb { trace, sessions })
                 }

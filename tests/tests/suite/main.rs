@@ -8,6 +8,7 @@
 
 mod admin_api;
 mod architecture;
+mod disk_full;
 mod fake_upstream;
 mod http_errors;
 mod http_features;
