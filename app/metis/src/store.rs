@@ -303,7 +303,14 @@ pub fn redb_backup(db: &Path, dest: &Path) -> anyhow::Result<()> {
 /// The restore's refusal or failure.
 pub fn redb_restore(src: &Path, db: &Path, force: bool) -> anyhow::Result<()> {
     let bar = crate::storage_cli::Progress::new("restore", true);
+    // redb panics on some damaged pages; the restore turns that into a refusal naming the
+    // damage, so the default hook's "thread panicked" lines would only confuse the operator
+    // (this one-shot command runs nothing else meanwhile; a panic anywhere else still
+    // reaches the error line through the task's result).
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
     let r = gw_storage_redb::ops::restore(src, db, force, &|d, t| bar.update(d, t));
+    std::panic::set_hook(hook);
     bar.finish();
     print(&r?.block())
 }
