@@ -287,8 +287,8 @@ pub struct ServeArgs {
     pub shutdown_grace: Duration,
     /// The trace writer commits every event no later than this after it was queued (bounds
     /// the acknowledged events a SIGKILL can lose; batches that miss it are counted in
-    /// `metis_trace_commit_deadline_misses_total`). `0ms` commits every batch at once.
-    #[arg(long, env = "METIS_GATEWAY_TRACE_COMMIT_DEADLINE", default_value = "50ms", value_parser = parse_duration)]
+    /// `metis_trace_commit_deadline_misses_total`). At least 1ms.
+    #[arg(long, env = "METIS_GATEWAY_TRACE_COMMIT_DEADLINE", default_value = "50ms", value_parser = parse_commit_deadline)]
     pub trace_commit_deadline: Duration,
     /// Upstream time-to-response-head timeout (streams then use an idle timeout).
     #[arg(long, env = "METIS_GATEWAY_UPSTREAM_TIMEOUT", default_value = "600s", value_parser = parse_duration)]
@@ -336,9 +336,26 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     gw_domain::time::parse_duration_secs(raw).map(Duration::from_secs)
 }
 
+/// `--trace-commit-deadline`: a duration of at least 1 ms (a zero deadline would count
+/// every commit as late).
+fn parse_commit_deadline(raw: &str) -> Result<Duration, String> {
+    let d = parse_duration(raw)?;
+    if d < Duration::from_millis(1) {
+        return Err("the commit deadline must be at least 1ms".to_owned());
+    }
+    Ok(d)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn commit_deadlines_parse() {
+        assert_eq!(parse_commit_deadline("10ms"), Ok(Duration::from_millis(10)));
+        assert!(parse_commit_deadline("0ms").is_err());
+        assert!(parse_commit_deadline("0").is_err());
+    }
 
     #[test]
     fn durations_parse() {

@@ -14,6 +14,7 @@ mod http_errors;
 mod http_features;
 mod http_trace;
 mod http_translation;
+mod kill_window;
 mod openapi_drift;
 mod otel;
 mod patterns_live;
