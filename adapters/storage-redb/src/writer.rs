@@ -34,10 +34,10 @@ use std::time::{Duration, Instant};
 use gw_domain::audit::{ChainedRow, chain_payload, is_audit_type, row_hash};
 use gw_domain::events::Event;
 use gw_domain::sessions::SessionTurn;
-use redb::{Database, ReadableTable};
+use redb::Database;
 use tokio::sync::oneshot;
 
-use crate::db::{DbSlot, META, META_SCHEMA_VERSION, Result, StoreError, needs_reopen};
+use crate::db::{DbSlot, META, Result, StoreError, needs_reopen};
 use crate::rows::{EventTables, RowRef};
 use crate::sessions::SessionTables;
 
@@ -196,8 +196,8 @@ impl Writer {
         }
     }
 
-    /// Not writable and idle: reopen if needed, then commit a one-row probe (the version
-    /// marker rewritten with its own value). Success makes the store writable again.
+    /// Not writable and idle: reopen if needed, then commit a probe (`probe_write`). Success
+    /// makes the store writable again.
     fn probe(&mut self) {
         let r = self.handle().and_then(|db| probe_write(&db));
         match r {
@@ -387,15 +387,26 @@ impl Writer {
     }
 }
 
-/// A one-row write transaction: the version marker rewritten with its own value.
+/// The recovery probe's scratch entry in `meta` (written, then removed).
+const PROBE_KEY: &str = "writer_probe";
+/// What the probe writes: about a batch of events' worth of fresh pages. A probe that only
+/// rewrote a few existing pages would succeed on a disk that is still full (redb writes
+/// them in place) and turn `/readyz` green while every real batch still fails.
+const PROBE_BYTES: usize = 256 * 1024;
+
+/// Commit `PROBE_BYTES` into `meta`, then remove them (two durable commits; at most one probe
+/// per back-off step).
 fn probe_write(db: &Database) -> Result<()> {
     let tx = db.begin_write()?;
     {
         let mut meta = tx.open_table(META)?;
-        let v = meta.get(META_SCHEMA_VERSION)?.map(|g| g.value().to_owned());
-        if let Some(v) = v {
-            meta.insert(META_SCHEMA_VERSION, v.as_str())?;
-        }
+        meta.insert(PROBE_KEY, "x".repeat(PROBE_BYTES).as_str())?;
+    }
+    tx.commit()?;
+    let tx = db.begin_write()?;
+    {
+        let mut meta = tx.open_table(META)?;
+        meta.remove(PROBE_KEY)?;
     }
     tx.commit()?;
     Ok(())

@@ -10,7 +10,8 @@
 //! 4. new requests' events are written again; no restart at any point.
 //!
 //! Before the fix redb stayed 503 forever ("Previous I/O error occurred. Please close and
-//! re-open the database.") and SQLite stayed 503 until the next event arrived.
+//! re-open the database.") and SQLite stayed 503 until the next event arrived (the test
+//! waits for the queue to drain before freeing space, so no queued event can mask that).
 //!
 //! Mounting a tmpfs needs root (CI and the development machines run as root); the test fails
 //! with that reason elsewhere rather than pass without a full disk.
@@ -123,6 +124,19 @@ impl Probe {
         )
     }
 
+    async fn queue_depth(&self) -> u64 {
+        let text = self
+            .client
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        metric(&text, "metis_trace_queue_depth")
+    }
+
     /// One chat call; the gateway must answer it whatever the disk does.
     async fn call(&self, i: usize) {
         let combo = Combo::OPENAI_TO_OPENAI;
@@ -204,6 +218,20 @@ async fn disk_full_then_freed(store: &str) {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    // Let the writer finish with every queued event (each batch's retries), so nothing left
+    // in the queue can bring readiness back: from here on, no event arrives until /readyz
+    // has recovered.
+    let drained = Instant::now();
+    while p.queue_depth().await > 0 {
+        assert!(
+            drained.elapsed() < Duration::from_secs(20),
+            "the queue drains ({store})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // (redb may turn ready again here already: pages its failed commits wrote are free and
+    // backed in the file, and its recovery probe may fit into them; that is a true "can
+    // commit now". What must not happen is staying 503 once space is back.)
     let (written_full, failed_full) = p.counters().await;
     eprintln!(
         "{store}: disk full after {} requests: written {written_before} -> {written_full}, failed {failed_full}",
