@@ -1,6 +1,7 @@
 //! The metrics port: what the core and the HTTP adapter count. The exporter (Prometheus
 //! text at `/metrics`) is an adapter; no secret or token ever becomes a label.
 
+use crate::trace::CommitLagStats;
 use gw_domain::canonical::Usage;
 
 /// Values read at scrape time (the exporter has no other way to know them).
@@ -13,6 +14,8 @@ pub struct ScrapeGauges {
     pub keys_active: u64,
     pub keys_revoked: u64,
     pub wal_bytes: u64,
+    /// The trace writer's queue-to-commit lag against its commit deadline.
+    pub trace_commit_lag: CommitLagStats,
 }
 
 /// Counters, gauges and histograms. Every method MUST be cheap and non-blocking (it is on

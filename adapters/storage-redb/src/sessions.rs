@@ -289,7 +289,11 @@ impl RedbSessionStore {
         &self,
         f: impl FnOnce(&Database) -> Result<T> + Send + 'static,
     ) -> std::result::Result<T, SessionError> {
-        let db = Arc::clone(&self.inner.db);
+        let db = self
+            .inner
+            .db
+            .get()
+            .map_err(|e| SessionError::Unavailable(e.to_string()))?;
         match blocking(move || f(&db)).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(SessionError::Backend(Box::new(e))),

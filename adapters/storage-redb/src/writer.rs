@@ -13,11 +13,22 @@
 //!   bounded backoff and then counted as failed, and the thread keeps running.
 //! - Audit events are chained inside the transaction, from the tail stored in `meta`; only a
 //!   written row advances the tail.
+//! - Commit deadline (`gw_ports::queue::CommitDeadline`): the commit delay is cut so a batch
+//!   commits no later than the deadline after its oldest row was queued; every commit's lag
+//!   is accounted in the counters (`/metrics`).
+//! - Recovery from I/O errors (a full disk, a failing device): redb latches an I/O error in
+//!   the handle and refuses everything after it until the database is closed and reopened.
+//!   On such an error the writer closes the handle (`DbSlot::close`) and reopens the file on
+//!   the shared recovery back-off (50 ms doubling to 5 s). Rows taken off the queue meanwhile
+//!   are treated as the SQLite writer treats them on a full disk: each batch gets its
+//!   attempts (reopening when the back-off allows), then is counted as failed; the queue and
+//!   its overflow counting are unchanged. While idle and not writable the writer keeps
+//!   reopening and probing on the back-off, so `/readyz` recovers without traffic.
 
-use gw_ports::queue::QueueReceiver;
+use gw_ports::queue::{Backoff, CommitDeadline, QueueReceiver, retry_delay};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::TryRecvError;
+use std::sync::mpsc::{RecvTimeoutError, TryRecvError};
 use std::time::{Duration, Instant};
 
 use gw_domain::audit::{ChainedRow, chain_payload, is_audit_type, row_hash};
@@ -26,7 +37,7 @@ use gw_domain::sessions::SessionTurn;
 use redb::Database;
 use tokio::sync::oneshot;
 
-use crate::db::Result;
+use crate::db::{DbSlot, META, Result, StoreError, needs_reopen};
 use crate::rows::{EventTables, RowRef};
 use crate::sessions::SessionTables;
 
@@ -47,6 +58,8 @@ pub(crate) struct WriterConfig {
     pub commit_delay: Duration,
     pub retry_attempts: u32,
     pub retry_backoff: Duration,
+    /// Commit no later than this after the oldest row of a batch was queued.
+    pub commit_deadline: Duration,
 }
 
 struct AliveGuard(Arc<Counters>);
@@ -66,33 +79,62 @@ struct Tally {
 }
 
 struct Writer {
-    db: Arc<Database>,
+    db: Arc<DbSlot>,
     counters: Arc<Counters>,
     cfg: WriterConfig,
     batch: Vec<Event>,
     sessions: Vec<SessionTurn>,
     waiters: Vec<oneshot::Sender<std::result::Result<(), String>>>,
     failed_since_flush: u64,
+    /// When the oldest event or turn of the current batch was queued.
+    oldest: Option<Instant>,
+    deadline: CommitDeadline,
+    /// Pauses between reopen attempts and recovery probes.
+    recovery: Backoff,
+    /// No reopen before this instant (set from `recovery` after each failed attempt).
+    next_reopen: Instant,
 }
 
 /// The thread body. Returns after a shutdown marker, or when every sender is gone.
 pub(crate) fn run(
-    db: Arc<Database>,
+    db: Arc<DbSlot>,
     rx: QueueReceiver<Msg>,
     counters: Arc<Counters>,
     cfg: WriterConfig,
 ) {
     let _alive = AliveGuard(Arc::clone(&counters));
+    counters.commit_lag.deadline_us.store(
+        u64::try_from(cfg.commit_deadline.as_micros()).unwrap_or(u64::MAX),
+        Ordering::Relaxed,
+    );
     let mut w = Writer {
         db,
         counters,
         batch: Vec::with_capacity(cfg.max_batch),
         sessions: Vec::new(),
+        deadline: CommitDeadline::new(cfg.commit_deadline),
         cfg,
         waiters: Vec::new(),
         failed_since_flush: 0,
+        oldest: None,
+        recovery: Backoff::store_recovery(),
+        next_reopen: Instant::now(),
     };
-    while let Ok(first) = rx.recv() {
+    loop {
+        let next = if w.counters.last_batch_ok.load(Ordering::Acquire) {
+            rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
+        } else {
+            let wait = w.next_reopen.saturating_duration_since(Instant::now());
+            rx.recv_timeout(wait.max(Duration::from_millis(1)))
+        };
+        let first = match next {
+            Ok(m) => m,
+            Err(RecvTimeoutError::Timeout) => {
+                w.probe();
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
         let stop = w.collect(&rx, first);
         w.commit_batch();
         if stop {
@@ -109,15 +151,93 @@ impl Writer {
         self.batch.len() + self.sessions.len() >= self.cfg.max_batch
     }
 
+    /// Remember when the first event or turn of the batch was queued (`rx` just handed it
+    /// out).
+    fn note_queued(&mut self, rx: &QueueReceiver<Msg>) {
+        if self.oldest.is_none() {
+            self.oldest = rx.queued_at();
+        }
+    }
+
+    /// The current handle, reopening the file when it was closed after an I/O error and the
+    /// back-off allows another attempt.
+    fn handle(&mut self) -> Result<Arc<Database>> {
+        if let Ok(db) = self.db.get() {
+            return Ok(db);
+        }
+        let now = Instant::now();
+        if now < self.next_reopen {
+            return Err(StoreError::Other(format!(
+                "the redb database is closed after an I/O error; next reopen attempt in {} ms",
+                self.next_reopen.duration_since(now).as_millis()
+            )));
+        }
+        match self.db.reopen() {
+            Ok(db) => {
+                tracing::info!("redb database reopened after an I/O error");
+                Ok(db)
+            }
+            Err(e) => {
+                self.next_reopen = Instant::now() + self.recovery.next_delay();
+                Err(e)
+            }
+        }
+    }
+
+    /// After an error that latched the handle: close it and schedule the reopen.
+    fn close_after(&mut self, e: &StoreError) {
+        if needs_reopen(e) && self.db.is_open() {
+            self.db.close();
+            self.next_reopen = Instant::now() + self.recovery.next_delay();
+            tracing::warn!(
+                error = %e,
+                "redb I/O error: database closed; reopening with back-off (50 ms doubling to 5 s)"
+            );
+        }
+    }
+
+    /// Not writable and idle: reopen if needed, then commit a probe (`probe_write`). Success
+    /// makes the store writable again.
+    fn probe(&mut self) {
+        let r = self.handle().and_then(|db| probe_write(&db));
+        match r {
+            Ok(()) => {
+                self.recovery.reset();
+                self.counters.last_batch_ok.store(true, Ordering::Release);
+                tracing::info!("redb trace store writable again (recovery probe committed)");
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "redb recovery probe failed");
+                self.close_after(&e);
+                if self.db.is_open() {
+                    self.next_reopen = Instant::now() + self.recovery.next_delay();
+                }
+            }
+        }
+    }
+
     /// Take `first`, then more without blocking; when the queue runs dry, wait up to
-    /// `commit_delay` (counted from `first`) for more, so one durable commit covers them.
-    /// Stops at a control marker (a flush is answered without waiting). Returns whether
-    /// shutdown was requested.
+    /// `commit_delay` (counted from `first`, and never past the commit deadline of the
+    /// oldest row) for more, so one durable commit covers them. Stops at a control marker
+    /// (a flush is answered without waiting). Returns whether shutdown was requested.
     fn collect(&mut self, rx: &QueueReceiver<Msg>, first: Msg) -> bool {
-        let deadline = Instant::now() + self.cfg.commit_delay;
+        let start = Instant::now();
+        let mut deadline = start + self.cfg.commit_delay;
+        if matches!(first, Msg::Event(_) | Msg::Session(_)) {
+            self.note_queued(rx);
+            if let Some(oldest) = self.oldest {
+                deadline = start
+                    + self
+                        .deadline
+                        .wait_budget(oldest, start, self.cfg.commit_delay);
+            }
+        }
         let mut next = Some(first);
         loop {
             while let Some(msg) = next {
+                if matches!(msg, Msg::Event(_) | Msg::Session(_)) {
+                    self.note_queued(rx);
+                }
                 match msg {
                     Msg::Event(e) => self.batch.push(e),
                     Msg::Session(t) => self.sessions.push(t),
@@ -148,8 +268,14 @@ impl Writer {
         loop {
             loop {
                 match rx.try_recv() {
-                    Ok(Msg::Event(e)) => self.batch.push(e),
-                    Ok(Msg::Session(t)) => self.sessions.push(t),
+                    Ok(Msg::Event(e)) => {
+                        self.note_queued(rx);
+                        self.batch.push(e);
+                    }
+                    Ok(Msg::Session(t)) => {
+                        self.note_queued(rx);
+                        self.sessions.push(t);
+                    }
                     Ok(Msg::Flush(tx)) => self.waiters.push(tx),
                     Ok(Msg::Shutdown) => {}
                     Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
@@ -192,13 +318,25 @@ impl Writer {
         let attempts = self.cfg.retry_attempts.max(1);
         let mut attempt = 1;
         let outcome = loop {
-            match write_batch(&self.db, &self.batch, &self.sessions) {
-                Ok(t) => break Ok(t),
+            let started = Instant::now();
+            let r = self
+                .handle()
+                .and_then(|db| write_batch(&db, &self.batch, &self.sessions));
+            if let Err(e) = &r {
+                self.close_after(e);
+            }
+            match r {
+                Ok(t) => {
+                    let done = Instant::now();
+                    self.deadline.observe_commit(done - started);
+                    if let Some(oldest) = self.oldest {
+                        self.counters
+                            .record_commit(oldest, done, self.deadline.deadline());
+                    }
+                    break Ok(t);
+                }
                 Err(e) if attempt < attempts => {
-                    let delay = self
-                        .cfg
-                        .retry_backoff
-                        .saturating_mul(1 << (attempt - 1).min(6));
+                    let delay = retry_delay(self.cfg.retry_backoff, attempt);
                     tracing::warn!(
                         error = %e,
                         batch = n,
@@ -226,6 +364,7 @@ impl Writer {
                 c.sessions_conflicts
                     .fetch_add(t.sessions_conflicts, Ordering::Relaxed);
                 c.last_batch_ok.store(true, Ordering::Release);
+                self.recovery.reset();
             }
             Err(e) => {
                 let total = c.failed.fetch_add(n, Ordering::Relaxed) + n;
@@ -244,7 +383,33 @@ impl Writer {
         c.queued.fetch_sub(n, Ordering::Relaxed);
         self.batch.clear();
         self.sessions.clear();
+        self.oldest = None;
     }
+}
+
+/// The recovery probe's scratch entry in `meta` (written, then removed).
+const PROBE_KEY: &str = "writer_probe";
+/// What the probe writes: about a batch of events' worth of fresh pages. A probe that only
+/// rewrote a few existing pages would succeed on a disk that is still full (redb writes
+/// them in place) and turn `/readyz` green while every real batch still fails.
+const PROBE_BYTES: usize = 256 * 1024;
+
+/// Commit `PROBE_BYTES` into `meta`, then remove them (two durable commits; at most one probe
+/// per back-off step).
+fn probe_write(db: &Database) -> Result<()> {
+    let tx = db.begin_write()?;
+    {
+        let mut meta = tx.open_table(META)?;
+        meta.insert(PROBE_KEY, "x".repeat(PROBE_BYTES).as_str())?;
+    }
+    tx.commit()?;
+    let tx = db.begin_write()?;
+    {
+        let mut meta = tx.open_table(META)?;
+        meta.remove(PROBE_KEY)?;
+    }
+    tx.commit()?;
+    Ok(())
 }
 
 /// One write transaction for the whole batch.

@@ -33,6 +33,8 @@ use crate::schema::{Pragmas, open_for_writing};
 use crate::sessions::{SessionReader, SqliteSessionStore};
 use crate::writer::{self, Counters, LogLimiter, Msg, WriterConfig};
 
+pub use gw_ports::queue::DEFAULT_COMMIT_DEADLINE;
+
 /// Tuning of the trace store. `Default` gives the production values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WriterOptions {
@@ -51,8 +53,12 @@ pub struct WriterOptions {
     /// After the first event of a batch, let the batch grow this long before committing
     /// (default 10 ms): fewer, larger transactions and fewer writer wake-ups, at the cost of
     /// events becoming durable up to this much later. Skipped when the backlog already
-    /// fills a batch. Zero disables it.
+    /// fills a batch. Zero disables it. Never longer than `commit_deadline` allows.
     pub linger: Duration,
+    /// Commit deadline (default 50 ms): a batch commits no later than this after its oldest
+    /// event was queued, bounding the acknowledged events a SIGKILL can lose. Measured and
+    /// reported in `SinkStats::commit_lag` (misses are counted, e.g. on a starved CPU).
+    pub commit_deadline: Duration,
     /// Hold the shared writer lock on `<db>.lock` for the store's lifetime (default false).
     /// The gateway sets it so `metis restore` refuses to replace the file under it; CLI
     /// commands leave it off.
@@ -69,6 +75,7 @@ impl Default for WriterOptions {
             retry_attempts: 3,
             retry_backoff: Duration::from_millis(50),
             linger: Duration::from_millis(10),
+            commit_deadline: DEFAULT_COMMIT_DEADLINE,
             hold_writer_lock: false,
         }
     }
@@ -165,6 +172,7 @@ impl SqliteTraceStore {
             retry_attempts: opts.retry_attempts.max(1),
             retry_backoff: opts.retry_backoff,
             linger: opts.linger,
+            commit_deadline: opts.commit_deadline,
         };
         let thread_counters = Arc::clone(&counters);
         let handle = std::thread::Builder::new()

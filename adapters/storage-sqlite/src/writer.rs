@@ -20,12 +20,19 @@
 //!   upserted in the same transaction as the events around them: one writer per file (no
 //!   `SQLITE_BUSY` between our own writers), group commit for both, and a session's cost
 //!   commits together with the turn's events. They are counted in their own counters.
+//! - Commit deadline (`gw_ports::queue::CommitDeadline`): the linger is cut so a batch
+//!   commits no later than the deadline after its oldest event was queued; every commit's
+//!   lag is accounted in the counters (`/metrics`), misses included.
+//! - After a failed batch the store is not writable (`/readyz` 503) until a commit succeeds.
+//!   While idle in that state the writer probes with a one-row write transaction on the
+//!   shared recovery back-off (50 ms doubling to 5 s), so readiness comes back once the disk
+//!   has room again even when no traffic arrives (a load balancer sends none to a 503).
 
-use gw_ports::queue::QueueReceiver;
+use gw_ports::queue::{Backoff, CommitDeadline, QueueReceiver, retry_delay};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::TryRecvError;
-use std::time::Duration;
+use std::sync::mpsc::{RecvTimeoutError, TryRecvError};
+use std::time::{Duration, Instant};
 
 use gw_domain::audit::{ChainedRow, GENESIS_HASH, chain_payload, is_audit_type, row_hash};
 use gw_domain::events::Event;
@@ -56,6 +63,8 @@ pub(crate) struct WriterConfig {
     pub retry_backoff: Duration,
     /// How long to let a batch grow after its first event (see `collect`).
     pub linger: Duration,
+    /// Commit no later than this after the oldest event of a batch was queued.
+    pub commit_deadline: Duration,
 }
 
 /// Marks the writer dead however the thread ends (including a panic unwinding through it).
@@ -76,6 +85,11 @@ struct Writer {
     waiters: Vec<oneshot::Sender<Result<(), String>>>,
     /// Events counted as failed since the last flush was answered.
     failed_since_flush: u64,
+    /// When the oldest event or turn of the current batch was queued.
+    oldest: Option<Instant>,
+    deadline: CommitDeadline,
+    /// Pauses between recovery probes while the store is not writable.
+    recovery: Backoff,
 }
 
 /// The thread body. Returns when a shutdown marker was handled or every sender is gone.
@@ -86,16 +100,25 @@ pub(crate) fn run(
     cfg: WriterConfig,
 ) {
     let _alive = AliveGuard(Arc::clone(&counters));
-    let mut w = Writer {
-        conn,
-        counters,
-        batch: Vec::with_capacity(cfg.max_batch),
-        sessions: Vec::new(),
-        cfg,
-        waiters: Vec::new(),
-        failed_since_flush: 0,
-    };
-    while let Ok(first) = rx.recv() {
+    counters.commit_lag.deadline_us.store(
+        u64::try_from(cfg.commit_deadline.as_micros()).unwrap_or(u64::MAX),
+        Ordering::Relaxed,
+    );
+    let mut w = Writer::new(conn, counters, cfg);
+    loop {
+        let next = if w.counters.last_batch_ok.load(Ordering::Acquire) {
+            rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
+        } else {
+            rx.recv_timeout(w.recovery.next_delay())
+        };
+        let first = match next {
+            Ok(m) => m,
+            Err(RecvTimeoutError::Timeout) => {
+                w.probe();
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
         let stop = w.collect(&rx, first);
         w.commit_batch();
         if stop {
@@ -114,6 +137,50 @@ pub(crate) fn run(
 }
 
 impl Writer {
+    fn new(conn: Connection, counters: Arc<Counters>, cfg: WriterConfig) -> Self {
+        Writer {
+            conn,
+            counters,
+            batch: Vec::with_capacity(cfg.max_batch),
+            sessions: Vec::new(),
+            deadline: CommitDeadline::new(cfg.commit_deadline),
+            cfg,
+            waiters: Vec::new(),
+            failed_since_flush: 0,
+            oldest: None,
+            recovery: Backoff::store_recovery(),
+        }
+    }
+
+    /// Remember when the first event or turn of the batch was queued (`rx` just handed it
+    /// out).
+    fn note_queued(&mut self, rx: &QueueReceiver<Msg>) {
+        if self.oldest.is_none() {
+            self.oldest = rx.queued_at();
+        }
+    }
+
+    /// The store is not writable: try a one-row write transaction (the version marker
+    /// rewritten with its own value). Success makes the store writable again.
+    fn probe(&mut self) {
+        let r = (|| -> rusqlite::Result<()> {
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let v: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+            tx.execute_batch(&format!("PRAGMA user_version = {v}"))?;
+            tx.commit()
+        })();
+        match r {
+            Ok(()) => {
+                self.recovery.reset();
+                self.counters.last_batch_ok.store(true, Ordering::Release);
+                tracing::info!("trace store writable again (recovery probe committed)");
+            }
+            Err(e) => tracing::debug!(error = %e, "trace store recovery probe failed"),
+        }
+    }
+
     /// Take `first` and then up to `max_batch` events without blocking. Stops early at a
     /// control marker so a flush is answered promptly. Returns whether shutdown was requested.
     fn collect(&mut self, rx: &QueueReceiver<Msg>, first: Msg) -> bool {
@@ -124,15 +191,23 @@ impl Writer {
         // markers skip the wait so flushes and shutdown stay prompt, and so does a backlog
         // that already fills a batch: waiting then would only cap the writer's throughput
         // at `max_batch` per `linger` and let the queue overflow.
+        // The linger never pushes the commit past the deadline of the oldest event.
         let backlog = rx.len() + 1;
-        if matches!(first, Msg::Event(_) | Msg::Session(_))
-            && !self.cfg.linger.is_zero()
-            && backlog < self.cfg.max_batch
-        {
-            std::thread::sleep(self.cfg.linger);
+        if matches!(first, Msg::Event(_) | Msg::Session(_)) && backlog < self.cfg.max_batch {
+            self.note_queued(rx);
+            let linger = self.oldest.map_or(Duration::ZERO, |oldest| {
+                self.deadline
+                    .wait_budget(oldest, Instant::now(), self.cfg.linger)
+            });
+            if !linger.is_zero() {
+                std::thread::sleep(linger);
+            }
         }
         let mut next = Some(first);
         while let Some(msg) = next {
+            if matches!(msg, Msg::Event(_) | Msg::Session(_)) {
+                self.note_queued(rx);
+            }
             match msg {
                 Msg::Event(e) => self.batch.push(e),
                 Msg::Session(t) => self.sessions.push(t),
@@ -157,12 +232,14 @@ impl Writer {
             loop {
                 match rx.try_recv() {
                     Ok(Msg::Event(e)) => {
+                        self.note_queued(rx);
                         self.batch.push(e);
                         if self.batch.len() + self.sessions.len() >= self.cfg.max_batch {
                             break;
                         }
                     }
                     Ok(Msg::Session(t)) => {
+                        self.note_queued(rx);
                         self.sessions.push(t);
                         if self.batch.len() + self.sessions.len() >= self.cfg.max_batch {
                             break;
@@ -209,13 +286,19 @@ impl Writer {
         let attempts = self.cfg.retry_attempts.max(1);
         let mut attempt = 1;
         let outcome = loop {
+            let started = Instant::now();
             match insert_batch(&mut self.conn, &self.batch, &self.sessions) {
-                Ok(rejected) => break Ok(rejected),
+                Ok(rejected) => {
+                    let done = Instant::now();
+                    self.deadline.observe_commit(done - started);
+                    if let Some(oldest) = self.oldest {
+                        self.counters
+                            .record_commit(oldest, done, self.deadline.deadline());
+                    }
+                    break Ok(rejected);
+                }
                 Err(e) if attempt < attempts => {
-                    let delay = self
-                        .cfg
-                        .retry_backoff
-                        .saturating_mul(1 << (attempt - 1).min(6));
+                    let delay = retry_delay(self.cfg.retry_backoff, attempt);
                     tracing::warn!(
                         error = %e,
                         batch = n,
@@ -246,6 +329,7 @@ impl Writer {
                     self.failed_since_flush += s.rejected;
                 }
                 c.last_batch_ok.store(true, Ordering::Release);
+                self.recovery.reset();
             }
             Err(e) => {
                 let total = c.failed.fetch_add(n, Ordering::Relaxed) + n;
@@ -264,6 +348,7 @@ impl Writer {
         c.queued.fetch_sub(n, Ordering::Relaxed);
         self.batch.clear();
         self.sessions.clear();
+        self.oldest = None;
     }
 }
 
@@ -458,20 +543,17 @@ mod tests {
 
     fn writer(linger: Duration, max_batch: usize) -> Writer {
         let conn = Connection::open_in_memory().unwrap_or_else(|e| unreachable!("{e}"));
-        Writer {
+        Writer::new(
             conn,
-            counters: Arc::new(Counters::default()),
-            cfg: WriterConfig {
+            Arc::new(Counters::default()),
+            WriterConfig {
                 max_batch,
                 retry_attempts: 1,
                 retry_backoff: Duration::ZERO,
                 linger,
+                commit_deadline: Duration::from_secs(7200),
             },
-            batch: Vec::new(),
-            sessions: Vec::new(),
-            waiters: Vec::new(),
-            failed_since_flush: 0,
-        }
+        )
     }
 
     fn event(i: u32) -> Msg {

@@ -235,7 +235,8 @@ impl App {
         // SQLite: the gateway holds the shared writer lock on `<db>.lock` for its lifetime, so
         // `metis restore` refuses to replace the file under it (redb: restore checks that no
         // process has the file open).
-        let trace = crate::store::MainStore::open(&paths, true).await?;
+        let trace =
+            crate::store::MainStore::open_with(&paths, true, args.trace_commit_deadline).await?;
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let ids: Arc<dyn IdSource> = Arc::new(UlidIds::default());
         let keystore = open_keystore(&paths)?;

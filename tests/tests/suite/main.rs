@@ -8,6 +8,7 @@
 
 mod admin_api;
 mod architecture;
+mod disk_full;
 mod fake_upstream;
 mod http_agents;
 mod http_errors;
@@ -15,6 +16,7 @@ mod http_features;
 mod http_trace;
 mod http_translation;
 mod key_audit;
+mod kill_window;
 mod openapi_drift;
 mod otel;
 mod patterns_live;
