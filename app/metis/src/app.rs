@@ -212,6 +212,9 @@ impl App {
     /// # Errors
     /// Bad config, unreadable/corrupt keystore, trace DB newer than this binary, bind failure.
     pub async fn build(args: ServeArgs) -> anyhow::Result<App> {
+        // First, before any file or socket is opened: the soft descriptor limit up to the
+        // hard one (see `fdlimit`).
+        let raised = crate::fdlimit::raise();
         let paths = Paths::resolve(&args.storage)?;
         let cfg = match &args.config {
             Some(p) => ConfigFile::load(p)?,
@@ -260,6 +263,8 @@ impl App {
             None => None,
         };
         let background = TokioBackground::default();
+        let metrics: Arc<dyn gw_ports::metrics::Metrics> =
+            Arc::new(gw_telemetry::Prometheus::default());
         let core = Arc::new(GatewayCore::new(CoreParts {
             keys: Arc::new(KeyRing::new(keys)),
             sink,
@@ -269,7 +274,7 @@ impl App {
             clock,
             ids,
             ledger,
-            metrics: Arc::new(gw_telemetry::Prometheus::default()),
+            metrics: Arc::clone(&metrics),
             sessions: trace.sessions(),
             patterns: crate::store::pattern_store(
                 paths.store,
@@ -300,15 +305,18 @@ impl App {
         let tcp = listener::bind(&args.host, args.port, args.reuse_port)?;
         let addr = tcp.local_addr().context("cannot read the bound address")?;
         let connections = Arc::new(listener::Connections::default());
+        let caps = connection_caps(args.max_connections as usize, raised);
+        metrics.connection_limit(caps.max_connections as u64);
         let acceptor = listener::stack(
             tcp,
             &connections,
             tls,
-            args.max_connections as usize,
+            caps,
             listener::Timeouts {
                 header: args.header_timeout,
                 idle: args.idle_timeout,
             },
+            &listener::Observer::new(Arc::clone(&metrics)),
         )
         .context("cannot use the listener")?;
         let http_opts = HttpOptions {
@@ -488,6 +496,37 @@ impl App {
             "trace writer flushed"
         );
         result.context("server error")
+    }
+}
+
+/// The connection cap the descriptor limit affords (everything this process opens at start is
+/// open by now), logged: INFO when the limit was raised, one WARN when the cap is lowered.
+fn connection_caps(asked: usize, raised: crate::fdlimit::Raised) -> listener::Caps {
+    let show = |v: Option<u64>| v.map_or_else(|| "unlimited".to_owned(), |n| n.to_string());
+    if raised.before != raised.soft {
+        tracing::info!(
+            "raised the file descriptor limit from {} to {} (the hard limit)",
+            show(raised.before),
+            show(raised.soft)
+        );
+    }
+    let open = crate::fdlimit::open_now();
+    let b = crate::fdlimit::budget(asked, raised.soft, open);
+    if b.lowered {
+        tracing::warn!(
+            "file descriptor limit {} (hard {}) cannot cover --max-connections {asked}: connection cap lowered to {}; connections beyond it get 503. Budget: {} descriptors per connection (client socket + upstream connection), {open} open at start + {} headroom, {} for 503 answers in progress. Raise the limit to at least {} (systemd: LimitNOFILE=, shell: ulimit -n) or lower --max-connections",
+            show(raised.soft),
+            show(raised.hard),
+            b.max_connections,
+            crate::fdlimit::PER_CONNECTION,
+            crate::fdlimit::HEADROOM,
+            b.rejecting,
+            b.needed
+        );
+    }
+    listener::Caps {
+        max_connections: b.max_connections,
+        rejecting: b.rejecting,
     }
 }
 
