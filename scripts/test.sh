@@ -22,6 +22,9 @@ fi
 echo "==> Python SDK tests"
 scripts/python-tests.sh
 
+echo "==> OpenAPI conformance (schemathesis against the served document)"
+scripts/schemathesis.sh
+
 echo "==> Deployment assets (Dockerfile, compose, Helm chart, docs)"
 scripts/infra-tests.sh
 

@@ -717,9 +717,15 @@ async fn unknown_paths_and_methods_get_json_envelopes() {
     let r = gw.request(Method::GET, "/v1/chat/completions").await;
     assert_eq!(r.status, 405, "{}", r.text);
     assert!(r.json()["error"]["message"].is_string(), "{}", r.text);
+    // RFC 9110: a 405 names the methods the resource supports.
+    assert_eq!(r.header("allow"), Some("POST"), "{:?}", r.headers);
+    let r = gw.request(Method::TRACE, "/v1/models").await;
+    assert_eq!(r.status, 405, "{}", r.text);
+    assert_eq!(r.header("allow"), Some("GET, HEAD"), "{:?}", r.headers);
 
     let r = gw.request(Method::DELETE, "/v1/messages").await;
     assert_eq!(r.status, 405, "{}", r.text);
+    assert_eq!(r.header("allow"), Some("POST"), "{:?}", r.headers);
     assert_eq!(
         r.json()["type"],
         "error",
