@@ -201,6 +201,10 @@ impl Api {
                 return RawReply(error_response(&err, shape));
             }
         };
+        // The parse estimate of this body must fit the in-flight request budget.
+        if let Err(refused) = crate::inflight::charge_parsed(req, &bytes) {
+            return RawReply(*refused);
+        }
         let handled = match req.extensions().get::<ClientGone>() {
             Some(gone) => {
                 let gone = gone.wait();

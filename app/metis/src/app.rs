@@ -57,6 +57,7 @@ pub struct App {
     admin: Arc<KeyAdmin>,
     admin_api: Option<(Arc<dyn AdminService>, String)>,
     http_opts: HttpOptions,
+    request_budget: gw_http::RequestBudget,
     shutdown_grace: Duration,
     paths: Paths,
     providers: Vec<String>,
@@ -319,6 +320,11 @@ impl App {
             &listener::Observer::new(Arc::clone(&metrics)),
         )
         .context("cannot use the listener")?;
+        let request_budget = gw_http::RequestBudget::new(
+            args.max_inflight_request_memory,
+            args.max_body_bytes as u64,
+            Arc::clone(&metrics),
+        );
         let http_opts = HttpOptions {
             max_body_bytes: args.max_body_bytes,
             public_url: format!("{scheme}://{addr}"),
@@ -336,6 +342,7 @@ impl App {
             admin,
             admin_api,
             http_opts,
+            request_budget,
             shutdown_grace: args.shutdown_grace,
             paths,
             providers: provider_names,
@@ -413,6 +420,7 @@ impl App {
         // Set when shutdown starts: from then on every response carries `Connection: close`.
         let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let closing_in_endpoint = Arc::clone(&closing);
+        let request_budget = self.request_budget.clone();
         let endpoint = routes(
             self.core.clone(),
             self.admin_api.clone(),
@@ -436,7 +444,15 @@ impl App {
                 )
             });
             let closing = Arc::clone(&closing_in_endpoint);
+            // The memory of requests in flight is bounded (see `gw_http::RequestBudget`):
+            // reserved here before any handler reads the body, the rest once the body is
+            // read, all of it returned when the answer is ready or the request is dropped.
+            let reserved = request_budget.reserve(&mut req);
             async move {
+                let _reservation = match reserved {
+                    Ok(r) => r,
+                    Err(refused) => return Ok(refuse_unread(req, *refused)),
+                };
                 let res = match span {
                     Some(span) => ep.call(req).instrument(span).await,
                     None => ep.call(req).await,
@@ -626,6 +642,25 @@ impl gw_ports::system::Background for TokioBackground {
 /// How long a shutting-down gateway keeps serving, with `Connection: close` on every response,
 /// before it stops accepting and closes idle connections (capped at half the drain grace).
 const CLOSE_WINDOW: Duration = Duration::from_secs(1);
+
+/// Answer `refused` to a request whose body is not wanted, reading and discarding the body
+/// meanwhile (bounded by `DISCARD_FOR`): closing a connection with unread request bytes makes
+/// the kernel reset it, and the client would see a reset instead of the answer.
+fn refuse_unread(mut req: poem::Request, refused: poem::Response) -> poem::Response {
+    let body = req.take_body();
+    tokio::spawn(async move {
+        let mut chunks = body.into_bytes_stream();
+        let _ = tokio::time::timeout(DISCARD_FOR, async {
+            while let Some(Ok(_)) = futures_util::StreamExt::next(&mut chunks).await {}
+        })
+        .await;
+    });
+    close_after(refused)
+}
+
+/// How long the body of a refused request is read (and discarded) before the connection is
+/// dropped.
+const DISCARD_FOR: Duration = Duration::from_secs(30);
 
 /// Mark `res` as the last response on its connection.
 fn close_after(mut res: poem::Response) -> poem::Response {

@@ -12,6 +12,7 @@ mod fake_upstream;
 mod fd_limit;
 mod http_errors;
 mod http_features;
+mod http_limits;
 mod http_trace;
 mod http_translation;
 mod openapi_drift;
