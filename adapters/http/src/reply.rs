@@ -121,6 +121,42 @@ pub fn error_response(err: &GatewayError, shape: Shape) -> Response {
     resp
 }
 
+/// End a streamed (SSE) response with `final_frame` when `cut` resolves first: the frame is
+/// sent after the last whole frame so far, then the body ends, so the client reads a complete
+/// HTTP response whose last event says why the stream stopped (instead of a bare transport
+/// cut). Dropping the inner stream releases what it holds (the upstream call is cancelled and
+/// recorded as such). Responses that are not `text/event-stream` are returned unchanged.
+pub fn cut_stream_on(
+    mut resp: Response,
+    cut: impl std::future::Future<Output = ()> + Send + 'static,
+    final_frame: Bytes,
+) -> Response {
+    let is_sse = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    if !is_sse {
+        return resp;
+    }
+    use futures_util::StreamExt;
+    let inner = resp.take_body().into_bytes_stream().boxed();
+    let state = (Some(inner), Box::pin(cut), Some(final_frame));
+    let body = futures_util::stream::unfold(state, |(inner, mut cut, frame)| async move {
+        let mut stream = inner?;
+        tokio::select! {
+            biased;
+            () = &mut cut => {
+                drop(stream);
+                frame.map(|f| (Ok(f), (None, cut, None)))
+            }
+            item = stream.next() => item.map(|chunk| (chunk, (Some(stream), cut, frame))),
+        }
+    });
+    resp.set_body(Body::from_bytes_stream(body));
+    resp
+}
+
 /// The methods each documented path accepts, read from the OpenAPI document, for the `Allow`
 /// header a 405 must carry (RFC 9110 §15.5.6). Built from the document so every endpoint
 /// added to it is covered without a second list to keep in step.

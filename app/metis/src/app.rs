@@ -420,6 +420,11 @@ impl App {
         // Set when shutdown starts: from then on every response carries `Connection: close`.
         let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let closing_in_endpoint = Arc::clone(&closing);
+        // Set when the drain grace is about to end: every stream still open then gets a final
+        // error frame in its client's shape and ends, before the connections are cut.
+        let (cut_tx, cut_rx) = tokio::sync::watch::channel(false);
+        let openai_cut_frame = grace_end_frame(gw_domain::canonical::Shape::OpenAi);
+        let anthropic_cut_frame = grace_end_frame(gw_domain::canonical::Shape::Anthropic);
         let request_budget = self.request_budget.clone();
         let endpoint = routes(
             self.core.clone(),
@@ -444,6 +449,12 @@ impl App {
                 )
             });
             let closing = Arc::clone(&closing_in_endpoint);
+            let mut cut = cut_rx.clone();
+            let frame = if req.uri().path().starts_with("/v1/messages") {
+                anthropic_cut_frame.clone()
+            } else {
+                openai_cut_frame.clone()
+            };
             // The memory of requests in flight is bounded (see `gw_http::RequestBudget`):
             // reserved here before any handler reads the body, the rest once the body is
             // read, all of it returned when the answer is ready or the request is dropped.
@@ -457,7 +468,12 @@ impl App {
                     Some(span) => ep.call(req).instrument(span).await,
                     None => ep.call(req).await,
                 };
-                let res = res.map(poem::IntoResponse::into_response);
+                let res = res.map(|r| {
+                    let cut = async move {
+                        let _ = cut.wait_for(|cut| *cut).await;
+                    };
+                    gw_http::cut_stream_on(poem::IntoResponse::into_response(r), cut, frame)
+                });
                 if closing.load(std::sync::atomic::Ordering::Acquire) {
                     res.map(close_after)
                 } else {
@@ -467,6 +483,7 @@ impl App {
         });
         let endpoint = Arc::new(endpoint);
         let close_window = CLOSE_WINDOW.min(self.shutdown_grace / 2);
+        let grace = self.shutdown_grace;
         let main = Server::new_with_acceptor(self.acceptor.main).run_with_graceful_shutdown(
             endpoint.clone(),
             async move {
@@ -482,6 +499,17 @@ impl App {
                     "shutdown requested: closing keep-alive connections, then draining in-flight requests"
                 );
                 tokio::time::sleep(close_window).await;
+                // poem cuts every connection `grace` after this future resolves; streams
+                // still open get their final frame just before.
+                let cut_after = grace.saturating_sub(GRACE_CUT_MARGIN.min(grace / 4));
+                tokio::spawn(async move {
+                    tokio::time::sleep(cut_after).await;
+                    if cut_tx.send(true).is_ok() {
+                        tracing::info!(
+                            "shutdown grace ending: open streams get a final error frame and end"
+                        );
+                    }
+                });
             },
             Some(self.shutdown_grace),
         );
@@ -489,7 +517,6 @@ impl App {
         // once they are done. Same endpoint: `closing` is set before the main listener closes,
         // so these answers already carry `Connection: close` (one request per connection).
         let rescue_state = Arc::clone(&self.acceptor.rescue_state);
-        let grace = self.shutdown_grace;
         let rescue = Server::new_with_acceptor(self.acceptor.rescue)
             .name("rescue")
             .run_with_graceful_shutdown(
@@ -661,6 +688,25 @@ fn refuse_unread(mut req: poem::Request, refused: poem::Response) -> poem::Respo
 /// How long the body of a refused request is read (and discarded) before the connection is
 /// dropped.
 const DISCARD_FOR: Duration = Duration::from_secs(30);
+
+/// How long before the end of the drain grace the streams still open are ended with an
+/// error frame (at most a quarter of the grace): time for the frame and the end of the body to
+/// reach the client before poem drops the connections.
+const GRACE_CUT_MARGIN: Duration = Duration::from_millis(500);
+
+/// The last frame of a stream cut at the end of the drain grace, in the client's shape (Anthropic `event: error`, OpenAI `data: {"error":…}` without `[DONE]`):
+/// a 503 the client can retry, like a stream failing after its first byte.
+fn grace_end_frame(shape: gw_domain::canonical::Shape) -> bytes::Bytes {
+    let err = gw_domain::error::GatewayError::Unavailable {
+        message: "the gateway is shutting down and its drain grace ended before this stream finished; retry the request".to_owned(),
+    };
+    let event = match shape {
+        gw_domain::canonical::Shape::Anthropic => Some("error"),
+        gw_domain::canonical::Shape::OpenAi => None,
+    };
+    let body = err.render(shape).body.to_string();
+    bytes::Bytes::from(gw_domain::sse::format_frame(event, &body))
+}
 
 /// Mark `res` as the last response on its connection.
 fn close_after(mut res: poem::Response) -> poem::Response {

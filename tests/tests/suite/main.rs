@@ -4,12 +4,13 @@
 //!
 //! Timing-sensitive modules (they spawn `target/debug/metis`, flood a limiter or time a
 //! reload): `otel`, `process_cli`, `process_lifecycle`, `rate_limit_runbook`, `redb_cli`,
-//! `revoke_latency`, `tls_inprocess`, `fd_limit`; `.config/nextest.toml` gives them one retry.
+//! `revoke_latency`, `tls_inprocess`, `fd_limit`, `grace_cut`; `.config/nextest.toml` gives them one retry.
 
 mod admin_api;
 mod architecture;
 mod fake_upstream;
 mod fd_limit;
+mod grace_cut;
 mod http_errors;
 mod http_features;
 mod http_limits;
