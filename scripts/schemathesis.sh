@@ -80,7 +80,8 @@ run_pass() {
   local name="$1"; shift
   echo "==> schemathesis: $name"
   local status=0
-  timeout "$RUN_TIMEOUT" "$VENV/bin/schemathesis" \
+  # Run from the scratch dir: schemathesis keeps a cache (.schemathesis/) in its working dir.
+  (cd "$WORK" && timeout "$RUN_TIMEOUT" "$VENV/bin/schemathesis" \
     --config-file "$ROOT/tests/schemathesis/schemathesis.toml" --no-color \
     run "$URL/openapi.json" \
     --max-examples "$MAX_EXAMPLES" \
@@ -89,7 +90,7 @@ run_pass() {
     --request-timeout 30 \
     --wait-for-schema 30 \
     --warnings off \
-    "$@" || status=$?
+    "$@") || status=$?
   if [ "$status" -ne 0 ]; then
     echo "--- gateway log (warnings and errors) ---"
     tail -n 50 "$WORK/gateway.log"
