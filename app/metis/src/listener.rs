@@ -167,7 +167,7 @@ impl Observer {
             if reason == "fd_limit" {
                 tracing::warn!(peer = %peer, refused = n, "out of file descriptors; answering 503 from the spare descriptor (see metis_accept_errors_total)");
             } else {
-                tracing::warn!(peer = %peer, refused = n, max_connections = limit, "connection limit reached; answering 503 (refused since the last such line: {n})");
+                tracing::warn!(peer = %peer, refused = n, max_connections = limit, "connection limit reached; answering 503 (refused counts those since the last such line)");
             }
         }
     }
@@ -183,6 +183,16 @@ impl Observer {
             tracing::warn!(error = %e, kind, failures = n, "cannot accept a connection (failures since the last such line: {n})");
         }
     }
+}
+
+/// An error about one connection (reset or aborted before it was accepted), not about the
+/// listener.
+fn is_connection_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset, Interrupted};
+    matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionReset | ConnectionRefused | Interrupted
+    )
 }
 
 /// EMFILE (this process) or ENFILE (the whole system) is out of file descriptors.
@@ -810,6 +820,11 @@ impl Acceptor for Tracked {
                 },
                 Err(e) => e,
             };
+            if is_connection_error(&failure) {
+                // The client gave up while queued (or the handshake failed): nothing is
+                // wrong with the listener, take the next one at once.
+                continue;
+            }
             self.observer.accept_failed(&failure);
             if is_fd_limit(&failure) && self.answer_from_spare() {
                 continue;
@@ -1116,6 +1131,54 @@ mod tests {
         let err = g.read(&mut buf).await.unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
         assert!(started.elapsed() >= Duration::from_millis(90));
+    }
+
+    /// hyper's empty answer to a head it cannot parse leaves the connection as JSON, even when
+    /// the socket takes it a few bytes at a time.
+    #[tokio::test]
+    async fn hyper_rejections_leave_as_json_envelopes() {
+        let (client, server) = tokio::io::duplex(16);
+        let (mut client_rx, mut client_tx) = tokio::io::split(client);
+        let mut g = guarded(server, 5000, 5000);
+        let head: &[u8] = b"POST /v1/messages HTTP/1.1\r\nX: \x01\r\n\r\n";
+        let sender = tokio::spawn(async move { client_tx.write_all(head).await.unwrap() });
+        let mut buf = [0u8; 64];
+        let mut seen = 0;
+        while seen < head.len() {
+            seen += g.read(&mut buf).await.unwrap();
+        }
+        sender.await.unwrap();
+        let hyper_answer: &[u8] =
+            b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
+        let writer = tokio::spawn(async move {
+            let n = g.write(hyper_answer).await.unwrap();
+            assert_eq!(n, hyper_answer.len(), "reported as written whole");
+            g.shutdown().await.unwrap();
+        });
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), client_rx.read_to_end(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+        writer.await.unwrap();
+        let text = String::from_utf8(answer).unwrap();
+        assert!(text.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{text}");
+        let body = text.split_once("\r\n\r\n").unwrap().1;
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["type"], "error", "Anthropic shape for /v1/messages: {v}");
+    }
+
+    #[test]
+    fn accept_errors_are_classified() {
+        assert!(is_fd_limit(&std::io::Error::from_raw_os_error(24)));
+        assert!(is_fd_limit(&std::io::Error::from_raw_os_error(23)));
+        assert!(!is_fd_limit(&std::io::Error::from(
+            std::io::ErrorKind::ConnectionAborted
+        )));
+        assert!(is_connection_error(&std::io::Error::from(
+            std::io::ErrorKind::ConnectionAborted
+        )));
+        assert!(!is_connection_error(&std::io::Error::from_raw_os_error(24)));
     }
 
     #[tokio::test]
