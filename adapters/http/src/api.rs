@@ -2,7 +2,7 @@
 //! catch-all that turns every framework error into a JSON envelope.
 
 use crate::admin::{AdminApi, AdminToken};
-use crate::reply::{ErrorCode, RawReply, error_response, json_response};
+use crate::reply::{AllowTable, ErrorCode, RawReply, error_response, json_response};
 use async_trait_free::NoService;
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -255,6 +255,10 @@ impl Api {
             Ok(x) => x,
             Err(resp) => return RawReply(resp),
         };
+        // The parse estimate of this body must fit the in-flight request budget.
+        if let Err(refused) = crate::inflight::charge_parsed(req, &bytes) {
+            return RawReply(*refused);
+        }
         let handled = match req.extensions().get::<ClientGone>() {
             Some(gone) => {
                 let gone = gone.wait();
@@ -548,8 +552,9 @@ fn service(
 }
 
 /// Map framework errors (unknown path, wrong method, extractor failures) to JSON envelopes in
-/// the shape the path implies. Responses the handlers built themselves pass through.
-fn json_errors(err: &poem::Error, method: String, path: String) -> Response {
+/// the shape the path implies. Responses the handlers built themselves pass through. A 405
+/// carries `Allow` with the methods the document lists for the path.
+fn json_errors(err: &poem::Error, method: String, path: String, allow: &AllowTable) -> Response {
     if path.starts_with("/admin/") && err.status() == StatusCode::UNAUTHORIZED {
         let body = json!({"error": {
             "message": "invalid or missing admin token (Authorization: Bearer <admin token>)",
@@ -566,7 +571,20 @@ fn json_errors(err: &poem::Error, method: String, path: String) -> Response {
     let gw = if err.is::<NotFoundError>() {
         GatewayError::NotFound { path }
     } else if err.is::<MethodNotAllowedError>() {
-        GatewayError::MethodNotAllowed { method, path }
+        let mut resp = error_response(
+            &GatewayError::MethodNotAllowed {
+                method,
+                path: path.clone(),
+            },
+            shape,
+        );
+        if let Some(v) = allow
+            .allowed(&path)
+            .and_then(|m| poem::http::HeaderValue::from_str(m).ok())
+        {
+            resp.headers_mut().insert(header::ALLOW, v);
+        }
+        return resp;
     } else if err.status() == StatusCode::PAYLOAD_TOO_LARGE {
         GatewayError::PayloadTooLarge { limit_bytes: 0 }
     } else if err.status().is_client_error() {
@@ -594,6 +612,7 @@ pub fn routes(
     let api = service(svc, admin_svc, opts);
     let docs = api.swagger_ui();
     let document = openapi_json();
+    let allow = Arc::new(AllowTable::from_openapi(&document));
     let spec = poem::endpoint::make_sync(move |_| {
         Response::builder()
             .content_type("application/json; charset=utf-8")
@@ -607,6 +626,7 @@ pub fn routes(
             let token = token.clone();
             let recorder = Arc::clone(&recorder);
             let unmatched = Arc::clone(&unmatched);
+            let allow = Arc::clone(&allow);
             async move {
                 let started = Instant::now();
                 let path = req.uri().path().to_owned();
@@ -633,7 +653,7 @@ pub fn routes(
                         match ep.call(req).await {
                             Ok(resp) => resp.into_response(),
                             Err(err) if err.is_from_response() => err.into_response(),
-                            Err(err) => json_errors(&err, method.clone(), path),
+                            Err(err) => json_errors(&err, method.clone(), path, &allow),
                         }
                     }
                 };
@@ -821,11 +841,11 @@ fn complete_document(spec: &str) -> String {
         let mut properties = serde_json::Map::new();
         properties.insert(
             "model".to_owned(),
-            json!({"type": "string", "description": "Alias, canonical id (`provider:name`) or model name."}),
+            json!({"type": "string", "minLength": 1, "description": "Alias, canonical id (`provider:name`) or model name."}),
         );
         for field in required.iter().chain(extra).filter(|f| **f != "model") {
             let schema = match *field {
-                "messages" => json!({"type": "array", "items": {"type": "object"}}),
+                "messages" => json!({"type": "array", "minItems": 1, "items": {"type": "object"}}),
                 "stream" => json!({"type": "boolean"}),
                 "max_tokens" => json!({"type": "integer", "minimum": 1}),
                 "input" => {
@@ -946,6 +966,15 @@ fn complete_document(spec: &str) -> String {
                     media["schema"] = json!({"$ref": format!("#/components/schemas/{error}")});
                 }
             }
+        }
+    }
+    // The audit export's `type` filter takes audit event types only (anything else is a 400).
+    if let Some(params) = doc
+        .pointer_mut("/paths/~1admin~1v1~1audit/get/parameters")
+        .and_then(serde_json::Value::as_array_mut)
+    {
+        for p in params.iter_mut().filter(|p| p["name"] == "type") {
+            p["schema"]["items"]["enum"] = json!(gw_domain::audit::AUDIT_TYPES);
         }
     }
     serde_json::to_string_pretty(&doc).unwrap_or_else(|_| spec.to_owned())

@@ -61,6 +61,11 @@ pub struct Prometheus {
     token_counts: Mutex<Family>,
     inflight: AtomicI64,
     streams: AtomicI64,
+    accept_errors: Mutex<Family>,
+    refused: Mutex<Family>,
+    connections: AtomicI64,
+    connection_limit: AtomicI64,
+    inflight_body_bytes: AtomicI64,
 }
 
 fn add(f: &Mutex<Family>, labels: Labels, v: f64) {
@@ -283,6 +288,27 @@ impl Metrics for Prometheus {
         add(&self.token_counts, vec![("method", method.to_owned())], 1.0);
     }
 
+    fn accept_error(&self, kind: &str) {
+        add(&self.accept_errors, vec![("kind", kind.to_owned())], 1.0);
+    }
+
+    fn refused(&self, reason: &str) {
+        add(&self.refused, vec![("reason", reason.to_owned())], 1.0);
+    }
+
+    fn connections(&self, delta: i64) {
+        self.connections.fetch_add(delta, Ordering::Relaxed);
+    }
+
+    fn connection_limit(&self, limit: u64) {
+        self.connection_limit
+            .store(i64::try_from(limit).unwrap_or(i64::MAX), Ordering::Relaxed);
+    }
+
+    fn inflight_body_bytes(&self, delta: i64) {
+        self.inflight_body_bytes.fetch_add(delta, Ordering::Relaxed);
+    }
+
     fn render(&self, g: &ScrapeGauges) -> String {
         let mut out = String::with_capacity(4096);
         write_family(
@@ -364,6 +390,38 @@ impl Metrics for Prometheus {
             "metis_open_streams",
             "Client SSE streams open.",
             self.streams.load(Ordering::Relaxed),
+        );
+        write_family(
+            &mut out,
+            "metis_accept_errors_total",
+            "counter",
+            "Failed accepts by kind (fd_limit: out of file descriptors; other).",
+            &self.accept_errors,
+        );
+        write_family(
+            &mut out,
+            "metis_refused_total",
+            "counter",
+            "Connections or requests refused with 503 before any handler ran, by reason (connection_cap, fd_limit, body_memory).",
+            &self.refused,
+        );
+        gauge(
+            &mut out,
+            "metis_open_connections",
+            "Client connections open.",
+            self.connections.load(Ordering::Relaxed),
+        );
+        gauge(
+            &mut out,
+            "metis_connection_limit",
+            "Connection cap in force (--max-connections, lowered to fit the file descriptor limit).",
+            self.connection_limit.load(Ordering::Relaxed),
+        );
+        gauge(
+            &mut out,
+            "metis_inflight_body_bytes",
+            "Request body bytes reserved by requests in flight (bounded by --max-inflight-body-bytes).",
+            self.inflight_body_bytes.load(Ordering::Relaxed),
         );
         gauge(
             &mut out,

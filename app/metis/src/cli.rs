@@ -282,6 +282,10 @@ pub struct ServeArgs {
     /// Request bodies above this many bytes get 413.
     #[arg(long, env = "METIS_GATEWAY_MAX_BODY_BYTES", default_value_t = 10 * 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// Estimated memory of the requests being handled at once (8 x body bytes + 1 KiB per
+    /// JSON object); a request that does not fit gets 503 with Retry-After.
+    #[arg(long, env = "METIS_GATEWAY_MAX_INFLIGHT_REQUEST_MEMORY", default_value_t = 512 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..))]
+    pub max_inflight_request_memory: u64,
     /// On SIGTERM/SIGINT, wait this long for in-flight requests and streams.
     #[arg(long, env = "METIS_GATEWAY_SHUTDOWN_GRACE", default_value = "25s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
@@ -374,6 +378,7 @@ mod tests {
         assert_eq!(a.shutdown_grace, Duration::from_secs(25));
         assert_eq!(a.trace_commit_deadline, Duration::from_millis(50));
         assert_eq!(a.max_body_bytes, 10 * 1024 * 1024);
+        assert_eq!(a.max_inflight_request_memory, 512 * 1024 * 1024);
         assert!(!a.rate_limit);
         assert_eq!(
             (a.rate_limit_per_key_rpm, a.rate_limit_per_ip_rpm),
