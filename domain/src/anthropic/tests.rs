@@ -1,15 +1,12 @@
 use super::*;
 use crate::canonical::{
     BlockDelta, BlockStart, ChatRequest, ChatResponse, ContentBlock, ImageSource, Message, Opaque,
-    Role, Shape, StopReason, StreamEvent, SystemBlock, ToolChoice, ToolDef, ToolResultContent,
-    Usage,
+    Role, Shape, StopReason, StreamAccumulator, StreamEvent, SystemBlock, ToolChoice, ToolDef,
+    ToolResultContent, Usage,
 };
 use crate::error::GatewayError;
-use crate::sse::SseFrame;
+use crate::sse::{SseFrame, SseParser};
 use serde_json::{Value, json};
-
-use crate::canonical::StreamAccumulator;
-use crate::sse::SseParser;
 
 fn parse(v: Value) -> Result<ChatRequest, GatewayError> {
     parse_request(v.to_string().as_bytes()).map(|p| p.request)

@@ -1,3 +1,4 @@
+use super::request::text_block;
 use super::*;
 use crate::canonical::{
     BlockDelta, BlockStart, ChatRequest, ChatResponse, ContentBlock, ImageSource, Message, Opaque,
@@ -5,11 +6,8 @@ use crate::canonical::{
     Usage,
 };
 use crate::error::GatewayError;
-use crate::sse::SseFrame;
+use crate::sse::{SseFrame, SseParser};
 use serde_json::{Value, json};
-
-use super::request::text_block;
-use crate::sse::SseParser;
 
 fn parse(v: Value) -> Result<ChatRequest, GatewayError> {
     parse_request(v.to_string().as_bytes()).map(|p| p.request)
