@@ -56,6 +56,7 @@ pub use response::{ResponseContext, input_tokens_body, parse_response, render_re
 pub use stream_parse::StreamParser;
 pub use stream_render::StreamRenderer;
 
+use crate::canonical::wire::arguments_string;
 use crate::canonical::{ContentBlock, Opaque, Shape};
 use serde_json::{Map, Value, json};
 
@@ -69,18 +70,6 @@ pub const REDACTED_THINKING_PREFIX: &str = "metis-redacted-thinking:";
 /// The input schema a `custom` (freeform) tool gets in the IR: its one string argument.
 fn custom_input_schema() -> Value {
     json!({"type": "object", "properties": {"input": {"type": "string"}}, "required": ["input"]})
-}
-
-/// The schema a function tool without `parameters` accepts: any object.
-fn empty_object_schema() -> Value {
-    json!({"type": "object", "properties": {}})
-}
-
-fn text_block(text: &str) -> ContentBlock {
-    ContentBlock::Text {
-        text: text.to_owned(),
-        cache_control: None,
-    }
 }
 
 fn opaque(value: &Value) -> Opaque {
@@ -126,15 +115,6 @@ fn thinking_block(text: String, encrypted: Option<&str>) -> ContentBlock {
             thinking: text,
             signature: encrypted.map(str::to_owned),
         },
-    }
-}
-
-/// The `arguments` string of a call: the input as compact JSON, or the upstream's raw text
-/// when it was not a JSON object (see `ContentBlock::ToolUse`).
-fn arguments_string(input: &Value) -> String {
-    match input {
-        Value::String(raw) => raw.clone(),
-        other => other.to_string(),
     }
 }
 

@@ -3,8 +3,8 @@
 //! forwarded event by event.
 
 use super::response::response_from_value;
-use super::stream_render::error_frame;
-use crate::canonical::ChatResponse;
+use crate::canonical::wire::{self, error_frames, event_type};
+use crate::canonical::{ChatResponse, Shape};
 use crate::error::GatewayError;
 use crate::sse::{SseFrame, format_frame};
 use serde_json::{Map, Value};
@@ -26,13 +26,7 @@ pub fn passthrough_response(
     body: &[u8],
     client_model: &str,
 ) -> Result<(Value, ChatResponse), String> {
-    let mut v: Value = serde_json::from_slice(body)
-        .map_err(|e| format!("upstream response is not valid JSON: {e}"))?;
-    let parsed = response_from_value(&v)?;
-    if let Some(obj) = v.as_object_mut() {
-        obj.insert("model".into(), Value::String(client_model.to_owned()));
-    }
-    Ok((v, parsed))
+    wire::passthrough_response(body, client_model, response_from_value)
 }
 
 /// Forwards an Anthropic upstream's stream to an Anthropic client: `message_start`'s
@@ -75,13 +69,9 @@ impl PassthroughStream {
         let Ok(mut v) = serde_json::from_str::<Value>(&frame.data) else {
             return verbatim();
         };
-        let ty = v
-            .get("type")
-            .and_then(Value::as_str)
-            .or(frame.event.as_deref());
-        match ty {
-            Some("error") => None,
-            Some("message_start") => {
+        match event_type(&v, frame) {
+            "error" => None,
+            "message_start" => {
                 if let Some(msg) = v.get_mut("message").and_then(Value::as_object_mut) {
                     msg.insert("model".into(), Value::String(self.model.clone()));
                 }
@@ -93,10 +83,6 @@ impl PassthroughStream {
 
     /// The final frame when the stream fails mid-way (see [`StreamRenderer::error`]).
     pub fn error(&mut self, err: &GatewayError) -> Vec<String> {
-        if self.done {
-            return Vec::new();
-        }
-        self.done = true;
-        vec![error_frame(err)]
+        error_frames(&mut self.done, err, Shape::Anthropic, Some("error"))
     }
 }

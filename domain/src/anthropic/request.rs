@@ -3,7 +3,7 @@
 
 use super::DEFAULT_MAX_TOKENS;
 use crate::canonical::ParsedRequest;
-use crate::canonical::wire::{Obj, Res, parse_body};
+use crate::canonical::wire::{self, Obj, Res, empty_object_schema, foreign, text_block};
 use crate::canonical::{
     ChatRequest, ContentBlock, ImageSource, Message, Opaque, Role, Shape, SystemBlock, ToolChoice,
     ToolDef, ToolResultContent,
@@ -18,9 +18,7 @@ use serde_json::{Map, Value, json};
 /// `InvalidRequest` naming the offending JSON path (bad JSON, missing `model`, `messages` or
 /// `max_tokens`, unknown role, malformed block, …).
 pub fn parse_request(body: &[u8]) -> Result<ParsedRequest, GatewayError> {
-    let raw = parse_body(body)?;
-    let request = request_from_map(&raw)?;
-    Ok(ParsedRequest { request, raw })
+    wire::parse_request(body, request_from_map)
 }
 
 fn request_from_map(map: &Map<String, Value>) -> Res<ChatRequest> {
@@ -29,10 +27,7 @@ fn request_from_map(map: &Map<String, Value>) -> Res<ChatRequest> {
         model: top.req_str("model")?.to_owned(),
         ..ChatRequest::default()
     };
-    let messages = match top.get("messages") {
-        Some(Value::Array(items)) if !items.is_empty() => items,
-        _ => return Err(invalid("messages must be a non-empty array")),
-    };
+    let messages = top.non_empty_array("messages")?;
     req.max_tokens = match top.get("max_tokens").and_then(Value::as_u64) {
         Some(n) if n > 0 => Some(n),
         _ => {
@@ -62,10 +57,7 @@ fn request_from_map(map: &Map<String, Value>) -> Res<ChatRequest> {
             }
         };
         let content = match msg.get("content") {
-            Some(Value::String(s)) => vec![ContentBlock::Text {
-                text: s.clone(),
-                cache_control: None,
-            }],
+            Some(Value::String(s)) => vec![text_block(s)],
             Some(Value::Array(blocks)) => blocks
                 .iter()
                 .enumerate()
@@ -292,7 +284,7 @@ fn tool_result_content(b: &Obj<'_>) -> Res<Vec<ToolResultContent>> {
 fn tool_def(tool: &Obj<'_>) -> Res<ToolDef> {
     let input_schema = match tool.obj("input_schema")? {
         Some(s) => Value::Object(s.map.clone()),
-        None => json!({"type": "object", "properties": {}}),
+        None => empty_object_schema(),
     };
     Ok(ToolDef {
         name: tool.req_str("name")?.to_owned(),
@@ -320,18 +312,6 @@ fn source_json(source: &ImageSource) -> Value {
             json!({"type": "base64", "media_type": media_type, "data": data})
         }
         ImageSource::Url { url } => json!({"type": "url", "url": url}),
-    }
-}
-
-/// An opaque object is only expressible on the wire it came from.
-fn foreign(o: &Opaque, what: &str) -> Res<Value> {
-    if o.shape == Shape::Anthropic {
-        Ok(o.value.clone())
-    } else {
-        Err(invalid(format!(
-            "{what} type '{}' cannot be sent to an Anthropic upstream",
-            o.kind()
-        )))
     }
 }
 
@@ -426,7 +406,7 @@ pub fn render_request(req: &ChatRequest, upstream_model: &str) -> Result<Value, 
         })
         .collect();
     for other in &req.other_tools {
-        tools.push(foreign(other, "tool")?);
+        tools.push(foreign(other, Shape::Anthropic, "tool")?);
     }
     if !tools.is_empty() {
         out.insert("tools".into(), Value::Array(tools));
@@ -536,7 +516,9 @@ fn render_block(b: &ContentBlock, role: Role, ids: &mut ToolIdMap) -> Res<Option
                             ToolResultContent::Image(src) => {
                                 Ok(json!({"type": "image", "source": source_json(src)}))
                             }
-                            ToolResultContent::Other(o) => foreign(o, "tool result block"),
+                            ToolResultContent::Other(o) => {
+                                foreign(o, Shape::Anthropic, "tool result block")
+                            }
                         })
                         .collect::<Res<Vec<_>>>()?;
                     m.insert("content".into(), Value::Array(blocks));
@@ -555,6 +537,6 @@ fn render_block(b: &ContentBlock, role: Role, ids: &mut ToolIdMap) -> Res<Option
         ContentBlock::RedactedThinking { data } => {
             json!({"type": "redacted_thinking", "data": data})
         }
-        ContentBlock::Other(o) => foreign(o, "content block")?,
+        ContentBlock::Other(o) => foreign(o, Shape::Anthropic, "content block")?,
     }))
 }

@@ -3,7 +3,7 @@
 //! plus the usage fields the stream parser reads the same way.
 
 use super::request::input_object;
-use crate::canonical::wire::{count, error_kind};
+use crate::canonical::wire::{self, count, error_kind, str_of};
 use crate::canonical::{ChatResponse, ContentBlock, Opaque, Shape, StopReason, Usage};
 use crate::tool_ids::ToolIdMap;
 use serde_json::{Map, Value, json};
@@ -42,16 +42,7 @@ pub(super) fn merge_usage(mut base: Usage, u: &Value) -> Usage {
 /// A short description when the body is not a JSON object or is an error envelope (the
 /// message carries the upstream error type only, never its text).
 pub fn parse_response(body: &[u8]) -> Result<ChatResponse, String> {
-    let v: Value = serde_json::from_slice(body)
-        .map_err(|e| format!("upstream response is not valid JSON: {e}"))?;
-    response_from_value(&v)
-}
-
-pub(super) fn str_of(v: &Value, key: &str) -> String {
-    v.get(key)
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned()
+    wire::parse_response(body, response_from_value)
 }
 
 pub(super) fn response_from_value(v: &Value) -> Result<ChatResponse, String> {

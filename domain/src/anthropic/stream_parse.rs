@@ -1,7 +1,7 @@
 //! Streams from an Anthropic upstream: SSE events into canonical events.
 
-use super::response::{merge_usage, str_of, usage_from};
-use crate::canonical::wire::error_kind;
+use super::response::{merge_usage, usage_from};
+use crate::canonical::wire::{error_kind, event_json, event_type, str_of};
 use crate::canonical::{BlockDelta, BlockStart, StopReason, StreamEvent, Usage};
 use crate::sse::SseFrame;
 use serde_json::Value;
@@ -43,18 +43,13 @@ impl StreamParser {
     /// type only.
     pub fn push(&mut self, frame: &SseFrame) -> Result<Vec<StreamEvent>, String> {
         let mut out = Vec::new();
-        let data = frame.data.trim();
-        if self.finished || data.is_empty() {
+        if self.finished {
             return Ok(out);
         }
-        let v: Value = serde_json::from_str(data)
-            .map_err(|_| "upstream sent a malformed stream event".to_owned())?;
-        let ty = v
-            .get("type")
-            .and_then(Value::as_str)
-            .or(frame.event.as_deref())
-            .unwrap_or("");
-        match ty {
+        let Some(v) = event_json(frame)? else {
+            return Ok(out);
+        };
+        match event_type(&v, frame) {
             "error" => {
                 let err = v.get("error").unwrap_or(&Value::Null);
                 return Err(format!("upstream stream error: {}", error_kind(err)));

@@ -1,5 +1,6 @@
 //! Streams towards an Anthropic client: canonical events into Messages stream events.
 
+use crate::canonical::wire::error_frames;
 use crate::canonical::{BlockDelta, BlockStart, Shape, StopReason, StreamEvent, Usage};
 use crate::error::GatewayError;
 use crate::sse::format_frame;
@@ -58,7 +59,6 @@ impl StreamRenderer {
             return;
         }
         self.started = true;
-        let u = &self.usage;
         out.push(event_frame(&json!({
             "type": "message_start",
             "message": {
@@ -69,12 +69,7 @@ impl StreamRenderer {
                 "content": [],
                 "stop_reason": null,
                 "stop_sequence": null,
-                "usage": {
-                    "input_tokens": u.input_tokens,
-                    "cache_creation_input_tokens": u.cache_write_tokens,
-                    "cache_read_input_tokens": u.cache_read_tokens,
-                    "output_tokens": u.output_tokens,
-                },
+                "usage": stream_usage(&self.usage),
             },
         })));
         out.push(event_frame(&json!({"type": "ping"})));
@@ -184,16 +179,10 @@ impl StreamRenderer {
         } else {
             StopReason::EndTurn
         });
-        let u = &self.usage;
         out.push(event_frame(&json!({
             "type": "message_delta",
             "delta": {"stop_reason": reason.as_anthropic(), "stop_sequence": self.stop_sequence},
-            "usage": {
-                "input_tokens": u.input_tokens,
-                "cache_creation_input_tokens": u.cache_write_tokens,
-                "cache_read_input_tokens": u.cache_read_tokens,
-                "output_tokens": u.output_tokens,
-            },
+            "usage": stream_usage(&self.usage),
         })));
         out.push(event_frame(&json!({"type": "message_stop"})));
         out
@@ -202,17 +191,16 @@ impl StreamRenderer {
     /// The final frame of a stream that failed after the first byte: `event: error`, never a
     /// `message_stop`, so the client cannot mistake it for a complete answer.
     pub fn error(&mut self, err: &GatewayError) -> Vec<String> {
-        if self.done {
-            return Vec::new();
-        }
-        self.done = true;
-        vec![error_frame(err)]
+        error_frames(&mut self.done, err, Shape::Anthropic, Some("error"))
     }
 }
 
-pub(super) fn error_frame(err: &GatewayError) -> String {
-    format_frame(
-        Some("error"),
-        &err.render(Shape::Anthropic).body.to_string(),
-    )
+/// The cumulative usage of `message_start` and `message_delta`, in the API's field order.
+fn stream_usage(u: &Usage) -> Value {
+    json!({
+        "input_tokens": u.input_tokens,
+        "cache_creation_input_tokens": u.cache_write_tokens,
+        "cache_read_input_tokens": u.cache_read_tokens,
+        "output_tokens": u.output_tokens,
+    })
 }

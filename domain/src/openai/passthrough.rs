@@ -3,8 +3,8 @@
 //! forwarded chunk by chunk.
 
 use super::response::response_from_value;
-use super::stream_render::error_frame;
-use crate::canonical::ChatResponse;
+use crate::canonical::wire::{self, error_frames};
+use crate::canonical::{ChatResponse, Shape};
 use crate::error::GatewayError;
 use crate::sse::{SseFrame, format_frame};
 use serde_json::{Map, Value, json};
@@ -38,13 +38,7 @@ pub fn passthrough_response(
     body: &[u8],
     client_model: &str,
 ) -> Result<(Value, ChatResponse), String> {
-    let mut v: Value = serde_json::from_slice(body)
-        .map_err(|e| format!("upstream response is not valid JSON: {e}"))?;
-    let parsed = response_from_value(&v)?;
-    if let Some(obj) = v.as_object_mut() {
-        obj.insert("model".into(), Value::String(client_model.to_owned()));
-    }
-    Ok((v, parsed))
+    wire::passthrough_response(body, client_model, response_from_value)
 }
 
 /// Forwards an OpenAI-compatible upstream's stream to an OpenAI client: each chunk with only
@@ -117,10 +111,6 @@ impl PassthroughStream {
 
     /// The final frame when the stream fails mid-way (see [`StreamRenderer::error`]).
     pub fn error(&mut self, err: &GatewayError) -> Vec<String> {
-        if self.done {
-            return Vec::new();
-        }
-        self.done = true;
-        vec![error_frame(err)]
+        error_frames(&mut self.done, err, Shape::OpenAi, None)
     }
 }

@@ -2,10 +2,13 @@
 //! a canonical request onto this wire for an OpenAI-compatible upstream ([`render_request`]).
 
 use crate::canonical::ParsedRequest;
-use crate::canonical::wire::{Obj, Res, parse_body};
+use crate::canonical::wire::{
+    self, Obj, Parts, Res, arguments_string, foreign, function_fields, function_tool,
+    image_from_url, image_url, joined_system, openai_choice, openai_tool_choice, text_block,
+};
 use crate::canonical::{
     ChatRequest, ContentBlock, ImageSource, Message, Opaque, Role, Shape, SystemBlock, ToolChoice,
-    ToolDef, ToolResultContent,
+    ToolResultContent,
 };
 use crate::error::{GatewayError, invalid};
 use crate::tool_ids::ToolIdMap;
@@ -17,9 +20,7 @@ use serde_json::{Map, Value, json};
 /// `InvalidRequest` naming the offending JSON path (bad JSON, missing `model`/`messages`,
 /// unknown role, tool-call `arguments` that are not a JSON object, …).
 pub fn parse_request(body: &[u8]) -> Result<ParsedRequest, GatewayError> {
-    let raw = parse_body(body)?;
-    let request = request_from_map(&raw)?;
-    Ok(ParsedRequest { request, raw })
+    wire::parse_request(body, request_from_map)
 }
 
 fn request_from_map(map: &Map<String, Value>) -> Res<ChatRequest> {
@@ -28,10 +29,7 @@ fn request_from_map(map: &Map<String, Value>) -> Res<ChatRequest> {
         model: top.req_str("model")?.to_owned(),
         ..ChatRequest::default()
     };
-    let messages = match top.get("messages") {
-        Some(Value::Array(items)) if !items.is_empty() => items,
-        _ => return Err(invalid("messages must be a non-empty array")),
-    };
+    let messages = top.non_empty_array("messages")?;
     // True while the last canonical message was built from `tool` messages: more tool
     // results, and then one user message, join it.
     let mut tool_turn = false;
@@ -84,7 +82,9 @@ fn request_from_map(map: &Map<String, Value>) -> Res<ChatRequest> {
         for (i, value) in tools.iter().enumerate() {
             let tool = Obj::at(value, format!("tools[{i}]"))?;
             match tool.str("type")? {
-                None | Some("function") => req.tools.push(tool_def(&tool)?),
+                None | Some("function") => {
+                    req.tools.push(function_tool(&tool.req_obj("function")?)?)
+                }
                 // Other tool kinds (e.g. `custom`) only make sense to an OpenAI upstream.
                 Some(_) => req.other_tools.push(Opaque {
                     shape: Shape::OpenAi,
@@ -95,7 +95,7 @@ fn request_from_map(map: &Map<String, Value>) -> Res<ChatRequest> {
     }
     req.tool_choice = match top.get("tool_choice") {
         None => None,
-        Some(v) => Some(tool_choice(v)?),
+        Some(v) => Some(openai_tool_choice(v, "a function", named_tool)?),
     };
     req.max_tokens = match top.positive_int("max_completion_tokens")? {
         Some(n) => Some(n),
@@ -139,38 +139,8 @@ fn system_text(msg: &Obj<'_>) -> Res<String> {
     }
 }
 
-/// The content parts of a message, each with its path; a string is one text part.
-enum Parts<'a> {
-    Text(&'a str),
-    List(Vec<Obj<'a>>),
-}
-
-fn parts<'a>(msg: &Obj<'a>) -> Res<Parts<'a>> {
-    match msg.get("content") {
-        None => Ok(Parts::List(Vec::new())),
-        Some(Value::String(s)) => Ok(Parts::Text(s)),
-        Some(Value::Array(items)) => items
-            .iter()
-            .enumerate()
-            .map(|(j, p)| Obj::at(p, format!("{}[{j}]", msg.field("content"))))
-            .collect::<Res<Vec<_>>>()
-            .map(Parts::List),
-        Some(_) => Err(invalid(format!(
-            "{} must be a string or an array of content parts",
-            msg.field("content")
-        ))),
-    }
-}
-
-pub(super) fn text_block(text: &str) -> ContentBlock {
-    ContentBlock::Text {
-        text: text.to_owned(),
-        cache_control: None,
-    }
-}
-
 fn user_content(msg: &Obj<'_>) -> Res<Vec<ContentBlock>> {
-    match parts(msg)? {
+    match msg.parts()? {
         Parts::Text(s) => Ok(vec![text_block(s)]),
         Parts::List(list) => list
             .iter()
@@ -207,28 +177,9 @@ fn image_part(part: &Obj<'_>) -> Res<ImageSource> {
     image_from_url(url, &path)
 }
 
-/// A `data:<media type>;base64,<data>` URL becomes inline base64; anything else is a URL.
-fn image_from_url(url: &str, path: &str) -> Res<ImageSource> {
-    let Some(rest) = url.strip_prefix("data:") else {
-        return Ok(ImageSource::Url {
-            url: url.to_owned(),
-        });
-    };
-    let Some((meta, data)) = rest.split_once(',') else {
-        return Err(invalid(format!("{path} is not a valid data URL")));
-    };
-    let Some(media_type) = meta.strip_suffix(";base64") else {
-        return Err(invalid(format!("{path} must be a base64 data URL")));
-    };
-    Ok(ImageSource::Base64 {
-        media_type: media_type.to_owned(),
-        data: data.to_owned(),
-    })
-}
-
 fn assistant_content(msg: &Obj<'_>) -> Res<Vec<ContentBlock>> {
     let mut content = Vec::new();
-    match parts(msg)? {
+    match msg.parts()? {
         // An empty string is how clients say "no text" next to tool calls.
         Parts::Text("") => {}
         Parts::Text(s) => content.push(text_block(s)),
@@ -251,32 +202,7 @@ fn assistant_content(msg: &Obj<'_>) -> Res<Vec<ContentBlock>> {
             let id = call.req_str("id")?;
             let function = call.req_obj("function")?;
             let name = function.req_str("name")?;
-            let input = match function.get("arguments") {
-                None => Value::Object(Map::new()),
-                Some(Value::String(s)) if s.trim().is_empty() => Value::Object(Map::new()),
-                Some(Value::String(s)) => match serde_json::from_str::<Value>(s) {
-                    Ok(v @ Value::Object(_)) => v,
-                    Ok(_) => {
-                        return Err(invalid(format!(
-                            "{} must encode a JSON object",
-                            function.field("arguments")
-                        )));
-                    }
-                    Err(e) => {
-                        return Err(invalid(format!(
-                            "{} is not valid JSON: {e}",
-                            function.field("arguments")
-                        )));
-                    }
-                },
-                Some(v @ Value::Object(_)) => v.clone(),
-                Some(_) => {
-                    return Err(invalid(format!(
-                        "{} must be a JSON string or an object",
-                        function.field("arguments")
-                    )));
-                }
-            };
+            let input = function.call_arguments()?;
             content.push(ContentBlock::ToolUse {
                 id: id.to_owned(),
                 name: name.to_owned(),
@@ -290,7 +216,7 @@ fn assistant_content(msg: &Obj<'_>) -> Res<Vec<ContentBlock>> {
 
 fn tool_result(msg: &Obj<'_>) -> Res<ContentBlock> {
     let tool_use_id = msg.req_str("tool_call_id")?.to_owned();
-    let content = match parts(msg)? {
+    let content = match msg.parts()? {
         Parts::Text(s) => vec![ToolResultContent::Text(s.to_owned())],
         Parts::List(list) => list
             .iter()
@@ -312,48 +238,13 @@ fn tool_result(msg: &Obj<'_>) -> Res<ContentBlock> {
     })
 }
 
-/// The schema a tool without `parameters` accepts: any object.
-fn empty_object_schema() -> Value {
-    json!({"type": "object", "properties": {}})
-}
-
-fn tool_def(tool: &Obj<'_>) -> Res<ToolDef> {
-    let function = tool.req_obj("function")?;
-    let input_schema = match function.obj("parameters")? {
-        Some(p) => Value::Object(p.map.clone()),
-        None => empty_object_schema(),
-    };
-    Ok(ToolDef {
-        name: function.req_str("name")?.to_owned(),
-        description: function.str("description")?.map(str::to_owned),
-        input_schema,
-        cache_control: None,
-    })
-}
-
-fn tool_choice(v: &Value) -> Res<ToolChoice> {
-    match v {
-        Value::String(s) => match s.as_str() {
-            "auto" => Ok(ToolChoice::Auto),
-            "none" => Ok(ToolChoice::None),
-            "required" => Ok(ToolChoice::Any),
-            _ => Err(invalid(format!(
-                "tool_choice '{s}' is not supported (expected auto, none, required or a function)"
-            ))),
-        },
-        Value::Object(map) => {
-            let obj = Obj {
-                map,
-                path: "tool_choice".to_owned(),
-            };
-            if obj.str("type")? != Some("function") {
-                return Err(invalid("tool_choice.type must be 'function'"));
-            }
-            let function = obj.req_obj("function")?;
-            Ok(ToolChoice::Tool(function.req_str("name")?.to_owned()))
-        }
-        _ => Err(invalid("tool_choice must be a string or an object")),
+/// A named tool in `tool_choice`: `{"type": "function", "function": {"name": …}}`.
+fn named_tool(obj: &Obj<'_>) -> Res<ToolChoice> {
+    if obj.str("type")? != Some("function") {
+        return Err(invalid("tool_choice.type must be 'function'"));
     }
+    let function = obj.req_obj("function")?;
+    Ok(ToolChoice::Tool(function.req_str("name")?.to_owned()))
 }
 
 /// Render a canonical request (from an Anthropic-shaped client) for an OpenAI-compatible
@@ -368,14 +259,8 @@ pub fn render_request(req: &ChatRequest, upstream_model: &str) -> Result<Value, 
     out.insert("model".into(), Value::String(upstream_model.to_owned()));
 
     let mut messages = Vec::new();
-    let system: Vec<&str> = req
-        .system
-        .iter()
-        .map(|b| b.text.as_str())
-        .filter(|t| !t.is_empty())
-        .collect();
-    if !system.is_empty() {
-        messages.push(json!({"role": "system", "content": system.join("\n\n")}));
+    if let Some(system) = joined_system(req) {
+        messages.push(json!({"role": "system", "content": system}));
     }
     for msg in &req.messages {
         match msg.role {
@@ -388,29 +273,19 @@ pub fn render_request(req: &ChatRequest, upstream_model: &str) -> Result<Value, 
     let mut tools: Vec<Value> = req
         .tools
         .iter()
-        .map(|t| {
-            let mut function = Map::new();
-            function.insert("name".into(), Value::String(t.name.clone()));
-            if let Some(d) = &t.description {
-                function.insert("description".into(), Value::String(d.clone()));
-            }
-            function.insert("parameters".into(), t.input_schema.clone());
-            json!({"type": "function", "function": function})
-        })
+        .map(|t| json!({"type": "function", "function": function_fields(t)}))
         .collect();
     for other in &req.other_tools {
-        tools.push(foreign(other, "tool")?);
+        tools.push(foreign(other, Shape::OpenAi, "tool")?);
     }
     if !tools.is_empty() {
         out.insert("tools".into(), Value::Array(tools));
         // OpenAI rejects `tool_choice` and `parallel_tool_calls` without `tools`.
         if let Some(choice) = &req.tool_choice {
-            let choice = match choice {
-                ToolChoice::Auto => json!("auto"),
-                ToolChoice::Any => json!("required"),
-                ToolChoice::None => json!("none"),
-                ToolChoice::Tool(name) => json!({"type": "function", "function": {"name": name}}),
-            };
+            let choice = openai_choice(
+                choice,
+                |name| json!({"type": "function", "function": {"name": name}}),
+            );
             out.insert("tool_choice".into(), choice);
         }
         if let Some(p) = req.parallel_tool_calls {
@@ -439,24 +314,8 @@ pub fn render_request(req: &ChatRequest, upstream_model: &str) -> Result<Value, 
     Ok(Value::Object(out))
 }
 
-/// An opaque object is only expressible on the wire it came from.
-fn foreign(o: &Opaque, what: &str) -> Res<Value> {
-    if o.shape == Shape::OpenAi {
-        Ok(o.value.clone())
-    } else {
-        Err(invalid(format!(
-            "{what} type '{}' cannot be sent to an OpenAI-compatible upstream",
-            o.kind()
-        )))
-    }
-}
-
 fn image_url_part(source: &ImageSource) -> Value {
-    let url = match source {
-        ImageSource::Base64 { media_type, data } => format!("data:{media_type};base64,{data}"),
-        ImageSource::Url { url } => url.clone(),
-    };
-    json!({"type": "image_url", "image_url": {"url": url}})
+    json!({"type": "image_url", "image_url": {"url": image_url(source)}})
 }
 
 /// A user message: its tool results first, as `tool` messages, then the rest (plus images
@@ -478,7 +337,7 @@ fn render_user(msg: &Message, ids: &mut ToolIdMap, out: &mut Vec<Value>) -> Res<
                         ToolResultContent::Text(t) => texts.push(t.as_str()),
                         ToolResultContent::Image(src) => tool_images.push(image_url_part(src)),
                         ToolResultContent::Other(o) => {
-                            foreign(o, "tool result block")?;
+                            foreign(o, Shape::OpenAi, "tool result block")?;
                         }
                     }
                 }
@@ -497,7 +356,7 @@ fn render_user(msg: &Message, ids: &mut ToolIdMap, out: &mut Vec<Value>) -> Res<
             }
             ContentBlock::Other(o) => {
                 all_text = false;
-                rest.push(foreign(o, "content block")?);
+                rest.push(foreign(o, Shape::OpenAi, "content block")?);
             }
             ContentBlock::ToolUse { .. } => {
                 return Err(invalid(
@@ -530,15 +389,6 @@ fn render_user(msg: &Message, ids: &mut ToolIdMap, out: &mut Vec<Value>) -> Res<
     Ok(())
 }
 
-/// The `arguments` string of a tool call: the input as compact JSON, or the upstream's raw
-/// text when it was not a JSON object (see `ContentBlock::ToolUse`).
-fn arguments_string(input: &Value) -> String {
-    match input {
-        Value::String(raw) => raw.clone(),
-        other => other.to_string(),
-    }
-}
-
 pub(super) fn tool_call(id: String, name: &str, input: &Value) -> Value {
     json!({
         "id": id,
@@ -561,7 +411,7 @@ fn render_assistant(msg: &Message, ids: &mut ToolIdMap) -> Res<Value> {
             ContentBlock::ToolUse {
                 id, name, input, ..
             } => calls.push(tool_call(ids.map(id), name, input)),
-            ContentBlock::Other(o) => others.push(foreign(o, "content block")?),
+            ContentBlock::Other(o) => others.push(foreign(o, Shape::OpenAi, "content block")?),
             ContentBlock::Thinking { .. } | ContentBlock::RedactedThinking { .. } => {}
             ContentBlock::Image { .. } | ContentBlock::ToolResult { .. } => {
                 return Err(invalid(

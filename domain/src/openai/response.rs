@@ -2,9 +2,9 @@
 //! ([`parse_response`]) and a canonical answer for an OpenAI client ([`render_response`]), plus
 //! the usage and reasoning fields the stream modules read and write the same way.
 
-use super::request::{text_block, tool_call};
-use crate::canonical::wire::{count, error_kind};
-use crate::canonical::{ChatResponse, ContentBlock, Shape, StopReason, Usage, parse_tool_input};
+use super::request::tool_call;
+use crate::canonical::wire::{self, count, openai_answer, str_of, text_block, tool_input};
+use crate::canonical::{ChatResponse, ContentBlock, Shape, StopReason, Usage};
 use crate::tool_ids::ToolIdMap;
 use serde_json::{Map, Value, json};
 
@@ -49,18 +49,11 @@ pub(super) fn reasoning(v: &Value) -> Option<&str> {
 /// A short description when the body is not a JSON object or is an error envelope (the
 /// message carries the upstream error type/code only, never its text).
 pub fn parse_response(body: &[u8]) -> Result<ChatResponse, String> {
-    let v: Value = serde_json::from_slice(body)
-        .map_err(|e| format!("upstream response is not valid JSON: {e}"))?;
-    response_from_value(&v)
+    wire::parse_response(body, response_from_value)
 }
 
 pub(super) fn response_from_value(v: &Value) -> Result<ChatResponse, String> {
-    let Some(obj) = v.as_object() else {
-        return Err("upstream response is not a JSON object".to_owned());
-    };
-    if let Some(err) = obj.get("error").filter(|e| !e.is_null()) {
-        return Err(format!("upstream returned an error: {}", error_kind(err)));
-    }
+    let obj = openai_answer(v)?;
     let choice = obj
         .get("choices")
         .and_then(Value::as_array)
@@ -91,14 +84,10 @@ pub(super) fn response_from_value(v: &Value) -> Result<ChatResponse, String> {
     if let Some(calls) = message.get("tool_calls").and_then(Value::as_array) {
         for call in calls {
             let function = call.get("function").unwrap_or(&Value::Null);
-            let input = match function.get("arguments") {
-                Some(Value::String(s)) => parse_tool_input(s),
-                Some(v @ Value::Object(_)) => v.clone(),
-                _ => Value::Object(Map::new()),
-            };
+            let input = tool_input(function.get("arguments"));
             content.push(ContentBlock::ToolUse {
-                id: str_field(call, "id"),
-                name: str_field(function, "name"),
+                id: str_of(call, "id"),
+                name: str_of(function, "name"),
                 input,
                 cache_control: None,
             });
@@ -115,13 +104,6 @@ pub(super) fn response_from_value(v: &Value) -> Result<ChatResponse, String> {
         stop_sequence: None,
         usage: obj.get("usage").map(usage_from).unwrap_or_default(),
     })
-}
-
-fn str_field(v: &Value, key: &str) -> String {
-    v.get(key)
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned()
 }
 
 /// Render a canonical answer (from an Anthropic upstream) for an OpenAI client.

@@ -1,6 +1,7 @@
 //! Streams towards an OpenAI client: canonical events into Chat Completions chunks.
 
 use super::response::usage_json;
+use crate::canonical::wire::error_frames;
 use crate::canonical::{BlockDelta, BlockStart, Shape, StopReason, StreamEvent, Usage};
 use crate::error::GatewayError;
 use crate::sse::format_frame;
@@ -176,14 +177,6 @@ impl StreamRenderer {
     /// The final frame of a stream that failed after the first byte: an error envelope and
     /// no `[DONE]`, so the client cannot mistake it for a complete answer.
     pub fn error(&mut self, err: &GatewayError) -> Vec<String> {
-        if self.done {
-            return Vec::new();
-        }
-        self.done = true;
-        vec![error_frame(err)]
+        error_frames(&mut self.done, err, Shape::OpenAi, None)
     }
-}
-
-pub(super) fn error_frame(err: &GatewayError) -> String {
-    format_frame(None, &err.render(Shape::OpenAi).body.to_string())
 }

@@ -1,5 +1,5 @@
-use super::request::text_block;
 use super::*;
+use crate::canonical::wire::text_block;
 use crate::canonical::{
     BlockDelta, BlockStart, ChatRequest, ChatResponse, ContentBlock, ImageSource, Message, Opaque,
     Role, Shape, StopReason, StreamEvent, SystemBlock, ToolChoice, ToolDef, ToolResultContent,

@@ -5,10 +5,12 @@
 use super::response::response_from_value;
 use super::stream_render::{event, failure, failure_frames};
 use crate::canonical::ChatResponse;
+use crate::canonical::wire::{self, event_type};
 use crate::error::GatewayError;
 use crate::sse::{SseFrame, format_frame};
 use serde_json::{Map, Value, json};
 
+/// The client's body for a Responses upstream: every field as the client wrote it, `model`
 /// replaced.
 #[must_use]
 pub fn passthrough_request(mut raw: Map<String, Value>, upstream_model: &str) -> Value {
@@ -25,13 +27,7 @@ pub fn passthrough_response(
     body: &[u8],
     client_model: &str,
 ) -> Result<(Value, ChatResponse), String> {
-    let mut v: Value = serde_json::from_slice(body)
-        .map_err(|e| format!("upstream response is not valid JSON: {e}"))?;
-    let parsed = response_from_value(&v)?;
-    if let Some(obj) = v.as_object_mut() {
-        obj.insert("model".into(), Value::String(client_model.to_owned()));
-    }
-    Ok((v, parsed))
+    wire::passthrough_response(body, client_model, response_from_value)
 }
 
 /// Forwards a Responses upstream's stream to a Responses client: every event as the upstream
@@ -78,8 +74,7 @@ impl PassthroughStream {
             self.forwarded = true;
             return Some(format_frame(event, &frame.data));
         };
-        let ty = v.get("type").and_then(Value::as_str).or(event);
-        if matches!(ty, Some("response.failed" | "error")) {
+        if matches!(event_type(&v, frame), "response.failed" | "error") {
             return None;
         }
         if let Some(n) = v.get("sequence_number").and_then(Value::as_u64) {

@@ -3,13 +3,17 @@
 //! a canonical request onto this wire for a Responses upstream ([`render_request`]).
 
 use super::{
-    arguments_string, custom_input_schema, empty_object_schema, is_part, opaque, output_text_part,
-    reasoning_item, reasoning_text, text_block, thinking_block,
+    custom_input_schema, is_part, opaque, output_text_part, reasoning_item, reasoning_text,
+    thinking_block,
 };
 use crate::canonical::ParsedRequest;
-use crate::canonical::wire::{Obj, Res, image_from_url, image_url, parse_body};
+use crate::canonical::wire::{
+    self, Obj, Parts, Res, arguments_string, empty_object_schema, foreign, function_fields,
+    function_tool, image_from_url, image_url, joined_system, openai_choice, openai_tool_choice,
+    text_block,
+};
 use crate::canonical::{
-    ChatRequest, ContentBlock, Message, Opaque, Role, Shape, SystemBlock, ToolChoice, ToolDef,
+    ChatRequest, ContentBlock, Message, Role, Shape, SystemBlock, ToolChoice, ToolDef,
     ToolResultContent,
 };
 use crate::error::{GatewayError, invalid};
@@ -26,9 +30,7 @@ use std::collections::HashSet;
 /// JSON object, a `function_call_output` without `call_id` or — when there is no
 /// `previous_response_id` — whose `call_id` matches no earlier call in `input`, …).
 pub fn parse_request(body: &[u8]) -> Result<ParsedRequest, GatewayError> {
-    let raw = parse_body(body)?;
-    let request = request_from_map(&raw)?;
-    Ok(ParsedRequest { request, raw })
+    wire::parse_request(body, request_from_map)
 }
 
 /// Builds canonical messages from the flat item list; see the module docs for the grouping.
@@ -141,7 +143,10 @@ pub(super) fn request_from_map(map: &Map<String, Value>) -> Res<ChatRequest> {
             }
         }
     }
-    req.tool_choice = top.get("tool_choice").map(tool_choice).transpose()?;
+    req.tool_choice = top
+        .get("tool_choice")
+        .map(|v| openai_tool_choice(v, "a tool object", tool_choice_object))
+        .transpose()?;
     req.max_tokens = top.positive_int("max_output_tokens")?;
     req.temperature = top.number("temperature")?;
     req.top_p = top.number("top_p")?;
@@ -244,30 +249,15 @@ fn arguments(item: &Obj<'_>) -> Res<Value> {
     }
 }
 
-/// The content parts of a message, each with its path; a string is one text part.
-enum Parts<'a> {
-    Text(&'a str),
-    List(Vec<Obj<'a>>),
-}
-
+/// The content parts of a message, which this wire requires (Chat Completions does not).
 fn parts<'a>(msg: &Obj<'a>) -> Res<Parts<'a>> {
-    match msg.get("content") {
-        Some(Value::String(s)) => Ok(Parts::Text(s)),
-        Some(Value::Array(items)) => items
-            .iter()
-            .enumerate()
-            .map(|(j, p)| Obj::at(p, format!("{}[{j}]", msg.field("content"))))
-            .collect::<Res<Vec<_>>>()
-            .map(Parts::List),
-        Some(_) => Err(invalid(format!(
-            "{} must be a string or an array of content parts",
-            msg.field("content")
-        ))),
-        None => Err(invalid(format!(
+    if msg.get("content").is_none() {
+        return Err(invalid(format!(
             "{} is required and must be a string or an array of content parts",
             msg.field("content")
-        ))),
+        )));
     }
+    msg.parts()
 }
 
 fn parse_message(conv: &mut Conversation, msg: &Obj<'_>) -> Res<()> {
@@ -378,19 +368,6 @@ fn reasoning_block(item: &Obj<'_>) -> Res<ContentBlock> {
     Ok(thinking_block(text, item.str("encrypted_content")?))
 }
 
-fn function_tool(tool: &Obj<'_>) -> Res<ToolDef> {
-    let input_schema = match tool.obj("parameters")? {
-        Some(p) => Value::Object(p.map.clone()),
-        None => empty_object_schema(),
-    };
-    Ok(ToolDef {
-        name: tool.req_str("name")?.to_owned(),
-        description: tool.str("description")?.map(str::to_owned),
-        input_schema,
-        cache_control: None,
-    })
-}
-
 /// A freeform tool as a function of one string. A grammar-constrained format is spelled out
 /// in the description: only OpenAI models enforce it, others must be told.
 fn custom_tool(tool: &Obj<'_>) -> Res<ToolDef> {
@@ -414,34 +391,19 @@ fn custom_tool(tool: &Obj<'_>) -> Res<ToolDef> {
     })
 }
 
-fn tool_choice(v: &Value) -> Res<ToolChoice> {
-    match v {
-        Value::String(s) => match s.as_str() {
-            "auto" => Ok(ToolChoice::Auto),
-            "none" => Ok(ToolChoice::None),
-            "required" => Ok(ToolChoice::Any),
-            _ => Err(invalid(format!(
-                "tool_choice '{s}' is not supported (expected auto, none, required or a tool object)"
-            ))),
-        },
-        Value::Object(map) => {
-            let obj = Obj {
-                map,
-                path: "tool_choice".to_owned(),
-            };
-            match obj.req_str("type")? {
-                "function" | "custom" => Ok(ToolChoice::Tool(obj.req_str("name")?.to_owned())),
-                // The allowed subset is not expressible in the IR; its mode is.
-                "allowed_tools" => Ok(match obj.str("mode")? {
-                    Some("required") => ToolChoice::Any,
-                    _ => ToolChoice::Auto,
-                }),
-                // A hosted tool (`web_search`, `mcp`, …) must be called: that tool is in
-                // `other_tools`, which only a Responses upstream accepts anyway.
-                _ => Ok(ToolChoice::Any),
-            }
-        }
-        _ => Err(invalid("tool_choice must be a string or an object")),
+/// A `tool_choice` object: a function or custom tool by name, an allowed subset, or a hosted
+/// tool.
+fn tool_choice_object(obj: &Obj<'_>) -> Res<ToolChoice> {
+    match obj.req_str("type")? {
+        "function" | "custom" => Ok(ToolChoice::Tool(obj.req_str("name")?.to_owned())),
+        // The allowed subset is not expressible in the IR; its mode is.
+        "allowed_tools" => Ok(match obj.str("mode")? {
+            Some("required") => ToolChoice::Any,
+            _ => ToolChoice::Auto,
+        }),
+        // A hosted tool (`web_search`, `mcp`, …) must be called: that tool is in
+        // `other_tools`, which only a Responses upstream accepts anyway.
+        _ => Ok(ToolChoice::Any),
     }
 }
 
@@ -505,24 +467,13 @@ pub fn prepare_for_translation(
                 input_schema: member
                     .get("parameters")
                     .cloned()
-                    .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
+                    .unwrap_or_else(empty_object_schema),
                 cache_control: None,
             });
         }
     }
     req.tools.extend(flattened);
     Ok(dropped)
-}
-
-fn foreign(o: &Opaque, what: &str) -> Res<Value> {
-    if o.shape == Shape::Responses {
-        Ok(o.value.clone())
-    } else {
-        Err(invalid(format!(
-            "{what} type '{}' cannot be sent to an OpenAI Responses upstream",
-            o.kind()
-        )))
-    }
 }
 
 fn image_part(source: &crate::canonical::ImageSource) -> Value {
@@ -576,14 +527,8 @@ pub fn render_request(req: &ChatRequest, upstream_model: &str) -> Result<Value, 
     let mut ids = ToolIdMap::new(Shape::Responses);
     let mut out = Map::new();
     out.insert("model".into(), Value::String(upstream_model.to_owned()));
-    let system: Vec<&str> = req
-        .system
-        .iter()
-        .map(|b| b.text.as_str())
-        .filter(|t| !t.is_empty())
-        .collect();
-    if !system.is_empty() {
-        out.insert("instructions".into(), Value::String(system.join("\n\n")));
+    if let Some(system) = joined_system(req) {
+        out.insert("instructions".into(), Value::String(system));
     }
     let mut items = Items {
         items: Vec::new(),
@@ -604,11 +549,7 @@ pub fn render_request(req: &ChatRequest, upstream_model: &str) -> Result<Value, 
         .map(|t| {
             let mut tool = Map::new();
             tool.insert("type".into(), json!("function"));
-            tool.insert("name".into(), Value::String(t.name.clone()));
-            if let Some(d) = &t.description {
-                tool.insert("description".into(), Value::String(d.clone()));
-            }
-            tool.insert("parameters".into(), t.input_schema.clone());
+            tool.extend(function_fields(t));
             // The API defaults to strict schemas, which reject most schemas written for other
             // wires (every property required, no additional properties).
             tool.insert("strict".into(), Value::Bool(false));
@@ -616,17 +557,12 @@ pub fn render_request(req: &ChatRequest, upstream_model: &str) -> Result<Value, 
         })
         .collect();
     for other in &req.other_tools {
-        tools.push(foreign(other, "tool")?);
+        tools.push(foreign(other, Shape::Responses, "tool")?);
     }
     if !tools.is_empty() {
         out.insert("tools".into(), Value::Array(tools));
         if let Some(choice) = &req.tool_choice {
-            let choice = match choice {
-                ToolChoice::Auto => json!("auto"),
-                ToolChoice::Any => json!("required"),
-                ToolChoice::None => json!("none"),
-                ToolChoice::Tool(name) => json!({"type": "function", "name": name}),
-            };
+            let choice = openai_choice(choice, |name| json!({"type": "function", "name": name}));
             out.insert("tool_choice".into(), choice);
         }
         if let Some(p) = req.parallel_tool_calls {
@@ -675,7 +611,9 @@ fn render_block(b: &ContentBlock, role: Role, ids: &mut ToolIdMap, items: &mut I
                                 Ok(json!({"type": "input_text", "text": t}))
                             }
                             ToolResultContent::Image(src) => Ok(image_part(src)),
-                            ToolResultContent::Other(o) => foreign(o, "tool result block"),
+                            ToolResultContent::Other(o) => {
+                                foreign(o, Shape::Responses, "tool result block")
+                            }
                         })
                         .collect::<Res<Vec<_>>>()?,
                 ),
@@ -702,7 +640,7 @@ fn render_block(b: &ContentBlock, role: Role, ids: &mut ToolIdMap, items: &mut I
         } if !user && !sig.is_empty() => items.item(reasoning_item(None, thinking, Some(sig))),
         ContentBlock::Thinking { .. } | ContentBlock::RedactedThinking { .. } => {}
         ContentBlock::Other(o) => {
-            let v = foreign(o, "content block")?;
+            let v = foreign(o, Shape::Responses, "content block")?;
             if is_part(o) {
                 items.part(if user { "user" } else { "assistant" }, v);
             } else {

@@ -5,12 +5,10 @@
 
 use super::{
     REDACTED_THINKING_PREFIX, call_item, item_id, message_item, opaque, reasoning_item,
-    reasoning_text, text_block, thinking_block,
+    reasoning_text, thinking_block,
 };
-use crate::canonical::wire::{count, error_kind};
-use crate::canonical::{
-    ChatRequest, ChatResponse, ContentBlock, Shape, StopReason, Usage, parse_tool_input,
-};
+use crate::canonical::wire::{self, count, openai_answer, str_of, text_block, tool_input};
+use crate::canonical::{ChatRequest, ChatResponse, ContentBlock, Shape, StopReason, Usage};
 use crate::tool_ids::ToolIdMap;
 use serde_json::{Map, Value, json};
 use std::collections::HashSet;
@@ -267,12 +265,6 @@ pub fn render_response(
 
 /// The canonical blocks of one output item (`None` for an item type the IR keeps opaque).
 pub(super) fn blocks_from_item(item: &Value) -> Vec<ContentBlock> {
-    let str_of = |key: &str| {
-        item.get(key)
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned()
-    };
     match item.get("type").and_then(Value::as_str) {
         Some("message") => item
             .get("content")
@@ -287,19 +279,15 @@ pub(super) fn blocks_from_item(item: &Value) -> Vec<ContentBlock> {
             })
             .collect(),
         Some("function_call") => vec![ContentBlock::ToolUse {
-            id: str_of("call_id"),
-            name: str_of("name"),
-            input: match item.get("arguments") {
-                Some(Value::String(s)) => parse_tool_input(s),
-                Some(v @ Value::Object(_)) => v.clone(),
-                _ => Value::Object(Map::new()),
-            },
+            id: str_of(item, "call_id"),
+            name: str_of(item, "name"),
+            input: tool_input(item.get("arguments")),
             cache_control: None,
         }],
         Some("custom_tool_call") => vec![ContentBlock::ToolUse {
-            id: str_of("call_id"),
-            name: str_of("name"),
-            input: json!({ "input": str_of("input") }),
+            id: str_of(item, "call_id"),
+            name: str_of(item, "name"),
+            input: json!({ "input": str_of(item, "input") }),
             cache_control: None,
         }],
         Some("reasoning") => {
@@ -321,19 +309,12 @@ pub(super) fn blocks_from_item(item: &Value) -> Vec<ContentBlock> {
 /// A short description when the body is not a JSON object, is an error envelope or a failed
 /// response (the message carries the upstream error type/code only, never its text).
 pub fn parse_response(body: &[u8]) -> Result<ChatResponse, String> {
-    let v: Value = serde_json::from_slice(body)
-        .map_err(|e| format!("upstream response is not valid JSON: {e}"))?;
-    response_from_value(&v)
+    wire::parse_response(body, response_from_value)
 }
 
 pub(super) fn response_from_value(v: &Value) -> Result<ChatResponse, String> {
-    let Some(obj) = v.as_object() else {
-        return Err("upstream response is not a JSON object".to_owned());
-    };
     // An error envelope, or a response object with `status: failed` and its `error`.
-    if let Some(err) = obj.get("error").filter(|e| !e.is_null()) {
-        return Err(format!("upstream returned an error: {}", error_kind(err)));
-    }
+    let obj = openai_answer(v)?;
     let content: Vec<ContentBlock> = obj
         .get("output")
         .and_then(Value::as_array)
@@ -359,6 +340,7 @@ pub(super) fn response_from_value(v: &Value) -> Result<ChatResponse, String> {
     })
 }
 
+/// Body of `POST /v1/responses/input_tokens`.
 #[must_use]
 pub fn input_tokens_body(n: u64) -> Value {
     json!({"object": "response.input_tokens", "input_tokens": n})

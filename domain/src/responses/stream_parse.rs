@@ -1,8 +1,9 @@
 //! Streams from a Responses upstream: SSE events into canonical events.
 
 use super::response::{blocks_from_item, stop_from, usage_from};
-use super::{REDACTED_THINKING_PREFIX, arguments_string, reasoning_text};
-use crate::canonical::wire::error_kind;
+use super::{REDACTED_THINKING_PREFIX, reasoning_text};
+use crate::canonical::wire::arguments_string;
+use crate::canonical::wire::{error_kind, event_json, event_type, str_of};
 use crate::canonical::{BlockDelta, BlockStart, ContentBlock, StopReason, StreamEvent, Usage};
 use crate::error::ErrorClass;
 use crate::sse::SseFrame;
@@ -86,17 +87,13 @@ impl StreamParser {
     /// the upstream error code/type only, never its text.
     pub fn push(&mut self, frame: &SseFrame) -> Result<Vec<StreamEvent>, String> {
         let mut out = Vec::new();
-        let data = frame.data.trim();
-        if self.finished || data.is_empty() {
+        if self.finished {
             return Ok(out);
         }
-        let v: Value = serde_json::from_str(data)
-            .map_err(|_| "upstream sent a malformed stream event".to_owned())?;
-        let ty = v
-            .get("type")
-            .and_then(Value::as_str)
-            .or(frame.event.as_deref())
-            .unwrap_or_default();
+        let Some(v) = event_json(frame)? else {
+            return Ok(out);
+        };
+        let ty = event_type(&v, frame);
         match ty {
             "response.created" | "response.in_progress" | "response.queued" => {
                 let r = v.get("response").unwrap_or(&Value::Null);
@@ -111,19 +108,13 @@ impl StreamParser {
                 self.close(&mut out);
                 self.item_opened = false;
                 let item = v.get("item").unwrap_or(&Value::Null);
-                let str_of = |k: &str| {
-                    item.get(k)
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_owned()
-                };
                 match item.get("type").and_then(Value::as_str) {
                     Some(t @ ("function_call" | "custom_tool_call")) => {
                         let custom = t == "custom_tool_call";
                         self.saw_tool = true;
                         let start = BlockStart::ToolUse {
-                            id: str_of("call_id"),
-                            name: str_of("name"),
+                            id: str_of(item, "call_id"),
+                            name: str_of(item, "name"),
                         };
                         let kind = if custom { Kind::Custom } else { Kind::Function };
                         let index = self.open_block(kind, start, &mut out);

@@ -1,5 +1,6 @@
 use super::request::request_from_map;
 use super::*;
+use crate::canonical::wire::{empty_object_schema, text_block};
 use crate::canonical::{
     BlockDelta, BlockStart, ChatRequest, ChatResponse, ContentBlock, ImageSource, Message, Opaque,
     Role, Shape, StopReason, StreamAccumulator, StreamEvent, SystemBlock, ToolChoice, ToolDef,
