@@ -167,7 +167,7 @@ fn input_item(conv: &mut Conversation, value: &Value, i: usize, continues: bool)
         Some("function_call") => {
             let call_id = item.req_str("call_id")?;
             let name = item.req_str("name")?;
-            let input = arguments(&item)?;
+            let input = item.call_arguments()?;
             conv.call_ids.insert(call_id.to_owned());
             conv.assistant(vec![ContentBlock::ToolUse {
                 id: call_id.to_owned(),
@@ -221,31 +221,6 @@ fn input_item(conv: &mut Conversation, value: &Value, i: usize, continues: bool)
             conv.opaque_item(value);
             Ok(())
         }
-    }
-}
-
-/// The `arguments` of a `function_call` item: a JSON object, given as text (or, leniently,
-/// as an object).
-fn arguments(item: &Obj<'_>) -> Res<Value> {
-    match item.get("arguments") {
-        None => Ok(Value::Object(Map::new())),
-        Some(Value::String(s)) if s.trim().is_empty() => Ok(Value::Object(Map::new())),
-        Some(Value::String(s)) => match serde_json::from_str::<Value>(s) {
-            Ok(v @ Value::Object(_)) => Ok(v),
-            Ok(_) => Err(invalid(format!(
-                "{} must encode a JSON object",
-                item.field("arguments")
-            ))),
-            Err(e) => Err(invalid(format!(
-                "{} is not valid JSON: {e}",
-                item.field("arguments")
-            ))),
-        },
-        Some(v @ Value::Object(_)) => Ok(v.clone()),
-        Some(_) => Err(invalid(format!(
-            "{} must be a JSON string",
-            item.field("arguments")
-        ))),
     }
 }
 

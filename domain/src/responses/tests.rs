@@ -431,6 +431,11 @@ fn bad_input_is_a_400_naming_the_field_and_item() {
         with(json!([{"type": "function_call", "call_id": "c", "name": "f", "arguments": "[1]"}])),
         "input[0].arguments must encode a JSON object"
     );
+    // An object is accepted too (leniently), so the error must not claim only text is.
+    assert_eq!(
+        with(json!([{"type": "function_call", "call_id": "c", "name": "f", "arguments": 5}])),
+        "input[0].arguments must be a JSON string or an object"
+    );
     assert_eq!(
         with(json!([{"type": "custom_tool_call", "call_id": "c", "name": "p"}])),
         "input[0].input is required and must be a string"
