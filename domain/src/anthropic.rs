@@ -28,6 +28,8 @@
 //!   field.
 //! - A stream rendered for a client ends with `message_delta` + `message_stop` after success,
 //!   and with `event: error` (never a fake `message_stop`) after a failure.
+//!
+//! [`ChatRequest`]: crate::canonical::ChatRequest
 
 mod passthrough;
 mod request;

@@ -29,6 +29,8 @@
 //! - A stream rendered for a client always ends with `[DONE]` after success, and never after
 //!   a failure (then the last frame is `{"error":{…}}`), so a client cannot mistake a broken
 //!   stream for a complete one.
+//!
+//! [`ChatRequest`]: crate::canonical::ChatRequest
 
 mod passthrough;
 mod request;

@@ -40,6 +40,8 @@
 //! - A stream rendered for a client always ends with `response.completed` (or
 //!   `response.incomplete`) after success, and with `response.failed` + `error` after a
 //!   failure, never a fake completion. Every event carries a `sequence_number` from 0.
+//!
+//! [`ChatRequest`]: crate::canonical::ChatRequest
 
 mod passthrough;
 mod request;

@@ -22,6 +22,8 @@ pub fn passthrough_request(mut raw: Map<String, Value>, upstream_model: &str) ->
 ///
 /// # Errors
 /// As [`parse_response`].
+///
+/// [`parse_response`]: super::parse_response
 pub fn passthrough_response(
     body: &[u8],
     client_model: &str,
@@ -35,6 +37,8 @@ pub fn passthrough_response(
 ///
 /// Upstream `error` events are not forwarded (their text may echo the prompt): the caller's
 /// [`StreamParser`] reports them and the caller answers with [`PassthroughStream::error`].
+///
+/// [`StreamParser`]: super::StreamParser
 #[derive(Debug)]
 pub struct PassthroughStream {
     model: String,
@@ -82,6 +86,8 @@ impl PassthroughStream {
     }
 
     /// The final frame when the stream fails mid-way (see [`StreamRenderer::error`]).
+    ///
+    /// [`StreamRenderer::error`]: super::StreamRenderer::error
     pub fn error(&mut self, err: &GatewayError) -> Vec<String> {
         error_frames(&mut self.done, err, Shape::Anthropic, Some("error"))
     }

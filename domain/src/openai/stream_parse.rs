@@ -73,6 +73,8 @@ impl StreamParser {
     ///
     /// # Errors
     /// As [`StreamParser::push`].
+    ///
+    /// [`PassthroughStream::rewrite_json`]: super::PassthroughStream::rewrite_json
     pub fn push_json(&mut self, v: &Value) -> Result<Vec<StreamEvent>, String> {
         let mut out = Vec::new();
         if self.finished {

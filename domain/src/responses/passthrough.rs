@@ -23,6 +23,8 @@ pub fn passthrough_request(mut raw: Map<String, Value>, upstream_model: &str) ->
 ///
 /// # Errors
 /// As [`parse_response`].
+///
+/// [`parse_response`]: super::parse_response
 pub fn passthrough_response(
     body: &[u8],
     client_model: &str,
@@ -37,6 +39,8 @@ pub fn passthrough_response(
 /// prompt): the caller's [`StreamParser`] reports them and the caller answers with
 /// [`PassthroughStream::error`], which continues the upstream's response id and sequence
 /// numbers.
+///
+/// [`StreamParser`]: super::StreamParser
 #[derive(Debug)]
 pub struct PassthroughStream {
     model: String,
@@ -100,6 +104,8 @@ impl PassthroughStream {
 
     /// The final frames when the stream fails mid-way (see [`StreamRenderer::error`]); a
     /// `response.created` comes first if nothing was forwarded yet.
+    ///
+    /// [`StreamRenderer::error`]: super::StreamRenderer::error
     pub fn error(&mut self, err: &GatewayError) -> Vec<String> {
         if self.done {
             return Vec::new();

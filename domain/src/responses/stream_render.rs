@@ -528,7 +528,7 @@ impl StreamRenderer {
 
     /// The frames of a stream that failed after the first byte: `response.failed` (with the
     /// items completed so far) and an `error` event; never a completion. See
-    /// [`failure_frames`] for why both.
+    /// `failure_frames` for why both.
     pub fn error(&mut self, err: &GatewayError) -> Vec<String> {
         let mut out = Vec::new();
         if self.done {
