@@ -17,7 +17,7 @@ use gw_domain::models::Catalog;
 use gw_domain::patterns::PatternCaps;
 use gw_domain::pricing::{Price, PriceTable};
 use gw_ports::fakes::{InMemoryPatternStore, InMemorySessionStore, InMemoryTraceStore};
-use gw_ports::gateway::{Admission, CountMethod, GatewayService, InboundMeta, Reply};
+use gw_ports::gateway::{Admission, CountMethod, GatewayService, InboundMeta, Reply, TokenCount};
 use gw_ports::metrics::{Metrics, ScrapeGauges};
 use gw_ports::system::{Background, Clock, IdSource, TraceContext};
 use gw_ports::tokens::TokenCounter;
@@ -381,6 +381,14 @@ impl World {
             .await
     }
 
+    async fn count_tokens(&self, shape: Shape, body: &Value) -> TokenCount {
+        let admission = self.admit(shape).await;
+        self.core
+            .count_tokens(admission, Bytes::from(body.to_string()))
+            .await
+            .unwrap()
+    }
+
     fn events(&self) -> Vec<EventRow> {
         self.trace.rows()
     }
@@ -431,6 +439,16 @@ async fn frames_of(reply: Reply) -> String {
 
 fn chat(model: &str) -> Value {
     json!({"model": model, "messages": [{"role": "user", "content": "hello"}]})
+}
+
+/// A streamed Chat Completions request for `oai:m`.
+fn chat_stream(max_tokens: Option<u64>) -> Value {
+    let mut body = chat("oai:m");
+    body["stream"] = json!(true);
+    if let Some(n) = max_tokens {
+        body["max_tokens"] = json!(n);
+    }
+    body
 }
 
 fn messages(model: &str) -> Value {
@@ -661,9 +679,7 @@ async fn concurrent_reservations_cannot_overshoot_a_cap() {
     }
     // Eight requests at once, each reserving 0.30 (300 output tokens at 1 000 USD/Mtok)
     // against a 1.00 cap; their streams stay open, so nothing is settled meanwhile.
-    let body = json!({"model": "oai:m", "max_tokens": 300, "stream": true,
-                      "messages": [{"role": "user", "content": "hello"}]})
-    .to_string();
+    let body = chat_stream(Some(300)).to_string();
     let tasks: Vec<_> = (0..8)
         .map(|_| {
             let core = Arc::clone(&w.core);
@@ -775,8 +791,7 @@ async fn a_stream_that_fails_after_its_first_chunk_is_not_retried_and_ends_in_an
     let w = Setup::default().build();
     w.oai
         .answer(Scripted::Stream(vec![Step::Chunk(CHUNK_1), Step::Fail]));
-    let body = json!({"model": "oai:m", "stream": true,
-                      "messages": [{"role": "user", "content": "hello"}]});
+    let body = chat_stream(None);
     let reply = w.call(Shape::OpenAi, body).await.unwrap();
     let frames = frames_of(reply).await;
     // The first chunk reached the client (model echoed as the client wrote it)…
@@ -816,6 +831,20 @@ fn call_chain(w: &World) -> Vec<(String, Option<String>, String)> {
         .collect()
 }
 
+/// The events of a call that completed, and of one that failed or was cancelled.
+const COMPLETED: [&str; 4] = [
+    "route.decided",
+    "llm.call_started",
+    "llm.call_completed",
+    "turn.completed",
+];
+const FAILED: [&str; 4] = [
+    "route.decided",
+    "llm.call_started",
+    "llm.call_failed",
+    "turn.completed",
+];
+
 fn assert_linked(chain: &[(String, Option<String>, String)], types: &[&str]) {
     let got: Vec<&str> = chain.iter().map(|(t, _, _)| t.as_str()).collect();
     assert_eq!(got, types);
@@ -831,15 +860,7 @@ async fn a_successful_call_records_route_start_completion_and_turn() {
     w.anth.answer(Scripted::Json(messages_answer()));
     let reply = w.call(Shape::Anthropic, messages("anth:m")).await.unwrap();
     assert_eq!(json_of(reply)["content"][0]["text"], "hi");
-    assert_linked(
-        &call_chain(&w),
-        &[
-            "route.decided",
-            "llm.call_started",
-            "llm.call_completed",
-            "turn.completed",
-        ],
-    );
+    assert_linked(&call_chain(&w), &COMPLETED);
     let (_, done) = w.the("llm.call_completed");
     assert_eq!(done["model"], "anth:m");
     assert_eq!(
@@ -867,21 +888,12 @@ async fn a_completed_stream_records_the_usage_of_its_last_frame() {
         Step::Chunk(USAGE_CHUNK),
         Step::Chunk(DONE),
     ]));
-    let body = json!({"model": "oai:m", "stream": true,
-                      "messages": [{"role": "user", "content": "hello"}]});
+    let body = chat_stream(None);
     let frames = frames_of(w.call(Shape::OpenAi, body).await.unwrap()).await;
     assert!(frames.ends_with("data: [DONE]\n\n"), "{frames}");
     // The client did not ask for usage: the chunk the gateway forced is not shown to it.
     assert!(!frames.contains("\"usage\""), "{frames}");
-    assert_linked(
-        &call_chain(&w),
-        &[
-            "route.decided",
-            "llm.call_started",
-            "llm.call_completed",
-            "turn.completed",
-        ],
-    );
+    assert_linked(&call_chain(&w), &COMPLETED);
     let (_, done) = w.the("llm.call_completed");
     assert_eq!(
         (done["input_tokens"].clone(), done["output_tokens"].clone()),
@@ -906,15 +918,7 @@ async fn an_upstream_error_records_call_failed_and_an_error_turn() {
         matches!(err, GatewayError::UpstreamRelayed { .. }),
         "{err:?}"
     );
-    assert_linked(
-        &call_chain(&w),
-        &[
-            "route.decided",
-            "llm.call_started",
-            "llm.call_failed",
-            "turn.completed",
-        ],
-    );
+    assert_linked(&call_chain(&w), &FAILED);
     let (_, failed) = w.the("llm.call_failed");
     assert_eq!(failed["error_class"], "rate_limit");
     assert_eq!(
@@ -931,8 +935,7 @@ async fn a_stream_the_client_abandons_records_a_cancelled_call_with_partial_usag
     let w = Setup::default().build();
     w.oai
         .answer(Scripted::Stream(vec![Step::Chunk(CHUNK_1), Step::Hang]));
-    let body = json!({"model": "oai:m", "max_tokens": 300, "stream": true,
-                      "messages": [{"role": "user", "content": "hello"}]});
+    let body = chat_stream(Some(300));
     let Reply::Stream(mut s) = w.call(Shape::OpenAi, body).await.unwrap() else {
         panic!("expected a stream");
     };
@@ -943,15 +946,7 @@ async fn a_stream_the_client_abandons_records_a_cancelled_call_with_partial_usag
         "held while streaming"
     );
     drop(s);
-    assert_linked(
-        &call_chain(&w),
-        &[
-            "route.decided",
-            "llm.call_started",
-            "llm.call_failed",
-            "turn.completed",
-        ],
-    );
+    assert_linked(&call_chain(&w), &FAILED);
     let (_, failed) = w.the("llm.call_failed");
     assert_eq!(failed["error_class"], "cancelled");
     // No usage frame arrived: the gateway's estimate is charged (prompt + relayed text).
@@ -977,15 +972,7 @@ async fn a_client_gone_before_the_answer_head_is_a_cancelled_call_charged_its_es
     let pending = futures_util::FutureExt::now_or_never(w.core.handle(admission, body));
     assert!(pending.is_none());
     assert_eq!(w.anth.requests().len(), 1);
-    assert_linked(
-        &call_chain(&w),
-        &[
-            "route.decided",
-            "llm.call_started",
-            "llm.call_failed",
-            "turn.completed",
-        ],
-    );
+    assert_linked(&call_chain(&w), &FAILED);
     let (_, failed) = w.the("llm.call_failed");
     assert_eq!(failed["error_class"], "cancelled");
     assert_eq!(failed["usage_estimated"], true);
@@ -1120,24 +1107,23 @@ const NO_CALL_EVENTS: [&str; 4] = [
     "llm.call_failed",
 ];
 
-#[tokio::test]
-async fn counts_are_exact_when_the_upstream_counts_and_are_never_recorded_as_calls() {
-    let anth = FakeProvider::new("anth", WireFormat::AnthropicMessages)
-        .serving(WireFormat::AnthropicMessages, Operation::CountTokens);
-    let w = Setup {
-        anth,
+/// A world whose Anthropic upstream serves `count_tokens`.
+fn counting_anthropic_upstream() -> World {
+    Setup {
+        anth: FakeProvider::new("anth", WireFormat::AnthropicMessages)
+            .serving(WireFormat::AnthropicMessages, Operation::CountTokens),
         ..Setup::default()
     }
-    .build();
+    .build()
+}
+
+#[tokio::test]
+async fn counts_are_exact_when_the_upstream_counts_and_are_never_recorded_as_calls() {
+    let w = counting_anthropic_upstream();
     w.anth.answer(Scripted::Json(json!({"input_tokens": 42})));
-    let admission = w.admit(Shape::Anthropic).await;
     // A count body has no `max_tokens`; the client's body goes upstream as it wrote it.
     let body = json!({"model": "anth:m", "messages": [{"role": "user", "content": "hello"}]});
-    let count = w
-        .core
-        .count_tokens(admission, Bytes::from(body.to_string()))
-        .await
-        .unwrap();
+    let count = w.count_tokens(Shape::Anthropic, &body).await;
     assert_eq!(count.method, CountMethod::Exact);
     assert_eq!(
         serde_json::from_slice::<Value>(&count.body).unwrap(),
@@ -1161,22 +1147,11 @@ async fn counts_are_exact_when_the_upstream_counts_and_are_never_recorded_as_cal
 
 #[tokio::test]
 async fn a_count_is_translated_to_the_count_endpoint_the_upstream_serves() {
-    let anth = FakeProvider::new("anth", WireFormat::AnthropicMessages)
-        .serving(WireFormat::AnthropicMessages, Operation::CountTokens);
-    let w = Setup {
-        anth,
-        ..Setup::default()
-    }
-    .build();
+    let w = counting_anthropic_upstream();
     w.anth.answer(Scripted::Json(json!({"input_tokens": 11})));
-    let admission = w.admit(Shape::Responses).await;
     let body = json!({"model": "anth:m", "instructions": "be brief", "input": "hello",
                       "max_output_tokens": 50, "stream": true, "temperature": 0.5});
-    let count = w
-        .core
-        .count_tokens(admission, Bytes::from(body.to_string()))
-        .await
-        .unwrap();
+    let count = w.count_tokens(Shape::Responses, &body).await;
     assert_eq!(count.method, CountMethod::Exact);
     // The answer in the client's shape…
     assert_eq!(
@@ -1214,12 +1189,7 @@ async fn counts_fall_back_to_the_tokenizer_then_to_the_estimate() {
             ..Setup::default()
         }
         .build();
-        let admission = w.admit(Shape::Responses).await;
-        let count = w
-            .core
-            .count_tokens(admission, Bytes::from(body.to_string()))
-            .await
-            .unwrap();
+        let count = w.count_tokens(Shape::Responses, &body).await;
         assert_eq!(count.method, method);
         let v: Value = serde_json::from_slice(&count.body).unwrap();
         assert_eq!(v["object"], "response.input_tokens");
@@ -1272,15 +1242,7 @@ async fn embeddings_are_priced_on_the_upstream_count_and_recorded_like_calls() {
         w.oai.body(0),
         json!({"model": "emb", "input": "some text", "dimensions": 2})
     );
-    assert_linked(
-        &call_chain(&w),
-        &[
-            "route.decided",
-            "llm.call_started",
-            "llm.call_completed",
-            "turn.completed",
-        ],
-    );
+    assert_linked(&call_chain(&w), &COMPLETED);
     let (_, done) = w.the("llm.call_completed");
     assert_eq!(done["input_tokens"], 1000);
     assert_eq!(done["output_tokens"], 0);
