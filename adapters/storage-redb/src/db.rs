@@ -463,14 +463,6 @@ impl DbSlot {
             })
     }
 
-    /// Whether a handle is in place.
-    pub(crate) fn is_open(&self) -> bool {
-        self.handle
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_some()
-    }
-
     /// Drop the handle after an I/O error (see the type's invariants).
     pub(crate) fn close(&self) {
         let old = self

@@ -836,17 +836,20 @@ pub fn import_events(db: &Database, rows: &[EventRow]) -> Result<u64, StoreError
             if t.contains(&r.id)? {
                 continue;
             }
-            t.insert(&RowRef {
-                id: &r.id,
-                timestamp_us: r.timestamp_us,
-                session_id: &r.session_id,
-                turn_id: r.turn_id.as_deref(),
-                parent_event_id: r.parent_event_id.as_deref(),
-                event_type: &r.event_type,
-                actor: &r.actor,
-                sensitivity: &r.sensitivity,
-                payload_json: &r.payload_json,
-            })?;
+            t.insert(
+                &RowRef {
+                    id: &r.id,
+                    timestamp_us: r.timestamp_us,
+                    session_id: &r.session_id,
+                    turn_id: r.turn_id.as_deref(),
+                    parent_event_id: r.parent_event_id.as_deref(),
+                    event_type: &r.event_type,
+                    actor: &r.actor,
+                    sensitivity: &r.sensitivity,
+                    payload_json: &r.payload_json,
+                },
+                None,
+            )?;
             n += 1;
         }
     }

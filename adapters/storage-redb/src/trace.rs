@@ -30,7 +30,7 @@ use tokio::sync::oneshot;
 use crate::db::{DbSlot, Sharing, StoreError, blocking, describe_open_error, open_shared};
 use crate::query;
 use crate::sessions::RedbSessionStore;
-use crate::writer::{self, Counters, LogLimiter, Msg, WriterConfig};
+use crate::writer::{self, Counters, LogLimiter, Msg, RedbBatches, WriterConfig};
 
 /// Tuning of the redb trace store. `Default` gives the production values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,7 +125,7 @@ impl RedbTraceStore {
         counters.last_batch_ok.store(true, Ordering::Release);
         let cfg = WriterConfig {
             max_batch: opts.max_batch.max(1),
-            commit_delay: opts.commit_delay,
+            linger: opts.commit_delay,
             retry_attempts: opts.retry_attempts.max(1),
             retry_backoff: opts.retry_backoff,
             commit_deadline: opts.commit_deadline,
@@ -134,7 +134,7 @@ impl RedbTraceStore {
         let thread_counters = Arc::clone(&counters);
         let handle = std::thread::Builder::new()
             .name("metis-redb-writer".into())
-            .spawn(move || writer::run(thread_db, rx, thread_counters, cfg))
+            .spawn(move || writer::run(RedbBatches(thread_db), &rx, thread_counters, cfg))
             .map_err(|e| {
                 TraceError::Unavailable(format!("cannot start the trace writer thread: {e}"))
             })?;
@@ -291,7 +291,14 @@ impl EventSink for RedbTraceStore {
         let (tx, rx) = oneshot::channel();
         let stopped = || TraceError::Unavailable("the trace writer has stopped".into());
         // A control marker: queued even when the queue is full of events (never blocks).
-        if inner.sender.send(Msg::Flush(tx)).is_err() {
+        if inner
+            .sender
+            .send(Msg::flush(move |r| {
+                // The flusher may have given up waiting; nothing to do then.
+                let _ = tx.send(r);
+            }))
+            .is_err()
+        {
             return Err(stopped());
         }
         match rx.await {

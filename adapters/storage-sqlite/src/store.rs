@@ -31,7 +31,7 @@ use crate::lock::{LockError, WriterLock, lock_path};
 use crate::reader::{StoredEvent, TraceReader};
 use crate::schema::{Pragmas, open_for_writing};
 use crate::sessions::{SessionReader, SqliteSessionStore};
-use crate::writer::{self, Counters, LogLimiter, Msg, WriterConfig};
+use crate::writer::{self, Counters, LogLimiter, Msg, SqliteBatches, WriterConfig};
 
 pub use gw_ports::queue::DEFAULT_COMMIT_DEADLINE;
 
@@ -177,7 +177,7 @@ impl SqliteTraceStore {
         let thread_counters = Arc::clone(&counters);
         let handle = std::thread::Builder::new()
             .name("metis-trace-writer".into())
-            .spawn(move || writer::run(conn, rx, thread_counters, cfg))
+            .spawn(move || writer::run(SqliteBatches(conn), &rx, thread_counters, cfg))
             .map_err(|e| {
                 TraceError::Unavailable(format!("cannot start the trace writer thread: {e}"))
             })?;
@@ -363,7 +363,14 @@ impl EventSink for SqliteTraceStore {
         let (tx, rx) = oneshot::channel();
         let stopped = || TraceError::Unavailable("the trace writer has stopped".into());
         // A control marker: queued even when the queue is full of events (never blocks).
-        if inner.sender.send(Msg::Flush(tx)).is_err() {
+        if inner
+            .sender
+            .send(Msg::flush(move |r| {
+                // The flusher may have given up waiting; nothing to do then.
+                let _ = tx.send(r);
+            }))
+            .is_err()
+        {
             return Err(stopped());
         }
         match rx.await {
