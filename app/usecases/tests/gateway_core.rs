@@ -104,6 +104,11 @@ impl Metrics for RecordingMetrics {
     fn quota_ratio(&self, _: &str, _: &str, _: f64) {}
     fn inflight(&self, _: i64) {}
     fn streams(&self, _: i64) {}
+    fn accept_error(&self, _: &str) {}
+    fn refused(&self, _: &str) {}
+    fn connections(&self, _: i64) {}
+    fn connection_limit(&self, _: u64) {}
+    fn inflight_body_bytes(&self, _: i64) {}
     fn token_count(&self, method: &str) {
         self.token_counts.lock().unwrap().push(method.to_owned());
     }
