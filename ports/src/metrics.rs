@@ -1,6 +1,7 @@
 //! The metrics port: what the core and the HTTP adapter count. The exporter (Prometheus
 //! text at `/metrics`) is an adapter; no secret or token ever becomes a label.
 
+use crate::trace::CommitLagStats;
 use gw_domain::canonical::Usage;
 
 /// Values read at scrape time (the exporter has no other way to know them).
@@ -13,6 +14,8 @@ pub struct ScrapeGauges {
     pub keys_active: u64,
     pub keys_revoked: u64,
     pub wal_bytes: u64,
+    /// The trace writer's queue-to-commit lag against its commit deadline.
+    pub trace_commit_lag: CommitLagStats,
 }
 
 /// Counters, gauges and histograms. Every method MUST be cheap and non-blocking (it is on
@@ -35,6 +38,20 @@ pub trait Metrics: Send + Sync {
     fn streams(&self, delta: i64);
     /// One token-count request answered; `method` is `exact`, `tokenizer` or `estimate`.
     fn token_count(&self, method: &str);
+    /// The listener failed to accept a connection: `kind` is `fd_limit` (EMFILE/ENFILE, the
+    /// process or system is out of file descriptors) or `other`.
+    fn accept_error(&self, kind: &str);
+    /// A connection or request refused before any handler ran: `reason` is `connection_cap`
+    /// (over the connection cap), `fd_limit` (answered from the spare descriptor while out of
+    /// descriptors) or `body_memory` (over the in-flight request body budget).
+    fn refused(&self, reason: &str);
+    /// Client connections open (+1 accepted, -1 closed).
+    fn connections(&self, delta: i64);
+    /// The connection cap in force (`--max-connections`, lowered when the descriptor limit
+    /// cannot cover it).
+    fn connection_limit(&self, limit: u64);
+    /// Request body bytes reserved by requests in flight (+ reserved, - released).
+    fn inflight_body_bytes(&self, delta: i64);
     /// Render everything in the Prometheus text exposition format.
     fn render(&self, gauges: &ScrapeGauges) -> String;
 }

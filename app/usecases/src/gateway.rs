@@ -767,6 +767,7 @@ impl GatewayService for GatewayCore {
             keys_active: active,
             keys_revoked: revoked,
             wal_bytes: self.sink.wal_bytes(),
+            trace_commit_lag: stats.commit_lag,
         })
     }
 
