@@ -209,7 +209,7 @@ fn models_shape(req: &Request) -> Shape {
 
 impl Api {
     /// Authenticate (before the body is read), then read the body within the size and time
-    /// limits. An `Err` is the finished error response.
+    /// limits and the in-flight memory budget. An `Err` is the finished error response.
     async fn admit_and_read(
         &self,
         shape: Shape,
@@ -241,7 +241,11 @@ impl Api {
                 };
                 Err(error_response(&err, shape))
             }
-            Ok(Ok(b)) => Ok((admission, b)),
+            Ok(Ok(b)) => {
+                // The parse estimate of this body must fit the in-flight request budget.
+                crate::inflight::charge_parsed(req, &b).map_err(|refused| *refused)?;
+                Ok((admission, b))
+            }
             Ok(Err(ReadBodyError::PayloadTooLarge)) => Err(error_response(&too_large, shape)),
             Ok(Err(e)) => {
                 let err = gw_domain::error::invalid(format!("could not read request body: {e}"));
@@ -255,10 +259,6 @@ impl Api {
             Ok(x) => x,
             Err(resp) => return RawReply(resp),
         };
-        // The parse estimate of this body must fit the in-flight request budget.
-        if let Err(refused) = crate::inflight::charge_parsed(req, &bytes) {
-            return RawReply(*refused);
-        }
         let handled = match req.extensions().get::<ClientGone>() {
             Some(gone) => {
                 let gone = gone.wait();
