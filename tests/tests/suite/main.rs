@@ -14,6 +14,7 @@ mod http_features;
 mod http_trace;
 mod http_translation;
 mod key_audit;
+mod observability;
 mod openapi_drift;
 mod otel;
 mod patterns_live;

@@ -13,9 +13,9 @@
 use gw_tests::FakeUpstream;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::metrics::v1::Metric;
 use opentelemetry_proto::tonic::metrics::v1::metric::Data as MetricData;
-use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use poem::web::Data;
 use poem::{EndpointExt, Route, handler, post};
@@ -256,7 +256,14 @@ fn hex(bytes: &[u8]) -> String {
 /// Issue a key with `metis gateway issue-key` into `data`; returns the token.
 fn issue_key(metis: &std::path::Path, data: &std::path::Path) -> String {
     let issued = Command::new(metis)
-        .args(["gateway", "issue-key", "--name", "otel", "--workspace", "/w"])
+        .args([
+            "gateway",
+            "issue-key",
+            "--name",
+            "otel",
+            "--workspace",
+            "/w",
+        ])
         .args(["--user", "alice", "--team", "platform"])
         .arg("--data-dir")
         .arg(data)
@@ -393,8 +400,7 @@ async fn gen_ai_metrics_reach_the_otlp_receiver_with_semantic_convention_attribu
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let metrics = metrics.lock().unwrap().clone();
-    let names: std::collections::BTreeSet<&str> =
-        metrics.iter().map(|m| m.name.as_str()).collect();
+    let names: std::collections::BTreeSet<&str> = metrics.iter().map(|m| m.name.as_str()).collect();
 
     let units: std::collections::BTreeMap<&str, &str> = metrics
         .iter()
@@ -421,8 +427,7 @@ async fn gen_ai_metrics_reach_the_otlp_receiver_with_semantic_convention_attribu
         assert!(
             tokens.iter().any(|p| gen_ai(p)
                 && p.get("gen_ai.token.type").map(String::as_str) == Some(kind)
-                && p.get("gen_ai.response.model").map(String::as_str)
-                    == Some("claude-haiku-4-5")),
+                && p.get("gen_ai.response.model").map(String::as_str) == Some("claude-haiku-4-5")),
             "token usage of type {kind}: {tokens:?}"
         );
     }
@@ -452,9 +457,11 @@ async fn gen_ai_metrics_reach_the_otlp_receiver_with_semantic_convention_attribu
     );
     let http = points(&metrics, "http.server.request.duration");
     assert!(
-        http.iter().any(|p| p.get("http.route").map(String::as_str) == Some("/v1/messages")
-            && p.get("http.request.method").map(String::as_str) == Some("POST")
-            && p.get("http.response.status_code").map(String::as_str) == Some("200")),
+        http.iter().any(
+            |p| p.get("http.route").map(String::as_str) == Some("/v1/messages")
+                && p.get("http.request.method").map(String::as_str) == Some("POST")
+                && p.get("http.response.status_code").map(String::as_str) == Some("200")
+        ),
         "{http:?}"
     );
     // No key, user or team attribute: the OTLP series stay bounded by providers and models.
