@@ -7,6 +7,8 @@
 
 #![expect(
     clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
     reason = "test support functions outside #[test] bodies"
 )]
 
