@@ -26,6 +26,9 @@ scripts/python-tests.sh
 echo "==> Real clients: Claude Code, Codex CLI, npm SDKs, agent frameworks"
 scripts/client-tests.sh
 
+echo "==> OpenAPI conformance (schemathesis against the served document)"
+scripts/schemathesis.sh
+
 echo "==> Deployment assets (Dockerfile, compose, Helm chart, docs)"
 scripts/infra-tests.sh
 

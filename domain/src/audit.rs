@@ -10,6 +10,8 @@
 
 use sha2::{Digest, Sha256};
 
+use crate::events::Event;
+
 /// Event types retained forever and chained.
 pub const AUDIT_TYPES: [&str; 12] = [
     "gateway.key_issued",
@@ -76,6 +78,133 @@ pub fn chain_payload(payload_json: &str, seq: u64, prev_hash: &str) -> Option<St
         serde_json::Value::String(prev_hash.to_owned()),
     );
     serde_json::to_string(&v).ok()
+}
+
+/// The last link of a chain: its sequence number and the [`row_hash`] of its row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainTail {
+    pub seq: u64,
+    pub hash: String,
+}
+
+impl Default for ChainTail {
+    fn default() -> Self {
+        Self::genesis()
+    }
+}
+
+impl ChainTail {
+    /// The tail of an empty chain: sequence 0, [`GENESIS_HASH`].
+    #[must_use]
+    pub fn genesis() -> Self {
+        Self {
+            seq: 0,
+            hash: GENESIS_HASH.to_owned(),
+        }
+    }
+
+    /// The tail a stored row with sequence number `seq` makes (for stores that keep rows,
+    /// not the tail's hash).
+    #[must_use]
+    pub fn of_row(seq: u64, row: &ChainedRow<'_>) -> Self {
+        Self {
+            seq,
+            hash: row_hash(row),
+        }
+    }
+}
+
+/// The link an audit event gets: the payload to store, its sequence number and the hash of
+/// the stored row (the next link's `audit_prev_hash`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub seq: u64,
+    pub payload_json: String,
+    pub hash: String,
+}
+
+/// What [`AuditChain::link`] decided for one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Linking {
+    /// Not an audit type: store the payload as given.
+    NotAudit,
+    /// An audit event whose payload is not a JSON object, so it cannot carry a link. Store it
+    /// as given (the record is kept); `metis audit verify` reports the unchained row.
+    Unlinkable,
+    /// Store `Link::payload_json`, then report the row stored with [`AuditChain::stored`].
+    Linked(Link),
+}
+
+/// Chains the audit events of one write transaction onto the stored chain: the single rule
+/// both storage adapters and the port fakes apply, so the links (and the stored bytes) are
+/// the same whatever the backend.
+///
+/// Lifecycle per transaction: [`link`](Self::link) each event in insertion order (the store's
+/// tail is read on the first audit event only, inside the transaction that holds the write
+/// lock, so writers in several processes extend one chain); insert the row; call
+/// [`stored`](Self::stored) once the row is in. A row the store refuses does not advance the
+/// chain, so the next audit event takes its sequence number. A new transaction (a retried
+/// batch included) starts from a new `AuditChain` and re-reads the tail.
+#[derive(Debug, Default)]
+pub struct AuditChain {
+    tail: Option<ChainTail>,
+}
+
+impl AuditChain {
+    /// A chain whose tail is not read yet.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The link for `event` (see [`Linking`]). `read_tail` gives the stored tail; it is called
+    /// at most once per `AuditChain`, for its first audit event.
+    ///
+    /// # Errors
+    /// `read_tail`'s error.
+    pub fn link<E>(
+        &mut self,
+        event: &Event,
+        read_tail: impl FnOnce() -> Result<ChainTail, E>,
+    ) -> Result<Linking, E> {
+        if !is_audit_type(event.event_type) {
+            return Ok(Linking::NotAudit);
+        }
+        let tail = match &mut self.tail {
+            Some(t) => t,
+            None => self.tail.insert(read_tail()?),
+        };
+        let seq = tail.seq + 1;
+        let Some(payload_json) = chain_payload(&event.payload_json, seq, &tail.hash) else {
+            return Ok(Linking::Unlinkable);
+        };
+        let hash = row_hash(&ChainedRow {
+            id: &event.id,
+            timestamp_us: event.timestamp_us,
+            session_id: &event.session_id,
+            event_type: event.event_type,
+            payload_json: &payload_json,
+        });
+        Ok(Linking::Linked(Link {
+            seq,
+            payload_json,
+            hash,
+        }))
+    }
+
+    /// The row carrying `link` was stored: it is the new tail.
+    pub fn stored(&mut self, link: &Link) {
+        self.tail = Some(ChainTail {
+            seq: link.seq,
+            hash: link.hash.clone(),
+        });
+    }
+
+    /// The tail after the rows stored so far (`None` before the first audit event).
+    #[must_use]
+    pub fn tail(&self) -> Option<&ChainTail> {
+        self.tail.as_ref()
+    }
 }
 
 /// The first problem found in a chain.
@@ -156,6 +285,73 @@ mod tests {
                 payload_json: p,
             })
             .collect()
+    }
+
+    fn event(id: &str, event_type: &'static str, payload: &str) -> Event {
+        Event {
+            id: id.to_owned(),
+            timestamp_us: 7,
+            session_id: "system".to_owned(),
+            turn_id: None,
+            parent_event_id: None,
+            event_type,
+            actor: crate::events::Actor::System,
+            sensitivity: crate::events::Sensitivity::Pseudonymous,
+            payload_json: payload.to_owned(),
+        }
+    }
+
+    /// The links `AuditChain` hands out are the ones `verify` accepts, the tail is read once
+    /// per transaction, and a row the store refused does not use up a sequence number.
+    #[test]
+    fn the_audit_chain_links_from_the_stored_tail_and_skips_refused_rows() {
+        let mut reads = 0;
+        let mut chain = AuditChain::new();
+        let mut stored: Vec<(String, String)> = Vec::new();
+        let events = [
+            event("01A", "gateway.key_issued", r#"{"k":1}"#),
+            event("01B", "llm.call_completed", "{}"),
+            event("01C", "gateway.key_revoked", r#"{"k":2}"#),
+            event("01D", "gateway.key_rotated", r#"{"k":3}"#),
+            event("01E", "gateway.key_issued", "[1]"),
+        ];
+        for (i, e) in events.iter().enumerate() {
+            let linking = chain
+                .link(e, || {
+                    reads += 1;
+                    Ok::<_, ()>(ChainTail::genesis())
+                })
+                .unwrap();
+            match (i, linking) {
+                (1, Linking::NotAudit) | (4, Linking::Unlinkable) => {}
+                // The store refuses the third event: its link is not stored.
+                (2, Linking::Linked(l)) => assert_eq!(l.seq, 2),
+                (0 | 3, Linking::Linked(l)) => {
+                    chain.stored(&l);
+                    stored.push((e.id.clone(), l.payload_json));
+                }
+                (i, other) => panic!("event {i}: {other:?}"),
+            }
+        }
+        assert_eq!(reads, 1);
+        assert_eq!(chain.tail().map(|t| t.seq), Some(2));
+        let rows: Vec<ChainedRow<'_>> = stored
+            .iter()
+            .map(|(id, p)| ChainedRow {
+                id,
+                timestamp_us: 7,
+                session_id: "system",
+                event_type: if id == "01A" {
+                    "gateway.key_issued"
+                } else {
+                    "gateway.key_rotated"
+                },
+                payload_json: p,
+            })
+            .collect();
+        assert_eq!(verify(rows.iter().copied()), Ok(2));
+        let last = rows.last().copied().unwrap();
+        assert_eq!(chain.tail(), Some(&ChainTail::of_row(2, &last)));
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod patterns;
 pub mod pricing;
 pub mod ratelimit;
 pub mod responses;
+pub mod responses_socket;
 pub mod retention;
 pub mod sessions;
 pub mod sse;

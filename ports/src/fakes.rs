@@ -21,13 +21,14 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
-use gw_domain::audit::{AUDIT_TYPES, ChainedRow, GENESIS_HASH, chain_payload, row_hash};
+use gw_domain::audit::{AUDIT_TYPES, AuditChain, ChainTail, Linking};
 use gw_domain::events::Event;
 use gw_domain::events::types::{LLM_CALL_COMPLETED, LLM_CALL_FAILED};
 use gw_domain::keys::KeyRecord;
 use gw_domain::patterns::{PATTERN_SCHEMA_VERSION, PatternCaps, PatternRecord, mean_add};
 use gw_domain::sessions::{SessionId, SessionRecord, SessionTurn};
 use serde_json::Value;
+use std::convert::Infallible;
 
 use crate::keys::{KeyEdit, KeyStore, KeyStoreError};
 use crate::patterns::{
@@ -55,8 +56,8 @@ struct TraceFile {
     schema_version: i64,
     /// Committed rows by id (ULID order = emit order).
     rows: BTreeMap<String, EventRow>,
-    /// Tail of the audit chain: (last `audit_seq`, hash of that row).
-    chain: Option<(u64, String)>,
+    /// Tail of the audit chain (`None`: no audit event written yet).
+    chain: Option<ChainTail>,
 }
 
 #[derive(Debug, Default)]
@@ -178,24 +179,19 @@ impl InMemoryTraceStore {
                 sink.stats.failed += 1;
                 continue;
             }
-            let mut payload = e.payload_json.clone();
-            if gw_domain::audit::is_audit_type(e.event_type) {
-                let (seq, prev) = file
-                    .chain
-                    .clone()
-                    .unwrap_or_else(|| (0, GENESIS_HASH.to_owned()));
-                if let Some(chained) = chain_payload(&e.payload_json, seq + 1, &prev) {
-                    let hash = row_hash(&ChainedRow {
-                        id: &e.id,
-                        timestamp_us: e.timestamp_us,
-                        session_id: &e.session_id,
-                        event_type: e.event_type,
-                        payload_json: &chained,
-                    });
-                    file.chain = Some((seq + 1, hash));
-                    payload = chained;
+            // The same linking rule as the adapters' writers; the "store" never refuses a
+            // row past the id check, so every link is stored.
+            let tail = file.chain.clone();
+            let mut chain = AuditChain::new();
+            let Ok(linking) = chain.link(&e, || Ok::<_, Infallible>(tail.unwrap_or_default()));
+            let payload = match linking {
+                Linking::Linked(link) => {
+                    chain.stored(&link);
+                    file.chain = chain.tail().cloned();
+                    link.payload_json
                 }
-            }
+                Linking::NotAudit | Linking::Unlinkable => e.payload_json.clone(),
+            };
             file.rows.insert(
                 e.id.clone(),
                 EventRow {

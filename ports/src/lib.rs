@@ -18,3 +18,4 @@ pub mod system;
 pub mod tokens;
 pub mod trace;
 pub mod upstream;
+pub mod writer;

@@ -5,6 +5,7 @@
 //! of them become label values (the series budget) is the exporter's job, because only it
 //! knows what it keeps per series.
 
+use crate::trace::CommitLagStats;
 use gw_domain::canonical::Usage;
 
 /// Values read at scrape time (the exporter has no other way to know them).
@@ -23,6 +24,8 @@ pub struct ScrapeGauges {
     pub trace_store_writable: bool,
     /// Shutdown began: `/readyz` answers 503 and the process is finishing its requests.
     pub draining: bool,
+    /// The trace writer's queue-to-commit lag against its commit deadline.
+    pub trace_commit_lag: CommitLagStats,
 }
 
 /// Which upstream call a measurement belongs to.
@@ -86,6 +89,20 @@ pub trait Metrics: Send + Sync {
     fn streams(&self, delta: i64);
     /// One token-count request answered; `method` is `exact`, `tokenizer` or `estimate`.
     fn token_count(&self, method: &str);
+    /// The listener failed to accept a connection: `kind` is `fd_limit` (EMFILE/ENFILE, the
+    /// process or system is out of file descriptors) or `other`.
+    fn accept_error(&self, kind: &str);
+    /// A connection or request refused before any handler ran: `reason` is `connection_cap`
+    /// (over the connection cap), `fd_limit` (answered from the spare descriptor while out of
+    /// descriptors) or `body_memory` (over the in-flight request body budget).
+    fn refused(&self, reason: &str);
+    /// Client connections open (+1 accepted, -1 closed).
+    fn connections(&self, delta: i64);
+    /// The connection cap in force (`--max-connections`, lowered when the descriptor limit
+    /// cannot cover it).
+    fn connection_limit(&self, limit: u64);
+    /// Request body bytes reserved by requests in flight (+ reserved, - released).
+    fn inflight_body_bytes(&self, delta: i64);
     /// Render everything in the Prometheus text exposition format.
     fn render(&self, gauges: &ScrapeGauges) -> String;
 }

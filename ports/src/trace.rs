@@ -3,6 +3,30 @@
 use async_trait::async_trait;
 use gw_domain::events::Event;
 
+/// Upper bounds (milliseconds) of the commit-lag histogram buckets; a last `+Inf` bucket is
+/// implied.
+pub const COMMIT_LAG_BUCKETS_MS: [u64; 11] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 5000];
+
+/// How long events waited between being queued and being committed, measured by the writer
+/// per committed batch on its oldest event. This is the window of acknowledged events a
+/// SIGKILL (or power loss) can lose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CommitLagStats {
+    /// The configured commit deadline (microseconds; 0 = none reported).
+    pub deadline_us: u64,
+    /// Batches per bucket of [`COMMIT_LAG_BUCKETS_MS`] (not cumulative); the last entry
+    /// counts the batches above the largest bound.
+    pub buckets: [u64; COMMIT_LAG_BUCKETS_MS.len() + 1],
+    /// Committed batches observed.
+    pub count: u64,
+    /// Sum of the observed lags (microseconds).
+    pub sum_us: u64,
+    /// The largest lag observed since the store was opened (microseconds).
+    pub max_us: u64,
+    /// Batches committed later than the deadline.
+    pub deadline_misses: u64,
+}
+
 /// Counters of a sink, for `/metrics` and the shutdown report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SinkStats {
@@ -16,6 +40,8 @@ pub struct SinkStats {
     pub failed: u64,
     /// Current queue depth.
     pub queued: u64,
+    /// Queue-to-commit lag of committed batches against the commit deadline.
+    pub commit_lag: CommitLagStats,
 }
 
 #[derive(Debug, thiserror::Error)]

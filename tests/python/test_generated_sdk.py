@@ -99,7 +99,9 @@ def test_generated_client_manages_keys_and_reads_usage(client_module, admin_gate
     assert "alice" in rows and rows["alice"].calls >= 1
 
     # The audit trail shows the lifecycle.
-    audit = api("export_audit").sync(client=client, type_=["gateway.key_issued", "gateway.key_rotated", "gateway.key_revoked"])
+    # The document lists the audit types, so the generated client takes them as an enum.
+    kinds_wanted = [models.ExportAuditTypeItem(t) for t in ("gateway.key_issued", "gateway.key_rotated", "gateway.key_revoked")]
+    audit = api("export_audit").sync(client=client, type_=kinds_wanted)
     kinds = [e.type_ for e in audit.events]
     assert "gateway.key_rotated" in kinds and "gateway.key_revoked" in kinds
 

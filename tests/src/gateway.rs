@@ -166,6 +166,11 @@ pub struct GatewayOptions {
     /// The storage backend (`--store`). `None`: `METIS_TEST_STORE` (`sqlite` or `redb`) when
     /// set, else SQLite, so the whole HTTP suite can be run on either backend.
     pub store: Option<metis_app::store::StoreKind>,
+    /// A TOML config file for the gateway (`--config`: providers' `responses_api`, prices,
+    /// aliases), written into the data dir. `{fake_openai_url}` in it is replaced by the fake
+    /// upstream's OpenAI base URL (for a second provider, e.g. `[providers.openrouter]`,
+    /// pointed at the same fake).
+    pub config_toml: Option<String>,
 }
 
 /// The backend a test gateway uses when its options name none: `METIS_TEST_STORE` (`sqlite`
@@ -346,6 +351,13 @@ impl TestGateway {
         .iter()
         .map(|s| (*s).to_owned())
         .collect();
+        if let Some(toml) = &opts.config_toml {
+            let path = data_dir.path().join("gateway-config.toml");
+            let text = toml.replace("{fake_openai_url}", &upstream.openai_base_url());
+            std::fs::write(&path, text).context("write the gateway config file")?;
+            argv.push("--config".to_owned());
+            argv.push(path.display().to_string());
+        }
         argv.extend(opts.extra_args.iter().cloned());
         let args = ServeArgs::try_parse_from(&argv).context("serve args")?;
         let app = App::build(args).await?;
@@ -542,6 +554,12 @@ async fn issue(
         key_id: issued.record.key_id,
         token: issued.token,
     })
+}
+
+/// Send a request (built on [`TestGateway::client`] or any client) and read its reply to the
+/// end: for requests the typed helpers do not cover (other paths, headers, query strings).
+pub async fn send(req: reqwest::RequestBuilder) -> Reply {
+    finish(req.send().await).await
 }
 
 async fn finish(sent: reqwest::Result<reqwest::Response>) -> Reply {

@@ -85,6 +85,25 @@ pub fn metis_bin() -> anyhow::Result<PathBuf> {
 /// When the binary has not been built.
 pub fn metis_command() -> anyhow::Result<Command> {
     let mut cmd = Command::new(metis_bin()?);
+    clean_env(&mut cmd);
+    Ok(cmd)
+}
+
+/// A `Command` running `metis` under `sh` with the descriptor limit (soft and hard) set to
+/// `nofile` first (`ulimit -n`), with the same clean environment as [`metis_command`].
+///
+/// # Errors
+/// When the binary has not been built.
+pub fn metis_command_with_nofile(nofile: u64) -> anyhow::Result<Command> {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!("ulimit -n {nofile} && exec \"$0\" \"$@\""))
+        .arg(metis_bin()?);
+    clean_env(&mut cmd);
+    Ok(cmd)
+}
+
+fn clean_env(cmd: &mut Command) {
     for (key, _) in std::env::vars_os() {
         let Some(key) = key.to_str() else { continue };
         if key.starts_with("METIS_GATEWAY_")
@@ -102,7 +121,6 @@ pub fn metis_command() -> anyhow::Result<Command> {
         }
     }
     cmd.env("RUST_LOG", "info").stdin(Stdio::null());
-    Ok(cmd)
 }
 
 /// The result of a finished one-shot command.
@@ -337,10 +355,37 @@ impl GatewayProcess {
         args: &[String],
         env: &[(&str, &str)],
     ) -> anyhow::Result<Result<GatewayProcess, StartFailure>> {
+        Self::try_spawn_command(metis_command()?, args, env)
+    }
+
+    /// Like [`Self::spawn`], with the process's descriptor limit (soft and hard) set to
+    /// `nofile` before it starts.
+    ///
+    /// # Errors
+    /// As [`Self::spawn`].
+    pub fn spawn_with_nofile(
+        nofile: u64,
+        args: &[String],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<GatewayProcess> {
+        match Self::try_spawn_command(metis_command_with_nofile(nofile)?, args, env)? {
+            Ok(p) => Ok(p),
+            Err(f) => bail!(
+                "metis gateway exited with {:?} before its boot line:\n{}",
+                f.code,
+                f.stderr
+            ),
+        }
+    }
+
+    fn try_spawn_command(
+        mut cmd: Command,
+        args: &[String],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Result<GatewayProcess, StartFailure>> {
         let logs = tempfile::tempdir().context("tempdir for gateway logs")?;
         let stderr_path = logs.path().join("gateway.stderr");
         let stdout_path = logs.path().join("gateway.stdout");
-        let mut cmd = metis_command()?;
         cmd.arg("gateway").args(args);
         for (k, v) in env {
             cmd.env(k, v);

@@ -46,8 +46,9 @@ pub struct ErrorBody {
     /// Error category.
     #[oai(rename = "type")]
     kind: String,
-    /// Machine-readable code.
-    code: String,
+    /// Machine-readable code (null for a plain validation error).
+    #[oai(nullable)]
+    code: Option<String>,
 }
 
 /// `{"error": {...}}`.
@@ -61,7 +62,7 @@ fn envelope(kind: &str, code: &str, message: String) -> Json<ErrorEnvelope> {
         error: ErrorBody {
             message,
             kind: kind.to_owned(),
-            code: code.to_owned(),
+            code: Some(code.to_owned()),
         },
     })
 }
@@ -120,15 +121,31 @@ pub struct KeyObject {
     status: String,
     /// `revoked` when revoked or past the rotation grace end.
     effective_status: String,
+    /// Models the key may use; null = every model.
+    #[oai(nullable)]
     allowed_models: Option<Vec<String>>,
+    /// Null when the key has no daily cap.
+    #[oai(nullable)]
     daily_cap_usd: Option<String>,
+    /// Null when the key has no monthly cap.
+    #[oai(nullable)]
     monthly_cap_usd: Option<String>,
+    /// Null when the key has no own requests-per-minute limit.
+    #[oai(nullable)]
     rpm: Option<u32>,
+    #[oai(nullable)]
     user_id: Option<String>,
+    #[oai(nullable)]
     team_id: Option<String>,
+    #[oai(nullable)]
     customer_tier: Option<String>,
+    #[oai(nullable)]
     created_at: Option<String>,
+    /// Null while the key is active.
+    #[oai(nullable)]
     revoked_at: Option<String>,
+    /// End of the rotation grace period (null unless the key was rotated).
+    #[oai(nullable)]
     grace_period_until: Option<String>,
     /// Spend of the key's account (shared with rotated predecessors) in the current UTC day.
     spend_day_usd: f64,
@@ -164,28 +181,98 @@ impl From<KeySummary> for KeyObject {
     }
 }
 
+/// A JSON string, and only a string. poem-openapi's `String` also accepts numbers and
+/// booleans and turns them into text (`"team": false` would become the tag `false`), which
+/// the document (`type: string`) does not allow.
+pub struct Text(String);
+
+impl poem_openapi::types::Type for Text {
+    const IS_REQUIRED: bool = true;
+    type RawValueType = String;
+    type RawElementValueType = String;
+
+    fn name() -> std::borrow::Cow<'static, str> {
+        String::name()
+    }
+
+    fn schema_ref() -> poem_openapi::registry::MetaSchemaRef {
+        String::schema_ref()
+    }
+
+    fn as_raw_value(&self) -> Option<&String> {
+        Some(&self.0)
+    }
+
+    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a String> + 'a> {
+        Box::new(std::iter::once(&self.0))
+    }
+}
+
+impl poem_openapi::types::ParseFromJSON for Text {
+    fn parse_from_json(value: Option<serde_json::Value>) -> poem_openapi::types::ParseResult<Self> {
+        match value {
+            Some(serde_json::Value::String(s)) => Ok(Text(s)),
+            other => Err(poem_openapi::types::ParseError::expected_type(
+                other.unwrap_or_default(),
+            )),
+        }
+    }
+}
+
+impl poem_openapi::types::ToJSON for Text {
+    fn to_json(&self) -> Option<serde_json::Value> {
+        Some(serde_json::Value::String(self.0.clone()))
+    }
+}
+
+fn text(t: Option<Text>) -> Option<String> {
+    t.map(|t| t.0)
+}
+
 /// A new key.
 #[derive(Object)]
 pub struct CreateKeyBody {
-    /// Display name.
-    name: String,
+    /// Display name (not blank).
+    #[oai(validator(pattern = r"\S"))]
+    name: Text,
     /// Absolute workspace path the key belongs to.
-    workspace: String,
-    /// Canonical model ids or aliases the key may use (absent = all).
-    #[oai(default)]
-    allowed_models: Vec<String>,
+    #[oai(validator(pattern = "^/"))]
+    workspace: Text,
+    /// Canonical model ids or aliases the key may use (absent, null or empty = all; entries
+    /// not blank).
+    #[oai(default, nullable, validator(pattern = r"\S"))]
+    allowed_models: Vec<Text>,
     /// Daily USD cap (decimal string, > 0).
-    daily_cap_usd: Option<String>,
+    #[oai(
+        nullable,
+        validator(
+            pattern = r"^([0-9]{0,9}[1-9][0-9]{0,9}(\.[0-9]{1,6})?|[0-9]{0,9}\.[0-9]{0,5}[1-9][0-9]{0,5})$"
+        )
+    )]
+    daily_cap_usd: Option<Text>,
     /// Monthly USD cap (decimal string, > 0).
-    monthly_cap_usd: Option<String>,
+    #[oai(
+        nullable,
+        validator(
+            pattern = r"^([0-9]{0,9}[1-9][0-9]{0,9}(\.[0-9]{1,6})?|[0-9]{0,9}\.[0-9]{0,5}[1-9][0-9]{0,5})$"
+        )
+    )]
+    monthly_cap_usd: Option<Text>,
     /// Per-key requests per minute.
+    #[oai(
+        nullable,
+        validator(minimum(value = "1"), maximum(value = "4294967295"))
+    )]
     rpm: Option<u32>,
-    /// User tag (`^[a-z0-9_-]+$`).
-    user: Option<String>,
-    /// Team tag (`^[a-z0-9_-]+$`).
-    team: Option<String>,
+    /// User tag.
+    #[oai(nullable, validator(pattern = "^[a-z0-9_-]{1,200}$"))]
+    user: Option<Text>,
+    /// Team tag.
+    #[oai(nullable, validator(pattern = "^[a-z0-9_-]{1,200}$"))]
+    team: Option<Text>,
     /// `trial`, `paid` or `internal`.
-    customer_tier: Option<String>,
+    #[oai(nullable, validator(pattern = "^(trial|paid|internal)$"))]
+    customer_tier: Option<Text>,
 }
 
 /// A created key with its token (shown only in this response).
@@ -212,8 +299,10 @@ pub struct RevokeObject {
 
 #[derive(Object)]
 pub struct RotateBody {
-    /// How long the old key keeps working: seconds or `30m`, `24h`, `7d`, `2w` (default 24h).
-    grace_period: Option<String>,
+    /// How long the old key keeps working: seconds or `30m`, `24h`, `7d`, `2w` (default 24h;
+    /// more than zero).
+    #[oai(nullable, validator(pattern = r"^\s*0*[1-9][0-9]{0,4}[smhdw]?\s*$"))]
+    grace_period: Option<Text>,
 }
 
 #[derive(Object)]
@@ -229,6 +318,7 @@ pub struct RotateObject {
 #[derive(Object)]
 pub struct UsageRowObject {
     /// The group value (null for calls without it, e.g. keys without a team).
+    #[oai(nullable)]
     group: Option<String>,
     cost_usd: f64,
     input_tokens: u64,
@@ -271,7 +361,9 @@ pub struct AuditEvent {
     id: String,
     timestamp: String,
     session_id: String,
+    #[oai(nullable)]
     turn_id: Option<String>,
+    #[oai(nullable)]
     parent_event_id: Option<String>,
     #[oai(rename = "type")]
     event_type: String,
@@ -351,15 +443,15 @@ impl AdminApi {
         let created = self
             .svc
             .create_key(NewKey {
-                name: b.name,
-                workspace: b.workspace,
-                allowed_models: b.allowed_models,
-                daily_cap_usd: b.daily_cap_usd,
-                monthly_cap_usd: b.monthly_cap_usd,
+                name: b.name.0,
+                workspace: b.workspace.0,
+                allowed_models: b.allowed_models.into_iter().map(|m| m.0).collect(),
+                daily_cap_usd: text(b.daily_cap_usd),
+                monthly_cap_usd: text(b.monthly_cap_usd),
                 rpm: b.rpm,
-                user: b.user,
-                team: b.team,
-                customer_tier: b.customer_tier,
+                user: text(b.user),
+                team: text(b.team),
+                customer_tier: text(b.customer_tier),
             })
             .await?;
         Ok(CreatedResponse::Created(Json(CreatedKeyObject {
@@ -416,7 +508,7 @@ impl AdminApi {
         key_id: Path<String>,
         body: Json<RotateBody>,
     ) -> AdminResult<RotateObject> {
-        let grace = parse_grace(body.0.grace_period.as_deref().unwrap_or("24h"))
+        let grace = parse_grace(text(body.0.grace_period).as_deref().unwrap_or("24h"))
             .map_err(|m| AdminError::from(AdminFailure::Invalid(format!("grace_period: {m}"))))?;
         let r = self.svc.rotate_key(&key_id.0, grace).await?;
         Ok(Json(RotateObject {
@@ -438,9 +530,15 @@ impl AdminApi {
     async fn usage(
         &self,
         _auth: AdminAuth,
+        #[oai(validator(
+            pattern = r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?(Z|[+-](0[0-9]|1[0-7]):[0-5][0-9])$"
+        ))]
         since: Query<Option<String>>,
+        #[oai(validator(
+            pattern = r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?(Z|[+-](0[0-9]|1[0-7]):[0-5][0-9])$"
+        ))]
         until: Query<Option<String>>,
-        group_by: Query<Option<String>>,
+        #[oai(validator(pattern = "^(key|user|team|model)$"))] group_by: Query<Option<String>>,
         key: Query<Option<String>>,
         user: Query<Option<String>>,
         team: Query<Option<String>>,
@@ -482,7 +580,13 @@ impl AdminApi {
     async fn audit(
         &self,
         _auth: AdminAuth,
+        #[oai(validator(
+            pattern = r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?(Z|[+-](0[0-9]|1[0-7]):[0-5][0-9])$"
+        ))]
         since: Query<Option<String>>,
+        #[oai(validator(
+            pattern = r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?(Z|[+-](0[0-9]|1[0-7]):[0-5][0-9])$"
+        ))]
         until: Query<Option<String>>,
         #[oai(name = "type")] types: Query<Vec<String>>,
     ) -> AdminResult<AuditReport> {

@@ -2,7 +2,7 @@
 //! catch-all that turns every framework error into a JSON envelope.
 
 use crate::admin::{AdminApi, AdminToken};
-use crate::reply::{ErrorCode, RawReply, error_response, json_response};
+use crate::reply::{AllowTable, ErrorCode, RawReply, error_response, json_response};
 use async_trait_free::NoService;
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -194,8 +194,8 @@ fn meta(req: &Request, shape: Shape) -> InboundMeta {
 
 /// Coding agents' own session headers, read (in this order) when `x-metis-session-id` is
 /// absent: Claude Code sends `X-Claude-Code-Session-Id` on every request, the Codex CLI
-/// `session-id` (also as `thread-id`).
-const AGENT_SESSION_HEADERS: [&str; 2] = ["x-claude-code-session-id", "session-id"];
+/// `session-id` (also as `thread-id`; `session_id` in releases before 0.171).
+const AGENT_SESSION_HEADERS: [&str; 3] = ["x-claude-code-session-id", "session-id", "session_id"];
 
 /// The shape a `GET /v1/models` caller speaks: Anthropic when it authenticates with
 /// `x-api-key` or names an `anthropic-version`, as the Anthropic SDKs do.
@@ -255,6 +255,10 @@ impl Api {
             Ok(x) => x,
             Err(resp) => return RawReply(resp),
         };
+        // The parse estimate of this body must fit the in-flight request budget.
+        if let Err(refused) = crate::inflight::charge_parsed(req, &bytes) {
+            return RawReply(*refused);
+        }
         let handled = match req.extensions().get::<ClientGone>() {
             Some(gone) => {
                 let gone = gone.wait();
@@ -384,10 +388,12 @@ impl Api {
         self.provider(Shape::Responses, req, body).await
     }
 
-    /// The WebSocket transport of the Responses API is not served: this answers 426, which
-    /// makes the Codex CLI (`supports_websockets = true`) switch to HTTP `POST /v1/responses`
-    /// at once and for the rest of its session (any other status costs it about 7 s of
-    /// reconnect back-off).
+    /// The Responses API over a WebSocket (Codex's transport with `supports_websockets =
+    /// true`): with `Upgrade: websocket` and a gateway key (`Authorization: Bearer`), the
+    /// connection switches protocols (101); each `{"type":"response.create",…}` text frame is
+    /// served like a streamed `POST /v1/responses`, one event per frame, with Codex's
+    /// warm-up (`generate: false`) and incremental input (`previous_response_id` of the
+    /// socket's last response). Without the upgrade header the answer is 426.
     #[oai(
         path = "/v1/responses",
         method = "get",
@@ -546,8 +552,9 @@ fn service(
 }
 
 /// Map framework errors (unknown path, wrong method, extractor failures) to JSON envelopes in
-/// the shape the path implies. Responses the handlers built themselves pass through.
-fn json_errors(err: &poem::Error, method: String, path: String) -> Response {
+/// the shape the path implies. Responses the handlers built themselves pass through. A 405
+/// carries `Allow` with the methods the document lists for the path.
+fn json_errors(err: &poem::Error, method: String, path: String, allow: &AllowTable) -> Response {
     if path.starts_with("/admin/") && err.status() == StatusCode::UNAUTHORIZED {
         let body = json!({"error": {
             "message": "invalid or missing admin token (Authorization: Bearer <admin token>)",
@@ -564,7 +571,20 @@ fn json_errors(err: &poem::Error, method: String, path: String) -> Response {
     let gw = if err.is::<NotFoundError>() {
         GatewayError::NotFound { path }
     } else if err.is::<MethodNotAllowedError>() {
-        GatewayError::MethodNotAllowed { method, path }
+        let mut resp = error_response(
+            &GatewayError::MethodNotAllowed {
+                method,
+                path: path.clone(),
+            },
+            shape,
+        );
+        if let Some(v) = allow
+            .allowed(&path)
+            .and_then(|m| poem::http::HeaderValue::from_str(m).ok())
+        {
+            resp.headers_mut().insert(header::ALLOW, v);
+        }
+        return resp;
     } else if err.status() == StatusCode::PAYLOAD_TOO_LARGE {
         GatewayError::PayloadTooLarge { limit_bytes: 0 }
     } else if err.status().is_client_error() {
@@ -592,6 +612,7 @@ pub fn routes(
     let api = service(svc, admin_svc, opts);
     let docs = api.swagger_ui();
     let document = openapi_json();
+    let allow = Arc::new(AllowTable::from_openapi(&document));
     let spec = poem::endpoint::make_sync(move |_| {
         Response::builder()
             .content_type("application/json; charset=utf-8")
@@ -605,6 +626,7 @@ pub fn routes(
             let token = token.clone();
             let recorder = Arc::clone(&recorder);
             let unmatched = Arc::clone(&unmatched);
+            let allow = Arc::clone(&allow);
             async move {
                 let started = Instant::now();
                 let path = req.uri().path().to_owned();
@@ -615,7 +637,14 @@ pub fn routes(
                     known => known,
                 };
                 let admin_path = path.starts_with("/admin/") || path == "/admin";
+                let websocket = path == "/v1/responses"
+                    && req.method() == poem::http::Method::GET
+                    && crate::socket::is_upgrade(&req);
                 let resp = match (&token, admin_path) {
+                    _ if websocket => {
+                        let meta = meta(&req, Shape::Responses);
+                        crate::socket::upgrade(Arc::clone(&recorder), meta, &req).await
+                    }
                     (None, true) => error_response(&GatewayError::NotFound { path }, Shape::OpenAi),
                     (token, _) => {
                         if let (Some(t), true) = (token, admin_path) {
@@ -624,7 +653,7 @@ pub fn routes(
                         match ep.call(req).await {
                             Ok(resp) => resp.into_response(),
                             Err(err) if err.is_from_response() => err.into_response(),
-                            Err(err) => json_errors(&err, method.clone(), path),
+                            Err(err) => json_errors(&err, method.clone(), path, &allow),
                         }
                     }
                 };
@@ -675,11 +704,26 @@ const UNMATCHED_LABELS: usize = 32;
 
 /// Bounded metric labels for paths no route serves, so an operator can see *which* missing
 /// route clients call (`unmatched:/v1/completions`) without a client being able to grow the
-/// label set: at most three segments, id-like segments (digits, or longer than 24 characters)
-/// replaced by `{id}`, and at most [`UNMATCHED_LABELS`] distinct labels.
+/// label set: at most three segments, id-like segments (see [`is_plain_segment`]) replaced
+/// by `{id}`, and at most [`UNMATCHED_LABELS`] distinct labels.
 #[derive(Default)]
 struct UnmatchedRoutes {
     seen: Mutex<Vec<&'static str>>,
+}
+
+/// Whether a path segment is kept as is in an unmatched-route label: a lower-case word
+/// (`completions`, `batch_jobs`) or an API version tag (`v1`, `v1beta`: every provider path
+/// starts with one, and the label must name the route a client missed). Anything else (ids,
+/// numbers, mixed case, more than 24 characters) becomes `{id}`.
+fn is_plain_segment(seg: &str) -> bool {
+    let word = seg
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || matches!(b, b'_' | b'-' | b'.'));
+    let version = seg.strip_prefix('v').is_some_and(|rest| {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        (1..=2).contains(&digits) && rest[digits..].bytes().all(|b| b.is_ascii_lowercase())
+    });
+    seg.len() <= 24 && (word || version)
 }
 
 impl UnmatchedRoutes {
@@ -687,11 +731,7 @@ impl UnmatchedRoutes {
         let mut shape = String::from("unmatched:");
         for seg in path.split('/').filter(|s| !s.is_empty()).take(3) {
             shape.push('/');
-            let plain = seg.len() <= 24
-                && seg
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || matches!(b, b'_' | b'-' | b'.'));
-            shape.push_str(if plain { seg } else { "{id}" });
+            shape.push_str(if is_plain_segment(seg) { seg } else { "{id}" });
         }
         if shape.len() == "unmatched:".len() {
             shape.push('/');
@@ -801,11 +841,11 @@ fn complete_document(spec: &str) -> String {
         let mut properties = serde_json::Map::new();
         properties.insert(
             "model".to_owned(),
-            json!({"type": "string", "description": "Alias, canonical id (`provider:name`) or model name."}),
+            json!({"type": "string", "minLength": 1, "description": "Alias, canonical id (`provider:name`) or model name."}),
         );
         for field in required.iter().chain(extra).filter(|f| **f != "model") {
             let schema = match *field {
-                "messages" => json!({"type": "array", "items": {"type": "object"}}),
+                "messages" => json!({"type": "array", "minItems": 1, "items": {"type": "object"}}),
                 "stream" => json!({"type": "boolean"}),
                 "max_tokens" => json!({"type": "integer", "minimum": 1}),
                 "input" => {
@@ -928,6 +968,15 @@ fn complete_document(spec: &str) -> String {
             }
         }
     }
+    // The audit export's `type` filter takes audit event types only (anything else is a 400).
+    if let Some(params) = doc
+        .pointer_mut("/paths/~1admin~1v1~1audit/get/parameters")
+        .and_then(serde_json::Value::as_array_mut)
+    {
+        for p in params.iter_mut().filter(|p| p["name"] == "type") {
+            p["schema"]["items"]["enum"] = json!(gw_domain::audit::AUDIT_TYPES);
+        }
+    }
     serde_json::to_string_pretty(&doc).unwrap_or_else(|_| spec.to_owned())
 }
 
@@ -1024,5 +1073,39 @@ mod async_trait_free {
         fn now_us(&self) -> i64 {
             0
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unmatched_labels_keep_routes_and_fold_ids() {
+        let routes = UnmatchedRoutes::default();
+        assert_eq!(routes.label("/v1/completions"), "unmatched:/v1/completions");
+        assert_eq!(
+            routes.label("/v1beta/models/gemini-pro"),
+            "unmatched:/v1beta/models/gemini-pro"
+        );
+        assert_eq!(
+            routes.label("/v1/files/file-AbC123/content"),
+            "unmatched:/v1/files/{id}"
+        );
+        assert_eq!(
+            routes.label("/v1/threads/123"),
+            "unmatched:/v1/threads/{id}"
+        );
+        assert_eq!(routes.label("/v123/x"), "unmatched:/{id}/x");
+        assert_eq!(routes.label("/"), "unmatched:/");
+        for i in 0..UNMATCHED_LABELS {
+            let word: String = [i / 26, i % 26]
+                .iter()
+                .map(|n| char::from(b'a' + *n as u8))
+                .collect();
+            let _ = routes.label(&format!("/probe/{word}"));
+        }
+        assert_eq!(routes.label("/one/more"), "unmatched:other");
+        assert_eq!(routes.label("/v1/completions"), "unmatched:/v1/completions");
     }
 }

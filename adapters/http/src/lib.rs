@@ -10,7 +10,13 @@
 
 mod admin;
 mod api;
+mod inflight;
 mod reply;
+mod socket;
 
 pub use admin::AdminToken;
 pub use api::{ClientGone, HttpOptions, openapi_json, routes};
+pub use inflight::{
+    COST_PER_BODY_BYTE, COST_PER_OBJECT, RequestBudget, Reservation, charge_parsed, estimated_cost,
+};
+pub use reply::cut_stream_on;

@@ -126,3 +126,124 @@ pub fn error_response(err: &GatewayError, shape: Shape) -> Response {
     resp.extensions_mut().insert(ErrorCode(err.code()));
     resp
 }
+
+/// End a streamed (SSE) response with `final_frame` when `cut` resolves first: the frame is
+/// sent after the last whole frame so far, then the body ends, so the client reads a complete
+/// HTTP response whose last event says why the stream stopped (instead of a bare transport
+/// cut). Dropping the inner stream releases what it holds (the upstream call is cancelled and
+/// recorded as such). Responses that are not `text/event-stream` are returned unchanged.
+pub fn cut_stream_on(
+    mut resp: Response,
+    cut: impl std::future::Future<Output = ()> + Send + 'static,
+    final_frame: Bytes,
+) -> Response {
+    let is_sse = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    if !is_sse {
+        return resp;
+    }
+    use futures_util::StreamExt;
+    let inner = resp.take_body().into_bytes_stream().boxed();
+    let state = (Some(inner), Box::pin(cut), Some(final_frame));
+    let body = futures_util::stream::unfold(state, |(inner, mut cut, frame)| async move {
+        let mut stream = inner?;
+        tokio::select! {
+            biased;
+            () = &mut cut => {
+                drop(stream);
+                frame.map(|f| (Ok(f), (None, cut, None)))
+            }
+            item = stream.next() => item.map(|chunk| (chunk, (Some(stream), cut, frame))),
+        }
+    });
+    resp.set_body(Body::from_bytes_stream(body));
+    resp
+}
+
+/// The methods each documented path accepts, read from the OpenAPI document, for the `Allow`
+/// header a 405 must carry (RFC 9110 §15.5.6). Built from the document so every endpoint
+/// added to it is covered without a second list to keep in step.
+#[derive(Debug, Clone, Default)]
+pub struct AllowTable {
+    /// Path templates split into segments (`{param}` matches any one segment), with their
+    /// methods in upper case, comma-separated.
+    routes: Vec<(Vec<String>, String)>,
+}
+
+impl AllowTable {
+    /// Read the `paths` of an OpenAPI document (JSON text); an unreadable document gives an
+    /// empty table.
+    #[must_use]
+    pub fn from_openapi(document: &str) -> Self {
+        const METHODS: [&str; 8] = [
+            "get", "put", "post", "delete", "options", "head", "patch", "trace",
+        ];
+        let Ok(doc) = serde_json::from_str::<serde_json::Value>(document) else {
+            return AllowTable::default();
+        };
+        let routes = doc["paths"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(path, item)| {
+                let mut methods: Vec<String> = METHODS
+                    .iter()
+                    .filter(|m| item.get(**m).is_some())
+                    .map(|m| m.to_ascii_uppercase())
+                    .collect();
+                // poem answers HEAD wherever it answers GET.
+                if methods.iter().any(|m| m == "GET") && !methods.iter().any(|m| m == "HEAD") {
+                    methods.push("HEAD".to_owned());
+                }
+                (segments(path), methods.join(", "))
+            })
+            .collect();
+        AllowTable { routes }
+    }
+
+    /// The `Allow` value for a request path, if the path is documented.
+    #[must_use]
+    pub fn allowed(&self, path: &str) -> Option<&str> {
+        let wanted = segments(path);
+        self.routes
+            .iter()
+            .find(|(template, _)| {
+                template.len() == wanted.len()
+                    && template
+                        .iter()
+                        .zip(&wanted)
+                        .all(|(t, w)| (t.starts_with('{') && t.ends_with('}')) || t == w)
+            })
+            .map(|(_, methods)| methods.as_str())
+    }
+}
+
+fn segments(path: &str) -> Vec<String> {
+    path.split('/')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allow_lists_the_documented_methods_of_the_matching_template() {
+        let doc = r#"{"paths": {
+            "/v1/models": {"get": {}},
+            "/admin/v1/keys": {"get": {}, "post": {}},
+            "/admin/v1/keys/{key_id}/revoke": {"post": {}}
+        }}"#;
+        let t = AllowTable::from_openapi(doc);
+        assert_eq!(t.allowed("/v1/models"), Some("GET, HEAD"));
+        assert_eq!(t.allowed("/admin/v1/keys"), Some("GET, POST, HEAD"));
+        assert_eq!(t.allowed("/admin/v1/keys/gk_1/revoke"), Some("POST"));
+        assert_eq!(t.allowed("/admin/v1/keys/gk_1/other"), None);
+        assert_eq!(t.allowed("/nope"), None);
+    }
+}

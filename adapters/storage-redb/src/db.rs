@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, LazyLock, Mutex, PoisonError, Weak};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use redb::{
@@ -307,9 +307,19 @@ pub(crate) fn ensure_schema(tx: &WriteTransaction) -> Result<()> {
 }
 
 fn open_raw(path: &Path, sharing: Sharing, create: bool) -> Result<Database> {
+    open_raw_waiting(path, sharing, create, Duration::from_secs(5))
+}
+
+/// Open, waiting at most `wait` for a handle of this process that is being dropped.
+fn open_raw_waiting(
+    path: &Path,
+    sharing: Sharing,
+    create: bool,
+    wait: Duration,
+) -> Result<Database> {
     let mut builder = Builder::new();
     builder.set_concurrency_mode(sharing.mode());
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + wait;
     loop {
         let r = if create {
             builder.create(path)
@@ -344,6 +354,16 @@ pub(crate) fn open_registered(
     sharing: Sharing,
     create: bool,
     kind: &FileKind,
+) -> Result<Arc<Database>> {
+    open_registered_waiting(path, sharing, create, kind, Duration::from_secs(5))
+}
+
+fn open_registered_waiting(
+    path: &Path,
+    sharing: Sharing,
+    create: bool,
+    kind: &FileKind,
+    wait: Duration,
 ) -> Result<Arc<Database>> {
     let key = registry_key(path);
     let mut open = OPEN.lock().unwrap_or_else(PoisonError::into_inner);
@@ -380,13 +400,100 @@ pub(crate) fn open_registered(
             StoreError::Other(format!("cannot create directory {}: {e}", parent.display()))
         })?;
     }
-    let db = open_raw(path, sharing, create)?;
+    let db = open_raw_waiting(path, sharing, create, wait)?;
     let tx = db.begin_write()?;
     (kind.init)(&tx)?;
     tx.commit()?;
     let db = Arc::new(db);
     open.insert(key, Arc::downgrade(&db));
     Ok(db)
+}
+
+/// Whether `e` leaves the handle unusable: after an I/O error redb refuses every later
+/// operation on that handle ("Previous I/O error occurred. Please close and re-open the
+/// database."), so the only way back is a new handle.
+pub(crate) fn needs_reopen(e: &StoreError) -> bool {
+    matches!(
+        e,
+        StoreError::Redb(
+            redb::Error::Io(_) | redb::Error::PreviousIo | redb::Error::DatabaseClosed
+        )
+    )
+}
+
+/// The main file's handle as a trace store, its session store and its writer share it. The
+/// writer replaces it after an I/O error (see [`needs_reopen`]); everyone else takes the
+/// current one per operation.
+///
+/// Invariants:
+/// - `close` takes the handle out of the slot and out of the process registry, so no new
+///   user gets the broken handle; the `Database` itself closes when its last in-flight
+///   reader lets go.
+/// - `reopen` never waits for those readers: an attempt that finds the old handle still
+///   alive fails and is retried on the writer's back-off.
+pub(crate) struct DbSlot {
+    path: PathBuf,
+    sharing: Sharing,
+    handle: RwLock<Option<Arc<Database>>>,
+}
+
+impl DbSlot {
+    pub(crate) fn new(path: &Path, sharing: Sharing, db: Arc<Database>) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            sharing,
+            handle: RwLock::new(Some(db)),
+        }
+    }
+
+    /// The current handle.
+    ///
+    /// # Errors
+    /// `Other` while the file is closed after an I/O error and not yet reopened.
+    pub(crate) fn get(&self) -> Result<Arc<Database>> {
+        self.handle
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or_else(|| {
+                StoreError::Other(format!(
+                    "redb database {} is closed after an I/O error; the trace writer is reopening it",
+                    self.path.display()
+                ))
+            })
+    }
+
+    /// Drop the handle after an I/O error (see the type's invariants).
+    pub(crate) fn close(&self) {
+        let old = self
+            .handle
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(old) = old {
+            let key = registry_key(&self.path);
+            let mut open = OPEN.lock().unwrap_or_else(PoisonError::into_inner);
+            if open
+                .get(&key)
+                .and_then(Weak::upgrade)
+                .is_some_and(|registered| Arc::ptr_eq(&registered, &old))
+            {
+                open.remove(&key);
+            }
+        }
+    }
+
+    /// Open the file again (or take the handle another user of the file opened meanwhile)
+    /// and put it in the slot.
+    ///
+    /// # Errors
+    /// The open's error (the disk still full, the old handle still in use, …).
+    pub(crate) fn reopen(&self) -> Result<Arc<Database>> {
+        let db =
+            open_registered_waiting(&self.path, self.sharing, false, &MAIN_FILE, Duration::ZERO)?;
+        *self.handle.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&db));
+        Ok(db)
+    }
 }
 
 /// Run blocking redb work on tokio's blocking pool (falling back to the current thread when

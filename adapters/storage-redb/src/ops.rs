@@ -7,10 +7,12 @@
 //!   every table into a fresh redb file under a temp name in the destination directory; the
 //!   file is published with a no-clobber link only when complete, with its metadata block in
 //!   `<dest>.meta`. The block has the SQLite backup's fields and format.
-//! - Restore changes nothing until every check passed (source present, target absent or
-//!   `--force`, source version equal to the binary's, `.meta` version and checksum matching,
-//!   no process holding the target), then copies to a temp file and renames it over the
-//!   target.
+//! - Restore leaves the target byte-identical (never even opens it) until every check on the
+//!   backup passed: source present, target absent or `--force`, source version equal to the
+//!   binary's, `.meta` version and checksum matching, and the copy made beside the target
+//!   opening writable, passing redb's integrity check and reading whole (`verify_backup`).
+//!   Only then is the target checked for another process holding it, and the verified copy
+//!   renamed over it.
 //! - Prune deletes non-audit events older than the cutoff in bounded batches, one short
 //!   write transaction each, removing each row's index entries with it.
 //! - Import writes rows as given (payloads untouched, so an imported audit chain stays
@@ -423,8 +425,45 @@ pub fn restore(
     }
     let dir = parent_dir(dest);
     fs::create_dir_all(&dir).map_err(io_err(&dir, "cannot create directory"))?;
-    // The lock check: an exclusive open succeeds only when no other process has the file
-    // open (a gateway shares it); it is held until the rename.
+    // Everything about the backup is proven on a private copy before the target is touched
+    // (not even opened): the checksum, then that the copy opens and reads whole.
+    let tmp = TempFile {
+        path: temp_name(&dir, dest, "restore"),
+        armed: true,
+    };
+    let (bytes, sha) = copy_hashing(src, &tmp.path, progress)?;
+    if let Some(expected) = meta.as_ref().and_then(|m| m.sha256.as_deref())
+        && expected != sha
+    {
+        return Err(OpError::Refused(format!(
+            "checksum mismatch: {} records sha256 {expected} but {} has {sha}; the backup is \
+             damaged or was modified",
+            meta_path.display(),
+            src.display()
+        )));
+    }
+    // redb panics on some damaged pages (an invalid page type byte) instead of returning an
+    // error; that is a refusal like any other damage.
+    let verified = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        verify_backup(&tmp.path).map_err(|e| e.to_string())
+    }))
+    .unwrap_or_else(|panic| {
+        let why = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("redb panicked");
+        Err(format!("redb cannot read it: {why}"))
+    });
+    let events = verified.map_err(|e| {
+        OpError::Refused(format!(
+            "backup {} is damaged or not a metis redb database (nothing was changed): {e}",
+            src.display()
+        ))
+    })?;
+    // The lock check comes last: an exclusive open succeeds only when no other process has
+    // the file open (a gateway shares it), and it may write the file's header, which is
+    // acceptable only once the file is certain to be replaced. It is held until the rename.
     let _exclusive = if dest.exists() {
         let mut b = Builder::new();
         b.set_concurrency_mode(ConcurrencyMode::ExclusiveWriter);
@@ -443,27 +482,6 @@ pub fn restore(
     } else {
         None
     };
-    let tmp = TempFile {
-        path: temp_name(&dir, dest, "restore"),
-        armed: true,
-    };
-    let (bytes, sha) = copy_hashing(src, &tmp.path, progress)?;
-    if let Some(expected) = meta.as_ref().and_then(|m| m.sha256.as_deref())
-        && expected != sha
-    {
-        return Err(OpError::Refused(format!(
-            "checksum mismatch: {} records sha256 {expected} but {} has {sha}; the backup is \
-             damaged or was modified",
-            meta_path.display(),
-            src.display()
-        )));
-    }
-    let (_, events, _, _) = describe_file(&tmp.path).map_err(|e| {
-        OpError::Refused(format!(
-            "backup {} is not a trace database: {e}",
-            src.display()
-        ))
-    })?;
     fs::rename(&tmp.path, dest).map_err(io_err(dest, "cannot replace"))?;
     let mut tmp = tmp;
     tmp.armed = false;
@@ -475,6 +493,75 @@ pub fn restore(
         schema_version: version,
         events,
     })
+}
+
+/// Read every entry of one table (decoding keys and values), when it exists; returns the
+/// number of entries.
+fn read_table<K, V>(tx: &ReadTransaction, def: TableDefinition<K, V>) -> crate::db::Result<u64>
+where
+    K: redb::Key + 'static,
+    V: redb::Value + 'static,
+{
+    let t = match tx.open_table(def) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+        Err(e) => return Err(e.into()),
+    };
+    let mut n = 0u64;
+    for item in t.iter()? {
+        let (k, v) = item?;
+        let _ = (k.value(), v.value());
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Prove a restored copy is a usable main file before it replaces anything: it opens the way
+/// the gateway opens it (writable), passes redb's integrity check (page checksums and the
+/// allocator state), has this binary's schema, and every table reads whole, with the event
+/// indexes agreeing with the events. Returns the number of events.
+fn verify_backup(path: &Path) -> crate::db::Result<u64> {
+    let mut db = Builder::new()
+        .set_concurrency_mode(ConcurrencyMode::ExclusiveWriter)
+        .open(path)?;
+    if !db.check_integrity()? {
+        return Err(StoreError::Other(
+            "redb's integrity check failed (the file needed repair: truncated or damaged)".into(),
+        ));
+    }
+    match read_version(&db)? {
+        Some(TRACE_SCHEMA_VERSION) => {}
+        other => {
+            return Err(StoreError::Other(format!(
+                "schema version {} (this binary: {TRACE_SCHEMA_VERSION})",
+                other.map_or_else(|| "missing".to_owned(), |v| v.to_string())
+            )));
+        }
+    }
+    let tx = db.begin_read()?;
+    if let Err(redb::TableError::TableDoesNotExist(_)) = tx.open_table(EVENTS) {
+        return Err(StoreError::Other("it has no events table".into()));
+    }
+    read_table(&tx, META)?;
+    let events = read_table(&tx, EVENTS)?;
+    let by_time = read_table(&tx, EV_BY_TIME)?;
+    let by_session = read_table(&tx, EV_BY_SESSION)?;
+    read_table(&tx, EV_BY_TURN)?;
+    read_table(&tx, EV_BY_TYPE_TIME)?;
+    read_table(&tx, EV_BY_KEY)?;
+    read_table(&tx, EV_BY_USER)?;
+    read_table(&tx, EV_BY_TEAM)?;
+    read_table(&tx, AUDIT_CHAIN)?;
+    read_table(&tx, SESSIONS)?;
+    read_table(&tx, SESSIONS_BY_PARENT)?;
+    read_table(&tx, SESSIONS_BY_UPDATED)?;
+    read_table(&tx, KEYS)?;
+    if by_time != events || by_session != events {
+        return Err(StoreError::Other(format!(
+            "its indexes disagree with its {events} events (by time {by_time}, by session {by_session})"
+        )));
+    }
+    Ok(events)
 }
 
 fn copy_hashing(src: &Path, dst: &Path, progress: Progress<'_>) -> Result<(u64, String), OpError> {
@@ -749,17 +836,20 @@ pub fn import_events(db: &Database, rows: &[EventRow]) -> Result<u64, StoreError
             if t.contains(&r.id)? {
                 continue;
             }
-            t.insert(&RowRef {
-                id: &r.id,
-                timestamp_us: r.timestamp_us,
-                session_id: &r.session_id,
-                turn_id: r.turn_id.as_deref(),
-                parent_event_id: r.parent_event_id.as_deref(),
-                event_type: &r.event_type,
-                actor: &r.actor,
-                sensitivity: &r.sensitivity,
-                payload_json: &r.payload_json,
-            })?;
+            t.insert(
+                &RowRef {
+                    id: &r.id,
+                    timestamp_us: r.timestamp_us,
+                    session_id: &r.session_id,
+                    turn_id: r.turn_id.as_deref(),
+                    parent_event_id: r.parent_event_id.as_deref(),
+                    event_type: &r.event_type,
+                    actor: &r.actor,
+                    sensitivity: &r.sensitivity,
+                    payload_json: &r.payload_json,
+                },
+                None,
+            )?;
             n += 1;
         }
     }

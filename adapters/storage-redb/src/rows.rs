@@ -9,7 +9,7 @@
 //! - The audit chain's tail (`meta.audit_tail_seq`/`audit_tail_hash`) is read and written
 //!   in the same transaction as the rows, so writers in several processes extend one chain.
 
-use gw_domain::audit::{ChainedRow, GENESIS_HASH, row_hash};
+use gw_domain::audit::{ChainTail, ChainedRow, GENESIS_HASH, Link, row_hash};
 use redb::{ReadableTable, Table, WriteTransaction};
 use serde_json::Value;
 
@@ -118,8 +118,8 @@ impl<'txn> EventTables<'txn> {
         Ok(self.events.get(id)?.is_some())
     }
 
-    /// The chain's tail: (last `audit_seq`, hash of that row); (0, genesis) when empty.
-    pub(crate) fn chain_tail(&self) -> Result<(u64, String)> {
+    /// The chain's tail as stored in `meta` (genesis when empty).
+    pub(crate) fn chain_tail(&self) -> Result<ChainTail> {
         let seq = self
             .meta
             .get(META_AUDIT_SEQ)?
@@ -131,7 +131,7 @@ impl<'txn> EventTables<'txn> {
             .map(|g| g.value().to_owned())
             .filter(|_| seq > 0)
             .unwrap_or_else(|| GENESIS_HASH.to_owned());
-        Ok((seq, hash))
+        Ok(ChainTail { seq, hash })
     }
 
     pub(crate) fn set_chain_tail(&mut self, seq: u64, hash: &str) -> Result<()> {
@@ -142,8 +142,9 @@ impl<'txn> EventTables<'txn> {
 
     /// Insert `row` and its index entries (the caller checked the id is new). A row whose
     /// payload carries an integer `audit_seq` is entered in the chain index, and becomes the
-    /// tail when its sequence number is the highest (imports keep their chain).
-    pub(crate) fn insert(&mut self, row: &RowRef<'_>) -> Result<()> {
+    /// tail when its sequence number is the highest (imports keep their chain). `link`: the
+    /// link the writer just gave the row (`AuditChain`), whose hash is then not computed again.
+    pub(crate) fn insert(&mut self, row: &RowRef<'_>, link: Option<&Link>) -> Result<()> {
         let value: EventTuple<'_> = (
             row.timestamp_us,
             row.session_id,
@@ -177,15 +178,17 @@ impl<'txn> EventTables<'txn> {
         }
         if let Some(seq) = d.audit_seq {
             self.chain.insert(seq, row.id)?;
-            let (tail, _) = self.chain_tail()?;
-            if seq > tail {
-                let hash = row_hash(&ChainedRow {
-                    id: row.id,
-                    timestamp_us: row.timestamp_us,
-                    session_id: row.session_id,
-                    event_type: row.event_type,
-                    payload_json: row.payload_json,
-                });
+            if seq > self.chain_tail()?.seq {
+                let hash = match link {
+                    Some(l) if l.seq == seq => l.hash.clone(),
+                    _ => row_hash(&ChainedRow {
+                        id: row.id,
+                        timestamp_us: row.timestamp_us,
+                        session_id: row.session_id,
+                        event_type: row.event_type,
+                        payload_json: row.payload_json,
+                    }),
+                };
                 self.set_chain_tail(seq, &hash)?;
             }
         }

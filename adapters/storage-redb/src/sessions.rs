@@ -289,7 +289,11 @@ impl RedbSessionStore {
         &self,
         f: impl FnOnce(&Database) -> Result<T> + Send + 'static,
     ) -> std::result::Result<T, SessionError> {
-        let db = Arc::clone(&self.inner.db);
+        let db = self
+            .inner
+            .db
+            .get()
+            .map_err(|e| SessionError::Unavailable(e.to_string()))?;
         match blocking(move || f(&db)).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(SessionError::Backend(Box::new(e))),
@@ -341,7 +345,14 @@ impl SessionStore for RedbSessionStore {
         let stopped = || SessionError::Unavailable("the trace writer has stopped".into());
         let (tx, rx) = oneshot::channel();
         // A control marker: queued even when the queue is full of events (never blocks).
-        if inner.sender.send(Msg::Flush(tx)).is_err() {
+        if inner
+            .sender
+            .send(Msg::flush(move |r| {
+                // The flusher may have given up waiting; nothing to do then.
+                let _ = tx.send(r);
+            }))
+            .is_err()
+        {
             return Err(stopped());
         }
         match rx.await {

@@ -7,7 +7,9 @@
 //! - `flush` resolves after every earlier event was committed; shutdown (explicit or on drop)
 //!   drains the queue and joins the writer; it is idempotent.
 //! - Queries run on tokio's blocking pool, each in one read transaction; they see committed
-//!   events only.
+//!   events only. They take the current handle of the shared [`DbSlot`]: while the writer
+//!   reopens the file after an I/O error they fail with `Unavailable` instead of using a
+//!   handle redb has latched as broken.
 
 use gw_ports::queue::{QueueSender, bounded};
 use std::path::{Path, PathBuf};
@@ -25,10 +27,10 @@ use gw_ports::trace::{
 use redb::Database;
 use tokio::sync::oneshot;
 
-use crate::db::{Sharing, StoreError, blocking, describe_open_error, open_shared};
+use crate::db::{DbSlot, Sharing, StoreError, blocking, describe_open_error, open_shared};
 use crate::query;
 use crate::sessions::RedbSessionStore;
-use crate::writer::{self, Counters, LogLimiter, Msg, WriterConfig};
+use crate::writer::{self, Counters, LogLimiter, Msg, RedbBatches, WriterConfig};
 
 /// Tuning of the redb trace store. `Default` gives the production values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +48,10 @@ pub struct RedbOptions {
     pub retry_attempts: u32,
     /// Pause before the first retry; doubled for each further one (default 50 ms).
     pub retry_backoff: Duration,
+    /// Commit deadline (default 50 ms): the commit delay is cut so a batch commits no later
+    /// than this after its oldest event was queued (see the SQLite store's option of the
+    /// same name).
+    pub commit_deadline: Duration,
     /// How the file is shared with other processes (default: multi-process writers).
     pub sharing: Sharing,
 }
@@ -58,6 +64,7 @@ impl Default for RedbOptions {
             commit_delay: Duration::from_millis(2),
             retry_attempts: 3,
             retry_backoff: Duration::from_millis(50),
+            commit_deadline: gw_ports::queue::DEFAULT_COMMIT_DEADLINE,
             sharing: Sharing::default(),
         }
     }
@@ -77,7 +84,7 @@ fn backend(e: StoreError) -> TraceError {
 
 pub(crate) struct Inner {
     path: PathBuf,
-    pub(crate) db: Arc<Database>,
+    pub(crate) db: Arc<DbSlot>,
     pub(crate) sender: QueueSender<Msg>,
     pub(crate) counters: Arc<Counters>,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -111,21 +118,23 @@ impl RedbTraceStore {
     /// cannot be created or opened, or the thread cannot start.
     pub fn open(path: &Path, opts: RedbOptions) -> Result<Self, TraceError> {
         let db = open_shared(path, opts.sharing, true).map_err(|e| trace_error(path, e))?;
+        let db = Arc::new(DbSlot::new(path, opts.sharing, db));
         let (sender, rx) = bounded(opts.queue_capacity);
         let counters = Arc::new(Counters::default());
         counters.writer_alive.store(true, Ordering::Release);
         counters.last_batch_ok.store(true, Ordering::Release);
         let cfg = WriterConfig {
             max_batch: opts.max_batch.max(1),
-            commit_delay: opts.commit_delay,
+            linger: opts.commit_delay,
             retry_attempts: opts.retry_attempts.max(1),
             retry_backoff: opts.retry_backoff,
+            commit_deadline: opts.commit_deadline,
         };
         let thread_db = Arc::clone(&db);
         let thread_counters = Arc::clone(&counters);
         let handle = std::thread::Builder::new()
             .name("metis-redb-writer".into())
-            .spawn(move || writer::run(thread_db, rx, thread_counters, cfg))
+            .spawn(move || writer::run(RedbBatches(thread_db), &rx, thread_counters, cfg))
             .map_err(|e| {
                 TraceError::Unavailable(format!("cannot start the trace writer thread: {e}"))
             })?;
@@ -148,10 +157,12 @@ impl RedbTraceStore {
         &self.inner.path
     }
 
-    /// The shared database handle (for CLI reads and operations in this process).
-    #[must_use]
-    pub fn database(&self) -> Arc<Database> {
-        Arc::clone(&self.inner.db)
+    /// The current database handle (for CLI reads and operations in this process).
+    ///
+    /// # Errors
+    /// While the writer reopens the file after an I/O error.
+    pub fn database(&self) -> Result<Arc<Database>, StoreError> {
+        self.inner.db.get()
     }
 
     /// The `SessionStore` over this file; its turns ride this store's writer.
@@ -180,7 +191,11 @@ impl RedbTraceStore {
         &self,
         f: impl FnOnce(&Database) -> crate::db::Result<T> + Send + 'static,
     ) -> Result<T, TraceError> {
-        let db = Arc::clone(&self.inner.db);
+        let db = self
+            .inner
+            .db
+            .get()
+            .map_err(|e| TraceError::Unavailable(e.to_string()))?;
         match blocking(move || f(&db)).await {
             Ok(r) => r.map_err(backend),
             Err(e) => Err(TraceError::Unavailable(format!(
@@ -276,7 +291,14 @@ impl EventSink for RedbTraceStore {
         let (tx, rx) = oneshot::channel();
         let stopped = || TraceError::Unavailable("the trace writer has stopped".into());
         // A control marker: queued even when the queue is full of events (never blocks).
-        if inner.sender.send(Msg::Flush(tx)).is_err() {
+        if inner
+            .sender
+            .send(Msg::flush(move |r| {
+                // The flusher may have given up waiting; nothing to do then.
+                let _ = tx.send(r);
+            }))
+            .is_err()
+        {
             return Err(stopped());
         }
         match rx.await {

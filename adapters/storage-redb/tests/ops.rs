@@ -181,7 +181,7 @@ async fn prune_spares_audit_events_and_their_chain() {
     let spend = s.spend_by_key(0, 0).await.unwrap();
     let total: f64 = spend.iter().map(|k| k.day_usd).sum();
     assert!((total - 38.0).abs() < 1e-9, "{spend:?}");
-    let db = s.database();
+    let db = s.database().unwrap();
     assert_eq!(query::verify_audit_chain(&db).unwrap(), Ok(25));
     // Index entries went with the rows: nothing older than the cutoff but audit events.
     let (n, oldest, _) = query::event_span(&db).unwrap();
@@ -209,7 +209,7 @@ async fn compaction_needs_the_file_to_itself() {
 async fn imported_rows_keep_their_audit_chain() {
     let dir = tempfile::tempdir().unwrap();
     let a = store_with(&dir.path().join("a.redb"), mixed(30)).await;
-    let rows = query::events_page(&a.database(), None, 1_000).unwrap();
+    let rows = query::events_page(&a.database().unwrap(), None, 1_000).unwrap();
     assert_eq!(rows.len(), 30);
     let b = open_shared(&dir.path().join("b.redb"), Sharing::default(), true).unwrap();
     assert_eq!(ops::import_events(&b, &rows[..10]).unwrap(), 10);

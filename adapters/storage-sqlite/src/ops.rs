@@ -8,10 +8,12 @@
 //!   file is removed, so a partial backup never exists under the destination name.
 //! - The metadata block is a pure function of the published file and the two paths, so the
 //!   same file always gives the same block; the block is also written to `<dest>.meta`.
-//! - Restore changes nothing until every check passed (source present and clean, target
-//!   absent or `--force`, schema version equal to the binary's, `.meta` version and checksum
-//!   matching, no gateway holding the writer lock); it then copies to a temp file in the
-//!   target directory, fsyncs, removes the target's stale `-wal`/`-shm` and renames.
+//! - Restore leaves the target and its `-wal`/`-shm` byte-identical until every check passed
+//!   (source present and clean, target absent or `--force`, schema version equal to the
+//!   binary's, `.meta` version matching, no gateway holding the writer lock, then on a copy in
+//!   the target directory: checksum matching, the copy opening and passing `PRAGMA
+//!   quick_check`, an `events` table); only then does it fold the old WAL, remove the
+//!   target's stale `-wal`/`-shm` and rename the verified copy over it.
 //! - Migrations compute their steps from the file's shape, apply them all in one `BEGIN
 //!   IMMEDIATE` transaction, and are idempotent (a second run has no steps). Versions are never
 //!   lowered, and a file from a newer binary is refused by every operation here.
@@ -473,18 +475,27 @@ pub fn restore(
             src.display()
         )));
     }
+    // Proven on the private copy before the target is touched: it opens, passes SQLite's
+    // structural check (every page of every table and index read), and is a trace database.
+    let damaged = |e: rusqlite::Error| {
+        OpError::Refused(format!(
+            "backup {} is damaged (truncated or corrupt; nothing was changed): {e}",
+            src.display()
+        ))
+    };
     let events = {
         let c = Connection::open_with_flags(
             &tmp.path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
-        .map_err(sqlite_err(&tmp.path, "cannot open"))?;
+        .map_err(damaged)?;
         let check: String = c
             .query_row("PRAGMA quick_check", [], |r| r.get(0))
-            .map_err(sqlite_err(src, "cannot check"))?;
+            .map_err(damaged)?;
         if check != "ok" {
             return Err(OpError::Refused(format!(
-                "backup {} fails SQLite's integrity check: {check}",
+                "backup {} is damaged: it fails SQLite's integrity check (nothing was changed): \
+                 {check}",
                 src.display()
             )));
         }

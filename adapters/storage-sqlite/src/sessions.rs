@@ -487,7 +487,14 @@ impl SessionStore for SqliteSessionStore {
         let stopped = || SessionError::Unavailable("the trace writer has stopped".into());
         let (tx, rx) = oneshot::channel();
         // A control marker: queued even when the queue is full of events (never blocks).
-        if inner.sender.send(Msg::Flush(tx)).is_err() {
+        if inner
+            .sender
+            .send(Msg::flush(move |r| {
+                // The flusher may have given up waiting; nothing to do then.
+                let _ = tx.send(r);
+            }))
+            .is_err()
+        {
             return Err(stopped());
         }
         match rx.await {

@@ -31,7 +31,9 @@ use crate::lock::{LockError, WriterLock, lock_path};
 use crate::reader::{StoredEvent, TraceReader};
 use crate::schema::{Pragmas, open_for_writing};
 use crate::sessions::{SessionReader, SqliteSessionStore};
-use crate::writer::{self, Counters, LogLimiter, Msg, WriterConfig};
+use crate::writer::{self, Counters, LogLimiter, Msg, SqliteBatches, WriterConfig};
+
+pub use gw_ports::queue::DEFAULT_COMMIT_DEADLINE;
 
 /// Tuning of the trace store. `Default` gives the production values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,8 +53,12 @@ pub struct WriterOptions {
     /// After the first event of a batch, let the batch grow this long before committing
     /// (default 10 ms): fewer, larger transactions and fewer writer wake-ups, at the cost of
     /// events becoming durable up to this much later. Skipped when the backlog already
-    /// fills a batch. Zero disables it.
+    /// fills a batch. Zero disables it. Never longer than `commit_deadline` allows.
     pub linger: Duration,
+    /// Commit deadline (default 50 ms): a batch commits no later than this after its oldest
+    /// event was queued, bounding the acknowledged events a SIGKILL can lose. Measured and
+    /// reported in `SinkStats::commit_lag` (misses are counted, e.g. on a starved CPU).
+    pub commit_deadline: Duration,
     /// Hold the shared writer lock on `<db>.lock` for the store's lifetime (default false).
     /// The gateway sets it so `metis restore` refuses to replace the file under it; CLI
     /// commands leave it off.
@@ -69,6 +75,7 @@ impl Default for WriterOptions {
             retry_attempts: 3,
             retry_backoff: Duration::from_millis(50),
             linger: Duration::from_millis(10),
+            commit_deadline: DEFAULT_COMMIT_DEADLINE,
             hold_writer_lock: false,
         }
     }
@@ -165,11 +172,12 @@ impl SqliteTraceStore {
             retry_attempts: opts.retry_attempts.max(1),
             retry_backoff: opts.retry_backoff,
             linger: opts.linger,
+            commit_deadline: opts.commit_deadline,
         };
         let thread_counters = Arc::clone(&counters);
         let handle = std::thread::Builder::new()
             .name("metis-trace-writer".into())
-            .spawn(move || writer::run(conn, rx, thread_counters, cfg))
+            .spawn(move || writer::run(SqliteBatches(conn), &rx, thread_counters, cfg))
             .map_err(|e| {
                 TraceError::Unavailable(format!("cannot start the trace writer thread: {e}"))
             })?;
@@ -355,7 +363,14 @@ impl EventSink for SqliteTraceStore {
         let (tx, rx) = oneshot::channel();
         let stopped = || TraceError::Unavailable("the trace writer has stopped".into());
         // A control marker: queued even when the queue is full of events (never blocks).
-        if inner.sender.send(Msg::Flush(tx)).is_err() {
+        if inner
+            .sender
+            .send(Msg::flush(move |r| {
+                // The flusher may have given up waiting; nothing to do then.
+                let _ = tx.send(r);
+            }))
+            .is_err()
+        {
             return Err(stopped());
         }
         match rx.await {

@@ -78,6 +78,11 @@ pub struct Prometheus {
     key_leaks: AtomicU64,
     /// `notAfter` of the in-process TLS certificate (unix seconds); `i64::MIN` = no TLS.
     tls_not_after: AtomicI64,
+    accept_errors: Mutex<Family>,
+    refused: Mutex<Family>,
+    connections: AtomicI64,
+    connection_limit: AtomicI64,
+    inflight_body_bytes: AtomicI64,
 }
 
 impl Default for Prometheus {
@@ -108,6 +113,11 @@ impl Prometheus {
             first_token: Mutex::default(),
             key_leaks: AtomicU64::default(),
             tls_not_after: AtomicI64::new(i64::MIN),
+            accept_errors: Mutex::default(),
+            refused: Mutex::default(),
+            connections: AtomicI64::default(),
+            connection_limit: AtomicI64::default(),
+            inflight_body_bytes: AtomicI64::default(),
         }
     }
 
@@ -186,6 +196,47 @@ fn write_hist(out: &mut String, name: &str, help: &str, f: &Mutex<HistFamily>) {
         let _ = writeln!(out, "{name}_sum{} {}", label_text(labels, None), h.sum);
         let _ = writeln!(out, "{name}_count{} {}", label_text(labels, None), h.count);
     }
+}
+
+/// The trace writer's commit lag: how long the oldest event of each committed batch waited
+/// (the window of acknowledged events a SIGKILL can lose), against the commit deadline.
+fn write_commit_lag(out: &mut String, l: &gw_ports::trace::CommitLagStats) {
+    use gw_ports::trace::COMMIT_LAG_BUCKETS_MS;
+    let secs = |us: u64| us as f64 / 1e6;
+    let name = "metis_trace_commit_lag_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Queue-to-commit lag of the oldest event of each committed trace batch.\n# TYPE {name} histogram"
+    );
+    let mut cumulative = 0u64;
+    for (i, ms) in COMMIT_LAG_BUCKETS_MS.iter().enumerate() {
+        cumulative += l.buckets.get(i).copied().unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{le=\"{}\"}} {cumulative}",
+            *ms as f64 / 1e3
+        );
+    }
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", l.count);
+    let _ = writeln!(out, "{name}_sum {}", secs(l.sum_us));
+    let _ = writeln!(out, "{name}_count {}", l.count);
+    gauge(
+        out,
+        "metis_trace_commit_lag_max_seconds",
+        "Largest queue-to-commit lag of a trace batch since start.",
+        secs(l.max_us),
+    );
+    gauge(
+        out,
+        "metis_trace_commit_deadline_seconds",
+        "The trace writer's commit deadline (--trace-commit-deadline).",
+        secs(l.deadline_us),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP metis_trace_commit_deadline_misses_total Trace batches committed later than the deadline.\n# TYPE metis_trace_commit_deadline_misses_total counter\nmetis_trace_commit_deadline_misses_total {}",
+        l.deadline_misses
+    );
 }
 
 fn gauge(out: &mut String, name: &str, help: &str, v: impl std::fmt::Display) {
@@ -504,6 +555,27 @@ impl Metrics for Prometheus {
         add(&self.token_counts, vec![("method", method.to_owned())], 1.0);
     }
 
+    fn accept_error(&self, kind: &str) {
+        add(&self.accept_errors, vec![("kind", kind.to_owned())], 1.0);
+    }
+
+    fn refused(&self, reason: &str) {
+        add(&self.refused, vec![("reason", reason.to_owned())], 1.0);
+    }
+
+    fn connections(&self, delta: i64) {
+        self.connections.fetch_add(delta, Ordering::Relaxed);
+    }
+
+    fn connection_limit(&self, limit: u64) {
+        self.connection_limit
+            .store(i64::try_from(limit).unwrap_or(i64::MAX), Ordering::Relaxed);
+    }
+
+    fn inflight_body_bytes(&self, delta: i64) {
+        self.inflight_body_bytes.fetch_add(delta, Ordering::Relaxed);
+    }
+
     fn render(&self, g: &ScrapeGauges) -> String {
         let mut out = String::with_capacity(4096);
         write_family(
@@ -593,6 +665,38 @@ impl Metrics for Prometheus {
             "Client SSE streams open.",
             self.streams.load(Ordering::Relaxed),
         );
+        write_family(
+            &mut out,
+            "metis_accept_errors_total",
+            "counter",
+            "Failed accepts by kind (fd_limit: out of file descriptors; other).",
+            &self.accept_errors,
+        );
+        write_family(
+            &mut out,
+            "metis_refused_total",
+            "counter",
+            "Connections or requests refused with 503 before any handler ran, by reason (connection_cap, fd_limit, body_memory).",
+            &self.refused,
+        );
+        gauge(
+            &mut out,
+            "metis_open_connections",
+            "Client connections open.",
+            self.connections.load(Ordering::Relaxed),
+        );
+        gauge(
+            &mut out,
+            "metis_connection_limit",
+            "Connection cap in force (--max-connections, lowered to fit the file descriptor limit).",
+            self.connection_limit.load(Ordering::Relaxed),
+        );
+        gauge(
+            &mut out,
+            "metis_inflight_body_bytes",
+            "Request body bytes reserved by requests in flight (bounded by --max-inflight-body-bytes).",
+            self.inflight_body_bytes.load(Ordering::Relaxed),
+        );
         gauge(
             &mut out,
             "metis_trace_queue_depth",
@@ -635,6 +739,7 @@ impl Metrics for Prometheus {
             "Size of the trace database's write-ahead log.",
             g.wal_bytes,
         );
+        write_commit_lag(&mut out, &g.trace_commit_lag);
         self.render_state(&mut out, g);
         out
     }
@@ -650,10 +755,53 @@ mod tests {
         p.http_request("/v1/messages", "POST", 200, "anthropic", 0.0007);
         p.auth_failure("invalid_token");
         p.rate_limit("per_key", false);
+        let mut lag = gw_ports::trace::CommitLagStats {
+            deadline_us: 50_000,
+            count: 3,
+            sum_us: 70_000,
+            max_us: 60_000,
+            deadline_misses: 1,
+            ..Default::default()
+        };
+        lag.buckets[2] = 2;
+        lag.buckets[6] = 1;
         let text = p.render(&ScrapeGauges {
             keys_active: 3,
+            trace_commit_lag: lag,
             ..ScrapeGauges::default()
         });
+        assert!(
+            text.contains("metis_trace_commit_lag_seconds_bucket{le=\"0.005\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("metis_trace_commit_lag_seconds_bucket{le=\"0.05\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("metis_trace_commit_lag_seconds_bucket{le=\"0.1\"} 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("metis_trace_commit_lag_seconds_bucket{le=\"+Inf\"} 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("metis_trace_commit_lag_seconds_count 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("metis_trace_commit_lag_max_seconds 0.06\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("metis_trace_commit_deadline_seconds 0.05\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("metis_trace_commit_deadline_misses_total 1\n"),
+            "{text}"
+        );
         assert!(text.contains("metis_http_requests_total{route=\"/v1/messages\",method=\"POST\",status=\"200\",shape=\"anthropic\"} 1"));
         assert!(text.contains("metis_http_request_duration_seconds_bucket{route=\"/v1/messages\",shape=\"anthropic\",le=\"0.001\"} 1"));
         assert!(text.contains("metis_http_request_duration_seconds_bucket{route=\"/v1/messages\",shape=\"anthropic\",le=\"0.0005\"} 0"));

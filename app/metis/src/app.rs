@@ -66,6 +66,7 @@ pub struct App {
     gateway_admin: Arc<KeyAdmin>,
     admin_api: Option<(Arc<dyn AdminService>, String)>,
     http_opts: HttpOptions,
+    request_budget: gw_http::RequestBudget,
     shutdown_grace: Duration,
     paths: Paths,
     providers: Vec<String>,
@@ -253,6 +254,9 @@ impl App {
     /// # Errors
     /// Bad config, unreadable/corrupt keystore, trace DB newer than this binary, bind failure.
     pub async fn build(args: ServeArgs) -> anyhow::Result<App> {
+        // First, before any file or socket is opened: the soft descriptor limit up to the
+        // hard one (see `fdlimit`).
+        let raised = crate::fdlimit::raise();
         let paths = Paths::resolve(&args.storage)?;
         let cfg = match &args.config {
             Some(p) => ConfigFile::load(p)?,
@@ -261,7 +265,8 @@ impl App {
         // SQLite: the gateway holds the shared writer lock on `<db>.lock` for its lifetime, so
         // `metis restore` refuses to replace the file under it (redb: restore checks that no
         // process has the file open).
-        let trace = crate::store::MainStore::open(&paths, true).await?;
+        let trace =
+            crate::store::MainStore::open_with(&paths, true, args.trace_commit_deadline).await?;
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let ids: Arc<dyn IdSource> = Arc::new(UlidIds::default());
         let keystore = open_keystore(&paths)?;
@@ -331,7 +336,7 @@ impl App {
             clock,
             ids,
             ledger,
-            metrics,
+            metrics: Arc::clone(&metrics),
             sessions: trace.sessions(),
             patterns: crate::store::pattern_store(
                 paths.store,
@@ -367,17 +372,25 @@ impl App {
         let tcp = listener::bind(&args.host, args.port, args.reuse_port)?;
         let addr = tcp.local_addr().context("cannot read the bound address")?;
         let connections = Arc::new(listener::Connections::default());
+        let caps = connection_caps(args.max_connections as usize, raised);
+        metrics.connection_limit(caps.max_connections as u64);
         let acceptor = listener::stack(
             tcp,
             &connections,
             tls,
-            args.max_connections as usize,
+            caps,
             listener::Timeouts {
                 header: args.header_timeout,
                 idle: args.idle_timeout,
             },
+            &listener::Observer::new(Arc::clone(&metrics)),
         )
         .context("cannot use the listener")?;
+        let request_budget = gw_http::RequestBudget::new(
+            args.max_inflight_request_memory,
+            args.max_body_bytes as u64,
+            Arc::clone(&metrics),
+        );
         let http_opts = HttpOptions {
             max_body_bytes: args.max_body_bytes,
             public_url: format!("{scheme}://{addr}"),
@@ -395,6 +408,7 @@ impl App {
             gateway_admin,
             admin_api,
             http_opts,
+            request_budget,
             shutdown_grace: args.shutdown_grace,
             paths,
             providers: provider_names,
@@ -470,6 +484,13 @@ impl App {
         // Set when shutdown starts: from then on every response carries `Connection: close`.
         let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let closing_in_endpoint = Arc::clone(&closing);
+        // Set when the drain grace is about to end: every stream still open then gets a final
+        // error frame in its client's shape and ends, before the connections are cut.
+        let (cut_tx, cut_rx) = tokio::sync::watch::channel(false);
+        let openai_cut_frame = grace_end_frame(gw_domain::canonical::Shape::OpenAi);
+        let anthropic_cut_frame = grace_end_frame(gw_domain::canonical::Shape::Anthropic);
+        let responses_cut_frame = grace_end_frame(gw_domain::canonical::Shape::Responses);
+        let request_budget = self.request_budget.clone();
         let endpoint = routes(
             self.core.clone(),
             self.admin_api.clone(),
@@ -493,12 +514,34 @@ impl App {
                 )
             });
             let closing = Arc::clone(&closing_in_endpoint);
+            let mut cut = cut_rx.clone();
+            let path = req.uri().path();
+            let frame = if path.starts_with("/v1/messages") {
+                anthropic_cut_frame.clone()
+            } else if path.starts_with("/v1/responses") {
+                responses_cut_frame.clone()
+            } else {
+                openai_cut_frame.clone()
+            };
+            // The memory of requests in flight is bounded (see `gw_http::RequestBudget`):
+            // reserved here before any handler reads the body, the rest once the body is
+            // read, all of it returned when the answer is ready or the request is dropped.
+            let reserved = request_budget.reserve(&mut req);
             async move {
+                let _reservation = match reserved {
+                    Ok(r) => r,
+                    Err(refused) => return Ok(refuse_unread(req, *refused)),
+                };
                 let res = match span {
                     Some(span) => ep.call(req).instrument(span).await,
                     None => ep.call(req).await,
                 };
-                let res = res.map(poem::IntoResponse::into_response);
+                let res = res.map(|r| {
+                    let cut = async move {
+                        let _ = cut.wait_for(|cut| *cut).await;
+                    };
+                    gw_http::cut_stream_on(poem::IntoResponse::into_response(r), cut, frame)
+                });
                 if closing.load(std::sync::atomic::Ordering::Acquire) {
                     res.map(close_after)
                 } else {
@@ -508,6 +551,7 @@ impl App {
         });
         let endpoint = Arc::new(endpoint);
         let close_window = CLOSE_WINDOW.min(self.shutdown_grace / 2);
+        let grace = self.shutdown_grace;
         let main = Server::new_with_acceptor(self.acceptor.main).run_with_graceful_shutdown(
             endpoint.clone(),
             async move {
@@ -523,6 +567,17 @@ impl App {
                     "shutdown requested: closing keep-alive connections, then draining in-flight requests"
                 );
                 tokio::time::sleep(close_window).await;
+                // poem cuts every connection `grace` after this future resolves; streams
+                // still open get their final frame just before.
+                let cut_after = grace.saturating_sub(GRACE_CUT_MARGIN.min(grace / 4));
+                tokio::spawn(async move {
+                    tokio::time::sleep(cut_after).await;
+                    if cut_tx.send(true).is_ok() {
+                        tracing::info!(
+                            "shutdown grace ending: open streams get a final error frame and end"
+                        );
+                    }
+                });
             },
             Some(self.shutdown_grace),
         );
@@ -530,7 +585,6 @@ impl App {
         // once they are done. Same endpoint: `closing` is set before the main listener closes,
         // so these answers already carry `Connection: close` (one request per connection).
         let rescue_state = Arc::clone(&self.acceptor.rescue_state);
-        let grace = self.shutdown_grace;
         let rescue = Server::new_with_acceptor(self.acceptor.rescue)
             .name("rescue")
             .run_with_graceful_shutdown(
@@ -553,6 +607,37 @@ impl App {
             "trace writer flushed"
         );
         result.context("server error")
+    }
+}
+
+/// The connection cap the descriptor limit affords (everything this process opens at start is
+/// open by now), logged: INFO when the limit was raised, one WARN when the cap is lowered.
+fn connection_caps(asked: usize, raised: crate::fdlimit::Raised) -> listener::Caps {
+    let show = |v: Option<u64>| v.map_or_else(|| "unlimited".to_owned(), |n| n.to_string());
+    if raised.before != raised.soft {
+        tracing::info!(
+            "raised the file descriptor limit from {} to {} (the hard limit)",
+            show(raised.before),
+            show(raised.soft)
+        );
+    }
+    let open = crate::fdlimit::open_now();
+    let b = crate::fdlimit::budget(asked, raised.soft, open);
+    if b.lowered {
+        tracing::warn!(
+            "file descriptor limit {} (hard {}) cannot cover --max-connections {asked}: connection cap lowered to {}; connections beyond it get 503. Budget: {} descriptors per connection (client socket + upstream connection), {open} open at start + {} headroom, {} for 503 answers in progress. Raise the limit to at least {} (systemd: LimitNOFILE=, shell: ulimit -n) or lower --max-connections",
+            show(raised.soft),
+            show(raised.hard),
+            b.max_connections,
+            crate::fdlimit::PER_CONNECTION,
+            crate::fdlimit::HEADROOM,
+            b.rejecting,
+            b.needed
+        );
+    }
+    listener::Caps {
+        max_connections: b.max_connections,
+        rejecting: b.rejecting,
     }
 }
 
@@ -629,6 +714,57 @@ impl gw_ports::system::Background for TokioBackground {
 /// How long a shutting-down gateway keeps serving, with `Connection: close` on every response,
 /// before it stops accepting and closes idle connections (capped at half the drain grace).
 const CLOSE_WINDOW: Duration = Duration::from_secs(1);
+
+/// Answer `refused` to a request whose body is not wanted, reading and discarding the body
+/// meanwhile (bounded by `DISCARD_FOR`): closing a connection with unread request bytes makes
+/// the kernel reset it, and the client would see a reset instead of the answer.
+fn refuse_unread(mut req: poem::Request, refused: poem::Response) -> poem::Response {
+    let body = req.take_body();
+    tokio::spawn(async move {
+        let mut chunks = body.into_bytes_stream();
+        let _ = tokio::time::timeout(DISCARD_FOR, async {
+            while let Some(Ok(_)) = futures_util::StreamExt::next(&mut chunks).await {}
+        })
+        .await;
+    });
+    close_after(refused)
+}
+
+/// How long the body of a refused request is read (and discarded) before the connection is
+/// dropped.
+const DISCARD_FOR: Duration = Duration::from_secs(30);
+
+/// How long before the end of the drain grace the streams still open are ended with an
+/// error frame (at most a quarter of the grace): time for the frame and the end of the body to
+/// reach the client before poem drops the connections.
+const GRACE_CUT_MARGIN: Duration = Duration::from_millis(500);
+
+/// The last frame of a stream cut at the end of the drain grace, in the client's shape
+/// (Anthropic `event: error`, OpenAI `data: {"error":…}` without `[DONE]`, Responses an
+/// `error` event, after which a stream without `response.completed` is retried by Codex): a
+/// 503 the client can retry, like a stream failing after its first byte.
+fn grace_end_frame(shape: gw_domain::canonical::Shape) -> bytes::Bytes {
+    use gw_domain::canonical::Shape;
+    let err = gw_domain::error::GatewayError::Unavailable {
+        message: "the gateway is shutting down and its drain grace ended before this stream finished; retry the request".to_owned(),
+    };
+    let envelope = err.render(shape).body;
+    let (event, body) = match shape {
+        Shape::Anthropic => (Some("error"), envelope),
+        Shape::OpenAi => (None, envelope),
+        Shape::Responses => (
+            Some("error"),
+            serde_json::json!({
+                "type": "error",
+                "code": err.code(),
+                "message": err.message(),
+                "param": null,
+                "error": envelope.get("error").cloned().unwrap_or(serde_json::Value::Null),
+            }),
+        ),
+    };
+    bytes::Bytes::from(gw_domain::sse::format_frame(event, &body.to_string()))
+}
 
 /// Mark `res` as the last response on its connection.
 fn close_after(mut res: poem::Response) -> poem::Response {

@@ -282,9 +282,18 @@ pub struct ServeArgs {
     /// Request bodies above this many bytes get 413.
     #[arg(long, env = "METIS_GATEWAY_MAX_BODY_BYTES", default_value_t = 10 * 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// Estimated memory of the requests being handled at once (8 x body bytes + 1 KiB per
+    /// JSON object); a request that does not fit gets 503 with Retry-After.
+    #[arg(long, env = "METIS_GATEWAY_MAX_INFLIGHT_REQUEST_MEMORY", default_value_t = 512 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..))]
+    pub max_inflight_request_memory: u64,
     /// On SIGTERM/SIGINT, wait this long for in-flight requests and streams.
     #[arg(long, env = "METIS_GATEWAY_SHUTDOWN_GRACE", default_value = "25s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+    /// The trace writer commits every event no later than this after it was queued (bounds
+    /// the acknowledged events a SIGKILL can lose; batches that miss it are counted in
+    /// `metis_trace_commit_deadline_misses_total`). At least 1ms.
+    #[arg(long, env = "METIS_GATEWAY_TRACE_COMMIT_DEADLINE", default_value = "50ms", value_parser = parse_commit_deadline)]
+    pub trace_commit_deadline: Duration,
     /// Upstream time-to-response-head timeout (streams then use an idle timeout).
     #[arg(long, env = "METIS_GATEWAY_UPSTREAM_TIMEOUT", default_value = "600s", value_parser = parse_duration)]
     pub upstream_timeout: Duration,
@@ -376,6 +385,16 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     gw_domain::time::parse_duration_secs(raw).map(Duration::from_secs)
 }
 
+/// `--trace-commit-deadline`: a duration of at least 1 ms (a zero deadline would count
+/// every commit as late).
+fn parse_commit_deadline(raw: &str) -> Result<Duration, String> {
+    let d = parse_duration(raw)?;
+    if d < Duration::from_millis(1) {
+        return Err("the commit deadline must be at least 1ms".to_owned());
+    }
+    Ok(d)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -409,6 +428,13 @@ mod tests {
     }
 
     #[test]
+    fn commit_deadlines_parse() {
+        assert_eq!(parse_commit_deadline("10ms"), Ok(Duration::from_millis(10)));
+        assert!(parse_commit_deadline("0ms").is_err());
+        assert!(parse_commit_deadline("0").is_err());
+    }
+
+    #[test]
     fn durations_parse() {
         assert_eq!(parse_duration("25s"), Ok(Duration::from_secs(25)));
         assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
@@ -423,7 +449,9 @@ mod tests {
         let a = ServeArgs::try_parse_from(["gateway"]).unwrap();
         assert_eq!((a.host.as_str(), a.port), ("127.0.0.1", 8422));
         assert_eq!(a.shutdown_grace, Duration::from_secs(25));
+        assert_eq!(a.trace_commit_deadline, Duration::from_millis(50));
         assert_eq!(a.max_body_bytes, 10 * 1024 * 1024);
+        assert_eq!(a.max_inflight_request_memory, 512 * 1024 * 1024);
         assert!(!a.rate_limit);
         assert_eq!(
             (a.rate_limit_per_key_rpm, a.rate_limit_per_ip_rpm),

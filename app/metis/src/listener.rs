@@ -16,7 +16,10 @@
 //!   between that last `accept` and `close` can still be reset (Linux's
 //!   `net.ipv4.tcp_migrate_req=1` closes that window too).
 
+use crate::rejection;
 use anyhow::{Context, bail};
+use gw_ports::metrics::Metrics;
+use gw_ports::queue::LogLimiter;
 use poem::http::uri::Scheme;
 use poem::listener::{Acceptor, AcceptorExt, RustlsCertificate, RustlsConfig};
 use poem::web::{LocalAddr, RemoteAddr};
@@ -27,7 +30,7 @@ use std::io::Result as IoResult;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -131,8 +134,85 @@ pub fn tls_paths(
     }
 }
 
+/// What the listener counts and logs, shared by every connection of both stacks.
+pub struct Observer {
+    metrics: Arc<dyn Metrics>,
+    /// Over-cap and out-of-descriptor refusals are logged at most once per interval (with
+    /// the count since), so a connection flood cannot flood the log too.
+    refused_log: LogLimiter,
+    refused_since_log: std::sync::atomic::AtomicU64,
+    accept_log: LogLimiter,
+    accept_errors_since_log: std::sync::atomic::AtomicU64,
+}
+
+impl Observer {
+    #[must_use]
+    pub fn new(metrics: Arc<dyn Metrics>) -> Arc<Self> {
+        Arc::new(Observer {
+            metrics,
+            refused_log: LogLimiter::new(Duration::from_secs(10)),
+            refused_since_log: std::sync::atomic::AtomicU64::new(0),
+            accept_log: LogLimiter::new(Duration::from_secs(10)),
+            accept_errors_since_log: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    /// A connection refused with 503 before any request was read.
+    fn refused(&self, reason: &'static str, peer: &RemoteAddr, limit: usize) {
+        use std::sync::atomic::Ordering;
+        self.metrics.refused(reason);
+        let n = self.refused_since_log.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.refused_log.allow() {
+            self.refused_since_log.store(0, Ordering::Relaxed);
+            if reason == "fd_limit" {
+                tracing::warn!(peer = %peer, refused = n, "out of file descriptors; answering 503 from the spare descriptor (see metis_accept_errors_total)");
+            } else {
+                tracing::warn!(peer = %peer, refused = n, max_connections = limit, "connection limit reached; answering 503 (refused counts those since the last such line)");
+            }
+        }
+    }
+
+    /// `accept` failed.
+    fn accept_failed(&self, e: &std::io::Error) {
+        use std::sync::atomic::Ordering;
+        let kind = if is_fd_limit(e) { "fd_limit" } else { "other" };
+        self.metrics.accept_error(kind);
+        let n = self.accept_errors_since_log.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.accept_log.allow() {
+            self.accept_errors_since_log.store(0, Ordering::Relaxed);
+            tracing::warn!(error = %e, kind, failures = n, "cannot accept a connection (failures since the last such line: {n})");
+        }
+    }
+}
+
+/// An error about one connection (reset or aborted before it was accepted), not about the
+/// listener.
+fn is_connection_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset, Interrupted};
+    matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionReset | ConnectionRefused | Interrupted
+    )
+}
+
+/// EMFILE (this process) or ENFILE (the whole system) is out of file descriptors.
+fn is_fd_limit(e: &std::io::Error) -> bool {
+    // 24 = EMFILE, 23 = ENFILE on Linux and the BSDs.
+    matches!(e.raw_os_error(), Some(23 | 24))
+}
+
 /// The body sent to connections over the cap.
 const OVER_CAPACITY: &[u8] = b"{\"error\":{\"message\":\"the gateway is at its connection limit; retry shortly\",\"type\":\"api_error\",\"code\":\"too_many_connections\"}}";
+
+fn over_capacity_response() -> Vec<u8> {
+    let mut out = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n",
+        OVER_CAPACITY.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(OVER_CAPACITY);
+    out
+}
 
 /// Caps concurrent connections; the excess is answered 503 and closed.
 pub struct ConnLimit<A> {
@@ -140,17 +220,30 @@ pub struct ConnLimit<A> {
     permits: Arc<Semaphore>,
     rejecting: Arc<Semaphore>,
     timeouts: Timeouts,
+    limit: usize,
+    observer: Arc<Observer>,
 }
 
+/// At most this many over-cap rejections are in progress at once (each holds its socket's
+/// descriptor for up to 2.5 s); beyond it an over-cap socket is closed at once, so a
+/// connection flood cannot grow tasks or descriptors without bound.
+pub const MAX_REJECTING: usize = 256;
+
 impl<A> ConnLimit<A> {
-    pub fn new(inner: A, max_connections: usize, timeouts: Timeouts) -> Self {
+    pub fn new(
+        inner: A,
+        max_connections: usize,
+        rejecting: usize,
+        timeouts: Timeouts,
+        observer: Arc<Observer>,
+    ) -> Self {
         ConnLimit {
             inner,
             timeouts,
             permits: Arc::new(Semaphore::new(max_connections.max(1))),
-            // At most this many rejections are in progress; beyond it the socket is just
-            // closed, so a connection flood cannot grow tasks without bound.
-            rejecting: Arc::new(Semaphore::new(256)),
+            rejecting: Arc::new(Semaphore::new(rejecting.max(1))),
+            limit: max_connections.max(1),
+            observer,
         }
     }
 }
@@ -160,13 +253,8 @@ async fn reject<T: AsyncRead + AsyncWrite + Unpin>(mut io: T, _permit: OwnedSema
     // finished sending its request.
     let mut buf = [0u8; 4096];
     let _ = tokio::time::timeout(Duration::from_millis(500), io.read(&mut buf)).await;
-    let head = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n",
-        OVER_CAPACITY.len()
-    );
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        io.write_all(head.as_bytes()).await?;
-        io.write_all(OVER_CAPACITY).await?;
+        io.write_all(&over_capacity_response()).await?;
         io.shutdown().await
     })
     .await;
@@ -188,14 +276,14 @@ where
             match Arc::clone(&self.permits).try_acquire_owned() {
                 Ok(permit) => {
                     return Ok((
-                        PermitIo::new(io, permit, self.timeouts),
+                        PermitIo::new(io, permit, self.timeouts, Arc::clone(&self.observer)),
                         local,
                         remote,
                         scheme,
                     ));
                 }
                 Err(_) => {
-                    tracing::warn!(peer = %remote, "connection limit reached; answering 503");
+                    self.observer.refused("connection_cap", &remote, self.limit);
                     if let Ok(p) = Arc::clone(&self.rejecting).try_acquire_owned() {
                         tokio::spawn(reject(io, p));
                     }
@@ -231,7 +319,9 @@ enum Phase {
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
 
-/// A connection holding one slot of the cap until it closes, with slow-client timeouts.
+/// A connection holding one slot of the cap until it closes, with slow-client timeouts, and
+/// JSON bodies in place of hyper's empty answers to unparsable request heads (see
+/// [`rejection`]).
 pub struct PermitIo<T> {
     io: T,
     _permit: OwnedSemaphorePermit,
@@ -244,10 +334,29 @@ pub struct PermitIo<T> {
     /// The reader's waker from its last pending read: arming a deadline from the write side
     /// must wake the reader so it polls (and registers) the new deadline.
     read_waker: Option<std::task::Waker>,
+    /// The first bytes of the current request head (method and path): a rejected head is
+    /// answered in the API shape its path implies.
+    head_start: Vec<u8>,
+    /// A JSON rejection being written in place of hyper's empty answer, and how much of it
+    /// is written.
+    rewrite: Option<(Vec<u8>, usize)>,
+    observer: Arc<Observer>,
+}
+
+impl<T> Drop for PermitIo<T> {
+    fn drop(&mut self) {
+        self.observer.metrics.connections(-1);
+    }
 }
 
 impl<T> PermitIo<T> {
-    fn new(io: T, permit: OwnedSemaphorePermit, timeouts: Timeouts) -> Self {
+    fn new(
+        io: T,
+        permit: OwnedSemaphorePermit,
+        timeouts: Timeouts,
+        observer: Arc<Observer>,
+    ) -> Self {
+        observer.metrics.connections(1);
         PermitIo {
             io,
             _permit: permit,
@@ -257,6 +366,9 @@ impl<T> PermitIo<T> {
             tail: [0; 3],
             first_read: true,
             read_waker: None,
+            head_start: Vec::new(),
+            rewrite: None,
+            observer,
         }
     }
 
@@ -281,11 +393,15 @@ impl<T> PermitIo<T> {
             // The next request on a kept-alive connection begins.
             self.phase = Phase::Head;
             self.tail = [0; 3];
+            self.head_start.clear();
             self.arm(self.timeouts.header);
         }
         if self.phase != Phase::Head {
             return;
         }
+        let room = rejection::HEAD_PREFIX.saturating_sub(self.head_start.len());
+        self.head_start
+            .extend_from_slice(bytes.get(..room.min(bytes.len())).unwrap_or_default());
         let mut window = self.tail.to_vec();
         window.extend_from_slice(bytes);
         if window.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -312,6 +428,58 @@ impl<T> PermitIo<T> {
     fn expired(&mut self, cx: &mut TaskContext<'_>) -> bool {
         matches!(self.phase, Phase::Head | Phase::Written)
             && self.deadline.as_mut().poll(cx).is_ready()
+    }
+
+    /// When `out` (the first bytes of an answer to a request the application never saw) is
+    /// hyper's empty rejection, queue the JSON one instead.
+    fn intercept(&mut self, out: &[u8]) -> bool {
+        if !matches!(self.phase, Phase::Head | Phase::Busy) {
+            return false;
+        }
+        let Some(r) = rejection::rewrite(out, &self.head_start) else {
+            return false;
+        };
+        tracing::debug!(
+            status = r.status,
+            "unparsable request head answered with a JSON envelope"
+        );
+        self.observer
+            .metrics
+            .http_request("unparsed", "unknown", r.status, r.shape, 0.0);
+        self.rewrite = Some((r.bytes, 0));
+        true
+    }
+}
+
+impl<T: AsyncWrite + Unpin> PermitIo<T> {
+    /// Write what is left of a queued JSON rejection.
+    fn poll_rewrite(&mut self, cx: &mut TaskContext<'_>) -> Poll<IoResult<()>> {
+        let PermitIo { io, rewrite, .. } = self;
+        while let Some((bytes, done)) = rewrite.as_mut() {
+            let Some(rest) = bytes.get(*done..).filter(|r| !r.is_empty()) else {
+                *rewrite = None;
+                break;
+            };
+            match Pin::new(&mut *io).poll_write(cx, rest) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Ok(n)) => *done += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// `out` is replaced by a JSON rejection: report it written (the rejection is finished
+    /// by the flush and shutdown hyper does next).
+    fn poll_replaced(&mut self, cx: &mut TaskContext<'_>, n: usize) -> Poll<IoResult<usize>> {
+        if let Poll::Ready(Err(e)) = self.poll_rewrite(cx) {
+            return Poll::Ready(Err(e));
+        }
+        self.on_write(n);
+        Poll::Ready(Ok(n))
     }
 }
 
@@ -350,20 +518,33 @@ impl<T: AsyncRead + Unpin> AsyncRead for PermitIo<T> {
     }
 }
 
+/// hyper's rejections are a few hundred bytes; a vectored write above this is not one.
+const REJECTION_MAX: usize = 1024;
+
 impl<T: AsyncWrite + Unpin> AsyncWrite for PermitIo<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut TaskContext<'_>,
         buf: &[u8],
     ) -> Poll<IoResult<usize>> {
-        match Pin::new(&mut self.io).poll_write(cx, buf) {
+        let this = &mut *self;
+        if this.rewrite.is_some() {
+            match this.poll_rewrite(cx) {
+                Poll::Ready(Ok(())) => {}
+                other => return other.map(|r| r.map(|()| 0)),
+            }
+        }
+        if this.intercept(buf) {
+            return this.poll_replaced(cx, buf.len());
+        }
+        match Pin::new(&mut this.io).poll_write(cx, buf) {
             Poll::Ready(Ok(n)) => {
-                self.on_write(n);
+                this.on_write(n);
                 Poll::Ready(Ok(n))
             }
             Poll::Pending => {
-                if self.expired(cx) {
-                    let phase = self.phase;
+                if this.expired(cx) {
+                    let phase = this.phase;
                     return Poll::Ready(Err(timed_out(phase)));
                 }
                 Poll::Pending
@@ -373,11 +554,19 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for PermitIo<T> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<IoResult<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        let this = &mut *self;
+        if this.rewrite.is_some() {
+            std::task::ready!(this.poll_rewrite(cx))?;
+        }
+        Pin::new(&mut this.io).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<IoResult<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+        let this = &mut *self;
+        if this.rewrite.is_some() {
+            std::task::ready!(this.poll_rewrite(cx))?;
+        }
+        Pin::new(&mut this.io).poll_shutdown(cx)
     }
 
     fn poll_write_vectored(
@@ -385,9 +574,23 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for PermitIo<T> {
         cx: &mut TaskContext<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<IoResult<usize>> {
-        match Pin::new(&mut self.io).poll_write_vectored(cx, bufs) {
+        let this = &mut *self;
+        if this.rewrite.is_some() {
+            match this.poll_rewrite(cx) {
+                Poll::Ready(Ok(())) => {}
+                other => return other.map(|r| r.map(|()| 0)),
+            }
+        }
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if matches!(this.phase, Phase::Head | Phase::Busy) && total <= REJECTION_MAX {
+            let joined: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+            if this.intercept(&joined) {
+                return this.poll_replaced(cx, total);
+            }
+        }
+        match Pin::new(&mut this.io).poll_write_vectored(cx, bufs) {
             Poll::Ready(Ok(n)) => {
-                self.on_write(n);
+                this.on_write(n);
                 Poll::Ready(Ok(n))
             }
             other => other,
@@ -399,19 +602,21 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for PermitIo<T> {
     }
 }
 
-/// Open connections by peer address, each with a duplicate handle of its socket, so a handler
+/// Open connections by peer address, each with a weak handle of its socket, so a handler
 /// can notice that its client went away while it waits on an upstream (hyper only reads a
 /// connection when it expects bytes, so a closed client is otherwise noticed only when the
-/// response is written).
+/// response is written). The handle is the connection's own socket, shared (not a
+/// duplicated descriptor): a client connection costs one file descriptor.
 #[derive(Debug, Default)]
 pub struct Connections {
-    by_peer: std::sync::Mutex<std::collections::HashMap<SocketAddr, std::net::TcpStream>>,
+    by_peer: std::sync::Mutex<std::collections::HashMap<SocketAddr, Weak<tokio::net::TcpStream>>>,
 }
 
 impl Connections {
     fn lock(
         &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<SocketAddr, std::net::TcpStream>> {
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<SocketAddr, Weak<tokio::net::TcpStream>>>
+    {
         match self.by_peer.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
@@ -422,9 +627,9 @@ impl Connections {
     /// Never resolves when the connection is unknown or data is waiting to be read (a
     /// pipelined request): then there is nothing to learn without consuming bytes.
     ///
-    /// Watching costs a few syscalls (duplicate the socket, register it, peek), so it starts
-    /// only after `after`: fast answers never pay for it, and a client that gave up on a
-    /// slow upstream is still noticed within `after` plus one wake-up.
+    /// Watching costs a few syscalls (peek and a readiness wait), so it starts only after
+    /// `after`: fast answers never pay for it, and a client that gave up on a slow upstream
+    /// is still noticed within `after` plus one wake-up.
     pub fn closed(
         self: &Arc<Self>,
         peer: SocketAddr,
@@ -433,11 +638,8 @@ impl Connections {
         let this = Arc::clone(self);
         async move {
             tokio::time::sleep(after).await;
-            let dup = this.lock().get(&peer).and_then(|s| s.try_clone().ok());
-            let Some(std_stream) = dup else {
-                return std::future::pending().await;
-            };
-            let Ok(stream) = tokio::net::TcpStream::from_std(std_stream) else {
+            let stream = this.lock().get(&peer).and_then(Weak::upgrade);
+            let Some(stream) = stream else {
                 return std::future::pending().await;
             };
             let mut byte = [0u8; 1];
@@ -458,6 +660,12 @@ impl Connections {
 pub type RescueSender = tokio::sync::mpsc::UnboundedSender<std::net::TcpStream>;
 
 /// A TCP acceptor that records each connection in [`Connections`] until it closes.
+///
+/// Accept failures never reach poem (which would retry at once, spinning a core while the
+/// process is out of descriptors): they are counted (`metis_accept_errors_total`), logged at
+/// most once per 10 s, and retried after a short pause. While out of descriptors, one spare
+/// descriptor held for the purpose is given up to accept a waiting client and answer it 503,
+/// so clients get an answer instead of hanging in the accept queue.
 pub struct Tracked {
     /// `Some` until dropped (the drop takes it to drain the accept queue).
     listener: Option<tokio::net::TcpListener>,
@@ -466,6 +674,9 @@ pub struct Tracked {
     /// Whether `accept` has been called before (see the yield in `accept`).
     started: bool,
     rescue: Option<RescueSender>,
+    observer: Arc<Observer>,
+    /// A descriptor kept open to be closed when the process is out of them (see above).
+    spare: Option<std::fs::File>,
 }
 
 impl Tracked {
@@ -474,6 +685,43 @@ impl Tracked {
             .as_ref()
             .ok_or_else(|| std::io::Error::other("the listener is closed"))
     }
+
+    /// Out of descriptors: close the spare, accept one waiting client on it, answer it 503
+    /// and close it, then take the spare back. Returns whether a client was answered.
+    fn answer_from_spare(&mut self) -> bool {
+        if self.spare.take().is_none() {
+            self.spare = open_spare();
+            return false;
+        }
+        let accepted = self.listener.as_ref().map(|l| {
+            let mut cx = TaskContext::from_waker(std::task::Waker::noop());
+            l.poll_accept(&mut cx)
+        });
+        let answered = match accepted {
+            Some(Poll::Ready(Ok((stream, peer)))) => {
+                refuse_now(&stream);
+                self.observer
+                    .refused("fd_limit", &RemoteAddr(peer.into()), 0);
+                true
+            }
+            _ => false,
+        };
+        self.spare = open_spare();
+        answered
+    }
+}
+
+fn open_spare() -> Option<std::fs::File> {
+    std::fs::File::open("/dev/null").ok()
+}
+
+/// Answer 503 on a just-accepted socket without waiting (its request has usually been in the
+/// socket buffer for a while: it waited in the accept queue), then close it.
+fn refuse_now(stream: &tokio::net::TcpStream) {
+    let mut sink = [0u8; 4096];
+    while matches!(stream.try_read(&mut sink), Ok(n) if n > 0) {}
+    let _ = stream.try_write(&over_capacity_response());
+    let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write);
 }
 
 /// Register `io` in `connections` (for the disconnect watch) and wrap it.
@@ -482,13 +730,12 @@ fn track(
     peer: Option<SocketAddr>,
     connections: &Arc<Connections>,
 ) -> IoResult<TrackedIo> {
-    if let Some(peer) = peer
-        && let Ok(dup) = std_stream.try_clone()
-    {
-        connections.lock().insert(peer, dup);
+    let io = Arc::new(tokio::net::TcpStream::from_std(std_stream)?);
+    if let Some(peer) = peer {
+        connections.lock().insert(peer, Arc::downgrade(&io));
     }
     Ok(TrackedIo {
-        io: tokio::net::TcpStream::from_std(std_stream)?,
+        io,
         peer,
         connections: Arc::clone(connections),
         rescued: None,
@@ -536,6 +783,9 @@ impl Drop for Tracked {
     }
 }
 
+/// Pause after an accept failure that the spare descriptor could not resolve.
+const ACCEPT_RETRY: Duration = Duration::from_millis(50);
+
 impl Acceptor for Tracked {
     type Io = TrackedIo;
 
@@ -551,14 +801,36 @@ impl Acceptor for Tracked {
             self.started = true;
             tokio::task::yield_now().await;
         }
-        let (io, peer) = self.listener()?.accept().await?;
-        let io = track(io.into_std()?, Some(peer), &self.connections)?;
-        Ok((
-            io,
-            self.local.clone(),
-            RemoteAddr(peer.into()),
-            Scheme::HTTP,
-        ))
+        loop {
+            let accepted = self.listener()?.accept().await;
+            let failure = match accepted {
+                Ok((io, peer)) => match io
+                    .into_std()
+                    .and_then(|s| track(s, Some(peer), &self.connections))
+                {
+                    Ok(io) => {
+                        return Ok((
+                            io,
+                            self.local.clone(),
+                            RemoteAddr(peer.into()),
+                            Scheme::HTTP,
+                        ));
+                    }
+                    Err(e) => e,
+                },
+                Err(e) => e,
+            };
+            if is_connection_error(&failure) {
+                // The client gave up while queued (or the handshake failed): nothing is
+                // wrong with the listener, take the next one at once.
+                continue;
+            }
+            self.observer.accept_failed(&failure);
+            if is_fd_limit(&failure) && self.answer_from_spare() {
+                continue;
+            }
+            tokio::time::sleep(ACCEPT_RETRY).await;
+        }
     }
 }
 
@@ -620,7 +892,9 @@ impl Acceptor for Rescue {
             if stream.set_nonblocking(true).is_err() {
                 continue;
             }
-            let mut io = track(stream, Some(peer), &self.connections)?;
+            let Ok(mut io) = track(stream, Some(peer), &self.connections) else {
+                continue;
+            };
             self.state
                 .live
                 .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
@@ -635,9 +909,10 @@ impl Acceptor for Rescue {
     }
 }
 
-/// A tracked connection; leaving the registry when dropped.
+/// A tracked connection; leaving the registry when dropped. Reads and writes go through a
+/// shared handle of the socket (see [`Connections`]).
 pub struct TrackedIo {
-    io: tokio::net::TcpStream,
+    io: Arc<tokio::net::TcpStream>,
     peer: Option<SocketAddr>,
     connections: Arc<Connections>,
     /// Set on connections served by the rescue server (counted until they close).
@@ -655,43 +930,71 @@ impl Drop for TrackedIo {
     }
 }
 
+/// Bytes zeroed at most per read (a `ReadBuf` over uninitialised memory must be initialised
+/// before a safe read; capping it keeps a large read buffer from being zeroed in full).
+const READ_CHUNK: usize = 64 * 1024;
+
 impl AsyncRead for TrackedIo {
     fn poll_read(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut TaskContext<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<IoResult<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        loop {
+            std::task::ready!(self.io.poll_read_ready(cx))?;
+            let want = buf.remaining().min(READ_CHUNK);
+            match self.io.try_read(buf.initialize_unfilled_to(want)) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
     }
 }
 
 impl AsyncWrite for TrackedIo {
     fn poll_write(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut TaskContext<'_>,
         buf: &[u8],
     ) -> Poll<IoResult<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        loop {
+            std::task::ready!(self.io.poll_write_ready(cx))?;
+            match self.io.try_write(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                other => return Poll::Ready(other),
+            }
+        }
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<IoResult<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut TaskContext<'_>) -> Poll<IoResult<()>> {
+        // TCP writes are not buffered here.
+        Poll::Ready(Ok(()))
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<IoResult<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut TaskContext<'_>) -> Poll<IoResult<()>> {
+        Poll::Ready(socket2::SockRef::from(&*self.io).shutdown(std::net::Shutdown::Write))
     }
 
     fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut TaskContext<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<IoResult<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        loop {
+            std::task::ready!(self.io.poll_write_ready(cx))?;
+            match self.io.try_write_vectored(bufs) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                other => return Poll::Ready(other),
+            }
+        }
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
+        true
     }
 }
 
@@ -704,6 +1007,14 @@ pub struct Stacks {
     pub rescue_state: Arc<RescueState>,
 }
 
+/// The connection cap in force and how many over-cap rejections may run at once (see
+/// [`crate::fdlimit`] for how both follow from the descriptor limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caps {
+    pub max_connections: usize,
+    pub rejecting: usize,
+}
+
 /// Wrap the listening socket with optional TLS and the connection cap (boxed so the server
 /// type does not depend on the choice), plus the rescue stack. `tls` holds two copies of the
 /// same TLS settings (a rustls config is consumed by its acceptor): main, then rescue.
@@ -714,8 +1025,9 @@ pub fn stack(
     listener: tokio::net::TcpListener,
     connections: &Arc<Connections>,
     tls: Option<(RustlsConfig, RustlsConfig)>,
-    max_connections: usize,
+    caps: Caps,
     timeouts: Timeouts,
+    observer: &Arc<Observer>,
 ) -> IoResult<Stacks> {
     let local = LocalAddr(listener.local_addr()?.into());
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -725,6 +1037,8 @@ pub fn stack(
         connections: Arc::clone(connections),
         started: false,
         rescue: Some(tx),
+        observer: Arc::clone(observer),
+        spare: open_spare(),
     };
     let rescue_state = Arc::new(RescueState::default());
     let rescue = Rescue {
@@ -736,21 +1050,23 @@ pub fn stack(
     fn wrap<A: Acceptor + 'static>(
         a: A,
         tls: Option<RustlsConfig>,
-        max_connections: usize,
+        caps: Caps,
         timeouts: Timeouts,
+        obs: Arc<Observer>,
     ) -> poem::listener::BoxAcceptor {
+        let (max, rejecting) = (caps.max_connections, caps.rejecting);
         match tls {
             Some(cfg) => {
                 let tls = a.rustls(futures_util::stream::iter([cfg]));
-                ConnLimit::new(tls, max_connections, timeouts).boxed()
+                ConnLimit::new(tls, max, rejecting, timeouts, obs).boxed()
             }
-            None => ConnLimit::new(a, max_connections, timeouts).boxed(),
+            None => ConnLimit::new(a, max, rejecting, timeouts, obs).boxed(),
         }
     }
     let (tls_main, tls_rescue) = tls.map_or((None, None), |(a, b)| (Some(a), Some(b)));
     Ok(Stacks {
-        main: wrap(tcp, tls_main, max_connections, timeouts),
-        rescue: wrap(rescue, tls_rescue, max_connections, timeouts),
+        main: wrap(tcp, tls_main, caps, timeouts, Arc::clone(observer)),
+        rescue: wrap(rescue, tls_rescue, caps, timeouts, Arc::clone(observer)),
         rescue_state,
     })
 }
@@ -758,6 +1074,10 @@ pub fn stack(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn observer() -> Arc<Observer> {
+        Observer::new(Arc::new(gw_telemetry::Prometheus::default()))
+    }
 
     fn guarded(
         io: tokio::io::DuplexStream,
@@ -773,6 +1093,7 @@ mod tests {
                 header: Duration::from_millis(header_ms),
                 idle: Duration::from_millis(idle_ms),
             },
+            observer(),
         )
     }
 
@@ -812,6 +1133,54 @@ mod tests {
         assert!(started.elapsed() >= Duration::from_millis(90));
     }
 
+    /// hyper's empty answer to a head it cannot parse leaves the connection as JSON, even when
+    /// the socket takes it a few bytes at a time.
+    #[tokio::test]
+    async fn hyper_rejections_leave_as_json_envelopes() {
+        let (client, server) = tokio::io::duplex(16);
+        let (mut client_rx, mut client_tx) = tokio::io::split(client);
+        let mut g = guarded(server, 5000, 5000);
+        let head: &[u8] = b"POST /v1/messages HTTP/1.1\r\nX: \x01\r\n\r\n";
+        let sender = tokio::spawn(async move { client_tx.write_all(head).await.unwrap() });
+        let mut buf = [0u8; 64];
+        let mut seen = 0;
+        while seen < head.len() {
+            seen += g.read(&mut buf).await.unwrap();
+        }
+        sender.await.unwrap();
+        let hyper_answer: &[u8] =
+            b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
+        let writer = tokio::spawn(async move {
+            let n = g.write(hyper_answer).await.unwrap();
+            assert_eq!(n, hyper_answer.len(), "reported as written whole");
+            g.shutdown().await.unwrap();
+        });
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), client_rx.read_to_end(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+        writer.await.unwrap();
+        let text = String::from_utf8(answer).unwrap();
+        assert!(text.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{text}");
+        let body = text.split_once("\r\n\r\n").unwrap().1;
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["type"], "error", "Anthropic shape for /v1/messages: {v}");
+    }
+
+    #[test]
+    fn accept_errors_are_classified() {
+        assert!(is_fd_limit(&std::io::Error::from_raw_os_error(24)));
+        assert!(is_fd_limit(&std::io::Error::from_raw_os_error(23)));
+        assert!(!is_fd_limit(&std::io::Error::from(
+            std::io::ErrorKind::ConnectionAborted
+        )));
+        assert!(is_connection_error(&std::io::Error::from(
+            std::io::ErrorKind::ConnectionAborted
+        )));
+        assert!(!is_connection_error(&std::io::Error::from_raw_os_error(24)));
+    }
+
     #[tokio::test]
     async fn http2_connections_are_exempt() {
         let (mut client, server) = tokio::io::duplex(1024);
@@ -838,7 +1207,11 @@ mod tests {
             header: Duration::from_secs(5),
             idle: Duration::from_secs(5),
         };
-        let stacks = stack(listener, &connections, None, 16, timeouts).unwrap();
+        let caps = Caps {
+            max_connections: 16,
+            rejecting: 4,
+        };
+        let stacks = stack(listener, &connections, None, caps, timeouts, &observer()).unwrap();
 
         // The kernel completes these handshakes; nobody has called accept yet.
         let mut clients = Vec::new();

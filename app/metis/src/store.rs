@@ -106,6 +106,18 @@ impl MainStore {
     /// # Errors
     /// A file from a newer binary, or one that cannot be opened or created.
     pub async fn open(paths: &Paths, gateway: bool) -> anyhow::Result<Arc<MainStore>> {
+        Self::open_with(paths, gateway, gw_ports::queue::DEFAULT_COMMIT_DEADLINE).await
+    }
+
+    /// [`open`](Self::open) with the writer's commit deadline (`--trace-commit-deadline`).
+    ///
+    /// # Errors
+    /// As `open`.
+    pub async fn open_with(
+        paths: &Paths,
+        gateway: bool,
+        commit_deadline: std::time::Duration,
+    ) -> anyhow::Result<Arc<MainStore>> {
         let db = paths.db.clone();
         let kind = paths.store;
         let store = tokio::task::spawn_blocking(move || -> Result<MainStore, TraceError> {
@@ -113,6 +125,7 @@ impl MainStore {
                 StoreKind::Sqlite => {
                     let opts = WriterOptions {
                         hold_writer_lock: gateway,
+                        commit_deadline,
                         ..WriterOptions::default()
                     };
                     let trace = Arc::new(SqliteTraceStore::open(&db, opts)?);
@@ -120,7 +133,11 @@ impl MainStore {
                     Ok(MainStore::Sqlite { trace, sessions })
                 }
                 StoreKind::Redb => {
-                    let trace = Arc::new(RedbTraceStore::open(&db, RedbOptions::default())?);
+                    let opts = RedbOptions {
+                        commit_deadline,
+                        ..RedbOptions::default()
+                    };
+                    let trace = Arc::new(RedbTraceStore::open(&db, opts)?);
                     let sessions = Arc::new(trace.session_store());
                     Ok(MainStore::Redb { trace, sessions })
                 }
@@ -294,7 +311,14 @@ pub fn redb_backup(db: &Path, dest: &Path) -> anyhow::Result<()> {
 /// The restore's refusal or failure.
 pub fn redb_restore(src: &Path, db: &Path, force: bool) -> anyhow::Result<()> {
     let bar = crate::storage_cli::Progress::new("restore", true);
+    // redb panics on some damaged pages; the restore turns that into a refusal naming the
+    // damage, so the default hook's "thread panicked" lines would only confuse the operator
+    // (this one-shot command runs nothing else meanwhile; a panic anywhere else still
+    // reaches the error line through the task's result).
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
     let r = gw_storage_redb::ops::restore(src, db, force, &|d, t| bar.update(d, t));
+    std::panic::set_hook(hook);
     bar.finish();
     print(&r?.block())
 }

@@ -327,6 +327,12 @@ impl Metrics for OtelMetrics {
     fn inflight(&self, _delta: i64) {}
     fn streams(&self, _delta: i64) {}
     fn token_count(&self, _method: &str) {}
+    // Listener health has no GenAI or HTTP semantic-convention instrument: Prometheus only.
+    fn accept_error(&self, _kind: &str) {}
+    fn refused(&self, _reason: &str) {}
+    fn connections(&self, _delta: i64) {}
+    fn connection_limit(&self, _limit: u64) {}
+    fn inflight_body_bytes(&self, _delta: i64) {}
 
     fn render(&self, _gauges: &ScrapeGauges) -> String {
         String::new()
@@ -394,6 +400,26 @@ impl Metrics for MetricsTee {
     fn token_count(&self, method: &str) {
         self.prometheus.token_count(method);
         self.otel.token_count(method);
+    }
+    fn accept_error(&self, kind: &str) {
+        self.prometheus.accept_error(kind);
+        self.otel.accept_error(kind);
+    }
+    fn refused(&self, reason: &str) {
+        self.prometheus.refused(reason);
+        self.otel.refused(reason);
+    }
+    fn connections(&self, delta: i64) {
+        self.prometheus.connections(delta);
+        self.otel.connections(delta);
+    }
+    fn connection_limit(&self, limit: u64) {
+        self.prometheus.connection_limit(limit);
+        self.otel.connection_limit(limit);
+    }
+    fn inflight_body_bytes(&self, delta: i64) {
+        self.prometheus.inflight_body_bytes(delta);
+        self.otel.inflight_body_bytes(delta);
     }
     fn render(&self, gauges: &ScrapeGauges) -> String {
         self.prometheus.render(gauges)

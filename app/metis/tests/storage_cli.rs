@@ -555,3 +555,228 @@ fn patterns_migrate_backs_up_then_migrates_a_v1_store() {
     let st = metis(&["patterns", "stats", "--workspace", &ws]);
     assert!(out(&st).contains("  samples:         4\n"), "{}", out(&st));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Restore refusals leave the target byte-identical, on both backends
+// ---------------------------------------------------------------------------------------------
+
+/// The bytes of the target and of its `-wal`/`-shm` (`None`: absent).
+fn target_bytes(db: &Path) -> Vec<Option<Vec<u8>>> {
+    ["", "-wal", "-shm"]
+        .iter()
+        .map(|suffix| std::fs::read(format!("{}{suffix}", s(db))).ok())
+        .collect()
+}
+
+/// A copy of `src` as `name` in `dir`, changed by `damage`, without a `.meta`.
+fn damaged_copy(src: &Path, dir: &Path, name: &str, damage: impl FnOnce(&Path)) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::copy(src, &p).unwrap();
+    damage(&p);
+    p
+}
+
+fn truncate_4k(p: &Path) {
+    let f = std::fs::OpenOptions::new().write(true).open(p).unwrap();
+    let len = f.metadata().unwrap().len();
+    f.set_len(len - 4096).unwrap();
+}
+
+/// Overwrite 4 KiB in the middle of the file (page-aligned) with a pattern.
+fn scribble_middle(p: &Path) {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new().write(true).open(p).unwrap();
+    let len = f.metadata().unwrap().len();
+    f.seek(SeekFrom::Start((len / 2) & !4095)).unwrap();
+    f.write_all(&[0xA5; 4096]).unwrap();
+}
+
+/// `metis restore <src> --db-path <target> --force` must fail naming `why`, with the target
+/// and its side files unchanged to the byte.
+fn assert_refused_untouched(store: &str, src: &Path, target: &Path, why: &str) {
+    let before = target_bytes(target);
+    let o = metis(&[
+        "restore",
+        s(src),
+        "--db-path",
+        s(target),
+        "--force",
+        "--store",
+        store,
+    ]);
+    assert_eq!(
+        code(&o),
+        1,
+        "{store}: {} must be refused: {}{}",
+        s(src),
+        out(&o),
+        err(&o)
+    );
+    assert!(
+        err(&o).starts_with("error: restore failed: ") && err(&o).contains(why),
+        "{store}: {} refused for the wrong reason (want {why:?}): {}",
+        s(src),
+        err(&o)
+    );
+    assert!(
+        target_bytes(target) == before,
+        "{store}: refusing {} changed the target or its -wal/-shm",
+        s(src)
+    );
+}
+
+fn redb_seeded(path: &Path, n: u64) -> gw_storage_redb::RedbTraceStore {
+    let store =
+        gw_storage_redb::RedbTraceStore::open(path, gw_storage_redb::RedbOptions::default())
+            .unwrap();
+    for i in 0..n {
+        store.emit(call(i, T0 + i64::try_from(i).unwrap()));
+    }
+    store
+}
+
+/// The damaged backups of `good` (made by `metis backup`) that every backend must refuse.
+fn refusal_cases(store: &str, good: &Path, dir: &Path, target: &Path) {
+    let truncated = damaged_copy(good, dir, "truncated.bak", truncate_4k);
+    assert_refused_untouched(store, &truncated, target, "damaged");
+    let corrupt = damaged_copy(good, dir, "corrupt.bak", scribble_middle);
+    assert_refused_untouched(store, &corrupt, target, "damaged");
+    // Intact backup, `.meta` with another checksum.
+    let meta = std::fs::read_to_string(format!("{}.meta", s(good))).unwrap();
+    let sha = meta
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("sha256:"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let mismatched = damaged_copy(good, dir, "mismatch.bak", |_| {});
+    std::fs::write(
+        format!("{}.meta", s(&mismatched)),
+        meta.replace(&sha, &"0".repeat(64)),
+    )
+    .unwrap();
+    assert_refused_untouched(store, &mismatched, target, "checksum mismatch");
+    // `.meta` naming another schema version.
+    let other_schema = damaged_copy(good, dir, "schema.bak", |_| {});
+    std::fs::write(
+        format!("{}.meta", s(&other_schema)),
+        meta.replace(
+            &format!("schema version: {TRACE_SCHEMA_VERSION}"),
+            "schema version: 99",
+        ),
+    )
+    .unwrap();
+    assert_refused_untouched(store, &other_schema, target, "schema version");
+}
+
+#[tokio::test]
+async fn sqlite_restore_refusals_leave_the_target_byte_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = seeded(dir.path(), 2000).await;
+    let good = dir.path().join("good.bak");
+    let o = metis(&["backup", s(&good), "--db-path", s(&source)]);
+    assert_eq!(code(&o), 0, "{}", err(&o));
+
+    // The target is live (an open writer with a WAL and shared memory file).
+    let target = dir.path().join("target.db");
+    let writer = SqliteTraceStore::open(&target, WriterOptions::default()).unwrap();
+    for i in 0..50 {
+        writer.emit(call(10_000 + i, T0));
+    }
+    writer.flush().await.unwrap();
+    assert!(
+        target_bytes(&target).iter().all(Option::is_some),
+        "-wal and -shm exist"
+    );
+    refusal_cases("sqlite", &good, dir.path(), &target);
+    // A backup stamped by another binary.
+    let stamped = damaged_copy(&good, dir.path(), "stamped.bak", |p| {
+        Connection::open(p)
+            .unwrap()
+            .execute_batch("PRAGMA user_version = 2")
+            .unwrap();
+    });
+    assert_refused_untouched("sqlite", &stamped, &target, "schema version 2");
+    writer.shutdown().await;
+    drop(writer);
+
+    // A gateway holds the target (its shared writer lock).
+    let gateway = SqliteTraceStore::open(
+        &target,
+        WriterOptions {
+            hold_writer_lock: true,
+            ..WriterOptions::default()
+        },
+    )
+    .unwrap();
+    gateway.emit(call(20_000, T0));
+    gateway.flush().await.unwrap();
+    assert_refused_untouched("sqlite", &good, &target, "running gateway");
+    gateway.shutdown().await;
+    drop(gateway);
+
+    // The intact backup is restored and opens.
+    let o = metis(&["restore", s(&good), "--db-path", s(&target), "--force"]);
+    assert_eq!(code(&o), 0, "{}", err(&o));
+    let reopened = SqliteTraceStore::open(&target, WriterOptions::default()).unwrap();
+    assert_eq!(reopened.count_by_type("llm.call_completed").unwrap(), 2000);
+}
+
+#[tokio::test]
+async fn redb_restore_refusals_leave_the_target_byte_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("source.redb");
+    let seed = redb_seeded(&source, 2000);
+    seed.flush().await.unwrap();
+    seed.shutdown().await;
+    drop(seed);
+    let good = dir.path().join("good.bak");
+    let o = metis(&[
+        "backup",
+        s(&good),
+        "--db-path",
+        s(&source),
+        "--store",
+        "redb",
+    ]);
+    assert_eq!(code(&o), 0, "{}", err(&o));
+
+    let target = dir.path().join("target.redb");
+    let t = redb_seeded(&target, 50);
+    t.flush().await.unwrap();
+    t.shutdown().await;
+    drop(t);
+    refusal_cases("redb", &good, dir.path(), &target);
+    let stamped = damaged_copy(&good, dir.path(), "stamped.bak", |p| {
+        gw_storage_redb::stamp_schema_version(p, 2).unwrap();
+    });
+    assert_refused_untouched("redb", &stamped, &target, "schema version 2");
+
+    // A gateway has the target open (shared multi-process mode, as `metis gateway` does).
+    let gateway =
+        gw_storage_redb::RedbTraceStore::open(&target, gw_storage_redb::RedbOptions::default())
+            .unwrap();
+    gateway.emit(call(30_000, T0));
+    gateway.flush().await.unwrap();
+    assert_refused_untouched("redb", &good, &target, "running gateway");
+    gateway.shutdown().await;
+    drop(gateway);
+
+    // The intact backup is restored and opens the way the gateway opens it.
+    let o = metis(&[
+        "restore",
+        s(&good),
+        "--db-path",
+        s(&target),
+        "--force",
+        "--store",
+        "redb",
+    ]);
+    assert_eq!(code(&o), 0, "{}", err(&o));
+    assert!(out(&o).contains("events:         2000"), "{}", out(&o));
+    let reopened =
+        gw_storage_redb::RedbTraceStore::open(&target, gw_storage_redb::RedbOptions::default())
+            .unwrap();
+    let db = reopened.database().unwrap();
+    assert_eq!(gw_storage_redb::query::event_span(&db).unwrap().0, 2000);
+}

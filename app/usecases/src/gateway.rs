@@ -798,6 +798,7 @@ impl GatewayService for GatewayCore {
             db_bytes: self.sink.db_bytes(),
             trace_store_writable: self.sink.is_writable(),
             draining: self.draining.load(Ordering::Acquire),
+            trace_commit_lag: stats.commit_lag,
         })
     }
 

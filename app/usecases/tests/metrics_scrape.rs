@@ -98,6 +98,11 @@ impl Metrics for Recorded {
     fn inflight(&self, _: i64) {}
     fn streams(&self, _: i64) {}
     fn token_count(&self, _: &str) {}
+    fn accept_error(&self, _: &str) {}
+    fn refused(&self, _: &str) {}
+    fn connections(&self, _: i64) {}
+    fn connection_limit(&self, _: u64) {}
+    fn inflight_body_bytes(&self, _: i64) {}
     fn render(&self, gauges: &ScrapeGauges) -> String {
         *self.gauges.lock().unwrap() = Some(*gauges);
         String::new()

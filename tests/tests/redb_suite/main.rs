@@ -1,5 +1,6 @@
 //! The HTTP suites on the redb backend: `http_trace.rs`, `http_translation.rs`,
-//! `http_errors.rs`, `http_features.rs`, `admin_api.rs` (usage and audit reads),
+//! `http_errors.rs`, `http_features.rs`, `http_agents.rs` (agent sessions, trace events of
+//! Responses, count and embeddings calls), `admin_api.rs` (usage and audit reads),
 //! `quota_concurrency.rs` (spend) and `revoke_latency.rs` of `tests/tests/suite/` compiled
 //! again into this binary (whose name starts with `redb_`, so `TestGateway` runs every gateway
 //! with `--store redb`), plus checks that the gateway really used redb.
@@ -15,6 +16,9 @@ mod http_errors;
 
 #[path = "../suite/http_features.rs"]
 mod http_features;
+
+#[path = "../suite/http_agents.rs"]
+mod http_agents;
 
 #[path = "../suite/admin_api.rs"]
 mod admin_api;

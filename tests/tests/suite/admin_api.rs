@@ -595,3 +595,94 @@ async fn usage_and_audit_reports() {
     assert_eq!(s, 200, "{v}");
     assert!(v["events"].as_array().unwrap().is_empty(), "{v}");
 }
+
+/// The schema of `components/schemas/<name>` in the served document.
+async fn schema_of(gw: &TestGateway, name: &str) -> Value {
+    let doc = gw.request(Method::GET, "/openapi.json").await.json();
+    doc["components"]["schemas"][name].clone()
+}
+
+/// Every `null` in `object` is allowed by `schema` (its property is `nullable`).
+fn assert_nulls_declared(what: &str, object: &Value, schema: &Value) {
+    let fields = object.as_object().unwrap();
+    let mut nulls = 0;
+    for (field, value) in fields {
+        if value.is_null() {
+            nulls += 1;
+            assert_eq!(
+                schema["properties"][field]["nullable"], true,
+                "{what}.{field} is null in the answer but not nullable in the document"
+            );
+        }
+    }
+    assert!(nulls > 0, "the case under test has null fields: {object}");
+}
+
+/// Answers match the document: a key with no caps, tags, rpm or models returns those as
+/// `null`, which the document declares (they were non-nullable, a schema violation for every
+/// client that validates), and a validation error's `code` may be `null`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn null_fields_in_admin_answers_are_declared_nullable() {
+    let gw = with_admin(vec![]).await;
+    let created = admin(
+        &gw,
+        Method::POST,
+        "/admin/v1/keys",
+        Some(&json!({"name": "bare", "workspace": "/srv/bare"})),
+    )
+    .await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let key_schema = schema_of(&gw, "KeyObject").await;
+    assert_nulls_declared("KeyObject", &created.json()["key"], &key_schema);
+    let list = admin(&gw, Method::GET, "/admin/v1/keys", None).await;
+    for key in list.json()["keys"].as_array().unwrap() {
+        assert_nulls_declared("KeyObject", key, &key_schema);
+    }
+
+    // A body poem cannot parse: the envelope's code is null.
+    let r = gw
+        .client()
+        .post(gw.url("/admin/v1/keys"))
+        .header("authorization", format!("Bearer {ADMIN}"))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert_nulls_declared(
+        "ErrorBody",
+        &body["error"],
+        &schema_of(&gw, "ErrorBody").await,
+    );
+}
+
+/// String fields take JSON strings only: poem-openapi alone would turn `false` or `5` into the
+/// text "false" / "5", accepting input the document (`type: string`) forbids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_string_fields_refuse_other_json_types() {
+    let gw = with_admin(vec![]).await;
+    for (field, value) in [
+        ("team", json!(false)),
+        ("user", json!(7)),
+        ("daily_cap_usd", json!(5)),
+        ("name", json!(true)),
+    ] {
+        let mut body = json!({"name": "typed", "workspace": "/srv/typed"});
+        body[field] = value.clone();
+        let r = admin(&gw, Method::POST, "/admin/v1/keys", Some(&body)).await;
+        assert_eq!(r.status, 400, "{field}: {value} → {}", r.text);
+        assert!(
+            r.text.contains(field) || r.text.contains("string"),
+            "{}",
+            r.text
+        );
+    }
+    let list = admin(&gw, Method::GET, "/admin/v1/keys", None).await;
+    assert!(
+        !list.text.contains("\"typed\""),
+        "nothing was created: {}",
+        list.text
+    );
+}

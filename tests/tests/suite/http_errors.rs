@@ -731,9 +731,15 @@ async fn unknown_paths_and_methods_get_json_envelopes() {
     let r = gw.request(Method::GET, "/v1/chat/completions").await;
     assert_eq!(r.status, 405, "{}", r.text);
     assert!(r.json()["error"]["message"].is_string(), "{}", r.text);
+    // RFC 9110: a 405 names the methods the resource supports.
+    assert_eq!(r.header("allow"), Some("POST"), "{:?}", r.headers);
+    let r = gw.request(Method::TRACE, "/v1/models").await;
+    assert_eq!(r.status, 405, "{}", r.text);
+    assert_eq!(r.header("allow"), Some("GET, HEAD"), "{:?}", r.headers);
 
     let r = gw.request(Method::DELETE, "/v1/messages").await;
     assert_eq!(r.status, 405, "{}", r.text);
+    assert_eq!(r.header("allow"), Some("POST"), "{:?}", r.headers);
     assert_eq!(
         r.json()["type"],
         "error",
@@ -741,6 +747,90 @@ async fn unknown_paths_and_methods_get_json_envelopes() {
         r.text
     );
 
+    assert_still_serving(&gw, Shape::OpenAi).await;
+}
+
+/// Send `request` on a fresh connection and read the whole answer (the server closes it).
+async fn raw_exchange(gw: &TestGateway, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    conn.write_all(request).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        conn.read_to_end(&mut raw),
+    )
+    .await
+    .expect("the server answers and closes the connection")
+    .unwrap();
+    String::from_utf8_lossy(&raw).into_owned()
+}
+
+/// Requests hyper rejects before the application sees them (no request is ever built from
+/// such a head) still get a JSON envelope, in the shape their path implies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_rejected_by_the_http_layer_get_json_envelopes() {
+    let gw = gateway().await;
+    let many_headers: String = (0..120).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let long_uri = format!("/v1/chat/completions?q={}", "a".repeat(100 * 1024));
+    let cases: Vec<(&str, Vec<u8>, u16, Shape)> = vec![
+        (
+            "a control character in a header value",
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Bad: a\x01b\r\n\r\n".to_vec(),
+            400,
+            Shape::OpenAi,
+        ),
+        (
+            "120 header fields",
+            format!("POST /v1/messages HTTP/1.1\r\nHost: x\r\n{many_headers}\r\n").into_bytes(),
+            431,
+            Shape::Anthropic,
+        ),
+        (
+            "a 100 KiB URI",
+            format!("GET {long_uri} HTTP/1.1\r\nHost: x\r\n\r\n").into_bytes(),
+            414,
+            Shape::OpenAi,
+        ),
+        (
+            "a garbage request line",
+            b"\x16\x03\x01 nonsense\r\n\r\n".to_vec(),
+            400,
+            Shape::OpenAi,
+        ),
+    ];
+    for (what, request, status, shape) in cases {
+        let answer = raw_exchange(&gw, &request).await;
+        let (head, body) = answer
+            .split_once("\r\n\r\n")
+            .unwrap_or_else(|| panic!("{what}: no HTTP answer: {answer:?}"));
+        let head = head.to_ascii_lowercase();
+        assert!(
+            head.starts_with(&format!("http/1.1 {status} ")),
+            "{what}: {head}"
+        );
+        assert!(
+            head.contains("content-type: application/json"),
+            "{what}: {head}"
+        );
+        assert!(
+            head.contains(&format!("content-length: {}", body.len())),
+            "{what}: {head}"
+        );
+        let v: Value = serde_json::from_str(body)
+            .unwrap_or_else(|e| panic!("{what}: body is not JSON ({e}): {body:?}"));
+        assert!(
+            error_type(shape, &v).is_some(),
+            "{what}: not a {shape:?} envelope: {v}"
+        );
+        assert!(!error_message(&v).is_empty(), "{what}: {v}");
+    }
+    // Counted, and the server keeps serving.
+    let metrics = gw.request(Method::GET, "/metrics").await.text;
+    assert!(
+        metrics.contains(r#"metis_http_requests_total{route="unparsed",method="unknown",status="431",shape="anthropic"} 1"#),
+        "{metrics}"
+    );
     assert_still_serving(&gw, Shape::OpenAi).await;
 }
 

@@ -4,16 +4,23 @@
 //!
 //! Timing-sensitive modules (they spawn `target/debug/metis`, flood a limiter or time a
 //! reload): `key_audit`, `otel`, `process_cli`, `process_lifecycle`, `rate_limit_runbook`,
-//! `redb_cli`, `revoke_latency`, `tls_inprocess`; `.config/nextest.toml` gives them one retry.
+//! `redb_cli`, `revoke_latency`, `tls_inprocess`, `fd_limit`, `grace_cut`; `.config/nextest.toml`
+//! gives them one retry.
 
 mod admin_api;
 mod architecture;
+mod disk_full;
 mod fake_upstream;
+mod fd_limit;
+mod grace_cut;
+mod http_agents;
 mod http_errors;
 mod http_features;
+mod http_limits;
 mod http_trace;
 mod http_translation;
 mod key_audit;
+mod kill_window;
 mod observability;
 mod openapi_drift;
 mod otel;

@@ -162,7 +162,7 @@ fn count_body(
 fn render_count(shape: Shape, input_tokens: u64) -> Bytes {
     let v = match shape {
         Shape::Anthropic => json!({ "input_tokens": input_tokens }),
-        _ => json!({ "object": "response.input_tokens", "input_tokens": input_tokens }),
+        _ => gw_domain::responses::input_tokens_body(input_tokens),
     };
     Bytes::from(v.to_string())
 }

@@ -1,0 +1,1263 @@
+//! `GatewayCore` over the port fakes: one test per rule of the request pipeline (SPEC §3.2)
+//! and of the issue-11 surface (same-shape forwarding, Responses continuation, token counts,
+//! embeddings). The upstream is a scripted fake `Provider` that records every call it gets,
+//! so each test can say both what the client saw and what went upstream; the trace is the
+//! in-memory store, so each test reads the events exactly as they would be stored.
+#![expect(clippy::unwrap_used, clippy::panic, reason = "tests")]
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use futures_util::stream::{self, BoxStream};
+use gw_domain::canonical::{ChatRequest, Shape, Usage};
+use gw_domain::error::{ErrorClass, GatewayError};
+use gw_domain::keys::{KeyRecord, hash_token, token_fingerprint};
+use gw_domain::models::Catalog;
+use gw_domain::patterns::PatternCaps;
+use gw_domain::pricing::{Price, PriceTable};
+use gw_ports::fakes::{InMemoryPatternStore, InMemorySessionStore, InMemoryTraceStore};
+use gw_ports::gateway::{Admission, CountMethod, GatewayService, InboundMeta, Reply, TokenCount};
+use gw_ports::metrics::{Attribution, CallLabels, Metrics, QuotaRatio, ScrapeGauges};
+use gw_ports::system::{Background, Clock, IdSource, TraceContext};
+use gw_ports::tokens::TokenCounter;
+use gw_ports::trace::{EventRow, KeySpend};
+use gw_ports::upstream::{
+    Operation, Provider, UpstreamBody, UpstreamError, UpstreamReply, UpstreamRequest, WireFormat,
+};
+use gw_usecases::{CoreParts, GatewayCore, KeyRing, Limiter, RateLimitConfig, SpendLedger};
+use serde_json::{Value, json};
+use std::collections::VecDeque;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// 2026-05-28T20:26:40Z, in µs.
+const T0: i64 = 1_780_000_000_000_000;
+const TOKEN: &str = "gw_live_token";
+
+// ---------------------------------------------------------------------------------------
+// Port doubles that `gw_ports::fakes` does not provide
+// ---------------------------------------------------------------------------------------
+
+struct FixedClock;
+
+impl Clock for FixedClock {
+    fn now_us(&self) -> i64 {
+        T0
+    }
+}
+
+/// Increasing ids, so the trace's id order is the emit order.
+#[derive(Default)]
+struct CountingIds(AtomicU64);
+
+impl IdSource for CountingIds {
+    fn ulid(&self) -> String {
+        format!("01TEST{:020}", self.0.fetch_add(1, Ordering::SeqCst))
+    }
+
+    fn secret_bytes(&self) -> [u8; 24] {
+        [7; 24]
+    }
+}
+
+struct NoTracing;
+
+impl TraceContext for NoTracing {
+    fn exporting(&self) -> bool {
+        false
+    }
+
+    fn current_traceparent(&self) -> Option<String> {
+        None
+    }
+}
+
+/// Background work (the pattern batcher's drain) is not run: these tests read the trace.
+struct NoBackground;
+
+impl Background for NoBackground {
+    fn spawn(&self, _task: BoxFuture<'static, ()>) {}
+
+    fn spawn_after(&self, _delay: std::time::Duration, _task: BoxFuture<'static, ()>) {}
+}
+
+/// The counters the tests read.
+#[derive(Default)]
+struct RecordingMetrics {
+    auth_failures: Mutex<Vec<String>>,
+    token_counts: Mutex<Vec<String>>,
+    upstream_calls: Mutex<Vec<String>>,
+}
+
+impl Metrics for RecordingMetrics {
+    fn http_request(&self, _: &str, _: &str, _: u16, _: &str, _: f64) {}
+    fn upstream_call(&self, _call: &CallLabels<'_>, outcome: &str, _seconds: f64) {
+        self.upstream_calls.lock().unwrap().push(outcome.to_owned());
+    }
+    fn upstream_retries(&self, _: &CallLabels<'_>, _: u32) {}
+    fn first_token(&self, _: &CallLabels<'_>, _: f64) {}
+    fn usage(&self, _: &CallLabels<'_>, _: &Attribution<'_>, _: &Usage, _: f64) {}
+    fn auth_failure(&self, reason: &str) {
+        self.auth_failures.lock().unwrap().push(reason.to_owned());
+    }
+    fn rate_limit(&self, _: &str, _: bool) {}
+    fn quota_ratios(&self, _: &[QuotaRatio]) {}
+    fn quota_event(&self, _: &str, _: &str) {}
+    fn key_leak_suspected(&self) {}
+    fn inflight(&self, _: i64) {}
+    fn streams(&self, _: i64) {}
+    fn accept_error(&self, _: &str) {}
+    fn refused(&self, _: &str) {}
+    fn connections(&self, _: i64) {}
+    fn connection_limit(&self, _: u64) {}
+    fn inflight_body_bytes(&self, _: i64) {}
+    fn token_count(&self, method: &str) {
+        self.token_counts.lock().unwrap().push(method.to_owned());
+    }
+    fn render(&self, _: &ScrapeGauges) -> String {
+        String::new()
+    }
+}
+
+/// A tokenizer that knows every model (`Some`) or none (`None`).
+struct FixedTokenizer(Option<u64>);
+
+impl TokenCounter for FixedTokenizer {
+    fn count(&self, _model: &str, _request: &ChatRequest) -> Option<u64> {
+        self.0
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The scripted upstream
+// ---------------------------------------------------------------------------------------
+
+/// One step of a scripted upstream stream.
+enum Step {
+    /// SSE bytes.
+    Chunk(&'static str),
+    /// The connection fails.
+    Fail,
+    /// Nothing more arrives and the stream never ends.
+    Hang,
+}
+
+/// What the fake answers to one call.
+enum Scripted {
+    Json(Value),
+    Stream(Vec<Step>),
+    Error {
+        status: u16,
+        body: Value,
+    },
+    /// The response head never arrives.
+    Silence,
+}
+
+/// An upstream provider that answers from a script and records every request.
+struct FakeProvider {
+    name: &'static str,
+    wire: WireFormat,
+    /// Served beyond `(wire, Generate)`.
+    extra: Vec<(WireFormat, Operation)>,
+    /// Retries the provider reports having made before each answer (its own retry loop,
+    /// which runs before any byte is returned).
+    retries: u32,
+    script: Mutex<VecDeque<Scripted>>,
+    requests: Mutex<Vec<UpstreamRequest>>,
+}
+
+impl FakeProvider {
+    fn new(name: &'static str, wire: WireFormat) -> Self {
+        FakeProvider {
+            name,
+            wire,
+            extra: Vec::new(),
+            retries: 0,
+            script: Mutex::new(VecDeque::new()),
+            requests: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn serving(mut self, wire: WireFormat, op: Operation) -> Self {
+        self.extra.push((wire, op));
+        self
+    }
+
+    fn answer(&self, reply: Scripted) {
+        self.script.lock().unwrap().push_back(reply);
+    }
+
+    fn requests(&self) -> Vec<UpstreamRequest> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    fn body(&self, i: usize) -> Value {
+        serde_json::from_slice(&self.requests()[i].body).unwrap()
+    }
+}
+
+#[async_trait]
+impl Provider for FakeProvider {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn wire(&self) -> WireFormat {
+        self.wire
+    }
+
+    fn supports(&self, wire: WireFormat, op: Operation) -> bool {
+        (wire == self.wire && op == Operation::Generate) || self.extra.contains(&(wire, op))
+    }
+
+    async fn send(&self, request: UpstreamRequest) -> Result<UpstreamReply, UpstreamError> {
+        self.requests.lock().unwrap().push(request);
+        let next = self.script.lock().unwrap().pop_front();
+        let retries = self.retries;
+        match next {
+            Some(Scripted::Json(v)) => Ok(UpstreamReply {
+                body: UpstreamBody::Full(Bytes::from(v.to_string())),
+                retries,
+            }),
+            Some(Scripted::Stream(steps)) => {
+                let provider = self.name.to_owned();
+                let mut items: Vec<Result<Bytes, UpstreamError>> = Vec::new();
+                let mut hang = false;
+                for step in steps {
+                    match step {
+                        Step::Chunk(s) => items.push(Ok(Bytes::from_static(s.as_bytes()))),
+                        Step::Fail => items.push(Err(UpstreamError::Network {
+                            provider: provider.clone(),
+                            message: "connection reset".to_owned(),
+                            retries: 0,
+                        })),
+                        Step::Hang => hang = true,
+                    }
+                }
+                let body: BoxStream<'static, Result<Bytes, UpstreamError>> = if hang {
+                    stream::iter(items).chain(stream::pending()).boxed()
+                } else {
+                    stream::iter(items).boxed()
+                };
+                Ok(UpstreamReply {
+                    body: UpstreamBody::Stream(body),
+                    retries,
+                })
+            }
+            Some(Scripted::Error { status, body }) => Err(UpstreamError::Status {
+                provider: self.name.to_owned(),
+                status,
+                body: Bytes::from(body.to_string()),
+                retry_after_secs: None,
+                retries,
+            }),
+            Some(Scripted::Silence) => std::future::pending().await,
+            None => panic!("{}: unexpected upstream call", self.name),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The world under test
+// ---------------------------------------------------------------------------------------
+
+fn key(id: &str, token: &str, extra: Value) -> KeyRecord {
+    let mut v = json!({"key_id": id, "secret_hash": hash_token(token), "workspace_path": "/w"});
+    if let (Some(m), Value::Object(e)) = (v.as_object_mut(), extra) {
+        m.extend(e);
+    }
+    serde_json::from_value(v).unwrap()
+}
+
+/// Three providers, one per wire: `anth` (Anthropic Messages), `oai` (Chat Completions),
+/// `resp` (Responses). Each serves one model `<provider>:m`; `oai:emb` is an embeddings model.
+/// Output of `oai:m` costs 1 000 USD/Mtok, so a request with `max_tokens: 300` reserves 0.30.
+struct World {
+    core: Arc<GatewayCore>,
+    trace: InMemoryTraceStore,
+    anth: Arc<FakeProvider>,
+    oai: Arc<FakeProvider>,
+    resp: Arc<FakeProvider>,
+    metrics: Arc<RecordingMetrics>,
+    ledger: Arc<SpendLedger>,
+}
+
+struct Setup {
+    keys: Vec<KeyRecord>,
+    limits: RateLimitConfig,
+    spend: Vec<KeySpend>,
+    tokenizer: Option<u64>,
+    anth: FakeProvider,
+    oai: FakeProvider,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Setup {
+            keys: vec![key("gk_live", TOKEN, json!({}))],
+            limits: RateLimitConfig::default(),
+            spend: Vec::new(),
+            tokenizer: None,
+            anth: FakeProvider::new("anth", WireFormat::AnthropicMessages),
+            oai: FakeProvider::new("oai", WireFormat::OpenAiChat),
+        }
+    }
+}
+
+impl Setup {
+    fn build(self) -> World {
+        let mut catalog = Catalog::default();
+        for id in ["anth:m", "oai:m", "oai:emb", "resp:m"] {
+            catalog.add_model(id);
+        }
+        catalog.set_alias("quick", "oai:m");
+        let mut prices = PriceTable::builtin();
+        prices.version = "test-prices".to_owned();
+        let per_mtok = |input, output| Price {
+            input_per_mtok: input,
+            output_per_mtok: output,
+            ..Price::default()
+        };
+        prices.set("anth:m", per_mtok(3.0, 15.0));
+        prices.set("oai:m", per_mtok(0.0, 1_000.0));
+        prices.set("oai:emb", per_mtok(2.0, 0.0));
+        prices.set("resp:m", per_mtok(1.0, 1.0));
+        let trace = InMemoryTraceStore::new();
+        let anth = Arc::new(self.anth);
+        let oai = Arc::new(self.oai);
+        let resp = Arc::new(FakeProvider::new("resp", WireFormat::OpenAiResponses));
+        let metrics = Arc::new(RecordingMetrics::default());
+        let ledger = Arc::new(SpendLedger::rebuild(&self.spend, &self.keys, T0));
+        let core = Arc::new(GatewayCore::new(CoreParts {
+            keys: Arc::new(KeyRing::new(self.keys)),
+            sink: Arc::new(trace.clone()),
+            providers: vec![
+                Arc::clone(&anth) as Arc<dyn Provider>,
+                Arc::clone(&oai) as Arc<dyn Provider>,
+                Arc::clone(&resp) as Arc<dyn Provider>,
+            ],
+            catalog,
+            prices,
+            clock: Arc::new(FixedClock),
+            ids: Arc::new(CountingIds::default()),
+            limiter: Arc::new(Limiter::new(self.limits)),
+            ledger: Arc::clone(&ledger),
+            metrics: Arc::clone(&metrics) as Arc<dyn Metrics>,
+            trace: Arc::new(NoTracing),
+            sessions: Arc::new(InMemorySessionStore::new()),
+            patterns: Arc::new(InMemoryPatternStore::new(PatternCaps::default())),
+            background: Arc::new(NoBackground),
+            tokenizer: Arc::new(FixedTokenizer(self.tokenizer)),
+        }));
+        World {
+            core,
+            trace,
+            anth,
+            oai,
+            resp,
+            metrics,
+            ledger,
+        }
+    }
+}
+
+fn meta(shape: Shape, token: Option<&str>) -> InboundMeta {
+    InboundMeta {
+        shape,
+        token: token.map(str::to_owned),
+        peer_ip: Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7))),
+        forwarded_for: None,
+        traceparent: None,
+        session_headers: Default::default(),
+        agent_session: None,
+        forward_headers: vec![("anthropic-beta".to_owned(), "tools-2026".to_owned())],
+        query: Some("beta=true".to_owned()),
+    }
+}
+
+impl World {
+    async fn admit(&self, shape: Shape) -> Admission {
+        self.core.admit(meta(shape, Some(TOKEN))).await.unwrap()
+    }
+
+    async fn call(&self, shape: Shape, body: Value) -> Result<Reply, GatewayError> {
+        let admission = self.admit(shape).await;
+        self.core
+            .handle(admission, Bytes::from(body.to_string()))
+            .await
+    }
+
+    async fn count_tokens(&self, shape: Shape, body: &Value) -> TokenCount {
+        let admission = self.admit(shape).await;
+        self.core
+            .count_tokens(admission, Bytes::from(body.to_string()))
+            .await
+            .unwrap()
+    }
+
+    fn events(&self) -> Vec<EventRow> {
+        self.trace.rows()
+    }
+
+    fn types(&self) -> Vec<String> {
+        self.events().into_iter().map(|e| e.event_type).collect()
+    }
+
+    fn the(&self, event_type: &str) -> (EventRow, Value) {
+        let rows: Vec<EventRow> = self
+            .events()
+            .into_iter()
+            .filter(|e| e.event_type == event_type)
+            .collect();
+        assert_eq!(rows.len(), 1, "one {event_type}: {:?}", self.types());
+        let payload = serde_json::from_str(&rows[0].payload_json).unwrap();
+        (rows[0].clone(), payload)
+    }
+
+    fn count(&self, event_type: &str) -> usize {
+        self.types().iter().filter(|t| *t == event_type).count()
+    }
+
+    fn reserved(&self, account: &str) -> f64 {
+        self.ledger.snapshot(account, T0).2
+    }
+}
+
+fn json_of(reply: Reply) -> Value {
+    match reply {
+        Reply::Json(b) => serde_json::from_slice(&b).unwrap(),
+        Reply::Stream(_) => panic!("expected a JSON reply"),
+    }
+}
+
+async fn frames_of(reply: Reply) -> String {
+    match reply {
+        Reply::Stream(s) => {
+            let chunks: Vec<Bytes> = s.collect().await;
+            chunks
+                .iter()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .collect()
+        }
+        Reply::Json(_) => panic!("expected a stream"),
+    }
+}
+
+fn chat(model: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": "hello"}]})
+}
+
+/// A streamed Chat Completions request for `oai:m`.
+fn chat_stream(max_tokens: Option<u64>) -> Value {
+    let mut body = chat("oai:m");
+    body["stream"] = json!(true);
+    if let Some(n) = max_tokens {
+        body["max_tokens"] = json!(n);
+    }
+    body
+}
+
+fn messages(model: &str) -> Value {
+    json!({"model": model, "max_tokens": 100, "messages": [{"role": "user", "content": "hello"}]})
+}
+
+fn chat_answer() -> Value {
+    json!({"id": "c1", "object": "chat.completion", "model": "m",
+           "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"},
+                        "finish_reason": "stop"}],
+           "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}})
+}
+
+fn messages_answer() -> Value {
+    json!({"id": "msg_1", "type": "message", "role": "assistant", "model": "m",
+           "content": [{"type": "text", "text": "hi"}], "stop_reason": "end_turn",
+           "stop_sequence": null, "usage": {"input_tokens": 10, "output_tokens": 5}})
+}
+
+const CHUNK_1: &str = "data: {\"id\":\"c1\",\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"he\"}}]}\n\n";
+const CHUNK_2: &str = "data: {\"id\":\"c1\",\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"llo\"},\"finish_reason\":\"stop\"}]}\n\n";
+const USAGE_CHUNK: &str = "data: {\"id\":\"c1\",\"model\":\"m\",\"choices\":[],\"usage\":{\"prompt_tokens\":10,\"completion_tokens\":5}}\n\n";
+const DONE: &str = "data: [DONE]\n\n";
+
+// ---------------------------------------------------------------------------------------
+// 1. Rate limit before auth
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_rate_limited_request_is_refused_before_it_is_authenticated() {
+    let w = Setup {
+        limits: RateLimitConfig {
+            enabled: true,
+            per_key_rpm: 1,
+            ..RateLimitConfig::default()
+        },
+        ..Setup::default()
+    }
+    .build();
+    // The first request with a wrong token passes the limiter and fails authentication.
+    let first = w.core.admit(meta(Shape::OpenAi, Some("gw_wrong"))).await;
+    assert_eq!(first.unwrap_err(), GatewayError::InvalidApiKey);
+    assert_eq!(w.count("gateway.auth_failed"), 1);
+    // The second one is denied by its bucket: no authentication, so no auth event.
+    let second = w.core.admit(meta(Shape::OpenAi, Some("gw_wrong"))).await;
+    match second.unwrap_err() {
+        GatewayError::RateLimited { scope, rpm, .. } => {
+            assert_eq!((scope, rpm), ("per_key", 1));
+        }
+        other => panic!("expected RateLimited, got {other:?}"),
+    }
+    assert_eq!(w.count("gateway.auth_failed"), 1, "{:?}", w.types());
+    assert_eq!(*w.metrics.auth_failures.lock().unwrap(), ["invalid_token"]);
+    let (_, limited) = w.the("gateway.rate_limited");
+    assert_eq!(limited["scope"], "per_key");
+    assert_eq!(limited["token_hash_prefix"], token_fingerprint("gw_wrong"));
+}
+
+#[tokio::test]
+async fn a_revoked_key_over_the_ip_budget_gets_429_not_401() {
+    let w = Setup {
+        keys: vec![
+            key("gk_live", TOKEN, json!({})),
+            key("gk_rev", "gw_revoked", json!({"status": "revoked"})),
+        ],
+        limits: RateLimitConfig {
+            enabled: true,
+            per_ip_rpm: 1,
+            ..RateLimitConfig::default()
+        },
+        ..Setup::default()
+    }
+    .build();
+    w.admit(Shape::Anthropic).await;
+    let err = w
+        .core
+        .admit(meta(Shape::Anthropic, Some("gw_revoked")))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            GatewayError::RateLimited {
+                scope: "per_ip",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(err.status(), 429);
+    assert_eq!(w.count("gateway.auth_failed"), 0);
+    assert!(w.metrics.auth_failures.lock().unwrap().is_empty());
+}
+
+// ---------------------------------------------------------------------------------------
+// 2. Authentication envelopes
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn each_auth_failure_has_its_error_and_one_auth_failed_event() {
+    let w = Setup {
+        keys: vec![
+            key("gk_live", TOKEN, json!({})),
+            key(
+                "gk_rev",
+                "gw_revoked",
+                json!({"status": "revoked", "revoked_at": "2026-01-01T00:00:00Z"}),
+            ),
+            key(
+                "gk_old",
+                "gw_rotated",
+                json!({"grace_period_until": "2026-02-01T00:00:00Z"}),
+            ),
+        ],
+        ..Setup::default()
+    }
+    .build();
+    let cases = [
+        (
+            Shape::OpenAi,
+            None,
+            GatewayError::InvalidApiKey,
+            "missing_token",
+        ),
+        (
+            Shape::Anthropic,
+            Some("gw_unknown"),
+            GatewayError::InvalidApiKey,
+            "invalid_token",
+        ),
+        (
+            Shape::OpenAi,
+            Some("gw_revoked"),
+            GatewayError::KeyRevoked {
+                key_id: "gk_rev".to_owned(),
+                revoked_at: Some("2026-01-01T00:00:00Z".to_owned()),
+            },
+            "key_revoked",
+        ),
+        (
+            Shape::Responses,
+            Some("gw_rotated"),
+            GatewayError::KeyRevoked {
+                key_id: "gk_old".to_owned(),
+                // A lapsed grace period reports when it ended.
+                revoked_at: Some("2026-02-01T00:00:00+00:00".to_owned()),
+            },
+            "key_revoked",
+        ),
+    ];
+    for (i, (shape, token, expected, reason)) in cases.into_iter().enumerate() {
+        let err = w.core.admit(meta(shape, token)).await.unwrap_err();
+        assert_eq!(err, expected, "case {i}");
+        assert_eq!(err.status(), 401);
+        let events: Vec<Value> = w
+            .events()
+            .iter()
+            .filter(|e| e.event_type == "gateway.auth_failed")
+            .map(|e| serde_json::from_str(&e.payload_json).unwrap())
+            .collect();
+        assert_eq!(events.len(), i + 1, "one event per failure");
+        let ev = &events[i];
+        assert_eq!(ev["reason"], reason);
+        assert_eq!(ev["inbound_shape"], shape.as_str());
+        assert_eq!(
+            ev["token_hash_prefix"],
+            token.map_or(Value::Null, |t| json!(token_fingerprint(t)))
+        );
+        let key_id = match &expected {
+            GatewayError::KeyRevoked { key_id, .. } => json!(key_id),
+            _ => Value::Null,
+        };
+        assert_eq!(ev["gateway_key_id"], key_id);
+    }
+    let ok = w.admit(Shape::OpenAi).await;
+    assert_eq!(ok.key.key_id, "gk_live");
+    assert_eq!(w.count("gateway.auth_failed"), 4);
+    assert_eq!(w.metrics.auth_failures.lock().unwrap().len(), 4);
+}
+
+// ---------------------------------------------------------------------------------------
+// 3. Spend caps: checked before the body, reserved atomically
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_key_at_its_cap_is_refused_before_the_body_is_read() {
+    let w = Setup {
+        keys: vec![key("gk_live", TOKEN, json!({"daily_cap_usd": "1.00"}))],
+        spend: vec![KeySpend {
+            gateway_key_id: "gk_live".to_owned(),
+            day_usd: 1.0,
+            month_usd: 1.0,
+        }],
+        ..Setup::default()
+    }
+    .build();
+    // `admit` sees headers only: the refusal needs no body.
+    let err = w
+        .core
+        .admit(meta(Shape::OpenAi, Some(TOKEN)))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        GatewayError::QuotaExceeded {
+            scope: "key_daily",
+            limit_usd: "1.00".to_owned(),
+            current_usd: "1.00".to_owned(),
+        }
+    );
+    assert_eq!(err.status(), 429);
+    assert_eq!(w.types(), ["gateway.quota_exceeded"]);
+    let (_, ev) = w.the("gateway.quota_exceeded");
+    assert_eq!(ev["gateway_key_id"], "gk_live");
+    assert_eq!(ev["scope"], "key_daily");
+    assert!(w.oai.requests().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_reservations_cannot_overshoot_a_cap() {
+    let w = Setup {
+        keys: vec![key("gk_live", TOKEN, json!({"daily_cap_usd": "1.00"}))],
+        ..Setup::default()
+    }
+    .build();
+    for _ in 0..8 {
+        w.oai.answer(Scripted::Stream(vec![Step::Hang]));
+    }
+    // Eight requests at once, each reserving 0.30 (300 output tokens at 1 000 USD/Mtok)
+    // against a 1.00 cap; their streams stay open, so nothing is settled meanwhile.
+    let body = chat_stream(Some(300)).to_string();
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let core = Arc::clone(&w.core);
+            let body = Bytes::from(body.clone());
+            tokio::spawn(async move {
+                let admission = core.admit(meta(Shape::OpenAi, Some(TOKEN))).await?;
+                core.handle(admission, body).await
+            })
+        })
+        .collect();
+    let mut streams = Vec::new();
+    let mut refused = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(reply) => streams.push(reply),
+            // Refused at the pre-body check or at the reservation, whichever came first.
+            Err(GatewayError::QuotaExceeded { scope, .. }) => {
+                assert_eq!(scope, "key_daily");
+                refused += 1;
+            }
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+    // 0, 0.3, 0.6 and 0.9 are under 1.00: four run, the other four never reach the upstream.
+    assert_eq!((streams.len(), refused), (4, 4));
+    assert_eq!(w.oai.requests().len(), 4);
+    assert!((w.reserved("gk_live") - 1.2).abs() < 1e-9);
+    assert_eq!(w.count("llm.call_started"), 4);
+    // Ending the streams (client gone) releases every reservation.
+    drop(streams);
+    assert_eq!(w.reserved("gk_live"), 0.0);
+    assert_eq!(w.count("llm.call_failed"), 4);
+}
+
+// ---------------------------------------------------------------------------------------
+// 4. Allow-list
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_model_outside_the_allow_list_is_403_with_only_route_decided() {
+    let w = Setup {
+        keys: vec![key(
+            "gk_live",
+            TOKEN,
+            json!({"allowed_models": ["anth:m", "quick"]}),
+        )],
+        ..Setup::default()
+    }
+    .build();
+    let err = w
+        .call(Shape::Anthropic, messages("resp:m"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        GatewayError::ModelNotAllowed {
+            model: "resp:m".to_owned(),
+            key_id: "gk_live".to_owned(),
+        }
+    );
+    assert_eq!(err.status(), 403);
+    assert_eq!(w.types(), ["route.decided"]);
+    assert!(w.resp.requests().is_empty());
+    // An alias on the list allows the model it names.
+    w.oai.answer(Scripted::Json(chat_answer()));
+    assert!(w.call(Shape::OpenAi, chat("oai:m")).await.is_ok());
+}
+
+// ---------------------------------------------------------------------------------------
+// 5. Retries only before the first byte
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn retries_happen_in_the_provider_before_the_first_byte_and_are_recorded() {
+    // The provider failed twice and then answered (its own retry loop, before any byte).
+    let mut oai = FakeProvider::new("oai", WireFormat::OpenAiChat);
+    oai.retries = 2;
+    let w = Setup {
+        oai,
+        ..Setup::default()
+    }
+    .build();
+    w.oai.answer(Scripted::Json(chat_answer()));
+    let reply = w.call(Shape::OpenAi, chat("oai:m")).await.unwrap();
+    assert_eq!(json_of(reply)["choices"][0]["message"]["content"], "hi");
+    assert_eq!(w.oai.requests().len(), 1, "the core sends once");
+    let (_, done) = w.the("llm.call_completed");
+    assert_eq!(done["retry_count"], 2);
+
+    // Retries used up before the first byte: the client gets the failure, the core does not
+    // send again.
+    w.oai.answer(Scripted::Error {
+        status: 503,
+        body: json!({"error": {"type": "server_error", "message": "busy"}}),
+    });
+    let err = w.call(Shape::OpenAi, chat("oai:m")).await.unwrap_err();
+    assert!(
+        matches!(err, GatewayError::UpstreamRelayed { status: 503, .. }),
+        "{err:?}"
+    );
+    assert_eq!(w.oai.requests().len(), 2);
+    let (_, failed) = w.the("llm.call_failed");
+    assert_eq!(failed["retry_count"], 2);
+    assert_eq!(failed["error_class"], "server_error");
+}
+
+#[tokio::test]
+async fn a_stream_that_fails_after_its_first_chunk_is_not_retried_and_ends_in_an_error_frame() {
+    let w = Setup::default().build();
+    w.oai
+        .answer(Scripted::Stream(vec![Step::Chunk(CHUNK_1), Step::Fail]));
+    let body = chat_stream(None);
+    let reply = w.call(Shape::OpenAi, body).await.unwrap();
+    let frames = frames_of(reply).await;
+    // The first chunk reached the client (model echoed as the client wrote it)…
+    assert!(frames.starts_with("data: {"), "{frames}");
+    assert!(frames.contains("\"content\":\"he\""), "{frames}");
+    assert!(frames.contains("\"model\":\"oai:m\""), "{frames}");
+    // …then one error frame, and never a `[DONE]` that would fake a complete answer.
+    let last = frames.trim_end().rsplit("\n\n").next().unwrap();
+    let err: Value = serde_json::from_str(last.strip_prefix("data: ").unwrap()).unwrap();
+    assert!(err["error"].is_object(), "{last}");
+    assert!(!frames.contains("[DONE]"));
+    assert_eq!(w.oai.requests().len(), 1, "no retry after the first byte");
+    assert_eq!(w.count("llm.call_completed"), 0);
+    let (_, failed) = w.the("llm.call_failed");
+    assert_eq!(failed["error_class"], "network");
+}
+
+// ---------------------------------------------------------------------------------------
+// 6. Events per outcome
+// ---------------------------------------------------------------------------------------
+
+/// The call events of the trace, in order, with each one's parent.
+fn call_chain(w: &World) -> Vec<(String, Option<String>, String)> {
+    w.events()
+        .into_iter()
+        .filter(|e| {
+            [
+                "route.decided",
+                "llm.call_started",
+                "llm.call_completed",
+                "llm.call_failed",
+                "turn.completed",
+            ]
+            .contains(&e.event_type.as_str())
+        })
+        .map(|e| (e.event_type, e.parent_event_id, e.id))
+        .collect()
+}
+
+/// The events of a call that completed, and of one that failed or was cancelled.
+const COMPLETED: [&str; 4] = [
+    "route.decided",
+    "llm.call_started",
+    "llm.call_completed",
+    "turn.completed",
+];
+const FAILED: [&str; 4] = [
+    "route.decided",
+    "llm.call_started",
+    "llm.call_failed",
+    "turn.completed",
+];
+
+fn assert_linked(chain: &[(String, Option<String>, String)], types: &[&str]) {
+    let got: Vec<&str> = chain.iter().map(|(t, _, _)| t.as_str()).collect();
+    assert_eq!(got, types);
+    // Each event after the route names the one before it as its parent.
+    for pair in chain.windows(2) {
+        assert_eq!(pair[1].1.as_deref(), Some(pair[0].2.as_str()), "{pair:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_successful_call_records_route_start_completion_and_turn() {
+    let w = Setup::default().build();
+    w.anth.answer(Scripted::Json(messages_answer()));
+    let reply = w.call(Shape::Anthropic, messages("anth:m")).await.unwrap();
+    assert_eq!(json_of(reply)["content"][0]["text"], "hi");
+    assert_linked(&call_chain(&w), &COMPLETED);
+    let (_, done) = w.the("llm.call_completed");
+    assert_eq!(done["model"], "anth:m");
+    assert_eq!(
+        (done["input_tokens"].clone(), done["output_tokens"].clone()),
+        (json!(10), json!(5))
+    );
+    // 10 × 3 + 5 × 15 USD per Mtok.
+    assert!((done["cost_usd"].as_f64().unwrap() - 0.000_105).abs() < 1e-12);
+    assert_eq!(done["pricing_version"], "test-prices");
+    assert_eq!(done["gateway_key_id"], "gk_live");
+    assert_eq!(done["inbound_shape"], "anthropic");
+    let (_, turn) = w.the("turn.completed");
+    assert_eq!(turn["stop_reason"], "end_turn");
+    assert_eq!(*w.metrics.upstream_calls.lock().unwrap(), ["ok"]);
+    let (day, _, reserved) = w.ledger.snapshot("gk_live", T0);
+    assert!((day - 0.000_105).abs() < 1e-12 && reserved == 0.0);
+}
+
+#[tokio::test]
+async fn a_completed_stream_records_the_usage_of_its_last_frame() {
+    let w = Setup::default().build();
+    w.oai.answer(Scripted::Stream(vec![
+        Step::Chunk(CHUNK_1),
+        Step::Chunk(CHUNK_2),
+        Step::Chunk(USAGE_CHUNK),
+        Step::Chunk(DONE),
+    ]));
+    let body = chat_stream(None);
+    let frames = frames_of(w.call(Shape::OpenAi, body).await.unwrap()).await;
+    assert!(frames.ends_with("data: [DONE]\n\n"), "{frames}");
+    // The client did not ask for usage: the chunk the gateway forced is not shown to it.
+    assert!(!frames.contains("\"usage\""), "{frames}");
+    assert_linked(&call_chain(&w), &COMPLETED);
+    let (_, done) = w.the("llm.call_completed");
+    assert_eq!(
+        (done["input_tokens"].clone(), done["output_tokens"].clone()),
+        (json!(10), json!(5))
+    );
+    let (_, started) = w.the("llm.call_started");
+    assert_eq!(started["stream"], true);
+}
+
+#[tokio::test]
+async fn an_upstream_error_records_call_failed_and_an_error_turn() {
+    let w = Setup::default().build();
+    w.anth.answer(Scripted::Error {
+        status: 529,
+        body: json!({"type": "error", "error": {"type": "overloaded_error", "message": "x"}}),
+    });
+    let err = w
+        .call(Shape::Anthropic, messages("anth:m"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, GatewayError::UpstreamRelayed { .. }),
+        "{err:?}"
+    );
+    assert_linked(&call_chain(&w), &FAILED);
+    let (_, failed) = w.the("llm.call_failed");
+    assert_eq!(failed["error_class"], "rate_limit");
+    assert_eq!(
+        failed["error_message_redacted"],
+        "upstream anth returned HTTP 529 (overloaded_error)"
+    );
+    let (_, turn) = w.the("turn.completed");
+    assert_eq!(turn["stop_reason"], "error");
+    assert_eq!(w.reserved("gk_live"), 0.0);
+}
+
+#[tokio::test]
+async fn a_stream_the_client_abandons_records_a_cancelled_call_with_partial_usage() {
+    let w = Setup::default().build();
+    w.oai
+        .answer(Scripted::Stream(vec![Step::Chunk(CHUNK_1), Step::Hang]));
+    let body = chat_stream(Some(300));
+    let Reply::Stream(mut s) = w.call(Shape::OpenAi, body).await.unwrap() else {
+        panic!("expected a stream");
+    };
+    let first = s.next().await.unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("\"he\""));
+    assert!(
+        (w.reserved("gk_live") - 0.3).abs() < 1e-9,
+        "held while streaming"
+    );
+    drop(s);
+    assert_linked(&call_chain(&w), &FAILED);
+    let (_, failed) = w.the("llm.call_failed");
+    assert_eq!(failed["error_class"], "cancelled");
+    // No usage frame arrived: the gateway's estimate is charged (prompt + relayed text).
+    assert_eq!(failed["usage_estimated"], true);
+    assert_eq!(failed["output_tokens"], 1);
+    let (_, turn) = w.the("turn.completed");
+    assert_eq!(turn["stop_reason"], "cancelled");
+    let (day, _, reserved) = w.ledger.snapshot("gk_live", T0);
+    assert_eq!(reserved, 0.0);
+    assert!(
+        (day - 0.001).abs() < 1e-12,
+        "1 output token at 1 000 USD/Mtok: {day}"
+    );
+}
+
+#[tokio::test]
+async fn a_client_gone_before_the_answer_head_is_a_cancelled_call_charged_its_estimate() {
+    let w = Setup::default().build();
+    w.anth.answer(Scripted::Silence);
+    let admission = w.admit(Shape::Anthropic).await;
+    let body = Bytes::from(messages("anth:m").to_string());
+    // One poll runs the call up to the upstream, which never answers; then the client is gone.
+    let pending = futures_util::FutureExt::now_or_never(w.core.handle(admission, body));
+    assert!(pending.is_none());
+    assert_eq!(w.anth.requests().len(), 1);
+    assert_linked(&call_chain(&w), &FAILED);
+    let (_, failed) = w.the("llm.call_failed");
+    assert_eq!(failed["error_class"], "cancelled");
+    assert_eq!(failed["usage_estimated"], true);
+    let (_, started) = w.the("llm.call_started");
+    assert_eq!(failed["input_tokens"], started["estimated_input_tokens"]);
+    let (day, _, reserved) = w.ledger.snapshot("gk_live", T0);
+    assert_eq!(reserved, 0.0);
+    assert!(day > 0.0, "the prompt was sent: its estimate is charged");
+}
+
+#[tokio::test]
+async fn a_body_the_upstream_wire_cannot_express_is_400_before_anything_is_reserved() {
+    let w = Setup::default().build();
+    let body = json!({"model": "oai:m", "max_tokens": 10, "messages": [{"role": "user", "content": [
+        {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "x"}}
+    ]}]});
+    let err = w.call(Shape::Anthropic, body).await.unwrap_err();
+    assert_eq!(
+        err,
+        GatewayError::InvalidRequest {
+            message:
+                "content block type 'document' cannot be sent to an OpenAI-compatible upstream"
+                    .to_owned()
+        }
+    );
+    assert_eq!(w.types(), ["route.decided"]);
+    assert!(w.oai.requests().is_empty());
+    assert_eq!(w.reserved("gk_live"), 0.0);
+}
+
+// ---------------------------------------------------------------------------------------
+// 7. Same shape vs translated (issue 11)
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn same_shape_calls_forward_headers_query_and_unknown_fields_translated_ones_do_not() {
+    let w = Setup::default().build();
+    w.anth.answer(Scripted::Json(messages_answer()));
+    w.anth.answer(Scripted::Json(messages_answer()));
+    let mut native = messages("anth:m");
+    native["future_field"] = json!({"kept": true});
+    w.call(Shape::Anthropic, native).await.unwrap();
+    let reply = w.call(Shape::OpenAi, chat("anth:m")).await.unwrap();
+    assert_eq!(json_of(reply)["choices"][0]["message"]["content"], "hi");
+
+    let sent = w.anth.requests();
+    assert_eq!(sent[0].wire, WireFormat::AnthropicMessages);
+    assert_eq!(
+        sent[0].headers,
+        [("anthropic-beta".to_owned(), "tools-2026".to_owned())]
+    );
+    assert_eq!(sent[0].query.as_deref(), Some("beta=true"));
+    assert_eq!(w.anth.body(0)["future_field"], json!({"kept": true}));
+    assert_eq!(w.anth.body(0)["model"], "m");
+    // Translated: the client's provider headers mean nothing to this upstream.
+    assert_eq!(sent[1].wire, WireFormat::AnthropicMessages);
+    assert!(sent[1].headers.is_empty());
+    assert_eq!(sent[1].query, None);
+    assert_eq!(w.anth.body(1)["max_tokens"], 4096);
+}
+
+#[tokio::test]
+async fn upstream_errors_are_relayed_to_same_shape_clients_and_summarised_for_others() {
+    let w = Setup::default().build();
+    let upstream = json!({"type": "error",
+                          "error": {"type": "invalid_request_error", "message": "echo of the prompt"}});
+    for _ in 0..2 {
+        w.anth.answer(Scripted::Error {
+            status: 400,
+            body: upstream.clone(),
+        });
+    }
+    let relayed = w
+        .call(Shape::Anthropic, messages("anth:m"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        relayed,
+        GatewayError::UpstreamRelayed {
+            class: ErrorClass::InvalidRequest,
+            provider: "anth".to_owned(),
+            status: 400,
+            body: upstream,
+            retry_after_secs: None,
+        }
+    );
+    let translated = w.call(Shape::OpenAi, chat("anth:m")).await.unwrap_err();
+    assert_eq!(
+        translated,
+        GatewayError::Upstream {
+            class: ErrorClass::InvalidRequest,
+            provider: "anth".to_owned(),
+            message: "upstream anth returned HTTP 400 (invalid_request_error)".to_owned(),
+            retry_after_secs: None,
+        }
+    );
+    assert!(!translated.message().contains("echo of the prompt"));
+}
+
+#[tokio::test]
+async fn a_responses_continuation_is_refused_when_it_must_be_translated() {
+    let w = Setup::default().build();
+    let body = json!({"model": "oai:m", "input": "and then?", "previous_response_id": "resp_1"});
+    let err = w.call(Shape::Responses, body).await.unwrap_err();
+    assert_eq!(err.status(), 400);
+    assert!(
+        matches!(&err, GatewayError::InvalidRequest { message } if message.contains("'previous_response_id' cannot be served")),
+        "{err:?}"
+    );
+    assert_eq!(w.types(), ["route.decided"]);
+    assert!(w.oai.requests().is_empty());
+    // A Responses upstream stores the conversation: the continuation goes through as sent.
+    w.resp.answer(Scripted::Json(json!({
+        "id": "resp_2", "object": "response", "status": "completed", "model": "m",
+        "output": [{"type": "message", "role": "assistant",
+                    "content": [{"type": "output_text", "text": "ok"}]}],
+        "usage": {"input_tokens": 3, "output_tokens": 1}})));
+    let body = json!({"model": "resp:m", "input": "and then?", "previous_response_id": "resp_1"});
+    let reply = json_of(w.call(Shape::Responses, body).await.unwrap());
+    assert_eq!(reply["model"], "resp:m");
+    assert_eq!(w.resp.body(0)["previous_response_id"], "resp_1");
+}
+
+// ---------------------------------------------------------------------------------------
+// 8. Token counts
+// ---------------------------------------------------------------------------------------
+
+const NO_CALL_EVENTS: [&str; 4] = [
+    "route.decided",
+    "llm.call_started",
+    "llm.call_completed",
+    "llm.call_failed",
+];
+
+/// A world whose Anthropic upstream serves `count_tokens`.
+fn counting_anthropic_upstream() -> World {
+    Setup {
+        anth: FakeProvider::new("anth", WireFormat::AnthropicMessages)
+            .serving(WireFormat::AnthropicMessages, Operation::CountTokens),
+        ..Setup::default()
+    }
+    .build()
+}
+
+#[tokio::test]
+async fn counts_are_exact_when_the_upstream_counts_and_are_never_recorded_as_calls() {
+    let w = counting_anthropic_upstream();
+    w.anth.answer(Scripted::Json(json!({"input_tokens": 42})));
+    // A count body has no `max_tokens`; the client's body goes upstream as it wrote it.
+    let body = json!({"model": "anth:m", "messages": [{"role": "user", "content": "hello"}]});
+    let count = w.count_tokens(Shape::Anthropic, &body).await;
+    assert_eq!(count.method, CountMethod::Exact);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&count.body).unwrap(),
+        json!({"input_tokens": 42})
+    );
+    let sent = &w.anth.requests()[0];
+    assert_eq!(
+        (sent.wire, sent.op),
+        (WireFormat::AnthropicMessages, Operation::CountTokens)
+    );
+    assert_eq!(w.anth.body(0).get("max_tokens"), None);
+    assert_eq!(w.anth.body(0)["model"], "m");
+    // The client's own endpoint: its provider headers and query go along.
+    assert_eq!(sent.headers.len(), 1);
+    assert_eq!(sent.query.as_deref(), Some("beta=true"));
+    for t in NO_CALL_EVENTS {
+        assert_eq!(w.count(t), 0, "{t}");
+    }
+    assert_eq!(*w.metrics.token_counts.lock().unwrap(), ["exact"]);
+}
+
+#[tokio::test]
+async fn a_count_is_translated_to_the_count_endpoint_the_upstream_serves() {
+    let w = counting_anthropic_upstream();
+    w.anth.answer(Scripted::Json(json!({"input_tokens": 11})));
+    let body = json!({"model": "anth:m", "instructions": "be brief", "input": "hello",
+                      "max_output_tokens": 50, "stream": true, "temperature": 0.5});
+    let count = w.count_tokens(Shape::Responses, &body).await;
+    assert_eq!(count.method, CountMethod::Exact);
+    // The answer in the client's shape…
+    assert_eq!(
+        serde_json::from_slice::<Value>(&count.body).unwrap(),
+        json!({"object": "response.input_tokens", "input_tokens": 11})
+    );
+    // …from Anthropic's count endpoint, with only the fields that endpoint accepts.
+    let sent = &w.anth.requests()[0];
+    assert_eq!(
+        (sent.wire, sent.op),
+        (WireFormat::AnthropicMessages, Operation::CountTokens)
+    );
+    assert!(sent.headers.is_empty() && sent.query.is_none());
+    let upstream = w.anth.body(0);
+    let mut fields: Vec<&str> = upstream
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    fields.sort_unstable();
+    assert_eq!(fields, ["messages", "model", "system"]);
+    assert!(w.types().is_empty());
+}
+
+#[tokio::test]
+async fn counts_fall_back_to_the_tokenizer_then_to_the_estimate() {
+    let body = json!({"model": "oai:m", "input": "a question of some length"});
+    for (tokenizer, method) in [
+        (Some(7), CountMethod::Tokenizer),
+        (None, CountMethod::Estimate),
+    ] {
+        let w = Setup {
+            tokenizer,
+            ..Setup::default()
+        }
+        .build();
+        let count = w.count_tokens(Shape::Responses, &body).await;
+        assert_eq!(count.method, method);
+        let v: Value = serde_json::from_slice(&count.body).unwrap();
+        assert_eq!(v["object"], "response.input_tokens");
+        let expected = tokenizer.unwrap_or_else(|| {
+            gw_domain::responses::parse_request(body.to_string().as_bytes())
+                .unwrap()
+                .request
+                .estimate_input_tokens()
+        });
+        assert_eq!(v["input_tokens"], expected);
+        assert!(w.oai.requests().is_empty(), "no upstream can count");
+        assert!(w.types().is_empty(), "{:?}", w.types());
+        assert_eq!(*w.metrics.token_counts.lock().unwrap(), [method.as_str()]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// 9. Embeddings
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn embeddings_are_priced_on_the_upstream_count_and_recorded_like_calls() {
+    let oai = FakeProvider::new("oai", WireFormat::OpenAiChat)
+        .serving(WireFormat::OpenAiChat, Operation::Embeddings);
+    let w = Setup {
+        oai,
+        ..Setup::default()
+    }
+    .build();
+    w.oai.answer(Scripted::Json(json!({
+        "object": "list", "model": "emb-2026",
+        "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}],
+        "usage": {"prompt_tokens": 1000, "total_tokens": 1000}})));
+    let admission = w.admit(Shape::OpenAi).await;
+    let body = json!({"model": "oai:emb", "input": "some text", "dimensions": 2});
+    let out = w
+        .core
+        .embeddings(admission, Bytes::from(body.to_string()))
+        .await
+        .unwrap();
+    let out: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(out["model"], "oai:emb");
+    assert_eq!(out["data"][0]["embedding"], json!([0.1, 0.2]));
+    let sent = &w.oai.requests()[0];
+    assert_eq!(
+        (sent.wire, sent.op),
+        (WireFormat::OpenAiChat, Operation::Embeddings)
+    );
+    assert_eq!(
+        w.oai.body(0),
+        json!({"model": "emb", "input": "some text", "dimensions": 2})
+    );
+    assert_linked(&call_chain(&w), &COMPLETED);
+    let (_, done) = w.the("llm.call_completed");
+    assert_eq!(done["input_tokens"], 1000);
+    assert_eq!(done["output_tokens"], 0);
+    // 1 000 tokens at 2 USD/Mtok.
+    assert!((done["cost_usd"].as_f64().unwrap() - 0.002).abs() < 1e-12);
+    assert_eq!(done["inbound_shape"], "openai");
+    let (day, _, reserved) = w.ledger.snapshot("gk_live", T0);
+    assert!((day - 0.002).abs() < 1e-12 && reserved == 0.0);
+}
