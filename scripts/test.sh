@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite, as run by CI (.ci/run): formatting, lints, every Rust test (unit,
+# The whole test suite, as run by CI (.ci/run): formatting, lints, the supply-chain policy
+# (cargo-deny against the vendored RustSec snapshot, licences, sources; the SBOM), every Rust test (unit,
 # property, storage, HTTP through the real server, CLI, architecture) and the Python SDK tests
 # (official `openai` and `anthropic` packages driving the real gateway binary) and the real-client
 # tests (Claude Code, the Codex CLI, npm and Python SDKs and agent frameworks, pinned).
@@ -11,6 +12,9 @@ cargo fmt --all -- --check
 
 echo "==> cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "==> Supply chain: dependency policy (deny.toml, offline advisories) and the SBOM"
+scripts/supply-chain.sh
 
 echo "==> Rust tests"
 cargo build --workspace --bins --locked  # process-level tests spawn target/debug/metis

@@ -176,6 +176,10 @@ check("ENV binds 0.0.0.0, data dir /var/lib/metis, keystore /etc/metis/keys/keys
       env_img.get("METIS_GATEWAY_HOST") == "0.0.0.0" and env_img.get("METIS_GATEWAY_DATA_DIR") == "/var/lib/metis"
       and env_img.get("METIS_GATEWAY_KEYSTORE") == "/etc/metis/keys/keys.json")
 check("HEALTHCHECK runs `metis healthcheck`", hc_cmd[:2] == ["/usr/local/bin/metis", "healthcheck"])
+check("the image ships the binary's SBOM at /usr/share/doc/metis/sbom.cdx.json (scripts/sbom.py, from cargo tree)",
+      "--from=sbom /sbom/sbom.cdx.json /usr/share/doc/metis/sbom.cdx.json" in instr("COPY")
+      and "cargo tree --locked --offline -p metis -e normal --prefix depth" in text
+      and "sbom.py --tree tree.txt --metadata metadata.json --lock Cargo.lock" in text)
 
 tmp = tempfile.mkdtemp(prefix="metis-infra-")
 try:

@@ -358,10 +358,7 @@ impl App {
         }));
 
         let tls = match listener::tls_paths(args.tls_cert.as_ref(), args.tls_key.as_ref())? {
-            Some((cert, key)) => Some((
-                listener::load_tls(&cert, &key)?,
-                listener::load_tls(&cert, &key)?,
-            )),
+            Some((cert, key)) => Some(listener::load_tls(&cert, &key)?),
             None => None,
         };
         if let (Some(cert), Some(_)) = (&args.tls_cert, &tls) {

@@ -21,7 +21,7 @@ use anyhow::{Context, bail};
 use gw_ports::metrics::Metrics;
 use gw_ports::queue::LogLimiter;
 use poem::http::uri::Scheme;
-use poem::listener::{Acceptor, AcceptorExt, RustlsCertificate, RustlsConfig};
+use poem::listener::{Acceptor, AcceptorExt};
 use poem::web::{LocalAddr, RemoteAddr};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -81,12 +81,17 @@ pub fn bind(host: &str, port: u16, reuse_port: bool) -> anyhow::Result<tokio::ne
     tokio::net::TcpListener::from_std(std_listener).context("cannot register the listener")
 }
 
-/// Read and check a certificate chain and private key; returns the PEM bytes for poem.
+/// Read and check a certificate chain and private key and build the TLS server settings.
+///
+/// The gateway terminates TLS itself (rustls via `tokio-rustls`, see [`TlsAcceptor`]) rather
+/// than through poem's `rustls` feature: that feature re-parses the PEM files with
+/// `rustls-pemfile`, which is archived and flagged unmaintained (RUSTSEC-2025-0134). PEM is
+/// parsed here, once, with `rustls-pki-types`' `PemObject`.
 ///
 /// # Errors
 /// Missing or unreadable file, no certificate / key in it, or a key that does not belong to
 /// the certificate — each message names the file.
-pub fn load_tls(cert: &Path, key: &Path) -> anyhow::Result<RustlsConfig> {
+pub fn load_tls(cert: &Path, key: &Path) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     let cert_pem = std::fs::read(cert)
         .with_context(|| format!("cannot read --tls-cert {}", cert.display()))?;
     let key_pem =
@@ -104,7 +109,7 @@ pub fn load_tls(cert: &Path, key: &Path) -> anyhow::Result<RustlsConfig> {
         )
     })?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    rustls::ServerConfig::builder_with_provider(provider)
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .context("TLS protocol setup failed")?
         .with_no_client_auth()
@@ -116,7 +121,147 @@ pub fn load_tls(cert: &Path, key: &Path) -> anyhow::Result<RustlsConfig> {
                 cert.display()
             )
         })?;
-    Ok(RustlsConfig::new().fallback(RustlsCertificate::new().cert(cert_pem).key(key_pem)))
+    // The server speaks both (hyper's auto builder); clients pick HTTP/2 through ALPN.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Wraps an acceptor with TLS. The handshake is not done in `accept` (one slow or silent
+/// client would stall the accept loop) but lazily, on the connection's first read or write,
+/// inside the connection's own task; so the header timeout of [`PermitIo`] also bounds it.
+pub struct TlsAcceptor<A> {
+    inner: A,
+    tls: tokio_rustls::TlsAcceptor,
+}
+
+impl<A> TlsAcceptor<A> {
+    pub fn new(inner: A, config: Arc<rustls::ServerConfig>) -> Self {
+        TlsAcceptor {
+            inner,
+            tls: tokio_rustls::TlsAcceptor::from(config),
+        }
+    }
+}
+
+impl<A: Acceptor> Acceptor for TlsAcceptor<A> {
+    type Io = TlsIo<A::Io>;
+
+    fn local_addr(&self) -> Vec<LocalAddr> {
+        self.inner.local_addr()
+    }
+
+    async fn accept(&mut self) -> IoResult<(Self::Io, LocalAddr, RemoteAddr, Scheme)> {
+        let (io, local, remote, _) = self.inner.accept().await?;
+        let io = TlsIo::Handshaking(Box::new(self.tls.accept(io)));
+        Ok((io, local, remote, Scheme::HTTPS))
+    }
+}
+
+/// A server-side TLS connection whose handshake completes on first use.
+/// Both states are boxed: each is over a kilobyte, and the value moves through the acceptor
+/// stack on every accept.
+pub enum TlsIo<T> {
+    Handshaking(Box<tokio_rustls::Accept<T>>),
+    Ready(Box<tokio_rustls::server::TlsStream<T>>),
+    /// The handshake failed; the error was returned once, every later call fails.
+    Failed,
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> TlsIo<T> {
+    /// Drive the handshake; `Ready(Ok)` once the stream is usable.
+    fn poll_handshake(&mut self, cx: &mut TaskContext<'_>) -> Poll<IoResult<()>> {
+        match self {
+            TlsIo::Handshaking(accept) => match Pin::new(&mut **accept).poll(cx) {
+                Poll::Ready(Ok(stream)) => {
+                    *self = TlsIo::Ready(Box::new(stream));
+                    Poll::Ready(Ok(()))
+                }
+                Poll::Ready(Err(e)) => {
+                    *self = TlsIo::Failed;
+                    Poll::Ready(Err(e))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+            TlsIo::Ready(_) => Poll::Ready(Ok(())),
+            TlsIo::Failed => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "TLS handshake failed",
+            ))),
+        }
+    }
+
+    /// The established stream (call after `poll_handshake` returned `Ready(Ok)`).
+    fn stream(&mut self) -> IoResult<Pin<&mut tokio_rustls::server::TlsStream<T>>> {
+        match self {
+            TlsIo::Ready(s) => Ok(Pin::new(&mut **s)),
+            _ => Err(std::io::Error::new(
+                std::io::ErrorKind::NotConnected,
+                "TLS handshake not complete",
+            )),
+        }
+    }
+}
+
+/// Runs `$op` on the established stream once the handshake is done.
+macro_rules! after_handshake {
+    ($self:ident, $cx:ident, |$s:ident| $op:expr) => {{
+        let this = &mut *$self;
+        match this.poll_handshake($cx) {
+            Poll::Ready(Ok(())) => match this.stream() {
+                Ok($s) => $op,
+                Err(e) => Poll::Ready(Err(e)),
+            },
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }};
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsIo<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<IoResult<()>> {
+        after_handshake!(self, cx, |s| s.poll_read(cx, buf))
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsIo<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<IoResult<usize>> {
+        after_handshake!(self, cx, |s| s.poll_write(cx, buf))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<IoResult<()>> {
+        after_handshake!(self, cx, |s| s.poll_flush(cx))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<IoResult<()>> {
+        match &mut *self {
+            // Nothing was established: there is no TLS session to close.
+            TlsIo::Handshaking(_) | TlsIo::Failed => Poll::Ready(Ok(())),
+            TlsIo::Ready(s) => Pin::new(&mut **s).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<IoResult<usize>> {
+        after_handshake!(self, cx, |s| s.poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            TlsIo::Ready(s) => s.is_write_vectored(),
+            _ => false,
+        }
+    }
 }
 
 /// TLS settings from the command line: both paths or neither.
@@ -1016,15 +1161,14 @@ pub struct Caps {
 }
 
 /// Wrap the listening socket with optional TLS and the connection cap (boxed so the server
-/// type does not depend on the choice), plus the rescue stack. `tls` holds two copies of the
-/// same TLS settings (a rustls config is consumed by its acceptor): main, then rescue.
+/// type does not depend on the choice), plus the rescue stack; both share the TLS settings.
 ///
 /// # Errors
 /// When the socket's local address cannot be read.
 pub fn stack(
     listener: tokio::net::TcpListener,
     connections: &Arc<Connections>,
-    tls: Option<(RustlsConfig, RustlsConfig)>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     caps: Caps,
     timeouts: Timeouts,
     observer: &Arc<Observer>,
@@ -1049,7 +1193,7 @@ pub fn stack(
     };
     fn wrap<A: Acceptor + 'static>(
         a: A,
-        tls: Option<RustlsConfig>,
+        tls: Option<Arc<rustls::ServerConfig>>,
         caps: Caps,
         timeouts: Timeouts,
         obs: Arc<Observer>,
@@ -1057,16 +1201,15 @@ pub fn stack(
         let (max, rejecting) = (caps.max_connections, caps.rejecting);
         match tls {
             Some(cfg) => {
-                let tls = a.rustls(futures_util::stream::iter([cfg]));
+                let tls = TlsAcceptor::new(a, cfg);
                 ConnLimit::new(tls, max, rejecting, timeouts, obs).boxed()
             }
             None => ConnLimit::new(a, max, rejecting, timeouts, obs).boxed(),
         }
     }
-    let (tls_main, tls_rescue) = tls.map_or((None, None), |(a, b)| (Some(a), Some(b)));
     Ok(Stacks {
-        main: wrap(tcp, tls_main, caps, timeouts, Arc::clone(observer)),
-        rescue: wrap(rescue, tls_rescue, caps, timeouts, Arc::clone(observer)),
+        main: wrap(tcp, tls.clone(), caps, timeouts, Arc::clone(observer)),
+        rescue: wrap(rescue, tls, caps, timeouts, Arc::clone(observer)),
         rescue_state,
     })
 }

@@ -1,7 +1,8 @@
 //! The hexagon's dependency rules, checked on the real dependency graph:
 //! - `gw-domain` and `gw-ports` pull in no runtime, storage engine or HTTP stack;
 //! - use cases see only `gw-domain` and `gw-ports` among workspace crates;
-//! - adapters depend on `gw-domain`/`gw-ports` only — never on another adapter or on `app`.
+//! - adapters depend on `gw-domain`/`gw-ports` only — never on another adapter or on `app`;
+//! - no crate of the `metis` binary parses XML (deny.toml's quick-xml exception rests on it).
 #![expect(clippy::expect_used, reason = "test helpers outside #[test] functions")]
 
 use serde_json::Value;
@@ -179,5 +180,65 @@ fn use_cases_see_only_domain_and_ports() {
         domain.internal_deps.is_empty(),
         "{:?}",
         domain.internal_deps
+    );
+}
+
+/// Identifiers through which poem / poem-openapi would parse a request body as XML with
+/// quick-xml (poem-openapi forces poem's `xml` feature on, so the code is compiled in).
+const XML_PARSING: &[&str] = &[
+    "quick_xml",
+    "Xml",
+    "into_xml",
+    "ParseFromXML",
+    "parse_from_xml",
+    "parse_from_xml_string",
+];
+
+fn rust_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// deny.toml ignores RUSTSEC-2026-0194/0195 (quick-xml 0.36, pulled in by poem-openapi)
+/// because no client input ever reaches quick-xml. That stays true only while no crate of
+/// ours uses poem's or poem-openapi's XML API; this fails the day one does.
+#[test]
+fn no_crate_of_the_binary_parses_xml() {
+    let root = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    let mut files = Vec::new();
+    for dir in ["domain", "ports", "app", "adapters"] {
+        rust_files(&root.join(dir), &mut files);
+    }
+    assert!(
+        files.len() > 20,
+        "found the workspace's sources: {}",
+        files.len()
+    );
+    let mut hits = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).expect("source is UTF-8");
+        for (n, line) in text.lines().enumerate() {
+            let used = line
+                .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+                .find(|ident| XML_PARSING.contains(ident));
+            if let Some(ident) = used {
+                hits.push(format!("{}:{}: `{ident}`", file.display(), n + 1));
+            }
+        }
+    }
+    assert!(
+        hits.is_empty(),
+        "XML parsing would make quick-xml's RUSTSEC-2026-0194/0195 reachable from clients; \
+         remove it or revisit the exception in deny.toml:\n{}",
+        hits.join("\n")
     );
 }

@@ -516,6 +516,35 @@ async fn bad_bodies_get_a_400_naming_the_problem_in_each_shape() {
     assert_still_serving(&gw, Shape::Anthropic).await;
 }
 
+/// The gateway parses no XML (deny.toml's exception for quick-xml's RUSTSEC-2026-0194/0195
+/// rests on it): XML bodies built like the advisories' exploits (thousands of attributes or
+/// namespace declarations on one tag), sent as `application/xml`, are answered 400 "not
+/// JSON" in each shape and never reach the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xml_bodies_are_rejected_as_invalid_json_not_parsed() {
+    let gw = gateway().await;
+    let attrs: String = (0..20_000).map(|i| format!(" a{i}=\"x\"")).collect();
+    let namespaces: String = (0..20_000)
+        .map(|i| format!(" xmlns:n{i}=\"urn:{i}\""))
+        .collect();
+    for xml in [format!("<r{attrs}/>"), format!("<r{namespaces}/>")] {
+        for content_type in ["application/xml", "text/xml"] {
+            for shape in [Shape::OpenAi, Shape::Anthropic] {
+                let r = gw
+                    .post_raw(shape, content_type, xml.clone().into_bytes())
+                    .await;
+                let v = assert_envelope(shape, &r, 400);
+                assert!(
+                    error_message(&v).to_lowercase().contains("json"),
+                    "{shape:?} {content_type}: {v}"
+                );
+            }
+        }
+    }
+    assert!(gw.upstream.requests().is_empty());
+    assert_still_serving(&gw, Shape::OpenAi).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_tool_arguments_json_is_a_400() {
     let gw = gateway().await;
