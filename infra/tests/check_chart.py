@@ -286,9 +286,31 @@ check("ServiceMonitor scrapes port http /metrics over https with tlsConfig, sele
       and sm["metadata"]["labels"]["release"] == "kube-prometheus-stack")
 rules = o[("PrometheusRule", "metis-gateway")]["spec"]["groups"][0]["rules"]
 names = [r["alert"] for r in rules]
-check("disabled rule absent, others present",
-      "MetisGatewayAuthFailuresHigh" not in names and "MetisUpstreamErrorRatioHigh" in names and len(names) == 5, str(names))
+check("disabled rule absent, the other ten present",
+      "MetisGatewayAuthFailuresHigh" not in names and "MetisUpstreamErrorRatioHigh" in names and len(names) == 10, str(names))
 check("threshold override applied", next(r for r in rules if r["alert"] == "MetisUpstreamErrorRatioHigh")["expr"].endswith("> 0.1"))
+check("every rule selects the release's namespace and Service, and links its runbook",
+      all('namespace="metis-gateway", service="metis-gateway"' in r["expr"]
+          and r["annotations"]["runbook_url"] == "docs/alerts.md#" + r["alert"].lower() for r in rules))
+cm = o[("ConfigMap", "metis-gateway-dashboard")]
+with open(os.path.join(CHART, "dashboards", "metis-gateway.json"), encoding="utf-8") as f:
+    dashboard_json = f.read()
+import json  # noqa: E402
+check("dashboard ConfigMap: sidecar label, folder annotation, sidecar namespace, the chart's JSON verbatim",
+      cm["metadata"]["labels"].get("grafana_dashboard") == "1"
+      and cm["metadata"]["annotations"] == {"grafana_folder": "Metis"}
+      and cm["metadata"]["namespace"] == "monitoring"
+      and json.loads(cm["data"]["metis-gateway.json"]) == json.loads(dashboard_json)
+      and cm["data"]["metis-gateway.json"] == dashboard_json.rstrip("\n"))
+o2 = docs("--set", "monitoring.prometheusRule.enabled=true", "--set-string",
+          'monitoring.prometheusRule.selector=job="gw"', "--set",
+          "monitoring.prometheusRule.runbookUrl=https://docs.example.com/alerts")
+rules2 = o2[("PrometheusRule", "metis-gateway")]["spec"]["groups"][0]["rules"]
+check("selector and runbookUrl overrides reach every rule",
+      len(rules2) == 11 and all('{job="gw"' in r["expr"] and "namespace=" not in r["expr"]
+                                and r["annotations"]["runbook_url"].startswith("https://docs.example.com/alerts#")
+                                for r in rules2))
+check("no dashboard ConfigMap unless enabled", ("ConfigMap", "metis-gateway-dashboard") not in o2)
 try:
     import promql_parser  # type: ignore
 
@@ -402,7 +424,8 @@ ENABLERS = {"ingress.": {"ingress": {"enabled": True}}, "tls.secretName": {"tls"
             "service.loadBalancerSourceRanges": {"service": {"type": "LoadBalancer"}},
             "monitoring.serviceMonitor.tlsConfig": {"tls": {"enabled": True, "secretName": "s"}},
             "restore.fromFile": {"restore": {"enabled": True}},
-            "monitoring.prometheusRule.rules.": {"monitoring": {"prometheusRule": {"enabled": True}}}}
+            "monitoring.prometheusRule.rules.": {"monitoring": {"prometheusRule": {"enabled": True}}},
+            "monitoring.grafanaDashboard.": {"monitoring": {"grafanaDashboard": {"enabled": True}}}}
 dead = []
 count = 0
 for path, v in leaves(base_values):

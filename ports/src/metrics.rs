@@ -1,5 +1,9 @@
 //! The metrics port: what the core and the HTTP adapter count. The exporter (Prometheus
 //! text at `/metrics`) is an adapter; no secret or token ever becomes a label.
+//!
+//! Cardinality: the core hands over key ids, users and teams as they are; bounding how many
+//! of them become label values (the series budget) is the exporter's job, because only it
+//! knows what it keeps per series.
 
 use crate::trace::CommitLagStats;
 use gw_domain::canonical::Usage;
@@ -14,24 +18,71 @@ pub struct ScrapeGauges {
     pub keys_active: u64,
     pub keys_revoked: u64,
     pub wal_bytes: u64,
+    /// Size of the main store file (trace, sessions, spend), 0 when unknown.
+    pub db_bytes: u64,
+    /// The trace store accepts writes (the `/readyz` store condition).
+    pub trace_store_writable: bool,
+    /// Shutdown began: `/readyz` answers 503 and the process is finishing its requests.
+    pub draining: bool,
     /// The trace writer's queue-to-commit lag against its commit deadline.
     pub trace_commit_lag: CommitLagStats,
 }
 
+/// Which upstream call a measurement belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CallLabels<'a> {
+    /// The GenAI operation: `chat` or `embeddings`.
+    pub operation: &'a str,
+    pub provider: &'a str,
+    /// The canonical `provider:name` model id.
+    pub model: &'a str,
+}
+
+/// Who a call's usage is attributed to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Attribution<'a> {
+    pub key_id: &'a str,
+    pub user_id: Option<&'a str>,
+    pub team_id: Option<&'a str>,
+}
+
+/// A key's spend over one of its caps, as of the scrape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuotaRatio {
+    pub key_id: String,
+    /// `key_daily` or `key_monthly`.
+    pub scope: &'static str,
+    /// Spend / cap (1.0 = at the cap).
+    pub ratio: f64,
+}
+
 /// Counters, gauges and histograms. Every method MUST be cheap and non-blocking (it is on
-/// the request path).
+/// the request path), except [`Metrics::quota_ratios`] and [`Metrics::render`], which run at
+/// scrape time.
 pub trait Metrics: Send + Sync {
     /// One HTTP request finished. `route` is the matched route template, never a raw path.
     fn http_request(&self, route: &str, method: &str, status: u16, shape: &str, seconds: f64);
-    /// One upstream call finished; `outcome` is `ok` or an error class.
-    fn upstream_call(&self, provider: &str, model: &str, outcome: &str, seconds: f64);
-    /// Tokens and cost attributed to a key.
-    fn usage(&self, key_id: &str, model: &str, usage: &Usage, cost_usd: f64);
+    /// One upstream call finished (streams: when the stream ended), `seconds` after the
+    /// request was routed; `outcome` is `ok` or an error class.
+    fn upstream_call(&self, call: &CallLabels<'_>, outcome: &str, seconds: f64);
+    /// An upstream call needed `retries` extra attempts (called only when `retries > 0`).
+    fn upstream_retries(&self, call: &CallLabels<'_>, retries: u32);
+    /// The first content token of a stream reached the client, `seconds` after the request
+    /// was routed.
+    fn first_token(&self, call: &CallLabels<'_>, seconds: f64);
+    /// Tokens and cost of one call, attributed to a key and its user and team tags.
+    fn usage(&self, call: &CallLabels<'_>, who: &Attribution<'_>, usage: &Usage, cost_usd: f64);
     fn auth_failure(&self, reason: &str);
     /// A rate-limit decision for `bucket` (`per_key` / `per_ip`).
     fn rate_limit(&self, bucket: &str, allowed: bool);
-    /// Spend over cap for a key's scope (`key_daily` / `key_monthly`).
-    fn quota_ratio(&self, key_id: &str, scope: &str, ratio: f64);
+    /// Every capped key's spend over cap, replacing the previous set (called at scrape time,
+    /// so a ratio falls back when its UTC window rolls over even if the key is idle).
+    fn quota_ratios(&self, ratios: &[QuotaRatio]);
+    /// A spend-cap event: `event` is `alert_80`, `alert_95` (soft alerts, once per window)
+    /// or `exceeded` (a request refused at the cap); `scope` is `key_daily` / `key_monthly`.
+    fn quota_event(&self, scope: &str, event: &str);
+    /// A key was seen from more client addresses than the leak threshold allows.
+    fn key_leak_suspected(&self);
     /// In-flight requests (+1 when admitted, -1 when finished).
     fn inflight(&self, delta: i64);
     /// Open client streams.

@@ -79,6 +79,12 @@ pub trait EventSink: Send + Sync {
     /// Bytes of not-yet-checkpointed log (SQLite `-wal`), for `/metrics`; 0 for engines
     /// without one.
     fn wal_bytes(&self) -> u64;
+
+    /// Size of the store's main file in bytes, for `/metrics`. The default (0, "unknown")
+    /// is for sinks without a file of their own (fakes, wrappers that do not know it).
+    fn db_bytes(&self) -> u64 {
+        0
+    }
 }
 
 /// One stored event row as read back.

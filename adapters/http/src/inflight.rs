@@ -202,6 +202,7 @@ pub fn charge_parsed(req: &Request, body: &[u8]) -> Result<(), Box<Response>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gw_ports::metrics::{Attribution, CallLabels, QuotaRatio};
     use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
     #[derive(Default)]
@@ -209,11 +210,22 @@ mod tests {
 
     impl Metrics for Gauge {
         fn http_request(&self, _: &str, _: &str, _: u16, _: &str, _: f64) {}
-        fn upstream_call(&self, _: &str, _: &str, _: &str, _: f64) {}
-        fn usage(&self, _: &str, _: &str, _: &gw_domain::canonical::Usage, _: f64) {}
+        fn upstream_call(&self, _: &CallLabels<'_>, _: &str, _: f64) {}
+        fn upstream_retries(&self, _: &CallLabels<'_>, _: u32) {}
+        fn first_token(&self, _: &CallLabels<'_>, _: f64) {}
+        fn usage(
+            &self,
+            _: &CallLabels<'_>,
+            _: &Attribution<'_>,
+            _: &gw_domain::canonical::Usage,
+            _: f64,
+        ) {
+        }
         fn auth_failure(&self, _: &str) {}
         fn rate_limit(&self, _: &str, _: bool) {}
-        fn quota_ratio(&self, _: &str, _: &str, _: f64) {}
+        fn quota_ratios(&self, _: &[QuotaRatio]) {}
+        fn quota_event(&self, _: &str, _: &str) {}
+        fn key_leak_suspected(&self) {}
         fn inflight(&self, _: i64) {}
         fn streams(&self, _: i64) {}
         fn token_count(&self, _: &str) {}

@@ -98,6 +98,32 @@ fn non_empty(s: Option<&String>) -> Option<String> {
     s.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
 }
 
+/// The metrics registry within the `--metrics-*` series budget (kept concrete for the
+/// certificate expiry, set once TLS is loaded), and what the core records into: the
+/// registry, teed to OTLP when `telemetry::init` set up a metrics exporter.
+fn build_metrics(
+    args: &ServeArgs,
+) -> (
+    Arc<gw_telemetry::Prometheus>,
+    Arc<dyn gw_ports::metrics::Metrics>,
+) {
+    let m = &args.metrics;
+    let prometheus = Arc::new(gw_telemetry::Prometheus::new(gw_telemetry::SeriesBudget {
+        top_keys: m.metrics_top_keys as usize,
+        keys: m.metrics_key.iter().cloned().collect(),
+        max_users: m.metrics_max_users as usize,
+        max_teams: m.metrics_max_teams as usize,
+    }));
+    let recorded: Arc<dyn gw_ports::metrics::Metrics> = match crate::telemetry::otel_metrics() {
+        Some(otel) => Arc::new(crate::telemetry::MetricsTee {
+            prometheus: Arc::clone(&prometheus),
+            otel,
+        }),
+        None => Arc::clone(&prometheus) as Arc<dyn gw_ports::metrics::Metrics>,
+    };
+    (prometheus, recorded)
+}
+
 fn build_providers(args: &ServeArgs, cfg: &ConfigFile) -> anyhow::Result<Vec<Arc<dyn Provider>>> {
     let mut out: Vec<Arc<dyn Provider>> = Vec::new();
     let p = &cfg.providers;
@@ -296,8 +322,7 @@ impl App {
             None => None,
         };
         let background = TokioBackground::default();
-        let metrics: Arc<dyn gw_ports::metrics::Metrics> =
-            Arc::new(gw_telemetry::Prometheus::default());
+        let (prometheus, metrics) = build_metrics(&args);
         let core = Arc::new(GatewayCore::new(CoreParts {
             keys: ring,
             sink,
@@ -336,6 +361,10 @@ impl App {
             Some((cert, key)) => Some(listener::load_tls(&cert, &key)?),
             None => None,
         };
+        if let (Some(cert), Some(_)) = (&args.tls_cert, &tls) {
+            // load_tls accepted the file, so only an unreadable validity can fail here.
+            prometheus.set_tls_not_after(crate::cert_expiry::of_pem_file(cert)?);
+        }
         let scheme = if tls.is_some() { "https" } else { "http" };
         let tcp = listener::bind(&args.host, args.port, args.reuse_port)?;
         let addr = tcp.local_addr().context("cannot read the bound address")?;

@@ -316,6 +316,51 @@ pub struct ServeArgs {
     /// The admin API bearer token itself (prefer `--admin-token-file`; flags show in `ps`).
     #[arg(long, env = "METIS_GATEWAY_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
+}
+
+/// The `/metrics` series budget (README "Observability"): how many keys, users and teams
+/// may become label values, so the scrape stays bounded whatever the number of keys.
+#[derive(Debug, Clone, Args)]
+pub struct MetricsArgs {
+    /// Per-key token and cost series for this many keys: the biggest spenders since the
+    /// process started (0: none). Also bounds the per-key cap ratios (the keys nearest their
+    /// caps).
+    #[arg(long, env = "METIS_GATEWAY_METRICS_TOP_KEYS", default_value_t = 20, value_parser = clap::value_parser!(u32).range(0..=1000))]
+    pub metrics_top_keys: u32,
+    /// A key that always gets per-key series, whatever its spend (repeatable; env is
+    /// comma-separated).
+    #[arg(long = "metrics-key", env = "METIS_GATEWAY_METRICS_KEY", value_delimiter = ',', value_parser = parse_key_id)]
+    pub metrics_key: Vec<String>,
+    /// Distinct `user` label values on the usage series; later users are reported as
+    /// `_other`.
+    #[arg(long, env = "METIS_GATEWAY_METRICS_MAX_USERS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    pub metrics_max_users: u32,
+    /// Distinct `team` label values on the usage series; later teams are reported as
+    /// `_other`.
+    #[arg(long, env = "METIS_GATEWAY_METRICS_MAX_TEAMS", default_value_t = 50, value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    pub metrics_max_teams: u32,
+}
+
+/// Parse a `--metrics-key` key id (`gk_…`, as `list-keys` prints it).
+///
+/// # Errors
+/// A message naming the expected form.
+pub fn parse_key_id(raw: &str) -> Result<String, String> {
+    let id = raw.trim();
+    let ok = id.len() > 3
+        && id.starts_with("gk_")
+        && id[3..]
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if ok {
+        Ok(id.to_owned())
+    } else {
+        Err(format!(
+            "`{raw}` is not a key id: expected `gk_…` as printed by `metis gateway list-keys`"
+        ))
+    }
 }
 
 /// Parse a trusted-proxy CIDR.
@@ -353,6 +398,34 @@ fn parse_commit_deadline(raw: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metrics_budget_flags_parse_and_bad_key_ids_are_refused() {
+        let a = ServeArgs::try_parse_from(["gateway"]).unwrap();
+        assert_eq!(a.metrics.metrics_top_keys, 20);
+        assert_eq!(
+            (a.metrics.metrics_max_users, a.metrics.metrics_max_teams),
+            (100, 50)
+        );
+        assert!(a.metrics.metrics_key.is_empty());
+        let a = ServeArgs::try_parse_from([
+            "gateway",
+            "--metrics-top-keys",
+            "0",
+            "--metrics-key",
+            "gk_01HX",
+            "--metrics-key",
+            "gk_01HY",
+        ])
+        .unwrap();
+        assert_eq!(a.metrics.metrics_top_keys, 0);
+        assert_eq!(a.metrics.metrics_key, vec!["gk_01HX", "gk_01HY"]);
+        let err = ServeArgs::try_parse_from(["gateway", "--metrics-key", "gw_secret"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is not a key id"), "{err}");
+        assert!(ServeArgs::try_parse_from(["gateway", "--metrics-top-keys", "5000"]).is_err());
+    }
 
     #[test]
     fn commit_deadlines_parse() {

@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod audit_cli;
+pub mod cert_expiry;
 pub mod cli;
 pub mod config;
 pub mod fdlimit;

@@ -211,6 +211,14 @@ impl EventSink for MainStore {
     fn wal_bytes(&self) -> u64 {
         self.sink().wal_bytes()
     }
+
+    fn db_bytes(&self) -> u64 {
+        let path = match self {
+            MainStore::Sqlite { trace, .. } => trace.path(),
+            MainStore::Redb { trace, .. } => trace.path(),
+        };
+        std::fs::metadata(path).map_or(0, |m| m.len())
+    }
 }
 
 #[async_trait]

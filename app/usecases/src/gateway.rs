@@ -24,7 +24,7 @@ use gw_domain::responses::ResponseContext;
 use gw_domain::sessions::parse_session_headers;
 use gw_domain::sse::SseParser;
 use gw_ports::gateway::{Admission, GatewayService, InboundMeta, ModelsQuery, Reply, TokenCount};
-use gw_ports::metrics::{Metrics, ScrapeGauges};
+use gw_ports::metrics::{Metrics, QuotaRatio, ScrapeGauges};
 use gw_ports::patterns::PatternStore;
 use gw_ports::sessions::SessionStore;
 use gw_ports::system::Background;
@@ -143,6 +143,36 @@ impl GatewayCore {
         id
     }
 
+    /// Every active capped key's spend over each cap as of `now` (the ledger rolls its UTC
+    /// windows on read, so an idle key's ratio drops at midnight). A key sharing its spend
+    /// account with another (rotation) reports the account's spend.
+    fn quota_ratios(&self, index: &crate::keys::KeyIndex, now: i64) -> Vec<QuotaRatio> {
+        let mut out = Vec::new();
+        for key in index.records() {
+            if key.check_active(now).is_err() {
+                continue;
+            }
+            let caps = Caps::of(key);
+            if caps.is_empty() {
+                continue;
+            }
+            let (day, month, _) = self.ledger.snapshot(key.account(), now);
+            for (scope, cap, spent) in [
+                ("key_daily", caps.daily_usd, day),
+                ("key_monthly", caps.monthly_usd, month),
+            ] {
+                if let Some(cap) = cap.filter(|c| *c > 0.0) {
+                    out.push(QuotaRatio {
+                        key_id: key.key_id.clone(),
+                        scope,
+                        ratio: spent / cap,
+                    });
+                }
+            }
+        }
+        out
+    }
+
     fn auth_failed(
         &self,
         reason: &'static str,
@@ -191,6 +221,12 @@ impl GatewayCore {
     ) {
         let session = format!("gw_{}", self.ids.ulid());
         for a in alerts {
+            let event = if a.severity == "critical" {
+                "alert_95"
+            } else {
+                "alert_80"
+            };
+            self.metrics.quota_event(a.scope, event);
             let payload = QuotaAlert {
                 scope: a.scope,
                 severity: a.severity,
@@ -204,6 +240,7 @@ impl GatewayCore {
             self.emit(&session, None, None, &payload);
         }
         let Some(e) = exceeded else { return };
+        self.metrics.quota_event(e.scope, "exceeded");
         // At most one event per account per 10 s; the rest are counted into the next one.
         let now_s = self.clock.now_us() / 1_000_000;
         let suppressed = {
@@ -520,17 +557,6 @@ impl GatewayService for GatewayCore {
         .map_err(gw_domain::error::invalid)?;
         // Step 3: spend caps, before the body is read.
         let caps = Caps::of(key);
-        if !caps.is_empty() {
-            let (day, month, _) = self.ledger.snapshot(key.account(), now);
-            for (scope, cap, spent) in [
-                ("key_daily", caps.daily_usd, day),
-                ("key_monthly", caps.monthly_usd, month),
-            ] {
-                if let Some(cap) = cap {
-                    self.metrics.quota_ratio(&key.key_id, scope, spent / cap);
-                }
-            }
-        }
         match self.ledger.check(key.account(), caps, now) {
             Ok(alerts) => {
                 if !alerts.is_empty() {
@@ -549,6 +575,7 @@ impl GatewayService for GatewayCore {
                 window_seconds = signal.window_seconds,
                 "gateway key used from many client addresses; it may have leaked"
             );
+            self.metrics.key_leak_suspected();
             let session = format!("gw_{}", self.ids.ulid());
             let payload = KeyLeakSuspected {
                 gateway_key_id: key.key_id.clone(),
@@ -759,6 +786,7 @@ impl GatewayService for GatewayCore {
         let now = self.clock.now_us();
         let index = self.keys.snapshot();
         let (active, revoked) = index.count_by_state(now);
+        self.metrics.quota_ratios(&self.quota_ratios(&index, now));
         self.metrics.render(&ScrapeGauges {
             trace_queue_depth: stats.queued,
             trace_events_written: stats.written,
@@ -767,6 +795,9 @@ impl GatewayService for GatewayCore {
             keys_active: active,
             keys_revoked: revoked,
             wal_bytes: self.sink.wal_bytes(),
+            db_bytes: self.sink.db_bytes(),
+            trace_store_writable: self.sink.is_writable(),
+            draining: self.draining.load(Ordering::Acquire),
             trace_commit_lag: stats.commit_lag,
         })
     }

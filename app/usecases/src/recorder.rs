@@ -15,7 +15,7 @@ use gw_domain::events::{
 use gw_domain::patterns::{PatternRecorded, StructuralFeatures};
 use gw_domain::pricing::Price;
 use gw_domain::sessions::{SessionLink, SessionTurn};
-use gw_ports::metrics::Metrics;
+use gw_ports::metrics::{Attribution, CallLabels, Metrics};
 use gw_ports::sessions::SessionStore;
 use gw_ports::system::{Clock, IdSource};
 use gw_ports::trace::EventSink;
@@ -50,6 +50,8 @@ pub(crate) struct CallRecorder {
     pub started_event_id: String,
     pub model: String,
     pub provider: String,
+    /// The GenAI operation (`chat`, `embeddings`).
+    pub operation: &'static str,
     pub identity: CallIdentity,
     pub price: Option<Price>,
     /// The call's hold on its key's spend caps, settled with the actual cost.
@@ -99,9 +101,24 @@ impl CallRecorder {
                     | BlockDelta::ToolInputJson(t) => t.chars().count(),
                     BlockDelta::Signature(_) => 0,
                 };
+                // The first content of any kind (text, thinking, tool input) is the time to
+                // first token the client sees.
+                if self.relayed_chars == 0 && n > 0 {
+                    self.metrics
+                        .first_token(&self.labels(), self.started.elapsed().as_secs_f64());
+                }
                 self.relayed_chars += n as u64;
             }
             StreamEvent::BlockStop { .. } => {}
+        }
+    }
+
+    /// The call's identity for metrics.
+    pub fn labels(&self) -> CallLabels<'_> {
+        CallLabels {
+            operation: self.operation,
+            provider: &self.provider,
+            model: &self.model,
         }
     }
 
@@ -141,7 +158,12 @@ impl CallRecorder {
                     .map_or(self.model.as_str(), |(_, m)| m),
             );
         if let Some(key) = &self.identity.gateway_key_id {
-            self.metrics.usage(key, &self.model, &self.usage, cost);
+            let who = Attribution {
+                key_id: key,
+                user_id: self.identity.user_id.as_deref(),
+                team_id: self.identity.team_id.as_deref(),
+            };
+            self.metrics.usage(&self.labels(), &who, &self.usage, cost);
         }
         let now = self.clock.now_us();
         if let Some(r) = self.reservation.as_mut() {
@@ -212,12 +234,8 @@ impl CallRecorder {
         }
         self.finished = true;
         self.settle();
-        self.metrics.upstream_call(
-            &self.provider,
-            &self.model,
-            "ok",
-            self.started.elapsed().as_secs_f64(),
-        );
+        self.metrics
+            .upstream_call(&self.labels(), "ok", self.started.elapsed().as_secs_f64());
         let stop = self
             .stop_reason
             .unwrap_or(StopReason::EndTurn)
@@ -262,8 +280,7 @@ impl CallRecorder {
         }
         self.settle();
         self.metrics.upstream_call(
-            &self.provider,
-            &self.model,
+            &self.labels(),
             class.as_str(),
             self.started.elapsed().as_secs_f64(),
         );

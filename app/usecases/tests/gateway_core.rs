@@ -18,7 +18,7 @@ use gw_domain::patterns::PatternCaps;
 use gw_domain::pricing::{Price, PriceTable};
 use gw_ports::fakes::{InMemoryPatternStore, InMemorySessionStore, InMemoryTraceStore};
 use gw_ports::gateway::{Admission, CountMethod, GatewayService, InboundMeta, Reply, TokenCount};
-use gw_ports::metrics::{Metrics, ScrapeGauges};
+use gw_ports::metrics::{Attribution, CallLabels, Metrics, QuotaRatio, ScrapeGauges};
 use gw_ports::system::{Background, Clock, IdSource, TraceContext};
 use gw_ports::tokens::TokenCounter;
 use gw_ports::trace::{EventRow, KeySpend};
@@ -93,15 +93,19 @@ struct RecordingMetrics {
 
 impl Metrics for RecordingMetrics {
     fn http_request(&self, _: &str, _: &str, _: u16, _: &str, _: f64) {}
-    fn upstream_call(&self, _provider: &str, _model: &str, outcome: &str, _seconds: f64) {
+    fn upstream_call(&self, _call: &CallLabels<'_>, outcome: &str, _seconds: f64) {
         self.upstream_calls.lock().unwrap().push(outcome.to_owned());
     }
-    fn usage(&self, _: &str, _: &str, _: &Usage, _: f64) {}
+    fn upstream_retries(&self, _: &CallLabels<'_>, _: u32) {}
+    fn first_token(&self, _: &CallLabels<'_>, _: f64) {}
+    fn usage(&self, _: &CallLabels<'_>, _: &Attribution<'_>, _: &Usage, _: f64) {}
     fn auth_failure(&self, reason: &str) {
         self.auth_failures.lock().unwrap().push(reason.to_owned());
     }
     fn rate_limit(&self, _: &str, _: bool) {}
-    fn quota_ratio(&self, _: &str, _: &str, _: f64) {}
+    fn quota_ratios(&self, _: &[QuotaRatio]) {}
+    fn quota_event(&self, _: &str, _: &str) {}
+    fn key_leak_suspected(&self) {}
     fn inflight(&self, _: i64) {}
     fn streams(&self, _: i64) {}
     fn accept_error(&self, _: &str) {}

@@ -21,6 +21,7 @@ mod http_trace;
 mod http_translation;
 mod key_audit;
 mod kill_window;
+mod observability;
 mod openapi_drift;
 mod otel;
 mod patterns_live;

@@ -240,6 +240,7 @@ impl GatewayCore {
             started_event_id: started_id,
             model: entry.id.clone(),
             provider: entry.provider.clone(),
+            operation: spec.operation,
             identity: routed.identity.clone(),
             price,
             reservation: Some(reservation),
@@ -289,6 +290,14 @@ impl GatewayCore {
             },
         );
         call.upstream_span = tracing::Span::none();
+        let retries = match &reply {
+            Ok(r) => r.retries,
+            Err(e) => e.retries(),
+        };
+        if retries > 0 {
+            self.metrics
+                .upstream_retries(&call.recorder.labels(), retries);
+        }
         match reply {
             Ok(r) => {
                 call.recorder.retries = r.retries;
