@@ -2,7 +2,7 @@
 //! catch-all that turns every framework error into a JSON envelope.
 
 use crate::admin::{AdminApi, AdminToken};
-use crate::reply::{AllowTable, ErrorCode, RawReply, error_response, json_response};
+use crate::reply::{AllowTable, ErrorCode, ModelsReply, RawReply, error_response, json_response};
 use async_trait_free::NoService;
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -306,15 +306,15 @@ impl Api {
         }
     }
 
-    async fn model_reply(&self, req: &Request, query: &ModelsQuery) -> RawReply {
+    async fn model_reply(&self, req: &Request, query: &ModelsQuery) -> ModelsReply {
         let shape = models_shape(req);
         let answer = match self.svc.admit(meta(req, shape)).await {
             Ok(adm) => self.svc.models(&adm, query),
             Err(e) => Err(e),
         };
         match answer {
-            Ok(body) => RawReply(json_response(StatusCode::OK, body)),
-            Err(e) => RawReply(error_response(&e, shape)),
+            Ok(body) => ModelsReply(json_response(StatusCode::OK, body)),
+            Err(e) => ModelsReply(error_response(&e, shape)),
         }
     }
 }
@@ -466,7 +466,7 @@ impl Api {
         limit: Query<Option<usize>>,
         after_id: Query<Option<String>>,
         before_id: Query<Option<String>>,
-    ) -> RawReply {
+    ) -> ModelsReply {
         let query = ModelsQuery {
             id: None,
             page: Page {
@@ -485,7 +485,7 @@ impl Api {
         method = "get",
         operation_id = "getModel"
     )]
-    async fn model(&self, req: &Request, model_id: Path<String>) -> RawReply {
+    async fn model(&self, req: &Request, model_id: Path<String>) -> ModelsReply {
         let query = ModelsQuery {
             id: Some(model_id.0),
             page: Page::default(),

@@ -99,6 +99,46 @@ impl ApiResponse for RawReply {
     fn register(_registry: &mut Registry) {}
 }
 
+/// A finished `GET /v1/models[/{id}]` answer (a JSON body in the caller's shape).
+pub struct ModelsReply(pub Response);
+
+impl IntoResponse for ModelsReply {
+    fn into_response(self) -> Response {
+        self.0
+    }
+}
+
+impl ApiResponse for ModelsReply {
+    fn meta() -> MetaResponses {
+        let answer = |status: u16, description: &'static str| MetaResponse {
+            description,
+            status: Some(status),
+            status_range: None,
+            content: vec![json_media()],
+            headers: vec![],
+        };
+        MetaResponses {
+            responses: vec![
+                answer(
+                    200,
+                    "The models the key may use (a list), or one of them, in the caller's shape.",
+                ),
+                answer(400, "Bad pagination (`limit`, `after_id`, `before_id`)."),
+                answer(401, "Missing, invalid or revoked gateway key."),
+                answer(404, "No model with that id that this key may use."),
+                answer(
+                    429,
+                    "Gateway rate limit or spend cap reached; `Retry-After` tells when to retry.",
+                ),
+                answer(500, "Internal error (details are logged, not returned)."),
+                answer(503, "The gateway is draining or saturated."),
+            ],
+        }
+    }
+
+    fn register(_registry: &mut Registry) {}
+}
+
 /// A JSON response with `status`.
 pub fn json_response(status: StatusCode, body: impl Into<Body>) -> Response {
     Response::builder()
