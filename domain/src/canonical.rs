@@ -109,40 +109,39 @@ impl ChatRequest {
     /// never for billing. Images count zero: their cost depends on the provider's resizing.
     #[must_use]
     pub fn estimate_input_tokens(&self) -> u64 {
-        fn chars(s: &str) -> u64 {
-            s.chars().count() as u64
-        }
-        let mut n: u64 = self.system.iter().map(|b| chars(&b.text)).sum();
+        self.measure_input(|s| s.chars().count() as u64) / 4
+    }
+
+    /// The sum of `measure` over every text the model reads: system blocks, message text,
+    /// tool-call names and arguments, tool results, thinking, blocks and tools the IR keeps
+    /// opaque (as JSON) and tool definitions. Images measure zero. The estimate above and the
+    /// tokenizer adapter both count through it.
+    pub fn measure_input(&self, measure: impl Fn(&str) -> u64) -> u64 {
+        let json = |v: &Value| measure(&v.to_string());
+        let mut n: u64 = self.system.iter().map(|b| measure(&b.text)).sum();
         for block in self.messages.iter().flat_map(|m| &m.content) {
             n += match block {
-                ContentBlock::Text { text, .. } => chars(text),
-                ContentBlock::ToolUse { name, input, .. } => {
-                    chars(name) + chars(&input.to_string())
-                }
+                ContentBlock::Text { text, .. } => measure(text),
+                ContentBlock::ToolUse { name, input, .. } => measure(name) + json(input),
                 ContentBlock::ToolResult { content, .. } => content
                     .iter()
                     .map(|c| match c {
-                        ToolResultContent::Text(t) => chars(t),
+                        ToolResultContent::Text(t) => measure(t),
                         ToolResultContent::Image(_) => 0,
-                        ToolResultContent::Other(o) => chars(&o.value.to_string()),
+                        ToolResultContent::Other(o) => json(&o.value),
                     })
                     .sum(),
-                ContentBlock::Thinking { thinking, .. } => chars(thinking),
+                ContentBlock::Thinking { thinking, .. } => measure(thinking),
                 ContentBlock::Image { .. } | ContentBlock::RedactedThinking { .. } => 0,
-                ContentBlock::Other(o) => chars(&o.value.to_string()),
+                ContentBlock::Other(o) => json(&o.value),
             };
         }
         for tool in &self.tools {
-            n += chars(&tool.name)
-                + tool.description.as_deref().map_or(0, chars)
-                + chars(&tool.input_schema.to_string());
+            n += measure(&tool.name)
+                + tool.description.as_deref().map_or(0, &measure)
+                + json(&tool.input_schema);
         }
-        n += self
-            .other_tools
-            .iter()
-            .map(|t| chars(&t.value.to_string()))
-            .sum::<u64>();
-        n / 4
+        n + self.other_tools.iter().map(|t| json(&t.value)).sum::<u64>()
     }
 
     /// Whether any message (or tool result) carries an image: routing needs a vision model.

@@ -35,15 +35,20 @@ fn json_media() -> MetaMediaType {
     }
 }
 
+/// A documented JSON answer with `status`.
+fn json_answer(status: u16, description: &'static str) -> MetaResponse {
+    MetaResponse {
+        description,
+        status: Some(status),
+        status_range: None,
+        content: vec![json_media()],
+        headers: vec![],
+    }
+}
+
 impl ApiResponse for RawReply {
     fn meta() -> MetaResponses {
-        let error = |status: u16, description: &'static str| MetaResponse {
-            description,
-            status: Some(status),
-            status_range: None,
-            content: vec![json_media()],
-            headers: vec![],
-        };
+        let error = json_answer;
         MetaResponses {
             responses: vec![
                 MetaResponse {
@@ -110,13 +115,7 @@ impl IntoResponse for ModelsReply {
 
 impl ApiResponse for ModelsReply {
     fn meta() -> MetaResponses {
-        let answer = |status: u16, description: &'static str| MetaResponse {
-            description,
-            status: Some(status),
-            status_range: None,
-            content: vec![json_media()],
-            headers: vec![],
-        };
+        let answer = json_answer;
         MetaResponses {
             responses: vec![
                 answer(

@@ -11,7 +11,7 @@
 //! (`cl100k_base`: GPT-4, GPT-3.5) and other vendors get `None`, so the caller falls back to
 //! its documented estimate. The encoding is built once, on the first count (about 0.2 s).
 
-use gw_domain::canonical::{ChatRequest, ContentBlock, ToolResultContent};
+use gw_domain::canonical::ChatRequest;
 use gw_ports::tokens::TokenCounter;
 use std::sync::OnceLock;
 use tiktoken_rs::CoreBPE;
@@ -52,39 +52,9 @@ impl TokenCounter for Tiktoken {
             return None;
         }
         let bpe = o200k()?;
-        let tokens = |s: &str| bpe.encode_ordinary(s).len() as u64;
-        let mut n = REPLY_PRIMING_TOKENS;
-        if !request.system.is_empty() {
-            n += TOKENS_PER_MESSAGE;
-            n += request.system.iter().map(|b| tokens(&b.text)).sum::<u64>();
-        }
-        for message in &request.messages {
-            n += TOKENS_PER_MESSAGE;
-            for block in &message.content {
-                n += match block {
-                    ContentBlock::Text { text, .. } => tokens(text),
-                    ContentBlock::ToolUse { name, input, .. } => {
-                        tokens(name) + tokens(&input.to_string())
-                    }
-                    ContentBlock::ToolResult { content, .. } => content
-                        .iter()
-                        .map(|c| match c {
-                            ToolResultContent::Text(t) => tokens(t),
-                            ToolResultContent::Image(_) => 0,
-                            ToolResultContent::Other(o) => tokens(&o.value.to_string()),
-                        })
-                        .sum(),
-                    ContentBlock::Thinking { thinking, .. } => tokens(thinking),
-                    ContentBlock::Image { .. } | ContentBlock::RedactedThinking { .. } => 0,
-                    ContentBlock::Other(o) => tokens(&o.value.to_string()),
-                };
-            }
-        }
-        for tool in &request.tools {
-            n += tokens(&tool.name)
-                + tool.description.as_deref().map_or(0, tokens)
-                + tokens(&tool.input_schema.to_string());
-        }
+        let framed_messages = request.messages.len() as u64 + u64::from(!request.system.is_empty());
+        let text = request.measure_input(|s| bpe.encode_ordinary(s).len() as u64);
+        let n = REPLY_PRIMING_TOKENS + TOKENS_PER_MESSAGE * framed_messages + text;
         Some(n)
     }
 }
@@ -92,7 +62,7 @@ impl TokenCounter for Tiktoken {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use gw_domain::canonical::{Message, Role};
+    use gw_domain::canonical::{ContentBlock, Message, Role};
 
     fn user(text: &str) -> ChatRequest {
         ChatRequest {
