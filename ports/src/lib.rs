@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod patterns;
 pub mod queue;
 pub mod sessions;
+pub mod storage;
 pub mod system;
 pub mod tokens;
 pub mod trace;

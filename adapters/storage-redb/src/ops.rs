@@ -28,6 +28,7 @@ use gw_domain::audit::AUDIT_TYPES;
 pub use gw_domain::backup::{BackupMeta, RestoreSummary};
 use gw_domain::backup::{MetaFields, parse_meta};
 use gw_domain::sessions::SessionRecord;
+pub use gw_ports::storage::{CompactReport, MaintenanceError, Progress, PruneCounts, StoreStatus};
 use gw_ports::trace::EventRow;
 use redb::{
     Builder, ConcurrencyMode, Database, ReadTransaction, ReadableDatabase, ReadableTable,
@@ -44,61 +45,26 @@ use crate::query;
 use crate::rows::{EventTables, RowRef};
 use crate::sessions::SessionTables;
 
-/// Progress callback: `(done, total)`.
-pub type Progress<'a> = &'a (dyn Fn(u64, u64) + Sync);
-
-/// Why an operation did not complete. Nothing was changed for `Refused` and `TooNew`.
-#[derive(Debug)]
-pub enum OpError {
-    Refused(String),
-    TooNew {
-        path: PathBuf,
-        found: i64,
-        supported: i64,
-    },
-    Failed(String),
-}
-
-impl std::fmt::Display for OpError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            OpError::Refused(m) | OpError::Failed(m) => f.write_str(m),
-            OpError::TooNew {
-                path,
-                found,
-                supported,
-            } => write!(
-                f,
-                "{} has schema version {found}, newer than this binary supports ({supported}); \
-                 use a newer metis (this one never downgrades a file)",
-                path.display()
-            ),
-        }
-    }
-}
-
-impl std::error::Error for OpError {}
-
-fn failed(path: &Path, what: &str) -> impl Fn(StoreError) -> OpError {
+fn failed(path: &Path, what: &str) -> impl Fn(StoreError) -> MaintenanceError {
     let shown = path.display().to_string();
     let what = what.to_owned();
-    move |e| OpError::Failed(format!("{what} {shown}: {e}"))
+    move |e| MaintenanceError::Failed(format!("{what} {shown}: {e}"))
 }
 
-fn io_err(path: &Path, what: &str) -> impl Fn(io::Error) -> OpError {
+fn io_err(path: &Path, what: &str) -> impl Fn(io::Error) -> MaintenanceError {
     let shown = path.display().to_string();
     let what = what.to_owned();
-    move |e| OpError::Failed(format!("{what} {shown}: {e}"))
+    move |e| MaintenanceError::Failed(format!("{what} {shown}: {e}"))
 }
 
-fn require_file(path: &Path, what: &str) -> Result<(), OpError> {
+fn require_file(path: &Path, what: &str) -> Result<(), MaintenanceError> {
     match fs::metadata(path) {
         Ok(m) if m.is_file() => Ok(()),
-        Ok(_) => Err(OpError::Refused(format!(
+        Ok(_) => Err(MaintenanceError::Refused(format!(
             "{what} {} is not a file",
             path.display()
         ))),
-        Err(_) => Err(OpError::Refused(format!(
+        Err(_) => Err(MaintenanceError::Refused(format!(
             "{what} {} does not exist",
             path.display()
         ))),
@@ -106,15 +72,15 @@ fn require_file(path: &Path, what: &str) -> Result<(), OpError> {
 }
 
 /// Open an existing main file (shared within the process), mapping a newer file to `TooNew`.
-fn open_existing(path: &Path) -> Result<Arc<Database>, OpError> {
+fn open_existing(path: &Path) -> Result<Arc<Database>, MaintenanceError> {
     require_file(path, "redb database")?;
     open_shared(path, Sharing::default(), false).map_err(|e| match e {
-        StoreError::TooNew { found, supported } => OpError::TooNew {
+        StoreError::TooNew { found, supported } => MaintenanceError::TooNew {
             path: path.to_path_buf(),
             found,
             supported,
         },
-        other => OpError::Failed(describe_open_error(path, &other)),
+        other => MaintenanceError::Failed(describe_open_error(path, &other)),
     })
 }
 
@@ -163,7 +129,7 @@ fn fsync_dir(dir: &Path) {
     }
 }
 
-fn sha256_file(path: &Path) -> Result<String, OpError> {
+fn sha256_file(path: &Path) -> Result<String, MaintenanceError> {
     let mut f = File::open(path).map_err(io_err(path, "cannot read"))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -177,19 +143,21 @@ fn sha256_file(path: &Path) -> Result<String, OpError> {
     Ok(hex::encode(h.finalize()))
 }
 
-fn publish_no_clobber(tmp: &Path, dest: &Path) -> Result<(), OpError> {
+fn publish_no_clobber(tmp: &Path, dest: &Path) -> Result<(), MaintenanceError> {
     match fs::hard_link(tmp, dest) {
         Ok(()) => {
             let _ = fs::remove_file(tmp);
             Ok(())
         }
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(OpError::Refused(format!(
-            "backup destination {} already exists (backups never overwrite)",
-            dest.display()
-        ))),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            Err(MaintenanceError::Refused(format!(
+                "backup destination {} already exists (backups never overwrite)",
+                dest.display()
+            )))
+        }
         Err(_) => {
             if fs::symlink_metadata(dest).is_ok() {
-                return Err(OpError::Refused(format!(
+                return Err(MaintenanceError::Refused(format!(
                     "backup destination {} already exists (backups never overwrite)",
                     dest.display()
                 )));
@@ -199,7 +167,7 @@ fn publish_no_clobber(tmp: &Path, dest: &Path) -> Result<(), OpError> {
     }
 }
 
-fn write_synced(path: &Path, text: &str) -> Result<(), OpError> {
+fn write_synced(path: &Path, text: &str) -> Result<(), MaintenanceError> {
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -301,12 +269,16 @@ fn describe_file(path: &Path) -> crate::db::Result<(i64, u64, Option<i64>, Optio
 /// # Errors
 /// `Refused` when `src` is missing or `dest` (or `<dest>.meta`) exists; `TooNew` when `src`
 /// comes from a newer binary; `Failed` otherwise (no file is left behind).
-pub fn backup(src: &Path, dest: &Path, progress: Progress<'_>) -> Result<BackupMeta, OpError> {
+pub fn backup(
+    src: &Path,
+    dest: &Path,
+    progress: Progress<'_>,
+) -> Result<BackupMeta, MaintenanceError> {
     require_file(src, "source database")?;
     let meta_path = with_suffix(dest, ".meta");
     for p in [dest, meta_path.as_path()] {
         if fs::symlink_metadata(p).is_ok() {
-            return Err(OpError::Refused(format!(
+            return Err(MaintenanceError::Refused(format!(
                 "backup destination {} already exists (backups never overwrite; choose a new name)",
                 p.display()
             )));
@@ -373,22 +345,22 @@ pub fn restore(
     dest: &Path,
     force: bool,
     progress: Progress<'_>,
-) -> Result<RestoreSummary, OpError> {
+) -> Result<RestoreSummary, MaintenanceError> {
     require_file(src, "backup")?;
     if dest.exists() && !force {
-        return Err(OpError::Refused(format!(
+        return Err(MaintenanceError::Refused(format!(
             "restore target {} exists; pass --force to replace it",
             dest.display()
         )));
     }
     let (version, _, _, _) = describe_file(src).map_err(|e| {
-        OpError::Refused(format!(
+        MaintenanceError::Refused(format!(
             "{} is not a readable redb backup: {e}",
             src.display()
         ))
     })?;
     if version != TRACE_SCHEMA_VERSION {
-        return Err(OpError::Refused(format!(
+        return Err(MaintenanceError::Refused(format!(
             "backup {} has schema version {version} but this binary uses schema version \
              {TRACE_SCHEMA_VERSION}; restore it with a metis binary of schema version {version} \
              (there is no in-place migration of a backup)",
@@ -408,7 +380,7 @@ pub fn restore(
         match v.as_deref() {
             Some(v) if v == version.to_string() => {}
             Some(v) => {
-                return Err(OpError::Refused(format!(
+                return Err(MaintenanceError::Refused(format!(
                     "{} says schema version {v} but the backup file has schema version \
                      {version} (this binary: {TRACE_SCHEMA_VERSION}); the metadata does not \
                      belong to this file",
@@ -416,7 +388,7 @@ pub fn restore(
                 )));
             }
             None => {
-                return Err(OpError::Refused(format!(
+                return Err(MaintenanceError::Refused(format!(
                     "{} has no `schema version:` line",
                     meta_path.display()
                 )));
@@ -435,7 +407,7 @@ pub fn restore(
     if let Some(expected) = meta.as_ref().and_then(|m| m.sha256.as_deref())
         && expected != sha
     {
-        return Err(OpError::Refused(format!(
+        return Err(MaintenanceError::Refused(format!(
             "checksum mismatch: {} records sha256 {expected} but {} has {sha}; the backup is \
              damaged or was modified",
             meta_path.display(),
@@ -456,7 +428,7 @@ pub fn restore(
         Err(format!("redb cannot read it: {why}"))
     });
     let events = verified.map_err(|e| {
-        OpError::Refused(format!(
+        MaintenanceError::Refused(format!(
             "backup {} is damaged or not a metis redb database (nothing was changed): {e}",
             src.display()
         ))
@@ -470,7 +442,7 @@ pub fn restore(
         match b.open(dest) {
             Ok(db) => Some(db),
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
-                return Err(OpError::Refused(format!(
+                return Err(MaintenanceError::Refused(format!(
                     "a running gateway (or another metis process) has {} open; stop the writer \
                      first, then restore",
                     dest.display()
@@ -564,7 +536,11 @@ fn verify_backup(path: &Path) -> crate::db::Result<u64> {
     Ok(events)
 }
 
-fn copy_hashing(src: &Path, dst: &Path, progress: Progress<'_>) -> Result<(u64, String), OpError> {
+fn copy_hashing(
+    src: &Path,
+    dst: &Path,
+    progress: Progress<'_>,
+) -> Result<(u64, String), MaintenanceError> {
     let mut input = File::open(src).map_err(io_err(src, "cannot read"))?;
     let total = input.metadata().map_err(io_err(src, "cannot stat"))?.len();
     let mut out = OpenOptions::new()
@@ -590,26 +566,11 @@ fn copy_hashing(src: &Path, dst: &Path, progress: Progress<'_>) -> Result<(u64, 
     Ok((done, hex::encode(h.finalize())))
 }
 
-/// The state of a main redb file (the SQLite status fields; `wal_bytes` is always 0).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TraceStatus {
-    pub path: PathBuf,
-    pub schema_version: i64,
-    pub events: u64,
-    pub oldest_event_us: Option<i64>,
-    pub newest_event_us: Option<i64>,
-    pub events_last_5_min: u64,
-    pub audit_events: u64,
-    pub sessions: u64,
-    pub file_bytes: u64,
-    pub wal_bytes: u64,
-}
-
 /// Read the status of `path`.
 ///
 /// # Errors
 /// `Refused` when the file is missing; `TooNew`; `Failed` on redb errors.
-pub fn status(path: &Path, now: i64) -> Result<TraceStatus, OpError> {
+pub fn status(path: &Path, now: i64) -> Result<StoreStatus, MaintenanceError> {
     let db = open_existing(path)?;
     let err = failed(path, "cannot read");
     let version = read_version(db.as_ref()).map_err(&err)?.unwrap_or(0);
@@ -629,9 +590,10 @@ pub fn status(path: &Path, now: i64) -> Result<TraceStatus, OpError> {
         audit += query::count_by_type(&db, ty).map_err(&err)?;
     }
     let sessions = crate::sessions::read::count(&db).map_err(&err)?;
-    Ok(TraceStatus {
+    Ok(StoreStatus {
         path: path.to_path_buf(),
         schema_version: version,
+        supported_version: TRACE_SCHEMA_VERSION,
         events,
         oldest_event_us: oldest,
         newest_event_us: newest,
@@ -641,15 +603,6 @@ pub fn status(path: &Path, now: i64) -> Result<TraceStatus, OpError> {
         file_bytes: fs::metadata(path).map_or(0, |m| m.len()),
         wal_bytes: 0,
     })
-}
-
-/// Retention counts (the SQLite prune's fields).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct PruneCounts {
-    pub rows_eligible: u64,
-    pub rows_audit_exempt: u64,
-    pub rows_deleted: u64,
-    pub oldest_kept_us: Option<i64>,
 }
 
 /// Ids older than `cutoff` split into (prunable, audit-exempt count), from `events_by_time`.
@@ -684,7 +637,7 @@ fn oldest_kept(db: &Database) -> crate::db::Result<Option<i64>> {
 ///
 /// # Errors
 /// `Refused` when the file is missing; `TooNew`; `Failed` on redb errors.
-pub fn prune_dry_run(path: &Path, cutoff: i64) -> Result<PruneCounts, OpError> {
+pub fn prune_dry_run(path: &Path, cutoff: i64) -> Result<PruneCounts, MaintenanceError> {
     let db = open_existing(path)?;
     let (prunable, exempt) = older_than(&db, cutoff).map_err(failed(path, "cannot count"))?;
     // What stays: the oldest audit row before the cutoff, or the first row at/after it.
@@ -725,7 +678,7 @@ pub fn prune(
     batch_rows: u32,
     pause: Duration,
     progress: Progress<'_>,
-) -> Result<PruneCounts, OpError> {
+) -> Result<PruneCounts, MaintenanceError> {
     let db = open_existing(path)?;
     let (prunable, exempt) = older_than(&db, cutoff).map_err(failed(path, "cannot count"))?;
     let eligible = prunable.len() as u64;
@@ -761,32 +714,18 @@ pub fn prune(
     })
 }
 
-/// Bytes before and after a compaction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CompactReport {
-    pub bytes_before: u64,
-    pub bytes_after: u64,
-}
-
-impl CompactReport {
-    #[must_use]
-    pub fn reclaimed(&self) -> u64 {
-        self.bytes_before.saturating_sub(self.bytes_after)
-    }
-}
-
 /// Compact the file (redb `compact`): needs the file to itself, so it refuses while another
 /// process has it open.
 ///
 /// # Errors
 /// `Refused` when the file is missing or in use; `TooNew`; `Failed` on redb errors.
-pub fn compact(path: &Path) -> Result<CompactReport, OpError> {
+pub fn compact(path: &Path) -> Result<CompactReport, MaintenanceError> {
     require_file(path, "redb database")?;
-    let version = crate::db::schema_version(path).map_err(OpError::Failed)?;
+    let version = crate::db::schema_version(path).map_err(MaintenanceError::Failed)?;
     if let Some(found) = version
         && found > TRACE_SCHEMA_VERSION
     {
-        return Err(OpError::TooNew {
+        return Err(MaintenanceError::TooNew {
             path: path.to_path_buf(),
             found,
             supported: TRACE_SCHEMA_VERSION,
@@ -798,14 +737,14 @@ pub fn compact(path: &Path) -> Result<CompactReport, OpError> {
     let mut db = match b.open(path) {
         Ok(db) => db,
         Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
-            return Err(OpError::Refused(format!(
+            return Err(MaintenanceError::Refused(format!(
                 "{} is open in another process (a running gateway?); compaction needs the file \
                  to itself: stop the writer first",
                 path.display()
             )));
         }
         Err(e) => {
-            return Err(OpError::Failed(format!(
+            return Err(MaintenanceError::Failed(format!(
                 "cannot open {}: {e}",
                 path.display()
             )));
@@ -813,8 +752,9 @@ pub fn compact(path: &Path) -> Result<CompactReport, OpError> {
     };
     while db
         .compact()
-        .map_err(|e| OpError::Failed(format!("cannot compact {}: {e}", path.display())))?
-    {}
+        .map_err(|e| MaintenanceError::Failed(format!("cannot compact {}: {e}", path.display())))?
+    {
+    }
     drop(db);
     Ok(CompactReport {
         bytes_before,

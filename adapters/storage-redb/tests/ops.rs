@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use gw_domain::events::{Actor, Event, Sensitivity};
 use gw_ports::trace::{EventSink, TraceQuery, UsageGroup};
-use gw_storage_redb::ops::{self, OpError};
+use gw_storage_redb::ops::{self, MaintenanceError};
 use gw_storage_redb::{RedbOptions, RedbTraceStore, Sharing, open_shared, query};
 
 fn ev(n: u64, ts: i64, ty: &'static str) -> Event {
@@ -98,7 +98,10 @@ async fn backup_is_a_snapshot_with_the_sqlite_metadata_block() {
     assert_eq!(meta.bytes, std::fs::metadata(&dest).unwrap().len());
     // Never overwrites.
     let again = ops::backup(&src, &dest, &|_, _| {});
-    assert!(matches!(again, Err(OpError::Refused(_))), "{again:?}");
+    assert!(
+        matches!(again, Err(MaintenanceError::Refused(_))),
+        "{again:?}"
+    );
     live.shutdown().await;
     drop(live);
     // The backup is a complete store: its chain verifies.
@@ -122,7 +125,7 @@ async fn restore_applies_the_same_refusals_and_replaces_the_file() {
 
     let r = ops::restore(&backup, &target, false, &|_, _| {});
     assert!(
-        matches!(&r, Err(OpError::Refused(m)) if m.contains("--force")),
+        matches!(&r, Err(MaintenanceError::Refused(m)) if m.contains("--force")),
         "{r:?}"
     );
     // A tampered backup fails its checksum.
@@ -133,7 +136,7 @@ async fn restore_applies_the_same_refusals_and_replaces_the_file() {
     std::fs::write(dir.path().join("t.redb.meta"), meta).unwrap();
     let r = ops::restore(&tampered, &target, true, &|_, _| {});
     assert!(
-        matches!(&r, Err(OpError::Refused(m)) if m.contains("checksum")),
+        matches!(&r, Err(MaintenanceError::Refused(m)) if m.contains("checksum")),
         "{r:?}"
     );
     // A backup from a newer binary is refused, naming both versions.
@@ -142,13 +145,13 @@ async fn restore_applies_the_same_refusals_and_replaces_the_file() {
     gw_storage_redb::stamp_schema_version(&newer, 7).unwrap();
     let r = ops::restore(&newer, &target, true, &|_, _| {});
     assert!(
-        matches!(&r, Err(OpError::Refused(m)) if m.contains("version 7") && m.contains("schema version 1")),
+        matches!(&r, Err(MaintenanceError::Refused(m)) if m.contains("version 7") && m.contains("schema version 1")),
         "{r:?}"
     );
     // A target open in another handle (a live gateway) is refused.
     let live = store_with(&target, Vec::new()).await;
     let r = ops::restore(&backup, &target, true, &|_, _| {});
-    assert!(matches!(&r, Err(OpError::Refused(_))), "{r:?}");
+    assert!(matches!(&r, Err(MaintenanceError::Refused(_))), "{r:?}");
     live.shutdown().await;
     drop(live);
 
@@ -195,7 +198,10 @@ async fn compaction_needs_the_file_to_itself() {
     let path = dir.path().join("metis.redb");
     let s = store_with(&path, mixed(500)).await;
     let busy = ops::compact(&path);
-    assert!(matches!(busy, Err(OpError::Refused(_))), "{busy:?}");
+    assert!(
+        matches!(busy, Err(MaintenanceError::Refused(_))),
+        "{busy:?}"
+    );
     ops::prune(&path, 1_400, 100, std::time::Duration::ZERO, &|_, _| {}).unwrap();
     s.shutdown().await;
     drop(s);

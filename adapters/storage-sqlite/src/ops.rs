@@ -29,6 +29,10 @@ use std::time::Duration;
 pub use gw_domain::backup::{BackupMeta, MetaFields, RestoreSummary, parse_meta};
 use gw_domain::retention::sorted_audit_types;
 use gw_domain::time::{Timestamp, format_iso};
+pub use gw_ports::storage::{
+    CompactReport, MaintenanceError, MigrationPlan, Progress, PruneCounts, PruneOptions,
+    StoreStatus, no_progress,
+};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use sha2::{Digest, Sha256};
 
@@ -41,62 +45,21 @@ use crate::sessions::{
     SESSIONS_SCHEMA_VERSION, migrate_sessions, sessions_schema_level, sessions_steps,
 };
 
-/// Progress callback: `(done, total)` in the operation's unit (bytes or rows).
-pub type Progress<'a> = &'a (dyn Fn(u64, u64) + Sync);
-
-/// A progress callback that ignores its arguments.
-pub fn no_progress(_done: u64, _total: u64) {}
-
-/// Why an operation did not complete. Nothing was changed for `Refused` and `TooNew`.
-#[derive(Debug)]
-pub enum OpError {
-    /// A precondition failed (the message says which and what to do).
-    Refused(String),
-    /// The file was written by a newer binary.
-    TooNew {
-        path: PathBuf,
-        found: i64,
-        supported: i64,
-    },
-    /// An I/O or SQLite failure.
-    Failed(String),
-}
-
-impl std::fmt::Display for OpError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            OpError::Refused(m) | OpError::Failed(m) => f.write_str(m),
-            OpError::TooNew {
-                path,
-                found,
-                supported,
-            } => write!(
-                f,
-                "{} has schema version {found}, newer than this binary supports ({supported}); \
-                 use a newer metis (this one never downgrades a file)",
-                path.display()
-            ),
-        }
-    }
-}
-
-impl std::error::Error for OpError {}
-
-fn sqlite_err(path: &Path, what: &str) -> impl Fn(rusqlite::Error) -> OpError {
+fn sqlite_err(path: &Path, what: &str) -> impl Fn(rusqlite::Error) -> MaintenanceError {
     let shown = path.display().to_string();
     let what = what.to_owned();
-    move |e| OpError::Failed(format!("{what} {shown}: {e}"))
+    move |e| MaintenanceError::Failed(format!("{what} {shown}: {e}"))
 }
 
-fn io_err(path: &Path, what: &str) -> impl Fn(io::Error) -> OpError {
+fn io_err(path: &Path, what: &str) -> impl Fn(io::Error) -> MaintenanceError {
     let shown = path.display().to_string();
     let what = what.to_owned();
-    move |e| OpError::Failed(format!("{what} {shown}: {e}"))
+    move |e| MaintenanceError::Failed(format!("{what} {shown}: {e}"))
 }
 
-fn check_version(path: &Path, found: i64) -> Result<(), OpError> {
+fn check_version(path: &Path, found: i64) -> Result<(), MaintenanceError> {
     if found > TRACE_SCHEMA_VERSION {
-        return Err(OpError::TooNew {
+        return Err(MaintenanceError::TooNew {
             path: path.to_path_buf(),
             found,
             supported: TRACE_SCHEMA_VERSION,
@@ -105,14 +68,14 @@ fn check_version(path: &Path, found: i64) -> Result<(), OpError> {
     Ok(())
 }
 
-fn require_file(path: &Path, what: &str) -> Result<(), OpError> {
+fn require_file(path: &Path, what: &str) -> Result<(), MaintenanceError> {
     match fs::metadata(path) {
         Ok(m) if m.is_file() => Ok(()),
-        Ok(_) => Err(OpError::Refused(format!(
+        Ok(_) => Err(MaintenanceError::Refused(format!(
             "{what} {} is not a file",
             path.display()
         ))),
-        Err(_) => Err(OpError::Refused(format!(
+        Err(_) => Err(MaintenanceError::Refused(format!(
             "{what} {} does not exist",
             path.display()
         ))),
@@ -177,7 +140,7 @@ fn fsync_dir(dir: &Path) {
     }
 }
 
-fn sha256_file(path: &Path) -> Result<String, OpError> {
+fn sha256_file(path: &Path) -> Result<String, MaintenanceError> {
     let mut f = File::open(path).map_err(io_err(path, "cannot read"))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -214,20 +177,22 @@ fn event_span(conn: &Connection) -> rusqlite::Result<(u64, Option<i64>, Option<i
 
 /// Publish `tmp` at `dest` without ever replacing an existing file (a hard link fails when
 /// `dest` exists), then drop the temp name.
-fn publish_no_clobber(tmp: &Path, dest: &Path) -> Result<(), OpError> {
+fn publish_no_clobber(tmp: &Path, dest: &Path) -> Result<(), MaintenanceError> {
     match fs::hard_link(tmp, dest) {
         Ok(()) => {
             let _ = fs::remove_file(tmp);
             Ok(())
         }
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(OpError::Refused(format!(
-            "backup destination {} already exists (backups never overwrite)",
-            dest.display()
-        ))),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            Err(MaintenanceError::Refused(format!(
+                "backup destination {} already exists (backups never overwrite)",
+                dest.display()
+            )))
+        }
         Err(_) => {
             // No hard links on this filesystem: check, then rename (a narrow race remains).
             if fs::symlink_metadata(dest).is_ok() {
-                return Err(OpError::Refused(format!(
+                return Err(MaintenanceError::Refused(format!(
                     "backup destination {} already exists (backups never overwrite)",
                     dest.display()
                 )));
@@ -237,7 +202,7 @@ fn publish_no_clobber(tmp: &Path, dest: &Path) -> Result<(), OpError> {
     }
 }
 
-fn write_synced(path: &Path, text: &str) -> Result<(), OpError> {
+fn write_synced(path: &Path, text: &str) -> Result<(), MaintenanceError> {
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -260,19 +225,23 @@ fn estimated_size(conn: &Connection) -> u64 {
 /// # Errors
 /// `Refused` when `src` is missing or `dest` (or `<dest>.meta`) exists; `TooNew` when `src`
 /// comes from a newer binary; `Failed` on I/O or SQLite errors (no file is left behind).
-pub fn backup(src: &Path, dest: &Path, progress: Progress<'_>) -> Result<BackupMeta, OpError> {
+pub fn backup(
+    src: &Path,
+    dest: &Path,
+    progress: Progress<'_>,
+) -> Result<BackupMeta, MaintenanceError> {
     require_file(src, "source database")?;
     let meta_path = with_suffix(dest, ".meta");
     for p in [dest, meta_path.as_path()] {
         if fs::symlink_metadata(p).is_ok() {
-            return Err(OpError::Refused(format!(
+            return Err(MaintenanceError::Refused(format!(
                 "backup destination {} already exists (backups never overwrite; choose a new name)",
                 p.display()
             )));
         }
     }
-    let conn =
-        open_read_only(src, Duration::from_secs(30)).map_err(|e| OpError::Failed(e.to_string()))?;
+    let conn = open_read_only(src, Duration::from_secs(30))
+        .map_err(|e| MaintenanceError::Failed(e.to_string()))?;
     let found = read_user_version(&conn).map_err(sqlite_err(src, "cannot read"))?;
     check_version(src, found)?;
 
@@ -309,7 +278,7 @@ pub fn backup(src: &Path, dest: &Path, progress: Progress<'_>) -> Result<BackupM
 
     let (schema_version, events, oldest, newest) = {
         let c = open_read_only(&tmp.path, Duration::from_secs(5))
-            .map_err(|e| OpError::Failed(e.to_string()))?;
+            .map_err(|e| MaintenanceError::Failed(e.to_string()))?;
         let v = read_user_version(&c).map_err(sqlite_err(&tmp.path, "cannot read"))?;
         let (n, lo, hi) =
             event_span(&c).map_err(sqlite_err(&tmp.path, "cannot count events in"))?;
@@ -345,10 +314,11 @@ pub fn backup(src: &Path, dest: &Path, progress: Progress<'_>) -> Result<BackupM
 ///
 /// # Errors
 /// `Refused` when the file is not a SQLite database.
-pub fn header_user_version(path: &Path) -> Result<i64, OpError> {
+pub fn header_user_version(path: &Path) -> Result<i64, MaintenanceError> {
     let mut head = [0u8; 100];
     let mut f = File::open(path).map_err(io_err(path, "cannot read"))?;
-    let not_db = || OpError::Refused(format!("{} is not a SQLite database", path.display()));
+    let not_db =
+        || MaintenanceError::Refused(format!("{} is not a SQLite database", path.display()));
     f.read_exact(&mut head).map_err(|_| not_db())?;
     if &head[..16] != b"SQLite format 3\0" {
         return Err(not_db());
@@ -359,7 +329,11 @@ pub fn header_user_version(path: &Path) -> Result<i64, OpError> {
 }
 
 /// Copy `src` to `dst` (new file), hashing as it goes; fsyncs `dst`.
-fn copy_hashing(src: &Path, dst: &Path, progress: Progress<'_>) -> Result<(u64, String), OpError> {
+fn copy_hashing(
+    src: &Path,
+    dst: &Path,
+    progress: Progress<'_>,
+) -> Result<(u64, String), MaintenanceError> {
     let mut input = File::open(src).map_err(io_err(src, "cannot read"))?;
     let total = input.metadata().map_err(io_err(src, "cannot stat"))?.len();
     let mut out = OpenOptions::new()
@@ -396,12 +370,12 @@ pub fn restore(
     dest: &Path,
     force: bool,
     progress: Progress<'_>,
-) -> Result<RestoreSummary, OpError> {
+) -> Result<RestoreSummary, MaintenanceError> {
     require_file(src, "backup")?;
     for s in ["-wal", "-shm"] {
         let side = with_suffix(src, s);
         if side.exists() {
-            return Err(OpError::Refused(format!(
+            return Err(MaintenanceError::Refused(format!(
                 "{} exists: {} is a live database, not a clean backup; take one with \
                  `metis backup` (or stop its writer so SQLite removes the file)",
                 side.display(),
@@ -410,14 +384,14 @@ pub fn restore(
         }
     }
     if dest.exists() && !force {
-        return Err(OpError::Refused(format!(
+        return Err(MaintenanceError::Refused(format!(
             "restore target {} exists; pass --force to replace it",
             dest.display()
         )));
     }
     let version = header_user_version(src)?;
     if version != TRACE_SCHEMA_VERSION {
-        return Err(OpError::Refused(format!(
+        return Err(MaintenanceError::Refused(format!(
             "backup {} has schema version {version} but this binary uses schema version \
              {TRACE_SCHEMA_VERSION}; restore it with a metis binary of schema version {version} \
              (there is no in-place migration of a backup)",
@@ -434,7 +408,7 @@ pub fn restore(
         match m.schema_version.as_deref() {
             Some(v) if v == version.to_string() => {}
             Some(v) => {
-                return Err(OpError::Refused(format!(
+                return Err(MaintenanceError::Refused(format!(
                     "{} says schema version {v} but the backup file has schema version \
                      {version} (this binary: {TRACE_SCHEMA_VERSION}); the metadata does not \
                      belong to this file",
@@ -442,7 +416,7 @@ pub fn restore(
                 )));
             }
             None => {
-                return Err(OpError::Refused(format!(
+                return Err(MaintenanceError::Refused(format!(
                     "{} has no `schema version:` line",
                     meta_path.display()
                 )));
@@ -455,12 +429,12 @@ pub fn restore(
     // The lock is taken last among the checks and held until the rename: a gateway starting
     // meanwhile is refused instead of opening a half-replaced file.
     let _lock = WriterLock::exclusive(dest).map_err(|e| match e {
-        LockError::Held { .. } => OpError::Refused(format!(
+        LockError::Held { .. } => MaintenanceError::Refused(format!(
             "a running gateway holds {} (lock {}); stop the writer first, then restore",
             dest.display(),
             lock_path(dest).display()
         )),
-        LockError::Io { .. } => OpError::Failed(e.to_string()),
+        LockError::Io { .. } => MaintenanceError::Failed(e.to_string()),
     })?;
 
     let tmp = TempFile::new(temp_name(&dir, dest, "restore"));
@@ -468,7 +442,7 @@ pub fn restore(
     if let Some(expected) = meta.as_ref().and_then(|m| m.sha256.as_deref())
         && expected != sha
     {
-        return Err(OpError::Refused(format!(
+        return Err(MaintenanceError::Refused(format!(
             "checksum mismatch: {} records sha256 {expected} but {} has {sha}; the backup is \
              damaged or was modified",
             meta_path.display(),
@@ -478,7 +452,7 @@ pub fn restore(
     // Proven on the private copy before the target is touched: it opens, passes SQLite's
     // structural check (every page of every table and index read), and is a trace database.
     let damaged = |e: rusqlite::Error| {
-        OpError::Refused(format!(
+        MaintenanceError::Refused(format!(
             "backup {} is damaged (truncated or corrupt; nothing was changed): {e}",
             src.display()
         ))
@@ -493,7 +467,7 @@ pub fn restore(
             .query_row("PRAGMA quick_check", [], |r| r.get(0))
             .map_err(damaged)?;
         if check != "ok" {
-            return Err(OpError::Refused(format!(
+            return Err(MaintenanceError::Refused(format!(
                 "backup {} is damaged: it fails SQLite's integrity check (nothing was changed): \
                  {check}",
                 src.display()
@@ -502,7 +476,7 @@ pub fn restore(
         let n: i64 = c
             .query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
             .map_err(|e| {
-                OpError::Refused(format!(
+                MaintenanceError::Refused(format!(
                     "backup {} is not a trace database (cannot count events: {e})",
                     src.display()
                 ))
@@ -544,22 +518,6 @@ pub fn restore(
     })
 }
 
-/// A migration: where the file is, where it goes, and how.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MigrationPlan {
-    pub path: PathBuf,
-    pub current: i64,
-    pub target: i64,
-    pub steps: Vec<String>,
-}
-
-impl MigrationPlan {
-    #[must_use]
-    pub fn is_noop(&self) -> bool {
-        self.steps.is_empty()
-    }
-}
-
 fn trace_steps(conn: &Connection, current: i64) -> rusqlite::Result<Vec<String>> {
     let mut steps = Vec::new();
     let names: Vec<String> = {
@@ -583,7 +541,7 @@ fn trace_steps(conn: &Connection, current: i64) -> rusqlite::Result<Vec<String>>
     Ok(steps)
 }
 
-fn open_existing_rw(path: &Path) -> Result<Connection, OpError> {
+fn open_existing_rw(path: &Path) -> Result<Connection, MaintenanceError> {
     require_file(path, "database")?;
     let conn = Connection::open_with_flags(
         path,
@@ -605,10 +563,10 @@ fn open_existing_rw(path: &Path) -> Result<Connection, OpError> {
     Ok(conn)
 }
 
-fn open_existing_ro(path: &Path) -> Result<(Connection, i64), OpError> {
+fn open_existing_ro(path: &Path) -> Result<(Connection, i64), MaintenanceError> {
     require_file(path, "database")?;
-    let conn =
-        open_read_only(path, Duration::from_secs(5)).map_err(|e| OpError::Failed(e.to_string()))?;
+    let conn = open_read_only(path, Duration::from_secs(5))
+        .map_err(|e| MaintenanceError::Failed(e.to_string()))?;
     let found = read_user_version(&conn).map_err(sqlite_err(path, "cannot read"))?;
     check_version(path, found)?;
     Ok((conn, found))
@@ -618,7 +576,7 @@ fn open_existing_ro(path: &Path) -> Result<(Connection, i64), OpError> {
 ///
 /// # Errors
 /// `Refused` when the file is missing; `TooNew`; `Failed` on SQLite errors.
-pub fn plan_trace_migration(db: &Path) -> Result<MigrationPlan, OpError> {
+pub fn plan_trace_migration(db: &Path) -> Result<MigrationPlan, MaintenanceError> {
     let (conn, current) = open_existing_ro(db)?;
     let steps = trace_steps(&conn, current).map_err(sqlite_err(db, "cannot inspect"))?;
     Ok(MigrationPlan {
@@ -634,7 +592,7 @@ pub fn plan_trace_migration(db: &Path) -> Result<MigrationPlan, OpError> {
 ///
 /// # Errors
 /// As [`plan_trace_migration`].
-pub fn apply_trace_migration(db: &Path) -> Result<MigrationPlan, OpError> {
+pub fn apply_trace_migration(db: &Path) -> Result<MigrationPlan, MaintenanceError> {
     let mut conn = open_existing_rw(db)?;
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -663,7 +621,7 @@ pub fn apply_trace_migration(db: &Path) -> Result<MigrationPlan, OpError> {
 ///
 /// # Errors
 /// As [`plan_trace_migration`].
-pub fn plan_sessions_migration(db: &Path) -> Result<MigrationPlan, OpError> {
+pub fn plan_sessions_migration(db: &Path) -> Result<MigrationPlan, MaintenanceError> {
     let (conn, _) = open_existing_ro(db)?;
     let current = sessions_schema_level(&conn).map_err(sqlite_err(db, "cannot inspect"))?;
     let steps = sessions_steps(&conn).map_err(sqlite_err(db, "cannot inspect"))?;
@@ -679,7 +637,7 @@ pub fn plan_sessions_migration(db: &Path) -> Result<MigrationPlan, OpError> {
 ///
 /// # Errors
 /// As [`plan_trace_migration`].
-pub fn apply_sessions_migration(db: &Path) -> Result<MigrationPlan, OpError> {
+pub fn apply_sessions_migration(db: &Path) -> Result<MigrationPlan, MaintenanceError> {
     let mut conn = open_existing_rw(db)?;
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -713,34 +671,6 @@ pub fn migration_backup_path(db: &Path, now: Timestamp) -> PathBuf {
         .file_name()
         .map_or_else(|| "metis.db".into(), |n| n.to_string_lossy().into_owned());
     parent_dir(db).join(format!("{name}.pre-migrate-{stamp}Z.db"))
-}
-
-/// Retention counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct PruneCounts {
-    pub rows_eligible: u64,
-    pub rows_audit_exempt: u64,
-    pub rows_deleted: u64,
-    /// Oldest event that stays (after the prune, or that would stay for a dry run).
-    pub oldest_kept_us: Option<i64>,
-}
-
-/// How a prune deletes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PruneOptions {
-    /// Rows per transaction (default [`gw_domain::retention::PRUNE_BATCH_ROWS`]).
-    pub batch_rows: u32,
-    /// Pause between batches, so a live writer gets the lock (default 5 ms).
-    pub pause: Duration,
-}
-
-impl Default for PruneOptions {
-    fn default() -> Self {
-        Self {
-            batch_rows: gw_domain::retention::PRUNE_BATCH_ROWS,
-            pause: Duration::from_millis(5),
-        }
-    }
 }
 
 fn audit_list_sql() -> String {
@@ -790,7 +720,7 @@ fn oldest_kept(conn: &Connection, cutoff: i64) -> rusqlite::Result<Option<i64>> 
 ///
 /// # Errors
 /// `Refused` when the file is missing; `TooNew`; `Failed` on SQLite errors.
-pub fn prune_dry_run(db: &Path, cutoff: i64) -> Result<PruneCounts, OpError> {
+pub fn prune_dry_run(db: &Path, cutoff: i64) -> Result<PruneCounts, MaintenanceError> {
     let (conn, _) = open_existing_ro(db)?;
     let (eligible, exempt) =
         count_prunable(&conn, cutoff).map_err(sqlite_err(db, "cannot count"))?;
@@ -813,7 +743,7 @@ pub fn prune(
     cutoff: i64,
     opts: PruneOptions,
     progress: Progress<'_>,
-) -> Result<PruneCounts, OpError> {
+) -> Result<PruneCounts, MaintenanceError> {
     let mut conn = open_existing_rw(db)?;
     let (eligible, exempt) =
         count_prunable(&conn, cutoff).map_err(sqlite_err(db, "cannot count"))?;
@@ -856,57 +786,27 @@ fn db_bytes(db: &Path) -> u64 {
     size(db) + size(&with_suffix(db, "-wal"))
 }
 
-/// Bytes before and after a vacuum (database file plus WAL).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct VacuumReport {
-    pub bytes_before: u64,
-    pub bytes_after: u64,
-}
-
-impl VacuumReport {
-    #[must_use]
-    pub fn reclaimed(&self) -> u64 {
-        self.bytes_before.saturating_sub(self.bytes_after)
-    }
-}
-
 /// `VACUUM` the database, then truncate its WAL. Blocks writers while it runs.
 ///
 /// # Errors
 /// `Refused` when the file is missing; `TooNew`; `Failed` on SQLite errors.
-pub fn vacuum(db: &Path) -> Result<VacuumReport, OpError> {
+pub fn vacuum(db: &Path) -> Result<CompactReport, MaintenanceError> {
     let conn = open_existing_rw(db)?;
     let bytes_before = db_bytes(db);
     conn.execute_batch("VACUUM")
         .map_err(sqlite_err(db, "cannot vacuum"))?;
     let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
-    Ok(VacuumReport {
+    Ok(CompactReport {
         bytes_before,
         bytes_after: db_bytes(db),
     })
-}
-
-/// The state of a trace database.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TraceStatus {
-    pub path: PathBuf,
-    pub schema_version: i64,
-    pub events: u64,
-    pub oldest_event_us: Option<i64>,
-    pub newest_event_us: Option<i64>,
-    /// Events with `timestamp_us > now - 5 min` (the runbook's liveness check).
-    pub events_last_5_min: u64,
-    pub audit_events: u64,
-    pub sessions: u64,
-    pub file_bytes: u64,
-    pub wal_bytes: u64,
 }
 
 /// Read the status of `db` (read-only).
 ///
 /// # Errors
 /// `Refused` when the file is missing; `TooNew`; `Failed` on SQLite errors.
-pub fn status(db: &Path, now: Timestamp) -> Result<TraceStatus, OpError> {
+pub fn status(db: &Path, now: Timestamp) -> Result<StoreStatus, MaintenanceError> {
     let (conn, version) = open_existing_ro(db)?;
     let err = sqlite_err(db, "cannot read");
     let (events, oldest, newest) = event_span(&conn).map_err(&err)?;
@@ -931,9 +831,10 @@ pub fn status(db: &Path, now: Timestamp) -> Result<TraceStatus, OpError> {
         .query_row("SELECT COUNT(*) FROM sessions", [], |r| r.get(0))
         .optional()
         .unwrap_or(None);
-    Ok(TraceStatus {
+    Ok(StoreStatus {
         path: db.to_path_buf(),
         schema_version: version,
+        supported_version: TRACE_SCHEMA_VERSION,
         events,
         oldest_event_us: oldest,
         newest_event_us: newest,

@@ -39,7 +39,7 @@ use rusqlite::{
     Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params,
 };
 
-use crate::ops::{MigrationPlan, OpError};
+use crate::ops::{MaintenanceError, MigrationPlan};
 
 /// The file name of a pattern store.
 pub const PATTERNS_FILE: &str = "patterns.db";
@@ -974,18 +974,18 @@ impl PatternStore for SqlitePatternStore {
     }
 }
 
-fn op_err(e: PatternError) -> OpError {
+fn op_err(e: PatternError) -> MaintenanceError {
     match e {
         PatternError::TooNew {
             location,
             found,
             supported,
-        } => OpError::TooNew {
+        } => MaintenanceError::TooNew {
             path: PathBuf::from(location),
             found,
             supported,
         },
-        other => OpError::Failed(other.to_string()),
+        other => MaintenanceError::Failed(other.to_string()),
     }
 }
 
@@ -993,9 +993,9 @@ fn op_err(e: PatternError) -> OpError {
 ///
 /// # Errors
 /// `Refused` when the file does not exist; `TooNew`; `Failed` on SQLite errors.
-pub fn plan_patterns_migration(path: &Path) -> Result<MigrationPlan, OpError> {
+pub fn plan_patterns_migration(path: &Path) -> Result<MigrationPlan, MaintenanceError> {
     if !path.is_file() {
-        return Err(OpError::Refused(format!(
+        return Err(MaintenanceError::Refused(format!(
             "pattern store {} does not exist",
             path.display()
         )));
@@ -1004,12 +1004,12 @@ pub fn plan_patterns_migration(path: &Path) -> Result<MigrationPlan, OpError> {
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
-    .map_err(|e| OpError::Failed(format!("cannot open {}: {e}", path.display())))?;
-    let current = stored_version(&conn).map_err(|e| OpError::Failed(e.to_string()))?;
+    .map_err(|e| MaintenanceError::Failed(format!("cannot open {}: {e}", path.display())))?;
+    let current = stored_version(&conn).map_err(|e| MaintenanceError::Failed(e.to_string()))?;
     if current > PATTERN_SCHEMA_VERSION {
         return Err(op_err(too_new(path, current)));
     }
-    let todo = steps(&conn).map_err(|e| OpError::Failed(e.to_string()))?;
+    let todo = steps(&conn).map_err(|e| MaintenanceError::Failed(e.to_string()))?;
     Ok(MigrationPlan {
         path: path.to_path_buf(),
         current,
@@ -1022,14 +1022,14 @@ pub fn plan_patterns_migration(path: &Path) -> Result<MigrationPlan, OpError> {
 ///
 /// # Errors
 /// As [`plan_patterns_migration`].
-pub fn apply_patterns_migration(path: &Path) -> Result<MigrationPlan, OpError> {
+pub fn apply_patterns_migration(path: &Path) -> Result<MigrationPlan, MaintenanceError> {
     let plan = plan_patterns_migration(path)?;
     let mut conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
-    .map_err(|e| OpError::Failed(format!("cannot open {}: {e}", path.display())))?;
-    configure(&conn).map_err(|e| OpError::Failed(e.to_string()))?;
+    .map_err(|e| MaintenanceError::Failed(format!("cannot open {}: {e}", path.display())))?;
+    configure(&conn).map_err(|e| MaintenanceError::Failed(e.to_string()))?;
     let done = migrate(&mut conn, path).map_err(op_err)?;
     Ok(MigrationPlan {
         steps: done.iter().map(ToString::to_string).collect(),

@@ -11,7 +11,7 @@ use std::time::Duration;
 use gw_domain::events::{Actor, Event, Sensitivity};
 use gw_ports::trace::EventSink;
 use gw_storage_sqlite::ops::{
-    self, OpError, PruneOptions, header_user_version, no_progress, parse_meta, with_suffix,
+    self, MaintenanceError, PruneOptions, header_user_version, no_progress, parse_meta, with_suffix,
 };
 use gw_storage_sqlite::{
     EVENT_INDEX_NAMES, SqliteTraceStore, TRACE_SCHEMA_VERSION, TraceReader, WriterLock,
@@ -157,7 +157,7 @@ async fn backup_refuses_existing_destinations_and_leaves_nothing_on_failure() {
     let dest = out.join("b.db");
     std::fs::write(&dest, b"keep me").unwrap();
     let e = ops::backup(&db, &dest, &no_progress).unwrap_err();
-    assert!(matches!(e, OpError::Refused(_)), "{e}");
+    assert!(matches!(e, MaintenanceError::Refused(_)), "{e}");
     assert!(e.to_string().contains("already exists"), "{e}");
     assert_eq!(file_bytes(&dest), b"keep me");
 
@@ -174,7 +174,7 @@ async fn backup_refuses_existing_destinations_and_leaves_nothing_on_failure() {
     assert!(names_in(&out).is_empty(), "{:?}", names_in(&out));
     assert!(matches!(
         ops::backup(&dir.path().join("missing.db"), &dest, &no_progress),
-        Err(OpError::Refused(_))
+        Err(MaintenanceError::Refused(_))
     ));
 }
 
@@ -191,9 +191,9 @@ async fn restore_fixture(dir: &Path) -> (PathBuf, PathBuf) {
     (backup, db)
 }
 
-fn assert_refused(r: Result<ops::RestoreSummary, OpError>, needle: &str) {
+fn assert_refused(r: Result<ops::RestoreSummary, MaintenanceError>, needle: &str) {
     match r {
-        Err(OpError::Refused(m)) => assert!(m.contains(needle), "{m}"),
+        Err(MaintenanceError::Refused(m)) => assert!(m.contains(needle), "{m}"),
         other => panic!("expected a refusal containing {needle:?}, got {other:?}"),
     }
 }
@@ -388,8 +388,8 @@ async fn a_db_from_a_newer_binary_is_refused_by_every_operation_untouched() {
         .pragma_update(None, "user_version", TRACE_SCHEMA_VERSION + 1)
         .unwrap();
     let before = file_bytes(&db);
-    let newer = |r: Result<(), OpError>, what: &str| match r {
-        Err(e @ OpError::TooNew { .. }) => {
+    let newer = |r: Result<(), MaintenanceError>, what: &str| match r {
+        Err(e @ MaintenanceError::TooNew { .. }) => {
             let m = e.to_string();
             assert!(m.contains("newer than this binary supports"), "{what}: {m}");
         }

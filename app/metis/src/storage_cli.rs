@@ -26,9 +26,9 @@ use gw_domain::time::{Timestamp, format_iso};
 use gw_ports::system::{Clock, IdSource};
 use gw_ports::trace::EventSink;
 use gw_storage_sqlite::ops::{
-    self, MigrationPlan, OpError, PruneCounts, PruneOptions, migration_backup_path,
+    self, MaintenanceError, MigrationPlan, PruneCounts, PruneOptions, migration_backup_path,
 };
-use gw_storage_sqlite::{SqliteTraceStore, TRACE_SCHEMA_VERSION, WriterOptions};
+use gw_storage_sqlite::{SqliteTraceStore, WriterOptions};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::cli::StorageArgs;
@@ -209,7 +209,7 @@ fn print(text: &str) -> anyhow::Result<()> {
 ///
 /// # Errors
 /// The backup's error.
-pub fn backup_with_progress(db: &Path, dest: &Path) -> Result<ops::BackupMeta, OpError> {
+pub fn backup_with_progress(db: &Path, dest: &Path) -> Result<ops::BackupMeta, MaintenanceError> {
     let bar = Progress::new("backup", true);
     let r = ops::backup(db, dest, &|d, t| bar.update(d, t));
     bar.finish();
@@ -346,14 +346,17 @@ fn prune_cmd_body(args: PruneArgs) -> anyhow::Result<()> {
 
 /// The `trace status` block.
 #[must_use]
-pub fn status_block(s: &ops::TraceStatus) -> String {
+pub fn status_block(s: &ops::StoreStatus) -> String {
     let iso = |t: Option<i64>| t.map_or_else(|| "\u{2014}".to_owned(), format_iso);
     let mut out = String::from("trace status\n");
     for (k, v) in [
         ("db_path:", s.path.display().to_string()),
         (
             "schema version:",
-            format!("{} (this binary: {TRACE_SCHEMA_VERSION})", s.schema_version),
+            format!(
+                "{} (this binary: {})",
+                s.schema_version, s.supported_version
+            ),
         ),
         ("events:", s.events.to_string()),
         ("oldest event:", iso(s.oldest_event_us)),
@@ -419,8 +422,8 @@ pub fn migrate_flow(
     path: &Path,
     dry_run: bool,
     now: Timestamp,
-    plan: impl Fn(&Path) -> Result<MigrationPlan, OpError>,
-    apply: impl Fn(&Path) -> Result<MigrationPlan, OpError>,
+    plan: impl Fn(&Path) -> Result<MigrationPlan, MaintenanceError>,
+    apply: impl Fn(&Path) -> Result<MigrationPlan, MaintenanceError>,
 ) -> anyhow::Result<String> {
     let planned = plan(path)?;
     let backup_path = migration_backup_path(path, now);

@@ -328,20 +328,8 @@ pub fn redb_restore(src: &Path, db: &Path, force: bool) -> anyhow::Result<()> {
 /// # Errors
 /// A missing or newer file.
 pub fn redb_status(db: &Path, now: i64) -> anyhow::Result<()> {
-    let s = gw_storage_redb::ops::status(db, now)?;
     print(&crate::storage_cli::status_block(
-        &gw_storage_sqlite::ops::TraceStatus {
-            path: s.path,
-            schema_version: s.schema_version,
-            events: s.events,
-            oldest_event_us: s.oldest_event_us,
-            newest_event_us: s.newest_event_us,
-            events_last_5_min: s.events_last_5_min,
-            audit_events: s.audit_events,
-            sessions: s.sessions,
-            file_bytes: s.file_bytes,
-            wal_bytes: s.wal_bytes,
-        },
+        &gw_storage_redb::ops::status(db, now)?,
     ))
 }
 
