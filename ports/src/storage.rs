@@ -27,6 +27,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use gw_domain::audit::BrokenLink;
 use gw_domain::backup::{BackupMeta, RestoreSummary};
+use gw_domain::events::Event;
 use gw_domain::keys::KeyRecord;
 use gw_domain::patterns::{PatternCaps, PatternRecord};
 use gw_domain::sessions::SessionRecord;
@@ -35,7 +36,9 @@ use gw_domain::time::Timestamp;
 use crate::keys::{KeyStore, KeyStoreError};
 use crate::patterns::{FingerprintRow, OutcomeRow, PatternError, PatternStats, PatternStore};
 use crate::sessions::SessionStore;
-use crate::trace::{EventRow, EventSink, SinkStats, TraceError, TraceQuery};
+use crate::trace::{
+    EventRow, EventSink, KeySpend, SinkStats, TraceError, TraceQuery, UsageGroup, UsageRow,
+};
 
 /// Progress callback: `(done, total)` in the operation's unit (bytes or rows).
 pub type Progress<'a> = &'a (dyn Fn(u64, u64) + Sync);
@@ -224,6 +227,105 @@ pub trait MainStore: EventSink + TraceQuery {
 
     /// Blocking form of [`shutdown`](Self::shutdown), for commands that run off the runtime.
     fn close(&self) -> SinkStats;
+}
+
+/// The writer lifecycle of an adapter's trace store, from which [`MainStoreOf`] assembles a
+/// [`MainStore`].
+#[async_trait]
+pub trait WriterLifecycle: Send + Sync {
+    /// As [`MainStore::shutdown`].
+    async fn shutdown(&self) -> SinkStats;
+
+    /// As [`MainStore::close`].
+    fn close(&self) -> SinkStats;
+
+    /// The store's main file (its size is reported in `/metrics`).
+    fn file(&self) -> &Path;
+}
+
+/// A [`MainStore`] assembled from an adapter's trace store and the session store sharing its
+/// writer: the delegation every backend would otherwise write again.
+pub struct MainStoreOf<T> {
+    trace: T,
+    sessions: Arc<dyn SessionStore>,
+}
+
+impl<T> MainStoreOf<T> {
+    pub fn new(trace: T, sessions: Arc<dyn SessionStore>) -> Self {
+        Self { trace, sessions }
+    }
+}
+
+#[async_trait]
+impl<T: EventSink + TraceQuery + WriterLifecycle> EventSink for MainStoreOf<T> {
+    fn emit(&self, event: Event) {
+        self.trace.emit(event);
+    }
+
+    async fn flush(&self) -> Result<(), TraceError> {
+        self.trace.flush().await
+    }
+
+    fn stats(&self) -> SinkStats {
+        self.trace.stats()
+    }
+
+    fn is_writable(&self) -> bool {
+        self.trace.is_writable()
+    }
+
+    fn wal_bytes(&self) -> u64 {
+        self.trace.wal_bytes()
+    }
+
+    fn db_bytes(&self) -> u64 {
+        std::fs::metadata(self.trace.file()).map_or(0, |m| m.len())
+    }
+}
+
+#[async_trait]
+impl<T: EventSink + TraceQuery + WriterLifecycle> TraceQuery for MainStoreOf<T> {
+    async fn spend_by_key(
+        &self,
+        day_start_us: i64,
+        month_start_us: i64,
+    ) -> Result<Vec<KeySpend>, TraceError> {
+        self.trace.spend_by_key(day_start_us, month_start_us).await
+    }
+
+    async fn usage(
+        &self,
+        since_us: i64,
+        until_us: i64,
+        group: UsageGroup,
+        filter: Option<(UsageGroup, String)>,
+    ) -> Result<Vec<UsageRow>, TraceError> {
+        self.trace.usage(since_us, until_us, group, filter).await
+    }
+
+    async fn audit_events(
+        &self,
+        since_us: i64,
+        until_us: i64,
+        types: &[String],
+    ) -> Result<Vec<EventRow>, TraceError> {
+        self.trace.audit_events(since_us, until_us, types).await
+    }
+}
+
+#[async_trait]
+impl<T: EventSink + TraceQuery + WriterLifecycle> MainStore for MainStoreOf<T> {
+    fn sessions(&self) -> Arc<dyn SessionStore> {
+        self.sessions.clone()
+    }
+
+    async fn shutdown(&self) -> SinkStats {
+        self.trace.shutdown().await
+    }
+
+    fn close(&self) -> SinkStats {
+        self.trace.close()
+    }
 }
 
 /// Counts of a main store.

@@ -16,6 +16,7 @@
 //!   thread); all blocking work runs off the async runtime.
 //! - Depends only on `gw-ports` and `gw-domain` (plus redb and serde).
 
+mod backend;
 mod db;
 mod keys;
 pub mod ops;
@@ -26,6 +27,7 @@ pub mod sessions;
 mod trace;
 mod writer;
 
+pub use backend::RedbBackend;
 pub use db::{
     Sharing, StoreError, TRACE_SCHEMA_VERSION, is_redb_file, open_shared, schema_version,
     stamp_schema_version,

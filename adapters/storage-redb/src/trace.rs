@@ -187,6 +187,11 @@ impl RedbTraceStore {
         self.inner.shutdown_blocking()
     }
 
+    /// [`close`](Self::close) through a shared reference (the storage port's `close`).
+    pub fn close_blocking(&self) -> SinkStats {
+        self.inner.shutdown_blocking()
+    }
+
     async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Database) -> crate::db::Result<T> + Send + 'static,

@@ -12,6 +12,7 @@
 //!   app needs no SQL of its own.
 //! - Depends only on `gw-ports` and `gw-domain`.
 
+mod backend;
 mod keystore;
 mod lock;
 pub mod ops;
@@ -24,6 +25,7 @@ mod store;
 pub mod transfer;
 mod writer;
 
+pub use backend::SqliteBackend;
 pub use keystore::SqliteKeyStore;
 pub use lock::{LockError, WriterLock, lock_path};
 pub use reader::{StoredEvent, TraceReader, schema_version};

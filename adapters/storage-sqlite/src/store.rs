@@ -220,6 +220,11 @@ impl SqliteTraceStore {
         self.inner.shutdown_blocking()
     }
 
+    /// [`close`](Self::close) through a shared reference (the storage port's `close`).
+    pub fn close_blocking(&self) -> SinkStats {
+        self.inner.shutdown_blocking()
+    }
+
     /// The `SessionStore` over this database's `sessions` table: it shares this store's
     /// writer thread (turns are upserted in the same group commits as events) and reads
     /// through its own read-only connection.

@@ -14,6 +14,7 @@ use gw_domain::time::{day_start, month_start};
 use gw_http::{ClientGone, HttpOptions, routes};
 use gw_ports::admin::AdminService;
 use gw_ports::keys::{KeyStore, KeyStoreError};
+use gw_ports::storage::PatternPlace;
 use gw_ports::system::{Clock, IdSource};
 use gw_ports::trace::EventSink;
 use gw_ports::trace::TraceQuery;
@@ -58,7 +59,7 @@ pub struct App {
     addr: SocketAddr,
     scheme: &'static str,
     core: Arc<GatewayCore>,
-    trace: Arc<crate::store::MainStore>,
+    trace: Arc<dyn gw_ports::storage::MainStore>,
     keystore: Arc<dyn KeyStore>,
     /// Keeps the key ring current and records the key changes found in the keystore.
     key_sync: Arc<KeySync>,
@@ -265,8 +266,7 @@ impl App {
         // SQLite: the gateway holds the shared writer lock on `<db>.lock` for its lifetime, so
         // `metis restore` refuses to replace the file under it (redb: restore checks that no
         // process has the file open).
-        let trace =
-            crate::store::MainStore::open_with(&paths, true, args.trace_commit_deadline).await?;
+        let trace = crate::store::open_main(&paths, true, args.trace_commit_deadline).await?;
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let ids: Arc<dyn IdSource> = Arc::new(UlidIds::default());
         let keystore = open_keystore(&paths)?;
@@ -338,9 +338,11 @@ impl App {
             ledger,
             metrics: Arc::clone(&metrics),
             sessions: trace.sessions(),
-            patterns: crate::store::pattern_store(
-                paths.store,
-                args.patterns_dir.as_deref(),
+            patterns: paths.store.backend().pattern_store(
+                &args
+                    .patterns_dir
+                    .clone()
+                    .map_or(PatternPlace::InWorkspace, PatternPlace::Dir),
                 PatternCaps::default(),
             ),
             background: Arc::new(background.clone()),

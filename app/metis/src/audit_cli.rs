@@ -1,7 +1,7 @@
 //! `metis audit export` and `metis audit verify`: the audit log out of the trace database.
 //!
 //! Invariants:
-//! - Both commands open the database read-only (`TraceReader`): they never create, stamp or
+//! - Both commands open the database read-only (`StoreReader`): they never create, stamp or
 //!   modify it, and under WAL they never block a running gateway.
 //! - `export` selects audit events with `since <= timestamp < until`, ordered by id, and is
 //!   byte-identical for the same database and explicit window. It never overwrites: the
@@ -23,8 +23,9 @@ use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 use gw_domain::audit::{AUDIT_TYPES, BrokenLink, is_audit_type};
 use gw_domain::time::{MICROS_PER_SEC, format_iso, parse_iso};
+use gw_ports::storage::StoreReader;
 use gw_ports::system::Clock;
-use gw_storage_sqlite::{StoredEvent, TraceReader};
+use gw_ports::trace::EventRow;
 use serde_json::{Map, Value};
 
 use crate::cli::StorageArgs;
@@ -319,7 +320,7 @@ fn opt(v: Option<&String>) -> Value {
 ///
 /// # Errors
 /// Serialisation errors (not expected for JSON values).
-pub fn jsonl_line(e: &StoredEvent) -> serde_json::Result<String> {
+pub fn jsonl_line(e: &EventRow) -> serde_json::Result<String> {
     let mut obj = Map::new();
     obj.insert("id".into(), Value::String(e.id.clone()));
     obj.insert(
@@ -351,7 +352,7 @@ pub fn csv_field(s: &str) -> String {
 ///
 /// # Errors
 /// Serialisation errors (not expected for JSON values).
-pub fn csv_line(e: &StoredEvent) -> serde_json::Result<String> {
+pub fn csv_line(e: &EventRow) -> serde_json::Result<String> {
     let payload = serde_json::to_string(&payload_value(&e.payload_json))?;
     let fields = [
         e.id.as_str(),
@@ -396,7 +397,7 @@ fn already_exists(out: &Path) -> anyhow::Error {
 fn write_export(
     out: &Path,
     format: ExportFormat,
-    rows: &[StoredEvent],
+    rows: &[EventRow],
     progress: bool,
 ) -> anyhow::Result<u64> {
     let dir = match out.parent() {
@@ -485,17 +486,10 @@ pub fn export(
         return Err(already_exists(out).into());
     }
     let (since_us, until_us) = window;
-    let rows = if gw_storage_redb::is_redb_file(db) {
-        if types.requested && types.audit.is_empty() {
-            Vec::new()
-        } else {
-            crate::store::redb_audit_events(db, since_us, until_us, &types.audit)?
-        }
-    } else if types.requested && types.audit.is_empty() {
-        TraceReader::open(db).context("cannot open the trace database")?;
+    let reader = open_reader(db)?;
+    let rows = if types.requested && types.audit.is_empty() {
         Vec::new()
     } else {
-        let reader = TraceReader::open(db).context("cannot open the trace database")?;
         reader
             .audit_events(since_us, until_us, &types.audit)
             .context("cannot read audit events")?
@@ -518,17 +512,15 @@ pub fn export(
 /// # Errors
 /// The database is missing or unreadable.
 pub fn verify(db: &Path) -> anyhow::Result<(Result<u64, BrokenLink>, u64)> {
-    if gw_storage_redb::is_redb_file(db) {
-        return crate::store::redb_verify(db);
-    }
-    let reader = TraceReader::open(db).context("cannot open the trace database")?;
-    let result = reader
-        .verify_audit_chain()
-        .context("cannot read the audit chain")?;
-    let unchained = reader
-        .count_unchained_audit_events()
-        .context("cannot count audit events")?;
-    Ok((result, unchained))
+    let report = gw_usecases::storage::audit::verify(open_reader(db)?.as_ref())?;
+    Ok((report.chain, report.unchained))
+}
+
+/// The store at `db` read-only, through the backend the file is.
+fn open_reader(db: &Path) -> anyhow::Result<Box<dyn StoreReader>> {
+    crate::store::for_existing(db, None)
+        .open_reader(db)
+        .context("cannot open the trace database")
 }
 
 /// The broken-chain line `verify` prints.
@@ -657,8 +649,8 @@ mod tests {
         assert_eq!(csv_field("cr\r"), "\"cr\r\"");
     }
 
-    fn row() -> StoredEvent {
-        StoredEvent {
+    fn row() -> EventRow {
+        EventRow {
             id: "01ID".into(),
             timestamp_us: 1_747_318_930_123_456,
             session_id: "system".into(),

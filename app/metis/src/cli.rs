@@ -39,7 +39,7 @@ pub enum Command {
     /// Copy every event (with its audit chain), session, key and the given workspaces'
     /// pattern stores from one storage backend to the other, verifying the counts; refuses a
     /// non-empty destination.
-    MigrateStore(crate::store::MigrateStoreArgs),
+    MigrateStore(crate::transfer_cli::MigrateStoreArgs),
     /// Sessions: `list`, `show <id>` (the worker tree with costs), `migrate`.
     Sessions(crate::sessions_cli::SessionsCmd),
     /// The per-workspace pattern projection: `rebuild`, `stats`, `migrate`.

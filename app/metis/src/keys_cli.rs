@@ -23,7 +23,7 @@ pub const STORE_KEYSTORE: &str = "store";
 /// None today (stores open lazily); kept fallible for stores that validate eagerly.
 pub fn open_keystore(paths: &Paths) -> anyhow::Result<Arc<dyn KeyStore>> {
     if paths.keystore.as_os_str() == STORE_KEYSTORE {
-        return Ok(crate::store::main_key_store(paths.store, &paths.db));
+        return Ok(paths.store.backend().key_store(&paths.db));
     }
     Ok(Arc::new(FileKeyStore::new(&paths.keystore)))
 }
@@ -31,7 +31,7 @@ pub fn open_keystore(paths: &Paths) -> anyhow::Result<Arc<dyn KeyStore>> {
 /// A key administration session: the use case plus the trace store its audit events go to.
 pub struct AdminSession {
     pub admin: KeyAdmin,
-    trace: Arc<crate::store::MainStore>,
+    trace: Arc<dyn gw_ports::storage::MainStore>,
 }
 
 impl AdminSession {
@@ -40,7 +40,7 @@ impl AdminSession {
     /// # Errors
     /// Trace DB unopenable (e.g. newer schema) or keystore unopenable.
     pub async fn open(paths: &Paths) -> anyhow::Result<AdminSession> {
-        let trace = crate::store::MainStore::open(paths, false)
+        let trace = crate::store::open_main(paths, false, gw_ports::queue::DEFAULT_COMMIT_DEADLINE)
             .await
             .with_context(|| format!("cannot open the audit trail {}", paths.db.display()))?;
         let sink: Arc<dyn EventSink> = trace.clone();

@@ -20,5 +20,6 @@ pub mod storage_cli;
 pub mod store;
 pub mod system;
 pub mod telemetry;
+pub mod transfer_cli;
 
 pub use app::App;

@@ -102,7 +102,9 @@ async fn main() -> ExitCode {
         Command::Restore(args) => return metis_app::storage_cli::restore_cmd(args).await,
         Command::Trace(cmd) => return metis_app::storage_cli::trace_cmd(cmd).await,
         Command::Sessions(cmd) => return metis_app::sessions_cli::run(cmd).await,
-        Command::MigrateStore(args) => return metis_app::store::migrate_store_cmd(args).await,
+        Command::MigrateStore(args) => {
+            return metis_app::transfer_cli::migrate_store_cmd(args).await;
+        }
         Command::Patterns(cmd) => return metis_app::patterns_cli::run(cmd).await,
         Command::Healthcheck { url, timeout } => healthcheck::run(&url, timeout),
         Command::Openapi { out } => {

@@ -9,23 +9,17 @@
 //!   with `--patterns-dir` (the layout the gateway uses with the same flag).
 //! - `migrate` backs the store file up next to itself before applying anything.
 
-use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use gw_domain::patterns::{PATTERN_RECORDED, PatternRecord, PatternRecorded};
 use gw_domain::time::format_iso;
 use gw_ports::patterns::PatternStats;
-use gw_ports::system::Clock;
-use gw_storage_sqlite::TraceReader;
-use gw_storage_sqlite::patterns::{
-    PatternLocation, SqlitePatternStore, apply_patterns_migration, plan_patterns_migration,
-};
+use gw_ports::storage::PatternPlace;
+use gw_usecases::storage::projection::{RebuildReport, rebuild};
 
-use crate::storage_cli::{DbArgs, Progress, migrate_flow, run_blocking};
-use crate::system::SystemClock;
+use crate::storage_cli::{DbArgs, Progress, migrate_text, print, run_blocking};
 
 /// `metis patterns …`
 #[derive(Debug, Args)]
@@ -61,11 +55,8 @@ impl StoreArgs {
         crate::keys_cli::absolute(&self.workspace)
     }
 
-    fn location(&self) -> PatternLocation {
-        match &self.patterns_dir {
-            Some(d) => PatternLocation::Dir(d.clone()),
-            None => PatternLocation::InWorkspace,
-        }
+    fn place(&self) -> PatternPlace {
+        place(self.patterns_dir.as_ref())
     }
 }
 
@@ -90,90 +81,31 @@ pub struct PatternsMigrateArgs {
     pub dry_run: bool,
 }
 
-/// What a rebuild read and wrote.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RebuildReport {
-    pub workspace: String,
-    pub store: PathBuf,
-    pub events: u64,
-    pub applied: u64,
-    pub skipped: u64,
-    pub stats: Option<PatternStats>,
+fn place(dir: Option<&PathBuf>) -> PatternPlace {
+    dir.cloned()
+        .map_or(PatternPlace::InWorkspace, PatternPlace::Dir)
 }
 
-impl RebuildReport {
-    #[must_use]
-    pub fn block(&self) -> String {
-        let (fps, outs) = self
-            .stats
-            .as_ref()
-            .map_or((0, 0), |s| (s.fingerprints, s.outcomes));
-        let mut out = String::from("patterns rebuild complete\n");
-        for (k, v) in [
-            ("workspace:", self.workspace.clone()),
-            ("store:", self.store.display().to_string()),
-            ("events read:", self.events.to_string()),
-            ("records applied:", self.applied.to_string()),
-            ("events skipped:", self.skipped.to_string()),
-            ("fingerprints:", fps.to_string()),
-            ("outcomes:", outs.to_string()),
-        ] {
-            out.push_str(&format!("  {k:<17}{v}\n"));
-        }
-        out
+/// The block `patterns rebuild` prints.
+#[must_use]
+pub fn rebuild_block(r: &RebuildReport) -> String {
+    let (fps, outs) = r
+        .stats
+        .as_ref()
+        .map_or((0, 0), |s| (s.fingerprints, s.outcomes));
+    let mut out = String::from("patterns rebuild complete\n");
+    for (k, v) in [
+        ("workspace:", r.workspace.clone()),
+        ("store:", r.store.display().to_string()),
+        ("events read:", r.events.to_string()),
+        ("records applied:", r.applied.to_string()),
+        ("events skipped:", r.skipped.to_string()),
+        ("fingerprints:", fps.to_string()),
+        ("outcomes:", outs.to_string()),
+    ] {
+        out.push_str(&format!("  {k:<17}{v}\n"));
     }
-}
-
-/// The observations of `workspace` in the trace at `db`, in event order. Returns the records
-/// and how many events could not be read (damaged payloads are skipped, not fatal).
-///
-/// # Errors
-/// The trace cannot be opened or read.
-pub fn records_from_trace(db: &Path, workspace: &str) -> anyhow::Result<(Vec<PatternRecord>, u64)> {
-    let reader = TraceReader::open(db).context("cannot open the trace database")?;
-    let events = reader
-        .events_of_type_with_field(PATTERN_RECORDED, "workspace_path", workspace)
-        .context("cannot read pattern.recorded events")?;
-    let mut records = Vec::with_capacity(events.len());
-    let mut skipped = 0u64;
-    for e in &events {
-        match PatternRecorded::parse(&e.payload_json).and_then(|p| p.to_record(e.timestamp_us)) {
-            Ok(r) => records.push(r),
-            Err(msg) => {
-                if skipped == 0 {
-                    tracing::warn!(event_id = %e.id, "skipping unreadable pattern.recorded event: {msg}");
-                }
-                skipped += 1;
-            }
-        }
-    }
-    Ok((records, skipped))
-}
-
-/// Rebuild the projection of `workspace` from the trace at `db`.
-///
-/// # Errors
-/// The trace cannot be read or the store cannot be written.
-pub fn rebuild(
-    db: &Path,
-    workspace: &str,
-    location: PatternLocation,
-) -> anyhow::Result<RebuildReport> {
-    let (records, skipped) = records_from_trace(db, workspace)?;
-    let events = records.len() as u64 + skipped;
-    let store = SqlitePatternStore::new(location, gw_domain::patterns::PatternCaps::default());
-    let bar = Progress::new("rebuild", false);
-    let applied = store.replace_all_blocking(workspace, &records, &|d, t| bar.update(d, t));
-    bar.finish();
-    let applied = applied?;
-    Ok(RebuildReport {
-        workspace: workspace.to_owned(),
-        store: store.db_path(workspace),
-        events,
-        applied,
-        skipped,
-        stats: store.stats_blocking(workspace)?,
-    })
+    out
 }
 
 /// The `patterns stats` block.
@@ -219,42 +151,35 @@ pub fn stats_block(workspace: &str, s: &PatternStats) -> String {
     out
 }
 
-fn print(text: &str) -> anyhow::Result<()> {
-    let mut out = io::stdout().lock();
-    out.write_all(text.as_bytes())?;
-    out.flush()?;
-    Ok(())
-}
-
 /// `metis patterns …`
 pub async fn run(cmd: PatternsCmd) -> ExitCode {
     match cmd.action {
         PatternsAction::Rebuild(args) => {
             run_blocking("patterns rebuild", move || {
                 let ws = args.store.workspace()?;
-                let db = args.db.db()?;
-                if gw_storage_redb::is_redb_file(&db) {
-                    let dir = args.store.patterns_dir.as_deref();
-                    return print(&crate::store::redb_patterns_rebuild(&db, &ws, dir)?.block());
-                }
-                let report = rebuild(&db, &ws, args.store.location())?;
-                print(&report.block())
+                let (db, backend) = args.db.store()?;
+                let reader = backend
+                    .open_reader(&db)
+                    .context("cannot open the trace database")?;
+                let files = backend.pattern_files(&args.store.place());
+                let bar = Progress::new("rebuild", false);
+                let r = rebuild(reader.as_ref(), files.as_ref(), &ws, &|d, t| {
+                    bar.update(d, t);
+                });
+                bar.finish();
+                print(&rebuild_block(&r?))
             })
             .await
         }
         PatternsAction::Stats(args) => {
             run_blocking("patterns stats", move || {
                 let ws = args.workspace()?;
-                if let Some(stats) =
-                    crate::store::redb_pattern_stats(&ws, args.patterns_dir.as_deref())?
-                {
-                    return print(&stats_block(&ws, &stats));
-                }
-                let store = SqlitePatternStore::new(args.location(), Default::default());
-                let Some(stats) = store.stats_blocking(&ws)? else {
+                let place = args.place();
+                let files = crate::store::for_patterns(&ws, &place).pattern_files(&place);
+                let Some(stats) = files.stats(&ws)? else {
                     anyhow::bail!(
                         "no pattern store for workspace {ws} (expected {})",
-                        store.db_path(&ws).display()
+                        files.path(&ws).display()
                     );
                 };
                 print(&stats_block(&ws, &stats))
@@ -270,27 +195,13 @@ pub async fn run(cmd: PatternsCmd) -> ExitCode {
                         .display()
                         .to_string(),
                 };
-                if let Some(text) = crate::store::redb_patterns_migrate(
-                    &ws,
-                    args.patterns_dir.as_deref(),
-                    args.dry_run,
-                )? {
-                    return print(&text);
-                }
-                let location = match &args.patterns_dir {
-                    Some(d) => PatternLocation::Dir(d.clone()),
-                    None => PatternLocation::InWorkspace,
-                };
-                let path = location.db_path(&ws);
-                let text = migrate_flow(
+                let place = place(args.patterns_dir.as_ref());
+                let files = crate::store::for_patterns(&ws, &place).pattern_files(&place);
+                print(&migrate_text(
                     "patterns",
-                    &path,
+                    files.migration(&ws).as_ref(),
                     args.dry_run,
-                    SystemClock.now_us(),
-                    plan_patterns_migration,
-                    apply_patterns_migration,
-                )?;
-                print(&text)
+                )?)
             })
             .await
         }

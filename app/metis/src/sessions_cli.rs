@@ -13,11 +13,10 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand, ValueEnum};
 use gw_domain::sessions::{SessionNode, SessionRecord, build_tree};
 use gw_domain::time::format_iso;
-use gw_ports::system::Clock;
-use gw_storage_sqlite::ops;
+use gw_ports::storage::Schema;
+use gw_usecases::storage::sessions::descendants;
 
-use crate::storage_cli::{DbArgs, migrate_flow, run_blocking};
-use crate::system::SystemClock;
+use crate::storage_cli::{DbArgs, migrate_text, run_blocking};
 
 /// Most descendants `show` loads.
 const MAX_TREE: usize = 10_000;
@@ -220,13 +219,19 @@ fn print(text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The main store read-only, through the backend the file is.
+fn open_reader(args: &DbArgs) -> anyhow::Result<Box<dyn gw_ports::storage::StoreReader>> {
+    let (db, backend) = args.store()?;
+    Ok(backend.open_reader(&db)?)
+}
+
 /// `metis sessions …`
 pub async fn run(cmd: SessionsCmd) -> ExitCode {
     match cmd.action {
         SessionsAction::List(args) => {
             run_blocking("sessions list", move || {
-                let reader = crate::store::SessionsReader::open(&args.db.db()?)?;
-                let rows = reader.list(args.workspace.as_deref(), args.limit)?;
+                let reader = open_reader(&args.db)?;
+                let rows = reader.sessions(args.workspace.as_deref(), args.limit)?;
                 match args.format {
                     SessionsFormat::Text => print(&list_text(&rows)),
                     SessionsFormat::Json => {
@@ -242,28 +247,22 @@ pub async fn run(cmd: SessionsCmd) -> ExitCode {
         }
         SessionsAction::Show(args) => {
             run_blocking("sessions show", move || {
-                let reader = crate::store::SessionsReader::open(&args.db.db()?)?;
-                let Some(root) = reader.get(&args.id)? else {
+                let reader = open_reader(&args.db)?;
+                let Some(root) = reader.session(&args.id)? else {
                     anyhow::bail!("session {} not found", args.id);
                 };
-                let descendants = reader.descendants(&root.id, MAX_TREE)?;
-                print(&show_text(&build_tree(root, descendants)))
+                let workers = descendants(reader.as_ref(), &root.id, MAX_TREE)?;
+                print(&show_text(&build_tree(root, workers)))
             })
             .await
         }
         SessionsAction::Migrate(args) => {
             run_blocking("sessions migrate", move || {
-                let db = args.db.db()?;
-                if gw_storage_redb::is_redb_file(&db) {
-                    return crate::store::redb_migrate_as("sessions", &db, args.dry_run);
-                }
-                let text = migrate_flow(
+                let (db, backend) = args.db.store()?;
+                let text = migrate_text(
                     "sessions",
-                    &db,
+                    backend.migration(&db, Schema::Sessions).as_ref(),
                     args.dry_run,
-                    SystemClock.now_us(),
-                    ops::plan_sessions_migration,
-                    ops::apply_sessions_migration,
                 )?;
                 print(&text)
             })

@@ -1,6 +1,7 @@
 //! `metis backup`, `metis restore` and `metis trace prune|vacuum|status|migrate`: operations
-//! on the trace database (`gw_storage_sqlite::ops` does the work; this module parses, reports
-//! and maps outcomes to exit codes).
+//! on the main store, through the storage port (the backend does the work, the use cases in
+//! `gw_usecases::storage` hold the rules; this module parses, reports and maps outcomes to
+//! exit codes).
 //!
 //! Invariants:
 //! - Output blocks are deterministic: fixed labels and order, one `key: value` per line.
@@ -14,21 +15,18 @@
 use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::{Args, Subcommand};
-use gw_domain::events::make_event;
-use gw_domain::retention::{
-    DEFAULT_RETENTION_DAYS, SYSTEM_SESSION, TraceSwept, cutoff_us, thousands,
-};
+use gw_domain::retention::{DEFAULT_RETENTION_DAYS, thousands};
 use gw_domain::time::{Timestamp, format_iso};
-use gw_ports::system::{Clock, IdSource};
-use gw_ports::trace::EventSink;
-use gw_storage_sqlite::ops::{
-    self, MaintenanceError, MigrationPlan, PruneCounts, PruneOptions, migration_backup_path,
+use gw_ports::storage::{
+    Migratable, MigrationPlan, PruneCounts, PruneOptions, Schema, StorageBackend, StoreStatus,
 };
-use gw_storage_sqlite::{SqliteTraceStore, WriterOptions};
+use gw_ports::system::Clock;
+use gw_usecases::storage::migrate::{MigrationOutcome, migrate};
+use gw_usecases::storage::retention;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::cli::StorageArgs;
@@ -65,6 +63,16 @@ impl DbArgs {
             store: self.store,
         })?
         .db)
+    }
+
+    /// The database file and its backend ([`crate::store::for_existing`]).
+    ///
+    /// # Errors
+    /// As [`db`](Self::db).
+    pub fn store(&self) -> anyhow::Result<(PathBuf, Arc<dyn StorageBackend>)> {
+        let db = self.db()?;
+        let backend = crate::store::for_existing(&db, self.store);
+        Ok((db, backend))
     }
 }
 
@@ -198,33 +206,21 @@ pub async fn run_blocking(
     }
 }
 
-fn print(text: &str) -> anyhow::Result<()> {
+pub(crate) fn print(text: &str) -> anyhow::Result<()> {
     let mut out = io::stdout().lock();
     out.write_all(text.as_bytes())?;
     out.flush()?;
     Ok(())
 }
 
-/// Take a backup of `db` with a progress bar; returns its metadata.
-///
-/// # Errors
-/// The backup's error.
-pub fn backup_with_progress(db: &Path, dest: &Path) -> Result<ops::BackupMeta, MaintenanceError> {
-    let bar = Progress::new("backup", true);
-    let r = ops::backup(db, dest, &|d, t| bar.update(d, t));
-    bar.finish();
-    r
-}
-
 /// `metis backup`.
 pub async fn backup_cmd(args: BackupArgs) -> ExitCode {
     run_blocking("backup", move || {
-        let db = args.db.db()?;
-        if args.db.store == Some(crate::store::StoreKind::Redb) {
-            return crate::store::redb_backup(&db, &args.dest);
-        }
-        let meta = backup_with_progress(&db, &args.dest)?;
-        print(&meta.block())
+        let (db, backend) = args.db.store()?;
+        let bar = Progress::new("backup", true);
+        let r = backend.backup(&db, &args.dest, &|d, t| bar.update(d, t));
+        bar.finish();
+        print(&r?.block())
     })
     .await
 }
@@ -233,11 +229,10 @@ pub async fn backup_cmd(args: BackupArgs) -> ExitCode {
 pub async fn restore_cmd(args: RestoreArgs) -> ExitCode {
     run_blocking("restore", move || {
         let db = args.db.db()?;
-        if args.db.store == Some(crate::store::StoreKind::Redb) {
-            return crate::store::redb_restore(&args.src, &db, args.force);
-        }
+        // The backup's own engine decides (a missing or foreign file: the flag's).
+        let backend = crate::store::for_existing(&args.src, args.db.store);
         let bar = Progress::new("restore", true);
-        let r = ops::restore(&args.src, &db, args.force, &|d, t| bar.update(d, t));
+        let r = backend.restore(&args.src, &db, args.force, &|d, t| bar.update(d, t));
         bar.finish();
         print(&r?.block())
     })
@@ -270,83 +265,37 @@ pub fn prune_block(
     out
 }
 
-fn require_db(db: &Path) -> anyhow::Result<()> {
-    if !db.is_file() {
-        anyhow::bail!("trace database {} does not exist", db.display());
-    }
-    Ok(())
-}
-
-/// Apply a prune of the database at `db` and emit `trace.swept` through the trace writer.
-/// Returns the counts and the cutoff.
-///
-/// # Errors
-/// Missing or newer database, SQLite errors, or the sweep event not being stored.
-pub fn prune_apply(
-    db: &Path,
-    days: u32,
-    now: Timestamp,
-    opts: PruneOptions,
-    progress: &(dyn Fn(u64, u64) + Sync),
-) -> anyhow::Result<(PruneCounts, Timestamp)> {
-    require_db(db)?;
-    let cutoff = cutoff_us(now, days);
-    // Open the writer first: it refuses a newer file before anything is deleted.
-    let store = SqliteTraceStore::open(db, WriterOptions::default())
-        .with_context(|| format!("cannot open {}", db.display()))?;
-    let counts = ops::prune(db, cutoff, opts, progress)?;
-    let swept_at = SystemClock.now_us().max(now);
-    let payload = TraceSwept {
-        rows_deleted: counts.rows_deleted,
-        rows_audit_exempt: counts.rows_audit_exempt,
-        cutoff_timestamp: format_iso(cutoff),
-        oldest_kept_timestamp: counts.oldest_kept_us.map(format_iso),
-        dry_run: false,
-        swept_at: format_iso(swept_at),
-    };
-    let ids = UlidIds::default();
-    store.emit(make_event(
-        ids.ulid(),
-        swept_at,
-        SYSTEM_SESSION,
-        None,
-        None,
-        &payload,
-    ));
-    let stats = store.close();
-    if stats.written < 1 || stats.failed > 0 || stats.overflowed > 0 {
-        anyhow::bail!(
-            "{} rows were deleted but the trace.swept audit event could not be written",
-            counts.rows_deleted
-        );
-    }
-    Ok((counts, cutoff))
-}
-
 fn prune_cmd_body(args: PruneArgs) -> anyhow::Result<()> {
-    let db = args.db.db()?;
+    let (db, backend) = args.db.store()?;
     let now = SystemClock.now_us();
-    if args.db.store == Some(crate::store::StoreKind::Redb) {
-        return crate::store::redb_prune(&db, args.days, args.dry_run, now);
-    }
-    if args.dry_run {
-        require_db(&db)?;
-        let cutoff = cutoff_us(now, args.days);
-        let counts = ops::prune_dry_run(&db, cutoff)?;
-        return print(&prune_block(&db, args.days, cutoff, &counts, true));
-    }
-    let bar = Progress::new("prune", false);
-    let r = prune_apply(&db, args.days, now, PruneOptions::default(), &|d, t| {
-        bar.update(d, t);
-    });
-    bar.finish();
-    let (counts, cutoff) = r?;
-    print(&prune_block(&db, args.days, cutoff, &counts, false))
+    let report = if args.dry_run {
+        retention::prune_dry_run(backend.as_ref(), &db, args.days, now)?
+    } else {
+        let bar = Progress::new("prune", false);
+        let r = retention::prune(
+            backend.as_ref(),
+            &db,
+            args.days,
+            now,
+            (&SystemClock, &UlidIds::default()),
+            PruneOptions::default(),
+            &|d, t| bar.update(d, t),
+        );
+        bar.finish();
+        r?
+    };
+    print(&prune_block(
+        &db,
+        args.days,
+        report.cutoff,
+        &report.counts,
+        args.dry_run,
+    ))
 }
 
 /// The `trace status` block.
 #[must_use]
-pub fn status_block(s: &ops::StoreStatus) -> String {
+pub fn status_block(s: &StoreStatus) -> String {
     let iso = |t: Option<i64>| t.map_or_else(|| "\u{2014}".to_owned(), format_iso);
     let mut out = String::from("trace status\n");
     for (k, v) in [
@@ -412,41 +361,23 @@ pub fn migrate_block(
     out
 }
 
-/// The generic migrate flow: plan; on a dry run print it; otherwise (when there is anything
-/// to do) back the file up next to itself, then apply everything in one transaction.
+/// Run the migration of `target` (the use case: plan, safety copy, apply) and render its
+/// block for `metis <what> migrate`.
 ///
 /// # Errors
-/// The plan's, the backup's or the migration's error (no migration without a backup).
-pub fn migrate_flow(
-    what: &str,
-    path: &Path,
-    dry_run: bool,
-    now: Timestamp,
-    plan: impl Fn(&Path) -> Result<MigrationPlan, MaintenanceError>,
-    apply: impl Fn(&Path) -> Result<MigrationPlan, MaintenanceError>,
-) -> anyhow::Result<String> {
-    let planned = plan(path)?;
-    let backup_path = migration_backup_path(path, now);
-    if dry_run {
-        let b = (!planned.is_noop()).then_some(backup_path.as_path());
-        return Ok(migrate_block(what, &planned, true, b));
-    }
-    if planned.is_noop() {
-        return Ok(migrate_block(what, &planned, false, None));
-    }
-    backup_with_progress(path, &backup_path).with_context(|| {
-        format!("the backup before the {what} migration failed; nothing was migrated")
-    })?;
-    let applied = apply(path)?;
-    Ok(migrate_block(
-        what,
-        &MigrationPlan {
-            current: planned.current,
-            ..applied
-        },
-        false,
-        Some(&backup_path),
-    ))
+/// The plan's, the copy's or the migration's error (no migration without a copy).
+pub fn migrate_text(what: &str, target: &dyn Migratable, dry_run: bool) -> anyhow::Result<String> {
+    let bar = Progress::new("backup", true);
+    let r = migrate(target, dry_run, SystemClock.now_us(), &|d, t| {
+        bar.update(d, t);
+    });
+    bar.finish();
+    let MigrationOutcome {
+        plan,
+        backup,
+        dry_run,
+    } = r?;
+    Ok(migrate_block(what, &plan, dry_run, backup.as_deref()))
 }
 
 /// `metis trace …`
@@ -455,11 +386,8 @@ pub async fn trace_cmd(cmd: TraceCmd) -> ExitCode {
         TraceAction::Prune(args) => run_blocking("trace prune", move || prune_cmd_body(args)).await,
         TraceAction::Vacuum(args) => {
             run_blocking("trace vacuum", move || {
-                let db = args.db.db()?;
-                if args.db.store == Some(crate::store::StoreKind::Redb) {
-                    return crate::store::redb_vacuum(&db);
-                }
-                let r = ops::vacuum(&db)?;
+                let (db, backend) = args.db.store()?;
+                let r = backend.compact(&db)?;
                 print(&format!(
                     "trace vacuum complete\n  {:<17}{}\n  {:<17}{}\n",
                     "db_path:",
@@ -472,29 +400,19 @@ pub async fn trace_cmd(cmd: TraceCmd) -> ExitCode {
         }
         TraceAction::Status(args) => {
             run_blocking("trace status", move || {
-                let db = args.db.db()?;
-                if args.db.store == Some(crate::store::StoreKind::Redb) {
-                    return crate::store::redb_status(&db, SystemClock.now_us());
-                }
-                print(&status_block(&ops::status(&db, SystemClock.now_us())?))
+                let (db, backend) = args.db.store()?;
+                print(&status_block(&backend.status(&db, SystemClock.now_us())?))
             })
             .await
         }
         TraceAction::Migrate(args) => {
             run_blocking("trace migrate", move || {
-                let db = args.db.db()?;
-                if args.db.store == Some(crate::store::StoreKind::Redb) {
-                    return crate::store::redb_migrate(&db, args.dry_run);
-                }
-                let text = migrate_flow(
+                let (db, backend) = args.db.store()?;
+                print(&migrate_text(
                     "trace",
-                    &db,
+                    backend.migration(&db, Schema::Trace).as_ref(),
                     args.dry_run,
-                    SystemClock.now_us(),
-                    ops::plan_trace_migration,
-                    ops::apply_trace_migration,
-                )?;
-                print(&text)
+                )?)
             })
             .await
         }

@@ -11,6 +11,7 @@ pub mod limits;
 pub mod patterns;
 mod recorder;
 pub mod spend;
+pub mod storage;
 mod stream;
 mod wire;
 

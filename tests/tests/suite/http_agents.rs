@@ -2037,10 +2037,12 @@ async fn agent_session_headers_make_each_run_a_session() {
     );
 
     let events = stopped_events(&mut gw).await;
-    let sessions = metis_app::store::SessionsReader::open(&gw.db_path).unwrap();
+    let sessions = metis_app::store::for_existing(&gw.db_path, None)
+        .open_reader(&gw.db_path)
+        .unwrap();
     for (id, turns) in [(&claude, 2), (&codex, 2), (&explicit, 1)] {
         let s = sessions
-            .get(id)
+            .session(id)
             .unwrap()
             .unwrap_or_else(|| panic!("{id} stored"));
         assert_eq!(s.turn_count, turns, "{id}: {s:?}");
@@ -2051,8 +2053,8 @@ async fn agent_session_headers_make_each_run_a_session() {
             .count();
         assert_eq!(calls, turns as usize, "{id}");
     }
-    assert!(sessions.get(&overridden).unwrap().is_none());
-    let listed = metis_app::sessions_cli::list_text(&sessions.list(None, 100).unwrap());
+    assert!(sessions.session(&overridden).unwrap().is_none());
+    let listed = metis_app::sessions_cli::list_text(&sessions.sessions(None, 100).unwrap());
     assert!(
         listed.contains(&claude) && listed.contains(&codex),
         "{listed}"

@@ -1,0 +1,353 @@
+//! [`SqliteBackend`]: the storage port over SQLite files (`metis.db`, `patterns.db`), the
+//! one entry point the application uses; everything else in this crate is reached through it.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use gw_domain::audit::BrokenLink;
+use gw_domain::backup::{BackupMeta, RestoreSummary};
+use gw_domain::keys::KeyRecord;
+use gw_domain::patterns::{PatternCaps, PatternRecord};
+use gw_domain::sessions::SessionRecord;
+use gw_domain::time::Timestamp;
+use gw_ports::keys::{KeyStore, KeyStoreError};
+use gw_ports::patterns::{PatternError, PatternStats, PatternStore};
+use gw_ports::storage::{
+    CompactReport, MainStore, MainStoreOf, MaintenanceError, Migratable, MigrationPlan,
+    PatternDump, PatternFiles, PatternPlace, Progress, PruneCounts, PruneOptions, Schema,
+    ServeOptions, StorageBackend, StoreCounts, StoreImport, StoreReader, StoreStatus,
+    WriterLifecycle,
+};
+use gw_ports::trace::{EventRow, SinkStats, TraceError};
+
+use crate::patterns::{PatternLocation, SqlitePatternStore};
+use crate::transfer::{self, MainStoreImport};
+use crate::{SessionReader, SqliteKeyStore, SqliteTraceStore, TraceReader, WriterOptions, ops};
+
+/// The first 16 bytes of every SQLite database file.
+const MAGIC: &[u8; 16] = b"SQLite format 3\0";
+
+/// SQLite as the storage backend.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SqliteBackend;
+
+fn location(place: &PatternPlace) -> PatternLocation {
+    match place {
+        PatternPlace::InWorkspace => PatternLocation::InWorkspace,
+        PatternPlace::Dir(d) => PatternLocation::Dir(d.clone()),
+    }
+}
+
+fn read_err(e: impl std::fmt::Display) -> TraceError {
+    TraceError::Unavailable(e.to_string())
+}
+
+fn keys_or_none(store: &SqliteKeyStore) -> Result<Vec<KeyRecord>, KeyStoreError> {
+    match store.load_blocking() {
+        Err(KeyStoreError::NotFound { .. }) => Ok(Vec::new()),
+        other => other,
+    }
+}
+
+impl StorageBackend for SqliteBackend {
+    fn name(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn main_file(&self) -> &'static str {
+        "metis.db"
+    }
+
+    fn recognizes(&self, path: &Path) -> bool {
+        let mut head = [0u8; 16];
+        std::fs::File::open(path)
+            .and_then(|mut f| f.read_exact(&mut head))
+            .is_ok_and(|()| &head == MAGIC)
+    }
+
+    fn open_main(
+        &self,
+        path: &Path,
+        options: ServeOptions,
+    ) -> Result<Arc<dyn MainStore>, TraceError> {
+        let opts = WriterOptions {
+            hold_writer_lock: options.gateway,
+            commit_deadline: options.commit_deadline,
+            ..WriterOptions::default()
+        };
+        let trace = SqliteTraceStore::open(path, opts)?;
+        let sessions = Arc::new(trace.session_store()?);
+        Ok(Arc::new(MainStoreOf::new(trace, sessions)))
+    }
+
+    fn key_store(&self, path: &Path) -> Arc<dyn KeyStore> {
+        Arc::new(SqliteKeyStore::new(path))
+    }
+
+    fn pattern_store(&self, place: &PatternPlace, caps: PatternCaps) -> Arc<dyn PatternStore> {
+        Arc::new(SqlitePatternStore::new(location(place), caps))
+    }
+
+    fn pattern_files(&self, place: &PatternPlace) -> Box<dyn PatternFiles> {
+        Box::new(SqlitePatternFiles(SqlitePatternStore::new(
+            location(place),
+            PatternCaps::default(),
+        )))
+    }
+
+    fn open_reader(&self, path: &Path) -> Result<Box<dyn StoreReader>, TraceError> {
+        if !path.is_file() {
+            return Err(TraceError::Unavailable(format!(
+                "trace database {} does not exist",
+                path.display()
+            )));
+        }
+        Ok(Box::new(SqliteReader {
+            trace: TraceReader::open(path)?,
+            sessions: SessionReader::open(path).map_err(read_err)?,
+            keys: SqliteKeyStore::new(path),
+        }))
+    }
+
+    fn create_import(&self, path: &Path) -> Result<Box<dyn StoreImport>, TraceError> {
+        Ok(Box::new(SqliteImport {
+            conn: MainStoreImport::create(path)?,
+            keys: SqliteKeyStore::new(path),
+        }))
+    }
+
+    fn backup(
+        &self,
+        db: &Path,
+        dest: &Path,
+        progress: Progress<'_>,
+    ) -> Result<BackupMeta, MaintenanceError> {
+        ops::backup(db, dest, progress)
+    }
+
+    fn restore(
+        &self,
+        src: &Path,
+        db: &Path,
+        force: bool,
+        progress: Progress<'_>,
+    ) -> Result<RestoreSummary, MaintenanceError> {
+        ops::restore(src, db, force, progress)
+    }
+
+    fn status(&self, db: &Path, now: Timestamp) -> Result<StoreStatus, MaintenanceError> {
+        ops::status(db, now)
+    }
+
+    fn prune_dry_run(&self, db: &Path, cutoff: Timestamp) -> Result<PruneCounts, MaintenanceError> {
+        ops::prune_dry_run(db, cutoff)
+    }
+
+    fn prune(
+        &self,
+        db: &Path,
+        cutoff: Timestamp,
+        options: PruneOptions,
+        progress: Progress<'_>,
+    ) -> Result<PruneCounts, MaintenanceError> {
+        ops::prune(db, cutoff, options, progress)
+    }
+
+    fn compact(&self, db: &Path) -> Result<CompactReport, MaintenanceError> {
+        ops::vacuum(db)
+    }
+
+    fn migration(&self, db: &Path, schema: Schema) -> Box<dyn Migratable> {
+        let (plan, apply): (MigrationFn, MigrationFn) = match schema {
+            Schema::Trace => (ops::plan_trace_migration, ops::apply_trace_migration),
+            Schema::Sessions => (ops::plan_sessions_migration, ops::apply_sessions_migration),
+        };
+        Box::new(SqliteMigration {
+            path: db.to_path_buf(),
+            plan,
+            apply,
+        })
+    }
+}
+
+type MigrationFn = fn(&Path) -> Result<MigrationPlan, MaintenanceError>;
+
+/// A SQLite file with a versioned schema (the main store's trace or sessions tables, or a
+/// pattern store); its safety copy is an ordinary `VACUUM INTO` backup.
+struct SqliteMigration {
+    path: PathBuf,
+    plan: MigrationFn,
+    apply: MigrationFn,
+}
+
+impl Migratable for SqliteMigration {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn plan(&self) -> Result<MigrationPlan, MaintenanceError> {
+        (self.plan)(&self.path)
+    }
+
+    fn apply(&self) -> Result<MigrationPlan, MaintenanceError> {
+        (self.apply)(&self.path)
+    }
+
+    fn backup(&self, dest: &Path, progress: Progress<'_>) -> Result<(), MaintenanceError> {
+        ops::backup(&self.path, dest, progress).map(drop)
+    }
+}
+
+#[async_trait]
+impl WriterLifecycle for SqliteTraceStore {
+    async fn shutdown(&self) -> SinkStats {
+        SqliteTraceStore::shutdown(self).await
+    }
+
+    fn close(&self) -> SinkStats {
+        self.close_blocking()
+    }
+
+    fn file(&self) -> &Path {
+        self.path()
+    }
+}
+
+/// Read-only connections to an existing main store.
+struct SqliteReader {
+    trace: TraceReader,
+    sessions: SessionReader,
+    keys: SqliteKeyStore,
+}
+
+impl StoreReader for SqliteReader {
+    fn counts(&self) -> Result<StoreCounts, TraceError> {
+        Ok(StoreCounts {
+            events: self.trace.count_all()?,
+            sessions: self.sessions.count().map_err(read_err)?,
+            keys: keys_or_none(&self.keys).map_err(read_err)?.len() as u64,
+        })
+    }
+
+    fn events_page(&self, after: Option<&str>, limit: usize) -> Result<Vec<EventRow>, TraceError> {
+        transfer::events_page(&self.trace, after, limit)
+    }
+
+    fn events_of_type(&self, event_type: &str) -> Result<Vec<EventRow>, TraceError> {
+        let rows = self.trace.events_of_type(event_type)?;
+        Ok(rows.into_iter().map(EventRow::from).collect())
+    }
+
+    fn audit_events(
+        &self,
+        since_us: i64,
+        until_us: i64,
+        types: &[String],
+    ) -> Result<Vec<EventRow>, TraceError> {
+        let rows = self.trace.audit_events(since_us, until_us, types)?;
+        Ok(rows.into_iter().map(EventRow::from).collect())
+    }
+
+    fn verify_audit_chain(&self) -> Result<Result<u64, BrokenLink>, TraceError> {
+        self.trace.verify_audit_chain()
+    }
+
+    fn count_unchained_audit(&self) -> Result<u64, TraceError> {
+        self.trace.count_unchained_audit_events()
+    }
+
+    fn session(&self, id: &str) -> Result<Option<SessionRecord>, TraceError> {
+        self.sessions.get(id).map_err(read_err)
+    }
+
+    fn sessions(
+        &self,
+        workspace: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<SessionRecord>, TraceError> {
+        self.sessions.list(workspace, limit).map_err(read_err)
+    }
+
+    fn session_children(&self, parent: &str) -> Result<Vec<SessionRecord>, TraceError> {
+        self.sessions.children(parent).map_err(read_err)
+    }
+
+    fn keys(&self) -> Result<Vec<KeyRecord>, KeyStoreError> {
+        keys_or_none(&self.keys)
+    }
+}
+
+/// A new main store being filled by a copy.
+struct SqliteImport {
+    conn: MainStoreImport,
+    keys: SqliteKeyStore,
+}
+
+impl StoreImport for SqliteImport {
+    fn insert_events(&mut self, rows: &[EventRow]) -> Result<u64, TraceError> {
+        self.conn.insert_events(rows)
+    }
+
+    fn insert_sessions(&mut self, rows: &[SessionRecord]) -> Result<u64, TraceError> {
+        self.conn.insert_sessions(rows)
+    }
+
+    fn insert_keys(&mut self, keys: &[KeyRecord]) -> Result<u64, KeyStoreError> {
+        for k in keys {
+            self.keys.insert_blocking(k.clone())?;
+        }
+        Ok(keys.len() as u64)
+    }
+}
+
+/// The offline side of the SQLite pattern stores.
+struct SqlitePatternFiles(SqlitePatternStore);
+
+impl PatternFiles for SqlitePatternFiles {
+    fn path(&self, workspace: &str) -> PathBuf {
+        self.0.db_path(workspace)
+    }
+
+    fn stats(&self, workspace: &str) -> Result<Option<PatternStats>, PatternError> {
+        self.0.stats_blocking(workspace)
+    }
+
+    fn replace_all(
+        &self,
+        workspace: &str,
+        records: &[PatternRecord],
+        progress: Progress<'_>,
+    ) -> Result<u64, PatternError> {
+        self.0.replace_all_blocking(workspace, records, progress)
+    }
+
+    fn export(&self, workspace: &str) -> Result<PatternDump, PatternError> {
+        let (fingerprints, outcomes) = transfer::export_patterns(&self.0.db_path(workspace))?;
+        Ok(PatternDump {
+            fingerprints,
+            outcomes,
+        })
+    }
+
+    fn import(&self, workspace: &str, dump: &PatternDump) -> Result<(), PatternError> {
+        // Opening through the store creates (or migrates) the file with its schema and
+        // version; the rows then go in through a connection of their own.
+        self.0.replace_all_blocking(workspace, &[], &|_, _| {})?;
+        self.0.forget(workspace);
+        transfer::import_patterns(
+            &self.0.db_path(workspace),
+            &dump.fingerprints,
+            &dump.outcomes,
+        )
+    }
+
+    fn migration(&self, workspace: &str) -> Box<dyn Migratable> {
+        Box::new(SqliteMigration {
+            path: self.0.db_path(workspace),
+            plan: crate::patterns::plan_patterns_migration,
+            apply: crate::patterns::apply_patterns_migration,
+        })
+    }
+}
