@@ -336,8 +336,8 @@ pub struct StoreCounts {
     pub keys: u64,
 }
 
-/// A read-only view of an existing main store file. It MUST NOT create, stamp or modify the
-/// file, and MUST NOT block a gateway writing it.
+/// A read-only view of an existing main store file. It MUST NOT create, stamp or change the
+/// stored data, and MUST NOT block a gateway writing it.
 pub trait StoreReader: Send + Sync {
     /// Events, sessions and keys stored.
     ///

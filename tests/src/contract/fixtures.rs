@@ -168,6 +168,10 @@ impl Backend for SqliteBackend {
         self.dir.path().to_path_buf()
     }
 
+    fn storage(&self) -> Option<(Arc<dyn gw_ports::storage::StorageBackend>, PathBuf)> {
+        Some((Arc::new(gw_storage_sqlite::SqliteBackend), self.db()))
+    }
+
     fn crash_target(&self) -> Option<(&'static str, PathBuf)> {
         Some(("sqlite", self.db()))
     }
@@ -289,6 +293,10 @@ impl Backend for RedbBackend {
         self.dir.path().to_path_buf()
     }
 
+    fn storage(&self) -> Option<(Arc<dyn gw_ports::storage::StorageBackend>, PathBuf)> {
+        Some((Arc::new(gw_storage_redb::RedbBackend), self.db()))
+    }
+
     fn crash_target(&self) -> Option<(&'static str, PathBuf)> {
         Some(("redb", self.db()))
     }
@@ -395,6 +403,10 @@ impl Backend for FakeBackend {
 
     fn dir(&self) -> PathBuf {
         self.dir.path().to_path_buf()
+    }
+
+    fn storage(&self) -> Option<(Arc<dyn gw_ports::storage::StorageBackend>, PathBuf)> {
+        None
     }
 
     fn crash_target(&self) -> Option<(&'static str, PathBuf)> {

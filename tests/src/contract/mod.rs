@@ -13,6 +13,7 @@
 pub mod crash;
 pub mod fixtures;
 pub mod keys;
+pub mod maintenance;
 pub mod patterns;
 pub mod sessions;
 pub mod trace;
@@ -30,6 +31,7 @@ use gw_ports::trace::{EventSink, TraceError, TraceQuery};
 
 pub use crash::*;
 pub use keys::*;
+pub use maintenance::*;
 pub use patterns::*;
 pub use sessions::*;
 pub use trace::*;
@@ -112,6 +114,10 @@ pub trait Backend: Send + Sync {
 
     /// The data directory (temp dir) of this backend.
     fn dir(&self) -> PathBuf;
+
+    /// The backend as the storage port, and its main store file (`None` for the in-memory
+    /// fakes, which have no files to back up, restore or copy).
+    fn storage(&self) -> Option<(Arc<dyn gw_ports::storage::StorageBackend>, PathBuf)>;
 
     /// How to run the crash writer in a child process: `(backend name, store path)`, or
     /// `None` for a backend without a file (the fake simulates the crash in-process).

@@ -65,6 +65,22 @@ macro_rules! all_contracts {
     };
 }
 
+/// Clauses of the offline side of `StorageBackend` (files to back up, restore, prune, copy):
+/// the file backends only.
+macro_rules! file_contracts {
+    ($m:ident) => {
+        $m!(a_backend_recognizes_its_own_files_only);
+        $m!(backup_then_restore_gives_the_same_store);
+        $m!(status_counts_events_audit_events_and_sessions);
+        $m!(prune_deletes_old_non_audit_events_only);
+        $m!(compaction_keeps_every_row);
+        $m!(a_current_store_has_no_migration_steps);
+        $m!(maintenance_refuses_a_newer_store);
+        $m!(the_reader_pages_events_and_reads_sessions);
+        $m!(a_copy_keeps_every_row_and_the_audit_chain);
+    };
+}
+
 macro_rules! case {
     ($fixture:path, $t:ident) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -83,6 +99,7 @@ mod sqlite {
         };
     }
     all_contracts!(c);
+    file_contracts!(c);
 }
 
 mod redb {
@@ -92,6 +109,7 @@ mod redb {
         };
     }
     all_contracts!(c);
+    file_contracts!(c);
 }
 
 mod fake {
