@@ -255,6 +255,30 @@ impl KeyRecord {
     }
 }
 
+/// Validate a whole key set as a store holds it: every record valid, no two with the same
+/// `key_id`, no two with the same `secret_hash` (compared lowercase), so one token can never
+/// authenticate as two keys.
+///
+/// # Errors
+/// A message naming the first offending record.
+pub fn validate_key_set(records: &[KeyRecord]) -> Result<(), String> {
+    let mut ids = std::collections::HashSet::new();
+    let mut hashes: std::collections::HashMap<String, &str> = std::collections::HashMap::new();
+    for r in records {
+        r.validate()?;
+        if !ids.insert(r.key_id.as_str()) {
+            return Err(format!("duplicate key_id '{}'", r.key_id));
+        }
+        if let Some(first) = hashes.insert(r.secret_hash.to_ascii_lowercase(), &r.key_id) {
+            return Err(format!(
+                "key '{}' has the same secret_hash as key '{first}'",
+                r.key_id
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A USD cap must be a finite decimal number > 0.
 ///
 /// # Errors
