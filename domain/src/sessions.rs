@@ -229,6 +229,34 @@ pub struct SessionNode {
     pub subtree_sessions: u64,
 }
 
+/// Every descendant of `root`, read with `children` (a store's direct-children query):
+/// depth-first, at most `max` sessions; a session seen twice (a cycle) is not followed again.
+///
+/// # Errors
+/// The first error `children` returns.
+pub fn collect_descendants<E>(
+    root: &str,
+    max: usize,
+    mut children: impl FnMut(&str) -> Result<Vec<SessionRecord>, E>,
+) -> Result<Vec<SessionRecord>, E> {
+    let mut out: Vec<SessionRecord> = Vec::new();
+    let mut seen = HashSet::new();
+    seen.insert(root.to_owned());
+    let mut frontier = vec![root.to_owned()];
+    while let Some(id) = frontier.pop() {
+        for c in children(&id)? {
+            if out.len() >= max {
+                return Ok(out);
+            }
+            if seen.insert(c.id.clone()) {
+                frontier.push(c.id.clone());
+                out.push(c);
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Arrange `root` and its `descendants` (in any order) into a tree by `parent_session_id`.
 /// Children are ordered by creation time, then id. Descendants that are not reachable from
 /// `root` are ignored; a session reachable twice is placed once.

@@ -9,9 +9,11 @@
 //! - [`keys`]: the rules both key stores apply around their transactions, and the
 //!   `KeyStore` port over their `*_blocking` methods.
 //! - [`sessions`]: the `SessionStore` port of a store whose turns ride its trace writer.
+//! - [`trace`]: the `EventSink` port of a trace store over the shared writer.
 //!
-//! The two ports are written out by macros ([`key_store_on_blocking_pool!`],
-//! [`session_store_on_writer!`]) so the impls stay in the adapter crates.
+//! The ports are written out by macros ([`key_store_on_blocking_pool!`],
+//! [`session_store_on_writer!`], [`event_sink_on_writer!`]) that expand in the adapter
+//! crates, so this crate implements no port itself and each backend writes only what differs.
 
 use std::sync::Arc;
 
@@ -21,6 +23,7 @@ use tokio::sync::oneshot;
 
 pub mod keys;
 pub mod sessions;
+pub mod trace;
 
 #[doc(hidden)]
 pub use async_trait::async_trait as __async_trait;

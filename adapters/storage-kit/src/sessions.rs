@@ -23,8 +23,8 @@ pub async fn on_pool<T: Send + 'static>(
 /// writer. The type must have `writer(&self) -> &WriterHandle` and
 /// `reads(&self) -> Result<R, SessionError>`, the read handle taken on the caller's thread
 /// (`R: Send + 'static`), whose `get(&str)`, `list(Option<&str>, u32)` and `children(&str)`
-/// are the port's reads, blocking, with `SessionError`s. The impl is written into the
-/// calling adapter crate.
+/// are the port's reads, blocking, with `SessionError`s. The impl (and a `Debug` showing the
+/// counters) is written into the calling adapter crate.
 #[macro_export]
 macro_rules! session_store_on_writer {
     ($store:ty) => {
@@ -81,6 +81,14 @@ macro_rules! session_store_on_writer {
 
             fn stats(&self) -> $crate::__ports::sessions::SessionStats {
                 self.writer().session_stats()
+            }
+        }
+
+        impl ::std::fmt::Debug for $store {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                f.debug_struct(stringify!($store))
+                    .field("stats", &self.writer().session_stats())
+                    .finish_non_exhaustive()
             }
         }
     };

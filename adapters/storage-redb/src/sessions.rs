@@ -12,8 +12,8 @@
 
 use std::sync::Arc;
 
-use gw_domain::sessions::{SessionRecord, SessionTurn};
-use gw_ports::sessions::{SessionError, SessionStore};
+use gw_domain::sessions::{SessionRecord, SessionTurn, collect_descendants};
+use gw_ports::sessions::SessionError;
 use gw_ports::writer::WriterHandle;
 use redb::{Database, ReadableDatabase, ReadableTable, Table, WriteTransaction};
 
@@ -222,22 +222,7 @@ pub mod read {
     /// # Errors
     /// redb errors.
     pub fn descendants(db: &Database, root: &str, max: usize) -> Result<Vec<SessionRecord>> {
-        let mut out: Vec<SessionRecord> = Vec::new();
-        let mut seen = std::collections::HashSet::new();
-        seen.insert(root.to_owned());
-        let mut frontier = vec![root.to_owned()];
-        while let Some(id) = frontier.pop() {
-            for c in children(db, &id)? {
-                if out.len() >= max {
-                    return Ok(out);
-                }
-                if seen.insert(c.id.clone()) {
-                    frontier.push(c.id.clone());
-                    out.push(c);
-                }
-            }
-        }
-        Ok(out)
+        super::collect_descendants(root, max, |id| children(db, id))
     }
 
     /// Every session, in id order (for copies between backends).
@@ -271,14 +256,6 @@ pub mod read {
 #[derive(Clone)]
 pub struct RedbSessionStore {
     pub(crate) inner: Arc<Inner>,
-}
-
-impl std::fmt::Debug for RedbSessionStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedbSessionStore")
-            .field("stats", &self.stats())
-            .finish_non_exhaustive()
-    }
 }
 
 impl RedbSessionStore {

@@ -16,9 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use gw_domain::events::Event;
 use gw_ports::trace::{
-    EventRow, EventSink, KeySpend, SinkStats, TraceError, TraceQuery, UsageGroup, UsageRow,
+    EventRow, KeySpend, SinkStats, TraceError, TraceQuery, UsageGroup, UsageRow,
 };
 use gw_ports::writer::{WriterConfig, WriterHandle};
 use redb::Database;
@@ -91,15 +90,6 @@ pub struct RedbTraceStore {
     inner: Arc<Inner>,
 }
 
-impl std::fmt::Debug for RedbTraceStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedbTraceStore")
-            .field("path", &self.path())
-            .field("stats", &self.stats())
-            .finish_non_exhaustive()
-    }
-}
-
 impl RedbTraceStore {
     /// Open (creating when missing, with parent directories) the redb file at `path`, check
     /// and stamp its version, and start the writer thread. Blocking.
@@ -136,6 +126,11 @@ impl RedbTraceStore {
     #[must_use]
     pub fn path(&self) -> &Path {
         self.inner.writer.path()
+    }
+
+    /// The writer thread's handle (shared with this store's session stores).
+    fn writer(&self) -> &WriterHandle {
+        &self.inner.writer
     }
 
     /// The current database handle (for CLI reads and operations in this process).
@@ -182,38 +177,13 @@ impl RedbTraceStore {
     }
 }
 
-impl Drop for RedbTraceStore {
-    fn drop(&mut self) {
-        // Session stores share `inner`; the writer stops when the trace store goes.
-        self.inner.writer.shutdown_blocking();
-    }
-}
-
-#[async_trait]
-impl EventSink for RedbTraceStore {
-    fn emit(&self, event: Event) {
-        self.inner.writer.emit(event);
-    }
-
-    async fn flush(&self) -> Result<(), TraceError> {
-        gw_storage_kit::flush(&self.inner.writer)
-            .await
-            .map_err(TraceError::Unavailable)
-    }
-
-    fn stats(&self) -> SinkStats {
-        self.inner.writer.stats()
-    }
-
-    fn is_writable(&self) -> bool {
-        self.inner.writer.is_writable()
-    }
-
-    fn wal_bytes(&self) -> u64 {
+gw_storage_kit::event_sink_on_writer!(
+    RedbTraceStore,
+    wal_bytes = |_| {
         // redb has no separate log file: commits go to the main file.
         0
     }
-}
+);
 
 #[async_trait]
 impl TraceQuery for RedbTraceStore {

@@ -19,8 +19,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use gw_domain::sessions::{SessionId, SessionRecord, SessionTurn};
-use gw_ports::sessions::{SessionError, SessionStore};
+use gw_domain::sessions::{SessionId, SessionRecord, SessionTurn, collect_descendants};
+use gw_ports::sessions::SessionError;
 use gw_ports::writer::WriterHandle;
 use rusqlite::{CachedStatement, Connection, ErrorCode, Row, params};
 
@@ -363,22 +363,7 @@ impl SessionReader {
     /// # Errors
     /// `Backend` on an SQLite error.
     pub fn descendants(&self, root: &str, max: usize) -> Result<Vec<SessionRecord>, SessionError> {
-        let mut out: Vec<SessionRecord> = Vec::new();
-        let mut seen = std::collections::HashSet::new();
-        seen.insert(root.to_owned());
-        let mut frontier = vec![root.to_owned()];
-        while let Some(id) = frontier.pop() {
-            for c in self.children(&id)? {
-                if out.len() >= max {
-                    return Ok(out);
-                }
-                if seen.insert(c.id.clone()) {
-                    frontier.push(c.id.clone());
-                    out.push(c);
-                }
-            }
-        }
-        Ok(out)
+        collect_descendants(root, max, |id| self.children(id))
     }
 
     /// Number of sessions (0 when the table does not exist).
@@ -410,14 +395,6 @@ impl SessionReader {
 pub struct SqliteSessionStore {
     pub(crate) inner: Arc<Inner>,
     pub(crate) reader: Arc<SessionReader>,
-}
-
-impl std::fmt::Debug for SqliteSessionStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteSessionStore")
-            .field("stats", &self.stats())
-            .finish_non_exhaustive()
-    }
 }
 
 impl SqliteSessionStore {

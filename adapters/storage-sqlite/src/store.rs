@@ -13,9 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use gw_domain::events::Event;
 use gw_ports::trace::{
-    EventRow, EventSink, KeySpend, SinkStats, TraceError, TraceQuery, UsageGroup, UsageRow,
+    EventRow, KeySpend, SinkStats, TraceError, TraceQuery, UsageGroup, UsageRow,
 };
 use gw_ports::writer::{WriterConfig, WriterHandle};
 
@@ -101,15 +100,6 @@ pub struct SqliteTraceStore {
     reader: Arc<TraceReader>,
 }
 
-impl std::fmt::Debug for SqliteTraceStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteTraceStore")
-            .field("path", &self.path())
-            .field("stats", &self.stats())
-            .finish_non_exhaustive()
-    }
-}
-
 /// Create the parent directories of the trace database at `path` (none for a bare name).
 pub(crate) fn create_parent_dir(path: &Path) -> Result<(), TraceError> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -179,6 +169,11 @@ impl SqliteTraceStore {
         self.inner.writer.path()
     }
 
+    /// The writer thread's handle (shared with this store's session stores).
+    fn writer(&self) -> &WriterHandle {
+        &self.inner.writer
+    }
+
     /// Stop accepting events, drain the queue, commit and join the writer thread. Later
     /// `emit`s are counted as failed. Idempotent. Returns the final counters.
     pub async fn shutdown(&self) -> SinkStats {
@@ -237,39 +232,15 @@ impl SqliteTraceStore {
     }
 }
 
-impl Drop for SqliteTraceStore {
-    fn drop(&mut self) {
-        // Session stores share `inner`; the writer stops when the trace store goes.
-        self.inner.writer.shutdown_blocking();
-    }
-}
-
-#[async_trait]
-impl EventSink for SqliteTraceStore {
-    fn emit(&self, event: Event) {
-        self.inner.writer.emit(event);
-    }
-
-    async fn flush(&self) -> Result<(), TraceError> {
-        gw_storage_kit::flush(&self.inner.writer)
-            .await
-            .map_err(TraceError::Unavailable)
-    }
-
-    fn stats(&self) -> SinkStats {
-        self.inner.writer.stats()
-    }
-
-    fn is_writable(&self) -> bool {
-        self.inner.writer.is_writable()
-    }
-
-    fn wal_bytes(&self) -> u64 {
-        let mut wal = self.path().as_os_str().to_owned();
+gw_storage_kit::event_sink_on_writer!(
+    SqliteTraceStore,
+    wal_bytes = |s| {
+        // SQLite's write-ahead log beside the database (`<db>-wal`).
+        let mut wal = s.path().as_os_str().to_owned();
         wal.push("-wal");
         std::fs::metadata(wal).map_or(0, |m| m.len())
     }
-}
+);
 
 impl SqliteTraceStore {
     /// Run a read on the blocking pool with the store's reader.
