@@ -802,4 +802,25 @@ mod tests {
         let back = serde_json::to_string(&k).unwrap_or_default();
         assert!(back.contains("\"x_custom\":42"));
     }
+
+    /// A set is refused for a duplicate id, a hash shared by two keys (whatever its case) or
+    /// an invalid record; the message names the key.
+    #[test]
+    fn a_key_set_needs_unique_ids_and_hashes() {
+        let a = keyed("gk_a", 1, "2026-01-01T00:00:00Z");
+        let b = keyed("gk_b", 2, "2026-01-01T00:00:00Z");
+        assert_eq!(validate_key_set(&[a.clone(), b.clone()]), Ok(()));
+        let e = validate_key_set(&[a.clone(), a.clone()]).unwrap_err();
+        assert_eq!(e, "duplicate key_id 'gk_a'");
+        let mut upper = keyed("gk_c", 1, "2026-01-01T00:00:00Z");
+        upper.secret_hash.make_ascii_uppercase();
+        let e = validate_key_set(&[a.clone(), upper]).unwrap_err();
+        assert!(
+            e.contains("'gk_c' has the same secret_hash as key 'gk_a'"),
+            "{e}"
+        );
+        let mut bad = b;
+        bad.workspace_path.clear();
+        assert!(validate_key_set(&[a, bad]).unwrap_err().contains("gk_b"));
+    }
 }

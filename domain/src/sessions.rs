@@ -375,4 +375,26 @@ mod tests {
         assert_eq!(order, ["a", "b"]);
         assert_eq!(tree.children[0].children[0].session.id, "a1");
     }
+
+    /// Depth-first over `children`, a cycle is not followed twice, `max` caps the walk, and
+    /// an error from `children` ends it.
+    #[test]
+    fn descendants_are_collected_once_and_capped() {
+        // r -> a -> b -> r (a cycle back to the root), r -> c.
+        let kids = |id: &str| -> Result<Vec<SessionRecord>, String> {
+            Ok(match id {
+                "r" => vec![rec("a", Some("r"), 0.0, 1), rec("c", Some("r"), 0.0, 2)],
+                "a" => vec![rec("b", Some("a"), 0.0, 3)],
+                "b" => vec![rec("r", Some("b"), 0.0, 4)],
+                _ => Vec::new(),
+            })
+        };
+        let all = collect_descendants("r", 10, kids).unwrap();
+        let mut ids: Vec<&str> = all.iter().map(|s| s.id.as_str()).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, ["a", "b", "c"]);
+        assert_eq!(collect_descendants("r", 2, kids).unwrap().len(), 2);
+        let failing = |_: &str| -> Result<Vec<SessionRecord>, String> { Err("disk".into()) };
+        assert_eq!(collect_descendants("r", 10, failing), Err("disk".into()));
+    }
 }

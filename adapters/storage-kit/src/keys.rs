@@ -139,3 +139,89 @@ macro_rules! key_store_on_blocking_pool {
         }
     };
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gw_domain::keys::hash_token;
+
+    fn key(id: &str, token: &str) -> KeyRecord {
+        serde_json::from_value(serde_json::json!({
+            "key_id": id,
+            "secret_hash": hash_token(token),
+            "workspace_path": "/w",
+        }))
+        .unwrap_or_else(|e| unreachable!("a valid record: {e}"))
+    }
+
+    /// An edit that changes nothing writes nothing; a change comes back lowercased and
+    /// checked; a refused or invalid edit is an error naming why.
+    #[test]
+    fn an_edit_is_applied_checked_or_refused() {
+        let before = vec![key("gk_a", "gw_a")];
+        let same = apply_edit(&before, Box::new(|_| Ok(())), "store:x");
+        assert!(matches!(same, Ok(Edited::Unchanged(r)) if r == before));
+        let added = apply_edit(
+            &before,
+            Box::new(|ks| {
+                let mut k = key("gk_b", "gw_b");
+                k.secret_hash.make_ascii_uppercase();
+                ks.push(k);
+                Ok(())
+            }),
+            "store:x",
+        );
+        let Ok(Edited::Changed(after)) = added else {
+            unreachable!("{added:?}")
+        };
+        assert_eq!(after[1].secret_hash, hash_token("gw_b"));
+        let refused = apply_edit(&before, Box::new(|_| Err("revoked".into())), "store:x");
+        assert!(
+            matches!(refused, Err(KeyStoreError::Rejected { message }) if message == "revoked")
+        );
+        let dup = apply_edit(
+            &before,
+            Box::new(|ks| {
+                ks.push(key("gk_a", "gw_other"));
+                Ok(())
+            }),
+            "store:x",
+        );
+        assert!(
+            matches!(&dup, Err(KeyStoreError::Corrupt { location, message })
+                if location == "store:x" && message.contains("duplicate key_id 'gk_a'")),
+            "{dup:?}"
+        );
+    }
+
+    #[test]
+    fn a_record_to_insert_is_lowercased_and_checked() {
+        let mut k = key("gk_a", "gw_a");
+        k.secret_hash.make_ascii_uppercase();
+        let stored = record_to_insert(k, "store:x").map(|r| r.secret_hash);
+        assert_eq!(stored.ok(), Some(hash_token("gw_a")));
+        let mut bad = key("gk_a", "gw_a");
+        bad.workspace_path.clear();
+        assert!(matches!(
+            record_to_insert(bad, "store:x"),
+            Err(KeyStoreError::Corrupt { .. })
+        ));
+    }
+
+    /// A file without write bits is read-only (named with its mode); a writable or missing
+    /// one is not.
+    #[test]
+    fn a_file_without_write_bits_is_read_only() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| unreachable!("{e}"));
+        let path = dir.path().join("metis.db");
+        assert_eq!(read_only_file(&path), None);
+        std::fs::write(&path, b"x").unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!(read_only_file(&path), None);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444))
+            .unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!(
+            read_only_file(&path).as_deref(),
+            Some("the database file is read-only (mode 444)")
+        );
+    }
+}

@@ -1,5 +1,6 @@
 use super::*;
 use crate::queue::bounded;
+use crate::sessions::SessionError;
 use gw_domain::events::{Actor, Sensitivity};
 use std::sync::Mutex;
 use std::sync::mpsc;
@@ -283,4 +284,156 @@ fn insert_events_links_audit_rows_and_counts_refusals() {
     let seqs: Vec<_> = rows.stored.iter().map(|r| (r.0.as_str(), r.2)).collect();
     assert_eq!(seqs, [("A", Some(1)), ("B", Some(2))]);
     assert!(rows.stored[1].1.contains("\"audit_seq\":2"));
+}
+
+/// A store whose first write waits for the test to open the gate, so the queue in front of
+/// it stays full for as long as the test needs.
+struct GatedStore {
+    gate: Option<mpsc::Receiver<()>>,
+    written: Arc<Mutex<Vec<String>>>,
+}
+
+impl BatchStore for GatedStore {
+    type Error = String;
+
+    fn name(&self) -> &'static str {
+        "gated"
+    }
+
+    fn write_batch(
+        &mut self,
+        events: &[Event],
+        turns: &[SessionTurn],
+    ) -> Result<BatchOutcome, String> {
+        if let Some(gate) = self.gate.take() {
+            // A dropped sender opens the gate too.
+            let _ = gate.recv();
+        }
+        let mut w = self
+            .written
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        w.extend(events.iter().map(|e| e.id.clone()));
+        Ok(BatchOutcome {
+            sessions_applied: turns.len() as u64,
+            ..BatchOutcome::default()
+        })
+    }
+
+    fn probe(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+fn plain_event(i: u32) -> Event {
+    match event(i) {
+        Msg::Event(e) => e,
+        _ => unreachable!("an event"),
+    }
+}
+
+fn turn(id: &str) -> SessionTurn {
+    SessionTurn {
+        session_id: gw_domain::sessions::SessionId::parse(id)
+            .unwrap_or_else(|e| unreachable!("a valid session id: {e}")),
+        workspace_path: "/w".into(),
+        active_model: None,
+        cost_usd: 0.0,
+        at_us: 1,
+        parent_session_id: None,
+        parent_tool_use_id: None,
+        is_worker: false,
+    }
+}
+
+fn flush_now(handle: &WriterHandle) -> Result<(), String> {
+    let (tx, rx) = mpsc::channel();
+    handle.send_flush(move |r| {
+        let _ = tx.send(r);
+    })?;
+    rx.recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|_| Err("no flush answer".into()))
+}
+
+/// With the writer stuck on a slow commit, a full queue is counted (events in `overflowed`,
+/// turns in `sessions_failed` with `Overflow`) instead of blocking the caller; every event is
+/// counted once, and what was accepted is written once the commit goes through.
+#[test]
+fn the_handle_counts_overflow_instead_of_blocking_and_writes_what_it_accepted() {
+    let (open, gate) = mpsc::channel();
+    let written = Arc::new(Mutex::new(Vec::new()));
+    let store = GatedStore {
+        gate: Some(gate),
+        written: Arc::clone(&written),
+    };
+    let handle = WriterHandle::start(
+        store,
+        std::path::Path::new("test.db"),
+        1,
+        // One row per batch: the blocked commit holds exactly one event.
+        cfg(Duration::ZERO, 1),
+        "test-writer",
+    );
+    let Ok(handle) = handle else {
+        unreachable!("the thread starts")
+    };
+    // The writer takes at most one event into its blocked commit and the queue holds one
+    // more, so at least one of three overflows, whatever the timing.
+    for i in 0..3 {
+        handle.emit(plain_event(i));
+    }
+    let turn_result = handle.record_turn(turn("s1"));
+    let stats = handle.stats();
+    assert_eq!(stats.accepted + stats.overflowed, 3, "{stats:?}");
+    assert!(stats.overflowed >= 1, "{stats:?}");
+    assert!(
+        matches!(turn_result, Err(SessionError::Overflow)),
+        "{turn_result:?}"
+    );
+    assert_eq!(handle.session_stats().failed, 1);
+    drop(open);
+    assert_eq!(flush_now(&handle), Ok(()));
+    let stats = handle.stats();
+    assert_eq!((stats.written, stats.queued), (stats.accepted, 0));
+    let n = written
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .len() as u64;
+    assert_eq!(n, stats.accepted);
+    assert!(handle.is_writable());
+}
+
+/// After shutdown nothing is queued: events count as failed, turns and flushes are refused
+/// as closed; a second shutdown returns the same counters.
+#[test]
+fn after_shutdown_the_handle_refuses_and_counts_everything() {
+    let store = GatedStore {
+        gate: None,
+        written: Arc::default(),
+    };
+    let handle = WriterHandle::start(
+        store,
+        std::path::Path::new("test.db"),
+        8,
+        cfg(Duration::ZERO, 16),
+        "test-writer",
+    );
+    let Ok(handle) = handle else {
+        unreachable!("the thread starts")
+    };
+    handle.emit(plain_event(1));
+    assert!(handle.record_turn(turn("s1")).is_ok());
+    let first = handle.shutdown_blocking();
+    assert_eq!((first.accepted, first.written, first.queued), (1, 1, 0));
+    assert_eq!(handle.session_stats().recorded, 1);
+    handle.emit(plain_event(2));
+    let refused = handle.record_turn(turn("s2"));
+    assert!(
+        matches!(&refused, Err(SessionError::Unavailable(m)) if m == CLOSED),
+        "{refused:?}"
+    );
+    assert_eq!(flush_now(&handle), Err(CLOSED.to_owned()));
+    let second = handle.shutdown_blocking();
+    assert_eq!((second.accepted, second.failed), (1, 1));
+    assert_eq!(handle.session_stats().failed, 1);
 }
