@@ -255,6 +255,30 @@ impl KeyRecord {
     }
 }
 
+/// Validate a whole key set as a store holds it: every record valid, no two with the same
+/// `key_id`, no two with the same `secret_hash` (compared lowercase), so one token can never
+/// authenticate as two keys.
+///
+/// # Errors
+/// A message naming the first offending record.
+pub fn validate_key_set(records: &[KeyRecord]) -> Result<(), String> {
+    let mut ids = std::collections::HashSet::new();
+    let mut hashes: std::collections::HashMap<String, &str> = std::collections::HashMap::new();
+    for r in records {
+        r.validate()?;
+        if !ids.insert(r.key_id.as_str()) {
+            return Err(format!("duplicate key_id '{}'", r.key_id));
+        }
+        if let Some(first) = hashes.insert(r.secret_hash.to_ascii_lowercase(), &r.key_id) {
+            return Err(format!(
+                "key '{}' has the same secret_hash as key '{first}'",
+                r.key_id
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A USD cap must be a finite decimal number > 0.
 ///
 /// # Errors
@@ -777,5 +801,26 @@ mod tests {
         let k: KeyRecord = serde_json::from_str(raw).unwrap_or_else(|_| key());
         let back = serde_json::to_string(&k).unwrap_or_default();
         assert!(back.contains("\"x_custom\":42"));
+    }
+
+    /// A set is refused for a duplicate id, a hash shared by two keys (whatever its case) or
+    /// an invalid record; the message names the key.
+    #[test]
+    fn a_key_set_needs_unique_ids_and_hashes() {
+        let a = keyed("gk_a", 1, "2026-01-01T00:00:00Z");
+        let b = keyed("gk_b", 2, "2026-01-01T00:00:00Z");
+        assert_eq!(validate_key_set(&[a.clone(), b.clone()]), Ok(()));
+        let e = validate_key_set(&[a.clone(), a.clone()]).unwrap_err();
+        assert_eq!(e, "duplicate key_id 'gk_a'");
+        let mut upper = keyed("gk_c", 1, "2026-01-01T00:00:00Z");
+        upper.secret_hash.make_ascii_uppercase();
+        let e = validate_key_set(&[a.clone(), upper]).unwrap_err();
+        assert!(
+            e.contains("'gk_c' has the same secret_hash as key 'gk_a'"),
+            "{e}"
+        );
+        let mut bad = b;
+        bad.workspace_path.clear();
+        assert!(validate_key_set(&[a, bad]).unwrap_err().contains("gk_b"));
     }
 }

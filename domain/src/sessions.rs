@@ -229,6 +229,34 @@ pub struct SessionNode {
     pub subtree_sessions: u64,
 }
 
+/// Every descendant of `root`, read with `children` (a store's direct-children query):
+/// depth-first, at most `max` sessions; a session seen twice (a cycle) is not followed again.
+///
+/// # Errors
+/// The first error `children` returns.
+pub fn collect_descendants<E>(
+    root: &str,
+    max: usize,
+    mut children: impl FnMut(&str) -> Result<Vec<SessionRecord>, E>,
+) -> Result<Vec<SessionRecord>, E> {
+    let mut out: Vec<SessionRecord> = Vec::new();
+    let mut seen = HashSet::new();
+    seen.insert(root.to_owned());
+    let mut frontier = vec![root.to_owned()];
+    while let Some(id) = frontier.pop() {
+        for c in children(&id)? {
+            if out.len() >= max {
+                return Ok(out);
+            }
+            if seen.insert(c.id.clone()) {
+                frontier.push(c.id.clone());
+                out.push(c);
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Arrange `root` and its `descendants` (in any order) into a tree by `parent_session_id`.
 /// Children are ordered by creation time, then id. Descendants that are not reachable from
 /// `root` are ignored; a session reachable twice is placed once.
@@ -346,5 +374,27 @@ mod tests {
             .collect();
         assert_eq!(order, ["a", "b"]);
         assert_eq!(tree.children[0].children[0].session.id, "a1");
+    }
+
+    /// Depth-first over `children`, a cycle is not followed twice, `max` caps the walk, and
+    /// an error from `children` ends it.
+    #[test]
+    fn descendants_are_collected_once_and_capped() {
+        // r -> a -> b -> r (a cycle back to the root), r -> c.
+        let kids = |id: &str| -> Result<Vec<SessionRecord>, String> {
+            Ok(match id {
+                "r" => vec![rec("a", Some("r"), 0.0, 1), rec("c", Some("r"), 0.0, 2)],
+                "a" => vec![rec("b", Some("a"), 0.0, 3)],
+                "b" => vec![rec("r", Some("b"), 0.0, 4)],
+                _ => Vec::new(),
+            })
+        };
+        let all = collect_descendants("r", 10, kids).unwrap();
+        let mut ids: Vec<&str> = all.iter().map(|s| s.id.as_str()).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, ["a", "b", "c"]);
+        assert_eq!(collect_descendants("r", 2, kids).unwrap().len(), 2);
+        let failing = |_: &str| -> Result<Vec<SessionRecord>, String> { Err("disk".into()) };
+        assert_eq!(collect_descendants("r", 10, failing), Err("disk".into()));
     }
 }

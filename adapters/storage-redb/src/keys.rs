@@ -13,19 +13,17 @@
 //!   file is told apart).
 //! - Reads never create the file.
 
-use std::collections::{HashMap, HashSet};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use async_trait::async_trait;
-use gw_domain::keys::KeyRecord;
-use gw_ports::keys::{KeyEdit, KeyStore, KeyStoreError};
+use gw_domain::keys::{KeyRecord, validate_key_set};
+use gw_ports::keys::{KeyEdit, KeyStoreError};
+use gw_storage_kit::keys::{Edited, apply_edit, read_only_file, record_to_insert};
 use redb::{Database, ReadableDatabase, ReadableTable, WriteTransaction};
 
 use crate::db::{
-    KEYS, META, META_KEYS_GENERATION, META_STORE_ID, Sharing, StoreError, blocking,
-    describe_open_error, open_shared, random_id,
+    KEYS, META, META_KEYS_GENERATION, META_STORE_ID, Sharing, StoreError, describe_open_error,
+    open_shared, random_id,
 };
 
 /// Gateway keys in the redb file at a path. Cheap to clone.
@@ -33,24 +31,6 @@ use crate::db::{
 pub struct RedbKeyStore {
     path: PathBuf,
     sharing: Sharing,
-}
-
-fn validate_set(records: &[KeyRecord]) -> Result<(), String> {
-    let mut ids = HashSet::new();
-    let mut hashes: HashMap<String, &str> = HashMap::new();
-    for r in records {
-        r.validate()?;
-        if !ids.insert(r.key_id.as_str()) {
-            return Err(format!("duplicate key_id '{}'", r.key_id));
-        }
-        if let Some(first) = hashes.insert(r.secret_hash.to_ascii_lowercase(), &r.key_id) {
-            return Err(format!(
-                "key '{}' has the same secret_hash as key '{first}'",
-                r.key_id
-            ));
-        }
-    }
-    Ok(())
 }
 
 impl RedbKeyStore {
@@ -117,15 +97,10 @@ impl RedbKeyStore {
     }
 
     fn writable(&self) -> Result<Arc<Database>, KeyStoreError> {
-        if let Ok(m) = std::fs::metadata(&self.path)
-            && m.permissions().mode() & 0o222 == 0
-        {
+        if let Some(why) = read_only_file(&self.path) {
             return Err(KeyStoreError::ReadOnly {
                 location: self.location(),
-                message: format!(
-                    "the database file is read-only (mode {:o}); make it writable or manage keys where it is",
-                    m.permissions().mode() & 0o7777
-                ),
+                message: format!("{why}; make it writable or manage keys where it is"),
             });
         }
         open_shared(&self.path, self.sharing, true).map_err(|e| match e {
@@ -168,7 +143,7 @@ impl RedbKeyStore {
                 .map_err(|e| self.corrupt(format!("{label}: {e}")))?;
             out.push(record);
         }
-        validate_set(&out).map_err(|m| self.corrupt(m))?;
+        validate_key_set(&out).map_err(|m| self.corrupt(m))?;
         Ok(Some(out))
     }
 
@@ -206,7 +181,7 @@ impl RedbKeyStore {
         Ok(())
     }
 
-    /// Blocking form of [`KeyStore::load`].
+    /// Blocking form of [`KeyStore::load`](gw_ports::keys::KeyStore::load).
     ///
     /// # Errors
     /// As the port.
@@ -225,15 +200,12 @@ impl RedbKeyStore {
         self.read_all(&meta, &keys)?.ok_or_else(|| self.not_found())
     }
 
-    /// Blocking form of [`KeyStore::insert`].
+    /// Blocking form of [`KeyStore::insert`](gw_ports::keys::KeyStore::insert).
     ///
     /// # Errors
     /// As the port (`Corrupt` for an invalid record).
-    pub fn insert_blocking(&self, mut record: KeyRecord) -> Result<(), KeyStoreError> {
-        record.secret_hash.make_ascii_lowercase();
-        record
-            .validate()
-            .map_err(|m| self.corrupt(format!("refusing to store an invalid key record: {m}")))?;
+    pub fn insert_blocking(&self, record: KeyRecord) -> Result<(), KeyStoreError> {
+        let record = record_to_insert(record, &self.location())?;
         let db = self.writable()?;
         let op = "cannot store the key";
         let tx = db.begin_write().map_err(|e| self.err(op, &e.into()))?;
@@ -259,7 +231,7 @@ impl RedbKeyStore {
         Ok(())
     }
 
-    /// Blocking form of [`KeyStore::update`].
+    /// Blocking form of [`KeyStore::update`](gw_ports::keys::KeyStore::update).
     ///
     /// # Errors
     /// As the port; nothing is written on any error.
@@ -278,23 +250,17 @@ impl RedbKeyStore {
         let Some(before) = before else {
             return Err(self.not_found());
         };
-        let mut records = before.clone();
-        edit(&mut records).map_err(|message| KeyStoreError::Rejected { message })?;
-        if records == before {
-            return Ok(records);
-        }
-        for r in &mut records {
-            r.secret_hash.make_ascii_lowercase();
-        }
-        validate_set(&records)
-            .map_err(|m| self.corrupt(format!("refusing to store an invalid key set: {m}")))?;
+        let records = match apply_edit(&before, edit, &self.location())? {
+            Edited::Unchanged(records) => return Ok(records),
+            Edited::Changed(records) => records,
+        };
         self.write_all(&tx, &records)?;
         tx.commit().map_err(|e| self.err(op, &e.into()))?;
         tracing::info!(keystore = %self.location(), keys = records.len(), "keystore updated");
         Ok(records)
     }
 
-    /// Blocking form of [`KeyStore::version`].
+    /// Blocking form of [`KeyStore::version`](gw_ports::keys::KeyStore::version).
     #[must_use]
     pub fn version_blocking(&self) -> Option<String> {
         let db = self.existing().ok()??;
@@ -311,45 +277,7 @@ impl RedbKeyStore {
     }
 }
 
-fn join_failed(location: String, e: &str) -> KeyStoreError {
-    KeyStoreError::Io {
-        location,
-        message: format!("keystore task failed: {e}"),
-    }
-}
-
-#[async_trait]
-impl KeyStore for RedbKeyStore {
-    fn describe(&self) -> String {
-        self.location()
-    }
-
-    async fn load(&self) -> Result<Vec<KeyRecord>, KeyStoreError> {
-        let s = self.clone();
-        blocking(move || s.load_blocking())
-            .await
-            .unwrap_or_else(|e| Err(join_failed(self.location(), &e)))
-    }
-
-    async fn insert(&self, record: KeyRecord) -> Result<(), KeyStoreError> {
-        let s = self.clone();
-        blocking(move || s.insert_blocking(record))
-            .await
-            .unwrap_or_else(|e| Err(join_failed(self.location(), &e)))
-    }
-
-    async fn update(&self, edit: KeyEdit) -> Result<Vec<KeyRecord>, KeyStoreError> {
-        let s = self.clone();
-        blocking(move || s.update_blocking(edit))
-            .await
-            .unwrap_or_else(|e| Err(join_failed(self.location(), &e)))
-    }
-
-    async fn version(&self) -> Option<String> {
-        let s = self.clone();
-        blocking(move || s.version_blocking()).await.ok().flatten()
-    }
-}
+gw_storage_kit::key_store_on_blocking_pool!(RedbKeyStore);
 
 /// Overwrite the first stored key record with `json` as is (tests: a damaged key store).
 /// The file must not be open in another process.

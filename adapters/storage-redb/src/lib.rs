@@ -14,7 +14,7 @@
 //! - Every write and its secondary index entries happen in one redb write transaction; the
 //!   request path never waits on disk (events and session turns go through a batching writer
 //!   thread); all blocking work runs off the async runtime.
-//! - Depends only on `gw-ports` and `gw-domain` (plus redb and serde).
+//! - Depends only on `gw-ports`, `gw-domain` and `gw-storage-kit` (plus redb and serde).
 
 mod backend;
 mod db;

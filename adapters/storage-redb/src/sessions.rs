@@ -11,20 +11,17 @@
 //! - `record_turn` only queues onto the trace writer; reads run on tokio's blocking pool.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::sync::mpsc::TrySendError;
 
-use async_trait::async_trait;
-use gw_domain::sessions::{SessionId, SessionRecord, SessionTurn};
-use gw_ports::sessions::{SessionError, SessionStats, SessionStore};
+use gw_domain::sessions::{SessionRecord, SessionTurn, collect_descendants};
+use gw_ports::sessions::SessionError;
+use gw_ports::writer::WriterHandle;
 use redb::{Database, ReadableDatabase, ReadableTable, Table, WriteTransaction};
-use tokio::sync::oneshot;
 
 use crate::db::{
-    Result, SESSIONS, SESSIONS_BY_PARENT, SESSIONS_BY_UPDATED, SessionTuple, SessionValue, blocking,
+    Result, SESSIONS, SESSIONS_BY_PARENT, SESSIONS_BY_UPDATED, SessionTuple, SessionValue,
+    StoreError,
 };
 use crate::trace::Inner;
-use crate::writer::Msg;
 
 fn to_record(id: &str, v: SessionTuple<'_>) -> SessionRecord {
     let (ws, model, cost, turns, created, updated, parent, tool, worker) = v;
@@ -225,22 +222,7 @@ pub mod read {
     /// # Errors
     /// redb errors.
     pub fn descendants(db: &Database, root: &str, max: usize) -> Result<Vec<SessionRecord>> {
-        let mut out: Vec<SessionRecord> = Vec::new();
-        let mut seen = std::collections::HashSet::new();
-        seen.insert(root.to_owned());
-        let mut frontier = vec![root.to_owned()];
-        while let Some(id) = frontier.pop() {
-            for c in children(db, &id)? {
-                if out.len() >= max {
-                    return Ok(out);
-                }
-                if seen.insert(c.id.clone()) {
-                    frontier.push(c.id.clone());
-                    out.push(c);
-                }
-            }
-        }
-        Ok(out)
+        super::collect_descendants(root, max, |id| children(db, id))
     }
 
     /// Every session, in id order (for copies between backends).
@@ -276,124 +258,46 @@ pub struct RedbSessionStore {
     pub(crate) inner: Arc<Inner>,
 }
 
-impl std::fmt::Debug for RedbSessionStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedbSessionStore")
-            .field("stats", &self.stats())
-            .finish_non_exhaustive()
-    }
-}
-
 impl RedbSessionStore {
-    async fn read<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Database) -> Result<T> + Send + 'static,
-    ) -> std::result::Result<T, SessionError> {
-        let db = self
-            .inner
+    /// The trace store's writer, which applies the turns.
+    fn writer(&self) -> &WriterHandle {
+        &self.inner.writer
+    }
+
+    /// The current database handle for the reads of `SessionStore` (run on the blocking
+    /// pool); `Unavailable` while the writer reopens the file after an I/O error.
+    fn reads(&self) -> std::result::Result<Snapshot, SessionError> {
+        self.inner
             .db
             .get()
-            .map_err(|e| SessionError::Unavailable(e.to_string()))?;
-        match blocking(move || f(&db)).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(SessionError::Backend(Box::new(e))),
-            Err(e) => Err(SessionError::Unavailable(format!(
-                "session query task failed: {e}"
-            ))),
-        }
+            .map(Snapshot)
+            .map_err(|e| SessionError::Unavailable(e.to_string()))
     }
 }
 
-#[async_trait]
-impl SessionStore for RedbSessionStore {
-    fn record_turn(&self, turn: SessionTurn) -> std::result::Result<(), SessionError> {
-        let c = &self.inner.counters;
-        if c.closed.load(Ordering::Acquire) {
-            c.sessions_failed.fetch_add(1, Ordering::Relaxed);
-            return Err(SessionError::Unavailable(
-                "the trace store is closed".into(),
-            ));
-        }
-        match self.inner.sender.try_send(Msg::Session(turn)) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => {
-                let total = c.sessions_failed.fetch_add(1, Ordering::Relaxed) + 1;
-                if self.inner.overflow_log.allow() {
-                    tracing::warn!(
-                        sessions_failed_total = total,
-                        "trace queue full; session turn not recorded"
-                    );
-                }
-                Err(SessionError::Overflow)
-            }
-            Err(TrySendError::Disconnected(_)) => {
-                c.sessions_failed.fetch_add(1, Ordering::Relaxed);
-                Err(SessionError::Unavailable(
-                    "the trace writer has stopped".into(),
-                ))
-            }
-        }
+/// One database handle, read with the port's errors.
+struct Snapshot(Arc<Database>);
+
+impl Snapshot {
+    fn get(&self, id: &str) -> std::result::Result<Option<SessionRecord>, SessionError> {
+        read::get(&self.0, id).map_err(backend)
     }
 
-    async fn flush(&self) -> std::result::Result<(), SessionError> {
-        let inner = &self.inner;
-        if inner.counters.closed.load(Ordering::Acquire) {
-            return Err(SessionError::Unavailable(
-                "the trace store is closed".into(),
-            ));
-        }
-        let stopped = || SessionError::Unavailable("the trace writer has stopped".into());
-        let (tx, rx) = oneshot::channel();
-        // A control marker: queued even when the queue is full of events (never blocks).
-        if inner
-            .sender
-            .send(Msg::flush(move |r| {
-                // The flusher may have given up waiting; nothing to do then.
-                let _ = tx.send(r);
-            }))
-            .is_err()
-        {
-            return Err(stopped());
-        }
-        match rx.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(message)) => Err(SessionError::Unavailable(message)),
-            Err(_) => Err(stopped()),
-        }
-    }
-
-    async fn get(
-        &self,
-        id: &SessionId,
-    ) -> std::result::Result<Option<SessionRecord>, SessionError> {
-        let id = id.as_str().to_owned();
-        self.read(move |db| read::get(db, &id)).await
-    }
-
-    async fn list(
+    fn list(
         &self,
         workspace: Option<&str>,
         limit: u32,
     ) -> std::result::Result<Vec<SessionRecord>, SessionError> {
-        let workspace = workspace.map(str::to_owned);
-        self.read(move |db| read::list(db, workspace.as_deref(), limit))
-            .await
+        read::list(&self.0, workspace, limit).map_err(backend)
     }
 
-    async fn children(
-        &self,
-        parent: &SessionId,
-    ) -> std::result::Result<Vec<SessionRecord>, SessionError> {
-        let parent = parent.as_str().to_owned();
-        self.read(move |db| read::children(db, &parent)).await
-    }
-
-    fn stats(&self) -> SessionStats {
-        let c = &self.inner.counters;
-        SessionStats {
-            recorded: c.sessions_recorded.load(Ordering::Relaxed),
-            workspace_conflicts: c.sessions_conflicts.load(Ordering::Relaxed),
-            failed: c.sessions_failed.load(Ordering::Relaxed),
-        }
+    fn children(&self, parent: &str) -> std::result::Result<Vec<SessionRecord>, SessionError> {
+        read::children(&self.0, parent).map_err(backend)
     }
 }
+
+fn backend(e: StoreError) -> SessionError {
+    SessionError::Backend(Box::new(e))
+}
+
+gw_storage_kit::session_store_on_writer!(RedbSessionStore);

@@ -2,35 +2,30 @@
 //! the batching writer thread of `writer.rs`.
 //!
 //! Invariants (as the SQLite store):
-//! - `emit` never blocks and never touches the disk; a full queue is counted in `overflowed`
-//!   and logged at most once per second; every emitted event is counted exactly once.
-//! - `flush` resolves after every earlier event was committed; shutdown (explicit or on drop)
-//!   drains the queue and joins the writer; it is idempotent.
+//! - The sending side is the shared [`WriterHandle`] (`gw_ports::writer`): `emit` never
+//!   blocks, every event is counted once, `flush` resolves after every earlier event was
+//!   committed. Shutdown (explicit or on drop) drains the queue and joins the writer; it is
+//!   idempotent.
 //! - Queries run on tokio's blocking pool, each in one read transaction; they see committed
 //!   events only. They take the current handle of the shared [`DbSlot`]: while the writer
 //!   reopens the file after an I/O error they fail with `Unavailable` instead of using a
 //!   handle redb has latched as broken.
 
-use gw_ports::queue::{QueueSender, bounded};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
-use std::sync::mpsc::TrySendError;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::JoinHandle;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use gw_domain::events::Event;
 use gw_ports::trace::{
-    EventRow, EventSink, KeySpend, SinkStats, TraceError, TraceQuery, UsageGroup, UsageRow,
+    EventRow, KeySpend, SinkStats, TraceError, TraceQuery, UsageGroup, UsageRow,
 };
+use gw_ports::writer::{WriterConfig, WriterHandle};
 use redb::Database;
-use tokio::sync::oneshot;
 
-use crate::db::{DbSlot, Sharing, StoreError, blocking, describe_open_error, open_shared};
+use crate::db::{DbSlot, Sharing, StoreError, describe_open_error, open_shared};
 use crate::query;
 use crate::sessions::RedbSessionStore;
-use crate::writer::{self, Counters, LogLimiter, Msg, RedbBatches, WriterConfig};
+use crate::writer::RedbBatches;
 
 /// Tuning of the redb trace store. `Default` gives the production values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,13 +78,8 @@ fn backend(e: StoreError) -> TraceError {
 }
 
 pub(crate) struct Inner {
-    path: PathBuf,
+    pub(crate) writer: Arc<WriterHandle>,
     pub(crate) db: Arc<DbSlot>,
-    pub(crate) sender: QueueSender<Msg>,
-    pub(crate) counters: Arc<Counters>,
-    thread: Mutex<Option<JoinHandle<()>>>,
-    pub(crate) overflow_log: LogLimiter,
-    dropped_log: LogLimiter,
 }
 
 /// The redb trace store (events, with sessions on the same writer).
@@ -98,15 +88,6 @@ pub(crate) struct Inner {
 /// last handle does the same, blocking while it drains).
 pub struct RedbTraceStore {
     inner: Arc<Inner>,
-}
-
-impl std::fmt::Debug for RedbTraceStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedbTraceStore")
-            .field("path", &self.inner.path)
-            .field("stats", &self.stats())
-            .finish_non_exhaustive()
-    }
 }
 
 impl RedbTraceStore {
@@ -119,34 +100,24 @@ impl RedbTraceStore {
     pub fn open(path: &Path, opts: RedbOptions) -> Result<Self, TraceError> {
         let db = open_shared(path, opts.sharing, true).map_err(|e| trace_error(path, e))?;
         let db = Arc::new(DbSlot::new(path, opts.sharing, db));
-        let (sender, rx) = bounded(opts.queue_capacity);
-        let counters = Arc::new(Counters::default());
-        counters.writer_alive.store(true, Ordering::Release);
-        counters.last_batch_ok.store(true, Ordering::Release);
         let cfg = WriterConfig {
-            max_batch: opts.max_batch.max(1),
+            max_batch: opts.max_batch,
             linger: opts.commit_delay,
-            retry_attempts: opts.retry_attempts.max(1),
+            retry_attempts: opts.retry_attempts,
             retry_backoff: opts.retry_backoff,
             commit_deadline: opts.commit_deadline,
         };
-        let thread_db = Arc::clone(&db);
-        let thread_counters = Arc::clone(&counters);
-        let handle = std::thread::Builder::new()
-            .name("metis-redb-writer".into())
-            .spawn(move || writer::run(RedbBatches(thread_db), &rx, thread_counters, cfg))
-            .map_err(|e| {
-                TraceError::Unavailable(format!("cannot start the trace writer thread: {e}"))
-            })?;
+        let writer = WriterHandle::start(
+            RedbBatches(Arc::clone(&db)),
+            path,
+            opts.queue_capacity,
+            cfg,
+            "metis-redb-writer",
+        )?;
         Ok(Self {
             inner: Arc::new(Inner {
-                path: path.to_path_buf(),
+                writer: Arc::new(writer),
                 db,
-                sender,
-                counters,
-                thread: Mutex::new(Some(handle)),
-                overflow_log: LogLimiter::new(Duration::from_secs(1)),
-                dropped_log: LogLimiter::new(Duration::from_secs(1)),
             }),
         })
     }
@@ -154,7 +125,12 @@ impl RedbTraceStore {
     /// The database file.
     #[must_use]
     pub fn path(&self) -> &Path {
-        &self.inner.path
+        self.inner.writer.path()
+    }
+
+    /// The writer thread's handle (shared with this store's session stores).
+    fn writer(&self) -> &WriterHandle {
+        &self.inner.writer
     }
 
     /// The current database handle (for CLI reads and operations in this process).
@@ -175,16 +151,12 @@ impl RedbTraceStore {
 
     /// Stop accepting events, drain, commit and join the writer. Idempotent.
     pub async fn shutdown(&self) -> SinkStats {
-        let inner = Arc::clone(&self.inner);
-        match tokio::task::spawn_blocking(move || inner.shutdown_blocking()).await {
-            Ok(stats) => stats,
-            Err(_) => self.inner.shutdown_blocking(),
-        }
+        gw_storage_kit::shutdown(&self.inner.writer).await
     }
 
     /// Blocking shutdown, consuming the store.
     pub fn close(self) -> SinkStats {
-        self.inner.shutdown_blocking()
+        self.inner.writer.shutdown_blocking()
     }
 
     /// [`close`](Self::close) through a shared reference (the storage port's `close`).
@@ -201,7 +173,7 @@ impl RedbTraceStore {
             .db
             .get()
             .map_err(|e| TraceError::Unavailable(e.to_string()))?;
-        match blocking(move || f(&db)).await {
+        match gw_storage_kit::blocking(move || f(&db)).await {
             Ok(r) => r.map_err(backend),
             Err(e) => Err(TraceError::Unavailable(format!(
                 "trace query task failed: {e}"
@@ -210,122 +182,13 @@ impl RedbTraceStore {
     }
 }
 
-impl Inner {
-    fn stats(&self) -> SinkStats {
-        self.counters.stats()
-    }
-
-    fn count_unqueueable(&self, why: &'static str) {
-        let total = self.counters.failed.fetch_add(1, Ordering::Relaxed) + 1;
-        if self.dropped_log.allow() {
-            tracing::error!(path = %self.path.display(), failed_total = total, "trace event not stored: {why}");
-        }
-    }
-
-    fn shutdown_blocking(&self) -> SinkStats {
-        self.counters.closed.store(true, Ordering::Release);
-        let mut slot = self.thread.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(handle) = slot.take() {
-            let _ = self.sender.send(Msg::Shutdown);
-            if handle.join().is_err() {
-                tracing::error!(path = %self.path.display(), "redb trace writer thread panicked");
-            }
-            let stats = self.stats();
-            if stats.overflowed > 0 || stats.failed > 0 {
-                tracing::warn!(
-                    path = %self.path.display(),
-                    accepted = stats.accepted,
-                    written = stats.written,
-                    overflowed = stats.overflowed,
-                    failed = stats.failed,
-                    "trace store closed; some events were not stored"
-                );
-            } else {
-                tracing::info!(path = %self.path.display(), written = stats.written, "trace store closed; queue drained");
-            }
-        }
-        self.stats()
-    }
-}
-
-impl Drop for RedbTraceStore {
-    fn drop(&mut self) {
-        // Session stores share `inner`; the writer stops when the trace store goes.
-        self.inner.shutdown_blocking();
-    }
-}
-
-#[async_trait]
-impl EventSink for RedbTraceStore {
-    fn emit(&self, event: Event) {
-        let inner = &*self.inner;
-        let c = &inner.counters;
-        if c.closed.load(Ordering::Acquire) {
-            inner.count_unqueueable("the trace store is closed");
-            return;
-        }
-        c.queued.fetch_add(1, Ordering::Relaxed);
-        match inner.sender.try_send(Msg::Event(event)) {
-            Ok(()) => {
-                c.accepted.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(TrySendError::Full(_)) => {
-                c.queued.fetch_sub(1, Ordering::Relaxed);
-                let total = c.overflowed.fetch_add(1, Ordering::Relaxed) + 1;
-                if inner.overflow_log.allow() {
-                    tracing::warn!(
-                        path = %inner.path.display(),
-                        overflowed_total = total,
-                        capacity = inner.sender.capacity(),
-                        "trace queue full; event counted as overflowed and not stored"
-                    );
-                }
-            }
-            Err(TrySendError::Disconnected(_)) => {
-                c.queued.fetch_sub(1, Ordering::Relaxed);
-                inner.count_unqueueable("the trace writer has stopped");
-            }
-        }
-    }
-
-    async fn flush(&self) -> Result<(), TraceError> {
-        let inner = &self.inner;
-        if inner.counters.closed.load(Ordering::Acquire) {
-            return Err(TraceError::Unavailable("the trace store is closed".into()));
-        }
-        let (tx, rx) = oneshot::channel();
-        let stopped = || TraceError::Unavailable("the trace writer has stopped".into());
-        // A control marker: queued even when the queue is full of events (never blocks).
-        if inner
-            .sender
-            .send(Msg::flush(move |r| {
-                // The flusher may have given up waiting; nothing to do then.
-                let _ = tx.send(r);
-            }))
-            .is_err()
-        {
-            return Err(stopped());
-        }
-        match rx.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(message)) => Err(TraceError::Unavailable(message)),
-            Err(_) => Err(stopped()),
-        }
-    }
-
-    fn stats(&self) -> SinkStats {
-        self.inner.stats()
-    }
-
-    fn is_writable(&self) -> bool {
-        self.inner.counters.is_writable()
-    }
-
-    fn wal_bytes(&self) -> u64 {
+gw_storage_kit::event_sink_on_writer!(
+    RedbTraceStore,
+    wal_bytes = |_| {
         // redb has no separate log file: commits go to the main file.
         0
     }
-}
+);
 
 #[async_trait]
 impl TraceQuery for RedbTraceStore {

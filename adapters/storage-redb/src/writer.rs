@@ -29,9 +29,6 @@ use crate::db::{DbSlot, META, Result, StoreError, needs_reopen};
 use crate::rows::{EventTables, RowRef};
 use crate::sessions::SessionTables;
 
-pub(crate) use gw_ports::queue::{Counters, LogLimiter};
-pub(crate) use gw_ports::writer::{Msg, WriterConfig, run};
-
 /// The file's handle slot, as the shared writer loop drives it.
 pub(crate) struct RedbBatches(pub(crate) Arc<DbSlot>);
 

@@ -20,18 +20,17 @@
 //! - Opening follows the trace database's rules: a file stamped by a newer binary is refused
 //!   untouched, `user_version` is raised to the current version (with the `events` schema) but
 //!   never lowered, and `foreign_keys` is OFF. Reads never create the file or the tables.
-//! - Everything runs on tokio's blocking pool; `*_blocking` variants exist for code without a
-//!   runtime.
+//! - Everything runs on tokio's blocking pool (`gw_storage_kit::key_store_on_blocking_pool!`);
+//!   `*_blocking` variants exist for code without a runtime.
 
-use std::collections::{HashMap, HashSet};
-use std::os::unix::fs::PermissionsExt;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use gw_domain::keys::KeyRecord;
-use gw_ports::keys::{KeyEdit, KeyStore, KeyStoreError};
+use gw_domain::keys::{KeyRecord, validate_key_set};
+use gw_ports::keys::{KeyEdit, KeyStoreError};
+use gw_storage_kit::keys::{Edited, apply_edit, read_only_file, record_to_insert};
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
 use crate::schema::{
@@ -220,19 +219,15 @@ impl SqliteKeyStore {
         })
     }
 
-    /// A database file without any write permission bit is the operator saying "do not
-    /// edit": honour it even when running as root (where SQLite would write anyway), as the
-    /// file keystore does.
+    /// A database file without any write permission bit is not edited (see
+    /// `gw_storage_kit::keys::read_only_file`).
     fn refuse_read_only_file(&self) -> Result<(), KeyStoreError> {
-        match std::fs::metadata(&self.path) {
-            Ok(m) if m.permissions().mode() & 0o222 == 0 => Err(KeyStoreError::ReadOnly {
+        match read_only_file(&self.path) {
+            Some(why) => Err(KeyStoreError::ReadOnly {
                 location: self.location(),
-                message: format!(
-                    "the database file is read-only (mode {:o}); {READ_ONLY_HINT}",
-                    m.permissions().mode() & 0o7777
-                ),
+                message: format!("{why}; {READ_ONLY_HINT}"),
             }),
-            _ => Ok(()),
+            None => Ok(()),
         }
     }
 
@@ -289,7 +284,7 @@ impl SqliteKeyStore {
         result
     }
 
-    /// Blocking form of [`KeyStore::load`].
+    /// Blocking form of [`KeyStore::load`](gw_ports::keys::KeyStore::load).
     ///
     /// # Errors
     /// `NotFound` when the database or the key table does not exist; `Corrupt` naming the
@@ -310,20 +305,14 @@ impl SqliteKeyStore {
         })
     }
 
-    /// Blocking form of [`KeyStore::insert`].
+    /// Blocking form of [`KeyStore::insert`](gw_ports::keys::KeyStore::insert).
     ///
     /// # Errors
     /// `Duplicate` on an existing id or hash; `Corrupt` when the record fails validation or the
     /// database is from a newer binary; `ReadOnly` when the database cannot be written; `Io`
     /// otherwise.
-    pub fn insert_blocking(&self, mut record: KeyRecord) -> Result<(), KeyStoreError> {
-        record.secret_hash.make_ascii_lowercase();
-        record
-            .validate()
-            .map_err(|message| KeyStoreError::Corrupt {
-                location: self.location(),
-                message: format!("refusing to store an invalid key record: {message}"),
-            })?;
+    pub fn insert_blocking(&self, record: KeyRecord) -> Result<(), KeyStoreError> {
+        let record = record_to_insert(record, &self.location())?;
         let json = serde_json::to_string(&record).map_err(|e| KeyStoreError::Io {
             location: self.location(),
             message: format!("cannot serialise key {}: {e}", record.key_id),
@@ -368,7 +357,7 @@ impl SqliteKeyStore {
         })
     }
 
-    /// Blocking form of [`KeyStore::update`].
+    /// Blocking form of [`KeyStore::update`](gw_ports::keys::KeyStore::update).
     ///
     /// # Errors
     /// `NotFound` when the database or the key table does not exist; `Rejected` when the edit
@@ -393,19 +382,11 @@ impl SqliteKeyStore {
                     location: s.location(),
                     message,
                 })?;
-            let mut records = before.clone();
             // Dropping `tx` on any early return rolls back (nothing was written yet anyway).
-            edit(&mut records).map_err(|message| KeyStoreError::Rejected { message })?;
-            if records == before {
-                return Ok(records);
-            }
-            for r in &mut records {
-                r.secret_hash.make_ascii_lowercase();
-            }
-            validate_set(&records).map_err(|message| KeyStoreError::Corrupt {
-                location: s.location(),
-                message: format!("refusing to store an invalid key set: {message}"),
-            })?;
+            let records = match apply_edit(&before, edit, &s.location())? {
+                Edited::Unchanged(records) => return Ok(records),
+                Edited::Changed(records) => records,
+            };
             write_diff(&tx, &before, &records).map_err(|e| match e {
                 DiffError::Sql(e) => s.sql_error(op, &e),
                 DiffError::Json(message) => KeyStoreError::Io {
@@ -420,7 +401,7 @@ impl SqliteKeyStore {
         })
     }
 
-    /// Blocking form of [`KeyStore::version`]: `<store_id>:<generation>`, or `None` when the
+    /// Blocking form of [`KeyStore::version`](gw_ports::keys::KeyStore::version): `<store_id>:<generation>`, or `None` when the
     /// database or the key tables do not exist (or cannot be read).
     #[must_use]
     pub fn version_blocking(&self) -> Option<String> {
@@ -496,27 +477,8 @@ fn parse_rows(rows: Vec<StoredKey>) -> Result<Vec<KeyRecord>, String> {
         record.validate().map_err(|e| format!("{label}: {e}"))?;
         out.push(record);
     }
-    validate_set(&out)?;
+    validate_key_set(&out)?;
     Ok(out)
-}
-
-/// Every record valid, no duplicate id, no duplicate (lowercase) hash.
-fn validate_set(records: &[KeyRecord]) -> Result<(), String> {
-    let mut ids = HashSet::new();
-    let mut hashes: HashMap<String, &str> = HashMap::new();
-    for r in records {
-        r.validate()?;
-        if !ids.insert(r.key_id.as_str()) {
-            return Err(format!("duplicate key_id '{}'", r.key_id));
-        }
-        if let Some(first) = hashes.insert(r.secret_hash.to_ascii_lowercase(), &r.key_id) {
-            return Err(format!(
-                "key '{}' has the same secret_hash as key '{first}'",
-                r.key_id
-            ));
-        }
-    }
-    Ok(())
 }
 
 enum DiffError {
@@ -576,45 +538,4 @@ fn write_diff(
     Ok(())
 }
 
-fn join_failed(location: String, e: &tokio::task::JoinError) -> KeyStoreError {
-    KeyStoreError::Io {
-        location,
-        message: format!("keystore task failed: {e}"),
-    }
-}
-
-#[async_trait]
-impl KeyStore for SqliteKeyStore {
-    fn describe(&self) -> String {
-        self.location()
-    }
-
-    async fn load(&self) -> Result<Vec<KeyRecord>, KeyStoreError> {
-        let store = self.clone();
-        tokio::task::spawn_blocking(move || store.load_blocking())
-            .await
-            .unwrap_or_else(|e| Err(join_failed(self.location(), &e)))
-    }
-
-    async fn insert(&self, record: KeyRecord) -> Result<(), KeyStoreError> {
-        let store = self.clone();
-        tokio::task::spawn_blocking(move || store.insert_blocking(record))
-            .await
-            .unwrap_or_else(|e| Err(join_failed(self.location(), &e)))
-    }
-
-    async fn update(&self, edit: KeyEdit) -> Result<Vec<KeyRecord>, KeyStoreError> {
-        let store = self.clone();
-        tokio::task::spawn_blocking(move || store.update_blocking(edit))
-            .await
-            .unwrap_or_else(|e| Err(join_failed(self.location(), &e)))
-    }
-
-    async fn version(&self) -> Option<String> {
-        let store = self.clone();
-        tokio::task::spawn_blocking(move || store.version_blocking())
-            .await
-            .ok()
-            .flatten()
-    }
-}
+gw_storage_kit::key_store_on_blocking_pool!(SqliteKeyStore);

@@ -10,7 +10,8 @@
 //!   that group-commits them; overflow and write failures are counted and logged.
 //! - Bulk copies between backends (`metis migrate-store`) go through [`transfer`], so the
 //!   app needs no SQL of its own.
-//! - Depends only on `gw-ports` and `gw-domain`.
+//! - Depends only on `gw-ports`, `gw-domain` and `gw-storage-kit` (the plumbing shared with
+//!   the redb adapter).
 
 mod backend;
 mod keystore;

@@ -16,20 +16,16 @@
 //!   queues. Reads use the store's own read-only connection on tokio's blocking pool.
 
 use std::path::Path;
-use std::sync::atomic::Ordering;
-use std::sync::mpsc::TrySendError;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use gw_domain::sessions::{SessionId, SessionRecord, SessionTurn};
-use gw_ports::sessions::{SessionError, SessionStats, SessionStore};
+use gw_domain::sessions::{SessionId, SessionRecord, SessionTurn, collect_descendants};
+use gw_ports::sessions::SessionError;
+use gw_ports::writer::WriterHandle;
 use rusqlite::{CachedStatement, Connection, ErrorCode, Row, params};
-use tokio::sync::oneshot;
 
 use crate::schema::{open_error, open_read_only};
 use crate::store::Inner;
-use crate::writer::Msg;
 
 /// The shape level this binary creates: 1 = the original table without delegation columns,
 /// 2 = with `parent_session_id`, `parent_tool_use_id`, `is_worker` and `idx_sessions_parent`.
@@ -367,22 +363,7 @@ impl SessionReader {
     /// # Errors
     /// `Backend` on an SQLite error.
     pub fn descendants(&self, root: &str, max: usize) -> Result<Vec<SessionRecord>, SessionError> {
-        let mut out: Vec<SessionRecord> = Vec::new();
-        let mut seen = std::collections::HashSet::new();
-        seen.insert(root.to_owned());
-        let mut frontier = vec![root.to_owned()];
-        while let Some(id) = frontier.pop() {
-            for c in self.children(&id)? {
-                if out.len() >= max {
-                    return Ok(out);
-                }
-                if seen.insert(c.id.clone()) {
-                    frontier.push(c.id.clone());
-                    out.push(c);
-                }
-            }
-        }
-        Ok(out)
+        collect_descendants(root, max, |id| self.children(id))
     }
 
     /// Number of sessions (0 when the table does not exist).
@@ -416,120 +397,23 @@ pub struct SqliteSessionStore {
     pub(crate) reader: Arc<SessionReader>,
 }
 
-impl std::fmt::Debug for SqliteSessionStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteSessionStore")
-            .field("stats", &self.stats())
-            .finish_non_exhaustive()
-    }
-}
-
 impl SqliteSessionStore {
-    async fn read<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&SessionReader) -> Result<T, SessionError> + Send + 'static,
-    ) -> Result<T, SessionError> {
-        let reader = Arc::clone(&self.reader);
-        tokio::task::spawn_blocking(move || f(&reader))
-            .await
-            .unwrap_or_else(|e| {
-                Err(SessionError::Unavailable(format!(
-                    "session query task failed: {e}"
-                )))
-            })
-    }
-
     /// The read side (blocking calls).
     #[must_use]
     pub fn reader(&self) -> &SessionReader {
         &self.reader
     }
-}
 
-#[async_trait]
-impl SessionStore for SqliteSessionStore {
-    fn record_turn(&self, turn: SessionTurn) -> Result<(), SessionError> {
-        let c = &self.inner.counters;
-        if c.closed.load(Ordering::Acquire) {
-            c.sessions_failed.fetch_add(1, Ordering::Relaxed);
-            return Err(SessionError::Unavailable(
-                "the trace store is closed".into(),
-            ));
-        }
-        match self.inner.sender.try_send(Msg::Session(turn)) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => {
-                let total = c.sessions_failed.fetch_add(1, Ordering::Relaxed) + 1;
-                if self.inner.overflow_log.allow() {
-                    tracing::warn!(
-                        sessions_failed_total = total,
-                        "trace queue full; session turn not recorded"
-                    );
-                }
-                Err(SessionError::Overflow)
-            }
-            Err(TrySendError::Disconnected(_)) => {
-                c.sessions_failed.fetch_add(1, Ordering::Relaxed);
-                Err(SessionError::Unavailable(
-                    "the trace writer has stopped".into(),
-                ))
-            }
-        }
+    /// The trace store's writer, which applies the turns.
+    fn writer(&self) -> &WriterHandle {
+        &self.inner.writer
     }
 
-    async fn flush(&self) -> Result<(), SessionError> {
-        let inner = &self.inner;
-        if inner.counters.closed.load(Ordering::Acquire) {
-            return Err(SessionError::Unavailable(
-                "the trace store is closed".into(),
-            ));
-        }
-        let stopped = || SessionError::Unavailable("the trace writer has stopped".into());
-        let (tx, rx) = oneshot::channel();
-        // A control marker: queued even when the queue is full of events (never blocks).
-        if inner
-            .sender
-            .send(Msg::flush(move |r| {
-                // The flusher may have given up waiting; nothing to do then.
-                let _ = tx.send(r);
-            }))
-            .is_err()
-        {
-            return Err(stopped());
-        }
-        match rx.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(message)) => Err(SessionError::Unavailable(message)),
-            Err(_) => Err(stopped()),
-        }
-    }
-
-    async fn get(&self, id: &SessionId) -> Result<Option<SessionRecord>, SessionError> {
-        let id = id.as_str().to_owned();
-        self.read(move |r| r.get(&id)).await
-    }
-
-    async fn list(
-        &self,
-        workspace: Option<&str>,
-        limit: u32,
-    ) -> Result<Vec<SessionRecord>, SessionError> {
-        let workspace = workspace.map(str::to_owned);
-        self.read(move |r| r.list(workspace.as_deref(), limit))
-            .await
-    }
-
-    async fn children(&self, parent: &SessionId) -> Result<Vec<SessionRecord>, SessionError> {
-        let parent = parent.as_str().to_owned();
-        self.read(move |r| r.children(&parent)).await
-    }
-
-    fn stats(&self) -> SessionStats {
-        let c = &self.inner.counters;
-        SessionStats {
-            recorded: c.sessions_recorded.load(Ordering::Relaxed),
-            workspace_conflicts: c.sessions_conflicts.load(Ordering::Relaxed),
-            failed: c.sessions_failed.load(Ordering::Relaxed),
-        }
+    /// The reads of `SessionStore`, run on the blocking pool (infallible here; the shape
+    /// `session_store_on_writer!` expects).
+    fn reads(&self) -> Result<Arc<SessionReader>, SessionError> {
+        Ok(Arc::clone(&self.reader))
     }
 }
+
+gw_storage_kit::session_store_on_writer!(SqliteSessionStore);

@@ -1,37 +1,28 @@
 //! [`SqliteTraceStore`]: the `EventSink` port over SQLite, with a batching writer thread.
 //!
 //! Invariants:
-//! - `emit` never blocks and never touches the disk: it `try_send`s onto a bounded queue. An
-//!   event that does not fit is counted in `overflowed` and reported by a WARN line at most
-//!   once per second (with the running count); nothing is dropped silently.
-//! - Every emitted event is counted exactly once in `accepted`, `overflowed` or `failed`
-//!   (`failed` also covers emits after close or after the writer died).
-//! - `flush` resolves only after every event emitted before it was committed.
-//! - Shutdown (explicit or on drop) stops accepting, drains the queue, commits and joins the
-//!   writer thread. It is idempotent.
+//! - The sending side is the shared [`WriterHandle`] (`gw_ports::writer`): `emit` never
+//!   blocks, every event is counted once, `flush` resolves after every earlier event was
+//!   committed. Shutdown (explicit or on drop) drains the queue and joins the writer thread;
+//!   it is idempotent.
 //! - The `TraceQuery` side reads through the store's own read-only connection on tokio's
 //!   blocking pool; it sees committed events only (the writer may still hold queued ones).
 
-use gw_ports::queue::{QueueSender, bounded};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
-use std::sync::mpsc::TrySendError;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::JoinHandle;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use gw_domain::events::Event;
 use gw_ports::trace::{
-    EventRow, EventSink, KeySpend, SinkStats, TraceError, TraceQuery, UsageGroup, UsageRow,
+    EventRow, KeySpend, SinkStats, TraceError, TraceQuery, UsageGroup, UsageRow,
 };
-use tokio::sync::oneshot;
+use gw_ports::writer::{WriterConfig, WriterHandle};
 
 use crate::lock::{LockError, WriterLock, lock_path};
 use crate::reader::{StoredEvent, TraceReader};
 use crate::schema::{Pragmas, open_for_writing};
 use crate::sessions::{SessionReader, SqliteSessionStore};
-use crate::writer::{self, Counters, LogLimiter, Msg, SqliteBatches, WriterConfig};
+use crate::writer::SqliteBatches;
 
 pub use gw_ports::queue::DEFAULT_COMMIT_DEADLINE;
 
@@ -92,14 +83,9 @@ impl WriterOptions {
 }
 
 pub(crate) struct Inner {
-    path: PathBuf,
-    pub(crate) sender: QueueSender<Msg>,
-    pub(crate) counters: Arc<Counters>,
-    /// `Some` until shutdown joined the thread; the lock serialises concurrent shutdowns.
-    thread: Mutex<Option<JoinHandle<()>>>,
-    pub(crate) overflow_log: LogLimiter,
-    dropped_log: LogLimiter,
-    /// The gateway's shared writer lock (see `lock.rs`), released when the store is dropped.
+    pub(crate) writer: Arc<WriterHandle>,
+    /// The gateway's shared writer lock (see `lock.rs`), released when the store and its
+    /// session stores are dropped.
     _lock: Option<WriterLock>,
 }
 
@@ -112,15 +98,6 @@ pub(crate) struct Inner {
 pub struct SqliteTraceStore {
     inner: Arc<Inner>,
     reader: Arc<TraceReader>,
-}
-
-impl std::fmt::Debug for SqliteTraceStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteTraceStore")
-            .field("path", &self.inner.path)
-            .field("stats", &self.stats())
-            .finish_non_exhaustive()
-    }
 }
 
 /// Create the parent directories of the trace database at `path` (none for a bare name).
@@ -163,33 +140,23 @@ impl SqliteTraceStore {
         let conn = open_for_writing(path, opts.pragmas())?;
         let reader = TraceReader::open_with_timeout(path, opts.busy_timeout)?;
 
-        let (sender, rx) = bounded(opts.queue_capacity);
-        let counters = Arc::new(Counters::default());
-        counters.writer_alive.store(true, Ordering::Release);
-        counters.last_batch_ok.store(true, Ordering::Release);
         let cfg = WriterConfig {
-            max_batch: opts.max_batch.max(1),
-            retry_attempts: opts.retry_attempts.max(1),
+            max_batch: opts.max_batch,
+            retry_attempts: opts.retry_attempts,
             retry_backoff: opts.retry_backoff,
             linger: opts.linger,
             commit_deadline: opts.commit_deadline,
         };
-        let thread_counters = Arc::clone(&counters);
-        let handle = std::thread::Builder::new()
-            .name("metis-trace-writer".into())
-            .spawn(move || writer::run(SqliteBatches(conn), &rx, thread_counters, cfg))
-            .map_err(|e| {
-                TraceError::Unavailable(format!("cannot start the trace writer thread: {e}"))
-            })?;
-
+        let writer = WriterHandle::start(
+            SqliteBatches(conn),
+            path,
+            opts.queue_capacity,
+            cfg,
+            "metis-trace-writer",
+        )?;
         Ok(Self {
             inner: Arc::new(Inner {
-                path: path.to_path_buf(),
-                sender,
-                counters,
-                thread: Mutex::new(Some(handle)),
-                overflow_log: LogLimiter::new(Duration::from_secs(1)),
-                dropped_log: LogLimiter::new(Duration::from_secs(1)),
+                writer: Arc::new(writer),
                 _lock: lock,
             }),
             reader: Arc::new(reader),
@@ -199,25 +166,24 @@ impl SqliteTraceStore {
     /// The database file.
     #[must_use]
     pub fn path(&self) -> &Path {
-        &self.inner.path
+        self.inner.writer.path()
+    }
+
+    /// The writer thread's handle (shared with this store's session stores).
+    fn writer(&self) -> &WriterHandle {
+        &self.inner.writer
     }
 
     /// Stop accepting events, drain the queue, commit and join the writer thread. Later
     /// `emit`s are counted as failed. Idempotent. Returns the final counters.
     pub async fn shutdown(&self) -> SinkStats {
-        let inner = Arc::clone(&self.inner);
-        // Joining blocks; keep it off the async workers. If the blocking pool is gone
-        // (runtime shutting down) fall back to doing it here.
-        match tokio::task::spawn_blocking(move || inner.shutdown_blocking()).await {
-            Ok(stats) => stats,
-            Err(_) => self.inner.shutdown_blocking(),
-        }
+        gw_storage_kit::shutdown(&self.inner.writer).await
     }
 
     /// Blocking form of [`shutdown`](Self::shutdown), consuming the store (for CLI code
     /// without a runtime).
     pub fn close(self) -> SinkStats {
-        self.inner.shutdown_blocking()
+        self.inner.writer.shutdown_blocking()
     }
 
     /// [`close`](Self::close) through a shared reference (the storage port's `close`).
@@ -232,8 +198,8 @@ impl SqliteTraceStore {
     /// # Errors
     /// `Unavailable` when the read connection cannot be opened.
     pub fn session_store(&self) -> Result<SqliteSessionStore, TraceError> {
-        let reader = SessionReader::open(&self.inner.path)
-            .map_err(|e| TraceError::Unavailable(e.to_string()))?;
+        let reader =
+            SessionReader::open(self.path()).map_err(|e| TraceError::Unavailable(e.to_string()))?;
         Ok(SqliteSessionStore {
             inner: Arc::clone(&self.inner),
             reader: Arc::new(reader),
@@ -271,134 +237,15 @@ impl SqliteTraceStore {
     }
 }
 
-impl Inner {
-    fn stats(&self) -> SinkStats {
-        self.counters.stats()
-    }
-
-    /// An event that can no longer be queued (closed store or dead writer).
-    fn count_unqueueable(&self, why: &'static str) {
-        let total = self.counters.failed.fetch_add(1, Ordering::Relaxed) + 1;
-        if self.dropped_log.allow() {
-            tracing::error!(
-                path = %self.path.display(),
-                failed_total = total,
-                "trace event not stored: {why}"
-            );
-        }
-    }
-
-    fn shutdown_blocking(&self) -> SinkStats {
-        self.counters.closed.store(true, Ordering::Release);
-        let mut slot = self.thread.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(handle) = slot.take() {
-            // A control marker, queued whatever the backlog. An error means the writer is
-            // already gone, and joining is all that is left.
-            let _ = self.sender.send(Msg::Shutdown);
-            if handle.join().is_err() {
-                tracing::error!(path = %self.path.display(), "trace writer thread panicked");
-            }
-            let stats = self.stats();
-            if stats.overflowed > 0 || stats.failed > 0 {
-                tracing::warn!(
-                    path = %self.path.display(),
-                    accepted = stats.accepted,
-                    written = stats.written,
-                    overflowed = stats.overflowed,
-                    failed = stats.failed,
-                    "trace store closed; some events were not stored"
-                );
-            } else {
-                tracing::info!(
-                    path = %self.path.display(),
-                    written = stats.written,
-                    "trace store closed; queue drained"
-                );
-            }
-        }
-        self.stats()
-    }
-}
-
-impl Drop for SqliteTraceStore {
-    fn drop(&mut self) {
-        self.inner.shutdown_blocking();
-    }
-}
-
-#[async_trait]
-impl EventSink for SqliteTraceStore {
-    fn emit(&self, event: Event) {
-        let inner = &*self.inner;
-        let c = &inner.counters;
-        if c.closed.load(Ordering::Acquire) {
-            inner.count_unqueueable("the trace store is closed");
-            return;
-        }
-        // Count as queued before sending so the writer's decrement can never run first.
-        c.queued.fetch_add(1, Ordering::Relaxed);
-        match inner.sender.try_send(Msg::Event(event)) {
-            Ok(()) => {
-                c.accepted.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(TrySendError::Full(_)) => {
-                c.queued.fetch_sub(1, Ordering::Relaxed);
-                let total = c.overflowed.fetch_add(1, Ordering::Relaxed) + 1;
-                if inner.overflow_log.allow() {
-                    tracing::warn!(
-                        path = %inner.path.display(),
-                        overflowed_total = total,
-                        capacity = inner.sender.capacity(),
-                        "trace queue full; event counted as overflowed and not stored"
-                    );
-                }
-            }
-            Err(TrySendError::Disconnected(_)) => {
-                c.queued.fetch_sub(1, Ordering::Relaxed);
-                inner.count_unqueueable("the trace writer has stopped");
-            }
-        }
-    }
-
-    async fn flush(&self) -> Result<(), TraceError> {
-        let inner = &self.inner;
-        if inner.counters.closed.load(Ordering::Acquire) {
-            return Err(TraceError::Unavailable("the trace store is closed".into()));
-        }
-        let (tx, rx) = oneshot::channel();
-        let stopped = || TraceError::Unavailable("the trace writer has stopped".into());
-        // A control marker: queued even when the queue is full of events (never blocks).
-        if inner
-            .sender
-            .send(Msg::flush(move |r| {
-                // The flusher may have given up waiting; nothing to do then.
-                let _ = tx.send(r);
-            }))
-            .is_err()
-        {
-            return Err(stopped());
-        }
-        match rx.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(message)) => Err(TraceError::Unavailable(message)),
-            Err(_) => Err(stopped()),
-        }
-    }
-
-    fn stats(&self) -> SinkStats {
-        self.inner.stats()
-    }
-
-    fn is_writable(&self) -> bool {
-        self.inner.counters.is_writable()
-    }
-
-    fn wal_bytes(&self) -> u64 {
-        let mut wal = self.inner.path.as_os_str().to_owned();
+gw_storage_kit::event_sink_on_writer!(
+    SqliteTraceStore,
+    wal_bytes = |s| {
+        // SQLite's write-ahead log beside the database (`<db>-wal`).
+        let mut wal = s.path().as_os_str().to_owned();
         wal.push("-wal");
         std::fs::metadata(wal).map_or(0, |m| m.len())
     }
-}
+);
 
 impl SqliteTraceStore {
     /// Run a read on the blocking pool with the store's reader.
@@ -407,7 +254,7 @@ impl SqliteTraceStore {
         f: impl FnOnce(&TraceReader) -> Result<T, TraceError> + Send + 'static,
     ) -> Result<T, TraceError> {
         let reader = Arc::clone(&self.reader);
-        tokio::task::spawn_blocking(move || f(&reader))
+        gw_storage_kit::blocking(move || f(&reader))
             .await
             .unwrap_or_else(|e| {
                 Err(TraceError::Unavailable(format!(

@@ -29,9 +29,6 @@ use rusqlite::{
 
 use crate::schema::INSERT_SQL;
 
-pub(crate) use gw_ports::queue::{Counters, LogLimiter};
-pub(crate) use gw_ports::writer::{Msg, WriterConfig, run};
-
 /// The write connection, as the shared writer loop drives it.
 pub(crate) struct SqliteBatches(pub(crate) Connection);
 

@@ -1,7 +1,9 @@
 //! The hexagon's dependency rules, checked on the real dependency graph:
 //! - `gw-domain` and `gw-ports` pull in no runtime, storage engine or HTTP stack;
 //! - use cases see only `gw-domain` and `gw-ports` among workspace crates;
-//! - adapters depend on `gw-domain`/`gw-ports` only — never on another adapter or on `app`;
+//! - adapters depend on `gw-domain`/`gw-ports` only — never on another adapter or on `app` —
+//!   plus `gw-storage-kit`, the storage adapters' shared support crate, which itself depends
+//!   on no adapter and no storage engine;
 //! - no crate of the `metis` binary parses XML (deny.toml's quick-xml exception rests on it).
 #![expect(clippy::expect_used, reason = "test helpers outside #[test] functions")]
 
@@ -128,6 +130,9 @@ fn members() -> Vec<Member> {
         .collect()
 }
 
+/// The support crate adapters may share (it implements no port, uses no storage engine).
+const STORAGE_KIT: &str = "gw-storage-kit";
+
 #[test]
 fn adapters_depend_only_on_domain_and_ports() {
     let all = members();
@@ -144,10 +149,32 @@ fn adapters_depend_only_on_domain_and_ports() {
         let bad: Vec<&String> = a
             .internal_deps
             .iter()
-            .filter(|d| *d != "gw-domain" && *d != "gw-ports")
+            .filter(|d| *d != "gw-domain" && *d != "gw-ports" && *d != STORAGE_KIT)
             .collect();
         assert!(bad.is_empty(), "adapter {} depends on {bad:?}", a.name);
     }
+}
+
+#[test]
+fn the_storage_kit_depends_on_no_adapter_and_no_storage_engine() {
+    let all = members();
+    let kit = all
+        .iter()
+        .find(|m| m.name == STORAGE_KIT)
+        .expect("gw-storage-kit exists");
+    assert!(
+        kit.internal_deps
+            .iter()
+            .all(|d| d == "gw-domain" || d == "gw-ports"),
+        "{STORAGE_KIT} depends on {:?}",
+        kit.internal_deps
+    );
+    let tree = normal_tree(STORAGE_KIT);
+    let engines: Vec<&str> = ["rusqlite", "libsqlite3-sys", "redb"]
+        .into_iter()
+        .filter(|e| tree.contains(*e))
+        .collect();
+    assert!(engines.is_empty(), "{STORAGE_KIT} pulls in {engines:?}");
 }
 
 #[test]

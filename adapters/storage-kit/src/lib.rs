@@ -1,0 +1,72 @@
+//! `gw-storage-kit`: what the storage adapters share that needs the tokio runtime, so each
+//! backend crate keeps only its engine-specific code. It implements no port and uses no
+//! storage engine; the engine-neutral machinery itself (the writer loop and its sending side,
+//! [`WriterHandle`]) lives in `gw-ports`, which may not depend on a runtime.
+//!
+//! - [`flush`] and [`shutdown`]: the async waits on a [`WriterHandle`] (a flush's reply, a
+//!   join kept off the async workers).
+//! - [`blocking`]: run a blocking read or write on tokio's blocking pool.
+//! - [`keys`]: the rules both key stores apply around their transactions, and the
+//!   `KeyStore` port over their `*_blocking` methods.
+//! - [`sessions`]: the `SessionStore` port of a store whose turns ride its trace writer.
+//! - [`trace`]: the `EventSink` port of a trace store over the shared writer.
+//!
+//! The ports are written out by macros ([`key_store_on_blocking_pool!`],
+//! [`session_store_on_writer!`], [`event_sink_on_writer!`]) that expand in the adapter
+//! crates, so this crate implements no port itself and each backend writes only what differs.
+
+use std::sync::Arc;
+
+use gw_ports::trace::SinkStats;
+use gw_ports::writer::{STOPPED, WriterHandle};
+use tokio::sync::oneshot;
+
+pub mod keys;
+pub mod sessions;
+pub mod trace;
+
+#[doc(hidden)]
+pub use async_trait::async_trait as __async_trait;
+#[doc(hidden)]
+pub use gw_domain as __domain;
+#[doc(hidden)]
+pub use gw_ports as __ports;
+
+/// Run `f` on tokio's blocking pool (a store's reads and writes block on the disk), or on
+/// this thread when no runtime is running (CLI code).
+///
+/// # Errors
+/// The task's failure (it panicked or the runtime is shutting down), as text.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, String> {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) => h.spawn_blocking(f).await.map_err(|e| e.to_string()),
+        Err(_) => Ok(f()),
+    }
+}
+
+/// Wait until everything queued on `writer` before this call was committed (the
+/// `EventSink::flush` and `SessionStore::flush` contracts).
+///
+/// # Errors
+/// The message for the port's `Unavailable`: the store is closed, the writer stopped, or
+/// rows failed since the previous flush (how many).
+pub async fn flush(writer: &WriterHandle) -> Result<(), String> {
+    let (tx, rx) = oneshot::channel();
+    writer.send_flush(move |r| {
+        // The flusher may have given up waiting; nothing to do then.
+        let _ = tx.send(r);
+    })?;
+    rx.await.unwrap_or_else(|_| Err(STOPPED.to_owned()))
+}
+
+/// [`WriterHandle::shutdown_blocking`] on the blocking pool (joining blocks); on this task
+/// when the pool is gone (the runtime is shutting down).
+pub async fn shutdown(writer: &Arc<WriterHandle>) -> SinkStats {
+    let w = Arc::clone(writer);
+    match tokio::task::spawn_blocking(move || w.shutdown_blocking()).await {
+        Ok(stats) => stats,
+        Err(_) => writer.shutdown_blocking(),
+    }
+}
