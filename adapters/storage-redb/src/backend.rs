@@ -184,7 +184,7 @@ impl WriterLifecycle for RedbTraceStore {
     }
 
     fn close(&self) -> SinkStats {
-        self.close_blocking()
+        RedbTraceStore::close(self)
     }
 
     fn file(&self) -> &Path {

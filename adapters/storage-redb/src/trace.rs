@@ -154,14 +154,9 @@ impl RedbTraceStore {
         gw_storage_kit::shutdown(&self.inner.writer).await
     }
 
-    /// Blocking shutdown, consuming the store.
-    pub fn close(self) -> SinkStats {
+    /// Blocking shutdown, for code without a runtime.
+    pub fn close(&self) -> SinkStats {
         self.inner.writer.shutdown_blocking()
-    }
-
-    /// [`close`](Self::close) through a shared reference (the storage port's `close`).
-    pub fn close_blocking(&self) -> SinkStats {
-        self.inner.shutdown_blocking()
     }
 
     async fn read<T: Send + 'static>(

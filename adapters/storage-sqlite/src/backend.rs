@@ -207,7 +207,7 @@ impl WriterLifecycle for SqliteTraceStore {
     }
 
     fn close(&self) -> SinkStats {
-        self.close_blocking()
+        SqliteTraceStore::close(self)
     }
 
     fn file(&self) -> &Path {

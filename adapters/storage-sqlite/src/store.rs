@@ -180,15 +180,9 @@ impl SqliteTraceStore {
         gw_storage_kit::shutdown(&self.inner.writer).await
     }
 
-    /// Blocking form of [`shutdown`](Self::shutdown), consuming the store (for CLI code
-    /// without a runtime).
-    pub fn close(self) -> SinkStats {
+    /// Blocking form of [`shutdown`](Self::shutdown), for code without a runtime.
+    pub fn close(&self) -> SinkStats {
         self.inner.writer.shutdown_blocking()
-    }
-
-    /// [`close`](Self::close) through a shared reference (the storage port's `close`).
-    pub fn close_blocking(&self) -> SinkStats {
-        self.inner.shutdown_blocking()
     }
 
     /// The `SessionStore` over this database's `sessions` table: it shares this store's

@@ -38,7 +38,9 @@ async fn fill(backend: &dyn StorageBackend, db: &Path, n: u64, ts0: i64) {
         store.emit(e);
     }
     let sessions = store.sessions();
-    sessions.record_turn(turn("root", ts0, 1.0, Some("m"))).expect("turn");
+    sessions
+        .record_turn(turn("root", ts0, 1.0, Some("m")))
+        .expect("turn");
     let mut kid = turn("kid", ts0 + 1, 0.5, None);
     kid.parent_session_id = Some(gw_domain::sessions::SessionId::parse("root").expect("id"));
     kid.is_worker = true;
@@ -85,7 +87,10 @@ pub async fn backup_then_restore_gives_the_same_store(b: &dyn Backend) {
     backend
         .restore(&dest, &restored, false, &no_progress)
         .expect("restore");
-    assert_eq!(counts(backend.as_ref(), &restored), counts(backend.as_ref(), &db));
+    assert_eq!(
+        counts(backend.as_ref(), &restored),
+        counts(backend.as_ref(), &db)
+    );
 
     // Damage the backup: the restore refuses, and the existing target stays byte-identical.
     let mut bytes = std::fs::read(&dest).expect("read");
@@ -111,7 +116,10 @@ pub async fn status_counts_events_audit_events_and_sessions(b: &dyn Backend) {
     let s = backend.status(&db, 2_000).expect("status");
     assert_eq!((s.events, s.audit_events, s.sessions), (10, 2, 2));
     assert_eq!(s.schema_version, s.supported_version);
-    assert_eq!((s.oldest_event_us, s.newest_event_us), (Some(1_000), Some(1_009)));
+    assert_eq!(
+        (s.oldest_event_us, s.newest_event_us),
+        (Some(1_000), Some(1_009))
+    );
 }
 
 /// Retention deletes non-audit events older than the cutoff only; the dry run counts the
@@ -120,7 +128,10 @@ pub async fn prune_deletes_old_non_audit_events_only(b: &dyn Backend) {
     let (backend, db) = port(b);
     fill(backend.as_ref(), &db, 20, 1_000).await;
     let dry = backend.prune_dry_run(&db, 1_010).expect("dry run");
-    assert_eq!((dry.rows_eligible, dry.rows_audit_exempt, dry.rows_deleted), (8, 2, 0));
+    assert_eq!(
+        (dry.rows_eligible, dry.rows_audit_exempt, dry.rows_deleted),
+        (8, 2, 0)
+    );
     assert_eq!(counts(backend.as_ref(), &db).events, 20);
     let done = backend
         .prune(&db, 1_010, PruneOptions::default(), &no_progress)
@@ -217,13 +228,20 @@ pub async fn the_reader_pages_events_and_reads_sessions(b: &dyn Backend) {
     );
     assert_eq!(reader.keys().expect("keys").len(), 1);
     assert_eq!(
-        reader.events_of_type("gateway.key_issued").expect("type").len(),
+        reader
+            .events_of_type("gateway.key_issued")
+            .expect("type")
+            .len(),
         3
     );
     drop(reader);
     assert_eq!(counts(backend.as_ref(), &db), before);
     assert_eq!(
-        backend.migration(&db, Schema::Trace).plan().expect("plan").current,
+        backend
+            .migration(&db, Schema::Trace)
+            .plan()
+            .expect("plan")
+            .current,
         backend.status(&db, 0).expect("status").supported_version,
         "reading leaves the version stamp alone"
     );
@@ -249,7 +267,12 @@ pub async fn a_copy_keeps_every_row_and_the_audit_chain(b: &dyn Backend) {
     )
     .expect("copy");
     assert_eq!(
-        (report.events, report.audit_chain, report.sessions, report.keys),
+        (
+            report.events,
+            report.audit_chain,
+            report.sessions,
+            report.keys
+        ),
         (25, 5, 2, 1)
     );
     let page = |p: &Path| {

@@ -12,8 +12,8 @@ use gw_domain::sessions::SessionRecord;
 use gw_ports::keys::KeyStoreError;
 use gw_ports::patterns::{PatternError, PatternStats};
 use gw_ports::storage::{
-    MaintenanceError, Migratable, MigrationPlan, PatternDump, PatternFiles, Progress,
-    StoreCounts, StoreReader, no_progress,
+    MaintenanceError, Migratable, MigrationPlan, PatternDump, PatternFiles, Progress, StoreCounts,
+    StoreReader, no_progress,
 };
 use gw_ports::trace::{EventRow, TraceError};
 
@@ -122,9 +122,16 @@ fn descendants_walk_every_generation_once_and_stop_at_the_limit() {
     let ids = |v: Vec<SessionRecord>| v.into_iter().map(|s| s.id).collect::<Vec<_>>();
     let all = ids(sessions::descendants(&reader, "a", 100).unwrap());
     assert_eq!(all.len(), 3, "{all:?}");
-    assert!(!all.contains(&"a".to_owned()), "the root is never its own descendant");
+    assert!(
+        !all.contains(&"a".to_owned()),
+        "the root is never its own descendant"
+    );
     assert_eq!(sessions::descendants(&reader, "a", 2).unwrap().len(), 2);
-    assert!(sessions::descendants(&reader, "nobody", 10).unwrap().is_empty());
+    assert!(
+        sessions::descendants(&reader, "nobody", 10)
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[test]
@@ -140,7 +147,10 @@ fn verify_reports_the_chain_and_the_unchained_count() {
     };
     let r = audit::verify(&reader).unwrap();
     assert_eq!((r.chain, r.unchained), (Err(broken), 3));
-    assert!(audit::verify(&Reader::default()).is_err(), "a read error is an error");
+    assert!(
+        audit::verify(&Reader::default()).is_err(),
+        "a read error is an error"
+    );
 }
 
 /// A migration target that records what was done to it.
@@ -190,7 +200,10 @@ impl Migratable for Target {
     }
 
     fn backup(&self, dest: &Path, _: Progress<'_>) -> Result<(), MaintenanceError> {
-        self.log.lock().unwrap().push(format!("backup {}", dest.display()));
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("backup {}", dest.display()));
         if self.fail_backup {
             return Err(MaintenanceError::Failed("disk full".into()));
         }
@@ -226,7 +239,10 @@ fn a_migration_copies_the_file_before_applying_and_reports_the_old_version() {
     let out = migrate(&t, false, 0, &no_progress).unwrap();
     let log = t.log();
     assert_eq!(log.len(), 4, "{log:?}");
-    assert!(log[1].starts_with("backup /data/metis.db.pre-migrate-"), "{log:?}");
+    assert!(
+        log[1].starts_with("backup /data/metis.db.pre-migrate-"),
+        "{log:?}"
+    );
     assert_eq!(log[2], "apply");
     assert_eq!((out.plan.current, out.plan.target), (1, 3));
     assert!(!out.dry_run);
@@ -236,7 +252,10 @@ fn a_migration_copies_the_file_before_applying_and_reports_the_old_version() {
 fn no_migration_runs_without_its_copy() {
     let t = Target::new(&["a"], true);
     let err = migrate(&t, false, 0, &no_progress).unwrap_err().to_string();
-    assert!(err.contains("nothing was migrated") && err.contains("disk full"), "{err}");
+    assert!(
+        err.contains("nothing was migrated") && err.contains("disk full"),
+        "{err}"
+    );
     assert!(!t.log().contains(&"apply".to_owned()));
 }
 
@@ -328,7 +347,11 @@ fn a_rebuild_replays_this_workspace_in_event_order_and_counts_damaged_events() {
         events: vec![
             recorded("01", 10, payload("/ws/a", "m1")),
             recorded("02", 20, payload("/ws/b", "m1")),
-            recorded("03", 30, r#"{"workspace_path":"/ws/a","primary_model":7}"#.into()),
+            recorded(
+                "03",
+                30,
+                r#"{"workspace_path":"/ws/a","primary_model":7}"#.into(),
+            ),
             recorded("04", 40, payload("/ws/a", "m2")),
             recorded("05", 50, "not json".into()),
         ],
