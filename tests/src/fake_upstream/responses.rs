@@ -11,12 +11,17 @@
 //! `function_call_output` items the reply is `tool result: <their outputs>`, as for the other
 //! APIs.
 
+use super::convo::{
+    Convo, Plan, Script, StreamEnd, estimate_input_tokens, long_deltas, out_tokens, plan,
+    split_arguments, split_deltas, status_directive,
+};
+use super::openai::{
+    garbage_response, openai_auth_error, openai_error, openai_status_error, openai_unparsable,
+};
+use super::reply::{Frame, json_response, sse_event, sse_response, with_header};
+use super::server::{Ctx, State, lock, unix_now};
 use super::{
-    AuthCheck, CACHE_READ_TOKENS, Convo, Ctx, Frame, Plan, RESPONSES_CONTEXT_LENGTH_MESSAGE,
-    Script, State, StreamEnd, THINKING_TEXT, TOOL_ARGUMENTS, estimate_input_tokens,
-    garbage_response, json_response, lock, long_deltas, openai_auth_error, openai_error,
-    openai_status_error, openai_unparsable, out_tokens, plan, split_arguments, split_deltas,
-    sse_event, sse_response, status_directive, unix_now, with_header,
+    AuthCheck, CACHE_READ_TOKENS, RESPONSES_CONTEXT_LENGTH_MESSAGE, THINKING_TEXT, TOOL_ARGUMENTS,
 };
 use bytes::Bytes;
 use poem::Response;
