@@ -12,10 +12,8 @@ use bytes::Bytes;
 use gw_domain::canonical::{ChatRequest, Role};
 use gw_domain::canonical::{ContentBlock, Shape};
 use gw_domain::error::{ErrorClass, GatewayError};
-use gw_domain::events::{
-    AuthFailed, KeyLeakSuspected, Payload, QuotaAlert, QuotaExceeded, RateLimited, make_event,
-};
-use gw_domain::keys::{Inactive, KeyRecord, hash_token};
+use gw_domain::events::{KeyLeakSuspected, Payload, make_event};
+use gw_domain::keys::{Inactive, hash_token};
 use gw_domain::models::Catalog;
 use gw_domain::models::ListedModel;
 use gw_domain::patterns::{FingerprintInputs, StructuralFeatures};
@@ -24,7 +22,7 @@ use gw_domain::responses::ResponseContext;
 use gw_domain::sessions::parse_session_headers;
 use gw_domain::sse::SseParser;
 use gw_ports::gateway::{Admission, GatewayService, InboundMeta, ModelsQuery, Reply, TokenCount};
-use gw_ports::metrics::{Metrics, QuotaRatio, ScrapeGauges};
+use gw_ports::metrics::{Metrics, ScrapeGauges};
 use gw_ports::patterns::PatternStore;
 use gw_ports::sessions::SessionStore;
 use gw_ports::system::Background;
@@ -37,11 +35,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+mod admission_events;
 mod call;
 mod counting;
 mod embeddings;
 
 use call::CallSpec;
+
+use admission_events::{AuthFailSampler, quota_error};
 
 /// The wired gateway core.
 pub struct GatewayCore {
@@ -143,171 +144,6 @@ impl GatewayCore {
         id
     }
 
-    /// Every active capped key's spend over each cap as of `now` (the ledger rolls its UTC
-    /// windows on read, so an idle key's ratio drops at midnight). A key sharing its spend
-    /// account with another (rotation) reports the account's spend.
-    fn quota_ratios(&self, index: &crate::keys::KeyIndex, now: i64) -> Vec<QuotaRatio> {
-        let mut out = Vec::new();
-        for key in index.records() {
-            if key.check_active(now).is_err() {
-                continue;
-            }
-            let caps = Caps::of(key);
-            if caps.is_empty() {
-                continue;
-            }
-            let (day, month, _) = self.ledger.snapshot(key.account(), now);
-            for (scope, cap, spent) in [
-                ("key_daily", caps.daily_usd, day),
-                ("key_monthly", caps.monthly_usd, month),
-            ] {
-                if let Some(cap) = cap.filter(|c| *c > 0.0) {
-                    out.push(QuotaRatio {
-                        key_id: key.key_id.clone(),
-                        scope,
-                        ratio: spent / cap,
-                    });
-                }
-            }
-        }
-        out
-    }
-
-    fn auth_failed(
-        &self,
-        reason: &'static str,
-        shape: Shape,
-        token: Option<&str>,
-        key: Option<&str>,
-    ) {
-        self.metrics.auth_failure(reason);
-        let (emit_this, summary) = self.auth_sampler.admit(self.clock.now_us());
-        if let Some(suppressed) = summary {
-            self.auth_failed_summary(shape, suppressed);
-        }
-        if !emit_this {
-            return;
-        }
-        let session = format!("gw_{}", self.ids.ulid());
-        let payload = AuthFailed {
-            reason,
-            inbound_shape: shape.as_str(),
-            token_hash_prefix: token.map(gw_domain::keys::token_fingerprint),
-            gateway_key_id: key.map(str::to_owned),
-            suppressed: 0,
-        };
-        self.emit(&session, None, None, &payload);
-    }
-
-    /// One event standing for `suppressed` failures beyond the sampling budget.
-    fn auth_failed_summary(&self, shape: Shape, suppressed: u64) {
-        let session = format!("gw_{}", self.ids.ulid());
-        let payload = AuthFailed {
-            reason: "aggregated",
-            inbound_shape: shape.as_str(),
-            token_hash_prefix: None,
-            gateway_key_id: None,
-            suppressed,
-        };
-        self.emit(&session, None, None, &payload);
-    }
-
-    fn quota_events(
-        &self,
-        key: &KeyRecord,
-        shape: Shape,
-        alerts: &[crate::spend::Alert],
-        exceeded: Option<&crate::spend::Exceeded>,
-    ) {
-        let session = format!("gw_{}", self.ids.ulid());
-        for a in alerts {
-            let event = if a.severity == "critical" {
-                "alert_95"
-            } else {
-                "alert_80"
-            };
-            self.metrics.quota_event(a.scope, event);
-            let payload = QuotaAlert {
-                scope: a.scope,
-                severity: a.severity,
-                current_usd: usd(a.current_usd),
-                limit_usd: usd(a.limit_usd),
-                percentage: (a.ratio * 10_000.0).round() / 100.0,
-                gateway_key_id: Some(key.key_id.clone()),
-                user_id: key.user_id.clone(),
-                team_id: key.team_id.clone(),
-            };
-            self.emit(&session, None, None, &payload);
-        }
-        let Some(e) = exceeded else { return };
-        self.metrics.quota_event(e.scope, "exceeded");
-        // At most one event per account per 10 s; the rest are counted into the next one.
-        let now_s = self.clock.now_us() / 1_000_000;
-        let suppressed = {
-            let mut m = match self.quota_sampler.lock() {
-                Ok(g) => g,
-                Err(p) => p.into_inner(),
-            };
-            let entry = m.entry(key.account().to_owned()).or_insert((i64::MIN, 0));
-            if now_s.saturating_sub(entry.0) < 10 {
-                entry.1 += 1;
-                return;
-            }
-            entry.0 = now_s;
-            std::mem::take(&mut entry.1)
-        };
-        let payload = QuotaExceeded {
-            scope: e.scope,
-            current_usd: usd(e.current_usd),
-            limit_usd: usd(e.limit_usd),
-            inbound_shape: shape.as_str(),
-            gateway_key_id: Some(key.key_id.clone()),
-            user_id: key.user_id.clone(),
-            team_id: key.team_id.clone(),
-            suppressed,
-        };
-        self.emit(&session, None, None, &payload);
-    }
-
-    fn rate_limited(
-        &self,
-        d: crate::limits::Denied,
-        shape: Shape,
-        token: Option<&str>,
-        ip: Option<std::net::IpAddr>,
-    ) {
-        let key_fp = token.map(gw_domain::keys::token_fingerprint);
-        match d.scope {
-            "per_key" => tracing::warn!(
-                "rate-limit deny bucket=per_key rpm={} retry_after={}s shape={} key_fp={}",
-                d.rpm,
-                d.retry_after_secs,
-                shape.as_str(),
-                key_fp.as_deref().unwrap_or("-")
-            ),
-            _ => tracing::warn!(
-                "rate-limit deny bucket=per_ip rpm={} retry_after={}s shape={} ip={}",
-                d.rpm,
-                d.retry_after_secs,
-                shape.as_str(),
-                ip.map_or_else(|| "-".to_owned(), |i| i.to_string())
-            ),
-        }
-        if let Some(suppressed) = self.limiter.sample_denial() {
-            let session = format!("gw_{}", self.ids.ulid());
-            let payload = RateLimited {
-                scope: d.scope,
-                rpm: d.rpm,
-                retry_after_seconds: d.retry_after_secs,
-                inbound_shape: shape.as_str(),
-                token_hash_prefix: (d.scope == "per_key").then_some(key_fp).flatten(),
-                client_ip: ip.map(|i| i.to_string()),
-                suppressed,
-            };
-            self.emit(&session, None, None, &payload);
-        }
-    }
-
     /// An upstream request for `admission`: same-shape calls carry the client's provider
     /// headers and query string.
     #[allow(clippy::too_many_arguments)]
@@ -362,71 +198,6 @@ impl GatewayCore {
 
 /// Output tokens assumed for the cost reservation when the request sets no `max_tokens`.
 const DEFAULT_MAX_TOKENS_ESTIMATE: u64 = 4096;
-
-/// Individual `gateway.auth_failed` events allowed per second; beyond that failures are
-/// counted and folded into one `reason: "aggregated"` event (bounded growth under
-/// credential stuffing).
-const AUTH_FAILED_EVENTS_PER_SEC: u64 = 20;
-
-#[derive(Debug, Default)]
-struct AuthFailSampler {
-    state: Mutex<(i64, u64, u64)>, // (second, emitted this second, suppressed this second)
-}
-
-impl AuthFailSampler {
-    /// Whether to write this failure individually, and a summary count to write first when
-    /// a new second began after suppressions.
-    fn admit(&self, now_us: i64) -> (bool, Option<u64>) {
-        let sec = now_us / 1_000_000;
-        let mut st = match self.state.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        let mut summary = None;
-        if st.0 != sec {
-            if st.2 > 0 {
-                summary = Some(st.2);
-            }
-            *st = (sec, 0, 0);
-        }
-        if st.1 < AUTH_FAILED_EVENTS_PER_SEC {
-            st.1 += 1;
-            (true, summary)
-        } else {
-            st.2 += 1;
-            (false, summary)
-        }
-    }
-
-    /// Suppressed failures not yet written (for the shutdown flush).
-    fn take_pending(&self) -> u64 {
-        let mut st = match self.state.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        std::mem::take(&mut st.2)
-    }
-}
-
-/// USD amount as a decimal string (up to 6 places, at least 2).
-fn usd(x: f64) -> String {
-    let s = format!("{x:.6}");
-    let trimmed = s.trim_end_matches('0');
-    let decimals = trimmed.split_once('.').map_or(0, |(_, d)| d.len());
-    if decimals < 2 {
-        format!("{x:.2}")
-    } else {
-        trimmed.to_owned()
-    }
-}
-
-fn quota_error(e: &crate::spend::Exceeded) -> GatewayError {
-    GatewayError::QuotaExceeded {
-        scope: e.scope,
-        limit_usd: usd(e.limit_usd),
-        current_usd: usd(e.current_usd),
-    }
-}
 
 /// The wire a model call goes out in, and whether that is the client's own shape (forwarded
 /// with unknown fields, headers and error bodies intact) rather than a translation.

@@ -1,13 +1,16 @@
 //! The fake upstream's non-generating endpoints: Anthropic `POST /v1/messages/count_tokens`,
 //! OpenAI `POST /v1/embeddings`, and `GET /v1/models[/{id}]` in both providers' shapes.
 
-use super::responses::{Invalid, invalid_value};
-use super::{
-    AuthCheck, Ctx, anthropic_convo, anthropic_error, anthropic_error_message,
-    anthropic_error_type, anthropic_preflight, anthropic_unparsable, estimate_input_tokens,
-    json_response, openai_auth_error, openai_error, openai_status_error, openai_unparsable,
-    out_tokens, splitmix64, status_directive, validate_anthropic_body, with_header,
+use super::AuthCheck;
+use super::anthropic::{
+    anthropic_error, anthropic_error_message, anthropic_error_type, anthropic_preflight,
+    anthropic_unparsable, validate_anthropic_body,
 };
+use super::convo::{anthropic_convo, estimate_input_tokens, out_tokens, status_directive};
+use super::openai::{openai_auth_error, openai_error, openai_status_error, openai_unparsable};
+use super::reply::{json_response, with_header};
+use super::responses::{Invalid, invalid_value};
+use super::server::{Ctx, splitmix64};
 use poem::http::StatusCode;
 use poem::{Request, Response};
 use serde_json::{Value, json};

@@ -1,0 +1,92 @@
+//! A service that is never served: the OpenAPI document needs API instances, and the
+//! document must not depend on a database. It also stands behind the admin routes when
+//! the admin API is disabled (they answer 404 before reaching it). Every call fails.
+
+use super::empty_model_list;
+use bytes::Bytes;
+use gw_domain::error::GatewayError;
+use gw_ports::admin::{AdminFailure, AdminService};
+use gw_ports::admin::{CreatedKey, KeySummary, NewKey, RevokeResult, RotateResult};
+use gw_ports::gateway::TokenCount;
+use gw_ports::gateway::{Admission, GatewayService, InboundMeta, ModelsQuery, Reply};
+use gw_ports::trace::{EventRow, UsageGroup, UsageRow};
+
+pub struct NoService;
+
+#[async_trait::async_trait]
+impl GatewayService for NoService {
+    async fn admit(&self, _meta: InboundMeta) -> Result<Admission, GatewayError> {
+        Err(GatewayError::Unavailable {
+            message: "document-only service".to_owned(),
+        })
+    }
+    async fn handle(&self, _a: Admission, _b: Bytes) -> Result<Reply, GatewayError> {
+        Err(GatewayError::Unavailable {
+            message: "document-only service".to_owned(),
+        })
+    }
+    fn models(&self, _a: &Admission, _q: &ModelsQuery) -> Result<Bytes, GatewayError> {
+        Ok(empty_model_list())
+    }
+    async fn count_tokens(&self, _a: Admission, _b: Bytes) -> Result<TokenCount, GatewayError> {
+        Err(GatewayError::Unavailable {
+            message: "document-only service".to_owned(),
+        })
+    }
+    async fn embeddings(&self, _a: Admission, _b: Bytes) -> Result<Bytes, GatewayError> {
+        Err(GatewayError::Unavailable {
+            message: "document-only service".to_owned(),
+        })
+    }
+    fn readiness(&self) -> Result<(), String> {
+        Err("document-only service".to_owned())
+    }
+    fn begin_drain(&self) {}
+    fn metrics_text(&self) -> String {
+        String::new()
+    }
+    fn record_http(&self, _r: &str, _m: &str, _s: u16, _sh: &str, _t: f64) {}
+}
+
+fn unavailable() -> AdminFailure {
+    AdminFailure::Unavailable("document-only service".to_owned())
+}
+
+#[async_trait::async_trait]
+impl AdminService for NoService {
+    async fn create_key(&self, _n: NewKey) -> Result<CreatedKey, AdminFailure> {
+        Err(unavailable())
+    }
+    async fn list_keys(&self) -> Result<Vec<KeySummary>, AdminFailure> {
+        Err(unavailable())
+    }
+    async fn get_key(&self, _k: &str) -> Result<KeySummary, AdminFailure> {
+        Err(unavailable())
+    }
+    async fn revoke_key(&self, _k: &str) -> Result<RevokeResult, AdminFailure> {
+        Err(unavailable())
+    }
+    async fn rotate_key(&self, _k: &str, _g: u64) -> Result<RotateResult, AdminFailure> {
+        Err(unavailable())
+    }
+    async fn usage(
+        &self,
+        _s: i64,
+        _u: i64,
+        _g: UsageGroup,
+        _f: Option<(UsageGroup, String)>,
+    ) -> Result<Vec<UsageRow>, AdminFailure> {
+        Err(unavailable())
+    }
+    async fn audit(
+        &self,
+        _s: i64,
+        _u: i64,
+        _t: Vec<String>,
+    ) -> Result<Vec<EventRow>, AdminFailure> {
+        Err(unavailable())
+    }
+    fn now_us(&self) -> i64 {
+        0
+    }
+}

@@ -1,0 +1,291 @@
+//! The server: shared state (recorded requests, `[fail-once]` memory, stored Responses
+//! conversations), dispatch by path, credential checks and request recording.
+
+use super::anthropic::anthropic;
+use super::openai::{openai, openai_error};
+use super::reply::json_response;
+use super::{Api, AuthCheck, Provider, RecordedRequest, StreamOutcome, extras, responses};
+use poem::http::{StatusCode, header};
+use poem::{Endpoint, Request, Response};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub(super) struct State {
+    pub(super) anthropic_key: String,
+    pub(super) openai_key: String,
+    pub(super) records: Mutex<Vec<RecordedRequest>>,
+    pub(super) fail_once_seen: Mutex<HashSet<String>>,
+    /// Conversation items (input and output) of every Responses-API answer served with `store`
+    /// not false, by response id, so `previous_response_id` works as against the real API.
+    pub(super) stored_responses: Mutex<HashMap<String, Vec<Value>>>,
+    pub(super) seq: AtomicU64,
+    pub(super) ids: AtomicU64,
+}
+
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl State {
+    pub(super) fn records(&self) -> MutexGuard<'_, Vec<RecordedRequest>> {
+        lock(&self.records)
+    }
+
+    pub(super) fn reset(&self) {
+        let mut recs = self.records();
+        recs.clear();
+        self.seq.store(0, Ordering::SeqCst);
+        drop(recs);
+        lock(&self.fail_once_seen).clear();
+        lock(&self.stored_responses).clear();
+    }
+
+    fn record(&self, mut rec: RecordedRequest) -> u64 {
+        let mut recs = self.records();
+        let seq = self.seq.fetch_add(1, Ordering::SeqCst);
+        rec.seq = seq;
+        recs.push(rec);
+        seq
+    }
+
+    pub(super) fn set_outcome(&self, seq: u64, outcome: StreamOutcome) {
+        let mut recs = self.records();
+        if let Some(r) = recs.iter_mut().find(|r| r.seq == seq)
+            && r.stream_outcome.is_none()
+        {
+            r.stream_outcome = Some(outcome);
+        }
+    }
+
+    /// True the first time `text` is seen.
+    pub(super) fn first_time(&self, text: &str) -> bool {
+        lock(&self.fail_once_seen).insert(text.to_owned())
+    }
+
+    /// A fresh base62 string of `len` characters.
+    pub(super) fn rand_id(&self, len: usize) -> String {
+        self.rand_from(
+            b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz",
+            len,
+        )
+    }
+
+    /// A fresh lower-case hex string of `len` characters (the Responses API's id alphabet).
+    pub(super) fn rand_hex(&self, len: usize) -> String {
+        self.rand_from(b"0123456789abcdef", len)
+    }
+
+    fn rand_from(&self, alphabet: &[u8], len: usize) -> String {
+        // Each id starts from a mixed counter value, so consecutive ids share no run of
+        // characters; within an id, splitmix64 steps produce the characters.
+        let mut x = splitmix64(self.ids.fetch_add(1, Ordering::Relaxed));
+        let mut out = String::with_capacity(len);
+        for _ in 0..len {
+            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let n = u64::try_from(alphabet.len()).unwrap_or(1);
+            let idx = usize::try_from(splitmix64(x) % n).unwrap_or(0);
+            out.push(char::from(alphabet[idx]));
+        }
+        out
+    }
+}
+
+pub(super) fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+pub(super) fn seed() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| {
+        u64::try_from(d.as_nanos() & u128::from(u64::MAX)).unwrap_or(0)
+    })
+}
+
+pub(super) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+pub(super) struct FakeEndpoint {
+    pub(super) state: Arc<State>,
+}
+
+impl Endpoint for FakeEndpoint {
+    type Output = Response;
+
+    async fn call(&self, req: Request) -> poem::Result<Response> {
+        Ok(handle(Arc::clone(&self.state), req).await)
+    }
+}
+
+async fn handle(state: Arc<State>, mut req: Request) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    // OpenAI paths also answer without the `/v1` prefix, for base URLs configured without it.
+    let openai_path = path.strip_prefix("/v1").unwrap_or(&path);
+    let (provider, api) = match (method.as_str(), path.as_str(), openai_path) {
+        ("GET", "/_requests", _) => {
+            let recs = state.records().clone();
+            return json_response(StatusCode::OK, &json!(recs));
+        }
+        ("POST", "/_reset", _) => {
+            state.reset();
+            return json_response(StatusCode::OK, &json!({"ok": true}));
+        }
+        ("POST", "/v1/messages", _) => (Provider::Anthropic, Api::Messages),
+        ("POST", "/v1/messages/count_tokens", _) => (Provider::Anthropic, Api::CountTokens),
+        ("POST", _, "/chat/completions") => (Provider::OpenAi, Api::ChatCompletions),
+        ("POST", _, "/responses") => (Provider::OpenAi, Api::Responses),
+        ("POST", _, "/responses/input_tokens") => (Provider::OpenAi, Api::ResponsesInputTokens),
+        ("POST", _, "/embeddings") => (Provider::OpenAi, Api::Embeddings),
+        ("GET", _, p)
+            if p == "/models" || p.strip_prefix("/models/").is_some_and(|id| !id.is_empty()) =>
+        {
+            (models_provider(&req), Api::Models)
+        }
+        _ => {
+            return openai_error(
+                StatusCode::NOT_FOUND,
+                &format!("Invalid URL ({method} {path})"),
+                "invalid_request_error",
+                None,
+                None,
+            );
+        }
+    };
+    let body_bytes = req.take_body().into_bytes().await.unwrap_or_default();
+    let parsed: Option<Value> = serde_json::from_slice(&body_bytes).ok();
+    let auth = check_auth(&state, provider, &req);
+    let headers = recorded_headers(&req, provider, auth);
+    let seq = state.record(RecordedRequest {
+        seq: 0,
+        method: method.to_string(),
+        path: path.clone(),
+        query: req.uri().query().map(str::to_owned),
+        provider,
+        api,
+        headers,
+        auth,
+        body: parsed.clone().unwrap_or(Value::Null),
+        body_len: body_bytes.len(),
+        stream_outcome: None,
+    });
+    let ctx = Ctx { state, seq, api };
+    match (api, provider) {
+        (Api::Messages, _) => anthropic(&ctx, &req, auth, parsed).await,
+        (Api::CountTokens, _) => extras::count_tokens(&ctx, &req, auth, parsed).await,
+        (Api::ChatCompletions, _) => openai(&ctx, auth, parsed).await,
+        (Api::Responses, _) => responses::create(&ctx, auth, parsed).await,
+        (Api::ResponsesInputTokens, _) => responses::input_tokens(&ctx, auth, parsed).await,
+        (Api::Embeddings, _) => extras::embeddings(&ctx, auth, parsed).await,
+        (Api::Models, Provider::Anthropic) => {
+            extras::anthropic_models(&ctx, &req, auth, openai_path)
+        }
+        (Api::Models, Provider::OpenAi) => extras::openai_models(&ctx, auth, openai_path),
+    }
+}
+
+pub(super) struct Ctx {
+    pub(super) state: Arc<State>,
+    pub(super) seq: u64,
+    pub(super) api: Api,
+}
+
+/// `GET /v1/models` answers in the Anthropic shape when called with `anthropic-version` or
+/// `x-api-key` (Anthropic clients send one or both; OpenAI clients neither), else in the OpenAI
+/// shape.
+fn models_provider(req: &Request) -> Provider {
+    let headers = req.headers();
+    if headers.contains_key("anthropic-version") || headers.contains_key("x-api-key") {
+        Provider::Anthropic
+    } else {
+        Provider::OpenAi
+    }
+}
+
+/// The credential header checked for `provider`: OpenAI reads `Authorization: Bearer`;
+/// Anthropic reads `x-api-key`, or `Authorization: Bearer` when there is no `x-api-key` (the
+/// pinned `anthropic` SDK sends its API key that way, and Claude Code its auth token).
+fn checked_header(provider: Provider, req: &Request) -> &'static str {
+    match provider {
+        Provider::Anthropic if req.headers().contains_key("x-api-key") => "x-api-key",
+        Provider::Anthropic | Provider::OpenAi => "authorization",
+    }
+}
+
+fn check_auth(state: &State, provider: Provider, req: &Request) -> AuthCheck {
+    let presented = if checked_header(provider, req) == "x-api-key" {
+        req.headers()
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    } else {
+        req.headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                let (scheme, token) = v.split_once(' ')?;
+                scheme
+                    .eq_ignore_ascii_case("bearer")
+                    .then(|| token.trim().to_owned())
+            })
+    };
+    let expected = match provider {
+        Provider::Anthropic => &state.anthropic_key,
+        Provider::OpenAi => &state.openai_key,
+    };
+    match presented {
+        None => AuthCheck::Missing,
+        Some(p) if p.is_empty() => AuthCheck::Missing,
+        Some(p) if &p == expected => AuthCheck::Matched,
+        Some(_) => AuthCheck::Mismatched,
+    }
+}
+
+/// Headers whose values are credentials and are never recorded.
+const CREDENTIAL_HEADERS: [&str; 6] = [
+    "x-api-key",
+    "authorization",
+    "proxy-authorization",
+    "api-key",
+    "x-goog-api-key",
+    "cookie",
+];
+
+fn recorded_headers(
+    req: &Request,
+    provider: Provider,
+    auth: AuthCheck,
+) -> BTreeMap<String, String> {
+    let mut out: BTreeMap<String, String> = BTreeMap::new();
+    for (name, value) in req.headers() {
+        let name = name.as_str().to_ascii_lowercase();
+        let value = if CREDENTIAL_HEADERS.contains(&name.as_str()) {
+            // Never record a credential; only whether the one checked for this provider matched.
+            let is_checked = name == checked_header(provider, req);
+            if is_checked {
+                match auth {
+                    AuthCheck::Matched => "<matched>".to_owned(),
+                    AuthCheck::Mismatched | AuthCheck::Missing => "<mismatched>".to_owned(),
+                }
+            } else {
+                "<present>".to_owned()
+            }
+        } else {
+            String::from_utf8_lossy(value.as_bytes()).into_owned()
+        };
+        out.entry(name)
+            .and_modify(|v| {
+                v.push_str(", ");
+                v.push_str(&value);
+            })
+            .or_insert(value);
+    }
+    out
+}
