@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use gw_domain::sessions::{SessionRecord, SessionTurn, collect_descendants};
+use gw_domain::sessions::{SessionRecord, SessionTurn};
 use gw_ports::sessions::SessionError;
 use gw_ports::writer::WriterHandle;
 use redb::{Database, ReadableDatabase, ReadableTable, Table, WriteTransaction};
@@ -215,14 +215,6 @@ pub mod read {
             }
         }
         Ok(out)
-    }
-
-    /// Every descendant of `root` (depth-first, at most `max`; cycles stop).
-    ///
-    /// # Errors
-    /// redb errors.
-    pub fn descendants(db: &Database, root: &str, max: usize) -> Result<Vec<SessionRecord>> {
-        super::collect_descendants(root, max, |id| children(db, id))
     }
 
     /// Every session, in id order (for copies between backends).

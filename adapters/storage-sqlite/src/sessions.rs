@@ -19,7 +19,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use gw_domain::sessions::{SessionId, SessionRecord, SessionTurn, collect_descendants};
+use gw_domain::sessions::{SessionId, SessionRecord, SessionTurn};
 use gw_ports::sessions::SessionError;
 use gw_ports::writer::WriterHandle;
 use rusqlite::{CachedStatement, Connection, ErrorCode, Row, params};
@@ -356,14 +356,6 @@ impl SessionReader {
             self.columns
         );
         self.query(&sql, params![parent])
-    }
-
-    /// Every descendant of `root` (depth-first, at most `max` sessions; cycles stop).
-    ///
-    /// # Errors
-    /// `Backend` on an SQLite error.
-    pub fn descendants(&self, root: &str, max: usize) -> Result<Vec<SessionRecord>, SessionError> {
-        collect_descendants(root, max, |id| self.children(id))
     }
 
     /// Number of sessions (0 when the table does not exist).
