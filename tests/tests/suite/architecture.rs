@@ -269,3 +269,42 @@ fn no_crate_of_the_binary_parses_xml() {
         hits.join("\n")
     );
 }
+
+/// The composition root picks a storage backend in exactly one place (`store.rs`, the
+/// `StoreKind::backend` match); every other file of the app speaks to the `StorageBackend`
+/// port. Tests may name an adapter to set up fixtures, so `tests/` directories and a file's
+/// `#[cfg(test)]` tail are not checked.
+#[test]
+fn only_the_selection_point_names_a_storage_adapter() {
+    let root = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../app"));
+    let mut files = Vec::new();
+    rust_files(root, &mut files);
+    assert!(files.len() > 10, "found the app's sources: {}", files.len());
+    let mut hits = Vec::new();
+    for file in &files {
+        let is_test_dir = file.components().any(|c| c.as_os_str() == "tests");
+        if file.ends_with("metis/src/store.rs") || is_test_dir {
+            continue;
+        }
+        let text = std::fs::read_to_string(file).expect("source is UTF-8");
+        let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+        for (n, line) in code.lines().enumerate() {
+            if [
+                "gw_storage_sqlite",
+                "gw_storage_redb",
+                "redb::",
+                "is_redb_file",
+            ]
+            .iter()
+            .any(|name| line.contains(name))
+            {
+                hits.push(format!("{}:{}: {}", file.display(), n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        hits.is_empty(),
+        "a storage adapter is named outside app/metis/src/store.rs:\n{}",
+        hits.join("\n")
+    );
+}
