@@ -155,9 +155,6 @@ mod tests {
         .unwrap();
         assert_eq!(counts.rows_deleted, 5);
         assert_eq!(counts.rows_audit_exempt, 1);
-        assert_eq!(
-            *calls.lock().unwrap(),
-            vec![(0, 5), (2, 5), (4, 5), (5, 5)]
-        );
+        assert_eq!(*calls.lock().unwrap(), vec![(0, 5), (2, 5), (4, 5), (5, 5)]);
     }
 }

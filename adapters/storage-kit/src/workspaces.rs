@@ -13,7 +13,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 
 use gw_domain::patterns::workspace_hash;
 use gw_ports::storage::PatternPlace;
@@ -53,24 +53,27 @@ pub fn prepare_pattern_file(
         }
     }
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let probe = dir.join(format!(".write-probe.{}", std::process::id()));
-        std::fs::write(&probe, b"").map_err(|e| format!("{} is not writable: {e}", dir.display()))?;
+        std::fs::write(&probe, b"")
+            .map_err(|e| format!("{} is not writable: {e}", dir.display()))?;
         let _ = std::fs::remove_file(&probe);
     }
     Ok(path)
 }
 
-/// The open pattern stores of every workspace (`H` is the engine's handle).
+/// The open pattern stores of every workspace (`H` is the engine's shared handle, e.g. an
+/// `Arc`).
 #[derive(Debug)]
 pub struct WorkspaceStores<H> {
     place: PatternPlace,
     file_name: &'static str,
-    open: Mutex<HashMap<PathBuf, Arc<H>>>,
+    open: Mutex<HashMap<PathBuf, H>>,
     skipped: Mutex<HashSet<String>>,
 }
 
-impl<H> WorkspaceStores<H> {
+impl<H: Clone> WorkspaceStores<H> {
     #[must_use]
     pub fn new(place: PatternPlace, file_name: &'static str) -> Self {
         Self {
@@ -97,20 +100,16 @@ impl<H> WorkspaceStores<H> {
     ///
     /// # Errors
     /// `open`'s error (nothing is cached).
-    pub fn open<E>(
-        &self,
-        path: &Path,
-        open: impl FnOnce(&Path) -> Result<H, E>,
-    ) -> Result<Arc<H>, E> {
+    pub fn open<E>(&self, path: &Path, open: impl FnOnce(&Path) -> Result<H, E>) -> Result<H, E> {
         let mut cache = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(h) = cache.get(path) {
-            return Ok(Arc::clone(h));
+            return Ok(h.clone());
         }
-        let h = Arc::new(open(path)?);
+        let h = open(path)?;
         if cache.len() >= MAX_OPEN_STORES {
             cache.clear();
         }
-        cache.insert(path.to_path_buf(), Arc::clone(&h));
+        cache.insert(path.to_path_buf(), h.clone());
         Ok(h)
     }
 
@@ -123,7 +122,7 @@ impl<H> WorkspaceStores<H> {
         &self,
         workspace: &str,
         open: impl FnOnce(&Path) -> Result<H, E>,
-    ) -> Result<Result<(PathBuf, Arc<H>), String>, E> {
+    ) -> Result<Result<(PathBuf, H), String>, E> {
         let path = self.path(workspace);
         let cached = self
             .open
@@ -161,7 +160,7 @@ impl<H> WorkspaceStores<H> {
         &self,
         workspace: &str,
         open: impl FnOnce(&Path) -> Result<H, E>,
-    ) -> Result<Option<(PathBuf, Arc<H>)>, E> {
+    ) -> Result<Option<(PathBuf, H)>, E> {
         let path = self.path(workspace);
         if !path.is_file() {
             return Ok(None);
@@ -207,7 +206,12 @@ mod tests {
             .writable(missing.to_str().unwrap(), |_| Ok::<_, ()>(1))
             .unwrap();
         assert!(r.unwrap_err().contains("not a directory"));
-        assert!(stores.writable("relative", |_| Ok::<_, ()>(1)).unwrap().is_err());
+        assert!(
+            stores
+                .writable("relative", |_| Ok::<_, ()>(1))
+                .unwrap()
+                .is_err()
+        );
 
         let opened = Cell::new(0);
         let ws = dir.path().to_str().unwrap();
@@ -219,7 +223,7 @@ mod tests {
                 })
                 .unwrap()
                 .unwrap();
-            assert_eq!(*h, 7);
+            assert_eq!(h, 7);
             assert_eq!(path, dir.path().join(".metis").join("p"));
         }
         assert_eq!(opened.get(), 1);

@@ -26,13 +26,11 @@ pub use gw_domain::backup::{BackupMeta, RestoreSummary};
 use gw_domain::sessions::SessionRecord;
 pub use gw_ports::storage::{CompactReport, MaintenanceError, Progress, PruneCounts, StoreStatus};
 use gw_ports::trace::EventRow;
-pub use gw_storage_kit::with_suffix;
 use gw_storage_kit::require_file;
+pub use gw_storage_kit::with_suffix;
 use redb::{Database, ReadableDatabase, ReadableTableMetadata, TableHandle};
 
-use crate::db::{
-    EVENTS, KEYS, SESSIONS, Sharing, StoreError, describe_open_error, open_shared,
-};
+use crate::db::{EVENTS, KEYS, SESSIONS, Sharing, StoreError, describe_open_error, open_shared};
 use crate::rows::{EventTables, RowRef};
 use crate::sessions::SessionTables;
 

@@ -30,8 +30,8 @@ pub use gw_ports::storage::{
     CompactReport, MaintenanceError, MigrationPlan, Progress, PruneCounts, PruneOptions,
     StoreStatus, no_progress,
 };
-pub use gw_storage_kit::with_suffix;
 use gw_storage_kit::require_file;
+pub use gw_storage_kit::with_suffix;
 use rusqlite::{Connection, OpenFlags};
 
 use crate::schema::{

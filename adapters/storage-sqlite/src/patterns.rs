@@ -21,7 +21,6 @@
 //! - Blocking work runs on tokio's blocking pool; one connection per store file, behind a
 //!   mutex.
 
-
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -63,7 +62,7 @@ pub struct SqlitePatternStore {
 
 struct State {
     caps: PatternCaps,
-    stores: WorkspaceStores<Mutex<Connection>>,
+    stores: WorkspaceStores<Shared>,
 }
 
 impl std::fmt::Debug for SqlitePatternStore {
@@ -74,8 +73,8 @@ impl std::fmt::Debug for SqlitePatternStore {
     }
 }
 
-fn open(path: &Path) -> Result<Mutex<Connection>, PatternError> {
-    schema::open_store(path).map(Mutex::new)
+fn open(path: &Path) -> Result<Shared, PatternError> {
+    schema::open_store(path).map(|c| Arc::new(Mutex::new(c)))
 }
 
 impl SqlitePatternStore {

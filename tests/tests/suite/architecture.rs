@@ -1,7 +1,9 @@
 //! The hexagon's dependency rules, checked on the real dependency graph:
 //! - `gw-domain` and `gw-ports` pull in no runtime, storage engine or HTTP stack;
 //! - use cases see only `gw-domain` and `gw-ports` among workspace crates;
-//! - adapters depend on `gw-domain`/`gw-ports` only — never on another adapter or on `app`;
+//! - adapters depend on `gw-domain`/`gw-ports` only — never on another adapter or on `app` —
+//!   plus, for the storage adapters, the engine-free support crate `gw-storage-kit`, which
+//!   itself depends on no adapter and no storage engine;
 //! - no crate of the `metis` binary parses XML (deny.toml's quick-xml exception rests on it).
 #![expect(clippy::expect_used, reason = "test helpers outside #[test] functions")]
 
@@ -128,6 +130,19 @@ fn members() -> Vec<Member> {
         .collect()
 }
 
+/// The support crate the storage adapters share (it implements no port).
+const STORAGE_KIT: &str = "gw-storage-kit";
+
+#[test]
+fn the_storage_kit_pulls_in_no_storage_engine() {
+    let tree = normal_tree(STORAGE_KIT);
+    let engines: Vec<&str> = ["rusqlite", "libsqlite3-sys", "redb", "tokio"]
+        .into_iter()
+        .filter(|e| tree.contains(*e))
+        .collect();
+    assert!(engines.is_empty(), "{STORAGE_KIT} depends on {engines:?}");
+}
+
 #[test]
 fn adapters_depend_only_on_domain_and_ports() {
     let all = members();
@@ -144,10 +159,21 @@ fn adapters_depend_only_on_domain_and_ports() {
         let bad: Vec<&String> = a
             .internal_deps
             .iter()
-            .filter(|d| *d != "gw-domain" && *d != "gw-ports")
+            .filter(|d| !matches!(d.as_str(), "gw-domain" | "gw-ports" | STORAGE_KIT))
             .collect();
         assert!(bad.is_empty(), "adapter {} depends on {bad:?}", a.name);
     }
+    let kit = all
+        .iter()
+        .find(|m| m.name == STORAGE_KIT)
+        .expect("gw-storage-kit exists");
+    assert!(
+        kit.internal_deps
+            .iter()
+            .all(|d| d == "gw-domain" || d == "gw-ports"),
+        "{STORAGE_KIT} may depend only on gw-domain and gw-ports: {:?}",
+        kit.internal_deps
+    );
 }
 
 #[test]

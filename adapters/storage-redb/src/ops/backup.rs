@@ -16,8 +16,8 @@ use redb::{
 use super::{failed, open_existing};
 use crate::db::{
     AUDIT_CHAIN, EV_BY_KEY, EV_BY_SESSION, EV_BY_TEAM, EV_BY_TIME, EV_BY_TURN, EV_BY_TYPE_TIME,
-    EV_BY_USER, EVENTS, KEYS, META, SESSIONS, SESSIONS_BY_PARENT, SESSIONS_BY_UPDATED,
-    StoreError, TRACE_SCHEMA_VERSION, read_version,
+    EV_BY_USER, EVENTS, KEYS, META, SESSIONS, SESSIONS_BY_PARENT, SESSIONS_BY_UPDATED, StoreError,
+    TRACE_SCHEMA_VERSION, read_version,
 };
 
 /// Copy one table of the snapshot `from` into the write transaction `to` (when it exists).
@@ -257,11 +257,13 @@ impl RestoreEngine for Redb {
         b.set_concurrency_mode(ConcurrencyMode::ExclusiveWriter);
         match b.open(dest) {
             Ok(db) => Ok(Some(Box::new(db))),
-            Err(redb::DatabaseError::DatabaseAlreadyOpen) => Err(MaintenanceError::Refused(format!(
-                "a running gateway (or another metis process) has {} open; stop the writer \
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                Err(MaintenanceError::Refused(format!(
+                    "a running gateway (or another metis process) has {} open; stop the writer \
                  first, then restore",
-                dest.display()
-            ))),
+                    dest.display()
+                )))
+            }
             // A damaged target is being replaced anyway.
             Err(_) => Ok(None),
         }

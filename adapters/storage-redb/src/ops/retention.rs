@@ -224,4 +224,3 @@ pub fn compact(path: &Path) -> Result<CompactReport, MaintenanceError> {
         bytes_after: fs::metadata(path).map_or(0, |m| m.len()),
     })
 }
-

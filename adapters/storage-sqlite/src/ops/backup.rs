@@ -165,8 +165,7 @@ impl RestoreEngine for Sqlite {
         if dest.exists() {
             // Fold the old file's WAL into it first, so even a crash right after the WAL is
             // removed loses nothing of the old database (best effort: it is being replaced).
-            if let Ok(old) = Connection::open_with_flags(dest, OpenFlags::SQLITE_OPEN_READ_WRITE)
-            {
+            if let Ok(old) = Connection::open_with_flags(dest, OpenFlags::SQLITE_OPEN_READ_WRITE) {
                 let _ = old.busy_timeout(Duration::from_secs(1));
                 let _ = old.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
             }

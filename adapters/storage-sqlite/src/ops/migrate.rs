@@ -137,4 +137,3 @@ pub fn migration_backup_path(db: &Path, now: Timestamp) -> PathBuf {
         .map_or_else(|| "metis.db".into(), |n| n.to_string_lossy().into_owned());
     parent_dir(db).join(format!("{name}.pre-migrate-{stamp}Z.db"))
 }
-

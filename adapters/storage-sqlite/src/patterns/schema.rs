@@ -8,7 +8,9 @@ use std::time::Duration;
 use gw_domain::patterns::PATTERN_SCHEMA_VERSION;
 use gw_ports::patterns::PatternError;
 use gw_ports::storage::{MaintenanceError, MigrationPlan};
-use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params};
+use rusqlite::{
+    Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params,
+};
 
 use super::unavailable;
 
@@ -109,8 +111,6 @@ const EMBEDDING_COLUMNS: [(&str, &str); 3] = [
 const STAMP_SQL: &str = "INSERT INTO store_meta (key, value) VALUES ('schema_version', ?1) \
     ON CONFLICT(key) DO UPDATE SET value = excluded.value \
     WHERE CAST(store_meta.value AS INTEGER) < CAST(excluded.value AS INTEGER)";
-
-/// Where a workspace's store lives.
 
 fn exists(conn: &Connection, kind: &str, name: &str) -> rusqlite::Result<bool> {
     conn.query_row(
@@ -322,7 +322,6 @@ fn too_new(path: &Path, found: i64) -> PatternError {
     }
 }
 
-
 /// Migrate an open store in one transaction. `foreign_keys` must be OFF (a rebuild drops a
 /// referenced table); it is checked with `foreign_key_check` before commit.
 fn migrate(conn: &mut Connection, path: &Path) -> Result<Vec<Step>, PatternError> {
@@ -395,7 +394,6 @@ pub(super) fn open_store(path: &Path) -> Result<Connection, PatternError> {
         .map_err(|e| unavailable(path, e))?;
     Ok(conn)
 }
-
 
 fn op_err(e: PatternError) -> MaintenanceError {
     match e {
