@@ -281,7 +281,9 @@ pub async fn run(cmd: PatternsCmd) -> ExitCode {
                     Some(d) => PatternLocation::Dir(d.clone()),
                     None => PatternLocation::InWorkspace,
                 };
-                let path = location.db_path(&ws);
+                let path =
+                    SqlitePatternStore::new(location, gw_domain::patterns::PatternCaps::default())
+                        .db_path(&ws);
                 let text = migrate_flow(
                     "patterns",
                     &path,

@@ -679,9 +679,12 @@ pub fn redb_pattern_stats(
     workspace: &str,
     dir: Option<&Path>,
 ) -> anyhow::Result<Option<gw_ports::patterns::PatternStats>> {
-    let sqlite = dir.map_or(PatternLocation::InWorkspace, |d| {
-        PatternLocation::Dir(d.to_path_buf())
-    });
+    let sqlite = SqlitePatternStore::new(
+        dir.map_or(PatternLocation::InWorkspace, |d| {
+            PatternLocation::Dir(d.to_path_buf())
+        }),
+        PatternCaps::default(),
+    );
     let redb = RedbPatternStore::new(
         dir.map_or(RedbPatternLocation::InWorkspace, |d| {
             RedbPatternLocation::Dir(d.to_path_buf())
@@ -705,9 +708,12 @@ pub fn redb_patterns_migrate(
     dir: Option<&Path>,
     dry_run: bool,
 ) -> anyhow::Result<Option<String>> {
-    let sqlite = dir.map_or(PatternLocation::InWorkspace, |d| {
-        PatternLocation::Dir(d.to_path_buf())
-    });
+    let sqlite = SqlitePatternStore::new(
+        dir.map_or(PatternLocation::InWorkspace, |d| {
+            PatternLocation::Dir(d.to_path_buf())
+        }),
+        PatternCaps::default(),
+    );
     let redb = RedbPatternStore::new(
         dir.map_or(RedbPatternLocation::InWorkspace, |d| {
             RedbPatternLocation::Dir(d.to_path_buf())
