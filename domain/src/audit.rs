@@ -37,6 +37,18 @@ pub fn is_audit_type(event_type: &str) -> bool {
     AUDIT_TYPES.contains(&event_type)
 }
 
+/// The audit types an audit read covers: all of them when `requested` is empty, else the
+/// requested ones that are audit types (deduplicated, catalogue order). Empty means "nothing
+/// to read".
+#[must_use]
+pub fn audit_types_for(requested: &[String]) -> Vec<&'static str> {
+    AUDIT_TYPES
+        .iter()
+        .copied()
+        .filter(|t| requested.is_empty() || requested.iter().any(|r| r == t))
+        .collect()
+}
+
 /// The fields of a stored audit row that the chain covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChainedRow<'a> {

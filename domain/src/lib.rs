@@ -24,3 +24,4 @@ pub mod sessions;
 pub mod sse;
 pub mod time;
 pub mod tool_ids;
+pub mod usage;

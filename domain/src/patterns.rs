@@ -18,7 +18,13 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::events::{Actor, Payload, Sensitivity};
+
+mod projection;
 use crate::time::Timestamp;
+pub use projection::{
+    FingerprintIdTaken, OutcomeTotals, PatternRows, RecordResult, apply_record, enforce_caps,
+    replay,
+};
 
 /// The `pattern.recorded` event type (the gateway emits one per completed, routed turn).
 pub const PATTERN_RECORDED: &str = "pattern.recorded";

@@ -33,19 +33,8 @@ pub enum RecordOutcome {
     },
 }
 
-/// The effect of one applied observation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RecordResult {
-    pub fingerprint_id: String,
-    pub primary_model: String,
-    pub sample_size_before: u64,
-    pub sample_size_after: u64,
-    pub was_new_fingerprint: bool,
-    /// More outcomes than the soft cap after this record (a `pattern.evicted` signal).
-    pub over_soft_cap: bool,
-    /// Outcome rows evicted by the caps during this record.
-    pub rows_auto_evicted: u64,
-}
+/// The effect of one applied observation (defined with the rules that produce it).
+pub use gw_domain::patterns::RecordResult;
 
 /// Size and content summary of one workspace's store.
 #[derive(Debug, Clone, PartialEq, Default)]

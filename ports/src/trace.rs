@@ -101,39 +101,8 @@ pub struct EventRow {
     pub payload_json: String,
 }
 
-/// Spend of one key in the current windows (USD, from `cost_usd` of
-/// `llm.call_completed` and `llm.call_failed`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct KeySpend {
-    pub gateway_key_id: String,
-    /// Spend since the start of the current UTC day.
-    pub day_usd: f64,
-    /// Spend since the start of the current UTC month.
-    pub month_usd: f64,
-}
-
-/// How usage is grouped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UsageGroup {
-    Key,
-    User,
-    Team,
-    Model,
-}
-
-/// One usage rollup row.
-#[derive(Debug, Clone, PartialEq)]
-pub struct UsageRow {
-    /// The group value (`None` = events without that field).
-    pub group: Option<String>,
-    pub cost_usd: f64,
-    pub input_tokens: u64,
-    pub output_tokens: u64,
-    pub cached_input_tokens: u64,
-    pub cache_creation_input_tokens: u64,
-    pub calls: u64,
-    pub failed_calls: u64,
-}
+/// Spend, usage groups and usage rows (defined with the roll-up rules that produce them).
+pub use gw_domain::usage::{KeySpend, UsageGroup, UsageRow};
 
 /// Read-side queries over the trace store.
 #[async_trait]

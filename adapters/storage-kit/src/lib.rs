@@ -1,8 +1,14 @@
-//! `gw-storage-kit`: what the storage adapters share that needs the tokio runtime, so each
-//! backend crate keeps only its engine-specific code. It implements no port and uses no
-//! storage engine; the engine-neutral machinery itself (the writer loop and its sending side,
-//! [`WriterHandle`]) lives in `gw-ports`, which may not depend on a runtime.
+//! `gw-storage-kit`: what the storage adapters share, so each backend crate keeps only its
+//! engine-specific code. It implements no port and uses no storage engine or adapter (the
+//! architecture test checks it); the writer loop and its sending side ([`WriterHandle`]) live
+//! in `gw-ports`, which may not depend on a runtime.
 //!
+//! - [`backup()`]/[`restore()`]: the order of steps and checks of a crash-safe backup and a
+//!   checked restore, each engine plugging in its snapshot, version and integrity checks; the
+//!   file mechanics under them (temp names, durable writes, no-clobber publish, hashing).
+//! - [`prune_in_batches`] and [`status`]: the frames of retention and `trace status`.
+//! - [`WorkspaceStores`], [`pattern_file`]: where each workspace's pattern store lives and
+//!   the cache of open stores.
 //! - [`flush`] and [`shutdown`]: the async waits on a [`WriterHandle`] (a flush's reply, a
 //!   join kept off the async workers).
 //! - [`blocking`]: run a blocking read or write on tokio's blocking pool.
@@ -21,9 +27,22 @@ use gw_ports::trace::SinkStats;
 use gw_ports::writer::{STOPPED, WriterHandle};
 use tokio::sync::oneshot;
 
+mod backup;
+mod files;
 pub mod keys;
+mod maintenance;
 pub mod sessions;
 pub mod trace;
+mod workspaces;
+
+pub use backup::{BackupEngine, Claim, FileFacts, RestoreEngine, backup, restore};
+pub use files::{
+    SIDE_FILES, TempFile, copy_hashing, file_len, fsync_dir, io_err, parent_dir,
+    publish_no_clobber, remove_side_files, remove_with_side_files, require_file, sha256_file,
+    sync_file, temp_name, with_suffix, write_synced,
+};
+pub use maintenance::{Batch, RECENT_WINDOW_US, StatusSource, prune_in_batches, status};
+pub use workspaces::{MAX_OPEN_STORES, WorkspaceStores, pattern_file, prepare_pattern_file};
 
 #[doc(hidden)]
 pub use async_trait::async_trait as __async_trait;

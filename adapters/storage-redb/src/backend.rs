@@ -24,20 +24,13 @@ use redb::Database;
 
 use crate::db::{Sharing, StoreError, TRACE_SCHEMA_VERSION, describe_open_error, open_shared};
 use crate::{
-    MAIN_FILE_NAME, RedbKeyStore, RedbOptions, RedbPatternLocation, RedbPatternStore,
-    RedbTraceStore, ops, query, sessions,
+    MAIN_FILE_NAME, RedbKeyStore, RedbOptions, RedbPatternStore, RedbTraceStore, ops, query,
+    sessions,
 };
 
 /// redb as the storage backend.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RedbBackend;
-
-fn location(place: &PatternPlace) -> RedbPatternLocation {
-    match place {
-        PatternPlace::InWorkspace => RedbPatternLocation::InWorkspace,
-        PatternPlace::Dir(d) => RedbPatternLocation::Dir(d.clone()),
-    }
-}
 
 fn read_err(e: StoreError) -> TraceError {
     TraceError::Backend(Box::new(e))
@@ -93,12 +86,12 @@ impl StorageBackend for RedbBackend {
     }
 
     fn pattern_store(&self, place: &PatternPlace, caps: PatternCaps) -> Arc<dyn PatternStore> {
-        Arc::new(RedbPatternStore::new(location(place), caps))
+        Arc::new(RedbPatternStore::new(place.clone(), caps))
     }
 
     fn pattern_files(&self, place: &PatternPlace) -> Box<dyn PatternFiles> {
         Box::new(RedbPatternFiles(
-            RedbPatternStore::new(location(place), PatternCaps::default()),
+            RedbPatternStore::new(place.clone(), PatternCaps::default()),
             place.clone(),
         ))
     }
@@ -371,7 +364,7 @@ impl PatternFiles for RedbPatternFiles {
 
     fn migration(&self, workspace: &str) -> Box<dyn Migratable> {
         Box::new(RedbPatternMigration {
-            store: RedbPatternStore::new(location(&self.1), PatternCaps::default()),
+            store: RedbPatternStore::new(self.1.clone(), PatternCaps::default()),
             workspace: workspace.to_owned(),
             path: self.0.db_path(workspace),
         })

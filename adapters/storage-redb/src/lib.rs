@@ -33,7 +33,7 @@ pub use db::{
     stamp_schema_version,
 };
 pub use keys::{RedbKeyStore, overwrite_first_key_json};
-pub use patterns::{RedbPatternLocation, RedbPatternStore};
+pub use patterns::RedbPatternStore;
 pub use rows::RowRef;
 pub use sessions::RedbSessionStore;
 pub use trace::{RedbOptions, RedbTraceStore};

@@ -11,10 +11,11 @@
 //!   sequence number.
 //! - Payload values of unexpected JSON types are coerced, never an error.
 
-use std::collections::BTreeMap;
-
+/// The audit types an audit read covers (the domain's rule, re-exported for callers).
+pub use gw_domain::audit::audit_types_for;
 use gw_domain::audit::{AUDIT_TYPES, BrokenLink, ChainedRow, verify};
 use gw_domain::events::types::{LLM_CALL_COMPLETED, LLM_CALL_FAILED};
+use gw_domain::usage::{SpendRollup, UsageRollup};
 use gw_ports::trace::{EventRow, KeySpend, UsageGroup, UsageRow};
 use redb::{
     Database, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable,
@@ -26,7 +27,6 @@ use crate::db::{
     AUDIT_CHAIN, EV_BY_KEY, EV_BY_SESSION, EV_BY_TEAM, EV_BY_TIME, EV_BY_TURN, EV_BY_TYPE_TIME,
     EV_BY_USER, EVENTS, EventTuple, EventValue, Result,
 };
-use crate::rows::field_text;
 
 const CALL_TYPES: [&str; 2] = [LLM_CALL_COMPLETED, LLM_CALL_FAILED];
 
@@ -124,33 +124,6 @@ fn parse(row: &EventRow) -> Value {
     serde_json::from_str(&row.payload_json).unwrap_or(Value::Null)
 }
 
-fn number_of(payload: &Value, field: &str) -> f64 {
-    match payload.get(field) {
-        Some(Value::Number(n)) => n.as_f64().unwrap_or(0.0),
-        Some(Value::String(s)) => s.trim().parse().unwrap_or(0.0),
-        _ => 0.0,
-    }
-}
-
-fn count_of(payload: &Value, field: &str) -> u64 {
-    match payload.get(field) {
-        Some(Value::Number(n)) => n
-            .as_u64()
-            .or_else(|| n.as_f64().filter(|f| *f > 0.0).map(|f| f as u64))
-            .unwrap_or(0),
-        _ => 0,
-    }
-}
-
-fn group_field(g: UsageGroup) -> &'static str {
-    match g {
-        UsageGroup::Key => "gateway_key_id",
-        UsageGroup::User => "user_id",
-        UsageGroup::Team => "team_id",
-        UsageGroup::Model => "model",
-    }
-}
-
 /// Per-key spend since `day_start_us` and since `month_start_us` (keys without spend are
 /// absent), ordered by key.
 ///
@@ -162,33 +135,16 @@ pub fn spend_by_key(
     month_start_us: i64,
 ) -> Result<Vec<KeySpend>> {
     let r = Reader::new(db)?;
-    let mut by_key: BTreeMap<String, (f64, f64)> = BTreeMap::new();
-    for row in r.calls(day_start_us.min(month_start_us), i64::MAX)? {
-        let p = parse(&row);
-        let Some(key) = field_text(&p, "gateway_key_id") else {
-            continue;
-        };
-        let cost = number_of(&p, "cost_usd");
-        let e = by_key.entry(key).or_insert((0.0, 0.0));
-        if row.timestamp_us >= day_start_us {
-            e.0 += cost;
-        }
-        if row.timestamp_us >= month_start_us {
-            e.1 += cost;
-        }
+    let mut spend = SpendRollup::new(day_start_us, month_start_us);
+    for row in r.calls(spend.from(), i64::MAX)? {
+        spend.add(row.timestamp_us, &row.event_type, &row.payload_json);
     }
-    Ok(by_key
-        .into_iter()
-        .map(|(gateway_key_id, (day_usd, month_usd))| KeySpend {
-            gateway_key_id,
-            day_usd,
-            month_usd,
-        })
-        .collect())
+    Ok(spend.finish())
 }
 
 /// Cost, tokens and call counts in `[since, until)`, grouped, optionally filtered; sorted by
-/// cost descending, then group (`None` last).
+/// cost descending, then group (`None` last). The rules are `gw_domain::usage`'s; this picks
+/// the index to read.
 ///
 /// # Errors
 /// redb errors.
@@ -202,62 +158,16 @@ pub fn usage(
     let r = Reader::new(db)?;
     let rows = match filter {
         Some((f, value)) => match r.by_field(f, value, since_us, until_us)? {
-            Some(rows) => rows
-                .into_iter()
-                .filter(|row| CALL_TYPES.contains(&row.event_type.as_str()))
-                .collect(),
+            Some(rows) => rows,
             None => r.calls(since_us, until_us)?,
         },
         None => r.calls(since_us, until_us)?,
     };
-    let mut groups: BTreeMap<Option<String>, UsageRow> = BTreeMap::new();
-    for row in rows {
-        let p = parse(&row);
-        if let Some((f, value)) = filter
-            && p.get(group_field(f)).and_then(Value::as_str) != Some(value)
-        {
-            continue;
-        }
-        let g = field_text(&p, group_field(group));
-        let u = groups.entry(g.clone()).or_insert_with(|| UsageRow {
-            group: g,
-            cost_usd: 0.0,
-            input_tokens: 0,
-            output_tokens: 0,
-            cached_input_tokens: 0,
-            cache_creation_input_tokens: 0,
-            calls: 0,
-            failed_calls: 0,
-        });
-        u.cost_usd += number_of(&p, "cost_usd");
-        u.input_tokens += count_of(&p, "input_tokens");
-        u.output_tokens += count_of(&p, "output_tokens");
-        u.cached_input_tokens += count_of(&p, "cached_input_tokens");
-        u.cache_creation_input_tokens += count_of(&p, "cache_creation_input_tokens");
-        if row.event_type == LLM_CALL_COMPLETED {
-            u.calls += 1;
-        } else {
-            u.failed_calls += 1;
-        }
+    let mut usage = UsageRollup::new(since_us, until_us, group, filter);
+    for row in &rows {
+        usage.add(row.timestamp_us, &row.event_type, &row.payload_json);
     }
-    let mut out: Vec<UsageRow> = groups.into_values().collect();
-    out.sort_by(|a, b| {
-        b.cost_usd
-            .total_cmp(&a.cost_usd)
-            .then_with(|| a.group.is_none().cmp(&b.group.is_none()))
-            .then_with(|| a.group.cmp(&b.group))
-    });
-    Ok(out)
-}
-
-/// The audit types to read: all when `requested` is empty, else the requested audit types.
-#[must_use]
-pub fn audit_types_for(requested: &[String]) -> Vec<&'static str> {
-    AUDIT_TYPES
-        .iter()
-        .copied()
-        .filter(|t| requested.is_empty() || requested.iter().any(|r| r == t))
-        .collect()
+    Ok(usage.finish())
 }
 
 /// Audit events in `[since, until)`, ordered by id (`types` as in [`audit_types_for`]).

@@ -41,17 +41,6 @@ pub(crate) struct Derived {
     pub audit_seq: Option<u64>,
 }
 
-/// A payload field as index text (strings as they are, numbers as text; absent or null:
-/// `None`), the value `json_extract` gives the SQLite indexes.
-pub(crate) fn field_text(v: &Value, field: &str) -> Option<String> {
-    match v.get(field)? {
-        Value::Null => None,
-        Value::String(s) => Some(s.clone()),
-        Value::Bool(b) => Some(if *b { "1".into() } else { "0".into() }),
-        other => Some(other.to_string()),
-    }
-}
-
 /// The payload fields the indexes read; everything else is skipped by the parser without
 /// building a value tree (this runs for every written event).
 #[derive(serde::Deserialize)]

@@ -22,7 +22,7 @@ use gw_ports::storage::{
 };
 use gw_ports::trace::{EventRow, SinkStats, TraceError};
 
-use crate::patterns::{PatternLocation, SqlitePatternStore};
+use crate::patterns::SqlitePatternStore;
 use crate::transfer::{self, MainStoreImport};
 use crate::{SessionReader, SqliteKeyStore, SqliteTraceStore, TraceReader, WriterOptions, ops};
 
@@ -32,13 +32,6 @@ const MAGIC: &[u8; 16] = b"SQLite format 3\0";
 /// SQLite as the storage backend.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SqliteBackend;
-
-fn location(place: &PatternPlace) -> PatternLocation {
-    match place {
-        PatternPlace::InWorkspace => PatternLocation::InWorkspace,
-        PatternPlace::Dir(d) => PatternLocation::Dir(d.clone()),
-    }
-}
 
 fn read_err(e: impl std::fmt::Display) -> TraceError {
     TraceError::Unavailable(e.to_string())
@@ -87,12 +80,12 @@ impl StorageBackend for SqliteBackend {
     }
 
     fn pattern_store(&self, place: &PatternPlace, caps: PatternCaps) -> Arc<dyn PatternStore> {
-        Arc::new(SqlitePatternStore::new(location(place), caps))
+        Arc::new(SqlitePatternStore::new(place.clone(), caps))
     }
 
     fn pattern_files(&self, place: &PatternPlace) -> Box<dyn PatternFiles> {
         Box::new(SqlitePatternFiles(SqlitePatternStore::new(
-            location(place),
+            place.clone(),
             PatternCaps::default(),
         )))
     }

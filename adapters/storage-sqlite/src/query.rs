@@ -10,7 +10,7 @@
 //! - A payload value of an unexpected JSON type is coerced (numbers to text for group keys,
 //!   missing numbers to 0), never an error: one odd row cannot break a rollup.
 
-use gw_domain::audit::{AUDIT_TYPES, BrokenLink, ChainedRow, verify};
+use gw_domain::audit::{AUDIT_TYPES, BrokenLink, ChainedRow, audit_types_for, verify};
 use gw_domain::events::types::{LLM_CALL_COMPLETED, LLM_CALL_FAILED};
 use gw_ports::trace::{KeySpend, UsageGroup, UsageRow};
 use rusqlite::types::{ToSql, Value};
@@ -151,16 +151,6 @@ pub(crate) fn usage(
         None => stmt.query_map(params![since_us, until_us], map)?,
     };
     rows.collect()
-}
-
-/// The audit types to read: all of them when `requested` is empty, else the requested ones
-/// that are audit types (deduplicated, catalogue order). Empty means "nothing to read".
-pub(crate) fn audit_types_for(requested: &[String]) -> Vec<&'static str> {
-    AUDIT_TYPES
-        .iter()
-        .copied()
-        .filter(|t| requested.is_empty() || requested.iter().any(|r| r == t))
-        .collect()
 }
 
 /// Audit events of `n_types` types (`?1..?n`) in `[?n+1, ?n+2)`, ordered by id.

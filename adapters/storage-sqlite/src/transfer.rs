@@ -268,7 +268,7 @@ mod tests {
 
     use super::*;
     use crate::TRACE_SCHEMA_VERSION;
-    use crate::patterns::{PatternLocation, SqlitePatternStore};
+    use crate::patterns::{PatternPlace, SqlitePatternStore};
     use crate::sessions::SessionReader;
 
     fn event(i: u32) -> EventRow {
@@ -355,7 +355,7 @@ mod tests {
             p.display().to_string()
         };
         let (src_ws, dst_ws) = (ws("src"), ws("dst"));
-        let store = SqlitePatternStore::new(PatternLocation::InWorkspace, PatternCaps::default());
+        let store = SqlitePatternStore::new(PatternPlace::InWorkspace, PatternCaps::default());
 
         // No store yet: nothing to export.
         assert_eq!(

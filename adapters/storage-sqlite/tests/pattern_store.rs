@@ -12,7 +12,7 @@ use gw_domain::patterns::{
 };
 use gw_ports::patterns::{PatternError, PatternStore, RecordOutcome};
 use gw_storage_sqlite::patterns::{
-    PatternLocation, SqlitePatternStore, apply_patterns_migration, plan_patterns_migration,
+    PatternPlace, SqlitePatternStore, apply_patterns_migration, plan_patterns_migration,
 };
 use rusqlite::{Connection, params};
 
@@ -52,7 +52,7 @@ fn recorded(o: RecordOutcome) -> gw_ports::patterns::RecordResult {
 async fn record_dedups_fingerprints_and_sums_outcomes() {
     let dir = tempfile::tempdir().unwrap();
     let ws = dir.path().to_str().unwrap().to_owned();
-    let store = SqlitePatternStore::new(PatternLocation::InWorkspace, PatternCaps::default());
+    let store = SqlitePatternStore::new(PatternPlace::InWorkspace, PatternCaps::default());
 
     let a = recorded(
         store
@@ -113,7 +113,7 @@ async fn caps_evict_to_the_soft_cap_and_drop_orphaned_fingerprints() {
         hard_outcomes: 5,
         max_age_days: 180,
     };
-    let store = SqlitePatternStore::new(PatternLocation::InWorkspace, caps);
+    let store = SqlitePatternStore::new(PatternPlace::InWorkspace, caps);
     let texts = ["commit", "refactor", "architecture", "debug", "doc", "test"];
     let mut last = None;
     for (i, t) in texts.iter().enumerate() {
@@ -146,7 +146,7 @@ async fn caps_evict_to_the_soft_cap_and_drop_orphaned_fingerprints() {
 #[tokio::test]
 async fn a_workspace_that_is_not_a_writable_directory_is_skipped() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqlitePatternStore::new(PatternLocation::InWorkspace, PatternCaps::default());
+    let store = SqlitePatternStore::new(PatternPlace::InWorkspace, PatternCaps::default());
     let missing = dir.path().join("gone").display().to_string();
     for _ in 0..2 {
         let o = store
@@ -166,7 +166,7 @@ async fn a_workspace_that_is_not_a_writable_directory_is_skipped() {
     );
     // With a patterns directory the workspace need not exist on this host.
     let pd = SqlitePatternStore::new(
-        PatternLocation::Dir(dir.path().join("patterns")),
+        PatternPlace::Dir(dir.path().join("patterns")),
         PatternCaps::default(),
     );
     recorded(
@@ -234,7 +234,7 @@ fn meta_version(path: &Path) -> String {
 async fn a_v1_store_is_migrated_on_open_and_the_next_record_succeeds() {
     let dir = tempfile::tempdir().unwrap();
     let ws = dir.path().to_str().unwrap().to_owned();
-    let store = SqlitePatternStore::new(PatternLocation::InWorkspace, PatternCaps::default());
+    let store = SqlitePatternStore::new(PatternPlace::InWorkspace, PatternCaps::default());
     let path = store.db_path(&ws);
     let sigs = v1_fixture(&path, 20);
 
@@ -340,7 +340,7 @@ fn patterns_migrate_dry_run_then_apply_is_one_transaction_and_idempotent() {
 async fn a_store_from_a_newer_binary_is_refused_comparing_versions_as_integers() {
     let dir = tempfile::tempdir().unwrap();
     let ws = dir.path().to_str().unwrap().to_owned();
-    let store = SqlitePatternStore::new(PatternLocation::InWorkspace, PatternCaps::default());
+    let store = SqlitePatternStore::new(PatternPlace::InWorkspace, PatternCaps::default());
     recorded(
         store
             .record(&ws, record("x", "m", 0.0, 1, &ws))
@@ -356,7 +356,7 @@ async fn a_store_from_a_newer_binary_is_refused_comparing_versions_as_integers()
             [],
         )
         .unwrap();
-    let fresh = SqlitePatternStore::new(PatternLocation::InWorkspace, PatternCaps::default());
+    let fresh = SqlitePatternStore::new(PatternPlace::InWorkspace, PatternCaps::default());
     let e = fresh
         .record(&ws, record("x", "m", 0.0, 2, &ws))
         .await

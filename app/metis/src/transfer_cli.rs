@@ -132,7 +132,7 @@ mod tests {
     use gw_domain::sessions::{SessionId, SessionTurn};
     use gw_ports::sessions::SessionStore;
     use gw_ports::trace::{EventRow, EventSink};
-    use gw_storage_sqlite::patterns::{PatternLocation, SqlitePatternStore};
+    use gw_storage_sqlite::patterns::{PatternPlace, SqlitePatternStore};
     use gw_storage_sqlite::transfer;
     use gw_storage_sqlite::{
         SessionReader, SqliteKeyStore, SqliteTraceStore, TraceReader, WriterOptions,
@@ -228,8 +228,7 @@ mod tests {
                 extra: serde_json::Map::new(),
             })
             .unwrap();
-        let patterns =
-            SqlitePatternStore::new(PatternLocation::InWorkspace, PatternCaps::default());
+        let patterns = SqlitePatternStore::new(PatternPlace::InWorkspace, PatternCaps::default());
         for (sig, model, score) in [
             ("a", "m1", Some(1.0)),
             ("a", "m1", Some(0.0)),
@@ -329,7 +328,7 @@ mod tests {
             SqliteKeyStore::new(&back_db).load_blocking().unwrap(),
             keys_before
         );
-        let fresh = SqlitePatternStore::new(PatternLocation::InWorkspace, PatternCaps::default());
+        let fresh = SqlitePatternStore::new(PatternPlace::InWorkspace, PatternCaps::default());
         assert_eq!(fresh.outcomes_blocking(&ws).unwrap(), outcomes_before);
     }
 }

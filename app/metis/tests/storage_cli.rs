@@ -11,7 +11,7 @@ use gw_domain::patterns::{FingerprintInputs, PatternCaps, PatternRecorded, Struc
 use gw_domain::sessions::{SessionId, SessionLink, SessionTurn};
 use gw_ports::sessions::SessionStore;
 use gw_ports::trace::EventSink;
-use gw_storage_sqlite::patterns::{PatternLocation, SqlitePatternStore};
+use gw_storage_sqlite::patterns::{PatternPlace, SqlitePatternStore};
 use gw_storage_sqlite::{SqliteTraceStore, TRACE_SCHEMA_VERSION, TraceReader, WriterOptions};
 use rusqlite::Connection;
 
@@ -389,7 +389,7 @@ async fn patterns_rebuild_from_the_trace_equals_the_live_projection() {
     let db = dir.path().join("metis.db");
     let trace = SqliteTraceStore::open(&db, WriterOptions::default()).unwrap();
     let live = SqlitePatternStore::new(
-        PatternLocation::Dir(dir.path().join("live")),
+        PatternPlace::Dir(dir.path().join("live")),
         PatternCaps::default(),
     );
     let texts = [
@@ -451,7 +451,7 @@ async fn patterns_rebuild_from_the_trace_equals_the_live_projection() {
     assert!(text.contains("  records applied: 54\n"), "{text}");
 
     let rebuilt = SqlitePatternStore::new(
-        PatternLocation::Dir(rebuilt_dir.clone()),
+        PatternPlace::Dir(rebuilt_dir.clone()),
         PatternCaps::default(),
     );
     let a = live.outcomes_blocking(&ws).unwrap();

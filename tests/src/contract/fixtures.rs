@@ -142,13 +142,17 @@ impl Backend for SqliteBackend {
 
     fn patterns(&self, caps: PatternCaps) -> Arc<dyn PatternStore> {
         Arc::new(gw_storage_sqlite::patterns::SqlitePatternStore::new(
-            gw_storage_sqlite::patterns::PatternLocation::InWorkspace,
+            gw_ports::storage::PatternPlace::InWorkspace,
             caps,
         ))
     }
 
     async fn stamp_pattern_version(&self, workspace: &str, version: i64) {
-        let path = gw_storage_sqlite::patterns::PatternLocation::InWorkspace.db_path(workspace);
+        let path = gw_storage_sqlite::patterns::SqlitePatternStore::new(
+            gw_ports::storage::PatternPlace::InWorkspace,
+            PatternCaps::default(),
+        )
+        .db_path(workspace);
         let _ = tokio::task::spawn_blocking(move || {
             if let Ok(c) = rusqlite::Connection::open(&path) {
                 let _ = c.execute(
@@ -272,13 +276,17 @@ impl Backend for RedbBackend {
 
     fn patterns(&self, caps: PatternCaps) -> Arc<dyn PatternStore> {
         Arc::new(gw_storage_redb::RedbPatternStore::new(
-            gw_storage_redb::RedbPatternLocation::InWorkspace,
+            gw_ports::storage::PatternPlace::InWorkspace,
             caps,
         ))
     }
 
     async fn stamp_pattern_version(&self, workspace: &str, version: i64) {
-        let path = gw_storage_redb::RedbPatternLocation::InWorkspace.db_path(workspace);
+        let path = gw_storage_redb::RedbPatternStore::new(
+            gw_ports::storage::PatternPlace::InWorkspace,
+            PatternCaps::default(),
+        )
+        .db_path(workspace);
         let _ = tokio::task::spawn_blocking(move || {
             gw_storage_redb::patterns::stamp_pattern_version(&path, version)
         })

@@ -153,6 +153,17 @@ fn adapters_depend_only_on_domain_and_ports() {
             .collect();
         assert!(bad.is_empty(), "adapter {} depends on {bad:?}", a.name);
     }
+    let kit = all
+        .iter()
+        .find(|m| m.name == STORAGE_KIT)
+        .expect("gw-storage-kit exists");
+    assert!(
+        kit.internal_deps
+            .iter()
+            .all(|d| d == "gw-domain" || d == "gw-ports"),
+        "{STORAGE_KIT} may depend only on gw-domain and gw-ports: {:?}",
+        kit.internal_deps
+    );
 }
 
 #[test]

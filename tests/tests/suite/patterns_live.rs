@@ -4,7 +4,7 @@
 
 use gw_domain::patterns::{PatternCaps, PatternRecorded};
 use gw_ports::patterns::PatternStore;
-use gw_storage_sqlite::patterns::{PatternLocation, SqlitePatternStore};
+use gw_storage_sqlite::patterns::{PatternPlace, SqlitePatternStore};
 use gw_tests::gateway::chat_body;
 use gw_tests::{Combo, GatewayOptions, TestGateway};
 use serde_json::json;
@@ -73,12 +73,12 @@ async fn live_pattern_store_equals_the_rebuild_from_the_trace() {
         .collect();
 
     let live = SqlitePatternStore::new(
-        PatternLocation::Dir(live_dir.path().to_path_buf()),
+        PatternPlace::Dir(live_dir.path().to_path_buf()),
         PatternCaps::default(),
     );
     let rebuilt_dir = tempfile::tempdir().unwrap();
     let rebuilt = SqlitePatternStore::new(
-        PatternLocation::Dir(rebuilt_dir.path().to_path_buf()),
+        PatternPlace::Dir(rebuilt_dir.path().to_path_buf()),
         PatternCaps::default(),
     );
     assert_eq!(rebuilt.replace_all(&workspace, records).await.unwrap(), 9);
