@@ -65,3 +65,16 @@ pub trait KeyStore: Send + Sync {
     /// so a running gateway can reload cheaply. `None` when the store does not exist.
     async fn version(&self) -> Option<String>;
 }
+
+/// A load where a store that does not exist yet counts as holding no key (copies, counts).
+///
+/// # Errors
+/// Every other error of the load.
+pub fn loaded_or_empty(
+    loaded: Result<Vec<KeyRecord>, KeyStoreError>,
+) -> Result<Vec<KeyRecord>, KeyStoreError> {
+    match loaded {
+        Err(KeyStoreError::NotFound { .. }) => Ok(Vec::new()),
+        other => other,
+    }
+}

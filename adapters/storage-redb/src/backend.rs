@@ -11,7 +11,7 @@ use gw_domain::keys::KeyRecord;
 use gw_domain::patterns::{PATTERN_SCHEMA_VERSION, PatternCaps, PatternRecord};
 use gw_domain::sessions::SessionRecord;
 use gw_domain::time::Timestamp;
-use gw_ports::keys::{KeyStore, KeyStoreError};
+use gw_ports::keys::{KeyStore, KeyStoreError, loaded_or_empty};
 use gw_ports::patterns::{PatternError, PatternStats, PatternStore};
 use gw_ports::storage::{
     CompactReport, MainStore, MainStoreOf, MaintenanceError, Migratable, MigrationPlan,
@@ -45,13 +45,6 @@ fn existing(path: &Path) -> Result<Arc<Database>, TraceError> {
         )));
     }
     open_shared(path, Sharing::default(), false).map_err(|e| crate::trace::trace_error(path, e))
-}
-
-fn keys_or_none(store: &RedbKeyStore) -> Result<Vec<KeyRecord>, KeyStoreError> {
-    match store.load_blocking() {
-        Err(KeyStoreError::NotFound { .. }) => Ok(Vec::new()),
-        other => other,
-    }
 }
 
 impl StorageBackend for RedbBackend {
@@ -119,7 +112,7 @@ impl StorageBackend for RedbBackend {
         dest: &Path,
         progress: Progress<'_>,
     ) -> Result<BackupMeta, MaintenanceError> {
-        ops::backup(db, dest, progress)
+        gw_storage_kit::backup(&ops::Redb, db, dest, progress)
     }
 
     fn restore(
@@ -135,7 +128,7 @@ impl StorageBackend for RedbBackend {
         // error line through the task's result).
         let hook = std::panic::take_hook();
         std::panic::set_hook(Box::new(|_| {}));
-        let r = ops::restore(src, db, force, progress);
+        let r = gw_storage_kit::restore(&ops::Redb, src, db, force, progress);
         std::panic::set_hook(hook);
         r
     }
@@ -239,7 +232,7 @@ impl Migratable for RedbMainMigration {
     }
 
     fn backup(&self, dest: &Path, progress: Progress<'_>) -> Result<(), MaintenanceError> {
-        ops::backup(&self.path, dest, progress).map(drop)
+        gw_storage_kit::backup(&ops::Redb, &self.path, dest, progress).map(drop)
     }
 }
 
@@ -301,7 +294,7 @@ impl StoreReader for RedbReader {
     }
 
     fn keys(&self) -> Result<Vec<KeyRecord>, KeyStoreError> {
-        keys_or_none(&self.keys)
+        loaded_or_empty(self.keys.load_blocking())
     }
 }
 

@@ -37,7 +37,7 @@ use crate::sessions::SessionTables;
 mod backup;
 mod retention;
 
-pub use backup::{backup, restore};
+pub(crate) use backup::Redb;
 pub use retention::{compact, prune, prune_dry_run, status};
 
 fn failed(path: &Path, what: &str) -> impl Fn(StoreError) -> MaintenanceError {

@@ -3,6 +3,8 @@
 //! compaction and import with the audit chain kept.
 #![expect(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
 
+use gw_ports::storage::StorageBackend;
+use gw_storage_redb::RedbBackend;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -61,7 +63,7 @@ async fn backup_is_a_snapshot_with_the_sqlite_metadata_block() {
     // The store stays open (a live gateway) while the backup runs.
     let live = store_with(&src, mixed(40)).await;
     let dest = dir.path().join("backups/b1.redb");
-    let meta = ops::backup(&src, &dest, &|_, _| {}).unwrap();
+    let meta = RedbBackend.backup(&src, &dest, &|_, _| {}).unwrap();
     assert_eq!(
         (
             meta.events,
@@ -97,7 +99,7 @@ async fn backup_is_a_snapshot_with_the_sqlite_metadata_block() {
     );
     assert_eq!(meta.bytes, std::fs::metadata(&dest).unwrap().len());
     // Never overwrites.
-    let again = ops::backup(&src, &dest, &|_, _| {});
+    let again = RedbBackend.backup(&src, &dest, &|_, _| {});
     assert!(
         matches!(again, Err(MaintenanceError::Refused(_))),
         "{again:?}"
@@ -117,13 +119,13 @@ async fn restore_applies_the_same_refusals_and_replaces_the_file() {
     s.shutdown().await;
     drop(s);
     let backup = dir.path().join("b.redb");
-    ops::backup(&src, &backup, &|_, _| {}).unwrap();
+    RedbBackend.backup(&src, &backup, &|_, _| {}).unwrap();
     let target = dir.path().join("target.redb");
     let t = store_with(&target, mixed(3)).await;
     t.shutdown().await;
     drop(t);
 
-    let r = ops::restore(&backup, &target, false, &|_, _| {});
+    let r = RedbBackend.restore(&backup, &target, false, &|_, _| {});
     assert!(
         matches!(&r, Err(MaintenanceError::Refused(m)) if m.contains("--force")),
         "{r:?}"
@@ -134,7 +136,7 @@ async fn restore_applies_the_same_refusals_and_replaces_the_file() {
     let mut meta = std::fs::read_to_string(dir.path().join("b.redb.meta")).unwrap();
     meta = meta.replace("sha256:         ", "sha256:         00");
     std::fs::write(dir.path().join("t.redb.meta"), meta).unwrap();
-    let r = ops::restore(&tampered, &target, true, &|_, _| {});
+    let r = RedbBackend.restore(&tampered, &target, true, &|_, _| {});
     assert!(
         matches!(&r, Err(MaintenanceError::Refused(m)) if m.contains("checksum")),
         "{r:?}"
@@ -143,19 +145,21 @@ async fn restore_applies_the_same_refusals_and_replaces_the_file() {
     let newer = dir.path().join("newer.redb");
     std::fs::copy(&backup, &newer).unwrap();
     gw_storage_redb::stamp_schema_version(&newer, 7).unwrap();
-    let r = ops::restore(&newer, &target, true, &|_, _| {});
+    let r = RedbBackend.restore(&newer, &target, true, &|_, _| {});
     assert!(
         matches!(&r, Err(MaintenanceError::Refused(m)) if m.contains("version 7") && m.contains("schema version 1")),
         "{r:?}"
     );
     // A target open in another handle (a live gateway) is refused.
     let live = store_with(&target, Vec::new()).await;
-    let r = ops::restore(&backup, &target, true, &|_, _| {});
+    let r = RedbBackend.restore(&backup, &target, true, &|_, _| {});
     assert!(matches!(&r, Err(MaintenanceError::Refused(_))), "{r:?}");
     live.shutdown().await;
     drop(live);
 
-    let done = ops::restore(&backup, &target, true, &|_, _| {}).unwrap();
+    let done = RedbBackend
+        .restore(&backup, &target, true, &|_, _| {})
+        .unwrap();
     assert_eq!((done.events, done.schema_version), (8, 1));
     assert!(done.block().starts_with("restore complete\n"));
     let db = open_shared(&target, Sharing::default(), false).unwrap();

@@ -1,7 +1,6 @@
 //! [`SqliteBackend`]: the storage port over SQLite files (`metis.db`, `patterns.db`), the
 //! one entry point the application uses; everything else in this crate is reached through it.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -12,7 +11,7 @@ use gw_domain::keys::KeyRecord;
 use gw_domain::patterns::{PatternCaps, PatternRecord};
 use gw_domain::sessions::SessionRecord;
 use gw_domain::time::Timestamp;
-use gw_ports::keys::{KeyStore, KeyStoreError};
+use gw_ports::keys::{KeyStore, KeyStoreError, loaded_or_empty};
 use gw_ports::patterns::{PatternError, PatternStats, PatternStore};
 use gw_ports::storage::{
     CompactReport, MainStore, MainStoreOf, MaintenanceError, Migratable, MigrationPlan,
@@ -26,22 +25,12 @@ use crate::patterns::SqlitePatternStore;
 use crate::transfer::{self, MainStoreImport};
 use crate::{SessionReader, SqliteKeyStore, SqliteTraceStore, TraceReader, WriterOptions, ops};
 
-/// The first 16 bytes of every SQLite database file.
-const MAGIC: &[u8; 16] = b"SQLite format 3\0";
-
 /// SQLite as the storage backend.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SqliteBackend;
 
 fn read_err(e: impl std::fmt::Display) -> TraceError {
     TraceError::Unavailable(e.to_string())
-}
-
-fn keys_or_none(store: &SqliteKeyStore) -> Result<Vec<KeyRecord>, KeyStoreError> {
-    match store.load_blocking() {
-        Err(KeyStoreError::NotFound { .. }) => Ok(Vec::new()),
-        other => other,
-    }
 }
 
 impl StorageBackend for SqliteBackend {
@@ -54,10 +43,7 @@ impl StorageBackend for SqliteBackend {
     }
 
     fn recognizes(&self, path: &Path) -> bool {
-        let mut head = [0u8; 16];
-        std::fs::File::open(path)
-            .and_then(|mut f| f.read_exact(&mut head))
-            .is_ok_and(|()| &head == MAGIC)
+        ops::header_user_version(path).is_ok()
     }
 
     fn open_main(
@@ -117,7 +103,7 @@ impl StorageBackend for SqliteBackend {
         dest: &Path,
         progress: Progress<'_>,
     ) -> Result<BackupMeta, MaintenanceError> {
-        ops::backup(db, dest, progress)
+        gw_storage_kit::backup(&ops::Sqlite, db, dest, progress)
     }
 
     fn restore(
@@ -127,7 +113,7 @@ impl StorageBackend for SqliteBackend {
         force: bool,
         progress: Progress<'_>,
     ) -> Result<RestoreSummary, MaintenanceError> {
-        ops::restore(src, db, force, progress)
+        gw_storage_kit::restore(&ops::Sqlite, src, db, force, progress)
     }
 
     fn status(&self, db: &Path, now: Timestamp) -> Result<StoreStatus, MaintenanceError> {
@@ -189,7 +175,7 @@ impl Migratable for SqliteMigration {
     }
 
     fn backup(&self, dest: &Path, progress: Progress<'_>) -> Result<(), MaintenanceError> {
-        ops::backup(&self.path, dest, progress).map(drop)
+        gw_storage_kit::backup(&ops::Sqlite, &self.path, dest, progress).map(drop)
     }
 }
 
@@ -220,7 +206,9 @@ impl StoreReader for SqliteReader {
         Ok(StoreCounts {
             events: self.trace.count_all()?,
             sessions: self.sessions.count().map_err(read_err)?,
-            keys: keys_or_none(&self.keys).map_err(read_err)?.len() as u64,
+            keys: loaded_or_empty(self.keys.load_blocking())
+                .map_err(read_err)?
+                .len() as u64,
         })
     }
 
@@ -268,7 +256,7 @@ impl StoreReader for SqliteReader {
     }
 
     fn keys(&self) -> Result<Vec<KeyRecord>, KeyStoreError> {
-        keys_or_none(&self.keys)
+        loaded_or_empty(self.keys.load_blocking())
     }
 }
 

@@ -42,7 +42,8 @@ mod backup;
 mod migrate;
 mod retention;
 
-pub use backup::{backup, header_user_version, restore};
+pub(crate) use backup::Sqlite;
+pub use backup::header_user_version;
 pub use migrate::{
     apply_sessions_migration, apply_trace_migration, migration_backup_path,
     plan_sessions_migration, plan_trace_migration,

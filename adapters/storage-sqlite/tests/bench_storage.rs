@@ -4,6 +4,8 @@
 //!
 //! Run: `cargo test --release -p gw-storage-sqlite --test bench_storage -- --ignored --nocapture`
 
+use gw_ports::storage::StorageBackend;
+use gw_storage_sqlite::SqliteBackend;
 use std::time::Instant;
 
 use gw_storage_sqlite::ops::{self, PruneOptions, no_progress};
@@ -88,7 +90,7 @@ fn backup_and_prune_throughput_at_one_million_events() {
 
     let dest = dir.path().join("snap").join("backup.db");
     let t = Instant::now();
-    let meta = ops::backup(&db, &dest, &no_progress).unwrap();
+    let meta = SqliteBackend.backup(&db, &dest, &no_progress).unwrap();
     let secs = t.elapsed().as_secs_f64();
     assert_eq!(meta.events, u64::try_from(n).unwrap());
     println!(
@@ -99,7 +101,9 @@ fn backup_and_prune_throughput_at_one_million_events() {
 
     let target = dir.path().join("restored.db");
     let t = Instant::now();
-    let r = ops::restore(&dest, &target, false, &no_progress).unwrap();
+    let r = SqliteBackend
+        .restore(&dest, &target, false, &no_progress)
+        .unwrap();
     let secs = t.elapsed().as_secs_f64();
     println!(
         "restore: {:.1} MB in {secs:.2} s = {:.1} MB/s (copy + sha256 + quick_check + count)",

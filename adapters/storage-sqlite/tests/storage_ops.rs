@@ -3,6 +3,8 @@
 //! (an unstamped trace DB, a file from a newer binary), prune under concurrent writes.
 #![expect(clippy::unwrap_used, clippy::panic, reason = "test code")]
 
+use gw_ports::storage::StorageBackend;
+use gw_storage_sqlite::SqliteBackend;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -102,10 +104,11 @@ async fn a_backup_taken_under_a_continuous_writer_restores_to_the_count_in_its_m
     }
     let dest = dir.path().join("snap").join("backup.db");
     let (db2, dest2) = (db.clone(), dest.clone());
-    let meta = tokio::task::spawn_blocking(move || ops::backup(&db2, &dest2, &no_progress))
-        .await
-        .unwrap()
-        .unwrap();
+    let meta =
+        tokio::task::spawn_blocking(move || SqliteBackend.backup(&db2, &dest2, &no_progress))
+            .await
+            .unwrap()
+            .unwrap();
     let during = written.load(Ordering::Relaxed);
     stop.store(true, Ordering::Relaxed);
     writer.await.unwrap();
@@ -135,7 +138,9 @@ async fn a_backup_taken_under_a_continuous_writer_restores_to_the_count_in_its_m
     );
 
     let target = dir.path().join("restored").join("metis.db");
-    let s = ops::restore(&dest, &target, false, &no_progress).unwrap();
+    let s = SqliteBackend
+        .restore(&dest, &target, false, &no_progress)
+        .unwrap();
     assert_eq!(s.events, meta.events);
     assert_eq!(count(&target), meta.events);
     assert_eq!(s.bytes, meta.bytes);
@@ -156,24 +161,24 @@ async fn backup_refuses_existing_destinations_and_leaves_nothing_on_failure() {
     std::fs::create_dir(&out).unwrap();
     let dest = out.join("b.db");
     std::fs::write(&dest, b"keep me").unwrap();
-    let e = ops::backup(&db, &dest, &no_progress).unwrap_err();
+    let e = SqliteBackend.backup(&db, &dest, &no_progress).unwrap_err();
     assert!(matches!(e, MaintenanceError::Refused(_)), "{e}");
     assert!(e.to_string().contains("already exists"), "{e}");
     assert_eq!(file_bytes(&dest), b"keep me");
 
     std::fs::remove_file(&dest).unwrap();
     std::fs::write(with_suffix(&dest, ".meta"), b"old").unwrap();
-    assert!(ops::backup(&db, &dest, &no_progress).is_err());
+    assert!(SqliteBackend.backup(&db, &dest, &no_progress).is_err());
     assert!(!dest.exists());
 
     // A source that is not a database: the backup fails and no temp file remains.
     std::fs::remove_file(with_suffix(&dest, ".meta")).unwrap();
     let junk = dir.path().join("junk.db");
     std::fs::write(&junk, vec![7u8; 8192]).unwrap();
-    assert!(ops::backup(&junk, &dest, &no_progress).is_err());
+    assert!(SqliteBackend.backup(&junk, &dest, &no_progress).is_err());
     assert!(names_in(&out).is_empty(), "{:?}", names_in(&out));
     assert!(matches!(
-        ops::backup(&dir.path().join("missing.db"), &dest, &no_progress),
+        SqliteBackend.backup(&dir.path().join("missing.db"), &dest, &no_progress),
         Err(MaintenanceError::Refused(_))
     ));
 }
@@ -187,7 +192,9 @@ async fn restore_fixture(dir: &Path) -> (PathBuf, PathBuf) {
     std::fs::create_dir(&bdir).unwrap();
     let src_db = seeded(&bdir, 7).await;
     let backup = dir.join("backup.db");
-    ops::backup(&src_db, &backup, &no_progress).unwrap();
+    SqliteBackend
+        .backup(&src_db, &backup, &no_progress)
+        .unwrap();
     (backup, db)
 }
 
@@ -203,7 +210,7 @@ async fn restore_refuses_every_unsafe_case_and_leaves_the_target_untouched() {
     let dir = tempfile::tempdir().unwrap();
     let (backup, db) = restore_fixture(dir.path()).await;
     let before = file_bytes(&db);
-    let r = |src: &Path, force: bool| ops::restore(src, &db, force, &no_progress);
+    let r = |src: &Path, force: bool| SqliteBackend.restore(src, &db, force, &no_progress);
 
     assert_refused(r(&dir.path().join("nope.db"), true), "does not exist");
     assert_refused(r(&backup, false), "--force");
@@ -277,7 +284,9 @@ async fn restore_replaces_the_target_and_its_stale_wal_and_shm() {
     let (backup, db) = restore_fixture(dir.path()).await;
     std::fs::write(with_suffix(&db, "-wal"), vec![1u8; 4096]).unwrap();
     std::fs::write(with_suffix(&db, "-shm"), vec![2u8; 4096]).unwrap();
-    let s = ops::restore(&backup, &db, true, &no_progress).unwrap();
+    let s = SqliteBackend
+        .restore(&backup, &db, true, &no_progress)
+        .unwrap();
     assert_eq!(s.schema_version, TRACE_SCHEMA_VERSION);
     assert_eq!(header_user_version(&db).unwrap(), TRACE_SCHEMA_VERSION);
     assert_eq!(count(&db), 7);
@@ -396,7 +405,9 @@ async fn a_db_from_a_newer_binary_is_refused_by_every_operation_untouched() {
         other => panic!("{what}: expected TooNew, got {other:?}"),
     };
     newer(
-        ops::backup(&db, &dir.path().join("b.db"), &no_progress).map(drop),
+        SqliteBackend
+            .backup(&db, &dir.path().join("b.db"), &no_progress)
+            .map(drop),
         "backup",
     );
     newer(ops::plan_trace_migration(&db).map(drop), "plan");

@@ -5,7 +5,6 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use gw_domain::backup::{BackupMeta, RestoreSummary};
 use gw_ports::storage::{MaintenanceError, Progress};
 use gw_storage_kit::{BackupEngine, Claim, FileFacts, RestoreEngine};
 use redb::{
@@ -175,7 +174,7 @@ fn verify_backup(path: &Path) -> crate::db::Result<u64> {
     Ok(events)
 }
 
-struct Redb;
+pub(crate) struct Redb;
 
 impl BackupEngine for Redb {
     type Source = Arc<Database>;
@@ -268,31 +267,4 @@ impl RestoreEngine for Redb {
             Err(_) => Ok(None),
         }
     }
-}
-
-/// Hot backup of the main redb file `src` into the new file `dest` (see the module docs).
-///
-/// # Errors
-/// `Refused` when `src` is missing or `dest` (or `<dest>.meta`) exists; `TooNew` when `src`
-/// comes from a newer binary; `Failed` otherwise (no file is left behind).
-pub fn backup(
-    src: &Path,
-    dest: &Path,
-    progress: Progress<'_>,
-) -> Result<BackupMeta, MaintenanceError> {
-    gw_storage_kit::backup(&Redb, src, dest, progress)
-}
-
-/// Replace the main redb file `dest` with the backup `src` (checks in the module docs'
-/// order).
-///
-/// # Errors
-/// `Refused` for every failed check (nothing changed); `Failed` on I/O or redb errors.
-pub fn restore(
-    src: &Path,
-    dest: &Path,
-    force: bool,
-    progress: Progress<'_>,
-) -> Result<RestoreSummary, MaintenanceError> {
-    gw_storage_kit::restore(&Redb, src, dest, force, progress)
 }

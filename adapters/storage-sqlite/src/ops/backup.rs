@@ -8,7 +8,6 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use gw_domain::backup::{BackupMeta, RestoreSummary};
 use gw_ports::storage::{MaintenanceError, Progress};
 use gw_storage_kit::{
     BackupEngine, Claim, FileFacts, RestoreEngine, SIDE_FILES, io_err, remove_side_files,
@@ -27,7 +26,7 @@ fn estimated_size(conn: &Connection) -> u64 {
     u64::try_from(used.max(0) * q("PRAGMA page_size")).unwrap_or(0)
 }
 
-struct Sqlite;
+pub(crate) struct Sqlite;
 
 impl BackupEngine for Sqlite {
     type Source = Connection;
@@ -184,19 +183,6 @@ impl RestoreEngine for Sqlite {
     }
 }
 
-/// Hot backup of the trace database `src` into the new file `dest` (see the module docs).
-///
-/// # Errors
-/// `Refused` when `src` is missing or `dest` (or `<dest>.meta`) exists; `TooNew` when `src`
-/// comes from a newer binary; `Failed` on I/O or SQLite errors (no file is left behind).
-pub fn backup(
-    src: &Path,
-    dest: &Path,
-    progress: Progress<'_>,
-) -> Result<BackupMeta, MaintenanceError> {
-    gw_storage_kit::backup(&Sqlite, src, dest, progress)
-}
-
 /// `PRAGMA user_version` read from the file header (offset 60), without opening the file
 /// with SQLite (which could create side files next to it).
 ///
@@ -214,19 +200,4 @@ pub fn header_user_version(path: &Path) -> Result<i64, MaintenanceError> {
     Ok(i64::from(i32::from_be_bytes([
         head[60], head[61], head[62], head[63],
     ])))
-}
-
-/// Replace the trace database `dest` with the backup `src` (see the module docs for the
-/// checks, in order).
-///
-/// # Errors
-/// `Refused` for every failed check (nothing changed); `Failed` on I/O or SQLite errors (the
-/// target is unchanged unless the final rename happened).
-pub fn restore(
-    src: &Path,
-    dest: &Path,
-    force: bool,
-    progress: Progress<'_>,
-) -> Result<RestoreSummary, MaintenanceError> {
-    gw_storage_kit::restore(&Sqlite, src, dest, force, progress)
 }
