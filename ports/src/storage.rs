@@ -34,7 +34,9 @@ use gw_domain::sessions::SessionRecord;
 use gw_domain::time::Timestamp;
 
 use crate::keys::{KeyStore, KeyStoreError};
-use crate::patterns::{FingerprintRow, OutcomeRow, PatternError, PatternStats, PatternStore};
+use crate::patterns::{
+    FingerprintRow, OutcomeRow, PatternError, PatternStats, PatternStore, RecordOutcome,
+};
 use crate::sessions::SessionStore;
 use crate::trace::{
     EventRow, EventSink, KeySpend, SinkStats, TraceError, TraceQuery, UsageGroup, UsageRow,
@@ -452,16 +454,40 @@ pub struct PatternDump {
     pub outcomes: Vec<OutcomeRow>,
 }
 
-/// The offline side of a backend's pattern stores (rebuild, stats, migrate, copy).
+/// A backend's per-workspace pattern stores, blocking: the rules of [`PatternStore`] (which
+/// serves them to the async gateway, e.g. through the storage kit's blocking-pool wrapper),
+/// plus the offline operations (rebuild, copy, migrate).
 pub trait PatternFiles: Send + Sync {
     /// The store file of `workspace`.
     fn path(&self, workspace: &str) -> PathBuf;
+
+    /// As [`PatternStore::record`].
+    ///
+    /// # Errors
+    /// As [`PatternStore::record`].
+    fn record(
+        &self,
+        workspace: &str,
+        record: &PatternRecord,
+    ) -> Result<RecordOutcome, PatternError>;
+
+    /// As [`PatternStore::record_many`], in one transaction (0 when the workspace is skipped).
+    ///
+    /// # Errors
+    /// As [`PatternStore::record`]; on error nothing of this batch is applied.
+    fn record_many(&self, workspace: &str, records: &[PatternRecord]) -> Result<u64, PatternError>;
 
     /// Summary of the store (`None` when it does not exist).
     ///
     /// # Errors
     /// `TooNew`, `Unavailable` or `Backend`.
     fn stats(&self, workspace: &str) -> Result<Option<PatternStats>, PatternError>;
+
+    /// As [`PatternStore::outcomes`].
+    ///
+    /// # Errors
+    /// As `stats`.
+    fn outcomes(&self, workspace: &str) -> Result<Vec<OutcomeRow>, PatternError>;
 
     /// Replace the projection with `records` applied in order, in one transaction (the
     /// embedding cache is kept). Returns how many were applied.

@@ -8,7 +8,8 @@
 //!   file mechanics under them (temp names, durable writes, no-clobber publish, hashing).
 //! - [`prune_in_batches`] and [`status`]: the frames of retention and `trace status`.
 //! - [`WorkspaceStores`], [`pattern_file`]: where each workspace's pattern store lives and
-//!   the cache of open stores.
+//!   the cache of open stores; [`PatternsOnPool`]: the async `PatternStore` port over a
+//!   backend's blocking pattern stores.
 //! - [`flush`] and [`shutdown`]: the async waits on a [`WriterHandle`] (a flush's reply, a
 //!   join kept off the async workers).
 //! - [`blocking`]: run a blocking read or write on tokio's blocking pool.
@@ -31,6 +32,7 @@ mod backup;
 mod files;
 pub mod keys;
 mod maintenance;
+mod patterns;
 pub mod sessions;
 pub mod trace;
 mod workspaces;
@@ -42,6 +44,7 @@ pub use files::{
     sync_file, temp_name, with_suffix, write_synced,
 };
 pub use maintenance::{Batch, RECENT_WINDOW_US, StatusSource, prune_in_batches, status};
+pub use patterns::PatternsOnPool;
 pub use workspaces::{MAX_OPEN_STORES, WorkspaceStores, pattern_file, prepare_pattern_file};
 
 #[doc(hidden)]

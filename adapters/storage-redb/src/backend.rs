@@ -8,18 +8,18 @@ use async_trait::async_trait;
 use gw_domain::audit::BrokenLink;
 use gw_domain::backup::{BackupMeta, RestoreSummary};
 use gw_domain::keys::KeyRecord;
-use gw_domain::patterns::{PATTERN_SCHEMA_VERSION, PatternCaps, PatternRecord};
+use gw_domain::patterns::{PATTERN_SCHEMA_VERSION, PatternCaps};
 use gw_domain::sessions::SessionRecord;
 use gw_domain::time::Timestamp;
 use gw_ports::keys::{KeyStore, KeyStoreError, loaded_or_empty};
-use gw_ports::patterns::{PatternError, PatternStats, PatternStore};
+use gw_ports::patterns::{PatternError, PatternStore};
 use gw_ports::storage::{
     CompactReport, MainStore, MainStoreOf, MaintenanceError, Migratable, MigrationPlan,
-    PatternDump, PatternFiles, PatternPlace, Progress, PruneCounts, PruneOptions, Schema,
-    ServeOptions, StorageBackend, StoreCounts, StoreImport, StoreReader, StoreStatus,
-    WriterLifecycle,
+    PatternFiles, PatternPlace, Progress, PruneCounts, PruneOptions, Schema, ServeOptions,
+    StorageBackend, StoreCounts, StoreImport, StoreReader, StoreStatus, WriterLifecycle,
 };
 use gw_ports::trace::{EventRow, SinkStats, TraceError};
+use gw_storage_kit::PatternsOnPool;
 use redb::Database;
 
 use crate::db::{Sharing, StoreError, TRACE_SCHEMA_VERSION, describe_open_error, open_shared};
@@ -79,14 +79,14 @@ impl StorageBackend for RedbBackend {
     }
 
     fn pattern_store(&self, place: &PatternPlace, caps: PatternCaps) -> Arc<dyn PatternStore> {
-        Arc::new(RedbPatternStore::new(place.clone(), caps))
+        Arc::new(PatternsOnPool::new(RedbPatternStore::new(
+            place.clone(),
+            caps,
+        )))
     }
 
     fn pattern_files(&self, place: &PatternPlace) -> Box<dyn PatternFiles> {
-        Box::new(RedbPatternFiles(
-            RedbPatternStore::new(place.clone(), PatternCaps::default()),
-            place.clone(),
-        ))
+        Box::new(RedbPatternStore::new(place.clone(), PatternCaps::default()))
     }
 
     fn open_reader(&self, path: &Path) -> Result<Box<dyn StoreReader>, TraceError> {
@@ -321,56 +321,13 @@ impl StoreImport for RedbImport {
     }
 }
 
-/// The offline side of the redb pattern stores.
-struct RedbPatternFiles(RedbPatternStore, PatternPlace);
-
-impl PatternFiles for RedbPatternFiles {
-    fn path(&self, workspace: &str) -> PathBuf {
-        self.0.db_path(workspace)
-    }
-
-    fn stats(&self, workspace: &str) -> Result<Option<PatternStats>, PatternError> {
-        self.0.stats_blocking(workspace)
-    }
-
-    fn replace_all(
-        &self,
-        workspace: &str,
-        records: &[PatternRecord],
-        progress: Progress<'_>,
-    ) -> Result<u64, PatternError> {
-        self.0.replace_all_blocking(workspace, records, progress)
-    }
-
-    fn export(&self, workspace: &str) -> Result<PatternDump, PatternError> {
-        let (fingerprints, outcomes) = self.0.export_blocking(workspace)?;
-        Ok(PatternDump {
-            fingerprints,
-            outcomes,
-        })
-    }
-
-    fn import(&self, workspace: &str, dump: &PatternDump) -> Result<(), PatternError> {
-        self.0
-            .import_blocking(workspace, &dump.fingerprints, &dump.outcomes)
-    }
-
-    fn migration(&self, workspace: &str) -> Box<dyn Migratable> {
-        Box::new(RedbPatternMigration {
-            store: RedbPatternStore::new(self.1.clone(), PatternCaps::default()),
-            workspace: workspace.to_owned(),
-            path: self.0.db_path(workspace),
-        })
-    }
-}
-
 /// A workspace's redb pattern store as a migration target: its schema is created whole with
 /// its version when opened (an older store is stamped then, a newer one refused), so a plan
 /// never has steps and no safety copy is ever needed.
-struct RedbPatternMigration {
-    store: RedbPatternStore,
-    workspace: String,
-    path: PathBuf,
+pub(crate) struct RedbPatternMigration {
+    pub(crate) store: RedbPatternStore,
+    pub(crate) workspace: String,
+    pub(crate) path: PathBuf,
 }
 
 impl RedbPatternMigration {
@@ -381,19 +338,16 @@ impl RedbPatternMigration {
                 self.path.display()
             )));
         }
-        let stats = self
-            .store
-            .stats_blocking(&self.workspace)
-            .map_err(|e| match e {
-                PatternError::TooNew {
-                    found, supported, ..
-                } => MaintenanceError::TooNew {
-                    path: self.path.clone(),
-                    found,
-                    supported,
-                },
-                other => MaintenanceError::Failed(other.to_string()),
-            })?;
+        let stats = self.store.stats(&self.workspace).map_err(|e| match e {
+            PatternError::TooNew {
+                found, supported, ..
+            } => MaintenanceError::TooNew {
+                path: self.path.clone(),
+                found,
+                supported,
+            },
+            other => MaintenanceError::Failed(other.to_string()),
+        })?;
         Ok(MigrationPlan {
             path: self.path.clone(),
             current: stats.map_or(0, |s| s.schema_version),

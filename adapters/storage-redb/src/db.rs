@@ -496,17 +496,6 @@ impl DbSlot {
     }
 }
 
-/// Run blocking redb work on tokio's blocking pool (falling back to the current thread when
-/// there is no runtime).
-pub(crate) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> std::result::Result<T, String> {
-    match tokio::runtime::Handle::try_current() {
-        Ok(h) => h.spawn_blocking(f).await.map_err(|e| e.to_string()),
-        Err(_) => Ok(f()),
-    }
-}
-
 /// A random-enough 64-bit id (per-process random hasher seed mixed with the time).
 pub(crate) fn random_id() -> String {
     use std::hash::{BuildHasher, Hasher};

@@ -17,17 +17,17 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use gw_domain::patterns::PatternRows;
 use gw_domain::patterns::{OutcomeTotals, PatternCaps, PatternRecord, apply_record, replay};
 use gw_ports::patterns::{
-    ModelTotals, OutcomeRow, PatternError, PatternStats, PatternStore, RecordOutcome, RecordResult,
+    ModelTotals, OutcomeRow, PatternError, PatternStats, RecordOutcome, RecordResult,
 };
 pub use gw_ports::storage::PatternPlace;
+use gw_ports::storage::{Migratable, PatternDump, PatternFiles, Progress};
 use gw_storage_kit::WorkspaceStores;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
-use crate::db::{Result, Sharing, StoreError, blocking, open_registered};
+use crate::db::{Result, Sharing, StoreError, open_registered};
 
 mod record;
 mod schema;
@@ -124,11 +124,20 @@ impl RedbPatternStore {
         self.inner.stores.writable(workspace, self.opener(true))
     }
 
-    /// Record without a runtime.
-    ///
-    /// # Errors
-    /// As `PatternStore::record`.
-    pub fn record_blocking(
+    fn existing(
+        &self,
+        workspace: &str,
+    ) -> std::result::Result<Option<(PathBuf, Arc<Database>)>, PatternError> {
+        self.inner.stores.existing(workspace, self.opener(false))
+    }
+}
+
+impl PatternFiles for RedbPatternStore {
+    fn path(&self, workspace: &str) -> PathBuf {
+        self.db_path(workspace)
+    }
+
+    fn record(
         &self,
         workspace: &str,
         r: &PatternRecord,
@@ -148,13 +157,7 @@ impl RedbPatternStore {
             .map_err(|e| pattern_error(&path, e))
     }
 
-    /// Apply several observations to one workspace's store in one transaction (one durable
-    /// commit for the batch). Returns how many were applied (0 when the workspace is
-    /// skipped). Blocking.
-    ///
-    /// # Errors
-    /// As `PatternStore::record`; on error nothing of the batch is applied.
-    pub fn record_many_blocking(
+    fn record_many(
         &self,
         workspace: &str,
         records: &[PatternRecord],
@@ -176,15 +179,11 @@ impl RedbPatternStore {
         run().map_err(|e| pattern_error(&path, e))
     }
 
-    /// Replace without a runtime, reporting progress `(done, total)`.
-    ///
-    /// # Errors
-    /// As `PatternStore::replace_all`.
-    pub fn replace_all_blocking(
+    fn replace_all(
         &self,
         workspace: &str,
         records: &[PatternRecord],
-        progress: &(dyn Fn(u64, u64) + Sync),
+        progress: Progress<'_>,
     ) -> std::result::Result<u64, PatternError> {
         let (path, db) = match self.writable(workspace)? {
             Ok(x) => x,
@@ -207,21 +206,7 @@ impl RedbPatternStore {
         Ok(total)
     }
 
-    fn existing(
-        &self,
-        workspace: &str,
-    ) -> std::result::Result<Option<(PathBuf, Arc<Database>)>, PatternError> {
-        self.inner.stores.existing(workspace, self.opener(false))
-    }
-
-    /// Stats without a runtime.
-    ///
-    /// # Errors
-    /// As `PatternStore::stats`.
-    pub fn stats_blocking(
-        &self,
-        workspace: &str,
-    ) -> std::result::Result<Option<PatternStats>, PatternError> {
+    fn stats(&self, workspace: &str) -> std::result::Result<Option<PatternStats>, PatternError> {
         let Some((path, db)) = self.existing(workspace)? else {
             return Ok(None);
         };
@@ -270,14 +255,7 @@ impl RedbPatternStore {
         read().map(Some).map_err(|e| pattern_error(&path, e))
     }
 
-    /// Outcomes without a runtime.
-    ///
-    /// # Errors
-    /// As `PatternStore::outcomes`.
-    pub fn outcomes_blocking(
-        &self,
-        workspace: &str,
-    ) -> std::result::Result<Vec<OutcomeRow>, PatternError> {
+    fn outcomes(&self, workspace: &str) -> std::result::Result<Vec<OutcomeRow>, PatternError> {
         let Some((path, db)) = self.existing(workspace)? else {
             return Ok(Vec::new());
         };
@@ -309,103 +287,14 @@ impl RedbPatternStore {
         };
         read().map_err(|e| pattern_error(&path, e))
     }
-}
 
-async fn run<T: Send + 'static>(
-    f: impl FnOnce() -> std::result::Result<T, PatternError> + Send + 'static,
-) -> std::result::Result<T, PatternError> {
-    blocking(f).await.unwrap_or_else(|e| {
-        Err(PatternError::Unavailable {
-            location: "pattern store".into(),
-            message: format!("task failed: {e}"),
-        })
-    })
-}
-
-#[async_trait]
-impl PatternStore for RedbPatternStore {
-    async fn record(
-        &self,
-        workspace: &str,
-        record: PatternRecord,
-    ) -> std::result::Result<RecordOutcome, PatternError> {
-        let me = self.clone();
-        let ws = workspace.to_owned();
-        run(move || me.record_blocking(&ws, &record)).await
-    }
-
-    async fn record_many(
-        &self,
-        workspace: &str,
-        records: Vec<PatternRecord>,
-    ) -> std::result::Result<u64, PatternError> {
-        let me = self.clone();
-        let ws = workspace.to_owned();
-        run(move || me.record_many_blocking(&ws, &records)).await
-    }
-
-    async fn replace_all(
-        &self,
-        workspace: &str,
-        records: Vec<PatternRecord>,
-    ) -> std::result::Result<u64, PatternError> {
-        let me = self.clone();
-        let ws = workspace.to_owned();
-        run(move || me.replace_all_blocking(&ws, &records, &|_, _| {})).await
-    }
-
-    async fn stats(
-        &self,
-        workspace: &str,
-    ) -> std::result::Result<Option<PatternStats>, PatternError> {
-        let me = self.clone();
-        let ws = workspace.to_owned();
-        run(move || me.stats_blocking(&ws)).await
-    }
-
-    async fn outcomes(
-        &self,
-        workspace: &str,
-    ) -> std::result::Result<Vec<OutcomeRow>, PatternError> {
-        let me = self.clone();
-        let ws = workspace.to_owned();
-        run(move || me.outcomes_blocking(&ws)).await
-    }
-}
-
-/// Stamp the pattern store file at `path` with `version` (tests and tooling: simulate a file
-/// from another binary). The file must not be open in this process.
-///
-/// # Errors
-/// redb errors.
-pub fn stamp_pattern_version(path: &Path, version: i64) -> std::result::Result<(), String> {
-    let db = Database::create(path).map_err(|e| e.to_string())?;
-    let tx = db.begin_write().map_err(|e| e.to_string())?;
-    {
-        let mut meta = tx.open_table(STORE_META).map_err(|e| e.to_string())?;
-        meta.insert("schema_version", version.to_string().as_str())
-            .map_err(|e| e.to_string())?;
-    }
-    tx.commit().map_err(|e| e.to_string())
-}
-
-/// One fingerprint row, for copies between backends (defined in the ports, shared with the
-/// SQLite adapter).
-pub use gw_ports::patterns::FingerprintRow;
-
-impl RedbPatternStore {
-    /// Every fingerprint and outcome of `workspace`'s store (empty when it does not exist).
-    /// Blocking.
-    ///
-    /// # Errors
-    /// As `PatternStore::outcomes`.
-    pub fn export_blocking(
-        &self,
-        workspace: &str,
-    ) -> std::result::Result<(Vec<FingerprintRow>, Vec<OutcomeRow>), PatternError> {
-        let outcomes = self.outcomes_blocking(workspace)?;
+    fn export(&self, workspace: &str) -> std::result::Result<PatternDump, PatternError> {
+        let outcomes = self.outcomes(workspace)?;
         let Some((path, db)) = self.existing(workspace)? else {
-            return Ok((Vec::new(), outcomes));
+            return Ok(PatternDump {
+                fingerprints: Vec::new(),
+                outcomes,
+            });
         };
         let read = || -> Result<Vec<FingerprintRow>> {
             let tx = db.begin_read()?;
@@ -424,21 +313,15 @@ impl RedbPatternStore {
             }
             Ok(out)
         };
-        let fps = read().map_err(|e| pattern_error(&path, e))?;
-        Ok((fps, outcomes))
+        let fingerprints = read().map_err(|e| pattern_error(&path, e))?;
+        Ok(PatternDump {
+            fingerprints,
+            outcomes,
+        })
     }
 
-    /// Replace `workspace`'s projection with these rows, as given, in one transaction (the
-    /// embedding cache is kept). Blocking.
-    ///
-    /// # Errors
-    /// As `PatternStore::replace_all`.
-    pub fn import_blocking(
-        &self,
-        workspace: &str,
-        fingerprints: &[FingerprintRow],
-        outcomes: &[OutcomeRow],
-    ) -> std::result::Result<(), PatternError> {
+    fn import(&self, workspace: &str, dump: &PatternDump) -> std::result::Result<(), PatternError> {
+        let (fingerprints, outcomes) = (&dump.fingerprints, &dump.outcomes);
         let (path, db) = match self.writable(workspace)? {
             Ok(x) => x,
             Err(reason) => return Err(unavailable(&self.db_path(workspace), reason)),
@@ -482,4 +365,32 @@ impl RedbPatternStore {
         };
         run().map_err(|e| pattern_error(&path, e))
     }
+
+    fn migration(&self, workspace: &str) -> Box<dyn Migratable> {
+        Box::new(crate::backend::RedbPatternMigration {
+            store: self.clone(),
+            workspace: workspace.to_owned(),
+            path: self.db_path(workspace),
+        })
+    }
 }
+
+/// Stamp the pattern store file at `path` with `version` (tests and tooling: simulate a file
+/// from another binary). The file must not be open in this process.
+///
+/// # Errors
+/// redb errors.
+pub fn stamp_pattern_version(path: &Path, version: i64) -> std::result::Result<(), String> {
+    let db = Database::create(path).map_err(|e| e.to_string())?;
+    let tx = db.begin_write().map_err(|e| e.to_string())?;
+    {
+        let mut meta = tx.open_table(STORE_META).map_err(|e| e.to_string())?;
+        meta.insert("schema_version", version.to_string().as_str())
+            .map_err(|e| e.to_string())?;
+    }
+    tx.commit().map_err(|e| e.to_string())
+}
+
+/// One fingerprint row, for copies between backends (defined in the ports, shared with the
+/// SQLite adapter).
+pub use gw_ports::patterns::FingerprintRow;

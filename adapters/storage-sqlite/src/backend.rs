@@ -8,18 +8,18 @@ use async_trait::async_trait;
 use gw_domain::audit::BrokenLink;
 use gw_domain::backup::{BackupMeta, RestoreSummary};
 use gw_domain::keys::KeyRecord;
-use gw_domain::patterns::{PatternCaps, PatternRecord};
+use gw_domain::patterns::PatternCaps;
 use gw_domain::sessions::SessionRecord;
 use gw_domain::time::Timestamp;
 use gw_ports::keys::{KeyStore, KeyStoreError, loaded_or_empty};
-use gw_ports::patterns::{PatternError, PatternStats, PatternStore};
+use gw_ports::patterns::PatternStore;
 use gw_ports::storage::{
     CompactReport, MainStore, MainStoreOf, MaintenanceError, Migratable, MigrationPlan,
-    PatternDump, PatternFiles, PatternPlace, Progress, PruneCounts, PruneOptions, Schema,
-    ServeOptions, StorageBackend, StoreCounts, StoreImport, StoreReader, StoreStatus,
-    WriterLifecycle,
+    PatternFiles, PatternPlace, Progress, PruneCounts, PruneOptions, Schema, ServeOptions,
+    StorageBackend, StoreCounts, StoreImport, StoreReader, StoreStatus, WriterLifecycle,
 };
 use gw_ports::trace::{EventRow, SinkStats, TraceError};
+use gw_storage_kit::PatternsOnPool;
 
 use crate::patterns::SqlitePatternStore;
 use crate::transfer::{self, MainStoreImport};
@@ -66,14 +66,17 @@ impl StorageBackend for SqliteBackend {
     }
 
     fn pattern_store(&self, place: &PatternPlace, caps: PatternCaps) -> Arc<dyn PatternStore> {
-        Arc::new(SqlitePatternStore::new(place.clone(), caps))
+        Arc::new(PatternsOnPool::new(SqlitePatternStore::new(
+            place.clone(),
+            caps,
+        )))
     }
 
     fn pattern_files(&self, place: &PatternPlace) -> Box<dyn PatternFiles> {
-        Box::new(SqlitePatternFiles(SqlitePatternStore::new(
+        Box::new(SqlitePatternStore::new(
             place.clone(),
             PatternCaps::default(),
-        )))
+        ))
     }
 
     fn open_reader(&self, path: &Path) -> Result<Box<dyn StoreReader>, TraceError> {
@@ -151,14 +154,14 @@ impl StorageBackend for SqliteBackend {
     }
 }
 
-type MigrationFn = fn(&Path) -> Result<MigrationPlan, MaintenanceError>;
+pub(crate) type MigrationFn = fn(&Path) -> Result<MigrationPlan, MaintenanceError>;
 
 /// A SQLite file with a versioned schema (the main store's trace or sessions tables, or a
 /// pattern store); its safety copy is an ordinary `VACUUM INTO` backup.
-struct SqliteMigration {
-    path: PathBuf,
-    plan: MigrationFn,
-    apply: MigrationFn,
+pub(crate) struct SqliteMigration {
+    pub(crate) path: PathBuf,
+    pub(crate) plan: MigrationFn,
+    pub(crate) apply: MigrationFn,
 }
 
 impl Migratable for SqliteMigration {
@@ -280,55 +283,5 @@ impl StoreImport for SqliteImport {
             self.keys.insert_blocking(k.clone())?;
         }
         Ok(keys.len() as u64)
-    }
-}
-
-/// The offline side of the SQLite pattern stores.
-struct SqlitePatternFiles(SqlitePatternStore);
-
-impl PatternFiles for SqlitePatternFiles {
-    fn path(&self, workspace: &str) -> PathBuf {
-        self.0.db_path(workspace)
-    }
-
-    fn stats(&self, workspace: &str) -> Result<Option<PatternStats>, PatternError> {
-        self.0.stats_blocking(workspace)
-    }
-
-    fn replace_all(
-        &self,
-        workspace: &str,
-        records: &[PatternRecord],
-        progress: Progress<'_>,
-    ) -> Result<u64, PatternError> {
-        self.0.replace_all_blocking(workspace, records, progress)
-    }
-
-    fn export(&self, workspace: &str) -> Result<PatternDump, PatternError> {
-        let (fingerprints, outcomes) = transfer::export_patterns(&self.0.db_path(workspace))?;
-        Ok(PatternDump {
-            fingerprints,
-            outcomes,
-        })
-    }
-
-    fn import(&self, workspace: &str, dump: &PatternDump) -> Result<(), PatternError> {
-        // Opening through the store creates (or migrates) the file with its schema and
-        // version; the rows then go in through a connection of their own.
-        self.0.replace_all_blocking(workspace, &[], &|_, _| {})?;
-        self.0.forget(workspace);
-        transfer::import_patterns(
-            &self.0.db_path(workspace),
-            &dump.fingerprints,
-            &dump.outcomes,
-        )
-    }
-
-    fn migration(&self, workspace: &str) -> Box<dyn Migratable> {
-        Box::new(SqliteMigration {
-            path: self.0.db_path(workspace),
-            plan: crate::patterns::plan_patterns_migration,
-            apply: crate::patterns::apply_patterns_migration,
-        })
     }
 }

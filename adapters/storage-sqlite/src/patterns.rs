@@ -24,12 +24,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use async_trait::async_trait;
 use gw_domain::patterns::{PatternCaps, PatternRecord, apply_record, replay};
-use gw_ports::patterns::{
-    ModelTotals, OutcomeRow, PatternError, PatternStats, PatternStore, RecordOutcome,
-};
+use gw_ports::patterns::{ModelTotals, OutcomeRow, PatternError, PatternStats, RecordOutcome};
 pub use gw_ports::storage::PatternPlace;
+use gw_ports::storage::{Migratable, PatternDump, PatternFiles, Progress, no_progress};
 use gw_storage_kit::WorkspaceStores;
 use rusqlite::{Connection, TransactionBehavior};
 
@@ -97,15 +95,24 @@ impl SqlitePatternStore {
         self.inner.stores.writable(workspace, open)
     }
 
-    /// Record without a runtime.
-    ///
-    /// # Errors
-    /// As `PatternStore::record`.
-    pub fn record_blocking(
-        &self,
-        workspace: &str,
-        r: &PatternRecord,
-    ) -> Result<RecordOutcome, PatternError> {
+    /// Open an existing store for reading (migrating it when it is older). `None` when the
+    /// file does not exist.
+    fn existing(&self, workspace: &str) -> Result<Option<(PathBuf, Shared)>, PatternError> {
+        self.inner.stores.existing(workspace, open)
+    }
+
+    /// Forget the cached connection of `workspace` (tests; after an outside change).
+    pub fn forget(&self, workspace: &str) {
+        self.inner.stores.forget(workspace);
+    }
+}
+
+impl PatternFiles for SqlitePatternStore {
+    fn path(&self, workspace: &str) -> PathBuf {
+        self.db_path(workspace)
+    }
+
+    fn record(&self, workspace: &str, r: &PatternRecord) -> Result<RecordOutcome, PatternError> {
         let (path, conn) = match self.writable(workspace)? {
             Ok(x) => x,
             Err(reason) => return Ok(RecordOutcome::Skipped { reason }),
@@ -122,15 +129,7 @@ impl SqlitePatternStore {
         Ok(RecordOutcome::Recorded(res))
     }
 
-    /// Record several observations in one transaction (0 when the workspace is skipped).
-    ///
-    /// # Errors
-    /// As `PatternStore::record_many`; on error nothing of this batch is applied.
-    pub fn record_many_blocking(
-        &self,
-        workspace: &str,
-        records: &[PatternRecord],
-    ) -> Result<u64, PatternError> {
+    fn record_many(&self, workspace: &str, records: &[PatternRecord]) -> Result<u64, PatternError> {
         let Ok((path, conn)) = self.writable(workspace)? else {
             return Ok(0);
         };
@@ -146,15 +145,11 @@ impl SqlitePatternStore {
         Ok(records.len() as u64)
     }
 
-    /// Replace without a runtime.
-    ///
-    /// # Errors
-    /// As `PatternStore::replace_all`.
-    pub fn replace_all_blocking(
+    fn replace_all(
         &self,
         workspace: &str,
         records: &[PatternRecord],
-        progress: &(dyn Fn(u64, u64) + Sync),
+        progress: Progress<'_>,
     ) -> Result<u64, PatternError> {
         let (path, conn) = match self.writable(workspace)? {
             Ok(x) => x,
@@ -178,17 +173,7 @@ impl SqlitePatternStore {
         Ok(total)
     }
 
-    /// Open an existing store for reading (migrating it when it is older). `None` when the
-    /// file does not exist.
-    fn existing(&self, workspace: &str) -> Result<Option<(PathBuf, Shared)>, PatternError> {
-        self.inner.stores.existing(workspace, open)
-    }
-
-    /// Stats without a runtime.
-    ///
-    /// # Errors
-    /// As `PatternStore::stats`.
-    pub fn stats_blocking(&self, workspace: &str) -> Result<Option<PatternStats>, PatternError> {
+    fn stats(&self, workspace: &str) -> Result<Option<PatternStats>, PatternError> {
         let Some((path, conn)) = self.existing(workspace)? else {
             return Ok(None);
         };
@@ -228,11 +213,7 @@ impl SqlitePatternStore {
         read().map(Some).map_err(|e| unavailable(&path, e))
     }
 
-    /// Outcomes without a runtime.
-    ///
-    /// # Errors
-    /// As `PatternStore::outcomes`.
-    pub fn outcomes_blocking(&self, workspace: &str) -> Result<Vec<OutcomeRow>, PatternError> {
+    fn outcomes(&self, workspace: &str) -> Result<Vec<OutcomeRow>, PatternError> {
         let Some((path, conn)) = self.existing(workspace)? else {
             return Ok(Vec::new());
         };
@@ -240,9 +221,32 @@ impl SqlitePatternStore {
         read_outcomes(&conn).map_err(|e| unavailable(&path, e))
     }
 
-    /// Forget the cached connection of `workspace` (tests; after an outside change).
-    pub fn forget(&self, workspace: &str) {
-        self.inner.stores.forget(workspace);
+    fn export(&self, workspace: &str) -> Result<PatternDump, PatternError> {
+        let (fingerprints, outcomes) = crate::transfer::export_patterns(&self.db_path(workspace))?;
+        Ok(PatternDump {
+            fingerprints,
+            outcomes,
+        })
+    }
+
+    fn import(&self, workspace: &str, dump: &PatternDump) -> Result<(), PatternError> {
+        // Opening through the store creates (or migrates) the file with its schema and
+        // version; the rows then go in through a connection of their own.
+        self.replace_all(workspace, &[], &no_progress)?;
+        self.forget(workspace);
+        crate::transfer::import_patterns(
+            &self.db_path(workspace),
+            &dump.fingerprints,
+            &dump.outcomes,
+        )
+    }
+
+    fn migration(&self, workspace: &str) -> Box<dyn Migratable> {
+        Box::new(crate::backend::SqliteMigration {
+            path: self.db_path(workspace),
+            plan: plan_patterns_migration,
+            apply: apply_patterns_migration,
+        })
     }
 }
 
@@ -275,60 +279,4 @@ pub(crate) fn read_outcomes(conn: &Connection) -> rusqlite::Result<Vec<OutcomeRo
         })
     })?;
     rows.collect()
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, PatternError> + Send + 'static,
-) -> Result<T, PatternError> {
-    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
-        Err(PatternError::Unavailable {
-            location: "pattern store".into(),
-            message: format!("task failed: {e}"),
-        })
-    })
-}
-
-#[async_trait]
-impl PatternStore for SqlitePatternStore {
-    async fn record(
-        &self,
-        workspace: &str,
-        record: PatternRecord,
-    ) -> Result<RecordOutcome, PatternError> {
-        let me = self.clone();
-        let ws = workspace.to_owned();
-        blocking(move || me.record_blocking(&ws, &record)).await
-    }
-
-    async fn record_many(
-        &self,
-        workspace: &str,
-        records: Vec<PatternRecord>,
-    ) -> Result<u64, PatternError> {
-        let me = self.clone();
-        let ws = workspace.to_owned();
-        blocking(move || me.record_many_blocking(&ws, &records)).await
-    }
-
-    async fn replace_all(
-        &self,
-        workspace: &str,
-        records: Vec<PatternRecord>,
-    ) -> Result<u64, PatternError> {
-        let me = self.clone();
-        let ws = workspace.to_owned();
-        blocking(move || me.replace_all_blocking(&ws, &records, &|_, _| {})).await
-    }
-
-    async fn stats(&self, workspace: &str) -> Result<Option<PatternStats>, PatternError> {
-        let me = self.clone();
-        let ws = workspace.to_owned();
-        blocking(move || me.stats_blocking(&ws)).await
-    }
-
-    async fn outcomes(&self, workspace: &str) -> Result<Vec<OutcomeRow>, PatternError> {
-        let me = self.clone();
-        let ws = workspace.to_owned();
-        blocking(move || me.outcomes_blocking(&ws)).await
-    }
 }

@@ -270,6 +270,7 @@ mod tests {
     use crate::TRACE_SCHEMA_VERSION;
     use crate::patterns::{PatternPlace, SqlitePatternStore};
     use crate::sessions::SessionReader;
+    use gw_ports::storage::PatternFiles;
 
     fn event(i: u32) -> EventRow {
         EventRow {
@@ -370,7 +371,7 @@ mod tests {
             ("b", "m2", Some(0.5), 6),
         ] {
             store
-                .record_blocking(
+                .record(
                     &src_ws,
                     &PatternRecord {
                         fingerprint_id: format!("fp_{sig}"),
@@ -392,22 +393,20 @@ mod tests {
             fps.iter().map(|f| f.id.as_str()).collect::<Vec<_>>(),
             ["fp_a", "fp_b"]
         );
-        assert_eq!(outcomes, store.outcomes_blocking(&src_ws).unwrap());
+        assert_eq!(outcomes, store.outcomes(&src_ws).unwrap());
         assert_eq!(outcomes.len(), 3);
 
         // The destination gets its schema from the store, then the rows as given.
-        store
-            .replace_all_blocking(&dst_ws, &[], &|_, _| {})
-            .unwrap();
+        store.replace_all(&dst_ws, &[], &|_, _| {}).unwrap();
         import_patterns(&store.db_path(&dst_ws), &fps, &outcomes).unwrap();
         assert_eq!(
             export_patterns(&store.db_path(&dst_ws)).unwrap(),
             (fps.clone(), outcomes.clone())
         );
-        assert_eq!(store.outcomes_blocking(&dst_ws).unwrap(), outcomes);
+        assert_eq!(store.outcomes(&dst_ws).unwrap(), outcomes);
 
         // A second import collides and keeps nothing of itself.
         assert!(import_patterns(&store.db_path(&dst_ws), &fps, &outcomes).is_err());
-        assert_eq!(store.outcomes_blocking(&dst_ws).unwrap(), outcomes);
+        assert_eq!(store.outcomes(&dst_ws).unwrap(), outcomes);
     }
 }

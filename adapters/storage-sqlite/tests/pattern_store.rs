@@ -10,7 +10,8 @@ use gw_domain::patterns::{
     FingerprintInputs, PATTERN_SCHEMA_VERSION, PatternCaps, PatternRecord, PatternRecorded,
     StructuralFeatures,
 };
-use gw_ports::patterns::{PatternError, PatternStore, RecordOutcome};
+use gw_ports::patterns::{PatternError, RecordOutcome};
+use gw_ports::storage::PatternFiles;
 use gw_storage_sqlite::patterns::{
     PatternPlace, SqlitePatternStore, apply_patterns_migration, plan_patterns_migration,
 };
@@ -48,24 +49,22 @@ fn recorded(o: RecordOutcome) -> gw_ports::patterns::RecordResult {
     }
 }
 
-#[tokio::test]
-async fn record_dedups_fingerprints_and_sums_outcomes() {
+#[test]
+fn record_dedups_fingerprints_and_sums_outcomes() {
     let dir = tempfile::tempdir().unwrap();
     let ws = dir.path().to_str().unwrap().to_owned();
     let store = SqlitePatternStore::new(PatternPlace::InWorkspace, PatternCaps::default());
 
     let a = recorded(
         store
-            .record(&ws, record("fix the bug", "m1", 0.0015, 10, &ws))
-            .await
+            .record(&ws, &record("fix the bug", "m1", 0.0015, 10, &ws))
             .unwrap(),
     );
     assert!(a.was_new_fingerprint);
     assert_eq!((a.sample_size_before, a.sample_size_after), (0, 1));
     let b = recorded(
         store
-            .record(&ws, record("fix the crash", "m1", 0.0025, 5, &ws))
-            .await
+            .record(&ws, &record("fix the crash", "m1", 0.0025, 5, &ws))
             .unwrap(),
     );
     assert!(!b.was_new_fingerprint, "same features, same fingerprint");
@@ -73,19 +72,17 @@ async fn record_dedups_fingerprints_and_sums_outcomes() {
     assert_eq!((b.sample_size_before, b.sample_size_after), (1, 2));
     let c = recorded(
         store
-            .record(&ws, record("fix the bug", "m2", 0.01, 20, &ws))
-            .await
+            .record(&ws, &record("fix the bug", "m2", 0.01, 20, &ws))
             .unwrap(),
     );
     assert_eq!(c.sample_size_after, 1);
     recorded(
         store
-            .record(&ws, record("write docs", "m1", 0.0, 30, &ws))
-            .await
+            .record(&ws, &record("write docs", "m1", 0.0, 30, &ws))
             .unwrap(),
     );
 
-    let rows = store.outcomes(&ws).await.unwrap();
+    let rows = store.outcomes(&ws).unwrap();
     assert_eq!(rows.len(), 3);
     let m1 = rows
         .iter()
@@ -95,7 +92,7 @@ async fn record_dedups_fingerprints_and_sums_outcomes() {
     assert!((m1.sum_latency_ms - 500.0).abs() < 1e-9);
     assert_eq!(m1.last_updated_at_us, 10, "max, whatever the order");
 
-    let stats = store.stats(&ws).await.unwrap().unwrap();
+    let stats = store.stats(&ws).unwrap().unwrap();
     assert_eq!(
         (stats.fingerprints, stats.outcomes, stats.samples),
         (2, 3, 4)
@@ -104,8 +101,8 @@ async fn record_dedups_fingerprints_and_sums_outcomes() {
     assert!(Path::new(&ws).join(".metis/patterns.db").is_file());
 }
 
-#[tokio::test]
-async fn caps_evict_to_the_soft_cap_and_drop_orphaned_fingerprints() {
+#[test]
+fn caps_evict_to_the_soft_cap_and_drop_orphaned_fingerprints() {
     let dir = tempfile::tempdir().unwrap();
     let ws = dir.path().to_str().unwrap().to_owned();
     let caps = PatternCaps {
@@ -119,45 +116,39 @@ async fn caps_evict_to_the_soft_cap_and_drop_orphaned_fingerprints() {
     for (i, t) in texts.iter().enumerate() {
         let at = 1_000 + i64::try_from(i).unwrap();
         last = Some(recorded(
-            store
-                .record(&ws, record(t, "m", 0.001, at, &ws))
-                .await
-                .unwrap(),
+            store.record(&ws, &record(t, "m", 0.001, at, &ws)).unwrap(),
         ));
     }
     let last = last.unwrap();
     // The sixth outcome crossed the hard cap: evicted down to the soft cap, oldest first.
     assert_eq!(last.rows_auto_evicted, 3);
     assert!(!last.over_soft_cap);
-    let stats = store.stats(&ws).await.unwrap().unwrap();
+    let stats = store.stats(&ws).unwrap().unwrap();
     assert_eq!((stats.outcomes, stats.fingerprints), (3, 3));
     assert_eq!(stats.oldest_update_us, Some(1_003));
     // Over the soft cap only: flagged, nothing young evicted.
     let r = recorded(
         store
-            .record(&ws, record("plain words", "m", 0.001, 2_000, &ws))
-            .await
+            .record(&ws, &record("plain words", "m", 0.001, 2_000, &ws))
             .unwrap(),
     );
     assert!(r.over_soft_cap);
     assert_eq!(r.rows_auto_evicted, 0);
 }
 
-#[tokio::test]
-async fn a_workspace_that_is_not_a_writable_directory_is_skipped() {
+#[test]
+fn a_workspace_that_is_not_a_writable_directory_is_skipped() {
     let dir = tempfile::tempdir().unwrap();
     let store = SqlitePatternStore::new(PatternPlace::InWorkspace, PatternCaps::default());
     let missing = dir.path().join("gone").display().to_string();
     for _ in 0..2 {
         let o = store
-            .record(&missing, record("x", "m", 0.0, 1, &missing))
-            .await
+            .record(&missing, &record("x", "m", 0.0, 1, &missing))
             .unwrap();
         assert!(matches!(o, RecordOutcome::Skipped { .. }), "{o:?}");
     }
     let o = store
-        .record("relative/ws", record("x", "m", 0.0, 1, "relative/ws"))
-        .await
+        .record("relative/ws", &record("x", "m", 0.0, 1, "relative/ws"))
         .unwrap();
     assert!(matches!(o, RecordOutcome::Skipped { .. }));
     assert!(
@@ -170,8 +161,7 @@ async fn a_workspace_that_is_not_a_writable_directory_is_skipped() {
         PatternCaps::default(),
     );
     recorded(
-        pd.record(&missing, record("x", "m", 0.0, 1, &missing))
-            .await
+        pd.record(&missing, &record("x", "m", 0.0, 1, &missing))
             .unwrap(),
     );
     assert!(
@@ -230,8 +220,8 @@ fn meta_version(path: &Path) -> String {
         .unwrap()
 }
 
-#[tokio::test]
-async fn a_v1_store_is_migrated_on_open_and_the_next_record_succeeds() {
+#[test]
+fn a_v1_store_is_migrated_on_open_and_the_next_record_succeeds() {
     let dir = tempfile::tempdir().unwrap();
     let ws = dir.path().to_str().unwrap().to_owned();
     let store = SqlitePatternStore::new(PatternPlace::InWorkspace, PatternCaps::default());
@@ -251,7 +241,7 @@ async fn a_v1_store_is_migrated_on_open_and_the_next_record_succeeds() {
     .to_record(5_000)
     .unwrap();
     assert_eq!(again.structural_sig, sigs[3]);
-    let r = recorded(store.record(&ws, again).await.unwrap());
+    let r = recorded(store.record(&ws, &again).unwrap());
     assert!(
         !r.was_new_fingerprint,
         "the legacy row is found by its signature"
@@ -259,13 +249,12 @@ async fn a_v1_store_is_migrated_on_open_and_the_next_record_succeeds() {
     assert_eq!(r.fingerprint_id, format!("01LEGACY{:018}", 3));
     let fresh = recorded(
         store
-            .record(&ws, record("brand new", "m", 0.001, 6_000, &ws))
-            .await
+            .record(&ws, &record("brand new", "m", 0.001, 6_000, &ws))
             .unwrap(),
     );
     assert!(fresh.was_new_fingerprint);
 
-    let rows = store.outcomes(&ws).await.unwrap();
+    let rows = store.outcomes(&ws).unwrap();
     assert_eq!(rows.len(), 22, "every legacy row survives");
     assert_eq!(
         rows.iter()
@@ -336,17 +325,12 @@ fn patterns_migrate_dry_run_then_apply_is_one_transaction_and_idempotent() {
     assert_eq!(n, 5);
 }
 
-#[tokio::test]
-async fn a_store_from_a_newer_binary_is_refused_comparing_versions_as_integers() {
+#[test]
+fn a_store_from_a_newer_binary_is_refused_comparing_versions_as_integers() {
     let dir = tempfile::tempdir().unwrap();
     let ws = dir.path().to_str().unwrap().to_owned();
     let store = SqlitePatternStore::new(PatternPlace::InWorkspace, PatternCaps::default());
-    recorded(
-        store
-            .record(&ws, record("x", "m", 0.0, 1, &ws))
-            .await
-            .unwrap(),
-    );
+    recorded(store.record(&ws, &record("x", "m", 0.0, 1, &ws)).unwrap());
     let path = store.db_path(&ws);
     // "10" < "2" as text; as an integer it is newer.
     Connection::open(&path)
@@ -358,8 +342,7 @@ async fn a_store_from_a_newer_binary_is_refused_comparing_versions_as_integers()
         .unwrap();
     let fresh = SqlitePatternStore::new(PatternPlace::InWorkspace, PatternCaps::default());
     let e = fresh
-        .record(&ws, record("x", "m", 0.0, 2, &ws))
-        .await
+        .record(&ws, &record("x", "m", 0.0, 2, &ws))
         .unwrap_err();
     assert!(matches!(e, PatternError::TooNew { found: 10, .. }), "{e}");
     assert!(plan_patterns_migration(&path).is_err());

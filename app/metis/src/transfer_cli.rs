@@ -131,6 +131,7 @@ mod tests {
     use gw_domain::patterns::{PatternCaps, PatternRecord};
     use gw_domain::sessions::{SessionId, SessionTurn};
     use gw_ports::sessions::SessionStore;
+    use gw_ports::storage::PatternFiles;
     use gw_ports::trace::{EventRow, EventSink};
     use gw_storage_sqlite::patterns::{PatternPlace, SqlitePatternStore};
     use gw_storage_sqlite::transfer;
@@ -235,7 +236,7 @@ mod tests {
             ("b", "m2", None),
         ] {
             patterns
-                .record_blocking(
+                .record(
                     &ws,
                     &PatternRecord {
                         fingerprint_id: format!("fp_{sig}"),
@@ -252,7 +253,7 @@ mod tests {
                 )
                 .unwrap();
         }
-        let outcomes_before = patterns.outcomes_blocking(&ws).unwrap();
+        let outcomes_before = patterns.outcomes(&ws).unwrap();
         let events_before = all_events(&db);
         let sessions_before = SessionReader::open(&db).unwrap().list(None, 100).unwrap();
         let keys_before = SqliteKeyStore::new(&db).load_blocking().unwrap();
@@ -329,6 +330,6 @@ mod tests {
             keys_before
         );
         let fresh = SqlitePatternStore::new(PatternPlace::InWorkspace, PatternCaps::default());
-        assert_eq!(fresh.outcomes_blocking(&ws).unwrap(), outcomes_before);
+        assert_eq!(fresh.outcomes(&ws).unwrap(), outcomes_before);
     }
 }

@@ -10,6 +10,7 @@ use gw_domain::events::{Event, make_event};
 use gw_domain::patterns::{FingerprintInputs, PatternCaps, PatternRecorded, StructuralFeatures};
 use gw_domain::sessions::{SessionId, SessionLink, SessionTurn};
 use gw_ports::sessions::SessionStore;
+use gw_ports::storage::PatternFiles;
 use gw_ports::trace::EventSink;
 use gw_storage_sqlite::patterns::{PatternPlace, SqlitePatternStore};
 use gw_storage_sqlite::{SqliteTraceStore, TRACE_SCHEMA_VERSION, TraceReader, WriterOptions};
@@ -427,8 +428,7 @@ async fn patterns_rebuild_from_the_trace_equals_the_live_projection() {
             &p,
         ));
         if workspace == ws {
-            live.record_blocking(&ws, &p.to_record(at).unwrap())
-                .unwrap();
+            live.record(&ws, &p.to_record(at).unwrap()).unwrap();
         }
     }
     trace.flush().await.unwrap();
@@ -454,16 +454,16 @@ async fn patterns_rebuild_from_the_trace_equals_the_live_projection() {
         PatternPlace::Dir(rebuilt_dir.clone()),
         PatternCaps::default(),
     );
-    let a = live.outcomes_blocking(&ws).unwrap();
-    let b = rebuilt.outcomes_blocking(&ws).unwrap();
+    let a = live.outcomes(&ws).unwrap();
+    let b = rebuilt.outcomes(&ws).unwrap();
     assert!(!a.is_empty());
     assert_eq!(a, b, "rebuild equals live");
     assert_eq!(
-        live.stats_blocking(&ws)
+        live.stats(&ws)
             .unwrap()
             .map(|s| (s.fingerprints, s.outcomes, s.samples)),
         rebuilt
-            .stats_blocking(&ws)
+            .stats(&ws)
             .unwrap()
             .map(|s| (s.fingerprints, s.outcomes, s.samples))
     );
@@ -481,7 +481,7 @@ async fn patterns_rebuild_from_the_trace_equals_the_live_projection() {
     ]);
     assert_eq!(code(&o), 0);
     rebuilt.forget(&ws);
-    assert_eq!(rebuilt.outcomes_blocking(&ws).unwrap(), a);
+    assert_eq!(rebuilt.outcomes(&ws).unwrap(), a);
     let st = metis(&[
         "patterns",
         "stats",

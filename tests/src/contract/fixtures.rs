@@ -141,10 +141,11 @@ impl Backend for SqliteBackend {
     }
 
     fn patterns(&self, caps: PatternCaps) -> Arc<dyn PatternStore> {
-        Arc::new(gw_storage_sqlite::patterns::SqlitePatternStore::new(
-            gw_ports::storage::PatternPlace::InWorkspace,
+        gw_ports::storage::StorageBackend::pattern_store(
+            &gw_storage_sqlite::SqliteBackend,
+            &gw_ports::storage::PatternPlace::InWorkspace,
             caps,
-        ))
+        )
     }
 
     async fn stamp_pattern_version(&self, workspace: &str, version: i64) {
@@ -275,10 +276,11 @@ impl Backend for RedbBackend {
     }
 
     fn patterns(&self, caps: PatternCaps) -> Arc<dyn PatternStore> {
-        Arc::new(gw_storage_redb::RedbPatternStore::new(
-            gw_ports::storage::PatternPlace::InWorkspace,
+        gw_ports::storage::StorageBackend::pattern_store(
+            &gw_storage_redb::RedbBackend,
+            &gw_ports::storage::PatternPlace::InWorkspace,
             caps,
-        ))
+        )
     }
 
     async fn stamp_pattern_version(&self, workspace: &str, version: i64) {

@@ -3,7 +3,8 @@
 //! events into an empty store reproduces the live store's outcomes exactly.
 
 use gw_domain::patterns::{PatternCaps, PatternRecorded};
-use gw_ports::patterns::PatternStore;
+
+use gw_ports::storage::{PatternFiles, no_progress};
 use gw_storage_sqlite::patterns::{PatternPlace, SqlitePatternStore};
 use gw_tests::gateway::chat_body;
 use gw_tests::{Combo, GatewayOptions, TestGateway};
@@ -81,9 +82,14 @@ async fn live_pattern_store_equals_the_rebuild_from_the_trace() {
         PatternPlace::Dir(rebuilt_dir.path().to_path_buf()),
         PatternCaps::default(),
     );
-    assert_eq!(rebuilt.replace_all(&workspace, records).await.unwrap(), 9);
-    let live_rows = live.outcomes(&workspace).await.unwrap();
-    let rebuilt_rows = rebuilt.outcomes(&workspace).await.unwrap();
+    assert_eq!(
+        rebuilt
+            .replace_all(&workspace, &records, &no_progress)
+            .unwrap(),
+        9
+    );
+    let live_rows = live.outcomes(&workspace).unwrap();
+    let rebuilt_rows = rebuilt.outcomes(&workspace).unwrap();
     assert!(!live_rows.is_empty());
     assert_eq!(live_rows, rebuilt_rows);
     // Repeated text, same model: one fingerprint with two samples.

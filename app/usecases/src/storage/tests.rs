@@ -10,7 +10,7 @@ use gw_domain::keys::KeyRecord;
 use gw_domain::patterns::{FingerprintInputs, PatternRecord, PatternRecorded, StructuralFeatures};
 use gw_domain::sessions::SessionRecord;
 use gw_ports::keys::KeyStoreError;
-use gw_ports::patterns::{PatternError, PatternStats};
+use gw_ports::patterns::{OutcomeRow, PatternError, PatternStats, RecordOutcome};
 use gw_ports::storage::{
     MaintenanceError, Migratable, MigrationPlan, PatternDump, PatternFiles, Progress, StoreCounts,
     StoreReader, no_progress,
@@ -276,6 +276,20 @@ struct Files {
 impl PatternFiles for Files {
     fn path(&self, workspace: &str) -> PathBuf {
         Path::new(workspace).join("patterns.fake")
+    }
+
+    fn record(&self, _: &str, _: &PatternRecord) -> Result<RecordOutcome, PatternError> {
+        Ok(RecordOutcome::Skipped {
+            reason: "this fake keeps only what replace_all gives it".into(),
+        })
+    }
+
+    fn record_many(&self, _: &str, _: &[PatternRecord]) -> Result<u64, PatternError> {
+        Ok(0)
+    }
+
+    fn outcomes(&self, _: &str) -> Result<Vec<OutcomeRow>, PatternError> {
+        Ok(Vec::new())
     }
 
     fn stats(&self, _: &str) -> Result<Option<PatternStats>, PatternError> {
