@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 
 use gw_domain::keys::{KeyRecord, KeyStatus};
-use gw_ports::keys::KeyStoreError;
+use gw_ports::keys::{KeyEdit, KeyStoreError};
 
 use super::KeyBackend;
 
@@ -152,43 +152,90 @@ pub async fn a_refused_edit_is_rejected_and_writes_nothing(b: &dyn KeyBackend) {
 }
 
 /// `update` MUST validate every resulting record and the absence of duplicate ids or hashes
-/// before writing: an invalid result is `Corrupt` and nothing is written.
+/// before writing: an invalid result is `Corrupt` with a message naming the problem, and
+/// nothing is written (the change token stays).
 pub async fn an_invalid_edit_result_is_corrupt_and_writes_nothing(b: &dyn KeyBackend) {
     let ks = b.keys();
     ks.insert(key(1)).await.expect("insert");
     ks.insert(key(2)).await.expect("insert");
     let before = ks.load().await.expect("load");
-    let dup_id = ks
-        .update(Box::new(|keys: &mut Vec<KeyRecord>| {
-            keys[1].key_id = keys[0].key_id.clone();
-            Ok(())
-        }))
-        .await;
-    assert!(
-        matches!(dup_id, Err(KeyStoreError::Corrupt { .. })),
-        "{dup_id:?}"
-    );
-    let dup_hash = ks
-        .update(Box::new(|keys: &mut Vec<KeyRecord>| {
-            keys[1].secret_hash = keys[0].secret_hash.clone();
-            Ok(())
-        }))
-        .await;
-    assert!(
-        matches!(dup_hash, Err(KeyStoreError::Corrupt { .. })),
-        "{dup_hash:?}"
-    );
-    let invalid = ks
-        .update(Box::new(|keys: &mut Vec<KeyRecord>| {
-            keys[0].status = KeyStatus::Revoked; // without revoked_at
-            Ok(())
-        }))
-        .await;
-    assert!(
-        matches!(invalid, Err(KeyStoreError::Corrupt { .. })),
-        "{invalid:?}"
-    );
+    let v = ks.version().await;
+    let cases: Vec<(&str, KeyEdit)> = vec![
+        (
+            "duplicate key_id",
+            Box::new(|keys: &mut Vec<KeyRecord>| {
+                keys[1].key_id = keys[0].key_id.clone();
+                Ok(())
+            }),
+        ),
+        (
+            "secret_hash",
+            Box::new(|keys: &mut Vec<KeyRecord>| {
+                keys[1].secret_hash = keys[0].secret_hash.to_ascii_uppercase();
+                Ok(())
+            }),
+        ),
+        (
+            "revoked_at",
+            Box::new(|keys: &mut Vec<KeyRecord>| {
+                keys[0].status = KeyStatus::Revoked; // without revoked_at
+                Ok(())
+            }),
+        ),
+        (
+            "daily_cap_usd",
+            Box::new(|keys: &mut Vec<KeyRecord>| {
+                keys[0].daily_cap_usd = Some("NaN".into());
+                Ok(())
+            }),
+        ),
+    ];
+    for (needle, edit) in cases {
+        let r = ks.update(edit).await;
+        assert!(
+            matches!(&r, Err(KeyStoreError::Corrupt { message, .. }) if message.contains(needle)),
+            "{needle}: {r:?}"
+        );
+    }
     assert_eq!(ks.load().await.expect("load"), before);
+    assert_eq!(ks.version().await, v);
+}
+
+/// An edit that changes nothing succeeds with the current set and writes nothing: the change
+/// token stays, so a gateway does not reload for it.
+pub async fn a_no_op_edit_writes_nothing(b: &dyn KeyBackend) {
+    let ks = b.keys();
+    ks.insert(key(1)).await.expect("insert");
+    ks.insert(key(2)).await.expect("insert");
+    let before = ks.load().await.expect("load");
+    let v = ks.version().await;
+    let out = ks.update(Box::new(|_| Ok(()))).await.expect("update");
+    assert_eq!(out, before);
+    assert_eq!(ks.version().await, v);
+}
+
+/// `insert` of a record that fails validation is `Corrupt` naming the field; nothing is
+/// written (a missing store is not created, an existing one keeps its change token).
+pub async fn insert_refuses_an_invalid_record_and_writes_nothing(b: &dyn KeyBackend) {
+    let ks = b.keys();
+    let mut bad = key(2);
+    bad.user_id = Some("Not A Slug".into());
+    let r = ks.insert(bad.clone()).await;
+    assert!(
+        matches!(&r, Err(KeyStoreError::Corrupt { message, .. }) if message.contains("user_id")),
+        "{r:?}"
+    );
+    assert!(matches!(
+        ks.load().await,
+        Err(KeyStoreError::NotFound { .. })
+    ));
+    assert_eq!(ks.version().await, None);
+    ks.insert(key(1)).await.expect("insert");
+    let v = ks.version().await;
+    let r = ks.insert(bad).await;
+    assert!(matches!(r, Err(KeyStoreError::Corrupt { .. })), "{r:?}");
+    assert_eq!(ids(&ks.load().await.expect("load")), vec!["gk_0001"]);
+    assert_eq!(ks.version().await, v);
 }
 
 /// `update` of a store that does not exist is `NotFound` (the edit does not create it).
@@ -244,12 +291,18 @@ pub async fn parallel_revokes_through_update_lose_no_update(b: &dyn KeyBackend) 
     assert!(active.is_empty(), "lost revokes: {active:?}");
 }
 
-/// `version` changes whenever the stored set changed (every insert and applied update), and
-/// another handle on the same store sees the same token.
+/// `version` changes whenever the stored set changed (every insert and applied update), not
+/// on a read, and another handle on the same store sees the same token.
 pub async fn the_version_changes_with_every_write(b: &dyn KeyBackend) {
     let ks = b.keys();
     ks.insert(key(1)).await.expect("insert");
     let v1 = ks.version().await.expect("version after insert");
+    ks.load().await.expect("load");
+    assert_eq!(
+        ks.version().await.as_ref(),
+        Some(&v1),
+        "a read changed the token"
+    );
     ks.insert(key(2)).await.expect("insert");
     let v2 = ks.version().await.expect("version");
     assert_ne!(v1, v2);

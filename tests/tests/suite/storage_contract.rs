@@ -10,10 +10,12 @@ macro_rules! key_contracts {
         $m!(a_missing_key_store_is_not_found);
         $m!(insert_creates_the_store_and_load_keeps_insertion_order);
         $m!(insert_refuses_a_duplicate_id_or_hash);
+        $m!(insert_refuses_an_invalid_record_and_writes_nothing);
         $m!(parallel_inserts_lose_no_key);
         $m!(update_applies_the_edit_and_returns_the_new_set);
         $m!(a_refused_edit_is_rejected_and_writes_nothing);
         $m!(an_invalid_edit_result_is_corrupt_and_writes_nothing);
+        $m!(a_no_op_edit_writes_nothing);
         $m!(update_of_a_missing_store_is_not_found);
         $m!(parallel_revokes_through_update_lose_no_update);
         $m!(the_version_changes_with_every_write);
