@@ -218,6 +218,48 @@ pub struct SessionRecord {
     pub is_worker: bool,
 }
 
+/// The session after one more turn: the upsert every session store applies (the SQLite
+/// adapter states the same rule in SQL). `None` when the session belongs to another workspace
+/// (a turn never moves or changes it). The first turn creates the session; later turns add
+/// cost and count, keep the latest `updated_at`, take a named model, keep the first parent
+/// link, and `is_worker` is sticky.
+#[must_use]
+pub fn apply_turn(previous: Option<&SessionRecord>, t: &SessionTurn) -> Option<SessionRecord> {
+    let parent = t.parent_session_id.as_ref().map(|p| p.as_str().to_owned());
+    let Some(s) = previous else {
+        return Some(SessionRecord {
+            id: t.session_id.as_str().to_owned(),
+            workspace_path: t.workspace_path.clone(),
+            active_model: t.active_model.clone(),
+            cost_so_far_usd: t.cost_usd,
+            turn_count: 1,
+            created_at_us: t.at_us,
+            updated_at_us: t.at_us,
+            parent_session_id: parent,
+            parent_tool_use_id: t.parent_tool_use_id.clone(),
+            is_worker: t.is_worker,
+        });
+    };
+    if s.workspace_path != t.workspace_path {
+        return None;
+    }
+    Some(SessionRecord {
+        id: s.id.clone(),
+        workspace_path: s.workspace_path.clone(),
+        active_model: t.active_model.clone().or_else(|| s.active_model.clone()),
+        cost_so_far_usd: s.cost_so_far_usd + t.cost_usd,
+        turn_count: s.turn_count + 1,
+        created_at_us: s.created_at_us,
+        updated_at_us: s.updated_at_us.max(t.at_us),
+        parent_session_id: s.parent_session_id.clone().or(parent),
+        parent_tool_use_id: s
+            .parent_tool_use_id
+            .clone()
+            .or_else(|| t.parent_tool_use_id.clone()),
+        is_worker: s.is_worker || t.is_worker,
+    })
+}
+
 /// A session with its workers (and theirs), for `metis sessions show`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SessionNode {
@@ -374,6 +416,57 @@ mod tests {
             .collect();
         assert_eq!(order, ["a", "b"]);
         assert_eq!(tree.children[0].children[0].session.id, "a1");
+    }
+
+    /// A first turn creates the session; later turns accumulate, keep the first parent link
+    /// and a sticky worker flag; a turn from another workspace changes nothing.
+    #[test]
+    fn turns_create_then_accumulate_within_one_workspace() {
+        let link = SessionLink {
+            session_id: SessionId::parse("s").unwrap(),
+            parent_session_id: None,
+            parent_tool_use_id: None,
+            is_worker: true,
+        };
+        let first = apply_turn(None, &SessionTurn::new(&link, "/w", Some("m1"), 1.0, 10)).unwrap();
+        assert_eq!(
+            (first.turn_count, first.created_at_us, first.is_worker),
+            (1, 10, true)
+        );
+        let later = SessionLink {
+            parent_session_id: Some(SessionId::parse("p").unwrap()),
+            parent_tool_use_id: Some("t".into()),
+            is_worker: false,
+            ..link.clone()
+        };
+        // An older turn (out of order) neither lowers updated_at nor clears the model.
+        let second =
+            apply_turn(Some(&first), &SessionTurn::new(&later, "/w", None, 0.5, 5)).unwrap();
+        assert_eq!(second.turn_count, 2);
+        assert!((second.cost_so_far_usd - 1.5).abs() < 1e-12);
+        assert_eq!((second.created_at_us, second.updated_at_us), (10, 10));
+        assert_eq!(second.active_model.as_deref(), Some("m1"));
+        assert_eq!(second.parent_session_id.as_deref(), Some("p"));
+        assert!(second.is_worker);
+        let other = SessionLink {
+            parent_session_id: Some(SessionId::parse("q").unwrap()),
+            ..later.clone()
+        };
+        let third = apply_turn(
+            Some(&second),
+            &SessionTurn::new(&other, "/w", Some("m2"), 0.0, 20),
+        )
+        .unwrap();
+        assert_eq!(third.parent_session_id.as_deref(), Some("p"));
+        assert_eq!(third.active_model.as_deref(), Some("m2"));
+        assert_eq!(third.updated_at_us, 20);
+        assert_eq!(
+            apply_turn(
+                Some(&third),
+                &SessionTurn::new(&link, "/elsewhere", None, 9.0, 30)
+            ),
+            None
+        );
     }
 
     /// Depth-first over `children`, a cycle is not followed twice, `max` caps the walk, and

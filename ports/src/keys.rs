@@ -47,13 +47,15 @@ pub trait KeyStore: Send + Sync {
     /// NOT lose a concurrent writer's update. Creates the store when missing.
     ///
     /// # Errors
-    /// `Duplicate` on an existing id or hash; `ReadOnly` when writes are impossible.
+    /// `Duplicate` on an existing id or hash; `Corrupt` when the record fails validation
+    /// (nothing is written); `ReadOnly` when writes are impossible.
     async fn insert(&self, record: KeyRecord) -> Result<(), KeyStoreError>;
 
     /// Apply `edit` to the current key set and persist the result. MUST hold an exclusive
     /// lock across read, edit and write (no lost update between processes), MUST validate
     /// every resulting record (and the absence of duplicate ids or hashes) before writing,
-    /// and MUST write atomically. Returns the new key set.
+    /// and MUST write atomically. An edit that changes nothing writes nothing. Returns the
+    /// new key set.
     ///
     /// # Errors
     /// `Rejected` when `edit` refused; `Corrupt` when the result fails validation or the

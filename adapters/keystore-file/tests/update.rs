@@ -1,5 +1,6 @@
-//! `FileKeyStore::update` / `update_blocking`: the locked, validated read-modify-write used by
-//! revoke, rotate and the expiry sweep.
+//! `FileKeyStore::update` beyond the `KeyStore` clauses of the storage contract suite
+//! (`storage_contract::file_keystore`): what an edit does to the file (unknown fields, entry
+//! order, mode 0600) and that a corrupt or read-only file is never rewritten.
 #![expect(clippy::unwrap_used, reason = "test code")]
 
 use std::os::unix::fs::PermissionsExt;
@@ -133,110 +134,6 @@ async fn appended_and_removed_entries_are_written_in_order() {
 }
 
 #[tokio::test]
-async fn a_rejected_edit_leaves_the_file_byte_identical() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = keys_path(&dir);
-    let original = seed(&path);
-    let store = FileKeyStore::new(&path);
-    let version = store.version().await;
-
-    let err = store
-        .update(Box::new(|keys: &mut Vec<KeyRecord>| {
-            keys.clear(); // changes made before refusing must not be written either
-            Err("key 'gk_A' is revoked; refusing to rotate".into())
-        }))
-        .await
-        .unwrap_err();
-    match err {
-        KeyStoreError::Rejected { message } => assert!(message.contains("refusing")),
-        other => unreachable!("{other:?}"),
-    }
-    let err = store.update(revoke("gk_MISSING")).await.unwrap_err();
-    assert!(err.to_string().contains("not found"), "{err}");
-    assert_eq!(std::fs::read_to_string(&path).unwrap(), original);
-    assert_eq!(store.version().await, version);
-}
-
-#[tokio::test]
-async fn an_invalid_result_is_refused_and_nothing_is_written() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = keys_path(&dir);
-    let original = seed(&path);
-    let store = FileKeyStore::new(&path);
-
-    let cases: Vec<(&str, gw_ports::keys::KeyEdit)> = vec![
-        (
-            "secret_hash",
-            Box::new(|keys: &mut Vec<KeyRecord>| {
-                keys[1].secret_hash = keys[0].secret_hash.clone();
-                Ok(())
-            }),
-        ),
-        (
-            "duplicate key_id",
-            Box::new(|keys: &mut Vec<KeyRecord>| {
-                let mut twin = record(9);
-                twin.key_id = keys[0].key_id.clone();
-                keys.push(twin);
-                Ok(())
-            }),
-        ),
-        (
-            "daily_cap_usd",
-            Box::new(|keys: &mut Vec<KeyRecord>| {
-                keys[0].daily_cap_usd = Some("NaN".into());
-                Ok(())
-            }),
-        ),
-        (
-            "revoked_at",
-            Box::new(|keys: &mut Vec<KeyRecord>| {
-                keys[0].status = KeyStatus::Revoked;
-                Ok(())
-            }),
-        ),
-    ];
-    for (needle, edit) in cases {
-        match store.update(edit).await {
-            Err(KeyStoreError::Corrupt { message, .. }) => {
-                assert!(message.contains(needle), "{needle}: {message}");
-            }
-            other => unreachable!("{needle}: {other:?}"),
-        }
-        assert_eq!(
-            std::fs::read_to_string(&path).unwrap(),
-            original,
-            "{needle}"
-        );
-    }
-}
-
-#[tokio::test]
-async fn a_no_op_edit_does_not_rewrite_the_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = keys_path(&dir);
-    let original = seed(&path);
-    let store = FileKeyStore::new(&path);
-    let version = store.version().await;
-    let keys = store.update(Box::new(|_| Ok(()))).await.unwrap();
-    assert_eq!(keys.len(), 2);
-    assert_eq!(std::fs::read_to_string(&path).unwrap(), original);
-    assert_eq!(store.version().await, version);
-}
-
-#[tokio::test]
-async fn a_missing_file_is_not_found_and_is_not_created() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = keys_path(&dir);
-    let err = FileKeyStore::new(&path)
-        .update(Box::new(|_| Ok(())))
-        .await
-        .unwrap_err();
-    assert!(matches!(err, KeyStoreError::NotFound { .. }), "{err:?}");
-    assert!(!path.exists());
-}
-
-#[tokio::test]
 async fn a_corrupt_or_read_only_file_is_never_rewritten() {
     let dir = tempfile::tempdir().unwrap();
     let path = keys_path(&dir);
@@ -257,43 +154,4 @@ async fn a_corrupt_or_read_only_file_is_never_rewritten() {
         .unwrap_err();
     assert!(matches!(err, KeyStoreError::ReadOnly { .. }), "{err:?}");
     assert_eq!(std::fs::read_to_string(&path).unwrap(), original);
-}
-
-#[test]
-fn sixteen_concurrent_updates_all_land() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = keys_path(&dir);
-    seed(&path);
-    let handles: Vec<_> = (0..16_u32)
-        .map(|n| {
-            let path = path.clone();
-            std::thread::spawn(move || {
-                // Each thread has its own store instance, as separate processes would.
-                FileKeyStore::new(&path).update_blocking(Box::new(
-                    move |keys: &mut Vec<KeyRecord>| {
-                        // A read-modify-write on shared state (a counter on the first key)
-                        // plus an append: a lost update shows in either.
-                        let count = keys[0]
-                            .extra
-                            .get("x_updates")
-                            .and_then(Value::as_u64)
-                            .unwrap_or(0);
-                        keys[0].extra.insert("x_updates".into(), json!(count + 1));
-                        keys.push(record(n));
-                        Ok(())
-                    },
-                ))
-            })
-        })
-        .collect();
-    for h in handles {
-        h.join().unwrap().unwrap();
-    }
-    let keys = FileKeyStore::new(&path).load_blocking().unwrap();
-    assert_eq!(keys.len(), 2 + 16);
-    assert_eq!(keys[0].extra["x_updates"], json!(16));
-    let mut ids: Vec<&str> = keys.iter().map(|k| k.key_id.as_str()).collect();
-    ids.sort_unstable();
-    ids.dedup();
-    assert_eq!(ids.len(), 18);
 }

@@ -1,5 +1,6 @@
-//! Behaviour of `SqliteKeyStore` (`--keystore store`): order, unknown fields, duplicates,
-//! validated read-modify-write updates, the change token, version rules, read-only files and
+//! Behaviour of `SqliteKeyStore` (`--keystore store`) beyond the `KeyStore` clauses of the
+//! storage contract suite: the schema stamp, unknown fields in `record_json`, reordering,
+//! tampered rows, version rules, sharing the trace file, read-only files and mixed
 //! concurrent writers.
 #![expect(clippy::unwrap_used, reason = "test code")]
 
@@ -96,55 +97,17 @@ async fn a_missing_database_is_not_found_and_reads_do_not_create_it() {
     assert_eq!(tables, 0);
 }
 
+/// Key order, duplicates, validation, no-op edits and the change token are clauses of the
+/// storage contract suite (`storage_contract::sqlite`); here only what is SQLite's own.
 #[tokio::test]
-async fn inserted_keys_load_back_in_order_and_the_token_changes() {
+async fn the_key_store_stamps_the_schema_version() {
     let dir = tempfile::tempdir().unwrap();
     let path = db_path(&dir);
-    let store = SqliteKeyStore::new(&path);
-    store.insert(record(2)).await.unwrap();
-    let v1 = store.version().await.unwrap();
-    store.insert(record(1)).await.unwrap();
-    let v2 = store.version().await.unwrap();
-    assert_ne!(v1, v2);
-    assert_eq!(store.version().await.unwrap(), v2, "stable without writes");
-
-    // Another handle (another process) sees the same set and token.
-    let other = SqliteKeyStore::new(&path);
-    let keys = other.load().await.unwrap();
-    assert_eq!(ids(&keys), ids(&[record(2), record(1)]));
-    assert_eq!(keys[0], record(2));
-    assert_eq!(other.version().await.unwrap(), v2);
+    SqliteKeyStore::new(&path).insert(record(1)).await.unwrap();
     let uv: i64 = raw(&path)
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
     assert_eq!(uv, 1);
-}
-
-#[tokio::test]
-async fn duplicates_and_invalid_records_are_refused_and_nothing_changes() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteKeyStore::new(db_path(&dir));
-    store.insert(record(1)).await.unwrap();
-    let v = store.version().await;
-
-    match store.insert(record(1)).await {
-        Err(KeyStoreError::Duplicate { key_id }) => assert_eq!(key_id, record(1).key_id),
-        other => panic!("{other:?}"),
-    }
-    let mut same_hash = record(2);
-    same_hash.secret_hash = record(1).secret_hash.to_ascii_uppercase();
-    match store.insert(same_hash).await {
-        Err(KeyStoreError::Duplicate { key_id }) => assert_eq!(key_id, record(1).key_id),
-        other => panic!("{other:?}"),
-    }
-    let mut bad = record(3);
-    bad.user_id = Some("Alice".into());
-    match store.insert(bad).await {
-        Err(KeyStoreError::Corrupt { message, .. }) => assert!(message.contains("user_id")),
-        other => panic!("{other:?}"),
-    }
-    assert_eq!(store.load().await.unwrap().len(), 1);
-    assert_eq!(store.version().await, v);
 }
 
 #[tokio::test]
@@ -214,56 +177,6 @@ async fn removal_and_reordering_persist() {
         ids(&store.load().await.unwrap()).last(),
         Some(&record(5).key_id)
     );
-}
-
-#[tokio::test]
-async fn rejected_invalid_and_no_op_edits_write_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteKeyStore::new(db_path(&dir));
-    store.insert(record(1)).await.unwrap();
-    store.insert(record(2)).await.unwrap();
-    let v = store.version().await;
-    let before = store.load().await.unwrap();
-
-    match store
-        .update(Box::new(|keys: &mut Vec<KeyRecord>| {
-            keys.clear();
-            Err("key 'gk_x' is revoked; refusing to rotate".into())
-        }))
-        .await
-    {
-        Err(KeyStoreError::Rejected { message }) => assert!(message.contains("refusing")),
-        other => panic!("{other:?}"),
-    }
-    match store
-        .update(Box::new(|keys: &mut Vec<KeyRecord>| {
-            let dup = keys[0].secret_hash.clone();
-            keys[1].secret_hash = dup;
-            Ok(())
-        }))
-        .await
-    {
-        Err(KeyStoreError::Corrupt { message, .. }) => {
-            assert!(message.contains("secret_hash"), "{message}");
-        }
-        other => panic!("{other:?}"),
-    }
-    match store
-        .update(Box::new(|keys: &mut Vec<KeyRecord>| {
-            keys[0].daily_cap_usd = Some("NaN".into());
-            Ok(())
-        }))
-        .await
-    {
-        Err(KeyStoreError::Corrupt { message, .. }) => {
-            assert!(message.contains("daily_cap_usd"), "{message}");
-        }
-        other => panic!("{other:?}"),
-    }
-    let same = store.update(Box::new(|_| Ok(()))).await.unwrap();
-    assert_eq!(same, before);
-    assert_eq!(store.load().await.unwrap(), before);
-    assert_eq!(store.version().await, v);
 }
 
 #[tokio::test]

@@ -1,6 +1,6 @@
 //! The backends of the contract suite: SQLite (`gw-storage-sqlite`), redb
-//! (`gw-storage-redb`) and the in-memory fakes (`gw_ports::fakes`), each in a fresh temp
-//! directory.
+//! (`gw-storage-redb`) and the in-memory fakes (`gw_ports::fakes`), and the JSON key file
+//! (`gw-keystore-file`, key store clauses only), each in a fresh temp directory.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -16,7 +16,7 @@ use gw_ports::patterns::PatternStore;
 use gw_ports::sessions::SessionStore;
 use gw_ports::trace::{EventSink, TraceError, TraceQuery};
 
-use super::{Backend, Opened};
+use super::{Backend, KeyBackend, Opened};
 
 fn tempdir() -> tempfile::TempDir {
     match tempfile::tempdir() {
@@ -69,6 +69,31 @@ pub async fn sqlite() -> Box<dyn Backend> {
 }
 
 #[async_trait]
+impl KeyBackend for SqliteBackend {
+    fn keys(&self) -> Arc<dyn KeyStore> {
+        Arc::new(gw_storage_sqlite::SqliteKeyStore::new(self.db()))
+    }
+
+    async fn set_keys_read_only(&self, read_only: bool) {
+        chmod_read_only(&self.db(), read_only);
+    }
+
+    async fn corrupt_first_key(&self) {
+        let db = self.db();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Ok(c) = rusqlite::Connection::open(&db) {
+                let _ = c.execute(
+                    "UPDATE gateway_keys SET record_json = json_set(record_json, '$.secret_hash', 'not-hex') \
+                     WHERE position = (SELECT MIN(position) FROM gateway_keys)",
+                    [],
+                );
+            }
+        })
+        .await;
+    }
+}
+
+#[async_trait]
 impl Backend for SqliteBackend {
     fn kind(&self) -> &'static str {
         "sqlite"
@@ -113,28 +138,6 @@ impl Backend for SqliteBackend {
         let _ = tokio::task::spawn_blocking(move || {
             if let Ok(c) = rusqlite::Connection::open(&db) {
                 let _ = c.pragma_update(None, "user_version", version);
-            }
-        })
-        .await;
-    }
-
-    fn keys(&self) -> Arc<dyn KeyStore> {
-        Arc::new(gw_storage_sqlite::SqliteKeyStore::new(self.db()))
-    }
-
-    async fn set_keys_read_only(&self, read_only: bool) {
-        chmod_read_only(&self.db(), read_only);
-    }
-
-    async fn corrupt_first_key(&self) {
-        let db = self.db();
-        let _ = tokio::task::spawn_blocking(move || {
-            if let Ok(c) = rusqlite::Connection::open(&db) {
-                let _ = c.execute(
-                    "UPDATE gateway_keys SET record_json = json_set(record_json, '$.secret_hash', 'not-hex') \
-                     WHERE position = (SELECT MIN(position) FROM gateway_keys)",
-                    [],
-                );
             }
         })
         .await;
@@ -203,6 +206,34 @@ pub async fn redb() -> Box<dyn Backend> {
 }
 
 #[async_trait]
+impl KeyBackend for RedbBackend {
+    fn keys(&self) -> Arc<dyn KeyStore> {
+        Arc::new(gw_storage_redb::RedbKeyStore::new(self.db()))
+    }
+
+    async fn set_keys_read_only(&self, read_only: bool) {
+        chmod_read_only(&self.db(), read_only);
+    }
+
+    async fn corrupt_first_key(&self) {
+        let db = self.db();
+        let _ = tokio::task::spawn_blocking(move || {
+            let Ok(keys) = gw_storage_redb::RedbKeyStore::new(&db).load_blocking() else {
+                return;
+            };
+            let Some(mut first) = keys.into_iter().next() else {
+                return;
+            };
+            first.secret_hash = "not-hex".into();
+            if let Ok(json) = serde_json::to_string(&first) {
+                let _ = gw_storage_redb::overwrite_first_key_json(&db, &json);
+            }
+        })
+        .await;
+    }
+}
+
+#[async_trait]
 impl Backend for RedbBackend {
     fn kind(&self) -> &'static str {
         "redb"
@@ -246,31 +277,6 @@ impl Backend for RedbBackend {
         let db = self.db();
         let _ = tokio::task::spawn_blocking(move || {
             gw_storage_redb::stamp_schema_version(&db, version)
-        })
-        .await;
-    }
-
-    fn keys(&self) -> Arc<dyn KeyStore> {
-        Arc::new(gw_storage_redb::RedbKeyStore::new(self.db()))
-    }
-
-    async fn set_keys_read_only(&self, read_only: bool) {
-        chmod_read_only(&self.db(), read_only);
-    }
-
-    async fn corrupt_first_key(&self) {
-        let db = self.db();
-        let _ = tokio::task::spawn_blocking(move || {
-            let Ok(keys) = gw_storage_redb::RedbKeyStore::new(&db).load_blocking() else {
-                return;
-            };
-            let Some(mut first) = keys.into_iter().next() else {
-                return;
-            };
-            first.secret_hash = "not-hex".into();
-            if let Ok(json) = serde_json::to_string(&first) {
-                let _ = gw_storage_redb::overwrite_first_key_json(&db, &json);
-            }
         })
         .await;
     }
@@ -337,6 +343,25 @@ pub async fn fake() -> Box<dyn Backend> {
 }
 
 #[async_trait]
+impl KeyBackend for FakeBackend {
+    fn keys(&self) -> Arc<dyn KeyStore> {
+        Arc::new(self.keys.clone())
+    }
+
+    async fn set_keys_read_only(&self, read_only: bool) {
+        self.keys.set_read_only(read_only);
+    }
+
+    async fn corrupt_first_key(&self) {
+        let mut keys = self.keys.load().await.unwrap_or_default();
+        if let Some(first) = keys.first_mut() {
+            first.secret_hash = "not-hex".into();
+        }
+        self.keys.put_raw(keys);
+    }
+}
+
+#[async_trait]
 impl Backend for FakeBackend {
     fn kind(&self) -> &'static str {
         "fake"
@@ -383,22 +408,6 @@ impl Backend for FakeBackend {
         }
     }
 
-    fn keys(&self) -> Arc<dyn KeyStore> {
-        Arc::new(self.keys.clone())
-    }
-
-    async fn set_keys_read_only(&self, read_only: bool) {
-        self.keys.set_read_only(read_only);
-    }
-
-    async fn corrupt_first_key(&self) {
-        let mut keys = self.keys.load().await.unwrap_or_default();
-        if let Some(first) = keys.first_mut() {
-            first.secret_hash = "not-hex".into();
-        }
-        self.keys.put_raw(keys);
-    }
-
     fn patterns(&self, caps: PatternCaps) -> Arc<dyn PatternStore> {
         Arc::new(self.patterns.with_caps(caps))
     }
@@ -421,5 +430,51 @@ impl Backend for FakeBackend {
 
     fn crash_target(&self) -> Option<(&'static str, PathBuf)> {
         None
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// JSON key file
+// ---------------------------------------------------------------------------------------------
+
+/// The default key store, `gw-keystore-file`: `<dir>/gateway/keys.json` (a subdirectory, so
+/// the first insert also creates the directory, as on a fresh host). A key store only.
+pub struct FileKeyBackend {
+    dir: tempfile::TempDir,
+}
+
+impl FileKeyBackend {
+    fn file(&self) -> PathBuf {
+        self.dir.path().join("gateway").join("keys.json")
+    }
+}
+
+/// A fresh JSON key file backend.
+pub async fn file_keystore() -> Box<dyn KeyBackend> {
+    Box::new(FileKeyBackend { dir: tempdir() })
+}
+
+#[async_trait]
+impl KeyBackend for FileKeyBackend {
+    fn keys(&self) -> Arc<dyn KeyStore> {
+        Arc::new(gw_keystore_file::FileKeyStore::new(self.file()))
+    }
+
+    async fn set_keys_read_only(&self, read_only: bool) {
+        chmod_read_only(&self.file(), read_only);
+    }
+
+    async fn corrupt_first_key(&self) {
+        let file = self.file();
+        let Ok(text) = std::fs::read_to_string(&file) else {
+            return;
+        };
+        let Ok(mut doc) = serde_json::from_str::<serde_json::Value>(&text) else {
+            return;
+        };
+        if let Some(first) = doc.pointer_mut("/keys/0/secret_hash") {
+            *first = serde_json::Value::from("not-hex");
+        }
+        let _ = std::fs::write(&file, doc.to_string());
     }
 }

@@ -8,9 +8,9 @@
 use std::collections::BTreeSet;
 
 use gw_domain::keys::{KeyRecord, KeyStatus};
-use gw_ports::keys::KeyStoreError;
+use gw_ports::keys::{KeyEdit, KeyStoreError};
 
-use super::Backend;
+use super::KeyBackend;
 
 /// A valid active key record `gk_<n>` whose hash is derived from `n`.
 #[must_use]
@@ -41,7 +41,7 @@ fn ids(keys: &[KeyRecord]) -> Vec<String> {
 }
 
 /// `load` of a store that does not exist yet is `NotFound`, and `version` is `None`.
-pub async fn a_missing_key_store_is_not_found(b: &dyn Backend) {
+pub async fn a_missing_key_store_is_not_found(b: &dyn KeyBackend) {
     let ks = b.keys();
     let r = ks.load().await;
     assert!(matches!(r, Err(KeyStoreError::NotFound { .. })), "{r:?}");
@@ -50,7 +50,7 @@ pub async fn a_missing_key_store_is_not_found(b: &dyn Backend) {
 
 /// `insert` creates the store when missing; `load` returns every key in insertion order with
 /// every field as inserted.
-pub async fn insert_creates_the_store_and_load_keeps_insertion_order(b: &dyn Backend) {
+pub async fn insert_creates_the_store_and_load_keeps_insertion_order(b: &dyn KeyBackend) {
     let ks = b.keys();
     let mut third = key(1);
     third.user_id = Some("alice".into());
@@ -68,7 +68,7 @@ pub async fn insert_creates_the_store_and_load_keeps_insertion_order(b: &dyn Bac
 
 /// `insert` of an existing id or an existing token hash is `Duplicate` (naming the existing
 /// key) and writes nothing.
-pub async fn insert_refuses_a_duplicate_id_or_hash(b: &dyn Backend) {
+pub async fn insert_refuses_a_duplicate_id_or_hash(b: &dyn KeyBackend) {
     let ks = b.keys();
     ks.insert(key(1)).await.expect("insert");
     let v = ks.version().await;
@@ -92,7 +92,7 @@ pub async fn insert_refuses_a_duplicate_id_or_hash(b: &dyn Backend) {
 
 /// `insert` MUST NOT lose a concurrent writer's update: keys inserted in parallel through
 /// separate handles are all stored.
-pub async fn parallel_inserts_lose_no_key(b: &dyn Backend) {
+pub async fn parallel_inserts_lose_no_key(b: &dyn KeyBackend) {
     b.keys().insert(key(0)).await.expect("first insert");
     let mut tasks = Vec::new();
     for n in 1..=16u32 {
@@ -110,7 +110,7 @@ pub async fn parallel_inserts_lose_no_key(b: &dyn Backend) {
 }
 
 /// `update` applies the edit to the current set, persists it and returns the new set.
-pub async fn update_applies_the_edit_and_returns_the_new_set(b: &dyn Backend) {
+pub async fn update_applies_the_edit_and_returns_the_new_set(b: &dyn KeyBackend) {
     let ks = b.keys();
     for n in 1..=3 {
         ks.insert(key(n)).await.expect("insert");
@@ -133,7 +133,7 @@ pub async fn update_applies_the_edit_and_returns_the_new_set(b: &dyn Backend) {
 
 /// An edit that refuses (`Err(message)`) aborts the update with `Rejected` carrying the
 /// message; nothing is written and the change token stays.
-pub async fn a_refused_edit_is_rejected_and_writes_nothing(b: &dyn Backend) {
+pub async fn a_refused_edit_is_rejected_and_writes_nothing(b: &dyn KeyBackend) {
     let ks = b.keys();
     ks.insert(key(1)).await.expect("insert");
     let v = ks.version().await;
@@ -152,47 +152,94 @@ pub async fn a_refused_edit_is_rejected_and_writes_nothing(b: &dyn Backend) {
 }
 
 /// `update` MUST validate every resulting record and the absence of duplicate ids or hashes
-/// before writing: an invalid result is `Corrupt` and nothing is written.
-pub async fn an_invalid_edit_result_is_corrupt_and_writes_nothing(b: &dyn Backend) {
+/// before writing: an invalid result is `Corrupt` with a message naming the problem, and
+/// nothing is written (the change token stays).
+pub async fn an_invalid_edit_result_is_corrupt_and_writes_nothing(b: &dyn KeyBackend) {
     let ks = b.keys();
     ks.insert(key(1)).await.expect("insert");
     ks.insert(key(2)).await.expect("insert");
     let before = ks.load().await.expect("load");
-    let dup_id = ks
-        .update(Box::new(|keys: &mut Vec<KeyRecord>| {
-            keys[1].key_id = keys[0].key_id.clone();
-            Ok(())
-        }))
-        .await;
-    assert!(
-        matches!(dup_id, Err(KeyStoreError::Corrupt { .. })),
-        "{dup_id:?}"
-    );
-    let dup_hash = ks
-        .update(Box::new(|keys: &mut Vec<KeyRecord>| {
-            keys[1].secret_hash = keys[0].secret_hash.clone();
-            Ok(())
-        }))
-        .await;
-    assert!(
-        matches!(dup_hash, Err(KeyStoreError::Corrupt { .. })),
-        "{dup_hash:?}"
-    );
-    let invalid = ks
-        .update(Box::new(|keys: &mut Vec<KeyRecord>| {
-            keys[0].status = KeyStatus::Revoked; // without revoked_at
-            Ok(())
-        }))
-        .await;
-    assert!(
-        matches!(invalid, Err(KeyStoreError::Corrupt { .. })),
-        "{invalid:?}"
-    );
+    let v = ks.version().await;
+    let cases: Vec<(&str, KeyEdit)> = vec![
+        (
+            "duplicate key_id",
+            Box::new(|keys: &mut Vec<KeyRecord>| {
+                keys[1].key_id = keys[0].key_id.clone();
+                Ok(())
+            }),
+        ),
+        (
+            "secret_hash",
+            Box::new(|keys: &mut Vec<KeyRecord>| {
+                keys[1].secret_hash = keys[0].secret_hash.to_ascii_uppercase();
+                Ok(())
+            }),
+        ),
+        (
+            "revoked_at",
+            Box::new(|keys: &mut Vec<KeyRecord>| {
+                keys[0].status = KeyStatus::Revoked; // without revoked_at
+                Ok(())
+            }),
+        ),
+        (
+            "daily_cap_usd",
+            Box::new(|keys: &mut Vec<KeyRecord>| {
+                keys[0].daily_cap_usd = Some("NaN".into());
+                Ok(())
+            }),
+        ),
+    ];
+    for (needle, edit) in cases {
+        let r = ks.update(edit).await;
+        assert!(
+            matches!(&r, Err(KeyStoreError::Corrupt { message, .. }) if message.contains(needle)),
+            "{needle}: {r:?}"
+        );
+    }
     assert_eq!(ks.load().await.expect("load"), before);
+    assert_eq!(ks.version().await, v);
+}
+
+/// An edit that changes nothing succeeds with the current set and writes nothing: the change
+/// token stays, so a gateway does not reload for it.
+pub async fn a_no_op_edit_writes_nothing(b: &dyn KeyBackend) {
+    let ks = b.keys();
+    ks.insert(key(1)).await.expect("insert");
+    ks.insert(key(2)).await.expect("insert");
+    let before = ks.load().await.expect("load");
+    let v = ks.version().await;
+    let out = ks.update(Box::new(|_| Ok(()))).await.expect("update");
+    assert_eq!(out, before);
+    assert_eq!(ks.version().await, v);
+}
+
+/// `insert` of a record that fails validation is `Corrupt` naming the field; nothing is
+/// written (a missing store is not created, an existing one keeps its change token).
+pub async fn insert_refuses_an_invalid_record_and_writes_nothing(b: &dyn KeyBackend) {
+    let ks = b.keys();
+    let mut bad = key(2);
+    bad.user_id = Some("Not A Slug".into());
+    let r = ks.insert(bad.clone()).await;
+    assert!(
+        matches!(&r, Err(KeyStoreError::Corrupt { message, .. }) if message.contains("user_id")),
+        "{r:?}"
+    );
+    assert!(matches!(
+        ks.load().await,
+        Err(KeyStoreError::NotFound { .. })
+    ));
+    assert_eq!(ks.version().await, None);
+    ks.insert(key(1)).await.expect("insert");
+    let v = ks.version().await;
+    let r = ks.insert(bad).await;
+    assert!(matches!(r, Err(KeyStoreError::Corrupt { .. })), "{r:?}");
+    assert_eq!(ids(&ks.load().await.expect("load")), vec!["gk_0001"]);
+    assert_eq!(ks.version().await, v);
 }
 
 /// `update` of a store that does not exist is `NotFound` (the edit does not create it).
-pub async fn update_of_a_missing_store_is_not_found(b: &dyn Backend) {
+pub async fn update_of_a_missing_store_is_not_found(b: &dyn KeyBackend) {
     let ks = b.keys();
     let r = ks
         .update(Box::new(|keys: &mut Vec<KeyRecord>| {
@@ -209,7 +256,7 @@ pub async fn update_of_a_missing_store_is_not_found(b: &dyn Backend) {
 
 /// `update` MUST hold an exclusive lock across read, edit and write: revokes of different
 /// keys racing through separate handles all land (no lost update).
-pub async fn parallel_revokes_through_update_lose_no_update(b: &dyn Backend) {
+pub async fn parallel_revokes_through_update_lose_no_update(b: &dyn KeyBackend) {
     let ks = b.keys();
     for n in 0..12 {
         ks.insert(key(n)).await.expect("insert");
@@ -244,12 +291,18 @@ pub async fn parallel_revokes_through_update_lose_no_update(b: &dyn Backend) {
     assert!(active.is_empty(), "lost revokes: {active:?}");
 }
 
-/// `version` changes whenever the stored set changed (every insert and applied update), and
-/// another handle on the same store sees the same token.
-pub async fn the_version_changes_with_every_write(b: &dyn Backend) {
+/// `version` changes whenever the stored set changed (every insert and applied update), not
+/// on a read, and another handle on the same store sees the same token.
+pub async fn the_version_changes_with_every_write(b: &dyn KeyBackend) {
     let ks = b.keys();
     ks.insert(key(1)).await.expect("insert");
     let v1 = ks.version().await.expect("version after insert");
+    ks.load().await.expect("load");
+    assert_eq!(
+        ks.version().await.as_ref(),
+        Some(&v1),
+        "a read changed the token"
+    );
     ks.insert(key(2)).await.expect("insert");
     let v2 = ks.version().await.expect("version");
     assert_ne!(v1, v2);
@@ -266,7 +319,7 @@ pub async fn the_version_changes_with_every_write(b: &dyn Backend) {
 
 /// `load` of a store holding a record that fails validation is `Corrupt` (naming the problem)
 /// and returns nothing: a half-valid key set is never served. `update` refuses it too.
-pub async fn a_damaged_key_store_is_corrupt_and_serves_nothing(b: &dyn Backend) {
+pub async fn a_damaged_key_store_is_corrupt_and_serves_nothing(b: &dyn KeyBackend) {
     let ks = b.keys();
     for n in 1..=3 {
         ks.insert(key(n)).await.expect("insert");
@@ -289,7 +342,7 @@ pub async fn a_damaged_key_store_is_corrupt_and_serves_nothing(b: &dyn Backend) 
 
 /// A store whose writes are impossible (a read-only file or mount) answers `insert` and
 /// `update` with `ReadOnly` and keeps serving `load`.
-pub async fn a_read_only_key_store_refuses_writes_and_still_loads(b: &dyn Backend) {
+pub async fn a_read_only_key_store_refuses_writes_and_still_loads(b: &dyn KeyBackend) {
     b.keys().insert(key(1)).await.expect("insert");
     b.set_keys_read_only(true).await;
     let ks = b.keys();

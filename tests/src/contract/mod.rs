@@ -4,9 +4,10 @@
 //! `tests/tests/suite/storage_contract.rs`.
 //!
 //! Invariants:
-//! - A contract function sees a backend only through [`Backend`]: the ports themselves plus a
-//!   few backend-specific hooks (stamp a newer schema version, read the version marker, the
-//!   crash writer). Nothing in a contract function names an adapter.
+//! - A contract function sees a backend only through [`Backend`] (the `KeyStore` clauses
+//!   through [`KeyBackend`], so a key-store-only backend runs them too): the ports themselves
+//!   plus a few backend-specific hooks (stamp a newer schema version, read the version marker,
+//!   the crash writer). Nothing in a contract function names an adapter.
 //! - Each test gets a fresh backend (its own temp directory), so tests run in parallel.
 //! - Each function's doc comment is the clause it proves, quoted or paraphrased from the port.
 
@@ -75,9 +76,26 @@ impl Opened {
     }
 }
 
-/// A storage backend under test, with its own temp directory.
+/// A key store under test, with its own temp directory: what the `KeyStore` clauses need.
+/// Every [`Backend`] is one (its keys live in the main store); a key-store-only backend (the
+/// JSON `FileKeyStore`) is only this.
 #[async_trait]
-pub trait Backend: Send + Sync {
+pub trait KeyBackend: Send + Sync {
+    /// A new handle on the stored keys (each call: another handle, same data).
+    fn keys(&self) -> Arc<dyn KeyStore>;
+
+    /// Damage the stored key set (which must hold at least one key): the first record no
+    /// longer validates because its `secret_hash` is not 64 hex digits.
+    async fn corrupt_first_key(&self);
+
+    /// Make the key store impossible to write (a read-only file, as a mounted Secret), or
+    /// writable again.
+    async fn set_keys_read_only(&self, read_only: bool);
+}
+
+/// A storage backend under test, with its own temp directory: every storage port.
+#[async_trait]
+pub trait Backend: KeyBackend {
     /// `sqlite`, `redb` or `fake`.
     fn kind(&self) -> &'static str;
 
@@ -90,17 +108,6 @@ pub trait Backend: Send + Sync {
 
     /// Stamp the (closed) main store as written by a binary with schema version `version`.
     async fn stamp_trace_version(&self, version: i64);
-
-    /// A new handle on the main store's keys (each call: another handle, same data).
-    fn keys(&self) -> Arc<dyn KeyStore>;
-
-    /// Damage the stored key set (which must hold at least one key): the first record no
-    /// longer validates.
-    async fn corrupt_first_key(&self);
-
-    /// Make the key store impossible to write (a read-only file, as a mounted Secret), or
-    /// writable again.
-    async fn set_keys_read_only(&self, read_only: bool);
 
     /// A new pattern store (fresh handle, same data) with the given caps.
     fn patterns(&self, caps: PatternCaps) -> Arc<dyn PatternStore>;

@@ -1,6 +1,28 @@
 //! The storage contract suite, run against every backend: each clause (a function in
-//! `gw_tests::contract`) is listed once in `all_contracts!` and instantiated for the `sqlite`,
-//! `redb` and `fake` modules, each test with a fresh backend in its own temp directory.
+//! `gw_tests::contract`) is listed once in `all_contracts!` (the `KeyStore` ones in
+//! `key_contracts!`, the offline ones in `file_contracts!`) and instantiated for the `sqlite`,
+//! `redb` and `fake` modules, and the key clauses for `file_keystore` (the default JSON key
+//! file), each test with a fresh backend in its own temp directory.
+
+/// Clauses of the `KeyStore` port: every backend, and the JSON key file on its own.
+macro_rules! key_contracts {
+    ($m:ident) => {
+        $m!(a_missing_key_store_is_not_found);
+        $m!(insert_creates_the_store_and_load_keeps_insertion_order);
+        $m!(insert_refuses_a_duplicate_id_or_hash);
+        $m!(insert_refuses_an_invalid_record_and_writes_nothing);
+        $m!(parallel_inserts_lose_no_key);
+        $m!(update_applies_the_edit_and_returns_the_new_set);
+        $m!(a_refused_edit_is_rejected_and_writes_nothing);
+        $m!(an_invalid_edit_result_is_corrupt_and_writes_nothing);
+        $m!(a_no_op_edit_writes_nothing);
+        $m!(update_of_a_missing_store_is_not_found);
+        $m!(parallel_revokes_through_update_lose_no_update);
+        $m!(the_version_changes_with_every_write);
+        $m!(a_damaged_key_store_is_corrupt_and_serves_nothing);
+        $m!(a_read_only_key_store_refuses_writes_and_still_loads);
+    };
+}
 
 macro_rules! all_contracts {
     ($m:ident) => {
@@ -25,19 +47,7 @@ macro_rules! all_contracts {
         $m!(usage_filter_restricts_to_one_value);
         $m!(audit_events_are_a_half_open_window_ordered_by_id);
         $m!(audit_events_filter_by_type);
-        // KeyStore
-        $m!(a_missing_key_store_is_not_found);
-        $m!(insert_creates_the_store_and_load_keeps_insertion_order);
-        $m!(insert_refuses_a_duplicate_id_or_hash);
-        $m!(parallel_inserts_lose_no_key);
-        $m!(update_applies_the_edit_and_returns_the_new_set);
-        $m!(a_refused_edit_is_rejected_and_writes_nothing);
-        $m!(an_invalid_edit_result_is_corrupt_and_writes_nothing);
-        $m!(update_of_a_missing_store_is_not_found);
-        $m!(parallel_revokes_through_update_lose_no_update);
-        $m!(the_version_changes_with_every_write);
-        $m!(a_damaged_key_store_is_corrupt_and_serves_nothing);
-        $m!(a_read_only_key_store_refuses_writes_and_still_loads);
+        key_contracts!($m);
         // SessionStore
         $m!(a_first_turn_creates_the_session);
         $m!(later_turns_accumulate);
@@ -119,4 +129,13 @@ mod fake {
         };
     }
     all_contracts!(c);
+}
+
+mod file_keystore {
+    macro_rules! c {
+        ($t:ident) => {
+            case!(gw_tests::contract::fixtures::file_keystore, $t);
+        };
+    }
+    key_contracts!(c);
 }
