@@ -96,42 +96,9 @@ impl<'txn> SessionTables<'txn> {
     /// Apply one turn. Returns `false` when the session belongs to another workspace (then
     /// nothing changed).
     pub(crate) fn apply(&mut self, t: &SessionTurn) -> Result<bool> {
-        let id = t.session_id.as_str();
-        let previous = self.get(id)?;
-        let next = match &previous {
-            Some(s) => {
-                if s.workspace_path != t.workspace_path {
-                    return Ok(false);
-                }
-                let mut n = s.clone();
-                if t.active_model.is_some() {
-                    n.active_model.clone_from(&t.active_model);
-                }
-                n.cost_so_far_usd += t.cost_usd;
-                n.turn_count += 1;
-                n.updated_at_us = n.updated_at_us.max(t.at_us);
-                if n.parent_session_id.is_none() {
-                    n.parent_session_id =
-                        t.parent_session_id.as_ref().map(|p| p.as_str().to_owned());
-                }
-                if n.parent_tool_use_id.is_none() {
-                    n.parent_tool_use_id.clone_from(&t.parent_tool_use_id);
-                }
-                n.is_worker |= t.is_worker;
-                n
-            }
-            None => SessionRecord {
-                id: id.to_owned(),
-                workspace_path: t.workspace_path.clone(),
-                active_model: t.active_model.clone(),
-                cost_so_far_usd: t.cost_usd,
-                turn_count: 1,
-                created_at_us: t.at_us,
-                updated_at_us: t.at_us,
-                parent_session_id: t.parent_session_id.as_ref().map(|p| p.as_str().to_owned()),
-                parent_tool_use_id: t.parent_tool_use_id.clone(),
-                is_worker: t.is_worker,
-            },
+        let previous = self.get(t.session_id.as_str())?;
+        let Some(next) = gw_domain::sessions::apply_turn(previous.as_ref(), t) else {
+            return Ok(false);
         };
         self.put(&next, previous.as_ref())?;
         Ok(true)
