@@ -139,3 +139,24 @@ mod file_keystore {
     }
     key_contracts!(c);
 }
+
+/// `migrate-store` between every ordered pair of file backends.
+mod cross_backend {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_to_redb_and_back() {
+        let (a, b) = (
+            gw_tests::contract::fixtures::sqlite().await,
+            gw_tests::contract::fixtures::redb().await,
+        );
+        gw_tests::contract::a_copy_to_another_backend_and_back_is_identical(&*a, &*b).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redb_to_sqlite_and_back() {
+        let (a, b) = (
+            gw_tests::contract::fixtures::redb().await,
+            gw_tests::contract::fixtures::sqlite().await,
+        );
+        gw_tests::contract::a_copy_to_another_backend_and_back_is_identical(&*a, &*b).await;
+    }
+}
