@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use gw_ports::storage::{
-    MaintenanceError, PatternFiles, PatternPlace, PruneOptions, Schema, ServeOptions,
-    StorageBackend, StoreCounts, no_progress,
+    MaintenanceError, PatternPlace, PruneOptions, Schema, ServeOptions, StorageBackend,
+    StoreCounts, no_progress,
 };
 use gw_usecases::storage::transfer::{Side, copy_store};
 
