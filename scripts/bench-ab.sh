@@ -2,7 +2,7 @@
 # Quick A/B of the gateway's cost: CPU per request of one `metis` binary at concurrency 32 on
 # the OpenAI sync route against the bench mock (proxy + mock on CPU 1, load on CPU 0), 2 s
 # warm-up + 6 s measured. Usage: scripts/bench-ab.sh PATH/TO/metis LABEL [MOCK_PORT]
-# Needs target/release/bench-mock and bench-load (cargo build --release -p gw-bench).
+# Needs target/release/bench-mock and bench-load (cargo build --release -p metis-bench).
 # PERF_OUT=FILE also records a perf profile of the gateway (5 s of the measured window;
 # PERF_ARGS overrides the default "-F 2000 -g", e.g. "-F 500 --call-graph dwarf").
 # LOAD overrides the load (default "--concurrency 32"; e.g. "--rate 1000 --connections 64").

@@ -170,8 +170,8 @@ if [ "${BENCH_SKIP_INSTALL:-0}" != 1 ]; then
 fi
 NGINX_BIN=$(command -v nginx || echo /usr/sbin/nginx)
 
-log "building release binaries (metis, gw-bench)"
-cargo build --release --locked -p metis -p gw-bench >"$LOGS/build.log" 2>&1 || {
+log "building release binaries (metis, metis-bench)"
+cargo build --release --locked -p metis -p metis-bench >"$LOGS/build.log" 2>&1 || {
   tail -n 30 "$LOGS/build.log" >&2
   exit 1
 }

@@ -60,7 +60,7 @@ if [ "${1:-}" = "--install-only" ]; then
   exit 0
 fi
 
-cargo build -p metis -p gw-tests --bins
+cargo build -p metis -p metis-tests --bins
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 export METIS_BIN="$TARGET_DIR/debug/metis"
 export FAKE_UPSTREAM_BIN="$TARGET_DIR/debug/fake-upstream"

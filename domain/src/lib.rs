@@ -1,4 +1,4 @@
-//! `gw-domain`: the pure model and rules of the Metis gateway.
+//! `metis-domain`: the pure model and rules of the Metis gateway.
 //!
 //! Synchronous and IO-free by construction: no tokio, no database, no HTTP. Everything here
 //! is a value or a function of values, so it is unit- and property-testable in isolation.

@@ -8,16 +8,16 @@
 //!
 //! Each wire (OpenAI Chat Completions, Anthropic Messages, OpenAI Responses) gets all three.
 
-use gw_domain::anthropic;
-use gw_domain::canonical::{
+use metis_domain::anthropic;
+use metis_domain::canonical::{
     BlockDelta, BlockStart, ChatRequest, ChatResponse, ContentBlock, ImageSource, Message, Role,
     StopReason, StreamAccumulator, StreamEvent, SystemBlock, ToolChoice, ToolDef,
     ToolResultContent, Usage,
 };
-use gw_domain::openai;
-use gw_domain::responses::{self, ResponseContext};
-use gw_domain::sse::SseParser;
-use gw_domain::tool_ids;
+use metis_domain::openai;
+use metis_domain::responses::{self, ResponseContext};
+use metis_domain::sse::SseParser;
+use metis_domain::tool_ids;
 use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -739,7 +739,7 @@ fn accumulate<'a>(events: impl IntoIterator<Item = &'a StreamEvent>) -> ChatResp
 fn reparse<E>(
     bytes: &[u8],
     cuts: &[Index],
-    mut push: impl FnMut(&gw_domain::sse::SseFrame) -> Result<Vec<StreamEvent>, E>,
+    mut push: impl FnMut(&metis_domain::sse::SseFrame) -> Result<Vec<StreamEvent>, E>,
 ) -> Result<Vec<StreamEvent>, E> {
     let mut points: Vec<usize> = cuts.iter().map(|c| c.index(bytes.len() + 1)).collect();
     points.sort_unstable();

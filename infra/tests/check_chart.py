@@ -247,7 +247,7 @@ check("grace 60 s + preStop 10 s -> terminationGracePeriodSeconds 80",
       "--shutdown-grace=60s" in c["args"] and p["terminationGracePeriodSeconds"] == 80)
 check("extraArgs/extraEnv/maxConnections/logFormat",
       "--openai-base-url=http://vllm.llm.svc:8000/v1" in c["args"] and "--max-connections=4000" in c["args"]
-      and "--log-format=text" in c["args"] and {"name": "RUST_LOG", "value": "info,gw_http=debug"} in c["env"])
+      and "--log-format=text" in c["args"] and {"name": "RUST_LOG", "value": "info,metis_http=debug"} in c["env"])
 check("serviceAccount.create=false uses the named SA", p["serviceAccountName"] == "metis-runtime" and not any(k == "ServiceAccount" for k, _ in o))
 check("image pull secrets", p["imagePullSecrets"] == [{"name": "regcred"}])
 

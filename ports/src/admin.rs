@@ -3,7 +3,7 @@
 
 use crate::trace::{EventRow, UsageGroup, UsageRow};
 use async_trait::async_trait;
-use gw_domain::keys::KeyRecord;
+use metis_domain::keys::KeyRecord;
 
 /// A key as the admin API shows it (never its hash or token).
 #[derive(Debug, Clone, PartialEq)]

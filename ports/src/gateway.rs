@@ -6,9 +6,9 @@
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
-use gw_domain::canonical::Shape;
-use gw_domain::error::GatewayError;
-use gw_domain::keys::KeyRecord;
+use metis_domain::canonical::Shape;
+use metis_domain::error::GatewayError;
+use metis_domain::keys::KeyRecord;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -32,7 +32,7 @@ pub struct InboundMeta {
     /// header is not ours to refuse.
     pub agent_session: Option<String>,
     /// Client headers forwarded on same-shape traffic (filtered by
-    /// `gw_domain::forwarding::forwards`).
+    /// `metis_domain::forwarding::forwards`).
     pub forward_headers: Vec<(String, String)>,
     /// The request's query string, without `?`.
     pub query: Option<String>,
@@ -48,7 +48,7 @@ pub struct Admission {
     /// The W3C `traceparent` the client sent, if any.
     pub traceparent: Option<String>,
     /// The client-named session the request belongs to (`None` = its own synthetic session).
-    pub session: Option<gw_domain::sessions::SessionLink>,
+    pub session: Option<metis_domain::sessions::SessionLink>,
     /// Client headers forwarded on same-shape traffic.
     pub forward_headers: Vec<(String, String)>,
     /// The request's query string, forwarded on same-shape traffic.
@@ -91,7 +91,7 @@ pub struct ModelsQuery {
     /// One model (`/v1/models/{id}`), or the list.
     pub id: Option<String>,
     /// Anthropic-shape pagination of the list.
-    pub page: gw_domain::models::Page,
+    pub page: metis_domain::models::Page,
 }
 
 /// A successful answer.

@@ -1,7 +1,7 @@
 //! The key store: where gateway key records live.
 
 use async_trait::async_trait;
-use gw_domain::keys::KeyRecord;
+use metis_domain::keys::KeyRecord;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyStoreError {

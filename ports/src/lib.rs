@@ -1,4 +1,4 @@
-//! `gw-ports`: the traits the gateway core needs from the outside world (driven ports) and
+//! `metis-ports`: the traits the gateway core needs from the outside world (driven ports) and
 //! the service it offers to the HTTP and CLI adapters (driving port).
 //!
 //! Every port is an `async_trait` object-safe trait (`Arc<dyn Port>`), because the storage

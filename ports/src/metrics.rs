@@ -6,7 +6,7 @@
 //! knows what it keeps per series.
 
 use crate::trace::CommitLagStats;
-use gw_domain::canonical::Usage;
+use metis_domain::canonical::Usage;
 
 /// Values read at scrape time (the exporter has no other way to know them).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]

@@ -2,7 +2,7 @@
 //! outcome of each model on them).
 
 use async_trait::async_trait;
-use gw_domain::patterns::PatternRecord;
+use metis_domain::patterns::PatternRecord;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PatternError {
@@ -34,7 +34,7 @@ pub enum RecordOutcome {
 }
 
 /// The effect of one applied observation (defined with the rules that produce it).
-pub use gw_domain::patterns::RecordResult;
+pub use metis_domain::patterns::RecordResult;
 
 /// Size and content summary of one workspace's store.
 #[derive(Debug, Clone, PartialEq, Default)]

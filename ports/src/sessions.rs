@@ -1,7 +1,7 @@
 //! The session store: client-named sessions and their delegation tree (`sessions` table).
 
 use async_trait::async_trait;
-use gw_domain::sessions::{SessionId, SessionRecord, SessionTurn};
+use metis_domain::sessions::{SessionId, SessionRecord, SessionTurn};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {

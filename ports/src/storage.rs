@@ -25,13 +25,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use gw_domain::audit::BrokenLink;
-use gw_domain::backup::{BackupMeta, RestoreSummary};
-use gw_domain::events::Event;
-use gw_domain::keys::KeyRecord;
-use gw_domain::patterns::{PatternCaps, PatternRecord};
-use gw_domain::sessions::SessionRecord;
-use gw_domain::time::Timestamp;
+use metis_domain::audit::BrokenLink;
+use metis_domain::backup::{BackupMeta, RestoreSummary};
+use metis_domain::events::Event;
+use metis_domain::keys::KeyRecord;
+use metis_domain::patterns::{PatternCaps, PatternRecord};
+use metis_domain::sessions::SessionRecord;
+use metis_domain::time::Timestamp;
 
 use crate::keys::{KeyStore, KeyStoreError};
 use crate::patterns::{
@@ -116,7 +116,7 @@ pub struct PruneCounts {
 /// How a prune deletes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PruneOptions {
-    /// Rows per transaction (default [`gw_domain::retention::PRUNE_BATCH_ROWS`]).
+    /// Rows per transaction (default [`metis_domain::retention::PRUNE_BATCH_ROWS`]).
     pub batch_rows: u32,
     /// Pause between batches, so a live writer gets the lock (default 5 ms).
     pub pause: Duration,
@@ -125,7 +125,7 @@ pub struct PruneOptions {
 impl Default for PruneOptions {
     fn default() -> Self {
         Self {
-            batch_rows: gw_domain::retention::PRUNE_BATCH_ROWS,
+            batch_rows: metis_domain::retention::PRUNE_BATCH_ROWS,
             pause: Duration::from_millis(5),
         }
     }
@@ -370,7 +370,7 @@ pub trait StoreReader: Send + Sync {
         types: &[String],
     ) -> Result<Vec<EventRow>, TraceError>;
 
-    /// Walk the audit chain in sequence order through [`gw_domain::audit::verify`]:
+    /// Walk the audit chain in sequence order through [`metis_domain::audit::verify`]:
     /// `Ok(n)` chained events all intact, or the first broken link (a chained event that is
     /// no longer stored is a broken link).
     ///

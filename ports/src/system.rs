@@ -1,6 +1,6 @@
 //! Clock and id/randomness sources, so use cases never read the system directly.
 
-use gw_domain::time::Timestamp;
+use metis_domain::time::Timestamp;
 
 /// Wall clock.
 pub trait Clock: Send + Sync {

@@ -1,7 +1,7 @@
 //! Counting tokens without an upstream: `count_tokens` / `input_tokens` for upstreams that
 //! cannot count themselves.
 
-use gw_domain::canonical::ChatRequest;
+use metis_domain::canonical::ChatRequest;
 
 /// A tokenizer for some model families.
 pub trait TokenCounter: Send + Sync {

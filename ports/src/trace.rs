@@ -1,7 +1,7 @@
 //! The trace event sink: where every gateway event goes.
 
 use async_trait::async_trait;
-use gw_domain::events::Event;
+use metis_domain::events::Event;
 
 /// Upper bounds (milliseconds) of the commit-lag histogram buckets; a last `+Inf` bucket is
 /// implied.
@@ -102,7 +102,7 @@ pub struct EventRow {
 }
 
 /// Spend, usage groups and usage rows (defined with the roll-up rules that produce them).
-pub use gw_domain::usage::{KeySpend, UsageGroup, UsageRow};
+pub use metis_domain::usage::{KeySpend, UsageGroup, UsageRow};
 
 /// Read-side queries over the trace store.
 #[async_trait]

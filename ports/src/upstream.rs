@@ -1,5 +1,5 @@
 //! Upstream LLM providers. A provider moves bytes in its own wire format; the use case
-//! renders requests and parses responses (pure functions in `gw-domain`).
+//! renders requests and parses responses (pure functions in `metis-domain`).
 
 use async_trait::async_trait;
 use bytes::Bytes;

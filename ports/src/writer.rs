@@ -37,9 +37,9 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::{RecvTimeoutError, TryRecvError};
 use std::time::{Duration, Instant};
 
-use gw_domain::audit::{AuditChain, ChainTail, Link, Linking};
-use gw_domain::events::Event;
-use gw_domain::sessions::SessionTurn;
+use metis_domain::audit::{AuditChain, ChainTail, Link, Linking};
+use metis_domain::events::Event;
+use metis_domain::sessions::SessionTurn;
 
 use crate::queue::{Backoff, CommitDeadline, Counters, QueueReceiver, retry_delay};
 

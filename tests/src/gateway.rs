@@ -1,7 +1,7 @@
 //! Spawning the real gateway in-process for HTTP tests, with typed helpers.
 //!
 //! [`TestGateway::spawn`] starts a [`FakeUpstream`], issues a key into a fresh temp data dir,
-//! builds the real `metis_app::App` on `127.0.0.1:0` pointed at the fake (provider keys by
+//! builds the real `metis::App` on `127.0.0.1:0` pointed at the fake (provider keys by
 //! flag, never by env, so tests can run in parallel), and serves it on the test's runtime.
 //! [`TestGateway::stop`] triggers the graceful shutdown (which flushes the trace writer) so
 //! the SQLite file can then be read with [`TestGateway::events`].
@@ -9,8 +9,8 @@
 use crate::fake_upstream::{FakeUpstream, SseEvent, parse_sse};
 use anyhow::{Context, bail};
 use clap::Parser;
-use metis_app::App;
-use metis_app::cli::ServeArgs;
+use metis::App;
+use metis::cli::ServeArgs;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -165,7 +165,7 @@ pub struct GatewayOptions {
     pub openai_base_url: Option<String>,
     /// The storage backend (`--store`). `None`: `METIS_TEST_STORE` (`sqlite` or `redb`) when
     /// set, else SQLite, so the whole HTTP suite can be run on either backend.
-    pub store: Option<metis_app::store::StoreKind>,
+    pub store: Option<metis::store::StoreKind>,
     /// A TOML config file for the gateway (`--config`: providers' `responses_api`, prices,
     /// aliases), written into the data dir. `{fake_openai_url}` in it is replaced by the fake
     /// upstream's OpenAI base URL (for a second provider, e.g. `[providers.openrouter]`,
@@ -177,10 +177,10 @@ pub struct GatewayOptions {
 /// or `redb`) when set; else redb in a test binary whose name starts with `redb_` (such a
 /// binary re-runs other suites on redb by including their files); else SQLite.
 #[must_use]
-pub fn default_store() -> metis_app::store::StoreKind {
+pub fn default_store() -> metis::store::StoreKind {
     match std::env::var("METIS_TEST_STORE").as_deref() {
-        Ok("redb") => return metis_app::store::StoreKind::Redb,
-        Ok("sqlite") => return metis_app::store::StoreKind::Sqlite,
+        Ok("redb") => return metis::store::StoreKind::Redb,
+        Ok("sqlite") => return metis::store::StoreKind::Sqlite,
         _ => {}
     }
     let redb_binary = std::env::current_exe().ok().is_some_and(|exe| {
@@ -188,9 +188,9 @@ pub fn default_store() -> metis_app::store::StoreKind {
             .is_some_and(|n| n.to_string_lossy().starts_with("redb_"))
     });
     if redb_binary {
-        metis_app::store::StoreKind::Redb
+        metis::store::StoreKind::Redb
     } else {
-        metis_app::store::StoreKind::Sqlite
+        metis::store::StoreKind::Sqlite
     }
 }
 
@@ -264,7 +264,7 @@ pub struct TestGateway {
     pub data_dir: tempfile::TempDir,
     pub db_path: PathBuf,
     /// The storage backend the gateway runs on.
-    pub store: metis_app::store::StoreKind,
+    pub store: metis::store::StoreKind,
     pub keystore: PathBuf,
     client: reqwest::Client,
     shutdown: Option<oneshot::Sender<()>>,
@@ -299,7 +299,7 @@ impl TestGateway {
         let db_path = data_dir.path().join(store.main_file());
         let keystore = data_dir.path().join("gateway").join("keys.json");
         let workspace = data_dir.path().join("ws");
-        let paths = metis_app::paths::Paths {
+        let paths = metis::paths::Paths {
             data_dir: data_dir.path().to_path_buf(),
             db: db_path.clone(),
             keystore: keystore.clone(),
@@ -469,8 +469,8 @@ impl TestGateway {
 
     /// The data directory's resolved store paths, as the CLI would compute them.
     #[must_use]
-    pub fn paths(&self) -> metis_app::paths::Paths {
-        metis_app::paths::Paths {
+    pub fn paths(&self) -> metis::paths::Paths {
+        metis::paths::Paths {
             data_dir: self.data_dir.path().to_path_buf(),
             db: self.db_path.clone(),
             keystore: self.keystore.clone(),
@@ -503,8 +503,8 @@ impl TestGateway {
     /// When the DB cannot be read.
     pub fn events(&self) -> anyhow::Result<Vec<EventRow>> {
         match self.store {
-            metis_app::store::StoreKind::Sqlite => read_events(&self.db_path),
-            metis_app::store::StoreKind::Redb => read_redb_events(&self.db_path),
+            metis::store::StoreKind::Sqlite => read_events(&self.db_path),
+            metis::store::StoreKind::Redb => read_redb_events(&self.db_path),
         }
     }
 
@@ -533,11 +533,11 @@ impl Drop for TestGateway {
 }
 
 async fn issue(
-    paths: &metis_app::paths::Paths,
+    paths: &metis::paths::Paths,
     workspace: &Path,
     spec: &KeySpec,
 ) -> anyhow::Result<IssuedKey> {
-    let req = gw_usecases::key_admin::IssueRequest {
+    let req = metis_usecases::key_admin::IssueRequest {
         name: spec.name.clone(),
         workspace: workspace.display().to_string(),
         allowed_models: spec.allowed_models.clone(),
@@ -545,9 +545,9 @@ async fn issue(
         rpm: spec.rpm,
         user: spec.user.clone(),
         team: spec.team.clone(),
-        ..gw_usecases::key_admin::IssueRequest::default()
+        ..metis_usecases::key_admin::IssueRequest::default()
     };
-    let issued = metis_app::keys_cli::issue(paths, &req)
+    let issued = metis::keys_cli::issue(paths, &req)
         .await
         .with_context(|| format!("issue key {}", spec.name))?;
     Ok(IssuedKey {
@@ -601,12 +601,12 @@ async fn finish(sent: reqwest::Result<reqwest::Response>) -> Reply {
 /// # Errors
 /// When the file cannot be opened or read.
 pub fn read_redb_events(db: &Path) -> anyhow::Result<Vec<EventRow>> {
-    let handle = gw_storage_redb::open_shared(db, gw_storage_redb::Sharing::default(), false)
+    let handle = metis_storage_redb::open_shared(db, metis_storage_redb::Sharing::default(), false)
         .map_err(|e| anyhow::anyhow!("open {}: {e}", db.display()))?;
     let mut out = Vec::new();
     let mut after: Option<String> = None;
     loop {
-        let page = gw_storage_redb::query::events_page(&handle, after.as_deref(), 1000)
+        let page = metis_storage_redb::query::events_page(&handle, after.as_deref(), 1000)
             .map_err(|e| anyhow::anyhow!("read {}: {e}", db.display()))?;
         let Some(last) = page.last() else { break };
         after = Some(last.id.clone());

@@ -2,9 +2,9 @@
 //! and audit export. Protected by a bearer admin token; when no token is configured the whole
 //! prefix answers 404 (see `api::routes`), so an unconfigured gateway exposes nothing.
 
-use gw_domain::time::{format_iso, parse_duration_secs as parse_grace, parse_iso};
-use gw_ports::admin::{AdminFailure, AdminService, KeySummary, NewKey};
-use gw_ports::trace::{EventRow, UsageGroup, UsageRow};
+use metis_domain::time::{format_iso, parse_duration_secs as parse_grace, parse_iso};
+use metis_ports::admin::{AdminFailure, AdminService, KeySummary, NewKey};
+use metis_ports::trace::{EventRow, UsageGroup, UsageRow};
 use poem::Request;
 use poem_openapi::auth::Bearer;
 use poem_openapi::param::{Path, Query};
@@ -159,8 +159,8 @@ impl From<KeySummary> for KeyObject {
         KeyObject {
             name: r.display_name().to_owned(),
             status: match r.status {
-                gw_domain::keys::KeyStatus::Active => "active".to_owned(),
-                gw_domain::keys::KeyStatus::Revoked => "revoked".to_owned(),
+                metis_domain::keys::KeyStatus::Active => "active".to_owned(),
+                metis_domain::keys::KeyStatus::Revoked => "revoked".to_owned(),
             },
             effective_status: k.effective_status.to_owned(),
             key_id: r.key_id,

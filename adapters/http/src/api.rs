@@ -12,11 +12,11 @@ use crate::reply::{AllowTable, ErrorCode, ModelsReply, RawReply, error_response,
 use async_trait_free::NoService;
 use bytes::Bytes;
 pub use document::openapi_json;
-use gw_domain::canonical::Shape;
-use gw_domain::error::GatewayError;
-use gw_domain::models::Page;
-use gw_ports::admin::AdminService;
-use gw_ports::gateway::{GatewayService, ModelsQuery};
+use metis_domain::canonical::Shape;
+use metis_domain::error::GatewayError;
+use metis_domain::models::Page;
+use metis_ports::admin::AdminService;
+use metis_ports::gateway::{GatewayService, ModelsQuery};
 use inbound::meta;
 use labels::{UnmatchedRoutes, request_id, route_template};
 use poem::error::{MethodNotAllowedError, NotFoundError};
@@ -361,7 +361,7 @@ fn json_errors(err: &poem::Error, method: String, path: String, allow: &AllowTab
     } else if err.status() == StatusCode::PAYLOAD_TOO_LARGE {
         GatewayError::PayloadTooLarge { limit_bytes: 0 }
     } else if err.status().is_client_error() {
-        gw_domain::error::invalid(err.to_string())
+        metis_domain::error::invalid(err.to_string())
     } else {
         tracing::error!(error = %err, %path, "unhandled HTTP error");
         GatewayError::Internal

@@ -24,9 +24,9 @@
 //! leak.
 
 use crate::reply::error_response;
-use gw_domain::canonical::Shape;
-use gw_domain::error::GatewayError;
-use gw_ports::metrics::Metrics;
+use metis_domain::canonical::Shape;
+use metis_domain::error::GatewayError;
+use metis_ports::metrics::Metrics;
 use poem::http::{HeaderValue, header};
 use poem::{Request, Response};
 use std::sync::{Arc, Mutex};
@@ -202,7 +202,7 @@ pub fn charge_parsed(req: &Request, body: &[u8]) -> Result<(), Box<Response>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use gw_ports::metrics::{Attribution, CallLabels, QuotaRatio};
+    use metis_ports::metrics::{Attribution, CallLabels, QuotaRatio};
     use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
     #[derive(Default)]
@@ -217,7 +217,7 @@ mod tests {
             &self,
             _: &CallLabels<'_>,
             _: &Attribution<'_>,
-            _: &gw_domain::canonical::Usage,
+            _: &metis_domain::canonical::Usage,
             _: f64,
         ) {
         }
@@ -238,7 +238,7 @@ mod tests {
         fn inflight_body_bytes(&self, delta: i64) {
             self.0.fetch_add(delta, Ordering::Relaxed);
         }
-        fn render(&self, _: &gw_ports::metrics::ScrapeGauges) -> String {
+        fn render(&self, _: &metis_ports::metrics::ScrapeGauges) -> String {
             String::new()
         }
     }

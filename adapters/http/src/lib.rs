@@ -1,4 +1,4 @@
-//! `gw-http`: the HTTP adapter (poem + poem-openapi).
+//! `metis-http`: the HTTP adapter (poem + poem-openapi).
 //!
 //! It owns only HTTP concerns: extracting the presented token per inbound shape, reading the
 //! body with a size limit, and turning the core's answers into responses. Every answer the

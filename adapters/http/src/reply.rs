@@ -6,8 +6,8 @@
 //! lists both media types under one 200 plus every error status with its envelope.
 
 use bytes::Bytes;
-use gw_domain::canonical::Shape;
-use gw_domain::error::GatewayError;
+use metis_domain::canonical::Shape;
+use metis_domain::error::GatewayError;
 use poem::http::{HeaderValue, StatusCode, header};
 use poem::{Body, IntoResponse, Response};
 use poem_openapi::ApiResponse;

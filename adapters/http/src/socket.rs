@@ -5,7 +5,7 @@
 //! auth recovery understands); every request on the socket is then admitted again (rate
 //! limits, caps) and served exactly like `POST /v1/responses` with `stream: true`, its SSE
 //! events sent as one text frame each. The per-socket conversation (warm-ups, incremental
-//! input) is `gw_domain::responses_socket`; nothing outlives the socket.
+//! input) is `metis_domain::responses_socket`; nothing outlives the socket.
 //!
 //! A request's failure is an `error` frame carrying its HTTP status (Codex maps it to that
 //! status); the socket stays open. The socket closes when the client closes it or a send
@@ -14,11 +14,11 @@
 use crate::reply::error_response;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use gw_domain::canonical::Shape;
-use gw_domain::error::GatewayError;
-use gw_domain::responses_socket::{SocketConversation, SocketRequest, error_frame};
-use gw_domain::sse::SseParser;
-use gw_ports::gateway::{GatewayService, InboundMeta, Reply};
+use metis_domain::canonical::Shape;
+use metis_domain::error::GatewayError;
+use metis_domain::responses_socket::{SocketConversation, SocketRequest, error_frame};
+use metis_domain::sse::SseParser;
+use metis_ports::gateway::{GatewayService, InboundMeta, Reply};
 use poem::web::websocket::{Message, WebSocket, WebSocketStream};
 use poem::{FromRequest, IntoResponse, Request, Response};
 use serde_json::Value;
@@ -44,7 +44,7 @@ pub(crate) async fn upgrade(
     let ws = match WebSocket::from_request_without_body(req).await {
         Ok(ws) => ws,
         Err(e) => {
-            let err = gw_domain::error::invalid(format!("WebSocket upgrade refused: {e}"));
+            let err = metis_domain::error::invalid(format!("WebSocket upgrade refused: {e}"));
             return error_response(&err, Shape::Responses);
         }
     };
@@ -72,7 +72,7 @@ async fn serve(svc: Arc<dyn GatewayService>, meta: InboundMeta, mut socket: WebS
                 generate(&*svc, &meta, body, &mut conversation, &mut socket).await
             }
             Err(message) => {
-                let err = gw_domain::error::invalid(message);
+                let err = metis_domain::error::invalid(message);
                 send_error(&mut socket, &err).await
             }
         };

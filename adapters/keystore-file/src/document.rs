@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 
-use gw_domain::keys::KeyRecord;
+use metis_domain::keys::KeyRecord;
 use serde_json::{Map, Value};
 
 /// A parsed, validated keystore document.

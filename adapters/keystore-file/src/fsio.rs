@@ -16,7 +16,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use gw_ports::keys::KeyStoreError;
+use metis_ports::keys::KeyStoreError;
 
 /// Mode of the keystore, its lock file and temp files.
 pub(crate) const FILE_MODE: u32 = 0o600;

@@ -17,8 +17,8 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
-use gw_domain::keys::KeyRecord;
-use gw_ports::keys::{KeyEdit, KeyStore, KeyStoreError};
+use metis_domain::keys::KeyRecord;
+use metis_ports::keys::{KeyEdit, KeyStore, KeyStoreError};
 
 use crate::document::{Conflict, Document};
 use crate::fsio::{

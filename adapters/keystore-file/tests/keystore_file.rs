@@ -6,9 +6,9 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use gw_domain::keys::{KeyRecord, KeyStatus, hash_token};
-use gw_keystore_file::FileKeyStore;
-use gw_ports::keys::{KeyStore, KeyStoreError};
+use metis_domain::keys::{KeyRecord, KeyStatus, hash_token};
+use metis_keystore_file::FileKeyStore;
+use metis_ports::keys::{KeyStore, KeyStoreError};
 use serde_json::{Map, Value, json};
 
 fn record(n: u32) -> KeyRecord {

@@ -18,8 +18,8 @@ use std::fs;
 use std::io;
 use std::path::Path;
 
-use gw_domain::backup::{BackupMeta, MetaFields, RestoreSummary, parse_meta};
-use gw_ports::storage::{MaintenanceError, Progress};
+use metis_domain::backup::{BackupMeta, MetaFields, RestoreSummary, parse_meta};
+use metis_ports::storage::{MaintenanceError, Progress};
 
 use crate::files::{
     TempFile, copy_hashing, fsync_dir, io_err, parent_dir, publish_no_clobber, require_file,

@@ -13,7 +13,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-use gw_ports::storage::{MaintenanceError, Progress};
+use metis_ports::storage::{MaintenanceError, Progress};
 use sha2::{Digest, Sha256};
 
 /// The side files a SQLite database may have next to it (harmless to clear for other engines:

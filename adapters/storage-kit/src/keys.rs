@@ -6,8 +6,8 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use gw_domain::keys::{KeyRecord, validate_key_set};
-use gw_ports::keys::{KeyEdit, KeyStoreError};
+use metis_domain::keys::{KeyRecord, validate_key_set};
+use metis_ports::keys::{KeyEdit, KeyStoreError};
 
 /// A database file without any write permission bit is the operator saying "do not edit":
 /// honoured even when running as root (where the engine would write anyway), as the file
@@ -143,7 +143,7 @@ macro_rules! key_store_on_blocking_pool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use gw_domain::keys::hash_token;
+    use metis_domain::keys::hash_token;
 
     fn key(id: &str, token: &str) -> KeyRecord {
         serde_json::from_value(serde_json::json!({

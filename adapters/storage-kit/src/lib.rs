@@ -1,7 +1,7 @@
-//! `gw-storage-kit`: what the storage adapters share, so each backend crate keeps only its
+//! `metis-storage-kit`: what the storage adapters share, so each backend crate keeps only its
 //! engine-specific code. It implements no port and uses no storage engine or adapter (the
 //! architecture test checks it); the writer loop and its sending side ([`WriterHandle`]) live
-//! in `gw-ports`, which may not depend on a runtime.
+//! in `metis-ports`, which may not depend on a runtime.
 //!
 //! - [`backup()`]/[`restore()`]: the order of steps and checks of a crash-safe backup and a
 //!   checked restore, each engine plugging in its snapshot, version and integrity checks; the
@@ -24,8 +24,8 @@
 
 use std::sync::Arc;
 
-use gw_ports::trace::SinkStats;
-use gw_ports::writer::{STOPPED, WriterHandle};
+use metis_ports::trace::SinkStats;
+use metis_ports::writer::{STOPPED, WriterHandle};
 use tokio::sync::oneshot;
 
 mod backup;
@@ -50,9 +50,9 @@ pub use workspaces::{MAX_OPEN_STORES, WorkspaceStores, pattern_file, prepare_pat
 #[doc(hidden)]
 pub use async_trait::async_trait as __async_trait;
 #[doc(hidden)]
-pub use gw_domain as __domain;
+pub use metis_domain as __domain;
 #[doc(hidden)]
-pub use gw_ports as __ports;
+pub use metis_ports as __ports;
 
 /// Run `f` on tokio's blocking pool (a store's reads and writes block on the disk), or on
 /// this thread when no runtime is running (CLI code).

@@ -9,8 +9,8 @@
 
 use std::path::Path;
 
-use gw_domain::time::{MICROS_PER_SEC, Timestamp};
-use gw_ports::storage::{Progress, PruneCounts, PruneOptions, StoreStatus};
+use metis_domain::time::{MICROS_PER_SEC, Timestamp};
+use metis_ports::storage::{Progress, PruneCounts, PruneOptions, StoreStatus};
 
 use crate::files::{file_len, with_suffix};
 

@@ -5,9 +5,9 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use gw_domain::patterns::PatternRecord;
-use gw_ports::patterns::{OutcomeRow, PatternError, PatternStats, PatternStore, RecordOutcome};
-use gw_ports::storage::{PatternFiles, no_progress};
+use metis_domain::patterns::PatternRecord;
+use metis_ports::patterns::{OutcomeRow, PatternError, PatternStats, PatternStore, RecordOutcome};
+use metis_ports::storage::{PatternFiles, no_progress};
 
 /// A backend's pattern stores served to the async gateway.
 pub struct PatternsOnPool<T>(Arc<T>);

@@ -1,9 +1,9 @@
 //! The `SessionStore` port of a store whose turns ride its trace writer
 //! ([`session_store_on_writer!`](crate::session_store_on_writer)): turns queue on the shared
-//! [`WriterHandle`](gw_ports::writer::WriterHandle), flushes wait on it, reads run on the
+//! [`WriterHandle`](metis_ports::writer::WriterHandle), flushes wait on it, reads run on the
 //! blocking pool with the backend's read handle. Each backend keeps only its reads.
 
-use gw_ports::sessions::SessionError;
+use metis_ports::sessions::SessionError;
 
 /// Run a blocking session read on the blocking pool.
 ///

@@ -3,7 +3,7 @@
 //! its reads and what it reports as its write-ahead log.
 
 /// Implement the `EventSink` port for a trace store type that owns a
-/// [`WriterHandle`](gw_ports::writer::WriterHandle), with a `Debug` showing the file and the
+/// [`WriterHandle`](metis_ports::writer::WriterHandle), with a `Debug` showing the file and the
 /// counters and a `Drop` that shuts the writer down (draining the queue; blocking the
 /// dropping thread). The type must have `writer(&self) -> &WriterHandle` and
 /// `path(&self) -> &Path`; `wal_bytes` is a `fn(&Self) -> u64` (the engine's log size). The

@@ -15,8 +15,8 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
-use gw_domain::patterns::workspace_hash;
-use gw_ports::storage::PatternPlace;
+use metis_domain::patterns::workspace_hash;
+use metis_ports::storage::PatternPlace;
 
 /// Most store files kept open at once.
 pub const MAX_OPEN_STORES: usize = 64;

@@ -5,21 +5,21 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use gw_domain::audit::BrokenLink;
-use gw_domain::backup::{BackupMeta, RestoreSummary};
-use gw_domain::keys::KeyRecord;
-use gw_domain::patterns::{PATTERN_SCHEMA_VERSION, PatternCaps};
-use gw_domain::sessions::SessionRecord;
-use gw_domain::time::Timestamp;
-use gw_ports::keys::{KeyStore, KeyStoreError, loaded_or_empty};
-use gw_ports::patterns::{PatternError, PatternStore};
-use gw_ports::storage::{
+use metis_domain::audit::BrokenLink;
+use metis_domain::backup::{BackupMeta, RestoreSummary};
+use metis_domain::keys::KeyRecord;
+use metis_domain::patterns::{PATTERN_SCHEMA_VERSION, PatternCaps};
+use metis_domain::sessions::SessionRecord;
+use metis_domain::time::Timestamp;
+use metis_ports::keys::{KeyStore, KeyStoreError, loaded_or_empty};
+use metis_ports::patterns::{PatternError, PatternStore};
+use metis_ports::storage::{
     CompactReport, MainStore, MainStoreOf, MaintenanceError, Migratable, MigrationPlan,
     PatternFiles, PatternPlace, Progress, PruneCounts, PruneOptions, Schema, ServeOptions,
     StorageBackend, StoreCounts, StoreImport, StoreReader, StoreStatus, WriterLifecycle,
 };
-use gw_ports::trace::{EventRow, SinkStats, TraceError};
-use gw_storage_kit::PatternsOnPool;
+use metis_ports::trace::{EventRow, SinkStats, TraceError};
+use metis_storage_kit::PatternsOnPool;
 use redb::Database;
 
 use crate::db::{Sharing, StoreError, TRACE_SCHEMA_VERSION, describe_open_error, open_shared};
@@ -112,7 +112,7 @@ impl StorageBackend for RedbBackend {
         dest: &Path,
         progress: Progress<'_>,
     ) -> Result<BackupMeta, MaintenanceError> {
-        gw_storage_kit::backup(&ops::Redb, db, dest, progress)
+        metis_storage_kit::backup(&ops::Redb, db, dest, progress)
     }
 
     fn restore(
@@ -128,7 +128,7 @@ impl StorageBackend for RedbBackend {
         // error line through the task's result).
         let hook = std::panic::take_hook();
         std::panic::set_hook(Box::new(|_| {}));
-        let r = gw_storage_kit::restore(&ops::Redb, src, db, force, progress);
+        let r = metis_storage_kit::restore(&ops::Redb, src, db, force, progress);
         std::panic::set_hook(hook);
         r
     }
@@ -232,7 +232,7 @@ impl Migratable for RedbMainMigration {
     }
 
     fn backup(&self, dest: &Path, progress: Progress<'_>) -> Result<(), MaintenanceError> {
-        gw_storage_kit::backup(&ops::Redb, &self.path, dest, progress).map(drop)
+        metis_storage_kit::backup(&ops::Redb, &self.path, dest, progress).map(drop)
     }
 }
 

@@ -16,9 +16,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use gw_domain::keys::{KeyRecord, validate_key_set};
-use gw_ports::keys::{KeyEdit, KeyStoreError};
-use gw_storage_kit::keys::{Edited, apply_edit, read_only_file, record_to_insert};
+use metis_domain::keys::{KeyRecord, validate_key_set};
+use metis_ports::keys::{KeyEdit, KeyStoreError};
+use metis_storage_kit::keys::{Edited, apply_edit, read_only_file, record_to_insert};
 use redb::{Database, ReadableDatabase, ReadableTable, WriteTransaction};
 
 use crate::db::{
@@ -181,7 +181,7 @@ impl RedbKeyStore {
         Ok(())
     }
 
-    /// Blocking form of [`KeyStore::load`](gw_ports::keys::KeyStore::load).
+    /// Blocking form of [`KeyStore::load`](metis_ports::keys::KeyStore::load).
     ///
     /// # Errors
     /// As the port.
@@ -200,7 +200,7 @@ impl RedbKeyStore {
         self.read_all(&meta, &keys)?.ok_or_else(|| self.not_found())
     }
 
-    /// Blocking form of [`KeyStore::insert`](gw_ports::keys::KeyStore::insert).
+    /// Blocking form of [`KeyStore::insert`](metis_ports::keys::KeyStore::insert).
     ///
     /// # Errors
     /// As the port (`Corrupt` for an invalid record).
@@ -231,7 +231,7 @@ impl RedbKeyStore {
         Ok(())
     }
 
-    /// Blocking form of [`KeyStore::update`](gw_ports::keys::KeyStore::update).
+    /// Blocking form of [`KeyStore::update`](metis_ports::keys::KeyStore::update).
     ///
     /// # Errors
     /// As the port; nothing is written on any error.
@@ -260,7 +260,7 @@ impl RedbKeyStore {
         Ok(records)
     }
 
-    /// Blocking form of [`KeyStore::version`](gw_ports::keys::KeyStore::version).
+    /// Blocking form of [`KeyStore::version`](metis_ports::keys::KeyStore::version).
     #[must_use]
     pub fn version_blocking(&self) -> Option<String> {
         let db = self.existing().ok()??;
@@ -277,7 +277,7 @@ impl RedbKeyStore {
     }
 }
 
-gw_storage_kit::key_store_on_blocking_pool!(RedbKeyStore);
+metis_storage_kit::key_store_on_blocking_pool!(RedbKeyStore);
 
 /// Overwrite the first stored key record with `json` as is (tests: a damaged key store).
 /// The file must not be open in another process.

@@ -1,4 +1,4 @@
-//! `gw-storage-redb`: the redb adapters of every storage port, the alternate backend chosen
+//! `metis-storage-redb`: the redb adapters of every storage port, the alternate backend chosen
 //! with `--store redb`.
 //!
 //! Files: `metis.redb` (trace events with their secondary indexes, the audit chain, sessions,
@@ -7,14 +7,14 @@
 //!
 //! Invariants:
 //! - Same behaviour as the SQLite adapters, proven by the storage contract suite
-//!   (`gw-tests`, `tests/tests/suite/storage_contract.rs`), which runs unchanged against both and the
+//!   (`metis-tests`, `tests/tests/suite/storage_contract.rs`), which runs unchanged against both and the
 //!   in-memory fakes.
 //! - A version marker in a metadata table (`meta.schema_version`, `store_meta.schema_version`)
 //!   is never lowered, and a file from a newer binary is refused untouched.
 //! - Every write and its secondary index entries happen in one redb write transaction; the
 //!   request path never waits on disk (events and session turns go through a batching writer
 //!   thread); all blocking work runs off the async runtime.
-//! - Depends only on `gw-ports`, `gw-domain` and `gw-storage-kit` (plus redb and serde).
+//! - Depends only on `metis-ports`, `metis-domain` and `metis-storage-kit` (plus redb and serde).
 
 mod backend;
 mod db;

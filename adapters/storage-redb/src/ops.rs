@@ -1,7 +1,7 @@
 //! Operations on a main redb file: hot backup (a consistent read snapshot copied into a new
 //! file), checked restore, status, batched retention, compaction, and bulk import/export for
 //! `metis migrate-store`. The engine-free order of backup, restore, prune and status lives in
-//! `gw-storage-kit`; this module supplies the redb steps.
+//! `metis-storage-kit`; this module supplies the redb steps.
 //!
 //! Invariants:
 //! - Backup reads one snapshot (a read transaction: the gateway keeps writing) and copies
@@ -22,12 +22,12 @@
 use std::path::Path;
 use std::sync::Arc;
 
-pub use gw_domain::backup::{BackupMeta, RestoreSummary};
-use gw_domain::sessions::SessionRecord;
-pub use gw_ports::storage::{CompactReport, MaintenanceError, Progress, PruneCounts, StoreStatus};
-use gw_ports::trace::EventRow;
-use gw_storage_kit::require_file;
-pub use gw_storage_kit::with_suffix;
+pub use metis_domain::backup::{BackupMeta, RestoreSummary};
+use metis_domain::sessions::SessionRecord;
+pub use metis_ports::storage::{CompactReport, MaintenanceError, Progress, PruneCounts, StoreStatus};
+use metis_ports::trace::EventRow;
+use metis_storage_kit::require_file;
+pub use metis_storage_kit::with_suffix;
 use redb::{Database, ReadableDatabase, ReadableTableMetadata, TableHandle};
 
 use crate::db::{EVENTS, KEYS, SESSIONS, Sharing, StoreError, describe_open_error, open_shared};

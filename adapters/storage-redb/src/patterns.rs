@@ -5,11 +5,11 @@
 //! - `store_meta.schema_version` is an integer that only moves up; a store from a newer binary
 //!   is refused untouched (version read through a read-only open).
 //! - `record` is one write transaction applying the domain's rules
-//!   (`gw_domain::patterns::apply_record`: fingerprint lookup, outcome roll-up, caps) through
+//!   (`metis_domain::patterns::apply_record`: fingerprint lookup, outcome roll-up, caps) through
 //!   the indexed tables of `record.rs` (`fingerprints_by_sig`, and `outcomes_by_age` keyed
 //!   exactly in eviction order).
 //! - A workspace that is not an existing, writable directory is skipped with one WARN
-//!   (`gw_storage_kit::WorkspaceStores`).
+//!   (`metis_storage_kit::WorkspaceStores`).
 //! - `replace_all` rebuilds the projection in one transaction (the embedding cache is kept).
 //! - Blocking work runs on tokio's blocking pool.
 
@@ -17,14 +17,14 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use gw_domain::patterns::PatternRows;
-use gw_domain::patterns::{OutcomeTotals, PatternCaps, PatternRecord, apply_record, replay};
-use gw_ports::patterns::{
+use metis_domain::patterns::PatternRows;
+use metis_domain::patterns::{OutcomeTotals, PatternCaps, PatternRecord, apply_record, replay};
+use metis_ports::patterns::{
     ModelTotals, OutcomeRow, PatternError, PatternStats, RecordOutcome, RecordResult,
 };
-pub use gw_ports::storage::PatternPlace;
-use gw_ports::storage::{Migratable, PatternDump, PatternFiles, Progress};
-use gw_storage_kit::WorkspaceStores;
+pub use metis_ports::storage::PatternPlace;
+use metis_ports::storage::{Migratable, PatternDump, PatternFiles, Progress};
+use metis_storage_kit::WorkspaceStores;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
 use crate::db::{Result, Sharing, StoreError, open_registered};
@@ -393,4 +393,4 @@ pub fn stamp_pattern_version(path: &Path, version: i64) -> std::result::Result<(
 
 /// One fingerprint row, for copies between backends (defined in the ports, shared with the
 /// SQLite adapter).
-pub use gw_ports::patterns::FingerprintRow;
+pub use metis_ports::patterns::FingerprintRow;

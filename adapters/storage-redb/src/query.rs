@@ -12,11 +12,11 @@
 //! - Payload values of unexpected JSON types are coerced, never an error.
 
 /// The audit types an audit read covers (the domain's rule, re-exported for callers).
-pub use gw_domain::audit::audit_types_for;
-use gw_domain::audit::{AUDIT_TYPES, BrokenLink, ChainedRow, verify};
-use gw_domain::events::types::{LLM_CALL_COMPLETED, LLM_CALL_FAILED};
-use gw_domain::usage::{SpendRollup, UsageRollup};
-use gw_ports::trace::{EventRow, KeySpend, UsageGroup, UsageRow};
+pub use metis_domain::audit::audit_types_for;
+use metis_domain::audit::{AUDIT_TYPES, BrokenLink, ChainedRow, verify};
+use metis_domain::events::types::{LLM_CALL_COMPLETED, LLM_CALL_FAILED};
+use metis_domain::usage::{SpendRollup, UsageRollup};
+use metis_ports::trace::{EventRow, KeySpend, UsageGroup, UsageRow};
 use redb::{
     Database, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable,
     ReadableTableMetadata,
@@ -143,7 +143,7 @@ pub fn spend_by_key(
 }
 
 /// Cost, tokens and call counts in `[since, until)`, grouped, optionally filtered; sorted by
-/// cost descending, then group (`None` last). The rules are `gw_domain::usage`'s; this picks
+/// cost descending, then group (`None` last). The rules are `metis_domain::usage`'s; this picks
 /// the index to read.
 ///
 /// # Errors

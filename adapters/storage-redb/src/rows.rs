@@ -9,7 +9,7 @@
 //! - The audit chain's tail (`meta.audit_tail_seq`/`audit_tail_hash`) is read and written
 //!   in the same transaction as the rows, so writers in several processes extend one chain.
 
-use gw_domain::audit::{ChainTail, ChainedRow, GENESIS_HASH, Link, row_hash};
+use metis_domain::audit::{ChainTail, ChainedRow, GENESIS_HASH, Link, row_hash};
 use redb::{ReadableTable, Table, WriteTransaction};
 use serde_json::Value;
 

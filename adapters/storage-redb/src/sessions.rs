@@ -12,9 +12,9 @@
 
 use std::sync::Arc;
 
-use gw_domain::sessions::{SessionRecord, SessionTurn};
-use gw_ports::sessions::SessionError;
-use gw_ports::writer::WriterHandle;
+use metis_domain::sessions::{SessionRecord, SessionTurn};
+use metis_ports::sessions::SessionError;
+use metis_ports::writer::WriterHandle;
 use redb::{Database, ReadableDatabase, ReadableTable, Table, WriteTransaction};
 
 use crate::db::{
@@ -97,7 +97,7 @@ impl<'txn> SessionTables<'txn> {
     /// nothing changed).
     pub(crate) fn apply(&mut self, t: &SessionTurn) -> Result<bool> {
         let previous = self.get(t.session_id.as_str())?;
-        let Some(next) = gw_domain::sessions::apply_turn(previous.as_ref(), t) else {
+        let Some(next) = metis_domain::sessions::apply_turn(previous.as_ref(), t) else {
             return Ok(false);
         };
         self.put(&next, previous.as_ref())?;
@@ -259,4 +259,4 @@ fn backend(e: StoreError) -> SessionError {
     SessionError::Backend(Box::new(e))
 }
 
-gw_storage_kit::session_store_on_writer!(RedbSessionStore);
+metis_storage_kit::session_store_on_writer!(RedbSessionStore);

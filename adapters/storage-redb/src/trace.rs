@@ -2,7 +2,7 @@
 //! the batching writer thread of `writer.rs`.
 //!
 //! Invariants (as the SQLite store):
-//! - The sending side is the shared [`WriterHandle`] (`gw_ports::writer`): `emit` never
+//! - The sending side is the shared [`WriterHandle`] (`metis_ports::writer`): `emit` never
 //!   blocks, every event is counted once, `flush` resolves after every earlier event was
 //!   committed. Shutdown (explicit or on drop) drains the queue and joins the writer; it is
 //!   idempotent.
@@ -16,10 +16,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use gw_ports::trace::{
+use metis_ports::trace::{
     EventRow, KeySpend, SinkStats, TraceError, TraceQuery, UsageGroup, UsageRow,
 };
-use gw_ports::writer::{WriterConfig, WriterHandle};
+use metis_ports::writer::{WriterConfig, WriterHandle};
 use redb::Database;
 
 use crate::db::{DbSlot, Sharing, StoreError, describe_open_error, open_shared};
@@ -59,7 +59,7 @@ impl Default for RedbOptions {
             commit_delay: Duration::from_millis(2),
             retry_attempts: 3,
             retry_backoff: Duration::from_millis(50),
-            commit_deadline: gw_ports::queue::DEFAULT_COMMIT_DEADLINE,
+            commit_deadline: metis_ports::queue::DEFAULT_COMMIT_DEADLINE,
             sharing: Sharing::default(),
         }
     }
@@ -151,7 +151,7 @@ impl RedbTraceStore {
 
     /// Stop accepting events, drain, commit and join the writer. Idempotent.
     pub async fn shutdown(&self) -> SinkStats {
-        gw_storage_kit::shutdown(&self.inner.writer).await
+        metis_storage_kit::shutdown(&self.inner.writer).await
     }
 
     /// Blocking shutdown, for code without a runtime.
@@ -168,7 +168,7 @@ impl RedbTraceStore {
             .db
             .get()
             .map_err(|e| TraceError::Unavailable(e.to_string()))?;
-        match gw_storage_kit::blocking(move || f(&db)).await {
+        match metis_storage_kit::blocking(move || f(&db)).await {
             Ok(r) => r.map_err(backend),
             Err(e) => Err(TraceError::Unavailable(format!(
                 "trace query task failed: {e}"
@@ -177,7 +177,7 @@ impl RedbTraceStore {
     }
 }
 
-gw_storage_kit::event_sink_on_writer!(
+metis_storage_kit::event_sink_on_writer!(
     RedbTraceStore,
     wal_bytes = |_| {
         // redb has no separate log file: commits go to the main file.

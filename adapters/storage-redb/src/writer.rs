@@ -1,4 +1,4 @@
-//! The redb side of the trace writer thread (`gw_ports::writer` runs the loop: batching,
+//! The redb side of the trace writer thread (`metis_ports::writer` runs the loop: batching,
 //! commit delay, commit deadline, flushes, counters, retries, recovery probes and the reopen
 //! back-off). The thread is the only code that writes events and session turns to a redb
 //! file.
@@ -8,7 +8,7 @@
 //!   chain link, and every session turn with its index entries. Every redb commit is durable
 //!   (fsyncs), so the commit delay lets a batch grow before it.
 //! - An event whose id is already stored is rejected on its own.
-//! - Audit events are chained inside the transaction (`gw_ports::writer::insert_events`), from
+//! - Audit events are chained inside the transaction (`metis_ports::writer::insert_events`), from
 //!   the tail stored in `meta`; only a written row advances the tail.
 //! - Recovery from I/O errors (a full disk, a failing device): redb latches an I/O error in
 //!   the handle and refuses everything after it until the database is closed and reopened.
@@ -17,10 +17,10 @@
 
 use std::sync::Arc;
 
-use gw_domain::audit::{ChainTail, Link};
-use gw_domain::events::Event;
-use gw_domain::sessions::SessionTurn;
-use gw_ports::writer::{
+use metis_domain::audit::{ChainTail, Link};
+use metis_domain::events::Event;
+use metis_domain::sessions::SessionTurn;
+use metis_ports::writer::{
     BatchOutcome, BatchStore, EventRows, RowOutcome, TurnOutcome, apply_turns, insert_events,
 };
 use redb::Database;

@@ -3,15 +3,15 @@
 //! compaction and import with the audit chain kept.
 #![expect(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
 
-use gw_ports::storage::StorageBackend;
-use gw_storage_redb::RedbBackend;
+use metis_ports::storage::StorageBackend;
+use metis_storage_redb::RedbBackend;
 use std::path::Path;
 use std::sync::Arc;
 
-use gw_domain::events::{Actor, Event, Sensitivity};
-use gw_ports::trace::{EventSink, TraceQuery, UsageGroup};
-use gw_storage_redb::ops::{self, MaintenanceError};
-use gw_storage_redb::{RedbOptions, RedbTraceStore, Sharing, open_shared, query};
+use metis_domain::events::{Actor, Event, Sensitivity};
+use metis_ports::trace::{EventSink, TraceQuery, UsageGroup};
+use metis_storage_redb::ops::{self, MaintenanceError};
+use metis_storage_redb::{RedbOptions, RedbTraceStore, Sharing, open_shared, query};
 
 fn ev(n: u64, ts: i64, ty: &'static str) -> Event {
     Event {
@@ -144,7 +144,7 @@ async fn restore_applies_the_same_refusals_and_replaces_the_file() {
     // A backup from a newer binary is refused, naming both versions.
     let newer = dir.path().join("newer.redb");
     std::fs::copy(&backup, &newer).unwrap();
-    gw_storage_redb::stamp_schema_version(&newer, 7).unwrap();
+    metis_storage_redb::stamp_schema_version(&newer, 7).unwrap();
     let r = RedbBackend.restore(&newer, &target, true, &|_, _| {});
     assert!(
         matches!(&r, Err(MaintenanceError::Refused(m)) if m.contains("version 7") && m.contains("schema version 1")),

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use gw_domain::events::{Actor, Event, Sensitivity};
-use gw_ports::trace::EventSink;
-use gw_storage_redb::{RedbOptions, RedbTraceStore};
+use metis_domain::events::{Actor, Event, Sensitivity};
+use metis_ports::trace::EventSink;
+use metis_storage_redb::{RedbOptions, RedbTraceStore};
 
 fn ev(n: u64) -> Event {
     Event {

@@ -5,21 +5,21 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use gw_domain::audit::BrokenLink;
-use gw_domain::backup::{BackupMeta, RestoreSummary};
-use gw_domain::keys::KeyRecord;
-use gw_domain::patterns::PatternCaps;
-use gw_domain::sessions::SessionRecord;
-use gw_domain::time::Timestamp;
-use gw_ports::keys::{KeyStore, KeyStoreError, loaded_or_empty};
-use gw_ports::patterns::PatternStore;
-use gw_ports::storage::{
+use metis_domain::audit::BrokenLink;
+use metis_domain::backup::{BackupMeta, RestoreSummary};
+use metis_domain::keys::KeyRecord;
+use metis_domain::patterns::PatternCaps;
+use metis_domain::sessions::SessionRecord;
+use metis_domain::time::Timestamp;
+use metis_ports::keys::{KeyStore, KeyStoreError, loaded_or_empty};
+use metis_ports::patterns::PatternStore;
+use metis_ports::storage::{
     CompactReport, MainStore, MainStoreOf, MaintenanceError, Migratable, MigrationPlan,
     PatternFiles, PatternPlace, Progress, PruneCounts, PruneOptions, Schema, ServeOptions,
     StorageBackend, StoreCounts, StoreImport, StoreReader, StoreStatus, WriterLifecycle,
 };
-use gw_ports::trace::{EventRow, SinkStats, TraceError};
-use gw_storage_kit::PatternsOnPool;
+use metis_ports::trace::{EventRow, SinkStats, TraceError};
+use metis_storage_kit::PatternsOnPool;
 
 use crate::patterns::SqlitePatternStore;
 use crate::transfer::{self, MainStoreImport};
@@ -106,7 +106,7 @@ impl StorageBackend for SqliteBackend {
         dest: &Path,
         progress: Progress<'_>,
     ) -> Result<BackupMeta, MaintenanceError> {
-        gw_storage_kit::backup(&ops::Sqlite, db, dest, progress)
+        metis_storage_kit::backup(&ops::Sqlite, db, dest, progress)
     }
 
     fn restore(
@@ -116,7 +116,7 @@ impl StorageBackend for SqliteBackend {
         force: bool,
         progress: Progress<'_>,
     ) -> Result<RestoreSummary, MaintenanceError> {
-        gw_storage_kit::restore(&ops::Sqlite, src, db, force, progress)
+        metis_storage_kit::restore(&ops::Sqlite, src, db, force, progress)
     }
 
     fn status(&self, db: &Path, now: Timestamp) -> Result<StoreStatus, MaintenanceError> {
@@ -178,7 +178,7 @@ impl Migratable for SqliteMigration {
     }
 
     fn backup(&self, dest: &Path, progress: Progress<'_>) -> Result<(), MaintenanceError> {
-        gw_storage_kit::backup(&ops::Sqlite, &self.path, dest, progress).map(drop)
+        metis_storage_kit::backup(&ops::Sqlite, &self.path, dest, progress).map(drop)
     }
 }
 

@@ -20,7 +20,7 @@
 //! - Opening follows the trace database's rules: a file stamped by a newer binary is refused
 //!   untouched, `user_version` is raised to the current version (with the `events` schema) but
 //!   never lowered, and `foreign_keys` is OFF. Reads never create the file or the tables.
-//! - Everything runs on tokio's blocking pool (`gw_storage_kit::key_store_on_blocking_pool!`);
+//! - Everything runs on tokio's blocking pool (`metis_storage_kit::key_store_on_blocking_pool!`);
 //!   `*_blocking` variants exist for code without a runtime.
 
 use std::collections::HashMap;
@@ -28,9 +28,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use gw_domain::keys::{KeyRecord, validate_key_set};
-use gw_ports::keys::{KeyEdit, KeyStoreError};
-use gw_storage_kit::keys::{Edited, apply_edit, read_only_file, record_to_insert};
+use metis_domain::keys::{KeyRecord, validate_key_set};
+use metis_ports::keys::{KeyEdit, KeyStoreError};
+use metis_storage_kit::keys::{Edited, apply_edit, read_only_file, record_to_insert};
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
 use crate::schema::{
@@ -220,7 +220,7 @@ impl SqliteKeyStore {
     }
 
     /// A database file without any write permission bit is not edited (see
-    /// `gw_storage_kit::keys::read_only_file`).
+    /// `metis_storage_kit::keys::read_only_file`).
     fn refuse_read_only_file(&self) -> Result<(), KeyStoreError> {
         match read_only_file(&self.path) {
             Some(why) => Err(KeyStoreError::ReadOnly {
@@ -284,7 +284,7 @@ impl SqliteKeyStore {
         result
     }
 
-    /// Blocking form of [`KeyStore::load`](gw_ports::keys::KeyStore::load).
+    /// Blocking form of [`KeyStore::load`](metis_ports::keys::KeyStore::load).
     ///
     /// # Errors
     /// `NotFound` when the database or the key table does not exist; `Corrupt` naming the
@@ -305,7 +305,7 @@ impl SqliteKeyStore {
         })
     }
 
-    /// Blocking form of [`KeyStore::insert`](gw_ports::keys::KeyStore::insert).
+    /// Blocking form of [`KeyStore::insert`](metis_ports::keys::KeyStore::insert).
     ///
     /// # Errors
     /// `Duplicate` on an existing id or hash; `Corrupt` when the record fails validation or the
@@ -357,7 +357,7 @@ impl SqliteKeyStore {
         })
     }
 
-    /// Blocking form of [`KeyStore::update`](gw_ports::keys::KeyStore::update).
+    /// Blocking form of [`KeyStore::update`](metis_ports::keys::KeyStore::update).
     ///
     /// # Errors
     /// `NotFound` when the database or the key table does not exist; `Rejected` when the edit
@@ -401,7 +401,7 @@ impl SqliteKeyStore {
         })
     }
 
-    /// Blocking form of [`KeyStore::version`](gw_ports::keys::KeyStore::version): `<store_id>:<generation>`, or `None` when the
+    /// Blocking form of [`KeyStore::version`](metis_ports::keys::KeyStore::version): `<store_id>:<generation>`, or `None` when the
     /// database or the key tables do not exist (or cannot be read).
     #[must_use]
     pub fn version_blocking(&self) -> Option<String> {
@@ -538,4 +538,4 @@ fn write_diff(
     Ok(())
 }
 
-gw_storage_kit::key_store_on_blocking_pool!(SqliteKeyStore);
+metis_storage_kit::key_store_on_blocking_pool!(SqliteKeyStore);

@@ -1,4 +1,4 @@
-//! `gw-storage-sqlite`: the SQLite adapters over `metis.db`: the trace store (`events`, with
+//! `metis-storage-sqlite`: the SQLite adapters over `metis.db`: the trace store (`events`, with
 //! the audit chain and the read-side `TraceQuery`) and the main-store keystore
 //! (`gateway_keys`, `--keystore store`).
 //!
@@ -10,7 +10,7 @@
 //!   that group-commits them; overflow and write failures are counted and logged.
 //! - Bulk copies between backends (`metis migrate-store`) go through [`transfer`], so the
 //!   app needs no SQL of its own.
-//! - Depends only on `gw-ports`, `gw-domain` and `gw-storage-kit` (the plumbing shared with
+//! - Depends only on `metis-ports`, `metis-domain` and `metis-storage-kit` (the plumbing shared with
 //!   the redb adapter).
 
 mod backend;

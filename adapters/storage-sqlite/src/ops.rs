@@ -1,6 +1,6 @@
 //! Operations on a trace database file: hot backup, checked restore, versioned migrations of
 //! the trace and sessions schemas, batched retention, vacuum and status. The engine-free
-//! order of backup, restore, prune and status lives in `gw-storage-kit`; this module supplies
+//! order of backup, restore, prune and status lives in `metis-storage-kit`; this module supplies
 //! the SQLite steps.
 //!
 //! Invariants:
@@ -25,13 +25,13 @@
 use std::path::Path;
 use std::time::Duration;
 
-pub use gw_domain::backup::{BackupMeta, MetaFields, RestoreSummary, parse_meta};
-pub use gw_ports::storage::{
+pub use metis_domain::backup::{BackupMeta, MetaFields, RestoreSummary, parse_meta};
+pub use metis_ports::storage::{
     CompactReport, MaintenanceError, MigrationPlan, Progress, PruneCounts, PruneOptions,
     StoreStatus, no_progress,
 };
-use gw_storage_kit::require_file;
-pub use gw_storage_kit::with_suffix;
+use metis_storage_kit::require_file;
+pub use metis_storage_kit::with_suffix;
 use rusqlite::{Connection, OpenFlags};
 
 use crate::schema::{

@@ -13,22 +13,22 @@
 //!   two-column UNIQUE, `outcomes` is rebuilt with its `ON DELETE CASCADE`, missing tables and
 //!   indexes are created, and the version is raised. Every row is kept.
 //! - `record` is one `BEGIN IMMEDIATE` transaction applying the domain's rules
-//!   (`gw_domain::patterns::apply_record`: fingerprint lookup, outcome roll-up, caps) through
+//!   (`metis_domain::patterns::apply_record`: fingerprint lookup, outcome roll-up, caps) through
 //!   the SQL row access of `record.rs`.
 //! - A workspace that is not an existing, writable directory is skipped with one WARN per
 //!   workspace; nothing is created outside `<workspace>/.metis` (or the patterns directory)
-//!   (`gw_storage_kit::WorkspaceStores`).
+//!   (`metis_storage_kit::WorkspaceStores`).
 //! - Blocking work runs on tokio's blocking pool; one connection per store file, behind a
 //!   mutex.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use gw_domain::patterns::{PatternCaps, PatternRecord, apply_record, replay};
-use gw_ports::patterns::{ModelTotals, OutcomeRow, PatternError, PatternStats, RecordOutcome};
-pub use gw_ports::storage::PatternPlace;
-use gw_ports::storage::{Migratable, PatternDump, PatternFiles, Progress, no_progress};
-use gw_storage_kit::WorkspaceStores;
+use metis_domain::patterns::{PatternCaps, PatternRecord, apply_record, replay};
+use metis_ports::patterns::{ModelTotals, OutcomeRow, PatternError, PatternStats, RecordOutcome};
+pub use metis_ports::storage::PatternPlace;
+use metis_ports::storage::{Migratable, PatternDump, PatternFiles, Progress, no_progress};
+use metis_storage_kit::WorkspaceStores;
 use rusqlite::{Connection, TransactionBehavior};
 
 mod record;

@@ -10,9 +10,9 @@
 //! - A payload value of an unexpected JSON type is coerced (numbers to text for group keys,
 //!   missing numbers to 0), never an error: one odd row cannot break a rollup.
 
-use gw_domain::audit::{AUDIT_TYPES, BrokenLink, ChainedRow, audit_types_for, verify};
-use gw_domain::events::types::{LLM_CALL_COMPLETED, LLM_CALL_FAILED};
-use gw_ports::trace::{KeySpend, UsageGroup, UsageRow};
+use metis_domain::audit::{AUDIT_TYPES, BrokenLink, ChainedRow, audit_types_for, verify};
+use metis_domain::events::types::{LLM_CALL_COMPLETED, LLM_CALL_FAILED};
+use metis_ports::trace::{KeySpend, UsageGroup, UsageRow};
 use rusqlite::types::{ToSql, Value};
 use rusqlite::{Connection, Row, params, params_from_iter};
 
@@ -197,7 +197,7 @@ struct ChainRow {
     payload_json: String,
 }
 
-/// Walk the audit chain and verify it with [`gw_domain::audit::verify`]. The rows are read in
+/// Walk the audit chain and verify it with [`metis_domain::audit::verify`]. The rows are read in
 /// one statement, i.e. one consistent snapshot.
 pub(crate) fn verify_audit_chain(conn: &Connection) -> rusqlite::Result<Result<u64, BrokenLink>> {
     let mut stmt = conn.prepare_cached(CHAIN_SQL)?;

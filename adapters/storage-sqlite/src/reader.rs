@@ -11,8 +11,8 @@ use std::path::Path;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use gw_domain::audit::BrokenLink;
-use gw_ports::trace::{EventRow, KeySpend, TraceError, UsageGroup, UsageRow};
+use metis_domain::audit::BrokenLink;
+use metis_ports::trace::{EventRow, KeySpend, TraceError, UsageGroup, UsageRow};
 use rusqlite::{Connection, Row, params};
 
 use crate::query::{self, COLUMNS, row_to_event};
@@ -245,7 +245,7 @@ impl TraceReader {
     }
 
     /// Walk the audit chain in `audit_seq` order and verify every link
-    /// ([`gw_domain::audit::verify`]). `Ok(Ok(n))`: `n` chained events, all intact;
+    /// ([`metis_domain::audit::verify`]). `Ok(Ok(n))`: `n` chained events, all intact;
     /// `Ok(Err(link))`: the first broken link. Loads the chained rows into memory.
     ///
     /// # Errors

@@ -16,7 +16,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use gw_ports::trace::TraceError;
+use metis_ports::trace::TraceError;
 use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior};
 
 /// The trace schema version this binary reads and writes (`PRAGMA user_version`).

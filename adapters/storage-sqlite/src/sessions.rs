@@ -19,9 +19,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use gw_domain::sessions::{SessionId, SessionRecord, SessionTurn};
-use gw_ports::sessions::SessionError;
-use gw_ports::writer::WriterHandle;
+use metis_domain::sessions::{SessionId, SessionRecord, SessionTurn};
+use metis_ports::sessions::SessionError;
+use metis_ports::writer::WriterHandle;
 use rusqlite::{CachedStatement, Connection, ErrorCode, Row, params};
 
 use crate::schema::{open_error, open_read_only};
@@ -408,4 +408,4 @@ impl SqliteSessionStore {
     }
 }
 
-gw_storage_kit::session_store_on_writer!(SqliteSessionStore);
+metis_storage_kit::session_store_on_writer!(SqliteSessionStore);

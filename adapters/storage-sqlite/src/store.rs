@@ -1,7 +1,7 @@
 //! [`SqliteTraceStore`]: the `EventSink` port over SQLite, with a batching writer thread.
 //!
 //! Invariants:
-//! - The sending side is the shared [`WriterHandle`] (`gw_ports::writer`): `emit` never
+//! - The sending side is the shared [`WriterHandle`] (`metis_ports::writer`): `emit` never
 //!   blocks, every event is counted once, `flush` resolves after every earlier event was
 //!   committed. Shutdown (explicit or on drop) drains the queue and joins the writer thread;
 //!   it is idempotent.
@@ -13,10 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use gw_ports::trace::{
+use metis_ports::trace::{
     EventRow, KeySpend, SinkStats, TraceError, TraceQuery, UsageGroup, UsageRow,
 };
-use gw_ports::writer::{WriterConfig, WriterHandle};
+use metis_ports::writer::{WriterConfig, WriterHandle};
 
 use crate::lock::{LockError, WriterLock, lock_path};
 use crate::reader::{StoredEvent, TraceReader};
@@ -24,7 +24,7 @@ use crate::schema::{Pragmas, open_for_writing};
 use crate::sessions::{SessionReader, SqliteSessionStore};
 use crate::writer::SqliteBatches;
 
-pub use gw_ports::queue::DEFAULT_COMMIT_DEADLINE;
+pub use metis_ports::queue::DEFAULT_COMMIT_DEADLINE;
 
 /// Tuning of the trace store. `Default` gives the production values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,7 +177,7 @@ impl SqliteTraceStore {
     /// Stop accepting events, drain the queue, commit and join the writer thread. Later
     /// `emit`s are counted as failed. Idempotent. Returns the final counters.
     pub async fn shutdown(&self) -> SinkStats {
-        gw_storage_kit::shutdown(&self.inner.writer).await
+        metis_storage_kit::shutdown(&self.inner.writer).await
     }
 
     /// Blocking form of [`shutdown`](Self::shutdown), for code without a runtime.
@@ -231,7 +231,7 @@ impl SqliteTraceStore {
     }
 }
 
-gw_storage_kit::event_sink_on_writer!(
+metis_storage_kit::event_sink_on_writer!(
     SqliteTraceStore,
     wal_bytes = |s| {
         // SQLite's write-ahead log beside the database (`<db>-wal`).
@@ -248,7 +248,7 @@ impl SqliteTraceStore {
         f: impl FnOnce(&TraceReader) -> Result<T, TraceError> + Send + 'static,
     ) -> Result<T, TraceError> {
         let reader = Arc::clone(&self.reader);
-        gw_storage_kit::blocking(move || f(&reader))
+        metis_storage_kit::blocking(move || f(&reader))
             .await
             .unwrap_or_else(|e| {
                 Err(TraceError::Unavailable(format!(

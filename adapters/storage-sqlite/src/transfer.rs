@@ -22,9 +22,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use gw_domain::sessions::SessionRecord;
-use gw_ports::patterns::{FingerprintRow, OutcomeRow, PatternError};
-use gw_ports::trace::{EventRow, TraceError};
+use metis_domain::sessions::SessionRecord;
+use metis_ports::patterns::{FingerprintRow, OutcomeRow, PatternError};
+use metis_ports::trace::{EventRow, TraceError};
 use rusqlite::{Connection, OpenFlags, params};
 
 use crate::patterns::{read_outcomes, unavailable};
@@ -264,13 +264,13 @@ pub fn import_patterns(
 
 #[cfg(test)]
 mod tests {
-    use gw_domain::patterns::{PatternCaps, PatternRecord};
+    use metis_domain::patterns::{PatternCaps, PatternRecord};
 
     use super::*;
     use crate::TRACE_SCHEMA_VERSION;
     use crate::patterns::{PatternPlace, SqlitePatternStore};
     use crate::sessions::SessionReader;
-    use gw_ports::storage::PatternFiles;
+    use metis_ports::storage::PatternFiles;
 
     fn event(i: u32) -> EventRow {
         EventRow {

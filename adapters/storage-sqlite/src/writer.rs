@@ -1,4 +1,4 @@
-//! The SQLite side of the trace writer thread (`gw_ports::writer` runs the loop: batching,
+//! The SQLite side of the trace writer thread (`metis_ports::writer` runs the loop: batching,
 //! linger, commit deadline, flushes, counters, retries and recovery probes). The thread is the
 //! only owner of the write connection.
 //!
@@ -7,7 +7,7 @@
 //! - A single event the database rejects on its own (constraint violation, too big) is
 //!   counted as failed without failing the rest of its batch.
 //! - Audit events are chained inside the batch's write transaction
-//!   (`gw_ports::writer::insert_events`): the chain's tail (highest `audit_seq`) is read after
+//!   (`metis_ports::writer::insert_events`): the chain's tail (highest `audit_seq`) is read after
 //!   `BEGIN IMMEDIATE` holds the database's write lock, so writers in other processes (the
 //!   gateway, CLI admin commands) extend one chain without forking it.
 //! - Session turns (`SqliteSessionStore::record_turn`) travel on the same queue and are
@@ -17,10 +17,10 @@
 //! - The recovery probe is a one-row write transaction (the version marker rewritten with its
 //!   own value); SQLite needs no reopen after a full disk.
 
-use gw_domain::audit::{ChainTail, ChainedRow, Link};
-use gw_domain::events::Event;
-use gw_domain::sessions::SessionTurn;
-use gw_ports::writer::{
+use metis_domain::audit::{ChainTail, ChainedRow, Link};
+use metis_domain::events::Event;
+use metis_domain::sessions::SessionTurn;
+use metis_ports::writer::{
     BatchOutcome, BatchStore, EventRows, RowOutcome, TurnOutcome, apply_turns, insert_events,
 };
 use rusqlite::{

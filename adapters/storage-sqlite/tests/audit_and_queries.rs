@@ -5,10 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use gw_domain::audit::{AUDIT_TYPES, GENESIS_HASH};
-use gw_domain::events::{Actor, Event, Sensitivity};
-use gw_ports::trace::{EventSink, TraceQuery, UsageGroup};
-use gw_storage_sqlite::{SqliteTraceStore, TraceReader, WriterOptions};
+use metis_domain::audit::{AUDIT_TYPES, GENESIS_HASH};
+use metis_domain::events::{Actor, Event, Sensitivity};
+use metis_ports::trace::{EventSink, TraceQuery, UsageGroup};
+use metis_storage_sqlite::{SqliteTraceStore, TraceReader, WriterOptions};
 use rusqlite::{Connection, params};
 use serde_json::Value;
 
@@ -63,7 +63,7 @@ fn payload_of(path: &Path, id: &str) -> Value {
     serde_json::from_str(&text).unwrap()
 }
 
-fn verify(path: &Path) -> Result<u64, gw_domain::audit::BrokenLink> {
+fn verify(path: &Path) -> Result<u64, metis_domain::audit::BrokenLink> {
     TraceReader::open(path)
         .unwrap()
         .verify_audit_chain()

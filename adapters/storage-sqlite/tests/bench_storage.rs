@@ -2,14 +2,14 @@
 //! events (override with `METIS_BENCH_EVENTS`), then measures `backup` throughput (MB/s),
 //! `restore`, and `prune` of the older half (rows/s, batches of 5,000 with a 5 ms pause).
 //!
-//! Run: `cargo test --release -p gw-storage-sqlite --test bench_storage -- --ignored --nocapture`
+//! Run: `cargo test --release -p metis-storage-sqlite --test bench_storage -- --ignored --nocapture`
 
-use gw_ports::storage::StorageBackend;
-use gw_storage_sqlite::SqliteBackend;
+use metis_ports::storage::StorageBackend;
+use metis_storage_sqlite::SqliteBackend;
 use std::time::Instant;
 
-use gw_storage_sqlite::ops::{self, PruneOptions, no_progress};
-use gw_storage_sqlite::{SqliteTraceStore, WriterOptions};
+use metis_storage_sqlite::ops::{self, PruneOptions, no_progress};
+use metis_storage_sqlite::{SqliteTraceStore, WriterOptions};
 use rusqlite::{Connection, params};
 
 const DAY: i64 = 86_400_000_000;

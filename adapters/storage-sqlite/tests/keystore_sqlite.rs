@@ -7,10 +7,10 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use gw_domain::keys::{KeyRecord, KeyStatus, hash_token};
-use gw_ports::keys::{KeyStore, KeyStoreError};
-use gw_ports::trace::EventSink;
-use gw_storage_sqlite::{SqliteKeyStore, SqliteTraceStore, TraceReader, WriterOptions};
+use metis_domain::keys::{KeyRecord, KeyStatus, hash_token};
+use metis_ports::keys::{KeyStore, KeyStoreError};
+use metis_ports::trace::EventSink;
+use metis_storage_sqlite::{SqliteKeyStore, SqliteTraceStore, TraceReader, WriterOptions};
 use rusqlite::{Connection, params};
 use serde_json::{Map, Value, json};
 
@@ -235,15 +235,15 @@ async fn keys_and_the_trace_share_one_file() {
     store.insert(record(1)).await.unwrap();
     // …so the trace store opens it as its own and both keep working side by side.
     let trace = SqliteTraceStore::open(&path, WriterOptions::default()).unwrap();
-    trace.emit(gw_domain::events::Event {
+    trace.emit(metis_domain::events::Event {
         id: "01EVENT".into(),
         timestamp_us: 1,
         session_id: "system".into(),
         turn_id: None,
         parent_event_id: None,
         event_type: "gateway.auth_failed",
-        actor: gw_domain::events::Actor::System,
-        sensitivity: gw_domain::events::Sensitivity::Pseudonymous,
+        actor: metis_domain::events::Actor::System,
+        sensitivity: metis_domain::events::Sensitivity::Pseudonymous,
         payload_json: r#"{"reason":"invalid_token"}"#.into(),
     });
     trace.flush().await.unwrap();

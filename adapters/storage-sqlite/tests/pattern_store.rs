@@ -6,13 +6,13 @@
 
 use std::path::Path;
 
-use gw_domain::patterns::{
+use metis_domain::patterns::{
     FingerprintInputs, PATTERN_SCHEMA_VERSION, PatternCaps, PatternRecord, PatternRecorded,
     StructuralFeatures,
 };
-use gw_ports::patterns::{PatternError, RecordOutcome};
-use gw_ports::storage::PatternFiles;
-use gw_storage_sqlite::patterns::{
+use metis_ports::patterns::{PatternError, RecordOutcome};
+use metis_ports::storage::PatternFiles;
+use metis_storage_sqlite::patterns::{
     PatternPlace, SqlitePatternStore, apply_patterns_migration, plan_patterns_migration,
 };
 use rusqlite::{Connection, params};
@@ -42,7 +42,7 @@ fn legacy_features(i: usize) -> StructuralFeatures {
     })
 }
 
-fn recorded(o: RecordOutcome) -> gw_ports::patterns::RecordResult {
+fn recorded(o: RecordOutcome) -> metis_ports::patterns::RecordResult {
     match o {
         RecordOutcome::Recorded(r) => r,
         RecordOutcome::Skipped { reason } => panic!("skipped: {reason}"),

@@ -5,10 +5,10 @@
 
 use std::path::Path;
 
-use gw_domain::sessions::{SessionId, SessionLink, SessionTurn};
-use gw_ports::sessions::SessionStore;
-use gw_storage_sqlite::ops;
-use gw_storage_sqlite::{SessionReader, SqliteTraceStore, WriterOptions, sessions_schema_level};
+use metis_domain::sessions::{SessionId, SessionLink, SessionTurn};
+use metis_ports::sessions::SessionStore;
+use metis_storage_sqlite::ops;
+use metis_storage_sqlite::{SessionReader, SqliteTraceStore, WriterOptions, sessions_schema_level};
 use rusqlite::{Connection, params};
 
 fn link(id: &str, parent: Option<&str>, worker: bool) -> SessionLink {

@@ -3,19 +3,19 @@
 //! (an unstamped trace DB, a file from a newer binary), prune under concurrent writes.
 #![expect(clippy::unwrap_used, clippy::panic, reason = "test code")]
 
-use gw_ports::storage::StorageBackend;
-use gw_storage_sqlite::SqliteBackend;
+use metis_ports::storage::StorageBackend;
+use metis_storage_sqlite::SqliteBackend;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use gw_domain::events::{Actor, Event, Sensitivity};
-use gw_ports::trace::EventSink;
-use gw_storage_sqlite::ops::{
+use metis_domain::events::{Actor, Event, Sensitivity};
+use metis_ports::trace::EventSink;
+use metis_storage_sqlite::ops::{
     self, MaintenanceError, PruneOptions, header_user_version, no_progress, parse_meta, with_suffix,
 };
-use gw_storage_sqlite::{
+use metis_storage_sqlite::{
     EVENT_INDEX_NAMES, SqliteTraceStore, TRACE_SCHEMA_VERSION, TraceReader, WriterLock,
     WriterOptions,
 };
@@ -383,7 +383,7 @@ async fn an_unstamped_db_opened_by_the_store_is_stamped_keeps_rows_and_accepts_w
     store.shutdown().await;
     assert_eq!(count(&db), 101);
     assert_eq!(
-        gw_storage_sqlite::schema_version(&db).unwrap(),
+        metis_storage_sqlite::schema_version(&db).unwrap(),
         TRACE_SCHEMA_VERSION
     );
 }

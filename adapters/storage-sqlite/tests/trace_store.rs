@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gw_domain::events::{Actor, Event, Sensitivity};
-use gw_ports::trace::{EventSink, TraceError};
-use gw_storage_sqlite::{
+use metis_domain::events::{Actor, Event, Sensitivity};
+use metis_ports::trace::{EventSink, TraceError};
+use metis_storage_sqlite::{
     EVENT_INDEX_NAMES, SqliteTraceStore, TRACE_SCHEMA_VERSION, TraceReader, WriterOptions,
     schema_version,
 };

@@ -15,7 +15,7 @@
 //! Per-key totals are kept in memory for every key that spent (bounded by the keystore, a
 //! few hundred bytes per key) so the ranking is exact; only the rendering is budgeted.
 
-use gw_ports::metrics::{Attribution, QuotaRatio};
+use metis_ports::metrics::{Attribution, QuotaRatio};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 /// Label value for usage without a user or team tag.

@@ -65,8 +65,8 @@ pub(crate) fn write_hist(out: &mut String, name: &str, help: &str, f: &Mutex<His
 
 /// The trace writer's commit lag: how long the oldest event of each committed batch waited
 /// (the window of acknowledged events a SIGKILL can lose), against the commit deadline.
-pub(crate) fn write_commit_lag(out: &mut String, l: &gw_ports::trace::CommitLagStats) {
-    use gw_ports::trace::COMMIT_LAG_BUCKETS_MS;
+pub(crate) fn write_commit_lag(out: &mut String, l: &metis_ports::trace::CommitLagStats) {
+    use metis_ports::trace::COMMIT_LAG_BUCKETS_MS;
     let secs = |us: u64| us as f64 / 1e6;
     let name = "metis_trace_commit_lag_seconds";
     let _ = writeln!(

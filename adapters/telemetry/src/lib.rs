@@ -1,4 +1,4 @@
-//! `gw-telemetry`: a small Prometheus registry implementing the `Metrics` port, rendered in
+//! `metis-telemetry`: a small Prometheus registry implementing the `Metrics` port, rendered in
 //! the text exposition format at `/metrics`.
 //!
 //! Invariants:
@@ -22,8 +22,8 @@ pub use budget::{NONE, OTHER, SeriesBudget};
 
 use budget::SpendBook;
 use exposition::{counter, gauge, write_commit_lag, write_family, write_hist};
-use gw_domain::canonical::Usage;
-use gw_ports::metrics::{Attribution, CallLabels, Metrics, QuotaRatio, ScrapeGauges};
+use metis_domain::canonical::Usage;
+use metis_ports::metrics::{Attribution, CallLabels, Metrics, QuotaRatio, ScrapeGauges};
 use series::{Family, HistFamily, add, lock, observe};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};

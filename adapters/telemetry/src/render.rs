@@ -6,7 +6,7 @@ use crate::budget::{self, KINDS, Totals};
 use crate::exposition::{gauge, header, sample};
 use crate::process;
 use crate::series::lock;
-use gw_ports::metrics::ScrapeGauges;
+use metis_ports::metrics::ScrapeGauges;
 use std::sync::atomic::Ordering;
 
 /// Tokens by bucket (only buckets that saw tokens, as before) and cost, for one label set.

@@ -7,7 +7,7 @@ fn renders_counters_histograms_and_gauges() {
     p.http_request("/v1/messages", "POST", 200, "anthropic", 0.0007);
     p.auth_failure("invalid_token");
     p.rate_limit("per_key", false);
-    let mut lag = gw_ports::trace::CommitLagStats {
+    let mut lag = metis_ports::trace::CommitLagStats {
         deadline_us: 50_000,
         count: 3,
         sum_us: 70_000,

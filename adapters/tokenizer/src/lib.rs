@@ -11,8 +11,8 @@
 //! (`cl100k_base`: GPT-4, GPT-3.5) and other vendors get `None`, so the caller falls back to
 //! its documented estimate. The encoding is built once, on the first count (about 0.2 s).
 
-use gw_domain::canonical::ChatRequest;
-use gw_ports::tokens::TokenCounter;
+use metis_domain::canonical::ChatRequest;
+use metis_ports::tokens::TokenCounter;
 use std::sync::OnceLock;
 use tiktoken_rs::CoreBPE;
 use tiktoken_rs::tokenizer::{Tokenizer, get_tokenizer};
@@ -62,7 +62,7 @@ impl TokenCounter for Tiktoken {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use gw_domain::canonical::{ContentBlock, Message, Role};
+    use metis_domain::canonical::{ContentBlock, Message, Role};
 
     fn user(text: &str) -> ChatRequest {
         ChatRequest {

@@ -14,7 +14,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use gw_ports::upstream::{Operation, WireFormat};
+use metis_ports::upstream::{Operation, WireFormat};
 
 /// Default base URL of the Anthropic Messages API (the endpoint is `{base}/v1/messages`).
 pub const ANTHROPIC_BASE_URL: &str = "https://api.anthropic.com";

@@ -25,7 +25,7 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use futures_util::stream::{self, BoxStream};
-use gw_ports::upstream::{
+use metis_ports::upstream::{
     Operation, Provider, UpstreamBody, UpstreamError, UpstreamReply, UpstreamRequest, WireFormat,
 };
 use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};

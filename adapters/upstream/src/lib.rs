@@ -1,4 +1,4 @@
-//! `gw-upstream`: the gateway's upstream providers, implementing `gw_ports::upstream::Provider`.
+//! `metis-upstream`: the gateway's upstream providers, implementing `metis_ports::upstream::Provider`.
 //!
 //! - [`HttpProvider`] talks HTTP(S) to Anthropic (Messages API), OpenAI and every
 //!   OpenAI-compatible server (vLLM, Ollama, llama.cpp, LM Studio), and OpenRouter. It owns
@@ -8,7 +8,7 @@
 //!   quickstart, the benchmarks and the tests. It is never a real model.
 //!
 //! Providers move bytes only: rendering requests and parsing answers is the job of the
-//! translation functions in `gw-domain`. Credentials are never logged and never appear in
+//! translation functions in `metis-domain`. Credentials are never logged and never appear in
 //! `Debug` output. This crate never reads `OPENAI_BASE_URL` / `ANTHROPIC_BASE_URL` (see
 //! [`config`]).
 

@@ -16,7 +16,7 @@
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use gw_domain::error::ErrorClass;
+use metis_domain::error::ErrorClass;
 
 use crate::config::RetryPolicy;
 

@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use gw_ports::upstream::{
+use metis_ports::upstream::{
     Provider, UpstreamBody, UpstreamError, UpstreamReply, UpstreamRequest, WireFormat,
 };
-use gw_upstream::{HttpProvider, HttpProviderConfig, RetryPolicy};
+use metis_upstream::{HttpProvider, HttpProviderConfig, RetryPolicy};
 use poem::http::{HeaderMap, StatusCode};
 use poem::listener::{Acceptor, TcpAcceptor};
 use poem::{Body, Request, Response, Server};
@@ -260,7 +260,7 @@ async fn forwarded_headers_override_defaults_and_the_query_travels() {
     ];
     req.query = Some("beta=true".into());
     bounded(p.send(req.clone())).await.unwrap();
-    req.op = gw_ports::upstream::Operation::CountTokens;
+    req.op = metis_ports::upstream::Operation::CountTokens;
     req.query = None;
     bounded(p.send(req)).await.unwrap();
     let seen = server.seen();
@@ -276,7 +276,7 @@ async fn forwarded_headers_override_defaults_and_the_query_travels() {
     // An operation the upstream does not serve never leaves the gateway.
     let mut embed = request(false);
     embed.wire = WireFormat::AnthropicMessages;
-    embed.op = gw_ports::upstream::Operation::Embeddings;
+    embed.op = metis_ports::upstream::Operation::Embeddings;
     assert!(matches!(
         bounded(p.send(embed)).await,
         Err(UpstreamError::Status { status: 404, .. })

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use gw_ports::upstream::{Provider, UpstreamBody, UpstreamError, UpstreamRequest, WireFormat};
-use gw_upstream::{MockProvider, MockSettings};
+use metis_ports::upstream::{Provider, UpstreamBody, UpstreamError, UpstreamRequest, WireFormat};
+use metis_upstream::{MockProvider, MockSettings};
 use serde_json::{Value, json};
 
 fn req(body: &Value, stream: bool) -> UpstreamRequest {

@@ -8,20 +8,20 @@ use crate::listener;
 use crate::paths::Paths;
 use crate::system::{SystemClock, UlidIds};
 use anyhow::{Context, bail};
-use gw_domain::events::key_sources;
-use gw_domain::patterns::PatternCaps;
-use gw_domain::time::{day_start, month_start};
-use gw_http::{ClientGone, HttpOptions, routes};
-use gw_ports::admin::AdminService;
-use gw_ports::keys::{KeyStore, KeyStoreError};
-use gw_ports::storage::PatternPlace;
-use gw_ports::system::{Clock, IdSource};
-use gw_ports::trace::EventSink;
-use gw_ports::trace::TraceQuery;
-use gw_ports::upstream::Provider;
-use gw_upstream::{HttpProvider, HttpProviderConfig, MockProvider, MockSettings};
-use gw_usecases::key_admin::IssueRequest;
-use gw_usecases::{
+use metis_domain::events::key_sources;
+use metis_domain::patterns::PatternCaps;
+use metis_domain::time::{day_start, month_start};
+use metis_http::{ClientGone, HttpOptions, routes};
+use metis_ports::admin::AdminService;
+use metis_ports::keys::{KeyStore, KeyStoreError};
+use metis_ports::storage::PatternPlace;
+use metis_ports::system::{Clock, IdSource};
+use metis_ports::trace::EventSink;
+use metis_ports::trace::TraceQuery;
+use metis_ports::upstream::Provider;
+use metis_upstream::{HttpProvider, HttpProviderConfig, MockProvider, MockSettings};
+use metis_usecases::key_admin::IssueRequest;
+use metis_usecases::{
     AdminFacade, CoreParts, GatewayCore, KeyAdmin, KeyRing, KeySync, KeySyncParts, Limiter,
     RateLimitConfig, SpendLedger,
 };
@@ -59,7 +59,7 @@ pub struct App {
     addr: SocketAddr,
     scheme: &'static str,
     core: Arc<GatewayCore>,
-    trace: Arc<dyn gw_ports::storage::MainStore>,
+    trace: Arc<dyn metis_ports::storage::MainStore>,
     keystore: Arc<dyn KeyStore>,
     /// Keeps the key ring current and records the key changes found in the keystore.
     key_sync: Arc<KeySync>,
@@ -67,7 +67,7 @@ pub struct App {
     gateway_admin: Arc<KeyAdmin>,
     admin_api: Option<(Arc<dyn AdminService>, String)>,
     http_opts: HttpOptions,
-    request_budget: gw_http::RequestBudget,
+    request_budget: metis_http::RequestBudget,
     shutdown_grace: Duration,
     paths: Paths,
     providers: Vec<String>,
@@ -105,22 +105,22 @@ fn non_empty(s: Option<&String>) -> Option<String> {
 fn build_metrics(
     args: &ServeArgs,
 ) -> (
-    Arc<gw_telemetry::Prometheus>,
-    Arc<dyn gw_ports::metrics::Metrics>,
+    Arc<metis_telemetry::Prometheus>,
+    Arc<dyn metis_ports::metrics::Metrics>,
 ) {
     let m = &args.metrics;
-    let prometheus = Arc::new(gw_telemetry::Prometheus::new(gw_telemetry::SeriesBudget {
+    let prometheus = Arc::new(metis_telemetry::Prometheus::new(metis_telemetry::SeriesBudget {
         top_keys: m.metrics_top_keys as usize,
         keys: m.metrics_key.iter().cloned().collect(),
         max_users: m.metrics_max_users as usize,
         max_teams: m.metrics_max_teams as usize,
     }));
-    let recorded: Arc<dyn gw_ports::metrics::Metrics> = match crate::telemetry::otel_metrics() {
+    let recorded: Arc<dyn metis_ports::metrics::Metrics> = match crate::telemetry::otel_metrics() {
         Some(otel) => Arc::new(crate::telemetry::MetricsTee {
             prometheus: Arc::clone(&prometheus),
             otel,
         }),
-        None => Arc::clone(&prometheus) as Arc<dyn gw_ports::metrics::Metrics>,
+        None => Arc::clone(&prometheus) as Arc<dyn metis_ports::metrics::Metrics>,
     };
     (prometheus, recorded)
 }
@@ -218,7 +218,7 @@ async fn load_keys(
     sync: &KeySync,
     admin: &KeyAdmin,
     host: &str,
-) -> anyhow::Result<(Vec<gw_domain::keys::KeyRecord>, Option<QuickstartKey>)> {
+) -> anyhow::Result<(Vec<metis_domain::keys::KeyRecord>, Option<QuickstartKey>)> {
     let keys = match sync.reload().await {
         Ok(k) => k,
         Err(KeyStoreError::NotFound { .. }) => Vec::new(),
@@ -346,7 +346,7 @@ impl App {
                 PatternCaps::default(),
             ),
             background: Arc::new(background.clone()),
-            tokenizer: Arc::new(gw_tokenizer::Tiktoken),
+            tokenizer: Arc::new(metis_tokenizer::Tiktoken),
             trace: Arc::new(crate::telemetry::OtelTraceContext {
                 exporting: crate::telemetry::exporting(),
             }),
@@ -385,7 +385,7 @@ impl App {
             &listener::Observer::new(Arc::clone(&metrics)),
         )
         .context("cannot use the listener")?;
-        let request_budget = gw_http::RequestBudget::new(
+        let request_budget = metis_http::RequestBudget::new(
             args.max_inflight_request_memory,
             args.max_body_bytes as u64,
             Arc::clone(&metrics),
@@ -486,9 +486,9 @@ impl App {
         // Set when the drain grace is about to end: every stream still open then gets a final
         // error frame in its client's shape and ends, before the connections are cut.
         let (cut_tx, cut_rx) = tokio::sync::watch::channel(false);
-        let openai_cut_frame = grace_end_frame(gw_domain::canonical::Shape::OpenAi);
-        let anthropic_cut_frame = grace_end_frame(gw_domain::canonical::Shape::Anthropic);
-        let responses_cut_frame = grace_end_frame(gw_domain::canonical::Shape::Responses);
+        let openai_cut_frame = grace_end_frame(metis_domain::canonical::Shape::OpenAi);
+        let anthropic_cut_frame = grace_end_frame(metis_domain::canonical::Shape::Anthropic);
+        let responses_cut_frame = grace_end_frame(metis_domain::canonical::Shape::Responses);
         let request_budget = self.request_budget.clone();
         let endpoint = routes(
             self.core.clone(),
@@ -522,7 +522,7 @@ impl App {
             } else {
                 openai_cut_frame.clone()
             };
-            // The memory of requests in flight is bounded (see `gw_http::RequestBudget`):
+            // The memory of requests in flight is bounded (see `metis_http::RequestBudget`):
             // reserved here before any handler reads the body, the rest once the body is
             // read, all of it returned when the answer is ready or the request is dropped.
             let reserved = request_budget.reserve(&mut req);
@@ -539,7 +539,7 @@ impl App {
                     let cut = async move {
                         let _ = cut.wait_for(|cut| *cut).await;
                     };
-                    gw_http::cut_stream_on(poem::IntoResponse::into_response(r), cut, frame)
+                    metis_http::cut_stream_on(poem::IntoResponse::into_response(r), cut, frame)
                 });
                 if closing.load(std::sync::atomic::Ordering::Acquire) {
                     res.map(close_after)
@@ -555,7 +555,7 @@ impl App {
             endpoint.clone(),
             async move {
                 shutdown.await;
-                gw_ports::gateway::GatewayService::begin_drain(core.as_ref());
+                metis_ports::gateway::GatewayService::begin_drain(core.as_ref());
                 // Keep serving for a moment, answering every request with `Connection:
                 // close`: clients then drop their pooled connections to this process after
                 // one more answer, instead of writing a request into a connection the server
@@ -688,7 +688,7 @@ impl TokioBackground {
     }
 }
 
-impl gw_ports::system::Background for TokioBackground {
+impl metis_ports::system::Background for TokioBackground {
     fn spawn(&self, task: futures_util::future::BoxFuture<'static, ()>) {
         self.spawn_after(Duration::ZERO, task);
     }
@@ -742,9 +742,9 @@ const GRACE_CUT_MARGIN: Duration = Duration::from_millis(500);
 /// (Anthropic `event: error`, OpenAI `data: {"error":…}` without `[DONE]`, Responses an
 /// `error` event, after which a stream without `response.completed` is retried by Codex): a
 /// 503 the client can retry, like a stream failing after its first byte.
-fn grace_end_frame(shape: gw_domain::canonical::Shape) -> bytes::Bytes {
-    use gw_domain::canonical::Shape;
-    let err = gw_domain::error::GatewayError::Unavailable {
+fn grace_end_frame(shape: metis_domain::canonical::Shape) -> bytes::Bytes {
+    use metis_domain::canonical::Shape;
+    let err = metis_domain::error::GatewayError::Unavailable {
         message: "the gateway is shutting down and its drain grace ended before this stream finished; retry the request".to_owned(),
     };
     let envelope = err.render(shape).body;
@@ -762,7 +762,7 @@ fn grace_end_frame(shape: gw_domain::canonical::Shape) -> bytes::Bytes {
             }),
         ),
     };
-    bytes::Bytes::from(gw_domain::sse::format_frame(event, &body.to_string()))
+    bytes::Bytes::from(metis_domain::sse::format_frame(event, &body.to_string()))
 }
 
 /// Mark `res` as the last response on its connection.

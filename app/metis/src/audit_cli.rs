@@ -8,7 +8,7 @@
 //!   output is written to a temp file in the destination's directory, fsynced, then linked
 //!   into place only if the destination still does not exist; on any failure no partial file
 //!   is left behind.
-//! - `verify` walks the chain in `audit_seq` order (`gw_domain::audit::verify`) and names the
+//! - `verify` walks the chain in `audit_seq` order (`metis_domain::audit::verify`) and names the
 //!   first broken link.
 //! - Exit codes: 0 ok; 1 runtime error (`error: …` on stderr) or a broken chain; 2 usage error
 //!   (bad flags via clap, an empty window, an unknown `--type`).
@@ -21,12 +21,12 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
-use gw_domain::audit::BrokenLink;
-use gw_domain::time::{format_iso, parse_iso};
-use gw_ports::storage::StoreReader;
-use gw_ports::system::Clock;
-use gw_ports::trace::EventRow;
-pub use gw_usecases::storage::audit::{
+use metis_domain::audit::BrokenLink;
+use metis_domain::time::{format_iso, parse_iso};
+use metis_ports::storage::StoreReader;
+use metis_ports::system::Clock;
+use metis_ports::trace::EventRow;
+pub use metis_usecases::storage::audit::{
     CSV_HEADER, TypeSelection, csv_field, csv_line, jsonl_line, resolve_window, select_types,
 };
 
@@ -314,7 +314,7 @@ pub fn export(
 /// # Errors
 /// The database is missing or unreadable.
 pub fn verify(db: &Path) -> anyhow::Result<(Result<u64, BrokenLink>, u64)> {
-    let report = gw_usecases::storage::audit::verify(open_reader(db)?.as_ref())?;
+    let report = metis_usecases::storage::audit::verify(open_reader(db)?.as_ref())?;
     Ok((report.chain, report.unchained))
 }
 

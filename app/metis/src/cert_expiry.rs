@@ -63,7 +63,7 @@ fn asn1_time(tag: u8, contents: &[u8]) -> Option<i64> {
         full.get(10..12)?,
         full.get(12..14)?
     );
-    gw_domain::time::parse_iso(&iso)
+    metis_domain::time::parse_iso(&iso)
         .ok()
         .map(|us| us.div_euclid(1_000_000))
 }

@@ -3,7 +3,7 @@
 //! variables (`ANTHROPIC_API_KEY`, …). Parse rules are unit-tested below.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use gw_domain::ratelimit::Cidr;
+use metis_domain::ratelimit::Cidr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -371,7 +371,7 @@ pub fn parse_cidr(raw: &str) -> Result<Cidr, String> {
     Cidr::parse(raw)
 }
 
-/// Parse `250ms`, or anything `gw_domain::time::parse_duration_secs` accepts (`30s`, `5m`,
+/// Parse `250ms`, or anything `metis_domain::time::parse_duration_secs` accepts (`30s`, `5m`,
 /// `2h`, `1d`, `1w`, bare seconds).
 ///
 /// # Errors
@@ -382,7 +382,7 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     {
         return Ok(Duration::from_millis(n));
     }
-    gw_domain::time::parse_duration_secs(raw).map(Duration::from_secs)
+    metis_domain::time::parse_duration_secs(raw).map(Duration::from_secs)
 }
 
 /// `--trace-commit-deadline`: a duration of at least 1 ms (a zero deadline would count

@@ -26,8 +26,8 @@
 //! ```
 
 use anyhow::{Context, bail};
-use gw_domain::models::Catalog;
-use gw_domain::pricing::{Price, PriceTable};
+use metis_domain::models::Catalog;
+use metis_domain::pricing::{Price, PriceTable};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -119,7 +119,7 @@ impl ConfigFile {
             .chain(cfg.aliases.values())
             .chain(cfg.prices.keys())
         {
-            if gw_domain::models::ModelEntry::from_id(id).is_none() {
+            if metis_domain::models::ModelEntry::from_id(id).is_none() {
                 bail!(
                     "invalid config file {}: model '{id}' must be a canonical id 'provider:name'",
                     path.display()
@@ -190,7 +190,7 @@ impl ConfigFile {
                     )
                 })
                 .collect();
-            let hash = gw_domain::keys::hash_token(&digest);
+            let hash = metis_domain::keys::hash_token(&digest);
             t.version = format!("{}+config-{}", t.version, &hash[..12]);
         }
         t

@@ -4,11 +4,11 @@
 use crate::paths::Paths;
 use crate::system::{SystemClock, UlidIds};
 use anyhow::Context;
-use gw_keystore_file::FileKeyStore;
-use gw_ports::keys::KeyStore;
-use gw_ports::trace::EventSink;
-use gw_usecases::key_admin::{IssueRequest, IssuedKey, KeyView, Revoked, Rotated};
-use gw_usecases::{AdminError, KeyAdmin};
+use metis_keystore_file::FileKeyStore;
+use metis_ports::keys::KeyStore;
+use metis_ports::trace::EventSink;
+use metis_usecases::key_admin::{IssueRequest, IssuedKey, KeyView, Revoked, Rotated};
+use metis_usecases::{AdminError, KeyAdmin};
 use serde_json::json;
 use std::io::Write;
 use std::path::Path;
@@ -31,7 +31,7 @@ pub fn open_keystore(paths: &Paths) -> anyhow::Result<Arc<dyn KeyStore>> {
 /// A key administration session: the use case plus the trace store its audit events go to.
 pub struct AdminSession {
     pub admin: KeyAdmin,
-    trace: Arc<dyn gw_ports::storage::MainStore>,
+    trace: Arc<dyn metis_ports::storage::MainStore>,
 }
 
 impl AdminSession {
@@ -40,7 +40,7 @@ impl AdminSession {
     /// # Errors
     /// Trace DB unopenable (e.g. newer schema) or keystore unopenable.
     pub async fn open(paths: &Paths) -> anyhow::Result<AdminSession> {
-        let trace = crate::store::open_main(paths, false, gw_ports::queue::DEFAULT_COMMIT_DEADLINE)
+        let trace = crate::store::open_main(paths, false, metis_ports::queue::DEFAULT_COMMIT_DEADLINE)
             .await
             .with_context(|| format!("cannot open the audit trail {}", paths.db.display()))?;
         let sink: Arc<dyn EventSink> = trace.clone();
@@ -49,7 +49,7 @@ impl AdminSession {
             sink,
             Arc::new(SystemClock),
             Arc::new(UlidIds::default()),
-            gw_domain::events::key_sources::CLI,
+            metis_domain::events::key_sources::CLI,
         );
         Ok(AdminSession { admin, trace })
     }
@@ -183,7 +183,7 @@ pub fn key_json(k: &KeyView) -> serde_json::Value {
         "key_id": r.key_id,
         "name": r.display_name(),
         "workspace_path": r.workspace_path,
-        "status": if r.status == gw_domain::keys::KeyStatus::Revoked { "revoked" } else { "active" },
+        "status": if r.status == metis_domain::keys::KeyStatus::Revoked { "revoked" } else { "active" },
         "effective_status": k.effective_status,
         "user_id": r.user_id,
         "team_id": r.team_id,

@@ -2,10 +2,10 @@
 //! (0 ok, 1 runtime/config error with one `error: …` line on stderr, 2 usage error).
 
 use clap::Parser;
-use gw_usecases::key_admin::{IssueRequest, parse_grace};
-use metis_app::cli::{Cli, Command, GatewayCmd, KeyCommand, ListFormat};
-use metis_app::keys_cli;
-use metis_app::paths::Paths;
+use metis_usecases::key_admin::{IssueRequest, parse_grace};
+use metis::cli::{Cli, Command, GatewayCmd, KeyCommand, ListFormat};
+use metis::keys_cli;
+use metis::paths::Paths;
 use std::io::Write;
 use std::process::ExitCode;
 
@@ -72,8 +72,8 @@ async fn gateway(cmd: GatewayCmd) -> anyhow::Result<()> {
             Ok(())
         }
         None => {
-            let telemetry = metis_app::telemetry::init(cmd.serve.log_format)?;
-            let app = metis_app::App::build(cmd.serve).await?;
+            let telemetry = metis::telemetry::init(cmd.serve.log_format)?;
+            let app = metis::App::build(cmd.serve).await?;
             eprintln!("{}", app.boot_line());
             app.warn_if_exposed();
             if let Some(q) = app.quickstart_key() {
@@ -84,7 +84,7 @@ async fn gateway(cmd: GatewayCmd) -> anyhow::Result<()> {
                 );
             }
             let served = app
-                .run_until_stopped(metis_app::app::shutdown_signal())
+                .run_until_stopped(metis::app::shutdown_signal())
                 .await;
             telemetry.shutdown().await;
             served
@@ -97,18 +97,18 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Gateway(cmd) => gateway(*cmd).await,
-        Command::Audit(cmd) => return metis_app::audit_cli::run(cmd).await,
-        Command::Backup(args) => return metis_app::storage_cli::backup_cmd(args).await,
-        Command::Restore(args) => return metis_app::storage_cli::restore_cmd(args).await,
-        Command::Trace(cmd) => return metis_app::storage_cli::trace_cmd(cmd).await,
-        Command::Sessions(cmd) => return metis_app::sessions_cli::run(cmd).await,
+        Command::Audit(cmd) => return metis::audit_cli::run(cmd).await,
+        Command::Backup(args) => return metis::storage_cli::backup_cmd(args).await,
+        Command::Restore(args) => return metis::storage_cli::restore_cmd(args).await,
+        Command::Trace(cmd) => return metis::storage_cli::trace_cmd(cmd).await,
+        Command::Sessions(cmd) => return metis::sessions_cli::run(cmd).await,
         Command::MigrateStore(args) => {
-            return metis_app::transfer_cli::migrate_store_cmd(args).await;
+            return metis::transfer_cli::migrate_store_cmd(args).await;
         }
-        Command::Patterns(cmd) => return metis_app::patterns_cli::run(cmd).await,
+        Command::Patterns(cmd) => return metis::patterns_cli::run(cmd).await,
         Command::Healthcheck { url, timeout } => healthcheck::run(&url, timeout),
         Command::Openapi { out } => {
-            let doc = gw_http::openapi_json();
+            let doc = metis_http::openapi_json();
             match out {
                 Some(path) => std::fs::write(&path, format!("{doc}\n"))
                     .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display())),

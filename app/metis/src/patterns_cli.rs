@@ -14,10 +14,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use gw_domain::time::format_iso;
-use gw_ports::patterns::PatternStats;
-use gw_ports::storage::PatternPlace;
-use gw_usecases::storage::projection::{RebuildReport, rebuild};
+use metis_domain::time::format_iso;
+use metis_ports::patterns::PatternStats;
+use metis_ports::storage::PatternPlace;
+use metis_usecases::storage::projection::{RebuildReport, rebuild};
 
 use crate::storage_cli::{DbArgs, Progress, migrate_text, print, run_blocking};
 

@@ -14,7 +14,7 @@
 //! `content-length: 0` and no body. The application never sends an empty 4xx (every error it
 //! produces carries an envelope), so nothing the application writes is ever rewritten.
 
-use gw_domain::canonical::Shape;
+use metis_domain::canonical::Shape;
 use serde_json::json;
 
 /// How many bytes of a request head are kept to tell which API shape it was meant for

@@ -11,10 +11,10 @@ use std::io::{self, Write};
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand, ValueEnum};
-use gw_domain::sessions::{SessionNode, SessionRecord, build_tree};
-use gw_domain::time::format_iso;
-use gw_ports::storage::Schema;
-use gw_usecases::storage::sessions::descendants;
+use metis_domain::sessions::{SessionNode, SessionRecord, build_tree};
+use metis_domain::time::format_iso;
+use metis_ports::storage::Schema;
+use metis_usecases::storage::sessions::descendants;
 
 use crate::storage_cli::{DbArgs, migrate_text, run_blocking};
 
@@ -220,7 +220,7 @@ fn print(text: &str) -> anyhow::Result<()> {
 }
 
 /// The main store read-only, through the backend the file is.
-fn open_reader(args: &DbArgs) -> anyhow::Result<Box<dyn gw_ports::storage::StoreReader>> {
+fn open_reader(args: &DbArgs) -> anyhow::Result<Box<dyn metis_ports::storage::StoreReader>> {
     let (db, backend) = args.store()?;
     Ok(backend.open_reader(&db)?)
 }

@@ -1,6 +1,6 @@
 //! `metis backup`, `metis restore` and `metis trace prune|vacuum|status|migrate`: operations
 //! on the main store, through the storage port (the backend does the work, the use cases in
-//! `gw_usecases::storage` hold the rules; this module parses, reports and maps outcomes to
+//! `metis_usecases::storage` hold the rules; this module parses, reports and maps outcomes to
 //! exit codes).
 //!
 //! Invariants:
@@ -19,14 +19,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use gw_domain::retention::{DEFAULT_RETENTION_DAYS, thousands};
-use gw_domain::time::{Timestamp, format_iso};
-use gw_ports::storage::{
+use metis_domain::retention::{DEFAULT_RETENTION_DAYS, thousands};
+use metis_domain::time::{Timestamp, format_iso};
+use metis_ports::storage::{
     Migratable, MigrationPlan, PruneCounts, PruneOptions, Schema, StorageBackend, StoreStatus,
 };
-use gw_ports::system::Clock;
-use gw_usecases::storage::migrate::{MigrationOutcome, migrate};
-use gw_usecases::storage::retention;
+use metis_ports::system::Clock;
+use metis_usecases::storage::migrate::{MigrationOutcome, migrate};
+use metis_usecases::storage::retention;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::cli::StorageArgs;

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::ValueEnum;
-use gw_ports::storage::{MainStore, ServeOptions, StorageBackend};
+use metis_ports::storage::{MainStore, ServeOptions, StorageBackend};
 
 use crate::paths::Paths;
 
@@ -36,8 +36,8 @@ impl StoreKind {
     #[must_use]
     pub fn backend(self) -> Arc<dyn StorageBackend> {
         match self {
-            StoreKind::Sqlite => Arc::new(gw_storage_sqlite::SqliteBackend),
-            StoreKind::Redb => Arc::new(gw_storage_redb::RedbBackend),
+            StoreKind::Sqlite => Arc::new(metis_storage_sqlite::SqliteBackend),
+            StoreKind::Redb => Arc::new(metis_storage_redb::RedbBackend),
         }
     }
 
@@ -82,7 +82,7 @@ pub fn for_existing(db: &Path, flag: Option<StoreKind>) -> Arc<dyn StorageBacken
 #[must_use]
 pub fn for_patterns(
     workspace: &str,
-    place: &gw_ports::storage::PatternPlace,
+    place: &metis_ports::storage::PatternPlace,
 ) -> Arc<dyn StorageBackend> {
     detect(|b| b.pattern_files(place).path(workspace).exists())
         .unwrap_or_default()

@@ -1,7 +1,7 @@
 //! System clock, ULID ids and CSPRNG secrets: the real implementations of the `Clock` and
 //! `IdSource` ports.
 
-use gw_ports::system::{Clock, IdSource};
+use metis_ports::system::{Clock, IdSource};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 

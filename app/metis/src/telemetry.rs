@@ -13,9 +13,9 @@
 //!   bounded by providers × models × outcomes.
 
 use crate::cli::LogFormat;
-use gw_domain::canonical::Usage;
-use gw_ports::metrics::{Attribution, CallLabels, Metrics, QuotaRatio, ScrapeGauges};
-use gw_ports::system::TraceContext;
+use metis_domain::canonical::Usage;
+use metis_ports::metrics::{Attribution, CallLabels, Metrics, QuotaRatio, ScrapeGauges};
+use metis_ports::system::TraceContext;
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Histogram, MeterProvider as _};
 use opentelemetry::propagation::TextMapPropagator;
@@ -342,7 +342,7 @@ impl Metrics for OtelMetrics {
 /// The Prometheus registry plus the OTLP instruments: every measurement goes to both (the
 /// OTLP side keeps the GenAI and HTTP ones), and `/metrics` renders the Prometheus one.
 pub struct MetricsTee {
-    pub prometheus: Arc<gw_telemetry::Prometheus>,
+    pub prometheus: Arc<metis_telemetry::Prometheus>,
     pub otel: OtelMetrics,
 }
 

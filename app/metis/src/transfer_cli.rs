@@ -1,6 +1,6 @@
 //! `metis migrate-store --from sqlite --to redb` (and back): copy the main store (events,
 //! sessions, keys) and the pattern stores of the given workspaces between backends. The copy
-//! and its checks are the use case `gw_usecases::storage::transfer`; this module parses the
+//! and its checks are the use case `metis_usecases::storage::transfer`; this module parses the
 //! flags and prints the report.
 
 use std::path::{Path, PathBuf};
@@ -8,8 +8,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
-use gw_ports::storage::PatternPlace;
-use gw_usecases::storage::transfer::{CopyReport, Side, copy_store};
+use metis_ports::storage::PatternPlace;
+use metis_usecases::storage::transfer::{CopyReport, Side, copy_store};
 
 use crate::store::StoreKind;
 
@@ -128,7 +128,7 @@ mod tests {
     use super::*;
 
     // The copy itself is proven between every pair of backends by the storage contract suite
-    // (`cross_backend` in gw-tests); here only the printed block.
+    // (`cross_backend` in metis-tests); here only the printed block.
     #[test]
     fn the_report_block_names_both_backends_and_every_count() {
         let r = CopyReport {

@@ -6,9 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use gw_domain::events::{Actor, Event, Sensitivity};
-use gw_ports::trace::EventSink;
-use gw_storage_sqlite::{SqliteTraceStore, WriterOptions};
+use metis_domain::events::{Actor, Event, Sensitivity};
+use metis_ports::trace::EventSink;
+use metis_storage_sqlite::{SqliteTraceStore, WriterOptions};
 use rusqlite::{Connection, params};
 
 /// 2026-05-01T00:00:00Z

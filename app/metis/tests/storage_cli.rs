@@ -6,14 +6,14 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use gw_domain::events::{Event, make_event};
-use gw_domain::patterns::{FingerprintInputs, PatternCaps, PatternRecorded, StructuralFeatures};
-use gw_domain::sessions::{SessionId, SessionLink, SessionTurn};
-use gw_ports::sessions::SessionStore;
-use gw_ports::storage::PatternFiles;
-use gw_ports::trace::EventSink;
-use gw_storage_sqlite::patterns::{PatternPlace, SqlitePatternStore};
-use gw_storage_sqlite::{SqliteTraceStore, TRACE_SCHEMA_VERSION, TraceReader, WriterOptions};
+use metis_domain::events::{Event, make_event};
+use metis_domain::patterns::{FingerprintInputs, PatternCaps, PatternRecorded, StructuralFeatures};
+use metis_domain::sessions::{SessionId, SessionLink, SessionTurn};
+use metis_ports::sessions::SessionStore;
+use metis_ports::storage::PatternFiles;
+use metis_ports::trace::EventSink;
+use metis_storage_sqlite::patterns::{PatternPlace, SqlitePatternStore};
+use metis_storage_sqlite::{SqliteTraceStore, TRACE_SCHEMA_VERSION, TraceReader, WriterOptions};
 use rusqlite::Connection;
 
 /// 2026-05-01T00:00:00Z
@@ -55,8 +55,8 @@ fn call(i: u64, ts: i64) -> Event {
         turn_id: None,
         parent_event_id: None,
         event_type: "llm.call_completed",
-        actor: gw_domain::events::Actor::Agent,
-        sensitivity: gw_domain::events::Sensitivity::Pseudonymous,
+        actor: metis_domain::events::Actor::Agent,
+        sensitivity: metis_domain::events::Sensitivity::Pseudonymous,
         payload_json: r#"{"cost_usd":0.01}"#.into(),
     }
 }
@@ -625,9 +625,9 @@ fn assert_refused_untouched(store: &str, src: &Path, target: &Path, why: &str) {
     );
 }
 
-fn redb_seeded(path: &Path, n: u64) -> gw_storage_redb::RedbTraceStore {
+fn redb_seeded(path: &Path, n: u64) -> metis_storage_redb::RedbTraceStore {
     let store =
-        gw_storage_redb::RedbTraceStore::open(path, gw_storage_redb::RedbOptions::default())
+        metis_storage_redb::RedbTraceStore::open(path, metis_storage_redb::RedbOptions::default())
             .unwrap();
     for i in 0..n {
         store.emit(call(i, T0 + i64::try_from(i).unwrap()));
@@ -748,13 +748,13 @@ async fn redb_restore_refusals_leave_the_target_byte_identical() {
     drop(t);
     refusal_cases("redb", &good, dir.path(), &target);
     let stamped = damaged_copy(&good, dir.path(), "stamped.bak", |p| {
-        gw_storage_redb::stamp_schema_version(p, 2).unwrap();
+        metis_storage_redb::stamp_schema_version(p, 2).unwrap();
     });
     assert_refused_untouched("redb", &stamped, &target, "schema version 2");
 
     // A gateway has the target open (shared multi-process mode, as `metis gateway` does).
     let gateway =
-        gw_storage_redb::RedbTraceStore::open(&target, gw_storage_redb::RedbOptions::default())
+        metis_storage_redb::RedbTraceStore::open(&target, metis_storage_redb::RedbOptions::default())
             .unwrap();
     gateway.emit(call(30_000, T0));
     gateway.flush().await.unwrap();
@@ -775,8 +775,8 @@ async fn redb_restore_refusals_leave_the_target_byte_identical() {
     assert_eq!(code(&o), 0, "{}", err(&o));
     assert!(out(&o).contains("events:         2000"), "{}", out(&o));
     let reopened =
-        gw_storage_redb::RedbTraceStore::open(&target, gw_storage_redb::RedbOptions::default())
+        metis_storage_redb::RedbTraceStore::open(&target, metis_storage_redb::RedbOptions::default())
             .unwrap();
     let db = reopened.database().unwrap();
-    assert_eq!(gw_storage_redb::query::event_span(&db).unwrap().0, 2000);
+    assert_eq!(metis_storage_redb::query::event_span(&db).unwrap().0, 2000);
 }

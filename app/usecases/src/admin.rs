@@ -8,13 +8,13 @@
 use crate::key_admin::KeyView;
 use crate::{AdminError, KeyAdmin, SpendLedger};
 use async_trait::async_trait;
-use gw_domain::audit::AUDIT_TYPES;
-use gw_ports::admin::{
+use metis_domain::audit::AUDIT_TYPES;
+use metis_ports::admin::{
     AdminFailure, AdminService, CreatedKey, KeySummary, NewKey, RevokeResult, RotateResult,
 };
-use gw_ports::keys::KeyStoreError;
-use gw_ports::system::Clock;
-use gw_ports::trace::{EventRow, EventSink, TraceQuery, UsageGroup, UsageRow};
+use metis_ports::keys::KeyStoreError;
+use metis_ports::system::Clock;
+use metis_ports::trace::{EventRow, EventSink, TraceQuery, UsageGroup, UsageRow};
 use std::sync::Arc;
 
 /// Implements [`AdminService`].

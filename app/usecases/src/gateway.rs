@@ -9,27 +9,27 @@ use crate::stream::{StreamState, client_stream};
 use crate::wire::{self, Passthrough, RenderCtx, StreamParser, StreamRenderer, shape_of};
 use async_trait::async_trait;
 use bytes::Bytes;
-use gw_domain::canonical::{ChatRequest, Role};
-use gw_domain::canonical::{ContentBlock, Shape};
-use gw_domain::error::{ErrorClass, GatewayError};
-use gw_domain::events::{KeyLeakSuspected, Payload, make_event};
-use gw_domain::keys::{Inactive, hash_token};
-use gw_domain::models::Catalog;
-use gw_domain::models::ListedModel;
-use gw_domain::patterns::{FingerprintInputs, StructuralFeatures};
-use gw_domain::pricing::PriceTable;
-use gw_domain::responses::ResponseContext;
-use gw_domain::sessions::parse_session_headers;
-use gw_domain::sse::SseParser;
-use gw_ports::gateway::{Admission, GatewayService, InboundMeta, ModelsQuery, Reply, TokenCount};
-use gw_ports::metrics::{Metrics, ScrapeGauges};
-use gw_ports::patterns::PatternStore;
-use gw_ports::sessions::SessionStore;
-use gw_ports::system::Background;
-use gw_ports::system::{Clock, IdSource, TraceContext};
-use gw_ports::tokens::TokenCounter;
-use gw_ports::trace::EventSink;
-use gw_ports::upstream::{Operation, Provider, UpstreamBody, UpstreamRequest, WireFormat};
+use metis_domain::canonical::{ChatRequest, Role};
+use metis_domain::canonical::{ContentBlock, Shape};
+use metis_domain::error::{ErrorClass, GatewayError};
+use metis_domain::events::{KeyLeakSuspected, Payload, make_event};
+use metis_domain::keys::{Inactive, hash_token};
+use metis_domain::models::Catalog;
+use metis_domain::models::ListedModel;
+use metis_domain::patterns::{FingerprintInputs, StructuralFeatures};
+use metis_domain::pricing::PriceTable;
+use metis_domain::responses::ResponseContext;
+use metis_domain::sessions::parse_session_headers;
+use metis_domain::sse::SseParser;
+use metis_ports::gateway::{Admission, GatewayService, InboundMeta, ModelsQuery, Reply, TokenCount};
+use metis_ports::metrics::{Metrics, ScrapeGauges};
+use metis_ports::patterns::PatternStore;
+use metis_ports::sessions::SessionStore;
+use metis_ports::system::Background;
+use metis_ports::system::{Clock, IdSource, TraceContext};
+use metis_ports::tokens::TokenCounter;
+use metis_ports::trace::EventSink;
+use metis_ports::upstream::{Operation, Provider, UpstreamBody, UpstreamRequest, WireFormat};
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -177,7 +177,7 @@ impl GatewayCore {
         }
     }
 
-    fn price_of(&self, model: &str) -> Option<gw_domain::pricing::Price> {
+    fn price_of(&self, model: &str) -> Option<metis_domain::pricing::Price> {
         let price = self.prices.get(model).copied();
         if price.is_none() {
             let mut warned = match self.warned_unpriced.lock() {
@@ -317,7 +317,7 @@ impl GatewayService for GatewayCore {
             meta.agent_session
                 .as_deref()
                 .map(str::trim)
-                .filter(|s| gw_domain::sessions::is_valid_session_id(s))
+                .filter(|s| metis_domain::sessions::is_valid_session_id(s))
         });
         let session = parse_session_headers(
             sid,
@@ -325,7 +325,7 @@ impl GatewayService for GatewayCore {
             tool_use.as_deref(),
             worker.as_deref(),
         )
-        .map_err(gw_domain::error::invalid)?;
+        .map_err(metis_domain::error::invalid)?;
         // Step 3: spend caps, before the body is read.
         let caps = Caps::of(key);
         match self.ledger.check(key.account(), caps, now) {
@@ -381,7 +381,7 @@ impl GatewayService for GatewayCore {
         let (wire_format, same_shape) = generate_wire(shape, &*routed.provider);
         let wire_shape = shape_of(wire_format);
         if shape == Shape::Responses && !same_shape {
-            let dropped = gw_domain::responses::prepare_for_translation(
+            let dropped = metis_domain::responses::prepare_for_translation(
                 &mut req,
                 &parsed.raw,
                 &routed.entry.provider,
@@ -518,14 +518,14 @@ impl GatewayService for GatewayCore {
                         }
                     })?;
                     if anthropic {
-                        gw_domain::models::anthropic_model(m)
+                        metis_domain::models::anthropic_model(m)
                     } else {
-                        gw_domain::models::openai_model(m)
+                        metis_domain::models::openai_model(m)
                     }
                 }
-                None if anthropic => gw_domain::models::anthropic_list(&listing, &query.page)
-                    .map_err(gw_domain::error::invalid)?,
-                None => gw_domain::models::openai_list(&listing),
+                None if anthropic => metis_domain::models::anthropic_list(&listing, &query.page)
+                    .map_err(metis_domain::error::invalid)?,
+                None => metis_domain::models::openai_list(&listing),
             };
         Ok(Bytes::from(body.to_string()))
     }

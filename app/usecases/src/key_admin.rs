@@ -15,20 +15,20 @@
 //!   and the spend account of its predecessor.
 
 use crate::keys::KeySync;
-use gw_domain::events::{KeyIssued, KeyRevoked, KeyRotated, Payload, make_event};
-use gw_domain::keys::{
+use metis_domain::events::{KeyIssued, KeyRevoked, KeyRotated, Payload, make_event};
+use metis_domain::keys::{
     ADMIN_REVOKE, CUSTOMER_TIERS, GRACE_EXPIRED, Inactive, KeyChange, KeyRecord, KeyStatus,
     hash_token, token_from_random, validate_cap, validate_tag,
 };
-use gw_domain::time::{Timestamp, format_iso, parse_iso};
-use gw_ports::keys::{KeyStore, KeyStoreError};
-use gw_ports::system::{Clock, IdSource};
-use gw_ports::trace::EventSink;
+use metis_domain::time::{Timestamp, format_iso, parse_iso};
+use metis_ports::keys::{KeyStore, KeyStoreError};
+use metis_ports::system::{Clock, IdSource};
+use metis_ports::trace::EventSink;
 use std::sync::{Arc, Mutex};
 
 /// What to issue (the admin port's `NewKey`; `workspace` must already be absolute — the CLI
 /// resolves it).
-pub type IssueRequest = gw_ports::admin::NewKey;
+pub type IssueRequest = metis_ports::admin::NewKey;
 
 /// A newly issued key and its plaintext token (shown once).
 #[derive(Debug, Clone)]
@@ -83,7 +83,7 @@ pub struct KeyAdmin {
     sink: Arc<dyn EventSink>,
     clock: Arc<dyn Clock>,
     ids: Arc<dyn IdSource>,
-    /// `source` of the events this admin records (`gw_domain::events::key_sources`).
+    /// `source` of the events this admin records (`metis_domain::events::key_sources`).
     source: &'static str,
     /// In a gateway: the key ring to bring up to date after each change.
     sync: Option<Arc<KeySync>>,
@@ -549,7 +549,7 @@ pub fn parse_grace(raw: &str) -> Result<u64, String> {
     if raw.trim().is_empty() {
         return Ok(24 * 3600);
     }
-    gw_domain::time::parse_duration_secs(raw)
+    metis_domain::time::parse_duration_secs(raw)
 }
 
 #[cfg(test)]

@@ -13,14 +13,14 @@
 //!   event for it by then, or this process recorded it. The delay gives a CLI writing into the
 //!   same database time to commit its own event after it wrote the keystore.
 
-use gw_domain::events::key_sources::KEYSTORE_OBSERVED;
-use gw_domain::events::types::{GATEWAY_KEY_ISSUED, GATEWAY_KEY_REVOKED, GATEWAY_KEY_ROTATED};
-use gw_domain::events::{Payload, make_event};
-use gw_domain::keys::{KeyChange, KeyChangeEvent, KeyRecord, next_grace_end, shown_changes};
-use gw_domain::time::Timestamp;
-use gw_ports::keys::{KeyStore, KeyStoreError};
-use gw_ports::system::{Clock, IdSource};
-use gw_ports::trace::{EventSink, TraceError, TraceQuery};
+use metis_domain::events::key_sources::KEYSTORE_OBSERVED;
+use metis_domain::events::types::{GATEWAY_KEY_ISSUED, GATEWAY_KEY_REVOKED, GATEWAY_KEY_ROTATED};
+use metis_domain::events::{Payload, make_event};
+use metis_domain::keys::{KeyChange, KeyChangeEvent, KeyRecord, next_grace_end, shown_changes};
+use metis_domain::time::Timestamp;
+use metis_ports::keys::{KeyStore, KeyStoreError};
+use metis_ports::system::{Clock, IdSource};
+use metis_ports::trace::{EventSink, TraceError, TraceQuery};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;

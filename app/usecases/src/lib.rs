@@ -1,6 +1,6 @@
-//! `gw-usecases`: the use cases of the Metis gateway, orchestrating ports.
+//! `metis-usecases`: the use cases of the Metis gateway, orchestrating ports.
 //!
-//! Depends only on `gw-domain` (pure rules) and `gw-ports` (traits); the composition root in
+//! Depends only on `metis-domain` (pure rules) and `metis-ports` (traits); the composition root in
 //! `app/metis` supplies the adapters.
 
 pub mod admin;

@@ -4,7 +4,7 @@
 //! Buckets are sharded LRU maps behind short mutexes (no await while held), so memory stays
 //! bounded under millions of distinct keys or addresses and contention stays low.
 
-use gw_domain::ratelimit::{BucketMap, Cidr, LeakDetector, LeakSignal, client_ip};
+use metis_domain::ratelimit::{BucketMap, Cidr, LeakDetector, LeakSignal, client_ip};
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;

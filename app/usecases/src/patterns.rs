@@ -11,9 +11,9 @@
 //! workspace is preserved, so the store still equals the replay of the trace's
 //! `pattern.recorded` events.
 
-use gw_domain::patterns::PatternRecord;
-use gw_ports::patterns::PatternStore;
-use gw_ports::system::Background;
+use metis_domain::patterns::PatternRecord;
+use metis_ports::patterns::PatternStore;
+use metis_ports::system::Background;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 

@@ -7,18 +7,18 @@
 
 use crate::patterns::PatternBatcher;
 use crate::spend::Reservation;
-use gw_domain::canonical::{BlockDelta, BlockStart, StopReason, StreamEvent, Usage};
-use gw_domain::error::ErrorClass;
-use gw_domain::events::{
+use metis_domain::canonical::{BlockDelta, BlockStart, StopReason, StreamEvent, Usage};
+use metis_domain::error::ErrorClass;
+use metis_domain::events::{
     CallIdentity, LlmCallCompleted, LlmCallFailed, Payload, TurnCompleted, make_event,
 };
-use gw_domain::patterns::{PatternRecorded, StructuralFeatures};
-use gw_domain::pricing::Price;
-use gw_domain::sessions::{SessionLink, SessionTurn};
-use gw_ports::metrics::{Attribution, CallLabels, Metrics};
-use gw_ports::sessions::SessionStore;
-use gw_ports::system::{Clock, IdSource};
-use gw_ports::trace::EventSink;
+use metis_domain::patterns::{PatternRecorded, StructuralFeatures};
+use metis_domain::pricing::Price;
+use metis_domain::sessions::{SessionLink, SessionTurn};
+use metis_ports::metrics::{Attribution, CallLabels, Metrics};
+use metis_ports::sessions::SessionStore;
+use metis_ports::system::{Clock, IdSource};
+use metis_ports::trace::EventSink;
 use std::sync::Arc;
 use std::time::Instant;
 

@@ -11,9 +11,9 @@
 //! - A rotated successor charges its predecessor's account (`KeyRecord::account`), so rotation
 //!   never resets spend.
 
-use gw_domain::keys::{KeyRecord, validate_cap};
-use gw_domain::time::{Timestamp, day_start, month_start};
-use gw_ports::trace::KeySpend;
+use metis_domain::keys::{KeyRecord, validate_cap};
+use metis_domain::time::{Timestamp, day_start, month_start};
+use metis_ports::trace::KeySpend;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 

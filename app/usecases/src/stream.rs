@@ -15,10 +15,10 @@ use crate::wire::{Passthrough, StreamParser, StreamRenderer};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
-use gw_domain::canonical::StreamEvent;
-use gw_domain::error::{ErrorClass, GatewayError};
-use gw_domain::sse::{SseFrame, SseParser};
-use gw_ports::upstream::UpstreamError;
+use metis_domain::canonical::StreamEvent;
+use metis_domain::error::{ErrorClass, GatewayError};
+use metis_domain::sse::{SseFrame, SseParser};
+use metis_ports::upstream::UpstreamError;
 use std::collections::VecDeque;
 
 pub(crate) struct StreamState {

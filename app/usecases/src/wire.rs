@@ -1,13 +1,13 @@
 //! Shape dispatch: one place that picks the OpenAI Chat Completions, OpenAI Responses or
-//! Anthropic Messages translation functions of `gw-domain` for a client shape or an upstream
+//! Anthropic Messages translation functions of `metis-domain` for a client shape or an upstream
 //! wire format.
 
-use gw_domain::canonical::{ChatRequest, ChatResponse, Shape, StreamEvent};
-use gw_domain::error::GatewayError;
-use gw_domain::responses::ResponseContext;
-use gw_domain::sse::SseFrame;
-use gw_domain::{anthropic, openai, responses};
-use gw_ports::upstream::WireFormat;
+use metis_domain::canonical::{ChatRequest, ChatResponse, Shape, StreamEvent};
+use metis_domain::error::GatewayError;
+use metis_domain::responses::ResponseContext;
+use metis_domain::sse::SseFrame;
+use metis_domain::{anthropic, openai, responses};
+use metis_ports::upstream::WireFormat;
 use serde_json::{Map, Value};
 
 /// The public API shape a wire format corresponds to.
@@ -155,7 +155,7 @@ impl StreamParser {
 
     /// The class of the upstream's own mid-stream failure, where its wire says (Responses
     /// `response.failed` codes such as `context_length_exceeded`).
-    pub fn error_class(&self) -> Option<gw_domain::error::ErrorClass> {
+    pub fn error_class(&self) -> Option<metis_domain::error::ErrorClass> {
         match self {
             StreamParser::Responses(p) => p.error_class(),
             StreamParser::OpenAi(_) | StreamParser::Anthropic(_) => None,

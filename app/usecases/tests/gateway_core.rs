@@ -10,22 +10,22 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use futures_util::stream::{self, BoxStream};
-use gw_domain::canonical::{ChatRequest, Shape, Usage};
-use gw_domain::error::{ErrorClass, GatewayError};
-use gw_domain::keys::{KeyRecord, hash_token, token_fingerprint};
-use gw_domain::models::Catalog;
-use gw_domain::patterns::PatternCaps;
-use gw_domain::pricing::{Price, PriceTable};
-use gw_ports::fakes::{InMemoryPatternStore, InMemorySessionStore, InMemoryTraceStore};
-use gw_ports::gateway::{Admission, CountMethod, GatewayService, InboundMeta, Reply, TokenCount};
-use gw_ports::metrics::{Attribution, CallLabels, Metrics, QuotaRatio, ScrapeGauges};
-use gw_ports::system::{Background, Clock, IdSource, TraceContext};
-use gw_ports::tokens::TokenCounter;
-use gw_ports::trace::{EventRow, KeySpend};
-use gw_ports::upstream::{
+use metis_domain::canonical::{ChatRequest, Shape, Usage};
+use metis_domain::error::{ErrorClass, GatewayError};
+use metis_domain::keys::{KeyRecord, hash_token, token_fingerprint};
+use metis_domain::models::Catalog;
+use metis_domain::patterns::PatternCaps;
+use metis_domain::pricing::{Price, PriceTable};
+use metis_ports::fakes::{InMemoryPatternStore, InMemorySessionStore, InMemoryTraceStore};
+use metis_ports::gateway::{Admission, CountMethod, GatewayService, InboundMeta, Reply, TokenCount};
+use metis_ports::metrics::{Attribution, CallLabels, Metrics, QuotaRatio, ScrapeGauges};
+use metis_ports::system::{Background, Clock, IdSource, TraceContext};
+use metis_ports::tokens::TokenCounter;
+use metis_ports::trace::{EventRow, KeySpend};
+use metis_ports::upstream::{
     Operation, Provider, UpstreamBody, UpstreamError, UpstreamReply, UpstreamRequest, WireFormat,
 };
-use gw_usecases::{CoreParts, GatewayCore, KeyRing, Limiter, RateLimitConfig, SpendLedger};
+use metis_usecases::{CoreParts, GatewayCore, KeyRing, Limiter, RateLimitConfig, SpendLedger};
 use serde_json::{Value, json};
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr};
@@ -37,7 +37,7 @@ const T0: i64 = 1_780_000_000_000_000;
 const TOKEN: &str = "gw_live_token";
 
 // ---------------------------------------------------------------------------------------
-// Port doubles that `gw_ports::fakes` does not provide
+// Port doubles that `metis_ports::fakes` does not provide
 // ---------------------------------------------------------------------------------------
 
 struct FixedClock;
@@ -1203,7 +1203,7 @@ async fn counts_fall_back_to_the_tokenizer_then_to_the_estimate() {
         let v: Value = serde_json::from_slice(&count.body).unwrap();
         assert_eq!(v["object"], "response.input_tokens");
         let expected = tokenizer.unwrap_or_else(|| {
-            gw_domain::responses::parse_request(body.to_string().as_bytes())
+            metis_domain::responses::parse_request(body.to_string().as_bytes())
                 .unwrap()
                 .request
                 .estimate_input_tokens()

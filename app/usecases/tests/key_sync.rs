@@ -4,14 +4,14 @@
 //! across restarts, never duplicating an event another writer committed.
 #![expect(clippy::unwrap_used, clippy::panic, reason = "tests")]
 
-use gw_domain::audit::{ChainedRow, verify};
-use gw_domain::keys::hash_token;
-use gw_ports::fakes::{InMemoryKeyStore, InMemoryTraceStore};
-use gw_ports::keys::{KeyStore, KeyStoreError};
-use gw_ports::system::{Clock, IdSource};
-use gw_ports::trace::{EventRow, EventSink, TraceQuery};
-use gw_usecases::key_admin::IssueRequest;
-use gw_usecases::{KeyAdmin, KeyRing, KeySync, KeySyncParts};
+use metis_domain::audit::{ChainedRow, verify};
+use metis_domain::keys::hash_token;
+use metis_ports::fakes::{InMemoryKeyStore, InMemoryTraceStore};
+use metis_ports::keys::{KeyStore, KeyStoreError};
+use metis_ports::system::{Clock, IdSource};
+use metis_ports::trace::{EventRow, EventSink, TraceQuery};
+use metis_usecases::key_admin::IssueRequest;
+use metis_usecases::{KeyAdmin, KeyRing, KeySync, KeySyncParts};
 use serde_json::Value;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -356,7 +356,7 @@ async fn a_grace_lapse_in_a_read_only_keystore_is_recorded_once() {
     assert_eq!(sweeper.sweep().await, vec![ida.clone()]);
     assert_eq!(
         w.keys.load().await.unwrap()[0].status,
-        gw_domain::keys::KeyStatus::Revoked
+        metis_domain::keys::KeyStatus::Revoked
     );
     gw.poll().await;
     w.clock.advance(SETTLE);

@@ -5,17 +5,17 @@
 //! readiness and store gauges are filled in.
 #![expect(clippy::unwrap_used, reason = "tests")]
 
-use gw_domain::canonical::Usage;
-use gw_domain::keys::KeyRecord;
-use gw_domain::models::Catalog;
-use gw_domain::pricing::PriceTable;
-use gw_ports::fakes::{InMemoryPatternStore, InMemorySessionStore, InMemoryTraceStore};
-use gw_ports::gateway::GatewayService;
-use gw_ports::metrics::{Attribution, CallLabels, Metrics, QuotaRatio, ScrapeGauges};
-use gw_ports::system::{Background, Clock, IdSource, TraceContext};
-use gw_ports::tokens::NoTokenizer;
-use gw_ports::trace::KeySpend;
-use gw_usecases::{CoreParts, GatewayCore, KeyRing, Limiter, RateLimitConfig, SpendLedger};
+use metis_domain::canonical::Usage;
+use metis_domain::keys::KeyRecord;
+use metis_domain::models::Catalog;
+use metis_domain::pricing::PriceTable;
+use metis_ports::fakes::{InMemoryPatternStore, InMemorySessionStore, InMemoryTraceStore};
+use metis_ports::gateway::GatewayService;
+use metis_ports::metrics::{Attribution, CallLabels, Metrics, QuotaRatio, ScrapeGauges};
+use metis_ports::system::{Background, Clock, IdSource, TraceContext};
+use metis_ports::tokens::NoTokenizer;
+use metis_ports::trace::KeySpend;
+use metis_usecases::{CoreParts, GatewayCore, KeyRing, Limiter, RateLimitConfig, SpendLedger};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 

@@ -3,7 +3,7 @@
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use gw_domain::keys::{KeyRecord, validate_key_set};
+use metis_domain::keys::{KeyRecord, validate_key_set};
 
 use super::lock;
 use crate::keys::{KeyEdit, KeyStore, KeyStoreError};

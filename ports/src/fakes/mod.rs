@@ -1,13 +1,13 @@
 //! In-memory fakes of every storage port (feature `fakes`), for use-case unit tests and as the
-//! third backend of the storage contract suite (`gw-tests`, `tests/tests/suite/storage_contract.rs`).
+//! third backend of the storage contract suite (`metis-tests`, `tests/tests/suite/storage_contract.rs`).
 //!
 //! Invariants:
 //! - Each fake honours every documented clause of its port, exactly as the SQLite and redb
 //!   adapters do (the contract suite runs the same test functions against all three). The
 //!   business rules are not restated here: the fakes call the same code the adapters call
-//!   (the audit chain through `writer::insert_events`, the roll-ups of `gw_domain::usage`,
-//!   `gw_domain::keys::validate_key_set`, `gw_domain::sessions::apply_turn`, the pattern
-//!   projection of `gw_domain::patterns::projection`); a fake supplies only its storage.
+//!   (the audit chain through `writer::insert_events`, the roll-ups of `metis_domain::usage`,
+//!   `metis_domain::keys::validate_key_set`, `metis_domain::sessions::apply_turn`, the pattern
+//!   projection of `metis_domain::patterns::projection`); a fake supplies only its storage.
 //! - A fake's data lives in a shared state (the "file"); [`InMemoryTraceStore::reopen`] and its
 //!   siblings give a new handle on the same state, so persistence and "newer file refused"
 //!   clauses can be exercised without a disk. A state whose schema version was raised past

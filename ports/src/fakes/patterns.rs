@@ -6,11 +6,11 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use gw_domain::patterns::{
+use metis_domain::patterns::{
     FingerprintIdTaken, OutcomeTotals, PATTERN_SCHEMA_VERSION, PatternCaps, PatternRecord,
     PatternRows, apply_record,
 };
-use gw_domain::time::Timestamp;
+use metis_domain::time::Timestamp;
 
 use super::lock;
 use crate::patterns::{

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use gw_domain::sessions::{SessionId, SessionRecord, SessionTurn, apply_turn};
+use metis_domain::sessions::{SessionId, SessionRecord, SessionTurn, apply_turn};
 
 use super::lock;
 use crate::sessions::{SessionError, SessionStats, SessionStore};

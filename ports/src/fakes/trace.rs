@@ -5,9 +5,9 @@ use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use gw_domain::audit::{ChainTail, Link, audit_types_for};
-use gw_domain::events::Event;
-use gw_domain::usage::{SpendRollup, UsageRollup};
+use metis_domain::audit::{ChainTail, Link, audit_types_for};
+use metis_domain::events::Event;
+use metis_domain::usage::{SpendRollup, UsageRollup};
 
 use super::lock;
 use crate::trace::{

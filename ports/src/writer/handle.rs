@@ -2,7 +2,7 @@
 //! writer thread ([`run`](super::run)) over a backend's [`BatchStore`], queues events and
 //! session turns for it, sends flush markers, reports the counters and shuts the thread down.
 //! A backend supplies only its `BatchStore`; the async waits (a flush's reply, a shutdown off
-//! the async workers) are the runtime's business and live in `gw-storage-kit`.
+//! the async workers) are the runtime's business and live in `metis-storage-kit`.
 //!
 //! Invariants:
 //! - `emit` and `record_turn` never block and never touch the disk: they `try_send` onto the
@@ -23,8 +23,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use gw_domain::events::Event;
-use gw_domain::sessions::SessionTurn;
+use metis_domain::events::Event;
+use metis_domain::sessions::SessionTurn;
 
 use super::{BatchStore, Msg, WriterConfig, run};
 use crate::queue::{Counters, LogLimiter, QueueSender, bounded};

@@ -1,7 +1,7 @@
 use super::*;
 use crate::queue::bounded;
 use crate::sessions::SessionError;
-use gw_domain::events::{Actor, Sensitivity};
+use metis_domain::events::{Actor, Sensitivity};
 use std::sync::Mutex;
 use std::sync::mpsc;
 
@@ -334,7 +334,7 @@ fn plain_event(i: u32) -> Event {
 
 fn turn(id: &str) -> SessionTurn {
     SessionTurn {
-        session_id: gw_domain::sessions::SessionId::parse(id)
+        session_id: metis_domain::sessions::SessionId::parse(id)
             .unwrap_or_else(|e| unreachable!("a valid session id: {e}")),
         workspace_path: "/w".into(),
         active_model: None,

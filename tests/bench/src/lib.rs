@@ -1,4 +1,4 @@
-//! `gw-bench`: what the benchmark binaries share.
+//! `metis-bench`: what the benchmark binaries share.
 //!
 //! - [`stats`]: latency percentiles (nearest rank over every recorded sample, no histogram
 //!   bucketing).

@@ -1,12 +1,12 @@
 //! `fake-upstream`: serve the fake Anthropic/OpenAI provider until killed (endpoints and
-//! directives: `gw_tests::fake_upstream`).
+//! directives: `metis_tests::fake_upstream`).
 //!
 //! Usage: `fake-upstream [--port N] [--anthropic-key K] [--openai-key K]`. Binds `127.0.0.1`
 //! (port 0 by default) and prints exactly one stdout line,
 //! `fake-upstream listening on http://127.0.0.1:PORT`, once it accepts connections.
 
 use clap::Parser;
-use gw_tests::fake_upstream::{DEFAULT_ANTHROPIC_KEY, DEFAULT_OPENAI_KEY, FakeUpstream};
+use metis_tests::fake_upstream::{DEFAULT_ANTHROPIC_KEY, DEFAULT_OPENAI_KEY, FakeUpstream};
 use std::io::Write;
 
 #[derive(Debug, Parser)]

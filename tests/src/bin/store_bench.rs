@@ -17,10 +17,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use gw_domain::events::{Actor, Event, Sensitivity};
-use gw_ports::trace::EventSink;
-use gw_tests::gateway::{Combo, GatewayOptions, TestGateway};
-use metis_app::store::StoreKind;
+use metis_domain::events::{Actor, Event, Sensitivity};
+use metis_ports::trace::EventSink;
+use metis_tests::gateway::{Combo, GatewayOptions, TestGateway};
+use metis::store::StoreKind;
 use serde_json::json;
 
 /// CPU time (user + system) of this process, in seconds, from `/proc/self/stat`.
@@ -98,28 +98,28 @@ struct Measured {
 fn open_sink(name: &str, dir: &std::path::Path) -> anyhow::Result<(Arc<dyn EventSink>, Closer)> {
     match name {
         "sqlite" => {
-            let s = Arc::new(gw_storage_sqlite::SqliteTraceStore::open(
+            let s = Arc::new(metis_storage_sqlite::SqliteTraceStore::open(
                 &dir.join("metis.db"),
-                gw_storage_sqlite::WriterOptions::default(),
+                metis_storage_sqlite::WriterOptions::default(),
             )?);
             let c = Arc::clone(&s);
             Ok((s, Box::new(move || drop(c))))
         }
         "redb" | "redb-exclusive" => {
             let sharing = if name == "redb" {
-                gw_storage_redb::Sharing::MultiProcess
+                metis_storage_redb::Sharing::MultiProcess
             } else {
-                gw_storage_redb::Sharing::Exclusive
+                metis_storage_redb::Sharing::Exclusive
             };
-            let s = Arc::new(gw_storage_redb::RedbTraceStore::open(
+            let s = Arc::new(metis_storage_redb::RedbTraceStore::open(
                 &dir.join("metis.redb"),
-                gw_storage_redb::RedbOptions {
+                metis_storage_redb::RedbOptions {
                     sharing,
                     max_batch: std::env::var("STORE_BENCH_REDB_BATCH")
                         .ok()
                         .and_then(|v| v.parse().ok())
-                        .unwrap_or(gw_storage_redb::RedbOptions::default().max_batch),
-                    ..gw_storage_redb::RedbOptions::default()
+                        .unwrap_or(metis_storage_redb::RedbOptions::default().max_batch),
+                    ..metis_storage_redb::RedbOptions::default()
                 },
             )?);
             let c = Arc::clone(&s);

@@ -1,7 +1,7 @@
 //! `store-writer <sqlite|redb> <path>`: the victim of the crash-consistency contract test.
 //!
 //! Opens the trace store at `path` with the production writer settings and, until killed (or
-//! for at most 60 s), emits one batch of events (`gw_tests::contract::crash_batch`), flushes,
+//! for at most 60 s), emits one batch of events (`metis_tests::contract::crash_batch`), flushes,
 //! and prints `committed <calls> <audits>`: every count printed was durably written.
 
 use std::io::Write;
@@ -10,16 +10,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use gw_ports::trace::EventSink;
-use gw_tests::contract::{CRASH_BATCH_COUNTS, crash_batch};
+use metis_ports::trace::EventSink;
+use metis_tests::contract::{CRASH_BATCH_COUNTS, crash_batch};
 
 async fn open(backend: &str, path: PathBuf) -> anyhow::Result<Arc<dyn EventSink>> {
     match backend {
         "sqlite" => {
             let store = tokio::task::spawn_blocking(move || {
-                gw_storage_sqlite::SqliteTraceStore::open(
+                metis_storage_sqlite::SqliteTraceStore::open(
                     &path,
-                    gw_storage_sqlite::WriterOptions::default(),
+                    metis_storage_sqlite::WriterOptions::default(),
                 )
             })
             .await??;
@@ -27,9 +27,9 @@ async fn open(backend: &str, path: PathBuf) -> anyhow::Result<Arc<dyn EventSink>
         }
         "redb" => {
             let store = tokio::task::spawn_blocking(move || {
-                gw_storage_redb::RedbTraceStore::open(
+                metis_storage_redb::RedbTraceStore::open(
                     &path,
-                    gw_storage_redb::RedbOptions::default(),
+                    metis_storage_redb::RedbOptions::default(),
                 )
             })
             .await??;

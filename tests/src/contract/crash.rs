@@ -17,7 +17,7 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use gw_domain::events::Event;
+use metis_domain::events::Event;
 
 use super::Backend;
 use super::trace::{audit, call, stored_audit, stored_calls, verify_chain};

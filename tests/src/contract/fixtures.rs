@@ -1,20 +1,20 @@
-//! The backends of the contract suite: SQLite (`gw-storage-sqlite`), redb
-//! (`gw-storage-redb`) and the in-memory fakes (`gw_ports::fakes`), and the JSON key file
-//! (`gw-keystore-file`, key store clauses only), each in a fresh temp directory.
+//! The backends of the contract suite: SQLite (`metis-storage-sqlite`), redb
+//! (`metis-storage-redb`) and the in-memory fakes (`metis_ports::fakes`), and the JSON key file
+//! (`metis-keystore-file`, key store clauses only), each in a fresh temp directory.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
 use futures_util::FutureExt;
-use gw_domain::patterns::PatternCaps;
-use gw_ports::fakes::{
+use metis_domain::patterns::PatternCaps;
+use metis_ports::fakes::{
     InMemoryKeyStore, InMemoryPatternStore, InMemorySessionStore, InMemoryTraceStore,
 };
-use gw_ports::keys::KeyStore;
-use gw_ports::patterns::PatternStore;
-use gw_ports::sessions::SessionStore;
-use gw_ports::trace::{EventSink, TraceError, TraceQuery};
+use metis_ports::keys::KeyStore;
+use metis_ports::patterns::PatternStore;
+use metis_ports::sessions::SessionStore;
+use metis_ports::trace::{EventSink, TraceError, TraceQuery};
 
 use super::{Backend, KeyBackend, Opened};
 
@@ -71,7 +71,7 @@ pub async fn sqlite() -> Box<dyn Backend> {
 #[async_trait]
 impl KeyBackend for SqliteBackend {
     fn keys(&self) -> Arc<dyn KeyStore> {
-        Arc::new(gw_storage_sqlite::SqliteKeyStore::new(self.db()))
+        Arc::new(metis_storage_sqlite::SqliteKeyStore::new(self.db()))
     }
 
     async fn set_keys_read_only(&self, read_only: bool) {
@@ -102,11 +102,11 @@ impl Backend for SqliteBackend {
     async fn open(&self, queue_capacity: Option<usize>) -> Result<Opened, TraceError> {
         let db = self.db();
         let store = tokio::task::spawn_blocking(move || {
-            let mut opts = gw_storage_sqlite::WriterOptions::default();
+            let mut opts = metis_storage_sqlite::WriterOptions::default();
             if let Some(c) = queue_capacity {
                 opts.queue_capacity = c;
             }
-            gw_storage_sqlite::SqliteTraceStore::open(&db, opts)
+            metis_storage_sqlite::SqliteTraceStore::open(&db, opts)
         })
         .await
         .map_err(|e| TraceError::Unavailable(e.to_string()))??;
@@ -127,7 +127,7 @@ impl Backend for SqliteBackend {
         if !db.exists() {
             return None;
         }
-        tokio::task::spawn_blocking(move || gw_storage_sqlite::schema_version(&db).ok())
+        tokio::task::spawn_blocking(move || metis_storage_sqlite::schema_version(&db).ok())
             .await
             .ok()
             .flatten()
@@ -144,16 +144,16 @@ impl Backend for SqliteBackend {
     }
 
     fn patterns(&self, caps: PatternCaps) -> Arc<dyn PatternStore> {
-        gw_ports::storage::StorageBackend::pattern_store(
-            &gw_storage_sqlite::SqliteBackend,
-            &gw_ports::storage::PatternPlace::InWorkspace,
+        metis_ports::storage::StorageBackend::pattern_store(
+            &metis_storage_sqlite::SqliteBackend,
+            &metis_ports::storage::PatternPlace::InWorkspace,
             caps,
         )
     }
 
     async fn stamp_pattern_version(&self, workspace: &str, version: i64) {
-        let path = gw_storage_sqlite::patterns::SqlitePatternStore::new(
-            gw_ports::storage::PatternPlace::InWorkspace,
+        let path = metis_storage_sqlite::patterns::SqlitePatternStore::new(
+            metis_ports::storage::PatternPlace::InWorkspace,
             PatternCaps::default(),
         )
         .db_path(workspace);
@@ -176,8 +176,8 @@ impl Backend for SqliteBackend {
         self.dir.path().to_path_buf()
     }
 
-    fn storage(&self) -> Option<(Arc<dyn gw_ports::storage::StorageBackend>, PathBuf)> {
-        Some((Arc::new(gw_storage_sqlite::SqliteBackend), self.db()))
+    fn storage(&self) -> Option<(Arc<dyn metis_ports::storage::StorageBackend>, PathBuf)> {
+        Some((Arc::new(metis_storage_sqlite::SqliteBackend), self.db()))
     }
 
     fn crash_target(&self) -> Option<(&'static str, PathBuf)> {
@@ -196,7 +196,7 @@ pub struct RedbBackend {
 
 impl RedbBackend {
     fn db(&self) -> PathBuf {
-        self.dir.path().join(gw_storage_redb::MAIN_FILE_NAME)
+        self.dir.path().join(metis_storage_redb::MAIN_FILE_NAME)
     }
 }
 
@@ -208,7 +208,7 @@ pub async fn redb() -> Box<dyn Backend> {
 #[async_trait]
 impl KeyBackend for RedbBackend {
     fn keys(&self) -> Arc<dyn KeyStore> {
-        Arc::new(gw_storage_redb::RedbKeyStore::new(self.db()))
+        Arc::new(metis_storage_redb::RedbKeyStore::new(self.db()))
     }
 
     async fn set_keys_read_only(&self, read_only: bool) {
@@ -218,7 +218,7 @@ impl KeyBackend for RedbBackend {
     async fn corrupt_first_key(&self) {
         let db = self.db();
         let _ = tokio::task::spawn_blocking(move || {
-            let Ok(keys) = gw_storage_redb::RedbKeyStore::new(&db).load_blocking() else {
+            let Ok(keys) = metis_storage_redb::RedbKeyStore::new(&db).load_blocking() else {
                 return;
             };
             let Some(mut first) = keys.into_iter().next() else {
@@ -226,7 +226,7 @@ impl KeyBackend for RedbBackend {
             };
             first.secret_hash = "not-hex".into();
             if let Ok(json) = serde_json::to_string(&first) {
-                let _ = gw_storage_redb::overwrite_first_key_json(&db, &json);
+                let _ = metis_storage_redb::overwrite_first_key_json(&db, &json);
             }
         })
         .await;
@@ -242,11 +242,11 @@ impl Backend for RedbBackend {
     async fn open(&self, queue_capacity: Option<usize>) -> Result<Opened, TraceError> {
         let db = self.db();
         let store = tokio::task::spawn_blocking(move || {
-            let mut opts = gw_storage_redb::RedbOptions::default();
+            let mut opts = metis_storage_redb::RedbOptions::default();
             if let Some(c) = queue_capacity {
                 opts.queue_capacity = c;
             }
-            gw_storage_redb::RedbTraceStore::open(&db, opts)
+            metis_storage_redb::RedbTraceStore::open(&db, opts)
         })
         .await
         .map_err(|e| TraceError::Unavailable(e.to_string()))??;
@@ -267,7 +267,7 @@ impl Backend for RedbBackend {
         if !db.exists() {
             return None;
         }
-        tokio::task::spawn_blocking(move || gw_storage_redb::schema_version(&db).ok().flatten())
+        tokio::task::spawn_blocking(move || metis_storage_redb::schema_version(&db).ok().flatten())
             .await
             .ok()
             .flatten()
@@ -276,27 +276,27 @@ impl Backend for RedbBackend {
     async fn stamp_trace_version(&self, version: i64) {
         let db = self.db();
         let _ = tokio::task::spawn_blocking(move || {
-            gw_storage_redb::stamp_schema_version(&db, version)
+            metis_storage_redb::stamp_schema_version(&db, version)
         })
         .await;
     }
 
     fn patterns(&self, caps: PatternCaps) -> Arc<dyn PatternStore> {
-        gw_ports::storage::StorageBackend::pattern_store(
-            &gw_storage_redb::RedbBackend,
-            &gw_ports::storage::PatternPlace::InWorkspace,
+        metis_ports::storage::StorageBackend::pattern_store(
+            &metis_storage_redb::RedbBackend,
+            &metis_ports::storage::PatternPlace::InWorkspace,
             caps,
         )
     }
 
     async fn stamp_pattern_version(&self, workspace: &str, version: i64) {
-        let path = gw_storage_redb::RedbPatternStore::new(
-            gw_ports::storage::PatternPlace::InWorkspace,
+        let path = metis_storage_redb::RedbPatternStore::new(
+            metis_ports::storage::PatternPlace::InWorkspace,
             PatternCaps::default(),
         )
         .db_path(workspace);
         let _ = tokio::task::spawn_blocking(move || {
-            gw_storage_redb::patterns::stamp_pattern_version(&path, version)
+            metis_storage_redb::patterns::stamp_pattern_version(&path, version)
         })
         .await;
     }
@@ -309,8 +309,8 @@ impl Backend for RedbBackend {
         self.dir.path().to_path_buf()
     }
 
-    fn storage(&self) -> Option<(Arc<dyn gw_ports::storage::StorageBackend>, PathBuf)> {
-        Some((Arc::new(gw_storage_redb::RedbBackend), self.db()))
+    fn storage(&self) -> Option<(Arc<dyn metis_ports::storage::StorageBackend>, PathBuf)> {
+        Some((Arc::new(metis_storage_redb::RedbBackend), self.db()))
     }
 
     fn crash_target(&self) -> Option<(&'static str, PathBuf)> {
@@ -424,7 +424,7 @@ impl Backend for FakeBackend {
         self.dir.path().to_path_buf()
     }
 
-    fn storage(&self) -> Option<(Arc<dyn gw_ports::storage::StorageBackend>, PathBuf)> {
+    fn storage(&self) -> Option<(Arc<dyn metis_ports::storage::StorageBackend>, PathBuf)> {
         None
     }
 
@@ -437,7 +437,7 @@ impl Backend for FakeBackend {
 // JSON key file
 // ---------------------------------------------------------------------------------------------
 
-/// The default key store, `gw-keystore-file`: `<dir>/gateway/keys.json` (a subdirectory, so
+/// The default key store, `metis-keystore-file`: `<dir>/gateway/keys.json` (a subdirectory, so
 /// the first insert also creates the directory, as on a fresh host). A key store only.
 pub struct FileKeyBackend {
     dir: tempfile::TempDir,
@@ -457,7 +457,7 @@ pub async fn file_keystore() -> Box<dyn KeyBackend> {
 #[async_trait]
 impl KeyBackend for FileKeyBackend {
     fn keys(&self) -> Arc<dyn KeyStore> {
-        Arc::new(gw_keystore_file::FileKeyStore::new(self.file()))
+        Arc::new(metis_keystore_file::FileKeyStore::new(self.file()))
     }
 
     async fn set_keys_read_only(&self, read_only: bool) {

@@ -7,8 +7,8 @@
 
 use std::collections::BTreeSet;
 
-use gw_domain::keys::{KeyRecord, KeyStatus};
-use gw_ports::keys::{KeyEdit, KeyStoreError};
+use metis_domain::keys::{KeyRecord, KeyStatus};
+use metis_ports::keys::{KeyEdit, KeyStoreError};
 
 use super::KeyBackend;
 

@@ -9,11 +9,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use gw_ports::storage::{
+use metis_ports::storage::{
     MaintenanceError, PatternPlace, PruneOptions, Schema, ServeOptions, StorageBackend,
     StoreCounts, no_progress,
 };
-use gw_usecases::storage::transfer::{Side, copy_store};
+use metis_usecases::storage::transfer::{Side, copy_store};
 
 use super::{Backend, audit, call, key, turn};
 
@@ -42,7 +42,7 @@ async fn fill(backend: &dyn StorageBackend, db: &Path, n: u64, ts0: i64) {
         .record_turn(turn("root", ts0, 1.0, Some("m")))
         .expect("turn");
     let mut kid = turn("kid", ts0 + 1, 0.5, None);
-    kid.parent_session_id = Some(gw_domain::sessions::SessionId::parse("root").expect("id"));
+    kid.parent_session_id = Some(metis_domain::sessions::SessionId::parse("root").expect("id"));
     kid.is_worker = true;
     sessions.record_turn(kid).expect("turn");
     store.flush().await.expect("flush");

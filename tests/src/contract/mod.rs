@@ -24,11 +24,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures_util::future::BoxFuture;
-use gw_domain::patterns::PatternCaps;
-use gw_ports::keys::KeyStore;
-use gw_ports::patterns::PatternStore;
-use gw_ports::sessions::SessionStore;
-use gw_ports::trace::{EventSink, TraceError, TraceQuery};
+use metis_domain::patterns::PatternCaps;
+use metis_ports::keys::KeyStore;
+use metis_ports::patterns::PatternStore;
+use metis_ports::sessions::SessionStore;
+use metis_ports::trace::{EventSink, TraceError, TraceQuery};
 
 pub use crash::*;
 pub use keys::*;
@@ -124,7 +124,7 @@ pub trait Backend: KeyBackend {
 
     /// The backend as the storage port, and its main store file (`None` for the in-memory
     /// fakes, which have no files to back up, restore or copy).
-    fn storage(&self) -> Option<(Arc<dyn gw_ports::storage::StorageBackend>, PathBuf)>;
+    fn storage(&self) -> Option<(Arc<dyn metis_ports::storage::StorageBackend>, PathBuf)>;
 
     /// How to run the crash writer in a child process: `(backend name, store path)`, or
     /// `None` for a backend without a file (the fake simulates the crash in-process).

@@ -5,8 +5,8 @@
     reason = "contract tests fail loudly on a broken store"
 )]
 
-use gw_domain::patterns::{PatternCaps, PatternRecord};
-use gw_ports::patterns::{PatternError, PatternStore, RecordOutcome, RecordResult};
+use metis_domain::patterns::{PatternCaps, PatternRecord};
+use metis_ports::patterns::{PatternError, PatternStore, RecordOutcome, RecordResult};
 
 use super::Backend;
 

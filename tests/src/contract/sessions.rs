@@ -7,8 +7,8 @@
 
 use std::sync::Arc;
 
-use gw_domain::sessions::{SessionId, SessionRecord, SessionTurn};
-use gw_ports::sessions::{SessionError, SessionStore};
+use metis_domain::sessions::{SessionId, SessionRecord, SessionTurn};
+use metis_ports::sessions::{SessionError, SessionStore};
 
 use super::Backend;
 

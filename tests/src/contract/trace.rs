@@ -7,13 +7,13 @@
 
 use std::sync::Arc;
 
-use gw_domain::audit::{ChainedRow, verify};
-use gw_domain::events::types::{
+use metis_domain::audit::{ChainedRow, verify};
+use metis_domain::events::types::{
     GATEWAY_AUTH_FAILED, GATEWAY_KEY_ISSUED, GATEWAY_KEY_REVOKED, LLM_CALL_COMPLETED,
     LLM_CALL_FAILED, QUOTA_ALERT, ROUTE_DECIDED, TURN_COMPLETED,
 };
-use gw_domain::events::{Actor, Event, Sensitivity};
-use gw_ports::trace::{EventRow, KeySpend, TraceError, TraceQuery, UsageGroup};
+use metis_domain::events::{Actor, Event, Sensitivity};
+use metis_ports::trace::{EventRow, KeySpend, TraceError, TraceQuery, UsageGroup};
 use serde_json::{Value, json};
 
 use super::Backend;
@@ -79,7 +79,7 @@ pub async fn stored_audit(q: &dyn TraceQuery) -> Vec<EventRow> {
         .expect("audit events")
 }
 
-/// Verify the audit chain of `rows` (in any order) with `gw_domain::audit::verify`.
+/// Verify the audit chain of `rows` (in any order) with `metis_domain::audit::verify`.
 pub fn verify_chain(rows: &[EventRow]) -> Result<u64, String> {
     let mut sorted: Vec<(u64, &EventRow)> = rows
         .iter()

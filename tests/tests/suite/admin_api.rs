@@ -8,8 +8,8 @@
     reason = "test helpers outside #[test] functions"
 )]
 
-use gw_tests::gateway::{Reply, chat_body};
-use gw_tests::{GatewayOptions, KeySpec, Shape, TestGateway};
+use metis_tests::gateway::{Reply, chat_body};
+use metis_tests::{GatewayOptions, KeySpec, Shape, TestGateway};
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -221,7 +221,7 @@ async fn key_lifecycle_through_the_admin_api() {
             !text.contains(&token) && !text.contains("secret_hash"),
             "{text}"
         );
-        assert!(!text.contains(&gw_domain::keys::hash_token(&token)));
+        assert!(!text.contains(&metis_domain::keys::hash_token(&token)));
     }
 
     // The running gateway accepts the new key within 2 s, scoped to its models.

@@ -1,8 +1,8 @@
 //! The hexagon's dependency rules, checked on the real dependency graph:
-//! - `gw-domain` and `gw-ports` pull in no runtime, storage engine or HTTP stack;
-//! - use cases see only `gw-domain` and `gw-ports` among workspace crates;
-//! - adapters depend on `gw-domain`/`gw-ports` only — never on another adapter or on `app` —
-//!   plus `gw-storage-kit`, the storage adapters' shared support crate, which itself depends
+//! - `metis-domain` and `metis-ports` pull in no runtime, storage engine or HTTP stack;
+//! - use cases see only `metis-domain` and `metis-ports` among workspace crates;
+//! - adapters depend on `metis-domain`/`metis-ports` only — never on another adapter or on `app` —
+//!   plus `metis-storage-kit`, the storage adapters' shared support crate, which itself depends
 //!   on no adapter and no storage engine;
 //! - no crate of the `metis` binary parses XML (deny.toml's quick-xml exception rests on it).
 #![expect(clippy::expect_used, reason = "test helpers outside #[test] functions")]
@@ -71,12 +71,12 @@ fn assert_pure(package: &str) {
 
 #[test]
 fn domain_has_no_io_runtime_storage_or_http_dependency() {
-    assert_pure("gw-domain");
+    assert_pure("metis-domain");
 }
 
 #[test]
 fn ports_have_no_io_runtime_storage_or_http_dependency() {
-    assert_pure("gw-ports");
+    assert_pure("metis-ports");
 }
 
 struct Member {
@@ -131,7 +131,7 @@ fn members() -> Vec<Member> {
 }
 
 /// The support crate adapters may share (it implements no port, uses no storage engine).
-const STORAGE_KIT: &str = "gw-storage-kit";
+const STORAGE_KIT: &str = "metis-storage-kit";
 
 #[test]
 fn adapters_depend_only_on_domain_and_ports() {
@@ -149,19 +149,19 @@ fn adapters_depend_only_on_domain_and_ports() {
         let bad: Vec<&String> = a
             .internal_deps
             .iter()
-            .filter(|d| *d != "gw-domain" && *d != "gw-ports" && *d != STORAGE_KIT)
+            .filter(|d| *d != "metis-domain" && *d != "metis-ports" && *d != STORAGE_KIT)
             .collect();
         assert!(bad.is_empty(), "adapter {} depends on {bad:?}", a.name);
     }
     let kit = all
         .iter()
         .find(|m| m.name == STORAGE_KIT)
-        .expect("gw-storage-kit exists");
+        .expect("metis-storage-kit exists");
     assert!(
         kit.internal_deps
             .iter()
-            .all(|d| d == "gw-domain" || d == "gw-ports"),
-        "{STORAGE_KIT} may depend only on gw-domain and gw-ports: {:?}",
+            .all(|d| d == "metis-domain" || d == "metis-ports"),
+        "{STORAGE_KIT} may depend only on metis-domain and metis-ports: {:?}",
         kit.internal_deps
     );
 }
@@ -172,11 +172,11 @@ fn the_storage_kit_depends_on_no_adapter_and_no_storage_engine() {
     let kit = all
         .iter()
         .find(|m| m.name == STORAGE_KIT)
-        .expect("gw-storage-kit exists");
+        .expect("metis-storage-kit exists");
     assert!(
         kit.internal_deps
             .iter()
-            .all(|d| d == "gw-domain" || d == "gw-ports"),
+            .all(|d| d == "metis-domain" || d == "metis-ports"),
         "{STORAGE_KIT} depends on {:?}",
         kit.internal_deps
     );
@@ -193,27 +193,27 @@ fn use_cases_see_only_domain_and_ports() {
     let all = members();
     let usecases = all
         .iter()
-        .find(|m| m.name == "gw-usecases")
-        .expect("gw-usecases exists");
+        .find(|m| m.name == "metis-usecases")
+        .expect("metis-usecases exists");
     let bad: Vec<&String> = usecases
         .internal_deps
         .iter()
-        .filter(|d| *d != "gw-domain" && *d != "gw-ports")
+        .filter(|d| *d != "metis-domain" && *d != "metis-ports")
         .collect();
-    assert!(bad.is_empty(), "gw-usecases depends on {bad:?}");
+    assert!(bad.is_empty(), "metis-usecases depends on {bad:?}");
     let ports = all
         .iter()
-        .find(|m| m.name == "gw-ports")
-        .expect("gw-ports exists");
+        .find(|m| m.name == "metis-ports")
+        .expect("metis-ports exists");
     assert!(
-        ports.internal_deps.iter().all(|d| d == "gw-domain"),
+        ports.internal_deps.iter().all(|d| d == "metis-domain"),
         "{:?}",
         ports.internal_deps
     );
     let domain = all
         .iter()
-        .find(|m| m.name == "gw-domain")
-        .expect("gw-domain exists");
+        .find(|m| m.name == "metis-domain")
+        .expect("metis-domain exists");
     assert!(
         domain.internal_deps.is_empty(),
         "{:?}",
@@ -301,8 +301,8 @@ fn only_the_selection_point_names_a_storage_adapter() {
         let code = text.split("#[cfg(test)]").next().unwrap_or_default();
         for (n, line) in code.lines().enumerate() {
             if [
-                "gw_storage_sqlite",
-                "gw_storage_redb",
+                "metis_storage_sqlite",
+                "metis_storage_redb",
                 "redb::",
                 "is_redb_file",
             ]

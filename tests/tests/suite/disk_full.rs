@@ -24,9 +24,9 @@
     reason = "test helpers outside #[test] functions"
 )]
 
-use gw_tests::fake_upstream::{DEFAULT_ANTHROPIC_KEY, DEFAULT_OPENAI_KEY};
-use gw_tests::process::{GatewayProcess, issue_key, upstream_args, upstream_env};
-use gw_tests::{Combo, FakeUpstream};
+use metis_tests::fake_upstream::{DEFAULT_ANTHROPIC_KEY, DEFAULT_OPENAI_KEY};
+use metis_tests::process::{GatewayProcess, issue_key, upstream_args, upstream_env};
+use metis_tests::{Combo, FakeUpstream};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;

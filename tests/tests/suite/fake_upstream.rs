@@ -6,14 +6,14 @@
     reason = "test helpers outside #[test] functions"
 )]
 
-use gw_tests::fake_upstream::{
+use metis_tests::fake_upstream::{
     ANTHROPIC_MODELS, Api, AuthCheck, CACHE_READ_TOKENS, CACHE_WRITE_TOKENS, Directives,
     EMBEDDING_DIMENSIONS, FakeUpstream, OPENAI_MODELS, Provider, REASONING_ENCRYPTED_CONTENT,
     RESPONSES_CONTEXT_LENGTH_MESSAGE, RESPONSES_STREAM_ERROR_MESSAGE, StreamOutcome,
     THINKING_SIGNATURE, THINKING_TEXT, TOOL_ARGUMENTS, embedding_dimensions, embedding_vector,
     estimate_input_tokens, model_accepts_system_messages, out_tokens, token_embedding_vector,
 };
-use gw_tests::{SseEvent, parse_sse};
+use metis_tests::{SseEvent, parse_sse};
 use serde_json::{Value, json};
 use std::time::Duration;
 

@@ -16,7 +16,7 @@
     reason = "test helpers outside #[test] functions"
 )]
 
-use gw_tests::process::GatewayProcess;
+use metis_tests::process::GatewayProcess;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;

@@ -11,10 +11,10 @@
     reason = "test helpers outside #[test] functions"
 )]
 
-use gw_tests::fake_upstream::{DEFAULT_ANTHROPIC_KEY, DEFAULT_OPENAI_KEY};
-use gw_tests::gateway::read_events;
-use gw_tests::process::{GatewayProcess, issue_key, upstream_args, upstream_env};
-use gw_tests::{Combo, FakeUpstream, Shape, parse_sse};
+use metis_tests::fake_upstream::{DEFAULT_ANTHROPIC_KEY, DEFAULT_OPENAI_KEY};
+use metis_tests::gateway::read_events;
+use metis_tests::process::{GatewayProcess, issue_key, upstream_args, upstream_env};
+use metis_tests::{Combo, FakeUpstream, Shape, parse_sse};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 

@@ -23,17 +23,17 @@
     reason = "test scenarios outside #[test] functions"
 )]
 
-use gw_tests::fake_upstream::{
+use metis_tests::fake_upstream::{
     ANTHROPIC_TOO_LONG_MESSAGE, Api, AuthCheck, CACHE_READ_TOKENS, CACHE_WRITE_TOKENS,
     DEFAULT_ANTHROPIC_KEY, DEFAULT_OPENAI_KEY, OPENAI_CONTEXT_LENGTH_MESSAGE,
     RESPONSES_CONTEXT_LENGTH_MESSAGE, RESPONSES_STREAM_ERROR_MESSAGE, RecordedRequest,
     THINKING_SIGNATURE, THINKING_TEXT, TOOL_ARGUMENTS, estimate_input_tokens,
 };
-use gw_tests::gateway::{
+use metis_tests::gateway::{
     EventRow, UPSTREAM_ANTHROPIC_KEY, UPSTREAM_OPENAI_KEY, error_message, error_type, send,
 };
-use gw_tests::process::{GatewayProcess, issue_key, upstream_args, upstream_env};
-use gw_tests::{FakeUpstream, GatewayOptions, KeySpec, Reply, Shape, SseEvent, TestGateway};
+use metis_tests::process::{GatewayProcess, issue_key, upstream_args, upstream_env};
+use metis_tests::{FakeUpstream, GatewayOptions, KeySpec, Reply, Shape, SseEvent, TestGateway};
 use reqwest::RequestBuilder;
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
@@ -2037,7 +2037,7 @@ async fn agent_session_headers_make_each_run_a_session() {
     );
 
     let events = stopped_events(&mut gw).await;
-    let sessions = metis_app::store::for_existing(&gw.db_path, None)
+    let sessions = metis::store::for_existing(&gw.db_path, None)
         .open_reader(&gw.db_path)
         .unwrap();
     for (id, turns) in [(&claude, 2), (&codex, 2), (&explicit, 1)] {
@@ -2054,7 +2054,7 @@ async fn agent_session_headers_make_each_run_a_session() {
         assert_eq!(calls, turns as usize, "{id}");
     }
     assert!(sessions.session(&overridden).unwrap().is_none());
-    let listed = metis_app::sessions_cli::list_text(&sessions.sessions(None, 100).unwrap());
+    let listed = metis::sessions_cli::list_text(&sessions.sessions(None, 100).unwrap());
     assert!(
         listed.contains(&claude) && listed.contains(&codex),
         "{listed}"

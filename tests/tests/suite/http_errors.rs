@@ -8,8 +8,8 @@
     reason = "test scenarios outside #[test] functions"
 )]
 
-use gw_tests::gateway::{error_message, error_type, reply_text};
-use gw_tests::{
+use metis_tests::gateway::{error_message, error_type, reply_text};
+use metis_tests::{
     Combo, GatewayOptions, KeySpec, Reply, Shape, SseEvent, TestGateway, for_each_combo,
 };
 use reqwest::Method;
@@ -55,7 +55,7 @@ async fn assert_still_serving(gw: &TestGateway, shape: Shape) {
     let r = gw
         .post(
             shape,
-            &gw_tests::gateway::chat_body(shape, model, "alive?", false),
+            &metis_tests::gateway::chat_body(shape, model, "alive?", false),
         )
         .await;
     assert_eq!(r.status, 200, "the gateway keeps serving: {}", r.text);
@@ -211,7 +211,7 @@ async fn fail_once_503_is_retried(combo: Combo) {
         let r = gw.post(combo.client, &combo.body(&text, stream)).await;
         assert_eq!(r.status, 200, "stream={stream}: {}", r.text);
         let got = if stream {
-            gw_tests::gateway::stream_text(combo.client, &r.events())
+            metis_tests::gateway::stream_text(combo.client, &r.events())
         } else {
             reply_text(combo.client, &r.json())
         };
@@ -255,7 +255,7 @@ async fn wrong_provider_key_is_a_clean_auth_error() {
         let r = gw
             .post(
                 shape,
-                &gw_tests::gateway::chat_body(shape, "haiku", "x", false),
+                &metis_tests::gateway::chat_body(shape, "haiku", "x", false),
             )
             .await;
         assert_envelope(shape, &r, 401);
@@ -362,7 +362,7 @@ async fn mid_stream_provider_error_ends_with_an_error_frame(combo: Combo) {
         )
         .await;
     assert_stream_failed(combo, &r);
-    let text = gw_tests::gateway::stream_text(combo.client, &r.events());
+    let text = metis_tests::gateway::stream_text(combo.client, &r.events());
     assert!(
         text.starts_with("echo: one"),
         "deltas before the failure are delivered: {text:?}"
@@ -451,7 +451,7 @@ async fn bad_bodies_get_a_400_naming_the_problem_in_each_shape() {
             .await;
         assert_envelope(shape, &r, 400);
 
-        let mut body = gw_tests::gateway::chat_body(shape, "haiku", "x", false);
+        let mut body = metis_tests::gateway::chat_body(shape, "haiku", "x", false);
         body["messages"] = json!("hello");
         let v = assert_envelope(shape, &gw.post(shape, &body).await, 400);
         assert!(
@@ -459,7 +459,7 @@ async fn bad_bodies_get_a_400_naming_the_problem_in_each_shape() {
             "{shape:?} names the field: {v}"
         );
 
-        let mut body = gw_tests::gateway::chat_body(shape, "haiku", "x", false);
+        let mut body = metis_tests::gateway::chat_body(shape, "haiku", "x", false);
         body["messages"] = json!([{"role": "user", "content": 42}]);
         let v = assert_envelope(shape, &gw.post(shape, &body).await, 400);
         assert!(
@@ -467,7 +467,7 @@ async fn bad_bodies_get_a_400_naming_the_problem_in_each_shape() {
             "{shape:?} names the field: {v}"
         );
 
-        let mut body = gw_tests::gateway::chat_body(shape, "haiku", "x", false);
+        let mut body = metis_tests::gateway::chat_body(shape, "haiku", "x", false);
         body.as_object_mut().unwrap().remove("messages");
         let v = assert_envelope(shape, &gw.post(shape, &body).await, 400);
         assert!(
@@ -475,7 +475,7 @@ async fn bad_bodies_get_a_400_naming_the_problem_in_each_shape() {
             "{shape:?} names the field: {v}"
         );
 
-        let mut body = gw_tests::gateway::chat_body(shape, "haiku", "x", false);
+        let mut body = metis_tests::gateway::chat_body(shape, "haiku", "x", false);
         body.as_object_mut().unwrap().remove("model");
         let v = assert_envelope(shape, &gw.post(shape, &body).await, 400);
         assert!(
@@ -483,7 +483,7 @@ async fn bad_bodies_get_a_400_naming_the_problem_in_each_shape() {
             "{shape:?} names the field: {v}"
         );
 
-        let mut body = gw_tests::gateway::chat_body(shape, "haiku", "x", false);
+        let mut body = metis_tests::gateway::chat_body(shape, "haiku", "x", false);
         body["stream"] = json!("yes");
         let v = assert_envelope(shape, &gw.post(shape, &body).await, 400);
         assert!(
@@ -491,7 +491,7 @@ async fn bad_bodies_get_a_400_naming_the_problem_in_each_shape() {
             "{shape:?} names the field: {v}"
         );
 
-        let mut body = gw_tests::gateway::chat_body(shape, "haiku", "x", false);
+        let mut body = metis_tests::gateway::chat_body(shape, "haiku", "x", false);
         body["messages"] = json!([{"role": "wizard", "content": "x"}]);
         let v = assert_envelope(shape, &gw.post(shape, &body).await, 400);
         assert!(
@@ -499,7 +499,7 @@ async fn bad_bodies_get_a_400_naming_the_problem_in_each_shape() {
             "{shape:?} names the field: {v}"
         );
     }
-    let mut body = gw_tests::gateway::chat_body(Shape::Anthropic, "haiku", "x", false);
+    let mut body = metis_tests::gateway::chat_body(Shape::Anthropic, "haiku", "x", false);
     body.as_object_mut().unwrap().remove("max_tokens");
     let v = assert_envelope(
         Shape::Anthropic,
@@ -607,14 +607,14 @@ async fn oversized_bodies_get_413_in_each_shape() {
     let gw = gateway().await;
     let big = "a".repeat(10 * 1024 * 1024 + 1024);
     for shape in [Shape::OpenAi, Shape::Anthropic] {
-        let body = gw_tests::gateway::chat_body(shape, "haiku", &big, false);
+        let body = metis_tests::gateway::chat_body(shape, "haiku", &big, false);
         let (status, v) = raw_post(&gw, shape, &serde_json::to_vec(&body).unwrap()).await;
         assert_eq!(status, 413, "{v}");
         assert!(error_type(shape, &v).is_some(), "a {shape:?} envelope: {v}");
     }
     // Just under the limit is fine.
     let ok = "a".repeat(9 * 1024 * 1024);
-    let body = gw_tests::gateway::chat_body(Shape::OpenAi, "gpt-5", &ok, false);
+    let body = metis_tests::gateway::chat_body(Shape::OpenAi, "gpt-5", &ok, false);
     let (status, v) = raw_post(&gw, Shape::OpenAi, &serde_json::to_vec(&body).unwrap()).await;
     assert_eq!(status, 200, "{}", error_message(&v));
     assert_eq!(
@@ -630,7 +630,7 @@ async fn unknown_model_is_model_not_found_listing_models() {
     let gw = gateway().await;
     for shape in [Shape::OpenAi, Shape::Anthropic] {
         for stream in [false, true] {
-            let body = gw_tests::gateway::chat_body(shape, "gpt-4o-nonexistent", "x", stream);
+            let body = metis_tests::gateway::chat_body(shape, "gpt-4o-nonexistent", "x", stream);
             let v = assert_envelope(shape, &gw.post(shape, &body).await, 400);
             let msg = error_message(&v);
             assert!(
@@ -649,7 +649,7 @@ async fn unknown_model_is_model_not_found_listing_models() {
 async fn missing_and_invalid_keys_get_401_in_each_shape() {
     let gw = gateway().await;
     for shape in [Shape::OpenAi, Shape::Anthropic] {
-        let body = gw_tests::gateway::chat_body(shape, "haiku", "x", false);
+        let body = metis_tests::gateway::chat_body(shape, "haiku", "x", false);
         let r = gw
             .client()
             .post(gw.url(shape.gateway_path()))
@@ -682,7 +682,7 @@ async fn missing_and_invalid_keys_get_401_in_each_shape() {
         .client()
         .post(gw.url("/v1/messages"))
         .bearer_auth(&gw.key.token)
-        .json(&gw_tests::gateway::chat_body(
+        .json(&metis_tests::gateway::chat_body(
             Shape::Anthropic,
             "haiku",
             "bearer",
@@ -712,14 +712,14 @@ async fn key_restricted_to_a_model_gets_403_for_others() {
     .unwrap();
     let token = gw.key_named("haiku-only").token.clone();
     for shape in [Shape::OpenAi, Shape::Anthropic] {
-        let body = gw_tests::gateway::chat_body(shape, "gpt-5", "x", false);
+        let body = metis_tests::gateway::chat_body(shape, "gpt-5", "x", false);
         let v = assert_envelope(shape, &gw.post_as(shape, &token, &body).await, 403);
         if shape == Shape::Anthropic {
             assert_eq!(error_type(shape, &v).as_deref(), Some("permission_error"));
         }
         // The alias and the canonical id of the allowed model both work.
         for model in ["haiku", "anthropic:claude-haiku-4-5"] {
-            let body = gw_tests::gateway::chat_body(shape, model, "allowed", false);
+            let body = metis_tests::gateway::chat_body(shape, model, "allowed", false);
             let r = gw.post_as(shape, &token, &body).await;
             assert_eq!(r.status, 200, "{shape:?} {model}: {}", r.text);
         }
@@ -880,7 +880,7 @@ async fn unreachable_upstream_is_a_502_in_each_shape() {
     .unwrap();
     for shape in [Shape::OpenAi, Shape::Anthropic] {
         for stream in [false, true] {
-            let body = gw_tests::gateway::chat_body(shape, "gpt-5", "x", stream);
+            let body = metis_tests::gateway::chat_body(shape, "gpt-5", "x", stream);
             let v = assert_envelope(shape, &gw.post(shape, &body).await, 502);
             assert!(
                 !error_message(&v).contains(&port.to_string()),

@@ -8,8 +8,8 @@
     reason = "test scenarios outside #[test] functions"
 )]
 
-use gw_tests::gateway::{chat_body, error_type, reply_text, stream_text};
-use gw_tests::{Combo, GatewayOptions, KeySpec, Shape, TestGateway, for_each_combo, parse_sse};
+use metis_tests::gateway::{chat_body, error_type, reply_text, stream_text};
+use metis_tests::{Combo, GatewayOptions, KeySpec, Shape, TestGateway, for_each_combo, parse_sse};
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -161,7 +161,7 @@ async fn revoked_key_stops_working_within_two_seconds() {
     let gw = gateway().await;
     let body = Combo::OPENAI_TO_OPENAI.body("before", false);
     assert_eq!(gw.post(Shape::OpenAi, &body).await.status, 200);
-    metis_app::keys_cli::revoke(&gw.paths(), &gw.key.key_id)
+    metis::keys_cli::revoke(&gw.paths(), &gw.key.key_id)
         .await
         .expect("revoke-key works while the gateway runs");
     let revoked_at = Instant::now();
@@ -654,7 +654,7 @@ async fn long_silences_get_keep_alive_comments() {
 async fn rotated_key_works_alongside_the_old_one_until_grace_ends() {
     let gw = gateway().await;
     let body = Combo::ANTHROPIC_TO_ANTHROPIC.body("rotate", false);
-    let rotated = metis_app::keys_cli::rotate(&gw.paths(), &gw.key.key_id, 2)
+    let rotated = metis::keys_cli::rotate(&gw.paths(), &gw.key.key_id, 2)
         .await
         .expect("rotate-key works while the gateway runs");
     let new_token = rotated.successor.token.clone();

@@ -9,8 +9,8 @@
     reason = "test scenarios outside #[test] functions"
 )]
 
-use gw_tests::gateway::{chat_body, error_type};
-use gw_tests::{GatewayOptions, Shape, TestGateway};
+use metis_tests::gateway::{chat_body, error_type};
+use metis_tests::{GatewayOptions, Shape, TestGateway};
 use reqwest::Method;
 use std::time::{Duration, Instant};
 

@@ -7,11 +7,11 @@
     reason = "test scenarios outside #[test] functions"
 )]
 
-use gw_tests::fake_upstream::{
+use metis_tests::fake_upstream::{
     CACHE_READ_TOKENS, CACHE_WRITE_TOKENS, StreamOutcome, estimate_input_tokens, out_tokens,
 };
-use gw_tests::gateway::EventRow;
-use gw_tests::{Combo, Shape, TestGateway, for_each_combo};
+use metis_tests::gateway::EventRow;
+use metis_tests::{Combo, Shape, TestGateway, for_each_combo};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -320,8 +320,8 @@ async fn no_prompt_completion_or_secret_text_in_the_trace() {
 /// sees them the way its real API reports them, and the cost is exactly the built-in price of
 /// those buckets.
 async fn usage_buckets_and_cost_are_exact(combo: Combo) {
-    use gw_domain::canonical::Usage;
-    use gw_domain::pricing::{BUILTIN_PRICING_VERSION, PriceTable};
+    use metis_domain::canonical::Usage;
+    use metis_domain::pricing::{BUILTIN_PRICING_VERSION, PriceTable};
 
     let mut gw = gateway().await;
     let text = "[cache] count every bucket";
@@ -430,14 +430,14 @@ async fn sync_client_disconnect_records_cancelled() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_and_team_tags_are_stamped_on_call_events() {
-    let mut gw = TestGateway::spawn_with(gw_tests::GatewayOptions {
-        extra_keys: vec![gw_tests::KeySpec {
+    let mut gw = TestGateway::spawn_with(metis_tests::GatewayOptions {
+        extra_keys: vec![metis_tests::KeySpec {
             name: "tagged".into(),
             user: Some("alice".into()),
             team: Some("core-team".into()),
-            ..gw_tests::KeySpec::default()
+            ..metis_tests::KeySpec::default()
         }],
-        ..gw_tests::GatewayOptions::default()
+        ..metis_tests::GatewayOptions::default()
     })
     .await
     .unwrap();

@@ -8,12 +8,12 @@
     reason = "test scenarios outside #[test] functions"
 )]
 
-use gw_tests::fake_upstream::{
+use metis_tests::fake_upstream::{
     AuthCheck, CACHE_READ_TOKENS, SYSTEM_FINGERPRINT, THINKING_SIGNATURE, THINKING_TEXT,
     TOOL_ARGUMENTS,
 };
-use gw_tests::gateway::{reply_text, stop_reason, stream_text};
-use gw_tests::{Combo, Shape, SseEvent, TestGateway, for_each_combo};
+use metis_tests::gateway::{reply_text, stop_reason, stream_text};
+use metis_tests::{Combo, Shape, SseEvent, TestGateway, for_each_combo};
 use serde_json::{Value, json};
 use std::sync::atomic::{AtomicU32, Ordering};
 

@@ -11,7 +11,7 @@
     reason = "test helpers outside #[test] functions"
 )]
 
-use gw_tests::process::{GatewayProcess, metis};
+use metis_tests::process::{GatewayProcess, metis};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -4,7 +4,7 @@
 //! ```sh
 //! cargo build --release -p metis
 //! METIS_BIN=target/release/metis KILL_WINDOW_DEADLINES=60s,50ms,10ms \
-//!   cargo nextest run -p gw-tests --test suite kill_window --run-ignored only --no-capture
+//!   cargo nextest run -p metis-tests --test suite kill_window --run-ignored only --no-capture
 //! ```
 //!
 //! For each backend and `--trace-commit-deadline`: a gateway (the real binary) under eight
@@ -15,9 +15,9 @@
 //! before the deadline existed (nothing cut the linger or commit delay).
 #![expect(clippy::unwrap_used, reason = "measurement harness")]
 
-use gw_tests::fake_upstream::{DEFAULT_ANTHROPIC_KEY, DEFAULT_OPENAI_KEY};
-use gw_tests::process::{GatewayProcess, issue_key, send_signal, upstream_args, upstream_env};
-use gw_tests::{Combo, FakeUpstream};
+use metis_tests::fake_upstream::{DEFAULT_ANTHROPIC_KEY, DEFAULT_OPENAI_KEY};
+use metis_tests::process::{GatewayProcess, issue_key, send_signal, upstream_args, upstream_env};
+use metis_tests::{Combo, FakeUpstream};
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,15 +27,15 @@ use std::time::{Duration, Instant};
 fn stored_sessions(store: &str, db: &Path) -> HashSet<String> {
     match store {
         "redb" => {
-            let h = gw_storage_redb::open_shared(db, gw_storage_redb::Sharing::default(), false)
+            let h = metis_storage_redb::open_shared(db, metis_storage_redb::Sharing::default(), false)
                 .unwrap();
-            gw_storage_redb::query::events_of_type(&h, "llm.call_completed")
+            metis_storage_redb::query::events_of_type(&h, "llm.call_completed")
                 .unwrap()
                 .into_iter()
                 .map(|e| e.session_id)
                 .collect()
         }
-        _ => gw_tests::gateway::read_events(db)
+        _ => metis_tests::gateway::read_events(db)
             .unwrap()
             .into_iter()
             .filter(|e| e.event_type == "llm.call_completed")

@@ -1,4 +1,4 @@
-//! The gw-tests integration suite, linked as one test binary: with one binary per file every
+//! The metis-tests integration suite, linked as one test binary: with one binary per file every
 //! file re-linked the whole gateway (19 links per build, gigabytes of disk). Each module is a
 //! former stand-alone test file; nextest still runs every test in its own process.
 //!

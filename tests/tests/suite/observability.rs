@@ -22,8 +22,8 @@
 )]
 
 use futures_util::StreamExt;
-use gw_tests::certs::{PkiFiles, TestPki};
-use gw_tests::{Combo, GatewayOptions, KeySpec, Shape, TestGateway};
+use metis_tests::certs::{PkiFiles, TestPki};
+use metis_tests::{Combo, GatewayOptions, KeySpec, Shape, TestGateway};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
@@ -612,7 +612,7 @@ async fn ten_thousand_keys_used_stay_within_the_series_budget() {
         let token = format!("gw_bulk{i:032x}");
         entries.push(json!({
             "key_id": format!("gk_{i:026}"),
-            "secret_hash": gw_domain::keys::hash_token(&token),
+            "secret_hash": metis_domain::keys::hash_token(&token),
             "name": format!("bulk-{i}"),
             "workspace_path": "/bulk",
             "created_at": "2026-01-01T00:00:00+00:00",

@@ -13,7 +13,7 @@ fn committed_path() -> PathBuf {
 
 #[test]
 fn committed_openapi_document_matches_the_code() {
-    let generated = format!("{}\n", gw_http::openapi_json());
+    let generated = format!("{}\n", metis_http::openapi_json());
     let path = committed_path();
     if std::env::var_os("UPDATE_OPENAPI").is_some() {
         std::fs::write(&path, &generated).expect("write openapi/openapi.json");
@@ -25,13 +25,13 @@ fn committed_openapi_document_matches_the_code() {
     assert!(
         committed == generated,
         "openapi/openapi.json is out of date with the code; regenerate it with \
-         `cargo run -p metis -- openapi --out openapi/openapi.json` (or UPDATE_OPENAPI=1 cargo test -p gw-tests --test openapi_drift) and commit it"
+         `cargo run -p metis -- openapi --out openapi/openapi.json` (or UPDATE_OPENAPI=1 cargo test -p metis-tests --test openapi_drift) and commit it"
     );
 }
 
 #[test]
 fn the_document_describes_every_endpoint_with_an_operation_id() {
-    let doc: serde_json::Value = serde_json::from_str(&gw_http::openapi_json()).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&metis_http::openapi_json()).unwrap();
     let paths = doc["paths"].as_object().unwrap();
     for p in [
         "/v1/chat/completions",

@@ -12,7 +12,7 @@
     reason = "test support functions outside #[test] bodies"
 )]
 
-use gw_tests::FakeUpstream;
+use metis_tests::FakeUpstream;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;

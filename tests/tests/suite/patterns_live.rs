@@ -2,12 +2,12 @@
 //! derives from the trace: every completed turn emits `pattern.recorded`, and replaying those
 //! events into an empty store reproduces the live store's outcomes exactly.
 
-use gw_domain::patterns::{PatternCaps, PatternRecorded};
+use metis_domain::patterns::{PatternCaps, PatternRecorded};
 
-use gw_ports::storage::{PatternFiles, no_progress};
-use gw_storage_sqlite::patterns::{PatternPlace, SqlitePatternStore};
-use gw_tests::gateway::chat_body;
-use gw_tests::{Combo, GatewayOptions, TestGateway};
+use metis_ports::storage::{PatternFiles, no_progress};
+use metis_storage_sqlite::patterns::{PatternPlace, SqlitePatternStore};
+use metis_tests::gateway::chat_body;
+use metis_tests::{Combo, GatewayOptions, TestGateway};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

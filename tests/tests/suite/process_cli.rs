@@ -13,11 +13,11 @@
     reason = "test helpers outside #[test] functions"
 )]
 
-use gw_tests::certs::TestPki;
-use gw_tests::fake_upstream::{DEFAULT_ANTHROPIC_KEY, DEFAULT_OPENAI_KEY};
-use gw_tests::gateway::read_events;
-use gw_tests::process::{CliOutput, GatewayProcess, issue_key, metis, upstream_args, upstream_env};
-use gw_tests::{Combo, FakeUpstream};
+use metis_tests::certs::TestPki;
+use metis_tests::fake_upstream::{DEFAULT_ANTHROPIC_KEY, DEFAULT_OPENAI_KEY};
+use metis_tests::gateway::read_events;
+use metis_tests::process::{CliOutput, GatewayProcess, issue_key, metis, upstream_args, upstream_env};
+use metis_tests::{Combo, FakeUpstream};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -58,7 +58,7 @@ fn assert_no_secrets(text: &str, tokens: &[&str]) {
     );
     for t in tokens {
         assert!(!text.contains(t), "listing shows no token: {text}");
-        let hash = gw_domain::keys::hash_token(t);
+        let hash = metis_domain::keys::hash_token(t);
         assert!(!text.contains(&hash), "listing shows no token hash: {text}");
     }
 }
@@ -124,7 +124,7 @@ fn issue_key_with_every_flag_prints_the_key_once_and_stores_only_its_hash() {
 
     let keystore = std::fs::read_to_string(dir.path().join("gateway/keys.json")).unwrap();
     assert!(!keystore.contains(&token), "only the hash is stored");
-    assert!(keystore.contains(&gw_domain::keys::hash_token(&token)));
+    assert!(keystore.contains(&metis_domain::keys::hash_token(&token)));
 
     let keys = list_json(dir.path(), &[]);
     let k = key_in(&keys, &key_id);

@@ -21,11 +21,11 @@
     reason = "test helpers outside #[test] functions"
 )]
 
-use gw_tests::certs::TestPki;
-use gw_tests::fake_upstream::{DEFAULT_ANTHROPIC_KEY, DEFAULT_OPENAI_KEY};
-use gw_tests::gateway::{read_events, reply_text, stream_text};
-use gw_tests::process::{GatewayProcess, free_port, issue_key, upstream_args, upstream_env};
-use gw_tests::{Combo, FakeUpstream, Shape, parse_sse};
+use metis_tests::certs::TestPki;
+use metis_tests::fake_upstream::{DEFAULT_ANTHROPIC_KEY, DEFAULT_OPENAI_KEY};
+use metis_tests::gateway::{read_events, reply_text, stream_text};
+use metis_tests::process::{GatewayProcess, free_port, issue_key, upstream_args, upstream_env};
+use metis_tests::{Combo, FakeUpstream, Shape, parse_sse};
 use serde_json::Value;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -436,7 +436,7 @@ async fn hand_over(tls: bool, redb: bool) {
     let b_status = b.stop(Duration::from_secs(25)).await.unwrap();
 
     let events = if redb {
-        gw_tests::gateway::read_redb_events(&dir.path().join("metis.redb")).unwrap()
+        metis_tests::gateway::read_redb_events(&dir.path().join("metis.redb")).unwrap()
     } else {
         read_events(&dir.path().join("metis.db")).unwrap()
     };

@@ -12,9 +12,9 @@
     reason = "test helpers outside #[test] functions"
 )]
 
-use gw_tests::fake_upstream::StreamOutcome;
-use gw_tests::gateway::{EventRow, chat_body};
-use gw_tests::{Combo, GatewayOptions, KeySpec, Shape, TestGateway};
+use metis_tests::fake_upstream::StreamOutcome;
+use metis_tests::gateway::{EventRow, chat_body};
+use metis_tests::{Combo, GatewayOptions, KeySpec, Shape, TestGateway};
 use serde_json::Value;
 use std::time::Duration;
 

@@ -8,8 +8,8 @@
     reason = "test helpers outside #[test] functions"
 )]
 
-use gw_tests::gateway::{Reply, chat_body, error_type};
-use gw_tests::{Combo, GatewayOptions, KeySpec, Shape, TestGateway};
+use metis_tests::gateway::{Reply, chat_body, error_type};
+use metis_tests::{Combo, GatewayOptions, KeySpec, Shape, TestGateway};
 use reqwest::Method;
 use std::time::Instant;
 

@@ -9,7 +9,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use gw_tests::process::{GatewayProcess, metis};
+use metis_tests::process::{GatewayProcess, metis};
 use serde_json::json;
 
 fn storage(dir: &Path) -> Vec<String> {

@@ -5,9 +5,9 @@
 //! The CLI cases need `target/debug/metis` (`cargo build --workspace --bins`).
 #![expect(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
 
-use gw_tests::fake_upstream::{DEFAULT_ANTHROPIC_KEY, DEFAULT_OPENAI_KEY};
-use gw_tests::process::{GatewayProcess, issue_key, metis, upstream_args, upstream_env};
-use gw_tests::{Combo, FakeUpstream, GatewayOptions, TestGateway};
+use metis_tests::fake_upstream::{DEFAULT_ANTHROPIC_KEY, DEFAULT_OPENAI_KEY};
+use metis_tests::process::{GatewayProcess, issue_key, metis, upstream_args, upstream_env};
+use metis_tests::{Combo, FakeUpstream, GatewayOptions, TestGateway};
 use std::time::{Duration, Instant};
 
 const ADMIN: &str = "revoke-latency-admin-token-42";
@@ -48,9 +48,9 @@ async fn first_revoked(
 async fn revocation_reaches_a_running_gateway_within_two_seconds() {
     let gw = TestGateway::spawn_with(GatewayOptions {
         extra_args: vec!["--admin-token".into(), ADMIN.into()],
-        extra_keys: vec![gw_tests::KeySpec {
+        extra_keys: vec![metis_tests::KeySpec {
             name: "cli-revoked".into(),
-            ..gw_tests::KeySpec::default()
+            ..metis_tests::KeySpec::default()
         }],
         ..GatewayOptions::default()
     })

@@ -1,5 +1,5 @@
 //! The storage contract suite, run against every backend: each clause (a function in
-//! `gw_tests::contract`) is listed once in `all_contracts!` (the `KeyStore` ones in
+//! `metis_tests::contract`) is listed once in `all_contracts!` (the `KeyStore` ones in
 //! `key_contracts!`, the offline ones in `file_contracts!`) and instantiated for the `sqlite`,
 //! `redb` and `fake` modules, and the key clauses for `file_keystore` (the default JSON key
 //! file), each test with a fresh backend in its own temp directory.
@@ -95,9 +95,9 @@ macro_rules! case {
     ($fixture:path, $t:ident) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $t() {
-            gw_tests::contract::set_writer_bin(env!("CARGO_BIN_EXE_store-writer"));
+            metis_tests::contract::set_writer_bin(env!("CARGO_BIN_EXE_store-writer"));
             let backend = $fixture().await;
-            gw_tests::contract::$t(&*backend).await;
+            metis_tests::contract::$t(&*backend).await;
         }
     };
 }
@@ -105,7 +105,7 @@ macro_rules! case {
 mod sqlite {
     macro_rules! c {
         ($t:ident) => {
-            case!(gw_tests::contract::fixtures::sqlite, $t);
+            case!(metis_tests::contract::fixtures::sqlite, $t);
         };
     }
     all_contracts!(c);
@@ -115,7 +115,7 @@ mod sqlite {
 mod redb {
     macro_rules! c {
         ($t:ident) => {
-            case!(gw_tests::contract::fixtures::redb, $t);
+            case!(metis_tests::contract::fixtures::redb, $t);
         };
     }
     all_contracts!(c);
@@ -125,7 +125,7 @@ mod redb {
 mod fake {
     macro_rules! c {
         ($t:ident) => {
-            case!(gw_tests::contract::fixtures::fake, $t);
+            case!(metis_tests::contract::fixtures::fake, $t);
         };
     }
     all_contracts!(c);
@@ -134,7 +134,7 @@ mod fake {
 mod file_keystore {
     macro_rules! c {
         ($t:ident) => {
-            case!(gw_tests::contract::fixtures::file_keystore, $t);
+            case!(metis_tests::contract::fixtures::file_keystore, $t);
         };
     }
     key_contracts!(c);
@@ -145,18 +145,18 @@ mod cross_backend {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sqlite_to_redb_and_back() {
         let (a, b) = (
-            gw_tests::contract::fixtures::sqlite().await,
-            gw_tests::contract::fixtures::redb().await,
+            metis_tests::contract::fixtures::sqlite().await,
+            metis_tests::contract::fixtures::redb().await,
         );
-        gw_tests::contract::a_copy_to_another_backend_and_back_is_identical(&*a, &*b).await;
+        metis_tests::contract::a_copy_to_another_backend_and_back_is_identical(&*a, &*b).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn redb_to_sqlite_and_back() {
         let (a, b) = (
-            gw_tests::contract::fixtures::redb().await,
-            gw_tests::contract::fixtures::sqlite().await,
+            metis_tests::contract::fixtures::redb().await,
+            metis_tests::contract::fixtures::sqlite().await,
         );
-        gw_tests::contract::a_copy_to_another_backend_and_back_is_identical(&*a, &*b).await;
+        metis_tests::contract::a_copy_to_another_backend_and_back_is_identical(&*a, &*b).await;
     }
 }

@@ -4,12 +4,12 @@
 
 use super::empty_model_list;
 use bytes::Bytes;
-use gw_domain::error::GatewayError;
-use gw_ports::admin::{AdminFailure, AdminService};
-use gw_ports::admin::{CreatedKey, KeySummary, NewKey, RevokeResult, RotateResult};
-use gw_ports::gateway::TokenCount;
-use gw_ports::gateway::{Admission, GatewayService, InboundMeta, ModelsQuery, Reply};
-use gw_ports::trace::{EventRow, UsageGroup, UsageRow};
+use metis_domain::error::GatewayError;
+use metis_ports::admin::{AdminFailure, AdminService};
+use metis_ports::admin::{CreatedKey, KeySummary, NewKey, RevokeResult, RotateResult};
+use metis_ports::gateway::TokenCount;
+use metis_ports::gateway::{Admission, GatewayService, InboundMeta, ModelsQuery, Reply};
+use metis_ports::trace::{EventRow, UsageGroup, UsageRow};
 
 pub struct NoService;
 

@@ -196,7 +196,7 @@ fn complete_document(spec: &str) -> String {
         .and_then(serde_json::Value::as_array_mut)
     {
         for p in params.iter_mut().filter(|p| p["name"] == "type") {
-            p["schema"]["items"]["enum"] = json!(gw_domain::audit::AUDIT_TYPES);
+            p["schema"]["items"]["enum"] = json!(metis_domain::audit::AUDIT_TYPES);
         }
     }
     serde_json::to_string_pretty(&doc).unwrap_or_else(|_| spec.to_owned())

@@ -1,9 +1,9 @@
 //! What a request presents, read from its headers: the gateway key for the inbound shape,
 //! trace context, session ids and the headers forwarded upstream.
 
-use gw_domain::canonical::Shape;
-use gw_domain::forwarding;
-use gw_ports::gateway::InboundMeta;
+use metis_domain::canonical::Shape;
+use metis_domain::forwarding;
+use metis_ports::gateway::InboundMeta;
 use poem::Request;
 use poem::http::header;
 

@@ -7,9 +7,9 @@ use super::{Api, ClientGone};
 use crate::reply::{ModelsReply, RawReply, error_response, json_response};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use gw_domain::canonical::Shape;
-use gw_domain::error::GatewayError;
-use gw_ports::gateway::{Admission, ModelsQuery, Reply};
+use metis_domain::canonical::Shape;
+use metis_domain::error::GatewayError;
+use metis_ports::gateway::{Admission, ModelsQuery, Reply};
 use poem::error::ReadBodyError;
 use poem::http::{StatusCode, header};
 use poem::{Body, Request, Response};
@@ -56,7 +56,7 @@ impl Api {
             }
             Ok(Err(ReadBodyError::PayloadTooLarge)) => Err(error_response(&too_large, shape)),
             Ok(Err(e)) => {
-                let err = gw_domain::error::invalid(format!("could not read request body: {e}"));
+                let err = metis_domain::error::invalid(format!("could not read request body: {e}"));
                 Err(error_response(&err, shape))
             }
         }

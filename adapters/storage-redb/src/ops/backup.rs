@@ -1,12 +1,12 @@
 //! The redb steps of backup (every table of one read snapshot copied into a new file) and
 //! restore (redb's integrity check and a whole read of the copy, then an exclusive open of the
-//! target). The order of the checks is `gw_storage_kit::{backup, restore}`'s.
+//! target). The order of the checks is `metis_storage_kit::{backup, restore}`'s.
 
 use std::path::Path;
 use std::sync::Arc;
 
-use gw_ports::storage::{MaintenanceError, Progress};
-use gw_storage_kit::{BackupEngine, Claim, FileFacts, RestoreEngine};
+use metis_ports::storage::{MaintenanceError, Progress};
+use metis_storage_kit::{BackupEngine, Claim, FileFacts, RestoreEngine};
 use redb::{
     Builder, ConcurrencyMode, Database, ReadTransaction, ReadableDatabase, ReadableTable,
     ReadableTableMetadata, TableDefinition,

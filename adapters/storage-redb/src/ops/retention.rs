@@ -1,15 +1,15 @@
 //! Status, batched retention and compaction of a main redb file. The batching and the status
-//! assembly are `gw_storage_kit`'s; this is the redb reading and deleting.
+//! assembly are `metis_storage_kit`'s; this is the redb reading and deleting.
 
 use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-use gw_domain::audit::AUDIT_TYPES;
-use gw_ports::storage::{
+use metis_domain::audit::AUDIT_TYPES;
+use metis_ports::storage::{
     CompactReport, MaintenanceError, Progress, PruneCounts, PruneOptions, StoreStatus,
 };
-use gw_storage_kit::{Batch, StatusSource, prune_in_batches, require_file};
+use metis_storage_kit::{Batch, StatusSource, prune_in_batches, require_file};
 use redb::{Builder, ConcurrencyMode, Database, ReadableDatabase, ReadableTable};
 
 use super::{failed, open_existing};
@@ -61,7 +61,7 @@ impl StatusSource for Status<'_> {
 /// `Refused` when the file is missing; `TooNew`; `Failed` on redb errors.
 pub fn status(path: &Path, now: i64) -> Result<StoreStatus, MaintenanceError> {
     let db = open_existing(path)?;
-    gw_storage_kit::status(&Status(&db), path, TRACE_SCHEMA_VERSION, now, None)
+    metis_storage_kit::status(&Status(&db), path, TRACE_SCHEMA_VERSION, now, None)
         .map_err(failed(path, "cannot read"))
 }
 

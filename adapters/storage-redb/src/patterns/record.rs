@@ -1,4 +1,4 @@
-//! Row access of the pattern rules ([`gw_domain::patterns::PatternRows`]) over one redb write
+//! Row access of the pattern rules ([`metis_domain::patterns::PatternRows`]) over one redb write
 //! transaction. The rules themselves (lookup, roll-up, caps) are the domain's; this keeps the
 //! tables and their indexes in step.
 //!
@@ -10,8 +10,8 @@
 
 use std::collections::HashSet;
 
-use gw_domain::patterns::{FingerprintIdTaken, OutcomeTotals, PatternRecord, PatternRows};
-use gw_domain::time::Timestamp;
+use metis_domain::patterns::{FingerprintIdTaken, OutcomeTotals, PatternRecord, PatternRows};
+use metis_domain::time::Timestamp;
 use redb::{ReadableTable, ReadableTableMetadata, Table, WriteTransaction};
 
 use super::schema::{

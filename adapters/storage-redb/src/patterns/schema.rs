@@ -1,7 +1,7 @@
 //! The tables of a redb pattern store and its version marker: what a store file holds, how
 //! its version is read, and what opening a new or older store creates.
 
-use gw_domain::patterns::PATTERN_SCHEMA_VERSION;
+use metis_domain::patterns::PATTERN_SCHEMA_VERSION;
 use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
 
 use crate::db::{FileKind, Result, StoreError};

@@ -1,6 +1,6 @@
 //! The SQLite steps of backup (`VACUUM INTO` from a read-only connection) and restore (header
 //! version, writer lock, `PRAGMA quick_check` on the copy, WAL folding before the rename). The
-//! order of the checks is `gw_storage_kit::{backup, restore}`'s.
+//! order of the checks is `metis_storage_kit::{backup, restore}`'s.
 
 use std::fs::{self, File};
 use std::io::{self, Read};
@@ -8,8 +8,8 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use gw_ports::storage::{MaintenanceError, Progress};
-use gw_storage_kit::{
+use metis_ports::storage::{MaintenanceError, Progress};
+use metis_storage_kit::{
     BackupEngine, Claim, FileFacts, RestoreEngine, SIDE_FILES, io_err, remove_side_files,
     with_suffix,
 };

@@ -3,9 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use gw_domain::time::{Timestamp, format_iso};
-use gw_ports::storage::{MaintenanceError, MigrationPlan};
-use gw_storage_kit::parent_dir;
+use metis_domain::time::{Timestamp, format_iso};
+use metis_ports::storage::{MaintenanceError, MigrationPlan};
+use metis_storage_kit::parent_dir;
 use rusqlite::{Connection, TransactionBehavior};
 
 use super::{check_version, open_existing_ro, open_existing_rw, sqlite_err};

@@ -1,14 +1,14 @@
 //! Retention (batched prune of non-audit events), vacuum and status of a trace database. The
-//! batching and the status assembly are `gw_storage_kit`'s; this is the SQL.
+//! batching and the status assembly are `metis_storage_kit`'s; this is the SQL.
 
 use std::path::Path;
 
-use gw_domain::retention::sorted_audit_types;
-use gw_domain::time::Timestamp;
-use gw_ports::storage::{
+use metis_domain::retention::sorted_audit_types;
+use metis_domain::time::Timestamp;
+use metis_ports::storage::{
     CompactReport, MaintenanceError, Progress, PruneCounts, PruneOptions, StoreStatus,
 };
-use gw_storage_kit::{Batch, StatusSource, file_len, prune_in_batches, with_suffix};
+use metis_storage_kit::{Batch, StatusSource, file_len, prune_in_batches, with_suffix};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{event_span, open_existing_ro, open_existing_rw, sqlite_err};
@@ -187,7 +187,7 @@ impl StatusSource for Status {
 /// `Refused` when the file is missing; `TooNew`; `Failed` on SQLite errors.
 pub fn status(db: &Path, now: Timestamp) -> Result<StoreStatus, MaintenanceError> {
     let (conn, version) = open_existing_ro(db)?;
-    gw_storage_kit::status(
+    metis_storage_kit::status(
         &Status { conn, version },
         db,
         TRACE_SCHEMA_VERSION,

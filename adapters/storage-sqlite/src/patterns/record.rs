@@ -1,4 +1,4 @@
-//! Row access of the pattern rules ([`gw_domain::patterns::PatternRows`]) over one SQLite
+//! Row access of the pattern rules ([`metis_domain::patterns::PatternRows`]) over one SQLite
 //! `BEGIN IMMEDIATE` transaction. The rules themselves (lookup, roll-up, caps) are the
 //! domain's; this is only SQL.
 //!
@@ -10,8 +10,8 @@
 
 use std::fmt;
 
-use gw_domain::patterns::{FingerprintIdTaken, OutcomeTotals, PatternRecord, PatternRows};
-use gw_domain::time::Timestamp;
+use metis_domain::patterns::{FingerprintIdTaken, OutcomeTotals, PatternRecord, PatternRows};
+use metis_domain::time::Timestamp;
 use rusqlite::{OptionalExtension, Transaction, params};
 
 /// Why applying an observation failed.

@@ -5,9 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use gw_domain::patterns::PATTERN_SCHEMA_VERSION;
-use gw_ports::patterns::PatternError;
-use gw_ports::storage::{MaintenanceError, MigrationPlan};
+use metis_domain::patterns::PATTERN_SCHEMA_VERSION;
+use metis_ports::patterns::PatternError;
+use metis_ports::storage::{MaintenanceError, MigrationPlan};
 use rusqlite::{
     Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params,
 };

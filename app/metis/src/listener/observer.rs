@@ -1,8 +1,8 @@
 //! What the listener counts and logs (refusals and accept failures, rate-limited so a
 //! connection flood cannot flood the log), and how accept errors are classified.
 
-use gw_ports::metrics::Metrics;
-use gw_ports::queue::LogLimiter;
+use metis_ports::metrics::Metrics;
+use metis_ports::queue::LogLimiter;
 use poem::web::RemoteAddr;
 use std::sync::Arc;
 use std::time::Duration;

@@ -6,7 +6,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Semaphore;
 
 fn observer() -> Arc<Observer> {
-    Observer::new(Arc::new(gw_telemetry::Prometheus::default()))
+    Observer::new(Arc::new(metis_telemetry::Prometheus::default()))
 }
 
 fn guarded(

@@ -5,11 +5,11 @@
 
 use super::GatewayCore;
 use crate::spend::Caps;
-use gw_domain::canonical::Shape;
-use gw_domain::error::GatewayError;
-use gw_domain::events::{AuthFailed, QuotaAlert, QuotaExceeded, RateLimited};
-use gw_domain::keys::KeyRecord;
-use gw_ports::metrics::QuotaRatio;
+use metis_domain::canonical::Shape;
+use metis_domain::error::GatewayError;
+use metis_domain::events::{AuthFailed, QuotaAlert, QuotaExceeded, RateLimited};
+use metis_domain::keys::KeyRecord;
+use metis_ports::metrics::QuotaRatio;
 use std::sync::Mutex;
 
 impl GatewayCore {
@@ -62,7 +62,7 @@ impl GatewayCore {
         let payload = AuthFailed {
             reason,
             inbound_shape: shape.as_str(),
-            token_hash_prefix: token.map(gw_domain::keys::token_fingerprint),
+            token_hash_prefix: token.map(metis_domain::keys::token_fingerprint),
             gateway_key_id: key.map(str::to_owned),
             suppressed: 0,
         };
@@ -146,7 +146,7 @@ impl GatewayCore {
         token: Option<&str>,
         ip: Option<std::net::IpAddr>,
     ) {
-        let key_fp = token.map(gw_domain::keys::token_fingerprint);
+        let key_fp = token.map(metis_domain::keys::token_fingerprint);
         match d.scope {
             "per_key" => tracing::warn!(
                 "rate-limit deny bucket=per_key rpm={} retry_after={}s shape={} key_fp={}",

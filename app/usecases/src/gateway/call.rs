@@ -9,12 +9,12 @@
 use super::{DEFAULT_MAX_TOKENS_ESTIMATE, GatewayCore, quota_error};
 use crate::recorder::{CallRecorder, InflightGuard, PatternHook, SessionHook};
 use crate::spend::Caps;
-use gw_domain::error::{ErrorClass, GatewayError};
-use gw_domain::events::{CallIdentity, LlmCallStarted, RouteChainEntry, RouteDecided};
-use gw_domain::models::ModelEntry;
-use gw_domain::patterns::StructuralFeatures;
-use gw_ports::gateway::Admission;
-use gw_ports::upstream::{Provider, UpstreamError, UpstreamReply, UpstreamRequest};
+use metis_domain::error::{ErrorClass, GatewayError};
+use metis_domain::events::{CallIdentity, LlmCallStarted, RouteChainEntry, RouteDecided};
+use metis_domain::models::ModelEntry;
+use metis_domain::patterns::StructuralFeatures;
+use metis_ports::gateway::Admission;
+use metis_ports::upstream::{Provider, UpstreamError, UpstreamReply, UpstreamRequest};
 use std::sync::Arc;
 use std::time::Instant;
 use tracing::Instrument;
@@ -140,7 +140,7 @@ impl GatewayCore {
         let entry = &routed.entry;
         let price = self.price_of(&entry.id);
         let estimate = price.map_or(0.0, |p| {
-            p.cost(&gw_domain::canonical::Usage {
+            p.cost(&metis_domain::canonical::Usage {
                 input_tokens: spec.estimated_input_tokens,
                 output_tokens: spec
                     .max_output_tokens

@@ -17,10 +17,10 @@ use super::GatewayCore;
 use super::call::upstream_error;
 use crate::wire;
 use bytes::Bytes;
-use gw_domain::canonical::{ChatRequest, Shape};
-use gw_domain::error::GatewayError;
-use gw_ports::gateway::{Admission, CountMethod, TokenCount};
-use gw_ports::upstream::{Operation, UpstreamBody, WireFormat};
+use metis_domain::canonical::{ChatRequest, Shape};
+use metis_domain::error::GatewayError;
+use metis_ports::gateway::{Admission, CountMethod, TokenCount};
+use metis_ports::upstream::{Operation, UpstreamBody, WireFormat};
 use serde_json::{Value, json};
 
 /// Top-level fields the Anthropic `count_tokens` endpoint accepts; a translated request keeps
@@ -92,7 +92,7 @@ impl GatewayCore {
                     .ok()
                     .and_then(|v| v.get("input_tokens").and_then(Value::as_u64))
                     .ok_or_else(|| GatewayError::Upstream {
-                        class: gw_domain::error::ErrorClass::Other,
+                        class: metis_domain::error::ErrorClass::Other,
                         provider: entry.provider.clone(),
                         message: format!(
                             "upstream {} answered a token count without input_tokens",
@@ -162,7 +162,7 @@ fn count_body(
 fn render_count(shape: Shape, input_tokens: u64) -> Bytes {
     let v = match shape {
         Shape::Anthropic => json!({ "input_tokens": input_tokens }),
-        _ => gw_domain::responses::input_tokens_body(input_tokens),
+        _ => metis_domain::responses::input_tokens_body(input_tokens),
     };
     Bytes::from(v.to_string())
 }

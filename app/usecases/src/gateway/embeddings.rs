@@ -7,10 +7,10 @@
 use super::GatewayCore;
 use super::call::CallSpec;
 use bytes::Bytes;
-use gw_domain::canonical::StopReason;
-use gw_domain::error::{ErrorClass, GatewayError, invalid};
-use gw_ports::gateway::Admission;
-use gw_ports::upstream::{Operation, UpstreamBody, WireFormat};
+use metis_domain::canonical::StopReason;
+use metis_domain::error::{ErrorClass, GatewayError, invalid};
+use metis_ports::gateway::Admission;
+use metis_ports::upstream::{Operation, UpstreamBody, WireFormat};
 use serde_json::{Map, Value};
 use std::time::Instant;
 
@@ -42,7 +42,7 @@ impl GatewayCore {
             )));
         }
         let upstream_json =
-            gw_domain::openai::passthrough_request(raw, &routed.entry.upstream_name);
+            metis_domain::openai::passthrough_request(raw, &routed.entry.upstream_name);
         let upstream_body =
             serde_json::to_vec(&upstream_json).map_err(|_| GatewayError::Internal)?;
         let mut call = self.start_call(

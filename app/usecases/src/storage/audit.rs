@@ -1,10 +1,10 @@
 //! `metis audit export|verify`: which audit events an export selects (window, types), how
 //! each is rendered (JSONL, RFC 4180 CSV), and the chain check.
 
-use gw_domain::audit::{AUDIT_TYPES, BrokenLink, is_audit_type};
-use gw_domain::time::{MICROS_PER_SEC, format_iso};
-use gw_ports::storage::StoreReader;
-use gw_ports::trace::EventRow;
+use metis_domain::audit::{AUDIT_TYPES, BrokenLink, is_audit_type};
+use metis_domain::time::{MICROS_PER_SEC, format_iso};
+use metis_ports::storage::StoreReader;
+use metis_ports::trace::EventRow;
 use serde_json::{Map, Value};
 
 use super::StorageError;

@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use gw_domain::time::{Timestamp, format_iso};
-use gw_ports::storage::{Migratable, MigrationPlan, Progress};
+use metis_domain::time::{Timestamp, format_iso};
+use metis_ports::storage::{Migratable, MigrationPlan, Progress};
 
 use super::StorageError;
 

@@ -1,6 +1,6 @@
 //! Storage use cases: what the operator commands do to a store (retention, schema
 //! migrations, audit reads, session trees, projection rebuilds, copying between backends),
-//! written once against the [`StorageBackend`](gw_ports::storage::StorageBackend) port, so
+//! written once against the [`StorageBackend`](metis_ports::storage::StorageBackend) port, so
 //! every backend gets the same rules and the CLI only parses arguments and prints.
 //!
 //! Every function here is blocking (file and engine I/O behind the port): run it off the
@@ -15,10 +15,10 @@ pub mod transfer;
 
 use std::path::{Path, PathBuf};
 
-use gw_ports::keys::KeyStoreError;
-use gw_ports::patterns::PatternError;
-use gw_ports::storage::MaintenanceError;
-use gw_ports::trace::TraceError;
+use metis_ports::keys::KeyStoreError;
+use metis_ports::patterns::PatternError;
+use metis_ports::storage::MaintenanceError;
+use metis_ports::trace::TraceError;
 
 /// Why a storage command did not complete; the message names the file and the problem.
 #[derive(Debug, thiserror::Error)]

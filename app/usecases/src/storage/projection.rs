@@ -4,9 +4,9 @@
 
 use std::path::PathBuf;
 
-use gw_domain::patterns::{PATTERN_RECORDED, PatternRecord, PatternRecorded};
-use gw_ports::patterns::PatternStats;
-use gw_ports::storage::{PatternFiles, Progress, StoreReader};
+use metis_domain::patterns::{PATTERN_RECORDED, PatternRecord, PatternRecorded};
+use metis_ports::patterns::PatternStats;
+use metis_ports::storage::{PatternFiles, Progress, StoreReader};
 
 use super::StorageError;
 

@@ -4,11 +4,11 @@
 
 use std::path::Path;
 
-use gw_domain::events::make_event;
-use gw_domain::retention::{SYSTEM_SESSION, TraceSwept, cutoff_us};
-use gw_domain::time::{Timestamp, format_iso};
-use gw_ports::storage::{Progress, PruneCounts, PruneOptions, ServeOptions, StorageBackend};
-use gw_ports::system::{Clock, IdSource};
+use metis_domain::events::make_event;
+use metis_domain::retention::{SYSTEM_SESSION, TraceSwept, cutoff_us};
+use metis_domain::time::{Timestamp, format_iso};
+use metis_ports::storage::{Progress, PruneCounts, PruneOptions, ServeOptions, StorageBackend};
+use metis_ports::system::{Clock, IdSource};
 
 use super::{StorageError, require_store};
 

@@ -1,12 +1,12 @@
 //! `metis sessions show`: a session's workers, walked through the parent index.
 
-use gw_domain::sessions::SessionRecord;
-use gw_ports::storage::StoreReader;
+use metis_domain::sessions::SessionRecord;
+use metis_ports::storage::StoreReader;
 
 use super::StorageError;
 
 /// Every descendant of `root` (at most `max`), through the store's parent index
-/// ([`gw_domain::sessions::collect_descendants`]: cycles made by clients naming each other as
+/// ([`metis_domain::sessions::collect_descendants`]: cycles made by clients naming each other as
 /// parents are cut).
 ///
 /// # Errors
@@ -16,7 +16,7 @@ pub fn descendants(
     root: &str,
     max: usize,
 ) -> Result<Vec<SessionRecord>, StorageError> {
-    gw_domain::sessions::collect_descendants(root, max, |id| reader.session_children(id)).map_err(
+    metis_domain::sessions::collect_descendants(root, max, |id| reader.session_children(id)).map_err(
         |e| StorageError::Trace {
             what: "cannot read sessions",
             source: e,

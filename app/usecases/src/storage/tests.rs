@@ -1,21 +1,21 @@
 //! Unit tests of the storage use cases against small in-memory stand-ins for the port
 //! (`StoreReader`, `Migratable`, `PatternFiles`); the real engines are covered by the
-//! storage contract suite in `gw-tests`.
+//! storage contract suite in `metis-tests`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use gw_domain::audit::BrokenLink;
-use gw_domain::keys::KeyRecord;
-use gw_domain::patterns::{FingerprintInputs, PatternRecord, PatternRecorded, StructuralFeatures};
-use gw_domain::sessions::SessionRecord;
-use gw_ports::keys::KeyStoreError;
-use gw_ports::patterns::{OutcomeRow, PatternError, PatternStats, RecordOutcome};
-use gw_ports::storage::{
+use metis_domain::audit::BrokenLink;
+use metis_domain::keys::KeyRecord;
+use metis_domain::patterns::{FingerprintInputs, PatternRecord, PatternRecorded, StructuralFeatures};
+use metis_domain::sessions::SessionRecord;
+use metis_ports::keys::KeyStoreError;
+use metis_ports::patterns::{OutcomeRow, PatternError, PatternStats, RecordOutcome};
+use metis_ports::storage::{
     MaintenanceError, Migratable, MigrationPlan, PatternDump, PatternFiles, Progress, StoreCounts,
     StoreReader, no_progress,
 };
-use gw_ports::trace::{EventRow, TraceError};
+use metis_ports::trace::{EventRow, TraceError};
 
 use super::migrate::{backup_path, migrate};
 use super::{audit, projection, sessions};
@@ -332,7 +332,7 @@ fn recorded(id: &str, ts: i64, payload: String) -> EventRow {
         session_id: "s".into(),
         turn_id: None,
         parent_event_id: None,
-        event_type: gw_domain::patterns::PATTERN_RECORDED.into(),
+        event_type: metis_domain::patterns::PATTERN_RECORDED.into(),
         actor: "system".into(),
         sensitivity: "pseudonymous".into(),
         payload_json: payload,

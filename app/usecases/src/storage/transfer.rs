@@ -13,7 +13,7 @@
 
 use std::path::{Path, PathBuf};
 
-use gw_ports::storage::{PatternPlace, Progress, StorageBackend, StoreCounts, StoreReader};
+use metis_ports::storage::{PatternPlace, Progress, StorageBackend, StoreCounts, StoreReader};
 
 use super::StorageError;
 

@@ -35,10 +35,10 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
-use gw_bench::http1::{ChunkedDecoder, Framing, parse_head};
-use gw_bench::procfs::{self, ProcSet};
-use gw_bench::report::{self, Load, RunRecord};
-use gw_bench::stats::summarize;
+use metis_bench::http1::{ChunkedDecoder, Framing, parse_head};
+use metis_bench::procfs::{self, ProcSet};
+use metis_bench::report::{self, Load, RunRecord};
+use metis_bench::stats::summarize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;

@@ -28,7 +28,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use bytes::Bytes;
 use clap::Parser;
-use gw_bench::mockdata::{Bodies, Content, wants_stream, wants_usage};
+use metis_bench::mockdata::{Bodies, Content, wants_stream, wants_usage};
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};

@@ -21,12 +21,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use gw_domain::events::{
+use metis_domain::events::{
     CallIdentity, Event, LlmCallCompleted, LlmCallStarted, RouteChainEntry, RouteDecided,
     TurnCompleted, make_event,
 };
-use gw_ports::trace::EventSink;
-use gw_storage_sqlite::{SqliteTraceStore, WriterOptions};
+use metis_ports::trace::EventSink;
+use metis_storage_sqlite::{SqliteTraceStore, WriterOptions};
 use rusqlite::{Connection, params};
 use serde_json::json;
 
@@ -257,7 +257,7 @@ fn raw_rusqlite_with(
     for name in drop_indexes {
         conn.execute_batch(&format!("DROP INDEX IF EXISTS {name}"))?;
     }
-    let cpu0 = gw_bench::procfs::cpu_ticks(std::process::id()).unwrap_or(0);
+    let cpu0 = metis_bench::procfs::cpu_ticks(std::process::id()).unwrap_or(0);
     let _mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     let _pages: i64 = conn.query_row("PRAGMA wal_autocheckpoint=8192", [], |r| r.get(0))?;
@@ -288,7 +288,7 @@ fn raw_rusqlite_with(
         tx.commit()?;
     }
     let secs = started.elapsed().as_secs_f64();
-    let cpu = gw_bench::procfs::cpu_ticks(std::process::id())
+    let cpu = metis_bench::procfs::cpu_ticks(std::process::id())
         .unwrap_or(0)
         .saturating_sub(cpu0);
     Ok(json!({
@@ -325,7 +325,7 @@ fn ablation(dir: Option<PathBuf>) -> anyhow::Result<()> {
         "idx_events_team_id",
         "idx_events_eval_subject_kind",
     ];
-    let all_indexes = gw_storage_sqlite::EVENT_INDEX_NAMES;
+    let all_indexes = metis_storage_sqlite::EVENT_INDEX_NAMES;
     let variants: [(&str, &[&str]); 3] = [
         ("gateway schema (10 indexes)", &[]),
         ("without the 4 json_extract indexes", &json_indexes),
