@@ -12,13 +12,13 @@ use crate::reply::{AllowTable, ErrorCode, ModelsReply, RawReply, error_response,
 use async_trait_free::NoService;
 use bytes::Bytes;
 pub use document::openapi_json;
+use inbound::meta;
+use labels::{UnmatchedRoutes, request_id, route_template};
 use metis_domain::canonical::Shape;
 use metis_domain::error::GatewayError;
 use metis_domain::models::Page;
 use metis_ports::admin::AdminService;
 use metis_ports::gateway::{GatewayService, ModelsQuery};
-use inbound::meta;
-use labels::{UnmatchedRoutes, request_id, route_template};
 use poem::error::{MethodNotAllowedError, NotFoundError};
 use poem::http::{StatusCode, header};
 use poem::{Body, Endpoint, EndpointExt, IntoResponse, Request, Response, Route};

@@ -24,7 +24,9 @@ use std::sync::Arc;
 
 pub use metis_domain::backup::{BackupMeta, RestoreSummary};
 use metis_domain::sessions::SessionRecord;
-pub use metis_ports::storage::{CompactReport, MaintenanceError, Progress, PruneCounts, StoreStatus};
+pub use metis_ports::storage::{
+    CompactReport, MaintenanceError, Progress, PruneCounts, StoreStatus,
+};
 use metis_ports::trace::EventRow;
 use metis_storage_kit::require_file;
 pub use metis_storage_kit::with_suffix;

@@ -109,12 +109,14 @@ fn build_metrics(
     Arc<dyn metis_ports::metrics::Metrics>,
 ) {
     let m = &args.metrics;
-    let prometheus = Arc::new(metis_telemetry::Prometheus::new(metis_telemetry::SeriesBudget {
-        top_keys: m.metrics_top_keys as usize,
-        keys: m.metrics_key.iter().cloned().collect(),
-        max_users: m.metrics_max_users as usize,
-        max_teams: m.metrics_max_teams as usize,
-    }));
+    let prometheus = Arc::new(metis_telemetry::Prometheus::new(
+        metis_telemetry::SeriesBudget {
+            top_keys: m.metrics_top_keys as usize,
+            keys: m.metrics_key.iter().cloned().collect(),
+            max_users: m.metrics_max_users as usize,
+            max_teams: m.metrics_max_teams as usize,
+        },
+    ));
     let recorded: Arc<dyn metis_ports::metrics::Metrics> = match crate::telemetry::otel_metrics() {
         Some(otel) => Arc::new(crate::telemetry::MetricsTee {
             prometheus: Arc::clone(&prometheus),

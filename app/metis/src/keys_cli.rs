@@ -40,9 +40,10 @@ impl AdminSession {
     /// # Errors
     /// Trace DB unopenable (e.g. newer schema) or keystore unopenable.
     pub async fn open(paths: &Paths) -> anyhow::Result<AdminSession> {
-        let trace = crate::store::open_main(paths, false, metis_ports::queue::DEFAULT_COMMIT_DEADLINE)
-            .await
-            .with_context(|| format!("cannot open the audit trail {}", paths.db.display()))?;
+        let trace =
+            crate::store::open_main(paths, false, metis_ports::queue::DEFAULT_COMMIT_DEADLINE)
+                .await
+                .with_context(|| format!("cannot open the audit trail {}", paths.db.display()))?;
         let sink: Arc<dyn EventSink> = trace.clone();
         let admin = KeyAdmin::new(
             open_keystore(paths)?,

@@ -2,10 +2,10 @@
 //! (0 ok, 1 runtime/config error with one `error: …` line on stderr, 2 usage error).
 
 use clap::Parser;
-use metis_usecases::key_admin::{IssueRequest, parse_grace};
 use metis::cli::{Cli, Command, GatewayCmd, KeyCommand, ListFormat};
 use metis::keys_cli;
 use metis::paths::Paths;
+use metis_usecases::key_admin::{IssueRequest, parse_grace};
 use std::io::Write;
 use std::process::ExitCode;
 
@@ -83,9 +83,7 @@ async fn gateway(cmd: GatewayCmd) -> anyhow::Result<()> {
                     q.key_id, q.token, q.token
                 );
             }
-            let served = app
-                .run_until_stopped(metis::app::shutdown_signal())
-                .await;
+            let served = app.run_until_stopped(metis::app::shutdown_signal()).await;
             telemetry.shutdown().await;
             served
         }

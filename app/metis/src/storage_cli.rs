@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
 use metis_domain::retention::{DEFAULT_RETENTION_DAYS, thousands};
 use metis_domain::time::{Timestamp, format_iso};
 use metis_ports::storage::{
@@ -27,7 +28,6 @@ use metis_ports::storage::{
 use metis_ports::system::Clock;
 use metis_usecases::storage::migrate::{MigrationOutcome, migrate};
 use metis_usecases::storage::retention;
-use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::cli::StorageArgs;
 use crate::paths::Paths;

@@ -753,9 +753,11 @@ async fn redb_restore_refusals_leave_the_target_byte_identical() {
     assert_refused_untouched("redb", &stamped, &target, "schema version 2");
 
     // A gateway has the target open (shared multi-process mode, as `metis gateway` does).
-    let gateway =
-        metis_storage_redb::RedbTraceStore::open(&target, metis_storage_redb::RedbOptions::default())
-            .unwrap();
+    let gateway = metis_storage_redb::RedbTraceStore::open(
+        &target,
+        metis_storage_redb::RedbOptions::default(),
+    )
+    .unwrap();
     gateway.emit(call(30_000, T0));
     gateway.flush().await.unwrap();
     assert_refused_untouched("redb", &good, &target, "running gateway");
@@ -774,9 +776,11 @@ async fn redb_restore_refusals_leave_the_target_byte_identical() {
     ]);
     assert_eq!(code(&o), 0, "{}", err(&o));
     assert!(out(&o).contains("events:         2000"), "{}", out(&o));
-    let reopened =
-        metis_storage_redb::RedbTraceStore::open(&target, metis_storage_redb::RedbOptions::default())
-            .unwrap();
+    let reopened = metis_storage_redb::RedbTraceStore::open(
+        &target,
+        metis_storage_redb::RedbOptions::default(),
+    )
+    .unwrap();
     let db = reopened.database().unwrap();
     assert_eq!(metis_storage_redb::query::event_span(&db).unwrap().0, 2000);
 }

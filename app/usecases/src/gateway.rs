@@ -21,7 +21,9 @@ use metis_domain::pricing::PriceTable;
 use metis_domain::responses::ResponseContext;
 use metis_domain::sessions::parse_session_headers;
 use metis_domain::sse::SseParser;
-use metis_ports::gateway::{Admission, GatewayService, InboundMeta, ModelsQuery, Reply, TokenCount};
+use metis_ports::gateway::{
+    Admission, GatewayService, InboundMeta, ModelsQuery, Reply, TokenCount,
+};
 use metis_ports::metrics::{Metrics, ScrapeGauges};
 use metis_ports::patterns::PatternStore;
 use metis_ports::sessions::SessionStore;

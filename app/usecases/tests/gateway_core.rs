@@ -17,7 +17,9 @@ use metis_domain::models::Catalog;
 use metis_domain::patterns::PatternCaps;
 use metis_domain::pricing::{Price, PriceTable};
 use metis_ports::fakes::{InMemoryPatternStore, InMemorySessionStore, InMemoryTraceStore};
-use metis_ports::gateway::{Admission, CountMethod, GatewayService, InboundMeta, Reply, TokenCount};
+use metis_ports::gateway::{
+    Admission, CountMethod, GatewayService, InboundMeta, Reply, TokenCount,
+};
 use metis_ports::metrics::{Attribution, CallLabels, Metrics, QuotaRatio, ScrapeGauges};
 use metis_ports::system::{Background, Clock, IdSource, TraceContext};
 use metis_ports::tokens::TokenCounter;

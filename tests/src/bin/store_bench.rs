@@ -17,10 +17,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
+use metis::store::StoreKind;
 use metis_domain::events::{Actor, Event, Sensitivity};
 use metis_ports::trace::EventSink;
 use metis_tests::gateway::{Combo, GatewayOptions, TestGateway};
-use metis::store::StoreKind;
 use serde_json::json;
 
 /// CPU time (user + system) of this process, in seconds, from `/proc/self/stat`.

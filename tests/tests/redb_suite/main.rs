@@ -29,8 +29,8 @@ mod quota_concurrency;
 #[path = "../suite/revoke_latency.rs"]
 mod revoke_latency;
 
-use metis_tests::{Combo, GatewayOptions, TestGateway};
 use metis::store::StoreKind;
+use metis_tests::{Combo, GatewayOptions, TestGateway};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -58,8 +58,9 @@ async fn this_binary_runs_its_gateways_on_redb() {
     let events = gw.events().unwrap();
     assert!(events.iter().any(|e| e.event_type == "llm.call_completed"));
     // The key issued before the start is an audit event, chained in the redb file.
-    let db = metis_storage_redb::open_shared(&gw.db_path, metis_storage_redb::Sharing::default(), false)
-        .unwrap();
+    let db =
+        metis_storage_redb::open_shared(&gw.db_path, metis_storage_redb::Sharing::default(), false)
+            .unwrap();
     let chain = metis_storage_redb::query::verify_audit_chain(&db).unwrap();
     assert!(matches!(chain, Ok(n) if n >= 1), "{chain:?}");
 }
@@ -91,8 +92,9 @@ async fn sessions_are_recorded_in_the_redb_file() {
         assert_eq!(r.status(), 200);
     }
     gw.stop().await.unwrap();
-    let db = metis_storage_redb::open_shared(&gw.db_path, metis_storage_redb::Sharing::default(), false)
-        .unwrap();
+    let db =
+        metis_storage_redb::open_shared(&gw.db_path, metis_storage_redb::Sharing::default(), false)
+            .unwrap();
     let s = metis_storage_redb::sessions::read::get(&db, "redb-session-1")
         .unwrap()
         .expect("session stored");

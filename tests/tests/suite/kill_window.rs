@@ -27,8 +27,9 @@ use std::time::{Duration, Instant};
 fn stored_sessions(store: &str, db: &Path) -> HashSet<String> {
     match store {
         "redb" => {
-            let h = metis_storage_redb::open_shared(db, metis_storage_redb::Sharing::default(), false)
-                .unwrap();
+            let h =
+                metis_storage_redb::open_shared(db, metis_storage_redb::Sharing::default(), false)
+                    .unwrap();
             metis_storage_redb::query::events_of_type(&h, "llm.call_completed")
                 .unwrap()
                 .into_iter()

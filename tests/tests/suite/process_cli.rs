@@ -16,7 +16,9 @@
 use metis_tests::certs::TestPki;
 use metis_tests::fake_upstream::{DEFAULT_ANTHROPIC_KEY, DEFAULT_OPENAI_KEY};
 use metis_tests::gateway::read_events;
-use metis_tests::process::{CliOutput, GatewayProcess, issue_key, metis, upstream_args, upstream_env};
+use metis_tests::process::{
+    CliOutput, GatewayProcess, issue_key, metis, upstream_args, upstream_env,
+};
 use metis_tests::{Combo, FakeUpstream};
 use serde_json::Value;
 use std::path::{Path, PathBuf};

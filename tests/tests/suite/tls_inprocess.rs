@@ -11,11 +11,11 @@
 )]
 
 use clap::Parser;
+use metis::App;
+use metis::cli::ServeArgs;
 use metis_tests::certs::{PkiFiles, TestPki};
 use metis_tests::gateway::{reply_text, stream_text};
 use metis_tests::{Combo, GatewayOptions, Shape, TestGateway, parse_sse};
-use metis::App;
-use metis::cli::ServeArgs;
 use serde_json::Value;
 use std::time::Duration;
 

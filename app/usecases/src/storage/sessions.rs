@@ -16,10 +16,9 @@ pub fn descendants(
     root: &str,
     max: usize,
 ) -> Result<Vec<SessionRecord>, StorageError> {
-    metis_domain::sessions::collect_descendants(root, max, |id| reader.session_children(id)).map_err(
-        |e| StorageError::Trace {
+    metis_domain::sessions::collect_descendants(root, max, |id| reader.session_children(id))
+        .map_err(|e| StorageError::Trace {
             what: "cannot read sessions",
             source: e,
-        },
-    )
+        })
 }

@@ -7,7 +7,9 @@ use std::sync::Mutex;
 
 use metis_domain::audit::BrokenLink;
 use metis_domain::keys::KeyRecord;
-use metis_domain::patterns::{FingerprintInputs, PatternRecord, PatternRecorded, StructuralFeatures};
+use metis_domain::patterns::{
+    FingerprintInputs, PatternRecord, PatternRecorded, StructuralFeatures,
+};
 use metis_domain::sessions::SessionRecord;
 use metis_ports::keys::KeyStoreError;
 use metis_ports::patterns::{OutcomeRow, PatternError, PatternStats, RecordOutcome};

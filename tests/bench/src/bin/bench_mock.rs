@@ -28,13 +28,13 @@ use std::time::Duration;
 use anyhow::Context as _;
 use bytes::Bytes;
 use clap::Parser;
-use metis_bench::mockdata::{Bodies, Content, wants_stream, wants_usage};
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use metis_bench::mockdata::{Bodies, Content, wants_stream, wants_usage};
 use tokio::net::TcpListener;
 
 #[derive(Debug, Parser)]
