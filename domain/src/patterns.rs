@@ -22,8 +22,8 @@ use crate::events::{Actor, Payload, Sensitivity};
 mod projection;
 use crate::time::Timestamp;
 pub use projection::{
-    FingerprintIdTaken, OutcomeTotals, PatternRows, RecordResult, apply_record, enforce_caps,
-    replay,
+    FingerprintIdTaken, MemoryRows, OutcomeTotals, PatternRows, RecordResult, apply_record,
+    enforce_caps, replay,
 };
 
 /// The `pattern.recorded` event type (the gateway emits one per completed, routed turn).

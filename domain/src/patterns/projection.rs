@@ -14,6 +14,7 @@
 //!   the hard cap, the oldest rows (last update, then sample size, fingerprint, model) go
 //!   until the soft cap is met; fingerprints left without outcomes go with them.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use super::{PatternCaps, PatternRecord, mean_add};
@@ -273,102 +274,113 @@ pub fn replay<E>(
     Ok(total)
 }
 
+/// The projection's rows in memory: the reference store for the rules above (the port fakes
+/// keep a workspace's projection in one, and the rules' own tests run on it).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MemoryRows {
+    /// Fingerprints by id: `(structural_sig, created_at_us)`.
+    pub fingerprints: BTreeMap<String, (String, Timestamp)>,
+    /// Outcomes by `(fingerprint id, model)`.
+    pub outcomes: BTreeMap<(String, String), OutcomeTotals>,
+}
+
+impl PatternRows for MemoryRows {
+    type Error = FingerprintIdTaken;
+
+    fn fingerprint_by_sig(
+        &mut self,
+        sig: &str,
+    ) -> Result<Option<(String, Timestamp)>, FingerprintIdTaken> {
+        Ok(self
+            .fingerprints
+            .iter()
+            .filter(|(_, (s, _))| s == sig)
+            .map(|(id, (_, created))| (id.clone(), *created))
+            .min_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0))))
+    }
+
+    fn fingerprint_exists(&mut self, id: &str) -> Result<bool, FingerprintIdTaken> {
+        Ok(self.fingerprints.contains_key(id))
+    }
+
+    fn insert_fingerprint(&mut self, r: &PatternRecord) -> Result<(), FingerprintIdTaken> {
+        self.fingerprints.insert(
+            r.fingerprint_id.clone(),
+            (r.structural_sig.clone(), r.at_us),
+        );
+        Ok(())
+    }
+
+    fn set_fingerprint_created(
+        &mut self,
+        id: &str,
+        _old: Timestamp,
+        at: Timestamp,
+    ) -> Result<(), FingerprintIdTaken> {
+        if let Some(f) = self.fingerprints.get_mut(id) {
+            f.1 = at;
+        }
+        Ok(())
+    }
+
+    fn outcome(
+        &mut self,
+        fp: &str,
+        model: &str,
+    ) -> Result<Option<OutcomeTotals>, FingerprintIdTaken> {
+        Ok(self
+            .outcomes
+            .get(&(fp.to_owned(), model.to_owned()))
+            .cloned())
+    }
+
+    fn put_outcome(
+        &mut self,
+        fp: &str,
+        model: &str,
+        new: &OutcomeTotals,
+        _old: Option<&OutcomeTotals>,
+    ) -> Result<(), FingerprintIdTaken> {
+        self.outcomes
+            .insert((fp.to_owned(), model.to_owned()), new.clone());
+        Ok(())
+    }
+
+    fn outcome_count(&mut self) -> Result<u64, FingerprintIdTaken> {
+        Ok(self.outcomes.len() as u64)
+    }
+
+    fn remove_outcomes_before(&mut self, cutoff: Timestamp) -> Result<u64, FingerprintIdTaken> {
+        let before = self.outcomes.len();
+        self.outcomes.retain(|_, o| o.last_updated_at_us >= cutoff);
+        Ok((before - self.outcomes.len()) as u64)
+    }
+
+    fn remove_first_outcomes(&mut self, n: u64) -> Result<u64, FingerprintIdTaken> {
+        let mut order: Vec<(Timestamp, u64, (String, String))> = self
+            .outcomes
+            .iter()
+            .map(|(k, o)| (o.last_updated_at_us, o.sample_size, k.clone()))
+            .collect();
+        order.sort();
+        let n = usize::try_from(n).unwrap_or(usize::MAX).min(order.len());
+        for (_, _, k) in order.into_iter().take(n) {
+            self.outcomes.remove(&k);
+        }
+        Ok(n as u64)
+    }
+
+    fn remove_orphan_fingerprints(&mut self) -> Result<(), FingerprintIdTaken> {
+        let used: std::collections::BTreeSet<&String> =
+            self.outcomes.keys().map(|(f, _)| f).collect();
+        self.fingerprints.retain(|id, _| used.contains(id));
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
-
-    /// The simplest store: fingerprints by id, outcomes by (fingerprint, model).
-    #[derive(Default)]
-    struct Mem {
-        fps: BTreeMap<String, (String, Timestamp)>,
-        outcomes: BTreeMap<(String, String), OutcomeTotals>,
-    }
-
-    #[derive(Debug)]
-    struct Taken(String);
-
-    impl From<FingerprintIdTaken> for Taken {
-        fn from(e: FingerprintIdTaken) -> Self {
-            Taken(e.to_string())
-        }
-    }
-
-    impl PatternRows for Mem {
-        type Error = Taken;
-        fn fingerprint_by_sig(&mut self, sig: &str) -> Result<Option<(String, Timestamp)>, Taken> {
-            Ok(self
-                .fps
-                .iter()
-                .filter(|(_, (s, _))| s == sig)
-                .map(|(id, (_, c))| (id.clone(), *c))
-                .min_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0))))
-        }
-        fn fingerprint_exists(&mut self, id: &str) -> Result<bool, Taken> {
-            Ok(self.fps.contains_key(id))
-        }
-        fn insert_fingerprint(&mut self, r: &PatternRecord) -> Result<(), Taken> {
-            self.fps.insert(
-                r.fingerprint_id.clone(),
-                (r.structural_sig.clone(), r.at_us),
-            );
-            Ok(())
-        }
-        fn set_fingerprint_created(
-            &mut self,
-            id: &str,
-            _: Timestamp,
-            at: Timestamp,
-        ) -> Result<(), Taken> {
-            if let Some(f) = self.fps.get_mut(id) {
-                f.1 = at;
-            }
-            Ok(())
-        }
-        fn outcome(&mut self, fp: &str, model: &str) -> Result<Option<OutcomeTotals>, Taken> {
-            Ok(self
-                .outcomes
-                .get(&(fp.to_owned(), model.to_owned()))
-                .cloned())
-        }
-        fn put_outcome(
-            &mut self,
-            fp: &str,
-            model: &str,
-            new: &OutcomeTotals,
-            _: Option<&OutcomeTotals>,
-        ) -> Result<(), Taken> {
-            self.outcomes
-                .insert((fp.to_owned(), model.to_owned()), new.clone());
-            Ok(())
-        }
-        fn outcome_count(&mut self) -> Result<u64, Taken> {
-            Ok(self.outcomes.len() as u64)
-        }
-        fn remove_outcomes_before(&mut self, cutoff: Timestamp) -> Result<u64, Taken> {
-            let before = self.outcomes.len();
-            self.outcomes.retain(|_, o| o.last_updated_at_us >= cutoff);
-            Ok((before - self.outcomes.len()) as u64)
-        }
-        fn remove_first_outcomes(&mut self, n: u64) -> Result<u64, Taken> {
-            let mut order: Vec<_> = self
-                .outcomes
-                .iter()
-                .map(|(k, o)| (o.last_updated_at_us, o.sample_size, k.clone()))
-                .collect();
-            order.sort();
-            let gone: Vec<_> = order.into_iter().take(n as usize).collect();
-            for (_, _, k) in &gone {
-                self.outcomes.remove(k);
-            }
-            Ok(gone.len() as u64)
-        }
-        fn remove_orphan_fingerprints(&mut self) -> Result<(), Taken> {
-            let used: Vec<String> = self.outcomes.keys().map(|(f, _)| f.clone()).collect();
-            self.fps.retain(|id, _| used.contains(id));
-            Ok(())
-        }
-    }
 
     fn rec(sig: &str, model: &str, at: Timestamp, score: Option<f64>) -> PatternRecord {
         PatternRecord {
@@ -388,7 +400,7 @@ mod tests {
     #[test]
     fn the_roll_up_is_order_independent_where_it_can_be() {
         let caps = PatternCaps::default();
-        let mut m = Mem::default();
+        let mut m = MemoryRows::default();
         let a = apply_record(&mut m, &rec("s", "m", 20, Some(1.0)), &caps).unwrap();
         assert!(a.was_new_fingerprint);
         let b = apply_record(&mut m, &rec("s", "m", 10, None), &caps).unwrap();
@@ -399,19 +411,20 @@ mod tests {
         assert_eq!(o.last_updated_at_us, 20);
         // An older replayed record neither lowers the last update nor wins the pricing version.
         assert_eq!(o.pricing_version_last, "v20");
-        assert_eq!(m.fps["fp-s"].1, 10);
+        assert_eq!(m.fingerprints["fp-s"].1, 10);
     }
 
     #[test]
     fn a_taken_fingerprint_id_is_an_error() {
         let caps = PatternCaps::default();
-        let mut m = Mem::default();
+        let mut m = MemoryRows::default();
         apply_record(&mut m, &rec("s", "m", 1, None), &caps).unwrap();
         let mut other = rec("t", "m", 2, None);
         other.fingerprint_id = "fp-s".into();
         let e = apply_record(&mut m, &other, &caps).unwrap_err();
         assert!(
-            e.0.contains("already exists with another signature"),
+            e.to_string()
+                .contains("already exists with another signature"),
             "{e:?}"
         );
     }
@@ -423,7 +436,7 @@ mod tests {
             hard_outcomes: 3,
             max_age_days: 10_000,
         };
-        let mut m = Mem::default();
+        let mut m = MemoryRows::default();
         for (i, sig) in ["a", "b", "c"].iter().enumerate() {
             let r = apply_record(&mut m, &rec(sig, "m", i as i64 + 1, None), &caps).unwrap();
             assert_eq!(r.rows_auto_evicted, 0);
@@ -432,7 +445,7 @@ mod tests {
         let r = apply_record(&mut m, &rec("d", "m", 4, None), &caps).unwrap();
         assert_eq!(r.rows_auto_evicted, 2);
         assert!(!r.over_soft_cap);
-        assert_eq!(m.fps.keys().collect::<Vec<_>>(), ["fp-c", "fp-d"]);
+        assert_eq!(m.fingerprints.keys().collect::<Vec<_>>(), ["fp-c", "fp-d"]);
     }
 
     #[test]
@@ -443,7 +456,7 @@ mod tests {
             hard_outcomes: 10,
             max_age_days: 1,
         };
-        let mut m = Mem::default();
+        let mut m = MemoryRows::default();
         apply_record(&mut m, &rec("old", "m", 0, None), &caps).unwrap();
         apply_record(&mut m, &rec("new", "m", day / 2, None), &caps).unwrap();
         let r = apply_record(&mut m, &rec("later", "m", 2 * day, None), &caps).unwrap();

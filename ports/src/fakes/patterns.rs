@@ -1,34 +1,26 @@
 //! The pattern store fake: one projection per workspace in memory. The projection rules
 //! (fingerprint lookup, roll-up, cap eviction) are the domain's; this file only stores rows.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use metis_domain::patterns::{
-    FingerprintIdTaken, OutcomeTotals, PATTERN_SCHEMA_VERSION, PatternCaps, PatternRecord,
-    PatternRows, apply_record,
+    FingerprintIdTaken, MemoryRows, PATTERN_SCHEMA_VERSION, PatternCaps, PatternRecord,
+    apply_record,
 };
-use metis_domain::time::Timestamp;
 
 use super::lock;
 use crate::patterns::{
     ModelTotals, OutcomeRow, PatternError, PatternStats, PatternStore, RecordOutcome,
 };
 
-#[derive(Debug, Clone)]
-struct Fingerprint {
-    structural_sig: String,
-    created_at_us: Timestamp,
-}
-
-/// One workspace's projection.
+/// One workspace's projection: the domain's in-memory rows plus what a store file adds.
 #[derive(Debug, Clone)]
 struct Projection {
     schema_version: i64,
-    fingerprints: BTreeMap<String, Fingerprint>,
-    outcomes: BTreeMap<(String, String), OutcomeTotals>,
+    rows: MemoryRows,
     embedding_cache_rows: u64,
 }
 
@@ -36,111 +28,9 @@ impl Default for Projection {
     fn default() -> Self {
         Self {
             schema_version: PATTERN_SCHEMA_VERSION,
-            fingerprints: BTreeMap::new(),
-            outcomes: BTreeMap::new(),
+            rows: MemoryRows::default(),
             embedding_cache_rows: 0,
         }
-    }
-}
-
-/// Why the projection refused a record (the only refusal: a taken fingerprint id).
-#[derive(Debug)]
-struct Refused(String);
-
-impl From<FingerprintIdTaken> for Refused {
-    fn from(e: FingerprintIdTaken) -> Self {
-        Refused(e.to_string())
-    }
-}
-
-/// Row access for the domain's projection rules. The caller works on a copy of the
-/// projection and keeps it only when every record applied (one transaction).
-impl PatternRows for Projection {
-    type Error = Refused;
-
-    fn fingerprint_by_sig(&mut self, sig: &str) -> Result<Option<(String, Timestamp)>, Refused> {
-        Ok(self
-            .fingerprints
-            .iter()
-            .filter(|(_, f)| f.structural_sig == sig)
-            .map(|(id, f)| (id.clone(), f.created_at_us))
-            .min_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0))))
-    }
-
-    fn fingerprint_exists(&mut self, id: &str) -> Result<bool, Refused> {
-        Ok(self.fingerprints.contains_key(id))
-    }
-
-    fn insert_fingerprint(&mut self, r: &PatternRecord) -> Result<(), Refused> {
-        self.fingerprints.insert(
-            r.fingerprint_id.clone(),
-            Fingerprint {
-                structural_sig: r.structural_sig.clone(),
-                created_at_us: r.at_us,
-            },
-        );
-        Ok(())
-    }
-
-    fn set_fingerprint_created(
-        &mut self,
-        id: &str,
-        _old: Timestamp,
-        at: Timestamp,
-    ) -> Result<(), Refused> {
-        if let Some(f) = self.fingerprints.get_mut(id) {
-            f.created_at_us = at;
-        }
-        Ok(())
-    }
-
-    fn outcome(&mut self, fp: &str, model: &str) -> Result<Option<OutcomeTotals>, Refused> {
-        Ok(self
-            .outcomes
-            .get(&(fp.to_owned(), model.to_owned()))
-            .cloned())
-    }
-
-    fn put_outcome(
-        &mut self,
-        fp: &str,
-        model: &str,
-        new: &OutcomeTotals,
-        _old: Option<&OutcomeTotals>,
-    ) -> Result<(), Refused> {
-        self.outcomes
-            .insert((fp.to_owned(), model.to_owned()), new.clone());
-        Ok(())
-    }
-
-    fn outcome_count(&mut self) -> Result<u64, Refused> {
-        Ok(self.outcomes.len() as u64)
-    }
-
-    fn remove_outcomes_before(&mut self, cutoff: Timestamp) -> Result<u64, Refused> {
-        let before = self.outcomes.len();
-        self.outcomes.retain(|_, o| o.last_updated_at_us >= cutoff);
-        Ok((before - self.outcomes.len()) as u64)
-    }
-
-    fn remove_first_outcomes(&mut self, n: u64) -> Result<u64, Refused> {
-        let mut order: Vec<(Timestamp, u64, (String, String))> = self
-            .outcomes
-            .iter()
-            .map(|(k, o)| (o.last_updated_at_us, o.sample_size, k.clone()))
-            .collect();
-        order.sort();
-        let n = usize::try_from(n).unwrap_or(usize::MAX).min(order.len());
-        for (_, _, k) in order.into_iter().take(n) {
-            self.outcomes.remove(&k);
-        }
-        Ok(n as u64)
-    }
-
-    fn remove_orphan_fingerprints(&mut self) -> Result<(), Refused> {
-        let used: HashSet<&String> = self.outcomes.keys().map(|(f, _)| f).collect();
-        self.fingerprints.retain(|id, _| used.contains(id));
-        Ok(())
     }
 }
 
@@ -204,10 +94,10 @@ impl InMemoryPatternStore {
         format!("memory:{workspace}")
     }
 
-    fn refused(workspace: &str, e: Refused) -> PatternError {
+    fn refused(workspace: &str, e: FingerprintIdTaken) -> PatternError {
         PatternError::Unavailable {
             location: Self::location(workspace),
-            message: e.0,
+            message: e.to_string(),
         }
     }
 
@@ -238,7 +128,7 @@ impl PatternStore for InMemoryPatternStore {
         Self::check_version(workspace, p)?;
         // Work on a copy so a failed record changes nothing (one transaction).
         let mut next = p.clone();
-        let res = apply_record(&mut next, &record, &self.caps)
+        let res = apply_record(&mut next.rows, &record, &self.caps)
             .map_err(|e| Self::refused(workspace, e))?;
         *p = next;
         Ok(RecordOutcome::Recorded(res))
@@ -258,7 +148,7 @@ impl PatternStore for InMemoryPatternStore {
         // One transaction: all of the batch or none of it.
         let mut next = p.clone();
         for r in &records {
-            apply_record(&mut next, r, &self.caps).map_err(|e| Self::refused(workspace, e))?;
+            apply_record(&mut next.rows, r, &self.caps).map_err(|e| Self::refused(workspace, e))?;
         }
         *p = next;
         Ok(records.len() as u64)
@@ -283,7 +173,7 @@ impl PatternStore for InMemoryPatternStore {
             ..Projection::default()
         };
         for r in &records {
-            apply_record(&mut next, r, &self.caps).map_err(|e| Self::refused(workspace, e))?;
+            apply_record(&mut next.rows, r, &self.caps).map_err(|e| Self::refused(workspace, e))?;
         }
         *p = next;
         Ok(records.len() as u64)
@@ -296,7 +186,7 @@ impl PatternStore for InMemoryPatternStore {
         };
         Self::check_version(workspace, p)?;
         let mut models: BTreeMap<&str, ModelTotals> = BTreeMap::new();
-        for ((_, model), o) in &p.outcomes {
+        for ((_, model), o) in &p.rows.outcomes {
             let m = models.entry(model).or_insert_with(|| ModelTotals {
                 model: model.clone(),
                 samples: 0,
@@ -316,13 +206,13 @@ impl PatternStore for InMemoryPatternStore {
         Ok(Some(PatternStats {
             location: Self::location(workspace),
             schema_version: p.schema_version,
-            fingerprints: p.fingerprints.len() as u64,
-            outcomes: p.outcomes.len() as u64,
+            fingerprints: p.rows.fingerprints.len() as u64,
+            outcomes: p.rows.outcomes.len() as u64,
             samples: models.iter().map(|m| m.samples).sum(),
             embedding_cache_rows: p.embedding_cache_rows,
             models,
-            oldest_update_us: p.outcomes.values().map(|o| o.last_updated_at_us).min(),
-            newest_update_us: p.outcomes.values().map(|o| o.last_updated_at_us).max(),
+            oldest_update_us: p.rows.outcomes.values().map(|o| o.last_updated_at_us).min(),
+            newest_update_us: p.rows.outcomes.values().map(|o| o.last_updated_at_us).max(),
         }))
     }
 
@@ -332,13 +222,14 @@ impl PatternStore for InMemoryPatternStore {
             return Ok(Vec::new());
         };
         Self::check_version(workspace, p)?;
-        Ok(p.outcomes
+        Ok(p.rows
+            .outcomes
             .iter()
             .filter_map(|((fp, model), o)| {
-                let f = p.fingerprints.get(fp)?;
+                let f = p.rows.fingerprints.get(fp)?;
                 Some(OutcomeRow {
                     fingerprint_id: fp.clone(),
-                    structural_sig: f.structural_sig.clone(),
+                    structural_sig: f.0.clone(),
                     primary_model: model.clone(),
                     sample_size: o.sample_size,
                     success_score_mean: o.success_score_mean,

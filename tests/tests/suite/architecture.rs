@@ -153,17 +153,6 @@ fn adapters_depend_only_on_domain_and_ports() {
             .collect();
         assert!(bad.is_empty(), "adapter {} depends on {bad:?}", a.name);
     }
-    let kit = all
-        .iter()
-        .find(|m| m.name == STORAGE_KIT)
-        .expect("metis-storage-kit exists");
-    assert!(
-        kit.internal_deps
-            .iter()
-            .all(|d| d == "metis-domain" || d == "metis-ports"),
-        "{STORAGE_KIT} may depend only on metis-domain and metis-ports: {:?}",
-        kit.internal_deps
-    );
 }
 
 #[test]
