@@ -114,7 +114,15 @@ fn issue15(input: &Input, out: &mut Vec<Check>) {
                                 us(d.latency.p99_us),
                                 m.error_count()
                             ),
-                            verdict(added <= 300.0 && m.error_count() == 0),
+                            // A gateway in front of the mock cannot be faster than the mock
+                            // alone by more than the goal: the baseline run was disturbed
+                            // (shared VM), so the run cannot say whether the goal is met.
+                            if added < -300.0 {
+                                "inconclusive (the direct run's p99 is higher: noisy baseline)"
+                                    .into()
+                            } else {
+                                verdict(added <= 300.0 && m.error_count() == 0)
+                            },
                         )
                     }
                     _ => not_measured(&format!("{gw} or direct {sync} r1000 run missing")),

@@ -211,7 +211,8 @@ pub(super) fn threads_table(input: &Input, md: &mut String) {
             us(total),
             us(worker),
             us(writer),
-            us(total - worker - writer)
+            // Clamped: per-thread ticks rounded to the clock tick can sum past the total.
+            us((total - worker - writer).max(0.0))
         );
     }
     let _ = writeln!(md);
