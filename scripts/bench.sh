@@ -2,10 +2,11 @@
 # Gateway benchmarks (issue #3): one command, one machine, one run.
 #
 # Runs the same workloads against the bench mock directly, the metis gateway (sync and
-# stream, OpenAI and Anthropic shapes, rate limiting on and off), nginx as a plain reverse
-# proxy, LiteLLM proxy (config-file mode) and the Portkey gateway, all in front of the same
-# mock on 127.0.0.1, then the trace-writer benchmark, and writes
-# bench-results/results.md and bench-results/results.json.
+# stream, OpenAI and Anthropic shapes, SQLite and redb storage, rate limiting on and off),
+# nginx as a plain reverse proxy, LiteLLM proxy (config-file mode) and the Portkey gateway,
+# all in front of the same mock on 127.0.0.1, then the trace-writer benchmark, and writes
+# bench-results/results.md and bench-results/results.json. Every metis run also records the
+# trace events the gateway dropped (its /metrics overflow counter, read before and after).
 #
 # CPU pinning: the proxy under test and the mock share core PROXY_CPU (default 1); the load
 # generator runs alone on core LOADGEN_CPU (default 0). Every run is bounded: WARMUP + DURATION
@@ -35,6 +36,7 @@ SLOW_MOCK_PORT=18082
 METIS_PORT=18420
 METIS_RL_PORT=18421
 METIS_SLOW_PORT=18422
+METIS_REDB_PORT=18423
 NGINX_PORT=18090
 LITELLM_PORT=18400
 PORTKEY_PORT=18787
@@ -100,37 +102,25 @@ record_rss() { # target pid
 }
 
 # One load-generator run; the record is appended to $RUNS. A failing run becomes a note.
-# The gateway's count of trace events it could not queue (`/metrics` of the gateway at URL).
-overflowed() { # base-url
-  curl -s --max-time 2 "$1/metrics" | awk '/^metis_trace_events_overflowed_total /{print $2}'
-}
-
 load() { # target scenario [bench-load args...]
   local target=$1 scenario=$2
   shift 2
-  # For metis, count trace events dropped during the run: a writer that falls behind and
+  # For metis, count trace events dropped during the run (bench-load reads the gateway's
+  # metis_trace_events_overflowed_total before and after): a writer that falls behind and
   # overflows its queue makes the run look cheaper than it is, so it is reported per run.
-  local base="" before="" a prev=""
+  local metrics=() a prev=""
   if [[ $target == metis* ]]; then
     for a in "$@"; do
-      [ "$prev" = --url ] && base=$(sed -E 's#^(https?://[^/]+).*#\1#' <<<"$a")
+      [ "$prev" = --url ] && metrics=(--metrics-url "$(sed -E 's#^(https?://[^/]+).*#\1#' <<<"$a")/metrics")
       prev=$a
     done
-    [ -n "$base" ] && before=$(overflowed "$base")
   fi
   if ! taskset -c "$LOADGEN_CPU" "$BIN/bench-load" run --json-out "$RUNS" --clk-tck "$CLK" \
     --duration "$DUR" --warmup "$WARM" --timeout 10 \
-    --target "$target" --scenario "$scenario" "$@" >/dev/null 2>>"$LOGS/bench-load.err"; then
+    --target "$target" --scenario "$scenario" "${metrics[@]}" "$@" >/dev/null 2>>"$LOGS/bench-load.err"; then
     note "$target" "bench-load failed for $scenario $* (see logs/bench-load.err)"
   fi
   tail -n 1 "$LOGS/bench-load.err" >&2 || true
-  if [ -n "$before" ]; then
-    local dropped
-    dropped=$(awk -v a="$before" -v b="$(overflowed "$base")" 'BEGIN { printf "%d", b - a }')
-    if [ "$dropped" -gt 0 ]; then
-      note "$target" "$scenario ($(grep -oE -- '--(concurrency|rate) [0-9]+' <<<"$*" | head -n 1)): $dropped trace events overflowed the writer's queue (counted, not stored); CPU per request excludes writing them"
-    fi
-  fi
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -141,7 +131,7 @@ rm -rf "$OUT"
 mkdir -p "$OUT" "$LOGS" "$OUT/bodies" "$OUT/tmp"
 : >"$RUNS"
 
-for p in $MOCK_PORT $SLOW_MOCK_PORT $METIS_PORT $METIS_RL_PORT $METIS_SLOW_PORT $NGINX_PORT $LITELLM_PORT $PORTKEY_PORT; do
+for p in $MOCK_PORT $SLOW_MOCK_PORT $METIS_PORT $METIS_RL_PORT $METIS_SLOW_PORT $METIS_REDB_PORT $NGINX_PORT $LITELLM_PORT $PORTKEY_PORT; do
   port_free "$p" || { echo "port $p on 127.0.0.1 is in use; stop what holds it" >&2; exit 1; }
 done
 
@@ -253,6 +243,7 @@ load direct openai-sync --url "$MOCK/v1/chat/completions" "${OA_SYNC[@]}" "${D[@
 load direct openai-sync --url "$MOCK/v1/chat/completions" "${OA_SYNC[@]}" "${D[@]}" --rate 1000
 load direct openai-stream --url "$MOCK/v1/chat/completions" "${OA_STREAM[@]}" "${D[@]}" --concurrency 32
 load direct anthropic-sync --url "$MOCK/v1/messages" "${AN_SYNC[@]}" "${D[@]}" --concurrency 32
+load direct anthropic-sync --url "$MOCK/v1/messages" "${AN_SYNC[@]}" "${D[@]}" --rate 1000
 load direct anthropic-stream --url "$MOCK/v1/messages" "${AN_STREAM[@]}" "${D[@]}" --concurrency 32
 load direct openai-stream-slow --url "$SLOW/v1/chat/completions" "${OA_STREAM[@]}" --target-pid "$SLOW_MOCK_PID" --concurrency 256 --connections 256
 
@@ -308,6 +299,7 @@ load metis openai-sync --url "$GW/v1/chat/completions" "${OA_AUTH[@]}" "${OA_SYN
 load metis openai-sync --url "$GW/v1/chat/completions" "${OA_AUTH[@]}" "${OA_SYNC[@]}" "${M[@]}" --rate 1000
 load metis openai-stream --url "$GW/v1/chat/completions" "${OA_AUTH[@]}" "${OA_STREAM[@]}" "${M[@]}" --concurrency 32
 load metis anthropic-sync --url "$GW/v1/messages" "${AN_AUTH[@]}" "${AN_SYNC[@]}" "${M[@]}" --concurrency 32
+load metis anthropic-sync --url "$GW/v1/messages" "${AN_AUTH[@]}" "${AN_SYNC[@]}" "${M[@]}" --rate 1000
 load metis anthropic-stream --url "$GW/v1/messages" "${AN_AUTH[@]}" "${AN_STREAM[@]}" "${M[@]}" --concurrency 32
 load metis-translated openai-to-anthropic-sync --baseline-scenario anthropic-sync \
   --note "OpenAI-shaped request for haiku: translated to Anthropic Messages and back" \
@@ -333,6 +325,24 @@ stalled_run --rate 1000
 stalled_run --concurrency 32
 note metis-writer-stalled "lock holder: $(tr '\n' ' ' <"$LOGS/stall.json"); gateway WARN lines 'trace queue full': $(grep -c 'trace queue full' "$LOGS/metis.log" || true), trace batch failures logged: $(grep -c -i 'trace batch' "$LOGS/metis.log" || true)"
 stop "$GW_PID"
+
+log "metis on redb (--store redb; auth + trace writing on, rate limiting off)"
+ISSUE_ARGS=(--store redb)
+start_metis metis-redb $METIS_REDB_PORT "$MOCK" --store redb
+RB_PID=$START_PID RB_TOKEN=$START_TOKEN
+RB=http://127.0.0.1:$METIS_REDB_PORT
+sleep 2
+record_rss metis-redb "$RB_PID"
+RBM=(--target-pid "$RB_PID" --mock-pid "$MOCK_PID")
+RB_OA=(-H "Authorization: Bearer $RB_TOKEN")
+RB_AN=(-H "x-api-key: $RB_TOKEN" "${AN_HDR[@]}")
+load metis-redb openai-sync --url "$RB/v1/chat/completions" "${RB_OA[@]}" "${OA_SYNC[@]}" "${RBM[@]}" --concurrency 32
+load metis-redb openai-sync --url "$RB/v1/chat/completions" "${RB_OA[@]}" "${OA_SYNC[@]}" "${RBM[@]}" --rate 1000
+load metis-redb openai-stream --url "$RB/v1/chat/completions" "${RB_OA[@]}" "${OA_STREAM[@]}" "${RBM[@]}" --concurrency 32
+load metis-redb anthropic-sync --url "$RB/v1/messages" "${RB_AN[@]}" "${AN_SYNC[@]}" "${RBM[@]}" --concurrency 32
+load metis-redb anthropic-sync --url "$RB/v1/messages" "${RB_AN[@]}" "${AN_SYNC[@]}" "${RBM[@]}" --rate 1000
+load metis-redb anthropic-stream --url "$RB/v1/messages" "${RB_AN[@]}" "${AN_STREAM[@]}" "${RBM[@]}" --concurrency 32
+stop "$RB_PID"
 
 log "metis with rate limiting on (limits high enough never to deny)"
 start_metis metis-ratelimit $METIS_RL_PORT "$MOCK" \

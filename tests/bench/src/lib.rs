@@ -6,6 +6,7 @@
 //!   `Content-Length` and chunked bodies), incremental so it works on partial reads.
 //! - [`procfs`]: process CPU time and resident memory read from `/proc`, summed over a
 //!   process and its descendants.
+//! - [`scan`]: SSE events counted in a streamed body, one counter read from `/metrics`.
 //! - [`mockdata`]: the bench mock's pre-rendered OpenAI and Anthropic responses (sync and SSE).
 //! - [`report`]: turns the recorded runs into `results.md` and `results.json`.
 //!
@@ -16,4 +17,5 @@ pub mod http1;
 pub mod mockdata;
 pub mod procfs;
 pub mod report;
+pub mod scan;
 pub mod stats;

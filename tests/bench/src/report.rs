@@ -100,6 +100,13 @@ pub struct RunRecord {
     /// CPU time per successful request by thread name (`comm`) of the target.
     #[serde(default)]
     pub target_threads_us_per_req: BTreeMap<String, f64>,
+    /// SSE events per successful response (streams only).
+    #[serde(default)]
+    pub sse_events_per_req: Option<f64>,
+    /// Trace events the gateway dropped (queue full) during the run, from its `/metrics`;
+    /// `None` when not read (not a gateway, or no `--metrics-url`).
+    #[serde(default)]
+    pub trace_overflowed: Option<u64>,
 }
 
 impl RunRecord {
@@ -109,6 +116,15 @@ impl RunRecord {
 
     fn is_stream(&self) -> bool {
         self.scenario.contains("stream")
+    }
+
+    /// Target CPU per forwarded SSE event: CPU per request over the events per response.
+    #[must_use]
+    pub fn cpu_target_us_per_chunk(&self) -> Option<f64> {
+        match (self.cpu_target_us_per_req, self.sse_events_per_req) {
+            (Some(c), Some(n)) if n > 0.0 => Some(c / n),
+            _ => None,
+        }
     }
 }
 

@@ -12,8 +12,12 @@
 //! It reports throughput, latency p50/p90/p99/p99.9/max, time to the first body byte (for
 //! streams: the first SSE bytes), errors by kind, and — for the processes named with
 //! `--target-pid` / `--mock-pid` (each with its descendants) — CPU time over the measured
-//! window from `/proc` divided by the successful requests, and peak resident memory. One JSON
-//! object per run goes to stdout (and is appended to `--json-out`); a summary to stderr.
+//! window from `/proc` divided by the successful requests, and peak resident memory. For
+//! streams it counts the SSE events each successful response carried (so CPU can be divided
+//! per forwarded chunk). With `--metrics-url` it reads the gateway's
+//! `metis_trace_events_overflowed_total` before the warm-up and after the last response, and
+//! records the difference: trace events the gateway dropped during the run. One JSON object
+//! per run goes to stdout (and is appended to `--json-out`); a summary to stderr.
 //!
 //! Invariants:
 //! - Bounded: no request is sent after `warmup + duration`; in-flight requests get at most
@@ -38,6 +42,7 @@ use clap::{Args, Parser, Subcommand};
 use metis_bench::http1::{ChunkedDecoder, Framing, parse_head};
 use metis_bench::procfs::{self, ProcSet};
 use metis_bench::report::{self, Load, RunRecord};
+use metis_bench::scan::{prometheus_value, sse_events};
 use metis_bench::stats::summarize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -127,6 +132,73 @@ struct RunArgs {
     /// Append the JSON record to this file.
     #[arg(long)]
     json_out: Option<PathBuf>,
+    /// The gateway's `/metrics` (loopback): its dropped-event counter is read before and
+    /// after the run and the difference recorded as `trace_overflowed`.
+    #[arg(long)]
+    metrics_url: Option<String>,
+}
+
+/// The counter of trace events the gateway refused because its writer's queue was full.
+const OVERFLOW_METRIC: &str = "metis_trace_events_overflowed_total";
+
+/// GET a loopback URL on a fresh connection and return its decoded body as text (bounded
+/// by a 2 s timeout).
+async fn get_text(url: &str) -> anyhow::Result<String> {
+    let (host, port, path) = parse_url(url)?;
+    let addr = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    let fetch = async {
+        let mut s = TcpStream::connect(&addr).await?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await?;
+        anyhow::Ok(buf)
+    };
+    let buf = tokio::time::timeout(Duration::from_secs(2), fetch)
+        .await
+        .context("timed out")??;
+    let head = parse_head(&buf)?.context("incomplete response head")?;
+    if !(200..300).contains(&head.status) {
+        bail!("status {}", head.status);
+    }
+    let raw = &buf[head.len..];
+    let body = match head.framing {
+        Framing::Length(n) => raw.get(..n).context("truncated body")?.to_vec(),
+        Framing::UntilClose => raw.to_vec(),
+        Framing::Chunked => {
+            let mut dec = ChunkedDecoder::default();
+            let mut out = Vec::new();
+            dec.feed(raw, Some(&mut out))?;
+            if !dec.is_done() {
+                bail!("truncated chunked body");
+            }
+            out
+        }
+    };
+    Ok(String::from_utf8_lossy(&body).into_owned())
+}
+
+/// The gateway's dropped-event counter now. A counter that cannot be read is reported on
+/// stderr and leaves the run's count empty (`–` in the report), never 0.
+async fn overflowed(url: &str) -> Option<f64> {
+    let read = async {
+        let text = get_text(url).await.with_context(|| format!("GET {url}"))?;
+        prometheus_value(&text, OVERFLOW_METRIC)
+            .with_context(|| format!("{url} has no {OVERFLOW_METRIC} sample"))
+    };
+    match read.await {
+        Ok(v) => Some(v),
+        Err(e) => {
+            eprintln!("bench-load: overflow count not read: {e:#}");
+            None
+        }
+    }
 }
 
 /// Host, port and path of a loopback `http://` URL.
@@ -171,6 +243,8 @@ struct Resp {
     /// Send to first body byte.
     ttfb: Duration,
     body_ok: bool,
+    /// SSE events in the body (0 when the body was not kept or is not a stream).
+    sse_events: u64,
 }
 
 /// Why an exchange failed. `Stale` is a keep-alive connection the server had already closed
@@ -340,6 +414,7 @@ impl Conn {
                 status: head.status,
                 ttfb,
                 body_ok,
+                sse_events: if keep_body { sse_events(&self.body) } else { 0 },
             },
             close,
         ))
@@ -357,6 +432,8 @@ struct WorkerStats {
     co_latency_ns: Vec<u64>,
     ttfb_ns: Vec<u64>,
     late_sends: u64,
+    /// SSE events over the successful responses.
+    sse_events: u64,
     errors: BTreeMap<String, u64>,
 }
 
@@ -375,6 +452,7 @@ impl WorkerStats {
         match res {
             Ok(r) if (200..300).contains(&r.status) && r.body_ok => {
                 self.ok += 1;
+                self.sse_events += r.sse_events;
                 self.latency_ns.push(ns(done - sent));
                 self.ttfb_ns.push(ns(r.ttfb));
                 if let Some(due) = due {
@@ -555,6 +633,10 @@ async fn run(a: RunArgs) -> anyhow::Result<RunRecord> {
     if !a.target_pids.is_empty() && target.is_empty() {
         bail!("no process {:?} to measure", a.target_pids);
     }
+    let overflow_before = match &a.metrics_url {
+        Some(u) => overflowed(u).await,
+        None => None,
+    };
     let t0 = Instant::now() + Duration::from_millis(20);
     let measure_start = t0 + Duration::from_secs_f64(a.warmup);
     let end = measure_start + Duration::from_secs_f64(a.duration);
@@ -601,11 +683,22 @@ async fn run(a: RunArgs) -> anyhow::Result<RunRecord> {
         all.co_latency_ns.extend(s.co_latency_ns);
         all.ttfb_ns.extend(s.ttfb_ns);
         all.late_sends += s.late_sends;
+        all.sse_events += s.sse_events;
         for (k, v) in s.errors {
             *all.errors.entry(k).or_default() += v;
         }
     }
     let obs = observer.await.context("observer task")?;
+    // Events of the last responses may be emitted just after their final byte.
+    let trace_overflowed = match (&a.metrics_url, overflow_before) {
+        (Some(u), Some(before)) => {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            overflowed(u)
+                .await
+                .map(|after| (after - before).max(0.0).round() as u64)
+        }
+        _ => None,
+    };
     let tick = 1.0 / a.clk_tck.max(1) as f64;
     let cpu_target_s = obs.target_ticks as f64 * tick;
     let cpu_mock_s = obs.mock_ticks as f64 * tick;
@@ -650,6 +743,8 @@ async fn run(a: RunArgs) -> anyhow::Result<RunRecord> {
             .filter(|_| all.ok > 0)
             .map(|(k, &t)| (k.clone(), t as f64 * tick * 1e6 / all.ok as f64))
             .collect(),
+        sse_events_per_req: (all.sse_events > 0).then(|| all.sse_events as f64 / all.ok as f64),
+        trace_overflowed,
     })
 }
 

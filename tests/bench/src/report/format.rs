@@ -29,10 +29,16 @@ pub fn one_line(r: &RunRecord) -> String {
     if let Some(c) = r.cpu_target_us_per_req {
         let _ = write!(s, ", target CPU {c:.1} µs/req");
     }
+    if let Some(c) = r.cpu_target_us_per_chunk() {
+        let _ = write!(s, " ({c:.2} µs per SSE event)");
+    }
     if let Some(c) = r.cpu_mock_us_per_req {
         let _ = write!(s, ", mock CPU {c:.1} µs/req");
     }
     let _ = write!(s, ", load-gen CPU {:.0}%", r.loadgen_cpu_util * 100.0);
+    if let Some(n) = r.trace_overflowed {
+        let _ = write!(s, ", trace events overflowed {n}");
+    }
     if !r.errors.is_empty() {
         let _ = write!(s, ", errors {:?}", r.errors);
     }
