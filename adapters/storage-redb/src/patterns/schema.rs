@@ -79,4 +79,6 @@ pub(super) const PATTERN_FILE: FileKind = FileKind {
     read_version: read_pattern_version,
     supported: PATTERN_SCHEMA_VERSION,
     init: init_patterns,
+    // Up to 64 pattern stores stay open at once; each is small.
+    cache_bytes: 4 << 20,
 };
