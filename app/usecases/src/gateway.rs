@@ -4,7 +4,7 @@
 use crate::keys::KeyRing;
 use crate::limits::Limiter;
 use crate::patterns::PatternBatcher;
-use crate::spend::{Caps, SpendLedger};
+use crate::spend::SpendLedger;
 use crate::stream::{StreamState, client_stream};
 use crate::wire::{self, Passthrough, RenderCtx, StreamParser, StreamRenderer, shape_of};
 use async_trait::async_trait;
@@ -296,7 +296,7 @@ impl GatewayService for GatewayCore {
             self.auth_failed("missing_token", shape, None, None);
             return Err(GatewayError::InvalidApiKey);
         };
-        let Some(key) = index.get(&hash) else {
+        let Some((key, caps)) = index.get_with_caps(&hash) else {
             self.auth_failed("invalid_token", shape, Some(&token), None);
             return Err(GatewayError::InvalidApiKey);
         };
@@ -329,7 +329,6 @@ impl GatewayService for GatewayCore {
         )
         .map_err(metis_domain::error::invalid)?;
         // Step 3: spend caps, before the body is read.
-        let caps = Caps::of(key);
         match self.ledger.check(key.account(), caps, now) {
             Ok(alerts) => {
                 if !alerts.is_empty() {
@@ -361,6 +360,7 @@ impl GatewayService for GatewayCore {
         Ok(Admission {
             shape,
             key: Arc::clone(key),
+            caps,
             received_at_us: now,
             traceparent: meta.traceparent,
             session,

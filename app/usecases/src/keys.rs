@@ -16,7 +16,9 @@
 use metis_domain::events::key_sources::KEYSTORE_OBSERVED;
 use metis_domain::events::types::{GATEWAY_KEY_ISSUED, GATEWAY_KEY_REVOKED, GATEWAY_KEY_ROTATED};
 use metis_domain::events::{Payload, make_event};
-use metis_domain::keys::{KeyChange, KeyChangeEvent, KeyRecord, next_grace_end, shown_changes};
+use metis_domain::keys::{
+    Caps, KeyChange, KeyChangeEvent, KeyRecord, next_grace_end, shown_changes,
+};
 use metis_domain::time::Timestamp;
 use metis_ports::keys::{KeyStore, KeyStoreError};
 use metis_ports::system::{Clock, IdSource};
@@ -25,10 +27,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
-/// Keys by token hash, and in keystore order.
+/// Keys by token hash (with their caps, parsed once here), and in keystore order.
 #[derive(Debug, Default)]
 pub struct KeyIndex {
-    by_hash: HashMap<String, Arc<KeyRecord>>,
+    by_hash: HashMap<String, (Arc<KeyRecord>, Caps)>,
     ordered: Vec<Arc<KeyRecord>>,
 }
 
@@ -39,14 +41,23 @@ impl KeyIndex {
         let ordered: Vec<Arc<KeyRecord>> = records.into_iter().map(Arc::new).collect();
         let by_hash = ordered
             .iter()
-            .map(|r| (r.secret_hash.to_ascii_lowercase(), Arc::clone(r)))
+            .map(|r| {
+                let entry = (Arc::clone(r), Caps::of(r));
+                (r.secret_hash.to_ascii_lowercase(), entry)
+            })
             .collect();
         KeyIndex { by_hash, ordered }
     }
 
     #[must_use]
     pub fn get(&self, hash: &str) -> Option<&Arc<KeyRecord>> {
-        self.by_hash.get(hash)
+        self.by_hash.get(hash).map(|(k, _)| k)
+    }
+
+    /// The key with token hash `hash` and its parsed caps.
+    #[must_use]
+    pub fn get_with_caps(&self, hash: &str) -> Option<(&Arc<KeyRecord>, Caps)> {
+        self.by_hash.get(hash).map(|(k, caps)| (k, *caps))
     }
 
     /// Every key, in keystore order.
@@ -61,7 +72,7 @@ impl KeyIndex {
         let active = self
             .by_hash
             .values()
-            .filter(|k| k.check_active(now).is_ok())
+            .filter(|(k, _)| k.check_active(now).is_ok())
             .count() as u64;
         (active, self.by_hash.len() as u64 - active)
     }
@@ -367,5 +378,42 @@ impl KeySync {
             None,
             payload,
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Caps are parsed when the index is built and served with the key, with the rules of
+    /// `Caps::of` (a cap that is not a positive number counts as absent).
+    #[test]
+    fn the_index_serves_each_key_with_its_parsed_caps() {
+        let record = |id: &str, hash: &str, daily: Option<&str>, monthly: Option<&str>| {
+            let mut r: KeyRecord = serde_json::from_value(serde_json::json!({
+                "key_id": id, "secret_hash": hash, "workspace_path": "/w"
+            }))
+            .unwrap();
+            r.daily_cap_usd = daily.map(str::to_owned);
+            r.monthly_cap_usd = monthly.map(str::to_owned);
+            r
+        };
+        let index = KeyIndex::new(vec![
+            record("gk_a", "AA", Some(" 2.5 "), Some("NaN")),
+            record("gk_b", "bb", None, None),
+        ]);
+        let (key, caps) = index.get_with_caps("aa").unwrap();
+        assert_eq!(key.key_id, "gk_a");
+        assert_eq!(
+            caps,
+            Caps {
+                daily_usd: Some(2.5),
+                monthly_usd: None
+            }
+        );
+        assert_eq!(caps, Caps::of(key));
+        let (_, none) = index.get_with_caps("bb").unwrap();
+        assert!(none.is_empty());
+        assert!(index.get_with_caps("cc").is_none());
     }
 }

@@ -11,7 +11,7 @@
 //! - A rotated successor charges its predecessor's account (`KeyRecord::account`), so rotation
 //!   never resets spend.
 
-use metis_domain::keys::{KeyRecord, validate_cap};
+use metis_domain::keys::KeyRecord;
 use metis_domain::time::{Timestamp, day_start, month_start};
 use metis_ports::trace::KeySpend;
 use std::collections::HashMap;
@@ -51,30 +51,8 @@ impl Account {
     }
 }
 
-/// The caps of a key, parsed.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct Caps {
-    pub daily_usd: Option<f64>,
-    pub monthly_usd: Option<f64>,
-}
-
-impl Caps {
-    #[must_use]
-    pub fn of(key: &KeyRecord) -> Caps {
-        let parse = |field: &str, v: &Option<String>| {
-            v.as_deref().and_then(|raw| validate_cap(field, raw).ok())
-        };
-        Caps {
-            daily_usd: parse("daily_cap_usd", &key.daily_cap_usd),
-            monthly_usd: parse("monthly_cap_usd", &key.monthly_cap_usd),
-        }
-    }
-
-    #[must_use]
-    pub fn is_empty(&self) -> bool {
-        self.daily_usd.is_none() && self.monthly_usd.is_none()
-    }
-}
+/// The caps of a key, parsed (once per key, when the key ring is built).
+pub use metis_domain::keys::Caps;
 
 /// A cap that is reached.
 #[derive(Debug, Clone, PartialEq)]

@@ -50,6 +50,16 @@ fn sql_int(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+/// The oldest structural fingerprint with a signature.
+const FINGERPRINT_BY_SIG_SQL: &str = "SELECT id, created_at_us FROM fingerprints \
+    WHERE structural_sig = ?1 AND embedding_provider IS NULL \
+    ORDER BY created_at_us, id LIMIT 1";
+
+/// The totals of one (fingerprint, model) outcome.
+const OUTCOME_SQL: &str = "SELECT sample_size, success_score_mean, success_score_count, \
+    sum_cost_usd_micros, sum_latency_ms, pricing_version_last, last_updated_at_us \
+    FROM outcomes WHERE fingerprint_id = ?1 AND primary_model = ?2";
+
 /// The rows of one pattern store inside one write transaction.
 pub(super) struct SqlRows<'a, 'c> {
     tx: &'a Transaction<'c>,
@@ -58,7 +68,9 @@ pub(super) struct SqlRows<'a, 'c> {
 
 impl<'a, 'c> SqlRows<'a, 'c> {
     pub(super) fn new(tx: &'a Transaction<'c>) -> rusqlite::Result<Self> {
-        let n: i64 = tx.query_row("SELECT COUNT(*) FROM outcomes", [], |r| r.get(0))?;
+        let n: i64 = tx
+            .prepare_cached("SELECT COUNT(*) FROM outcomes")?
+            .query_row([], |r| r.get(0))?;
         Ok(Self {
             tx,
             outcomes: count(n),
@@ -72,11 +84,7 @@ impl PatternRows for SqlRows<'_, '_> {
     fn fingerprint_by_sig(&mut self, sig: &str) -> Result<Option<(String, Timestamp)>, RowsError> {
         Ok(self
             .tx
-            .prepare_cached(
-                "SELECT id, created_at_us FROM fingerprints \
-                 WHERE structural_sig = ?1 AND embedding_provider IS NULL \
-                 ORDER BY created_at_us, id LIMIT 1",
-            )?
+            .prepare_cached(FINGERPRINT_BY_SIG_SQL)?
             .query_row(params![sig], |row| Ok((row.get(0)?, row.get(1)?)))
             .optional()?)
     }
@@ -120,11 +128,7 @@ impl PatternRows for SqlRows<'_, '_> {
     fn outcome(&mut self, fp: &str, model: &str) -> Result<Option<OutcomeTotals>, RowsError> {
         Ok(self
             .tx
-            .prepare_cached(
-                "SELECT sample_size, success_score_mean, success_score_count, \
-                 sum_cost_usd_micros, sum_latency_ms, pricing_version_last, last_updated_at_us \
-                 FROM outcomes WHERE fingerprint_id = ?1 AND primary_model = ?2",
-            )?
+            .prepare_cached(OUTCOME_SQL)?
             .query_row(params![fp, model], |row| {
                 Ok(OutcomeTotals {
                     sample_size: count(row.get(0)?),
@@ -206,6 +210,38 @@ impl PatternRows for SqlRows<'_, '_> {
                  WHERE id NOT IN (SELECT DISTINCT fingerprint_id FROM outcomes)",
             )?
             .execute([])?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rusqlite::StatementStatus;
+
+    /// A cached lookup must be reused as prepared, not parsed and planned again on every
+    /// call (the pattern drain runs it once per observed turn).
+    #[test]
+    fn cached_lookups_are_not_prepared_again() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let mut conn = super::super::schema::open_store(&dir.path().join("patterns.db"))?;
+        let tx = conn.transaction()?;
+        let mut rows = SqlRows::new(&tx)?;
+        for sig in ["sig-a", "sig-b", "sig-c"] {
+            assert_eq!(
+                rows.fingerprint_by_sig(sig).map_err(|e| e.to_string())?,
+                None
+            );
+            assert!(
+                rows.outcome("fp", sig)
+                    .map_err(|e| e.to_string())?
+                    .is_none()
+            );
+        }
+        for sql in [FINGERPRINT_BY_SIG_SQL, OUTCOME_SQL] {
+            let stmt = tx.prepare_cached(sql)?;
+            assert_eq!(stmt.get_status(StatementStatus::RePrepare), 0, "{sql}");
+        }
         Ok(())
     }
 }

@@ -9,7 +9,8 @@ use metis_domain::patterns::PATTERN_SCHEMA_VERSION;
 use metis_ports::patterns::PatternError;
 use metis_ports::storage::{MaintenanceError, MigrationPlan};
 use rusqlite::{
-    Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params,
+    Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, config::DbConfig,
+    params,
 };
 
 use super::unavailable;
@@ -355,6 +356,13 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<Vec<Step>, PatternError
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(Duration::from_secs(5))?;
+    // Plans must not depend on bound values. Without this SQLite (3.45+) marks a parameter
+    // compared with `=` as plan-relevant, and rusqlite's statement cache clears the bindings
+    // of every statement it takes back, which expires it: each cached lookup of a turn's
+    // observation was parsed and planned again (`sqlite3Reprepare`, about 4% of the
+    // process's CPU under load). The pattern tables have no partial index and no ANALYZE
+    // statistics, so no plan changes.
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
     let _mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "OFF")

@@ -8,7 +8,6 @@
 
 use super::{DEFAULT_MAX_TOKENS_ESTIMATE, GatewayCore, quota_error};
 use crate::recorder::{CallRecorder, InflightGuard, PatternHook, SessionHook};
-use crate::spend::Caps;
 use metis_domain::error::{ErrorClass, GatewayError};
 use metis_domain::events::{CallIdentity, LlmCallStarted, RouteChainEntry, RouteDecided};
 use metis_domain::models::ModelEntry;
@@ -151,7 +150,7 @@ impl GatewayCore {
         let reservation =
             match self
                 .ledger
-                .reserve(key.account(), Caps::of(key), estimate, self.clock.now_us())
+                .reserve(key.account(), admission.caps, estimate, self.clock.now_us())
             {
                 Ok((r, alerts)) => {
                     if !alerts.is_empty() {
