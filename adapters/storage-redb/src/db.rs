@@ -315,7 +315,13 @@ pub(crate) fn ensure_schema(tx: &WriteTransaction) -> Result<()> {
 }
 
 fn open_raw(path: &Path, sharing: Sharing, create: bool) -> Result<Database> {
-    open_raw_waiting(path, sharing, create, Duration::from_secs(5), BRIEF_CACHE_BYTES)
+    open_raw_waiting(
+        path,
+        sharing,
+        create,
+        Duration::from_secs(5),
+        BRIEF_CACHE_BYTES,
+    )
 }
 
 /// Open, waiting at most `wait` for a handle of this process that is being dropped.
