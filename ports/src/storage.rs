@@ -446,6 +446,14 @@ pub enum PatternPlace {
     Dir(PathBuf),
 }
 
+impl PatternPlace {
+    /// `Dir` under `--patterns-dir` when given, else `InWorkspace`.
+    #[must_use]
+    pub fn from_dir(dir: Option<PathBuf>) -> Self {
+        dir.map_or(Self::InWorkspace, Self::Dir)
+    }
+}
+
 /// The rows of one pattern store, for copying between backends: fingerprints without their
 /// embeddings (by id) and every outcome (by fingerprint, then model).
 #[derive(Debug, Clone, PartialEq, Default)]

@@ -341,10 +341,7 @@ impl App {
             metrics: Arc::clone(&metrics),
             sessions: trace.sessions(),
             patterns: paths.store.backend().pattern_store(
-                &args
-                    .patterns_dir
-                    .clone()
-                    .map_or(PatternPlace::InWorkspace, PatternPlace::Dir),
+                &PatternPlace::from_dir(args.patterns_dir.clone()),
                 PatternCaps::default(),
             ),
             background: Arc::new(background.clone()),

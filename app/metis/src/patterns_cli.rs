@@ -56,7 +56,7 @@ impl StoreArgs {
     }
 
     fn place(&self) -> PatternPlace {
-        place(self.patterns_dir.as_ref())
+        PatternPlace::from_dir(self.patterns_dir.clone())
     }
 }
 
@@ -79,11 +79,6 @@ pub struct PatternsMigrateArgs {
     /// Print the current and target version and every step; change nothing.
     #[arg(long)]
     pub dry_run: bool,
-}
-
-fn place(dir: Option<&PathBuf>) -> PatternPlace {
-    dir.cloned()
-        .map_or(PatternPlace::InWorkspace, PatternPlace::Dir)
 }
 
 /// The block `patterns rebuild` prints.
@@ -195,7 +190,7 @@ pub async fn run(cmd: PatternsCmd) -> ExitCode {
                         .display()
                         .to_string(),
                 };
-                let place = place(args.patterns_dir.as_ref());
+                let place = PatternPlace::from_dir(args.patterns_dir.clone());
                 let files = crate::store::for_patterns(&ws, &place).pattern_files(&place);
                 print(&migrate_text(
                     "patterns",

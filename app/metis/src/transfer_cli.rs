@@ -92,10 +92,7 @@ pub fn migrate_store(
         .iter()
         .map(|w| crate::keys_cli::absolute(w))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let place = args
-        .patterns_dir
-        .clone()
-        .map_or(PatternPlace::InWorkspace, PatternPlace::Dir);
+    let place = PatternPlace::from_dir(args.patterns_dir.clone());
     let (from, to) = (args.from.backend(), args.to.backend());
     Ok(copy_store(
         Side {
