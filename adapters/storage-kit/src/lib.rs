@@ -1,5 +1,5 @@
 //! `metis-storage-kit`: what the storage adapters share, so each backend crate keeps only its
-//! engine-specific code. It implements no port and uses no storage engine or adapter (the
+//! engine-specific code. It knows no storage engine and depends on no adapter (the
 //! architecture test checks it); the writer loop and its sending side ([`WriterHandle`]) live
 //! in `metis-ports`, which may not depend on a runtime.
 //!
@@ -18,9 +18,11 @@
 //! - [`sessions`]: the `SessionStore` port of a store whose turns ride its trace writer.
 //! - [`trace`]: the `EventSink` port of a trace store over the shared writer.
 //!
-//! The ports are written out by macros ([`key_store_on_blocking_pool!`],
-//! [`session_store_on_writer!`], [`event_sink_on_writer!`]) that expand in the adapter
-//! crates, so this crate implements no port itself and each backend writes only what differs.
+//! Where a port can be served generically over a backend's blocking side, it is one generic
+//! type here ([`PatternsOnPool`]); where it needs the backend's own store type, it is written
+//! out by a macro that expands in the adapter crate ([`key_store_on_blocking_pool!`],
+//! [`session_store_on_writer!`], [`event_sink_on_writer!`]). Either way each backend writes
+//! only what differs.
 
 use std::sync::Arc;
 

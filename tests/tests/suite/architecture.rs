@@ -130,7 +130,7 @@ fn members() -> Vec<Member> {
         .collect()
 }
 
-/// The support crate adapters may share (it implements no port, uses no storage engine).
+/// The support crate adapters may share (it knows no storage engine and no adapter).
 const STORAGE_KIT: &str = "metis-storage-kit";
 
 #[test]
