@@ -122,15 +122,7 @@ impl StorageBackend for RedbBackend {
         force: bool,
         progress: Progress<'_>,
     ) -> Result<RestoreSummary, MaintenanceError> {
-        // redb panics on some damaged pages; the restore turns that into a refusal naming the
-        // damage, so the default hook's "thread panicked" lines would only confuse the
-        // operator (this runs in a one-shot command; a panic anywhere else still reaches the
-        // error line through the task's result).
-        let hook = std::panic::take_hook();
-        std::panic::set_hook(Box::new(|_| {}));
-        let r = metis_storage_kit::restore(&ops::Redb, src, db, force, progress);
-        std::panic::set_hook(hook);
-        r
+        metis_storage_kit::restore(&ops::Redb, src, db, force, progress)
     }
 
     fn status(&self, db: &Path, now: Timestamp) -> Result<StoreStatus, MaintenanceError> {

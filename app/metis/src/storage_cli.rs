@@ -232,7 +232,14 @@ pub async fn restore_cmd(args: RestoreArgs) -> ExitCode {
         // The backup's own engine decides (a missing or foreign file: the flag's).
         let backend = crate::store::for_existing(&args.src, args.db.store);
         let bar = Progress::new("restore", true);
+        // An engine may panic on a damaged page; restore turns that into a refusal naming the
+        // damage, so the default hook's "thread panicked" lines would only confuse the
+        // operator. This one-shot command runs nothing else meanwhile, and a panic that is not
+        // caught still reaches the error line through the task's result.
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
         let r = backend.restore(&args.src, &db, args.force, &|d, t| bar.update(d, t));
+        std::panic::set_hook(hook);
         bar.finish();
         print(&r?.block())
     })

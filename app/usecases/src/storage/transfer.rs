@@ -84,7 +84,13 @@ pub fn copy_store(
             from.path.display()
         )));
     }
-    let source = counts(from)?;
+    let reader = from
+        .backend
+        .open_reader(from.path)
+        .map_err(StorageError::trace("cannot open the source store"))?;
+    let source = reader
+        .counts()
+        .map_err(StorageError::trace("cannot count the store's rows"))?;
     let dest = counts(to)?;
     if dest != StoreCounts::default() {
         return Err(StorageError::Refused(format!(
@@ -96,13 +102,15 @@ pub fn copy_store(
             dest.keys
         )));
     }
-    let reader = from
-        .backend
-        .open_reader(from.path)
-        .map_err(StorageError::trace("cannot open the source store"))?;
     let chain_before = chain(reader.as_ref(), from.path)?;
     copy_main(reader.as_ref(), to, source.events, progress)?;
-    let after = counts(to)?;
+    let dest_reader = to
+        .backend
+        .open_reader(to.path)
+        .map_err(StorageError::trace("cannot open the destination store"))?;
+    let after = dest_reader
+        .counts()
+        .map_err(StorageError::trace("cannot count the store's rows"))?;
     if after != source {
         return Err(StorageError::Refused(format!(
             "count mismatch after the copy: source has {} events, {} sessions, {} keys; \
@@ -110,10 +118,6 @@ pub fn copy_store(
             source.events, source.sessions, source.keys, after.events, after.sessions, after.keys
         )));
     }
-    let dest_reader = to
-        .backend
-        .open_reader(to.path)
-        .map_err(StorageError::trace("cannot open the destination store"))?;
     let chain_after = chain(dest_reader.as_ref(), to.path)?;
     if chain_after != chain_before {
         return Err(StorageError::Refused(format!(
