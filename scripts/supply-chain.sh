@@ -127,6 +127,9 @@ check() {
   echo "==> cargo-deny $CARGO_DENY_VERSION check (advisories, licences, sources, bans), offline"
   snapshot_note
   local start=$SECONDS
+  # The policy covers every platform's dependencies, so their sources must be in the cargo
+  # cache (a host build downloads only the host's): fetch them from the registry first.
+  cargo fetch --locked --quiet
   # Inclusion graphs (who pulls a crate in) only when something fails: for the duplicate
   # version warnings alone they run to thousands of lines.
   if ! "${DENY[@]}" --offline --locked check --show-stats --hide-inclusion-graph; then

@@ -17,6 +17,12 @@ echo "==> Supply chain: dependency policy (deny.toml, offline advisories) and th
 scripts/supply-chain.sh
 
 echo "==> Rust tests"
+# A throwaway PostgreSQL on 127.0.0.1 for the PostgreSQL store's tests (stopped on exit);
+# a server already named by METIS_TEST_DATABASE_URL is used as it is.
+if [ -z "${METIS_TEST_DATABASE_URL:-}" ]; then
+  eval "$(scripts/pg-server.sh start)"
+  trap 'scripts/pg-server.sh stop' EXIT
+fi
 cargo build --workspace --bins --locked  # process-level tests spawn target/debug/metis
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast

@@ -1,0 +1,17 @@
+//! PostgreSQL adapters: one database shared by a fleet of gateways.
+//!
+//! - [`config`]: `--database-url` (TLS by libpq's `sslmode` names, verified with rustls),
+//!   pool size and statement timeout; the password never reaches a log line.
+//! - [`pool`]: the connection pool and the adapter's runtime thread, so the port's blocking
+//!   methods work from any caller.
+//! - [`schema`]: versioned schemas per component, migrated once per fleet under an advisory lock.
+//! - [`scratch`]: throwaway databases for tests and benchmarks.
+
+pub mod config;
+pub mod pool;
+pub mod schema;
+pub mod scratch;
+
+pub use config::{ConfigError, DEFAULT_POOL_SIZE, DEFAULT_STATEMENT_TIMEOUT, PgConfig, TlsMode};
+pub use pool::{Db, DbError};
+pub use scratch::ScratchDatabase;
