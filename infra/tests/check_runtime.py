@@ -444,7 +444,10 @@ else:
             port = free_port()
             mp = Mapper(os.path.join(tmp, f"pg-pod-{i}"), port)
             os.makedirs(mp.path("/var/lib/metis"))
+            # The image's ENV (METIS_GATEWAY_DATA_DIR, and a KEYSTORE the chart's env overrides),
+            # then the container's env: what the gateway and `kubectl exec` see in the pod.
             env = base_env()
+            env.update({k: mp.env(k, v) for k, v in env_img.items()})
             env["ANTHROPIC_API_KEY"] = "sk-ant-not-used"  # envFrom: provider Secret
             for e in ctr["env"]:
                 env[e["name"]] = chart_url if "valueFrom" in e else mp.env(e["name"], e["value"])
@@ -468,6 +471,7 @@ else:
             for i in range(replicas):
                 with open(os.path.join(tmp, f"pg-pod-{i}.log")) as f:
                     print(f"  pod {i} log: {f.read()[-600:]}")
+            raise AssertionError("the replicas did not start; their logs are above")
         check("every replica is ready (/readyz) and its `metis healthcheck` answers",
               all(run([METIS, "healthcheck", "--url", f"http://127.0.0.1:{port}/readyz"], env).returncode == 0
                   and run([METIS, "healthcheck"], env).returncode == 0 for _, port, env in pods))
@@ -501,6 +505,7 @@ else:
         mp = Mapper(os.path.join(tmp, "compose-pg"), port)
         os.makedirs(mp.path("/var/lib/metis"))
         env = base_env()
+        env.update({k: mp.env(k, v) for k, v in env_img.items()})
         for k, v in svc["environment"].items():
             # The URL's host is the compose service `postgres`: point it at the test database.
             env[k] = compose_url if k == "METIS_GATEWAY_DATABASE_URL" else mp.env(k, str(v))
