@@ -210,10 +210,8 @@ METIS=$ROOT/target/debug/metis
 # METIS_TEST_DATABASE_URL; run alone, this starts the throwaway server itself.
 if "$METIS" gateway --store postgres --help >/dev/null 2>&1 && [ -z "${METIS_TEST_DATABASE_URL:-}" ] \
   && [ -x scripts/pg-server.sh ]; then
-  scripts/pg-server.sh start
+  eval "$(scripts/pg-server.sh start)"
   pg_started=1
-  METIS_TEST_DATABASE_URL=$(scripts/pg-server.sh url)
-  export METIS_TEST_DATABASE_URL
 fi
 
 step "image/compose/chart contracts executed with the binary (infra/tests/check_runtime.py)"

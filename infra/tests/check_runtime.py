@@ -417,8 +417,8 @@ if run([METIS, "gateway", "--store", "postgres", "--help"], base_env()).returnco
     skip("chart/compose on PostgreSQL against the binary", "`--store postgres` is not in this build yet (being built)")
 elif not os.environ.get("METIS_TEST_DATABASE_URL"):
     check("METIS_TEST_DATABASE_URL is set for the PostgreSQL runtime checks", False,
-          "start a throwaway server with `scripts/pg-server.sh start` and "
-          "`export METIS_TEST_DATABASE_URL=$(scripts/pg-server.sh url)` (scripts/test.sh does both)")
+          "start a throwaway server and export its URL with `eval \"$(scripts/pg-server.sh start)\"` "
+          "(scripts/test.sh and scripts/infra-tests.sh do it when the variable is unset)")
 elif shutil.which("psql") is None:
     check("psql is on PATH (creates the checks' databases)", False, "apt-get install postgresql-client")
 else:
