@@ -100,33 +100,56 @@ note "yamllint: docker-compose.yml, Chart.yaml, values.yaml, ci/*.yaml"
 # ------------------------------------------------------------------ compose
 step "${COMPOSE[*]} config"
 cleanup_env=0
+pg_started=0
+cleanup() {
+  [ "$cleanup_env" = 1 ] && rm -f "$ROOT/.env"
+  [ "$pg_started" = 1 ] && "$ROOT/scripts/pg-server.sh" stop >/dev/null 2>&1
+  return 0
+}
 if [ ! -e .env ]; then cp .env.example .env; cleanup_env=1; fi
-trap '[ "$cleanup_env" = 1 ] && rm -f "$ROOT/.env"' EXIT
+trap cleanup EXIT
 "${COMPOSE[@]}" -f docker-compose.yml config -q
+"${COMPOSE[@]}" -f docker-compose.yml --profile postgres config -q
 "${COMPOSE[@]}" -f docker-compose.yml config > "$(mktemp -d)/compose.rendered.yml"
 "$PY" - <<'EOF'
-import yaml, subprocess, sys
+import re, yaml, subprocess, sys
 c = yaml.safe_load(open("docker-compose.yml"))
 g = c["services"]["gateway"]
+pg, gp = c["services"]["postgres"], c["services"]["gateway-postgres"]
 env_example = dict(l.split("=", 1) for l in open(".env.example").read().splitlines() if l and not l.startswith("#"))
 checks = {
     "port published on loopback only": g["ports"] == ["127.0.0.1:${METIS_GATEWAY_PUBLISHED_PORT:-8422}:8422"],
     "no host networking": "network_mode" not in g,
     "named volumes for data and keys": {"metis-data:/var/lib/metis", "metis-keys:/etc/metis/keys"} <= set(g["volumes"])
-        and set(c["volumes"]) == {"metis-data", "metis-keys"},
+        and set(c["volumes"]) == {"metis-data", "metis-keys", "metis-postgres"},
     "env_file .env": g["env_file"] == ".env",
     "entrypoint `metis gateway`, no command (up serves; run … issue-key appends)": g["entrypoint"] == ["/usr/local/bin/metis", "gateway"] and "command" not in g,
     "binds 0.0.0.0 in the container": g["environment"]["METIS_GATEWAY_HOST"] == "0.0.0.0",
     "stop_grace_period above the 25s drain": int(g["stop_grace_period"].rstrip("s")) > 25,
     "read-only root, cap_drop ALL, no-new-privileges": g["read_only"] is True and g["cap_drop"] == ["ALL"] and "no-new-privileges:true" in g["security_opt"],
     ".env.example ships empty provider keys": all(env_example.get(k) == "" for k in ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "OPENROUTER_API_KEY")),
+    "`docker compose up` unchanged: gateway has no profile, the PostgreSQL services only profile postgres":
+        "profiles" not in g and pg.get("profiles") == ["postgres"] and gp.get("profiles") == ["postgres"],
+    "postgres: image pinned to a minor version, pg_isready healthcheck over TCP, named volume, no published port":
+        re.fullmatch(r"postgres:\d+\.\d+-\w+", pg["image"]) is not None
+        and pg["healthcheck"]["test"][:2] == ["CMD", "pg_isready"] and "--host=127.0.0.1" in pg["healthcheck"]["test"]
+        and pg["volumes"] == ["metis-postgres:/var/lib/postgresql/data"] and "ports" not in pg,
+    "postgres: password only from METIS_POSTGRES_PASSWORD (.env.example ships it empty)":
+        pg["environment"]["POSTGRES_PASSWORD"] == "${METIS_POSTGRES_PASSWORD:-}" and env_example.get("METIS_POSTGRES_PASSWORD") == "",
+    "gateway-postgres: waits for postgres healthy; store and keys in PostgreSQL; URL built from the password variable":
+        gp["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+        and gp["environment"]["METIS_GATEWAY_STORE"] == "postgres" and gp["environment"]["METIS_GATEWAY_KEYSTORE"] == "store"
+        and gp["environment"]["METIS_GATEWAY_DATABASE_URL"].startswith("postgres://metis:${METIS_POSTGRES_PASSWORD:-}@postgres:5432/metis"),
+    "gateway-postgres: same image, entrypoint, loopback port, data volume and hardening as gateway":
+        all(gp[k] == g[k] for k in ("image", "build", "entrypoint", "env_file", "ports", "read_only", "tmpfs", "cap_drop", "security_opt", "stop_grace_period"))
+        and gp["volumes"] == ["metis-data:/var/lib/metis"],
 }
 bad = [k for k, ok in checks.items() if not ok]
 for k, ok in checks.items():
     print(("  ok   " if ok else "  FAIL ") + k)
 sys.exit(1 if bad else 0)
 EOF
-note "compose: '${COMPOSE[*]} config -q' valid; loopback port, named volumes, env_file, entrypoint asserted"
+note "compose: '${COMPOSE[*]} config -q' valid (default and --profile postgres); loopback port, named volumes, env_file, entrypoint, the postgres profile asserted"
 
 # ------------------------------------------------------------------ helm lint + template + schemas
 step "helm lint --strict / helm template / kubernetes-validate --strict (${KUBE_VERSIONS[*]})"
@@ -182,10 +205,18 @@ note "dashboard: matches its generator; structure; validated against @grafana/sc
 step "cargo build -p metis (debug) for the runtime checks"
 cargo build -p metis --quiet
 METIS=$ROOT/target/debug/metis
+# The PostgreSQL variants (chart ci/postgres-values.yaml, compose profile postgres) run against
+# a database once the binary has `--store postgres`: scripts/test.sh exports
+# METIS_TEST_DATABASE_URL; run alone, this starts the throwaway server itself.
+if "$METIS" gateway --store postgres --help >/dev/null 2>&1 && [ -z "${METIS_TEST_DATABASE_URL:-}" ] \
+  && [ -x scripts/pg-server.sh ]; then
+  eval "$(scripts/pg-server.sh start)"
+  pg_started=1
+fi
 
 step "image/compose/chart contracts executed with the binary (infra/tests/check_runtime.py)"
 "$PY" infra/tests/check_runtime.py "$METIS" "$HELM" "$CHART" "$ROOT"
-note "runtime: Dockerfile ENV/ENTRYPOINT/CMD/HEALTHCHECK, compose run/up, chart args/probes/Secret reload, restore initContainer"
+note "runtime: Dockerfile ENV/ENTRYPOINT/CMD/HEALTHCHECK, compose run/up, chart args/probes/Secret reload (sqlite, redb), restore initContainer; chart and compose on PostgreSQL once the binary has it"
 
 step "docs commands (infra/tests/run_docs.py)"
 "$PY" infra/tests/run_docs.py "$METIS" "$ROOT"

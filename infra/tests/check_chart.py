@@ -328,11 +328,158 @@ check("every rule has for/severity/summary",
 with open(os.environ.get("METIS_RULES_OUT", os.devnull), "w") as f:
     yaml.safe_dump({"groups": o[("PrometheusRule", "metis-gateway")]["spec"]["groups"]}, f)
 
+# ---------------------------------------------------------------- store backends
+def env_of(c):
+    return {e["name"]: e for e in c.get("env", [])}
+
+
+def spread_ok(p, whenUnsatisfiable="ScheduleAnyway"):
+    tsc = p.get("topologySpreadConstraints", [])
+    sel = {"app.kubernetes.io/name": "metis-gateway", "app.kubernetes.io/instance": "metis-gateway"}
+    return [t["topologyKey"] for t in tsc] == ["kubernetes.io/hostname", "topology.kubernetes.io/zone"] and all(
+        t["maxSkew"] == 1 and t["whenUnsatisfiable"] == whenUnsatisfiable and t["labelSelector"]["matchLabels"] == sel
+        and t.get("matchLabelKeys") == ["pod-template-hash"] for t in tsc)
+
+
+print("== ci/postgres-values.yaml (a fleet on PostgreSQL)")
+o = docs(*ci("postgres-values.yaml"))
+d, p, c = deploy(o), pod(o), gw(o)
+env, args = env_of(c), c["args"]
+check("replicaCount unset -> 2 replicas with postgres", d["spec"]["replicas"] == 2, str(d["spec"]["replicas"]))
+pdb = o.get(("PodDisruptionBudget", "metis-gateway"))
+check("PDB kept: minAvailable 1 over the gateway pods",
+      pdb is not None and pdb["spec"]["minAvailable"] == 1
+      and pdb["spec"]["selector"]["matchLabels"] == d["spec"]["selector"]["matchLabels"])
+check("topologySpreadConstraints by hostname and zone, maxSkew 1, ScheduleAnyway, per ReplicaSet (matchLabelKeys)",
+      spread_ok(p), str(p.get("topologySpreadConstraints")))
+check("no PersistentVolumeClaim, no co-location podAffinity (pods may go to any node)",
+      not any(k == "PersistentVolumeClaim" for k, _ in o) and "affinity" not in p)
+check("/var/lib/metis is an emptyDir (scratch for one-off commands), mounted where the file stores were",
+      volumes(o)["data"] == {"name": "data", "emptyDir": {}} and mounts(c)["data"]["mountPath"] == "/var/lib/metis")
+check("no keystore Secret volume or mount; no --keystore/--db-path flags (keys and store in the database)",
+      "keystore" not in volumes(o) and "keystore" not in mounts(c)
+      and not any(a.startswith(("--keystore", "--db-path")) for a in args), str(args))
+check("METIS_GATEWAY_STORE=postgres and METIS_GATEWAY_KEYSTORE=store as env (`kubectl exec … metis …` inherits them)",
+      env["METIS_GATEWAY_STORE"] == {"name": "METIS_GATEWAY_STORE", "value": "postgres"}
+      and env["METIS_GATEWAY_KEYSTORE"] == {"name": "METIS_GATEWAY_KEYSTORE", "value": "store"})
+check("METIS_GATEWAY_DATABASE_URL only from the Secret (secretKeyRef metis-gateway-database/database-url, no value)",
+      env["METIS_GATEWAY_DATABASE_URL"] == {"name": "METIS_GATEWAY_DATABASE_URL", "valueFrom": {
+          "secretKeyRef": {"name": "metis-gateway-database", "key": "database-url"}}})
+check("pool size, statement timeout and spend outage policy (fail-closed default) as env",
+      env["METIS_GATEWAY_DATABASE_POOL_SIZE"]["value"] == "12"
+      and env["METIS_GATEWAY_DATABASE_STATEMENT_TIMEOUT"]["value"] == "3s"
+      and env["METIS_GATEWAY_SPEND_OUTAGE"]["value"] == "fail-closed")
+check("the other serving flags are unchanged (data dir, bind, grace, rate limit)",
+      all(a in args for a in ["--data-dir=/var/lib/metis", "--host=0.0.0.0", "--shutdown-grace=25s", "--rate-limit"]))
+check("rolling update 1/0 and the /readyz readiness gate kept",
+      d["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+      and c["readinessProbe"]["httpGet"]["path"] == "/readyz")
+check("objects: Deployment, PDB, Service, ServiceAccount (no PVC, no Secret)",
+      kinds(o) == ["Deployment", "PodDisruptionBudget", "Service", "ServiceAccount"], str(kinds(o)))
+pg = ["--set", "store.backend=postgres", "--set", "store.postgres.existingSecret=db"]
+secret_url = "postgres://metis:s3cret-pw@db.example.com:5432/metis?sslmode=verify-full"
+leaked = []
+for label, extra in [("defaults", []), ("postgres", pg), ("postgres ci", ci("postgres-values.yaml")),
+                     ("postgres, 3 replicas, fail-open", pg + ["--set", "replicaCount=3", "--set", "store.postgres.spendOutage=fail-open"])]:
+    _, out, _ = render(*extra)
+    if "postgres://" in out or "s3cret" in out:
+        leaked.append(label)
+check("no database URL literal in any rendered manifest", not leaked, str(leaked))
+rc, _, err = render(*pg, "--set", f"store.postgres.existingSecret={secret_url}")
+check("a URL pasted where the Secret name goes is refused (schema: Secret names are DNS names)",
+      rc != 0 and "store.postgres.existingSecret" in err, err.strip()[-200:])
+o = docs(*pg, "--set", "store.postgres.secretKey=url", "--set", "store.postgres.spendOutage=fail-open")
+env = env_of(gw(o))
+check("secretKey and spendOutage=fail-open honoured",
+      env["METIS_GATEWAY_DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {"name": "db", "key": "url"}
+      and env["METIS_GATEWAY_SPEND_OUTAGE"]["value"] == "fail-open")
+o = docs(*pg, "--set", "replicaCount=3")
+check("replicaCount=3 with postgres: 3 replicas, PDB, spread", deploy(o)["spec"]["replicas"] == 3
+      and ("PodDisruptionBudget", "metis-gateway") in o and spread_ok(pod(o)))
+o = docs(*pg, "--set", "replicaCount=1")
+check("replicaCount=1 with postgres: no PDB (would block drains), no spread",
+      deploy(o)["spec"]["replicas"] == 1 and ("PodDisruptionBudget", "metis-gateway") not in o
+      and "topologySpreadConstraints" not in pod(o))
+o = docs(*pg, "--set", "topologySpread.enabled=false")
+check("topologySpread.enabled=false removes the constraints", "topologySpreadConstraints" not in pod(o))
+o = docs(*pg, "--set", "topologySpread.whenUnsatisfiable=DoNotSchedule")
+check("topologySpread.whenUnsatisfiable=DoNotSchedule (hard spread) honoured", spread_ok(pod(o), "DoNotSchedule"))
+o = docs(*pg, kube="1.26.0")
+check("Kubernetes < 1.27: spread without matchLabelKeys",
+      all("matchLabelKeys" not in t for t in pod(o)["topologySpreadConstraints"]))
+o = docs(*pg, "--set", "persistence.existingClaim=metis-trace", "--set", "keystore.existingSecret=")
+check("persistence.* and keystore.* are not used with postgres (no claim mounted, no keystore required)",
+      volumes(o)["data"] == {"name": "data", "emptyDir": {}} and "keystore" not in volumes(o))
+
+print("== ci/redb-values.yaml")
+o = docs(*ci("redb-values.yaml"))
+c = gw(o)
+check("redb: --db-path=/var/lib/metis/metis.redb, METIS_GATEWAY_STORE=redb, keystore Secret still mounted",
+      "--db-path=/var/lib/metis/metis.redb" in c["args"] and env_of(c)["METIS_GATEWAY_STORE"]["value"] == "redb"
+      and "--keystore=/etc/metis/keys/keys.json" in c["args"] and "keystore" in volumes(o))
+check("redb: PVC, co-location podAffinity, one replica, no spread",
+      o[("PersistentVolumeClaim", "metis-gateway-data")]["spec"]["resources"]["requests"]["storage"] == "2Gi"
+      and "podAffinity" in pod(o)["affinity"] and deploy(o)["spec"]["replicas"] == 1
+      and "topologySpreadConstraints" not in pod(o))
+o = docs(*ci("redb-values.yaml"), "--set", "restore.enabled=true", "--set", "restore.fromFile=snapshots/pre.redb")
+check("redb: the restore initContainer restores onto metis.redb",
+      pod(o)["initContainers"][0]["args"] == ["restore", "/var/lib/metis/snapshots/pre.redb",
+                                              "--db-path=/var/lib/metis/metis.redb", "--force"])
+check("sqlite default: no METIS_GATEWAY_STORE env (unchanged rendering)", "METIS_GATEWAY_STORE" not in env_of(gw(docs())))
+o = docs(*ci("persistence-off-values.yaml"))
+check("per-pod mode (persistence off, 3 replicas) keeps working and gets the spread too", spread_ok(pod(o)))
+
+print("== helm upgrade --reuse-values from a release made with chart 0.2.0 (no store.*, no topologySpread.*)")
+# --reuse-values takes the old release's values as the chart's values: keys added since are
+# absent, not defaulted. Emulated by a copy of the chart whose values.yaml lacks them.
+with tempfile.TemporaryDirectory() as tmpd:
+    import shutil  # noqa: E402
+
+    old_chart = os.path.join(tmpd, "chart")
+    shutil.copytree(CHART, old_chart)
+    with open(os.path.join(CHART, "values.yaml")) as f:
+        old_values = yaml.safe_load(f)
+    for k in ("store", "topologySpread"):
+        old_values.pop(k)
+    old_values["replicaCount"] = 1
+    with open(os.path.join(old_chart, "values.yaml"), "w") as f:
+        yaml.safe_dump(old_values, f)
+    for label, sets in [("image.tag upgrade", ["--set", "image.tag=v1"]),
+                        ("restore on", ["--set", "restore.enabled=true", "--set", "restore.fromFile=snapshots/metis-pre-upgrade.db"])]:
+        base = [HELM, "template", RELEASE, "--namespace", "metis-gateway", "--kube-version", KUBE]
+        old_out = subprocess.run(base[:3] + [old_chart] + base[3:] + sets, capture_output=True, text=True, timeout=60)
+        new_out = subprocess.run(base[:3] + [CHART] + base[3:] + sets, capture_output=True, text=True, timeout=60)
+        check(f"reused 0.2.0 values render as a fresh install on SQLite ({label})",
+              old_out.returncode == 0 and old_out.stdout == new_out.stdout, old_out.stderr.strip()[-300:])
+    rc = subprocess.run([HELM, "template", RELEASE, old_chart, "--set", "store.backend=postgres",
+                         "--set", "store.postgres.existingSecret=db"], capture_output=True, text=True, timeout=60)
+    check("switching such a release to postgres with --reuse-values names the missing value (schema)",
+          rc.returncode != 0 and "store.postgres: secretKey is required" in rc.stderr, rc.stderr.strip()[-200:])
+
 # ---------------------------------------------------------------- refusals
 print("== invalid combinations fail with an actionable message")
 for label, sets, needle in [
     ("empty keystore.existingSecret", ["--set", "keystore.existingSecret="], "issue-key"),
-    ("persistence with 2 replicas", ["--set", "replicaCount=2"], "persistence.enabled allows replicaCount 0 or 1"),
+    ("2 replicas on sqlite with persistence (schema: replicaCount > 1 needs store.backend=postgres)",
+     ["--set", "replicaCount=2"], "replicaCount: Must be less than or equal to 1"),
+    ("2 replicas on redb with persistence (schema)", ["--set", "store.backend=redb", "--set", "replicaCount=2"],
+     "replicaCount: Must be less than or equal to 1"),
+    ("postgres without the URL Secret (schema)", ["--set", "store.backend=postgres"], "store.postgres.existingSecret"),
+    ("postgres with an empty Secret key (schema)", ["--set", "store.backend=postgres", "--set", "store.postgres.existingSecret=db",
+                                                     "--set", "store.postgres.secretKey="], "store.postgres.secretKey"),
+    ("the database URL as a plain value (schema: no such key)",
+     ["--set", "store.backend=postgres", "--set", "store.postgres.existingSecret=db",
+      "--set", "store.postgres.url=postgres://metis:pw@db:5432/metis"], "url"),
+    ("unknown store.backend (schema)", ["--set", "store.backend=mysql"], "store.backend"),
+    ("bad spendOutage (schema)", ["--set", "store.backend=postgres", "--set", "store.postgres.existingSecret=db",
+                                  "--set", "store.postgres.spendOutage=open"], "spendOutage"),
+    ("bad statementTimeout (schema)", ["--set", "store.backend=postgres", "--set", "store.postgres.existingSecret=db",
+                                       "--set", "store.postgres.statementTimeout=5"], "statementTimeout"),
+    ("restore initContainer with postgres", ["--set", "store.backend=postgres", "--set", "store.postgres.existingSecret=db",
+                                             "--set", "restore.enabled=true", "--set", "restore.fromFile=b.db"],
+     "does not apply to store.backend=postgres"),
+    ("restore onto metis.redb itself", ["--set", "store.backend=redb", "--set", "restore.enabled=true",
+                                        "--set", "restore.fromFile=metis.redb"], "restore.fromFile"),
     ("tls without secretName", ["--set", "tls.enabled=true"], "tls.secretName"),
     ("provider secret and key both", ["--set", "provider.existingSecret=x", "--set", "provider.openaiApiKey=y"], "not both"),
     ("restore without file", ["--set", "restore.enabled=true"], "restore.fromFile"),
@@ -362,6 +509,9 @@ SPECIAL = {
     "service.loadBalancerSourceRanges": ["198.51.100.0/24"], "ingress.tls": [{"secretName": "t"}],
     "ingress.hosts": [{"host": "other.example.com"}], "tolerations": [{"key": "k", "operator": "Exists"}],
     "containerSecurityContext.capabilities.drop": ["NET_RAW"],
+    "replicaCount": 3, "store.backend": "redb", "store.postgres.statementTimeout": "9s",
+    "store.postgres.spendOutage": "fail-open", "topologySpread.whenUnsatisfiable": "DoNotSchedule",
+    "topologySpread.topologyKeys": ["kubernetes.io/hostname"],
 }
 
 

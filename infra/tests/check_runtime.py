@@ -261,6 +261,7 @@ scenarios = [
     ("ci/tls-values.yaml", ["-f", os.path.join(CHART, "ci/tls-values.yaml")]),
     ("ci/ratelimit-values.yaml", ["-f", os.path.join(CHART, "ci/ratelimit-values.yaml")]),
     ("ci/existing-secrets-values.yaml", ["-f", os.path.join(CHART, "ci/existing-secrets-values.yaml")]),
+    ("ci/redb-values.yaml", ["-f", os.path.join(CHART, "ci/redb-values.yaml")]),
     ("runbook going-public --set", ["--set", "rateLimit.enabled=true", "--set", "service.type=LoadBalancer",
                                     "--set", "ingress.enabled=true", "--set", "ingress.className=nginx",
                                     "--set", "ingress.hosts[0].host=gateway.example.com",
@@ -277,6 +278,7 @@ for label, args in scenarios:
         env = base_env()
         for e in ctr.get("env", []):
             env[e["name"]] = mp.env(e["name"], e["value"])
+        store = env.get("METIS_GATEWAY_STORE", "sqlite")
         if ctr.get("envFrom"):
             env["ANTHROPIC_API_KEY"] = "sk-ant-not-used"
         os.makedirs(mp.path("/var/lib/metis"))
@@ -329,6 +331,16 @@ for label, args in scenarios:
                   all(run(probes[p], env).returncode == 0 for p in ("readinessProbe", "livenessProbe")))
             check(f"[{label}] `metis healthcheck` with the pod's env answers", run([METIS, "healthcheck"], env).returncode == 0)
             check(f"[{label}] the keystore key authenticates", models_status(port, token, scheme) == 200)
+            db_arg = next(a.split("=", 1)[1] for a in ctr["args"] if a.startswith("--db-path="))
+            magic = {"sqlite": b"SQLite format 3\0", "redb": b"redb\x1a\n"}[store]
+            with open(mp.path(db_arg), "rb") as f:
+                head = f.read(len(magic))
+            check(f"[{label}] a {store} store is created at --db-path ({os.path.basename(db_arg)})", head == magic, repr(head))
+            if store != "sqlite":
+                # `kubectl exec … metis trace status` (no flags) inherits the pod's env.
+                r = run([METIS, "trace", "status", "--db-path", mp.path(db_arg)], env)
+                check(f"[{label}] `metis trace status` with the pod's env reads the {store} store",
+                      r.returncode == 0 and "schema version" in r.stdout, r.stdout + r.stderr)
             if label == "defaults":
                 # A Secret update as kubelet applies it (new dir, atomic ..data swap) reaches the
                 # running gateway without a restart.
@@ -383,6 +395,144 @@ if re.search(r"^\s+restore\b", help_out, re.M) and re.search(r"^\s+backup\b", he
         check("restore initContainer ran", False, repr(e))
 else:
     skip("restore initContainer against the binary", "`metis backup`/`metis restore` are not in this build yet (being built)")
+
+# ------------------------------------------------------------------ PostgreSQL
+print("== chart and compose on PostgreSQL: rendered env/args against the binary and a test database")
+
+
+def psql(url: str, sql: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["psql", "--no-psqlrc", "-v", "ON_ERROR_STOP=1", "-qAt", "-d", url, "-c", sql],
+                          capture_output=True, text=True, timeout=60)
+
+
+def with_database(url: str, name: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    u = urlsplit(url)
+    return urlunsplit((u.scheme, u.netloc, "/" + name, u.query, u.fragment))
+
+
+# clap checks the value before it acts on --help: exit 0 only if this build knows `postgres`.
+if run([METIS, "gateway", "--store", "postgres", "--help"], base_env()).returncode != 0:
+    skip("chart/compose on PostgreSQL against the binary", "`--store postgres` is not in this build yet (being built)")
+elif not os.environ.get("METIS_TEST_DATABASE_URL"):
+    check("METIS_TEST_DATABASE_URL is set for the PostgreSQL runtime checks", False,
+          "start a throwaway server and export its URL with `eval \"$(scripts/pg-server.sh start)\"` "
+          "(scripts/test.sh and scripts/infra-tests.sh do it when the variable is unset)")
+elif shutil.which("psql") is None:
+    check("psql is on PATH (creates the checks' databases)", False, "apt-get install postgresql-client")
+else:
+    admin_url = os.environ["METIS_TEST_DATABASE_URL"]
+    dbs = [f"metis_infra_{os.getpid()}_chart", f"metis_infra_{os.getpid()}_compose"]
+    procs = []
+    try:
+        for name in dbs:
+            r = psql(admin_url, f"CREATE DATABASE {name}")
+            if r.returncode != 0:
+                raise AssertionError(f"CREATE DATABASE {name}: {r.stderr.strip()}")
+        chart_url, compose_url = (with_database(admin_url, n) for n in dbs)
+
+        dep, _ = render_deploy("-f", os.path.join(CHART, "ci/postgres-values.yaml"))
+        spec = dep["spec"]["template"]["spec"]
+        ctr = next(c for c in spec["containers"] if c["name"] == "gateway")
+        replicas = dep["spec"]["replicas"]
+        url_refs = [e for e in ctr["env"] if "valueFrom" in e]
+        check("the only Secret-sourced env is METIS_GATEWAY_DATABASE_URL",
+              [e["name"] for e in url_refs] == ["METIS_GATEWAY_DATABASE_URL"])
+        pods = []
+        for i in range(replicas):
+            port = free_port()
+            mp = Mapper(os.path.join(tmp, f"pg-pod-{i}"), port)
+            os.makedirs(mp.path("/var/lib/metis"))
+            # The image's ENV (METIS_GATEWAY_DATA_DIR, and a KEYSTORE the chart's env overrides),
+            # then the container's env: what the gateway and `kubectl exec` see in the pod.
+            env = base_env()
+            env.update({k: mp.env(k, v) for k, v in env_img.items()})
+            env["ANTHROPIC_API_KEY"] = "sk-ant-not-used"  # envFrom: provider Secret
+            for e in ctr["env"]:
+                env[e["name"]] = chart_url if "valueFrom" in e else mp.env(e["name"], e["value"])
+            pods.append((mp, port, env))
+        # The first key, before any pod can start (NOTES step 1): flags on an operator machine.
+        op_env = dict(base_env(), METIS_GATEWAY_DATABASE_URL=chart_url, METIS_GATEWAY_DATA_DIR=os.path.join(tmp, "pg-operator"))
+        r = run([METIS, "gateway", "issue-key", "--store", "postgres", "--keystore", "store",
+                 "--name", "first", "--workspace", "/workspace"], op_env)
+        check("NOTES: `metis gateway issue-key --store postgres --keystore store` issues the first key into the database",
+              r.returncode == 0 and "token:" in r.stdout, r.stderr)
+        token = re.search(r"token:\s*(gw_\S+)", r.stdout).group(1) if r.returncode == 0 else ""
+        for i, (mp, port, env) in enumerate(pods):
+            log = open(os.path.join(tmp, f"pg-pod-{i}.log"), "w")
+            procs.append((start([mp.arg(a) for a in ctr["command"] + ctr["args"]], env, log), log))
+        up = []
+        for (mp, port, env), (proc, _) in zip(pods, procs):
+            hg = ctr["startupProbe"]["httpGet"]
+            up.append(wait_healthy([METIS, "healthcheck", "--url", f"http://127.0.0.1:{port}{hg['path']}"], env, deadline=60))
+        check(f"{replicas} replicas with the rendered flags and env start on one database", all(up), str(up))
+        if not all(up):
+            for i in range(replicas):
+                with open(os.path.join(tmp, f"pg-pod-{i}.log")) as f:
+                    print(f"  pod {i} log: {f.read()[-600:]}")
+            raise AssertionError("the replicas did not start; their logs are above")
+        check("every replica is ready (/readyz) and its `metis healthcheck` answers",
+              all(run([METIS, "healthcheck", "--url", f"http://127.0.0.1:{port}/readyz"], env).returncode == 0
+                  and run([METIS, "healthcheck"], env).returncode == 0 for _, port, env in pods))
+        check("the first key authenticates on every replica", all(models_status(port, token) == 200 for _, port, _ in pods))
+        # `kubectl exec deploy/… -- metis gateway issue-key …`: no flags, the pod's env.
+        mp0, _, env0 = pods[0]
+        r = run([METIS, "gateway", "issue-key", "--name", "exec", "--workspace", "/workspace"], env0)
+        check("`kubectl exec … metis gateway issue-key` (the pod's env, no flags) writes into the database",
+              r.returncode == 0 and "token:" in r.stdout, r.stderr)
+        token2 = re.search(r"token:\s*(gw_\S+)", r.stdout).group(1) if r.returncode == 0 else ""
+        end = time.time() + 10
+        while time.time() < end and not all(models_status(port, token2) == 200 for _, port, _ in pods):
+            time.sleep(0.25)
+        check("a key issued in one pod authenticates on every replica (within 10 s)",
+              all(models_status(port, token2) == 200 for _, port, _ in pods))
+        r = run([METIS, "trace", "status"], env0)
+        check("`kubectl exec … metis trace status` (no flags) reads the database", r.returncode == 0, r.stdout + r.stderr)
+        check("nothing but scratch under /var/lib/metis: the gateway writes no store file there",
+              all(not os.listdir(mp.path("/var/lib/metis")) for mp, _, _ in pods),
+              str([os.listdir(mp.path("/var/lib/metis")) for mp, _, _ in pods]))
+        codes = [stop(p) for p, _ in procs]
+        for _, log in procs:
+            log.close()
+        procs.clear()
+        check("SIGTERM drains and exits 0 on every replica", codes == [0] * replicas, str(codes))
+
+        # docker compose --profile postgres: the gateway-postgres service's entrypoint and env.
+        with open(os.path.join(ROOT, "docker-compose.yml")) as f:
+            svc = yaml.safe_load(f)["services"]["gateway-postgres"]
+        port = free_port()
+        mp = Mapper(os.path.join(tmp, "compose-pg"), port)
+        os.makedirs(mp.path("/var/lib/metis"))
+        env = base_env()
+        env.update({k: mp.env(k, v) for k, v in env_img.items()})
+        for k, v in svc["environment"].items():
+            # The URL's host is the compose service `postgres`: point it at the test database.
+            env[k] = compose_url if k == "METIS_GATEWAY_DATABASE_URL" else mp.env(k, str(v))
+        c_entry = [mp.arg(a) for a in svc["entrypoint"]]
+        r = run(c_entry + ["issue-key", "--name", "alice", "--workspace", "/workspace"], env)
+        check("`docker compose --profile postgres run --rm gateway-postgres issue-key …` issues into the database",
+              r.returncode == 0 and "token:" in r.stdout, r.stderr)
+        token = re.search(r"token:\s*(gw_\S+)", r.stdout).group(1) if r.returncode == 0 else ""
+        log = open(os.path.join(tmp, "compose-pg.log"), "w")
+        procs.append((start(c_entry, env, log), log))
+        ok = wait_healthy([METIS, "healthcheck", "--url", f"http://127.0.0.1:{port}/healthz"], env, deadline=60)
+        check("`docker compose --profile postgres up gateway-postgres` serves; the key authenticates",
+              ok and models_status(port, token) == 200)
+        codes = [stop(p) for p, _ in procs]
+        for _, log in procs:
+            log.close()
+        procs.clear()
+        check("gateway-postgres: SIGTERM exits 0", codes == [0], str(codes))
+    except Exception as e:  # noqa: BLE001
+        check("PostgreSQL runtime checks ran", False, repr(e))
+    finally:
+        for p, log in procs:
+            p.kill()
+            p.wait()
+            log.close()
+        for name in dbs:
+            psql(admin_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 shutil.rmtree(tmp, ignore_errors=True)
 print(f"runtime checks: {PASSED} passed, {len(FAILS)} failed, {len(SKIPPED)} skipped")
