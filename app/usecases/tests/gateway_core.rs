@@ -27,7 +27,10 @@ use metis_ports::trace::{EventRow, KeySpend};
 use metis_ports::upstream::{
     Operation, Provider, UpstreamBody, UpstreamError, UpstreamReply, UpstreamRequest, WireFormat,
 };
-use metis_usecases::{CoreParts, GatewayCore, KeyRing, Limiter, RateLimitConfig, SpendLedger};
+use metis_usecases::{
+    CoreParts, GatewayCore, KeyBuckets, KeyRing, Limiter, OutagePolicy, RateLimitConfig,
+    SpendGuard, SpendGuardParts, SpendLedger,
+};
 use serde_json::{Value, json};
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr};
@@ -108,6 +111,7 @@ impl Metrics for RecordingMetrics {
     fn quota_ratios(&self, _: &[QuotaRatio]) {}
     fn quota_event(&self, _: &str, _: &str) {}
     fn key_leak_suspected(&self) {}
+    fn admission_outage(&self, _: &str, _: &str) {}
     fn inflight(&self, _: i64) {}
     fn streams(&self, _: i64) {}
     fn accept_error(&self, _: &str) {}
@@ -333,6 +337,14 @@ impl Setup {
         let resp = Arc::new(FakeProvider::new("resp", WireFormat::OpenAiResponses));
         let metrics = Arc::new(RecordingMetrics::default());
         let ledger = Arc::new(SpendLedger::rebuild(&self.spend, &self.keys, T0));
+        let spend = SpendGuard::new(SpendGuardParts {
+            store: Arc::clone(&ledger) as Arc<dyn metis_ports::admission::SpendAdmission>,
+            outage: OutagePolicy::FailClosed,
+            known: SpendLedger::default(),
+            metrics: Arc::clone(&metrics) as Arc<dyn Metrics>,
+            background: Arc::new(NoBackground),
+            process_nonce: 7,
+        });
         let core = Arc::new(GatewayCore::new(CoreParts {
             keys: Arc::new(KeyRing::new(self.keys)),
             sink: Arc::new(trace.clone()),
@@ -345,8 +357,8 @@ impl Setup {
             prices,
             clock: Arc::new(FixedClock),
             ids: Arc::new(CountingIds::default()),
-            limiter: Arc::new(Limiter::new(self.limits)),
-            ledger: Arc::clone(&ledger),
+            limiter: Arc::new(Limiter::new(self.limits, Arc::new(KeyBuckets::new(1_000)))),
+            spend,
             metrics: Arc::clone(&metrics) as Arc<dyn Metrics>,
             trace: Arc::new(NoTracing),
             sessions: Arc::new(InMemorySessionStore::new()),
@@ -424,8 +436,14 @@ impl World {
     }
 
     fn reserved(&self, account: &str) -> f64 {
-        self.ledger.snapshot(account, T0).2
+        self.ledger.snapshot(account, T0).reserved_usd
     }
+}
+
+/// (day spend, reserved) of `account`.
+fn spend_of(w: &World, account: &str) -> (f64, f64) {
+    let s = w.ledger.snapshot(account, T0);
+    (s.day_usd, s.reserved_usd)
 }
 
 fn json_of(reply: Reply) -> Value {
@@ -886,7 +904,7 @@ async fn a_successful_call_records_route_start_completion_and_turn() {
     let (_, turn) = w.the("turn.completed");
     assert_eq!(turn["stop_reason"], "end_turn");
     assert_eq!(*w.metrics.upstream_calls.lock().unwrap(), ["ok"]);
-    let (day, _, reserved) = w.ledger.snapshot("gk_live", T0);
+    let (day, reserved) = spend_of(&w, "gk_live");
     assert!((day - 0.000_105).abs() < 1e-12 && reserved == 0.0);
 }
 
@@ -943,7 +961,12 @@ async fn an_upstream_error_records_call_failed_and_an_error_turn() {
 
 #[tokio::test]
 async fn a_stream_the_client_abandons_records_a_cancelled_call_with_partial_usage() {
-    let w = Setup::default().build();
+    // A capped key, so the stream holds a reservation (keys without caps reserve nothing).
+    let w = Setup {
+        keys: vec![key("gk_live", TOKEN, json!({"daily_cap_usd": "100"}))],
+        ..Setup::default()
+    }
+    .build();
     w.oai
         .answer(Scripted::Stream(vec![Step::Chunk(CHUNK_1), Step::Hang]));
     let body = chat_stream(Some(300));
@@ -965,7 +988,7 @@ async fn a_stream_the_client_abandons_records_a_cancelled_call_with_partial_usag
     assert_eq!(failed["output_tokens"], 1);
     let (_, turn) = w.the("turn.completed");
     assert_eq!(turn["stop_reason"], "cancelled");
-    let (day, _, reserved) = w.ledger.snapshot("gk_live", T0);
+    let (day, reserved) = spend_of(&w, "gk_live");
     assert_eq!(reserved, 0.0);
     assert!(
         (day - 0.001).abs() < 1e-12,
@@ -989,7 +1012,7 @@ async fn a_client_gone_before_the_answer_head_is_a_cancelled_call_charged_its_es
     assert_eq!(failed["usage_estimated"], true);
     let (_, started) = w.the("llm.call_started");
     assert_eq!(failed["input_tokens"], started["estimated_input_tokens"]);
-    let (day, _, reserved) = w.ledger.snapshot("gk_live", T0);
+    let (day, reserved) = spend_of(&w, "gk_live");
     assert_eq!(reserved, 0.0);
     assert!(day > 0.0, "the prompt was sent: its estimate is charged");
 }
@@ -1260,6 +1283,6 @@ async fn embeddings_are_priced_on_the_upstream_count_and_recorded_like_calls() {
     // 1 000 tokens at 2 USD/Mtok.
     assert!((done["cost_usd"].as_f64().unwrap() - 0.002).abs() < 1e-12);
     assert_eq!(done["inbound_shape"], "openai");
-    let (day, _, reserved) = w.ledger.snapshot("gk_live", T0);
+    let (day, reserved) = spend_of(&w, "gk_live");
     assert!((day - 0.002).abs() < 1e-12 && reserved == 0.0);
 }
