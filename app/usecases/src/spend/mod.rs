@@ -5,6 +5,8 @@
 
 mod guard;
 mod ledger;
+#[cfg(test)]
+mod tests;
 
 pub use guard::{
     MAX_BACKLOG, OutagePolicy, REPLAY_RETRY, Refusal, SpendGuard, SpendGuardParts, SpendHold,
