@@ -31,11 +31,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
 
-/// How often the keystore is checked for changes made outside this process (a CLI, a new
-/// Secret): they take effect within this interval plus one load. Changes made through this
-/// process's admin API are in force before the API answers.
-const KEY_RELOAD_INTERVAL: Duration = Duration::from_millis(500);
-
 /// How long a key lifecycle change found in the keystore waits for its own audit event (a CLI
 /// writing into this same database commits it just after the keystore) before the gateway
 /// records it as `source: keystore_observed`.
@@ -641,7 +636,7 @@ fn connection_caps(asked: usize, raised: crate::fdlimit::Raised) -> listener::Ca
 /// set, with an ERROR), record the lifecycle changes it shows that the audit trail lacks, and
 /// sweep lapsed rotation grace periods into the keystore every ~5 s.
 async fn watch_keys(sync: Arc<KeySync>, admin: Arc<KeyAdmin>) {
-    let mut interval = tokio::time::interval(KEY_RELOAD_INTERVAL);
+    let mut interval = tokio::time::interval(metis_usecases::keys::KEY_POLL_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ticks: u64 = 0;
     loop {

@@ -26,6 +26,19 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
+/// How soon a running gateway must put in force an issue, revoke or rotation made by another
+/// process (a CLI, another replica, a new Secret): SPEC §5.
+pub const KEY_PROPAGATION_BOUND: Duration = Duration::from_secs(2);
+
+/// How often [`KeySync::poll`] reads the keystore's change token (`KeyStore::version`: a file's
+/// mtime and size, one indexed row of a database store). A change made elsewhere is in force
+/// within this interval plus one load of the key set; changes made through this process's
+/// admin API are in force before the API answers.
+pub const KEY_POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+// The poll leaves at least half of the bound for the load and the request that sees it.
+const _: () = assert!(KEY_POLL_INTERVAL.as_millis() * 2 <= KEY_PROPAGATION_BOUND.as_millis());
+
 /// Keys by token hash (with their spend budget: account and parsed caps, built once here),
 /// and in keystore order.
 #[derive(Debug, Default)]
