@@ -91,7 +91,8 @@ pub struct Settlement {
 /// Spend caps: per-account spend in the current UTC day and month, plus the reservations of
 /// calls in flight.
 ///
-/// Contract (every implementation; `metis_tests::contract::admission` proves each clause):
+/// Contract (`metis_tests::contract::admission` proves each clause but the last, which needs
+/// a process to die and so belongs to a shared store's own tests):
 /// - [`reserve`](Self::reserve) MUST check every cap of the budget and hold the estimate in one
 ///   atomic step with respect to every other caller of the same store (all replicas of a
 ///   fleet): concurrent reservations overshoot a cap by at most one request's worth.
@@ -145,7 +146,9 @@ pub enum Take {
 /// Per-key rate limits: one token bucket per presented token (capacity `rpm`, refill
 /// `rpm / 60` per second, `metis_domain::ratelimit::TokenBucket`).
 ///
-/// Contract:
+/// Contract (`metis_tests::contract::admission` proves the first clause and per-token
+/// buckets; each implementation proves its own bound, as `metis_domain::ratelimit` does for
+/// the in-process LRU):
 /// - [`try_take`](Self::try_take) MUST refill and take in one atomic step with respect to every
 ///   other caller of the same store, so a fleet admits at most `rpm` (+ one per replica, for
 ///   clock and lease effects) requests of a key per minute.
