@@ -173,9 +173,18 @@ pub enum GatewayError {
     Unavailable {
         message: String,
     },
+    /// The spend store shared by the fleet did not answer, so a capped key's caps cannot be
+    /// checked, and `--spend-outage fail-closed` refuses rather than risk passing a cap.
+    SpendStoreUnavailable {
+        key_id: String,
+    },
     /// A bug or an unexpected backend failure; details are logged, not returned.
     Internal,
 }
+
+/// The `Retry-After` of a refusal for an unavailable spend store: the gateway retries the
+/// store about this often, so a client retrying sooner would only be refused again.
+pub const SPEND_STORE_RETRY_AFTER_SECS: u64 = 1;
 
 /// A rendered error: status, JSON body and an optional `Retry-After` value.
 #[derive(Debug, Clone, PartialEq)]
@@ -208,7 +217,7 @@ impl GatewayError {
             GatewayError::PayloadTooLarge { .. } => 413,
             GatewayError::NotFound { .. } => 404,
             GatewayError::MethodNotAllowed { .. } => 405,
-            GatewayError::Unavailable { .. } => 503,
+            GatewayError::Unavailable { .. } | GatewayError::SpendStoreUnavailable { .. } => 503,
             GatewayError::Internal => 500,
         }
     }
@@ -269,6 +278,9 @@ impl GatewayError {
                 format!("method {method} is not allowed on '{path}'")
             }
             GatewayError::Unavailable { message } => message.clone(),
+            GatewayError::SpendStoreUnavailable { key_id } => format!(
+                "spend store unavailable: the spend caps of gateway key {key_id} cannot be checked, so the request is refused (--spend-outage fail-closed); retry shortly"
+            ),
             GatewayError::Internal => "internal server error".to_owned(),
         }
     }
@@ -370,6 +382,9 @@ impl GatewayError {
                 } = self
                 {
                     retry_after_secs = *r;
+                }
+                if let GatewayError::SpendStoreUnavailable { .. } = self {
+                    retry_after_secs = Some(SPEND_STORE_RETRY_AFTER_SECS);
                 }
                 match shape {
                     Shape::OpenAi | Shape::Responses => {
@@ -475,6 +490,9 @@ impl GatewayError {
             GatewayError::Unavailable { .. } => {
                 ("api_error", Some("unavailable"), "overloaded_error")
             }
+            GatewayError::SpendStoreUnavailable { .. } => {
+                ("api_error", Some("spend_store_unavailable"), "api_error")
+            }
             GatewayError::Internal => ("api_error", Some("internal_error"), "api_error"),
         }
     }
@@ -547,6 +565,27 @@ mod tests {
         let a = e.render(Shape::Anthropic);
         assert_eq!(a.body["type"], "error");
         assert_eq!(a.body["error"]["type"], "rate_limit_error");
+    }
+
+    #[test]
+    fn an_unavailable_spend_store_is_a_503_naming_its_cause_in_both_shapes() {
+        let e = GatewayError::SpendStoreUnavailable {
+            key_id: "gk_1".into(),
+        };
+        let o = e.render(Shape::OpenAi);
+        assert_eq!((o.status, o.retry_after_secs), (503, Some(1)));
+        assert_eq!(o.body["error"]["code"], "spend_store_unavailable");
+        assert_eq!(o.body["error"]["type"], "api_error");
+        let message = o.body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("spend store unavailable") && message.contains("gk_1"),
+            "{message}"
+        );
+        let a = e.render(Shape::Anthropic);
+        assert_eq!((a.status, a.body["type"].as_str()), (503, Some("error")));
+        assert_eq!(a.body["error"]["type"], "api_error");
+        assert_eq!(a.body["error"]["message"], message);
+        assert_eq!(e.code(), "spend_store_unavailable");
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod responses;
 pub mod responses_socket;
 pub mod retention;
 pub mod sessions;
+pub mod spend;
 pub mod sse;
 pub mod time;
 pub mod tool_ids;

@@ -11,6 +11,7 @@
 //!   right to left: the first address that is not itself a trusted proxy is the client.
 
 use lru::LruCache;
+use std::borrow::Borrow;
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::num::NonZeroUsize;
@@ -33,6 +34,26 @@ impl TokenBucket {
             tokens: f64::from(rpm),
             last_us: now_us,
         }
+    }
+
+    /// A bucket as stored (e.g. a database row shared by replicas): `tokens` available at
+    /// `last_us`. The stored form is exactly [`tokens`](Self::tokens) and
+    /// [`last_us`](Self::last_us).
+    #[must_use]
+    pub fn from_parts(tokens: f64, last_us: i64) -> Self {
+        TokenBucket { tokens, last_us }
+    }
+
+    /// Tokens held at [`last_us`](Self::last_us) (not refilled).
+    #[must_use]
+    pub fn tokens(&self) -> f64 {
+        self.tokens
+    }
+
+    /// When the bucket was last refilled (µs, the caller's clock).
+    #[must_use]
+    pub fn last_us(&self) -> i64 {
+        self.last_us
     }
 
     /// Tokens currently available (after refilling to `now_us`).
@@ -104,6 +125,25 @@ impl<K: Hash + Eq> BucketMap<K> {
         self.buckets
             .get_or_insert_mut(key, || TokenBucket::full(rpm, now_us))
             .try_take(rpm, now_us)
+    }
+
+    /// [`try_take`](Self::try_take) by a borrowed key: the owned key is made only when the
+    /// bucket is new (no allocation for a key seen before).
+    ///
+    /// # Errors
+    /// `Retry-After` seconds when denied.
+    pub fn try_take_borrowed<Q>(&mut self, key: &Q, rpm: u32, now_us: i64) -> Result<(), u64>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        if let Some(bucket) = self.buckets.get_mut(key) {
+            return bucket.try_take(rpm, now_us);
+        }
+        let mut bucket = TokenBucket::full(rpm, now_us);
+        let taken = bucket.try_take(rpm, now_us);
+        self.buckets.put(key.to_owned(), bucket);
+        taken
     }
 
     #[must_use]
@@ -305,6 +345,26 @@ mod tests {
         m.try_take("c", 5, 0).unwrap(); // evicts "a"
         assert_eq!(m.len(), 2);
         assert!(m.try_take("a", 5, 0).is_ok());
+    }
+
+    #[test]
+    fn borrowed_keys_share_the_bucket_of_their_owned_form() {
+        let mut m: BucketMap<String> = BucketMap::new(4);
+        for _ in 0..3 {
+            m.try_take_borrowed("k", 3, 0).unwrap();
+        }
+        assert_eq!(m.try_take("k".to_owned(), 3, 0), Err(20));
+        assert_eq!(m.try_take_borrowed("k", 3, 0), Err(20));
+        assert_eq!(m.len(), 1);
+    }
+
+    #[test]
+    fn a_bucket_round_trips_through_its_stored_parts() {
+        let mut b = TokenBucket::full(6, 0);
+        b.try_take(6, 0).unwrap();
+        let mut stored = TokenBucket::from_parts(b.tokens(), b.last_us());
+        assert_eq!(stored, b);
+        assert_eq!(stored.try_take(6, 0), b.try_take(6, 0));
     }
 
     #[test]

@@ -8,7 +8,8 @@ use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use metis_domain::canonical::Shape;
 use metis_domain::error::GatewayError;
-use metis_domain::keys::{Caps, KeyRecord};
+use metis_domain::keys::KeyRecord;
+use metis_domain::spend::Budget;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -43,8 +44,8 @@ pub struct InboundMeta {
 pub struct Admission {
     pub shape: Shape,
     pub key: Arc<KeyRecord>,
-    /// The key's spend caps, parsed when the key ring was built.
-    pub caps: Caps,
+    /// The key's spend account and caps, built when the key ring was built.
+    pub budget: Budget,
     /// When the request arrived (unix µs).
     pub received_at_us: i64,
     /// The W3C `traceparent` the client sent, if any.

@@ -6,6 +6,7 @@
 //! are written as MUST sentences in the docs.
 
 pub mod admin;
+pub mod admission;
 #[cfg(feature = "fakes")]
 pub mod fakes;
 pub mod gateway;

@@ -83,6 +83,13 @@ pub trait Metrics: Send + Sync {
     fn quota_event(&self, scope: &str, event: &str);
     /// A key was seen from more client addresses than the leak threshold allows.
     fn key_leak_suspected(&self);
+    /// A decision taken because an admission store (spend or rate-limit state shared by
+    /// replicas) did not answer. `step` / `decision`: `spend` / `refused` (a capped key under
+    /// `--spend-outage fail-closed`) or `admitted` (fail-open, against this process's last
+    /// known balance); `spend_settlement` / `deferred` (kept to replay), `replayed` or
+    /// `dropped` (the replay backlog was full); `rate_limit` / `local` (decided on this
+    /// process's own buckets).
+    fn admission_outage(&self, step: &str, decision: &str);
     /// In-flight requests (+1 when admitted, -1 when finished).
     fn inflight(&self, delta: i64);
     /// Open client streams.

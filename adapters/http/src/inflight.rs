@@ -226,6 +226,7 @@ mod tests {
         fn quota_ratios(&self, _: &[QuotaRatio]) {}
         fn quota_event(&self, _: &str, _: &str) {}
         fn key_leak_suspected(&self) {}
+        fn admission_outage(&self, _: &str, _: &str) {}
         fn inflight(&self, _: i64) {}
         fn streams(&self, _: i64) {}
         fn token_count(&self, _: &str) {}

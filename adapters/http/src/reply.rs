@@ -95,7 +95,10 @@ impl ApiResponse for RawReply {
                 error(502, "The upstream provider could not be reached."),
                 error(
                     503,
-                    "The upstream provider failed, or the gateway is draining.",
+                    "The upstream provider failed, the gateway is draining, or the spend store \
+                     shared by the fleet is unavailable for a key with spend caps \
+                     (`spend_store_unavailable`, `--spend-outage fail-closed`; `Retry-After` \
+                     tells when to retry).",
                 ),
             ],
         }
@@ -130,7 +133,11 @@ impl ApiResponse for ModelsReply {
                     "Gateway rate limit or spend cap reached; `Retry-After` tells when to retry.",
                 ),
                 answer(500, "Internal error (details are logged, not returned)."),
-                answer(503, "The gateway is draining or saturated."),
+                answer(
+                    503,
+                    "The gateway is draining or saturated, or the spend store shared by the \
+                     fleet is unavailable for a key with spend caps (`spend_store_unavailable`).",
+                ),
             ],
         }
     }

@@ -46,6 +46,8 @@ pub struct Prometheus {
     spend: Mutex<SpendBook>,
     quota_ratios: Mutex<Vec<QuotaRatio>>,
     quota_events: Mutex<Family>,
+    /// Decisions taken while a shared admission store did not answer (fleet stores).
+    admission_outage: Mutex<Family>,
     upstream_retries: Mutex<Family>,
     first_token: Mutex<HistFamily>,
     key_leaks: AtomicU64,
@@ -82,6 +84,7 @@ impl Prometheus {
             budget,
             quota_ratios: Mutex::default(),
             quota_events: Mutex::default(),
+            admission_outage: Mutex::default(),
             upstream_retries: Mutex::default(),
             first_token: Mutex::default(),
             key_leaks: AtomicU64::default(),
@@ -191,6 +194,11 @@ impl Metrics for Prometheus {
         self.key_leaks.fetch_add(1, Ordering::Relaxed);
     }
 
+    fn admission_outage(&self, step: &str, decision: &str) {
+        let labels = vec![("step", step.to_owned()), ("decision", decision.to_owned())];
+        add(&self.admission_outage, labels, 1.0);
+    }
+
     fn inflight(&self, delta: i64) {
         self.inflight.fetch_add(delta, Ordering::Relaxed);
     }
@@ -294,6 +302,13 @@ impl Metrics for Prometheus {
             "counter",
             "Spend-cap events by scope and event (alert_80, alert_95: soft alerts once per window; exceeded: a request refused at the cap).",
             &self.quota_events,
+        );
+        write_family(
+            &mut out,
+            "metis_admission_outage_decisions_total",
+            "counter",
+            "Decisions taken while a spend or rate-limit store shared by replicas did not answer, by step and decision: spend/refused (a capped key, --spend-outage fail-closed), spend/local (fail-open: decided on this process's last known balance), spend_settlement/deferred|replayed|dropped (settlements kept for the store, replayed into it, or dropped from a full backlog), rate_limit/local (per-key limit decided on this process's buckets).",
+            &self.admission_outage,
         );
         counter(
             &mut out,

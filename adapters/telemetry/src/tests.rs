@@ -217,6 +217,9 @@ fn state_retries_first_token_quota_events_and_certificate_expiry_render() {
     p.first_token(&HAIKU, 0.3);
     p.quota_event("key_daily", "alert_80");
     p.key_leak_suspected();
+    p.admission_outage("spend", "refused");
+    p.admission_outage("spend", "refused");
+    p.admission_outage("rate_limit", "local");
     let text = p.render(&ScrapeGauges {
         trace_store_writable: true,
         db_bytes: 4096,
@@ -228,6 +231,9 @@ fn state_retries_first_token_quota_events_and_certificate_expiry_render() {
         "metis_time_to_first_token_seconds_bucket{provider=\"anthropic\",model=\"anthropic:claude-haiku-4-5\",le=\"0.5\"} 1",
         "metis_quota_events_total{scope=\"key_daily\",event=\"alert_80\"} 1",
         "metis_gateway_key_leak_suspected_total 1",
+        "# TYPE metis_admission_outage_decisions_total counter",
+        "metis_admission_outage_decisions_total{step=\"spend\",decision=\"refused\"} 2",
+        "metis_admission_outage_decisions_total{step=\"rate_limit\",decision=\"local\"} 1",
         "metis_trace_db_bytes 4096",
         "metis_trace_store_writable 1",
         "metis_ready 1",

@@ -10,7 +10,6 @@ use crate::system::{SystemClock, UlidIds};
 use anyhow::{Context, bail};
 use metis_domain::events::key_sources;
 use metis_domain::patterns::PatternCaps;
-use metis_domain::time::{day_start, month_start};
 use metis_http::{ClientGone, HttpOptions, routes};
 use metis_ports::admin::AdminService;
 use metis_ports::keys::{KeyStore, KeyStoreError};
@@ -22,8 +21,7 @@ use metis_ports::upstream::Provider;
 use metis_upstream::{HttpProvider, HttpProviderConfig, MockProvider, MockSettings};
 use metis_usecases::key_admin::IssueRequest;
 use metis_usecases::{
-    AdminFacade, CoreParts, GatewayCore, KeyAdmin, KeyRing, KeySync, KeySyncParts, Limiter,
-    RateLimitConfig, SpendLedger,
+    AdminFacade, CoreParts, GatewayCore, KeyAdmin, KeyRing, KeySync, KeySyncParts, SpendGuard,
 };
 use poem::Server;
 use poem::{Endpoint, EndpointExt};
@@ -32,11 +30,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
-
-/// How often the keystore is checked for changes made outside this process (a CLI, a new
-/// Secret): they take effect within this interval plus one load. Changes made through this
-/// process's admin API are in force before the API answers.
-const KEY_RELOAD_INTERVAL: Duration = Duration::from_millis(500);
 
 /// How long a key lifecycle change found in the keystore waits for its own audit event (a CLI
 /// writing into this same database commits it just after the keystore) before the gateway
@@ -65,6 +58,8 @@ pub struct App {
     key_sync: Arc<KeySync>,
     /// The gateway's own key admin (quickstart key, grace sweep).
     gateway_admin: Arc<KeyAdmin>,
+    /// Spend caps (flushed at shutdown: settlements a shared store has not taken yet).
+    spend: Arc<SpendGuard>,
     admin_api: Option<(Arc<dyn AdminService>, String)>,
     http_opts: HttpOptions,
     request_budget: metis_http::RequestBudget,
@@ -303,28 +298,30 @@ impl App {
         gateway_admin.sweep().await;
         let providers = build_providers(&args, &cfg)?;
         let provider_names: Vec<String> = providers.iter().map(|p| p.name().to_owned()).collect();
-        // Spend is rebuilt from the trace once; afterwards it is kept incrementally.
-        let now = clock.now_us();
-        let spend = trace
-            .spend_by_key(day_start(now), month_start(now))
-            .await
-            .context("cannot read current spend from the trace store")?;
-        let ledger = Arc::new(SpendLedger::rebuild(&spend, &keys, now));
+        let background = TokioBackground::default();
+        let (prometheus, metrics) = build_metrics(&args);
+        let spend = crate::admission::spend_guard(
+            &args,
+            &*query,
+            &keys,
+            &*clock,
+            &*ids,
+            (Arc::clone(&metrics), Arc::new(background.clone())),
+        )
+        .await?;
         let admin_api = match admin_token(&args)? {
             Some(token) => {
                 let facade: Arc<dyn AdminService> = Arc::new(AdminFacade::new(
                     key_admin(key_sources::ADMIN_API),
                     query,
                     Arc::clone(&sink),
-                    Arc::clone(&ledger),
+                    Arc::clone(&spend),
                     Arc::clone(&clock),
                 ));
                 Some((facade, token))
             }
             None => None,
         };
-        let background = TokioBackground::default();
-        let (prometheus, metrics) = build_metrics(&args);
         let core = Arc::new(GatewayCore::new(CoreParts {
             keys: ring,
             sink,
@@ -337,7 +334,7 @@ impl App {
             prices: cfg.prices(),
             clock,
             ids,
-            ledger,
+            spend: Arc::clone(&spend),
             metrics: Arc::clone(&metrics),
             sessions: trace.sessions(),
             patterns: paths.store.backend().pattern_store(
@@ -349,13 +346,7 @@ impl App {
             trace: Arc::new(crate::telemetry::OtelTraceContext {
                 exporting: crate::telemetry::exporting(),
             }),
-            limiter: Arc::new(Limiter::new(RateLimitConfig {
-                enabled: args.rate_limit,
-                per_key_rpm: args.rate_limit_per_key_rpm,
-                per_ip_rpm: args.rate_limit_per_ip_rpm,
-                trusted_proxies: args.trusted_proxy.clone(),
-                ..RateLimitConfig::default()
-            })),
+            limiter: crate::admission::limiter(&args),
         }));
 
         let tls = match listener::tls_paths(args.tls_cert.as_ref(), args.tls_key.as_ref())? {
@@ -404,6 +395,7 @@ impl App {
             keystore,
             key_sync,
             gateway_admin,
+            spend,
             admin_api,
             http_opts,
             request_budget,
@@ -597,6 +589,7 @@ impl App {
         }
         watcher.abort();
         self.background.drain(Duration::from_secs(5)).await;
+        self.spend.flush().await;
         let stats = self.trace.shutdown().await;
         tracing::info!(
             written = stats.written,
@@ -643,7 +636,7 @@ fn connection_caps(asked: usize, raised: crate::fdlimit::Raised) -> listener::Ca
 /// set, with an ERROR), record the lifecycle changes it shows that the audit trail lacks, and
 /// sweep lapsed rotation grace periods into the keystore every ~5 s.
 async fn watch_keys(sync: Arc<KeySync>, admin: Arc<KeyAdmin>) {
-    let mut interval = tokio::time::interval(KEY_RELOAD_INTERVAL);
+    let mut interval = tokio::time::interval(metis_usecases::keys::KEY_POLL_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ticks: u64 = 0;
     loop {

@@ -186,6 +186,13 @@ pub struct IssueKeyArgs {
     pub storage: StorageArgs,
 }
 
+/// `--spend-outage`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SpendOutage {
+    FailClosed,
+    FailOpen,
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -279,6 +286,13 @@ pub struct ServeArgs {
     /// comma-separated). Without it the socket peer is the client.
     #[arg(long = "trusted-proxy", env = "METIS_GATEWAY_TRUSTED_PROXY", value_delimiter = ',', value_parser = parse_cidr)]
     pub trusted_proxy: Vec<Cidr>,
+    /// What a key with spend caps gets while a spend store shared by replicas does not answer:
+    /// `fail-closed` refuses the request (503 `spend_store_unavailable`); `fail-open` admits it
+    /// against this process's last known balance and settles into the store when it answers
+    /// again. Keys without caps are never refused for it; a single node's in-process spend
+    /// ledger is never unavailable.
+    #[arg(long, env = "METIS_GATEWAY_SPEND_OUTAGE", value_enum, default_value_t = SpendOutage::FailClosed)]
+    pub spend_outage: SpendOutage,
     /// Request bodies above this many bytes get 413.
     #[arg(long, env = "METIS_GATEWAY_MAX_BODY_BYTES", default_value_t = 10 * 1024 * 1024)]
     pub max_body_bytes: usize,
@@ -456,6 +470,19 @@ mod tests {
         assert_eq!(
             (a.rate_limit_per_key_rpm, a.rate_limit_per_ip_rpm),
             (60, 1000)
+        );
+        assert_eq!(a.spend_outage, SpendOutage::FailClosed);
+    }
+
+    #[test]
+    fn the_spend_outage_policy_is_one_of_two_names() {
+        let a = ServeArgs::try_parse_from(["gateway", "--spend-outage", "fail-open"]).unwrap();
+        assert_eq!(a.spend_outage, SpendOutage::FailOpen);
+        let err = ServeArgs::try_parse_from(["gateway", "--spend-outage", "open"]).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("fail-closed") && text.contains("fail-open"),
+            "the error names the accepted values: {text}"
         );
     }
 

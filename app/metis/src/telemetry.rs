@@ -324,6 +324,7 @@ impl Metrics for OtelMetrics {
     fn quota_ratios(&self, _ratios: &[QuotaRatio]) {}
     fn quota_event(&self, _scope: &str, _event: &str) {}
     fn key_leak_suspected(&self) {}
+    fn admission_outage(&self, _step: &str, _decision: &str) {}
     fn inflight(&self, _delta: i64) {}
     fn streams(&self, _delta: i64) {}
     fn token_count(&self, _method: &str) {}
@@ -388,6 +389,10 @@ impl Metrics for MetricsTee {
     fn key_leak_suspected(&self) {
         self.prometheus.key_leak_suspected();
         self.otel.key_leak_suspected();
+    }
+    fn admission_outage(&self, step: &str, decision: &str) {
+        self.prometheus.admission_outage(step, decision);
+        self.otel.admission_outage(step, decision);
     }
     fn inflight(&self, delta: i64) {
         self.prometheus.inflight(delta);

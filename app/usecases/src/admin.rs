@@ -1,12 +1,14 @@
 //! The admin API use case: key lifecycle (delegated to [`KeyAdmin`]), usage rollups and audit
-//! export over the trace store, with spend taken from the live ledger.
+//! export over the trace store, with spend taken from the spend admission (the in-process
+//! ledger, or the store shared by the fleet).
 //!
 //! Reads see the caller's own writes: usage and audit reads first flush the trace writer, so
 //! an audit export right after a revoke shows the revoke (the writer batches events for a few
 //! milliseconds before committing them).
 
 use crate::key_admin::KeyView;
-use crate::{AdminError, KeyAdmin, SpendLedger};
+use crate::spend::SpendGuard;
+use crate::{AdminError, KeyAdmin};
 use async_trait::async_trait;
 use metis_domain::audit::AUDIT_TYPES;
 use metis_ports::admin::{
@@ -22,7 +24,7 @@ pub struct AdminFacade {
     keys: Arc<KeyAdmin>,
     query: Arc<dyn TraceQuery>,
     sink: Arc<dyn EventSink>,
-    ledger: Arc<SpendLedger>,
+    spend: Arc<SpendGuard>,
     clock: Arc<dyn Clock>,
 }
 
@@ -32,14 +34,14 @@ impl AdminFacade {
         keys: Arc<KeyAdmin>,
         query: Arc<dyn TraceQuery>,
         sink: Arc<dyn EventSink>,
-        ledger: Arc<SpendLedger>,
+        spend: Arc<SpendGuard>,
         clock: Arc<dyn Clock>,
     ) -> Self {
         AdminFacade {
             keys,
             query,
             sink,
-            ledger,
+            spend,
             clock,
         }
     }
@@ -52,15 +54,16 @@ impl AdminFacade {
         }
     }
 
-    fn summary(&self, v: KeyView) -> KeySummary {
-        let (day, month, _) = self
-            .ledger
-            .snapshot(v.record.account(), self.clock.now_us());
+    async fn summary(&self, v: KeyView) -> KeySummary {
+        let spend = self
+            .spend
+            .balance(v.record.account(), self.clock.now_us())
+            .await;
         KeySummary {
             record: v.record,
             effective_status: v.effective_status,
-            spend_day_usd: day,
-            spend_month_usd: month,
+            spend_day_usd: spend.day_usd,
+            spend_month_usd: spend.month_usd,
         }
     }
 }
@@ -103,19 +106,23 @@ impl AdminService for AdminFacade {
             display_status: "active",
         };
         Ok(CreatedKey {
-            key: self.summary(view),
+            key: self.summary(view).await,
             token: issued.token,
         })
     }
 
     async fn list_keys(&self) -> Result<Vec<KeySummary>, AdminFailure> {
         let keys = self.keys.list().await.map_err(failure)?;
-        Ok(keys.into_iter().map(|v| self.summary(v)).collect())
+        let mut out = Vec::with_capacity(keys.len());
+        for v in keys {
+            out.push(self.summary(v).await);
+        }
+        Ok(out)
     }
 
     async fn get_key(&self, key_id: &str) -> Result<KeySummary, AdminFailure> {
         let v = self.keys.get(key_id).await.map_err(failure)?;
-        Ok(self.summary(v))
+        Ok(self.summary(v).await)
     }
 
     async fn revoke_key(&self, key_id: &str) -> Result<RevokeResult, AdminFailure> {
@@ -144,7 +151,7 @@ impl AdminService for AdminFacade {
         };
         Ok(RotateResult {
             old_key_id: r.old_key_id,
-            new_key: self.summary(view),
+            new_key: self.summary(view).await,
             new_token: r.successor.token,
             grace_period_until: r.grace_period_until,
         })

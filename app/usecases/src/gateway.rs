@@ -4,7 +4,7 @@
 use crate::keys::KeyRing;
 use crate::limits::Limiter;
 use crate::patterns::PatternBatcher;
-use crate::spend::SpendLedger;
+use crate::spend::SpendGuard;
 use crate::stream::{StreamState, client_stream};
 use crate::wire::{self, Passthrough, RenderCtx, StreamParser, StreamRenderer, shape_of};
 use async_trait::async_trait;
@@ -44,7 +44,7 @@ mod embeddings;
 
 use call::CallSpec;
 
-use admission_events::{AuthFailSampler, quota_error};
+use admission_events::AuthFailSampler;
 
 /// The wired gateway core.
 pub struct GatewayCore {
@@ -56,7 +56,7 @@ pub struct GatewayCore {
     clock: Arc<dyn Clock>,
     ids: Arc<dyn IdSource>,
     limiter: Arc<Limiter>,
-    ledger: Arc<SpendLedger>,
+    spend: Arc<SpendGuard>,
     metrics: Arc<dyn Metrics>,
     trace: Arc<dyn TraceContext>,
     sessions: Arc<dyn SessionStore>,
@@ -78,7 +78,8 @@ pub struct CoreParts {
     pub clock: Arc<dyn Clock>,
     pub ids: Arc<dyn IdSource>,
     pub limiter: Arc<Limiter>,
-    pub ledger: Arc<SpendLedger>,
+    /// Spend caps, over the spend admission the composition root chose.
+    pub spend: Arc<SpendGuard>,
     pub metrics: Arc<dyn Metrics>,
     pub trace: Arc<dyn TraceContext>,
     pub sessions: Arc<dyn SessionStore>,
@@ -104,7 +105,7 @@ impl GatewayCore {
             clock: parts.clock,
             ids: parts.ids,
             limiter: parts.limiter,
-            ledger: parts.ledger,
+            spend: parts.spend,
             metrics: parts.metrics,
             trace: parts.trace,
             sessions: parts.sessions,
@@ -262,7 +263,11 @@ impl GatewayService for GatewayCore {
         let index = self.keys.snapshot();
         // Step 1 (before auth): rate limits. A key's own rpm overrides the default.
         let key_rpm = hash.as_ref().and_then(|h| index.get(h)).and_then(|k| k.rpm);
-        let decision = self.limiter.check(hash.as_deref(), key_rpm, ip);
+        let checked = self.limiter.check(hash.as_deref(), key_rpm, ip).await;
+        if checked.key_store_unavailable {
+            self.metrics.admission_outage("rate_limit", "local");
+        }
+        let decision = checked.result;
         if self.limiter.config.enabled {
             let key_checked = hash.is_some();
             let ip_checked = ip.is_some();
@@ -296,7 +301,7 @@ impl GatewayService for GatewayCore {
             self.auth_failed("missing_token", shape, None, None);
             return Err(GatewayError::InvalidApiKey);
         };
-        let Some((key, caps)) = index.get_with_caps(&hash) else {
+        let Some((key, budget)) = index.get_with_budget(&hash) else {
             self.auth_failed("invalid_token", shape, Some(&token), None);
             return Err(GatewayError::InvalidApiKey);
         };
@@ -329,16 +334,13 @@ impl GatewayService for GatewayCore {
         )
         .map_err(metis_domain::error::invalid)?;
         // Step 3: spend caps, before the body is read.
-        match self.ledger.check(key.account(), caps, now) {
+        match self.spend.check(budget, now).await {
             Ok(alerts) => {
                 if !alerts.is_empty() {
                     self.quota_events(key, shape, &alerts, None);
                 }
             }
-            Err(e) => {
-                self.quota_events(key, shape, &[], Some(&e));
-                return Err(quota_error(&e));
-            }
+            Err(refusal) => return Err(self.spend_refused(key, shape, &refusal)),
         }
         if let Some(signal) = self.limiter.observe_key_ip(&key.key_id, ip) {
             tracing::warn!(
@@ -360,7 +362,7 @@ impl GatewayService for GatewayCore {
         Ok(Admission {
             shape,
             key: Arc::clone(key),
-            caps,
+            budget: budget.clone(),
             received_at_us: now,
             traceparent: meta.traceparent,
             session,
@@ -405,17 +407,19 @@ impl GatewayService for GatewayCore {
             tracing::error!(error = %e, "could not serialise the upstream request");
             GatewayError::Internal
         })?;
-        let mut call = self.start_call(
-            &admission,
-            &routed,
-            CallSpec {
-                operation: "chat",
-                stream: req.stream,
-                estimated_input_tokens: req.estimate_input_tokens(),
-                max_output_tokens: req.max_tokens,
-                features: Some(fingerprint(&req, &admission.key.workspace_path)),
-            },
-        )?;
+        let mut call = self
+            .start_call(
+                &admission,
+                &routed,
+                CallSpec {
+                    operation: "chat",
+                    stream: req.stream,
+                    estimated_input_tokens: req.estimate_input_tokens(),
+                    max_output_tokens: req.max_tokens,
+                    features: Some(fingerprint(&req, &admission.key.workspace_path)),
+                },
+            )
+            .await?;
         let request = Self::upstream_request(
             &admission,
             call.request_id.clone(),

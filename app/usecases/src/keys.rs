@@ -16,9 +16,8 @@
 use metis_domain::events::key_sources::KEYSTORE_OBSERVED;
 use metis_domain::events::types::{GATEWAY_KEY_ISSUED, GATEWAY_KEY_REVOKED, GATEWAY_KEY_ROTATED};
 use metis_domain::events::{Payload, make_event};
-use metis_domain::keys::{
-    Caps, KeyChange, KeyChangeEvent, KeyRecord, next_grace_end, shown_changes,
-};
+use metis_domain::keys::{KeyChange, KeyChangeEvent, KeyRecord, next_grace_end, shown_changes};
+use metis_domain::spend::Budget;
 use metis_domain::time::Timestamp;
 use metis_ports::keys::{KeyStore, KeyStoreError};
 use metis_ports::system::{Clock, IdSource};
@@ -27,10 +26,24 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
-/// Keys by token hash (with their caps, parsed once here), and in keystore order.
+/// How soon a running gateway must put in force an issue, revoke or rotation made by another
+/// process (a CLI, another replica, a new Secret): SPEC §5.
+pub const KEY_PROPAGATION_BOUND: Duration = Duration::from_secs(2);
+
+/// How often [`KeySync::poll`] reads the keystore's change token (`KeyStore::version`: a file's
+/// mtime and size, one indexed row of a database store). A change made elsewhere is in force
+/// within this interval plus one load of the key set; changes made through this process's
+/// admin API are in force before the API answers.
+pub const KEY_POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+// The poll leaves at least half of the bound for the load and the request that sees it.
+const _: () = assert!(KEY_POLL_INTERVAL.as_millis() * 2 <= KEY_PROPAGATION_BOUND.as_millis());
+
+/// Keys by token hash (with their spend budget: account and parsed caps, built once here),
+/// and in keystore order.
 #[derive(Debug, Default)]
 pub struct KeyIndex {
-    by_hash: HashMap<String, (Arc<KeyRecord>, Caps)>,
+    by_hash: HashMap<String, (Arc<KeyRecord>, Budget)>,
     ordered: Vec<Arc<KeyRecord>>,
 }
 
@@ -42,7 +55,7 @@ impl KeyIndex {
         let by_hash = ordered
             .iter()
             .map(|r| {
-                let entry = (Arc::clone(r), Caps::of(r));
+                let entry = (Arc::clone(r), Budget::of(r));
                 (r.secret_hash.to_ascii_lowercase(), entry)
             })
             .collect();
@@ -54,10 +67,10 @@ impl KeyIndex {
         self.by_hash.get(hash).map(|(k, _)| k)
     }
 
-    /// The key with token hash `hash` and its parsed caps.
+    /// The key with token hash `hash` and its spend budget.
     #[must_use]
-    pub fn get_with_caps(&self, hash: &str) -> Option<(&Arc<KeyRecord>, Caps)> {
-        self.by_hash.get(hash).map(|(k, caps)| (k, *caps))
+    pub fn get_with_budget(&self, hash: &str) -> Option<(&Arc<KeyRecord>, &Budget)> {
+        self.by_hash.get(hash).map(|(k, budget)| (k, budget))
     }
 
     /// Every key, in keystore order.
@@ -385,10 +398,11 @@ impl KeySync {
 mod tests {
     use super::*;
 
-    /// Caps are parsed when the index is built and served with the key, with the rules of
-    /// `Caps::of` (a cap that is not a positive number counts as absent).
+    /// Caps are parsed when the index is built and served with the key and its spend account,
+    /// with the rules of `Caps::of` (a cap that is not a positive number counts as absent).
     #[test]
-    fn the_index_serves_each_key_with_its_parsed_caps() {
+    fn the_index_serves_each_key_with_its_budget() {
+        use metis_domain::keys::Caps;
         let record = |id: &str, hash: &str, daily: Option<&str>, monthly: Option<&str>| {
             let mut r: KeyRecord = serde_json::from_value(serde_json::json!({
                 "key_id": id, "secret_hash": hash, "workspace_path": "/w"
@@ -402,18 +416,19 @@ mod tests {
             record("gk_a", "AA", Some(" 2.5 "), Some("NaN")),
             record("gk_b", "bb", None, None),
         ]);
-        let (key, caps) = index.get_with_caps("aa").unwrap();
+        let (key, budget) = index.get_with_budget("aa").unwrap();
         assert_eq!(key.key_id, "gk_a");
         assert_eq!(
-            caps,
+            budget.caps,
             Caps {
                 daily_usd: Some(2.5),
                 monthly_usd: None
             }
         );
-        assert_eq!(caps, Caps::of(key));
-        let (_, none) = index.get_with_caps("bb").unwrap();
-        assert!(none.is_empty());
-        assert!(index.get_with_caps("cc").is_none());
+        assert_eq!(budget.caps, Caps::of(key));
+        assert_eq!(&*budget.account, "gk_a");
+        let (_, none) = index.get_with_budget("bb").unwrap();
+        assert!(none.caps.is_empty());
+        assert!(index.get_with_budget("cc").is_none());
     }
 }

@@ -19,5 +19,5 @@ pub use admin::AdminFacade;
 pub use gateway::{CoreParts, GatewayCore};
 pub use key_admin::{AdminError, IssueRequest, KeyAdmin};
 pub use keys::{KeyIndex, KeyRing, KeySync, KeySyncParts};
-pub use limits::{Limiter, RateLimitConfig};
-pub use spend::SpendLedger;
+pub use limits::{KeyBuckets, Limiter, RateLimitConfig};
+pub use spend::{OutagePolicy, SpendGuard, SpendGuardParts, SpendLedger};

@@ -6,7 +6,7 @@
 //! `error_class: "cancelled"` with the usage consumed so far).
 
 use crate::patterns::PatternBatcher;
-use crate::spend::Reservation;
+use crate::spend::SpendHold;
 use metis_domain::canonical::{BlockDelta, BlockStart, StopReason, StreamEvent, Usage};
 use metis_domain::error::ErrorClass;
 use metis_domain::events::{
@@ -55,7 +55,7 @@ pub(crate) struct CallRecorder {
     pub identity: CallIdentity,
     pub price: Option<Price>,
     /// The call's hold on its key's spend caps, settled with the actual cost.
-    pub reservation: Option<Reservation>,
+    pub reservation: Option<SpendHold>,
     pub metrics: Arc<dyn Metrics>,
     /// Counts the request as in flight until the recorder (or its stream) is dropped.
     pub inflight: InflightGuard,

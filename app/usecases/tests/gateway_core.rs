@@ -16,7 +16,11 @@ use metis_domain::keys::{KeyRecord, hash_token, token_fingerprint};
 use metis_domain::models::Catalog;
 use metis_domain::patterns::PatternCaps;
 use metis_domain::pricing::{Price, PriceTable};
-use metis_ports::fakes::{InMemoryPatternStore, InMemorySessionStore, InMemoryTraceStore};
+use metis_ports::admission::{KeyRateLimiter, SpendAdmission};
+use metis_ports::fakes::{
+    FakeKeyLimiter, FakeOutage, FakeSpendStore, InMemoryPatternStore, InMemorySessionStore,
+    InMemoryTraceStore,
+};
 use metis_ports::gateway::{
     Admission, CountMethod, GatewayService, InboundMeta, Reply, TokenCount,
 };
@@ -27,7 +31,10 @@ use metis_ports::trace::{EventRow, KeySpend};
 use metis_ports::upstream::{
     Operation, Provider, UpstreamBody, UpstreamError, UpstreamReply, UpstreamRequest, WireFormat,
 };
-use metis_usecases::{CoreParts, GatewayCore, KeyRing, Limiter, RateLimitConfig, SpendLedger};
+use metis_usecases::{
+    CoreParts, GatewayCore, KeyBuckets, KeyRing, Limiter, OutagePolicy, RateLimitConfig,
+    SpendGuard, SpendGuardParts, SpendLedger,
+};
 use serde_json::{Value, json};
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr};
@@ -89,6 +96,7 @@ impl Background for NoBackground {
 #[derive(Default)]
 struct RecordingMetrics {
     auth_failures: Mutex<Vec<String>>,
+    outages: Mutex<Vec<String>>,
     token_counts: Mutex<Vec<String>>,
     upstream_calls: Mutex<Vec<String>>,
 }
@@ -108,6 +116,12 @@ impl Metrics for RecordingMetrics {
     fn quota_ratios(&self, _: &[QuotaRatio]) {}
     fn quota_event(&self, _: &str, _: &str) {}
     fn key_leak_suspected(&self) {}
+    fn admission_outage(&self, step: &str, decision: &str) {
+        self.outages
+            .lock()
+            .unwrap()
+            .push(format!("{step}/{decision}"));
+    }
     fn inflight(&self, _: i64) {}
     fn streams(&self, _: i64) {}
     fn accept_error(&self, _: &str) {}
@@ -290,6 +304,11 @@ struct World {
 struct Setup {
     keys: Vec<KeyRecord>,
     limits: RateLimitConfig,
+    /// A spend store in place of the in-process ledger (a store shared by replicas).
+    spend_store: Option<Arc<dyn SpendAdmission>>,
+    outage: OutagePolicy,
+    /// A per-key limiter in place of the in-process buckets.
+    key_limiter: Option<Arc<dyn KeyRateLimiter>>,
     spend: Vec<KeySpend>,
     tokenizer: Option<u64>,
     anth: FakeProvider,
@@ -301,6 +320,9 @@ impl Default for Setup {
         Setup {
             keys: vec![key("gk_live", TOKEN, json!({}))],
             limits: RateLimitConfig::default(),
+            spend_store: None,
+            outage: OutagePolicy::FailClosed,
+            key_limiter: None,
             spend: Vec::new(),
             tokenizer: None,
             anth: FakeProvider::new("anth", WireFormat::AnthropicMessages),
@@ -333,6 +355,16 @@ impl Setup {
         let resp = Arc::new(FakeProvider::new("resp", WireFormat::OpenAiResponses));
         let metrics = Arc::new(RecordingMetrics::default());
         let ledger = Arc::new(SpendLedger::rebuild(&self.spend, &self.keys, T0));
+        let spend = SpendGuard::new(SpendGuardParts {
+            store: self
+                .spend_store
+                .unwrap_or_else(|| Arc::clone(&ledger) as Arc<dyn SpendAdmission>),
+            outage: self.outage,
+            known: SpendLedger::default(),
+            metrics: Arc::clone(&metrics) as Arc<dyn Metrics>,
+            background: Arc::new(NoBackground),
+            process_nonce: 7,
+        });
         let core = Arc::new(GatewayCore::new(CoreParts {
             keys: Arc::new(KeyRing::new(self.keys)),
             sink: Arc::new(trace.clone()),
@@ -345,8 +377,12 @@ impl Setup {
             prices,
             clock: Arc::new(FixedClock),
             ids: Arc::new(CountingIds::default()),
-            limiter: Arc::new(Limiter::new(self.limits)),
-            ledger: Arc::clone(&ledger),
+            limiter: Arc::new(Limiter::new(
+                self.limits,
+                self.key_limiter
+                    .unwrap_or_else(|| Arc::new(KeyBuckets::new(1_000))),
+            )),
+            spend,
             metrics: Arc::clone(&metrics) as Arc<dyn Metrics>,
             trace: Arc::new(NoTracing),
             sessions: Arc::new(InMemorySessionStore::new()),
@@ -424,8 +460,14 @@ impl World {
     }
 
     fn reserved(&self, account: &str) -> f64 {
-        self.ledger.snapshot(account, T0).2
+        self.ledger.snapshot(account, T0).reserved_usd
     }
+}
+
+/// (day spend, reserved) of `account`.
+fn spend_of(w: &World, account: &str) -> (f64, f64) {
+    let s = w.ledger.snapshot(account, T0);
+    (s.day_usd, s.reserved_usd)
 }
 
 fn json_of(reply: Reply) -> Value {
@@ -725,6 +767,140 @@ async fn concurrent_reservations_cannot_overshoot_a_cap() {
     assert_eq!(w.count("llm.call_failed"), 4);
 }
 
+/// Two keys on one spend store: `gk_live` capped, `gk_free` not.
+fn capped_and_free(store: &FakeSpendStore, outage: OutagePolicy) -> World {
+    Setup {
+        keys: vec![
+            key("gk_live", TOKEN, json!({"daily_cap_usd": "5.00"})),
+            key("gk_free", "gw_free_token", json!({})),
+        ],
+        spend_store: Some(Arc::new(store.clone())),
+        outage,
+        ..Setup::default()
+    }
+    .build()
+}
+
+#[tokio::test]
+async fn while_the_spend_store_is_down_a_capped_key_gets_503_and_a_key_without_caps_is_served() {
+    let store = FakeSpendStore::new();
+    let w = capped_and_free(&store, OutagePolicy::FailClosed);
+    store.set_outage(FakeOutage::Down);
+    let err = w
+        .core
+        .admit(meta(Shape::Anthropic, Some(TOKEN)))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        GatewayError::SpendStoreUnavailable {
+            key_id: "gk_live".to_owned()
+        }
+    );
+    let rendered = err.render(Shape::Anthropic);
+    assert_eq!(rendered.status, 503);
+    assert!(
+        rendered.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("spend store unavailable"),
+        "{}",
+        rendered.body
+    );
+    assert!(w.anth.requests().is_empty() && w.oai.requests().is_empty());
+    // The key without caps is never refused for it.
+    w.oai.answer(Scripted::Json(chat_answer()));
+    let admission = w
+        .core
+        .admit(meta(Shape::OpenAi, Some("gw_free_token")))
+        .await
+        .unwrap();
+    let reply = w
+        .core
+        .handle(admission, Bytes::from(chat("oai:m").to_string()))
+        .await
+        .unwrap();
+    assert_eq!(json_of(reply)["object"], "chat.completion");
+    assert_eq!(*w.metrics.outages.lock().unwrap(), ["spend/refused"]);
+}
+
+#[tokio::test]
+async fn under_fail_open_a_capped_key_is_served_while_the_spend_store_is_down() {
+    let store = FakeSpendStore::new();
+    let w = capped_and_free(&store, OutagePolicy::FailOpen);
+    store.set_outage(FakeOutage::Down);
+    w.oai.answer(Scripted::Json(chat_answer()));
+    let reply = w.call(Shape::OpenAi, chat("oai:m")).await.unwrap();
+    assert_eq!(json_of(reply)["object"], "chat.completion");
+    // The pre-body check and the reservation were both decided on the local balance, and
+    // the call's cost waits to be replayed into the store.
+    assert_eq!(
+        *w.metrics.outages.lock().unwrap(),
+        ["spend/local", "spend/local", "spend_settlement/deferred"]
+    );
+    assert_eq!(w.count("llm.call_completed"), 1);
+}
+
+#[tokio::test]
+async fn a_per_key_limit_on_a_shared_limiter_holds_across_two_gateways() {
+    let shared = FakeKeyLimiter::new(100);
+    let replica = || {
+        Setup {
+            limits: RateLimitConfig {
+                enabled: true,
+                per_key_rpm: 3,
+                ..RateLimitConfig::default()
+            },
+            key_limiter: Some(Arc::new(shared.clone())),
+            ..Setup::default()
+        }
+        .build()
+    };
+    let (a, b) = (replica(), replica());
+    let mut admitted = 0;
+    for w in [&a, &b, &a, &b, &a, &b] {
+        if w.core.admit(meta(Shape::OpenAi, Some(TOKEN))).await.is_ok() {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 3, "3 rpm for the key, whichever gateway it asks");
+    // A minute later (the store's clock) the bucket is full again.
+    shared.advance(60_000_000);
+    assert!(b.core.admit(meta(Shape::OpenAi, Some(TOKEN))).await.is_ok());
+}
+
+#[tokio::test]
+async fn a_shared_limiter_that_does_not_answer_leaves_the_limit_to_this_process_s_buckets() {
+    let shared = FakeKeyLimiter::new(100);
+    shared.set_outage(FakeOutage::Down);
+    let w = Setup {
+        limits: RateLimitConfig {
+            enabled: true,
+            per_key_rpm: 1,
+            ..RateLimitConfig::default()
+        },
+        key_limiter: Some(Arc::new(shared.clone())),
+        ..Setup::default()
+    }
+    .build();
+    assert!(w.core.admit(meta(Shape::OpenAi, Some(TOKEN))).await.is_ok());
+    match w.core.admit(meta(Shape::OpenAi, Some(TOKEN))).await {
+        Err(GatewayError::RateLimited { scope, rpm, .. }) => {
+            assert_eq!((scope, rpm), ("per_key", 1));
+        }
+        other => panic!("expected the local bucket to deny, got {other:?}"),
+    }
+    assert_eq!(
+        shared.calls(),
+        2,
+        "the shared store was asked first each time"
+    );
+    assert_eq!(
+        *w.metrics.outages.lock().unwrap(),
+        ["rate_limit/local", "rate_limit/local"]
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // 4. Allow-list
 // ---------------------------------------------------------------------------------------
@@ -886,7 +1062,7 @@ async fn a_successful_call_records_route_start_completion_and_turn() {
     let (_, turn) = w.the("turn.completed");
     assert_eq!(turn["stop_reason"], "end_turn");
     assert_eq!(*w.metrics.upstream_calls.lock().unwrap(), ["ok"]);
-    let (day, _, reserved) = w.ledger.snapshot("gk_live", T0);
+    let (day, reserved) = spend_of(&w, "gk_live");
     assert!((day - 0.000_105).abs() < 1e-12 && reserved == 0.0);
 }
 
@@ -943,7 +1119,12 @@ async fn an_upstream_error_records_call_failed_and_an_error_turn() {
 
 #[tokio::test]
 async fn a_stream_the_client_abandons_records_a_cancelled_call_with_partial_usage() {
-    let w = Setup::default().build();
+    // A capped key, so the stream holds a reservation (keys without caps reserve nothing).
+    let w = Setup {
+        keys: vec![key("gk_live", TOKEN, json!({"daily_cap_usd": "100"}))],
+        ..Setup::default()
+    }
+    .build();
     w.oai
         .answer(Scripted::Stream(vec![Step::Chunk(CHUNK_1), Step::Hang]));
     let body = chat_stream(Some(300));
@@ -965,7 +1146,7 @@ async fn a_stream_the_client_abandons_records_a_cancelled_call_with_partial_usag
     assert_eq!(failed["output_tokens"], 1);
     let (_, turn) = w.the("turn.completed");
     assert_eq!(turn["stop_reason"], "cancelled");
-    let (day, _, reserved) = w.ledger.snapshot("gk_live", T0);
+    let (day, reserved) = spend_of(&w, "gk_live");
     assert_eq!(reserved, 0.0);
     assert!(
         (day - 0.001).abs() < 1e-12,
@@ -989,7 +1170,7 @@ async fn a_client_gone_before_the_answer_head_is_a_cancelled_call_charged_its_es
     assert_eq!(failed["usage_estimated"], true);
     let (_, started) = w.the("llm.call_started");
     assert_eq!(failed["input_tokens"], started["estimated_input_tokens"]);
-    let (day, _, reserved) = w.ledger.snapshot("gk_live", T0);
+    let (day, reserved) = spend_of(&w, "gk_live");
     assert_eq!(reserved, 0.0);
     assert!(day > 0.0, "the prompt was sent: its estimate is charged");
 }
@@ -1260,6 +1441,6 @@ async fn embeddings_are_priced_on_the_upstream_count_and_recorded_like_calls() {
     // 1 000 tokens at 2 USD/Mtok.
     assert!((done["cost_usd"].as_f64().unwrap() - 0.002).abs() < 1e-12);
     assert_eq!(done["inbound_shape"], "openai");
-    let (day, _, reserved) = w.ledger.snapshot("gk_live", T0);
+    let (day, reserved) = spend_of(&w, "gk_live");
     assert!((day - 0.002).abs() < 1e-12 && reserved == 0.0);
 }

@@ -15,7 +15,10 @@ use metis_ports::metrics::{Attribution, CallLabels, Metrics, QuotaRatio, ScrapeG
 use metis_ports::system::{Background, Clock, IdSource, TraceContext};
 use metis_ports::tokens::NoTokenizer;
 use metis_ports::trace::KeySpend;
-use metis_usecases::{CoreParts, GatewayCore, KeyRing, Limiter, RateLimitConfig, SpendLedger};
+use metis_usecases::{
+    CoreParts, GatewayCore, KeyBuckets, KeyRing, Limiter, OutagePolicy, RateLimitConfig,
+    SpendGuard, SpendGuardParts, SpendLedger,
+};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -95,6 +98,7 @@ impl Metrics for Recorded {
     }
     fn quota_event(&self, _: &str, _: &str) {}
     fn key_leak_suspected(&self) {}
+    fn admission_outage(&self, _: &str, _: &str) {}
     fn inflight(&self, _: i64) {}
     fn streams(&self, _: i64) {}
     fn token_count(&self, _: &str) {}
@@ -144,8 +148,15 @@ async fn cap_ratios_are_computed_at_scrape_time_and_fall_back_when_the_day_rolls
             month_usd: 10.0,
         })
         .collect();
-    let ledger = Arc::new(SpendLedger::rebuild(&spend, &keys, NOON));
     let metrics = Arc::new(Recorded::default());
+    let spend = SpendGuard::new(SpendGuardParts {
+        store: Arc::new(SpendLedger::rebuild(&spend, &keys, NOON)),
+        outage: OutagePolicy::FailClosed,
+        known: SpendLedger::default(),
+        metrics: Arc::clone(&metrics) as Arc<dyn Metrics>,
+        background: Arc::new(Detached),
+        process_nonce: 1,
+    });
     let sink = Arc::new(InMemoryTraceStore::default());
     let core = GatewayCore::new(CoreParts {
         keys: Arc::new(KeyRing::new(keys)),
@@ -155,8 +166,11 @@ async fn cap_ratios_are_computed_at_scrape_time_and_fall_back_when_the_day_rolls
         prices: PriceTable::builtin(),
         clock: Arc::clone(&clock) as Arc<dyn Clock>,
         ids: Arc::new(CountingIds::default()),
-        limiter: Arc::new(Limiter::new(RateLimitConfig::default())),
-        ledger,
+        limiter: Arc::new(Limiter::new(
+            RateLimitConfig::default(),
+            Arc::new(KeyBuckets::new(1_000)),
+        )),
+        spend,
         metrics: Arc::clone(&metrics) as Arc<dyn Metrics>,
         trace: Arc::new(NoTrace),
         sessions: Arc::new(InMemorySessionStore::default()),

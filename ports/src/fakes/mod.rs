@@ -1,5 +1,7 @@
 //! In-memory fakes of every storage port (feature `fakes`), for use-case unit tests and as the
-//! third backend of the storage contract suite (`metis-tests`, `tests/tests/suite/storage_contract.rs`).
+//! third backend of the storage contract suite (`metis-tests`, `tests/tests/suite/storage_contract.rs`),
+//! and of the admission ports as a store shared by replicas that can be switched off
+//! (`tests/tests/suite/admission_contract.rs`).
 //!
 //! Invariants:
 //! - Each fake honours every documented clause of its port, exactly as the SQLite and redb
@@ -19,11 +21,13 @@
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+mod admission;
 mod keys;
 mod patterns;
 mod sessions;
 mod trace;
 
+pub use admission::{FakeKeyLimiter, FakeOutage, FakeSpendStore};
 pub use keys::InMemoryKeyStore;
 pub use patterns::{InMemoryPatternStore, unusable_workspace};
 pub use sessions::InMemorySessionStore;

@@ -1,7 +1,8 @@
 //! The storage contract suite: one `pub async fn` per documented clause of each storage port
 //! (`EventSink`, `TraceQuery`, `KeyStore`, `SessionStore`, `PatternStore`), written once and
 //! run against every backend (SQLite, redb and the in-memory fakes) by
-//! `tests/tests/suite/storage_contract.rs`.
+//! `tests/tests/suite/storage_contract.rs`. The admission ports have their own list
+//! ([`admission`], `tests/tests/suite/admission_contract.rs`).
 //!
 //! Invariants:
 //! - A contract function sees a backend only through [`Backend`] (the `KeyStore` clauses
@@ -11,6 +12,7 @@
 //! - Each test gets a fresh backend (its own temp directory), so tests run in parallel.
 //! - Each function's doc comment is the clause it proves, quoted or paraphrased from the port.
 
+pub mod admission;
 pub mod crash;
 pub mod fixtures;
 pub mod keys;

@@ -4,7 +4,7 @@
 //! error a refused reservation answers with and the per-key cap ratios a scrape reports.
 
 use super::GatewayCore;
-use crate::spend::Caps;
+use crate::spend::{Caps, Refusal};
 use metis_domain::canonical::Shape;
 use metis_domain::error::GatewayError;
 use metis_domain::events::{AuthFailed, QuotaAlert, QuotaExceeded, RateLimited};
@@ -13,9 +13,10 @@ use metis_ports::metrics::QuotaRatio;
 use std::sync::Mutex;
 
 impl GatewayCore {
-    /// Every active capped key's spend over each cap as of `now` (the ledger rolls its UTC
-    /// windows on read, so an idle key's ratio drops at midnight). A key sharing its spend
-    /// account with another (rotation) reports the account's spend.
+    /// Every active capped key's spend over each cap as of `now` (windows roll on read, so an
+    /// idle key's ratio drops at midnight). A key sharing its spend account with another
+    /// (rotation) reports the account's spend. With a store shared by replicas, the balances
+    /// are the ones this process last saw (a scrape does not wait for the store).
     pub(super) fn quota_ratios(&self, index: &crate::keys::KeyIndex, now: i64) -> Vec<QuotaRatio> {
         let mut out = Vec::new();
         for key in index.records() {
@@ -26,7 +27,8 @@ impl GatewayCore {
             if caps.is_empty() {
                 continue;
             }
-            let (day, month, _) = self.ledger.snapshot(key.account(), now);
+            let spend = self.spend.known_balance(key.account(), now);
+            let (day, month) = (spend.day_usd, spend.month_usd);
             for (scope, cap, spent) in [
                 ("key_daily", caps.daily_usd, day),
                 ("key_monthly", caps.monthly_usd, month),
@@ -80,6 +82,25 @@ impl GatewayCore {
             suppressed,
         };
         self.emit(&session, None, None, &payload);
+    }
+
+    /// Record a spend refusal (cap reached: `quota.exceeded`; store unavailable: counted by
+    /// the guard) and the client's error.
+    pub(super) fn spend_refused(
+        &self,
+        key: &KeyRecord,
+        shape: Shape,
+        refusal: &Refusal,
+    ) -> GatewayError {
+        match refusal {
+            Refusal::Exceeded(e) => {
+                self.quota_events(key, shape, &[], Some(e));
+                quota_error(e)
+            }
+            Refusal::Unavailable(_) => GatewayError::SpendStoreUnavailable {
+                key_id: key.key_id.clone(),
+            },
+        }
     }
 
     pub(super) fn quota_events(
@@ -236,7 +257,7 @@ fn usd(x: f64) -> String {
     }
 }
 
-pub(super) fn quota_error(e: &crate::spend::Exceeded) -> GatewayError {
+fn quota_error(e: &crate::spend::Exceeded) -> GatewayError {
     GatewayError::QuotaExceeded {
         scope: e.scope,
         limit_usd: usd(e.limit_usd),

@@ -6,7 +6,7 @@
 //! [`GatewayCore::start_call`], so a body the gateway cannot translate is a 400 with only
 //! `route.decided` recorded, as before any money was reserved.
 
-use super::{DEFAULT_MAX_TOKENS_ESTIMATE, GatewayCore, quota_error};
+use super::{DEFAULT_MAX_TOKENS_ESTIMATE, GatewayCore};
 use crate::recorder::{CallRecorder, InflightGuard, PatternHook, SessionHook};
 use metis_domain::error::{ErrorClass, GatewayError};
 use metis_domain::events::{CallIdentity, LlmCallStarted, RouteChainEntry, RouteDecided};
@@ -128,8 +128,9 @@ impl GatewayCore {
     /// `llm.call_started` and open the call's spans.
     ///
     /// # Errors
-    /// `QuotaExceeded` when the reservation does not fit.
-    pub(super) fn start_call(
+    /// `QuotaExceeded` when the reservation does not fit; `SpendStoreUnavailable` when a
+    /// shared spend store does not answer under `--spend-outage fail-closed`.
+    pub(super) async fn start_call(
         &self,
         admission: &Admission,
         routed: &Routed,
@@ -147,22 +148,19 @@ impl GatewayCore {
                 ..Default::default()
             })
         });
-        let reservation =
-            match self
-                .ledger
-                .reserve(key.account(), admission.caps, estimate, self.clock.now_us())
-            {
-                Ok((r, alerts)) => {
-                    if !alerts.is_empty() {
-                        self.quota_events(key, admission.shape, &alerts, None);
-                    }
-                    r
+        let reservation = match self
+            .spend
+            .reserve(&admission.budget, estimate, self.clock.now_us())
+            .await
+        {
+            Ok((hold, alerts)) => {
+                if !alerts.is_empty() {
+                    self.quota_events(key, admission.shape, &alerts, None);
                 }
-                Err(e) => {
-                    self.quota_events(key, admission.shape, &[], Some(&e));
-                    return Err(quota_error(&e));
-                }
-            };
+                hold
+            }
+            Err(refusal) => return Err(self.spend_refused(key, admission.shape, &refusal)),
+        };
 
         let request_id = self.ids.ulid();
         let call_started = LlmCallStarted {

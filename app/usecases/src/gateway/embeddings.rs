@@ -45,17 +45,19 @@ impl GatewayCore {
             metis_domain::openai::passthrough_request(raw, &routed.entry.upstream_name);
         let upstream_body =
             serde_json::to_vec(&upstream_json).map_err(|_| GatewayError::Internal)?;
-        let mut call = self.start_call(
-            &admission,
-            &routed,
-            CallSpec {
-                operation: "embeddings",
-                stream: false,
-                estimated_input_tokens: estimated,
-                max_output_tokens: Some(0),
-                features: None,
-            },
-        )?;
+        let mut call = self
+            .start_call(
+                &admission,
+                &routed,
+                CallSpec {
+                    operation: "embeddings",
+                    stream: false,
+                    estimated_input_tokens: estimated,
+                    max_output_tokens: Some(0),
+                    features: None,
+                },
+            )
+            .await?;
         let request = Self::upstream_request(
             &admission,
             call.request_id.clone(),
