@@ -31,7 +31,10 @@ use metis_domain::events::Event;
 use metis_domain::keys::KeyRecord;
 use metis_domain::patterns::{PatternCaps, PatternRecord};
 use metis_domain::sessions::SessionRecord;
+use metis_domain::spend::SpendState;
 use metis_domain::time::Timestamp;
+
+use crate::admission::{KeyRateLimiter, SpendAdmission};
 
 use crate::keys::{KeyStore, KeyStoreError};
 use crate::patterns::{
@@ -526,6 +529,20 @@ pub trait PatternFiles: Send + Sync {
     fn migration(&self, workspace: &str) -> Box<dyn Migratable>;
 }
 
+/// The admission guards of a store that several gateways share (`--store postgres`): spend
+/// caps and per-key rate limits held in the store, so they hold across the fleet.
+#[derive(Clone)]
+pub struct FleetAdmission {
+    pub spend: Arc<dyn SpendAdmission>,
+    pub per_key: Arc<dyn KeyRateLimiter>,
+}
+
+impl std::fmt::Debug for FleetAdmission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FleetAdmission")
+    }
+}
+
 /// One storage engine (see the module contract).
 pub trait StorageBackend: Send + Sync + std::fmt::Debug {
     /// The engine's name (`sqlite`, `redb`), as the `--store` flag spells it.
@@ -629,4 +646,21 @@ pub trait StorageBackend: Send + Sync + std::fmt::Debug {
 
     /// One schema of the main store `db` as a migration target.
     fn migration(&self, db: &Path, schema: Schema) -> Box<dyn Migratable>;
+
+    /// The admission guards kept in the store, for an engine that several gateway processes
+    /// share; `None` (the file engines: one process owns the file) keeps them in the process.
+    /// `seed` holds the balances read from the trace at start: the store takes those of the
+    /// accounts it has never seen (the first start on it) and keeps its own for the others.
+    /// Blocking.
+    ///
+    /// # Errors
+    /// `Unavailable` when the store cannot be reached; `TooNew`.
+    fn fleet_admission(
+        &self,
+        seed: &[(Arc<str>, SpendState)],
+        max_buckets: usize,
+    ) -> Result<Option<FleetAdmission>, TraceError> {
+        let _ = (seed, max_buckets);
+        Ok(None)
+    }
 }

@@ -34,6 +34,9 @@ pub enum DbError {
     /// TLS could not be set up (an unreadable `sslrootcert`, no trusted roots).
     #[error("PostgreSQL TLS: {0}")]
     Tls(String),
+    /// The schema is newer than this binary, or could not be migrated.
+    #[error(transparent)]
+    Schema(#[from] crate::schema::SchemaError),
     /// The adapter's runtime is gone (the process is shutting down).
     #[error("PostgreSQL adapter stopped: {0}")]
     Stopped(String),

@@ -193,10 +193,7 @@ mod tests {
     };
 
     fn err(e: SchemaError) -> DbError {
-        match e {
-            SchemaError::Query(q) => DbError::Query(q),
-            other => DbError::Stopped(other.to_string()),
-        }
+        DbError::from(e)
     }
 
     #[test]

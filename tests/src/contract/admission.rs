@@ -71,6 +71,77 @@ pub fn in_process_limits() -> Box<dyn LimitBackend> {
     Box::new(Same(Arc::new(KeyBuckets::new(10_000))))
 }
 
+/// Handles on one PostgreSQL database (a fresh scratch database per case): each handle is a
+/// separate pool, as each replica of a fleet has its own.
+struct Postgres {
+    scratch: metis_storage_postgres::ScratchDatabase,
+}
+
+/// A fixture step that must work for any case to run.
+fn setup<T>(what: &str, r: Result<T, metis_storage_postgres::DbError>) -> T {
+    match r {
+        Ok(v) => v,
+        Err(e) => {
+            #[expect(clippy::panic, reason = "fixture setup failure aborts the test")]
+            {
+                panic!("PostgreSQL admission contract: {what}: {e}")
+            }
+        }
+    }
+}
+
+impl Postgres {
+    fn new() -> Self {
+        let scratch = setup(
+            "a scratch database",
+            metis_storage_postgres::ScratchDatabase::from_env(),
+        );
+        let db = Postgres::pool(&scratch);
+        let migrated = db.block_on({
+            let db = db.clone();
+            async move { metis_storage_postgres::admission::migrate(&db).await }
+        });
+        setup("migrating the admission tables", migrated);
+        Postgres { scratch }
+    }
+
+    fn pool(scratch: &metis_storage_postgres::ScratchDatabase) -> metis_storage_postgres::Db {
+        setup(
+            "a pool",
+            metis_storage_postgres::Db::new(scratch.config().clone()),
+        )
+    }
+}
+
+impl SpendBackend for Postgres {
+    fn handle(&self) -> Arc<dyn SpendAdmission> {
+        Arc::new(metis_storage_postgres::admission::PgSpendAdmission::new(
+            Postgres::pool(&self.scratch),
+        ))
+    }
+}
+
+impl LimitBackend for Postgres {
+    fn handle(&self) -> Arc<dyn KeyRateLimiter> {
+        Arc::new(metis_storage_postgres::admission::PgKeyRateLimiter::new(
+            Postgres::pool(&self.scratch),
+            100_000,
+        ))
+    }
+}
+
+/// The PostgreSQL spend store (`METIS_TEST_DATABASE_URL`).
+#[must_use]
+pub fn postgres_spend() -> Box<dyn SpendBackend> {
+    Box::new(Postgres::new())
+}
+
+/// The PostgreSQL per-key buckets (`METIS_TEST_DATABASE_URL`).
+#[must_use]
+pub fn postgres_limits() -> Box<dyn LimitBackend> {
+    Box::new(Postgres::new())
+}
+
 /// The shared per-key limiter fake.
 #[must_use]
 pub fn fake_limits() -> Box<dyn LimitBackend> {

@@ -71,3 +71,19 @@ mod fake {
     shared_spend_contracts!(spend);
     limit_contracts!(limits);
 }
+
+mod postgres {
+    macro_rules! spend {
+        ($t:ident) => {
+            case!(metis_tests::contract::admission::postgres_spend, $t);
+        };
+    }
+    macro_rules! limits {
+        ($t:ident) => {
+            case!(metis_tests::contract::admission::postgres_limits, $t);
+        };
+    }
+    spend_contracts!(spend);
+    shared_spend_contracts!(spend);
+    limit_contracts!(limits);
+}

@@ -123,6 +123,18 @@ impl SpendLedger {
         }
     }
 
+    /// Every account with its windows rolled to `now` (what a shared store is seeded with).
+    #[must_use]
+    pub fn accounts(&self, now: Timestamp) -> Vec<(Arc<str>, SpendState)> {
+        self.lock()
+            .iter_mut()
+            .map(|(k, a)| {
+                a.roll(now);
+                (Arc::clone(k), *a)
+            })
+            .collect()
+    }
+
     /// An account's spend with its windows rolled to `now` (no spend when unknown).
     #[must_use]
     pub fn snapshot(&self, account: &str, now: Timestamp) -> SpendState {

@@ -1,0 +1,621 @@
+//! Spend caps and per-key rate limits held in the database, so they hold across every replica
+//! of a fleet (`metis_ports::admission`).
+//!
+//! Every step is one transaction: the account (or bucket) row is locked by an upsert that
+//! returns it, the domain's rule (`metis_domain::spend::SpendState`, `TokenBucket`) is applied
+//! in Rust, and the row is written back. The rule exists once, in the domain; the database
+//! only makes the step atomic across processes.
+//!
+//! Invariants:
+//! - A reservation is a row in `spend_holds` with a lease ([`HOLD_LEASE`]). The account's
+//!   `reserved_usd` is the sum of its live holds; holds whose lease ran out (their process
+//!   died) are given back inside the next step on that account, so a killed replica cannot
+//!   block an account for longer than the lease.
+//! - A settlement is applied at most once per hold id: its id goes into `spend_settled` in the
+//!   same transaction (kept [`SETTLED_KEEP`], far beyond any retry), and a repeat finds it and
+//!   changes nothing. The amount released is the hold's own row (gone when the lease expired:
+//!   then nothing is released twice).
+//! - Buckets use the database server's clock, one clock for every replica. A bucket idle for a
+//!   minute is full again, so idle buckets are deleted without changing any decision; the
+//!   sweep also trims the table to the most recently used `max_buckets` rows (an evicted
+//!   bucket comes back full: lenient, never a false deny).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use metis_domain::ratelimit::TokenBucket;
+use metis_domain::spend::{Budget, SpendState, hold_amount};
+use metis_domain::time::Timestamp;
+use metis_ports::admission::{
+    Answer, Checked, HoldId, KeyRateLimiter, Settlement, SpendAdmission, StoreUnavailable, Take,
+};
+use tokio_postgres::Row;
+
+use crate::pool::{Db, DbError};
+use crate::schema::{Component, Step};
+
+/// How long a reservation holds without being settled before it is given back: longer than
+/// any call the gateway lets run (the upstream timeout), short enough that a killed replica's
+/// holds come back the same hour.
+pub const HOLD_LEASE: Duration = Duration::from_secs(30 * 60);
+
+/// How long settled hold ids are remembered (a retry comes within seconds to minutes).
+pub const SETTLED_KEEP: Duration = Duration::from_secs(2 * 24 * 3600);
+
+/// A bucket idle this long is full again, so deleting it changes no decision.
+const BUCKET_IDLE: Duration = Duration::from_secs(60);
+
+/// Sweep idle buckets once per this many takes (per process).
+const SWEEP_EVERY: u64 = 1024;
+
+/// The admission tables.
+pub const COMPONENT: Component = Component {
+    name: "admission",
+    steps: &[Step {
+        description: "create spend_accounts, spend_holds, spend_settled, rate_buckets",
+        sql: "
+CREATE TABLE spend_accounts (
+    account TEXT PRIMARY KEY,
+    day_start BIGINT NOT NULL,
+    day_usd DOUBLE PRECISION NOT NULL,
+    month_start BIGINT NOT NULL,
+    month_usd DOUBLE PRECISION NOT NULL,
+    reserved_usd DOUBLE PRECISION NOT NULL,
+    alerted SMALLINT NOT NULL
+);
+CREATE TABLE spend_holds (
+    hold_id TEXT PRIMARY KEY,
+    account TEXT NOT NULL,
+    amount_usd DOUBLE PRECISION NOT NULL,
+    expires_at TIMESTAMPTZ NOT NULL
+);
+CREATE INDEX spend_holds_account_expiry ON spend_holds (account, expires_at);
+CREATE TABLE spend_settled (
+    hold_id TEXT PRIMARY KEY,
+    settled_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE INDEX spend_settled_at ON spend_settled (settled_at);
+CREATE TABLE rate_buckets (
+    bucket TEXT PRIMARY KEY,
+    tokens DOUBLE PRECISION NOT NULL,
+    last_us BIGINT NOT NULL
+);
+CREATE INDEX rate_buckets_last_us ON rate_buckets (last_us);
+",
+    }],
+    compatible_from: 1,
+};
+
+const SPEND_STORE: &str = "spend store";
+const LIMIT_STORE: &str = "rate-limit store";
+
+/// Lock (creating when absent) the account's row and return it.
+const LOCK_ACCOUNT_SQL: &str = "
+INSERT INTO spend_accounts AS a
+    (account, day_start, day_usd, month_start, month_usd, reserved_usd, alerted)
+VALUES ($1, $2, 0, $3, 0, 0, 0)
+ON CONFLICT (account) DO UPDATE SET account = a.account
+RETURNING day_start, day_usd, month_start, month_usd, reserved_usd, alerted";
+
+const WRITE_ACCOUNT_SQL: &str = "
+UPDATE spend_accounts SET day_start = $2, day_usd = $3, month_start = $4, month_usd = $5,
+    reserved_usd = $6, alerted = $7
+WHERE account = $1";
+
+/// Expired holds of one account, removed and returned (their amounts go back).
+const EXPIRE_HOLDS_SQL: &str = "
+DELETE FROM spend_holds WHERE account = $1 AND expires_at < now() RETURNING amount_usd";
+
+fn unavailable(store: &'static str, e: &DbError) -> StoreUnavailable {
+    StoreUnavailable {
+        store,
+        message: e.to_string(),
+    }
+}
+
+fn state_of(row: &Row) -> SpendState {
+    SpendState {
+        day_start: row.get(0),
+        day_usd: row.get(1),
+        month_start: row.get(2),
+        month_usd: row.get(3),
+        reserved_usd: row.get(4),
+        alerted: u8::try_from(row.get::<_, i16>(5)).unwrap_or(0),
+    }
+}
+
+fn hold_key(id: HoldId) -> String {
+    format!("{:032x}", id.0)
+}
+
+/// Spend caps in the database.
+#[derive(Debug, Clone)]
+pub struct PgSpendAdmission {
+    db: Db,
+}
+
+impl PgSpendAdmission {
+    /// Over `db`, whose `admission` component is migrated (see [`migrate`]).
+    #[must_use]
+    pub fn new(db: Db) -> Self {
+        Self { db }
+    }
+
+    /// Seed accounts that have no row yet with the spend read from the trace (the first start
+    /// after moving a deployment onto PostgreSQL). Existing rows are authoritative and left
+    /// alone, so replicas starting together seed each account at most once.
+    ///
+    /// # Errors
+    /// The database is unavailable.
+    pub async fn seed(&self, balances: &[(Arc<str>, SpendState)]) -> Result<u64, StoreUnavailable> {
+        let run = async {
+            let client = self.db.get().await?;
+            let stmt = client
+                .prepare_cached(
+                    "INSERT INTO spend_accounts
+                        (account, day_start, day_usd, month_start, month_usd, reserved_usd, alerted)
+                     VALUES ($1, $2, $3, $4, $5, 0, $6) ON CONFLICT (account) DO NOTHING",
+                )
+                .await?;
+            let mut seeded = 0;
+            for (account, s) in balances {
+                seeded += client
+                    .execute(
+                        &stmt,
+                        &[
+                            &&**account,
+                            &s.day_start,
+                            &s.day_usd,
+                            &s.month_start,
+                            &s.month_usd,
+                            &i16::from(s.alerted),
+                        ],
+                    )
+                    .await?;
+            }
+            Ok::<_, DbError>(seeded)
+        };
+        run.await.map_err(|e| unavailable(SPEND_STORE, &e))
+    }
+
+    /// Lock the account, give back its expired holds, apply `step` to its state and write it
+    /// back, all in one transaction; `hold` (id, amount) is recorded when `step` admits.
+    async fn locked_step(
+        db: Db,
+        budget: Budget,
+        now: Timestamp,
+        hold: Option<(HoldId, f64)>,
+    ) -> Result<Checked, DbError> {
+        let mut client = db.get().await?;
+        let tx = client.transaction().await?;
+        let mut state = {
+            let fresh = SpendState::new(now);
+            let row = tx
+                .query_one(
+                    LOCK_ACCOUNT_SQL,
+                    &[&&*budget.account, &fresh.day_start, &fresh.month_start],
+                )
+                .await?;
+            state_of(&row)
+        };
+        for expired in tx.query(EXPIRE_HOLDS_SQL, &[&&*budget.account]).await? {
+            state.release(expired.get(0));
+        }
+        let verdict = match hold {
+            Some((_, amount)) => state.reserve(budget.caps, amount, now),
+            None => state.check(budget.caps, now),
+        };
+        if verdict.is_ok()
+            && let Some((id, amount)) = hold
+            && hold_amount(amount) > 0.0
+        {
+            let lease = HOLD_LEASE.as_secs_f64();
+            tx.execute(
+                "INSERT INTO spend_holds (hold_id, account, amount_usd, expires_at)
+                 VALUES ($1, $2, $3, now() + make_interval(secs => $4))",
+                &[
+                    &hold_key(id),
+                    &&*budget.account,
+                    &hold_amount(amount),
+                    &lease,
+                ],
+            )
+            .await?;
+        }
+        write_state(&tx, &budget.account, &state).await?;
+        tx.commit().await?;
+        Ok(Checked {
+            verdict,
+            balance: state,
+        })
+    }
+
+    async fn settle_once(db: Db, s: Settlement) -> Result<SpendState, DbError> {
+        let mut client = db.get().await?;
+        let tx = client.transaction().await?;
+        let fresh = SpendState::new(s.at);
+        let row = tx
+            .query_one(
+                LOCK_ACCOUNT_SQL,
+                &[&&*s.account, &fresh.day_start, &fresh.month_start],
+            )
+            .await?;
+        let mut state = state_of(&row);
+        let key = hold_key(s.id);
+        let first = tx
+            .execute(
+                "INSERT INTO spend_settled (hold_id) VALUES ($1) ON CONFLICT DO NOTHING",
+                &[&key],
+            )
+            .await?;
+        if first == 0 {
+            // Applied before (its answer was lost): nothing changes.
+            tx.commit().await?;
+            return Ok(state);
+        }
+        let held: f64 = tx
+            .query_opt(
+                "DELETE FROM spend_holds WHERE hold_id = $1 RETURNING amount_usd",
+                &[&key],
+            )
+            .await?
+            .map_or(0.0, |r| r.get(0));
+        state.settle(held, s.cost_usd, s.at);
+        write_state(&tx, &s.account, &state).await?;
+        tx.commit().await?;
+        Ok(state)
+    }
+}
+
+async fn write_state(
+    tx: &deadpool_postgres::Transaction<'_>,
+    account: &str,
+    s: &SpendState,
+) -> Result<(), DbError> {
+    tx.execute(
+        WRITE_ACCOUNT_SQL,
+        &[
+            &account,
+            &s.day_start,
+            &s.day_usd,
+            &s.month_start,
+            &s.month_usd,
+            &s.reserved_usd,
+            &i16::from(s.alerted),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+impl SpendAdmission for PgSpendAdmission {
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn check(&self, budget: &Budget, now: Timestamp) -> Answer<Result<Checked, StoreUnavailable>> {
+        let (db, budget) = (self.db.clone(), budget.clone());
+        Answer::Later(Box::pin(async move {
+            Self::locked_step(db, budget, now, None)
+                .await
+                .map_err(|e| unavailable(SPEND_STORE, &e))
+        }))
+    }
+
+    fn reserve(
+        &self,
+        id: HoldId,
+        budget: &Budget,
+        estimate_usd: f64,
+        now: Timestamp,
+    ) -> Answer<Result<Checked, StoreUnavailable>> {
+        let (db, budget) = (self.db.clone(), budget.clone());
+        Answer::Later(Box::pin(async move {
+            Self::locked_step(db, budget, now, Some((id, estimate_usd)))
+                .await
+                .map_err(|e| unavailable(SPEND_STORE, &e))
+        }))
+    }
+
+    fn settle(&self, settlement: &Settlement) -> Answer<Result<SpendState, StoreUnavailable>> {
+        let (db, s) = (self.db.clone(), settlement.clone());
+        Answer::Later(Box::pin(async move {
+            Self::settle_once(db, s)
+                .await
+                .map_err(|e| unavailable(SPEND_STORE, &e))
+        }))
+    }
+
+    fn balance(
+        &self,
+        account: &str,
+        now: Timestamp,
+    ) -> Answer<Result<SpendState, StoreUnavailable>> {
+        let (db, account) = (self.db.clone(), account.to_owned());
+        Answer::Later(Box::pin(async move {
+            let read = async {
+                let client = db.get().await?;
+                let row = client
+                    .query_opt(
+                        "SELECT day_start, day_usd, month_start, month_usd, reserved_usd, alerted
+                         FROM spend_accounts WHERE account = $1",
+                        &[&account],
+                    )
+                    .await?;
+                let mut state = row.map_or_else(|| SpendState::new(now), |r| state_of(&r));
+                state.roll(now);
+                Ok::<_, DbError>(state)
+            };
+            read.await.map_err(|e| unavailable(SPEND_STORE, &e))
+        }))
+    }
+}
+
+/// Per-key token buckets in the database.
+#[derive(Debug)]
+pub struct PgKeyRateLimiter {
+    db: Db,
+    max_buckets: i64,
+    takes: AtomicU64,
+}
+
+impl PgKeyRateLimiter {
+    /// Over `db` (its `admission` component migrated), keeping at most `max_buckets` rows.
+    #[must_use]
+    pub fn new(db: Db, max_buckets: usize) -> Self {
+        Self {
+            db,
+            max_buckets: i64::try_from(max_buckets).unwrap_or(i64::MAX),
+            takes: AtomicU64::new(0),
+        }
+    }
+
+    async fn take(db: Db, bucket: String, rpm: u32) -> Result<Take, DbError> {
+        let mut client = db.get().await?;
+        let tx = client.transaction().await?;
+        // Lock (or create full) the bucket and read the server's clock in the same statement.
+        let row = tx
+            .query_one(
+                "WITH now AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint AS us)
+                 INSERT INTO rate_buckets AS b (bucket, tokens, last_us)
+                 SELECT $1, $2, now.us FROM now
+                 ON CONFLICT (bucket) DO UPDATE SET bucket = b.bucket
+                 RETURNING b.tokens, b.last_us, (SELECT us FROM now)",
+                &[&bucket, &f64::from(rpm)],
+            )
+            .await?;
+        let now_us: i64 = row.get(2);
+        let mut state = TokenBucket::from_parts(row.get(0), row.get(1));
+        let taken = state.try_take(rpm, now_us);
+        tx.execute(
+            "UPDATE rate_buckets SET tokens = $2, last_us = $3 WHERE bucket = $1",
+            &[&bucket, &state.tokens(), &state.last_us().max(now_us)],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(match taken {
+            Ok(()) => Take::Allowed,
+            Err(retry_after_secs) => Take::Denied { retry_after_secs },
+        })
+    }
+
+    /// Delete buckets idle for a minute (full again: no decision changes), then trim to the
+    /// most recently used `max` rows.
+    async fn sweep(db: Db, max: i64) -> Result<u64, DbError> {
+        let client = db.get().await?;
+        let idle_us = i64::try_from(BUCKET_IDLE.as_micros()).unwrap_or(i64::MAX);
+        let idle = client
+            .execute(
+                "DELETE FROM rate_buckets
+                 WHERE last_us < (extract(epoch FROM clock_timestamp()) * 1000000)::bigint - $1",
+                &[&idle_us],
+            )
+            .await?;
+        let trimmed = client
+            .execute(
+                "DELETE FROM rate_buckets WHERE bucket IN (
+                     SELECT bucket FROM rate_buckets ORDER BY last_us DESC OFFSET $1)",
+                &[&max],
+            )
+            .await?;
+        Ok(idle + trimmed)
+    }
+}
+
+impl KeyRateLimiter for PgKeyRateLimiter {
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn try_take(&self, bucket: &str, rpm: u32) -> Answer<Result<Take, StoreUnavailable>> {
+        let (db, bucket) = (self.db.clone(), bucket.to_owned());
+        let sweep = self
+            .takes
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(SWEEP_EVERY);
+        let max = self.max_buckets;
+        Answer::Later(Box::pin(async move {
+            let taken = Self::take(db.clone(), bucket, rpm).await;
+            if sweep && taken.is_ok() {
+                // Housekeeping never decides a request: a failure here is only logged.
+                if let Err(e) = Self::sweep(db, max).await {
+                    tracing::warn!(error = %e, "could not sweep idle rate-limit buckets");
+                }
+            }
+            taken.map_err(|e| unavailable(LIMIT_STORE, &e))
+        }))
+    }
+}
+
+/// Forget settled hold ids older than [`SETTLED_KEEP`] (run now and then by the serving
+/// process; a retry never comes that late).
+///
+/// # Errors
+/// The database is unavailable.
+pub async fn forget_old_settlements(db: &Db) -> Result<u64, DbError> {
+    let keep = SETTLED_KEEP.as_secs_f64();
+    let client = db.get().await?;
+    Ok(client
+        .execute(
+            "DELETE FROM spend_settled WHERE settled_at < now() - make_interval(secs => $1)",
+            &[&keep],
+        )
+        .await?)
+}
+
+/// Bring the admission tables to this binary's version.
+///
+/// # Errors
+/// The database is unavailable or newer than this binary.
+pub async fn migrate(db: &Db) -> Result<(), DbError> {
+    let mut client = db.get().await?;
+    crate::schema::migrate(&mut client, &COMPONENT).await?;
+    Ok(())
+}
+
+/// Both guards over one pool.
+#[must_use]
+pub fn guards(db: &Db, max_buckets: usize) -> (Arc<PgSpendAdmission>, Arc<PgKeyRateLimiter>) {
+    (
+        Arc::new(PgSpendAdmission::new(db.clone())),
+        Arc::new(PgKeyRateLimiter::new(db.clone(), max_buckets)),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scratch::ScratchDatabase;
+    use metis_domain::spend::Caps;
+
+    const NOW: Timestamp = 1_767_225_600_000_000; // 2026-01-01T00:00:00Z
+
+    fn budget(account: &str, daily: f64) -> Budget {
+        Budget {
+            account: Arc::from(account),
+            caps: Caps {
+                daily_usd: Some(daily),
+                monthly_usd: None,
+            },
+        }
+    }
+
+    fn setup() -> Result<(ScratchDatabase, Db), DbError> {
+        let scratch = ScratchDatabase::from_env()?;
+        let db = Db::new(scratch.config().clone())?;
+        let m = db.clone();
+        db.block_on(async move { migrate(&m).await })?;
+        Ok((scratch, db))
+    }
+
+    fn stopped(e: StoreUnavailable) -> DbError {
+        DbError::Stopped(e.to_string())
+    }
+
+    #[test]
+    fn a_dead_replica_s_holds_come_back_after_the_lease() -> Result<(), DbError> {
+        let (_scratch, db) = setup()?;
+        let store = PgSpendAdmission::new(db.clone());
+        let d = db.clone();
+        let (held, after) = db.block_on(async move {
+            let b = budget("acct", 1.0);
+            let held = store
+                .reserve(HoldId(1), &b, 0.9, NOW)
+                .get()
+                .await
+                .map_err(stopped)?;
+            // The replica that held it dies; its lease runs out.
+            d.get()
+                .await?
+                .execute(
+                    "UPDATE spend_holds SET expires_at = now() - interval '1 second'",
+                    &[],
+                )
+                .await?;
+            let after = store.check(&b, NOW).get().await.map_err(stopped)?;
+            Ok((held, after))
+        })?;
+        assert!(held.verdict.is_ok());
+        assert!((held.balance.reserved_usd - 0.9).abs() < 1e-9);
+        assert!(
+            after.verdict.is_ok(),
+            "the expired hold no longer blocks the cap"
+        );
+        assert!(after.balance.reserved_usd.abs() < 1e-9);
+        Ok(())
+    }
+
+    #[test]
+    fn seeding_takes_only_accounts_the_store_has_never_seen() -> Result<(), DbError> {
+        let (_scratch, db) = setup()?;
+        let store = PgSpendAdmission::new(db.clone());
+        let (seeded, known, fresh) = db.block_on(async move {
+            store
+                .settle(&Settlement {
+                    id: HoldId(7),
+                    account: Arc::from("known"),
+                    reserved_usd: 0.0,
+                    cost_usd: 2.0,
+                    at: NOW,
+                })
+                .get()
+                .await
+                .map_err(stopped)?;
+            let mut trace = SpendState::new(NOW);
+            trace.day_usd = 5.0;
+            trace.month_usd = 5.0;
+            let seeded = store
+                .seed(&[(Arc::from("known"), trace), (Arc::from("fresh"), trace)])
+                .await
+                .map_err(stopped)?;
+            let known = store.balance("known", NOW).get().await.map_err(stopped)?;
+            let fresh = store.balance("fresh", NOW).get().await.map_err(stopped)?;
+            Ok((seeded, known, fresh))
+        })?;
+        assert_eq!(seeded, 1);
+        assert!(
+            (known.day_usd - 2.0).abs() < 1e-9,
+            "the store's own balance wins"
+        );
+        assert!((fresh.day_usd - 5.0).abs() < 1e-9);
+        Ok(())
+    }
+
+    #[test]
+    fn idle_buckets_are_swept_and_the_table_stays_bounded() -> Result<(), DbError> {
+        let (_scratch, db) = setup()?;
+        let limiter = PgKeyRateLimiter::new(db.clone(), 5);
+        let d = db.clone();
+        let (swept, left) = db.block_on(async move {
+            for i in 0..12 {
+                limiter
+                    .try_take(&format!("bucket-{i}"), 60)
+                    .get()
+                    .await
+                    .map_err(|e| DbError::Stopped(e.to_string()))?;
+            }
+            let client = d.get().await?;
+            // Two buckets idle for more than a minute: full again, so deleted first.
+            client
+                .execute(
+                    "UPDATE rate_buckets SET last_us = last_us - 120000000
+                     WHERE bucket IN ('bucket-0', 'bucket-1')",
+                    &[],
+                )
+                .await?;
+            let swept = PgKeyRateLimiter::sweep(d.clone(), 5).await?;
+            let left: Vec<String> = client
+                .query("SELECT bucket FROM rate_buckets ORDER BY bucket", &[])
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            Ok((swept, left))
+        })?;
+        assert_eq!(swept, 7, "2 idle, then 5 trimmed beyond the newest 5");
+        assert_eq!(left.len(), 5);
+        assert!(!left.contains(&"bucket-0".to_owned()));
+        Ok(())
+    }
+}
