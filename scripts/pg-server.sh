@@ -4,6 +4,8 @@
 #   eval "$(scripts/pg-server.sh start)"   # prints `export METIS_TEST_DATABASE_URL=...`
 #   scripts/pg-server.sh url               # the URL of a running server
 #   scripts/pg-server.sh stop              # stops it and deletes its data directory
+#   scripts/pg-server.sh halt|resume       # stop / start it again, keeping its data (the
+#                                          # fleet tests take the database away mid-load)
 #
 # Uses Debian's postgresql package (initdb, pg_ctl from /usr/lib/postgresql/*/bin), its own
 # data directory (${METIS_PG_DIR:-${TMPDIR:-/tmp}/metis-pg-$UID}) and port
@@ -15,6 +17,7 @@ set -euo pipefail
 PORT=${METIS_PG_PORT:-55432}
 DIR=${METIS_PG_DIR:-${TMPDIR:-/tmp}/metis-pg-$(id -u)}
 DB_USER=metis
+SERVER_OPTS="-h 127.0.0.1 -p $PORT -k $DIR -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300"
 URL="postgres://${DB_USER}@127.0.0.1:${PORT}/postgres?sslmode=disable"
 
 bin() {
@@ -52,13 +55,21 @@ case "${1:-}" in
     as_owner "$INITDB" -D "$DIR/data" -U "$DB_USER" --auth=trust --encoding=UTF8 --no-sync >"$DIR/initdb.log" 2>&1 \
       || { cat "$DIR/initdb.log" >&2; exit 1; }
     as_owner "$PG_CTL" -D "$DIR/data" -l "$DIR/server.log" -w -t 60 \
-      -o "-h 127.0.0.1 -p $PORT -k $DIR -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300" \
+      -o "$SERVER_OPTS" \
       start >/dev/null \
       || { cat "$DIR/server.log" >&2; exit 1; }
     echo "export METIS_TEST_DATABASE_URL='$URL'"
     ;;
   url)
     echo "$URL"
+    ;;
+  halt)
+    as_owner "$(bin pg_ctl)" -D "$DIR/data" -m fast -w stop >/dev/null
+    ;;
+  resume)
+    as_owner "$(bin pg_ctl)" -D "$DIR/data" -l "$DIR/server.log" -w -t 60 \
+      -o "$SERVER_OPTS" \
+      start >/dev/null
     ;;
   stop)
     if [ -d "$DIR/data" ]; then
@@ -68,7 +79,7 @@ case "${1:-}" in
     rm -rf "$DIR"
     ;;
   *)
-    echo "usage: scripts/pg-server.sh start|url|stop" >&2
+    echo "usage: scripts/pg-server.sh start|url|stop|halt|resume" >&2
     exit 2
     ;;
 esac

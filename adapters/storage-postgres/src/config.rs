@@ -258,8 +258,9 @@ fn redact_query_password(tail: &str) -> String {
     format!("{path}?{query}")
 }
 
-fn replace_database(redacted: &str, old: &str, new: &str) -> String {
-    if let Some((scheme, rest)) = redacted.split_once("://")
+/// `url` (or a libpq `key=value` string) naming database `new` instead of `old`.
+pub(crate) fn replace_database(url: &str, old: &str, new: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://")
         && let Some(slash) = rest.find('/')
     {
         let (authority, tail) = rest.split_at(slash);
@@ -267,7 +268,7 @@ fn replace_database(redacted: &str, old: &str, new: &str) -> String {
         let query = tail.find('?').map_or("", |i| &tail[i..]);
         return format!("{scheme}://{authority}/{new}{query}");
     }
-    redacted.replace(&format!("dbname={old}"), &format!("dbname={new}"))
+    url.replace(&format!("dbname={old}"), &format!("dbname={new}"))
 }
 
 #[cfg(test)]

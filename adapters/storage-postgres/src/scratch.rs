@@ -19,6 +19,7 @@ pub struct ScratchDatabase {
     admin: Db,
     name: String,
     config: PgConfig,
+    url: String,
 }
 
 impl ScratchDatabase {
@@ -61,6 +62,7 @@ impl ScratchDatabase {
             pool.get().await?.batch_execute(&sql).await?;
             Ok(())
         })?;
+        let url = crate::config::replace_database(admin_url, admin_config.database(), &name);
         let config = admin_config
             .with_database(&name)
             .with_limits(DEFAULT_POOL_SIZE, DEFAULT_STATEMENT_TIMEOUT);
@@ -68,6 +70,7 @@ impl ScratchDatabase {
             admin,
             name,
             config,
+            url,
         })
     }
 
@@ -75,6 +78,12 @@ impl ScratchDatabase {
     #[must_use]
     pub fn config(&self) -> &PgConfig {
         &self.config
+    }
+
+    /// Its URL, for `--database-url` of a gateway process (the test server has no password).
+    #[must_use]
+    pub fn url(&self) -> &str {
+        &self.url
     }
 
     /// Its name.
