@@ -1,10 +1,12 @@
 //! Wiring of the admission guards: which spend admission and which per-key rate limiter the
 //! gateway uses, and the outage policy of `--spend-outage`.
 //!
-//! One node: both live in the process (the spend ledger rebuilt from the trace, the per-key
-//! buckets beside the per-IP ones). A store shared by replicas plugs in here: its
-//! `SpendAdmission` becomes the store, the trace's balances its first "last known" ones (what
-//! `--spend-outage fail-open` decides on), and its `KeyRateLimiter` the per-key limiter.
+//! One node (SQLite, redb): both live in the process (the spend ledger rebuilt from the trace,
+//! the per-key buckets beside the per-IP ones). A store shared by replicas (PostgreSQL) hands
+//! out its own (`StorageBackend::fleet_admission`): its `SpendAdmission` becomes the store,
+//! seeded with the trace's balances for accounts it has never seen, which are also this
+//! process's first "last known" ones (what `--spend-outage fail-open` decides on); its
+//! `KeyRateLimiter` holds the per-key buckets.
 
 use crate::cli::{ServeArgs, SpendOutage};
 use anyhow::Context;
@@ -12,6 +14,7 @@ use metis_domain::keys::KeyRecord;
 use metis_domain::time::{day_start, month_start};
 use metis_ports::admission::{KeyRateLimiter, SpendAdmission};
 use metis_ports::metrics::Metrics;
+use metis_ports::storage::StorageBackend;
 use metis_ports::system::{Background, Clock, IdSource};
 use metis_ports::trace::TraceQuery;
 use metis_usecases::{
@@ -19,46 +22,59 @@ use metis_usecases::{
 };
 use std::sync::Arc;
 
-/// The spend guard over the in-process ledger. Spend is rebuilt from the trace once (the
-/// current UTC day and month, per key, folded into accounts); afterwards it is kept
-/// incrementally.
+/// The admission guards: the spend guard and, for a shared store, its per-key limiter. Spend
+/// is rebuilt from the trace once (the current UTC day and month, per key, folded into
+/// accounts); afterwards it is kept incrementally.
 ///
 /// # Errors
-/// The trace cannot be read.
-pub async fn spend_guard(
+/// The trace cannot be read; a shared store cannot be reached or is too new.
+pub async fn guards(
     args: &ServeArgs,
+    backend: Arc<dyn StorageBackend>,
     trace: &dyn TraceQuery,
     keys: &[KeyRecord],
-    clock: &dyn Clock,
-    ids: &dyn IdSource,
+    (clock, ids): (&dyn Clock, &dyn IdSource),
     (metrics, background): (Arc<dyn Metrics>, Arc<dyn Background>),
-) -> anyhow::Result<Arc<SpendGuard>> {
+) -> anyhow::Result<(Arc<SpendGuard>, Option<Arc<dyn KeyRateLimiter>>)> {
     let now = clock.now_us();
     let spent = trace
         .spend_by_key(day_start(now), month_start(now))
         .await
         .context("cannot read current spend from the trace store")?;
-    let store: Arc<dyn SpendAdmission> = Arc::new(SpendLedger::rebuild(&spent, keys, now));
+    let ledger = SpendLedger::rebuild(&spent, keys, now);
+    let seed = ledger.accounts(now);
+    let fleet = tokio::task::spawn_blocking(move || {
+        backend.fleet_admission(&seed, RateLimitConfig::default().max_tracked)
+    })
+    .await
+    .context("admission store task failed")?
+    .context("cannot open the shared admission store")?;
+    let (store, known, per_key): (Arc<dyn SpendAdmission>, SpendLedger, _) = match fleet {
+        Some(fleet) => (fleet.spend, ledger, Some(fleet.per_key)),
+        // The in-process ledger is never unavailable: it needs no second copy.
+        None => (Arc::new(ledger), SpendLedger::default(), None),
+    };
     let nonce = ids.secret_bytes();
-    Ok(SpendGuard::new(SpendGuardParts {
+    let guard = SpendGuard::new(SpendGuardParts {
         store,
         outage: match args.spend_outage {
             SpendOutage::FailClosed => OutagePolicy::FailClosed,
             SpendOutage::FailOpen => OutagePolicy::FailOpen,
         },
-        // The in-process ledger is never unavailable: it needs no second copy.
-        known: SpendLedger::default(),
+        known,
         metrics,
         background,
         process_nonce: u64::from_le_bytes([
             nonce[0], nonce[1], nonce[2], nonce[3], nonce[4], nonce[5], nonce[6], nonce[7],
         ]),
-    }))
+    });
+    Ok((guard, per_key))
 }
 
-/// The rate limiter of `--rate-limit…`, with per-key buckets in the process.
+/// The rate limiter of `--rate-limit…`, with per-key buckets in `shared` (a fleet store) or
+/// in the process.
 #[must_use]
-pub fn limiter(args: &ServeArgs) -> Arc<Limiter> {
+pub fn limiter(args: &ServeArgs, shared: Option<Arc<dyn KeyRateLimiter>>) -> Arc<Limiter> {
     let config = RateLimitConfig {
         enabled: args.rate_limit,
         per_key_rpm: args.rate_limit_per_key_rpm,
@@ -66,6 +82,6 @@ pub fn limiter(args: &ServeArgs) -> Arc<Limiter> {
         trusted_proxies: args.trusted_proxy.clone(),
         ..RateLimitConfig::default()
     };
-    let per_key: Arc<dyn KeyRateLimiter> = Arc::new(KeyBuckets::new(config.max_tracked));
+    let per_key = shared.unwrap_or_else(|| Arc::new(KeyBuckets::new(config.max_tracked)) as Arc<_>);
     Arc::new(Limiter::new(config, per_key))
 }

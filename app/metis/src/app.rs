@@ -300,12 +300,12 @@ impl App {
         let provider_names: Vec<String> = providers.iter().map(|p| p.name().to_owned()).collect();
         let background = TokioBackground::default();
         let (prometheus, metrics) = build_metrics(&args);
-        let spend = crate::admission::spend_guard(
+        let (spend, shared_limits) = crate::admission::guards(
             &args,
+            paths.store.backend(),
             &*query,
             &keys,
-            &*clock,
-            &*ids,
+            (&*clock, &*ids),
             (Arc::clone(&metrics), Arc::new(background.clone())),
         )
         .await?;
@@ -346,7 +346,7 @@ impl App {
             trace: Arc::new(crate::telemetry::OtelTraceContext {
                 exporting: crate::telemetry::exporting(),
             }),
-            limiter: crate::admission::limiter(&args),
+            limiter: crate::admission::limiter(&args, shared_limits),
         }));
 
         let tls = match listener::tls_paths(args.tls_cert.as_ref(), args.tls_key.as_ref())? {
