@@ -6,9 +6,11 @@
 //!
 //! Invariants:
 //! - A contract function sees a backend only through [`Backend`] (the `KeyStore` clauses
-//!   through [`KeyBackend`], so a key-store-only backend runs them too): the ports themselves
-//!   plus a few backend-specific hooks (stamp a newer schema version, read the version marker,
-//!   the crash writer). Nothing in a contract function names an adapter.
+//!   through [`KeyBackend`], so a key-store-only backend runs them too; the `PatternStore`
+//!   clauses through [`PatternBackend`], which PostgreSQL's pattern tables implement on their
+//!   own in `patterns_postgres`, run by `tests/tests/suite/patterns_postgres.rs`): the ports
+//!   themselves plus a few backend-specific hooks (stamp a newer schema version, read the
+//!   version marker, the crash writer). Nothing in a contract function names an adapter.
 //! - Each test gets a fresh backend (its own temp directory), so tests run in parallel.
 //! - Each function's doc comment is the clause it proves, quoted or paraphrased from the port.
 
@@ -18,6 +20,7 @@ pub mod fixtures;
 pub mod keys;
 pub mod maintenance;
 pub mod patterns;
+pub mod patterns_postgres;
 pub mod sessions;
 pub mod trace;
 

@@ -5,10 +5,57 @@
     reason = "contract tests fail loudly on a broken store"
 )]
 
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
 use metis_domain::patterns::{PatternCaps, PatternRecord};
 use metis_ports::patterns::{PatternError, PatternStore, RecordOutcome, RecordResult};
 
 use super::Backend;
+
+/// What the `PatternStore` clauses need of a backend: every [`Backend`] is one, and so is a
+/// pattern-store-only fixture (PostgreSQL's pattern tables on a scratch database).
+#[async_trait]
+pub trait PatternBackend: Send + Sync {
+    /// As [`Backend::patterns`].
+    fn patterns(&self, caps: PatternCaps) -> Arc<dyn PatternStore>;
+
+    /// As [`Backend::stamp_pattern_version`].
+    async fn stamp_pattern_version(&self, workspace: &str, version: i64);
+
+    /// As [`Backend::workspace`].
+    fn workspace(&self, name: &str) -> String;
+
+    /// As [`Backend::dir`].
+    fn dir(&self) -> PathBuf;
+
+    /// A workspace the store skips (for the file backends: a directory that does not exist).
+    fn unusable_workspace(&self) -> String;
+}
+
+#[async_trait]
+impl<B: Backend + ?Sized> PatternBackend for B {
+    fn patterns(&self, caps: PatternCaps) -> Arc<dyn PatternStore> {
+        Backend::patterns(self, caps)
+    }
+
+    async fn stamp_pattern_version(&self, workspace: &str, version: i64) {
+        Backend::stamp_pattern_version(self, workspace, version).await;
+    }
+
+    fn workspace(&self, name: &str) -> String {
+        Backend::workspace(self, name)
+    }
+
+    fn dir(&self) -> PathBuf {
+        Backend::dir(self)
+    }
+
+    fn unusable_workspace(&self) -> String {
+        Backend::dir(self).join("missing-ws").display().to_string()
+    }
+}
 
 const DAY_US: i64 = 86_400 * 1_000_000;
 
@@ -43,7 +90,7 @@ async fn recorded(store: &dyn PatternStore, ws: &str, r: PatternRecord) -> Recor
 
 /// `record` creates the fingerprint when no row has the signature, and the (fingerprint,
 /// model) outcome with sample size 1, the cost, the latency and `last_updated_at_us`.
-pub async fn record_creates_a_fingerprint_and_an_outcome(b: &dyn Backend) {
+pub async fn record_creates_a_fingerprint_and_an_outcome<B: PatternBackend + ?Sized>(b: &B) {
     let ws = b.workspace("w");
     let store = b.patterns(PatternCaps::default());
     let r = recorded(store.as_ref(), &ws, observation("aa", "m1", 1_000, 1500)).await;
@@ -81,7 +128,7 @@ pub async fn record_creates_a_fingerprint_and_an_outcome(b: &dyn Backend) {
 /// A second observation of a known signature reuses its fingerprint (even under another
 /// fingerprint id) and adds to the outcome: `sample_size + 1`, cost and latency summed,
 /// `last_updated_at_us = max(previous, at)`; the pricing version follows the newest record.
-pub async fn a_known_signature_accumulates_on_its_outcome(b: &dyn Backend) {
+pub async fn a_known_signature_accumulates_on_its_outcome<B: PatternBackend + ?Sized>(b: &B) {
     let ws = b.workspace("w");
     let store = b.patterns(PatternCaps::default());
     recorded(store.as_ref(), &ws, observation("aa", "m1", 5_000, 100)).await;
@@ -133,7 +180,7 @@ pub async fn a_known_signature_accumulates_on_its_outcome(b: &dyn Backend) {
 
 /// With a score, the outcome's mean is updated by Welford's rule and counted; records
 /// without a score leave the mean alone.
-pub async fn scores_update_the_mean_by_welford(b: &dyn Backend) {
+pub async fn scores_update_the_mean_by_welford<B: PatternBackend + ?Sized>(b: &B) {
     let ws = b.workspace("w");
     let store = b.patterns(PatternCaps::default());
     for (i, score) in [Some(1.0), None, Some(0.0), Some(0.5)]
@@ -152,7 +199,9 @@ pub async fn scores_update_the_mean_by_welford(b: &dyn Backend) {
 /// Above the hard cap, in the same transaction as the record: outcomes older than the age
 /// limit go first, then the least recently updated (then smallest) down to the soft cap, and
 /// fingerprints left without outcomes are removed.
-pub async fn above_the_hard_cap_the_store_is_evicted_to_the_soft_cap(b: &dyn Backend) {
+pub async fn above_the_hard_cap_the_store_is_evicted_to_the_soft_cap<B: PatternBackend + ?Sized>(
+    b: &B,
+) {
     let ws = b.workspace("w");
     let caps = PatternCaps {
         soft_outcomes: 3,
@@ -190,7 +239,7 @@ pub async fn above_the_hard_cap_the_store_is_evicted_to_the_soft_cap(b: &dyn Bac
 
 /// Above the soft cap but not the hard cap only the age trim runs (fresh rows stay), the
 /// trimmed rows are reported, and `over_soft_cap` says whether the store is still above it.
-pub async fn above_the_soft_cap_only_the_age_trim_runs(b: &dyn Backend) {
+pub async fn above_the_soft_cap_only_the_age_trim_runs<B: PatternBackend + ?Sized>(b: &B) {
     let ws = b.workspace("w");
     let caps = PatternCaps {
         soft_outcomes: 2,
@@ -224,7 +273,7 @@ pub async fn above_the_soft_cap_only_the_age_trim_runs(b: &dyn Backend) {
 
 /// A workspace that is not a writable directory MUST yield `Skipped`, never an error, and
 /// nothing is created for it.
-pub async fn an_unusable_workspace_is_skipped(b: &dyn Backend) {
+pub async fn an_unusable_workspace_is_skipped<B: PatternBackend + ?Sized>(b: &B) {
     let store = b.patterns(PatternCaps::default());
     let missing = b.dir().join("no-such-dir").display().to_string();
     let file = b.dir().join("a-file");
@@ -245,7 +294,7 @@ pub async fn an_unusable_workspace_is_skipped(b: &dyn Backend) {
 }
 
 /// A store from a newer binary MUST be refused untouched (`TooNew`).
-pub async fn a_newer_pattern_store_is_refused(b: &dyn Backend) {
+pub async fn a_newer_pattern_store_is_refused<B: PatternBackend + ?Sized>(b: &B) {
     let ws = b.workspace("w");
     {
         let store = b.patterns(PatternCaps::default());
@@ -271,7 +320,7 @@ pub async fn a_newer_pattern_store_is_refused(b: &dyn Backend) {
 
 /// `replace_all` MUST leave the store equal to applying `records` in order to an empty store,
 /// and returns how many were applied.
-pub async fn replace_all_equals_a_fresh_replay(b: &dyn Backend) {
+pub async fn replace_all_equals_a_fresh_replay<B: PatternBackend + ?Sized>(b: &B) {
     let (ws_live, ws_fresh) = (b.workspace("live"), b.workspace("fresh"));
     let store = b.patterns(PatternCaps::default());
     recorded(store.as_ref(), &ws_live, observation("junk", "x", 1, 1)).await;
@@ -298,7 +347,11 @@ pub async fn replace_all_equals_a_fresh_replay(b: &dyn Backend) {
 
 /// `stats` of a workspace without a store is `None` (and `outcomes` empty); `outcomes` are
 /// ordered by fingerprint id, then model.
-pub async fn reads_of_a_missing_store_are_empty_and_outcomes_are_ordered(b: &dyn Backend) {
+pub async fn reads_of_a_missing_store_are_empty_and_outcomes_are_ordered<
+    B: PatternBackend + ?Sized,
+>(
+    b: &B,
+) {
     let ws = b.workspace("w");
     let store = b.patterns(PatternCaps::default());
     assert_eq!(store.stats(&ws).await.expect("stats"), None);
@@ -322,7 +375,7 @@ pub async fn reads_of_a_missing_store_are_empty_and_outcomes_are_ordered(b: &dyn
 
 /// `record_many` applies the observations in order (the same store as recording them one by
 /// one) and returns how many were applied; a skipped workspace applies none (0).
-pub async fn record_many_equals_recording_one_by_one(b: &dyn Backend) {
+pub async fn record_many_equals_recording_one_by_one<B: PatternBackend + ?Sized>(b: &B) {
     let (ws_batch, ws_single) = (b.workspace("batch"), b.workspace("single"));
     let store = b.patterns(PatternCaps::default());
     let records: Vec<PatternRecord> = (0..12)
@@ -344,9 +397,12 @@ pub async fn record_many_equals_recording_one_by_one(b: &dyn Backend) {
         store.outcomes(&ws_batch).await.expect("outcomes"),
         store.outcomes(&ws_single).await.expect("outcomes")
     );
-    let missing = b.dir().join("missing-ws").display().to_string();
+    let unusable = b.unusable_workspace();
     assert_eq!(
-        store.record_many(&missing, records).await.expect("skipped"),
+        store
+            .record_many(&unusable, records)
+            .await
+            .expect("skipped"),
         0
     );
 }

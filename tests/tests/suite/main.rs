@@ -26,6 +26,7 @@ mod observability;
 mod openapi_drift;
 mod otel;
 mod patterns_live;
+mod patterns_postgres;
 mod process_cli;
 mod process_lifecycle;
 mod quota_concurrency;
