@@ -45,6 +45,10 @@ pub struct PostgresBackend {
 }
 
 impl PostgresBackend {
+    /// What `main_file` answers: a label for the data-dir path the app computes, never a
+    /// file (the store is the database of the URL).
+    pub const MAIN_FILE_LABEL: &'static str = "metis.postgres";
+
     /// A backend over the database of `config` (no connection is opened yet).
     ///
     /// # Errors
@@ -130,8 +134,7 @@ impl StorageBackend for PostgresBackend {
     }
 
     fn main_file(&self) -> &'static str {
-        // Never created: a PostgreSQL store is named by --database-url, not by a file.
-        "metis.postgres"
+        Self::MAIN_FILE_LABEL
     }
 
     fn recognizes(&self, _path: &Path) -> bool {

@@ -258,7 +258,8 @@ fn redact_query_password(tail: &str) -> String {
     format!("{path}?{query}")
 }
 
-fn replace_database(redacted: &str, old: &str, new: &str) -> String {
+/// `url` (a URL or a `key=value` string) naming database `new` instead of `old`.
+pub(crate) fn replace_database(redacted: &str, old: &str, new: &str) -> String {
     if let Some((scheme, rest)) = redacted.split_once("://")
         && let Some(slash) = rest.find('/')
     {

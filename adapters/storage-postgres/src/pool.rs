@@ -201,7 +201,12 @@ fn pool_error_text(e: &deadpool_postgres::PoolError) -> String {
     use deadpool_postgres::PoolError;
     match e {
         PoolError::Timeout(_) => "timed out waiting for a connection".to_owned(),
-        PoolError::Backend(b) => b.to_string(),
+        // The driver's text ("error connecting to server") says nothing of why; its source
+        // does ("Connection refused", a TLS or authentication failure).
+        PoolError::Backend(b) => match std::error::Error::source(b) {
+            Some(cause) => format!("{b}: {cause}"),
+            None => b.to_string(),
+        },
         other => other.to_string(),
     }
 }

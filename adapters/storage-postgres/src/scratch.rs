@@ -19,6 +19,7 @@ pub struct ScratchDatabase {
     admin: Db,
     name: String,
     config: PgConfig,
+    url: String,
 }
 
 impl ScratchDatabase {
@@ -65,6 +66,7 @@ impl ScratchDatabase {
             .with_database(&name)
             .with_limits(DEFAULT_POOL_SIZE, DEFAULT_STATEMENT_TIMEOUT);
         Ok(Self {
+            url: crate::config::replace_database(admin_url, admin_config.database(), &name),
             admin,
             name,
             config,
@@ -81,6 +83,12 @@ impl ScratchDatabase {
     #[must_use]
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Its URL, password included (for a `--database-url` argument; never log it).
+    #[must_use]
+    pub fn url(&self) -> &str {
+        &self.url
     }
 }
 

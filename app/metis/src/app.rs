@@ -340,7 +340,7 @@ impl App {
             ledger,
             metrics: Arc::clone(&metrics),
             sessions: trace.sessions(),
-            patterns: paths.store.backend().pattern_store(
+            patterns: paths.backend()?.pattern_store(
                 &PatternPlace::from_dir(args.patterns_dir.clone()),
                 PatternCaps::default(),
             ),
@@ -445,7 +445,7 @@ impl App {
             host,
             self.addr.port(),
             self.paths.store,
-            self.paths.db.display(),
+            self.paths.location(),
             self.keystore.describe(),
             self.providers.join(",")
         )
