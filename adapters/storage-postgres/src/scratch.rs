@@ -158,5 +158,6 @@ mod tests {
         let text = err.err().map(|e| e.to_string()).unwrap_or_default();
         assert!(text.contains("unavailable"), "{text}");
         assert!(text.contains("127.0.0.1:9"), "{text}");
+        assert!(text.contains("refused"), "the cause is named: {text}");
     }
 }
