@@ -298,53 +298,44 @@ async fn a_shutdown_during_an_outage_ends_and_counts_the_rest_as_failed() {
 }
 
 /// The writer's throughput into PostgreSQL: emit 200 000 call events (every 50th an audit
-/// event) and time the drain. A measurement, not a check: run it with `--ignored
-/// --nocapture`.
+/// event) and time the drain, for several batch sizes (the default is 2048). A measurement,
+/// not a check: run it with `--release -- --ignored --nocapture`.
 #[test]
-#[ignore = "a measurement; run with --ignored --nocapture"]
+#[ignore = "a measurement; run with --release -- --ignored --nocapture"]
 fn writer_throughput_200k_events() {
-    let scratch = ScratchDatabase::from_env().expect("scratch database");
-    let be = backend(&scratch).with_writer_options(PgWriterOptions {
-        queue_capacity: 250_000,
-        ..PgWriterOptions::default()
-    });
-    let store = be
-        .open_main(Path::new("ignored"), ServeOptions::default())
-        .expect("open");
-    let n = 200_000u64;
-    let started = Instant::now();
-    for i in 0..n {
-        store.emit(if i % 50 == 0 {
-            audit(i)
-        } else {
-            call(i, ["gk_a", "gk_b", "gk_c"][(i % 3) as usize])
+    for max_batch in [512, 1024, 2048, 4096] {
+        let scratch = ScratchDatabase::from_env().expect("scratch database");
+        let be = backend(&scratch).with_writer_options(PgWriterOptions {
+            queue_capacity: 250_000,
+            max_batch,
+            ..PgWriterOptions::default()
         });
+        let store = be
+            .open_main(Path::new("ignored"), ServeOptions::default())
+            .expect("open");
+        let n = 200_000u64;
+        let started = Instant::now();
+        for i in 0..n {
+            store.emit(if i % 50 == 0 {
+                audit(i)
+            } else {
+                call(i, ["gk_a", "gk_b", "gk_c"][(i % 3) as usize])
+            });
+        }
+        let emitted = started.elapsed();
+        let st = store.close();
+        let drained = started.elapsed();
+        assert_eq!((st.written, st.failed, st.overflowed), (n, 0, 0), "{st:?}");
+        println!(
+            "postgres writer, batches of {max_batch}: {n} events emitted in {:.0} ms, drained in \
+             {:.0} ms: {:.0} events/s ({} batches)",
+            emitted.as_secs_f64() * 1e3,
+            drained.as_secs_f64() * 1e3,
+            n as f64 / drained.as_secs_f64(),
+            st.commit_lag.count,
+        );
+        let reader = be.open_reader(Path::new("ignored")).expect("reader");
+        assert_eq!(reader.counts().expect("counts").events, n);
+        assert_eq!(reader.verify_audit_chain().expect("verify"), Ok(n / 50));
     }
-    let emitted = started.elapsed();
-    let st = store.close();
-    let drained = started.elapsed();
-    assert_eq!((st.written, st.failed, st.overflowed), (n, 0, 0), "{st:?}");
-    println!(
-        "postgres writer: {n} events emitted in {:.0} ms, drained in {:.0} ms: {:.0} events/s \
-         ({} batches, mean commit lag {:.1} ms)",
-        emitted.as_secs_f64() * 1e3,
-        drained.as_secs_f64() * 1e3,
-        n as f64 / drained.as_secs_f64(),
-        st.commit_lag.count,
-        st.commit_lag.sum_us as f64 / st.commit_lag.count.max(1) as f64 / 1e3,
-    );
-    let spend = be
-        .db()
-        .clone()
-        .block_on({
-            let pool = be.db().clone();
-            async move {
-                let c = pool.get().await?;
-                Ok(c.query_one("SELECT count(*) FROM events", &[])
-                    .await?
-                    .get::<_, i64>(0))
-            }
-        })
-        .expect("count");
-    assert_eq!(spend as u64, n);
 }

@@ -164,7 +164,7 @@ pub struct DatabaseArgs {
     /// server). The password is never logged.
     #[arg(long, env = "METIS_GATEWAY_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
-    /// Connections in the PostgreSQL pool (default 8; the trace writer holds one).
+    /// Connections in the PostgreSQL pool (default 8, at least 2: the trace writer holds one).
     #[arg(long, env = "METIS_GATEWAY_DATABASE_POOL_SIZE")]
     pub database_pool_size: Option<usize>,
     /// The `statement_timeout` of every pooled PostgreSQL connection (default `5s`): a stuck

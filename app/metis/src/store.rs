@@ -101,11 +101,17 @@ fn postgres(database: &DatabaseArgs) -> anyhow::Result<Arc<dyn StorageBackend>> 
     if let Some(b) = built.get(database) {
         return Ok(Arc::clone(b));
     }
+    let pool_size = database
+        .database_pool_size
+        .unwrap_or(metis_storage_postgres::DEFAULT_POOL_SIZE);
+    if pool_size < 2 {
+        anyhow::bail!(
+            "--database-pool-size must be at least 2: the trace writer holds one connection and              reads, keys and spend need another"
+        );
+    }
     let config = metis_storage_postgres::PgConfig::new(
         url,
-        database
-            .database_pool_size
-            .unwrap_or(metis_storage_postgres::DEFAULT_POOL_SIZE),
+        pool_size,
         database
             .database_statement_timeout
             .unwrap_or(metis_storage_postgres::DEFAULT_STATEMENT_TIMEOUT),

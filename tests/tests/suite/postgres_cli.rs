@@ -277,3 +277,30 @@ fn postgres_without_a_database_url_is_refused_naming_the_flag() {
     assert_eq!(out.code(), 1, "{}", out.describe());
     assert!(out.stderr.contains("--database-url"), "{}", out.stderr);
 }
+
+/// A pool of one connection is refused naming the flag: the trace writer would hold it and
+/// every read would wait.
+#[test]
+fn a_pool_of_one_connection_is_refused_naming_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = metis(&[
+        "trace",
+        "status",
+        "--store",
+        "postgres",
+        "--database-url",
+        "postgres://metis@127.0.0.1:9/metis",
+        "--database-pool-size",
+        "1",
+        "--data-dir",
+        &dir.path().display().to_string(),
+    ])
+    .unwrap();
+    assert_eq!(out.code(), 1, "{}", out.describe());
+    assert!(
+        out.stderr
+            .contains("--database-pool-size must be at least 2"),
+        "{}",
+        out.stderr
+    );
+}
