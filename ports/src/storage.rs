@@ -9,6 +9,10 @@
 //! offline side), and the maintenance operations (backup, restore, status, retention,
 //! compaction, schema migrations).
 //!
+//! A server engine (PostgreSQL) is bound to its database when it is built: it ignores the
+//! `db`/`path` arguments of the main store's methods (the app passes the data-dir path a file
+//! engine would use) and recognizes no file; `backup`/`restore` still name files.
+//!
 //! Contract (every backend):
 //! - Nothing here changes a store that was written by a newer binary: every operation refuses
 //!   it (`TooNew`), untouched.
@@ -554,6 +558,12 @@ pub trait StorageBackend: Send + Sync + std::fmt::Debug {
     /// Whether `path` is an existing main store of this engine (by its content, not its
     /// name).
     fn recognizes(&self, path: &Path) -> bool;
+
+    /// Whether the main store at `path` exists (a server engine: whether its database holds
+    /// one). The default is for file engines: `path` is a file.
+    fn main_exists(&self, path: &Path) -> bool {
+        path.is_file()
+    }
 
     /// Open (creating when missing) the main store for serving. Blocking.
     ///

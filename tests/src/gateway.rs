@@ -163,8 +163,9 @@ pub struct GatewayOptions {
     pub wrong_anthropic_key: bool,
     /// Point the OpenAI provider somewhere other than the fake (e.g. a closed port).
     pub openai_base_url: Option<String>,
-    /// The storage backend (`--store`). `None`: `METIS_TEST_STORE` (`sqlite` or `redb`) when
-    /// set, else SQLite, so the whole HTTP suite can be run on either backend.
+    /// The storage backend (`--store`). `None`: `METIS_TEST_STORE` (`sqlite`, `redb` or
+    /// `postgres`) when set, else SQLite, so the whole HTTP suite can be run on any backend.
+    /// `postgres` runs on a fresh database of the server of `METIS_TEST_DATABASE_URL`.
     pub store: Option<metis::store::StoreKind>,
     /// A TOML config file for the gateway (`--config`: providers' `responses_api`, prices,
     /// aliases), written into the data dir. `{fake_openai_url}` in it is replaced by the fake
@@ -173,22 +174,28 @@ pub struct GatewayOptions {
     pub config_toml: Option<String>,
 }
 
-/// The backend a test gateway uses when its options name none: `METIS_TEST_STORE` (`sqlite`
-/// or `redb`) when set; else redb in a test binary whose name starts with `redb_` (such a
-/// binary re-runs other suites on redb by including their files); else SQLite.
+/// The backend a test gateway uses when its options name none: `METIS_TEST_STORE` (`sqlite`,
+/// `redb` or `postgres`) when set; else redb (postgres) in a test binary whose name starts
+/// with `redb_` (`postgres_`): such a binary re-runs other suites on that backend by including
+/// their files; else SQLite.
 #[must_use]
 pub fn default_store() -> metis::store::StoreKind {
     match std::env::var("METIS_TEST_STORE").as_deref() {
         Ok("redb") => return metis::store::StoreKind::Redb,
         Ok("sqlite") => return metis::store::StoreKind::Sqlite,
+        Ok("postgres") => return metis::store::StoreKind::Postgres,
         _ => {}
     }
-    let redb_binary = std::env::current_exe().ok().is_some_and(|exe| {
-        exe.file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with("redb_"))
-    });
-    if redb_binary {
+    let binary_starts_with = |prefix: &str| {
+        std::env::current_exe().ok().is_some_and(|exe| {
+            exe.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(prefix))
+        })
+    };
+    if binary_starts_with("redb_") {
         metis::store::StoreKind::Redb
+    } else if binary_starts_with("postgres_") {
+        metis::store::StoreKind::Postgres
     } else {
         metis::store::StoreKind::Sqlite
     }
@@ -265,10 +272,14 @@ pub struct TestGateway {
     pub db_path: PathBuf,
     /// The storage backend the gateway runs on.
     pub store: metis::store::StoreKind,
+    /// The database of a server backend (`--database-url`; empty for the file engines).
+    pub database: metis::cli::DatabaseArgs,
     pub keystore: PathBuf,
     client: reqwest::Client,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
+    /// The fresh database of a `postgres` gateway, dropped with it (after the server stopped).
+    _scratch: Option<metis_storage_postgres::ScratchDatabase>,
 }
 
 impl std::fmt::Debug for TestGateway {
@@ -299,11 +310,25 @@ impl TestGateway {
         let db_path = data_dir.path().join(store.main_file());
         let keystore = data_dir.path().join("gateway").join("keys.json");
         let workspace = data_dir.path().join("ws");
+        let scratch = if store.is_server() {
+            Some(
+                tokio::task::spawn_blocking(metis_storage_postgres::ScratchDatabase::from_env)
+                    .await
+                    .context("scratch database task")??,
+            )
+        } else {
+            None
+        };
+        let database = metis::cli::DatabaseArgs {
+            database_url: scratch.as_ref().map(|s| s.url().to_owned()),
+            ..metis::cli::DatabaseArgs::default()
+        };
         let paths = metis::paths::Paths {
             data_dir: data_dir.path().to_path_buf(),
             db: db_path.clone(),
             keystore: keystore.clone(),
             store,
+            database: database.clone(),
         };
         let key = issue(
             &paths,
@@ -351,6 +376,10 @@ impl TestGateway {
         .iter()
         .map(|s| (*s).to_owned())
         .collect();
+        if let Some(url) = &database.database_url {
+            argv.push("--database-url".to_owned());
+            argv.push(url.clone());
+        }
         if let Some(toml) = &opts.config_toml {
             let path = data_dir.path().join("gateway-config.toml");
             let text = toml.replace("{fake_openai_url}", &upstream.openai_base_url());
@@ -379,10 +408,12 @@ impl TestGateway {
             data_dir,
             db_path,
             store,
+            database,
             keystore,
             client,
             shutdown: Some(tx),
             task: Some(task),
+            _scratch: scratch,
         })
     }
 
@@ -475,6 +506,7 @@ impl TestGateway {
             db: self.db_path.clone(),
             keystore: self.keystore.clone(),
             store: self.store,
+            database: self.database.clone(),
         }
     }
 
@@ -505,6 +537,7 @@ impl TestGateway {
         match self.store {
             metis::store::StoreKind::Sqlite => read_events(&self.db_path),
             metis::store::StoreKind::Redb => read_redb_events(&self.db_path),
+            metis::store::StoreKind::Postgres => read_port_events(&self.paths()),
         }
     }
 
@@ -594,6 +627,34 @@ async fn finish(sent: reqwest::Result<reqwest::Response>) -> Reply {
         text: String::from_utf8_lossy(&bytes).into_owned(),
         body_error,
     }
+}
+
+/// Read every event row of a main store through the storage port, in id order.
+///
+/// # Errors
+/// When the store cannot be opened or read.
+pub fn read_port_events(paths: &metis::paths::Paths) -> anyhow::Result<Vec<EventRow>> {
+    let reader = paths.backend()?.open_reader(&paths.db)?;
+    let mut out = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = reader.events_page(after.as_deref(), 1000)?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.id.clone());
+        out.extend(page.into_iter().map(|r| EventRow {
+            payload: serde_json::from_str(&r.payload_json).unwrap_or(Value::Null),
+            id: r.id,
+            timestamp_us: r.timestamp_us,
+            session_id: r.session_id,
+            turn_id: r.turn_id,
+            parent_event_id: r.parent_event_id,
+            event_type: r.event_type,
+            actor: r.actor,
+            sensitivity: r.sensitivity,
+            payload_json: r.payload_json,
+        }));
+    }
+    Ok(out)
 }
 
 /// Read every event row of a redb main store, in id order.

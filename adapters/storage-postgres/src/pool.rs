@@ -155,6 +155,43 @@ impl Db {
         joined.map_err(|e| DbError::Stopped(e.to_string()))?
     }
 
+    /// Run `work` on the adapter's runtime and await it from any async context (the gateway's
+    /// runtime, a test's). Connections opened meanwhile belong to the adapter's runtime, so
+    /// they outlive the caller's runtime.
+    ///
+    /// # Errors
+    /// `Stopped` when the runtime is shutting down or the task panicked; else `work`'s own.
+    pub async fn run<T, F>(&self, work: F) -> Result<T, DbError>
+    where
+        F: Future<Output = Result<T, DbError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let Some(rt) = self.runtime.0.as_ref() else {
+            return Err(DbError::Stopped("runtime already shut down".into()));
+        };
+        rt.spawn(work)
+            .await
+            .map_err(|e| DbError::Stopped(e.to_string()))?
+    }
+
+    /// Drive `work` on the calling thread inside the adapter's runtime context, so it may
+    /// borrow (the trace writer's batches are not copied). Only for plain threads: on a
+    /// runtime's thread it refuses instead of panicking.
+    ///
+    /// # Errors
+    /// `Stopped` on a runtime thread or when the runtime is gone.
+    pub fn block_here<F: Future>(&self, work: F) -> Result<F::Output, DbError> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(DbError::Stopped(
+                "block_here called on a runtime thread (use block_on or run)".into(),
+            ));
+        }
+        let Some(rt) = self.runtime.0.as_ref() else {
+            return Err(DbError::Stopped("runtime already shut down".into()));
+        };
+        Ok(rt.handle().block_on(work))
+    }
+
     /// How long a statement may run before the server cancels it.
     #[must_use]
     pub fn statement_timeout(&self) -> Duration {
@@ -167,7 +204,12 @@ fn pool_error_text(e: &deadpool_postgres::PoolError) -> String {
     use deadpool_postgres::PoolError;
     match e {
         PoolError::Timeout(_) => "timed out waiting for a connection".to_owned(),
-        PoolError::Backend(b) => b.to_string(),
+        // The driver's text ("error connecting to server") says nothing of why; its source
+        // does ("Connection refused", a TLS or authentication failure).
+        PoolError::Backend(b) => match std::error::Error::source(b) {
+            Some(cause) => format!("{b}: {cause}"),
+            None => b.to_string(),
+        },
         other => other.to_string(),
     }
 }

@@ -123,6 +123,15 @@ pub async fn plan(
     pending(c, found).map(|steps| steps.iter().map(|s| s.description).collect())
 }
 
+/// Refuse a component stamped `found` by a newer binary this one cannot run on (the rule
+/// [`migrate`] applies), changing nothing.
+///
+/// # Errors
+/// `TooNew`.
+pub fn check_usable(c: &Component, found: Stamp) -> Result<(), SchemaError> {
+    pending(c, found).map(drop)
+}
+
 /// The steps to apply to a component stamped `found`: none when it is newer but still
 /// compatible with this binary; `TooNew` when it is newer and not.
 fn pending(c: &Component, found: Stamp) -> Result<&'static [Step], SchemaError> {

@@ -80,16 +80,16 @@ impl ScratchDatabase {
         &self.config
     }
 
-    /// Its URL, for `--database-url` of a gateway process (the test server has no password).
-    #[must_use]
-    pub fn url(&self) -> &str {
-        &self.url
-    }
-
     /// Its name.
     #[must_use]
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Its URL, password included (for a `--database-url` argument; never log it).
+    #[must_use]
+    pub fn url(&self) -> &str {
+        &self.url
     }
 }
 
@@ -159,5 +159,6 @@ mod tests {
         let text = err.err().map(|e| e.to_string()).unwrap_or_default();
         assert!(text.contains("unavailable"), "{text}");
         assert!(text.contains("127.0.0.1:9"), "{text}");
+        assert!(text.contains("refused"), "the cause is named: {text}");
     }
 }

@@ -302,7 +302,7 @@ impl App {
         let (prometheus, metrics) = build_metrics(&args);
         let (spend, shared_limits) = crate::admission::guards(
             &args,
-            paths.store.backend(),
+            paths.backend()?,
             &*query,
             &keys,
             (&*clock, &*ids),
@@ -337,7 +337,7 @@ impl App {
             spend: Arc::clone(&spend),
             metrics: Arc::clone(&metrics),
             sessions: trace.sessions(),
-            patterns: paths.store.backend().pattern_store(
+            patterns: paths.backend()?.pattern_store(
                 &PatternPlace::from_dir(args.patterns_dir.clone()),
                 PatternCaps::default(),
             ),
@@ -437,7 +437,7 @@ impl App {
             host,
             self.addr.port(),
             self.paths.store,
-            self.paths.db.display(),
+            self.paths.location(),
             self.keystore.describe(),
             self.providers.join(",")
         )

@@ -18,19 +18,20 @@ use std::io::{self, BufWriter, IsTerminal, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 use metis_domain::audit::BrokenLink;
 use metis_domain::time::{format_iso, parse_iso};
-use metis_ports::storage::StoreReader;
+use metis_ports::storage::{StorageBackend, StoreReader};
 use metis_ports::system::Clock;
 use metis_ports::trace::EventRow;
 pub use metis_usecases::storage::audit::{
     CSV_HEADER, TypeSelection, csv_field, csv_line, jsonl_line, resolve_window, select_types,
 };
 
-use crate::cli::StorageArgs;
+use crate::cli::{DatabaseArgs, StorageArgs};
 use crate::paths::Paths;
 use crate::system::SystemClock;
 
@@ -77,9 +78,12 @@ pub struct AuditDbArgs {
     /// SQLite trace database (default `<data-dir>/metis.db`).
     #[arg(long, env = "METIS_GATEWAY_DB_PATH")]
     pub db_path: Option<PathBuf>,
-    /// Storage backend: `sqlite` (`metis.db`, the default) or `redb` (`metis.redb`).
+    /// Storage backend: `sqlite` (`metis.db`, the default), `redb` (`metis.redb`) or
+    /// `postgres` (the database of `--database-url`).
     #[arg(long, env = "METIS_GATEWAY_STORE", value_enum)]
     pub store: Option<crate::store::StoreKind>,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
 }
 
 impl AuditDbArgs {
@@ -96,8 +100,20 @@ impl AuditDbArgs {
             db_path: None,
             keystore: None,
             store: self.store,
+            database: self.database.clone(),
         })?;
         Ok(paths.db)
+    }
+
+    /// The database file and its backend: the server engine `--store` names, else the
+    /// engine the file is ([`crate::store::for_existing`]).
+    ///
+    /// # Errors
+    /// As [`db`](Self::db); a server engine without its database settings.
+    pub fn store(&self) -> anyhow::Result<(PathBuf, Arc<dyn StorageBackend>)> {
+        let db = self.db()?;
+        let backend = crate::store::for_existing(&db, self.store, &self.database)?;
+        Ok((db, backend))
     }
 }
 
@@ -271,13 +287,13 @@ fn write_export(
     Ok(bytes)
 }
 
-/// Export audit events from the database at `db`.
+/// Export audit events from the main store at `db` of `backend`.
 ///
 /// # Errors
 /// `Runtime` when the destination exists, the database is missing or unreadable, or the file
 /// cannot be written.
 pub fn export(
-    db: &Path,
+    (db, backend): (&Path, &dyn StorageBackend),
     out: &Path,
     format: ExportFormat,
     window: (i64, i64),
@@ -288,7 +304,7 @@ pub fn export(
         return Err(already_exists(out).into());
     }
     let (since_us, until_us) = window;
-    let reader = open_reader(db)?;
+    let reader = open_reader(db, backend)?;
     let rows = if types.requested && types.audit.is_empty() {
         Vec::new()
     } else {
@@ -307,20 +323,23 @@ pub fn export(
     })
 }
 
-/// Verify the audit chain of the database at `db`. `Ok(Ok(n))`: intact, `n` chained events;
-/// `Ok(Err(link))`: the first broken link. Also returns the number of audit events that
-/// carry no chain link (older rows).
+/// Verify the audit chain of the main store at `db` of `backend`. `Ok(Ok(n))`: intact, `n`
+/// chained events; `Ok(Err(link))`: the first broken link. Also returns the number of audit
+/// events that carry no chain link (older rows).
 ///
 /// # Errors
 /// The database is missing or unreadable.
-pub fn verify(db: &Path) -> anyhow::Result<(Result<u64, BrokenLink>, u64)> {
-    let report = metis_usecases::storage::audit::verify(open_reader(db)?.as_ref())?;
+pub fn verify(
+    db: &Path,
+    backend: &dyn StorageBackend,
+) -> anyhow::Result<(Result<u64, BrokenLink>, u64)> {
+    let report = metis_usecases::storage::audit::verify(open_reader(db, backend)?.as_ref())?;
     Ok((report.chain, report.unchained))
 }
 
-/// The store at `db` read-only, through the backend the file is.
-fn open_reader(db: &Path) -> anyhow::Result<Box<dyn StoreReader>> {
-    crate::store::for_existing(db, None)
+/// The main store read-only.
+fn open_reader(db: &Path, backend: &dyn StorageBackend) -> anyhow::Result<Box<dyn StoreReader>> {
+    backend
         .open_reader(db)
         .context("cannot open the trace database")
 }
@@ -344,17 +363,24 @@ fn run_export(args: ExportArgs) -> Result<(), Failure> {
             types.ignored.join(", ")
         );
     }
-    let db = args.db.db()?;
+    let (db, backend) = args.db.store()?;
     let progress = io::stderr().is_terminal();
-    let summary = export(&db, &args.out, args.format, window, &types, progress)?;
+    let summary = export(
+        (&db, backend.as_ref()),
+        &args.out,
+        args.format,
+        window,
+        &types,
+        progress,
+    )?;
     summary.write_to(&mut io::stdout().lock())?;
     Ok(())
 }
 
 /// Returns whether the chain is intact.
 fn run_verify(args: &VerifyArgs) -> Result<bool, Failure> {
-    let db = args.db.db()?;
-    let (result, unchained) = verify(&db)?;
+    let (db, backend) = args.db.store()?;
+    let (result, unchained) = verify(&db, backend.as_ref())?;
     let mut out = io::stdout().lock();
     let ok = match result {
         Ok(n) => {

@@ -132,10 +132,12 @@ pub struct StorageArgs {
     #[arg(long, env = "METIS_GATEWAY_KEYSTORE")]
     pub keystore: Option<PathBuf>,
     /// Storage backend of the main store (trace, sessions, spend; keys with `--keystore
-    /// store`) and the pattern stores: `sqlite` (`metis.db`, the default) or `redb`
-    /// (`metis.redb`).
+    /// store`) and the pattern stores: `sqlite` (`metis.db`, the default), `redb`
+    /// (`metis.redb`) or `postgres` (the database of `--database-url`).
     #[arg(long, env = "METIS_GATEWAY_STORE", value_enum)]
     pub store: Option<crate::store::StoreKind>,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
 }
 
 impl StorageArgs {
@@ -148,6 +150,42 @@ impl StorageArgs {
             db_path: self.db_path.clone().or_else(|| parent.db_path.clone()),
             keystore: self.keystore.clone().or_else(|| parent.keystore.clone()),
             store: self.store.or(parent.store),
+            database: self.database.or(&parent.database),
+        }
+    }
+}
+
+/// The PostgreSQL database of `--store postgres` (the file engines ignore these).
+#[derive(Debug, Clone, Args, Default, PartialEq, Eq, Hash)]
+pub struct DatabaseArgs {
+    /// PostgreSQL URL for `--store postgres`:
+    /// `postgres://user:password@host:5432/metis?sslmode=verify-full&sslrootcert=/ca.pem`
+    /// (`sslmode`: disable, prefer, require, verify-ca, verify-full; TLS always verifies the
+    /// server). The password is never logged.
+    #[arg(long, env = "METIS_GATEWAY_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Connections in the PostgreSQL pool (default 8, at least 2: the trace writer holds one).
+    #[arg(long, env = "METIS_GATEWAY_DATABASE_POOL_SIZE")]
+    pub database_pool_size: Option<usize>,
+    /// The `statement_timeout` of every pooled PostgreSQL connection (default `5s`): a stuck
+    /// query fails instead of holding a connection.
+    #[arg(long, env = "METIS_GATEWAY_DATABASE_STATEMENT_TIMEOUT", value_parser = parse_duration)]
+    pub database_statement_timeout: Option<Duration>,
+}
+
+impl DatabaseArgs {
+    /// Values given here win; missing ones come from `parent`.
+    #[must_use]
+    pub fn or(&self, parent: &DatabaseArgs) -> DatabaseArgs {
+        DatabaseArgs {
+            database_url: self
+                .database_url
+                .clone()
+                .or_else(|| parent.database_url.clone()),
+            database_pool_size: self.database_pool_size.or(parent.database_pool_size),
+            database_statement_timeout: self
+                .database_statement_timeout
+                .or(parent.database_statement_timeout),
         }
     }
 }

@@ -20,10 +20,10 @@ pub const STORE_KEYSTORE: &str = "store";
 /// Open the keystore named by `paths` (`store` = the trace DB's `gateway_keys` table).
 ///
 /// # Errors
-/// None today (stores open lazily); kept fallible for stores that validate eagerly.
+/// A server engine without its database settings (stores open lazily otherwise).
 pub fn open_keystore(paths: &Paths) -> anyhow::Result<Arc<dyn KeyStore>> {
     if paths.keystore.as_os_str() == STORE_KEYSTORE {
-        return Ok(paths.store.backend().key_store(&paths.db));
+        return Ok(paths.backend()?.key_store(&paths.db));
     }
     Ok(Arc::new(FileKeyStore::new(&paths.keystore)))
 }
@@ -43,7 +43,7 @@ impl AdminSession {
         let trace =
             crate::store::open_main(paths, false, metis_ports::queue::DEFAULT_COMMIT_DEADLINE)
                 .await
-                .with_context(|| format!("cannot open the audit trail {}", paths.db.display()))?;
+                .with_context(|| format!("cannot open the audit trail {}", paths.location()))?;
         let sink: Arc<dyn EventSink> = trace.clone();
         let admin = KeyAdmin::new(
             open_keystore(paths)?,

@@ -29,7 +29,7 @@ use metis_ports::system::Clock;
 use metis_usecases::storage::migrate::{MigrationOutcome, migrate};
 use metis_usecases::storage::retention;
 
-use crate::cli::StorageArgs;
+use crate::cli::{DatabaseArgs, StorageArgs};
 use crate::paths::Paths;
 use crate::system::{SystemClock, UlidIds};
 
@@ -42,9 +42,12 @@ pub struct DbArgs {
     /// SQLite trace database (default `<data-dir>/metis.db`).
     #[arg(long, env = "METIS_GATEWAY_DB_PATH")]
     pub db_path: Option<PathBuf>,
-    /// Storage backend: `sqlite` (`metis.db`, the default) or `redb` (`metis.redb`).
+    /// Storage backend: `sqlite` (`metis.db`, the default), `redb` (`metis.redb`) or
+    /// `postgres` (the database of `--database-url`).
     #[arg(long, env = "METIS_GATEWAY_STORE", value_enum)]
     pub store: Option<crate::store::StoreKind>,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
 }
 
 impl DbArgs {
@@ -61,6 +64,7 @@ impl DbArgs {
             db_path: None,
             keystore: None,
             store: self.store,
+            database: self.database.clone(),
         })?
         .db)
     }
@@ -68,10 +72,10 @@ impl DbArgs {
     /// The database file and its backend ([`crate::store::for_existing`]).
     ///
     /// # Errors
-    /// As [`db`](Self::db).
+    /// As [`db`](Self::db); a server engine without its database settings.
     pub fn store(&self) -> anyhow::Result<(PathBuf, Arc<dyn StorageBackend>)> {
         let db = self.db()?;
-        let backend = crate::store::for_existing(&db, self.store);
+        let backend = crate::store::for_existing(&db, self.store, &self.database)?;
         Ok((db, backend))
     }
 }
@@ -230,7 +234,7 @@ pub async fn restore_cmd(args: RestoreArgs) -> ExitCode {
     run_blocking("restore", move || {
         let db = args.db.db()?;
         // The backup's own engine decides (a missing or foreign file: the flag's).
-        let backend = crate::store::for_existing(&args.src, args.db.store);
+        let backend = crate::store::for_existing(&args.src, args.db.store, &args.db.database)?;
         let bar = Progress::new("restore", true);
         // An engine may panic on a damaged page; restore turns that into a refusal naming the
         // damage, so the default hook's "thread panicked" lines would only confuse the

@@ -1,7 +1,11 @@
-//! `metis migrate-store --from sqlite --to redb` (and back): copy the main store (events,
-//! sessions, keys) and the pattern stores of the given workspaces between backends. The copy
-//! and its checks are the use case `metis_usecases::storage::transfer`; this module parses the
-//! flags and prints the report.
+//! `metis migrate-store --from sqlite --to redb` (and back, and to or from `postgres`): copy
+//! the main store (events, sessions, keys) and the pattern stores of the given workspaces
+//! between backends. The copy and its checks are the use case
+//! `metis_usecases::storage::transfer`; this module parses the flags and prints the report.
+//!
+//! A file side is named by `--from-path`/`--to-path` (default: its file in `--data-dir`); the
+//! PostgreSQL side by `--database-url` (one database per command, so `postgres` is on one
+//! side only), and a path flag for that side is refused.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -11,6 +15,7 @@ use clap::Args;
 use metis_ports::storage::PatternPlace;
 use metis_usecases::storage::transfer::{CopyReport, Side, copy_store};
 
+use crate::cli::DatabaseArgs;
 use crate::store::StoreKind;
 
 /// `metis migrate-store --from sqlite --to redb` (or back).
@@ -31,6 +36,9 @@ pub struct MigrateStoreArgs {
     /// The destination main store file (default `<data-dir>/metis.db` or `metis.redb`).
     #[arg(long)]
     pub to_path: Option<PathBuf>,
+    /// The database of the `postgres` side (`--database-url`, pool size, statement timeout).
+    #[command(flatten)]
+    pub database: DatabaseArgs,
     /// Also copy this workspace's pattern store (repeatable).
     #[arg(long = "workspace")]
     pub workspaces: Vec<PathBuf>,
@@ -59,10 +67,31 @@ pub fn report_block(r: &CopyReport, from: StoreKind, to: StoreKind) -> String {
     out
 }
 
-fn default_path(data_dir: &Path, given: Option<&PathBuf>, kind: StoreKind) -> PathBuf {
-    given
+/// The path of one side: a file engine's (given, else its file in the data directory); a
+/// server engine's is its database (the URL, password hidden, as the report shows it).
+fn side_path(
+    data_dir: &Path,
+    given: Option<&PathBuf>,
+    kind: StoreKind,
+    flag: &str,
+    database: &DatabaseArgs,
+) -> anyhow::Result<PathBuf> {
+    if kind.is_server() {
+        if let Some(p) = given {
+            anyhow::bail!(
+                "{flag} {} names a file, but the {kind} side is the database of --database-url",
+                p.display()
+            );
+        }
+        return Ok(PathBuf::from(crate::store::location(
+            kind,
+            Path::new(""),
+            database,
+        )));
+    }
+    Ok(given
         .cloned()
-        .unwrap_or_else(|| data_dir.join(kind.backend().main_file()))
+        .unwrap_or_else(|| data_dir.join(kind.main_file())))
 }
 
 /// Copy the main store and the given pattern stores from one backend to the other. Blocking.
@@ -85,15 +114,30 @@ pub fn migrate_store(
         )
         .join(".metis"),
     };
-    let from_path = default_path(&data_dir, args.from_path.as_ref(), args.from);
-    let to_path = default_path(&data_dir, args.to_path.as_ref(), args.to);
+    let from_path = side_path(
+        &data_dir,
+        args.from_path.as_ref(),
+        args.from,
+        "--from-path",
+        &args.database,
+    )?;
+    let to_path = side_path(
+        &data_dir,
+        args.to_path.as_ref(),
+        args.to,
+        "--to-path",
+        &args.database,
+    )?;
     let workspaces = args
         .workspaces
         .iter()
         .map(|w| crate::keys_cli::absolute(w))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let place = PatternPlace::from_dir(args.patterns_dir.clone());
-    let (from, to) = (args.from.backend(), args.to.backend());
+    let (from, to) = (
+        args.from.backend(&args.database)?,
+        args.to.backend(&args.database)?,
+    );
     Ok(copy_store(
         Side {
             backend: from.as_ref(),

@@ -1,5 +1,6 @@
 //! The backends of the contract suite: SQLite (`metis-storage-sqlite`), redb
-//! (`metis-storage-redb`) and the in-memory fakes (`metis_ports::fakes`), and the JSON key file
+//! (`metis-storage-redb`), PostgreSQL (`metis-storage-postgres`, a scratch database per case)
+//! and the in-memory fakes (`metis_ports::fakes`), and the JSON key file
 //! (`metis-keystore-file`, key store clauses only), each in a fresh temp directory.
 
 use std::path::{Path, PathBuf};
@@ -476,5 +477,205 @@ impl KeyBackend for FileKeyBackend {
             *first = serde_json::Value::from("not-hex");
         }
         let _ = std::fs::write(&file, doc.to_string());
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// PostgreSQL
+// ---------------------------------------------------------------------------------------------
+
+/// PostgreSQL (`metis-storage-postgres`): a fresh database per case on the server of
+/// `METIS_TEST_DATABASE_URL`, dropped with the fixture. Its pattern stores are not in this
+/// build, so the pattern clauses do not run on it.
+pub struct PostgresBackend {
+    dir: tempfile::TempDir,
+    backend: Arc<metis_storage_postgres::PostgresBackend>,
+    // Dropped last: the database goes once every handle above is gone.
+    scratch: metis_storage_postgres::ScratchDatabase,
+}
+
+/// A fresh PostgreSQL backend. Without `METIS_TEST_DATABASE_URL` the case fails with the
+/// message saying how to start a server (never a silent skip).
+pub async fn postgres() -> Box<dyn Backend> {
+    let scratch = match tokio::task::spawn_blocking(
+        metis_storage_postgres::ScratchDatabase::from_env,
+    )
+    .await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            #[expect(clippy::panic, reason = "fixture setup failure fails the case")]
+            {
+                panic!("{e}")
+            }
+        }
+        Err(e) => {
+            #[expect(clippy::panic, reason = "fixture setup failure fails the case")]
+            {
+                panic!("cannot create the scratch database: {e}")
+            }
+        }
+    };
+    let backend = match metis_storage_postgres::PostgresBackend::new(scratch.config().clone()) {
+        Ok(b) => Arc::new(b),
+        Err(e) => {
+            #[expect(clippy::panic, reason = "fixture setup failure fails the case")]
+            {
+                panic!("cannot build the PostgreSQL backend: {e}")
+            }
+        }
+    };
+    Box::new(PostgresBackend {
+        dir: tempdir(),
+        backend,
+        scratch,
+    })
+}
+
+impl PostgresBackend {
+    /// Run one statement on the scratch database (fixture hooks).
+    async fn sql(&self, sql: String) {
+        let db = self.backend.db().clone();
+        let pool = db.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            db.block_on(async move {
+                pool.get().await?.batch_execute(&sql).await?;
+                Ok(())
+            })
+        })
+        .await;
+    }
+}
+
+#[async_trait]
+impl KeyBackend for PostgresBackend {
+    fn keys(&self) -> Arc<dyn KeyStore> {
+        // A new pool per handle, as another process would have: a database switched to
+        // read-only applies to new sessions.
+        match metis_storage_postgres::Db::new(self.scratch.config().clone()) {
+            Ok(db) => Arc::new(metis_storage_postgres::PgKeyStore::new(db)),
+            Err(_) => Arc::new(metis_storage_postgres::PgKeyStore::new(
+                self.backend.db().clone(),
+            )),
+        }
+    }
+
+    async fn set_keys_read_only(&self, read_only: bool) {
+        // A standby or a read-only role, as the gateway meets it.
+        self.sql(format!(
+            "ALTER DATABASE {} SET default_transaction_read_only = {}",
+            self.scratch.name(),
+            if read_only { "on" } else { "off" }
+        ))
+        .await;
+    }
+
+    async fn corrupt_first_key(&self) {
+        self.sql(
+            "UPDATE gateway_keys SET record_json = jsonb_set(record_json::jsonb, \
+             '{secret_hash}', '\"not-hex\"')::text \
+             WHERE position = (SELECT min(position) FROM gateway_keys)"
+                .to_owned(),
+        )
+        .await;
+    }
+}
+
+#[async_trait]
+impl Backend for PostgresBackend {
+    fn kind(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn open(&self, queue_capacity: Option<usize>) -> Result<Opened, TraceError> {
+        let mut opts = metis_storage_postgres::PgWriterOptions::default();
+        if let Some(c) = queue_capacity {
+            opts.queue_capacity = c;
+        }
+        let backend = (*self.backend).clone().with_writer_options(opts);
+        let path = self.dir.path().join("metis.postgres");
+        let store = tokio::task::spawn_blocking(move || {
+            metis_ports::storage::StorageBackend::open_main(
+                &backend,
+                &path,
+                metis_ports::storage::ServeOptions::default(),
+            )
+        })
+        .await
+        .map_err(|e| TraceError::Unavailable(e.to_string()))??;
+        let sessions = store.sessions();
+        let sink: Arc<dyn EventSink> = store.clone();
+        let query: Arc<dyn TraceQuery> = store.clone();
+        Ok(Opened::new(sink, query, sessions, move || {
+            async move {
+                store.shutdown().await;
+            }
+            .boxed()
+        }))
+    }
+
+    async fn trace_version(&self) -> Option<i64> {
+        let db = self.backend.db().clone();
+        let pool = db.clone();
+        tokio::task::spawn_blocking(move || {
+            db.block_on(async move {
+                let c = pool.get().await?;
+                let v = c
+                    .query_opt(
+                        "SELECT version FROM metis_schema WHERE component = 'trace'",
+                        &[],
+                    )
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|r| i64::from(r.get::<_, i32>(0)));
+                Ok(v)
+            })
+            .ok()
+            .flatten()
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    async fn stamp_trace_version(&self, version: i64) {
+        // A newer binary that this one cannot run on: its oldest compatible version is its own.
+        self.sql(format!(
+            "UPDATE metis_schema SET version = {version}, compatible_from = {version} \
+             WHERE component = 'trace'"
+        ))
+        .await;
+    }
+
+    fn patterns(&self, caps: PatternCaps) -> Arc<dyn PatternStore> {
+        metis_ports::storage::StorageBackend::pattern_store(
+            self.backend.as_ref(),
+            &metis_ports::storage::PatternPlace::InWorkspace,
+            caps,
+        )
+    }
+
+    async fn stamp_pattern_version(&self, _workspace: &str, _version: i64) {
+        // The pattern clauses do not run on this backend (its pattern stores are not in
+        // this build).
+    }
+
+    fn workspace(&self, name: &str) -> String {
+        make_workspace(self.dir.path(), name)
+    }
+
+    fn dir(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+
+    fn storage(&self) -> Option<(Arc<dyn metis_ports::storage::StorageBackend>, PathBuf)> {
+        let backend: Arc<dyn metis_ports::storage::StorageBackend> = self.backend.clone();
+        Some((backend, self.dir.path().join("metis.postgres")))
+    }
+
+    fn crash_target(&self) -> Option<(&'static str, PathBuf)> {
+        // The crash writer builds its URL from METIS_TEST_DATABASE_URL and this name.
+        Some(("postgres", PathBuf::from(self.scratch.name())))
     }
 }

@@ -299,20 +299,40 @@ pub async fn a_copy_keeps_every_row_and_the_audit_chain(b: &dyn Backend) {
 /// their audit chain, sessions, keys and a workspace's pattern outcomes arrive unchanged, a
 /// non-empty destination is refused, and the round trip gives the source again.
 pub async fn a_copy_to_another_backend_and_back_is_identical(a: &dyn Backend, b: &dyn Backend) {
+    round_trip(a, b, true).await;
+}
+
+/// As [`a_copy_to_another_backend_and_back_is_identical`] for the main store only (events
+/// with their audit chain, sessions, keys), for a backend whose pattern stores are not in
+/// this build (PostgreSQL): equal counts and equal rows after the round trip.
+pub async fn a_main_store_copy_to_another_backend_and_back_is_identical(
+    a: &dyn Backend,
+    b: &dyn Backend,
+) {
+    round_trip(a, b, false).await;
+}
+
+async fn round_trip(a: &dyn Backend, b: &dyn Backend, with_patterns: bool) {
     let ((from, db), (to, _)) = (port(a), port(b));
     assert_ne!(from.name(), to.name(), "two different backends");
     fill(from.as_ref(), &db, 50, 1_000).await;
     let ws = a.workspace("copied");
     let place = PatternPlace::InWorkspace;
-    for (i, (sig, model)) in [("a", "m1"), ("a", "m1"), ("b", "m2")]
-        .into_iter()
-        .enumerate()
-    {
-        let o = super::observation(sig, model, 7 + i as i64, 100);
-        from.pattern_files(&place).record(&ws, &o).expect("record");
+    if with_patterns {
+        for (i, (sig, model)) in [("a", "m1"), ("a", "m1"), ("b", "m2")]
+            .into_iter()
+            .enumerate()
+        {
+            let o = super::observation(sig, model, 7 + i as i64, 100);
+            from.pattern_files(&place).record(&ws, &o).expect("record");
+        }
     }
     let there = b.dir().join("copy").join(to.main_file());
-    let workspaces = [ws.clone()];
+    let workspaces: Vec<String> = if with_patterns {
+        vec![ws.clone()]
+    } else {
+        Vec::new()
+    };
     let report = copy_store(
         side(&from, &db),
         side(&to, &there),
@@ -330,7 +350,13 @@ pub async fn a_copy_to_another_backend_and_back_is_identical(a: &dyn Backend, b:
         ),
         (50, 10, 2, 1)
     );
-    assert_eq!((report.pattern_stores, report.outcomes), (1, 2));
+    let patterns = if with_patterns { (1, 2) } else { (0, 0) };
+    assert_eq!((report.pattern_stores, report.outcomes), patterns);
+    assert_eq!(
+        counts(to.as_ref(), &there),
+        counts(from.as_ref(), &db),
+        "equal counts on the other backend"
+    );
     assert!(
         copy_store(
             side(&from, &db),
@@ -344,7 +370,11 @@ pub async fn a_copy_to_another_backend_and_back_is_identical(a: &dyn Backend, b:
     );
 
     // And back into a fresh store of the first backend (its pattern store moved aside).
-    let outcomes_before = from.pattern_files(&place).outcomes(&ws).expect("outcomes");
+    let outcomes_before = if with_patterns {
+        from.pattern_files(&place).outcomes(&ws).expect("outcomes")
+    } else {
+        Vec::new()
+    };
     let pattern_file = from.pattern_files(&place).path(&ws);
     for f in [
         pattern_file.clone(),
@@ -364,7 +394,7 @@ pub async fn a_copy_to_another_backend_and_back_is_identical(a: &dyn Backend, b:
     .expect("copy back");
     assert_eq!(
         (report.events, report.audit_chain, report.outcomes),
-        (50, 10, 2)
+        (50, 10, patterns.1)
     );
     let read = |backend: &Arc<dyn StorageBackend>, path: &Path| {
         let r = backend.open_reader(path).expect("reader");
@@ -378,10 +408,65 @@ pub async fn a_copy_to_another_backend_and_back_is_identical(a: &dyn Backend, b:
         read(&from, &back) == read(&from, &db),
         "the round trip changed rows"
     );
-    assert_eq!(
-        from.pattern_files(&place).outcomes(&ws).expect("outcomes"),
-        outcomes_before
+    if with_patterns {
+        assert_eq!(
+            from.pattern_files(&place).outcomes(&ws).expect("outcomes"),
+            outcomes_before
+        );
+    }
+}
+
+/// A server engine (PostgreSQL) recognizes no file as its store (not even the data-dir path
+/// the app hands it), and refuses `backup` and `restore` with an error naming the tool to
+/// use, changing nothing.
+pub async fn a_server_engine_recognizes_no_file_and_refuses_snapshots(b: &dyn Backend) {
+    let (backend, db) = port(b);
+    fill(backend.as_ref(), &db, 3, 1_000).await;
+    assert!(!backend.recognizes(&db));
+    let file = b.dir().join("some-file");
+    std::fs::write(&file, b"SQLite format 3\0 and more bytes").expect("write");
+    assert!(!backend.recognizes(&file));
+    assert!(backend.main_exists(&db), "the database holds the store");
+    let dest = b.dir().join("b1");
+    let r = backend.backup(&db, &dest, &no_progress);
+    assert!(
+        matches!(&r, Err(MaintenanceError::Refused(m)) if m.contains("pg_dump")),
+        "{r:?}"
     );
+    assert!(!dest.exists(), "a refused backup leaves no file");
+    let r = backend.restore(&file, &db, true, &no_progress);
+    assert!(
+        matches!(&r, Err(MaintenanceError::Refused(m)) if m.contains("not supported yet")),
+        "{r:?}"
+    );
+    assert_eq!(counts(backend.as_ref(), &db).events, 3, "nothing changed");
+}
+
+/// A server store stamped by a newer binary this one cannot run on is refused by every
+/// maintenance operation (`TooNew`) and by opening, and its stamp is left alone.
+pub async fn a_newer_server_store_refuses_maintenance_untouched(b: &dyn Backend) {
+    let (backend, db) = port(b);
+    fill(backend.as_ref(), &db, 2, 1_000).await;
+    b.stamp_trace_version(99).await;
+    let too_new = |r: Result<(), MaintenanceError>| {
+        assert!(
+            matches!(&r, Err(MaintenanceError::TooNew { found: 99, .. })),
+            "{r:?}"
+        );
+    };
+    too_new(backend.status(&db, 0).map(drop));
+    too_new(backend.prune_dry_run(&db, 0).map(drop));
+    too_new(
+        backend
+            .prune(&db, 0, PruneOptions::default(), &no_progress)
+            .map(drop),
+    );
+    too_new(backend.compact(&db).map(drop));
+    too_new(backend.migration(&db, Schema::Trace).plan().map(drop));
+    too_new(backend.migration(&db, Schema::Trace).apply().map(drop));
+    assert!(backend.open_main(&db, ServeOptions::default()).is_err());
+    assert!(backend.open_reader(&db).is_err());
+    assert_eq!(b.trace_version().await, Some(99), "the stamp was changed");
 }
 
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {

@@ -2037,7 +2037,8 @@ async fn agent_session_headers_make_each_run_a_session() {
     );
 
     let events = stopped_events(&mut gw).await;
-    let sessions = metis::store::for_existing(&gw.db_path, None)
+    let sessions = metis::store::for_existing(&gw.db_path, Some(gw.store), &gw.database)
+        .unwrap()
         .open_reader(&gw.db_path)
         .unwrap();
     for (id, turns) in [(&claude, 2), (&codex, 2), (&explicit, 1)] {

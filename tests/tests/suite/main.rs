@@ -4,7 +4,7 @@
 //!
 //! Timing-sensitive modules (they spawn `target/debug/metis`, flood a limiter or time a
 //! reload): `key_audit`, `otel`, `process_cli`, `process_lifecycle`, `rate_limit_runbook`,
-//! `redb_cli`, `revoke_latency`, `tls_inprocess`, `fd_limit`, `grace_cut`; `.config/nextest.toml`
+//! `redb_cli`, `postgres_cli`, `revoke_latency`, `tls_inprocess`, `fd_limit`, `grace_cut`; `.config/nextest.toml`
 //! gives them one retry.
 
 mod admin_api;
@@ -13,6 +13,7 @@ mod architecture;
 mod disk_full;
 mod fake_upstream;
 mod fd_limit;
+mod fleet;
 mod grace_cut;
 mod http_agents;
 mod http_errors;
@@ -27,6 +28,7 @@ mod openapi_drift;
 mod otel;
 mod patterns_live;
 mod patterns_postgres;
+mod postgres_cli;
 mod process_cli;
 mod process_lifecycle;
 mod quota_concurrency;

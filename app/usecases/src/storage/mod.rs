@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use metis_ports::keys::KeyStoreError;
 use metis_ports::patterns::PatternError;
-use metis_ports::storage::MaintenanceError;
+use metis_ports::storage::{MaintenanceError, StorageBackend};
 use metis_ports::trace::TraceError;
 
 /// Why a storage command did not complete; the message names the file and the problem.
@@ -50,12 +50,12 @@ impl StorageError {
     }
 }
 
-/// Refuse a main store file that does not exist (every command but the ones that create it).
+/// Refuse a main store that does not exist (every command but the ones that create it).
 ///
 /// # Errors
-/// `Refused` naming the file.
-pub fn require_store(db: &Path) -> Result<(), StorageError> {
-    if db.is_file() {
+/// `Refused` naming the file (or the database).
+pub fn require_store(backend: &dyn StorageBackend, db: &Path) -> Result<(), StorageError> {
+    if backend.main_exists(db) {
         Ok(())
     } else {
         Err(StorageError::Refused(format!(

@@ -29,7 +29,7 @@ pub fn prune_dry_run(
     days: u32,
     now: Timestamp,
 ) -> Result<PruneReport, StorageError> {
-    require_store(db)?;
+    require_store(backend, db)?;
     let cutoff = cutoff_us(now, days);
     let counts = backend.prune_dry_run(db, cutoff)?;
     Ok(PruneReport { cutoff, counts })
@@ -51,7 +51,7 @@ pub fn prune(
     options: PruneOptions,
     progress: Progress<'_>,
 ) -> Result<PruneReport, StorageError> {
-    require_store(db)?;
+    require_store(backend, db)?;
     let cutoff = cutoff_us(now, days);
     let store = backend
         .open_main(db, ServeOptions::default())

@@ -41,7 +41,7 @@ pub struct CopyReport {
 }
 
 fn counts(side: Side<'_>) -> Result<StoreCounts, StorageError> {
-    if !side.path.exists() {
+    if !side.backend.main_exists(side.path) {
         return Ok(StoreCounts::default());
     }
     side.backend
@@ -78,7 +78,7 @@ pub fn copy_store(
     place: &PatternPlace,
     progress: Progress<'_>,
 ) -> Result<CopyReport, StorageError> {
-    if !from.path.is_file() {
+    if !from.backend.main_exists(from.path) {
         return Err(StorageError::Refused(format!(
             "source store {} does not exist",
             from.path.display()
