@@ -14,11 +14,7 @@
 //!   written once it is back, no double charge.
 //!
 //! Needs `METIS_TEST_DATABASE_URL` (scripts/pg-server.sh) and `target/debug/metis`.
-#![expect(
-    clippy::unwrap_used,
-    clippy::panic,
-    reason = "test helpers outside #[test] functions"
-)]
+#![expect(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
 
 use metis_storage_postgres::{Db, ScratchDatabase};
 use metis_tests::Combo;
