@@ -156,9 +156,12 @@ pub trait GatewayService: Send + Sync {
 
     /// `Ok` when the gateway is ready for traffic; otherwise why not.
     ///
+    /// `Ok(None)` when ready; `Ok(Some(reason))` when serving degraded (a store every replica
+    /// shares is unreachable: requests are still served, events wait in the queue).
+    ///
     /// # Errors
-    /// A short reason (draining, store not writable, keys not loaded).
-    fn readiness(&self) -> Result<(), String>;
+    /// A short reason (draining, a store of this process not writable).
+    fn readiness(&self) -> Result<Option<String>, String>;
 
     /// Enter drain mode: readiness turns false at once.
     fn begin_drain(&self);

@@ -283,6 +283,10 @@ impl<T: EventSink + TraceQuery + WriterLifecycle> EventSink for MainStoreOf<T> {
         self.trace.is_writable()
     }
 
+    fn is_shared(&self) -> bool {
+        self.trace.is_shared()
+    }
+
     fn wal_bytes(&self) -> u64 {
         self.trace.wal_bytes()
     }

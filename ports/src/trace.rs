@@ -76,6 +76,13 @@ pub trait EventSink: Send + Sync {
     /// Whether the store accepts writes (for `/readyz`).
     fn is_writable(&self) -> bool;
 
+    /// Whether every replica of the fleet writes to this same store (a database server). Its
+    /// outage is then the fleet's, not this process's: taking this replica out of rotation
+    /// would move its traffic nowhere better, so `/readyz` reports it without failing.
+    fn is_shared(&self) -> bool {
+        false
+    }
+
     /// Bytes of not-yet-checkpointed log (SQLite `-wal`), for `/metrics`; 0 for engines
     /// without one.
     fn wal_bytes(&self) -> u64;

@@ -94,9 +94,10 @@ struct Health {
 /// `GET /readyz` body.
 #[derive(Object)]
 struct Readiness {
-    /// `ready` or `not_ready`.
+    /// `ready`, `degraded` (200: a store every replica shares is unreachable; requests are
+    /// served, events queued) or `not_ready` (503).
     status: String,
-    /// Why the gateway is not ready (absent when ready).
+    /// Why the gateway is degraded or not ready (absent when ready).
     #[oai(skip_serializing_if_is_none)]
     reason: Option<String>,
 }
@@ -111,7 +112,7 @@ enum UpgradeAnswer {
 
 #[derive(poem_openapi::ApiResponse)]
 enum ReadyResponse {
-    /// Stores writable, keys loaded, not draining.
+    /// Stores writable, keys loaded, not draining; or degraded with the reason.
     #[oai(status = 200)]
     Ready(Json<Readiness>),
     /// Draining or a store is unavailable.
@@ -281,14 +282,20 @@ impl Api {
         })
     }
 
-    /// Readiness: 200 only when stores are writable, keys are loaded and the gateway is not
-    /// draining; 503 otherwise.
+    /// Readiness: 200 when stores are writable, keys are loaded and the gateway is not
+    /// draining, or when only a store every replica shares is unreachable (`degraded`, with
+    /// the reason: moving traffic to another replica would not help); 503 otherwise.
     #[oai(path = "/readyz", method = "get", operation_id = "readyz")]
     async fn readyz(&self) -> ReadyResponse {
         match self.svc.readiness() {
-            Ok(()) => ReadyResponse::Ready(Json(Readiness {
-                status: "ready".to_owned(),
-                reason: None,
+            Ok(degraded) => ReadyResponse::Ready(Json(Readiness {
+                status: if degraded.is_some() {
+                    "degraded"
+                } else {
+                    "ready"
+                }
+                .to_owned(),
+                reason: degraded,
             })),
             Err(reason) => ReadyResponse::NotReady(Json(Readiness {
                 status: "not_ready".to_owned(),

@@ -178,6 +178,10 @@ impl EventSink for PgTraceStore {
         self.writer.is_writable() && self.state.reachable.load(Ordering::Acquire)
     }
 
+    fn is_shared(&self) -> bool {
+        true
+    }
+
     fn wal_bytes(&self) -> u64 {
         // The server's WAL is the server's business (and shared by every replica).
         0

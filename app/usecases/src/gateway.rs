@@ -548,14 +548,20 @@ impl GatewayService for GatewayCore {
         self.embed(admission, body).await
     }
 
-    fn readiness(&self) -> Result<(), String> {
+    fn readiness(&self) -> Result<Option<String>, String> {
         if self.draining.load(Ordering::Acquire) {
             return Err("draining".to_owned());
         }
         if !self.sink.is_writable() {
+            if self.sink.is_shared() {
+                let queued = self.sink.stats().queued;
+                return Ok(Some(format!(
+                    "the shared trace store is unreachable: serving the keys held in memory,                      {queued} events queued for when it is back (capped keys follow                      --spend-outage)"
+                )));
+            }
             return Err("trace store is not writable".to_owned());
         }
-        Ok(())
+        Ok(None)
     }
 
     fn metrics_text(&self) -> String {

@@ -288,6 +288,10 @@ async fn a_daily_cap_holds_across_three_replicas() {
         .await;
         last
     };
+    eventually("the ledger settles", Duration::from_secs(10), || {
+        (fleet.ledger_day(&key_id) - traced).abs() < 1e-9
+    })
+    .await;
     let ledger = fleet.ledger_day(&key_id);
     let one_request = fleet.scalar_f64(
         "SELECT max((payload_json::jsonb ->> 'cost_usd')::float8) FROM events
@@ -585,7 +589,36 @@ async fn the_database_going_away_mid_load_loses_and_double_charges_nothing() {
     fleet.wait_known(&capped).await;
 
     server.run("halt");
+    // The outage is the fleet's: each replica says so and stays in rotation.
     let mut free_ok = 0u64;
+    let start = Instant::now();
+    loop {
+        let r = fleet
+            .client
+            .get(fleet.gateways[0].url_of("/readyz"))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let body: Value = r.json().await.unwrap();
+        if body["status"] == "degraded" {
+            assert_eq!(status, 200, "{body}");
+            assert!(
+                body["reason"].as_str().unwrap().contains("unreachable"),
+                "{body}"
+            );
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "never degraded: {body}"
+        );
+        // The writer notices on its next commit: give it one.
+        let (status, body) = fleet.call(0, &free, "notice").await;
+        assert_eq!(status, 200, "{body}");
+        free_ok += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let mut capped_refused = 0u64;
     for i in 0..20 {
         let (status, body) = fleet.call(i % 2, &free, &format!("f{i}")).await;
@@ -624,6 +657,11 @@ async fn the_database_going_away_mid_load_loses_and_double_charges_nothing() {
         fleet.count_events("turn.completed", &free_id),
         expected_free
     );
+    // Settlements land after the response: wait for the ledger to catch up with the trace.
+    eventually("the ledger settles", Duration::from_secs(10), || {
+        (fleet.traced_cost(&capped_id) - fleet.ledger_day(&capped_id)).abs() < 1e-9
+    })
+    .await;
     let traced = fleet.traced_cost(&capped_id);
     let ledger = fleet.ledger_day(&capped_id);
     eprintln!(

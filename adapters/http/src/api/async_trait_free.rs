@@ -38,7 +38,7 @@ impl GatewayService for NoService {
             message: "document-only service".to_owned(),
         })
     }
-    fn readiness(&self) -> Result<(), String> {
+    fn readiness(&self) -> Result<Option<String>, String> {
         Err("document-only service".to_owned())
     }
     fn begin_drain(&self) {}
