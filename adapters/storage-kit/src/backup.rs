@@ -77,6 +77,16 @@ pub fn backup<E: BackupEngine>(
     progress: Progress<'_>,
 ) -> Result<BackupMeta, MaintenanceError> {
     require_file(src, "source database")?;
+    refuse_existing(dest)?;
+    let source = engine.open_source(src)?;
+    publish_backup(src, dest, |tmp| {
+        engine.snapshot(source, src, tmp, progress)?;
+        engine.describe(tmp)
+    })
+}
+
+/// Refuse a backup destination that exists, or whose `.meta` does.
+fn refuse_existing(dest: &Path) -> Result<(), MaintenanceError> {
     let meta_path = with_suffix(dest, ".meta");
     for p in [dest, meta_path.as_path()] {
         if fs::symlink_metadata(p).is_ok() {
@@ -86,17 +96,33 @@ pub fn backup<E: BackupEngine>(
             )));
         }
     }
-    let source = engine.open_source(src)?;
+    Ok(())
+}
+
+/// Publish a backup written by `write` (into a temp file beside `dest`, returning what it
+/// holds) as `dest` with its `<dest>.meta`, with the no-clobber and no-partial-file rules of
+/// the module docs. For engines without a source file (a database server), `source` is what
+/// the metadata names as the source.
+///
+/// # Errors
+/// `Refused` when `dest` (or `<dest>.meta`) exists; `write`'s errors; `Failed` on I/O errors.
+/// No file is left behind on error.
+pub fn publish_backup(
+    source: &Path,
+    dest: &Path,
+    write: impl FnOnce(&Path) -> Result<FileFacts, MaintenanceError>,
+) -> Result<BackupMeta, MaintenanceError> {
+    refuse_existing(dest)?;
+    let meta_path = with_suffix(dest, ".meta");
     let dir = parent_dir(dest);
     fs::create_dir_all(&dir).map_err(io_err(&dir, "cannot create directory"))?;
     let dir = dir.canonicalize().map_err(io_err(&dir, "cannot resolve"))?;
     let tmp = TempFile::new(temp_name(&dir, dest, "backup"));
     let tmp_meta = TempFile::new(temp_name(&dir, &meta_path, "meta"));
-    engine.snapshot(source, src, tmp.path(), progress)?;
+    let facts = write(tmp.path())?;
     let bytes = sync_file(tmp.path())?;
-    let facts = engine.describe(tmp.path())?;
     let meta = BackupMeta {
-        source: src.to_path_buf(),
+        source: source.to_path_buf(),
         destination: dest.to_path_buf(),
         bytes,
         schema_version: facts.schema_version,
@@ -163,6 +189,50 @@ pub trait RestoreEngine {
     fn before_replace(&self, dest: &Path) -> Result<Option<Claim>, MaintenanceError>;
 }
 
+/// The checks of a backup file before it is read into a store: its schema `version` is the
+/// binary's (`supported`), and `<src>.meta`, when present, says the same. Returns the
+/// metadata for [`check_checksum`].
+///
+/// # Errors
+/// `Refused` naming the mismatch.
+pub fn check_backup(
+    src: &Path,
+    version: i64,
+    supported: i64,
+) -> Result<Option<MetaFields>, MaintenanceError> {
+    if version != supported {
+        return Err(MaintenanceError::Refused(format!(
+            "backup {} has schema version {version} but this binary uses schema version \
+             {supported}; restore it with a metis binary of schema version {version} \
+             (there is no in-place migration of a backup)",
+            src.display()
+        )));
+    }
+    checked_meta(src, version, supported)
+}
+
+/// Refuse a backup whose bytes (`sha`, SHA-256 hex) are not the ones its `.meta` recorded.
+///
+/// # Errors
+/// `Refused` naming both checksums.
+pub fn check_checksum(
+    src: &Path,
+    meta: Option<&MetaFields>,
+    sha: &str,
+) -> Result<(), MaintenanceError> {
+    if let Some(expected) = meta.and_then(|m| m.sha256.as_deref())
+        && expected != sha
+    {
+        return Err(MaintenanceError::Refused(format!(
+            "checksum mismatch: {} records sha256 {expected} but {} has {sha}; the backup is \
+             damaged or was modified",
+            with_suffix(src, ".meta").display(),
+            src.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Read `<src>.meta` when present and check its version line against the file's `version`.
 fn checked_meta(
     src: &Path,
@@ -212,31 +282,14 @@ pub fn restore<E: RestoreEngine>(
     }
     let supported = engine.supported();
     let version = engine.version_of(src)?;
-    if version != supported {
-        return Err(MaintenanceError::Refused(format!(
-            "backup {} has schema version {version} but this binary uses schema version \
-             {supported}; restore it with a metis binary of schema version {version} \
-             (there is no in-place migration of a backup)",
-            src.display()
-        )));
-    }
-    let meta = checked_meta(src, version, supported)?;
+    let meta = check_backup(src, version, supported)?;
     let dir = parent_dir(dest);
     fs::create_dir_all(&dir).map_err(io_err(&dir, "cannot create directory"))?;
     let _early = engine.claim_before_copy(dest)?;
     // Everything about the backup is proven on a private copy before the target is touched.
     let tmp = TempFile::new(temp_name(&dir, dest, "restore"));
     let (bytes, sha) = copy_hashing(src, tmp.path(), progress)?;
-    if let Some(expected) = meta.as_ref().and_then(|m| m.sha256.as_deref())
-        && expected != sha
-    {
-        return Err(MaintenanceError::Refused(format!(
-            "checksum mismatch: {} records sha256 {expected} but {} has {sha}; the backup is \
-             damaged or was modified",
-            with_suffix(src, ".meta").display(),
-            src.display()
-        )));
-    }
+    check_checksum(src, meta.as_ref(), &sha)?;
     let events = engine.verify_copy(src, tmp.path())?;
     let _late = engine.before_replace(dest)?;
     fs::rename(tmp.path(), dest).map_err(io_err(dest, "cannot replace"))?;

@@ -39,7 +39,10 @@ pub mod sessions;
 pub mod trace;
 mod workspaces;
 
-pub use backup::{BackupEngine, Claim, FileFacts, RestoreEngine, backup, restore};
+pub use backup::{
+    BackupEngine, Claim, FileFacts, RestoreEngine, backup, check_backup, check_checksum,
+    publish_backup, restore,
+};
 pub use files::{
     SIDE_FILES, TempFile, copy_hashing, file_len, fsync_dir, io_err, parent_dir,
     publish_no_clobber, remove_side_files, remove_with_side_files, require_file, sha256_file,

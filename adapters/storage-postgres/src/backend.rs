@@ -184,21 +184,20 @@ impl StorageBackend for PostgresBackend {
     fn backup(
         &self,
         _db: &Path,
-        _dest: &Path,
-        _progress: Progress<'_>,
+        dest: &Path,
+        progress: Progress<'_>,
     ) -> Result<BackupMeta, MaintenanceError> {
-        maintenance::require(&self.db, &TRACE)?;
-        Err(maintenance::snapshot_refused(&self.db, "backup"))
+        crate::snapshot::backup(&self.db, dest, progress)
     }
 
     fn restore(
         &self,
-        _src: &Path,
+        src: &Path,
         _db: &Path,
-        _force: bool,
-        _progress: Progress<'_>,
+        force: bool,
+        progress: Progress<'_>,
     ) -> Result<RestoreSummary, MaintenanceError> {
-        Err(maintenance::snapshot_refused(&self.db, "restore"))
+        crate::snapshot::restore(&self.db, src, force, progress)
     }
 
     fn status(&self, _db: &Path, now: Timestamp) -> Result<StoreStatus, MaintenanceError> {

@@ -12,6 +12,8 @@
 //!   workspace, written by any number of replicas.
 //! - [`schema`]: versioned schemas per component, migrated once per fleet under an advisory lock;
 //!   [`tables`]: the main store's components.
+//! - `snapshot`: `metis backup`/`restore` of the store as one portable file (`COPY` text in
+//!   one repeatable-read transaction).
 //! - [`scratch`]: throwaway databases for tests and benchmarks.
 //!
 //! Depends only on `metis-ports`, `metis-domain` and `metis-storage-kit`.
@@ -28,6 +30,7 @@ mod query;
 mod reader;
 pub mod schema;
 pub mod scratch;
+mod snapshot;
 pub mod tables;
 mod trace;
 mod writer;

@@ -271,22 +271,7 @@ impl Migratable for PgMigration {
         Ok(self.plan_from(found, applied))
     }
 
-    fn backup(&self, _dest: &Path, _progress: Progress<'_>) -> Result<(), MaintenanceError> {
-        Err(MaintenanceError::Refused(format!(
-            "a PostgreSQL database is not copied to a file by metis: back up {} with pg_dump \
-             (e.g. `pg_dump --format=custom --file=metis-before-migrate.dump <database>`) and \
-             let a gateway of this version apply the steps when it starts (it migrates under \
-             an advisory lock, once for the whole fleet)",
-            self.location.display()
-        )))
+    fn backup(&self, dest: &Path, progress: Progress<'_>) -> Result<(), MaintenanceError> {
+        crate::snapshot::backup(&self.db, dest, progress).map(drop)
     }
-}
-
-/// `backup`/`restore` of a whole PostgreSQL store: not supported yet.
-pub(crate) fn snapshot_refused(db: &Db, what: &str) -> MaintenanceError {
-    MaintenanceError::Refused(format!(
-        "metis {what} of a PostgreSQL store ({}) is not supported yet (a portable snapshot \
-         format is planned); use pg_dump / pg_restore for now",
-        location(db).display()
-    ))
 }

@@ -53,7 +53,7 @@ mod tests;
 
 use bulk::OutcomeInsert;
 use rows::{PgRows, RowsError};
-use schema::COMPONENT;
+pub(crate) use schema::COMPONENT;
 use sql::{off_runtime, wait};
 
 /// The pattern stores of every workspace in the database behind `db`, blocking (the

@@ -417,9 +417,11 @@ async fn round_trip(a: &dyn Backend, b: &dyn Backend, with_patterns: bool) {
 }
 
 /// A server engine (PostgreSQL) recognizes no file as its store (not even the data-dir path
-/// the app hands it), and refuses `backup` and `restore` with an error naming the tool to
-/// use, changing nothing.
-pub async fn a_server_engine_recognizes_no_file_and_refuses_snapshots(b: &dyn Backend) {
+/// the app hands it). Its backup is a new portable file with its `.meta` (never
+/// overwriting); a restore refuses a file that is not such a snapshot, a non-empty database
+/// without `force` and a damaged snapshot, changing nothing, and with `force` brings back
+/// exactly the rows of the snapshot.
+pub async fn a_server_engine_backs_up_to_a_portable_file_and_restores_it(b: &dyn Backend) {
     let (backend, db) = port(b);
     fill(backend.as_ref(), &db, 3, 1_000).await;
     assert!(!backend.recognizes(&db));
@@ -428,18 +430,56 @@ pub async fn a_server_engine_recognizes_no_file_and_refuses_snapshots(b: &dyn Ba
     assert!(!backend.recognizes(&file));
     assert!(backend.main_exists(&db), "the database holds the store");
     let dest = b.dir().join("b1");
-    let r = backend.backup(&db, &dest, &no_progress);
+    let meta = backend
+        .backup(&db, &dest, &no_progress)
+        .expect("backup of a PostgreSQL store");
+    assert_eq!(meta.events, 3);
+    assert!(dest.exists() && b.dir().join("b1.meta").exists());
+    let again = backend.backup(&db, &dest, &no_progress);
     assert!(
-        matches!(&r, Err(MaintenanceError::Refused(m)) if m.contains("pg_dump")),
-        "{r:?}"
+        matches!(&again, Err(MaintenanceError::Refused(m)) if m.contains("already exists")),
+        "{again:?}"
     );
-    assert!(!dest.exists(), "a refused backup leaves no file");
     let r = backend.restore(&file, &db, true, &no_progress);
     assert!(
-        matches!(&r, Err(MaintenanceError::Refused(m)) if m.contains("not supported yet")),
+        matches!(&r, Err(MaintenanceError::Refused(m)) if m.contains("not a PostgreSQL store snapshot")),
         "{r:?}"
     );
-    assert_eq!(counts(backend.as_ref(), &db).events, 3, "nothing changed");
+    let r = backend.restore(&dest, &db, false, &no_progress);
+    assert!(
+        matches!(&r, Err(MaintenanceError::Refused(m)) if m.contains("--force")),
+        "{r:?}"
+    );
+    let store = backend
+        .open_main(&db, ServeOptions::default())
+        .expect("open");
+    for i in 100..102 {
+        store.emit(call(i, 5_000 + i as i64, "gk_1", 0.25));
+    }
+    store.flush().await.expect("flush");
+    store.shutdown().await;
+    assert_eq!(counts(backend.as_ref(), &db).events, 5);
+    let mut damaged = std::fs::read(&dest).expect("read");
+    let last = damaged.len() - 3;
+    damaged[last] ^= 0x01;
+    let broken = b.dir().join("b2");
+    std::fs::write(&broken, &damaged).expect("write");
+    std::fs::copy(b.dir().join("b1.meta"), b.dir().join("b2.meta")).expect("copy meta");
+    let r = backend.restore(&broken, &db, true, &no_progress);
+    assert!(
+        matches!(&r, Err(MaintenanceError::Refused(m)) if m.contains("checksum mismatch")),
+        "{r:?}"
+    );
+    assert_eq!(counts(backend.as_ref(), &db).events, 5, "nothing changed");
+    let summary = backend
+        .restore(&dest, &db, true, &no_progress)
+        .expect("restore with force");
+    assert_eq!(summary.events, 3);
+    assert_eq!(
+        counts(backend.as_ref(), &db).events,
+        3,
+        "the snapshot's rows, exactly"
+    );
 }
 
 /// A server store stamped by a newer binary this one cannot run on is refused by every

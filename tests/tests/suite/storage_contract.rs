@@ -119,7 +119,7 @@ macro_rules! file_contracts {
 macro_rules! server_contracts {
     ($m:ident) => {
         store_contracts!($m);
-        $m!(a_server_engine_recognizes_no_file_and_refuses_snapshots);
+        $m!(a_server_engine_backs_up_to_a_portable_file_and_restores_it);
         $m!(a_newer_server_store_refuses_maintenance_untouched);
     };
 }
