@@ -17,7 +17,9 @@
 # installed or started is recorded in the report with the reason, and the rest still runs.
 #
 # Environment: BENCH_DURATION, BENCH_WARMUP (seconds per run), BENCH_SKIP_PEERS=1 (no LiteLLM
-# or Portkey), BENCH_SKIP_INSTALL=1 (use what is there), PROXY_CPU, LOADGEN_CPU, BENCH_OUT.
+# or Portkey), BENCH_SKIP_POSTGRES=1 (no gateway-on-PostgreSQL rows; they need Debian's
+# postgresql for scripts/pg-server.sh), BENCH_SKIP_INSTALL=1 (use what is there), PROXY_CPU,
+# LOADGEN_CPU, BENCH_OUT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -37,6 +39,8 @@ METIS_PORT=18420
 METIS_RL_PORT=18421
 METIS_SLOW_PORT=18422
 METIS_REDB_PORT=18423
+METIS_PG_PORT=18424
+PG_SERVER_PORT=18432
 NGINX_PORT=18090
 LITELLM_PORT=18400
 PORTKEY_PORT=18787
@@ -69,6 +73,9 @@ cleanup() {
   done
 }
 trap cleanup EXIT
+PG_ENV=(METIS_PG_PORT=$PG_SERVER_PORT METIS_PG_DIR=$OUT/tmp/pg-server)
+pg_server() { env "${PG_ENV[@]}" "$ROOT/scripts/pg-server.sh" "$@"; }
+trap 'cleanup; pg_server stop >/dev/null 2>&1 || true' EXIT
 
 stop() { # pid
   kill "$1" 2>/dev/null || true
@@ -343,6 +350,41 @@ load metis-redb anthropic-sync --url "$RB/v1/messages" "${RB_AN[@]}" "${AN_SYNC[
 load metis-redb anthropic-sync --url "$RB/v1/messages" "${RB_AN[@]}" "${AN_SYNC[@]}" "${RBM[@]}" --rate 1000
 load metis-redb anthropic-stream --url "$RB/v1/messages" "${RB_AN[@]}" "${AN_STREAM[@]}" "${RBM[@]}" --concurrency 32
 stop "$RB_PID"
+
+if [ "${BENCH_SKIP_POSTGRES:-0}" != 1 ]; then
+log "metis on PostgreSQL (--store postgres; a throwaway server on the proxy's core, fsync off)"
+# The database server shares the gateway's core, like a single-box deployment; its own CPU is
+# not in the gateway's CPU per request (reported in a note instead).
+PG_ADMIN=$(taskset -c "$PROXY_CPU" env "${PG_ENV[@]}" "$ROOT/scripts/pg-server.sh" start |
+  sed -n "s/^export METIS_TEST_DATABASE_URL='\(.*\)'$/\1/p")
+PG_URL=${PG_ADMIN/\/postgres\?/\/metis_bench?}
+psql "$PG_ADMIN" -qc "DROP DATABASE IF EXISTS metis_bench" -c "CREATE DATABASE metis_bench" >>"$LOGS/metis-postgres.log" 2>&1
+ISSUE_ARGS=(--store postgres --database-url "$PG_URL" --keystore store)
+start_metis metis-postgres $METIS_PG_PORT "$MOCK" --store postgres --database-url "$PG_URL" --keystore store
+PG_GW_PID=$START_PID PG_TOKEN=$START_TOKEN
+PGW=http://127.0.0.1:$METIS_PG_PORT
+sleep 2
+record_rss metis-postgres "$PG_GW_PID"
+PGM=(--target-pid "$PG_GW_PID" --mock-pid "$MOCK_PID")
+PG_OA=(-H "Authorization: Bearer $PG_TOKEN")
+PG_AN=(-H "x-api-key: $PG_TOKEN" "${AN_HDR[@]}")
+pg_cpu() { # total CPU ticks of the database server's processes (the postmaster and children)
+  local total=0 pid master
+  master=$(head -n 1 "$OUT/tmp/pg-server/data/postmaster.pid" 2>/dev/null || echo 0)
+  for pid in "$master" $(pgrep -P "$master" || true); do
+    total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)))
+  done
+  echo "$total"
+}
+PG_CPU0=$(pg_cpu)
+load metis-postgres openai-sync --url "$PGW/v1/chat/completions" "${PG_OA[@]}" "${OA_SYNC[@]}" "${PGM[@]}" --concurrency 32
+PG_CPU1=$(pg_cpu)
+load metis-postgres openai-sync --url "$PGW/v1/chat/completions" "${PG_OA[@]}" "${OA_SYNC[@]}" "${PGM[@]}" --rate 1000
+load metis-postgres anthropic-sync --url "$PGW/v1/messages" "${PG_AN[@]}" "${AN_SYNC[@]}" "${PGM[@]}" --concurrency 32
+note metis-postgres "database server CPU during the concurrency-32 OpenAI run (warm-up included): $(( (PG_CPU1 - PG_CPU0) * 1000 / CLK )) ms"
+stop "$PG_GW_PID"
+pg_server stop >/dev/null 2>&1 || true
+fi
 
 log "metis with rate limiting on (limits high enough never to deny)"
 start_metis metis-ratelimit $METIS_RL_PORT "$MOCK" \
