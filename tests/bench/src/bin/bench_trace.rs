@@ -8,18 +8,22 @@
 //!   `turn.completed`), built before the clock starts. The producer never lets the queue
 //!   overflow (it waits while the queue is nearly full), so the rate is what the writer
 //!   sustains, not what it drops. Prints one JSON line (`{"kind":"trace",…}`).
-//! - `bench-trace ablation [--dir D]`: the raw insert loop again, with smaller transactions
-//!   and with the JSON or all secondary indexes dropped, to show where the writer's time
-//!   goes (CPU µs per event from `/proc/self/stat`). Prints one JSON line per variant.
+//! - `bench-trace ablation [--dir D] [--per-index | --setup SQL…]`: the raw insert loop again,
+//!   with smaller transactions and with index sets (the original gateway's, the current one,
+//!   some indexes dropped, none), to show where the writer's time goes (CPU µs per event from
+//!   `/proc/self/stat`). `--per-index` drops one index at a time from the original set;
+//!   `--setup` runs one variant (the current set after the given statements). Prints one
+//!   JSON line per variant.
 //! - `bench-trace fill-traffic --db PATH --requests N [--span-days D] [--original-indexes]`:
 //!   adds N requests of realistic traffic ([`metis_bench::traffic`]: five events per completed
 //!   request, 40 keys, users and teams, sessions, audit events) through the gateway's own
 //!   writer, so audit events are chained. `--original-indexes` gives a new file the original
 //!   gateway's index set first (the state of a file not yet migrated). Prints progress and one
 //!   JSON line.
-//! - `bench-trace append --db PATH [--requests N]`: N more requests through the writer into an
-//!   existing file, events built before the clock starts: CPU µs per event at that file's
-//!   size and index set.
+//! - `bench-trace append --db PATH [--requests N] [--raw] [--cache-kib K]`: N more requests
+//!   through the writer (or, with `--raw`, a plain insert loop that leaves the file's indexes
+//!   as they are) into an existing file, events built before the clock starts: CPU µs per
+//!   event at that file's size and index set.
 //! - `bench-trace plans --db PATH`: `EXPLAIN QUERY PLAN` of every statement the product runs
 //!   against `events` (`metis_storage_sqlite::plans`), the indexes each uses, whether it
 //!   passes the index-backed check, then the wall time of the product's own reads on that
@@ -125,7 +129,8 @@ enum Command {
         /// writer: the file's indexes are used as they are (the writer's open ensures its own).
         #[arg(long)]
         raw: bool,
-        /// With `--raw`: SQLite page cache in KiB (default: SQLite's 2,000).
+        /// SQLite page cache in KiB (default: the writer's `page_cache_kib` through the
+        /// store, SQLite's 2,000 with `--raw`).
         #[arg(long)]
         cache_kib: Option<u32>,
     },
@@ -669,9 +674,13 @@ fn fill_traffic(
     Ok(())
 }
 
-fn append(db: &Path, requests: u64) -> anyhow::Result<()> {
+fn append(db: &Path, requests: u64, cache_kib: Option<u32>) -> anyhow::Result<()> {
     anyhow::ensure!(db.exists(), "{} does not exist", db.display());
-    let store = SqliteTraceStore::open(db, WriterOptions::default()).context("open the store")?;
+    let mut opts = WriterOptions::default();
+    if let Some(k) = cache_kib {
+        opts.page_cache_kib = k;
+    }
+    let store = SqliteTraceStore::open(db, opts).context("open the store")?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -703,7 +712,7 @@ fn append(db: &Path, requests: u64) -> anyhow::Result<()> {
     println!(
         "{}",
         json!({
-            "kind": "append", "events": n, "seconds": secs,
+            "kind": "append", "events": n, "seconds": secs, "cache_kib": opts.page_cache_kib,
             "events_per_s": n as f64 / secs,
             "cpu_us_per_event": cpu as f64 * TICK_US / n.max(1) as f64,
             "lost": stats.overflowed + stats.failed, "indexes": indexes, "mb": file_mb(db),
@@ -950,7 +959,7 @@ fn main() -> anyhow::Result<()> {
             if raw {
                 append_raw(&db, requests, cache_kib)
             } else {
-                append(&db, requests)
+                append(&db, requests, cache_kib)
             }
         }
         Command::Plans { db } => plans(&db),
