@@ -34,7 +34,8 @@ use metis_storage_kit::keys::{Edited, apply_edit, read_only_file, record_to_inse
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
 use crate::schema::{
-    Pragmas, SCHEMA_SQL, TRACE_SCHEMA_VERSION, apply_pragmas, check_not_too_new, read_user_version,
+    Pragmas, TRACE_SCHEMA_VERSION, apply_pragmas, check_not_too_new, ensure_schema,
+    log_index_switch, read_user_version,
 };
 
 /// The key tables. Additive and idempotent like the trace schema (no version bump).
@@ -254,8 +255,7 @@ impl SqliteKeyStore {
         // Re-read under the write lock: a newer binary may have stamped the file meanwhile.
         let found = read_user_version(&tx).map_err(|e| self.sql_error(op, &e))?;
         self.check_version(found)?;
-        tx.execute_batch(SCHEMA_SQL)
-            .map_err(|e| self.sql_error(op, &e))?;
+        let switch = ensure_schema(&tx).map_err(|e| self.sql_error(op, &e))?;
         tx.execute_batch(KEYS_SCHEMA_SQL)
             .map_err(|e| self.sql_error(op, &e))?;
         if found < TRACE_SCHEMA_VERSION {
@@ -263,6 +263,7 @@ impl SqliteKeyStore {
                 .map_err(|e| self.sql_error(op, &e))?;
         }
         tx.commit().map_err(|e| self.sql_error(op, &e))?;
+        log_index_switch(&self.path, &switch);
         slot.writable = true;
         Ok(())
     }

@@ -3,8 +3,9 @@
 //! (`gateway_keys`, `--keystore store`).
 //!
 //! Invariants:
-//! - Schema, index names and PRAGMAs match the original gateway (`reference/storage.md` §2),
-//!   and `PRAGMA user_version` only ever moves up; a file from a newer binary is refused
+//! - Table, PRAGMAs and `PRAGMA user_version` match the original gateway (`reference/storage.md`
+//!   §2); the index set is the original's minus what no query needs ([`RETIRED_EVENT_INDEXES`],
+//!   evidence in BENCHMARKS.md), and `PRAGMA user_version` only ever moves up; a file from a newer binary is refused
 //!   untouched ([`TRACE_SCHEMA_VERSION`]).
 //! - Request paths never wait on disk: [`SqliteTraceStore`] queues events for one writer thread
 //!   that group-commits them; overflow and write failures are counted and logged.
@@ -18,6 +19,7 @@ mod keystore;
 mod lock;
 pub mod ops;
 pub mod patterns;
+pub mod plans;
 mod query;
 mod reader;
 mod schema;
@@ -30,7 +32,10 @@ pub use backend::SqliteBackend;
 pub use keystore::SqliteKeyStore;
 pub use lock::{LockError, WriterLock, lock_path};
 pub use reader::{StoredEvent, TraceReader, schema_version};
-pub use schema::{EVENT_INDEX_NAMES, TRACE_SCHEMA_VERSION};
+pub use schema::{
+    EVENT_INDEX_NAMES, RETIRED_EVENT_INDEXES, RetiredIndex, START_SWITCH_MAX_ROWS,
+    TRACE_SCHEMA_VERSION,
+};
 pub use sessions::{
     SESSIONS_SCHEMA_VERSION, SessionReader, SessionStep, SqliteSessionStore, migrate_sessions,
     sessions_schema_level, sessions_steps,

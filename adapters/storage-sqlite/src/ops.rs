@@ -40,7 +40,7 @@ use crate::schema::{
 
 mod backup;
 mod migrate;
-mod retention;
+pub(crate) mod retention;
 
 pub(crate) use backup::Sqlite;
 pub use backup::header_user_version;
@@ -67,6 +67,10 @@ fn check_version(path: &Path, found: i64) -> Result<(), MaintenanceError> {
     Ok(())
 }
 
+/// The backup metadata block's counts (one statement: one snapshot).
+pub(crate) const EVENT_SPAN_SQL: &str =
+    "SELECT COUNT(*), MIN(timestamp_us), MAX(timestamp_us) FROM events";
+
 /// `COUNT(*)`, `MIN`, `MAX` of `events.timestamp_us` (zero and none for a database without
 /// an `events` table, e.g. a pattern store backed up before its migration).
 fn event_span(conn: &Connection) -> rusqlite::Result<(u64, Option<i64>, Option<i64>)> {
@@ -78,14 +82,10 @@ fn event_span(conn: &Connection) -> rusqlite::Result<(u64, Option<i64>, Option<i
     if has_events == 0 {
         return Ok((0, None, None));
     }
-    conn.query_row(
-        "SELECT COUNT(*), MIN(timestamp_us), MAX(timestamp_us) FROM events",
-        [],
-        |r| {
-            let n: i64 = r.get(0)?;
-            Ok((u64::try_from(n).unwrap_or(0), r.get(1)?, r.get(2)?))
-        },
-    )
+    conn.query_row(EVENT_SPAN_SQL, [], |r| {
+        let n: i64 = r.get(0)?;
+        Ok((u64::try_from(n).unwrap_or(0), r.get(1)?, r.get(2)?))
+    })
 }
 
 fn open_existing_rw(path: &Path) -> Result<Connection, MaintenanceError> {

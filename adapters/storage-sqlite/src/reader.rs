@@ -63,6 +63,31 @@ pub fn schema_version(path: &Path) -> Result<i64, TraceError> {
     read_user_version(&conn).map_err(|e| open_error(path, e))
 }
 
+/// Every stored event (migrate-store's counts).
+pub(crate) const COUNT_ALL_SQL: &str = "SELECT COUNT(*) FROM events";
+
+pub(crate) const COUNT_BY_TYPE_SQL: &str = "SELECT COUNT(*) FROM events WHERE type = ?1";
+
+pub(crate) fn events_for_turn_sql() -> String {
+    format!("SELECT {COLUMNS} FROM events WHERE turn_id = ?1 ORDER BY id")
+}
+
+/// Every event of one type (`metis patterns rebuild` reads `pattern.recorded` this way).
+pub(crate) fn events_of_type_sql() -> String {
+    format!("SELECT {COLUMNS} FROM events WHERE type = ?1 ORDER BY id")
+}
+
+pub(crate) fn events_of_type_with_field_sql() -> String {
+    format!(
+        "SELECT {COLUMNS} FROM events WHERE type = ?1 \
+         AND json_extract(payload_json, '$.' || ?2) = ?3 ORDER BY id"
+    )
+}
+
+pub(crate) fn events_for_session_sql() -> String {
+    format!("SELECT {COLUMNS} FROM events WHERE session_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3")
+}
+
 /// A read-only view of a trace database.
 pub struct TraceReader {
     conn: Mutex<Connection>,
@@ -128,7 +153,7 @@ impl TraceReader {
     /// # Errors
     /// `Backend` on an SQLite error.
     pub fn count_all(&self) -> Result<u64, TraceError> {
-        self.with_conn(|c| c.query_row("SELECT COUNT(*) FROM events", [], count_column))
+        self.with_conn(|c| c.query_row(COUNT_ALL_SQL, [], count_column))
     }
 
     /// Number of stored events of type `ty`.
@@ -136,13 +161,7 @@ impl TraceReader {
     /// # Errors
     /// `Backend` on an SQLite error.
     pub fn count_by_type(&self, ty: &str) -> Result<u64, TraceError> {
-        self.with_conn(|c| {
-            c.query_row(
-                "SELECT COUNT(*) FROM events WHERE type = ?1",
-                params![ty],
-                count_column,
-            )
-        })
+        self.with_conn(|c| c.query_row(COUNT_BY_TYPE_SQL, params![ty], count_column))
     }
 
     /// Events of one turn, ordered by id.
@@ -150,8 +169,7 @@ impl TraceReader {
     /// # Errors
     /// `Backend` on an SQLite error.
     pub fn events_for_turn(&self, turn_id: &str) -> Result<Vec<StoredEvent>, TraceError> {
-        let sql = format!("SELECT {COLUMNS} FROM events WHERE turn_id = ?1 ORDER BY id");
-        self.query_events(&sql, params![turn_id])
+        self.query_events(&events_for_turn_sql(), params![turn_id])
     }
 
     /// Events of one type, ordered by id.
@@ -159,8 +177,7 @@ impl TraceReader {
     /// # Errors
     /// `Backend` on an SQLite error.
     pub fn events_of_type(&self, ty: &str) -> Result<Vec<StoredEvent>, TraceError> {
-        let sql = format!("SELECT {COLUMNS} FROM events WHERE type = ?1 ORDER BY id");
-        self.query_events(&sql, params![ty])
+        self.query_events(&events_of_type_sql(), params![ty])
     }
 
     /// Events of one type whose payload has `field` (a top-level key) equal to `value`,
@@ -174,11 +191,7 @@ impl TraceReader {
         field: &str,
         value: &str,
     ) -> Result<Vec<StoredEvent>, TraceError> {
-        let sql = format!(
-            "SELECT {COLUMNS} FROM events WHERE type = ?1 \
-             AND json_extract(payload_json, '$.' || ?2) = ?3 ORDER BY id"
-        );
-        self.query_events(&sql, params![ty, field, value])
+        self.query_events(&events_of_type_with_field_sql(), params![ty, field, value])
     }
 
     /// Events of one session with an id after `since_id` (if given), ordered by id, at most
@@ -195,10 +208,7 @@ impl TraceReader {
         // A negative LIMIT means "no limit" in SQLite.
         let limit = limit.map_or(-1, i64::from);
         let since = since_id.unwrap_or("");
-        let sql = format!(
-            "SELECT {COLUMNS} FROM events WHERE session_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3"
-        );
-        self.query_events(&sql, params![session_id, since, limit])
+        self.query_events(&events_for_session_sql(), params![session_id, since, limit])
     }
 
     /// Per-key spend since `day_start_us` and since `month_start_us` (calls completed or

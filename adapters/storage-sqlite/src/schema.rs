@@ -1,11 +1,18 @@
 //! The trace database schema, its connection settings and its version stamp.
 //!
 //! Invariants:
-//! - The `events` DDL and the ten index names/definitions are the ones the original gateway
-//!   created (`reference/storage.md` §2), so operator SQL from the runbook works unchanged;
-//!   one index is added (`idx_events_audit_seq`, for the audit chain). Every statement is
-//!   `IF NOT EXISTS`: applying the schema is additive and idempotent, and additions never
-//!   bump the version.
+//! - The `events` DDL is the original gateway's (`reference/storage.md` §2), so operator SQL
+//!   from the runbook works unchanged. Every statement is `IF NOT EXISTS` / `IF EXISTS`:
+//!   applying the schema is additive and idempotent, and index changes never bump the version
+//!   (an older binary opening the file recreates the indexes it knows; nothing else differs).
+//! - The index set is the original's minus five indexes no statement of the product or the
+//!   runbook reads ([`RETIRED_EVENT_INDEXES`]), plus this port's audit-chain index. Every
+//!   index costs the trace writer a B-tree insert (and, on a large file, dirty pages) per
+//!   event. `plans.rs` lists every statement the product runs and the tests check each stays
+//!   index-backed on this set and on the original one.
+//! - Opening a file never walks a large index: a file that still has retired indexes drops
+//!   them on open only when it is small ([`START_SWITCH_MAX_ROWS`]); a larger one keeps them
+//!   (every query works either way) until `metis trace migrate`.
 //! - `PRAGMA user_version` is read before anything touches the file. A value above
 //!   [`TRACE_SCHEMA_VERSION`] is refused without modifying the file; a lower value (0 means
 //!   unstamped or new) is raised to [`TRACE_SCHEMA_VERSION`]; the value is never lowered.
@@ -22,29 +29,81 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior};
 /// The trace schema version this binary reads and writes (`PRAGMA user_version`).
 pub const TRACE_SCHEMA_VERSION: i64 = 1;
 
-/// Names of the indexes on `events`, in creation order: the original gateway's ten, then the
-/// audit-chain index this port adds (additive, so it did not bump the version).
-pub const EVENT_INDEX_NAMES: [&str; 11] = [
+/// Names of the indexes on `events` this binary maintains, in creation order: six of the
+/// original gateway's ten, and the audit-chain index this port added (additive, so it did
+/// not bump the version).
+pub const EVENT_INDEX_NAMES: [&str; 6] = [
     "idx_events_session_id",
     "idx_events_type_timestamp",
-    "idx_events_turn",
     "idx_events_turn_id_id",
-    "idx_events_parent",
     "idx_events_timestamp_us",
-    "idx_events_gateway_key_id",
-    "idx_events_user_id",
-    "idx_events_team_id",
     "idx_events_eval_subject_kind",
     "idx_events_audit_seq",
 ];
 
-/// The `events` table and its indexes. The foreign key is declared but not enforced
-/// (`foreign_keys` stays OFF): a gateway-only database has no `sessions` table.
+/// An index of the original schema that this binary drops (by `metis trace migrate`, or when
+/// a small file is opened), with its original DDL and why nothing needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetiredIndex {
+    pub name: &'static str,
+    /// The original `CREATE INDEX` (an older binary recreates it on open; tests and
+    /// benchmarks build original-shaped files with it).
+    pub sql: &'static str,
+    pub reason: &'static str,
+}
+
+/// The original indexes this binary no longer maintains. On a file that has them, SQLite's
+/// planner chose none of them for any statement the product or the runbook runs (BENCHMARKS.md,
+/// "Trace indexes at 10 million events"), so every plan is the same without them.
+pub const RETIRED_EVENT_INDEXES: [RetiredIndex; 5] = [
+    RetiredIndex {
+        name: "idx_events_turn",
+        sql: "CREATE INDEX IF NOT EXISTS idx_events_turn ON events(turn_id)",
+        reason: "a prefix of idx_events_turn_id_id, which serves every lookup by turn",
+    },
+    RetiredIndex {
+        name: "idx_events_parent",
+        sql: "CREATE INDEX IF NOT EXISTS idx_events_parent ON events(parent_event_id)",
+        reason: "no statement looks events up by parent_event_id",
+    },
+    RetiredIndex {
+        name: "idx_events_gateway_key_id",
+        sql: "CREATE INDEX IF NOT EXISTS idx_events_gateway_key_id \
+              ON events(json_extract(payload_json, '$.gateway_key_id')) \
+              WHERE json_extract(payload_json, '$.gateway_key_id') IS NOT NULL",
+        reason: "unused: usage filtered by key is bounded by idx_events_type_timestamp",
+    },
+    RetiredIndex {
+        name: "idx_events_user_id",
+        sql: "CREATE INDEX IF NOT EXISTS idx_events_user_id \
+              ON events(json_extract(payload_json, '$.user_id')) \
+              WHERE json_extract(payload_json, '$.user_id') IS NOT NULL",
+        reason: "unused: usage filtered by user is bounded by idx_events_type_timestamp",
+    },
+    RetiredIndex {
+        name: "idx_events_team_id",
+        sql: "CREATE INDEX IF NOT EXISTS idx_events_team_id \
+              ON events(json_extract(payload_json, '$.team_id')) \
+              WHERE json_extract(payload_json, '$.team_id') IS NOT NULL",
+        reason: "unused: usage filtered by team is bounded by idx_events_type_timestamp",
+    },
+];
+
+/// An existing file with at most this many rows (by `MAX(rowid)`, which over-counts after a
+/// prune, so the guess errs towards leaving the file alone) drops its retired indexes when
+/// it is opened; a larger one keeps them until `metis trace migrate`. Dropping an index reads
+/// all of its pages (the five hold ≈ 65 MB per million events): measured 0.95 s for 10
+/// million events with the file in the OS cache, so at this bound start waits ≈ 0.1 s (a
+/// cold disk reads ≈ 65 MB).
+pub const START_SWITCH_MAX_ROWS: i64 = 1_000_000;
+
+/// The `events` table and the indexes this binary maintains. The foreign key is declared but
+/// not enforced (`foreign_keys` stays OFF): a gateway-only database has no `sessions` table.
 ///
 /// `idx_events_audit_seq` is this port's addition: it serves the audit chain (the writer reads
 /// the chain's tail, `metis audit verify` walks it in sequence order). Only audit rows carry
 /// `audit_seq`, so the partial index stays as small as the audit log.
-pub(crate) const SCHEMA_SQL: &str = "\
+const SCHEMA_SQL: &str = "\
 CREATE TABLE IF NOT EXISTS events (
     id TEXT PRIMARY KEY,
     timestamp_us INTEGER NOT NULL,
@@ -59,19 +118,8 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS idx_events_session_id ON events(session_id, id);
 CREATE INDEX IF NOT EXISTS idx_events_type_timestamp ON events(type, timestamp_us);
-CREATE INDEX IF NOT EXISTS idx_events_turn ON events(turn_id);
 CREATE INDEX IF NOT EXISTS idx_events_turn_id_id ON events(turn_id, id);
-CREATE INDEX IF NOT EXISTS idx_events_parent ON events(parent_event_id);
 CREATE INDEX IF NOT EXISTS idx_events_timestamp_us ON events(timestamp_us);
-CREATE INDEX IF NOT EXISTS idx_events_gateway_key_id
-    ON events(json_extract(payload_json, '$.gateway_key_id'))
-    WHERE json_extract(payload_json, '$.gateway_key_id') IS NOT NULL;
-CREATE INDEX IF NOT EXISTS idx_events_user_id
-    ON events(json_extract(payload_json, '$.user_id'))
-    WHERE json_extract(payload_json, '$.user_id') IS NOT NULL;
-CREATE INDEX IF NOT EXISTS idx_events_team_id
-    ON events(json_extract(payload_json, '$.team_id'))
-    WHERE json_extract(payload_json, '$.team_id') IS NOT NULL;
 CREATE INDEX IF NOT EXISTS idx_events_eval_subject_kind
     ON events(json_extract(payload_json, '$.subject_kind'), timestamp_us)
     WHERE type = 'eval.completed';
@@ -79,6 +127,94 @@ CREATE INDEX IF NOT EXISTS idx_events_audit_seq
     ON events(json_extract(payload_json, '$.audit_seq'))
     WHERE json_extract(payload_json, '$.audit_seq') IS NOT NULL;
 ";
+
+/// The retired indexes a file still has (reads `sqlite_master` only).
+pub(crate) fn retired_present(conn: &Connection) -> rusqlite::Result<Vec<RetiredIndex>> {
+    let present: Vec<String> = {
+        let mut stmt = conn.prepare_cached(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events'",
+        )?;
+        stmt.query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?
+    };
+    Ok(RETIRED_EVENT_INDEXES
+        .iter()
+        .copied()
+        .filter(|r| present.iter().any(|p| p == r.name))
+        .collect())
+}
+
+/// Drop the retired indexes. Reads every page of each: run inside the caller's transaction,
+/// on a small file or from `metis trace migrate`.
+pub(crate) fn drop_retired(conn: &Connection) -> rusqlite::Result<()> {
+    for r in RETIRED_EVENT_INDEXES {
+        conn.execute_batch(&format!("DROP INDEX IF EXISTS {}", r.name))?;
+    }
+    Ok(())
+}
+
+/// The table and exactly this binary's index set, as `metis trace migrate` leaves a file.
+pub(crate) fn apply_full_schema(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(SCHEMA_SQL)?;
+    drop_retired(conn)
+}
+
+/// What opening did about retired indexes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum IndexSwitch {
+    /// None present.
+    Current,
+    /// A small file had some; they were dropped (`rows` by `MAX(rowid)`).
+    Dropped { rows: i64 },
+    /// A larger file keeps them until `metis trace migrate`.
+    Deferred {
+        rows: i64,
+        retired: Vec<&'static str>,
+    },
+}
+
+/// Ensure the table and indexes on open, inside the caller's write transaction (as before),
+/// and drop retired indexes when that is quick.
+pub(crate) fn ensure_schema(conn: &Connection) -> rusqlite::Result<IndexSwitch> {
+    conn.execute_batch(SCHEMA_SQL)?;
+    let retired = retired_present(conn)?;
+    if retired.is_empty() {
+        return Ok(IndexSwitch::Current);
+    }
+    // O(log n): the rowid B-tree's last key. Zero for an empty table.
+    let rows: i64 = conn.query_row("SELECT COALESCE(MAX(rowid), 0) FROM events", [], |r| {
+        r.get(0)
+    })?;
+    if rows > START_SWITCH_MAX_ROWS {
+        return Ok(IndexSwitch::Deferred {
+            rows,
+            retired: retired.iter().map(|r| r.name).collect(),
+        });
+    }
+    drop_retired(conn)?;
+    Ok(IndexSwitch::Dropped { rows })
+}
+
+/// Log what [`ensure_schema`] did (once per open).
+pub(crate) fn log_index_switch(path: &Path, switch: &IndexSwitch) {
+    match switch {
+        IndexSwitch::Current => {}
+        IndexSwitch::Dropped { rows } => tracing::info!(
+            path = %path.display(),
+            rows,
+            "dropped the trace indexes no query uses (retired by this version)"
+        ),
+        IndexSwitch::Deferred { rows, retired } => tracing::warn!(
+            path = %path.display(),
+            rows,
+            retired = %retired.join(","),
+            "trace database still has indexes no query uses; each costs the trace writer time \
+             per event. Run `metis trace migrate` in a quiet moment to drop them (it holds the \
+             write lock meanwhile: about 0.1 s per million events when the file is in the OS \
+             cache, longer from a cold disk)"
+        ),
+    }
+}
 
 /// `<verb> INTO events (<every column>) VALUES (?1, …, ?9)`: the column list is written once
 /// for the writer's insert and the copy's insert.
@@ -198,8 +334,7 @@ pub(crate) fn open_for_writing(path: &Path, p: Pragmas) -> Result<Connection, Tr
         .map_err(|e| open_error(path, e))?;
     let found = read_user_version(&tx).map_err(|e| open_error(path, e))?;
     check_not_too_new(found)?;
-    tx.execute_batch(SCHEMA_SQL)
-        .map_err(|e| open_error(path, e))?;
+    let switch = ensure_schema(&tx).map_err(|e| open_error(path, e))?;
     let steps = crate::sessions::migrate_sessions(&tx).map_err(|e| open_error(path, e))?;
     if steps
         .iter()
@@ -216,6 +351,7 @@ pub(crate) fn open_for_writing(path: &Path, p: Pragmas) -> Result<Connection, Tr
             .map_err(|e| open_error(path, e))?;
     }
     tx.commit().map_err(|e| open_error(path, e))?;
+    log_index_switch(path, &switch);
     if found < TRACE_SCHEMA_VERSION {
         tracing::info!(
             path = %path.display(),

@@ -20,7 +20,7 @@ use metis_ports::writer::{WriterConfig, WriterHandle};
 
 use crate::lock::{LockError, WriterLock, lock_path};
 use crate::reader::{StoredEvent, TraceReader};
-use crate::schema::{Pragmas, open_for_writing};
+use crate::schema::{Pragmas, open_error, open_for_writing};
 use crate::sessions::{SessionReader, SqliteSessionStore};
 use crate::writer::SqliteBatches;
 
@@ -50,6 +50,12 @@ pub struct WriterOptions {
     /// event was queued, bounding the acknowledged events a SIGKILL can lose. Measured and
     /// reported in `SinkStats::commit_lag` (misses are counted, e.g. on a starved CPU).
     pub commit_deadline: Duration,
+    /// SQLite page cache of the writer's connection, in KiB (default 8,192; SQLite's own
+    /// default is 2,000). On a large file each batch touches pages of every index; with
+    /// 2 MB they are evicted between batches and read back (and dirty ones spilled to the WAL
+    /// mid-transaction). Measured at 10 million events: 13.3 → 10.3 µs CPU per event; 16 MiB
+    /// or more gained nothing further. Memory is taken only as the file grows.
+    pub page_cache_kib: u32,
     /// Hold the shared writer lock on `<db>.lock` for the store's lifetime (default false).
     /// The gateway sets it so `metis restore` refuses to replace the file under it; CLI
     /// commands leave it off.
@@ -67,6 +73,7 @@ impl Default for WriterOptions {
             retry_backoff: Duration::from_millis(50),
             linger: Duration::from_millis(10),
             commit_deadline: DEFAULT_COMMIT_DEADLINE,
+            page_cache_kib: 8192,
             hold_writer_lock: false,
         }
     }
@@ -138,6 +145,9 @@ impl SqliteTraceStore {
             None
         };
         let conn = open_for_writing(path, opts.pragmas())?;
+        // Negative: in KiB rather than pages. Only this connection writes events.
+        conn.pragma_update(None, "cache_size", -i64::from(opts.page_cache_kib.max(1)))
+            .map_err(|e| open_error(path, e))?;
         let reader = TraceReader::open_with_timeout(path, opts.busy_timeout)?;
 
         let cfg = WriterConfig {

@@ -55,6 +55,11 @@ const INSERT_OUTCOME_SQL: &str = "INSERT INTO outcomes (fingerprint_id, primary_
     sample_size, success_score_mean, success_score_count, sum_cost_usd_micros, sum_latency_ms, \
     pricing_version_last, last_updated_at_us) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
 
+/// One page of the copy: events after `?1` in id order, at most `?2`.
+pub(crate) fn events_page_sql() -> String {
+    format!("SELECT {COLUMNS} FROM events WHERE id > ?1 ORDER BY id LIMIT ?2")
+}
+
 /// Up to `limit` events with an id after `after` (from the start when `None`), in id order.
 ///
 /// # Errors
@@ -64,9 +69,8 @@ pub fn events_page(
     after: Option<&str>,
     limit: usize,
 ) -> Result<Vec<EventRow>, TraceError> {
-    let sql = format!("SELECT {COLUMNS} FROM events WHERE id > ?1 ORDER BY id LIMIT ?2");
     let rows = reader.query_events(
-        &sql,
+        &events_page_sql(),
         params![
             after.unwrap_or(""),
             i64::try_from(limit).unwrap_or(i64::MAX)

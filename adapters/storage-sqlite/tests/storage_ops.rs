@@ -16,8 +16,8 @@ use metis_storage_sqlite::ops::{
     self, MaintenanceError, PruneOptions, header_user_version, no_progress, parse_meta, with_suffix,
 };
 use metis_storage_sqlite::{
-    EVENT_INDEX_NAMES, SqliteTraceStore, TRACE_SCHEMA_VERSION, TraceReader, WriterLock,
-    WriterOptions,
+    EVENT_INDEX_NAMES, RETIRED_EVENT_INDEXES, START_SWITCH_MAX_ROWS, SqliteTraceStore,
+    TRACE_SCHEMA_VERSION, TraceReader, WriterLock, WriterOptions,
 };
 use rusqlite::{Connection, params};
 
@@ -357,11 +357,26 @@ fn trace_migrate_plans_applies_in_one_go_and_is_idempotent() {
         plan.steps
             .contains(&"create index idx_events_timestamp_us".to_owned())
     );
+    // The fixture's v1 indexes: two kept, two retired (dropped, with why).
+    assert!(
+        plan.steps
+            .iter()
+            .any(|s| s.starts_with("drop index idx_events_turn (a prefix of")),
+        "{:?}",
+        plan.steps
+    );
+    assert!(
+        plan.steps
+            .iter()
+            .any(|s| s.starts_with("drop index idx_events_parent (")),
+        "{:?}",
+        plan.steps
+    );
     assert_eq!(
         plan.steps.last().unwrap(),
         &format!("set PRAGMA user_version 0 -> {TRACE_SCHEMA_VERSION}")
     );
-    assert_eq!(plan.steps.len(), EVENT_INDEX_NAMES.len() - 4 + 1);
+    assert_eq!(plan.steps.len(), 2 + (EVENT_INDEX_NAMES.len() - 2) + 1);
     assert_eq!(file_bytes(&db), before, "planning is read-only");
 
     let applied = ops::apply_trace_migration(&db).unwrap();
@@ -370,6 +385,163 @@ fn trace_migrate_plans_applies_in_one_go_and_is_idempotent() {
     assert_eq!(count(&db), 1_000, "every row survives");
     assert!(ops::plan_trace_migration(&db).unwrap().is_noop());
     assert!(ops::apply_trace_migration(&db).unwrap().is_noop());
+    assert_eq!(event_indexes(&db), sorted(&EVENT_INDEX_NAMES));
+}
+
+/// The non-automatic indexes on `events`, sorted.
+fn event_indexes(path: &Path) -> Vec<String> {
+    let c = Connection::open(path).unwrap();
+    let mut stmt = c
+        .prepare(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events' \
+             AND name NOT LIKE 'sqlite_%' ORDER BY name",
+        )
+        .unwrap();
+    stmt.query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+fn sorted(names: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = names.iter().map(|s| (*s).to_owned()).collect();
+    v.sort();
+    v
+}
+
+/// A file as a binary with the original gateway's index set left it, with `n` call events
+/// of several keys, and a last row at `rowid` (so it looks as large as `rowid` rows to the
+/// open path's size guess, without writing them all).
+fn original_indexes_fixture(path: &Path, n: u64, rowid: i64) {
+    open(path).close();
+    let c = Connection::open(path).unwrap();
+    c.execute_batch("PRAGMA foreign_keys=OFF").unwrap();
+    for r in RETIRED_EVENT_INDEXES {
+        c.execute_batch(r.sql).unwrap();
+    }
+    for i in 0..n {
+        let ty = if i % 4 == 3 {
+            "llm.call_failed"
+        } else {
+            "llm.call_completed"
+        };
+        let e = ev(i, NOW - 1_000_000 + i64::try_from(i).unwrap(), ty);
+        c.execute(
+            "INSERT INTO events VALUES (?1, ?2, ?3, ?4, NULL, ?5, 'agent', 'pseudonymous', ?6)",
+            params![
+                e.id,
+                e.timestamp_us,
+                e.session_id,
+                e.turn_id,
+                e.event_type,
+                e.payload_json
+            ],
+        )
+        .unwrap();
+    }
+    c.execute(
+        "INSERT INTO events (rowid, id, timestamp_us, session_id, type, actor, sensitivity, \
+         payload_json) VALUES (?1, '01ZLAST', ?2, 's', 'route.decided', 'agent', 'private', '{}')",
+        params![rowid, NOW],
+    )
+    .unwrap();
+}
+
+fn original_set() -> Vec<String> {
+    let mut v: Vec<&str> = EVENT_INDEX_NAMES.to_vec();
+    v.extend(RETIRED_EVENT_INDEXES.iter().map(|r| r.name));
+    sorted(&v)
+}
+
+fn usage_by_key(path: &Path) -> Vec<metis_ports::trace::UsageRow> {
+    let r = TraceReader::open(path).unwrap();
+    let mut all = r
+        .usage(0, NOW + 1, metis_ports::trace::UsageGroup::Key, None)
+        .unwrap();
+    all.extend(
+        r.usage(
+            0,
+            NOW + 1,
+            metis_ports::trace::UsageGroup::Model,
+            Some((metis_ports::trace::UsageGroup::Key, "gk_3")),
+        )
+        .unwrap(),
+    );
+    all
+}
+
+#[tokio::test]
+async fn a_large_file_keeps_the_retired_indexes_on_open_and_migrate_drops_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("metis.db");
+    original_indexes_fixture(&db, 200, START_SWITCH_MAX_ROWS + 1);
+    let answers = usage_by_key(&db);
+    assert!(answers.len() > 5, "{answers:?}");
+
+    // Opening does not build indexes over a large table: the set stays, writes go on.
+    let store = open(&db);
+    store.emit(ev(10_000, NOW + 5, "llm.call_completed"));
+    store.flush().await.unwrap();
+    store.shutdown().await;
+    assert_eq!(event_indexes(&db), original_set());
+    assert_eq!(count(&db), 202);
+
+    let plan = ops::plan_trace_migration(&db).unwrap();
+    assert_eq!(plan.current, TRACE_SCHEMA_VERSION, "no version change");
+    let drops: Vec<&String> = plan
+        .steps
+        .iter()
+        .filter(|s| s.starts_with("drop index"))
+        .collect();
+    assert_eq!(drops.len(), RETIRED_EVENT_INDEXES.len(), "{:?}", plan.steps);
+    assert_eq!(
+        plan.steps.len(),
+        drops.len(),
+        "nothing else: {:?}",
+        plan.steps
+    );
+    let applied = ops::apply_trace_migration(&db).unwrap();
+    assert_eq!(applied.steps, plan.steps);
+    assert_eq!(event_indexes(&db), sorted(&EVENT_INDEX_NAMES));
+    assert_eq!(header_user_version(&db).unwrap(), TRACE_SCHEMA_VERSION);
+    assert_eq!(count(&db), 202, "every row survives");
+    // The same answers without the retired indexes (plus the event written meanwhile: gk_0).
+    let after = usage_by_key(&db);
+    assert_eq!(after.len(), answers.len());
+    for (a, b) in answers.iter().zip(&after) {
+        if a.group.as_deref() != Some("gk_0") {
+            assert_eq!(a, b);
+        }
+    }
+    assert!(ops::plan_trace_migration(&db).unwrap().is_noop());
+}
+
+#[tokio::test]
+async fn a_small_file_drops_the_retired_indexes_on_open_also_after_an_older_binary_ran() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("metis.db");
+    original_indexes_fixture(&db, 50, 1_000);
+    let answers = usage_by_key(&db);
+    open(&db).shutdown().await;
+    assert_eq!(event_indexes(&db), sorted(&EVENT_INDEX_NAMES));
+    assert_eq!(usage_by_key(&db), answers);
+    assert_eq!(header_user_version(&db).unwrap(), TRACE_SCHEMA_VERSION);
+
+    // An older binary recreates the indexes it knows on open (and SQLite maintains the
+    // others for it): the file stays readable both ways, and this binary drops them again.
+    {
+        let c = Connection::open(&db).unwrap();
+        for r in RETIRED_EVENT_INDEXES {
+            c.execute_batch(r.sql).unwrap();
+        }
+    }
+    assert_eq!(usage_by_key(&db), answers);
+    let store = open(&db);
+    store.emit(ev(10_000, NOW + 5, "route.decided"));
+    store.flush().await.unwrap();
+    store.shutdown().await;
+    assert_eq!(event_indexes(&db), sorted(&EVENT_INDEX_NAMES));
+    assert_eq!(count(&db), 52);
 }
 
 #[tokio::test]

@@ -63,7 +63,7 @@ fn wait_for(what: &str, cond: impl Fn() -> bool) {
 }
 
 #[tokio::test]
-async fn a_new_database_gets_the_original_schema_and_is_stamped() {
+async fn a_new_database_gets_the_original_table_the_current_indexes_and_is_stamped() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("nested/dirs/metis.db");
     let store = open(&path);
@@ -96,12 +96,15 @@ async fn a_new_database_gets_the_original_schema_and_is_stamped() {
     assert!(table_sql.contains("FOREIGN KEY (session_id) REFERENCES sessions(id)"));
     let partial: String = conn
         .query_row(
-            "SELECT sql FROM sqlite_master WHERE name = 'idx_events_user_id'",
+            "SELECT sql FROM sqlite_master WHERE name = 'idx_events_eval_subject_kind'",
             [],
             |r| r.get(0),
         )
         .unwrap();
-    assert!(partial.contains("WHERE json_extract(payload_json, '$.user_id') IS NOT NULL"));
+    assert!(
+        partial.contains("WHERE type = 'eval.completed'"),
+        "{partial}"
+    );
 
     let mode: String = conn
         .query_row("PRAGMA journal_mode", [], |r| r.get(0))
@@ -110,11 +113,14 @@ async fn a_new_database_gets_the_original_schema_and_is_stamped() {
     assert_eq!(user_version(&path), TRACE_SCHEMA_VERSION);
     assert_eq!(schema_version(&path).unwrap(), 1);
 
-    // The by-key analytics query an operator writes is served by the expression index.
+    // An operator's by-key query written like the product's (README, "Trace store": call
+    // events of a time window) searches the (type, time) index; the original's all-events
+    // identity indexes are retired.
     let plan: Vec<String> = conn
         .prepare(
-            "EXPLAIN QUERY PLAN SELECT COUNT(*) FROM events \
-             WHERE json_extract(payload_json,'$.gateway_key_id') = 'gk_1'",
+            "EXPLAIN QUERY PLAN SELECT COUNT(*), TOTAL(json_extract(payload_json, '$.cost_usd')) \
+             FROM events WHERE type IN ('llm.call_completed', 'llm.call_failed') \
+             AND timestamp_us >= 0 AND json_extract(payload_json,'$.gateway_key_id') = 'gk_1'",
         )
         .unwrap()
         .query_map([], |r| r.get::<_, String>(3))
@@ -122,7 +128,8 @@ async fn a_new_database_gets_the_original_schema_and_is_stamped() {
         .collect::<Result<_, _>>()
         .unwrap();
     assert!(
-        plan.iter().any(|l| l.contains("idx_events_gateway_key_id")),
+        plan.iter()
+            .any(|l| l.starts_with("SEARCH events USING INDEX idx_events_type_timestamp")),
         "{plan:?}"
     );
     store.shutdown().await;

@@ -9,6 +9,8 @@
 //! - [`scan`]: SSE events counted in a streamed body, one counter read from `/metrics`.
 //! - [`mockdata`]: the bench mock's pre-rendered OpenAI and Anthropic responses (sync and SSE).
 //! - [`report`]: turns the recorded runs into `results.md` and `results.json`.
+//! - [`traffic`]: gateway traffic as trace events (several keys, sessions, audit events), to
+//!   fill a trace database to a realistic size.
 //!
 //! Nothing here runs under `cargo test` except the small unit tests of the parsing and
 //! percentile code; the benchmarks themselves are started by `scripts/bench.sh`.
@@ -19,3 +21,4 @@ pub mod procfs;
 pub mod report;
 pub mod scan;
 pub mod stats;
+pub mod traffic;

@@ -147,7 +147,7 @@ impl RestoreEngine for Sqlite {
                 )));
             }
             let n: i64 = c
-                .query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
+                .query_row(crate::reader::COUNT_ALL_SQL, [], |r| r.get(0))
                 .map_err(|e| {
                     MaintenanceError::Refused(format!(
                         "backup {} is not a trace database (cannot count events: {e})",

@@ -9,11 +9,16 @@ use metis_storage_kit::parent_dir;
 use rusqlite::{Connection, TransactionBehavior};
 
 use super::{check_version, open_existing_ro, open_existing_rw, sqlite_err};
-use crate::schema::{EVENT_INDEX_NAMES, SCHEMA_SQL, TRACE_SCHEMA_VERSION, read_user_version};
+use crate::schema::{
+    EVENT_INDEX_NAMES, TRACE_SCHEMA_VERSION, apply_full_schema, read_user_version, retired_present,
+};
 use crate::sessions::{
     SESSIONS_SCHEMA_VERSION, migrate_sessions, sessions_schema_level, sessions_steps,
 };
 
+/// The steps that bring a file to this binary's trace schema: the table, missing indexes,
+/// retired indexes to drop (with why), the version stamp. Index changes keep the version: an
+/// older binary reads the file as before (and recreates the indexes it knows on open).
 fn trace_steps(conn: &Connection, current: i64) -> rusqlite::Result<Vec<String>> {
     let mut steps = Vec::new();
     let names: Vec<String> = {
@@ -23,6 +28,10 @@ fn trace_steps(conn: &Connection, current: i64) -> rusqlite::Result<Vec<String>>
     };
     if !names.iter().any(|n| n == "table:events") {
         steps.push("create table events".to_owned());
+    }
+    // Drops first: `apply_full_schema` drops before it builds, so freed pages are reused.
+    for r in retired_present(conn)? {
+        steps.push(format!("drop index {} ({})", r.name, r.reason));
     }
     for idx in EVENT_INDEX_NAMES {
         if !names.iter().any(|n| n == &format!("index:{idx}")) {
@@ -66,8 +75,7 @@ pub fn apply_trace_migration(db: &Path) -> Result<MigrationPlan, MaintenanceErro
     check_version(db, current)?;
     let steps = trace_steps(&tx, current).map_err(sqlite_err(db, "cannot inspect"))?;
     if !steps.is_empty() {
-        tx.execute_batch(SCHEMA_SQL)
-            .map_err(sqlite_err(db, "cannot migrate"))?;
+        apply_full_schema(&tx).map_err(sqlite_err(db, "cannot migrate"))?;
         if current < TRACE_SCHEMA_VERSION {
             tx.pragma_update(None, "user_version", TRACE_SCHEMA_VERSION)
                 .map_err(sqlite_err(db, "cannot stamp"))?;

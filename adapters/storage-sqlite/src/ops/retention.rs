@@ -22,35 +22,65 @@ fn audit_list_sql() -> String {
         .join(", ")
 }
 
+/// Rows a prune at `?1` deletes (non-audit, older than the cutoff).
+pub(crate) fn prunable_sql() -> String {
+    format!(
+        "SELECT COUNT(*) FROM events WHERE timestamp_us < ?1 AND type NOT IN ({})",
+        audit_list_sql()
+    )
+}
+
+/// Audit rows older than `?1` (kept).
+pub(crate) fn exempt_sql() -> String {
+    format!(
+        "SELECT COUNT(*) FROM events WHERE timestamp_us < ?1 AND type IN ({})",
+        audit_list_sql()
+    )
+}
+
+/// The oldest row at or after the cutoff `?1`.
+pub(crate) const OLDEST_NEWER_SQL: &str =
+    "SELECT MIN(timestamp_us) FROM events WHERE timestamp_us >= ?1";
+
+/// The oldest audit row before the cutoff `?1` (audit rows outlive a prune).
+pub(crate) fn oldest_audit_sql() -> String {
+    format!(
+        "SELECT MIN(timestamp_us) FROM events WHERE timestamp_us < ?1 AND type IN ({})",
+        audit_list_sql()
+    )
+}
+
+/// One prune batch: at most `?2` prunable rows older than `?1`.
+pub(crate) fn prune_batch_sql() -> String {
+    format!(
+        "DELETE FROM events WHERE rowid IN (SELECT rowid FROM events \
+         WHERE timestamp_us < ?1 AND type NOT IN ({}) LIMIT ?2)",
+        audit_list_sql()
+    )
+}
+
+/// `trace status`: events newer than `?1` (the runbook's "events in the last 5 minutes").
+pub(crate) const EVENTS_AFTER_SQL: &str = "SELECT COUNT(*) FROM events WHERE timestamp_us > ?1";
+
+/// `trace status`: audit rows.
+pub(crate) fn audit_count_sql() -> String {
+    format!(
+        "SELECT COUNT(*) FROM events WHERE type IN ({})",
+        audit_list_sql()
+    )
+}
+
 fn count_prunable(conn: &Connection, cutoff: i64) -> rusqlite::Result<(u64, u64)> {
-    let list = audit_list_sql();
     let q = |sql: &str| -> rusqlite::Result<u64> {
         conn.query_row(sql, params![cutoff], |r| r.get::<_, i64>(0))
             .map(|n| u64::try_from(n).unwrap_or(0))
     };
-    let eligible = q(&format!(
-        "SELECT COUNT(*) FROM events WHERE timestamp_us < ?1 AND type NOT IN ({list})"
-    ))?;
-    let exempt = q(&format!(
-        "SELECT COUNT(*) FROM events WHERE timestamp_us < ?1 AND type IN ({list})"
-    ))?;
-    Ok((eligible, exempt))
+    Ok((q(&prunable_sql())?, q(&exempt_sql())?))
 }
 
 fn oldest_kept(conn: &Connection, cutoff: i64) -> rusqlite::Result<Option<i64>> {
-    let list = audit_list_sql();
-    let newer: Option<i64> = conn.query_row(
-        "SELECT MIN(timestamp_us) FROM events WHERE timestamp_us >= ?1",
-        params![cutoff],
-        |r| r.get(0),
-    )?;
-    let audit: Option<i64> = conn.query_row(
-        &format!(
-            "SELECT MIN(timestamp_us) FROM events WHERE timestamp_us < ?1 AND type IN ({list})"
-        ),
-        params![cutoff],
-        |r| r.get(0),
-    )?;
+    let newer: Option<i64> = conn.query_row(OLDEST_NEWER_SQL, params![cutoff], |r| r.get(0))?;
+    let audit: Option<i64> = conn.query_row(&oldest_audit_sql(), params![cutoff], |r| r.get(0))?;
     Ok(match (newer, audit) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
@@ -88,11 +118,7 @@ pub fn prune(
     let mut conn = open_existing_rw(db)?;
     let (eligible, exempt) =
         count_prunable(&conn, cutoff).map_err(sqlite_err(db, "cannot count"))?;
-    let sql = format!(
-        "DELETE FROM events WHERE rowid IN (SELECT rowid FROM events \
-         WHERE timestamp_us < ?1 AND type NOT IN ({}) LIMIT ?2)",
-        audit_list_sql()
-    );
+    let sql = prune_batch_sql();
     let delete = |limit: u32| {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -150,23 +176,14 @@ impl StatusSource for Status {
     }
 
     fn events_after(&self, after_us: Timestamp) -> rusqlite::Result<u64> {
-        let n: i64 = self.conn.query_row(
-            "SELECT COUNT(*) FROM events WHERE timestamp_us > ?1",
-            params![after_us],
-            |r| r.get(0),
-        )?;
+        let n: i64 = self
+            .conn
+            .query_row(EVENTS_AFTER_SQL, params![after_us], |r| r.get(0))?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
     fn audit_events(&self) -> rusqlite::Result<u64> {
-        let n: i64 = self.conn.query_row(
-            &format!(
-                "SELECT COUNT(*) FROM events WHERE type IN ({})",
-                audit_list_sql()
-            ),
-            [],
-            |r| r.get(0),
-        )?;
+        let n: i64 = self.conn.query_row(&audit_count_sql(), [], |r| r.get(0))?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
