@@ -26,7 +26,7 @@ use metis_ports::admission::{Answer, HoldId, Settlement, SpendAdmission, StoreUn
 use metis_ports::metrics::Metrics;
 use metis_ports::queue::LogLimiter;
 use metis_ports::system::Background;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -37,6 +37,13 @@ pub const MAX_BACKLOG: usize = 100_000;
 
 /// How often a backlog is retried while the store does not answer.
 pub const REPLAY_RETRY: Duration = Duration::from_secs(1);
+
+/// How long the charges of holds a shared store reserved nothing for (keys without caps) are
+/// summed per account before one settlement carries them: a store round trip per account per
+/// window instead of one per request, which a fleet's database could not keep up with at
+/// thousands of requests per second. Nothing is admitted on these balances, so the delay
+/// changes no decision; usage reads the trace.
+pub const COALESCE_WINDOW: Duration = Duration::from_millis(250);
 
 /// What to do with capped keys while a shared spend store does not answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -81,6 +88,9 @@ pub struct SpendGuardParts {
     pub process_nonce: u64,
 }
 
+/// (account, UTC day) → (summed cost, latest time incurred).
+type PendingSums = HashMap<(Arc<str>, Timestamp), (f64, Timestamp)>;
+
 /// The request path's view of spend caps.
 pub struct SpendGuard {
     store: Arc<dyn SpendAdmission>,
@@ -95,6 +105,10 @@ pub struct SpendGuard {
     /// `backlog.len()`, readable without the lock (the request path reads it).
     backlog_len: AtomicUsize,
     replaying: AtomicBool,
+    /// Charges waiting for the next coalesced settlement: (account, its UTC day) → (cost, the
+    /// latest time it was incurred). Keyed by day so a sum never crosses a window.
+    pending: Mutex<PendingSums>,
+    flush_scheduled: AtomicBool,
     outage_log: LogLimiter,
 }
 
@@ -123,6 +137,8 @@ impl SpendGuard {
             backlog: Mutex::new(VecDeque::new()),
             backlog_len: AtomicUsize::new(0),
             replaying: AtomicBool::new(false),
+            pending: Mutex::new(HashMap::new()),
+            flush_scheduled: AtomicBool::new(false),
             outage_log: LogLimiter::new(Duration::from_secs(10)),
         })
     }
@@ -285,6 +301,15 @@ impl SpendGuard {
         if s.reserved_usd <= 0.0 && cost_usd <= 0.0 {
             return;
         }
+        if s.reserved_usd <= 0.0 && self.known.is_some() {
+            self.coalesce(&s);
+            return;
+        }
+        self.settle_now(s);
+    }
+
+    /// Send one settlement to the store; what it does not take waits in the backlog.
+    fn settle_now(self: &Arc<Self>, s: Settlement) {
         match self.store.settle(&s) {
             Answer::Now(Ok(balance)) => self.answered(&s.account, balance),
             Answer::Now(Err(_)) => self.defer(s),
@@ -297,6 +322,49 @@ impl SpendGuard {
                     }
                 }));
             }
+        }
+    }
+
+    /// Add a charge the store holds nothing for to its account's sum; the first charge of a
+    /// window schedules the settlement of every sum after [`COALESCE_WINDOW`].
+    fn coalesce(self: &Arc<Self>, s: &Settlement) {
+        {
+            let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            let day = metis_domain::time::day_start(s.at);
+            let e = pending
+                .entry((Arc::clone(&s.account), day))
+                .or_insert((0.0, s.at));
+            e.0 += s.cost_usd;
+            e.1 = e.1.max(s.at);
+        }
+        if !self.flush_scheduled.swap(true, Ordering::AcqRel) {
+            let guard = Arc::clone(self);
+            self.background.spawn_after(
+                COALESCE_WINDOW,
+                Box::pin(async move { guard.settle_pending() }),
+            );
+        }
+    }
+
+    /// Every sum as one settlement (a fresh hold id each, so a retry is applied once).
+    fn take_sums(&self) -> Vec<Settlement> {
+        let sums =
+            std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
+        sums.into_iter()
+            .map(|((account, _), (cost_usd, at))| Settlement {
+                id: self.mint(),
+                account,
+                reserved_usd: 0.0,
+                cost_usd,
+                at,
+            })
+            .collect()
+    }
+
+    fn settle_pending(self: &Arc<Self>) {
+        self.flush_scheduled.store(false, Ordering::Release);
+        for s in self.take_sums() {
+            self.settle_now(s);
         }
     }
 
@@ -379,8 +447,24 @@ impl SpendGuard {
         }
     }
 
-    /// Replay what waits now (shutdown). The number of settlements still waiting.
-    pub async fn flush(&self) -> usize {
+    /// Replay what waits now (shutdown): the coalesced sums, then the backlog. The number of
+    /// settlements still waiting.
+    pub async fn flush(self: &Arc<Self>) -> usize {
+        let sums =
+            std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
+        for ((account, _), (cost_usd, at)) in sums {
+            let s = Settlement {
+                id: self.mint(),
+                account,
+                reserved_usd: 0.0,
+                cost_usd,
+                at,
+            };
+            if let Err(e) = self.store.settle(&s).get().await {
+                tracing::warn!(error = %e, "a coalesced settlement waits in the backlog");
+                self.defer(s);
+            }
+        }
         loop {
             let next = {
                 let mut q = self.lock_backlog();

@@ -179,6 +179,8 @@ async fn fail_closed_refuses_capped_keys_while_the_store_is_down_and_never_uncap
     );
     // Its cost still reaches the store, once it answers again.
     hold.settle(0.05, NOW);
+    // The window's coalesced settlement, then its store call (which fails and is kept).
+    r.background.run_once().await;
     r.background.run_once().await;
     assert_eq!(r.guard.backlog(), 1, "kept for replay");
     assert_eq!(r.metrics.count("spend_settlement", "deferred"), 1);
@@ -292,14 +294,13 @@ async fn fail_open_decides_an_unseen_account_on_the_spend_this_process_started_w
 
 #[tokio::test]
 async fn the_backlog_is_bounded_and_counts_what_it_drops() {
-    let r = rig(OutagePolicy::FailClosed, SpendLedger::default());
+    // Holds admitted during an outage (fail-open) each wait for the store with their cost.
+    let r = rig(OutagePolicy::FailOpen, SpendLedger::default());
     r.store.set_outage(FakeOutage::Down);
     for _ in 0..=MAX_BACKLOG {
-        let (mut hold, _) = r.guard.reserve(&uncapped(), 0.0, NOW).await.unwrap();
+        let (mut hold, _) = r.guard.reserve(&capped(1e12), 0.0, NOW).await.unwrap();
         hold.settle(0.01, NOW);
     }
-    // Each settlement is one spawned store call: run them once (they fail and are kept).
-    r.background.run_once().await;
     assert_eq!(r.guard.backlog(), MAX_BACKLOG);
     assert_eq!(r.metrics.count("spend_settlement", "dropped"), 1);
 }
@@ -328,4 +329,34 @@ async fn the_in_process_ledger_answers_inline_with_no_background_work() {
     assert!((guard.known_balance("gk_free", NOW).day_usd - 0.5).abs() < 1e-12);
     assert!((guard.balance("gk_free", NOW).await.day_usd - 0.5).abs() < 1e-12);
     assert_eq!(guard.flush().await, 0);
+}
+
+#[tokio::test]
+async fn charges_of_keys_without_caps_reach_a_shared_store_summed_once_per_window() {
+    let r = rig(OutagePolicy::FailClosed, SpendLedger::default());
+    let before = r.store.calls();
+    for _ in 0..500 {
+        let (mut hold, _) = r.guard.reserve(&uncapped(), 0.5, NOW).await.unwrap();
+        hold.settle(0.01, NOW);
+    }
+    assert_eq!(
+        r.store.calls(),
+        before,
+        "nothing reaches the store per request"
+    );
+    r.background.run().await;
+    assert_eq!(
+        r.store.calls() - before,
+        1,
+        "one settlement carries the window's sum"
+    );
+    let stored = r.store.stored(&uncapped().account).unwrap();
+    assert!((stored.day_usd - 5.0).abs() < 1e-9, "{stored:?}");
+
+    // Shutdown flushes what waits.
+    let (mut hold, _) = r.guard.reserve(&uncapped(), 0.5, NOW).await.unwrap();
+    hold.settle(0.25, NOW);
+    assert_eq!(r.guard.flush().await, 0);
+    let stored = r.store.stored(&uncapped().account).unwrap();
+    assert!((stored.day_usd - 5.25).abs() < 1e-9, "{stored:?}");
 }
