@@ -1,6 +1,6 @@
-//! What the SQLite and redb key stores do alike around their transactions: the checks before
-//! a write, the edit step of `update`, the read-only file rule, and the `KeyStore` port over
-//! their blocking methods ([`key_store_on_blocking_pool!`](crate::key_store_on_blocking_pool)).
+//! What the key stores kept in a database (SQLite, redb, PostgreSQL) do alike: parsing and
+//! checking stored rows, the checks before a write, the edit step of `update`, the read-only
+//! file rule, and the `KeyStore` port over the file engines' blocking methods ([`key_store_on_blocking_pool!`](crate::key_store_on_blocking_pool)).
 //! Each backend keeps its own reads, writes and error mapping.
 
 use std::os::unix::fs::PermissionsExt;
@@ -8,6 +8,45 @@ use std::path::Path;
 
 use metis_domain::keys::{KeyRecord, validate_key_set};
 use metis_ports::keys::{KeyEdit, KeyStoreError};
+
+/// One row of a `gateway_keys` table as an engine stores it: the key id and the hash in their
+/// own columns (for lookups and uniqueness), and the whole record as JSON.
+#[derive(Debug, Clone)]
+pub struct StoredKey {
+    pub key_id: String,
+    pub secret_hash: String,
+    pub record_json: String,
+}
+
+/// Parse and validate stored rows: each record must be valid and agree with its row's
+/// columns, and the set must be a valid key set. The message names the row and the problem.
+///
+/// # Errors
+/// The first problem found.
+pub fn parse_key_rows(rows: Vec<StoredKey>) -> Result<Vec<KeyRecord>, String> {
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let label = format!("gateway_keys row '{}'", row.key_id);
+        let mut record: KeyRecord = serde_json::from_str(&row.record_json)
+            .map_err(|e| format!("{label}: record_json is not a valid key record: {e}"))?;
+        if record.key_id != row.key_id {
+            return Err(format!(
+                "{label}: record_json holds key_id '{}' (the row and its record disagree)",
+                record.key_id
+            ));
+        }
+        record.secret_hash.make_ascii_lowercase();
+        if record.secret_hash != row.secret_hash {
+            return Err(format!(
+                "{label}: record_json's secret_hash differs from the row's secret_hash column"
+            ));
+        }
+        record.validate().map_err(|e| format!("{label}: {e}"))?;
+        out.push(record);
+    }
+    validate_key_set(&out)?;
+    Ok(out)
+}
 
 /// A database file without any write permission bit is the operator saying "do not edit":
 /// honoured even when running as root (where the engine would write anyway), as the file

@@ -24,9 +24,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use deadpool_postgres::{GenericClient, Object};
-use metis_domain::keys::{KeyRecord, validate_key_set};
+use metis_domain::keys::KeyRecord;
 use metis_ports::keys::{KeyEdit, KeyStore, KeyStoreError};
-use metis_storage_kit::keys::{Edited, apply_edit, record_to_insert};
+use metis_storage_kit::keys::{Edited, StoredKey, apply_edit, parse_key_rows, record_to_insert};
 
 use crate::errors::key_err;
 use crate::pool::{Db, DbError};
@@ -120,13 +120,6 @@ async fn readable(c: &Object, location: &str) -> Outcome<bool> {
     }
 }
 
-/// One stored row.
-struct StoredKey {
-    key_id: String,
-    secret_hash: String,
-    record_json: String,
-}
-
 async fn read_rows(c: &impl GenericClient) -> Result<Vec<StoredKey>, tokio_postgres::Error> {
     let rows = c
         .query(
@@ -142,32 +135,6 @@ async fn read_rows(c: &impl GenericClient) -> Result<Vec<StoredKey>, tokio_postg
             record_json: r.get(2),
         })
         .collect())
-}
-
-/// Parse and validate stored rows; the message names the row and the problem.
-fn parse_rows(rows: Vec<StoredKey>) -> Result<Vec<KeyRecord>, String> {
-    let mut out = Vec::with_capacity(rows.len());
-    for row in rows {
-        let label = format!("gateway_keys row '{}'", row.key_id);
-        let mut record: KeyRecord = serde_json::from_str(&row.record_json)
-            .map_err(|e| format!("{label}: record_json is not a valid key record: {e}"))?;
-        if record.key_id != row.key_id {
-            return Err(format!(
-                "{label}: record_json holds key_id '{}' (the row and its record disagree)",
-                record.key_id
-            ));
-        }
-        record.secret_hash.make_ascii_lowercase();
-        if record.secret_hash != row.secret_hash {
-            return Err(format!(
-                "{label}: record_json's secret_hash differs from the row's secret_hash column"
-            ));
-        }
-        record.validate().map_err(|e| format!("{label}: {e}"))?;
-        out.push(record);
-    }
-    validate_key_set(&out)?;
-    Ok(out)
 }
 
 fn to_json(r: &KeyRecord) -> Result<String, String> {
@@ -250,7 +217,7 @@ impl KeyStore for PgKeyStore {
                     return Ok(Err(not_found(&location)));
                 }
                 let rows = read_rows(&c).await?;
-                Ok(parse_rows(rows).map_err(|m| corrupt(&location, m)))
+                Ok(parse_key_rows(rows).map_err(|m| corrupt(&location, m)))
             })
             .await;
         self.flatten("cannot read the keys", r)
@@ -331,7 +298,7 @@ impl KeyStore for PgKeyStore {
                 if locked.is_none() {
                     return Ok(Err(not_found(&location)));
                 }
-                let before = match parse_rows(read_rows(&tx).await?) {
+                let before = match parse_key_rows(read_rows(&tx).await?) {
                     Ok(b) => b,
                     Err(m) => return Ok(Err(corrupt(&location, m))),
                 };

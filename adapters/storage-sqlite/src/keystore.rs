@@ -28,9 +28,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use metis_domain::keys::{KeyRecord, validate_key_set};
+use metis_domain::keys::KeyRecord;
 use metis_ports::keys::{KeyEdit, KeyStoreError};
-use metis_storage_kit::keys::{Edited, apply_edit, read_only_file, record_to_insert};
+use metis_storage_kit::keys::{
+    Edited, StoredKey, apply_edit, parse_key_rows, read_only_file, record_to_insert,
+};
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
 use crate::schema::{
@@ -86,13 +88,6 @@ impl std::fmt::Debug for SqliteKeyStore {
             .field("path", &self.path)
             .finish_non_exhaustive()
     }
-}
-
-/// One stored row.
-struct StoredKey {
-    key_id: String,
-    secret_hash: String,
-    record_json: String,
 }
 
 impl SqliteKeyStore {
@@ -299,7 +294,7 @@ impl SqliteKeyStore {
                 });
             }
             let rows = s.read_rows(conn)?;
-            parse_rows(rows).map_err(|message| KeyStoreError::Corrupt {
+            parse_key_rows(rows).map_err(|message| KeyStoreError::Corrupt {
                 location: s.location(),
                 message,
             })
@@ -379,7 +374,7 @@ impl SqliteKeyStore {
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(|e| s.sql_error(op, &e))?;
             let before =
-                parse_rows(s.read_rows(&tx)?).map_err(|message| KeyStoreError::Corrupt {
+                parse_key_rows(s.read_rows(&tx)?).map_err(|message| KeyStoreError::Corrupt {
                     location: s.location(),
                     message,
                 })?;
@@ -454,32 +449,6 @@ impl SqliteKeyStore {
         rows.collect::<rusqlite::Result<Vec<_>>>()
             .map_err(|e| self.sql_error(op, &e))
     }
-}
-
-/// Parse and validate stored rows; the message names the row and the problem.
-fn parse_rows(rows: Vec<StoredKey>) -> Result<Vec<KeyRecord>, String> {
-    let mut out = Vec::with_capacity(rows.len());
-    for row in rows {
-        let label = format!("gateway_keys row '{}'", row.key_id);
-        let mut record: KeyRecord = serde_json::from_str(&row.record_json)
-            .map_err(|e| format!("{label}: record_json is not a valid key record: {e}"))?;
-        if record.key_id != row.key_id {
-            return Err(format!(
-                "{label}: record_json holds key_id '{}' (the row and its record disagree)",
-                record.key_id
-            ));
-        }
-        record.secret_hash.make_ascii_lowercase();
-        if record.secret_hash != row.secret_hash {
-            return Err(format!(
-                "{label}: record_json's secret_hash differs from the row's secret_hash column"
-            ));
-        }
-        record.validate().map_err(|e| format!("{label}: {e}"))?;
-        out.push(record);
-    }
-    validate_key_set(&out)?;
-    Ok(out)
 }
 
 enum DiffError {
