@@ -174,6 +174,27 @@ impl Db {
             .map_err(|e| DbError::Stopped(e.to_string()))?
     }
 
+    /// Run `f` with a pooled connection on the adapter's runtime (the async readers of the
+    /// trace and session stores).
+    ///
+    /// # Errors
+    /// `Unavailable` without a connection; `f`'s own error; `Stopped` as [`run`](Self::run).
+    pub async fn with_connection<T, F>(
+        &self,
+        f: impl FnOnce(Object) -> F + Send + 'static,
+    ) -> Result<T, DbError>
+    where
+        F: Future<Output = Result<T, tokio_postgres::Error>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let db = self.clone();
+        self.run(async move {
+            let c = db.get().await?;
+            f(c).await.map_err(DbError::from)
+        })
+        .await
+    }
+
     /// Drive `work` on the calling thread inside the adapter's runtime context, so it may
     /// borrow (the trace writer's batches are not copied). Only for plain threads: on a
     /// runtime's thread it refuses instead of panicking.

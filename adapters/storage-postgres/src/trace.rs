@@ -28,7 +28,7 @@ use metis_ports::trace::{
 use metis_ports::writer::{WriterConfig, WriterHandle};
 
 use crate::errors::{session_err, trace_err};
-use crate::pool::{Db, DbError};
+use crate::pool::Db;
 use crate::query;
 use crate::writer::{PgBatches, WriterState};
 
@@ -139,14 +139,7 @@ impl PgTraceStore {
     where
         F: std::future::Future<Output = Result<T, tokio_postgres::Error>> + Send + 'static,
     {
-        let db = self.db.clone();
-        self.db
-            .run(async move {
-                let c = db.get().await?;
-                f(c).await.map_err(DbError::from)
-            })
-            .await
-            .map_err(trace_err)
+        self.db.with_connection(f).await.map_err(trace_err)
     }
 }
 
@@ -266,14 +259,7 @@ impl PgSessionStore {
     where
         F: std::future::Future<Output = Result<T, tokio_postgres::Error>> + Send + 'static,
     {
-        let db = self.db.clone();
-        self.db
-            .run(async move {
-                let c = db.get().await?;
-                f(c).await.map_err(DbError::from)
-            })
-            .await
-            .map_err(session_err)
+        self.db.with_connection(f).await.map_err(session_err)
     }
 }
 
