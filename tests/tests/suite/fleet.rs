@@ -529,10 +529,17 @@ async fn a_replica_killed_under_load_leaves_the_others_serving() {
     let written = u64::try_from(fleet.count_events("turn.completed", &victim_key)).unwrap();
     eprintln!(
         "fleet SIGKILL: the killed replica acknowledged {acknowledged} requests; {written} \
-         reached the database; lost {} (those inside the last commit window)",
+         reached the database; lost {} (those inside the last commit window; one more may be \
+         written whose answer the kill cut off)",
         acknowledged.saturating_sub(written)
     );
-    assert!(written <= acknowledged, "no event written twice");
+    // The request in flight at the kill may have been committed without its answer reaching
+    // the client (the load is sequential: at most one). Ids are primary keys, so nothing is
+    // ever stored twice.
+    assert!(
+        written <= acknowledged + 1,
+        "{written} written for {acknowledged} acknowledged (+1 in flight)"
+    );
     fleet.gateways.remove(2);
     fleet.stop().await;
 }
