@@ -629,6 +629,22 @@ async fn finish(sent: reqwest::Result<reqwest::Response>) -> Reply {
     }
 }
 
+/// A stored row as the tests read it (the payload parsed).
+fn event_row(r: metis_ports::trace::EventRow) -> EventRow {
+    EventRow {
+        payload: serde_json::from_str(&r.payload_json).unwrap_or(Value::Null),
+        id: r.id,
+        timestamp_us: r.timestamp_us,
+        session_id: r.session_id,
+        turn_id: r.turn_id,
+        parent_event_id: r.parent_event_id,
+        event_type: r.event_type,
+        actor: r.actor,
+        sensitivity: r.sensitivity,
+        payload_json: r.payload_json,
+    }
+}
+
 /// Read every event row of a main store through the storage port, in id order.
 ///
 /// # Errors
@@ -641,18 +657,7 @@ pub fn read_port_events(paths: &metis::paths::Paths) -> anyhow::Result<Vec<Event
         let page = reader.events_page(after.as_deref(), 1000)?;
         let Some(last) = page.last() else { break };
         after = Some(last.id.clone());
-        out.extend(page.into_iter().map(|r| EventRow {
-            payload: serde_json::from_str(&r.payload_json).unwrap_or(Value::Null),
-            id: r.id,
-            timestamp_us: r.timestamp_us,
-            session_id: r.session_id,
-            turn_id: r.turn_id,
-            parent_event_id: r.parent_event_id,
-            event_type: r.event_type,
-            actor: r.actor,
-            sensitivity: r.sensitivity,
-            payload_json: r.payload_json,
-        }));
+        out.extend(page.into_iter().map(event_row));
     }
     Ok(out)
 }
@@ -671,18 +676,7 @@ pub fn read_redb_events(db: &Path) -> anyhow::Result<Vec<EventRow>> {
             .map_err(|e| anyhow::anyhow!("read {}: {e}", db.display()))?;
         let Some(last) = page.last() else { break };
         after = Some(last.id.clone());
-        out.extend(page.into_iter().map(|r| EventRow {
-            payload: serde_json::from_str(&r.payload_json).unwrap_or(Value::Null),
-            id: r.id,
-            timestamp_us: r.timestamp_us,
-            session_id: r.session_id,
-            turn_id: r.turn_id,
-            parent_event_id: r.parent_event_id,
-            event_type: r.event_type,
-            actor: r.actor,
-            sensitivity: r.sensitivity,
-            payload_json: r.payload_json,
-        }));
+        out.extend(page.into_iter().map(event_row));
     }
     Ok(out)
 }
