@@ -4,6 +4,7 @@
 //! is a value or a function of values, so it is unit- and property-testable in isolation.
 //! The dependency rule is enforced by `tests/tests/suite/architecture.rs`.
 
+pub mod admin;
 pub mod anthropic;
 pub mod audit;
 pub mod backup;
