@@ -19,7 +19,7 @@ pub struct AdminToken(pub Arc<String>);
 
 /// Constant-time comparison of the presented token with the configured one (both hashed
 /// first, so lengths never leak).
-fn token_matches(presented: &str, expected: &str) -> bool {
+pub(crate) fn token_matches(presented: &str, expected: &str) -> bool {
     let a = Sha256::digest(presented.as_bytes());
     let b = Sha256::digest(expected.as_bytes());
     a.iter()
@@ -35,8 +35,20 @@ async fn check_admin(req: &Request, bearer: Bearer) -> Option<()> {
 
 /// Admin token: `Authorization: Bearer <token>`.
 #[derive(SecurityScheme)]
-#[oai(ty = "bearer", checker = "check_admin")]
-pub struct AdminAuth(());
+#[oai(ty = "bearer", rename = "AdminAuth", checker = "check_admin")]
+pub struct AdminBearer(());
+
+/// An admin credential: the bearer token, or the operator console's session cookie with its
+/// CSRF header (tried in this order).
+#[derive(SecurityScheme)]
+pub enum AdminAuth {
+    Bearer(AdminBearer),
+    #[expect(
+        dead_code,
+        reason = "the session's identity; read once the routes check roles (issue #16)"
+    )]
+    Console(crate::console::ConsoleAuth),
+}
 
 /// Error body of the admin API (OpenAI-style envelope).
 #[derive(Object)]

@@ -8,6 +8,7 @@ mod labels;
 mod provider;
 
 use crate::admin::{AdminApi, AdminToken};
+use crate::console::{Console, ConsoleConfig, is_console_path, security_headers};
 use crate::reply::{AllowTable, ErrorCode, ModelsReply, RawReply, error_response, json_response};
 use async_trait_free::NoService;
 use bytes::Bytes;
@@ -377,15 +378,21 @@ fn json_errors(err: &poem::Error, method: String, path: String, allow: &AllowTab
 }
 
 /// The complete HTTP application. The admin API is served only when `admin` is given (its
-/// service and bearer token); otherwise every `/admin/…` path answers 404.
+/// service and bearer token); otherwise every `/admin/…` path answers 404. The operator
+/// console (`/ui`) is served when `console` is given and the admin API is, else 404 too.
 pub fn routes(
     svc: Arc<dyn GatewayService>,
     admin: Option<(Arc<dyn AdminService>, String)>,
+    console: Option<ConsoleConfig>,
     opts: HttpOptions,
 ) -> impl Endpoint {
     let (admin_svc, token): (Arc<dyn AdminService>, Option<AdminToken>) = match admin {
         Some((a, t)) => (a, Some(AdminToken(Arc::new(t)))),
         None => (Arc::new(NoService), None),
+    };
+    let console = match (console, &token) {
+        (Some(c), Some(t)) => Some(Arc::new(Console::new(c, Some(t.clone())))),
+        _ => None,
     };
     let recorder = Arc::clone(&svc);
     let unmatched = Arc::new(UnmatchedRoutes::default());
@@ -404,6 +411,7 @@ pub fn routes(
         .nest("/docs", docs)
         .around(move |ep, mut req| {
             let token = token.clone();
+            let console = console.clone();
             let recorder = Arc::clone(&recorder);
             let unmatched = Arc::clone(&unmatched);
             let allow = Arc::clone(&allow);
@@ -421,6 +429,14 @@ pub fn routes(
                     && req.method() == poem::http::Method::GET
                     && crate::socket::is_upgrade(&req);
                 let resp = match (&token, admin_path) {
+                    _ if is_console_path(&path) => {
+                        let mut resp = match &console {
+                            Some(c) => c.serve(req).await,
+                            None => error_response(&GatewayError::NotFound { path }, Shape::OpenAi),
+                        };
+                        security_headers(&mut resp);
+                        resp
+                    }
                     _ if websocket => {
                         let meta = meta(&req, Shape::Responses);
                         crate::socket::upgrade(Arc::clone(&recorder), meta, &req).await
@@ -429,6 +445,9 @@ pub fn routes(
                     (token, _) => {
                         if let (Some(t), true) = (token, admin_path) {
                             req.extensions_mut().insert(t.clone());
+                            if let Some(c) = &console {
+                                req.extensions_mut().insert(Arc::clone(c));
+                            }
                         }
                         match ep.call(req).await {
                             Ok(resp) => resp.into_response(),

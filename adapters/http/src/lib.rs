@@ -10,12 +10,14 @@
 
 mod admin;
 mod api;
+pub mod console;
 mod inflight;
 mod reply;
 mod socket;
 
 pub use admin::AdminToken;
 pub use api::{ClientGone, HttpOptions, openapi_json, routes};
+pub use console::{ConsoleConfig, SessionSettings};
 pub use inflight::{
     COST_PER_BODY_BYTE, COST_PER_OBJECT, RequestBudget, Reservation, charge_parsed, estimated_cost,
 };

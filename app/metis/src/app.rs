@@ -61,6 +61,8 @@ pub struct App {
     /// Spend caps (flushed at shutdown: settlements a shared store has not taken yet).
     spend: Arc<SpendGuard>,
     admin_api: Option<(Arc<dyn AdminService>, String)>,
+    /// The operator console (`/ui`), present when an admin identity is configured.
+    console: Option<metis_http::ConsoleConfig>,
     http_opts: HttpOptions,
     request_budget: metis_http::RequestBudget,
     shutdown_grace: Duration,
@@ -208,6 +210,39 @@ fn admin_token(args: &ServeArgs) -> anyhow::Result<Option<String>> {
         bail!("the admin token must be at least 16 characters");
     }
     Ok(Some(token))
+}
+
+/// The operator console's settings, when an admin identity is configured (the console is
+/// how people use it from a browser; without one `/ui` answers 404).
+fn console_config(
+    args: &ServeArgs,
+    admin_identity: bool,
+    tls: bool,
+) -> anyhow::Result<Option<metis_http::ConsoleConfig>> {
+    if !admin_identity {
+        return Ok(None);
+    }
+    let key = match &args.console_session_key {
+        Some(k) if k.trim().len() < 32 => {
+            bail!("the console session key must be at least 32 characters")
+        }
+        Some(k) => k.trim().as_bytes().to_vec(),
+        None => {
+            tracing::warn!(
+                "no --console-session-key: console sessions are signed with a random per-process key, so they end at restart and a fleet of replicas needs one shared key"
+            );
+            metis_http::console::session::random_key()
+                .context("the operating system's random number generator is unavailable")?
+        }
+    };
+    Ok(Some(metis_http::ConsoleConfig {
+        session: metis_http::SessionSettings {
+            key,
+            ttl: args.console_session_ttl,
+            secure: tls,
+        },
+        oidc_login: false,
+    }))
 }
 
 /// Load the keystore into the key ring; on a loopback bind with no keys, issue a first key.
@@ -358,6 +393,7 @@ impl App {
             prometheus.set_tls_not_after(crate::cert_expiry::of_pem_file(cert)?);
         }
         let scheme = if tls.is_some() { "https" } else { "http" };
+        let console = console_config(&args, admin_api.is_some(), tls.is_some())?;
         let tcp = listener::bind(&args.host, args.port, args.reuse_port)?;
         let addr = tcp.local_addr().context("cannot read the bound address")?;
         let connections = Arc::new(listener::Connections::default());
@@ -397,6 +433,7 @@ impl App {
             gateway_admin,
             spend,
             admin_api,
+            console,
             http_opts,
             request_budget,
             shutdown_grace: args.shutdown_grace,
@@ -484,6 +521,7 @@ impl App {
         let endpoint = routes(
             self.core.clone(),
             self.admin_api.clone(),
+            self.console.clone(),
             self.http_opts.clone(),
         )
         .around(move |ep, mut req| {

@@ -368,6 +368,19 @@ pub struct ServeArgs {
     /// The admin API bearer token itself (prefer `--admin-token-file`; flags show in `ps`).
     #[arg(long, env = "METIS_GATEWAY_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// Key that signs the operator console's session cookies (`/ui`; at least 32
+    /// characters). Replicas behind one load balancer need the same key; without it each
+    /// process draws a random one, so a console session works only on the replica that
+    /// started it and ends when the process restarts.
+    #[arg(
+        long,
+        env = "METIS_GATEWAY_CONSOLE_SESSION_KEY",
+        hide_env_values = true
+    )]
+    pub console_session_key: Option<String>,
+    /// How long a console login lasts (`30m`, `8h`, `1d`; at least 1s).
+    #[arg(long, env = "METIS_GATEWAY_CONSOLE_SESSION_TTL", default_value = "8h", value_parser = parse_console_ttl)]
+    pub console_session_ttl: Duration,
     #[command(flatten)]
     pub metrics: MetricsArgs,
 }
@@ -435,6 +448,15 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
         return Ok(Duration::from_millis(n));
     }
     metis_domain::time::parse_duration_secs(raw).map(Duration::from_secs)
+}
+
+/// `--console-session-ttl`: at least one second (cookie expiry has second resolution).
+fn parse_console_ttl(raw: &str) -> Result<Duration, String> {
+    let d = parse_duration(raw)?;
+    if d < Duration::from_secs(1) {
+        return Err("the console session lifetime must be at least 1s".to_owned());
+    }
+    Ok(d)
 }
 
 /// `--trace-commit-deadline`: a duration of at least 1 ms (a zero deadline would count

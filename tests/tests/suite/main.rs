@@ -10,6 +10,7 @@
 mod admin_api;
 mod admission_contract;
 mod architecture;
+mod console;
 mod disk_full;
 mod fake_upstream;
 mod fd_limit;

@@ -97,6 +97,7 @@ pub(super) fn route_template(path: &str) -> (&'static str, &'static str) {
         }
         p if p.starts_with("/admin/v1/keys/") => ("/admin/v1/keys/{key_id}", "admin"),
         p if p.starts_with("/docs") => ("/docs", "none"),
+        p if p == "/ui" || p.starts_with("/ui/") => ("/ui", "none"),
         _ => ("other", "none"),
     }
 }

@@ -1,0 +1,501 @@
+//! The operator console at `/ui`: a single-page app embedded in the binary (plain HTML, CSS
+//! and JavaScript, no third-party code, so nothing to vendor and it works offline), the token
+//! login and logout, and the session the page's `/admin/v1` calls run on.
+//!
+//! Served only when an admin identity is configured; otherwise `/ui` answers 404 like any
+//! unknown path. Every `/ui` answer carries a strict Content-Security-Policy (no inline script
+//! or style, nothing from another origin) and is never framed (see `security_headers`).
+
+pub mod session;
+
+use crate::admin::AdminToken;
+use crate::reply::json_response;
+use metis_domain::admin::AdminIdentity;
+use poem::http::{HeaderValue, Method, StatusCode, header};
+use poem::{Request, Response};
+use poem_openapi::SecurityScheme;
+use poem_openapi::auth::ApiKey;
+use serde_json::json;
+pub use session::{ConsoleSessions, Refusal, SessionSettings};
+use sha2::{Digest, Sha256};
+use std::sync::{Arc, LazyLock};
+
+/// How the console is configured (the composition root builds it when an admin identity is
+/// configured).
+#[derive(Debug, Clone)]
+pub struct ConsoleConfig {
+    pub session: SessionSettings,
+    /// Offer "Log in with single sign-on" (the OpenID Connect browser login).
+    pub oidc_login: bool,
+}
+
+/// The console's state, shared by its pages and the admin auth checker.
+#[derive(Debug)]
+pub struct Console {
+    pub sessions: ConsoleSessions,
+    /// The static admin token the login form checks (absent: no token login).
+    token: Option<AdminToken>,
+    oidc_login: bool,
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
+}
+
+impl Console {
+    #[must_use]
+    pub fn new(config: ConsoleConfig, token: Option<AdminToken>) -> Self {
+        Console {
+            sessions: ConsoleSessions::new(config.session),
+            token,
+            oidc_login: config.oidc_login,
+        }
+    }
+}
+
+/// The Content-Security-Policy of every `/ui` answer.
+pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// Add the console's security headers (and `no-store` unless the answer set its own caching).
+pub fn security_headers(resp: &mut Response) {
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    if !h.contains_key(header::CACHE_CONTROL) {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+}
+
+/// Whether `path` belongs to the console.
+#[must_use]
+pub fn is_console_path(path: &str) -> bool {
+    path == "/ui" || path.starts_with("/ui/")
+}
+
+/// The console's session as an admin credential: the `metis_console` cookie together with
+/// the `X-Metis-CSRF` header from `GET /ui/api/session`.
+#[derive(SecurityScheme)]
+#[oai(
+    ty = "api_key",
+    key_name = "X-Metis-CSRF",
+    key_in = "header",
+    checker = "check_console"
+)]
+pub struct ConsoleAuth(pub AdminIdentity);
+
+async fn check_console(req: &Request, _csrf: ApiKey) -> poem::Result<AdminIdentity> {
+    let refused = |message: &str| {
+        poem::Error::from_response(json_response(
+            StatusCode::UNAUTHORIZED,
+            json!({"error": {
+                "message": message,
+                "type": "authentication_error",
+                "code": "invalid_console_session",
+            }})
+            .to_string(),
+        ))
+    };
+    let console = req
+        .data::<Arc<Console>>()
+        .ok_or_else(|| refused("the console is not enabled on this gateway"))?;
+    console
+        .sessions
+        .authenticate(req)
+        .map_err(|r| refused(r.message()))
+}
+
+struct Asset {
+    name: &'static str,
+    content_type: &'static str,
+    body: &'static str,
+}
+
+const ASSETS: &[Asset] = &[
+    Asset {
+        name: "app.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_str!("../../console/app.js"),
+    },
+    Asset {
+        name: "app.css",
+        content_type: "text/css; charset=utf-8",
+        body: include_str!("../../console/app.css"),
+    },
+    Asset {
+        name: "favicon.svg",
+        content_type: "image/svg+xml",
+        body: include_str!("../../console/favicon.svg"),
+    },
+];
+
+/// Each asset's version: the first 16 hex digits of its SHA-256. Pages link
+/// `/ui/assets/NAME?v=VERSION`, so an asset can be cached as immutable and a new binary's
+/// assets are fetched under new URLs.
+static VERSIONS: LazyLock<Vec<String>> = LazyLock::new(|| {
+    ASSETS
+        .iter()
+        .map(|a| {
+            Sha256::digest(a.body.as_bytes())
+                .iter()
+                .take(8)
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        })
+        .collect()
+});
+
+/// Replace `{{asset:NAME}}` with the asset's versioned URL.
+fn link_assets(html: &str) -> String {
+    let mut out = html.to_owned();
+    for (a, v) in ASSETS.iter().zip(VERSIONS.iter()) {
+        out = out.replace(
+            &format!("{{{{asset:{}}}}}", a.name),
+            &format!("/ui/assets/{}?v={v}", a.name),
+        );
+    }
+    out
+}
+
+static INDEX: LazyLock<String> =
+    LazyLock::new(|| link_assets(include_str!("../../console/index.html")));
+static LOGIN: LazyLock<String> =
+    LazyLock::new(|| link_assets(include_str!("../../console/login.html")));
+
+fn escape_html(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
+fn html(status: StatusCode, body: String) -> Response {
+    Response::builder()
+        .status(status)
+        .content_type("text/html; charset=utf-8")
+        .body(body)
+}
+
+fn redirect(to: &'static str) -> Response {
+    Response::builder()
+        .status(StatusCode::SEE_OTHER)
+        .header(header::LOCATION, to)
+        .finish()
+}
+
+fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
+    json_response(
+        status,
+        json!({"error": {"message": message, "type": "authentication_error", "code": code}})
+            .to_string(),
+    )
+}
+
+/// Decode an `application/x-www-form-urlencoded` body into (name, value) pairs.
+fn form_fields(body: &[u8]) -> Vec<(String, String)> {
+    let text = String::from_utf8_lossy(body);
+    text.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let hex = |c: u8| {
+        char::from(c)
+            .to_digit(16)
+            .and_then(|d| u8::try_from(d).ok())
+    };
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => match (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            ) {
+                (Some(h), Some(l)) => {
+                    out.push((h << 4) | l);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Login form bodies are tiny; anything bigger is refused before it is read.
+const MAX_FORM_BYTES: usize = 8 * 1024;
+
+impl Console {
+    /// Serve one `/ui` request.
+    pub async fn serve(&self, mut req: Request) -> Response {
+        let path = req.uri().path().to_owned();
+        let method = req.method().clone();
+        match (method, path.as_str()) {
+            (Method::GET | Method::HEAD, "/ui" | "/ui/") => {
+                if self.sessions.identify(&req).is_some() {
+                    html(StatusCode::OK, INDEX.clone())
+                } else {
+                    redirect("/ui/login")
+                }
+            }
+            (Method::GET | Method::HEAD, "/ui/login") => {
+                if self.sessions.identify(&req).is_some() {
+                    redirect("/ui/")
+                } else {
+                    self.login_page(StatusCode::OK, None)
+                }
+            }
+            (Method::POST, "/ui/login") => {
+                let body = req.take_body().into_bytes_limit(MAX_FORM_BYTES).await;
+                match body {
+                    Ok(b) => self.login(&req, &b),
+                    Err(_) => self.login_page(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        Some("the login form could not be read"),
+                    ),
+                }
+            }
+            (Method::POST, "/ui/logout") => self.logout(&req),
+            (Method::GET, "/ui/api/session") => self.session_info(&req),
+            (Method::GET | Method::HEAD, p) if p.starts_with("/ui/assets/") => {
+                asset(&req, &p["/ui/assets/".len()..])
+            }
+            (_, "/ui" | "/ui/" | "/ui/login" | "/ui/logout" | "/ui/api/session") => json_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this console path",
+            ),
+            _ => json_response(
+                StatusCode::NOT_FOUND,
+                json!({"error": {
+                    "message": format!("no console page at {path}"),
+                    "type": "invalid_request_error",
+                    "code": "not_found",
+                }})
+                .to_string(),
+            ),
+        }
+    }
+
+    fn login_page(&self, status: StatusCode, error: Option<&str>) -> Response {
+        let Some((cookie, field)) = self.sessions.login_form() else {
+            return json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the operating system's random number generator is unavailable",
+            );
+        };
+        let error_html = error.map_or_else(String::new, |e| {
+            format!(
+                "<p class=\"banner error\" role=\"alert\" id=\"login-error\">{}</p>",
+                escape_html(e)
+            )
+        });
+        let token_form = if self.token.is_some() { "" } else { "hidden" };
+        let oidc = if self.oidc_login { "" } else { "hidden" };
+        let body = LOGIN
+            .replace("{{error}}", &error_html)
+            .replace("{{csrf}}", &field)
+            .replace("{{token_form_hidden}}", token_form)
+            .replace("{{oidc_hidden}}", oidc);
+        let mut resp = html(status, body);
+        resp.headers_mut().append(header::SET_COOKIE, cookie);
+        resp
+    }
+
+    fn login(&self, req: &Request, body: &[u8]) -> Response {
+        let fields = form_fields(body);
+        let field = |name: &str| {
+            fields
+                .iter()
+                .find(|(k, _)| k == name)
+                .map_or("", |(_, v)| v.as_str())
+        };
+        if !self.sessions.login_form_matches(req, field("csrf")) {
+            return self.login_page(
+                StatusCode::FORBIDDEN,
+                Some("the login form has expired or was not sent from this page; try again"),
+            );
+        }
+        let Some(expected) = &self.token else {
+            return self.login_page(
+                StatusCode::FORBIDDEN,
+                Some("token login is not enabled on this gateway"),
+            );
+        };
+        if !crate::admin::token_matches(field("token"), &expected.0) {
+            tracing::warn!("console login refused: wrong admin token");
+            return self.login_page(StatusCode::UNAUTHORIZED, Some("wrong admin token"));
+        }
+        match self.sessions.start(&AdminIdentity::static_token()) {
+            Some(cookie) => {
+                let mut resp = redirect("/ui/");
+                resp.headers_mut().append(header::SET_COOKIE, cookie);
+                resp.headers_mut()
+                    .append(header::SET_COOKIE, self.sessions.clear_login_form());
+                resp
+            }
+            None => json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the operating system's random number generator is unavailable",
+            ),
+        }
+    }
+
+    /// Logout needs the CSRF header too: otherwise a page elsewhere could log the operator
+    /// out (a nuisance, not a breach, but free to prevent).
+    fn logout(&self, req: &Request) -> Response {
+        let session = match self.sessions.session(req) {
+            Ok(s) => s,
+            Err(_) => {
+                let mut resp = Response::builder().status(StatusCode::NO_CONTENT).finish();
+                resp.headers_mut()
+                    .append(header::SET_COOKIE, self.sessions.clear());
+                return resp;
+            }
+        };
+        if let Err(r) = self.sessions.authenticate(req) {
+            return json_error(StatusCode::FORBIDDEN, "invalid_csrf_token", r.message());
+        }
+        self.sessions.deny(&session);
+        let mut resp = Response::builder().status(StatusCode::NO_CONTENT).finish();
+        resp.headers_mut()
+            .append(header::SET_COOKIE, self.sessions.clear());
+        resp
+    }
+
+    fn session_info(&self, req: &Request) -> Response {
+        match self.sessions.session(req) {
+            Ok(s) => {
+                let csrf = self.sessions.csrf_token(&s);
+                let i = s.identity;
+                json_response(
+                    StatusCode::OK,
+                    json!({
+                        "sub": i.sub,
+                        "email": i.email,
+                        "role": i.role.as_str(),
+                        "method": session::method_name(i.method),
+                        "csrf": csrf,
+                        "oidc_login": self.oidc_login,
+                    })
+                    .to_string(),
+                )
+            }
+            Err(r) => json_error(StatusCode::UNAUTHORIZED, "no_console_session", r.message()),
+        }
+    }
+}
+
+fn asset(req: &Request, name: &str) -> Response {
+    let Some((i, a)) = ASSETS.iter().enumerate().find(|(_, a)| a.name == name) else {
+        return json_response(
+            StatusCode::NOT_FOUND,
+            json!({"error": {
+                "message": format!("no console asset named {name}"),
+                "type": "invalid_request_error",
+                "code": "not_found",
+            }})
+            .to_string(),
+        );
+    };
+    let version = VERSIONS.get(i).map_or("", String::as_str);
+    let etag = format!("\"{version}\"");
+    // Immutable only under the versioned URL; a bare URL is revalidated every time.
+    let versioned = req
+        .uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|p| p == format!("v={version}")));
+    let cache = if versioned {
+        "public, max-age=31536000, immutable"
+    } else {
+        "no-cache"
+    };
+    let builder = Response::builder()
+        .header(header::ETAG, etag.clone())
+        .header(header::CACHE_CONTROL, cache);
+    let unchanged = req
+        .headers()
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    if unchanged {
+        return builder.status(StatusCode::NOT_MODIFIED).finish();
+    }
+    builder.content_type(a.content_type).body(a.body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn form_fields_are_percent_decoded() {
+        let f = form_fields(b"token=a%2Bb+c%3D&csrf=00ff&bad=%zz%4");
+        assert_eq!(f[0], ("token".to_owned(), "a+b c=".to_owned()));
+        assert_eq!(f[1], ("csrf".to_owned(), "00ff".to_owned()));
+        assert_eq!(f[2], ("bad".to_owned(), "%zz%4".to_owned()));
+    }
+
+    #[test]
+    fn pages_link_versioned_assets_and_escape_errors() {
+        assert!(INDEX.contains("/ui/assets/app.js?v="));
+        assert!(!INDEX.contains("{{asset:"));
+        assert!(!LOGIN.contains("{{asset:"));
+        assert_eq!(
+            escape_html("<b a=\"x\">&'"),
+            "&lt;b a=&quot;x&quot;&gt;&amp;&#39;"
+        );
+    }
+
+    #[test]
+    fn no_page_has_inline_script_or_style() {
+        for page in [INDEX.as_str(), LOGIN.as_str()] {
+            assert!(!page.contains("<style"), "inline <style> in a console page");
+            assert!(
+                !page.contains(" style="),
+                "inline style attribute in a console page"
+            );
+            // No inline event handler (` onclick=` and the like).
+            for (i, _) in page.match_indices(" on") {
+                let rest = &page[i + 3..];
+                let name_len = rest.chars().take_while(char::is_ascii_lowercase).count();
+                assert!(
+                    name_len == 0 || !rest[name_len..].starts_with('='),
+                    "inline event handler in a console page: {}",
+                    &page[i..(i + 20).min(page.len())]
+                );
+            }
+            for script in page.split("<script").skip(1) {
+                assert!(
+                    script.trim_start().starts_with("src=") || script.contains(" src="),
+                    "inline <script> in a console page"
+                );
+            }
+        }
+    }
+}
