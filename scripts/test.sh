@@ -3,7 +3,8 @@
 # (cargo-deny against the vendored RustSec snapshot, licences, sources; the SBOM), every Rust test (unit,
 # property, storage, HTTP through the real server, CLI, architecture) and the Python SDK tests
 # (official `openai` and `anthropic` packages driving the real gateway binary) and the real-client
-# tests (Claude Code, the Codex CLI, npm and Python SDKs and agent frameworks, pinned).
+# tests (Claude Code, the Codex CLI, npm and Python SDKs and agent frameworks, pinned) and the
+# operator console's browser tests (Playwright driving Debian's Chromium).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,6 +36,9 @@ scripts/python-tests.sh
 
 echo "==> Real clients: Claude Code, Codex CLI, npm SDKs, agent frameworks"
 scripts/client-tests.sh
+
+echo "==> Operator console in Chromium (Playwright)"
+scripts/console-tests.sh
 
 echo "==> OpenAPI conformance (schemathesis against the served document)"
 scripts/schemathesis.sh

@@ -46,6 +46,12 @@
     }
   }
 
+  // Replace a container's content (skipping absent parts, which replaceChildren would print).
+  function fill(node, ...children) {
+    node.replaceChildren();
+    append(node, children);
+  }
+
   function tooltip(text) {
     return svg('title', { text });
   }
@@ -72,7 +78,7 @@
     if (!iso) return '—';
     const d = new Date(iso);
     if (Number.isNaN(d.getTime())) return iso;
-    return d.toISOString().replace('T', ' ').replace(/\.\d+Z$/, 'Z').replace(/Z$/, ' UTC');
+    return `${d.toISOString().slice(0, 19).replace('T', ' ')}Z`;
   }
 
   function isoSeconds(d) {
@@ -364,7 +370,7 @@
       { key: 'last_failure_at', label: 'Last failure', render: (p) => when(p.last_failure_at) },
       { key: 'last_error', label: 'Last error' },
     ], data.providers || [], { id: 'providers', sortKey: 'provider', sortDir: 'ascending', empty: 'No providers configured.' });
-    main.replaceChildren(
+    fill(main, 
       el('h1', { text: 'Overview' }),
       el('p', { class: 'muted', text: `This replica's own counters (${data.replica_scope === 'this_process' ? 'this process only' : data.replica_scope}), up ${Math.round(data.uptime_seconds)} s, as of ${when(data.generated_at)}. Refreshes every 15 s.` }),
       win('hour', data.windows.hour),
@@ -447,7 +453,7 @@
       { key: 'month', label: 'This month (UTC)', value: (k) => ratio(k.spend_month_usd, k.monthly_cap_usd), render: (k) => capBar(k.spend_month_usd, k.monthly_cap_usd, 'monthly cap', k.key_id) },
     ], capped, { id: 'caps', sortKey: 'day', empty: 'No key has a daily or monthly cap.' });
 
-    main.replaceChildren(
+    fill(main, 
       el('h1', { text: 'Spend' }),
       controls,
       chartPanel,
@@ -485,7 +491,7 @@
     const section = el('div', { id: 'keys-table' }, el('p', { class: 'muted', text: 'Loading…' }));
     const notices = el('div', { id: 'key-notices' });
     const issue = can('operator') ? issueForm(notices, reload) : null;
-    main.replaceChildren(
+    fill(main, 
       el('h1', { text: 'Keys' }),
       can('operator') ? null : el('p', { class: 'muted', text: `Your role (${state.session.role}) can read keys; issuing, rotating and revoking need operator.` }),
       notices,
@@ -558,6 +564,7 @@
     };
     return table([
       { key: 'name', label: 'Name' },
+      { key: 'actions', label: '', sortable: false, render: actions },
       { key: 'key_id', label: 'Key id', render: (k) => el('code', { text: k.key_id }) },
       { key: 'workspace_path', label: 'Workspace' },
       { key: 'status', label: 'Status', render: (k) => badge(k.status) },
@@ -571,7 +578,6 @@
       { key: 'spend_month_usd', label: 'Spend month', num: true, render: (k) => usd(k.spend_month_usd) },
       { key: 'created_at', label: 'Created', render: (k) => when(k.created_at) },
       { key: 'grace_period_until', label: 'Grace until', render: (k) => (k.grace_period_until ? when(k.grace_period_until) : '—') },
-      { key: 'actions', label: '', sortable: false, render: actions },
     ], keys, { id: 'keys', sortKey: 'created_at', rowId: (k) => k.key_id, empty: 'No keys.' });
   }
 
@@ -635,7 +641,7 @@
       api('GET', '/admin/v1/audit/verify').catch((e) => ({ error: e })),
     ]);
     const rows = events.events || [];
-    main.replaceChildren(
+    fill(main, 
       el('h1', { text: 'Audit' }),
       chainStatus(verify),
       form,
@@ -699,7 +705,7 @@
     });
     const data = await api('GET', `/admin/v1/sessions${query({ workspace, limit })}`);
     const sessions = Array.isArray(data) ? data : data.sessions || [];
-    main.replaceChildren(
+    fill(main, 
       el('h1', { text: 'Sessions' }),
       form,
       table([
@@ -737,7 +743,7 @@
           el('span', { class: 'muted small', text: `${when(s.created_at)} → ${when(s.updated_at)}` })),
         kids.length ? el('ul', {}, kids.map(node)) : null);
     };
-    main.replaceChildren(
+    fill(main, 
       el('p', {}, el('a', { href: '#/sessions', text: '← all sessions' })),
       el('h1', { text: `Session ${sessionId(root)}` }),
       el('p', { class: 'muted', text: `Workspace ${root.workspace_path || '—'}; ${usd(total(root))} in total over the session and its workers.` }),

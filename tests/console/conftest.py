@@ -1,0 +1,69 @@
+"""Fixtures of the console's browser tests: one fake upstream, one gateway with an admin token
+(SQLite store, 127.0.0.1) and one headless Chromium (Debian's, never a downloaded one) per test
+session. The process harness is the SDK tests' (tests/python/harness.py)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import sync_playwright
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
+
+from harness import FakeUpstream, Gateway  # noqa: E402
+
+ADMIN_TOKEN = "console-browser-test-admin-token-5c1d"
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+VIEWPORT = {"width": 1280, "height": 800}
+# Generous for a loaded 2-core CI machine; nothing is timed, this only bounds a hang.
+ACTION_TIMEOUT_MS = 20_000
+
+
+@pytest.fixture(scope="session")
+def upstream(tmp_path_factory):
+    fake = FakeUpstream(tmp_path_factory.mktemp("fake"))
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(tmp_path_factory, upstream):
+    gw = Gateway(
+        tmp_path_factory.mktemp("gw") / "data",
+        upstream,
+        ["--admin-token", ADMIN_TOKEN],
+    )
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="session")
+def context(browser):
+    """One browser profile for the whole run, so the login carries across the tests."""
+    ctx = browser.new_context(viewport=VIEWPORT, accept_downloads=True)
+    ctx.set_default_timeout(ACTION_TIMEOUT_MS)
+    yield ctx
+    ctx.close()
+
+
+@pytest.fixture(scope="session")
+def page(context):
+    pg = context.new_page()
+    errors: list[str] = []
+    # Any CSP violation or script error would show up here; the tests assert there is none.
+    pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.console_errors = errors
+    yield pg
+    pg.close()

@@ -1,0 +1,306 @@
+"""The operator console in a real browser (Debian's Chromium driven by Playwright) against the
+real gateway binary: log in with the admin token, issue a key and see its token exactly once,
+send requests with it and watch the spend chart and the key's cap bar move, open a session
+tree, revoke the key and find the audit row and the chain status, export the audit, log out.
+
+The tests run in file order and share one gateway and one browser profile (a login carries
+across them). Screenshots of each page go to docs/console/ (referenced by the README)."""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import openai
+import pytest
+from playwright.sync_api import Page, expect
+
+from conftest import ADMIN_TOKEN
+
+SHOTS = Path(__file__).resolve().parents[2] / "docs" / "console"
+MODEL = "gpt-5"  # served by the fake upstream and priced, so calls cost money
+# State the ordered tests hand to each other.
+KEY: dict[str, str] = {}
+
+
+def ui(gateway, fragment: str = "") -> str:
+    return f"{gateway.url}/ui/{fragment}"
+
+
+def ready(page: Page) -> None:
+    """Wait until the current page rendered (its data arrived) without an error."""
+    expect(page.locator("main[data-ready]")).to_have_attribute("data-ready", "true")
+
+
+def shot(page: Page, name: str, **kw) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / name), **kw)
+
+
+def no_script_or_csp_errors(page: Page) -> None:
+    bad = [e for e in page.console_errors if "Content Security Policy" in e or "Refused to" in e or "Error" in e and "status of" not in e]
+    assert not bad, bad
+
+
+def chat(gateway, token: str, text: str, headers: dict[str, str] | None = None) -> None:
+    client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=token, max_retries=0, timeout=30.0,
+                           default_headers=headers or {})
+    r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": text}])
+    assert r.choices[0].message.content
+
+
+def test_console_pages_carry_the_strict_csp(gateway):
+    with urllib.request.urlopen(ui(gateway, "login"), timeout=30) as r:
+        csp = r.headers["Content-Security-Policy"]
+        assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+        assert "frame-ancestors 'none'" in csp
+        assert r.headers["X-Content-Type-Options"] == "nosniff"
+        assert r.headers["Referrer-Policy"] == "no-referrer"
+
+
+def test_login_refuses_a_wrong_token_then_accepts_the_right_one(gateway, page):
+    page.goto(ui(gateway))
+    expect(page).to_have_url(re.compile(r"/ui/login$"))
+    page.fill("#token", "not-the-admin-token")
+    page.click("button[type=submit]")
+    expect(page.locator("#login-error")).to_contain_text("wrong admin token")
+    assert "not-the-admin-token" not in page.content()
+    shot(page, "login.png")
+    page.fill("#token", ADMIN_TOKEN)
+    page.click("button[type=submit]")
+    expect(page).to_have_url(re.compile(r"/ui/#/overview$"))
+    expect(page.locator("#identity")).to_contain_text("admin")
+    cookies = {c["name"]: c for c in page.context.cookies()}
+    session = cookies["metis_console"]
+    assert session["httpOnly"] and session["sameSite"] == "Strict"
+    assert ADMIN_TOKEN not in page.content()
+
+
+def test_overview_shows_this_replicas_counters_and_providers(gateway, page):
+    page.goto(ui(gateway, "#/overview"))
+    ready(page)
+    expect(page.locator("[data-window=hour] [data-metric=requests] .value")).to_be_visible()
+    expect(page.locator("#providers tbody tr").first).to_be_visible()
+    shot(page, "overview.png")
+    no_script_or_csp_errors(page)
+
+
+def test_issuing_a_key_shows_its_token_once(gateway, page):
+    page.goto(ui(gateway, "#/keys"))
+    ready(page)
+    name = f"console-{uuid.uuid4().hex[:6]}"
+    page.fill("#k-name", name)
+    page.fill("#k-workspace", "/srv/console-test")
+    page.fill("#k-daily_cap_usd", "0.05")
+    page.fill("#k-monthly_cap_usd", "1")
+    page.fill("#k-team", "payments")
+    page.fill("#k-user", "alice")
+    page.click("#issue-submit")
+    token_el = page.locator("#one-time-token")
+    expect(token_el).to_be_visible()
+    token = token_el.inner_text().strip()
+    assert token.startswith("gw_"), token
+    row = page.locator("#keys tbody tr", has_text=name)
+    expect(row).to_have_count(1)
+    key_id = row.get_attribute("data-row")
+    KEY.update(name=name, token=token, key_id=key_id)
+    expect(page.locator("#copy-token")).to_be_visible()
+    shot(page, "keys.png", mask=[token_el])
+    # Copy works (clipboard permission granted to this origin only for the check).
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=gateway.url)
+    page.click("#copy-token")
+    expect(page.locator("#token-panel [role=status]")).to_contain_text(re.compile("Copied|Selected"))
+    # Dismissed: gone from the DOM, and nothing else on the page holds it.
+    page.click("#dismiss-token")
+    expect(page.locator("#token-panel")).to_have_count(0)
+    assert token not in page.content()
+    # Leaving and coming back shows the key, never the token.
+    page.goto(ui(gateway, "#/overview"))
+    ready(page)
+    page.goto(ui(gateway, "#/keys"))
+    ready(page)
+    expect(page.locator(f"#keys tr[data-row='{key_id}']")).to_be_visible()
+    assert token not in page.content()
+
+
+def test_the_token_vanishes_when_the_operator_navigates_away(gateway, page):
+    page.goto(ui(gateway, "#/keys"))
+    ready(page)
+    page.fill("#k-name", "short-lived")
+    page.fill("#k-workspace", "/srv/short")
+    page.click("#issue-submit")
+    token = page.locator("#one-time-token").inner_text().strip()
+    page.click("nav a[data-page=spend]")
+    ready(page)
+    assert token not in page.content()
+    expect(page.locator("#one-time-token")).to_have_count(0)
+
+
+def cap_ratio(page: Page, key_id: str, cap: str) -> float:
+    bar = page.locator(f"svg.capbar[data-key-id='{key_id}'][data-cap='{cap}']")
+    expect(bar).to_be_visible()
+    return float(bar.get_attribute("data-ratio"))
+
+
+def chart_total(page: Page, group_label: str) -> float:
+    values = page.locator("#spend-chart svg.chart [data-value]").evaluate_all(
+        "(els, g) => els.filter(e => e.dataset.group.includes(g)).map(e => Number(e.dataset.value))",
+        group_label,
+    )
+    return sum(values)
+
+
+def test_spend_chart_and_cap_bar_move_with_traffic(gateway, page):
+    key_id = KEY["key_id"]
+    view = "#/spend?group_by=key&bucket=hour&range=24h&metric=cost_usd&chart=bar"
+    page.goto(ui(gateway, view))
+    ready(page)
+    before_ratio = cap_ratio(page, key_id, "daily cap")
+    before_chart = chart_total(page, key_id)
+    assert before_ratio == 0 and before_chart == 0
+    for i in range(3):
+        chat(gateway, KEY["token"], f"console spend {i}")
+    # Spend is recorded when the answer completes; reload until it shows (bounded).
+    for _ in range(40):
+        page.goto(ui(gateway, view))
+        page.reload()
+        ready(page)
+        if cap_ratio(page, key_id, "daily cap") > 0 and chart_total(page, key_id) > 0:
+            break
+        page.wait_for_timeout(250)
+    after_ratio = cap_ratio(page, key_id, "daily cap")
+    assert after_ratio > before_ratio
+    assert chart_total(page, key_id) > before_chart
+    assert cap_ratio(page, key_id, "monthly cap") > 0
+    # The totals table lists the key, and a team view is one click away (bookmarkable).
+    expect(page.locator("#usage-totals tbody tr", has_text=key_id)).to_have_count(1)
+    shot(page, "spend.png")
+    page.select_option("#f-group_by", "team")
+    expect(page).to_have_url(re.compile(r"group_by=team"))
+    ready(page)
+    expect(page.locator("#usage-totals tbody tr", has_text="payments")).to_have_count(1)
+    # Sorting: clicking a header orders the rows and marks the column.
+    page.click("#usage-totals th[data-key=calls]")
+    expect(page.locator("#usage-totals th[data-key=calls]")).to_have_attribute("aria-sort", re.compile("ascending|descending"))
+    no_script_or_csp_errors(page)
+
+
+def test_a_session_tree_shows_the_parent_and_its_worker(gateway, page):
+    parent = f"console-parent-{uuid.uuid4().hex[:6]}"
+    worker = f"console-worker-{uuid.uuid4().hex[:6]}"
+    chat(gateway, KEY["token"], "plan the work", {"x-metis-session-id": parent})
+    chat(gateway, KEY["token"], "plan more", {"x-metis-session-id": parent})
+    chat(gateway, KEY["token"], "do the work", {
+        "x-metis-session-id": worker,
+        "x-metis-parent-session-id": parent,
+        "x-metis-parent-tool-use-id": "toolu_console_1",
+        "x-metis-worker": "true",
+    })
+    for _ in range(40):
+        page.goto(ui(gateway, "#/sessions"))
+        page.reload()
+        ready(page)
+        if page.locator("#sessions tbody tr", has_text=worker).count():
+            break
+        page.wait_for_timeout(250)
+    page.click(f"#sessions a:text-is('{parent}')")
+    ready(page)
+    expect(page).to_have_url(re.compile(f"#/sessions/{parent}$"))
+    root = page.locator(f"#session-tree > li[data-session='{parent}']")
+    expect(root).to_contain_text("turns 2")
+    child = root.locator(f"ul > li[data-session='{worker}']")
+    expect(child).to_contain_text("turns 1")
+    expect(child).to_contain_text("worker")
+    shot(page, "sessions.png")
+
+
+def test_revoking_the_key_shows_in_the_audit_with_the_chain_status(gateway, page):
+    key_id = KEY["key_id"]
+    page.goto(ui(gateway, "#/keys"))
+    ready(page)
+    page.once("dialog", lambda d: d.accept())
+    page.click(f"#keys tr[data-row='{key_id}'] button[data-action=revoke]")
+    expect(page.locator("#key-notices")).to_contain_text(f"Key {key_id} revoked")
+    row = page.locator(f"#keys tr[data-row='{key_id}']")
+    expect(row).to_contain_text("revoked")
+    expect(row.locator("button[data-action=revoke]")).to_have_count(0)
+    # The gateway refuses the key (it learns of the revoke within seconds).
+    for _ in range(40):
+        try:
+            chat(gateway, KEY["token"], "after revoke")
+        except openai.AuthenticationError:
+            break
+        page.wait_for_timeout(250)
+    else:
+        pytest.fail("the revoked key kept working")
+    page.goto(ui(gateway, "#/audit?type=gateway.key_revoked"))
+    ready(page)
+    expect(page.locator("#audit-events tbody tr", has_text=key_id)).to_have_count(1)
+    expect(page.locator("#chain-status")).to_have_attribute("data-ok", "true")
+    expect(page.locator("#chain-status")).to_contain_text("intact")
+    shot(page, "audit.png")
+    # Export: the JSONL download holds the revoke event.
+    with page.expect_download() as dl:
+        page.click("#export-jsonl")
+    lines = Path(dl.value.path()).read_text().splitlines()
+    events = [json.loads(line) for line in lines if line.strip()]
+    assert any(e["type"] == "gateway.key_revoked" and key_id in json.dumps(e) for e in events), events
+    with page.expect_download() as dl:
+        page.click("#export-csv")
+    assert key_id in Path(dl.value.path()).read_text()
+    no_script_or_csp_errors(page)
+
+
+def test_rotating_a_key_shows_the_successor_token_once(gateway, page):
+    page.goto(ui(gateway, "#/keys"))
+    ready(page)
+    row = page.locator("#keys tbody tr", has_text="short-lived")
+    row.locator("button[data-action=rotate]").click()
+    page.fill("#rotate-grace", "1h")
+    page.click("#rotate-submit")
+    token = page.locator("#one-time-token")
+    expect(token).to_be_visible()
+    expect(page.locator("#token-panel")).to_contain_text("rotated")
+    assert token.inner_text().startswith("gw_")
+    page.click("#dismiss-token")
+    expect(page.locator("#token-panel")).to_have_count(0)
+
+
+def test_api_errors_show_in_a_banner(gateway, page):
+    page.goto(ui(gateway, "#/keys"))
+    ready(page)
+    page.fill("#k-name", "bad-cap")
+    page.fill("#k-workspace", "/srv/bad")
+    page.fill("#k-daily_cap_usd", "-1")
+    page.click("#issue-submit")
+    expect(page.locator("#banner")).to_be_visible()
+    expect(page.locator("#banner")).to_contain_text("daily_cap_usd")
+
+
+def test_the_admin_api_refuses_the_cookie_without_the_csrf_header(gateway, page):
+    cookie = next(c for c in page.context.cookies() if c["name"] == "metis_console")
+    req = urllib.request.Request(f"{gateway.url}/admin/v1/keys",
+                                 headers={"Cookie": f"metis_console={cookie['value']}"})
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=30)
+    assert e.value.code in (401, 403)
+
+
+def test_logout_ends_the_session(gateway, page):
+    page.goto(ui(gateway, "#/overview"))
+    ready(page)
+    old = next(c for c in page.context.cookies() if c["name"] == "metis_console")
+    page.click("#logout")
+    expect(page).to_have_url(re.compile(r"/ui/login$"))
+    page.goto(ui(gateway))
+    expect(page).to_have_url(re.compile(r"/ui/login$"))
+    # The old cookie, replayed by hand, no longer opens the session.
+    req = urllib.request.Request(f"{gateway.url}/ui/api/session",
+                                 headers={"Cookie": f"metis_console={old['value']}"})
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=30)
+    assert e.value.code == 401
