@@ -8,6 +8,7 @@ mod labels;
 mod provider;
 
 use crate::admin::{AdminApi, AdminToken};
+use crate::admin_read::AdminReadApi;
 use crate::console::{Console, ConsoleConfig, is_console_path, security_headers};
 use crate::reply::{AllowTable, ErrorCode, ModelsReply, RawReply, error_response, json_response};
 use async_trait_free::NoService;
@@ -19,6 +20,7 @@ use metis_domain::canonical::Shape;
 use metis_domain::error::GatewayError;
 use metis_domain::models::Page;
 use metis_ports::admin::AdminService;
+use metis_ports::console::OpsService;
 use metis_ports::gateway::{GatewayService, ModelsQuery};
 use poem::error::{MethodNotAllowedError, NotFoundError};
 use poem::http::{StatusCode, header};
@@ -309,8 +311,9 @@ impl Api {
 fn service(
     svc: Arc<dyn GatewayService>,
     admin: Arc<dyn AdminService>,
+    ops: Arc<dyn OpsService>,
     opts: HttpOptions,
-) -> OpenApiService<(Api, AdminApi), ()> {
+) -> OpenApiService<(Api, AdminApi, AdminReadApi), ()> {
     let url = opts.public_url.clone();
     OpenApiService::new(
         (
@@ -320,14 +323,15 @@ fn service(
                 started: Instant::now(),
             },
             AdminApi { svc: admin },
+            AdminReadApi { svc: ops },
         ),
         "Metis gateway",
         API_VERSION,
     )
     .description(
         "OpenAI- and Anthropic-compatible LLM gateway: provider endpoints authenticated with \
-         gateway keys, health and readiness probes, and the admin API for key lifecycle, usage \
-         and audit export.",
+         gateway keys, health and readiness probes, and the admin API for key lifecycle, usage, \
+         audit export, live overview and sessions.",
     )
     .server(url)
 }
@@ -377,18 +381,27 @@ fn json_errors(err: &poem::Error, method: String, path: String, allow: &AllowTab
     error_response(&gw, shape)
 }
 
-/// The complete HTTP application. The admin API is served only when `admin` is given (its
-/// service and bearer token); otherwise every `/admin/…` path answers 404. The operator
-/// console (`/ui`) is served when `console` is given and the admin API is, else 404 too.
+/// What the admin API (`/admin/v1`) is served with: the key/usage/audit service, the
+/// console's read service and the bearer token.
+#[derive(Clone)]
+pub struct AdminServices {
+    pub admin: Arc<dyn AdminService>,
+    pub ops: Arc<dyn OpsService>,
+    pub token: String,
+}
+
+/// The complete HTTP application. The admin API is served only when `admin` is given;
+/// otherwise every `/admin/…` path answers 404. The operator console (`/ui`) is served when
+/// `console` is given and the admin API is, else 404 too.
 pub fn routes(
     svc: Arc<dyn GatewayService>,
-    admin: Option<(Arc<dyn AdminService>, String)>,
+    admin: Option<AdminServices>,
     console: Option<ConsoleConfig>,
     opts: HttpOptions,
 ) -> impl Endpoint {
-    let (admin_svc, token): (Arc<dyn AdminService>, Option<AdminToken>) = match admin {
-        Some((a, t)) => (a, Some(AdminToken(Arc::new(t)))),
-        None => (Arc::new(NoService), None),
+    let (admin_svc, ops_svc, token): (Arc<dyn AdminService>, Arc<dyn OpsService>, _) = match admin {
+        Some(a) => (a.admin, a.ops, Some(AdminToken(Arc::new(a.token)))),
+        None => (Arc::new(NoService), Arc::new(NoService), None),
     };
     let console = match (console, &token) {
         (Some(c), Some(t)) => Some(Arc::new(Console::new(c, Some(t.clone())))),
@@ -396,7 +409,7 @@ pub fn routes(
     };
     let recorder = Arc::clone(&svc);
     let unmatched = Arc::new(UnmatchedRoutes::default());
-    let api = service(svc, admin_svc, opts);
+    let api = service(svc, admin_svc, ops_svc, opts);
     let docs = api.swagger_ui();
     let document = openapi_json();
     let allow = Arc::new(AllowTable::from_openapi(&document));

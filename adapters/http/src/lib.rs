@@ -9,6 +9,7 @@
 //! unauthenticated clients cannot make the gateway buffer large bodies.
 
 mod admin;
+mod admin_read;
 mod api;
 pub mod console;
 mod inflight;
@@ -16,7 +17,7 @@ mod reply;
 mod socket;
 
 pub use admin::AdminToken;
-pub use api::{ClientGone, HttpOptions, openapi_json, routes};
+pub use api::{AdminServices, ClientGone, HttpOptions, openapi_json, routes};
 pub use console::{ConsoleConfig, SessionSettings};
 pub use inflight::{
     COST_PER_BODY_BYTE, COST_PER_OBJECT, RequestBudget, Reservation, charge_parsed, estimated_cost,

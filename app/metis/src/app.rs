@@ -10,8 +10,9 @@ use crate::system::{SystemClock, UlidIds};
 use anyhow::{Context, bail};
 use metis_domain::events::key_sources;
 use metis_domain::patterns::PatternCaps;
-use metis_http::{ClientGone, HttpOptions, routes};
+use metis_http::{AdminServices, ClientGone, HttpOptions, routes};
 use metis_ports::admin::AdminService;
+use metis_ports::console::OpsService;
 use metis_ports::keys::{KeyStore, KeyStoreError};
 use metis_ports::storage::PatternPlace;
 use metis_ports::system::{Clock, IdSource};
@@ -60,7 +61,7 @@ pub struct App {
     gateway_admin: Arc<KeyAdmin>,
     /// Spend caps (flushed at shutdown: settlements a shared store has not taken yet).
     spend: Arc<SpendGuard>,
-    admin_api: Option<(Arc<dyn AdminService>, String)>,
+    admin_api: Option<AdminServices>,
     /// The operator console (`/ui`), present when an admin identity is configured.
     console: Option<metis_http::ConsoleConfig>,
     http_opts: HttpOptions,
@@ -335,6 +336,13 @@ impl App {
         let provider_names: Vec<String> = providers.iter().map(|p| p.name().to_owned()).collect();
         let background = TokioBackground::default();
         let (prometheus, metrics) = build_metrics(&args);
+        // The console's overview counts what the gateway already reports to its metrics.
+        let live = Arc::new(metis_usecases::LiveWindow::new(
+            Arc::clone(&clock),
+            &provider_names,
+        ));
+        let metrics: Arc<dyn metis_ports::metrics::Metrics> =
+            Arc::new(metis_usecases::LiveMetrics::new(metrics, Arc::clone(&live)));
         let (spend, shared_limits) = crate::admission::guards(
             &args,
             paths.backend()?,
@@ -348,12 +356,28 @@ impl App {
             Some(token) => {
                 let facade: Arc<dyn AdminService> = Arc::new(AdminFacade::new(
                     key_admin(key_sources::ADMIN_API),
-                    query,
+                    Arc::clone(&query),
                     Arc::clone(&sink),
                     Arc::clone(&spend),
                     Arc::clone(&clock),
                 ));
-                Some((facade, token))
+                let ops: Arc<dyn OpsService> =
+                    Arc::new(metis_usecases::OpsFacade::new(metis_usecases::OpsParts {
+                        live,
+                        query,
+                        sink: Arc::clone(&sink),
+                        sessions: trace.sessions(),
+                        chain: Arc::new(crate::store::ServedChain {
+                            backend: paths.backend()?,
+                            db: paths.db.clone(),
+                        }),
+                        clock: Arc::clone(&clock),
+                    }));
+                Some(AdminServices {
+                    admin: facade,
+                    ops,
+                    token,
+                })
             }
             None => None,
         };

@@ -201,3 +201,33 @@ pub async fn open_main(
         .context("trace store task failed")?
         .with_context(|| format!("cannot open trace store {}", paths.location()))
 }
+
+/// The audit chain check of `metis audit verify`, run by the gateway over the store it serves
+/// from (`GET /admin/v1/audit/verify`): a read-only reader of the same backend (the same
+/// file handle for redb, a read-only connection for SQLite, the same database for
+/// PostgreSQL), off the request threads because the check reads the whole chain.
+pub struct ServedChain {
+    pub backend: Arc<dyn StorageBackend>,
+    pub db: std::path::PathBuf,
+}
+
+#[async_trait::async_trait]
+impl metis_ports::console::AuditChainReader for ServedChain {
+    async fn verify_chain(
+        &self,
+    ) -> Result<(Result<u64, metis_domain::audit::BrokenLink>, u64), metis_ports::trace::TraceError>
+    {
+        let backend = Arc::clone(&self.backend);
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let reader = backend.open_reader(&db)?;
+            let report = metis_usecases::storage::audit::verify(reader.as_ref())
+                .map_err(|e| metis_ports::trace::TraceError::Unavailable(e.to_string()))?;
+            Ok((report.chain, report.unchained))
+        })
+        .await
+        .map_err(|e| {
+            metis_ports::trace::TraceError::Unavailable(format!("chain check task failed: {e}"))
+        })?
+    }
+}

@@ -8,6 +8,7 @@
 //! gives them one retry.
 
 mod admin_api;
+mod admin_console_api;
 mod admission_contract;
 mod architecture;
 mod console;

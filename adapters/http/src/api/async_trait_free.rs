@@ -5,8 +5,13 @@
 use super::empty_model_list;
 use bytes::Bytes;
 use metis_domain::error::GatewayError;
+use metis_domain::sessions::{SessionNode, SessionRecord};
 use metis_ports::admin::{AdminFailure, AdminService};
 use metis_ports::admin::{CreatedKey, KeySummary, NewKey, RevokeResult, RotateResult};
+use metis_ports::console::{
+    AuditExport, AuditFormat, ChainStatus, OpsService, Overview, SeriesQuery, UsageSeries,
+    WindowStats,
+};
 use metis_ports::gateway::TokenCount;
 use metis_ports::gateway::{Admission, GatewayService, InboundMeta, ModelsQuery, Reply};
 use metis_ports::trace::{EventRow, UsageGroup, UsageRow};
@@ -84,6 +89,48 @@ impl AdminService for NoService {
         _u: i64,
         _t: Vec<String>,
     ) -> Result<Vec<EventRow>, AdminFailure> {
+        Err(unavailable())
+    }
+    fn now_us(&self) -> i64 {
+        0
+    }
+}
+
+#[async_trait::async_trait]
+impl OpsService for NoService {
+    fn overview(&self) -> Overview {
+        Overview {
+            generated_at_us: 0,
+            uptime_seconds: 0,
+            hour: WindowStats::default(),
+            day: WindowStats::default(),
+            health_window_seconds: 0,
+            providers: Vec::new(),
+        }
+    }
+    async fn usage_series(&self, _q: SeriesQuery) -> Result<UsageSeries, AdminFailure> {
+        Err(unavailable())
+    }
+    async fn verify_audit(&self) -> Result<ChainStatus, AdminFailure> {
+        Err(unavailable())
+    }
+    async fn export_audit(
+        &self,
+        _s: Option<i64>,
+        _u: Option<i64>,
+        _t: &[String],
+        _f: AuditFormat,
+    ) -> Result<AuditExport, AdminFailure> {
+        Err(unavailable())
+    }
+    async fn sessions(
+        &self,
+        _w: Option<&str>,
+        _l: u32,
+    ) -> Result<Vec<SessionRecord>, AdminFailure> {
+        Err(unavailable())
+    }
+    async fn session_tree(&self, _id: &str) -> Result<SessionNode, AdminFailure> {
         Err(unavailable())
     }
     fn now_us(&self) -> i64 {

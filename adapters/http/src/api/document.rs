@@ -12,6 +12,7 @@ pub fn openapi_json() -> String {
     let spec = service(
         Arc::new(NoService),
         Arc::new(NoService),
+        Arc::new(NoService),
         HttpOptions::default(),
     )
     .spec();
@@ -199,5 +200,6 @@ fn complete_document(spec: &str) -> String {
             p["schema"]["items"]["enum"] = json!(metis_domain::audit::AUDIT_TYPES);
         }
     }
+
     serde_json::to_string_pretty(&doc).unwrap_or_else(|_| spec.to_owned())
 }

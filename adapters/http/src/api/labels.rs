@@ -89,6 +89,12 @@ pub(super) fn route_template(path: &str) -> (&'static str, &'static str) {
         "/admin/v1/keys" => ("/admin/v1/keys", "admin"),
         "/admin/v1/usage" => ("/admin/v1/usage", "admin"),
         "/admin/v1/audit" => ("/admin/v1/audit", "admin"),
+        "/admin/v1/overview" => ("/admin/v1/overview", "admin"),
+        "/admin/v1/usage/series" => ("/admin/v1/usage/series", "admin"),
+        "/admin/v1/audit/verify" => ("/admin/v1/audit/verify", "admin"),
+        "/admin/v1/audit/export" => ("/admin/v1/audit/export", "admin"),
+        "/admin/v1/sessions" => ("/admin/v1/sessions", "admin"),
+        p if p.starts_with("/admin/v1/sessions/") => ("/admin/v1/sessions/{session_id}", "admin"),
         p if p.starts_with("/admin/v1/keys/") && p.ends_with("/revoke") => {
             ("/admin/v1/keys/{key_id}/revoke", "admin")
         }
