@@ -16,6 +16,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
 from harness import FakeUpstream, Gateway  # noqa: E402
 
 ADMIN_TOKEN = "console-browser-test-admin-token-5c1d"
+# Known, so a test can mint a session of another role (OIDC logins are tested elsewhere).
+SESSION_KEY = "console-browser-test-session-key-0123456789abcdef"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 VIEWPORT = {"width": 1280, "height": 800}
 # Generous for a loaded 2-core CI machine; nothing is timed, this only bounds a hang.
@@ -34,7 +36,7 @@ def gateway(tmp_path_factory, upstream):
     gw = Gateway(
         tmp_path_factory.mktemp("gw") / "data",
         upstream,
-        ["--admin-token", ADMIN_TOKEN],
+        ["--admin-token", ADMIN_TOKEN, "--console-session-key", SESSION_KEY],
     )
     yield gw
     gw.stop()

@@ -8,8 +8,11 @@ across them). Screenshots of each page go to docs/console/ (referenced by the RE
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import re
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -19,7 +22,7 @@ import openai
 import pytest
 from playwright.sync_api import Page, expect
 
-from conftest import ADMIN_TOKEN
+from conftest import ADMIN_TOKEN, SESSION_KEY, VIEWPORT
 
 SHOTS = Path(__file__).resolve().parents[2] / "docs" / "console"
 MODEL = "gpt-5"  # served by the fake upstream and priced, so calls cost money
@@ -304,3 +307,28 @@ def test_logout_ends_the_session(gateway, page):
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(req, timeout=30)
     assert e.value.code == 401
+
+
+def viewer_cookie() -> str:
+    """A console session of a `viewer`, signed like the gateway signs them (hex of the JSON
+    claims, then hex of HMAC-SHA256 over "cookie:" + that)."""
+    claims = {"sid": uuid.uuid4().hex, "sub": "viewer-1", "email": "viewer@example.com",
+              "role": "viewer", "method": "oidc", "exp": int(time.time()) + 3600}
+    payload = json.dumps(claims).encode().hex()
+    sig = hmac.new(SESSION_KEY.encode(), b"cookie:" + payload.encode(), hashlib.sha256).hexdigest()
+    return f"{payload}.{sig}"
+
+
+def test_a_viewer_sees_no_key_actions(gateway, browser):
+    ctx = browser.new_context(viewport=VIEWPORT)
+    try:
+        ctx.add_cookies([{"name": "metis_console", "value": viewer_cookie(), "url": gateway.url}])
+        pg = ctx.new_page()
+        pg.goto(ui(gateway, "#/keys"))
+        expect(pg.locator("#identity")).to_contain_text("viewer@example.com · viewer")
+        expect(pg.locator("#keys tbody tr").first).to_be_visible()
+        expect(pg.locator("#issue-form")).to_have_count(0)
+        expect(pg.locator("button[data-action]")).to_have_count(0)
+        expect(pg.locator("main")).to_contain_text("need operator")
+    finally:
+        ctx.close()
