@@ -35,8 +35,12 @@ def ui(gateway, fragment: str = "") -> str:
 
 
 def ready(page: Page) -> None:
-    """Wait until the current page rendered (its data arrived) without an error."""
-    expect(page.locator("main[data-ready]")).to_have_attribute("data-ready", "true")
+    """Wait until the current page rendered (its data arrived) without an error; on an error,
+    fail with the console's banner (the API's message)."""
+    main = page.locator("main[data-ready]")
+    expect(main).to_have_count(1)
+    if main.get_attribute("data-ready") != "true":
+        pytest.fail(f"the {page.url} page failed: {page.locator('#banner').inner_text()}")
 
 
 def shot(page: Page, name: str, **kw) -> None:

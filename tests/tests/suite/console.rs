@@ -403,3 +403,29 @@ async fn an_expired_cookie_is_refused() {
     assert_eq!(a.status, 401, "{}", a.text);
     assert!(a.text.contains("expired"), "{}", a.text);
 }
+
+/// The console asks for windows such as "the last 7 days", which start on the 29th, 30th or
+/// 31st of a month on many days of the year. `/admin/v1/usage` and `/admin/v1/audit` used to
+/// refuse those days (their `since`/`until` pattern allowed days 01–28 only), so the Spend
+/// and Audit pages failed with a 400 on those days. Impossible dates still get a 400 naming
+/// the field.
+#[tokio::test]
+async fn usage_and_audit_take_windows_starting_late_in_a_month() {
+    let gw = gateway(&[]).await;
+    let c = client();
+    for path in [
+        "/admin/v1/usage?since=2026-11-30T10:00:00Z&until=2026-12-07T10:00:00Z",
+        "/admin/v1/usage?since=2026-01-31T00:00:00Z&until=2026-02-01T00:00:00Z&group_by=team",
+        "/admin/v1/audit?since=2026-10-29T00:00:00Z&until=2026-10-31T23:59:59Z",
+    ] {
+        let a = send(c.get(gw.url(path)).bearer_auth(ADMIN)).await;
+        assert_eq!(a.status, 200, "{path}: {}", a.text);
+    }
+    let a = send(
+        c.get(gw.url("/admin/v1/usage?since=2026-02-30T00:00:00Z"))
+            .bearer_auth(ADMIN),
+    )
+    .await;
+    assert_eq!(a.status, 400, "{}", a.text);
+    assert!(a.text.contains("since"), "{}", a.text);
+}
