@@ -26,6 +26,9 @@ from conftest import ADMIN_TOKEN, SESSION_KEY, VIEWPORT
 
 SHOTS = Path(__file__).resolve().parents[2] / "docs" / "console"
 MODEL = "gpt-5"  # served by the fake upstream and priced, so calls cost money
+# One test call costs about $0.00009 on the fake upstream: four of them pass the 80 % mark of
+# this cap without reaching it.
+DAILY_CAP = "0.00042"
 # State the ordered tests hand to each other.
 KEY: dict[str, str] = {}
 
@@ -87,12 +90,11 @@ def test_login_refuses_a_wrong_token_then_accepts_the_right_one(gateway, page):
     assert ADMIN_TOKEN not in page.content()
 
 
-def test_overview_shows_this_replicas_counters_and_providers(gateway, page):
+def test_overview_renders_before_any_traffic(gateway, page):
     page.goto(ui(gateway, "#/overview"))
     ready(page)
-    expect(page.locator("[data-window=hour] [data-metric=requests] .value")).to_be_visible()
+    expect(page.locator("[data-window=hour] [data-metric=requests] .value")).to_have_text("0")
     expect(page.locator("#providers tbody tr").first).to_be_visible()
-    shot(page, "overview.png")
     no_script_or_csp_errors(page)
 
 
@@ -102,8 +104,9 @@ def test_issuing_a_key_shows_its_token_once(gateway, page):
     name = f"console-{uuid.uuid4().hex[:6]}"
     page.fill("#k-name", name)
     page.fill("#k-workspace", "/srv/console-test")
-    page.fill("#k-daily_cap_usd", "0.05")
-    page.fill("#k-monthly_cap_usd", "1")
+    # Small caps, so a few test calls fill a visible part of the bars.
+    page.fill("#k-daily_cap_usd", DAILY_CAP)
+    page.fill("#k-monthly_cap_usd", "0.002")
     page.fill("#k-team", "payments")
     page.fill("#k-user", "alice")
     page.click("#issue-submit")
@@ -169,8 +172,9 @@ def test_spend_chart_and_cap_bar_move_with_traffic(gateway, page):
     before_ratio = cap_ratio(page, key_id, "daily cap")
     before_chart = chart_total(page, key_id)
     assert before_ratio == 0 and before_chart == 0
-    for i in range(3):
+    for i in range(4):
         chat(gateway, KEY["token"], f"console spend {i}")
+    chat(gateway, gateway.token, "another key's spend")
     # Spend is recorded when the answer completes; reload until it shows (bounded).
     for _ in range(40):
         page.goto(ui(gateway, view))
@@ -181,6 +185,10 @@ def test_spend_chart_and_cap_bar_move_with_traffic(gateway, page):
         page.wait_for_timeout(250)
     after_ratio = cap_ratio(page, key_id, "daily cap")
     assert after_ratio > before_ratio
+    # Past the 80 % alert mark: the bar says so by its colour class.
+    bar = page.locator(f"svg.capbar[data-key-id='{key_id}'][data-cap='daily cap'] rect.fill")
+    if after_ratio >= 0.8:
+        expect(bar).to_have_class(re.compile(r"\b(warn|bad)\b"))
     assert chart_total(page, key_id) > before_chart
     assert cap_ratio(page, key_id, "monthly cap") > 0
     # The totals table lists the key, and a team view is one click away (bookmarkable).
@@ -197,21 +205,27 @@ def test_spend_chart_and_cap_bar_move_with_traffic(gateway, page):
 
 
 def test_a_session_tree_shows_the_parent_and_its_worker(gateway, page):
-    parent = f"console-parent-{uuid.uuid4().hex[:6]}"
-    worker = f"console-worker-{uuid.uuid4().hex[:6]}"
-    chat(gateway, KEY["token"], "plan the work", {"x-metis-session-id": parent})
-    chat(gateway, KEY["token"], "plan more", {"x-metis-session-id": parent})
-    chat(gateway, KEY["token"], "do the work", {
-        "x-metis-session-id": worker,
-        "x-metis-parent-session-id": parent,
-        "x-metis-parent-tool-use-id": "toolu_console_1",
-        "x-metis-worker": "true",
-    })
+    tag = uuid.uuid4().hex[:6]
+    parent, worker, second, nested = (f"console-{n}-{tag}" for n in ("parent", "worker", "reviewer", "helper"))
+
+    def turn(session: str, text: str, parent_id: str | None = None, tool_use: str | None = None) -> None:
+        headers = {"x-metis-session-id": session}
+        if parent_id:
+            headers.update({"x-metis-parent-session-id": parent_id, "x-metis-parent-tool-use-id": tool_use,
+                            "x-metis-worker": "true"})
+        # The default key: the console key's small caps are for the spend test.
+        chat(gateway, gateway.token, text, headers)
+
+    turn(parent, "plan the work")
+    turn(parent, "plan more")
+    turn(worker, "do the work", parent, "toolu_console_1")
+    turn(second, "review the work", parent, "toolu_console_2")
+    turn(nested, "look something up", worker, "toolu_console_3")
     for _ in range(40):
         page.goto(ui(gateway, "#/sessions"))
         page.reload()
         ready(page)
-        if page.locator("#sessions tbody tr", has_text=worker).count():
+        if page.locator("#sessions tbody tr", has_text=nested).count():
             break
         page.wait_for_timeout(250)
     page.click(f"#sessions a:text-is('{parent}')")
@@ -222,6 +236,8 @@ def test_a_session_tree_shows_the_parent_and_its_worker(gateway, page):
     child = root.locator(f"ul > li[data-session='{worker}']")
     expect(child).to_contain_text("turns 1")
     expect(child).to_contain_text("worker")
+    expect(root.locator(f"ul > li[data-session='{second}']")).to_be_visible()
+    expect(child.locator(f"ul > li[data-session='{nested}']")).to_contain_text("turns 1")
     shot(page, "sessions.png")
 
 
@@ -249,7 +265,6 @@ def test_revoking_the_key_shows_in_the_audit_with_the_chain_status(gateway, page
     expect(page.locator("#audit-events tbody tr", has_text=key_id)).to_have_count(1)
     expect(page.locator("#chain-status")).to_have_attribute("data-ok", "true")
     expect(page.locator("#chain-status")).to_contain_text("intact")
-    shot(page, "audit.png")
     # Export: the JSONL download holds the revoke event.
     with page.expect_download() as dl:
         page.click("#export-jsonl")
@@ -259,6 +274,10 @@ def test_revoking_the_key_shows_in_the_audit_with_the_chain_status(gateway, page
     with page.expect_download() as dl:
         page.click("#export-csv")
     assert key_id in Path(dl.value.path()).read_text()
+    page.goto(ui(gateway, "#/audit"))
+    ready(page)
+    expect(page.locator("#audit-events tbody tr", has_text="gateway.key_issued").first).to_be_visible()
+    shot(page, "audit.png")
     no_script_or_csp_errors(page)
 
 
@@ -295,6 +314,16 @@ def test_the_admin_api_refuses_the_cookie_without_the_csrf_header(gateway, page)
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(req, timeout=30)
     assert e.value.code in (401, 403)
+
+
+def test_overview_counts_the_traffic_and_provider_health(gateway, page):
+    page.goto(ui(gateway, "#/overview"))
+    ready(page)
+    requests = page.locator("[data-window=hour] [data-metric=requests] .value").inner_text()
+    assert int(requests.replace(",", "")) >= 10, requests
+    assert page.locator("[data-window=day] [data-metric=cost] .value").inner_text() != "$0"
+    expect(page.locator("#providers tbody tr", has_text="openai")).to_contain_text("healthy")
+    shot(page, "overview.png")
 
 
 def test_logout_ends_the_session(gateway, page):

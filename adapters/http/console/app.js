@@ -225,7 +225,7 @@
   // series: [{name, values: [number per bucket]}]; labels: bucket start labels.
   function chart(kind, series, labels, fmt, title) {
     const W = 960;
-    const H = 300;
+    const H = 250;
     const m = { l: 70, r: 16, t: 36, b: 40 };
     const iw = W - m.l - m.r;
     const ih = H - m.t - m.b;
@@ -401,11 +401,12 @@
     const until = new Date();
     const since = new Date(until.getTime() - RANGES[range] * 1000);
     const span = { since: isoSeconds(since), until: isoSeconds(until), group_by: groupBy };
-    const [series, usage, keys] = await Promise.all([
+    const [series, keys] = await Promise.all([
       api('GET', `/admin/v1/usage/series${query({ ...span, bucket })}`),
-      api('GET', `/admin/v1/usage${query(span)}`),
       api('GET', '/admin/v1/keys'),
     ]);
+    // Totals over exactly the chart's window (the series aligns it to whole buckets).
+    const usage = await api('GET', `/admin/v1/usage${query({ since: series.since, until: series.until, group_by: groupBy })}`);
     const names = keyNames(keys.keys);
     const groupName = (g) => (g === null || g === undefined ? `(no ${groupBy})` : groupBy === 'key' && names[g] ? `${names[g]} (${g})` : g);
 
@@ -457,10 +458,10 @@
       el('h1', { text: 'Spend' }),
       controls,
       chartPanel,
+      el('h2', { text: 'Caps (dashed marks: the 80 % and 95 % alerts)' }),
+      el('div', { class: 'caps' }, caps),
       el('h2', { text: `Totals ${when(usage.since)} – ${when(usage.until)}` }),
-      totals,
-      el('h2', { text: 'Caps (dashed marks: 80 % and 95 % alerts)' }),
-      el('div', { class: 'caps' }, caps));
+      totals);
   }
 
   function ratio(spent, cap) {
@@ -653,9 +654,16 @@
         { key: 'type', label: 'Type', render: (e) => el('code', { text: e.type }) },
         { key: 'actor', label: 'Actor' },
         { key: 'who', label: 'Admin', value: (e) => (e.payload && e.payload.admin ? e.payload.admin.email || e.payload.admin.sub : null) },
-        { key: 'subject', label: 'Key / subject', value: (e) => (e.payload && (e.payload.key_id || e.payload.old_key_id)) || null },
+        { key: 'subject', label: 'Key', value: (e) => auditKey(e.payload) },
         { key: 'payload', label: 'Payload', sortable: false, render: (e) => el('details', {}, el('summary', { text: summary(e.payload) }), el('pre', { text: JSON.stringify(e.payload, null, 2) })) },
       ], rows, { id: 'audit-events', sortKey: 'timestamp', rowId: (e) => e.id, empty: 'No audit events in this window.' }));
+  }
+
+  // The key an audit event is about (issue/revoke name one key, rotate names both).
+  function auditKey(p) {
+    if (!p || typeof p !== 'object') return null;
+    if (p.old_gateway_key_id) return `${p.old_gateway_key_id} → ${p.new_gateway_key_id}`;
+    return p.gateway_key_id || p.key_id || null;
   }
 
   function summary(payload) {
@@ -667,11 +675,13 @@
 
   function chainStatus(v) {
     if (v.error) return el('section', { class: 'panel', id: 'chain-status' }, el('h2', { text: 'Audit chain' }), el('p', { class: 'banner error', text: v.error.message }));
+    // Everything else the verification reports (e.g. where the chain first breaks).
     const details = Object.entries(v).filter(([k]) => !['ok', 'events_checked', 'checked_at'].includes(k));
+    const show = (val) => (val === null ? 'none' : typeof val === 'object' ? JSON.stringify(val) : String(val));
     return el('section', { class: 'panel', id: 'chain-status', 'data-ok': String(v.ok) },
       el('h2', { text: 'Audit chain' }),
       el('p', {}, v.ok ? badge('intact', 'ok') : badge('broken', 'bad'), ` ${int(v.events_checked)} events checked at ${when(v.checked_at)}`),
-      details.length ? el('dl', {}, details.flatMap(([k, val]) => [el('dt', { text: k }), el('dd', {}, el('code', { text: typeof val === 'object' ? JSON.stringify(val) : String(val) }))])) : null);
+      details.length ? el('dl', { class: 'facts' }, details.flatMap(([k, val]) => [el('dt', { text: k.replace(/_/g, ' ') }), el('dd', {}, el('code', { text: show(val) }))])) : null);
   }
 
   async function download(path, filename) {
