@@ -546,7 +546,7 @@
   function keysTable(keys, notices, reload) {
     const actions = (k) => {
       if (!can('operator') || k.effective_status !== 'active') return '';
-      return el('span', { class: 'row' },
+      return el('span', { class: 'actions' },
         el('button', { type: 'button', class: 'small secondary', 'data-action': 'rotate', text: 'Rotate', onclick: () => rotatePanel(k, notices, reload) }),
         el('button', {
           type: 'button', class: 'small danger', 'data-action': 'revoke', text: 'Revoke',
@@ -570,8 +570,7 @@
       { key: 'workspace_path', label: 'Workspace' },
       { key: 'status', label: 'Status', render: (k) => badge(k.status) },
       { key: 'effective_status', label: 'Effective', render: (k) => badge(k.effective_status) },
-      { key: 'user_id', label: 'User' },
-      { key: 'team_id', label: 'Team' },
+      { key: 'owner', label: 'User · team · tier', value: (k) => [k.user_id, k.team_id, k.customer_tier].filter(Boolean).join(' · ') || null },
       { key: 'allowed_models', label: 'Models', value: (k) => (k.allowed_models || []).join(', '), render: (k) => (k.allowed_models ? k.allowed_models.join(', ') : 'all') },
       { key: 'daily_cap_usd', label: 'Daily cap', num: true, value: (k) => (k.daily_cap_usd === null ? null : Number(k.daily_cap_usd)), render: (k) => (k.daily_cap_usd === null ? '—' : usd(k.daily_cap_usd)) },
       { key: 'monthly_cap_usd', label: 'Monthly cap', num: true, value: (k) => (k.monthly_cap_usd === null ? null : Number(k.monthly_cap_usd)), render: (k) => (k.monthly_cap_usd === null ? '—' : usd(k.monthly_cap_usd)) },
