@@ -19,7 +19,7 @@ pub struct AdminToken(pub Arc<String>);
 
 /// Constant-time comparison of the presented token with the configured one (both hashed
 /// first, so lengths never leak).
-pub(crate) fn token_matches(presented: &str, expected: &str) -> bool {
+fn token_matches(presented: &str, expected: &str) -> bool {
     let a = Sha256::digest(presented.as_bytes());
     let b = Sha256::digest(expected.as_bytes());
     a.iter()

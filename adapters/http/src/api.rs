@@ -404,7 +404,7 @@ pub fn routes(
         None => (Arc::new(NoService), Arc::new(NoService), None),
     };
     let console = match (console, &token) {
-        (Some(c), Some(t)) => Some(Arc::new(Console::new(c, Some(t.clone())))),
+        (Some(c), Some(t)) => Some(Arc::new(Console::new(c, Some(t.0.as_str())))),
         _ => None,
     };
     let recorder = Arc::clone(&svc);

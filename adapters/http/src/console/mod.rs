@@ -8,7 +8,6 @@
 
 pub mod session;
 
-use crate::admin::AdminToken;
 use crate::reply::json_response;
 use metis_domain::admin::AdminIdentity;
 use poem::http::{HeaderValue, Method, StatusCode, header};
@@ -30,26 +29,37 @@ pub struct ConsoleConfig {
 }
 
 /// The console's state, shared by its pages and the admin auth checker.
-#[derive(Debug)]
 pub struct Console {
     pub sessions: ConsoleSessions,
-    /// The static admin token the login form checks (absent: no token login).
-    token: Option<AdminToken>,
+    /// SHA-256 of the static admin token the login form checks (absent: no token login).
+    /// Digests are compared, so the comparison takes the same time whatever the lengths.
+    token_digest: Option<[u8; 32]>,
     oidc_login: bool,
 }
 
-impl std::fmt::Debug for AdminToken {
+impl std::fmt::Debug for Console {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("AdminToken(<redacted>)")
+        f.debug_struct("Console")
+            .field("sessions", &self.sessions)
+            .field("token_login", &self.token_digest.is_some())
+            .field("oidc_login", &self.oidc_login)
+            .finish()
     }
 }
 
+fn digest(s: &str) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(&Sha256::digest(s.as_bytes()));
+    out
+}
+
 impl Console {
+    /// `token`: the static admin token, when one is configured (enables the token login).
     #[must_use]
-    pub fn new(config: ConsoleConfig, token: Option<AdminToken>) -> Self {
+    pub fn new(config: ConsoleConfig, token: Option<&str>) -> Self {
         Console {
             sessions: ConsoleSessions::new(config.session),
-            token,
+            token_digest: token.map(digest),
             oidc_login: config.oidc_login,
         }
     }
@@ -314,7 +324,11 @@ impl Console {
                 escape_html(e)
             )
         });
-        let token_form = if self.token.is_some() { "" } else { "hidden" };
+        let token_form = if self.token_digest.is_some() {
+            ""
+        } else {
+            "hidden"
+        };
         let oidc = if self.oidc_login { "" } else { "hidden" };
         let body = LOGIN
             .replace("{{error}}", &error_html)
@@ -340,13 +354,13 @@ impl Console {
                 Some("the login form has expired or was not sent from this page; try again"),
             );
         }
-        let Some(expected) = &self.token else {
+        let Some(expected) = &self.token_digest else {
             return self.login_page(
                 StatusCode::FORBIDDEN,
                 Some("token login is not enabled on this gateway"),
             );
         };
-        if !crate::admin::token_matches(field("token"), &expected.0) {
+        if !session::constant_time_eq(&digest(field("token")), expected) {
             tracing::warn!("console login refused: wrong admin token");
             return self.login_page(StatusCode::UNAUTHORIZED, Some("wrong admin token"));
         }
