@@ -38,16 +38,17 @@ async fn check_admin(req: &Request, bearer: Bearer) -> Option<()> {
 #[oai(ty = "bearer", rename = "AdminAuth", checker = "check_admin")]
 pub struct AdminBearer(());
 
-/// An admin credential: the bearer token, or the operator console's session cookie with its
-/// CSRF header (tried in this order).
+/// An admin credential: the operator console's session cookie with its CSRF header, or the
+/// bearer token. Tried in this order because poem answers the last refusal: a client of the
+/// API then gets the bearer's (`api::routes` answers a failed console session itself).
 #[derive(SecurityScheme)]
 pub enum AdminAuth {
-    Bearer(AdminBearer),
     #[expect(
         dead_code,
         reason = "the session's identity; read once the routes check roles (issue #16)"
     )]
     Console(crate::console::ConsoleAuth),
+    Bearer(AdminBearer),
 }
 
 /// Error body of the admin API (OpenAI-style envelope).

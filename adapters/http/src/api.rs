@@ -456,16 +456,21 @@ pub fn routes(
                     }
                     (None, true) => error_response(&GatewayError::NotFound { path }, Shape::OpenAi),
                     (token, _) => {
+                        let mut refused = None;
                         if let (Some(t), true) = (token, admin_path) {
                             req.extensions_mut().insert(t.clone());
                             if let Some(c) = &console {
+                                refused = c.refuse_admin(&req);
                                 req.extensions_mut().insert(Arc::clone(c));
                             }
                         }
-                        match ep.call(req).await {
-                            Ok(resp) => resp.into_response(),
-                            Err(err) if err.is_from_response() => err.into_response(),
-                            Err(err) => json_errors(&err, method.clone(), path, &allow),
+                        match refused {
+                            Some(resp) => resp,
+                            None => match ep.call(req).await {
+                                Ok(resp) => resp.into_response(),
+                                Err(err) if err.is_from_response() => err.into_response(),
+                                Err(err) => json_errors(&err, method.clone(), path, &allow),
+                            },
                         }
                     }
                 };

@@ -127,6 +127,28 @@ async fn check_console(req: &Request, _csrf: ApiKey) -> poem::Result<AdminIdenti
         .map_err(|r| refused(r.message()))
 }
 
+impl Console {
+    /// The refusal of a `/admin/v1` request that presents the console session (the CSRF
+    /// header) and no bearer, when that session does not authenticate: answered before the
+    /// route runs, so the client learns why (expired, logged out, wrong CSRF token) instead
+    /// of the bearer scheme's "missing credentials".
+    #[must_use]
+    pub fn refuse_admin(&self, req: &Request) -> Option<Response> {
+        let headers = req.headers();
+        if !headers.contains_key(session::CSRF_HEADER)
+            || headers.contains_key(header::AUTHORIZATION)
+        {
+            return None;
+        }
+        let refusal = self.sessions.authenticate(req).err()?;
+        Some(json_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_console_session",
+            refusal.message(),
+        ))
+    }
+}
+
 struct Asset {
     name: &'static str,
     content_type: &'static str,
