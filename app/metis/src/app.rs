@@ -301,13 +301,19 @@ impl App {
         let provider_names: Vec<String> = providers.iter().map(|p| p.name().to_owned()).collect();
         let background = TokioBackground::default();
         let (prometheus, metrics) = build_metrics(&args);
-        // The console's overview counts what the gateway already reports to its metrics.
-        let live = Arc::new(metis_usecases::LiveWindow::new(
-            Arc::clone(&clock),
-            &provider_names,
-        ));
-        let metrics: Arc<dyn metis_ports::metrics::Metrics> =
-            Arc::new(metis_usecases::LiveMetrics::new(metrics, Arc::clone(&live)));
+        let admin_token = admin_token(&args)?;
+        // The overview of the admin API counts what the gateway already reports to its
+        // metrics; without the admin API nothing reads it, so nothing counts it.
+        let live = admin_token.as_ref().map(|_| {
+            Arc::new(metis_usecases::LiveWindow::new(
+                Arc::clone(&clock),
+                &provider_names,
+            ))
+        });
+        let metrics: Arc<dyn metis_ports::metrics::Metrics> = match &live {
+            Some(live) => Arc::new(metis_usecases::LiveMetrics::new(metrics, Arc::clone(live))),
+            None => metrics,
+        };
         let (spend, shared_limits) = crate::admission::guards(
             &args,
             paths.backend()?,
@@ -317,8 +323,8 @@ impl App {
             (Arc::clone(&metrics), Arc::new(background.clone())),
         )
         .await?;
-        let admin_api = match admin_token(&args)? {
-            Some(token) => {
+        let admin_api = match (admin_token, live) {
+            (Some(token), Some(live)) => {
                 let facade: Arc<dyn AdminService> = Arc::new(AdminFacade::new(
                     key_admin(key_sources::ADMIN_API),
                     Arc::clone(&query),
@@ -344,7 +350,7 @@ impl App {
                     token,
                 })
             }
-            None => None,
+            _ => None,
         };
         let core = Arc::new(GatewayCore::new(CoreParts {
             keys: ring,
