@@ -529,7 +529,7 @@ impl AdminReadApi {
             pattern = r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?(Z|[+-](0[0-9]|1[0-7]):[0-5][0-9])$"
         ))]
         until: Query<Option<String>>,
-        #[oai(name = "type")] types: Query<Vec<String>>,
+        #[oai(name = "type")] types: Query<Option<Vec<String>>>,
     ) -> ExportResponse {
         let run = async {
             let (format, ext) = match format.0.as_deref().unwrap_or("jsonl") {
@@ -545,7 +545,7 @@ impl AdminReadApi {
             let until_us = parse_bound("until", until.0.as_deref())?;
             let e = self
                 .svc
-                .export_audit(since_us, until_us, &types.0, format)
+                .export_audit(since_us, until_us, &types.0.unwrap_or_default(), format)
                 .await?;
             Ok(ExportResponse::File {
                 format,
