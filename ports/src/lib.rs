@@ -10,6 +10,7 @@ pub mod admission;
 #[cfg(feature = "fakes")]
 pub mod fakes;
 pub mod gateway;
+pub mod identity;
 pub mod keys;
 pub mod metrics;
 pub mod patterns;
