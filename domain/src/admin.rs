@@ -251,7 +251,10 @@ mod tests {
         let m = RoleMapping::parse("realm_access.roles", &["admin=boss".to_owned()], None).unwrap();
         let claims = serde_json::json!({"realm_access": {"roles": ["boss"]}});
         assert_eq!(m.role_of(&claims), Ok(Role::Admin));
-        assert!(m.role_of(&serde_json::json!({"realm_access": "boss"})).is_err());
+        assert!(
+            m.role_of(&serde_json::json!({"realm_access": "boss"}))
+                .is_err()
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! - Payload field order is the declaration order below (the JSON is what `sqlite3` users and
 //!   audit exports see, so it is kept stable).
 
+use crate::admin::AdminIdentity;
 use crate::keys::KeyRecord;
 use serde::Serialize;
 
@@ -265,6 +266,11 @@ pub struct KeyIssued {
     pub customer_tier: Option<String>,
     /// Who recorded the change: one of [`key_sources`].
     pub source: &'static str,
+    /// The admin who made the change through the admin API (`{sub, email, role, method}`);
+    /// absent, not null, for changes without one (CLI, the gateway's own sweep), so those
+    /// payloads are byte-identical to the ones before admin identities existed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin: Option<AdminIdentity>,
 }
 
 impl KeyIssued {
@@ -283,6 +289,7 @@ impl KeyIssued {
             monthly_cap_usd: record.monthly_cap_usd.clone(),
             customer_tier: record.customer_tier.clone(),
             source,
+            admin: None,
         }
     }
 }
@@ -301,6 +308,11 @@ pub struct KeyRevoked {
     pub reason: &'static str,
     /// Who recorded the change: one of [`key_sources`].
     pub source: &'static str,
+    /// The admin who made the change through the admin API (`{sub, email, role, method}`);
+    /// absent, not null, for changes without one (CLI, the gateway's own sweep), so those
+    /// payloads are byte-identical to the ones before admin identities existed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin: Option<AdminIdentity>,
 }
 
 impl Payload for KeyRevoked {
@@ -319,6 +331,11 @@ pub struct KeyRotated {
     pub team_id: Option<String>,
     /// Who recorded the change: one of [`key_sources`].
     pub source: &'static str,
+    /// The admin who made the change through the admin API (`{sub, email, role, method}`);
+    /// absent, not null, for changes without one (CLI, the gateway's own sweep), so those
+    /// payloads are byte-identical to the ones before admin identities existed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin: Option<AdminIdentity>,
 }
 
 impl Payload for KeyRotated {

@@ -7,7 +7,8 @@ mod inbound;
 mod labels;
 mod provider;
 
-use crate::admin::{AdminApi, AdminToken};
+use crate::admin::AdminApi;
+use crate::admin_auth::{AdminAccess, AdminAuthConfig};
 use crate::reply::{AllowTable, ErrorCode, ModelsReply, RawReply, error_response, json_response};
 use async_trait_free::NoService;
 use bytes::Bytes;
@@ -337,7 +338,7 @@ fn service(
 fn json_errors(err: &poem::Error, method: String, path: String, allow: &AllowTable) -> Response {
     if path.starts_with("/admin/") && err.status() == StatusCode::UNAUTHORIZED {
         let body = json!({"error": {
-            "message": "invalid or missing admin token (Authorization: Bearer <admin token>)",
+            "message": "missing admin credentials (Authorization: Bearer <admin token or OIDC JWT>)",
             "type": "authentication_error",
             "code": "invalid_admin_token",
         }});
@@ -377,14 +378,15 @@ fn json_errors(err: &poem::Error, method: String, path: String, allow: &AllowTab
 }
 
 /// The complete HTTP application. The admin API is served only when `admin` is given (its
-/// service and bearer token); otherwise every `/admin/…` path answers 404.
+/// service and how admins authenticate: static token and/or OIDC); otherwise every
+/// `/admin/…` path answers 404.
 pub fn routes(
     svc: Arc<dyn GatewayService>,
-    admin: Option<(Arc<dyn AdminService>, String)>,
+    admin: Option<(Arc<dyn AdminService>, AdminAuthConfig)>,
     opts: HttpOptions,
 ) -> impl Endpoint {
-    let (admin_svc, token): (Arc<dyn AdminService>, Option<AdminToken>) = match admin {
-        Some((a, t)) => (a, Some(AdminToken(Arc::new(t)))),
+    let (admin_svc, token): (Arc<dyn AdminService>, Option<AdminAccess>) = match admin {
+        Some((a, auth)) => (a, Some(AdminAccess::new(auth))),
         None => (Arc::new(NoService), None),
     };
     let recorder = Arc::clone(&svc);

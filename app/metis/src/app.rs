@@ -60,7 +60,7 @@ pub struct App {
     gateway_admin: Arc<KeyAdmin>,
     /// Spend caps (flushed at shutdown: settlements a shared store has not taken yet).
     spend: Arc<SpendGuard>,
-    admin_api: Option<(Arc<dyn AdminService>, String)>,
+    admin_api: Option<(Arc<dyn AdminService>, metis_http::AdminAuthConfig)>,
     http_opts: HttpOptions,
     request_budget: metis_http::RequestBudget,
     shutdown_grace: Duration,
@@ -309,8 +309,18 @@ impl App {
             (Arc::clone(&metrics), Arc::new(background.clone())),
         )
         .await?;
-        let admin_api = match admin_token(&args)? {
-            Some(token) => {
+        let oidc = crate::admin_identity::oidc(&args)?;
+        if let Some(o) = &oidc {
+            crate::admin_identity::discover_in_background(o);
+        }
+        let admin_auth = crate::admin_identity::auth_config(
+            &args,
+            admin_token(&args)?,
+            oidc,
+            Arc::clone(&metrics),
+        );
+        let admin_api = match admin_auth {
+            Some(auth) => {
                 let facade: Arc<dyn AdminService> = Arc::new(AdminFacade::new(
                     key_admin(key_sources::ADMIN_API),
                     query,
@@ -318,7 +328,7 @@ impl App {
                     Arc::clone(&spend),
                     Arc::clone(&clock),
                 ));
-                Some((facade, token))
+                Some((facade, auth))
             }
             None => None,
         };
