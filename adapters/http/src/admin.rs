@@ -426,7 +426,7 @@ fn group_of(raw: &str) -> Result<UsageGroup, AdminError> {
 
 #[OpenApi(prefix_path = "/admin/v1", tag = "AdminTag::Admin")]
 impl AdminApi {
-    /// Issue a key. The token is returned once; only its SHA-256 is stored.
+    /// Issue a key. The token is returned once; only its SHA-256 is stored. Role: operator.
     #[oai(path = "/keys", method = "post", operation_id = "createKey")]
     async fn create_key(
         &self,
@@ -459,7 +459,7 @@ impl AdminApi {
         })))
     }
 
-    /// List keys with status, effective status and current spend.
+    /// List keys with status, effective status and current spend. Role: viewer.
     #[oai(path = "/keys", method = "get", operation_id = "listKeys")]
     async fn list_keys(&self, auth: AdminAuth) -> AdminResult<KeyList> {
         auth.require(Role::Viewer)?;
@@ -469,14 +469,15 @@ impl AdminApi {
         }))
     }
 
-    /// One key.
+    /// One key. Role: viewer.
     #[oai(path = "/keys/:key_id", method = "get", operation_id = "getKey")]
     async fn get_key(&self, auth: AdminAuth, key_id: Path<String>) -> AdminResult<KeyObject> {
         auth.require(Role::Viewer)?;
         Ok(Json(self.svc.get_key(&key_id.0).await?.into()))
     }
 
-    /// Revoke a key now (idempotent). A running gateway refuses it within 2 seconds.
+    /// Revoke a key now (idempotent). A running gateway refuses it within 2 seconds. Role:
+    /// operator.
     #[oai(
         path = "/keys/:key_id/revoke",
         method = "post",
@@ -493,7 +494,8 @@ impl AdminApi {
     }
 
     /// Rotate a key: a successor inherits scope, caps, rpm, tags and spend; the old key works
-    /// until the grace period ends. Revoked or lapsed keys cannot be rotated (409).
+    /// until the grace period ends. Revoked or lapsed keys cannot be rotated (409). Role:
+    /// operator.
     #[oai(
         path = "/keys/:key_id/rotate",
         method = "post",
@@ -519,7 +521,7 @@ impl AdminApi {
     }
 
     /// Cost and tokens over `[since, until)` (default: the last 7 days), grouped by key, user,
-    /// team or model, optionally filtered to one value of another dimension.
+    /// team or model, optionally filtered to one value of another dimension. Role: viewer.
     #[oai(path = "/usage", method = "get", operation_id = "getUsage")]
     #[expect(
         clippy::too_many_arguments,
@@ -574,7 +576,7 @@ impl AdminApi {
     }
 
     /// Audit events in `[since, until)` (default: the last 7 days), ordered by id, optionally
-    /// restricted to some audit types (`type` repeated).
+    /// restricted to some audit types (`type` repeated). Role: viewer.
     #[oai(path = "/audit", method = "get", operation_id = "exportAudit")]
     async fn audit(
         &self,

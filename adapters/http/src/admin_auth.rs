@@ -159,15 +159,16 @@ impl AdminAccess {
                 ))))
             }
             Err(AuthRefusal::Unauthenticated { code, message }) => {
-                self.failed(ip, code);
                 if code == "malformed_token" && self.cfg.token.is_some() {
                     // Most likely a mistyped static token: say so, with the static token's code.
+                    self.failed(ip, "invalid_token");
                     return Err(unauthorized(
                         "invalid_admin_token",
                         "invalid admin token: the bearer is neither the admin token nor a JWT"
                             .to_owned(),
                     ));
                 }
+                self.failed(ip, code);
                 Err(unauthorized(code, message))
             }
         }
@@ -221,10 +222,13 @@ async fn check_admin(req: &Request, bearer: Bearer) -> poem::Result<AdminIdentit
     access.authenticate(req, &bearer.token).await
 }
 
-/// `Authorization: Bearer <credential>`: the static admin token (role `admin`) or a JWT from
-/// the configured OpenID Connect issuer (role from its claims).
+/// Admin credential: `Authorization: Bearer <static admin token or OIDC JWT>`. The static token is role admin; a JWT of the configured OpenID Connect issuer (RS256/ES256, iss, aud, exp checked) gets the role its claims map to (viewer reads, operator also manages keys, admin everything).
 #[derive(SecurityScheme)]
-#[oai(ty = "bearer", checker = "check_admin")]
+#[oai(
+    ty = "bearer",
+    bearer_format = "JWT or opaque admin token",
+    checker = "check_admin"
+)]
 pub struct AdminAuth(pub AdminIdentity);
 
 impl AdminAuth {

@@ -8,6 +8,7 @@
 //! gives them one retry.
 
 mod admin_api;
+mod admin_oidc;
 mod admission_contract;
 mod architecture;
 mod disk_full;
