@@ -3,11 +3,7 @@
 //! with a 401 naming the problem, key rotation at the issuer followed without a restart, an
 //! issuer outage (503, then recovery), the admin recorded in audit events, the limit on failed
 //! admin authentications (429 + `Retry-After`), and the browser login client (code + PKCE).
-#![expect(
-    clippy::unwrap_used,
-    clippy::panic,
-    reason = "test helpers outside #[test] functions"
-)]
+#![expect(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
 
 use metis_domain::admin::{AuthMethod, Role, RoleMapping};
 use metis_oidc::{Oidc, OidcConfig};
