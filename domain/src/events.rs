@@ -444,3 +444,38 @@ pub fn make_event<P: Payload>(
         payload_json: serde_json::to_string(payload).unwrap_or_else(|_| "{}".to_owned()),
     }
 }
+
+#[cfg(test)]
+mod admin_field_tests {
+    use super::*;
+    use crate::admin::{AdminIdentity, AuthMethod, Role};
+
+    fn revoked(admin: Option<AdminIdentity>) -> String {
+        serde_json::to_string(&KeyRevoked {
+            gateway_key_id: "gk_1".to_owned(),
+            revoked_at: "2026-12-07T00:00:00Z".to_owned(),
+            reason: "admin_revoke",
+            source: "cli",
+            admin,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn the_admin_object_is_absent_without_an_admin_and_complete_with_one() {
+        // Byte-identical to the payload written before admin identities existed.
+        assert_eq!(
+            revoked(None),
+            r#"{"gateway_key_id":"gk_1","revoked_at":"2026-12-07T00:00:00Z","reason":"admin_revoke","source":"cli"}"#
+        );
+        let by = AdminIdentity {
+            sub: "user-1".to_owned(),
+            email: Some("u@example.test".to_owned()),
+            role: Role::Operator,
+            method: AuthMethod::Oidc,
+        };
+        assert!(revoked(Some(by)).ends_with(
+            r#""source":"cli","admin":{"sub":"user-1","email":"u@example.test","role":"operator","method":"oidc"}}"#
+        ));
+    }
+}

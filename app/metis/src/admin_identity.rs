@@ -97,3 +97,68 @@ pub fn auth_config(
         metrics,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn args(extra: &[&str]) -> ServeArgs {
+        let mut a = vec!["gateway"];
+        a.extend_from_slice(extra);
+        ServeArgs::try_parse_from(a).unwrap()
+    }
+
+    #[test]
+    fn oidc_flags_build_a_verifier_or_name_the_bad_flag() {
+        assert!(oidc(&args(&[])).unwrap().is_none());
+        let base = [
+            "--oidc-issuer",
+            "https://login.example.test",
+            "--oidc-audience",
+            "metis",
+        ];
+        let ok = [&base[..], &["--oidc-role-map", "admin=a,viewer=b"]].concat();
+        assert!(oidc(&args(&ok)).unwrap().is_some());
+        let err = |extra: &[&str]| {
+            format!(
+                "{:#}",
+                oidc(&args(&[&base[..], extra].concat())).unwrap_err()
+            )
+        };
+        assert!(err(&["--oidc-role-map", "root=a"]).contains("'root=a'"));
+        assert!(err(&[]).contains("--oidc-role-map"));
+        assert!(err(&["--oidc-default-role", "boss"]).contains("--oidc-default-role"));
+        let no_aud = [
+            "--oidc-issuer",
+            "https://x.test",
+            "--oidc-default-role",
+            "viewer",
+        ];
+        assert!(format!("{:#}", oidc(&args(&no_aud)).unwrap_err()).contains("--oidc-audience"));
+    }
+
+    #[test]
+    fn the_admin_api_is_served_with_a_token_or_an_issuer() {
+        let metrics: Arc<dyn Metrics> = Arc::new(metis_telemetry_stub());
+        let a = args(&[]);
+        assert!(auth_config(&a, None, None, Arc::clone(&metrics)).is_none());
+        let with_token = auth_config(&a, Some("t".repeat(16)), None, Arc::clone(&metrics));
+        assert_eq!(with_token.map(|c| c.max_failures), Some(20));
+        let issuer = oidc(&args(&[
+            "--oidc-issuer",
+            "https://login.example.test",
+            "--oidc-client-id",
+            "console",
+            "--oidc-default-role",
+            "viewer",
+        ]))
+        .unwrap();
+        let c = auth_config(&a, None, issuer, metrics).unwrap();
+        assert!(c.token.is_none() && c.verifier.is_some());
+    }
+
+    fn metis_telemetry_stub() -> metis_telemetry::Prometheus {
+        metis_telemetry::Prometheus::default()
+    }
+}
