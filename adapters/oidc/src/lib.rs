@@ -109,9 +109,18 @@ impl Oidc {
     pub fn new(mut cfg: OidcConfig) -> Result<Oidc, String> {
         let url = url::Url::parse(&cfg.issuer)
             .map_err(|e| format!("--oidc-issuer '{}' is not a URL: {e}", cfg.issuer))?;
-        if !matches!(url.scheme(), "https" | "http") {
+        // The JWKS decides who is admin: fetched over plain HTTP, anyone on the path could
+        // swap the keys. http:// is accepted only for an issuer on this machine (tests, a
+        // local sidecar).
+        let loopback = match url.host() {
+            Some(url::Host::Domain(d)) => d == "localhost",
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            None => false,
+        };
+        if !(url.scheme() == "https" || (url.scheme() == "http" && loopback)) {
             return Err(format!(
-                "--oidc-issuer '{}' must be an https:// URL",
+                "--oidc-issuer '{}' must be an https:// URL (http:// only on a loopback address)",
                 cfg.issuer
             ));
         }
@@ -542,6 +551,18 @@ mod tests {
                 .unwrap_err()
                 .contains("--oidc-audience")
         );
+        let plain = Oidc::new(cfg("http://login.example.com", vec!["a".into()], None));
+        assert!(plain.unwrap_err().contains("loopback"));
+        for local in [
+            "http://127.0.0.1:8080",
+            "http://localhost:1",
+            "http://[::1]:2",
+        ] {
+            assert!(
+                Oidc::new(cfg(local, vec!["a".into()], None)).is_ok(),
+                "{local}"
+            );
+        }
         let o = Oidc::new(cfg("https://x", vec![], Some("console"))).unwrap();
         assert_eq!(o.cfg.audiences, ["console"]);
     }

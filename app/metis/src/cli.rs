@@ -380,7 +380,7 @@ pub struct ServeArgs {
 #[derive(Debug, Clone, Args)]
 pub struct OidcArgs {
     /// The issuer URL, exactly as its discovery document states it (e.g.
-    /// `https://login.example.com/realms/ops`).
+    /// `https://login.example.com/realms/ops`; http:// only on a loopback address).
     #[arg(long, env = "METIS_GATEWAY_OIDC_ISSUER")]
     pub oidc_issuer: Option<String>,
     /// An `aud` value admin bearer tokens must carry (repeatable; env is comma-separated).
