@@ -10,6 +10,7 @@ use metis_oidc::{Oidc, OidcConfig};
 use metis_ports::identity::OidcLogin as _;
 use metis_tests::gateway::Reply;
 use metis_tests::oidc_issuer::{DEFAULT_AUDIENCE, DEFAULT_CLIENT_ID, ROLE_MAP, TestIssuer};
+use metis_tests::process::GatewayProcess;
 use metis_tests::{GatewayOptions, TestGateway};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -372,6 +373,77 @@ async fn an_unreachable_issuer_gets_503_until_it_answers_and_the_static_token_ke
         assert!(start.elapsed() < Duration::from_secs(30), "never recovered");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// The real binary, started while the issuer is down: it boots anyway (provider endpoints must
+/// not depend on the identity provider), says so in its log, answers admin JWTs 503, and takes
+/// them once the issuer is back, without a restart; the environment variables work as flags.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_starts_while_the_issuer_is_down_and_accepts_jwts_once_it_is_back() {
+    let issuer = TestIssuer::start().await.unwrap();
+    issuer.set_down(true);
+    let data = tempfile::tempdir().unwrap();
+    let args: Vec<String> = [
+        "--port",
+        "0",
+        "--data-dir",
+        &data.path().display().to_string(),
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    let env = vec![
+        ("METIS_GATEWAY_OIDC_ISSUER".to_owned(), issuer.issuer()),
+        (
+            "METIS_GATEWAY_OIDC_AUDIENCE".to_owned(),
+            DEFAULT_AUDIENCE.to_owned(),
+        ),
+        (
+            "METIS_GATEWAY_OIDC_ROLE_MAP".to_owned(),
+            ROLE_MAP.to_owned(),
+        ),
+        ("METIS_GATEWAY_OIDC_MIN_REFETCH".to_owned(), "1".to_owned()),
+    ];
+    let mut gw = GatewayProcess::spawn_async(args, env).await.unwrap();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let jwt = token(&issuer, "vera", &["metis-read"]);
+    let get = || {
+        client
+            .get(gw.url_of("/admin/v1/keys"))
+            .bearer_auth(&jwt)
+            .send()
+    };
+    let r = get().await.unwrap();
+    assert_eq!(r.status().as_u16(), 503, "{}", r.text().await.unwrap());
+    assert!(
+        gw.stderr().contains("OIDC issuer discovery failed"),
+        "the outage is logged: {}",
+        gw.stderr()
+    );
+    issuer.set_down(false);
+    let start = Instant::now();
+    loop {
+        let r = get().await.unwrap();
+        if r.status().as_u16() == 200 {
+            break;
+        }
+        assert_eq!(r.status().as_u16(), 503);
+        assert!(start.elapsed() < Duration::from_secs(30), "never recovered");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Without an admin token, the admin API is there because of the issuer alone.
+    let r = client
+        .get(gw.url_of("/admin/v1/keys"))
+        .bearer_auth("not-a-token-of-anyone-here")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let status = gw.stop(Duration::from_secs(30)).await.unwrap();
+    assert!(status.success(), "{status:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
