@@ -3,7 +3,8 @@
 //! each route states its least role. When neither is configured the whole prefix answers 404
 //! (see `api::routes`), so an unconfigured gateway exposes nothing.
 
-use crate::admin_auth::AdminAuth;
+// Re-exported so handlers elsewhere (e.g. `admin_read`) keep naming `crate::admin::AdminAuth`.
+pub(crate) use crate::admin_auth::AdminAuth;
 use metis_domain::admin::Role;
 use metis_domain::time::{format_iso, parse_duration_secs as parse_grace, parse_iso};
 use metis_ports::admin::{AdminFailure, AdminService, KeySummary, NewKey};
