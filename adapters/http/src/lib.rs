@@ -9,13 +9,14 @@
 //! unauthenticated clients cannot make the gateway buffer large bodies.
 
 mod admin;
+mod admin_auth;
 mod admin_read;
 mod api;
 mod inflight;
 mod reply;
 mod socket;
 
-pub use admin::AdminToken;
+pub use admin_auth::AdminAuthConfig;
 pub use api::{AdminServices, ClientGone, HttpOptions, openapi_json, routes};
 pub use inflight::{
     COST_PER_BODY_BYTE, COST_PER_OBJECT, RequestBudget, Reservation, charge_parsed, estimated_cost,

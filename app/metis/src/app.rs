@@ -302,9 +302,10 @@ impl App {
         let background = TokioBackground::default();
         let (prometheus, metrics) = build_metrics(&args);
         let admin_token = admin_token(&args)?;
+        let oidc = crate::admin_identity::oidc(&args)?;
         // The overview of the admin API counts what the gateway already reports to its
         // metrics; without the admin API nothing reads it, so nothing counts it.
-        let live = admin_token.as_ref().map(|_| {
+        let live = (admin_token.is_some() || oidc.is_some()).then(|| {
             Arc::new(metis_usecases::LiveWindow::new(
                 Arc::clone(&clock),
                 &provider_names,
@@ -323,8 +324,13 @@ impl App {
             (Arc::clone(&metrics), Arc::new(background.clone())),
         )
         .await?;
-        let admin_api = match (admin_token, live) {
-            (Some(token), Some(live)) => {
+        if let Some(o) = &oidc {
+            crate::admin_identity::discover_in_background(o);
+        }
+        let admin_auth =
+            crate::admin_identity::auth_config(&args, admin_token, oidc, Arc::clone(&metrics));
+        let admin_api = match (admin_auth, live) {
+            (Some(auth), Some(live)) => {
                 let facade: Arc<dyn AdminService> = Arc::new(AdminFacade::new(
                     key_admin(key_sources::ADMIN_API),
                     Arc::clone(&query),
@@ -347,7 +353,7 @@ impl App {
                 Some(AdminServices {
                     admin: facade,
                     ops,
-                    token,
+                    auth,
                 })
             }
             _ => None,
