@@ -8,10 +8,10 @@
 use metis_domain::admin::{AuthMethod, Role, RoleMapping};
 use metis_oidc::{Oidc, OidcConfig};
 use metis_ports::identity::OidcLogin as _;
-use metis_tests::gateway::Reply;
+use metis_tests::gateway::{Reply, chat_body};
 use metis_tests::oidc_issuer::{DEFAULT_AUDIENCE, DEFAULT_CLIENT_ID, ROLE_MAP, TestIssuer};
 use metis_tests::process::GatewayProcess;
-use metis_tests::{GatewayOptions, TestGateway};
+use metis_tests::{GatewayOptions, Shape, TestGateway};
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -91,11 +91,19 @@ fn token(issuer: &TestIssuer, who: &str, groups: &[&str]) -> String {
 }
 
 /// Every admin route with the least role it needs.
-const ROUTES: [(&str, &str, Role); 7] = [
+/// Every admin operation with its least role (`{id}`: a key, `{session}`: a session); the
+/// test below checks this list against the OpenAPI document, so a new route cannot be missed.
+const ROUTES: [(&str, &str, Role); 13] = [
     ("GET", "/admin/v1/keys", Role::Viewer),
     ("GET", "/admin/v1/keys/{id}", Role::Viewer),
     ("GET", "/admin/v1/usage", Role::Viewer),
+    ("GET", "/admin/v1/usage/series", Role::Viewer),
     ("GET", "/admin/v1/audit", Role::Viewer),
+    ("GET", "/admin/v1/audit/verify", Role::Viewer),
+    ("GET", "/admin/v1/audit/export", Role::Viewer),
+    ("GET", "/admin/v1/overview", Role::Viewer),
+    ("GET", "/admin/v1/sessions", Role::Viewer),
+    ("GET", "/admin/v1/sessions/{session}", Role::Viewer),
     ("POST", "/admin/v1/keys", Role::Operator),
     ("POST", "/admin/v1/keys/{id}/revoke", Role::Operator),
     ("POST", "/admin/v1/keys/{id}/rotate", Role::Operator),
@@ -103,8 +111,45 @@ const ROUTES: [(&str, &str, Role); 7] = [
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_admin_route_answers_each_role_by_its_least_role() {
+    let document: Value = serde_json::from_str(&metis_http::openapi_json()).unwrap();
+    let mut documented: Vec<String> = document["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(path, _)| path.starts_with("/admin/"))
+        .flat_map(|(path, ops)| {
+            ops.as_object()
+                .unwrap()
+                .keys()
+                .map(move |m| format!("{} {path}", m.to_uppercase()))
+        })
+        .collect();
+    let mut listed: Vec<String> = ROUTES
+        .iter()
+        .map(|(m, p, _)| {
+            let p = p
+                .replace("{id}", "{key_id}")
+                .replace("{session}", "{session_id}");
+            format!("{m} {p}")
+        })
+        .collect();
+    documented.sort();
+    listed.sort();
+    assert_eq!(listed, documented, "ROUTES must list every admin operation");
+
     let issuer = TestIssuer::start().await.unwrap();
     let gw = gateway(&issuer, &[]).await;
+    // One session for the tree route, made by a request through the mock provider.
+    let r = gw
+        .client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(&gw.key.token)
+        .header("x-metis-session-id", "route-table")
+        .json(&chat_body(Shape::OpenAi, "gpt-5", "route table", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
     let roles = [
         (Role::Viewer, token(&issuer, "vera", &["metis-read"])),
         (
@@ -119,7 +164,9 @@ async fn every_admin_route_answers_each_role_by_its_least_role() {
         for (role, bearer) in &roles {
             // A fresh key per call: a revoke must not turn the next rotate into a 409.
             let id = new_key(&gw, "route-table").await;
-            let path = template.replace("{id}", &id);
+            let path = template
+                .replace("{id}", &id)
+                .replace("{session}", "route-table");
             let body = match (method, template) {
                 ("POST", "/admin/v1/keys") => {
                     Some(json!({"name": "by-role", "workspace": "/srv/r"}))
