@@ -6,6 +6,7 @@
 //! - Payload field order is the declaration order below (the JSON is what `sqlite3` users and
 //!   audit exports see, so it is kept stable).
 
+use crate::admin::AdminIdentity;
 use crate::keys::KeyRecord;
 use serde::Serialize;
 
@@ -265,6 +266,11 @@ pub struct KeyIssued {
     pub customer_tier: Option<String>,
     /// Who recorded the change: one of [`key_sources`].
     pub source: &'static str,
+    /// The admin who made the change through the admin API (`{sub, email, role, method}`);
+    /// absent, not null, for changes without one (CLI, the gateway's own sweep), so those
+    /// payloads are byte-identical to the ones before admin identities existed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin: Option<AdminIdentity>,
 }
 
 impl KeyIssued {
@@ -283,6 +289,7 @@ impl KeyIssued {
             monthly_cap_usd: record.monthly_cap_usd.clone(),
             customer_tier: record.customer_tier.clone(),
             source,
+            admin: None,
         }
     }
 }
@@ -301,6 +308,11 @@ pub struct KeyRevoked {
     pub reason: &'static str,
     /// Who recorded the change: one of [`key_sources`].
     pub source: &'static str,
+    /// The admin who made the change through the admin API (`{sub, email, role, method}`);
+    /// absent, not null, for changes without one (CLI, the gateway's own sweep), so those
+    /// payloads are byte-identical to the ones before admin identities existed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin: Option<AdminIdentity>,
 }
 
 impl Payload for KeyRevoked {
@@ -319,6 +331,11 @@ pub struct KeyRotated {
     pub team_id: Option<String>,
     /// Who recorded the change: one of [`key_sources`].
     pub source: &'static str,
+    /// The admin who made the change through the admin API (`{sub, email, role, method}`);
+    /// absent, not null, for changes without one (CLI, the gateway's own sweep), so those
+    /// payloads are byte-identical to the ones before admin identities existed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin: Option<AdminIdentity>,
 }
 
 impl Payload for KeyRotated {
@@ -425,5 +442,40 @@ pub fn make_event<P: Payload>(
         actor: P::ACTOR,
         sensitivity: P::SENSITIVITY,
         payload_json: serde_json::to_string(payload).unwrap_or_else(|_| "{}".to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod admin_field_tests {
+    use super::*;
+    use crate::admin::{AdminIdentity, AuthMethod, Role};
+
+    fn revoked(admin: Option<AdminIdentity>) -> String {
+        serde_json::to_string(&KeyRevoked {
+            gateway_key_id: "gk_1".to_owned(),
+            revoked_at: "2026-12-07T00:00:00Z".to_owned(),
+            reason: "admin_revoke",
+            source: "cli",
+            admin,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn the_admin_object_is_absent_without_an_admin_and_complete_with_one() {
+        // Byte-identical to the payload written before admin identities existed.
+        assert_eq!(
+            revoked(None),
+            r#"{"gateway_key_id":"gk_1","revoked_at":"2026-12-07T00:00:00Z","reason":"admin_revoke","source":"cli"}"#
+        );
+        let by = AdminIdentity {
+            sub: "user-1".to_owned(),
+            email: Some("u@example.test".to_owned()),
+            role: Role::Operator,
+            method: AuthMethod::Oidc,
+        };
+        assert!(revoked(Some(by)).ends_with(
+            r#""source":"cli","admin":{"sub":"user-1","email":"u@example.test","role":"operator","method":"oidc"}}"#
+        ));
     }
 }

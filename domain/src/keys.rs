@@ -445,6 +445,7 @@ pub fn shown_revocation(
         revoked_at,
         reason,
         source,
+        admin: None,
     })
 }
 
@@ -523,6 +524,7 @@ pub fn shown_changes(
                         user_id: key.user_id.clone(),
                         team_id: key.team_id.clone(),
                         source,
+                        admin: None,
                     }),
                 ));
             }

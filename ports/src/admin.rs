@@ -3,6 +3,7 @@
 
 use crate::trace::{EventRow, UsageGroup, UsageRow};
 use async_trait::async_trait;
+use metis_domain::admin::AdminIdentity;
 use metis_domain::keys::KeyRecord;
 
 /// A key as the admin API shows it (never its hash or token).
@@ -69,12 +70,14 @@ pub enum AdminFailure {
     Unavailable(String),
 }
 
-/// Key administration, usage and audit for the admin API.
+/// Key administration, usage and audit for the admin API. The methods that change keys take
+/// the authenticated admin (`by`), recorded in the change's audit event.
 #[async_trait]
 pub trait AdminService: Send + Sync {
     /// # Errors
     /// `Invalid`, `ReadOnly`, `Unavailable`.
-    async fn create_key(&self, new: NewKey) -> Result<CreatedKey, AdminFailure>;
+    async fn create_key(&self, new: NewKey, by: &AdminIdentity)
+    -> Result<CreatedKey, AdminFailure>;
     /// # Errors
     /// `Unavailable`.
     async fn list_keys(&self) -> Result<Vec<KeySummary>, AdminFailure>;
@@ -85,11 +88,19 @@ pub trait AdminService: Send + Sync {
     ///
     /// # Errors
     /// `NotFound`, `ReadOnly`, `Unavailable`.
-    async fn revoke_key(&self, key_id: &str) -> Result<RevokeResult, AdminFailure>;
+    async fn revoke_key(
+        &self,
+        key_id: &str,
+        by: &AdminIdentity,
+    ) -> Result<RevokeResult, AdminFailure>;
     /// # Errors
     /// `Invalid` (grace), `NotFound`, `Conflict` (inactive key), `ReadOnly`, `Unavailable`.
-    async fn rotate_key(&self, key_id: &str, grace_secs: u64)
-    -> Result<RotateResult, AdminFailure>;
+    async fn rotate_key(
+        &self,
+        key_id: &str,
+        grace_secs: u64,
+        by: &AdminIdentity,
+    ) -> Result<RotateResult, AdminFailure>;
     /// # Errors
     /// `Invalid` (window), `Unavailable`.
     async fn usage(

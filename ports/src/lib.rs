@@ -11,6 +11,7 @@ pub mod console;
 #[cfg(feature = "fakes")]
 pub mod fakes;
 pub mod gateway;
+pub mod identity;
 pub mod keys;
 pub mod metrics;
 pub mod patterns;

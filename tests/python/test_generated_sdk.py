@@ -118,3 +118,52 @@ def test_generated_client_sees_typed_errors(client_module, admin_gateway):
     missing = api("get_key").sync_detailed(key_id="gk_does_not_exist", client=good)
     assert missing.status_code == 404
     assert "not found" in missing.parsed.error.message
+
+
+def test_generated_client_reads_the_console_endpoints(client_module, admin_gateway):
+    """The console's reads through the generated client: overview, usage series, the audit
+    chain check and download, sessions and a session tree."""
+    from importlib import import_module
+
+    m = client_module
+    api = lambda name: import_module(f"{PACKAGE}.api.admin.{name}")  # noqa: E731
+    client = m.AuthenticatedClient(base_url=admin_gateway.url, token=admin_gateway.admin_token)
+    created = api("create_key").sync(
+        client=client, body=import_module(f"{PACKAGE}.models").CreateKeyBody(name="console", workspace="/srv/console")
+    )
+    oai = openai.OpenAI(base_url=f"{admin_gateway.url}/v1", api_key=created.token, max_retries=0, timeout=30)
+    deadline = time.time() + 5
+    while True:
+        try:
+            oai.chat.completions.create(
+                model="gpt-5",
+                messages=[{"role": "user", "content": "console"}],
+                extra_headers={"x-metis-session-id": "py-console-lead"},
+            )
+            break
+        except openai.AuthenticationError:
+            assert time.time() < deadline, "the API-issued key never authenticated"
+            time.sleep(0.2)
+
+    overview = api("get_overview").sync(client=client)
+    assert overview.replica_scope == "this_process"
+    assert overview.windows.hour.requests >= 1
+    assert overview.providers and all(p.status in ("healthy", "degraded", "down", "idle") for p in overview.providers)
+
+    series = api("get_usage_series").sync(client=client, bucket="hour", group_by="key")
+    mine = [s for s in series.series if s.group == created.key_id]
+    assert mine and len(mine[0].points) == 25, "24 hours widened to whole buckets"
+    assert sum(p.calls for p in mine[0].points) == 1
+
+    chain = api("verify_audit_chain").sync(client=client)
+    assert chain.ok is True and chain.events_checked >= 1
+
+    download = api("download_audit").sync_detailed(client=client, format_="csv")
+    assert download.status_code == 200
+    assert download.headers["content-disposition"].startswith("attachment; filename=")
+    assert download.content.decode().startswith("id,timestamp,session_id,")
+
+    sessions = api("list_sessions").sync(client=client, limit=10)
+    assert "py-console-lead" in [s.id for s in sessions.sessions]
+    tree = api("get_session_tree").sync(session_id="py-console-lead", client=client)
+    assert tree.id == "py-console-lead" and tree.turn_count == 1 and tree.children == []

@@ -9,12 +9,15 @@
 //!   gateways announced by their boot line, SIGTERM).
 //! - [`contract`]: the storage contract suite (one function per documented clause of every
 //!   storage port) and its backends (SQLite, redb, in-memory fakes).
+//! - [`oidc_issuer`]: a local OpenID Connect issuer (discovery, JWKS, key rotation, token
+//!   minting, auto-approving code + PKCE login), also served by the `fake-oidc` binary.
 //! - [`certs`]: a CA and a server certificate generated at run time for TLS tests.
 
 pub mod certs;
 pub mod contract;
 pub mod fake_upstream;
 pub mod gateway;
+pub mod oidc_issuer;
 pub mod process;
 
 pub use fake_upstream::{FakeUpstream, RecordedRequest, SseEvent, parse_sse};

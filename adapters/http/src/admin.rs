@@ -1,55 +1,18 @@
 //! The admin API under `/admin/v1`: keys (issue, list, get, revoke, rotate), usage rollups
-//! and audit export. Protected by a bearer admin token; when no token is configured the whole
-//! prefix answers 404 (see `api::routes`), so an unconfigured gateway exposes nothing.
+//! and audit export. Protected by the static admin token or an OIDC JWT (see `admin_auth`);
+//! each route states its least role. When neither is configured the whole prefix answers 404
+//! (see `api::routes`), so an unconfigured gateway exposes nothing.
 
+// Re-exported so handlers elsewhere (e.g. `admin_read`) keep naming `crate::admin::AdminAuth`.
+pub(crate) use crate::admin_auth::AdminAuth;
+use metis_domain::admin::Role;
 use metis_domain::time::{format_iso, parse_duration_secs as parse_grace, parse_iso};
 use metis_ports::admin::{AdminFailure, AdminService, KeySummary, NewKey};
 use metis_ports::trace::{EventRow, UsageGroup, UsageRow};
-use poem::Request;
-use poem_openapi::auth::Bearer;
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
-use poem_openapi::{ApiResponse, Object, OpenApi, SecurityScheme};
-use sha2::{Digest, Sha256};
+use poem_openapi::{ApiResponse, Object, OpenApi};
 use std::sync::Arc;
-
-/// The configured admin token, attached to every request as poem data.
-#[derive(Clone)]
-pub struct AdminToken(pub Arc<String>);
-
-/// Constant-time comparison of the presented token with the configured one (both hashed
-/// first, so lengths never leak).
-fn token_matches(presented: &str, expected: &str) -> bool {
-    let a = Sha256::digest(presented.as_bytes());
-    let b = Sha256::digest(expected.as_bytes());
-    a.iter()
-        .zip(b.iter())
-        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-        == 0
-}
-
-async fn check_admin(req: &Request, bearer: Bearer) -> Option<()> {
-    let expected = req.data::<AdminToken>()?;
-    token_matches(&bearer.token, &expected.0).then_some(())
-}
-
-/// Admin token: `Authorization: Bearer <token>`.
-#[derive(SecurityScheme)]
-#[oai(ty = "bearer", rename = "AdminAuth", checker = "check_admin")]
-pub struct AdminBearer(());
-
-/// An admin credential: the operator console's session cookie with its CSRF header, or the
-/// bearer token. Tried in this order because poem answers the last refusal: a client of the
-/// API then gets the bearer's (`api::routes` answers a failed console session itself).
-#[derive(SecurityScheme)]
-pub enum AdminAuth {
-    #[expect(
-        dead_code,
-        reason = "the session's identity; read once the routes check roles (issue #16)"
-    )]
-    Console(crate::console::ConsoleAuth),
-    Bearer(AdminBearer),
-}
 
 /// Error body of the admin API (OpenAI-style envelope).
 #[derive(Object)]
@@ -70,7 +33,7 @@ pub struct ErrorEnvelope {
     error: ErrorBody,
 }
 
-fn envelope(kind: &str, code: &str, message: String) -> Json<ErrorEnvelope> {
+pub(crate) fn envelope(kind: &str, code: &str, message: String) -> Json<ErrorEnvelope> {
     Json(ErrorEnvelope {
         error: ErrorBody {
             message,
@@ -86,18 +49,37 @@ pub enum AdminError {
     /// Invalid input; the message names the field.
     #[oai(status = 400)]
     BadRequest(Json<ErrorEnvelope>),
-    /// Missing or wrong admin token.
+    /// Missing or invalid credential; the message says what failed (invalid admin token,
+    /// expired, wrong audience, bad signature, unknown key, …).
     #[oai(status = 401)]
     Unauthorized(Json<ErrorEnvelope>),
+    /// The identity's role is too low for the operation (the message names the role needed),
+    /// or the token's claims grant no role.
+    #[oai(status = 403)]
+    Forbidden(Json<ErrorEnvelope>),
     /// No such key.
     #[oai(status = 404)]
     NotFound(Json<ErrorEnvelope>),
     /// The key's state forbids the operation, or the keystore is read-only.
     #[oai(status = 409)]
     Conflict(Json<ErrorEnvelope>),
-    /// A store is unavailable.
+    /// Too many failed admin authentications from this client address.
+    #[oai(status = 429)]
+    TooManyRequests(
+        Json<ErrorEnvelope>,
+        /// Seconds until the address may try again.
+        #[oai(header = "Retry-After")]
+        u64,
+    ),
+    /// A store is unavailable, or the OIDC issuer cannot be reached to check a JWT.
     #[oai(status = 503)]
     Unavailable(Json<ErrorEnvelope>),
+}
+
+impl AdminError {
+    pub(crate) fn forbidden(message: String) -> Self {
+        AdminError::Forbidden(envelope("permission_error", "insufficient_role", message))
+    }
 }
 
 impl From<AdminFailure> for AdminError {
@@ -445,27 +427,31 @@ fn group_of(raw: &str) -> Result<UsageGroup, AdminError> {
 
 #[OpenApi(prefix_path = "/admin/v1", tag = "AdminTag::Admin")]
 impl AdminApi {
-    /// Issue a key. The token is returned once; only its SHA-256 is stored.
+    /// Issue a key. The token is returned once; only its SHA-256 is stored. Role: operator.
     #[oai(path = "/keys", method = "post", operation_id = "createKey")]
     async fn create_key(
         &self,
-        _auth: AdminAuth,
+        auth: AdminAuth,
         body: Json<CreateKeyBody>,
     ) -> Result<CreatedResponse, AdminError> {
+        let by = auth.require(Role::Operator)?;
         let b = body.0;
         let created = self
             .svc
-            .create_key(NewKey {
-                name: b.name.0,
-                workspace: b.workspace.0,
-                allowed_models: b.allowed_models.into_iter().map(|m| m.0).collect(),
-                daily_cap_usd: text(b.daily_cap_usd),
-                monthly_cap_usd: text(b.monthly_cap_usd),
-                rpm: b.rpm,
-                user: text(b.user),
-                team: text(b.team),
-                customer_tier: text(b.customer_tier),
-            })
+            .create_key(
+                NewKey {
+                    name: b.name.0,
+                    workspace: b.workspace.0,
+                    allowed_models: b.allowed_models.into_iter().map(|m| m.0).collect(),
+                    daily_cap_usd: text(b.daily_cap_usd),
+                    monthly_cap_usd: text(b.monthly_cap_usd),
+                    rpm: b.rpm,
+                    user: text(b.user),
+                    team: text(b.team),
+                    customer_tier: text(b.customer_tier),
+                },
+                by,
+            )
             .await?;
         Ok(CreatedResponse::Created(Json(CreatedKeyObject {
             key_id: created.key.record.key_id.clone(),
@@ -474,33 +460,33 @@ impl AdminApi {
         })))
     }
 
-    /// List keys with status, effective status and current spend.
+    /// List keys with status, effective status and current spend. Role: viewer.
     #[oai(path = "/keys", method = "get", operation_id = "listKeys")]
-    async fn list_keys(&self, _auth: AdminAuth) -> AdminResult<KeyList> {
+    async fn list_keys(&self, auth: AdminAuth) -> AdminResult<KeyList> {
+        auth.require(Role::Viewer)?;
         let keys = self.svc.list_keys().await?;
         Ok(Json(KeyList {
             keys: keys.into_iter().map(KeyObject::from).collect(),
         }))
     }
 
-    /// One key.
+    /// One key. Role: viewer.
     #[oai(path = "/keys/:key_id", method = "get", operation_id = "getKey")]
-    async fn get_key(&self, _auth: AdminAuth, key_id: Path<String>) -> AdminResult<KeyObject> {
+    async fn get_key(&self, auth: AdminAuth, key_id: Path<String>) -> AdminResult<KeyObject> {
+        auth.require(Role::Viewer)?;
         Ok(Json(self.svc.get_key(&key_id.0).await?.into()))
     }
 
-    /// Revoke a key now (idempotent). A running gateway refuses it within 2 seconds.
+    /// Revoke a key now (idempotent). A running gateway refuses it within 2 seconds. Role:
+    /// operator.
     #[oai(
         path = "/keys/:key_id/revoke",
         method = "post",
         operation_id = "revokeKey"
     )]
-    async fn revoke_key(
-        &self,
-        _auth: AdminAuth,
-        key_id: Path<String>,
-    ) -> AdminResult<RevokeObject> {
-        let r = self.svc.revoke_key(&key_id.0).await?;
+    async fn revoke_key(&self, auth: AdminAuth, key_id: Path<String>) -> AdminResult<RevokeObject> {
+        let by = auth.require(Role::Operator)?;
+        let r = self.svc.revoke_key(&key_id.0, by).await?;
         Ok(Json(RevokeObject {
             key_id: r.key_id,
             revoked_at: r.revoked_at,
@@ -509,7 +495,8 @@ impl AdminApi {
     }
 
     /// Rotate a key: a successor inherits scope, caps, rpm, tags and spend; the old key works
-    /// until the grace period ends. Revoked or lapsed keys cannot be rotated (409).
+    /// until the grace period ends. Revoked or lapsed keys cannot be rotated (409). Role:
+    /// operator.
     #[oai(
         path = "/keys/:key_id/rotate",
         method = "post",
@@ -517,13 +504,14 @@ impl AdminApi {
     )]
     async fn rotate_key(
         &self,
-        _auth: AdminAuth,
+        auth: AdminAuth,
         key_id: Path<String>,
         body: Json<RotateBody>,
     ) -> AdminResult<RotateObject> {
+        let by = auth.require(Role::Operator)?;
         let grace = parse_grace(text(body.0.grace_period).as_deref().unwrap_or("24h"))
             .map_err(|m| AdminError::from(AdminFailure::Invalid(format!("grace_period: {m}"))))?;
-        let r = self.svc.rotate_key(&key_id.0, grace).await?;
+        let r = self.svc.rotate_key(&key_id.0, grace, by).await?;
         Ok(Json(RotateObject {
             old_key_id: r.old_key_id,
             new_key_id: r.new_key.record.key_id.clone(),
@@ -534,7 +522,7 @@ impl AdminApi {
     }
 
     /// Cost and tokens over `[since, until)` (default: the last 7 days), grouped by key, user,
-    /// team or model, optionally filtered to one value of another dimension.
+    /// team or model, optionally filtered to one value of another dimension. Role: viewer.
     #[oai(path = "/usage", method = "get", operation_id = "getUsage")]
     #[expect(
         clippy::too_many_arguments,
@@ -542,7 +530,7 @@ impl AdminApi {
     )]
     async fn usage(
         &self,
-        _auth: AdminAuth,
+        auth: AdminAuth,
         #[oai(validator(
             pattern = r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?(Z|[+-](0[0-9]|1[0-7]):[0-5][0-9])$"
         ))]
@@ -557,6 +545,7 @@ impl AdminApi {
         team: Query<Option<String>>,
         model: Query<Option<String>>,
     ) -> AdminResult<UsageReport> {
+        auth.require(Role::Viewer)?;
         let (since_us, until_us) = self.window(since.0.as_deref(), until.0.as_deref())?;
         let group_name = group_by.0.unwrap_or_else(|| "key".to_owned());
         let group = group_of(&group_name)?;
@@ -588,11 +577,11 @@ impl AdminApi {
     }
 
     /// Audit events in `[since, until)` (default: the last 7 days), ordered by id, optionally
-    /// restricted to some audit types (`type` repeated).
+    /// restricted to some audit types (`type` repeated). Role: viewer.
     #[oai(path = "/audit", method = "get", operation_id = "exportAudit")]
     async fn audit(
         &self,
-        _auth: AdminAuth,
+        auth: AdminAuth,
         #[oai(validator(
             pattern = r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?(Z|[+-](0[0-9]|1[0-7]):[0-5][0-9])$"
         ))]
@@ -603,6 +592,7 @@ impl AdminApi {
         until: Query<Option<String>>,
         #[oai(name = "type")] types: Query<Vec<String>>,
     ) -> AdminResult<AuditReport> {
+        auth.require(Role::Viewer)?;
         let (since_us, until_us) = self.window(since.0.as_deref(), until.0.as_deref())?;
         let events = self.svc.audit(since_us, until_us, types.0).await?;
         Ok(Json(AuditReport {
@@ -623,18 +613,7 @@ pub enum CreatedResponse {
 
 #[derive(poem_openapi::Tags)]
 pub enum AdminTag {
-    /// Key lifecycle, usage and audit (admin token required).
+    /// Key lifecycle, usage and audit (admin token or OIDC JWT; reads need `viewer`, key
+    /// changes `operator`).
     Admin,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tokens_compare_by_value() {
-        assert!(token_matches("abc", "abc"));
-        assert!(!token_matches("abc", "abd"));
-        assert!(!token_matches("", "abc"));
-    }
 }

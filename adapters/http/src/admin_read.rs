@@ -3,6 +3,7 @@
 //! agent sessions with their worker trees. Same bearer as the rest of `/admin/v1`.
 
 use crate::admin::{AdminAuth, AdminError, AdminTag};
+use metis_domain::admin::Role;
 use metis_domain::sessions::{SessionNode, SessionRecord};
 use metis_domain::time::{format_iso, parse_iso};
 use metis_ports::admin::AdminFailure;
@@ -372,9 +373,10 @@ impl AdminReadApi {
     /// This replica's live counters over the last hour and day (provider routes: requests,
     /// errors, latency percentiles, tokens, cost) and each configured provider's health over
     /// the last 5 minutes. Counted in memory since the process started; not shared by
-    /// replicas.
+    /// replicas. Role: viewer.
     #[oai(path = "/overview", method = "get", operation_id = "getOverview")]
-    async fn overview(&self, _auth: AdminAuth) -> ReadResult<OverviewReport> {
+    async fn overview(&self, auth: AdminAuth) -> ReadResult<OverviewReport> {
+        auth.require(Role::Viewer)?;
         let o = self.svc.overview();
         Ok(Json(OverviewReport {
             generated_at: format_iso(o.generated_at_us),
@@ -392,6 +394,7 @@ impl AdminReadApi {
     /// Cost, tokens and calls per hour or day bucket over `[since, until)` (aligned to bucket
     /// boundaries; default: the last 24 hours for `hour`, 30 days for `day`), one series per
     /// key, user, team or model, every bucket present (zeros included). At most 744 buckets.
+    /// Role: viewer.
     #[oai(
         path = "/usage/series",
         method = "get",
@@ -403,7 +406,7 @@ impl AdminReadApi {
     )]
     async fn usage_series(
         &self,
-        _auth: AdminAuth,
+        auth: AdminAuth,
         #[oai(validator(pattern = "^(hour|day)$"))] bucket: Query<Option<String>>,
         #[oai(validator(
             pattern = r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?(Z|[+-](0[0-9]|1[0-7]):[0-5][0-9])$"
@@ -419,6 +422,7 @@ impl AdminReadApi {
         team: Query<Option<String>>,
         model: Query<Option<String>>,
     ) -> ReadResult<UsageSeriesReport> {
+        auth.require(Role::Viewer)?;
         let bucket_name = bucket.0.unwrap_or_else(|| "hour".to_owned());
         let bucket = match bucket_name.as_str() {
             "hour" => SeriesBucket::Hour,
@@ -493,12 +497,14 @@ impl AdminReadApi {
 
     /// Check the audit hash chain of the gateway's store now (the check of `metis audit
     /// verify`): `ok`, how many linked events were checked, and the first broken link.
+    /// Role: viewer.
     #[oai(
         path = "/audit/verify",
         method = "get",
         operation_id = "verifyAuditChain"
     )]
-    async fn audit_verify(&self, _auth: AdminAuth) -> ReadResult<ChainReport> {
+    async fn audit_verify(&self, auth: AdminAuth) -> ReadResult<ChainReport> {
+        auth.require(Role::Viewer)?;
         let c = self.svc.verify_audit().await?;
         Ok(Json(ChainReport {
             ok: c.broken.is_none(),
@@ -515,11 +521,11 @@ impl AdminReadApi {
 
     /// Download the audit events of `[since, until)` (default: the last 7 days) as JSONL or
     /// CSV: the same lines as `metis audit export`, as an attachment. `type` (repeatable)
-    /// keeps only those audit types; known non-audit types are ignored.
+    /// keeps only those audit types; known non-audit types are ignored. Role: viewer.
     #[oai(path = "/audit/export", method = "get", operation_id = "downloadAudit")]
     async fn audit_export(
         &self,
-        _auth: AdminAuth,
+        auth: AdminAuth,
         #[oai(validator(pattern = "^(jsonl|csv)$"))] format: Query<Option<String>>,
         #[oai(validator(
             pattern = r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?(Z|[+-](0[0-9]|1[0-7]):[0-5][0-9])$"
@@ -529,9 +535,10 @@ impl AdminReadApi {
             pattern = r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?(Z|[+-](0[0-9]|1[0-7]):[0-5][0-9])$"
         ))]
         until: Query<Option<String>>,
-        #[oai(name = "type")] types: Query<Vec<String>>,
+        #[oai(name = "type")] types: Query<Option<Vec<String>>>,
     ) -> ExportResponse {
         let run = async {
+            auth.require(Role::Viewer)?;
             let (format, ext) = match format.0.as_deref().unwrap_or("jsonl") {
                 "jsonl" => (AuditFormat::Jsonl, "jsonl"),
                 "csv" => (AuditFormat::Csv, "csv"),
@@ -545,7 +552,7 @@ impl AdminReadApi {
             let until_us = parse_bound("until", until.0.as_deref())?;
             let e = self
                 .svc
-                .export_audit(since_us, until_us, &types.0, format)
+                .export_audit(since_us, until_us, &types.0.unwrap_or_default(), format)
                 .await?;
             Ok(ExportResponse::File {
                 format,
@@ -560,14 +567,15 @@ impl AdminReadApi {
         run.await.unwrap_or_else(ExportResponse::Error)
     }
 
-    /// Agent sessions, most recently updated first, optionally of one workspace.
+    /// Agent sessions, most recently updated first, optionally of one workspace. Role: viewer.
     #[oai(path = "/sessions", method = "get", operation_id = "listSessions")]
     async fn sessions(
         &self,
-        _auth: AdminAuth,
+        auth: AdminAuth,
         workspace: Query<Option<String>>,
         #[oai(validator(minimum(value = "1"), maximum(value = "1000")))] limit: Query<Option<u32>>,
     ) -> ReadResult<SessionList> {
+        auth.require(Role::Viewer)?;
         let rows = self
             .svc
             .sessions(workspace.0.as_deref(), limit.0.unwrap_or(50))
@@ -578,6 +586,7 @@ impl AdminReadApi {
     }
 
     /// One session and its workers as a tree, with each node's own cost and its subtree's.
+    /// Role: viewer.
     #[oai(
         path = "/sessions/:session_id",
         method = "get",
@@ -585,9 +594,10 @@ impl AdminReadApi {
     )]
     async fn session_tree(
         &self,
-        _auth: AdminAuth,
+        auth: AdminAuth,
         #[oai(validator(pattern = "^[A-Za-z0-9_.:-]{1,128}$"))] session_id: Path<String>,
     ) -> ReadResult<SessionTree> {
+        auth.require(Role::Viewer)?;
         let tree = self.svc.session_tree(&session_id.0).await?;
         Ok(Json(tree.into()))
     }

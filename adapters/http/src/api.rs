@@ -7,7 +7,8 @@ mod inbound;
 mod labels;
 mod provider;
 
-use crate::admin::{AdminApi, AdminToken};
+use crate::admin::AdminApi;
+use crate::admin_auth::{AdminAccess, AdminAuthConfig};
 use crate::admin_read::AdminReadApi;
 use crate::console::{Console, ConsoleConfig, is_console_path, security_headers};
 use crate::reply::{AllowTable, ErrorCode, ModelsReply, RawReply, error_response, json_response};
@@ -342,7 +343,7 @@ fn service(
 fn json_errors(err: &poem::Error, method: String, path: String, allow: &AllowTable) -> Response {
     if path.starts_with("/admin/") && err.status() == StatusCode::UNAUTHORIZED {
         let body = json!({"error": {
-            "message": "invalid or missing admin token (Authorization: Bearer <admin token>)",
+            "message": "missing admin credentials (Authorization: Bearer <admin token or OIDC JWT>)",
             "type": "authentication_error",
             "code": "invalid_admin_token",
         }});
@@ -382,12 +383,12 @@ fn json_errors(err: &poem::Error, method: String, path: String, allow: &AllowTab
 }
 
 /// What the admin API (`/admin/v1`) is served with: the key/usage/audit service, the
-/// console's read service and the bearer token.
+/// console's read service, and how admins authenticate (static token and/or OIDC).
 #[derive(Clone)]
 pub struct AdminServices {
     pub admin: Arc<dyn AdminService>,
     pub ops: Arc<dyn OpsService>,
-    pub token: String,
+    pub auth: AdminAuthConfig,
 }
 
 /// The complete HTTP application. The admin API is served only when `admin` is given;
@@ -399,13 +400,13 @@ pub fn routes(
     console: Option<ConsoleConfig>,
     opts: HttpOptions,
 ) -> impl Endpoint {
-    let (admin_svc, ops_svc, token): (Arc<dyn AdminService>, Arc<dyn OpsService>, _) = match admin {
-        Some(a) => (a.admin, a.ops, Some(AdminToken(Arc::new(a.token)))),
-        None => (Arc::new(NoService), Arc::new(NoService), None),
-    };
-    let console = match (console, &token) {
-        (Some(c), Some(t)) => Some(Arc::new(Console::new(c, Some(t.0.as_str())))),
+    let console = match (console, &admin) {
+        (Some(c), Some(a)) => Some(Arc::new(Console::new(c, a.auth.token.as_deref()))),
         _ => None,
+    };
+    let (admin_svc, ops_svc, token): (Arc<dyn AdminService>, Arc<dyn OpsService>, _) = match admin {
+        Some(a) => (a.admin, a.ops, Some(AdminAccess::new(a.auth))),
+        None => (Arc::new(NoService), Arc::new(NoService), None),
     };
     let recorder = Arc::clone(&svc);
     let unmatched = Arc::new(UnmatchedRoutes::default());

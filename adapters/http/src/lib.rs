@@ -9,6 +9,7 @@
 //! unauthenticated clients cannot make the gateway buffer large bodies.
 
 mod admin;
+mod admin_auth;
 mod admin_read;
 mod api;
 pub mod console;
@@ -16,7 +17,7 @@ mod inflight;
 mod reply;
 mod socket;
 
-pub use admin::AdminToken;
+pub use admin_auth::AdminAuthConfig;
 pub use api::{AdminServices, ClientGone, HttpOptions, openapi_json, routes};
 pub use console::{ConsoleConfig, SessionSettings};
 pub use inflight::{

@@ -213,14 +213,14 @@ fn admin_token(args: &ServeArgs) -> anyhow::Result<Option<String>> {
     Ok(Some(token))
 }
 
-/// The operator console's settings, when an admin identity is configured (the console is
-/// how people use it from a browser; without one `/ui` answers 404).
+/// The operator console's settings, when someone can log in to it (`login`: today the admin
+/// token; without it `/ui` answers 404).
 fn console_config(
     args: &ServeArgs,
-    admin_identity: bool,
+    login: bool,
     tls: bool,
 ) -> anyhow::Result<Option<metis_http::ConsoleConfig>> {
-    if !admin_identity {
+    if !login {
         return Ok(None);
     }
     let key = match &args.console_session_key {
@@ -336,13 +336,20 @@ impl App {
         let provider_names: Vec<String> = providers.iter().map(|p| p.name().to_owned()).collect();
         let background = TokioBackground::default();
         let (prometheus, metrics) = build_metrics(&args);
-        // The console's overview counts what the gateway already reports to its metrics.
-        let live = Arc::new(metis_usecases::LiveWindow::new(
-            Arc::clone(&clock),
-            &provider_names,
-        ));
-        let metrics: Arc<dyn metis_ports::metrics::Metrics> =
-            Arc::new(metis_usecases::LiveMetrics::new(metrics, Arc::clone(&live)));
+        let admin_token = admin_token(&args)?;
+        let oidc = crate::admin_identity::oidc(&args)?;
+        // The overview of the admin API counts what the gateway already reports to its
+        // metrics; without the admin API nothing reads it, so nothing counts it.
+        let live = (admin_token.is_some() || oidc.is_some()).then(|| {
+            Arc::new(metis_usecases::LiveWindow::new(
+                Arc::clone(&clock),
+                &provider_names,
+            ))
+        });
+        let metrics: Arc<dyn metis_ports::metrics::Metrics> = match &live {
+            Some(live) => Arc::new(metis_usecases::LiveMetrics::new(metrics, Arc::clone(live))),
+            None => metrics,
+        };
         let (spend, shared_limits) = crate::admission::guards(
             &args,
             paths.backend()?,
@@ -352,8 +359,13 @@ impl App {
             (Arc::clone(&metrics), Arc::new(background.clone())),
         )
         .await?;
-        let admin_api = match admin_token(&args)? {
-            Some(token) => {
+        if let Some(o) = &oidc {
+            crate::admin_identity::discover_in_background(o);
+        }
+        let admin_auth =
+            crate::admin_identity::auth_config(&args, admin_token, oidc, Arc::clone(&metrics));
+        let admin_api = match (admin_auth, live) {
+            (Some(auth), Some(live)) => {
                 let facade: Arc<dyn AdminService> = Arc::new(AdminFacade::new(
                     key_admin(key_sources::ADMIN_API),
                     Arc::clone(&query),
@@ -376,10 +388,10 @@ impl App {
                 Some(AdminServices {
                     admin: facade,
                     ops,
-                    token,
+                    auth,
                 })
             }
-            None => None,
+            _ => None,
         };
         let core = Arc::new(GatewayCore::new(CoreParts {
             keys: ring,
@@ -417,7 +429,10 @@ impl App {
             prometheus.set_tls_not_after(crate::cert_expiry::of_pem_file(cert)?);
         }
         let scheme = if tls.is_some() { "https" } else { "http" };
-        let console = console_config(&args, admin_api.is_some(), tls.is_some())?;
+        // The console's only login today is the admin token (the OIDC browser login comes
+        // later): an OIDC-only gateway would serve a login page nobody can pass.
+        let token_login = admin_api.as_ref().is_some_and(|a| a.auth.token.is_some());
+        let console = console_config(&args, token_login, tls.is_some())?;
         let tcp = listener::bind(&args.host, args.port, args.reuse_port)?;
         let addr = tcp.local_addr().context("cannot read the bound address")?;
         let connections = Arc::new(listener::Connections::default());

@@ -382,7 +382,59 @@ pub struct ServeArgs {
     #[arg(long, env = "METIS_GATEWAY_CONSOLE_SESSION_TTL", default_value = "8h", value_parser = parse_console_ttl)]
     pub console_session_ttl: Duration,
     #[command(flatten)]
+    pub oidc: OidcArgs,
+    #[command(flatten)]
     pub metrics: MetricsArgs,
+}
+
+/// Admin identities from an OpenID Connect issuer (README "Admin identities"). With
+/// `--oidc-issuer`, `/admin/v1` also accepts the issuer's JWTs, with the role the claim
+/// mapping grants.
+#[derive(Debug, Clone, Args)]
+pub struct OidcArgs {
+    /// The issuer URL, exactly as its discovery document states it (e.g.
+    /// `https://login.example.com/realms/ops`; http:// only on a loopback address).
+    #[arg(long, env = "METIS_GATEWAY_OIDC_ISSUER")]
+    pub oidc_issuer: Option<String>,
+    /// An `aud` value admin bearer tokens must carry (repeatable; env is comma-separated).
+    /// Defaults to `--oidc-client-id`.
+    #[arg(long, env = "METIS_GATEWAY_OIDC_AUDIENCE", value_delimiter = ',')]
+    pub oidc_audience: Vec<String>,
+    /// The OAuth client id of the console's browser login (also the id_token audience).
+    #[arg(long, env = "METIS_GATEWAY_OIDC_CLIENT_ID")]
+    pub oidc_client_id: Option<String>,
+    /// The client secret, for confidential clients (prefer the env var; flags show in `ps`).
+    #[arg(long, env = "METIS_GATEWAY_OIDC_CLIENT_SECRET", hide_env_values = true)]
+    pub oidc_client_secret: Option<String>,
+    /// Scopes the browser login asks for besides `openid email profile` (repeatable; env is
+    /// comma-separated).
+    #[arg(long, env = "METIS_GATEWAY_OIDC_SCOPE", value_delimiter = ',')]
+    pub oidc_scope: Vec<String>,
+    /// The claim holding the admin's groups or roles: a string or an array of strings; a
+    /// dotted path reaches nested claims (`realm_access.roles`).
+    #[arg(long, env = "METIS_GATEWAY_OIDC_ROLE_CLAIM", default_value = "groups")]
+    pub oidc_role_claim: String,
+    /// `role=claim-value` grants (repeatable or comma-separated, e.g.
+    /// `admin=metis-admins,operator=metis-ops,viewer=metis-read`); the highest match wins.
+    #[arg(long, env = "METIS_GATEWAY_OIDC_ROLE_MAP", value_delimiter = ',')]
+    pub oidc_role_map: Vec<String>,
+    /// The role of a valid token that matches no `--oidc-role-map` entry (default: none,
+    /// such tokens get 403).
+    #[arg(long, env = "METIS_GATEWAY_OIDC_DEFAULT_ROLE")]
+    pub oidc_default_role: Option<String>,
+    /// How long the issuer's keys (JWKS) are cached before they are fetched again, in
+    /// seconds. A token naming an unknown key refetches sooner (see below).
+    #[arg(long, env = "METIS_GATEWAY_OIDC_JWKS_TTL", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub oidc_jwks_ttl: u64,
+    /// The least seconds between two unscheduled requests to the issuer: a refetch for an
+    /// unknown key id, or a discovery retry while the issuer is down.
+    #[arg(long, env = "METIS_GATEWAY_OIDC_MIN_REFETCH", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub oidc_min_refetch: u64,
+    /// Failed admin authentications (bad token or JWT) allowed per client address per
+    /// minute; beyond, the address gets 429 with `Retry-After` until the minute is over (every
+    /// admin request from it, valid or not, so a right guess looks like a wrong one).
+    #[arg(long, env = "METIS_GATEWAY_ADMIN_AUTH_FAILURES_PER_MINUTE", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub admin_auth_failures_per_minute: u32,
 }
 
 /// The `/metrics` series budget (README "Observability"): how many keys, users and teams

@@ -4,6 +4,7 @@
 //! The binary (`src/main.rs`) only parses the command line and dispatches here, so tests can
 //! build the real server in-process (`App::build` + `run_until_stopped`).
 
+pub mod admin_identity;
 pub mod admission;
 pub mod app;
 pub mod audit_cli;

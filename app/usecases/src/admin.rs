@@ -10,6 +10,7 @@ use crate::key_admin::KeyView;
 use crate::spend::SpendGuard;
 use crate::{AdminError, KeyAdmin};
 use async_trait::async_trait;
+use metis_domain::admin::AdminIdentity;
 use metis_domain::audit::AUDIT_TYPES;
 use metis_ports::admin::{
     AdminFailure, AdminService, CreatedKey, KeySummary, NewKey, RevokeResult, RotateResult,
@@ -93,13 +94,17 @@ fn check_window(since_us: i64, until_us: i64) -> Result<(), AdminFailure> {
 
 #[async_trait]
 impl AdminService for AdminFacade {
-    async fn create_key(&self, new: NewKey) -> Result<CreatedKey, AdminFailure> {
+    async fn create_key(
+        &self,
+        new: NewKey,
+        by: &AdminIdentity,
+    ) -> Result<CreatedKey, AdminFailure> {
         if !new.workspace.starts_with('/') {
             return Err(AdminFailure::Invalid(
                 "workspace must be an absolute path".to_owned(),
             ));
         }
-        let issued = self.keys.issue(&new).await.map_err(failure)?;
+        let issued = self.keys.issue_as(&new, Some(by)).await.map_err(failure)?;
         let view = KeyView {
             record: issued.record,
             effective_status: "active",
@@ -125,8 +130,16 @@ impl AdminService for AdminFacade {
         Ok(self.summary(v).await)
     }
 
-    async fn revoke_key(&self, key_id: &str) -> Result<RevokeResult, AdminFailure> {
-        let r = self.keys.revoke(key_id).await.map_err(failure)?;
+    async fn revoke_key(
+        &self,
+        key_id: &str,
+        by: &AdminIdentity,
+    ) -> Result<RevokeResult, AdminFailure> {
+        let r = self
+            .keys
+            .revoke_as(key_id, Some(by))
+            .await
+            .map_err(failure)?;
         Ok(RevokeResult {
             key_id: r.key_id,
             revoked_at: r.revoked_at,
@@ -138,10 +151,11 @@ impl AdminService for AdminFacade {
         &self,
         key_id: &str,
         grace_secs: u64,
+        by: &AdminIdentity,
     ) -> Result<RotateResult, AdminFailure> {
         let r = self
             .keys
-            .rotate(key_id, grace_secs)
+            .rotate_as(key_id, grace_secs, Some(by))
             .await
             .map_err(failure)?;
         let view = KeyView {

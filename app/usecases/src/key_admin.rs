@@ -15,6 +15,7 @@
 //!   and the spend account of its predecessor.
 
 use crate::keys::KeySync;
+use metis_domain::admin::AdminIdentity;
 use metis_domain::events::{KeyIssued, KeyRevoked, KeyRotated, Payload, make_event};
 use metis_domain::keys::{
     ADMIN_REVOKE, CUSTOMER_TIERS, GRACE_EXPIRED, Inactive, KeyChange, KeyRecord, KeyStatus,
@@ -215,11 +216,15 @@ impl KeyAdmin {
         IssuedKey { record, token }
     }
 
-    fn audit_issued(&self, at: Timestamp, record: &KeyRecord) {
+    fn audit_issued(&self, at: Timestamp, record: &KeyRecord, by: Option<&AdminIdentity>) {
         let change = KeyChange::Issued {
             key_id: record.key_id.clone(),
         };
-        self.audit(&change, at, &KeyIssued::of(record, self.source));
+        let event = KeyIssued {
+            admin: by.cloned(),
+            ..KeyIssued::of(record, self.source)
+        };
+        self.audit(&change, at, &event);
     }
 
     /// Put the stored set in force in the gateway's key ring (no-op outside a gateway). A
@@ -238,12 +243,24 @@ impl KeyAdmin {
     /// # Errors
     /// `Invalid` naming the field; `Store` when the keystore refuses (read-only, corrupt).
     pub async fn issue(&self, req: &IssueRequest) -> Result<IssuedKey, AdminError> {
+        self.issue_as(req, None).await
+    }
+
+    /// Issue a key on behalf of an authenticated admin, recorded in the audit event.
+    ///
+    /// # Errors
+    /// As [`KeyAdmin::issue`].
+    pub async fn issue_as(
+        &self,
+        req: &IssueRequest,
+        by: Option<&AdminIdentity>,
+    ) -> Result<IssuedKey, AdminError> {
         validate_request(req)?;
         self.sweep().await;
         let now = self.clock.now_us();
         let issued = self.mint(req, now);
         self.store.insert(issued.record.clone()).await?;
-        self.audit_issued(now, &issued.record);
+        self.audit_issued(now, &issued.record, by);
         self.refresh().await;
         Ok(issued)
     }
@@ -294,6 +311,18 @@ impl KeyAdmin {
     /// # Errors
     /// `NotFound`, or `Store` (e.g. read-only keystore).
     pub async fn revoke(&self, key_id: &str) -> Result<Revoked, AdminError> {
+        self.revoke_as(key_id, None).await
+    }
+
+    /// Revoke a key on behalf of an authenticated admin, recorded in the audit event.
+    ///
+    /// # Errors
+    /// As [`KeyAdmin::revoke`].
+    pub async fn revoke_as(
+        &self,
+        key_id: &str,
+        by: Option<&AdminIdentity>,
+    ) -> Result<Revoked, AdminError> {
         self.sweep().await;
         let now = self.clock.now_us();
         let now_iso = format_iso(now);
@@ -341,6 +370,7 @@ impl KeyAdmin {
                     revoked_at: result.revoked_at.clone(),
                     reason: ADMIN_REVOKE,
                     source: self.source,
+                    admin: by.cloned(),
                 },
             );
         }
@@ -357,6 +387,20 @@ impl KeyAdmin {
     /// `Invalid` for a zero grace; `Conflict` when the key is revoked or lapsed; `NotFound`;
     /// `Store`.
     pub async fn rotate(&self, key_id: &str, grace_secs: u64) -> Result<Rotated, AdminError> {
+        self.rotate_as(key_id, grace_secs, None).await
+    }
+
+    /// Rotate a key on behalf of an authenticated admin, recorded in the audit events (the
+    /// rotation and the successor's issue).
+    ///
+    /// # Errors
+    /// As [`KeyAdmin::rotate`].
+    pub async fn rotate_as(
+        &self,
+        key_id: &str,
+        grace_secs: u64,
+        by: Option<&AdminIdentity>,
+    ) -> Result<Rotated, AdminError> {
         if grace_secs == 0 {
             return Err(AdminError::Invalid(
                 "--grace-period must be > 0 (use revoke-key for immediate cutoff)".into(),
@@ -436,9 +480,10 @@ impl KeyAdmin {
                 user_id: successor.user_id.clone(),
                 team_id: successor.team_id.clone(),
                 source: self.source,
+                admin: by.cloned(),
             },
         );
-        self.audit_issued(now, &successor);
+        self.audit_issued(now, &successor, by);
         self.refresh().await;
         Ok(Rotated {
             old_key_id: key_id.to_owned(),
@@ -515,6 +560,7 @@ impl KeyAdmin {
                     revoked_at: at.clone(),
                     reason: GRACE_EXPIRED,
                     source: self.source,
+                    admin: None,
                 },
             );
         }

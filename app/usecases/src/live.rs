@@ -233,11 +233,13 @@ impl LiveWindow {
             },
         );
         m.calls.fetch_add(1, Relaxed);
+        // Plain stores (not read-modify-write): of two calls ending in the same instant
+        // either may be the last one.
         if ok {
-            p.last_success_us.fetch_max(now, Relaxed);
+            p.last_success_us.store(now, Relaxed);
         } else if PROVIDER_FAILURES.contains(&outcome) {
             m.failures.fetch_add(1, Relaxed);
-            p.last_failure_us.fetch_max(now, Relaxed);
+            p.last_failure_us.store(now, Relaxed);
             let class = ERROR_CLASSES
                 .iter()
                 .position(|c| *c == outcome)

@@ -429,3 +429,69 @@ async fn usage_and_audit_take_windows_starting_late_in_a_month() {
     assert_eq!(a.status, 400, "{}", a.text);
     assert!(a.text.contains("since"), "{}", a.text);
 }
+
+/// A console session carries its identity's role into the admin API: a `viewer` session
+/// (minted with the gateway's session key through the module's public `start`) reads keys but
+/// may not issue one (403 naming the role), and the operator's actions stay hidden from it.
+#[tokio::test]
+async fn a_console_session_has_its_identitys_role() {
+    use metis_domain::admin::{AdminIdentity, AuthMethod, Role};
+    use metis_http::console::ConsoleSessions;
+    let key = "console-role-test-session-key-0123456789";
+    let gw = gateway(&["--console-session-key", key]).await;
+    let sessions = ConsoleSessions::new(metis_http::SessionSettings {
+        key: key.as_bytes().to_vec(),
+        ttl: Duration::from_secs(600),
+        secure: false,
+    });
+    let viewer = AdminIdentity {
+        sub: "viewer-1".to_owned(),
+        email: Some("viewer@example.com".to_owned()),
+        role: Role::Viewer,
+        method: AuthMethod::Oidc,
+    };
+    let set = sessions.start(&viewer).unwrap();
+    let cookie = set.to_str().unwrap().split(';').next().unwrap().to_owned();
+    let c = client();
+    let info = send(c.get(gw.url("/ui/api/session")).header("cookie", &cookie)).await;
+    assert_eq!(info.status, 200, "{}", info.text);
+    let v: Value = serde_json::from_str(&info.text).unwrap();
+    assert_eq!(v["role"], "viewer");
+    assert_eq!(v["email"], "viewer@example.com");
+    let csrf = v["csrf"].as_str().unwrap().to_owned();
+    assert_eq!(keys_with(&gw, &c, &cookie, Some(&csrf)).await.status, 200);
+    let issue = send(
+        c.post(gw.url("/admin/v1/keys"))
+            .header("cookie", &cookie)
+            .header("x-metis-csrf", &csrf)
+            .json(&serde_json::json!({"name": "nope", "workspace": "/srv/nope"})),
+    )
+    .await;
+    assert_eq!(issue.status, 403, "{}", issue.text);
+    assert!(issue.text.contains("operator"), "{}", issue.text);
+}
+
+/// The console's only login today is the admin token: a gateway whose admins all come from
+/// OpenID Connect serves no console (a login page nobody could pass) until the browser login
+/// exists.
+#[tokio::test]
+async fn an_oidc_only_gateway_serves_no_console_yet() {
+    let issuer = metis_tests::oidc_issuer::TestIssuer::start().await.unwrap();
+    let gw = TestGateway::spawn_with(GatewayOptions {
+        extra_args: vec![
+            "--oidc-issuer".into(),
+            issuer.issuer(),
+            "--oidc-audience".into(),
+            metis_tests::oidc_issuer::DEFAULT_AUDIENCE.into(),
+            "--oidc-role-map".into(),
+            metis_tests::oidc_issuer::ROLE_MAP.into(),
+        ],
+        ..GatewayOptions::default()
+    })
+    .await
+    .unwrap();
+    let c = client();
+    assert_eq!(send(c.get(gw.url("/ui/login"))).await.status, 404);
+    // The admin API itself is served (to JWTs).
+    assert_eq!(send(c.get(gw.url("/admin/v1/keys"))).await.status, 401);
+}

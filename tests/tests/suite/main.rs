@@ -9,6 +9,7 @@
 
 mod admin_api;
 mod admin_console_api;
+mod admin_oidc;
 mod admission_contract;
 mod architecture;
 mod console;

@@ -46,6 +46,12 @@ fn the_document_describes_every_endpoint_with_an_operation_id() {
         "/admin/v1/keys/{key_id}/rotate",
         "/admin/v1/usage",
         "/admin/v1/audit",
+        "/admin/v1/overview",
+        "/admin/v1/usage/series",
+        "/admin/v1/audit/verify",
+        "/admin/v1/audit/export",
+        "/admin/v1/sessions",
+        "/admin/v1/sessions/{session_id}",
     ] {
         let item = paths
             .get(p)

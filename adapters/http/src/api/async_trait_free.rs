@@ -4,6 +4,7 @@
 
 use super::empty_model_list;
 use bytes::Bytes;
+use metis_domain::admin::AdminIdentity;
 use metis_domain::error::GatewayError;
 use metis_domain::sessions::{SessionNode, SessionRecord};
 use metis_ports::admin::{AdminFailure, AdminService};
@@ -59,7 +60,7 @@ fn unavailable() -> AdminFailure {
 
 #[async_trait::async_trait]
 impl AdminService for NoService {
-    async fn create_key(&self, _n: NewKey) -> Result<CreatedKey, AdminFailure> {
+    async fn create_key(&self, _n: NewKey, _b: &AdminIdentity) -> Result<CreatedKey, AdminFailure> {
         Err(unavailable())
     }
     async fn list_keys(&self) -> Result<Vec<KeySummary>, AdminFailure> {
@@ -68,10 +69,15 @@ impl AdminService for NoService {
     async fn get_key(&self, _k: &str) -> Result<KeySummary, AdminFailure> {
         Err(unavailable())
     }
-    async fn revoke_key(&self, _k: &str) -> Result<RevokeResult, AdminFailure> {
+    async fn revoke_key(&self, _k: &str, _b: &AdminIdentity) -> Result<RevokeResult, AdminFailure> {
         Err(unavailable())
     }
-    async fn rotate_key(&self, _k: &str, _g: u64) -> Result<RotateResult, AdminFailure> {
+    async fn rotate_key(
+        &self,
+        _k: &str,
+        _g: u64,
+        _b: &AdminIdentity,
+    ) -> Result<RotateResult, AdminFailure> {
         Err(unavailable())
     }
     async fn usage(
