@@ -264,7 +264,10 @@ def test_revoking_the_key_shows_in_the_audit_with_the_chain_status(gateway, page
         pytest.fail("the revoked key kept working")
     page.goto(ui(gateway, "#/audit?type=gateway.key_revoked"))
     ready(page)
-    expect(page.locator("#audit-events tbody tr", has_text=key_id)).to_have_count(1)
+    revoked_row = page.locator("#audit-events tbody tr", has_text=key_id)
+    expect(revoked_row).to_have_count(1)
+    # The revoke made through the console records who made it (the token login's identity).
+    expect(revoked_row).to_contain_text("static-token")
     expect(page.locator("#chain-status")).to_have_attribute("data-ok", "true")
     expect(page.locator("#chain-status")).to_contain_text("intact")
     # Export: the JSONL download holds the revoke event.
