@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Browser tests of the operator console (/ui): Playwright (Python) driving Debian's Chromium
-# against the real `metis` binary and the fake upstream, on 127.0.0.1 only. They also refresh
-# the screenshots in docs/console/.
+# against the real `metis` binary, the fake upstream and the test OpenID Connect issuer
+# (`fake-oidc`), on 127.0.0.1 only. Screenshots go to a temporary directory unless
+# CONSOLE_SCREENSHOTS names one (relative to the repository root), so a run never changes
+# tracked files.
 #
 #   scripts/console-tests.sh              # everything
 #   scripts/console-tests.sh -k keys -x   # extra args go to pytest
+#   CONSOLE_SCREENSHOTS=docs/console scripts/console-tests.sh   # refresh the README's screenshots
 #
 # Creates (or reuses) the virtualenv `.venv-console` with the pinned packages of
 # tests/console/requirements.txt (reinstalled only when that file changes). No browser is
@@ -36,6 +39,7 @@ cargo build -p metis -p metis-tests --bins
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 export METIS_BIN="$TARGET_DIR/debug/metis"
 export FAKE_UPSTREAM_BIN="$TARGET_DIR/debug/fake-upstream"
+export FAKE_OIDC_BIN="$TARGET_DIR/debug/fake-oidc"
 
 cd "$ROOT/tests/console"
 exec "$VENV/bin/python" -m pytest "$@"

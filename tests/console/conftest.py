@@ -1,10 +1,13 @@
-"""Fixtures of the console's browser tests: one fake upstream, one gateway with an admin token
+"""Fixtures of the console's browser tests: one fake upstream, one test OpenID Connect issuer
+(the `fake-oidc` binary of the test crate), one gateway with an admin token and single sign-on
 (SQLite store, 127.0.0.1) and one headless Chromium (Debian's, never a downloaded one) per test
 session. The process harness is the SDK tests' (tests/python/harness.py)."""
 
 from __future__ import annotations
 
 import os
+import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -13,10 +16,10 @@ from playwright.sync_api import sync_playwright
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
 
-from harness import FakeUpstream, Gateway  # noqa: E402
+from harness import ROOT, FakeUpstream, Gateway, _stop, _wait_for_line, clean_env  # noqa: E402
 
 ADMIN_TOKEN = "console-browser-test-admin-token-5c1d"
-# Known, so a test can mint a session of another role (OIDC logins are tested elsewhere).
+# Known, so a test can mint a session of another role.
 SESSION_KEY = "console-browser-test-session-key-0123456789abcdef"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 VIEWPORT = {"width": 1280, "height": 800}
@@ -31,12 +34,51 @@ def upstream(tmp_path_factory):
     fake.stop()
 
 
+FAKE_OIDC_BIN = Path(os.environ.get("FAKE_OIDC_BIN", ROOT / "target" / "debug" / "fake-oidc"))
+OIDC_RE = re.compile(r"fake-oidc listening on (http://127\.0\.0\.1:\d+)")
+# The fake issuer's defaults (tests/src/oidc_issuer.rs) and the role map of its preset users:
+# oscar is an operator, vera a viewer.
+OIDC_CLIENT_ID = "metis-console"
+OIDC_AUDIENCE = "metis-admin"
+OIDC_ROLE_MAP = "admin=metis-admins,operator=metis-ops,viewer=metis-read"
+
+
+class FakeOidc:
+    """The `fake-oidc` binary: discovery, JWKS, an auto-approving /authorize (the user is
+    chosen by `login_hint`) and a /token endpoint that checks the PKCE verifier."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.log = workdir / "fake-oidc.out"
+        self._out = open(self.log, "wb")
+        self.proc = subprocess.Popen(
+            [str(FAKE_OIDC_BIN)],
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=clean_env(),
+        )
+        self.issuer = _wait_for_line(self.proc, self.log, OIDC_RE, "fake-oidc").group(1)
+
+    def stop(self) -> None:
+        _stop(self.proc)
+        self._out.close()
+
+
 @pytest.fixture(scope="session")
-def gateway(tmp_path_factory, upstream):
+def oidc(tmp_path_factory):
+    issuer = FakeOidc(tmp_path_factory.mktemp("oidc"))
+    yield issuer
+    issuer.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(tmp_path_factory, upstream, oidc):
     gw = Gateway(
         tmp_path_factory.mktemp("gw") / "data",
         upstream,
-        ["--admin-token", ADMIN_TOKEN, "--console-session-key", SESSION_KEY],
+        ["--admin-token", ADMIN_TOKEN, "--console-session-key", SESSION_KEY,
+         "--oidc-issuer", oidc.issuer, "--oidc-client-id", OIDC_CLIENT_ID,
+         "--oidc-audience", OIDC_AUDIENCE, "--oidc-role-map", OIDC_ROLE_MAP],
     )
     yield gw
     gw.stop()

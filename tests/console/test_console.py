@@ -1,10 +1,14 @@
 """The operator console in a real browser (Debian's Chromium driven by Playwright) against the
 real gateway binary: log in with the admin token, issue a key and see its token exactly once,
 send requests with it and watch the spend chart and the key's cap bar move, open a session
-tree, revoke the key and find the audit row and the chain status, export the audit, log out.
+tree, revoke the key and find the audit row and the chain status, export the audit, log out;
+then single sign-on through the test issuer: an operator issues and revokes a key (the audit
+row names them), a viewer gets no key actions.
 
 The tests run in file order and share one gateway and one browser profile (a login carries
-across them). Screenshots of each page go to docs/console/ (referenced by the README)."""
+across them). Screenshots of each page go to a temporary directory, so a test run never
+changes tracked files; `CONSOLE_SCREENSHOTS=docs/console scripts/console-tests.sh` refreshes
+the committed ones (referenced by the README)."""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import hmac
 import json
 import os
 import re
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -25,8 +30,19 @@ from playwright.sync_api import Page, expect
 
 from conftest import ADMIN_TOKEN, SESSION_KEY, VIEWPORT
 
-# CONSOLE_SCREENSHOTS=DIR keeps a run from touching the committed screenshots.
-SHOTS = Path(os.environ.get("CONSOLE_SCREENSHOTS") or Path(__file__).resolve().parents[2] / "docs" / "console")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _shots_dir() -> Path:
+    """CONSOLE_SCREENSHOTS=DIR (relative to the repository root) writes the screenshots there;
+    unset, they go to a fresh temporary directory (a CI run must not modify tracked files)."""
+    wanted = os.environ.get("CONSOLE_SCREENSHOTS")
+    if wanted:
+        return REPO / wanted
+    return Path(tempfile.mkdtemp(prefix="metis-console-shots-"))
+
+
+SHOTS = _shots_dir()
 MODEL = "gpt-5"  # served by the fake upstream and priced, so calls cost money
 # One test call costs about $0.00009 on the fake upstream: four of them pass the 80 % mark of
 # this cap without reaching it.
@@ -81,7 +97,6 @@ def test_login_refuses_a_wrong_token_then_accepts_the_right_one(gateway, page):
     page.click("button[type=submit]")
     expect(page.locator("#login-error")).to_contain_text("wrong admin token")
     assert "not-the-admin-token" not in page.content()
-    shot(page, "login.png")
     page.fill("#token", ADMIN_TOKEN)
     page.click("button[type=submit]")
     expect(page).to_have_url(re.compile(r"/ui/#/overview$"))
@@ -363,10 +378,83 @@ def test_a_viewer_sees_no_key_actions(gateway, browser):
         ctx.add_cookies([{"name": "metis_console", "value": viewer_cookie(), "url": gateway.url}])
         pg = ctx.new_page()
         pg.goto(ui(gateway, "#/keys"))
-        expect(pg.locator("#identity")).to_contain_text("viewer@example.com · viewer")
+        expect(pg.locator("#identity")).to_contain_text("viewer@example.com (viewer-1) · viewer")
         expect(pg.locator("#keys tbody tr").first).to_be_visible()
         expect(pg.locator("#issue-form")).to_have_count(0)
         expect(pg.locator("button[data-action]")).to_have_count(0)
         expect(pg.locator("main")).to_contain_text("need operator")
     finally:
         ctx.close()
+
+
+def sso_login(gateway, oidc, browser, user: str, screenshot: str | None = None):
+    """A fresh browser profile that logs in by clicking "Sign in with SSO". The test issuer
+    approves whoever `login_hint` names, so the request to its /authorize gets that hint added
+    (a real user would type their name there). Returns (context, page)."""
+    ctx = browser.new_context(viewport=VIEWPORT)
+    ctx.set_default_timeout(20_000)
+    ctx.route(f"{oidc.issuer}/authorize*", lambda route: route.continue_(url=f"{route.request.url}&login_hint={user}"))
+    pg = ctx.new_page()
+    errors: list[str] = []
+    pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.console_errors = errors
+    pg.goto(ui(gateway))
+    expect(pg).to_have_url(re.compile(r"/ui/login$"))
+    button = pg.locator("#oidc-login")
+    expect(button).to_be_visible()
+    expect(button).to_have_text("Sign in with SSO")
+    if screenshot:
+        shot(pg, screenshot)
+    button.click()
+    # The callback's same-origin page moves on to the console (meta refresh), so the
+    # SameSite=Strict session cookie goes along.
+    expect(pg).to_have_url(re.compile(r"/ui/#/overview$"))
+    cookies = {c["name"]: c for c in ctx.cookies()}
+    assert cookies["metis_console"]["httpOnly"] and cookies["metis_console"]["sameSite"] == "Strict"
+    assert "metis_console_oidc" not in cookies, "the pending login is used up"
+    return ctx, pg
+
+
+def test_sso_operator_issues_and_revokes_a_key_and_the_audit_names_them(gateway, oidc, browser):
+    ctx, pg = sso_login(gateway, oidc, browser, "oscar", screenshot="login.png")
+    try:
+        expect(pg.locator("#identity")).to_contain_text("oscar@example.test (user-oscar) · operator")
+        pg.goto(ui(gateway, "#/keys"))
+        ready(pg)
+        name = f"sso-{uuid.uuid4().hex[:6]}"
+        pg.fill("#k-name", name)
+        pg.fill("#k-workspace", "/srv/sso-test")
+        pg.click("#issue-submit")
+        token = pg.locator("#one-time-token").inner_text().strip()
+        assert token.startswith("gw_"), token
+        row = pg.locator("#keys tbody tr", has_text=name)
+        expect(row).to_have_count(1)
+        key_id = row.get_attribute("data-row")
+        pg.click("#dismiss-token")
+        pg.once("dialog", lambda d: d.accept())
+        pg.click(f"#keys tr[data-row='{key_id}'] button[data-action=revoke]")
+        expect(pg.locator("#key-notices")).to_contain_text(f"Key {key_id} revoked")
+        pg.goto(ui(gateway, "#/audit?type=gateway.key_revoked"))
+        ready(pg)
+        revoked = pg.locator("#audit-events tbody tr", has_text=key_id)
+        expect(revoked).to_have_count(1)
+        expect(revoked).to_contain_text("oscar@example.test (user-oscar)")
+        no_script_or_csp_errors(pg)
+    finally:
+        ctx.close()
+
+
+def test_sso_viewer_gets_no_key_actions(gateway, oidc, browser):
+    ctx, pg = sso_login(gateway, oidc, browser, "vera")
+    try:
+        expect(pg.locator("#identity")).to_contain_text("vera@example.test (user-vera) · viewer")
+        pg.goto(ui(gateway, "#/keys"))
+        ready(pg)
+        expect(pg.locator("#keys tbody tr").first).to_be_visible()
+        expect(pg.locator("#issue-form")).to_have_count(0)
+        expect(pg.locator("button[data-action]")).to_have_count(0)
+        no_script_or_csp_errors(pg)
+    finally:
+        ctx.close()
+

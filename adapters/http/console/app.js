@@ -652,13 +652,20 @@
         { key: 'timestamp', label: 'Time', render: (e) => when(e.timestamp) },
         { key: 'type', label: 'Type', render: (e) => el('code', { text: e.type }) },
         { key: 'actor', label: 'Actor' },
-        { key: 'who', label: 'Admin', value: (e) => (e.payload && e.payload.admin ? e.payload.admin.email || e.payload.admin.sub : null) },
+        { key: 'who', label: 'Admin', value: (e) => adminName(e.payload && e.payload.admin) },
         { key: 'subject', label: 'Key', value: (e) => auditKey(e.payload) },
         { key: 'payload', label: 'Payload', sortable: false, render: (e) => el('details', {}, el('summary', { text: summary(e.payload) }), el('pre', { text: JSON.stringify(e.payload, null, 2) })) },
       ], rows, { id: 'audit-events', sortKey: 'timestamp', rowId: (e) => e.id, empty: 'No audit events in this window.' }));
   }
 
   // The key an audit event is about (issue/revoke name one key, rotate names both).
+  // Who made an admin change: email and subject for single sign-on identities (the subject
+  // is the stable id), the subject alone otherwise.
+  function adminName(admin) {
+    if (!admin) return null;
+    return admin.email && admin.email !== admin.sub ? `${admin.email} (${admin.sub})` : admin.sub;
+  }
+
   function auditKey(p) {
     if (!p || typeof p !== 'object') return null;
     if (p.old_gateway_key_id) return `${p.old_gateway_key_id} → ${p.new_gateway_key_id}`;
@@ -820,7 +827,12 @@
       return;
     }
     const s = state.session;
-    document.getElementById('identity').textContent = `${s.email || s.sub} · ${s.role}`;
+    // Single sign-on identities show their email and subject (the subject is what the audit
+    // trail records); the static token shows its fixed subject.
+    const who = s.email && s.email !== s.sub ? `${s.email} (${s.sub})` : s.sub;
+    const identity = document.getElementById('identity');
+    identity.textContent = `${who} · ${s.role}`;
+    identity.title = `Signed in through ${s.method === 'oidc' ? 'single sign-on' : 'the admin token'} as ${s.sub}, role ${s.role}`;
     document.getElementById('logout').addEventListener('click', async () => {
       try {
         await request('POST', '/ui/logout');

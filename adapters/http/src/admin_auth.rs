@@ -113,6 +113,44 @@ impl AdminAccess {
         self.cfg.metrics.auth_failure(&format!("admin_{code}"));
     }
 
+    /// Seconds until the request's client address may try to authenticate again, while it
+    /// is over the failed-authentication limit. The console's logins check it too, so the
+    /// login form and the single sign-on callback cannot be used to guess around the limit.
+    #[must_use]
+    pub fn retry_after(&self, req: &Request) -> Option<u64> {
+        let ip = self.client(req)?;
+        self.limiter
+            .blocked(ip, self.cfg.max_failures, self.cfg.failure_window)
+    }
+
+    /// Count one failed authentication of the request's client address (`code`: the
+    /// `auth_failures` metric reason, prefixed `admin_`).
+    pub fn record_failure(&self, req: &Request, code: &'static str) {
+        self.failed(self.client(req), code);
+    }
+
+    /// Count a refusal that is no guess (a proven identity without a role): the metric
+    /// only, like the bearer path.
+    pub fn record_refusal(&self, code: &str) {
+        self.cfg.metrics.auth_failure(&format!("admin_{code}"));
+    }
+
+    /// The limit, for messages: failures allowed per window, and the window in seconds.
+    #[must_use]
+    pub fn limit(&self) -> (u32, u64) {
+        (self.cfg.max_failures, self.cfg.failure_window.as_secs())
+    }
+
+    /// Whether the socket peer is a `--trusted-proxy`, whose `X-Forwarded-*` headers are
+    /// believed.
+    #[must_use]
+    pub fn peer_is_trusted_proxy(&self, req: &Request) -> bool {
+        req.remote_addr()
+            .as_socket_addr()
+            .map(std::net::SocketAddr::ip)
+            .is_some_and(|ip| self.cfg.trusted_proxies.iter().any(|c| c.contains(ip)))
+    }
+
     /// Who presents `bearer`.
     async fn authenticate(
         &self,

@@ -400,14 +400,18 @@ pub fn routes(
     console: Option<ConsoleConfig>,
     opts: HttpOptions,
 ) -> impl Endpoint {
-    let console = match (console, &admin) {
-        (Some(c), Some(a)) => Some(Arc::new(Console::new(c, a.auth.token.as_deref()))),
-        _ => None,
-    };
-    let (admin_svc, ops_svc, token): (Arc<dyn AdminService>, Arc<dyn OpsService>, _) = match admin {
-        Some(a) => (a.admin, a.ops, Some(AdminAccess::new(a.auth))),
-        None => (Arc::new(NoService), Arc::new(NoService), None),
-    };
+    let (admin_svc, ops_svc, token, console): (Arc<dyn AdminService>, Arc<dyn OpsService>, _, _) =
+        match admin {
+            Some(a) => {
+                let static_token = a.auth.token.clone();
+                let access = AdminAccess::new(a.auth);
+                // The console shares the admin API's failure limiter (see `Console::new`).
+                let console = console
+                    .map(|c| Arc::new(Console::new(c, static_token.as_deref(), access.clone())));
+                (a.admin, a.ops, Some(access), console)
+            }
+            None => (Arc::new(NoService), Arc::new(NoService), None, None),
+        };
     let recorder = Arc::clone(&svc);
     let unmatched = Arc::new(UnmatchedRoutes::default());
     let api = service(svc, admin_svc, ops_svc, opts);

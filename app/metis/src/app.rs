@@ -213,11 +213,13 @@ fn admin_token(args: &ServeArgs) -> anyhow::Result<Option<String>> {
     Ok(Some(token))
 }
 
-/// The operator console's settings, when someone can log in to it (`login`: today the admin
-/// token; without it `/ui` answers 404).
+/// The operator console's settings, when someone can log in (`login`: the admin token or
+/// single sign-on is configured; otherwise `/ui` answers 404). `oidc`: the single sign-on
+/// login, when the issuer has a client id.
 fn console_config(
     args: &ServeArgs,
     login: bool,
+    oidc: Option<Arc<dyn metis_ports::identity::OidcLogin>>,
     tls: bool,
 ) -> anyhow::Result<Option<metis_http::ConsoleConfig>> {
     if !login {
@@ -242,7 +244,8 @@ fn console_config(
             ttl: args.console_session_ttl,
             secure: tls,
         },
-        oidc_login: false,
+        oidc,
+        public_url: args.console_public_url.clone(),
     }))
 }
 
@@ -362,6 +365,12 @@ impl App {
         if let Some(o) = &oidc {
             crate::admin_identity::discover_in_background(o);
         }
+        // The console's single sign-on needs a client id (the token endpoint's client); an
+        // issuer without one verifies bearer JWTs only.
+        let oidc_login = oidc
+            .as_ref()
+            .filter(|_| args.oidc.oidc_client_id.is_some())
+            .map(|o| Arc::clone(o) as Arc<dyn metis_ports::identity::OidcLogin>);
         let admin_auth =
             crate::admin_identity::auth_config(&args, admin_token, oidc, Arc::clone(&metrics));
         let admin_api = match (admin_auth, live) {
@@ -429,10 +438,11 @@ impl App {
             prometheus.set_tls_not_after(crate::cert_expiry::of_pem_file(cert)?);
         }
         let scheme = if tls.is_some() { "https" } else { "http" };
-        // The console's only login today is the admin token (the OIDC browser login comes
-        // later): an OIDC-only gateway would serve a login page nobody can pass.
-        let token_login = admin_api.as_ref().is_some_and(|a| a.auth.token.is_some());
-        let console = console_config(&args, token_login, tls.is_some())?;
+        // Served when someone can log in: the admin token's form, or single sign-on (an
+        // issuer without a client id offers neither, so its console would be a dead end).
+        let console_login =
+            admin_api.as_ref().is_some_and(|a| a.auth.token.is_some()) || oidc_login.is_some();
+        let console = console_config(&args, console_login, oidc_login, tls.is_some())?;
         let tcp = listener::bind(&args.host, args.port, args.reuse_port)?;
         let addr = tcp.local_addr().context("cannot read the bound address")?;
         let connections = Arc::new(listener::Connections::default());

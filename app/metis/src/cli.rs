@@ -381,6 +381,12 @@ pub struct ServeArgs {
     /// How long a console login lasts (`30m`, `8h`, `1d`; at least 1s).
     #[arg(long, env = "METIS_GATEWAY_CONSOLE_SESSION_TTL", default_value = "8h", value_parser = parse_console_ttl)]
     pub console_session_ttl: Duration,
+    /// The console's public base URL as browsers reach it (e.g. `https://metis.example.com`):
+    /// the single sign-on `redirect_uri` is this plus `/ui/oidc/callback` (register that at
+    /// the identity provider). Without it the URL is taken from each request's scheme and
+    /// `Host`; set it behind a proxy or load balancer.
+    #[arg(long, env = "METIS_GATEWAY_CONSOLE_PUBLIC_URL", value_parser = parse_public_url)]
+    pub console_public_url: Option<String>,
     #[command(flatten)]
     pub oidc: OidcArgs,
     #[command(flatten)]
@@ -511,6 +517,23 @@ fn parse_console_ttl(raw: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// `--console-public-url`: `http(s)://host[:port]` with no path, query or fragment (the
+/// callback path is appended). A trailing `/` is dropped.
+fn parse_public_url(raw: &str) -> Result<String, String> {
+    let url = raw.trim().trim_end_matches('/');
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or_else(|| format!("'{raw}' must start with https:// (or http://)"))?;
+    if rest.is_empty() || rest.contains(['/', '?', '#', '@']) || rest.contains(char::is_whitespace)
+    {
+        return Err(format!(
+            "'{raw}' must be a scheme and host with an optional port, e.g. https://metis.example.com (no path, query or user)"
+        ));
+    }
+    Ok(url.to_owned())
+}
+
 /// `--trace-commit-deadline`: a duration of at least 1 ms (a zero deadline would count
 /// every commit as late).
 fn parse_commit_deadline(raw: &str) -> Result<Duration, String> {
@@ -524,6 +547,32 @@ fn parse_commit_deadline(raw: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn console_public_url_is_a_bare_origin() {
+        let a = ServeArgs::try_parse_from([
+            "gateway",
+            "--console-public-url",
+            "https://metis.example.com:8443/",
+        ])
+        .unwrap();
+        assert_eq!(
+            a.console_public_url.as_deref(),
+            Some("https://metis.example.com:8443")
+        );
+        for bad in [
+            "metis.example.com",
+            "https://",
+            "https://metis.example.com/ui",
+            "https://a@metis.example.com",
+            "ftp://metis.example.com",
+        ] {
+            assert!(
+                ServeArgs::try_parse_from(["gateway", "--console-public-url", bad]).is_err(),
+                "{bad}"
+            );
+        }
+    }
 
     #[test]
     fn metrics_budget_flags_parse_and_bad_key_ids_are_refused() {

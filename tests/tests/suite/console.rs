@@ -470,28 +470,3 @@ async fn a_console_session_has_its_identitys_role() {
     assert_eq!(issue.status, 403, "{}", issue.text);
     assert!(issue.text.contains("operator"), "{}", issue.text);
 }
-
-/// The console's only login today is the admin token: a gateway whose admins all come from
-/// OpenID Connect serves no console (a login page nobody could pass) until the browser login
-/// exists.
-#[tokio::test]
-async fn an_oidc_only_gateway_serves_no_console_yet() {
-    let issuer = metis_tests::oidc_issuer::TestIssuer::start().await.unwrap();
-    let gw = TestGateway::spawn_with(GatewayOptions {
-        extra_args: vec![
-            "--oidc-issuer".into(),
-            issuer.issuer(),
-            "--oidc-audience".into(),
-            metis_tests::oidc_issuer::DEFAULT_AUDIENCE.into(),
-            "--oidc-role-map".into(),
-            metis_tests::oidc_issuer::ROLE_MAP.into(),
-        ],
-        ..GatewayOptions::default()
-    })
-    .await
-    .unwrap();
-    let c = client();
-    assert_eq!(send(c.get(gw.url("/ui/login"))).await.status, 404);
-    // The admin API itself is served (to JWTs).
-    assert_eq!(send(c.get(gw.url("/admin/v1/keys"))).await.status, 401);
-}

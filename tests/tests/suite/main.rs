@@ -13,6 +13,7 @@ mod admin_oidc;
 mod admission_contract;
 mod architecture;
 mod console;
+mod console_oidc;
 mod disk_full;
 mod fake_upstream;
 mod fd_limit;

@@ -1,6 +1,7 @@
 //! The operator console at `/ui`: a single-page app embedded in the binary (plain HTML, CSS
 //! and JavaScript, no third-party code, so nothing to vendor and it works offline), the token
-//! login and logout, and the session the page's `/admin/v1` calls run on.
+//! login, the OpenID Connect single sign-on login (authorization code + PKCE), logout, and the
+//! session the page's `/admin/v1` calls run on.
 //!
 //! Served only when an admin identity is configured; otherwise `/ui` answers 404 like any
 //! unknown path. Every `/ui` answer carries a strict Content-Security-Policy (no inline script
@@ -8,8 +9,10 @@
 
 pub mod session;
 
+use crate::admin_auth::AdminAccess;
 use crate::reply::json_response;
 use metis_domain::admin::AdminIdentity;
+use metis_ports::identity::{AuthRefusal, OidcLogin};
 use poem::http::{HeaderValue, Method, StatusCode, header};
 use poem::{Request, Response};
 use poem_openapi::SecurityScheme;
@@ -21,11 +24,27 @@ use std::sync::{Arc, LazyLock};
 
 /// How the console is configured (the composition root builds it when an admin identity is
 /// configured).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ConsoleConfig {
     pub session: SessionSettings,
-    /// Offer "Log in with single sign-on" (the OpenID Connect browser login).
-    pub oidc_login: bool,
+    /// The OpenID Connect browser login ("Sign in with SSO"), when an issuer and a client id
+    /// are configured.
+    pub oidc: Option<Arc<dyn OidcLogin>>,
+    /// The gateway's public base URL (`--console-public-url`, e.g.
+    /// `https://metis.example.com`): the SSO `redirect_uri` is this plus
+    /// `/ui/oidc/callback`. Without it the URL is taken from the request (see
+    /// `Console::redirect_uri`).
+    pub public_url: Option<String>,
+}
+
+impl std::fmt::Debug for ConsoleConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsoleConfig")
+            .field("session", &self.session)
+            .field("oidc_login", &self.oidc.is_some())
+            .field("public_url", &self.public_url)
+            .finish()
+    }
 }
 
 /// The console's state, shared by its pages and the admin auth checker.
@@ -34,7 +53,11 @@ pub struct Console {
     /// SHA-256 of the static admin token the login form checks (absent: no token login).
     /// Digests are compared, so the comparison takes the same time whatever the lengths.
     token_digest: Option<[u8; 32]>,
-    oidc_login: bool,
+    oidc: Option<Arc<dyn OidcLogin>>,
+    public_url: Option<String>,
+    /// The admin API's failed-authentication limiter: failed console logins count against
+    /// the same per-address budget as bad bearer tokens.
+    access: AdminAccess,
 }
 
 impl std::fmt::Debug for Console {
@@ -42,8 +65,9 @@ impl std::fmt::Debug for Console {
         f.debug_struct("Console")
             .field("sessions", &self.sessions)
             .field("token_login", &self.token_digest.is_some())
-            .field("oidc_login", &self.oidc_login)
-            .finish()
+            .field("oidc_login", &self.oidc.is_some())
+            .field("public_url", &self.public_url)
+            .finish_non_exhaustive()
     }
 }
 
@@ -54,13 +78,18 @@ fn digest(s: &str) -> [u8; 32] {
 }
 
 impl Console {
-    /// `token`: the static admin token, when one is configured (enables the token login).
+    /// `token`: the static admin token, when one is configured (enables the token login);
+    /// `access`: the admin API's auth state, whose failure limiter the logins feed.
     #[must_use]
-    pub fn new(config: ConsoleConfig, token: Option<&str>) -> Self {
+    pub(crate) fn new(config: ConsoleConfig, token: Option<&str>, access: AdminAccess) -> Self {
         Console {
             sessions: ConsoleSessions::new(config.session),
             token_digest: token.map(digest),
-            oidc_login: config.oidc_login,
+            oidc: config.oidc,
+            public_url: config
+                .public_url
+                .map(|u| u.trim().trim_end_matches('/').to_owned()),
+            access,
         }
     }
 }
@@ -205,6 +234,9 @@ static INDEX: LazyLock<String> =
     LazyLock::new(|| link_assets(include_str!("../../console/index.html")));
 static LOGIN: LazyLock<String> =
     LazyLock::new(|| link_assets(include_str!("../../console/login.html")));
+/// The page a successful single sign-on lands on; see `Console::signed_in`.
+static SIGNED_IN: LazyLock<String> =
+    LazyLock::new(|| link_assets(include_str!("../../console/signed_in.html")));
 
 fn escape_html(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -221,11 +253,40 @@ fn html(status: StatusCode, body: String) -> Response {
         .body(body)
 }
 
-fn redirect(to: &'static str) -> Response {
+fn redirect(to: &str) -> Response {
     Response::builder()
         .status(StatusCode::SEE_OTHER)
         .header(header::LOCATION, to)
         .finish()
+}
+
+/// Percent-encode a query parameter value (everything but RFC 3986 unreserved characters).
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A `Host` value fit to build a URL from: a name or address with an optional port.
+fn plausible_host(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 255
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
+}
+
+fn unavailable() -> Response {
+    json_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "the operating system's random number generator is unavailable",
+    )
 }
 
 fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
@@ -311,11 +372,22 @@ impl Console {
                 }
             }
             (Method::POST, "/ui/logout") => self.logout(&req),
+            (Method::GET, "/ui/oidc/login") => self.oidc_start(&req).await,
+            (Method::GET, session::CALLBACK_PATH) => self.oidc_callback(&req).await,
             (Method::GET, "/ui/api/session") => self.session_info(&req),
             (Method::GET | Method::HEAD, p) if p.starts_with("/ui/assets/") => {
                 asset(&req, &p["/ui/assets/".len()..])
             }
-            (_, "/ui" | "/ui/" | "/ui/login" | "/ui/logout" | "/ui/api/session") => json_error(
+            (
+                _,
+                "/ui"
+                | "/ui/"
+                | "/ui/login"
+                | "/ui/logout"
+                | "/ui/api/session"
+                | "/ui/oidc/login"
+                | session::CALLBACK_PATH,
+            ) => json_error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
                 "method not allowed on this console path",
@@ -351,7 +423,7 @@ impl Console {
         } else {
             "hidden"
         };
-        let oidc = if self.oidc_login { "" } else { "hidden" };
+        let oidc = if self.oidc.is_some() { "" } else { "hidden" };
         let body = LOGIN
             .replace("{{error}}", &error_html)
             .replace("{{csrf}}", &field)
@@ -363,6 +435,9 @@ impl Console {
     }
 
     fn login(&self, req: &Request, body: &[u8]) -> Response {
+        if let Some(resp) = self.over_limit(req) {
+            return resp;
+        }
         let fields = form_fields(body);
         let field = |name: &str| {
             fields
@@ -384,6 +459,7 @@ impl Console {
         };
         if !session::constant_time_eq(&digest(field("token")), expected) {
             tracing::warn!("console login refused: wrong admin token");
+            self.access.record_failure(req, "console_invalid_token");
             return self.login_page(StatusCode::UNAUTHORIZED, Some("wrong admin token"));
         }
         match self.sessions.start(&AdminIdentity::static_token()) {
@@ -437,13 +513,220 @@ impl Console {
                         "role": i.role.as_str(),
                         "method": session::method_name(i.method),
                         "csrf": csrf,
-                        "oidc_login": self.oidc_login,
+                        "oidc_login": self.oidc.is_some(),
                     })
                     .to_string(),
                 )
             }
             Err(r) => json_error(StatusCode::UNAUTHORIZED, "no_console_session", r.message()),
         }
+    }
+}
+
+/// The single sign-on login (authorization code + PKCE, README "Operator console").
+impl Console {
+    /// While the client address is over the failed-authentication limit: the login page with
+    /// 429 and `Retry-After`, without looking at what was presented (a right guess must look
+    /// like a wrong one).
+    fn over_limit(&self, req: &Request) -> Option<Response> {
+        let retry = self.access.retry_after(req)?;
+        let (max, window) = self.access.limit();
+        let mut resp = self.login_page(
+            StatusCode::TOO_MANY_REQUESTS,
+            Some(&format!(
+                "too many failed logins from this address ({max} per {window} s); try again in {retry} s"
+            )),
+        );
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(retry));
+        Some(resp)
+    }
+
+    /// The `redirect_uri` of this gateway's callback: `--console-public-url` when set, else
+    /// the scheme and `Host` of the request (https when the listener serves TLS, or when a
+    /// `--trusted-proxy` says `X-Forwarded-Proto: https`). Behind a proxy that rewrites
+    /// `Host`, only the flag gives the URL the identity provider has registered.
+    fn redirect_uri(&self, req: &Request) -> Result<String, &'static str> {
+        if let Some(base) = &self.public_url {
+            return Ok(format!("{base}{}", session::CALLBACK_PATH));
+        }
+        let forwarded_https = || {
+            self.access.peer_is_trusted_proxy(req)
+                && req
+                    .headers()
+                    .get("x-forwarded-proto")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.split(',').next())
+                    .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"))
+        };
+        let scheme = if self.sessions.secure() || forwarded_https() {
+            "https"
+        } else {
+            "http"
+        };
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .or_else(|| req.uri().authority().map(ToString::to_string))
+            .filter(|h| plausible_host(h))
+            .ok_or(
+                "cannot tell this gateway's public URL from the request (no usable Host header); set --console-public-url",
+            )?;
+        Ok(format!("{scheme}://{host}{}", session::CALLBACK_PATH))
+    }
+
+    /// `GET /ui/oidc/login`: start a login at the identity provider. The started login rides
+    /// in a signed cookie to the callback; `?login_hint=` is passed on (the provider may
+    /// pre-fill the user name).
+    async fn oidc_start(&self, req: &Request) -> Response {
+        let Some(oidc) = &self.oidc else {
+            return self.login_page(
+                StatusCode::NOT_FOUND,
+                Some("single sign-on is not configured on this gateway"),
+            );
+        };
+        let redirect_uri = match self.redirect_uri(req) {
+            Ok(u) => u,
+            Err(m) => return self.login_page(StatusCode::BAD_REQUEST, Some(m)),
+        };
+        let start = match oidc.start(&redirect_uri).await {
+            Ok(s) => s,
+            Err(r) => return self.refused_login(req, &r),
+        };
+        let Some(cookie) = self.sessions.pending_login_cookie(&start.pending) else {
+            return unavailable();
+        };
+        let mut url = start.authorization_url;
+        let query = form_fields(req.uri().query().unwrap_or("").as_bytes());
+        if let Some((_, hint)) = query
+            .iter()
+            .find(|(k, v)| k == "login_hint" && !v.is_empty())
+        {
+            url.push(if url.contains('?') { '&' } else { '?' });
+            url.push_str("login_hint=");
+            url.push_str(&percent_encode(hint));
+        }
+        let Ok(location) = HeaderValue::from_str(&url) else {
+            return self.login_page(
+                StatusCode::BAD_GATEWAY,
+                Some("the identity provider's authorization URL is not a valid URL"),
+            );
+        };
+        let mut resp = Response::builder()
+            .status(StatusCode::FOUND)
+            .header(header::LOCATION, location)
+            .finish();
+        resp.headers_mut().append(header::SET_COOKIE, cookie);
+        resp
+    }
+
+    /// `GET /ui/oidc/callback?code&state` (or `?error=` from the provider): finish the login.
+    /// The pending-login cookie is cleared whatever the outcome: a login is finished once.
+    async fn oidc_callback(&self, req: &Request) -> Response {
+        let mut resp = self.finish_login(req).await;
+        resp.headers_mut()
+            .append(header::SET_COOKIE, self.sessions.clear_pending_login());
+        resp
+    }
+
+    async fn finish_login(&self, req: &Request) -> Response {
+        if let Some(resp) = self.over_limit(req) {
+            return resp;
+        }
+        let Some(oidc) = &self.oidc else {
+            return self.login_page(
+                StatusCode::NOT_FOUND,
+                Some("single sign-on is not configured on this gateway"),
+            );
+        };
+        let query = form_fields(req.uri().query().unwrap_or("").as_bytes());
+        let field = |name: &str| {
+            query
+                .iter()
+                .find(|(k, _)| k == name)
+                .map_or("", |(_, v)| v.as_str())
+        };
+        if !field("error").is_empty() {
+            // The provider refused (the user cancelled, or is not allowed this client): no
+            // guess, so not counted against the address.
+            let told: String = format!("{}: {}", field("error"), field("error_description"))
+                .trim_end_matches([' ', ':'])
+                .chars()
+                .take(300)
+                .collect();
+            tracing::warn!(error = %told, "console single sign-on refused by the identity provider");
+            return self.login_page(
+                StatusCode::UNAUTHORIZED,
+                Some(&format!(
+                    "the identity provider refused the login ({told}); start the login again"
+                )),
+            );
+        }
+        let pending = match self.sessions.pending_login(req) {
+            Ok(p) => p,
+            Err(m) => {
+                self.access.record_failure(req, "console_no_pending_login");
+                return self.login_page(StatusCode::UNAUTHORIZED, Some(m));
+            }
+        };
+        let (code, state) = (field("code"), field("state"));
+        if code.is_empty() || state.is_empty() {
+            self.access.record_failure(req, "console_bad_callback");
+            return self.login_page(
+                StatusCode::UNAUTHORIZED,
+                Some("the identity provider's callback lacks its code or state; start the login again"),
+            );
+        }
+        match oidc.finish(code, state, &pending).await {
+            Ok(identity) => self.signed_in(&identity),
+            Err(r) => self.refused_login(req, &r),
+        }
+    }
+
+    /// A refused login's page: 401 (counted against the address), 403 for a proven identity
+    /// without a role, 503 while the identity provider is unreachable.
+    fn refused_login(&self, req: &Request, refusal: &AuthRefusal) -> Response {
+        tracing::warn!(code = refusal.code(), reason = %refusal, "console single sign-on refused");
+        match refusal {
+            AuthRefusal::Unauthenticated { code, message } => {
+                self.access.record_failure(req, code);
+                self.login_page(StatusCode::UNAUTHORIZED, Some(message))
+            }
+            AuthRefusal::NoRole(m) => {
+                self.access.record_refusal("no_role");
+                self.login_page(StatusCode::FORBIDDEN, Some(m))
+            }
+            AuthRefusal::IssuerUnavailable(m) => self.login_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some(&format!(
+                    "the identity provider cannot be reached right now; try again shortly ({m})"
+                )),
+            ),
+        }
+    }
+
+    /// The session starts here, on a small page of our own origin that moves on to `/ui/`
+    /// (meta refresh and a link; no script under the CSP). Not a redirect: the browser got
+    /// here through the provider's cross-site redirect, and a navigation in such a chain
+    /// does not carry the `SameSite=Strict` session cookie (Chromium), so `/ui/` would look
+    /// logged out. The refresh starts from this page, so it is same-site.
+    fn signed_in(&self, identity: &AdminIdentity) -> Response {
+        let Some(cookie) = self.sessions.start(identity) else {
+            return unavailable();
+        };
+        tracing::info!(sub = %identity.sub, role = identity.role.as_str(), "console single sign-on");
+        let who = match &identity.email {
+            Some(e) => format!("{e} ({}) · {}", identity.sub, identity.role.as_str()),
+            None => format!("{} · {}", identity.sub, identity.role.as_str()),
+        };
+        let mut resp = html(
+            StatusCode::OK,
+            SIGNED_IN.replace("{{who}}", &escape_html(&who)),
+        );
+        resp.headers_mut().append(header::SET_COOKIE, cookie);
+        resp
     }
 }
 
@@ -502,6 +785,10 @@ mod tests {
         assert!(INDEX.contains("/ui/assets/app.js?v="));
         assert!(!INDEX.contains("{{asset:"));
         assert!(!LOGIN.contains("{{asset:"));
+        assert!(!SIGNED_IN.contains("{{asset:"));
+        assert_eq!(percent_encode("a b&c=é~"), "a%20b%26c%3D%C3%A9~");
+        assert!(plausible_host("metis.example.com:8443") && plausible_host("[::1]:80"));
+        assert!(!plausible_host("evil.com/x") && !plausible_host(""));
         assert_eq!(
             escape_html("<b a=\"x\">&'"),
             "&lt;b a=&quot;x&quot;&gt;&amp;&#39;"
@@ -510,7 +797,7 @@ mod tests {
 
     #[test]
     fn no_page_has_inline_script_or_style() {
-        for page in [INDEX.as_str(), LOGIN.as_str()] {
+        for page in [INDEX.as_str(), LOGIN.as_str(), SIGNED_IN.as_str()] {
             assert!(!page.contains("<style"), "inline <style> in a console page");
             assert!(
                 !page.contains(" style="),

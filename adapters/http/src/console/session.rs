@@ -14,6 +14,7 @@
 //! at its expiry — documented in the README).
 
 use metis_domain::admin::{AdminIdentity, AuthMethod, Role};
+use metis_ports::identity::PendingLogin;
 use poem::Request;
 use poem::http::HeaderValue;
 use serde_json::{Value, json};
@@ -30,6 +31,13 @@ pub const LOGIN_COOKIE: &str = "metis_console_login";
 pub const CSRF_HEADER: &str = "x-metis-csrf";
 /// How long a login form stays valid.
 const LOGIN_FORM_TTL_SECS: u64 = 600;
+/// The cookie that carries a started single sign-on login (state, nonce, PKCE verifier) to
+/// its callback.
+pub const PENDING_COOKIE: &str = "metis_console_oidc";
+/// The only path the pending-login cookie is sent to.
+pub const CALLBACK_PATH: &str = "/ui/oidc/callback";
+/// How long a started single sign-on login may take at the identity provider.
+pub const PENDING_TTL_SECS: u64 = 600;
 /// Bound on the logout deny list: beyond it the oldest entries are dropped first (they are
 /// the ones nearest their expiry), so a flood of logins and logouts cannot grow memory.
 const MAX_DENIED: usize = 100_000;
@@ -399,6 +407,104 @@ impl ConsoleSessions {
     }
 }
 
+impl ConsoleSessions {
+    /// The `Set-Cookie` value that carries a started single sign-on login to the callback.
+    ///
+    /// Signed (so it cannot be forged or altered), not encrypted: it holds this login's
+    /// state, nonce and PKCE verifier, which only matter together with the authorization
+    /// code the identity provider sends to the same browser. `HttpOnly` keeps them from
+    /// scripts; `Path` keeps them off every request but the callback; 10 minutes bound a
+    /// stale tab. `SameSite=Lax`, not Strict: the identity provider's redirect back is a
+    /// cross-site top-level GET, which a Strict cookie would not accompany.
+    #[must_use]
+    pub fn pending_login_cookie(&self, pending: &PendingLogin) -> Option<HeaderValue> {
+        self.pending_login_cookie_at(pending, now_secs())
+    }
+
+    /// [`Self::pending_login_cookie`] as if the clock read `now` (unix seconds): tests use it
+    /// to present a login started more than 10 minutes ago.
+    #[must_use]
+    pub fn pending_login_cookie_at(&self, pending: &PendingLogin, now: u64) -> Option<HeaderValue> {
+        let payload = json!({
+            "state": pending.state,
+            "nonce": pending.nonce,
+            "verifier": pending.code_verifier,
+            "redirect_uri": pending.redirect_uri,
+            "exp": now.saturating_add(PENDING_TTL_SECS),
+        })
+        .to_string();
+        let payload = to_hex(payload.as_bytes());
+        let sig = to_hex(&hmac(&self.settings.key, &[b"oidc:", payload.as_bytes()]));
+        let secure = if self.settings.secure { "; Secure" } else { "" };
+        HeaderValue::from_str(&format!(
+            "{PENDING_COOKIE}={payload}.{sig}; Path={CALLBACK_PATH}; Max-Age={PENDING_TTL_SECS}; HttpOnly; SameSite=Lax{secure}"
+        ))
+        .ok()
+    }
+
+    /// The started login of the request's pending-login cookie.
+    ///
+    /// # Errors
+    /// Names why there is none: absent (cookies blocked, another browser, already used),
+    /// altered, or older than 10 minutes.
+    pub fn pending_login(&self, req: &Request) -> Result<PendingLogin, &'static str> {
+        let raw = cookie_value(req, PENDING_COOKIE)
+            .filter(|v| !v.is_empty())
+            .ok_or(
+                "no single sign-on login was started in this browser, or it was already used; start the login again",
+            )?;
+        self.verify_pending(raw, now_secs())
+    }
+
+    fn verify_pending(&self, raw: &str, now: u64) -> Result<PendingLogin, &'static str> {
+        const BAD: &str = "the single sign-on login cookie is not valid; start the login again";
+        let (payload, sig) = raw.split_once('.').ok_or(BAD)?;
+        let expected = to_hex(&hmac(&self.settings.key, &[b"oidc:", payload.as_bytes()]));
+        if !constant_time_eq(sig.as_bytes(), expected.as_bytes()) {
+            return Err(BAD);
+        }
+        let claims: Value = from_hex(payload)
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or(BAD)?;
+        let expires_at = claims.get("exp").and_then(Value::as_u64).ok_or(BAD)?;
+        if now >= expires_at {
+            return Err(
+                "the single sign-on login took longer than 10 minutes and has expired; start the login again",
+            );
+        }
+        let text = |k: &str| {
+            claims
+                .get(k)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .ok_or(BAD)
+        };
+        Ok(PendingLogin {
+            state: text("state")?,
+            nonce: text("nonce")?,
+            code_verifier: text("verifier")?,
+            redirect_uri: text("redirect_uri")?,
+        })
+    }
+
+    /// The `Set-Cookie` value that removes the pending-login cookie (a login is finished
+    /// once, whatever the outcome).
+    #[must_use]
+    pub fn clear_pending_login(&self) -> HeaderValue {
+        let secure = if self.settings.secure { "; Secure" } else { "" };
+        HeaderValue::from_str(&format!(
+            "{PENDING_COOKIE}=; Path={CALLBACK_PATH}; Max-Age=0; HttpOnly; SameSite=Lax{secure}"
+        ))
+        .unwrap_or(HeaderValue::from_static(""))
+    }
+
+    /// Whether the listener serves TLS (cookies get `Secure`, URLs `https`).
+    #[must_use]
+    pub fn secure(&self) -> bool {
+        self.settings.secure
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -520,5 +626,68 @@ mod tests {
         let (_, other_field) = s.login_form().unwrap();
         assert!(!s.login_form_matches(&request_with(&pair, None), &other_field));
         assert!(!s.login_form_matches(&Request::builder().finish(), &field));
+    }
+
+    fn pending() -> PendingLogin {
+        PendingLogin {
+            state: "st".to_owned(),
+            nonce: "no".to_owned(),
+            code_verifier: "ve".to_owned(),
+            redirect_uri: "https://metis.example.com/ui/oidc/callback".to_owned(),
+        }
+    }
+
+    fn raw_value(set_cookie: &HeaderValue) -> String {
+        cookie_pair(set_cookie)
+            .split_once('=')
+            .unwrap()
+            .1
+            .to_owned()
+    }
+
+    #[test]
+    fn a_pending_login_round_trips_only_signed_and_within_ten_minutes() {
+        let s = sessions(60);
+        let set = s.pending_login_cookie_at(&pending(), 1_000).unwrap();
+        let text = set.to_str().unwrap();
+        assert!(text.contains("Path=/ui/oidc/callback"), "{text}");
+        assert!(text.contains("HttpOnly") && text.contains("SameSite=Lax"));
+        assert!(text.contains("Max-Age=600"));
+        let raw = raw_value(&set);
+        assert_eq!(s.verify_pending(&raw, 1_599).unwrap(), pending());
+        assert!(
+            s.verify_pending(&raw, 1_600)
+                .unwrap_err()
+                .contains("expired")
+        );
+        let other = ConsoleSessions::new(SessionSettings {
+            key: b"another key".to_vec(),
+            ..s.settings.clone()
+        });
+        assert!(
+            other
+                .verify_pending(&raw, 1_001)
+                .unwrap_err()
+                .contains("not valid")
+        );
+        // A session cookie's signature does not make a pending login (distinct HMAC labels).
+        let session = raw_value(&s.start(&AdminIdentity::static_token()).unwrap());
+        assert!(s.verify_pending(&session, 1_001).is_err());
+        let req = request_with(&format!("{PENDING_COOKIE}={raw}"), None);
+        assert!(
+            s.pending_login(&req).is_err(),
+            "long expired by the real clock"
+        );
+        assert!(
+            s.pending_login(&Request::builder().finish())
+                .unwrap_err()
+                .contains("start the login again")
+        );
+        assert!(
+            s.clear_pending_login()
+                .to_str()
+                .unwrap()
+                .contains("Max-Age=0")
+        );
     }
 }
