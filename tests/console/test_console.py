@@ -387,40 +387,68 @@ def test_a_viewer_sees_no_key_actions(gateway, browser):
         ctx.close()
 
 
-def sso_login(gateway, oidc, browser, user: str, screenshot: str | None = None):
-    """A fresh browser profile that logs in by clicking "Sign in with SSO". The test issuer
-    approves whoever `login_hint` names, so the request to its /authorize gets that hint added
-    (a real user would type their name there). Returns (context, page)."""
+def sso_browser(gateway, browser):
+    """A fresh browser profile on the console opened as `localhost` (the test issuer lives at
+    `127.0.0.1`: another site, as a real identity provider is). Returns (context, page, the
+    console's base URL)."""
+    base = gateway.url.replace("127.0.0.1", "localhost")
     ctx = browser.new_context(viewport=VIEWPORT)
     ctx.set_default_timeout(20_000)
-    ctx.route(f"{oidc.issuer}/authorize*", lambda route: route.continue_(url=f"{route.request.url}&login_hint={user}"))
     pg = ctx.new_page()
     errors: list[str] = []
     pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     pg.on("pageerror", lambda e: errors.append(str(e)))
     pg.console_errors = errors
-    pg.goto(ui(gateway))
-    expect(pg).to_have_url(re.compile(r"/ui/login$"))
+    pg.goto(f"{base}/ui/")
+    expect(pg).to_have_url(f"{base}/ui/login")
     button = pg.locator("#oidc-login")
     expect(button).to_be_visible()
     expect(button).to_have_text("Sign in with SSO")
-    if screenshot:
-        shot(pg, screenshot)
-    button.click()
-    # The callback's same-origin page moves on to the console (meta refresh), so the
-    # SameSite=Strict session cookie goes along.
-    expect(pg).to_have_url(re.compile(r"/ui/#/overview$"))
+    return ctx, pg, base
+
+
+def signed_in(ctx, pg, base) -> None:
+    """The callback's same-origin page moved on to the console with the session cookie."""
+    expect(pg).to_have_url(f"{base}/ui/#/overview")
+    ready(pg)
     cookies = {c["name"]: c for c in ctx.cookies()}
     assert cookies["metis_console"]["httpOnly"] and cookies["metis_console"]["sameSite"] == "Strict"
     assert "metis_console_oidc" not in cookies, "the pending login is used up"
-    return ctx, pg
 
 
-def test_sso_operator_issues_and_revokes_a_key_and_the_audit_names_them(gateway, oidc, browser):
-    ctx, pg = sso_login(gateway, oidc, browser, "oscar", screenshot="login.png")
+def test_sso_operator_signs_in_through_the_identity_providers_page(gateway, oidc, browser):
+    """A real identity provider shows its own page (the user types a password, clicks
+    approve), so the redirect back to the callback is started by a page of another site. The
+    test issuer approves at once, so that page is played here: the login is started (its
+    cookie lands in this browser profile), the issuer's answer is read, and a page of the
+    issuer's origin offers the callback link the user clicks. A callback answering a plain
+    redirect to /ui/ would lose the SameSite=Strict session cookie on this path (Chromium
+    treats the whole chain as cross-site) and land on the login page again."""
+    ctx, pg, base = sso_browser(gateway, browser)
+    shot(pg, "login.png")
+    start = ctx.request.get(f"{base}/ui/oidc/login?login_hint=oscar", max_redirects=0)
+    assert start.status == 302, start.text()
+    approved = ctx.request.get(start.headers["location"], max_redirects=0)
+    assert approved.status == 302, approved.text()
+    callback = approved.headers["location"]
+    assert callback.startswith(f"{base}/ui/oidc/callback?"), callback
+    ctx.route(f"{oidc.issuer}/consent", lambda route: route.fulfill(
+        status=200, content_type="text/html", body=f'<a id="approve" href="{callback}">Approve</a>'))
+    pg.goto(f"{oidc.issuer}/consent")
+    pg.click("#approve")
+    signed_in(ctx, pg, base)
+    SSO["ctx"], SSO["page"], SSO["base"] = ctx, pg, base
+
+
+# The operator's signed-in browser, handed to the next test.
+SSO: dict = {}
+
+
+def test_sso_operator_issues_and_revokes_a_key_and_the_audit_names_them(gateway):
+    ctx, pg, base = SSO["ctx"], SSO["page"], SSO["base"]
     try:
         expect(pg.locator("#identity")).to_contain_text("oscar@example.test (user-oscar) · operator")
-        pg.goto(ui(gateway, "#/keys"))
+        pg.goto(f"{base}/ui/#/keys")
         ready(pg)
         name = f"sso-{uuid.uuid4().hex[:6]}"
         pg.fill("#k-name", name)
@@ -435,7 +463,7 @@ def test_sso_operator_issues_and_revokes_a_key_and_the_audit_names_them(gateway,
         pg.once("dialog", lambda d: d.accept())
         pg.click(f"#keys tr[data-row='{key_id}'] button[data-action=revoke]")
         expect(pg.locator("#key-notices")).to_contain_text(f"Key {key_id} revoked")
-        pg.goto(ui(gateway, "#/audit?type=gateway.key_revoked"))
+        pg.goto(f"{base}/ui/#/audit?type=gateway.key_revoked")
         ready(pg)
         revoked = pg.locator("#audit-events tbody tr", has_text=key_id)
         expect(revoked).to_have_count(1)
@@ -445,11 +473,18 @@ def test_sso_operator_issues_and_revokes_a_key_and_the_audit_names_them(gateway,
         ctx.close()
 
 
-def test_sso_viewer_gets_no_key_actions(gateway, oidc, browser):
-    ctx, pg = sso_login(gateway, oidc, browser, "vera")
+def test_sso_viewer_gets_no_key_actions(gateway, browser):
+    """The login as a user does it: click "Sign in with SSO" (the issuer approves at once, so
+    the whole chain is redirects). The test issuer picks the user by `login_hint`, which the
+    gateway passes on: the button's request gets it added (Playwright routes only the first
+    request of a redirect chain)."""
+    ctx, pg, base = sso_browser(gateway, browser)
+    ctx.route(f"{base}/ui/oidc/login", lambda route: route.continue_(url=f"{route.request.url}?login_hint=vera"))
+    pg.click("#oidc-login")
+    signed_in(ctx, pg, base)
     try:
         expect(pg.locator("#identity")).to_contain_text("vera@example.test (user-vera) · viewer")
-        pg.goto(ui(gateway, "#/keys"))
+        pg.goto(f"{base}/ui/#/keys")
         ready(pg)
         expect(pg.locator("#keys tbody tr").first).to_be_visible()
         expect(pg.locator("#issue-form")).to_have_count(0)
