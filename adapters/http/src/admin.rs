@@ -425,6 +425,29 @@ fn group_of(raw: &str) -> Result<UsageGroup, AdminError> {
     }
 }
 
+/// The one key/user/team/model value a usage query may be filtered to (the query parameters
+/// in that order); more than one is a 400.
+pub(crate) fn one_filter(
+    [key, user, team, model]: [Option<String>; 4],
+) -> Result<Option<(UsageGroup, String)>, AdminError> {
+    let mut given = [
+        (UsageGroup::Key, key),
+        (UsageGroup::User, user),
+        (UsageGroup::Team, team),
+        (UsageGroup::Model, model),
+    ]
+    .into_iter()
+    .filter_map(|(g, v)| v.map(|v| (g, v)));
+    let first = given.next();
+    if given.next().is_some() {
+        return Err(AdminFailure::Invalid(
+            "at most one of key, user, team, model may filter usage".to_owned(),
+        )
+        .into());
+    }
+    Ok(first)
+}
+
 #[OpenApi(prefix_path = "/admin/v1", tag = "AdminTag::Admin")]
 impl AdminApi {
     /// Issue a key. The token is returned once; only its SHA-256 is stored. Role: operator.
@@ -549,25 +572,8 @@ impl AdminApi {
         let (since_us, until_us) = self.window(since.0.as_deref(), until.0.as_deref())?;
         let group_name = group_by.0.unwrap_or_else(|| "key".to_owned());
         let group = group_of(&group_name)?;
-        let filters: Vec<(UsageGroup, String)> = [
-            (UsageGroup::Key, key.0),
-            (UsageGroup::User, user.0),
-            (UsageGroup::Team, team.0),
-            (UsageGroup::Model, model.0),
-        ]
-        .into_iter()
-        .filter_map(|(g, v)| v.map(|v| (g, v)))
-        .collect();
-        if filters.len() > 1 {
-            return Err(AdminFailure::Invalid(
-                "at most one of key, user, team, model may filter the report".to_owned(),
-            )
-            .into());
-        }
-        let rows = self
-            .svc
-            .usage(since_us, until_us, group, filters.into_iter().next())
-            .await?;
+        let filter = one_filter([key.0, user.0, team.0, model.0])?;
+        let rows = self.svc.usage(since_us, until_us, group, filter).await?;
         Ok(Json(UsageReport {
             since: format_iso(since_us),
             until: format_iso(until_us),

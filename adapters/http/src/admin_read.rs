@@ -2,7 +2,7 @@
 //! replica's live overview, usage as time series, the audit chain's status and export, and
 //! agent sessions with their worker trees. Same bearer as the rest of `/admin/v1`.
 
-use crate::admin::{AdminAuth, AdminError, AdminTag};
+use crate::admin::{AdminAuth, AdminError, AdminTag, one_filter};
 use metis_domain::admin::Role;
 use metis_domain::sessions::{SessionNode, SessionRecord};
 use metis_domain::time::{format_iso, parse_iso};
@@ -191,6 +191,7 @@ pub struct SessionObject {
     #[oai(nullable)]
     active_model: Option<String>,
     turn_count: u64,
+    /// Cost of this session's own turns (USD), workers not included.
     cost_so_far_usd: f64,
     /// Set when the session was started as a worker of another (a sub-agent).
     is_worker: bool,
@@ -228,20 +229,9 @@ pub struct SessionList {
 /// A session and its workers (`metis sessions show`).
 #[derive(Object)]
 pub struct SessionTree {
-    id: String,
-    workspace_path: String,
-    #[oai(nullable)]
-    active_model: Option<String>,
-    turn_count: u64,
-    /// The session's own cost.
-    cost_so_far_usd: f64,
-    is_worker: bool,
-    #[oai(nullable)]
-    parent_session_id: Option<String>,
-    #[oai(nullable)]
-    parent_tool_use_id: Option<String>,
-    created_at: String,
-    updated_at: String,
+    /// The session's fields.
+    #[oai(flatten)]
+    session: SessionObject,
     /// Own cost plus every descendant's.
     subtree_cost_usd: f64,
     /// Sessions in this subtree, this one included.
@@ -252,18 +242,8 @@ pub struct SessionTree {
 
 impl From<SessionNode> for SessionTree {
     fn from(n: SessionNode) -> Self {
-        let s = SessionObject::from(n.session);
         SessionTree {
-            id: s.id,
-            workspace_path: s.workspace_path,
-            active_model: s.active_model,
-            turn_count: s.turn_count,
-            cost_so_far_usd: s.cost_so_far_usd,
-            is_worker: s.is_worker,
-            parent_session_id: s.parent_session_id,
-            parent_tool_use_id: s.parent_tool_use_id,
-            created_at: s.created_at,
-            updated_at: s.updated_at,
+            session: SessionObject::from(n.session),
             subtree_cost_usd: n.subtree_cost_usd,
             subtree_sessions: n.subtree_sessions,
             children: n.children.into_iter().map(SessionTree::from).collect(),
@@ -443,21 +423,7 @@ impl AdminReadApi {
         let since_us = parse_bound("since", since.0.as_deref())?.unwrap_or(until_us - default_span);
         let group_name = group_by.0.unwrap_or_else(|| "key".to_owned());
         let group = group_of(&group_name)?;
-        let filters: Vec<(UsageGroup, String)> = [
-            (UsageGroup::Key, key.0),
-            (UsageGroup::User, user.0),
-            (UsageGroup::Team, team.0),
-            (UsageGroup::Model, model.0),
-        ]
-        .into_iter()
-        .filter_map(|(g, v)| v.map(|v| (g, v)))
-        .collect();
-        if filters.len() > 1 {
-            return Err(AdminFailure::Invalid(
-                "at most one of key, user, team, model may filter the series".to_owned(),
-            )
-            .into());
-        }
+        let filter = one_filter([key.0, user.0, team.0, model.0])?;
         let s = self
             .svc
             .usage_series(SeriesQuery {
@@ -465,7 +431,7 @@ impl AdminReadApi {
                 until_us,
                 bucket,
                 group,
-                filter: filters.into_iter().next(),
+                filter,
             })
             .await?;
         Ok(Json(UsageSeriesReport {
