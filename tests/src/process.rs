@@ -610,6 +610,33 @@ pub fn upstream_env(anthropic_key: &str, openai_key: &str) -> Vec<(String, Strin
     ]
 }
 
+/// For the fake servers' binaries: print `<name> listening on <url>` as the one stdout line
+/// the harnesses wait for, then serve until SIGTERM or Ctrl-C.
+///
+/// # Errors
+/// Stdout cannot be written.
+pub async fn announce_and_wait(name: &str, url: &str) -> anyhow::Result<()> {
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{name} listening on {url}")?;
+        out.flush()?;
+    }
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,6 @@
 
 use clap::Parser;
 use metis_tests::oidc_issuer::{DEFAULT_AUDIENCE, DEFAULT_CLIENT_ID, TestIssuer};
-use std::io::Write;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -32,27 +31,7 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let issuer = TestIssuer::start_on(args.port, &args.client_id, &args.audience).await?;
-    {
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "fake-oidc listening on {}", issuer.issuer())?;
-        out.flush()?;
-    }
-    shutdown_signal().await;
+    metis_tests::process::announce_and_wait("fake-oidc", &issuer.issuer()).await?;
     issuer.stop().await;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

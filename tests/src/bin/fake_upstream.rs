@@ -7,7 +7,6 @@
 
 use clap::Parser;
 use metis_tests::fake_upstream::{DEFAULT_ANTHROPIC_KEY, DEFAULT_OPENAI_KEY, FakeUpstream};
-use std::io::Write;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -30,34 +29,7 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let fake = FakeUpstream::start_on(args.port, &args.anthropic_key, &args.openai_key).await?;
-    {
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "fake-upstream listening on {}", fake.base_url())?;
-        out.flush()?;
-    }
-    shutdown_signal().await;
+    metis_tests::process::announce_and_wait("fake-upstream", &fake.base_url()).await?;
     fake.stop().await;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
