@@ -13,10 +13,11 @@ use sha2::{Digest, Sha256};
 use crate::events::Event;
 
 /// Event types retained forever and chained.
-pub const AUDIT_TYPES: [&str; 12] = [
+pub const AUDIT_TYPES: [&str; 13] = [
     "gateway.key_issued",
     "gateway.key_revoked",
     "gateway.key_rotated",
+    "gateway.key_expired",
     "gateway.auth_failed",
     "gateway.quota_exceeded",
     "quota.alert",

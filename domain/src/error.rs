@@ -124,6 +124,11 @@ pub enum GatewayError {
         key_id: String,
         revoked_at: Option<String>,
     },
+    /// The key's own expiry (`expires_at`) has passed.
+    KeyExpired {
+        key_id: String,
+        expires_at: String,
+    },
     /// The upstream provider failed.
     Upstream {
         class: ErrorClass,
@@ -201,7 +206,9 @@ impl GatewayError {
         match self {
             GatewayError::InvalidRequest { .. } | GatewayError::ModelNotFound { .. } => 400,
             GatewayError::ModelNotAllowed { .. } => 403,
-            GatewayError::InvalidApiKey | GatewayError::KeyRevoked { .. } => 401,
+            GatewayError::InvalidApiKey
+            | GatewayError::KeyRevoked { .. }
+            | GatewayError::KeyExpired { .. } => 401,
             GatewayError::Upstream { class, .. } => match class {
                 ErrorClass::Auth => 401,
                 ErrorClass::RateLimit => 429,
@@ -245,6 +252,9 @@ impl GatewayError {
             GatewayError::InvalidApiKey => "invalid or missing API key".to_owned(),
             GatewayError::KeyRevoked { key_id, .. } => {
                 format!("gateway key {key_id} has been revoked")
+            }
+            GatewayError::KeyExpired { key_id, expires_at } => {
+                format!("gateway key {key_id} expired at {expires_at}")
             }
             GatewayError::Upstream { message, .. } => message.clone(),
             GatewayError::UpstreamRelayed {
@@ -292,6 +302,7 @@ impl GatewayError {
         match self {
             GatewayError::QuotaExceeded { .. } => "quota_exceeded",
             GatewayError::KeyRevoked { .. } => "key_revoked",
+            GatewayError::KeyExpired { .. } => "key_expired",
             GatewayError::UpstreamRelayed { .. } => "upstream_error_relayed",
             _ => {
                 let (ty, code, _) = self.kinds();
@@ -373,6 +384,25 @@ impl GatewayError {
                     Shape::Anthropic => json!({ "type": "error", "error": inner }),
                 }
             }
+            GatewayError::KeyExpired { key_id, expires_at } => {
+                // The shape of `key_revoked`, with its own code, so clients and dashboards can
+                // tell "ask for a new key" from "this key was withdrawn".
+                let ty = match shape {
+                    Shape::OpenAi | Shape::Responses => "invalid_request_error",
+                    Shape::Anthropic => "authentication_error",
+                };
+                let inner = json!({
+                    "code": "key_expired",
+                    "key_id": key_id,
+                    "expires_at": expires_at,
+                    "message": message,
+                    "type": ty,
+                });
+                match shape {
+                    Shape::OpenAi | Shape::Responses => json!({ "error": inner }),
+                    Shape::Anthropic => json!({ "type": "error", "error": inner }),
+                }
+            }
             _ => {
                 let (openai_type, openai_code, anthropic_type) = self.kinds();
                 if let GatewayError::Upstream {
@@ -430,7 +460,9 @@ impl GatewayError {
                 Some("model_not_allowed"),
                 "permission_error",
             ),
-            GatewayError::InvalidApiKey | GatewayError::KeyRevoked { .. } => (
+            GatewayError::InvalidApiKey
+            | GatewayError::KeyRevoked { .. }
+            | GatewayError::KeyExpired { .. } => (
                 "invalid_request_error",
                 Some("invalid_api_key"),
                 "authentication_error",
@@ -609,6 +641,10 @@ mod tests {
                 key_id: "k1".into(),
                 revoked_at: None,
             },
+            GatewayError::KeyExpired {
+                key_id: "k1".into(),
+                expires_at: "2026-01-01T00:00:00+00:00".into(),
+            },
             GatewayError::RateLimited {
                 scope: "per_ip",
                 rpm: 5,
@@ -624,5 +660,24 @@ mod tests {
             assert_eq!(e.render(Shape::Responses), e.render(Shape::OpenAi), "{e:?}");
             assert!(e.render(Shape::Responses).body.get("type").is_none());
         }
+    }
+
+    #[test]
+    fn an_expired_key_gets_401_key_expired_in_both_shapes() {
+        let e = GatewayError::KeyExpired {
+            key_id: "gk_1".into(),
+            expires_at: "2026-01-01T00:00:00+00:00".into(),
+        };
+        assert_eq!(e.code(), "key_expired");
+        let o = e.render(Shape::OpenAi);
+        assert_eq!(o.status, 401);
+        assert_eq!(o.body["error"]["code"], "key_expired");
+        assert_eq!(o.body["error"]["type"], "invalid_request_error");
+        assert_eq!(o.body["error"]["expires_at"], "2026-01-01T00:00:00+00:00");
+        let a = e.render(Shape::Anthropic);
+        assert_eq!(a.status, 401);
+        assert_eq!(a.body["type"], "error");
+        assert_eq!(a.body["error"]["type"], "authentication_error");
+        assert_eq!(a.body["error"]["code"], "key_expired");
     }
 }

@@ -79,6 +79,7 @@ pub mod types {
     pub const GATEWAY_KEY_ISSUED: &str = "gateway.key_issued";
     pub const GATEWAY_KEY_REVOKED: &str = "gateway.key_revoked";
     pub const GATEWAY_KEY_ROTATED: &str = "gateway.key_rotated";
+    pub const GATEWAY_KEY_EXPIRED: &str = "gateway.key_expired";
     pub const GATEWAY_QUOTA_EXCEEDED: &str = "gateway.quota_exceeded";
     pub const QUOTA_ALERT: &str = "quota.alert";
     pub const GATEWAY_RATE_LIMITED: &str = "gateway.rate_limited";
@@ -235,7 +236,7 @@ impl Payload for TurnCompleted {
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct AuthFailed {
-    /// `missing_token`, `invalid_token`, `key_revoked`, or `aggregated` for a summary of
+    /// `missing_token`, `invalid_token`, `key_revoked`, `key_expired`, or `aggregated` for a summary of
     /// failures beyond the per-second sampling budget.
     pub reason: &'static str,
     pub inbound_shape: &'static str,
@@ -264,6 +265,10 @@ pub struct KeyIssued {
     pub daily_cap_usd: Option<String>,
     pub monthly_cap_usd: Option<String>,
     pub customer_tier: Option<String>,
+    /// When the key stops authenticating; absent (not null) for keys without expiry, so their
+    /// payloads are byte-identical to the ones before key expiry existed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
     /// Who recorded the change: one of [`key_sources`].
     pub source: &'static str,
     /// The admin who made the change through the admin API (`{sub, email, role, method}`);
@@ -288,6 +293,7 @@ impl KeyIssued {
             daily_cap_usd: record.daily_cap_usd.clone(),
             monthly_cap_usd: record.monthly_cap_usd.clone(),
             customer_tier: record.customer_tier.clone(),
+            expires_at: record.expires_at.clone(),
             source,
             admin: None,
         }
@@ -317,6 +323,25 @@ pub struct KeyRevoked {
 
 impl Payload for KeyRevoked {
     const TYPE: &'static str = types::GATEWAY_KEY_REVOKED;
+    const ACTOR: Actor = Actor::System;
+    const SENSITIVITY: Sensitivity = Sensitivity::Pseudonymous;
+}
+
+/// A key's own expiry (`expires_at`) passed: recorded once per store by the gateway that
+/// notices it (requests with the key are refused from `expires_at` on either way).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct KeyExpired {
+    pub gateway_key_id: String,
+    pub expires_at: String,
+    pub workspace_path: String,
+    pub user_id: Option<String>,
+    pub team_id: Option<String>,
+    /// Who recorded the change: one of [`key_sources`] (`gateway`).
+    pub source: &'static str,
+}
+
+impl Payload for KeyExpired {
+    const TYPE: &'static str = types::GATEWAY_KEY_EXPIRED;
     const ACTOR: Actor = Actor::System;
     const SENSITIVITY: Sensitivity = Sensitivity::Pseudonymous;
 }

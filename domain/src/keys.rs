@@ -3,9 +3,11 @@
 //! Invariants:
 //! - A token is `gw_` + at least 128 bits of CSPRNG output, independent of the key id
 //!   (`gk_<ULID>`); only its SHA-256 (lowercase hex) is ever stored.
-//! - A key is active iff its status is not `revoked` and its grace end (if any) is in the future.
+//! - A key is active iff its status is not `revoked`, its grace end (if any) is in the future
+//!   and its expiry (`expires_at`, if any) is in the future: valid strictly before the instant,
+//!   refused at it and after.
 
-use crate::events::{KeyIssued, KeyRevoked, KeyRotated};
+use crate::events::{KeyExpired, KeyIssued, KeyRevoked, KeyRotated};
 use crate::time::{Timestamp, format_iso};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -80,6 +82,10 @@ pub struct KeyRecord {
     pub revoked_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grace_period_until: Option<String>,
+    /// When the key stops authenticating (ISO-8601 UTC): valid strictly before, refused at and
+    /// after. `None` = never expires (records written before the field existed load as such).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
     /// The key whose spend windows this key shares: a rotated successor inherits its
     /// predecessor's account, so rotation never resets spend. `None` = the key's own id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -122,6 +128,8 @@ pub enum Inactive {
     Revoked { at: Option<String> },
     /// Rotation grace ended at this time (ISO-8601).
     GraceLapsed { at: String },
+    /// The key's own expiry (`expires_at`) passed at this time (ISO-8601).
+    Expired { at: String },
 }
 
 impl KeyRecord {
@@ -131,14 +139,24 @@ impl KeyRecord {
         self.spend_account.as_deref().unwrap_or(&self.key_id)
     }
 
-    /// Effective status at `now`: `revoked` when revoked or past its grace end.
+    /// Effective status at `now`: `revoked` when revoked or past its grace end, `expired` when
+    /// past its own `expires_at`.
     #[must_use]
     pub fn effective_status(&self, now: Timestamp) -> &'static str {
-        if self.check_active(now).is_ok() {
-            "active"
-        } else {
-            "revoked"
+        match self.check_active(now) {
+            Ok(()) => "active",
+            Err(Inactive::Expired { .. }) => "expired",
+            Err(_) => "revoked",
         }
+    }
+
+    /// The parsed `expires_at` (`None` when absent or unparseable; [`KeyRecord::validate`]
+    /// rejects the latter on load, and [`KeyRecord::check_active`] fails it closed).
+    #[must_use]
+    pub fn expiry(&self) -> Option<Timestamp> {
+        self.expires_at
+            .as_deref()
+            .and_then(|e| crate::time::parse_iso(e).ok())
     }
 
     /// The key this one succeeded by rotation, when recorded (keys rotated by older releases
@@ -183,6 +201,19 @@ impl KeyRecord {
                 Err(_) => {
                     return Err(Inactive::GraceLapsed { at: grace.clone() });
                 }
+            }
+        }
+        if let Some(exp) = &self.expires_at {
+            match crate::time::parse_iso(exp) {
+                // Valid strictly before the expiry instant; refused at it and after.
+                Ok(end) if now < end => {}
+                Ok(end) => {
+                    return Err(Inactive::Expired {
+                        at: format_iso(end),
+                    });
+                }
+                // An unparseable expiry fails closed, as an unparseable grace end does.
+                Err(_) => return Err(Inactive::Expired { at: exp.clone() }),
             }
         }
         Ok(())
@@ -246,6 +277,7 @@ impl KeyRecord {
             ("created_at", &self.created_at),
             ("revoked_at", &self.revoked_at),
             ("grace_period_until", &self.grace_period_until),
+            ("expires_at", &self.expires_at),
         ] {
             if let Some(t) = ts {
                 crate::time::parse_iso(t).map_err(|e| format!("{id}: {field}: {e}"))?;
@@ -364,6 +396,9 @@ pub enum KeyChange {
     Revoked {
         key_id: String,
     },
+    Expired {
+        key_id: String,
+    },
 }
 
 impl KeyChange {
@@ -384,6 +419,9 @@ impl KeyChange {
                 old_key_id: field("old_gateway_key_id")?,
                 new_key_id: field("new_gateway_key_id")?,
             }),
+            crate::events::types::GATEWAY_KEY_EXPIRED => Some(KeyChange::Expired {
+                key_id: field("gateway_key_id")?,
+            }),
             _ => None,
         }
     }
@@ -395,6 +433,7 @@ pub enum KeyChangeEvent {
     Issued(KeyIssued),
     Rotated(KeyRotated),
     Revoked(KeyRevoked),
+    Expired(KeyExpired),
 }
 
 impl KeyChangeEvent {
@@ -410,6 +449,9 @@ impl KeyChangeEvent {
                 new_key_id: p.new_gateway_key_id.clone(),
             },
             KeyChangeEvent::Revoked(p) => KeyChange::Revoked {
+                key_id: p.gateway_key_id.clone(),
+            },
+            KeyChangeEvent::Expired(p) => KeyChange::Expired {
                 key_id: p.gateway_key_id.clone(),
             },
         }
@@ -446,6 +488,34 @@ pub fn shown_revocation(
         reason,
         source,
         admin: None,
+    })
+}
+
+/// The expiry `key` shows at `now`: its `expires_at` has passed and the key was still usable
+/// then (not revoked, by an operator or a lapsed grace period, at or before that instant). An
+/// expiry is recorded by the gateway that sees it pass, with `source` = `gateway`.
+#[must_use]
+pub fn shown_expiry(key: &KeyRecord, now: Timestamp) -> Option<KeyExpired> {
+    let end = key.expiry()?;
+    if now < end {
+        return None;
+    }
+    let parse = |t: Option<&str>| t.and_then(|t| crate::time::parse_iso(t).ok());
+    let ended_before = match key.status {
+        // A revoked record without a parseable time ended before anything we can show.
+        KeyStatus::Revoked => parse(key.revoked_at.as_deref()).is_none_or(|r| r <= end),
+        KeyStatus::Active => parse(key.grace_period_until.as_deref()).is_some_and(|g| g <= end),
+    };
+    if ended_before {
+        return None;
+    }
+    Some(KeyExpired {
+        gateway_key_id: key.key_id.clone(),
+        expires_at: format_iso(end),
+        workspace_path: key.workspace_path.clone(),
+        user_id: key.user_id.clone(),
+        team_id: key.team_id.clone(),
+        source: crate::events::key_sources::GATEWAY,
     })
 }
 
@@ -491,7 +561,7 @@ fn predecessor<'a>(keys: &'a [KeyRecord], successor: &KeyRecord) -> Option<&'a K
 /// Every lifecycle change `keys` shows at `now`, as the events `source` would record, ordered
 /// by when each happened (keystore order among equal times): each key's issue; for a rotated
 /// successor, its rotation (before its issue, as `rotate-key` records them); each revocation,
-/// including grace ends that have passed.
+/// including grace ends that have passed; each expiry that has passed ([`shown_expiry`]).
 ///
 /// A rotation whose predecessor is no longer in the set, or shows no grace end or revocation
 /// time, is left out (its grace end is unknown); the successor's issue is still shown.
@@ -536,21 +606,124 @@ pub fn shown_changes(
                 KeyChangeEvent::Revoked(revoked),
             ));
         }
+        if let Some(expired) = shown_expiry(key, now) {
+            out.push((
+                at(Some(&expired.expires_at)),
+                KeyChangeEvent::Expired(expired),
+            ));
+        }
     }
     out.sort_by_key(|(t, _)| *t);
     out.into_iter().map(|(_, e)| e).collect()
 }
 
-/// The earliest grace end after `now` among keys still active: when the set next shows a
-/// change without being edited.
+/// The earliest grace end or expiry after `now` among keys still active: when the set next
+/// shows a change without being edited.
 #[must_use]
-pub fn next_grace_end(keys: &[KeyRecord], now: Timestamp) -> Option<Timestamp> {
+pub fn next_lapse(keys: &[KeyRecord], now: Timestamp) -> Option<Timestamp> {
     keys.iter()
         .filter(|k| k.status == KeyStatus::Active)
-        .filter_map(|k| k.grace_period_until.as_deref())
-        .filter_map(|g| crate::time::parse_iso(g).ok())
+        .flat_map(|k| {
+            let grace = k
+                .grace_period_until
+                .as_deref()
+                .and_then(|g| crate::time::parse_iso(g).ok());
+            [grace, k.expiry()]
+        })
+        .flatten()
         .filter(|end| *end > now)
         .min()
+}
+
+/// How a rotation sets the successor's expiry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RotationExpiry {
+    /// The successor expires at the predecessor's `expires_at` (none when it has none): a
+    /// rotation never extends a key's life unless asked to.
+    #[default]
+    Keep,
+    /// The successor expires this many seconds after the rotation (`--expires-in`).
+    ExpiresIn(u64),
+    /// The successor never expires (`--no-expiry`).
+    Never,
+}
+
+impl RotationExpiry {
+    /// The successor's `expires_at` when `predecessor` is rotated at `now`.
+    ///
+    /// # Errors
+    /// A message when the duration overflows the timestamp range.
+    pub fn successor_expiry(
+        self,
+        predecessor: &KeyRecord,
+        now: Timestamp,
+    ) -> Result<Option<String>, String> {
+        match self {
+            RotationExpiry::Keep => Ok(predecessor.expires_at.clone()),
+            RotationExpiry::Never => Ok(None),
+            RotationExpiry::ExpiresIn(secs) => expiry_after(now, secs).map(Some),
+        }
+    }
+}
+
+/// `now + secs` as ISO-8601, for `--expires-in`.
+///
+/// # Errors
+/// A message when `secs` is zero or too large.
+pub fn expiry_after(now: Timestamp, secs: u64) -> Result<String, String> {
+    if secs == 0 {
+        return Err("must be more than zero".into());
+    }
+    i64::try_from(secs)
+        .ok()
+        .and_then(|s| s.checked_mul(crate::time::MICROS_PER_SEC))
+        .and_then(|us| now.checked_add(us))
+        .filter(|t| *t < MAX_EXPIRY_US)
+        .map(format_iso)
+        .ok_or_else(|| format!("{secs}s is too far in the future"))
+}
+
+/// Expiries are refused from year 10000 on (RFC 3339 cannot write them).
+const MAX_EXPIRY_US: Timestamp = 253_402_300_800 * crate::time::MICROS_PER_SEC;
+
+/// The `expires_at` of a new key from `--expires-in` (a duration, see
+/// [`crate::time::parse_duration_secs`]) or `--expires-at` (RFC 3339 with an offset); at most
+/// one of the two, and in the future. `in_field`/`at_field` name the two inputs in errors (the
+/// CLI flags or the API fields).
+///
+/// # Errors
+/// A message naming the offending field.
+pub fn resolve_expiry(
+    expires_in: Option<&str>,
+    expires_at: Option<&str>,
+    now: Timestamp,
+    in_field: &str,
+    at_field: &str,
+) -> Result<Option<String>, String> {
+    match (expires_in, expires_at) {
+        (None, None) => Ok(None),
+        (Some(_), Some(_)) => Err(format!("give {in_field} or {at_field}, not both")),
+        (Some(raw), None) => {
+            let secs =
+                crate::time::parse_duration_secs(raw).map_err(|e| format!("{in_field}: {e}"))?;
+            expiry_after(now, secs)
+                .map(Some)
+                .map_err(|e| format!("{in_field}: {e}"))
+        }
+        (None, Some(raw)) => {
+            let t = crate::time::parse_iso(raw).map_err(|e| format!("{at_field}: {e}"))?;
+            if t <= now {
+                return Err(format!(
+                    "{at_field}: '{raw}' is not in the future (now is {})",
+                    format_iso(now)
+                ));
+            }
+            if t >= MAX_EXPIRY_US {
+                return Err(format!("{at_field}: '{raw}' is too far in the future"));
+            }
+            Ok(Some(format_iso(t)))
+        }
+    }
 }
 
 #[cfg(test)]

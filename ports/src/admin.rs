@@ -4,13 +4,13 @@
 use crate::trace::{EventRow, UsageGroup, UsageRow};
 use async_trait::async_trait;
 use metis_domain::admin::AdminIdentity;
-use metis_domain::keys::KeyRecord;
+use metis_domain::keys::{KeyRecord, RotationExpiry};
 
 /// A key as the admin API shows it (never its hash or token).
 #[derive(Debug, Clone, PartialEq)]
 pub struct KeySummary {
     pub record: KeyRecord,
-    /// `active` or `revoked` (revoked, or past its grace end).
+    /// `active`, `revoked` (revoked, or past its grace end) or `expired` (past `expires_at`).
     pub effective_status: &'static str,
     /// Spend of the key's account in the current UTC day and month (USD).
     pub spend_day_usd: f64,
@@ -29,6 +29,10 @@ pub struct NewKey {
     pub user: Option<String>,
     pub team: Option<String>,
     pub customer_tier: Option<String>,
+    /// A duration (`30d`, `12h`, …): the key expires that long after it is issued.
+    pub expires_in: Option<String>,
+    /// An RFC 3339 instant in the future; at most one of `expires_in` / `expires_at`.
+    pub expires_at: Option<String>,
 }
 
 /// A created key: its summary and the token, shown once.
@@ -99,6 +103,7 @@ pub trait AdminService: Send + Sync {
         &self,
         key_id: &str,
         grace_secs: u64,
+        expiry: RotationExpiry,
         by: &AdminIdentity,
     ) -> Result<RotateResult, AdminFailure>;
     /// # Errors

@@ -5,11 +5,12 @@ translated). The fake upstream scripts its behaviour from directives in the prom
 from __future__ import annotations
 
 import json
+import time
 
 import openai
 import pytest
 
-from harness import TOOL_ARGUMENTS
+from harness import TOOL_ARGUMENTS, issue_key
 
 WEATHER_TOOL = {
     "type": "function",
@@ -180,6 +181,28 @@ def test_bad_key_is_authentication_error(gateway):
         client.chat.completions.create(model="gpt-5", messages=[{"role": "user", "content": "hi"}])
     assert ei.value.status_code == 401
     assert ei.value.code == "invalid_api_key"
+
+
+def test_expired_key_is_authentication_error_key_expired(gateway, nonce):
+    """A key issued with `--expires-in 2s` by the CLI next to the running gateway: the SDK sees
+    401 `invalid_api_key` until the gateway has loaded it (within a second), may see it work,
+    and from its expiry on gets `AuthenticationError` with code `key_expired`."""
+    _, token = issue_key(gateway.data_dir, f"expiring-{nonce}", "--expires-in", "2s")
+    client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=token, max_retries=0, timeout=30)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            client.chat.completions.create(model="gpt-5", messages=[{"role": "user", "content": nonce}])
+        except openai.AuthenticationError as e:
+            if e.code == "key_expired":
+                err = e
+                break
+            assert e.code == "invalid_api_key", e
+        assert time.monotonic() < deadline, "the key did not expire within 30 s"
+        time.sleep(0.1)
+    assert err.status_code == 401
+    assert isinstance(err.body, dict) and err.body.get("expires_at"), err.body
+    assert "expired" in err.message
 
 
 def test_upstream_429_is_rate_limit_error(oai, model, nonce):

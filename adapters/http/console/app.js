@@ -520,6 +520,7 @@
         field('user', 'User'),
         field('team', 'Team'),
         el('label', {}, 'Tier', el('select', { name: 'customer_tier', id: 'k-customer_tier' }, ['', 'trial', 'paid', 'internal'].map((t) => el('option', { value: t, text: t || '—' })))),
+        field('expires_in', 'Expires in (e.g. 30d; empty = never)', { pattern: '\\s*[0-9]+[smhdw]?\\s*' }),
         el('button', { type: 'submit', id: 'issue-submit', text: 'Issue key' })));
     form.addEventListener('submit', async (ev) => {
       ev.preventDefault();
@@ -529,7 +530,7 @@
       const body = { name: text('name'), workspace: text('workspace') };
       const models = text('allowed_models').split(',').map((s) => s.trim()).filter(Boolean);
       if (models.length) body.allowed_models = models;
-      for (const k of ['daily_cap_usd', 'monthly_cap_usd', 'user', 'team', 'customer_tier']) if (text(k)) body[k] = text(k);
+      for (const k of ['daily_cap_usd', 'monthly_cap_usd', 'user', 'team', 'customer_tier', 'expires_in']) if (text(k)) body[k] = text(k);
       if (text('rpm')) body.rpm = Number(text('rpm'));
       try {
         const created = await api('POST', '/admin/v1/keys', body);
@@ -578,6 +579,7 @@
       { key: 'spend_month_usd', label: 'Spend month', num: true, render: (k) => usd(k.spend_month_usd) },
       { key: 'created_at', label: 'Created', render: (k) => when(k.created_at) },
       { key: 'grace_period_until', label: 'Grace until', render: (k) => (k.grace_period_until ? when(k.grace_period_until) : '—') },
+      { key: 'expires_at', label: 'Expires', render: (k) => (k.expires_at ? when(k.expires_at) : 'never') },
     ], keys, { id: 'keys', sortKey: 'created_at', rowId: (k) => k.key_id, empty: 'No keys.' });
   }
 

@@ -114,7 +114,8 @@ pub struct KeyObject {
     workspace_path: String,
     /// Stored status: `active` or `revoked`.
     status: String,
-    /// `revoked` when revoked or past the rotation grace end.
+    /// `revoked` when revoked or past the rotation grace end; `expired` when past
+    /// `expires_at`.
     effective_status: String,
     /// Models the key may use; null = every model.
     #[oai(nullable)]
@@ -142,6 +143,9 @@ pub struct KeyObject {
     /// End of the rotation grace period (null unless the key was rotated).
     #[oai(nullable)]
     grace_period_until: Option<String>,
+    /// When the key stops authenticating (null = never): valid strictly before this instant.
+    #[oai(nullable)]
+    expires_at: Option<String>,
     /// Spend of the key's account (shared with rotated predecessors) in the current UTC day.
     spend_day_usd: f64,
     /// Spend of the key's account in the current UTC month.
@@ -170,6 +174,7 @@ impl From<KeySummary> for KeyObject {
             created_at: r.created_at,
             revoked_at: r.revoked_at,
             grace_period_until: r.grace_period_until,
+            expires_at: r.expires_at,
             spend_day_usd: k.spend_day_usd,
             spend_month_usd: k.spend_month_usd,
         }
@@ -217,6 +222,29 @@ impl poem_openapi::types::ParseFromJSON for Text {
 impl poem_openapi::types::ToJSON for Text {
     fn to_json(&self) -> Option<serde_json::Value> {
         Some(serde_json::Value::String(self.0.clone()))
+    }
+}
+
+/// The successor's expiry of a rotation: `keep` (the default) or `reset` with an optional
+/// `expires_in`. `expires_in` with `keep` is refused rather than guessed at.
+fn rotation_expiry(
+    expiry: Option<&str>,
+    expires_in: Option<&str>,
+) -> Result<metis_domain::keys::RotationExpiry, String> {
+    use metis_domain::keys::RotationExpiry;
+    match (expiry.unwrap_or("keep"), expires_in) {
+        ("keep", None) => Ok(RotationExpiry::Keep),
+        ("keep", Some(_)) => Err(
+            "expires_in: only with \"expiry\": \"reset\" (\"keep\" keeps the old key's expiry)"
+                .to_owned(),
+        ),
+        ("reset", None) => Ok(RotationExpiry::Never),
+        ("reset", Some(d)) => parse_grace(d)
+            .map(RotationExpiry::ExpiresIn)
+            .map_err(|e| format!("expires_in: {e}")),
+        (other, _) => Err(format!(
+            "expiry: must be \"keep\" or \"reset\", got '{other}'"
+        )),
     }
 }
 
@@ -268,6 +296,18 @@ pub struct CreateKeyBody {
     /// `trial`, `paid` or `internal`.
     #[oai(nullable, validator(pattern = "^(trial|paid|internal)$"))]
     customer_tier: Option<Text>,
+    /// The key expires this long after issue: seconds or `30m`, `24h`, `30d`, `2w` (more than
+    /// zero). At most one of `expires_in` and `expires_at`.
+    #[oai(nullable, validator(pattern = r"^\s*0*[1-9][0-9]{0,4}[smhdw]?\s*$"))]
+    expires_in: Option<Text>,
+    /// The key expires at this RFC 3339 instant (with an offset); must be in the future.
+    #[oai(
+        nullable,
+        validator(
+            pattern = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})$"
+        )
+    )]
+    expires_at: Option<Text>,
 }
 
 /// A created key with its token (shown only in this response).
@@ -298,6 +338,14 @@ pub struct RotateBody {
     /// more than zero).
     #[oai(nullable, validator(pattern = r"^\s*0*[1-9][0-9]{0,4}[smhdw]?\s*$"))]
     grace_period: Option<Text>,
+    /// The successor's expiry: `keep` (default) expires it when the old key expires (never,
+    /// if the old key never does); `reset` gives it `expires_in` from now, or no expiry
+    /// without `expires_in`.
+    #[oai(nullable, validator(pattern = "^(keep|reset)$"))]
+    expiry: Option<Text>,
+    /// With `expiry: "reset"` only: the successor expires this long after the rotation.
+    #[oai(nullable, validator(pattern = r"^\s*0*[1-9][0-9]{0,4}[smhdw]?\s*$"))]
+    expires_in: Option<Text>,
 }
 
 #[derive(Object)]
@@ -459,6 +507,15 @@ impl AdminApi {
     ) -> Result<CreatedResponse, AdminError> {
         let by = auth.require(Role::Operator)?;
         let b = body.0;
+        // Resolved here so a bad value is a 400 naming the API field, not the CLI flag.
+        let expires_at = metis_domain::keys::resolve_expiry(
+            text(b.expires_in).as_deref(),
+            text(b.expires_at).as_deref(),
+            self.svc.now_us(),
+            "expires_in",
+            "expires_at",
+        )
+        .map_err(|m| AdminError::from(AdminFailure::Invalid(m)))?;
         let created = self
             .svc
             .create_key(
@@ -472,6 +529,8 @@ impl AdminApi {
                     user: text(b.user),
                     team: text(b.team),
                     customer_tier: text(b.customer_tier),
+                    expires_in: None,
+                    expires_at,
                 },
                 by,
             )
@@ -532,9 +591,12 @@ impl AdminApi {
         body: Json<RotateBody>,
     ) -> AdminResult<RotateObject> {
         let by = auth.require(Role::Operator)?;
-        let grace = parse_grace(text(body.0.grace_period).as_deref().unwrap_or("24h"))
+        let b = body.0;
+        let grace = parse_grace(text(b.grace_period).as_deref().unwrap_or("24h"))
             .map_err(|m| AdminError::from(AdminFailure::Invalid(format!("grace_period: {m}"))))?;
-        let r = self.svc.rotate_key(&key_id.0, grace, by).await?;
+        let expiry = rotation_expiry(text(b.expiry).as_deref(), text(b.expires_in).as_deref())
+            .map_err(|m| AdminError::from(AdminFailure::Invalid(m)))?;
+        let r = self.svc.rotate_key(&key_id.0, grace, expiry, by).await?;
         Ok(Json(RotateObject {
             old_key_id: r.old_key_id,
             new_key_id: r.new_key.record.key_id.clone(),

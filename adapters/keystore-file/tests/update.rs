@@ -28,6 +28,7 @@ fn record(n: u32) -> KeyRecord {
         status: KeyStatus::Active,
         revoked_at: None,
         grace_period_until: None,
+        expires_at: None,
         spend_account: None,
         extra: Map::new(),
     }

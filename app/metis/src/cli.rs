@@ -112,6 +112,16 @@ pub struct RotateKeyArgs {
     /// How long the old key keeps working: seconds, or `30m`, `24h`, `7d`, `2w`.
     #[arg(long, default_value = "24h")]
     pub grace_period: String,
+    /// The successor expires when the old key does (none if it has none). The default.
+    #[arg(long, conflicts_with_all = ["expires_in", "no_expiry"])]
+    pub keep_expiry: bool,
+    /// The successor expires this long after the rotation (`30d`, `12h`, …), whatever the
+    /// old key's expiry.
+    #[arg(long, conflicts_with = "no_expiry")]
+    pub expires_in: Option<String>,
+    /// The successor never expires.
+    #[arg(long)]
+    pub no_expiry: bool,
     #[command(flatten)]
     pub storage: StorageArgs,
 }
@@ -220,6 +230,14 @@ pub struct IssueKeyArgs {
     /// Customer tier label: `trial`, `paid` or `internal` (nothing is gated on it).
     #[arg(long)]
     pub customer_tier: Option<String>,
+    /// The key expires this long after issue: seconds, or `30m`, `24h`, `30d`, `2w`. Requests
+    /// with it are refused from then on (401 `key_expired`).
+    #[arg(long, conflicts_with = "expires_at")]
+    pub expires_in: Option<String>,
+    /// The key expires at this RFC 3339 instant (with an offset, e.g.
+    /// `2027-01-01T00:00:00Z`); must be in the future.
+    #[arg(long)]
+    pub expires_at: Option<String>,
     #[command(flatten)]
     pub storage: StorageArgs,
 }

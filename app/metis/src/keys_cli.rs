@@ -113,6 +113,7 @@ pub fn print_issued(out: &mut impl Write, issued: &IssuedKey) -> std::io::Result
         ("customer_tier: ", &r.customer_tier),
         ("daily_cap_usd: ", &r.daily_cap_usd),
         ("monthly_cap_usd: ", &r.monthly_cap_usd),
+        ("expires_at: ", &r.expires_at),
     ] {
         if let Some(v) = v {
             writeln!(out, "{label}{v}")?;
@@ -143,10 +144,10 @@ pub async fn list(paths: &Paths, json_format: bool, out: &mut impl Write) -> any
     }
     writeln!(
         out,
-        "{:<32} {:<8} {:<12} {:<12} {:>10} {:<20} NAME",
-        "KEY_ID", "STATUS", "USER", "TEAM", "CAP", "CREATED"
+        "{:<32} {:<8} {:<12} {:<12} {:>10} {:<20} {:<20} NAME",
+        "KEY_ID", "STATUS", "USER", "TEAM", "CAP", "CREATED", "EXPIRES"
     )?;
-    writeln!(out, "{}", "-".repeat(110))?;
+    writeln!(out, "{}", "-".repeat(131))?;
     for k in &keys {
         let r = &k.record;
         let cap = r
@@ -161,15 +162,23 @@ pub async fn list(paths: &Paths, json_format: bool, out: &mut impl Write) -> any
             .chars()
             .take(19)
             .collect();
+        let expires: String = r
+            .expires_at
+            .as_deref()
+            .unwrap_or("-")
+            .chars()
+            .take(19)
+            .collect();
         writeln!(
             out,
-            "{:<32} {:<8} {:<12} {:<12} {:>10} {:<20} {}",
+            "{:<32} {:<8} {:<12} {:<12} {:>10} {:<20} {:<20} {}",
             r.key_id,
             k.display_status,
             r.user_id.as_deref().unwrap_or("-"),
             r.team_id.as_deref().unwrap_or("-"),
             cap,
             created,
+            expires,
             r.display_name()
         )?;
     }
@@ -195,6 +204,7 @@ pub fn key_json(k: &KeyView) -> serde_json::Value {
         "created_at": r.created_at,
         "revoked_at": r.revoked_at,
         "grace_period_until": r.grace_period_until,
+        "expires_at": r.expires_at,
         "customer_tier": r.customer_tier,
     })
 }
@@ -214,11 +224,16 @@ pub async fn revoke(paths: &Paths, key_id: &str) -> anyhow::Result<Revoked> {
 ///
 /// # Errors
 /// Unknown or inactive key, bad grace, keystore or audit failures.
-pub async fn rotate(paths: &Paths, key_id: &str, grace_secs: u64) -> anyhow::Result<Rotated> {
+pub async fn rotate(
+    paths: &Paths,
+    key_id: &str,
+    grace_secs: u64,
+    expiry: metis_domain::keys::RotationExpiry,
+) -> anyhow::Result<Rotated> {
     let session = AdminSession::open(paths).await?;
     let r = session
         .admin
-        .rotate(key_id, grace_secs)
+        .rotate(key_id, grace_secs, expiry)
         .await
         .map_err(admin_err)?;
     session.close().await?;

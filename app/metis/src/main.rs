@@ -33,6 +33,8 @@ async fn gateway(cmd: GatewayCmd) -> anyhow::Result<()> {
                     user: args.user,
                     team: args.team,
                     customer_tier: args.customer_tier,
+                    expires_in: args.expires_in,
+                    expires_at: args.expires_at,
                 },
             )
             .await?;
@@ -59,12 +61,26 @@ async fn gateway(cmd: GatewayCmd) -> anyhow::Result<()> {
         Some(KeyCommand::RotateKey(args)) => {
             let paths = Paths::resolve(&args.storage.or(&cmd.serve.storage))?;
             let grace = parse_grace(&args.grace_period).map_err(anyhow::Error::msg)?;
-            let r = keys_cli::rotate(&paths, &args.key_id, grace).await?;
+            // Default (and `--keep-expiry`): the successor keeps the old key's expiry.
+            let expiry = match (&args.expires_in, args.no_expiry) {
+                (Some(d), _) => metis_domain::keys::RotationExpiry::ExpiresIn(
+                    metis_domain::time::parse_duration_secs(d)
+                        .map_err(|e| anyhow::anyhow!("--expires-in: {e}"))?,
+                ),
+                (None, true) => metis_domain::keys::RotationExpiry::Never,
+                (None, false) => metis_domain::keys::RotationExpiry::Keep,
+            };
+            let r = keys_cli::rotate(&paths, &args.key_id, grace, expiry).await?;
             let mut out = std::io::stdout().lock();
             writeln!(out, "old_key_id: {}", r.old_key_id)?;
             writeln!(out, "new_key_id: {}", r.successor.record.key_id)?;
             writeln!(out, "new_token:  {}", r.successor.token)?;
             writeln!(out, "grace_period_until: {}", r.grace_period_until)?;
+            writeln!(
+                out,
+                "new_expires_at: {}",
+                r.successor.record.expires_at.as_deref().unwrap_or("never")
+            )?;
             eprintln!(
                 "the old key keeps working until {}; save the new token now — it is shown only once.",
                 r.grace_period_until

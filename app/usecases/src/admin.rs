@@ -12,6 +12,7 @@ use crate::{AdminError, KeyAdmin};
 use async_trait::async_trait;
 use metis_domain::admin::AdminIdentity;
 use metis_domain::audit::AUDIT_TYPES;
+use metis_domain::keys::RotationExpiry;
 use metis_ports::admin::{
     AdminFailure, AdminService, CreatedKey, KeySummary, NewKey, RevokeResult, RotateResult,
 };
@@ -151,11 +152,12 @@ impl AdminService for AdminFacade {
         &self,
         key_id: &str,
         grace_secs: u64,
+        expiry: RotationExpiry,
         by: &AdminIdentity,
     ) -> Result<RotateResult, AdminFailure> {
         let r = self
             .keys
-            .rotate_as(key_id, grace_secs, Some(by))
+            .rotate_as(key_id, grace_secs, expiry, Some(by))
             .await
             .map_err(failure)?;
         let view = KeyView {

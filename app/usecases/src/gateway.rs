@@ -306,12 +306,21 @@ impl GatewayService for GatewayCore {
             return Err(GatewayError::InvalidApiKey);
         };
         let now = self.clock.now_us();
+        // `now` comes from the clock on every request, so an expiry takes effect at its instant
+        // without any reload of the key ring.
         if let Err(inactive) = key.check_active(now) {
-            self.auth_failed("key_revoked", shape, Some(&token), Some(&key.key_id));
             let revoked_at = match inactive {
                 Inactive::Revoked { at } => at,
                 Inactive::GraceLapsed { at } => Some(at),
+                Inactive::Expired { at } => {
+                    self.auth_failed("key_expired", shape, Some(&token), Some(&key.key_id));
+                    return Err(GatewayError::KeyExpired {
+                        key_id: key.key_id.clone(),
+                        expires_at: at,
+                    });
+                }
             };
+            self.auth_failed("key_revoked", shape, Some(&token), Some(&key.key_id));
             return Err(GatewayError::KeyRevoked {
                 key_id: key.key_id.clone(),
                 revoked_at,

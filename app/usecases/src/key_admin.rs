@@ -12,14 +12,16 @@
 //!   the sync, so the gateway never records them a second time as observed changes.
 //! - Rotation refuses keys that are not active now (revoked or past their grace end), so it
 //!   can never revive a lapsed key. The successor inherits scope, caps, rpm, identity tags
-//!   and the spend account of its predecessor.
+//!   and the spend account of its predecessor; its expiry follows an explicit
+//!   [`RotationExpiry`] (default: the predecessor's `expires_at`, so rotation never extends a
+//!   key's life unless asked to).
 
 use crate::keys::KeySync;
 use metis_domain::admin::AdminIdentity;
 use metis_domain::events::{KeyIssued, KeyRevoked, KeyRotated, Payload, make_event};
 use metis_domain::keys::{
     ADMIN_REVOKE, CUSTOMER_TIERS, GRACE_EXPIRED, Inactive, KeyChange, KeyRecord, KeyStatus,
-    hash_token, token_from_random, validate_cap, validate_tag,
+    RotationExpiry, hash_token, resolve_expiry, token_from_random, validate_cap, validate_tag,
 };
 use metis_domain::time::{Timestamp, format_iso, parse_iso};
 use metis_ports::keys::{KeyStore, KeyStoreError};
@@ -72,9 +74,11 @@ pub enum AdminError {
 #[derive(Debug, Clone, PartialEq)]
 pub struct KeyView {
     pub record: KeyRecord,
-    /// `active` or `revoked` (revoked, or past its grace end) at listing time.
+    /// `active`, `revoked` (revoked, or past its grace end) or `expired` (past its own
+    /// `expires_at`) at listing time.
     pub effective_status: &'static str,
-    /// `active`, `revoked`, or `expired` (active on disk but past its grace end).
+    /// `active`, `revoked`, or `expired` (active on disk but past its grace end or its
+    /// `expires_at`).
     pub display_status: &'static str,
 }
 
@@ -192,7 +196,7 @@ impl KeyAdmin {
         ));
     }
 
-    fn mint(&self, req: &IssueRequest, now: Timestamp) -> IssuedKey {
+    fn mint(&self, req: &IssueRequest, now: Timestamp, expires_at: Option<String>) -> IssuedKey {
         let token = token_from_random(&self.ids.secret_bytes());
         let record = KeyRecord {
             key_id: format!("gk_{}", self.ids.ulid()),
@@ -210,6 +214,7 @@ impl KeyAdmin {
             status: KeyStatus::Active,
             revoked_at: None,
             grace_period_until: None,
+            expires_at,
             spend_account: None,
             extra: serde_json::Map::new(),
         };
@@ -258,7 +263,15 @@ impl KeyAdmin {
         validate_request(req)?;
         self.sweep().await;
         let now = self.clock.now_us();
-        let issued = self.mint(req, now);
+        let expires_at = resolve_expiry(
+            req.expires_in.as_deref(),
+            req.expires_at.as_deref(),
+            now,
+            "--expires-in",
+            "--expires-at",
+        )
+        .map_err(AdminError::Invalid)?;
+        let issued = self.mint(req, now, expires_at);
         self.store.insert(issued.record.clone()).await?;
         self.audit_issued(now, &issued.record, by);
         self.refresh().await;
@@ -284,6 +297,7 @@ impl KeyAdmin {
                     Ok(()) => ("active", "active"),
                     Err(Inactive::Revoked { .. }) => ("revoked", "revoked"),
                     Err(Inactive::GraceLapsed { .. }) => ("revoked", "expired"),
+                    Err(Inactive::Expired { .. }) => ("expired", "expired"),
                 };
                 KeyView {
                     record,
@@ -381,13 +395,19 @@ impl KeyAdmin {
     }
 
     /// Rotate: mint a successor with the predecessor's scope, caps, rpm, identity and spend
-    /// account; the predecessor stays valid until `now + grace_secs`.
+    /// account, and the expiry `expiry` gives it; the predecessor stays valid until
+    /// `now + grace_secs` (or its own expiry, whichever comes first).
     ///
     /// # Errors
-    /// `Invalid` for a zero grace; `Conflict` when the key is revoked or lapsed; `NotFound`;
-    /// `Store`.
-    pub async fn rotate(&self, key_id: &str, grace_secs: u64) -> Result<Rotated, AdminError> {
-        self.rotate_as(key_id, grace_secs, None).await
+    /// `Invalid` for a zero grace or a bad expiry; `Conflict` when the key is revoked, lapsed
+    /// or expired; `NotFound`; `Store`.
+    pub async fn rotate(
+        &self,
+        key_id: &str,
+        grace_secs: u64,
+        expiry: RotationExpiry,
+    ) -> Result<Rotated, AdminError> {
+        self.rotate_as(key_id, grace_secs, expiry, None).await
     }
 
     /// Rotate a key on behalf of an authenticated admin, recorded in the audit events (the
@@ -399,6 +419,7 @@ impl KeyAdmin {
         &self,
         key_id: &str,
         grace_secs: u64,
+        expiry: RotationExpiry,
         by: Option<&AdminIdentity>,
     ) -> Result<Rotated, AdminError> {
         if grace_secs == 0 {
@@ -415,7 +436,11 @@ impl KeyAdmin {
         let grace_until = format_iso(now.saturating_add(grace_us));
         // Mint outside the edit (randomness and ids come from ports); the edit fills in the
         // inherited fields from the predecessor as stored at that moment.
-        let fresh = self.mint(&IssueRequest::default(), now);
+        if let RotationExpiry::ExpiresIn(secs) = expiry {
+            metis_domain::keys::expiry_after(now, secs)
+                .map_err(|e| AdminError::Invalid(format!("--expires-in: {e}")))?;
+        }
+        let fresh = self.mint(&IssueRequest::default(), now, None);
         let id = key_id.to_owned();
         let slot: Arc<Mutex<Option<KeyRecord>>> = Arc::new(Mutex::new(None));
         let out = Arc::clone(&slot);
@@ -436,6 +461,11 @@ impl KeyAdmin {
                             "key '{id}' expired at {at} (its rotation grace period lapsed); only active keys can be rotated"
                         ));
                     }
+                    Err(Inactive::Expired { at }) => {
+                        return Err(format!(
+                            "key '{id}' expired at {at} (its expires_at passed); only active keys can be rotated"
+                        ));
+                    }
                 }
                 old.grace_period_until = Some(until.clone());
                 let mut succ = successor_template;
@@ -449,6 +479,7 @@ impl KeyAdmin {
                 succ.team_id = old.team_id.clone();
                 succ.customer_tier = old.customer_tier.clone();
                 succ.spend_account = Some(old.account().to_owned());
+                succ.expires_at = expiry.successor_expiry(old, now)?;
                 succ.set_rotated_from(&id);
                 if let Ok(mut s) = out.lock() {
                     *s = Some(succ.clone());

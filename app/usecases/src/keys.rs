@@ -7,16 +7,18 @@
 //!   by a load that started under [`KeySync`]'s reload lock: a reload can never put back a set
 //!   older than one already in force. An admin change reloads before it returns, so the key
 //!   ring in the process that made it is current before the admin API answers.
-//! - Every lifecycle change (issue, rotation, revocation, grace lapse) is recorded once per
+//! - Every lifecycle change (issue, rotation, revocation, grace lapse, expiry) is recorded once per
 //!   store, whoever records it. A change the keystore shows is first held as pending; after
 //!   the settle delay it is recorded (`source: keystore_observed`) unless the store holds an
 //!   event for it by then, or this process recorded it. The delay gives a CLI writing into the
 //!   same database time to commit its own event after it wrote the keystore.
 
 use metis_domain::events::key_sources::KEYSTORE_OBSERVED;
-use metis_domain::events::types::{GATEWAY_KEY_ISSUED, GATEWAY_KEY_REVOKED, GATEWAY_KEY_ROTATED};
+use metis_domain::events::types::{
+    GATEWAY_KEY_EXPIRED, GATEWAY_KEY_ISSUED, GATEWAY_KEY_REVOKED, GATEWAY_KEY_ROTATED,
+};
 use metis_domain::events::{Payload, make_event};
-use metis_domain::keys::{KeyChange, KeyChangeEvent, KeyRecord, next_grace_end, shown_changes};
+use metis_domain::keys::{KeyChange, KeyChangeEvent, KeyRecord, next_lapse, shown_changes};
 use metis_domain::spend::Budget;
 use metis_domain::time::Timestamp;
 use metis_ports::keys::{KeyStore, KeyStoreError};
@@ -167,7 +169,8 @@ struct Observed {
     pending_set: HashSet<KeyChange>,
     /// The index last examined (a new index is examined again).
     examined: Option<Arc<KeyIndex>>,
-    /// The next grace end of an active key: the set shows a lapse then without an edit.
+    /// The next grace end or expiry of an active key: the set shows a change then without an
+    /// edit (an expiry is recorded once, as `gateway.key_expired`, by this path).
     next_lapse: Option<Timestamp>,
     /// The store could not be read at the last check (logged once per failure streak).
     check_failing: bool,
@@ -192,7 +195,12 @@ fn lock(m: &Mutex<Observed>) -> MutexGuard<'_, Observed> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-const KEY_EVENT_TYPES: [&str; 3] = [GATEWAY_KEY_ISSUED, GATEWAY_KEY_REVOKED, GATEWAY_KEY_ROTATED];
+const KEY_EVENT_TYPES: [&str; 4] = [
+    GATEWAY_KEY_ISSUED,
+    GATEWAY_KEY_REVOKED,
+    GATEWAY_KEY_ROTATED,
+    GATEWAY_KEY_EXPIRED,
+];
 
 impl KeySync {
     #[must_use]
@@ -321,6 +329,7 @@ impl KeySync {
                 KeyChangeEvent::Issued(p) => self.emit(now, p),
                 KeyChangeEvent::Rotated(p) => self.emit(now, p),
                 KeyChangeEvent::Revoked(p) => self.emit(now, p),
+                KeyChangeEvent::Expired(p) => self.emit(now, p),
             }
         }
         tracing::info!(
@@ -343,7 +352,7 @@ impl KeySync {
         if changed || lapsed {
             let keys: Vec<KeyRecord> = index.records().iter().map(|r| (**r).clone()).collect();
             let shown = shown_changes(&keys, now, KEYSTORE_OBSERVED);
-            st.next_lapse = next_grace_end(&keys, now);
+            st.next_lapse = next_lapse(&keys, now);
             st.examined = Some(index);
             let shown_set: HashSet<KeyChange> = shown.iter().map(KeyChangeEvent::change).collect();
             let Observed {

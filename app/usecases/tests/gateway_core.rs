@@ -682,6 +682,64 @@ async fn each_auth_failure_has_its_error_and_one_auth_failed_event() {
     assert_eq!(w.metrics.auth_failures.lock().unwrap().len(), 4);
 }
 
+/// A key is admitted strictly before its `expires_at` and refused at and after it (the
+/// clock is read per request), with 401 `key_expired`, a `key_expired` auth failure in the
+/// metrics and one `gateway.auth_failed` event each.
+#[tokio::test]
+async fn an_expiring_key_is_valid_strictly_before_its_expiry() {
+    use metis_domain::time::format_iso;
+    let w = Setup {
+        keys: vec![
+            key(
+                "gk_before",
+                "gw_before",
+                json!({"expires_at": format_iso(T0 + 1)}),
+            ),
+            key("gk_at", "gw_at", json!({"expires_at": format_iso(T0)})),
+            key(
+                "gk_after",
+                "gw_after",
+                json!({"expires_at": format_iso(T0 - 1)}),
+            ),
+        ],
+        ..Setup::default()
+    }
+    .build();
+    let ok = w
+        .core
+        .admit(meta(Shape::OpenAi, Some("gw_before")))
+        .await
+        .unwrap();
+    assert_eq!(ok.key.key_id, "gk_before");
+    for (i, (id, token, at)) in [("gk_at", "gw_at", T0), ("gk_after", "gw_after", T0 - 1)]
+        .into_iter()
+        .enumerate()
+    {
+        let err = w
+            .core
+            .admit(meta(Shape::Anthropic, Some(token)))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err,
+            GatewayError::KeyExpired {
+                key_id: id.to_owned(),
+                expires_at: format_iso(at),
+            }
+        );
+        assert_eq!(err.status(), 401);
+        assert_eq!(err.code(), "key_expired");
+        assert_eq!(w.metrics.auth_failures.lock().unwrap()[i], "key_expired");
+    }
+    let reasons: Vec<Value> = w
+        .events()
+        .iter()
+        .filter(|e| e.event_type == "gateway.auth_failed")
+        .map(|e| serde_json::from_str::<Value>(&e.payload_json).unwrap()["reason"].clone())
+        .collect();
+    assert_eq!(reasons, [json!("key_expired"), json!("key_expired")]);
+}
+
 // ---------------------------------------------------------------------------------------
 // 3. Spend caps: checked before the body, reserved atomically
 // ---------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@
 #![expect(clippy::unwrap_used, clippy::panic, reason = "tests")]
 
 use metis_domain::audit::{ChainedRow, verify};
-use metis_domain::keys::hash_token;
+use metis_domain::keys::{RotationExpiry, hash_token};
 use metis_ports::fakes::{InMemoryKeyStore, InMemoryTraceStore};
 use metis_ports::keys::{KeyStore, KeyStoreError};
 use metis_ports::system::{Clock, IdSource};
@@ -204,7 +204,7 @@ async fn changes_made_with_a_cli_on_another_database_are_recorded_once_across_re
 
     // Out-of-band revoke and rotate while the gateway runs.
     cli.revoke(&idb).await.unwrap();
-    let rotated = cli.rotate(&ida, 3600).await.unwrap();
+    let rotated = cli.rotate(&ida, 3600, RotationExpiry::Keep).await.unwrap();
     let idc = rotated.successor.record.key_id.clone();
     gw.poll().await;
     w.clock.advance(SETTLE);
@@ -284,10 +284,13 @@ async fn admin_api_changes_are_in_force_before_they_return_and_are_not_observed_
             .check_active(now)
             .is_err()
     );
-    let r = api.rotate(&k.record.key_id, 60).await;
+    let r = api.rotate(&k.record.key_id, 60, RotationExpiry::Keep).await;
     assert!(r.is_err(), "a revoked key cannot be rotated");
     let k2 = api.issue(&req("api2")).await.unwrap();
-    let r = api.rotate(&k2.record.key_id, 60).await.unwrap();
+    let r = api
+        .rotate(&k2.record.key_id, 60, RotationExpiry::Keep)
+        .await
+        .unwrap();
     let succ = r.successor.record.key_id.clone();
     assert!(
         gw.ring()
@@ -318,7 +321,10 @@ async fn a_grace_lapse_in_a_read_only_keystore_is_recorded_once() {
     let w = World::new();
     let cli = w.laptop_cli();
     let a = cli.issue(&req("alpha")).await.unwrap();
-    let r = cli.rotate(&a.record.key_id, 60).await.unwrap();
+    let r = cli
+        .rotate(&a.record.key_id, 60, RotationExpiry::Keep)
+        .await
+        .unwrap();
     let (ida, idb) = (a.record.key_id.clone(), r.successor.record.key_id.clone());
     // A mounted Secret: nothing can write the keystore.
     w.keys.set_read_only(true);
@@ -363,4 +369,113 @@ async fn a_grace_lapse_in_a_read_only_keystore_is_recorded_once() {
     gw.poll().await;
     assert_eq!(key_events(&db).await, observed);
     assert_chain_intact(&db);
+}
+
+/// An expiry passing is recorded once per database as `gateway.key_expired` (source
+/// `gateway`, with the key id and `expires_at`): not before the instant, not again on later
+/// polls or after a restart; the chain stays intact.
+#[tokio::test]
+async fn an_expiry_is_recorded_once_when_it_passes() {
+    let w = World::new();
+    let (gw, db) = w.gateway().await;
+    let api = w.gateway_admin(&gw, &db, "admin_api");
+    let k = api
+        .issue(&IssueRequest {
+            expires_in: Some("60s".into()),
+            ..req("short")
+        })
+        .await
+        .unwrap();
+    let id = k.record.key_id.clone();
+    let expires_at = k.record.expires_at.clone().unwrap();
+    assert_eq!(expires_at, metis_domain::time::format_iso(T0 + 60_000_000));
+    let issued = vec![ev("issued", &id, "admin_api")];
+    // Just before the expiry: nothing to record.
+    w.clock.advance(Duration::from_secs(59));
+    gw.poll().await;
+    w.clock.advance(Duration::from_micros(999_999));
+    gw.poll().await;
+    assert_eq!(key_events(&db).await, issued);
+    // At the expiry instant the change is shown; recorded after the settle delay.
+    w.clock.advance(Duration::from_micros(1));
+    gw.poll().await;
+    w.clock.advance(SETTLE);
+    gw.poll().await;
+    gw.poll().await;
+    let mut expected = issued;
+    expected.push(ev("expired", &id, "gateway"));
+    assert_eq!(key_events(&db).await, expected);
+    let rows = db.audit_events(0, i64::MAX, &[]).await.unwrap();
+    let last: Value = serde_json::from_str(&rows.last().unwrap().payload_json).unwrap();
+    assert_eq!(last["expires_at"], expires_at);
+    // A restart on the same database records nothing again.
+    drop(gw);
+    let (gw, db) = w.gateway().await;
+    gw.poll().await;
+    w.clock.advance(SETTLE);
+    gw.poll().await;
+    assert_eq!(key_events(&db).await, expected);
+    assert!(gw.pending().is_empty());
+    assert_chain_intact(&db);
+    // The listing shows it as expired; it cannot be rotated.
+    assert_eq!(api.get(&id).await.unwrap().effective_status, "expired");
+    let r = api.rotate(&id, 60, RotationExpiry::Keep).await;
+    assert!(
+        matches!(&r, Err(metis_usecases::key_admin::AdminError::Conflict(m)) if m.contains("expired")),
+        "{r:?}"
+    );
+}
+
+/// Rotation keeps the predecessor's expiry by default, and resets it only when asked: to a new
+/// duration from now, or to none.
+#[tokio::test]
+async fn rotation_keeps_or_resets_the_expiry() {
+    let w = World::new();
+    let cli = w.laptop_cli();
+    let k = cli
+        .issue(&IssueRequest {
+            expires_at: Some("2026-12-31T00:00:00Z".into()),
+            ..req("exp")
+        })
+        .await;
+    // T0 is in 2026-05; an expiry in the past is refused naming the flag.
+    let past = cli
+        .issue(&IssueRequest {
+            expires_at: Some("2020-01-01T00:00:00Z".into()),
+            ..req("past")
+        })
+        .await;
+    assert!(
+        matches!(&past, Err(metis_usecases::key_admin::AdminError::Invalid(m)) if m.starts_with("--expires-at")),
+        "{past:?}"
+    );
+    let k = k.unwrap();
+    let keep = cli
+        .rotate(&k.record.key_id, 60, RotationExpiry::Keep)
+        .await
+        .unwrap();
+    assert_eq!(
+        keep.successor.record.expires_at.as_deref(),
+        Some("2026-12-31T00:00:00+00:00")
+    );
+    let reset = cli
+        .rotate(
+            &keep.successor.record.key_id,
+            60,
+            RotationExpiry::ExpiresIn(3600),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        reset.successor.record.expires_at,
+        Some(metis_domain::time::format_iso(T0 + 3_600_000_000))
+    );
+    let never = cli
+        .rotate(&reset.successor.record.key_id, 60, RotationExpiry::Never)
+        .await
+        .unwrap();
+    assert_eq!(never.successor.record.expires_at, None);
+    let stored = w.keys.load().await.unwrap();
+    assert_eq!(stored.len(), 4);
+    assert_eq!(stored[3].expires_at, None);
 }

@@ -20,6 +20,7 @@ fn key() -> KeyRecord {
         status: KeyStatus::Active,
         revoked_at: None,
         grace_period_until: None,
+        expires_at: None,
         spend_account: None,
         extra: Map::new(),
     }
@@ -128,6 +129,7 @@ fn a_key_set_shows_issues_rotations_and_revocations_in_time_order() {
         KeyChangeEvent::Issued(p) => p.source == "keystore_observed",
         KeyChangeEvent::Rotated(p) => p.source == "keystore_observed",
         KeyChangeEvent::Revoked(p) => p.source == "keystore_observed",
+        KeyChangeEvent::Expired(_) => false,
     }));
     match &after[2] {
         KeyChangeEvent::Rotated(r) => assert_eq!(r.grace_period_until, "2026-01-03T00:00:00Z"),
@@ -143,7 +145,7 @@ fn a_swept_grace_lapse_keeps_its_reason() {
     a.revoked_at = Some("2026-01-03T00:00:00+00:00".into());
     let r = shown_revocation(&a, at("2026-02-01T00:00:00Z"), "x");
     assert_eq!(r.map(|r| r.reason), Some(GRACE_EXPIRED));
-    assert_eq!(next_grace_end(&[a], at("2026-01-02T00:00:00Z")), None);
+    assert_eq!(next_lapse(&[a], at("2026-01-02T00:00:00Z")), None);
 }
 
 #[test]
@@ -176,7 +178,7 @@ fn rotations_of_older_releases_are_inferred_from_the_spend_account() {
         vec![rotated("gk_a", "gk_b"), rotated("gk_b", "gk_c")]
     );
     assert_eq!(
-        next_grace_end(&keys, at("2026-01-04T01:00:00Z")),
+        next_lapse(&keys, at("2026-01-04T01:00:00Z")),
         Some(at("2026-01-05T00:00:00Z"))
     );
 }
@@ -220,6 +222,10 @@ fn stored_events_name_the_change_they_record() {
             ),
             KeyChangeEvent::Revoked(p) => (
                 crate::events::types::GATEWAY_KEY_REVOKED,
+                serde_json::to_string(p),
+            ),
+            KeyChangeEvent::Expired(p) => (
+                crate::events::types::GATEWAY_KEY_EXPIRED,
                 serde_json::to_string(p),
             ),
         };
@@ -290,4 +296,165 @@ fn a_key_set_needs_unique_ids_and_hashes() {
     let mut bad = b;
     bad.workspace_path.clear();
     assert!(validate_key_set(&[a, bad]).unwrap_err().contains("gk_b"));
+}
+
+// ---- key expiry ----
+
+fn expiring(at_iso: &str) -> KeyRecord {
+    let mut k = key();
+    k.created_at = Some("2026-01-01T00:00:00Z".into());
+    k.expires_at = Some(at_iso.into());
+    k
+}
+
+#[test]
+fn a_key_is_valid_strictly_before_its_expiry_and_refused_at_and_after_it() {
+    let k = expiring("2026-01-02T00:00:00Z");
+    let end = at("2026-01-02T00:00:00Z");
+    assert_eq!(k.check_active(end - 1), Ok(()));
+    assert_eq!(k.effective_status(end - 1), "active");
+    let refused = Inactive::Expired {
+        at: "2026-01-02T00:00:00+00:00".into(),
+    };
+    assert_eq!(k.check_active(end), Err(refused.clone()));
+    assert_eq!(k.check_active(end + 1), Err(refused));
+    assert_eq!(k.effective_status(end), "expired");
+}
+
+#[test]
+fn revocation_outranks_expiry_and_an_unparseable_expiry_fails_closed() {
+    let mut k = expiring("2026-01-02T00:00:00Z");
+    k.status = KeyStatus::Revoked;
+    k.revoked_at = Some("2026-01-01T12:00:00Z".into());
+    assert!(matches!(
+        k.check_active(at("2026-01-03T00:00:00Z")),
+        Err(Inactive::Revoked { .. })
+    ));
+    let bad = expiring("tomorrow");
+    assert!(matches!(bad.check_active(0), Err(Inactive::Expired { .. })));
+    let err = bad.validate().unwrap_err();
+    assert!(err.contains("expires_at"), "{err}");
+}
+
+#[test]
+fn records_without_expires_at_load_unchanged_and_round_trip() {
+    let old: KeyRecord = serde_json::from_value(serde_json::json!({
+        "key_id": "gk_old", "secret_hash": hash_token("gw_o"), "workspace_path": "/w"
+    }))
+    .unwrap();
+    assert_eq!(old.expires_at, None);
+    assert!(!serde_json::to_string(&old).unwrap().contains("expires_at"));
+    let k = expiring("2026-01-02T00:00:00Z");
+    let back: KeyRecord = serde_json::from_str(&serde_json::to_string(&k).unwrap()).unwrap();
+    assert_eq!(back, k);
+}
+
+#[test]
+fn issue_expiry_names_the_field_and_must_be_in_the_future() {
+    let now = at("2026-01-01T00:00:00Z");
+    let r = |i: Option<&str>, a: Option<&str>| {
+        resolve_expiry(i, a, now, "--expires-in", "--expires-at")
+    };
+    assert_eq!(r(None, None), Ok(None));
+    assert_eq!(
+        r(Some("30d"), None),
+        Ok(Some("2026-01-31T00:00:00+00:00".into()))
+    );
+    assert_eq!(
+        r(None, Some("2026-02-01T01:00:00+01:00")),
+        Ok(Some("2026-02-01T00:00:00+00:00".into()))
+    );
+    for (i, a, field) in [
+        (Some("soon"), None, "--expires-in"),
+        (Some("0"), None, "--expires-in"),
+        (Some("99999999999999w"), None, "--expires-in"),
+        (None, Some("2025-12-31T23:59:59Z"), "--expires-at"),
+        (None, Some("2026-01-01T00:00:00Z"), "--expires-at"),
+        (None, Some("2026-02-01 00:00"), "--expires-at"),
+    ] {
+        let e = r(i, a).unwrap_err();
+        assert!(e.starts_with(field), "{e}");
+    }
+    let both = r(Some("1d"), Some("2026-02-01T00:00:00Z")).unwrap_err();
+    assert!(both.contains("not both"), "{both}");
+}
+
+#[test]
+fn rotation_keeps_or_resets_the_expiry_explicitly() {
+    let old = expiring("2026-03-01T00:00:00Z");
+    let now = at("2026-02-01T00:00:00Z");
+    assert_eq!(
+        RotationExpiry::Keep.successor_expiry(&old, now),
+        Ok(Some("2026-03-01T00:00:00Z".into()))
+    );
+    assert_eq!(RotationExpiry::Never.successor_expiry(&old, now), Ok(None));
+    assert_eq!(
+        RotationExpiry::ExpiresIn(86_400).successor_expiry(&old, now),
+        Ok(Some("2026-02-02T00:00:00+00:00".into()))
+    );
+    assert_eq!(RotationExpiry::Keep.successor_expiry(&key(), now), Ok(None));
+}
+
+#[test]
+fn an_expiry_is_shown_once_passed_unless_the_key_ended_before_it() {
+    let k = expiring("2026-01-02T00:00:00Z");
+    let end = at("2026-01-02T00:00:00Z");
+    assert!(shown_expiry(&k, end - 1).is_none());
+    let shown = shown_expiry(&k, end).unwrap();
+    assert_eq!(shown.gateway_key_id, "gk_01");
+    assert_eq!(shown.expires_at, "2026-01-02T00:00:00+00:00");
+    assert_eq!(shown.source, "gateway");
+    let changes = shown_changes(std::slice::from_ref(&k), end, "keystore_observed");
+    assert_eq!(
+        ids(&changes),
+        vec![
+            issued("gk_01"),
+            KeyChange::Expired {
+                key_id: "gk_01".into()
+            }
+        ]
+    );
+    // Revoked (or grace-lapsed) before the expiry: the key never expired.
+    let mut r = k.clone();
+    r.status = KeyStatus::Revoked;
+    r.revoked_at = Some("2026-01-01T12:00:00Z".into());
+    assert!(shown_expiry(&r, end + 1).is_none());
+    let mut g = k.clone();
+    g.grace_period_until = Some("2026-01-01T12:00:00Z".into());
+    assert!(shown_expiry(&g, end + 1).is_none());
+    // Revoked after it expired: the expiry happened first and is shown.
+    r.revoked_at = Some("2026-01-03T00:00:00Z".into());
+    assert!(shown_expiry(&r, end + 1).is_some());
+    // The event round-trips through the stored payload.
+    let json = serde_json::to_string(&shown).unwrap();
+    assert_eq!(
+        KeyChange::of_event(crate::events::types::GATEWAY_KEY_EXPIRED, &json),
+        Some(KeyChange::Expired {
+            key_id: "gk_01".into()
+        })
+    );
+}
+
+#[test]
+fn the_next_lapse_includes_expiries_of_active_keys() {
+    let k = expiring("2026-01-02T00:00:00Z");
+    assert_eq!(
+        next_lapse(std::slice::from_ref(&k), at("2026-01-01T00:00:00Z")),
+        Some(at("2026-01-02T00:00:00Z"))
+    );
+    assert_eq!(
+        next_lapse(std::slice::from_ref(&k), at("2026-01-02T00:00:00Z")),
+        None
+    );
+}
+
+proptest::proptest! {
+    /// For any expiry and any instant, the key is usable iff the instant is before the expiry.
+    #[test]
+    fn usable_iff_before_expiry(exp in 0i64..4_000_000_000_000_000, now in 0i64..4_000_000_000_000_000) {
+        let mut k = key();
+        k.expires_at = Some(format_iso(exp));
+        proptest::prop_assert_eq!(k.check_active(now).is_ok(), now < exp);
+        proptest::prop_assert_eq!(shown_expiry(&k, now).is_some(), now >= exp);
+    }
 }

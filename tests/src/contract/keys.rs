@@ -31,6 +31,7 @@ pub fn key(n: u32) -> KeyRecord {
         status: KeyStatus::Active,
         revoked_at: None,
         grace_period_until: None,
+        expires_at: None,
         spend_account: None,
         extra: serde_json::Map::new(),
     }
@@ -235,6 +236,52 @@ pub async fn insert_refuses_an_invalid_record_and_writes_nothing(b: &dyn KeyBack
     let r = ks.insert(bad).await;
     assert!(matches!(r, Err(KeyStoreError::Corrupt { .. })), "{r:?}");
     assert_eq!(ids(&ks.load().await.expect("load")), vec!["gk_0001"]);
+    assert_eq!(ks.version().await, v);
+}
+
+/// `expires_at` is stored and loaded as written, by `insert` and by `update` (set, moved and
+/// cleared); a record without it loads with none; an unparseable one is refused naming the
+/// field, and nothing is written.
+pub async fn expiry_is_stored_updated_and_validated(b: &dyn KeyBackend) {
+    let ks = b.keys();
+    let mut expiring = key(1);
+    expiring.expires_at = Some("2027-01-01T00:00:00Z".into());
+    ks.insert(expiring.clone()).await.expect("insert");
+    ks.insert(key(2)).await.expect("insert");
+    let loaded = b.keys().load().await.expect("load");
+    assert_eq!(loaded[0], expiring);
+    assert_eq!(
+        loaded[0].expires_at.as_deref(),
+        Some("2027-01-01T00:00:00Z")
+    );
+    assert_eq!(loaded[1].expires_at, None);
+    let out = ks
+        .update(Box::new(|keys: &mut Vec<KeyRecord>| {
+            keys[0].expires_at = None;
+            keys[1].expires_at = Some("2026-06-01T12:30:00.250000+00:00".into());
+            Ok(())
+        }))
+        .await
+        .expect("update");
+    let loaded = b.keys().load().await.expect("load");
+    assert_eq!(loaded, out);
+    assert_eq!(loaded[0].expires_at, None);
+    assert_eq!(
+        loaded[1].expires_at.as_deref(),
+        Some("2026-06-01T12:30:00.250000+00:00")
+    );
+    let v = ks.version().await;
+    let mut bad = key(3);
+    bad.expires_at = Some("next tuesday".into());
+    let r = ks.insert(bad).await;
+    assert!(
+        matches!(&r, Err(KeyStoreError::Corrupt { message, .. }) if message.contains("expires_at")),
+        "{r:?}"
+    );
+    assert_eq!(
+        ids(&ks.load().await.expect("load")),
+        vec!["gk_0001", "gk_0002"]
+    );
     assert_eq!(ks.version().await, v);
 }
 

@@ -654,9 +654,14 @@ async fn long_silences_get_keep_alive_comments() {
 async fn rotated_key_works_alongside_the_old_one_until_grace_ends() {
     let gw = gateway().await;
     let body = Combo::ANTHROPIC_TO_ANTHROPIC.body("rotate", false);
-    let rotated = metis::keys_cli::rotate(&gw.paths(), &gw.key.key_id, 2)
-        .await
-        .expect("rotate-key works while the gateway runs");
+    let rotated = metis::keys_cli::rotate(
+        &gw.paths(),
+        &gw.key.key_id,
+        2,
+        metis_domain::keys::RotationExpiry::Keep,
+    )
+    .await
+    .expect("rotate-key works while the gateway runs");
     let new_token = rotated.successor.token.clone();
     let start = Instant::now();
     // The successor is accepted within 2 s (the gateway polls the keystore every 0.5 s); the

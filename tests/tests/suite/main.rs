@@ -3,7 +3,7 @@
 //! former stand-alone test file; nextest still runs every test in its own process.
 //!
 //! Timing-sensitive modules (they spawn `target/debug/metis`, flood a limiter or time a
-//! reload): `key_audit`, `otel`, `process_cli`, `process_lifecycle`, `rate_limit_runbook`,
+//! reload): `key_audit`, `key_expiry`, `otel`, `process_cli`, `process_lifecycle`, `rate_limit_runbook`,
 //! `redb_cli`, `postgres_cli`, `revoke_latency`, `tls_inprocess`, `fd_limit`, `grace_cut`; `.config/nextest.toml`
 //! gives them one retry.
 
@@ -26,6 +26,7 @@ mod http_limits;
 mod http_trace;
 mod http_translation;
 mod key_audit;
+mod key_expiry;
 mod kill_window;
 mod observability;
 mod openapi_drift;

@@ -23,6 +23,7 @@ macro_rules! key_contracts {
         $m!(the_version_changes_with_every_write);
         $m!(a_damaged_key_store_is_corrupt_and_serves_nothing);
         $m!(a_read_only_key_store_refuses_writes_and_still_loads);
+        $m!(expiry_is_stored_updated_and_validated);
     };
 }
 

@@ -76,6 +76,7 @@ impl AdminService for NoService {
         &self,
         _k: &str,
         _g: u64,
+        _e: metis_domain::keys::RotationExpiry,
         _b: &AdminIdentity,
     ) -> Result<RotateResult, AdminFailure> {
         Err(unavailable())
