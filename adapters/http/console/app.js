@@ -8,7 +8,8 @@
   const state = { session: null, generation: 0, timers: [] };
   const ROLE_RANK = { viewer: 0, operator: 1, admin: 2 };
   const AUDIT_TYPES = [
-    'gateway.key_issued', 'gateway.key_revoked', 'gateway.key_rotated', 'gateway.key_expired', 'gateway.auth_failed',
+    'gateway.key_issued', 'gateway.key_revoked', 'gateway.key_rotated', 'gateway.key_expired',
+    'gateway.auth_failed',
     'gateway.quota_exceeded', 'quota.alert', 'gateway.key_leak_suspected', 'gateway.rate_limited',
     'trace.swept', 'routing.policy_invalid', 'pattern.evicted', 'memory.eviction',
   ];
