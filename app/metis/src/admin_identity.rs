@@ -1,8 +1,9 @@
-//! How admins authenticate on `/admin/v1`: the static admin token and/or an OpenID Connect
-//! issuer (`--oidc-*`), wired into the HTTP adapter's admin auth.
+//! How admins authenticate on `/admin/v1` and in the console: the static admin token and/or
+//! an OpenID Connect issuer (`--oidc-*`), wired into the HTTP adapter's admin auth, and the
+//! console's session settings.
 
 use crate::cli::ServeArgs;
-use anyhow::{Context, anyhow};
+use anyhow::{Context, anyhow, bail};
 use metis_domain::admin::RoleMapping;
 use metis_http::AdminAuthConfig;
 use metis_oidc::{Oidc, OidcConfig};
@@ -96,6 +97,59 @@ pub fn auth_config(
         trusted_proxies: args.trusted_proxy.clone(),
         metrics,
     })
+}
+
+/// The admin API token from `--admin-token-file` or `METIS_GATEWAY_ADMIN_TOKEN`.
+pub fn admin_token(args: &ServeArgs) -> anyhow::Result<Option<String>> {
+    let token = match (&args.admin_token_file, &args.admin_token) {
+        (Some(path), _) => {
+            let raw = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read --admin-token-file {}", path.display()))?;
+            raw.trim().to_owned()
+        }
+        (None, Some(t)) => t.trim().to_owned(),
+        (None, None) => return Ok(None),
+    };
+    if token.len() < 16 {
+        bail!("the admin token must be at least 16 characters");
+    }
+    Ok(Some(token))
+}
+
+/// The operator console's settings, when someone can log in (`login`: the admin token or
+/// single sign-on is configured; otherwise `/ui` answers 404). `oidc`: the single sign-on
+/// login, when the issuer has a client id.
+pub fn console_config(
+    args: &ServeArgs,
+    login: bool,
+    oidc: Option<Arc<dyn metis_ports::identity::OidcLogin>>,
+    tls: bool,
+) -> anyhow::Result<Option<metis_http::ConsoleConfig>> {
+    if !login {
+        return Ok(None);
+    }
+    let key = match &args.console_session_key {
+        Some(k) if k.trim().len() < 32 => {
+            bail!("the console session key must be at least 32 characters")
+        }
+        Some(k) => k.trim().as_bytes().to_vec(),
+        None => {
+            tracing::warn!(
+                "no --console-session-key: console sessions are signed with a random per-process key, so they end at restart and a fleet of replicas needs one shared key"
+            );
+            metis_http::console::session::random_key()
+                .context("the operating system's random number generator is unavailable")?
+        }
+    };
+    Ok(Some(metis_http::ConsoleConfig {
+        session: metis_http::SessionSettings {
+            key,
+            ttl: args.console_session_ttl,
+            secure: tls,
+        },
+        oidc,
+        public_url: args.console_public_url.clone(),
+    }))
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The composition root: builds the adapters, wires them into the core, binds the listener
 //! and runs the server until shutdown (then drains and flushes the trace writer).
 
+use crate::background::TokioBackground;
 use crate::cli::ServeArgs;
 use crate::config::ConfigFile;
 use crate::keys_cli::open_keystore;
@@ -196,59 +197,6 @@ fn build_providers(args: &ServeArgs, cfg: &ConfigFile) -> anyhow::Result<Vec<Arc
     Ok(out)
 }
 
-/// The admin API token from `--admin-token-file` or `METIS_GATEWAY_ADMIN_TOKEN`.
-fn admin_token(args: &ServeArgs) -> anyhow::Result<Option<String>> {
-    let token = match (&args.admin_token_file, &args.admin_token) {
-        (Some(path), _) => {
-            let raw = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read --admin-token-file {}", path.display()))?;
-            raw.trim().to_owned()
-        }
-        (None, Some(t)) => t.trim().to_owned(),
-        (None, None) => return Ok(None),
-    };
-    if token.len() < 16 {
-        bail!("the admin token must be at least 16 characters");
-    }
-    Ok(Some(token))
-}
-
-/// The operator console's settings, when someone can log in (`login`: the admin token or
-/// single sign-on is configured; otherwise `/ui` answers 404). `oidc`: the single sign-on
-/// login, when the issuer has a client id.
-fn console_config(
-    args: &ServeArgs,
-    login: bool,
-    oidc: Option<Arc<dyn metis_ports::identity::OidcLogin>>,
-    tls: bool,
-) -> anyhow::Result<Option<metis_http::ConsoleConfig>> {
-    if !login {
-        return Ok(None);
-    }
-    let key = match &args.console_session_key {
-        Some(k) if k.trim().len() < 32 => {
-            bail!("the console session key must be at least 32 characters")
-        }
-        Some(k) => k.trim().as_bytes().to_vec(),
-        None => {
-            tracing::warn!(
-                "no --console-session-key: console sessions are signed with a random per-process key, so they end at restart and a fleet of replicas needs one shared key"
-            );
-            metis_http::console::session::random_key()
-                .context("the operating system's random number generator is unavailable")?
-        }
-    };
-    Ok(Some(metis_http::ConsoleConfig {
-        session: metis_http::SessionSettings {
-            key,
-            ttl: args.console_session_ttl,
-            secure: tls,
-        },
-        oidc,
-        public_url: args.console_public_url.clone(),
-    }))
-}
-
 /// Load the keystore into the key ring; on a loopback bind with no keys, issue a first key.
 async fn load_keys(
     sync: &KeySync,
@@ -339,7 +287,7 @@ impl App {
         let provider_names: Vec<String> = providers.iter().map(|p| p.name().to_owned()).collect();
         let background = TokioBackground::default();
         let (prometheus, metrics) = build_metrics(&args);
-        let admin_token = admin_token(&args)?;
+        let admin_token = crate::admin_identity::admin_token(&args)?;
         let oidc = crate::admin_identity::oidc(&args)?;
         // The overview of the admin API counts what the gateway already reports to its
         // metrics; without the admin API nothing reads it, so nothing counts it.
@@ -442,7 +390,8 @@ impl App {
         // issuer without a client id offers neither, so its console would be a dead end).
         let console_login =
             admin_api.as_ref().is_some_and(|a| a.auth.token.is_some()) || oidc_login.is_some();
-        let console = console_config(&args, console_login, oidc_login, tls.is_some())?;
+        let console =
+            crate::admin_identity::console_config(&args, console_login, oidc_login, tls.is_some())?;
         let tcp = listener::bind(&args.host, args.port, args.reuse_port)?;
         let addr = tcp.local_addr().context("cannot read the bound address")?;
         let connections = Arc::new(listener::Connections::default());
@@ -733,59 +682,6 @@ async fn watch_keys(sync: Arc<KeySync>, admin: Arc<KeyAdmin>) {
             admin.sweep().await;
         }
         sync.poll().await;
-    }
-}
-
-/// Background work on the tokio runtime, counted so shutdown can wait for it.
-#[derive(Debug, Default, Clone)]
-pub struct TokioBackground {
-    state: Arc<BackgroundState>,
-}
-
-#[derive(Debug, Default)]
-struct BackgroundState {
-    running: std::sync::atomic::AtomicUsize,
-    idle: tokio::sync::Notify,
-}
-
-impl TokioBackground {
-    /// Wait until no background task runs, or `grace` passes.
-    pub async fn drain(&self, grace: Duration) {
-        let st = &self.state;
-        let wait = async {
-            loop {
-                let idle = st.idle.notified();
-                if st.running.load(std::sync::atomic::Ordering::Acquire) == 0 {
-                    return;
-                }
-                idle.await;
-            }
-        };
-        if tokio::time::timeout(grace, wait).await.is_err() {
-            tracing::warn!("background work still running at shutdown (pattern store updates)");
-        }
-    }
-}
-
-impl metis_ports::system::Background for TokioBackground {
-    fn spawn(&self, task: futures_util::future::BoxFuture<'static, ()>) {
-        self.spawn_after(Duration::ZERO, task);
-    }
-
-    fn spawn_after(&self, delay: Duration, task: futures_util::future::BoxFuture<'static, ()>) {
-        self.state
-            .running
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        let st = Arc::clone(&self.state);
-        tokio::spawn(async move {
-            if !delay.is_zero() {
-                tokio::time::sleep(delay).await;
-            }
-            task.await;
-            if st.running.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
-                st.idle.notify_waiters();
-            }
-        });
     }
 }
 

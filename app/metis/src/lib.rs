@@ -8,6 +8,7 @@ pub mod admin_identity;
 pub mod admission;
 pub mod app;
 pub mod audit_cli;
+pub mod background;
 pub mod cert_expiry;
 pub mod cli;
 pub mod config;
