@@ -13,6 +13,7 @@ pub mod error;
 pub mod events;
 pub mod forwarding;
 pub mod keys;
+pub mod model_groups;
 pub mod models;
 pub mod openai;
 pub mod patterns;
