@@ -76,6 +76,25 @@ pub struct KeyRecord {
     pub team_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub customer_tier: Option<String>,
+    /// The customer this key's traffic is billed to (a budget scope, `budgets::ScopeKind`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer_id: Option<String>,
+    /// The organisation this key belongs to (a budget scope).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org_id: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "decimal_string"
+    )]
+    pub weekly_cap_usd: Option<String>,
+    /// Tokens per minute (input + output) for this key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<u32>,
+    /// Percent levels of this key's caps that raise an alert (`None` = the default levels,
+    /// `budgets::DEFAULT_ALERT_LEVELS`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alert_at: Option<Vec<u8>>,
     #[serde(default)]
     pub status: KeyStatus,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -249,13 +268,19 @@ impl KeyRecord {
         }
         for (field, cap) in [
             ("daily_cap_usd", &self.daily_cap_usd),
+            ("weekly_cap_usd", &self.weekly_cap_usd),
             ("monthly_cap_usd", &self.monthly_cap_usd),
         ] {
             if let Some(c) = cap {
                 validate_cap(field, c).map_err(|e| format!("{id}: {e}"))?;
             }
         }
-        for (field, tag) in [("user_id", &self.user_id), ("team_id", &self.team_id)] {
+        for (field, tag) in [
+            ("user_id", &self.user_id),
+            ("team_id", &self.team_id),
+            ("customer_id", &self.customer_id),
+            ("org_id", &self.org_id),
+        ] {
             if let Some(t) = tag {
                 validate_tag(field, t).map_err(|e| format!("{id}: {e}"))?;
             }
@@ -269,6 +294,13 @@ impl KeyRecord {
         }
         if self.rpm == Some(0) {
             return Err(format!("{id}: rpm must be > 0"));
+        }
+        if self.tpm == Some(0) {
+            return Err(format!("{id}: tpm must be > 0"));
+        }
+        if let Some(levels) = &self.alert_at {
+            crate::budgets::validate_alert_levels("alert_at", levels)
+                .map_err(|e| format!("{id}: {e}"))?;
         }
         if self.status == KeyStatus::Revoked && self.revoked_at.is_none() {
             return Err(format!("{id}: status 'revoked' requires revoked_at"));

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod anthropic;
 pub mod audit;
 pub mod backup;
+pub mod budgets;
 pub mod canonical;
 pub mod error;
 pub mod events;

@@ -30,6 +30,11 @@ fn record(n: u32) -> KeyRecord {
         grace_period_until: None,
         expires_at: None,
         spend_account: None,
+        customer_id: None,
+        org_id: None,
+        weekly_cap_usd: None,
+        tpm: None,
+        alert_at: None,
         extra: Map::new(),
     }
 }

@@ -216,6 +216,11 @@ impl KeyAdmin {
             grace_period_until: None,
             expires_at,
             spend_account: None,
+            customer_id: None,
+            org_id: None,
+            weekly_cap_usd: None,
+            tpm: None,
+            alert_at: None,
             extra: serde_json::Map::new(),
         };
         IssuedKey { record, token }

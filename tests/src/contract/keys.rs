@@ -33,6 +33,11 @@ pub fn key(n: u32) -> KeyRecord {
         grace_period_until: None,
         expires_at: None,
         spend_account: None,
+        customer_id: None,
+        org_id: None,
+        weekly_cap_usd: None,
+        tpm: None,
+        alert_at: None,
         extra: serde_json::Map::new(),
     }
 }
