@@ -251,6 +251,24 @@ check("extraArgs/extraEnv/maxConnections/logFormat",
 check("serviceAccount.create=false uses the named SA", p["serviceAccountName"] == "metis-runtime" and not any(k == "ServiceAccount" for k, _ in o))
 check("image pull secrets", p["imagePullSecrets"] == [{"name": "regcred"}])
 
+print("== ci/oidc-values.yaml (single sign-on and the console)")
+o = docs(*ci("oidc-values.yaml"))
+env = {e["name"]: e for e in gw(o)["env"]}
+check("SSO settings reach the gateway as METIS_GATEWAY_OIDC_* environment",
+      env["METIS_GATEWAY_OIDC_ISSUER"]["value"] == "https://sso.example.com/realms/platform"
+      and env["METIS_GATEWAY_OIDC_AUDIENCE"]["value"] == "metis-admin"
+      and env["METIS_GATEWAY_OIDC_CLIENT_ID"]["value"] == "metis-console"
+      and env["METIS_GATEWAY_OIDC_SCOPE"]["value"] == "groups"
+      and env["METIS_GATEWAY_OIDC_ROLE_CLAIM"]["value"] == "groups"
+      and env["METIS_GATEWAY_OIDC_ROLE_MAP"]["value"] == "platform-admins=admin,sre=operator"
+      and env["METIS_GATEWAY_OIDC_DEFAULT_ROLE"]["value"] == "viewer", str(env))
+check("client secret and console session key come from Secrets (never a plain value)",
+      env["METIS_GATEWAY_OIDC_CLIENT_SECRET"]["valueFrom"]["secretKeyRef"] == {"name": "metis-oidc", "key": "client-secret"}
+      and env["METIS_GATEWAY_CONSOLE_SESSION_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "metis-console", "key": "session-key"}
+      and env["METIS_GATEWAY_CONSOLE_PUBLIC_URL"]["value"] == "https://metis.example.com")
+check("defaults: SSO off, no OIDC or console environment",
+      not any(e["name"].startswith(("METIS_GATEWAY_OIDC_", "METIS_GATEWAY_CONSOLE_")) for e in gw(docs())["env"]))
+
 print("== ci/persistence-off-values.yaml")
 o = docs(*ci("persistence-off-values.yaml"))
 check("one replica", deploy(o)["spec"]["replicas"] == 1)
@@ -486,6 +504,9 @@ for label, sets, needle in [
     ("restore onto metis.db itself", ["--set", "restore.enabled=true", "--set", "restore.fromFile=metis.db"], "restore.fromFile"),
     ("restore path escaping the volume", ["--set", "restore.enabled=true", "--set", "restore.fromFile=../etc/x"], "restore.fromFile"),
     ("restore without persistence", ["--set", "restore.enabled=true", "--set", "restore.fromFile=b.db", "--set", "persistence.enabled=false"], "needs persistence"),
+    ("an unknown role in admin.oidc.roleMap (schema)", ["--set", "admin.oidc.roleMap={sre=root}"], "roleMap"),
+    ("the OIDC client secret as a plain value (schema: no such key)",
+     ["--set", "admin.oidc.clientSecret.value=s3cret"], "value"),
     ("unknown value key (schema)", ["--set", "workers=4"], "workers"),
     ("wrong type (schema)", ["--set", "rateLimit.perKey.rpm=fast"], "rpm"),
     ("bad service type (schema)", ["--set", "service.type=Magic"], "service.type"),
@@ -512,6 +533,9 @@ SPECIAL = {
     "replicaCount": 3, "store.backend": "redb", "store.postgres.statementTimeout": "9s",
     "store.postgres.spendOutage": "fail-open", "topologySpread.whenUnsatisfiable": "DoNotSchedule",
     "topologySpread.topologyKeys": ["kubernetes.io/hostname"],
+    "admin.oidc.issuer": "https://other.example.com", "admin.oidc.audience": ["other"],
+    "admin.oidc.scopes": ["offline_access"], "admin.oidc.roleMap": ["ops=operator"],
+    "admin.oidc.defaultRole": "operator", "admin.console.publicUrl": "https://other.example.com",
 }
 
 
