@@ -76,6 +76,8 @@ pub struct App {
     tls_in_process: bool,
     connections: Arc<listener::Connections>,
     background: TokioBackground,
+    /// Budget alerts on their way to webhooks (drained at shutdown, before the trace flush).
+    alerts: Arc<dyn metis_ports::alerts::AlertNotifier>,
 }
 
 impl std::fmt::Debug for App {
@@ -350,32 +352,42 @@ impl App {
             }
             _ => None,
         };
-        let core = Arc::new(GatewayCore::new(CoreParts {
-            keys: ring,
-            sink,
-            providers,
-            catalog: {
-                let mut catalog = cfg.catalog();
-                catalog.set_loaded_at(clock.now_us() / 1_000_000);
-                catalog
-            },
-            prices: cfg.prices(),
-            clock,
-            ids,
-            spend: Arc::clone(&spend),
-            metrics: Arc::clone(&metrics),
-            sessions: trace.sessions(),
-            patterns: paths.backend()?.pattern_store(
-                &PatternPlace::from_dir(args.patterns_dir.clone()),
-                PatternCaps::default(),
-            ),
-            background: Arc::new(background.clone()),
-            tokenizer: Arc::new(metis_tokenizer::Tiktoken),
-            trace: Arc::new(crate::telemetry::OtelTraceContext {
-                exporting: crate::telemetry::exporting(),
-            }),
-            limiter: crate::admission::limiter(&args, shared_limits),
-        }));
+        let alerts = crate::alerts::notifier(
+            &args.alerts,
+            Arc::clone(&sink),
+            Arc::clone(&clock),
+            Arc::clone(&ids),
+            Arc::clone(&prometheus) as Arc<dyn metis_ports::alerts::AlertMetrics>,
+        )?;
+        let core = Arc::new(
+            GatewayCore::new(CoreParts {
+                keys: ring,
+                sink,
+                providers,
+                catalog: {
+                    let mut catalog = cfg.catalog();
+                    catalog.set_loaded_at(clock.now_us() / 1_000_000);
+                    catalog
+                },
+                prices: cfg.prices(),
+                clock,
+                ids,
+                spend: Arc::clone(&spend),
+                metrics: Arc::clone(&metrics),
+                sessions: trace.sessions(),
+                patterns: paths.backend()?.pattern_store(
+                    &PatternPlace::from_dir(args.patterns_dir.clone()),
+                    PatternCaps::default(),
+                ),
+                background: Arc::new(background.clone()),
+                tokenizer: Arc::new(metis_tokenizer::Tiktoken),
+                trace: Arc::new(crate::telemetry::OtelTraceContext {
+                    exporting: crate::telemetry::exporting(),
+                }),
+                limiter: crate::admission::limiter(&args, shared_limits),
+            })
+            .with_alerts(Arc::clone(&alerts)),
+        );
 
         let tls = match listener::tls_paths(args.tls_cert.as_ref(), args.tls_key.as_ref())? {
             Some((cert, key)) => Some(listener::load_tls(&cert, &key)?),
@@ -442,6 +454,7 @@ impl App {
             rate_limit: args.rate_limit,
             connections,
             background,
+            alerts,
             tls_in_process: scheme == "https",
         })
     }
@@ -625,6 +638,7 @@ impl App {
         }
         watcher.abort();
         self.background.drain(Duration::from_secs(5)).await;
+        crate::alerts::drain(self.alerts.as_ref()).await;
         self.spend.flush().await;
         let stats = self.trace.shutdown().await;
         tracing::info!(

@@ -128,7 +128,15 @@ impl GatewayCore {
                 user_id: key.user_id.clone(),
                 team_id: key.team_id.clone(),
             };
-            self.emit(&session, None, None, &payload);
+            let id = self.emit(&session, None, None, &payload);
+            // The notice names the event it was recorded as (its delivery id).
+            self.alerts
+                .notify(metis_domain::alerts::AlertNotice::of_key_alert(
+                    id,
+                    self.clock.now_us(),
+                    key,
+                    a,
+                ));
         }
         let Some(e) = exceeded else { return };
         self.metrics.quota_event(e.scope, "exceeded");
