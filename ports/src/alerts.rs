@@ -14,7 +14,6 @@
 
 use async_trait::async_trait;
 use metis_domain::alerts::AlertNotice;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// Takes raised alerts and delivers them in the background.
@@ -82,29 +81,3 @@ pub trait AlertMetrics: Send + Sync {
     /// Alerts waiting for delivery changed by `delta`.
     fn alert_queue(&self, delta: i64);
 }
-
-/// A notifier that delivers nothing (no channel configured).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct NoNotifier;
-
-#[async_trait]
-impl AlertNotifier for NoNotifier {
-    fn notify(&self, _notice: AlertNotice) {}
-    async fn drain(&self, _within: Duration) -> u64 {
-        0
-    }
-}
-
-/// Metrics that record nothing (tests, wiring without a registry).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct NoAlertMetrics;
-
-impl AlertMetrics for NoAlertMetrics {
-    fn alert_raised(&self, _cap: &str, _severity: &str) {}
-    fn alert_delivery(&self, _outcome: &str) {}
-    fn alert_retry(&self) {}
-    fn alert_queue(&self, _delta: i64) {}
-}
-
-/// A shared notifier.
-pub type SharedNotifier = Arc<dyn AlertNotifier>;

@@ -359,35 +359,33 @@ impl App {
             Arc::clone(&ids),
             Arc::clone(&prometheus) as Arc<dyn metis_ports::alerts::AlertMetrics>,
         )?;
-        let core = Arc::new(
-            GatewayCore::new(CoreParts {
-                keys: ring,
-                sink,
-                providers,
-                catalog: {
-                    let mut catalog = cfg.catalog();
-                    catalog.set_loaded_at(clock.now_us() / 1_000_000);
-                    catalog
-                },
-                prices: cfg.prices(),
-                clock,
-                ids,
-                spend: Arc::clone(&spend),
-                metrics: Arc::clone(&metrics),
-                sessions: trace.sessions(),
-                patterns: paths.backend()?.pattern_store(
-                    &PatternPlace::from_dir(args.patterns_dir.clone()),
-                    PatternCaps::default(),
-                ),
-                background: Arc::new(background.clone()),
-                tokenizer: Arc::new(metis_tokenizer::Tiktoken),
-                trace: Arc::new(crate::telemetry::OtelTraceContext {
-                    exporting: crate::telemetry::exporting(),
-                }),
-                limiter: crate::admission::limiter(&args, shared_limits),
-            })
-            .with_alerts(Arc::clone(&alerts)),
-        );
+        let core = Arc::new(GatewayCore::new(CoreParts {
+            keys: ring,
+            sink,
+            providers,
+            catalog: {
+                let mut catalog = cfg.catalog();
+                catalog.set_loaded_at(clock.now_us() / 1_000_000);
+                catalog
+            },
+            prices: cfg.prices(),
+            clock,
+            ids,
+            spend: Arc::clone(&spend),
+            metrics: Arc::clone(&metrics),
+            sessions: trace.sessions(),
+            patterns: paths.backend()?.pattern_store(
+                &PatternPlace::from_dir(args.patterns_dir.clone()),
+                PatternCaps::default(),
+            ),
+            background: Arc::new(background.clone()),
+            tokenizer: Arc::new(metis_tokenizer::Tiktoken),
+            trace: Arc::new(crate::telemetry::OtelTraceContext {
+                exporting: crate::telemetry::exporting(),
+            }),
+            limiter: crate::admission::limiter(&args, shared_limits),
+        }));
+        core.set_alerts(Arc::clone(&alerts));
 
         let tls = match listener::tls_paths(args.tls_cert.as_ref(), args.tls_key.as_ref())? {
             Some((cert, key)) => Some(listener::load_tls(&cert, &key)?),

@@ -245,8 +245,13 @@ async fn a_hanging_receiver_never_slows_requests_and_pending_deliveries_are_drop
         "no request waits on the webhook (its attempt timeout is 20 s): {took:?}"
     );
     // The failing endpoint gives up after its 2 attempts.
+    // (The requests above may have raised the 95 % alert too: more attempts then.)
     let failed = failing.wait_for(2, Duration::from_secs(15)).await;
-    assert_eq!(failed.len(), 2);
+    assert!(failed.len() >= 2, "{failed:?}");
+    assert_eq!(
+        failed[0].delivery, failed[1].delivery,
+        "the first alert's two attempts"
+    );
     assert!(failed.iter().all(|a| a.verified));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let stopping = Instant::now();

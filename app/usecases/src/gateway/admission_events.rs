@@ -130,13 +130,12 @@ impl GatewayCore {
             };
             let id = self.emit(&session, None, None, &payload);
             // The notice names the event it was recorded as (its delivery id).
-            self.alerts
-                .notify(metis_domain::alerts::AlertNotice::of_key_alert(
-                    id,
-                    self.clock.now_us(),
-                    key,
-                    a,
+            if let Some(alerts) = self.alerts.get() {
+                let now = self.clock.now_us();
+                alerts.notify(metis_domain::alerts::AlertNotice::of_key_alert(
+                    id, now, key, a,
                 ));
+            }
         }
         let Some(e) = exceeded else { return };
         self.metrics.quota_event(e.scope, "exceeded");
