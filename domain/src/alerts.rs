@@ -10,7 +10,7 @@
 //!   endpoint (receivers de-duplicate on it).
 //! - Field order is declaration order (receivers and audit exports see stable JSON).
 
-use crate::budgets::{ScopeKind, Window};
+use crate::budgets::{ScopeKind, Window, cap_name};
 use crate::events::{Actor, Payload, Sensitivity, types};
 use crate::keys::KeyRecord;
 use crate::spend::{Alert, KEY_MONTHLY};
@@ -84,9 +84,58 @@ pub fn severity_of(level_percent: u8) -> &'static str {
     }
 }
 
+/// One alert of any scope, as the spend rules raise it (the seam for multi-scope budgets:
+/// whatever raises an alert fills this in and calls [`AlertNotice::new`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Raised<'a> {
+    pub kind: ScopeKind,
+    /// The key id, user id, team id, customer id or org id.
+    pub scope_id: &'a str,
+    /// The spend account the cap is measured on (`budgets::scope_account`, or a key's
+    /// `account()`).
+    pub account: &'a str,
+    pub window: Window,
+    pub level_percent: u8,
+    pub limit_usd: f64,
+    pub current_usd: f64,
+}
+
 impl AlertNotice {
-    /// The notice of a key-cap alert (`key_daily` / `key_monthly`) raised by a request with
-    /// `key`, recorded as event `id` at `raised_at`.
+    /// The notice of `raised`, caused by a request with `key`, recorded as the `quota.alert`
+    /// event `id` at `raised_at`. Cap name, severity and window name follow from it.
+    #[must_use]
+    pub fn new(id: String, raised_at: Timestamp, key: &KeyRecord, raised: &Raised<'_>) -> Self {
+        let ratio = if raised.limit_usd > 0.0 {
+            raised.current_usd / raised.limit_usd
+        } else {
+            0.0
+        };
+        AlertNotice {
+            id,
+            kind: NOTICE_TYPE,
+            raised_at: format_iso(raised_at),
+            cap: cap_name(raised.kind, raised.window),
+            scope: NoticeScope {
+                kind: raised.kind,
+                id: raised.scope_id.to_owned(),
+                account: raised.account.to_owned(),
+            },
+            window: window_name(raised.window),
+            level_percent: raised.level_percent,
+            severity: severity_of(raised.level_percent),
+            limit_usd: usd(raised.limit_usd),
+            current_usd: usd(raised.current_usd),
+            ratio: (ratio * 10_000.0).round() / 10_000.0,
+            gateway_key_id: Some(key.key_id.clone()),
+            user_id: key.user_id.clone(),
+            team_id: key.team_id.clone(),
+            customer_id: key.customer_id.clone(),
+            org_id: key.org_id.clone(),
+        }
+    }
+
+    /// The notice of a key-cap alert as raised today (`key_daily` / `key_monthly`, 80 %
+    /// `warning` or 95 % `critical`).
     #[must_use]
     pub fn of_key_alert(id: String, raised_at: Timestamp, key: &KeyRecord, a: &Alert) -> Self {
         let window = if a.scope == KEY_MONTHLY {
@@ -95,28 +144,20 @@ impl AlertNotice {
             Window::Day
         };
         let level_percent = if a.severity == "critical" { 95 } else { 80 };
-        AlertNotice {
+        AlertNotice::new(
             id,
-            kind: NOTICE_TYPE,
-            raised_at: format_iso(raised_at),
-            cap: a.scope,
-            scope: NoticeScope {
+            raised_at,
+            key,
+            &Raised {
                 kind: ScopeKind::Key,
-                id: key.key_id.clone(),
-                account: key.account().to_owned(),
+                scope_id: &key.key_id,
+                account: key.account(),
+                window,
+                level_percent,
+                limit_usd: a.limit_usd,
+                current_usd: a.current_usd,
             },
-            window: window_name(window),
-            level_percent,
-            severity: a.severity,
-            limit_usd: usd(a.limit_usd),
-            current_usd: usd(a.current_usd),
-            ratio: (a.ratio * 10_000.0).round() / 10_000.0,
-            gateway_key_id: Some(key.key_id.clone()),
-            user_id: key.user_id.clone(),
-            team_id: key.team_id.clone(),
-            customer_id: key.customer_id.clone(),
-            org_id: key.org_id.clone(),
-        }
+        )
     }
 }
 
@@ -236,6 +277,30 @@ mod tests {
         assert_eq!(v["team_id"], "platform");
         assert_eq!(v["org_id"], serde_json::Value::Null);
         assert_eq!(v["raised_at"], "1970-01-01T00:00:01+00:00");
+        assert_eq!(v["ratio"], 0.96);
+    }
+
+    #[test]
+    fn a_team_alert_names_its_scope_cap_and_severity() {
+        let n = AlertNotice::new(
+            "01T".into(),
+            0,
+            &key(),
+            &Raised {
+                kind: ScopeKind::Team,
+                scope_id: "platform",
+                account: "team:platform",
+                window: Window::Month,
+                level_percent: 100,
+                limit_usd: 500.0,
+                current_usd: 500.25,
+            },
+        );
+        assert_eq!(n.cap, "team_monthly");
+        assert_eq!(n.severity, "exhausted");
+        assert_eq!(n.scope.account, "team:platform");
+        assert_eq!(n.current_usd, "500.25");
+        assert_eq!(n.gateway_key_id.as_deref(), Some("gk_a"));
     }
 
     #[test]
