@@ -635,8 +635,12 @@ impl App {
             tracing::warn!(error = %e, "rescue server failed");
         }
         watcher.abort();
-        self.background.drain(Duration::from_secs(5)).await;
-        crate::alerts::drain(self.alerts.as_ref()).await;
+        // Side by side, so the alert deliveries add no time to the shutdown budget
+        // (terminationGracePeriodSeconds = preStop + grace + 10 s in the chart).
+        tokio::join!(
+            self.background.drain(Duration::from_secs(5)),
+            crate::alerts::drain(self.alerts.as_ref())
+        );
         self.spend.flush().await;
         let stats = self.trace.shutdown().await;
         tracing::info!(
