@@ -96,7 +96,9 @@ async fn an_alert_is_delivered_signed_after_failures_and_the_outcome_is_audited(
         SECRET,
         vec![
             Answer::Status(500),
-            Answer::Hang(Duration::from_secs(5)),
+            // Past the 2 s attempt timeout (2 s, not less: on a loaded machine the attempts
+            // that should count may take a while to be answered).
+            Answer::Hang(Duration::from_secs(8)),
             Answer::RetryAfter(503, 2),
         ],
     )
@@ -112,7 +114,7 @@ async fn an_alert_is_delivered_signed_after_failures_and_the_outcome_is_audited(
         ],
         &[
             "--alert-webhook-timeout",
-            "1s",
+            "2s",
             "--alert-webhook-max-attempts",
             "5",
         ],
