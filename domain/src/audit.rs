@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use crate::events::Event;
 
 /// Event types retained forever and chained.
-pub const AUDIT_TYPES: [&str; 13] = [
+pub const AUDIT_TYPES: [&str; 15] = [
     "gateway.key_issued",
     "gateway.key_revoked",
     "gateway.key_rotated",
@@ -21,6 +21,8 @@ pub const AUDIT_TYPES: [&str; 13] = [
     "gateway.auth_failed",
     "gateway.quota_exceeded",
     "quota.alert",
+    "quota.alert_delivered",
+    "quota.alert_undelivered",
     "gateway.key_leak_suspected",
     "gateway.rate_limited",
     "trace.swept",

@@ -82,6 +82,10 @@ pub mod types {
     pub const GATEWAY_KEY_EXPIRED: &str = "gateway.key_expired";
     pub const GATEWAY_QUOTA_EXCEEDED: &str = "gateway.quota_exceeded";
     pub const QUOTA_ALERT: &str = "quota.alert";
+    /// A budget alert reached a webhook endpoint (`metis_domain::alerts`).
+    pub const QUOTA_ALERT_DELIVERED: &str = "quota.alert_delivered";
+    /// A budget alert did not reach a webhook endpoint: given up, rejected or dropped.
+    pub const QUOTA_ALERT_UNDELIVERED: &str = "quota.alert_undelivered";
     pub const GATEWAY_RATE_LIMITED: &str = "gateway.rate_limited";
     pub const GATEWAY_KEY_LEAK_SUSPECTED: &str = "gateway.key_leak_suspected";
 }

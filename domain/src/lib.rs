@@ -5,6 +5,7 @@
 //! The dependency rule is enforced by `tests/tests/suite/architecture.rs`.
 
 pub mod admin;
+pub mod alerts;
 pub mod anthropic;
 pub mod audit;
 pub mod backup;

@@ -11,6 +11,8 @@
 //!   storage port) and its backends (SQLite, redb, in-memory fakes).
 //! - [`oidc_issuer`]: a local OpenID Connect issuer (discovery, JWKS, key rotation, token
 //!   minting, auto-approving code + PKCE login), also served by the `fake-oidc` binary.
+//! - [`webhook_receiver`]: a budget-alert webhook receiver that fails, hangs, honours a
+//!   script of answers and verifies signatures.
 //! - [`certs`]: a CA and a server certificate generated at run time for TLS tests.
 
 pub mod certs;
@@ -19,6 +21,7 @@ pub mod fake_upstream;
 pub mod gateway;
 pub mod oidc_issuer;
 pub mod process;
+pub mod webhook_receiver;
 
 pub use fake_upstream::{FakeUpstream, RecordedRequest, SseEvent, parse_sse};
 pub use gateway::{Combo, GatewayOptions, KeySpec, Reply, Shape, TestGateway};

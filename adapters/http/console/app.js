@@ -10,7 +10,8 @@
   const AUDIT_TYPES = [
     'gateway.key_issued', 'gateway.key_revoked', 'gateway.key_rotated', 'gateway.key_expired',
     'gateway.auth_failed',
-    'gateway.quota_exceeded', 'quota.alert', 'gateway.key_leak_suspected', 'gateway.rate_limited',
+    'gateway.quota_exceeded', 'quota.alert', 'quota.alert_delivered', 'quota.alert_undelivered',
+    'gateway.key_leak_suspected', 'gateway.rate_limited',
     'trace.swept', 'routing.policy_invalid', 'pattern.evicted', 'memory.eviction',
   ];
   const SVG_NS = 'http://www.w3.org/2000/svg';

@@ -10,6 +10,7 @@
 //! - Series are kept in sorted maps so the output is deterministic and diffable.
 //! - Recording takes one short mutex per family (no allocation when the series exists).
 
+mod alerts;
 mod budget;
 mod exposition;
 mod process;
@@ -58,6 +59,8 @@ pub struct Prometheus {
     connections: AtomicI64,
     connection_limit: AtomicI64,
     inflight_body_bytes: AtomicI64,
+    /// Budget alerts and their webhook deliveries (the `AlertMetrics` port).
+    alerts: alerts::AlertSeries,
 }
 
 impl Default for Prometheus {
@@ -94,6 +97,7 @@ impl Prometheus {
             connections: AtomicI64::default(),
             connection_limit: AtomicI64::default(),
             inflight_body_bytes: AtomicI64::default(),
+            alerts: alerts::AlertSeries::default(),
         }
     }
 
@@ -310,6 +314,7 @@ impl Metrics for Prometheus {
             "Decisions taken while a spend or rate-limit store shared by replicas did not answer, by step and decision: spend/refused (a capped key, --spend-outage fail-closed), spend/local (fail-open: decided on this process's last known balance), spend_settlement/deferred|replayed|dropped (settlements kept for the store, replayed into it, or dropped from a full backlog), rate_limit/local (per-key limit decided on this process's buckets).",
             &self.admission_outage,
         );
+        self.alerts.render(&mut out);
         counter(
             &mut out,
             "metis_gateway_key_leak_suspected_total",

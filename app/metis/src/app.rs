@@ -76,6 +76,8 @@ pub struct App {
     tls_in_process: bool,
     connections: Arc<listener::Connections>,
     background: TokioBackground,
+    /// Budget alerts on their way to webhooks (drained at shutdown, before the trace flush).
+    alerts: Arc<dyn metis_ports::alerts::AlertNotifier>,
 }
 
 impl std::fmt::Debug for App {
@@ -350,6 +352,13 @@ impl App {
             }
             _ => None,
         };
+        let alerts = crate::alerts::notifier(
+            &args.alerts,
+            Arc::clone(&sink),
+            Arc::clone(&clock),
+            Arc::clone(&ids),
+            Arc::clone(&prometheus) as Arc<dyn metis_ports::alerts::AlertMetrics>,
+        )?;
         let core = Arc::new(GatewayCore::new(CoreParts {
             keys: ring,
             sink,
@@ -376,6 +385,7 @@ impl App {
             }),
             limiter: crate::admission::limiter(&args, shared_limits),
         }));
+        core.set_alerts(Arc::clone(&alerts));
 
         let tls = match listener::tls_paths(args.tls_cert.as_ref(), args.tls_key.as_ref())? {
             Some((cert, key)) => Some(listener::load_tls(&cert, &key)?),
@@ -442,6 +452,7 @@ impl App {
             rate_limit: args.rate_limit,
             connections,
             background,
+            alerts,
             tls_in_process: scheme == "https",
         })
     }
@@ -624,7 +635,12 @@ impl App {
             tracing::warn!(error = %e, "rescue server failed");
         }
         watcher.abort();
-        self.background.drain(Duration::from_secs(5)).await;
+        // Side by side, so the alert deliveries add no time to the shutdown budget
+        // (terminationGracePeriodSeconds = preStop + grace + 10 s in the chart).
+        tokio::join!(
+            self.background.drain(Duration::from_secs(5)),
+            crate::alerts::drain(self.alerts.as_ref())
+        );
         self.spend.flush().await;
         let stats = self.trace.shutdown().await;
         tracing::info!(

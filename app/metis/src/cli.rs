@@ -409,6 +409,65 @@ pub struct ServeArgs {
     pub oidc: OidcArgs,
     #[command(flatten)]
     pub metrics: MetricsArgs,
+    #[command(flatten)]
+    pub alerts: AlertArgs,
+}
+
+/// Budget alerts posted to webhooks (README "Budget alerts"): signed JSON, retried with
+/// back-off, never delaying a request.
+#[derive(Clone, Args)]
+pub struct AlertArgs {
+    /// A URL every budget alert is POSTed to (repeatable; env is comma-separated). https://,
+    /// or http:// on a loopback host (see `--alert-webhook-allow-http`). Logs and audit
+    /// events name it `#<n> scheme://host[:port]` only (paths and queries often hold tokens).
+    #[arg(
+        long = "alert-webhook",
+        env = "METIS_GATEWAY_ALERT_WEBHOOK",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub alert_webhook: Vec<String>,
+    /// The HMAC-SHA256 key of `X-Metis-Signature` (at least 16 bytes; required with
+    /// `--alert-webhook`). Prefer the env var: flags show in `ps`.
+    #[arg(
+        long,
+        env = "METIS_GATEWAY_ALERT_WEBHOOK_SECRET",
+        hide_env_values = true
+    )]
+    pub alert_webhook_secret: Option<String>,
+    /// Per attempt: connect, send and the receiver's answer head (`500ms`, `10s`).
+    #[arg(long, env = "METIS_GATEWAY_ALERT_WEBHOOK_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub alert_webhook_timeout: Duration,
+    /// Attempts per alert and endpoint, the first included; then the alert is given up
+    /// (`quota.alert_undelivered`, reason `gave_up`).
+    #[arg(long, env = "METIS_GATEWAY_ALERT_WEBHOOK_MAX_ATTEMPTS", default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub alert_webhook_max_attempts: u32,
+    /// Accept http:// webhook URLs on non-loopback hosts (alerts then cross the network
+    /// unencrypted; the signature still proves who sent them).
+    #[arg(long, env = "METIS_GATEWAY_ALERT_WEBHOOK_ALLOW_HTTP")]
+    pub alert_webhook_allow_http: bool,
+}
+
+/// Neither the URLs (they may hold tokens) nor the secret are printed.
+impl std::fmt::Debug for AlertArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AlertArgs")
+            .field(
+                "alert_webhook",
+                &format!("{} URL(s)", self.alert_webhook.len()),
+            )
+            .field(
+                "alert_webhook_secret",
+                &self.alert_webhook_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("alert_webhook_timeout", &self.alert_webhook_timeout)
+            .field(
+                "alert_webhook_max_attempts",
+                &self.alert_webhook_max_attempts,
+            )
+            .field("alert_webhook_allow_http", &self.alert_webhook_allow_http)
+            .finish()
+    }
 }
 
 /// Admin identities from an OpenID Connect issuer (README "Admin identities"). With
@@ -565,6 +624,33 @@ fn parse_commit_deadline(raw: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn alert_webhook_flags_parse_and_print_no_url_or_secret() {
+        let a = ServeArgs::try_parse_from([
+            "gateway",
+            "--alert-webhook",
+            "https://hooks.example.com/T0/SECRETPATH",
+            "--alert-webhook",
+            "http://127.0.0.1:9000/x",
+            "--alert-webhook-secret",
+            "topsecret-0123456789",
+            "--alert-webhook-timeout",
+            "500ms",
+        ])
+        .unwrap();
+        assert_eq!(a.alerts.alert_webhook.len(), 2);
+        assert_eq!(a.alerts.alert_webhook_timeout, Duration::from_millis(500));
+        assert_eq!(a.alerts.alert_webhook_max_attempts, 6);
+        let shown = format!("{a:?}");
+        assert!(
+            !shown.contains("SECRETPATH") && !shown.contains("topsecret"),
+            "{shown}"
+        );
+        assert!(
+            ServeArgs::try_parse_from(["gateway", "--alert-webhook-max-attempts", "0"]).is_err()
+        );
+    }
 
     #[test]
     fn console_public_url_is_a_bare_origin() {

@@ -6,6 +6,7 @@
 
 pub mod admin_identity;
 pub mod admission;
+pub mod alerts;
 pub mod app;
 pub mod audit_cli;
 pub mod background;

@@ -66,6 +66,8 @@ pub struct GatewayCore {
     quota_sampler: Mutex<std::collections::HashMap<String, (i64, u64)>>,
     draining: AtomicBool,
     warned_unpriced: Mutex<HashSet<String>>,
+    /// Where raised budget alerts go (webhooks); nowhere until [`GatewayCore::set_alerts`].
+    alerts: std::sync::OnceLock<Arc<dyn metis_ports::alerts::AlertNotifier>>,
 }
 
 /// Construction parameters of [`GatewayCore`].
@@ -115,7 +117,14 @@ impl GatewayCore {
             quota_sampler: Mutex::new(std::collections::HashMap::new()),
             draining: AtomicBool::new(false),
             warned_unpriced: Mutex::new(HashSet::new()),
+            alerts: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Hand every raised budget alert to `alerts` (after it is recorded as `quota.alert`).
+    /// Wiring, once: a second call is ignored.
+    pub fn set_alerts(&self, alerts: Arc<dyn metis_ports::alerts::AlertNotifier>) {
+        let _ = self.alerts.set(alerts);
     }
 
     /// Names of the registered providers.

@@ -4,6 +4,7 @@
 //! `app/metis` supplies the adapters.
 
 pub mod admin;
+pub mod alerts;
 pub mod gateway;
 pub mod key_admin;
 pub mod keys;

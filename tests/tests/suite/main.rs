@@ -11,6 +11,7 @@ mod admin_api;
 mod admin_console_api;
 mod admin_oidc;
 mod admission_contract;
+mod alert_webhooks;
 mod architecture;
 mod console;
 mod console_oidc;

@@ -128,7 +128,14 @@ impl GatewayCore {
                 user_id: key.user_id.clone(),
                 team_id: key.team_id.clone(),
             };
-            self.emit(&session, None, None, &payload);
+            let id = self.emit(&session, None, None, &payload);
+            // The notice names the event it was recorded as (its delivery id).
+            if let Some(alerts) = self.alerts.get() {
+                let now = self.clock.now_us();
+                alerts.notify(metis_domain::alerts::AlertNotice::of_key_alert(
+                    id, now, key, a,
+                ));
+            }
         }
         let Some(e) = exceeded else { return };
         self.metrics.quota_event(e.scope, "exceeded");
