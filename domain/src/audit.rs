@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use crate::events::Event;
 
 /// Event types retained forever and chained.
-pub const AUDIT_TYPES: [&str; 13] = [
+pub const AUDIT_TYPES: [&str; 17] = [
     "gateway.key_issued",
     "gateway.key_revoked",
     "gateway.key_rotated",
@@ -27,6 +27,10 @@ pub const AUDIT_TYPES: [&str; 13] = [
     "routing.policy_invalid",
     "pattern.evicted",
     "memory.eviction",
+    "gateway.budget_set",
+    "gateway.budget_deleted",
+    "gateway.model_group_set",
+    "gateway.model_group_deleted",
 ];
 
 /// The `prev_hash` of the first audit event.

@@ -84,6 +84,10 @@ pub mod types {
     pub const QUOTA_ALERT: &str = "quota.alert";
     pub const GATEWAY_RATE_LIMITED: &str = "gateway.rate_limited";
     pub const GATEWAY_KEY_LEAK_SUSPECTED: &str = "gateway.key_leak_suspected";
+    pub const GATEWAY_BUDGET_SET: &str = "gateway.budget_set";
+    pub const GATEWAY_BUDGET_DELETED: &str = "gateway.budget_deleted";
+    pub const GATEWAY_MODEL_GROUP_SET: &str = "gateway.model_group_set";
+    pub const GATEWAY_MODEL_GROUP_DELETED: &str = "gateway.model_group_deleted";
 }
 
 /// Who recorded a key lifecycle event (`source` of `gateway.key_issued`, `key_revoked`,
@@ -302,6 +306,79 @@ impl KeyIssued {
 
 impl Payload for KeyIssued {
     const TYPE: &'static str = types::GATEWAY_KEY_ISSUED;
+    const ACTOR: Actor = Actor::System;
+    const SENSITIVITY: Sensitivity = Sensitivity::Pseudonymous;
+}
+
+/// A budget of a user, team, customer or organisation was created or replaced.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct BudgetSet {
+    /// The budget as stored (scope, id, caps, tpm, alert levels, allow-list, `updated_at`).
+    pub budget: crate::budgets::BudgetPolicy,
+    /// The budget it replaced; absent when the scope had none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous: Option<crate::budgets::BudgetPolicy>,
+    /// Who recorded the change: [`key_sources::CLI`] or [`key_sources::ADMIN_API`].
+    pub source: &'static str,
+    /// The admin who made the change through the admin API; absent for the CLI.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin: Option<AdminIdentity>,
+}
+
+impl Payload for BudgetSet {
+    const TYPE: &'static str = types::GATEWAY_BUDGET_SET;
+    const ACTOR: Actor = Actor::System;
+    const SENSITIVITY: Sensitivity = Sensitivity::Pseudonymous;
+}
+
+/// A budget was deleted (the scope's keys are limited by their own caps only).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct BudgetDeleted {
+    /// The budget as it was.
+    pub budget: crate::budgets::BudgetPolicy,
+    pub source: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin: Option<AdminIdentity>,
+}
+
+impl Payload for BudgetDeleted {
+    const TYPE: &'static str = types::GATEWAY_BUDGET_DELETED;
+    const ACTOR: Actor = Actor::System;
+    const SENSITIVITY: Sensitivity = Sensitivity::Pseudonymous;
+}
+
+/// A model group was created or its members replaced.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ModelGroupSet {
+    pub name: String,
+    pub models: Vec<String>,
+    /// The members before; absent when the group is new.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_models: Option<Vec<String>>,
+    pub source: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin: Option<AdminIdentity>,
+}
+
+impl Payload for ModelGroupSet {
+    const TYPE: &'static str = types::GATEWAY_MODEL_GROUP_SET;
+    const ACTOR: Actor = Actor::System;
+    const SENSITIVITY: Sensitivity = Sensitivity::Pseudonymous;
+}
+
+/// A model group was deleted: `group:NAME` entries now allow nothing.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ModelGroupDeleted {
+    pub name: String,
+    /// Its members when deleted.
+    pub models: Vec<String>,
+    pub source: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin: Option<AdminIdentity>,
+}
+
+impl Payload for ModelGroupDeleted {
+    const TYPE: &'static str = types::GATEWAY_MODEL_GROUP_DELETED;
     const ACTOR: Actor = Actor::System;
     const SENSITIVITY: Sensitivity = Sensitivity::Pseudonymous;
 }

@@ -206,6 +206,11 @@ pub fn key_json(k: &KeyView) -> serde_json::Value {
         "grace_period_until": r.grace_period_until,
         "expires_at": r.expires_at,
         "customer_tier": r.customer_tier,
+        "customer_id": r.customer_id,
+        "org_id": r.org_id,
+        "weekly_cap_usd": r.weekly_cap_usd,
+        "tpm": r.tpm,
+        "alert_at": r.alert_at,
     })
 }
 

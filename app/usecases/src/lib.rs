@@ -11,6 +11,7 @@ pub mod limits;
 pub mod live;
 pub mod ops;
 pub mod patterns;
+mod policy_admin;
 mod recorder;
 pub mod spend;
 pub mod storage;
