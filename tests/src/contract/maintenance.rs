@@ -316,6 +316,28 @@ async fn round_trip(a: &dyn Backend, b: &dyn Backend, with_patterns: bool) {
     let ((from, db), (to, _)) = (port(a), port(b));
     assert_ne!(from.name(), to.name(), "two different backends");
     fill(from.as_ref(), &db, 50, 1_000).await;
+    // Budgets and model groups travel with the keys.
+    from.key_store(&db)
+        .update_policies(Box::new(|p| {
+            p.model_groups.push(metis_domain::model_groups::ModelGroup {
+                name: "cheap".into(),
+                models: vec!["anthropic:claude-haiku-4-5".into()],
+            });
+            p.budgets.push(metis_domain::budgets::BudgetPolicy {
+                scope: metis_domain::budgets::ScopeKind::Team,
+                id: "platform".into(),
+                daily_usd: None,
+                weekly_usd: Some("20".into()),
+                monthly_usd: Some("100".into()),
+                tpm: Some(1000),
+                alert_at: Some(vec![50]),
+                allowed_models: Some(vec!["group:cheap".into()]),
+                updated_at: None,
+            });
+            Ok(())
+        }))
+        .await
+        .expect("policies");
     let ws = a.workspace("copied");
     let place = PatternPlace::InWorkspace;
     if with_patterns {
@@ -357,6 +379,15 @@ async fn round_trip(a: &dyn Backend, b: &dyn Backend, with_patterns: bool) {
         counts(from.as_ref(), &db),
         "equal counts on the other backend"
     );
+    let policies = |backend: &Arc<dyn StorageBackend>, path: &Path| {
+        backend
+            .open_reader(path)
+            .expect("reader")
+            .policies()
+            .expect("policies")
+    };
+    assert_eq!(policies(&to, &there), policies(&from, &db));
+    assert_eq!(policies(&to, &there).budgets.len(), 1);
     assert!(
         copy_store(
             side(&from, &db),
@@ -402,6 +433,7 @@ async fn round_trip(a: &dyn Backend, b: &dyn Backend, with_patterns: bool) {
             r.events_page(None, 1_000).expect("events"),
             r.sessions(None, 100).expect("sessions"),
             r.keys().expect("keys"),
+            r.policies().expect("policies"),
         )
     };
     assert!(

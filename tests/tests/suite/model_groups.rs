@@ -2,7 +2,7 @@
 //! key allowed `group:cheap` may use a model added to the group by another process (the CLI)
 //! within 2 s, with no key edited; a team budget's allow-list limits every key of the team
 //! (the 403 names the team); an unknown group is refused when a key or budget names it. On
-//! the JSON key file and on `--keystore store` (SQLite).
+//! the JSON key file, on `--keystore store` (SQLite) and on PostgreSQL.
 //!
 //! Needs `target/debug/metis` (`cargo build --workspace --bins`).
 #![expect(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
@@ -194,6 +194,22 @@ async fn model_groups_on_the_json_key_file_reach_a_running_gateway() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn model_groups_on_the_sqlite_store_reach_a_running_gateway() {
     groups_and_team_lists_reach_a_running_gateway(&["--keystore", "store"]).await;
+}
+
+/// The same on PostgreSQL (`--store postgres --keystore store`, a fresh database of the
+/// server named by `METIS_TEST_DATABASE_URL`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_groups_on_postgres_reach_a_running_gateway() {
+    let db = metis_storage_postgres::ScratchDatabase::from_env().unwrap();
+    groups_and_team_lists_reach_a_running_gateway(&[
+        "--store",
+        "postgres",
+        "--database-url",
+        db.url(),
+        "--keystore",
+        "store",
+    ])
+    .await;
 }
 
 const ADMIN: &str = "model-groups-admin-token-42";
