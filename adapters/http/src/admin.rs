@@ -455,7 +455,8 @@ pub struct BudgetBody {
     #[oai(nullable)]
     alert_at: Option<Vec<u8>>,
     /// Models (ids, aliases, `group:NAME` of an existing group) every key of the scope is
-    /// limited to, on top of each key's own list; null = no limit at this level.
+    /// limited to, on top of each key's own list; absent, null or empty = no limit at this
+    /// level.
     #[oai(nullable, validator(pattern = r"\S"))]
     allowed_models: Option<Vec<Text>>,
 }
@@ -834,6 +835,7 @@ impl AdminApi {
             alert_at: b.alert_at,
             allowed_models: b
                 .allowed_models
+                .filter(|l| !l.is_empty())
                 .map(|l| l.into_iter().map(|m| m.0.trim().to_owned()).collect()),
             updated_at: None,
         };

@@ -54,20 +54,11 @@ fn put<T>(slot: &Arc<Mutex<Outcome<T>>>, before: Option<T>, after: Option<T>) {
     }
 }
 
+/// An edit refused by its own check (an unknown group) is the caller's input; everything
+/// else is the store's (the input itself is validated before the edit runs).
 fn store_err(e: KeyStoreError) -> AdminError {
     match e {
         KeyStoreError::Rejected { message } => AdminError::Invalid(message),
-        // A policy that fails validation is the caller's input (a store's own data fails on
-        // load, before any edit runs).
-        KeyStoreError::Corrupt { message, .. }
-            if message.starts_with("refusing to store invalid policies: ") =>
-        {
-            AdminError::Invalid(
-                message
-                    .trim_start_matches("refusing to store invalid policies: ")
-                    .to_owned(),
-            )
-        }
         other => AdminError::Store(other),
     }
 }
@@ -112,7 +103,13 @@ impl KeyAdmin {
             return Ok(());
         }
         let policies = self.policies().await?;
-        unknown_groups("--allow-model", allow, &policies.model_groups).map_err(AdminError::Invalid)
+        // Named as the caller knows the field: the CLI flag or the admin API's field.
+        let field = if self.source == metis_domain::events::key_sources::ADMIN_API {
+            "allowed_models"
+        } else {
+            "--allow-model"
+        };
+        unknown_groups(field, allow, &policies.model_groups).map_err(AdminError::Invalid)
     }
 
     /// Create or replace the budget of `budget.scope`/`budget.id` (every field as given;
