@@ -269,6 +269,18 @@ pub struct KeyIssued {
     pub daily_cap_usd: Option<String>,
     pub monthly_cap_usd: Option<String>,
     pub customer_tier: Option<String>,
+    /// Budget scope tags and the key's own weekly cap, token limit and alert levels; each
+    /// absent (not null) when unset, so payloads of keys without them stay byte-identical.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub customer_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub org_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weekly_cap_usd: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alert_at: Option<Vec<u8>>,
     /// When the key stops authenticating; absent (not null) for keys without expiry, so their
     /// payloads are byte-identical to the ones before key expiry existed.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -297,6 +309,11 @@ impl KeyIssued {
             daily_cap_usd: record.daily_cap_usd.clone(),
             monthly_cap_usd: record.monthly_cap_usd.clone(),
             customer_tier: record.customer_tier.clone(),
+            customer_id: record.customer_id.clone(),
+            org_id: record.org_id.clone(),
+            weekly_cap_usd: record.weekly_cap_usd.clone(),
+            tpm: record.tpm,
+            alert_at: record.alert_at.clone(),
             expires_at: record.expires_at.clone(),
             source,
             admin: None,

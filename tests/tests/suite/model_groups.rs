@@ -383,4 +383,27 @@ async fn the_admin_api_manages_budgets_and_model_groups() {
         assert_eq!(e["payload"]["admin"]["method"], "static_token", "{e}");
     }
     assert_eq!(audit["events"][1]["payload"]["budget"]["daily_usd"], "5");
+    // The key's issue event carries its new tags and limits.
+    let (_, issued) = admin(
+        &gw,
+        Method::GET,
+        "/admin/v1/audit?since=2020-01-01T00:00:00Z&type=gateway.key_issued",
+        None,
+    )
+    .await;
+    let ana = issued["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["payload"]["name"] == "ana")
+        .unwrap();
+    for (field, want) in [
+        ("org_id", json!("acme")),
+        ("customer_id", json!("bigco")),
+        ("weekly_cap_usd", json!("7")),
+        ("tpm", json!(500)),
+        ("alert_at", json!([50, 100])),
+    ] {
+        assert_eq!(ana["payload"][field], want, "{field}: {ana}");
+    }
 }
