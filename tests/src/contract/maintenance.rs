@@ -391,10 +391,7 @@ async fn round_trip(a: &dyn Backend, b: &dyn Backend, with_patterns: bool) {
         counts(from.as_ref(), &db),
         "equal counts on the other backend"
     );
-    assert_eq!(
-        policies(to.as_ref(), &there),
-        policies(from.as_ref(), &db)
-    );
+    assert_eq!(policies(to.as_ref(), &there), policies(from.as_ref(), &db));
     assert_eq!(policies(to.as_ref(), &there).budgets.len(), 1);
     assert!(
         copy_store(
