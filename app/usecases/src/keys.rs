@@ -427,7 +427,7 @@ impl KeySync {
         }
         for event in &due {
             match event {
-                KeyChangeEvent::Issued(p) => self.emit(now, p),
+                KeyChangeEvent::Issued(p) => self.emit(now, &**p),
                 KeyChangeEvent::Rotated(p) => self.emit(now, p),
                 KeyChangeEvent::Revoked(p) => self.emit(now, p),
                 KeyChangeEvent::Expired(p) => self.emit(now, p),
