@@ -13,11 +13,12 @@ use sha2::{Digest, Sha256};
 use crate::events::Event;
 
 /// Event types retained forever and chained.
-pub const AUDIT_TYPES: [&str; 17] = [
+pub const AUDIT_TYPES: [&str; 18] = [
     "gateway.key_issued",
     "gateway.key_revoked",
     "gateway.key_rotated",
     "gateway.key_expired",
+    "gateway.key_updated",
     "gateway.auth_failed",
     "gateway.quota_exceeded",
     "quota.alert",

@@ -80,6 +80,7 @@ pub mod types {
     pub const GATEWAY_KEY_REVOKED: &str = "gateway.key_revoked";
     pub const GATEWAY_KEY_ROTATED: &str = "gateway.key_rotated";
     pub const GATEWAY_KEY_EXPIRED: &str = "gateway.key_expired";
+    pub const GATEWAY_KEY_UPDATED: &str = "gateway.key_updated";
     pub const GATEWAY_QUOTA_EXCEEDED: &str = "gateway.quota_exceeded";
     pub const QUOTA_ALERT: &str = "quota.alert";
     pub const GATEWAY_RATE_LIMITED: &str = "gateway.rate_limited";
@@ -323,6 +324,55 @@ impl KeyIssued {
 
 impl Payload for KeyIssued {
     const TYPE: &'static str = types::GATEWAY_KEY_ISSUED;
+    const ACTOR: Actor = Actor::System;
+    const SENSITIVITY: Sensitivity = Sensitivity::Pseudonymous;
+}
+
+/// Settings of a key were changed (`update-key`, `PATCH /admin/v1/keys/{id}`).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct KeyUpdated {
+    pub gateway_key_id: String,
+    /// Each changed field of the stored record: `{"team_id": {"from": null, "to": "eng"}}`.
+    pub changes: serde_json::Map<String, serde_json::Value>,
+    pub source: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin: Option<AdminIdentity>,
+}
+
+impl KeyUpdated {
+    /// The fields that differ between two versions of a key record, as stored.
+    #[must_use]
+    pub fn diff(
+        before: &KeyRecord,
+        after: &KeyRecord,
+    ) -> serde_json::Map<String, serde_json::Value> {
+        let as_map = |r: &KeyRecord| match serde_json::to_value(r) {
+            Ok(serde_json::Value::Object(m)) => m,
+            _ => serde_json::Map::new(),
+        };
+        let (old, new) = (as_map(before), as_map(after));
+        let mut fields: Vec<&String> = old.keys().chain(new.keys()).collect();
+        fields.sort();
+        fields.dedup();
+        let mut out = serde_json::Map::new();
+        for f in fields {
+            let (from, to) = (old.get(f), new.get(f));
+            if from != to {
+                out.insert(
+                    f.clone(),
+                    serde_json::json!({
+                        "from": from.cloned().unwrap_or(serde_json::Value::Null),
+                        "to": to.cloned().unwrap_or(serde_json::Value::Null),
+                    }),
+                );
+            }
+        }
+        out
+    }
+}
+
+impl Payload for KeyUpdated {
+    const TYPE: &'static str = types::GATEWAY_KEY_UPDATED;
     const ACTOR: Actor = Actor::System;
     const SENSITIVITY: Sensitivity = Sensitivity::Pseudonymous;
 }

@@ -56,6 +56,43 @@ pub struct NewKey {
     pub expires_at: Option<String>,
 }
 
+/// A change to one setting of a key: keep it (`Keep`, the default), remove it, or set it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Change<T> {
+    #[default]
+    Keep,
+    Clear,
+    Set(T),
+}
+
+impl<T> Change<T> {
+    /// Apply to a stored optional setting.
+    pub fn apply(self, field: &mut Option<T>) {
+        match self {
+            Change::Keep => {}
+            Change::Clear => *field = None,
+            Change::Set(v) => *field = Some(v),
+        }
+    }
+}
+
+/// The settings of an existing key to change (`metis gateway update-key`, `PATCH
+/// /admin/v1/keys/{id}`); validated by the use case like an issue.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyChanges {
+    pub allowed_models: Change<Vec<String>>,
+    pub daily_cap_usd: Change<String>,
+    pub weekly_cap_usd: Change<String>,
+    pub monthly_cap_usd: Change<String>,
+    pub rpm: Change<u32>,
+    pub tpm: Change<u32>,
+    pub alert_at: Change<Vec<u8>>,
+    pub user: Change<String>,
+    pub team: Change<String>,
+    pub customer: Change<String>,
+    pub org: Change<String>,
+}
+
 /// A created key: its summary and the token, shown once.
 #[derive(Debug, Clone)]
 pub struct CreatedKey {
@@ -144,6 +181,17 @@ pub trait AdminService: Send + Sync {
         until_us: i64,
         types: Vec<String>,
     ) -> Result<Vec<EventRow>, AdminFailure>;
+    /// Change settings of an active key.
+    ///
+    /// # Errors
+    /// `Invalid` (naming the field or the unknown group), `NotFound`, `Conflict` (a revoked
+    /// key), `ReadOnly`, `Unavailable`.
+    async fn update_key(
+        &self,
+        key_id: &str,
+        changes: KeyChanges,
+        by: &AdminIdentity,
+    ) -> Result<KeySummary, AdminFailure>;
     /// Every budget with its scope's current spend.
     ///
     /// # Errors

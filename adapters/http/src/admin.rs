@@ -9,10 +9,13 @@ use metis_domain::admin::Role;
 use metis_domain::budgets::{BudgetPolicy, ScopeKind};
 use metis_domain::model_groups::ModelGroup;
 use metis_domain::time::{format_iso, parse_duration_secs as parse_grace, parse_iso};
-use metis_ports::admin::{AdminFailure, AdminService, BudgetSummary, KeySummary, NewKey};
+use metis_ports::admin::{
+    AdminFailure, AdminService, BudgetSummary, Change, KeyChanges, KeySummary, NewKey,
+};
 use metis_ports::trace::{EventRow, UsageGroup, UsageRow};
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
+use poem_openapi::types::MaybeUndefined;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use std::sync::Arc;
 
@@ -354,6 +357,85 @@ pub struct CreateKeyBody {
         )
     )]
     expires_at: Option<Text>,
+}
+
+/// Settings of a key to change: a field left out keeps its value, `null` removes it, a value
+/// replaces it.
+#[derive(Object)]
+pub struct UpdateKeyBody {
+    /// Models the key may use (ids, aliases, `group:NAME` of an existing group); null or
+    /// empty = every model.
+    #[oai(nullable, validator(pattern = r"\S"))]
+    allowed_models: MaybeUndefined<Vec<Text>>,
+    #[oai(
+        nullable,
+        validator(
+            pattern = r"^([0-9]{0,9}[1-9][0-9]{0,9}(\.[0-9]{1,6})?|[0-9]{0,9}\.[0-9]{0,5}[1-9][0-9]{0,5})$"
+        )
+    )]
+    daily_cap_usd: MaybeUndefined<Text>,
+    #[oai(
+        nullable,
+        validator(
+            pattern = r"^([0-9]{0,9}[1-9][0-9]{0,9}(\.[0-9]{1,6})?|[0-9]{0,9}\.[0-9]{0,5}[1-9][0-9]{0,5})$"
+        )
+    )]
+    weekly_cap_usd: MaybeUndefined<Text>,
+    #[oai(
+        nullable,
+        validator(
+            pattern = r"^([0-9]{0,9}[1-9][0-9]{0,9}(\.[0-9]{1,6})?|[0-9]{0,9}\.[0-9]{0,5}[1-9][0-9]{0,5})$"
+        )
+    )]
+    monthly_cap_usd: MaybeUndefined<Text>,
+    #[oai(
+        nullable,
+        validator(minimum(value = "1"), maximum(value = "4294967295"))
+    )]
+    rpm: MaybeUndefined<u32>,
+    #[oai(
+        nullable,
+        validator(minimum(value = "1"), maximum(value = "4294967295"))
+    )]
+    tpm: MaybeUndefined<u32>,
+    /// Alert levels in percent, strictly increasing, 1-100.
+    #[oai(nullable)]
+    alert_at: MaybeUndefined<Vec<u8>>,
+    #[oai(nullable, validator(pattern = "^[a-z0-9_-]{1,200}$"))]
+    user: MaybeUndefined<Text>,
+    #[oai(nullable, validator(pattern = "^[a-z0-9_-]{1,200}$"))]
+    team: MaybeUndefined<Text>,
+    #[oai(nullable, validator(pattern = "^[a-z0-9_-]{1,200}$"))]
+    customer: MaybeUndefined<Text>,
+    #[oai(nullable, validator(pattern = "^[a-z0-9_-]{1,200}$"))]
+    org: MaybeUndefined<Text>,
+}
+
+fn change<T, U>(v: MaybeUndefined<T>, f: impl FnOnce(T) -> U) -> Change<U> {
+    match v {
+        MaybeUndefined::Undefined => Change::Keep,
+        MaybeUndefined::Null => Change::Clear,
+        MaybeUndefined::Value(v) => Change::Set(f(v)),
+    }
+}
+
+impl UpdateKeyBody {
+    fn changes(self) -> KeyChanges {
+        let t = |t: Text| t.0;
+        KeyChanges {
+            allowed_models: change(self.allowed_models, |l| l.into_iter().map(t).collect()),
+            daily_cap_usd: change(self.daily_cap_usd, t),
+            weekly_cap_usd: change(self.weekly_cap_usd, t),
+            monthly_cap_usd: change(self.monthly_cap_usd, t),
+            rpm: change(self.rpm, |v| v),
+            tpm: change(self.tpm, |v| v),
+            alert_at: change(self.alert_at, |v| v),
+            user: change(self.user, t),
+            team: change(self.team, t),
+            customer: change(self.customer, t),
+            org: change(self.org, t),
+        }
+    }
 }
 
 /// A budget of a user, team, customer or organisation, with the scope's current spend.
@@ -747,6 +829,22 @@ impl AdminApi {
     async fn get_key(&self, auth: AdminAuth, key_id: Path<String>) -> AdminResult<KeyObject> {
         auth.require(Role::Viewer)?;
         Ok(Json(self.svc.get_key(&key_id.0).await?.into()))
+    }
+
+    /// Change settings of an active key (allow-list, caps, limits, alert levels, scope tags):
+    /// a field left out is kept, `null` removes it. In force in every running gateway within
+    /// 2 seconds; audited as `gateway.key_updated` with each changed field. Revoked or expired
+    /// keys cannot be updated (409). Role: operator.
+    #[oai(path = "/keys/:key_id", method = "patch", operation_id = "updateKey")]
+    async fn update_key(
+        &self,
+        auth: AdminAuth,
+        key_id: Path<String>,
+        body: Json<UpdateKeyBody>,
+    ) -> AdminResult<KeyObject> {
+        let by = auth.require(Role::Operator)?;
+        let k = self.svc.update_key(&key_id.0, body.0.changes(), by).await?;
+        Ok(Json(k.into()))
     }
 
     /// Revoke a key now (idempotent). A running gateway refuses it within 2 seconds. Role:

@@ -80,6 +80,9 @@ pub enum KeyCommand {
     /// Issue a successor inheriting the key's scope, caps, rpm, tags and spend; the old key
     /// stays valid until the grace period ends. Refuses revoked or lapsed keys.
     RotateKey(RotateKeyArgs),
+    /// Change settings of an active key (allow-list, caps, limits, alert levels, scope tags);
+    /// running gateways apply it within 2 s. Settings not named are kept.
+    UpdateKey(UpdateKeyArgs),
     /// Budgets of users, teams, customers and organisations: caps shared by every key with
     /// the tag, token limits, alert levels and model allow-lists.
     #[command(subcommand)]
@@ -87,6 +90,66 @@ pub enum KeyCommand {
     /// Named sets of models that allow-lists name as `group:NAME`.
     #[command(subcommand)]
     ModelGroup(ModelGroupCommand),
+}
+
+/// A key setting `update-key --clear` removes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KeySetting {
+    AllowModel,
+    DailyCapUsd,
+    WeeklyCapUsd,
+    MonthlyCapUsd,
+    Rpm,
+    Tpm,
+    AlertAt,
+    User,
+    Team,
+    Customer,
+    Org,
+}
+
+#[derive(Debug, Args)]
+pub struct UpdateKeyArgs {
+    /// The key id (`gk_…`).
+    pub key_id: String,
+    /// Replace the allow-list with these models (ids, aliases, `group:NAME`); repeatable.
+    #[arg(long = "allow-model")]
+    pub allow_model: Vec<String>,
+    /// Daily spend cap in USD (> 0).
+    #[arg(long, allow_hyphen_values = true)]
+    pub daily_cap_usd: Option<String>,
+    /// Weekly spend cap in USD (> 0).
+    #[arg(long, allow_hyphen_values = true)]
+    pub weekly_cap_usd: Option<String>,
+    /// Monthly spend cap in USD (> 0).
+    #[arg(long, allow_hyphen_values = true)]
+    pub monthly_cap_usd: Option<String>,
+    /// Requests per minute.
+    #[arg(long)]
+    pub rpm: Option<u32>,
+    /// Tokens (input + output) per minute.
+    #[arg(long)]
+    pub tpm: Option<u32>,
+    /// Alert levels in percent, increasing.
+    #[arg(long, value_delimiter = ',')]
+    pub alert_at: Vec<u8>,
+    /// User tag.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Team tag.
+    #[arg(long)]
+    pub team: Option<String>,
+    /// Customer tag.
+    #[arg(long)]
+    pub customer: Option<String>,
+    /// Organisation tag.
+    #[arg(long)]
+    pub org: Option<String>,
+    /// Remove these settings (comma-separated), e.g. `--clear team,daily-cap-usd`.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub clear: Vec<KeySetting>,
+    #[command(flatten)]
+    pub storage: StorageArgs,
 }
 
 /// `metis gateway budget …`.

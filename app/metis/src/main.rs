@@ -92,6 +92,17 @@ async fn gateway(cmd: GatewayCmd) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Some(KeyCommand::UpdateKey(args)) => {
+            let paths = Paths::resolve(&args.storage.or(&cmd.serve.storage))?;
+            let (key_id, changes) = keys_cli::key_changes(args)?;
+            let view = keys_cli::update(&paths, &key_id, changes).await?;
+            writeln!(
+                std::io::stdout().lock(),
+                "{}",
+                serde_json::to_string_pretty(&keys_cli::key_json(&view))?
+            )?;
+            Ok(())
+        }
         Some(KeyCommand::Budget(c)) => {
             metis::budgets_cli::budget(c, &cmd.serve.storage, &mut std::io::stdout().lock()).await
         }

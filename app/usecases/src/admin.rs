@@ -16,8 +16,8 @@ use metis_domain::budgets::{BudgetPolicy, ScopeKind, scope_account};
 use metis_domain::keys::RotationExpiry;
 use metis_domain::model_groups::ModelGroup;
 use metis_ports::admin::{
-    AdminFailure, AdminService, BudgetSummary, CreatedKey, KeySummary, NewKey, RevokeResult,
-    RotateResult,
+    AdminFailure, AdminService, BudgetSummary, CreatedKey, KeyChanges, KeySummary, NewKey,
+    RevokeResult, RotateResult,
 };
 use metis_ports::keys::KeyStoreError;
 use metis_ports::system::Clock;
@@ -190,6 +190,20 @@ impl AdminService for AdminFacade {
             new_token: r.successor.token,
             grace_period_until: r.grace_period_until,
         })
+    }
+
+    async fn update_key(
+        &self,
+        key_id: &str,
+        changes: KeyChanges,
+        by: &AdminIdentity,
+    ) -> Result<KeySummary, AdminFailure> {
+        let v = self
+            .keys
+            .update_key(key_id, changes, Some(by))
+            .await
+            .map_err(failure)?;
+        Ok(self.summary(v).await)
     }
 
     async fn list_budgets(&self) -> Result<Vec<BudgetSummary>, AdminFailure> {

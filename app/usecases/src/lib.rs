@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod gateway;
 pub mod key_admin;
+mod key_update;
 pub mod keys;
 pub mod limits;
 pub mod live;

@@ -573,3 +573,99 @@ async fn policy_changes_are_in_force_at_once_audited_once_and_errors_name_the_pr
         ]
     );
 }
+
+/// `update_key` changes only what it is asked to, writes and audits nothing for a no-op,
+/// refuses a revoked key (conflict) and an invalid value (naming the field), and the change
+/// is in force in the gateway's ring before it returns.
+#[tokio::test]
+async fn a_key_update_changes_what_it_names_and_refuses_revoked_keys() {
+    use metis_ports::admin::{Change, KeyChanges};
+    use metis_usecases::AdminError;
+    let w = World::new();
+    let issued = w.laptop_cli().issue(&req("first")).await.unwrap();
+    let id = issued.record.key_id.clone();
+    let (sync, db) = w.gateway().await;
+    let admin = w.gateway_admin(&sync, &db, "admin_api");
+    let v = admin
+        .update_key(
+            &id,
+            KeyChanges {
+                team: Change::Set("eng".into()),
+                tpm: Change::Set(100),
+                ..KeyChanges::default()
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(v.record.team_id.as_deref(), Some("eng"));
+    assert_eq!(v.record.secret_hash, issued.record.secret_hash);
+    let ring = sync.ring().snapshot();
+    assert_eq!(
+        ring.records()[0].tpm,
+        Some(100),
+        "in force before returning"
+    );
+    let version = w.keys.version().await;
+    admin
+        .update_key(
+            &id,
+            KeyChanges {
+                team: Change::Set("eng".into()),
+                ..KeyChanges::default()
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(w.keys.version().await, version, "a no-op was written");
+    let err = admin
+        .update_key(
+            &id,
+            KeyChanges {
+                alert_at: Change::Set(vec![90, 10]),
+                ..KeyChanges::default()
+            },
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, AdminError::Invalid(m) if m.contains("alert_at")),
+        "{err}"
+    );
+    let cleared = admin
+        .update_key(
+            &id,
+            KeyChanges {
+                tpm: Change::Clear,
+                ..KeyChanges::default()
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(cleared.record.tpm, None);
+    assert_eq!(cleared.record.team_id.as_deref(), Some("eng"), "kept");
+    admin.revoke(&id).await.unwrap();
+    let err = admin
+        .update_key(
+            &id,
+            KeyChanges {
+                tpm: Change::Set(5),
+                ..KeyChanges::default()
+            },
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, AdminError::Conflict(m) if m.contains("revoked")),
+        "{err}"
+    );
+    let updates = db
+        .audit_events(0, i64::MAX, &["gateway.key_updated".into()])
+        .await
+        .unwrap();
+    assert_eq!(updates.len(), 2, "one event per applied change");
+}

@@ -93,7 +93,7 @@ fn token(issuer: &TestIssuer, who: &str, groups: &[&str]) -> String {
 /// Every admin route with the least role it needs.
 /// Every admin operation with its least role (`{id}`: a key, `{session}`: a session); the
 /// test below checks this list against the OpenAPI document, so a new route cannot be missed.
-const ROUTES: [(&str, &str, Role); 19] = [
+const ROUTES: [(&str, &str, Role); 20] = [
     ("GET", "/admin/v1/keys", Role::Viewer),
     ("GET", "/admin/v1/keys/{id}", Role::Viewer),
     ("GET", "/admin/v1/usage", Role::Viewer),
@@ -107,6 +107,7 @@ const ROUTES: [(&str, &str, Role); 19] = [
     ("POST", "/admin/v1/keys", Role::Operator),
     ("POST", "/admin/v1/keys/{id}/revoke", Role::Operator),
     ("POST", "/admin/v1/keys/{id}/rotate", Role::Operator),
+    ("PATCH", "/admin/v1/keys/{id}", Role::Operator),
     ("GET", "/admin/v1/budgets", Role::Viewer),
     ("PUT", "/admin/v1/budgets/{scope}/{bid}", Role::Operator),
     ("DELETE", "/admin/v1/budgets/{scope}/{bid}", Role::Operator),
@@ -193,6 +194,7 @@ async fn every_admin_route_answers_each_role_by_its_least_role() {
                     Some(json!({"name": "by-role", "workspace": "/srv/r"}))
                 }
                 ("POST", _) => Some(json!({})),
+                ("PATCH", _) => Some(json!({"team": "by-role"})),
                 ("PUT", t) if t.starts_with("/admin/v1/budgets") => Some(budget.clone()),
                 ("PUT", _) => Some(group.clone()),
                 _ => None,

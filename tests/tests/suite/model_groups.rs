@@ -103,7 +103,7 @@ async fn groups_and_team_lists_reach_a_running_gateway(keystore: &[&str]) {
     .await;
     assert_eq!(out.code(), 0, "{}", out.describe());
     let (_, teamed) = issue_key(&storage, "teamed", &["--team", "platform"]).unwrap();
-    let (_, free) = issue_key(&storage, "free", &["--team", "data"]).unwrap();
+    let (free_id, free) = issue_key(&storage, "free", &["--team", "data"]).unwrap();
     let out = cli(&["budget", "list", "--format", "json"], &storage).await;
     assert_eq!(out.code(), 0, "{}", out.describe());
     let listed: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
@@ -182,6 +182,36 @@ async fn groups_and_team_lists_reach_a_running_gateway(keystore: &[&str]) {
         assert!(start.elapsed() < Duration::from_secs(5), "{body}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+
+    // update-key: naming the deleted group is refused; moving a key into the team (whose
+    // list now names a deleted group, so allows nothing) is in force within 2 s.
+    let out = cli(
+        &["update-key", &free_id, "--allow-model", "group:cheap"],
+        &storage,
+    )
+    .await;
+    assert_ne!(out.code(), 0, "{}", out.describe());
+    assert!(out.stderr.contains("'group:cheap'"), "{}", out.describe());
+    assert_eq!(call(&client, &url, &free, OPENAI).await.0, 200);
+    let out = cli(&["update-key", &free_id, "--team", "platform"], &storage).await;
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    let shown: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(shown["team_id"], "platform", "{shown}");
+    let start = Instant::now();
+    let took = loop {
+        let (status, body) = call(&client, &url, &free, OPENAI).await;
+        if status == 403 {
+            assert!(body.contains("team 'platform'"), "{body}");
+            break start.elapsed();
+        }
+        assert_eq!(status, 200, "{body}");
+        assert!(start.elapsed() < Duration::from_secs(5), "{body}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(
+        took <= Duration::from_secs(2),
+        "update-key took {took:?} (> 2 s)"
+    );
     let status = gw.stop(Duration::from_secs(20)).await.unwrap();
     assert_eq!(status.code(), Some(0), "{}", gw.stderr());
 }
@@ -334,6 +364,43 @@ async fn the_admin_api_manages_budgets_and_model_groups() {
     assert!(body.contains("not allowed for user 'ana'"), "{body}");
     assert_eq!(call(gw.client(), &url, token, ANTHROPIC).await.0, 200);
 
+    // PATCH: an unknown group is a 400 naming it; null clears a setting, a value sets it.
+    let key_path = format!("/admin/v1/keys/{}", key["key_id"].as_str().unwrap());
+    let (status, body) = admin(
+        &gw,
+        Method::PATCH,
+        &key_path,
+        Some(json!({"allowed_models": ["group:nope"]})),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("'group:nope'"),
+        "{body}"
+    );
+    let (status, body) = admin(
+        &gw,
+        Method::PATCH,
+        &key_path,
+        Some(json!({"org": null, "tpm": 900})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["org_id"], serde_json::Value::Null, "{body}");
+    assert_eq!(body["tpm"], 900, "{body}");
+    assert_eq!(body["customer_id"], "bigco", "kept: {body}");
+    let (status, body) = admin(
+        &gw,
+        Method::PATCH,
+        "/admin/v1/keys/gk_nope",
+        Some(json!({"tpm": 1})),
+    )
+    .await;
+    assert_eq!(status, 404, "{body}");
+
     let (status, body) = admin(&gw, Method::DELETE, "/admin/v1/budgets/squad/x", None).await;
     assert_eq!(status, 400, "{body}");
     let (status, body) = admin(&gw, Method::DELETE, "/admin/v1/budgets/team/none", None).await;
@@ -387,7 +454,8 @@ async fn the_admin_api_manages_budgets_and_model_groups() {
     let (_, issued) = admin(
         &gw,
         Method::GET,
-        "/admin/v1/audit?since=2020-01-01T00:00:00Z&type=gateway.key_issued",
+        "/admin/v1/audit?since=2020-01-01T00:00:00Z&type=gateway.key_issued\
+         &type=gateway.key_updated",
         None,
     )
     .await;
@@ -406,4 +474,19 @@ async fn the_admin_api_manages_budgets_and_model_groups() {
     ] {
         assert_eq!(ana["payload"][field], want, "{field}: {ana}");
     }
+    let updated = issued["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "gateway.key_updated")
+        .unwrap();
+    assert_eq!(
+        updated["payload"]["changes"],
+        json!({"org_id": {"from": "acme", "to": null}, "tpm": {"from": 500, "to": 900}}),
+        "{updated}"
+    );
+    assert_eq!(
+        updated["payload"]["admin"]["method"], "static_token",
+        "{updated}"
+    );
 }

@@ -11,7 +11,7 @@ use metis_domain::model_groups::ModelGroup;
 use metis_domain::sessions::{SessionNode, SessionRecord};
 use metis_ports::admin::{AdminFailure, AdminService};
 use metis_ports::admin::{
-    BudgetSummary, CreatedKey, KeySummary, NewKey, RevokeResult, RotateResult,
+    BudgetSummary, CreatedKey, KeyChanges, KeySummary, NewKey, RevokeResult, RotateResult,
 };
 use metis_ports::console::{
     AuditExport, AuditFormat, ChainStatus, OpsService, Overview, SeriesQuery, UsageSeries,
@@ -100,6 +100,14 @@ impl AdminService for NoService {
         _u: i64,
         _t: Vec<String>,
     ) -> Result<Vec<EventRow>, AdminFailure> {
+        Err(unavailable())
+    }
+    async fn update_key(
+        &self,
+        _k: &str,
+        _c: KeyChanges,
+        _by: &AdminIdentity,
+    ) -> Result<KeySummary, AdminFailure> {
         Err(unavailable())
     }
     async fn list_budgets(&self) -> Result<Vec<BudgetSummary>, AdminFailure> {
