@@ -13,11 +13,12 @@ use sha2::{Digest, Sha256};
 use crate::events::Event;
 
 /// Event types retained forever and chained.
-pub const AUDIT_TYPES: [&str; 15] = [
+pub const AUDIT_TYPES: [&str; 20] = [
     "gateway.key_issued",
     "gateway.key_revoked",
     "gateway.key_rotated",
     "gateway.key_expired",
+    "gateway.key_updated",
     "gateway.auth_failed",
     "gateway.quota_exceeded",
     "quota.alert",
@@ -29,6 +30,10 @@ pub const AUDIT_TYPES: [&str; 15] = [
     "routing.policy_invalid",
     "pattern.evicted",
     "memory.eviction",
+    "gateway.budget_set",
+    "gateway.budget_deleted",
+    "gateway.model_group_set",
+    "gateway.model_group_deleted",
 ];
 
 /// The `prev_hash` of the first audit event.

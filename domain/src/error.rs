@@ -116,6 +116,9 @@ pub enum GatewayError {
     ModelNotAllowed {
         model: String,
         key_id: String,
+        /// The budget scope whose allow-list refused (`team 'platform'`); `None` = the key's
+        /// own list.
+        scope: Option<String>,
     },
     /// Missing or unknown gateway key.
     InvalidApiKey,
@@ -246,8 +249,19 @@ impl GatewayError {
                     available.join(", ")
                 }
             ),
-            GatewayError::ModelNotAllowed { model, key_id } => {
+            GatewayError::ModelNotAllowed {
+                model,
+                key_id,
+                scope: None,
+            } => {
                 format!("gateway key {key_id} is not allowed to use model '{model}'")
+            }
+            GatewayError::ModelNotAllowed {
+                model,
+                key_id,
+                scope: Some(scope),
+            } => {
+                format!("model '{model}' is not allowed for {scope} (gateway key {key_id})")
             }
             GatewayError::InvalidApiKey => "invalid or missing API key".to_owned(),
             GatewayError::KeyRevoked { key_id, .. } => {

@@ -80,6 +80,7 @@ pub mod types {
     pub const GATEWAY_KEY_REVOKED: &str = "gateway.key_revoked";
     pub const GATEWAY_KEY_ROTATED: &str = "gateway.key_rotated";
     pub const GATEWAY_KEY_EXPIRED: &str = "gateway.key_expired";
+    pub const GATEWAY_KEY_UPDATED: &str = "gateway.key_updated";
     pub const GATEWAY_QUOTA_EXCEEDED: &str = "gateway.quota_exceeded";
     pub const QUOTA_ALERT: &str = "quota.alert";
     /// A budget alert reached a webhook endpoint (`metis_domain::alerts`).
@@ -88,6 +89,10 @@ pub mod types {
     pub const QUOTA_ALERT_UNDELIVERED: &str = "quota.alert_undelivered";
     pub const GATEWAY_RATE_LIMITED: &str = "gateway.rate_limited";
     pub const GATEWAY_KEY_LEAK_SUSPECTED: &str = "gateway.key_leak_suspected";
+    pub const GATEWAY_BUDGET_SET: &str = "gateway.budget_set";
+    pub const GATEWAY_BUDGET_DELETED: &str = "gateway.budget_deleted";
+    pub const GATEWAY_MODEL_GROUP_SET: &str = "gateway.model_group_set";
+    pub const GATEWAY_MODEL_GROUP_DELETED: &str = "gateway.model_group_deleted";
 }
 
 /// Who recorded a key lifecycle event (`source` of `gateway.key_issued`, `key_revoked`,
@@ -269,6 +274,18 @@ pub struct KeyIssued {
     pub daily_cap_usd: Option<String>,
     pub monthly_cap_usd: Option<String>,
     pub customer_tier: Option<String>,
+    /// Budget scope tags and the key's own weekly cap, token limit and alert levels; each
+    /// absent (not null) when unset, so payloads of keys without them stay byte-identical.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub customer_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub org_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weekly_cap_usd: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alert_at: Option<Vec<u8>>,
     /// When the key stops authenticating; absent (not null) for keys without expiry, so their
     /// payloads are byte-identical to the ones before key expiry existed.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -297,6 +314,11 @@ impl KeyIssued {
             daily_cap_usd: record.daily_cap_usd.clone(),
             monthly_cap_usd: record.monthly_cap_usd.clone(),
             customer_tier: record.customer_tier.clone(),
+            customer_id: record.customer_id.clone(),
+            org_id: record.org_id.clone(),
+            weekly_cap_usd: record.weekly_cap_usd.clone(),
+            tpm: record.tpm,
+            alert_at: record.alert_at.clone(),
             expires_at: record.expires_at.clone(),
             source,
             admin: None,
@@ -306,6 +328,128 @@ impl KeyIssued {
 
 impl Payload for KeyIssued {
     const TYPE: &'static str = types::GATEWAY_KEY_ISSUED;
+    const ACTOR: Actor = Actor::System;
+    const SENSITIVITY: Sensitivity = Sensitivity::Pseudonymous;
+}
+
+/// Settings of a key were changed (`update-key`, `PATCH /admin/v1/keys/{id}`).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct KeyUpdated {
+    pub gateway_key_id: String,
+    /// Each changed field of the stored record: `{"team_id": {"from": null, "to": "eng"}}`.
+    pub changes: serde_json::Map<String, serde_json::Value>,
+    pub source: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin: Option<AdminIdentity>,
+}
+
+impl KeyUpdated {
+    /// The fields that differ between two versions of a key record, as stored.
+    #[must_use]
+    pub fn diff(
+        before: &KeyRecord,
+        after: &KeyRecord,
+    ) -> serde_json::Map<String, serde_json::Value> {
+        let as_map = |r: &KeyRecord| match serde_json::to_value(r) {
+            Ok(serde_json::Value::Object(m)) => m,
+            _ => serde_json::Map::new(),
+        };
+        let (old, new) = (as_map(before), as_map(after));
+        let mut fields: Vec<&String> = old.keys().chain(new.keys()).collect();
+        fields.sort();
+        fields.dedup();
+        let mut out = serde_json::Map::new();
+        for f in fields {
+            let (from, to) = (old.get(f), new.get(f));
+            if from != to {
+                out.insert(
+                    f.clone(),
+                    serde_json::json!({
+                        "from": from.cloned().unwrap_or(serde_json::Value::Null),
+                        "to": to.cloned().unwrap_or(serde_json::Value::Null),
+                    }),
+                );
+            }
+        }
+        out
+    }
+}
+
+impl Payload for KeyUpdated {
+    const TYPE: &'static str = types::GATEWAY_KEY_UPDATED;
+    const ACTOR: Actor = Actor::System;
+    const SENSITIVITY: Sensitivity = Sensitivity::Pseudonymous;
+}
+
+/// A budget of a user, team, customer or organisation was created or replaced.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct BudgetSet {
+    /// The budget as stored (scope, id, caps, tpm, alert levels, allow-list, `updated_at`).
+    pub budget: crate::budgets::BudgetPolicy,
+    /// The budget it replaced; absent when the scope had none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous: Option<crate::budgets::BudgetPolicy>,
+    /// Who recorded the change: [`key_sources::CLI`] or [`key_sources::ADMIN_API`].
+    pub source: &'static str,
+    /// The admin who made the change through the admin API; absent for the CLI.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin: Option<AdminIdentity>,
+}
+
+impl Payload for BudgetSet {
+    const TYPE: &'static str = types::GATEWAY_BUDGET_SET;
+    const ACTOR: Actor = Actor::System;
+    const SENSITIVITY: Sensitivity = Sensitivity::Pseudonymous;
+}
+
+/// A budget was deleted (the scope's keys are limited by their own caps only).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct BudgetDeleted {
+    /// The budget as it was.
+    pub budget: crate::budgets::BudgetPolicy,
+    pub source: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin: Option<AdminIdentity>,
+}
+
+impl Payload for BudgetDeleted {
+    const TYPE: &'static str = types::GATEWAY_BUDGET_DELETED;
+    const ACTOR: Actor = Actor::System;
+    const SENSITIVITY: Sensitivity = Sensitivity::Pseudonymous;
+}
+
+/// A model group was created or its members replaced.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ModelGroupSet {
+    pub name: String,
+    pub models: Vec<String>,
+    /// The members before; absent when the group is new.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_models: Option<Vec<String>>,
+    pub source: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin: Option<AdminIdentity>,
+}
+
+impl Payload for ModelGroupSet {
+    const TYPE: &'static str = types::GATEWAY_MODEL_GROUP_SET;
+    const ACTOR: Actor = Actor::System;
+    const SENSITIVITY: Sensitivity = Sensitivity::Pseudonymous;
+}
+
+/// A model group was deleted: `group:NAME` entries now allow nothing.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ModelGroupDeleted {
+    pub name: String,
+    /// Its members when deleted.
+    pub models: Vec<String>,
+    pub source: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin: Option<AdminIdentity>,
+}
+
+impl Payload for ModelGroupDeleted {
+    const TYPE: &'static str = types::GATEWAY_MODEL_GROUP_DELETED;
     const ACTOR: Actor = Actor::System;
     const SENSITIVITY: Sensitivity = Sensitivity::Pseudonymous;
 }

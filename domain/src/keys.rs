@@ -462,7 +462,8 @@ impl KeyChange {
 /// The audit event of a lifecycle change a key set shows.
 #[derive(Debug, Clone, PartialEq)]
 pub enum KeyChangeEvent {
-    Issued(KeyIssued),
+    /// Boxed: an issue carries every setting of the key, several times the other events.
+    Issued(Box<KeyIssued>),
     Rotated(KeyRotated),
     Revoked(KeyRevoked),
     Expired(KeyExpired),
@@ -631,7 +632,10 @@ pub fn shown_changes(
                 ));
             }
         }
-        out.push((born, KeyChangeEvent::Issued(KeyIssued::of(key, source))));
+        out.push((
+            born,
+            KeyChangeEvent::Issued(Box::new(KeyIssued::of(key, source))),
+        ));
         if let Some(revoked) = shown_revocation(key, now, source) {
             out.push((
                 at(Some(&revoked.revoked_at)),

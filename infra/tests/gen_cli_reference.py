@@ -16,7 +16,9 @@ out = args[1] if len(args) > 1 else "docs/cli-reference.md"
 
 COMMANDS = [
     ["gateway"], ["gateway", "issue-key"], ["gateway", "list-keys"], ["gateway", "revoke-key"],
-    ["gateway", "rotate-key"], ["backup"], ["restore"], ["trace", "status"], ["trace", "prune"],
+    ["gateway", "rotate-key"], ["gateway", "update-key"], ["gateway", "budget", "set"], ["gateway", "budget", "list"],
+    ["gateway", "budget", "delete"], ["gateway", "model-group", "set"],
+    ["gateway", "model-group", "list"], ["gateway", "model-group", "delete"], ["backup"], ["restore"], ["trace", "status"], ["trace", "prune"],
     ["trace", "vacuum"], ["trace", "migrate"], ["audit", "export"], ["audit", "verify"],
     ["openapi"], ["healthcheck"],
 ]

@@ -1,6 +1,7 @@
 //! The key store: where gateway key records live.
 
 use async_trait::async_trait;
+use metis_domain::budgets::Policies;
 use metis_domain::keys::KeyRecord;
 
 #[derive(Debug, thiserror::Error)]
@@ -30,7 +31,12 @@ pub enum KeyStoreError {
 /// update with [`KeyStoreError::Rejected`].
 pub type KeyEdit = Box<dyn FnOnce(&mut Vec<KeyRecord>) -> Result<(), String> + Send>;
 
-/// Persistent storage of key records.
+/// A read-modify-write edit of the stored policies (budgets and model groups). Returning
+/// `Err(message)` aborts the update with [`KeyStoreError::Rejected`].
+pub type PolicyEdit = Box<dyn FnOnce(&mut Policies) -> Result<(), String> + Send>;
+
+/// Persistent storage of key records, and of the policies (budgets, model groups) that are
+/// stored beside them so one change token and one reload cover both.
 #[async_trait]
 pub trait KeyStore: Send + Sync {
     /// Where the keys live, for the boot line and error messages (never secrets).
@@ -66,6 +72,27 @@ pub trait KeyStore: Send + Sync {
     /// A token that changes whenever the stored set may have changed (e.g. file mtime+size),
     /// so a running gateway can reload cheaply. `None` when the store does not exist.
     async fn version(&self) -> Option<String>;
+
+    /// The stored budgets and model groups. A store that does not exist yet, or has never
+    /// held a policy, holds none (`Policies::default()`).
+    ///
+    /// # Errors
+    /// `Corrupt` when the stored policies are unreadable or fail `Policies::validate`
+    /// (nothing is returned then); `Io` otherwise.
+    async fn load_policies(&self) -> Result<Policies, KeyStoreError>;
+
+    /// Apply `edit` to the stored policies and persist the result, under the same rules as
+    /// [`KeyStore::update`]: an exclusive lock across read, edit and write, the result checked
+    /// with `Policies::validate` before anything is written, an atomic write, nothing written
+    /// for an edit that changes nothing. A write changes [`KeyStore::version`], so running
+    /// gateways reload the policies with the keys. Creates the store when missing (budgets may
+    /// be set before the first key is issued); the keys are left as they are. Returns the new
+    /// policies.
+    ///
+    /// # Errors
+    /// `Rejected` when `edit` refused; `Corrupt` when the result fails validation or the
+    /// stored data is unreadable; `ReadOnly` when writes are impossible.
+    async fn update_policies(&self, edit: PolicyEdit) -> Result<Policies, KeyStoreError>;
 }
 
 /// A load where a store that does not exist yet counts as holding no key (copies, counts).

@@ -423,6 +423,12 @@ pub trait StoreReader: Send + Sync {
     /// # Errors
     /// `Corrupt`/`Io` when the keys cannot be read.
     fn keys(&self) -> Result<Vec<KeyRecord>, KeyStoreError>;
+
+    /// The budgets and model groups stored with the keys (none when the store holds none).
+    ///
+    /// # Errors
+    /// `Corrupt`/`Io` when they cannot be read.
+    fn policies(&self) -> Result<metis_domain::budgets::Policies, KeyStoreError>;
 }
 
 /// A new main store being filled by `metis migrate-store`. Created with its schema and
@@ -446,6 +452,15 @@ pub trait StoreImport: Send {
     /// # Errors
     /// `Duplicate` on an existing id or hash; `Io` on engine errors.
     fn insert_keys(&mut self, keys: &[KeyRecord]) -> Result<u64, KeyStoreError>;
+
+    /// Store the budgets and model groups as given (the destination holds none).
+    ///
+    /// # Errors
+    /// `Corrupt` when they fail validation; `Io` on engine errors.
+    fn insert_policies(
+        &mut self,
+        policies: &metis_domain::budgets::Policies,
+    ) -> Result<(), KeyStoreError>;
 }
 
 /// Where a backend keeps the per-workspace pattern stores.

@@ -1,16 +1,21 @@
-//! The admin API under `/admin/v1`: keys (issue, list, get, revoke, rotate), usage rollups
-//! and audit export. Protected by the static admin token or an OIDC JWT (see `admin_auth`);
+//! The admin API under `/admin/v1`: keys (issue, list, get, revoke, rotate), budgets and
+//! model groups (list, put, delete), usage rollups and audit export. Protected by the static admin token or an OIDC JWT (see `admin_auth`);
 //! each route states its least role. When neither is configured the whole prefix answers 404
 //! (see `api::routes`), so an unconfigured gateway exposes nothing.
 
 // Re-exported so handlers elsewhere (e.g. `admin_read`) keep naming `crate::admin::AdminAuth`.
 pub(crate) use crate::admin_auth::AdminAuth;
 use metis_domain::admin::Role;
+use metis_domain::budgets::{BudgetPolicy, ScopeKind};
+use metis_domain::model_groups::ModelGroup;
 use metis_domain::time::{format_iso, parse_duration_secs as parse_grace, parse_iso};
-use metis_ports::admin::{AdminFailure, AdminService, KeySummary, NewKey};
+use metis_ports::admin::{
+    AdminFailure, AdminService, BudgetSummary, Change, KeyChanges, KeySummary, NewKey,
+};
 use metis_ports::trace::{EventRow, UsageGroup, UsageRow};
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
+use poem_openapi::types::MaybeUndefined;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use std::sync::Arc;
 
@@ -57,7 +62,7 @@ pub enum AdminError {
     /// or the token's claims grant no role.
     #[oai(status = 403)]
     Forbidden(Json<ErrorEnvelope>),
-    /// No such key.
+    /// No such key, budget or model group.
     #[oai(status = 404)]
     NotFound(Json<ErrorEnvelope>),
     /// The key's state forbids the operation, or the keystore is read-only.
@@ -135,6 +140,21 @@ pub struct KeyObject {
     team_id: Option<String>,
     #[oai(nullable)]
     customer_tier: Option<String>,
+    /// Customer tag (a budget scope).
+    #[oai(nullable)]
+    customer_id: Option<String>,
+    /// Organisation tag (a budget scope).
+    #[oai(nullable)]
+    org_id: Option<String>,
+    /// Null when the key has no weekly cap.
+    #[oai(nullable)]
+    weekly_cap_usd: Option<String>,
+    /// Null when the key has no own tokens-per-minute limit.
+    #[oai(nullable)]
+    tpm: Option<u32>,
+    /// Alert levels in percent of the key's caps; null = 80, 95, 100.
+    #[oai(nullable)]
+    alert_at: Option<Vec<u8>>,
     #[oai(nullable)]
     created_at: Option<String>,
     /// Null while the key is active.
@@ -171,6 +191,11 @@ impl From<KeySummary> for KeyObject {
             user_id: r.user_id,
             team_id: r.team_id,
             customer_tier: r.customer_tier,
+            customer_id: r.customer_id,
+            org_id: r.org_id,
+            weekly_cap_usd: r.weekly_cap_usd,
+            tpm: r.tpm,
+            alert_at: r.alert_at,
             created_at: r.created_at,
             revoked_at: r.revoked_at,
             grace_period_until: r.grace_period_until,
@@ -296,6 +321,30 @@ pub struct CreateKeyBody {
     /// `trial`, `paid` or `internal`.
     #[oai(nullable, validator(pattern = "^(trial|paid|internal)$"))]
     customer_tier: Option<Text>,
+    /// Customer tag: the key counts against the customer's budget.
+    #[oai(nullable, validator(pattern = "^[a-z0-9_-]{1,200}$"))]
+    customer: Option<Text>,
+    /// Organisation tag: the key counts against the organisation's budget.
+    #[oai(nullable, validator(pattern = "^[a-z0-9_-]{1,200}$"))]
+    org: Option<Text>,
+    /// Weekly USD cap (decimal string, > 0; week from Monday 00:00 UTC).
+    #[oai(
+        nullable,
+        validator(
+            pattern = r"^([0-9]{0,9}[1-9][0-9]{0,9}(\.[0-9]{1,6})?|[0-9]{0,9}\.[0-9]{0,5}[1-9][0-9]{0,5})$"
+        )
+    )]
+    weekly_cap_usd: Option<Text>,
+    /// Per-key tokens per minute (input + output).
+    #[oai(
+        nullable,
+        validator(minimum(value = "1"), maximum(value = "4294967295"))
+    )]
+    tpm: Option<u32>,
+    /// Alert levels in percent of each cap, strictly increasing, 1-100 (default 80, 95,
+    /// 100).
+    #[oai(nullable)]
+    alert_at: Option<Vec<u8>>,
     /// The key expires this long after issue: seconds or `30m`, `24h`, `30d`, `2w` (more than
     /// zero). At most one of `expires_in` and `expires_at`.
     #[oai(nullable, validator(pattern = r"^\s*0*[1-9][0-9]{0,4}[smhdw]?\s*$"))]
@@ -308,6 +357,224 @@ pub struct CreateKeyBody {
         )
     )]
     expires_at: Option<Text>,
+}
+
+/// Settings of a key to change: a field left out keeps its value, `null` removes it, a value
+/// replaces it.
+#[derive(Object)]
+pub struct UpdateKeyBody {
+    /// Models the key may use (ids, aliases, `group:NAME` of an existing group); null or
+    /// empty = every model.
+    #[oai(nullable, validator(pattern = r"\S"))]
+    allowed_models: MaybeUndefined<Vec<Text>>,
+    #[oai(
+        nullable,
+        validator(
+            pattern = r"^([0-9]{0,9}[1-9][0-9]{0,9}(\.[0-9]{1,6})?|[0-9]{0,9}\.[0-9]{0,5}[1-9][0-9]{0,5})$"
+        )
+    )]
+    daily_cap_usd: MaybeUndefined<Text>,
+    #[oai(
+        nullable,
+        validator(
+            pattern = r"^([0-9]{0,9}[1-9][0-9]{0,9}(\.[0-9]{1,6})?|[0-9]{0,9}\.[0-9]{0,5}[1-9][0-9]{0,5})$"
+        )
+    )]
+    weekly_cap_usd: MaybeUndefined<Text>,
+    #[oai(
+        nullable,
+        validator(
+            pattern = r"^([0-9]{0,9}[1-9][0-9]{0,9}(\.[0-9]{1,6})?|[0-9]{0,9}\.[0-9]{0,5}[1-9][0-9]{0,5})$"
+        )
+    )]
+    monthly_cap_usd: MaybeUndefined<Text>,
+    #[oai(
+        nullable,
+        validator(minimum(value = "1"), maximum(value = "4294967295"))
+    )]
+    rpm: MaybeUndefined<u32>,
+    #[oai(
+        nullable,
+        validator(minimum(value = "1"), maximum(value = "4294967295"))
+    )]
+    tpm: MaybeUndefined<u32>,
+    /// Alert levels in percent, strictly increasing, 1-100.
+    #[oai(nullable)]
+    alert_at: MaybeUndefined<Vec<u8>>,
+    #[oai(nullable, validator(pattern = "^[a-z0-9_-]{1,200}$"))]
+    user: MaybeUndefined<Text>,
+    #[oai(nullable, validator(pattern = "^[a-z0-9_-]{1,200}$"))]
+    team: MaybeUndefined<Text>,
+    #[oai(nullable, validator(pattern = "^[a-z0-9_-]{1,200}$"))]
+    customer: MaybeUndefined<Text>,
+    #[oai(nullable, validator(pattern = "^[a-z0-9_-]{1,200}$"))]
+    org: MaybeUndefined<Text>,
+}
+
+fn change<T, U>(v: MaybeUndefined<T>, f: impl FnOnce(T) -> U) -> Change<U> {
+    match v {
+        MaybeUndefined::Undefined => Change::Keep,
+        MaybeUndefined::Null => Change::Clear,
+        MaybeUndefined::Value(v) => Change::Set(f(v)),
+    }
+}
+
+impl UpdateKeyBody {
+    fn changes(self) -> KeyChanges {
+        let t = |t: Text| t.0;
+        KeyChanges {
+            allowed_models: change(self.allowed_models, |l| l.into_iter().map(t).collect()),
+            daily_cap_usd: change(self.daily_cap_usd, t),
+            weekly_cap_usd: change(self.weekly_cap_usd, t),
+            monthly_cap_usd: change(self.monthly_cap_usd, t),
+            rpm: change(self.rpm, |v| v),
+            tpm: change(self.tpm, |v| v),
+            alert_at: change(self.alert_at, |v| v),
+            user: change(self.user, t),
+            team: change(self.team, t),
+            customer: change(self.customer, t),
+            org: change(self.org, t),
+        }
+    }
+}
+
+/// A budget of a user, team, customer or organisation, with the scope's current spend.
+#[derive(Object)]
+pub struct BudgetObject {
+    /// `user`, `team`, `customer` or `org`.
+    scope: String,
+    /// The tag value (`platform` for `--team platform`).
+    id: String,
+    /// Null when the scope has no daily cap.
+    #[oai(nullable)]
+    daily_usd: Option<String>,
+    #[oai(nullable)]
+    weekly_usd: Option<String>,
+    #[oai(nullable)]
+    monthly_usd: Option<String>,
+    /// Tokens per minute across the scope's keys; null = no limit.
+    #[oai(nullable)]
+    tpm: Option<u32>,
+    /// Alert levels in percent; null = 80, 95, 100.
+    #[oai(nullable)]
+    alert_at: Option<Vec<u8>>,
+    /// Models (and `group:NAME` entries) every key of the scope is limited to; null = no
+    /// limit at this level.
+    #[oai(nullable)]
+    allowed_models: Option<Vec<String>>,
+    #[oai(nullable)]
+    updated_at: Option<String>,
+    /// Spend of the scope's account (`team:platform`) in the current UTC day.
+    spend_day_usd: f64,
+    /// Spend of the scope's account in the current month.
+    spend_month_usd: f64,
+}
+
+impl BudgetObject {
+    fn of(b: BudgetPolicy, spend_day_usd: f64, spend_month_usd: f64) -> Self {
+        BudgetObject {
+            scope: b.scope.as_str().to_owned(),
+            id: b.id,
+            daily_usd: b.daily_usd,
+            weekly_usd: b.weekly_usd,
+            monthly_usd: b.monthly_usd,
+            tpm: b.tpm,
+            alert_at: b.alert_at,
+            allowed_models: b.allowed_models,
+            updated_at: b.updated_at,
+            spend_day_usd,
+            spend_month_usd,
+        }
+    }
+}
+
+impl From<BudgetSummary> for BudgetObject {
+    fn from(s: BudgetSummary) -> Self {
+        BudgetObject::of(s.budget, s.spend_day_usd, s.spend_month_usd)
+    }
+}
+
+#[derive(Object)]
+pub struct BudgetList {
+    budgets: Vec<BudgetObject>,
+}
+
+/// A budget's settings (the whole budget: a setting left out is removed).
+#[derive(Object)]
+pub struct BudgetBody {
+    /// Daily USD cap across the scope's keys (decimal string, > 0; UTC day).
+    #[oai(
+        nullable,
+        validator(
+            pattern = r"^([0-9]{0,9}[1-9][0-9]{0,9}(\.[0-9]{1,6})?|[0-9]{0,9}\.[0-9]{0,5}[1-9][0-9]{0,5})$"
+        )
+    )]
+    daily_usd: Option<Text>,
+    /// Weekly USD cap (week from Monday 00:00 UTC).
+    #[oai(
+        nullable,
+        validator(
+            pattern = r"^([0-9]{0,9}[1-9][0-9]{0,9}(\.[0-9]{1,6})?|[0-9]{0,9}\.[0-9]{0,5}[1-9][0-9]{0,5})$"
+        )
+    )]
+    weekly_usd: Option<Text>,
+    /// Monthly USD cap (month from the gateway's `--budget-month-start-day`).
+    #[oai(
+        nullable,
+        validator(
+            pattern = r"^([0-9]{0,9}[1-9][0-9]{0,9}(\.[0-9]{1,6})?|[0-9]{0,9}\.[0-9]{0,5}[1-9][0-9]{0,5})$"
+        )
+    )]
+    monthly_usd: Option<Text>,
+    /// Tokens per minute (input + output) across the scope's keys.
+    #[oai(
+        nullable,
+        validator(minimum(value = "1"), maximum(value = "4294967295"))
+    )]
+    tpm: Option<u32>,
+    /// Alert levels in percent of each cap, strictly increasing, 1-100 (default 80, 95,
+    /// 100).
+    #[oai(nullable)]
+    alert_at: Option<Vec<u8>>,
+    /// Models (ids, aliases, `group:NAME` of an existing group) every key of the scope is
+    /// limited to, on top of each key's own list; absent, null or empty = no limit at this
+    /// level.
+    #[oai(nullable, validator(pattern = r"\S"))]
+    allowed_models: Option<Vec<Text>>,
+}
+
+/// A named set of models.
+#[derive(Object)]
+pub struct ModelGroupObject {
+    name: String,
+    /// Canonical model ids or aliases.
+    models: Vec<String>,
+}
+
+impl From<ModelGroup> for ModelGroupObject {
+    fn from(g: ModelGroup) -> Self {
+        ModelGroupObject {
+            name: g.name,
+            models: g.models,
+        }
+    }
+}
+
+#[derive(Object)]
+pub struct ModelGroupList {
+    model_groups: Vec<ModelGroupObject>,
+}
+
+/// A group's members (replacing the old ones).
+#[derive(Object)]
+pub struct ModelGroupBody {
+    /// Canonical model ids or aliases (at least one; no `group:` entries).
+    #[oai(validator(min_items = 1, pattern = r"\S"))]
+    models: Vec<Text>,
+}
+
+fn scope_of(raw: &str) -> Result<ScopeKind, AdminError> {
+    ScopeKind::parse(raw).map_err(|m| AdminFailure::Invalid(m).into())
 }
 
 /// A created key with its token (shown only in this response).
@@ -529,6 +796,11 @@ impl AdminApi {
                     user: text(b.user),
                     team: text(b.team),
                     customer_tier: text(b.customer_tier),
+                    customer: text(b.customer),
+                    org: text(b.org),
+                    weekly_cap_usd: text(b.weekly_cap_usd),
+                    tpm: b.tpm,
+                    alert_at: b.alert_at,
                     expires_in: None,
                     expires_at,
                 },
@@ -557,6 +829,22 @@ impl AdminApi {
     async fn get_key(&self, auth: AdminAuth, key_id: Path<String>) -> AdminResult<KeyObject> {
         auth.require(Role::Viewer)?;
         Ok(Json(self.svc.get_key(&key_id.0).await?.into()))
+    }
+
+    /// Change settings of an active key (allow-list, caps, limits, alert levels, scope tags):
+    /// a field left out is kept, `null` removes it. In force in every running gateway within
+    /// 2 seconds; audited as `gateway.key_updated` with each changed field. Revoked or expired
+    /// keys cannot be updated (409). Role: operator.
+    #[oai(path = "/keys/:key_id", method = "patch", operation_id = "updateKey")]
+    async fn update_key(
+        &self,
+        auth: AdminAuth,
+        key_id: Path<String>,
+        body: Json<UpdateKeyBody>,
+    ) -> AdminResult<KeyObject> {
+        let by = auth.require(Role::Operator)?;
+        let k = self.svc.update_key(&key_id.0, body.0.changes(), by).await?;
+        Ok(Json(k.into()))
     }
 
     /// Revoke a key now (idempotent). A running gateway refuses it within 2 seconds. Role:
@@ -604,6 +892,122 @@ impl AdminApi {
             grace_period_until: r.grace_period_until,
             key: r.new_key.into(),
         }))
+    }
+
+    /// Every budget of a user, team, customer or organisation, with its scope's spend in the
+    /// current day and month. Role: viewer.
+    #[oai(path = "/budgets", method = "get", operation_id = "listBudgets")]
+    async fn list_budgets(&self, auth: AdminAuth) -> AdminResult<BudgetList> {
+        auth.require(Role::Viewer)?;
+        let budgets = self.svc.list_budgets().await?;
+        Ok(Json(BudgetList {
+            budgets: budgets.into_iter().map(BudgetObject::from).collect(),
+        }))
+    }
+
+    /// Create or replace the budget of a scope (`user`, `team`, `customer`, `org`) and tag
+    /// value; every setting as given (one left out is removed). Running gateways apply it
+    /// within 2 seconds. An allow-list naming an unknown group is a 400 naming it. Role:
+    /// operator.
+    #[oai(
+        path = "/budgets/:scope/:id",
+        method = "put",
+        operation_id = "putBudget"
+    )]
+    async fn put_budget(
+        &self,
+        auth: AdminAuth,
+        #[oai(validator(pattern = "^(user|team|customer|org)$"))] scope: Path<String>,
+        #[oai(validator(pattern = "^[a-z0-9_-]{1,200}$"))] id: Path<String>,
+        body: Json<BudgetBody>,
+    ) -> AdminResult<BudgetObject> {
+        let by = auth.require(Role::Operator)?;
+        let b = body.0;
+        let budget = BudgetPolicy {
+            scope: scope_of(&scope.0)?,
+            id: id.0,
+            daily_usd: text(b.daily_usd),
+            weekly_usd: text(b.weekly_usd),
+            monthly_usd: text(b.monthly_usd),
+            tpm: b.tpm,
+            alert_at: b.alert_at,
+            allowed_models: b
+                .allowed_models
+                .filter(|l| !l.is_empty())
+                .map(|l| l.into_iter().map(|m| m.0.trim().to_owned()).collect()),
+            updated_at: None,
+        };
+        Ok(Json(self.svc.put_budget(budget, by).await?.into()))
+    }
+
+    /// Delete the budget of a scope; answers with the budget as it was. Role: operator.
+    #[oai(
+        path = "/budgets/:scope/:id",
+        method = "delete",
+        operation_id = "deleteBudget"
+    )]
+    async fn delete_budget(
+        &self,
+        auth: AdminAuth,
+        #[oai(validator(pattern = "^(user|team|customer|org)$"))] scope: Path<String>,
+        id: Path<String>,
+    ) -> AdminResult<BudgetObject> {
+        let by = auth.require(Role::Operator)?;
+        let removed = self
+            .svc
+            .delete_budget(scope_of(&scope.0)?, &id.0, by)
+            .await?;
+        Ok(Json(BudgetObject::of(removed, 0.0, 0.0)))
+    }
+
+    /// Every model group and its members. Role: viewer.
+    #[oai(
+        path = "/model-groups",
+        method = "get",
+        operation_id = "listModelGroups"
+    )]
+    async fn list_model_groups(&self, auth: AdminAuth) -> AdminResult<ModelGroupList> {
+        auth.require(Role::Viewer)?;
+        let groups = self.svc.list_model_groups().await?;
+        Ok(Json(ModelGroupList {
+            model_groups: groups.into_iter().map(ModelGroupObject::from).collect(),
+        }))
+    }
+
+    /// Create a model group or replace its members: every key and budget naming
+    /// `group:NAME` may use the new members within 2 seconds. Role: operator.
+    #[oai(
+        path = "/model-groups/:name",
+        method = "put",
+        operation_id = "putModelGroup"
+    )]
+    async fn put_model_group(
+        &self,
+        auth: AdminAuth,
+        #[oai(validator(pattern = "^[a-z0-9_-]{1,64}$"))] name: Path<String>,
+        body: Json<ModelGroupBody>,
+    ) -> AdminResult<ModelGroupObject> {
+        let by = auth.require(Role::Operator)?;
+        let models = body.0.models.into_iter().map(|m| m.0).collect();
+        Ok(Json(
+            self.svc.put_model_group(&name.0, models, by).await?.into(),
+        ))
+    }
+
+    /// Delete a model group (its `group:NAME` entries then allow nothing); answers with the
+    /// group as it was. Role: operator.
+    #[oai(
+        path = "/model-groups/:name",
+        method = "delete",
+        operation_id = "deleteModelGroup"
+    )]
+    async fn delete_model_group(
+        &self,
+        auth: AdminAuth,
+        name: Path<String>,
+    ) -> AdminResult<ModelGroupObject> {
+        let by = auth.require(Role::Operator)?;
+        Ok(Json(self.svc.delete_model_group(&name.0, by).await?.into()))
     }
 
     /// Cost and tokens over `[since, until)` (default: the last 7 days), grouped by key, user,
@@ -681,7 +1085,7 @@ pub enum CreatedResponse {
 
 #[derive(poem_openapi::Tags)]
 pub enum AdminTag {
-    /// Key lifecycle, usage and audit (admin token or OIDC JWT; reads need `viewer`, key
-    /// changes `operator`).
+    /// Key lifecycle, budgets and model groups, usage and audit (admin token or OIDC JWT;
+    /// reads need `viewer`, changes `operator`).
     Admin,
 }

@@ -1,4 +1,5 @@
-//! The keystore document: `{"keys": [ … ]}` parsed, validated and re-serialised.
+//! The keystore document: `{"keys": [ … ], "budgets": [ … ], "model_groups": [ … ]}` parsed,
+//! validated and re-serialised (`budgets` and `model_groups` are optional; absent = none).
 //!
 //! Invariants:
 //! - A document is either fully valid or rejected: every record passes `KeyRecord::validate`,
@@ -13,8 +14,12 @@
 
 use std::collections::HashMap;
 
+use metis_domain::budgets::Policies;
 use metis_domain::keys::KeyRecord;
 use serde_json::{Map, Value};
+
+/// The top-level arrays that hold the policies.
+const POLICY_FIELDS: [&str; 2] = ["budgets", "model_groups"];
 
 /// A parsed, validated keystore document.
 #[derive(Debug, Clone)]
@@ -23,6 +28,8 @@ pub(crate) struct Document {
     root: Map<String, Value>,
     /// The validated records (with `secret_hash` lowercased), in file order.
     records: Vec<KeyRecord>,
+    /// The validated budgets and model groups.
+    policies: Policies,
 }
 
 /// Why an insert conflicts with the stored set.
@@ -172,6 +179,7 @@ impl Document {
         Self {
             root,
             records: Vec::new(),
+            policies: Policies::default(),
         }
     }
 
@@ -218,7 +226,37 @@ impl Document {
             }
             records.push(record);
         }
-        Ok(Self { root, records })
+        let policies = parse_policies(&root)?;
+        Ok(Self {
+            root,
+            records,
+            policies,
+        })
+    }
+
+    pub(crate) fn policies(&self) -> &Policies {
+        &self.policies
+    }
+
+    /// Replace the budgets and model groups (validated like a file being loaded). An empty
+    /// list is removed from the file, so a file that never had policies keeps its layout.
+    ///
+    /// # Errors
+    /// A message naming the invalid entry.
+    pub(crate) fn replace_policies(&mut self, policies: &Policies) -> Result<(), String> {
+        let value = serde_json::to_value(policies)
+            .map_err(|e| format!("cannot serialise the policies: {e}"))?;
+        let mut root = self.root.clone();
+        for field in POLICY_FIELDS {
+            match value.get(field) {
+                Some(v) => root.insert(field.to_owned(), v.clone()),
+                None => root.remove(field),
+            };
+        }
+        let bytes = serde_json::to_vec(&Value::Object(root))
+            .map_err(|e| format!("cannot serialise the keystore: {e}"))?;
+        *self = Document::parse(&bytes)?;
+        Ok(())
     }
 
     pub(crate) fn records(&self) -> &[KeyRecord] {
@@ -306,6 +344,29 @@ impl Document {
         out.push(b'\n');
         Ok(out)
     }
+}
+
+/// The `budgets` and `model_groups` arrays of the root, validated.
+fn parse_policies(root: &Map<String, Value>) -> Result<Policies, String> {
+    let mut obj = Map::new();
+    for field in POLICY_FIELDS {
+        match root.get(field) {
+            None | Some(Value::Null) => {}
+            Some(v @ Value::Array(_)) => {
+                obj.insert(field.to_owned(), v.clone());
+            }
+            Some(other) => {
+                return Err(format!(
+                    "\"{field}\" must be an array, found {}",
+                    json_type(other)
+                ));
+            }
+        }
+    }
+    let policies: Policies = serde_json::from_value(Value::Object(obj))
+        .map_err(|e| format!("budgets or model_groups: {e}"))?;
+    policies.validate()?;
+    Ok(policies)
 }
 
 fn records_key_id(records: &[KeyRecord], i: usize) -> &str {

@@ -1,6 +1,9 @@
 //! [`FileKeyStore`]: the `KeyStore` port over a JSON file `{"keys": [ … ]}`.
 //!
 //! Invariants:
+//! - Budgets and model groups live in the same file (top-level `budgets` and `model_groups`
+//!   arrays) and are written under the same lock and rules as the keys, so the file's change
+//!   token covers both.
 //! - `load` returns every key or an error: a half-valid key set is never served.
 //! - `insert` holds the exclusive lock of `<file>.lock` for the whole read-modify-write, so
 //!   concurrent admin commands (any process, any thread) never lose an update, and writes the
@@ -17,8 +20,9 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
+use metis_domain::budgets::Policies;
 use metis_domain::keys::KeyRecord;
-use metis_ports::keys::{KeyEdit, KeyStore, KeyStoreError};
+use metis_ports::keys::{KeyEdit, KeyStore, KeyStoreError, PolicyEdit};
 
 use crate::document::{Conflict, Document};
 use crate::fsio::{
@@ -209,6 +213,66 @@ impl FileKeyStore {
         Ok(doc.into_records())
     }
 
+    /// Blocking form of [`KeyStore::load_policies`].
+    ///
+    /// # Errors
+    /// `Corrupt` naming the problem; `Io` otherwise. A missing file holds no policies.
+    pub fn load_policies_blocking(&self) -> Result<Policies, KeyStoreError> {
+        Ok(self
+            .read_document()?
+            .map(|d| d.policies().clone())
+            .unwrap_or_default())
+    }
+
+    /// Blocking form of [`KeyStore::update_policies`]: the same lock, checks and atomic
+    /// write as `update`; creates the file (with no key) when missing.
+    ///
+    /// # Errors
+    /// As the port.
+    pub fn update_policies_blocking(&self, edit: PolicyEdit) -> Result<Policies, KeyStoreError> {
+        let target = self.resolved();
+        let dir = parent_dir(&target);
+        ensure_dir(dir).map_err(|e| {
+            classify(
+                &self.path,
+                &format!("cannot create directory {}", dir.display()),
+                &e,
+            )
+        })?;
+        let lock_file = lock_path(&target);
+        let _lock = lock_exclusive(&lock_file).map_err(|e| {
+            classify(
+                &self.path,
+                &format!("cannot lock {}", lock_file.display()),
+                &e,
+            )
+        })?;
+        let mut doc = self.read_document()?.unwrap_or_else(Document::empty);
+        let mut policies = doc.policies().clone();
+        edit(&mut policies).map_err(|message| KeyStoreError::Rejected { message })?;
+        if &policies == doc.policies() {
+            return Ok(policies);
+        }
+        self.refuse_read_only_file(&target)?;
+        doc.replace_policies(&policies)
+            .map_err(|message| KeyStoreError::Corrupt {
+                location: self.location(),
+                message: format!("refusing to store invalid policies: {message}"),
+            })?;
+        let bytes = doc.to_bytes().map_err(|message| KeyStoreError::Io {
+            location: self.location(),
+            message,
+        })?;
+        replace_atomically(&target, &bytes).map_err(|e| classify(&self.path, e.op, &e.error))?;
+        tracing::info!(
+            keystore = %self.location(),
+            budgets = policies.budgets.len(),
+            model_groups = policies.model_groups.len(),
+            "policies updated"
+        );
+        Ok(doc.policies().clone())
+    }
+
     /// A file without any write permission bit is the operator saying "do not edit": honour
     /// it even when running as root (where the kernel would let the rename through).
     fn refuse_read_only_file(&self, target: &Path) -> Result<(), KeyStoreError> {
@@ -279,5 +343,19 @@ impl KeyStore for FileKeyStore {
             .await
             .ok()
             .flatten()
+    }
+
+    async fn load_policies(&self) -> Result<Policies, KeyStoreError> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.load_policies_blocking())
+            .await
+            .unwrap_or_else(|e| Err(join_failed(&self.path, &e)))
+    }
+
+    async fn update_policies(&self, edit: PolicyEdit) -> Result<Policies, KeyStoreError> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.update_policies_blocking(edit))
+            .await
+            .unwrap_or_else(|e| Err(join_failed(&self.path, &e)))
     }
 }

@@ -161,3 +161,72 @@ async fn a_corrupt_or_read_only_file_is_never_rewritten() {
     assert!(matches!(err, KeyStoreError::ReadOnly { .. }), "{err:?}");
     assert_eq!(std::fs::read_to_string(&path).unwrap(), original);
 }
+
+/// A policy write keeps every key entry and unknown root field as it was, stores the
+/// top-level `budgets` and `model_groups` arrays in the file's layout (sorted keys, 2-space
+/// indent, trailing newline, mode 0600), and removes an array again when it becomes empty; a
+/// hand-edited invalid policy makes the whole file corrupt, naming the problem.
+#[tokio::test]
+async fn policies_are_top_level_arrays_beside_untouched_keys() {
+    use metis_domain::model_groups::ModelGroup;
+    let dir = tempfile::tempdir().unwrap();
+    let path = keys_path(&dir);
+    seed(&path);
+    let before = json_of(&path);
+    let store = FileKeyStore::new(&path);
+    store
+        .update_policies(Box::new(|p| {
+            p.model_groups.push(ModelGroup {
+                name: "cheap".into(),
+                models: vec!["haiku".into()],
+            });
+            Ok(())
+        }))
+        .await
+        .unwrap();
+    let after = json_of(&path);
+    assert_eq!(after["keys"], before["keys"]);
+    assert_eq!(after["zz_meta"], before["zz_meta"]);
+    assert_eq!(
+        after["model_groups"],
+        json!([{"name": "cheap", "models": ["haiku"]}])
+    );
+    assert!(after.get("budgets").is_none(), "{after}");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        text.ends_with("}\n") && text.contains("\n  \"keys\": ["),
+        "{text}"
+    );
+    let root_keys: Vec<&String> = after.as_object().unwrap().keys().collect();
+    let order: Vec<usize> = ["keys", "model_groups", "zz_meta"]
+        .iter()
+        .map(|k| text.find(&format!("\n  \"{k}\"")).unwrap())
+        .collect();
+    assert!(
+        order.windows(2).all(|w| w[0] < w[1]),
+        "sorted: {root_keys:?}"
+    );
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    store
+        .update_policies(Box::new(|p| {
+            p.model_groups.clear();
+            Ok(())
+        }))
+        .await
+        .unwrap();
+    assert!(json_of(&path).get("model_groups").is_none());
+
+    let mut doc = json_of(&path);
+    doc["budgets"] = json!([{"scope": "team", "id": "x", "monthly_usd": "-1"}]);
+    std::fs::write(&path, doc.to_string()).unwrap();
+    let r = store.load().await;
+    assert!(
+        matches!(&r, Err(KeyStoreError::Corrupt { message, .. }) if message.contains("team 'x'")),
+        "{r:?}"
+    );
+    let r = store.load_policies().await;
+    assert!(matches!(r, Err(KeyStoreError::Corrupt { .. })), "{r:?}");
+}

@@ -6,8 +6,9 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
+use metis_domain::budgets::Policies;
 use metis_domain::keys::{KeyRecord, validate_key_set};
-use metis_ports::keys::{KeyEdit, KeyStoreError};
+use metis_ports::keys::{KeyEdit, KeyStoreError, PolicyEdit};
 
 /// One row of a `gateway_keys` table as an engine stores it: the key id and the hash in their
 /// own columns (for lookups and uniqueness), and the whole record as JSON.
@@ -109,6 +110,55 @@ pub fn apply_edit(
     Ok(Edited::Changed(records))
 }
 
+/// Parse stored policies (the JSON of `Policies`; `None` = never written) and validate them.
+///
+/// # Errors
+/// A message naming the problem.
+pub fn parse_policies(json: Option<&str>) -> Result<Policies, String> {
+    let Some(json) = json else {
+        return Ok(Policies::default());
+    };
+    let policies: Policies = serde_json::from_str(json)
+        .map_err(|e| format!("stored policies are not valid budgets and model groups: {e}"))?;
+    policies
+        .validate()
+        .map_err(|e| format!("stored policies: {e}"))?;
+    Ok(policies)
+}
+
+/// The JSON a store keeps for `policies`.
+///
+/// # Errors
+/// `Io` at `location` when serialisation fails (not expected).
+pub fn policies_json(policies: &Policies, location: &str) -> Result<String, KeyStoreError> {
+    serde_json::to_string(policies).map_err(|e| KeyStoreError::Io {
+        location: location.to_owned(),
+        message: format!("cannot serialise the policies: {e}"),
+    })
+}
+
+/// Apply a policy `edit` to a copy of `before` (read inside the write transaction). `None`
+/// when the edit changed nothing (write nothing).
+///
+/// # Errors
+/// `Rejected` when the edit refused; `Corrupt` at `location` when the result is invalid.
+pub fn apply_policy_edit(
+    before: &Policies,
+    edit: PolicyEdit,
+    location: &str,
+) -> Result<Option<Policies>, KeyStoreError> {
+    let mut after = before.clone();
+    edit(&mut after).map_err(|message| KeyStoreError::Rejected { message })?;
+    if after == *before {
+        return Ok(None);
+    }
+    after.validate().map_err(|m| KeyStoreError::Corrupt {
+        location: location.to_owned(),
+        message: format!("refusing to store invalid policies: {m}"),
+    })?;
+    Ok(Some(after))
+}
+
 /// Run a key store's blocking `job` on the blocking pool.
 ///
 /// # Errors
@@ -128,8 +178,9 @@ pub async fn on_pool<T: Send + 'static>(
 /// Implement the `KeyStore` port for a key store type by running its blocking methods on
 /// the blocking pool. The type must be `Clone + Send + Sync + 'static` and have
 /// `location(&self) -> String` (what `describe` shows) and the port's operations as
-/// `load_blocking`, `insert_blocking`, `update_blocking` and `version_blocking`, with the
-/// port's arguments and results. The impl is written into the calling adapter crate.
+/// `load_blocking`, `insert_blocking`, `update_blocking`, `version_blocking`,
+/// `load_policies_blocking` and `update_policies_blocking`, with the port's arguments and
+/// results. The impl is written into the calling adapter crate.
 #[macro_export]
 macro_rules! key_store_on_blocking_pool {
     ($store:ty) => {
@@ -174,6 +225,28 @@ macro_rules! key_store_on_blocking_pool {
                     .await
                     .ok()
                     .flatten()
+            }
+
+            async fn load_policies(
+                &self,
+            ) -> ::core::result::Result<
+                $crate::__domain::budgets::Policies,
+                $crate::__ports::keys::KeyStoreError,
+            > {
+                let s = self.clone();
+                $crate::keys::on_pool(self.location(), move || s.load_policies_blocking()).await
+            }
+
+            async fn update_policies(
+                &self,
+                edit: $crate::__ports::keys::PolicyEdit,
+            ) -> ::core::result::Result<
+                $crate::__domain::budgets::Policies,
+                $crate::__ports::keys::KeyStoreError,
+            > {
+                let s = self.clone();
+                $crate::keys::on_pool(self.location(), move || s.update_policies_blocking(edit))
+                    .await
             }
         }
     };

@@ -15,6 +15,9 @@
 //!   told apart.
 //! - `update` validates every resulting record and the absence of duplicate ids or hashes
 //!   before writing, and rewrites only the rows that changed.
+//! - Budgets and model groups live in `gateway_policies` (one row: the `Policies` JSON); a
+//!   policy write locks the same meta row and bumps the same generation, so every replica
+//!   reloads them with the keys.
 //! - A database that refuses writes (a standby, a read-only role) answers writes with
 //!   `ReadOnly` and still serves `load`. Reads never create tables.
 
@@ -24,9 +27,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use deadpool_postgres::{GenericClient, Object};
+use metis_domain::budgets::Policies;
 use metis_domain::keys::KeyRecord;
-use metis_ports::keys::{KeyEdit, KeyStore, KeyStoreError};
-use metis_storage_kit::keys::{Edited, StoredKey, apply_edit, parse_key_rows, record_to_insert};
+use metis_ports::keys::{KeyEdit, KeyStore, KeyStoreError, PolicyEdit};
+use metis_storage_kit::keys::{
+    Edited, StoredKey, apply_edit, apply_policy_edit, parse_key_rows, parse_policies,
+    policies_json, record_to_insert,
+};
 
 use crate::errors::key_err;
 use crate::pool::{Db, DbError};
@@ -190,6 +197,29 @@ async fn write_diff(
     Ok(Ok(()))
 }
 
+/// The stored policies JSON; `None` when none was written (or the table does not exist yet:
+/// a database migrated by an older binary).
+async fn read_policies(c: &impl GenericClient) -> Result<Option<String>, tokio_postgres::Error> {
+    let exists: bool = c
+        .query_one("SELECT to_regclass('gateway_policies') IS NOT NULL", &[])
+        .await?
+        .get(0);
+    if !exists {
+        return Ok(None);
+    }
+    let row = c
+        .query_opt(
+            "SELECT policies_json FROM gateway_policies WHERE id = 1",
+            &[],
+        )
+        .await?;
+    Ok(row.map(|r| r.get(0)))
+}
+
+const ENSURE_META_SQL: &str = "INSERT INTO gateway_keys_meta (id, generation, store_id) \
+     VALUES (1, 0, substr(md5(random()::text || clock_timestamp()::text), 1, 16)) \
+     ON CONFLICT (id) DO NOTHING";
+
 const BUMP_SQL: &str = "UPDATE gateway_keys_meta SET generation = generation + 1 WHERE id = 1";
 
 #[async_trait]
@@ -239,13 +269,7 @@ impl KeyStore for PgKeyStore {
                 }
                 let mut c = db.get().await?;
                 let tx = c.transaction().await?;
-                tx.execute(
-                    "INSERT INTO gateway_keys_meta (id, generation, store_id) \
-                     VALUES (1, 0, substr(md5(random()::text || clock_timestamp()::text), 1, 16)) \
-                     ON CONFLICT (id) DO NOTHING",
-                    &[],
-                )
-                .await?;
+                tx.execute(ENSURE_META_SQL, &[]).await?;
                 tx.query_one(
                     "SELECT generation FROM gateway_keys_meta WHERE id = 1 FOR UPDATE",
                     &[],
@@ -320,6 +344,76 @@ impl KeyStore for PgKeyStore {
         self.flatten("cannot update the keys", r)
     }
 
+    async fn load_policies(&self) -> Result<Policies, KeyStoreError> {
+        let (db, location) = (self.db.clone(), self.location());
+        let r = self
+            .db
+            .run(async move {
+                let c = db.get().await?;
+                match readable(&c, &location).await? {
+                    Ok(true) => {}
+                    Ok(false) => return Ok(Ok(Policies::default())),
+                    Err(e) => return Ok(Err(e)),
+                }
+                let json = read_policies(&c).await?;
+                Ok(parse_policies(json.as_deref()).map_err(|m| corrupt(&location, m)))
+            })
+            .await;
+        self.flatten("cannot read the policies", r)
+    }
+
+    async fn update_policies(&self, edit: PolicyEdit) -> Result<Policies, KeyStoreError> {
+        let location = self.location();
+        let (db, ready) = (self.db.clone(), Arc::clone(&self.schema_ready));
+        let r = self
+            .db
+            .run(async move {
+                // A database migrated by a binary without policies gets its table here.
+                if let Err(e) = Self::ensure_schema(&db, &ready, &location).await? {
+                    return Ok(Err(e));
+                }
+                let mut c = db.get().await?;
+                let tx = c.transaction().await?;
+                tx.execute(ENSURE_META_SQL, &[]).await?;
+                // The same lock as key writes: policy and key writers take turns.
+                tx.query_one(
+                    "SELECT generation FROM gateway_keys_meta WHERE id = 1 FOR UPDATE",
+                    &[],
+                )
+                .await?;
+                let before = match parse_policies(read_policies(&tx).await?.as_deref()) {
+                    Ok(p) => p,
+                    Err(m) => return Ok(Err(corrupt(&location, m))),
+                };
+                let after = match apply_policy_edit(&before, edit, &location) {
+                    Ok(Some(after)) => after,
+                    Ok(None) => return Ok(Ok(before)),
+                    Err(e) => return Ok(Err(e)),
+                };
+                let json = match policies_json(&after, &location) {
+                    Ok(j) => j,
+                    Err(e) => return Ok(Err(e)),
+                };
+                tx.execute(
+                    "INSERT INTO gateway_policies (id, policies_json) VALUES (1, $1) \
+                     ON CONFLICT (id) DO UPDATE SET policies_json = EXCLUDED.policies_json",
+                    &[&json],
+                )
+                .await?;
+                tx.execute(BUMP_SQL, &[]).await?;
+                tx.commit().await?;
+                tracing::info!(
+                    keystore = %location,
+                    budgets = after.budgets.len(),
+                    model_groups = after.model_groups.len(),
+                    "policies updated"
+                );
+                Ok(Ok(after))
+            })
+            .await;
+        self.flatten("cannot update the policies", r)
+    }
+
     async fn version(&self) -> Option<String> {
         let db = self.db.clone();
         self.db
@@ -348,6 +442,30 @@ impl PgKeyStore {
         let this = self.clone();
         let r = self.db.block_on(async move { Ok(this.load().await) });
         r.unwrap_or_else(|e| Err(key_err(&self.location(), "cannot read the keys", &e)))
+    }
+
+    /// Blocking form of `load_policies`.
+    ///
+    /// # Errors
+    /// As `load_policies`.
+    pub fn load_policies_blocking(&self) -> Result<Policies, KeyStoreError> {
+        let this = self.clone();
+        let r = self
+            .db
+            .block_on(async move { Ok(this.load_policies().await) });
+        r.unwrap_or_else(|e| Err(key_err(&self.location(), "cannot read the policies", &e)))
+    }
+
+    /// Blocking form of `update_policies`.
+    ///
+    /// # Errors
+    /// As `update_policies`.
+    pub fn update_policies_blocking(&self, edit: PolicyEdit) -> Result<Policies, KeyStoreError> {
+        let this = self.clone();
+        let r = self
+            .db
+            .block_on(async move { Ok(this.update_policies(edit).await) });
+        r.unwrap_or_else(|e| Err(key_err(&self.location(), "cannot update the policies", &e)))
     }
 
     /// Blocking form of `insert`.

@@ -125,6 +125,10 @@ impl StoreReader for PgReader {
     fn keys(&self) -> Result<Vec<KeyRecord>, KeyStoreError> {
         loaded_or_empty(self.keys.load_blocking())
     }
+
+    fn policies(&self) -> Result<metis_domain::budgets::Policies, KeyStoreError> {
+        self.keys.load_policies_blocking()
+    }
 }
 
 /// The events insert of a copy: no `ON CONFLICT`, so a duplicate id fails the call.
@@ -230,5 +234,18 @@ impl StoreImport for PgImport {
             self.keys.insert_blocking(k.clone())?;
         }
         Ok(keys.len() as u64)
+    }
+
+    fn insert_policies(
+        &mut self,
+        policies: &metis_domain::budgets::Policies,
+    ) -> Result<(), KeyStoreError> {
+        let copy = policies.clone();
+        self.keys
+            .update_policies_blocking(Box::new(move |p| {
+                *p = copy;
+                Ok(())
+            }))
+            .map(drop)
     }
 }

@@ -115,6 +115,13 @@ CREATE TABLE gateway_keys_meta (
 );
 "#;
 
+const KEYS_V2: &str = r#"
+CREATE TABLE gateway_policies (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    policies_json TEXT NOT NULL
+);
+"#;
+
 /// Events, their indexes and the audit chain (`metis trace migrate`).
 pub const TRACE: Component = Component {
     name: "trace",
@@ -138,10 +145,17 @@ pub const SESSIONS: Component = Component {
 /// Gateway keys (`--keystore store`).
 pub const KEYS: Component = Component {
     name: "keys",
-    steps: &[Step {
-        description: "create tables gateway_keys and gateway_keys_meta",
-        sql: KEYS_V1,
-    }],
+    steps: &[
+        Step {
+            description: "create tables gateway_keys and gateway_keys_meta",
+            sql: KEYS_V1,
+        },
+        // Additive: a binary that knows only v1 keeps serving keys (without the policies).
+        Step {
+            description: "create table gateway_policies (budgets and model groups)",
+            sql: KEYS_V2,
+        },
+    ],
     compatible_from: 1,
 };
 

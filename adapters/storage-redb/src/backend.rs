@@ -288,6 +288,10 @@ impl StoreReader for RedbReader {
     fn keys(&self) -> Result<Vec<KeyRecord>, KeyStoreError> {
         loaded_or_empty(self.keys.load_blocking())
     }
+
+    fn policies(&self) -> Result<metis_domain::budgets::Policies, KeyStoreError> {
+        self.keys.load_policies_blocking()
+    }
 }
 
 /// A new main file being filled by a copy.
@@ -310,6 +314,19 @@ impl StoreImport for RedbImport {
             self.keys.insert_blocking(k.clone())?;
         }
         Ok(keys.len() as u64)
+    }
+
+    fn insert_policies(
+        &mut self,
+        policies: &metis_domain::budgets::Policies,
+    ) -> Result<(), KeyStoreError> {
+        let copy = policies.clone();
+        self.keys
+            .update_policies_blocking(Box::new(move |p| {
+                *p = copy;
+                Ok(())
+            }))
+            .map(drop)
     }
 }
 

@@ -98,6 +98,8 @@ pub(crate) const META_AUDIT_SEQ: &str = "audit_tail_seq";
 pub(crate) const META_AUDIT_HASH: &str = "audit_tail_hash";
 pub(crate) const META_KEYS_GENERATION: &str = "keys_generation";
 pub(crate) const META_STORE_ID: &str = "store_id";
+/// The key store's budgets and model groups (the `Policies` JSON), beside the keys.
+pub(crate) const META_KEY_POLICIES: &str = "key_policies";
 
 /// Any failure of a redb operation, with its context.
 #[derive(Debug)]

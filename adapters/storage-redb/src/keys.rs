@@ -9,6 +9,8 @@
 //!   see the old set or the new one.
 //! - `update` validates every resulting record and the absence of duplicate ids or hashes
 //!   before writing; nothing is written on any error.
+//! - Budgets and model groups live in `meta.key_policies` (the `Policies` JSON), written by
+//!   the same kind of transaction and bumping the same generation.
 //! - `version` is `<store_id>:<generation>` (a random id minted with the store, so a replaced
 //!   file is told apart).
 //! - Reads never create the file.
@@ -16,14 +18,18 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use metis_domain::budgets::Policies;
 use metis_domain::keys::{KeyRecord, validate_key_set};
-use metis_ports::keys::{KeyEdit, KeyStoreError};
-use metis_storage_kit::keys::{Edited, apply_edit, read_only_file, record_to_insert};
+use metis_ports::keys::{KeyEdit, KeyStoreError, PolicyEdit};
+use metis_storage_kit::keys::{
+    Edited, apply_edit, apply_policy_edit, parse_policies, policies_json, read_only_file,
+    record_to_insert,
+};
 use redb::{Database, ReadableDatabase, ReadableTable, WriteTransaction};
 
 use crate::db::{
-    KEYS, META, META_KEYS_GENERATION, META_STORE_ID, Sharing, StoreError, describe_open_error,
-    open_shared, random_id,
+    KEYS, META, META_KEY_POLICIES, META_KEYS_GENERATION, META_STORE_ID, Sharing, StoreError,
+    describe_open_error, open_shared, random_id,
 };
 
 /// Gateway keys in the redb file at a path. Cheap to clone.
@@ -162,6 +168,12 @@ impl RedbKeyStore {
                 .map_err(|e| self.err(op, &e.into()))?;
         }
         drop(keys);
+        self.bump(tx)
+    }
+
+    /// Bump the generation (and mint the store id on the first write), inside `tx`.
+    fn bump(&self, tx: &WriteTransaction) -> Result<(), KeyStoreError> {
+        let op = "cannot store the keys";
         let mut meta = tx.open_table(META).map_err(|e| self.err(op, &e.into()))?;
         let generation = meta
             .get(META_KEYS_GENERATION)
@@ -258,6 +270,66 @@ impl RedbKeyStore {
         tx.commit().map_err(|e| self.err(op, &e.into()))?;
         tracing::info!(keystore = %self.location(), keys = records.len(), "keystore updated");
         Ok(records)
+    }
+
+    /// Blocking form of [`KeyStore::load_policies`](metis_ports::keys::KeyStore::load_policies).
+    ///
+    /// # Errors
+    /// As the port.
+    pub fn load_policies_blocking(&self) -> Result<Policies, KeyStoreError> {
+        let Some(db) = self.existing()? else {
+            return Ok(Policies::default());
+        };
+        let op = "cannot read the policies";
+        let tx = db.begin_read().map_err(|e| self.err(op, &e.into()))?;
+        let meta = match tx.open_table(META) {
+            Ok(m) => m,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Policies::default()),
+            Err(e) => return Err(self.err(op, &e.into())),
+        };
+        let json = meta
+            .get(META_KEY_POLICIES)
+            .map_err(|e| self.err(op, &e.into()))?
+            .map(|v| v.value().to_owned());
+        parse_policies(json.as_deref()).map_err(|m| self.corrupt(m))
+    }
+
+    /// Blocking form of [`KeyStore::update_policies`](metis_ports::keys::KeyStore::update_policies).
+    ///
+    /// # Errors
+    /// As the port; nothing is written on any error.
+    pub fn update_policies_blocking(&self, edit: PolicyEdit) -> Result<Policies, KeyStoreError> {
+        let db = self.writable()?;
+        let op = "cannot update the policies";
+        let tx = db.begin_write().map_err(|e| self.err(op, &e.into()))?;
+        let before = {
+            let meta = tx.open_table(META).map_err(|e| self.err(op, &e.into()))?;
+            let json = meta
+                .get(META_KEY_POLICIES)
+                .map_err(|e| self.err(op, &e.into()))?
+                .map(|v| v.value().to_owned());
+            parse_policies(json.as_deref()).map_err(|m| self.corrupt(m))?
+        };
+        let Some(after) = apply_policy_edit(&before, edit, &self.location())? else {
+            return Ok(before);
+        };
+        let json = policies_json(&after, &self.location())?;
+        {
+            // The key table is created with the first write, so the store exists afterwards.
+            tx.open_table(KEYS).map_err(|e| self.err(op, &e.into()))?;
+            let mut meta = tx.open_table(META).map_err(|e| self.err(op, &e.into()))?;
+            meta.insert(META_KEY_POLICIES, json.as_str())
+                .map_err(|e| self.err(op, &e.into()))?;
+        }
+        self.bump(&tx)?;
+        tx.commit().map_err(|e| self.err(op, &e.into()))?;
+        tracing::info!(
+            keystore = %self.location(),
+            budgets = after.budgets.len(),
+            model_groups = after.model_groups.len(),
+            "policies updated"
+        );
+        Ok(after)
     }
 
     /// Blocking form of [`KeyStore::version`](metis_ports::keys::KeyStore::version).

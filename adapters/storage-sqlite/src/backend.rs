@@ -261,6 +261,10 @@ impl StoreReader for SqliteReader {
     fn keys(&self) -> Result<Vec<KeyRecord>, KeyStoreError> {
         loaded_or_empty(self.keys.load_blocking())
     }
+
+    fn policies(&self) -> Result<metis_domain::budgets::Policies, KeyStoreError> {
+        self.keys.load_policies_blocking()
+    }
 }
 
 /// A new main store being filled by a copy.
@@ -283,5 +287,18 @@ impl StoreImport for SqliteImport {
             self.keys.insert_blocking(k.clone())?;
         }
         Ok(keys.len() as u64)
+    }
+
+    fn insert_policies(
+        &mut self,
+        policies: &metis_domain::budgets::Policies,
+    ) -> Result<(), KeyStoreError> {
+        let copy = policies.clone();
+        self.keys
+            .update_policies_blocking(Box::new(move |p| {
+                *p = copy;
+                Ok(())
+            }))
+            .map(drop)
     }
 }

@@ -15,6 +15,9 @@
 //! - `update` validates every resulting record and the absence of duplicate ids or hashes
 //!   before writing, and writes only the difference: an untouched key's stored JSON stays
 //!   byte-identical.
+//! - Budgets and model groups live in `gateway_policies` (one row: the `Policies` JSON); a
+//!   policy write is the same kind of transaction and bumps the same generation, so the key
+//!   reload brings them too.
 //! - `version` is `<store_id>:<generation>`: the generation changes with every write, and the
 //!   random `store_id` (minted with the table) tells a restored or replaced database apart.
 //! - Opening follows the trace database's rules: a file stamped by a newer binary is refused
@@ -28,10 +31,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use metis_domain::budgets::Policies;
 use metis_domain::keys::KeyRecord;
-use metis_ports::keys::{KeyEdit, KeyStoreError};
+use metis_ports::keys::{KeyEdit, KeyStoreError, PolicyEdit};
 use metis_storage_kit::keys::{
-    Edited, StoredKey, apply_edit, parse_key_rows, read_only_file, record_to_insert,
+    Edited, StoredKey, apply_edit, apply_policy_edit, parse_key_rows, parse_policies,
+    policies_json, read_only_file, record_to_insert,
 };
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
@@ -56,6 +61,10 @@ CREATE TABLE IF NOT EXISTS gateway_keys_meta (
 );
 INSERT OR IGNORE INTO gateway_keys_meta (id, generation, store_id)
     VALUES (1, 0, lower(hex(randomblob(8))));
+CREATE TABLE IF NOT EXISTS gateway_policies (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    policies_json TEXT NOT NULL
+);
 ";
 
 const BUMP_SQL: &str = "UPDATE gateway_keys_meta SET generation = generation + 1 WHERE id = 1";
@@ -419,10 +428,88 @@ impl SqliteKeyStore {
         .ok()
     }
 
-    fn has_key_table(&self, conn: &Connection) -> Result<bool, KeyStoreError> {
+    /// Blocking form of [`KeyStore::load_policies`](metis_ports::keys::KeyStore::load_policies).
+    ///
+    /// # Errors
+    /// `Corrupt` when the stored policies are invalid; `Io` otherwise.
+    pub fn load_policies_blocking(&self) -> Result<Policies, KeyStoreError> {
+        self.with_slot(|s, slot| {
+            let conn = match s.connection(slot, false) {
+                Ok(c) => c,
+                Err(KeyStoreError::NotFound { .. }) => return Ok(Policies::default()),
+                Err(e) => return Err(e),
+            };
+            let json = s.read_policies(conn)?;
+            parse_policies(json.as_deref()).map_err(|message| KeyStoreError::Corrupt {
+                location: s.location(),
+                message,
+            })
+        })
+    }
+
+    /// Blocking form of [`KeyStore::update_policies`](metis_ports::keys::KeyStore::update_policies).
+    ///
+    /// # Errors
+    /// As the port; nothing is written on any error.
+    pub fn update_policies_blocking(&self, edit: PolicyEdit) -> Result<Policies, KeyStoreError> {
+        self.with_slot(|s, slot| {
+            s.make_writable(slot)?;
+            let conn = s.connection(slot, true)?;
+            let op = "cannot update the policies";
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(|e| s.sql_error(op, &e))?;
+            let before = parse_policies(s.read_policies(&tx)?.as_deref()).map_err(|message| {
+                KeyStoreError::Corrupt {
+                    location: s.location(),
+                    message,
+                }
+            })?;
+            let Some(after) = apply_policy_edit(&before, edit, &s.location())? else {
+                return Ok(before);
+            };
+            let json = policies_json(&after, &s.location())?;
+            tx.execute(
+                "INSERT INTO gateway_policies (id, policies_json) VALUES (1, ?1) \
+                 ON CONFLICT (id) DO UPDATE SET policies_json = excluded.policies_json",
+                params![json],
+            )
+            .map_err(|e| s.sql_error(op, &e))?;
+            tx.execute(BUMP_SQL, []).map_err(|e| s.sql_error(op, &e))?;
+            tx.commit().map_err(|e| s.sql_error(op, &e))?;
+            tracing::info!(
+                keystore = %s.location(),
+                budgets = after.budgets.len(),
+                model_groups = after.model_groups.len(),
+                "policies updated"
+            );
+            Ok(after)
+        })
+    }
+
+    /// The stored policies JSON; `None` when none was ever written (or the table predates
+    /// this binary's first write).
+    fn read_policies(&self, conn: &Connection) -> Result<Option<String>, KeyStoreError> {
+        if !self.has_table(conn, "gateway_policies")? {
+            return Ok(None);
+        }
         conn.query_row(
-            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'gateway_keys'",
+            "SELECT policies_json FROM gateway_policies WHERE id = 1",
             [],
+            |r| r.get::<_, String>(0),
+        )
+        .optional()
+        .map_err(|e| self.sql_error("cannot read the policies", &e))
+    }
+
+    fn has_key_table(&self, conn: &Connection) -> Result<bool, KeyStoreError> {
+        self.has_table(conn, "gateway_keys")
+    }
+
+    fn has_table(&self, conn: &Connection, name: &str) -> Result<bool, KeyStoreError> {
+        conn.query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+            [name],
             |r| r.get::<_, i64>(0),
         )
         .map(|n| n > 0)

@@ -80,6 +80,174 @@ pub enum KeyCommand {
     /// Issue a successor inheriting the key's scope, caps, rpm, tags and spend; the old key
     /// stays valid until the grace period ends. Refuses revoked or lapsed keys.
     RotateKey(RotateKeyArgs),
+    /// Change settings of an active key (allow-list, caps, limits, alert levels, scope tags);
+    /// running gateways apply it within 2 s. Settings not named are kept.
+    UpdateKey(UpdateKeyArgs),
+    /// Budgets of users, teams, customers and organisations: caps shared by every key with
+    /// the tag, token limits, alert levels and model allow-lists.
+    #[command(subcommand)]
+    Budget(BudgetCommand),
+    /// Named sets of models that allow-lists name as `group:NAME`.
+    #[command(subcommand)]
+    ModelGroup(ModelGroupCommand),
+}
+
+/// A key setting `update-key --clear` removes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KeySetting {
+    AllowModel,
+    DailyCapUsd,
+    WeeklyCapUsd,
+    MonthlyCapUsd,
+    Rpm,
+    Tpm,
+    AlertAt,
+    User,
+    Team,
+    Customer,
+    Org,
+}
+
+#[derive(Debug, Args)]
+pub struct UpdateKeyArgs {
+    /// The key id (`gk_…`).
+    pub key_id: String,
+    /// Replace the allow-list with these models (ids, aliases, `group:NAME`); repeatable.
+    #[arg(long = "allow-model")]
+    pub allow_model: Vec<String>,
+    /// Daily spend cap in USD (> 0).
+    #[arg(long, allow_hyphen_values = true)]
+    pub daily_cap_usd: Option<String>,
+    /// Weekly spend cap in USD (> 0).
+    #[arg(long, allow_hyphen_values = true)]
+    pub weekly_cap_usd: Option<String>,
+    /// Monthly spend cap in USD (> 0).
+    #[arg(long, allow_hyphen_values = true)]
+    pub monthly_cap_usd: Option<String>,
+    /// Requests per minute.
+    #[arg(long)]
+    pub rpm: Option<u32>,
+    /// Tokens (input + output) per minute.
+    #[arg(long)]
+    pub tpm: Option<u32>,
+    /// Alert levels in percent, increasing.
+    #[arg(long, value_delimiter = ',')]
+    pub alert_at: Vec<u8>,
+    /// User tag.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Team tag.
+    #[arg(long)]
+    pub team: Option<String>,
+    /// Customer tag.
+    #[arg(long)]
+    pub customer: Option<String>,
+    /// Organisation tag.
+    #[arg(long)]
+    pub org: Option<String>,
+    /// Remove these settings (comma-separated), e.g. `--clear team,daily-cap-usd`.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub clear: Vec<KeySetting>,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+}
+
+/// `metis gateway budget …`.
+#[derive(Debug, Subcommand)]
+pub enum BudgetCommand {
+    /// Create or replace the budget of one scope (every setting as given here; settings not
+    /// given are removed). Running gateways apply it within 2 s.
+    Set(BudgetSetArgs),
+    /// List budgets (spend per window is in `GET /admin/v1/budgets` of a running gateway).
+    List(ListArgs),
+    /// Delete the budget of one scope.
+    Delete(BudgetScopeArgs),
+}
+
+/// The one scope a budget command is about.
+#[derive(Debug, Clone, Args)]
+#[command(group(clap::ArgGroup::new("scope").required(true).args(["team", "user", "customer", "org"])))]
+pub struct BudgetScopeArgs {
+    /// The team tag (`--team` of issue-key).
+    #[arg(long)]
+    pub team: Option<String>,
+    /// The user tag (`--user` of issue-key).
+    #[arg(long)]
+    pub user: Option<String>,
+    /// The customer tag (`--customer` of issue-key).
+    #[arg(long)]
+    pub customer: Option<String>,
+    /// The organisation tag (`--org` of issue-key).
+    #[arg(long)]
+    pub org: Option<String>,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct BudgetSetArgs {
+    #[command(flatten)]
+    pub scope: BudgetScopeArgs,
+    /// Daily cap in USD across every key of the scope (UTC day; > 0).
+    #[arg(long, allow_hyphen_values = true)]
+    pub daily_usd: Option<String>,
+    /// Weekly cap in USD (week from Monday 00:00 UTC; > 0).
+    #[arg(long, allow_hyphen_values = true)]
+    pub weekly_usd: Option<String>,
+    /// Monthly cap in USD (month from `--budget-month-start-day`; > 0).
+    #[arg(long, allow_hyphen_values = true)]
+    pub monthly_usd: Option<String>,
+    /// Tokens per minute (input + output) across every key of the scope.
+    #[arg(long)]
+    pub tpm: Option<u32>,
+    /// Alert levels in percent of each cap, increasing (default 80,95,100).
+    #[arg(long, value_delimiter = ',')]
+    pub alert_at: Vec<u8>,
+    /// Models every key of the scope is limited to (ids, aliases, `group:NAME`),
+    /// comma-separated; on top of each key's own list.
+    #[arg(long, value_delimiter = ',')]
+    pub allowed_models: Vec<String>,
+}
+
+/// `metis gateway model-group …`.
+#[derive(Debug, Subcommand)]
+pub enum ModelGroupCommand {
+    /// Create a group or replace its members. Every key and budget naming `group:NAME` may
+    /// use the new members within 2 s, with nothing else edited.
+    Set(ModelGroupSetArgs),
+    /// List groups and their members.
+    List(ListArgs),
+    /// Delete a group: `group:NAME` entries then allow nothing (never more).
+    Delete(ModelGroupNameArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ModelGroupSetArgs {
+    /// Group name (`^[a-z0-9_-]{1,64}$`).
+    pub name: String,
+    /// Members: canonical model ids or aliases, comma-separated (no groups).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub models: Vec<String>,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ModelGroupNameArgs {
+    /// Group name.
+    pub name: String,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+}
+
+/// A listing's output format and store.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: ListFormat,
+    #[command(flatten)]
+    pub storage: StorageArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -208,8 +376,9 @@ pub struct IssueKeyArgs {
     /// Workspace the key belongs to (stored as an absolute path; it need not exist).
     #[arg(long)]
     pub workspace: PathBuf,
-    /// Restrict the key to this model (canonical id like `anthropic:claude-haiku-4-5` or an
-    /// alias like `haiku`); repeatable. Without it the key may use every model.
+    /// Restrict the key to this model (canonical id like `anthropic:claude-haiku-4-5`, an
+    /// alias like `haiku`, or `group:NAME` for a model group); repeatable. Without it the key
+    /// may use every model (within its user's and team's budget allow-lists).
     #[arg(long = "allow-model")]
     pub allow_model: Vec<String>,
     /// User tag for cost attribution (`^[a-z0-9_-]+$`).
@@ -218,6 +387,21 @@ pub struct IssueKeyArgs {
     /// Team tag for cost attribution (`^[a-z0-9_-]+$`).
     #[arg(long)]
     pub team: Option<String>,
+    /// Customer tag (`^[a-z0-9_-]+$`): the key counts against the customer's budget.
+    #[arg(long)]
+    pub customer: Option<String>,
+    /// Organisation tag (`^[a-z0-9_-]+$`): the key counts against the organisation's budget.
+    #[arg(long)]
+    pub org: Option<String>,
+    /// Weekly spend cap in USD (week from Monday 00:00 UTC; finite, > 0).
+    #[arg(long, allow_hyphen_values = true)]
+    pub weekly_cap_usd: Option<String>,
+    /// Per-key token limit in tokens (input + output) per minute.
+    #[arg(long)]
+    pub tpm: Option<u32>,
+    /// Alert levels of the key's caps in percent, increasing (default 80,95,100).
+    #[arg(long, value_delimiter = ',')]
+    pub alert_at: Vec<u8>,
     /// Daily spend cap in USD (UTC day; finite, > 0).
     #[arg(long, allow_hyphen_values = true)]
     pub daily_cap_usd: Option<String>,

@@ -206,6 +206,11 @@ pub fn key_json(k: &KeyView) -> serde_json::Value {
         "grace_period_until": r.grace_period_until,
         "expires_at": r.expires_at,
         "customer_tier": r.customer_tier,
+        "customer_id": r.customer_id,
+        "org_id": r.org_id,
+        "weekly_cap_usd": r.weekly_cap_usd,
+        "tpm": r.tpm,
+        "alert_at": r.alert_at,
     })
 }
 
@@ -238,4 +243,109 @@ pub async fn rotate(
         .map_err(admin_err)?;
     session.close().await?;
     Ok(r)
+}
+
+/// The changes `update-key` asks for. A setting both given and cleared is refused.
+///
+/// # Errors
+/// A setting given a value and named in `--clear`.
+pub fn key_changes(
+    a: crate::cli::UpdateKeyArgs,
+) -> anyhow::Result<(String, metis_ports::admin::KeyChanges)> {
+    use crate::cli::KeySetting as S;
+    use metis_ports::admin::Change;
+    let clear = a.clear;
+    let pick = |set: Option<String>, s: S, flag: &str| -> anyhow::Result<Change<String>> {
+        change(set, clear.contains(&s), flag)
+    };
+    let changes = metis_ports::admin::KeyChanges {
+        allowed_models: change(
+            (!a.allow_model.is_empty()).then_some(a.allow_model),
+            clear.contains(&S::AllowModel),
+            "--allow-model",
+        )?,
+        daily_cap_usd: pick(a.daily_cap_usd, S::DailyCapUsd, "--daily-cap-usd")?,
+        weekly_cap_usd: pick(a.weekly_cap_usd, S::WeeklyCapUsd, "--weekly-cap-usd")?,
+        monthly_cap_usd: pick(a.monthly_cap_usd, S::MonthlyCapUsd, "--monthly-cap-usd")?,
+        rpm: change(a.rpm, clear.contains(&S::Rpm), "--rpm")?,
+        tpm: change(a.tpm, clear.contains(&S::Tpm), "--tpm")?,
+        alert_at: change(
+            (!a.alert_at.is_empty()).then_some(a.alert_at),
+            clear.contains(&S::AlertAt),
+            "--alert-at",
+        )?,
+        user: pick(a.user, S::User, "--user")?,
+        team: pick(a.team, S::Team, "--team")?,
+        customer: pick(a.customer, S::Customer, "--customer")?,
+        org: pick(a.org, S::Org, "--org")?,
+    };
+    if changes == metis_ports::admin::KeyChanges::default() {
+        anyhow::bail!(
+            "update-key changes nothing: give a setting (e.g. --team T) or --clear SETTING"
+        );
+    }
+    Ok((a.key_id, changes))
+}
+
+fn change<T>(
+    set: Option<T>,
+    clear: bool,
+    flag: &str,
+) -> anyhow::Result<metis_ports::admin::Change<T>> {
+    use metis_ports::admin::Change;
+    match (set, clear) {
+        (Some(_), true) => anyhow::bail!("{flag} is both given and named in --clear"),
+        (Some(v), false) => Ok(Change::Set(v)),
+        (None, true) => Ok(Change::Clear),
+        (None, false) => Ok(Change::Keep),
+    }
+}
+
+/// `update-key`.
+///
+/// # Errors
+/// Unknown or inactive key, invalid settings, keystore or audit failures.
+pub async fn update(
+    paths: &Paths,
+    key_id: &str,
+    changes: metis_ports::admin::KeyChanges,
+) -> anyhow::Result<KeyView> {
+    let session = AdminSession::open(paths).await?;
+    let r = session.admin.update_key(key_id, changes, None).await;
+    session.close().await?;
+    r.map_err(admin_err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn update_args(args: &[&str]) -> crate::cli::UpdateKeyArgs {
+        let mut all = vec!["metis", "gateway", "update-key", "gk_1"];
+        all.extend(args);
+        let cli = crate::cli::Cli::try_parse_from(all).unwrap_or_else(|e| panic!("{e}"));
+        let crate::cli::Command::Gateway(g) = cli.command else {
+            panic!("expected gateway")
+        };
+        let Some(crate::cli::KeyCommand::UpdateKey(a)) = g.action else {
+            panic!("expected update-key")
+        };
+        a
+    }
+
+    /// Given settings are set, `--clear` ones removed, the rest kept; a setting both given and
+    /// cleared, or no setting at all, is refused naming the flag.
+    #[test]
+    fn update_key_flags_become_changes() {
+        use metis_ports::admin::Change;
+        let (id, c) = key_changes(update_args(&["--team", "eng", "--clear", "org,tpm"])).unwrap();
+        assert_eq!(id, "gk_1");
+        assert_eq!(c.team, Change::Set("eng".to_owned()));
+        assert_eq!((c.org, c.tpm), (Change::Clear, Change::Clear));
+        assert_eq!(c.user, Change::Keep);
+        let err = key_changes(update_args(&["--team", "eng", "--clear", "team"])).unwrap_err();
+        assert!(err.to_string().contains("--team"), "{err}");
+        assert!(key_changes(update_args(&[])).is_err());
+    }
 }

@@ -10,6 +10,7 @@ pub mod alerts;
 pub mod app;
 pub mod audit_cli;
 pub mod background;
+pub mod budgets_cli;
 pub mod cert_expiry;
 pub mod cli;
 pub mod config;

@@ -33,6 +33,11 @@ async fn gateway(cmd: GatewayCmd) -> anyhow::Result<()> {
                     user: args.user,
                     team: args.team,
                     customer_tier: args.customer_tier,
+                    customer: args.customer,
+                    org: args.org,
+                    weekly_cap_usd: args.weekly_cap_usd,
+                    tpm: args.tpm,
+                    alert_at: (!args.alert_at.is_empty()).then_some(args.alert_at),
                     expires_in: args.expires_in,
                     expires_at: args.expires_at,
                 },
@@ -86,6 +91,24 @@ async fn gateway(cmd: GatewayCmd) -> anyhow::Result<()> {
                 r.grace_period_until
             );
             Ok(())
+        }
+        Some(KeyCommand::UpdateKey(args)) => {
+            let paths = Paths::resolve(&args.storage.or(&cmd.serve.storage))?;
+            let (key_id, changes) = keys_cli::key_changes(args)?;
+            let view = keys_cli::update(&paths, &key_id, changes).await?;
+            writeln!(
+                std::io::stdout().lock(),
+                "{}",
+                serde_json::to_string_pretty(&keys_cli::key_json(&view))?
+            )?;
+            Ok(())
+        }
+        Some(KeyCommand::Budget(c)) => {
+            metis::budgets_cli::budget(c, &cmd.serve.storage, &mut std::io::stdout().lock()).await
+        }
+        Some(KeyCommand::ModelGroup(c)) => {
+            metis::budgets_cli::model_group(c, &cmd.serve.storage, &mut std::io::stdout().lock())
+                .await
         }
         None => {
             let telemetry = metis::telemetry::init(cmd.serve.log_format)?;

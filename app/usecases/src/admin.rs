@@ -12,9 +12,12 @@ use crate::{AdminError, KeyAdmin};
 use async_trait::async_trait;
 use metis_domain::admin::AdminIdentity;
 use metis_domain::audit::AUDIT_TYPES;
+use metis_domain::budgets::{BudgetPolicy, ScopeKind, scope_account};
 use metis_domain::keys::RotationExpiry;
+use metis_domain::model_groups::ModelGroup;
 use metis_ports::admin::{
-    AdminFailure, AdminService, CreatedKey, KeySummary, NewKey, RevokeResult, RotateResult,
+    AdminFailure, AdminService, BudgetSummary, CreatedKey, KeyChanges, KeySummary, NewKey,
+    RevokeResult, RotateResult,
 };
 use metis_ports::keys::KeyStoreError;
 use metis_ports::system::Clock;
@@ -68,12 +71,28 @@ impl AdminFacade {
             spend_month_usd: spend.month_usd,
         }
     }
+
+    async fn budget_summary(&self, budget: BudgetPolicy) -> BudgetSummary {
+        let spend = self
+            .spend
+            .balance(
+                &scope_account(budget.scope, &budget.id),
+                self.clock.now_us(),
+            )
+            .await;
+        BudgetSummary {
+            budget,
+            spend_day_usd: spend.day_usd,
+            spend_month_usd: spend.month_usd,
+        }
+    }
 }
 
 fn failure(e: AdminError) -> AdminFailure {
     match e {
         AdminError::Invalid(m) => AdminFailure::Invalid(m),
         AdminError::NotFound(id) => AdminFailure::NotFound(format!("key '{id}' not found")),
+        AdminError::Missing(m) => AdminFailure::NotFound(m),
         AdminError::Conflict(m) => AdminFailure::Conflict(m),
         AdminError::Store(KeyStoreError::ReadOnly { location, message }) => {
             AdminFailure::ReadOnly(format!(
@@ -171,6 +190,81 @@ impl AdminService for AdminFacade {
             new_token: r.successor.token,
             grace_period_until: r.grace_period_until,
         })
+    }
+
+    async fn update_key(
+        &self,
+        key_id: &str,
+        changes: KeyChanges,
+        by: &AdminIdentity,
+    ) -> Result<KeySummary, AdminFailure> {
+        let v = self
+            .keys
+            .update_key(key_id, changes, Some(by))
+            .await
+            .map_err(failure)?;
+        Ok(self.summary(v).await)
+    }
+
+    async fn list_budgets(&self) -> Result<Vec<BudgetSummary>, AdminFailure> {
+        let policies = self.keys.policies().await.map_err(failure)?;
+        let mut out = Vec::with_capacity(policies.budgets.len());
+        for b in policies.budgets {
+            out.push(self.budget_summary(b).await);
+        }
+        Ok(out)
+    }
+
+    async fn put_budget(
+        &self,
+        budget: BudgetPolicy,
+        by: &AdminIdentity,
+    ) -> Result<BudgetSummary, AdminFailure> {
+        let stored = self
+            .keys
+            .set_budget(budget, Some(by))
+            .await
+            .map_err(failure)?;
+        Ok(self.budget_summary(stored).await)
+    }
+
+    async fn delete_budget(
+        &self,
+        scope: ScopeKind,
+        id: &str,
+        by: &AdminIdentity,
+    ) -> Result<BudgetPolicy, AdminFailure> {
+        self.keys
+            .delete_budget(scope, id, Some(by))
+            .await
+            .map_err(failure)
+    }
+
+    async fn list_model_groups(&self) -> Result<Vec<ModelGroup>, AdminFailure> {
+        Ok(self.keys.policies().await.map_err(failure)?.model_groups)
+    }
+
+    async fn put_model_group(
+        &self,
+        name: &str,
+        models: Vec<String>,
+        by: &AdminIdentity,
+    ) -> Result<ModelGroup, AdminFailure> {
+        self.keys
+            .set_model_group(name, models, Some(by))
+            .await
+            .map_err(failure)
+    }
+
+    async fn delete_model_group(
+        &self,
+        name: &str,
+        by: &AdminIdentity,
+    ) -> Result<ModelGroup, AdminFailure> {
+        self.keys
+            .delete_model_group(name, Some(by))
+            .await
+            .map_err(failure)
     }
 
     async fn usage(

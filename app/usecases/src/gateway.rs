@@ -522,6 +522,7 @@ impl GatewayService for GatewayCore {
     }
 
     fn models(&self, admission: &Admission, query: &ModelsQuery) -> Result<Bytes, GatewayError> {
+        let index = self.keys.snapshot();
         let listing: Vec<ListedModel> = self
             .catalog
             .listing(&|p| self.is_live(p))
@@ -529,7 +530,7 @@ impl GatewayService for GatewayCore {
             .filter(|m| {
                 let canonical = m.alias_of.as_deref().unwrap_or(&m.id);
                 let aliases = self.catalog.aliases_of(canonical);
-                admission.key.allows_model(canonical, &aliases)
+                index.allows_model(&admission.key, canonical, &aliases)
             })
             .collect();
         let anthropic = admission.shape == Shape::Anthropic;

@@ -64,6 +64,9 @@ pub enum AdminError {
     Invalid(String),
     #[error("key '{0}' not found in keystore")]
     NotFound(String),
+    /// Something other than a key is missing (a budget, a model group); the message names it.
+    #[error("{0}")]
+    Missing(String),
     #[error("{0}")]
     Conflict(String),
     #[error(transparent)]
@@ -84,12 +87,12 @@ pub struct KeyView {
 
 /// The key administration use case.
 pub struct KeyAdmin {
-    store: Arc<dyn KeyStore>,
+    pub(crate) store: Arc<dyn KeyStore>,
     sink: Arc<dyn EventSink>,
-    clock: Arc<dyn Clock>,
+    pub(crate) clock: Arc<dyn Clock>,
     ids: Arc<dyn IdSource>,
     /// `source` of the events this admin records (`metis_domain::events::key_sources`).
-    source: &'static str,
+    pub(crate) source: &'static str,
     /// In a gateway: the key ring to bring up to date after each change.
     sync: Option<Arc<KeySync>>,
 }
@@ -113,10 +116,25 @@ fn validate_request(req: &IssueRequest) -> Result<(), AdminError> {
             validate_cap(field, c).map_err(AdminError::Invalid)?;
         }
     }
+    if let Some(c) = &req.weekly_cap_usd {
+        validate_cap("--weekly-cap-usd", c).map_err(AdminError::Invalid)?;
+    }
     if req.rpm == Some(0) {
         return bad("--rpm must be > 0".into());
     }
-    for (field, tag) in [("--user", &req.user), ("--team", &req.team)] {
+    if req.tpm == Some(0) {
+        return bad("--tpm must be > 0".into());
+    }
+    if let Some(levels) = &req.alert_at {
+        metis_domain::budgets::validate_alert_levels("--alert-at", levels)
+            .map_err(AdminError::Invalid)?;
+    }
+    for (field, tag) in [
+        ("--user", &req.user),
+        ("--team", &req.team),
+        ("--customer", &req.customer),
+        ("--org", &req.org),
+    ] {
         if let Some(t) = tag {
             validate_tag(field, t).map_err(AdminError::Invalid)?;
         }
@@ -216,11 +234,11 @@ impl KeyAdmin {
             grace_period_until: None,
             expires_at,
             spend_account: None,
-            customer_id: None,
-            org_id: None,
-            weekly_cap_usd: None,
-            tpm: None,
-            alert_at: None,
+            customer_id: req.customer.clone(),
+            org_id: req.org.clone(),
+            weekly_cap_usd: normalise_cap(&req.weekly_cap_usd),
+            tpm: req.tpm,
+            alert_at: req.alert_at.clone(),
             extra: serde_json::Map::new(),
         };
         IssuedKey { record, token }
@@ -237,10 +255,22 @@ impl KeyAdmin {
         self.audit(&change, at, &event);
     }
 
+    /// Record a policy change (budgets, model groups): no key change to claim.
+    pub(crate) fn record<P: Payload>(&self, at: Timestamp, payload: &P) {
+        self.sink.emit(make_event(
+            self.ids.ulid(),
+            at,
+            "system",
+            None,
+            None,
+            payload,
+        ));
+    }
+
     /// Put the stored set in force in the gateway's key ring (no-op outside a gateway). A
     /// reload failure is logged: the change is stored, and the watcher retries, since the
     /// keystore's change token moved.
-    async fn refresh(&self) {
+    pub(crate) async fn refresh(&self) {
         if let Some(sync) = &self.sync
             && let Err(e) = sync.reload().await
         {
@@ -266,6 +296,7 @@ impl KeyAdmin {
         by: Option<&AdminIdentity>,
     ) -> Result<IssuedKey, AdminError> {
         validate_request(req)?;
+        self.check_key_groups(&req.allowed_models).await?;
         self.sweep().await;
         let now = self.clock.now_us();
         let expires_at = resolve_expiry(
@@ -483,6 +514,11 @@ impl KeyAdmin {
                 succ.user_id = old.user_id.clone();
                 succ.team_id = old.team_id.clone();
                 succ.customer_tier = old.customer_tier.clone();
+                succ.customer_id = old.customer_id.clone();
+                succ.org_id = old.org_id.clone();
+                succ.weekly_cap_usd = old.weekly_cap_usd.clone();
+                succ.tpm = old.tpm;
+                succ.alert_at = old.alert_at.clone();
                 succ.spend_account = Some(old.account().to_owned());
                 succ.expires_at = expiry.successor_expiry(old, now)?;
                 succ.set_rotated_from(&id);

@@ -13,12 +13,14 @@
 //!   event for it by then, or this process recorded it. The delay gives a CLI writing into the
 //!   same database time to commit its own event after it wrote the keystore.
 
+use metis_domain::budgets::{Policies, PolicyIndex, tags_of};
 use metis_domain::events::key_sources::KEYSTORE_OBSERVED;
 use metis_domain::events::types::{
     GATEWAY_KEY_EXPIRED, GATEWAY_KEY_ISSUED, GATEWAY_KEY_REVOKED, GATEWAY_KEY_ROTATED,
 };
 use metis_domain::events::{Payload, make_event};
 use metis_domain::keys::{KeyChange, KeyChangeEvent, KeyRecord, next_lapse, shown_changes};
+use metis_domain::model_groups::ModelGroups;
 use metis_domain::spend::Budget;
 use metis_domain::time::Timestamp;
 use metis_ports::keys::{KeyStore, KeyStoreError};
@@ -42,17 +44,38 @@ pub const KEY_POLL_INTERVAL: Duration = Duration::from_millis(500);
 const _: () = assert!(KEY_POLL_INTERVAL.as_millis() * 2 <= KEY_PROPAGATION_BOUND.as_millis());
 
 /// Keys by token hash (with their spend budget: account and parsed caps, built once here),
-/// and in keystore order.
+/// and in keystore order; with the budgets and model groups loaded with them.
 #[derive(Debug, Default)]
 pub struct KeyIndex {
     by_hash: HashMap<String, (Arc<KeyRecord>, Budget)>,
     ordered: Vec<Arc<KeyRecord>>,
+    policies: Policies,
+    policy_index: PolicyIndex,
+    groups: ModelGroups,
+}
+
+/// Why a model is refused to a key: the level whose allow-list lacks it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelRefusal {
+    /// The key's own `allowed_models`.
+    Key,
+    /// The `allowed_models` of the budget of this scope (`team 'platform'`).
+    Scope(String),
 }
 
 impl KeyIndex {
-    /// Build an index; records are assumed validated by the key store.
+    /// Build an index without budgets or model groups; records are assumed validated by the
+    /// key store.
     #[must_use]
     pub fn new(records: Vec<KeyRecord>) -> Self {
+        Self::with_policies(records, Policies::default())
+    }
+
+    /// Build an index of `records` under `policies` (both as loaded from the key store).
+    #[must_use]
+    pub fn with_policies(records: Vec<KeyRecord>, policies: Policies) -> Self {
+        let policy_index = PolicyIndex::new(&policies);
+        let groups = ModelGroups::new(policies.model_groups.iter().cloned());
         let ordered: Vec<Arc<KeyRecord>> = records.into_iter().map(Arc::new).collect();
         let by_hash = ordered
             .iter()
@@ -61,7 +84,68 @@ impl KeyIndex {
                 (r.secret_hash.to_ascii_lowercase(), entry)
             })
             .collect();
-        KeyIndex { by_hash, ordered }
+        KeyIndex {
+            by_hash,
+            ordered,
+            policies,
+            policy_index,
+            groups,
+        }
+    }
+
+    /// The budgets and model groups in force.
+    #[must_use]
+    pub fn policies(&self) -> &Policies {
+        &self.policies
+    }
+
+    /// The budgets in force, by scope.
+    #[must_use]
+    pub fn policy_index(&self) -> &PolicyIndex {
+        &self.policy_index
+    }
+
+    /// The model groups in force.
+    #[must_use]
+    pub fn model_groups(&self) -> &ModelGroups {
+        &self.groups
+    }
+
+    /// Whether `key` may use `canonical_model` (or one of its `aliases`): every level with an
+    /// allow-list must allow it — the key's own list, then the budget list of each scope the
+    /// key is tagged with, in `SCOPE_ORDER` — with `group:NAME` entries expanded against the
+    /// groups in force now.
+    ///
+    /// # Errors
+    /// The first level (in that order) whose list lacks the model.
+    pub fn check_model(
+        &self,
+        key: &KeyRecord,
+        canonical_model: &str,
+        aliases: &[&str],
+    ) -> Result<(), ModelRefusal> {
+        if !self
+            .groups
+            .allows(key.allowed_models.as_deref(), canonical_model, aliases)
+        {
+            return Err(ModelRefusal::Key);
+        }
+        for (kind, id) in tags_of(key) {
+            let list = self
+                .policy_index
+                .get(kind, id)
+                .and_then(|b| b.allowed_models.as_deref());
+            if !self.groups.allows(list, canonical_model, aliases) {
+                return Err(ModelRefusal::Scope(format!("{} '{id}'", kind.as_str())));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether every level allows the model (listings filter on this).
+    #[must_use]
+    pub fn allows_model(&self, key: &KeyRecord, canonical_model: &str, aliases: &[&str]) -> bool {
+        self.check_model(key, canonical_model, aliases).is_ok()
     }
 
     #[must_use]
@@ -126,9 +210,15 @@ impl KeyRing {
         }
     }
 
-    /// Replace the whole set (readers see the old or the new set, never a mix).
+    /// Replace the whole set, keeping no policy (readers see the old or the new set, never a
+    /// mix).
     pub fn replace(&self, records: Vec<KeyRecord>) {
-        let next = Arc::new(KeyIndex::new(records));
+        self.replace_with_policies(records, Policies::default());
+    }
+
+    /// Replace the whole set and the policies in force together.
+    pub fn replace_with_policies(&self, records: Vec<KeyRecord>, policies: Policies) {
+        let next = Arc::new(KeyIndex::with_policies(records, policies));
         match self.current.write() {
             Ok(mut g) => *g = next,
             Err(poisoned) => *poisoned.into_inner() = next,
@@ -240,7 +330,8 @@ impl KeySync {
         // a change by the next poll (one extra reload), never missed.
         let version = self.store.version().await;
         let keys = self.store.load().await?;
-        self.ring.replace(keys.clone());
+        let policies = self.store.load_policies().await?;
+        self.ring.replace_with_policies(keys.clone(), policies);
         *in_force = version;
         Ok(keys)
     }
@@ -253,10 +344,20 @@ impl KeySync {
             let mut in_force = self.reload.lock().await;
             let current = self.store.version().await;
             if current != *in_force {
-                match self.store.load().await {
-                    Ok(keys) => {
-                        tracing::info!(keys = keys.len(), keystore = %self.store.describe(), "keystore reloaded");
-                        self.ring.replace(keys);
+                let loaded = match self.store.load().await {
+                    Ok(keys) => self.store.load_policies().await.map(|p| (keys, p)),
+                    Err(e) => Err(e),
+                };
+                match loaded {
+                    Ok((keys, policies)) => {
+                        tracing::info!(
+                            keys = keys.len(),
+                            budgets = policies.budgets.len(),
+                            model_groups = policies.model_groups.len(),
+                            keystore = %self.store.describe(),
+                            "keystore reloaded"
+                        );
+                        self.ring.replace_with_policies(keys, policies);
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "keystore change rejected; the last good key set stays in force");
@@ -326,7 +427,7 @@ impl KeySync {
         }
         for event in &due {
             match event {
-                KeyChangeEvent::Issued(p) => self.emit(now, p),
+                KeyChangeEvent::Issued(p) => self.emit(now, &**p),
                 KeyChangeEvent::Rotated(p) => self.emit(now, p),
                 KeyChangeEvent::Revoked(p) => self.emit(now, p),
                 KeyChangeEvent::Expired(p) => self.emit(now, p),
@@ -439,5 +540,72 @@ mod tests {
         let (_, none) = index.get_with_budget("bb").unwrap();
         assert!(none.caps.is_empty());
         assert!(index.get_with_budget("cc").is_none());
+    }
+
+    /// Every level with an allow-list must allow the model: the key's list, then each tagged
+    /// scope's budget list; `group:NAME` follows the groups in force; the refusal names the
+    /// first level that lacks the model.
+    #[test]
+    fn a_model_must_be_allowed_by_the_key_and_every_tagged_scope() {
+        use metis_domain::budgets::{BudgetPolicy, ScopeKind};
+        use metis_domain::model_groups::ModelGroup;
+        let mut key: KeyRecord = serde_json::from_value(serde_json::json!({
+            "key_id": "gk_a", "secret_hash": "aa", "workspace_path": "/w",
+            "user_id": "ana", "team_id": "platform",
+            "allowed_models": ["group:cheap", "p:big"]
+        }))
+        .unwrap();
+        let budget = |scope, id: &str, list: Option<&[&str]>| BudgetPolicy {
+            scope,
+            id: id.into(),
+            daily_usd: None,
+            weekly_usd: None,
+            monthly_usd: None,
+            tpm: None,
+            alert_at: None,
+            allowed_models: list.map(|l| l.iter().map(|m| (*m).to_owned()).collect()),
+            updated_at: None,
+        };
+        let policies = |cheap: &[&str]| Policies {
+            budgets: vec![
+                budget(ScopeKind::Team, "platform", Some(&["group:cheap"])),
+                budget(ScopeKind::User, "ana", None),
+                budget(ScopeKind::Team, "other", Some(&[])),
+            ],
+            model_groups: vec![ModelGroup {
+                name: "cheap".into(),
+                models: cheap.iter().map(|m| (*m).to_owned()).collect(),
+            }],
+        };
+        let index = KeyIndex::with_policies(vec![key.clone()], policies(&["p:small"]));
+        assert_eq!(index.check_model(&key, "p:small", &[]), Ok(()));
+        // On the key's list, but the team's list lacks it.
+        assert_eq!(
+            index.check_model(&key, "p:big", &[]),
+            Err(ModelRefusal::Scope("team 'platform'".into()))
+        );
+        assert_eq!(
+            index.check_model(&key, "p:new", &[]),
+            Err(ModelRefusal::Key)
+        );
+        // A model added to the group is allowed at every level naming it.
+        let grown = KeyIndex::with_policies(vec![key.clone()], policies(&["p:small", "p:new"]));
+        assert!(grown.allows_model(&key, "p:new", &[]));
+        // Without a key list, the team list alone limits the key.
+        key.allowed_models = None;
+        assert_eq!(
+            grown.check_model(&key, "p:big", &[]),
+            Err(ModelRefusal::Scope("team 'platform'".into()))
+        );
+        // A key outside the team is not limited by it.
+        key.team_id = Some("free".into());
+        assert!(grown.allows_model(&key, "p:big", &[]));
+        assert_eq!(
+            grown
+                .policy_index()
+                .get(ScopeKind::User, "ana")
+                .map(|b| b.id.as_str()),
+            Some("ana")
+        );
     }
 }

@@ -983,6 +983,7 @@ async fn a_model_outside_the_allow_list_is_403_with_only_route_decided() {
         GatewayError::ModelNotAllowed {
             model: "resp:m".to_owned(),
             key_id: "gk_live".to_owned(),
+            scope: None,
         }
     );
     assert_eq!(err.status(), 403);

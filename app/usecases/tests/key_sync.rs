@@ -479,3 +479,193 @@ async fn rotation_keeps_or_resets_the_expiry() {
     assert_eq!(stored.len(), 4);
     assert_eq!(stored[3].expires_at, None);
 }
+
+/// Policy changes through a gateway's admin are in force in its ring before they return;
+/// setting the same budget again writes and audits nothing; errors name the unknown group or
+/// the missing budget; each change is audited once with its source.
+#[tokio::test]
+async fn policy_changes_are_in_force_at_once_audited_once_and_errors_name_the_problem() {
+    use metis_domain::budgets::{BudgetPolicy, ScopeKind};
+    use metis_usecases::AdminError;
+    let w = World::new();
+    w.laptop_cli().issue(&req("first")).await.unwrap();
+    let (sync, db) = w.gateway().await;
+    let admin = w.gateway_admin(&sync, &db, "admin_api");
+    let budget = BudgetPolicy {
+        scope: ScopeKind::Team,
+        id: "platform".into(),
+        daily_usd: None,
+        weekly_usd: None,
+        monthly_usd: Some("100".into()),
+        tpm: None,
+        alert_at: None,
+        allowed_models: Some(vec!["group:cheap".into()]),
+        updated_at: None,
+    };
+    let err = admin.set_budget(budget.clone(), None).await.unwrap_err();
+    assert!(
+        matches!(&err, AdminError::Invalid(m) if m.contains("'group:cheap'")),
+        "{err}"
+    );
+    admin
+        .set_model_group("cheap", vec!["p:m".into()], None)
+        .await
+        .unwrap();
+    let stored = admin.set_budget(budget.clone(), None).await.unwrap();
+    assert!(stored.updated_at.is_some());
+    let index = sync.ring().snapshot();
+    assert!(
+        index
+            .policy_index()
+            .get(ScopeKind::Team, "platform")
+            .is_some()
+    );
+    assert_eq!(
+        index.model_groups().members("cheap"),
+        Some(&["p:m".to_owned()][..])
+    );
+    let v = w.keys.version().await;
+    w.clock.advance(Duration::from_secs(1));
+    admin.set_budget(budget.clone(), None).await.unwrap();
+    assert_eq!(w.keys.version().await, v, "an unchanged budget was written");
+    let err = admin
+        .delete_budget(ScopeKind::User, "ana", None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, AdminError::Missing(m) if m.contains("user 'ana'")),
+        "{err}"
+    );
+    admin
+        .delete_budget(ScopeKind::Team, "platform", None)
+        .await
+        .unwrap();
+    assert!(sync.ring().snapshot().policies().budgets.is_empty());
+    let err = admin
+        .issue(&IssueRequest {
+            allowed_models: vec!["group:frontier".into()],
+            ..req("grouped")
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, AdminError::Invalid(m) if m.contains("allowed_models") && m.contains("'group:frontier'")),
+        "{err}"
+    );
+    let rows = db.audit_events(0, i64::MAX, &[]).await.unwrap();
+    let policy: Vec<(&str, String)> = rows
+        .iter()
+        .filter(|r| !r.event_type.starts_with("gateway.key_"))
+        .map(|r| {
+            let v: Value = serde_json::from_str(&r.payload_json).unwrap();
+            (
+                r.event_type.as_str(),
+                v["source"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        policy,
+        [
+            ("gateway.model_group_set", "admin_api".to_owned()),
+            ("gateway.budget_set", "admin_api".to_owned()),
+            ("gateway.budget_deleted", "admin_api".to_owned()),
+        ]
+    );
+}
+
+/// `update_key` changes only what it is asked to, writes and audits nothing for a no-op,
+/// refuses a revoked key (conflict) and an invalid value (naming the field), and the change
+/// is in force in the gateway's ring before it returns.
+#[tokio::test]
+async fn a_key_update_changes_what_it_names_and_refuses_revoked_keys() {
+    use metis_ports::admin::{Change, KeyChanges};
+    use metis_usecases::AdminError;
+    let w = World::new();
+    let issued = w.laptop_cli().issue(&req("first")).await.unwrap();
+    let id = issued.record.key_id.clone();
+    let (sync, db) = w.gateway().await;
+    let admin = w.gateway_admin(&sync, &db, "admin_api");
+    let v = admin
+        .update_key(
+            &id,
+            KeyChanges {
+                team: Change::Set("eng".into()),
+                tpm: Change::Set(100),
+                ..KeyChanges::default()
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(v.record.team_id.as_deref(), Some("eng"));
+    assert_eq!(v.record.secret_hash, issued.record.secret_hash);
+    let ring = sync.ring().snapshot();
+    assert_eq!(
+        ring.records()[0].tpm,
+        Some(100),
+        "in force before returning"
+    );
+    let version = w.keys.version().await;
+    admin
+        .update_key(
+            &id,
+            KeyChanges {
+                team: Change::Set("eng".into()),
+                ..KeyChanges::default()
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(w.keys.version().await, version, "a no-op was written");
+    let err = admin
+        .update_key(
+            &id,
+            KeyChanges {
+                alert_at: Change::Set(vec![90, 10]),
+                ..KeyChanges::default()
+            },
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, AdminError::Invalid(m) if m.contains("alert_at")),
+        "{err}"
+    );
+    let cleared = admin
+        .update_key(
+            &id,
+            KeyChanges {
+                tpm: Change::Clear,
+                ..KeyChanges::default()
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(cleared.record.tpm, None);
+    assert_eq!(cleared.record.team_id.as_deref(), Some("eng"), "kept");
+    admin.revoke(&id).await.unwrap();
+    let err = admin
+        .update_key(
+            &id,
+            KeyChanges {
+                tpm: Change::Set(5),
+                ..KeyChanges::default()
+            },
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, AdminError::Conflict(m) if m.contains("revoked")),
+        "{err}"
+    );
+    let updates = db
+        .audit_events(0, i64::MAX, &["gateway.key_updated".into()])
+        .await
+        .unwrap();
+    assert_eq!(updates.len(), 2, "one event per applied change");
+}

@@ -3,15 +3,17 @@
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use metis_domain::budgets::Policies;
 use metis_domain::keys::{KeyRecord, validate_key_set};
 
 use super::lock;
-use crate::keys::{KeyEdit, KeyStore, KeyStoreError};
+use crate::keys::{KeyEdit, KeyStore, KeyStoreError, PolicyEdit};
 
 #[derive(Debug, Default)]
 struct KeyFile {
     /// `None` until the first insert (the store does not exist yet).
     keys: Option<Vec<KeyRecord>>,
+    policies: Policies,
     generation: u64,
     read_only: bool,
 }
@@ -136,5 +138,32 @@ impl KeyStore for InMemoryKeyStore {
     async fn version(&self) -> Option<String> {
         let f = lock(&self.file);
         f.keys.as_ref().map(|_| format!("memory:{}", f.generation))
+    }
+
+    async fn load_policies(&self) -> Result<Policies, KeyStoreError> {
+        let f = lock(&self.file);
+        f.policies.validate().map_err(Self::corrupt)?;
+        Ok(f.policies.clone())
+    }
+
+    async fn update_policies(&self, edit: PolicyEdit) -> Result<Policies, KeyStoreError> {
+        let mut f = lock(&self.file);
+        let before = f.policies.clone();
+        before.validate().map_err(Self::corrupt)?;
+        let mut after = before.clone();
+        edit(&mut after).map_err(|message| KeyStoreError::Rejected { message })?;
+        if after == before {
+            return Ok(after);
+        }
+        if f.read_only {
+            return Err(Self::read_only_error());
+        }
+        after
+            .validate()
+            .map_err(|m| Self::corrupt(format!("refusing to store invalid policies: {m}")))?;
+        f.policies = after.clone();
+        f.keys.get_or_insert_with(Vec::new);
+        f.generation += 1;
+        Ok(after)
     }
 }

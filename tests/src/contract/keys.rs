@@ -410,3 +410,206 @@ pub async fn a_read_only_key_store_refuses_writes_and_still_loads(b: &dyn KeyBac
     assert_eq!(ids(&ks.load().await.expect("load")), vec!["gk_0001"]);
     b.set_keys_read_only(false).await;
 }
+
+fn team_budget(id: &str, monthly: &str) -> metis_domain::budgets::BudgetPolicy {
+    metis_domain::budgets::BudgetPolicy {
+        scope: metis_domain::budgets::ScopeKind::Team,
+        id: id.to_owned(),
+        daily_usd: None,
+        weekly_usd: None,
+        monthly_usd: Some(monthly.to_owned()),
+        tpm: Some(50_000),
+        alert_at: Some(vec![50, 90]),
+        allowed_models: Some(vec!["group:cheap".to_owned(), "openai:gpt-5".to_owned()]),
+        updated_at: Some("2026-01-02T03:04:05Z".to_owned()),
+    }
+}
+
+fn group(name: &str, models: &[&str]) -> metis_domain::model_groups::ModelGroup {
+    metis_domain::model_groups::ModelGroup {
+        name: name.to_owned(),
+        models: models.iter().map(|m| (*m).to_owned()).collect(),
+    }
+}
+
+/// A store that does not exist holds no policies (and `load_policies` does not create it).
+pub async fn policies_of_a_missing_store_are_empty(b: &dyn KeyBackend) {
+    let ks = b.keys();
+    assert_eq!(
+        ks.load_policies().await.expect("load_policies"),
+        metis_domain::budgets::Policies::default()
+    );
+    assert_eq!(ks.version().await, None, "a read created the store");
+}
+
+/// `update_policies` stores budgets and model groups beside the keys (every field kept),
+/// creates a missing store, changes the change token (so running gateways reload them) and
+/// leaves the keys alone; key writes leave the policies alone.
+pub async fn policies_are_stored_beside_the_keys_and_move_the_version(b: &dyn KeyBackend) {
+    let ks = b.keys();
+    let out = ks
+        .update_policies(Box::new(|p| {
+            p.model_groups
+                .push(group("cheap", &["anthropic:claude-haiku-4-5"]));
+            Ok(())
+        }))
+        .await
+        .expect("update_policies of a missing store");
+    assert_eq!(out.model_groups.len(), 1);
+    let v0 = ks
+        .version()
+        .await
+        .expect("the store exists after a policy write");
+    assert!(ks.load().await.expect("load").is_empty());
+    ks.insert(key(1)).await.expect("insert");
+    let v1 = ks.version().await.expect("version");
+    assert_ne!(v0, v1);
+    ks.update_policies(Box::new(|p| {
+        p.budgets.push(team_budget("platform", "100"));
+        p.model_groups[0].models.push("openai:gpt-5-mini".into());
+        Ok(())
+    }))
+    .await
+    .expect("update_policies");
+    let v2 = ks.version().await.expect("version");
+    assert!(v2 != v1 && v2 != v0, "a policy write kept the change token");
+    let other = b.keys();
+    let loaded = other.load_policies().await.expect("load_policies");
+    assert_eq!(loaded.budgets, vec![team_budget("platform", "100")]);
+    assert_eq!(
+        loaded.model_groups,
+        vec![group(
+            "cheap",
+            &["anthropic:claude-haiku-4-5", "openai:gpt-5-mini"]
+        )]
+    );
+    assert_eq!(other.version().await, Some(v2));
+    assert_eq!(ids(&other.load().await.expect("load")), vec!["gk_0001"]);
+    ks.update(Box::new(|keys: &mut Vec<KeyRecord>| {
+        keys[0].name = Some("renamed".into());
+        Ok(())
+    }))
+    .await
+    .expect("update");
+    assert_eq!(ks.load_policies().await.expect("load_policies"), loaded);
+}
+
+/// A refused policy edit is `Rejected`, an invalid result is `Corrupt` naming the problem, a
+/// no-op writes nothing: the stored policies and the change token stay as they were.
+pub async fn a_refused_invalid_or_no_op_policy_edit_writes_nothing(b: &dyn KeyBackend) {
+    let ks = b.keys();
+    ks.insert(key(1)).await.expect("insert");
+    ks.update_policies(Box::new(|p| {
+        p.budgets.push(team_budget("platform", "100"));
+        Ok(())
+    }))
+    .await
+    .expect("update_policies");
+    let before = ks.load_policies().await.expect("load_policies");
+    let v = ks.version().await;
+    let r = ks
+        .update_policies(Box::new(|_| Err("budget team 'x' not found".into())))
+        .await;
+    assert!(
+        matches!(&r, Err(KeyStoreError::Rejected { message }) if message.contains("'x'")),
+        "{r:?}"
+    );
+    let invalid: [(&str, metis_ports::keys::PolicyEdit); 3] = [
+        (
+            "twice",
+            Box::new(|p| {
+                p.budgets.push(team_budget("platform", "5"));
+                Ok(())
+            }),
+        ),
+        (
+            "monthly_usd",
+            Box::new(|p| {
+                p.budgets[0].monthly_usd = Some("-3".into());
+                Ok(())
+            }),
+        ),
+        (
+            "cannot contain groups",
+            Box::new(|p| {
+                p.model_groups.push(group("all", &["group:cheap"]));
+                Ok(())
+            }),
+        ),
+    ];
+    for (needle, edit) in invalid {
+        let r = ks.update_policies(edit).await;
+        assert!(
+            matches!(&r, Err(KeyStoreError::Corrupt { message, .. }) if message.contains(needle)),
+            "{needle}: {r:?}"
+        );
+    }
+    let same = ks
+        .update_policies(Box::new(|_| Ok(())))
+        .await
+        .expect("no-op");
+    assert_eq!(same, before);
+    assert_eq!(ks.load_policies().await.expect("load_policies"), before);
+    assert_eq!(ks.version().await, v);
+}
+
+/// Concurrent policy writers (each adding its own group) lose no update.
+pub async fn parallel_policy_updates_lose_no_update(b: &dyn KeyBackend) {
+    b.keys().insert(key(1)).await.expect("insert");
+    let mut tasks = Vec::new();
+    for n in 0..8 {
+        let ks = b.keys();
+        tasks.push(tokio::spawn(async move {
+            ks.update_policies(Box::new(move |p| {
+                p.model_groups
+                    .push(group(&format!("g{n}"), &[&format!("p:m{n}")]));
+                Ok(())
+            }))
+            .await
+        }));
+    }
+    for t in tasks {
+        t.await.expect("join").expect("update_policies");
+    }
+    let names: BTreeSet<String> = b
+        .keys()
+        .load_policies()
+        .await
+        .expect("load_policies")
+        .model_groups
+        .into_iter()
+        .map(|g| g.name)
+        .collect();
+    assert_eq!(names.len(), 8, "lost policy updates: {names:?}");
+}
+
+/// A read-only store refuses policy writes with `ReadOnly` and still serves its policies.
+pub async fn a_read_only_key_store_refuses_policy_writes(b: &dyn KeyBackend) {
+    let ks = b.keys();
+    ks.insert(key(1)).await.expect("insert");
+    ks.update_policies(Box::new(|p| {
+        p.model_groups.push(group("cheap", &["p:m"]));
+        Ok(())
+    }))
+    .await
+    .expect("update_policies");
+    b.set_keys_read_only(true).await;
+    let r = b
+        .keys()
+        .update_policies(Box::new(|p| {
+            p.model_groups.clear();
+            Ok(())
+        }))
+        .await;
+    assert!(matches!(r, Err(KeyStoreError::ReadOnly { .. })), "{r:?}");
+    assert_eq!(
+        b.keys()
+            .load_policies()
+            .await
+            .expect("load_policies")
+            .model_groups
+            .len(),
+        1
+    );
+    b.set_keys_read_only(false).await;
+}

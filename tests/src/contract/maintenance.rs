@@ -24,7 +24,7 @@ fn port(b: &dyn Backend) -> (Arc<dyn StorageBackend>, PathBuf) {
 }
 
 /// Fill the main store: `n` call events at `ts0 + i` (every fifth an audit event), two
-/// sessions (one the other's worker) and one key.
+/// sessions (one the other's worker), one key, and a budget and a model group beside it.
 async fn fill(backend: &dyn StorageBackend, db: &Path, n: u64, ts0: i64) {
     let store = backend
         .open_main(db, ServeOptions::default())
@@ -49,6 +49,37 @@ async fn fill(backend: &dyn StorageBackend, db: &Path, n: u64, ts0: i64) {
     sessions.flush().await.expect("flush");
     store.shutdown().await;
     backend.key_store(db).insert(key(1)).await.expect("key");
+    backend
+        .key_store(db)
+        .update_policies(Box::new(|p| {
+            p.model_groups.push(metis_domain::model_groups::ModelGroup {
+                name: "cheap".into(),
+                models: vec!["anthropic:claude-haiku-4-5".into()],
+            });
+            p.budgets.push(metis_domain::budgets::BudgetPolicy {
+                scope: metis_domain::budgets::ScopeKind::Team,
+                id: "platform".into(),
+                daily_usd: None,
+                weekly_usd: Some("20".into()),
+                monthly_usd: Some("100".into()),
+                tpm: Some(1000),
+                alert_at: Some(vec![50]),
+                allowed_models: Some(vec!["group:cheap".into()]),
+                updated_at: None,
+            });
+            Ok(())
+        }))
+        .await
+        .expect("policies");
+}
+
+/// The budgets and model groups stored beside the keys.
+fn policies(backend: &dyn StorageBackend, db: &Path) -> metis_domain::budgets::Policies {
+    backend
+        .open_reader(db)
+        .expect("reader")
+        .policies()
+        .expect("policies")
 }
 
 fn counts(backend: &dyn StorageBackend, db: &Path) -> StoreCounts {
@@ -91,6 +122,9 @@ pub async fn backup_then_restore_gives_the_same_store(b: &dyn Backend) {
         counts(backend.as_ref(), &restored),
         counts(backend.as_ref(), &db)
     );
+    let kept = policies(backend.as_ref(), &restored);
+    assert_eq!(kept, policies(backend.as_ref(), &db));
+    assert_eq!(kept.budgets.len(), 1, "the budget travels with the backup");
 
     // Damage the backup: the restore refuses, and the existing target stays byte-identical.
     let mut bytes = std::fs::read(&dest).expect("read");
@@ -357,6 +391,8 @@ async fn round_trip(a: &dyn Backend, b: &dyn Backend, with_patterns: bool) {
         counts(from.as_ref(), &db),
         "equal counts on the other backend"
     );
+    assert_eq!(policies(to.as_ref(), &there), policies(from.as_ref(), &db));
+    assert_eq!(policies(to.as_ref(), &there).budgets.len(), 1);
     assert!(
         copy_store(
             side(&from, &db),
@@ -402,6 +438,7 @@ async fn round_trip(a: &dyn Backend, b: &dyn Backend, with_patterns: bool) {
             r.events_page(None, 1_000).expect("events"),
             r.sessions(None, 100).expect("sessions"),
             r.keys().expect("keys"),
+            r.policies().expect("policies"),
         )
     };
     assert!(
@@ -479,6 +516,12 @@ pub async fn a_server_engine_backs_up_to_a_portable_file_and_restores_it(b: &dyn
         counts(backend.as_ref(), &db).events,
         3,
         "the snapshot's rows, exactly"
+    );
+    let kept = policies(backend.as_ref(), &db);
+    assert_eq!(
+        (kept.budgets.len(), kept.model_groups.len()),
+        (1, 1),
+        "budgets and groups travel with the snapshot"
     );
 }
 

@@ -93,7 +93,7 @@ fn token(issuer: &TestIssuer, who: &str, groups: &[&str]) -> String {
 /// Every admin route with the least role it needs.
 /// Every admin operation with its least role (`{id}`: a key, `{session}`: a session); the
 /// test below checks this list against the OpenAPI document, so a new route cannot be missed.
-const ROUTES: [(&str, &str, Role); 13] = [
+const ROUTES: [(&str, &str, Role); 20] = [
     ("GET", "/admin/v1/keys", Role::Viewer),
     ("GET", "/admin/v1/keys/{id}", Role::Viewer),
     ("GET", "/admin/v1/usage", Role::Viewer),
@@ -107,6 +107,13 @@ const ROUTES: [(&str, &str, Role); 13] = [
     ("POST", "/admin/v1/keys", Role::Operator),
     ("POST", "/admin/v1/keys/{id}/revoke", Role::Operator),
     ("POST", "/admin/v1/keys/{id}/rotate", Role::Operator),
+    ("PATCH", "/admin/v1/keys/{id}", Role::Operator),
+    ("GET", "/admin/v1/budgets", Role::Viewer),
+    ("PUT", "/admin/v1/budgets/{scope}/{bid}", Role::Operator),
+    ("DELETE", "/admin/v1/budgets/{scope}/{bid}", Role::Operator),
+    ("GET", "/admin/v1/model-groups", Role::Viewer),
+    ("PUT", "/admin/v1/model-groups/{group}", Role::Operator),
+    ("DELETE", "/admin/v1/model-groups/{group}", Role::Operator),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -129,7 +136,9 @@ async fn every_admin_route_answers_each_role_by_its_least_role() {
         .map(|(m, p, _)| {
             let p = p
                 .replace("{id}", "{key_id}")
-                .replace("{session}", "{session_id}");
+                .replace("{session}", "{session_id}")
+                .replace("{bid}", "{id}")
+                .replace("{group}", "{name}");
             format!("{m} {p}")
         })
         .collect();
@@ -164,14 +173,30 @@ async fn every_admin_route_answers_each_role_by_its_least_role() {
         for (role, bearer) in &roles {
             // A fresh key per call: a revoke must not turn the next rotate into a 409.
             let id = new_key(&gw, "route-table").await;
+            // A budget and a group for the deletes to delete.
+            let budget = json!({"monthly_usd": "10"});
+            let group = json!({"models": ["openai:gpt-5"]});
+            for (path, body) in [
+                ("/admin/v1/budgets/team/route-table", &budget),
+                ("/admin/v1/model-groups/route-table", &group),
+            ] {
+                let r = call(&gw, "PUT", path, STATIC, Some(body)).await;
+                assert_eq!(r.status, 200, "{path}: {}", r.text);
+            }
             let path = template
                 .replace("{id}", &id)
-                .replace("{session}", "route-table");
+                .replace("{session}", "route-table")
+                .replace("{scope}", "team")
+                .replace("{bid}", "route-table")
+                .replace("{group}", "route-table");
             let body = match (method, template) {
                 ("POST", "/admin/v1/keys") => {
                     Some(json!({"name": "by-role", "workspace": "/srv/r"}))
                 }
                 ("POST", _) => Some(json!({})),
+                ("PATCH", _) => Some(json!({"team": "by-role"})),
+                ("PUT", t) if t.starts_with("/admin/v1/budgets") => Some(budget.clone()),
+                ("PUT", _) => Some(group.clone()),
                 _ => None,
             };
             let r = call(&gw, method, &path, bearer, body.as_ref()).await;

@@ -29,6 +29,7 @@ mod http_translation;
 mod key_audit;
 mod key_expiry;
 mod kill_window;
+mod model_groups;
 mod observability;
 mod openapi_drift;
 mod otel;

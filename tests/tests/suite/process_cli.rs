@@ -327,6 +327,16 @@ fn rotate_key_inherits_everything_and_refuses_inactive_keys() {
             "ops",
             "--customer-tier",
             "internal",
+            "--customer",
+            "bigco",
+            "--org",
+            "acme",
+            "--weekly-cap-usd",
+            "30",
+            "--tpm",
+            "9000",
+            "--alert-at",
+            "50,90",
         ],
     )
     .unwrap();
@@ -349,6 +359,11 @@ fn rotate_key_inherits_everything_and_refuses_inactive_keys() {
         "user_id",
         "team_id",
         "customer_tier",
+        "customer_id",
+        "org_id",
+        "weekly_cap_usd",
+        "tpm",
+        "alert_at",
     ] {
         assert_eq!(
             new[field], old[field],

@@ -24,6 +24,11 @@ macro_rules! key_contracts {
         $m!(a_damaged_key_store_is_corrupt_and_serves_nothing);
         $m!(a_read_only_key_store_refuses_writes_and_still_loads);
         $m!(expiry_is_stored_updated_and_validated);
+        $m!(policies_of_a_missing_store_are_empty);
+        $m!(policies_are_stored_beside_the_keys_and_move_the_version);
+        $m!(a_refused_invalid_or_no_op_policy_edit_writes_nothing);
+        $m!(parallel_policy_updates_lose_no_update);
+        $m!(a_read_only_key_store_refuses_policy_writes);
     };
 }
 

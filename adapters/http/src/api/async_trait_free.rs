@@ -5,10 +5,14 @@
 use super::empty_model_list;
 use bytes::Bytes;
 use metis_domain::admin::AdminIdentity;
+use metis_domain::budgets::{BudgetPolicy, ScopeKind};
 use metis_domain::error::GatewayError;
+use metis_domain::model_groups::ModelGroup;
 use metis_domain::sessions::{SessionNode, SessionRecord};
 use metis_ports::admin::{AdminFailure, AdminService};
-use metis_ports::admin::{CreatedKey, KeySummary, NewKey, RevokeResult, RotateResult};
+use metis_ports::admin::{
+    BudgetSummary, CreatedKey, KeyChanges, KeySummary, NewKey, RevokeResult, RotateResult,
+};
 use metis_ports::console::{
     AuditExport, AuditFormat, ChainStatus, OpsService, Overview, SeriesQuery, UsageSeries,
     WindowStats,
@@ -96,6 +100,50 @@ impl AdminService for NoService {
         _u: i64,
         _t: Vec<String>,
     ) -> Result<Vec<EventRow>, AdminFailure> {
+        Err(unavailable())
+    }
+    async fn update_key(
+        &self,
+        _k: &str,
+        _c: KeyChanges,
+        _by: &AdminIdentity,
+    ) -> Result<KeySummary, AdminFailure> {
+        Err(unavailable())
+    }
+    async fn list_budgets(&self) -> Result<Vec<BudgetSummary>, AdminFailure> {
+        Err(unavailable())
+    }
+    async fn put_budget(
+        &self,
+        _b: BudgetPolicy,
+        _by: &AdminIdentity,
+    ) -> Result<BudgetSummary, AdminFailure> {
+        Err(unavailable())
+    }
+    async fn delete_budget(
+        &self,
+        _s: ScopeKind,
+        _id: &str,
+        _by: &AdminIdentity,
+    ) -> Result<BudgetPolicy, AdminFailure> {
+        Err(unavailable())
+    }
+    async fn list_model_groups(&self) -> Result<Vec<ModelGroup>, AdminFailure> {
+        Err(unavailable())
+    }
+    async fn put_model_group(
+        &self,
+        _n: &str,
+        _m: Vec<String>,
+        _by: &AdminIdentity,
+    ) -> Result<ModelGroup, AdminFailure> {
+        Err(unavailable())
+    }
+    async fn delete_model_group(
+        &self,
+        _n: &str,
+        _by: &AdminIdentity,
+    ) -> Result<ModelGroup, AdminFailure> {
         Err(unavailable())
     }
     fn now_us(&self) -> i64 {

@@ -103,11 +103,8 @@ impl GatewayCore {
         let route_id = self.emit(&session_id, Some(&turn_id), None, &route);
         let entry = resolved?;
         let aliases = self.catalog.aliases_of(&entry.id);
-        if !key.allows_model(&entry.id, &aliases) {
-            return Err(GatewayError::ModelNotAllowed {
-                model: model.to_owned(),
-                key_id: key.key_id.clone(),
-            });
+        if let Err(refusal) = self.keys.snapshot().check_model(key, &entry.id, &aliases) {
+            return Err(model_not_allowed(model, key, refusal));
         }
         let Some(provider) = self.providers.get(&entry.provider).cloned() else {
             return Err(GatewayError::Internal);
@@ -368,5 +365,21 @@ pub(super) fn upstream_error(
                 msg,
             )
         }
+    }
+}
+
+/// The 403 for a model some level of the key's allow-lists refuses, naming that level.
+pub(super) fn model_not_allowed(
+    model: &str,
+    key: &metis_domain::keys::KeyRecord,
+    refusal: crate::keys::ModelRefusal,
+) -> GatewayError {
+    GatewayError::ModelNotAllowed {
+        model: model.to_owned(),
+        key_id: key.key_id.clone(),
+        scope: match refusal {
+            crate::keys::ModelRefusal::Key => None,
+            crate::keys::ModelRefusal::Scope(s) => Some(s),
+        },
     }
 }

@@ -48,11 +48,16 @@ impl GatewayCore {
         let req = &parsed.request;
         let entry = self.catalog.resolve(&req.model, &|p| self.is_live(p))?;
         let aliases = self.catalog.aliases_of(&entry.id);
-        if !admission.key.allows_model(&entry.id, &aliases) {
-            return Err(GatewayError::ModelNotAllowed {
-                model: req.model.clone(),
-                key_id: admission.key.key_id.clone(),
-            });
+        if let Err(refusal) = self
+            .keys
+            .snapshot()
+            .check_model(&admission.key, &entry.id, &aliases)
+        {
+            return Err(super::call::model_not_allowed(
+                &req.model,
+                &admission.key,
+                refusal,
+            ));
         }
         let Some(provider) = self.providers.get(&entry.provider).cloned() else {
             return Err(GatewayError::Internal);

@@ -91,6 +91,10 @@ impl StoreReader for Reader {
     fn keys(&self) -> Result<Vec<KeyRecord>, KeyStoreError> {
         Ok(Vec::new())
     }
+
+    fn policies(&self) -> Result<metis_domain::budgets::Policies, KeyStoreError> {
+        Ok(metis_domain::budgets::Policies::default())
+    }
 }
 
 fn session(id: &str, parent: Option<&str>) -> SessionRecord {

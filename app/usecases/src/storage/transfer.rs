@@ -7,7 +7,8 @@
 //!   store): nothing is ever merged or overwritten.
 //! - Events are copied as stored, in id order, payloads byte-for-byte: audit events keep
 //!   their chain links, so the destination's chain verifies with the same length.
-//! - Sessions and pattern rows are copied as stored (no recomputation).
+//! - Sessions and pattern rows are copied as stored (no recomputation); budgets and model
+//!   groups go with the keys and must read back equal.
 //! - After the copy the counts are compared (events, sessions, keys, chain links, outcomes);
 //!   any difference is an error.
 
@@ -118,6 +119,18 @@ pub fn copy_store(
             source.events, source.sessions, source.keys, after.events, after.sessions, after.keys
         )));
     }
+    let policies_before = reader.policies()?;
+    let policies_after = dest_reader.policies()?;
+    if policies_after != policies_before {
+        return Err(StorageError::Refused(format!(
+            "budgets and model groups differ after the copy: source has {} budgets and {} groups, \
+             destination {} and {}",
+            policies_before.budgets.len(),
+            policies_before.model_groups.len(),
+            policies_after.budgets.len(),
+            policies_after.model_groups.len()
+        )));
+    }
     let chain_after = chain(dest_reader.as_ref(), to.path)?;
     if chain_after != chain_before {
         return Err(StorageError::Refused(format!(
@@ -147,6 +160,7 @@ fn copy_main(
     progress: Progress<'_>,
 ) -> Result<(), StorageError> {
     let keys = src.keys()?;
+    let policies = src.policies()?;
     let mut dst = to
         .backend
         .create_import(to.path)
@@ -170,6 +184,9 @@ fn copy_main(
     dst.insert_sessions(&sessions)
         .map_err(StorageError::trace("cannot write sessions"))?;
     dst.insert_keys(&keys)?;
+    if policies != metis_domain::budgets::Policies::default() {
+        dst.insert_policies(&policies)?;
+    }
     Ok(())
 }
 
