@@ -13,6 +13,7 @@
 //!   event for it by then, or this process recorded it. The delay gives a CLI writing into the
 //!   same database time to commit its own event after it wrote the keystore.
 
+use metis_domain::budgets::PolicyIndex;
 use metis_domain::events::key_sources::KEYSTORE_OBSERVED;
 use metis_domain::events::types::{
     GATEWAY_KEY_EXPIRED, GATEWAY_KEY_ISSUED, GATEWAY_KEY_REVOKED, GATEWAY_KEY_ROTATED,
@@ -41,8 +42,8 @@ pub const KEY_POLL_INTERVAL: Duration = Duration::from_millis(500);
 // The poll leaves at least half of the bound for the load and the request that sees it.
 const _: () = assert!(KEY_POLL_INTERVAL.as_millis() * 2 <= KEY_PROPAGATION_BOUND.as_millis());
 
-/// Keys by token hash (with their spend budget: account and parsed caps, built once here),
-/// and in keystore order.
+/// Keys by token hash (with their spend budget: the key's line and one line per scope tag,
+/// accounts and parsed caps, built once here), and in keystore order.
 #[derive(Debug, Default)]
 pub struct KeyIndex {
     by_hash: HashMap<String, (Arc<KeyRecord>, Budget)>,
@@ -50,14 +51,15 @@ pub struct KeyIndex {
 }
 
 impl KeyIndex {
-    /// Build an index; records are assumed validated by the key store.
+    /// Build an index; records are assumed validated by the key store. Each key's budget
+    /// takes its scopes' caps from `policies`.
     #[must_use]
-    pub fn new(records: Vec<KeyRecord>) -> Self {
+    pub fn new(records: Vec<KeyRecord>, policies: &PolicyIndex) -> Self {
         let ordered: Vec<Arc<KeyRecord>> = records.into_iter().map(Arc::new).collect();
         let by_hash = ordered
             .iter()
             .map(|r| {
-                let entry = (Arc::clone(r), Budget::of(r));
+                let entry = (Arc::clone(r), Budget::for_key(r, policies));
                 (r.secret_hash.to_ascii_lowercase(), entry)
             })
             .collect();
@@ -113,7 +115,7 @@ impl KeyRing {
     #[must_use]
     pub fn new(records: Vec<KeyRecord>) -> Self {
         KeyRing {
-            current: RwLock::new(Arc::new(KeyIndex::new(records))),
+            current: RwLock::new(Arc::new(KeyIndex::new(records, &PolicyIndex::default()))),
         }
     }
 
@@ -126,9 +128,15 @@ impl KeyRing {
         }
     }
 
-    /// Replace the whole set (readers see the old or the new set, never a mix).
+    /// Replace the whole set (readers see the old or the new set, never a mix), without scope
+    /// budgets.
     pub fn replace(&self, records: Vec<KeyRecord>) {
-        let next = Arc::new(KeyIndex::new(records));
+        self.replace_with(records, &PolicyIndex::default());
+    }
+
+    /// Replace the whole set and the scope budgets its keys' budgets are built with.
+    pub fn replace_with(&self, records: Vec<KeyRecord>, policies: &PolicyIndex) {
+        let next = Arc::new(KeyIndex::new(records, policies));
         match self.current.write() {
             Ok(mut g) => *g = next,
             Err(poisoned) => *poisoned.into_inner() = next,
@@ -421,23 +429,33 @@ mod tests {
             r.monthly_cap_usd = monthly.map(str::to_owned);
             r
         };
-        let index = KeyIndex::new(vec![
-            record("gk_a", "AA", Some(" 2.5 "), Some("NaN")),
-            record("gk_b", "bb", None, None),
-        ]);
+        let mut tagged = record("gk_b", "bb", None, None);
+        tagged.team_id = Some("platform".into());
+        let policies: metis_domain::budgets::Policies = serde_json::from_value(
+            serde_json::json!({"budgets": [{"scope": "team", "id": "platform", "monthly_usd": "50"}]}),
+        )
+        .unwrap();
+        let index = KeyIndex::new(
+            vec![record("gk_a", "AA", Some(" 2.5 "), Some("NaN")), tagged],
+            &PolicyIndex::new(&policies),
+        );
         let (key, budget) = index.get_with_budget("aa").unwrap();
         assert_eq!(key.key_id, "gk_a");
+        let line = &budget.lines[0];
         assert_eq!(
-            budget.caps,
+            line.caps,
             Caps {
                 daily_usd: Some(2.5),
-                monthly_usd: None
+                ..Caps::default()
             }
         );
-        assert_eq!(budget.caps, Caps::of(key));
-        assert_eq!(&*budget.account, "gk_a");
-        let (_, none) = index.get_with_budget("bb").unwrap();
-        assert!(none.caps.is_empty());
+        assert_eq!(line.caps, Caps::of(key));
+        assert_eq!(&*line.account, "gk_a");
+        assert_eq!(budget.lines.len(), 1);
+        let (_, team) = index.get_with_budget("bb").unwrap();
+        assert!(team.lines[0].caps.is_empty());
+        assert_eq!(&*team.lines[1].account, "team:platform");
+        assert_eq!(team.lines[1].caps.monthly_usd, Some(50.0));
         assert!(index.get_with_budget("cc").is_none());
     }
 }

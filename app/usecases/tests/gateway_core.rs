@@ -354,7 +354,13 @@ impl Setup {
         let oai = Arc::new(self.oai);
         let resp = Arc::new(FakeProvider::new("resp", WireFormat::OpenAiResponses));
         let metrics = Arc::new(RecordingMetrics::default());
-        let ledger = Arc::new(SpendLedger::rebuild(&self.spend, &self.keys, T0));
+        let ledger = Arc::new(SpendLedger::rebuild(
+            &self.spend,
+            &[],
+            &self.keys,
+            metis_domain::time::Calendar::default(),
+            T0,
+        ));
         let spend = SpendGuard::new(SpendGuardParts {
             store: self
                 .spend_store
@@ -364,6 +370,7 @@ impl Setup {
             metrics: Arc::clone(&metrics) as Arc<dyn Metrics>,
             background: Arc::new(NoBackground),
             process_nonce: 7,
+            calendar: metis_domain::time::Calendar::default(),
         });
         let core = Arc::new(GatewayCore::new(CoreParts {
             keys: Arc::new(KeyRing::new(self.keys)),
@@ -460,13 +467,17 @@ impl World {
     }
 
     fn reserved(&self, account: &str) -> f64 {
-        self.ledger.snapshot(account, T0).reserved_usd
+        self.ledger
+            .snapshot(account, metis_domain::time::Calendar::default(), T0)
+            .reserved_usd
     }
 }
 
 /// (day spend, reserved) of `account`.
 fn spend_of(w: &World, account: &str) -> (f64, f64) {
-    let s = w.ledger.snapshot(account, T0);
+    let s = w
+        .ledger
+        .snapshot(account, metis_domain::time::Calendar::default(), T0);
     (s.day_usd, s.reserved_usd)
 }
 
@@ -771,7 +782,13 @@ async fn a_key_at_its_cap_is_refused_before_the_body_is_read() {
         }
     );
     assert_eq!(err.status(), 429);
-    assert_eq!(w.types(), ["gateway.quota_exceeded"]);
+    // The first refusal at the cap also raises the 100 % alert (issue 20), once.
+    assert_eq!(w.types(), ["quota.alert", "gateway.quota_exceeded"]);
+    let (_, alert) = w.the("quota.alert");
+    assert_eq!(
+        (&alert["scope"], &alert["severity"]),
+        (&json!("key_daily"), &json!("exhausted"))
+    );
     let (_, ev) = w.the("gateway.quota_exceeded");
     assert_eq!(ev["gateway_key_id"], "gk_live");
     assert_eq!(ev["scope"], "key_daily");
