@@ -12,6 +12,7 @@ mod admin_console_api;
 mod admin_oidc;
 mod admission_contract;
 mod architecture;
+mod budget_concurrency;
 mod console;
 mod console_oidc;
 mod disk_full;
