@@ -372,7 +372,7 @@ impl Payload for KeyRotated {
 /// A request refused because a spend cap is reached.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct QuotaExceeded {
-    /// `key_daily` or `key_monthly`.
+    /// The cap's name: `key_daily`, `team_monthly`, … (`metis_domain::budgets::cap_name`).
     pub scope: &'static str,
     pub current_usd: String,
     pub limit_usd: String,
@@ -390,7 +390,8 @@ impl Payload for QuotaExceeded {
     const SENSITIVITY: Sensitivity = Sensitivity::Pseudonymous;
 }
 
-/// Spend crossed 80 % (`warning`) or 95 % (`critical`) of a cap; once per window and level.
+/// Settled spend crossed an alert level of a cap (default 80 % `warning`, 95 % `critical`,
+/// 100 % `exhausted`); once per window and level. `scope` is the cap's name (`team_monthly`).
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct QuotaAlert {
     pub scope: &'static str,

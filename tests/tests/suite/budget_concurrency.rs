@@ -14,7 +14,11 @@
 //! what the admitted requests actually cost per account, asserts no level passes its cap by
 //! more than one request's worth (the estimate, $0.01), that the store agrees with that sum,
 //! and prints the overshoot per level.
-#![expect(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
+#![expect(
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "test helpers outside #[test] functions"
+)]
 
 use metis::background::TokioBackground;
 use metis_domain::budgets::ScopeKind;
