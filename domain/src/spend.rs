@@ -269,7 +269,8 @@ pub struct SpendState {
 }
 
 /// The bit of [`SpendState::alerted`] for a window and the index of a level in its line's
-/// levels.
+/// levels. Bits follow the index, so changing a scope's levels mid-window can repeat or skip
+/// one alert in that window; the next window starts clean.
 #[must_use]
 pub fn alert_bit(w: Window, level_index: usize) -> u32 {
     1 << (window_index(w) * MAX_ALERT_LEVELS + level_index)
