@@ -14,6 +14,12 @@
 //! what the admitted requests actually cost per account, asserts no level passes its cap by
 //! more than one request's worth (the estimate, $0.01), that the store agrees with that sum,
 //! and prints the overshoot per level.
+//!
+//! Then the real gateway on SQLite, redb and PostgreSQL with four tagged keys of one team
+//! (two users), each key capped: 400 parallel requests in waves; per-key overshoot printed,
+//! refusals name `key_daily`, each key's 100 % alert is raised once. Caps on the user and team
+//! levels of a real gateway need the stored budgets (the key store's policies); until they
+//! are wired, the admission-layer tests above are the measure for those levels.
 #![expect(
     clippy::unwrap_used,
     clippy::panic,
@@ -302,4 +308,143 @@ async fn a_team_of_keys_across_three_replicas_on_postgresql_overshoots_no_level_
         &*pg(&scratch),
     )
     .await;
+}
+
+/// The real gateway (one process per store: SQLite, redb, PostgreSQL) with four keys of one
+/// team (two users), each key capped daily: hundreds of parallel requests in waves across the
+/// keys until every one is refused. Every key stays within one request's cost of its cap,
+/// every refusal names `key_daily`, and each key's 100 % alert is raised once. (Caps on the
+/// user and team levels need their stored budgets, which the key store brings; the admission
+/// layer's tests above measure those levels.)
+async fn tagged_keys_on_a_real_gateway(store: metis::store::StoreKind, label: &str) {
+    use metis_tests::gateway::chat_body;
+    use metis_tests::{GatewayOptions, KeySpec, Shape, TestGateway};
+    use serde_json::Value;
+    const CAP: f64 = 0.01;
+    let cfg = tempfile::tempdir().unwrap();
+    let path = cfg.path().join("metis.toml");
+    std::fs::write(
+        &path,
+        "[pricing]\nversion = \"budget-test-2026\"\n\n[prices.\"openai:gpt-5\"]\ninput_per_mtok = 100.0\noutput_per_mtok = 100.0\n",
+    )
+    .unwrap();
+    let names = [("k1", "ann"), ("k2", "ann"), ("k3", "bob"), ("k4", "bob")];
+    let mut gw = TestGateway::spawn_with(GatewayOptions {
+        extra_keys: names
+            .iter()
+            .map(|(name, user)| KeySpec {
+                name: (*name).into(),
+                daily_cap_usd: Some(CAP.to_string()),
+                user: Some((*user).into()),
+                team: Some("platform".into()),
+                ..KeySpec::default()
+            })
+            .collect(),
+        extra_args: vec!["--config".into(), path.display().to_string()],
+        store: Some(store),
+        ..GatewayOptions::default()
+    })
+    .await
+    .unwrap();
+    let tokens: Vec<String> = names
+        .iter()
+        .map(|(n, _)| gw.key_named(n).token.clone())
+        .collect();
+    let mut sent = 0;
+    let mut admitted = 0;
+    for wave in 0..12 {
+        let mut tasks = Vec::new();
+        for i in 0..WAVE {
+            let client = gw.client().clone();
+            let url = gw.url("/v1/chat/completions");
+            let token = tokens[i % tokens.len()].clone();
+            let mut body = chat_body(
+                Shape::OpenAi,
+                "gpt-5",
+                &format!("[slow:50] w{wave} q{i}"),
+                false,
+            );
+            body["max_tokens"] = Value::from(32);
+            tasks.push(tokio::spawn(async move {
+                let r = client
+                    .post(url)
+                    .bearer_auth(token)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
+                let status = r.status().as_u16();
+                (status, r.json::<Value>().await.unwrap_or(Value::Null))
+            }));
+        }
+        let mut in_wave = 0;
+        for t in tasks {
+            let (status, v) = tokio::time::timeout(Duration::from_secs(60), t)
+                .await
+                .expect("bounded")
+                .unwrap();
+            sent += 1;
+            match status {
+                200 => in_wave += 1,
+                429 => assert_eq!(v["error"]["scope"], "key_daily", "{v}"),
+                other => panic!("only 200 or 429, got {other}: {v}"),
+            }
+        }
+        admitted += in_wave;
+        if in_wave == 0 {
+            break;
+        }
+    }
+    gw.stop().await.unwrap();
+    let events = gw.events().unwrap();
+    let mut worst = f64::NEG_INFINITY;
+    let mut one = 0.0f64;
+    let mut team = 0.0;
+    for (name, _) in names {
+        let key_id = gw.key_named(name).key_id.clone();
+        let costs: Vec<f64> = events
+            .iter()
+            .filter(|e| {
+                (e.event_type == "llm.call_completed" || e.event_type == "llm.call_failed")
+                    && e.payload["gateway_key_id"] == key_id.as_str()
+            })
+            .map(|e| e.payload["cost_usd"].as_f64().unwrap_or(0.0))
+            .collect();
+        let total: f64 = costs.iter().sum();
+        team += total;
+        one = costs.iter().copied().fold(one, f64::max);
+        worst = worst.max(total - CAP);
+        let exhausted = events
+            .iter()
+            .filter(|e| {
+                e.event_type == "quota.alert"
+                    && e.payload["gateway_key_id"] == key_id.as_str()
+                    && e.payload["severity"] == "exhausted"
+            })
+            .count();
+        assert_eq!(exhausted, 1, "{label}: {name}'s 100 % alert is raised once");
+    }
+    println!(
+        "budget concurrency [real gateway, {label}]: {sent} requests sent, {admitted} admitted; key_daily worst overshoot {worst:+.6} USD (cap {CAP}, one request <= {one:.6}); team spend {team:.6}"
+    );
+    assert!(one > 0.0, "{label}: calls were priced");
+    assert!(
+        worst <= one + 1e-12,
+        "{label}: a key passed its cap by {worst} (> one request {one})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tagged_keys_on_a_real_gateway_on_sqlite_stay_within_one_request_of_their_caps() {
+    tagged_keys_on_a_real_gateway(metis::store::StoreKind::Sqlite, "SQLite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tagged_keys_on_a_real_gateway_on_redb_stay_within_one_request_of_their_caps() {
+    tagged_keys_on_a_real_gateway(metis::store::StoreKind::Redb, "redb").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tagged_keys_on_a_real_gateway_on_postgresql_stay_within_one_request_of_their_caps() {
+    tagged_keys_on_a_real_gateway(metis::store::StoreKind::Postgres, "PostgreSQL").await;
 }
