@@ -22,6 +22,7 @@
 //! are wired, the admission-layer tests above are the measure for those levels.
 #![expect(
     clippy::unwrap_used,
+    clippy::expect_used,
     clippy::panic,
     reason = "test helpers outside #[test] functions"
 )]
