@@ -13,7 +13,7 @@
 use crate::budgets::{ScopeKind, Window, cap_name};
 use crate::events::{Actor, Payload, Sensitivity, types};
 use crate::keys::KeyRecord;
-use crate::spend::{Alert, KEY_MONTHLY};
+use crate::spend::Alert;
 use crate::time::{Timestamp, format_iso};
 use serde::Serialize;
 
@@ -74,90 +74,43 @@ pub fn window_name(w: Window) -> &'static str {
     }
 }
 
-/// Severity of a level: < 95 `warning`, < 100 `critical`, else `exhausted`.
-#[must_use]
-pub fn severity_of(level_percent: u8) -> &'static str {
-    match level_percent {
-        0..95 => "warning",
-        95..100 => "critical",
-        _ => "exhausted",
-    }
-}
-
-/// One alert of any scope, as the spend rules raise it (the seam for multi-scope budgets:
-/// whatever raises an alert fills this in and calls [`AlertNotice::new`]).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Raised<'a> {
-    pub kind: ScopeKind,
-    /// The key id, user id, team id, customer id or org id.
-    pub scope_id: &'a str,
-    /// The spend account the cap is measured on (`budgets::scope_account`, or a key's
-    /// `account()`).
-    pub account: &'a str,
-    pub window: Window,
-    pub level_percent: u8,
-    pub limit_usd: f64,
-    pub current_usd: f64,
-}
-
 impl AlertNotice {
-    /// The notice of `raised`, caused by a request with `key`, recorded as the `quota.alert`
-    /// event `id` at `raised_at`. Cap name, severity and window name follow from it.
+    /// The notice of `alert`, raised by a request with `key` and recorded as the `quota.alert`
+    /// event `id` at `raised_at`.
     #[must_use]
-    pub fn new(id: String, raised_at: Timestamp, key: &KeyRecord, raised: &Raised<'_>) -> Self {
-        let ratio = if raised.limit_usd > 0.0 {
-            raised.current_usd / raised.limit_usd
-        } else {
-            0.0
+    pub fn new(id: String, raised_at: Timestamp, key: &KeyRecord, alert: &Alert) -> Self {
+        // A scope account is `<kind>:<id>` (`budgets::scope_account`); a key's is its own.
+        let scope_id = match alert.kind {
+            ScopeKind::Key => key.key_id.clone(),
+            kind => alert
+                .account
+                .strip_prefix(kind.as_str())
+                .and_then(|rest| rest.strip_prefix(':'))
+                .unwrap_or(&alert.account)
+                .to_owned(),
         };
         AlertNotice {
             id,
             kind: NOTICE_TYPE,
             raised_at: format_iso(raised_at),
-            cap: cap_name(raised.kind, raised.window),
+            cap: cap_name(alert.kind, alert.window),
             scope: NoticeScope {
-                kind: raised.kind,
-                id: raised.scope_id.to_owned(),
-                account: raised.account.to_owned(),
+                kind: alert.kind,
+                id: scope_id,
+                account: alert.account.to_string(),
             },
-            window: window_name(raised.window),
-            level_percent: raised.level_percent,
-            severity: severity_of(raised.level_percent),
-            limit_usd: usd(raised.limit_usd),
-            current_usd: usd(raised.current_usd),
-            ratio: (ratio * 10_000.0).round() / 10_000.0,
+            window: window_name(alert.window),
+            level_percent: alert.level,
+            severity: alert.severity,
+            limit_usd: usd(alert.limit_usd),
+            current_usd: usd(alert.current_usd),
+            ratio: (alert.ratio * 10_000.0).round() / 10_000.0,
             gateway_key_id: Some(key.key_id.clone()),
             user_id: key.user_id.clone(),
             team_id: key.team_id.clone(),
             customer_id: key.customer_id.clone(),
             org_id: key.org_id.clone(),
         }
-    }
-
-    /// The notice of a key-cap alert as raised today (`key_daily` / `key_monthly`, 80 %
-    /// `warning` or 95 % `critical`).
-    #[must_use]
-    pub fn of_key_alert(id: String, raised_at: Timestamp, key: &KeyRecord, a: &Alert) -> Self {
-        let window = if a.scope == KEY_MONTHLY {
-            Window::Month
-        } else {
-            Window::Day
-        };
-        let level_percent = if a.severity == "critical" { 95 } else { 80 };
-        AlertNotice::new(
-            id,
-            raised_at,
-            key,
-            &Raised {
-                kind: ScopeKind::Key,
-                scope_id: &key.key_id,
-                account: key.account(),
-                window,
-                level_percent,
-                limit_usd: a.limit_usd,
-                current_usd: a.current_usd,
-            },
-        )
     }
 }
 
@@ -252,16 +205,31 @@ mod tests {
         .unwrap()
     }
 
+    fn alert(
+        kind: ScopeKind,
+        window: Window,
+        account: &str,
+        level: u8,
+        limit: f64,
+        current: f64,
+    ) -> Alert {
+        Alert {
+            scope: cap_name(kind, window),
+            kind,
+            window,
+            account: account.into(),
+            level,
+            severity: crate::spend::severity(level),
+            limit_usd: limit,
+            current_usd: current,
+            ratio: current / limit,
+        }
+    }
+
     #[test]
     fn a_key_alert_becomes_a_notice_naming_cap_window_level_and_tags() {
-        let a = Alert {
-            scope: "key_monthly",
-            severity: "critical",
-            limit_usd: 10.0,
-            current_usd: 9.6,
-            ratio: 0.96,
-        };
-        let n = AlertNotice::of_key_alert("01ALERT".into(), 1_000_000, &key(), &a);
+        let a = alert(ScopeKind::Key, Window::Month, "gk_a", 95, 10.0, 9.6);
+        let n = AlertNotice::new("01ALERT".into(), 1_000_000, &key(), &a);
         let v = serde_json::to_value(&n).unwrap();
         assert_eq!(v["type"], "budget.alert");
         assert_eq!(v["cap"], "key_monthly");
@@ -282,33 +250,20 @@ mod tests {
 
     #[test]
     fn a_team_alert_names_its_scope_cap_and_severity() {
-        let n = AlertNotice::new(
-            "01T".into(),
-            0,
-            &key(),
-            &Raised {
-                kind: ScopeKind::Team,
-                scope_id: "platform",
-                account: "team:platform",
-                window: Window::Month,
-                level_percent: 100,
-                limit_usd: 500.0,
-                current_usd: 500.25,
-            },
+        let a = alert(
+            ScopeKind::Team,
+            Window::Month,
+            "team:platform",
+            100,
+            500.0,
+            500.25,
         );
+        let n = AlertNotice::new("01T".into(), 0, &key(), &a);
         assert_eq!(n.cap, "team_monthly");
         assert_eq!(n.severity, "exhausted");
+        assert_eq!(n.scope.id, "platform");
         assert_eq!(n.scope.account, "team:platform");
         assert_eq!(n.current_usd, "500.25");
         assert_eq!(n.gateway_key_id.as_deref(), Some("gk_a"));
-    }
-
-    #[test]
-    fn severities_follow_the_levels() {
-        assert_eq!(severity_of(80), "warning");
-        assert_eq!(severity_of(94), "warning");
-        assert_eq!(severity_of(95), "critical");
-        assert_eq!(severity_of(99), "critical");
-        assert_eq!(severity_of(100), "exhausted");
     }
 }

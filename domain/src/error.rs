@@ -152,9 +152,9 @@ pub enum GatewayError {
     RequestTimeout {
         seconds: u64,
     },
-    /// A spend cap of the key is reached.
+    /// A spend cap of the key or of one of its scopes (user, team, customer, org) is reached.
     QuotaExceeded {
-        /// `key_daily` or `key_monthly`.
+        /// The cap's name (`metis_domain::budgets::cap_name`): `key_daily`, `team_monthly`, …
         scope: &'static str,
         limit_usd: String,
         current_usd: String,

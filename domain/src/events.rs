@@ -520,7 +520,7 @@ impl Payload for KeyRotated {
 /// A request refused because a spend cap is reached.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct QuotaExceeded {
-    /// `key_daily` or `key_monthly`.
+    /// The cap's name: `key_daily`, `team_monthly`, … (`metis_domain::budgets::cap_name`).
     pub scope: &'static str,
     pub current_usd: String,
     pub limit_usd: String,
@@ -538,7 +538,8 @@ impl Payload for QuotaExceeded {
     const SENSITIVITY: Sensitivity = Sensitivity::Pseudonymous;
 }
 
-/// Spend crossed 80 % (`warning`) or 95 % (`critical`) of a cap; once per window and level.
+/// Settled spend crossed an alert level of a cap (default 80 % `warning`, 95 % `critical`,
+/// 100 % `exhausted`); once per window and level. `scope` is the cap's name (`team_monthly`).
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct QuotaAlert {
     pub scope: &'static str,
@@ -549,6 +550,11 @@ pub struct QuotaAlert {
     pub gateway_key_id: Option<String>,
     pub user_id: Option<String>,
     pub team_id: Option<String>,
+    /// The level crossed (percent of the cap). Events written before levels were
+    /// configurable lack it (80 % was `warning`, 95 % `critical`).
+    pub level_percent: u8,
+    /// The spend account the cap is measured on (`team:platform`, or the key's account).
+    pub account: String,
 }
 
 impl Payload for QuotaAlert {

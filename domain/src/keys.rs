@@ -343,33 +343,8 @@ pub fn validate_key_set(records: &[KeyRecord]) -> Result<(), String> {
     Ok(())
 }
 
-/// The spend caps of a key, parsed from its decimal strings. Built once per key when the
-/// key ring is loaded (`KeyIndex`), so admission never parses them per request.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct Caps {
-    pub daily_usd: Option<f64>,
-    pub monthly_usd: Option<f64>,
-}
-
-impl Caps {
-    /// The caps of `key`. A cap that is not a valid positive number counts as absent (the key
-    /// store validates caps on write, so only a hand-edited store can hold one).
-    #[must_use]
-    pub fn of(key: &KeyRecord) -> Caps {
-        let parse = |field: &str, v: &Option<String>| {
-            v.as_deref().and_then(|raw| validate_cap(field, raw).ok())
-        };
-        Caps {
-            daily_usd: parse("daily_cap_usd", &key.daily_cap_usd),
-            monthly_usd: parse("monthly_cap_usd", &key.monthly_cap_usd),
-        }
-    }
-
-    #[must_use]
-    pub fn is_empty(&self) -> bool {
-        self.daily_usd.is_none() && self.monthly_usd.is_none()
-    }
-}
+/// The spend caps of a key (now `metis_domain::spend::Caps`, which also serves scope budgets).
+pub use crate::spend::Caps;
 
 /// A USD cap must be a finite decimal number > 0.
 ///

@@ -89,6 +89,82 @@ pub fn month_start(ts: Timestamp) -> Timestamp {
     i64::try_from(start.unix_timestamp_nanos() / 1000).unwrap_or(ts)
 }
 
+/// Microseconds per UTC day.
+const DAY_US: i64 = MICROS_PER_SEC * 86_400;
+
+/// Start (inclusive) of the ISO week (Monday 00:00 UTC) containing `ts`.
+#[must_use]
+pub fn week_start(ts: Timestamp) -> Timestamp {
+    let days = ts.div_euclid(DAY_US);
+    // 1970-01-01 was a Thursday: Monday-based weekday = (days + 3) mod 7.
+    (days - (days + 3).rem_euclid(7)) * DAY_US
+}
+
+/// The gateway-wide spend calendar: budget months start on day [`Calendar::month_start_day`]
+/// (1..=28, so every month has it) at 00:00 UTC. Every replica of a fleet must use the same
+/// value (`--budget-month-start-day`): the windows of a shared account are computed by
+/// whichever replica touches it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Calendar {
+    month_start_day: u8,
+}
+
+impl Default for Calendar {
+    /// The calendar month (day 1).
+    fn default() -> Self {
+        Calendar::CALENDAR_MONTH
+    }
+}
+
+impl Calendar {
+    /// Months are calendar months (they start on the 1st).
+    pub const CALENDAR_MONTH: Calendar = Calendar { month_start_day: 1 };
+
+    /// A calendar whose months start on `day`.
+    ///
+    /// # Errors
+    /// `day` is not in 1..=28.
+    pub fn new(day: u8) -> Result<Calendar, String> {
+        if (1..=28).contains(&day) {
+            Ok(Calendar {
+                month_start_day: day,
+            })
+        } else {
+            Err(format!(
+                "the budget month start day must be in 1..=28 (every month has it), got {day}"
+            ))
+        }
+    }
+
+    #[must_use]
+    pub fn month_start_day(self) -> u8 {
+        self.month_start_day
+    }
+
+    /// Start (inclusive) of the budget month containing `ts`: the latest day
+    /// `month_start_day`, 00:00 UTC, at or before `ts`.
+    #[must_use]
+    pub fn month_start(self, ts: Timestamp) -> Timestamp {
+        let nanos = i128::from(ts) * 1000;
+        let Ok(dt) = OffsetDateTime::from_unix_timestamp_nanos(nanos) else {
+            return day_start(ts);
+        };
+        let date = dt.date();
+        let (mut year, mut month) = (date.year(), date.month());
+        if date.day() < self.month_start_day {
+            if month == time::Month::January {
+                year -= 1;
+            }
+            month = month.previous();
+        }
+        let Ok(start) = time::Date::from_calendar_date(year, month, self.month_start_day) else {
+            return month_start(ts);
+        };
+        let start = start.midnight().assume_utc();
+        i64::try_from(start.unix_timestamp_nanos() / 1000).unwrap_or(ts)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,5 +206,41 @@ mod tests {
     #[test]
     fn naive_timestamps_are_refused() {
         assert!(parse_iso("2026-01-01T00:00:00").is_err());
+    }
+    #[test]
+    fn weeks_start_on_monday_utc() {
+        // 2026-03-17 is a Tuesday; its week starts Monday 2026-03-16.
+        let ts = parse_iso("2026-03-17T15:04:05Z").unwrap();
+        assert_eq!(format_iso(week_start(ts)), "2026-03-16T00:00:00+00:00");
+        let monday = parse_iso("2026-03-16T00:00:00Z").unwrap();
+        assert_eq!(week_start(monday), monday);
+        let sunday = parse_iso("2026-03-22T23:59:59Z").unwrap();
+        assert_eq!(week_start(sunday), monday);
+        // Before the epoch too (1969-12-31 is a Wednesday; its Monday is 12-29).
+        let before = parse_iso("1969-12-31T12:00:00Z").unwrap();
+        assert_eq!(format_iso(week_start(before)), "1969-12-29T00:00:00+00:00");
+    }
+
+    #[test]
+    fn budget_months_start_on_the_configured_day() {
+        let cal = Calendar::new(15).unwrap();
+        let mid = parse_iso("2026-03-17T15:04:05Z").unwrap();
+        assert_eq!(
+            format_iso(cal.month_start(mid)),
+            "2026-03-15T00:00:00+00:00"
+        );
+        let early = parse_iso("2026-03-14T23:59:59Z").unwrap();
+        assert_eq!(
+            format_iso(cal.month_start(early)),
+            "2026-02-15T00:00:00+00:00"
+        );
+        let january = parse_iso("2026-01-02T00:00:00Z").unwrap();
+        assert_eq!(
+            format_iso(cal.month_start(january)),
+            "2025-12-15T00:00:00+00:00"
+        );
+        assert_eq!(Calendar::default().month_start(mid), month_start(mid));
+        assert!(Calendar::new(0).is_err());
+        assert!(Calendar::new(29).unwrap_err().contains("1..=28"));
     }
 }

@@ -14,8 +14,9 @@ pub struct KeySummary {
     pub record: KeyRecord,
     /// `active`, `revoked` (revoked, or past its grace end) or `expired` (past `expires_at`).
     pub effective_status: &'static str,
-    /// Spend of the key's account in the current UTC day and month (USD).
+    /// Spend of the key's account in the current day, week and budget month (USD).
     pub spend_day_usd: f64,
+    pub spend_week_usd: f64,
     pub spend_month_usd: f64,
 }
 
@@ -23,8 +24,10 @@ pub struct KeySummary {
 #[derive(Debug, Clone, PartialEq)]
 pub struct BudgetSummary {
     pub budget: BudgetPolicy,
-    /// Spend of the scope's account (`team:platform`) in the current day and month (USD).
+    /// Spend of the scope's account (`team:platform`) in the current day, week and budget
+    /// month (USD).
     pub spend_day_usd: f64,
+    pub spend_week_usd: f64,
     pub spend_month_usd: f64,
 }
 

@@ -18,7 +18,7 @@
 
 use futures_util::future::BoxFuture;
 use metis_domain::spend::{Alert, Budget, Exceeded, SpendState};
-use metis_domain::time::Timestamp;
+use metis_domain::time::{Calendar, Timestamp};
 use std::sync::Arc;
 
 /// The answer of an admission step: ready now, or to be awaited.
@@ -63,44 +63,57 @@ pub struct StoreUnavailable {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct HoldId(pub u128);
 
-/// The outcome of a check or a reservation, and the account as it stands after it.
+/// Accounts as a store holds them after a step: what a caller keeps as its last known
+/// balances. The in-process ledger returns none (it is the balances), so its answers allocate
+/// nothing.
+pub type Balances = Vec<(Arc<str>, SpendState)>;
+
+/// The outcome of a check or a reservation, and the budget's accounts as they stand after it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Checked {
     /// Admitted with the alerts now due (each raised once per window and level across every
-    /// user of the store), or refused at a cap.
+    /// user of the store), or refused at a cap (with the alerts the refusal raised).
     pub verdict: Result<Vec<Alert>, Exceeded>,
-    /// The account after the step: what a caller keeps as its last known balance.
-    pub balance: SpendState,
+    /// The lines' accounts after the step (a shared store; empty for the in-process ledger).
+    pub balances: Balances,
 }
 
-/// The end of one reservation: its held amount is replaced by the actual cost.
+/// The end of one reservation: what it held on each capped line of its budget is released,
+/// and the actual cost is charged to every line.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settlement {
     pub id: HoldId,
-    pub account: Arc<str>,
-    /// What the store reserved under `id` (0 for a request the store never reserved: an
-    /// account without caps, or an admission decided while the store was unavailable).
+    /// The budget the reservation was made on (the same lines, even if the key ring changed
+    /// since).
+    pub budget: Budget,
+    /// What the reservation held on each capped line (0 for a request nothing was reserved
+    /// for: a budget without caps, or an admission decided while the store was unavailable).
+    /// A store that records holds itself (per hold id and account) releases its own record.
     pub reserved_usd: f64,
     /// The actual cost (0 releases the reservation).
     pub cost_usd: f64,
     /// When the cost was incurred: it is charged to the windows containing `at` that are
     /// still current (`SpendState::settle`).
     pub at: Timestamp,
+    /// The windows' calendar.
+    pub calendar: Calendar,
 }
 
-/// Spend caps: per-account spend in the current UTC day and month, plus the reservations of
-/// calls in flight.
+/// Spend caps: per-account spend in the current day, week and month, plus the reservations of
+/// calls in flight, for every line of a request's [`Budget`] (its key and its scopes).
 ///
 /// Contract (`metis_tests::contract::admission` proves each clause but the last, which needs
 /// a process to die and so belongs to a shared store's own tests):
-/// - [`reserve`](Self::reserve) MUST check every cap of the budget and hold the estimate in one
-///   atomic step with respect to every other caller of the same store (all replicas of a
-///   fleet): concurrent reservations overshoot a cap by at most one request's worth.
-/// - A refused reservation MUST hold nothing.
-/// - A settlement MUST be applied at most once per [`HoldId`]: repeating one whose first
-///   attempt was applied (its answer was lost) changes nothing. A settlement the store holds
-///   no reservation for (`reserved_usd` 0) charges its cost all the same.
-/// - Windows and alerts follow `metis_domain::spend::SpendState` exactly.
+/// - [`reserve`](Self::reserve) MUST check every cap of every line and hold the estimate on
+///   every capped line in one atomic step with respect to every other caller of the same store
+///   (all replicas of a fleet): concurrent reservations overshoot any cap of any line by at
+///   most one request's worth.
+/// - A refused reservation MUST hold nothing on any line.
+/// - A settlement MUST release exactly what its reservation held on each line and charge the
+///   cost to every line (capped or not), at most once per [`HoldId`]: repeating one whose
+///   first attempt was applied (its answer was lost) changes nothing. A settlement the store
+///   holds no reservation for charges its cost all the same.
+/// - Windows and alerts follow `metis_domain::spend` exactly, with the calendar passed in.
 /// - A store shared by processes MUST give back, after a lease it documents, the reservations
 ///   of a process that stopped without settling them (the in-process ledger dies with them).
 pub trait SpendAdmission: Send + Sync {
@@ -109,26 +122,35 @@ pub trait SpendAdmission: Send + Sync {
     /// (`--spend-outage`). `false`: every answer is [`Answer::Now`] and never an error.
     fn shared(&self) -> bool;
 
-    /// The check before a request's body is read: refused when settled spend plus reservations
-    /// reach a cap. Raises due alerts; reserves nothing.
-    fn check(&self, budget: &Budget, now: Timestamp) -> Answer<Result<Checked, StoreUnavailable>>;
+    /// The check before a request's body is read: refused when a line's settled spend plus
+    /// reservations reach a cap. Raises due alerts; reserves nothing.
+    fn check(
+        &self,
+        budget: &Budget,
+        calendar: Calendar,
+        now: Timestamp,
+    ) -> Answer<Result<Checked, StoreUnavailable>>;
 
-    /// Check and hold `estimate_usd` (the call's worst-case cost) under `id` in one atomic step.
+    /// Check and hold `estimate_usd` (the call's worst-case cost) on every capped line under
+    /// `id` in one atomic step.
     fn reserve(
         &self,
         id: HoldId,
         budget: &Budget,
         estimate_usd: f64,
+        calendar: Calendar,
         now: Timestamp,
     ) -> Answer<Result<Checked, StoreUnavailable>>;
 
-    /// Replace a reservation by the actual cost. Returns the account after it.
-    fn settle(&self, settlement: &Settlement) -> Answer<Result<SpendState, StoreUnavailable>>;
+    /// Replace a reservation by the actual cost. Returns the lines' accounts after it (none
+    /// from the in-process ledger).
+    fn settle(&self, settlement: &Settlement) -> Answer<Result<Balances, StoreUnavailable>>;
 
     /// An account's current spend, windows rolled to `now` (an unknown account has none).
     fn balance(
         &self,
         account: &str,
+        calendar: Calendar,
         now: Timestamp,
     ) -> Answer<Result<SpendState, StoreUnavailable>>;
 }

@@ -78,8 +78,9 @@ pub trait Metrics: Send + Sync {
     /// Every capped key's spend over cap, replacing the previous set (called at scrape time,
     /// so a ratio falls back when its UTC window rolls over even if the key is idle).
     fn quota_ratios(&self, ratios: &[QuotaRatio]);
-    /// A spend-cap event: `event` is `alert_80`, `alert_95` (soft alerts, once per window)
-    /// or `exceeded` (a request refused at the cap); `scope` is `key_daily` / `key_monthly`.
+    /// A spend-cap event: `event` is `alert_<level>` (`alert_80`, `alert_95`, `alert_100`: a
+    /// budget alert level crossed, once per window) or `exceeded` (a request refused at the
+    /// cap); `scope` is the cap's name (`key_daily`, `team_monthly`, …).
     fn quota_event(&self, scope: &str, event: &str);
     /// A key was seen from more client addresses than the leak threshold allows.
     fn key_leak_suspected(&self);

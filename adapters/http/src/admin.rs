@@ -168,7 +168,9 @@ pub struct KeyObject {
     expires_at: Option<String>,
     /// Spend of the key's account (shared with rotated predecessors) in the current UTC day.
     spend_day_usd: f64,
-    /// Spend of the key's account in the current UTC month.
+    /// Spend of the key's account in the current week (from Monday 00:00 UTC).
+    spend_week_usd: f64,
+    /// Spend of the key's account in the current budget month (`--budget-month-start-day`).
     spend_month_usd: f64,
 }
 
@@ -201,6 +203,7 @@ impl From<KeySummary> for KeyObject {
             grace_period_until: r.grace_period_until,
             expires_at: r.expires_at,
             spend_day_usd: k.spend_day_usd,
+            spend_week_usd: k.spend_week_usd,
             spend_month_usd: k.spend_month_usd,
         }
     }
@@ -466,12 +469,15 @@ pub struct BudgetObject {
     updated_at: Option<String>,
     /// Spend of the scope's account (`team:platform`) in the current UTC day.
     spend_day_usd: f64,
-    /// Spend of the scope's account in the current month.
+    /// Spend of the scope's account in the current week (from Monday 00:00 UTC).
+    spend_week_usd: f64,
+    /// Spend of the scope's account in the current budget month.
     spend_month_usd: f64,
 }
 
 impl BudgetObject {
-    fn of(b: BudgetPolicy, spend_day_usd: f64, spend_month_usd: f64) -> Self {
+    fn of(b: BudgetPolicy, spend: [f64; 3]) -> Self {
+        let [spend_day_usd, spend_week_usd, spend_month_usd] = spend;
         BudgetObject {
             scope: b.scope.as_str().to_owned(),
             id: b.id,
@@ -483,6 +489,7 @@ impl BudgetObject {
             allowed_models: b.allowed_models,
             updated_at: b.updated_at,
             spend_day_usd,
+            spend_week_usd,
             spend_month_usd,
         }
     }
@@ -490,7 +497,10 @@ impl BudgetObject {
 
 impl From<BudgetSummary> for BudgetObject {
     fn from(s: BudgetSummary) -> Self {
-        BudgetObject::of(s.budget, s.spend_day_usd, s.spend_month_usd)
+        BudgetObject::of(
+            s.budget,
+            [s.spend_day_usd, s.spend_week_usd, s.spend_month_usd],
+        )
     }
 }
 
@@ -957,7 +967,7 @@ impl AdminApi {
             .svc
             .delete_budget(scope_of(&scope.0)?, &id.0, by)
             .await?;
-        Ok(Json(BudgetObject::of(removed, 0.0, 0.0)))
+        Ok(Json(BudgetObject::of(removed, [0.0; 3])))
     }
 
     /// Every model group and its members. Role: viewer.

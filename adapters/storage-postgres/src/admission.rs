@@ -1,20 +1,24 @@
 //! Spend caps and per-key rate limits held in the database, so they hold across every replica
 //! of a fleet (`metis_ports::admission`).
 //!
-//! Every step is one transaction: the account (or bucket) row is locked by an upsert that
-//! returns it, the domain's rule (`metis_domain::spend::SpendState`, `TokenBucket`) is applied
-//! in Rust, and the row is written back. The rule exists once, in the domain; the database
-//! only makes the step atomic across processes.
+//! Every step is one transaction: the rows of every account of the request's budget (its key
+//! and each scope tag: `team:platform`, …) or the bucket row are locked by upserts that return
+//! them, the domain's rule (`metis_domain::spend::{check, reserve}`, `TokenBucket`) is applied
+//! once in Rust over all of them, and the rows are written back. The rule exists once, in the
+//! domain; the database only makes the step atomic across processes.
 //!
 //! Invariants:
-//! - A reservation is a row in `spend_holds` with a lease ([`HOLD_LEASE`]). The account's
-//!   `reserved_usd` is the sum of its live holds; holds whose lease ran out (their process
-//!   died) are given back inside the next step on that account, so a killed replica cannot
-//!   block an account for longer than the lease.
+//! - A step locks its accounts in sorted account order, so two steps sharing accounts (two
+//!   keys of one team, on two replicas) wait for each other and never deadlock.
+//! - A reservation is one row per capped line in `spend_holds`, keyed by (hold id, account),
+//!   with a lease ([`HOLD_LEASE`]). An account's `reserved_usd` is the sum of its live holds;
+//!   holds whose lease ran out (their process died) are given back inside the next step on
+//!   that account, so a killed replica cannot block an account for longer than the lease.
 //! - A settlement is applied at most once per hold id: its id goes into `spend_settled` in the
 //!   same transaction (kept [`SETTLED_KEEP`], far beyond any retry), and a repeat finds it and
-//!   changes nothing. The amount released is the hold's own row (gone when the lease expired:
-//!   then nothing is released twice).
+//!   changes nothing. The amount released on each account is that hold's own row there (gone
+//!   when the lease expired: then nothing is released twice); the cost is charged to every
+//!   account of the budget.
 //! - Buckets use the database server's clock, one clock for every replica. A bucket idle for a
 //!   minute is full again, so idle buckets are deleted without changing any decision; the
 //!   sweep also trims the table to the most recently used `max_buckets` rows (an evicted
@@ -25,10 +29,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use metis_domain::ratelimit::TokenBucket;
-use metis_domain::spend::{Budget, SpendState, hold_amount};
-use metis_domain::time::Timestamp;
+use metis_domain::spend::{self, Budget, SpendState, hold_amount};
+use metis_domain::time::{Calendar, Timestamp};
 use metis_ports::admission::{
-    Answer, Checked, HoldId, KeyRateLimiter, Settlement, SpendAdmission, StoreUnavailable, Take,
+    Answer, Balances, Checked, HoldId, KeyRateLimiter, Settlement, SpendAdmission,
+    StoreUnavailable, Take,
 };
 use tokio_postgres::Row;
 
@@ -52,9 +57,10 @@ const SWEEP_EVERY: u64 = 1024;
 /// The admission tables.
 pub const COMPONENT: Component = Component {
     name: "admission",
-    steps: &[Step {
-        description: "create spend_accounts, spend_holds, spend_settled, rate_buckets",
-        sql: "
+    steps: &[
+        Step {
+            description: "create spend_accounts, spend_holds, spend_settled, rate_buckets",
+            sql: "
 CREATE TABLE spend_accounts (
     account TEXT PRIMARY KEY,
     day_start BIGINT NOT NULL,
@@ -83,8 +89,24 @@ CREATE TABLE rate_buckets (
 );
 CREATE INDEX rate_buckets_last_us ON rate_buckets (last_us);
 ",
-    }],
-    compatible_from: 1,
+        },
+        Step {
+            description: "budget scopes (issue 20): spend_accounts gains the week window \
+                (week_start, week_usd) and alert bits per window and level (alerted INTEGER; \
+                the old 80/95 % day and month bits keep their meaning); spend_holds is keyed \
+                by (hold_id, account), one hold per capped line. Binaries older than this step \
+                cannot write the widened columns, so they are refused on this schema",
+            sql: "
+ALTER TABLE spend_accounts
+    ADD COLUMN week_start BIGINT NOT NULL DEFAULT 0,
+    ADD COLUMN week_usd DOUBLE PRECISION NOT NULL DEFAULT 0,
+    ALTER COLUMN alerted TYPE INTEGER
+        USING ((alerted::integer & 3) | (((alerted::integer >> 2) & 3) << 16));
+ALTER TABLE spend_holds DROP CONSTRAINT spend_holds_pkey, ADD PRIMARY KEY (hold_id, account);
+",
+        },
+    ],
+    compatible_from: 2,
 };
 
 const SPEND_STORE: &str = "spend store";
@@ -93,15 +115,21 @@ const LIMIT_STORE: &str = "rate-limit store";
 /// Lock (creating when absent) the account's row and return it.
 const LOCK_ACCOUNT_SQL: &str = "
 INSERT INTO spend_accounts AS a
-    (account, day_start, day_usd, month_start, month_usd, reserved_usd, alerted)
-VALUES ($1, $2, 0, $3, 0, 0, 0)
+    (account, day_start, day_usd, week_start, week_usd, month_start, month_usd, reserved_usd,
+     alerted)
+VALUES ($1, $2, 0, $3, 0, $4, 0, 0, 0)
 ON CONFLICT (account) DO UPDATE SET account = a.account
-RETURNING day_start, day_usd, month_start, month_usd, reserved_usd, alerted";
+RETURNING day_start, day_usd, week_start, week_usd, month_start, month_usd, reserved_usd,
+    alerted";
 
 const WRITE_ACCOUNT_SQL: &str = "
-UPDATE spend_accounts SET day_start = $2, day_usd = $3, month_start = $4, month_usd = $5,
-    reserved_usd = $6, alerted = $7
+UPDATE spend_accounts SET day_start = $2, day_usd = $3, week_start = $4, week_usd = $5,
+    month_start = $6, month_usd = $7, reserved_usd = $8, alerted = $9
 WHERE account = $1";
+
+const SELECT_ACCOUNT_SQL: &str = "
+SELECT day_start, day_usd, week_start, week_usd, month_start, month_usd, reserved_usd, alerted
+FROM spend_accounts WHERE account = $1";
 
 /// Expired holds of one account, removed and returned (their amounts go back).
 const EXPIRE_HOLDS_SQL: &str = "
@@ -118,10 +146,13 @@ fn state_of(row: &Row) -> SpendState {
     SpendState {
         day_start: row.get(0),
         day_usd: row.get(1),
-        month_start: row.get(2),
-        month_usd: row.get(3),
-        reserved_usd: row.get(4),
-        alerted: u8::try_from(row.get::<_, i16>(5)).unwrap_or(0),
+        week_start: row.get(2),
+        week_usd: row.get(3),
+        month_start: row.get(4),
+        month_usd: row.get(5),
+        reserved_usd: row.get(6),
+        // The bits are stored as a signed column; the cast keeps every bit.
+        alerted: row.get::<_, i32>(7).cast_unsigned(),
     }
 }
 
@@ -154,8 +185,9 @@ impl PgSpendAdmission {
             let stmt = client
                 .prepare_cached(
                     "INSERT INTO spend_accounts
-                        (account, day_start, day_usd, month_start, month_usd, reserved_usd, alerted)
-                     VALUES ($1, $2, $3, $4, $5, 0, $6) ON CONFLICT (account) DO NOTHING",
+                        (account, day_start, day_usd, week_start, week_usd, month_start,
+                         month_usd, reserved_usd, alerted)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8) ON CONFLICT (account) DO NOTHING",
                 )
                 .await?;
             let mut seeded = 0;
@@ -167,9 +199,11 @@ impl PgSpendAdmission {
                             &&**account,
                             &s.day_start,
                             &s.day_usd,
+                            &s.week_start,
+                            &s.week_usd,
                             &s.month_start,
                             &s.month_usd,
-                            &i16::from(s.alerted),
+                            &s.alerted.cast_signed(),
                         ],
                     )
                     .await?;
@@ -179,69 +213,48 @@ impl PgSpendAdmission {
         run.await.map_err(|e| unavailable(SPEND_STORE, &e))
     }
 
-    /// Lock the account, give back its expired holds, apply `step` to its state and write it
-    /// back, all in one transaction; `hold` (id, amount) is recorded when `step` admits.
+    /// Lock every account of `budget` (sorted order), give back their expired holds, apply
+    /// the domain's check or reservation to their states once, record the hold on every capped
+    /// line when admitted, and write them back, all in one transaction.
     async fn locked_step(
         db: Db,
         budget: Budget,
+        cal: Calendar,
         now: Timestamp,
         hold: Option<(HoldId, f64)>,
     ) -> Result<Checked, DbError> {
         let mut client = db.get().await?;
         let tx = client.transaction().await?;
-        let mut state = {
-            let fresh = SpendState::new(now);
-            let row = tx
-                .query_one(
-                    LOCK_ACCOUNT_SQL,
-                    &[&&*budget.account, &fresh.day_start, &fresh.month_start],
-                )
-                .await?;
-            state_of(&row)
-        };
-        for expired in tx.query(EXPIRE_HOLDS_SQL, &[&&*budget.account]).await? {
-            state.release(expired.get(0));
-        }
+        let mut states = lock_lines(&tx, &budget, cal, now, true).await?;
         let verdict = match hold {
-            Some((_, amount)) => state.reserve(budget.caps, amount, now),
-            None => state.check(budget.caps, now),
+            Some((_, amount)) => spend::reserve(&budget.lines, &mut states, amount, cal, now),
+            None => spend::check(&budget.lines, &mut states, cal, now),
         };
         if verdict.is_ok()
             && let Some((id, amount)) = hold
             && hold_amount(amount) > 0.0
         {
             let lease = HOLD_LEASE.as_secs_f64();
-            tx.execute(
-                "INSERT INTO spend_holds (hold_id, account, amount_usd, expires_at)
-                 VALUES ($1, $2, $3, now() + make_interval(secs => $4))",
-                &[
-                    &hold_key(id),
-                    &&*budget.account,
-                    &hold_amount(amount),
-                    &lease,
-                ],
-            )
-            .await?;
+            let key = hold_key(id);
+            for line in budget.lines.iter().filter(|l| !l.caps.is_empty()) {
+                tx.execute(
+                    "INSERT INTO spend_holds (hold_id, account, amount_usd, expires_at)
+                     VALUES ($1, $2, $3, now() + make_interval(secs => $4))
+                     ON CONFLICT (hold_id, account) DO NOTHING",
+                    &[&key, &&*line.account, &hold_amount(amount), &lease],
+                )
+                .await?;
+            }
         }
-        write_state(&tx, &budget.account, &state).await?;
+        let balances = write_lines(&tx, &budget, &states).await?;
         tx.commit().await?;
-        Ok(Checked {
-            verdict,
-            balance: state,
-        })
+        Ok(Checked { verdict, balances })
     }
 
-    async fn settle_once(db: Db, s: Settlement) -> Result<SpendState, DbError> {
+    async fn settle_once(db: Db, s: Settlement) -> Result<Balances, DbError> {
         let mut client = db.get().await?;
         let tx = client.transaction().await?;
-        let fresh = SpendState::new(s.at);
-        let row = tx
-            .query_one(
-                LOCK_ACCOUNT_SQL,
-                &[&&*s.account, &fresh.day_start, &fresh.month_start],
-            )
-            .await?;
-        let mut state = state_of(&row);
+        let mut states = lock_lines(&tx, &s.budget, s.calendar, s.at, false).await?;
         let key = hold_key(s.id);
         let first = tx
             .execute(
@@ -251,21 +264,90 @@ impl PgSpendAdmission {
             .await?;
         if first == 0 {
             // Applied before (its answer was lost): nothing changes.
+            let balances = s
+                .budget
+                .lines
+                .iter()
+                .zip(&states)
+                .map(|(l, st)| (Arc::clone(&l.account), *st))
+                .collect();
             tx.commit().await?;
-            return Ok(state);
+            return Ok(balances);
         }
-        let held: f64 = tx
-            .query_opt(
-                "DELETE FROM spend_holds WHERE hold_id = $1 RETURNING amount_usd",
+        // What this hold still holds on each account (its rows; gone where the lease ran out).
+        let held: Vec<(String, f64)> = tx
+            .query(
+                "DELETE FROM spend_holds WHERE hold_id = $1 RETURNING account, amount_usd",
                 &[&key],
             )
             .await?
-            .map_or(0.0, |r| r.get(0));
-        state.settle(held, s.cost_usd, s.at);
-        write_state(&tx, &s.account, &state).await?;
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        for (line, state) in s.budget.lines.iter().zip(states.iter_mut()) {
+            let released = held
+                .iter()
+                .filter(|(a, _)| **a == *line.account)
+                .map(|(_, amount)| *amount)
+                .sum::<f64>();
+            state.settle(released, s.cost_usd, s.at, s.calendar);
+        }
+        let balances = write_lines(&tx, &s.budget, &states).await?;
         tx.commit().await?;
-        Ok(state)
+        Ok(balances)
     }
+}
+
+/// Lock the rows of every account of `budget` in sorted account order (creating absent ones
+/// with no spend at `now`), giving back expired holds when `expire`; their states in line
+/// order.
+async fn lock_lines(
+    tx: &deadpool_postgres::Transaction<'_>,
+    budget: &Budget,
+    cal: Calendar,
+    now: Timestamp,
+    expire: bool,
+) -> Result<Vec<SpendState>, DbError> {
+    let fresh = SpendState::new(now, cal);
+    let mut order: Vec<usize> = (0..budget.lines.len()).collect();
+    order.sort_by(|a, b| budget.lines[*a].account.cmp(&budget.lines[*b].account));
+    let mut states = vec![SpendState::default(); budget.lines.len()];
+    for i in order {
+        let account: &str = &budget.lines[i].account;
+        let row = tx
+            .query_one(
+                LOCK_ACCOUNT_SQL,
+                &[
+                    &account,
+                    &fresh.day_start,
+                    &fresh.week_start,
+                    &fresh.month_start,
+                ],
+            )
+            .await?;
+        let mut state = state_of(&row);
+        if expire {
+            for expired in tx.query(EXPIRE_HOLDS_SQL, &[&account]).await? {
+                state.release(expired.get(0));
+            }
+        }
+        states[i] = state;
+    }
+    Ok(states)
+}
+
+/// Write the lines' states back; the balances to answer.
+async fn write_lines(
+    tx: &deadpool_postgres::Transaction<'_>,
+    budget: &Budget,
+    states: &[SpendState],
+) -> Result<Balances, DbError> {
+    let mut balances = Vec::with_capacity(states.len());
+    for (line, st) in budget.lines.iter().zip(states) {
+        write_state(tx, &line.account, st).await?;
+        balances.push((Arc::clone(&line.account), *st));
+    }
+    Ok(balances)
 }
 
 async fn write_state(
@@ -279,10 +361,12 @@ async fn write_state(
             &account,
             &s.day_start,
             &s.day_usd,
+            &s.week_start,
+            &s.week_usd,
             &s.month_start,
             &s.month_usd,
             &s.reserved_usd,
-            &i16::from(s.alerted),
+            &s.alerted.cast_signed(),
         ],
     )
     .await?;
@@ -294,10 +378,15 @@ impl SpendAdmission for PgSpendAdmission {
         true
     }
 
-    fn check(&self, budget: &Budget, now: Timestamp) -> Answer<Result<Checked, StoreUnavailable>> {
+    fn check(
+        &self,
+        budget: &Budget,
+        cal: Calendar,
+        now: Timestamp,
+    ) -> Answer<Result<Checked, StoreUnavailable>> {
         let (db, budget) = (self.db.clone(), budget.clone());
         Answer::Later(Box::pin(async move {
-            Self::locked_step(db, budget, now, None)
+            Self::locked_step(db, budget, cal, now, None)
                 .await
                 .map_err(|e| unavailable(SPEND_STORE, &e))
         }))
@@ -308,17 +397,18 @@ impl SpendAdmission for PgSpendAdmission {
         id: HoldId,
         budget: &Budget,
         estimate_usd: f64,
+        cal: Calendar,
         now: Timestamp,
     ) -> Answer<Result<Checked, StoreUnavailable>> {
         let (db, budget) = (self.db.clone(), budget.clone());
         Answer::Later(Box::pin(async move {
-            Self::locked_step(db, budget, now, Some((id, estimate_usd)))
+            Self::locked_step(db, budget, cal, now, Some((id, estimate_usd)))
                 .await
                 .map_err(|e| unavailable(SPEND_STORE, &e))
         }))
     }
 
-    fn settle(&self, settlement: &Settlement) -> Answer<Result<SpendState, StoreUnavailable>> {
+    fn settle(&self, settlement: &Settlement) -> Answer<Result<Balances, StoreUnavailable>> {
         let (db, s) = (self.db.clone(), settlement.clone());
         Answer::Later(Box::pin(async move {
             Self::settle_once(db, s)
@@ -330,21 +420,16 @@ impl SpendAdmission for PgSpendAdmission {
     fn balance(
         &self,
         account: &str,
+        cal: Calendar,
         now: Timestamp,
     ) -> Answer<Result<SpendState, StoreUnavailable>> {
         let (db, account) = (self.db.clone(), account.to_owned());
         Answer::Later(Box::pin(async move {
             let read = async {
                 let client = db.get().await?;
-                let row = client
-                    .query_opt(
-                        "SELECT day_start, day_usd, month_start, month_usd, reserved_usd, alerted
-                         FROM spend_accounts WHERE account = $1",
-                        &[&account],
-                    )
-                    .await?;
-                let mut state = row.map_or_else(|| SpendState::new(now), |r| state_of(&r));
-                state.roll(now);
+                let row = client.query_opt(SELECT_ACCOUNT_SQL, &[&account]).await?;
+                let mut state = row.map_or_else(|| SpendState::new(now, cal), |r| state_of(&r));
+                state.roll(now, cal);
                 Ok::<_, DbError>(state)
             };
             read.await.map_err(|e| unavailable(SPEND_STORE, &e))
@@ -491,14 +576,16 @@ mod tests {
 
     const NOW: Timestamp = 1_767_225_600_000_000; // 2026-01-01T00:00:00Z
 
+    const CAL: Calendar = Calendar::CALENDAR_MONTH;
+
     fn budget(account: &str, daily: f64) -> Budget {
-        Budget {
-            account: Arc::from(account),
-            caps: Caps {
+        Budget::key_only(
+            account,
+            Caps {
                 daily_usd: Some(daily),
-                monthly_usd: None,
+                ..Caps::default()
             },
-        }
+        )
     }
 
     fn setup() -> Result<(ScratchDatabase, Db), DbError> {
@@ -521,7 +608,7 @@ mod tests {
         let (held, after) = db.block_on(async move {
             let b = budget("acct", 1.0);
             let held = store
-                .reserve(HoldId(1), &b, 0.9, NOW)
+                .reserve(HoldId(1), &b, 0.9, CAL, NOW)
                 .get()
                 .await
                 .map_err(stopped)?;
@@ -533,16 +620,16 @@ mod tests {
                     &[],
                 )
                 .await?;
-            let after = store.check(&b, NOW).get().await.map_err(stopped)?;
+            let after = store.check(&b, CAL, NOW).get().await.map_err(stopped)?;
             Ok((held, after))
         })?;
         assert!(held.verdict.is_ok());
-        assert!((held.balance.reserved_usd - 0.9).abs() < 1e-9);
+        assert!((held.balances[0].1.reserved_usd - 0.9).abs() < 1e-9);
         assert!(
             after.verdict.is_ok(),
             "the expired hold no longer blocks the cap"
         );
-        assert!(after.balance.reserved_usd.abs() < 1e-9);
+        assert!(after.balances[0].1.reserved_usd.abs() < 1e-9);
         Ok(())
     }
 
@@ -554,23 +641,32 @@ mod tests {
             store
                 .settle(&Settlement {
                     id: HoldId(7),
-                    account: Arc::from("known"),
+                    budget: Budget::key_only("known", Caps::default()),
                     reserved_usd: 0.0,
                     cost_usd: 2.0,
                     at: NOW,
+                    calendar: CAL,
                 })
                 .get()
                 .await
                 .map_err(stopped)?;
-            let mut trace = SpendState::new(NOW);
+            let mut trace = SpendState::new(NOW, CAL);
             trace.day_usd = 5.0;
             trace.month_usd = 5.0;
             let seeded = store
                 .seed(&[(Arc::from("known"), trace), (Arc::from("fresh"), trace)])
                 .await
                 .map_err(stopped)?;
-            let known = store.balance("known", NOW).get().await.map_err(stopped)?;
-            let fresh = store.balance("fresh", NOW).get().await.map_err(stopped)?;
+            let known = store
+                .balance("known", CAL, NOW)
+                .get()
+                .await
+                .map_err(stopped)?;
+            let fresh = store
+                .balance("fresh", CAL, NOW)
+                .get()
+                .await
+                .map_err(stopped)?;
             Ok((seeded, known, fresh))
         })?;
         assert_eq!(seeded, 1);
@@ -579,6 +675,172 @@ mod tests {
             "the store's own balance wins"
         );
         assert!((fresh.day_usd - 5.0).abs() < 1e-9);
+        Ok(())
+    }
+
+    fn team_budget(key: &str, key_daily: Option<f64>, team_monthly: f64) -> Budget {
+        use metis_domain::budgets::ScopeKind;
+        use metis_domain::spend::BudgetLine;
+        Budget {
+            lines: Arc::new([
+                BudgetLine {
+                    kind: ScopeKind::Key,
+                    account: Arc::from(key),
+                    caps: Caps {
+                        daily_usd: key_daily,
+                        ..Caps::default()
+                    },
+                },
+                BudgetLine {
+                    kind: ScopeKind::Team,
+                    account: Arc::from("team:t"),
+                    caps: Caps {
+                        monthly_usd: Some(team_monthly),
+                        ..Caps::default()
+                    },
+                },
+            ]),
+        }
+    }
+
+    /// A hold is one row per capped line; the settlement releases each and charges every
+    /// line, once.
+    #[test]
+    fn holds_are_per_capped_line_and_a_settlement_releases_each_once() -> Result<(), DbError> {
+        let (_scratch, db) = setup()?;
+        let store = PgSpendAdmission::new(db.clone());
+        let d = db.clone();
+        let (rows, refused, after, again) = db.block_on(async move {
+            let b = team_budget("gk_1", None, 1.0);
+            let held = store
+                .reserve(HoldId(1), &b, 1.0, CAL, NOW)
+                .get()
+                .await
+                .map_err(stopped)?;
+            assert!(held.verdict.is_ok());
+            let rows: Vec<(String, f64)> = d
+                .get()
+                .await?
+                .query(
+                    "SELECT account, amount_usd FROM spend_holds ORDER BY account",
+                    &[],
+                )
+                .await?
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect();
+            let other = team_budget("gk_2", Some(5.0), 1.0);
+            let refused = store
+                .reserve(HoldId(2), &other, 0.1, CAL, NOW)
+                .get()
+                .await
+                .map_err(stopped)?;
+            let s = Settlement {
+                id: HoldId(1),
+                budget: b,
+                reserved_usd: 1.0,
+                cost_usd: 0.25,
+                at: NOW,
+                calendar: CAL,
+            };
+            let after = store.settle(&s).get().await.map_err(stopped)?;
+            let again = store.settle(&s).get().await.map_err(stopped)?;
+            Ok((rows, refused, after, again))
+        })?;
+        assert_eq!(
+            rows,
+            [("team:t".to_owned(), 1.0)],
+            "the uncapped key line holds nothing"
+        );
+        let e = refused.verdict.unwrap_err();
+        assert_eq!(
+            e.scope, "team_monthly",
+            "another key of the team is refused"
+        );
+        assert!(
+            refused
+                .balances
+                .iter()
+                .all(|(a, s)| &**a != "gk_2" || s.reserved_usd == 0.0)
+        );
+        for (_, st) in after.iter().chain(&again) {
+            assert!(
+                (st.month_usd - 0.25).abs() < 1e-9 && st.reserved_usd.abs() < 1e-9,
+                "{st:?}"
+            );
+        }
+        Ok(())
+    }
+
+    /// A database at the first admission schema upgrades in place: accounts keep their spend
+    /// and their raised 80/95 % day and month alerts, a hold taken before the upgrade is
+    /// released by its settlement after it.
+    #[test]
+    fn a_version_1_database_upgrades_in_place() -> Result<(), DbError> {
+        let scratch = ScratchDatabase::from_env()?;
+        let db = Db::new(scratch.config().clone())?;
+        let d = db.clone();
+        let (state, week_cols) = db.block_on(async move {
+            let v1 = Component {
+                steps: &COMPONENT.steps[..1],
+                compatible_from: 1,
+                ..COMPONENT
+            };
+            let mut client = d.get().await?;
+            crate::schema::migrate(&mut client, &v1).await?;
+            // Day warning + critical, month warning (the old bits 1, 2, 4).
+            client
+                .batch_execute(&format!(
+                    "INSERT INTO spend_accounts VALUES ('gk_old', {day}, 0.97, {month}, 3.0, 0.5, 7);
+                     INSERT INTO spend_holds VALUES ('{hold}', 'gk_old', 0.5, now() + interval '1 hour');",
+                    day = metis_domain::time::day_start(NOW),
+                    month = metis_domain::time::month_start(NOW),
+                    hold = hold_key(HoldId(9)),
+                ))
+                .await?;
+            drop(client);
+            migrate(&d).await?;
+            let week_cols: i64 = d
+                .get()
+                .await?
+                .query_one(
+                    "SELECT count(*) FROM information_schema.columns
+                     WHERE table_name = 'spend_accounts' AND column_name LIKE 'week_%'",
+                    &[],
+                )
+                .await?
+                .get(0);
+            let store = PgSpendAdmission::new(d.clone());
+            let after = store
+                .settle(&Settlement {
+                    id: HoldId(9),
+                    budget: budget("gk_old", 1.0),
+                    reserved_usd: 0.5,
+                    cost_usd: 0.01,
+                    at: NOW,
+                    calendar: CAL,
+                })
+                .get()
+                .await
+                .map_err(stopped)?;
+            Ok((after[0].1, week_cols))
+        })?;
+        assert_eq!(week_cols, 2);
+        assert!((state.day_usd - 0.98).abs() < 1e-9 && (state.month_usd - 3.01).abs() < 1e-9);
+        assert!(
+            state.reserved_usd.abs() < 1e-9,
+            "the pre-upgrade hold is released: {state:?}"
+        );
+        assert!(
+            (state.week_usd - 0.01).abs() < 1e-9,
+            "the week starts at the upgrade"
+        );
+        use metis_domain::budgets::Window;
+        use metis_domain::spend::alert_bit;
+        assert_eq!(
+            state.alerted,
+            alert_bit(Window::Day, 0) | alert_bit(Window::Day, 1) | alert_bit(Window::Month, 0)
+        );
         Ok(())
     }
 

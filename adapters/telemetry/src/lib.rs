@@ -304,7 +304,7 @@ impl Metrics for Prometheus {
             &mut out,
             "metis_quota_events_total",
             "counter",
-            "Spend-cap events by scope and event (alert_80, alert_95: soft alerts once per window; exceeded: a request refused at the cap).",
+            "Spend-cap events by cap name and event (alert_<level>, e.g. alert_80, alert_95, alert_100: a budget alert level crossed, once per window; exceeded: a request refused at the cap).",
             &self.quota_events,
         );
         write_family(

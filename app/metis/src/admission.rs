@@ -2,7 +2,10 @@
 //! gateway uses, and the outage policy of `--spend-outage`.
 //!
 //! One node (SQLite, redb): both live in the process (the spend ledger rebuilt from the trace,
-//! the per-key buckets beside the per-IP ones). A store shared by replicas (PostgreSQL) hands
+//! the per-key buckets beside the per-IP ones). The ledger is seeded per account: each key's
+//! spend over the current day, week and budget month (`--budget-month-start-day`), folded
+//! into its account and added to the account of every scope tag it carries now
+//! (`user:ann`, `team:platform`, …), so user and team budgets start from their real spend. A store shared by replicas (PostgreSQL) hands
 //! out its own (`StorageBackend::fleet_admission`): its `SpendAdmission` becomes the store,
 //! seeded with the trace's balances for accounts it has never seen, which are also this
 //! process's first "last known" ones (what `--spend-outage fail-open` decides on); its
@@ -11,7 +14,7 @@
 use crate::cli::{ServeArgs, SpendOutage};
 use anyhow::Context;
 use metis_domain::keys::KeyRecord;
-use metis_domain::time::{day_start, month_start};
+use metis_domain::time::{Calendar, day_start, week_start};
 use metis_ports::admission::{KeyRateLimiter, SpendAdmission};
 use metis_ports::metrics::Metrics;
 use metis_ports::storage::StorageBackend;
@@ -23,8 +26,8 @@ use metis_usecases::{
 use std::sync::Arc;
 
 /// The admission guards: the spend guard and, for a shared store, its per-key limiter. Spend
-/// is rebuilt from the trace once (the current UTC day and month, per key, folded into
-/// accounts); afterwards it is kept incrementally.
+/// is rebuilt from the trace once (the current day, week and budget month, per key, folded
+/// into accounts and summed per scope tag); afterwards it is kept incrementally.
 ///
 /// # Errors
 /// The trace cannot be read; a shared store cannot be reached or is too new.
@@ -37,12 +40,18 @@ pub async fn guards(
     (metrics, background): (Arc<dyn Metrics>, Arc<dyn Background>),
 ) -> anyhow::Result<(Arc<SpendGuard>, Option<Arc<dyn KeyRateLimiter>>)> {
     let now = clock.now_us();
+    let calendar = Calendar::new(args.budget_month_start_day).map_err(anyhow::Error::msg)?;
     let spent = trace
-        .spend_by_key(day_start(now), month_start(now))
+        .spend_by_key(day_start(now), calendar.month_start(now))
         .await
         .context("cannot read current spend from the trace store")?;
-    let ledger = SpendLedger::rebuild(&spent, keys, now);
-    let seed = ledger.accounts(now);
+    // The week's spend per key, in `day_usd` (both windows start at the week's start).
+    let weekly = trace
+        .spend_by_key(week_start(now), week_start(now))
+        .await
+        .context("cannot read this week's spend from the trace store")?;
+    let ledger = SpendLedger::rebuild(&spent, &weekly, keys, calendar, now);
+    let seed = ledger.accounts(calendar, now);
     let fleet = tokio::task::spawn_blocking(move || {
         backend.fleet_admission(&seed, RateLimitConfig::default().max_tracked)
     })
@@ -67,6 +76,7 @@ pub async fn guards(
         process_nonce: u64::from_le_bytes([
             nonce[0], nonce[1], nonce[2], nonce[3], nonce[4], nonce[5], nonce[6], nonce[7],
         ]),
+        calendar,
     });
     Ok((guard, per_key))
 }

@@ -533,6 +533,11 @@ pub struct ServeArgs {
     /// ledger is never unavailable.
     #[arg(long, env = "METIS_GATEWAY_SPEND_OUTAGE", value_enum, default_value_t = SpendOutage::FailClosed)]
     pub spend_outage: SpendOutage,
+    /// The day of the month (1..=28, UTC) on which monthly budgets and caps reset; 1 is the
+    /// calendar month. Every replica of a fleet must use the same value: the windows of a
+    /// shared account are computed by whichever replica touches it.
+    #[arg(long, env = "METIS_GATEWAY_BUDGET_MONTH_START_DAY", default_value_t = 1, value_parser = parse_month_start_day)]
+    pub budget_month_start_day: u8,
     /// Request bodies above this many bytes get 413.
     #[arg(long, env = "METIS_GATEWAY_MAX_BODY_BYTES", default_value_t = 10 * 1024 * 1024)]
     pub max_body_bytes: usize,
@@ -747,6 +752,15 @@ pub fn parse_key_id(raw: &str) -> Result<String, String> {
     }
 }
 
+/// `--budget-month-start-day`: a day every month has.
+fn parse_month_start_day(raw: &str) -> Result<u8, String> {
+    let day: u8 = raw
+        .trim()
+        .parse()
+        .map_err(|_| format!("expected a day of the month in 1..=28, got '{raw}'"))?;
+    metis_domain::time::Calendar::new(day).map(|c| c.month_start_day())
+}
+
 /// Parse a trusted-proxy CIDR.
 ///
 /// # Errors
@@ -921,6 +935,18 @@ mod tests {
             (60, 1000)
         );
         assert_eq!(a.spend_outage, SpendOutage::FailClosed);
+    }
+
+    #[test]
+    fn the_budget_month_start_day_is_1_to_28() {
+        let a = ServeArgs::try_parse_from(["gateway"]).unwrap();
+        assert_eq!(a.budget_month_start_day, 1);
+        let a = ServeArgs::try_parse_from(["gateway", "--budget-month-start-day", "15"]).unwrap();
+        assert_eq!(a.budget_month_start_day, 15);
+        let err = ServeArgs::try_parse_from(["gateway", "--budget-month-start-day", "31"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("1..=28"), "{err}");
     }
 
     #[test]

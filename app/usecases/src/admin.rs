@@ -68,6 +68,7 @@ impl AdminFacade {
             record: v.record,
             effective_status: v.effective_status,
             spend_day_usd: spend.day_usd,
+            spend_week_usd: spend.week_usd,
             spend_month_usd: spend.month_usd,
         }
     }
@@ -83,6 +84,7 @@ impl AdminFacade {
         BudgetSummary {
             budget,
             spend_day_usd: spend.day_usd,
+            spend_week_usd: spend.week_usd,
             spend_month_usd: spend.month_usd,
         }
     }

@@ -239,12 +239,16 @@ mod tests {
         .unwrap();
         let a = Alert {
             scope: "key_daily",
+            kind: metis_domain::budgets::ScopeKind::Key,
+            window: metis_domain::budgets::Window::Day,
+            account: "gk_a".into(),
+            level: 80,
             severity: "warning",
             limit_usd: 1.0,
             current_usd: 0.85,
             ratio: 0.85,
         };
-        AlertNotice::of_key_alert("01ALERT".into(), 5, &key, &a)
+        AlertNotice::new("01ALERT".into(), 5, &key, &a)
     }
 
     #[tokio::test]

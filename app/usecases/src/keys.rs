@@ -43,8 +43,9 @@ pub const KEY_POLL_INTERVAL: Duration = Duration::from_millis(500);
 // The poll leaves at least half of the bound for the load and the request that sees it.
 const _: () = assert!(KEY_POLL_INTERVAL.as_millis() * 2 <= KEY_PROPAGATION_BOUND.as_millis());
 
-/// Keys by token hash (with their spend budget: account and parsed caps, built once here),
-/// and in keystore order; with the budgets and model groups loaded with them.
+/// Keys by token hash (with their spend budget: the key's line and one line per scope tag,
+/// accounts and parsed caps, built once here), and in keystore order; with the budgets and model
+/// groups loaded with them.
 #[derive(Debug, Default)]
 pub struct KeyIndex {
     by_hash: HashMap<String, (Arc<KeyRecord>, Budget)>,
@@ -80,7 +81,7 @@ impl KeyIndex {
         let by_hash = ordered
             .iter()
             .map(|r| {
-                let entry = (Arc::clone(r), Budget::of(r));
+                let entry = (Arc::clone(r), Budget::for_key(r, &policy_index));
                 (r.secret_hash.to_ascii_lowercase(), entry)
             })
             .collect();
@@ -522,23 +523,33 @@ mod tests {
             r.monthly_cap_usd = monthly.map(str::to_owned);
             r
         };
-        let index = KeyIndex::new(vec![
-            record("gk_a", "AA", Some(" 2.5 "), Some("NaN")),
-            record("gk_b", "bb", None, None),
-        ]);
+        let mut tagged = record("gk_b", "bb", None, None);
+        tagged.team_id = Some("platform".into());
+        let policies: metis_domain::budgets::Policies = serde_json::from_value(
+            serde_json::json!({"budgets": [{"scope": "team", "id": "platform", "monthly_usd": "50"}]}),
+        )
+        .unwrap();
+        let index = KeyIndex::with_policies(
+            vec![record("gk_a", "AA", Some(" 2.5 "), Some("NaN")), tagged],
+            policies,
+        );
         let (key, budget) = index.get_with_budget("aa").unwrap();
         assert_eq!(key.key_id, "gk_a");
+        let line = &budget.lines[0];
         assert_eq!(
-            budget.caps,
+            line.caps,
             Caps {
                 daily_usd: Some(2.5),
-                monthly_usd: None
+                ..Caps::default()
             }
         );
-        assert_eq!(budget.caps, Caps::of(key));
-        assert_eq!(&*budget.account, "gk_a");
-        let (_, none) = index.get_with_budget("bb").unwrap();
-        assert!(none.caps.is_empty());
+        assert_eq!(line.caps, Caps::of(key));
+        assert_eq!(&*line.account, "gk_a");
+        assert_eq!(budget.lines.len(), 1);
+        let (_, team) = index.get_with_budget("bb").unwrap();
+        assert!(team.lines[0].caps.is_empty());
+        assert_eq!(&*team.lines[1].account, "team:platform");
+        assert_eq!(team.lines[1].caps.monthly_usd, Some(50.0));
         assert!(index.get_with_budget("cc").is_none());
     }
 

@@ -310,6 +310,8 @@ struct Setup {
     /// A per-key limiter in place of the in-process buckets.
     key_limiter: Option<Arc<dyn KeyRateLimiter>>,
     spend: Vec<KeySpend>,
+    /// Scope budgets (team, user, …) the key ring builds the keys' budgets with.
+    policies: metis_domain::budgets::Policies,
     tokenizer: Option<u64>,
     anth: FakeProvider,
     oai: FakeProvider,
@@ -324,6 +326,7 @@ impl Default for Setup {
             outage: OutagePolicy::FailClosed,
             key_limiter: None,
             spend: Vec::new(),
+            policies: metis_domain::budgets::Policies::default(),
             tokenizer: None,
             anth: FakeProvider::new("anth", WireFormat::AnthropicMessages),
             oai: FakeProvider::new("oai", WireFormat::OpenAiChat),
@@ -354,7 +357,13 @@ impl Setup {
         let oai = Arc::new(self.oai);
         let resp = Arc::new(FakeProvider::new("resp", WireFormat::OpenAiResponses));
         let metrics = Arc::new(RecordingMetrics::default());
-        let ledger = Arc::new(SpendLedger::rebuild(&self.spend, &self.keys, T0));
+        let ledger = Arc::new(SpendLedger::rebuild(
+            &self.spend,
+            &[],
+            &self.keys,
+            metis_domain::time::Calendar::default(),
+            T0,
+        ));
         let spend = SpendGuard::new(SpendGuardParts {
             store: self
                 .spend_store
@@ -364,9 +373,14 @@ impl Setup {
             metrics: Arc::clone(&metrics) as Arc<dyn Metrics>,
             background: Arc::new(NoBackground),
             process_nonce: 7,
+            calendar: metis_domain::time::Calendar::default(),
         });
         let core = Arc::new(GatewayCore::new(CoreParts {
-            keys: Arc::new(KeyRing::new(self.keys)),
+            keys: {
+                let ring = KeyRing::default();
+                ring.replace_with_policies(self.keys, self.policies);
+                Arc::new(ring)
+            },
             sink: Arc::new(trace.clone()),
             providers: vec![
                 Arc::clone(&anth) as Arc<dyn Provider>,
@@ -460,13 +474,17 @@ impl World {
     }
 
     fn reserved(&self, account: &str) -> f64 {
-        self.ledger.snapshot(account, T0).reserved_usd
+        self.ledger
+            .snapshot(account, metis_domain::time::Calendar::default(), T0)
+            .reserved_usd
     }
 }
 
 /// (day spend, reserved) of `account`.
 fn spend_of(w: &World, account: &str) -> (f64, f64) {
-    let s = w.ledger.snapshot(account, T0);
+    let s = w
+        .ledger
+        .snapshot(account, metis_domain::time::Calendar::default(), T0);
     (s.day_usd, s.reserved_usd)
 }
 
@@ -771,11 +789,70 @@ async fn a_key_at_its_cap_is_refused_before_the_body_is_read() {
         }
     );
     assert_eq!(err.status(), 429);
-    assert_eq!(w.types(), ["gateway.quota_exceeded"]);
+    // The first refusal at the cap also raises the 100 % alert (issue 20), once.
+    assert_eq!(w.types(), ["quota.alert", "gateway.quota_exceeded"]);
+    let (_, alert) = w.the("quota.alert");
+    assert_eq!(
+        (&alert["scope"], &alert["severity"]),
+        (&json!("key_daily"), &json!("exhausted"))
+    );
     let (_, ev) = w.the("gateway.quota_exceeded");
     assert_eq!(ev["gateway_key_id"], "gk_live");
     assert_eq!(ev["scope"], "key_daily");
     assert!(w.oai.requests().is_empty());
+}
+
+/// A team's budget is shared by its keys: a key with no cap of its own is refused once the
+/// team's monthly spend (seeded from another key's trace spend) reaches the team cap, and the
+/// refusal names the team's cap in both API shapes.
+#[tokio::test]
+async fn a_key_of_a_team_at_its_monthly_budget_is_refused_naming_the_team_cap() {
+    const OTHER: &str = "gw-other-token-000000000000000000000";
+    let w = Setup {
+        keys: vec![
+            key("gk_live", TOKEN, json!({"team_id": "platform"})),
+            key("gk_other", OTHER, json!({"team_id": "platform"})),
+        ],
+        spend: vec![KeySpend {
+            gateway_key_id: "gk_other".to_owned(),
+            day_usd: 0.0,
+            month_usd: 1.0,
+        }],
+        policies: serde_json::from_value(json!({
+            "budgets": [{"scope": "team", "id": "platform", "monthly_usd": "1.00"}]
+        }))
+        .unwrap(),
+        ..Setup::default()
+    }
+    .build();
+    let err = w
+        .core
+        .admit(meta(Shape::OpenAi, Some(TOKEN)))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        GatewayError::QuotaExceeded {
+            scope: "team_monthly",
+            limit_usd: "1.00".to_owned(),
+            current_usd: "1.00".to_owned(),
+        }
+    );
+    for shape in [Shape::OpenAi, Shape::Anthropic] {
+        let body = err.render(shape).body;
+        assert_eq!(body["error"]["scope"], "team_monthly", "{shape:?}: {body}");
+        assert_eq!(body["error"]["limit_usd"], "1.00");
+        assert_eq!(body["error"]["current_usd"], "1.00");
+    }
+    assert_eq!(w.types(), ["quota.alert", "gateway.quota_exceeded"]);
+    let (_, alert) = w.the("quota.alert");
+    assert_eq!(alert["scope"], "team_monthly");
+    assert_eq!(alert["severity"], "exhausted");
+    let (_, ev) = w.the("gateway.quota_exceeded");
+    assert_eq!(
+        (&ev["scope"], &ev["team_id"]),
+        (&json!("team_monthly"), &json!("platform"))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -150,12 +150,19 @@ async fn cap_ratios_are_computed_at_scrape_time_and_fall_back_when_the_day_rolls
         .collect();
     let metrics = Arc::new(Recorded::default());
     let spend = SpendGuard::new(SpendGuardParts {
-        store: Arc::new(SpendLedger::rebuild(&spend, &keys, NOON)),
+        store: Arc::new(SpendLedger::rebuild(
+            &spend,
+            &[],
+            &keys,
+            metis_domain::time::Calendar::default(),
+            NOON,
+        )),
         outage: OutagePolicy::FailClosed,
         known: SpendLedger::default(),
         metrics: Arc::clone(&metrics) as Arc<dyn Metrics>,
         background: Arc::new(Detached),
         process_nonce: 1,
+        calendar: metis_domain::time::Calendar::default(),
     });
     let sink = Arc::new(InMemoryTraceStore::default());
     let core = GatewayCore::new(CoreParts {

@@ -9,12 +9,13 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use metis_domain::ratelimit::BucketMap;
-use metis_domain::spend::{Budget, SpendState};
-use metis_domain::time::Timestamp;
+use metis_domain::spend::{self, Budget, MAX_LINES, SpendState};
+use metis_domain::time::{Calendar, Timestamp};
 
 use super::lock;
 use crate::admission::{
-    Answer, Checked, HoldId, KeyRateLimiter, Settlement, SpendAdmission, StoreUnavailable, Take,
+    Answer, Balances, Checked, HoldId, KeyRateLimiter, Settlement, SpendAdmission,
+    StoreUnavailable, Take,
 };
 
 /// How the fake answers.
@@ -108,10 +109,32 @@ impl FakeSpendStore {
     }
 }
 
-fn account<'a>(t: &'a mut SpendTables, name: &str, now: Timestamp) -> &'a mut SpendState {
-    t.accounts
-        .entry(name.to_owned())
-        .or_insert_with(|| SpendState::new(now))
+/// Apply `f` to the states of `budget`'s lines (created with no spend at `now` when absent)
+/// and write them back: one atomic step under the tables' lock. Returns `f`'s result and the
+/// lines' accounts after it.
+fn lines<T>(
+    t: &mut SpendTables,
+    budget: &Budget,
+    cal: Calendar,
+    now: Timestamp,
+    f: impl FnOnce(&mut [SpendState]) -> T,
+) -> (T, Balances) {
+    let n = budget.lines.len().min(MAX_LINES);
+    let mut states = [SpendState::default(); MAX_LINES];
+    for (s, l) in states.iter_mut().zip(budget.lines.iter()) {
+        *s = t
+            .accounts
+            .get(&*l.account)
+            .copied()
+            .unwrap_or_else(|| SpendState::new(now, cal));
+    }
+    let out = f(&mut states[..n]);
+    let mut balances = Vec::with_capacity(n);
+    for (s, l) in states.iter().zip(budget.lines.iter()) {
+        t.accounts.insert(l.account.to_string(), *s);
+        balances.push((Arc::clone(&l.account), *s));
+    }
+    (out, balances)
 }
 
 impl SpendAdmission for FakeSpendStore {
@@ -119,15 +142,18 @@ impl SpendAdmission for FakeSpendStore {
         true
     }
 
-    fn check(&self, budget: &Budget, now: Timestamp) -> Answer<Result<Checked, StoreUnavailable>> {
+    fn check(
+        &self,
+        budget: &Budget,
+        cal: Calendar,
+        now: Timestamp,
+    ) -> Answer<Result<Checked, StoreUnavailable>> {
         let budget = budget.clone();
         self.step(move |t| {
-            let a = account(t, &budget.account, now);
-            let verdict = a.check(budget.caps, now);
-            Checked {
-                verdict,
-                balance: *a,
-            }
+            let (verdict, balances) = lines(t, &budget, cal, now, |states| {
+                spend::check(&budget.lines, states, cal, now)
+            });
+            Checked { verdict, balances }
         })
     }
 
@@ -136,40 +162,52 @@ impl SpendAdmission for FakeSpendStore {
         _id: HoldId,
         budget: &Budget,
         estimate_usd: f64,
+        cal: Calendar,
         now: Timestamp,
     ) -> Answer<Result<Checked, StoreUnavailable>> {
         let budget = budget.clone();
         self.step(move |t| {
-            let a = account(t, &budget.account, now);
-            let verdict = a.reserve(budget.caps, estimate_usd, now);
-            Checked {
-                verdict,
-                balance: *a,
-            }
+            let (verdict, balances) = lines(t, &budget, cal, now, |states| {
+                spend::reserve(&budget.lines, states, estimate_usd, cal, now)
+            });
+            Checked { verdict, balances }
         })
     }
 
-    fn settle(&self, settlement: &Settlement) -> Answer<Result<SpendState, StoreUnavailable>> {
+    fn settle(&self, settlement: &Settlement) -> Answer<Result<Balances, StoreUnavailable>> {
         let s = settlement.clone();
         self.step(move |t| {
             let first = t.settled.insert(s.id);
-            let a = account(t, &s.account, s.at);
-            if first {
-                a.settle(s.reserved_usd, s.cost_usd, s.at);
-            }
-            *a
+            let ((), balances) = lines(t, &s.budget, s.calendar, s.at, |states| {
+                if first {
+                    spend::settle(
+                        &s.budget.lines,
+                        states,
+                        s.reserved_usd,
+                        s.cost_usd,
+                        s.calendar,
+                        s.at,
+                    );
+                }
+            });
+            balances
         })
     }
 
-    fn balance(&self, name: &str, now: Timestamp) -> Answer<Result<SpendState, StoreUnavailable>> {
+    fn balance(
+        &self,
+        name: &str,
+        cal: Calendar,
+        now: Timestamp,
+    ) -> Answer<Result<SpendState, StoreUnavailable>> {
         let name = name.to_owned();
         self.step(move |t| {
             let mut a = t
                 .accounts
                 .get(&name)
                 .copied()
-                .unwrap_or_else(|| SpendState::new(now));
-            a.roll(now);
+                .unwrap_or_else(|| SpendState::new(now, cal));
+            a.roll(now, cal);
             a
         })
     }

@@ -137,7 +137,7 @@ impl Traffic {
                 None,
                 None,
                 &QuotaAlert {
-                    scope: "daily",
+                    scope: "key_daily",
                     severity: "warning",
                     current_usd: "8.10".into(),
                     limit_usd: "10.00".into(),
@@ -145,6 +145,8 @@ impl Traffic {
                     gateway_key_id: Some(key.clone()),
                     user_id: identity.user_id.clone(),
                     team_id: identity.team_id.clone(),
+                    level_percent: 80,
+                    account: key.clone(),
                 },
             ));
         }

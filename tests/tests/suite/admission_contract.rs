@@ -8,6 +8,7 @@
 macro_rules! spend_contracts {
     ($m:ident) => {
         $m!(concurrent_reservations_overshoot_a_cap_by_at_most_one_request);
+        $m!(concurrent_reservations_across_keys_overshoot_a_shared_cap_by_at_most_one_request);
         $m!(a_refused_reservation_and_a_check_hold_nothing);
         $m!(a_settlement_replaces_the_reservation_by_the_cost);
         $m!(windows_roll_over_in_utc_as_the_domain_says);

@@ -13,6 +13,7 @@ mod admin_oidc;
 mod admission_contract;
 mod alert_webhooks;
 mod architecture;
+mod budget_concurrency;
 mod console;
 mod console_oidc;
 mod disk_full;

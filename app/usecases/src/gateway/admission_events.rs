@@ -5,6 +5,7 @@
 
 use super::GatewayCore;
 use crate::spend::{Caps, Refusal};
+use metis_domain::budgets::ScopeKind;
 use metis_domain::canonical::Shape;
 use metis_domain::error::GatewayError;
 use metis_domain::events::{AuthFailed, QuotaAlert, QuotaExceeded, RateLimited};
@@ -28,16 +29,12 @@ impl GatewayCore {
                 continue;
             }
             let spend = self.spend.known_balance(key.account(), now);
-            let (day, month) = (spend.day_usd, spend.month_usd);
-            for (scope, cap, spent) in [
-                ("key_daily", caps.daily_usd, day),
-                ("key_monthly", caps.monthly_usd, month),
-            ] {
-                if let Some(cap) = cap.filter(|c| *c > 0.0) {
+            for w in metis_domain::spend::WINDOWS {
+                if let Some(cap) = caps.cap(w).filter(|c| *c > 0.0) {
                     out.push(QuotaRatio {
                         key_id: key.key_id.clone(),
-                        scope,
-                        ratio: spent / cap,
+                        scope: metis_domain::budgets::cap_name(ScopeKind::Key, w),
+                        ratio: spend.spent(w) / cap,
                     });
                 }
             }
@@ -94,7 +91,8 @@ impl GatewayCore {
     ) -> GatewayError {
         match refusal {
             Refusal::Exceeded(e) => {
-                self.quota_events(key, shape, &[], Some(e));
+                // The refusal's own alerts (the 100 % level is raised by the first refusal).
+                self.quota_events(key, shape, &e.alerts, Some(e));
                 quota_error(e)
             }
             Refusal::Unavailable(_) => GatewayError::SpendStoreUnavailable {
@@ -112,12 +110,9 @@ impl GatewayCore {
     ) {
         let session = format!("gw_{}", self.ids.ulid());
         for a in alerts {
-            let event = if a.severity == "critical" {
-                "alert_95"
-            } else {
-                "alert_80"
-            };
-            self.metrics.quota_event(a.scope, event);
+            // `alert_<level>`: levels are whole percents, so the label values stay bounded.
+            self.metrics
+                .quota_event(a.scope, &format!("alert_{}", a.level));
             let payload = QuotaAlert {
                 scope: a.scope,
                 severity: a.severity,
@@ -127,26 +122,27 @@ impl GatewayCore {
                 gateway_key_id: Some(key.key_id.clone()),
                 user_id: key.user_id.clone(),
                 team_id: key.team_id.clone(),
+                level_percent: a.level,
+                account: a.account.to_string(),
             };
             let id = self.emit(&session, None, None, &payload);
             // The notice names the event it was recorded as (its delivery id).
             if let Some(alerts) = self.alerts.get() {
                 let now = self.clock.now_us();
-                alerts.notify(metis_domain::alerts::AlertNotice::of_key_alert(
-                    id, now, key, a,
-                ));
+                alerts.notify(metis_domain::alerts::AlertNotice::new(id, now, key, a));
             }
         }
         let Some(e) = exceeded else { return };
         self.metrics.quota_event(e.scope, "exceeded");
-        // At most one event per account per 10 s; the rest are counted into the next one.
+        // At most one event per refusing account (the key's, or the scope's) per 10 s; the rest
+        // are counted into the next one.
         let now_s = self.clock.now_us() / 1_000_000;
         let suppressed = {
             let mut m = match self.quota_sampler.lock() {
                 Ok(g) => g,
                 Err(p) => p.into_inner(),
             };
-            let entry = m.entry(key.account().to_owned()).or_insert((i64::MIN, 0));
+            let entry = m.entry(e.account.to_string()).or_insert((i64::MIN, 0));
             if now_s.saturating_sub(entry.0) < 10 {
                 entry.1 += 1;
                 return;

@@ -3,9 +3,9 @@
 //! (`--spend-outage`).
 //!
 //! Invariants:
-//! - A key without caps never waits for the store and is never refused for an outage: it is
-//!   neither checked nor reserved, and only its settlement (its cost, for the usage figures)
-//!   goes to the store.
+//! - A budget without caps on any line (key, user, team, customer, org) never waits for the
+//!   store and is never refused for an outage: it is neither checked nor reserved, and only
+//!   its settlement (its cost, charged to every line's account) goes to the store.
 //! - Every reservation is settled exactly once: with the actual cost ([`SpendHold::settle`]),
 //!   or released when the hold is dropped. A settlement the store did not take is kept in a
 //!   bounded backlog and replayed, in order, when the store answers again (retried every
@@ -20,9 +20,11 @@
 //!   second copy of the balances: the guard adds nothing to the request path but the call.
 
 use super::SpendLedger;
-use metis_domain::spend::{Alert, Budget, Exceeded, SpendState, hold_amount};
-use metis_domain::time::Timestamp;
-use metis_ports::admission::{Answer, HoldId, Settlement, SpendAdmission, StoreUnavailable};
+use metis_domain::spend::{Alert, Budget, BudgetLine, Caps, Exceeded, SpendState, hold_amount};
+use metis_domain::time::{Calendar, Timestamp};
+use metis_ports::admission::{
+    Answer, Balances, HoldId, Settlement, SpendAdmission, StoreUnavailable,
+};
 use metis_ports::metrics::Metrics;
 use metis_ports::queue::LogLimiter;
 use metis_ports::system::Background;
@@ -86,10 +88,23 @@ pub struct SpendGuardParts {
     pub background: Arc<dyn Background>,
     /// Random bits that make this process's hold ids unique across the fleet.
     pub process_nonce: u64,
+    /// The windows' calendar (`--budget-month-start-day`).
+    pub calendar: Calendar,
 }
 
 /// (account, UTC day) → (summed cost, latest time incurred).
 type PendingSums = HashMap<(Arc<str>, Timestamp), (f64, Timestamp)>;
+
+/// A budget of one uncapped line: what a coalesced sum settles (only charged, never checked).
+fn charge_only(account: Arc<str>) -> Budget {
+    Budget {
+        lines: Arc::new([BudgetLine {
+            kind: metis_domain::budgets::ScopeKind::Key,
+            account,
+            caps: Caps::default(),
+        }]),
+    }
+}
 
 /// The request path's view of spend caps.
 pub struct SpendGuard {
@@ -100,6 +115,7 @@ pub struct SpendGuard {
     metrics: Arc<dyn Metrics>,
     background: Arc<dyn Background>,
     nonce: u64,
+    calendar: Calendar,
     next_hold: AtomicU64,
     backlog: Mutex<VecDeque<Settlement>>,
     /// `backlog.len()`, readable without the lock (the request path reads it).
@@ -133,6 +149,7 @@ impl SpendGuard {
             metrics: parts.metrics,
             background: parts.background,
             nonce: parts.process_nonce,
+            calendar: parts.calendar,
             next_hold: AtomicU64::new(0),
             backlog: Mutex::new(VecDeque::new()),
             backlog_len: AtomicUsize::new(0),
@@ -141,6 +158,12 @@ impl SpendGuard {
             flush_scheduled: AtomicBool::new(false),
             outage_log: LogLimiter::new(Duration::from_secs(10)),
         })
+    }
+
+    /// The windows' calendar.
+    #[must_use]
+    pub fn calendar(&self) -> Calendar {
+        self.calendar
     }
 
     /// The policy in force.
@@ -169,10 +192,12 @@ impl SpendGuard {
         HoldId((u128::from(self.nonce) << 64) | u128::from(n))
     }
 
-    /// The store answered: keep its balance as the last known one, and replay what waits.
-    fn answered(self: &Arc<Self>, account: &Arc<str>, balance: SpendState) {
+    /// The store answered: keep its balances as the last known ones, and replay what waits.
+    fn answered(self: &Arc<Self>, balances: &Balances) {
         if let Some(known) = &self.known {
-            known.put(account, balance);
+            for (account, balance) in balances {
+                known.put(account, *balance);
+            }
         }
         if self.backlog_len.load(Ordering::Acquire) > 0 {
             self.schedule_replay(Duration::ZERO);
@@ -203,7 +228,7 @@ impl SpendGuard {
         }
     }
 
-    /// The check before the body is read. Keys without caps pass without a store call.
+    /// The check before the body is read. Budgets without caps pass without a store call.
     ///
     /// # Errors
     /// A cap is reached, or the store is unavailable under fail-closed.
@@ -212,15 +237,16 @@ impl SpendGuard {
         budget: &Budget,
         now: Timestamp,
     ) -> Result<Vec<Alert>, Refusal> {
-        if budget.caps.is_empty() {
+        if !budget.is_capped() {
             return Ok(Vec::new());
         }
-        match self.store.check(budget, now).get().await {
+        let cal = self.calendar;
+        match self.store.check(budget, cal, now).get().await {
             Ok(c) => {
-                self.answered(&budget.account, c.balance);
+                self.answered(&c.balances);
                 c.verdict.map_err(Refusal::Exceeded)
             }
-            Err(e) => self.on_outage(e, |known| known.check_now(budget, now)),
+            Err(e) => self.on_outage(e, |known| known.check_now(budget, cal, now)),
         }
     }
 
@@ -235,25 +261,25 @@ impl SpendGuard {
         now: Timestamp,
     ) -> Result<(SpendHold, Vec<Alert>), Refusal> {
         let id = self.mint();
-        if budget.caps.is_empty() {
+        if !budget.is_capped() {
             return Ok((self.hold(id, budget, 0.0, now, false), Vec::new()));
         }
         let amount = hold_amount(estimate_usd);
+        let cal = self.calendar;
         match self
             .store
-            .reserve(id, budget, estimate_usd, now)
+            .reserve(id, budget, estimate_usd, cal, now)
             .get()
             .await
         {
             Ok(c) => {
-                self.answered(&budget.account, c.balance);
+                self.answered(&c.balances);
                 let alerts = c.verdict.map_err(Refusal::Exceeded)?;
                 Ok((self.hold(id, budget, amount, now, false), alerts))
             }
             Err(e) => {
-                let alerts = self.on_outage(e, |known| {
-                    known.reserve_now(&budget.account, budget.caps, estimate_usd, now)
-                })?;
+                let alerts =
+                    self.on_outage(e, |known| known.reserve_now(budget, estimate_usd, cal, now))?;
                 Ok((self.hold(id, budget, amount, now, true), alerts))
             }
         }
@@ -270,7 +296,7 @@ impl SpendGuard {
         SpendHold {
             guard: Arc::clone(self),
             id,
-            account: Arc::clone(&budget.account),
+            budget: budget.clone(),
             reserved_usd,
             at,
             local,
@@ -282,16 +308,17 @@ impl SpendGuard {
     fn finish(self: &Arc<Self>, h: &SpendHold, cost_usd: f64, at: Timestamp) {
         let s = Settlement {
             id: h.id,
-            account: Arc::clone(&h.account),
+            budget: h.budget.clone(),
             reserved_usd: if h.local { 0.0 } else { h.reserved_usd },
             cost_usd,
             at,
+            calendar: self.calendar,
         };
         if h.local {
-            // Admitted during an outage: charged to the last known balance now, and to the
+            // Admitted during an outage: charged to the last known balances now, and to the
             // store when it answers again (it never reserved anything for this hold).
             if let Some(known) = &self.known {
-                known.settle_now(&h.account, h.reserved_usd, cost_usd, at);
+                known.settle_now(&h.budget, h.reserved_usd, cost_usd, self.calendar, at);
             }
             if cost_usd > 0.0 {
                 self.defer(s);
@@ -311,13 +338,13 @@ impl SpendGuard {
     /// Send one settlement to the store; what it does not take waits in the backlog.
     fn settle_now(self: &Arc<Self>, s: Settlement) {
         match self.store.settle(&s) {
-            Answer::Now(Ok(balance)) => self.answered(&s.account, balance),
+            Answer::Now(Ok(balances)) => self.answered(&balances),
             Answer::Now(Err(_)) => self.defer(s),
             Answer::Later(pending) => {
                 let guard = Arc::clone(self);
                 self.background.spawn(Box::pin(async move {
                     match pending.await {
-                        Ok(balance) => guard.answered(&s.account, balance),
+                        Ok(balances) => guard.answered(&balances),
                         Err(_) => guard.defer(s),
                     }
                 }));
@@ -325,17 +352,20 @@ impl SpendGuard {
         }
     }
 
-    /// Add a charge the store holds nothing for to its account's sum; the first charge of a
-    /// window schedules the settlement of every sum after [`COALESCE_WINDOW`].
+    /// Add a charge the store holds nothing for to the sum of each of its lines' accounts;
+    /// the first charge of a window schedules the settlement of every sum after
+    /// [`COALESCE_WINDOW`].
     fn coalesce(self: &Arc<Self>, s: &Settlement) {
         {
             let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
             let day = metis_domain::time::day_start(s.at);
-            let e = pending
-                .entry((Arc::clone(&s.account), day))
-                .or_insert((0.0, s.at));
-            e.0 += s.cost_usd;
-            e.1 = e.1.max(s.at);
+            for line in s.budget.lines.iter() {
+                let e = pending
+                    .entry((Arc::clone(&line.account), day))
+                    .or_insert((0.0, s.at));
+                e.0 += s.cost_usd;
+                e.1 = e.1.max(s.at);
+            }
         }
         if !self.flush_scheduled.swap(true, Ordering::AcqRel) {
             let guard = Arc::clone(self);
@@ -353,10 +383,11 @@ impl SpendGuard {
         sums.into_iter()
             .map(|((account, _), (cost_usd, at))| Settlement {
                 id: self.mint(),
-                account,
+                budget: charge_only(account),
                 reserved_usd: 0.0,
                 cost_usd,
                 at,
+                calendar: self.calendar,
             })
             .collect()
     }
@@ -387,7 +418,7 @@ impl SpendGuard {
             self.metrics.admission_outage("spend_settlement", "dropped");
             if self.outage_log.allow() {
                 tracing::error!(
-                    account = %lost.account,
+                    account = %lost.budget.key_account().map_or("", |a| &**a),
                     cost_usd = lost.cost_usd,
                     backlog = MAX_BACKLOG,
                     "spend settlement backlog full: the oldest settlement was dropped (its cost is in the trace, not in the spend store)"
@@ -426,11 +457,13 @@ impl SpendGuard {
                 return;
             };
             match self.store.settle(&s).get().await {
-                Ok(balance) => {
+                Ok(balances) => {
                     self.metrics
                         .admission_outage("spend_settlement", "replayed");
                     if let Some(known) = &self.known {
-                        known.put(&s.account, balance);
+                        for (account, balance) in &balances {
+                            known.put(account, *balance);
+                        }
                     }
                 }
                 Err(_) => {
@@ -455,10 +488,11 @@ impl SpendGuard {
         for ((account, _), (cost_usd, at)) in sums {
             let s = Settlement {
                 id: self.mint(),
-                account,
+                budget: charge_only(account),
                 reserved_usd: 0.0,
                 cost_usd,
                 at,
+                calendar: self.calendar,
             };
             if let Err(e) = self.store.settle(&s).get().await {
                 tracing::warn!(error = %e, "a coalesced settlement waits in the backlog");
@@ -491,7 +525,7 @@ impl SpendGuard {
     /// An account's current spend, from the store (the usage API). When the store does not
     /// answer: the last known balance.
     pub async fn balance(&self, account: &str, now: Timestamp) -> SpendState {
-        match self.store.balance(account, now).get().await {
+        match self.store.balance(account, self.calendar, now).get().await {
             Ok(b) => b,
             Err(e) => {
                 if self.outage_log.allow() {
@@ -507,21 +541,22 @@ impl SpendGuard {
     #[must_use]
     pub fn known_balance(&self, account: &str, now: Timestamp) -> SpendState {
         match &self.known {
-            Some(known) => known.snapshot(account, now),
-            None => match self.store.balance(account, now) {
+            Some(known) => known.snapshot(account, self.calendar, now),
+            None => match self.store.balance(account, self.calendar, now) {
                 Answer::Now(Ok(b)) => b,
-                _ => SpendState::new(now),
+                _ => SpendState::new(now, self.calendar),
             },
         }
     }
 }
 
-/// An in-flight call's hold on its account's budget: settled once, with the actual cost, or
+/// An in-flight call's hold on its budget's lines: settled once, with the actual cost, or
 /// released when dropped.
 pub struct SpendHold {
     guard: Arc<SpendGuard>,
     id: HoldId,
-    account: Arc<str>,
+    /// The lines it was reserved on (what the settlement releases and charges).
+    budget: Budget,
     reserved_usd: f64,
     at: Timestamp,
     /// Admitted against the last known balance during an outage (fail-open).
@@ -532,7 +567,7 @@ pub struct SpendHold {
 impl std::fmt::Debug for SpendHold {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SpendHold")
-            .field("account", &self.account)
+            .field("account", &self.budget.key_account())
             .field("reserved_usd", &self.reserved_usd)
             .field("local", &self.local)
             .finish_non_exhaustive()

@@ -10,11 +10,12 @@
 //! - The request path allocates nothing for an account seen before: accounts are keyed by the
 //!   `Arc<str>` of the key's [`Budget`], looked up by `&str`.
 
+use metis_domain::budgets::{scope_account, tags_of};
 use metis_domain::keys::KeyRecord;
-use metis_domain::spend::{Alert, Budget, Caps, Exceeded, SpendState};
-use metis_domain::time::{Timestamp, day_start, month_start};
+use metis_domain::spend::{self, Alert, Budget, Exceeded, MAX_LINES, SpendState};
+use metis_domain::time::{Calendar, Timestamp};
 use metis_ports::admission::{
-    Answer, Checked, HoldId, Settlement, SpendAdmission, StoreUnavailable,
+    Answer, Balances, Checked, HoldId, Settlement, SpendAdmission, StoreUnavailable,
 };
 use metis_ports::trace::KeySpend;
 use std::collections::HashMap;
@@ -27,29 +28,46 @@ pub struct SpendLedger {
 }
 
 impl SpendLedger {
-    /// Seed the ledger from per-key spend read from the trace, folding keys into their
-    /// accounts (a rotated successor charges its predecessor's).
+    /// Seed the ledger from per-key spend read from the trace: `spend` holds each key's spend
+    /// in the current day and month, `weekly` each key's spend in the current week (in its
+    /// `day_usd`: it is `spend_by_key(week_start, week_start)`). Keys fold into their accounts
+    /// (a rotated successor charges its predecessor's), and each key's spend is also added to
+    /// the account of every scope tag the key carries now (`user:ann`, `team:platform`).
     #[must_use]
-    pub fn rebuild(spend: &[KeySpend], keys: &[KeyRecord], now: Timestamp) -> Self {
-        let account_of: HashMap<&str, &str> = keys
-            .iter()
-            .map(|k| (k.key_id.as_str(), k.account()))
-            .collect();
+    pub fn rebuild(
+        spend: &[KeySpend],
+        weekly: &[KeySpend],
+        keys: &[KeyRecord],
+        calendar: Calendar,
+        now: Timestamp,
+    ) -> Self {
+        let by_id: HashMap<&str, &KeyRecord> =
+            keys.iter().map(|k| (k.key_id.as_str(), k)).collect();
         let mut accounts: HashMap<Arc<str>, SpendState> = HashMap::new();
+        let mut add = |key_id: &str, day: f64, week: f64, month: f64| {
+            let key = by_id.get(key_id);
+            let own = key.map_or(key_id, |k| k.account()).to_owned();
+            let tags = key
+                .map(|k| {
+                    tags_of(k)
+                        .map(|(kind, id)| scope_account(kind, id))
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default();
+            for account in std::iter::once(own).chain(tags) {
+                let a = accounts
+                    .entry(Arc::from(account))
+                    .or_insert_with(|| SpendState::new(now, calendar));
+                a.day_usd += day;
+                a.week_usd += week;
+                a.month_usd += month;
+            }
+        };
         for s in spend {
-            let account = account_of
-                .get(s.gateway_key_id.as_str())
-                .copied()
-                .unwrap_or(s.gateway_key_id.as_str());
-            let a = accounts
-                .entry(Arc::from(account))
-                .or_insert_with(|| SpendState {
-                    day_start: day_start(now),
-                    month_start: month_start(now),
-                    ..SpendState::default()
-                });
-            a.day_usd += s.day_usd;
-            a.month_usd += s.month_usd;
+            add(&s.gateway_key_id, s.day_usd, 0.0, s.month_usd);
+        }
+        for s in weekly {
+            add(&s.gateway_key_id, 0.0, s.day_usd, 0.0);
         }
         SpendLedger {
             accounts: Mutex::new(accounts),
@@ -60,56 +78,78 @@ impl SpendLedger {
         self.accounts.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Apply `f` to `account` (created with no spend at `now` when absent) under the lock.
+    /// Apply `f` to the states of `budget`'s lines (created with no spend at `now` when
+    /// absent) under the lock, and write them back: one atomic step over every line.
     fn with<R>(
         &self,
-        account: &Arc<str>,
+        budget: &Budget,
+        calendar: Calendar,
         now: Timestamp,
-        f: impl FnOnce(&mut SpendState) -> R,
+        f: impl FnOnce(&mut [SpendState]) -> R,
     ) -> R {
+        let n = budget.lines.len().min(MAX_LINES);
+        let mut states = [SpendState::default(); MAX_LINES];
         let mut map = self.lock();
-        if let Some(a) = map.get_mut(&**account) {
-            return f(a);
+        for (s, l) in states.iter_mut().zip(budget.lines.iter()) {
+            *s = match map.get(&*l.account) {
+                Some(a) => *a,
+                None => SpendState::new(now, calendar),
+            };
         }
-        f(map
-            .entry(Arc::clone(account))
-            .or_insert_with(|| SpendState::new(now)))
+        let out = f(&mut states[..n]);
+        for (s, l) in states.iter().zip(budget.lines.iter()) {
+            if let Some(a) = map.get_mut(&*l.account) {
+                *a = *s;
+            } else {
+                map.insert(Arc::clone(&l.account), *s);
+            }
+        }
+        out
     }
 
-    /// [`SpendState::check`] on the account.
+    /// `metis_domain::spend::check` on the budget's lines.
     ///
     /// # Errors
     /// The first cap reached.
-    pub fn check_now(&self, budget: &Budget, now: Timestamp) -> Result<Vec<Alert>, Exceeded> {
-        self.with(&budget.account, now, |a| a.check(budget.caps, now))
+    pub fn check_now(
+        &self,
+        budget: &Budget,
+        calendar: Calendar,
+        now: Timestamp,
+    ) -> Result<Vec<Alert>, Exceeded> {
+        self.with(budget, calendar, now, |s| {
+            spend::check(&budget.lines, s, calendar, now)
+        })
     }
 
-    /// [`SpendState::reserve`] on the account.
+    /// `metis_domain::spend::reserve` on the budget's lines.
     ///
     /// # Errors
     /// The first cap reached (nothing is held then).
     pub fn reserve_now(
         &self,
-        account: &Arc<str>,
-        caps: Caps,
+        budget: &Budget,
         estimate_usd: f64,
+        calendar: Calendar,
         now: Timestamp,
     ) -> Result<Vec<Alert>, Exceeded> {
-        self.with(account, now, |a| a.reserve(caps, estimate_usd, now))
+        self.with(budget, calendar, now, |s| {
+            spend::reserve(&budget.lines, s, estimate_usd, calendar, now)
+        })
     }
 
-    /// [`SpendState::settle`] on the account; the account after it.
+    /// `metis_domain::spend::settle` on the budget's lines.
     pub fn settle_now(
         &self,
-        account: &Arc<str>,
+        budget: &Budget,
         reserved_usd: f64,
         cost_usd: f64,
+        calendar: Calendar,
         at: Timestamp,
-    ) -> SpendState {
-        self.with(account, at, |a| {
-            a.settle(reserved_usd, cost_usd, at);
-            *a
-        })
+    ) {
+        self.with(budget, calendar, at, |s| {
+            spend::settle(&budget.lines, s, reserved_usd, cost_usd, calendar, at);
+        });
     }
 
     /// Replace what is known of `account` (a shared store's answer, kept as the last known
@@ -125,11 +165,11 @@ impl SpendLedger {
 
     /// Every account with its windows rolled to `now` (what a shared store is seeded with).
     #[must_use]
-    pub fn accounts(&self, now: Timestamp) -> Vec<(Arc<str>, SpendState)> {
+    pub fn accounts(&self, calendar: Calendar, now: Timestamp) -> Vec<(Arc<str>, SpendState)> {
         self.lock()
             .iter_mut()
             .map(|(k, a)| {
-                a.roll(now);
+                a.roll(now, calendar);
                 (Arc::clone(k), *a)
             })
             .collect()
@@ -137,13 +177,13 @@ impl SpendLedger {
 
     /// An account's spend with its windows rolled to `now` (no spend when unknown).
     #[must_use]
-    pub fn snapshot(&self, account: &str, now: Timestamp) -> SpendState {
+    pub fn snapshot(&self, account: &str, calendar: Calendar, now: Timestamp) -> SpendState {
         match self.lock().get_mut(account) {
             Some(a) => {
-                a.roll(now);
+                a.roll(now, calendar);
                 *a
             }
-            None => SpendState::new(now),
+            None => SpendState::new(now, calendar),
         }
     }
 }
@@ -153,11 +193,16 @@ impl SpendAdmission for SpendLedger {
         false
     }
 
-    fn check(&self, budget: &Budget, now: Timestamp) -> Answer<Result<Checked, StoreUnavailable>> {
-        Answer::Now(Ok(self.with(&budget.account, now, |a| Checked {
-            verdict: a.check(budget.caps, now),
-            balance: *a,
-        })))
+    fn check(
+        &self,
+        budget: &Budget,
+        calendar: Calendar,
+        now: Timestamp,
+    ) -> Answer<Result<Checked, StoreUnavailable>> {
+        Answer::Now(Ok(Checked {
+            verdict: self.check_now(budget, calendar, now),
+            balances: Balances::new(),
+        }))
     }
 
     fn reserve(
@@ -165,49 +210,53 @@ impl SpendAdmission for SpendLedger {
         _id: HoldId,
         budget: &Budget,
         estimate_usd: f64,
+        calendar: Calendar,
         now: Timestamp,
     ) -> Answer<Result<Checked, StoreUnavailable>> {
-        Answer::Now(Ok(self.with(&budget.account, now, |a| Checked {
-            verdict: a.reserve(budget.caps, estimate_usd, now),
-            balance: *a,
-        })))
+        Answer::Now(Ok(Checked {
+            verdict: self.reserve_now(budget, estimate_usd, calendar, now),
+            balances: Balances::new(),
+        }))
     }
 
     /// A settlement is never repeated here: the in-process ledger always answers, and only a
     /// settlement whose answer failed is repeated (the idempotence clause is for shared stores).
-    fn settle(&self, s: &Settlement) -> Answer<Result<SpendState, StoreUnavailable>> {
-        Answer::Now(Ok(self.settle_now(
-            &s.account,
-            s.reserved_usd,
-            s.cost_usd,
-            s.at,
-        )))
+    fn settle(&self, s: &Settlement) -> Answer<Result<Balances, StoreUnavailable>> {
+        self.settle_now(&s.budget, s.reserved_usd, s.cost_usd, s.calendar, s.at);
+        Answer::Now(Ok(Balances::new()))
     }
 
     fn balance(
         &self,
         account: &str,
+        calendar: Calendar,
         now: Timestamp,
     ) -> Answer<Result<SpendState, StoreUnavailable>> {
-        Answer::Now(Ok(self.snapshot(account, now)))
+        Answer::Now(Ok(self.snapshot(account, calendar, now)))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use metis_domain::spend::Caps;
 
     const NOW: Timestamp = 1_790_000_000_000_000;
+    const CAL: Calendar = Calendar::CALENDAR_MONTH;
+
+    fn key(json: &str) -> KeyRecord {
+        serde_json::from_str(json).unwrap()
+    }
 
     #[test]
-    fn rebuild_folds_rotated_keys_into_their_account() {
-        let mut k1: KeyRecord =
-            serde_json::from_str(r#"{"key_id":"gk_old","secret_hash":"00","workspace_path":"/w"}"#)
-                .unwrap();
+    fn rebuild_folds_rotated_keys_into_their_account_and_tags_into_their_scopes() {
+        let k1 =
+            key(r#"{"key_id":"gk_old","secret_hash":"00","workspace_path":"/w","team_id":"t"}"#);
         let mut k2 = k1.clone();
         k2.key_id = "gk_new".into();
+        k2.secret_hash = "01".into();
         k2.spend_account = Some("gk_old".into());
-        k1.spend_account = None;
+        k2.user_id = Some("ann".into());
         let spend = [
             KeySpend {
                 gateway_key_id: "gk_old".into(),
@@ -220,32 +269,54 @@ mod tests {
                 month_usd: 0.25,
             },
         ];
-        let l = SpendLedger::rebuild(&spend, &[k1, k2], NOW);
-        let s = l.snapshot("gk_old", NOW);
-        assert_eq!((s.day_usd, s.month_usd, s.reserved_usd), (0.75, 2.25, 0.0));
+        let weekly = [KeySpend {
+            gateway_key_id: "gk_old".into(),
+            day_usd: 1.0,
+            month_usd: 0.0,
+        }];
+        let l = SpendLedger::rebuild(&spend, &weekly, &[k1, k2], CAL, NOW);
+        let s = l.snapshot("gk_old", CAL, NOW);
+        assert_eq!(
+            (s.day_usd, s.week_usd, s.month_usd, s.reserved_usd),
+            (0.75, 1.0, 2.25, 0.0)
+        );
+        let team = l.snapshot("team:t", CAL, NOW);
+        assert_eq!(
+            (team.day_usd, team.week_usd, team.month_usd),
+            (0.75, 1.0, 2.25)
+        );
+        let user = l.snapshot("user:ann", CAL, NOW);
+        assert_eq!(
+            (user.day_usd, user.month_usd),
+            (0.25, 0.25),
+            "only gk_new is ann's"
+        );
     }
 
     #[test]
-    fn answers_are_immediate_and_apply_the_domain_rule() {
+    fn answers_are_immediate_and_apply_the_domain_rule_on_every_line() {
         let l = SpendLedger::default();
-        let budget = Budget {
-            account: Arc::from("a"),
-            caps: Caps {
-                daily_usd: Some(1.0),
-                monthly_usd: None,
-            },
-        };
-        let Answer::Now(Ok(c)) = l.reserve(HoldId(0), &budget, 0.6, NOW) else {
+        let k = key(r#"{"key_id":"a","secret_hash":"00","workspace_path":"/w","team_id":"t"}"#);
+        let mut policies = metis_domain::budgets::Policies::default();
+        policies.budgets.push(
+            serde_json::from_value(serde_json::json!({"scope":"team","id":"t","daily_usd":"1"}))
+                .unwrap(),
+        );
+        let budget = Budget::for_key(&k, &metis_domain::budgets::PolicyIndex::new(&policies));
+        assert_eq!(budget.lines[0].caps, Caps::default());
+        let Answer::Now(Ok(c)) = l.reserve(HoldId(0), &budget, 0.6, CAL, NOW) else {
             panic!("the in-process ledger answers at once");
         };
-        assert!(c.verdict.is_ok() && (c.balance.reserved_usd - 0.6).abs() < 1e-12);
-        let Answer::Now(Ok(c)) = l.reserve(HoldId(1), &budget, 0.6, NOW) else {
+        assert!(c.verdict.is_ok() && c.balances.is_empty());
+        assert!((l.snapshot("team:t", CAL, NOW).reserved_usd - 0.6).abs() < 1e-12);
+        assert_eq!(l.snapshot("a", CAL, NOW).reserved_usd, 0.0, "uncapped line");
+        let Answer::Now(Ok(c)) = l.reserve(HoldId(1), &budget, 0.6, CAL, NOW) else {
             panic!("the in-process ledger answers at once");
         };
         assert!(c.verdict.is_ok(), "0.6 < 1.0: admitted");
-        let Answer::Now(Ok(c)) = l.check(&budget, NOW) else {
+        let Answer::Now(Ok(c)) = l.check(&budget, CAL, NOW) else {
             panic!("the in-process ledger answers at once");
         };
-        assert_eq!(c.verdict.unwrap_err().scope, "key_daily");
+        assert_eq!(c.verdict.unwrap_err().scope, "team_daily");
     }
 }

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const NOW: i64 = 1_790_000_000_000_000;
+const CAL: metis_domain::time::Calendar = metis_domain::time::Calendar::CALENDAR_MONTH;
 
 /// Background work collected, run when the test says (a deterministic runtime).
 #[derive(Default)]
@@ -123,6 +124,7 @@ fn rig(outage: OutagePolicy, known: SpendLedger) -> Rig {
         metrics: Arc::clone(&metrics) as Arc<dyn Metrics>,
         background: Arc::clone(&background) as Arc<dyn Background>,
         process_nonce: 42,
+        calendar: metis_domain::time::Calendar::default(),
     });
     Rig {
         guard,
@@ -133,20 +135,17 @@ fn rig(outage: OutagePolicy, known: SpendLedger) -> Rig {
 }
 
 fn capped(daily: f64) -> Budget {
-    Budget {
-        account: Arc::from("gk_capped"),
-        caps: Caps {
+    Budget::key_only(
+        "gk_capped",
+        Caps {
             daily_usd: Some(daily),
-            monthly_usd: None,
+            ..Caps::default()
         },
-    }
+    )
 }
 
 fn uncapped() -> Budget {
-    Budget {
-        account: Arc::from("gk_free"),
-        caps: Caps::default(),
-    }
+    Budget::key_only("gk_free", Caps::default())
 }
 
 fn day(store: &FakeSpendStore, account: &str) -> f64 {
@@ -276,7 +275,7 @@ async fn a_dropped_hold_releases_its_reservation_in_the_store() {
 #[tokio::test]
 async fn fail_open_decides_an_unseen_account_on_the_spend_this_process_started_with() {
     let known = SpendLedger::default();
-    let mut at_start = SpendState::new(NOW);
+    let mut at_start = SpendState::new(NOW, CAL);
     at_start.day_usd = 0.95;
     known.put(&Arc::from("gk_capped"), at_start);
     let r = rig(OutagePolicy::FailOpen, known);
@@ -316,15 +315,16 @@ async fn the_in_process_ledger_answers_inline_with_no_background_work() {
         metrics: Arc::new(Outages::default()),
         background: Arc::clone(&background) as Arc<dyn Background>,
         process_nonce: 1,
+        calendar: metis_domain::time::Calendar::default(),
     });
     let (mut hold, _) = guard.reserve(&capped(1.0), 0.4, NOW).await.unwrap();
-    assert!((ledger.snapshot("gk_capped", NOW).reserved_usd - 0.4).abs() < 1e-12);
+    assert!((ledger.snapshot("gk_capped", CAL, NOW).reserved_usd - 0.4).abs() < 1e-12);
     hold.settle(0.25, NOW);
     let (mut free, _) = guard.reserve(&uncapped(), 0.4, NOW).await.unwrap();
-    assert_eq!(ledger.snapshot("gk_free", NOW).reserved_usd, 0.0);
+    assert_eq!(ledger.snapshot("gk_free", CAL, NOW).reserved_usd, 0.0);
     free.settle(0.5, NOW);
     assert_eq!(background.pending(), 0, "nothing was spawned");
-    let s = ledger.snapshot("gk_capped", NOW);
+    let s = ledger.snapshot("gk_capped", CAL, NOW);
     assert!((s.day_usd - 0.25).abs() < 1e-12 && s.reserved_usd == 0.0);
     assert!((guard.known_balance("gk_free", NOW).day_usd - 0.5).abs() < 1e-12);
     assert!((guard.balance("gk_free", NOW).await.day_usd - 0.5).abs() < 1e-12);
@@ -350,13 +350,59 @@ async fn charges_of_keys_without_caps_reach_a_shared_store_summed_once_per_windo
         1,
         "one settlement carries the window's sum"
     );
-    let stored = r.store.stored(&uncapped().account).unwrap();
+    let stored = r.store.stored("gk_free").unwrap();
     assert!((stored.day_usd - 5.0).abs() < 1e-9, "{stored:?}");
 
     // Shutdown flushes what waits.
     let (mut hold, _) = r.guard.reserve(&uncapped(), 0.5, NOW).await.unwrap();
     hold.settle(0.25, NOW);
     assert_eq!(r.guard.flush().await, 0);
-    let stored = r.store.stored(&uncapped().account).unwrap();
+    let stored = r.store.stored("gk_free").unwrap();
     assert!((stored.day_usd - 5.25).abs() < 1e-9, "{stored:?}");
+}
+
+/// A key without caps of its own whose team has a budget is capped: it goes through the
+/// store, its hold is on the team line only, and its settlement charges both accounts.
+#[tokio::test]
+async fn a_scope_cap_makes_a_budget_capped_and_the_settlement_charges_every_line() {
+    use metis_domain::budgets::ScopeKind;
+    use metis_domain::spend::BudgetLine;
+    let r = rig(OutagePolicy::FailClosed, SpendLedger::default());
+    let budget = Budget {
+        lines: Arc::new([
+            BudgetLine {
+                kind: ScopeKind::Key,
+                account: Arc::from("gk_team"),
+                caps: Caps::default(),
+            },
+            BudgetLine {
+                kind: ScopeKind::Team,
+                account: Arc::from("team:t"),
+                caps: Caps {
+                    monthly_usd: Some(1.0),
+                    ..Caps::default()
+                },
+            },
+        ]),
+    };
+    let (mut hold, _) = r.guard.reserve(&budget, 1.0, NOW).await.unwrap();
+    assert!((r.store.stored("team:t").unwrap().reserved_usd - 1.0).abs() < 1e-12);
+    assert_eq!(r.store.stored("gk_team").unwrap().reserved_usd, 0.0);
+    let refused = r.guard.reserve(&budget, 0.1, NOW).await;
+    assert!(
+        matches!(&refused, Err(Refusal::Exceeded(e)) if e.scope == "team_monthly"),
+        "1.00 held on the team line: {refused:?}"
+    );
+    hold.settle(0.4, NOW);
+    r.background.run().await;
+    let team = r.store.stored("team:t").unwrap();
+    let key = r.store.stored("gk_team").unwrap();
+    assert_eq!(team.reserved_usd, 0.0);
+    assert!((team.month_usd - 0.4).abs() < 1e-12 && (key.month_usd - 0.4).abs() < 1e-12);
+    // While the store is down the team cap cannot be checked: refused under fail-closed.
+    r.store.set_outage(FakeOutage::Down);
+    assert!(matches!(
+        r.guard.check(&budget, NOW).await,
+        Err(Refusal::Unavailable(_))
+    ));
 }
