@@ -374,7 +374,7 @@ impl App {
             trace: Arc::new(crate::telemetry::OtelTraceContext {
                 exporting: crate::telemetry::exporting(),
             }),
-            limiter: crate::admission::limiter(&args, shared_limits),
+            limiter: crate::admission::limiter(&args, shared_limits, Arc::new(background.clone())),
         }));
 
         let tls = match listener::tls_paths(args.tls_cert.as_ref(), args.tls_key.as_ref())? {

@@ -13,12 +13,14 @@
 //!   event for it by then, or this process recorded it. The delay gives a CLI writing into the
 //!   same database time to commit its own event after it wrote the keystore.
 
+use metis_domain::budgets::PolicyIndex;
 use metis_domain::events::key_sources::KEYSTORE_OBSERVED;
 use metis_domain::events::types::{
     GATEWAY_KEY_EXPIRED, GATEWAY_KEY_ISSUED, GATEWAY_KEY_REVOKED, GATEWAY_KEY_ROTATED,
 };
 use metis_domain::events::{Payload, make_event};
 use metis_domain::keys::{KeyChange, KeyChangeEvent, KeyRecord, next_lapse, shown_changes};
+use metis_domain::ratelimit::{TpmLine, tpm_lines};
 use metis_domain::spend::Budget;
 use metis_domain::time::Timestamp;
 use metis_ports::keys::{KeyStore, KeyStoreError};
@@ -47,12 +49,20 @@ const _: () = assert!(KEY_POLL_INTERVAL.as_millis() * 2 <= KEY_PROPAGATION_BOUND
 pub struct KeyIndex {
     by_hash: HashMap<String, (Arc<KeyRecord>, Budget)>,
     ordered: Vec<Arc<KeyRecord>>,
+    /// The token limits (key, user, team) of each key that has any, by token hash.
+    tpm: HashMap<String, Arc<[TpmLine]>>,
 }
 
 impl KeyIndex {
     /// Build an index; records are assumed validated by the key store.
     #[must_use]
     pub fn new(records: Vec<KeyRecord>) -> Self {
+        Self::with_policies(records, &PolicyIndex::default())
+    }
+
+    /// Build an index whose keys' user and team token limits come from `policies`.
+    #[must_use]
+    pub fn with_policies(records: Vec<KeyRecord>, policies: &PolicyIndex) -> Self {
         let ordered: Vec<Arc<KeyRecord>> = records.into_iter().map(Arc::new).collect();
         let by_hash = ordered
             .iter()
@@ -61,7 +71,27 @@ impl KeyIndex {
                 (r.secret_hash.to_ascii_lowercase(), entry)
             })
             .collect();
-        KeyIndex { by_hash, ordered }
+        let tpm = ordered
+            .iter()
+            .filter_map(|r| {
+                let lines = tpm_lines(r, r.account(), policies);
+                (!lines.is_empty()).then(|| (r.secret_hash.to_ascii_lowercase(), Arc::from(lines)))
+            })
+            .collect();
+        KeyIndex {
+            by_hash,
+            ordered,
+            tpm,
+        }
+    }
+
+    /// The token limits of the key with token hash `hash` (none for most keys).
+    #[must_use]
+    pub fn tpm_lines(&self, hash: &str) -> Option<&Arc<[TpmLine]>> {
+        if self.tpm.is_empty() {
+            return None;
+        }
+        self.tpm.get(hash)
     }
 
     #[must_use]

@@ -8,6 +8,8 @@
 
 use super::{DEFAULT_MAX_TOKENS_ESTIMATE, GatewayCore};
 use crate::recorder::{CallRecorder, InflightGuard, PatternHook, SessionHook};
+use crate::token_limits::TpmHold;
+use metis_domain::canonical::ChatRequest;
 use metis_domain::error::{ErrorClass, GatewayError};
 use metis_domain::events::{CallIdentity, LlmCallStarted, RouteChainEntry, RouteDecided};
 use metis_domain::models::ModelEntry;
@@ -37,6 +39,9 @@ pub(super) struct CallSpec {
     pub estimated_input_tokens: u64,
     /// Output tokens the reservation assumes (`None`: the default estimate).
     pub max_output_tokens: Option<u64>,
+    /// Input tokens by the gateway's tokenizer, when the key has token limits and the
+    /// tokenizer knows the model (`None`: `estimated_input_tokens`, characters / 4).
+    pub counted_input_tokens: Option<u64>,
     /// The turn's structural fingerprint, for the pattern projection (chat calls only).
     pub features: Option<StructuralFeatures>,
 }
@@ -138,6 +143,9 @@ impl GatewayCore {
     ) -> Result<StartedCall, GatewayError> {
         let key = &admission.key;
         let entry = &routed.entry;
+        // Token limits first: a 429 costs nothing to refuse, and a hold dropped below (a
+        // refused spend reservation) gives its tokens back.
+        let tpm = self.take_tokens(admission, &spec).await?;
         let price = self.price_of(&entry.id);
         let estimate = price.map_or(0.0, |p| {
             p.cost(&metis_domain::canonical::Usage {
@@ -241,6 +249,7 @@ impl GatewayCore {
             identity: routed.identity.clone(),
             price,
             reservation: Some(reservation),
+            tpm,
             metrics: Arc::clone(&self.metrics),
             inflight: InflightGuard::new(Arc::clone(&self.metrics)),
             pricing_version: self.prices.version.clone(),
@@ -262,6 +271,72 @@ impl GatewayCore {
             traceparent,
             upstream_span,
         })
+    }
+
+    /// Input tokens for a token-limit estimate: the tokenizer's count when the key has token
+    /// limits (`None` otherwise: nothing is counted for keys without them).
+    pub(super) fn count_for_tpm(
+        &self,
+        admission: &Admission,
+        upstream_model: &str,
+        req: &ChatRequest,
+    ) -> Option<u64> {
+        self.keys
+            .snapshot()
+            .tpm_lines(&admission.key.secret_hash.to_ascii_lowercase())?;
+        self.tokenizer.count(upstream_model, req)
+    }
+
+    /// Take the call's token estimate (input + requested maximum output, or
+    /// `--tpm-default-output-tokens`) from the key's, user's and team's buckets.
+    ///
+    /// # Errors
+    /// `TokenRateLimited` naming the bucket that cannot cover it.
+    async fn take_tokens(
+        &self,
+        admission: &Admission,
+        spec: &CallSpec,
+    ) -> Result<Option<TpmHold>, GatewayError> {
+        let index = self.keys.snapshot();
+        let Some(lines) = index.tpm_lines(&admission.key.secret_hash.to_ascii_lowercase()) else {
+            return Ok(None);
+        };
+        let input = spec
+            .counted_input_tokens
+            .unwrap_or(spec.estimated_input_tokens);
+        let output = spec
+            .max_output_tokens
+            .unwrap_or(self.limiter.config.tpm_default_output_tokens);
+        let estimate = input.saturating_add(output);
+        let taken = self.limiter.tokens.take(lines, estimate).await;
+        if taken.store_unavailable {
+            self.metrics.admission_outage("token_limit", "local");
+        }
+        match taken.result {
+            Ok(hold) => {
+                for line in lines.iter() {
+                    self.metrics.rate_limit(line.scope_name(), true);
+                }
+                Ok(hold)
+            }
+            Err(d) => {
+                self.metrics.rate_limit(d.scope, false);
+                tracing::warn!(
+                    "rate-limit deny bucket={} tpm={} estimate={} retry_after={}s shape={} key_id={}",
+                    d.scope,
+                    d.tpm,
+                    estimate,
+                    d.retry_after_secs,
+                    admission.shape.as_str(),
+                    admission.key.key_id
+                );
+                Err(GatewayError::TokenRateLimited {
+                    scope: d.scope,
+                    tpm: d.tpm,
+                    retry_after_secs: d.retry_after_secs,
+                })
+            }
+        }
     }
 
     /// Send the call upstream. A failure is recorded on the call and mapped to the client's
