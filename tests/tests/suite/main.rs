@@ -44,3 +44,4 @@ mod storage_contract;
 mod tls_inprocess;
 mod token_limits;
 mod token_limits_contract;
+mod token_limits_fleet;

@@ -6,7 +6,10 @@
 //! Timing: buckets refill while a test runs, so every bound allows a few seconds of refill and
 //! the separations asserted are tens of seconds wide (an unsettled estimate would be far
 //! outside them).
-#![expect(clippy::unwrap_used, reason = "test scenarios outside #[test] functions")]
+#![expect(
+    clippy::unwrap_used,
+    reason = "test scenarios outside #[test] functions"
+)]
 
 use metis_tests::fake_upstream::parse_sse;
 use metis_tests::gateway::{GatewayOptions, IssuedKey, KeySpec, Reply, TestGateway, send};
