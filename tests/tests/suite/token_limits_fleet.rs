@@ -4,7 +4,6 @@
 //! Measured and printed: calls admitted, tokens estimated, the bound.
 //!
 //! Needs `METIS_TEST_DATABASE_URL` (scripts/pg-server.sh) and `target/debug/metis`.
-#![expect(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
 
 use metis_storage_postgres::{Db, ScratchDatabase};
 use metis_tests::fake_upstream::{DEFAULT_ANTHROPIC_KEY, DEFAULT_OPENAI_KEY, FakeUpstream};
