@@ -158,7 +158,13 @@ impl KeyRing {
 
     /// Replace the whole set (readers see the old or the new set, never a mix).
     pub fn replace(&self, records: Vec<KeyRecord>) {
-        let next = Arc::new(KeyIndex::new(records));
+        self.replace_with_policies(records, &PolicyIndex::default());
+    }
+
+    /// [`replace`](Self::replace), with the user and team token limits of `policies` built
+    /// into each key's entry.
+    pub fn replace_with_policies(&self, records: Vec<KeyRecord>, policies: &PolicyIndex) {
+        let next = Arc::new(KeyIndex::with_policies(records, policies));
         match self.current.write() {
             Ok(mut g) => *g = next,
             Err(poisoned) => *poisoned.into_inner() = next,
@@ -439,6 +445,70 @@ mod tests {
 
     /// Caps are parsed when the index is built and served with the key and its spend account,
     /// with the rules of `Caps::of` (a cap that is not a positive number counts as absent).
+    #[test]
+    fn token_limits_are_built_once_per_key_from_its_record_and_the_policies() {
+        use metis_domain::budgets::{BudgetPolicy, Policies, ScopeKind};
+        let mut team = BudgetPolicy {
+            scope: ScopeKind::Team,
+            id: "ml".to_owned(),
+            daily_usd: None,
+            weekly_usd: None,
+            monthly_usd: None,
+            tpm: Some(20_000),
+            alert_at: None,
+            allowed_models: None,
+            updated_at: None,
+        };
+        let policies = PolicyIndex::new(&Policies {
+            budgets: vec![team.clone()],
+            ..Policies::default()
+        });
+        let record = |id: &str, hash: &str, extra: serde_json::Value| {
+            let mut v =
+                serde_json::json!({"key_id": id, "secret_hash": hash, "workspace_path": "/w"});
+            if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+                o.extend(e.clone());
+            }
+            serde_json::from_value::<KeyRecord>(v).unwrap()
+        };
+        let keys = vec![
+            record(
+                "gk_a",
+                "AA",
+                serde_json::json!({"team_id": "ml", "tpm": 1000}),
+            ),
+            record("gk_b", "bb", serde_json::json!({"team_id": "ml"})),
+            record("gk_c", "cc", serde_json::json!({"team_id": "other"})),
+        ];
+        let ring = KeyRing::new(keys.clone());
+        assert!(ring.snapshot().tpm_lines("bb").is_none(), "no policies yet");
+        ring.replace_with_policies(keys.clone(), &policies);
+        let index = ring.snapshot();
+        let a: Vec<_> = index
+            .tpm_lines("aa")
+            .unwrap()
+            .iter()
+            .map(|l| (l.bucket.clone(), l.tpm))
+            .collect();
+        assert_eq!(
+            a,
+            [
+                ("tpm:key:gk_a".to_owned(), 1000),
+                ("tpm:team:ml".to_owned(), 20_000)
+            ]
+        );
+        // Both keys of the team share its bucket; a key outside it has none.
+        assert_eq!(index.tpm_lines("bb").unwrap()[0].bucket, "tpm:team:ml");
+        assert!(index.tpm_lines("cc").is_none());
+        team.tpm = None;
+        let none = PolicyIndex::new(&Policies {
+            budgets: vec![team],
+            ..Policies::default()
+        });
+        ring.replace_with_policies(keys, &none);
+        assert!(ring.snapshot().tpm_lines("bb").is_none());
+    }
+
     #[test]
     fn the_index_serves_each_key_with_its_budget() {
         use metis_domain::keys::Caps;

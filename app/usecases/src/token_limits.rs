@@ -294,6 +294,21 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn keys_of_one_team_share_its_bucket_and_the_refusal_names_it() {
+        let limiter = TokenLimiter::in_process(100);
+        let team = (ScopeKind::Team, "tpm:team:ml", 1200);
+        let a = lines(&[(ScopeKind::Key, "tpm:key:a", 100_000), team]);
+        let b = lines(&[(ScopeKind::User, "tpm:user:bo", 100_000), team]);
+        let _held = limiter.take(&a, 1000).await.result.unwrap().unwrap();
+        let denied = limiter.take(&b, 500).await.result.unwrap_err();
+        assert_eq!((denied.scope, denied.tpm), ("team_tpm", 1200));
+        // 300 missing at 20 per second.
+        assert!((14..=15).contains(&denied.retry_after_secs), "{denied:?}");
+        // The refusal took nothing: the team's remaining ~200 still cover 150.
+        assert!(limiter.take(&b, 150).await.result.is_ok());
+    }
+
+    #[tokio::test]
     async fn no_lines_no_hold() {
         let limiter = TokenLimiter::in_process(10);
         let none: Arc<[TpmLine]> = Arc::from(Vec::new());
