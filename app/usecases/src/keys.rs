@@ -85,13 +85,22 @@ impl KeyIndex {
         }
     }
 
-    /// The token limits of the key with token hash `hash` (none for most keys).
+    /// The token limits of the key with token hash `hash` (lowercase hex; none for most keys).
     #[must_use]
     pub fn tpm_lines(&self, hash: &str) -> Option<&Arc<[TpmLine]>> {
         if self.tpm.is_empty() {
             return None;
         }
         self.tpm.get(hash)
+    }
+
+    /// The token limits of `key` (nothing is allocated when no key has any).
+    #[must_use]
+    pub fn tpm_lines_of(&self, key: &KeyRecord) -> Option<&Arc<[TpmLine]>> {
+        if self.tpm.is_empty() {
+            return None;
+        }
+        self.tpm.get(&key.secret_hash.to_ascii_lowercase())
     }
 
     #[must_use]

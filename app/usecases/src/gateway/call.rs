@@ -281,9 +281,7 @@ impl GatewayCore {
         upstream_model: &str,
         req: &ChatRequest,
     ) -> Option<u64> {
-        self.keys
-            .snapshot()
-            .tpm_lines(&admission.key.secret_hash.to_ascii_lowercase())?;
+        self.keys.snapshot().tpm_lines_of(&admission.key)?;
         self.tokenizer.count(upstream_model, req)
     }
 
@@ -298,7 +296,7 @@ impl GatewayCore {
         spec: &CallSpec,
     ) -> Result<Option<TpmHold>, GatewayError> {
         let index = self.keys.snapshot();
-        let Some(lines) = index.tpm_lines(&admission.key.secret_hash.to_ascii_lowercase()) else {
+        let Some(lines) = index.tpm_lines_of(&admission.key) else {
             return Ok(None);
         };
         let input = spec
