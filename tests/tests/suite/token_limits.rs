@@ -147,6 +147,22 @@ async fn a_call_beyond_the_key_tpm_gets_429_in_every_shape_and_a_dropped_stream_
     // Another key is untouched by these buckets.
     let r = send(Api::Chat.request(&gw, &gw.key, "free", 100_000, false)).await;
     assert_eq!(r.status, 200, "{}", r.text);
+    // The refusals are in the trace (sampled: at least one event), with scope and limit.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let limited = loop {
+        let rows = gw.events_of("gateway.rate_limited").unwrap();
+        if !rows.is_empty() || Instant::now() > deadline {
+            break rows;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let first = &limited
+        .first()
+        .expect("a gateway.rate_limited event")
+        .payload;
+    assert_eq!(first["scope"], "key_tpm", "{first}");
+    assert_eq!(first["tpm"], 600, "{first}");
+    assert!(first.get("rpm").is_none(), "{first}");
 }
 
 /// Input + output tokens a finished stream reports (Anthropic `message_start` /

@@ -319,15 +319,7 @@ impl GatewayCore {
             }
             Err(d) => {
                 self.metrics.rate_limit(d.scope, false);
-                tracing::warn!(
-                    "rate-limit deny bucket={} tpm={} estimate={} retry_after={}s shape={} key_id={}",
-                    d.scope,
-                    d.tpm,
-                    estimate,
-                    d.retry_after_secs,
-                    admission.shape.as_str(),
-                    admission.key.key_id
-                );
+                self.tokens_limited(d, estimate, admission.shape, &admission.key);
                 Err(GatewayError::TokenRateLimited {
                     scope: d.scope,
                     tpm: d.tpm,
