@@ -308,6 +308,91 @@ mod tests {
         assert!(limiter.take(&b, 150).await.result.is_ok());
     }
 
+    /// A shared store that does not answer takes, and answers adjustments later (counted).
+    struct Flaky {
+        adjusted: Arc<std::sync::atomic::AtomicI64>,
+    }
+
+    impl TokenRateLimiter for Flaky {
+        fn shared(&self) -> bool {
+            true
+        }
+        fn take(&self, _: &[TpmLine], _: u64) -> Answer<Result<TokenTake, StoreUnavailable>> {
+            Answer::Now(Err(StoreUnavailable {
+                store: "token-limit store",
+                message: "down".to_owned(),
+            }))
+        }
+        fn adjust(&self, _: &[TpmLine], delta: i64) -> Answer<Result<(), StoreUnavailable>> {
+            let adjusted = Arc::clone(&self.adjusted);
+            Answer::Later(Box::pin(async move {
+                adjusted.fetch_add(delta, std::sync::atomic::Ordering::SeqCst);
+                Ok(())
+            }))
+        }
+    }
+
+    /// Runs background tasks on the test's runtime.
+    struct Spawner;
+
+    impl Background for Spawner {
+        fn spawn(&self, task: futures_util::future::BoxFuture<'static, ()>) {
+            tokio::spawn(task);
+        }
+        fn spawn_after(
+            &self,
+            _: std::time::Duration,
+            task: futures_util::future::BoxFuture<'static, ()>,
+        ) {
+            tokio::spawn(task);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_shared_store_that_does_not_answer_leaves_the_limit_to_this_process() {
+        let adjusted = Arc::new(std::sync::atomic::AtomicI64::new(0));
+        let store = Arc::new(Flaky {
+            adjusted: Arc::clone(&adjusted),
+        });
+        let limiter = TokenLimiter::over(store, Arc::new(Spawner), 100);
+        let l = lines(&[(ScopeKind::Key, "tpm:key:a", 1000)]);
+        let taken = limiter.take(&l, 900).await;
+        assert!(taken.store_unavailable);
+        let mut hold = taken.result.unwrap().unwrap();
+        // This process's own bucket holds the limit meanwhile.
+        let again = limiter.take(&l, 900).await;
+        assert!(again.store_unavailable);
+        assert_eq!(again.result.unwrap_err().scope, "key_tpm");
+        // The settlement goes to the buckets that took the estimate: the local ones, at once.
+        hold.settle(100);
+        assert!(limiter.take(&l, 850).await.result.is_ok());
+        assert_eq!(adjusted.load(std::sync::atomic::Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_settlement_a_shared_store_answers_later_runs_in_the_background() {
+        let adjusted = Arc::new(std::sync::atomic::AtomicI64::new(0));
+        let store: Arc<dyn TokenRateLimiter> = Arc::new(Flaky {
+            adjusted: Arc::clone(&adjusted),
+        });
+        let mut hold = TpmHold {
+            target: Arc::clone(&store),
+            background: Some(Arc::new(Spawner)),
+            lines: lines(&[(ScopeKind::Team, "tpm:team:t", 1000)]),
+            taken: 700,
+            done: false,
+        };
+        hold.settle(1000);
+        drop(hold); // settled once: the drop gives nothing back
+        for _ in 0..100 {
+            if adjusted.load(std::sync::atomic::Ordering::SeqCst) != 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(adjusted.load(std::sync::atomic::Ordering::SeqCst), 300);
+    }
+
     #[tokio::test]
     async fn no_lines_no_hold() {
         let limiter = TokenLimiter::in_process(10);
