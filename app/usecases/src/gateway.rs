@@ -425,11 +425,7 @@ impl GatewayService for GatewayCore {
                     stream: req.stream,
                     estimated_input_tokens: req.estimate_input_tokens(),
                     max_output_tokens: req.max_tokens,
-                    counted_input_tokens: self.count_for_tpm(
-                        &admission,
-                        &routed.entry.upstream_name,
-                        &req,
-                    ),
+                    tpm: self.tpm_of(&admission, Some((&routed.entry.upstream_name, &req))),
                     features: Some(fingerprint(&req, &admission.key.workspace_path)),
                 },
             )

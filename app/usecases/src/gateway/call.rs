@@ -14,6 +14,7 @@ use metis_domain::error::{ErrorClass, GatewayError};
 use metis_domain::events::{CallIdentity, LlmCallStarted, RouteChainEntry, RouteDecided};
 use metis_domain::models::ModelEntry;
 use metis_domain::patterns::StructuralFeatures;
+use metis_domain::ratelimit::TpmLine;
 use metis_ports::gateway::Admission;
 use metis_ports::upstream::{Provider, UpstreamError, UpstreamReply, UpstreamRequest};
 use std::sync::Arc;
@@ -39,9 +40,10 @@ pub(super) struct CallSpec {
     pub estimated_input_tokens: u64,
     /// Output tokens the reservation assumes (`None`: the default estimate).
     pub max_output_tokens: Option<u64>,
-    /// Input tokens by the gateway's tokenizer, when the key has token limits and the
-    /// tokenizer knows the model (`None`: `estimated_input_tokens`, characters / 4).
-    pub counted_input_tokens: Option<u64>,
+    /// The key's token limits (from [`GatewayCore::tpm_of`]): its lines, and the input
+    /// tokens by the gateway's tokenizer when it knows the model (`None`:
+    /// `estimated_input_tokens`, characters / 4). `None` for a key without token limits.
+    pub tpm: Option<(Arc<[TpmLine]>, Option<u64>)>,
     /// The turn's structural fingerprint, for the pattern projection (chat calls only).
     pub features: Option<StructuralFeatures>,
 }
@@ -273,16 +275,16 @@ impl GatewayCore {
         })
     }
 
-    /// Input tokens for a token-limit estimate: the tokenizer's count when the key has token
-    /// limits (`None` otherwise: nothing is counted for keys without them).
-    pub(super) fn count_for_tpm(
+    /// The key's token limits and, for them, the tokenizer's count of `req` (`None`, and
+    /// nothing counted, for a key without token limits: most keys).
+    pub(super) fn tpm_of(
         &self,
         admission: &Admission,
-        upstream_model: &str,
-        req: &ChatRequest,
-    ) -> Option<u64> {
-        self.keys.snapshot().tpm_lines_of(&admission.key)?;
-        self.tokenizer.count(upstream_model, req)
+        tokenized: Option<(&str, &ChatRequest)>,
+    ) -> Option<(Arc<[TpmLine]>, Option<u64>)> {
+        let lines = Arc::clone(self.keys.snapshot().tpm_lines_of(&admission.key)?);
+        let counted = tokenized.and_then(|(model, req)| self.tokenizer.count(model, req));
+        Some((lines, counted))
     }
 
     /// Take the call's token estimate (input + requested maximum output, or
@@ -295,13 +297,10 @@ impl GatewayCore {
         admission: &Admission,
         spec: &CallSpec,
     ) -> Result<Option<TpmHold>, GatewayError> {
-        let index = self.keys.snapshot();
-        let Some(lines) = index.tpm_lines_of(&admission.key) else {
+        let Some((lines, counted)) = &spec.tpm else {
             return Ok(None);
         };
-        let input = spec
-            .counted_input_tokens
-            .unwrap_or(spec.estimated_input_tokens);
+        let input = counted.unwrap_or(spec.estimated_input_tokens);
         let output = spec
             .max_output_tokens
             .unwrap_or(self.limiter.config.tpm_default_output_tokens);

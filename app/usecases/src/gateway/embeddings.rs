@@ -54,7 +54,7 @@ impl GatewayCore {
                     stream: false,
                     estimated_input_tokens: estimated,
                     max_output_tokens: Some(0),
-                    counted_input_tokens: None,
+                    tpm: self.tpm_of(&admission, None),
                     features: None,
                 },
             )
