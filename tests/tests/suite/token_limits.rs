@@ -50,11 +50,16 @@ impl Api {
         stream: bool,
     ) -> reqwest::RequestBuilder {
         let (path, body) = match self {
-            Api::Chat => (
-                "/v1/chat/completions",
-                json!({"model": "gpt-5", "stream": stream, "max_completion_tokens": max_out,
-                       "messages": [{"role": "user", "content": text}]}),
-            ),
+            Api::Chat => {
+                let mut body = json!({"model": "gpt-5", "stream": stream,
+                                      "max_completion_tokens": max_out,
+                                      "messages": [{"role": "user", "content": text}]});
+                if stream {
+                    // So the client sees the usage the gateway settles to.
+                    body["stream_options"] = json!({"include_usage": true});
+                }
+                ("/v1/chat/completions", body)
+            }
             Api::Messages => (
                 "/v1/messages",
                 json!({"model": "haiku", "stream": stream, "max_tokens": max_out,
@@ -174,6 +179,7 @@ fn stream_usage(text: &str) -> u64 {
         let Some(v) = ev.json() else { continue };
         let usage = [
             v.pointer("/message/usage"),
+            v.pointer("/response/usage"),
             v.get("usage").filter(|u| !u.is_null()),
         ];
         for u in usage.into_iter().flatten() {
@@ -192,44 +198,51 @@ fn stream_usage(text: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_settle_to_their_final_usage_above_and_below_the_estimate() {
     // 1200 tokens per minute: 20 per second.
-    let gw = gateway(&[("up", 1200), ("down", 1200)]).await;
+    let gw = gateway(&[
+        ("up-messages", 1200),
+        ("up-chat", 1200),
+        ("up-responses", 1200),
+        ("down", 1200),
+    ])
+    .await;
 
-    // Above: max_tokens 1 makes the estimate ~the input (~400), but the fake echoes the
-    // whole text back (~400 more). The extra is charged when the stream ends.
-    let up = gw.key_named("up").clone();
+    // Above: a maximum output of 1 makes the estimate ~the input (~400), but the fake echoes
+    // the whole text back (~400 more). The extra is charged when the stream ends.
     let text = "word ".repeat(320);
-    let r = send(Api::Messages.request(&gw, &up, &text, 1, true)).await;
-    assert_eq!(r.status, 200, "{}", r.text);
-    let actual = stream_usage(&r.text);
     let estimate = u64::try_from(text.len() / 4).unwrap() + 1;
-    assert!(
-        actual > estimate + 300,
-        "the upstream used more than estimated: {actual} vs {estimate}"
-    );
-    // A request of more than the capacity needs a full bucket: the wait shows what is
-    // missing, the actual usage (~40 s), not the estimate (~20 s).
-    let r = send(Api::Messages.request(&gw, &up, "probe", 5000, false)).await;
-    let secs = assert_tpm_refusal(&r, "key_tpm", 1200);
-    let by_actual = actual.div_ceil(20);
-    let by_estimate = estimate.div_ceil(20);
-    assert!(
-        secs + 4 >= by_actual && secs <= by_actual,
-        "retry after {secs}s: actual usage {actual} needs {by_actual}s, the estimate {by_estimate}s"
-    );
+    for (api, name) in [
+        (Api::Messages, "up-messages"),
+        (Api::Chat, "up-chat"),
+        (Api::Responses, "up-responses"),
+    ] {
+        let up = gw.key_named(name).clone();
+        let r = send(api.request(&gw, &up, &text, 1, true)).await;
+        assert_eq!(r.status, 200, "{api:?}: {}", r.text);
+        let actual = stream_usage(&r.text);
+        assert!(
+            actual > estimate + 300,
+            "{api:?}: the upstream used more than estimated: {actual} vs {estimate}"
+        );
+        // A request of more than the capacity needs a full bucket: the wait shows what is
+        // missing, the actual usage (~40 s), not the estimate (~20 s).
+        let r = send(api.request(&gw, &up, "probe", 5000, false)).await;
+        let secs = assert_tpm_refusal(&r, "key_tpm", 1200);
+        let by_actual = actual.div_ceil(20);
+        let by_estimate = estimate.div_ceil(20);
+        eprintln!(
+            "{api:?}: estimate ~{estimate}, actual {actual}: retry after {secs}s \
+             (actual needs {by_actual}s, the estimate {by_estimate}s)"
+        );
+        assert!(
+            secs + 4 >= by_actual && secs <= by_actual,
+            "{api:?}: retry after {secs}s: actual usage {actual} needs {by_actual}s, the estimate {by_estimate}s"
+        );
+    }
 
     // Below: the estimate is ~1000 (max_completion_tokens), the call uses a few dozen; the
     // rest comes back when the stream ends, so a second ~1000-token call passes at once.
     let down = gw.key_named("down").clone();
-    let r = send(
-        Api::Chat
-            .request(&gw, &down, "hello there", 1000, true)
-            .json(
-                &json!({"model": "gpt-5", "stream": true, "max_completion_tokens": 1000,
-                          "stream_options": {"include_usage": true},
-                          "messages": [{"role": "user", "content": "hello there"}]}),
-            ),
-    )
-    .await;
+    let r = send(Api::Chat.request(&gw, &down, "hello there", 1000, true)).await;
     assert_eq!(r.status, 200, "{}", r.text);
     let used = stream_usage(&r.text);
     assert!(used > 0 && used < 200, "usage {used}");
