@@ -174,7 +174,8 @@ impl TpmLine {
 
 /// The token limits of `key` (whose spend account is `account`): its own `tpm`, then its
 /// user's and team's budget `tpm` from `policies`, in that order (the refusal order). Customer
-/// and org budgets carry no token limit.
+/// and org budgets carry no token limit. The key's bucket is named after its spend account,
+/// so keys sharing one (a rotated key and its successor) share the bucket.
 #[must_use]
 pub fn tpm_lines(key: &KeyRecord, account: &str, policies: &PolicyIndex) -> Vec<TpmLine> {
     let mut lines = Vec::new();

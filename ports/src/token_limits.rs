@@ -24,7 +24,10 @@ pub enum TokenTake {
 
 /// Token-per-minute buckets.
 ///
-/// Contract (`metis_tests::contract::token_limits` proves each clause):
+/// Contract (`metis_tests::contract::token_limits` proves the first two clauses and buckets
+/// shared across handles; each implementation proves its own bound, as
+/// `metis_domain::ratelimit` does for the in-process LRU and the PostgreSQL adapter for its
+/// sweep):
 /// - [`take`](Self::take) MUST take `amount` from every line's bucket or from none, in one
 ///   atomic step with respect to every other caller of the same store (all replicas of a
 ///   fleet), creating absent buckets full; a refusal names the line with the longest wait.
