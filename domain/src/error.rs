@@ -166,6 +166,14 @@ pub enum GatewayError {
         rpm: u32,
         retry_after_secs: u64,
     },
+    /// A token-per-minute limit (of the key, its user or its team) cannot cover the request's
+    /// estimate.
+    TokenRateLimited {
+        /// `key_tpm`, `user_tpm` or `team_tpm`.
+        scope: &'static str,
+        tpm: u32,
+        retry_after_secs: u64,
+    },
     /// Body above the configured limit.
     PayloadTooLarge {
         limit_bytes: u64,
@@ -222,7 +230,9 @@ impl GatewayError {
                 ErrorClass::Other => 500,
             },
             GatewayError::UpstreamRelayed { status, .. } => *status,
-            GatewayError::RateLimited { .. } | GatewayError::QuotaExceeded { .. } => 429,
+            GatewayError::RateLimited { .. }
+            | GatewayError::TokenRateLimited { .. }
+            | GatewayError::QuotaExceeded { .. } => 429,
             GatewayError::RequestTimeout { .. } => 408,
             GatewayError::PayloadTooLarge { .. } => 413,
             GatewayError::NotFound { .. } => 404,
@@ -294,6 +304,13 @@ impl GatewayError {
                 };
                 format!("{who} rate limit exceeded ({rpm} rpm); retry in {retry_after_secs}s")
             }
+            GatewayError::TokenRateLimited {
+                scope,
+                tpm,
+                retry_after_secs,
+            } => format!(
+                "{scope} token limit exceeded ({tpm} tokens per minute); retry in {retry_after_secs}s"
+            ),
             GatewayError::PayloadTooLarge { limit_bytes } => {
                 format!("request body exceeds the limit of {limit_bytes} bytes")
             }
@@ -377,6 +394,27 @@ impl GatewayError {
                         "type": "error",
                         "error": { "type": "rate_limit_error", "message": message },
                     }),
+                }
+            }
+            GatewayError::TokenRateLimited {
+                scope,
+                tpm,
+                retry_after_secs: secs,
+            } => {
+                retry_after_secs = Some(*secs);
+                // Same fields in both shapes: the scope and limit tell the client which limit
+                // to wait for (both SDKs keep unknown error fields).
+                let inner = json!({
+                    "code": "rate_limit_exceeded",
+                    "type": "rate_limit_error",
+                    "message": message,
+                    "scope": scope,
+                    "tpm": tpm,
+                    "retry_after_seconds": secs,
+                });
+                match shape {
+                    Shape::OpenAi | Shape::Responses => json!({ "error": inner }),
+                    Shape::Anthropic => json!({ "type": "error", "error": inner }),
                 }
             }
             GatewayError::KeyRevoked { key_id, revoked_at } => {
@@ -513,7 +551,9 @@ impl GatewayError {
                 Some("request_timeout"),
                 "invalid_request_error",
             ),
-            GatewayError::RateLimited { .. } | GatewayError::QuotaExceeded { .. } => (
+            GatewayError::RateLimited { .. }
+            | GatewayError::TokenRateLimited { .. }
+            | GatewayError::QuotaExceeded { .. } => (
                 "rate_limit_error",
                 Some("rate_limit_exceeded"),
                 "rate_limit_error",
@@ -591,6 +631,30 @@ mod tests {
         let a = GatewayError::InvalidApiKey.render(Shape::Anthropic);
         assert_eq!(a.body["type"], "error");
         assert_eq!(a.body["error"]["type"], "authentication_error");
+    }
+
+    #[test]
+    fn token_limit_refusals_name_scope_and_limit_in_both_shapes() {
+        let e = GatewayError::TokenRateLimited {
+            scope: "team_tpm",
+            tpm: 1000,
+            retry_after_secs: 7,
+        };
+        for shape in [Shape::OpenAi, Shape::Responses, Shape::Anthropic] {
+            let r = e.render(shape);
+            assert_eq!((r.status, r.retry_after_secs), (429, Some(7)));
+            let inner = &r.body["error"];
+            assert_eq!(inner["code"], "rate_limit_exceeded");
+            assert_eq!(inner["type"], "rate_limit_error");
+            assert_eq!(inner["scope"], "team_tpm");
+            assert_eq!(inner["tpm"], 1000);
+            assert_eq!(inner["retry_after_seconds"], 7);
+            assert_eq!(
+                inner["message"],
+                "team_tpm token limit exceeded (1000 tokens per minute); retry in 7s"
+            );
+        }
+        assert_eq!(e.render(Shape::Anthropic).body["type"], "error");
     }
 
     #[test]

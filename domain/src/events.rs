@@ -567,14 +567,28 @@ impl Payload for QuotaAlert {
 /// the denials folded into it since the previous event).
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct RateLimited {
+    /// `per_key`, `per_ip`, or a token limit: `key_tpm`, `user_tpm`, `team_tpm`.
     pub scope: &'static str,
+    /// The request limit (absent for a token limit).
+    #[serde(skip_serializing_if = "is_zero")]
     pub rpm: u32,
+    /// The token limit (token-limit denials only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<u32>,
     pub retry_after_seconds: u64,
     pub inbound_shape: &'static str,
     /// First 8 hex chars of the token hash (per-key denials).
     pub token_hash_prefix: Option<String>,
     pub client_ip: Option<String>,
     pub suppressed: u64,
+}
+
+#[expect(
+    clippy::trivially_copy_pass_by_ref,
+    reason = "serde's skip_serializing_if signature"
+)]
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Payload for RateLimited {

@@ -7,9 +7,17 @@
 //!   token), at least 1.
 //! - Memory is bounded: buckets live in LRU maps of fixed capacity; an evicted bucket comes
 //!   back full (the only effect of eviction is leniency, never a false deny).
+//! - Token limits (tokens per minute, [`TpmLine`]) use the same bucket with an amount: capacity
+//!   `tpm`, refill `tpm / 60` per second. A request takes its estimate from every bucket it
+//!   belongs to, all or none ([`take_all`]); an estimate larger than the capacity is admitted
+//!   when the bucket is full (it could never be covered otherwise) and drives the bucket below
+//!   zero. Settlement ([`adjust_all`]) refunds or charges the difference to the actual usage;
+//!   a bucket may go negative, so the next request waits until it has refilled.
 //! - `X-Forwarded-For` is believed only when the socket peer is a trusted proxy, and is walked
 //!   right to left: the first address that is not itself a trusted proxy is the client.
 
+use crate::budgets::{PolicyIndex, ScopeKind};
+use crate::keys::KeyRecord;
 use lru::LruCache;
 use std::borrow::Borrow;
 use std::hash::Hash;
@@ -100,6 +108,138 @@ impl TokenBucket {
         let secs = wait as u64;
         Err(secs.max(1))
     }
+
+    /// The `Retry-After` seconds (≥ 1) until this bucket, at capacity `tpm`, can cover
+    /// `amount`, or `None` when it can now. An amount above the capacity needs a full bucket
+    /// (it could never be covered otherwise). Refills to `now_us`.
+    pub fn wait_for(&mut self, tpm: u32, amount: u64, now_us: i64) -> Option<u64> {
+        if tpm == 0 {
+            return Some(60);
+        }
+        self.refill(tpm, now_us);
+        let cap = f64::from(tpm);
+        #[expect(
+            clippy::cast_precision_loss,
+            reason = "token counts are far below 2^52"
+        )]
+        let need = (amount as f64).min(cap);
+        if self.tokens >= need - 1e-9 {
+            return None;
+        }
+        let wait = ((need - self.tokens) / (cap / 60.0) - 1e-9).ceil();
+        #[expect(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "wait is positive; a deeply negative bucket saturates"
+        )]
+        let secs = wait as u64;
+        Some(secs.max(1))
+    }
+
+    /// Debit `delta` tokens (a negative delta refunds), after refilling to `now_us`. The
+    /// bucket may go below zero; a refund never lifts it above the capacity.
+    pub fn debit(&mut self, tpm: u32, delta: i64, now_us: i64) {
+        self.refill(tpm, now_us);
+        #[expect(
+            clippy::cast_precision_loss,
+            reason = "token counts are far below 2^52"
+        )]
+        let d = delta as f64;
+        self.tokens = (self.tokens - d).min(f64::from(tpm));
+    }
+}
+
+/// One token-per-minute limit a request is subject to: the bucket named `bucket`
+/// (`tpm:key:<account>`, `tpm:user:<id>`, `tpm:team:<id>`) at capacity `tpm`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TpmLine {
+    pub scope: ScopeKind,
+    pub bucket: String,
+    pub tpm: u32,
+}
+
+impl TpmLine {
+    /// The refusal's `scope` in a 429 body: `key_tpm`, `user_tpm`, `team_tpm`.
+    #[must_use]
+    pub fn scope_name(&self) -> &'static str {
+        match self.scope {
+            ScopeKind::Key => "key_tpm",
+            ScopeKind::User => "user_tpm",
+            ScopeKind::Team => "team_tpm",
+            ScopeKind::Customer => "customer_tpm",
+            ScopeKind::Org => "org_tpm",
+        }
+    }
+}
+
+/// The token limits of `key` (whose spend account is `account`): its own `tpm`, then its
+/// user's and team's budget `tpm` from `policies`, in that order (the refusal order). Customer
+/// and org budgets carry no token limit. The key's bucket is named after its spend account,
+/// so keys sharing one (a rotated key and its successor) share the bucket.
+#[must_use]
+pub fn tpm_lines(key: &KeyRecord, account: &str, policies: &PolicyIndex) -> Vec<TpmLine> {
+    let mut lines = Vec::new();
+    if let Some(tpm) = key.tpm.filter(|t| *t > 0) {
+        lines.push(TpmLine {
+            scope: ScopeKind::Key,
+            bucket: format!("tpm:key:{account}"),
+            tpm,
+        });
+    }
+    let tags = [
+        (ScopeKind::User, key.user_id.as_deref()),
+        (ScopeKind::Team, key.team_id.as_deref()),
+    ];
+    for (scope, id) in tags {
+        let Some(id) = id else { continue };
+        if let Some(tpm) = policies
+            .get(scope, id)
+            .and_then(|p| p.tpm)
+            .filter(|t| *t > 0)
+        {
+            lines.push(TpmLine {
+                scope,
+                bucket: format!("tpm:{}:{id}", scope.as_str()),
+                tpm,
+            });
+        }
+    }
+    lines
+}
+
+/// Take `amount` tokens from every bucket (`buckets[i]` at capacity `tpms[i]`), all or none.
+///
+/// # Errors
+/// `(index, retry_after_secs)` of the bucket that needs the longest wait (the request cannot
+/// pass before it; the first such in order on a tie); nothing is taken then.
+pub fn take_all(
+    buckets: &mut [TokenBucket],
+    tpms: &[u32],
+    amount: u64,
+    now_us: i64,
+) -> Result<(), (usize, u64)> {
+    let mut refused: Option<(usize, u64)> = None;
+    for (i, (b, tpm)) in buckets.iter_mut().zip(tpms).enumerate() {
+        if let Some(wait) = b.wait_for(*tpm, amount, now_us)
+            && refused.is_none_or(|(_, w)| wait > w)
+        {
+            refused = Some((i, wait));
+        }
+    }
+    if let Some(r) = refused {
+        return Err(r);
+    }
+    let amount = i64::try_from(amount).unwrap_or(i64::MAX);
+    adjust_all(buckets, tpms, amount, now_us);
+    Ok(())
+}
+
+/// Debit `delta` from every bucket (a negative delta refunds): the settlement of a take to the
+/// actual usage.
+pub fn adjust_all(buckets: &mut [TokenBucket], tpms: &[u32], delta: i64, now_us: i64) {
+    for (b, tpm) in buckets.iter_mut().zip(tpms) {
+        b.debit(*tpm, delta, now_us);
+    }
 }
 
 /// A bounded map of buckets (LRU).
@@ -149,6 +289,73 @@ impl<K: Hash + Eq> BucketMap<K> {
     #[must_use]
     pub fn len(&self) -> usize {
         self.buckets.len()
+    }
+
+    /// Take `amount` from the buckets named in `lines` (`(name, tpm)`), all or none (see
+    /// [`take_all`]); absent buckets start full.
+    ///
+    /// # Errors
+    /// `(index, retry_after_secs)` of the refusing line.
+    pub fn take_amount<Q>(
+        &mut self,
+        lines: &[(&Q, u32)],
+        amount: u64,
+        now_us: i64,
+    ) -> Result<(), (usize, u64)>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        let (mut buckets, tpms) = self.current(lines, now_us);
+        let taken = take_all(&mut buckets, &tpms, amount, now_us);
+        if taken.is_ok() {
+            self.store(lines, &buckets);
+        }
+        taken
+    }
+
+    /// Debit `delta` (negative: refund) from the buckets named in `lines`.
+    pub fn adjust<Q>(&mut self, lines: &[(&Q, u32)], delta: i64, now_us: i64)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        let (mut buckets, tpms) = self.current(lines, now_us);
+        adjust_all(&mut buckets, &tpms, delta, now_us);
+        self.store(lines, &buckets);
+    }
+
+    fn current<Q>(&mut self, lines: &[(&Q, u32)], now_us: i64) -> (Vec<TokenBucket>, Vec<u32>)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        lines
+            .iter()
+            .map(|(name, tpm)| {
+                let b = self
+                    .buckets
+                    .get(*name)
+                    .copied()
+                    .unwrap_or_else(|| TokenBucket::full(*tpm, now_us));
+                (b, *tpm)
+            })
+            .unzip()
+    }
+
+    fn store<Q>(&mut self, lines: &[(&Q, u32)], buckets: &[TokenBucket])
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        for ((name, _), b) in lines.iter().zip(buckets) {
+            match self.buckets.get_mut(*name) {
+                Some(slot) => *slot = *b,
+                None => {
+                    self.buckets.put((*name).to_owned(), *b);
+                }
+            }
+        }
     }
 
     #[must_use]
@@ -409,7 +616,210 @@ mod tests {
         );
     }
 
+    fn key_with(tpm: Option<u32>, user: Option<&str>, team: Option<&str>) -> KeyRecord {
+        let mut k: KeyRecord = serde_json::from_value(serde_json::json!({
+            "key_id": "gk_1", "secret_hash": "aa", "workspace_path": "/w"
+        }))
+        .unwrap();
+        k.tpm = tpm;
+        k.user_id = user.map(str::to_owned);
+        k.team_id = team.map(str::to_owned);
+        k
+    }
+
+    #[test]
+    fn a_request_takes_its_estimate_and_waits_for_the_refusing_bucket() {
+        // 600 tpm: 10 tokens per second.
+        let mut b = TokenBucket::full(600, 0);
+        assert_eq!(b.wait_for(600, 500, 0), None);
+        b.debit(600, 500, 0);
+        assert_eq!(b.wait_for(600, 100, 0), None);
+        // 100 left, 250 needed: 15 s.
+        assert_eq!(b.wait_for(600, 250, 0), Some(15));
+        assert_eq!(b.wait_for(600, 250, 14 * SEC), Some(1));
+        assert_eq!(b.wait_for(600, 250, 15 * SEC), None);
+    }
+
+    #[test]
+    fn an_estimate_above_the_capacity_passes_on_a_full_bucket_and_goes_negative() {
+        let mut b = TokenBucket::full(60, 0);
+        let mut buckets = [b];
+        assert_eq!(take_all(&mut buckets, &[60], 200, 0), Ok(()));
+        b = buckets[0];
+        assert!((b.tokens() + 140.0).abs() < 1e-9, "{}", b.tokens());
+        // -140 back to full (60) takes 200 s at 1 token per second.
+        assert_eq!(b.wait_for(60, 200, 0), Some(200));
+        assert_eq!(b.wait_for(60, 1, 0), Some(141));
+    }
+
+    #[test]
+    fn settlement_refunds_up_to_the_capacity_and_charges_below_zero() {
+        let mut b = TokenBucket::full(100, 0);
+        b.debit(100, 80, 0);
+        b.debit(100, -500, 0);
+        assert!(
+            (b.tokens() - 100.0).abs() < 1e-9,
+            "a refund never overfills"
+        );
+        b.debit(100, 300, 0);
+        assert!((b.tokens() + 200.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn take_all_is_all_or_none_and_names_the_longest_wait() {
+        let mut buckets = [
+            TokenBucket::full(6000, 0),
+            TokenBucket::from_parts(10.0, 0),
+            TokenBucket::from_parts(50.0, 0),
+        ];
+        let before = buckets;
+        // user: 100 is above its capacity of 60, so it waits to be full: (60-10)/1 = 50 s;
+        // team: (100-50)/10 = 5 s.
+        assert_eq!(
+            take_all(&mut buckets, &[6000, 60, 600], 100, 0),
+            Err((1, 50))
+        );
+        assert_eq!(buckets, before, "a refusal takes nothing");
+        assert_eq!(take_all(&mut buckets, &[6000, 6000, 6000], 10, 0), Ok(()));
+        assert!((buckets[1].tokens() - 0.0).abs() < 1e-9);
+        assert!((buckets[0].tokens() - 5990.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_map_takes_amounts_atomically_and_settles() {
+        let mut m: BucketMap<String> = BucketMap::new(8);
+        let lines = [("tpm:key:a", 100u32), ("tpm:team:t", 150u32)];
+        assert_eq!(m.take_amount(&lines, 100, 0), Ok(()));
+        // The key bucket is empty: refused, and the team bucket keeps its 50.
+        assert_eq!(m.take_amount(&lines, 40, 0), Err((0, 24)));
+        assert_eq!(m.take_amount(&[("tpm:team:t", 150)], 50, 0), Ok(()));
+        // Settling a 100-token estimate to 30 gives 70 back to both.
+        m.adjust(&lines, -70, 0);
+        assert_eq!(m.take_amount(&lines, 70, 0), Ok(()));
+        assert_eq!(m.len(), 2);
+    }
+
+    #[test]
+    fn tpm_lines_come_from_the_key_and_its_user_and_team_budgets() {
+        use crate::budgets::{BudgetPolicy, Policies};
+        let policy = |scope, id: &str, tpm| BudgetPolicy {
+            scope,
+            id: id.to_owned(),
+            daily_usd: None,
+            weekly_usd: None,
+            monthly_usd: None,
+            tpm,
+            alert_at: None,
+            allowed_models: None,
+            updated_at: None,
+        };
+        let index = PolicyIndex::new(&Policies {
+            budgets: vec![
+                policy(ScopeKind::User, "ana", Some(5000)),
+                policy(ScopeKind::Team, "ml", Some(20000)),
+                policy(ScopeKind::Team, "nocap", None),
+            ],
+            ..Policies::default()
+        });
+        let lines = tpm_lines(
+            &key_with(Some(1000), Some("ana"), Some("ml")),
+            "acct",
+            &index,
+        );
+        let got: Vec<_> = lines
+            .iter()
+            .map(|l| (l.scope_name(), l.bucket.as_str(), l.tpm))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("key_tpm", "tpm:key:acct", 1000),
+                ("user_tpm", "tpm:user:ana", 5000),
+                ("team_tpm", "tpm:team:ml", 20000)
+            ]
+        );
+        assert!(tpm_lines(&key_with(None, Some("bob"), Some("nocap")), "a", &index).is_empty());
+        assert!(tpm_lines(&key_with(None, None, None), "a", &PolicyIndex::default()).is_empty());
+    }
+
     proptest! {
+        /// Whatever the estimates, settlements and timing, the tokens admitted (as settled)
+        /// never exceed the capacity plus the refill since the start plus the one request
+        /// admitted on a full bucket beyond the capacity.
+        #[test]
+        fn settled_tokens_never_exceed_capacity_plus_refill_plus_one_request(
+            tpm in 1u32..100_000,
+            reqs in proptest::collection::vec((0i64..3_000_000, 0u64..200_000, 0u64..200_000), 1..200),
+        ) {
+            let mut b = [TokenBucket::full(tpm, 0)];
+            let mut now = 0i64;
+            let mut settled = 0u64;
+            let mut largest = 0u64;
+            for (gap, estimate, actual) in &reqs {
+                now += gap;
+                if take_all(&mut b, &[tpm], *estimate, now).is_ok() {
+                    let delta = i64::try_from(*actual).unwrap() - i64::try_from(*estimate).unwrap();
+                    adjust_all(&mut b, &[tpm], delta, now);
+                    settled += actual;
+                    largest = largest.max(*actual);
+                }
+            }
+            #[expect(clippy::cast_precision_loss, reason = "test bounds")]
+            let bound = f64::from(tpm) + now as f64 / 1e6 * f64::from(tpm) / 60.0 + largest as f64;
+            #[expect(clippy::cast_precision_loss, reason = "test bounds")]
+            let settled_f = settled as f64;
+            prop_assert!(settled_f <= bound + 1e-3, "{settled_f} > {bound}");
+        }
+
+        /// The `Retry-After` of a refusal is at least 1 and enough: after that many seconds the
+        /// same request passes (an estimate above the capacity included).
+        #[test]
+        fn token_retry_after_is_at_least_one_and_sufficient(
+            tpm in 1u32..100_000,
+            level in -200_000i64..100_000,
+            estimate in 1u64..300_000,
+        ) {
+            let mut b = TokenBucket::full(tpm, 0);
+            b.debit(tpm, i64::from(tpm) - level, 0);
+            let mut probe = b;
+            if let Some(wait) = probe.wait_for(tpm, estimate, 0) {
+                prop_assert!(wait >= 1);
+                let mut later = [b];
+                let at = i64::try_from(wait).unwrap() * SEC;
+                prop_assert_eq!(take_all(&mut later, &[tpm], estimate, at), Ok(()));
+                if wait > 1 {
+                    let mut early = [b];
+                    let before = (i64::try_from(wait).unwrap() - 1) * SEC;
+                    prop_assert!(take_all(&mut early, &[tpm], estimate, before).is_err());
+                }
+            }
+        }
+
+        /// A refusal leaves every bucket as it was; an admission debits each by the amount.
+        #[test]
+        fn take_all_changes_all_buckets_or_none(
+            levels in proptest::collection::vec((1u32..10_000, -10_000i64..10_000), 1..4),
+            amount in 0u64..20_000,
+        ) {
+            let tpms: Vec<u32> = levels.iter().map(|(t, _)| *t).collect();
+            let mut buckets: Vec<TokenBucket> = levels
+                .iter()
+                .map(|(t, l)| TokenBucket::from_parts((*l).min(i64::from(*t)) as f64, 0))
+                .collect();
+            let before = buckets.clone();
+            match take_all(&mut buckets, &tpms, amount, 0) {
+                Ok(()) => {
+                    for (b, a) in buckets.iter().zip(&before) {
+                        prop_assert!((a.tokens() - b.tokens() - amount as f64).abs() < 1e-6);
+                    }
+                }
+                Err((i, _)) => {
+                    prop_assert_eq!(&buckets, &before);
+                    prop_assert!(i < buckets.len());
+                }
+            }
+        }
+
         #[test]
         fn admitted_requests_never_exceed_capacity_plus_refill(
             rpm in 1u32..600,

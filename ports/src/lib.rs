@@ -20,6 +20,7 @@ pub mod queue;
 pub mod sessions;
 pub mod storage;
 pub mod system;
+pub mod token_limits;
 pub mod tokens;
 pub mod trace;
 pub mod upstream;

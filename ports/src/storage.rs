@@ -558,6 +558,8 @@ pub trait PatternFiles: Send + Sync {
 pub struct FleetAdmission {
     pub spend: Arc<dyn SpendAdmission>,
     pub per_key: Arc<dyn KeyRateLimiter>,
+    /// Token-per-minute buckets (key, user, team).
+    pub tokens: Arc<dyn crate::token_limits::TokenRateLimiter>,
 }
 
 impl std::fmt::Debug for FleetAdmission {

@@ -150,6 +150,8 @@ pub struct KeySpec {
     pub rpm: Option<u32>,
     pub user: Option<String>,
     pub team: Option<String>,
+    /// Tokens per minute (set on the stored record after issuing).
+    pub tpm: Option<u32>,
 }
 
 /// Options of [`TestGateway::spawn_with`].
@@ -583,6 +585,22 @@ async fn issue(
     let issued = metis::keys_cli::issue(paths, &req)
         .await
         .with_context(|| format!("issue key {}", spec.name))?;
+    if let Some(tpm) = spec.tpm {
+        let key_id = issued.record.key_id.clone();
+        metis::keys_cli::open_keystore(paths)?
+            .update(Box::new(
+                move |keys: &mut Vec<metis_domain::keys::KeyRecord>| {
+                    let k = keys
+                        .iter_mut()
+                        .find(|k| k.key_id == key_id)
+                        .ok_or("the issued key is not in the store")?;
+                    k.tpm = Some(tpm);
+                    Ok(())
+                },
+            ))
+            .await
+            .with_context(|| format!("set the tpm of key {}", spec.name))?;
+    }
     Ok(IssuedKey {
         key_id: issued.record.key_id,
         token: issued.token,

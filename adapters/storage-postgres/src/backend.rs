@@ -248,6 +248,7 @@ impl StorageBackend for PostgresBackend {
         self.db
             .block_on(async move {
                 crate::admission::migrate(&db).await?;
+                crate::token_limits::migrate(&db).await?;
                 crate::admission::forget_old_settlements(&db).await?;
                 store
                     .seed(&seed)
@@ -256,6 +257,14 @@ impl StorageBackend for PostgresBackend {
                 Ok(())
             })
             .map_err(trace_err)?;
-        Ok(Some(FleetAdmission { spend, per_key }))
+        let tokens = Arc::new(crate::token_limits::PgTokenLimiter::new(
+            self.db.clone(),
+            max_buckets,
+        ));
+        Ok(Some(FleetAdmission {
+            spend,
+            per_key,
+            tokens,
+        }))
     }
 }

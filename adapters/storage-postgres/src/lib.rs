@@ -1,6 +1,7 @@
 //! PostgreSQL adapters: one database shared by a fleet of gateways.
 //!
 //! - [`admission`]: spend caps and per-key rate limits held in the database for the whole fleet.
+//! - [`token_limits`]: token-per-minute buckets (key, user, team) for the whole fleet.
 //! - [`PostgresBackend`]: the storage port (`--store postgres`), the one entry point the
 //!   application uses: the main store (trace events with the audit chain, spend and usage
 //!   queries, sessions), the key store (`--keystore store`), maintenance and copies.
@@ -32,6 +33,7 @@ pub mod schema;
 pub mod scratch;
 mod snapshot;
 pub mod tables;
+pub mod token_limits;
 mod trace;
 mod writer;
 

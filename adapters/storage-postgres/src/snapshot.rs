@@ -40,11 +40,12 @@ use crate::tables::{MAIN_STORE, TRACE};
 const MAGIC: &str = "METIS-POSTGRES-SNAPSHOT 1";
 
 /// Tables of the moment, left out of a snapshot (see the module docs).
-const TRANSIENT: [&str; 4] = [
+const TRANSIENT: [&str; 5] = [
     "metis_schema",
     "spend_holds",
     "spend_settled",
     "rate_buckets",
+    "token_buckets",
 ];
 
 /// Every component a restore brings to this binary's version before loading.
@@ -52,6 +53,7 @@ fn components() -> Vec<&'static Component> {
     let mut all: Vec<&'static Component> = MAIN_STORE.iter().collect();
     all.push(&crate::patterns::COMPONENT);
     all.push(&crate::admission::COMPONENT);
+    all.push(&crate::token_limits::COMPONENT);
     all
 }
 

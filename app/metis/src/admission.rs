@@ -9,19 +9,20 @@
 //! out its own (`StorageBackend::fleet_admission`): its `SpendAdmission` becomes the store,
 //! seeded with the trace's balances for accounts it has never seen, which are also this
 //! process's first "last known" ones (what `--spend-outage fail-open` decides on); its
-//! `KeyRateLimiter` holds the per-key buckets.
+//! `KeyRateLimiter` holds the per-key buckets and its `TokenRateLimiter` the token buckets.
 
 use crate::cli::{ServeArgs, SpendOutage};
 use anyhow::Context;
 use metis_domain::keys::KeyRecord;
 use metis_domain::time::{Calendar, day_start, week_start};
-use metis_ports::admission::{KeyRateLimiter, SpendAdmission};
+use metis_ports::admission::SpendAdmission;
 use metis_ports::metrics::Metrics;
-use metis_ports::storage::StorageBackend;
+use metis_ports::storage::{FleetAdmission, StorageBackend};
 use metis_ports::system::{Background, Clock, IdSource};
 use metis_ports::trace::TraceQuery;
 use metis_usecases::{
     KeyBuckets, Limiter, OutagePolicy, RateLimitConfig, SpendGuard, SpendGuardParts, SpendLedger,
+    TokenLimiter,
 };
 use std::sync::Arc;
 
@@ -38,7 +39,7 @@ pub async fn guards(
     keys: &[KeyRecord],
     (clock, ids): (&dyn Clock, &dyn IdSource),
     (metrics, background): (Arc<dyn Metrics>, Arc<dyn Background>),
-) -> anyhow::Result<(Arc<SpendGuard>, Option<Arc<dyn KeyRateLimiter>>)> {
+) -> anyhow::Result<(Arc<SpendGuard>, Option<FleetAdmission>)> {
     let now = clock.now_us();
     let calendar = Calendar::new(args.budget_month_start_day).map_err(anyhow::Error::msg)?;
     let spent = trace
@@ -58,8 +59,8 @@ pub async fn guards(
     .await
     .context("admission store task failed")?
     .context("cannot open the shared admission store")?;
-    let (store, known, per_key): (Arc<dyn SpendAdmission>, SpendLedger, _) = match fleet {
-        Some(fleet) => (fleet.spend, ledger, Some(fleet.per_key)),
+    let (store, known, shared): (Arc<dyn SpendAdmission>, SpendLedger, _) = match fleet {
+        Some(fleet) => (Arc::clone(&fleet.spend), ledger, Some(fleet)),
         // The in-process ledger is never unavailable: it needs no second copy.
         None => (Arc::new(ledger), SpendLedger::default(), None),
     };
@@ -78,20 +79,34 @@ pub async fn guards(
         ]),
         calendar,
     });
-    Ok((guard, per_key))
+    Ok((guard, shared))
 }
 
-/// The rate limiter of `--rate-limit…`, with per-key buckets in `shared` (a fleet store) or
-/// in the process.
+/// The rate limiter of `--rate-limit…` and the token limits, with per-key and token buckets
+/// in `shared` (a fleet store) or in the process.
 #[must_use]
-pub fn limiter(args: &ServeArgs, shared: Option<Arc<dyn KeyRateLimiter>>) -> Arc<Limiter> {
+pub fn limiter(
+    args: &ServeArgs,
+    shared: Option<FleetAdmission>,
+    background: Arc<dyn Background>,
+) -> Arc<Limiter> {
     let config = RateLimitConfig {
         enabled: args.rate_limit,
         per_key_rpm: args.rate_limit_per_key_rpm,
         per_ip_rpm: args.rate_limit_per_ip_rpm,
         trusted_proxies: args.trusted_proxy.clone(),
+        tpm_default_output_tokens: args.tpm_default_output_tokens,
         ..RateLimitConfig::default()
     };
-    let per_key = shared.unwrap_or_else(|| Arc::new(KeyBuckets::new(config.max_tracked)) as Arc<_>);
-    Arc::new(Limiter::new(config, per_key))
+    let max = config.max_tracked;
+    match shared {
+        Some(fleet) => Arc::new(
+            Limiter::new(config, fleet.per_key).with_tokens(TokenLimiter::over(
+                fleet.tokens,
+                background,
+                max,
+            )),
+        ),
+        None => Arc::new(Limiter::new(config, Arc::new(KeyBuckets::new(max)))),
+    }
 }

@@ -383,7 +383,7 @@ impl App {
             trace: Arc::new(crate::telemetry::OtelTraceContext {
                 exporting: crate::telemetry::exporting(),
             }),
-            limiter: crate::admission::limiter(&args, shared_limits),
+            limiter: crate::admission::limiter(&args, shared_limits, Arc::new(background.clone())),
         }));
         core.set_alerts(Arc::clone(&alerts));
 

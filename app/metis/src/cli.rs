@@ -522,6 +522,10 @@ pub struct ServeArgs {
     /// Per-client-IP budget in requests per minute.
     #[arg(long, env = "METIS_GATEWAY_RATE_LIMIT_PER_IP_RPM", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
     pub rate_limit_per_ip_rpm: u32,
+    /// Output tokens a token-limit (`tpm`) estimate assumes for a request that names no
+    /// maximum (`max_tokens`, `max_completion_tokens`, `max_output_tokens`).
+    #[arg(long, env = "METIS_GATEWAY_TPM_DEFAULT_OUTPUT_TOKENS", default_value_t = metis_usecases::DEFAULT_TPM_OUTPUT_TOKENS)]
+    pub tpm_default_output_tokens: u64,
     /// Proxy address or CIDR whose `X-Forwarded-For` is believed (repeatable; env is
     /// comma-separated). Without it the socket peer is the client.
     #[arg(long = "trusted-proxy", env = "METIS_GATEWAY_TRUSTED_PROXY", value_delimiter = ',', value_parser = parse_cidr)]
@@ -935,6 +939,7 @@ mod tests {
             (60, 1000)
         );
         assert_eq!(a.spend_outage, SpendOutage::FailClosed);
+        assert_eq!(a.tpm_default_output_tokens, 4096);
     }
 
     #[test]

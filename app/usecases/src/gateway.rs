@@ -434,6 +434,7 @@ impl GatewayService for GatewayCore {
                     stream: req.stream,
                     estimated_input_tokens: req.estimate_input_tokens(),
                     max_output_tokens: req.max_tokens,
+                    tpm: self.tpm_of(&admission, Some((&routed.entry.upstream_name, &req))),
                     features: Some(fingerprint(&req, &admission.key.workspace_path)),
                 },
             )

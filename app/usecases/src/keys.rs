@@ -21,6 +21,7 @@ use metis_domain::events::types::{
 use metis_domain::events::{Payload, make_event};
 use metis_domain::keys::{KeyChange, KeyChangeEvent, KeyRecord, next_lapse, shown_changes};
 use metis_domain::model_groups::ModelGroups;
+use metis_domain::ratelimit::{TpmLine, tpm_lines};
 use metis_domain::spend::Budget;
 use metis_domain::time::Timestamp;
 use metis_ports::keys::{KeyStore, KeyStoreError};
@@ -53,6 +54,8 @@ pub struct KeyIndex {
     policies: Policies,
     policy_index: PolicyIndex,
     groups: ModelGroups,
+    /// The token limits (key, user, team) of each key that has any, by token hash.
+    tpm: HashMap<String, Arc<[TpmLine]>>,
 }
 
 /// Why a model is refused to a key: the level whose allow-list lacks it.
@@ -85,12 +88,20 @@ impl KeyIndex {
                 (r.secret_hash.to_ascii_lowercase(), entry)
             })
             .collect();
+        let tpm = ordered
+            .iter()
+            .filter_map(|r| {
+                let lines = tpm_lines(r, r.account(), &policy_index);
+                (!lines.is_empty()).then(|| (r.secret_hash.to_ascii_lowercase(), Arc::from(lines)))
+            })
+            .collect();
         KeyIndex {
             by_hash,
             ordered,
             policies,
             policy_index,
             groups,
+            tpm,
         }
     }
 
@@ -147,6 +158,24 @@ impl KeyIndex {
     #[must_use]
     pub fn allows_model(&self, key: &KeyRecord, canonical_model: &str, aliases: &[&str]) -> bool {
         self.check_model(key, canonical_model, aliases).is_ok()
+    }
+
+    /// The token limits of the key with token hash `hash` (lowercase hex; none for most keys).
+    #[must_use]
+    pub fn tpm_lines(&self, hash: &str) -> Option<&Arc<[TpmLine]>> {
+        if self.tpm.is_empty() {
+            return None;
+        }
+        self.tpm.get(hash)
+    }
+
+    /// The token limits of `key` (nothing is allocated when no key has any).
+    #[must_use]
+    pub fn tpm_lines_of(&self, key: &KeyRecord) -> Option<&Arc<[TpmLine]>> {
+        if self.tpm.is_empty() {
+            return None;
+        }
+        self.tpm.get(&key.secret_hash.to_ascii_lowercase())
     }
 
     #[must_use]
@@ -508,6 +537,70 @@ impl KeySync {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_limits_are_built_once_per_key_from_its_record_and_the_policies() {
+        use metis_domain::budgets::{BudgetPolicy, Policies, ScopeKind};
+        let mut team = BudgetPolicy {
+            scope: ScopeKind::Team,
+            id: "ml".to_owned(),
+            daily_usd: None,
+            weekly_usd: None,
+            monthly_usd: None,
+            tpm: Some(20_000),
+            alert_at: None,
+            allowed_models: None,
+            updated_at: None,
+        };
+        let policies = Policies {
+            budgets: vec![team.clone()],
+            ..Policies::default()
+        };
+        let record = |id: &str, hash: &str, extra: serde_json::Value| {
+            let mut v =
+                serde_json::json!({"key_id": id, "secret_hash": hash, "workspace_path": "/w"});
+            if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+                o.extend(e.clone());
+            }
+            serde_json::from_value::<KeyRecord>(v).unwrap()
+        };
+        let keys = vec![
+            record(
+                "gk_a",
+                "AA",
+                serde_json::json!({"team_id": "ml", "tpm": 1000}),
+            ),
+            record("gk_b", "bb", serde_json::json!({"team_id": "ml"})),
+            record("gk_c", "cc", serde_json::json!({"team_id": "other"})),
+        ];
+        let ring = KeyRing::new(keys.clone());
+        assert!(ring.snapshot().tpm_lines("bb").is_none(), "no policies yet");
+        ring.replace_with_policies(keys.clone(), policies);
+        let index = ring.snapshot();
+        let a: Vec<_> = index
+            .tpm_lines("aa")
+            .unwrap()
+            .iter()
+            .map(|l| (l.bucket.clone(), l.tpm))
+            .collect();
+        assert_eq!(
+            a,
+            [
+                ("tpm:key:gk_a".to_owned(), 1000),
+                ("tpm:team:ml".to_owned(), 20_000)
+            ]
+        );
+        // Both keys of the team share its bucket; a key outside it has none.
+        assert_eq!(index.tpm_lines("bb").unwrap()[0].bucket, "tpm:team:ml");
+        assert!(index.tpm_lines("cc").is_none());
+        team.tpm = None;
+        let none = Policies {
+            budgets: vec![team],
+            ..Policies::default()
+        };
+        ring.replace_with_policies(keys, none);
+        assert!(ring.snapshot().tpm_lines("bb").is_none());
+    }
 
     /// Caps are parsed when the index is built and served with the key and its spend account,
     /// with the rules of `Caps::of` (a cap that is not a positive number counts as absent).

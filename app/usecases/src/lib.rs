@@ -18,13 +18,15 @@ mod recorder;
 pub mod spend;
 pub mod storage;
 mod stream;
+pub mod token_limits;
 mod wire;
 
 pub use admin::AdminFacade;
 pub use gateway::{CoreParts, GatewayCore};
 pub use key_admin::{AdminError, IssueRequest, KeyAdmin};
 pub use keys::{KeyIndex, KeyRing, KeySync, KeySyncParts};
-pub use limits::{KeyBuckets, Limiter, RateLimitConfig};
+pub use limits::{DEFAULT_TPM_OUTPUT_TOKENS, KeyBuckets, Limiter, RateLimitConfig};
 pub use live::{LiveMetrics, LiveWindow};
 pub use ops::{OpsFacade, OpsParts};
 pub use spend::{OutagePolicy, SpendGuard, SpendGuardParts, SpendLedger};
+pub use token_limits::{TokenBuckets, TokenLimiter, TpmHold};

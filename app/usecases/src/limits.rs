@@ -11,6 +11,7 @@
 //! In-process buckets are sharded LRU maps behind short mutexes (no await while held), so
 //! memory stays bounded under millions of distinct keys or addresses and contention stays low.
 
+use crate::token_limits::TokenLimiter;
 use metis_domain::ratelimit::{BucketMap, Cidr, LeakDetector, LeakSignal, client_ip};
 use metis_ports::admission::{Answer, KeyRateLimiter, StoreUnavailable, Take};
 use std::borrow::Borrow;
@@ -32,6 +33,9 @@ pub struct RateLimitConfig {
     pub trusted_proxies: Vec<Cidr>,
     /// Buckets kept per map (LRU beyond that).
     pub max_tracked: usize,
+    /// Output tokens a token-limit estimate assumes when the request sets no maximum
+    /// (`max_tokens`, `max_completion_tokens`, `max_output_tokens`).
+    pub tpm_default_output_tokens: u64,
 }
 
 impl Default for RateLimitConfig {
@@ -42,9 +46,14 @@ impl Default for RateLimitConfig {
             per_ip_rpm: 1000,
             trusted_proxies: Vec::new(),
             max_tracked: 100_000,
+            tpm_default_output_tokens: DEFAULT_TPM_OUTPUT_TOKENS,
         }
     }
 }
+
+/// The default of `--tpm-default-output-tokens`: the output a token-limit estimate assumes
+/// when the request names no maximum (the same figure the spend reservation assumes).
+pub const DEFAULT_TPM_OUTPUT_TOKENS: u64 = 4096;
 
 const SHARDS: usize = 16;
 
@@ -150,6 +159,9 @@ pub struct Limiter {
     per_key_fallback: Option<KeyBuckets>,
     per_ip: Sharded<IpAddr>,
     leaks: Mutex<LeakDetector>,
+    /// Token-per-minute limits (key, user, team); enforced whenever a key has any, whatever
+    /// `config.enabled` says (a `tpm` is set explicitly per key or budget).
+    pub tokens: TokenLimiter,
     epoch: Instant,
     last_event_sec: AtomicI64,
     suppressed: AtomicU64,
@@ -166,11 +178,19 @@ impl Limiter {
             per_key,
             per_ip: Sharded::new(max),
             leaks: Mutex::new(LeakDetector::new(max.min(100_000))),
+            tokens: TokenLimiter::in_process(max),
             config,
             epoch: Instant::now(),
             last_event_sec: AtomicI64::new(i64::MIN),
             suppressed: AtomicU64::new(0),
         }
+    }
+
+    /// Keep token buckets in `tokens` (instead of this process).
+    #[must_use]
+    pub fn with_tokens(mut self, tokens: TokenLimiter) -> Self {
+        self.tokens = tokens;
+        self
     }
 
     /// Monotonic µs since the limiter was built.

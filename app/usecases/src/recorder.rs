@@ -7,6 +7,7 @@
 
 use crate::patterns::PatternBatcher;
 use crate::spend::SpendHold;
+use crate::token_limits::TpmHold;
 use metis_domain::canonical::{BlockDelta, BlockStart, StopReason, StreamEvent, Usage};
 use metis_domain::error::ErrorClass;
 use metis_domain::events::{
@@ -56,6 +57,9 @@ pub(crate) struct CallRecorder {
     pub price: Option<Price>,
     /// The call's hold on its key's spend caps, settled with the actual cost.
     pub reservation: Option<SpendHold>,
+    /// The call's token estimate on its key's, user's and team's token limits, settled to
+    /// the actual input + output tokens.
+    pub tpm: Option<TpmHold>,
     pub metrics: Arc<dyn Metrics>,
     /// Counts the request as in flight until the recorder (or its stream) is dropped.
     pub inflight: InflightGuard,
@@ -168,6 +172,13 @@ impl CallRecorder {
         let now = self.clock.now_us();
         if let Some(r) = self.reservation.as_mut() {
             r.settle(cost, now);
+        }
+        if let Some(t) = self.tpm.as_mut() {
+            t.settle(
+                self.usage
+                    .total_input()
+                    .saturating_add(self.usage.output_tokens),
+            );
         }
         if let Some(hook) = &self.session {
             let turn = SessionTurn::new(&hook.link, &hook.workspace, Some(&self.model), cost, now);

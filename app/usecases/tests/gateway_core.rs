@@ -1580,3 +1580,134 @@ async fn embeddings_are_priced_on_the_upstream_count_and_recorded_like_calls() {
     let (day, reserved) = spend_of(&w, "gk_live");
     assert!((day - 0.002).abs() < 1e-12 && reserved == 0.0);
 }
+
+// ---------------------------------------------------------------------------------------
+// Token limits (tpm)
+// ---------------------------------------------------------------------------------------
+
+fn tokens_limited(r: Result<Reply, GatewayError>) -> (&'static str, u32, u64) {
+    match r {
+        Err(GatewayError::TokenRateLimited {
+            scope,
+            tpm,
+            retry_after_secs,
+        }) => (scope, tpm, retry_after_secs),
+        Err(e) => panic!("expected a token-limit refusal, got {e:?}"),
+        Ok(_) => panic!("expected a token-limit refusal, the call was admitted"),
+    }
+}
+
+#[tokio::test]
+async fn the_estimate_is_the_tokenizer_count_plus_the_default_output_and_is_held_while_streaming() {
+    // 1000 tpm (16.7 per second); the tokenizer says 100 input tokens; no max_tokens means
+    // 400 output tokens.
+    let w = Setup {
+        keys: vec![key("gk_live", TOKEN, json!({"tpm": 1000}))],
+        tokenizer: Some(100),
+        limits: RateLimitConfig {
+            tpm_default_output_tokens: 400,
+            ..RateLimitConfig::default()
+        },
+        ..Setup::default()
+    }
+    .build();
+    w.oai
+        .answer(Scripted::Stream(vec![Step::Chunk(CHUNK_1), Step::Hang]));
+    let Reply::Stream(mut held) = w.call(Shape::OpenAi, chat_stream(None)).await.unwrap() else {
+        panic!("expected a stream");
+    };
+    assert!(held.next().await.is_some());
+    // 500 held: 100 + 450 does not fit (50 missing: 3 s), 100 + 350 does.
+    let (scope, tpm, secs) = tokens_limited(w.call(Shape::OpenAi, chat_stream(Some(450))).await);
+    assert_eq!((scope, tpm), ("key_tpm", 1000));
+    assert!((2..=3).contains(&secs), "retry after {secs}s");
+    w.oai.answer(Scripted::Json(chat_answer()));
+    let mut body = chat("oai:m");
+    body["max_tokens"] = json!(350);
+    assert!(w.call(Shape::OpenAi, body).await.is_ok());
+    // The client hangs up: the stream settles to its estimated usage (~100 + 1), far below
+    // 500, so a 100 + 400 call fits again (the JSON call settled to 15 of its 450).
+    drop(held);
+    w.oai.answer(Scripted::Json(chat_answer()));
+    assert!(w.call(Shape::OpenAi, chat("oai:m")).await.is_ok());
+}
+
+#[tokio::test]
+async fn the_keys_of_a_team_share_its_token_limit_and_a_refusal_names_team_tpm() {
+    use metis_domain::budgets::{BudgetPolicy, Policies, ScopeKind};
+    const OTHER: &str = "gw_other_token";
+    let keys = vec![
+        key("gk_live", TOKEN, json!({"team_id": "ml"})),
+        key("gk_other", OTHER, json!({"team_id": "ml", "tpm": 100000})),
+    ];
+    let w = Setup {
+        keys: keys.clone(),
+        tokenizer: Some(100),
+        ..Setup::default()
+    }
+    .build();
+    let policies = Policies {
+        budgets: vec![BudgetPolicy {
+            scope: ScopeKind::Team,
+            id: "ml".to_owned(),
+            daily_usd: None,
+            weekly_usd: None,
+            monthly_usd: None,
+            tpm: Some(1200),
+            alert_at: None,
+            allowed_models: None,
+            updated_at: None,
+        }],
+        ..Policies::default()
+    };
+    w.core.keys.replace_with_policies(keys, policies);
+    w.oai
+        .answer(Scripted::Stream(vec![Step::Chunk(CHUNK_1), Step::Hang]));
+    let Reply::Stream(mut held) = w
+        .call(Shape::OpenAi, chat_stream(Some(1000)))
+        .await
+        .unwrap()
+    else {
+        panic!("expected a stream");
+    };
+    assert!(held.next().await.is_some());
+    // The other key has room of its own but not in the team's bucket: 1100 held, 200 asked
+    // (100 counted + max_tokens 100).
+    let admission = w
+        .core
+        .admit(meta(Shape::Anthropic, Some(OTHER)))
+        .await
+        .unwrap();
+    let refused = w
+        .core
+        .handle(admission, Bytes::from(messages("anth:m").to_string()))
+        .await;
+    let (scope, tpm, secs) = tokens_limited(refused);
+    assert_eq!((scope, tpm), ("team_tpm", 1200));
+    assert!(
+        (4..=5).contains(&secs),
+        "100 missing at 20 per second: {secs}s"
+    );
+    let rendered = GatewayError::TokenRateLimited {
+        scope,
+        tpm,
+        retry_after_secs: secs,
+    }
+    .render(Shape::Anthropic);
+    assert_eq!(rendered.body["error"]["scope"], "team_tpm");
+    drop(held);
+    w.anth.answer(Scripted::Json(messages_answer()));
+    let admission = w
+        .core
+        .admit(meta(Shape::Anthropic, Some(OTHER)))
+        .await
+        .unwrap();
+    let ok = w
+        .core
+        .handle(admission, Bytes::from(messages("anth:m").to_string()))
+        .await;
+    assert!(
+        ok.is_ok(),
+        "the cancelled stream gave the team its tokens back"
+    );
+}

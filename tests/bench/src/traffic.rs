@@ -120,6 +120,7 @@ impl Traffic {
                 &RateLimited {
                     scope: "key",
                     rpm: 60,
+                    tpm: None,
                     retry_after_seconds: 1,
                     inbound_shape: "openai",
                     token_hash_prefix: Some(format!("{:08x}", h >> 32)),

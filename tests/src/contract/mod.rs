@@ -22,6 +22,7 @@ pub mod maintenance;
 pub mod patterns;
 pub mod patterns_postgres;
 pub mod sessions;
+pub mod token_limits;
 pub mod trace;
 
 use std::path::PathBuf;

@@ -45,3 +45,6 @@ mod redb_cli;
 mod revoke_latency;
 mod storage_contract;
 mod tls_inprocess;
+mod token_limits;
+mod token_limits_contract;
+mod token_limits_fleet;

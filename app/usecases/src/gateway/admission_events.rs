@@ -163,6 +163,46 @@ impl GatewayCore {
         self.emit(&session, None, None, &payload);
     }
 
+    /// A token-limit refusal: its WARN line and, sampled like the rpm denials (at most one
+    /// per second), a `gateway.rate_limited` event with `scope` and `tpm`.
+    pub(super) fn tokens_limited(
+        &self,
+        d: crate::token_limits::TokensDenied,
+        estimate: u64,
+        shape: Shape,
+        key: &metis_domain::keys::KeyRecord,
+    ) {
+        tracing::warn!(
+            "rate-limit deny bucket={} tpm={} estimate={} retry_after={}s shape={} key_id={}",
+            d.scope,
+            d.tpm,
+            estimate,
+            d.retry_after_secs,
+            shape.as_str(),
+            key.key_id
+        );
+        if let Some(suppressed) = self.limiter.sample_denial() {
+            let session = format!("gw_{}", self.ids.ulid());
+            let payload = RateLimited {
+                scope: d.scope,
+                rpm: 0,
+                tpm: Some(d.tpm),
+                retry_after_seconds: d.retry_after_secs,
+                inbound_shape: shape.as_str(),
+                token_hash_prefix: Some(
+                    key.secret_hash
+                        .chars()
+                        .take(8)
+                        .collect::<String>()
+                        .to_ascii_lowercase(),
+                ),
+                client_ip: None,
+                suppressed,
+            };
+            self.emit(&session, None, None, &payload);
+        }
+    }
+
     pub(super) fn rate_limited(
         &self,
         d: crate::limits::Denied,
@@ -192,6 +232,7 @@ impl GatewayCore {
             let payload = RateLimited {
                 scope: d.scope,
                 rpm: d.rpm,
+                tpm: None,
                 retry_after_seconds: d.retry_after_secs,
                 inbound_shape: shape.as_str(),
                 token_hash_prefix: (d.scope == "per_key").then_some(key_fp).flatten(),

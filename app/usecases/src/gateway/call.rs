@@ -8,10 +8,13 @@
 
 use super::{DEFAULT_MAX_TOKENS_ESTIMATE, GatewayCore};
 use crate::recorder::{CallRecorder, InflightGuard, PatternHook, SessionHook};
+use crate::token_limits::TpmHold;
+use metis_domain::canonical::ChatRequest;
 use metis_domain::error::{ErrorClass, GatewayError};
 use metis_domain::events::{CallIdentity, LlmCallStarted, RouteChainEntry, RouteDecided};
 use metis_domain::models::ModelEntry;
 use metis_domain::patterns::StructuralFeatures;
+use metis_domain::ratelimit::TpmLine;
 use metis_ports::gateway::Admission;
 use metis_ports::upstream::{Provider, UpstreamError, UpstreamReply, UpstreamRequest};
 use std::sync::Arc;
@@ -37,6 +40,10 @@ pub(super) struct CallSpec {
     pub estimated_input_tokens: u64,
     /// Output tokens the reservation assumes (`None`: the default estimate).
     pub max_output_tokens: Option<u64>,
+    /// The key's token limits (from [`GatewayCore::tpm_of`]): its lines, and the input
+    /// tokens by the gateway's tokenizer when it knows the model (`None`:
+    /// `estimated_input_tokens`, characters / 4). `None` for a key without token limits.
+    pub tpm: Option<(Arc<[TpmLine]>, Option<u64>)>,
     /// The turn's structural fingerprint, for the pattern projection (chat calls only).
     pub features: Option<StructuralFeatures>,
 }
@@ -135,6 +142,9 @@ impl GatewayCore {
     ) -> Result<StartedCall, GatewayError> {
         let key = &admission.key;
         let entry = &routed.entry;
+        // Token limits first: a 429 costs nothing to refuse, and a hold dropped below (a
+        // refused spend reservation) gives its tokens back.
+        let tpm = self.take_tokens(admission, &spec).await?;
         let price = self.price_of(&entry.id);
         let estimate = price.map_or(0.0, |p| {
             p.cost(&metis_domain::canonical::Usage {
@@ -238,6 +248,7 @@ impl GatewayCore {
             identity: routed.identity.clone(),
             price,
             reservation: Some(reservation),
+            tpm,
             metrics: Arc::clone(&self.metrics),
             inflight: InflightGuard::new(Arc::clone(&self.metrics)),
             pricing_version: self.prices.version.clone(),
@@ -259,6 +270,59 @@ impl GatewayCore {
             traceparent,
             upstream_span,
         })
+    }
+
+    /// The key's token limits and, for them, the tokenizer's count of `req` (`None`, and
+    /// nothing counted, for a key without token limits: most keys).
+    pub(super) fn tpm_of(
+        &self,
+        admission: &Admission,
+        tokenized: Option<(&str, &ChatRequest)>,
+    ) -> Option<(Arc<[TpmLine]>, Option<u64>)> {
+        let lines = Arc::clone(self.keys.snapshot().tpm_lines_of(&admission.key)?);
+        let counted = tokenized.and_then(|(model, req)| self.tokenizer.count(model, req));
+        Some((lines, counted))
+    }
+
+    /// Take the call's token estimate (input + requested maximum output, or
+    /// `--tpm-default-output-tokens`) from the key's, user's and team's buckets.
+    ///
+    /// # Errors
+    /// `TokenRateLimited` naming the bucket that cannot cover it.
+    async fn take_tokens(
+        &self,
+        admission: &Admission,
+        spec: &CallSpec,
+    ) -> Result<Option<TpmHold>, GatewayError> {
+        let Some((lines, counted)) = &spec.tpm else {
+            return Ok(None);
+        };
+        let input = counted.unwrap_or(spec.estimated_input_tokens);
+        let output = spec
+            .max_output_tokens
+            .unwrap_or(self.limiter.config.tpm_default_output_tokens);
+        let estimate = input.saturating_add(output);
+        let taken = self.limiter.tokens.take(lines, estimate).await;
+        if taken.store_unavailable {
+            self.metrics.admission_outage("token_limit", "local");
+        }
+        match taken.result {
+            Ok(hold) => {
+                for line in lines.iter() {
+                    self.metrics.rate_limit(line.scope_name(), true);
+                }
+                Ok(hold)
+            }
+            Err(d) => {
+                self.metrics.rate_limit(d.scope, false);
+                self.tokens_limited(d, estimate, admission.shape, &admission.key);
+                Err(GatewayError::TokenRateLimited {
+                    scope: d.scope,
+                    tpm: d.tpm,
+                    retry_after_secs: d.retry_after_secs,
+                })
+            }
+        }
     }
 
     /// Send the call upstream. A failure is recorded on the call and mapped to the client's

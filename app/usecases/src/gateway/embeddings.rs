@@ -54,6 +54,7 @@ impl GatewayCore {
                     stream: false,
                     estimated_input_tokens: estimated,
                     max_output_tokens: Some(0),
+                    tpm: self.tpm_of(&admission, None),
                     features: None,
                 },
             )
