@@ -9,10 +9,12 @@
   const ROLE_RANK = { viewer: 0, operator: 1, admin: 2 };
   const AUDIT_TYPES = [
     'gateway.key_issued', 'gateway.key_revoked', 'gateway.key_rotated', 'gateway.key_expired',
-    'gateway.auth_failed',
+    'gateway.key_updated', 'gateway.auth_failed',
     'gateway.quota_exceeded', 'quota.alert', 'quota.alert_delivered', 'quota.alert_undelivered',
     'gateway.key_leak_suspected', 'gateway.rate_limited',
     'trace.swept', 'routing.policy_invalid', 'pattern.evicted', 'memory.eviction',
+    'gateway.budget_set', 'gateway.budget_deleted', 'gateway.model_group_set',
+    'gateway.model_group_deleted',
   ];
   const SVG_NS = 'http://www.w3.org/2000/svg';
 
