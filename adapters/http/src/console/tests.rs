@@ -49,3 +49,13 @@ fn no_page_has_inline_script_or_style() {
         }
     }
 }
+
+/// The audit page's type filter offers every audit type the gateway writes: a type added to
+/// the domain without the filter would be unreachable from the console.
+#[test]
+fn the_audit_filter_lists_every_audit_type() {
+    let js = include_str!("../../console/app.js");
+    for t in metis_domain::audit::AUDIT_TYPES {
+        assert!(js.contains(&format!("'{t}'")), "app.js AUDIT_TYPES lacks {t}");
+    }
+}
