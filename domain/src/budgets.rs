@@ -277,28 +277,29 @@ impl Policies {
     }
 }
 
-/// Budgets indexed by scope, built once per key reload (lookups on the request path's key-ring
-/// build, never per request).
+/// Budgets indexed by scope, built once per key reload. Lookups borrow the id (no allocation),
+/// since allow-list checks look up each tag of a key on the request path.
 #[derive(Debug, Clone, Default)]
 pub struct PolicyIndex {
-    by_scope: HashMap<(ScopeKind, String), BudgetPolicy>,
+    by_scope: HashMap<ScopeKind, HashMap<String, BudgetPolicy>>,
 }
 
 impl PolicyIndex {
     #[must_use]
     pub fn new(policies: &Policies) -> PolicyIndex {
-        PolicyIndex {
-            by_scope: policies
-                .budgets
-                .iter()
-                .map(|b| ((b.scope, b.id.clone()), b.clone()))
-                .collect(),
+        let mut by_scope: HashMap<ScopeKind, HashMap<String, BudgetPolicy>> = HashMap::new();
+        for b in &policies.budgets {
+            by_scope
+                .entry(b.scope)
+                .or_default()
+                .insert(b.id.clone(), b.clone());
         }
+        PolicyIndex { by_scope }
     }
 
     #[must_use]
     pub fn get(&self, scope: ScopeKind, id: &str) -> Option<&BudgetPolicy> {
-        self.by_scope.get(&(scope, id.to_owned()))
+        self.by_scope.get(&scope)?.get(id)
     }
 }
 

@@ -46,6 +46,9 @@ pub struct Admission {
     pub key: Arc<KeyRecord>,
     /// The key's spend account and caps, built when the key ring was built.
     pub budget: Budget,
+    /// The key's token limits (key, user, team buckets), built with the key ring; `None` for a
+    /// key without any (most keys).
+    pub tpm: Option<Arc<[metis_domain::ratelimit::TpmLine]>>,
     /// When the request arrived (unix µs).
     pub received_at_us: i64,
     /// The W3C `traceparent` the client sent, if any.

@@ -310,7 +310,7 @@ impl GatewayService for GatewayCore {
             self.auth_failed("missing_token", shape, None, None);
             return Err(GatewayError::InvalidApiKey);
         };
-        let Some((key, budget)) = index.get_with_budget(&hash) else {
+        let Some((key, budget, tpm)) = index.get_with_budget(&hash) else {
             self.auth_failed("invalid_token", shape, Some(&token), None);
             return Err(GatewayError::InvalidApiKey);
         };
@@ -381,6 +381,7 @@ impl GatewayService for GatewayCore {
             shape,
             key: Arc::clone(key),
             budget: budget.clone(),
+            tpm: tpm.clone(),
             received_at_us: now,
             traceparent: meta.traceparent,
             session,

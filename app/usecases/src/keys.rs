@@ -49,14 +49,16 @@ const _: () = assert!(KEY_POLL_INTERVAL.as_millis() * 2 <= KEY_PROPAGATION_BOUND
 /// groups loaded with them.
 #[derive(Debug, Default)]
 pub struct KeyIndex {
-    by_hash: HashMap<String, (Arc<KeyRecord>, Budget)>,
+    /// Each key with its spend budget and its token limits (`None` without any).
+    by_hash: HashMap<String, Entry>,
     ordered: Vec<Arc<KeyRecord>>,
     policies: Policies,
     policy_index: PolicyIndex,
     groups: ModelGroups,
-    /// The token limits (key, user, team) of each key that has any, by token hash.
-    tpm: HashMap<String, Arc<[TpmLine]>>,
 }
+
+/// A key as admission serves it: the record, its budget lines and its token limits.
+type Entry = (Arc<KeyRecord>, Budget, Option<Arc<[TpmLine]>>);
 
 /// Why a model is refused to a key: the level whose allow-list lacks it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,15 +86,13 @@ impl KeyIndex {
         let by_hash = ordered
             .iter()
             .map(|r| {
-                let entry = (Arc::clone(r), Budget::for_key(r, &policy_index));
+                let tpm = tpm_lines(r, r.account(), &policy_index);
+                let entry = (
+                    Arc::clone(r),
+                    Budget::for_key(r, &policy_index),
+                    (!tpm.is_empty()).then(|| Arc::from(tpm)),
+                );
                 (r.secret_hash.to_ascii_lowercase(), entry)
-            })
-            .collect();
-        let tpm = ordered
-            .iter()
-            .filter_map(|r| {
-                let lines = tpm_lines(r, r.account(), &policy_index);
-                (!lines.is_empty()).then(|| (r.secret_hash.to_ascii_lowercase(), Arc::from(lines)))
             })
             .collect();
         KeyIndex {
@@ -101,7 +101,6 @@ impl KeyIndex {
             policies,
             policy_index,
             groups,
-            tpm,
         }
     }
 
@@ -163,30 +162,18 @@ impl KeyIndex {
     /// The token limits of the key with token hash `hash` (lowercase hex; none for most keys).
     #[must_use]
     pub fn tpm_lines(&self, hash: &str) -> Option<&Arc<[TpmLine]>> {
-        if self.tpm.is_empty() {
-            return None;
-        }
-        self.tpm.get(hash)
-    }
-
-    /// The token limits of `key` (nothing is allocated when no key has any).
-    #[must_use]
-    pub fn tpm_lines_of(&self, key: &KeyRecord) -> Option<&Arc<[TpmLine]>> {
-        if self.tpm.is_empty() {
-            return None;
-        }
-        self.tpm.get(&key.secret_hash.to_ascii_lowercase())
+        self.by_hash.get(hash).and_then(|(_, _, tpm)| tpm.as_ref())
     }
 
     #[must_use]
     pub fn get(&self, hash: &str) -> Option<&Arc<KeyRecord>> {
-        self.by_hash.get(hash).map(|(k, _)| k)
+        self.by_hash.get(hash).map(|(k, _, _)| k)
     }
 
-    /// The key with token hash `hash` and its spend budget.
+    /// The key with token hash `hash`, its spend budget and its token limits.
     #[must_use]
-    pub fn get_with_budget(&self, hash: &str) -> Option<(&Arc<KeyRecord>, &Budget)> {
-        self.by_hash.get(hash).map(|(k, budget)| (k, budget))
+    pub fn get_with_budget(&self, hash: &str) -> Option<&Entry> {
+        self.by_hash.get(hash)
     }
 
     /// Every key, in keystore order.
@@ -201,7 +188,7 @@ impl KeyIndex {
         let active = self
             .by_hash
             .values()
-            .filter(|(k, _)| k.check_active(now).is_ok())
+            .filter(|(k, _, _)| k.check_active(now).is_ok())
             .count() as u64;
         (active, self.by_hash.len() as u64 - active)
     }
@@ -626,7 +613,7 @@ mod tests {
             vec![record("gk_a", "AA", Some(" 2.5 "), Some("NaN")), tagged],
             policies,
         );
-        let (key, budget) = index.get_with_budget("aa").unwrap();
+        let (key, budget, _) = index.get_with_budget("aa").unwrap();
         assert_eq!(key.key_id, "gk_a");
         let line = &budget.lines[0];
         assert_eq!(
@@ -639,7 +626,7 @@ mod tests {
         assert_eq!(line.caps, Caps::of(key));
         assert_eq!(&*line.account, "gk_a");
         assert_eq!(budget.lines.len(), 1);
-        let (_, team) = index.get_with_budget("bb").unwrap();
+        let (_, team, _) = index.get_with_budget("bb").unwrap();
         assert!(team.lines[0].caps.is_empty());
         assert_eq!(&*team.lines[1].account, "team:platform");
         assert_eq!(team.lines[1].caps.monthly_usd, Some(50.0));

@@ -56,6 +56,9 @@ fn no_page_has_inline_script_or_style() {
 fn the_audit_filter_lists_every_audit_type() {
     let js = include_str!("../../console/app.js");
     for t in metis_domain::audit::AUDIT_TYPES {
-        assert!(js.contains(&format!("'{t}'")), "app.js AUDIT_TYPES lacks {t}");
+        assert!(
+            js.contains(&format!("'{t}'")),
+            "app.js AUDIT_TYPES lacks {t}"
+        );
     }
 }

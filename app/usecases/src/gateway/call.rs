@@ -279,7 +279,7 @@ impl GatewayCore {
         admission: &Admission,
         tokenized: Option<(&str, &ChatRequest)>,
     ) -> Option<(Arc<[TpmLine]>, Option<u64>)> {
-        let lines = Arc::clone(self.keys.snapshot().tpm_lines_of(&admission.key)?);
+        let lines = Arc::clone(admission.tpm.as_ref()?);
         let counted = tokenized.and_then(|(model, req)| self.tokenizer.count(model, req));
         Some((lines, counted))
     }
