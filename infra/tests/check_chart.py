@@ -266,8 +266,14 @@ check("client secret and console session key come from Secrets (never a plain va
       env["METIS_GATEWAY_OIDC_CLIENT_SECRET"]["valueFrom"]["secretKeyRef"] == {"name": "metis-oidc", "key": "client-secret"}
       and env["METIS_GATEWAY_CONSOLE_SESSION_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "metis-console", "key": "session-key"}
       and env["METIS_GATEWAY_CONSOLE_PUBLIC_URL"]["value"] == "https://metis.example.com")
+check("alert webhook URL and signing secret from one Secret, timeout and attempts as env",
+      env["METIS_GATEWAY_ALERT_WEBHOOK"]["valueFrom"]["secretKeyRef"] == {"name": "metis-alert-webhook", "key": "url"}
+      and env["METIS_GATEWAY_ALERT_WEBHOOK_SECRET"]["valueFrom"]["secretKeyRef"] == {"name": "metis-alert-webhook", "key": "secret"}
+      and env["METIS_GATEWAY_ALERT_WEBHOOK_TIMEOUT"]["value"] == "5s"
+      and env["METIS_GATEWAY_ALERT_WEBHOOK_MAX_ATTEMPTS"]["value"] == "8")
 check("defaults: SSO off, no OIDC or console environment",
-      not any(e["name"].startswith(("METIS_GATEWAY_OIDC_", "METIS_GATEWAY_CONSOLE_")) for e in gw(docs())["env"]))
+      not any(e["name"].startswith(("METIS_GATEWAY_OIDC_", "METIS_GATEWAY_CONSOLE_", "METIS_GATEWAY_ALERT_"))
+          for e in gw(docs())["env"]))
 
 print("== ci/persistence-off-values.yaml")
 o = docs(*ci("persistence-off-values.yaml"))
@@ -507,6 +513,7 @@ for label, sets, needle in [
     ("an unknown role in admin.oidc.roleMap (schema)", ["--set", "admin.oidc.roleMap={sre=root}"], "roleMap"),
     ("the OIDC client secret as a plain value (schema: no such key)",
      ["--set", "admin.oidc.clientSecret.value=s3cret"], "value"),
+    ("alert webhook attempts out of range (schema)", ["--set", "alerts.webhook.maxAttempts=50"], "maxAttempts"),
     ("unknown value key (schema)", ["--set", "workers=4"], "workers"),
     ("wrong type (schema)", ["--set", "rateLimit.perKey.rpm=fast"], "rpm"),
     ("bad service type (schema)", ["--set", "service.type=Magic"], "service.type"),
@@ -536,6 +543,7 @@ SPECIAL = {
     "admin.oidc.issuer": "https://other.example.com", "admin.oidc.audience": ["other"],
     "admin.oidc.scopes": ["offline_access"], "admin.oidc.roleMap": ["ops=operator"],
     "admin.oidc.defaultRole": "operator", "admin.console.publicUrl": "https://other.example.com",
+    "alerts.webhook.timeout": "30s",
 }
 
 
