@@ -3,6 +3,8 @@
 //! spread requests across them). What must hold across replicas, measured and printed:
 //!
 //! - a daily cap under concurrent load through every replica: overshoot ≤ one request;
+//! - team and user budgets set by the CLI and the admin API with key caps on the keys of one
+//!   team: no level overshoots by more than one request fleet-wide;
 //! - a per-key rpm limit: admitted ≤ the bucket's bound + one per replica;
 //! - revoke through one replica: 401 on the others within 2 s;
 //! - usage totals on any replica equal the requests sent, and the audit chain verifies after
