@@ -29,6 +29,8 @@
 //! (`GET /admin/v1/usage`), refusals name the scope and its cap, the budgets' listed spend
 //! (`GET /admin/v1/budgets`) equals the traced spend (on every replica; on a single gateway
 //! also after a restart), alerts are raised once each. The overshoot per level is printed.
+//! These need `target/debug/metis` (`cargo build --workspace --bins`) and, for PostgreSQL,
+//! `METIS_TEST_DATABASE_URL` (`scripts/pg-server.sh`).
 #![expect(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -705,7 +707,7 @@ pub(crate) async fn scope_budgets_hold(run: &ScopeRun) -> (f64, f64) {
                 reload.push(set_at.elapsed().as_secs_f64());
                 break;
             }
-            // The key reload polls every 2 s.
+            // The key reload polls every 500 ms: a change is in force within 2 s.
             assert!(
                 set_at.elapsed() <= Duration::from_secs(2),
                 "{label}: replica {r} does not enforce the budget set by the CLI after 2 s"
