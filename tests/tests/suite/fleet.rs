@@ -3,6 +3,8 @@
 //! spread requests across them). What must hold across replicas, measured and printed:
 //!
 //! - a daily cap under concurrent load through every replica: overshoot ≤ one request;
+//! - team and user budgets set by the CLI and the admin API with key caps on the keys of one
+//!   team: no level overshoots by more than one request fleet-wide;
 //! - a per-key rpm limit: admitted ≤ the bucket's bound + one per replica;
 //! - revoke through one replica: 401 on the others within 2 s;
 //! - usage totals on any replica equal the requests sent, and the audit chain verifies after
@@ -803,5 +805,39 @@ async fn tagged_keys_charge_their_user_and_team_accounts_once_across_three_repli
         worst_key <= one_request,
         "key overshoot {worst_key} exceeds one request's worth {one_request}"
     );
+    fleet.stop().await;
+}
+
+/// Issue 20 across a fleet, with the budgets stored: the four keys of team `platform` (two
+/// users, each key capped daily), issued before three replicas start on one PostgreSQL
+/// database (`--keystore store`); ann's daily budget set by the CLI into the database (every
+/// replica enforces it within the key reload, counting the spend charged before it existed),
+/// the team's monthly budget and ann's raised one through replica 0's admin API; then waves of
+/// parallel calls through all three replicas. No level (key_daily, user_daily, team_monthly)
+/// passes its cap by more than one request fleet-wide, refusals name the scope, and every
+/// replica lists the budgets' spend equal to the traced spend (the scenario is
+/// `budget_concurrency::scope_budgets_hold`, also run on single gateways).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scope_budgets_hold_across_three_replicas() {
+    use crate::budget_concurrency::{SCOPE_KEYS, ScopeRun, scope_budgets_hold, scope_key_flags};
+    let mut fleet = Fleet::start(0, &[]).await;
+    let mut keys = Vec::new();
+    for (i, (name, _, _)) in SCOPE_KEYS.iter().enumerate() {
+        let flags = scope_key_flags(i);
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        keys.push(fleet.issue(name, &flags).await);
+    }
+    for _ in 0..3 {
+        fleet.add_replica(&[]).await;
+    }
+    let run = ScopeRun {
+        label: "PostgreSQL, three replicas".to_owned(),
+        client: fleet.client.clone(),
+        urls: fleet.gateways.iter().map(|g| g.url.clone()).collect(),
+        storage: fleet.storage(),
+        keys,
+        admin: ADMIN.to_owned(),
+    };
+    scope_budgets_hold(&run).await;
     fleet.stop().await;
 }
