@@ -320,8 +320,10 @@ async fn the_admin_api_manages_budgets_and_model_groups() {
         &gw,
         Method::PUT,
         "/admin/v1/budgets/user/ana",
-        Some(json!({"daily_usd": "5", "weekly_usd": "20", "tpm": 1000,
-                    "allowed_models": ["group:frontier"]})),
+        Some(
+            json!({"daily_usd": "5", "weekly_usd": "20", "tpm": 1_000_000,
+                    "allowed_models": ["group:frontier"]}),
+        ),
     )
     .await;
     assert_eq!(status, 200, "{body}");
@@ -336,6 +338,8 @@ async fn the_admin_api_manages_budgets_and_model_groups() {
     assert_eq!(body["model_groups"][0]["name"], "frontier", "{body}");
 
     // A key of user ana, issued with the new tags and limits, is held to ana's list at once.
+    // (Its token limits are far above what the calls below take: each estimate counts the
+    // default 4,096 output tokens.)
     let (status, key) = admin(
         &gw,
         Method::POST,
@@ -343,7 +347,7 @@ async fn the_admin_api_manages_budgets_and_model_groups() {
         Some(
             json!({"name": "ana", "workspace": "/srv/ana", "user": "ana",
                     "org": "acme", "customer": "bigco", "weekly_cap_usd": "7",
-                    "tpm": 500, "alert_at": [50, 100]}),
+                    "tpm": 500_000, "alert_at": [50, 100]}),
         ),
     )
     .await;
@@ -352,7 +356,7 @@ async fn the_admin_api_manages_budgets_and_model_groups() {
         ("org_id", json!("acme")),
         ("customer_id", json!("bigco")),
         ("weekly_cap_usd", json!("7")),
-        ("tpm", json!(500)),
+        ("tpm", json!(500_000)),
         ("alert_at", json!([50, 100])),
     ] {
         assert_eq!(key["key"][field], want, "{field}: {key}");
@@ -385,12 +389,12 @@ async fn the_admin_api_manages_budgets_and_model_groups() {
         &gw,
         Method::PATCH,
         &key_path,
-        Some(json!({"org": null, "tpm": 900})),
+        Some(json!({"org": null, "tpm": 900_000})),
     )
     .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["org_id"], serde_json::Value::Null, "{body}");
-    assert_eq!(body["tpm"], 900, "{body}");
+    assert_eq!(body["tpm"], 900_000, "{body}");
     assert_eq!(body["customer_id"], "bigco", "kept: {body}");
     let (status, body) = admin(
         &gw,
@@ -469,7 +473,7 @@ async fn the_admin_api_manages_budgets_and_model_groups() {
         ("org_id", json!("acme")),
         ("customer_id", json!("bigco")),
         ("weekly_cap_usd", json!("7")),
-        ("tpm", json!(500)),
+        ("tpm", json!(500_000)),
         ("alert_at", json!([50, 100])),
     ] {
         assert_eq!(ana["payload"][field], want, "{field}: {ana}");
@@ -482,7 +486,7 @@ async fn the_admin_api_manages_budgets_and_model_groups() {
         .unwrap();
     assert_eq!(
         updated["payload"]["changes"],
-        json!({"org_id": {"from": "acme", "to": null}, "tpm": {"from": 500, "to": 900}}),
+        json!({"org_id": {"from": "acme", "to": null}, "tpm": {"from": 500_000, "to": 900_000}}),
         "{updated}"
     );
     assert_eq!(
