@@ -5,8 +5,6 @@ off (`max_retries=0`) so the test sees the gateway's answer, not a retry of it."
 
 from __future__ import annotations
 
-import json
-
 import anthropic
 import openai
 import pytest
@@ -17,25 +15,13 @@ TPM = 600  # 10 tokens per second
 SDK_TIMEOUT_S = 30.0
 
 
-def set_tpm(data_dir, key_id: str, tpm: int) -> None:
-    """Give a key a tpm in the JSON key store before the gateway starts (the issue-key CLI
-    has no --tpm flag yet)."""
-    path = data_dir / "gateway" / "keys.json"
-    store = json.loads(path.read_text())
-    for k in store["keys"]:
-        if k["key_id"] == key_id:
-            k["tpm"] = tpm
-    path.write_text(json.dumps(store, indent=2))
-
-
 @pytest.fixture(scope="module")
 def tpm_gateway(tmp_path_factory, upstream):
     data_dir = tmp_path_factory.mktemp("tpm") / "data"
     data_dir.mkdir(parents=True)
     tokens = {}
     for sdk in ("openai", "anthropic"):
-        key_id, token = issue_key(data_dir, f"tpm-{sdk}")
-        set_tpm(data_dir, key_id, TPM)
+        _key_id, token = issue_key(data_dir, f"tpm-{sdk}", "--tpm", str(TPM))
         tokens[sdk] = token
     gw = Gateway(data_dir, upstream)
     yield gw, tokens

@@ -150,7 +150,7 @@ pub struct KeySpec {
     pub rpm: Option<u32>,
     pub user: Option<String>,
     pub team: Option<String>,
-    /// Tokens per minute (set on the stored record after issuing).
+    /// Tokens per minute.
     pub tpm: Option<u32>,
 }
 
@@ -580,27 +580,12 @@ async fn issue(
         rpm: spec.rpm,
         user: spec.user.clone(),
         team: spec.team.clone(),
+        tpm: spec.tpm,
         ..metis_usecases::key_admin::IssueRequest::default()
     };
     let issued = metis::keys_cli::issue(paths, &req)
         .await
         .with_context(|| format!("issue key {}", spec.name))?;
-    if let Some(tpm) = spec.tpm {
-        let key_id = issued.record.key_id.clone();
-        metis::keys_cli::open_keystore(paths)?
-            .update(Box::new(
-                move |keys: &mut Vec<metis_domain::keys::KeyRecord>| {
-                    let k = keys
-                        .iter_mut()
-                        .find(|k| k.key_id == key_id)
-                        .ok_or("the issued key is not in the store")?;
-                    k.tpm = Some(tpm);
-                    Ok(())
-                },
-            ))
-            .await
-            .with_context(|| format!("set the tpm of key {}", spec.name))?;
-    }
     Ok(IssuedKey {
         key_id: issued.record.key_id,
         token: issued.token,

@@ -249,3 +249,71 @@ async fn streams_settle_to_their_final_usage_above_and_below_the_estimate() {
     let r = send(Api::Chat.request(&gw, &down, "hello again", 1000, false)).await;
     assert_eq!(r.status, 200, "the refund made room: {}", r.text);
 }
+
+/// A team's token limit, set through the admin API on a running gateway, is one bucket shared
+/// by every key of the team: what one key takes, the other cannot, and the refusal names
+/// `team_tpm`; a key outside the team is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_team_tpm_set_on_a_running_gateway_is_shared_by_the_team_keys() {
+    const ADMIN: &str = "token-limits-admin-token-42";
+    let member = |name: &str, team: &str| KeySpec {
+        name: name.to_owned(),
+        team: Some(team.to_owned()),
+        ..KeySpec::default()
+    };
+    let gw = TestGateway::spawn_with(GatewayOptions {
+        extra_keys: vec![member("a", "ml"), member("b", "ml"), member("c", "web")],
+        extra_args: vec!["--admin-token".into(), ADMIN.into()],
+        ..GatewayOptions::default()
+    })
+    .await
+    .unwrap();
+    let (a, b, c) = (
+        gw.key_named("a").clone(),
+        gw.key_named("b").clone(),
+        gw.key_named("c").clone(),
+    );
+    // Before any budget: both keys of the team call freely.
+    for key in [&a, &b] {
+        let r = send(Api::Chat.request(&gw, key, "warm", 700, false)).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+    // 1,200 tokens per minute for the team (20 per second), and an allow-list that shows when
+    // the running gateway has loaded the budget (the key reload, within 2 s).
+    let put = send(
+        gw.client()
+            .put(gw.url("/admin/v1/budgets/team/ml"))
+            .bearer_auth(ADMIN)
+            .json(&json!({"tpm": 1200, "allowed_models": ["gpt-5"]})),
+    )
+    .await;
+    assert_eq!(put.status, 200, "{}", put.text);
+    let r = async {
+        loop {
+            let r = send(Api::Messages.request(&gw, &b, "not gpt-5", 1, false)).await;
+            if r.status == 403 {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let r = tokio::time::timeout(Duration::from_secs(5), r)
+        .await
+        .expect("the team budget is in force within 5 s");
+    assert!(r.text.contains("team 'ml'"), "{}", r.text);
+    // a's stream holds ~705 of the team's 1,200 while it runs; b cannot take 705 more.
+    let mut stream = Api::Chat
+        .request(&gw, &a, "[long] hold", 700, true)
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(stream.status(), 200);
+    assert!(stream.chunk().await.expect("first frame").is_some());
+    let r = send(Api::Chat.request(&gw, &b, "probe", 700, false)).await;
+    let secs = assert_tpm_refusal(&r, "team_tpm", 1200);
+    assert!(secs >= 5, "retry after {secs}s");
+    // A key of another team shares nothing with it.
+    let r = send(Api::Chat.request(&gw, &c, "other team", 700, false)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    drop(stream);
+}

@@ -6,7 +6,7 @@
 //!
 //! Needs `METIS_TEST_DATABASE_URL` (scripts/pg-server.sh) and `target/debug/metis`.
 
-use metis_storage_postgres::{Db, ScratchDatabase};
+use metis_storage_postgres::ScratchDatabase;
 use metis_tests::fake_upstream::{DEFAULT_ANTHROPIC_KEY, DEFAULT_OPENAI_KEY, FakeUpstream};
 use metis_tests::process::{GatewayProcess, issue_key, upstream_args, upstream_env};
 use serde_json::{Value, json};
@@ -53,35 +53,14 @@ async fn a_key_tpm_holds_across_two_replicas() {
         gateways.push(gw);
     }
     let st = storage(&database);
-    let (key_id, token) =
-        tokio::task::spawn_blocking(move || issue_key(&st, "tpm-fleet", &[]).unwrap())
-            .await
-            .unwrap();
-    // The CLI has no --tpm yet: set it on the stored record and bump the key-set generation,
-    // as any key edit does, so both replicas reload it.
-    let db = Db::new(database.config().clone()).unwrap();
-    let tpm = i32::try_from(TPM).unwrap();
-    db.block_on({
-        let db = db.clone();
-        async move {
-            let c = db.get().await?;
-            c.execute(
-                "UPDATE gateway_keys
-                 SET record_json = (record_json::jsonb || jsonb_build_object('tpm', $2::int))::text
-                 WHERE key_id = $1",
-                &[&key_id, &tpm],
-            )
-            .await?;
-            c.execute(
-                "UPDATE gateway_keys_meta SET generation = generation + 1 WHERE id = 1",
-                &[],
-            )
-            .await?;
-            Ok::<_, metis_storage_postgres::DbError>(())
-        }
+    // Issued after both replicas started: the key (and its tpm) reaches them with the key
+    // reload, within 2 s by design; a probe would spend tokens.
+    let tpm = TPM.to_string();
+    let (_key_id, token) = tokio::task::spawn_blocking(move || {
+        issue_key(&st, "tpm-fleet", &["--tpm", tpm.as_str()]).unwrap()
     })
+    .await
     .unwrap();
-    // Keys reach replicas within 2 s by design; a probe would spend tokens.
     tokio::time::sleep(Duration::from_millis(2500)).await;
 
     let client = reqwest::Client::builder()
