@@ -18,10 +18,15 @@ use crate::events::types::{LLM_CALL_COMPLETED, LLM_CALL_FAILED};
 use crate::time::Timestamp;
 
 /// Spend of one key in the current windows (USD, from `cost_usd` of
-/// `llm.call_completed` and `llm.call_failed`).
+/// `llm.call_completed` and `llm.call_failed`), one row per user and team tag the calls
+/// recorded: a key moved to another team keeps its earlier spend in the team it was in.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KeySpend {
     pub gateway_key_id: String,
+    /// The `user_id` the calls recorded (`None`: none).
+    pub user_id: Option<String>,
+    /// The `team_id` the calls recorded.
+    pub team_id: Option<String>,
     /// Spend since the start of the current UTC day.
     pub day_usd: f64,
     /// Spend since the start of the current UTC month.
@@ -108,13 +113,16 @@ fn parse(payload_json: &str) -> Value {
     serde_json::from_str(payload_json).unwrap_or(Value::Null)
 }
 
-/// Spend per key since the day start and since the month start; feed it every event from
-/// [`SpendRollup::from`] on (others are ignored).
+/// (key, recorded user, recorded team).
+type SpendKey = (String, Option<String>, Option<String>);
+
+/// Spend per key and recorded tags since the day start and since the month start; feed it
+/// every event from [`SpendRollup::from`] on (others are ignored).
 #[derive(Debug, Clone)]
 pub struct SpendRollup {
     day_start_us: Timestamp,
     month_start_us: Timestamp,
-    by_key: BTreeMap<String, (f64, f64)>,
+    by_key: BTreeMap<SpendKey, (f64, f64)>,
 }
 
 impl SpendRollup {
@@ -144,7 +152,11 @@ impl SpendRollup {
             return;
         };
         let cost = number_of(&p, "cost_usd");
-        let e = self.by_key.entry(key).or_insert((0.0, 0.0));
+        let tags = (text_of(&p, "user_id"), text_of(&p, "team_id"));
+        let e = self
+            .by_key
+            .entry((key, tags.0, tags.1))
+            .or_insert((0.0, 0.0));
         if timestamp_us >= self.day_start_us {
             e.0 += cost;
         }
@@ -153,16 +165,21 @@ impl SpendRollup {
         }
     }
 
-    /// The spend of every key seen, ordered by key.
+    /// The spend of every key and recorded tags seen, ordered by key, user, team (absent
+    /// first).
     #[must_use]
     pub fn finish(self) -> Vec<KeySpend> {
         self.by_key
             .into_iter()
-            .map(|(gateway_key_id, (day_usd, month_usd))| KeySpend {
-                gateway_key_id,
-                day_usd,
-                month_usd,
-            })
+            .map(
+                |((gateway_key_id, user_id, team_id), (day_usd, month_usd))| KeySpend {
+                    gateway_key_id,
+                    user_id,
+                    team_id,
+                    day_usd,
+                    month_usd,
+                },
+            )
             .collect()
     }
 }

@@ -114,8 +114,9 @@ pub use metis_domain::usage::{KeySpend, UsageGroup, UsageRow};
 /// Read-side queries over the trace store.
 #[async_trait]
 pub trait TraceQuery: Send + Sync {
-    /// Per-key spend in the UTC day and month windows starting at the given instants (both
-    /// half-open up to now). MUST be served by an index, not a table scan.
+    /// Per-key spend in the day and month windows starting at the given instants (both
+    /// half-open up to now), one row per user and team tag the calls recorded, ordered by key,
+    /// user, team (absent first). MUST be served by an index, not a table scan.
     ///
     /// # Errors
     /// Store unavailable.

@@ -56,11 +56,13 @@ fn tokens(field: &str) -> String {
 /// Spend per key: `$1` day start, `$2` month start, `$3` the earlier of them.
 pub(crate) fn spend_sql() -> String {
     format!(
-        "SELECT metis_json_text(f.gateway_key_id) COLLATE \"C\" AS k, {}, {} \
+        "SELECT metis_json_text(f.gateway_key_id) COLLATE \"C\" AS k, {}, {}, \
+         metis_json_text(f.user_id) COLLATE \"C\" AS u, \
+         metis_json_text(f.team_id) COLLATE \"C\" AS t \
          FROM events e, {FIELDS} \
          WHERE e.type IN {CALL_TYPES_SQL} AND e.timestamp_us >= $3 \
          AND metis_json_text(f.gateway_key_id) IS NOT NULL \
-         GROUP BY k ORDER BY k",
+         GROUP BY k, u, t ORDER BY k, u NULLS FIRST, t NULLS FIRST",
         usd("sum(metis_json_number(f.cost_usd)) FILTER (WHERE e.timestamp_us >= $1)"),
         usd("sum(metis_json_number(f.cost_usd)) FILTER (WHERE e.timestamp_us >= $2)"),
     )
@@ -108,6 +110,8 @@ pub(crate) async fn spend_by_key(
         .iter()
         .map(|r| KeySpend {
             gateway_key_id: r.get(0),
+            user_id: r.get(3),
+            team_id: r.get(4),
             day_usd: r.get(1),
             month_usd: r.get(2),
         })

@@ -62,15 +62,18 @@ fn count_value(r: &Row<'_>, idx: usize) -> rusqlite::Result<u64> {
     Ok(n.and_then(|n| u64::try_from(n).ok()).unwrap_or(0))
 }
 
-/// Spend per key: one pass over the call events since the earlier window start.
+/// Spend per key and recorded user and team: one pass over the call events since the earlier
+/// window start.
 pub(crate) fn spend_sql() -> String {
     format!(
         "SELECT json_extract(payload_json, '$.gateway_key_id') AS k, \
          TOTAL(CASE WHEN timestamp_us >= ?1 THEN json_extract(payload_json, '$.cost_usd') END), \
-         TOTAL(CASE WHEN timestamp_us >= ?2 THEN json_extract(payload_json, '$.cost_usd') END) \
+         TOTAL(CASE WHEN timestamp_us >= ?2 THEN json_extract(payload_json, '$.cost_usd') END), \
+         json_extract(payload_json, '$.user_id') AS u, \
+         json_extract(payload_json, '$.team_id') AS t \
          FROM events \
          WHERE type IN ('{LLM_CALL_COMPLETED}', '{LLM_CALL_FAILED}') AND timestamp_us >= ?3 \
-         GROUP BY k ORDER BY k"
+         GROUP BY k, u, t ORDER BY k, u, t"
     )
 }
 
@@ -87,8 +90,11 @@ pub(crate) fn spend_by_key(
             day_start_us.min(month_start_us)
         ],
         |r| {
+            let (user_id, team_id) = (text_value(r, 3)?, text_value(r, 4)?);
             Ok(text_value(r, 0)?.map(|gateway_key_id| KeySpend {
                 gateway_key_id,
+                user_id,
+                team_id,
                 day_usd: r.get(1).unwrap_or(0.0),
                 month_usd: r.get(2).unwrap_or(0.0),
             }))
@@ -280,11 +286,15 @@ mod tests {
             vec![
                 KeySpend {
                     gateway_key_id: "gk_a".into(),
+                    user_id: None,
+                    team_id: None,
                     day_usd: 0.25,
                     month_usd: 2.25
                 },
                 KeySpend {
                     gateway_key_id: "gk_b".into(),
+                    user_id: None,
+                    team_id: None,
                     day_usd: 4.0,
                     month_usd: 4.0
                 },

@@ -768,6 +768,8 @@ async fn a_key_at_its_cap_is_refused_before_the_body_is_read() {
         keys: vec![key("gk_live", TOKEN, json!({"daily_cap_usd": "1.00"}))],
         spend: vec![KeySpend {
             gateway_key_id: "gk_live".to_owned(),
+            user_id: None,
+            team_id: None,
             day_usd: 1.0,
             month_usd: 1.0,
         }],
@@ -813,8 +815,11 @@ async fn a_key_of_a_team_at_its_monthly_budget_is_refused_naming_the_team_cap() 
             key("gk_live", TOKEN, json!({"team_id": "platform"})),
             key("gk_other", OTHER, json!({"team_id": "platform"})),
         ],
+        // The team's earlier spend, recorded on gk_other's calls.
         spend: vec![KeySpend {
             gateway_key_id: "gk_other".to_owned(),
+            user_id: None,
+            team_id: Some("platform".to_owned()),
             day_usd: 0.0,
             month_usd: 1.0,
         }],

@@ -144,6 +144,8 @@ async fn cap_ratios_are_computed_at_scrape_time_and_fall_back_when_the_day_rolls
         .iter()
         .map(|k| KeySpend {
             gateway_key_id: (*k).to_owned(),
+            user_id: None,
+            team_id: None,
             day_usd: 1.9,
             month_usd: 10.0,
         })

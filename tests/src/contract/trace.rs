@@ -321,9 +321,10 @@ fn call_of(n: u64, ts: i64, ty: &'static str, payload: &Value) -> Event {
     event(&event_id(n), ts, ty, payload)
 }
 
-/// `spend_by_key`: per key, the `cost_usd` of `llm.call_completed` and `llm.call_failed` since
-/// the day start and since the month start (other types and calls without a key are not
-/// spend); ordered by key.
+/// `spend_by_key`: per key and the user and team the calls recorded, the `cost_usd` of
+/// `llm.call_completed` and `llm.call_failed` since the day start and since the month start
+/// (other types and calls without a key are not spend); ordered by key, user, team (absent
+/// first).
 pub async fn spend_sums_both_windows_of_call_events(b: &dyn Backend) {
     let s = b.open(None).await.expect("open");
     let p = |k: &str, c: f64| json!({"gateway_key_id": k, "cost_usd": c});
@@ -334,6 +335,12 @@ pub async fn spend_sums_both_windows_of_call_events(b: &dyn Backend) {
         call_of(4, 210, LLM_CALL_COMPLETED, &p("gk_b", 4.0)), // day
         call_of(5, 220, TURN_COMPLETED, &p("gk_b", 9.0)),    // not a call
         call_of(6, 230, LLM_CALL_COMPLETED, &json!({"cost_usd": 3.0})), // no key
+        call_of(
+            7,
+            240,
+            LLM_CALL_COMPLETED,
+            &json!({"gateway_key_id": "gk_b", "cost_usd": 0.5, "user_id": "ann", "team_id": "t"}),
+        ), // the same key, in a team
     ] {
         s.sink.emit(e);
     }
@@ -344,13 +351,24 @@ pub async fn spend_sums_both_windows_of_call_events(b: &dyn Backend) {
         vec![
             KeySpend {
                 gateway_key_id: "gk_a".into(),
+                user_id: None,
+                team_id: None,
                 day_usd: 0.25,
                 month_usd: 2.25
             },
             KeySpend {
                 gateway_key_id: "gk_b".into(),
+                user_id: None,
+                team_id: None,
                 day_usd: 4.0,
                 month_usd: 4.0
+            },
+            KeySpend {
+                gateway_key_id: "gk_b".into(),
+                user_id: Some("ann".into()),
+                team_id: Some("t".into()),
+                day_usd: 0.5,
+                month_usd: 0.5
             },
         ]
     );

@@ -10,7 +10,7 @@
 //! - The request path allocates nothing for an account seen before: accounts are keyed by the
 //!   `Arc<str>` of the key's [`Budget`], looked up by `&str`.
 
-use metis_domain::budgets::{scope_account, tags_of};
+use metis_domain::budgets::{ScopeKind, scope_account, tags_of};
 use metis_domain::keys::KeyRecord;
 use metis_domain::spend::{self, Alert, Budget, Exceeded, MAX_LINES, SpendState};
 use metis_domain::time::{Calendar, Timestamp};
@@ -31,8 +31,9 @@ impl SpendLedger {
     /// Seed the ledger from per-key spend read from the trace: `spend` holds each key's spend
     /// in the current day and month, `weekly` each key's spend in the current week (in its
     /// `day_usd`: it is `spend_by_key(week_start, week_start)`). Keys fold into their accounts
-    /// (a rotated successor charges its predecessor's), and each key's spend is also added to
-    /// the account of every scope tag the key carries now (`user:ann`, `team:platform`).
+    /// (a rotated successor charges its predecessor's); each row's spend is also added to the
+    /// user and team its calls recorded (`user:ann`, `team:platform`) and to the customer and
+    /// org the key carries now (calls do not record those).
     #[must_use]
     pub fn rebuild(
         spend: &[KeySpend],
@@ -44,17 +45,27 @@ impl SpendLedger {
         let by_id: HashMap<&str, &KeyRecord> =
             keys.iter().map(|k| (k.key_id.as_str(), k)).collect();
         let mut accounts: HashMap<Arc<str>, SpendState> = HashMap::new();
-        let mut add = |key_id: &str, day: f64, week: f64, month: f64| {
-            let key = by_id.get(key_id);
-            let own = key.map_or(key_id, |k| k.account()).to_owned();
-            let tags = key
-                .map(|k| {
-                    tags_of(k)
-                        .map(|(kind, id)| scope_account(kind, id))
-                        .collect::<Vec<_>>()
-                })
-                .unwrap_or_default();
-            for account in std::iter::once(own).chain(tags) {
+        let mut add = |s: &KeySpend, day: f64, week: f64, month: f64| {
+            let key = by_id.get(s.gateway_key_id.as_str());
+            let own = key
+                .map_or(s.gateway_key_id.as_str(), |k| k.account())
+                .to_owned();
+            // The user and team each call recorded (a key moved to another team leaves its
+            // earlier spend with the team it was in); customer and org, which calls do not
+            // record, from the key's tags now.
+            let recorded = [
+                (ScopeKind::User, s.user_id.as_deref()),
+                (ScopeKind::Team, s.team_id.as_deref()),
+            ];
+            let current = key.into_iter().flat_map(|k| {
+                tags_of(k).filter(|(kind, _)| !matches!(kind, ScopeKind::User | ScopeKind::Team))
+            });
+            let scopes = recorded
+                .into_iter()
+                .filter_map(|(kind, id)| id.map(|id| (kind, id)))
+                .chain(current)
+                .map(|(kind, id)| scope_account(kind, id));
+            for account in std::iter::once(own).chain(scopes) {
                 let a = accounts
                     .entry(Arc::from(account))
                     .or_insert_with(|| SpendState::new(now, calendar));
@@ -64,10 +75,10 @@ impl SpendLedger {
             }
         };
         for s in spend {
-            add(&s.gateway_key_id, s.day_usd, 0.0, s.month_usd);
+            add(s, s.day_usd, 0.0, s.month_usd);
         }
         for s in weekly {
-            add(&s.gateway_key_id, 0.0, s.day_usd, 0.0);
+            add(s, 0.0, s.day_usd, 0.0);
         }
         SpendLedger {
             accounts: Mutex::new(accounts),
@@ -257,23 +268,18 @@ mod tests {
         k2.secret_hash = "01".into();
         k2.spend_account = Some("gk_old".into());
         k2.user_id = Some("ann".into());
+        let row = |id: &str, user: Option<&str>, day: f64, month: f64| KeySpend {
+            gateway_key_id: id.into(),
+            user_id: user.map(Into::into),
+            team_id: Some("t".into()),
+            day_usd: day,
+            month_usd: month,
+        };
         let spend = [
-            KeySpend {
-                gateway_key_id: "gk_old".into(),
-                day_usd: 0.5,
-                month_usd: 2.0,
-            },
-            KeySpend {
-                gateway_key_id: "gk_new".into(),
-                day_usd: 0.25,
-                month_usd: 0.25,
-            },
+            row("gk_old", None, 0.5, 2.0),
+            row("gk_new", Some("ann"), 0.25, 0.25),
         ];
-        let weekly = [KeySpend {
-            gateway_key_id: "gk_old".into(),
-            day_usd: 1.0,
-            month_usd: 0.0,
-        }];
+        let weekly = [row("gk_old", None, 1.0, 0.0)];
         let l = SpendLedger::rebuild(&spend, &weekly, &[k1, k2], CAL, NOW);
         let s = l.snapshot("gk_old", CAL, NOW);
         assert_eq!(
@@ -291,6 +297,39 @@ mod tests {
             (0.25, 0.25),
             "only gk_new is ann's"
         );
+    }
+
+    /// A key moved from team `platform` to team `data` (and given an org) after it spent:
+    /// the spend stays with the team the calls recorded, so a restart does not hand it to the
+    /// new team nor free the old one's budget; the org, which calls do not record, follows the
+    /// key's tag now.
+    #[test]
+    fn rebuild_charges_the_team_the_calls_recorded_not_the_keys_team_now() {
+        let k = key(
+            r#"{"key_id":"gk_a","secret_hash":"00","workspace_path":"/w","team_id":"data","org_id":"acme"}"#,
+        );
+        let spend = [
+            KeySpend {
+                gateway_key_id: "gk_a".into(),
+                user_id: None,
+                team_id: Some("platform".into()),
+                day_usd: 0.5,
+                month_usd: 0.5,
+            },
+            KeySpend {
+                gateway_key_id: "gk_a".into(),
+                user_id: None,
+                team_id: Some("data".into()),
+                day_usd: 0.25,
+                month_usd: 0.25,
+            },
+        ];
+        let l = SpendLedger::rebuild(&spend, &[], &[k], CAL, NOW);
+        let day = |account: &str| l.snapshot(account, CAL, NOW).day_usd;
+        assert_eq!(day("gk_a"), 0.75);
+        assert_eq!(day("team:platform"), 0.5);
+        assert_eq!(day("team:data"), 0.25);
+        assert_eq!(day("org:acme"), 0.75);
     }
 
     #[test]
