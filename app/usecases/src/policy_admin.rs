@@ -189,6 +189,32 @@ impl KeyAdmin {
         Ok(stored)
     }
 
+    /// Remove the entry `pick` takes out of the stored policies, under the store's lock.
+    ///
+    /// # Errors
+    /// `Missing(missing)` when `pick` finds nothing (nothing is written); the store's errors.
+    async fn remove<T: Send + 'static>(
+        &self,
+        pick: impl FnOnce(&mut Policies) -> Option<T> + Send + 'static,
+        missing: String,
+    ) -> Result<T, AdminError> {
+        let slot: Arc<Mutex<Outcome<T>>> = Arc::new(Mutex::new(Outcome::default()));
+        let out = Arc::clone(&slot);
+        let refusal = missing.clone();
+        self.store
+            .update_policies(Box::new(move |p| {
+                let removed = pick(p).ok_or(refusal)?;
+                put(&out, Some(removed), None);
+                Ok(())
+            }))
+            .await
+            .map_err(|e| match e {
+                KeyStoreError::Rejected { message } => AdminError::Missing(message),
+                other => store_err(other),
+            })?;
+        take(&slot).before.ok_or(AdminError::Missing(missing))
+    }
+
     /// Delete the budget of a scope. Returns it as it was.
     ///
     /// # Errors
@@ -200,32 +226,19 @@ impl KeyAdmin {
         by: Option<&AdminIdentity>,
     ) -> Result<BudgetPolicy, AdminError> {
         let now = self.clock.now_us();
-        let slot: Arc<Mutex<Outcome<BudgetPolicy>>> = Arc::new(Mutex::new(Outcome::default()));
-        let out = Arc::clone(&slot);
         let wanted = id.to_owned();
-        let label = format!("{} '{id}'", scope.as_str());
-        let missing = format!("no budget for {label}");
-        self.store
-            .update_policies(Box::new(move |p| {
-                let Some(i) = p
-                    .budgets
-                    .iter()
-                    .position(|b| b.scope == scope && b.id == wanted)
-                else {
-                    return Err(missing);
-                };
-                let removed = p.budgets.remove(i);
-                put(&out, Some(removed), None);
-                Ok(())
-            }))
-            .await
-            .map_err(|e| match e {
-                KeyStoreError::Rejected { message } => AdminError::Missing(message),
-                other => store_err(other),
-            })?;
-        let Outcome { before, .. } = take(&slot);
-        let removed =
-            before.ok_or_else(|| AdminError::Missing(format!("no budget for {label}")))?;
+        let removed = self
+            .remove(
+                move |p| {
+                    let i = p
+                        .budgets
+                        .iter()
+                        .position(|b| b.scope == scope && b.id == wanted)?;
+                    Some(p.budgets.remove(i))
+                },
+                format!("no budget for {} '{id}'", scope.as_str()),
+            )
+            .await?;
         self.record(
             now,
             &BudgetDeleted {
@@ -297,27 +310,16 @@ impl KeyAdmin {
         by: Option<&AdminIdentity>,
     ) -> Result<ModelGroup, AdminError> {
         let now = self.clock.now_us();
-        let slot: Arc<Mutex<Outcome<ModelGroup>>> = Arc::new(Mutex::new(Outcome::default()));
-        let out = Arc::clone(&slot);
         let wanted = name.to_owned();
-        let missing = format!("no model group '{name}'");
-        self.store
-            .update_policies(Box::new(move |p| {
-                let Some(i) = p.model_groups.iter().position(|g| g.name == wanted) else {
-                    return Err(missing);
-                };
-                let removed = p.model_groups.remove(i);
-                put(&out, Some(removed), None);
-                Ok(())
-            }))
-            .await
-            .map_err(|e| match e {
-                KeyStoreError::Rejected { message } => AdminError::Missing(message),
-                other => store_err(other),
-            })?;
-        let Outcome { before, .. } = take(&slot);
-        let removed =
-            before.ok_or_else(|| AdminError::Missing(format!("no model group '{name}'")))?;
+        let removed = self
+            .remove(
+                move |p| {
+                    let i = p.model_groups.iter().position(|g| g.name == wanted)?;
+                    Some(p.model_groups.remove(i))
+                },
+                format!("no model group '{name}'"),
+            )
+            .await?;
         self.record(
             now,
             &ModelGroupDeleted {
