@@ -26,7 +26,7 @@ use metis_ports::keys::{KeyEdit, KeyStore, KeyStoreError, PolicyEdit};
 
 use crate::document::{Conflict, Document};
 use crate::fsio::{
-    classify, ensure_dir, lock_exclusive, lock_path, parent_dir, replace_atomically,
+    WriteLock, classify, ensure_dir, lock_exclusive, lock_path, parent_dir, replace_atomically,
 };
 
 /// A keystore kept in one JSON file (compatible with the original `keys.json`).
@@ -65,6 +65,32 @@ impl FileKeyStore {
             }
             _ => self.path.clone(),
         }
+    }
+
+    /// Take the exclusive write lock beside `target` (held until the guard drops).
+    fn lock(&self, target: &Path) -> Result<WriteLock, KeyStoreError> {
+        let lock_file = lock_path(target);
+        lock_exclusive(&lock_file).map_err(|e| {
+            classify(
+                &self.path,
+                &format!("cannot lock {}", lock_file.display()),
+                &e,
+            )
+        })
+    }
+
+    /// [`lock`](Self::lock), creating `target`'s directory first (writes that may create the
+    /// file).
+    fn lock_creating(&self, target: &Path) -> Result<WriteLock, KeyStoreError> {
+        let dir = parent_dir(target);
+        ensure_dir(dir).map_err(|e| {
+            classify(
+                &self.path,
+                &format!("cannot create directory {}", dir.display()),
+                &e,
+            )
+        })?;
+        self.lock(target)
     }
 
     fn read_document(&self) -> Result<Option<Document>, KeyStoreError> {
@@ -115,22 +141,7 @@ impl FileKeyStore {
                 message: format!("refusing to store an invalid key record: {message}"),
             })?;
         let target = self.resolved();
-        let dir = parent_dir(&target);
-        ensure_dir(dir).map_err(|e| {
-            classify(
-                &self.path,
-                &format!("cannot create directory {}", dir.display()),
-                &e,
-            )
-        })?;
-        let lock_file = lock_path(&target);
-        let _lock = lock_exclusive(&lock_file).map_err(|e| {
-            classify(
-                &self.path,
-                &format!("cannot lock {}", lock_file.display()),
-                &e,
-            )
-        })?;
+        let _lock = self.lock_creating(&target)?;
 
         // Re-read under the lock: this is the set the write is based on.
         let mut doc = match self.read_document()? {
@@ -175,19 +186,12 @@ impl FileKeyStore {
     /// the stored file or the edited set is invalid; `ReadOnly` / `Io` on write failures.
     pub fn update_blocking(&self, edit: KeyEdit) -> Result<Vec<KeyRecord>, KeyStoreError> {
         let target = self.resolved();
-        let lock_file = lock_path(&target);
         if !target.exists() {
             return Err(KeyStoreError::NotFound {
                 location: self.location(),
             });
         }
-        let _lock = lock_exclusive(&lock_file).map_err(|e| {
-            classify(
-                &self.path,
-                &format!("cannot lock {}", lock_file.display()),
-                &e,
-            )
-        })?;
+        let _lock = self.lock(&target)?;
         let Some(mut doc) = self.read_document()? else {
             return Err(KeyStoreError::NotFound {
                 location: self.location(),
@@ -231,22 +235,7 @@ impl FileKeyStore {
     /// As the port.
     pub fn update_policies_blocking(&self, edit: PolicyEdit) -> Result<Policies, KeyStoreError> {
         let target = self.resolved();
-        let dir = parent_dir(&target);
-        ensure_dir(dir).map_err(|e| {
-            classify(
-                &self.path,
-                &format!("cannot create directory {}", dir.display()),
-                &e,
-            )
-        })?;
-        let lock_file = lock_path(&target);
-        let _lock = lock_exclusive(&lock_file).map_err(|e| {
-            classify(
-                &self.path,
-                &format!("cannot lock {}", lock_file.display()),
-                &e,
-            )
-        })?;
+        let _lock = self.lock_creating(&target)?;
         let mut doc = self.read_document()?.unwrap_or_else(Document::empty);
         let mut policies = doc.policies().clone();
         edit(&mut policies).map_err(|message| KeyStoreError::Rejected { message })?;
