@@ -235,7 +235,9 @@ impl Catalog {
             Some(e.clone())
         } else if req.contains(':') {
             match ModelEntry::from_id(req) {
-                Some(e) if BUILTIN_PROVIDERS.contains(&e.provider.as_str()) => {
+                Some(e)
+                    if BUILTIN_PROVIDERS.contains(&e.provider.as_str()) || is_live(&e.provider) =>
+                {
                     if e.provider == "mock" && e.id != MOCK_MODEL {
                         return Err(not_found(format!(
                             "the mock provider only serves '{MOCK_MODEL}'"

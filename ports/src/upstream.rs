@@ -55,6 +55,17 @@ pub struct UpstreamRequest {
     /// The client's query string (without `?`), forwarded on same-shape traffic
     /// (`/v1/messages?beta=true`).
     pub query: Option<String>,
+    /// The upstream model id (also inside `body` for wires that carry it there). Providers
+    /// that put the model in the URL (Azure deployments, Bedrock, Gemini, Vertex) take it from
+    /// here.
+    pub model: String,
+    /// Retries the provider may make before answering (`None`: its own policy). The router
+    /// sets `Some(0)` when another deployment is left to fall back to, so a 429 storm moves
+    /// to the next deployment at once instead of backing off on the failing one.
+    pub max_retries: Option<u32>,
+    /// When the whole request must have its answer head by: the provider neither waits past
+    /// it nor starts a retry that cannot finish before it (`None`: its own timeouts only).
+    pub deadline: Option<std::time::Instant>,
 }
 
 impl UpstreamRequest {
@@ -70,6 +81,9 @@ impl UpstreamRequest {
             traceparent: None,
             headers: Vec::new(),
             query: None,
+            model: String::new(),
+            max_retries: None,
+            deadline: None,
         }
     }
 }

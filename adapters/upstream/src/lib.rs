@@ -14,9 +14,11 @@
 
 pub mod config;
 mod http;
+pub mod transport;
 mod mock;
 mod retry;
 
 pub use config::{ConfigError, HttpProviderConfig, RetryPolicy, Timeouts};
 pub use http::HttpProvider;
+pub use transport::Transport;
 pub use mock::{MOCK_PROVIDER, MockProvider, MockSettings};

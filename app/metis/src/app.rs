@@ -19,8 +19,6 @@ use metis_ports::storage::PatternPlace;
 use metis_ports::system::{Clock, IdSource};
 use metis_ports::trace::EventSink;
 use metis_ports::trace::TraceQuery;
-use metis_ports::upstream::Provider;
-use metis_upstream::{HttpProvider, HttpProviderConfig, MockProvider, MockSettings};
 use metis_usecases::key_admin::IssueRequest;
 use metis_usecases::{
     AdminFacade, CoreParts, GatewayCore, KeyAdmin, KeyRing, KeySync, KeySyncParts, SpendGuard,
@@ -96,10 +94,6 @@ pub fn is_loopback(host: &str) -> bool {
     matches!(host, "127.0.0.1" | "::1" | "localhost" | "[::1]")
 }
 
-fn non_empty(s: Option<&String>) -> Option<String> {
-    s.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
-}
-
 /// The metrics registry within the `--metrics-*` series budget (kept concrete for the
 /// certificate expiry, set once TLS is loaded), and what the core records into: the
 /// registry, teed to OTLP when `telemetry::init` set up a metrics exporter.
@@ -126,77 +120,6 @@ fn build_metrics(
         None => Arc::clone(&prometheus) as Arc<dyn metis_ports::metrics::Metrics>,
     };
     (prometheus, recorded)
-}
-
-fn build_providers(args: &ServeArgs, cfg: &ConfigFile) -> anyhow::Result<Vec<Arc<dyn Provider>>> {
-    let mut out: Vec<Arc<dyn Provider>> = Vec::new();
-    let p = &cfg.providers;
-    let sections = [
-        (
-            "anthropic",
-            non_empty(args.anthropic_api_key.as_ref())
-                .or_else(|| non_empty(p.anthropic.as_ref().and_then(|s| s.api_key.as_ref()))),
-            args.anthropic_base_url
-                .clone()
-                .or_else(|| p.anthropic.as_ref().and_then(|s| s.base_url.clone())),
-        ),
-        (
-            "openai",
-            non_empty(args.openai_api_key.as_ref())
-                .or_else(|| non_empty(p.openai.as_ref().and_then(|s| s.api_key.as_ref()))),
-            args.openai_base_url
-                .clone()
-                .or_else(|| p.openai.as_ref().and_then(|s| s.base_url.clone())),
-        ),
-        (
-            "openrouter",
-            non_empty(args.openrouter_api_key.as_ref())
-                .or_else(|| non_empty(p.openrouter.as_ref().and_then(|s| s.api_key.as_ref()))),
-            args.openrouter_base_url
-                .clone()
-                .or_else(|| p.openrouter.as_ref().and_then(|s| s.base_url.clone())),
-        ),
-    ];
-    for (name, key, base) in sections {
-        let Some(key) = key else { continue };
-        let (mut config, section) = match name {
-            "anthropic" => (HttpProviderConfig::anthropic(key), p.anthropic.as_ref()),
-            "openai" => (HttpProviderConfig::openai(key), p.openai.as_ref()),
-            _ => (HttpProviderConfig::openrouter(key), p.openrouter.as_ref()),
-        };
-        // Responses clients are forwarded natively only to upstreams known to serve the
-        // Responses API: OpenAI's own, or one configured with `responses_api = true`.
-        let native_responses = section
-            .and_then(|s| s.responses_api)
-            .unwrap_or(config.responses_api && base.is_none());
-        if let Some(base) = base {
-            config = config.with_base_url(base);
-        }
-        config = config.with_responses_api(native_responses);
-        config = config
-            .with_response_head_timeout(args.upstream_timeout)
-            .with_max_retries(args.upstream_retries);
-        let provider = HttpProvider::new(config)
-            .with_context(|| format!("cannot configure provider '{name}'"))?;
-        out.push(Arc::new(provider));
-    }
-    let mock_cfg = p.mock.as_ref();
-    let mock_wanted = args.enable_mock_provider || mock_cfg.is_some_and(|m| m.enabled);
-    if out.is_empty() || mock_wanted {
-        let settings = MockSettings {
-            latency_ms: if args.mock_latency_ms > 0 {
-                args.mock_latency_ms
-            } else {
-                mock_cfg.and_then(|m| m.latency_ms).unwrap_or(0)
-            },
-            tokens_per_second: args
-                .mock_tokens_per_second
-                .or_else(|| mock_cfg.and_then(|m| m.tokens_per_second)),
-            ..MockSettings::default()
-        };
-        out.push(Arc::new(MockProvider::new(settings)));
-    }
-    Ok(out)
 }
 
 /// Load the keystore into the key ring; on a loopback bind with no keys, issue a first key.
@@ -285,7 +208,7 @@ impl App {
         let gateway_admin = key_admin(key_sources::GATEWAY);
         let (keys, quickstart) = load_keys(&key_sync, &gateway_admin, &args.host).await?;
         gateway_admin.sweep().await;
-        let providers = build_providers(&args, &cfg)?;
+        let providers = crate::providers::build(&args, &cfg.providers)?;
         let provider_names: Vec<String> = providers.iter().map(|p| p.name().to_owned()).collect();
         let background = TokioBackground::default();
         let (prometheus, metrics) = build_metrics(&args);

@@ -7,6 +7,11 @@
 //! api_key = "sk-local"                     # or leave it to OPENAI_API_KEY
 //! responses_api = false                    # serves /responses natively? (default: only api.openai.com)
 //!
+//! [providers.vllm-b]                       # any name; `kind` picks the protocol
+//! kind = "openai"
+//! base_url = "http://127.0.0.1:8001/v1"
+//! api_key_env = "VLLM_B_KEY"
+//!
 //! [providers.mock]
 //! enabled = true
 //! latency_ms = 20
@@ -25,6 +30,7 @@
 //! output_per_mtok = 0.0
 //! ```
 
+use crate::providers::ProviderSection;
 use anyhow::{Context, bail};
 use metis_domain::models::Catalog;
 use metis_domain::pricing::{Price, PriceTable};
@@ -36,7 +42,7 @@ use std::path::Path;
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
     #[serde(default)]
-    pub providers: Providers,
+    pub providers: BTreeMap<String, ProviderSection>,
     #[serde(default)]
     pub models: Vec<String>,
     #[serde(default)]
@@ -45,45 +51,6 @@ pub struct ConfigFile {
     pub pricing: Option<PricingSection>,
     #[serde(default)]
     pub prices: BTreeMap<String, PriceEntry>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Providers {
-    pub anthropic: Option<ProviderSection>,
-    pub openai: Option<ProviderSection>,
-    pub openrouter: Option<ProviderSection>,
-    pub mock: Option<MockSection>,
-}
-
-#[derive(Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProviderSection {
-    pub api_key: Option<String>,
-    pub base_url: Option<String>,
-    /// Whether an OpenAI-wire upstream serves the Responses API (`/responses`) natively.
-    /// Default: on for OpenAI's own API, off for any other base URL (vLLM, Ollama, …), whose
-    /// Responses clients are then translated to Chat Completions.
-    pub responses_api: Option<bool>,
-}
-
-impl std::fmt::Debug for ProviderSection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ProviderSection")
-            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
-            .field("base_url", &self.base_url)
-            .field("responses_api", &self.responses_api)
-            .finish()
-    }
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MockSection {
-    #[serde(default)]
-    pub enabled: bool,
-    pub latency_ms: Option<u64>,
-    pub tokens_per_second: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -112,6 +79,8 @@ impl ConfigFile {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config file {}", path.display()))?;
         let cfg: ConfigFile = toml::from_str(&text)
+            .with_context(|| format!("invalid config file {}", path.display()))?;
+        crate::providers::validate(&cfg.providers)
             .with_context(|| format!("invalid config file {}", path.display()))?;
         for id in cfg
             .models

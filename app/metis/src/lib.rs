@@ -19,6 +19,7 @@ pub mod keys_cli;
 pub mod listener;
 pub mod paths;
 pub mod patterns_cli;
+pub mod providers;
 pub mod rejection;
 pub mod sessions_cli;
 pub mod storage_cli;

@@ -6,7 +6,7 @@ use crate::limits::Limiter;
 use crate::patterns::PatternBatcher;
 use crate::spend::SpendGuard;
 use crate::stream::{StreamState, client_stream};
-use crate::wire::{self, Passthrough, RenderCtx, StreamParser, StreamRenderer, shape_of};
+use crate::wire::{self, Passthrough, RenderCtx, StreamParser, StreamRenderer};
 use async_trait::async_trait;
 use bytes::Bytes;
 use metis_domain::canonical::{ChatRequest, Role};
@@ -165,11 +165,15 @@ impl GatewayCore {
         traceparent: Option<String>,
         wire: WireFormat,
         op: Operation,
+        model: &str,
         body: Bytes,
         stream: bool,
         same_shape: bool,
     ) -> UpstreamRequest {
         UpstreamRequest {
+            model: model.to_owned(),
+            max_retries: None,
+            deadline: None,
             wire,
             op,
             body,
@@ -402,7 +406,6 @@ impl GatewayService for GatewayCore {
         };
         let routed = self.route(&admission, &req.model, started)?;
         let (wire_format, same_shape) = generate_wire(shape, &*routed.provider);
-        let wire_shape = shape_of(wire_format);
         if shape == Shape::Responses && !same_shape {
             let dropped = metis_domain::responses::prepare_for_translation(
                 &mut req,
@@ -418,9 +421,9 @@ impl GatewayService for GatewayCore {
             }
         }
         let upstream_json = if same_shape {
-            wire::passthrough_request(wire_shape, parsed.raw, &routed.entry.upstream_name)
+            wire::passthrough_request(shape, parsed.raw, &routed.entry.upstream_name)
         } else {
-            wire::render_request(wire_shape, &req, &routed.entry.upstream_name)?
+            wire::render_request(wire_format, &req, &routed.entry.upstream_name)?
         };
         let upstream_body = serde_json::to_vec(&upstream_json).map_err(|e| {
             tracing::error!(error = %e, "could not serialise the upstream request");
@@ -446,6 +449,7 @@ impl GatewayService for GatewayCore {
             call.traceparent.clone(),
             wire_format,
             Operation::Generate,
+            &routed.entry.upstream_name,
             Bytes::from(upstream_body),
             req.stream,
             same_shape,
@@ -467,9 +471,9 @@ impl GatewayService for GatewayCore {
         match reply.body {
             UpstreamBody::Full(bytes) => {
                 let rendered = if same_shape {
-                    wire::passthrough_response(wire_shape, &bytes, &req.model)
+                    wire::passthrough_response(shape, &bytes, &req.model)
                 } else {
-                    wire::parse_response(wire_shape, &bytes)
+                    wire::parse_response(wire_format, &bytes)
                         .map(|resp| (wire::render_response(shape, &resp, &render), resp))
                 };
                 let (value, resp) = match rendered {
@@ -509,7 +513,7 @@ impl GatewayService for GatewayCore {
                 let state = StreamState {
                     upstream,
                     sse: SseParser::default(),
-                    parser: StreamParser::new(wire_shape),
+                    parser: StreamParser::new(wire_format),
                     renderer: StreamRenderer::new(shape, &render),
                     passthrough: same_shape
                         .then(|| Passthrough::new(shape, &req.model, req.include_usage)),

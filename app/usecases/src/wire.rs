@@ -10,15 +10,6 @@ use metis_domain::{anthropic, openai, responses};
 use metis_ports::upstream::WireFormat;
 use serde_json::{Map, Value};
 
-/// The public API shape a wire format corresponds to.
-pub(crate) fn shape_of(wire: WireFormat) -> Shape {
-    match wire {
-        WireFormat::OpenAiChat => Shape::OpenAi,
-        WireFormat::OpenAiResponses => Shape::Responses,
-        WireFormat::AnthropicMessages => Shape::Anthropic,
-    }
-}
-
 /// The wire format of a client shape's own API (what same-shape traffic is forwarded in).
 pub(crate) fn wire_of(shape: Shape) -> WireFormat {
     match shape {
@@ -47,14 +38,14 @@ pub(crate) fn parse_request(shape: Shape, body: &[u8]) -> Result<Parsed, Gateway
 
 /// Render a request for an upstream speaking `wire` (cross-shape traffic).
 pub(crate) fn render_request(
-    wire: Shape,
+    wire: WireFormat,
     req: &ChatRequest,
     upstream_model: &str,
 ) -> Result<Value, GatewayError> {
     match wire {
-        Shape::OpenAi => openai::render_request(req, upstream_model),
-        Shape::Responses => responses::render_request(req, upstream_model),
-        Shape::Anthropic => anthropic::render_request(req, upstream_model),
+        WireFormat::OpenAiChat => openai::render_request(req, upstream_model),
+        WireFormat::OpenAiResponses => responses::render_request(req, upstream_model),
+        WireFormat::AnthropicMessages => anthropic::render_request(req, upstream_model),
     }
 }
 
@@ -71,11 +62,11 @@ pub(crate) fn passthrough_request(
     }
 }
 
-pub(crate) fn parse_response(wire: Shape, body: &[u8]) -> Result<ChatResponse, String> {
+pub(crate) fn parse_response(wire: WireFormat, body: &[u8]) -> Result<ChatResponse, String> {
     match wire {
-        Shape::OpenAi => openai::parse_response(body),
-        Shape::Responses => responses::parse_response(body),
-        Shape::Anthropic => anthropic::parse_response(body),
+        WireFormat::OpenAiChat => openai::parse_response(body),
+        WireFormat::OpenAiResponses => responses::parse_response(body),
+        WireFormat::AnthropicMessages => anthropic::parse_response(body),
     }
 }
 
@@ -120,11 +111,13 @@ pub(crate) enum StreamParser {
 }
 
 impl StreamParser {
-    pub fn new(wire: Shape) -> Self {
+    pub fn new(wire: WireFormat) -> Self {
         match wire {
-            Shape::OpenAi => StreamParser::OpenAi(openai::StreamParser::new()),
-            Shape::Responses => StreamParser::Responses(responses::StreamParser::new()),
-            Shape::Anthropic => StreamParser::Anthropic(anthropic::StreamParser::new()),
+            WireFormat::OpenAiChat => StreamParser::OpenAi(openai::StreamParser::new()),
+            WireFormat::OpenAiResponses => StreamParser::Responses(responses::StreamParser::new()),
+            WireFormat::AnthropicMessages => {
+                StreamParser::Anthropic(anthropic::StreamParser::new())
+            }
         }
     }
 

@@ -79,6 +79,7 @@ impl GatewayCore {
                 admission.traceparent.clone(),
                 wire_format,
                 Operation::CountTokens,
+                &entry.upstream_name,
                 Bytes::from(upstream_json.to_string()),
                 false,
                 same_shape,
@@ -151,7 +152,7 @@ fn count_body(
     req: &ChatRequest,
     upstream_model: &str,
 ) -> Result<Value, GatewayError> {
-    let mut v = wire::render_request(wire::shape_of(wire_format), req, upstream_model)?;
+    let mut v = wire::render_request(wire_format, req, upstream_model)?;
     if let Some(o) = v.as_object_mut() {
         match wire_format {
             WireFormat::AnthropicMessages => {

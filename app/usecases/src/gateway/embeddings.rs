@@ -65,6 +65,7 @@ impl GatewayCore {
             call.traceparent.clone(),
             WireFormat::OpenAiChat,
             Operation::Embeddings,
+            &routed.entry.upstream_name,
             Bytes::from(upstream_body),
             false,
             true,

@@ -1,0 +1,235 @@
+//! Building the provider instances: the built-in ones from flags and the environment, and one
+//! per `[providers.NAME]` section of the config file. A section's `kind` (default: its name)
+//! picks the wire protocol; its name is the provider part of canonical ids (`vllm-a:llama-3`)
+//! and what route deployments refer to.
+
+use crate::cli::ServeArgs;
+use anyhow::{Context, bail};
+use metis_ports::upstream::Provider;
+use metis_upstream::{HttpProvider, HttpProviderConfig, MockProvider, MockSettings};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// One `[providers.NAME]` section. Which fields apply depends on `kind`; a field another kind
+/// needs is refused for this one, naming it.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderSection {
+    /// The protocol: `anthropic`, `openai` (any OpenAI-compatible server), `openrouter`,
+    /// `mock`. Default: the section's name.
+    pub kind: Option<String>,
+    pub api_key: Option<String>,
+    /// Read the credential from this environment variable instead of the file.
+    pub api_key_env: Option<String>,
+    pub base_url: Option<String>,
+    /// Whether an OpenAI-wire upstream serves the Responses API (`/responses`) natively.
+    /// Default: on for OpenAI's own API, off for any other base URL (vLLM, Ollama, …), whose
+    /// Responses clients are then translated to Chat Completions.
+    pub responses_api: Option<bool>,
+    /// Mock: register it even when real providers have credentials.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Mock: delay before its response head.
+    pub latency_ms: Option<u64>,
+    /// Mock: pace streamed tokens at this rate.
+    pub tokens_per_second: Option<f64>,
+}
+
+impl std::fmt::Debug for ProviderSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProviderSection")
+            .field("kind", &self.kind)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("api_key_env", &self.api_key_env)
+            .field("base_url", &self.base_url)
+            .field("responses_api", &self.responses_api)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The provider kinds this binary speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Anthropic,
+    OpenAi,
+    OpenRouter,
+    Mock,
+}
+
+impl Kind {
+    const ALL: [(&'static str, Kind); 4] = [
+        ("anthropic", Kind::Anthropic),
+        ("openai", Kind::OpenAi),
+        ("openrouter", Kind::OpenRouter),
+        ("mock", Kind::Mock),
+    ];
+
+    fn parse(s: &str) -> Option<Kind> {
+        Self::ALL.iter().find(|(n, _)| *n == s).map(|(_, k)| *k)
+    }
+
+    fn names() -> String {
+        Self::ALL
+            .iter()
+            .map(|(n, _)| *n)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+impl ProviderSection {
+    /// The section's kind, or an error naming the section and the kinds there are.
+    ///
+    /// # Errors
+    /// An unknown kind.
+    pub fn kind_of(&self, name: &str) -> anyhow::Result<Kind> {
+        let kind = self.kind.as_deref().unwrap_or(name);
+        Kind::parse(kind).with_context(|| {
+            format!(
+                "[providers.{name}]: unknown kind '{kind}' (one of: {})",
+                Kind::names()
+            )
+        })
+    }
+
+    /// The credential: `api_key`, else the variable `api_key_env` names.
+    fn credential(&self) -> Option<String> {
+        non_empty(self.api_key.as_ref()).or_else(|| {
+            self.api_key_env
+                .as_ref()
+                .and_then(|v| std::env::var(v).ok())
+                .and_then(|v| non_empty(Some(&v)))
+        })
+    }
+}
+
+/// Check every section's kind and that it uses only its kind's fields.
+///
+/// # Errors
+/// Names the section and the field.
+pub fn validate(sections: &BTreeMap<String, ProviderSection>) -> anyhow::Result<()> {
+    for (name, s) in sections {
+        if name.is_empty() || name.contains(':') {
+            bail!("[providers.{name}]: a provider name must be non-empty and contain no ':'");
+        }
+        let kind = s.kind_of(name)?;
+        let mock_fields = s.enabled || s.latency_ms.is_some() || s.tokens_per_second.is_some();
+        if kind == Kind::Mock {
+            if s.api_key.is_some() || s.base_url.is_some() || s.api_key_env.is_some() {
+                bail!("[providers.{name}]: the mock takes no api_key or base_url");
+            }
+        } else if mock_fields {
+            bail!(
+                "[providers.{name}]: enabled, latency_ms and tokens_per_second apply to the mock only"
+            );
+        }
+    }
+    Ok(())
+}
+
+fn non_empty(s: Option<&String>) -> Option<String> {
+    s.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
+}
+
+/// Every live provider: the built-in ones with a credential (flag or environment first, then
+/// their section), each other section, and the mock when asked for or when nothing else is.
+///
+/// # Errors
+/// A section that cannot be built (bad base URL, missing credential for a named section).
+pub fn build(
+    args: &ServeArgs,
+    sections: &BTreeMap<String, ProviderSection>,
+) -> anyhow::Result<Vec<Arc<dyn Provider>>> {
+    let mut out: Vec<Arc<dyn Provider>> = Vec::new();
+    let builtin = [
+        (
+            "anthropic",
+            &args.anthropic_api_key,
+            &args.anthropic_base_url,
+        ),
+        ("openai", &args.openai_api_key, &args.openai_base_url),
+        (
+            "openrouter",
+            &args.openrouter_api_key,
+            &args.openrouter_base_url,
+        ),
+    ];
+    let empty = ProviderSection::default();
+    for (name, flag_key, flag_base) in builtin {
+        let section = sections.get(name).unwrap_or(&empty);
+        let Some(key) = non_empty(flag_key.as_ref()).or_else(|| section.credential()) else {
+            continue;
+        };
+        let base = flag_base.clone().or_else(|| section.base_url.clone());
+        out.push(http_provider(args, name, section.kind_of(name)?, key, base, section)?);
+    }
+    for (name, section) in sections {
+        let kind = section.kind_of(name)?;
+        if matches!(name.as_str(), "anthropic" | "openai" | "openrouter") || kind == Kind::Mock {
+            continue;
+        }
+        let key = section.credential().unwrap_or_default();
+        out.push(http_provider(
+            args,
+            name,
+            kind,
+            key,
+            section.base_url.clone(),
+            section,
+        )?);
+    }
+    let mock = sections
+        .iter()
+        .find(|(name, s)| s.kind_of(name).is_ok_and(|k| k == Kind::Mock));
+    let mock_wanted = args.enable_mock_provider || mock.is_some_and(|(_, s)| s.enabled);
+    if out.is_empty() || mock_wanted {
+        let section = mock.map(|(_, s)| s);
+        let settings = MockSettings {
+            latency_ms: if args.mock_latency_ms > 0 {
+                args.mock_latency_ms
+            } else {
+                section.and_then(|m| m.latency_ms).unwrap_or(0)
+            },
+            tokens_per_second: args
+                .mock_tokens_per_second
+                .or_else(|| section.and_then(|m| m.tokens_per_second)),
+            ..MockSettings::default()
+        };
+        out.push(Arc::new(MockProvider::new(settings)));
+    }
+    Ok(out)
+}
+
+/// An Anthropic, OpenAI-compatible or OpenRouter provider named `name`.
+fn http_provider(
+    args: &ServeArgs,
+    name: &str,
+    kind: Kind,
+    key: String,
+    base: Option<String>,
+    section: &ProviderSection,
+) -> anyhow::Result<Arc<dyn Provider>> {
+    let mut config = match kind {
+        Kind::Anthropic => HttpProviderConfig::anthropic(key),
+        Kind::OpenAi => HttpProviderConfig::openai(key),
+        Kind::OpenRouter => HttpProviderConfig::openrouter(key),
+        Kind::Mock => bail!("[providers.{name}]: the mock is not an HTTP provider"),
+    }
+    .with_name(name);
+    // Responses clients are forwarded natively only to upstreams known to serve the
+    // Responses API: OpenAI's own, or one configured with `responses_api = true`.
+    let native_responses = section
+        .responses_api
+        .unwrap_or(config.responses_api && base.is_none());
+    if let Some(base) = base {
+        config = config.with_base_url(base);
+    }
+    config = config
+        .with_responses_api(native_responses)
+        .with_response_head_timeout(args.upstream_timeout)
+        .with_max_retries(args.upstream_retries);
+    let provider =
+        HttpProvider::new(config).with_context(|| format!("cannot configure provider '{name}'"))?;
+    Ok(Arc::new(provider))
+}
