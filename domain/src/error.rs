@@ -457,8 +457,10 @@ impl GatewayError {
             }
             _ => {
                 let (openai_type, openai_code, anthropic_type) = self.kinds();
+                // A 503 (every deployment of a route ejected, or an upstream's own 503) says
+                // when to come back as well as a 429 does.
                 if let GatewayError::Upstream {
-                    class: ErrorClass::RateLimit,
+                    class: ErrorClass::RateLimit | ErrorClass::ServerError,
                     retry_after_secs: r,
                     ..
                 } = self

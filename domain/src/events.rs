@@ -121,10 +121,16 @@ pub trait Payload: Serialize {
 /// One entry of `route.decided.chain`.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct RouteChainEntry {
+    /// `client_model` (the model named a catalog model) or `deployment` (one deployment of a
+    /// route, in the order tried).
     pub policy: &'static str,
+    /// `chose`, `rejected`; for deployments `chose` (it answered), `failed` or `skipped`.
     pub verdict: &'static str,
     pub reason: String,
     pub candidate_model: Option<String>,
+    /// The deployment's name (route entries only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]

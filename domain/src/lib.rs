@@ -24,6 +24,7 @@ pub mod ratelimit;
 pub mod responses;
 pub mod responses_socket;
 pub mod retention;
+pub mod routing;
 pub mod sessions;
 pub mod spend;
 pub mod sse;

@@ -37,6 +37,8 @@ pub struct InboundMeta {
     pub forward_headers: Vec<(String, String)>,
     /// The request's query string, without `?`.
     pub query: Option<String>,
+    /// `x-metis-fallback: off`: try one deployment of a route only (no fallback to others).
+    pub no_fallback: bool,
 }
 
 /// An authenticated request, ready for its body.
@@ -59,6 +61,8 @@ pub struct Admission {
     pub forward_headers: Vec<(String, String)>,
     /// The request's query string, forwarded on same-shape traffic.
     pub query: Option<String>,
+    /// The client asked for no fallback (`x-metis-fallback: off`).
+    pub no_fallback: bool,
 }
 
 /// How a token count was obtained (the `x-metis-token-count` response header).

@@ -14,11 +14,11 @@
 
 pub mod config;
 mod http;
-pub mod transport;
 mod mock;
 mod retry;
+pub mod transport;
 
 pub use config::{ConfigError, HttpProviderConfig, RetryPolicy, Timeouts};
 pub use http::HttpProvider;
-pub use transport::Transport;
 pub use mock::{MOCK_PROVIDER, MockProvider, MockSettings};
+pub use transport::Transport;

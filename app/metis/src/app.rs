@@ -209,6 +209,11 @@ impl App {
         let (keys, quickstart) = load_keys(&key_sync, &gateway_admin, &args.host).await?;
         gateway_admin.sweep().await;
         let providers = crate::providers::build(&args, &cfg.providers)?;
+        let router = Arc::new(crate::providers::router(
+            &cfg,
+            &providers,
+            Arc::clone(&clock),
+        )?);
         let provider_names: Vec<String> = providers.iter().map(|p| p.name().to_owned()).collect();
         let background = TokioBackground::default();
         let (prometheus, metrics) = build_metrics(&args);
@@ -307,6 +312,7 @@ impl App {
                 exporting: crate::telemetry::exporting(),
             }),
             limiter: crate::admission::limiter(&args, shared_limits, Arc::new(background.clone())),
+            router,
         }));
         core.set_alerts(Arc::clone(&alerts));
 

@@ -22,6 +22,21 @@
 //! llama = "openai:llama-3.1-8b"
 //! haiku = "anthropic:claude-haiku-4-5"
 //!
+//! [[routes.claude]]                       # alias "claude": one table per deployment
+//! provider = "anthropic"
+//! model = "claude-haiku-4-5"
+//! weight = 3
+//!
+//! [[routes.claude]]
+//! provider = "bedrock"
+//! model = "anthropic.claude-haiku-4-5-20251001-v1:0"
+//! priority = 1                             # tried when every priority-0 deployment failed
+//! rpm = 600
+//!
+//! [routing]
+//! max_attempts = 3
+//! deadline_ms = 120000
+//!
 //! [pricing]
 //! version = "2026-11-local"
 //!
@@ -34,6 +49,7 @@ use crate::providers::ProviderSection;
 use anyhow::{Context, bail};
 use metis_domain::models::Catalog;
 use metis_domain::pricing::{Price, PriceTable};
+use metis_domain::routing::{BreakerPolicy, Deployment, RoutingPolicy};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -51,6 +67,126 @@ pub struct ConfigFile {
     pub pricing: Option<PricingSection>,
     #[serde(default)]
     pub prices: BTreeMap<String, PriceEntry>,
+    /// Aliases served by deployments: `[[routes.ALIAS]]`, one table per deployment.
+    #[serde(default)]
+    pub routes: BTreeMap<String, Vec<DeploymentSection>>,
+    #[serde(default)]
+    pub routing: RoutingSection,
+}
+
+/// One deployment of a route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentSection {
+    /// A provider's name: a built-in one with credentials or a `[providers.NAME]` section.
+    pub provider: String,
+    /// The model id sent upstream.
+    pub model: String,
+    /// Default `provider:model` (with `#2`, `#3`, … when repeated in the route).
+    pub name: Option<String>,
+    #[serde(default = "one")]
+    pub weight: u32,
+    #[serde(default)]
+    pub priority: u32,
+    pub rpm: Option<u32>,
+    pub tpm: Option<u32>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// How requests move along routes (`[routing]`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingSection {
+    /// Upstream attempts per request across a route's deployments.
+    pub max_attempts: u32,
+    /// Deadline for an answer head over the whole chain (ms); none by default.
+    pub deadline_ms: Option<u64>,
+    /// Consecutive failures (429, 5xx, network, time-out) that eject a deployment.
+    pub failure_threshold: u32,
+    /// First ejection's cool-down (ms), doubled on each re-ejection, ±20 % jitter.
+    pub cooldown_ms: u64,
+    pub max_cooldown_ms: u64,
+}
+
+impl Default for RoutingSection {
+    fn default() -> Self {
+        let d = RoutingPolicy::default();
+        RoutingSection {
+            max_attempts: d.max_attempts,
+            deadline_ms: d.deadline_ms,
+            failure_threshold: d.breaker.failure_threshold,
+            cooldown_ms: d.breaker.base_cooldown_ms,
+            max_cooldown_ms: d.breaker.max_cooldown_ms,
+        }
+    }
+}
+
+impl RoutingSection {
+    /// The policy, or an error naming the field.
+    ///
+    /// # Errors
+    /// A zero attempt count, threshold or cool-down, or a cap below the first cool-down.
+    pub fn policy(&self) -> anyhow::Result<RoutingPolicy> {
+        if self.max_attempts == 0 || self.failure_threshold == 0 || self.cooldown_ms == 0 {
+            bail!("[routing]: max_attempts, failure_threshold and cooldown_ms must be >= 1");
+        }
+        if self.max_cooldown_ms < self.cooldown_ms {
+            bail!("[routing]: max_cooldown_ms must be >= cooldown_ms");
+        }
+        if self.deadline_ms == Some(0) {
+            bail!("[routing]: deadline_ms must be >= 1 (leave it out for none)");
+        }
+        Ok(RoutingPolicy {
+            max_attempts: self.max_attempts,
+            deadline_ms: self.deadline_ms,
+            breaker: BreakerPolicy {
+                failure_threshold: self.failure_threshold,
+                base_cooldown_ms: self.cooldown_ms,
+                max_cooldown_ms: self.max_cooldown_ms,
+            },
+        })
+    }
+}
+
+impl ConfigFile {
+    /// Every route's deployments, named (`provider:model`, `#n` when repeated) and checked.
+    ///
+    /// # Errors
+    /// A route that fails validation, naming it and the deployment.
+    pub fn deployments(&self) -> anyhow::Result<Vec<(String, Vec<Deployment>)>> {
+        let mut out = Vec::new();
+        for (alias, sections) in &self.routes {
+            let mut list: Vec<Deployment> = Vec::new();
+            for d in sections {
+                let base = d
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| format!("{}:{}", d.provider, d.model));
+                let mut name = base.clone();
+                let mut n = 1;
+                while d.name.is_none() && list.iter().any(|o| o.name == name) {
+                    n += 1;
+                    name = format!("{base}#{n}");
+                }
+                list.push(Deployment {
+                    name,
+                    provider: d.provider.clone(),
+                    model: d.model.clone(),
+                    weight: d.weight,
+                    priority: d.priority,
+                    rpm: d.rpm,
+                    tpm: d.tpm,
+                });
+            }
+            metis_domain::routing::validate(alias, &list)
+                .map_err(|e| anyhow::anyhow!("[routes.{alias}]: {e}"))?;
+            out.push((alias.clone(), list));
+        }
+        Ok(out)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -81,6 +217,10 @@ impl ConfigFile {
         let cfg: ConfigFile = toml::from_str(&text)
             .with_context(|| format!("invalid config file {}", path.display()))?;
         crate::providers::validate(&cfg.providers)
+            .with_context(|| format!("invalid config file {}", path.display()))?;
+        cfg.routing
+            .policy()
+            .and_then(|_| cfg.deployments())
             .with_context(|| format!("invalid config file {}", path.display()))?;
         for id in cfg
             .models

@@ -162,7 +162,14 @@ pub fn build(
             continue;
         };
         let base = flag_base.clone().or_else(|| section.base_url.clone());
-        out.push(http_provider(args, name, section.kind_of(name)?, key, base, section)?);
+        out.push(http_provider(
+            args,
+            name,
+            section.kind_of(name)?,
+            key,
+            base,
+            section,
+        )?);
     }
     for (name, section) in sections {
         let kind = section.kind_of(name)?;
@@ -232,4 +239,35 @@ fn http_provider(
     let provider =
         HttpProvider::new(config).with_context(|| format!("cannot configure provider '{name}'"))?;
     Ok(Arc::new(provider))
+}
+
+/// The routes of the config file over the live providers.
+///
+/// # Errors
+/// A deployment naming a provider that is not live (no credentials, or no such section), or
+/// an invalid `[routing]` table.
+pub fn router(
+    cfg: &crate::config::ConfigFile,
+    providers: &[Arc<dyn Provider>],
+    clock: Arc<dyn metis_ports::system::Clock>,
+) -> anyhow::Result<metis_usecases::routing::Router> {
+    let mut specs = Vec::new();
+    for (alias, deployments) in cfg.deployments()? {
+        let mut list = Vec::with_capacity(deployments.len());
+        for d in deployments {
+            let Some(p) = providers.iter().find(|p| p.name() == d.provider) else {
+                let live: Vec<&str> = providers.iter().map(|p| p.name()).collect();
+                bail!(
+                    "[routes.{alias}]: deployment '{}' names provider '{}', which is not configured (live providers: {}; a built-in one needs its credential)",
+                    d.name,
+                    d.provider,
+                    live.join(", ")
+                );
+            };
+            list.push((d, Arc::clone(p)));
+        }
+        specs.push((alias, list));
+    }
+    metis_usecases::routing::Router::new(specs, cfg.routing.policy()?, clock)
+        .map_err(|e| anyhow::anyhow!(e))
 }

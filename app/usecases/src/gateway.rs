@@ -66,6 +66,8 @@ pub struct GatewayCore {
     quota_sampler: Mutex<std::collections::HashMap<String, (i64, u64)>>,
     draining: AtomicBool,
     warned_unpriced: Mutex<HashSet<String>>,
+    /// The routes (aliases served by several deployments) and their live health.
+    pub router: Arc<crate::routing::Router>,
     /// Where raised budget alerts go (webhooks); nowhere until [`GatewayCore::set_alerts`].
     alerts: std::sync::OnceLock<Arc<dyn metis_ports::alerts::AlertNotifier>>,
 }
@@ -89,6 +91,8 @@ pub struct CoreParts {
     pub background: Arc<dyn Background>,
     /// Counts tokens for `count_tokens` when the upstream cannot.
     pub tokenizer: Arc<dyn TokenCounter>,
+    /// The routes ([`Router::empty`](crate::routing::Router::empty) for none).
+    pub router: Arc<crate::routing::Router>,
 }
 
 impl GatewayCore {
@@ -113,6 +117,7 @@ impl GatewayCore {
             sessions: parts.sessions,
             patterns: PatternBatcher::new(parts.patterns, parts.background),
             tokenizer: parts.tokenizer,
+            router: parts.router,
             auth_sampler: AuthFailSampler::default(),
             quota_sampler: Mutex::new(std::collections::HashMap::new()),
             draining: AtomicBool::new(false),
@@ -144,7 +149,19 @@ impl GatewayCore {
         parent: Option<&str>,
         payload: &P,
     ) -> String {
-        let id = self.ids.ulid();
+        self.emit_as(self.ids.ulid(), session, turn, parent, payload)
+    }
+
+    /// [`emit`](Self::emit) under an id chosen earlier (a route's `route.decided`, which
+    /// `llm.call_started` already names as its parent).
+    fn emit_as<P: Payload>(
+        &self,
+        id: String,
+        session: &str,
+        turn: Option<&str>,
+        parent: Option<&str>,
+        payload: &P,
+    ) -> String {
         self.sink.emit(make_event(
             id.clone(),
             self.clock.now_us(),
@@ -209,6 +226,50 @@ impl GatewayCore {
             }
         }
         price
+    }
+
+    /// The model-call body for `target`: the client's own object with only the model
+    /// replaced when the target speaks the client's shape, else a translation (Responses
+    /// requests drop the OpenAI-hosted tools no other provider can run).
+    fn generate_body(
+        &self,
+        shape: Shape,
+        target: &call::Target,
+        raw: serde_json::Map<String, serde_json::Value>,
+        req: &mut ChatRequest,
+    ) -> Result<call::Built, GatewayError> {
+        let (wire_format, same_shape) = generate_wire(shape, &*target.provider);
+        let model = &target.entry.upstream_name;
+        let json = if same_shape {
+            wire::passthrough_request(shape, raw, model)
+        } else {
+            if shape == Shape::Responses {
+                let dropped = metis_domain::responses::prepare_for_translation(
+                    req,
+                    &raw,
+                    &target.entry.provider,
+                )?;
+                if dropped > 0 {
+                    tracing::debug!(
+                        provider = %target.entry.provider,
+                        dropped,
+                        "OpenAI-hosted tools dropped from a translated Responses request"
+                    );
+                }
+            }
+            wire::render_request(wire_format, req, model)?
+        };
+        let body = serde_json::to_vec(&json).map_err(|e| {
+            tracing::error!(error = %e, "could not serialise the upstream request");
+            GatewayError::Internal
+        })?;
+        Ok(call::Built {
+            body: Bytes::from(body),
+            wire: wire_format,
+            same_shape,
+            op: Operation::Generate,
+            stream: req.stream,
+        })
     }
 }
 
@@ -391,6 +452,7 @@ impl GatewayService for GatewayCore {
             session,
             forward_headers: meta.forward_headers,
             query: meta.query,
+            no_fallback: meta.no_fallback,
         })
     }
 
@@ -405,30 +467,10 @@ impl GatewayService for GatewayCore {
             ResponseContext::default()
         };
         let routed = self.route(&admission, &req.model, started)?;
-        let (wire_format, same_shape) = generate_wire(shape, &*routed.provider);
-        if shape == Shape::Responses && !same_shape {
-            let dropped = metis_domain::responses::prepare_for_translation(
-                &mut req,
-                &parsed.raw,
-                &routed.entry.provider,
-            )?;
-            if dropped > 0 {
-                tracing::debug!(
-                    provider = %routed.entry.provider,
-                    dropped,
-                    "OpenAI-hosted tools dropped from a translated Responses request"
-                );
-            }
-        }
-        let upstream_json = if same_shape {
-            wire::passthrough_request(shape, parsed.raw, &routed.entry.upstream_name)
-        } else {
-            wire::render_request(wire_format, &req, &routed.entry.upstream_name)?
-        };
-        let upstream_body = serde_json::to_vec(&upstream_json).map_err(|e| {
-            tracing::error!(error = %e, "could not serialise the upstream request");
-            GatewayError::Internal
-        })?;
+        // A route's fallbacks need the request again; a plain model's takes it as it is.
+        let spare = (routed.targets.len() > 1).then(|| (parsed.raw.clone(), req.clone()));
+        let first = self.generate_body(shape, &routed.targets[0], parsed.raw, &mut req)?;
+        let estimated_input_tokens = req.estimate_input_tokens();
         let mut call = self
             .start_call(
                 &admission,
@@ -436,27 +478,23 @@ impl GatewayService for GatewayCore {
                 CallSpec {
                     operation: "chat",
                     stream: req.stream,
-                    estimated_input_tokens: req.estimate_input_tokens(),
+                    estimated_input_tokens,
                     max_output_tokens: req.max_tokens,
                     tpm: self.tpm_of(&admission, Some((&routed.entry.upstream_name, &req))),
                     features: Some(fingerprint(&req, &admission.key.workspace_path)),
                 },
             )
             .await?;
-        let request = Self::upstream_request(
-            &admission,
-            call.request_id.clone(),
-            call.traceparent.clone(),
-            wire_format,
-            Operation::Generate,
-            &routed.entry.upstream_name,
-            Bytes::from(upstream_body),
-            req.stream,
-            same_shape,
-        );
-        let reply = self
-            .send(&*routed.provider, &mut call, request, same_shape)
+        let tokens = estimated_input_tokens
+            .saturating_add(req.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS_ESTIMATE));
+        let build = |t: &call::Target| {
+            let (raw, req) = spare.as_ref().ok_or(GatewayError::Internal)?;
+            self.generate_body(shape, t, raw.clone(), &mut req.clone())
+        };
+        let answer = self
+            .send_chain(&admission, &routed, &mut call, first, tokens, &build)
             .await?;
+        let (reply, wire_format, same_shape) = (answer.reply, answer.wire, answer.same_shape);
         let mut recorder = call.recorder;
         let response_id = self.ids.ulid();
         let render = RenderCtx {
@@ -466,7 +504,7 @@ impl GatewayService for GatewayCore {
             include_usage: req.include_usage,
             responses: &responses_ctx,
         };
-        let provider_name = &routed.entry.provider;
+        let provider_name = &answer.provider;
 
         match reply.body {
             UpstreamBody::Full(bytes) => {
@@ -586,7 +624,12 @@ impl GatewayService for GatewayCore {
             }
             return Err("trace store is not writable".to_owned());
         }
-        Ok(None)
+        // Ejected deployments do not make the replica unready (the others serve their routes,
+        // and the probes need traffic), but the detail names them.
+        Ok(self
+            .router
+            .ejected()
+            .map(|e| format!("deployments not in rotation: {e}")))
     }
 
     fn metrics_text(&self) -> String {

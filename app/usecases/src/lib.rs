@@ -15,6 +15,7 @@ pub mod ops;
 pub mod patterns;
 mod policy_admin;
 mod recorder;
+pub mod routing;
 pub mod spend;
 pub mod storage;
 mod stream;

@@ -60,6 +60,9 @@ pub(crate) struct CallRecorder {
     /// The call's token estimate on its key's, user's and team's token limits, settled to
     /// the actual input + output tokens.
     pub tpm: Option<TpmHold>,
+    /// The route deployment serving the call, held (outstanding count, probe slot) until the
+    /// call ends.
+    pub deployment: Option<crate::routing::Ticket>,
     pub metrics: Arc<dyn Metrics>,
     /// Counts the request as in flight until the recorder (or its stream) is dropped.
     pub inflight: InflightGuard,

@@ -16,6 +16,7 @@ use metis_domain::keys::{KeyRecord, hash_token, token_fingerprint};
 use metis_domain::models::Catalog;
 use metis_domain::patterns::PatternCaps;
 use metis_domain::pricing::{Price, PriceTable};
+use metis_domain::routing::{Deployment, RoutingPolicy};
 use metis_ports::admission::{KeyRateLimiter, SpendAdmission};
 use metis_ports::fakes::{
     FakeKeyLimiter, FakeOutage, FakeSpendStore, InMemoryPatternStore, InMemorySessionStore,
@@ -31,6 +32,7 @@ use metis_ports::trace::{EventRow, KeySpend};
 use metis_ports::upstream::{
     Operation, Provider, UpstreamBody, UpstreamError, UpstreamReply, UpstreamRequest, WireFormat,
 };
+use metis_usecases::routing::Router;
 use metis_usecases::{
     CoreParts, GatewayCore, KeyBuckets, KeyRing, Limiter, OutagePolicy, RateLimitConfig,
     SpendGuard, SpendGuardParts, SpendLedger,
@@ -315,6 +317,9 @@ struct Setup {
     tokenizer: Option<u64>,
     anth: FakeProvider,
     oai: FakeProvider,
+    /// Routes over the three providers (deployments name them `anth`, `oai`, `resp`).
+    routes: Vec<(&'static str, Vec<Deployment>)>,
+    routing: RoutingPolicy,
 }
 
 impl Default for Setup {
@@ -330,6 +335,8 @@ impl Default for Setup {
             tokenizer: None,
             anth: FakeProvider::new("anth", WireFormat::AnthropicMessages),
             oai: FakeProvider::new("oai", WireFormat::OpenAiChat),
+            routes: Vec::new(),
+            routing: RoutingPolicy::default(),
         }
     }
 }
@@ -403,6 +410,30 @@ impl Setup {
             patterns: Arc::new(InMemoryPatternStore::new(PatternCaps::default())),
             background: Arc::new(NoBackground),
             tokenizer: Arc::new(FixedTokenizer(self.tokenizer)),
+            router: Arc::new(
+                Router::new(
+                    self.routes
+                        .into_iter()
+                        .map(|(alias, deployments)| {
+                            let list = deployments
+                                .into_iter()
+                                .map(|d| {
+                                    let p: Arc<dyn Provider> = match d.provider.as_str() {
+                                        "anth" => Arc::clone(&anth) as Arc<dyn Provider>,
+                                        "oai" => Arc::clone(&oai) as Arc<dyn Provider>,
+                                        _ => Arc::clone(&resp) as Arc<dyn Provider>,
+                                    };
+                                    (d, p)
+                                })
+                                .collect();
+                            (alias.to_owned(), list)
+                        })
+                        .collect(),
+                    self.routing,
+                    Arc::new(FixedClock),
+                )
+                .unwrap(),
+            ),
         }));
         World {
             core,
@@ -427,6 +458,7 @@ fn meta(shape: Shape, token: Option<&str>) -> InboundMeta {
         agent_session: None,
         forward_headers: vec![("anthropic-beta".to_owned(), "tools-2026".to_owned())],
         query: Some("beta=true".to_owned()),
+        no_fallback: false,
     }
 }
 
@@ -1715,4 +1747,294 @@ async fn the_keys_of_a_team_share_its_token_limit_and_a_refusal_names_team_tpm()
         ok.is_ok(),
         "the cancelled stream gave the team its tokens back"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Routes: deployments, fallback, ejection, balancing
+// ---------------------------------------------------------------------------------------
+
+fn deployment(provider: &str, model: &str, priority: u32, weight: u32) -> Deployment {
+    Deployment {
+        name: format!("{provider}-{model}"),
+        provider: provider.to_owned(),
+        model: model.to_owned(),
+        weight,
+        priority,
+        rpm: None,
+        tpm: None,
+    }
+}
+
+fn routed_world(deployments: Vec<Deployment>, routing: RoutingPolicy) -> World {
+    Setup {
+        routes: vec![("r", deployments)],
+        routing,
+        ..Setup::default()
+    }
+    .build()
+}
+
+fn rate_limited() -> Scripted {
+    Scripted::Error {
+        status: 429,
+        body: json!({"error": {"type": "rate_limit_error", "message": "slow down"}}),
+    }
+}
+
+/// The deployments and verdicts of the last `route.decided`.
+fn chain_of(w: &World) -> Vec<(String, String)> {
+    let row = w
+        .events()
+        .into_iter()
+        .rev()
+        .find(|e| e.event_type == "route.decided")
+        .unwrap();
+    let decided: Value = serde_json::from_str(&row.payload_json).unwrap();
+    decided["chain"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["deployment"].as_str().unwrap().to_owned(),
+                c["verdict"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_429_falls_back_to_the_next_priority_group_across_shapes_with_the_chain_recorded() {
+    let w = routed_world(
+        vec![deployment("oai", "m", 0, 1), deployment("anth", "m", 1, 1)],
+        RoutingPolicy::default(),
+    );
+    w.oai.answer(rate_limited());
+    w.anth.answer(Scripted::Json(messages_answer()));
+    let body = json_of(w.call(Shape::OpenAi, chat("r")).await.unwrap());
+    assert_eq!(body["choices"][0]["message"]["content"], "hi");
+    assert_eq!(body["model"], "r");
+    assert_eq!(
+        chain_of(&w),
+        vec![
+            ("oai-m".to_owned(), "failed".to_owned()),
+            ("anth-m".to_owned(), "chose".to_owned())
+        ]
+    );
+    let (_, decided) = w.the("route.decided");
+    assert_eq!(decided["winner_index"], 1);
+    assert_eq!(decided["chosen_model"], "anth:m");
+    assert_eq!(decided["requested_model"], "r");
+    assert!(
+        decided["chain"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("429")
+    );
+    // The first deployment was told not to retry (a fallback was left); the last one keeps
+    // its own policy.
+    assert_eq!(w.oai.requests()[0].max_retries, Some(0));
+    assert_eq!(w.anth.requests()[0].max_retries, None);
+    assert_eq!(w.anth.body(0)["model"], "m");
+    // Cost is stamped with the deployment that answered: 10 in × 3 + 5 out × 15 per Mtok.
+    let (_, done) = w.the("llm.call_completed");
+    assert_eq!(done["model"], "anth:m");
+    let cost = done["cost_usd"].as_f64().unwrap();
+    assert!((cost - 0.000_105).abs() < 1e-9, "cost {cost}");
+    // route.decided is the parent named by llm.call_started.
+    let (decided_row, _) = w.the("route.decided");
+    let (started_row, _) = w.the("llm.call_started");
+    assert_eq!(
+        started_row.parent_event_id.as_deref(),
+        Some(decided_row.id.as_str())
+    );
+}
+
+#[tokio::test]
+async fn a_client_error_is_not_retried_elsewhere() {
+    let w = routed_world(
+        vec![deployment("oai", "m", 0, 1), deployment("anth", "m", 1, 1)],
+        RoutingPolicy::default(),
+    );
+    w.oai.answer(Scripted::Error {
+        status: 400,
+        body: json!({"error": {"type": "invalid_request_error", "message": "bad"}}),
+    });
+    let err = w.call(Shape::OpenAi, chat("r")).await.unwrap_err();
+    assert_eq!(err.status(), 400);
+    assert!(w.anth.requests().is_empty());
+    assert_eq!(
+        chain_of(&w),
+        vec![("oai-m".to_owned(), "failed".to_owned())]
+    );
+    assert_eq!(w.count("llm.call_failed"), 1);
+}
+
+#[tokio::test]
+async fn the_opt_out_header_and_the_attempt_budget_stop_the_chain() {
+    let w = routed_world(
+        vec![deployment("oai", "m", 0, 1), deployment("anth", "m", 1, 1)],
+        RoutingPolicy::default(),
+    );
+    w.oai.answer(rate_limited());
+    let mut m = meta(Shape::OpenAi, Some(TOKEN));
+    m.no_fallback = true;
+    let admission = w.core.admit(m).await.unwrap();
+    let err = w
+        .core
+        .handle(admission, Bytes::from(chat("r").to_string()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), 429);
+    assert!(w.anth.requests().is_empty());
+    // Without a fallback left, the one deployment keeps its own retry policy.
+    assert_eq!(w.oai.requests()[0].max_retries, None);
+
+    let w = routed_world(
+        vec![deployment("oai", "m", 0, 1), deployment("anth", "m", 1, 1)],
+        RoutingPolicy {
+            max_attempts: 1,
+            ..RoutingPolicy::default()
+        },
+    );
+    w.oai.answer(rate_limited());
+    assert_eq!(
+        w.call(Shape::OpenAi, chat("r")).await.unwrap_err().status(),
+        429
+    );
+    assert!(w.anth.requests().is_empty());
+}
+
+#[tokio::test]
+async fn consecutive_failures_eject_a_deployment_and_it_is_skipped_then() {
+    let mut routing = RoutingPolicy::default();
+    routing.breaker.failure_threshold = 2;
+    let w = routed_world(
+        vec![deployment("oai", "m", 0, 1), deployment("anth", "m", 1, 1)],
+        routing,
+    );
+    for _ in 0..2 {
+        w.oai.answer(Scripted::Error {
+            status: 503,
+            body: json!({"error": {"type": "server_error", "message": "down"}}),
+        });
+        w.anth.answer(Scripted::Json(messages_answer()));
+        w.call(Shape::OpenAi, chat("r")).await.unwrap();
+    }
+    w.anth.answer(Scripted::Json(messages_answer()));
+    w.call(Shape::OpenAi, chat("r")).await.unwrap();
+    assert_eq!(
+        w.oai.requests().len(),
+        2,
+        "the ejected deployment got no third request"
+    );
+    assert_eq!(
+        chain_of(&w),
+        vec![
+            ("oai-m".to_owned(), "skipped".to_owned()),
+            ("anth-m".to_owned(), "chose".to_owned())
+        ]
+    );
+    let route = w.core.router.get("r").unwrap();
+    let h = route.deployments[0].snapshot();
+    assert_eq!(h.circuit.as_str(), "open");
+    assert_eq!(h.ejections, 1);
+    assert_eq!(h.outstanding, 0);
+    assert!(
+        w.core
+            .readiness()
+            .unwrap()
+            .unwrap()
+            .contains("r/oai-m ejected")
+    );
+}
+
+#[tokio::test]
+async fn every_deployment_skipped_is_a_503_naming_them() {
+    let mut routing = RoutingPolicy::default();
+    routing.breaker.failure_threshold = 1;
+    let w = routed_world(vec![deployment("oai", "m", 0, 1)], routing);
+    w.oai.answer(Scripted::Error {
+        status: 500,
+        body: json!({"error": {"type": "server_error", "message": "down"}}),
+    });
+    assert_eq!(
+        w.call(Shape::OpenAi, chat("r")).await.unwrap_err().status(),
+        500
+    );
+    let err = w.call(Shape::OpenAi, chat("r")).await.unwrap_err();
+    assert_eq!(err.status(), 503);
+    assert!(
+        err.message().contains("oai-m: circuit open"),
+        "{}",
+        err.message()
+    );
+    assert!(
+        err.render(Shape::OpenAi)
+            .retry_after_secs
+            .is_some_and(|s| s >= 1)
+    );
+    assert_eq!(w.oai.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn a_stream_falls_back_before_its_head_but_never_after_its_first_byte() {
+    let w = routed_world(
+        vec![deployment("oai", "m", 0, 1), deployment("oai", "m2", 1, 1)],
+        RoutingPolicy::default(),
+    );
+    w.oai.answer(rate_limited());
+    w.oai.answer(Scripted::Stream(vec![
+        Step::Chunk(CHUNK_1),
+        Step::Chunk(CHUNK_2),
+        Step::Chunk(USAGE_CHUNK),
+        Step::Chunk(DONE),
+    ]));
+    let mut body = chat_stream(None);
+    body["model"] = json!("r");
+    let frames = frames_of(w.call(Shape::OpenAi, body.clone()).await.unwrap()).await;
+    assert!(frames.contains("llo"), "{frames}");
+    assert_eq!(w.oai.body(1)["model"], "m2");
+
+    // A stream that breaks after its first chunk ends with an error; nothing else is tried.
+    w.oai
+        .answer(Scripted::Stream(vec![Step::Chunk(CHUNK_1), Step::Fail]));
+    let frames = frames_of(w.call(Shape::OpenAi, body).await.unwrap()).await;
+    assert!(frames.contains("\"he\""), "{frames}");
+    assert!(frames.contains("error"), "{frames}");
+    assert_eq!(w.oai.requests().len(), 3);
+}
+
+#[tokio::test]
+async fn weights_split_traffic_inside_a_priority_group() {
+    let w = routed_world(
+        vec![deployment("oai", "m", 0, 3), deployment("oai", "m2", 0, 1)],
+        RoutingPolicy::default(),
+    );
+    let n = 400;
+    for _ in 0..n {
+        w.oai.answer(Scripted::Json(chat_answer()));
+        w.call(Shape::OpenAi, chat("r")).await.unwrap();
+    }
+    let heavy = (0..n).filter(|&i| w.oai.body(i)["model"] == "m").count();
+    let share = heavy as f64 / n as f64;
+    assert!(
+        (0.67..0.83).contains(&share),
+        "share of the weight-3 deployment: {share}"
+    );
+}
+
+#[tokio::test]
+async fn a_key_must_be_allowed_the_route_alias() {
+    let w = Setup {
+        keys: vec![key("gk_live", TOKEN, json!({"allowed_models": ["oai:m"]}))],
+        routes: vec![("r", vec![deployment("oai", "m", 0, 1)])],
+        ..Setup::default()
+    }
+    .build();
+    let err = w.call(Shape::OpenAi, chat("r")).await.unwrap_err();
+    assert_eq!(err.status(), 403);
+    assert!(w.oai.requests().is_empty());
+    let (_, decided) = w.the("route.decided");
+    assert_eq!(decided["chain"][0]["verdict"], "rejected");
 }

@@ -186,6 +186,9 @@ async fn cap_ratios_are_computed_at_scrape_time_and_fall_back_when_the_day_rolls
         patterns: Arc::new(InMemoryPatternStore::default()),
         background: Arc::new(Detached),
         tokenizer: Arc::new(NoTokenizer),
+        router: Arc::new(metis_usecases::routing::Router::empty(
+            Arc::clone(&clock) as Arc<dyn Clock>
+        )),
     });
 
     let _ = core.metrics_text();

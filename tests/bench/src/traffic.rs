@@ -175,6 +175,7 @@ impl Traffic {
                     verdict: "chose",
                     reason: "model requested by the client".into(),
                     candidate_model: Some(model.into()),
+                    deployment: None,
                 }],
                 requested_model: model.split_once(':').map_or(model, |(_, m)| m).into(),
             },

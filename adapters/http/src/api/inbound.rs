@@ -84,6 +84,16 @@ pub(super) fn meta(req: &Request, shape: Shape) -> InboundMeta {
             })
             .collect(),
         query: req.uri().query().map(str::to_owned),
+        no_fallback: req
+            .headers()
+            .get("x-metis-fallback")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                let v = v.trim();
+                ["off", "false", "0", "none"]
+                    .iter()
+                    .any(|o| v.eq_ignore_ascii_case(o))
+            }),
     }
 }
 

@@ -8,6 +8,7 @@
 
 use super::{DEFAULT_MAX_TOKENS_ESTIMATE, GatewayCore};
 use crate::recorder::{CallRecorder, InflightGuard, PatternHook, SessionHook};
+use crate::routing::{DeploymentState, Route};
 use crate::token_limits::TpmHold;
 use metis_domain::canonical::ChatRequest;
 use metis_domain::error::{ErrorClass, GatewayError};
@@ -15,21 +16,91 @@ use metis_domain::events::{CallIdentity, LlmCallStarted, RouteChainEntry, RouteD
 use metis_domain::models::ModelEntry;
 use metis_domain::patterns::StructuralFeatures;
 use metis_domain::ratelimit::TpmLine;
+use metis_domain::routing::Skip;
 use metis_ports::gateway::Admission;
-use metis_ports::upstream::{Provider, UpstreamError, UpstreamReply, UpstreamRequest};
+use metis_ports::upstream::{Provider, UpstreamError, UpstreamReply, UpstreamRequest, WireFormat};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tracing::Instrument;
 
-/// A request whose model resolved to a live provider the key may use.
-pub(super) struct Routed {
+/// One upstream a request may be sent to: a plain model's provider, or one deployment of a
+/// route.
+pub(super) struct Target {
     pub entry: ModelEntry,
     pub provider: Arc<dyn Provider>,
+    pub deployment: Option<Arc<DeploymentState>>,
+}
+
+/// A request whose model resolved to a live provider (or a route) the key may use.
+pub(super) struct Routed {
+    /// The first target (the plain model's, or the first deployment the balancer chose).
+    pub entry: ModelEntry,
+    pub provider: Arc<dyn Provider>,
+    /// Every target in the order they are tried (`targets[0]` is `entry`/`provider`).
+    pub targets: Vec<Target>,
+    /// The route the model named, if it named one; its `route.decided` is recorded when the
+    /// chain is settled, under `route_id`.
+    pub route: Option<Arc<Route>>,
+    pub requested_model: String,
     pub session_id: String,
     pub turn_id: String,
     pub route_id: String,
     pub identity: CallIdentity,
     pub started: Instant,
+}
+
+/// Who asked for what, before the model is resolved.
+pub(super) struct Origin {
+    requested_model: String,
+    session_id: String,
+    turn_id: String,
+    identity: CallIdentity,
+    started: Instant,
+}
+
+/// An upstream body built for one target.
+pub(super) struct Built {
+    pub body: bytes::Bytes,
+    /// The wire the body is in.
+    pub wire: WireFormat,
+    /// Whether that is the client's own shape (forwarded with the client's provider headers,
+    /// errors relayed).
+    pub same_shape: bool,
+    pub op: metis_ports::upstream::Operation,
+    pub stream: bool,
+}
+
+impl Built {
+    /// The upstream request of this body for `target`, in `call`.
+    fn request(
+        self,
+        admission: &Admission,
+        call: &StartedCall,
+        target: &Target,
+    ) -> (UpstreamRequest, WireFormat, bool) {
+        let (wire, same_shape) = (self.wire, self.same_shape);
+        let request = GatewayCore::upstream_request(
+            admission,
+            call.request_id.clone(),
+            call.traceparent.clone(),
+            wire,
+            self.op,
+            &target.entry.upstream_name,
+            self.body,
+            self.stream,
+            same_shape,
+        );
+        (request, wire, same_shape)
+    }
+}
+
+/// The answer of the target that answered.
+pub(super) struct Answer {
+    pub reply: UpstreamReply,
+    pub wire: WireFormat,
+    pub same_shape: bool,
+    /// Its provider name (`entry.provider` of the target).
+    pub provider: String,
 }
 
 /// What [`GatewayCore::start_call`] needs to know about the call.
@@ -87,6 +158,16 @@ impl GatewayCore {
                 .and_then(|l| l.parent_session_id.as_ref())
                 .map(|p| p.as_str().to_owned()),
         };
+        let base = Origin {
+            requested_model: model.to_owned(),
+            session_id,
+            turn_id,
+            identity,
+            started,
+        };
+        if let Some(route) = self.router.get(model.trim()) {
+            return self.route_alias(admission, Arc::clone(route), base);
+        }
         let resolved = self.catalog.resolve(model, &|p| self.is_live(p));
         let route = RouteDecided {
             chosen_model: resolved.as_ref().map(|e| e.id.clone()).unwrap_or_default(),
@@ -104,10 +185,11 @@ impl GatewayCore {
                     Err(e) => e.message(),
                 },
                 candidate_model: resolved.as_ref().ok().map(|e| e.id.clone()),
+                deployment: None,
             }],
             requested_model: model.to_owned(),
         };
-        let route_id = self.emit(&session_id, Some(&turn_id), None, &route);
+        let route_id = self.emit(&base.session_id, Some(&base.turn_id), None, &route);
         let entry = resolved?;
         let aliases = self.catalog.aliases_of(&entry.id);
         if let Err(refusal) = self.keys.snapshot().check_model(key, &entry.id, &aliases) {
@@ -117,13 +199,78 @@ impl GatewayCore {
             return Err(GatewayError::Internal);
         };
         Ok(Routed {
+            targets: vec![Target {
+                entry: entry.clone(),
+                provider: Arc::clone(&provider),
+                deployment: None,
+            }],
             entry,
             provider,
-            session_id,
-            turn_id,
+            route: None,
             route_id,
-            identity,
-            started,
+            requested_model: base.requested_model,
+            session_id: base.session_id,
+            turn_id: base.turn_id,
+            identity: base.identity,
+            started: base.started,
+        })
+    }
+
+    /// A model naming a route: the key must be allowed the alias; the balancer orders the
+    /// deployments. `route.decided` waits until the chain is settled ([`Self::send_chain`]).
+    fn route_alias(
+        &self,
+        admission: &Admission,
+        route: Arc<Route>,
+        base: Origin,
+    ) -> Result<Routed, GatewayError> {
+        let key = &admission.key;
+        if let Err(refusal) = self.keys.snapshot().check_model(key, &route.alias, &[]) {
+            let err = model_not_allowed(&base.requested_model, key, refusal);
+            let decided = RouteDecided {
+                chosen_model: String::new(),
+                winner_index: -1,
+                elapsed_ms: base.started.elapsed().as_secs_f64() * 1000.0,
+                chain: vec![RouteChainEntry {
+                    policy: "route",
+                    verdict: "rejected",
+                    reason: err.message(),
+                    candidate_model: None,
+                    deployment: None,
+                }],
+                requested_model: base.requested_model.clone(),
+            };
+            self.emit(&base.session_id, Some(&base.turn_id), None, &decided);
+            return Err(err);
+        }
+        let targets: Vec<Target> = self
+            .router
+            .plan(&route)
+            .into_iter()
+            .map(|d| Target {
+                entry: ModelEntry {
+                    id: d.spec.canonical_id(),
+                    provider: d.spec.provider.clone(),
+                    upstream_name: d.spec.model.clone(),
+                },
+                provider: Arc::clone(&d.provider),
+                deployment: Some(d),
+            })
+            .collect();
+        let Some(first) = targets.first() else {
+            return Err(GatewayError::Internal);
+        };
+        Ok(Routed {
+            entry: first.entry.clone(),
+            provider: Arc::clone(&first.provider),
+            route: Some(route),
+            route_id: self.ids.ulid(),
+            targets,
+            requested_model: base.requested_model,
+            session_id: base.session_id,
+            turn_id: base.turn_id,
+            identity: base.identity,
+            started: base.started,
         })
     }
 
@@ -146,15 +293,22 @@ impl GatewayCore {
         // refused spend reservation) gives its tokens back.
         let tpm = self.take_tokens(admission, &spec).await?;
         let price = self.price_of(&entry.id);
-        let estimate = price.map_or(0.0, |p| {
-            p.cost(&metis_domain::canonical::Usage {
-                input_tokens: spec.estimated_input_tokens,
-                output_tokens: spec
-                    .max_output_tokens
-                    .unwrap_or(DEFAULT_MAX_TOKENS_ESTIMATE),
-                ..Default::default()
-            })
-        });
+        let worst = metis_domain::canonical::Usage {
+            input_tokens: spec.estimated_input_tokens,
+            output_tokens: spec
+                .max_output_tokens
+                .unwrap_or(DEFAULT_MAX_TOKENS_ESTIMATE),
+            ..Default::default()
+        };
+        // A route may be answered by any of its deployments: hold the dearest one's cost.
+        let estimate = routed
+            .targets
+            .iter()
+            .skip(1)
+            .map(|t| self.price_of(&t.entry.id))
+            .chain(std::iter::once(price))
+            .map(|p| p.map_or(0.0, |p| p.cost(&worst)))
+            .fold(0.0, f64::max);
         let reservation = match self
             .spend
             .reserve(&admission.budget, estimate, self.clock.now_us())
@@ -249,6 +403,7 @@ impl GatewayCore {
             price,
             reservation: Some(reservation),
             tpm,
+            deployment: None,
             metrics: Arc::clone(&self.metrics),
             inflight: InflightGuard::new(Arc::clone(&self.metrics)),
             pricing_version: self.prices.version.clone(),
@@ -369,6 +524,192 @@ impl GatewayCore {
             }
         }
     }
+    /// Send the call to its targets in order until one answers: the plain model's provider
+    /// once, or a route's deployments with fallback on health failures (429, 5xx, network
+    /// errors, time-outs) while attempts and the deadline last. Only an answer head ends the
+    /// chain, so nothing has reached the client when the next deployment is tried. `first` is
+    /// the request built for `targets[0]`; `build` makes the others (a target whose request
+    /// cannot be built is skipped).
+    ///
+    /// # Errors
+    /// The last failure as the client sees it, or 429/503 when every deployment was skipped.
+    pub(super) async fn send_chain(
+        &self,
+        admission: &Admission,
+        routed: &Routed,
+        call: &mut StartedCall,
+        first: Built,
+        tokens: u64,
+        build: &(dyn Fn(&Target) -> Result<Built, GatewayError> + Sync),
+    ) -> Result<Answer, GatewayError> {
+        let Some(route) = &routed.route else {
+            let (request, wire, same_shape) = first.request(admission, call, &routed.targets[0]);
+            let reply = self
+                .send(&*routed.provider, call, request, same_shape)
+                .await?;
+            return Ok(Answer {
+                reply,
+                wire,
+                same_shape,
+                provider: routed.entry.provider.clone(),
+            });
+        };
+        let policy = self.router.policy;
+        let deadline = policy
+            .deadline_ms
+            .map(|ms| routed.started + Duration::from_millis(ms));
+        let budget = if admission.no_fallback {
+            1
+        } else {
+            policy.max_attempts.max(1)
+        };
+        let span = call.upstream_span.clone();
+        call.upstream_span = tracing::Span::none();
+        let mut first = Some(first);
+        let mut chain = Vec::with_capacity(routed.targets.len());
+        let mut skips = Vec::new();
+        let mut last: Option<(UpstreamError, bool)> = None;
+        let mut attempts = 0u32;
+        for (i, target) in routed.targets.iter().enumerate() {
+            let Some(dep) = &target.deployment else {
+                continue;
+            };
+            if attempts >= budget || deadline.is_some_and(|d| Instant::now() >= d) {
+                break;
+            }
+            let ticket = match self.router.acquire(dep, tokens) {
+                Ok(t) => t,
+                Err(skip) => {
+                    chain.push(chain_entry(target, "skipped", skip.describe()));
+                    skips.push(skip);
+                    continue;
+                }
+            };
+            let built = match first
+                .take()
+                .filter(|_| i == 0)
+                .map_or_else(|| build(target), Ok)
+            {
+                Ok(b) => b,
+                Err(e) => {
+                    let reason = format!("the request cannot be sent in its wire: {}", e.message());
+                    chain.push(chain_entry(target, "skipped", reason));
+                    continue;
+                }
+            };
+            let (mut request, wire, same_shape) = built.request(admission, call, target);
+            if attempts + 1 < budget && i + 1 < routed.targets.len() {
+                // Another deployment is left: move on at once instead of backing off here.
+                request.max_retries = Some(0);
+            }
+            request.deadline = deadline;
+            attempts += 1;
+            let sent = Instant::now();
+            match target.provider.send(request).instrument(span.clone()).await {
+                Ok(reply) => {
+                    let ms = sent.elapsed().as_secs_f64() * 1000.0;
+                    ticket.succeeded(ms);
+                    chain.push(chain_entry(
+                        target,
+                        "chose",
+                        format!("answered in {ms:.0} ms"),
+                    ));
+                    if chain.len() > 1 {
+                        route
+                            .fallbacks
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    self.settle_route(routed, chain, Some(&target.entry.id));
+                    if reply.retries > 0 {
+                        self.metrics
+                            .upstream_retries(&call.recorder.labels(), reply.retries);
+                    }
+                    let recorder = &mut call.recorder;
+                    recorder.model.clone_from(&target.entry.id);
+                    recorder.provider.clone_from(&target.entry.provider);
+                    recorder.price = self.price_of(&target.entry.id);
+                    recorder.retries = reply.retries;
+                    recorder.deployment = Some(ticket);
+                    return Ok(Answer {
+                        reply,
+                        wire,
+                        same_shape,
+                        provider: target.entry.provider.clone(),
+                    });
+                }
+                Err(e) => {
+                    let health = is_health_failure(&e);
+                    if health && ticket.failed(&policy, self.router.now_us(), self.router.draw()) {
+                        tracing::warn!(
+                            route = %route.alias,
+                            deployment = %dep.spec.name,
+                            provider = %dep.spec.provider,
+                            "deployment ejected after consecutive failures; it is probed again after its cool-down"
+                        );
+                    }
+                    chain.push(chain_entry(target, "failed", failure_reason(&e)));
+                    last = Some((e, same_shape));
+                    if !health {
+                        break;
+                    }
+                }
+            }
+        }
+        self.settle_route(routed, chain.clone(), None);
+        if let Some((e, relay)) = last {
+            call.recorder.retries = e.retries();
+            let (client_err, class, message) = upstream_error(&e, relay);
+            call.recorder.fail(class, &message);
+            return Err(client_err);
+        }
+        let reasons: Vec<String> = chain
+            .iter()
+            .map(|c| format!("{}: {}", c.deployment.as_deref().unwrap_or("?"), c.reason))
+            .collect();
+        let message = format!(
+            "no deployment of route '{}' can take the request now ({})",
+            route.alias,
+            if reasons.is_empty() {
+                "deadline passed".to_owned()
+            } else {
+                reasons.join("; ")
+            }
+        );
+        let class = if !skips.is_empty() && skips.iter().all(Skip::is_ceiling) {
+            ErrorClass::RateLimit
+        } else {
+            ErrorClass::ServerError
+        };
+        call.recorder.fail(class, &message);
+        Err(GatewayError::Upstream {
+            class,
+            provider: format!("route {}", route.alias),
+            message,
+            retry_after_secs: Some(skips.iter().map(Skip::retry_after_secs).min().unwrap_or(1)),
+        })
+    }
+
+    /// Record a route's `route.decided` with the chain actually tried.
+    fn settle_route(&self, routed: &Routed, chain: Vec<RouteChainEntry>, chosen: Option<&str>) {
+        let decided = RouteDecided {
+            chosen_model: chosen.unwrap_or_default().to_owned(),
+            winner_index: if chosen.is_some() {
+                i64::try_from(chain.len()).unwrap_or(0) - 1
+            } else {
+                -1
+            },
+            elapsed_ms: routed.started.elapsed().as_secs_f64() * 1000.0,
+            chain,
+            requested_model: routed.requested_model.clone(),
+        };
+        self.emit_as(
+            routed.route_id.clone(),
+            &routed.session_id,
+            Some(&routed.turn_id),
+            None,
+            &decided,
+        );
+    }
 }
 
 /// The client's error, the failure class and the trace message (never upstream free text)
@@ -445,5 +786,37 @@ pub(super) fn model_not_allowed(
             crate::keys::ModelRefusal::Key => None,
             crate::keys::ModelRefusal::Scope(s) => Some(s),
         },
+    }
+}
+
+/// One deployment's line in `route.decided`.
+fn chain_entry(target: &Target, verdict: &'static str, reason: String) -> RouteChainEntry {
+    RouteChainEntry {
+        policy: "deployment",
+        verdict,
+        reason,
+        candidate_model: Some(target.entry.id.clone()),
+        deployment: target.deployment.as_ref().map(|d| d.spec.name.clone()),
+    }
+}
+
+/// Whether a failure counts against the deployment's health and allows a fallback: 429, 408,
+/// 5xx (incl. 529), network errors and time-outs. A 400 or 401 is the request's or the
+/// configuration's problem: another deployment would not fix it.
+fn is_health_failure(e: &UpstreamError) -> bool {
+    match e {
+        UpstreamError::Status { status, .. } => matches!(status, 408 | 429 | 500..=599),
+        UpstreamError::Network { .. } => true,
+    }
+}
+
+/// A failure as recorded in the chain (status and upstream error type; never free text).
+fn failure_reason(e: &UpstreamError) -> String {
+    match e {
+        UpstreamError::Status { status, body, .. } => {
+            let class = ErrorClass::classify_upstream(*status, body);
+            format!("HTTP {status} ({})", class.as_str())
+        }
+        UpstreamError::Network { message, .. } => format!("unreachable: {message}"),
     }
 }

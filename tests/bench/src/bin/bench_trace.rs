@@ -196,6 +196,7 @@ fn request_events_for(requests: usize, key_id: &str, base_us: i64, step_us: i64)
                 verdict: "chose",
                 reason: "model requested by the client".into(),
                 candidate_model: Some("openai:gpt-5".into()),
+                deployment: None,
             }],
             requested_model: "gpt-5".into(),
         };

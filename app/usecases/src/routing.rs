@@ -1,0 +1,261 @@
+//! The routes of this gateway process: each alias's deployments with their live health
+//! (circuit, outstanding requests, latency EWMA, rpm/tpm ceilings) and counters. The rules
+//! are `metis_domain::routing`; this holds the state behind one short lock per deployment.
+//!
+//! Health is per process: each replica ejects and probes on what it sees itself, which needs
+//! no coordination and reacts as fast as its own traffic.
+
+use metis_domain::routing::{
+    Candidate, Circuit, Deployment, Health, RoutingPolicy, Skip, plan, validate,
+};
+use metis_ports::system::Clock;
+use metis_ports::upstream::Provider;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// One deployment and its state.
+pub struct DeploymentState {
+    pub route: String,
+    pub spec: Deployment,
+    pub provider: Arc<dyn Provider>,
+    health: Mutex<Health>,
+    /// Attempts answered, failed (health failures only) and skipped.
+    pub answered: AtomicU64,
+    pub failed: AtomicU64,
+    pub skipped: AtomicU64,
+}
+
+impl DeploymentState {
+    fn health(&self) -> MutexGuard<'_, Health> {
+        match self.health.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// A copy of the live state.
+    #[must_use]
+    pub fn snapshot(&self) -> Health {
+        self.health().clone()
+    }
+}
+
+/// A route: an alias and its deployments.
+pub struct Route {
+    pub alias: String,
+    pub deployments: Vec<Arc<DeploymentState>>,
+    /// Requests that were answered by another deployment than the first one tried.
+    pub fallbacks: AtomicU64,
+}
+
+/// A deployment held for one request; dropping it ends the request on the deployment
+/// (outstanding count, probe slot).
+pub struct Ticket {
+    deployment: Arc<DeploymentState>,
+}
+
+impl Ticket {
+    #[must_use]
+    pub fn deployment(&self) -> &Arc<DeploymentState> {
+        &self.deployment
+    }
+
+    /// The answer head arrived after `latency_ms`.
+    pub fn succeeded(&self, latency_ms: f64) {
+        self.deployment.health().succeeded(latency_ms);
+        self.deployment.answered.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A health failure (429, 5xx, network, timeout). Returns whether it ejected the
+    /// deployment.
+    pub fn failed(&self, policy: &RoutingPolicy, now_us: i64, jitter: f64) -> bool {
+        self.deployment.failed.fetch_add(1, Ordering::Relaxed);
+        self.deployment
+            .health()
+            .failed(&policy.breaker, now_us, jitter)
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.deployment.health().release();
+    }
+}
+
+/// Every route of this process.
+pub struct Router {
+    routes: BTreeMap<String, Arc<Route>>,
+    pub policy: RoutingPolicy,
+    clock: Arc<dyn Clock>,
+    seed: AtomicU64,
+}
+
+/// A route's deployments as configured: `(deployment, its provider)`.
+pub type RouteSpec = (String, Vec<(Deployment, Arc<dyn Provider>)>);
+
+impl Router {
+    /// Build the routes.
+    ///
+    /// # Errors
+    /// A route that fails [`validate`], naming it.
+    pub fn new(
+        specs: Vec<RouteSpec>,
+        policy: RoutingPolicy,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, String> {
+        let now = clock.now_us();
+        let mut routes = BTreeMap::new();
+        for (alias, deployments) in specs {
+            let plain: Vec<Deployment> = deployments.iter().map(|(d, _)| d.clone()).collect();
+            validate(&alias, &plain)?;
+            let states = deployments
+                .into_iter()
+                .map(|(spec, provider)| {
+                    Arc::new(DeploymentState {
+                        route: alias.clone(),
+                        health: Mutex::new(Health::new(&spec, now)),
+                        spec,
+                        provider,
+                        answered: AtomicU64::new(0),
+                        failed: AtomicU64::new(0),
+                        skipped: AtomicU64::new(0),
+                    })
+                })
+                .collect();
+            routes.insert(
+                alias.clone(),
+                Arc::new(Route {
+                    alias,
+                    deployments: states,
+                    fallbacks: AtomicU64::new(0),
+                }),
+            );
+        }
+        let seed = u64::try_from(now).unwrap_or(1) | 1;
+        Ok(Router {
+            routes,
+            policy,
+            clock,
+            seed: AtomicU64::new(seed),
+        })
+    }
+
+    /// No routes.
+    #[must_use]
+    pub fn empty(clock: Arc<dyn Clock>) -> Self {
+        Router {
+            routes: BTreeMap::new(),
+            policy: RoutingPolicy::default(),
+            clock,
+            seed: AtomicU64::new(1),
+        }
+    }
+
+    #[must_use]
+    pub fn get(&self, alias: &str) -> Option<&Arc<Route>> {
+        self.routes.get(alias)
+    }
+
+    /// Every route, by alias.
+    pub fn routes(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.routes.values()
+    }
+
+    /// A draw in `[0, 1)` (splitmix64 over a shared counter: cheap, lock-free, and good
+    /// enough for load balancing and jitter).
+    pub fn draw(&self) -> f64 {
+        let mut z = self
+            .seed
+            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
+            .wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        #[expect(clippy::cast_precision_loss, reason = "53 random bits")]
+        let v = (z >> 11) as f64 / (1u64 << 53) as f64;
+        v
+    }
+
+    /// The order in which `route`'s deployments are tried for one request.
+    #[must_use]
+    pub fn plan(&self, route: &Route) -> Vec<Arc<DeploymentState>> {
+        if route.deployments.len() == 1 {
+            return route.deployments.clone();
+        }
+        let now = self.clock.now_us();
+        let candidates: Vec<Candidate> = route
+            .deployments
+            .iter()
+            .map(|d| {
+                let h = d.health();
+                Candidate {
+                    priority: d.spec.priority,
+                    weight: d.spec.weight,
+                    // An ineligible deployment sorts last in its group; it is skipped (and
+                    // recorded) when its turn comes unless it recovered by then.
+                    score: if h.eligible(now) {
+                        h.score()
+                    } else {
+                        f64::MAX / 2.0
+                    },
+                }
+            })
+            .collect();
+        plan(&candidates, &mut || self.draw())
+            .into_iter()
+            .map(|i| Arc::clone(&route.deployments[i]))
+            .collect()
+    }
+
+    /// Take `d` for one request of `tokens` estimated tokens.
+    ///
+    /// # Errors
+    /// Why it was skipped.
+    pub fn acquire(&self, d: &Arc<DeploymentState>, tokens: u64) -> Result<Ticket, Skip> {
+        let now = self.clock.now_us();
+        let taken = d.health().try_acquire(&d.spec, tokens, now);
+        match taken {
+            Ok(()) => Ok(Ticket {
+                deployment: Arc::clone(d),
+            }),
+            Err(skip) => {
+                d.skipped.fetch_add(1, Ordering::Relaxed);
+                Err(skip)
+            }
+        }
+    }
+
+    /// Now, on the router's clock (µs).
+    #[must_use]
+    pub fn now_us(&self) -> i64 {
+        self.clock.now_us()
+    }
+
+    /// Deployments whose circuit is not closed, as `/readyz` details them (`None`: all closed).
+    #[must_use]
+    pub fn ejected(&self) -> Option<String> {
+        let now = self.clock.now_us();
+        let mut out = Vec::new();
+        for route in self.routes.values() {
+            for d in &route.deployments {
+                let h = d.health();
+                match h.circuit {
+                    Circuit::Closed => {}
+                    Circuit::Open { until_us } => out.push(format!(
+                        "{}/{} ejected ({} consecutive failures, probe in {} ms)",
+                        route.alias,
+                        d.spec.name,
+                        h.consecutive_failures,
+                        (until_us - now).max(0) / 1000
+                    )),
+                    Circuit::HalfOpen { .. } => out.push(format!(
+                        "{}/{} half-open (probing)",
+                        route.alias, d.spec.name
+                    )),
+                }
+            }
+        }
+        (!out.is_empty()).then(|| out.join("; "))
+    }
+}
