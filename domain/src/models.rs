@@ -123,6 +123,12 @@ impl Catalog {
         self.loaded_at = unix_secs;
     }
 
+    /// When the catalog was loaded (unix seconds).
+    #[must_use]
+    pub fn loaded_at(&self) -> i64 {
+        self.loaded_at
+    }
+
     /// The live models and their aliases, as `/v1/models` lists them: each canonical id
     /// followed by its aliases, sorted by canonical id. `created` is the release date where the
     /// catalog records one, else the time the catalog was loaded.

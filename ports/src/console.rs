@@ -56,6 +56,16 @@ pub struct Overview {
     pub providers: Vec<ProviderHealth>,
 }
 
+/// A route of this process and its deployments (`GET /admin/v1/routes`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteStatus {
+    pub alias: String,
+    /// Requests answered by another deployment than the first one tried.
+    pub fallbacks: u64,
+    /// In configuration order.
+    pub deployments: Vec<crate::metrics::DeploymentStatus>,
+}
+
 /// The width of a usage series bucket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SeriesBucket {
@@ -147,6 +157,8 @@ pub struct AuditExport {
 pub trait OpsService: Send + Sync {
     /// This process's live counters.
     fn overview(&self) -> Overview;
+    /// This process's routes with their deployments' settings and live health.
+    fn routes(&self) -> Vec<RouteStatus>;
     /// # Errors
     /// `Invalid` (empty window, more than [`MAX_SERIES_BUCKETS`] buckets), `Unavailable`.
     async fn usage_series(&self, q: SeriesQuery) -> Result<UsageSeries, AdminFailure>;

@@ -9,7 +9,7 @@ use crate::trace::CommitLagStats;
 use metis_domain::canonical::Usage;
 
 /// Values read at scrape time (the exporter has no other way to know them).
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct ScrapeGauges {
     pub trace_queue_depth: u64,
     pub trace_events_written: u64,
@@ -26,6 +26,37 @@ pub struct ScrapeGauges {
     pub draining: bool,
     /// The trace writer's queue-to-commit lag against its commit deadline.
     pub trace_commit_lag: CommitLagStats,
+    /// Every route deployment's live state in this process.
+    pub deployments: Vec<DeploymentStatus>,
+}
+
+/// One route deployment: its settings and live state in this process (`/metrics` and
+/// `GET /admin/v1/routes`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DeploymentStatus {
+    pub route: String,
+    pub deployment: String,
+    pub provider: String,
+    /// The upstream model id.
+    pub model: String,
+    pub weight: u32,
+    pub priority: u32,
+    pub rpm: Option<u32>,
+    pub tpm: Option<u32>,
+    /// 0 closed, 1 half-open, 2 open.
+    pub circuit: u8,
+    pub consecutive_failures: u32,
+    /// While open: when the next probe is allowed (ms from now).
+    pub probe_in_ms: Option<u64>,
+    pub outstanding: u32,
+    /// Latency to the answer head, exponentially weighted (seconds).
+    pub latency_ewma_seconds: f64,
+    /// Attempts that got an answer head, health failures, and times it was passed over.
+    pub answered: u64,
+    pub failed: u64,
+    pub skipped: u64,
+    /// Times its circuit opened.
+    pub ejections: u64,
 }
 
 /// Which upstream call a measurement belongs to.

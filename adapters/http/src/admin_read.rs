@@ -122,6 +122,51 @@ pub struct OverviewReport {
     providers: Vec<ProviderStatus>,
 }
 
+/// One deployment of a route: its settings and this replica's view of its health.
+#[derive(Object)]
+pub struct DeploymentReport {
+    name: String,
+    provider: String,
+    /// The model id sent upstream.
+    model: String,
+    weight: u32,
+    priority: u32,
+    #[oai(nullable)]
+    rpm: Option<u32>,
+    #[oai(nullable)]
+    tpm: Option<u32>,
+    /// `closed`, `half_open` (a probe may go or is in flight) or `open` (ejected).
+    circuit: String,
+    consecutive_failures: u32,
+    /// While open: milliseconds until a probe is let through.
+    #[oai(nullable)]
+    probe_in_ms: Option<u64>,
+    outstanding_requests: u32,
+    /// Latency to the answer head, exponentially weighted.
+    latency_ewma_ms: f64,
+    answered: u64,
+    failures: u64,
+    skipped: u64,
+    ejections: u64,
+}
+
+/// A route: a model alias served by deployments.
+#[derive(Object)]
+pub struct RouteReport {
+    alias: String,
+    /// Requests answered by another deployment than the first one tried.
+    fallbacks: u64,
+    deployments: Vec<DeploymentReport>,
+}
+
+/// `GET /admin/v1/routes`.
+#[derive(Object)]
+pub struct RoutesReport {
+    /// Always `this_process`: health is each replica's own.
+    replica_scope: String,
+    routes: Vec<RouteReport>,
+}
+
 /// One bucket of a usage series.
 #[derive(Object)]
 pub struct UsagePoint {
@@ -368,6 +413,50 @@ impl AdminReadApi {
             },
             health_window_seconds: o.health_window_seconds,
             providers: o.providers.into_iter().map(ProviderStatus::from).collect(),
+        }))
+    }
+
+    /// Every route (a model alias served by one or more deployments) with each deployment's
+    /// settings, circuit state, outstanding requests, latency EWMA and attempt counters as
+    /// this replica sees them. Role: viewer.
+    #[oai(path = "/routes", method = "get", operation_id = "listRoutes")]
+    async fn routes(&self, auth: AdminAuth) -> ReadResult<RoutesReport> {
+        auth.require(Role::Viewer)?;
+        let routes = self
+            .svc
+            .routes()
+            .into_iter()
+            .map(|r| RouteReport {
+                alias: r.alias,
+                fallbacks: r.fallbacks,
+                deployments: r
+                    .deployments
+                    .into_iter()
+                    .map(|d| DeploymentReport {
+                        name: d.deployment,
+                        provider: d.provider,
+                        model: d.model,
+                        weight: d.weight,
+                        priority: d.priority,
+                        rpm: d.rpm,
+                        tpm: d.tpm,
+                        circuit: ["closed", "half_open", "open"][usize::from(d.circuit.min(2))]
+                            .to_owned(),
+                        consecutive_failures: d.consecutive_failures,
+                        probe_in_ms: d.probe_in_ms,
+                        outstanding_requests: d.outstanding,
+                        latency_ewma_ms: d.latency_ewma_seconds * 1000.0,
+                        answered: d.answered,
+                        failures: d.failed,
+                        skipped: d.skipped,
+                        ejections: d.ejections,
+                    })
+                    .collect(),
+            })
+            .collect();
+        Ok(Json(RoutesReport {
+            replica_scope: "this_process".to_owned(),
+            routes,
         }))
     }
 

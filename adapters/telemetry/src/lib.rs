@@ -409,6 +409,7 @@ impl Metrics for Prometheus {
         );
         write_commit_lag(&mut out, &g.trace_commit_lag);
         self.render_state(&mut out, g);
+        render::render_deployments(&mut out, g);
         out
     }
 }

@@ -198,3 +198,71 @@ impl Prometheus {
         process::render(out);
     }
 }
+
+/// Route deployments: circuit state, load and attempt outcomes, one series per deployment
+/// (bounded by the configuration, not by traffic).
+pub(crate) fn render_deployments(out: &mut String, g: &ScrapeGauges) {
+    if g.deployments.is_empty() {
+        return;
+    }
+    type Pick = fn(&metis_ports::metrics::DeploymentStatus) -> f64;
+    let families: [(&str, &str, &str, Pick); 7] = [
+        (
+            "metis_deployment_circuit_state",
+            "gauge",
+            "Circuit of a route deployment: 0 closed, 1 half-open (probing), 2 open (ejected).",
+            |d| f64::from(d.circuit),
+        ),
+        (
+            "metis_deployment_outstanding_requests",
+            "gauge",
+            "Requests sent to the deployment and not finished.",
+            |d| f64::from(d.outstanding),
+        ),
+        (
+            "metis_deployment_latency_ewma_seconds",
+            "gauge",
+            "Latency to the answer head, exponentially weighted (what the balancer compares).",
+            |d| d.latency_ewma_seconds,
+        ),
+        (
+            "metis_deployment_answered_total",
+            "counter",
+            "Attempts on the deployment that got an answer head.",
+            |d| d.answered as f64,
+        ),
+        (
+            "metis_deployment_failures_total",
+            "counter",
+            "Attempts that failed with a health failure (429, 5xx, network, time-out).",
+            |d| d.failed as f64,
+        ),
+        (
+            "metis_deployment_skipped_total",
+            "counter",
+            "Times the deployment was passed over (circuit open, probe in flight, rpm/tpm ceiling).",
+            |d| d.skipped as f64,
+        ),
+        (
+            "metis_deployment_ejections_total",
+            "counter",
+            "Times the deployment's circuit opened.",
+            |d| d.ejections as f64,
+        ),
+    ];
+    for (name, kind, help, pick) in families {
+        header(out, name, kind, help);
+        for d in &g.deployments {
+            sample(
+                out,
+                name,
+                &[
+                    ("route", &d.route),
+                    ("deployment", &d.deployment),
+                    ("provider", &d.provider),
+                ],
+                pick(d),
+            );
+        }
+    }
+}

@@ -254,3 +254,41 @@ fn state_retries_first_token_quota_events_and_certificate_expiry_render() {
 fn label_values_are_escaped() {
     assert_eq!(escape("a\"b\\c\n"), "a\\\"b\\\\c\\n");
 }
+
+#[test]
+fn route_deployments_render_one_series_each() {
+    let p = Prometheus::new(crate::SeriesBudget::default());
+    let text = p.render(&ScrapeGauges {
+        deployments: vec![metis_ports::metrics::DeploymentStatus {
+            route: "claude".to_owned(),
+            deployment: "bedrock-east".to_owned(),
+            provider: "bedrock".to_owned(),
+            circuit: 2,
+            outstanding: 4,
+            latency_ewma_seconds: 0.25,
+            answered: 10,
+            failed: 5,
+            skipped: 7,
+            ejections: 1,
+            ..Default::default()
+        }],
+        ..ScrapeGauges::default()
+    });
+    let labels = "{route=\"claude\",deployment=\"bedrock-east\",provider=\"bedrock\"}";
+    for (name, v) in [
+        ("metis_deployment_circuit_state", "2"),
+        ("metis_deployment_outstanding_requests", "4"),
+        ("metis_deployment_latency_ewma_seconds", "0.25"),
+        ("metis_deployment_answered_total", "10"),
+        ("metis_deployment_failures_total", "5"),
+        ("metis_deployment_skipped_total", "7"),
+        ("metis_deployment_ejections_total", "1"),
+    ] {
+        assert!(
+            text.contains(&format!("{name}{labels} {v}\n")),
+            "{name}: {text}"
+        );
+    }
+    let none = p.render(&ScrapeGauges::default());
+    assert!(!none.contains("metis_deployment_"));
+}

@@ -271,6 +271,7 @@ impl App {
                             db: paths.db.clone(),
                         }),
                         clock: Arc::clone(&clock),
+                        router: Arc::clone(&router),
                     }));
                 Some(AdminServices {
                     admin: facade,

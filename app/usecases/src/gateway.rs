@@ -567,7 +567,7 @@ impl GatewayService for GatewayCore {
 
     fn models(&self, admission: &Admission, query: &ModelsQuery) -> Result<Bytes, GatewayError> {
         let index = self.keys.snapshot();
-        let listing: Vec<ListedModel> = self
+        let mut listing: Vec<ListedModel> = self
             .catalog
             .listing(&|p| self.is_live(p))
             .into_iter()
@@ -575,8 +575,29 @@ impl GatewayService for GatewayCore {
                 let canonical = m.alias_of.as_deref().unwrap_or(&m.id);
                 let aliases = self.catalog.aliases_of(canonical);
                 index.allows_model(&admission.key, canonical, &aliases)
+                    && self.router.get(&m.id).is_none()
             })
             .collect();
+        // Routes are models to clients: listed under their alias (a route shadows a catalog
+        // alias of the same name, as it does when resolving).
+        for route in self.router.routes() {
+            let Some(first) = route.deployments.first() else {
+                continue;
+            };
+            if index.allows_model(&admission.key, &route.alias, &[]) {
+                listing.push(ListedModel {
+                    id: route.alias.clone(),
+                    alias_of: None,
+                    provider: first.spec.provider.clone(),
+                    created: self.catalog.loaded_at(),
+                    display_name: format!(
+                        "{} (route over {} deployments)",
+                        route.alias,
+                        route.deployments.len()
+                    ),
+                });
+            }
+        }
         let anthropic = admission.shape == Shape::Anthropic;
         let body =
             match &query.id {
@@ -650,6 +671,7 @@ impl GatewayService for GatewayCore {
             trace_store_writable: self.sink.is_writable(),
             draining: self.draining.load(Ordering::Acquire),
             trace_commit_lag: stats.commit_lag,
+            deployments: self.router.gauges(),
         })
     }
 

@@ -31,6 +31,8 @@ pub struct OpsParts {
     pub sessions: Arc<dyn SessionStore>,
     pub chain: Arc<dyn AuditChainReader>,
     pub clock: Arc<dyn Clock>,
+    /// The routes whose deployments `GET /admin/v1/routes` reports.
+    pub router: Arc<crate::routing::Router>,
 }
 
 /// Implements [`OpsService`].
@@ -95,6 +97,10 @@ pub fn align_window(
 impl OpsService for OpsFacade {
     fn overview(&self) -> Overview {
         self.p.live.overview()
+    }
+
+    fn routes(&self) -> Vec<metis_ports::console::RouteStatus> {
+        self.p.router.statuses()
     }
 
     async fn usage_series(&self, q: SeriesQuery) -> Result<UsageSeries, AdminFailure> {

@@ -8,6 +8,8 @@
 use metis_domain::routing::{
     Candidate, Circuit, Deployment, Health, RoutingPolicy, Skip, plan, validate,
 };
+use metis_ports::console::RouteStatus;
+use metis_ports::metrics::DeploymentStatus;
 use metis_ports::system::Clock;
 use metis_ports::upstream::Provider;
 use std::collections::BTreeMap;
@@ -230,6 +232,60 @@ impl Router {
     #[must_use]
     pub fn now_us(&self) -> i64 {
         self.clock.now_us()
+    }
+
+    /// Every deployment's state for `/metrics`.
+    #[must_use]
+    pub fn gauges(&self) -> Vec<DeploymentStatus> {
+        self.routes.values().flat_map(|r| self.status(r)).collect()
+    }
+
+    /// Every route with its deployments' settings and state (`GET /admin/v1/routes`).
+    #[must_use]
+    pub fn statuses(&self) -> Vec<RouteStatus> {
+        self.routes
+            .values()
+            .map(|r| RouteStatus {
+                alias: r.alias.clone(),
+                fallbacks: r.fallbacks.load(Ordering::Relaxed),
+                deployments: self.status(r),
+            })
+            .collect()
+    }
+
+    fn status(&self, route: &Route) -> Vec<DeploymentStatus> {
+        let now = self.clock.now_us();
+        let mut out = Vec::with_capacity(route.deployments.len());
+        {
+            for d in &route.deployments {
+                let h = d.health();
+                out.push(DeploymentStatus {
+                    route: route.alias.clone(),
+                    deployment: d.spec.name.clone(),
+                    provider: d.spec.provider.clone(),
+                    model: d.spec.model.clone(),
+                    weight: d.spec.weight,
+                    priority: d.spec.priority,
+                    rpm: d.spec.rpm,
+                    tpm: d.spec.tpm,
+                    consecutive_failures: h.consecutive_failures,
+                    probe_in_ms: match h.circuit {
+                        Circuit::Open { until_us } => {
+                            Some(u64::try_from((until_us - now).max(0) / 1000).unwrap_or(0))
+                        }
+                        _ => None,
+                    },
+                    circuit: h.circuit.level(),
+                    outstanding: h.outstanding,
+                    latency_ewma_seconds: h.latency_ewma_ms / 1000.0,
+                    answered: d.answered.load(Ordering::Relaxed),
+                    failed: d.failed.load(Ordering::Relaxed),
+                    skipped: d.skipped.load(Ordering::Relaxed),
+                    ejections: h.ejections,
+                });
+            }
+        }
+        out
     }
 
     /// Deployments whose circuit is not closed, as `/readyz` details them (`None`: all closed).

@@ -153,6 +153,10 @@ impl AdminService for NoService {
 
 #[async_trait::async_trait]
 impl OpsService for NoService {
+    fn routes(&self) -> Vec<metis_ports::console::RouteStatus> {
+        Vec::new()
+    }
+
     fn overview(&self) -> Overview {
         Overview {
             generated_at_us: 0,
