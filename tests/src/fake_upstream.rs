@@ -283,6 +283,7 @@ impl FakeUpstream {
             stored_responses: Mutex::new(HashMap::new()),
             seq: AtomicU64::new(0),
             ids: AtomicU64::new(seed()),
+            forced_status: Mutex::new(None),
         });
         let (tx, rx) = oneshot::channel::<()>();
         let endpoint = FakeEndpoint {
@@ -302,6 +303,12 @@ impl FakeUpstream {
             shutdown: Some(tx),
             task: Some(task),
         })
+    }
+
+    /// Answer every model call with `status` and the provider's real error body (`None`:
+    /// back to normal), whatever the request's directives say: one upstream's outage.
+    pub fn fail_all(&self, status: Option<u16>) {
+        *server::lock(&self.state.forced_status) = status;
     }
 
     /// The bound address.

@@ -175,6 +175,9 @@ pub(super) enum Plan {
 }
 
 pub(super) async fn plan(ctx: &Ctx, convo: &Convo) -> Plan {
+    if let Some(code) = *super::server::lock(&ctx.state.forced_status) {
+        return Plan::Error(code);
+    }
     if let Some(results) = &convo.trailing_tool_results {
         let text = format!("tool result: {results}");
         let output_tokens = out_tokens(&text);

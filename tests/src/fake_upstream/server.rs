@@ -23,6 +23,9 @@ pub(super) struct State {
     pub(super) stored_responses: Mutex<HashMap<String, Vec<Value>>>,
     pub(super) seq: AtomicU64,
     pub(super) ids: AtomicU64,
+    /// Answer every model call with this status (an outage or 429 storm of this upstream
+    /// alone, whatever the request says).
+    pub(super) forced_status: Mutex<Option<u16>>,
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -43,6 +43,7 @@ mod quota_concurrency;
 mod rate_limit_runbook;
 mod redb_cli;
 mod revoke_latency;
+mod routing;
 mod storage_contract;
 mod tls_inprocess;
 mod token_limits;
