@@ -2038,3 +2038,45 @@ async fn a_key_must_be_allowed_the_route_alias() {
     let (_, decided) = w.the("route.decided");
     assert_eq!(decided["chain"][0]["verdict"], "rejected");
 }
+
+#[tokio::test]
+async fn a_fallback_reserves_the_dearest_deployment_and_charges_only_the_one_that_answered() {
+    // oai:m output costs 1 000 USD/Mtok, anth:m 15: with max_tokens 300 the hold is the
+    // dearest deployment's 0.30 USD while the cheaper one streams.
+    let held = Setup {
+        keys: vec![key("gk_live", TOKEN, json!({"daily_cap_usd": "100"}))],
+        routes: vec![(
+            "r",
+            vec![deployment("anth", "m", 0, 1), deployment("oai", "m", 1, 1)],
+        )],
+        ..Setup::default()
+    }
+    .build();
+    held.anth.answer(Scripted::Stream(vec![Step::Hang]));
+    let mut body = chat_stream(Some(300));
+    body["model"] = json!("r");
+    let stream = held.call(Shape::OpenAi, body.clone()).await.unwrap();
+    assert!((held.reserved("gk_live") - 0.3).abs() < 1e-9);
+    drop(stream);
+    assert_eq!(held.reserved("gk_live"), 0.0);
+    body["stream"] = json!(false);
+
+    let w = Setup {
+        keys: vec![key("gk_live", TOKEN, json!({"daily_cap_usd": "5.00"}))],
+        routes: vec![(
+            "r",
+            vec![deployment("oai", "m", 0, 1), deployment("anth", "m", 1, 1)],
+        )],
+        ..Setup::default()
+    }
+    .build();
+    w.oai.answer(rate_limited());
+    w.anth.answer(Scripted::Json(messages_answer()));
+    w.call(Shape::OpenAi, body).await.unwrap();
+    let (day, reserved) = spend_of(&w, "gk_live");
+    // One charge, at the answering deployment's price; the hold is released.
+    assert!((day - 0.000_105).abs() < 1e-9, "day spend {day}");
+    assert!(reserved.abs() < 1e-12, "reserved {reserved}");
+    assert_eq!(w.count("llm.call_completed"), 1);
+    assert_eq!(w.count("llm.call_failed"), 0);
+}
