@@ -40,6 +40,7 @@ METIS_RL_PORT=18421
 METIS_SLOW_PORT=18422
 METIS_REDB_PORT=18423
 METIS_PG_PORT=18424
+METIS_ROUTES_PORT=18425
 PG_SERVER_PORT=18432
 NGINX_PORT=18090
 LITELLM_PORT=18400
@@ -313,6 +314,35 @@ load metis-translated openai-to-anthropic-sync --baseline-scenario anthropic-syn
   --url "$GW/v1/chat/completions" "${OA_AUTH[@]}" --body-file "$B/openai-to-anthropic-sync.json" --expect chat.completion "${M[@]}" --concurrency 32
 load metis-mock-provider openai-sync --note "model mock: the in-process mock provider, no upstream hop" \
   --url "$GW/v1/chat/completions" "${OA_AUTH[@]}" --body-file "$B/openai-mock-provider.json" --expect chat.completion --target-pid "$GW_PID" --concurrency 32
+log "metis routes: the same OpenAI call as a plain model, a 1-deployment route and a 5-deployment group"
+# Five deployments on five provider instances of the same mock, all in priority group 0:
+# every request runs the balancer (two weighted draws, health locks) and the cost of the
+# chain bookkeeping; the plain-model run on the same process is the baseline.
+ROUTES_TOML=$OUT/tmp/routes.toml
+{
+  printf '[[routes.r1]]\nprovider = "openai"\nmodel = "gpt-5"\n\n'
+  for i in 1 2 3 4 5; do
+    printf '[providers.m%s]\nkind = "openai"\nbase_url = "%s/v1"\napi_key = "sk-bench"\n\n' "$i" "$MOCK"
+    printf '[[routes.r5]]\nprovider = "m%s"\nmodel = "gpt-5"\n\n' "$i"
+  done
+} >"$ROUTES_TOML"
+start_metis metis-routes $METIS_ROUTES_PORT "$MOCK" --config "$ROUTES_TOML"
+RT_PID=$START_PID RT_TOKEN=$START_TOKEN
+RT=http://127.0.0.1:$METIS_ROUTES_PORT
+sleep 2
+for r in r1 r5; do
+  sed "s/\"model\":\"gpt-5\"/\"model\":\"$r\"/" "$B/openai-sync.json" >"$B/openai-sync-$r.json"
+done
+RM=(--target-pid "$RT_PID" --mock-pid "$MOCK_PID")
+RT_AUTH=(-H "Authorization: Bearer $RT_TOKEN")
+load metis-routes openai-sync --note "plain model gpt-5 (no route), the baseline of the two route runs" \
+  --url "$RT/v1/chat/completions" "${RT_AUTH[@]}" "${OA_SYNC[@]}" "${RM[@]}" --concurrency 32
+load metis-routes openai-sync-route-1 --baseline-scenario openai-sync --note "route r1: one deployment" \
+  --url "$RT/v1/chat/completions" "${RT_AUTH[@]}" --body-file "$B/openai-sync-r1.json" --expect chat.completion "${RM[@]}" --concurrency 32
+load metis-routes openai-sync-route-5 --baseline-scenario openai-sync --note "route r5: five deployments in one priority group (weighted power-of-two-choices)" \
+  --url "$RT/v1/chat/completions" "${RT_AUTH[@]}" --body-file "$B/openai-sync-r5.json" --expect chat.completion "${RM[@]}" --concurrency 32
+stop "$RT_PID"
+
 log "metis with its trace writer stalled (another connection holds the SQLite write lock)"
 STALL_SECS=$(awk -v w="$WARM" -v d="$DUR" 'BEGIN { print w + d + 1 }')
 stalled_run() { # bench-load load args...
