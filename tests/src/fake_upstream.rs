@@ -81,8 +81,8 @@ mod server;
 
 pub use anthropic::model_accepts_system_messages;
 pub use azure::{
-    AZURE_AD_TOKEN, AZURE_API_KEY, AZURE_BAD_KEY_MESSAGE, AZURE_BAD_TOKEN_MESSAGE,
-    ENTRA_CLIENT_ID, ENTRA_CLIENT_SECRET, ENTRA_SCOPE, ENTRA_TENANT_ID, ENTRA_TOKEN_LIFETIME_SECS,
+    AZURE_AD_TOKEN, AZURE_API_KEY, AZURE_BAD_KEY_MESSAGE, AZURE_BAD_TOKEN_MESSAGE, ENTRA_CLIENT_ID,
+    ENTRA_CLIENT_SECRET, ENTRA_SCOPE, ENTRA_TENANT_ID, ENTRA_TOKEN_LIFETIME_SECS,
 };
 pub use convo::{estimate_input_tokens, out_tokens};
 pub use directives::Directives;

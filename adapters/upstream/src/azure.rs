@@ -134,7 +134,8 @@ struct TokenSource {
 enum Auth {
     /// Sent as a default header of the client.
     Static,
-    Entra(TokenSource),
+    /// Boxed: the token source is large and lives once per provider.
+    Entra(Box<TokenSource>),
 }
 
 /// An Azure OpenAI resource. Cheap to share behind an `Arc`.
@@ -228,11 +229,11 @@ impl AzureProvider {
                     ("client_secret", &c.client_secret),
                     ("scope", &c.scope),
                 ]);
-                Auth::Entra(TokenSource {
+                Auth::Entra(Box::new(TokenSource {
                     url,
                     form,
                     cached: tokio::sync::Mutex::new(None),
-                })
+                }))
             }
         };
         let transport = Transport::new(&name, config.timeouts, config.retry, headers)?;
@@ -287,10 +288,7 @@ impl AzureProvider {
             .transport
             .client()
             .post(source.url.clone())
-            .header(
-                header::CONTENT_TYPE,
-                "application/x-www-form-urlencoded",
-            )
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
             .header(header::ACCEPT, "application/json")
             .body(source.form.clone())
             .send();
@@ -504,7 +502,10 @@ mod tests {
 
     #[test]
     fn the_token_form_is_url_encoded() {
-        let f = form_encode(&[("client_secret", "a&b=c d+"), ("scope", AZURE_COGNITIVE_SCOPE)]);
+        let f = form_encode(&[
+            ("client_secret", "a&b=c d+"),
+            ("scope", AZURE_COGNITIVE_SCOPE),
+        ]);
         assert_eq!(
             f,
             "client_secret=a%26b%3Dc+d%2B&scope=https%3A%2F%2Fcognitiveservices.azure.com%2F.default"

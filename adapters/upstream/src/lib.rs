@@ -17,9 +17,9 @@
 mod azure;
 pub mod config;
 mod http;
-pub mod transport;
 mod mock;
 mod retry;
+pub mod transport;
 
 pub use azure::{
     AZURE_COGNITIVE_SCOPE, AZURE_DEFAULT_API_VERSION, AzureAuth, AzureConfig, AzureProvider,
@@ -27,5 +27,5 @@ pub use azure::{
 };
 pub use config::{ConfigError, HttpProviderConfig, RetryPolicy, Timeouts};
 pub use http::HttpProvider;
-pub use transport::Transport;
 pub use mock::{MOCK_PROVIDER, MockProvider, MockSettings};
+pub use transport::Transport;

@@ -2,12 +2,7 @@
 //! the client-credentials token is fetched once for concurrent calls, reused, refreshed when
 //! due, dropped after a 401, and a token failure is a network error naming Entra's answer.
 
-#![expect(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test helpers fail loudly"
-)]
+#![expect(clippy::unwrap_used, reason = "test helpers fail loudly")]
 
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -103,7 +98,10 @@ async fn start(lifetime: usize) -> (String, Arc<State>) {
     state.lifetime.store(lifetime, Ordering::SeqCst);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let acceptor = TcpAcceptor::from_tokio(listener).unwrap();
-    let base = format!("http://{}", acceptor.local_addr()[0].as_socket_addr().unwrap());
+    let base = format!(
+        "http://{}",
+        acceptor.local_addr()[0].as_socket_addr().unwrap()
+    );
     let fake = Fake(Arc::clone(&state));
     tokio::spawn(async move {
         let _ = Server::new_with_acceptor(acceptor).run(fake).await;
@@ -210,5 +208,9 @@ async fn a_refused_token_request_is_a_network_error_naming_entra_s_answer() {
         }
         other => panic!("expected a network error, got {other:?}"),
     }
-    assert_eq!(state.chat_hits.load(Ordering::SeqCst), 0, "no call without a token");
+    assert_eq!(
+        state.chat_hits.load(Ordering::SeqCst),
+        0,
+        "no call without a token"
+    );
 }

@@ -182,11 +182,8 @@ impl ProviderSection {
 
     /// The credential: `api_key`, else the variable `api_key_env` names.
     fn credential(&self) -> Option<String> {
-        non_empty(self.api_key.as_ref()).or_else(|| {
-            self.api_key_env
-                .as_ref()
-                .and_then(|v| env_value(v))
-        })
+        non_empty(self.api_key.as_ref())
+            .or_else(|| self.api_key_env.as_ref().and_then(|v| env_value(v)))
     }
 
     /// The Azure-only fields that are set, by name.
@@ -277,7 +274,10 @@ fn validate_azure(name: &str, s: &ProviderSection) -> anyhow::Result<()> {
             ways.join(" and ")
         );
     }
-    if s.api_version.as_deref().is_some_and(|v| v.trim().is_empty()) {
+    if s.api_version
+        .as_deref()
+        .is_some_and(|v| v.trim().is_empty())
+    {
         bail!("[providers.{name}]: api_version must not be empty");
     }
     Ok(())
@@ -317,7 +317,14 @@ pub fn build(
             continue;
         };
         let base = flag_base.clone().or_else(|| section.base_url.clone());
-        out.push(http_provider(args, name, section.kind_of(name)?, key, base, section)?);
+        out.push(http_provider(
+            args,
+            name,
+            section.kind_of(name)?,
+            key,
+            base,
+            section,
+        )?);
     }
     for (name, section) in sections {
         let kind = section.kind_of(name)?;
@@ -473,8 +480,8 @@ fn azure_provider(
         .unwrap_or_else(|| AZURE_DEFAULT_API_VERSION.to_owned());
     config.timeouts.response_head = args.upstream_timeout;
     config.retry.max_retries = args.upstream_retries;
-    let provider =
-        AzureProvider::new(config).with_context(|| format!("cannot configure provider '{name}'"))?;
+    let provider = AzureProvider::new(config)
+        .with_context(|| format!("cannot configure provider '{name}'"))?;
     Ok(Arc::new(provider))
 }
 
@@ -589,7 +596,10 @@ mod tests {
         let e = error_of("[providers.azure]\ntenant_id = \"t\"\nclient_id = \"c\"\n");
         assert!(e.contains("needs client_secret_env"), "{e}");
         let e = error_of("[providers.azure]\nauthority_url = \"https://x\"\n");
-        assert!(e.contains("authority_url applies to the client-credentials flow"), "{e}");
+        assert!(
+            e.contains("authority_url applies to the client-credentials flow"),
+            "{e}"
+        );
         let e = error_of("[providers.azure]\nresponses_api = true\n");
         assert!(e.contains("responses_api does not apply"), "{e}");
     }
@@ -601,8 +611,9 @@ mod tests {
         );
         let e = azure_auth("az", &s["az"]).map(|_| ()).unwrap_err();
         assert!(
-            e.to_string()
-                .contains("entra_token_env names METIS_TEST_SURELY_UNSET_TOKEN_VAR, which is not set"),
+            e.to_string().contains(
+                "entra_token_env names METIS_TEST_SURELY_UNSET_TOKEN_VAR, which is not set"
+            ),
             "{e}"
         );
         let s = sections("[providers.az]\nkind = \"azure\"\napi_key = \"k\"\n");

@@ -298,7 +298,9 @@ pub(super) async fn token(state: Arc<State>, mut req: Request, tenant: String) -
         return entra_error(
             StatusCode::BAD_REQUEST,
             "invalid_tenant",
-            &format!("AADSTS90002: Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud."),
+            &format!(
+                "AADSTS90002: Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud."
+            ),
         );
     }
     if field("grant_type") != Some("client_credentials") {
@@ -313,14 +315,18 @@ pub(super) async fn token(state: Arc<State>, mut req: Request, tenant: String) -
         return entra_error(
             StatusCode::BAD_REQUEST,
             "unauthorized_client",
-            &format!("AADSTS700016: Application with identifier '{client_id}' was not found in the directory."),
+            &format!(
+                "AADSTS700016: Application with identifier '{client_id}' was not found in the directory."
+            ),
         );
     }
     if field("client_secret") != Some(ENTRA_CLIENT_SECRET) {
         return entra_error(
             StatusCode::UNAUTHORIZED,
             "invalid_client",
-            &format!("AADSTS7000215: Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{client_id}'."),
+            &format!(
+                "AADSTS7000215: Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{client_id}'."
+            ),
         );
     }
     if field("scope") != Some(ENTRA_SCOPE) {
@@ -330,7 +336,10 @@ pub(super) async fn token(state: Arc<State>, mut req: Request, tenant: String) -
             "AADSTS70011: The provided request must include a 'scope' input parameter. The provided value for the input parameter 'scope' is not valid.",
         );
     }
-    let token = format!("eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.fake.{}", state.rand_id(43));
+    let token = format!(
+        "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.fake.{}",
+        state.rand_id(43)
+    );
     lock(&state.azure.tokens).insert(token.clone());
     json_response(
         StatusCode::OK,

@@ -6,7 +6,6 @@
 #![expect(
     clippy::unwrap_used,
     clippy::expect_used,
-    clippy::panic,
     reason = "test scenarios outside #[test] functions"
 )]
 
@@ -34,7 +33,10 @@ const PRESETS: [(&str, &str); 5] = [
     ("groq", "llama-3.3-70b-versatile"),
     ("deepseek", "deepseek-chat"),
     ("together", "meta-llama/Llama-3.3-70B-Instruct-Turbo"),
-    ("fireworks", "accounts/fireworks/models/llama-v3p3-70b-instruct"),
+    (
+        "fireworks",
+        "accounts/fireworks/models/llama-v3p3-70b-instruct",
+    ),
 ];
 
 fn nonce() -> String {
@@ -138,8 +140,7 @@ fn streamed_tool_call(shape: Shape, events: &[SseEvent]) -> (String, String) {
                 }
             }
             Shape::Anthropic => {
-                if d["type"] == "content_block_start" && d["content_block"]["type"] == "tool_use"
-                {
+                if d["type"] == "content_block_start" && d["content_block"]["type"] == "tool_use" {
                     name.push_str(d["content_block"]["name"].as_str().unwrap_or_default());
                 }
                 if d["delta"]["type"] == "input_json_delta" {
@@ -197,7 +198,10 @@ async fn text_and_tools(gw: &TestGateway, model: &str) -> Vec<String> {
     for shape in SHAPES {
         let n = nonce();
         let r = gw
-            .post(shape, &chat_body(shape, model, &format!("hello {n}"), false))
+            .post(
+                shape,
+                &chat_body(shape, model, &format!("hello {n}"), false),
+            )
             .await;
         assert_eq!(r.status, 200, "{model} {shape:?}: {}", r.text);
         assert_eq!(reply_text(shape, &r.json()), format!("echo: hello {n}"));
@@ -205,7 +209,10 @@ async fn text_and_tools(gw: &TestGateway, model: &str) -> Vec<String> {
 
         let n = nonce();
         let r = gw
-            .post(shape, &chat_body(shape, model, &format!("stream {n}"), true))
+            .post(
+                shape,
+                &chat_body(shape, model, &format!("stream {n}"), true),
+            )
             .await;
         assert_eq!(r.status, 200, "{model} {shape:?}: {}", r.text);
         assert!(r.content_type().starts_with("text/event-stream"));
@@ -219,7 +226,9 @@ async fn text_and_tools(gw: &TestGateway, model: &str) -> Vec<String> {
 
         let n = nonce();
         let first = format!("[tool:get_weather] weather {n}");
-        let r = gw.post(shape, &with_tools(shape, model, &first, false)).await;
+        let r = gw
+            .post(shape, &with_tools(shape, model, &first, false))
+            .await;
         assert_eq!(r.status, 200, "{model} {shape:?}: {}", r.text);
         let v = r.json();
         let expected_stop = match shape {
@@ -316,7 +325,12 @@ async fn azure_embeddings_use_the_deployment_url() {
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.text);
-    assert!(!r.json()["data"][0]["embedding"].as_array().unwrap().is_empty());
+    assert!(
+        !r.json()["data"][0]["embedding"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
     let rec = request_with(&fake, &n);
     assert_eq!(
         rec.path,
@@ -353,7 +367,10 @@ async fn azure_upstream_429_and_500_reach_the_client_as_such() {
         }
         for stream in [false, true] {
             let r = gw
-                .post(shape, &chat_body(shape, &model, "[status:500] broken", stream))
+                .post(
+                    shape,
+                    &chat_body(shape, &model, "[status:500] broken", stream),
+                )
                 .await;
             assert!(r.status >= 500, "{shape:?}: {} {}", r.status, r.text);
             assert!(error_type(shape, &r.json()).is_some(), "{}", r.text);
@@ -483,8 +500,13 @@ async fn azure_entra_client_credentials_token_is_fetched_once_and_reused() {
         (Shape::OpenAi, true),
     ] {
         let n = nonce();
-        let r = call(&gw, &token, shape, &chat_body(shape, &model, &format!("hi {n}"), stream))
-            .await;
+        let r = call(
+            &gw,
+            &token,
+            shape,
+            &chat_body(shape, &model, &format!("hi {n}"), stream),
+        )
+        .await;
         assert_eq!(r.status, 200, "{shape:?} {stream}: {}", r.text);
         let rec = request_with(&fake, &n);
         assert_eq!(rec.auth, AuthCheck::Matched);
@@ -497,7 +519,10 @@ async fn azure_entra_client_credentials_token_is_fetched_once_and_reused() {
         "one token serves every call until it is due for refresh"
     );
     let stderr = gw.stderr();
-    assert!(!stderr.contains(ENTRA_CLIENT_SECRET), "the secret is never logged");
+    assert!(
+        !stderr.contains(ENTRA_CLIENT_SECRET),
+        "the secret is never logged"
+    );
     gw.stop(std::time::Duration::from_secs(20)).await.unwrap();
 }
 
@@ -513,18 +538,30 @@ async fn azure_entra_bad_client_secret_fails_naming_the_token_error() {
     )
     .await;
     for shape in SHAPES {
-        let r = call(&gw, &token, shape, &chat_body(shape, &azure_model(), "x", false)).await;
+        let r = call(
+            &gw,
+            &token,
+            shape,
+            &chat_body(shape, &azure_model(), "x", false),
+        )
+        .await;
         assert!(r.status >= 500, "{shape:?}: {} {}", r.status, r.text);
         assert!(!r.text.contains("wrong~secret~value"));
     }
-    assert!(fake.requests().is_empty(), "no call reached Azure without a token");
+    assert!(
+        fake.requests().is_empty(),
+        "no call reached Azure without a token"
+    );
     assert!(fake.azure_token_requests() >= 1);
     let stderr = gw.stderr();
     assert!(
         stderr.contains("AADSTS7000215"),
         "the token endpoint's error is logged: {stderr}"
     );
-    assert!(!stderr.contains("wrong~secret~value"), "the secret is never logged");
+    assert!(
+        !stderr.contains("wrong~secret~value"),
+        "the secret is never logged"
+    );
     gw.stop(std::time::Duration::from_secs(20)).await.unwrap();
 }
 
@@ -547,8 +584,13 @@ async fn azure_and_a_preset_register_from_the_environment_alone() {
     .await;
     for shape in SHAPES {
         let n = nonce();
-        let r = call(&gw, &token, shape, &chat_body(shape, &azure_model(), &format!("env {n}"), true))
-            .await;
+        let r = call(
+            &gw,
+            &token,
+            shape,
+            &chat_body(shape, &azure_model(), &format!("env {n}"), true),
+        )
+        .await;
         assert_eq!(r.status, 200, "{shape:?}: {}", r.text);
         assert_eq!(stream_text(shape, &r.events()), format!("echo: env {n}"));
         let rec = request_with(&fake, &n);
@@ -560,12 +602,21 @@ async fn azure_and_a_preset_register_from_the_environment_alone() {
             &gw,
             &token,
             shape,
-            &chat_body(shape, "groq:llama-3.3-70b-versatile", &format!("groq {n}"), false),
+            &chat_body(
+                shape,
+                "groq:llama-3.3-70b-versatile",
+                &format!("groq {n}"),
+                false,
+            ),
         )
         .await;
         assert_eq!(r.status, 200, "{shape:?}: {}", r.text);
         assert_eq!(request_with(&fake, &n).auth, AuthCheck::Matched);
     }
-    assert_eq!(fake.azure_token_requests(), 0, "a static token needs no exchange");
+    assert_eq!(
+        fake.azure_token_requests(),
+        0,
+        "a static token needs no exchange"
+    );
     gw.stop(std::time::Duration::from_secs(20)).await.unwrap();
 }
