@@ -1,8 +1,9 @@
 //! Azure OpenAI and the OpenAI-compatible presets (Mistral, Groq, DeepSeek, Together,
-//! Fireworks) through the real gateway to the fake upstream: both inbound shapes, sync and
-//! stream, tools, usage and cost, upstream 429/500, bad credentials; Entra ID bearer tokens
-//! (static, and the client-credentials flow against the fake token endpoint, cached); and
-//! registration from the environment alone (gateway process).
+//! Fireworks) through the real gateway to the fake upstream: both inbound shapes (and
+//! Responses clients, translated), sync and stream, tools, usage and cost, upstream 429/500,
+//! bad credentials; Entra ID bearer tokens (static, and the client-credentials flow against
+//! the fake token endpoint, cached); registration from the environment alone (gateway
+//! process); and the fake's own Azure and Entra protocol.
 #![expect(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -619,4 +620,125 @@ async fn azure_and_a_preset_register_from_the_environment_alone() {
         "a static token needs no exchange"
     );
     gw.stop(std::time::Duration::from_secs(20)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azure_serves_responses_clients_through_chat_completions() {
+    let fake = fake().await;
+    let gw = gateway(&fake, &[]).await;
+    let n = nonce();
+    let r = send(
+        gw.client()
+            .post(gw.url("/v1/responses"))
+            .bearer_auth(&gw.key.token)
+            .json(&json!({"model": azure_model(), "input": format!("resp {n}")})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let text: String = r.json()["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["type"] == "message")
+        .flat_map(|m| m["content"].as_array().unwrap().clone())
+        .filter_map(|p| p["text"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(text, format!("echo: resp {n}"));
+    assert_azure_call(&request_with(&fake, &n), "chat/completions");
+}
+
+/// The fake itself speaks Azure's protocol: the Azure-only stream chunk, `api-version`,
+/// credential checks with Azure's messages, and Entra's token errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fake_speaks_azure_and_entra() {
+    let fake = fake().await;
+    let client = reqwest::Client::new();
+    let url = |q: &str| {
+        format!(
+            "{}/openai/deployments/{DEPLOYMENT}/chat/completions{q}",
+            fake.base_url()
+        )
+    };
+    let body = json!({"messages": [{"role": "user", "content": "hi"}], "stream": true});
+    let r = send(
+        client
+            .post(url("?api-version=2024-10-21"))
+            .header("api-key", AZURE_API_KEY)
+            .json(&body),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let first = r.events()[0].json().unwrap();
+    assert_eq!(first["choices"], json!([]), "{first}");
+    assert!(first["prompt_filter_results"].is_array(), "{first}");
+    assert_eq!(stream_text(Shape::OpenAi, &r.events()), "echo: hi");
+
+    let r = send(
+        client
+            .post(url(""))
+            .header("api-key", AZURE_API_KEY)
+            .json(&body),
+    )
+    .await;
+    assert_eq!(r.status, 404, "no api-version: {}", r.text);
+    let r = send(
+        client
+            .post(url("?api-version=2024-10-21"))
+            .bearer_auth("forged")
+            .json(&body),
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    assert!(error_message(&r.json()).starts_with("Unauthorized. Access token is missing"));
+
+    let token_url = |tenant: &str| format!("{}/{tenant}/oauth2/v2.0/token", fake.base_url());
+    let form = |secret: &str, scope: &str| {
+        format!(
+            "grant_type=client_credentials&client_id={ENTRA_CLIENT_ID}&client_secret={secret}&scope={scope}"
+        )
+    };
+    let scope = "https%3A%2F%2Fcognitiveservices.azure.com%2F.default";
+    for (tenant, body, status, error) in [
+        (ENTRA_TENANT_ID, form("nope", scope), 401, "invalid_client"),
+        (
+            "other-tenant",
+            form(ENTRA_CLIENT_SECRET, scope),
+            400,
+            "invalid_tenant",
+        ),
+        (
+            ENTRA_TENANT_ID,
+            form(ENTRA_CLIENT_SECRET, "openid"),
+            400,
+            "invalid_scope",
+        ),
+    ] {
+        let r = send(
+            client
+                .post(token_url(tenant))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(body),
+        )
+        .await;
+        assert_eq!(r.status, status, "{}", r.text);
+        assert_eq!(r.json()["error"], error);
+    }
+    let r = send(
+        client
+            .post(token_url(ENTRA_TENANT_ID))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form(ENTRA_CLIENT_SECRET, scope)),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let token = r.json()["access_token"].as_str().unwrap().to_owned();
+    let r = send(
+        client
+            .post(url("?api-version=2024-10-21"))
+            .bearer_auth(&token)
+            .json(&body),
+    )
+    .await;
+    assert_eq!(r.status, 200, "a minted token is accepted: {}", r.text);
+    assert_eq!(fake.azure_token_requests(), 4);
 }
