@@ -11,8 +11,9 @@
 //! - the Entra ID client-credentials flow: the token is fetched from
 //!   `{authority}/{tenant}/oauth2/v2.0/token` before the call, cached until five minutes
 //!   before it expires (or half its lifetime, for short-lived ones), and refreshed under a lock
-//!   so concurrent requests share one exchange. A 401 from Azure drops the cached token, so
-//!   a token revoked early is replaced on the next request. A token that cannot be obtained
+//!   so concurrent requests share one exchange. A failed refresh keeps using the current
+//!   token while it is valid (retrying the exchange every 10 s). A 401 from Azure drops the
+//!   cached token, so a token revoked early is replaced on the next request. A token that cannot be obtained
 //!   fails the call as a network error naming the token endpoint's answer (never the secret).
 
 use std::fmt;
@@ -42,6 +43,9 @@ pub const AZURE_COGNITIVE_SCOPE: &str = "https://cognitiveservices.azure.com/.de
 const TOKEN_REFRESH_MARGIN: Duration = Duration::from_secs(300);
 /// Longest wait for the token endpoint.
 const TOKEN_TIMEOUT: Duration = Duration::from_secs(30);
+/// After a failed refresh while the current token is still valid, the next attempt waits this
+/// long, so an Entra outage neither stalls every request behind the exchange nor floods it.
+const REFRESH_RETRY_AFTER: Duration = Duration::from_secs(10);
 /// Token error bodies are read up to this many bytes.
 const TOKEN_ERROR_LIMIT: usize = 4096;
 
@@ -118,10 +122,11 @@ impl AzureConfig {
     }
 }
 
-/// A cached bearer header and when to stop using it.
+/// A cached bearer header, when to replace it and when it stops working.
 struct CachedToken {
     header: HeaderValue,
     refresh_at: Instant,
+    expires_at: Instant,
 }
 
 /// Fetches and caches client-credentials tokens.
@@ -276,10 +281,26 @@ impl AzureProvider {
         {
             return Ok(t.header.clone());
         }
-        let fresh = self.fetch_token(source).await?;
-        let header = fresh.header.clone();
-        *cached = Some(fresh);
-        Ok(header)
+        match self.fetch_token(source).await {
+            Ok(fresh) => {
+                let header = fresh.header.clone();
+                *cached = Some(fresh);
+                Ok(header)
+            }
+            // A failed refresh is not an outage while the current token still works.
+            Err(message) => match cached.as_mut() {
+                Some(t) if Instant::now() < t.expires_at => {
+                    tracing::warn!(
+                        provider = %self.name,
+                        error = %message,
+                        "Entra ID token refresh failed; the current token is used until it expires"
+                    );
+                    t.refresh_at = (Instant::now() + REFRESH_RETRY_AFTER).min(t.expires_at);
+                    Ok(t.header.clone())
+                }
+                _ => Err(message),
+            },
+        }
     }
 
     async fn fetch_token(&self, source: &TokenSource) -> Result<CachedToken, String> {
@@ -346,9 +367,11 @@ impl AzureProvider {
             expires_in,
             "fetched an Entra ID token"
         );
+        let now = Instant::now();
         Ok(CachedToken {
             header,
-            refresh_at: Instant::now() + lifetime.saturating_sub(margin),
+            refresh_at: now + lifetime.saturating_sub(margin),
+            expires_at: now + lifetime,
         })
     }
 

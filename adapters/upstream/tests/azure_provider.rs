@@ -214,3 +214,24 @@ async fn a_refused_token_request_is_a_network_error_naming_entra_s_answer() {
         "no call without a token"
     );
 }
+
+#[tokio::test]
+async fn a_failed_refresh_keeps_the_still_valid_token() {
+    // 6 s lifetime: due for refresh after 3 s, valid until 6 s.
+    let (base, state) = start(6).await;
+    let p = provider(&base);
+    p.send(request()).await.expect("first call");
+    tokio::time::sleep(Duration::from_millis(3300)).await;
+    state.bad_secret.store(true, Ordering::SeqCst);
+    p.send(request())
+        .await
+        .expect("the current token still serves while Entra refuses");
+    p.send(request())
+        .await
+        .expect("and the refresh is not retried at once");
+    assert_eq!(state.token_hits.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        *state.seen_bearers.lock().unwrap(),
+        vec!["tok-0".to_owned(), "tok-0".to_owned(), "tok-0".to_owned()]
+    );
+}
