@@ -135,7 +135,13 @@ def issue_key(data_dir: Path, name: str, *extra: str) -> tuple[str, str]:
 class Gateway:
     """The real `metis gateway` binary, pointed at a fake upstream."""
 
-    def __init__(self, data_dir: Path, upstream: FakeUpstream, extra_args: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        upstream: FakeUpstream,
+        extra_args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir = data_dir
         self.db_path = data_dir / "metis.db"
@@ -149,7 +155,7 @@ class Gateway:
             stdout=subprocess.DEVNULL,
             stderr=self._err,
             stdin=subprocess.DEVNULL,
-            env=clean_env(ANTHROPIC_API_KEY=ANTHROPIC_KEY, OPENAI_API_KEY=OPENAI_KEY),
+            env=clean_env(ANTHROPIC_API_KEY=ANTHROPIC_KEY, OPENAI_API_KEY=OPENAI_KEY, **(env or {})),
         )
         m = _wait_for_line(self.proc, self.log, BOOT_RE, "metis gateway")
         self.port = int(m.group(2))

@@ -22,6 +22,9 @@
 //! - `GET /v1/models`, `GET /v1/models/{id}` — the Anthropic list/retrieve shapes
 //!   ([`ANTHROPIC_MODELS`]) when called with `anthropic-version` or `x-api-key`, else the
 //!   OpenAI ones ([`OPENAI_MODELS`]).
+//! - `POST /openai/deployments/{deployment}/chat/completions?api-version=V` and
+//!   `…/embeddings` — Azure OpenAI (`api-key` or Entra ID bearer), and
+//!   `POST /{tenant}/oauth2/v2.0/token` — a fake Entra ID (module `azure`).
 //! - `GET /_requests` — every recorded provider request as a JSON array of
 //!   [`RecordedRequest`]; `POST /_reset` clears the record, the `[fail-once]` memory and the
 //!   stored Responses conversations. These two are for out-of-process (Python) tests.
@@ -67,6 +70,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 mod anthropic;
+mod azure;
 mod convo;
 mod directives;
 mod extras;
@@ -76,6 +80,10 @@ mod responses;
 mod server;
 
 pub use anthropic::model_accepts_system_messages;
+pub use azure::{
+    AZURE_AD_TOKEN, AZURE_API_KEY, AZURE_BAD_KEY_MESSAGE, AZURE_BAD_TOKEN_MESSAGE, ENTRA_CLIENT_ID,
+    ENTRA_CLIENT_SECRET, ENTRA_SCOPE, ENTRA_TENANT_ID, ENTRA_TOKEN_LIFETIME_SECS,
+};
 pub use convo::{estimate_input_tokens, out_tokens};
 pub use directives::Directives;
 pub use extras::{
@@ -144,6 +152,8 @@ pub enum Provider {
     Anthropic,
     #[serde(rename = "openai")]
     OpenAi,
+    /// Azure OpenAI deployment paths (`api-key` or an Entra ID bearer token).
+    Azure,
 }
 
 /// Which provider operation a recorded request reached.
@@ -284,6 +294,7 @@ impl FakeUpstream {
             seq: AtomicU64::new(0),
             ids: AtomicU64::new(seed()),
             forced_status: Mutex::new(None),
+            azure: azure::AzureState::default(),
         });
         let (tx, rx) = oneshot::channel::<()>();
         let endpoint = FakeEndpoint {
@@ -327,6 +338,12 @@ impl FakeUpstream {
     #[must_use]
     pub fn openai_base_url(&self) -> String {
         format!("http://{}/v1", self.addr)
+    }
+
+    /// How many Entra ID token requests (`POST /{tenant}/oauth2/v2.0/token`) arrived.
+    #[must_use]
+    pub fn azure_token_requests(&self) -> u64 {
+        self.state.azure.token_requests()
     }
 
     /// Every recorded provider request, in arrival order.

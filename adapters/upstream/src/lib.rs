@@ -4,6 +4,8 @@
 //!   OpenAI-compatible server (vLLM, Ollama, llama.cpp, LM Studio), and OpenRouter. It owns
 //!   one pooled `reqwest` client, adds credentials, applies timeouts and retries failures that
 //!   happen before any byte reached the caller.
+//! - [`AzureProvider`] talks to Azure OpenAI deployments (`api-key` or Entra ID bearer
+//!   tokens, fetched and cached with the client-credentials flow).
 //! - [`MockProvider`] is the deterministic in-process test double (`mock:echo`) used by the
 //!   quickstart, the benchmarks and the tests. It is never a real model.
 //!
@@ -12,12 +14,17 @@
 //! `Debug` output. This crate never reads `OPENAI_BASE_URL` / `ANTHROPIC_BASE_URL` (see
 //! [`config`]).
 
+mod azure;
 pub mod config;
 mod http;
 mod mock;
 mod retry;
 pub mod transport;
 
+pub use azure::{
+    AZURE_COGNITIVE_SCOPE, AZURE_DEFAULT_API_VERSION, AzureAuth, AzureConfig, AzureProvider,
+    ClientCredentials, ENTRA_DEFAULT_AUTHORITY,
+};
 pub use config::{ConfigError, HttpProviderConfig, RetryPolicy, Timeouts};
 pub use http::HttpProvider;
 pub use mock::{MOCK_PROVIDER, MockProvider, MockSettings};

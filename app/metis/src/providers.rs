@@ -6,7 +6,11 @@
 use crate::cli::ServeArgs;
 use anyhow::{Context, bail};
 use metis_ports::upstream::Provider;
-use metis_upstream::{HttpProvider, HttpProviderConfig, MockProvider, MockSettings};
+use metis_upstream::{
+    AZURE_COGNITIVE_SCOPE, AZURE_DEFAULT_API_VERSION, AzureAuth, AzureConfig, AzureProvider,
+    ClientCredentials, ENTRA_DEFAULT_AUTHORITY, HttpProvider, HttpProviderConfig, MockProvider,
+    MockSettings,
+};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,7 +21,8 @@ use std::sync::Arc;
 #[serde(deny_unknown_fields)]
 pub struct ProviderSection {
     /// The protocol: `anthropic`, `openai` (any OpenAI-compatible server), `openrouter`,
-    /// `mock`. Default: the section's name.
+    /// `azure`, the OpenAI-compatible presets `mistral`, `groq`, `deepseek`, `together`,
+    /// `fireworks`, or `mock`. Default: the section's name.
     pub kind: Option<String>,
     pub api_key: Option<String>,
     /// Read the credential from this environment variable instead of the file.
@@ -27,6 +32,19 @@ pub struct ProviderSection {
     /// Default: on for OpenAI's own API, off for any other base URL (vLLM, Ollama, …), whose
     /// Responses clients are then translated to Chat Completions.
     pub responses_api: Option<bool>,
+    /// Azure: the `api-version` query parameter (default `2024-10-21`).
+    pub api_version: Option<String>,
+    /// Azure: a ready Entra ID access token is in this environment variable.
+    pub entra_token_env: Option<String>,
+    /// Azure client-credentials flow: the directory (tenant) id.
+    pub tenant_id: Option<String>,
+    /// Azure client-credentials flow: the app registration's client id.
+    pub client_id: Option<String>,
+    /// Azure client-credentials flow: the client secret is in this environment variable.
+    pub client_secret_env: Option<String>,
+    /// Azure client-credentials flow: the Entra ID authority (default
+    /// `https://login.microsoftonline.com`).
+    pub authority_url: Option<String>,
     /// Mock: register it even when real providers have credentials.
     #[serde(default)]
     pub enabled: bool,
@@ -44,6 +62,12 @@ impl std::fmt::Debug for ProviderSection {
             .field("api_key_env", &self.api_key_env)
             .field("base_url", &self.base_url)
             .field("responses_api", &self.responses_api)
+            .field("api_version", &self.api_version)
+            .field("entra_token_env", &self.entra_token_env)
+            .field("tenant_id", &self.tenant_id)
+            .field("client_id", &self.client_id)
+            .field("client_secret_env", &self.client_secret_env)
+            .field("authority_url", &self.authority_url)
             .finish_non_exhaustive()
     }
 }
@@ -54,16 +78,79 @@ pub enum Kind {
     Anthropic,
     OpenAi,
     OpenRouter,
+    Azure,
+    Mistral,
+    Groq,
+    DeepSeek,
+    Together,
+    Fireworks,
     Mock,
 }
 
+/// An OpenAI-compatible provider known by name: its default base URL and the environment
+/// variable holding its API key.
+struct Preset {
+    kind: Kind,
+    name: &'static str,
+    base_url: &'static str,
+    key_env: &'static str,
+}
+
+const PRESETS: [Preset; 5] = [
+    Preset {
+        kind: Kind::Mistral,
+        name: "mistral",
+        base_url: "https://api.mistral.ai/v1",
+        key_env: "MISTRAL_API_KEY",
+    },
+    Preset {
+        kind: Kind::Groq,
+        name: "groq",
+        base_url: "https://api.groq.com/openai/v1",
+        key_env: "GROQ_API_KEY",
+    },
+    Preset {
+        kind: Kind::DeepSeek,
+        name: "deepseek",
+        base_url: "https://api.deepseek.com/v1",
+        key_env: "DEEPSEEK_API_KEY",
+    },
+    Preset {
+        kind: Kind::Together,
+        name: "together",
+        base_url: "https://api.together.xyz/v1",
+        key_env: "TOGETHER_API_KEY",
+    },
+    Preset {
+        kind: Kind::Fireworks,
+        name: "fireworks",
+        base_url: "https://api.fireworks.ai/inference/v1",
+        key_env: "FIREWORKS_API_KEY",
+    },
+];
+
+/// Azure OpenAI's environment variables (the names the official SDKs read).
+const AZURE_ENDPOINT_ENV: &str = "AZURE_OPENAI_ENDPOINT";
+const AZURE_KEY_ENV: &str = "AZURE_OPENAI_API_KEY";
+const AZURE_TOKEN_ENV: &str = "AZURE_OPENAI_AD_TOKEN";
+
 impl Kind {
-    const ALL: [(&'static str, Kind); 4] = [
+    const ALL: [(&'static str, Kind); 10] = [
         ("anthropic", Kind::Anthropic),
         ("openai", Kind::OpenAi),
         ("openrouter", Kind::OpenRouter),
+        ("azure", Kind::Azure),
+        ("mistral", Kind::Mistral),
+        ("groq", Kind::Groq),
+        ("deepseek", Kind::DeepSeek),
+        ("together", Kind::Together),
+        ("fireworks", Kind::Fireworks),
         ("mock", Kind::Mock),
     ];
+
+    fn preset(self) -> Option<&'static Preset> {
+        PRESETS.iter().find(|p| p.kind == self)
+    }
 
     fn parse(s: &str) -> Option<Kind> {
         Self::ALL.iter().find(|(n, _)| *n == s).map(|(_, k)| *k)
@@ -95,13 +182,29 @@ impl ProviderSection {
 
     /// The credential: `api_key`, else the variable `api_key_env` names.
     fn credential(&self) -> Option<String> {
-        non_empty(self.api_key.as_ref()).or_else(|| {
-            self.api_key_env
-                .as_ref()
-                .and_then(|v| std::env::var(v).ok())
-                .and_then(|v| non_empty(Some(&v)))
-        })
+        non_empty(self.api_key.as_ref())
+            .or_else(|| self.api_key_env.as_ref().and_then(|v| env_value(v)))
     }
+
+    /// The Azure-only fields that are set, by name.
+    fn azure_fields(&self) -> Vec<&'static str> {
+        [
+            ("api_version", self.api_version.is_some()),
+            ("entra_token_env", self.entra_token_env.is_some()),
+            ("tenant_id", self.tenant_id.is_some()),
+            ("client_id", self.client_id.is_some()),
+            ("client_secret_env", self.client_secret_env.is_some()),
+            ("authority_url", self.authority_url.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(n, set)| set.then_some(n))
+        .collect()
+    }
+}
+
+/// A non-empty environment variable's trimmed value.
+fn env_value(name: &str) -> Option<String> {
+    std::env::var(name).ok().and_then(|v| non_empty(Some(&v)))
 }
 
 /// Check every section's kind and that it uses only its kind's fields.
@@ -124,6 +227,58 @@ pub fn validate(sections: &BTreeMap<String, ProviderSection>) -> anyhow::Result<
                 "[providers.{name}]: enabled, latency_ms and tokens_per_second apply to the mock only"
             );
         }
+        if kind == Kind::Azure {
+            validate_azure(name, s)?;
+        } else if let Some(field) = s.azure_fields().first() {
+            bail!("[providers.{name}]: {field} applies to kind 'azure' only");
+        }
+        if kind == Kind::Azure && s.responses_api.is_some() {
+            bail!("[providers.{name}]: responses_api does not apply to kind 'azure'");
+        }
+    }
+    Ok(())
+}
+
+/// An Azure section names one way to authenticate, completely.
+fn validate_azure(name: &str, s: &ProviderSection) -> anyhow::Result<()> {
+    let flow = [&s.tenant_id, &s.client_id, &s.client_secret_env];
+    let mut ways = Vec::new();
+    if s.api_key.is_some() || s.api_key_env.is_some() {
+        ways.push("api_key/api_key_env");
+    }
+    if s.entra_token_env.is_some() {
+        ways.push("entra_token_env");
+    }
+    if flow.iter().any(|f| f.is_some()) {
+        ways.push("tenant_id/client_id/client_secret_env");
+        for (field, value) in ["tenant_id", "client_id", "client_secret_env"]
+            .into_iter()
+            .zip(flow)
+        {
+            if value.as_deref().is_none_or(|v| v.trim().is_empty()) {
+                bail!(
+                    "[providers.{name}]: the Entra ID client-credentials flow needs {field} \
+                     (with tenant_id, client_id and client_secret_env)"
+                );
+            }
+        }
+    } else if s.authority_url.is_some() {
+        bail!(
+            "[providers.{name}]: authority_url applies to the client-credentials flow \
+             (tenant_id, client_id, client_secret_env)"
+        );
+    }
+    if ways.len() > 1 {
+        bail!(
+            "[providers.{name}]: choose one way to authenticate to Azure, not {}",
+            ways.join(" and ")
+        );
+    }
+    if s.api_version
+        .as_deref()
+        .is_some_and(|v| v.trim().is_empty())
+    {
+        bail!("[providers.{name}]: api_version must not be empty");
     }
     Ok(())
 }
@@ -176,15 +331,40 @@ pub fn build(
         if matches!(name.as_str(), "anthropic" | "openai" | "openrouter") || kind == Kind::Mock {
             continue;
         }
-        let key = section.credential().unwrap_or_default();
-        out.push(http_provider(
-            args,
-            name,
-            kind,
-            key,
-            section.base_url.clone(),
-            section,
-        )?);
+        out.push(section_provider(args, name, kind, section)?);
+    }
+    // Registration from the environment alone: a preset or Azure whose documented variables
+    // are set, unless a section of that name configures it (the section wins).
+    for preset in &PRESETS {
+        if sections.contains_key(preset.name) {
+            continue;
+        }
+        if let Some(key) = env_value(preset.key_env) {
+            out.push(http_provider(
+                args,
+                preset.name,
+                preset.kind,
+                key,
+                None,
+                &empty,
+            )?);
+        }
+    }
+    if !sections.contains_key("azure")
+        && let Some(endpoint) = env_value(AZURE_ENDPOINT_ENV)
+    {
+        if env_value(AZURE_KEY_ENV).is_some() || env_value(AZURE_TOKEN_ENV).is_some() {
+            let section = ProviderSection {
+                base_url: Some(endpoint),
+                ..ProviderSection::default()
+            };
+            out.push(azure_provider(args, "azure", &section)?);
+        } else {
+            tracing::warn!(
+                "{AZURE_ENDPOINT_ENV} is set but neither {AZURE_KEY_ENV} nor {AZURE_TOKEN_ENV}: \
+                 Azure OpenAI is not registered"
+            );
+        }
     }
     let mock = sections
         .iter()
@@ -208,6 +388,103 @@ pub fn build(
     Ok(out)
 }
 
+/// The provider of a `[providers.NAME]` section of an HTTP kind.
+fn section_provider(
+    args: &ServeArgs,
+    name: &str,
+    kind: Kind,
+    section: &ProviderSection,
+) -> anyhow::Result<Arc<dyn Provider>> {
+    if kind == Kind::Azure {
+        return azure_provider(args, name, section);
+    }
+    let key = match kind.preset() {
+        // A preset section without its own credential takes the kind's variable; a preset
+        // without any key would only collect 401s, so it is refused at startup.
+        Some(preset) => section
+            .credential()
+            .or_else(|| env_value(preset.key_env))
+            .with_context(|| {
+                format!(
+                    "[providers.{name}]: no API key: set api_key or api_key_env, or {}",
+                    preset.key_env
+                )
+            })?,
+        None => section.credential().unwrap_or_default(),
+    };
+    http_provider(args, name, kind, key, section.base_url.clone(), section)
+}
+
+/// How a section authenticates to Azure: the one way it names, else the environment.
+fn azure_auth(name: &str, s: &ProviderSection) -> anyhow::Result<AzureAuth> {
+    let from_env = |field: &str, var: &str| {
+        env_value(var).with_context(|| {
+            format!("[providers.{name}]: {field} names {var}, which is not set or empty")
+        })
+    };
+    if let (Some(tenant_id), Some(client_id), Some(secret_env)) =
+        (&s.tenant_id, &s.client_id, &s.client_secret_env)
+    {
+        return Ok(AzureAuth::ClientCredentials(ClientCredentials {
+            authority_url: s
+                .authority_url
+                .clone()
+                .unwrap_or_else(|| ENTRA_DEFAULT_AUTHORITY.to_owned()),
+            tenant_id: tenant_id.trim().to_owned(),
+            client_id: client_id.trim().to_owned(),
+            client_secret: from_env("client_secret_env", secret_env)?,
+            scope: AZURE_COGNITIVE_SCOPE.to_owned(),
+        }));
+    }
+    if let Some(var) = &s.entra_token_env {
+        return Ok(AzureAuth::EntraToken(from_env("entra_token_env", var)?));
+    }
+    if let Some(var) = &s.api_key_env
+        && s.api_key.is_none()
+    {
+        return Ok(AzureAuth::ApiKey(from_env("api_key_env", var)?));
+    }
+    if let Some(key) = s.credential() {
+        return Ok(AzureAuth::ApiKey(key));
+    }
+    if let Some(key) = env_value(AZURE_KEY_ENV) {
+        return Ok(AzureAuth::ApiKey(key));
+    }
+    if let Some(token) = env_value(AZURE_TOKEN_ENV) {
+        return Ok(AzureAuth::EntraToken(token));
+    }
+    bail!(
+        "[providers.{name}]: no Azure credential: set api_key, api_key_env, entra_token_env or \
+         tenant_id + client_id + client_secret_env, or the environment variable \
+         {AZURE_KEY_ENV} or {AZURE_TOKEN_ENV}"
+    )
+}
+
+/// An Azure OpenAI resource named `name`.
+fn azure_provider(
+    args: &ServeArgs,
+    name: &str,
+    section: &ProviderSection,
+) -> anyhow::Result<Arc<dyn Provider>> {
+    let endpoint = non_empty(section.base_url.as_ref())
+        .or_else(|| env_value(AZURE_ENDPOINT_ENV))
+        .with_context(|| {
+            format!(
+                "[providers.{name}]: no endpoint: set base_url (https://RESOURCE.openai.azure.com) \
+                 or {AZURE_ENDPOINT_ENV}"
+            )
+        })?;
+    let mut config = AzureConfig::new(endpoint, azure_auth(name, section)?);
+    config.name = name.to_owned();
+    config.api_version = non_empty(section.api_version.as_ref())
+        .unwrap_or_else(|| AZURE_DEFAULT_API_VERSION.to_owned());
+    config.timeouts.response_head = args.upstream_timeout;
+    config.retry.max_retries = args.upstream_retries;
+    let provider = AzureProvider::new(config)
+        .with_context(|| format!("cannot configure provider '{name}'"))?;
+    Ok(Arc::new(provider))
+}
+
 /// An Anthropic, OpenAI-compatible or OpenRouter provider named `name`.
 fn http_provider(
     args: &ServeArgs,
@@ -221,9 +498,16 @@ fn http_provider(
         Kind::Anthropic => HttpProviderConfig::anthropic(key),
         Kind::OpenAi => HttpProviderConfig::openai(key),
         Kind::OpenRouter => HttpProviderConfig::openrouter(key),
+        Kind::Mistral | Kind::Groq | Kind::DeepSeek | Kind::Together | Kind::Fireworks => {
+            HttpProviderConfig::openai(key)
+        }
+        Kind::Azure => bail!("[providers.{name}]: Azure is built by azure_provider"),
         Kind::Mock => bail!("[providers.{name}]: the mock is not an HTTP provider"),
     }
     .with_name(name);
+    // A preset's own base URL counts as configured, so Responses clients are translated to
+    // Chat Completions there unless the section says the upstream serves `/responses`.
+    let base = base.or_else(|| kind.preset().map(|p| p.base_url.to_owned()));
     // Responses clients are forwarded natively only to upstreams known to serve the
     // Responses API: OpenAI's own, or one configured with `responses_api = true`.
     let native_responses = section
@@ -270,4 +554,110 @@ pub fn router(
     }
     metis_usecases::routing::Router::new(specs, cfg.routing.policy()?, clock)
         .map_err(|e| anyhow::anyhow!(e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sections(text: &str) -> BTreeMap<String, ProviderSection> {
+        let mut file: BTreeMap<String, BTreeMap<String, ProviderSection>> =
+            toml::from_str(text).expect("valid TOML");
+        file.remove("providers").unwrap_or_default()
+    }
+
+    fn error_of(text: &str) -> String {
+        match validate(&sections(text)) {
+            Ok(()) => String::new(),
+            Err(e) => format!("{e:#}"),
+        }
+    }
+
+    #[test]
+    fn azure_and_preset_kinds_are_known() {
+        for (name, kind) in [
+            ("azure", Kind::Azure),
+            ("mistral", Kind::Mistral),
+            ("groq", Kind::Groq),
+            ("deepseek", Kind::DeepSeek),
+            ("together", Kind::Together),
+            ("fireworks", Kind::Fireworks),
+        ] {
+            assert_eq!(Kind::parse(name), Some(kind));
+        }
+        assert_eq!(
+            Kind::Groq.preset().map(|p| p.base_url),
+            Some("https://api.groq.com/openai/v1")
+        );
+        assert!(Kind::Azure.preset().is_none());
+        assert!(Kind::names().contains("fireworks"));
+    }
+
+    #[test]
+    fn a_valid_azure_section_passes() {
+        let ok = [
+            "[providers.azure]\nbase_url = \"https://r.openai.azure.com\"\napi_key_env = \"K\"\napi_version = \"2025-01-01-preview\"\n",
+            "[providers.az]\nkind = \"azure\"\nentra_token_env = \"T\"\n",
+            "[providers.az]\nkind = \"azure\"\ntenant_id = \"t\"\nclient_id = \"c\"\nclient_secret_env = \"S\"\nauthority_url = \"https://login.microsoftonline.us\"\n",
+            "[providers.groq]\nbase_url = \"http://127.0.0.1:1/v1\"\n",
+        ];
+        for text in ok {
+            assert_eq!(error_of(text), "", "{text}");
+        }
+    }
+
+    #[test]
+    fn an_azure_field_on_another_kind_is_refused_by_name() {
+        let e = error_of("[providers.groq]\napi_version = \"2024-10-21\"\n");
+        assert!(
+            e.contains("[providers.groq]: api_version applies to kind 'azure' only"),
+            "{e}"
+        );
+        let e = error_of("[providers.openai]\ntenant_id = \"t\"\n");
+        assert!(e.contains("tenant_id applies to kind 'azure'"), "{e}");
+    }
+
+    #[test]
+    fn azure_auth_must_be_one_complete_way() {
+        let e = error_of("[providers.azure]\napi_key = \"k\"\nentra_token_env = \"T\"\n");
+        assert!(
+            e.contains("choose one way to authenticate to Azure, not api_key/api_key_env and entra_token_env"),
+            "{e}"
+        );
+        let e = error_of("[providers.azure]\ntenant_id = \"t\"\nclient_id = \"c\"\n");
+        assert!(e.contains("needs client_secret_env"), "{e}");
+        let e = error_of("[providers.azure]\nauthority_url = \"https://x\"\n");
+        assert!(
+            e.contains("authority_url applies to the client-credentials flow"),
+            "{e}"
+        );
+        let e = error_of("[providers.azure]\nresponses_api = true\n");
+        assert!(e.contains("responses_api does not apply"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_azure_credential_variable_is_named() {
+        let s = sections(
+            "[providers.az]\nkind = \"azure\"\nentra_token_env = \"METIS_TEST_SURELY_UNSET_TOKEN_VAR\"\n",
+        );
+        let e = azure_auth("az", &s["az"]).map(|_| ()).unwrap_err();
+        assert!(
+            e.to_string().contains(
+                "entra_token_env names METIS_TEST_SURELY_UNSET_TOKEN_VAR, which is not set"
+            ),
+            "{e}"
+        );
+        let s = sections("[providers.az]\nkind = \"azure\"\napi_key = \"k\"\n");
+        assert!(matches!(azure_auth("az", &s["az"]), Ok(AzureAuth::ApiKey(k)) if k == "k"));
+    }
+
+    #[test]
+    fn debug_redacts_the_key_and_shows_azure_fields() {
+        let s = sections(
+            "[providers.az]\nkind = \"azure\"\napi_key = \"sk-very-secret\"\napi_version = \"v1\"\n",
+        );
+        let d = format!("{:?}", s["az"]);
+        assert!(!d.contains("very-secret"), "{d}");
+        assert!(d.contains("api_version: Some(\"v1\")"), "{d}");
+    }
 }

@@ -2,6 +2,7 @@
 //! conversations), dispatch by path, credential checks and request recording.
 
 use super::anthropic::anthropic;
+use super::azure::{self, AzureState};
 use super::openai::{openai, openai_error};
 use super::reply::json_response;
 use super::{Api, AuthCheck, Provider, RecordedRequest, StreamOutcome, extras, responses};
@@ -26,6 +27,8 @@ pub(super) struct State {
     /// Answer every model call with this status (an outage or 429 storm of this upstream
     /// alone, whatever the request says).
     pub(super) forced_status: Mutex<Option<u16>>,
+    /// Azure OpenAI and the fake Entra ID: tokens minted, token requests counted.
+    pub(super) azure: AzureState,
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -46,7 +49,7 @@ impl State {
         lock(&self.stored_responses).clear();
     }
 
-    fn record(&self, mut rec: RecordedRequest) -> u64 {
+    pub(super) fn record(&self, mut rec: RecordedRequest) -> u64 {
         let mut recs = self.records();
         let seq = self.seq.fetch_add(1, Ordering::SeqCst);
         rec.seq = seq;
@@ -132,6 +135,15 @@ async fn handle(state: Arc<State>, mut req: Request) -> Response {
     let path = req.uri().path().to_owned();
     // OpenAI paths also answer without the `/v1` prefix, for base URLs configured without it.
     let openai_path = path.strip_prefix("/v1").unwrap_or(&path);
+    if method == poem::http::Method::POST {
+        if let Some(tenant) = azure::token_path(&path) {
+            let tenant = tenant.to_owned();
+            return azure::token(state, req, tenant).await;
+        }
+        if let Some((deployment, api)) = azure::deployment_path(&path) {
+            return azure::serve(state, req, deployment, api).await;
+        }
+    }
     let (provider, api) = match (method.as_str(), path.as_str(), openai_path) {
         ("GET", "/_requests", _) => {
             let recs = state.records().clone();
@@ -190,7 +202,9 @@ async fn handle(state: Arc<State>, mut req: Request) -> Response {
         (Api::Models, Provider::Anthropic) => {
             extras::anthropic_models(&ctx, &req, auth, openai_path)
         }
-        (Api::Models, Provider::OpenAi) => extras::openai_models(&ctx, auth, openai_path),
+        (Api::Models, Provider::OpenAi | Provider::Azure) => {
+            extras::openai_models(&ctx, auth, openai_path)
+        }
     }
 }
 
@@ -218,11 +232,15 @@ fn models_provider(req: &Request) -> Provider {
 fn checked_header(provider: Provider, req: &Request) -> &'static str {
     match provider {
         Provider::Anthropic if req.headers().contains_key("x-api-key") => "x-api-key",
+        Provider::Azure => azure::checked_header(req),
         Provider::Anthropic | Provider::OpenAi => "authorization",
     }
 }
 
 fn check_auth(state: &State, provider: Provider, req: &Request) -> AuthCheck {
+    if provider == Provider::Azure {
+        return azure::check_auth(state, req);
+    }
     let presented = if checked_header(provider, req) == "x-api-key" {
         req.headers()
             .get("x-api-key")
@@ -241,7 +259,7 @@ fn check_auth(state: &State, provider: Provider, req: &Request) -> AuthCheck {
     };
     let expected = match provider {
         Provider::Anthropic => &state.anthropic_key,
-        Provider::OpenAi => &state.openai_key,
+        Provider::OpenAi | Provider::Azure => &state.openai_key,
     };
     match presented {
         None => AuthCheck::Missing,
@@ -261,7 +279,7 @@ const CREDENTIAL_HEADERS: [&str; 6] = [
     "cookie",
 ];
 
-fn recorded_headers(
+pub(super) fn recorded_headers(
     req: &Request,
     provider: Provider,
     auth: AuthCheck,
