@@ -70,6 +70,7 @@ mod anthropic;
 mod convo;
 mod directives;
 mod extras;
+mod gemini;
 mod openai;
 mod reply;
 mod responses;
@@ -78,6 +79,10 @@ mod server;
 pub use anthropic::model_accepts_system_messages;
 pub use convo::{estimate_input_tokens, out_tokens};
 pub use directives::Directives;
+pub use gemini::{
+    DEFAULT_GEMINI_KEY, TEST_GOOGLE_PROJECT, TEST_SERVICE_ACCOUNT_EMAIL, google_service_account_json,
+    google_wrong_key_json,
+};
 pub use extras::{
     ANTHROPIC_MODELS, EMBEDDING_DIMENSIONS, OPENAI_MODELS, embedding_dimensions, embedding_vector,
     token_embedding_vector,
@@ -144,6 +149,8 @@ pub enum Provider {
     Anthropic,
     #[serde(rename = "openai")]
     OpenAi,
+    /// Gemini API, Vertex AI (Gemini and Claude) and the OAuth token endpoint.
+    Google,
 }
 
 /// Which provider operation a recorded request reached.
@@ -164,6 +171,12 @@ pub enum Api {
     Embeddings,
     /// `GET /v1/models` and `GET /v1/models/{id}`, in the shape of [`RecordedRequest::provider`].
     Models,
+    /// Gemini `:generateContent` / `:streamGenerateContent` (Gemini API or Vertex AI).
+    GenerateContent,
+    /// Claude on Vertex `:rawPredict` / `:streamRawPredict`.
+    RawPredict,
+    /// The OAuth token endpoint (`POST /token`).
+    Token,
 }
 
 /// One request the fake received on a provider path.
@@ -278,6 +291,8 @@ impl FakeUpstream {
         let state = Arc::new(State {
             anthropic_key: anthropic_key.to_owned(),
             openai_key: openai_key.to_owned(),
+            gemini_key: DEFAULT_GEMINI_KEY.to_owned(),
+            google_tokens: Mutex::new(HashSet::new()),
             records: Mutex::new(Vec::new()),
             fail_once_seen: Mutex::new(HashSet::new()),
             stored_responses: Mutex::new(HashMap::new()),
@@ -320,6 +335,12 @@ impl FakeUpstream {
     #[must_use]
     pub fn openai_base_url(&self) -> String {
         format!("http://{}/v1", self.addr)
+    }
+
+    /// The test service account's JSON key file, whose `token_uri` is this fake's `/token`.
+    #[must_use]
+    pub fn google_credentials_json(&self) -> String {
+        google_service_account_json(&format!("{}/token", self.base_url()))
     }
 
     /// Every recorded provider request, in arrival order.

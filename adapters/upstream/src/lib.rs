@@ -4,6 +4,8 @@
 //!   OpenAI-compatible server (vLLM, Ollama, llama.cpp, LM Studio), and OpenRouter. It owns
 //!   one pooled `reqwest` client, adds credentials, applies timeouts and retries failures that
 //!   happen before any byte reached the caller.
+//! - [`GoogleProvider`] talks to Gemini (Gemini API key) and Vertex AI (Gemini and Claude,
+//!   with service-account tokens, see [`google_auth`]).
 //! - [`MockProvider`] is the deterministic in-process test double (`mock:echo`) used by the
 //!   quickstart, the benchmarks and the tests. It is never a real model.
 //!
@@ -13,12 +15,16 @@
 //! [`config`]).
 
 pub mod config;
+pub mod google;
+pub mod google_auth;
 mod http;
 pub mod transport;
 mod mock;
 mod retry;
 
 pub use config::{ConfigError, HttpProviderConfig, RetryPolicy, Timeouts};
+pub use google::{GoogleAuth, GoogleProvider, GoogleProviderConfig};
+pub use google_auth::ServiceAccount;
 pub use http::HttpProvider;
 pub use transport::Transport;
 pub use mock::{MOCK_PROVIDER, MockProvider, MockSettings};

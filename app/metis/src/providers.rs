@@ -6,7 +6,11 @@
 use crate::cli::ServeArgs;
 use anyhow::{Context, bail};
 use metis_ports::upstream::Provider;
-use metis_upstream::{HttpProvider, HttpProviderConfig, MockProvider, MockSettings};
+use metis_ports::upstream::WireFormat;
+use metis_upstream::{
+    GoogleAuth, GoogleProvider, GoogleProviderConfig, HttpProvider, HttpProviderConfig,
+    MockProvider, MockSettings, RetryPolicy, ServiceAccount, Timeouts,
+};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -34,6 +38,14 @@ pub struct ProviderSection {
     pub latency_ms: Option<u64>,
     /// Mock: pace streamed tokens at this rate.
     pub tokens_per_second: Option<f64>,
+    /// Vertex kinds: the service-account JSON key file (default: the file
+    /// `GOOGLE_APPLICATION_CREDENTIALS` names).
+    pub credentials_file: Option<String>,
+    /// Vertex kinds: the Google Cloud project (default: `GOOGLE_CLOUD_PROJECT`, else the key
+    /// file's `project_id`).
+    pub project: Option<String>,
+    /// Vertex kinds: the region, or `global` (default: `GOOGLE_CLOUD_LOCATION`, else `global`).
+    pub location: Option<String>,
 }
 
 impl std::fmt::Debug for ProviderSection {
@@ -44,6 +56,9 @@ impl std::fmt::Debug for ProviderSection {
             .field("api_key_env", &self.api_key_env)
             .field("base_url", &self.base_url)
             .field("responses_api", &self.responses_api)
+            .field("credentials_file", &self.credentials_file)
+            .field("project", &self.project)
+            .field("location", &self.location)
             .finish_non_exhaustive()
     }
 }
@@ -55,15 +70,28 @@ pub enum Kind {
     OpenAi,
     OpenRouter,
     Mock,
+    /// Gemini API (`x-goog-api-key`).
+    Gemini,
+    /// Gemini on Vertex AI (service account).
+    Vertex,
+    /// Claude on Vertex AI (service account).
+    VertexAnthropic,
 }
 
 impl Kind {
-    const ALL: [(&'static str, Kind); 4] = [
+    const ALL: [(&'static str, Kind); 7] = [
         ("anthropic", Kind::Anthropic),
         ("openai", Kind::OpenAi),
         ("openrouter", Kind::OpenRouter),
         ("mock", Kind::Mock),
+        ("gemini", Kind::Gemini),
+        ("vertex", Kind::Vertex),
+        ("vertex-anthropic", Kind::VertexAnthropic),
     ];
+
+    fn is_vertex(self) -> bool {
+        matches!(self, Kind::Vertex | Kind::VertexAnthropic)
+    }
 
     fn parse(s: &str) -> Option<Kind> {
         Self::ALL.iter().find(|(n, _)| *n == s).map(|(_, k)| *k)
@@ -124,6 +152,33 @@ pub fn validate(sections: &BTreeMap<String, ProviderSection>) -> anyhow::Result<
                 "[providers.{name}]: enabled, latency_ms and tokens_per_second apply to the mock only"
             );
         }
+        let vertex_fields = [
+            ("credentials_file", s.credentials_file.is_some()),
+            ("project", s.project.is_some()),
+            ("location", s.location.is_some()),
+        ];
+        if !kind.is_vertex()
+            && let Some((field, _)) = vertex_fields.iter().find(|(_, set)| *set)
+        {
+            bail!("[providers.{name}]: {field} applies to kinds vertex and vertex-anthropic only");
+        }
+        if kind.is_vertex() {
+            for (field, set) in [
+                ("api_key", s.api_key.is_some()),
+                ("api_key_env", s.api_key_env.is_some()),
+                ("responses_api", s.responses_api.is_some()),
+            ] {
+                if set {
+                    bail!(
+                        "[providers.{name}]: {field} does not apply to kind {} (it authenticates with a service account: credentials_file)",
+                        s.kind.as_deref().unwrap_or(name)
+                    );
+                }
+            }
+        }
+        if kind == Kind::Gemini && s.responses_api.is_some() {
+            bail!("[providers.{name}]: responses_api does not apply to kind gemini");
+        }
     }
     Ok(())
 }
@@ -164,9 +219,24 @@ pub fn build(
         let base = flag_base.clone().or_else(|| section.base_url.clone());
         out.push(http_provider(args, name, section.kind_of(name)?, key, base, section)?);
     }
+    for (name, kind) in [
+        ("gemini", Kind::Gemini),
+        ("vertex", Kind::Vertex),
+        ("vertex-anthropic", Kind::VertexAnthropic),
+    ] {
+        if !sections.contains_key(name)
+            && let Some(p) = google_from_env(args, name, kind)?
+        {
+            out.push(p);
+        }
+    }
     for (name, section) in sections {
         let kind = section.kind_of(name)?;
         if matches!(name.as_str(), "anthropic" | "openai" | "openrouter") || kind == Kind::Mock {
+            continue;
+        }
+        if matches!(kind, Kind::Gemini | Kind::Vertex | Kind::VertexAnthropic) {
+            out.push(google_provider(args, name, kind, section)?);
             continue;
         }
         let key = section.credential().unwrap_or_default();
@@ -215,6 +285,9 @@ fn http_provider(
         Kind::OpenAi => HttpProviderConfig::openai(key),
         Kind::OpenRouter => HttpProviderConfig::openrouter(key),
         Kind::Mock => bail!("[providers.{name}]: the mock is not an HTTP provider"),
+        Kind::Gemini | Kind::Vertex | Kind::VertexAnthropic => {
+            bail!("[providers.{name}]: a Google kind is built by google_provider")
+        }
     }
     .with_name(name);
     // Responses clients are forwarded natively only to upstreams known to serve the
@@ -231,5 +304,120 @@ fn http_provider(
         .with_max_retries(args.upstream_retries);
     let provider =
         HttpProvider::new(config).with_context(|| format!("cannot configure provider '{name}'"))?;
+    Ok(Arc::new(provider))
+}
+
+/// The first non-empty value of these environment variables.
+fn env_first(vars: &[&str]) -> Option<String> {
+    vars.iter()
+        .filter_map(|v| std::env::var(v).ok())
+        .find_map(|v| non_empty(Some(&v)))
+}
+
+/// A Google provider registered from the environment alone (no section of that name):
+/// `gemini` when `GEMINI_API_KEY` or `GOOGLE_API_KEY` is set; `vertex` and
+/// `vertex-anthropic` when `GOOGLE_APPLICATION_CREDENTIALS` and `GOOGLE_CLOUD_PROJECT` are.
+fn google_from_env(
+    args: &ServeArgs,
+    name: &str,
+    kind: Kind,
+) -> anyhow::Result<Option<Arc<dyn Provider>>> {
+    let wanted = if kind == Kind::Gemini {
+        env_first(&["GEMINI_API_KEY", "GOOGLE_API_KEY"]).is_some()
+    } else {
+        env_first(&["GOOGLE_APPLICATION_CREDENTIALS"]).is_some()
+            && env_first(&["GOOGLE_CLOUD_PROJECT"]).is_some()
+    };
+    if !wanted {
+        return Ok(None);
+    }
+    google_provider(args, name, kind, &ProviderSection::default()).map(Some)
+}
+
+/// A Gemini API, Vertex Gemini or Vertex Claude provider named `name`.
+fn google_provider(
+    args: &ServeArgs,
+    name: &str,
+    kind: Kind,
+    section: &ProviderSection,
+) -> anyhow::Result<Arc<dyn Provider>> {
+    let (wire, auth, default_base) = if kind == Kind::Gemini {
+        let key = section
+            .credential()
+            .or_else(|| env_first(&["GEMINI_API_KEY", "GOOGLE_API_KEY"]))
+            .with_context(|| {
+                format!(
+                    "[providers.{name}]: no API key (set api_key, api_key_env, GEMINI_API_KEY or GOOGLE_API_KEY)"
+                )
+            })?;
+        (
+            WireFormat::GeminiGenerateContent,
+            GoogleAuth::ApiKey(key),
+            metis_upstream::google::GEMINI_BASE_URL.to_owned(),
+        )
+    } else {
+        let path = section
+            .credentials_file
+            .clone()
+            .or_else(|| env_first(&["GOOGLE_APPLICATION_CREDENTIALS"]))
+            .with_context(|| {
+                format!(
+                    "[providers.{name}]: no service-account key file (set credentials_file or GOOGLE_APPLICATION_CREDENTIALS)"
+                )
+            })?;
+        let json = std::fs::read_to_string(&path).with_context(|| {
+            format!("[providers.{name}]: cannot read the credentials file {path}")
+        })?;
+        let account = ServiceAccount::from_json(&json)
+            .map_err(|e| anyhow::anyhow!("[providers.{name}]: {path}: {e}"))?;
+        let project = section
+            .project
+            .clone()
+            .or_else(|| env_first(&["GOOGLE_CLOUD_PROJECT"]))
+            .or_else(|| {
+                serde_json::from_str::<serde_json::Value>(&json)
+                    .ok()
+                    .and_then(|v| v.get("project_id")?.as_str().map(str::to_owned))
+            })
+            .with_context(|| {
+                format!("[providers.{name}]: no project (set project or GOOGLE_CLOUD_PROJECT)")
+            })?;
+        let location = section
+            .location
+            .clone()
+            .or_else(|| env_first(&["GOOGLE_CLOUD_LOCATION"]))
+            .unwrap_or_else(|| "global".to_owned());
+        let base = metis_upstream::google::vertex_base_url(&location);
+        let wire = if kind == Kind::VertexAnthropic {
+            WireFormat::AnthropicMessages
+        } else {
+            WireFormat::GeminiGenerateContent
+        };
+        (
+            wire,
+            GoogleAuth::Vertex {
+                project,
+                location,
+                account,
+            },
+            base,
+        )
+    };
+    let config = GoogleProviderConfig {
+        name: name.to_owned(),
+        wire,
+        auth,
+        base_url: section.base_url.clone().unwrap_or(default_base),
+        timeouts: Timeouts {
+            response_head: args.upstream_timeout,
+            ..Timeouts::default()
+        },
+        retry: RetryPolicy {
+            max_retries: args.upstream_retries,
+            ..RetryPolicy::default()
+        },
+    };
+    let provider = GoogleProvider::new(config)
+        .with_context(|| format!("cannot configure provider '{name}'"))?;
     Ok(Arc::new(provider))
 }

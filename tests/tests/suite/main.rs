@@ -39,6 +39,7 @@ mod patterns_postgres;
 mod postgres_cli;
 mod process_cli;
 mod process_lifecycle;
+mod provider_google;
 mod quota_concurrency;
 mod rate_limit_runbook;
 mod redb_cli;
