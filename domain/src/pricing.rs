@@ -60,7 +60,13 @@ impl PriceTable {
             // Claude on Vertex AI: Anthropic's prices, Vertex model ids.
             ("vertex-anthropic:claude-opus-4-7", 15.0, 75.0, 1.5, 18.75),
             ("vertex-anthropic:claude-sonnet-4-6", 3.0, 15.0, 0.3, 3.75),
-            ("vertex-anthropic:claude-haiku-4-5@20251001", 1.0, 5.0, 0.1, 1.25),
+            (
+                "vertex-anthropic:claude-haiku-4-5@20251001",
+                1.0,
+                5.0,
+                0.1,
+                1.25,
+            ),
             // The mock provider is free; it is priced so that its calls are never "unknown".
             (crate::models::MOCK_MODEL, 0.0, 0.0, 0.0, 0.0),
         ] {

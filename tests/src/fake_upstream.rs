@@ -79,13 +79,13 @@ mod server;
 pub use anthropic::model_accepts_system_messages;
 pub use convo::{estimate_input_tokens, out_tokens};
 pub use directives::Directives;
-pub use gemini::{
-    DEFAULT_GEMINI_KEY, TEST_GOOGLE_PROJECT, TEST_SERVICE_ACCOUNT_EMAIL, google_service_account_json,
-    google_wrong_key_json,
-};
 pub use extras::{
     ANTHROPIC_MODELS, EMBEDDING_DIMENSIONS, OPENAI_MODELS, embedding_dimensions, embedding_vector,
     token_embedding_vector,
+};
+pub use gemini::{
+    DEFAULT_GEMINI_KEY, TEST_GOOGLE_PROJECT, TEST_SERVICE_ACCOUNT_EMAIL,
+    google_service_account_json, google_wrong_key_json,
 };
 pub use responses::{REASONING_ENCRYPTED_CONTENT, RESPONSES_STREAM_ERROR_MESSAGE};
 

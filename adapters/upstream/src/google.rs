@@ -225,8 +225,8 @@ fn encode(segment: &str) -> String {
 
 /// A Messages body as Claude on Vertex takes it: no `model`, `anthropic_version` set.
 fn vertex_anthropic_body(body: &[u8]) -> Result<Bytes, String> {
-    let mut v: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|e| format!("request body is not JSON: {e}"))?;
+    let mut v: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("request body is not JSON: {e}"))?;
     let Some(obj) = v.as_object_mut() else {
         return Err("request body is not a JSON object".to_owned());
     };
@@ -281,7 +281,10 @@ impl Provider for GoogleProvider {
         let auth = match &self.credential {
             Credential::ApiKey(v) => ("x-goog-api-key", v.clone()),
             Credential::Token(source) => {
-                let token = source.token(self.transport.client()).await.map_err(network)?;
+                let token = source
+                    .token(self.transport.client())
+                    .await
+                    .map_err(network)?;
                 let v = secret_header(&format!("Bearer {token}")).ok_or_else(|| {
                     network("the access token cannot be sent as a header".to_owned())
                 })?;
@@ -334,7 +337,10 @@ mod tests {
 
     #[test]
     fn model_ids_are_percent_encoded_and_claude_bodies_rewritten() {
-        assert_eq!(encode("claude-haiku-4-5@20251001"), "claude-haiku-4-5%4020251001");
+        assert_eq!(
+            encode("claude-haiku-4-5@20251001"),
+            "claude-haiku-4-5%4020251001"
+        );
         assert_eq!(encode("gemini-2.5-flash"), "gemini-2.5-flash");
         let body = vertex_anthropic_body(br#"{"model":"m","max_tokens":5}"#).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
@@ -369,6 +375,9 @@ mod tests {
             "http://127.0.0.1:9/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"
         );
         assert!(!format!("{p:?}").contains("\"k\""));
-        assert_eq!(vertex_base_url("us-east5"), "https://us-east5-aiplatform.googleapis.com");
+        assert_eq!(
+            vertex_base_url("us-east5"),
+            "https://us-east5-aiplatform.googleapis.com"
+        );
     }
 }

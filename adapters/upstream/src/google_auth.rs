@@ -75,11 +75,11 @@ impl ServiceAccount {
             .ok_or("the credentials file has no 'client_email'")?
             .to_owned();
         let pem = field("private_key").ok_or("the credentials file has no 'private_key'")?;
-        let der = pem_body(pem).ok_or(
-            "the credentials file's 'private_key' is not a PEM 'PRIVATE KEY' block",
-        )?;
-        let key = RsaKeyPair::from_pkcs8(&der)
-            .map_err(|e| format!("the credentials file's 'private_key' is not a PKCS#8 RSA key: {e}"))?;
+        let der = pem_body(pem)
+            .ok_or("the credentials file's 'private_key' is not a PEM 'PRIVATE KEY' block")?;
+        let key = RsaKeyPair::from_pkcs8(&der).map_err(|e| {
+            format!("the credentials file's 'private_key' is not a PKCS#8 RSA key: {e}")
+        })?;
         Ok(Self {
             client_email,
             token_uri: field("token_uri").unwrap_or(DEFAULT_TOKEN_URI).to_owned(),

@@ -18,13 +18,13 @@ pub mod config;
 pub mod google;
 pub mod google_auth;
 mod http;
-pub mod transport;
 mod mock;
 mod retry;
+pub mod transport;
 
 pub use config::{ConfigError, HttpProviderConfig, RetryPolicy, Timeouts};
 pub use google::{GoogleAuth, GoogleProvider, GoogleProviderConfig};
 pub use google_auth::ServiceAccount;
 pub use http::HttpProvider;
-pub use transport::Transport;
 pub use mock::{MOCK_PROVIDER, MockProvider, MockSettings};
+pub use transport::Transport;

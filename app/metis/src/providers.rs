@@ -217,7 +217,14 @@ pub fn build(
             continue;
         };
         let base = flag_base.clone().or_else(|| section.base_url.clone());
-        out.push(http_provider(args, name, section.kind_of(name)?, key, base, section)?);
+        out.push(http_provider(
+            args,
+            name,
+            section.kind_of(name)?,
+            key,
+            base,
+            section,
+        )?);
     }
     for (name, kind) in [
         ("gemini", Kind::Gemini),
@@ -420,4 +427,94 @@ fn google_provider(
     let provider = GoogleProvider::new(config)
         .with_context(|| format!("cannot configure provider '{name}'"))?;
     Ok(Arc::new(provider))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    fn sections(name: &str, s: ProviderSection) -> BTreeMap<String, ProviderSection> {
+        BTreeMap::from([(name.to_owned(), s)])
+    }
+
+    #[test]
+    fn google_fields_are_refused_on_the_wrong_kind_naming_them() {
+        let err = validate(&sections(
+            "gemini",
+            ProviderSection {
+                credentials_file: Some("sa.json".into()),
+                ..ProviderSection::default()
+            },
+        ))
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("credentials_file applies to kinds vertex"),
+            "{err}"
+        );
+        let err = validate(&sections(
+            "openai",
+            ProviderSection {
+                location: Some("us-east5".into()),
+                ..ProviderSection::default()
+            },
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("location"), "{err}");
+        let err = validate(&sections(
+            "claude",
+            ProviderSection {
+                kind: Some("vertex-anthropic".into()),
+                api_key: Some("k".into()),
+                ..ProviderSection::default()
+            },
+        ))
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("api_key does not apply to kind vertex-anthropic"),
+            "{err}"
+        );
+        validate(&sections(
+            "vertex",
+            ProviderSection {
+                credentials_file: Some("sa.json".into()),
+                project: Some("p".into()),
+                location: Some("global".into()),
+                ..ProviderSection::default()
+            },
+        ))
+        .unwrap();
+    }
+
+    #[test]
+    fn a_vertex_section_with_an_unreadable_or_foreign_key_file_fails_naming_it() {
+        let args = ServeArgs::try_parse_from(["gateway"]).unwrap();
+        let dir = std::env::temp_dir().join(format!("metis-google-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("user.json");
+        std::fs::write(&file, r#"{"type":"authorized_user"}"#).unwrap();
+        let section = ProviderSection {
+            kind: Some("vertex".into()),
+            credentials_file: Some(file.display().to_string()),
+            project: Some("p".into()),
+            ..ProviderSection::default()
+        };
+        let err = google_provider(&args, "v", Kind::Vertex, &section)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("authorized_user"), "{err}");
+        let section = ProviderSection {
+            credentials_file: Some(dir.join("missing.json").display().to_string()),
+            ..section
+        };
+        let err = google_provider(&args, "v", Kind::Vertex, &section)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("cannot read the credentials file"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -158,9 +158,7 @@ impl StreamParser {
     pub fn error_class(&self) -> Option<metis_domain::error::ErrorClass> {
         match self {
             StreamParser::Responses(p) => p.error_class(),
-            StreamParser::OpenAi(_) | StreamParser::Anthropic(_) | StreamParser::Gemini(_) => {
-                None
-            }
+            StreamParser::OpenAi(_) | StreamParser::Anthropic(_) | StreamParser::Gemini(_) => None,
         }
     }
 }

@@ -95,7 +95,10 @@ fn request_carries_system_turns_tools_config_and_results_by_name_and_order() {
         contents[1]["parts"][0],
         json!({"functionCall": {"name": "weather", "args": {"city": "Paris"}}})
     );
-    assert_eq!(contents[1]["parts"][1]["functionCall"]["id"], "call_client_2");
+    assert_eq!(
+        contents[1]["parts"][1]["functionCall"]["id"],
+        "call_client_2"
+    );
     assert_eq!(contents[2]["role"], "user");
     assert_eq!(
         contents[2]["parts"][0],
@@ -125,13 +128,18 @@ fn orphan_tool_result_and_foreign_blocks_are_refused_by_name() {
     let mut req = tool_turns();
     req.messages.remove(1);
     let err = render_request(&req, "m").unwrap_err();
-    assert!(err.message().contains("answers no earlier tool call"), "{err:?}");
+    assert!(
+        err.message().contains("answers no earlier tool call"),
+        "{err:?}"
+    );
 
     let mut req = tool_turns();
-    req.messages[0].content.push(ContentBlock::Other(crate::canonical::Opaque {
-        shape: crate::canonical::Shape::Anthropic,
-        value: json!({"type": "document"}),
-    }));
+    req.messages[0]
+        .content
+        .push(ContentBlock::Other(crate::canonical::Opaque {
+            shape: crate::canonical::Shape::Anthropic,
+            value: json!({"type": "document"}),
+        }));
     let err = render_request(&req, "m").unwrap_err();
     assert!(err.message().contains("'document'"), "{err:?}");
 }
@@ -172,7 +180,10 @@ fn consecutive_user_turns_merge_and_images_map() {
         contents[0]["parts"][1],
         json!({"inlineData": {"mimeType": "image/png", "data": "AAAA"}})
     );
-    assert_eq!(contents[0]["parts"][2]["fileData"]["mimeType"], "image/jpeg");
+    assert_eq!(
+        contents[0]["parts"][2]["fileData"]["mimeType"],
+        "image/jpeg"
+    );
 }
 
 #[test]
@@ -229,7 +240,9 @@ fn response_parses_text_thoughts_calls_usage_and_stable_ids() {
 fn finish_reasons_and_errors_map() {
     let with = |reason: &str| {
         let b = json!({"candidates": [{"content": {"parts": [{"text": "x"}]}, "finishReason": reason}]});
-        parse_response(b.to_string().as_bytes()).unwrap().stop_reason
+        parse_response(b.to_string().as_bytes())
+            .unwrap()
+            .stop_reason
     };
     assert_eq!(with("STOP"), StopReason::EndTurn);
     assert_eq!(with("MAX_TOKENS"), StopReason::MaxTokens);
@@ -237,12 +250,17 @@ fn finish_reasons_and_errors_map() {
     assert_eq!(with("RECITATION"), StopReason::Refusal);
     let blocked = json!({"promptFeedback": {"blockReason": "SAFETY"}});
     assert_eq!(
-        parse_response(blocked.to_string().as_bytes()).unwrap().stop_reason,
+        parse_response(blocked.to_string().as_bytes())
+            .unwrap()
+            .stop_reason,
         StopReason::Refusal
     );
     let err = json!({"error": {"code": 429, "message": "secret prompt echo", "status": "RESOURCE_EXHAUSTED"}});
     let e = parse_response(err.to_string().as_bytes()).unwrap_err();
-    assert!(e.contains("RESOURCE_EXHAUSTED") && !e.contains("secret"), "{e}");
+    assert!(
+        e.contains("RESOURCE_EXHAUSTED") && !e.contains("secret"),
+        "{e}"
+    );
 }
 
 fn frame(v: &Value) -> SseFrame {
@@ -282,7 +300,9 @@ fn stream_yields_canonical_events_and_ends_cleanly_only_with_finish_reason() {
     assert_eq!(r.content.len(), 3);
     assert_eq!(r.content[1], text("Hello"));
     match &r.content[2] {
-        ContentBlock::ToolUse { id, name, input, .. } => {
+        ContentBlock::ToolUse {
+            id, name, input, ..
+        } => {
             assert_eq!(name, "weather");
             assert_eq!(input, &json!({"city": "Paris"}));
             // The stream mints the same id the sync parse would.
@@ -296,13 +316,23 @@ fn stream_yields_canonical_events_and_ends_cleanly_only_with_finish_reason() {
 #[test]
 fn stream_without_finish_reason_is_not_clean_and_errors_surface() {
     let mut p = StreamParser::new();
-    p.push(&frame(&json!({"candidates": [{"content": {"parts": [{"text": "x"}]}}]})))
-        .unwrap();
+    p.push(&frame(
+        &json!({"candidates": [{"content": {"parts": [{"text": "x"}]}}]}),
+    ))
+    .unwrap();
     assert!(!p.ended_cleanly());
     let mut p = StreamParser::new();
     let e = p
-        .push(&frame(&json!({"error": {"code": 500, "status": "INTERNAL", "message": "m"}})))
+        .push(&frame(
+            &json!({"error": {"code": 500, "status": "INTERNAL", "message": "m"}}),
+        ))
         .unwrap_err();
     assert!(e.contains("INTERNAL"), "{e}");
-    assert!(p.push(&SseFrame { event: None, data: "{nope".into() }).is_err());
+    assert!(
+        p.push(&SseFrame {
+            event: None,
+            data: "{nope".into()
+        })
+        .is_err()
+    );
 }

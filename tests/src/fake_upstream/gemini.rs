@@ -45,7 +45,8 @@ use std::sync::OnceLock;
 /// Key the fake expects on `x-goog-api-key`.
 pub const DEFAULT_GEMINI_KEY: &str = "fake-gemini-key";
 /// `client_email` of the test service account.
-pub const TEST_SERVICE_ACCOUNT_EMAIL: &str = "metis-test@metis-test-project.iam.gserviceaccount.com";
+pub const TEST_SERVICE_ACCOUNT_EMAIL: &str =
+    "metis-test@metis-test-project.iam.gserviceaccount.com";
 /// `project_id` of the test service account.
 pub const TEST_GOOGLE_PROJECT: &str = "metis-test-project";
 /// The body field Claude on Vertex requires.
@@ -177,11 +178,15 @@ pub fn google_service_account_json(token_uri: &str) -> String {
 pub fn google_wrong_key_json(token_uri: &str) -> String {
     let pem = RsaKeyPair::generate(KeySize::Rsa2048)
         .ok()
-        .and_then(|p| AsDer::<Pkcs8V1Der<'_>>::as_der(&p).ok().map(|d| STANDARD.encode(d.as_ref())))
+        .and_then(|p| {
+            AsDer::<Pkcs8V1Der<'_>>::as_der(&p)
+                .ok()
+                .map(|d| STANDARD.encode(d.as_ref()))
+        })
         .map(|b64| format!("-----BEGIN PRIVATE KEY-----\n{b64}\n-----END PRIVATE KEY-----\n"))
         .unwrap_or_default();
-    let mut v: Value = serde_json::from_str(&google_service_account_json(token_uri))
-        .unwrap_or(Value::Null);
+    let mut v: Value =
+        serde_json::from_str(&google_service_account_json(token_uri)).unwrap_or(Value::Null);
     v["private_key"] = Value::String(pem);
     v.to_string()
 }
@@ -255,8 +260,14 @@ fn google_status_error(code: u16) -> Response {
             "RESOURCE_EXHAUSTED",
             "Resource has been exhausted (e.g. check quota).",
         ),
-        503 => ("UNAVAILABLE", "The model is overloaded. Please try again later."),
-        504 => ("DEADLINE_EXCEEDED", "Deadline expired before operation could complete."),
+        503 => (
+            "UNAVAILABLE",
+            "The model is overloaded. Please try again later.",
+        ),
+        504 => (
+            "DEADLINE_EXCEEDED",
+            "Deadline expired before operation could complete.",
+        ),
         _ => (
             "INTERNAL",
             "An internal error has occurred. Please retry or report in https://developers.generativeai.google/guide/troubleshooting",
@@ -325,10 +336,8 @@ pub(super) async fn serve(
                 obj.insert("model".into(), Value::String(model));
             }
             // Vertex takes the version in the body; the Messages handler wants the header.
-            req.headers_mut().insert(
-                "anthropic-version",
-                HeaderValue::from_static("2023-06-01"),
-            );
+            req.headers_mut()
+                .insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
             anthropic(ctx, &req, AuthCheck::Matched, Some(body)).await
         }
         Route::Gemini { vertex, stream } => {
@@ -369,7 +378,9 @@ fn anthropic_400(message: &str) -> Response {
 /// What the real API rejects and a translating gateway is likely to get wrong.
 fn validate(body: &Value) -> Result<(), String> {
     if body.get("model").is_some() {
-        return Err("Invalid JSON payload received. Unknown name \"model\": Cannot find field.".to_owned());
+        return Err(
+            "Invalid JSON payload received. Unknown name \"model\": Cannot find field.".to_owned(),
+        );
     }
     let Some(contents) = body.get("contents").and_then(Value::as_array) else {
         return Err("* GenerateContentRequest.contents: contents is not specified".to_owned());
@@ -607,7 +618,8 @@ fn form_value<'a>(form: &'a str, key: &str) -> Option<&'a str> {
 
 fn token(state: &State, req: &Request, raw: &[u8]) -> Response {
     let form = String::from_utf8_lossy(raw);
-    if form_value(&form, "grant_type") != Some("urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer")
+    if form_value(&form, "grant_type")
+        != Some("urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer")
     {
         return json_response(
             StatusCode::BAD_REQUEST,
@@ -620,7 +632,9 @@ fn token(state: &State, req: &Request, raw: &[u8]) -> Response {
     let mut segs = jwt.split('.');
     let (Some(h), Some(c), Some(s), None) = (segs.next(), segs.next(), segs.next(), segs.next())
     else {
-        return invalid_grant("Invalid JWT: Token must be a short-lived token and in a reasonable timeframe.");
+        return invalid_grant(
+            "Invalid JWT: Token must be a short-lived token and in a reasonable timeframe.",
+        );
     };
     let Some(key) = test_key() else {
         return invalid_grant("the fake has no test key");

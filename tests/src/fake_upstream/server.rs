@@ -211,9 +211,13 @@ async fn handle(state: Arc<State>, mut req: Request) -> Response {
         (Api::Models, Provider::OpenAi | Provider::Google) => {
             extras::openai_models(&ctx, auth, openai_path)
         }
-        (Api::GenerateContent | Api::RawPredict | Api::Token, _) => {
-            openai_error(StatusCode::NOT_FOUND, "not a Google path", "invalid_request_error", None, None)
-        }
+        (Api::GenerateContent | Api::RawPredict | Api::Token, _) => openai_error(
+            StatusCode::NOT_FOUND,
+            "not a Google path",
+            "invalid_request_error",
+            None,
+            None,
+        ),
     }
 }
 
@@ -221,7 +225,13 @@ async fn handle(state: Arc<State>, mut req: Request) -> Response {
 async fn google(state: Arc<State>, mut req: Request) -> Response {
     let path = req.uri().path().to_owned();
     let Some((route, model)) = gemini::route(&path) else {
-        return openai_error(StatusCode::NOT_FOUND, "not a Google path", "invalid_request_error", None, None);
+        return openai_error(
+            StatusCode::NOT_FOUND,
+            "not a Google path",
+            "invalid_request_error",
+            None,
+            None,
+        );
     };
     let api = match route {
         gemini::Route::Gemini { .. } => Api::GenerateContent,

@@ -135,8 +135,14 @@ async fn text_both_shapes(gw: &TestGateway, google: &FakeUpstream, model: &str) 
     for shape in SHAPES {
         for stream in [false, true] {
             let text = format!("hello {model} {shape:?} {stream}");
-            let r = gw.post(shape, &chat_body(shape, model, &text, stream)).await;
-            assert_eq!(r.status, 200, "{model} {shape:?} stream={stream}: {}", r.text);
+            let r = gw
+                .post(shape, &chat_body(shape, model, &text, stream))
+                .await;
+            assert_eq!(
+                r.status, 200,
+                "{model} {shape:?} stream={stream}: {}",
+                r.text
+            );
             let got = if stream {
                 stream_text(shape, &r.events())
             } else {
@@ -156,8 +162,14 @@ async fn gemini_api_key_both_shapes_sync_and_stream() {
     let (gw, _dir) = gateway(&google, false, false).await;
     text_both_shapes(&gw, &google, GEMINI_MODEL).await;
     let calls = model_calls(&google);
-    assert_eq!(calls[0].path, "/v1beta/models/gemini-2.5-flash:generateContent");
-    assert_eq!(calls[1].path, "/v1beta/models/gemini-2.5-flash:streamGenerateContent");
+    assert_eq!(
+        calls[0].path,
+        "/v1beta/models/gemini-2.5-flash:generateContent"
+    );
+    assert_eq!(
+        calls[1].path,
+        "/v1beta/models/gemini-2.5-flash:streamGenerateContent"
+    );
     assert_eq!(calls[1].query.as_deref(), Some("alt=sse"));
     assert_eq!(calls[0].header("x-goog-api-key"), Some("<matched>"));
     assert!(calls[0].body.get("model").is_none());
@@ -182,7 +194,11 @@ async fn vertex_service_account_both_shapes_sync_and_stream_with_one_token_excha
         .filter(|r| r.api == Api::Token)
         .collect();
     assert_eq!(tokens.len(), 1, "the token is cached across calls");
-    assert_eq!(tokens[0].body, Value::Null, "the assertion is never recorded");
+    assert_eq!(
+        tokens[0].body,
+        Value::Null,
+        "the assertion is never recorded"
+    );
 }
 
 #[tokio::test]
@@ -215,7 +231,11 @@ async fn tool_round_trip(gw: &TestGateway, google: &FakeUpstream, model: &str, s
         Shape::OpenAi => "tool_calls",
         Shape::Anthropic => "tool_use",
     };
-    assert_eq!(stop_reason(shape, &first), expected_stop, "{model} {shape:?}");
+    assert_eq!(
+        stop_reason(shape, &first),
+        expected_stop,
+        "{model} {shape:?}"
+    );
     let (id, name, args) = tool_call_of(shape, &first);
     assert_eq!(name, "get_weather");
     assert_eq!(args, serde_json::from_str::<Value>(TOOL_ARGUMENTS).unwrap());
@@ -264,7 +284,11 @@ async fn tool_round_trip(gw: &TestGateway, google: &FakeUpstream, model: &str, s
     body["tools"] = tools(shape);
     let r = gw.post(shape, &body).await;
     assert_eq!(r.status, 200, "{}", r.text);
-    assert!(r.text.contains("get_weather"), "{model} {shape:?}: {}", r.text);
+    assert!(
+        r.text.contains("get_weather"),
+        "{model} {shape:?}: {}",
+        r.text
+    );
     assert!(r.text.contains(r#"city"#), "{}", r.text);
 }
 
@@ -285,7 +309,10 @@ async fn usage_and_cost_are_recorded_with_google_prices() {
     let (mut gw, _dir) = gateway(&google, false, false).await;
     for model in [GEMINI_MODEL, VERTEX_MODEL, CLAUDE_MODEL] {
         let r = gw
-            .post(Shape::OpenAi, &chat_body(Shape::OpenAi, model, "price me [cache]", false))
+            .post(
+                Shape::OpenAi,
+                &chat_body(Shape::OpenAi, model, "price me [cache]", false),
+            )
             .await;
         assert_eq!(r.status, 200, "{}", r.text);
         let usage = &r.json()["usage"];
@@ -346,7 +373,8 @@ async fn a_service_account_key_the_token_endpoint_refuses_fails_naming_the_excha
             .await;
         assert_eq!(r.status, 502, "{model}: {}", r.text);
         assert!(
-            r.text.contains("token exchange refused: HTTP 400 (invalid_grant)"),
+            r.text
+                .contains("token exchange refused: HTTP 400 (invalid_grant)"),
             "{model}: {}",
             r.text
         );
@@ -355,5 +383,8 @@ async fn a_service_account_key_the_token_endpoint_refuses_fails_naming_the_excha
         model_calls(&google).is_empty(),
         "no model call without a token"
     );
-    assert!(!google.requests().is_empty(), "the token endpoint was asked");
+    assert!(
+        !google.requests().is_empty(),
+        "the token endpoint was asked"
+    );
 }
