@@ -9,7 +9,6 @@
 #![expect(
     clippy::unwrap_used,
     clippy::expect_used,
-    clippy::panic,
     reason = "test scenarios outside #[test] functions"
 )]
 
