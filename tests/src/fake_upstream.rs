@@ -343,6 +343,12 @@ impl FakeUpstream {
         google_service_account_json(&format!("{}/token", self.base_url()))
     }
 
+    /// Forget every access token the fake token endpoint minted (as if they were revoked):
+    /// Vertex paths then answer 401 `UNAUTHENTICATED` until a new token is exchanged.
+    pub fn forget_google_tokens(&self) {
+        server::lock(&self.state.google_tokens).clear();
+    }
+
     /// Every recorded provider request, in arrival order.
     #[must_use]
     pub fn requests(&self) -> Vec<RecordedRequest> {

@@ -14,7 +14,8 @@
 //! Invariants:
 //! - The API key and tokens are sensitive headers and never logged. The token is fetched
 //!   (or taken from the shared cache) once per `send`, before the retry loop; a token that
-//!   cannot be obtained fails the call as a network error naming the exchange step.
+//!   cannot be obtained fails the call as a network error naming the exchange step; a token
+//!   Vertex answers 401 to is dropped from the cache (the next call exchanges a new one).
 //! - Gemini answers an invalid API key with HTTP 400 `API_KEY_INVALID`; that answer is
 //!   reported as 401 so the gateway classifies it as an authentication failure, not as a
 //!   bad request from the client.
@@ -278,16 +279,18 @@ impl Provider for GoogleProvider {
                 .headers
                 .retain(|(n, _)| !n.eq_ignore_ascii_case("anthropic-version"));
         }
+        let mut token = None;
         let auth = match &self.credential {
             Credential::ApiKey(v) => ("x-goog-api-key", v.clone()),
             Credential::Token(source) => {
-                let token = source
+                let t = source
                     .token(self.transport.client())
                     .await
                     .map_err(network)?;
-                let v = secret_header(&format!("Bearer {token}")).ok_or_else(|| {
+                let v = secret_header(&format!("Bearer {t}")).ok_or_else(|| {
                     network("the access token cannot be sent as a header".to_owned())
                 })?;
+                token = Some(t);
                 ("authorization", v)
             }
         };
@@ -300,6 +303,14 @@ impl Provider for GoogleProvider {
                     .header(auth.0, auth.1.clone()))
             })
             .await;
+        if let (
+            Err(UpstreamError::Status { status: 401, .. }),
+            Some(t),
+            Credential::Token(source),
+        ) = (&result, &token, &self.credential)
+        {
+            source.invalidate(t).await;
+        }
         match result {
             Err(UpstreamError::Status {
                 provider,

@@ -8,6 +8,8 @@
 //! - One token is shared by every request and reused until 5 minutes before it expires; a
 //!   refresh happens under an async lock, so a burst of requests after expiry causes one
 //!   exchange, not one per request.
+//! - A token the upstream answers 401 to is dropped from the cache, so one refused call (a
+//!   revoked token) is followed by a fresh exchange rather than by an hour of 401s.
 //! - A failed exchange is an error naming the step that failed and the token endpoint's
 //!   HTTP status and OAuth `error` code (never its description, never the assertion).
 
@@ -188,6 +190,15 @@ impl TokenSource {
         let token = fresh.token.clone();
         *cached = Some(fresh);
         Ok(token)
+    }
+
+    /// Forget `token` if it is the cached one (the upstream refused it: revoked, or the
+    /// clock moved), so the next call exchanges a fresh one.
+    pub async fn invalidate(&self, token: &str) {
+        let mut cached = self.cached.lock().await;
+        if cached.as_ref().is_some_and(|c| c.token == token) {
+            *cached = None;
+        }
     }
 
     async fn exchange(&self, client: &reqwest::Client) -> Result<Cached, String> {

@@ -387,3 +387,80 @@ async fn a_service_account_key_the_token_endpoint_refuses_fails_naming_the_excha
         "the token endpoint was asked"
     );
 }
+
+#[tokio::test]
+async fn a_revoked_vertex_token_is_refused_then_replaced_by_a_fresh_exchange() {
+    let google = google().await;
+    let (gw, _dir) = gateway(&google, false, false).await;
+    let body = chat_body(Shape::OpenAi, VERTEX_MODEL, "first", false);
+    assert_eq!(gw.post(Shape::OpenAi, &body).await.status, 200);
+    google.forget_google_tokens();
+    let r = gw.post(Shape::OpenAi, &body).await;
+    assert_eq!(
+        r.status, 401,
+        "a token the fake did not mint is refused: {}",
+        r.text
+    );
+    let r = gw.post(Shape::OpenAi, &body).await;
+    assert_eq!(r.status, 200, "the refused token was dropped: {}", r.text);
+    let exchanges = google
+        .requests()
+        .iter()
+        .filter(|r| r.api == Api::Token)
+        .count();
+    assert_eq!(exchanges, 2);
+}
+
+#[tokio::test]
+async fn concurrent_first_calls_share_one_token_exchange() {
+    let google = google().await;
+    let (gw, _dir) = gateway(&google, false, false).await;
+    let body = chat_body(Shape::OpenAi, VERTEX_MODEL, "together", false);
+    let calls = (0..8).map(|_| gw.post(Shape::OpenAi, &body));
+    for r in futures_util::future::join_all(calls).await {
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+    let exchanges = google
+        .requests()
+        .iter()
+        .filter(|r| r.api == Api::Token)
+        .count();
+    assert_eq!(exchanges, 1, "one refresh for the whole burst");
+}
+
+#[tokio::test]
+async fn gemini_thought_parts_reach_an_anthropic_client_and_responses_clients_are_served() {
+    let google = google().await;
+    let (gw, _dir) = gateway(&google, false, false).await;
+    let r = gw
+        .post(
+            Shape::Anthropic,
+            &chat_body(Shape::Anthropic, GEMINI_MODEL, "[think] ponder", false),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let v = r.json();
+    assert_eq!(v["content"][0]["type"], "thinking", "{v}");
+    assert_eq!(v["content"][1]["text"], "echo: [think] ponder");
+
+    let r = send_json(
+        &gw,
+        "/v1/responses",
+        &json!({"model": GEMINI_MODEL, "input": "via responses"}),
+    )
+    .await;
+    assert_eq!(r.0, 200, "{}", r.1);
+    assert!(r.1.contains("echo: via responses"), "{}", r.1);
+}
+
+async fn send_json(gw: &TestGateway, path: &str, body: &Value) -> (u16, String) {
+    let r = gw
+        .client()
+        .post(gw.url(path))
+        .bearer_auth(&gw.key.token)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
