@@ -338,7 +338,20 @@ fn google_from_env(
     if !wanted {
         return Ok(None);
     }
-    google_provider(args, name, kind, &ProviderSection::default()).map(Some)
+    // Nothing asked for this provider by name: a key file it cannot use (an `authorized_user`
+    // file from `gcloud auth application-default login`, say) must not stop the gateway.
+    match google_provider(args, name, kind, &ProviderSection::default()) {
+        Ok(p) => Ok(Some(p)),
+        Err(e) if kind != Kind::Gemini => {
+            tracing::warn!(
+                provider = name,
+                error = %format!("{e:#}"),
+                "provider not registered from the environment (add a [providers.{name}] section to make this an error)"
+            );
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// A Gemini API, Vertex Gemini or Vertex Claude provider named `name`.

@@ -464,3 +464,30 @@ async fn send_json(gw: &TestGateway, path: &str, body: &Value) -> (u16, String) 
         .unwrap();
     (r.status().as_u16(), r.text().await.unwrap())
 }
+
+#[tokio::test]
+async fn a_gemini_stream_cut_before_its_finish_reason_ends_in_an_error_frame() {
+    let google = google().await;
+    let (gw, _dir) = gateway(&google, false, false).await;
+    for shape in SHAPES {
+        let r = gw
+            .post(
+                shape,
+                &chat_body(shape, GEMINI_MODEL, "one two three four [cut]", true),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let events = r.events();
+        let last = events.last().expect("frames");
+        assert!(
+            last.data.contains("error"),
+            "{shape:?}: no fake clean end: {}",
+            r.text
+        );
+        assert!(
+            !r.text.contains("[DONE]") && !r.text.contains("message_stop"),
+            "{}",
+            r.text
+        );
+    }
+}
