@@ -28,6 +28,9 @@
 //!   `thought: true` become thinking blocks (Gemini signs them with `thoughtSignature`, kept
 //!   as the block's signature). Thinking blocks in a request are not sent back (Gemini does
 //!   not take thought text as input).
+//! - A `thoughtSignature` Gemini puts on a `functionCall` part is not carried back on the
+//!   next turn (the canonical tool call has no place for it; Gemini 2.5 accepts calls
+//!   without it).
 //! - Images: base64 ones become `inlineData`; URL ones `fileData` with the media type taken
 //!   from the file extension (an unknown extension is refused, naming the URL's field).
 //! - Usage: `promptTokenCount` includes `cachedContentTokenCount`, so uncached input =
@@ -560,6 +563,11 @@ impl StreamParser {
                 });
                 out.push(StreamEvent::BlockStop { index });
             } else if let Some(text) = part.get("text").and_then(Value::as_str) {
+                // The last chunk often carries an empty text part next to `finishReason`:
+                // it must not open an empty block after a tool call.
+                if text.is_empty() && part.get("thoughtSignature").is_none() {
+                    continue;
+                }
                 let (kind, delta) = if is_thought(part) {
                     (Open::Thinking, BlockDelta::Thinking(text.to_owned()))
                 } else {

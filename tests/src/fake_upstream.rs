@@ -22,6 +22,12 @@
 //! - `GET /v1/models`, `GET /v1/models/{id}` — the Anthropic list/retrieve shapes
 //!   ([`ANTHROPIC_MODELS`]) when called with `anthropic-version` or `x-api-key`, else the
 //!   OpenAI ones ([`OPENAI_MODELS`]).
+//! - Google (module `gemini`): the Gemini API (`/v1beta/models/{m}:generateContent`,
+//!   `:streamGenerateContent?alt=sse`, `x-goog-api-key` = [`DEFAULT_GEMINI_KEY`]), Vertex AI
+//!   Gemini and Claude (`/v1/projects/…/publishers/{google|anthropic}/models/{m}:…`, bearer
+//!   tokens minted by the fake's `POST /token`, which verifies the RS256 assertion of the
+//!   test service account, [`google_service_account_json`]); `GET /_google/credentials` is
+//!   that key file.
 //! - `GET /_requests` — every recorded provider request as a JSON array of
 //!   [`RecordedRequest`]; `POST /_reset` clears the record, the `[fail-once]` memory and the
 //!   stored Responses conversations. These two are for out-of-process (Python) tests.

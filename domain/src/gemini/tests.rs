@@ -336,3 +336,25 @@ fn stream_without_finish_reason_is_not_clean_and_errors_surface() {
         .is_err()
     );
 }
+
+#[test]
+fn an_empty_trailing_text_part_opens_no_block() {
+    let mut p = StreamParser::new();
+    let mut events = p
+        .push(&frame(&json!({"candidates": [{"content": {"parts": [
+            {"functionCall": {"name": "f", "args": {}}}]}}]})))
+        .unwrap();
+    events.extend(
+        p.push(&frame(
+            &json!({"candidates": [{"content": {"parts": [{"text": ""}]},
+            "finishReason": "STOP"}]}),
+        ))
+        .unwrap(),
+    );
+    events.extend(p.finish());
+    let starts = events
+        .iter()
+        .filter(|e| matches!(e, StreamEvent::BlockStart { .. }))
+        .count();
+    assert_eq!(starts, 1, "{events:?}");
+}
