@@ -14,6 +14,7 @@ pub mod canonical;
 pub mod error;
 pub mod events;
 pub mod forwarding;
+pub mod gemini;
 pub mod keys;
 pub mod model_groups;
 pub mod models;

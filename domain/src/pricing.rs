@@ -136,6 +136,24 @@ impl PriceTable {
                 0.0,
                 0.0,
             ),
+            // Google (Gemini API and Vertex AI list the same prices; prompts up to 200k
+            // tokens). Gemini reports no cache writes: context-cache storage is billed apart.
+            ("gemini:gemini-2.5-pro", 1.25, 10.0, 0.125, 0.0),
+            ("gemini:gemini-2.5-flash", 0.30, 2.50, 0.03, 0.0),
+            ("gemini:gemini-2.5-flash-lite", 0.10, 0.40, 0.01, 0.0),
+            ("vertex:gemini-2.5-pro", 1.25, 10.0, 0.125, 0.0),
+            ("vertex:gemini-2.5-flash", 0.30, 2.50, 0.03, 0.0),
+            ("vertex:gemini-2.5-flash-lite", 0.10, 0.40, 0.01, 0.0),
+            // Claude on Vertex AI: Anthropic's prices, Vertex model ids.
+            ("vertex-anthropic:claude-opus-4-7", 15.0, 75.0, 1.5, 18.75),
+            ("vertex-anthropic:claude-sonnet-4-6", 3.0, 15.0, 0.3, 3.75),
+            (
+                "vertex-anthropic:claude-haiku-4-5@20251001",
+                1.0,
+                5.0,
+                0.1,
+                1.25,
+            ),
             // The mock provider is free; it is priced so that its calls are never "unknown".
             (crate::models::MOCK_MODEL, 0.0, 0.0, 0.0, 0.0),
         ] {

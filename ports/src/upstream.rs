@@ -14,6 +14,9 @@ pub enum WireFormat {
     OpenAiResponses,
     /// Anthropic Messages.
     AnthropicMessages,
+    /// Google Gemini `generateContent` / `streamGenerateContent` (Gemini API, Vertex AI).
+    /// No client speaks it: traffic to it is always translated.
+    GeminiGenerateContent,
 }
 
 /// What a call asks of the provider. Together with the [`WireFormat`] it picks the endpoint:

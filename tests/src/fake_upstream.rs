@@ -25,6 +25,12 @@
 //! - `POST /openai/deployments/{deployment}/chat/completions?api-version=V` and
 //!   `…/embeddings` — Azure OpenAI (`api-key` or Entra ID bearer), and
 //!   `POST /{tenant}/oauth2/v2.0/token` — a fake Entra ID (module `azure`).
+//! - Google (module `gemini`): the Gemini API (`/v1beta/models/{m}:generateContent`,
+//!   `:streamGenerateContent?alt=sse`, `x-goog-api-key` = [`DEFAULT_GEMINI_KEY`]), Vertex AI
+//!   Gemini and Claude (`/v1/projects/…/publishers/{google|anthropic}/models/{m}:…`, bearer
+//!   tokens minted by the fake's `POST /token`, which verifies the RS256 assertion of the
+//!   test service account, [`google_service_account_json`]); `GET /_google/credentials` is
+//!   that key file.
 //! - `GET /_requests` — every recorded provider request as a JSON array of
 //!   [`RecordedRequest`]; `POST /_reset` clears the record, the `[fail-once]` memory and the
 //!   stored Responses conversations. These two are for out-of-process (Python) tests.
@@ -74,6 +80,7 @@ mod azure;
 mod convo;
 mod directives;
 mod extras;
+mod gemini;
 mod openai;
 mod reply;
 mod responses;
@@ -89,6 +96,10 @@ pub use directives::Directives;
 pub use extras::{
     ANTHROPIC_MODELS, EMBEDDING_DIMENSIONS, OPENAI_MODELS, embedding_dimensions, embedding_vector,
     token_embedding_vector,
+};
+pub use gemini::{
+    DEFAULT_GEMINI_KEY, TEST_GOOGLE_PROJECT, TEST_SERVICE_ACCOUNT_EMAIL,
+    google_service_account_json, google_wrong_key_json,
 };
 pub use responses::{REASONING_ENCRYPTED_CONTENT, RESPONSES_STREAM_ERROR_MESSAGE};
 
@@ -154,6 +165,8 @@ pub enum Provider {
     OpenAi,
     /// Azure OpenAI deployment paths (`api-key` or an Entra ID bearer token).
     Azure,
+    /// Gemini API, Vertex AI (Gemini and Claude) and the OAuth token endpoint.
+    Google,
 }
 
 /// Which provider operation a recorded request reached.
@@ -174,6 +187,12 @@ pub enum Api {
     Embeddings,
     /// `GET /v1/models` and `GET /v1/models/{id}`, in the shape of [`RecordedRequest::provider`].
     Models,
+    /// Gemini `:generateContent` / `:streamGenerateContent` (Gemini API or Vertex AI).
+    GenerateContent,
+    /// Claude on Vertex `:rawPredict` / `:streamRawPredict`.
+    RawPredict,
+    /// The OAuth token endpoint (`POST /token`).
+    Token,
 }
 
 /// One request the fake received on a provider path.
@@ -288,6 +307,8 @@ impl FakeUpstream {
         let state = Arc::new(State {
             anthropic_key: anthropic_key.to_owned(),
             openai_key: openai_key.to_owned(),
+            gemini_key: DEFAULT_GEMINI_KEY.to_owned(),
+            google_tokens: Mutex::new(HashSet::new()),
             records: Mutex::new(Vec::new()),
             fail_once_seen: Mutex::new(HashSet::new()),
             stored_responses: Mutex::new(HashMap::new()),
@@ -344,6 +365,18 @@ impl FakeUpstream {
     #[must_use]
     pub fn azure_token_requests(&self) -> u64 {
         self.state.azure.token_requests()
+    }
+
+    /// The test service account's JSON key file, whose `token_uri` is this fake's `/token`.
+    #[must_use]
+    pub fn google_credentials_json(&self) -> String {
+        google_service_account_json(&format!("{}/token", self.base_url()))
+    }
+
+    /// Forget every access token the fake token endpoint minted (as if they were revoked):
+    /// Vertex paths then answer 401 `UNAUTHENTICATED` until a new token is exchanged.
+    pub fn forget_google_tokens(&self) {
+        server::lock(&self.state.google_tokens).clear();
     }
 
     /// Every recorded provider request, in arrival order.

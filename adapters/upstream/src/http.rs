@@ -182,6 +182,8 @@ fn default_headers(config: &HttpProviderConfig) -> Result<HeaderMap, ConfigError
                 headers.insert(HeaderName::from_static("x-api-key"), v);
             }
         }
+        // Served by `GoogleProvider`, never by this one.
+        WireFormat::GeminiGenerateContent => {}
         WireFormat::OpenAiChat | WireFormat::OpenAiResponses => {
             if !config.api_key.is_empty() {
                 let v = secret_header(&format!("Bearer {}", config.api_key))

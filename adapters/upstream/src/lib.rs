@@ -6,6 +6,8 @@
 //!   happen before any byte reached the caller.
 //! - [`AzureProvider`] talks to Azure OpenAI deployments (`api-key` or Entra ID bearer
 //!   tokens, fetched and cached with the client-credentials flow).
+//! - [`GoogleProvider`] talks to Gemini (Gemini API key) and Vertex AI (Gemini and Claude,
+//!   with service-account tokens, see [`google_auth`]).
 //! - [`MockProvider`] is the deterministic in-process test double (`mock:echo`) used by the
 //!   quickstart, the benchmarks and the tests. It is never a real model.
 //!
@@ -16,6 +18,8 @@
 
 mod azure;
 pub mod config;
+pub mod google;
+pub mod google_auth;
 mod http;
 mod mock;
 mod retry;
@@ -26,6 +30,8 @@ pub use azure::{
     ClientCredentials, ENTRA_DEFAULT_AUTHORITY,
 };
 pub use config::{ConfigError, HttpProviderConfig, RetryPolicy, Timeouts};
+pub use google::{GoogleAuth, GoogleProvider, GoogleProviderConfig};
+pub use google_auth::ServiceAccount;
 pub use http::HttpProvider;
 pub use mock::{MOCK_PROVIDER, MockProvider, MockSettings};
 pub use transport::Transport;

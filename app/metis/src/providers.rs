@@ -6,10 +6,12 @@
 use crate::cli::ServeArgs;
 use anyhow::{Context, bail};
 use metis_ports::upstream::Provider;
+use metis_ports::upstream::WireFormat;
 use metis_upstream::{
     AZURE_COGNITIVE_SCOPE, AZURE_DEFAULT_API_VERSION, AzureAuth, AzureConfig, AzureProvider,
-    ClientCredentials, ENTRA_DEFAULT_AUTHORITY, HttpProvider, HttpProviderConfig, MockProvider,
-    MockSettings,
+    ClientCredentials, ENTRA_DEFAULT_AUTHORITY, GoogleAuth, GoogleProvider, GoogleProviderConfig,
+    HttpProvider, HttpProviderConfig, MockProvider, MockSettings, RetryPolicy, ServiceAccount,
+    Timeouts,
 };
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -52,6 +54,14 @@ pub struct ProviderSection {
     pub latency_ms: Option<u64>,
     /// Mock: pace streamed tokens at this rate.
     pub tokens_per_second: Option<f64>,
+    /// Vertex kinds: the service-account JSON key file (default: the file
+    /// `GOOGLE_APPLICATION_CREDENTIALS` names).
+    pub credentials_file: Option<String>,
+    /// Vertex kinds: the Google Cloud project (default: `GOOGLE_CLOUD_PROJECT`, else the key
+    /// file's `project_id`).
+    pub project: Option<String>,
+    /// Vertex kinds: the region, or `global` (default: `GOOGLE_CLOUD_LOCATION`, else `global`).
+    pub location: Option<String>,
 }
 
 impl std::fmt::Debug for ProviderSection {
@@ -68,6 +78,9 @@ impl std::fmt::Debug for ProviderSection {
             .field("client_id", &self.client_id)
             .field("client_secret_env", &self.client_secret_env)
             .field("authority_url", &self.authority_url)
+            .field("credentials_file", &self.credentials_file)
+            .field("project", &self.project)
+            .field("location", &self.location)
             .finish_non_exhaustive()
     }
 }
@@ -85,6 +98,12 @@ pub enum Kind {
     Together,
     Fireworks,
     Mock,
+    /// Gemini API (`x-goog-api-key`).
+    Gemini,
+    /// Gemini on Vertex AI (service account).
+    Vertex,
+    /// Claude on Vertex AI (service account).
+    VertexAnthropic,
 }
 
 /// An OpenAI-compatible provider known by name: its default base URL and the environment
@@ -135,7 +154,7 @@ const AZURE_KEY_ENV: &str = "AZURE_OPENAI_API_KEY";
 const AZURE_TOKEN_ENV: &str = "AZURE_OPENAI_AD_TOKEN";
 
 impl Kind {
-    const ALL: [(&'static str, Kind); 10] = [
+    const ALL: [(&'static str, Kind); 13] = [
         ("anthropic", Kind::Anthropic),
         ("openai", Kind::OpenAi),
         ("openrouter", Kind::OpenRouter),
@@ -146,10 +165,17 @@ impl Kind {
         ("together", Kind::Together),
         ("fireworks", Kind::Fireworks),
         ("mock", Kind::Mock),
+        ("gemini", Kind::Gemini),
+        ("vertex", Kind::Vertex),
+        ("vertex-anthropic", Kind::VertexAnthropic),
     ];
 
     fn preset(self) -> Option<&'static Preset> {
         PRESETS.iter().find(|p| p.kind == self)
+    }
+
+    fn is_vertex(self) -> bool {
+        matches!(self, Kind::Vertex | Kind::VertexAnthropic)
     }
 
     fn parse(s: &str) -> Option<Kind> {
@@ -234,6 +260,33 @@ pub fn validate(sections: &BTreeMap<String, ProviderSection>) -> anyhow::Result<
         }
         if kind == Kind::Azure && s.responses_api.is_some() {
             bail!("[providers.{name}]: responses_api does not apply to kind 'azure'");
+        }
+        let vertex_fields = [
+            ("credentials_file", s.credentials_file.is_some()),
+            ("project", s.project.is_some()),
+            ("location", s.location.is_some()),
+        ];
+        if !kind.is_vertex()
+            && let Some((field, _)) = vertex_fields.iter().find(|(_, set)| *set)
+        {
+            bail!("[providers.{name}]: {field} applies to kinds vertex and vertex-anthropic only");
+        }
+        if kind.is_vertex() {
+            for (field, set) in [
+                ("api_key", s.api_key.is_some()),
+                ("api_key_env", s.api_key_env.is_some()),
+                ("responses_api", s.responses_api.is_some()),
+            ] {
+                if set {
+                    bail!(
+                        "[providers.{name}]: {field} does not apply to kind {} (it authenticates with a service account: credentials_file)",
+                        s.kind.as_deref().unwrap_or(name)
+                    );
+                }
+            }
+        }
+        if kind == Kind::Gemini && s.responses_api.is_some() {
+            bail!("[providers.{name}]: responses_api does not apply to kind gemini");
         }
     }
     Ok(())
@@ -326,6 +379,17 @@ pub fn build(
             section,
         )?);
     }
+    for (name, kind) in [
+        ("gemini", Kind::Gemini),
+        ("vertex", Kind::Vertex),
+        ("vertex-anthropic", Kind::VertexAnthropic),
+    ] {
+        if !sections.contains_key(name)
+            && let Some(p) = google_from_env(args, name, kind)?
+        {
+            out.push(p);
+        }
+    }
     for (name, section) in sections {
         let kind = section.kind_of(name)?;
         if matches!(name.as_str(), "anthropic" | "openai" | "openrouter") || kind == Kind::Mock {
@@ -397,6 +461,9 @@ fn section_provider(
 ) -> anyhow::Result<Arc<dyn Provider>> {
     if kind == Kind::Azure {
         return azure_provider(args, name, section);
+    }
+    if matches!(kind, Kind::Gemini | Kind::Vertex | Kind::VertexAnthropic) {
+        return google_provider(args, name, kind, section);
     }
     let key = match kind.preset() {
         // A preset section without its own credential takes the kind's variable; a preset
@@ -503,6 +570,9 @@ fn http_provider(
         }
         Kind::Azure => bail!("[providers.{name}]: Azure is built by azure_provider"),
         Kind::Mock => bail!("[providers.{name}]: the mock is not an HTTP provider"),
+        Kind::Gemini | Kind::Vertex | Kind::VertexAnthropic => {
+            bail!("[providers.{name}]: a Google kind is built by google_provider")
+        }
     }
     .with_name(name);
     // A preset's own base URL counts as configured, so Responses clients are translated to
@@ -554,6 +624,134 @@ pub fn router(
     }
     metis_usecases::routing::Router::new(specs, cfg.routing.policy()?, clock)
         .map_err(|e| anyhow::anyhow!(e))
+}
+
+/// The first non-empty value of these environment variables.
+fn env_first(vars: &[&str]) -> Option<String> {
+    vars.iter()
+        .filter_map(|v| std::env::var(v).ok())
+        .find_map(|v| non_empty(Some(&v)))
+}
+
+/// A Google provider registered from the environment alone (no section of that name):
+/// `gemini` when `GEMINI_API_KEY` or `GOOGLE_API_KEY` is set; `vertex` and
+/// `vertex-anthropic` when `GOOGLE_APPLICATION_CREDENTIALS` and `GOOGLE_CLOUD_PROJECT` are.
+fn google_from_env(
+    args: &ServeArgs,
+    name: &str,
+    kind: Kind,
+) -> anyhow::Result<Option<Arc<dyn Provider>>> {
+    let wanted = if kind == Kind::Gemini {
+        env_first(&["GEMINI_API_KEY", "GOOGLE_API_KEY"]).is_some()
+    } else {
+        env_first(&["GOOGLE_APPLICATION_CREDENTIALS"]).is_some()
+            && env_first(&["GOOGLE_CLOUD_PROJECT"]).is_some()
+    };
+    if !wanted {
+        return Ok(None);
+    }
+    // Nothing asked for this provider by name: a key file it cannot use (an `authorized_user`
+    // file from `gcloud auth application-default login`, say) must not stop the gateway.
+    match google_provider(args, name, kind, &ProviderSection::default()) {
+        Ok(p) => Ok(Some(p)),
+        Err(e) if kind != Kind::Gemini => {
+            tracing::warn!(
+                provider = name,
+                error = %format!("{e:#}"),
+                "provider not registered from the environment (add a [providers.{name}] section to make this an error)"
+            );
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// A Gemini API, Vertex Gemini or Vertex Claude provider named `name`.
+fn google_provider(
+    args: &ServeArgs,
+    name: &str,
+    kind: Kind,
+    section: &ProviderSection,
+) -> anyhow::Result<Arc<dyn Provider>> {
+    let (wire, auth, default_base) = if kind == Kind::Gemini {
+        let key = section
+            .credential()
+            .or_else(|| env_first(&["GEMINI_API_KEY", "GOOGLE_API_KEY"]))
+            .with_context(|| {
+                format!(
+                    "[providers.{name}]: no API key (set api_key, api_key_env, GEMINI_API_KEY or GOOGLE_API_KEY)"
+                )
+            })?;
+        (
+            WireFormat::GeminiGenerateContent,
+            GoogleAuth::ApiKey(key),
+            metis_upstream::google::GEMINI_BASE_URL.to_owned(),
+        )
+    } else {
+        let path = section
+            .credentials_file
+            .clone()
+            .or_else(|| env_first(&["GOOGLE_APPLICATION_CREDENTIALS"]))
+            .with_context(|| {
+                format!(
+                    "[providers.{name}]: no service-account key file (set credentials_file or GOOGLE_APPLICATION_CREDENTIALS)"
+                )
+            })?;
+        let json = std::fs::read_to_string(&path).with_context(|| {
+            format!("[providers.{name}]: cannot read the credentials file {path}")
+        })?;
+        let account = ServiceAccount::from_json(&json)
+            .map_err(|e| anyhow::anyhow!("[providers.{name}]: {path}: {e}"))?;
+        let project = section
+            .project
+            .clone()
+            .or_else(|| env_first(&["GOOGLE_CLOUD_PROJECT"]))
+            .or_else(|| {
+                serde_json::from_str::<serde_json::Value>(&json)
+                    .ok()
+                    .and_then(|v| v.get("project_id")?.as_str().map(str::to_owned))
+            })
+            .with_context(|| {
+                format!("[providers.{name}]: no project (set project or GOOGLE_CLOUD_PROJECT)")
+            })?;
+        let location = section
+            .location
+            .clone()
+            .or_else(|| env_first(&["GOOGLE_CLOUD_LOCATION"]))
+            .unwrap_or_else(|| "global".to_owned());
+        let base = metis_upstream::google::vertex_base_url(&location);
+        let wire = if kind == Kind::VertexAnthropic {
+            WireFormat::AnthropicMessages
+        } else {
+            WireFormat::GeminiGenerateContent
+        };
+        (
+            wire,
+            GoogleAuth::Vertex {
+                project,
+                location,
+                account,
+            },
+            base,
+        )
+    };
+    let config = GoogleProviderConfig {
+        name: name.to_owned(),
+        wire,
+        auth,
+        base_url: section.base_url.clone().unwrap_or(default_base),
+        timeouts: Timeouts {
+            response_head: args.upstream_timeout,
+            ..Timeouts::default()
+        },
+        retry: RetryPolicy {
+            max_retries: args.upstream_retries,
+            ..RetryPolicy::default()
+        },
+    };
+    let provider = GoogleProvider::new(config)
+        .with_context(|| format!("cannot configure provider '{name}'"))?;
+    Ok(Arc::new(provider))
 }
 
 #[cfg(test)]
@@ -659,5 +857,91 @@ mod tests {
         let d = format!("{:?}", s["az"]);
         assert!(!d.contains("very-secret"), "{d}");
         assert!(d.contains("api_version: Some(\"v1\")"), "{d}");
+    }
+
+    use clap::Parser as _;
+
+    fn one_section(name: &str, s: ProviderSection) -> BTreeMap<String, ProviderSection> {
+        BTreeMap::from([(name.to_owned(), s)])
+    }
+
+    #[test]
+    fn google_fields_are_refused_on_the_wrong_kind_naming_them() {
+        let err = validate(&one_section(
+            "gemini",
+            ProviderSection {
+                credentials_file: Some("sa.json".into()),
+                ..ProviderSection::default()
+            },
+        ))
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("credentials_file applies to kinds vertex"),
+            "{err}"
+        );
+        let err = validate(&one_section(
+            "openai",
+            ProviderSection {
+                location: Some("us-east5".into()),
+                ..ProviderSection::default()
+            },
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("location"), "{err}");
+        let err = validate(&one_section(
+            "claude",
+            ProviderSection {
+                kind: Some("vertex-anthropic".into()),
+                api_key: Some("k".into()),
+                ..ProviderSection::default()
+            },
+        ))
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("api_key does not apply to kind vertex-anthropic"),
+            "{err}"
+        );
+        validate(&one_section(
+            "vertex",
+            ProviderSection {
+                credentials_file: Some("sa.json".into()),
+                project: Some("p".into()),
+                location: Some("global".into()),
+                ..ProviderSection::default()
+            },
+        ))
+        .unwrap();
+    }
+
+    #[test]
+    fn a_vertex_section_with_an_unreadable_or_foreign_key_file_fails_naming_it() {
+        let args = ServeArgs::try_parse_from(["gateway"]).unwrap();
+        let dir = std::env::temp_dir().join(format!("metis-google-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("user.json");
+        std::fs::write(&file, r#"{"type":"authorized_user"}"#).unwrap();
+        let section = ProviderSection {
+            kind: Some("vertex".into()),
+            credentials_file: Some(file.display().to_string()),
+            project: Some("p".into()),
+            ..ProviderSection::default()
+        };
+        let err = google_provider(&args, "v", Kind::Vertex, &section)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("authorized_user"), "{err}");
+        let section = ProviderSection {
+            credentials_file: Some(dir.join("missing.json").display().to_string()),
+            ..section
+        };
+        let err = google_provider(&args, "v", Kind::Vertex, &section)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("cannot read the credentials file"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

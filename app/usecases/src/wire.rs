@@ -1,12 +1,12 @@
-//! Shape dispatch: one place that picks the OpenAI Chat Completions, OpenAI Responses or
-//! Anthropic Messages translation functions of `metis-domain` for a client shape or an upstream
+//! Shape dispatch: one place that picks the OpenAI Chat Completions, OpenAI Responses,
+//! Anthropic Messages or (upstream only) Gemini translation functions of `metis-domain` for a client shape or an upstream
 //! wire format.
 
 use metis_domain::canonical::{ChatRequest, ChatResponse, Shape, StreamEvent};
 use metis_domain::error::GatewayError;
 use metis_domain::responses::ResponseContext;
 use metis_domain::sse::SseFrame;
-use metis_domain::{anthropic, openai, responses};
+use metis_domain::{anthropic, gemini, openai, responses};
 use metis_ports::upstream::WireFormat;
 use serde_json::{Map, Value};
 
@@ -46,6 +46,7 @@ pub(crate) fn render_request(
         WireFormat::OpenAiChat => openai::render_request(req, upstream_model),
         WireFormat::OpenAiResponses => responses::render_request(req, upstream_model),
         WireFormat::AnthropicMessages => anthropic::render_request(req, upstream_model),
+        WireFormat::GeminiGenerateContent => gemini::render_request(req, upstream_model),
     }
 }
 
@@ -67,6 +68,7 @@ pub(crate) fn parse_response(wire: WireFormat, body: &[u8]) -> Result<ChatRespon
         WireFormat::OpenAiChat => openai::parse_response(body),
         WireFormat::OpenAiResponses => responses::parse_response(body),
         WireFormat::AnthropicMessages => anthropic::parse_response(body),
+        WireFormat::GeminiGenerateContent => gemini::parse_response(body),
     }
 }
 
@@ -108,6 +110,7 @@ pub(crate) enum StreamParser {
     OpenAi(openai::StreamParser),
     Responses(responses::StreamParser),
     Anthropic(anthropic::StreamParser),
+    Gemini(gemini::StreamParser),
 }
 
 impl StreamParser {
@@ -118,6 +121,7 @@ impl StreamParser {
             WireFormat::AnthropicMessages => {
                 StreamParser::Anthropic(anthropic::StreamParser::new())
             }
+            WireFormat::GeminiGenerateContent => StreamParser::Gemini(gemini::StreamParser::new()),
         }
     }
 
@@ -126,6 +130,7 @@ impl StreamParser {
             StreamParser::OpenAi(p) => p.push(frame),
             StreamParser::Responses(p) => p.push(frame),
             StreamParser::Anthropic(p) => p.push(frame),
+            StreamParser::Gemini(p) => p.push(frame),
         }
     }
 
@@ -134,6 +139,7 @@ impl StreamParser {
             StreamParser::OpenAi(p) => p.finish(),
             StreamParser::Responses(p) => p.finish(),
             StreamParser::Anthropic(p) => p.finish(),
+            StreamParser::Gemini(p) => p.finish(),
         }
     }
 
@@ -143,6 +149,7 @@ impl StreamParser {
             StreamParser::OpenAi(p) => p.ended_cleanly(),
             StreamParser::Responses(p) => p.ended_cleanly(),
             StreamParser::Anthropic(p) => p.ended_cleanly(),
+            StreamParser::Gemini(p) => p.ended_cleanly(),
         }
     }
 
@@ -151,7 +158,7 @@ impl StreamParser {
     pub fn error_class(&self) -> Option<metis_domain::error::ErrorClass> {
         match self {
             StreamParser::Responses(p) => p.error_class(),
-            StreamParser::OpenAi(_) | StreamParser::Anthropic(_) => None,
+            StreamParser::OpenAi(_) | StreamParser::Anthropic(_) | StreamParser::Gemini(_) => None,
         }
     }
 }

@@ -3,6 +3,7 @@
 
 use super::anthropic::anthropic;
 use super::azure::{self, AzureState};
+use super::gemini;
 use super::openai::{openai, openai_error};
 use super::reply::json_response;
 use super::{Api, AuthCheck, Provider, RecordedRequest, StreamOutcome, extras, responses};
@@ -17,6 +18,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub(super) struct State {
     pub(super) anthropic_key: String,
     pub(super) openai_key: String,
+    /// Key expected on `x-goog-api-key` (Gemini API).
+    pub(super) gemini_key: String,
+    /// Access tokens the fake `/token` endpoint minted (Vertex AI bearer tokens).
+    pub(super) google_tokens: Mutex<HashSet<String>>,
     pub(super) records: Mutex<Vec<RecordedRequest>>,
     pub(super) fail_once_seen: Mutex<HashSet<String>>,
     /// Conversation items (input and output) of every Responses-API answer served with `store`
@@ -153,6 +158,22 @@ async fn handle(state: Arc<State>, mut req: Request) -> Response {
             state.reset();
             return json_response(StatusCode::OK, &json!({"ok": true}));
         }
+        ("GET", "/_google/credentials", _) => {
+            let token_uri = format!(
+                "http://{}/token",
+                req.headers()
+                    .get(header::HOST)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+            );
+            return Response::builder()
+                .status(StatusCode::OK)
+                .content_type("application/json")
+                .body(super::google_service_account_json(&token_uri));
+        }
+        ("POST", p, _) if gemini::route(p).is_some() => {
+            return google(state, req).await;
+        }
         ("POST", "/v1/messages", _) => (Provider::Anthropic, Api::Messages),
         ("POST", "/v1/messages/count_tokens", _) => (Provider::Anthropic, Api::CountTokens),
         ("POST", _, "/chat/completions") => (Provider::OpenAi, Api::ChatCompletions),
@@ -202,10 +223,56 @@ async fn handle(state: Arc<State>, mut req: Request) -> Response {
         (Api::Models, Provider::Anthropic) => {
             extras::anthropic_models(&ctx, &req, auth, openai_path)
         }
-        (Api::Models, Provider::OpenAi | Provider::Azure) => {
+        (Api::Models, Provider::OpenAi | Provider::Azure | Provider::Google) => {
             extras::openai_models(&ctx, auth, openai_path)
         }
+        (Api::GenerateContent | Api::RawPredict | Api::Token, _) => openai_error(
+            StatusCode::NOT_FOUND,
+            "not a Google path",
+            "invalid_request_error",
+            None,
+            None,
+        ),
     }
+}
+
+/// A Google path (`gemini::route`): recorded like the others, then served by `gemini`.
+async fn google(state: Arc<State>, mut req: Request) -> Response {
+    let path = req.uri().path().to_owned();
+    let Some((route, model)) = gemini::route(&path) else {
+        return openai_error(
+            StatusCode::NOT_FOUND,
+            "not a Google path",
+            "invalid_request_error",
+            None,
+            None,
+        );
+    };
+    let api = match route {
+        gemini::Route::Gemini { .. } => Api::GenerateContent,
+        gemini::Route::Claude { .. } => Api::RawPredict,
+        gemini::Route::Token => Api::Token,
+    };
+    let body_bytes = req.take_body().into_bytes().await.unwrap_or_default();
+    let parsed: Option<Value> = serde_json::from_slice(&body_bytes).ok();
+    let auth = check_auth(&state, Provider::Google, &req);
+    let headers = recorded_headers(&req, Provider::Google, auth);
+    let seq = state.record(RecordedRequest {
+        seq: 0,
+        method: "POST".to_owned(),
+        path,
+        query: req.uri().query().map(str::to_owned),
+        provider: Provider::Google,
+        api,
+        headers,
+        auth,
+        // The token request is a form whose assertion is a credential: never recorded.
+        body: parsed.clone().unwrap_or(Value::Null),
+        body_len: body_bytes.len(),
+        stream_outcome: None,
+    });
+    let ctx = Ctx { state, seq, api };
+    gemini::serve(&ctx, req, route, model, auth, &body_bytes, parsed).await
 }
 
 pub(super) struct Ctx {
@@ -234,12 +301,16 @@ fn checked_header(provider: Provider, req: &Request) -> &'static str {
         Provider::Anthropic if req.headers().contains_key("x-api-key") => "x-api-key",
         Provider::Azure => azure::checked_header(req),
         Provider::Anthropic | Provider::OpenAi => "authorization",
+        Provider::Google => gemini::checked_header(req),
     }
 }
 
 fn check_auth(state: &State, provider: Provider, req: &Request) -> AuthCheck {
     if provider == Provider::Azure {
         return azure::check_auth(state, req);
+    }
+    if provider == Provider::Google {
+        return gemini::check_auth(state, req);
     }
     let presented = if checked_header(provider, req) == "x-api-key" {
         req.headers()
@@ -260,6 +331,7 @@ fn check_auth(state: &State, provider: Provider, req: &Request) -> AuthCheck {
     let expected = match provider {
         Provider::Anthropic => &state.anthropic_key,
         Provider::OpenAi | Provider::Azure => &state.openai_key,
+        Provider::Google => &state.gemini_key,
     };
     match presented {
         None => AuthCheck::Missing,
