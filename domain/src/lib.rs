@@ -8,6 +8,7 @@ pub mod admin;
 pub mod alerts;
 pub mod anthropic;
 pub mod audit;
+pub mod bedrock;
 pub mod backup;
 pub mod budgets;
 pub mod canonical;

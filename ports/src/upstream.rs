@@ -14,6 +14,9 @@ pub enum WireFormat {
     OpenAiResponses,
     /// Anthropic Messages.
     AnthropicMessages,
+    /// Amazon Bedrock Converse / ConverseStream (model id in the URL, SigV4-signed; the
+    /// adapter re-frames the binary event stream as SSE).
+    BedrockConverse,
 }
 
 /// What a call asks of the provider. Together with the [`WireFormat`] it picks the endpoint:

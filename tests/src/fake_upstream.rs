@@ -22,6 +22,9 @@
 //! - `GET /v1/models`, `GET /v1/models/{id}` — the Anthropic list/retrieve shapes
 //!   ([`ANTHROPIC_MODELS`]) when called with `anthropic-version` or `x-api-key`, else the
 //!   OpenAI ones ([`OPENAI_MODELS`]).
+//! - `POST /model/{id}/converse`, `/model/{id}/converse-stream` — Amazon Bedrock Converse,
+//!   SigV4 verified, binary event stream (module `bedrock`); `POST /_sts/` — STS
+//!   `AssumeRoleWithWebIdentity` for the web-identity credential flow.
 //! - `GET /_requests` — every recorded provider request as a JSON array of
 //!   [`RecordedRequest`]; `POST /_reset` clears the record, the `[fail-once]` memory and the
 //!   stored Responses conversations. These two are for out-of-process (Python) tests.
@@ -67,6 +70,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 mod anthropic;
+mod bedrock;
 mod convo;
 mod directives;
 mod extras;
@@ -76,6 +80,11 @@ mod responses;
 mod server;
 
 pub use anthropic::model_accepts_system_messages;
+pub use bedrock::{
+    BEDROCK_ACCESS_KEY_ID, BEDROCK_SECRET_ACCESS_KEY, INVALID_SIGNATURE_MESSAGE,
+    STS_ACCESS_KEY_ID, STS_SECRET_ACCESS_KEY, STS_SESSION_TOKEN, WEB_IDENTITY_TOKEN,
+    encode_message,
+};
 pub use convo::{estimate_input_tokens, out_tokens};
 pub use directives::Directives;
 pub use extras::{
@@ -144,6 +153,8 @@ pub enum Provider {
     Anthropic,
     #[serde(rename = "openai")]
     OpenAi,
+    /// Amazon Bedrock (SigV4-signed Converse) and its STS.
+    Bedrock,
 }
 
 /// Which provider operation a recorded request reached.
@@ -164,6 +175,12 @@ pub enum Api {
     Embeddings,
     /// `GET /v1/models` and `GET /v1/models/{id}`, in the shape of [`RecordedRequest::provider`].
     Models,
+    /// Bedrock `POST /model/{id}/converse`.
+    Converse,
+    /// Bedrock `POST /model/{id}/converse-stream`.
+    ConverseStream,
+    /// STS `AssumeRoleWithWebIdentity` (`POST /_sts/`).
+    AssumeRoleWithWebIdentity,
 }
 
 /// One request the fake received on a provider path.
@@ -314,6 +331,12 @@ impl FakeUpstream {
     #[must_use]
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// `http://127.0.0.1:PORT/_sts` — the STS endpoint for Bedrock web-identity credentials.
+    #[must_use]
+    pub fn sts_endpoint(&self) -> String {
+        format!("http://{}/_sts", self.addr)
     }
 
     /// `http://127.0.0.1:PORT/v1` — the OpenAI base URL (the SDK appends `/chat/completions`).

@@ -4,6 +4,8 @@
 //!   OpenAI-compatible server (vLLM, Ollama, llama.cpp, LM Studio), and OpenRouter. It owns
 //!   one pooled `reqwest` client, adds credentials, applies timeouts and retries failures that
 //!   happen before any byte reached the caller.
+//! - [`BedrockProvider`] talks to Amazon Bedrock's Converse API with SigV4 signing (static or
+//!   web-identity credentials) and decodes its binary event stream.
 //! - [`MockProvider`] is the deterministic in-process test double (`mock:echo`) used by the
 //!   quickstart, the benchmarks and the tests. It is never a real model.
 //!
@@ -12,12 +14,14 @@
 //! `Debug` output. This crate never reads `OPENAI_BASE_URL` / `ANTHROPIC_BASE_URL` (see
 //! [`config`]).
 
+mod bedrock;
 pub mod config;
 mod http;
 pub mod transport;
 mod mock;
 mod retry;
 
+pub use bedrock::{BedrockConfig, BedrockProvider, CredentialSource};
 pub use config::{ConfigError, HttpProviderConfig, RetryPolicy, Timeouts};
 pub use http::HttpProvider;
 pub use transport::Transport;

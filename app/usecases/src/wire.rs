@@ -6,7 +6,7 @@ use metis_domain::canonical::{ChatRequest, ChatResponse, Shape, StreamEvent};
 use metis_domain::error::GatewayError;
 use metis_domain::responses::ResponseContext;
 use metis_domain::sse::SseFrame;
-use metis_domain::{anthropic, openai, responses};
+use metis_domain::{anthropic, bedrock, openai, responses};
 use metis_ports::upstream::WireFormat;
 use serde_json::{Map, Value};
 
@@ -46,6 +46,7 @@ pub(crate) fn render_request(
         WireFormat::OpenAiChat => openai::render_request(req, upstream_model),
         WireFormat::OpenAiResponses => responses::render_request(req, upstream_model),
         WireFormat::AnthropicMessages => anthropic::render_request(req, upstream_model),
+        WireFormat::BedrockConverse => bedrock::render_request(req, upstream_model),
     }
 }
 
@@ -67,6 +68,7 @@ pub(crate) fn parse_response(wire: WireFormat, body: &[u8]) -> Result<ChatRespon
         WireFormat::OpenAiChat => openai::parse_response(body),
         WireFormat::OpenAiResponses => responses::parse_response(body),
         WireFormat::AnthropicMessages => anthropic::parse_response(body),
+        WireFormat::BedrockConverse => bedrock::parse_response(body),
     }
 }
 
@@ -108,6 +110,7 @@ pub(crate) enum StreamParser {
     OpenAi(openai::StreamParser),
     Responses(responses::StreamParser),
     Anthropic(anthropic::StreamParser),
+    Bedrock(bedrock::StreamParser),
 }
 
 impl StreamParser {
@@ -118,6 +121,7 @@ impl StreamParser {
             WireFormat::AnthropicMessages => {
                 StreamParser::Anthropic(anthropic::StreamParser::new())
             }
+            WireFormat::BedrockConverse => StreamParser::Bedrock(bedrock::StreamParser::new()),
         }
     }
 
@@ -126,6 +130,7 @@ impl StreamParser {
             StreamParser::OpenAi(p) => p.push(frame),
             StreamParser::Responses(p) => p.push(frame),
             StreamParser::Anthropic(p) => p.push(frame),
+            StreamParser::Bedrock(p) => p.push(frame),
         }
     }
 
@@ -134,6 +139,7 @@ impl StreamParser {
             StreamParser::OpenAi(p) => p.finish(),
             StreamParser::Responses(p) => p.finish(),
             StreamParser::Anthropic(p) => p.finish(),
+            StreamParser::Bedrock(p) => p.finish(),
         }
     }
 
@@ -143,6 +149,7 @@ impl StreamParser {
             StreamParser::OpenAi(p) => p.ended_cleanly(),
             StreamParser::Responses(p) => p.ended_cleanly(),
             StreamParser::Anthropic(p) => p.ended_cleanly(),
+            StreamParser::Bedrock(p) => p.ended_cleanly(),
         }
     }
 
@@ -151,6 +158,7 @@ impl StreamParser {
     pub fn error_class(&self) -> Option<metis_domain::error::ErrorClass> {
         match self {
             StreamParser::Responses(p) => p.error_class(),
+            StreamParser::Bedrock(p) => p.error_class(),
             StreamParser::OpenAi(_) | StreamParser::Anthropic(_) => None,
         }
     }

@@ -32,6 +32,7 @@ mod key_expiry;
 mod kill_window;
 mod model_groups;
 mod observability;
+mod provider_bedrock;
 mod openapi_drift;
 mod otel;
 mod patterns_live;
