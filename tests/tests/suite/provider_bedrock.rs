@@ -342,7 +342,10 @@ async fn a_bad_signature_is_an_auth_error() {
             .post(shape, &chat_body(shape, MODEL, "hello", false))
             .await;
         assert_eq!(r.status, 401, "{shape:?}: {}", r.text);
-        assert!(r.text.contains("InvalidSignatureException"), "{}", r.text);
+        // Bedrock names the failure (InvalidSignatureException) only in a header the shared
+        // transport does not pass on; the 403 status is what classifies it.
+        assert!(r.text.contains("HTTP 403"), "{}", r.text);
+        assert!(r.text.contains("upstream_auth_failed") || r.text.contains("authentication_error"), "{}", r.text);
         assert!(!r.text.contains("not-the-secret"));
     }
     let reqs = converse_requests(&gw);
@@ -414,4 +417,32 @@ sts_endpoint = "{{fake_openai_url}}/_sts"
     assert!(r.text.contains("InvalidIdentityToken"), "{}", r.text);
     assert!(!r.text.contains("expired-token"));
     assert!(converse_requests(&gw).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mid_stream_exception_ends_the_stream_with_an_error() {
+    let mut gw = gateway().await;
+    let r = gw
+        .post(
+            Shape::Anthropic,
+            &chat_body(Shape::Anthropic, MODEL, "[stream-error] one two three four", true),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let events = r.events();
+    assert_eq!(
+        events.last().and_then(|e| e.event.as_deref()),
+        Some("error"),
+        "{}",
+        r.text
+    );
+    assert!(
+        !events.iter().any(|e| e.event.as_deref() == Some("message_stop")),
+        "no fake clean end: {}",
+        r.text
+    );
+    gw.stop().await.unwrap();
+    let failed = gw.events_of("llm.call_failed").unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].payload["error_class"], "server_error", "{}", failed[0].payload);
 }
