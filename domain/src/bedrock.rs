@@ -11,6 +11,8 @@
 //!   there).
 //! - Refused by name (never guessed): image URLs (Converse takes inline bytes or S3 only),
 //!   blocks and tools the IR keeps opaque.
+//! - `parallel_tool_calls: false` has no Converse field and is not sent (the model may still
+//!   call several tools in one turn; every call and result is carried either way).
 //! - `tool_choice: none` has no Converse equivalent: the tools are left out, unless the
 //!   conversation already holds tool calls (Converse then requires `toolConfig`), in which
 //!   case they are sent without a choice.
@@ -25,8 +27,8 @@
 
 use crate::canonical::wire::{Res, count, str_of};
 use crate::canonical::{
-    BlockDelta, BlockStart, ChatRequest, ChatResponse, ContentBlock, ImageSource, Role,
-    StopReason, StreamEvent, ToolChoice, ToolResultContent, Usage,
+    BlockDelta, BlockStart, ChatRequest, ChatResponse, ContentBlock, ImageSource, Role, StopReason,
+    StreamEvent, ToolChoice, ToolResultContent, Usage,
 };
 use crate::error::{ErrorClass, GatewayError, invalid};
 use crate::sse::SseFrame;
@@ -151,16 +153,6 @@ pub fn render_request(req: &ChatRequest, _upstream_model: &str) -> Result<Value,
     if let Some(thinking) = &req.thinking {
         extra.insert("thinking".into(), thinking.clone());
     }
-    if req.parallel_tool_calls == Some(false) && !req.tools.is_empty() {
-        // Claude on Bedrock reads Anthropic's own switch from the extra fields.
-        extra.insert(
-            "tool_choice".into(),
-            json!({"type": "auto", "disable_parallel_tool_use": true}),
-        );
-        if let Some(Value::Object(c)) = body.get_mut("toolConfig") {
-            c.remove("toolChoice");
-        }
-    }
     if !extra.is_empty() {
         body.insert("additionalModelRequestFields".into(), Value::Object(extra));
     }
@@ -234,7 +226,9 @@ fn render_block(b: &ContentBlock, path: &str) -> Res<(Option<Value>, bool)> {
             // Claude rejects unsigned thinking sent back; a block from another upstream has
             // no signature and is dropped, as the Anthropic renderer does.
             Some(sig) => (
-                Some(json!({"reasoningContent": {"reasoningText": {"text": thinking, "signature": sig}}})),
+                Some(
+                    json!({"reasoningContent": {"reasoningText": {"text": thinking, "signature": sig}}}),
+                ),
                 false,
             ),
             None => (None, false),
@@ -319,7 +313,10 @@ pub fn parse_response(body: &[u8]) -> Result<ChatResponse, String> {
         return Err("upstream response is not a JSON object".to_owned());
     };
     let Some(message) = obj.get("output").and_then(|o| o.get("message")) else {
-        let kind = obj.get("__type").and_then(Value::as_str).unwrap_or("unknown");
+        let kind = obj
+            .get("__type")
+            .and_then(Value::as_str)
+            .unwrap_or("unknown");
         return Err(format!(
             "upstream response has no output.message (error type: {kind})"
         ));
@@ -522,19 +519,14 @@ impl StreamParser {
                     }
                 }
             }
-            "contentBlockStop" => {
-                if self.open.is_some_and(|(u, _)| Some(u) == index) {
-                    self.close(&mut out);
-                }
+            "contentBlockStop" if self.open.is_some_and(|(u, _)| Some(u) == index) => {
+                self.close(&mut out);
             }
             "messageStop" => {
                 self.start(&mut out);
                 self.close(&mut out);
                 self.ended_cleanly = true;
-                self.stop_reason = v
-                    .get("stopReason")
-                    .and_then(Value::as_str)
-                    .map(stop_reason);
+                self.stop_reason = v.get("stopReason").and_then(Value::as_str).map(stop_reason);
             }
             "metadata" => {
                 self.start(&mut out);

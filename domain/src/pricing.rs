@@ -68,7 +68,13 @@ impl PriceTable {
         for (model, i, o, cr, cw) in [
             ("anthropic.claude-opus-4-7", 15.0, 75.0, 1.5, 18.75),
             ("anthropic.claude-sonnet-4-6", 3.0, 15.0, 0.3, 3.75),
-            ("anthropic.claude-haiku-4-5-20251001-v1:0", 1.0, 5.0, 0.1, 1.25),
+            (
+                "anthropic.claude-haiku-4-5-20251001-v1:0",
+                1.0,
+                5.0,
+                0.1,
+                1.25,
+            ),
         ] {
             for profile in ["", "us.", "eu.", "apac.", "global."] {
                 prices.insert(

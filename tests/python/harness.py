@@ -66,13 +66,15 @@ def _stop(proc: subprocess.Popen) -> int:
 
 def clean_env(**extra: str) -> dict[str, str]:
     """The test process's environment without anything that could redirect or reconfigure the
-    gateway: SDK base URLs (the gateway must never loop to itself), other provider keys and
-    `METIS_GATEWAY_*` settings."""
+    gateway: SDK base URLs (the gateway must never loop to itself), other provider keys,
+    `AWS_*` credentials (they would register a Bedrock provider) and `METIS_GATEWAY_*`
+    settings."""
     env = {
         k: v
         for k, v in os.environ.items()
         if k not in ("OPENAI_BASE_URL", "ANTHROPIC_BASE_URL", "OPENROUTER_API_KEY", "OPENAI_API_KEY", "ANTHROPIC_API_KEY")
         and not k.startswith("METIS_GATEWAY_")
+        and not k.startswith("AWS_")
     }
     env.setdefault("RUST_LOG", "info")
     env.update(extra)
@@ -135,7 +137,13 @@ def issue_key(data_dir: Path, name: str, *extra: str) -> tuple[str, str]:
 class Gateway:
     """The real `metis gateway` binary, pointed at a fake upstream."""
 
-    def __init__(self, data_dir: Path, upstream: FakeUpstream, extra_args: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        upstream: FakeUpstream,
+        extra_args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir = data_dir
         self.db_path = data_dir / "metis.db"
@@ -149,7 +157,7 @@ class Gateway:
             stdout=subprocess.DEVNULL,
             stderr=self._err,
             stdin=subprocess.DEVNULL,
-            env=clean_env(ANTHROPIC_API_KEY=ANTHROPIC_KEY, OPENAI_API_KEY=OPENAI_KEY),
+            env=clean_env(ANTHROPIC_API_KEY=ANTHROPIC_KEY, OPENAI_API_KEY=OPENAI_KEY, **(env or {})),
         )
         m = _wait_for_line(self.proc, self.log, BOOT_RE, "metis gateway")
         self.port = int(m.group(2))

@@ -81,9 +81,8 @@ mod server;
 
 pub use anthropic::model_accepts_system_messages;
 pub use bedrock::{
-    BEDROCK_ACCESS_KEY_ID, BEDROCK_SECRET_ACCESS_KEY, INVALID_SIGNATURE_MESSAGE,
-    STS_ACCESS_KEY_ID, STS_SECRET_ACCESS_KEY, STS_SESSION_TOKEN, WEB_IDENTITY_TOKEN,
-    encode_message,
+    BEDROCK_ACCESS_KEY_ID, BEDROCK_SECRET_ACCESS_KEY, INVALID_SIGNATURE_MESSAGE, STS_ACCESS_KEY_ID,
+    STS_SECRET_ACCESS_KEY, STS_SESSION_TOKEN, WEB_IDENTITY_TOKEN, encode_message,
 };
 pub use convo::{estimate_input_tokens, out_tokens};
 pub use directives::Directives;

@@ -63,9 +63,9 @@ impl BedrockConfig {
     /// The runtime base URL in use.
     #[must_use]
     pub fn endpoint(&self) -> String {
-        self.base_url.clone().unwrap_or_else(|| {
-            format!("https://bedrock-runtime.{}.amazonaws.com", self.region)
-        })
+        self.base_url
+            .clone()
+            .unwrap_or_else(|| format!("https://bedrock-runtime.{}.amazonaws.com", self.region))
     }
 }
 
@@ -126,7 +126,11 @@ impl BedrockProvider {
 
     /// The URL of a call to `model`.
     fn url(&self, model: &str, stream: bool) -> Result<reqwest::Url, String> {
-        let action = if stream { "converse-stream" } else { "converse" };
+        let action = if stream {
+            "converse-stream"
+        } else {
+            "converse"
+        };
         let url = format!(
             "{}/model/{}/{action}",
             self.base.as_str().trim_end_matches('/'),
@@ -215,7 +219,9 @@ impl Provider for BedrockProvider {
                     } else {
                         HeaderValue::from_str(&value).ok()
                     }
-                    .ok_or_else(|| format!("AWS credentials cannot be sent as the {name} header"))?;
+                    .ok_or_else(|| {
+                        format!("AWS credentials cannot be sent as the {name} header")
+                    })?;
                     builder = builder.header(name, value);
                 }
                 Ok(builder.body(request.body.clone()))
@@ -281,9 +287,7 @@ fn error_body(status: u16, body: &[u8]) -> Bytes {
         })
         .filter(|t| !t.is_empty())
         .unwrap_or_else(|| type_of_status(status));
-    Bytes::from(
-        json!({"message": message, "error": {"type": ty, "message": message}}).to_string(),
-    )
+    Bytes::from(json!({"message": message, "error": {"type": ty, "message": message}}).to_string())
 }
 
 /// The event stream re-framed as SSE (see the module docs); a corrupt or truncated message

@@ -17,12 +17,12 @@
 mod bedrock;
 pub mod config;
 mod http;
-pub mod transport;
 mod mock;
 mod retry;
+pub mod transport;
 
 pub use bedrock::{BedrockConfig, BedrockProvider, CredentialSource};
 pub use config::{ConfigError, HttpProviderConfig, RetryPolicy, Timeouts};
 pub use http::HttpProvider;
-pub use transport::Transport;
 pub use mock::{MOCK_PROVIDER, MockProvider, MockSettings};
+pub use transport::Transport;

@@ -184,9 +184,7 @@ impl Transport {
             };
             let decision = match retry::decide(&policy, &failure, retries) {
                 Decision::RetryAfter(wait)
-                    if request
-                        .deadline
-                        .is_some_and(|d| Instant::now() + wait >= d) =>
+                    if request.deadline.is_some_and(|d| Instant::now() + wait >= d) =>
                 {
                     Decision::GiveUp
                 }

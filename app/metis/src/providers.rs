@@ -162,7 +162,10 @@ pub fn validate(sections: &BTreeMap<String, ProviderSection>) -> anyhow::Result<
             ("secret_access_key_env", s.secret_access_key_env.is_some()),
             ("session_token_env", s.session_token_env.is_some()),
             ("role_arn", s.role_arn.is_some()),
-            ("web_identity_token_file", s.web_identity_token_file.is_some()),
+            (
+                "web_identity_token_file",
+                s.web_identity_token_file.is_some(),
+            ),
             ("sts_endpoint", s.sts_endpoint.is_some()),
         ];
         if kind == Kind::Bedrock {
@@ -218,7 +221,14 @@ pub fn build(
             continue;
         };
         let base = flag_base.clone().or_else(|| section.base_url.clone());
-        out.push(http_provider(args, name, section.kind_of(name)?, key, base, section)?);
+        out.push(http_provider(
+            args,
+            name,
+            section.kind_of(name)?,
+            key,
+            base,
+            section,
+        )?);
     }
     for (name, section) in sections {
         let kind = section.kind_of(name)?;
@@ -309,7 +319,9 @@ fn http_provider(
 /// Whether the environment alone configures Bedrock: a region and either static keys or a
 /// web identity (role ARN and token file).
 fn aws_env_configured(env: &dyn Fn(&str) -> Option<String>) -> bool {
-    let region = env("AWS_REGION").or_else(|| env("AWS_DEFAULT_REGION")).is_some();
+    let region = env("AWS_REGION")
+        .or_else(|| env("AWS_DEFAULT_REGION"))
+        .is_some();
     let keys = env("AWS_ACCESS_KEY_ID").is_some() && env("AWS_SECRET_ACCESS_KEY").is_some();
     let web = env("AWS_ROLE_ARN").is_some() && env("AWS_WEB_IDENTITY_TOKEN_FILE").is_some();
     region && (keys || web)
@@ -327,7 +339,9 @@ fn bedrock_config(
         .or_else(|| env("AWS_REGION"))
         .or_else(|| env("AWS_DEFAULT_REGION"))
         .with_context(|| {
-            format!("[providers.{name}]: no AWS region (set region, or AWS_REGION / AWS_DEFAULT_REGION)")
+            format!(
+                "[providers.{name}]: no AWS region (set region, or AWS_REGION / AWS_DEFAULT_REGION)"
+            )
         })?;
     let web_identity = |role_arn: String, token_file: String| CredentialSource::WebIdentity {
         role_arn,
@@ -415,7 +429,10 @@ mod bedrock_tests {
 
     #[test]
     fn environment_alone_needs_a_region_and_credentials() {
-        assert!(!aws_env_configured(&env_of(&[("AWS_ACCESS_KEY_ID", "a"), ("AWS_SECRET_ACCESS_KEY", "s")])));
+        assert!(!aws_env_configured(&env_of(&[
+            ("AWS_ACCESS_KEY_ID", "a"),
+            ("AWS_SECRET_ACCESS_KEY", "s")
+        ])));
         assert!(aws_env_configured(&env_of(&[
             ("AWS_REGION", "us-east-1"),
             ("AWS_ACCESS_KEY_ID", "a"),
@@ -445,7 +462,9 @@ mod bedrock_tests {
         )
         .unwrap();
         assert_eq!(c.region, "us-west-2");
-        assert!(matches!(&c.credentials, CredentialSource::Static { session_token: Some(t), .. } if t == "tok"));
+        assert!(
+            matches!(&c.credentials, CredentialSource::Static { session_token: Some(t), .. } if t == "tok")
+        );
         assert!(!format!("{c:?}").contains("very-secret"));
         let c = bedrock_config(
             "bedrock",
@@ -457,13 +476,17 @@ mod bedrock_tests {
             ]),
         )
         .unwrap();
-        assert!(matches!(&c.credentials, CredentialSource::WebIdentity { sts_endpoint, .. } if sts_endpoint == "https://sts.us-west-2.amazonaws.com"));
+        assert!(
+            matches!(&c.credentials, CredentialSource::WebIdentity { sts_endpoint, .. } if sts_endpoint == "https://sts.us-west-2.amazonaws.com")
+        );
     }
 
     #[test]
     fn missing_pieces_are_named() {
         let empty = ProviderSection::default();
-        let err = bedrock_config("bedrock", &empty, &env_of(&[])).unwrap_err().to_string();
+        let err = bedrock_config("bedrock", &empty, &env_of(&[]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("no AWS region"), "{err}");
         let err = bedrock_config("bedrock", &empty, &env_of(&[("AWS_REGION", "x")]))
             .unwrap_err()
@@ -475,8 +498,13 @@ mod bedrock_tests {
             region: Some("us-east-1".into()),
             ..ProviderSection::default()
         };
-        let err = bedrock_config("aws", &section, &env_of(&[])).unwrap_err().to_string();
-        assert!(err.contains("[providers.aws]") && err.contains("MY_SECRET"), "{err}");
+        let err = bedrock_config("aws", &section, &env_of(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("[providers.aws]") && err.contains("MY_SECRET"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -490,7 +518,10 @@ mod bedrock_tests {
             },
         );
         let err = validate(&sections).unwrap_err().to_string();
-        assert!(err.contains("api_key does not apply to kind bedrock"), "{err}");
+        assert!(
+            err.contains("api_key does not apply to kind bedrock"),
+            "{err}"
+        );
         let mut sections = BTreeMap::new();
         sections.insert(
             "openai".to_owned(),
@@ -500,6 +531,9 @@ mod bedrock_tests {
             },
         );
         let err = validate(&sections).unwrap_err().to_string();
-        assert!(err.contains("role_arn applies to kind bedrock only"), "{err}");
+        assert!(
+            err.contains("role_arn applies to kind bedrock only"),
+            "{err}"
+        );
     }
 }

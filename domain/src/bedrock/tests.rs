@@ -83,7 +83,10 @@ fn tool_request() -> ChatRequest {
 #[test]
 fn request_carries_system_tools_results_and_inference_config() {
     let v = render_request(&tool_request(), "anthropic.claude-haiku-4-5-20251001-v1:0").unwrap();
-    assert!(v.get("modelId").is_none() && v.get("model").is_none(), "{v}");
+    assert!(
+        v.get("modelId").is_none() && v.get("model").is_none(),
+        "{v}"
+    );
     assert_eq!(
         v["system"],
         json!([{"text": "be brief"}, {"cachePoint": {"type": "default"}}])
@@ -306,7 +309,9 @@ fn stream_produces_canonical_events_with_usage_before_finish() {
         }
     );
     let n = events.len();
-    assert!(matches!(events[n - 2], StreamEvent::Usage(u) if u.input_tokens == 10 && u.output_tokens == 20 && u.cache_read_tokens == 3));
+    assert!(
+        matches!(events[n - 2], StreamEvent::Usage(u) if u.input_tokens == 10 && u.output_tokens == 20 && u.cache_read_tokens == 3)
+    );
     assert_eq!(
         events[n - 1],
         StreamEvent::Finish {

@@ -24,7 +24,9 @@
 //! - STS checks the web identity token ([`WEB_IDENTITY_TOKEN`]) and answers the XML
 //!   `AssumeRoleWithWebIdentityResponse`, or `InvalidIdentityToken`.
 
-use super::convo::{Convo, Plan, Script, StreamEnd, estimate_input_tokens, plan, split_arguments, split_deltas};
+use super::convo::{
+    Convo, Plan, Script, StreamEnd, estimate_input_tokens, plan, split_arguments, split_deltas,
+};
 use super::reply::{Frame, json_response, sse_response, with_header};
 use super::server::Ctx;
 use super::{CACHE_READ_TOKENS, CACHE_WRITE_TOKENS, TOOL_ARGUMENTS};
@@ -178,7 +180,10 @@ fn status_error(status: u16) -> Response {
             "AccessDeniedException",
             "You don't have access to the model with the specified model ID.",
         ),
-        404 => ("ResourceNotFoundException", "The requested resource was not found."),
+        404 => (
+            "ResourceNotFoundException",
+            "The requested resource was not found.",
+        ),
         429 => (
             "ThrottlingException",
             "Too many requests, please wait before trying again.",
@@ -272,7 +277,9 @@ fn validate(body: &Value) -> Result<(), String> {
         let mut ids = Vec::new();
         for block in content {
             let Some(b) = block.as_object().filter(|b| b.len() == 1) else {
-                return Err("Malformed input request: a content block must hold exactly one member.".into());
+                return Err(
+                    "Malformed input request: a content block must hold exactly one member.".into(),
+                );
             };
             if let Some(t) = b.get("text").and_then(Value::as_str)
                 && t.is_empty()
@@ -281,11 +288,19 @@ fn validate(body: &Value) -> Result<(), String> {
             }
             if let Some(tu) = b.get("toolUse") {
                 uses_tools = true;
-                ids.push(tu.get("toolUseId").and_then(Value::as_str).unwrap_or_default().to_owned());
+                ids.push(
+                    tu.get("toolUseId")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned(),
+                );
             }
             if let Some(tr) = b.get("toolResult") {
                 uses_tools = true;
-                let id = tr.get("toolUseId").and_then(Value::as_str).unwrap_or_default();
+                let id = tr
+                    .get("toolUseId")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
                 if !last_tool_ids.iter().any(|i| i == id) {
                     return Err(format!(
                         "The toolUseId {id} in the toolResult block doesn't match any toolUse block in the previous turn."
@@ -456,16 +471,16 @@ fn converse_stream(ctx: &Ctx, script: &Script, tool_id: &str) -> Response {
             StreamEnd::Garbage => frames.push(Frame::Data(Bytes::from_static(
                 b"\x00\x00\x00\x40\x00\x00\x00\x10garbage-not-an-event-stream-message",
             ))),
-            StreamEnd::ProviderError | StreamEnd::Normal => frames.push(Frame::Data(Bytes::from(
-                encode_message(
+            StreamEnd::ProviderError | StreamEnd::Normal => {
+                frames.push(Frame::Data(Bytes::from(encode_message(
                     &[
                         (":exception-type", "modelStreamErrorException"),
                         (":content-type", "application/json"),
                         (":message-type", "exception"),
                     ],
                     br#"{"message":"The model encountered an error processing the stream."}"#,
-                ),
-            ))),
+                ))))
+            }
         }
         true
     };
@@ -485,7 +500,10 @@ fn converse_stream(ctx: &Ctx, script: &Script, tool_id: &str) -> Response {
                 return binary_response(ctx, frames, script);
             }
         }
-        frames.push(event("contentBlockStop", json!({"contentBlockIndex": index})));
+        frames.push(event(
+            "contentBlockStop",
+            json!({"contentBlockIndex": index}),
+        ));
         index += 1;
     }
     if let Some(name) = &script.tool {
@@ -503,12 +521,18 @@ fn converse_stream(ctx: &Ctx, script: &Script, tool_id: &str) -> Response {
                 return binary_response(ctx, frames, script);
             }
         }
-        frames.push(event("contentBlockStop", json!({"contentBlockIndex": index})));
+        frames.push(event(
+            "contentBlockStop",
+            json!({"contentBlockIndex": index}),
+        ));
     }
     if interrupted(&mut frames, 2) {
         return binary_response(ctx, frames, script);
     }
-    frames.push(event("messageStop", json!({"stopReason": stop_reason(script)})));
+    frames.push(event(
+        "messageStop",
+        json!({"stopReason": stop_reason(script)}),
+    ));
     frames.push(event(
         "metadata",
         json!({"usage": usage(script), "metrics": {"latencyMs": 42}}),
@@ -588,10 +612,18 @@ pub(super) fn sts(body: &[u8]) -> Response {
             ))
     };
     if param("Action").as_deref() != Some("AssumeRoleWithWebIdentity") {
-        return xml_error(StatusCode::BAD_REQUEST, "InvalidAction", "Could not find operation");
+        return xml_error(
+            StatusCode::BAD_REQUEST,
+            "InvalidAction",
+            "Could not find operation",
+        );
     }
     if param("RoleArn").is_none_or(|r| !r.starts_with("arn:aws:iam::")) {
-        return xml_error(StatusCode::BAD_REQUEST, "ValidationError", "RoleArn is invalid");
+        return xml_error(
+            StatusCode::BAD_REQUEST,
+            "ValidationError",
+            "RoleArn is invalid",
+        );
     }
     if param("WebIdentityToken").as_deref() != Some(WEB_IDENTITY_TOKEN) {
         return xml_error(
@@ -657,6 +689,9 @@ mod tests {
             model_of("/model/us.anthropic.claude-haiku-4-5-20251001-v1%3A0/converse"),
             "us.anthropic.claude-haiku-4-5-20251001-v1:0"
         );
-        assert_eq!(encode_path("/model/a%3A0/converse"), "/model/a%253A0/converse");
+        assert_eq!(
+            encode_path("/model/a%3A0/converse"),
+            "/model/a%253A0/converse"
+        );
     }
 }

@@ -4,9 +4,7 @@
 use super::anthropic::anthropic;
 use super::openai::{openai, openai_error};
 use super::reply::json_response;
-use super::{
-    Api, AuthCheck, Provider, RecordedRequest, StreamOutcome, bedrock, extras, responses,
-};
+use super::{Api, AuthCheck, Provider, RecordedRequest, StreamOutcome, bedrock, extras, responses};
 use poem::http::{StatusCode, header};
 use poem::{Endpoint, Request, Response};
 use serde_json::{Value, json};
@@ -208,9 +206,7 @@ async fn handle(state: Arc<State>, mut req: Request) -> Response {
         (Api::Models, Provider::OpenAi) => extras::openai_models(&ctx, auth, openai_path),
         (Api::Models, Provider::Bedrock) => extras::openai_models(&ctx, auth, openai_path),
         (Api::Converse, _) => bedrock::converse(&ctx, &req, &body_bytes, parsed, false).await,
-        (Api::ConverseStream, _) => {
-            bedrock::converse(&ctx, &req, &body_bytes, parsed, true).await
-        }
+        (Api::ConverseStream, _) => bedrock::converse(&ctx, &req, &body_bytes, parsed, true).await,
         (Api::AssumeRoleWithWebIdentity, _) => bedrock::sts(&body_bytes),
     }
 }

@@ -5,7 +5,6 @@
 #![expect(
     clippy::unwrap_used,
     clippy::expect_used,
-    clippy::panic,
     reason = "test scenarios outside #[test] functions"
 )]
 
@@ -225,7 +224,9 @@ async fn streamed_tool_call_in_both_shapes() {
                 let mut args = String::new();
                 for e in &events {
                     let Some(v) = e.json() else { continue };
-                    if v["type"] == "content_block_start" && v["content_block"]["type"] == "tool_use" {
+                    if v["type"] == "content_block_start"
+                        && v["content_block"]["type"] == "tool_use"
+                    {
                         name = v["content_block"]["name"].as_str().unwrap().to_owned();
                     }
                     if v["delta"]["type"] == "input_json_delta" {
@@ -287,7 +288,10 @@ async fn usage_and_cost_are_recorded_with_the_bedrock_price() {
             + CACHE_WRITE_TOKENS as f64 * 1.25)
             / 1e6;
         let cost = p["cost_usd"].as_f64().unwrap();
-        assert!(cost > 0.0 && (cost - expected).abs() < 1e-9, "{cost} vs {expected}: {p}");
+        assert!(
+            cost > 0.0 && (cost - expected).abs() < 1e-9,
+            "{cost} vs {expected}: {p}"
+        );
     }
 }
 
@@ -300,7 +304,10 @@ async fn throttling_and_server_errors_map_to_client_statuses() {
     .await;
     for shape in SHAPES {
         let r = gw
-            .post(shape, &chat_body(shape, MODEL, "[status:429] slow down", false))
+            .post(
+                shape,
+                &chat_body(shape, MODEL, "[status:429] slow down", false),
+            )
             .await;
         assert_eq!(r.status, 429, "{shape:?}: {}", r.text);
         let v = r.json();
@@ -308,7 +315,12 @@ async fn throttling_and_server_errors_map_to_client_statuses() {
             Shape::OpenAi => "rate_limit_error",
             Shape::Anthropic => "rate_limit_error",
         };
-        assert_eq!(error_type(shape, &v).as_deref(), Some(expected), "{}", r.text);
+        assert_eq!(
+            error_type(shape, &v).as_deref(),
+            Some(expected),
+            "{}",
+            r.text
+        );
         assert!(r.text.contains("ThrottlingException"), "{}", r.text);
         let r = gw
             .post(shape, &chat_body(shape, MODEL, "[status:500] broken", true))
@@ -345,7 +357,11 @@ async fn a_bad_signature_is_an_auth_error() {
         // Bedrock names the failure (InvalidSignatureException) only in a header the shared
         // transport does not pass on; the 403 status is what classifies it.
         assert!(r.text.contains("HTTP 403"), "{}", r.text);
-        assert!(r.text.contains("upstream_auth_failed") || r.text.contains("authentication_error"), "{}", r.text);
+        assert!(
+            r.text.contains("upstream_auth_failed") || r.text.contains("authentication_error"),
+            "{}",
+            r.text
+        );
         assert!(!r.text.contains("not-the-secret"));
     }
     let reqs = converse_requests(&gw);
@@ -383,7 +399,11 @@ sts_endpoint = "{{fake_openai_url}}/_sts"
         .iter()
         .filter(|r| r.api == Api::AssumeRoleWithWebIdentity)
         .collect();
-    assert_eq!(sts.len(), 1, "credentials are cached until shortly before expiry");
+    assert_eq!(
+        sts.len(),
+        1,
+        "credentials are cached until shortly before expiry"
+    );
     let calls = converse_requests(&gw);
     assert_eq!(calls.len(), 4);
     for c in &calls {
@@ -425,7 +445,12 @@ async fn a_mid_stream_exception_ends_the_stream_with_an_error() {
     let r = gw
         .post(
             Shape::Anthropic,
-            &chat_body(Shape::Anthropic, MODEL, "[stream-error] one two three four", true),
+            &chat_body(
+                Shape::Anthropic,
+                MODEL,
+                "[stream-error] one two three four",
+                true,
+            ),
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
@@ -437,12 +462,18 @@ async fn a_mid_stream_exception_ends_the_stream_with_an_error() {
         r.text
     );
     assert!(
-        !events.iter().any(|e| e.event.as_deref() == Some("message_stop")),
+        !events
+            .iter()
+            .any(|e| e.event.as_deref() == Some("message_stop")),
         "no fake clean end: {}",
         r.text
     );
     gw.stop().await.unwrap();
     let failed = gw.events_of("llm.call_failed").unwrap();
     assert_eq!(failed.len(), 1);
-    assert_eq!(failed[0].payload["error_class"], "server_error", "{}", failed[0].payload);
+    assert_eq!(
+        failed[0].payload["error_class"], "server_error",
+        "{}",
+        failed[0].payload
+    );
 }

@@ -54,7 +54,10 @@ impl std::fmt::Debug for CredentialSource {
                 .debug_struct("Static")
                 .field("access_key_id", access_key_id)
                 .field("secret_access_key", &"<redacted>")
-                .field("session_token", &session_token.as_ref().map(|_| "<redacted>"))
+                .field(
+                    "session_token",
+                    &session_token.as_ref().map(|_| "<redacted>"),
+                )
                 .finish(),
             CredentialSource::WebIdentity {
                 role_arn,
@@ -185,16 +188,15 @@ impl CredentialProvider {
 /// The `Credentials` of an `AssumeRoleWithWebIdentityResponse`.
 fn parse_credentials(xml: &str) -> Result<Cached, String> {
     let field = |name: &str| {
-        xml_field(xml, name).ok_or_else(|| {
-            format!("STS AssumeRoleWithWebIdentity answer has no {name}")
-        })
+        xml_field(xml, name)
+            .ok_or_else(|| format!("STS AssumeRoleWithWebIdentity answer has no {name}"))
     };
     let expiration = field("Expiration")?;
-    let expires = OffsetDateTime::parse(
-        &expiration,
-        &time::format_description::well_known::Rfc3339,
-    )
-    .map_err(|_| format!("STS AssumeRoleWithWebIdentity answer has a bad Expiration '{expiration}'"))?;
+    let expires =
+        OffsetDateTime::parse(&expiration, &time::format_description::well_known::Rfc3339)
+            .map_err(|_| {
+                format!("STS AssumeRoleWithWebIdentity answer has a bad Expiration '{expiration}'")
+            })?;
     Ok(Cached {
         creds: Credentials {
             access_key_id: field("AccessKeyId")?,
@@ -250,6 +252,9 @@ mod tests {
     #[test]
     fn reads_the_error_code() {
         let xml = r#"<ErrorResponse><Error><Type>Sender</Type><Code>InvalidIdentityToken</Code><Message>bad</Message></Error></ErrorResponse>"#;
-        assert_eq!(xml_field(xml, "Code").as_deref(), Some("InvalidIdentityToken"));
+        assert_eq!(
+            xml_field(xml, "Code").as_deref(),
+            Some("InvalidIdentityToken")
+        );
     }
 }

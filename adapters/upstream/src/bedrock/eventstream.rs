@@ -269,7 +269,10 @@ pub(crate) mod tests {
 
     #[test]
     fn both_checksums_are_checked() {
-        let good = encode(&[(":event-type", "messageStop")], br#"{"stopReason":"end_turn"}"#);
+        let good = encode(
+            &[(":event-type", "messageStop")],
+            br#"{"stopReason":"end_turn"}"#,
+        );
         let mut prelude = good.clone();
         prelude[3] ^= 1;
         assert_eq!(

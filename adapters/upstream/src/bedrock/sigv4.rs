@@ -88,12 +88,7 @@ pub(crate) fn sign(
         "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
         hex::encode(Sha256::digest(canonical_request.as_bytes()))
     );
-    let key = signing_key(
-        &creds.secret_access_key,
-        date,
-        input.region,
-        input.service,
-    );
+    let key = signing_key(&creds.secret_access_key, date, input.region, input.service);
     let signature = hex::encode(hmac(&key, string_to_sign.as_bytes()));
     let mut out: Vec<(&'static str, String)> = headers
         .into_iter()
@@ -245,20 +240,26 @@ mod tests {
             content_sha256_header: true,
         };
         let headers = sign(&input, &creds, datetime!(2026-01-02 03:04:05 UTC));
-        let get = |n: &str| headers.iter().find(|(k, _)| *k == n).map(|(_, v)| v.clone());
+        let get = |n: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| *k == n)
+                .map(|(_, v)| v.clone())
+        };
         assert_eq!(get("x-amz-date").as_deref(), Some("20260102T030405Z"));
         assert_eq!(get("x-amz-security-token").as_deref(), Some("tok"));
-        assert!(
-            get("authorization")
-                .unwrap_or_default()
-                .contains("SignedHeaders=content-type;host;x-amz-content-sha256;x-amz-date;x-amz-security-token,")
-        );
+        assert!(get("authorization").unwrap_or_default().contains(
+            "SignedHeaders=content-type;host;x-amz-content-sha256;x-amz-date;x-amz-security-token,"
+        ));
         assert!(!format!("{creds:?}").contains("EXAMPLEKEY"));
     }
 
     #[test]
     fn paths_are_encoded_again() {
-        assert_eq!(uri_encode("/model/a%3A0/converse", false), "/model/a%253A0/converse");
+        assert_eq!(
+            uri_encode("/model/a%3A0/converse", false),
+            "/model/a%253A0/converse"
+        );
         assert_eq!(uri_encode("a b/c", true), "a%20b%2Fc");
     }
 }
