@@ -9,8 +9,6 @@
 
 use std::time::Duration;
 
-use quick_xml::Reader;
-use quick_xml::events::Event;
 use time::OffsetDateTime;
 use tokio::sync::Mutex;
 
@@ -207,19 +205,23 @@ fn parse_credentials(xml: &str) -> Result<Cached, String> {
     })
 }
 
-/// The text of the first element named `name` (entities unescaped).
+/// The text of the first element named `name` (the five predefined entities unescaped).
+///
+/// STS answers a fixed document whose credential elements hold plain text, so a tag search is
+/// enough; no XML parser is linked in (quick-xml 0.36, the one in the tree, carries advisories
+/// the gateway avoids by parsing no XML, see deny.toml).
 fn xml_field(xml: &str, name: &str) -> Option<String> {
-    let mut reader = Reader::from_str(xml);
-    let mut inside = false;
-    loop {
-        match reader.read_event().ok()? {
-            Event::Start(e) if e.local_name().as_ref() == name.as_bytes() => inside = true,
-            Event::Text(t) if inside => return t.unescape().ok().map(|s| s.trim().to_owned()),
-            Event::End(_) if inside => return Some(String::new()),
-            Event::Eof => return None,
-            _ => {}
-        }
-    }
+    let open = format!("<{name}>");
+    let start = xml.find(&open)? + open.len();
+    let end = start + xml[start..].find(&format!("</{name}>"))?;
+    let text = xml[start..end]
+        .trim()
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&apos;", "'")
+        .replace("&amp;", "&");
+    Some(text)
 }
 
 #[cfg(test)]
