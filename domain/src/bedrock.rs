@@ -49,7 +49,8 @@ pub fn render_request(req: &ChatRequest, _upstream_model: &str) -> Result<Value,
         if !b.text.is_empty() {
             system.push(json!({"text": b.text}));
         }
-        if b.cache_control.is_some() {
+        // A cache point marks the prefix before it: one with nothing before it is invalid.
+        if b.cache_control.is_some() && !system.is_empty() {
             system.push(cache_point());
         }
     }

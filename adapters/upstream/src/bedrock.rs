@@ -287,7 +287,18 @@ fn error_body(status: u16, body: &[u8]) -> Bytes {
         })
         .filter(|t| !t.is_empty())
         .unwrap_or_else(|| type_of_status(status));
-    Bytes::from(json!({"message": message, "error": {"type": ty, "message": message}}).to_string())
+    let mut error = json!({"type": ty, "message": message});
+    // Bedrock reports an over-long prompt as a plain ValidationException; the code lets the
+    // core classify it as a context overflow (what clients and fallback act on).
+    let lower = message.to_ascii_lowercase();
+    if ty == "ValidationException"
+        && (lower.contains("too long")
+            || lower.contains("context length")
+            || lower.contains("context window"))
+    {
+        error["code"] = json!("context_length_exceeded");
+    }
+    Bytes::from(json!({"message": message, "error": error}).to_string())
 }
 
 /// The event stream re-framed as SSE (see the module docs); a corrupt or truncated message
@@ -350,6 +361,13 @@ mod tests {
         );
         let v: Value = serde_json::from_slice(&b).unwrap();
         assert_eq!(v["error"]["type"], "ValidationException");
+        assert!(v["error"].get("code").is_none());
+        let b = error_body(
+            400,
+            br#"{"message":"Input is too long for requested model."}"#,
+        );
+        let v: Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(v["error"]["code"], "context_length_exceeded");
         let v: Value = serde_json::from_slice(&error_body(500, b"<html>")).unwrap();
         assert_eq!(v["error"]["type"], "InternalServerException");
     }

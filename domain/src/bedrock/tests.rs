@@ -404,3 +404,20 @@ fn stream_reasoning_deltas_open_a_thinking_block() {
         }
     );
 }
+
+#[test]
+fn a_cache_point_never_opens_the_system_prompt() {
+    let req = ChatRequest {
+        system: vec![SystemBlock {
+            text: String::new(),
+            cache_control: Some(json!({"type": "ephemeral"})),
+        }],
+        messages: vec![Message {
+            role: Role::User,
+            content: vec![text("hi")],
+        }],
+        ..ChatRequest::default()
+    };
+    let v = render_request(&req, "m").unwrap();
+    assert!(v.get("system").is_none(), "{v}");
+}

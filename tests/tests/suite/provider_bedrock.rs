@@ -477,3 +477,24 @@ async fn a_mid_stream_exception_ends_the_stream_with_an_error() {
         failed[0].payload
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_over_long_prompt_is_a_context_overflow() {
+    let mut gw = gateway().await;
+    let r = gw
+        .post(
+            Shape::OpenAi,
+            &chat_body(Shape::OpenAi, MODEL, "[overflow] a very long prompt", false),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert!(r.text.contains("ValidationException"), "{}", r.text);
+    gw.stop().await.unwrap();
+    let failed = gw.events_of("llm.call_failed").unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(
+        failed[0].payload["error_class"], "context_overflow",
+        "{}",
+        failed[0].payload
+    );
+}
