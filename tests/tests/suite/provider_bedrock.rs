@@ -498,3 +498,33 @@ async fn an_over_long_prompt_is_a_context_overflow() {
         failed[0].payload
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_event_stream_frame_ends_the_stream_with_an_error() {
+    let mut gw = gateway().await;
+    // `[garbage]`: after two deltas the fake sends bytes whose prelude CRC does not match.
+    let r = gw
+        .post(
+            Shape::OpenAi,
+            &chat_body(Shape::OpenAi, MODEL, "[garbage] one two three four", true),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(
+        r.events()
+            .iter()
+            .filter_map(|e| e.json())
+            .any(|v| v.get("error").is_some()),
+        "the stream ends with an error chunk: {}",
+        r.text
+    );
+    assert!(!r.text.contains("[DONE]"), "no clean end: {}", r.text);
+    gw.stop().await.unwrap();
+    let failed = gw.events_of("llm.call_failed").unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(
+        failed[0].payload["error_class"], "network",
+        "{}",
+        failed[0].payload
+    );
+}
