@@ -9,6 +9,7 @@ pub mod alerts;
 pub mod anthropic;
 pub mod audit;
 pub mod backup;
+pub mod bedrock;
 pub mod budgets;
 pub mod canonical;
 pub mod error;

@@ -167,6 +167,32 @@ impl PriceTable {
                 },
             );
         }
+        // Claude on Amazon Bedrock: on-demand prices equal Anthropic's own. The cross-region
+        // inference profiles (`us.`, `eu.`, `apac.`, `global.` before the model id) bill the
+        // same per token, so each profile id gets the base id's row.
+        for (model, i, o, cr, cw) in [
+            ("anthropic.claude-opus-4-7", 15.0, 75.0, 1.5, 18.75),
+            ("anthropic.claude-sonnet-4-6", 3.0, 15.0, 0.3, 3.75),
+            (
+                "anthropic.claude-haiku-4-5-20251001-v1:0",
+                1.0,
+                5.0,
+                0.1,
+                1.25,
+            ),
+        ] {
+            for profile in ["", "us.", "eu.", "apac.", "global."] {
+                prices.insert(
+                    format!("bedrock:{profile}{model}"),
+                    Price {
+                        input_per_mtok: i,
+                        output_per_mtok: o,
+                        cache_read_per_mtok: cr,
+                        cache_write_per_mtok: cw,
+                    },
+                );
+            }
+        }
         PriceTable {
             version: BUILTIN_PRICING_VERSION.to_owned(),
             prices,
@@ -227,5 +253,24 @@ mod tests {
             cache_write_tokens: 0,
         };
         assert!((p.cost(&u) - 0.825).abs() < 1e-9);
+    }
+
+    #[test]
+    fn bedrock_inference_profiles_share_the_base_price() {
+        let t = PriceTable::builtin();
+        let base = t.get("bedrock:anthropic.claude-haiku-4-5-20251001-v1:0");
+        assert!(base.is_some());
+        for profile in ["us.", "eu.", "global."] {
+            assert_eq!(
+                t.get(&format!(
+                    "bedrock:{profile}anthropic.claude-haiku-4-5-20251001-v1:0"
+                )),
+                base
+            );
+        }
+        assert_eq!(
+            t.get("bedrock:us.anthropic.claude-sonnet-4-6"),
+            t.get("anthropic:claude-sonnet-4-6")
+        );
     }
 }

@@ -17,6 +17,9 @@ pub enum WireFormat {
     /// Google Gemini `generateContent` / `streamGenerateContent` (Gemini API, Vertex AI).
     /// No client speaks it: traffic to it is always translated.
     GeminiGenerateContent,
+    /// Amazon Bedrock Converse / ConverseStream (model id in the URL, SigV4-signed; the
+    /// adapter re-frames the binary event stream as SSE).
+    BedrockConverse,
 }
 
 /// What a call asks of the provider. Together with the [`WireFormat`] it picks the endpoint:

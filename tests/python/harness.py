@@ -66,8 +66,9 @@ def _stop(proc: subprocess.Popen) -> int:
 
 def clean_env(**extra: str) -> dict[str, str]:
     """The test process's environment without anything that could redirect or reconfigure the
-    gateway: SDK base URLs (the gateway must never loop to itself), other provider keys and
-    `METIS_GATEWAY_*` settings."""
+    gateway: SDK base URLs (the gateway must never loop to itself), other provider keys,
+    `AWS_*` credentials (they would register a Bedrock provider) and `METIS_GATEWAY_*`
+    settings."""
     env = {
         k: v
         for k, v in os.environ.items()
@@ -75,6 +76,7 @@ def clean_env(**extra: str) -> dict[str, str]:
                      "GEMINI_API_KEY", "GOOGLE_API_KEY", "GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_CLOUD_PROJECT",
                      "GOOGLE_CLOUD_LOCATION")
         and not k.startswith("METIS_GATEWAY_")
+        and not k.startswith("AWS_")
     }
     env.setdefault("RUST_LOG", "info")
     env.update(extra)

@@ -31,6 +31,9 @@
 //!   tokens minted by the fake's `POST /token`, which verifies the RS256 assertion of the
 //!   test service account, [`google_service_account_json`]); `GET /_google/credentials` is
 //!   that key file.
+//! - `POST /model/{id}/converse`, `/model/{id}/converse-stream` — Amazon Bedrock Converse,
+//!   SigV4 verified, binary event stream (module `bedrock`); `POST /_sts/` — STS
+//!   `AssumeRoleWithWebIdentity` for the web-identity credential flow.
 //! - `GET /_requests` — every recorded provider request as a JSON array of
 //!   [`RecordedRequest`]; `POST /_reset` clears the record, the `[fail-once]` memory and the
 //!   stored Responses conversations. These two are for out-of-process (Python) tests.
@@ -77,6 +80,7 @@ use tokio::task::JoinHandle;
 
 mod anthropic;
 mod azure;
+mod bedrock;
 mod convo;
 mod directives;
 mod extras;
@@ -90,6 +94,10 @@ pub use anthropic::model_accepts_system_messages;
 pub use azure::{
     AZURE_AD_TOKEN, AZURE_API_KEY, AZURE_BAD_KEY_MESSAGE, AZURE_BAD_TOKEN_MESSAGE, ENTRA_CLIENT_ID,
     ENTRA_CLIENT_SECRET, ENTRA_SCOPE, ENTRA_TENANT_ID, ENTRA_TOKEN_LIFETIME_SECS,
+};
+pub use bedrock::{
+    BEDROCK_ACCESS_KEY_ID, BEDROCK_SECRET_ACCESS_KEY, INVALID_SIGNATURE_MESSAGE, STS_ACCESS_KEY_ID,
+    STS_SECRET_ACCESS_KEY, STS_SESSION_TOKEN, WEB_IDENTITY_TOKEN, encode_message,
 };
 pub use convo::{estimate_input_tokens, out_tokens};
 pub use directives::Directives;
@@ -167,6 +175,8 @@ pub enum Provider {
     Azure,
     /// Gemini API, Vertex AI (Gemini and Claude) and the OAuth token endpoint.
     Google,
+    /// Amazon Bedrock (SigV4-signed Converse) and its STS.
+    Bedrock,
 }
 
 /// Which provider operation a recorded request reached.
@@ -193,6 +203,12 @@ pub enum Api {
     RawPredict,
     /// The OAuth token endpoint (`POST /token`).
     Token,
+    /// Bedrock `POST /model/{id}/converse`.
+    Converse,
+    /// Bedrock `POST /model/{id}/converse-stream`.
+    ConverseStream,
+    /// STS `AssumeRoleWithWebIdentity` (`POST /_sts/`).
+    AssumeRoleWithWebIdentity,
 }
 
 /// One request the fake received on a provider path.
@@ -353,6 +369,12 @@ impl FakeUpstream {
     #[must_use]
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// `http://127.0.0.1:PORT/_sts` — the STS endpoint for Bedrock web-identity credentials.
+    #[must_use]
+    pub fn sts_endpoint(&self) -> String {
+        format!("http://{}/_sts", self.addr)
     }
 
     /// `http://127.0.0.1:PORT/v1` — the OpenAI base URL (the SDK appends `/chat/completions`).

@@ -191,6 +191,8 @@ fn default_headers(config: &HttpProviderConfig) -> Result<HeaderMap, ConfigError
                 headers.insert(header::AUTHORIZATION, v);
             }
         }
+        // Signed per request by `BedrockProvider`; never built through this config.
+        WireFormat::BedrockConverse => {}
     }
     for (name, value) in &config.extra_headers {
         let n = HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad(name))?;

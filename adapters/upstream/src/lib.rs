@@ -8,6 +8,8 @@
 //!   tokens, fetched and cached with the client-credentials flow).
 //! - [`GoogleProvider`] talks to Gemini (Gemini API key) and Vertex AI (Gemini and Claude,
 //!   with service-account tokens, see [`google_auth`]).
+//! - [`BedrockProvider`] talks to Amazon Bedrock's Converse API with SigV4 signing (static or
+//!   web-identity credentials) and decodes its binary event stream.
 //! - [`MockProvider`] is the deterministic in-process test double (`mock:echo`) used by the
 //!   quickstart, the benchmarks and the tests. It is never a real model.
 //!
@@ -17,6 +19,7 @@
 //! [`config`]).
 
 mod azure;
+mod bedrock;
 pub mod config;
 pub mod google;
 pub mod google_auth;
@@ -29,6 +32,7 @@ pub use azure::{
     AZURE_COGNITIVE_SCOPE, AZURE_DEFAULT_API_VERSION, AzureAuth, AzureConfig, AzureProvider,
     ClientCredentials, ENTRA_DEFAULT_AUTHORITY,
 };
+pub use bedrock::{BedrockConfig, BedrockProvider, CredentialSource};
 pub use config::{ConfigError, HttpProviderConfig, RetryPolicy, Timeouts};
 pub use google::{GoogleAuth, GoogleProvider, GoogleProviderConfig};
 pub use google_auth::ServiceAccount;

@@ -9,9 +9,9 @@ use metis_ports::upstream::Provider;
 use metis_ports::upstream::WireFormat;
 use metis_upstream::{
     AZURE_COGNITIVE_SCOPE, AZURE_DEFAULT_API_VERSION, AzureAuth, AzureConfig, AzureProvider,
-    ClientCredentials, ENTRA_DEFAULT_AUTHORITY, GoogleAuth, GoogleProvider, GoogleProviderConfig,
-    HttpProvider, HttpProviderConfig, MockProvider, MockSettings, RetryPolicy, ServiceAccount,
-    Timeouts,
+    BedrockConfig, BedrockProvider, ClientCredentials, CredentialSource, ENTRA_DEFAULT_AUTHORITY,
+    GoogleAuth, GoogleProvider, GoogleProviderConfig, HttpProvider, HttpProviderConfig,
+    MockProvider, MockSettings, RetryPolicy, ServiceAccount, Timeouts,
 };
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -24,7 +24,8 @@ use std::sync::Arc;
 pub struct ProviderSection {
     /// The protocol: `anthropic`, `openai` (any OpenAI-compatible server), `openrouter`,
     /// `azure`, the OpenAI-compatible presets `mistral`, `groq`, `deepseek`, `together`,
-    /// `fireworks`, or `mock`. Default: the section's name.
+    /// `fireworks`, `gemini`, `vertex`, `vertex-anthropic`, `bedrock`, or `mock`. Default: the
+    /// section's name.
     pub kind: Option<String>,
     pub api_key: Option<String>,
     /// Read the credential from this environment variable instead of the file.
@@ -62,6 +63,21 @@ pub struct ProviderSection {
     pub project: Option<String>,
     /// Vertex kinds: the region, or `global` (default: `GOOGLE_CLOUD_LOCATION`, else `global`).
     pub location: Option<String>,
+    /// Bedrock: AWS region (else `AWS_REGION`, then `AWS_DEFAULT_REGION`).
+    pub region: Option<String>,
+    /// Bedrock: static access key id (its secret from `secret_access_key` or the variable
+    /// `secret_access_key_env` names, default `AWS_SECRET_ACCESS_KEY`).
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub secret_access_key_env: Option<String>,
+    /// Bedrock: variable holding a session token for the static keys.
+    pub session_token_env: Option<String>,
+    /// Bedrock: role assumed with a web identity token (IRSA), with `web_identity_token_file`.
+    pub role_arn: Option<String>,
+    pub web_identity_token_file: Option<String>,
+    /// Bedrock: STS endpoint for the web identity exchange (default
+    /// `https://sts.{region}.amazonaws.com`).
+    pub sts_endpoint: Option<String>,
 }
 
 impl std::fmt::Debug for ProviderSection {
@@ -81,6 +97,17 @@ impl std::fmt::Debug for ProviderSection {
             .field("credentials_file", &self.credentials_file)
             .field("project", &self.project)
             .field("location", &self.location)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("secret_access_key_env", &self.secret_access_key_env)
+            .field("session_token_env", &self.session_token_env)
+            .field("role_arn", &self.role_arn)
+            .field("web_identity_token_file", &self.web_identity_token_file)
+            .field("sts_endpoint", &self.sts_endpoint)
             .finish_non_exhaustive()
     }
 }
@@ -97,6 +124,7 @@ pub enum Kind {
     DeepSeek,
     Together,
     Fireworks,
+    Bedrock,
     Mock,
     /// Gemini API (`x-goog-api-key`).
     Gemini,
@@ -154,7 +182,7 @@ const AZURE_KEY_ENV: &str = "AZURE_OPENAI_API_KEY";
 const AZURE_TOKEN_ENV: &str = "AZURE_OPENAI_AD_TOKEN";
 
 impl Kind {
-    const ALL: [(&'static str, Kind); 13] = [
+    const ALL: [(&'static str, Kind); 14] = [
         ("anthropic", Kind::Anthropic),
         ("openai", Kind::OpenAi),
         ("openrouter", Kind::OpenRouter),
@@ -164,6 +192,7 @@ impl Kind {
         ("deepseek", Kind::DeepSeek),
         ("together", Kind::Together),
         ("fireworks", Kind::Fireworks),
+        ("bedrock", Kind::Bedrock),
         ("mock", Kind::Mock),
         ("gemini", Kind::Gemini),
         ("vertex", Kind::Vertex),
@@ -284,6 +313,34 @@ pub fn validate(sections: &BTreeMap<String, ProviderSection>) -> anyhow::Result<
                     );
                 }
             }
+        }
+        let bedrock_fields = [
+            ("region", s.region.is_some()),
+            ("access_key_id", s.access_key_id.is_some()),
+            ("secret_access_key", s.secret_access_key.is_some()),
+            ("secret_access_key_env", s.secret_access_key_env.is_some()),
+            ("session_token_env", s.session_token_env.is_some()),
+            ("role_arn", s.role_arn.is_some()),
+            (
+                "web_identity_token_file",
+                s.web_identity_token_file.is_some(),
+            ),
+            ("sts_endpoint", s.sts_endpoint.is_some()),
+        ];
+        if kind == Kind::Bedrock {
+            for (field, set) in [
+                ("api_key", s.api_key.is_some()),
+                ("api_key_env", s.api_key_env.is_some()),
+                ("responses_api", s.responses_api.is_some()),
+            ] {
+                if set {
+                    bail!(
+                        "[providers.{name}]: {field} does not apply to kind bedrock (it signs with AWS credentials: access_key_id/secret_access_key or role_arn/web_identity_token_file)"
+                    );
+                }
+            }
+        } else if let Some((field, _)) = bedrock_fields.iter().find(|(_, set)| *set) {
+            bail!("[providers.{name}]: {field} applies to kind bedrock only");
         }
         if kind == Kind::Gemini && s.responses_api.is_some() {
             bail!("[providers.{name}]: responses_api does not apply to kind gemini");
@@ -430,6 +487,16 @@ pub fn build(
             );
         }
     }
+    // Bedrock from the environment alone: a region and AWS credentials, no section needed.
+    let bedrock_section = sections
+        .iter()
+        .any(|(name, s)| s.kind_of(name).is_ok_and(|k| k == Kind::Bedrock));
+    if !bedrock_section {
+        let env = |v: &str| std::env::var(v).ok().filter(|v| !v.trim().is_empty());
+        if aws_env_configured(&env) {
+            out.push(bedrock_provider(args, "bedrock", &empty, &env)?);
+        }
+    }
     let mock = sections
         .iter()
         .find(|(name, s)| s.kind_of(name).is_ok_and(|k| k == Kind::Mock));
@@ -464,6 +531,10 @@ fn section_provider(
     }
     if matches!(kind, Kind::Gemini | Kind::Vertex | Kind::VertexAnthropic) {
         return google_provider(args, name, kind, section);
+    }
+    if kind == Kind::Bedrock {
+        let env = |v: &str| std::env::var(v).ok().filter(|v| !v.trim().is_empty());
+        return bedrock_provider(args, name, section, &env);
     }
     let key = match kind.preset() {
         // A preset section without its own credential takes the kind's variable; a preset
@@ -570,6 +641,7 @@ fn http_provider(
         }
         Kind::Azure => bail!("[providers.{name}]: Azure is built by azure_provider"),
         Kind::Mock => bail!("[providers.{name}]: the mock is not an HTTP provider"),
+        Kind::Bedrock => bail!("[providers.{name}]: bedrock is built by bedrock_provider"),
         Kind::Gemini | Kind::Vertex | Kind::VertexAnthropic => {
             bail!("[providers.{name}]: a Google kind is built by google_provider")
         }
@@ -750,6 +822,104 @@ fn google_provider(
         },
     };
     let provider = GoogleProvider::new(config)
+        .with_context(|| format!("cannot configure provider '{name}'"))?;
+    Ok(Arc::new(provider))
+}
+
+/// Whether the environment alone configures Bedrock: a region and either static keys or a
+/// web identity (role ARN and token file).
+fn aws_env_configured(env: &dyn Fn(&str) -> Option<String>) -> bool {
+    let region = env("AWS_REGION")
+        .or_else(|| env("AWS_DEFAULT_REGION"))
+        .is_some();
+    let keys = env("AWS_ACCESS_KEY_ID").is_some() && env("AWS_SECRET_ACCESS_KEY").is_some();
+    let web = env("AWS_ROLE_ARN").is_some() && env("AWS_WEB_IDENTITY_TOKEN_FILE").is_some();
+    region && (keys || web)
+}
+
+/// The Bedrock settings of a section, completed from the environment (`env`): the section's
+/// own credentials first, then the AWS variables in the order the AWS SDKs use (static keys,
+/// then web identity).
+fn bedrock_config(
+    name: &str,
+    section: &ProviderSection,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> anyhow::Result<BedrockConfig> {
+    let region = non_empty(section.region.as_ref())
+        .or_else(|| env("AWS_REGION"))
+        .or_else(|| env("AWS_DEFAULT_REGION"))
+        .with_context(|| {
+            format!(
+                "[providers.{name}]: no AWS region (set region, or AWS_REGION / AWS_DEFAULT_REGION)"
+            )
+        })?;
+    let web_identity = |role_arn: String, token_file: String| CredentialSource::WebIdentity {
+        role_arn,
+        token_file: token_file.into(),
+        session_name: env("AWS_ROLE_SESSION_NAME").unwrap_or_else(|| "metis-gateway".to_owned()),
+        sts_endpoint: non_empty(section.sts_endpoint.as_ref())
+            .unwrap_or_else(|| format!("https://sts.{region}.amazonaws.com")),
+    };
+    let credentials = if let Some(role_arn) = non_empty(section.role_arn.as_ref()) {
+        let token_file = non_empty(section.web_identity_token_file.as_ref())
+            .or_else(|| env("AWS_WEB_IDENTITY_TOKEN_FILE"))
+            .with_context(|| {
+                format!("[providers.{name}]: role_arn needs web_identity_token_file (or AWS_WEB_IDENTITY_TOKEN_FILE)")
+            })?;
+        web_identity(role_arn, token_file)
+    } else if let Some(access_key_id) = non_empty(section.access_key_id.as_ref()) {
+        let secret_var = section
+            .secret_access_key_env
+            .clone()
+            .unwrap_or_else(|| "AWS_SECRET_ACCESS_KEY".to_owned());
+        let secret_access_key = non_empty(section.secret_access_key.as_ref())
+            .or_else(|| env(&secret_var))
+            .with_context(|| {
+                format!("[providers.{name}]: access_key_id needs secret_access_key or the variable {secret_var}")
+            })?;
+        CredentialSource::Static {
+            access_key_id,
+            secret_access_key,
+            session_token: section.session_token_env.as_deref().and_then(env),
+        }
+    } else if let (Some(access_key_id), Some(secret_access_key)) =
+        (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY"))
+    {
+        CredentialSource::Static {
+            access_key_id,
+            secret_access_key,
+            session_token: env("AWS_SESSION_TOKEN"),
+        }
+    } else if let (Some(role_arn), Some(token_file)) =
+        (env("AWS_ROLE_ARN"), env("AWS_WEB_IDENTITY_TOKEN_FILE"))
+    {
+        web_identity(role_arn, token_file)
+    } else {
+        bail!(
+            "[providers.{name}]: no AWS credentials (set access_key_id or role_arn, or AWS_ACCESS_KEY_ID + AWS_SECRET_ACCESS_KEY, or AWS_ROLE_ARN + AWS_WEB_IDENTITY_TOKEN_FILE)"
+        );
+    };
+    Ok(BedrockConfig {
+        name: name.to_owned(),
+        region,
+        base_url: non_empty(section.base_url.as_ref()),
+        credentials,
+        timeouts: Timeouts::default(),
+        retry: RetryPolicy::default(),
+    })
+}
+
+/// A Bedrock provider named `name`.
+fn bedrock_provider(
+    args: &ServeArgs,
+    name: &str,
+    section: &ProviderSection,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> anyhow::Result<Arc<dyn Provider>> {
+    let mut config = bedrock_config(name, section, env)?;
+    config.timeouts.response_head = args.upstream_timeout;
+    config.retry.max_retries = args.upstream_retries;
+    let provider = BedrockProvider::new(config)
         .with_context(|| format!("cannot configure provider '{name}'"))?;
     Ok(Arc::new(provider))
 }
@@ -943,5 +1113,129 @@ mod tests {
             .to_string();
         assert!(err.contains("cannot read the credentials file"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[cfg(test)]
+mod bedrock_tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        move |k: &str| map.get(k).cloned()
+    }
+
+    #[test]
+    fn environment_alone_needs_a_region_and_credentials() {
+        assert!(!aws_env_configured(&env_of(&[
+            ("AWS_ACCESS_KEY_ID", "a"),
+            ("AWS_SECRET_ACCESS_KEY", "s")
+        ])));
+        assert!(aws_env_configured(&env_of(&[
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ACCESS_KEY_ID", "a"),
+            ("AWS_SECRET_ACCESS_KEY", "s"),
+        ])));
+        assert!(aws_env_configured(&env_of(&[
+            ("AWS_DEFAULT_REGION", "eu-west-1"),
+            ("AWS_ROLE_ARN", "arn:aws:iam::1:role/r"),
+            ("AWS_WEB_IDENTITY_TOKEN_FILE", "/t"),
+        ])));
+    }
+
+    #[test]
+    fn static_keys_from_env_then_web_identity() {
+        let empty = ProviderSection::default();
+        let c = bedrock_config(
+            "bedrock",
+            &empty,
+            &env_of(&[
+                ("AWS_REGION", "us-west-2"),
+                ("AWS_ACCESS_KEY_ID", "AKID"),
+                ("AWS_SECRET_ACCESS_KEY", "very-secret"),
+                ("AWS_SESSION_TOKEN", "tok"),
+                ("AWS_ROLE_ARN", "arn:aws:iam::1:role/r"),
+                ("AWS_WEB_IDENTITY_TOKEN_FILE", "/t"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.region, "us-west-2");
+        assert!(
+            matches!(&c.credentials, CredentialSource::Static { session_token: Some(t), .. } if t == "tok")
+        );
+        assert!(!format!("{c:?}").contains("very-secret"));
+        let c = bedrock_config(
+            "bedrock",
+            &empty,
+            &env_of(&[
+                ("AWS_REGION", "us-west-2"),
+                ("AWS_ROLE_ARN", "arn:aws:iam::1:role/r"),
+                ("AWS_WEB_IDENTITY_TOKEN_FILE", "/t"),
+            ]),
+        )
+        .unwrap();
+        assert!(
+            matches!(&c.credentials, CredentialSource::WebIdentity { sts_endpoint, .. } if sts_endpoint == "https://sts.us-west-2.amazonaws.com")
+        );
+    }
+
+    #[test]
+    fn missing_pieces_are_named() {
+        let empty = ProviderSection::default();
+        let err = bedrock_config("bedrock", &empty, &env_of(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no AWS region"), "{err}");
+        let err = bedrock_config("bedrock", &empty, &env_of(&[("AWS_REGION", "x")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no AWS credentials"), "{err}");
+        let section = ProviderSection {
+            access_key_id: Some("AKID".into()),
+            secret_access_key_env: Some("MY_SECRET".into()),
+            region: Some("us-east-1".into()),
+            ..ProviderSection::default()
+        };
+        let err = bedrock_config("aws", &section, &env_of(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("[providers.aws]") && err.contains("MY_SECRET"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn fields_of_another_kind_are_refused_by_name() {
+        let mut sections = BTreeMap::new();
+        sections.insert(
+            "bedrock".to_owned(),
+            ProviderSection {
+                api_key: Some("k".into()),
+                ..ProviderSection::default()
+            },
+        );
+        let err = validate(&sections).unwrap_err().to_string();
+        assert!(
+            err.contains("api_key does not apply to kind bedrock"),
+            "{err}"
+        );
+        let mut sections = BTreeMap::new();
+        sections.insert(
+            "openai".to_owned(),
+            ProviderSection {
+                role_arn: Some("arn".into()),
+                ..ProviderSection::default()
+            },
+        );
+        let err = validate(&sections).unwrap_err().to_string();
+        assert!(
+            err.contains("role_arn applies to kind bedrock only"),
+            "{err}"
+        );
     }
 }

@@ -6,7 +6,7 @@ use metis_domain::canonical::{ChatRequest, ChatResponse, Shape, StreamEvent};
 use metis_domain::error::GatewayError;
 use metis_domain::responses::ResponseContext;
 use metis_domain::sse::SseFrame;
-use metis_domain::{anthropic, gemini, openai, responses};
+use metis_domain::{anthropic, bedrock, gemini, openai, responses};
 use metis_ports::upstream::WireFormat;
 use serde_json::{Map, Value};
 
@@ -47,6 +47,7 @@ pub(crate) fn render_request(
         WireFormat::OpenAiResponses => responses::render_request(req, upstream_model),
         WireFormat::AnthropicMessages => anthropic::render_request(req, upstream_model),
         WireFormat::GeminiGenerateContent => gemini::render_request(req, upstream_model),
+        WireFormat::BedrockConverse => bedrock::render_request(req, upstream_model),
     }
 }
 
@@ -69,6 +70,7 @@ pub(crate) fn parse_response(wire: WireFormat, body: &[u8]) -> Result<ChatRespon
         WireFormat::OpenAiResponses => responses::parse_response(body),
         WireFormat::AnthropicMessages => anthropic::parse_response(body),
         WireFormat::GeminiGenerateContent => gemini::parse_response(body),
+        WireFormat::BedrockConverse => bedrock::parse_response(body),
     }
 }
 
@@ -111,6 +113,7 @@ pub(crate) enum StreamParser {
     Responses(responses::StreamParser),
     Anthropic(anthropic::StreamParser),
     Gemini(gemini::StreamParser),
+    Bedrock(bedrock::StreamParser),
 }
 
 impl StreamParser {
@@ -122,6 +125,7 @@ impl StreamParser {
                 StreamParser::Anthropic(anthropic::StreamParser::new())
             }
             WireFormat::GeminiGenerateContent => StreamParser::Gemini(gemini::StreamParser::new()),
+            WireFormat::BedrockConverse => StreamParser::Bedrock(bedrock::StreamParser::new()),
         }
     }
 
@@ -131,6 +135,7 @@ impl StreamParser {
             StreamParser::Responses(p) => p.push(frame),
             StreamParser::Anthropic(p) => p.push(frame),
             StreamParser::Gemini(p) => p.push(frame),
+            StreamParser::Bedrock(p) => p.push(frame),
         }
     }
 
@@ -140,6 +145,7 @@ impl StreamParser {
             StreamParser::Responses(p) => p.finish(),
             StreamParser::Anthropic(p) => p.finish(),
             StreamParser::Gemini(p) => p.finish(),
+            StreamParser::Bedrock(p) => p.finish(),
         }
     }
 
@@ -150,6 +156,7 @@ impl StreamParser {
             StreamParser::Responses(p) => p.ended_cleanly(),
             StreamParser::Anthropic(p) => p.ended_cleanly(),
             StreamParser::Gemini(p) => p.ended_cleanly(),
+            StreamParser::Bedrock(p) => p.ended_cleanly(),
         }
     }
 
@@ -158,6 +165,7 @@ impl StreamParser {
     pub fn error_class(&self) -> Option<metis_domain::error::ErrorClass> {
         match self {
             StreamParser::Responses(p) => p.error_class(),
+            StreamParser::Bedrock(p) => p.error_class(),
             StreamParser::OpenAi(_) | StreamParser::Anthropic(_) | StreamParser::Gemini(_) => None,
         }
     }

@@ -6,7 +6,7 @@ use super::azure::{self, AzureState};
 use super::gemini;
 use super::openai::{openai, openai_error};
 use super::reply::json_response;
-use super::{Api, AuthCheck, Provider, RecordedRequest, StreamOutcome, extras, responses};
+use super::{Api, AuthCheck, Provider, RecordedRequest, StreamOutcome, bedrock, extras, responses};
 use poem::http::{StatusCode, header};
 use poem::{Endpoint, Request, Response};
 use serde_json::{Value, json};
@@ -174,6 +174,14 @@ async fn handle(state: Arc<State>, mut req: Request) -> Response {
         ("POST", p, _) if gemini::route(p).is_some() => {
             return google(state, req).await;
         }
+        // Bedrock and STS paths also answer under `/v1`, like the OpenAI ones.
+        ("POST", _, "/_sts/" | "/_sts") => (Provider::Bedrock, Api::AssumeRoleWithWebIdentity),
+        ("POST", _, p) if p.starts_with("/model/") && p.ends_with("/converse") => {
+            (Provider::Bedrock, Api::Converse)
+        }
+        ("POST", _, p) if p.starts_with("/model/") && p.ends_with("/converse-stream") => {
+            (Provider::Bedrock, Api::ConverseStream)
+        }
         ("POST", "/v1/messages", _) => (Provider::Anthropic, Api::Messages),
         ("POST", "/v1/messages/count_tokens", _) => (Provider::Anthropic, Api::CountTokens),
         ("POST", _, "/chat/completions") => (Provider::OpenAi, Api::ChatCompletions),
@@ -197,7 +205,15 @@ async fn handle(state: Arc<State>, mut req: Request) -> Response {
     };
     let body_bytes = req.take_body().into_bytes().await.unwrap_or_default();
     let parsed: Option<Value> = serde_json::from_slice(&body_bytes).ok();
-    let auth = check_auth(&state, provider, &req);
+    let auth = match (provider, api) {
+        (Provider::Bedrock, Api::AssumeRoleWithWebIdentity) => AuthCheck::Missing,
+        (Provider::Bedrock, _) => match bedrock::verify(&req, &body_bytes) {
+            Ok(()) => AuthCheck::Matched,
+            Err(("MissingAuthenticationTokenException", _)) => AuthCheck::Missing,
+            Err(_) => AuthCheck::Mismatched,
+        },
+        _ => check_auth(&state, provider, &req),
+    };
     let headers = recorded_headers(&req, provider, auth);
     let seq = state.record(RecordedRequest {
         seq: 0,
@@ -223,9 +239,10 @@ async fn handle(state: Arc<State>, mut req: Request) -> Response {
         (Api::Models, Provider::Anthropic) => {
             extras::anthropic_models(&ctx, &req, auth, openai_path)
         }
-        (Api::Models, Provider::OpenAi | Provider::Azure | Provider::Google) => {
-            extras::openai_models(&ctx, auth, openai_path)
-        }
+        (
+            Api::Models,
+            Provider::OpenAi | Provider::Azure | Provider::Google | Provider::Bedrock,
+        ) => extras::openai_models(&ctx, auth, openai_path),
         (Api::GenerateContent | Api::RawPredict | Api::Token, _) => openai_error(
             StatusCode::NOT_FOUND,
             "not a Google path",
@@ -233,6 +250,9 @@ async fn handle(state: Arc<State>, mut req: Request) -> Response {
             None,
             None,
         ),
+        (Api::Converse, _) => bedrock::converse(&ctx, &req, &body_bytes, parsed, false).await,
+        (Api::ConverseStream, _) => bedrock::converse(&ctx, &req, &body_bytes, parsed, true).await,
+        (Api::AssumeRoleWithWebIdentity, _) => bedrock::sts(&body_bytes),
     }
 }
 
@@ -300,7 +320,7 @@ fn checked_header(provider: Provider, req: &Request) -> &'static str {
     match provider {
         Provider::Anthropic if req.headers().contains_key("x-api-key") => "x-api-key",
         Provider::Azure => azure::checked_header(req),
-        Provider::Anthropic | Provider::OpenAi => "authorization",
+        Provider::Anthropic | Provider::OpenAi | Provider::Bedrock => "authorization",
         Provider::Google => gemini::checked_header(req),
     }
 }
@@ -330,7 +350,8 @@ fn check_auth(state: &State, provider: Provider, req: &Request) -> AuthCheck {
     };
     let expected = match provider {
         Provider::Anthropic => &state.anthropic_key,
-        Provider::OpenAi | Provider::Azure => &state.openai_key,
+        // Bedrock requests are checked by SigV4 (`bedrock::verify`), never here.
+        Provider::OpenAi | Provider::Azure | Provider::Bedrock => &state.openai_key,
         Provider::Google => &state.gemini_key,
     };
     match presented {
@@ -342,8 +363,9 @@ fn check_auth(state: &State, provider: Provider, req: &Request) -> AuthCheck {
 }
 
 /// Headers whose values are credentials and are never recorded.
-const CREDENTIAL_HEADERS: [&str; 6] = [
+const CREDENTIAL_HEADERS: [&str; 7] = [
     "x-api-key",
+    "x-amz-security-token",
     "authorization",
     "proxy-authorization",
     "api-key",

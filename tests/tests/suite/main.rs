@@ -40,6 +40,7 @@ mod postgres_cli;
 mod process_cli;
 mod process_lifecycle;
 mod provider_azure;
+mod provider_bedrock;
 mod provider_google;
 mod quota_concurrency;
 mod rate_limit_runbook;
