@@ -29,7 +29,7 @@ impl Price {
 }
 
 /// Version of the built-in table (stamped as `pricing_version` on every cost).
-pub const BUILTIN_PRICING_VERSION: &str = "2026-05-08";
+pub const BUILTIN_PRICING_VERSION: &str = "2026-12-07";
 
 /// A price table and its version.
 #[derive(Debug, Clone, PartialEq)]

@@ -326,7 +326,7 @@ mod tests {
         let c = cfg.catalog();
         assert_eq!(c.resolve("fast", &|_| true).unwrap().id, "openai:llama3");
         let t = cfg.prices();
-        assert!(t.version.starts_with("2026-05-08+config-"));
+        assert!(t.version.starts_with("2026-12-07+config-"));
         assert!(t.get("openai:llama3").is_some());
     }
 
