@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use crate::events::Event;
 
 /// Event types retained forever and chained.
-pub const AUDIT_TYPES: [&str; 20] = [
+pub const AUDIT_TYPES: [&str; 22] = [
     "gateway.key_issued",
     "gateway.key_revoked",
     "gateway.key_rotated",
@@ -34,6 +34,8 @@ pub const AUDIT_TYPES: [&str; 20] = [
     "gateway.budget_deleted",
     "gateway.model_group_set",
     "gateway.model_group_deleted",
+    "gateway.route_set",
+    "gateway.route_deleted",
 ];
 
 /// The `prev_hash` of the first audit event.

@@ -245,6 +245,9 @@ pub struct Policies {
     pub budgets: Vec<BudgetPolicy>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub model_groups: Vec<ModelGroup>,
+    /// Routes set through the admin API (see [`crate::routing::StoredRoute`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<crate::routing::StoredRoute>,
 }
 
 impl Policies {
@@ -265,6 +268,13 @@ impl Policies {
             g.validate()?;
             if !names.insert(g.name.as_str()) {
                 return Err(format!("model group '{}' appears twice", g.name));
+            }
+        }
+        let mut aliases = std::collections::HashSet::new();
+        for r in &self.routes {
+            crate::routing::validate(&r.alias, &r.deployments)?;
+            if !aliases.insert(r.alias.as_str()) {
+                return Err(format!("route '{}' appears twice", r.alias));
             }
         }
         Ok(())
@@ -365,6 +375,7 @@ mod tests {
         let mut p = Policies {
             budgets: vec![team("platform"), team("data")],
             model_groups: Vec::new(),
+            routes: Vec::new(),
         };
         assert!(p.validate().is_ok());
         p.budgets.push(team("platform"));
@@ -403,6 +414,7 @@ mod tests {
         let idx = PolicyIndex::new(&Policies {
             budgets: vec![team("platform")],
             model_groups: Vec::new(),
+            routes: Vec::new(),
         });
         assert!(idx.get(ScopeKind::Team, "platform").is_some());
         assert!(idx.get(ScopeKind::User, "platform").is_none());

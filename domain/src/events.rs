@@ -93,6 +93,8 @@ pub mod types {
     pub const GATEWAY_BUDGET_DELETED: &str = "gateway.budget_deleted";
     pub const GATEWAY_MODEL_GROUP_SET: &str = "gateway.model_group_set";
     pub const GATEWAY_MODEL_GROUP_DELETED: &str = "gateway.model_group_deleted";
+    pub const GATEWAY_ROUTE_SET: &str = "gateway.route_set";
+    pub const GATEWAY_ROUTE_DELETED: &str = "gateway.route_deleted";
 }
 
 /// Who recorded a key lifecycle event (`source` of `gateway.key_issued`, `key_revoked`,
@@ -456,6 +458,42 @@ pub struct ModelGroupDeleted {
 
 impl Payload for ModelGroupDeleted {
     const TYPE: &'static str = types::GATEWAY_MODEL_GROUP_DELETED;
+    const ACTOR: Actor = Actor::System;
+    const SENSITIVITY: Sensitivity = Sensitivity::Pseudonymous;
+}
+
+/// A route was set through the admin API (created, or its deployments replaced).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RouteSet {
+    pub alias: String,
+    pub deployments: Vec<crate::routing::Deployment>,
+    /// The stored deployments before; absent when the route was not stored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous: Option<Vec<crate::routing::Deployment>>,
+    pub source: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin: Option<AdminIdentity>,
+}
+
+impl Payload for RouteSet {
+    const TYPE: &'static str = types::GATEWAY_ROUTE_SET;
+    const ACTOR: Actor = Actor::System;
+    const SENSITIVITY: Sensitivity = Sensitivity::Pseudonymous;
+}
+
+/// A stored route was deleted (a config-file route of the alias applies again, if any).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RouteDeleted {
+    pub alias: String,
+    /// Its deployments when deleted.
+    pub deployments: Vec<crate::routing::Deployment>,
+    pub source: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin: Option<AdminIdentity>,
+}
+
+impl Payload for RouteDeleted {
+    const TYPE: &'static str = types::GATEWAY_ROUTE_DELETED;
     const ACTOR: Actor = Actor::System;
     const SENSITIVITY: Sensitivity = Sensitivity::Pseudonymous;
 }

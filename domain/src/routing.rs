@@ -19,9 +19,11 @@
 //! Everything here is pure: time (µs) and randomness (`[0, 1)` draws) come from the caller.
 
 use crate::ratelimit::TokenBucket;
+use serde::{Deserialize, Serialize};
 
 /// One deployment of a route.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Deployment {
     /// Unique within the route; shown in `route.decided`, metrics and the admin API.
     pub name: String,
@@ -30,14 +32,34 @@ pub struct Deployment {
     /// The model id sent upstream.
     pub model: String,
     /// Relative share of traffic inside its priority group (≥ 1).
+    #[serde(default = "one")]
     pub weight: u32,
     /// Lower is tried first; higher groups are fallbacks.
+    #[serde(default)]
     pub priority: u32,
     /// This deployment's own requests-per-minute ceiling (per gateway process).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rpm: Option<u32>,
     /// This deployment's own tokens-per-minute ceiling (per gateway process), charged with
     /// each request's estimate (input + requested maximum output).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tpm: Option<u32>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// A route set through the admin API, stored with the keys' policies (so every replica loads
+/// it with its next key reload, and it survives restarts). It replaces a config-file route of
+/// the same alias.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoredRoute {
+    pub alias: String,
+    pub deployments: Vec<Deployment>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<String>,
 }
 
 impl Deployment {
@@ -46,6 +68,28 @@ impl Deployment {
     pub fn canonical_id(&self) -> String {
         format!("{}:{}", self.provider, self.model)
     }
+}
+
+/// A deployment's name: `given`, else `provider:model`, with `#2`, `#3`, … when that is
+/// already taken in `taken` (the same model on two servers).
+#[must_use]
+pub fn deployment_name(
+    given: Option<&str>,
+    provider: &str,
+    model: &str,
+    taken: &[Deployment],
+) -> String {
+    if let Some(name) = given {
+        return name.to_owned();
+    }
+    let base = format!("{provider}:{model}");
+    let mut name = base.clone();
+    let mut n = 1;
+    while taken.iter().any(|d| d.name == name) {
+        n += 1;
+        name = format!("{base}#{n}");
+    }
+    name
 }
 
 /// Check a route's deployments: at least one, unique names, weights ≥ 1, non-empty ids.

@@ -237,6 +237,24 @@ pub trait AdminService: Send + Sync {
         name: &str,
         by: &AdminIdentity,
     ) -> Result<ModelGroup, AdminFailure>;
+    /// Create a stored route or replace its deployments; each deployment must name a live
+    /// provider of this gateway.
+    ///
+    /// # Errors
+    /// `Invalid`, `ReadOnly`, `Unavailable`.
+    async fn put_route(
+        &self,
+        alias: &str,
+        deployments: Vec<metis_domain::routing::Deployment>,
+        by: &AdminIdentity,
+    ) -> Result<metis_domain::routing::StoredRoute, AdminFailure>;
+    /// # Errors
+    /// `NotFound`, `ReadOnly`, `Unavailable`.
+    async fn delete_route(
+        &self,
+        alias: &str,
+        by: &AdminIdentity,
+    ) -> Result<metis_domain::routing::StoredRoute, AdminFailure>;
     /// Current time (µs), for default windows.
     fn now_us(&self) -> i64;
 }

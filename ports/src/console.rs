@@ -60,6 +60,8 @@ pub struct Overview {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RouteStatus {
     pub alias: String,
+    /// `config` (the config file) or `admin` (set through the admin API).
+    pub source: &'static str,
     /// Requests answered by another deployment than the first one tried.
     pub fallbacks: u64,
     /// In configuration order.

@@ -14,7 +14,7 @@
     'gateway.key_leak_suspected', 'gateway.rate_limited',
     'trace.swept', 'routing.policy_invalid', 'pattern.evicted', 'memory.eviction',
     'gateway.budget_set', 'gateway.budget_deleted', 'gateway.model_group_set',
-    'gateway.model_group_deleted',
+    'gateway.model_group_deleted', 'gateway.route_set', 'gateway.route_deleted',
   ];
   const SVG_NS = 'http://www.w3.org/2000/svg';
 

@@ -215,7 +215,7 @@ use bodies::{CreateKeyBody, Text, UpdateKeyBody, rotation_expiry, text};
 mod policies;
 use policies::{
     BudgetBody, BudgetList, BudgetObject, ModelGroupBody, ModelGroupList, ModelGroupObject,
-    scope_of,
+    RouteBody, StoredRouteObject, scope_of,
 };
 
 /// A created key with its token (shown only in this response).
@@ -649,6 +649,41 @@ impl AdminApi {
     ) -> AdminResult<ModelGroupObject> {
         let by = auth.require(Role::Operator)?;
         Ok(Json(self.svc.delete_model_group(&name.0, by).await?.into()))
+    }
+
+    /// Store a route (a model alias served by the given deployments), replacing a stored
+    /// route of the alias and, while stored, a config-file route of it. It is in force in this
+    /// replica when the call returns and in the others with their next key reload. Every
+    /// deployment must name a live provider of this gateway. Role: operator.
+    #[oai(path = "/routes/:alias", method = "put", operation_id = "putRoute")]
+    async fn put_route(
+        &self,
+        auth: AdminAuth,
+        #[oai(validator(pattern = r"^[A-Za-z0-9_.:/@-]{1,128}$"))] alias: Path<String>,
+        body: Json<RouteBody>,
+    ) -> AdminResult<StoredRouteObject> {
+        let by = auth.require(Role::Operator)?;
+        let stored = self
+            .svc
+            .put_route(&alias.0, body.0.deployments(), by)
+            .await?;
+        Ok(Json(stored.into()))
+    }
+
+    /// Delete a stored route (a config-file route of the alias, if any, applies again);
+    /// answers with the route as it was. Role: operator.
+    #[oai(
+        path = "/routes/:alias",
+        method = "delete",
+        operation_id = "deleteRoute"
+    )]
+    async fn delete_route(
+        &self,
+        auth: AdminAuth,
+        alias: Path<String>,
+    ) -> AdminResult<StoredRouteObject> {
+        let by = auth.require(Role::Operator)?;
+        Ok(Json(self.svc.delete_route(&alias.0, by).await?.into()))
     }
 
     /// Cost and tokens over `[since, until)` (default: the last 7 days), grouped by key, user,

@@ -154,6 +154,8 @@ pub struct DeploymentReport {
 #[derive(Object)]
 pub struct RouteReport {
     alias: String,
+    /// `config` (the config file) or `admin` (stored through `PUT /admin/v1/routes/{alias}`).
+    source: String,
     /// Requests answered by another deployment than the first one tried.
     fallbacks: u64,
     deployments: Vec<DeploymentReport>,
@@ -428,6 +430,7 @@ impl AdminReadApi {
             .into_iter()
             .map(|r| RouteReport {
                 alias: r.alias,
+                source: r.source.to_owned(),
                 fallbacks: r.fallbacks,
                 deployments: r
                     .deployments

@@ -1,5 +1,6 @@
-//! The keystore document: `{"keys": [ … ], "budgets": [ … ], "model_groups": [ … ]}` parsed,
-//! validated and re-serialised (`budgets` and `model_groups` are optional; absent = none).
+//! The keystore document: `{"keys": [ … ], "budgets": [ … ], "model_groups": [ … ],
+//! "routes": [ … ]}` parsed, validated and re-serialised (the policy arrays are optional;
+//! absent = none).
 //!
 //! Invariants:
 //! - A document is either fully valid or rejected: every record passes `KeyRecord::validate`,
@@ -19,7 +20,7 @@ use metis_domain::keys::KeyRecord;
 use serde_json::{Map, Value};
 
 /// The top-level arrays that hold the policies.
-const POLICY_FIELDS: [&str; 2] = ["budgets", "model_groups"];
+const POLICY_FIELDS: [&str; 3] = ["budgets", "model_groups", "routes"];
 
 /// A parsed, validated keystore document.
 #[derive(Debug, Clone)]
@@ -364,7 +365,7 @@ fn parse_policies(root: &Map<String, Value>) -> Result<Policies, String> {
         }
     }
     let policies: Policies = serde_json::from_value(Value::Object(obj))
-        .map_err(|e| format!("budgets or model_groups: {e}"))?;
+        .map_err(|e| format!("budgets, model_groups or routes: {e}"))?;
     policies.validate()?;
     Ok(policies)
 }

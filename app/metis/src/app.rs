@@ -214,6 +214,11 @@ impl App {
             &providers,
             Arc::clone(&clock),
         )?);
+        // Routes stored through the admin API come with the keys' policies, on every reload.
+        let routes = Arc::clone(&router);
+        ring.on_policies(metis_usecases::keys::PolicyListener(Box::new(move |p| {
+            routes.apply(&p.routes);
+        })));
         let provider_names: Vec<String> = providers.iter().map(|p| p.name().to_owned()).collect();
         let background = TokioBackground::default();
         let (prometheus, metrics) = build_metrics(&args);
@@ -259,6 +264,7 @@ impl App {
                     Arc::clone(&sink),
                     Arc::clone(&spend),
                     Arc::clone(&clock),
+                    Arc::clone(&router),
                 ));
                 let ops: Arc<dyn OpsService> =
                     Arc::new(metis_usecases::OpsFacade::new(metis_usecases::OpsParts {

@@ -161,16 +161,12 @@ impl ConfigFile {
         for (alias, sections) in &self.routes {
             let mut list: Vec<Deployment> = Vec::new();
             for d in sections {
-                let base = d
-                    .name
-                    .clone()
-                    .unwrap_or_else(|| format!("{}:{}", d.provider, d.model));
-                let mut name = base.clone();
-                let mut n = 1;
-                while d.name.is_none() && list.iter().any(|o| o.name == name) {
-                    n += 1;
-                    name = format!("{base}#{n}");
-                }
+                let name = metis_domain::routing::deployment_name(
+                    d.name.as_deref(),
+                    &d.provider,
+                    &d.model,
+                    &list,
+                );
                 list.push(Deployment {
                     name,
                     provider: d.provider.clone(),

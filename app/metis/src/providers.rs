@@ -558,25 +558,13 @@ pub fn router(
     providers: &[Arc<dyn Provider>],
     clock: Arc<dyn metis_ports::system::Clock>,
 ) -> anyhow::Result<metis_usecases::routing::Router> {
-    let mut specs = Vec::new();
-    for (alias, deployments) in cfg.deployments()? {
-        let mut list = Vec::with_capacity(deployments.len());
-        for d in deployments {
-            let Some(p) = providers.iter().find(|p| p.name() == d.provider) else {
-                let live: Vec<&str> = providers.iter().map(|p| p.name()).collect();
-                bail!(
-                    "[routes.{alias}]: deployment '{}' names provider '{}', which is not configured (live providers: {}; a built-in one needs its credential)",
-                    d.name,
-                    d.provider,
-                    live.join(", ")
-                );
-            };
-            list.push((d, Arc::clone(p)));
-        }
-        specs.push((alias, list));
-    }
-    metis_usecases::routing::Router::new(specs, cfg.routing.policy()?, clock)
-        .map_err(|e| anyhow::anyhow!(e))
+    metis_usecases::routing::Router::new(
+        cfg.deployments()?,
+        providers,
+        cfg.routing.policy()?,
+        clock,
+    )
+    .map_err(|e| anyhow::anyhow!("invalid [routes]: {e}"))
 }
 
 mod azure;

@@ -31,6 +31,8 @@ pub struct AdminFacade {
     sink: Arc<dyn EventSink>,
     spend: Arc<SpendGuard>,
     clock: Arc<dyn Clock>,
+    /// Checks that a stored route's deployments name live providers.
+    router: Arc<crate::routing::Router>,
 }
 
 impl AdminFacade {
@@ -41,6 +43,7 @@ impl AdminFacade {
         sink: Arc<dyn EventSink>,
         spend: Arc<SpendGuard>,
         clock: Arc<dyn Clock>,
+        router: Arc<crate::routing::Router>,
     ) -> Self {
         AdminFacade {
             keys,
@@ -48,6 +51,7 @@ impl AdminFacade {
             sink,
             spend,
             clock,
+            router,
         }
     }
 
@@ -265,6 +269,35 @@ impl AdminService for AdminFacade {
     ) -> Result<ModelGroup, AdminFailure> {
         self.keys
             .delete_model_group(name, Some(by))
+            .await
+            .map_err(failure)
+    }
+
+    async fn put_route(
+        &self,
+        alias: &str,
+        deployments: Vec<metis_domain::routing::Deployment>,
+        by: &AdminIdentity,
+    ) -> Result<metis_domain::routing::StoredRoute, AdminFailure> {
+        if let Some((d, p)) = self.router.missing_provider(&deployments) {
+            return Err(AdminFailure::Invalid(format!(
+                "deployment '{d}' names provider '{p}', which this gateway does not have (live providers: {})",
+                self.router.provider_names().join(", ")
+            )));
+        }
+        self.keys
+            .set_route(alias, deployments, Some(by))
+            .await
+            .map_err(failure)
+    }
+
+    async fn delete_route(
+        &self,
+        alias: &str,
+        by: &AdminIdentity,
+    ) -> Result<metis_domain::routing::StoredRoute, AdminFailure> {
+        self.keys
+            .delete_route(alias, Some(by))
             .await
             .map_err(failure)
     }

@@ -208,6 +208,17 @@ impl KeyIndex {
 #[derive(Debug, Default)]
 pub struct KeyRing {
     current: RwLock<Arc<KeyIndex>>,
+    /// Told the policies of every new set (the router puts stored routes in force).
+    listener: std::sync::OnceLock<PolicyListener>,
+}
+
+/// What is called with the policies each time the key set is replaced.
+pub struct PolicyListener(pub Box<dyn Fn(&Policies) + Send + Sync>);
+
+impl std::fmt::Debug for PolicyListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PolicyListener")
+    }
 }
 
 impl KeyRing {
@@ -215,6 +226,7 @@ impl KeyRing {
     pub fn new(records: Vec<KeyRecord>) -> Self {
         KeyRing {
             current: RwLock::new(Arc::new(KeyIndex::new(records))),
+            listener: std::sync::OnceLock::new(),
         }
     }
 
@@ -233,8 +245,18 @@ impl KeyRing {
         self.replace_with_policies(records, Policies::default());
     }
 
+    /// Call `listener` with the policies now in force and with those of every later set.
+    /// Wiring, once: a second listener is ignored.
+    pub fn on_policies(&self, listener: PolicyListener) {
+        (listener.0)(self.snapshot().policies());
+        let _ = self.listener.set(listener);
+    }
+
     /// Replace the whole set and the policies in force together.
     pub fn replace_with_policies(&self, records: Vec<KeyRecord>, policies: Policies) {
+        if let Some(l) = self.listener.get() {
+            (l.0)(&policies);
+        }
         let next = Arc::new(KeyIndex::with_policies(records, policies));
         match self.current.write() {
             Ok(mut g) => *g = next,
@@ -667,6 +689,7 @@ mod tests {
                 name: "cheap".into(),
                 models: cheap.iter().map(|m| (*m).to_owned()).collect(),
             }],
+            routes: Vec::new(),
         };
         let index = KeyIndex::with_policies(vec![key.clone()], policies(&["p:small"]));
         assert_eq!(index.check_model(&key, "p:small", &[]), Ok(()));

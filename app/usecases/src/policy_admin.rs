@@ -1,5 +1,6 @@
-//! Budgets and model groups: set, list and delete them in the key store, for the CLI
-//! (`metis gateway budget …`, `metis gateway model-group …`) and the admin API alike.
+//! Budgets, model groups and stored routes: set, list and delete them in the key store, for
+//! the CLI (`metis gateway budget …`, `metis gateway model-group …`) and the admin API alike
+//! (routes: the admin API only).
 //!
 //! Invariants:
 //! - Every change is one atomic `KeyStore::update_policies` (no lost update between
@@ -17,8 +18,11 @@
 use crate::key_admin::{AdminError, KeyAdmin};
 use metis_domain::admin::AdminIdentity;
 use metis_domain::budgets::{BudgetPolicy, Policies, ScopeKind};
-use metis_domain::events::{BudgetDeleted, BudgetSet, ModelGroupDeleted, ModelGroupSet};
+use metis_domain::events::{
+    BudgetDeleted, BudgetSet, ModelGroupDeleted, ModelGroupSet, RouteDeleted, RouteSet,
+};
 use metis_domain::model_groups::{ModelGroup, ModelGroups};
+use metis_domain::routing::{Deployment, StoredRoute};
 use metis_domain::time::format_iso;
 use metis_ports::keys::KeyStoreError;
 use std::sync::{Arc, Mutex};
@@ -325,6 +329,102 @@ impl KeyAdmin {
             &ModelGroupDeleted {
                 name: removed.name.clone(),
                 models: removed.models.clone(),
+                source: self.source,
+                admin: by.cloned(),
+            },
+        );
+        self.refresh().await;
+        Ok(removed)
+    }
+}
+
+impl KeyAdmin {
+    /// Create a stored route (the admin API's) or replace its deployments. Returns it.
+    ///
+    /// # Errors
+    /// `Invalid` naming the problem (alias, an empty list, weights, ceilings, duplicate
+    /// names); `Store`.
+    pub async fn set_route(
+        &self,
+        alias: &str,
+        deployments: Vec<Deployment>,
+        by: Option<&AdminIdentity>,
+    ) -> Result<StoredRoute, AdminError> {
+        let now = self.clock.now_us();
+        let route = StoredRoute {
+            alias: alias.trim().to_owned(),
+            deployments,
+            updated_at: Some(format_iso(now)),
+        };
+        metis_domain::routing::validate(&route.alias, &route.deployments)
+            .map_err(AdminError::Invalid)?;
+        let slot: Arc<Mutex<Outcome<StoredRoute>>> = Arc::new(Mutex::new(Outcome::default()));
+        let out = Arc::clone(&slot);
+        let wanted = route.clone();
+        self.store
+            .update_policies(Box::new(move |p| {
+                let existing = p.routes.iter().position(|r| r.alias == wanted.alias);
+                let before = existing.map(|i| p.routes[i].clone());
+                // The same deployments: keep the stored route, so nothing is written.
+                if let Some(prev) = before
+                    .as_ref()
+                    .filter(|b| b.deployments == wanted.deployments)
+                {
+                    put(&out, Some(prev.clone()), Some(prev.clone()));
+                    return Ok(());
+                }
+                match existing {
+                    Some(i) => p.routes[i] = wanted.clone(),
+                    None => p.routes.push(wanted.clone()),
+                }
+                put(&out, before, Some(wanted));
+                Ok(())
+            }))
+            .await
+            .map_err(store_err)?;
+        let Outcome { before, after } = take(&slot);
+        let stored = after.unwrap_or(route);
+        if before.as_ref() != Some(&stored) {
+            self.record(
+                now,
+                &RouteSet {
+                    alias: stored.alias.clone(),
+                    deployments: stored.deployments.clone(),
+                    previous: before.map(|r| r.deployments),
+                    source: self.source,
+                    admin: by.cloned(),
+                },
+            );
+            self.refresh().await;
+        }
+        Ok(stored)
+    }
+
+    /// Delete a stored route (a config-file route of the alias applies again). Returns it.
+    ///
+    /// # Errors
+    /// `Missing` when no route of that alias is stored; `Store`.
+    pub async fn delete_route(
+        &self,
+        alias: &str,
+        by: Option<&AdminIdentity>,
+    ) -> Result<StoredRoute, AdminError> {
+        let now = self.clock.now_us();
+        let wanted = alias.to_owned();
+        let removed = self
+            .remove(
+                move |p| {
+                    let i = p.routes.iter().position(|r| r.alias == wanted)?;
+                    Some(p.routes.remove(i))
+                },
+                format!("no stored route '{alias}' (routes of the config file change with it)"),
+            )
+            .await?;
+        self.record(
+            now,
+            &RouteDeleted {
+                alias: removed.alias.clone(),
+                deployments: removed.deployments.clone(),
                 source: self.source,
                 admin: by.cloned(),
             },

@@ -14,7 +14,7 @@ use metis_ports::system::Clock;
 use metis_ports::upstream::Provider;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 /// One deployment and its state.
 pub struct DeploymentState {
@@ -46,6 +46,8 @@ impl DeploymentState {
 /// A route: an alias and its deployments.
 pub struct Route {
     pub alias: String,
+    /// `config` (the config file) or `admin` (set through the admin API, stored with the keys).
+    pub source: &'static str,
     pub deployments: Vec<Arc<DeploymentState>>,
     /// Requests that were answered by another deployment than the first one tried.
     pub fallbacks: AtomicU64,
@@ -85,83 +87,166 @@ impl Drop for Ticket {
     }
 }
 
-/// Every route of this process.
+/// Every route of this process: the config file's, replaced per alias by the routes stored
+/// through the admin API ([`Router::apply`], called on every key reload).
 pub struct Router {
-    routes: BTreeMap<String, Arc<Route>>,
+    /// The config file's routes, checked at start.
+    configured: Vec<(String, Vec<Deployment>)>,
+    /// The live providers, by name, that deployments refer to.
+    providers: BTreeMap<String, Arc<dyn Provider>>,
+    routes: RwLock<Arc<BTreeMap<String, Arc<Route>>>>,
     pub policy: RoutingPolicy,
     clock: Arc<dyn Clock>,
     seed: AtomicU64,
 }
 
-/// A route's deployments as configured: `(deployment, its provider)`.
-pub type RouteSpec = (String, Vec<(Deployment, Arc<dyn Provider>)>);
-
 impl Router {
-    /// Build the routes.
+    /// The config file's routes over `providers`.
     ///
     /// # Errors
-    /// A route that fails [`validate`], naming it.
+    /// A route that fails [`validate`] or names a provider that is not live, naming it.
     pub fn new(
-        specs: Vec<RouteSpec>,
+        configured: Vec<(String, Vec<Deployment>)>,
+        providers: &[Arc<dyn Provider>],
         policy: RoutingPolicy,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, String> {
-        let now = clock.now_us();
-        let mut routes = BTreeMap::new();
-        for (alias, deployments) in specs {
-            let plain: Vec<Deployment> = deployments.iter().map(|(d, _)| d.clone()).collect();
-            validate(&alias, &plain)?;
-            let states = deployments
-                .into_iter()
-                .map(|(spec, provider)| {
-                    Arc::new(DeploymentState {
-                        route: alias.clone(),
-                        health: Mutex::new(Health::new(&spec, now)),
-                        spec,
-                        provider,
-                        answered: AtomicU64::new(0),
-                        failed: AtomicU64::new(0),
-                        skipped: AtomicU64::new(0),
-                    })
-                })
-                .collect();
-            routes.insert(
-                alias.clone(),
-                Arc::new(Route {
-                    alias,
-                    deployments: states,
-                    fallbacks: AtomicU64::new(0),
-                }),
-            );
-        }
-        let seed = u64::try_from(now).unwrap_or(1) | 1;
-        Ok(Router {
-            routes,
+        let seed = u64::try_from(clock.now_us()).unwrap_or(1) | 1;
+        let router = Router {
+            configured,
+            providers: providers
+                .iter()
+                .map(|p| (p.name().to_owned(), Arc::clone(p)))
+                .collect(),
+            routes: RwLock::new(Arc::new(BTreeMap::new())),
             policy,
             clock,
             seed: AtomicU64::new(seed),
-        })
+        };
+        for (alias, deployments) in &router.configured {
+            validate(alias, deployments)?;
+            router.missing_provider(deployments).map_or(Ok(()), |(d, p)| {
+                Err(format!(
+                    "route '{alias}': deployment '{d}' names provider '{p}', which is not configured (live providers: {}; a built-in one needs its credential)",
+                    router.provider_names().join(", ")
+                ))
+            })?;
+        }
+        router.apply(&[]);
+        Ok(router)
     }
 
     /// No routes.
     #[must_use]
     pub fn empty(clock: Arc<dyn Clock>) -> Self {
         Router {
-            routes: BTreeMap::new(),
+            configured: Vec::new(),
+            providers: BTreeMap::new(),
+            routes: RwLock::new(Arc::new(BTreeMap::new())),
             policy: RoutingPolicy::default(),
             clock,
             seed: AtomicU64::new(1),
         }
     }
 
+    /// The live provider names.
     #[must_use]
-    pub fn get(&self, alias: &str) -> Option<&Arc<Route>> {
-        self.routes.get(alias)
+    pub fn provider_names(&self) -> Vec<String> {
+        self.providers.keys().cloned().collect()
+    }
+
+    /// The first deployment naming a provider this process does not have: `(name, provider)`.
+    #[must_use]
+    pub fn missing_provider(&self, deployments: &[Deployment]) -> Option<(String, String)> {
+        deployments
+            .iter()
+            .find(|d| !self.providers.contains_key(&d.provider))
+            .map(|d| (d.name.clone(), d.provider.clone()))
+    }
+
+    /// Put the config file's routes and then `stored` (each replacing a configured route of
+    /// its alias) in force. A deployment whose settings did not change keeps its health and
+    /// counters; a stored route naming a provider this process does not have is left out
+    /// (logged), so the configured route of its alias, if any, stays.
+    pub fn apply(&self, stored: &[metis_domain::routing::StoredRoute]) {
+        let old = self.snapshot();
+        let now = self.clock.now_us();
+        let mut next = BTreeMap::new();
+        let admin = stored.iter().filter_map(|r| {
+            if let Some((d, p)) = self.missing_provider(&r.deployments) {
+                tracing::warn!(
+                    route = %r.alias,
+                    deployment = %d,
+                    provider = %p,
+                    "stored route names a provider this gateway does not have; it is not in force here"
+                );
+                return None;
+            }
+            Some((r.alias.as_str(), r.deployments.as_slice(), "admin"))
+        });
+        let configured = self
+            .configured
+            .iter()
+            .map(|(a, d)| (a.as_str(), d.as_slice(), "config"));
+        for (alias, deployments, source) in configured.chain(admin) {
+            let previous = old.get(alias);
+            let states = deployments
+                .iter()
+                .filter_map(|spec| {
+                    let kept = previous
+                        .and_then(|r| r.deployments.iter().find(|d| d.spec == *spec).cloned());
+                    kept.or_else(|| {
+                        let provider = Arc::clone(self.providers.get(&spec.provider)?);
+                        Some(Arc::new(DeploymentState {
+                            route: alias.to_owned(),
+                            health: Mutex::new(Health::new(spec, now)),
+                            spec: spec.clone(),
+                            provider,
+                            answered: AtomicU64::new(0),
+                            failed: AtomicU64::new(0),
+                            skipped: AtomicU64::new(0),
+                        }))
+                    })
+                })
+                .collect();
+            let fallbacks = previous.map_or(0, |r| r.fallbacks.load(Ordering::Relaxed));
+            next.insert(
+                alias.to_owned(),
+                Arc::new(Route {
+                    alias: alias.to_owned(),
+                    source,
+                    deployments: states,
+                    fallbacks: AtomicU64::new(fallbacks),
+                }),
+            );
+        }
+        let next = Arc::new(next);
+        match self.routes.write() {
+            Ok(mut g) => *g = next,
+            Err(p) => *p.into_inner() = next,
+        }
+    }
+
+    fn snapshot(&self) -> Arc<BTreeMap<String, Arc<Route>>> {
+        match self.routes.read() {
+            Ok(g) => Arc::clone(&g),
+            Err(p) => Arc::clone(&p.into_inner()),
+        }
+    }
+
+    /// The route of `alias`, if there is one.
+    #[must_use]
+    pub fn get(&self, alias: &str) -> Option<Arc<Route>> {
+        match self.routes.read() {
+            Ok(g) => g.get(alias).cloned(),
+            Err(p) => p.into_inner().get(alias).cloned(),
+        }
     }
 
     /// Every route, by alias.
-    pub fn routes(&self) -> impl Iterator<Item = &Arc<Route>> {
-        self.routes.values()
+    #[must_use]
+    pub fn routes(&self) -> Vec<Arc<Route>> {
+        self.snapshot().values().cloned().collect()
     }
 
     /// A draw in `[0, 1)` (splitmix64 over a shared counter: cheap, lock-free, and good
@@ -237,16 +322,20 @@ impl Router {
     /// Every deployment's state for `/metrics`.
     #[must_use]
     pub fn gauges(&self) -> Vec<DeploymentStatus> {
-        self.routes.values().flat_map(|r| self.status(r)).collect()
+        self.snapshot()
+            .values()
+            .flat_map(|r| self.status(r))
+            .collect()
     }
 
     /// Every route with its deployments' settings and state (`GET /admin/v1/routes`).
     #[must_use]
     pub fn statuses(&self) -> Vec<RouteStatus> {
-        self.routes
+        self.snapshot()
             .values()
             .map(|r| RouteStatus {
                 alias: r.alias.clone(),
+                source: r.source,
                 fallbacks: r.fallbacks.load(Ordering::Relaxed),
                 deployments: self.status(r),
             })
@@ -293,7 +382,7 @@ impl Router {
     pub fn ejected(&self) -> Option<String> {
         let now = self.clock.now_us();
         let mut out = Vec::new();
-        for route in self.routes.values() {
+        for route in self.snapshot().values() {
             for d in &route.deployments {
                 let h = d.health();
                 match h.circuit {

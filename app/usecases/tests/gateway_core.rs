@@ -414,21 +414,13 @@ impl Setup {
                 Router::new(
                     self.routes
                         .into_iter()
-                        .map(|(alias, deployments)| {
-                            let list = deployments
-                                .into_iter()
-                                .map(|d| {
-                                    let p: Arc<dyn Provider> = match d.provider.as_str() {
-                                        "anth" => Arc::clone(&anth) as Arc<dyn Provider>,
-                                        "oai" => Arc::clone(&oai) as Arc<dyn Provider>,
-                                        _ => Arc::clone(&resp) as Arc<dyn Provider>,
-                                    };
-                                    (d, p)
-                                })
-                                .collect();
-                            (alias.to_owned(), list)
-                        })
+                        .map(|(alias, deployments)| (alias.to_owned(), deployments))
                         .collect(),
+                    &[
+                        Arc::clone(&anth) as Arc<dyn Provider>,
+                        Arc::clone(&oai) as Arc<dyn Provider>,
+                        Arc::clone(&resp) as Arc<dyn Provider>,
+                    ],
                     self.routing,
                     Arc::new(FixedClock),
                 )

@@ -414,3 +414,134 @@ priority = 1
             .contains("rpm ceiling 2")
     );
 }
+
+/// An admin API call with the admin token: `(status, JSON body)`.
+async fn admin(gw: &TestGateway, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
+    let mut req = gw.client().request(method, gw.url(path)).bearer_auth(ADMIN);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn routes_set_through_the_admin_api_are_in_force_at_once_and_audited() {
+    let b = second_upstream().await;
+    let gw = gateway(&b, PRIMARY_AND_BACKUP, "").await;
+    // A new alias over the second upstream.
+    let (status, stored) = admin(
+        &gw,
+        Method::PUT,
+        "/admin/v1/routes/r2",
+        Some(serde_json::json!({"deployments": [{"provider": "b", "model": "gpt-5-mini"}]})),
+    )
+    .await;
+    assert_eq!(status, 200, "{stored}");
+    assert_eq!(stored["deployments"][0]["name"], "b:gpt-5-mini");
+    assert_eq!(stored["deployments"][0]["weight"], 1);
+    let r = gw
+        .post(
+            Shape::OpenAi,
+            &chat_body(Shape::OpenAi, "r2", "via r2", false),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(model_calls(&b), 1);
+    let listed = gw
+        .client()
+        .get(gw.url("/v1/models"))
+        .bearer_auth(&gw.key.token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(listed.contains("\"r2\""), "{listed}");
+    let routes = admin_routes(&gw).await;
+    let sources: Vec<(&str, &str)> = routes["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["alias"].as_str().unwrap(), r["source"].as_str().unwrap()))
+        .collect();
+    assert_eq!(sources, vec![("r", "config"), ("r2", "admin")]);
+
+    // A provider this gateway does not have is refused, naming it.
+    let (status, err) = admin(
+        &gw,
+        Method::PUT,
+        "/admin/v1/routes/r3",
+        Some(serde_json::json!({"deployments": [{"provider": "nope", "model": "m"}]})),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(err.to_string().contains("provider 'nope'"), "{err}");
+
+    // A stored route replaces the config file's route of its alias; deleting it brings the
+    // config file's back.
+    let (status, _) = admin(
+        &gw,
+        Method::PUT,
+        "/admin/v1/routes/r",
+        Some(serde_json::json!({"deployments": [
+            {"name": "only-backup", "provider": "anthropic", "model": "claude-haiku-4-5"}
+        ]})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let r = gw
+        .post(
+            Shape::OpenAi,
+            &chat_body(Shape::OpenAi, "r", "overridden", false),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        model_calls(&b),
+        1,
+        "the stored route has no deployment on b"
+    );
+    let (status, _) = admin(&gw, Method::DELETE, "/admin/v1/routes/r", None).await;
+    assert_eq!(status, 200);
+    let r = gw
+        .post(
+            Shape::OpenAi,
+            &chat_body(Shape::OpenAi, "r", "config again", false),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(model_calls(&b), 2, "the config file's primary is back");
+    let (status, _) = admin(&gw, Method::DELETE, "/admin/v1/routes/r", None).await;
+    assert_eq!(status, 404);
+
+    let (_, audit) = admin(
+        &gw,
+        Method::GET,
+        "/admin/v1/audit?since=2020-01-01T00:00:00Z&type=gateway.route_set&type=gateway.route_deleted",
+        None,
+    )
+    .await;
+    let events: Vec<(&str, &str)> = audit["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap(),
+                e["payload"]["alias"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        events,
+        vec![
+            ("gateway.route_set", "r2"),
+            ("gateway.route_set", "r"),
+            ("gateway.route_deleted", "r")
+        ],
+        "{audit}"
+    );
+}

@@ -1,6 +1,7 @@
-//! The admin API's budget and model-group objects.
+//! The admin API's budget, model-group and stored-route objects.
 
 use super::*;
+use metis_domain::routing::{Deployment, StoredRoute, deployment_name};
 
 /// A budget of a user, team, customer or organisation, with the scope's current spend.
 #[derive(Object)]
@@ -146,4 +147,99 @@ pub struct ModelGroupBody {
 
 pub(super) fn scope_of(raw: &str) -> Result<ScopeKind, AdminError> {
     ScopeKind::parse(raw).map_err(|m| AdminFailure::Invalid(m).into())
+}
+
+/// One deployment of a stored route.
+#[derive(Object)]
+pub struct DeploymentObject {
+    pub(super) name: String,
+    /// A live provider of this gateway.
+    pub(super) provider: String,
+    /// The model id sent upstream.
+    pub(super) model: String,
+    pub(super) weight: u32,
+    pub(super) priority: u32,
+    #[oai(nullable)]
+    pub(super) rpm: Option<u32>,
+    #[oai(nullable)]
+    pub(super) tpm: Option<u32>,
+}
+
+/// A route stored through the admin API.
+#[derive(Object)]
+pub struct StoredRouteObject {
+    pub(super) alias: String,
+    pub(super) deployments: Vec<DeploymentObject>,
+    #[oai(nullable)]
+    pub(super) updated_at: Option<String>,
+}
+
+impl From<StoredRoute> for StoredRouteObject {
+    fn from(r: StoredRoute) -> Self {
+        StoredRouteObject {
+            alias: r.alias,
+            deployments: r
+                .deployments
+                .into_iter()
+                .map(|d| DeploymentObject {
+                    name: d.name,
+                    provider: d.provider,
+                    model: d.model,
+                    weight: d.weight,
+                    priority: d.priority,
+                    rpm: d.rpm,
+                    tpm: d.tpm,
+                })
+                .collect(),
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+/// One deployment to store.
+#[derive(Object)]
+pub struct DeploymentBody {
+    /// Default `provider:model` (`#2`, `#3`… when repeated in the route).
+    #[oai(validator(max_length = 128, pattern = r"\S"))]
+    pub(super) name: Option<String>,
+    #[oai(validator(max_length = 128, pattern = r"\S"))]
+    pub(super) provider: String,
+    #[oai(validator(max_length = 256, pattern = r"\S"))]
+    pub(super) model: String,
+    /// Share of traffic inside the priority group (default 1).
+    #[oai(validator(minimum(value = "1")))]
+    pub(super) weight: Option<u32>,
+    /// Lower is tried first (default 0).
+    pub(super) priority: Option<u32>,
+    #[oai(validator(minimum(value = "1")))]
+    pub(super) rpm: Option<u32>,
+    #[oai(validator(minimum(value = "1")))]
+    pub(super) tpm: Option<u32>,
+}
+
+/// A route's deployments (replacing the stored ones).
+#[derive(Object)]
+pub struct RouteBody {
+    #[oai(validator(min_items = 1, max_items = 64))]
+    pub(super) deployments: Vec<DeploymentBody>,
+}
+
+impl RouteBody {
+    /// The deployments, named.
+    pub(super) fn deployments(self) -> Vec<Deployment> {
+        let mut out: Vec<Deployment> = Vec::with_capacity(self.deployments.len());
+        for d in self.deployments {
+            let name = deployment_name(d.name.as_deref(), &d.provider, &d.model, &out);
+            out.push(Deployment {
+                name,
+                provider: d.provider,
+                model: d.model,
+                weight: d.weight.unwrap_or(1),
+                priority: d.priority.unwrap_or(0),
+                rpm: d.rpm,
+                tpm: d.tpm,
+            });
+        }
+        out
+    }
 }

@@ -146,6 +146,21 @@ impl AdminService for NoService {
     ) -> Result<ModelGroup, AdminFailure> {
         Err(unavailable())
     }
+    async fn put_route(
+        &self,
+        _a: &str,
+        _d: Vec<metis_domain::routing::Deployment>,
+        _by: &AdminIdentity,
+    ) -> Result<metis_domain::routing::StoredRoute, AdminFailure> {
+        Err(unavailable())
+    }
+    async fn delete_route(
+        &self,
+        _a: &str,
+        _by: &AdminIdentity,
+    ) -> Result<metis_domain::routing::StoredRoute, AdminFailure> {
+        Err(unavailable())
+    }
     fn now_us(&self) -> i64 {
         0
     }

@@ -166,7 +166,7 @@ impl GatewayCore {
             started,
         };
         if let Some(route) = self.router.get(model.trim()) {
-            return self.route_alias(admission, Arc::clone(route), base);
+            return self.route_alias(admission, route, base);
         }
         let resolved = self.catalog.resolve(model, &|p| self.is_live(p));
         let route = RouteDecided {
