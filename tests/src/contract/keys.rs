@@ -432,6 +432,24 @@ fn group(name: &str, models: &[&str]) -> metis_domain::model_groups::ModelGroup 
     }
 }
 
+/// A route stored through the admin API, every field set.
+fn stored_route() -> metis_domain::routing::StoredRoute {
+    let d = |name: &str, provider: &str, priority: u32| metis_domain::routing::Deployment {
+        name: name.to_owned(),
+        provider: provider.to_owned(),
+        model: "claude-haiku-4-5".to_owned(),
+        weight: 3,
+        priority,
+        rpm: Some(600),
+        tpm: Some(400_000),
+    };
+    metis_domain::routing::StoredRoute {
+        alias: "claude".to_owned(),
+        deployments: vec![d("direct", "anthropic", 0), d("vertex", "vertex-anthropic", 1)],
+        updated_at: Some("2026-12-07T22:00:00Z".to_owned()),
+    }
+}
+
 /// A store that does not exist holds no policies (and `load_policies` does not create it).
 pub async fn policies_of_a_missing_store_are_empty(b: &dyn KeyBackend) {
     let ks = b.keys();
@@ -442,7 +460,7 @@ pub async fn policies_of_a_missing_store_are_empty(b: &dyn KeyBackend) {
     assert_eq!(ks.version().await, None, "a read created the store");
 }
 
-/// `update_policies` stores budgets and model groups beside the keys (every field kept),
+/// `update_policies` stores budgets, model groups and routes beside the keys (every field kept),
 /// creates a missing store, changes the change token (so running gateways reload them) and
 /// leaves the keys alone; key writes leave the policies alone.
 pub async fn policies_are_stored_beside_the_keys_and_move_the_version(b: &dyn KeyBackend) {
@@ -467,6 +485,7 @@ pub async fn policies_are_stored_beside_the_keys_and_move_the_version(b: &dyn Ke
     ks.update_policies(Box::new(|p| {
         p.budgets.push(team_budget("platform", "100"));
         p.model_groups[0].models.push("openai:gpt-5-mini".into());
+        p.routes.push(stored_route());
         Ok(())
     }))
     .await
@@ -483,6 +502,7 @@ pub async fn policies_are_stored_beside_the_keys_and_move_the_version(b: &dyn Ke
             &["anthropic:claude-haiku-4-5", "openai:gpt-5-mini"]
         )]
     );
+    assert_eq!(loaded.routes, vec![stored_route()]);
     assert_eq!(other.version().await, Some(v2));
     assert_eq!(ids(&other.load().await.expect("load")), vec!["gk_0001"]);
     ks.update(Box::new(|keys: &mut Vec<KeyRecord>| {
