@@ -309,8 +309,8 @@ check("ServiceMonitor scrapes port http /metrics over https with tlsConfig, sele
       and sm["metadata"]["labels"]["release"] == "kube-prometheus-stack")
 rules = o[("PrometheusRule", "metis-gateway")]["spec"]["groups"][0]["rules"]
 names = [r["alert"] for r in rules]
-check("disabled rule absent, the other eleven present",
-      "MetisGatewayAuthFailuresHigh" not in names and "MetisUpstreamErrorRatioHigh" in names and len(names) == 11, str(names))
+check("disabled rule absent, the other twelve present",
+      "MetisGatewayAuthFailuresHigh" not in names and "MetisUpstreamErrorRatioHigh" in names and len(names) == 12, str(names))
 check("threshold override applied", next(r for r in rules if r["alert"] == "MetisUpstreamErrorRatioHigh")["expr"].endswith("> 0.1"))
 check("every rule selects the release's namespace and Service, and links its runbook",
       all('namespace="metis-gateway", service="metis-gateway"' in r["expr"]
@@ -330,7 +330,7 @@ o2 = docs("--set", "monitoring.prometheusRule.enabled=true", "--set-string",
           "monitoring.prometheusRule.runbookUrl=https://docs.example.com/alerts")
 rules2 = o2[("PrometheusRule", "metis-gateway")]["spec"]["groups"][0]["rules"]
 check("selector and runbookUrl overrides reach every rule",
-      len(rules2) == 12 and all('{job="gw"' in r["expr"] and "namespace=" not in r["expr"]
+      len(rules2) == 13 and all('{job="gw"' in r["expr"] and "namespace=" not in r["expr"]
                                 and r["annotations"]["runbook_url"].startswith("https://docs.example.com/alerts#")
                                 for r in rules2))
 check("no dashboard ConfigMap unless enabled", ("ConfigMap", "metis-gateway-dashboard") not in o2)

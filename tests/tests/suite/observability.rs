@@ -543,7 +543,7 @@ async fn prometheus_scrapes_the_gateway_and_every_dashboard_panel_and_alert_rule
             .iter()
             .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
             .collect();
-        assert_eq!(rules.len(), 12, "{groups}");
+        assert_eq!(rules.len(), 13, "{groups}");
         let unhealthy: Vec<String> = rules
             .iter()
             .filter(|r| r["health"] != "ok")
