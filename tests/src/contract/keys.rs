@@ -445,7 +445,10 @@ fn stored_route() -> metis_domain::routing::StoredRoute {
     };
     metis_domain::routing::StoredRoute {
         alias: "claude".to_owned(),
-        deployments: vec![d("direct", "anthropic", 0), d("vertex", "vertex-anthropic", 1)],
+        deployments: vec![
+            d("direct", "anthropic", 0),
+            d("vertex", "vertex-anthropic", 1),
+        ],
         updated_at: Some("2026-12-07T22:00:00Z".to_owned()),
     }
 }

@@ -93,7 +93,7 @@ fn token(issuer: &TestIssuer, who: &str, groups: &[&str]) -> String {
 /// Every admin route with the least role it needs.
 /// Every admin operation with its least role (`{id}`: a key, `{session}`: a session); the
 /// test below checks this list against the OpenAPI document, so a new route cannot be missed.
-const ROUTES: [(&str, &str, Role); 20] = [
+const ROUTES: [(&str, &str, Role); 23] = [
     ("GET", "/admin/v1/keys", Role::Viewer),
     ("GET", "/admin/v1/keys/{id}", Role::Viewer),
     ("GET", "/admin/v1/usage", Role::Viewer),
@@ -114,6 +114,9 @@ const ROUTES: [(&str, &str, Role); 20] = [
     ("GET", "/admin/v1/model-groups", Role::Viewer),
     ("PUT", "/admin/v1/model-groups/{group}", Role::Operator),
     ("DELETE", "/admin/v1/model-groups/{group}", Role::Operator),
+    ("GET", "/admin/v1/routes", Role::Viewer),
+    ("PUT", "/admin/v1/routes/{route}", Role::Operator),
+    ("DELETE", "/admin/v1/routes/{route}", Role::Operator),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -138,7 +141,8 @@ async fn every_admin_route_answers_each_role_by_its_least_role() {
                 .replace("{id}", "{key_id}")
                 .replace("{session}", "{session_id}")
                 .replace("{bid}", "{id}")
-                .replace("{group}", "{name}");
+                .replace("{group}", "{name}")
+                .replace("{route}", "{alias}");
             format!("{m} {p}")
         })
         .collect();
@@ -176,9 +180,11 @@ async fn every_admin_route_answers_each_role_by_its_least_role() {
             // A budget and a group for the deletes to delete.
             let budget = json!({"monthly_usd": "10"});
             let group = json!({"models": ["openai:gpt-5"]});
+            let route = json!({"deployments": [{"provider": "openai", "model": "gpt-5"}]});
             for (path, body) in [
                 ("/admin/v1/budgets/team/route-table", &budget),
                 ("/admin/v1/model-groups/route-table", &group),
+                ("/admin/v1/routes/route-table", &route),
             ] {
                 let r = call(&gw, "PUT", path, STATIC, Some(body)).await;
                 assert_eq!(r.status, 200, "{path}: {}", r.text);
@@ -188,7 +194,8 @@ async fn every_admin_route_answers_each_role_by_its_least_role() {
                 .replace("{session}", "route-table")
                 .replace("{scope}", "team")
                 .replace("{bid}", "route-table")
-                .replace("{group}", "route-table");
+                .replace("{group}", "route-table")
+                .replace("{route}", "route-table");
             let body = match (method, template) {
                 ("POST", "/admin/v1/keys") => {
                     Some(json!({"name": "by-role", "workspace": "/srv/r"}))
@@ -196,6 +203,7 @@ async fn every_admin_route_answers_each_role_by_its_least_role() {
                 ("POST", _) => Some(json!({})),
                 ("PATCH", _) => Some(json!({"team": "by-role"})),
                 ("PUT", t) if t.starts_with("/admin/v1/budgets") => Some(budget.clone()),
+                ("PUT", t) if t.starts_with("/admin/v1/routes") => Some(route.clone()),
                 ("PUT", _) => Some(group.clone()),
                 _ => None,
             };
