@@ -39,6 +39,7 @@ use std::time::Instant;
 
 mod admission_events;
 mod call;
+mod chain;
 mod counting;
 mod embeddings;
 
