@@ -12,7 +12,7 @@ use metis_tests::fake_upstream::{
     AuthCheck, CACHE_READ_TOKENS, SYSTEM_FINGERPRINT, THINKING_SIGNATURE, THINKING_TEXT,
     TOOL_ARGUMENTS,
 };
-use metis_tests::gateway::{reply_text, stop_reason, stream_text};
+use metis_tests::gateway::{reply_text, stop_reason, stream_text, tool_call_of, weather_tools};
 use metis_tests::{Combo, Shape, SseEvent, TestGateway, for_each_combo};
 use serde_json::{Value, json};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -35,17 +35,6 @@ fn is_anthropic_tool_id(id: &str) -> bool {
         && id
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-}
-
-fn tools(shape: Shape) -> Value {
-    let schema =
-        json!({"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]});
-    match shape {
-        Shape::OpenAi => json!([{"type": "function", "function": {
-            "name": "get_weather", "description": "Weather for a city", "parameters": schema}}]),
-        Shape::Anthropic => json!([{"name": "get_weather", "description": "Weather for a city",
-            "input_schema": schema}]),
-    }
 }
 
 for_each_combo!(
@@ -250,36 +239,6 @@ async fn openai_stream_usage_chunk_when_asked_from_both_upstreams() {
     }
 }
 
-/// The tool call in a sync reply: (id, name, arguments as JSON).
-fn tool_call_of(shape: Shape, v: &Value) -> (String, String, Value) {
-    match shape {
-        Shape::OpenAi => {
-            let c = &v["choices"][0]["message"]["tool_calls"][0];
-            assert_eq!(c["type"], "function");
-            let args: Value = serde_json::from_str(c["function"]["arguments"].as_str().unwrap())
-                .expect("arguments are a JSON string");
-            (
-                c["id"].as_str().unwrap().to_owned(),
-                c["function"]["name"].as_str().unwrap().to_owned(),
-                args,
-            )
-        }
-        Shape::Anthropic => {
-            let b = v["content"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|b| b["type"] == "tool_use")
-                .expect("a tool_use block");
-            (
-                b["id"].as_str().unwrap().to_owned(),
-                b["name"].as_str().unwrap().to_owned(),
-                b["input"].clone(),
-            )
-        }
-    }
-}
-
 fn assert_client_tool_id(shape: Shape, id: &str) {
     match shape {
         Shape::OpenAi => assert!(
@@ -301,7 +260,7 @@ async fn tool_call_round_trip(combo: Combo) {
     let n = nonce();
     let question = format!("[tool:get_weather] weather in Paris? {n}");
     let mut body = combo.body(&question, false);
-    body["tools"] = tools(combo.client);
+    body["tools"] = weather_tools(combo.client);
     let r = gw.post(combo.client, &body).await;
     assert_eq!(r.status, 200, "{}", r.text);
     let first = r.json();
@@ -400,7 +359,7 @@ async fn tool_call_round_trip(combo: Combo) {
 async fn streamed_tool_call(combo: Combo) {
     let gw = gateway().await;
     let mut body = combo.body("[tool:get_weather] weather?", true);
-    body["tools"] = tools(combo.client);
+    body["tools"] = weather_tools(combo.client);
     let r = gw.post(combo.client, &body).await;
     assert_eq!(r.status, 200, "{}", r.text);
     let events = r.events();
@@ -771,7 +730,7 @@ async fn fragmented_crlf_upstream_frames_are_reassembled(combo: Combo) {
         Shape::Anthropic => assert_anthropic_stream(&r.events(), combo.model()),
     }
     let mut body = combo.body("[split] [crlf] [tool:get_weather] go", true);
-    body["tools"] = tools(combo.client);
+    body["tools"] = weather_tools(combo.client);
     let r = gw.post(combo.client, &body).await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert!(r.text.contains("get_weather"), "{}", r.text);

@@ -16,7 +16,7 @@ use metis_tests::fake_upstream::{
 };
 use metis_tests::gateway::{
     GatewayOptions, chat_body, error_message, error_type, reply_text, send, stop_reason,
-    stream_text,
+    stream_text, weather_tools,
 };
 use metis_tests::process::{GatewayProcess, issue_key};
 use metis_tests::{Shape, SseEvent, TestGateway};
@@ -82,20 +82,9 @@ fn azure_model() -> String {
     format!("azure:{DEPLOYMENT}")
 }
 
-fn tools(shape: Shape) -> Value {
-    let schema =
-        json!({"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]});
-    match shape {
-        Shape::OpenAi => json!([{"type": "function", "function": {
-            "name": "get_weather", "description": "Weather for a city", "parameters": schema}}]),
-        Shape::Anthropic => json!([{"name": "get_weather", "description": "Weather for a city",
-            "input_schema": schema}]),
-    }
-}
-
 fn with_tools(shape: Shape, model: &str, text: &str, stream: bool) -> Value {
     let mut body = chat_body(shape, model, text, stream);
-    body["tools"] = tools(shape);
+    body["tools"] = weather_tools(shape);
     body
 }
 

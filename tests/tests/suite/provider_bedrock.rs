@@ -3,7 +3,6 @@
 //! Anthropic clients, sync and stream, with tools, usage and cost, error mapping, bad
 //! signatures and web-identity (STS) credentials.
 #![expect(
-    clippy::unwrap_used,
     clippy::expect_used,
     reason = "test scenarios outside #[test] functions"
 )]
@@ -12,7 +11,9 @@ use metis_tests::fake_upstream::{
     Api, AuthCheck, BEDROCK_ACCESS_KEY_ID, BEDROCK_SECRET_ACCESS_KEY, CACHE_READ_TOKENS,
     CACHE_WRITE_TOKENS, STS_ACCESS_KEY_ID, TOOL_ARGUMENTS, WEB_IDENTITY_TOKEN,
 };
-use metis_tests::gateway::{chat_body, error_type, reply_text, stop_reason, stream_text};
+use metis_tests::gateway::{
+    chat_body, error_type, reply_text, stop_reason, stream_text, tool_call_of, weather_tools,
+};
 use metis_tests::{GatewayOptions, RecordedRequest, Shape, TestGateway};
 use serde_json::{Value, json};
 
@@ -52,44 +53,6 @@ fn converse_requests(gw: &TestGateway) -> Vec<RecordedRequest> {
         .into_iter()
         .filter(|r| matches!(r.api, Api::Converse | Api::ConverseStream))
         .collect()
-}
-
-fn tools(shape: Shape) -> Value {
-    let schema =
-        json!({"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]});
-    match shape {
-        Shape::OpenAi => json!([{"type": "function", "function": {
-            "name": "get_weather", "description": "Weather for a city", "parameters": schema}}]),
-        Shape::Anthropic => json!([{"name": "get_weather", "description": "Weather for a city",
-            "input_schema": schema}]),
-    }
-}
-
-/// (id, name, arguments) of the single tool call of a sync answer.
-fn tool_call(shape: Shape, v: &Value) -> (String, String, Value) {
-    match shape {
-        Shape::OpenAi => {
-            let c = &v["choices"][0]["message"]["tool_calls"][0];
-            (
-                c["id"].as_str().unwrap().to_owned(),
-                c["function"]["name"].as_str().unwrap().to_owned(),
-                serde_json::from_str(c["function"]["arguments"].as_str().unwrap()).unwrap(),
-            )
-        }
-        Shape::Anthropic => {
-            let b = v["content"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|b| b["type"] == "tool_use")
-                .unwrap();
-            (
-                b["id"].as_str().unwrap().to_owned(),
-                b["name"].as_str().unwrap().to_owned(),
-                b["input"].clone(),
-            )
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,7 +109,7 @@ async fn tool_call_then_tool_result_in_both_shapes() {
     for shape in SHAPES {
         let question = "[tool:get_weather] weather in Paris?";
         let mut body = chat_body(shape, MODEL, question, false);
-        body["tools"] = tools(shape);
+        body["tools"] = weather_tools(shape);
         let r = gw.post(shape, &body).await;
         assert_eq!(r.status, 200, "{shape:?}: {}", r.text);
         let first = r.json();
@@ -155,7 +118,7 @@ async fn tool_call_then_tool_result_in_both_shapes() {
             Shape::Anthropic => "tool_use",
         };
         assert_eq!(stop_reason(shape, &first), expected_stop);
-        let (id, name, args) = tool_call(shape, &first);
+        let (id, name, args) = tool_call_of(shape, &first);
         assert_eq!(name, "get_weather");
         assert_eq!(args, serde_json::from_str::<Value>(TOOL_ARGUMENTS).unwrap());
         body["messages"] = match shape {
@@ -199,7 +162,7 @@ async fn streamed_tool_call_in_both_shapes() {
     let gw = gateway().await;
     for shape in SHAPES {
         let mut body = chat_body(shape, MODEL, "[tool:get_weather] stream it", true);
-        body["tools"] = tools(shape);
+        body["tools"] = weather_tools(shape);
         let r = gw.post(shape, &body).await;
         assert_eq!(r.status, 200, "{shape:?}: {}", r.text);
         let events = r.events();

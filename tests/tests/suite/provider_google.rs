@@ -16,7 +16,9 @@ use metis_tests::fake_upstream::{
     Api, AuthCheck, DEFAULT_GEMINI_KEY, FakeUpstream, RecordedRequest, TOOL_ARGUMENTS,
     google_wrong_key_json,
 };
-use metis_tests::gateway::{GatewayOptions, chat_body, reply_text, stop_reason, stream_text};
+use metis_tests::gateway::{
+    GatewayOptions, chat_body, reply_text, stop_reason, stream_text, tool_call_of, weather_tools,
+};
 use metis_tests::{Shape, TestGateway};
 use serde_json::{Value, json};
 
@@ -88,45 +90,6 @@ fn model_calls(google: &FakeUpstream) -> Vec<RecordedRequest> {
         .into_iter()
         .filter(|r| r.api != Api::Token)
         .collect()
-}
-
-fn tools(shape: Shape) -> Value {
-    let schema =
-        json!({"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]});
-    match shape {
-        Shape::OpenAi => json!([{"type": "function", "function": {
-            "name": "get_weather", "description": "Weather for a city", "parameters": schema}}]),
-        Shape::Anthropic => json!([{"name": "get_weather", "description": "Weather for a city",
-            "input_schema": schema}]),
-    }
-}
-
-fn tool_call_of(shape: Shape, v: &Value) -> (String, String, Value) {
-    match shape {
-        Shape::OpenAi => {
-            let c = &v["choices"][0]["message"]["tool_calls"][0];
-            let args: Value =
-                serde_json::from_str(c["function"]["arguments"].as_str().unwrap()).unwrap();
-            (
-                c["id"].as_str().unwrap().to_owned(),
-                c["function"]["name"].as_str().unwrap().to_owned(),
-                args,
-            )
-        }
-        Shape::Anthropic => {
-            let b = v["content"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|b| b["type"] == "tool_use")
-                .expect("a tool_use block");
-            (
-                b["id"].as_str().unwrap().to_owned(),
-                b["name"].as_str().unwrap().to_owned(),
-                b["input"].clone(),
-            )
-        }
-    }
 }
 
 /// Sync and streamed text for `model` in both shapes; returns the model calls the fake saw.
@@ -222,7 +185,7 @@ async fn tool_round_trip(gw: &TestGateway, google: &FakeUpstream, model: &str, s
     google.reset();
     let question = format!("[tool:get_weather] weather in Paris? {model}");
     let mut body = chat_body(shape, model, &question, false);
-    body["tools"] = tools(shape);
+    body["tools"] = weather_tools(shape);
     let r = gw.post(shape, &body).await;
     assert_eq!(r.status, 200, "{model} {shape:?}: {}", r.text);
     let first = r.json();
@@ -280,7 +243,7 @@ async fn tool_round_trip(gw: &TestGateway, google: &FakeUpstream, model: &str, s
 
     // Streamed: the call arrives as the client shape's tool-call frames.
     let mut body = chat_body(shape, model, &question, true);
-    body["tools"] = tools(shape);
+    body["tools"] = weather_tools(shape);
     let r = gw.post(shape, &body).await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert!(
