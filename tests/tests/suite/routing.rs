@@ -545,3 +545,89 @@ async fn routes_set_through_the_admin_api_are_in_force_at_once_and_audited() {
         "{audit}"
     );
 }
+
+#[tokio::test]
+async fn anthropic_direct_falls_back_to_bedrock_for_the_same_claude_model() {
+    use metis_tests::fake_upstream::{Api, BEDROCK_ACCESS_KEY_ID, BEDROCK_SECRET_ACCESS_KEY};
+    // Anthropic direct is overloaded (529 on every call); the same model on Bedrock (the
+    // gateway's own fake, which verifies SigV4 and streams the binary event stream) is the
+    // priority-1 fallback.
+    let direct = second_upstream().await;
+    direct.fail_all(Some(529));
+    let routes = format!(
+        r#"
+[providers.anthropic-direct]
+kind = "anthropic"
+base_url = "{direct}"
+api_key = "{UPSTREAM_ANTHROPIC_KEY}"
+
+[providers.bedrock]
+region = "us-east-1"
+base_url = "{{fake_openai_url}}"
+access_key_id = "{BEDROCK_ACCESS_KEY_ID}"
+secret_access_key = "{BEDROCK_SECRET_ACCESS_KEY}"
+
+[[routes.claude]]
+name = "direct"
+provider = "anthropic-direct"
+model = "claude-haiku-4-5"
+
+[[routes.claude]]
+name = "bedrock"
+provider = "bedrock"
+model = "anthropic.claude-haiku-4-5-20251001-v1:0"
+priority = 1
+"#,
+        direct = direct.base_url()
+    );
+    let mut gw = gateway(&direct, &routes, "").await;
+    let r = gw
+        .post(
+            Shape::OpenAi,
+            &chat_body(Shape::OpenAi, "claude", "sync via bedrock", false),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        reply_text(Shape::OpenAi, &r.json()),
+        "echo: sync via bedrock"
+    );
+    let r = gw
+        .post(
+            Shape::Anthropic,
+            &chat_body(Shape::Anthropic, "claude", "streamed via bedrock", true),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        stream_text(Shape::Anthropic, &r.events()),
+        "echo: streamed via bedrock"
+    );
+    assert_eq!(model_calls(&direct), 2);
+    let converse = gw
+        .upstream
+        .requests()
+        .into_iter()
+        .filter(|r| matches!(r.api, Api::Converse | Api::ConverseStream))
+        .count();
+    assert_eq!(converse, 2);
+    gw.stop().await.unwrap();
+    assert_eq!(
+        chains(&gw),
+        vec![
+            vec![pair("direct", "failed"), pair("bedrock", "chose")],
+            vec![pair("direct", "failed"), pair("bedrock", "chose")],
+        ]
+    );
+    for e in gw.events_of("llm.call_completed").unwrap() {
+        assert_eq!(
+            e.payload["model"],
+            "bedrock:anthropic.claude-haiku-4-5-20251001-v1:0"
+        );
+        assert!(
+            e.payload["cost_usd"].as_f64().unwrap() > 0.0,
+            "{}",
+            e.payload
+        );
+    }
+}
