@@ -320,5 +320,5 @@ async fn the_store_answers_trace_queries() {
             .is_empty(),
         "a list without audit types selects nothing"
     );
-    assert_eq!(AUDIT_TYPES.len(), 20);
+    assert_eq!(AUDIT_TYPES.len(), 22);
 }
