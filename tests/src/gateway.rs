@@ -7,6 +7,7 @@
 //! the SQLite file can then be read with [`TestGateway::events`].
 
 use crate::fake_upstream::{FakeUpstream, SseEvent, parse_sse};
+pub use crate::tool_calls::{tool_call_of, weather_tools};
 use anyhow::{Context, bail};
 use clap::Parser;
 use metis::App;
@@ -789,57 +790,4 @@ pub fn error_message(body: &Value) -> String {
         .as_str()
         .unwrap_or_default()
         .to_owned()
-}
-
-/// The `get_weather` tool definition in `shape`'s request format (one tool, a `city`
-/// argument), as the tool tests send it.
-#[must_use]
-pub fn weather_tools(shape: Shape) -> Value {
-    let schema =
-        json!({"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]});
-    match shape {
-        Shape::OpenAi => json!([{"type": "function", "function": {
-            "name": "get_weather", "description": "Weather for a city", "parameters": schema}}]),
-        Shape::Anthropic => json!([{"name": "get_weather", "description": "Weather for a city",
-            "input_schema": schema}]),
-    }
-}
-
-/// `(id, name, arguments)` of the first tool call of a sync answer in `shape`.
-///
-/// # Panics
-/// When the answer has no tool call (the test's failure).
-#[must_use]
-#[expect(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    reason = "a test helper: a missing tool call fails the test"
-)]
-pub fn tool_call_of(shape: Shape, v: &Value) -> (String, String, Value) {
-    match shape {
-        Shape::OpenAi => {
-            let c = &v["choices"][0]["message"]["tool_calls"][0];
-            assert_eq!(c["type"], "function");
-            let args: Value = serde_json::from_str(c["function"]["arguments"].as_str().unwrap())
-                .expect("arguments are a JSON string");
-            (
-                c["id"].as_str().unwrap().to_owned(),
-                c["function"]["name"].as_str().unwrap().to_owned(),
-                args,
-            )
-        }
-        Shape::Anthropic => {
-            let b = v["content"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|b| b["type"] == "tool_use")
-                .expect("a tool_use block");
-            (
-                b["id"].as_str().unwrap().to_owned(),
-                b["name"].as_str().unwrap().to_owned(),
-                b["input"].clone(),
-            )
-        }
-    }
 }

@@ -21,6 +21,7 @@ pub mod fake_upstream;
 pub mod gateway;
 pub mod oidc_issuer;
 pub mod process;
+pub mod tool_calls;
 pub mod webhook_receiver;
 
 pub use fake_upstream::{FakeUpstream, RecordedRequest, SseEvent, parse_sse};
